@@ -1,0 +1,176 @@
+//! Rust types of srv6pipes' custom resources (API group `srv6pipes.io`, version `v1alpha1`).
+//!
+//! The lab reads these from YAML, the operator reconciles them, and the CRD YAML is generated
+//! from them. Field names follow `design-brief.md` §3 exactly: they are a user-facing contract.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A chain of SR-unaware network functions that matching traffic crosses in order.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[kube(
+    group = "srv6pipes.io",
+    version = "v1alpha1",
+    kind = "ServiceChain",
+    namespaced,
+    status = "ServiceChainStatus",
+    shortname = "sc"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceChainSpec {
+    /// Whose traffic enters the chain; the headend is the node of each selected pod.
+    pub sources: Sources,
+    /// Which of the sources' traffic is steered; all fields are ANDed.
+    #[serde(default)]
+    pub r#match: Match,
+    /// Ordered SR-unaware functions.
+    pub functions: Vec<Function>,
+    /// Return traffic crosses the same functions in reverse.
+    #[serde(default)]
+    pub symmetric: bool,
+    /// Higher wins among overlapping chains.
+    #[serde(default)]
+    pub priority: i32,
+    /// What happens when a function has no ready replica.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Sources {
+    pub pod_selector: LabelSelector,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Match {
+    #[serde(default)]
+    pub destination_prefixes: Vec<String>,
+    #[serde(default)]
+    pub source_prefixes: Vec<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Ports ("80") or ranges ("8000-8080").
+    #[serde(default)]
+    pub destination_ports: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "ICMP")]
+    Icmp,
+    #[default]
+    Any,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Function {
+    pub name: String,
+    pub pod_selector: LabelSelector,
+    #[serde(default)]
+    pub proxy: ProxyKind,
+}
+
+/// The SR proxy behaviour in front of a function (draft-ietf-spring-sr-service-programming).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// End.AD: the proxy learns the headers to restore from the inbound packets.
+    #[default]
+    Dynamic,
+    /// End.AS: the headers to restore are configured.
+    Static,
+    /// End.AM: IPv6 only, SRH insertion.
+    Masquerading,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Drop the chain's traffic while a function has no ready replica.
+    #[default]
+    Closed,
+    /// Bypass a function that has no ready replica.
+    Open,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceChainStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub hops: Vec<Hop>,
+    #[serde(default)]
+    pub paths: Vec<Path>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    pub function: String,
+    pub replicas: Vec<Replica>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Replica {
+    pub pod: String,
+    pub node: String,
+    pub sid: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Path {
+    pub segments: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_example_parses_with_defaults() {
+        let chain: ServiceChain = serde_json::from_value(serde_json::json!({
+            "apiVersion": "srv6pipes.io/v1alpha1",
+            "kind": "ServiceChain",
+            "metadata": {"name": "web-inspection", "namespace": "default"},
+            "spec": {
+                "sources": {"podSelector": {"matchLabels": {"app": "client"}}},
+                "match": {"destinationPrefixes": ["fd00:20::/64"], "protocol": "TCP",
+                          "destinationPorts": ["80", "8000-8080"]},
+                "functions": [
+                    {"name": "firewall", "podSelector": {"matchLabels": {"vnf": "firewall"}}, "proxy": "Static"},
+                    {"name": "ids", "podSelector": {"matchLabels": {"vnf": "ids"}}}
+                ],
+                "symmetric": true
+            }
+        }))
+        .unwrap();
+        let spec = &chain.spec;
+        assert_eq!(spec.r#match.protocol, Protocol::Tcp);
+        assert_eq!(spec.functions[0].proxy, ProxyKind::Static);
+        assert_eq!(spec.functions[1].proxy, ProxyKind::Dynamic);
+        assert_eq!(spec.failure_policy, FailurePolicy::Closed);
+        assert_eq!(spec.priority, 0);
+        assert!(spec.symmetric);
+    }
+
+    #[test]
+    fn unknown_proxy_kind_is_rejected() {
+        let err = serde_json::from_value::<Function>(serde_json::json!({
+            "name": "fw", "podSelector": {}, "proxy": "Magic"
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("Magic"), "{err}");
+    }
+}

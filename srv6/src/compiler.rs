@@ -1,0 +1,499 @@
+//! The chain compiler: ServiceChains + pods + nodes + SID registrations in, per-node tables out.
+//!
+//! Pure: the lab and the operator gather the world, call [`compile`], and hand each node daemon
+//! its [`NodeTables`]. Nothing here touches the kernel or an API server.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use srv6pipes_crds::{Hop, Path, ProxyKind, Replica, ServiceChainSpec};
+
+use crate::selector;
+use crate::sid::{Locator, Sid};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub locator: Locator,
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    pub ready: bool,
+}
+
+/// A VNF interface registered with its node daemon, which gave it `sid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidRegistration {
+    pub node: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub interface: String,
+    pub sid: Sid,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub nodes: Vec<NodeInfo>,
+    pub pods: Vec<PodInfo>,
+    pub registrations: Vec<SidRegistration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChainRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub spec: &'a ServiceChainSpec,
+}
+
+/// Classify traffic entering from `source_ip` (a pod on this node) towards `destination` and
+/// push `segments` (travel order) with H.Encaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadendPolicy {
+    pub chain: String,
+    pub source_pod: String,
+    pub source_ip: Ipv6Addr,
+    pub destination: Ipv6Net,
+    pub segments: Vec<Sid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Behavior {
+    /// End.AD, dynamic proxy in front of an SR-unaware VNF interface.
+    #[serde(rename = "End.AD")]
+    EndAD,
+    /// Pop the outer header and route the inner IPv6 packet (End.DT6 semantics, main table).
+    #[serde(rename = "End.DT6")]
+    EndDT6,
+}
+
+/// A SID of this node that some chain uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidUse {
+    pub sid: Sid,
+    pub behavior: Behavior,
+    pub chain: String,
+    /// `namespace/pod:interface` for proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTables {
+    pub headends: Vec<HeadendPolicy>,
+    pub proxies: Vec<SidUse>,
+    pub decaps: Vec<SidUse>,
+}
+
+/// Why a chain is not (fully) programmed; names follow the operator's `Degraded` reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    Programmed,
+    NoReplicas,
+    SidPending,
+    InvalidMatch,
+    NoSources,
+    TooManySegments,
+    Unsupported,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainVerdict {
+    pub namespace: String,
+    pub name: String,
+    pub ready: bool,
+    pub reason: Reason,
+    pub message: String,
+    pub hops: Vec<Hop>,
+    pub paths: Vec<Path>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub nodes: BTreeMap<String, NodeTables>,
+    pub chains: Vec<ChainVerdict>,
+}
+
+pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
+    let mut out = Compiled::default();
+    for n in &world.nodes {
+        out.nodes.entry(n.name.clone()).or_default();
+    }
+    // Higher priority first, then name: a (node, source, destination) claimed by an earlier
+    // chain is not overwritten by a later one.
+    let mut order: Vec<&ChainRef> = chains.iter().collect();
+    order.sort_by(|a, b| {
+        b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name)))
+    });
+    for chain in order {
+        let verdict = compile_chain(world, chain, &mut out.nodes);
+        out.chains.push(verdict);
+    }
+    out.chains.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>) -> ChainVerdict {
+    let key = format!("{}/{}", c.namespace, c.name);
+    let mut v = ChainVerdict {
+        namespace: c.namespace.into(),
+        name: c.name.into(),
+        ready: false,
+        reason: Reason::Programmed,
+        message: String::new(),
+        hops: Vec::new(),
+        paths: Vec::new(),
+    };
+    let fail = |mut v: ChainVerdict, reason, message: String| {
+        v.reason = reason;
+        v.message = message;
+        v
+    };
+    if c.spec.functions.is_empty() {
+        return fail(v, Reason::InvalidMatch, "a chain needs at least one function".into());
+    }
+    if c.spec.functions.len() + 1 > crate::MAX_SEGMENTS {
+        return fail(
+            v,
+            Reason::TooManySegments,
+            format!("{} functions + decapsulation exceed {} segments", c.spec.functions.len(), crate::MAX_SEGMENTS),
+        );
+    }
+    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy != ProxyKind::Dynamic) {
+        return fail(v, Reason::Unsupported, format!("function {}: proxy {:?} is not supported yet", f.name, f.proxy));
+    }
+    let destinations = match parse_destinations(&c.spec.r#match.destination_prefixes) {
+        Ok(d) => d,
+        Err(m) => return fail(v, Reason::InvalidMatch, m),
+    };
+    let unsupported_match = !c.spec.r#match.source_prefixes.is_empty()
+        || !c.spec.r#match.destination_ports.is_empty()
+        || c.spec.r#match.protocol != srv6pipes_crds::Protocol::Any;
+    if unsupported_match || destinations.iter().any(|d| matches!(d, IpNet::V4(_))) {
+        return fail(
+            v,
+            Reason::Unsupported,
+            "only IPv6 destinationPrefixes are supported yet (no source prefixes, protocol or ports)".into(),
+        );
+    }
+    let in_ns = |p: &&PodInfo| p.namespace == c.namespace;
+    let selected = |sel| -> Result<Vec<&PodInfo>, String> {
+        let mut pods = Vec::new();
+        for p in world.pods.iter().filter(in_ns) {
+            if selector::matches(sel, &p.labels).map_err(|e| e.to_string())? {
+                pods.push(p);
+            }
+        }
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pods)
+    };
+
+    // Hops: every ready replica of every function that has a SID.
+    let mut replica_sids: Vec<Vec<(Sid, &PodInfo, &SidRegistration)>> = Vec::new();
+    for f in &c.spec.functions {
+        let pods = match selected(&f.pod_selector) {
+            Ok(p) => p,
+            Err(m) => return fail(v, Reason::InvalidMatch, format!("function {}: {m}", f.name)),
+        };
+        let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
+        if ready.is_empty() {
+            return fail(v, Reason::NoReplicas, format!("function {} has no ready replica", f.name));
+        }
+        let mut sids = Vec::new();
+        for p in &ready {
+            if let Some(r) = registration_of(world, p) {
+                sids.push((r.sid, *p, r));
+            }
+        }
+        if sids.is_empty() {
+            return fail(v, Reason::SidPending, format!("function {}: no replica has a SID yet", f.name));
+        }
+        v.hops.push(Hop {
+            function: f.name.clone(),
+            replicas: sids
+                .iter()
+                .map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() })
+                .collect(),
+        });
+        replica_sids.push(sids);
+    }
+
+    // Decapsulate at the node owning every destination prefix, else after the last function.
+    let last_node = &replica_sids.last().expect("functions is not empty")[0].1.node;
+    let decap_node = owner_of(world, &destinations).unwrap_or(last_node);
+    let Some(decap_locator) = world.nodes.iter().find(|n| &n.name == decap_node).map(|n| n.locator) else {
+        return fail(v, Reason::SidPending, format!("node {decap_node} has no locator"));
+    };
+    let decap = decap_locator.decap_sid();
+
+    // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
+    // every replica is used by at least one path.
+    let widest = replica_sids.iter().map(Vec::len).max().unwrap_or(1);
+    let paths: Vec<Vec<Sid>> = (0..widest)
+        .map(|i| replica_sids.iter().map(|h| h[i % h.len()].0).chain([decap]).collect())
+        .collect();
+    v.paths = paths
+        .iter()
+        .map(|p| Path { segments: p.iter().map(Sid::to_string).collect() })
+        .collect();
+
+    let sources = match selected(&c.spec.sources.pod_selector) {
+        Ok(p) => p,
+        Err(m) => return fail(v, Reason::InvalidMatch, format!("sources: {m}")),
+    };
+    let destinations: Vec<Ipv6Net> = if destinations.is_empty() {
+        vec![Ipv6Net::default()]
+    } else {
+        destinations.iter().filter_map(|d| if let IpNet::V6(n) = d { Some(n.trunc()) } else { None }).collect()
+    };
+    let mut headends = 0;
+    for src in sources.iter().filter(|p| p.ready) {
+        let Some(node) = tables.get_mut(&src.node) else { continue };
+        for ip in src.ips.iter().filter_map(|ip| if let IpAddr::V6(a) = ip { Some(*a) } else { None }) {
+            for dst in &destinations {
+                let taken = node.headends.iter().any(|h| h.source_ip == ip && h.destination == *dst);
+                if taken {
+                    continue;
+                }
+                node.headends.push(HeadendPolicy {
+                    chain: key.clone(),
+                    source_pod: format!("{}/{}", src.namespace, src.name),
+                    source_ip: ip,
+                    destination: *dst,
+                    segments: paths[0].clone(),
+                });
+                headends += 1;
+            }
+        }
+    }
+    if headends == 0 {
+        return fail(v, Reason::NoSources, "no ready source pod with an IPv6 address".into());
+    }
+    for hop in &replica_sids {
+        for (sid, pod, reg) in hop {
+            let t = tables.entry(pod.node.clone()).or_default();
+            if !t.proxies.iter().any(|p| p.sid == *sid && p.chain == key) {
+                t.proxies.push(SidUse {
+                    sid: *sid,
+                    behavior: Behavior::EndAD,
+                    chain: key.clone(),
+                    interface: Some(format!("{}/{}:{}", pod.namespace, pod.name, reg.interface)),
+                });
+            }
+        }
+    }
+    let t = tables.entry(decap_node.clone()).or_default();
+    t.decaps.push(SidUse { sid: decap, behavior: Behavior::EndDT6, chain: key.clone(), interface: None });
+    v.ready = true;
+    v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
+    v
+}
+
+fn parse_destinations(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
+    prefixes
+        .iter()
+        .map(|p| p.parse::<IpNet>().map_err(|e| format!("destinationPrefixes: {p:?}: {e}")))
+        .collect()
+}
+
+fn registration_of<'w>(world: &'w World, pod: &PodInfo) -> Option<&'w SidRegistration> {
+    world
+        .registrations
+        .iter()
+        .filter(|r| r.node == pod.node && r.pod_namespace == pod.namespace && r.pod_name == pod.name)
+        .min_by(|a, b| a.interface.cmp(&b.interface))
+}
+
+fn owner_of<'w>(world: &'w World, destinations: &[IpNet]) -> Option<&'w String> {
+    if destinations.is_empty() {
+        return None;
+    }
+    world
+        .nodes
+        .iter()
+        .find(|n| destinations.iter().all(|d| n.pod_cidrs.iter().any(|c| c.contains(d))))
+        .map(|n| &n.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use srv6pipes_crds::{Function, Match, Sources};
+
+    fn sel(k: &str, v: &str) -> LabelSelector {
+        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
+    }
+
+    fn pod(ns: &str, name: &str, node: &str, label: (&str, &str), ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            node: node.into(),
+            labels: [(label.0.to_string(), label.1.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            ready: true,
+        }
+    }
+
+    fn reg(node: &str, ns: &str, pod: &str, sid: &str) -> SidRegistration {
+        SidRegistration {
+            node: node.into(),
+            pod_namespace: ns.into(),
+            pod_name: pod.into(),
+            interface: "net1".into(),
+            sid: Sid(sid.parse().unwrap()),
+        }
+    }
+
+    fn world() -> World {
+        World {
+            nodes: vec![
+                NodeInfo {
+                    name: "n1".into(),
+                    locator: "fcbb:bb00:1::/48".parse().unwrap(),
+                    pod_cidrs: vec!["fd00:10:1::/64".parse().unwrap()],
+                },
+                NodeInfo {
+                    name: "n2".into(),
+                    locator: "fcbb:bb00:2::/48".parse().unwrap(),
+                    pod_cidrs: vec!["fd00:10:2::/64".parse().unwrap()],
+                },
+            ],
+            pods: vec![
+                pod("default", "client", "n1", ("app", "client"), "fd00:10:1::2"),
+                pod("default", "server", "n2", ("app", "server"), "fd00:10:2::2"),
+                pod("default", "fw-0", "n1", ("vnf", "fw"), "fd00:10:1::3"),
+                pod("default", "ids-0", "n2", ("vnf", "ids"), "fd00:10:2::3"),
+                pod("other", "fw-x", "n2", ("vnf", "fw"), "fd00:10:2::9"),
+            ],
+            registrations: vec![
+                reg("n1", "default", "fw-0", "fcbb:bb00:1:e001::"),
+                reg("n2", "default", "ids-0", "fcbb:bb00:2:e001::"),
+                reg("n2", "other", "fw-x", "fcbb:bb00:2:e002::"),
+            ],
+        }
+    }
+
+    fn spec(dst: &[&str]) -> ServiceChainSpec {
+        ServiceChainSpec {
+            sources: Sources { pod_selector: sel("app", "client") },
+            r#match: Match { destination_prefixes: dst.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+            functions: vec![
+                Function { name: "fw".into(), pod_selector: sel("vnf", "fw"), proxy: ProxyKind::Dynamic },
+                Function { name: "ids".into(), pod_selector: sel("vnf", "ids"), proxy: ProxyKind::Dynamic },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn chain<'a>(name: &'a str, spec: &'a ServiceChainSpec) -> ChainRef<'a> {
+        ChainRef { namespace: "default", name, spec }
+    }
+
+    #[test]
+    fn two_function_chain_compiles_to_per_node_tables() {
+        let s = spec(&["fd00:10:2::/64"]);
+        let out = compile(&world(), &[chain("web", &s)]);
+        let v = &out.chains[0];
+        assert!(v.ready, "{v:?}");
+        assert_eq!(v.reason, Reason::Programmed);
+        let segs = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:2:d6::"];
+        assert_eq!(v.paths, vec![Path { segments: segs.iter().map(|s| s.to_string()).collect() }]);
+        assert_eq!(v.hops[0].replicas[0].pod, "fw-0", "the other namespace's fw-x is never used");
+        assert_eq!(v.hops[1].replicas.len(), 1);
+
+        let n1 = &out.nodes["n1"];
+        assert_eq!(n1.headends.len(), 1);
+        let h = &n1.headends[0];
+        assert_eq!(h.source_ip, "fd00:10:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(h.destination, "fd00:10:2::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(), segs);
+        assert_eq!(n1.proxies.len(), 1);
+        assert!(n1.decaps.is_empty());
+        let n2 = &out.nodes["n2"];
+        assert!(n2.headends.is_empty());
+        assert_eq!(n2.proxies[0].interface.as_deref(), Some("default/ids-0:net1"));
+        assert_eq!(n2.decaps.len(), 1, "the destination's node decapsulates");
+        assert_eq!(n2.decaps[0].behavior, Behavior::EndDT6);
+    }
+
+    #[test]
+    fn decap_falls_back_to_last_function_node() {
+        let s = spec(&["2001:db8::/32"]);
+        let out = compile(&world(), &[chain("web", &s)]);
+        assert!(out.chains[0].ready);
+        assert_eq!(out.nodes["n2"].decaps.len(), 1);
+        let s = spec(&[]);
+        let out = compile(&world(), &[chain("all", &s)]);
+        assert_eq!(out.nodes["n1"].headends[0].destination, Ipv6Net::default(), "no prefix = everything");
+    }
+
+    #[test]
+    fn replicas_spread_over_paths_without_combinations() {
+        let mut w = world();
+        for i in 1..3 {
+            w.pods.push(pod("default", &format!("ids-{i}"), "n2", ("vnf", "ids"), "fd00:10:2::7"));
+            w.registrations.push(reg("n2", "default", &format!("ids-{i}"), &format!("fcbb:bb00:2:e10{i}::")));
+        }
+        let s = spec(&["fd00:10:2::/64"]);
+        let v = &compile(&w, &[chain("web", &s)]).chains[0];
+        assert_eq!(v.hops[1].replicas.len(), 3);
+        assert_eq!(v.paths.len(), 3, "as many paths as the widest hop");
+        let used: std::collections::BTreeSet<_> = v.paths.iter().map(|p| p.segments[1].clone()).collect();
+        assert_eq!(used.len(), 3, "every replica is on a path");
+        assert!(v.paths.iter().all(|p| p.segments[0] == "fcbb:bb00:1:e001::"));
+    }
+
+    #[test]
+    fn degraded_reasons() {
+        let mut w = world();
+        w.pods[3].ready = false;
+        let s = spec(&["fd00:10:2::/64"]);
+        let v = &compile(&w, &[chain("web", &s)]).chains[0];
+        assert_eq!((v.ready, v.reason), (false, Reason::NoReplicas));
+
+        let mut w = world();
+        w.registrations.remove(1);
+        let v = &compile(&w, &[chain("web", &s)]).chains[0];
+        assert_eq!(v.reason, Reason::SidPending);
+        assert!(v.message.contains("ids"), "{}", v.message);
+
+        let bad = spec(&["fd00:10:2::/200"]);
+        let v = &compile(&world(), &[chain("web", &bad)]).chains[0];
+        assert_eq!(v.reason, Reason::InvalidMatch);
+
+        let mut none = spec(&[]);
+        none.functions.clear();
+        assert_eq!(compile(&world(), &[chain("x", &none)]).chains[0].reason, Reason::InvalidMatch);
+
+        let mut long = spec(&[]);
+        long.functions = vec![long.functions[0].clone(); crate::MAX_SEGMENTS];
+        assert_eq!(compile(&world(), &[chain("x", &long)]).chains[0].reason, Reason::TooManySegments);
+
+        let mut nosrc = spec(&[]);
+        nosrc.sources.pod_selector = sel("app", "nobody");
+        assert_eq!(compile(&world(), &[chain("x", &nosrc)]).chains[0].reason, Reason::NoSources);
+    }
+
+    #[test]
+    fn higher_priority_claims_overlapping_source_and_prefix() {
+        let low = spec(&["fd00:10:2::/64"]);
+        let mut high = spec(&["fd00:10:2::/64"]);
+        high.priority = 10;
+        high.functions.truncate(1);
+        let out = compile(&world(), &[chain("a-low", &low), chain("b-high", &high)]);
+        let h = &out.nodes["n1"].headends;
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].chain, "default/b-high");
+        assert_eq!(h[0].segments.len(), 2);
+    }
+}

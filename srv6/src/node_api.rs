@@ -1,0 +1,148 @@
+//! Wire types of the node daemon's unix-socket API: one JSON request per line, one JSON
+//! response per line. The CNI plugin registers VNF interfaces; the lab (and later the operator
+//! path) reads SIDs and pushes each node's tables.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv6Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compiler::{NodeTables, SidRegistration};
+use crate::sid::{Locator, Sid};
+
+pub const DEFAULT_SOCKET: &str = "/run/srv6pipes/node.sock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// A VNF interface was created by the CNI plugin: give it a proxy SID and attach End.AD.
+    Register(Attachment),
+    /// The interface is going away (CNI DEL). Unknown attachments are not an error.
+    Unregister { container_id: String, ifname: String },
+    /// The node's locator and every registration with its SID.
+    Sids,
+    /// Replace the node's programming with these tables.
+    Program(NodeProgram),
+    /// Per-SID and per-reason counters.
+    Stats,
+}
+
+/// A VNF interface as the CNI plugin made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    /// The interface name inside the pod (`CNI_IFNAME`).
+    pub ifname: String,
+    pub netns: String,
+    /// The node-side end of the veth.
+    pub host_ifname: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// MAC of the pod-side interface (destination of decapsulated packets).
+    pub vnf_mac: String,
+    /// MAC of the node-side interface.
+    pub host_mac: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeProgram {
+    pub tables: NodeTables,
+    /// Other nodes: their locators are routed via their underlay addresses.
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub locator: Locator,
+    pub underlay: Ipv6Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Registered { sid: Sid },
+    Sids(NodeSids),
+    Stats(NodeStats),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSids {
+    pub node: String,
+    pub locator: Locator,
+    pub source_address: Ipv6Addr,
+    pub decap_sid: Sid,
+    pub registrations: Vec<SidRegistration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub sids: Vec<SidCounters>,
+    /// Drops by reason name, summed over CPUs.
+    pub drops: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidCounters {
+    pub sid: Sid,
+    pub behavior: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The daemon is not there (no socket, refused): CNI maps this to "try again later".
+    #[error("node daemon at {path} is not reachable: {source}")]
+    Unreachable { path: String, source: std::io::Error },
+    #[error("node daemon at {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("node daemon at {path} sent an invalid response: {source}")]
+    Decode { path: String, source: serde_json::Error },
+    #[error("node daemon: {0}")]
+    Refused(String),
+}
+
+/// One request/response exchange with the node daemon at `path`.
+pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+    let p = path.display().to_string();
+    let stream = UnixStream::connect(path).map_err(|source| CallError::Unreachable { path: p.clone(), source })?;
+    let io = |source| CallError::Io { path: p.clone(), source };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_vec(req).expect("requests serialize");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    match serde_json::from_str(&answer).map_err(|source| CallError::Decode { path: p.clone(), source })? {
+        Response::Error { message } => Err(CallError::Refused(message)),
+        ok => Ok(ok),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_json() {
+        let r = Request::Unregister { container_id: "c1".into(), ifname: "net1".into() };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j, serde_json::json!({"op": "unregister", "container_id": "c1", "ifname": "net1"}));
+        let back: Response = serde_json::from_str(r#"{"result":"registered","sid":"fcbb:bb00:1:e001::"}"#).unwrap();
+        assert_eq!(back, Response::Registered { sid: Sid("fcbb:bb00:1:e001::".parse().unwrap()) });
+    }
+
+    #[test]
+    fn unreachable_daemon_is_distinguished() {
+        let err = call(Path::new("/nonexistent/srv6pipes.sock"), &Request::Sids, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+    }
+}

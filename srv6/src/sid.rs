@@ -1,0 +1,228 @@
+//! Locators and SIDs with RFC 8986's LOC:FUNCT:ARG structure.
+//!
+//! A node's locator is a prefix of the cluster block (e.g. `fcbb:bb00:1::/48` in
+//! `fcbb:bb00::/32`). The 16 bits after the locator are FUNCT and name one behaviour instance;
+//! the remaining bits are ARG, reserved and zero. FUNCT 0 is the node itself: its SRv6 source
+//! address is LOC:0:…:1.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Width of the FUNCT field.
+pub const FUNCT_BITS: u8 = 16;
+/// FUNCT of the node's decapsulation SID (End.DT6-like: pop and route the inner packet).
+pub const FUNCT_DECAP: u16 = 0x00d6;
+/// FUNCTs handed to proxy SIDs (one per VNF interface): `0xe001..=0xefff`.
+pub const FUNCT_PROXY_FIRST: u16 = 0xe001;
+pub const FUNCT_PROXY_LAST: u16 = 0xefff;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SidError {
+    #[error("locator {0} leaves no room for a {FUNCT_BITS}-bit FUNCT (prefix must be /112 or shorter)")]
+    LocatorTooLong(Ipv6Net),
+    #[error("locator {0} has bits set after its prefix length")]
+    LocatorNotCanonical(Ipv6Net),
+    #[error("cannot parse locator {0:?}: {1}")]
+    Parse(String, String),
+    #[error("locator {locator} is outside the cluster block {block}")]
+    OutsideBlock { locator: Ipv6Net, block: Ipv6Net },
+    #[error("cluster block {block} has no locator /{len} number {index}")]
+    BlockExhausted { block: Ipv6Net, len: u8, index: u64 },
+    #[error("no free proxy SID left in locator {0}")]
+    Exhausted(Locator),
+}
+
+/// A node's SRv6 locator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Locator(Ipv6Net);
+
+impl Locator {
+    pub fn new(prefix: Ipv6Net) -> Result<Self, SidError> {
+        if prefix.prefix_len() > 128 - FUNCT_BITS {
+            return Err(SidError::LocatorTooLong(prefix));
+        }
+        if prefix.trunc() != prefix {
+            return Err(SidError::LocatorNotCanonical(prefix));
+        }
+        Ok(Self(prefix))
+    }
+
+    /// The `index`-th locator of length `len` inside `block` (index 0 is skipped by callers
+    /// that want to reserve it; this function does not).
+    pub fn nth_in_block(block: Ipv6Net, len: u8, index: u64) -> Result<Self, SidError> {
+        let free_bits = len.saturating_sub(block.prefix_len());
+        if len < block.prefix_len() || (free_bits < 64 && index >= 1u64 << free_bits) {
+            return Err(SidError::BlockExhausted { block, len, index });
+        }
+        let base = u128::from(block.network());
+        let addr = base | ((index as u128) << (128 - len as u32));
+        Self::new(Ipv6Net::new(Ipv6Addr::from(addr), len).expect("len <= 128"))
+    }
+
+    pub fn prefix(&self) -> Ipv6Net {
+        self.0
+    }
+
+    pub fn contains(&self, addr: &Ipv6Addr) -> bool {
+        self.0.contains(addr)
+    }
+
+    pub fn within(&self, block: Ipv6Net) -> Result<(), SidError> {
+        if block.contains(&self.0) {
+            Ok(())
+        } else {
+            Err(SidError::OutsideBlock { locator: self.0, block })
+        }
+    }
+
+    /// LOC:FUNCT with ARG zero.
+    pub fn sid(&self, funct: u16) -> Sid {
+        let shift = 128 - self.0.prefix_len() as u32 - FUNCT_BITS as u32;
+        Sid(Ipv6Addr::from(u128::from(self.0.network()) | ((funct as u128) << shift)))
+    }
+
+    /// The FUNCT of `sid` if it belongs to this locator and its ARG bits are zero.
+    pub fn funct_of(&self, sid: Sid) -> Option<u16> {
+        if !self.contains(&sid.0) {
+            return None;
+        }
+        let shift = 128 - self.0.prefix_len() as u32 - FUNCT_BITS as u32;
+        let bits = u128::from(sid.0);
+        let arg_mask = if shift == 0 { 0 } else { (1u128 << shift) - 1 };
+        (bits & arg_mask == 0).then(|| ((bits >> shift) & 0xffff) as u16)
+    }
+
+    /// The node's own SRv6 source address: FUNCT 0, ARG 1 (never a SID).
+    pub fn source_address(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.0.network()) | 1)
+    }
+
+    pub fn decap_sid(&self) -> Sid {
+        self.sid(FUNCT_DECAP)
+    }
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Locator {
+    type Err = SidError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let net: Ipv6Net = s.parse().map_err(|e| SidError::Parse(s.into(), format!("{e}")))?;
+        Self::new(net)
+    }
+}
+
+impl TryFrom<String> for Locator {
+    type Error = SidError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Locator> for String {
+    fn from(l: Locator) -> String {
+        l.to_string()
+    }
+}
+
+/// A segment identifier (an IPv6 address that names a behaviour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Sid(pub Ipv6Addr);
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Picks proxy FUNCTs: the lowest free one, so the same registrations in the same order give
+/// the same SIDs, and a FUNCT in use is never handed out again. Persisting the taken set is the
+/// caller's business (the node daemon keeps it in its state directory).
+pub fn allocate_proxy_funct(locator: Locator, taken: &BTreeSet<u16>) -> Result<u16, SidError> {
+    (FUNCT_PROXY_FIRST..=FUNCT_PROXY_LAST)
+        .find(|f| !taken.contains(f))
+        .ok_or(SidError::Exhausted(locator))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(s: &str) -> Locator {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn sid_layout_is_loc_funct_arg() {
+        let l = loc("fcbb:bb00:1::/48");
+        assert_eq!(l.sid(0xe001).to_string(), "fcbb:bb00:1:e001::");
+        assert_eq!(l.decap_sid().to_string(), "fcbb:bb00:1:d6::");
+        assert_eq!(l.source_address().to_string(), "fcbb:bb00:1::1");
+        let l64 = loc("fcbb:bb00:0:2::/64");
+        assert_eq!(l64.sid(0xe002).to_string(), "fcbb:bb00:0:2:e002::");
+        let l112 = loc("fc00::/112");
+        assert_eq!(l112.sid(0xabcd).to_string(), "fc00::abcd");
+        assert_eq!(l112.funct_of(l112.sid(0xabcd)), Some(0xabcd));
+    }
+
+    #[test]
+    fn funct_of_rejects_foreign_and_arg_bits() {
+        let l = loc("fcbb:bb00:1::/48");
+        assert_eq!(l.funct_of(l.sid(0xe123)), Some(0xe123));
+        assert_eq!(l.funct_of(Sid("fcbb:bb00:2:e123::".parse().unwrap())), None);
+        assert_eq!(l.funct_of(Sid("fcbb:bb00:1:e123::5".parse().unwrap())), None, "ARG must be zero");
+    }
+
+    #[test]
+    fn locator_validation() {
+        assert!(matches!("fc00::/113".parse::<Locator>(), Err(SidError::LocatorTooLong(_))));
+        assert!(matches!("fc00::1/48".parse::<Locator>(), Err(SidError::LocatorNotCanonical(_))));
+        assert!(matches!("nope".parse::<Locator>(), Err(SidError::Parse(..))));
+        let block: Ipv6Net = "fcbb:bb00::/32".parse().unwrap();
+        assert!(loc("fcbb:bb00:7::/48").within(block).is_ok());
+        assert!(loc("fcbb:bb01::/48").within(block).is_err());
+    }
+
+    #[test]
+    fn locators_from_block() {
+        let block: Ipv6Net = "fcbb:bb00::/32".parse().unwrap();
+        assert_eq!(Locator::nth_in_block(block, 48, 1).unwrap(), loc("fcbb:bb00:1::/48"));
+        assert_eq!(Locator::nth_in_block(block, 48, 0xffff).unwrap(), loc("fcbb:bb00:ffff::/48"));
+        assert!(matches!(
+            Locator::nth_in_block(block, 48, 0x10000),
+            Err(SidError::BlockExhausted { .. })
+        ));
+        assert!(Locator::nth_in_block(block, 16, 0).is_err());
+    }
+
+    #[test]
+    fn proxy_allocation_is_lowest_free_and_never_reuses_taken() {
+        let l = loc("fcbb:bb00:1::/48");
+        let mut taken = BTreeSet::new();
+        let first = allocate_proxy_funct(l, &taken).unwrap();
+        assert_eq!(first, FUNCT_PROXY_FIRST);
+        taken.insert(first);
+        taken.insert(FUNCT_PROXY_FIRST + 2);
+        assert_eq!(allocate_proxy_funct(l, &taken).unwrap(), FUNCT_PROXY_FIRST + 1);
+        let all: BTreeSet<u16> = (FUNCT_PROXY_FIRST..=FUNCT_PROXY_LAST).collect();
+        assert_eq!(allocate_proxy_funct(l, &all), Err(SidError::Exhausted(l)));
+    }
+
+    #[test]
+    fn locator_serde_is_a_string() {
+        let l = loc("fcbb:bb00:1::/48");
+        assert_eq!(serde_json::to_string(&l).unwrap(), "\"fcbb:bb00:1::/48\"");
+        assert!(serde_json::from_str::<Locator>("\"fcbb:bb00:1::1/48\"").is_err());
+    }
+}
