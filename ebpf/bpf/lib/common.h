@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Shared definitions of the srv6pipes datapath. Layouts here are mirrored by
+ * ebpf/src/maps.rs (#[repr(C)]); change both together. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in6.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* tcx: let the next program in the chain decide (the primary CNI's, or the stack). */
+#define SP_NEXT TC_ACT_UNSPEC
+
+/* Debian 12's uapi headers predate these (kernel 6.3); the running kernel has them. */
+#define SP_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+
+/* Most segments in a segment list we build or accept (srv6::MAX_SEGMENTS). */
+#define SP_MAX_SEGS 8
+#define SP_IP6_LEN 40
+#define SP_SRH_FIXED 8
+/* Outer IPv6 header + SRH with SP_MAX_SEGS segments and no TLVs. */
+#define SP_MAX_HDR (SP_IP6_LEN + SP_SRH_FIXED + 16 * SP_MAX_SEGS)
+
+/* clang 14 may hoist a bound check away from the helper call that needs it (the verifier then
+ * sees an unbounded size): force the value through a register and check it right there. */
+#define sp_barrier_var(v) asm volatile("" : "+r"(v))
+
+#define SP_NH_IPV6 41
+#define SP_NH_ROUTING 43
+#define SP_RT_SRH 4
+
+enum sp_behavior {
+	SP_END_AD = 1,  /* dynamic proxy in front of a VNF interface */
+	SP_END_DT6 = 2, /* decapsulate and route the inner IPv6 packet */
+};
+
+/* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
+enum sp_drop {
+	SP_DROP_MALFORMED = 1,     /* truncated or inconsistent IPv6/SRH */
+	SP_DROP_NO_SRH,            /* a SID reached without an SRH */
+	SP_DROP_SL_ZERO,           /* End.AD SID as the last segment */
+	SP_DROP_SL_NONZERO,        /* decap SID with segments left */
+	SP_DROP_HOP_LIMIT,         /* outer hop limit exhausted */
+	SP_DROP_UNKNOWN_SID,       /* address in our locator that is no SID */
+	SP_DROP_FOREIGN_SOURCE,    /* SRv6 to our SIDs from outside the cluster block */
+	SP_DROP_INNER_PROTO,       /* inner packet of a kind we do not proxy */
+	SP_DROP_NO_CACHE,          /* VNF sent a packet before End.AD learnt headers */
+	SP_DROP_NO_ROUTE,          /* FIB has no route to the next segment */
+	SP_DROP_MTU,               /* encapsulated packet exceeds the egress MTU */
+	SP_DROP_ADJUST,            /* the kernel refused to grow/shrink the packet */
+	SP_DROP_TOO_MANY_SEGS,     /* SRH longer than SP_MAX_SEGS */
+	SP_DROP_MAX,
+};
+
+struct sid_entry {
+	__u32 behavior;
+	__u32 ifindex;     /* End.AD: the VNF's node-side veth */
+	__u8 vnf_mac[6];   /* End.AD: the pod-side MAC, destination of inner packets */
+	__u8 host_mac[6];
+};
+
+/* An outer IPv6 header + SRH: a headend policy's H.Encaps header, or End.AD's cache. */
+struct outer_hdr {
+	__u32 len;
+	__u32 pad;
+	__u8 bytes[SP_MAX_HDR];
+};
+
+struct headend_key {
+	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
+	__u32 ifindex;     /* the source pod's node-side interface */
+	__u8 daddr[16];
+};
+
+struct sid_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 drops;
+};
+
+struct node_config {
+	__u8 locator[16];       /* this node's locator */
+	__u32 locator_len;
+	__u32 block_len;
+	__u8 block[16];         /* the cluster's locator block: the SR domain */
+};

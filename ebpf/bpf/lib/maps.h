@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#pragma once
+#include "common.h"
+
+/* Pinned by name under the node's pin directory, so a restarted daemon finds them. */
+#define SP_PINNED __uint(pinning, LIBBPF_PIN_BY_NAME)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_addr);
+	__type(value, struct sid_entry);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_sids SEC(".maps");
+
+/* End.AD cache keyed by the VNF's return interface (node-side ifindex). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct outer_hdr);
+	__uint(max_entries, 16384);
+	SP_PINNED;
+} sp_ad_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct headend_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	SP_PINNED;
+} sp_headend_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct outer_hdr);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_policies SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct in6_addr);
+	__type(value, struct sid_stats);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_sid_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SP_DROP_MAX);
+	SP_PINNED;
+} sp_drop_reasons SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+	SP_PINNED;
+} sp_config SEC(".maps");
+
+/* Per-CPU scratch for the header being built (too big for the 512-byte stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct outer_hdr);
+	__uint(max_entries, 1);
+} sp_scratch SEC(".maps");
+
+static __always_inline void count_sid(const void *sid, __u32 len, int dropped)
+{
+	struct sid_stats *s = bpf_map_lookup_elem(&sp_sid_stats, sid);
+	if (!s)
+		return;
+	if (dropped) {
+		s->drops++;
+	} else {
+		s->packets++;
+		s->bytes += len;
+	}
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&sp_drop_reasons, &reason);
+	if (c)
+		(*c)++;
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int drop_sid(const void *sid, __u32 len, __u32 reason)
+{
+	count_sid(sid, len, 1);
+	return drop(reason);
+}

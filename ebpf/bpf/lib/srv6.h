@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* SRv6 header work on an outer_hdr buffer: End processing, encap, decap, forwarding. */
+#pragma once
+#include "maps.h"
+
+#define OFF_PLEN 4
+#define OFF_HLIM 7
+#define OFF_SRC 8
+#define OFF_DST 24
+#define OFF_SRH SP_IP6_LEN
+#define OFF_SL (OFF_SRH + 3)
+#define OFF_LAST (OFF_SRH + 4)
+#define OFF_SEGS (OFF_SRH + SP_SRH_FIXED)
+
+static __always_inline int prefix_match(const __u8 *addr, const __u8 *prefix, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		__u32 bits = len > (__u32)i * 8 ? len - i * 8 : 0;
+		if (bits == 0)
+			return 1;
+		__u8 mask = bits >= 8 ? 0xff : (__u8)(0xff << (8 - bits));
+		if ((addr[i] ^ prefix[i]) & mask)
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int is_link_scope(const __u8 *a)
+{
+	/* ff00::/8 multicast, fe80::/10 link-local, :: unspecified (DAD). */
+	if (a[0] == 0xff || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80))
+		return 1;
+	__u64 hi = *(const __u64 *)a, lo = *(const __u64 *)(a + 8);
+	return hi == 0 && lo == 0;
+}
+
+static __always_inline struct outer_hdr *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sp_scratch, &zero);
+}
+
+/* RFC 8986 §4.1 End on a header buffer: Segments Left -1, DA <- Segment List[SL], hop limit -1.
+ * Returns 0 or a drop reason. The buffer is already validated (SL <= Last Entry < SP_MAX_SEGS). */
+static __always_inline int apply_end(struct outer_hdr *o)
+{
+	__u8 sl = o->bytes[OFF_SL];
+	if (sl == 0)
+		return SP_DROP_SL_ZERO;
+	if (o->bytes[OFF_HLIM] <= 1)
+		return SP_DROP_HOP_LIMIT;
+	sl--;
+	if (sl >= SP_MAX_SEGS)
+		return SP_DROP_MALFORMED;
+	o->bytes[OFF_SL] = sl;
+	o->bytes[OFF_HLIM]--;
+	__u32 off = OFF_SEGS + 16 * (__u32)sl;
+	if (off + 16 > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
+	return 0;
+}
+
+/* Store the End.AD cache for a VNF interface, writing only when it changed, so the steady state
+ * keeps the cache line shared. Payload length and flow label are per packet: zero in the cache. */
+static __always_inline void ad_cache_store(__u32 ifindex, struct outer_hdr *o)
+{
+	o->bytes[1] &= 0xf0;
+	o->bytes[2] = 0;
+	o->bytes[3] = 0;
+	o->bytes[OFF_PLEN] = 0;
+	o->bytes[OFF_PLEN + 1] = 0;
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (c && c->len == o->len) {
+		int same = 1;
+#pragma unroll
+		for (int i = 0; i < SP_MAX_HDR / 8; i++) {
+			if (i * 8 >= o->len)
+				break;
+			if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8]) {
+				same = 0;
+				break;
+			}
+		}
+		if (same)
+			return;
+	}
+	bpf_map_update_elem(&sp_ad_cache, &ifindex, o, BPF_ANY);
+}
+
+/* The outer flow label from the inner flow (RFC 6437 §3; RFC 8986 §5.1). */
+static __always_inline void set_len_and_flow(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	__u32 plen = skb->len - ETH_HLEN + o->len - SP_IP6_LEN;
+	__u32 label = bpf_get_hash_recalc(skb) & 0xfffff;
+	o->bytes[1] = (o->bytes[1] & 0xf0) | (label >> 16);
+	o->bytes[2] = label >> 8;
+	o->bytes[3] = label;
+	o->bytes[OFF_PLEN] = plen >> 8;
+	o->bytes[OFF_PLEN + 1] = plen;
+}
+
+static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	__u64 len = o->len;
+	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	if (bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+		return SP_DROP_ADJUST;
+	sp_barrier_var(len);
+	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
+		return SP_DROP_ADJUST;
+	return 0;
+}
+
+static __always_inline int pop_outer(struct __sk_buff *skb, __u32 len)
+{
+	__u64 l = len;
+	if (l > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	if (bpf_skb_adjust_room(skb, -(__s32)l, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | SP_ADJ_ROOM_DECAP_L3_IPV6))
+		return SP_DROP_ADJUST;
+	return 0;
+}
+
+static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	if (bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0))
+		return SP_DROP_ADJUST;
+	return 0;
+}
+
+/* Forward an encapsulated packet toward its DA through the FIB (the underlay route to the
+ * next node's locator), resolving the neighbour in the kernel when it is not known yet. */
+static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer_hdr *o)
+{
+	struct bpf_fib_lookup p = {};
+	p.family = AF_INET6;
+	p.ifindex = skb->ingress_ifindex;
+	__builtin_memcpy(p.ipv6_src, &o->bytes[OFF_SRC], 16);
+	__builtin_memcpy(p.ipv6_dst, &o->bytes[OFF_DST], 16);
+	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		if (set_macs(skb, p.dmac, p.smac))
+			return drop(SP_DROP_ADJUST);
+		return bpf_redirect(p.ifindex, 0);
+	case BPF_FIB_LKUP_RET_NO_NEIGH: {
+		struct bpf_redir_neigh nh = {};
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
+		return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+	}
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		return drop(SP_DROP_MTU);
+	default:
+		return drop(SP_DROP_NO_ROUTE);
+	}
+}
+
+/* Deliver a packet whose (possibly not yet pushed) outer header is `o`.
+ * `in_packet`: the packet carries `o` already (uplink) and it must be popped for local SIDs.
+ * A DA that is a local SID is served here, so a next segment on this node never leaves it. */
+static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int in_packet)
+{
+	__u32 skb_len = skb->len;
+	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
+	if (!sid) {
+		int err = push_outer(skb, o);
+		if (err)
+			return drop(err);
+		return fib_forward(skb, o);
+	}
+	__u8 da[16];
+	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
+	int err;
+	switch (sid->behavior) {
+	case SP_END_AD: {
+		/* draft-ietf-spring-sr-service-programming §6.2: End, then cache the outer headers
+		 * keyed by the VNF's return interface and hand the inner packet to the VNF. */
+		err = apply_end(o);
+		if (err)
+			return drop_sid(da, skb_len, err);
+		if (in_packet && (err = pop_outer(skb, o->len)))
+			return drop_sid(da, skb_len, err);
+		ad_cache_store(sid->ifindex, o);
+		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
+			return drop_sid(da, skb_len, err);
+		count_sid(da, skb_len, 0);
+		return bpf_redirect_peer(sid->ifindex, 0);
+	}
+	case SP_END_DT6:
+		/* RFC 8986 §4.8 with the main table: only with no segment left. */
+		if (o->bytes[OFF_SL] != 0)
+			return drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
+		if (o->bytes[OFF_SRH] != SP_NH_IPV6)
+			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
+		if (in_packet && (err = pop_outer(skb, o->len)))
+			return drop_sid(da, skb_len, err);
+		count_sid(da, skb_len, 0);
+		return TC_ACT_OK;
+	default:
+		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
+	}
+}

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* srv6pipes datapath entry points (tcx ingress). The logic lives in lib/. */
+#include "lib/srv6.h"
+
+/* Parse Ethernet + IPv6; copies of the addresses survive helper calls that move packet data. */
+static __always_inline int parse_ipv6(struct __sk_buff *skb, __u8 saddr[16], __u8 daddr[16], __u8 *nexthdr)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return -1;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > end)
+		return -1;
+	__builtin_memcpy(saddr, &ip6->saddr, 16);
+	__builtin_memcpy(daddr, &ip6->daddr, 16);
+	*nexthdr = ip6->nexthdr;
+	return 0;
+}
+
+/* Node uplink: SRv6 packets to this node's SIDs (End.AD inbound, decapsulation). */
+SEC("classifier")
+int sp_uplink(struct __sk_buff *skb)
+{
+	__u8 saddr[16], daddr[16], nexthdr;
+	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
+		return TC_ACT_OK;
+	__u32 zero = 0, len = skb->len;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	if (!cfg)
+		return TC_ACT_OK;
+	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, daddr);
+	if (!sid) {
+		/* An address of our locator that is no SID: never let it reach the routing table.
+		 * FUNCT 0 (the node's own addresses, e.g. its SRv6 source) is the exception. */
+		if (prefix_match(daddr, cfg->locator, cfg->locator_len) &&
+		    !prefix_match(daddr, cfg->locator, cfg->locator_len + 16))
+			return drop(SP_DROP_UNKNOWN_SID);
+		return TC_ACT_OK;
+	}
+	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. */
+	if (!prefix_match(saddr, cfg->block, cfg->block_len))
+		return drop_sid(daddr, len, SP_DROP_FOREIGN_SOURCE);
+	if (nexthdr != SP_NH_ROUTING)
+		return drop_sid(daddr, len, SP_DROP_NO_SRH);
+
+	/* RFC 8754 §4.3.1 / RFC 8986 §4.1 checks before anything is changed. */
+	__u8 srh[SP_SRH_FIXED];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, srh, sizeof(srh)))
+		return drop_sid(daddr, len, SP_DROP_MALFORMED);
+	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
+	__u8 sl = srh[3], last = srh[4];
+	if (srh[2] != SP_RT_SRH || sl > last || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
+		return drop_sid(daddr, len, SP_DROP_MALFORMED);
+	if (last >= SP_MAX_SEGS)
+		return drop_sid(daddr, len, SP_DROP_TOO_MANY_SEGS);
+	if (srh[0] != SP_NH_IPV6)
+		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__u64 outer_len = SP_IP6_LEN + hdr_len;
+	if (outer_len > SP_MAX_HDR)
+		return drop_sid(daddr, len, SP_DROP_TOO_MANY_SEGS);
+	if (outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
+		return drop_sid(daddr, len, SP_DROP_MALFORMED);
+	sp_barrier_var(outer_len);
+	if (outer_len > SP_MAX_HDR || outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, o->bytes, outer_len))
+		return drop_sid(daddr, len, SP_DROP_MALFORMED);
+	o->len = outer_len;
+	return steer(skb, o, 1);
+}
+
+/* A VNF's node-side veth: what the VNF sends back gets the headers End.AD learnt (outbound). */
+SEC("classifier")
+int sp_vnf(struct __sk_buff *skb)
+{
+	__u8 saddr[16], daddr[16], nexthdr;
+	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
+		return TC_ACT_OK;
+	/* The VNF's own neighbour discovery and router solicitations stay on the link. */
+	if (is_link_scope(saddr) || is_link_scope(daddr))
+		return TC_ACT_OK;
+	__u32 ifindex = skb->ingress_ifindex;
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (!c)
+		return drop(SP_DROP_NO_CACHE);
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(o, c, sizeof(*o));
+	set_len_and_flow(skb, o);
+	return steer(skb, o, 0);
+}
+
+/* Source pods' node-side interfaces: H.Encaps for traffic that a chain classifies. Runs beside
+ * the primary CNI's programs: unmatched traffic goes on to the next program untouched. */
+SEC("classifier")
+int sp_headend(struct __sk_buff *skb)
+{
+	__u8 saddr[16], nexthdr;
+	struct headend_key k = {};
+	if (parse_ipv6(skb, saddr, k.daddr, &nexthdr))
+		return SP_NEXT;
+	if (is_link_scope(k.daddr))
+		return SP_NEXT;
+	k.prefixlen = 32 + 128;
+	k.ifindex = skb->ingress_ifindex;
+	__u32 *id = bpf_map_lookup_elem(&sp_headend_rules, &k);
+	if (!id)
+		return SP_NEXT;
+	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, id);
+	if (!pol)
+		return SP_NEXT;
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(o, pol, sizeof(*o));
+	set_len_and_flow(skb, o);
+	return steer(skb, o, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

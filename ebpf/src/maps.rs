@@ -1,0 +1,158 @@
+//! `#[repr(C)]` mirrors of `bpf/lib/common.h`. Sizes are checked against the object's BTF-free
+//! expectations in the tests below; change both sides together.
+
+/// `SP_MAX_SEGS`: equals `srv6::MAX_SEGMENTS`.
+pub const MAX_SEGS: usize = 8;
+/// `SP_MAX_HDR`: IPv6 header + SRH with `MAX_SEGS` segments.
+pub const MAX_HDR: usize = 40 + 8 + 16 * MAX_SEGS;
+
+pub const BEHAVIOR_END_AD: u32 = 1;
+pub const BEHAVIOR_END_DT6: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SidEntry {
+    pub behavior: u32,
+    pub ifindex: u32,
+    pub vnf_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OuterHdr {
+    pub len: u32,
+    pub pad: u32,
+    pub bytes: [u8; MAX_HDR],
+}
+
+impl OuterHdr {
+    pub fn new(header: &[u8]) -> Option<Self> {
+        if header.len() > MAX_HDR {
+            return None;
+        }
+        let mut bytes = [0u8; MAX_HDR];
+        bytes[..header.len()].copy_from_slice(header);
+        Some(Self { len: header.len() as u32, pad: 0, bytes })
+    }
+
+    pub fn header(&self) -> &[u8] {
+        &self.bytes[..(self.len as usize).min(MAX_HDR)]
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadendKey {
+    pub ifindex: u32,
+    pub daddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SidStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub locator: [u8; 16],
+    pub locator_len: u32,
+    pub block_len: u32,
+    pub block: [u8; 16],
+}
+
+// SAFETY: plain `repr(C)` data without padding-dependent invariants or pointers.
+unsafe impl aya::Pod for SidEntry {}
+unsafe impl aya::Pod for OuterHdr {}
+unsafe impl aya::Pod for HeadendKey {}
+unsafe impl aya::Pod for SidStats {}
+unsafe impl aya::Pod for NodeConfig {}
+
+/// `enum sp_drop` in common.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum DropReason {
+    Malformed = 1,
+    NoSrh,
+    SlZero,
+    SlNonzero,
+    HopLimit,
+    UnknownSid,
+    ForeignSource,
+    InnerProto,
+    NoCache,
+    NoRoute,
+    Mtu,
+    Adjust,
+    TooManySegs,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        Self::Malformed,
+        Self::NoSrh,
+        Self::SlZero,
+        Self::SlNonzero,
+        Self::HopLimit,
+        Self::UnknownSid,
+        Self::ForeignSource,
+        Self::InnerProto,
+        Self::NoCache,
+        Self::NoRoute,
+        Self::Mtu,
+        Self::Adjust,
+        Self::TooManySegs,
+    ];
+
+    /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::NoSrh => "no_srh",
+            Self::SlZero => "sl_zero",
+            Self::SlNonzero => "sl_nonzero",
+            Self::HopLimit => "hop_limit",
+            Self::UnknownSid => "unknown_sid",
+            Self::ForeignSource => "foreign_source",
+            Self::InnerProto => "inner_proto",
+            Self::NoCache => "no_cache",
+            Self::NoRoute => "no_route",
+            Self::Mtu => "mtu",
+            Self::Adjust => "adjust",
+            Self::TooManySegs => "too_many_segs",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C side's `#define`s and enum must agree with these mirrors.
+    #[test]
+    fn constants_match_the_c_header() {
+        let h = include_str!("../bpf/lib/common.h");
+        assert!(h.contains(&format!("#define SP_MAX_SEGS {MAX_SEGS}")));
+        assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
+        assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
+        assert!(h.contains(&format!("SP_END_DT6 = {BEHAVIOR_END_DT6},")));
+        let c_reasons: Vec<String> = h
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))
+            .map(|l| l.split([' ', ',', '=']).next().unwrap().to_lowercase())
+            .filter(|n| n != "max")
+            .collect();
+        let rust: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(c_reasons, rust, "enum sp_drop order and names");
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i + 1, "{r:?}");
+        }
+        assert_eq!(std::mem::size_of::<OuterHdr>(), 8 + MAX_HDR);
+        assert_eq!(std::mem::size_of::<SidEntry>(), 20);
+        assert_eq!(std::mem::size_of::<NodeConfig>(), 40);
+    }
+}
