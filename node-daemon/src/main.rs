@@ -1,1 +1,71 @@
-fn main(){}
+//! srv6pipes-node: the per-node daemon. Owns the node's SRv6 locator, allocates proxy SIDs,
+//! loads and attaches the eBPF datapath, installs headend policies, decapsulation SIDs and routes
+//! to other nodes' locators, and serves the CNI plugin on a unix socket.
+
+mod net;
+mod node;
+mod server;
+mod state;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ipnet::Ipv6Net;
+use srv6::sid::Locator;
+
+/// srv6pipes node daemon.
+///
+/// Runs in the node's network namespace (on a Kubernetes node: the host, as a hostNetwork
+/// DaemonSet; in the lab: each node's netns). Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN
+/// for bpffs). State that must survive restarts (SID allocations, the last programming) lives in
+/// --state-dir; maps are pinned under --pin-root/<node>.
+///
+/// Example on a plain host:
+///   srv6pipes-node --node-name n1 --locator fcbb:bb00:1::/48 --uplink eth0 \
+///     --socket /run/srv6pipes/node.sock --state-dir /var/lib/srv6pipes
+#[derive(Parser, Debug)]
+#[command(name = "srv6pipes-node", version)]
+pub struct Args {
+    /// This node's name (used in logs, pin paths and SID registrations).
+    #[arg(long, env = "SRV6PIPES_NODE_NAME")]
+    pub node_name: String,
+    /// This node's SRv6 locator, e.g. fcbb:bb00:1::/48 (FUNCT is the next 16 bits).
+    #[arg(long)]
+    pub locator: Locator,
+    /// The underlay interface facing other nodes; SRv6 to local SIDs arrives here.
+    #[arg(long)]
+    pub uplink: String,
+    /// Unix socket served to the CNI plugin and the lab (created with mode 0600).
+    #[arg(long, default_value = srv6::node_api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory for state that survives restarts.
+    #[arg(long, default_value = "/var/lib/srv6pipes")]
+    pub state_dir: PathBuf,
+    /// bpffs directory under which this node's maps are pinned (in <pin-root>/<node-name>).
+    #[arg(long, default_value = "/sys/fs/bpf/srv6pipes")]
+    pub pin_root: PathBuf,
+    /// The cluster's locator block: the SR domain whose sources may use this node's SIDs.
+    #[arg(long, default_value = "fcbb:bb00::/32")]
+    pub cluster_block: Ipv6Net,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    args.locator.within(args.cluster_block).context("--locator")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let node = node::Node::start(&args).await.with_context(|| format!("start node {}", args.node_name))?;
+        server::serve(&args.socket, node).await
+    })
+}

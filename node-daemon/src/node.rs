@@ -1,0 +1,328 @@
+//! The node: its locator, its SIDs and the datapath state that realises them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use ipnet::Ipv6Net;
+use nix::net::if_::{if_indextoname, if_nametoindex};
+use srv6::compiler::SidRegistration;
+use srv6::node_api::{Attachment, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
+use srv6::sid::{allocate_proxy_funct, Locator, Sid};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT6};
+use tracing::{info, warn};
+
+use crate::net::Netlink;
+use crate::state::{Persisted, Registration, Store};
+use crate::Args;
+
+/// Outer hop limit of packets this node encapsulates.
+const ENCAP_HOP_LIMIT: u8 = 64;
+
+pub struct Node {
+    name: String,
+    locator: Locator,
+    uplink: String,
+    datapath: Datapath,
+    netlink: Netlink,
+    store: Store,
+    state: Persisted,
+    /// What the last Program installed, to diff against the next one.
+    installed: Installed,
+}
+
+#[derive(Default)]
+struct Installed {
+    rules: BTreeMap<(u32, Ipv6Net), u32>,
+    policies: BTreeSet<u32>,
+    headend_ifaces: BTreeSet<String>,
+    decaps: BTreeSet<Sid>,
+    peer_routes: BTreeMap<Ipv6Net, Ipv6Addr>,
+}
+
+impl Node {
+    pub async fn start(args: &Args) -> anyhow::Result<Self> {
+        sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        let pin_dir = args.pin_root.join(&args.node_name);
+        ensure_bpffs(&args.pin_root)?;
+        std::fs::create_dir_all(&pin_dir).with_context(|| format!("create pin dir {}", pin_dir.display()))?;
+        let mut datapath = Datapath::load(&pin_dir)?;
+        let block = args.cluster_block.trunc();
+        datapath.set_config(NodeConfig {
+            locator: args.locator.prefix().network().octets(),
+            locator_len: args.locator.prefix().prefix_len() as u32,
+            block_len: block.prefix_len() as u32,
+            block: block.network().octets(),
+        })?;
+        datapath.attach(Hook::Uplink, &args.uplink)?;
+        let store = Store::new(&args.state_dir)?;
+        let state = store.load()?;
+        let mut node = Node {
+            name: args.node_name.clone(),
+            locator: args.locator,
+            uplink: args.uplink.clone(),
+            datapath,
+            netlink: Netlink::connect()?,
+            store,
+            state: Persisted::default(),
+            installed: Installed::default(),
+        };
+        node.restore(state).await?;
+        info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, pins = %pin_dir.display(), "node daemon ready");
+        Ok(node)
+    }
+
+    /// Re-applies persisted registrations whose interfaces still exist, then the last program.
+    async fn restore(&mut self, state: Persisted) -> anyhow::Result<()> {
+        for reg in state.registrations {
+            let a = &reg.attachment;
+            match if_nametoindex(a.host_ifname.as_str()) {
+                Ok(idx) if idx == reg.ifindex => {
+                    self.install_proxy(&reg)?;
+                    info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "restored proxy SID");
+                    self.state.registrations.push(reg);
+                }
+                _ => {
+                    warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "interface gone while down: SID released");
+                    self.datapath.remove_sid(reg.sid.0)?;
+                    self.datapath.remove_ad_cache(reg.ifindex)?;
+                }
+            }
+        }
+        if let Some(p) = state.program {
+            if let Err(e) = self.program(p).await {
+                warn!(node = %self.name, error = %format!("{e:#}"), "could not re-apply the last programming");
+            }
+        }
+        self.store.save(&self.state)
+    }
+
+    pub async fn handle(&mut self, req: Request) -> Response {
+        let r = match req {
+            Request::Register(a) => self.register(a).map(|sid| Response::Registered { sid }),
+            Request::Unregister { container_id, ifname } => self.unregister(&container_id, &ifname).map(|_| Response::Ok),
+            Request::Sids => Ok(Response::Sids(self.sids())),
+            Request::Program(p) => self.program(p).await.map(|_| Response::Ok),
+            Request::Stats => self.stats().map(Response::Stats),
+        };
+        r.unwrap_or_else(|e| Response::Error { message: format!("node {}: {e:#}", self.name) })
+    }
+
+    fn register(&mut self, a: Attachment) -> anyhow::Result<Sid> {
+        if let Some(r) = self.state.registrations.iter().find(|r| r.attachment.container_id == a.container_id && r.attachment.ifname == a.ifname) {
+            if r.attachment == a {
+                return Ok(r.sid);
+            }
+            bail!("{} {} is already registered with another interface ({})", pod_of(&a), a.ifname, r.attachment.host_ifname);
+        }
+        let ifindex = if_nametoindex(a.host_ifname.as_str()).with_context(|| format!("interface {}", a.host_ifname))?;
+        let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
+        let funct = allocate_proxy_funct(self.locator, &taken)?;
+        let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, attachment: a };
+        if let Err(e) = self.install_proxy(&reg) {
+            self.uninstall_proxy(&reg);
+            return Err(e);
+        }
+        self.state.registrations.push(reg.clone());
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.registrations.pop();
+            self.uninstall_proxy(&reg);
+            return Err(e);
+        }
+        let a = &reg.attachment;
+        info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID allocated");
+        Ok(reg.sid)
+    }
+
+    fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
+        let a = &reg.attachment;
+        let entry = SidEntry {
+            behavior: BEHAVIOR_END_AD,
+            ifindex: reg.ifindex,
+            vnf_mac: parse_mac(&a.vnf_mac)?,
+            host_mac: parse_mac(&a.host_mac)?,
+        };
+        self.datapath.attach(Hook::Vnf, &a.host_ifname)?;
+        self.datapath.set_sid(reg.sid.0, entry)?;
+        Ok(())
+    }
+
+    /// Best effort: every step runs even if an earlier one failed.
+    fn uninstall_proxy(&mut self, reg: &Registration) -> Vec<anyhow::Error> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
+            errs.push(e.into());
+        }
+        if let Err(e) = self.datapath.remove_ad_cache(reg.ifindex) {
+            errs.push(e.into());
+        }
+        if let Err(e) = self.datapath.detach(Hook::Vnf, &reg.attachment.host_ifname) {
+            errs.push(e.into());
+        }
+        errs
+    }
+
+    fn unregister(&mut self, container_id: &str, ifname: &str) -> anyhow::Result<()> {
+        let Some(pos) = self.state.registrations.iter().position(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname) else {
+            return Ok(());
+        };
+        let reg = self.state.registrations.remove(pos);
+        let errs = self.uninstall_proxy(&reg);
+        self.store.save(&self.state)?;
+        let a = &reg.attachment;
+        info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID released");
+        match errs.into_iter().next() {
+            None => Ok(()),
+            Some(e) => Err(e.context(format!("release {}", reg.sid))),
+        }
+    }
+
+    fn sids(&self) -> NodeSids {
+        NodeSids {
+            node: self.name.clone(),
+            locator: self.locator,
+            source_address: self.locator.source_address(),
+            decap_sid: self.locator.decap_sid(),
+            registrations: self
+                .state
+                .registrations
+                .iter()
+                .map(|r| SidRegistration {
+                    node: self.name.clone(),
+                    pod_namespace: r.attachment.pod_namespace.clone(),
+                    pod_name: r.attachment.pod_name.clone(),
+                    interface: r.attachment.ifname.clone(),
+                    sid: r.sid,
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces headend policies, decapsulation SIDs and peer routes with `p`'s, diffing against
+    /// what is installed so unchanged entries are never touched under traffic.
+    async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
+        let src = self.locator.source_address();
+        // Desired headend state.
+        let mut rules = BTreeMap::new();
+        let mut headers: BTreeMap<Vec<Sid>, (u32, Vec<u8>)> = BTreeMap::new();
+        let mut ifaces = BTreeSet::new();
+        for h in &p.tables.headends {
+            let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
+            let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
+            if ifname == self.uplink {
+                bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
+            }
+            let id = match headers.get(&h.segments) {
+                Some((id, _)) => *id,
+                None => {
+                    let path: Vec<Ipv6Addr> = h.segments.iter().map(|s| s.0).collect();
+                    let header = srv6::codec::encaps_header(src, &path, srv6::codec::NEXT_HEADER_IPV6, ENCAP_HOP_LIMIT)
+                        .with_context(|| format!("chain {}: segment list", h.chain))?;
+                    let id = headers.len() as u32 + 1;
+                    headers.insert(h.segments.clone(), (id, header));
+                    id
+                }
+            };
+            rules.insert((oif, h.destination), id);
+            ifaces.insert(ifname);
+        }
+        let decaps: BTreeSet<Sid> = p.tables.decaps.iter().map(|d| d.sid).collect();
+        if let Some(d) = decaps.iter().find(|d| self.locator.funct_of(**d).is_none()) {
+            bail!("decapsulation SID {d} is not in locator {}", self.locator);
+        }
+        let uplink_idx = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
+        let peers: BTreeMap<Ipv6Net, Ipv6Addr> = p.peers.iter().map(|peer| (peer.locator.prefix(), peer.underlay)).collect();
+
+        // Add and update first, then remove what is no longer wanted.
+        for (id, header) in headers.values() {
+            self.datapath.set_policy(*id, header)?;
+        }
+        for ((oif, dst), id) in &rules {
+            self.datapath.set_headend_rule(*oif, *dst, *id)?;
+        }
+        for ifname in &ifaces {
+            self.datapath.attach(Hook::Headend, ifname)?;
+        }
+        for sid in &decaps {
+            let entry = SidEntry { behavior: BEHAVIOR_END_DT6, ..Default::default() };
+            self.datapath.set_sid(sid.0, entry)?;
+        }
+        for (prefix, via) in &peers {
+            self.netlink.replace_route(*prefix, *via, uplink_idx).await?;
+        }
+        let old = std::mem::take(&mut self.installed);
+        for (oif, dst) in old.rules.keys().filter(|k| !rules.contains_key(k)) {
+            self.datapath.remove_headend_rule(*oif, *dst)?;
+        }
+        let policy_ids: BTreeSet<u32> = headers.values().map(|(id, _)| *id).collect();
+        for id in old.policies.difference(&policy_ids) {
+            self.datapath.remove_policy(*id)?;
+        }
+        for ifname in old.headend_ifaces.difference(&ifaces) {
+            self.datapath.detach(Hook::Headend, ifname)?;
+        }
+        for sid in old.decaps.difference(&decaps) {
+            self.datapath.remove_sid(sid.0)?;
+        }
+        for (prefix, via) in old.peer_routes.iter().filter(|(p, _)| !peers.contains_key(*p)) {
+            self.netlink.delete_route(*prefix, *via, uplink_idx).await?;
+        }
+        info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
+        self.installed = Installed { rules, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers };
+        self.state.program = Some(p);
+        self.store.save(&self.state)
+    }
+
+    fn stats(&self) -> anyhow::Result<NodeStats> {
+        let mut sids = Vec::new();
+        let proxies = self.state.registrations.iter().map(|r| (r.sid, "End.AD"));
+        let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT6"));
+        for (sid, behavior) in proxies.chain(decaps) {
+            let s = self.datapath.sid_stats(sid.0)?;
+            sids.push(SidCounters { sid, behavior: behavior.into(), packets: s.packets, bytes: s.bytes, drops: s.drops });
+        }
+        let drops = self.datapath.drop_reasons()?.into_iter().map(|(r, n)| (r.name().to_string(), n)).collect();
+        Ok(NodeStats { sids, drops })
+    }
+}
+
+fn pod_of(a: &Attachment) -> String {
+    format!("{}/{}", a.pod_namespace, a.pod_name)
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().map_err(|_| anyhow!("invalid MAC {s:?}"))?;
+    parts.try_into().map_err(|_| anyhow!("invalid MAC {s:?}"))
+}
+
+fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/sys/{key}"), value).with_context(|| format!("sysctl {key}={value}"))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin root lives there and nothing is mounted yet.
+fn ensure_bpffs(pin_root: &Path) -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !pin_root.starts_with(bpffs) {
+        return Ok(());
+    }
+    let st = nix::sys::statfs::statfs(bpffs).context("statfs /sys/fs/bpf")?;
+    if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .context("mount bpffs at /sys/fs/bpf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(parse_mac("02:00:0a:ff:10:01").unwrap(), [2, 0, 0x0a, 0xff, 0x10, 1]);
+        assert!(parse_mac("02:00:0a:ff:10").is_err());
+        assert!(parse_mac("zz:00:0a:ff:10:01").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! The unix-socket API: mode 0600, callers checked with SO_PEERCRED, one JSON line each way.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use srv6::node_api::{Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::node::Node;
+
+pub async fn serve(path: &Path, node: Node) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove stale socket {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "serving");
+    let node = Arc::new(Mutex::new(node));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = conn?;
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, node).await {
+                        warn!(error = %format!("{e:#}"), "connection failed");
+                    }
+                });
+            }
+            _ = term.recv() => {
+                // Maps stay pinned; links detach with the process (pinned links come with restarts).
+                info!("SIGTERM: exiting");
+                let _ = std::fs::remove_file(path);
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, node: Arc<Mutex<Node>>) -> anyhow::Result<()> {
+    let cred = stream.peer_cred().context("SO_PEERCRED")?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != 0 && cred.uid() != me {
+        warn!(uid = cred.uid(), pid = ?cred.pid(), "refused caller");
+        return Ok(());
+    }
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => node.lock().await.handle(req).await,
+        Err(e) => Response::Error { message: format!("invalid request: {e}") },
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}

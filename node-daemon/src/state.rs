@@ -1,0 +1,52 @@
+//! What the daemon keeps in its state directory: SID allocations (so SIDs never change under
+//! running traffic, across restarts) and the last programming it applied.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use srv6::node_api::{Attachment, NodeProgram};
+use srv6::sid::Sid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub attachment: Attachment,
+    pub sid: Sid,
+    pub funct: u16,
+    pub ifindex: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    pub registrations: Vec<Registration>,
+    pub program: Option<NodeProgram>,
+}
+
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create state dir {}", dir.display()))?;
+        Ok(Self { path: dir.join("node-state.json") })
+    }
+
+    pub fn load(&self) -> anyhow::Result<Persisted> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parse {}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.path.display())),
+        }
+    }
+
+    /// Write-then-rename, so a crash never leaves a torn file.
+    pub fn save(&self, p: &Persisted) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(p)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("rename to {}", self.path.display()))
+    }
+}
