@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
-use netlink_packet_route::rule::RuleAttribute;
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
 use srv6::node_api::{self, Attachment, CallError, Request, Response};
@@ -162,6 +162,7 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, host: &str, temp: &str) -> Re
         Ok(mac_of(&hl))
     })?;
     let (temp, ifname, gw_mac) = (temp.to_string(), env.ifname.clone(), host_mac.clone());
+    let mtu = conf.mtu;
     let pod_mac = in_netns(ns, move |h| {
         Box::pin(async move {
             if link_by_name(&h, &ifname).await?.is_some() {
@@ -169,7 +170,7 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, host: &str, temp: &str) -> Re
             }
             let l = link_by_name(&h, &temp).await?.ok_or_else(|| CniError::io("veth peer missing in the pod"))?;
             let idx = l.header.index;
-            h.link().set(LinkUnspec::new_with_index(idx).name(ifname.clone()).up().build()).execute().await.map_err(nl("rename pod interface"))?;
+            h.link().set(LinkUnspec::new_with_index(idx).name(ifname.clone()).mtu(mtu).up().build()).execute().await.map_err(nl("rename pod interface"))?;
             // The VNF is a router for chain traffic (SR-unaware: it just forwards).
             for key in ["net/ipv6/conf/all/forwarding", "net/ipv4/ip_forward"] {
                 std::fs::write(format!("/proc/sys/{key}"), "1").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
@@ -196,6 +197,7 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, host: &str, temp: &str) -> Re
                 .v6()
                 .input_interface(ifname.clone())
                 .table_id(table)
+                .action(RuleAction::ToTable)
                 .priority(RULE_PRIORITY)
                 .execute()
                 .await

@@ -40,6 +40,9 @@ pub enum DatapathError {
 
 type Result<T> = std::result::Result<T, DatapathError>;
 
+/// `BPF_NOEXIST` map update flag (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
 /// Which program an interface gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
@@ -122,12 +125,16 @@ impl Datapath {
     pub fn set_sid(&mut self, sid: Ipv6Addr, entry: SidEntry) -> Result<()> {
         let key = sid.octets();
         {
+            // BPF_NOEXIST: a SID re-installed (daemon restart, re-program) keeps its counters.
+            // (aya 0.13's PerCpuHashMap::get answers zeros for a missing key, so no get first.)
             let mut stats: PerCpuHashMap<&mut MapData, [u8; 16], SidStats> = self.typed("sp_sid_stats")?;
-            if stats.get(&key, 0).is_err() {
-                let cpus = aya::util::nr_cpus().map_err(|(m, e)| DatapathError::Invalid(format!("{m}: {e}")))?;
-                let zero = PerCpuValues::try_from(vec![SidStats::default(); cpus])
-                    .map_err(|e| DatapathError::Invalid(e.to_string()))?;
-                stats.insert(key, zero, 0).map_err(|source| DatapathError::Map { map: "sp_sid_stats", source })?;
+            let cpus = aya::util::nr_cpus().map_err(|(m, e)| DatapathError::Invalid(format!("{m}: {e}")))?;
+            let zero = PerCpuValues::try_from(vec![SidStats::default(); cpus])
+                .map_err(|e| DatapathError::Invalid(e.to_string()))?;
+            match stats.insert(key, zero, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => return Err(DatapathError::Map { map: "sp_sid_stats", source }),
             }
         }
         let mut sids: HashMap<&mut MapData, [u8; 16], SidEntry> = self.typed("sp_sids")?;

@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use srv6pipes_crds::{Hop, Path, ProxyKind, Replica, ServiceChainSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use srv6pipes_crds::{Hop, Path, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
 
 use crate::selector;
 use crate::sid::{Locator, Sid};
@@ -114,6 +115,26 @@ pub struct ChainVerdict {
     pub message: String,
     pub hops: Vec<Hop>,
     pub paths: Vec<Path>,
+}
+
+impl ChainVerdict {
+    /// The resource status for this verdict: `Ready` with the reason, plus hops and paths.
+    /// `now` stamps the condition (kept pure: the caller owns the clock).
+    pub fn status(&self, generation: Option<i64>, now: Time) -> ServiceChainStatus {
+        ServiceChainStatus {
+            observed_generation: generation,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: if self.ready { "True" } else { "False" }.into(),
+                reason: format!("{:?}", self.reason),
+                message: self.message.clone(),
+                last_transition_time: now,
+                observed_generation: generation,
+            }],
+            hops: self.hops.clone(),
+            paths: self.paths.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -424,6 +445,13 @@ mod tests {
         assert_eq!(n2.proxies[0].interface.as_deref(), Some("default/ids-0:net1"));
         assert_eq!(n2.decaps.len(), 1, "the destination's node decapsulates");
         assert_eq!(n2.decaps[0].behavior, Behavior::EndDT6);
+
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let st = v.status(Some(3), now);
+        assert_eq!(st.observed_generation, Some(3));
+        assert_eq!((st.conditions[0].type_.as_str(), st.conditions[0].status.as_str()), ("Ready", "True"));
+        assert_eq!(st.conditions[0].reason, "Programmed");
+        assert_eq!(st.paths, v.paths);
     }
 
     #[test]

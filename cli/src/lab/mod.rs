@@ -1,0 +1,623 @@
+//! `srv6pipes lab`: nodes and pods as network namespaces, the real primary CNI (ptp +
+//! host-local), the real srv6pipes-cni and srv6pipes-node, chains compiled by the pure compiler.
+
+mod manifest;
+mod state;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use srv6::compiler::{self, ChainRef, NodeInfo, PodInfo, World};
+use srv6::node_api::{self, NodeProgram, NodeSids, NodeStats, Peer, Request, Response};
+
+use manifest::{LabNode, LabPod, Manifest};
+use state::{LabState, NodeState, PodState};
+
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// MTU of pod interfaces: the 1500-byte underlay less room for the encapsulation of up to three
+/// segments (40 + 8 + 3 x 16 = 96 bytes). Larger packets need the headend's PMTU handling.
+const POD_MTU: u32 = 1400;
+
+#[derive(Args)]
+pub struct LabArgs {
+    /// Lab name; prefixes every network namespace the lab creates.
+    #[arg(long, global = true, env = "SRV6PIPES_LAB", default_value = "lab")]
+    name: String,
+    /// State directory [default: /run/srv6pipes/labs/<name>].
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create nodes, pods and chains from a YAML file (v1 Node, v1 Pod, ServiceChain) and
+    /// return once every chain is programmed. On failure, everything made is removed.
+    Up {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Remove every netns, link, route, pin, process and file the lab made.
+    Down,
+    /// Nodes (locator, underlay), pods (node, IPs), SIDs with counters, chains with status.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Run a command in a pod's network namespace (POD or NAMESPACE/POD), or a node's (--node).
+    Exec {
+        #[arg(long, conflicts_with = "pod")]
+        node: Option<String>,
+        #[arg(required_unless_present = "node")]
+        pod: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    if !args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || args.name.len() > 24 {
+        bail!("lab name {:?}: use letters, digits and '-' (at most 24)", args.name);
+    }
+    let dir = args.state_dir.clone().unwrap_or_else(|| Path::new("/run/srv6pipes/labs").join(&args.name));
+    match args.command {
+        LabCommand::Up { file } => up(&args.name, &dir, &file).map(|_| ExitCode::SUCCESS),
+        LabCommand::Down => down(&args.name, &dir).map(|_| ExitCode::SUCCESS),
+        LabCommand::Status { output } => status(&dir, output).map(|_| ExitCode::SUCCESS),
+        LabCommand::Exec { node, pod, command } => exec(&dir, node, pod, &command),
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<LabState> {
+    LabState::load(dir)?.ok_or_else(|| anyhow!("no lab state in {} (is the lab up?)", dir.display()))
+}
+
+// ---------------------------------------------------------------------------------------- up
+
+fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
+    if LabState::load(dir)?.is_some() {
+        bail!("lab {name} is already up (state in {}); run `srv6pipes lab down` first", dir.display());
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let manifest = manifest::parse(&text).with_context(|| format!("{}", file.display()))?;
+    preflight()?;
+    for sub in ["nodes", "logs", "ipam"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut st = LabState { name: name.into(), pin_root: Path::new("/sys/fs/bpf/srv6pipes").join(format!("lab-{name}")), ..Default::default() };
+    st.save(dir)?;
+    if let Err(e) = build(&mut st, &manifest, dir) {
+        eprintln!("srv6pipes: lab up failed, removing what it made");
+        if let Err(d) = teardown(&st, dir) {
+            eprintln!("srv6pipes: cleanup: {d:#}");
+        }
+        return Err(e);
+    }
+    print_text(&st, dir);
+    Ok(())
+}
+
+fn preflight() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab needs root (network namespaces, eBPF)");
+    }
+    for bin in ["srv6pipes-node", "srv6pipes-cni"] {
+        if !crate::bin_dir().join(bin).exists() {
+            bail!("{bin} not found next to srv6pipes in {}", crate::bin_dir().display());
+        }
+    }
+    cni_plugin("ptp")?;
+    cni_plugin("host-local")?;
+    Ok(())
+}
+
+fn cni_path() -> Vec<PathBuf> {
+    let from_env = std::env::var("CNI_PATH").unwrap_or_default();
+    from_env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).chain(["/usr/lib/cni".into(), "/opt/cni/bin".into()]).collect()
+}
+
+fn cni_plugin(kind: &str) -> anyhow::Result<PathBuf> {
+    cni_path()
+        .into_iter()
+        .map(|d| d.join(kind))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("CNI plugin {kind} not found in {:?} (apt-get install containernetworking-plugins)", cni_path()))
+}
+
+fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
+    let underlay = format!("{}-underlay", st.name);
+    sys::ip(&["netns", "add", &underlay])?;
+    st.underlay_netns = Some(underlay.clone());
+    st.save(dir)?;
+    sys::ip(&["-n", &underlay, "link", "add", "name", "br0", "type", "bridge"])?;
+    sys::ip(&["-n", &underlay, "link", "set", "br0", "up"])?;
+
+    for (i, n) in m.nodes.iter().enumerate() {
+        create_node(st, dir, &underlay, i + 1, n)?;
+    }
+    for n in &st.nodes {
+        for peer in st.nodes.iter().filter(|p| p.name != n.name) {
+            for cidr in &peer.pod_cidrs {
+                let via = match cidr {
+                    ipnet::IpNet::V6(_) => peer.underlay6.to_string(),
+                    ipnet::IpNet::V4(_) => peer.underlay4.to_string(),
+                };
+                sys::ip(&["-n", &n.netns, "route", "add", &cidr.to_string(), "via", &via, "dev", "eth0"])?;
+            }
+        }
+    }
+    for i in 0..st.nodes.len() {
+        start_daemon(st, dir, i)?;
+    }
+    for p in &m.pods {
+        create_pod(st, dir, p)?;
+    }
+    for i in 0..st.pods.len() {
+        start_pod(st, dir, i)?;
+    }
+    program(st, m, dir)
+}
+
+fn create_node(st: &mut LabState, dir: &Path, underlay: &str, index: usize, n: &LabNode) -> anyhow::Result<()> {
+    let netns = format!("{}-{}", st.name, n.name);
+    sys::ip(&["netns", "add", &netns])?;
+    st.nodes.push(NodeState {
+        name: n.name.clone(),
+        netns: netns.clone(),
+        locator: n.locator,
+        underlay6: n.underlay6,
+        underlay4: n.underlay4,
+        pod_cidrs: n.pod_cidrs.clone(),
+        socket: dir.join("nodes").join(&n.name).join("node.sock"),
+        daemon_pid: None,
+    });
+    st.save(dir)?;
+    let port = format!("ul{index}");
+    sys::ip(&["-n", underlay, "link", "add", "name", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+    sys::ip(&["-n", underlay, "link", "set", &port, "master", "br0", "up"])?;
+    sys::ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    sys::ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+    sys::ip(&["-n", &netns, "addr", "add", &format!("{}/64", n.underlay6), "dev", "eth0", "nodad"])?;
+    sys::ip(&["-n", &netns, "addr", "add", &format!("{}/24", n.underlay4), "dev", "eth0"])?;
+    // A node routes for its pods (kindnet-style); the daemon sets IPv6 forwarding itself.
+    let out = sys::in_netns(&netns, "sysctl")?.args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]).output()?;
+    if !out.status.success() {
+        bail!("node {}: sysctl: {}", n.name, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn start_daemon(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
+    let n = st.nodes[i].clone();
+    let node_dir = dir.join("nodes").join(&n.name);
+    std::fs::create_dir_all(&node_dir)?;
+    let mut cmd = sys::in_netns(&n.netns, crate::bin_dir().join("srv6pipes-node"))?;
+    cmd.args(["--node-name", &n.name, "--locator", &n.locator.to_string(), "--uplink", "eth0"])
+        .arg("--socket")
+        .arg(&n.socket)
+        .arg("--state-dir")
+        .arg(&node_dir)
+        .arg("--pin-root")
+        .arg(&st.pin_root)
+        .args(["--cluster-block", manifest::CLUSTER_BLOCK]);
+    let log = dir.join("logs").join(format!("node-{}.log", n.name));
+    let pid = sys::spawn_detached(cmd, &log)?;
+    st.nodes[i].daemon_pid = Some(pid);
+    st.save(dir)?;
+    let start = Instant::now();
+    loop {
+        match node_api::call(&n.socket, &Request::Sids, DAEMON_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(_) if sys::alive(pid) && start.elapsed() < READY_TIMEOUT => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => bail!("node daemon of {} did not come up: {e}\n{}", n.name, sys::tail(&log, 15)),
+        }
+    }
+}
+
+fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
+    let node = st.node(&p.node).expect("checked by the manifest").clone();
+    let netns = format!("{}-{}-{}", st.name, p.namespace, p.name);
+    let who = format!("pod {}/{}", p.namespace, p.name);
+    sys::ip(&["netns", "add", &netns]).with_context(|| who.clone())?;
+    let idx = st.pods.len();
+    st.pods.push(PodState {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        node: p.node.clone(),
+        netns: netns.clone(),
+        container_id: format!("{}-{}-{}", st.name, p.namespace, p.name),
+        labels: p.labels.clone(),
+        ips: Vec::new(),
+        primary: false,
+        chain_ifaces: Vec::new(),
+        command: p.command.clone(),
+        pid: None,
+    });
+    st.save(dir)?;
+    sys::ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    st.pods[idx].primary = true;
+    st.save(dir)?;
+    let result = cni(&st.pods[idx], &node, "ADD", "eth0", &primary_conf(&node, dir)).with_context(|| format!("{who}: ptp ADD"))?;
+    st.pods[idx].ips = result_ips(&result);
+    st.save(dir)?;
+    for ifname in &p.chain_ifaces {
+        st.pods[idx].chain_ifaces.push(ifname.clone());
+        st.save(dir)?;
+        cni(&st.pods[idx], &node, "ADD", ifname, &srv6pipes_conf(&node)).with_context(|| format!("{who}: srv6pipes-cni ADD {ifname}"))?;
+    }
+    Ok(())
+}
+
+/// Debian's real ptp + host-local, ranges from the node's podCIDRs, as a runtime would call it.
+fn primary_conf(node: &NodeState, dir: &Path) -> Value {
+    let ranges: Vec<Value> = node.pod_cidrs.iter().map(|c| json!([{"subnet": c.to_string()}])).collect();
+    let routes: Vec<Value> = node
+        .pod_cidrs
+        .iter()
+        .map(|c| json!({"dst": if matches!(c, ipnet::IpNet::V6(_)) { "::/0" } else { "0.0.0.0/0" }}))
+        .collect();
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "lab-primary",
+        "type": "ptp",
+        "ipMasq": false,
+        "mtu": POD_MTU,
+        "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
+                 "dataDir": dir.join("ipam").join(&node.name).display().to_string()}
+    })
+}
+
+fn srv6pipes_conf(node: &NodeState) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": manifest::NETWORK_NAME,
+        "type": "srv6pipes-cni",
+        "socket": node.socket.display().to_string(),
+        "mtu": POD_MTU,
+    })
+}
+
+/// Runs a CNI plugin exactly as a runtime does: in the node's netns, CNI_* env, config on stdin.
+fn cni(pod: &PodState, node: &NodeState, command: &str, ifname: &str, conf: &Value) -> anyhow::Result<Value> {
+    let kind = conf["type"].as_str().unwrap_or_default();
+    let program = if kind == "srv6pipes-cni" { crate::bin_dir().join(kind) } else { cni_plugin(kind)? };
+    let mut cmd = sys::in_netns(&node.netns, &program)?;
+    let cni_path = cni_path().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &pod.container_id)
+        .env("CNI_NETNS", sys::netns_path(&pod.netns))
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", cni_path)
+        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name));
+    let out = sys::run_with_stdin(cmd, conf.to_string().as_bytes())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        bail!(
+            "{kind} {command} failed (code {}): {} {}",
+            err["code"],
+            err["msg"].as_str().unwrap_or(stdout.trim()),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).context("CNI result")? })
+}
+
+fn result_ips(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
+fn start_pod(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
+    let p = st.pods[i].clone();
+    let command = &p.command;
+    let mut cmd = sys::in_netns(&p.netns, &command[0])?;
+    cmd.args(&command[1..]);
+    let log = dir.join("logs").join(format!("pod-{}-{}.log", p.namespace, p.name));
+    let pid = sys::spawn_detached(cmd, &log).with_context(|| format!("start pod {}/{}: {:?}", p.namespace, p.name, command))?;
+    st.pods[i].pid = Some(pid);
+    st.save(dir)
+}
+
+/// Compiles every chain with the pure compiler and hands each node daemon its tables.
+fn program(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
+    let mut world = World::default();
+    for n in &st.nodes {
+        world.nodes.push(NodeInfo { name: n.name.clone(), locator: n.locator, pod_cidrs: n.pod_cidrs.clone() });
+        let sids = node_sids(n)?;
+        world.registrations.extend(sids.registrations);
+    }
+    for p in &st.pods {
+        let alive = p.pid.is_some_and(sys::alive);
+        world.pods.push(PodInfo {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            node: p.node.clone(),
+            labels: p.labels.clone(),
+            ips: p.ips.clone(),
+            ready: alive,
+        });
+    }
+    let chains: Vec<ChainRef> = m
+        .chains
+        .iter()
+        .map(|c| ChainRef {
+            namespace: c.metadata.namespace.as_deref().unwrap_or("default"),
+            name: c.metadata.name.as_deref().unwrap_or_default(),
+            spec: &c.spec,
+        })
+        .collect();
+    let compiled = compiler::compile(&world, &chains);
+    for n in &st.nodes {
+        let tables = compiled.nodes.get(&n.name).cloned().unwrap_or_default();
+        let peers = st
+            .nodes
+            .iter()
+            .filter(|p| p.name != n.name)
+            .map(|p| Peer { node: p.name.clone(), locator: p.locator, underlay: p.underlay6 })
+            .collect();
+        node_api::call(&n.socket, &Request::Program(NodeProgram { tables, peers }), DAEMON_TIMEOUT)
+            .with_context(|| format!("program node {}", n.name))?;
+    }
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    st.chains = m.chains.clone();
+    for c in &mut st.chains {
+        let v = compiled
+            .chains
+            .iter()
+            .find(|v| Some(&v.name) == c.metadata.name.as_ref() && Some(&v.namespace) == c.metadata.namespace.as_ref())
+            .expect("compiled every chain");
+        c.status = Some(v.status(c.metadata.generation, now.clone()));
+    }
+    st.save(dir)?;
+    let failed: Vec<String> = compiled
+        .chains
+        .iter()
+        .filter(|v| !v.ready)
+        .map(|v| format!("{}/{}: {:?}: {}", v.namespace, v.name, v.reason, v.message))
+        .collect();
+    if !failed.is_empty() {
+        bail!("chains not programmed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+fn node_sids(n: &NodeState) -> anyhow::Result<NodeSids> {
+    match node_api::call(&n.socket, &Request::Sids, DAEMON_TIMEOUT).with_context(|| format!("node {}", n.name))? {
+        Response::Sids(s) => Ok(s),
+        other => bail!("node {}: unexpected answer {other:?}", n.name),
+    }
+}
+
+fn node_stats(n: &NodeState) -> anyhow::Result<NodeStats> {
+    match node_api::call(&n.socket, &Request::Stats, DAEMON_TIMEOUT).with_context(|| format!("node {}", n.name))? {
+        Response::Stats(s) => Ok(s),
+        other => bail!("node {}: unexpected answer {other:?}", n.name),
+    }
+}
+
+// -------------------------------------------------------------------------------------- down
+
+fn down(name: &str, dir: &Path) -> anyhow::Result<()> {
+    let Some(st) = LabState::load(dir)? else {
+        eprintln!("lab {name} is not up (no state in {})", dir.display());
+        return Ok(());
+    };
+    teardown(&st, dir)?;
+    eprintln!("lab {name} is down");
+    Ok(())
+}
+
+/// Removes everything in `st`, best effort: every step runs, errors are reported together.
+fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
+    let mut errors: Vec<String> = Vec::new();
+    let mut note = |r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            errors.push(format!("{e:#}"));
+        }
+    };
+    for p in &st.pods {
+        if let Some(pid) = p.pid {
+            sys::stop_group(pid);
+        }
+        let Some(node) = st.node(&p.node) else { continue };
+        for ifname in &p.chain_ifaces {
+            note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node)).map(|_| ()));
+        }
+        if p.primary && sys::netns_exists(&node.netns) {
+            note(cni(p, node, "DEL", "eth0", &primary_conf(node, dir)).map(|_| ()));
+        }
+        if sys::netns_exists(&p.netns) {
+            note(sys::ip(&["netns", "del", &p.netns]));
+        }
+    }
+    for n in &st.nodes {
+        if let Some(pid) = n.daemon_pid {
+            sys::stop_group(pid);
+        }
+        if sys::netns_exists(&n.netns) {
+            note(sys::ip(&["netns", "del", &n.netns]));
+        }
+    }
+    if let Some(u) = &st.underlay_netns {
+        if sys::netns_exists(u) {
+            note(sys::ip(&["netns", "del", u]));
+        }
+    }
+    match std::fs::remove_dir_all(&st.pin_root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("remove pins {}: {e}", st.pin_root.display())),
+    }
+    // The shared parent goes too once no lab or daemon pins anything in it.
+    if let Some(parent) = st.pin_root.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    if errors.is_empty() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        return Ok(());
+    }
+    // Keep the state so a second `down` can finish the job.
+    Err(anyhow!("lab down left errors:\n  {}", errors.join("\n  ")))
+}
+
+// ------------------------------------------------------------------------------------ status
+
+fn status(dir: &Path, format: Format) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(&st))?),
+        Format::Text => print_text(&st, dir),
+    }
+    Ok(())
+}
+
+struct Live {
+    sids: BTreeMap<String, NodeSids>,
+    stats: BTreeMap<String, NodeStats>,
+}
+
+fn live(st: &LabState) -> Live {
+    let mut l = Live { sids: BTreeMap::new(), stats: BTreeMap::new() };
+    for n in &st.nodes {
+        if let (Ok(s), Ok(c)) = (node_sids(n), node_stats(n)) {
+            l.sids.insert(n.name.clone(), s);
+            l.stats.insert(n.name.clone(), c);
+        }
+    }
+    l
+}
+
+/// Per SID: node, behaviour, owner (pod:interface) and counters.
+fn sid_rows(st: &LabState, live: &Live) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for n in &st.nodes {
+        let (Some(sids), Some(stats)) = (live.sids.get(&n.name), live.stats.get(&n.name)) else { continue };
+        for c in &stats.sids {
+            let owner = sids.registrations.iter().find(|r| r.sid == c.sid);
+            rows.push(json!({
+                "node": n.name, "sid": c.sid.to_string(), "behavior": c.behavior,
+                "pod": owner.map(|r| format!("{}/{}", r.pod_namespace, r.pod_name)),
+                "interface": owner.map(|r| r.interface.clone()),
+                "packets": c.packets, "bytes": c.bytes, "drops": c.drops,
+            }));
+        }
+    }
+    rows
+}
+
+fn status_json(st: &LabState) -> Value {
+    let live = live(st);
+    json!({
+        "name": st.name,
+        "nodes": st.nodes.iter().map(|n| json!({
+            "name": n.name,
+            "locator": n.locator.to_string(),
+            "underlay": {"ipv6": n.underlay6.to_string(), "ipv4": n.underlay4.to_string()},
+            "podCIDRs": n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "daemon": {"pid": n.daemon_pid, "running": n.daemon_pid.is_some_and(sys::alive)},
+        })).collect::<Vec<_>>(),
+        "pods": st.pods.iter().map(|p| json!({
+            "namespace": p.namespace, "name": p.name, "node": p.node,
+            "ips": p.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            "chainInterfaces": p.chain_ifaces,
+            "running": p.pid.is_some_and(sys::alive),
+        })).collect::<Vec<_>>(),
+        "sids": sid_rows(st, &live),
+        "drops": live.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>(),
+        "chains": st.chains,
+    })
+}
+
+fn print_text(st: &LabState, _dir: &Path) {
+    let live = live(st);
+    println!("NODE        LOCATOR               UNDERLAY          DAEMON");
+    for n in &st.nodes {
+        let d = if n.daemon_pid.is_some_and(sys::alive) { "running" } else { "DOWN" };
+        println!("{:<11} {:<21} {:<17} {d}", n.name, n.locator.to_string(), n.underlay6.to_string());
+    }
+    println!("\nPOD                   NODE        IPS");
+    for p in &st.pods {
+        let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+        let chain = if p.chain_ifaces.is_empty() { String::new() } else { format!("  (+{})", p.chain_ifaces.join(",")) };
+        println!("{:<21} {:<11} {}{chain}", format!("{}/{}", p.namespace, p.name), p.node, ips.join(","));
+    }
+    println!("\nSID                     NODE        BEHAVIOR  OWNER                   PACKETS     BYTES  DROPS");
+    for r in sid_rows(st, &live) {
+        let owner = match (r["pod"].as_str(), r["interface"].as_str()) {
+            (Some(p), Some(i)) => format!("{p}:{i}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<23} {:<11} {:<9} {:<21} {:>9} {:>9} {:>6}",
+            r["sid"].as_str().unwrap_or_default(),
+            r["node"].as_str().unwrap_or_default(),
+            r["behavior"].as_str().unwrap_or_default(),
+            owner,
+            r["packets"].as_u64().unwrap_or_default(),
+            r["bytes"].as_u64().unwrap_or_default(),
+            r["drops"].as_u64().unwrap_or_default()
+        );
+    }
+    println!("\nCHAIN                 READY  REASON       PATH");
+    for c in &st.chains {
+        let s = c.status.clone().unwrap_or_default();
+        let cond = s.conditions.first();
+        let path = s.paths.first().map(|p| p.segments.join(" -> ")).unwrap_or_default();
+        println!(
+            "{:<21} {:<6} {:<12} {path}",
+            format!("{}/{}", c.metadata.namespace.as_deref().unwrap_or_default(), c.metadata.name.as_deref().unwrap_or_default()),
+            cond.map(|c| c.status.as_str()).unwrap_or("?"),
+            cond.map(|c| c.reason.as_str()).unwrap_or("?"),
+        );
+    }
+    for (node, stats) in &live.stats {
+        let drops: Vec<String> = stats.drops.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        if !drops.is_empty() {
+            println!("\ndrops on {node}: {}", drops.join(" "));
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------- exec
+
+fn exec(dir: &Path, node: Option<String>, pod: Option<String>, command: &[String]) -> anyhow::Result<ExitCode> {
+    let st = load(dir)?;
+    let netns = match (node, pod) {
+        (Some(n), _) => st.node(&n).ok_or_else(|| anyhow!("no node {n} in lab {}", st.name))?.netns.clone(),
+        (None, Some(p)) => {
+            let (ns, name) = p.split_once('/').map(|(a, b)| (Some(a), b)).unwrap_or((None, p.as_str()));
+            let found: Vec<&PodState> =
+                st.pods.iter().filter(|x| x.name == name && ns.is_none_or(|ns| x.namespace == ns)).collect();
+            match found.as_slice() {
+                [one] => one.netns.clone(),
+                [] => bail!("no pod {p} in lab {}", st.name),
+                _ => bail!("pod name {p} is ambiguous: use NAMESPACE/POD"),
+            }
+        }
+        (None, None) => bail!("name a pod or --node"),
+    };
+    let status = sys::in_netns(&netns, &command[0])?.args(&command[1..]).status().with_context(|| format!("run {:?}", command[0]))?;
+    Ok(ExitCode::from(status.code().unwrap_or(128).clamp(0, 255) as u8))
+}

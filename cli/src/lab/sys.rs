@@ -1,0 +1,97 @@
+//! Processes and namespaces for the lab: commands run in a network namespace by entering it
+//! with setns only (no `ip netns exec`, which remounts /sys and would hide bpffs pins).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{bail, Context};
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// `ip ARGS...`, failing with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    netns_path(name).exists()
+}
+
+/// A command that will run inside network namespace `netns`.
+pub fn in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+    let ns = File::open(netns_path(netns)).with_context(|| format!("open netns {netns}"))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd)
+}
+
+/// Runs to completion with `stdin`, returning its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> anyhow::Result<Output> {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
+/// Starts a long-running process in its own session, output appended to `log`; returns its pid.
+pub fn spawn_detached(mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
+    let out = File::options().create(true).append(true).open(log).with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn()?;
+    Ok(child.id())
+}
+
+pub fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// SIGTERM to the process group, then SIGKILL after a grace period.
+pub fn stop_group(pid: u32) {
+    use nix::sys::signal::{killpg, Signal};
+    let pg = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = killpg(pg, Signal::SIGTERM);
+    for _ in 0..50 {
+        if !alive(pid) {
+            reap(pid);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = killpg(pg, Signal::SIGKILL);
+    for _ in 0..50 {
+        if !alive(pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reap(pid);
+}
+
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
