@@ -1,0 +1,333 @@
+//! Tier 3: the example lab on the real kernel, with the real binaries and real traffic.
+//! Needs root, iproute2, nftables, tcpdump, socat, ping and Debian's CNI plugins; without them
+//! the tests say why and skip. The binaries come from `cargo build --workspace` (or
+//! `cargo test --workspace`, which builds them first).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn target_dir() -> PathBuf {
+    // target/<profile>/deps/lab-<hash>  ->  target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Why this machine cannot run the lab, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    if !nix_is_root() {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "nft", "tcpdump", "socat", "ping", "sysctl"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"].iter().any(|p| Path::new(p).exists()) {
+        return Some("CNI plugins (ptp, host-local) are not installed".into());
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = missing_prerequisite() {
+            eprintln!("SKIPPED: the lab needs root and its tools: {why}");
+            return;
+        }
+    };
+}
+
+/// A lab with a unique name and state dir, always taken down (even when the test panics).
+struct Lab {
+    name: String,
+    state: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t{}-{}-{}", std::process::id() % 100_000, tag, N.fetch_add(1, Ordering::SeqCst));
+        let state = std::env::temp_dir().join(format!("srv6pipes-e2e-{name}"));
+        let bin = target_dir().join("srv6pipes");
+        assert!(bin.exists(), "{} missing: run `cargo build --workspace` first", bin.display());
+        Self { name, state }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(target_dir().join("srv6pipes"));
+        c.arg("lab").arg("--name").arg(&self.name).arg("--state-dir").arg(&self.state).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run srv6pipes")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "srv6pipes lab {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("status json")
+    }
+
+    fn netns(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn pin_root(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/srv6pipes/lab-{}", self.name))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn pod_ip(status: &Value, pod: &str, v6: bool) -> String {
+    status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .unwrap_or_else(|| panic!("pod {pod} in status"))["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .find(|i| i.contains(':') == v6)
+        .unwrap_or_else(|| panic!("pod {pod} has an IPv{} address", if v6 { 6 } else { 4 }))
+}
+
+/// nft rule counters of a VNF's `vnf` table, in rule order: packets per rule.
+fn nft_counters(lab: &Lab, pod: &str) -> Vec<u64> {
+    let out = lab.exec(pod, &["nft", "-j", "list", "table", "ip6", "vnf"]);
+    assert!(out.status.success(), "nft in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|r| {
+            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).expect("rule has a counter")["packets"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn sid_packets(status: &Value, node: &str, behavior: &str) -> u64 {
+    status["sids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node"] == node && s["behavior"] == behavior)
+        .map(|s| s["packets"].as_u64().unwrap())
+        .sum()
+}
+
+fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
+    let c = count.to_string();
+    let fam = if to.contains(':') { "-6" } else { "-4" };
+    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
+}
+
+/// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(lab: &Lab, pod: &str) -> Self {
+        let file = lab.state.with_extension(format!("{pod}.pcap"));
+        let f = file.display().to_string();
+        let mut child = lab
+            .cmd(&["exec", pod, "--", "tcpdump", "--immediate-mode", "-i", "net1", "-nn", "-U", "-w", &f])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("listening on net1"), "tcpdump in {pod}: {line}");
+        Capture { child, file }
+    }
+
+    /// Stops the capture; returns the decoded packets (one line each).
+    fn finish(mut self) -> Vec<String> {
+        unsafe_kill(self.child.id(), 2);
+        let _ = self.child.wait();
+        let out = Command::new("tcpdump").args(["-r"]).arg(&self.file).args(["-nn", "-v"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = std::fs::remove_file(&self.file);
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    // `lab exec` forwards nothing: signal its child (tcpdump) too.
+    let _ = Command::new("pkill").arg(format!("-{sig}")).arg("-P").arg(pid.to_string()).status();
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn example_chain_steers_through_both_vnfs_in_order() {
+    require_lab!();
+    let lab = Lab::new("chain");
+    let example = repo_root().join("examples/lab-two-nodes.yaml");
+    let up = lab.ok(&["up", "-f", example.to_str().unwrap()]);
+    assert!(up.contains("Programmed"), "{up}");
+    let st = lab.status();
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(st["nodes"][0]["locator"], "fcbb:bb00:1::/48");
+    assert_eq!(st["chains"][0]["status"]["conditions"][0]["status"], "True");
+    let paths = &st["chains"][0]["status"]["paths"];
+    assert_eq!(paths[0]["segments"].as_array().unwrap().len(), 3, "{paths}");
+    let server6 = pod_ip(&st, "server", true);
+    let server4 = pod_ip(&st, "server", false);
+    let fw6 = pod_ip(&st, "firewall", true);
+    // The VNFs' nft rules are set by their pod commands: wait for them.
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        lab.exec("firewall", &["nft", "list", "table", "ip6", "vnf"]).status.success()
+            && lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
+    });
+
+    let fw_cap = Capture::start(&lab, "firewall");
+    let ids_cap = Capture::start(&lab, "ids");
+    assert!(ping(&lab, "client", &server6, 5), "client -> server through the chain");
+    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -T 5 - TCP6:[{server6}]:8080")]);
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
+    let fw_pkts = fw_cap.finish();
+    let ids_pkts = ids_cap.finish();
+
+    // Both VNFs forwarded the chain's traffic; the ids drops unmarked packets, so everything it
+    // passed went through the firewall first.
+    let fw = nft_counters(&lab, "firewall");
+    let ids = nft_counters(&lab, "ids");
+    assert!(fw[0] >= 6, "firewall marked {fw:?}");
+    assert_eq!(ids[0], 0, "ids saw unmarked packets: {ids:?}");
+    assert!(ids[1] >= 6, "ids passed {ids:?}");
+
+    // The VNFs are SR-unaware: they saw plain IPv6, no routing header.
+    for (vnf, pkts) in [("firewall", &fw_pkts), ("ids", &ids_pkts)] {
+        assert!(pkts.iter().any(|l| l.contains("echo request")), "{vnf} captured no echo request: {pkts:?}");
+        assert!(!pkts.iter().any(|l| l.contains("srcrt") || l.contains("RT6")), "{vnf} saw a routing header: {pkts:?}");
+        assert!(pkts.iter().filter(|l| l.contains("echo request")).all(|l| l.contains(&server6)), "{pkts:?}");
+    }
+
+    // Per-SID counters: both proxies and the decapsulation at the server's node.
+    let st = lab.status();
+    assert!(sid_packets(&st, "n1", "End.AD") >= 6, "{}", st["sids"]);
+    assert!(sid_packets(&st, "n2", "End.AD") >= 6, "{}", st["sids"]);
+    assert!(sid_packets(&st, "n2", "End.DT6") >= 6, "{}", st["sids"]);
+
+    // Traffic outside the chain's match (IPv4, and IPv6 to another prefix) never enters a VNF.
+    let before = (nft_counters(&lab, "firewall"), nft_counters(&lab, "ids"), lab.status()["sids"].clone());
+    assert!(ping(&lab, "client", &server4, 3), "client -> server over IPv4, outside the chain");
+    assert!(ping(&lab, "client", &fw6, 3), "client -> firewall's eth0, outside the chain's prefix");
+    assert_eq!(nft_counters(&lab, "firewall"), before.0);
+    assert_eq!(nft_counters(&lab, "ids"), before.1);
+    assert_eq!(lab.status()["sids"], before.2);
+
+    // Take the firewall's marking away: the ids now drops everything, which proves the order.
+    assert!(lab.exec("firewall", &["nft", "flush", "chain", "ip6", "vnf", "forward"]).status.success());
+    assert!(!ping(&lab, "client", &server6, 2), "ids must drop traffic the firewall did not mark");
+    assert!(nft_counters(&lab, "ids")[0] >= 2);
+}
+
+#[test]
+fn lab_down_leaves_nothing_behind() {
+    require_lab!();
+    let lab = Lab::new("down");
+    let example = repo_root().join("examples/lab-two-nodes.yaml");
+    lab.ok(&["up", "-f", example.to_str().unwrap()]);
+    let st = lab.status();
+    let pids: Vec<u64> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["daemon"]["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert_eq!(lab.netns().len(), 7, "underlay + 2 nodes + 4 pods: {:?}", lab.netns());
+    assert!(lab.pin_root().join("n1/sp_sids").exists());
+
+    lab.ok(&["down"]);
+    assert!(lab.netns().is_empty(), "netns left: {:?}", lab.netns());
+    assert!(!lab.pin_root().exists(), "pins left in {}", lab.pin_root().display());
+    assert!(!lab.state.exists(), "state left in {}", lab.state.display());
+    for pid in pids {
+        // Exited; reaping the orphan is init's business, so a zombie counts as gone.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "daemon {pid} still running: {stat}");
+    }
+    let again = lab.run(&["down"]);
+    assert!(again.status.success(), "a second down is a no-op");
+}
+
+#[test]
+fn failed_up_cleans_up_and_says_why() {
+    require_lab!();
+    let lab = Lab::new("fail");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    // A chain whose second function selects no pod cannot be programmed.
+    let broken = text.replace("matchLabels: {vnf: ids}}\n", "matchLabels: {vnf: nobody}}\n");
+    assert_ne!(broken, text);
+    let file = lab.state.with_extension("yaml");
+    std::fs::write(&file, broken).unwrap();
+    let out = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NoReplicas") && err.contains("ids"), "{err}");
+    assert!(lab.netns().is_empty(), "netns left: {:?}", lab.netns());
+    assert!(!lab.pin_root().exists());
+    assert!(!lab.state.exists());
+}
