@@ -96,6 +96,17 @@ fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let manifest = manifest::parse(&text).with_context(|| format!("{}", file.display()))?;
     preflight()?;
+    // Creating the state directory is the lock: two `up`s of one lab cannot both get here.
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("lab {name}: {} exists (another `lab up` is running, or remove it)", dir.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+    }
     for sub in ["nodes", "logs", "ipam"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -475,8 +486,10 @@ fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir(parent);
     }
     if errors.is_empty() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-        return Ok(());
+        return match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", dir.display())),
+            _ => Ok(()),
+        };
     }
     // Keep the state so a second `down` can finish the job.
     Err(anyhow!("lab down left errors:\n  {}", errors.join("\n  ")))
