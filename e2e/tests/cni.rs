@@ -3,20 +3,13 @@
 //! nothing left behind, and the error codes a runtime acts on.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-fn target_dir() -> PathBuf {
-    std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
+mod common;
+use common::target_dir;
 
 const ONE_NODE: &str = r#"
 apiVersion: v1
@@ -126,10 +119,7 @@ fn conf(version: &str, socket: &str) -> Value {
 
 #[test]
 fn add_del_every_version_idempotent_and_clean() {
-    if !is_root() || Command::new("socat").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: needs root and socat");
-        return;
-    }
+    require_lab!("socat");
     let lab = OneNode::up();
     let links_before = lab.node(&["ip", "-o", "link"]);
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
@@ -173,10 +163,7 @@ fn add_del_every_version_idempotent_and_clean() {
 
 #[test]
 fn errors_carry_spec_codes_and_leave_nothing() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
+    require_lab!("socat");
     let lab = OneNode::up();
     let links_before = lab.node(&["ip", "-o", "link"]);
     // Node daemon unreachable: code 11 (try again later), the veth is rolled back.

@@ -4,53 +4,15 @@
 //! `cargo test --workspace`, which builds them first).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/lab-<hash>  ->  target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Why this machine cannot run the lab, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !nix_is_root() {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "nft", "tcpdump", "socat", "ping", "sysctl"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"].iter().any(|p| Path::new(p).exists()) {
-        return Some("CNI plugins (ptp, host-local) are not installed".into());
-    }
-    None
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = missing_prerequisite() {
-            eprintln!("SKIPPED: the lab needs root and its tools: {why}");
-            return;
-        }
-    };
-}
+mod common;
+use common::{repo_root, target_dir};
 
 /// A lab with a unique name and state dir, always taken down (even when the test panics).
 struct Lab {
@@ -176,19 +138,29 @@ struct Capture {
 }
 
 impl Capture {
+    /// On a pod's chain interface, entered through `srv6pipes lab exec`.
     fn start(lab: &Lab, pod: &str) -> Self {
         let file = lab.state.with_extension(format!("{pod}.pcap"));
         let f = file.display().to_string();
-        let mut child = lab
-            .cmd(&["exec", pod, "--", "tcpdump", "--immediate-mode", "-i", "net1", "-nn", "-U", "-w", &f])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let cmd = lab.cmd(&["exec", pod, "--", "tcpdump", "--immediate-mode", "-i", "net1", "-nn", "-U", "-w", &f]);
+        Self::spawn(cmd, file, "net1")
+    }
+
+    /// On the underlay bridge: what travels between nodes.
+    fn underlay(lab: &Lab) -> Self {
+        let file = lab.state.with_extension("underlay.pcap");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-underlay", lab.name), "tcpdump", "--immediate-mode", "-i", "br0", "-nn", "-U", "-w"])
+            .arg(&file);
+        Self::spawn(cmd, file, "br0")
+    }
+
+    fn spawn(mut cmd: Command, file: PathBuf, iface: &str) -> Self {
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         err.read_line(&mut line).unwrap();
-        assert!(line.contains("listening on net1"), "tcpdump in {pod}: {line}");
+        assert!(line.contains(&format!("listening on {iface}")), "tcpdump on {iface}: {line}");
         Capture { child, file }
     }
 
@@ -219,7 +191,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn example_chain_steers_through_both_vnfs_in_order() {
-    require_lab!();
+    require_lab!("nft", "tcpdump", "socat", "ping");
     let lab = Lab::new("chain");
     let example = repo_root().join("examples/lab-two-nodes.yaml");
     let up = lab.ok(&["up", "-f", example.to_str().unwrap()]);
@@ -241,11 +213,13 @@ fn example_chain_steers_through_both_vnfs_in_order() {
 
     let fw_cap = Capture::start(&lab, "firewall");
     let ids_cap = Capture::start(&lab, "ids");
+    let wire = Capture::underlay(&lab);
     assert!(ping(&lab, "client", &server6, 5), "client -> server through the chain");
     let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -T 5 - TCP6:[{server6}]:8080")]);
     assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
     let fw_pkts = fw_cap.finish();
     let ids_pkts = ids_cap.finish();
+    let wire_pkts = wire.finish();
 
     // Both VNFs forwarded the chain's traffic; the ids drops unmarked packets, so everything it
     // passed went through the firewall first.
@@ -261,6 +235,15 @@ fn example_chain_steers_through_both_vnfs_in_order() {
         assert!(!pkts.iter().any(|l| l.contains("srcrt") || l.contains("RT6")), "{vnf} saw a routing header: {pkts:?}");
         assert!(pkts.iter().filter(|l| l.contains("echo request")).all(|l| l.contains(&server6)), "{pkts:?}");
     }
+
+    // Local next segments never leave the node: between n1 and n2 only the hop to the ids'
+    // SID travels encapsulated (the firewall's SID is served by n1's headend, the decapsulation
+    // SID by n2's outbound proxy).
+    let srv6: Vec<&String> = wire_pkts.iter().filter(|l| l.contains("RT6")).collect();
+    assert!(srv6.len() >= 6, "SRv6 on the underlay: {wire_pkts:?}");
+    let ids_sid = "fcbb:bb00:2:e001::";
+    assert!(srv6.iter().all(|l| l.contains(&format!("> {ids_sid}"))), "{srv6:?}");
+    assert!(srv6.iter().all(|l| l.contains("fcbb:bb00:1::1 >")), "outer source is n1's SRv6 source: {srv6:?}");
 
     // Per-SID counters: both proxies and the decapsulation at the server's node.
     let st = lab.status();
@@ -284,7 +267,7 @@ fn example_chain_steers_through_both_vnfs_in_order() {
 
 #[test]
 fn lab_down_leaves_nothing_behind() {
-    require_lab!();
+    require_lab!("nft", "tcpdump", "socat", "ping");
     let lab = Lab::new("down");
     let example = repo_root().join("examples/lab-two-nodes.yaml");
     lab.ok(&["up", "-f", example.to_str().unwrap()]);
@@ -314,7 +297,7 @@ fn lab_down_leaves_nothing_behind() {
 
 #[test]
 fn failed_up_cleans_up_and_says_why() {
-    require_lab!();
+    require_lab!("nft", "tcpdump", "socat", "ping");
     let lab = Lab::new("fail");
     let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
     // A chain whose second function selects no pod cannot be programmed.
@@ -330,4 +313,50 @@ fn failed_up_cleans_up_and_says_why() {
     assert!(lab.netns().is_empty(), "netns left: {:?}", lab.netns());
     assert!(!lab.pin_root().exists());
     assert!(!lab.state.exists());
+}
+
+/// A second chain in the other direction (server on n2 -> client on n1, through the firewall on
+/// n1 then the ids on n2) takes every remote branch: the headend pushes toward a remote SID,
+/// both proxies receive from the underlay, and the last segment is decapsulated by n1's uplink.
+#[test]
+fn reverse_chain_takes_the_remote_paths() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("rev");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let reverse = text.clone()
+        + r#"---
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {name: back, namespace: default}
+spec:
+  sources: {podSelector: {matchLabels: {app: server}}}
+  match: {destinationPrefixes: ["fd00:10:1::/64"]}
+  functions:
+    - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
+    - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
+"#;
+    let file = lab.state.with_extension("yaml");
+    std::fs::write(&file, reverse).unwrap();
+    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let st = lab.status();
+    let back = st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "back").unwrap();
+    assert_eq!(
+        back["status"]["paths"][0]["segments"],
+        serde_json::json!(["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"])
+    );
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
+    });
+    let client6 = pod_ip(&st, "client", true);
+    assert!(ping(&lab, "server", &client6, 5), "server -> client through the reverse chain");
+    let ids = nft_counters(&lab, "ids");
+    assert_eq!(ids[0], 0, "everything the ids saw was marked: {ids:?}");
+    // Requests went through `back`; the replies through the example chain.
+    assert!(ids[1] >= 10, "{ids:?}");
+    let st = lab.status();
+    assert!(sid_packets(&st, "n1", "End.DT6") >= 5, "n1 decapsulated from the underlay: {}", st["sids"]);
+    let drops: u64 = st["drops"]["n1"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(drops, 0, "{}", st["drops"]);
 }

@@ -106,7 +106,13 @@ static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o
 	__u64 len = o->len;
 	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
-	if (bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+	long err = bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6);
+	/* A non-GSO packet that was decapsulated earlier (End.AD inbound) keeps
+	 * skb->encapsulation, and the helper refuses a second level (-EALREADY). Without GSO the
+	 * encap flags have nothing to fix up, so push plainly. */
+	if (err && skb->gso_size == 0)
+		err = bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, 0);
+	if (err)
 		return SP_DROP_ADJUST;
 	sp_barrier_var(len);
 	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
