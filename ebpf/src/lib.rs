@@ -14,7 +14,8 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use aya::programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use maps::{DropReason, HeadendKey, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT6, MAX_HDR, MAX_SEGS};
@@ -59,15 +60,36 @@ impl Hook {
             Hook::Headend => "sp_headend",
         }
     }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Hook::Uplink => "uplink",
+            Hook::Vnf => "vnf",
+            Hook::Headend => "headend",
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<Self> {
+        [Hook::Uplink, Hook::Vnf, Hook::Headend].into_iter().find(|h| h.tag() == tag)
+    }
+}
+
+/// A tcx attachment pinned at `<pin dir>/links/<hook>-<ifname>-<ifindex>`: it outlives the
+/// daemon (restarts and upgrades do not touch traffic) until it is unpinned or its interface
+/// goes away. The ifindex in the name tells a live pin from one whose interface was replaced.
+struct Attached {
+    link: PinnedLink,
 }
 
 pub struct Datapath {
     bpf: Ebpf,
-    links: BTreeMap<(Hook, String), SchedClassifierLinkId>,
+    links_dir: std::path::PathBuf,
+    links: BTreeMap<(Hook, String), Attached>,
 }
 
 impl Datapath {
-    /// Loads the object, reusing maps already pinned in `pin_dir` (created otherwise).
+    /// Loads the object, reusing maps already pinned in `pin_dir` (created otherwise), and adopts
+    /// the links a previous daemon pinned there whose interfaces still exist.
     pub fn load(pin_dir: &Path) -> Result<Self> {
         let mut bpf = EbpfLoader::new()
             .map_pin_path(pin_dir)
@@ -82,34 +104,71 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { program, source })?;
             prog.load().map_err(|source| DatapathError::Program { program, source })?;
         }
-        Ok(Self { bpf, links: BTreeMap::new() })
+        let links_dir = pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir)
+            .map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
+        let mut dp = Self { bpf, links_dir, links: BTreeMap::new() };
+        dp.adopt_pinned_links()?;
+        Ok(dp)
+    }
+
+    fn adopt_pinned_links(&mut self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.links_dir)
+            .map_err(|e| DatapathError::Invalid(format!("read {}: {e}", self.links_dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = parse_link_pin(&name);
+            let live = parsed.as_ref().is_some_and(|(_, ifname, ifindex)| {
+                nix::net::if_::if_nametoindex(ifname.as_str()).ok() == Some(*ifindex)
+            });
+            match (parsed, live) {
+                (Some((hook, ifname, _)), true) => {
+                    let link = PinnedLink::from_pin(&path)
+                        .map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
+                    self.links.insert((hook, ifname), Attached { link });
+                }
+                // The interface is gone (its link with it) or was replaced: drop the stale pin.
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attaches `hook`'s program at tcx ingress of `ifname` (appended after programs already
-    /// there, e.g. the primary CNI's). Attaching twice is a no-op.
+    /// there, e.g. the primary CNI's) and pins the link. Attaching twice is a no-op.
     pub fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
         if self.links.contains_key(&(hook, ifname.to_string())) {
             return Ok(());
         }
         let program = hook.program();
+        let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
+        let ifindex = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
         let prog: &mut SchedClassifier = self.bpf.program_mut(program).expect("loaded").try_into().expect("classifier");
-        let id = prog
-            .attach(ifname, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Attach { program, ifname: ifname.into(), source })?;
-        self.links.insert((hook, ifname.to_string()), id);
+        let id = prog.attach(ifname, TcAttachType::Ingress).map_err(attach_err)?;
+        let link: FdLink = prog.take_link(id).map_err(attach_err)?.try_into().map_err(|e| {
+            DatapathError::Invalid(format!("attach {program} on {ifname}: not a tcx link ({e})"))
+        })?;
+        let path = self.links_dir.join(format!("{}-{ifname}-{ifindex}", hook.tag()));
+        let link = link
+            .pin(&path)
+            .map_err(|e| DatapathError::Invalid(format!("pin link {}: {e}", path.display())))?;
+        self.links.insert((hook, ifname.to_string()), Attached { link });
         Ok(())
     }
 
-    /// Detaches; an interface that is already gone (its links with it) is not an error.
+    /// Unpins and so detaches; an interface that is already gone (its link with it) is fine.
     pub fn detach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
-        let Some(id) = self.links.remove(&(hook, ifname.to_string())) else { return Ok(()) };
-        let program = hook.program();
-        let prog: &mut SchedClassifier = self.bpf.program_mut(program).expect("loaded").try_into().expect("classifier");
-        match prog.detach(id) {
-            Ok(()) => Ok(()),
-            Err(_) if nix::net::if_::if_nametoindex(ifname).is_err() => Ok(()),
-            Err(source) => Err(DatapathError::Attach { program, ifname: ifname.into(), source }),
+        let Some(a) = self.links.remove(&(hook, ifname.to_string())) else { return Ok(()) };
+        match a.link.unpin() {
+            Ok(fd) => drop(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DatapathError::Invalid(format!("unpin {} link on {ifname}: {e}", hook.program()))),
         }
+        Ok(())
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (Hook, &str)> {
@@ -155,6 +214,25 @@ impl Datapath {
             .map(|r| r.map(|(k, v)| (Ipv6Addr::from(k), v)))
             .collect::<std::result::Result<_, _>>()
             .map_err(|source| DatapathError::Map { map: "sp_sids", source })
+    }
+
+    /// Installed headend rules: ((ifindex, destination), policy id).
+    pub fn headend_rules(&self) -> Result<Vec<((u32, ipnet::Ipv6Net), u32)>> {
+        let m: LpmTrie<&MapData, HeadendKey, u32> = self.typed_ref("sp_headend_rules")?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_headend_rules", source })?;
+            let data = k.data();
+            let len = (k.prefix_len().saturating_sub(32)).min(128) as u8;
+            let dst = ipnet::Ipv6Net::new(Ipv6Addr::from(data.daddr), len).expect("len <= 128");
+            out.push(((data.ifindex, dst), id));
+        }
+        Ok(out)
+    }
+
+    pub fn policy_ids(&self) -> Result<Vec<u32>> {
+        let m: HashMap<&MapData, u32, OuterHdr> = self.typed_ref("sp_policies")?;
+        m.keys().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_policies", source })
     }
 
     pub fn remove_ad_cache(&mut self, ifindex: u32) -> Result<()> {
@@ -235,6 +313,13 @@ impl Datapath {
     }
 }
 
+/// `<hook>-<ifname>-<ifindex>` (interface names may contain '-').
+fn parse_link_pin(name: &str) -> Option<(Hook, String, u32)> {
+    let (hook, rest) = name.split_once('-')?;
+    let (ifname, ifindex) = rest.rsplit_once('-')?;
+    Some((Hook::from_tag(hook)?, ifname.to_string(), ifindex.parse().ok()?))
+}
+
 fn headend_key(ifindex: u32, dst: ipnet::Ipv6Net) -> Key<HeadendKey> {
     Key::new(32 + dst.prefix_len() as u32, HeadendKey { ifindex, daddr: dst.trunc().network().octets() })
 }
@@ -244,5 +329,18 @@ fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>, map: &'static
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(source) => Err(DatapathError::Map { map, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_roundtrip() {
+        assert_eq!(parse_link_pin("vnf-sp12ab-7"), Some((Hook::Vnf, "sp12ab".into(), 7)));
+        assert_eq!(parse_link_pin("headend-veth-a-b-12"), Some((Hook::Headend, "veth-a-b".into(), 12)));
+        assert_eq!(parse_link_pin("uplink-eth0-x"), None);
+        assert_eq!(parse_link_pin("other-eth0-1"), None);
     }
 }

@@ -73,8 +73,20 @@ impl Node {
         Ok(node)
     }
 
-    /// Re-applies persisted registrations whose interfaces still exist, then the last program.
+    /// Rebuilds from the pins and the state directory: what the maps and pinned links hold is
+    /// taken as installed, registrations whose interfaces still exist are kept (same SIDs),
+    /// leftovers are removed, and the last programming is re-applied as a diff — so a restart
+    /// changes nothing under running traffic.
     async fn restore(&mut self, state: Persisted) -> anyhow::Result<()> {
+        let dp = &self.datapath;
+        let sids = dp.sids()?;
+        self.installed = Installed {
+            rules: dp.headend_rules()?.into_iter().collect(),
+            policies: dp.policy_ids()?.into_iter().collect(),
+            headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
+            decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT6).map(|(s, _)| Sid(*s)).collect(),
+            peer_routes: state.program.iter().flat_map(|p| &p.peers).map(|p| (p.locator.prefix(), p.underlay)).collect(),
+        };
         for reg in state.registrations {
             let a = &reg.attachment;
             match if_nametoindex(a.host_ifname.as_str()) {
@@ -85,10 +97,26 @@ impl Node {
                 }
                 _ => {
                     warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "interface gone while down: SID released");
-                    self.datapath.remove_sid(reg.sid.0)?;
-                    self.datapath.remove_ad_cache(reg.ifindex)?;
+                    self.uninstall_proxy(&reg);
                 }
             }
+        }
+        // Proxy SIDs and VNF links nobody registered (a crash between install and save).
+        let kept: BTreeSet<Ipv6Addr> = self.state.registrations.iter().map(|r| r.sid.0).collect();
+        for (sid, e) in sids.iter().filter(|(s, e)| e.behavior == BEHAVIOR_END_AD && !kept.contains(s)) {
+            warn!(node = %self.name, sid = %sid, "removing unregistered proxy SID");
+            self.datapath.remove_sid(*sid)?;
+            self.datapath.remove_ad_cache(e.ifindex)?;
+        }
+        let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.attachment.host_ifname.as_str()).collect();
+        let orphans: Vec<String> = self
+            .datapath
+            .attached()
+            .filter(|(h, i)| *h == Hook::Vnf && !vnf_ifaces.contains(i))
+            .map(|(_, i)| i.to_string())
+            .collect();
+        for ifname in orphans {
+            self.datapath.detach(Hook::Vnf, &ifname)?;
         }
         if let Some(p) = state.program {
             if let Err(e) = self.program(p).await {

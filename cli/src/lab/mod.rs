@@ -53,6 +53,13 @@ enum LabCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Restart a node's daemon (SIGTERM, or SIGKILL with --kill) and wait until it serves
+    /// again. Traffic keeps flowing meanwhile: programs, maps and links stay pinned.
+    RestartNode {
+        node: String,
+        #[arg(long)]
+        kill: bool,
+    },
     /// Run a command in a pod's network namespace (POD or NAMESPACE/POD), or a node's (--node).
     Exec {
         #[arg(long, conflicts_with = "pod")]
@@ -80,6 +87,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCommand::Down => down(&args.name, &dir).map(|_| ExitCode::SUCCESS),
         LabCommand::Status { output } => status(&dir, output).map(|_| ExitCode::SUCCESS),
         LabCommand::Exec { node, pod, command } => exec(&dir, node, pod, &command),
+        LabCommand::RestartNode { node, kill } => restart_node(&dir, &node, kill).map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -611,6 +619,19 @@ fn print_text(st: &LabState, _dir: &Path) {
             println!("\ndrops on {node}: {}", drops.join(" "));
         }
     }
+}
+
+fn restart_node(dir: &Path, node: &str, kill: bool) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    let i = st.nodes.iter().position(|n| n.name == node).ok_or_else(|| anyhow!("no node {node} in lab {}", st.name))?;
+    if let Some(pid) = st.nodes[i].daemon_pid.take() {
+        if kill {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        sys::stop_group(pid);
+    }
+    st.save(dir)?;
+    start_daemon(&mut st, dir, i)
 }
 
 // -------------------------------------------------------------------------------------- exec

@@ -1,0 +1,109 @@
+//! seqflow: a sequenced UDP stream for loss and reordering tests.
+//!
+//!   seqflow send --to ADDR:PORT --rate PPS --seconds S     -> {"sent": N}
+//!   seqflow recv --bind ADDR:PORT [--idle-exit S]          -> {"received", "lost", "reordered", "duplicates", "highest"}
+//!
+//! Each datagram carries a big-endian u64 sequence number from 0. The receiver exits after
+//! `--idle-exit` seconds (default 2) without a datagram, once it has seen one.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
+}
+
+fn required<'a>(args: &'a [String], name: &str) -> &'a str {
+    arg(args, name).unwrap_or_else(|| {
+        eprintln!("seqflow: missing {name}");
+        std::process::exit(2)
+    })
+}
+
+fn send(args: &[String]) {
+    let to: SocketAddr = required(args, "--to").parse().expect("--to ADDR:PORT");
+    let rate: f64 = required(args, "--rate").parse().expect("--rate PPS");
+    let seconds: f64 = required(args, "--seconds").parse().expect("--seconds S");
+    let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+    let sock = UdpSocket::bind(bind).expect("bind");
+    sock.connect(to).expect("connect");
+    let total = (rate * seconds) as u64;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let mut sent = 0u64;
+    while sent < total {
+        let due = start + gap.mul_f64(sent as f64);
+        let now = Instant::now();
+        if due > now + Duration::from_millis(1) {
+            std::thread::sleep(due - now - Duration::from_micros(500));
+            continue;
+        }
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        buf[..8].copy_from_slice(&sent.to_be_bytes());
+        match sock.send(&buf) {
+            Ok(_) => sent += 1,
+            // A full socket buffer is back-pressure, not loss on the path: retry.
+            Err(e) if e.raw_os_error() == Some(libc_enobufs()) => std::thread::yield_now(),
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    println!("{}", serde_json::json!({"sent": sent, "seconds": start.elapsed().as_secs_f64()}));
+}
+
+fn libc_enobufs() -> i32 {
+    nix::errno::Errno::ENOBUFS as i32
+}
+
+fn recv(args: &[String]) {
+    let bind: SocketAddr = required(args, "--bind").parse().expect("--bind ADDR:PORT");
+    let idle: f64 = arg(args, "--idle-exit").map(|s| s.parse().expect("--idle-exit S")).unwrap_or(2.0);
+    let sock = UdpSocket::bind(bind).expect("bind");
+    // Root may exceed rmem_max: a deep buffer keeps scheduling hiccups from looking like loss.
+    let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20));
+    sock.set_read_timeout(Some(Duration::from_secs_f64(idle))).unwrap();
+    eprintln!("seqflow: listening on {bind}");
+    let (mut received, mut reordered, mut duplicates, mut highest) = (0u64, 0u64, 0u64, None::<u64>);
+    let mut seen = HashSet::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) if n >= 8 => {
+                let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                if !seen.insert(seq) {
+                    duplicates += 1;
+                    continue;
+                }
+                received += 1;
+                match highest {
+                    Some(h) if seq < h => reordered += 1,
+                    _ => highest = Some(seq),
+                }
+            }
+            Ok(_) => {}
+            Err(_) if highest.is_some() => break,
+            Err(_) => {}
+        }
+    }
+    let expected = highest.map_or(0, |h| h + 1);
+    println!(
+        "{}",
+        serde_json::json!({"received": received, "lost": expected - received, "reordered": reordered,
+                           "duplicates": duplicates, "highest": highest})
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("send") => send(&args),
+        Some("recv") => recv(&args),
+        _ => {
+            eprintln!("usage: seqflow send --to ADDR:PORT --rate PPS --seconds S | recv --bind ADDR:PORT [--idle-exit S]");
+            std::process::exit(2);
+        }
+    }
+}
