@@ -1,10 +1,10 @@
-//! CNI plumbing: configuration, environment, results and errors (CNI SPEC 1.0, §3-§5).
+//! CNI plumbing: configuration, environment, results and errors (CNI SPEC 1.1, §3-§5).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
-pub const LATEST: &str = "1.0.0";
+pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const LATEST: &str = "1.1.0";
 
 pub const CODE_INCOMPATIBLE_VERSION: u32 = 1;
 pub const CODE_INVALID_ENV: u32 = 4;
@@ -12,6 +12,9 @@ pub const CODE_IO: u32 = 5;
 pub const CODE_DECODE: u32 = 6;
 pub const CODE_INVALID_CONFIG: u32 = 7;
 pub const CODE_TRY_AGAIN_LATER: u32 = 11;
+pub const CODE_NOT_AVAILABLE: u32 = 50;
+/// Plugin-specific (SPEC: 100+): CHECK found the attachment differs from what ADD made.
+pub const CODE_CHECK_FAILED: u32 = 100;
 
 #[derive(Debug)]
 pub struct CniError {
@@ -30,9 +33,25 @@ impl CniError {
     pub fn io(msg: impl Into<String>) -> Self {
         Self::new(CODE_IO, msg)
     }
+    pub fn check(msg: impl Into<String>) -> Self {
+        Self::new(CODE_CHECK_FAILED, msg)
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::new(CODE_INVALID_CONFIG, msg)
+    }
     pub fn to_json(&self, version: &str) -> Value {
         json!({"cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details})
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interfaces {
+    /// One interface: the VNF receives and returns chain traffic on it.
+    #[default]
+    Single,
+    /// Two interfaces: chain traffic enters on CNI_IFNAME and leaves on the next one.
+    Pair,
 }
 
 /// The network configuration on stdin.
@@ -46,11 +65,33 @@ pub struct NetConf {
     /// The node daemon's socket.
     #[serde(default = "default_socket")]
     pub socket: String,
-    /// MTU of the chain interface (inner packets: the underlay MTU less the encapsulation).
+    /// MTU of the chain interface(s): inner packets, so the underlay MTU less the encapsulation.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     #[serde(default)]
+    pub interfaces: Interfaces,
+    /// With `interfaces: pair`, the name of the outbound interface (default: CNI_IFNAME with its
+    /// trailing number + 1, e.g. net1 -> net2).
+    #[serde(default)]
+    pub out_interface: Option<String>,
+    #[serde(default)]
+    pub ipam: Option<Value>,
+    #[serde(default)]
     pub prev_result: Option<Value>,
+    /// GC (SPEC 1.1): the attachments the runtime still has.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// The configuration as given, for delegation to IPAM plugins.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 fn default_socket() -> String {
@@ -63,8 +104,9 @@ fn default_mtu() -> u32 {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let conf: NetConf = serde_json::from_slice(stdin)
+        let mut conf: NetConf = serde_json::from_slice(stdin)
             .map_err(|e| CniError::new(CODE_DECODE, format!("cannot decode network configuration: {e}")))?;
+        conf.raw = stdin.to_vec();
         if !SUPPORTED.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 CODE_INCOMPATIBLE_VERSION,
@@ -72,16 +114,60 @@ impl NetConf {
             ));
         }
         if conf.name.is_empty() {
-            return Err(CniError::new(CODE_INVALID_CONFIG, "network configuration has an empty name"));
+            return Err(CniError::config("network configuration has an empty name"));
         }
         if conf.kind != "srv6pipes-cni" {
-            return Err(CniError::new(CODE_INVALID_CONFIG, format!("type {:?} is not srv6pipes-cni", conf.kind)));
+            return Err(CniError::config(format!("type {:?} is not srv6pipes-cni", conf.kind)));
         }
         if !(1280..=65535).contains(&conf.mtu) {
-            return Err(CniError::new(CODE_INVALID_CONFIG, format!("mtu {} out of range 1280..65535", conf.mtu)));
+            return Err(CniError::config(format!("mtu {} out of range 1280..65535", conf.mtu)));
+        }
+        if let Some(ipam) = &conf.ipam {
+            if ipam.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(CniError::config("ipam needs a \"type\""));
+            }
         }
         Ok(conf)
     }
+
+    /// The outbound interface name for a pair, or None for a single interface.
+    pub fn out_ifname(&self, ifname: &str) -> Result<Option<String>, CniError> {
+        if self.interfaces == Interfaces::Single {
+            return Ok(None);
+        }
+        let name = match &self.out_interface {
+            Some(n) => n.clone(),
+            None => next_ifname(ifname)
+                .ok_or_else(|| CniError::config(format!("{ifname} has no trailing number: set outInterface")))?,
+        };
+        valid_ifname(&name)?;
+        if name == ifname {
+            return Err(CniError::config("outInterface equals CNI_IFNAME"));
+        }
+        Ok(Some(name))
+    }
+}
+
+/// `net1` -> `net2`.
+pub fn next_ifname(ifname: &str) -> Option<String> {
+    let digits = ifname.len() - ifname.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    let (stem, n) = ifname.split_at(ifname.len() - digits);
+    Some(format!("{stem}{}", n.parse::<u64>().ok()? + 1))
+}
+
+pub fn valid_ifname(name: &str) -> Result<(), CniError> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) || name == "." || name == ".." {
+        return Err(CniError::env(format!("{name:?} is not a valid interface name")));
+    }
+    Ok(())
+}
+
+pub fn version_at_least(version: &str, min: &str) -> bool {
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(version) >= parse(min)
 }
 
 /// The CNI_* environment.
@@ -99,9 +185,7 @@ impl Env {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let container_id = var("CNI_CONTAINERID").ok_or_else(|| CniError::env("CNI_CONTAINERID is not set"))?;
         let ifname = var("CNI_IFNAME").ok_or_else(|| CniError::env("CNI_IFNAME is not set"))?;
-        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
-            return Err(CniError::env(format!("CNI_IFNAME {ifname:?} is not a valid interface name")));
-        }
+        valid_ifname(&ifname)?;
         // DEL may come without a netns (the sandbox is gone): that is allowed.
         let netns = match var("CNI_NETNS") {
             Some(n) => n,
@@ -134,18 +218,47 @@ pub fn version_json(stdin: &[u8]) -> String {
     json!({"cniVersion": v, "supportedVersions": SUPPORTED}).to_string()
 }
 
-/// The ADD result in the configuration's version: our interfaces appended to any prevResult.
-pub fn add_result(conf: &NetConf, host: (&str, &str), pod: (&str, &str, &str)) -> Value {
-    let mut result = conf.prev_result.clone().unwrap_or_else(|| json!({"interfaces": [], "ips": [], "dns": {}}));
+/// One interface of the result: (name, mac, sandbox).
+pub type Iface<'a> = (&'a str, &'a str, Option<&'a str>);
+
+/// The ADD result in the configuration's version: our interfaces appended to any prevResult,
+/// and the IPAM result's addresses bound to the pod-side interface.
+pub fn add_result(conf: &NetConf, ifaces: &[Iface<'_>], pod_iface: usize, ipam: Option<&Value>) -> Value {
+    let mut result = conf.prev_result.clone().unwrap_or_else(|| json!({}));
     result["cniVersion"] = json!(conf.cni_version);
     if !result["interfaces"].is_array() {
         result["interfaces"] = json!([]);
     }
-    let ifaces = result["interfaces"].as_array_mut().expect("array");
-    ifaces.push(json!({"name": host.0, "mac": host.1}));
-    ifaces.push(json!({"name": pod.0, "mac": pod.1, "sandbox": pod.2}));
-    if result.get("ips").is_none() {
+    let list = result["interfaces"].as_array_mut().expect("array");
+    let base = list.len();
+    for (name, mac, sandbox) in ifaces {
+        let mut i = json!({"name": name, "mac": mac});
+        if let Some(s) = sandbox {
+            i["sandbox"] = json!(s);
+        }
+        list.push(i);
+    }
+    if !result["ips"].is_array() {
         result["ips"] = json!([]);
+    }
+    if let Some(ipam) = ipam {
+        let legacy = !version_at_least(&conf.cni_version, "0.4.0");
+        for ip in ipam["ips"].as_array().into_iter().flatten() {
+            let mut ip = ip.clone();
+            ip["interface"] = json!(base + pod_iface);
+            if legacy {
+                let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
+                ip["version"] = json!(if v6 { "6" } else { "4" });
+            } else if let Some(o) = ip.as_object_mut() {
+                o.remove("version");
+            }
+            result["ips"].as_array_mut().expect("array").push(ip);
+        }
+        for key in ["routes", "dns"] {
+            if !ipam[key].is_null() && result[key].is_null() {
+                result[key] = ipam[key].clone();
+            }
+        }
     }
     result
 }
@@ -159,15 +272,44 @@ mod tests {
     }
 
     #[test]
-    fn parses_defaults_and_rejects_unknown_versions() {
-        let c = NetConf::parse(&conf("1.0.0")).unwrap();
+    fn parses_defaults_and_rejects_bad_configs() {
+        let c = NetConf::parse(&conf("1.1.0")).unwrap();
         assert_eq!(c.socket, "/run/srv6pipes/node.sock");
         assert_eq!(c.mtu, 1400);
+        assert_eq!(c.interfaces, Interfaces::Single);
         assert_eq!(NetConf::parse(&conf("9.9.9")).unwrap_err().code, CODE_INCOMPATIBLE_VERSION);
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, CODE_DECODE);
         assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, CODE_DECODE);
-        let bad_mtu = br#"{"cniVersion":"1.0.0","name":"n","type":"t","mtu":100}"#;
+        let bad_mtu = br#"{"cniVersion":"1.0.0","name":"n","type":"srv6pipes-cni","mtu":100}"#;
         assert_eq!(NetConf::parse(bad_mtu).unwrap_err().code, CODE_INVALID_CONFIG);
+        let bad_type = br#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#;
+        assert_eq!(NetConf::parse(bad_type).unwrap_err().code, CODE_INVALID_CONFIG);
+        let bad_ipam = br#"{"cniVersion":"1.0.0","name":"n","type":"srv6pipes-cni","ipam":{}}"#;
+        assert_eq!(NetConf::parse(bad_ipam).unwrap_err().code, CODE_INVALID_CONFIG);
+        let bad_mode = br#"{"cniVersion":"1.0.0","name":"n","type":"srv6pipes-cni","interfaces":"triple"}"#;
+        assert_eq!(NetConf::parse(bad_mode).unwrap_err().code, CODE_DECODE);
+        let gc = br#"{"cniVersion":"1.1.0","name":"n","type":"srv6pipes-cni","cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"}]}"#;
+        assert_eq!(NetConf::parse(gc).unwrap().valid_attachments.unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn pair_names() {
+        let pair = br#"{"cniVersion":"1.0.0","name":"n","type":"srv6pipes-cni","interfaces":"pair"}"#;
+        let c = NetConf::parse(pair).unwrap();
+        assert_eq!(c.out_ifname("net1").unwrap().as_deref(), Some("net2"));
+        assert_eq!(c.out_ifname("eth9").unwrap().as_deref(), Some("eth10"));
+        assert_eq!(c.out_ifname("in").unwrap_err().code, CODE_INVALID_CONFIG);
+        assert_eq!(NetConf::parse(&conf("1.0.0")).unwrap().out_ifname("net1").unwrap(), None);
+        assert_eq!(next_ifname("x"), None);
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("1.1.0", "0.4.0"));
+        assert!(version_at_least("0.4.0", "0.4.0"));
+        assert!(!version_at_least("0.3.1", "0.4.0"));
+        assert!(!version_at_least("1.0.0", "1.1.0"));
+        assert!(version_at_least("0.10.0", "0.4.0"));
     }
 
     #[test]
@@ -180,15 +322,25 @@ mod tests {
     }
 
     #[test]
-    fn result_extends_prev_result() {
-        let mut c = NetConf::parse(&conf("0.4.0")).unwrap();
-        c.prev_result = Some(json!({"cniVersion": "0.4.0", "interfaces": [{"name": "eth0"}], "ips": [{"address": "10.0.0.2/24"}]}));
-        let r = add_result(&c, ("sp1", "02:00:00:00:00:01"), ("net1", "02:00:00:00:00:02", "/run/netns/p"));
-        assert_eq!(r["cniVersion"], "0.4.0");
+    fn result_extends_prev_result_and_binds_ipam() {
+        let mut c = NetConf::parse(&conf("0.3.1")).unwrap();
+        c.prev_result = Some(json!({"cniVersion": "0.3.1", "interfaces": [{"name": "eth0"}], "ips": [{"version": "4", "address": "10.0.0.2/24", "interface": 0}]}));
+        let ipam = json!({"ips": [{"address": "fd00::5/64"}], "routes": [{"dst": "fd01::/64"}]});
+        let ifaces: [Iface; 2] = [("sp1", "02:00:00:00:00:01", None), ("net1", "02:00:00:00:00:02", Some("/run/netns/p"))];
+        let r = add_result(&c, &ifaces, 1, Some(&ipam));
+        assert_eq!(r["cniVersion"], "0.3.1");
         let names: Vec<&str> = r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["eth0", "sp1", "net1"]);
         assert_eq!(r["interfaces"][2]["sandbox"], "/run/netns/p");
+        assert!(r["interfaces"][1].get("sandbox").is_none());
         assert_eq!(r["ips"][0]["address"], "10.0.0.2/24");
+        assert_eq!(r["ips"][1]["interface"], 2, "bound to net1 in the merged list");
+        assert_eq!(r["ips"][1]["version"], "6", "0.3.x results carry ip versions");
+        assert_eq!(r["routes"][0]["dst"], "fd01::/64");
+        let c = NetConf::parse(&conf("1.0.0")).unwrap();
+        let r = add_result(&c, &ifaces, 1, Some(&json!({"ips": [{"address": "fd00::5/64", "version": "6"}]})));
+        assert!(r["ips"][0].get("version").is_none(), "1.0 results do not");
+        assert_eq!(r["ips"][0]["interface"], 1);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The veth between the node and the VNF pod, and the pod-side routing that sends whatever the
-//! VNF forwards back out of its chain interface.
+//! The veth(s) between the node and the VNF pod, and the pod-side routing that sends whatever
+//! the VNF forwards back out of its chain interface (or out of the pair's outbound interface).
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -7,14 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
-use srv6::node_api::{self, Attachment, CallError, Request, Response};
+use srv6::node_api::{self, Attachment, AttachmentKey, CallError, OutInterface, Request, Response};
 
-use crate::cni::{add_result, CniError, Env, NetConf, CODE_INVALID_ENV, CODE_TRY_AGAIN_LATER};
+use crate::cni::{add_result, CniError, Env, Iface, NetConf, CODE_INVALID_ENV, CODE_TRY_AGAIN_LATER};
+use crate::ipam;
 
 /// The node-side address the VNF forwards to; a permanent neighbour entry pins it to the
 /// node-side MAC, so nothing depends on neighbour discovery across the proxy.
@@ -25,6 +27,10 @@ const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 /// Node-side veth name: stable for (container, ifname), at most 15 bytes.
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("sp{:08x}", short_hash(container_id, ifname))
+}
+
+fn temp_ifname(container_id: &str, ifname: &str) -> String {
+    format!("spt{:08x}", short_hash(container_id, ifname))
 }
 
 /// The pod's routing table for traffic arriving on `ifname`.
@@ -51,12 +57,11 @@ fn connect() -> Result<Handle, CniError> {
     Ok(handle)
 }
 
+type NsFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CniError>>>>;
+
 /// Runs `f` with a netlink handle inside the network namespace `ns` (setns is per thread, so
 /// a dedicated thread enters it; the caller's namespace is untouched).
-fn in_netns<T: Send + 'static>(
-    ns: &OwnedFd,
-    f: impl FnOnce(Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CniError>>>> + Send + 'static,
-) -> Result<T, CniError> {
+fn in_netns<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce(Handle) -> NsFuture<T> + Send + 'static) -> Result<T, CniError> {
     let fd = ns.try_clone().map_err(|e| CniError::io(format!("dup netns fd: {e}")))?;
     std::thread::spawn(move || {
         nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
@@ -65,6 +70,14 @@ fn in_netns<T: Send + 'static>(
     })
     .join()
     .map_err(|_| CniError::io("pod netns worker panicked"))?
+}
+
+/// In the node's netns (the plugin's own).
+fn on_node<T>(f: impl AsyncFnOnce(&Handle) -> Result<T, CniError>) -> Result<T, CniError> {
+    rt().block_on(async {
+        let h = connect()?;
+        f(&h).await
+    })
 }
 
 fn open_netns(path: &str) -> Result<OwnedFd, CniError> {
@@ -101,112 +114,199 @@ fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> CniError {
     move |e| CniError::io(format!("{what}: {e}"))
 }
 
+fn daemon_error(e: CallError) -> CniError {
+    match e {
+        e @ CallError::Unreachable { .. } => CniError::new(CODE_TRY_AGAIN_LATER, e.to_string()),
+        e => CniError::io(e.to_string()),
+    }
+}
+
+fn call(conf: &NetConf, req: &Request) -> Result<Response, CniError> {
+    node_api::call(Path::new(&conf.socket), req, DAEMON_TIMEOUT).map_err(daemon_error)
+}
+
+/// One veth made by ADD: (pod-side name, node-side name, node-side MAC, pod-side MAC).
+struct Veth {
+    pod: String,
+    host: String,
+    host_mac: String,
+    pod_mac: String,
+}
+
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let ns = open_netns(&env.netns)?;
-    let host = host_ifname(&env.container_id, &env.ifname);
-    let temp = format!("spt{:08x}", short_hash(&env.container_id, &env.ifname));
-    let (host_mac, pod_mac) = match create(conf, env, &ns, &host, &temp) {
-        Ok(macs) => macs,
+    let out_name = conf.out_ifname(&env.ifname)?;
+    let names: Vec<String> = std::iter::once(env.ifname.clone()).chain(out_name).collect();
+    // The daemon must be there before anything is made: "try again later" leaves nothing.
+    call(conf, &Request::Sids)?;
+    let ipam_result = match &conf.ipam {
+        Some(i) => ipam::delegate(conf, i, "ADD", None)?,
+        None => None,
+    };
+    let made = create(conf, env, &ns, &names, ipam_result.as_ref()).and_then(|veths| {
+        let out = veths.get(1).map(|v| OutInterface { ifname: v.pod.clone(), host_ifname: v.host.clone(), host_mac: v.host_mac.clone() });
+        let req = Request::Register(Attachment {
+            network: conf.name.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns: env.netns.clone(),
+            host_ifname: veths[0].host.clone(),
+            pod_namespace: env.pod_namespace.clone(),
+            pod_name: env.pod_name.clone(),
+            vnf_mac: veths[0].pod_mac.clone(),
+            host_mac: veths[0].host_mac.clone(),
+            out,
+        });
+        call(conf, &req)?;
+        Ok(veths)
+    });
+    let veths = match made {
+        Ok(v) => v,
         Err(e) => {
-            // Nothing half-made stays behind: the host end takes its peer with it.
-            let _ = rt().block_on(async { delete_link(&connect()?, &host).await });
+            // Nothing half-made stays behind: each node end takes its peer with it, and IPAM
+            // gives back what it handed out (SPEC §4: DEL on failure).
+            let _ = on_node(async |h| {
+                for n in &names {
+                    delete_link(h, &host_ifname(&env.container_id, n)).await?;
+                    delete_link(h, &temp_ifname(&env.container_id, n)).await?;
+                }
+                Ok(())
+            });
+            if let Some(i) = &conf.ipam {
+                let _ = ipam::delegate(conf, i, "DEL", None);
+            }
             return Err(e);
         }
     };
-    let req = Request::Register(Attachment {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        netns: env.netns.clone(),
-        host_ifname: host.clone(),
-        pod_namespace: env.pod_namespace.clone(),
-        pod_name: env.pod_name.clone(),
-        vnf_mac: pod_mac.clone(),
-        host_mac: host_mac.clone(),
-    });
-    match node_api::call(Path::new(&conf.socket), &req, DAEMON_TIMEOUT) {
-        Ok(Response::Registered { .. }) => {}
-        other => {
-            let _ = rt().block_on(async { delete_link(&connect()?, &host).await });
-            return Err(daemon_error(other.map(|_| ())));
-        }
+    let mut ifaces: Vec<Iface> = Vec::new();
+    for v in &veths {
+        ifaces.push((&v.host, &v.host_mac, None));
+        ifaces.push((&v.pod, &v.pod_mac, Some(&env.netns)));
     }
-    Ok(add_result(conf, (&host, &host_mac), (&env.ifname, &pod_mac, &env.netns)))
+    Ok(add_result(conf, &ifaces, 1, ipam_result.as_ref()))
 }
 
-fn daemon_error(r: Result<(), CallError>) -> CniError {
-    match r {
-        Err(e @ CallError::Unreachable { .. }) => CniError::new(CODE_TRY_AGAIN_LATER, e.to_string()),
-        Err(e) => CniError::io(e.to_string()),
-        Ok(()) => CniError::io("node daemon gave an unexpected answer"),
-    }
-}
-
-/// Creates the veth, moves the peer into the pod and configures both ends.
-fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, host: &str, temp: &str) -> Result<(String, String), CniError> {
-    let mtu = conf.mtu;
+/// Creates the veth(s), moves the peers into the pod and configures both ends.
+fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Option<&Value>) -> Result<Vec<Veth>, CniError> {
     let raw_ns = ns.as_raw_fd();
-    let host_mac = rt().block_on(async {
-        let h = connect()?;
-        if link_by_name(&h, host).await?.is_some() {
-            return Err(CniError::new(CODE_INVALID_ENV, format!("interface {host} already exists on the node (ADD twice?)")));
-        }
-        h.link().add(LinkVeth::new(host, temp).mtu(mtu).build()).execute().await.map_err(nl("create veth"))?;
-        let peer = link_by_name(&h, temp).await?.ok_or_else(|| CniError::io("veth peer vanished"))?;
-        h.link()
-            .set(LinkUnspec::new_with_index(peer.header.index).setns_by_fd(raw_ns).build())
-            .execute()
-            .await
-            .map_err(nl("move veth peer into the pod"))?;
-        let hl = link_by_name(&h, host).await?.ok_or_else(|| CniError::io("veth vanished"))?;
-        h.link().set(LinkUnspec::new_with_index(hl.header.index).up().build()).execute().await.map_err(nl("set host veth up"))?;
-        Ok(mac_of(&hl))
-    })?;
-    let (temp, ifname, gw_mac) = (temp.to_string(), env.ifname.clone(), host_mac.clone());
     let mtu = conf.mtu;
-    let pod_mac = in_netns(ns, move |h| {
-        Box::pin(async move {
-            if link_by_name(&h, &ifname).await?.is_some() {
-                return Err(CniError::new(CODE_INVALID_ENV, format!("interface {ifname} already exists in the pod")));
+    let mut veths = Vec::new();
+    for name in names {
+        let host = host_ifname(&env.container_id, name);
+        let temp = temp_ifname(&env.container_id, name);
+        let host_mac = on_node(async |h| {
+            if link_by_name(h, &host).await?.is_some() {
+                return Err(CniError::new(CODE_INVALID_ENV, format!("interface {host} already exists on the node (ADD twice?)")));
             }
-            let l = link_by_name(&h, &temp).await?.ok_or_else(|| CniError::io("veth peer missing in the pod"))?;
-            let idx = l.header.index;
-            h.link().set(LinkUnspec::new_with_index(idx).name(ifname.clone()).mtu(mtu).up().build()).execute().await.map_err(nl("rename pod interface"))?;
+            h.link().add(LinkVeth::new(&host, &temp).mtu(mtu).build()).execute().await.map_err(nl("create veth"))?;
+            let peer = link_by_name(h, &temp).await?.ok_or_else(|| CniError::io("veth peer vanished"))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(peer.header.index).setns_by_fd(raw_ns).build())
+                .execute()
+                .await
+                .map_err(nl("move veth peer into the pod"))?;
+            let hl = link_by_name(h, &host).await?.ok_or_else(|| CniError::io("veth vanished"))?;
+            h.link().set(LinkUnspec::new_with_index(hl.header.index).up().build()).execute().await.map_err(nl("set host veth up"))?;
+            Ok(mac_of(&hl))
+        })?;
+        let (temp, pod) = (temp.clone(), name.clone());
+        let pod_mac = in_netns(ns, move |h| {
+            Box::pin(async move {
+                if link_by_name(&h, &pod).await?.is_some() {
+                    return Err(CniError::new(CODE_INVALID_ENV, format!("interface {pod} already exists in the pod")));
+                }
+                let l = link_by_name(&h, &temp).await?.ok_or_else(|| CniError::io("veth peer missing in the pod"))?;
+                h.link()
+                    .set(LinkUnspec::new_with_index(l.header.index).name(pod.clone()).mtu(mtu).up().build())
+                    .execute()
+                    .await
+                    .map_err(nl("rename pod interface"))?;
+                Ok(mac_of(&l))
+            })
+        })?;
+        veths.push(Veth { pod: name.clone(), host, host_mac, pod_mac });
+    }
+    let (inbound, outbound) = (veths[0].pod.clone(), veths.last().expect("one at least").pod.clone());
+    let gw_mac: Vec<u8> = veths.last().expect("one").host_mac.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    let ipam = ipam.cloned();
+    in_netns(ns, move |h| {
+        Box::pin(async move {
             // The VNF is a router for chain traffic (SR-unaware: it just forwards).
             for key in ["net/ipv6/conf/all/forwarding", "net/ipv4/ip_forward"] {
                 std::fs::write(format!("/proc/sys/{key}"), "1").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
             }
-            let mac: Vec<u8> = gw_mac.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+            let out_idx = link_by_name(&h, &outbound).await?.ok_or_else(|| CniError::io("outbound interface vanished"))?.header.index;
             h.neighbours()
-                .add(idx, IpAddr::V6(GATEWAY))
-                .link_layer_address(&mac)
+                .add(out_idx, IpAddr::V6(GATEWAY))
+                .link_layer_address(&gw_mac)
                 .state(NeighbourState::Permanent)
                 .replace()
                 .execute()
                 .await
                 .map_err(nl("add gateway neighbour"))?;
-            let table = table_for(&ifname);
+            let table = table_for(&inbound);
             let route = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
                 .gateway(GATEWAY)
-                .output_interface(idx)
+                .output_interface(out_idx)
                 .table_id(table)
                 .build();
             h.route().add(route).replace().execute().await.map_err(nl("add chain route"))?;
             h.rule()
                 .add()
                 .v6()
-                .input_interface(ifname.clone())
+                .input_interface(inbound.clone())
                 .table_id(table)
                 .action(RuleAction::ToTable)
                 .priority(RULE_PRIORITY)
                 .execute()
                 .await
                 .map_err(nl("add chain rule"))?;
-            let l = link_by_name(&h, &ifname).await?.ok_or_else(|| CniError::io("pod interface vanished"))?;
-            Ok(mac_of(&l))
+            if let Some(ipam) = ipam {
+                let in_idx = link_by_name(&h, &inbound).await?.ok_or_else(|| CniError::io("interface vanished"))?.header.index;
+                apply_ipam(&h, in_idx, &ipam).await?;
+            }
+            Ok(())
         })
     })?;
-    Ok((host_mac, pod_mac))
+    Ok(veths)
+}
+
+/// Addresses (IPv6 without DAD: the link has one peer, the node) and routes of an IPAM result.
+async fn apply_ipam(h: &Handle, idx: u32, ipam: &Value) -> Result<(), CniError> {
+    for ip in ipam["ips"].as_array().into_iter().flatten() {
+        let cidr = ip["address"].as_str().ok_or_else(|| CniError::io("IPAM result: ip without address"))?;
+        let net: ipnet::IpNet = cidr.parse().map_err(|e| CniError::io(format!("IPAM address {cidr}: {e}")))?;
+        let mut req = h.address().add(idx, net.addr(), net.prefix_len());
+        if net.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(nl("add IPAM address"))?;
+    }
+    for r in ipam["routes"].as_array().into_iter().flatten() {
+        let dst: ipnet::IpNet = r["dst"].as_str().unwrap_or_default().parse().map_err(|e| CniError::io(format!("IPAM route: {e}")))?;
+        let gw: Option<IpAddr> = r["gw"].as_str().and_then(|g| g.parse().ok());
+        let msg = match (dst, gw) {
+            (ipnet::IpNet::V6(d), gw) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.network(), d.prefix_len()).output_interface(idx);
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+            (ipnet::IpNet::V4(d), gw) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d.network(), d.prefix_len())
+                    .output_interface(idx);
+                if let Some(IpAddr::V4(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+        };
+        h.route().add(msg).replace().execute().await.map_err(nl("add IPAM route"))?;
+    }
+    Ok(())
 }
 
 async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
@@ -219,29 +319,113 @@ async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
 }
 
 /// DEL: idempotent. Deregisters the SID first (so no traffic is steered into a dying link),
-/// then removes the pod-side rule and the veth. Missing pieces are not errors.
+/// then removes the pod-side rule, the veth(s) and the IPAM lease. Missing pieces are fine.
 pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
-    let req = Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
-    match node_api::call(Path::new(&conf.socket), &req, DAEMON_TIMEOUT) {
-        Ok(_) => {}
-        Err(e) => return Err(daemon_error(Err(e))),
-    }
+    call(conf, &Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
     if !env.netns.is_empty() {
         if let Ok(ns) = open_netns(&env.netns) {
             let ifname = env.ifname.clone();
             in_netns(&ns, move |h| Box::pin(async move { delete_rules(&h, &ifname).await }))?;
         }
     }
-    rt().block_on(async { delete_link(&connect()?, &host_ifname(&env.container_id, &env.ifname)).await })
+    let names: Vec<String> = std::iter::once(env.ifname.clone()).chain(conf.out_ifname(&env.ifname)?).collect();
+    on_node(async |h| {
+        for n in &names {
+            delete_link(h, &host_ifname(&env.container_id, n)).await?;
+        }
+        Ok(())
+    })?;
+    if let Some(i) = &conf.ipam {
+        ipam::delegate(conf, i, "DEL", None)?;
+    }
+    Ok(())
 }
 
 async fn delete_rules(h: &Handle, ifname: &str) -> Result<(), CniError> {
+    for r in our_rules(h, ifname).await? {
+        h.rule().del(r).execute().await.map_err(nl("delete chain rule"))?;
+    }
+    Ok(())
+}
+
+async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route::rule::RuleMessage>, CniError> {
     let rules: Vec<_> = h.rule().get(IpVersion::V6).execute().try_collect().await.map_err(nl("list rules"))?;
-    for r in rules {
-        let ours = r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == ifname))
-            && r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == table_for(ifname)));
-        if ours {
-            h.rule().del(r).execute().await.map_err(nl("delete chain rule"))?;
+    Ok(rules
+        .into_iter()
+        .filter(|r| {
+            r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == ifname))
+                && r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == table_for(ifname)))
+        })
+        .collect())
+}
+
+/// CHECK (SPEC 0.4+): the attachment is what ADD made — registered with the node daemon, both
+/// veth ends present with the MACs of prevResult, the pod-side rule in place; IPAM checks too.
+pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    let Response::Attachment { attachment, .. } =
+        call(conf, &Request::Lookup { container_id: env.container_id.clone(), ifname: env.ifname.clone() })
+            .map_err(|e| if e.code == CODE_TRY_AGAIN_LATER { e } else { CniError::check(e.msg) })?
+    else {
+        return Err(CniError::check("node daemon gave an unexpected answer"));
+    };
+    let expected_mac = |name: &str, sandbox: bool| -> Option<String> {
+        prev["interfaces"].as_array()?.iter().find(|i| i["name"] == name && i["sandbox"].is_string() == sandbox)?["mac"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let host = attachment.host_ifname.clone();
+    let host_mac = on_node(async |h| Ok(link_by_name(h, &host).await?.map(|l| mac_of(&l))))?
+        .ok_or_else(|| CniError::check(format!("node-side interface {host} is missing")))?;
+    if expected_mac(&host, false).is_some_and(|m| m != host_mac) {
+        return Err(CniError::check(format!("{host} has MAC {host_mac}, prevResult says otherwise")));
+    }
+    let ns = open_netns(&env.netns)?;
+    let ifname = env.ifname.clone();
+    let (pod_mac, rules) = in_netns(&ns, move |h| {
+        Box::pin(async move {
+            let mac = link_by_name(&h, &ifname).await?.map(|l| mac_of(&l));
+            Ok((mac, our_rules(&h, &ifname).await?.len()))
+        })
+    })?;
+    let pod_mac = pod_mac.ok_or_else(|| CniError::check(format!("{} is missing in the pod", env.ifname)))?;
+    if expected_mac(&env.ifname, true).is_some_and(|m| m != pod_mac) || pod_mac != attachment.vnf_mac {
+        return Err(CniError::check(format!("{} has MAC {pod_mac}, not the registered {}", env.ifname, attachment.vnf_mac)));
+    }
+    if rules != 1 {
+        return Err(CniError::check(format!("the pod has {rules} chain rules for {}, expected 1", env.ifname)));
+    }
+    if let Some(i) = &conf.ipam {
+        ipam::delegate(conf, i, "CHECK", None)?;
+    }
+    Ok(())
+}
+
+/// GC (SPEC 1.1): the node daemon releases this network's attachments that the runtime no
+/// longer lists; their node-side veths go (the pod side went with the sandbox or goes now).
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() })
+        .collect();
+    let Response::Released { attachments } = call(conf, &Request::Gc { network: conf.name.clone(), valid })? else {
+        return Err(CniError::io("node daemon gave an unexpected answer to GC"));
+    };
+    on_node(async |h| {
+        for a in &attachments {
+            delete_link(h, &a.host_ifname).await?;
+            if let Some(o) = &a.out {
+                delete_link(h, &o.host_ifname).await?;
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(i) = &conf.ipam {
+        // IPAM plugins older than SPEC 1.1 do not know GC: their leases stay theirs to manage.
+        if let Err(e) = ipam::delegate(conf, i, "GC", None) {
+            eprintln!("srv6pipes-cni: IPAM GC: {}", e.msg);
         }
     }
     Ok(())
@@ -254,7 +438,7 @@ mod tests {
     #[test]
     fn names_are_stable_short_and_distinct() {
         let a = host_ifname("abc", "net1");
-        assert!(a.len() <= 15);
+        assert!(a.len() <= 15 && temp_ifname("abc", "net1").len() <= 15);
         assert_eq!(a, host_ifname("abc", "net1"));
         assert_ne!(a, host_ifname("abc", "net2"));
         assert_ne!(a, host_ifname("abd", "net1"));

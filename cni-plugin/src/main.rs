@@ -1,14 +1,19 @@
-//! srv6pipes-cni: wires a VNF pod's chain interface (a veth to the node) and registers it with
-//! the node daemon, which gives it an End.AD SID. CNI spec: ADD, DEL and VERSION; answers in the
-//! `cniVersion` of the configuration it is given.
+//! srv6pipes-cni: wires a VNF pod's chain interface (a veth to the node, or a pair with
+//! `"interfaces": "pair"`) and registers it with the node daemon, which gives it an End.AD SID.
+//! CNI SPEC 1.1: ADD, DEL, CHECK, STATUS, GC and VERSION, for cniVersion 0.3.0 to 1.1.0, each
+//! answered in the configuration's version. IPAM, when configured, is delegated (SPEC §4).
 
 mod cni;
+mod ipam;
 mod link;
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use cni::{CniError, Env, NetConf};
+use cni::{CniError, Env, NetConf, CODE_INCOMPATIBLE_VERSION, CODE_NOT_AVAILABLE};
+use srv6::node_api::{self, Request};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
@@ -20,7 +25,8 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            println!("{}", e.to_json(version_hint.as_deref().unwrap_or(cni::LATEST)));
+            let version = version_hint.filter(|v| cni::SUPPORTED.contains(&v.as_str())).unwrap_or_else(|| cni::LATEST.into());
+            println!("{}", e.to_json(&version));
             eprintln!("srv6pipes-cni: {}", e.msg);
             ExitCode::FAILURE
         }
@@ -33,14 +39,42 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
         return Ok(Some(cni::version_json(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
-    let env = Env::from_process(&command)?;
+    let since = |min: &str| -> Result<(), CniError> {
+        if cni::version_at_least(&conf.cni_version, min) {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                CODE_INCOMPATIBLE_VERSION,
+                format!("cniVersion {} does not allow {command} (needs {min} or later)", conf.cni_version),
+            ))
+        }
+    };
     match command.as_str() {
-        "ADD" => link::add(&conf, &env).map(|r| Some(r.to_string())),
-        "DEL" => link::del(&conf, &env).map(|_| None),
-        "CHECK" | "STATUS" | "GC" => Err(CniError::new(
-            cni::CODE_INVALID_ENV,
-            format!("CNI_COMMAND {command} is not implemented by srv6pipes-cni yet"),
-        )),
+        "ADD" => link::add(&conf, &Env::from_process(&command)?).map(|r| Some(r.to_string())),
+        "DEL" => link::del(&conf, &Env::from_process(&command)?).map(|_| None),
+        "CHECK" => {
+            since("0.4.0")?;
+            link::check(&conf, &Env::from_process(&command)?).map(|_| None)
+        }
+        "STATUS" => {
+            since("1.1.0")?;
+            status(&conf).map(|_| None)
+        }
+        "GC" => {
+            since("1.1.0")?;
+            link::gc(&conf).map(|_| None)
+        }
         other => Err(CniError::env(format!("unknown CNI_COMMAND {other:?}"))),
     }
+}
+
+/// STATUS (SPEC 1.1): ready when the node daemon answers; code 50 otherwise.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    node_api::call(Path::new(&conf.socket), &Request::Sids, Duration::from_secs(5))
+        .map(|_| ())
+        .map_err(|e| CniError::new(CODE_NOT_AVAILABLE, format!("srv6pipes is not available: {e}")))?;
+    if let Some(ipam) = &conf.ipam {
+        ipam::delegate(conf, ipam, "STATUS", None)?;
+    }
+    Ok(())
 }

@@ -76,6 +76,10 @@ impl OneNode {
 
     /// Runs the plugin in the node's netns with CNI_* env and `conf` on stdin.
     fn cni(&self, command: &str, container: &str, netns: &str, conf: &Value) -> (bool, Value) {
+        self.cni_if(command, container, netns, "net1", conf)
+    }
+
+    fn cni_if(&self, command: &str, container: &str, netns: &str, ifname: &str, conf: &Value) -> (bool, Value) {
         let mut child = Command::new(target_dir().join("srv6pipes"))
             .args(["lab", "--name", &self.name, "--state-dir"])
             .arg(&self.state)
@@ -83,9 +87,9 @@ impl OneNode {
             .arg(format!("CNI_COMMAND={command}"))
             .arg(format!("CNI_CONTAINERID={container}"))
             .arg(format!("CNI_NETNS={netns}"))
-            .arg("CNI_IFNAME=net1")
+            .arg(format!("CNI_IFNAME={ifname}"))
             .arg("CNI_PATH=/usr/lib/cni")
-            .arg("CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnf")
+            .arg("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnf")
             .arg(target_dir().join("srv6pipes-cni"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -122,7 +126,7 @@ fn add_del_every_version_idempotent_and_clean() {
     require_lab!("socat");
     let lab = OneNode::up();
     let links_before = lab.node(&["ip", "-o", "link"]);
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let container = format!("ctr{i}");
         let (ok, res) = lab.cni("ADD", &container, &lab.netns(), &conf(version, &lab.socket()));
         assert!(ok, "ADD {version}: {res}");
@@ -145,6 +149,21 @@ fn add_del_every_version_idempotent_and_clean() {
         assert_eq!(regs[0]["sid"], "fcbb:bb00:1:e001::", "lowest free proxy SID");
         assert_eq!(regs[0]["pod_name"], "vnf");
 
+        // CHECK (0.4.0 on) agrees with what ADD made, and notices when it is tampered with.
+        let mut with_prev = conf(version, &lab.socket());
+        with_prev["prevResult"] = res.clone();
+        let (ok, err) = lab.cni("CHECK", &container, &lab.netns(), &with_prev);
+        if version.starts_with("0.3") {
+            assert!(!ok && err["code"] == 1, "CHECK is not in {version}: {err}");
+        } else {
+            assert!(ok, "CHECK {version}: {err}");
+            let table = lab.pod(&["ip", "-6", "rule", "show", "iif", "net1"]);
+            let prio = table.split(':').next().unwrap().trim().to_string();
+            lab.pod(&["ip", "-6", "rule", "del", "priority", &prio]);
+            let (ok, err) = lab.cni("CHECK", &container, &lab.netns(), &with_prev);
+            assert!(!ok && err["code"] == 100, "CHECK must notice the missing rule: {err}");
+        }
+
         // DEL removes everything ADD made, and is idempotent.
         for attempt in 0..2 {
             let (ok, res) = lab.cni("DEL", &container, &lab.netns(), &conf(version, &lab.socket()));
@@ -152,6 +171,7 @@ fn add_del_every_version_idempotent_and_clean() {
         }
         assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left");
         assert!(!lab.pod(&["ip", "-6", "rule"]).contains("iif net1"), "rule left");
+        assert!(lab.pod(&["ip", "-6", "route", "show", "table", "all", "dev", "net1"]).is_empty(), "routes left");
         assert!(lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} left");
         assert_eq!(lab.sids()["registrations"], json!([]), "SID left");
         // A DEL without a netns (the sandbox is gone) succeeds too.
@@ -181,12 +201,105 @@ fn errors_carry_spec_codes_and_leave_nothing() {
     let (_, err) = lab.cni("ADD", "ctr-x", "/etc/hostname", &conf("1.0.0", &lab.socket()));
     assert_eq!(err["code"], 4, "{err}");
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
-    // CHECK is not there yet: a proper error, not a crash. VERSION lists what we speak.
-    let (ok, err) = lab.cni("CHECK", "ctr-x", &lab.netns(), &conf("1.0.0", &lab.socket()));
-    assert!(!ok && err["code"] == 4 && err["msg"].as_str().unwrap().contains("CHECK"), "{err}");
+    // CHECK of something never added: the plugin's own code, 100.
+    let mut c = conf("1.0.0", &lab.socket());
+    c["prevResult"] = json!({"cniVersion": "1.0.0", "interfaces": []});
+    let (ok, err) = lab.cni("CHECK", "ctr-x", &lab.netns(), &c);
+    assert!(!ok && err["code"] == 100, "{err}");
+    // STATUS and GC are 1.1.0 verbs.
+    let (ok, err) = lab.cni("STATUS", "", "", &conf("1.0.0", &lab.socket()));
+    assert!(!ok && err["code"] == 1, "{err}");
+    let (ok, err) = lab.cni("STATUS", "", "", &conf("1.1.0", &lab.socket()));
+    assert!(ok, "STATUS with the daemon up: {err}");
+    let (ok, err) = lab.cni("STATUS", "", "", &conf("1.1.0", "/nonexistent/node.sock"));
+    assert!(!ok && err["code"] == 50, "{err}");
+    // Missing fields and unknown verbs.
+    let (_, err) = lab.cni("ADD", "", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert_eq!(err["code"], 4, "no CNI_CONTAINERID: {err}");
+    let (_, err) = lab.cni("FROB", "ctr-x", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert_eq!(err["code"], 4, "{err}");
+    let no_ipam = json!({"cniVersion": "1.0.0", "name": "x", "type": "srv6pipes-cni", "socket": lab.socket(), "ipam": {"type": "nope"}});
+    let (_, err) = lab.cni("ADD", "ctr-x", &lab.netns(), &no_ipam);
+    assert_eq!(err["code"], 7, "unknown IPAM plugin: {err}");
+    // A name clash with an existing pod interface: an error, and nothing made.
+    let (ok, err) = lab.cni_if("ADD", "ctr-x", &lab.netns(), "eth0", &conf("1.0.0", &lab.socket()));
+    assert!(!ok && err["msg"].as_str().unwrap().contains("eth0"), "{err}");
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before, "nothing half-created");
     let (ok, v) = lab.cni("VERSION", "", "", &conf("0.4.0", &lab.socket()));
     assert!(ok);
     assert_eq!(v["cniVersion"], "0.4.0");
     assert!(v["supportedVersions"].as_array().unwrap().contains(&json!("1.0.0")));
     assert_eq!(lab.sids()["registrations"], json!([]));
+}
+
+/// GC releases what the runtime no longer lists; `interfaces: pair` makes and removes two
+/// interfaces; IPAM is delegated to Debian's host-local and released on DEL; a prevResult is
+/// extended; an ADD while the daemon is down is "try again later" and works once it is back.
+#[test]
+fn gc_pair_ipam_chaining_and_daemon_down() {
+    require_lab!("socat");
+    let lab = OneNode::up();
+    let links_before = lab.node(&["ip", "-o", "link"]);
+    let c = conf("1.1.0", &lab.socket());
+    for (ctr, ifname) in [("keep", "net1"), ("stale", "net3")] {
+        let (ok, res) = lab.cni_if("ADD", ctr, &lab.netns(), ifname, &c);
+        assert!(ok, "{res}");
+    }
+    let mut gc = conf("1.1.0", &lab.socket());
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "net1"}]);
+    let (ok, err) = lab.cni("GC", "", "", &gc);
+    assert!(ok, "GC: {err}");
+    let regs = lab.sids()["registrations"].clone();
+    assert_eq!(regs.as_array().unwrap().len(), 1, "{regs}");
+    assert!(lab.pod(&["ip", "-o", "link", "show", "net3"]).is_empty(), "the stale attachment's veth is gone");
+    assert!(!lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "the valid one stays");
+    assert!(lab.cni("DEL", "keep", &lab.netns(), &c).0);
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+
+    // A pair: net1 in, net2 out; the return route leaves through net2.
+    let mut pair = conf("1.0.0", &lab.socket());
+    pair["interfaces"] = json!("pair");
+    let (ok, res) = lab.cni("ADD", "pair", &lab.netns(), &pair);
+    assert!(ok, "{res}");
+    let names: Vec<&str> = res["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4);
+    assert_eq!((names[1], names[3]), ("net1", "net2"));
+    let table = lab.pod(&["ip", "-6", "rule", "show", "iif", "net1"]);
+    let table = table.split_whitespace().last().unwrap().to_string();
+    assert!(lab.pod(&["ip", "-6", "route", "show", "table", &table]).contains("dev net2"), "return path out of net2");
+    assert!(lab.cni("DEL", "pair", &lab.netns(), &pair).0);
+    assert!(lab.pod(&["ip", "-o", "link", "show", "net2"]).is_empty());
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+
+    // IPAM delegated to host-local, chained after a previous plugin's result.
+    let ipam_dir = lab.state.with_extension("ipam");
+    let mut with_ipam = conf("0.4.0", &lab.socket());
+    with_ipam["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "fd00:99::/64"}]], "dataDir": ipam_dir});
+    with_ipam["prevResult"] = json!({"cniVersion": "0.4.0", "interfaces": [{"name": "eth0", "sandbox": lab.netns()}], "ips": []});
+    let (ok, res) = lab.cni("ADD", "ipam", &lab.netns(), &with_ipam);
+    assert!(ok, "{res}");
+    assert_eq!(res["interfaces"][0]["name"], "eth0", "prevResult kept first");
+    let addr = res["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(addr.starts_with("fd00:99::"), "{res}");
+    assert_eq!(res["ips"][0]["interface"], 2, "bound to net1");
+    assert!(lab.pod(&["ip", "-6", "addr", "show", "dev", "net1"]).contains(addr.split('/').next().unwrap()));
+    let leases = |d: &std::path::Path| std::fs::read_dir(d.join("srv6pipes")).map(|r| r.count()).unwrap_or(0);
+    assert!(leases(&ipam_dir) >= 1);
+    assert!(lab.cni("DEL", "ipam", &lab.netns(), &with_ipam).0);
+    let left: Vec<_> = std::fs::read_dir(ipam_dir.join("srv6pipes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().starts_with("fd00:99")), "lease released: {left:?}");
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+
+    // The daemon is down: ADD says try again later and makes nothing; once back, it works.
+    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
+    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (ok, err) = lab.cni("ADD", "later", &lab.netns(), &c);
+    assert!(!ok && err["code"] == 11, "{err}");
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+    assert!(lab.lab(&["restart-node", "n1"]).status.success());
+    let (ok, res) = lab.cni("ADD", "later", &lab.netns(), &c);
+    assert!(ok, "{res}");
+    assert!(lab.cni("DEL", "later", &lab.netns(), &c).0);
 }

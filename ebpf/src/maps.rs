@@ -14,6 +14,7 @@ pub const BEHAVIOR_END_DT6: u32 = 2;
 pub struct SidEntry {
     pub behavior: u32,
     pub ifindex: u32,
+    pub cache_ifindex: u32,
     pub vnf_mac: [u8; 6],
     pub host_mac: [u8; 6],
 }
@@ -152,7 +153,7 @@ mod tests {
             assert_eq!(*r as usize, i + 1, "{r:?}");
         }
         assert_eq!(std::mem::size_of::<OuterHdr>(), 8 + MAX_HDR);
-        assert_eq!(std::mem::size_of::<SidEntry>(), 20);
+        assert_eq!(std::mem::size_of::<SidEntry>(), 24);
         assert_eq!(std::mem::size_of::<NodeConfig>(), 40);
     }
 }

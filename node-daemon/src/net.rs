@@ -2,9 +2,10 @@
 
 use std::net::Ipv6Addr;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use futures::TryStreamExt;
 use ipnet::Ipv6Net;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -29,6 +30,39 @@ impl Netlink {
             }
         }
         Err(anyhow!("no route to {addr}"))
+    }
+
+    /// The ifindex of `name` after checking it is a veth with MAC `mac`.
+    pub async fn check_veth(&self, name: &str, mac: &str) -> anyhow::Result<u32> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("interface {name}"))?
+            .ok_or_else(|| anyhow!("interface {name} does not exist"))?;
+        let is_veth = link.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        });
+        if !is_veth {
+            bail!("interface {name} is not a veth");
+        }
+        let actual = link
+            .attributes
+            .iter()
+            .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        if !actual.eq_ignore_ascii_case(mac) {
+            bail!("interface {name} has MAC {actual}, not {mac}");
+        }
+        Ok(link.header.index)
     }
 
     fn locator_route(prefix: Ipv6Net, via: Ipv6Addr, oif: u32) -> RouteMessage {

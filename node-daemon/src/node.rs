@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use ipnet::Ipv6Net;
 use nix::net::if_::{if_indextoname, if_nametoindex};
 use srv6::compiler::SidRegistration;
-use srv6::node_api::{Attachment, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
+use srv6::node_api::{Attachment, AttachmentKey, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT6};
 use tracing::{info, warn};
@@ -106,9 +106,9 @@ impl Node {
         for (sid, e) in sids.iter().filter(|(s, e)| e.behavior == BEHAVIOR_END_AD && !kept.contains(s)) {
             warn!(node = %self.name, sid = %sid, "removing unregistered proxy SID");
             self.datapath.remove_sid(*sid)?;
-            self.datapath.remove_ad_cache(e.ifindex)?;
+            self.datapath.remove_ad_cache(e.cache_ifindex)?;
         }
-        let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.attachment.host_ifname.as_str()).collect();
+        let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.return_host_ifname()).collect();
         let orphans: Vec<String> = self
             .datapath
             .attached()
@@ -128,26 +128,60 @@ impl Node {
 
     pub async fn handle(&mut self, req: Request) -> Response {
         let r = match req {
-            Request::Register(a) => self.register(a).map(|sid| Response::Registered { sid }),
+            Request::Register(a) => self.register(a).await.map(|sid| Response::Registered { sid }),
             Request::Unregister { container_id, ifname } => self.unregister(&container_id, &ifname).map(|_| Response::Ok),
             Request::Sids => Ok(Response::Sids(self.sids())),
             Request::Program(p) => self.program(p).await.map(|_| Response::Ok),
             Request::Stats => self.stats().map(Response::Stats),
+            Request::Lookup { container_id, ifname } => self
+                .find(&container_id, &ifname)
+                .map(|r| Response::Attachment { attachment: r.attachment.clone(), sid: r.sid })
+                .ok_or_else(|| anyhow!("no attachment {container_id}/{ifname}")),
+            Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
         };
         r.unwrap_or_else(|e| Response::Error { message: format!("node {}: {e:#}", self.name) })
     }
 
-    fn register(&mut self, a: Attachment) -> anyhow::Result<Sid> {
-        if let Some(r) = self.state.registrations.iter().find(|r| r.attachment.container_id == a.container_id && r.attachment.ifname == a.ifname) {
+    fn find(&self, container_id: &str, ifname: &str) -> Option<&Registration> {
+        self.state.registrations.iter().find(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname)
+    }
+
+    /// CNI GC: every attachment of `network` that the runtime no longer lists goes.
+    fn gc(&mut self, network: &str, valid: &[AttachmentKey]) -> anyhow::Result<Vec<Attachment>> {
+        let stale: Vec<AttachmentKey> = self
+            .state
+            .registrations
+            .iter()
+            .map(|r| &r.attachment)
+            .filter(|a| a.network == network && !valid.contains(&a.key()))
+            .map(Attachment::key)
+            .collect();
+        let mut released = Vec::new();
+        for k in stale {
+            let a = self.find(&k.container_id, &k.ifname).map(|r| r.attachment.clone()).expect("listed above");
+            self.unregister(&k.container_id, &k.ifname)?;
+            released.push(a);
+        }
+        Ok(released)
+    }
+
+    async fn register(&mut self, a: Attachment) -> anyhow::Result<Sid> {
+        if let Some(r) = self.find(&a.container_id, &a.ifname) {
             if r.attachment == a {
                 return Ok(r.sid);
             }
             bail!("{} {} is already registered with another interface ({})", pod_of(&a), a.ifname, r.attachment.host_ifname);
         }
-        let ifindex = if_nametoindex(a.host_ifname.as_str()).with_context(|| format!("interface {}", a.host_ifname))?;
+        // The caller is root (SO_PEERCRED), but the interface it names must be what it says: a
+        // veth with that MAC, so a registration can never point End.AD at the uplink.
+        let ifindex = self.netlink.check_veth(&a.host_ifname, &a.host_mac).await?;
+        let return_ifindex = match &a.out {
+            Some(o) => self.netlink.check_veth(&o.host_ifname, &o.host_mac).await?,
+            None => ifindex,
+        };
         let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
         let funct = allocate_proxy_funct(self.locator, &taken)?;
-        let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, attachment: a };
+        let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, return_ifindex, attachment: a };
         if let Err(e) = self.install_proxy(&reg) {
             self.uninstall_proxy(&reg);
             return Err(e);
@@ -168,10 +202,11 @@ impl Node {
         let entry = SidEntry {
             behavior: BEHAVIOR_END_AD,
             ifindex: reg.ifindex,
+            cache_ifindex: reg.return_ifindex,
             vnf_mac: parse_mac(&a.vnf_mac)?,
             host_mac: parse_mac(&a.host_mac)?,
         };
-        self.datapath.attach(Hook::Vnf, &a.host_ifname)?;
+        self.datapath.attach(Hook::Vnf, reg.return_host_ifname())?;
         self.datapath.set_sid(reg.sid.0, entry)?;
         Ok(())
     }
@@ -182,10 +217,10 @@ impl Node {
         if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
             errs.push(e.into());
         }
-        if let Err(e) = self.datapath.remove_ad_cache(reg.ifindex) {
+        if let Err(e) = self.datapath.remove_ad_cache(reg.return_ifindex) {
             errs.push(e.into());
         }
-        if let Err(e) = self.datapath.detach(Hook::Vnf, &reg.attachment.host_ifname) {
+        if let Err(e) = self.datapath.detach(Hook::Vnf, reg.return_host_ifname()) {
             errs.push(e.into());
         }
         errs

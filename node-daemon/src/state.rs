@@ -14,7 +14,17 @@ pub struct Registration {
     pub attachment: Attachment,
     pub sid: Sid,
     pub funct: u16,
+    /// Node-side ifindex End.AD delivers into.
     pub ifindex: u32,
+    /// Node-side ifindex the VNF returns traffic on (the End.AD cache key): `ifindex` unless
+    /// the attachment is a pair.
+    pub return_ifindex: u32,
+}
+
+impl Registration {
+    pub fn return_host_ifname(&self) -> &str {
+        self.attachment.out.as_ref().map_or(&self.attachment.host_ifname, |o| &o.host_ifname)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

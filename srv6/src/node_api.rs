@@ -28,11 +28,24 @@ pub enum Request {
     Program(NodeProgram),
     /// Per-SID and per-reason counters.
     Stats,
+    /// One attachment and its SID (CNI CHECK).
+    Lookup { container_id: String, ifname: String },
+    /// Releases every attachment of `network` not in `valid` (CNI GC); answers `Released`.
+    Gc { network: String, valid: Vec<AttachmentKey> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
 }
 
 /// A VNF interface as the CNI plugin made it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
+    /// The CNI network name the attachment belongs to (GC works per network).
+    #[serde(default)]
+    pub network: String,
     pub container_id: String,
     /// The interface name inside the pod (`CNI_IFNAME`).
     pub ifname: String,
@@ -45,6 +58,23 @@ pub struct Attachment {
     pub vnf_mac: String,
     /// MAC of the node-side interface.
     pub host_mac: String,
+    /// With `interfaces: pair`, the interface the VNF sends chain traffic back out of (pod side
+    /// and node side); without, the VNF returns traffic on `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<OutInterface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutInterface {
+    pub ifname: String,
+    pub host_ifname: String,
+    pub host_mac: String,
+}
+
+impl Attachment {
+    pub fn key(&self) -> AttachmentKey {
+        AttachmentKey { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +98,8 @@ pub enum Response {
     Registered { sid: Sid },
     Sids(NodeSids),
     Stats(NodeStats),
+    Attachment { attachment: Attachment, sid: Sid },
+    Released { attachments: Vec<Attachment> },
     Error { message: String },
 }
 

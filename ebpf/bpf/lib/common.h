@@ -61,7 +61,8 @@ enum sp_drop {
 
 struct sid_entry {
 	__u32 behavior;
-	__u32 ifindex;     /* End.AD: the VNF's node-side veth */
+	__u32 ifindex;       /* End.AD: the node-side veth inner packets are delivered into */
+	__u32 cache_ifindex; /* End.AD: the node-side veth the VNF returns on (cache key) */
 	__u8 vnf_mac[6];   /* End.AD: the pod-side MAC, destination of inner packets */
 	__u8 host_mac[6];
 };

@@ -194,7 +194,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 			return drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len)))
 			return drop_sid(da, skb_len, err);
-		ad_cache_store(sid->ifindex, o);
+		ad_cache_store(sid->cache_ifindex, o);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);
