@@ -447,3 +447,39 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
     let st = lab.status();
     assert!(sid_packets(&st, "n2", "End.AD") >= 200_000, "{}", st["sids"]);
 }
+
+/// The ids attached as an interface pair: End.AD delivers into net1, the ids forwards out of
+/// net2, and the proxy re-encapsulates from there (its cache is keyed by the return interface).
+#[test]
+fn pair_attachment_carries_the_chain() {
+    require_lab!("nft", "ping", "tcpdump");
+    let lab = Lab::new("pair");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let anchor = "  labels: {vnf: ids}\n  annotations:\n";
+    assert!(text.contains(anchor));
+    let paired = text.replace(anchor, &format!("{anchor}    srv6pipes.io/interfaces: pair\n"));
+    let file = lab.state.with_extension("yaml");
+    std::fs::write(&file, paired).unwrap();
+    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(lab.exec("ids", &["ip", "link", "show", "net2"]).status.success(), "ids has net2");
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
+    });
+    let st = lab.status();
+    let server6 = pod_ip(&st, "server", true);
+    let file = lab.state.with_extension("net2.pcap");
+    let f = file.display().to_string();
+    let cap = Capture::spawn(
+        lab.cmd(&["exec", "ids", "--", "tcpdump", "--immediate-mode", "-i", "net2", "-nn", "-U", "-w", &f]),
+        file,
+        "net2",
+    );
+    assert!(ping(&lab, "client", &server6, 4), "client -> server through a paired ids");
+    let out = cap.finish();
+    assert!(out.iter().filter(|l| l.contains("echo request")).count() >= 4, "the ids forwarded out of net2: {out:?}");
+    let ids = nft_counters(&lab, "ids");
+    assert_eq!(ids[0], 0);
+    assert!(ids[1] >= 4, "{ids:?}");
+}

@@ -12,6 +12,8 @@ use srv6pipes_crds::ServiceChain;
 
 pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// `pair`: the pod's chain attachment is an interface pair (in on netN, out on netN+1).
+pub const INTERFACES_ANNOTATION: &str = "srv6pipes.io/interfaces";
 /// The network name that attaches a pod to srv6pipes (as a Multus secondary network).
 pub const NETWORK_NAME: &str = "srv6pipes";
 /// The cluster's locator block; lab nodes get LOC = block + node number (/48).
@@ -35,6 +37,7 @@ pub struct LabPod {
     pub command: Vec<String>,
     /// Interfaces to request from srv6pipes-cni (`net1`, `net2`, ... in annotation order).
     pub chain_ifaces: Vec<String>,
+    pub pair: bool,
 }
 
 #[derive(Debug, Default)]
@@ -136,7 +139,12 @@ fn lab_pod(p: &Pod, nodes: &[LabNode]) -> anyhow::Result<LabPod> {
         .filter(|(_, n)| n == NETWORK_NAME)
         .map(|(i, _)| format!("net{}", i + 1))
         .collect();
-    Ok(LabPod { namespace, name, node, labels: p.metadata.labels.clone().unwrap_or_default(), command, chain_ifaces })
+    let pair = match p.metadata.annotations.as_ref().and_then(|a| a.get(INTERFACES_ANNOTATION)).map(String::as_str) {
+        None | Some("single") => false,
+        Some("pair") => true,
+        Some(other) => bail!("pod {namespace}/{name}: {INTERFACES_ANNOTATION} is {other:?}, not single or pair"),
+    };
+    Ok(LabPod { namespace, name, node, labels: p.metadata.labels.clone().unwrap_or_default(), command, chain_ifaces, pair })
 }
 
 /// Multus accepts a comma-separated list of names or a JSON list of selection objects.

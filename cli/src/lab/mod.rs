@@ -264,6 +264,7 @@ fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
         ips: Vec::new(),
         primary: false,
         chain_ifaces: Vec::new(),
+        pair: p.pair,
         command: p.command.clone(),
         pid: None,
     });
@@ -277,7 +278,7 @@ fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
     for ifname in &p.chain_ifaces {
         st.pods[idx].chain_ifaces.push(ifname.clone());
         st.save(dir)?;
-        cni(&st.pods[idx], &node, "ADD", ifname, &srv6pipes_conf(&node)).with_context(|| format!("{who}: srv6pipes-cni ADD {ifname}"))?;
+        cni(&st.pods[idx], &node, "ADD", ifname, &srv6pipes_conf(&node, &st.pods[idx])).with_context(|| format!("{who}: srv6pipes-cni ADD {ifname}"))?;
     }
     Ok(())
 }
@@ -301,13 +302,14 @@ fn primary_conf(node: &NodeState, dir: &Path) -> Value {
     })
 }
 
-fn srv6pipes_conf(node: &NodeState) -> Value {
+fn srv6pipes_conf(node: &NodeState, pod: &PodState) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": manifest::NETWORK_NAME,
         "type": "srv6pipes-cni",
         "socket": node.socket.display().to_string(),
         "mtu": POD_MTU,
+        "interfaces": if pod.pair { "pair" } else { "single" },
     })
 }
 
@@ -462,7 +464,7 @@ fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
         }
         let Some(node) = st.node(&p.node) else { continue };
         for ifname in &p.chain_ifaces {
-            note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node)).map(|_| ()));
+            note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node, p)).map(|_| ()));
         }
         if p.primary && sys::netns_exists(&node.netns) {
             note(cni(p, node, "DEL", "eth0", &primary_conf(node, dir)).map(|_| ()));

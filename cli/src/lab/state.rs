@@ -45,6 +45,9 @@ pub struct PodState {
     pub primary: bool,
     /// Interfaces srv6pipes-cni added (net1, ...).
     pub chain_ifaces: Vec<String>,
+    /// The chain attachment is an interface pair (`interfaces: pair`).
+    #[serde(default)]
+    pub pair: bool,
     /// spec.containers[0].command + args, run in the pod's netns on the host filesystem.
     pub command: Vec<String>,
     pub pid: Option<u32>,
