@@ -186,10 +186,35 @@ fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
     for p in &m.pods {
         create_pod(st, dir, p)?;
     }
+    wait_for_dad(st)?;
     for i in 0..st.pods.len() {
         start_pod(st, dir, i)?;
     }
     program(st, m, dir)
+}
+
+/// IPv6 addresses are unusable while duplicate address detection runs (~1-2 s): ptp's gateway
+/// address on the node would not answer neighbour solicitations yet. Wait until none is
+/// tentative, so traffic works as soon as `up` returns.
+fn wait_for_dad(st: &LabState) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let namespaces: Vec<&str> = st.nodes.iter().map(|n| n.netns.as_str()).chain(st.pods.iter().map(|p| p.netns.as_str())).collect();
+    loop {
+        let mut tentative = Vec::new();
+        for ns in &namespaces {
+            let out = std::process::Command::new("ip").args(["-n", ns, "-6", "addr", "show", "tentative"]).output()?;
+            if !out.stdout.is_empty() {
+                tentative.push(*ns);
+            }
+        }
+        if tentative.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            bail!("IPv6 addresses still tentative (duplicate address detection) in {tentative:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn create_node(st: &mut LabState, dir: &Path, underlay: &str, index: usize, n: &LabNode) -> anyhow::Result<()> {
