@@ -70,6 +70,10 @@ pub struct NetConf {
     pub mtu: u32,
     #[serde(default)]
     pub interfaces: Interfaces,
+    /// The pod-side interface to create. Default: CNI_IFNAME. Chained after a primary plugin
+    /// (which owns CNI_IFNAME, e.g. eth0), set it, e.g. "net1".
+    #[serde(default)]
+    pub interface_name: Option<String>,
     /// With `interfaces: pair`, the name of the outbound interface (default: CNI_IFNAME with its
     /// trailing number + 1, e.g. net1 -> net2).
     #[serde(default)]
@@ -128,6 +132,14 @@ impl NetConf {
             }
         }
         Ok(conf)
+    }
+
+    /// The pod-side interface for the runtime's CNI_IFNAME.
+    pub fn pod_ifname(&self, cni_ifname: &str) -> Result<String, CniError> {
+        match &self.interface_name {
+            Some(n) => valid_ifname(n).map(|_| n.clone()),
+            None => Ok(cni_ifname.to_string()),
+        }
     }
 
     /// The outbound interface name for a pair, or None for a single interface.

@@ -135,8 +135,8 @@ struct Veth {
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let ns = open_netns(&env.netns)?;
-    let out_name = conf.out_ifname(&env.ifname)?;
-    let names: Vec<String> = std::iter::once(env.ifname.clone()).chain(out_name).collect();
+    let pod_if = conf.pod_ifname(&env.ifname)?;
+    let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
     // The daemon must be there before anything is made: "try again later" leaves nothing.
     call(conf, &Request::Sids)?;
     let ipam_result = match &conf.ipam {
@@ -148,7 +148,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
         let req = Request::Register(Attachment {
             network: conf.name.clone(),
             container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
+            ifname: pod_if.clone(),
+            runtime_ifname: (pod_if != env.ifname).then(|| env.ifname.clone()),
             netns: env.netns.clone(),
             host_ifname: veths[0].host.clone(),
             pod_namespace: env.pod_namespace.clone(),
@@ -322,13 +323,14 @@ async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
 /// then removes the pod-side rule, the veth(s) and the IPAM lease. Missing pieces are fine.
 pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     call(conf, &Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
+    let pod_if = conf.pod_ifname(&env.ifname)?;
     if !env.netns.is_empty() {
         if let Ok(ns) = open_netns(&env.netns) {
-            let ifname = env.ifname.clone();
+            let ifname = pod_if.clone();
             in_netns(&ns, move |h| Box::pin(async move { delete_rules(&h, &ifname).await }))?;
         }
     }
-    let names: Vec<String> = std::iter::once(env.ifname.clone()).chain(conf.out_ifname(&env.ifname)?).collect();
+    let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
     on_node(async |h| {
         for n in &names {
             delete_link(h, &host_ifname(&env.container_id, n)).await?;
@@ -381,19 +383,20 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
         return Err(CniError::check(format!("{host} has MAC {host_mac}, prevResult says otherwise")));
     }
     let ns = open_netns(&env.netns)?;
-    let ifname = env.ifname.clone();
+    let pod_if = conf.pod_ifname(&env.ifname)?;
+    let ifname = pod_if.clone();
     let (pod_mac, rules) = in_netns(&ns, move |h| {
         Box::pin(async move {
             let mac = link_by_name(&h, &ifname).await?.map(|l| mac_of(&l));
             Ok((mac, our_rules(&h, &ifname).await?.len()))
         })
     })?;
-    let pod_mac = pod_mac.ok_or_else(|| CniError::check(format!("{} is missing in the pod", env.ifname)))?;
-    if expected_mac(&env.ifname, true).is_some_and(|m| m != pod_mac) || pod_mac != attachment.vnf_mac {
-        return Err(CniError::check(format!("{} has MAC {pod_mac}, not the registered {}", env.ifname, attachment.vnf_mac)));
+    let pod_mac = pod_mac.ok_or_else(|| CniError::check(format!("{pod_if} is missing in the pod")))?;
+    if expected_mac(&pod_if, true).is_some_and(|m| m != pod_mac) || pod_mac != attachment.vnf_mac {
+        return Err(CniError::check(format!("{pod_if} has MAC {pod_mac}, not the registered {}", attachment.vnf_mac)));
     }
     if rules != 1 {
-        return Err(CniError::check(format!("the pod has {rules} chain rules for {}, expected 1", env.ifname)));
+        return Err(CniError::check(format!("the pod has {rules} chain rules for {pod_if}, expected 1")));
     }
     if let Some(i) = &conf.ipam {
         ipam::delegate(conf, i, "CHECK", None)?;

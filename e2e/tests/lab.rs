@@ -5,97 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{repo_root, target_dir};
-
-/// A lab with a unique name and state dir, always taken down (even when the test panics).
-struct Lab {
-    name: String,
-    state: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("t{}-{}-{}", std::process::id() % 100_000, tag, N.fetch_add(1, Ordering::SeqCst));
-        let state = std::env::temp_dir().join(format!("srv6pipes-e2e-{name}"));
-        let bin = target_dir().join("srv6pipes");
-        assert!(bin.exists(), "{} missing: run `cargo build --workspace` first", bin.display());
-        Self { name, state }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(target_dir().join("srv6pipes"));
-        c.arg("lab").arg("--name").arg(&self.name).arg("--state-dir").arg(&self.state).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run srv6pipes")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "srv6pipes lab {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", pod, "--"];
-        args.extend_from_slice(cmd);
-        self.run(&args)
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("status json")
-    }
-
-    fn netns(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{}-", self.name)))
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn pin_root(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/srv6pipes/lab-{}", self.name))
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
-
-fn pod_ip(status: &Value, pod: &str, v6: bool) -> String {
-    status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pod)
-        .unwrap_or_else(|| panic!("pod {pod} in status"))["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().to_string())
-        .find(|i| i.contains(':') == v6)
-        .unwrap_or_else(|| panic!("pod {pod} has an IPv{} address", if v6 { 6 } else { 4 }))
-}
+use common::{pod_ip, ping, repo_root, sid_packets, target_dir, wait_for, Lab};
 
 /// nft rule counters of a VNF's `vnf` table, in rule order: packets per rule.
 fn nft_counters(lab: &Lab, pod: &str) -> Vec<u64> {
@@ -113,22 +29,6 @@ fn nft_counters(lab: &Lab, pod: &str) -> Vec<u64> {
                 .unwrap()
         })
         .collect()
-}
-
-fn sid_packets(status: &Value, node: &str, behavior: &str) -> u64 {
-    status["sids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["node"] == node && s["behavior"] == behavior)
-        .map(|s| s["packets"].as_u64().unwrap())
-        .sum()
-}
-
-fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
-    let c = count.to_string();
-    let fam = if to.contains(':') { "-6" } else { "-4" };
-    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
 }
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
@@ -179,14 +79,6 @@ fn unsafe_kill(pid: u32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
     // `lab exec` forwards nothing: signal its child (tcpdump) too.
     let _ = Command::new("pkill").arg(format!("-{sig}")).arg("-P").arg(pid.to_string()).status();
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

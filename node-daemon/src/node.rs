@@ -143,7 +143,8 @@ impl Node {
     }
 
     fn find(&self, container_id: &str, ifname: &str) -> Option<&Registration> {
-        self.state.registrations.iter().find(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname)
+        let key = AttachmentKey { container_id: container_id.into(), ifname: ifname.into() };
+        self.state.registrations.iter().find(|r| r.attachment.key() == key)
     }
 
     /// CNI GC: every attachment of `network` that the runtime no longer lists goes.
@@ -166,7 +167,7 @@ impl Node {
     }
 
     async fn register(&mut self, a: Attachment) -> anyhow::Result<Sid> {
-        if let Some(r) = self.find(&a.container_id, &a.ifname) {
+        if let Some(r) = self.find(&a.key().container_id, &a.key().ifname) {
             if r.attachment == a {
                 return Ok(r.sid);
             }
@@ -227,7 +228,8 @@ impl Node {
     }
 
     fn unregister(&mut self, container_id: &str, ifname: &str) -> anyhow::Result<()> {
-        let Some(pos) = self.state.registrations.iter().position(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname) else {
+        let key = AttachmentKey { container_id: container_id.into(), ifname: ifname.into() };
+        let Some(pos) = self.state.registrations.iter().position(|r| r.attachment.key() == key) else {
             return Ok(());
         };
         let reg = self.state.registrations.remove(pos);

@@ -47,8 +47,12 @@ pub struct Attachment {
     #[serde(default)]
     pub network: String,
     pub container_id: String,
-    /// The interface name inside the pod (`CNI_IFNAME`).
+    /// The interface name inside the pod.
     pub ifname: String,
+    /// `CNI_IFNAME` when it differs from `ifname` (chained after a primary plugin, which owns
+    /// CNI_IFNAME): the runtime's key for DEL, CHECK and GC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_ifname: Option<String>,
     pub netns: String,
     /// The node-side end of the veth.
     pub host_ifname: String,
@@ -72,8 +76,12 @@ pub struct OutInterface {
 }
 
 impl Attachment {
+    /// What the runtime names this attachment by: (CNI_CONTAINERID, CNI_IFNAME).
     pub fn key(&self) -> AttachmentKey {
-        AttachmentKey { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+        AttachmentKey {
+            container_id: self.container_id.clone(),
+            ifname: self.runtime_ifname.clone().unwrap_or_else(|| self.ifname.clone()),
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use srv6pipes_crds::ServiceChain;
 
 pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// `"true"`: the lab does not create this pod; a container runtime on spec.nodeName attaches
+/// it (e.g. podman with srv6pipes-cni). The lab uses its labels and the SIDs its node daemon
+/// registered for it.
+pub const EXTERNAL_ANNOTATION: &str = "srv6pipes.io/lab-external";
 /// `pair`: the pod's chain attachment is an interface pair (in on netN, out on netN+1).
 pub const INTERFACES_ANNOTATION: &str = "srv6pipes.io/interfaces";
 /// The network name that attaches a pod to srv6pipes (as a Multus secondary network).
@@ -38,6 +42,7 @@ pub struct LabPod {
     /// Interfaces to request from srv6pipes-cni (`net1`, `net2`, ... in annotation order).
     pub chain_ifaces: Vec<String>,
     pub pair: bool,
+    pub external: bool,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +52,8 @@ pub struct Manifest {
     pub chains: Vec<ServiceChain>,
 }
 
-pub fn parse(text: &str) -> anyhow::Result<Manifest> {
+/// Parses a lab file. Pods may sit on the file's nodes or on `known_nodes` (a running lab's).
+pub fn parse(text: &str, known_nodes: &[String]) -> anyhow::Result<Manifest> {
     let mut nodes = Vec::new();
     let mut pods = Vec::new();
     let mut chains = Vec::new();
@@ -70,7 +76,9 @@ pub fn parse(text: &str) -> anyhow::Result<Manifest> {
         }
     }
     let nodes = nodes.iter().enumerate().map(|(i, n)| lab_node(i + 1, n)).collect::<anyhow::Result<Vec<_>>>()?;
-    let pods = pods.iter().map(|p| lab_pod(p, &nodes)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    node_names.extend_from_slice(known_nodes);
+    let pods = pods.iter().map(|p| lab_pod(p, &node_names)).collect::<anyhow::Result<Vec<_>>>()?;
     for c in &mut chains {
         c.metadata.namespace.get_or_insert_with(|| "default".into());
         if c.metadata.name.as_deref().unwrap_or_default().is_empty() {
@@ -117,13 +125,13 @@ fn lab_node(index: usize, n: &Node) -> anyhow::Result<LabNode> {
     Ok(LabNode { name, locator, pod_cidrs, underlay6, underlay4 })
 }
 
-fn lab_pod(p: &Pod, nodes: &[LabNode]) -> anyhow::Result<LabPod> {
+fn lab_pod(p: &Pod, nodes: &[String]) -> anyhow::Result<LabPod> {
     let name = p.metadata.name.clone().filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("a Pod has no metadata.name"))?;
     let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let spec = p.spec.clone().unwrap_or_default();
     let node = spec.node_name.clone().ok_or_else(|| anyhow!("pod {namespace}/{name} has no spec.nodeName"))?;
-    if !nodes.iter().any(|n| n.name == node) {
-        bail!("pod {namespace}/{name}: node {node} is not in the file");
+    if !nodes.contains(&node) {
+        bail!("pod {namespace}/{name}: node {node} is not in the lab");
     }
     let container = spec.containers.first().ok_or_else(|| anyhow!("pod {namespace}/{name} has no container"))?;
     let mut command = container.command.clone().unwrap_or_default();
@@ -144,7 +152,10 @@ fn lab_pod(p: &Pod, nodes: &[LabNode]) -> anyhow::Result<LabPod> {
         Some("pair") => true,
         Some(other) => bail!("pod {namespace}/{name}: {INTERFACES_ANNOTATION} is {other:?}, not single or pair"),
     };
-    Ok(LabPod { namespace, name, node, labels: p.metadata.labels.clone().unwrap_or_default(), command, chain_ifaces, pair })
+    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+    let external = annotations.get(EXTERNAL_ANNOTATION).is_some_and(|v| v == "true");
+    let labels = p.metadata.labels.clone().unwrap_or_default();
+    Ok(LabPod { namespace, name, node, labels, command, chain_ifaces, pair, external })
 }
 
 /// Multus accepts a comma-separated list of names or a JSON list of selection objects.
@@ -186,7 +197,7 @@ mod tests {
 
     #[test]
     fn example_parses() {
-        let m = parse(EXAMPLE).unwrap();
+        let m = parse(EXAMPLE, &[]).unwrap();
         assert_eq!(m.nodes.len(), 2);
         assert_eq!(m.nodes[0].locator.to_string(), "fcbb:bb00:1::/48");
         assert_eq!(m.nodes[1].underlay6, "fd00:ffff::2".parse::<Ipv6Addr>().unwrap());
@@ -203,14 +214,17 @@ mod tests {
         assert_eq!(parse_networks("srv6pipes, other,ns/srv6pipes").unwrap(), ["srv6pipes", "other", "srv6pipes"]);
         assert_eq!(parse_networks(r#"[{"name":"srv6pipes"},{"name":"x"}]"#).unwrap(), ["srv6pipes", "x"]);
         let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
-        assert!(parse(bad).unwrap_err().to_string().contains("understands"));
+        assert!(parse(bad, &[]).unwrap_err().to_string().contains("understands"));
         let no_cidr = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
-        assert!(format!("{:#}", parse(no_cidr).unwrap_err()).contains("podCIDRs"));
+        assert!(format!("{:#}", parse(no_cidr, &[]).unwrap_err()).contains("podCIDRs"));
         let orphan = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDRs: [fd00::/64]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: n9, containers: [{name: c}]}\n";
-        assert!(format!("{:#}", parse(orphan).unwrap_err()).contains("n9"));
+        assert!(format!("{:#}", parse(orphan, &[]).unwrap_err()).contains("n9"));
         let loc = "apiVersion: v1\nkind: Node\nmetadata: {name: n1, annotations: {srv6pipes.io/locator: 'fcbb:bb00:99::/48'}}\nspec: {podCIDRs: [fd00::/64]}\n";
-        assert_eq!(parse(loc).unwrap().nodes[0].locator.to_string(), "fcbb:bb00:99::/48");
+        assert_eq!(parse(loc, &[]).unwrap().nodes[0].locator.to_string(), "fcbb:bb00:99::/48");
         let outside = loc.replace("fcbb:bb00:99::/48", "fc00:1::/48");
-        assert!(parse(&outside).is_err());
+        let later = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {srv6pipes.io/lab-external: 'true'}}\nspec: {nodeName: n9, containers: [{name: c}]}\n";
+        assert!(parse(later, &[]).is_err());
+        assert!(parse(later, &["n9".to_string()]).unwrap().pods[0].external, "a running lab's node counts");
+        assert!(parse(&outside, &[]).is_err());
     }
 }

@@ -46,6 +46,13 @@ enum LabCommand {
         #[arg(short = 'f', long)]
         file: PathBuf,
     },
+    /// Add ServiceChains (replacing those of the same name) and Pods to a running lab, then
+    /// recompile and reprogram every node. Pods annotated srv6pipes.io/lab-external: "true" are
+    /// attached by a container runtime (e.g. podman) rather than by the lab.
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
     /// Remove every netns, link, route, pin, process and file the lab made.
     Down,
     /// Nodes (locator, underlay), pods (node, IPs), SIDs with counters, chains with status.
@@ -84,6 +91,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let dir = args.state_dir.clone().unwrap_or_else(|| Path::new("/run/srv6pipes/labs").join(&args.name));
     match args.command {
         LabCommand::Up { file } => up(&args.name, &dir, &file).map(|_| ExitCode::SUCCESS),
+        LabCommand::Apply { file } => apply(&dir, &file).map(|_| ExitCode::SUCCESS),
         LabCommand::Down => down(&args.name, &dir).map(|_| ExitCode::SUCCESS),
         LabCommand::Status { output } => status(&dir, output).map(|_| ExitCode::SUCCESS),
         LabCommand::Exec { node, pod, command } => exec(&dir, node, pod, &command),
@@ -102,7 +110,7 @@ fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
         bail!("lab {name} is already up (state in {}); run `srv6pipes lab down` first", dir.display());
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-    let manifest = manifest::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let manifest = manifest::parse(&text, &[]).with_context(|| format!("{}", file.display()))?;
     preflight()?;
     // Creating the state directory is the lock: two `up`s of one lab cannot both get here.
     if let Some(parent) = dir.parent() {
@@ -190,7 +198,8 @@ fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
     for i in 0..st.pods.len() {
         start_pod(st, dir, i)?;
     }
-    program(st, m, dir)
+    st.chains = m.chains.clone();
+    program(st, dir)
 }
 
 /// IPv6 addresses are unusable while duplicate address detection runs (~1-2 s): ptp's gateway
@@ -198,7 +207,8 @@ fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
 /// tentative, so traffic works as soon as `up` returns.
 fn wait_for_dad(st: &LabState) -> anyhow::Result<()> {
     let start = Instant::now();
-    let namespaces: Vec<&str> = st.nodes.iter().map(|n| n.netns.as_str()).chain(st.pods.iter().map(|p| p.netns.as_str())).collect();
+    let pods = st.pods.iter().filter(|p| !p.external).map(|p| p.netns.as_str());
+    let namespaces: Vec<&str> = st.nodes.iter().map(|n| n.netns.as_str()).chain(pods).collect();
     loop {
         let mut tentative = Vec::new();
         for ns in &namespaces {
@@ -275,9 +285,11 @@ fn start_daemon(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
 
 fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
     let node = st.node(&p.node).expect("checked by the manifest").clone();
-    let netns = format!("{}-{}-{}", st.name, p.namespace, p.name);
+    let netns = if p.external { String::new() } else { format!("{}-{}-{}", st.name, p.namespace, p.name) };
     let who = format!("pod {}/{}", p.namespace, p.name);
-    sys::ip(&["netns", "add", &netns]).with_context(|| who.clone())?;
+    if !p.external {
+        sys::ip(&["netns", "add", &netns]).with_context(|| who.clone())?;
+    }
     let idx = st.pods.len();
     st.pods.push(PodState {
         namespace: p.namespace.clone(),
@@ -290,10 +302,14 @@ fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
         primary: false,
         chain_ifaces: Vec::new(),
         pair: p.pair,
+        external: p.external,
         command: p.command.clone(),
         pid: None,
     });
     st.save(dir)?;
+    if p.external {
+        return Ok(());
+    }
     sys::ip(&["-n", &netns, "link", "set", "lo", "up"])?;
     st.pods[idx].primary = true;
     st.save(dir)?;
@@ -377,6 +393,9 @@ fn result_ips(result: &Value) -> Vec<IpAddr> {
 
 fn start_pod(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
     let p = st.pods[i].clone();
+    if p.external || p.pid.is_some() {
+        return Ok(());
+    }
     let command = &p.command;
     let mut cmd = sys::in_netns(&p.netns, &command[0])?;
     cmd.args(&command[1..]);
@@ -387,7 +406,7 @@ fn start_pod(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
 }
 
 /// Compiles every chain with the pure compiler and hands each node daemon its tables.
-fn program(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
+fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     let mut world = World::default();
     for n in &st.nodes {
         world.nodes.push(NodeInfo { name: n.name.clone(), locator: n.locator, pod_cidrs: n.pod_cidrs.clone() });
@@ -395,7 +414,7 @@ fn program(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
         world.registrations.extend(sids.registrations);
     }
     for p in &st.pods {
-        let alive = p.pid.is_some_and(sys::alive);
+        let alive = p.external || p.pid.is_some_and(sys::alive);
         world.pods.push(PodInfo {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -405,7 +424,7 @@ fn program(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
             ready: alive,
         });
     }
-    let chains: Vec<ChainRef> = m
+    let chains: Vec<ChainRef> = st
         .chains
         .iter()
         .map(|c| ChainRef {
@@ -427,7 +446,6 @@ fn program(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("program node {}", n.name))?;
     }
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    st.chains = m.chains.clone();
     for c in &mut st.chains {
         let v = compiled
             .chains
@@ -463,6 +481,37 @@ fn node_stats(n: &NodeState) -> anyhow::Result<NodeStats> {
     }
 }
 
+// ------------------------------------------------------------------------------------- apply
+
+fn apply(dir: &Path, file: &Path) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let known: Vec<String> = st.nodes.iter().map(|n| n.name.clone()).collect();
+    let m = manifest::parse(&text, &known).with_context(|| format!("{}", file.display()))?;
+    if !m.nodes.is_empty() {
+        bail!("lab apply takes Pods and ServiceChains; nodes come from `lab up`");
+    }
+    for p in &m.pods {
+        if !st.pods.iter().any(|x| x.namespace == p.namespace && x.name == p.name) {
+            create_pod(&mut st, dir, p).with_context(|| format!("pod {}/{}", p.namespace, p.name))?;
+        }
+    }
+    wait_for_dad(&st)?;
+    for i in 0..st.pods.len() {
+        start_pod(&mut st, dir, i)?;
+    }
+    for c in m.chains {
+        let same = |x: &srv6pipes_crds::ServiceChain| x.metadata.name == c.metadata.name && x.metadata.namespace == c.metadata.namespace;
+        match st.chains.iter_mut().find(|x| same(x)) {
+            Some(old) => *old = c,
+            None => st.chains.push(c),
+        }
+    }
+    let result = program(&mut st, dir);
+    print_text(&st, dir);
+    result
+}
+
 // -------------------------------------------------------------------------------------- down
 
 fn down(name: &str, dir: &Path) -> anyhow::Result<()> {
@@ -483,7 +532,7 @@ fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
             errors.push(format!("{e:#}"));
         }
     };
-    for p in &st.pods {
+    for p in st.pods.iter().filter(|p| !p.external) {
         if let Some(pid) = p.pid {
             sys::stop_group(pid);
         }

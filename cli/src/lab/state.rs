@@ -48,6 +48,9 @@ pub struct PodState {
     /// The chain attachment is an interface pair (`interfaces: pair`).
     #[serde(default)]
     pub pair: bool,
+    /// Attached by a container runtime, not by the lab (no netns or process of the lab's).
+    #[serde(default)]
+    pub external: bool,
     /// spec.containers[0].command + args, run in the pod's netns on the host filesystem.
     pub command: Vec<String>,
     pub pid: Option<u32>,

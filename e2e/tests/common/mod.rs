@@ -2,6 +2,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The cargo target profile directory holding the workspace's binaries:
 /// target/<profile>/deps/<test>-<hash>  ->  target/<profile>.
@@ -51,3 +56,112 @@ macro_rules! require_lab {
         }
     };
 }
+
+/// A lab with a unique name and state dir, always taken down (even when the test panics).
+pub struct Lab {
+    pub name: String,
+    pub state: PathBuf,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t{}-{}-{}", std::process::id() % 100_000, tag, N.fetch_add(1, Ordering::SeqCst));
+        let state = std::env::temp_dir().join(format!("srv6pipes-e2e-{name}"));
+        let bin = target_dir().join("srv6pipes");
+        assert!(bin.exists(), "{} missing: run `cargo build --workspace` first", bin.display());
+        Self { name, state }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(target_dir().join("srv6pipes"));
+        c.arg("lab").arg("--name").arg(&self.name).arg("--state-dir").arg(&self.state).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run srv6pipes")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "srv6pipes lab {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("status json")
+    }
+
+    pub fn netns(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn pin_root(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/srv6pipes/lab-{}", self.name))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+pub fn pod_ip(status: &Value, pod: &str, v6: bool) -> String {
+    status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .unwrap_or_else(|| panic!("pod {pod} in status"))["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .find(|i| i.contains(':') == v6)
+        .unwrap_or_else(|| panic!("pod {pod} has an IPv{} address", if v6 { 6 } else { 4 }))
+}
+
+
+pub fn sid_packets(status: &Value, node: &str, behavior: &str) -> u64 {
+    status["sids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node"] == node && s["behavior"] == behavior)
+        .map(|s| s["packets"].as_u64().unwrap())
+        .sum()
+}
+
+pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
+    let c = count.to_string();
+    let fam = if to.contains(':') { "-6" } else { "-4" };
+    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
