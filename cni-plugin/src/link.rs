@@ -137,8 +137,6 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let ns = open_netns(&env.netns)?;
     let pod_if = conf.pod_ifname(&env.ifname)?;
     let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
-    // The daemon must be there before anything is made: "try again later" leaves nothing.
-    call(conf, &Request::Sids)?;
     let ipam_result = match &conf.ipam {
         Some(i) => ipam::delegate(conf, i, "ADD", None)?,
         None => None,
@@ -164,8 +162,10 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let veths = match made {
         Ok(v) => v,
         Err(e) => {
-            // Nothing half-made stays behind: each node end takes its peer with it, and IPAM
-            // gives back what it handed out (SPEC §4: DEL on failure).
+            // Nothing half-made stays behind: the pod-side rule goes, each node end takes its
+            // peer with it, and IPAM gives back what it handed out (SPEC §4: DEL on failure).
+            let inbound = pod_if.clone();
+            let _ = in_netns(&ns, move |h| Box::pin(async move { delete_rules(&h, &inbound).await }));
             let _ = on_node(async |h| {
                 for n in &names {
                     delete_link(h, &host_ifname(&env.container_id, n)).await?;

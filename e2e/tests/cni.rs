@@ -295,9 +295,11 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
+    let pod_before = (lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"]));
     let (ok, err) = lab.cni("ADD", "later", &lab.netns(), &c);
     assert!(!ok && err["code"] == 11, "{err}");
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+    assert_eq!((lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"])), pod_before, "rolled back in the pod too");
     assert!(lab.lab(&["restart-node", "n1"]).status.success());
     let (ok, res) = lab.cni("ADD", "later", &lab.netns(), &c);
     assert!(ok, "{res}");
