@@ -288,7 +288,6 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     assert!(lab.cni("DEL", "ipam", &lab.netns(), &with_ipam).0);
     let left: Vec<_> = std::fs::read_dir(ipam_dir.join("srv6pipes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().starts_with("fd00:99")), "lease released: {left:?}");
-    let _ = std::fs::remove_dir_all(&ipam_dir);
 
     // The daemon is down: ADD says try again later and makes nothing; once back, it works.
     let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
@@ -300,6 +299,14 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     assert!(!ok && err["code"] == 11, "{err}");
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
     assert_eq!((lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"])), pod_before, "rolled back in the pod too");
+    // With IPAM, the lease handed out before the registration failed is given back.
+    let mut ipam_down = conf("1.0.0", &lab.socket());
+    ipam_down["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "fd00:98::/64"}]], "dataDir": ipam_dir});
+    let (ok, err) = lab.cni("ADD", "later", &lab.netns(), &ipam_down);
+    assert!(!ok && err["code"] == 11, "{err}");
+    let leases: Vec<_> = std::fs::read_dir(ipam_dir.join("srv6pipes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leases.iter().all(|n| !n.to_string_lossy().starts_with("fd00:98")), "lease released on failure: {leases:?}");
+    let _ = std::fs::remove_dir_all(&ipam_dir);
     assert!(lab.lab(&["restart-node", "n1"]).status.success());
     let (ok, res) = lab.cni("ADD", "later", &lab.netns(), &c);
     assert!(ok, "{res}");
@@ -386,4 +393,41 @@ fn thousand_add_del_cycles_leak_nothing() {
         }
     });
     assert_eq!(footprint(&lab), before);
+}
+
+/// The daemon checks what a caller registers: the named node-side interface must be a veth with
+/// the given MAC, so End.AD can never be pointed at the uplink or a made-up interface.
+#[test]
+fn daemon_refuses_registrations_of_non_veths() {
+    require_lab!("socat");
+    let lab = OneNode::up();
+    let register = |host_ifname: &str, mac: &str| -> Value {
+        let req = json!({"op": "register", "network": "x", "container_id": "evil", "ifname": "net1",
+            "netns": lab.netns(), "host_ifname": host_ifname, "pod_namespace": "default", "pod_name": "vnf",
+            "vnf_mac": "02:00:00:00:00:01", "host_mac": mac});
+        let mut child = Command::new("socat")
+            .args(["-", &format!("UNIX-CONNECT:{}", lab.socket())])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{req}\n").as_bytes()).unwrap();
+        serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    // The lab's uplink is a veth too: naming it with its real MAC is still refused.
+    let link = lab.node(&["ip", "-o", "link", "show", "eth0"]);
+    let uplink_mac = link.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let r = register("eth0", &uplink_mac);
+    assert_eq!(r["result"], "error", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("uplink"), "{r}");
+    // The primary plugin's veth of the pod, under a made-up MAC.
+    let links = lab.node(&["ip", "-o", "link"]);
+    let ptp = links.split_whitespace().find(|w| w.starts_with("veth")).unwrap().split('@').next().unwrap().to_string();
+    let r = register(&ptp, "02:00:00:00:00:09");
+    assert!(r["message"].as_str().unwrap().contains("MAC"), "{r}");
+    let lo = register("lo", "00:00:00:00:00:00");
+    assert!(lo["message"].as_str().unwrap().contains("not a veth"), "{lo}");
+    let r = register("nosuch0", "02:00:00:00:00:02");
+    assert!(r["message"].as_str().unwrap().contains("does not exist"), "{r}");
+    assert_eq!(lab.sids()["registrations"], json!([]));
 }

@@ -34,16 +34,11 @@ impl Netlink {
 
     /// The ifindex of `name` after checking it is a veth with MAC `mac`.
     pub async fn check_veth(&self, name: &str, mac: &str) -> anyhow::Result<u32> {
-        let link = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-            .with_context(|| format!("interface {name}"))?
-            .ok_or_else(|| anyhow!("interface {name} does not exist"))?;
+        let found = match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => None,
+            other => other.with_context(|| format!("interface {name}"))?,
+        };
+        let link = found.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
         let is_veth = link.attributes.iter().any(|a| {
             matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
         });

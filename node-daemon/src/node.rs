@@ -175,6 +175,18 @@ impl Node {
         }
         // The caller is root (SO_PEERCRED), but the interface it names must be what it says: a
         // veth with that MAC, so a registration can never point End.AD at the uplink.
+        let names = std::iter::once(&a.host_ifname).chain(a.out.as_ref().map(|o| &o.host_ifname));
+        for name in names {
+            if *name == self.uplink {
+                bail!("{} names the uplink {name}", pod_of(&a));
+            }
+            if let Some(r) = self.state.registrations.iter().find(|r| r.attachment.host_ifname == *name || r.return_host_ifname() == name) {
+                bail!("{name} already belongs to {}", pod_of(&r.attachment));
+            }
+            if self.installed.headend_ifaces.contains(name) {
+                bail!("{name} is a source pod's interface");
+            }
+        }
         let ifindex = self.netlink.check_veth(&a.host_ifname, &a.host_mac).await?;
         let return_ifindex = match &a.out {
             Some(o) => self.netlink.check_veth(&o.host_ifname, &o.host_mac).await?,
