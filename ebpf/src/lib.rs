@@ -7,6 +7,7 @@
 //! - `sp_headend` on each source pod's node-side interface (H.Encaps).
 
 mod maps;
+mod testrun;
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
@@ -18,6 +19,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
+pub use testrun::{SkbCtx, TestRun};
 pub use maps::{DropReason, HeadendKey, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT6, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
@@ -294,6 +296,20 @@ impl Datapath {
                 Ok((*r, v.iter().sum()))
             })
             .collect()
+    }
+
+    /// Runs `hook`'s program once on `packet` with BPF_PROG_TEST_RUN (redirects are reported in
+    /// the verdict, not performed). Needs root.
+    pub fn test_run(&self, hook: Hook, packet: &[u8], ctx: SkbCtx) -> Result<TestRun> {
+        let program = hook.program();
+        let prog: &SchedClassifier = self.bpf.program(program).expect("loaded").try_into().expect("classifier");
+        let fd = prog.fd().map_err(|source| DatapathError::Program { program, source })?;
+        testrun::run(fd, packet, ctx).map_err(|e| DatapathError::Invalid(format!("test run {program}: {e}")))
+    }
+
+    /// Drops counted for one reason, summed over CPUs.
+    pub fn drops(&self, reason: DropReason) -> Result<u64> {
+        Ok(self.drop_reasons()?.into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n))
     }
 
     fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
