@@ -375,3 +375,33 @@ fn pair_attachment_carries_the_chain() {
     assert_eq!(ids[0], 0);
     assert!(ids[1] >= 4, "{ids:?}");
 }
+
+/// The SR domain is closed (RFC 8754 §5.1): no pod reaches a SID, not even with SRv6 it builds
+/// itself (kernel seg6 encapsulation in the client), so the ids can never be reached without the
+/// firewall. Pods that are no chain source are guarded too.
+#[test]
+fn pods_cannot_skip_a_function_by_addressing_its_sid() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("closed");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
+    let st = lab.status();
+    let server6 = pod_ip(&st, "server", true);
+    let ids_sid = "fcbb:bb00:2:e001::";
+    let drops = |node: &str| lab.status()["drops"][node]["closed_domain"].as_u64().unwrap();
+    assert!(!ping(&lab, "client", ids_sid, 2), "the ids' SID is not reachable from a pod");
+    assert!(drops("n1") >= 2);
+    assert!(!ping(&lab, "server", "fcbb:bb00:1:e001::", 2), "nor from a pod that is no chain source");
+    assert!(drops("n2") >= 2);
+    // The client builds SRv6 itself, straight to the ids then the decapsulation SID.
+    let route = format!("{server6}/128");
+    let segs = format!("{ids_sid},fcbb:bb00:2:d6::");
+    let add = lab.exec("client", &["ip", "-6", "route", "add", &route, "encap", "seg6", "mode", "encap", "segs", &segs, "dev", "eth0"]);
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let before = (nft_counters(&lab, "ids"), drops("n1"));
+    assert!(!ping(&lab, "client", &server6, 3), "self-made SRv6 must not get through");
+    assert_eq!(nft_counters(&lab, "ids"), before.0, "the ids saw nothing");
+    assert!(drops("n1") >= before.1 + 3);
+    // Without the pod's own route, the chain works as before.
+    assert!(lab.exec("client", &["ip", "-6", "route", "del", &route]).status.success());
+    assert!(ping(&lab, "client", &server6, 2));
+}

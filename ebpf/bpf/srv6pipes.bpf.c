@@ -73,6 +73,18 @@ int sp_uplink(struct __sk_buff *skb)
 	return steer(skb, o, 1);
 }
 
+/* RFC 8754 §5.1: the SR domain is closed. Nothing from a pod may address the cluster's locator
+ * block (a SID: that would skip functions) or carry a routing header; only srv6pipes' own
+ * headend builds SRv6. Extension headers before a routing header are not walked (see docs). */
+static __always_inline int closed_domain_violation(const __u8 daddr[16], __u8 nexthdr)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	if (nexthdr == SP_NH_ROUTING)
+		return 1;
+	return cfg && prefix_match(daddr, cfg->block, cfg->block_len);
+}
+
 /* A VNF's node-side veth: what the VNF sends back gets the headers End.AD learnt (outbound). */
 SEC("classifier")
 int sp_vnf(struct __sk_buff *skb)
@@ -83,6 +95,8 @@ int sp_vnf(struct __sk_buff *skb)
 	/* The VNF's own neighbour discovery and router solicitations stay on the link. */
 	if (is_link_scope(saddr) || is_link_scope(daddr))
 		return TC_ACT_OK;
+	if (closed_domain_violation(daddr, nexthdr))
+		return drop(SP_DROP_CLOSED_DOMAIN);
 	__u32 ifindex = skb->ingress_ifindex;
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
@@ -95,8 +109,9 @@ int sp_vnf(struct __sk_buff *skb)
 	return steer(skb, o, 0);
 }
 
-/* Source pods' node-side interfaces: H.Encaps for traffic that a chain classifies. Runs beside
- * the primary CNI's programs: unmatched traffic goes on to the next program untouched. */
+/* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
+ * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
+ * next program untouched. */
 SEC("classifier")
 int sp_headend(struct __sk_buff *skb)
 {
@@ -106,6 +121,8 @@ int sp_headend(struct __sk_buff *skb)
 		return SP_NEXT;
 	if (is_link_scope(k.daddr))
 		return SP_NEXT;
+	if (closed_domain_violation(k.daddr, nexthdr))
+		return drop(SP_DROP_CLOSED_DOMAIN);
 	k.prefixlen = 32 + 128;
 	k.ifindex = skb->ingress_ifindex;
 	__u32 *id = bpf_map_lookup_elem(&sp_headend_rules, &k);

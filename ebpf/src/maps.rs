@@ -90,10 +90,11 @@ pub enum DropReason {
     Mtu,
     Adjust,
     TooManySegs,
+    ClosedDomain,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -107,6 +108,7 @@ impl DropReason {
         Self::Mtu,
         Self::Adjust,
         Self::TooManySegs,
+        Self::ClosedDomain,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -125,6 +127,7 @@ impl DropReason {
             Self::Mtu => "mtu",
             Self::Adjust => "adjust",
             Self::TooManySegs => "too_many_segs",
+            Self::ClosedDomain => "closed_domain",
         }
     }
 }

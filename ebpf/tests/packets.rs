@@ -341,3 +341,22 @@ fn headend_encapsulates_matching_traffic_and_leaves_the_rest() {
     let (ip, srh, _) = srv6::codec::decode_srv6(cache.header()).unwrap();
     assert_eq!((ip.dst, srh.segments_left), (local[1], 0));
 }
+
+#[test]
+fn pods_cannot_reach_sids_or_send_routing_headers() {
+    let Some(b) = Bench::new() else { return };
+    let from_pod = [0x02, 0, 0, 0, 0xdd, 1];
+    // Straight to a SID: that would skip every function before it.
+    let mut to_sid = eth(HOST_MAC, from_pod, 0x86dd);
+    to_sid.extend_from_slice(&inner(INNER_SRC, "fcbb:bb00:2:e001::"));
+    b.expect_drop(Hook::Headend, b.src, &to_sid, DropReason::ClosedDomain);
+    // Self-made SRv6 (the pod's own H.Encaps): a routing header leaves no pod.
+    let mut srv6 = srv6_packet(INNER_SRC, &["fd00:20::9", "fd00:20::5"], None);
+    srv6[..12].copy_from_slice(&[HOST_MAC, from_pod].concat());
+    b.expect_drop(Hook::Headend, b.src, &srv6, DropReason::ClosedDomain);
+    // A VNF too.
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    let mut vnf_to_sid = eth(HOST_MAC, VNF_MAC, 0x86dd);
+    vnf_to_sid.extend_from_slice(&inner(INNER_SRC, "fcbb:bb00:1:d6::"));
+    b.expect_drop(Hook::Vnf, b.vnf, &vnf_to_sid, DropReason::ClosedDomain);
+}

@@ -304,6 +304,18 @@ impl Node {
             rules.insert((oif, h.destination), id);
             ifaces.insert(ifname);
         }
+        // Every pod gets the guard (the same program: without a rule it only enforces the
+        // closed domain). A pod that is gone has no route: nothing to guard.
+        for ip in &p.tables.pods {
+            match self.netlink.route_oif(*ip).await {
+                Ok(oif) if Some(oif) != if_nametoindex(self.uplink.as_str()).ok() => {
+                    if let Ok(name) = if_indextoname(oif) {
+                        ifaces.insert(name.to_string_lossy().into_owned());
+                    }
+                }
+                _ => warn!(node = %self.name, pod_ip = %ip, "no local route to pod: not guarded"),
+            }
+        }
         let decaps: BTreeSet<Sid> = p.tables.decaps.iter().map(|d| d.sid).collect();
         if let Some(d) = decaps.iter().find(|d| self.locator.funct_of(**d).is_none()) {
             bail!("decapsulation SID {d} is not in locator {}", self.locator);

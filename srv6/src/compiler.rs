@@ -89,6 +89,9 @@ pub struct SidUse {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeTables {
+    /// Every pod on the node (IPv6 addresses): their interfaces get the closed-domain guard.
+    #[serde(default)]
+    pub pods: Vec<Ipv6Addr>,
     pub headends: Vec<HeadendPolicy>,
     pub proxies: Vec<SidUse>,
     pub decaps: Vec<SidUse>,
@@ -147,6 +150,11 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     let mut out = Compiled::default();
     for n in &world.nodes {
         out.nodes.entry(n.name.clone()).or_default();
+    }
+    for p in &world.pods {
+        if let Some(t) = out.nodes.get_mut(&p.node) {
+            t.pods.extend(p.ips.iter().filter_map(|ip| if let IpAddr::V6(a) = ip { Some(*a) } else { None }));
+        }
     }
     // Higher priority first, then name: a (node, source, destination) claimed by an earlier
     // chain is not overwritten by a later one.
@@ -440,6 +448,8 @@ mod tests {
         assert_eq!(h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(), segs);
         assert_eq!(n1.proxies.len(), 1);
         assert!(n1.decaps.is_empty());
+        let guarded: Vec<String> = n1.pods.iter().map(|a| a.to_string()).collect();
+        assert_eq!(guarded, ["fd00:10:1::2", "fd00:10:1::3"], "every pod on n1 is guarded");
         let n2 = &out.nodes["n2"];
         assert!(n2.headends.is_empty());
         assert_eq!(n2.proxies[0].interface.as_deref(), Some("default/ids-0:net1"));

@@ -56,6 +56,7 @@ enum sp_drop {
 	SP_DROP_MTU,               /* encapsulated packet exceeds the egress MTU */
 	SP_DROP_ADJUST,            /* the kernel refused to grow/shrink the packet */
 	SP_DROP_TOO_MANY_SEGS,     /* SRH longer than SP_MAX_SEGS */
+	SP_DROP_CLOSED_DOMAIN,     /* a pod sent to the locator block or with a routing header */
 	SP_DROP_MAX,
 };
 
