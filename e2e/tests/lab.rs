@@ -107,7 +107,7 @@ fn example_chain_steers_through_both_vnfs_in_order() {
     let ids_cap = Capture::start(&lab, "ids");
     let wire = Capture::underlay(&lab);
     assert!(ping(&lab, "client", &server6, 5), "client -> server through the chain");
-    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -T 5 - TCP6:[{server6}]:8080")]);
+    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
     assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
     let fw_pkts = fw_cap.finish();
     let ids_pkts = ids_cap.finish();
@@ -304,7 +304,7 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
             .collect()
     };
     let links_before = ours(sp_link_ids());
-    assert_eq!(links_before.len(), 5, "uplink x2, vnf x2, headend x1: {links_before:?}");
+    assert_eq!(links_before.len(), 8, "uplink x2, vnf x2, pod guard/headend x4: {links_before:?}");
 
     let seqflow = target_dir().join("seqflow");
     let seqflow = seqflow.to_str().unwrap();
