@@ -1,7 +1,7 @@
 //! The veth(s) between the node and the VNF pod, and the pod-side routing that sends whatever
 //! the VNF forwards back out of its chain interface (or out of the pair's outbound interface).
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +21,8 @@ use crate::ipam;
 /// The node-side address the VNF forwards to; a permanent neighbour entry pins it to the
 /// node-side MAC, so nothing depends on neighbour discovery across the proxy.
 const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The same for IPv4 inner traffic: a link-local next hop reached on-link.
+const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const RULE_PRIORITY: u32 = 100;
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -237,22 +239,32 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Optio
                 std::fs::write(format!("/proc/sys/{key}"), "1").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
             }
             let out_idx = link_by_name(&h, &outbound).await?.ok_or_else(|| CniError::io("outbound interface vanished"))?.header.index;
-            h.neighbours()
-                .add(out_idx, IpAddr::V6(GATEWAY))
-                .link_layer_address(&gw_mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl("add gateway neighbour"))?;
+            for gw in [IpAddr::V6(GATEWAY), IpAddr::V4(GATEWAY4)] {
+                h.neighbours()
+                    .add(out_idx, gw)
+                    .link_layer_address(&gw_mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl("add gateway neighbour"))?;
+            }
             let table = table_for(&inbound);
-            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            let route6 = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
                 .gateway(GATEWAY)
                 .output_interface(out_idx)
                 .table_id(table)
                 .build();
-            h.route().add(route).replace().execute().await.map_err(nl("add chain route"))?;
+            h.route().add(route6).replace().execute().await.map_err(nl("add chain route"))?;
+            let route4 = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                .gateway(GATEWAY4)
+                .output_interface(out_idx)
+                .onlink()
+                .table_id(table)
+                .build();
+            h.route().add(route4).replace().execute().await.map_err(nl("add chain route (IPv4)"))?;
             h.rule()
                 .add()
                 .v6()
@@ -263,6 +275,20 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Optio
                 .execute()
                 .await
                 .map_err(nl("add chain rule"))?;
+            h.rule()
+                .add()
+                .v4()
+                .input_interface(inbound.clone())
+                .table_id(table)
+                .action(RuleAction::ToTable)
+                .priority(RULE_PRIORITY)
+                .execute()
+                .await
+                .map_err(nl("add chain rule (IPv4)"))?;
+            // rp_filter would drop chain traffic arriving on net1 for sources routed via eth0.
+            for key in ["net/ipv4/conf/all/rp_filter".to_string(), format!("net/ipv4/conf/{inbound}/rp_filter")] {
+                std::fs::write(format!("/proc/sys/{key}"), "0").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
+            }
             if let Some(ipam) = ipam {
                 let in_idx = link_by_name(&h, &inbound).await?.ok_or_else(|| CniError::io("interface vanished"))?.header.index;
                 apply_ipam(&h, in_idx, &ipam).await?;
@@ -351,7 +377,9 @@ async fn delete_rules(h: &Handle, ifname: &str) -> Result<(), CniError> {
 }
 
 async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route::rule::RuleMessage>, CniError> {
-    let rules: Vec<_> = h.rule().get(IpVersion::V6).execute().try_collect().await.map_err(nl("list rules"))?;
+    let mut rules: Vec<_> = h.rule().get(IpVersion::V6).execute().try_collect().await.map_err(nl("list rules"))?;
+    let v4: Vec<_> = h.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
+    rules.extend(v4);
     Ok(rules
         .into_iter()
         .filter(|r| {
@@ -395,8 +423,8 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     if expected_mac(&pod_if, true).is_some_and(|m| m != pod_mac) || pod_mac != attachment.vnf_mac {
         return Err(CniError::check(format!("{pod_if} has MAC {pod_mac}, not the registered {}", attachment.vnf_mac)));
     }
-    if rules != 1 {
-        return Err(CniError::check(format!("the pod has {rules} chain rules for {pod_if}, expected 1")));
+    if rules != 2 {
+        return Err(CniError::check(format!("the pod has {rules} chain rules for {pod_if}, expected 2 (IPv6, IPv4)")));
     }
     if let Some(i) = &conf.ipam {
         ipam::delegate(conf, i, "CHECK", None)?;

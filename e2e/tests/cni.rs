@@ -171,6 +171,7 @@ fn add_del_every_version_idempotent_and_clean() {
         }
         assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left");
         assert!(!lab.pod(&["ip", "-6", "rule"]).contains("iif net1"), "rule left");
+        assert!(!lab.pod(&["ip", "-4", "rule"]).contains("iif net1"), "IPv4 rule left");
         assert!(lab.pod(&["ip", "-6", "route", "show", "table", "all", "dev", "net1"]).is_empty(), "routes left");
         assert!(lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} left");
         assert_eq!(lab.sids()["registrations"], json!([]), "SID left");
@@ -333,7 +334,9 @@ fn footprint(lab: &OneNode) -> Vec<String> {
         lab.pod(&["ip", "-o", "link"]),
         lab.pod(&["ip", "-6", "route", "show", "table", "all"]),
         lab.pod(&["ip", "-6", "rule"]),
-        lab.pod(&["ip", "-6", "neigh", "show", "nud", "permanent"]),
+        lab.pod(&["ip", "-4", "rule"]),
+        lab.pod(&["ip", "-4", "route", "show", "table", "all"]),
+        lab.pod(&["ip", "neigh", "show", "nud", "permanent"]),
         lab.sids()["registrations"].to_string(),
         count_map("sp_sids"),
         count_map("sp_ad_cache"),
@@ -420,10 +423,14 @@ fn daemon_refuses_registrations_of_non_veths() {
     let r = register("eth0", &uplink_mac);
     assert_eq!(r["result"], "error", "{r}");
     assert!(r["message"].as_str().unwrap().contains("uplink"), "{r}");
-    // The primary plugin's veth of the pod, under a made-up MAC.
+    // The primary plugin's veth of the pod (guarded by the daemon) is not a VNF interface.
     let links = lab.node(&["ip", "-o", "link"]);
     let ptp = links.split_whitespace().find(|w| w.starts_with("veth")).unwrap().split('@').next().unwrap().to_string();
     let r = register(&ptp, "02:00:00:00:00:09");
+    assert!(r["message"].as_str().unwrap().contains("primary interface"), "{r}");
+    // Any other veth must come with its own MAC.
+    lab.node(&["ip", "link", "add", "name", "tst0", "type", "veth", "peer", "name", "tst1"]);
+    let r = register("tst0", "02:00:00:00:00:09");
     assert!(r["message"].as_str().unwrap().contains("MAC"), "{r}");
     let lo = register("lo", "00:00:00:00:00:00");
     assert!(lo["message"].as_str().unwrap().contains("not a veth"), "{lo}");

@@ -141,7 +141,7 @@ fn example_chain_steers_through_both_vnfs_in_order() {
     let st = lab.status();
     assert!(sid_packets(&st, "n1", "End.AD") >= 6, "{}", st["sids"]);
     assert!(sid_packets(&st, "n2", "End.AD") >= 6, "{}", st["sids"]);
-    assert!(sid_packets(&st, "n2", "End.DT6") >= 6, "{}", st["sids"]);
+    assert!(sid_packets(&st, "n2", "End.DT46") >= 6, "{}", st["sids"]);
 
     // Traffic outside the chain's match (IPv4, and IPv6 to another prefix) never enters a VNF.
     let before = (nft_counters(&lab, "firewall"), nft_counters(&lab, "ids"), lab.status()["sids"].clone());
@@ -248,7 +248,7 @@ spec:
     // Requests went through `back`; the replies through the example chain.
     assert!(ids[1] >= 10, "{ids:?}");
     let st = lab.status();
-    assert!(sid_packets(&st, "n1", "End.DT6") >= 5, "n1 decapsulated from the underlay: {}", st["sids"]);
+    assert!(sid_packets(&st, "n1", "End.DT46") >= 5, "n1 decapsulated from the underlay: {}", st["sids"]);
     let drops: u64 = st["drops"]["n1"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(drops, 0, "{}", st["drops"]);
 }
@@ -404,4 +404,57 @@ fn pods_cannot_skip_a_function_by_addressing_its_sid() {
     // Without the pod's own route, the chain works as before.
     assert!(lab.exec("client", &["ip", "-6", "route", "del", &route]).status.success());
     assert!(ping(&lab, "client", &server6, 2));
+}
+
+/// The dual-stack example: IPv4 and IPv6 both cross the firewall then the ids (ICMP and TCP),
+/// and a reverse chain applied to the running lab takes IPv4 through every remote branch
+/// (headend push toward another node, End.AD from the underlay, decapsulation at the uplink).
+#[test]
+fn dual_stack_chain_carries_ipv4_and_ipv6() {
+    require_lab!("nft", "ping", "socat");
+    let lab = Lab::new("dual");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-dual-stack.yaml").to_str().unwrap()]);
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        lab.exec("ids", &["nft", "list", "table", "inet", "vnf"]).status.success()
+    });
+    let st = lab.status();
+    let (server4, server6, client4) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true), pod_ip(&st, "client", false));
+    assert!(ping(&lab, "client", &server4, 4), "IPv4 through the chain");
+    assert!(ping(&lab, "client", &server6, 4), "IPv6 through the chain");
+    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP4:{server4}:8080")]);
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server");
+    let ids = |lab: &Lab| -> Vec<u64> {
+        let out = lab.exec("ids", &["nft", "-j", "list", "table", "inet", "vnf"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("rule")).map(|r| {
+            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).unwrap()["packets"].as_u64().unwrap()
+        }).collect()
+    };
+    let counts = ids(&lab);
+    assert_eq!((counts[0], counts[1]), (0, 0), "nothing unmarked: {counts:?}");
+    assert!(counts[2] >= 11, "{counts:?}");
+
+    let back = r#"
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {name: back, namespace: default}
+spec:
+  sources: {podSelector: {matchLabels: {app: server}}}
+  match: {destinationPrefixes: ["10.10.1.0/24"]}
+  functions:
+    - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
+    - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
+"#;
+    let file = lab.state.with_extension("back.yaml");
+    std::fs::write(&file, back).unwrap();
+    let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let before = ids(&lab)[2];
+    assert!(ping(&lab, "server", &client4, 4), "server -> client over IPv4 through the reverse chain");
+    assert!(ids(&lab)[2] >= before + 8, "requests via `back`, replies via the first chain");
+    let st = lab.status();
+    assert!(sid_packets(&st, "n1", "End.DT46") >= 4, "IPv4 decapsulated at n1's uplink: {}", st["sids"]);
+    let drops: u64 = ["n1", "n2"].iter().flat_map(|n| st["drops"][n].as_object().unwrap().values()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(drops, 0, "{}", st["drops"]);
 }

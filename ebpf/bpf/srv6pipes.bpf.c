@@ -1,6 +1,35 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* srv6pipes datapath entry points (tcx ingress). The logic lives in lib/. */
 #include "lib/srv6.h"
+#include <linux/ip.h>
+
+/* The Ethernet type of the frame, or 0 if it has no complete Ethernet header. */
+static __always_inline __u16 eth_proto(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return 0;
+	return bpf_ntohs(eth->h_proto);
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __be32 *saddr, __be32 *daddr)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end || ip->version != 4)
+		return -1;
+	*saddr = ip->saddr;
+	*daddr = ip->daddr;
+	return 0;
+}
+
+/* 0.0.0.0 (DHCP/ARP probes), 169.254/16, multicast and broadcast stay on the link. */
+static __always_inline int is_link_scope4(__be32 saddr, __be32 daddr)
+{
+	__u32 s = bpf_ntohl(saddr), d = bpf_ntohl(daddr);
+	return s == 0 || (s >> 16) == 0xa9fe || (d >> 16) == 0xa9fe || (d >> 28) == 0xe || d == 0xffffffff;
+}
 
 /* Parse Ethernet + IPv6; copies of the addresses survive helper calls that move packet data. */
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u8 saddr[16], __u8 daddr[16], __u8 *nexthdr)
@@ -54,7 +83,7 @@ int sp_uplink(struct __sk_buff *skb)
 		return drop_sid(daddr, len, SP_DROP_MALFORMED);
 	if (last >= SP_MAX_SEGS)
 		return drop_sid(daddr, len, SP_DROP_TOO_MANY_SEGS);
-	if (srh[0] != SP_NH_IPV6)
+	if (!inner_supported(srh[0]))
 		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
 	struct outer_hdr *o = scratch();
 	if (!o)
@@ -89,18 +118,30 @@ static __always_inline int closed_domain_violation(const __u8 daddr[16], __u8 ne
 SEC("classifier")
 int sp_vnf(struct __sk_buff *skb)
 {
-	__u8 saddr[16], daddr[16], nexthdr;
-	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
-		return TC_ACT_OK;
-	/* The VNF's own neighbour discovery and router solicitations stay on the link. */
-	if (is_link_scope(saddr) || is_link_scope(daddr))
-		return TC_ACT_OK;
-	if (closed_domain_violation(daddr, nexthdr))
-		return drop(SP_DROP_CLOSED_DOMAIN);
+	__u16 proto = eth_proto(skb);
+	if (proto == ETH_P_IPV6) {
+		__u8 saddr[16], daddr[16], nexthdr;
+		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
+			return TC_ACT_OK;
+		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
+		if (is_link_scope(saddr) || is_link_scope(daddr))
+			return TC_ACT_OK;
+		if (closed_domain_violation(daddr, nexthdr))
+			return drop(SP_DROP_CLOSED_DOMAIN);
+	} else if (proto == ETH_P_IP) {
+		__be32 saddr, daddr;
+		if (parse_ipv4(skb, &saddr, &daddr) || is_link_scope4(saddr, daddr))
+			return TC_ACT_OK;
+	} else {
+		return TC_ACT_OK; /* ARP and the like */
+	}
 	__u32 ifindex = skb->ingress_ifindex;
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
 		return drop(SP_DROP_NO_CACHE);
+	/* The cache was learnt from traffic of one family; the VNF must return the same. */
+	if ((proto == ETH_P_IP) != (c->bytes[OFF_SRH] == SP_NH_IPV4))
+		return drop(SP_DROP_INNER_PROTO);
 	struct outer_hdr *o = scratch();
 	if (!o)
 		return TC_ACT_SHOT;
@@ -115,17 +156,31 @@ int sp_vnf(struct __sk_buff *skb)
 SEC("classifier")
 int sp_headend(struct __sk_buff *skb)
 {
-	__u8 saddr[16], nexthdr;
-	struct headend_key k = {};
-	if (parse_ipv6(skb, saddr, k.daddr, &nexthdr))
+	__u32 *id;
+	__u16 proto = eth_proto(skb);
+	if (proto == ETH_P_IPV6) {
+		__u8 saddr[16], nexthdr;
+		struct headend_key k = {};
+		if (parse_ipv6(skb, saddr, k.daddr, &nexthdr))
+			return SP_NEXT;
+		if (is_link_scope(k.daddr))
+			return SP_NEXT;
+		if (closed_domain_violation(k.daddr, nexthdr))
+			return drop(SP_DROP_CLOSED_DOMAIN);
+		k.prefixlen = 32 + 128;
+		k.ifindex = skb->ingress_ifindex;
+		id = bpf_map_lookup_elem(&sp_headend_rules, &k);
+	} else if (proto == ETH_P_IP) {
+		__be32 saddr;
+		struct headend_key4 k = {};
+		if (parse_ipv4(skb, &saddr, (__be32 *)k.daddr) || is_link_scope4(saddr, *(__be32 *)k.daddr))
+			return SP_NEXT;
+		k.prefixlen = 32 + 32;
+		k.ifindex = skb->ingress_ifindex;
+		id = bpf_map_lookup_elem(&sp_headend_rules4, &k);
+	} else {
 		return SP_NEXT;
-	if (is_link_scope(k.daddr))
-		return SP_NEXT;
-	if (closed_domain_violation(k.daddr, nexthdr))
-		return drop(SP_DROP_CLOSED_DOMAIN);
-	k.prefixlen = 32 + 128;
-	k.ifindex = skb->ingress_ifindex;
-	__u32 *id = bpf_map_lookup_elem(&sp_headend_rules, &k);
+	}
 	if (!id)
 		return SP_NEXT;
 	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, id);

@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{DropReason, HeadendKey, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT6, MAX_HDR, MAX_SEGS};
+pub use maps::{DropReason, HeadendKey, HeadendKey4, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -218,16 +218,23 @@ impl Datapath {
             .map_err(|source| DatapathError::Map { map: "sp_sids", source })
     }
 
-    /// Installed headend rules: ((ifindex, destination), policy id).
-    pub fn headend_rules(&self) -> Result<Vec<((u32, ipnet::Ipv6Net), u32)>> {
-        let m: LpmTrie<&MapData, HeadendKey, u32> = self.typed_ref("sp_headend_rules")?;
+    /// Installed headend rules: ((ifindex, destination), policy id), both families.
+    pub fn headend_rules(&self) -> Result<Vec<((u32, ipnet::IpNet), u32)>> {
+        let err = |source| DatapathError::Map { map: "sp_headend_rules", source };
         let mut out = Vec::new();
+        let m: LpmTrie<&MapData, HeadendKey, u32> = self.typed_ref("sp_headend_rules")?;
         for r in m.iter() {
-            let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_headend_rules", source })?;
-            let data = k.data();
+            let (k, id) = r.map_err(err)?;
             let len = (k.prefix_len().saturating_sub(32)).min(128) as u8;
-            let dst = ipnet::Ipv6Net::new(Ipv6Addr::from(data.daddr), len).expect("len <= 128");
-            out.push(((data.ifindex, dst), id));
+            let dst = ipnet::Ipv6Net::new(Ipv6Addr::from(k.data().daddr), len).expect("len <= 128");
+            out.push(((k.data().ifindex, dst.into()), id));
+        }
+        let m: LpmTrie<&MapData, HeadendKey4, u32> = self.typed_ref("sp_headend_rules4")?;
+        for r in m.iter() {
+            let (k, id) = r.map_err(err)?;
+            let len = (k.prefix_len().saturating_sub(32)).min(32) as u8;
+            let dst = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(k.data().daddr), len).expect("len <= 32");
+            out.push(((k.data().ifindex, dst.into()), id));
         }
         Ok(out)
     }
@@ -264,15 +271,31 @@ impl Datapath {
         ignore_missing(m.remove(&id), "sp_policies")
     }
 
-    pub fn set_headend_rule(&mut self, ifindex: u32, dst: ipnet::Ipv6Net, policy: u32) -> Result<()> {
-        let mut m: LpmTrie<&mut MapData, HeadendKey, u32> = self.typed("sp_headend_rules")?;
-        m.insert(&headend_key(ifindex, dst), policy, 0)
-            .map_err(|source| DatapathError::Map { map: "sp_headend_rules", source })
+    pub fn set_headend_rule(&mut self, ifindex: u32, dst: ipnet::IpNet, policy: u32) -> Result<()> {
+        let r = match dst {
+            ipnet::IpNet::V6(d) => {
+                let mut m: LpmTrie<&mut MapData, HeadendKey, u32> = self.typed("sp_headend_rules")?;
+                m.insert(&headend_key(ifindex, d), policy, 0)
+            }
+            ipnet::IpNet::V4(d) => {
+                let mut m: LpmTrie<&mut MapData, HeadendKey4, u32> = self.typed("sp_headend_rules4")?;
+                m.insert(&headend_key4(ifindex, d), policy, 0)
+            }
+        };
+        r.map_err(|source| DatapathError::Map { map: "sp_headend_rules", source })
     }
 
-    pub fn remove_headend_rule(&mut self, ifindex: u32, dst: ipnet::Ipv6Net) -> Result<()> {
-        let mut m: LpmTrie<&mut MapData, HeadendKey, u32> = self.typed("sp_headend_rules")?;
-        ignore_missing(m.remove(&headend_key(ifindex, dst)), "sp_headend_rules")
+    pub fn remove_headend_rule(&mut self, ifindex: u32, dst: ipnet::IpNet) -> Result<()> {
+        match dst {
+            ipnet::IpNet::V6(d) => {
+                let mut m: LpmTrie<&mut MapData, HeadendKey, u32> = self.typed("sp_headend_rules")?;
+                ignore_missing(m.remove(&headend_key(ifindex, d)), "sp_headend_rules")
+            }
+            ipnet::IpNet::V4(d) => {
+                let mut m: LpmTrie<&mut MapData, HeadendKey4, u32> = self.typed("sp_headend_rules4")?;
+                ignore_missing(m.remove(&headend_key4(ifindex, d)), "sp_headend_rules4")
+            }
+        }
     }
 
     /// Counters of a SID summed over CPUs.
@@ -327,6 +350,10 @@ impl Datapath {
         let m = self.bpf.map(map).ok_or(DatapathError::MissingMap(map))?;
         T::try_from(m).map_err(|source| DatapathError::Map { map, source })
     }
+}
+
+fn headend_key4(ifindex: u32, dst: ipnet::Ipv4Net) -> Key<HeadendKey4> {
+    Key::new(32 + dst.prefix_len() as u32, HeadendKey4 { ifindex, daddr: dst.trunc().network().octets() })
 }
 
 /// `<hook>-<ifname>-<ifindex>` (interface names may contain '-').

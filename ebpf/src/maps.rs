@@ -7,7 +7,7 @@ pub const MAX_SEGS: usize = 8;
 pub const MAX_HDR: usize = 40 + 8 + 16 * MAX_SEGS;
 
 pub const BEHAVIOR_END_AD: u32 = 1;
-pub const BEHAVIOR_END_DT6: u32 = 2;
+pub const BEHAVIOR_END_DT46: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,6 +51,13 @@ pub struct HeadendKey {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadendKey4 {
+    pub ifindex: u32,
+    pub daddr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SidStats {
     pub packets: u64,
     pub bytes: u64,
@@ -70,6 +77,7 @@ pub struct NodeConfig {
 unsafe impl aya::Pod for SidEntry {}
 unsafe impl aya::Pod for OuterHdr {}
 unsafe impl aya::Pod for HeadendKey {}
+unsafe impl aya::Pod for HeadendKey4 {}
 unsafe impl aya::Pod for SidStats {}
 unsafe impl aya::Pod for NodeConfig {}
 
@@ -143,7 +151,7 @@ mod tests {
         assert!(h.contains(&format!("#define SP_MAX_SEGS {MAX_SEGS}")));
         assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
-        assert!(h.contains(&format!("SP_END_DT6 = {BEHAVIOR_END_DT6},")));
+        assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));
         let c_reasons: Vec<String> = h
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))

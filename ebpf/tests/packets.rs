@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, NEXT_HEADER_IPV6};
-use srv6pipes_ebpf::{Datapath, DropReason, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT6};
+use srv6pipes_ebpf::{Datapath, DropReason, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -77,7 +77,7 @@ impl Bench {
         let idx = |n: &str| nix::net::if_::if_nametoindex(n).unwrap();
         let (uplink, vnf, src) = (idx("up0"), idx("vnf0"), idx("src0"));
         dp.set_sid(a("fcbb:bb00:1:e001::"), SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC }).unwrap();
-        dp.set_sid(a("fcbb:bb00:1:d6::"), SidEntry { behavior: BEHAVIOR_END_DT6, ..Default::default() }).unwrap();
+        dp.set_sid(a("fcbb:bb00:1:d6::"), SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() }).unwrap();
         Some(Self { netns, pins, dp, uplink, vnf, src })
     }
 
@@ -145,6 +145,39 @@ fn inner(src: &str, dst: &str) -> Vec<u8> {
     p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(payload);
     p
+}
+
+/// IPv4 + UDP with a 12-byte payload, header checksum set.
+fn inner4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let payload = b"hello, vnf!!";
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    let sum = p.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&5000u16.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+const SRC4: [u8; 4] = [10, 10, 2, 2];
+const DST4: [u8; 4] = [10, 20, 0, 5];
+
+/// eth + H.Encaps(path, next header 4) + IPv4 inner, Segments Left as built.
+fn srv6_packet4(src: &str, path: &[&str]) -> Vec<u8> {
+    let path: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
+    let mut outer = encaps_header(a(src), &path, srv6::codec::NEXT_HEADER_IPV4, 64).unwrap();
+    let inner = inner4(SRC4, DST4);
+    let plen = (outer.len() - 40 + inner.len()) as u16;
+    outer[4..6].copy_from_slice(&plen.to_be_bytes());
+    [eth(HOST_MAC, PEER_MAC, 0x86dd), outer, inner].concat()
 }
 
 const INNER_SRC: &str = "fd00:10:2::2";
@@ -359,4 +392,45 @@ fn pods_cannot_reach_sids_or_send_routing_headers() {
     let mut vnf_to_sid = eth(HOST_MAC, VNF_MAC, 0x86dd);
     vnf_to_sid.extend_from_slice(&inner(INNER_SRC, "fcbb:bb00:1:d6::"));
     b.expect_drop(Hook::Vnf, b.vnf, &vnf_to_sid, DropReason::ClosedDomain);
+}
+
+#[test]
+fn ipv4_inner_through_every_behaviour() {
+    let Some(mut b) = Bench::new() else { return };
+    let v4 = inner4(SRC4, DST4);
+    // End.AD inbound: IPv4 comes out, as an IPv4 frame.
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, [eth(VNF_MAC, HOST_MAC, 0x0800), v4.clone()].concat());
+    // ... and goes back encapsulated with next header 4 in an IPv6 frame.
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x0800), v4.clone()].concat());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let (ip, srh, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+    assert_eq!((ip.dst, srh.next_header), (a(PATH[1]), 4));
+    assert_eq!(&out[14 + len..], &v4[..]);
+    // The VNF may not answer an IPv4 flow with IPv6 on the learnt headers.
+    let mut v6 = eth(HOST_MAC, VNF_MAC, 0x86dd);
+    v6.extend_from_slice(&inner(INNER_SRC, INNER_DST));
+    b.expect_drop(Hook::Vnf, b.vnf, &v6, DropReason::InnerProto);
+    // Decapsulation at the last segment: an IPv4 frame for the stack.
+    let last = srv6_packet4("fcbb:bb00:2::1", &["fcbb:bb00:1:d6::"]);
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &last);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, [eth(HOST_MAC, PEER_MAC, 0x0800), v4.clone()].concat());
+    // Headend: an IPv4 rule and a next-header-4 policy.
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(7, &encaps_header(a("fcbb:bb00:1::1"), &path, 4, 64).unwrap()).unwrap();
+    b.dp.set_headend_rule(b.src, "10.20.0.0/16".parse().unwrap(), 7).unwrap();
+    let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x0800), v4.clone()].concat();
+    let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let (ip, srh, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+    assert_eq!((ip.dst, srh.next_header, ip.payload_len as usize), (path[0], 4, 8 + 32 + v4.len()));
+    assert_eq!(&out[14 + len..], &v4[..]);
+    let other = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x0800), inner4(SRC4, [10, 30, 0, 1])].concat();
+    assert_eq!(b.run(Hook::Headend, b.src, &other).0, TCX_NEXT);
+    let rules = b.dp.headend_rules().unwrap();
+    assert!(rules.contains(&((b.src, "10.20.0.0/16".parse().unwrap()), 7)), "{rules:?}");
 }

@@ -1,6 +1,6 @@
 //! The few netlink operations the daemon needs, on the node's network namespace.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Context};
 use futures::TryStreamExt;
@@ -20,9 +20,12 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// The interface the node routes `addr` through (`ip -6 route get`): for a pod, its veth.
-    pub async fn route_oif(&self, addr: Ipv6Addr) -> anyhow::Result<u32> {
-        let msg = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(addr, 128).build();
+    /// The interface the node routes `addr` through (`ip route get`): for a pod, its veth.
+    pub async fn route_oif(&self, addr: IpAddr) -> anyhow::Result<u32> {
+        let msg = match addr {
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
+        };
         let mut routes = self.handle.route().get(msg).execute();
         while let Some(r) = routes.try_next().await.with_context(|| format!("route get {addr}"))? {
             if let Some(oif) = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }) {

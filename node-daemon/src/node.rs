@@ -5,12 +5,13 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use ipnet::Ipv6Net;
+use ipnet::{IpNet, Ipv6Net};
+use srv6::codec::{NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use nix::net::if_::{if_indextoname, if_nametoindex};
 use srv6::compiler::SidRegistration;
 use srv6::node_api::{Attachment, AttachmentKey, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT6};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -34,7 +35,7 @@ pub struct Node {
 
 #[derive(Default)]
 struct Installed {
-    rules: BTreeMap<(u32, Ipv6Net), u32>,
+    rules: BTreeMap<(u32, IpNet), u32>,
     policies: BTreeSet<u32>,
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
@@ -84,7 +85,7 @@ impl Node {
             rules: dp.headend_rules()?.into_iter().collect(),
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
-            decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT6).map(|(s, _)| Sid(*s)).collect(),
+            decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
             peer_routes: state.program.iter().flat_map(|p| &p.peers).map(|p| (p.locator.prefix(), p.underlay)).collect(),
         };
         for reg in state.registrations {
@@ -184,7 +185,7 @@ impl Node {
                 bail!("{name} already belongs to {}", pod_of(&r.attachment));
             }
             if self.installed.headend_ifaces.contains(name) {
-                bail!("{name} is a source pod's interface");
+                bail!("{name} is a pod's primary interface");
             }
         }
         let ifindex = self.netlink.check_veth(&a.host_ifname, &a.host_mac).await?;
@@ -282,7 +283,8 @@ impl Node {
         let src = self.locator.source_address();
         // Desired headend state.
         let mut rules = BTreeMap::new();
-        let mut headers: BTreeMap<Vec<Sid>, (u32, Vec<u8>)> = BTreeMap::new();
+        // One policy per (segment list, inner family): the SRH's next header differs.
+        let mut headers: BTreeMap<(Vec<Sid>, u8), (u32, Vec<u8>)> = BTreeMap::new();
         let mut ifaces = BTreeSet::new();
         for h in &p.tables.headends {
             let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
@@ -290,14 +292,16 @@ impl Node {
             if ifname == self.uplink {
                 bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
             }
-            let id = match headers.get(&h.segments) {
+            let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
+            let key = (h.segments.clone(), inner);
+            let id = match headers.get(&key) {
                 Some((id, _)) => *id,
                 None => {
                     let path: Vec<Ipv6Addr> = h.segments.iter().map(|s| s.0).collect();
-                    let header = srv6::codec::encaps_header(src, &path, srv6::codec::NEXT_HEADER_IPV6, ENCAP_HOP_LIMIT)
+                    let header = srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
                         .with_context(|| format!("chain {}: segment list", h.chain))?;
                     let id = headers.len() as u32 + 1;
-                    headers.insert(h.segments.clone(), (id, header));
+                    headers.insert(key, (id, header));
                     id
                 }
             };
@@ -334,7 +338,7 @@ impl Node {
             self.datapath.attach(Hook::Headend, ifname)?;
         }
         for sid in &decaps {
-            let entry = SidEntry { behavior: BEHAVIOR_END_DT6, ..Default::default() };
+            let entry = SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() };
             self.datapath.set_sid(sid.0, entry)?;
         }
         for (prefix, via) in &peers {
@@ -366,7 +370,7 @@ impl Node {
     fn stats(&self) -> anyhow::Result<NodeStats> {
         let mut sids = Vec::new();
         let proxies = self.state.registrations.iter().map(|r| (r.sid, "End.AD"));
-        let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT6"));
+        let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT46"));
         for (sid, behavior) in proxies.chain(decaps) {
             let s = self.datapath.sid_stats(sid.0)?;
             sids.push(SidCounters { sid, behavior: behavior.into(), packets: s.packets, bytes: s.bytes, drops: s.drops });

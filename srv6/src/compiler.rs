@@ -4,7 +4,7 @@
 //! its [`NodeTables`]. Nothing here touches the kernel or an API server.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -61,8 +61,9 @@ pub struct ChainRef<'a> {
 pub struct HeadendPolicy {
     pub chain: String,
     pub source_pod: String,
-    pub source_ip: Ipv6Addr,
-    pub destination: Ipv6Net,
+    pub source_ip: IpAddr,
+    /// Same family as `source_ip`; the inner packets are of that family.
+    pub destination: IpNet,
     pub segments: Vec<Sid>,
 }
 
@@ -71,9 +72,10 @@ pub enum Behavior {
     /// End.AD, dynamic proxy in front of an SR-unaware VNF interface.
     #[serde(rename = "End.AD")]
     EndAD,
-    /// Pop the outer header and route the inner IPv6 packet (End.DT6 semantics, main table).
-    #[serde(rename = "End.DT6")]
-    EndDT6,
+    /// Pop the outer header and route the inner IPv4 or IPv6 packet (End.DT46 semantics on the
+    /// main table).
+    #[serde(rename = "End.DT46")]
+    EndDT46,
 }
 
 /// A SID of this node that some chain uses.
@@ -89,9 +91,9 @@ pub struct SidUse {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeTables {
-    /// Every pod on the node (IPv6 addresses): their interfaces get the closed-domain guard.
+    /// Every pod address on the node: their interfaces get the closed-domain guard.
     #[serde(default)]
-    pub pods: Vec<Ipv6Addr>,
+    pub pods: Vec<IpAddr>,
     pub headends: Vec<HeadendPolicy>,
     pub proxies: Vec<SidUse>,
     pub decaps: Vec<SidUse>,
@@ -153,7 +155,7 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     }
     for p in &world.pods {
         if let Some(t) = out.nodes.get_mut(&p.node) {
-            t.pods.extend(p.ips.iter().filter_map(|ip| if let IpAddr::V6(a) = ip { Some(*a) } else { None }));
+            t.pods.extend(p.ips.iter().copied());
         }
     }
     // Higher priority first, then name: a (node, source, destination) claimed by an earlier
@@ -206,11 +208,11 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     let unsupported_match = !c.spec.r#match.source_prefixes.is_empty()
         || !c.spec.r#match.destination_ports.is_empty()
         || c.spec.r#match.protocol != srv6pipes_crds::Protocol::Any;
-    if unsupported_match || destinations.iter().any(|d| matches!(d, IpNet::V4(_))) {
+    if unsupported_match {
         return fail(
             v,
             Reason::Unsupported,
-            "only IPv6 destinationPrefixes are supported yet (no source prefixes, protocol or ports)".into(),
+            "only destinationPrefixes are supported yet (no source prefixes, protocol or ports)".into(),
         );
     }
     let in_ns = |p: &&PodInfo| p.namespace == c.namespace;
@@ -278,16 +280,16 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         Ok(p) => p,
         Err(m) => return fail(v, Reason::InvalidMatch, format!("sources: {m}")),
     };
-    let destinations: Vec<Ipv6Net> = if destinations.is_empty() {
-        vec![Ipv6Net::default()]
+    let destinations: Vec<IpNet> = if destinations.is_empty() {
+        vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
     } else {
-        destinations.iter().filter_map(|d| if let IpNet::V6(n) = d { Some(n.trunc()) } else { None }).collect()
+        destinations.iter().map(IpNet::trunc).collect()
     };
     let mut headends = 0;
     for src in sources.iter().filter(|p| p.ready) {
         let Some(node) = tables.get_mut(&src.node) else { continue };
-        for ip in src.ips.iter().filter_map(|ip| if let IpAddr::V6(a) = ip { Some(*a) } else { None }) {
-            for dst in &destinations {
+        for ip in src.ips.iter().copied() {
+            for dst in destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
                 let taken = node.headends.iter().any(|h| h.source_ip == ip && h.destination == *dst);
                 if taken {
                     continue;
@@ -304,7 +306,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         }
     }
     if headends == 0 {
-        return fail(v, Reason::NoSources, "no ready source pod with an IPv6 address".into());
+        return fail(v, Reason::NoSources, "no ready source pod with an address of the destinations' family".into());
     }
     for hop in &replica_sids {
         for (sid, pod, reg) in hop {
@@ -320,7 +322,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         }
     }
     let t = tables.entry(decap_node.clone()).or_default();
-    t.decaps.push(SidUse { sid: decap, behavior: Behavior::EndDT6, chain: key.clone(), interface: None });
+    t.decaps.push(SidUse { sid: decap, behavior: Behavior::EndDT46, chain: key.clone(), interface: None });
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
     v
@@ -443,18 +445,19 @@ mod tests {
         let n1 = &out.nodes["n1"];
         assert_eq!(n1.headends.len(), 1);
         let h = &n1.headends[0];
-        assert_eq!(h.source_ip, "fd00:10:1::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(h.destination, "fd00:10:2::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(h.source_ip, "fd00:10:1::2".parse::<IpAddr>().unwrap());
+        assert_eq!(h.destination, "fd00:10:2::/64".parse::<IpNet>().unwrap());
         assert_eq!(h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(), segs);
         assert_eq!(n1.proxies.len(), 1);
         assert!(n1.decaps.is_empty());
         let guarded: Vec<String> = n1.pods.iter().map(|a| a.to_string()).collect();
+        assert_eq!(guarded.len(), 2);
         assert_eq!(guarded, ["fd00:10:1::2", "fd00:10:1::3"], "every pod on n1 is guarded");
         let n2 = &out.nodes["n2"];
         assert!(n2.headends.is_empty());
         assert_eq!(n2.proxies[0].interface.as_deref(), Some("default/ids-0:net1"));
         assert_eq!(n2.decaps.len(), 1, "the destination's node decapsulates");
-        assert_eq!(n2.decaps[0].behavior, Behavior::EndDT6);
+        assert_eq!(n2.decaps[0].behavior, Behavior::EndDT46);
 
         let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         let st = v.status(Some(3), now);
@@ -472,7 +475,24 @@ mod tests {
         assert_eq!(out.nodes["n2"].decaps.len(), 1);
         let s = spec(&[]);
         let out = compile(&world(), &[chain("all", &s)]);
-        assert_eq!(out.nodes["n1"].headends[0].destination, Ipv6Net::default(), "no prefix = everything");
+        let dsts: Vec<String> = out.nodes["n1"].headends.iter().map(|h| h.destination.to_string()).collect();
+        assert_eq!(dsts, ["::/0"], "no prefix = everything (of the sources' families)");
+    }
+
+    #[test]
+    fn ipv4_destinations_use_ipv4_sources() {
+        let mut w = world();
+        w.pods[0].ips.push("10.10.1.2".parse().unwrap());
+        let s = spec(&["10.10.2.0/24", "fd00:10:2::/64"]);
+        let out = compile(&w, &[chain("web", &s)]);
+        assert!(out.chains[0].ready, "{:?}", out.chains[0]);
+        let mut h: Vec<(String, String)> =
+            out.nodes["n1"].headends.iter().map(|h| (h.source_ip.to_string(), h.destination.to_string())).collect();
+        h.sort();
+        assert_eq!(h, [("10.10.1.2".into(), "10.10.2.0/24".into()), ("fd00:10:1::2".into(), "fd00:10:2::/64".into())]);
+        let v4only = spec(&["10.10.2.0/24"]);
+        let out = compile(&world(), &[chain("v4", &v4only)]);
+        assert_eq!(out.chains[0].reason, Reason::NoSources, "no IPv4 source address");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 /// Width of the FUNCT field.
 pub const FUNCT_BITS: u8 = 16;
-/// FUNCT of the node's decapsulation SID (End.DT6-like: pop and route the inner packet).
+/// FUNCT of the node's decapsulation SID (End.DT46-like: pop and route the inner packet).
 pub const FUNCT_DECAP: u16 = 0x00d6;
 /// FUNCTs handed to proxy SIDs (one per VNF interface): `0xe001..=0xefff`.
 pub const FUNCT_PROXY_FIRST: u16 = 0xe001;

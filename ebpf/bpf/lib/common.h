@@ -19,6 +19,7 @@
 #define SP_NEXT TC_ACT_UNSPEC
 
 /* Debian 12's uapi headers predate these (kernel 6.3); the running kernel has them. */
+#define SP_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define SP_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
 /* Most segments in a segment list we build or accept (srv6::MAX_SEGMENTS). */
@@ -32,13 +33,14 @@
  * sees an unbounded size): force the value through a register and check it right there. */
 #define sp_barrier_var(v) asm volatile("" : "+r"(v))
 
+#define SP_NH_IPV4 4
 #define SP_NH_IPV6 41
 #define SP_NH_ROUTING 43
 #define SP_RT_SRH 4
 
 enum sp_behavior {
 	SP_END_AD = 1,  /* dynamic proxy in front of a VNF interface */
-	SP_END_DT6 = 2, /* decapsulate and route the inner IPv6 packet */
+	SP_END_DT46 = 2, /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
 };
 
 /* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
@@ -79,6 +81,12 @@ struct headend_key {
 	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
 	__u32 ifindex;     /* the source pod's node-side interface */
 	__u8 daddr[16];
+};
+
+struct headend_key4 {
+	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
+	__u32 ifindex;
+	__u8 daddr[4];
 };
 
 struct sid_stats {

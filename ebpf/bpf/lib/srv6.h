@@ -119,18 +119,33 @@ static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o
 		return SP_DROP_MALFORMED;
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
 		return SP_DROP_ADJUST;
+	__be16 proto = bpf_htons(ETH_P_IPV6);
+	if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+		return SP_DROP_ADJUST;
 	return 0;
 }
 
-static __always_inline int pop_outer(struct __sk_buff *skb, __u32 len)
+/* Pops the outer IPv6 + SRH of `len` bytes; `inner` is the SRH's next header (4 or 41). */
+static __always_inline int pop_outer(struct __sk_buff *skb, __u32 len, __u8 inner)
 {
 	__u64 l = len;
 	if (l > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
-	if (bpf_skb_adjust_room(skb, -(__s32)l, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO | SP_ADJ_ROOM_DECAP_L3_IPV6))
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	flags |= inner == SP_NH_IPV4 ? SP_ADJ_ROOM_DECAP_L3_IPV4 : SP_ADJ_ROOM_DECAP_L3_IPV6;
+	if (bpf_skb_adjust_room(skb, -(__s32)l, BPF_ADJ_ROOM_MAC, flags))
 		return SP_DROP_ADJUST;
+	if (inner == SP_NH_IPV4) {
+		__be16 proto = bpf_htons(ETH_P_IP);
+		if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+			return SP_DROP_ADJUST;
+	}
 	return 0;
+}
+
+static __always_inline int inner_supported(__u8 nh)
+{
+	return nh == SP_NH_IPV6 || nh == SP_NH_IPV4;
 }
 
 static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
@@ -192,7 +207,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 		err = apply_end(o);
 		if (err)
 			return drop_sid(da, skb_len, err);
-		if (in_packet && (err = pop_outer(skb, o->len)))
+		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
 		ad_cache_store(sid->cache_ifindex, o);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
@@ -200,13 +215,13 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 		count_sid(da, skb_len, 0);
 		return bpf_redirect_peer(sid->ifindex, 0);
 	}
-	case SP_END_DT6:
-		/* RFC 8986 §4.8 with the main table: only with no segment left. */
+	case SP_END_DT46:
+		/* RFC 8986 §4.8-4.10 with the main table: only with no segment left. */
 		if (o->bytes[OFF_SL] != 0)
 			return drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
-		if (o->bytes[OFF_SRH] != SP_NH_IPV6)
+		if (!inner_supported(o->bytes[OFF_SRH]))
 			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
-		if (in_packet && (err = pop_outer(skb, o->len)))
+		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);
 		return TC_ACT_OK;
