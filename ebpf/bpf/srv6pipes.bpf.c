@@ -2,6 +2,7 @@
 /* srv6pipes datapath entry points (tcx ingress). The logic lives in lib/. */
 #include "lib/srv6.h"
 #include <linux/ip.h>
+#include <stddef.h>
 
 /* The Ethernet type of the frame, or 0 if it has no complete Ethernet header. */
 static __always_inline __u16 eth_proto(struct __sk_buff *skb)
@@ -114,6 +115,29 @@ static __always_inline int closed_domain_violation(const __u8 daddr[16], __u8 ne
 	return cfg && prefix_match(daddr, cfg->block, cfg->block_len);
 }
 
+static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
+{
+	__u8 ttl;
+	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, hop_limit));
+	if (bpf_skb_load_bytes(skb, off, &ttl, 1))
+		return SP_DROP_MALFORMED;
+	if (ttl <= 1)
+		return SP_DROP_HOP_LIMIT;
+	__u8 next = ttl - 1;
+	if (ipv4) {
+		/* TTL and protocol share a 16-bit word of the header checksum. */
+		__u8 proto;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
+			return SP_DROP_MALFORMED;
+		__be16 old = bpf_htons((__u16)ttl << 8 | proto), new = bpf_htons((__u16)next << 8 | proto);
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2))
+			return SP_DROP_ADJUST;
+	}
+	if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
+		return SP_DROP_ADJUST;
+	return 0;
+}
+
 /* A VNF's node-side veth: what the VNF sends back gets the headers End.AD learnt (outbound). */
 SEC("classifier")
 int sp_vnf(struct __sk_buff *skb)
@@ -139,6 +163,10 @@ int sp_vnf(struct __sk_buff *skb)
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
 		return drop(SP_DROP_NO_CACHE);
+	/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does). */
+	int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
+	if (err)
+		return drop(err);
 	/* The cache was learnt from traffic of one family; the VNF must return the same. */
 	if ((proto == ETH_P_IP) != (c->bytes[OFF_SRH] == SP_NH_IPV4))
 		return drop(SP_DROP_INNER_PROTO);

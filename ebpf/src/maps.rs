@@ -24,6 +24,8 @@ pub struct SidEntry {
 pub struct OuterHdr {
     pub len: u32,
     pub pad: u32,
+    /// End.AD cache: when it was last learnt (ns, CLOCK_MONOTONIC).
+    pub stamp: u64,
     pub bytes: [u8; MAX_HDR],
 }
 
@@ -34,7 +36,7 @@ impl OuterHdr {
         }
         let mut bytes = [0u8; MAX_HDR];
         bytes[..header.len()].copy_from_slice(header);
-        Some(Self { len: header.len() as u32, pad: 0, bytes })
+        Some(Self { len: header.len() as u32, pad: 0, stamp: 0, bytes })
     }
 
     pub fn header(&self) -> &[u8] {
@@ -71,6 +73,8 @@ pub struct NodeConfig {
     pub locator_len: u32,
     pub block_len: u32,
     pub block: [u8; 16],
+    /// End.AD re-learns a cache at most this often (0: on every packet).
+    pub ad_age_ns: u64,
 }
 
 // SAFETY: plain `repr(C)` data without padding-dependent invariants or pointers.
@@ -163,8 +167,8 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "{r:?}");
         }
-        assert_eq!(std::mem::size_of::<OuterHdr>(), 8 + MAX_HDR);
+        assert_eq!(std::mem::size_of::<OuterHdr>(), 16 + MAX_HDR);
         assert_eq!(std::mem::size_of::<SidEntry>(), 24);
-        assert_eq!(std::mem::size_of::<NodeConfig>(), 40);
+        assert_eq!(std::mem::size_of::<NodeConfig>(), 48);
     }
 }

@@ -72,6 +72,7 @@ impl Bench {
             locator_len: 48,
             block_len: 32,
             block: a("fcbb:bb00::").octets(),
+            ad_age_ns: 0,
         })
         .unwrap();
         let idx = |n: &str| nix::net::if_::if_nametoindex(n).unwrap();
@@ -149,11 +150,15 @@ fn inner(src: &str, dst: &str) -> Vec<u8> {
 
 /// IPv4 + UDP with a 12-byte payload, header checksum set.
 fn inner4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    inner4_ttl(src, dst, 64)
+}
+
+fn inner4_ttl(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
     let payload = b"hello, vnf!!";
     let total = (20 + 8 + payload.len()) as u16;
     let mut p = vec![0x45, 0];
     p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&[0, 1, 0x40, 0, ttl, 17, 0, 0]);
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
     let sum = p.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum::<u32>();
@@ -323,7 +328,13 @@ fn end_ad_outbound_restores_the_headers_and_forwards_to_the_next_segment() {
     assert_eq!(srh.segments_left, 1);
     assert_eq!(ip.payload_len as usize, out.len() - 14 - 40, "payload length for this packet");
     assert_ne!(ip.flow_label, 0, "flow label from the inner flow");
-    assert_eq!(&out[14 + len..], &back[..], "inner packet intact");
+    let mut proxied = back.clone();
+    proxied[7] = 62;
+    assert_eq!(&out[14 + len..], &proxied[..], "inner packet intact but for the proxy's hop");
+    // An inner packet at its last hop is not sent on.
+    let mut last_hop = pkt.clone();
+    last_hop[14 + 7] = 1;
+    b.expect_drop(Hook::Vnf, b.vnf, &last_hop, DropReason::HopLimit);
 
     // The VNF's own link-local traffic stays on the link; another interface has no cache.
     let mut nd = eth([0x33, 0x33, 0, 0, 0, 1], VNF_MAC, 0x86dd);
@@ -408,7 +419,7 @@ fn ipv4_inner_through_every_behaviour() {
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
     let (ip, srh, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
     assert_eq!((ip.dst, srh.next_header), (a(PATH[1]), 4));
-    assert_eq!(&out[14 + len..], &v4[..]);
+    assert_eq!(&out[14 + len..], &inner4_ttl(SRC4, DST4, 63)[..], "TTL - 1, header checksum fixed");
     // The VNF may not answer an IPv4 flow with IPv6 on the learnt headers.
     let mut v6 = eth(HOST_MAC, VNF_MAC, 0x86dd);
     v6.extend_from_slice(&inner(INNER_SRC, INNER_DST));
@@ -433,4 +444,68 @@ fn ipv4_inner_through_every_behaviour() {
     assert_eq!(b.run(Hook::Headend, b.src, &other).0, TCX_NEXT);
     let rules = b.dp.headend_rules().unwrap();
     assert!(rules.contains(&((b.src, "10.20.0.0/16".parse().unwrap()), 7)), "{rules:?}");
+}
+
+#[test]
+fn end_ad_age_limits_how_often_the_cache_is_relearnt() {
+    let Some(mut b) = Bench::new() else { return };
+    let config = |age_ns| NodeConfig {
+        locator: a("fcbb:bb00:1::").octets(),
+        locator_len: 48,
+        block_len: 32,
+        block: a("fcbb:bb00::").octets(),
+        ad_age_ns: age_ns,
+    };
+    let other = ["fcbb:bb00:1:e001::", "fcbb:bb00:3:e001::", "fcbb:bb00:3:d6::"];
+    let next_of = |b: &Bench| srv6::codec::decode_srv6(b.dp.ad_cache(b.vnf).unwrap().unwrap().header()).unwrap().0.dst;
+    // age 0: every packet is compared, a change lands at once.
+    b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None));
+    let first = b.dp.ad_cache(b.vnf).unwrap().unwrap();
+    b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None));
+    assert_eq!(b.dp.ad_cache(b.vnf).unwrap().unwrap().stamp, first.stamp, "unchanged: not rewritten");
+    b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &other, None));
+    assert_eq!(next_of(&b), a(other[1]));
+    // A long age: a fresh cache is not even compared, so the change waits.
+    b.dp.set_config(config(60_000_000_000)).unwrap();
+    b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None));
+    assert_eq!(next_of(&b), a(other[1]), "within the age: kept");
+    b.dp.set_config(config(0)).unwrap();
+    b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None));
+    assert_eq!(next_of(&b), a(PATH[1]));
+}
+
+/// Scale: 10,000 proxy SIDs and 1,000 chains' headend rules and policies on one node; the first
+/// and the last of each still steer (hash and LPM lookups: no per-chain scan).
+#[test]
+fn ten_thousand_sids_and_a_thousand_chains() {
+    let Some(mut b) = Bench::new() else { return };
+    let functs: Vec<u16> = srv6::sid::proxy_functs().take(10_000).collect();
+    let sid = |i: u32| format!("fcbb:bb00:1:{:x}::", functs[i as usize]);
+    for i in 0..10_000u32 {
+        let s: Ipv6Addr = a(&sid(i));
+        let ifindex = 100_000 + i; // delivery targets are not followed by BPF_PROG_TEST_RUN
+        let entry = SidEntry { behavior: BEHAVIOR_END_AD, ifindex, cache_ifindex: ifindex, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+        b.dp.set_sid(s, entry).unwrap();
+    }
+    for (i, expect_ifindex) in [(0u32, 100_000u32), (9_999, 109_999)] {
+        let s = sid(i);
+        let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&s, PATH[1], PATH[2]], None));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "SID #{i}");
+        assert_eq!(&out[..6], &VNF_MAC);
+        assert!(b.dp.ad_cache(expect_ifindex).unwrap().is_some(), "cache of SID #{i}'s interface");
+    }
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    for i in 0..1_000u32 {
+        let hdr = encaps_header(a("fcbb:bb00:1::1"), &[a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), path[1]], NEXT_HEADER_IPV6, 64).unwrap();
+        b.dp.set_policy(i + 1, &hdr).unwrap();
+        b.dp.set_headend_rule(b.src, format!("fd00:{:x}::/32", 0x1000 + i).parse().unwrap(), i + 1).unwrap();
+    }
+    for i in [0u32, 999] {
+        let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
+        pkt.extend_from_slice(&inner(INNER_SRC, &format!("fd00:{:x}::7", 0x1000 + i)));
+        let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "chain #{i}");
+        let (ip, _, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+        assert_eq!(ip.dst, a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), "chain #{i}'s segment list");
+    }
 }

@@ -48,6 +48,10 @@ pub struct Args {
     /// The cluster's locator block: the SR domain whose sources may use this node's SIDs.
     #[arg(long, default_value = "fcbb:bb00::/32")]
     pub cluster_block: Ipv6Net,
+    /// End.AD learning interval in milliseconds: a VNF's cached headers are re-learnt from
+    /// inbound packets at most this often (0: on every packet, compare before write).
+    #[arg(long, default_value_t = 1000)]
+    pub ad_age_ms: u64,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

@@ -55,6 +55,7 @@ impl Node {
             locator_len: args.locator.prefix().prefix_len() as u32,
             block_len: block.prefix_len() as u32,
             block: block.network().octets(),
+            ad_age_ns: args.ad_age_ms * 1_000_000,
         })?;
         datapath.attach(Hook::Uplink, &args.uplink)?;
         let store = Store::new(&args.state_dir)?;

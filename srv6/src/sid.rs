@@ -18,9 +18,15 @@ use thiserror::Error;
 pub const FUNCT_BITS: u8 = 16;
 /// FUNCT of the node's decapsulation SID (End.DT46-like: pop and route the inner packet).
 pub const FUNCT_DECAP: u16 = 0x00d6;
-/// FUNCTs handed to proxy SIDs (one per VNF interface): `0xe001..=0xefff`.
+/// FUNCTs handed to proxy SIDs (one per VNF interface), in allocation order: `0xe001..=0xffff`
+/// first (so the first SIDs read `LOC:e001::`), then `0x1000..=0xe000`: 61,439 per node.
+/// `0x0000..=0x0fff` stays for the node's own behaviours.
 pub const FUNCT_PROXY_FIRST: u16 = 0xe001;
-pub const FUNCT_PROXY_LAST: u16 = 0xefff;
+
+/// Proxy FUNCTs in allocation order.
+pub fn proxy_functs() -> impl Iterator<Item = u16> {
+    (FUNCT_PROXY_FIRST..=0xffff).chain(0x1000..FUNCT_PROXY_FIRST)
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SidError {
@@ -150,9 +156,7 @@ impl fmt::Display for Sid {
 /// the same SIDs, and a FUNCT in use is never handed out again. Persisting the taken set is the
 /// caller's business (the node daemon keeps it in its state directory).
 pub fn allocate_proxy_funct(locator: Locator, taken: &BTreeSet<u16>) -> Result<u16, SidError> {
-    (FUNCT_PROXY_FIRST..=FUNCT_PROXY_LAST)
-        .find(|f| !taken.contains(f))
-        .ok_or(SidError::Exhausted(locator))
+    proxy_functs().find(|f| !taken.contains(f)).ok_or(SidError::Exhausted(locator))
 }
 
 #[cfg(test)]
@@ -215,8 +219,12 @@ mod tests {
         taken.insert(first);
         taken.insert(FUNCT_PROXY_FIRST + 2);
         assert_eq!(allocate_proxy_funct(l, &taken).unwrap(), FUNCT_PROXY_FIRST + 1);
-        let all: BTreeSet<u16> = (FUNCT_PROXY_FIRST..=FUNCT_PROXY_LAST).collect();
+        let mut all: BTreeSet<u16> = (FUNCT_PROXY_FIRST..=0xffff).collect();
+        assert_eq!(allocate_proxy_funct(l, &all).unwrap(), 0x1000, "then the lower range");
+        all.extend(proxy_functs());
+        assert_eq!(all.len(), 61_439 + 1, "with the one taken above");
         assert_eq!(allocate_proxy_funct(l, &all), Err(SidError::Exhausted(l)));
+        assert!(proxy_functs().all(|f| f >= 0x1000 && f != FUNCT_DECAP), "never a node behaviour");
     }
 
     #[test]

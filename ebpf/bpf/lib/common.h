@@ -74,6 +74,7 @@ struct sid_entry {
 struct outer_hdr {
 	__u32 len;
 	__u32 pad;
+	__u64 stamp;       /* End.AD cache: when it was last learnt (ns, monotonic) */
 	__u8 bytes[SP_MAX_HDR];
 };
 
@@ -100,4 +101,5 @@ struct node_config {
 	__u32 locator_len;
 	__u32 block_len;
 	__u8 block[16];         /* the cluster's locator block: the SR domain */
+	__u64 ad_age_ns;        /* End.AD: re-learn at most this often (0: on every packet) */
 };

@@ -62,16 +62,24 @@ static __always_inline int apply_end(struct outer_hdr *o)
 	return 0;
 }
 
-/* Store the End.AD cache for a VNF interface, writing only when it changed, so the steady state
- * keeps the cache line shared. Payload length and flow label are per packet: zero in the cache. */
+/* Store the End.AD cache for a VNF interface. Like SRNK's `age`, a cache learnt less than
+ * ad_age_ns ago is left alone without even comparing; older, it is compared and written only
+ * when it changed (with age 0: compared on every packet), so the steady state keeps the cache
+ * line shared. Payload length and flow label are per packet: zero in the cache. */
 static __always_inline void ad_cache_store(__u32 ifindex, struct outer_hdr *o)
 {
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	__u64 age = cfg ? cfg->ad_age_ns : 0;
+	__u64 now = bpf_ktime_get_ns();
 	o->bytes[1] &= 0xf0;
 	o->bytes[2] = 0;
 	o->bytes[3] = 0;
 	o->bytes[OFF_PLEN] = 0;
 	o->bytes[OFF_PLEN + 1] = 0;
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (c && age && now - c->stamp < age)
+		return;
 	if (c && c->len == o->len) {
 		int same = 1;
 #pragma unroll
@@ -83,9 +91,13 @@ static __always_inline void ad_cache_store(__u32 ifindex, struct outer_hdr *o)
 				break;
 			}
 		}
-		if (same)
+		if (same) {
+			if (age)
+				c->stamp = now;
 			return;
+		}
 	}
+	o->stamp = now;
 	bpf_map_update_elem(&sp_ad_cache, &ifindex, o, BPF_ANY);
 }
 
