@@ -19,12 +19,30 @@ struct Cli {
 enum Command {
     /// A local lab of network namespaces: nodes, pods, VNFs and chains from Kubernetes YAML.
     Lab(lab::LabArgs),
+    /// Per-SID and per-chain packets, bytes and drops (by reason) on every node of a lab.
+    Stats {
+        #[command(flatten)]
+        which: lab::Which,
+        #[arg(short = 'o', long, value_enum, default_value_t = lab::Format::Text)]
+        output: lab::Format,
+    },
+    /// A chain's path node by node — headends, each hop's replicas and SIDs, the decapsulation —
+    /// with live counters. CHAIN is NAME or NAMESPACE/NAME.
+    Trace {
+        chain: String,
+        #[command(flatten)]
+        which: lab::Which,
+        #[arg(short = 'o', long, value_enum, default_value_t = lab::Format::Text)]
+        output: lab::Format,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
+        Command::Stats { which, output } => lab::stats(&which, output).map(|_| ExitCode::SUCCESS),
+        Command::Trace { chain, which, output } => lab::trace(&which, &chain, output).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -458,3 +458,57 @@ spec:
     let drops: u64 = ["n1", "n2"].iter().flat_map(|n| st["drops"][n].as_object().unwrap().values()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(drops, 0, "{}", st["drops"]);
 }
+
+/// The operator's view: `srv6pipes stats`, `srv6pipes trace CHAIN` and each node daemon's
+/// Prometheus endpoint agree with the traffic that was sent, drops included.
+#[test]
+fn stats_trace_and_metrics_show_the_traffic() {
+    require_lab!("nft", "ping", "socat");
+    let lab = Lab::new("obs");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
+    });
+    let server6 = pod_ip(&lab.status(), "server", true);
+    assert!(ping(&lab, "client", &server6, 5));
+    assert!(!ping(&lab, "client", "fcbb:bb00:2:e001::", 1), "a closed-domain drop to count");
+    let top = |args: &[&str]| -> Value {
+        let out = Command::new(target_dir().join("srv6pipes"))
+            .args(args)
+            .args(["--name", &lab.name, "--state-dir"])
+            .arg(&lab.state)
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stats = top(&["stats"]);
+    let chain = &stats["chains"][0];
+    assert_eq!((chain["chain"].as_str(), chain["node"].as_str()), (Some("default/web-inspection"), Some("n1")));
+    assert!(chain["packets"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(stats["drops"]["n1"]["closed_domain"].as_u64().unwrap() >= 1, "{stats}");
+
+    let trace = top(&["trace", "web-inspection"]);
+    assert_eq!(trace["ready"], "True");
+    assert_eq!(trace["hops"].as_array().unwrap().len(), 2);
+    for (hop, node) in [(0, "n1"), (1, "n2")] {
+        let r = &trace["hops"][hop]["replicas"][0];
+        assert_eq!(r["node"], node);
+        assert!(r["counters"]["packets"].as_u64().unwrap() >= 5, "{trace}");
+    }
+    assert_eq!(trace["decap"]["node"], "n2");
+    assert!(trace["decap"]["counters"]["packets"].as_u64().unwrap() >= 5);
+    assert!(trace["headends"][0]["packets"].as_u64().unwrap() >= 5);
+
+    let metrics = lab.run(&["exec", "--node", "n1", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
+    let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    let value = |prefix: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("srv6pipes_chain_packets_total{node=\"n1\",chain=\"default/web-inspection\"}") >= 5);
+    assert!(value("srv6pipes_sid_packets_total{node=\"n1\",sid=\"fcbb:bb00:1:e001::\",behavior=\"End.AD\",pod=\"default/firewall\"") >= 5);
+    assert!(value("srv6pipes_drops_total{node=\"n1\",reason=\"closed_domain\"}") >= 1);
+}

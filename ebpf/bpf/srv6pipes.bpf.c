@@ -219,7 +219,10 @@ int sp_headend(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, pol, sizeof(*o));
 	set_len_and_flow(skb, o);
-	return steer(skb, o, 0);
+	__u32 len = skb->len;
+	int verdict = steer(skb, o, 0);
+	count(bpf_map_lookup_elem(&sp_policy_stats, id), len, verdict == TC_ACT_SHOT);
+	return verdict;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -182,24 +182,35 @@ impl Datapath {
         m.set(0, cfg, 0).map_err(|source| DatapathError::Map { map: "sp_config", source })
     }
 
-    /// Installs a local SID and (re)sets its counters to zero if it had none.
+    /// Installs a local SID; its counters start at zero unless it had some.
     pub fn set_sid(&mut self, sid: Ipv6Addr, entry: SidEntry) -> Result<()> {
         let key = sid.octets();
-        {
-            // BPF_NOEXIST: a SID re-installed (daemon restart, re-program) keeps its counters.
-            // (aya 0.13's PerCpuHashMap::get answers zeros for a missing key, so no get first.)
-            let mut stats: PerCpuHashMap<&mut MapData, [u8; 16], SidStats> = self.typed("sp_sid_stats")?;
-            let cpus = aya::util::nr_cpus().map_err(|(m, e)| DatapathError::Invalid(format!("{m}: {e}")))?;
-            let zero = PerCpuValues::try_from(vec![SidStats::default(); cpus])
-                .map_err(|e| DatapathError::Invalid(e.to_string()))?;
-            match stats.insert(key, zero, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(source) => return Err(DatapathError::Map { map: "sp_sid_stats", source }),
-            }
-        }
+        self.ensure_stats("sp_sid_stats", key)?;
         let mut sids: HashMap<&mut MapData, [u8; 16], SidEntry> = self.typed("sp_sids")?;
         sids.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: "sp_sids", source })
+    }
+
+    /// BPF_NOEXIST: a re-installed SID or policy (restart, re-program) keeps its counters.
+    /// (aya 0.13's PerCpuHashMap::get answers zeros for a missing key, so no get first.)
+    fn ensure_stats<K: aya::Pod>(&mut self, map: &'static str, key: K) -> Result<()> {
+        let mut stats: PerCpuHashMap<&mut MapData, K, SidStats> = self.typed(map)?;
+        let cpus = aya::util::nr_cpus().map_err(|(m, e)| DatapathError::Invalid(format!("{m}: {e}")))?;
+        let zero = PerCpuValues::try_from(vec![SidStats::default(); cpus]).map_err(|e| DatapathError::Invalid(e.to_string()))?;
+        match stats.insert(key, zero, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(DatapathError::Map { map, source }),
+        }
+    }
+
+    fn read_stats<K: aya::Pod>(&self, map: &'static str, key: K) -> Result<SidStats> {
+        let m: PerCpuHashMap<&MapData, K, SidStats> = self.typed_ref(map)?;
+        let per_cpu = m.get(&key, 0).map_err(|source| DatapathError::Map { map, source })?;
+        Ok(per_cpu.iter().fold(SidStats::default(), |a, s| SidStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            drops: a.drops + s.drops,
+        }))
     }
 
     pub fn remove_sid(&mut self, sid: Ipv6Addr) -> Result<()> {
@@ -262,13 +273,16 @@ impl Datapath {
         let hdr = OuterHdr::new(header).ok_or_else(|| {
             DatapathError::Invalid(format!("policy {id}: header of {} bytes exceeds {MAX_HDR}", header.len()))
         })?;
+        self.ensure_stats("sp_policy_stats", id)?;
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_policies")?;
         m.insert(id, hdr, 0).map_err(|source| DatapathError::Map { map: "sp_policies", source })
     }
 
     pub fn remove_policy(&mut self, id: u32) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_policies")?;
-        ignore_missing(m.remove(&id), "sp_policies")
+        ignore_missing(m.remove(&id), "sp_policies")?;
+        let mut stats: PerCpuHashMap<&mut MapData, u32, SidStats> = self.typed("sp_policy_stats")?;
+        ignore_missing(stats.remove(&id), "sp_policy_stats")
     }
 
     pub fn set_headend_rule(&mut self, ifindex: u32, dst: ipnet::IpNet, policy: u32) -> Result<()> {
@@ -300,13 +314,12 @@ impl Datapath {
 
     /// Counters of a SID summed over CPUs.
     pub fn sid_stats(&self, sid: Ipv6Addr) -> Result<SidStats> {
-        let m: PerCpuHashMap<&MapData, [u8; 16], SidStats> = self.typed_ref("sp_sid_stats")?;
-        let per_cpu = m.get(&sid.octets(), 0).map_err(|source| DatapathError::Map { map: "sp_sid_stats", source })?;
-        Ok(per_cpu.iter().fold(SidStats::default(), |a, s| SidStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-            drops: a.drops + s.drops,
-        }))
+        self.read_stats("sp_sid_stats", sid.octets())
+    }
+
+    /// What the headend steered (or dropped) with a policy, summed over CPUs.
+    pub fn policy_stats(&self, id: u32) -> Result<SidStats> {
+        self.read_stats("sp_policy_stats", id)
     }
 
     /// Drops by reason, summed over CPUs, for every reason.

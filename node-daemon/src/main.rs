@@ -48,6 +48,10 @@ pub struct Args {
     /// The cluster's locator block: the SR domain whose sources may use this node's SIDs.
     #[arg(long, default_value = "fcbb:bb00::/32")]
     pub cluster_block: Ipv6Net,
+    /// Serve Prometheus metrics (per SID, per chain, drops by reason) on this address, e.g.
+    /// 0.0.0.0:9464, at /metrics.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// End.AD learning interval in milliseconds: a VNF's cached headers are re-learnt from
     /// inbound packets at most this often (0: on every packet, compare before write).
     #[arg(long, default_value_t = 1000)]
@@ -70,6 +74,6 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let node = node::Node::start(&args).await.with_context(|| format!("start node {}", args.node_name))?;
-        server::serve(&args.socket, node).await
+        server::serve(&args.socket, args.metrics_addr, node).await
     })
 }

@@ -9,13 +9,13 @@ use ipnet::{IpNet, Ipv6Net};
 use srv6::codec::{NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use nix::net::if_::{if_indextoname, if_nametoindex};
 use srv6::compiler::SidRegistration;
-use srv6::node_api::{Attachment, AttachmentKey, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
+use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
-use crate::state::{Persisted, Registration, Store};
+use crate::state::{Persisted, PolicyKey, Registration, Store};
 use crate::Args;
 
 /// Outer hop limit of packets this node encapsulates.
@@ -284,8 +284,9 @@ impl Node {
         let src = self.locator.source_address();
         // Desired headend state.
         let mut rules = BTreeMap::new();
-        // One policy per (segment list, inner family): the SRH's next header differs.
-        let mut headers: BTreeMap<(Vec<Sid>, u8), (u32, Vec<u8>)> = BTreeMap::new();
+        // One policy per (chain, segment list, inner family), with a stable id.
+        let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
+        let mut headers: BTreeMap<PolicyKey, (u32, Vec<u8>)> = BTreeMap::new();
         let mut ifaces = BTreeSet::new();
         for h in &p.tables.headends {
             let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
@@ -294,14 +295,15 @@ impl Node {
                 bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
-            let key = (h.segments.clone(), inner);
+            let key = PolicyKey { chain: h.chain.clone(), segments: h.segments.clone(), inner };
             let id = match headers.get(&key) {
                 Some((id, _)) => *id,
                 None => {
                     let path: Vec<Ipv6Addr> = h.segments.iter().map(|s| s.0).collect();
                     let header = srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
                         .with_context(|| format!("chain {}: segment list", h.chain))?;
-                    let id = headers.len() as u32 + 1;
+                    let used: BTreeSet<u32> = known.values().chain(headers.values().map(|(i, _)| i)).copied().collect();
+                    let id = known.get(&key).copied().unwrap_or_else(|| (1..).find(|i| !used.contains(i)).expect("ids left"));
                     headers.insert(key, (id, header));
                     id
                 }
@@ -364,6 +366,7 @@ impl Node {
         }
         info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
         self.installed = Installed { rules, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers };
+        self.state.policies = headers.into_iter().map(|(k, (id, _))| (k, id)).collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
     }
@@ -377,7 +380,68 @@ impl Node {
             sids.push(SidCounters { sid, behavior: behavior.into(), packets: s.packets, bytes: s.bytes, drops: s.drops });
         }
         let drops = self.datapath.drop_reasons()?.into_iter().map(|(r, n)| (r.name().to_string(), n)).collect();
-        Ok(NodeStats { sids, drops })
+        let mut chains: BTreeMap<&str, ChainCounters> = BTreeMap::new();
+        for (key, id) in &self.state.policies {
+            let s = self.datapath.policy_stats(*id)?;
+            let c = chains.entry(&key.chain).or_insert_with(|| ChainCounters { chain: key.chain.clone(), ..Default::default() });
+            c.packets += s.packets;
+            c.bytes += s.bytes;
+            c.drops += s.drops;
+        }
+        Ok(NodeStats { sids, drops, chains: chains.into_values().collect() })
+    }
+}
+
+impl Node {
+    /// Prometheus text exposition of the node's counters.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        use std::fmt::Write;
+        let stats = self.stats()?;
+        let node = &self.name;
+        let mut out = String::new();
+        let owner = |sid: Sid| {
+            self.state.registrations.iter().find(|r| r.sid == sid).map_or((String::new(), String::new()), |r| {
+                (pod_of(&r.attachment), r.attachment.ifname.clone())
+            })
+        };
+        type Field = fn(&SidCounters) -> u64;
+        let sid_metrics: [(&str, &str, Field); 3] = [
+            ("srv6pipes_sid_packets_total", "Packets processed by a local SID.", |c| c.packets),
+            ("srv6pipes_sid_bytes_total", "Bytes processed by a local SID.", |c| c.bytes),
+            ("srv6pipes_sid_drops_total", "Packets a local SID dropped.", |c| c.drops),
+        ];
+        for (name, help, field) in sid_metrics {
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
+            for c in &stats.sids {
+                let (pod, iface) = owner(c.sid);
+                writeln!(
+                    out,
+                    "{name}{{node=\"{node}\",sid=\"{}\",behavior=\"{}\",pod=\"{pod}\",interface=\"{iface}\"}} {}",
+                    c.sid,
+                    c.behavior,
+                    field(c)
+                )?;
+            }
+        }
+        type ChainField = fn(&ChainCounters) -> u64;
+        let chain_metrics: [(&str, &str, ChainField); 3] = [
+            ("srv6pipes_chain_packets_total", "Packets this node's headend steered into a chain.", |c| c.packets),
+            ("srv6pipes_chain_bytes_total", "Bytes this node's headend steered into a chain.", |c| c.bytes),
+            ("srv6pipes_chain_drops_total", "Packets of a chain this node's headend dropped.", |c| c.drops),
+        ];
+        for (name, help, field) in chain_metrics {
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
+            for c in &stats.chains {
+                writeln!(out, "{name}{{node=\"{node}\",chain=\"{}\"}} {}", c.chain, field(c))?;
+            }
+        }
+        writeln!(out, "# HELP srv6pipes_drops_total Packets the datapath dropped, by reason.\n# TYPE srv6pipes_drops_total counter")?;
+        for (reason, n) in &stats.drops {
+            writeln!(out, "srv6pipes_drops_total{{node=\"{node}\",reason=\"{reason}\"}} {n}")?;
+        }
+        writeln!(out, "# HELP srv6pipes_sids Proxy SIDs allocated on this node.\n# TYPE srv6pipes_sids gauge")?;
+        writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
+        Ok(out)
     }
 }
 

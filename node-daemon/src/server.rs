@@ -7,13 +7,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use srv6::node_api::{Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::node::Node;
 
-pub async fn serve(path: &Path, node: Node) -> anyhow::Result<()> {
+pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -26,6 +28,21 @@ pub async fn serve(path: &Path, node: Node) -> anyhow::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %path.display(), "serving");
     let node = Arc::new(Mutex::new(node));
+    if let Some(addr) = metrics {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
+        info!(%addr, "serving metrics at /metrics");
+        let node = node.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = metrics_request(stream, node).await {
+                        warn!(error = %format!("{e:#}"), "metrics request failed");
+                    }
+                });
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -46,6 +63,28 @@ pub async fn serve(path: &Path, node: Node) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// A minimal HTTP/1.0 responder: GET /metrics answers the Prometheus text format.
+async fn metrics_request(stream: TcpStream, node: Arc<Mutex<Node>>) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let (status, body) = if line.starts_with("GET /metrics ") || line.trim_end() == "GET /metrics" {
+        match node.lock().await.metrics() {
+            Ok(text) => ("200 OK", text),
+            Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+        }
+    } else {
+        ("404 Not Found", "try /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes()).await?;
+    w.write_all(body.as_bytes()).await?;
+    Ok(())
 }
 
 async fn connection(stream: UnixStream, node: Arc<Mutex<Node>>) -> anyhow::Result<()> {

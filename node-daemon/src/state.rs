@@ -27,10 +27,21 @@ impl Registration {
     }
 }
 
+/// A headend policy: one per chain, segment list and inner family (the SRH's next header).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PolicyKey {
+    pub chain: String,
+    pub segments: Vec<Sid>,
+    pub inner: u8,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Persisted {
     pub registrations: Vec<Registration>,
     pub program: Option<NodeProgram>,
+    /// Policy ids stay with their policy across programs and restarts (counters are per id).
+    #[serde(default)]
+    pub policies: Vec<(PolicyKey, u32)>,
 }
 
 pub struct Store {

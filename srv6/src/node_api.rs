@@ -125,6 +125,17 @@ pub struct NodeStats {
     pub sids: Vec<SidCounters>,
     /// Drops by reason name, summed over CPUs.
     pub drops: Vec<(String, u64)>,
+    /// What this node's headend steered per chain.
+    #[serde(default)]
+    pub chains: Vec<ChainCounters>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainCounters {
+    pub chain: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,15 +25,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// MTU of pod interfaces: the 1500-byte underlay less room for the encapsulation of up to three
 /// segments (40 + 8 + 3 x 16 = 96 bytes). Larger packets need the headend's PMTU handling.
 const POD_MTU: u32 = 1400;
+/// Each node daemon's Prometheus endpoint, inside its node's netns.
+pub const METRICS_ADDR: &str = "[::]:9464";
 
 #[derive(Args)]
 pub struct LabArgs {
-    /// Lab name; prefixes every network namespace the lab creates.
-    #[arg(long, global = true, env = "SRV6PIPES_LAB", default_value = "lab")]
-    name: String,
-    /// State directory [default: /run/srv6pipes/labs/<name>].
-    #[arg(long, global = true)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    which: Which,
     #[command(subcommand)]
     command: LabCommand,
 }
@@ -79,20 +77,38 @@ enum LabCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+pub enum Format {
     Text,
     Json,
 }
 
-pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
-    if !args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || args.name.len() > 24 {
-        bail!("lab name {:?}: use letters, digits and '-' (at most 24)", args.name);
+/// Which lab: the flags every lab-facing command shares.
+#[derive(Args, Clone)]
+pub struct Which {
+    /// Lab name; prefixes every network namespace the lab creates.
+    #[arg(long = "name", alias = "lab", global = true, env = "SRV6PIPES_LAB", default_value = "lab")]
+    pub name: String,
+    /// State directory [default: /run/srv6pipes/labs/<name>].
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Which {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || self.name.len() > 24 {
+            bail!("lab name {:?}: use letters, digits and '-' (at most 24)", self.name);
+        }
+        Ok(self.state_dir.clone().unwrap_or_else(|| Path::new("/run/srv6pipes/labs").join(&self.name)))
     }
-    let dir = args.state_dir.clone().unwrap_or_else(|| Path::new("/run/srv6pipes/labs").join(&args.name));
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.which.dir()?;
+    let name = &args.which.name;
     match args.command {
-        LabCommand::Up { file } => up(&args.name, &dir, &file).map(|_| ExitCode::SUCCESS),
+        LabCommand::Up { file } => up(name, &dir, &file).map(|_| ExitCode::SUCCESS),
         LabCommand::Apply { file } => apply(&dir, &file).map(|_| ExitCode::SUCCESS),
-        LabCommand::Down => down(&args.name, &dir).map(|_| ExitCode::SUCCESS),
+        LabCommand::Down => down(name, &dir).map(|_| ExitCode::SUCCESS),
         LabCommand::Status { output } => status(&dir, output).map(|_| ExitCode::SUCCESS),
         LabCommand::Exec { node, pod, command } => exec(&dir, node, pod, &command),
         LabCommand::RestartNode { node, kill } => restart_node(&dir, &node, kill).map(|_| ExitCode::SUCCESS),
@@ -268,7 +284,8 @@ fn start_daemon(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
         .arg(&node_dir)
         .arg("--pin-root")
         .arg(&st.pin_root)
-        .args(["--cluster-block", manifest::CLUSTER_BLOCK]);
+        .args(["--cluster-block", manifest::CLUSTER_BLOCK])
+        .args(["--metrics-addr", METRICS_ADDR]);
     let log = dir.join("logs").join(format!("node-{}.log", n.name));
     let pid = sys::spawn_detached(cmd, &log)?;
     st.nodes[i].daemon_pid = Some(pid);
@@ -647,21 +664,9 @@ fn status_json(st: &LabState) -> Value {
     })
 }
 
-fn print_text(st: &LabState, _dir: &Path) {
-    let live = live(st);
-    println!("NODE        LOCATOR               UNDERLAY          DAEMON");
-    for n in &st.nodes {
-        let d = if n.daemon_pid.is_some_and(sys::alive) { "running" } else { "DOWN" };
-        println!("{:<11} {:<21} {:<17} {d}", n.name, n.locator.to_string(), n.underlay6.to_string());
-    }
-    println!("\nPOD                   NODE        IPS");
-    for p in &st.pods {
-        let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
-        let chain = if p.chain_ifaces.is_empty() { String::new() } else { format!("  (+{})", p.chain_ifaces.join(",")) };
-        println!("{:<21} {:<11} {}{chain}", format!("{}/{}", p.namespace, p.name), p.node, ips.join(","));
-    }
-    println!("\nSID                     NODE        BEHAVIOR  OWNER                   PACKETS     BYTES  DROPS");
-    for r in sid_rows(st, &live) {
+fn print_sids(rows: &[Value]) {
+    println!("SID                     NODE        BEHAVIOR  OWNER                   PACKETS     BYTES  DROPS");
+    for r in rows {
         let owner = match (r["pod"].as_str(), r["interface"].as_str()) {
             (Some(p), Some(i)) => format!("{p}:{i}"),
             _ => "-".into(),
@@ -677,6 +682,23 @@ fn print_text(st: &LabState, _dir: &Path) {
             r["drops"].as_u64().unwrap_or_default()
         );
     }
+}
+
+fn print_text(st: &LabState, _dir: &Path) {
+    let live = live(st);
+    println!("NODE        LOCATOR               UNDERLAY          DAEMON");
+    for n in &st.nodes {
+        let d = if n.daemon_pid.is_some_and(sys::alive) { "running" } else { "DOWN" };
+        println!("{:<11} {:<21} {:<17} {d}", n.name, n.locator.to_string(), n.underlay6.to_string());
+    }
+    println!("\nPOD                   NODE        IPS");
+    for p in &st.pods {
+        let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+        let chain = if p.chain_ifaces.is_empty() { String::new() } else { format!("  (+{})", p.chain_ifaces.join(",")) };
+        println!("{:<21} {:<11} {}{chain}", format!("{}/{}", p.namespace, p.name), p.node, ips.join(","));
+    }
+    println!();
+    print_sids(&sid_rows(st, &live));
     println!("\nCHAIN                 READY  REASON       PATH");
     for c in &st.chains {
         let s = c.status.clone().unwrap_or_default();
@@ -708,6 +730,124 @@ fn restart_node(dir: &Path, node: &str, kill: bool) -> anyhow::Result<()> {
     }
     st.save(dir)?;
     start_daemon(&mut st, dir, i)
+}
+
+// ------------------------------------------------------------------------------ stats, trace
+
+/// `srv6pipes stats`: per-SID and per-chain packets, bytes and drops, and drops by reason, for
+/// every node of the lab.
+pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
+    let st = load(&which.dir()?)?;
+    let live = live(&st);
+    let chains: Vec<Value> = live
+        .stats
+        .iter()
+        .flat_map(|(node, s)| s.chains.iter().map(move |c| json!({"node": node, "chain": c.chain, "packets": c.packets, "bytes": c.bytes, "drops": c.drops})))
+        .collect();
+    let drops: BTreeMap<String, BTreeMap<String, u64>> =
+        live.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect())).collect();
+    let sids = sid_rows(&st, &live);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json!({"sids": sids, "chains": chains, "drops": drops}))?),
+        Format::Text => {
+            print_sids(&sids);
+            println!("\nCHAIN                   HEADEND       PACKETS      BYTES  DROPS");
+            for c in &chains {
+                println!(
+                    "{:<23} {:<11} {:>9} {:>10} {:>6}",
+                    c["chain"].as_str().unwrap_or_default(),
+                    c["node"].as_str().unwrap_or_default(),
+                    c["packets"].as_u64().unwrap_or_default(),
+                    c["bytes"].as_u64().unwrap_or_default(),
+                    c["drops"].as_u64().unwrap_or_default()
+                );
+            }
+            println!("\nDROPS BY REASON");
+            for (node, reasons) in &drops {
+                let nonzero: Vec<String> = reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+                println!("{node:<11} {}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `srv6pipes trace CHAIN`: the chain's path node by node (headends, each hop's replicas with
+/// their SIDs, the decapsulation) with live counters.
+pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
+    let st = load(&which.dir()?)?;
+    let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
+    let c = st
+        .chains
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(name) && c.metadata.namespace.as_deref().unwrap_or("default") == ns)
+        .ok_or_else(|| anyhow!("no chain {ns}/{name} in lab {}", st.name))?;
+    let key = format!("{ns}/{name}");
+    let live = live(&st);
+    let status = c.status.clone().unwrap_or_default();
+    let counters = |node: &str, sid: &str| -> Value {
+        live.stats
+            .get(node)
+            .and_then(|s| s.sids.iter().find(|x| x.sid.to_string() == sid))
+            .map_or(Value::Null, |x| json!({"packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
+    };
+    let headends: Vec<Value> = live
+        .stats
+        .iter()
+        .flat_map(|(node, s)| s.chains.iter().filter(|x| x.chain == key).map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops})))
+        .collect();
+    let hops: Vec<Value> = status
+        .hops
+        .iter()
+        .map(|h| {
+            let replicas: Vec<Value> = h
+                .replicas
+                .iter()
+                .map(|r| json!({"pod": r.pod, "node": r.node, "sid": r.sid, "counters": counters(&r.node, &r.sid)}))
+                .collect();
+            json!({"function": h.function, "replicas": replicas})
+        })
+        .collect();
+    let decap = status.paths.first().and_then(|p| p.segments.last()).map(|sid| {
+        let node = st.nodes.iter().find(|n| sid.parse().is_ok_and(|a| n.locator.contains(&a))).map(|n| n.name.clone()).unwrap_or_default();
+        json!({"sid": sid, "node": node, "counters": counters(&node, sid)})
+    });
+    let cond = status.conditions.first();
+    let out = json!({
+        "chain": key,
+        "ready": cond.map(|c| c.status.as_str()),
+        "reason": cond.map(|c| c.reason.as_str()),
+        "headends": headends,
+        "hops": hops,
+        "decap": decap,
+    });
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        Format::Text => {
+            println!("chain {key}: Ready={} ({})", out["ready"].as_str().unwrap_or("?"), out["reason"].as_str().unwrap_or("?"));
+            let fmt = |c: &Value| format!("packets {} bytes {} drops {}", c["packets"], c["bytes"], c["drops"]);
+            for h in &headends {
+                println!("  headend   {:<5} {}", h["node"].as_str().unwrap_or_default(), fmt(h));
+            }
+            for (i, h) in hops.iter().enumerate() {
+                for r in h["replicas"].as_array().into_iter().flatten() {
+                    println!(
+                        "  hop {}     {:<5} {:<10} {:<22} {:<10} {}",
+                        i + 1,
+                        r["node"].as_str().unwrap_or_default(),
+                        h["function"].as_str().unwrap_or_default(),
+                        r["sid"].as_str().unwrap_or_default(),
+                        r["pod"].as_str().unwrap_or_default(),
+                        fmt(&r["counters"])
+                    );
+                }
+            }
+            if let Some(d) = &out["decap"].as_object() {
+                println!("  decap     {:<5} {:<33} {}", d["node"].as_str().unwrap_or_default(), d["sid"].as_str().unwrap_or_default(), fmt(&d["counters"]));
+            }
+        }
+    }
+    Ok(())
 }
 
 // -------------------------------------------------------------------------------------- exec

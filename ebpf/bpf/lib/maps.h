@@ -56,6 +56,15 @@ struct {
 	SP_PINNED;
 } sp_sid_stats SEC(".maps");
 
+/* Per headend policy (one per chain, segment list and family): what the headend steered. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct sid_stats);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_policy_stats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -80,9 +89,8 @@ struct {
 	__uint(max_entries, 1);
 } sp_scratch SEC(".maps");
 
-static __always_inline void count_sid(const void *sid, __u32 len, int dropped)
+static __always_inline void count(struct sid_stats *s, __u32 len, int dropped)
 {
-	struct sid_stats *s = bpf_map_lookup_elem(&sp_sid_stats, sid);
 	if (!s)
 		return;
 	if (dropped) {
@@ -91,6 +99,11 @@ static __always_inline void count_sid(const void *sid, __u32 len, int dropped)
 		s->packets++;
 		s->bytes += len;
 	}
+}
+
+static __always_inline void count_sid(const void *sid, __u32 len, int dropped)
+{
+	count(bpf_map_lookup_elem(&sp_sid_stats, sid), len, dropped);
 }
 
 static __always_inline int drop(__u32 reason)
