@@ -160,7 +160,13 @@ int sp_vnf(struct __sk_buff *skb)
 		return TC_ACT_OK; /* ARP and the like */
 	}
 	__u32 ifindex = skb->ingress_ifindex;
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	/* The flow's own headers first (several chains, both directions), else the interface's. */
+	struct flow_key fk;
+	struct outer_hdr *c = NULL;
+	if (!flow_of(skb, ifindex, &fk))
+		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
+	if (!c)
+		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
 		return drop(SP_DROP_NO_CACHE);
 	/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does). */

@@ -43,6 +43,9 @@ pub enum DatapathError {
 
 type Result<T> = std::result::Result<T, DatapathError>;
 
+/// `sizeof(struct flow_key)`; its first field is the interface's ifindex.
+const FLOW_KEY_LEN: usize = 44;
+
 /// `BPF_NOEXIST` map update flag (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 
@@ -255,9 +258,26 @@ impl Datapath {
         m.keys().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_policies", source })
     }
 
+    /// Forgets what End.AD learnt for an interface: its cache and its flows' entries.
     pub fn remove_ad_cache(&mut self, ifindex: u32) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_ad_cache")?;
-        ignore_missing(m.remove(&ifindex), "sp_ad_cache")
+        ignore_missing(m.remove(&ifindex), "sp_ad_cache")?;
+        let mut flows: HashMap<&mut MapData, [u8; FLOW_KEY_LEN], OuterHdr> = self.typed("sp_ad_flows")?;
+        let ours: Vec<[u8; FLOW_KEY_LEN]> = flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k[..4] == ifindex.to_ne_bytes())
+            .collect();
+        for k in ours {
+            ignore_missing(flows.remove(&k), "sp_ad_flows")?;
+        }
+        Ok(())
+    }
+
+    /// How many flows End.AD learnt on an interface.
+    pub fn ad_flows(&self, ifindex: u32) -> Result<usize> {
+        let flows: HashMap<&MapData, [u8; FLOW_KEY_LEN], OuterHdr> = self.typed_ref("sp_ad_flows")?;
+        Ok(flows.keys().filter_map(|k| k.ok()).filter(|k| k[..4] == ifindex.to_ne_bytes()).count())
     }
 
     pub fn ad_cache(&self, ifindex: u32) -> Result<Option<OuterHdr>> {

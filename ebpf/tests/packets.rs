@@ -509,3 +509,36 @@ fn ten_thousand_sids_and_a_thousand_chains() {
         assert_eq!(ip.dst, a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), "chain #{i}'s segment list");
     }
 }
+
+/// One VNF interface in two chains (or both directions): End.AD keeps headers per flow, so each
+/// flow goes back out with its own chain's headers, whatever arrived last; flows it never saw
+/// get the interface's last-learnt headers; releasing the interface forgets its flows.
+#[test]
+fn end_ad_per_flow_cache_serves_several_chains_on_one_interface() {
+    let Some(mut b) = Bench::new() else { return };
+    let chain_a = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:2:d6::"];
+    let chain_b = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e002::", "fcbb:bb00:2:d6::"];
+    // Flow A (INNER_SRC -> INNER_DST) arrives on chain a, then flow B (reverse) on chain b.
+    let flow_b = |p: &mut Vec<u8>| {
+        let n = p.len();
+        let inner = inner(INNER_DST, INNER_SRC);
+        p.truncate(n - inner.len());
+        p.extend_from_slice(&inner);
+    };
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &chain_a, None)).0, TC_ACT_REDIRECT);
+    let mut pb = srv6_packet("fcbb:bb00:2::1", &chain_b, None);
+    flow_b(&mut pb);
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &pb).0, TC_ACT_REDIRECT);
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 2);
+    let out_da = |b: &Bench, inner_pkt: Vec<u8>| -> Ipv6Addr {
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), inner_pkt].concat());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst
+    };
+    assert_eq!(out_da(&b, inner(INNER_SRC, INNER_DST)), a(chain_a[1]), "flow A on chain a's headers");
+    assert_eq!(out_da(&b, inner(INNER_DST, INNER_SRC)), a(chain_b[1]), "flow B on chain b's");
+    assert_eq!(out_da(&b, inner(INNER_SRC, "fd00:99::1")), a(chain_b[1]), "an unknown flow: the interface's last");
+    b.dp.remove_ad_cache(b.vnf).unwrap();
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 0);
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat(), DropReason::NoCache);
+}

@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in6.h>
+#include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -81,6 +82,19 @@ struct outer_hdr {
 struct headend_key {
 	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
 	__u32 ifindex;     /* the source pod's node-side interface */
+	__u8 daddr[16];
+};
+
+/* An inner flow as it enters a VNF on the interface it will return on (End.AD per-flow cache):
+ * one VNF interface can then serve several chains and both directions. */
+struct flow_key {
+	__u32 ifindex;
+	__u8 family;       /* 4 or 6 */
+	__u8 proto;
+	__be16 sport;      /* TCP/UDP, first fragments only; else 0 */
+	__be16 dport;
+	__u16 pad;
+	__u8 saddr[16];    /* IPv4: first 4 bytes */
 	__u8 daddr[16];
 };
 

@@ -22,6 +22,15 @@ struct {
 	SP_PINNED;
 } sp_ad_cache SEC(".maps");
 
+/* End.AD per flow, least recently used first out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct outer_hdr);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_ad_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct headend_key);

@@ -62,22 +62,14 @@ static __always_inline int apply_end(struct outer_hdr *o)
 	return 0;
 }
 
-/* Store the End.AD cache for a VNF interface. Like SRNK's `age`, a cache learnt less than
- * ad_age_ns ago is left alone without even comparing; older, it is compared and written only
- * when it changed (with age 0: compared on every packet), so the steady state keeps the cache
- * line shared. Payload length and flow label are per packet: zero in the cache. */
-static __always_inline void ad_cache_store(__u32 ifindex, struct outer_hdr *o)
+/* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache). Like SRNK's
+ * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
+ * it is compared and written only when it changed (with age 0: compared on every packet), so
+ * the steady state keeps the cache line shared. Payload length and flow label are per packet:
+ * the caller zeroes them (normalize_cached). */
+static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *o, __u64 age, __u64 now)
 {
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	__u64 age = cfg ? cfg->ad_age_ns : 0;
-	__u64 now = bpf_ktime_get_ns();
-	o->bytes[1] &= 0xf0;
-	o->bytes[2] = 0;
-	o->bytes[3] = 0;
-	o->bytes[OFF_PLEN] = 0;
-	o->bytes[OFF_PLEN + 1] = 0;
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	struct outer_hdr *c = bpf_map_lookup_elem(map, key);
 	if (c && age && now - c->stamp < age)
 		return;
 	if (c && c->len == o->len) {
@@ -98,7 +90,74 @@ static __always_inline void ad_cache_store(__u32 ifindex, struct outer_hdr *o)
 		}
 	}
 	o->stamp = now;
-	bpf_map_update_elem(&sp_ad_cache, &ifindex, o, BPF_ANY);
+	bpf_map_update_elem(map, key, o, BPF_ANY);
+}
+
+static __always_inline void normalize_cached(struct outer_hdr *o)
+{
+	o->bytes[1] &= 0xf0;
+	o->bytes[2] = 0;
+	o->bytes[3] = 0;
+	o->bytes[OFF_PLEN] = 0;
+	o->bytes[OFF_PLEN + 1] = 0;
+}
+
+/* The plain packet's flow (right after the Ethernet header): addresses, protocol and, for TCP
+ * and UDP (not on non-first fragments), ports. */
+static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->ifindex = ifindex;
+	__u8 vhl;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1))
+		return -1;
+	__u32 l4;
+	if ((vhl >> 4) == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		k->family = 4;
+		k->proto = ip.protocol;
+		__builtin_memcpy(k->saddr, &ip.saddr, 4);
+		__builtin_memcpy(k->daddr, &ip.daddr, 4);
+		if (ip.frag_off & bpf_htons(0x1fff))
+			return 0;
+		l4 = ETH_HLEN + ip.ihl * 4;
+	} else if ((vhl >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return -1;
+		k->family = 6;
+		k->proto = ip6.nexthdr;
+		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
+		l4 = ETH_HLEN + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (k->proto == 6 || k->proto == 17) {
+		__be16 ports[2];
+		if (!bpf_skb_load_bytes(skb, l4, ports, sizeof(ports))) {
+			k->sport = ports[0];
+			k->dport = ports[1];
+		}
+	}
+	return 0;
+}
+
+/* End.AD learning: the per-interface cache (what the VNF's own new flows use) and the per-flow
+ * cache (what lets one interface serve several chains and both directions). */
+static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	__u64 age = cfg ? cfg->ad_age_ns : 0;
+	__u64 now = bpf_ktime_get_ns();
+	normalize_cached(o);
+	ad_learn(&sp_ad_cache, &ifindex, o, age, now);
+	struct flow_key k;
+	if (!flow_of(skb, ifindex, &k))
+		ad_learn(&sp_ad_flows, &k, o, age, now);
 }
 
 /* The outer flow label from the inner flow (RFC 6437 §3; RFC 8986 §5.1). */
@@ -221,7 +280,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 			return drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
-		ad_cache_store(sid->cache_ifindex, o);
+		ad_cache_store(skb, sid->cache_ifindex, o);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);
