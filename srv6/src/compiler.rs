@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use srv6pipes_crds::{Hop, Path, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
+use srv6pipes_crds::{FailurePolicy, Hop, Path, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
 
 use crate::selector;
 use crate::sid::{Locator, Sid};
@@ -64,7 +64,14 @@ pub struct HeadendPolicy {
     pub source_ip: IpAddr,
     /// Same family as `source_ip`; the inner packets are of that family.
     pub destination: IpNet,
+    /// The first path (every hop's first replica), in travel order.
     pub segments: Vec<Sid>,
+    /// Every hop's replicas, parallel to `segments`: the headend picks one per hop by flow hash.
+    #[serde(default)]
+    pub replicas: Vec<Vec<Sid>>,
+    /// failurePolicy Closed with a function that has no replica: drop (and count) the traffic.
+    #[serde(default)]
+    pub drop: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,22 +127,36 @@ pub struct ChainVerdict {
     pub message: String,
     pub hops: Vec<Hop>,
     pub paths: Vec<Path>,
+    /// Programmed, but not as asked (failurePolicy Open bypassing a function).
+    #[serde(default)]
+    pub degraded: Option<(Reason, String)>,
 }
 
 impl ChainVerdict {
     /// The resource status for this verdict: `Ready` with the reason, plus hops and paths.
     /// `now` stamps the condition (kept pure: the caller owns the clock).
     pub fn status(&self, generation: Option<i64>, now: Time) -> ServiceChainStatus {
-        ServiceChainStatus {
+        let mut conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: if self.ready { "True" } else { "False" }.into(),
+            reason: format!("{:?}", self.reason),
+            message: self.message.clone(),
+            last_transition_time: now.clone(),
             observed_generation: generation,
-            conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: if self.ready { "True" } else { "False" }.into(),
-                reason: format!("{:?}", self.reason),
-                message: self.message.clone(),
+        }];
+        if let Some((reason, message)) = &self.degraded {
+            conditions.push(Condition {
+                type_: "Degraded".into(),
+                status: "True".into(),
+                reason: format!("{reason:?}"),
+                message: message.clone(),
                 last_transition_time: now,
                 observed_generation: generation,
-            }],
+            });
+        }
+        ServiceChainStatus {
+            observed_generation: generation,
+            conditions,
             hops: self.hops.clone(),
             paths: self.paths.clone(),
         }
@@ -182,6 +203,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         message: String::new(),
         hops: Vec::new(),
         paths: Vec::new(),
+        degraded: None,
     };
     let fail = |mut v: ChainVerdict, reason, message: String| {
         v.reason = reason;
@@ -227,26 +249,17 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         Ok(pods)
     };
 
-    // Hops: every ready replica of every function that has a SID.
+    // Hops: every ready replica of every function that has a SID. A function with none is
+    // bypassed (failurePolicy Open) or drops the chain's traffic (Closed).
     let mut replica_sids: Vec<Vec<(Sid, &PodInfo, &SidRegistration)>> = Vec::new();
+    let mut missing: Vec<(Reason, String)> = Vec::new();
     for f in &c.spec.functions {
         let pods = match selected(&f.pod_selector) {
             Ok(p) => p,
             Err(m) => return fail(v, Reason::InvalidMatch, format!("function {}: {m}", f.name)),
         };
         let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
-        if ready.is_empty() {
-            return fail(v, Reason::NoReplicas, format!("function {} has no ready replica", f.name));
-        }
-        let mut sids = Vec::new();
-        for p in &ready {
-            if let Some(r) = registration_of(world, p) {
-                sids.push((r.sid, *p, r));
-            }
-        }
-        if sids.is_empty() {
-            return fail(v, Reason::SidPending, format!("function {}: no replica has a SID yet", f.name));
-        }
+        let sids: Vec<_> = ready.iter().filter_map(|p| registration_of(world, p).map(|r| (r.sid, *p, r))).collect();
         v.hops.push(Hop {
             function: f.name.clone(),
             replicas: sids
@@ -254,27 +267,39 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                 .map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() })
                 .collect(),
         });
-        replica_sids.push(sids);
+        match (ready.is_empty(), sids.is_empty()) {
+            (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
+            (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
+            _ => replica_sids.push(sids),
+        }
+    }
+    let closed = c.spec.failure_policy == FailurePolicy::Closed;
+    let dropping = closed && !missing.is_empty();
+    if !closed && replica_sids.is_empty() {
+        let (reason, m) = missing.swap_remove(0);
+        return fail(v, reason, format!("{m}; every function is bypassed (failurePolicy Open): nothing is steered"));
     }
 
     // Decapsulate at the node owning every destination prefix, else after the last function.
-    let last_node = &replica_sids.last().expect("functions is not empty")[0].1.node;
-    let decap_node = owner_of(world, &destinations).unwrap_or(last_node);
-    let Some(decap_locator) = world.nodes.iter().find(|n| &n.name == decap_node).map(|n| n.locator) else {
-        return fail(v, Reason::SidPending, format!("node {decap_node} has no locator"));
+    let last_node = replica_sids.last().map(|h| h[0].1.node.as_str());
+    let decap_node = owner_of(world, &destinations).map(String::as_str).or(last_node);
+    let decap = decap_node.and_then(|d| world.nodes.iter().find(|n| n.name == d)).map(|n| n.locator.decap_sid());
+    let (decap_node, decap) = match (decap_node, decap) {
+        (Some(n), Some(d)) => (n.to_string(), d),
+        _ if dropping => (String::new(), Sid(std::net::Ipv6Addr::UNSPECIFIED)),
+        (n, _) => return fail(v, Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?"))),
     };
-    let decap = decap_locator.decap_sid();
 
     // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
-    // every replica is used by at least one path.
-    let widest = replica_sids.iter().map(Vec::len).max().unwrap_or(1);
-    let paths: Vec<Vec<Sid>> = (0..widest)
-        .map(|i| replica_sids.iter().map(|h| h[i % h.len()].0).chain([decap]).collect())
-        .collect();
-    v.paths = paths
-        .iter()
-        .map(|p| Path { segments: p.iter().map(Sid::to_string).collect() })
-        .collect();
+    // every replica is used by at least one path. (The headend picks per hop by flow hash;
+    // these lists only show the choices.)
+    let per_hop: Vec<Vec<Sid>> =
+        replica_sids.iter().map(|h| h.iter().map(|r| r.0).collect()).chain([vec![decap]]).collect();
+    let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
+    let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
+    if !dropping {
+        v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
+    }
 
     let sources = match selected(&c.spec.sources.pod_selector) {
         Ok(p) => p,
@@ -299,7 +324,9 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                     source_pod: format!("{}/{}", src.namespace, src.name),
                     source_ip: ip,
                     destination: *dst,
-                    segments: paths[0].clone(),
+                    segments: if dropping { Vec::new() } else { paths[0].clone() },
+                    replicas: if dropping { Vec::new() } else { per_hop.clone() },
+                    drop: dropping,
                 });
                 headends += 1;
             }
@@ -321,11 +348,42 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             }
         }
     }
-    let t = tables.entry(decap_node.clone()).or_default();
+    if dropping {
+        let (reason, m) = missing.swap_remove(0);
+        return fail(v, reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)"));
+    }
+    let t = tables.entry(decap_node).or_default();
     t.decaps.push(SidUse { sid: decap, behavior: Behavior::EndDT46, chain: key.clone(), interface: None });
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
+    if let Some((reason, m)) = missing.into_iter().next() {
+        v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
+    }
     v
+}
+
+/// Slots of a hop's replica table: the headend picks slot (flow hash, hop) mod SLOTS.
+pub const REPLICA_SLOTS: usize = 64;
+
+/// Fills a hop's slot table by rendezvous hashing: each slot goes to the replica with the
+/// highest hash of (slot, hop, SID). Deterministic on every node, and when a replica leaves only
+/// its own slots move, so the other replicas' flows keep their replicas.
+pub fn replica_slots(hop: u32, replicas: &[Sid]) -> Vec<Sid> {
+    let weight = |slot: usize, sid: &Sid| -> u64 {
+        // FNV-1a 64 over (slot, hop, SID), then a final avalanche (splitmix64).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in (slot as u32).to_le_bytes().iter().chain(&hop.to_le_bytes()).chain(&sid.0.octets()) {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    };
+    (0..REPLICA_SLOTS)
+        .map(|slot| *replicas.iter().max_by_key(|sid| (weight(slot, sid), **sid)).expect("at least one replica"))
+        .collect()
 }
 
 fn parse_destinations(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
@@ -503,23 +561,73 @@ mod tests {
             w.registrations.push(reg("n2", "default", &format!("ids-{i}"), &format!("fcbb:bb00:2:e10{i}::")));
         }
         let s = spec(&["fd00:10:2::/64"]);
-        let v = &compile(&w, &[chain("web", &s)]).chains[0];
+        let out = compile(&w, &[chain("web", &s)]);
+        let v = &out.chains[0];
         assert_eq!(v.hops[1].replicas.len(), 3);
         assert_eq!(v.paths.len(), 3, "as many paths as the widest hop");
+        let h = &out.nodes["n1"].headends[0];
+        assert_eq!(h.replicas.iter().map(Vec::len).collect::<Vec<_>>(), [1, 3, 1], "per hop, no combinations");
         let used: std::collections::BTreeSet<_> = v.paths.iter().map(|p| p.segments[1].clone()).collect();
         assert_eq!(used.len(), 3, "every replica is on a path");
         assert!(v.paths.iter().all(|p| p.segments[0] == "fcbb:bb00:1:e001::"));
     }
 
     #[test]
-    fn degraded_reasons() {
+    fn failure_policy_closed_drops_and_open_bypasses() {
         let mut w = world();
         w.pods[3].ready = false;
         let s = spec(&["fd00:10:2::/64"]);
-        let v = &compile(&w, &[chain("web", &s)]).chains[0];
+        let out = compile(&w, &[chain("web", &s)]);
+        let v = &out.chains[0];
         assert_eq!((v.ready, v.reason), (false, Reason::NoReplicas));
+        assert!(v.message.contains("ids") && v.message.contains("dropped"), "{}", v.message);
+        let h = &out.nodes["n1"].headends;
+        assert_eq!(h.len(), 1);
+        assert!(h[0].drop && h[0].segments.is_empty(), "Closed: the headend drops, never leaks unsteered");
+        assert!(v.paths.is_empty());
 
+        let mut open = s.clone();
+        open.failure_policy = FailurePolicy::Open;
+        let out = compile(&w, &[chain("web", &open)]);
+        let v = &out.chains[0];
+        assert!(v.ready, "{v:?}");
+        assert_eq!(v.degraded.as_ref().map(|d| d.0), Some(Reason::NoReplicas));
+        let h = &out.nodes["n1"].headends[0];
+        assert!(!h.drop);
+        assert_eq!(h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"], "ids bypassed");
+        let st = v.status(None, Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(st.conditions[1].type_, "Degraded");
+
+        let mut none = world();
+        none.pods[2].ready = false;
+        none.pods[3].ready = false;
+        let v = &compile(&none, &[chain("web", &open)]).chains[0];
+        assert!(!v.ready && v.message.contains("every function is bypassed"), "{v:?}");
+    }
+
+    #[test]
+    fn replica_slots_spread_and_stay_put() {
+        let sids: Vec<Sid> = (1..=3).map(|i| Sid(format!("fcbb:bb00:2:e00{i}::").parse().unwrap())).collect();
+        let slots = replica_slots(0, &sids);
+        assert_eq!(slots.len(), REPLICA_SLOTS);
+        for sid in &sids {
+            let n = slots.iter().filter(|s| *s == sid).count();
+            assert!((12..=30).contains(&n), "{sid} has {n} of 64 slots");
+        }
+        assert_ne!(replica_slots(1, &sids), slots, "each hop hashes differently");
+        let fewer = replica_slots(0, &sids[..2]);
+        for (a, b) in slots.iter().zip(&fewer) {
+            if *a != sids[2] {
+                assert_eq!(a, b, "a slot of a remaining replica never moves");
+            }
+        }
+        assert_eq!(replica_slots(0, &sids), slots, "deterministic");
+    }
+
+    #[test]
+    fn degraded_reasons() {
         let mut w = world();
+        let s = spec(&["fd00:10:2::/64"]);
         w.registrations.remove(1);
         let v = &compile(&w, &[chain("web", &s)]).chains[0];
         assert_eq!(v.reason, Reason::SidPending);
