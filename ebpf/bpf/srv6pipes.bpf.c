@@ -184,6 +184,41 @@ int sp_vnf(struct __sk_buff *skb)
 	return steer(skb, o, 0);
 }
 
+/* Per hop with several replicas, the flow hash picks one (the same for every packet of the flow;
+ * a replica that leaves only moves the flows it had: the slots are rendezvous-hashed). */
+static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, struct outer_hdr *o)
+{
+	__u32 mask = o->pad & SP_POLICY_HOPS_MASK;
+	if (!mask)
+		return 0;
+	__u32 hash = bpf_get_hash_recalc(skb);
+	__u8 last = o->bytes[OFF_LAST];
+	if (last >= SP_MAX_SEGS)
+		return -1;
+#pragma unroll
+	for (__u32 i = 0; i < SP_MAX_SEGS; i++) {
+		if (!(mask & (1u << i)) || i > last)
+			continue;
+		struct hop_key k = {.policy = policy, .hop = i};
+		struct hop_slots *t = bpf_map_lookup_elem(&sp_hop_slots, &k);
+		if (!t)
+			return -1;
+		__u32 x = hash ^ (i * 0x9e3779b9u);
+		x ^= x >> 16;
+		x *= 0x85ebca6bu;
+		x ^= x >> 13;
+		__u32 slot = x & (SP_REPLICA_SLOTS - 1);
+		/* Segment List is in reverse order: hop i is entry last - i. */
+		__u32 off = OFF_SEGS + 16 * ((__u32)last - i);
+		if (off + 16 > SP_MAX_HDR)
+			return -1;
+		__builtin_memcpy(&o->bytes[off], t->sids[slot], 16);
+		if (i == 0)
+			__builtin_memcpy(&o->bytes[OFF_DST], t->sids[slot], 16);
+	}
+	return 0;
+}
+
 /* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
@@ -224,9 +259,16 @@ int sp_headend(struct __sk_buff *skb)
 	if (!o)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, pol, sizeof(*o));
-	set_len_and_flow(skb, o);
 	__u32 len = skb->len;
-	int verdict = steer(skb, o, 0);
+	int verdict;
+	if (o->pad & SP_POLICY_DROP)
+		verdict = drop(SP_DROP_NO_REPLICA);
+	else if (pick_replicas(skb, *id, o))
+		verdict = drop(SP_DROP_MALFORMED);
+	else {
+		set_len_and_flow(skb, o);
+		verdict = steer(skb, o, 0);
+	}
 	count(bpf_map_lookup_elem(&sp_policy_stats, id), len, verdict == TC_ACT_SHOT);
 	return verdict;
 }

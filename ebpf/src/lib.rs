@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{DropReason, HeadendKey, HeadendKey4, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{DropReason, HeadendKey, HeadendKey4, HopKey, HopSlots, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -289,20 +289,41 @@ impl Datapath {
         }
     }
 
-    pub fn set_policy(&mut self, id: u32, header: &[u8]) -> Result<()> {
-        let hdr = OuterHdr::new(header).ok_or_else(|| {
+    /// A headend policy: its H.Encaps header template and flags (`POLICY_DROP`, and bit i for
+    /// each hop i whose replica is picked per flow from `set_hop_slots`).
+    pub fn set_policy(&mut self, id: u32, header: &[u8], flags: u32) -> Result<()> {
+        let mut hdr = OuterHdr::new(header).ok_or_else(|| {
             DatapathError::Invalid(format!("policy {id}: header of {} bytes exceeds {MAX_HDR}", header.len()))
         })?;
+        hdr.pad = flags;
         self.ensure_stats("sp_policy_stats", id)?;
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_policies")?;
         m.insert(id, hdr, 0).map_err(|source| DatapathError::Map { map: "sp_policies", source })
+    }
+
+    /// A hop's replica table (`REPLICA_SLOTS` SIDs) for a policy.
+    pub fn set_hop_slots(&mut self, policy: u32, hop: u32, slots: &[Ipv6Addr]) -> Result<()> {
+        if slots.len() != REPLICA_SLOTS {
+            return Err(DatapathError::Invalid(format!("policy {policy} hop {hop}: {} slots, not {REPLICA_SLOTS}", slots.len())));
+        }
+        let mut v = HopSlots { sids: [[0; 16]; REPLICA_SLOTS] };
+        for (dst, sid) in v.sids.iter_mut().zip(slots) {
+            *dst = sid.octets();
+        }
+        let mut m: HashMap<&mut MapData, HopKey, HopSlots> = self.typed("sp_hop_slots")?;
+        m.insert(HopKey { policy, hop }, v, 0).map_err(|source| DatapathError::Map { map: "sp_hop_slots", source })
     }
 
     pub fn remove_policy(&mut self, id: u32) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_policies")?;
         ignore_missing(m.remove(&id), "sp_policies")?;
         let mut stats: PerCpuHashMap<&mut MapData, u32, SidStats> = self.typed("sp_policy_stats")?;
-        ignore_missing(stats.remove(&id), "sp_policy_stats")
+        ignore_missing(stats.remove(&id), "sp_policy_stats")?;
+        let mut slots: HashMap<&mut MapData, HopKey, HopSlots> = self.typed("sp_hop_slots")?;
+        for hop in 0..MAX_SEGS as u32 {
+            ignore_missing(slots.remove(&HopKey { policy: id, hop }), "sp_hop_slots")?;
+        }
+        Ok(())
     }
 
     pub fn set_headend_rule(&mut self, ifindex: u32, dst: ipnet::IpNet, policy: u32) -> Result<()> {

@@ -6,6 +6,11 @@ pub const MAX_SEGS: usize = 8;
 /// `SP_MAX_HDR`: IPv6 header + SRH with `MAX_SEGS` segments.
 pub const MAX_HDR: usize = 40 + 8 + 16 * MAX_SEGS;
 
+/// `SP_POLICY_DROP`: the headend drops the policy's traffic (failurePolicy Closed).
+pub const POLICY_DROP: u32 = 1 << 31;
+/// `SP_REPLICA_SLOTS`: slots of a hop's replica table.
+pub const REPLICA_SLOTS: usize = 64;
+
 pub const BEHAVIOR_END_AD: u32 = 1;
 pub const BEHAVIOR_END_DT46: u32 = 2;
 
@@ -60,6 +65,19 @@ pub struct HeadendKey4 {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopKey {
+    pub policy: u32,
+    pub hop: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSlots {
+    pub sids: [[u8; 16]; REPLICA_SLOTS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SidStats {
     pub packets: u64,
     pub bytes: u64,
@@ -82,6 +100,8 @@ unsafe impl aya::Pod for SidEntry {}
 unsafe impl aya::Pod for OuterHdr {}
 unsafe impl aya::Pod for HeadendKey {}
 unsafe impl aya::Pod for HeadendKey4 {}
+unsafe impl aya::Pod for HopKey {}
+unsafe impl aya::Pod for HopSlots {}
 unsafe impl aya::Pod for SidStats {}
 unsafe impl aya::Pod for NodeConfig {}
 
@@ -103,10 +123,11 @@ pub enum DropReason {
     Adjust,
     TooManySegs,
     ClosedDomain,
+    NoReplica,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -121,6 +142,7 @@ impl DropReason {
         Self::Adjust,
         Self::TooManySegs,
         Self::ClosedDomain,
+        Self::NoReplica,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -140,6 +162,7 @@ impl DropReason {
             Self::Adjust => "adjust",
             Self::TooManySegs => "too_many_segs",
             Self::ClosedDomain => "closed_domain",
+            Self::NoReplica => "no_replica",
         }
     }
 }
@@ -153,6 +176,9 @@ mod tests {
     fn constants_match_the_c_header() {
         let h = include_str!("../bpf/lib/common.h");
         assert!(h.contains(&format!("#define SP_MAX_SEGS {MAX_SEGS}")));
+        assert!(h.contains(&format!("#define SP_REPLICA_SLOTS {REPLICA_SLOTS}")));
+        assert_eq!(REPLICA_SLOTS, srv6::compiler::REPLICA_SLOTS);
+        assert!(h.contains("#define SP_POLICY_DROP (1u << 31)") && POLICY_DROP == 1 << 31);
         assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
         assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, NEXT_HEADER_IPV6};
+use srv6::sid::Sid;
 use srv6pipes_ebpf::{Datapath, DropReason, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 
 const TC_ACT_OK: i32 = 0;
@@ -348,7 +349,7 @@ fn headend_encapsulates_matching_traffic_and_leaves_the_rest() {
     let Some(mut b) = Bench::new() else { return };
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
     let hdr = encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap();
-    b.dp.set_policy(1, &hdr).unwrap();
+    b.dp.set_policy(1, &hdr, 0).unwrap();
     b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 1).unwrap();
     let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
     let inner_pkt = inner(INNER_SRC, INNER_DST);
@@ -375,7 +376,7 @@ fn headend_encapsulates_matching_traffic_and_leaves_the_rest() {
     // into the VNF and the cache holds the header after End.
     let local = [a("fcbb:bb00:1:e001::"), a("fcbb:bb00:2:d6::")];
     let hdr = encaps_header(a("fcbb:bb00:1::1"), &local, NEXT_HEADER_IPV6, 64).unwrap();
-    b.dp.set_policy(2, &hdr).unwrap();
+    b.dp.set_policy(2, &hdr, 0).unwrap();
     b.dp.set_headend_rule(b.src, "fd00:20::5/128".parse().unwrap(), 2).unwrap();
     let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -431,7 +432,7 @@ fn ipv4_inner_through_every_behaviour() {
     assert_eq!(out, [eth(HOST_MAC, PEER_MAC, 0x0800), v4.clone()].concat());
     // Headend: an IPv4 rule and a next-header-4 policy.
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
-    b.dp.set_policy(7, &encaps_header(a("fcbb:bb00:1::1"), &path, 4, 64).unwrap()).unwrap();
+    b.dp.set_policy(7, &encaps_header(a("fcbb:bb00:1::1"), &path, 4, 64).unwrap(), 0).unwrap();
     b.dp.set_headend_rule(b.src, "10.20.0.0/16".parse().unwrap(), 7).unwrap();
     let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x0800), v4.clone()].concat();
     let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
@@ -497,7 +498,7 @@ fn ten_thousand_sids_and_a_thousand_chains() {
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
     for i in 0..1_000u32 {
         let hdr = encaps_header(a("fcbb:bb00:1::1"), &[a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), path[1]], NEXT_HEADER_IPV6, 64).unwrap();
-        b.dp.set_policy(i + 1, &hdr).unwrap();
+        b.dp.set_policy(i + 1, &hdr, 0).unwrap();
         b.dp.set_headend_rule(b.src, format!("fd00:{:x}::/32", 0x1000 + i).parse().unwrap(), i + 1).unwrap();
     }
     for i in [0u32, 999] {
@@ -541,4 +542,46 @@ fn end_ad_per_flow_cache_serves_several_chains_on_one_interface() {
     b.dp.remove_ad_cache(b.vnf).unwrap();
     assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 0);
     b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat(), DropReason::NoCache);
+}
+
+/// Replicas: the headend picks one per hop by flow hash from the hop's slot table — the same
+/// for every packet of a flow, spread over flows; a Closed policy drops and counts.
+#[test]
+fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
+    let Some(mut b) = Bench::new() else { return };
+    let replicas: Vec<Sid> = (1..=3).map(|i| Sid(a(&format!("fcbb:bb00:2:e00{i}::")))).collect();
+    let decap = a("fcbb:bb00:2:d6::");
+    let hdr = encaps_header(a("fcbb:bb00:1::1"), &[replicas[0].0, decap], NEXT_HEADER_IPV6, 64).unwrap();
+    let slots: Vec<Ipv6Addr> = srv6::compiler::replica_slots(0, &replicas).iter().map(|s| s.0).collect();
+    b.dp.set_hop_slots(3, 0, &slots).unwrap();
+    b.dp.set_policy(3, &hdr, 1 << 0).unwrap();
+    b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 3).unwrap();
+    let chosen = |b: &Bench, sport: u16| -> Ipv6Addr {
+        let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
+        let mut i = inner(INNER_SRC, INNER_DST);
+        i[40..42].copy_from_slice(&sport.to_be_bytes());
+        // The kernel's flow hash stops at a non-zero IPv6 flow label (as a sending stack sets one
+        // per socket): give each flow its own label, as such a stack would.
+        i[2..4].copy_from_slice(&sport.to_be_bytes());
+        pkt.extend_from_slice(&i);
+        let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (ip, srh, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+        assert_eq!(srh.segments[1], ip.dst, "the SRH's first segment is the chosen replica");
+        assert_eq!(srh.segments[0], decap);
+        ip.dst
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 1000..1060 {
+        let first = chosen(&b, sport);
+        assert_eq!(chosen(&b, sport), first, "a flow keeps its replica");
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "60 flows spread over all three replicas: {seen:?}");
+    // failurePolicy Closed with a function down: dropped, counted, never sent unsteered.
+    b.dp.set_policy(4, &[], srv6pipes_ebpf::POLICY_DROP).unwrap();
+    b.dp.set_headend_rule(b.src, "fd00:20::5/128".parse().unwrap(), 4).unwrap();
+    let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), inner(INNER_SRC, INNER_DST)].concat();
+    b.expect_drop(Hook::Headend, b.src, &pkt, DropReason::NoReplica);
+    assert_eq!(b.dp.policy_stats(4).unwrap().drops, 1);
 }

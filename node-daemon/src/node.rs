@@ -11,7 +11,8 @@ use nix::net::if_::{if_indextoname, if_nametoindex};
 use srv6::compiler::SidRegistration;
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
+use srv6::compiler::replica_slots;
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, POLICY_DROP};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -295,13 +296,18 @@ impl Node {
                 bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
-            let key = PolicyKey { chain: h.chain.clone(), segments: h.segments.clone(), inner };
+            let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
+            let key = PolicyKey { chain: h.chain.clone(), replicas, inner, drop: h.drop };
             let id = match headers.get(&key) {
                 Some((id, _)) => *id,
                 None => {
-                    let path: Vec<Ipv6Addr> = h.segments.iter().map(|s| s.0).collect();
-                    let header = srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
-                        .with_context(|| format!("chain {}: segment list", h.chain))?;
+                    let header = if h.drop {
+                        Vec::new()
+                    } else {
+                        let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
+                        srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
+                            .with_context(|| format!("chain {}: segment list", h.chain))?
+                    };
                     let used: BTreeSet<u32> = known.values().chain(headers.values().map(|(i, _)| i)).copied().collect();
                     let id = known.get(&key).copied().unwrap_or_else(|| (1..).find(|i| !used.contains(i)).expect("ids left"));
                     headers.insert(key, (id, header));
@@ -331,8 +337,15 @@ impl Node {
         let peers: BTreeMap<Ipv6Net, Ipv6Addr> = p.peers.iter().map(|peer| (peer.locator.prefix(), peer.underlay)).collect();
 
         // Add and update first, then remove what is no longer wanted.
-        for (id, header) in headers.values() {
-            self.datapath.set_policy(*id, header)?;
+        for (key, (id, header)) in &headers {
+            // Hop tables first, so a policy never points at a table that is not there yet.
+            let mut flags = if key.drop { POLICY_DROP } else { 0 };
+            for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
+                let slots: Vec<Ipv6Addr> = replica_slots(hop as u32, replicas).iter().map(|s| s.0).collect();
+                self.datapath.set_hop_slots(*id, hop as u32, &slots)?;
+                flags |= 1 << hop;
+            }
+            self.datapath.set_policy(*id, header, flags)?;
         }
         for ((oif, dst), id) in &rules {
             self.datapath.set_headend_rule(*oif, *dst, *id)?;

@@ -27,12 +27,14 @@ impl Registration {
     }
 }
 
-/// A headend policy: one per chain, segment list and inner family (the SRH's next header).
+/// A headend policy: one per chain, replicas per hop, inner family (the SRH's next header) and
+/// whether it drops (failurePolicy Closed).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyKey {
     pub chain: String,
-    pub segments: Vec<Sid>,
+    pub replicas: Vec<Vec<Sid>>,
     pub inner: u8,
+    pub drop: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

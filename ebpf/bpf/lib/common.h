@@ -60,6 +60,7 @@ enum sp_drop {
 	SP_DROP_ADJUST,            /* the kernel refused to grow/shrink the packet */
 	SP_DROP_TOO_MANY_SEGS,     /* SRH longer than SP_MAX_SEGS */
 	SP_DROP_CLOSED_DOMAIN,     /* a pod sent to the locator block or with a routing header */
+	SP_DROP_NO_REPLICA,        /* a function of the chain has no replica (failurePolicy Closed) */
 	SP_DROP_MAX,
 };
 
@@ -102,6 +103,21 @@ struct headend_key4 {
 	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
 	__u32 ifindex;
 	__u8 daddr[4];
+};
+
+/* Policy flags, in outer_hdr.pad of sp_policies entries. */
+#define SP_POLICY_DROP (1u << 31)       /* failurePolicy Closed and a function has no replica */
+#define SP_POLICY_HOPS_MASK 0xffu       /* bit i: hop i picks a replica from sp_hop_slots */
+#define SP_REPLICA_SLOTS 64
+
+struct hop_key {
+	__u32 policy;
+	__u32 hop;
+};
+
+/* A hop's replicas spread over slots (rendezvous hashing in the control plane). */
+struct hop_slots {
+	__u8 sids[SP_REPLICA_SLOTS][16];
 };
 
 struct sid_stats {

@@ -65,6 +65,14 @@ struct {
 	SP_PINNED;
 } sp_sid_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct hop_key);
+	__type(value, struct hop_slots);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_hop_slots SEC(".maps");
+
 /* Per headend policy (one per chain, segment list and family): what the headend steered. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
