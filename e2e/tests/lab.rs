@@ -512,3 +512,72 @@ fn stats_trace_and_metrics_show_the_traffic() {
     assert!(value("srv6pipes_sid_packets_total{node=\"n1\",sid=\"fcbb:bb00:1:e001::\",behavior=\"End.AD\",pod=\"default/firewall\"") >= 5);
     assert!(value("srv6pipes_drops_total{node=\"n1\",reason=\"closed_domain\"}") >= 1);
 }
+
+/// Two ids replicas: flows spread over both, a flow stays on its replica; with the ids down,
+/// failurePolicy Closed drops the chain's traffic (counted, never delivered unsteered) and Open
+/// bypasses the ids (Degraded).
+#[test]
+fn replicas_by_flow_hash_and_failure_policies() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("repl");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let ids_doc = text.split("---\n").find(|d| d.contains("name: ids\n")).unwrap().to_string();
+    let with_b = text.replacen(&ids_doc, &format!("{ids_doc}---\n{}", ids_doc.replace("name: ids\n", "name: ids-b\n")), 1);
+    let file = lab.state.with_extension("yaml");
+    std::fs::write(&file, &with_b).unwrap();
+    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    for pod in ["ids", "ids-b"] {
+        wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"]).status.success());
+    }
+    let st = lab.status();
+    assert_eq!(st["chains"][0]["status"]["hops"][1]["replicas"].as_array().unwrap().len(), 2);
+    let server6 = pod_ip(&st, "server", true);
+    let per_replica = || -> Vec<u64> {
+        let st = lab.status();
+        ["default/ids", "default/ids-b"]
+            .iter()
+            .map(|p| st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == *p).unwrap()["packets"].as_u64().unwrap())
+            .collect()
+    };
+    let seqflow = target_dir().join("seqflow");
+    let to = format!("[{server6}]:9000");
+    let send = |flows: &str| {
+        let out = lab.exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "2000", "--seconds", "0.5", "--flows", flows]);
+        assert!(out.status.success());
+    };
+    send("32");
+    let spread = per_replica();
+    assert!(spread.iter().all(|n| *n >= 50), "32 flows use both replicas: {spread:?}");
+    send("1");
+    let after = per_replica();
+    let moved: Vec<u64> = after.iter().zip(&spread).map(|(a, b)| a - b).collect();
+    assert!(moved.contains(&0) && moved.iter().sum::<u64>() == 1000, "one flow, one replica: {moved:?}");
+
+    // Both ids replicas go down; the chain is recompiled (lab apply) under each failurePolicy.
+    for p in st["pods"].as_array().unwrap().iter().filter(|p| p["name"].as_str().unwrap().starts_with("ids")) {
+        Command::new("kill").args(["-9", &p["pid"].to_string()]).status().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let chain_doc = with_b.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap().to_string();
+    let apply = |policy: &str| {
+        let doc = chain_doc.replace("  functions:", &format!("  failurePolicy: {policy}\n  functions:"));
+        std::fs::write(&file, doc).unwrap();
+        lab.run(&["apply", "-f", file.to_str().unwrap()])
+    };
+    let closed = apply("Closed");
+    assert!(!closed.status.success(), "a chain that drops is not Ready");
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("NoReplicas"));
+    assert!(!ping(&lab, "client", &server6, 2), "Closed: dropped, not delivered around the ids");
+    assert!(lab.status()["drops"]["n1"]["no_replica"].as_u64().unwrap() >= 2);
+    let open = apply("Open");
+    assert!(open.status.success(), "{}", String::from_utf8_lossy(&open.stderr));
+    let st = lab.status();
+    let conds = &st["chains"][0]["status"]["conditions"];
+    assert_eq!((conds[0]["status"].as_str(), conds[1]["type"].as_str()), (Some("True"), Some("Degraded")), "{conds}");
+    let fw_before = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["packets"].as_u64().unwrap();
+    assert!(ping(&lab, "client", &server6, 3), "Open: the ids is bypassed");
+    let fw_after = lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["packets"].as_u64().unwrap();
+    assert!(fw_after >= fw_before + 3, "still through the firewall");
+    let _ = std::fs::remove_file(&file);
+}

@@ -656,6 +656,7 @@ fn status_json(st: &LabState) -> Value {
             "namespace": p.namespace, "name": p.name, "node": p.node,
             "ips": p.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
             "chainInterfaces": p.chain_ifaces,
+            "pid": p.pid,
             "running": p.pid.is_some_and(sys::alive),
         })).collect::<Vec<_>>(),
         "sids": sid_rows(st, &live),

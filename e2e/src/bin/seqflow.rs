@@ -1,6 +1,6 @@
 //! seqflow: a sequenced UDP stream for loss and reordering tests.
 //!
-//!   seqflow send --to ADDR:PORT --rate PPS --seconds S     -> {"sent": N}
+//!   seqflow send --to ADDR:PORT --rate PPS --seconds S [--flows N]   -> {"sent": N}
 //!   seqflow recv --bind ADDR:PORT [--idle-exit S]          -> {"received", "lost", "reordered", "duplicates", "highest"}
 //!
 //! Each datagram carries a big-endian u64 sequence number from 0. The receiver exits after
@@ -25,9 +25,11 @@ fn send(args: &[String]) {
     let to: SocketAddr = required(args, "--to").parse().expect("--to ADDR:PORT");
     let rate: f64 = required(args, "--rate").parse().expect("--rate PPS");
     let seconds: f64 = required(args, "--seconds").parse().expect("--seconds S");
+    let flows: usize = arg(args, "--flows").map(|s| s.parse().expect("--flows N")).unwrap_or(1);
     let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
-    let sock = UdpSocket::bind(bind).expect("bind");
-    sock.connect(to).expect("connect");
+    // One socket (source port) per flow; datagrams go round-robin over them. Unconnected, so
+    // an ICMP port unreachable (no receiver) does not fail later sends.
+    let socks: Vec<UdpSocket> = (0..flows.max(1)).map(|_| UdpSocket::bind(bind).expect("bind")).collect();
     let total = (rate * seconds) as u64;
     let gap = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
@@ -44,7 +46,7 @@ fn send(args: &[String]) {
             std::hint::spin_loop();
         }
         buf[..8].copy_from_slice(&sent.to_be_bytes());
-        match sock.send(&buf) {
+        match socks[sent as usize % socks.len()].send_to(&buf, to) {
             Ok(_) => sent += 1,
             // A full socket buffer is back-pressure, not loss on the path: retry.
             Err(e) if e.raw_os_error() == Some(libc_enobufs()) => std::thread::yield_now(),
