@@ -2,6 +2,7 @@
 //! (RFC 8986 LOC:FUNCT:ARG), label selectors and the pure chain compiler, plus the wire types of
 //! the node daemon's API (shared by the CNI plugin, the lab and the daemon).
 
+pub mod classifier;
 pub mod codec;
 pub mod compiler;
 pub mod node_api;

@@ -1,0 +1,258 @@
+//! The headend classifier, compiled (pure): rules of several chains on one source interface in,
+//! lookup tables out, so that per packet the cost is two longest-prefix matches whatever the
+//! number of chains (no per-chain scan).
+//!
+//! Stage 1 maps the destination address (LPM over every rule's prefix) to a *class*: the set of
+//! rules whose prefix contains that address, already ordered by priority (higher first), then
+//! by the more specific prefix. Stage 2 maps (class, protocol, destination port) to a policy
+//! (LPM: a port range is split into aligned port blocks; "any port" and "any protocol" are
+//! shorter prefixes). Within a class, a rule's entry is only added where no earlier (higher
+//! priority or more specific) rule covers it, so the LPM's "longest wins" never overrides
+//! priority. Fragments carry no ports (after the first): they are classified by (class,
+//! protocol) alone, to the first rule matching addresses and protocol, so fragmentation cannot
+//! bypass a function.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// One chain's rule for one source address and destination prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub source_ip: IpAddr,
+    pub destination: IpNet,
+    /// IP protocol number; None = any.
+    pub proto: Option<u8>,
+    /// Destination port ranges (inclusive); empty = any port.
+    pub ports: Vec<(u16, u16)>,
+    pub priority: i32,
+    /// Caller's reference (e.g. the policy the rule steers into).
+    pub target: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassEntry {
+    pub source_ip: IpAddr,
+    pub destination: IpNet,
+    pub class: u32,
+}
+
+/// A stage-2 entry: `proto` None matches any protocol (and then any port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4Entry {
+    pub class: u32,
+    pub proto: Option<u8>,
+    /// Port block `port/port_len` (port_len 0 = any port).
+    pub port: u16,
+    pub port_len: u8,
+    pub target: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragEntry {
+    pub class: u32,
+    pub proto: Option<u8>,
+    pub target: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub classes: Vec<ClassEntry>,
+    pub l4: Vec<L4Entry>,
+    pub frags: Vec<FragEntry>,
+}
+
+/// Splits an inclusive port range into aligned blocks (value, prefix length).
+pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    while lo <= hi {
+        let mut size = if lo == 0 { 1 << 16 } else { 1u32 << lo.trailing_zeros().min(16) };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
+        lo += size;
+    }
+    out
+}
+
+fn block_contains(outer: (u16, u8), inner: (u16, u8)) -> bool {
+    if outer.1 > inner.1 {
+        return false;
+    }
+    let mask = if outer.1 == 0 { 0 } else { u16::MAX << (16 - outer.1) };
+    outer.0 & mask == inner.0 & mask
+}
+
+/// Builds the tables for all rules of one node. Classes are numbered from 1.
+pub fn build(rules: &[Rule]) -> Tables {
+    let mut t = Tables::default();
+    let mut by_source: BTreeMap<IpAddr, Vec<&Rule>> = BTreeMap::new();
+    for r in rules {
+        by_source.entry(r.source_ip).or_default().push(r);
+    }
+    let mut next_class = 1u32;
+    for (source_ip, rules) in by_source {
+        let mut prefixes: Vec<IpNet> = rules.iter().map(|r| r.destination.trunc()).collect();
+        prefixes.sort();
+        prefixes.dedup();
+        for p in prefixes {
+            let mut candidates: Vec<&&Rule> = rules.iter().filter(|r| r.destination.contains(&p)).collect();
+            // Stable: among equals, the caller's order decides.
+            candidates.sort_by(|a, b| {
+                b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len()))
+            });
+            let class = next_class;
+            next_class += 1;
+            t.classes.push(ClassEntry { source_ip, destination: p, class });
+            let mut l4: Vec<L4Entry> = Vec::new();
+            for r in &candidates {
+                let wanted: Vec<(Option<u8>, Option<(u16, u8)>)> = match (r.proto, r.ports.is_empty()) {
+                    (p, true) => vec![(p, None)],
+                    // Ports mean TCP or UDP: "any protocol" with ports is both.
+                    (p, false) => {
+                        let protos = p.map_or(vec![6, 17], |p| vec![p]);
+                        let blocks: Vec<(u16, u8)> = r.ports.iter().flat_map(|&(lo, hi)| port_blocks(lo, hi)).collect();
+                        protos.into_iter().flat_map(|p| blocks.iter().map(move |b| (Some(p), Some(*b)))).collect()
+                    }
+                };
+                for (proto, block) in wanted {
+                    let covered = l4.iter().any(|e| match (e.proto, proto, block) {
+                        (None, _, _) => true,
+                        (Some(_), None, _) => false,
+                        (Some(ep), Some(p), _) if ep != p => false,
+                        (Some(_), Some(_), None) => e.port_len == 0,
+                        (Some(_), Some(_), Some(b)) => block_contains((e.port, e.port_len), b),
+                    });
+                    if !covered {
+                        let (port, port_len) = block.unwrap_or((0, 0));
+                        l4.push(L4Entry { class, proto, port, port_len, target: r.target });
+                    }
+                }
+                let frag_covered = t.frags.iter().any(|f| f.class == class && (f.proto.is_none() || f.proto == r.proto));
+                if !frag_covered {
+                    let protos: Vec<Option<u8>> = match (r.proto, r.ports.is_empty()) {
+                        (None, false) => vec![Some(6), Some(17)],
+                        (p, _) => vec![p],
+                    };
+                    for proto in protos {
+                        if !t.frags.iter().any(|f| f.class == class && f.proto == proto) {
+                            t.frags.push(FragEntry { class, proto, target: r.target });
+                        }
+                    }
+                }
+            }
+            t.l4.extend(l4);
+        }
+    }
+    t
+}
+
+/// What the tables decide for a packet (the datapath's lookup, for tests and `trace`).
+pub fn lookup(t: &Tables, source_ip: IpAddr, dst: IpAddr, proto: u8, dport: Option<u16>) -> Option<usize> {
+    let class = t
+        .classes
+        .iter()
+        .filter(|c| c.source_ip == source_ip && c.destination.contains(&dst))
+        .max_by_key(|c| c.destination.prefix_len())?
+        .class;
+    match dport {
+        None => t
+            .frags
+            .iter()
+            .find(|f| f.class == class && f.proto == Some(proto))
+            .or_else(|| t.frags.iter().find(|f| f.class == class && f.proto.is_none()))
+            .map(|f| f.target),
+        Some(port) => t
+            .l4
+            .iter()
+            .filter(|e| e.class == class && (e.proto.is_none() || e.proto == Some(proto)))
+            .filter(|e| e.proto.is_none() || block_contains((e.port, e.port_len), (port, 16)))
+            .max_by_key(|e| if e.proto.is_none() { 0 } else { 8 + e.port_len as u32 })
+            .map(|e| e.target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(dst: &str, proto: Option<u8>, ports: &[(u16, u16)], priority: i32, target: usize) -> Rule {
+        Rule { source_ip: "fd00::2".parse().unwrap(), destination: dst.parse().unwrap(), proto, ports: ports.to_vec(), priority, target }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn port_ranges_split_into_aligned_blocks() {
+        assert_eq!(port_blocks(80, 80), [(80, 16)]);
+        let blocks = port_blocks(8000, 8080);
+        let covered: u32 = blocks.iter().map(|(_, l)| 1u32 << (16 - l)).sum();
+        assert_eq!(covered, 81);
+        for p in 8000..=8080 {
+            assert!(blocks.iter().any(|b| block_contains(*b, (p, 16))), "{p}");
+        }
+        assert!(!blocks.iter().any(|b| block_contains(*b, (7999, 16)) || block_contains(*b, (8081, 16))));
+        assert_eq!(port_blocks(0, 65535), [(0, 0)]);
+        assert!(port_blocks(1, 65535).len() <= 16);
+    }
+
+    #[test]
+    fn priority_then_specificity_with_no_per_chain_scan() {
+        let rules = [
+            rule("fd00:20::/64", Some(6), &[(80, 80)], 0, 1),    // web, low priority
+            rule("fd00:20::/48", None, &[], 10, 2),              // everything, high priority
+            rule("fd00:20::5/128", Some(17), &[(53, 53)], 0, 3), // dns to one host
+            rule("fd00:30::/64", Some(6), &[(8000, 8080)], 0, 4),
+            rule("fd00:30::/64", Some(6), &[], 0, 5),
+        ];
+        let t = build(&rules);
+        let s = ip("fd00::2");
+        assert_eq!(lookup(&t, s, ip("fd00:20::9"), 6, Some(80)), Some(2), "higher priority wins over more specific");
+        assert_eq!(lookup(&t, s, ip("fd00:20::5"), 17, Some(53)), Some(2));
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some(8080)), Some(4), "port range");
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some(8081)), Some(5), "then any port");
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 17, Some(8080)), None, "protocol");
+        assert_eq!(lookup(&t, s, ip("fd00:40::1"), 6, Some(80)), None);
+        assert_eq!(lookup(&t, ip("fd00::3"), ip("fd00:20::9"), 6, Some(80)), None, "another source");
+        assert_eq!(t.classes.len(), 4);
+    }
+
+    #[test]
+    fn equal_priority_prefers_the_more_specific_match() {
+        let rules = [rule("fd00:20::/48", Some(6), &[], 0, 1), rule("fd00:20::/64", Some(6), &[(443, 443)], 0, 2)];
+        let t = build(&rules);
+        let s = ip("fd00::2");
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(443)), Some(2));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(22)), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20:0:1::1"), 6, Some(443)), Some(1));
+    }
+
+    #[test]
+    fn fragments_follow_addresses_and_protocol() {
+        let rules = [rule("10.20.0.0/16", Some(17), &[(53, 53)], 0, 7), rule("10.20.0.0/16", Some(6), &[(443, 443)], 5, 8)];
+        let mut rules = rules.to_vec();
+        for r in &mut rules {
+            r.source_ip = ip("10.10.1.2");
+        }
+        let t = build(&rules);
+        let s = ip("10.10.1.2");
+        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 17, None), Some(7), "a UDP fragment of the DNS chain's addresses");
+        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 6, None), Some(8));
+        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 1, None), None, "another protocol is not steered");
+        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 17, Some(54)), None, "unfragmented: ports count");
+    }
+
+    #[test]
+    fn any_protocol_with_ports_means_tcp_and_udp() {
+        let t = build(&[rule("fd00:20::/64", None, &[(5000, 5001)], 0, 1)]);
+        let s = ip("fd00::2");
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(5001)), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 17, Some(5000)), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 132, Some(5000)), None);
+    }
+}
