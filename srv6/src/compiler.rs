@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use srv6pipes_crds::{FailurePolicy, Hop, Path, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
+use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
 
 use crate::selector;
 use crate::sid::{Locator, Sid};
@@ -72,6 +72,14 @@ pub struct HeadendPolicy {
     /// failurePolicy Closed with a function that has no replica: drop (and count) the traffic.
     #[serde(default)]
     pub drop: bool,
+    /// IP protocol (per the destination's family: ICMP is 1 or 58); None = any.
+    #[serde(default)]
+    pub proto: Option<u8>,
+    /// Destination port ranges, inclusive; empty = any.
+    #[serde(default)]
+    pub ports: Vec<(u16, u16)>,
+    #[serde(default)]
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,15 +235,16 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         Ok(d) => d,
         Err(m) => return fail(v, Reason::InvalidMatch, m),
     };
-    let unsupported_match = !c.spec.r#match.source_prefixes.is_empty()
-        || !c.spec.r#match.destination_ports.is_empty()
-        || c.spec.r#match.protocol != srv6pipes_crds::Protocol::Any;
-    if unsupported_match {
-        return fail(
-            v,
-            Reason::Unsupported,
-            "only destinationPrefixes are supported yet (no source prefixes, protocol or ports)".into(),
-        );
+    let sources_allowed = match parse_destinations(&c.spec.r#match.source_prefixes) {
+        Ok(s) => s,
+        Err(m) => return fail(v, Reason::InvalidMatch, m.replace("destinationPrefixes", "sourcePrefixes")),
+    };
+    let ports = match parse_ports(&c.spec.r#match.destination_ports) {
+        Ok(p) => p,
+        Err(m) => return fail(v, Reason::InvalidMatch, m),
+    };
+    if !ports.is_empty() && c.spec.r#match.protocol == Protocol::Icmp {
+        return fail(v, Reason::InvalidMatch, "destinationPorts need protocol TCP, UDP or Any".into());
     }
     let in_ns = |p: &&PodInfo| p.namespace == c.namespace;
     let selected = |sel| -> Result<Vec<&PodInfo>, String> {
@@ -313,12 +322,17 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     let mut headends = 0;
     for src in sources.iter().filter(|p| p.ready) {
         let Some(node) = tables.get_mut(&src.node) else { continue };
-        for ip in src.ips.iter().copied() {
+        // sourcePrefixes select among the source pods' own addresses (the headend sits on
+        // each source pod's interface).
+        let allowed = |ip: &IpAddr| sources_allowed.is_empty() || sources_allowed.iter().any(|p| p.contains(ip));
+        for ip in src.ips.iter().copied().filter(allowed) {
             for dst in destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
-                let taken = node.headends.iter().any(|h| h.source_ip == ip && h.destination == *dst);
-                if taken {
-                    continue;
-                }
+                let proto = match c.spec.r#match.protocol {
+                    Protocol::Any => None,
+                    Protocol::Tcp => Some(6),
+                    Protocol::Udp => Some(17),
+                    Protocol::Icmp => Some(if ip.is_ipv6() { 58 } else { 1 }),
+                };
                 node.headends.push(HeadendPolicy {
                     chain: key.clone(),
                     source_pod: format!("{}/{}", src.namespace, src.name),
@@ -327,6 +341,9 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                     segments: if dropping { Vec::new() } else { paths[0].clone() },
                     replicas: if dropping { Vec::new() } else { per_hop.clone() },
                     drop: dropping,
+                    proto,
+                    ports: ports.clone(),
+                    priority: c.spec.priority,
                 });
                 headends += 1;
             }
@@ -390,6 +407,22 @@ fn parse_destinations(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
     prefixes
         .iter()
         .map(|p| p.parse::<IpNet>().map_err(|e| format!("destinationPrefixes: {p:?}: {e}")))
+        .collect()
+}
+
+/// "80" or "8000-8080".
+fn parse_ports(ports: &[String]) -> Result<Vec<(u16, u16)>, String> {
+    ports
+        .iter()
+        .map(|p| {
+            let bad = || format!("destinationPorts: {p:?} is not a port or a range LOW-HIGH");
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            let (lo, hi): (u16, u16) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+            if lo > hi || lo == 0 {
+                return Err(bad());
+            }
+            Ok((lo, hi))
+        })
         .collect()
 }
 
@@ -651,15 +684,38 @@ mod tests {
     }
 
     #[test]
-    fn higher_priority_claims_overlapping_source_and_prefix() {
+    fn overlapping_chains_carry_their_priority_and_match() {
         let low = spec(&["fd00:10:2::/64"]);
         let mut high = spec(&["fd00:10:2::/64"]);
         high.priority = 10;
         high.functions.truncate(1);
+        high.r#match.protocol = srv6pipes_crds::Protocol::Tcp;
+        high.r#match.destination_ports = vec!["80".into(), "8000-8080".into()];
         let out = compile(&world(), &[chain("a-low", &low), chain("b-high", &high)]);
         let h = &out.nodes["n1"].headends;
-        assert_eq!(h.len(), 1);
-        assert_eq!(h[0].chain, "default/b-high");
-        assert_eq!(h[0].segments.len(), 2);
+        assert_eq!(h.len(), 2, "both rules; the node's classifier orders them");
+        assert_eq!(h[0].chain, "default/b-high", "higher priority first");
+        assert_eq!((h[0].proto, h[0].ports.clone(), h[0].priority), (Some(6), vec![(80, 80), (8000, 8080)], 10));
+        assert_eq!((h[1].proto, h[1].ports.is_empty()), (None, true));
+    }
+
+    #[test]
+    fn match_validation_and_source_prefixes() {
+        let mut bad = spec(&["fd00:10:2::/64"]);
+        bad.r#match.destination_ports = vec!["90-80".into()];
+        assert_eq!(compile(&world(), &[chain("x", &bad)]).chains[0].reason, Reason::InvalidMatch);
+        bad.r#match.destination_ports = vec!["http".into()];
+        assert_eq!(compile(&world(), &[chain("x", &bad)]).chains[0].reason, Reason::InvalidMatch);
+        bad.r#match.destination_ports = vec!["80".into()];
+        bad.r#match.protocol = srv6pipes_crds::Protocol::Icmp;
+        assert_eq!(compile(&world(), &[chain("x", &bad)]).chains[0].reason, Reason::InvalidMatch);
+        let mut icmp = spec(&["fd00:10:2::/64"]);
+        icmp.r#match.protocol = srv6pipes_crds::Protocol::Icmp;
+        assert_eq!(compile(&world(), &[chain("x", &icmp)]).nodes["n1"].headends[0].proto, Some(58), "ICMPv6");
+        let mut src = spec(&["fd00:10:2::/64"]);
+        src.r#match.source_prefixes = vec!["fd00:10:9::/64".into()];
+        assert_eq!(compile(&world(), &[chain("x", &src)]).chains[0].reason, Reason::NoSources, "client not in sourcePrefixes");
+        src.r#match.source_prefixes = vec!["fd00:10:1::2/128".into()];
+        assert!(compile(&world(), &[chain("x", &src)]).chains[0].ready);
     }
 }
