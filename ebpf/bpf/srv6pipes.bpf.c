@@ -222,10 +222,48 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 /* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
+/* Stage 2 of the classifier: protocol and destination port within the class; fragments (first
+ * or not) by protocol alone, so that all of a datagram takes one chain. */
+static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4)
+{
+	__u8 proto;
+	__u32 l4;
+	int frag = 0;
+	if (ipv4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return NULL;
+		proto = ip.protocol;
+		frag = (ip.frag_off & bpf_htons(0x3fff)) != 0; /* MF or an offset */
+		l4 = ETH_HLEN + ip.ihl * 4;
+	} else {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto, 1))
+			return NULL;
+		l4 = ETH_HLEN + sizeof(struct ipv6hdr);
+		if (proto == 44) { /* IPv6 Fragment header: the protocol is inside */
+			if (bpf_skb_load_bytes(skb, l4, &proto, 1))
+				return NULL;
+			frag = 1;
+		}
+	}
+	if (frag) {
+		struct frag_key f = {.class = class, .proto = proto};
+		__u32 *id = bpf_map_lookup_elem(&sp_frag_rules, &f);
+		if (id)
+			return id;
+		f.proto = SP_ANY_PROTO;
+		return bpf_map_lookup_elem(&sp_frag_rules, &f);
+	}
+	struct l4_key k = {.prefixlen = 32 + 8 + 16, .class = class, .proto = proto};
+	if (proto == 6 || proto == 17)
+		bpf_skb_load_bytes(skb, l4 + 2, k.port, 2);
+	return bpf_map_lookup_elem(&sp_l4_rules, &k);
+}
+
 SEC("classifier")
 int sp_headend(struct __sk_buff *skb)
 {
-	__u32 *id;
+	__u32 *class;
 	__u16 proto = eth_proto(skb);
 	if (proto == ETH_P_IPV6) {
 		__u8 saddr[16], nexthdr;
@@ -238,7 +276,7 @@ int sp_headend(struct __sk_buff *skb)
 			return drop(SP_DROP_CLOSED_DOMAIN);
 		k.prefixlen = 32 + 128;
 		k.ifindex = skb->ingress_ifindex;
-		id = bpf_map_lookup_elem(&sp_headend_rules, &k);
+		class = bpf_map_lookup_elem(&sp_headend_rules, &k);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr;
 		struct headend_key4 k = {};
@@ -246,10 +284,13 @@ int sp_headend(struct __sk_buff *skb)
 			return SP_NEXT;
 		k.prefixlen = 32 + 32;
 		k.ifindex = skb->ingress_ifindex;
-		id = bpf_map_lookup_elem(&sp_headend_rules4, &k);
+		class = bpf_map_lookup_elem(&sp_headend_rules4, &k);
 	} else {
 		return SP_NEXT;
 	}
+	if (!class)
+		return SP_NEXT;
+	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP);
 	if (!id)
 		return SP_NEXT;
 	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, id);

@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{DropReason, HeadendKey, HeadendKey4, HopKey, HopSlots, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{DropReason, FragKey, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -301,6 +301,53 @@ impl Datapath {
         m.insert(id, hdr, 0).map_err(|source| DatapathError::Map { map: "sp_policies", source })
     }
 
+    /// Classifier stage 2: (class, protocol, port block) -> policy. `proto` None = any protocol
+    /// (and any port); `port_len` 0 = any port.
+    pub fn set_l4_rule(&mut self, class: u32, proto: Option<u8>, port: u16, port_len: u8, policy: u32) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, L4Key, u32> = self.typed("sp_l4_rules")?;
+        m.insert(&l4_key(class, proto, port, port_len), policy, 0).map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })
+    }
+
+    pub fn remove_l4_rule(&mut self, class: u32, proto: Option<u8>, port: u16, port_len: u8) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, L4Key, u32> = self.typed("sp_l4_rules")?;
+        ignore_missing(m.remove(&l4_key(class, proto, port, port_len)), "sp_l4_rules")
+    }
+
+    /// Installed stage-2 rules: ((class, proto, port, port_len), policy).
+    pub fn l4_rules(&self) -> Result<Vec<((u32, Option<u8>, u16, u8), u32)>> {
+        let m: LpmTrie<&MapData, L4Key, u32> = self.typed_ref("sp_l4_rules")?;
+        m.iter()
+            .map(|r| {
+                let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })?;
+                let d = k.data();
+                let len = k.prefix_len();
+                let proto = (len >= 40).then_some(d.proto);
+                Ok(((d.class, proto, u16::from_be_bytes(d.port), len.saturating_sub(40) as u8), id))
+            })
+            .collect()
+    }
+
+    /// Fragments: (class, protocol or None = any) -> policy.
+    pub fn set_frag_rule(&mut self, class: u32, proto: Option<u8>, policy: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, FragKey, u32> = self.typed("sp_frag_rules")?;
+        m.insert(frag_key(class, proto), policy, 0).map_err(|source| DatapathError::Map { map: "sp_frag_rules", source })
+    }
+
+    pub fn remove_frag_rule(&mut self, class: u32, proto: Option<u8>) -> Result<()> {
+        let mut m: HashMap<&mut MapData, FragKey, u32> = self.typed("sp_frag_rules")?;
+        ignore_missing(m.remove(&frag_key(class, proto)), "sp_frag_rules")
+    }
+
+    pub fn frag_rules(&self) -> Result<Vec<((u32, Option<u8>), u32)>> {
+        let m: HashMap<&MapData, FragKey, u32> = self.typed_ref("sp_frag_rules")?;
+        m.iter()
+            .map(|r| {
+                let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_frag_rules", source })?;
+                Ok(((k.class, (k.proto != ANY_PROTO).then_some(k.proto as u8)), id))
+            })
+            .collect()
+    }
+
     /// A hop's replica table (`REPLICA_SLOTS` SIDs) for a policy.
     pub fn set_hop_slots(&mut self, policy: u32, hop: u32, slots: &[Ipv6Addr]) -> Result<()> {
         if slots.len() != REPLICA_SLOTS {
@@ -404,6 +451,18 @@ impl Datapath {
         let m = self.bpf.map(map).ok_or(DatapathError::MissingMap(map))?;
         T::try_from(m).map_err(|source| DatapathError::Map { map, source })
     }
+}
+
+fn l4_key(class: u32, proto: Option<u8>, port: u16, port_len: u8) -> Key<L4Key> {
+    let len = match proto {
+        None => 32,
+        Some(_) => 40 + port_len.min(16) as u32,
+    };
+    Key::new(len, L4Key { class, proto: proto.unwrap_or(0), port: port.to_be_bytes(), pad: 0 })
+}
+
+fn frag_key(class: u32, proto: Option<u8>) -> FragKey {
+    FragKey { class, proto: proto.map_or(ANY_PROTO, u32::from) }
 }
 
 fn headend_key4(ifindex: u32, dst: ipnet::Ipv4Net) -> Key<HeadendKey4> {

@@ -63,6 +63,27 @@ pub struct HeadendKey4 {
     pub daddr: [u8; 4],
 }
 
+/// `struct l4_key` without its prefix length (aya's `Key` carries that).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct L4Key {
+    pub class: u32,
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FragKey {
+    pub class: u32,
+    /// `ANY_PROTO` for any.
+    pub proto: u32,
+}
+
+/// `SP_ANY_PROTO`.
+pub const ANY_PROTO: u32 = 256;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopKey {
@@ -101,6 +122,8 @@ unsafe impl aya::Pod for OuterHdr {}
 unsafe impl aya::Pod for HeadendKey {}
 unsafe impl aya::Pod for HeadendKey4 {}
 unsafe impl aya::Pod for HopKey {}
+unsafe impl aya::Pod for L4Key {}
+unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for HopSlots {}
 unsafe impl aya::Pod for SidStats {}
 unsafe impl aya::Pod for NodeConfig {}
@@ -179,6 +202,8 @@ mod tests {
         assert!(h.contains(&format!("#define SP_REPLICA_SLOTS {REPLICA_SLOTS}")));
         assert_eq!(REPLICA_SLOTS, srv6::compiler::REPLICA_SLOTS);
         assert!(h.contains("#define SP_POLICY_DROP (1u << 31)") && POLICY_DROP == 1 << 31);
+        assert!(h.contains(&format!("#define SP_ANY_PROTO {ANY_PROTO}")));
+        assert_eq!(std::mem::size_of::<L4Key>(), 8);
         assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
         assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));

@@ -83,6 +83,12 @@ impl Bench {
         Some(Self { netns, pins, dp, uplink, vnf, src })
     }
 
+    /// A headend rule with no protocol or port match: class `policy` -> `policy`.
+    fn rule(&mut self, ifindex: u32, dst: ipnet::IpNet, policy: u32) {
+        self.dp.set_l4_rule(policy, None, 0, 0, policy).unwrap();
+        self.dp.set_headend_rule(ifindex, dst, policy).unwrap();
+    }
+
     fn run(&self, hook: Hook, ifindex: u32, packet: &[u8]) -> (i32, Vec<u8>) {
         let r = self.dp.test_run(hook, packet, SkbCtx { ifindex, mark: 0 }).unwrap();
         (r.retval, r.data)
@@ -350,7 +356,7 @@ fn headend_encapsulates_matching_traffic_and_leaves_the_rest() {
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
     let hdr = encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap();
     b.dp.set_policy(1, &hdr, 0).unwrap();
-    b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 1).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
     let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
     let inner_pkt = inner(INNER_SRC, INNER_DST);
     pkt.extend_from_slice(&inner_pkt);
@@ -377,7 +383,7 @@ fn headend_encapsulates_matching_traffic_and_leaves_the_rest() {
     let local = [a("fcbb:bb00:1:e001::"), a("fcbb:bb00:2:d6::")];
     let hdr = encaps_header(a("fcbb:bb00:1::1"), &local, NEXT_HEADER_IPV6, 64).unwrap();
     b.dp.set_policy(2, &hdr, 0).unwrap();
-    b.dp.set_headend_rule(b.src, "fd00:20::5/128".parse().unwrap(), 2).unwrap();
+    b.rule(b.src, "fd00:20::5/128".parse().unwrap(), 2);
     let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(&out[..12], &[VNF_MAC, HOST_MAC].concat()[..], "most specific rule wins; to the VNF");
@@ -433,7 +439,7 @@ fn ipv4_inner_through_every_behaviour() {
     // Headend: an IPv4 rule and a next-header-4 policy.
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
     b.dp.set_policy(7, &encaps_header(a("fcbb:bb00:1::1"), &path, 4, 64).unwrap(), 0).unwrap();
-    b.dp.set_headend_rule(b.src, "10.20.0.0/16".parse().unwrap(), 7).unwrap();
+    b.rule(b.src, "10.20.0.0/16".parse().unwrap(), 7);
     let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x0800), v4.clone()].concat();
     let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -499,7 +505,7 @@ fn ten_thousand_sids_and_a_thousand_chains() {
     for i in 0..1_000u32 {
         let hdr = encaps_header(a("fcbb:bb00:1::1"), &[a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), path[1]], NEXT_HEADER_IPV6, 64).unwrap();
         b.dp.set_policy(i + 1, &hdr, 0).unwrap();
-        b.dp.set_headend_rule(b.src, format!("fd00:{:x}::/32", 0x1000 + i).parse().unwrap(), i + 1).unwrap();
+        b.rule(b.src, format!("fd00:{:x}::/32", 0x1000 + i).parse().unwrap(), i + 1);
     }
     for i in [0u32, 999] {
         let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
@@ -555,7 +561,7 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
     let slots: Vec<Ipv6Addr> = srv6::compiler::replica_slots(0, &replicas).iter().map(|s| s.0).collect();
     b.dp.set_hop_slots(3, 0, &slots).unwrap();
     b.dp.set_policy(3, &hdr, 1 << 0).unwrap();
-    b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 3).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 3);
     let chosen = |b: &Bench, sport: u16| -> Ipv6Addr {
         let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
         let mut i = inner(INNER_SRC, INNER_DST);
@@ -580,8 +586,59 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
     assert_eq!(seen.len(), 3, "60 flows spread over all three replicas: {seen:?}");
     // failurePolicy Closed with a function down: dropped, counted, never sent unsteered.
     b.dp.set_policy(4, &[], srv6pipes_ebpf::POLICY_DROP).unwrap();
-    b.dp.set_headend_rule(b.src, "fd00:20::5/128".parse().unwrap(), 4).unwrap();
+    b.rule(b.src, "fd00:20::5/128".parse().unwrap(), 4);
     let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), inner(INNER_SRC, INNER_DST)].concat();
     b.expect_drop(Hook::Headend, b.src, &pkt, DropReason::NoReplica);
     assert_eq!(b.dp.policy_stats(4).unwrap().drops, 1);
+}
+
+/// Classifier stage 2 in the datapath: protocol and port blocks within a class, longest block
+/// first; fragments (first or later, IPv4 and IPv6) by protocol alone.
+#[test]
+fn headend_classifies_by_protocol_ports_and_fragments() {
+    let Some(mut b) = Bench::new() else { return };
+    let hdr = |sid: &str| encaps_header(a("fcbb:bb00:1::1"), &[a(sid), a("fcbb:bb00:2:d6::")], NEXT_HEADER_IPV6, 64).unwrap();
+    b.dp.set_policy(1, &hdr("fcbb:bb00:2:e001::"), 0).unwrap();
+    b.dp.set_policy(2, &hdr("fcbb:bb00:2:e002::"), 0).unwrap();
+    // Class 9: UDP 8000-8080 -> 1, UDP any port -> 2; UDP fragments -> 1.
+    for (port, len) in srv6::classifier::port_blocks(8000, 8080) {
+        b.dp.set_l4_rule(9, Some(17), port, len, 1).unwrap();
+    }
+    b.dp.set_l4_rule(9, Some(17), 0, 0, 2).unwrap();
+    b.dp.set_frag_rule(9, Some(17), 1).unwrap();
+    b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 9).unwrap();
+    let from = [0x02, 0, 0, 0, 0xdd, 1];
+    let da = |b: &Bench, pkt: Vec<u8>| -> Option<Ipv6Addr> {
+        match b.run(Hook::Headend, b.src, &pkt) {
+            (TC_ACT_REDIRECT, out) => Some(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst),
+            (TCX_NEXT, _) => None,
+            other => panic!("{other:?}"),
+        }
+    };
+    let udp_to = |dport: u16| {
+        let mut i = inner(INNER_SRC, INNER_DST);
+        i[42..44].copy_from_slice(&dport.to_be_bytes());
+        [eth(HOST_MAC, from, 0x86dd), i].concat()
+    };
+    assert_eq!(da(&b, udp_to(8080)), Some(a("fcbb:bb00:2:e001::")));
+    assert_eq!(da(&b, udp_to(8000)), Some(a("fcbb:bb00:2:e001::")));
+    assert_eq!(da(&b, udp_to(8081)), Some(a("fcbb:bb00:2:e002::")), "outside the range: any port");
+    let mut tcp = inner(INNER_SRC, INNER_DST);
+    tcp[6] = 6;
+    assert_eq!(da(&b, [eth(HOST_MAC, from, 0x86dd), tcp].concat()), None, "TCP is not classified");
+    // An IPv6 fragment of UDP (Fragment header, offset 1184): no ports to look at.
+    let mut frag = inner(INNER_SRC, INNER_DST);
+    frag[6] = 44;
+    frag.splice(40..40, [17u8, 0, 0x04, 0xa0, 0, 0, 0, 1]);
+    assert_eq!(da(&b, [eth(HOST_MAC, from, 0x86dd), frag].concat()), Some(a("fcbb:bb00:2:e001::")));
+    // IPv4: a later fragment (offset != 0) of UDP in class 10.
+    b.dp.set_policy(5, &encaps_header(a("fcbb:bb00:1::1"), &[a("fcbb:bb00:2:e001::")], 4, 64).unwrap(), 0).unwrap();
+    b.dp.set_frag_rule(10, None, 5).unwrap();
+    b.dp.set_headend_rule(b.src, "10.20.0.0/16".parse().unwrap(), 10).unwrap();
+    let mut v4 = inner4(SRC4, DST4);
+    v4[6] = 0x00;
+    v4[7] = 0x10; // fragment offset 16 (x 8 bytes), no ports in this packet
+    assert_eq!(da(&b, [eth(HOST_MAC, from, 0x0800), v4].concat()), Some(a("fcbb:bb00:2:e001::")), "any-protocol fragment rule");
+    let whole = [eth(HOST_MAC, from, 0x0800), inner4(SRC4, DST4)].concat();
+    assert_eq!(da(&b, whole), None, "no stage-2 rule for unfragmented IPv4 in class 10");
 }

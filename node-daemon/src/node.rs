@@ -11,6 +11,7 @@ use nix::net::if_::{if_indextoname, if_nametoindex};
 use srv6::compiler::SidRegistration;
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
+use srv6::classifier;
 use srv6::compiler::replica_slots;
 use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, POLICY_DROP};
 use tracing::{info, warn};
@@ -36,7 +37,12 @@ pub struct Node {
 
 #[derive(Default)]
 struct Installed {
+    /// Classifier stage 1: (ifindex, destination) -> class.
     rules: BTreeMap<(u32, IpNet), u32>,
+    /// Stage 2: (class, protocol, port, port block length) -> policy.
+    l4: BTreeMap<(u32, Option<u8>, u16, u8), u32>,
+    /// Fragments: (class, protocol) -> policy.
+    frags: BTreeMap<(u32, Option<u8>), u32>,
     policies: BTreeSet<u32>,
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
@@ -85,6 +91,8 @@ impl Node {
         let sids = dp.sids()?;
         self.installed = Installed {
             rules: dp.headend_rules()?.into_iter().collect(),
+            l4: dp.l4_rules()?.into_iter().collect(),
+            frags: dp.frag_rules()?.into_iter().collect(),
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
             decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
@@ -284,7 +292,8 @@ impl Node {
     async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
         let src = self.locator.source_address();
         // Desired headend state.
-        let mut rules = BTreeMap::new();
+        let mut classify: Vec<classifier::Rule> = Vec::new();
+        let mut oif_of: BTreeMap<std::net::IpAddr, u32> = BTreeMap::new();
         // One policy per (chain, segment list, inner family), with a stable id.
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
         let mut headers: BTreeMap<PolicyKey, (u32, Vec<u8>)> = BTreeMap::new();
@@ -314,7 +323,15 @@ impl Node {
                     id
                 }
             };
-            rules.insert((oif, h.destination), id);
+            oif_of.insert(h.source_ip, oif);
+            classify.push(classifier::Rule {
+                source_ip: h.source_ip,
+                destination: h.destination,
+                proto: h.proto,
+                ports: h.ports.clone(),
+                priority: h.priority,
+                target: id as usize,
+            });
             ifaces.insert(ifname);
         }
         // Every pod gets the guard (the same program: without a rule it only enforces the
@@ -347,8 +364,21 @@ impl Node {
             }
             self.datapath.set_policy(*id, header, flags)?;
         }
-        for ((oif, dst), id) in &rules {
-            self.datapath.set_headend_rule(*oif, *dst, *id)?;
+        // The classifier's tables: stage 2 and fragments before stage 1 points at a class.
+        let tables = classifier::build(&classify);
+        let l4: BTreeMap<(u32, Option<u8>, u16, u8), u32> =
+            tables.l4.iter().map(|e| ((e.class, e.proto, e.port, e.port_len), e.target as u32)).collect();
+        let frags: BTreeMap<(u32, Option<u8>), u32> = tables.frags.iter().map(|f| ((f.class, f.proto), f.target as u32)).collect();
+        let rules: BTreeMap<(u32, IpNet), u32> =
+            tables.classes.iter().map(|c| ((oif_of[&c.source_ip], c.destination), c.class)).collect();
+        for (&(class, proto, port, len), id) in &l4 {
+            self.datapath.set_l4_rule(class, proto, port, len, *id)?;
+        }
+        for (&(class, proto), id) in &frags {
+            self.datapath.set_frag_rule(class, proto, *id)?;
+        }
+        for ((oif, dst), class) in &rules {
+            self.datapath.set_headend_rule(*oif, *dst, *class)?;
         }
         for ifname in &ifaces {
             self.datapath.attach(Hook::Headend, ifname)?;
@@ -364,6 +394,12 @@ impl Node {
         for (oif, dst) in old.rules.keys().filter(|k| !rules.contains_key(k)) {
             self.datapath.remove_headend_rule(*oif, *dst)?;
         }
+        for &(class, proto, port, len) in old.l4.keys().filter(|k| !l4.contains_key(k)) {
+            self.datapath.remove_l4_rule(class, proto, port, len)?;
+        }
+        for &(class, proto) in old.frags.keys().filter(|k| !frags.contains_key(k)) {
+            self.datapath.remove_frag_rule(class, proto)?;
+        }
         let policy_ids: BTreeSet<u32> = headers.values().map(|(id, _)| *id).collect();
         for id in old.policies.difference(&policy_ids) {
             self.datapath.remove_policy(*id)?;
@@ -378,7 +414,7 @@ impl Node {
             self.netlink.delete_route(*prefix, *via, uplink_idx).await?;
         }
         info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
-        self.installed = Installed { rules, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers };
+        self.installed = Installed { rules, l4, frags, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers };
         self.state.policies = headers.into_iter().map(|(k, (id, _))| (k, id)).collect();
         self.state.program = Some(p);
         self.store.save(&self.state)

@@ -99,6 +99,23 @@ struct flow_key {
 	__u8 daddr[16];
 };
 
+/* Classifier stage 2: (class, protocol, destination port) -> policy, longest prefix wins:
+ * prefixlen 32 = any protocol, 40 = this protocol and any port, 40 + n = a port block. */
+struct l4_key {
+	__u32 prefixlen;
+	__u32 class;
+	__u8 proto;
+	__u8 port[2];      /* network order: blocks are prefixes from the top bit */
+	__u8 pad;
+};
+
+/* Fragments: (class, protocol) -> policy; proto SP_ANY_PROTO matches any. */
+struct frag_key {
+	__u32 class;
+	__u32 proto;
+};
+#define SP_ANY_PROTO 256
+
 struct headend_key4 {
 	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
 	__u32 ifindex;

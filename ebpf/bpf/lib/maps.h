@@ -49,6 +49,24 @@ struct {
 	SP_PINNED;
 } sp_headend_rules4 SEC(".maps");
 
+/* Stage 1 (sp_headend_rules, sp_headend_rules4) yields a class; stage 2 a policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct l4_key);
+	__type(value, __u32);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	SP_PINNED;
+} sp_l4_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct frag_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_frag_rules SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
