@@ -581,3 +581,52 @@ fn replicas_by_flow_hash_and_failure_policies() {
     assert!(fw_after >= fw_before + 3, "still through the firewall");
     let _ = std::fs::remove_file(&file);
 }
+
+/// Protocol and port matching with priorities: a higher-priority chain for UDP 9000-9001 to the
+/// server crosses only the firewall; everything else to the server keeps the example chain.
+#[test]
+fn chains_match_protocol_and_ports_by_priority() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("ports");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
+    let server6 = pod_ip(&lab.status(), "server", true);
+    let udp = format!(
+        r#"
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {{name: udp-fw-only, namespace: default}}
+spec:
+  priority: 10
+  sources: {{podSelector: {{matchLabels: {{app: client}}}}}}
+  match: {{destinationPrefixes: ["{server6}/128"], protocol: UDP, destinationPorts: ["9000-9001"]}}
+  functions:
+    - {{name: firewall, podSelector: {{matchLabels: {{vnf: firewall}}}}}}
+"#
+    );
+    let file = lab.state.with_extension("udp.yaml");
+    std::fs::write(&file, udp).unwrap();
+    let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let count = |pod: &str| -> u64 {
+        lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap()["packets"].as_u64().unwrap()
+    };
+    let seqflow = target_dir().join("seqflow");
+    let send = |port: u16| {
+        let to = format!("[{server6}]:{port}");
+        assert!(lab.exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "1000", "--seconds", "0.2"]).status.success());
+    };
+    let (fw0, ids0) = (count("default/firewall"), count("default/ids"));
+    send(9001);
+    let (fw1, ids1) = (count("default/firewall"), count("default/ids"));
+    assert_eq!((fw1 - fw0, ids1 - ids0), (200, 0), "UDP 9001: the firewall only");
+    send(9002);
+    let (fw2, ids2) = (count("default/firewall"), count("default/ids"));
+    assert_eq!((fw2 - fw1, ids2 - ids1), (200, 200), "UDP 9002: the example chain");
+    assert!(ping(&lab, "client", &server6, 2));
+    assert!(count("default/ids") >= ids2 + 2, "ICMP: the example chain");
+    let stats = lab.status();
+    let chains = stats["chains"].as_array().unwrap();
+    assert!(chains.iter().all(|c| c["status"]["conditions"][0]["status"] == "True"));
+}
