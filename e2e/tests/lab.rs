@@ -630,3 +630,34 @@ spec:
     let chains = stats["chains"].as_array().unwrap();
     assert!(chains.iter().all(|c| c["status"]["conditions"][0]["status"] == "True"));
 }
+
+/// examples/lab-symmetric.yaml: `symmetric: true` sends the replies back through the ids then
+/// the firewall (the ids marks them, the firewall counts them marked), for IPv4 and IPv6, with
+/// two ids replicas.
+#[test]
+fn symmetric_chain_returns_through_the_functions_in_reverse() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("sym");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-symmetric.yaml").to_str().unwrap()]);
+    for pod in ["firewall", "ids-0", "ids-1"] {
+        wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "inet", "vnf"]).status.success());
+    }
+    let st = lab.status();
+    let (server4, server6) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true));
+    assert!(ping(&lab, "client", &server4, 5));
+    assert!(ping(&lab, "client", &server6, 5));
+    let counters = |pod: &str| -> Vec<u64> {
+        let out = lab.exec(pod, &["nft", "-j", "list", "table", "inet", "vnf"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("rule")).map(|r| {
+            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).unwrap()["packets"].as_u64().unwrap()
+        }).collect()
+    };
+    let fw = counters("firewall");
+    assert!(fw[0] >= 5 && fw[1] >= 5, "requests through the firewall: {fw:?}");
+    assert!(fw[2] >= 5 && fw[3] >= 5, "replies reached the firewall marked by the ids: {fw:?}");
+    let marked: u64 = ["ids-0", "ids-1"].iter().map(|p| counters(p)[0] + counters(p)[1]).sum();
+    assert!(marked >= 10, "the ids replicas marked the replies");
+    let drops: u64 = ["n1", "n2"].iter().flat_map(|n| st["drops"][n].as_object().unwrap().values()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(drops, 0);
+}

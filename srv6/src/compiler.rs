@@ -319,20 +319,15 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     } else {
         destinations.iter().map(IpNet::trunc).collect()
     };
+    // sourcePrefixes select among the source pods' own addresses (the headend sits on each
+    // source pod's interface).
+    let allowed = |ip: &IpAddr| sources_allowed.is_empty() || sources_allowed.iter().any(|p| p.contains(ip));
     let mut headends = 0;
     for src in sources.iter().filter(|p| p.ready) {
         let Some(node) = tables.get_mut(&src.node) else { continue };
-        // sourcePrefixes select among the source pods' own addresses (the headend sits on
-        // each source pod's interface).
-        let allowed = |ip: &IpAddr| sources_allowed.is_empty() || sources_allowed.iter().any(|p| p.contains(ip));
         for ip in src.ips.iter().copied().filter(allowed) {
             for dst in destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
-                let proto = match c.spec.r#match.protocol {
-                    Protocol::Any => None,
-                    Protocol::Tcp => Some(6),
-                    Protocol::Udp => Some(17),
-                    Protocol::Icmp => Some(if ip.is_ipv6() { 58 } else { 1 }),
-                };
+                let proto = proto_number(c.spec.r#match.protocol, ip);
                 node.headends.push(HeadendPolicy {
                     chain: key.clone(),
                     source_pod: format!("{}/{}", src.namespace, src.name),
@@ -352,6 +347,43 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     if headends == 0 {
         return fail(v, Reason::NoSources, "no ready source pod with an address of the destinations' family".into());
     }
+    // symmetric: the destinations' return traffic to the sources is classified at the
+    // destinations' nodes and crosses the functions in reverse, then is decapsulated at the
+    // source's node. It is matched by protocol only (the forward ports are its source ports).
+    let mut reverse_decaps: Vec<(String, Sid)> = Vec::new();
+    if c.spec.symmetric && !dropping {
+        let back_hops: Vec<Vec<Sid>> = per_hop[..per_hop.len() - 1].iter().rev().cloned().collect();
+        let source_names: Vec<&str> = sources.iter().map(|p| p.name.as_str()).collect();
+        let targets = world.pods.iter().filter(in_ns).filter(|p| p.ready && !source_names.contains(&p.name.as_str()));
+        for dpod in targets {
+            for dip in dpod.ips.iter().copied().filter(|ip| destinations.iter().any(|d| d.contains(ip))) {
+                for src in sources.iter().filter(|p| p.ready) {
+                    let Some(src_loc) = world.nodes.iter().find(|n| n.name == src.node).map(|n| n.locator) else { continue };
+                    let back_decap = src_loc.decap_sid();
+                    for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && allowed(ip)) {
+                        let Some(node) = tables.get_mut(&dpod.node) else { continue };
+                        let replicas: Vec<Vec<Sid>> = back_hops.iter().cloned().chain([vec![back_decap]]).collect();
+                        node.headends.push(HeadendPolicy {
+                            chain: key.clone(),
+                            source_pod: format!("{}/{}", dpod.namespace, dpod.name),
+                            source_ip: dip,
+                            destination: IpNet::from(sip),
+                            segments: replicas.iter().map(|r| r[0]).collect(),
+                            replicas,
+                            drop: false,
+                            proto: proto_number(c.spec.r#match.protocol, dip),
+                            ports: Vec::new(),
+                            priority: c.spec.priority,
+                        });
+                        headends += 1;
+                        if !reverse_decaps.iter().any(|(n, _)| n == &src.node) {
+                            reverse_decaps.push((src.node.clone(), back_decap));
+                        }
+                    }
+                }
+            }
+        }
+    }
     for hop in &replica_sids {
         for (sid, pod, reg) in hop {
             let t = tables.entry(pod.node.clone()).or_default();
@@ -369,8 +401,10 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         let (reason, m) = missing.swap_remove(0);
         return fail(v, reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)"));
     }
-    let t = tables.entry(decap_node).or_default();
-    t.decaps.push(SidUse { sid: decap, behavior: Behavior::EndDT46, chain: key.clone(), interface: None });
+    for (node, sid) in std::iter::once((decap_node, decap)).chain(reverse_decaps) {
+        let t = tables.entry(node).or_default();
+        t.decaps.push(SidUse { sid, behavior: Behavior::EndDT46, chain: key.clone(), interface: None });
+    }
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
     if let Some((reason, m)) = missing.into_iter().next() {
@@ -408,6 +442,16 @@ fn parse_destinations(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
         .iter()
         .map(|p| p.parse::<IpNet>().map_err(|e| format!("destinationPrefixes: {p:?}: {e}")))
         .collect()
+}
+
+/// The IP protocol number of a match for packets of `ip`'s family.
+fn proto_number(p: Protocol, ip: IpAddr) -> Option<u8> {
+    match p {
+        Protocol::Any => None,
+        Protocol::Tcp => Some(6),
+        Protocol::Udp => Some(17),
+        Protocol::Icmp => Some(if ip.is_ipv6() { 58 } else { 1 }),
+    }
 }
 
 /// "80" or "8000-8080".
@@ -697,6 +741,23 @@ mod tests {
         assert_eq!(h[0].chain, "default/b-high", "higher priority first");
         assert_eq!((h[0].proto, h[0].ports.clone(), h[0].priority), (Some(6), vec![(80, 80), (8000, 8080)], 10));
         assert_eq!((h[1].proto, h[1].ports.is_empty()), (None, true));
+    }
+
+    #[test]
+    fn symmetric_chains_steer_the_return_traffic_in_reverse() {
+        let mut s = spec(&["fd00:10:2::/64"]);
+        s.symmetric = true;
+        let out = compile(&world(), &[chain("web", &s)]);
+        assert!(out.chains[0].ready, "{:?}", out.chains[0]);
+        let back: Vec<&HeadendPolicy> = out.nodes["n2"].headends.iter().collect();
+        let server = back.iter().find(|h| h.source_pod == "default/server").expect("the server's return traffic");
+        assert_eq!(server.destination, "fd00:10:1::2/128".parse::<IpNet>().unwrap(), "back to the client");
+        let segs: Vec<String> = server.segments.iter().map(|s| s.to_string()).collect();
+        assert_eq!(segs, ["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::", "fcbb:bb00:1:d6::"], "ids, firewall, client's node");
+        assert!(server.ports.is_empty());
+        assert_eq!(out.nodes["n1"].decaps.len(), 1, "decapsulation at the client's node too");
+        assert!(back.iter().all(|h| h.source_pod != "default/client"));
+        assert!(!back.iter().any(|h| h.source_pod == "other/fw-x"), "never another namespace's pods");
     }
 
     #[test]
