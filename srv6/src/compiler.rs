@@ -87,6 +87,9 @@ pub enum Behavior {
     /// End.AD, dynamic proxy in front of an SR-unaware VNF interface.
     #[serde(rename = "End.AD")]
     EndAD,
+    /// End.AS, static proxy: the headers for the way back are configured (`return_path`).
+    #[serde(rename = "End.AS")]
+    EndAS,
     /// Pop the outer header and route the inner IPv4 or IPv6 packet (End.DT46 semantics on the
     /// main table).
     #[serde(rename = "End.DT46")]
@@ -102,6 +105,10 @@ pub struct SidUse {
     /// `namespace/pod:interface` for proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// End.AS: the hops after this one (replicas each, decapsulation last), pushed on what the
+    /// VNF returns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub return_path: Vec<Vec<Sid>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +131,8 @@ pub enum Reason {
     NoSources,
     TooManySegments,
     Unsupported,
+    /// A static proxy's interface is claimed by another chain (End.AS has one return path).
+    Conflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,8 +237,15 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             format!("{} functions + decapsulation exceed {} segments", c.spec.functions.len(), crate::MAX_SEGMENTS),
         );
     }
-    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy != ProxyKind::Dynamic) {
-        return fail(v, Reason::Unsupported, format!("function {}: proxy {:?} is not supported yet", f.name, f.proxy));
+    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy == ProxyKind::Masquerading) {
+        return fail(v, Reason::Unsupported, format!("function {}: proxy Masquerading is not supported yet", f.name));
+    }
+    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy == ProxyKind::Static && c.spec.symmetric) {
+        return fail(
+            v,
+            Reason::InvalidMatch,
+            format!("function {}: a Static proxy has one configured return path; a symmetric chain needs Dynamic", f.name),
+        );
     }
     let destinations = match parse_destinations(&c.spec.r#match.destination_prefixes) {
         Ok(d) => d,
@@ -261,6 +277,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     // Hops: every ready replica of every function that has a SID. A function with none is
     // bypassed (failurePolicy Open) or drops the chain's traffic (Closed).
     let mut replica_sids: Vec<Vec<(Sid, &PodInfo, &SidRegistration)>> = Vec::new();
+    let mut kinds: Vec<ProxyKind> = Vec::new();
     let mut missing: Vec<(Reason, String)> = Vec::new();
     for f in &c.spec.functions {
         let pods = match selected(&f.pod_selector) {
@@ -279,7 +296,10 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         match (ready.is_empty(), sids.is_empty()) {
             (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
             (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
-            _ => replica_sids.push(sids),
+            _ => {
+                replica_sids.push(sids);
+                kinds.push(f.proxy);
+            }
         }
     }
     let closed = c.spec.failure_policy == FailurePolicy::Closed;
@@ -308,6 +328,30 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
     if !dropping {
         v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
+    }
+
+    // The proxy SIDs this chain uses, checked against what higher-priority chains claimed: an
+    // End.AS interface has one return path, so it serves one chain only.
+    let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
+    for (i, hop) in replica_sids.iter().enumerate() {
+        for (sid, pod, reg) in hop {
+            let (behavior, return_path) = match kinds[i] {
+                ProxyKind::Static => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
+                _ => (Behavior::EndAD, Vec::new()),
+            };
+            let clash = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).find(|u| {
+                u.sid == *sid && u.chain != key && (u.behavior == Behavior::EndAS || behavior == Behavior::EndAS)
+            });
+            if let Some(u) = clash {
+                let m = format!("{}/{}:{} is already used by chain {} ({:?})", pod.namespace, pod.name, reg.interface, u.chain, u.behavior);
+                return fail(v, Reason::Conflict, m);
+            }
+            let interface = Some(format!("{}/{}:{}", pod.namespace, pod.name, reg.interface));
+            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path };
+            if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
+                proxy_uses.push((pod.node.clone(), usage));
+            }
+        }
     }
 
     let sources = match selected(&c.spec.sources.pod_selector) {
@@ -384,18 +428,8 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             }
         }
     }
-    for hop in &replica_sids {
-        for (sid, pod, reg) in hop {
-            let t = tables.entry(pod.node.clone()).or_default();
-            if !t.proxies.iter().any(|p| p.sid == *sid && p.chain == key) {
-                t.proxies.push(SidUse {
-                    sid: *sid,
-                    behavior: Behavior::EndAD,
-                    chain: key.clone(),
-                    interface: Some(format!("{}/{}:{}", pod.namespace, pod.name, reg.interface)),
-                });
-            }
-        }
+    for (node, usage) in proxy_uses {
+        tables.entry(node).or_default().proxies.push(usage);
     }
     if dropping {
         let (reason, m) = missing.swap_remove(0);
@@ -403,7 +437,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     }
     for (node, sid) in std::iter::once((decap_node, decap)).chain(reverse_decaps) {
         let t = tables.entry(node).or_default();
-        t.decaps.push(SidUse { sid, behavior: Behavior::EndDT46, chain: key.clone(), interface: None });
+        t.decaps.push(SidUse { sid, behavior: Behavior::EndDT46, chain: key.clone(), interface: None, return_path: Vec::new() });
     }
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
@@ -758,6 +792,29 @@ mod tests {
         assert_eq!(out.nodes["n1"].decaps.len(), 1, "decapsulation at the client's node too");
         assert!(back.iter().all(|h| h.source_pod != "default/client"));
         assert!(!back.iter().any(|h| h.source_pod == "other/fw-x"), "never another namespace's pods");
+    }
+
+    #[test]
+    fn static_proxies_get_their_return_path_and_one_chain_each() {
+        let mut s = spec(&["fd00:10:2::/64"]);
+        s.functions[0].proxy = ProxyKind::Static;
+        let out = compile(&world(), &[chain("web", &s)]);
+        assert!(out.chains[0].ready, "{:?}", out.chains[0]);
+        let fw = &out.nodes["n1"].proxies[0];
+        assert_eq!(fw.behavior, Behavior::EndAS);
+        let back: Vec<Vec<String>> = fw.return_path.iter().map(|h| h.iter().map(Sid::to_string).collect()).collect();
+        assert_eq!(back, [vec!["fcbb:bb00:2:e001::"], vec!["fcbb:bb00:2:d6::"]], "the ids, then decapsulation");
+        assert_eq!(out.nodes["n2"].proxies[0].behavior, Behavior::EndAD);
+        // A second chain through the same static interface is a conflict, reported.
+        let mut other = spec(&["fd00:10:9::/64"]);
+        other.functions.truncate(1);
+        let out = compile(&world(), &[chain("a-web", &s), chain("b-other", &other)]);
+        let v = out.chains.iter().find(|v| v.name == "b-other").unwrap();
+        assert_eq!(v.reason, Reason::Conflict, "{v:?}");
+        assert!(out.nodes["n1"].headends.iter().all(|h| h.chain == "default/a-web"), "nothing of the refused chain");
+        let mut sym = s.clone();
+        sym.symmetric = true;
+        assert_eq!(compile(&world(), &[chain("x", &sym)]).chains[0].reason, Reason::InvalidMatch);
     }
 
     #[test]
