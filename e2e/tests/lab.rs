@@ -661,3 +661,28 @@ fn symmetric_chain_returns_through_the_functions_in_reverse() {
     let drops: u64 = ["n1", "n2"].iter().flat_map(|n| st["drops"][n].as_object().unwrap().values()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(drops, 0);
 }
+
+/// A Static function (End.AS): the firewall gets configured return headers (the ids' SID, then
+/// the decapsulation) instead of learning them; the chain carries traffic the same.
+#[test]
+fn static_proxy_carries_the_chain() {
+    require_lab!("nft", "ping");
+    let lab = Lab::new("static");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let anchor = "      podSelector: {matchLabels: {vnf: firewall}}\n      proxy: Dynamic\n";
+    assert!(text.contains(anchor));
+    let file = lab.state.with_extension("yaml");
+    std::fs::write(&file, text.replace(anchor, &anchor.replace("Dynamic", "Static"))).unwrap();
+    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
+    let st = lab.status();
+    let fw = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap().clone();
+    assert_eq!(fw["behavior"], "End.AS", "{fw}");
+    let server6 = pod_ip(&st, "server", true);
+    assert!(ping(&lab, "client", &server6, 4), "through the static firewall and the dynamic ids");
+    let ids = nft_counters(&lab, "ids");
+    assert_eq!(ids[0], 0, "everything marked: the firewall came first");
+    assert!(ids[1] >= 4);
+}

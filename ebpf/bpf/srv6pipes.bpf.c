@@ -138,52 +138,6 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 	return 0;
 }
 
-/* A VNF's node-side veth: what the VNF sends back gets the headers End.AD learnt (outbound). */
-SEC("classifier")
-int sp_vnf(struct __sk_buff *skb)
-{
-	__u16 proto = eth_proto(skb);
-	if (proto == ETH_P_IPV6) {
-		__u8 saddr[16], daddr[16], nexthdr;
-		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
-			return TC_ACT_OK;
-		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
-		if (is_link_scope(saddr) || is_link_scope(daddr))
-			return TC_ACT_OK;
-		if (closed_domain_violation(daddr, nexthdr))
-			return drop(SP_DROP_CLOSED_DOMAIN);
-	} else if (proto == ETH_P_IP) {
-		__be32 saddr, daddr;
-		if (parse_ipv4(skb, &saddr, &daddr) || is_link_scope4(saddr, daddr))
-			return TC_ACT_OK;
-	} else {
-		return TC_ACT_OK; /* ARP and the like */
-	}
-	__u32 ifindex = skb->ingress_ifindex;
-	/* The flow's own headers first (several chains, both directions), else the interface's. */
-	struct flow_key fk;
-	struct outer_hdr *c = NULL;
-	if (!flow_of(skb, ifindex, &fk))
-		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
-	if (!c)
-		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
-	if (!c)
-		return drop(SP_DROP_NO_CACHE);
-	/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does). */
-	int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
-	if (err)
-		return drop(err);
-	/* The cache was learnt from traffic of one family; the VNF must return the same. */
-	if ((proto == ETH_P_IP) != (c->bytes[OFF_SRH] == SP_NH_IPV4))
-		return drop(SP_DROP_INNER_PROTO);
-	struct outer_hdr *o = scratch();
-	if (!o)
-		return TC_ACT_SHOT;
-	__builtin_memcpy(o, c, sizeof(*o));
-	set_len_and_flow(skb, o);
-	return steer(skb, o, 0);
-}
-
 /* Per hop with several replicas, the flow hash picks one (the same for every packet of the flow;
  * a replica that leaves only moves the flows it had: the slots are rendezvous-hashed). */
 static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, struct outer_hdr *o)
@@ -222,6 +176,85 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 /* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
+/* Encapsulates with a policy (headend rule, or an End.AS interface's configured return): its
+ * header template, per-hop replica choice, drop flag; counted per policy. */
+static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
+{
+	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, &id);
+	if (!pol)
+		return SP_NEXT;
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(o, pol, sizeof(*o));
+	__u32 len = skb->len;
+	int verdict;
+	if (o->pad & SP_POLICY_DROP)
+		verdict = drop(SP_DROP_NO_REPLICA);
+	else if (pick_replicas(skb, id, o))
+		verdict = drop(SP_DROP_MALFORMED);
+	else {
+		set_len_and_flow(skb, o);
+		verdict = steer(skb, o, 0);
+	}
+	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, verdict == TC_ACT_SHOT);
+	return verdict;
+}
+
+/* A VNF's node-side veth: what the VNF sends back gets the headers End.AD learnt (outbound). */
+SEC("classifier")
+int sp_vnf(struct __sk_buff *skb)
+{
+	__u16 proto = eth_proto(skb);
+	if (proto == ETH_P_IPV6) {
+		__u8 saddr[16], daddr[16], nexthdr;
+		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
+			return TC_ACT_OK;
+		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
+		if (is_link_scope(saddr) || is_link_scope(daddr))
+			return TC_ACT_OK;
+		if (closed_domain_violation(daddr, nexthdr))
+			return drop(SP_DROP_CLOSED_DOMAIN);
+	} else if (proto == ETH_P_IP) {
+		__be32 saddr, daddr;
+		if (parse_ipv4(skb, &saddr, &daddr) || is_link_scope4(saddr, daddr))
+			return TC_ACT_OK;
+	} else {
+		return TC_ACT_OK; /* ARP and the like */
+	}
+	__u32 ifindex = skb->ingress_ifindex;
+	/* End.AS: the interface's configured headers. */
+	struct as_key ak = {.ifindex = ifindex, .family = proto == ETH_P_IP ? 4 : 6};
+	__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);
+	if (ret) {
+		int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
+		return err ? drop(err) : apply_policy(skb, *ret);
+	}
+	/* End.AD: the flow's own headers first (several chains, both directions), else the interface's. */
+	struct flow_key fk;
+	struct outer_hdr *c = NULL;
+	if (!flow_of(skb, ifindex, &fk))
+		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
+	if (!c)
+		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (!c)
+		return drop(SP_DROP_NO_CACHE);
+	/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does). */
+	int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
+	if (err)
+		return drop(err);
+
+	/* The cache was learnt from traffic of one family; the VNF must return the same. */
+	if ((proto == ETH_P_IP) != (c->bytes[OFF_SRH] == SP_NH_IPV4))
+		return drop(SP_DROP_INNER_PROTO);
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(o, c, sizeof(*o));
+	set_len_and_flow(skb, o);
+	return steer(skb, o, 0);
+}
+
 /* Stage 2 of the classifier: protocol and destination port within the class; fragments (first
  * or not) by protocol alone, so that all of a datagram takes one chain. */
 static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4)
@@ -293,25 +326,7 @@ int sp_headend(struct __sk_buff *skb)
 	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP);
 	if (!id)
 		return SP_NEXT;
-	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, id);
-	if (!pol)
-		return SP_NEXT;
-	struct outer_hdr *o = scratch();
-	if (!o)
-		return TC_ACT_SHOT;
-	__builtin_memcpy(o, pol, sizeof(*o));
-	__u32 len = skb->len;
-	int verdict;
-	if (o->pad & SP_POLICY_DROP)
-		verdict = drop(SP_DROP_NO_REPLICA);
-	else if (pick_replicas(skb, *id, o))
-		verdict = drop(SP_DROP_MALFORMED);
-	else {
-		set_len_and_flow(skb, o);
-		verdict = steer(skb, o, 0);
-	}
-	count(bpf_map_lookup_elem(&sp_policy_stats, id), len, verdict == TC_ACT_SHOT);
-	return verdict;
+	return apply_policy(skb, *id);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{DropReason, FragKey, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, FragKey, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -345,6 +345,25 @@ impl Datapath {
                 let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_frag_rules", source })?;
                 Ok(((k.class, (k.proto != ANY_PROTO).then_some(k.proto as u8)), id))
             })
+            .collect()
+    }
+
+    /// End.AS: what a VNF interface returns (inner `family` 4 or 6) is encapsulated with policy
+    /// `policy` (the configured headers of the rest of the chain).
+    pub fn set_as_return(&mut self, ifindex: u32, family: u32, policy: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AsKey, u32> = self.typed("sp_as_return")?;
+        m.insert(AsKey { ifindex, family }, policy, 0).map_err(|source| DatapathError::Map { map: "sp_as_return", source })
+    }
+
+    pub fn remove_as_return(&mut self, ifindex: u32, family: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AsKey, u32> = self.typed("sp_as_return")?;
+        ignore_missing(m.remove(&AsKey { ifindex, family }), "sp_as_return")
+    }
+
+    pub fn as_returns(&self) -> Result<Vec<((u32, u32), u32)>> {
+        let m: HashMap<&MapData, AsKey, u32> = self.typed_ref("sp_as_return")?;
+        m.iter()
+            .map(|r| r.map(|(k, v)| ((k.ifindex, k.family), v)).map_err(|source| DatapathError::Map { map: "sp_as_return", source }))
             .collect()
     }
 

@@ -12,6 +12,7 @@ pub const POLICY_DROP: u32 = 1 << 31;
 pub const REPLICA_SLOTS: usize = 64;
 
 pub const BEHAVIOR_END_AD: u32 = 1;
+pub const BEHAVIOR_END_AS: u32 = 3;
 pub const BEHAVIOR_END_DT46: u32 = 2;
 
 #[repr(C)]
@@ -85,6 +86,14 @@ pub struct FragKey {
 pub const ANY_PROTO: u32 = 256;
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AsKey {
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopKey {
     pub policy: u32,
@@ -122,6 +131,7 @@ unsafe impl aya::Pod for OuterHdr {}
 unsafe impl aya::Pod for HeadendKey {}
 unsafe impl aya::Pod for HeadendKey4 {}
 unsafe impl aya::Pod for HopKey {}
+unsafe impl aya::Pod for AsKey {}
 unsafe impl aya::Pod for L4Key {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for HopSlots {}
@@ -207,6 +217,7 @@ mod tests {
         assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
         assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));
+        assert!(h.contains(&format!("SP_END_AS = {BEHAVIOR_END_AS},")));
         let c_reasons: Vec<String> = h
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))

@@ -642,3 +642,29 @@ fn headend_classifies_by_protocol_ports_and_fragments() {
     let whole = [eth(HOST_MAC, from, 0x0800), inner4(SRC4, DST4)].concat();
     assert_eq!(da(&b, whole), None, "no stage-2 rule for unfragmented IPv4 in class 10");
 }
+
+/// End.AS: inbound like End.AD but nothing is learnt; outbound, the interface's configured
+/// return policy (per family) gives the headers, whatever arrived.
+#[test]
+fn end_as_restores_configured_headers() {
+    let Some(mut b) = Bench::new() else { return };
+    let sid = a("fcbb:bb00:1:e00a::");
+    let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AS, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    b.dp.set_sid(sid, entry).unwrap();
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&sid.to_string(), PATH[1], PATH[2]], None));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    assert_eq!(out, [eth(VNF_MAC, HOST_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat());
+    assert!(b.dp.ad_cache(b.vnf).unwrap().is_none(), "a static proxy learns nothing");
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 0);
+    // Configured return: the rest of the chain (here another SID of n2, then its decap).
+    let back = [a("fcbb:bb00:2:e005::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(11, &encaps_header(a("fcbb:bb00:1::1"), &back, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.dp.set_as_return(b.vnf, 6, 11).unwrap();
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    let (ip, srh, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+    assert_eq!((ip.src, ip.dst, srh.segments_left), (a("fcbb:bb00:1::1"), back[0], 1));
+    assert_eq!(b.dp.policy_stats(11).unwrap().packets, 1);
+    // No IPv4 return configured: an IPv4 packet has nothing to go back with.
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x0800), inner4(SRC4, DST4)].concat(), DropReason::NoCache);
+}

@@ -13,7 +13,7 @@ use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, Node
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
 use srv6::compiler::replica_slots;
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, POLICY_DROP};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -43,6 +43,8 @@ struct Installed {
     l4: BTreeMap<(u32, Option<u8>, u16, u8), u32>,
     /// Fragments: (class, protocol) -> policy.
     frags: BTreeMap<(u32, Option<u8>), u32>,
+    /// End.AS: (return ifindex, family) -> policy.
+    as_returns: BTreeMap<(u32, u32), u32>,
     policies: BTreeSet<u32>,
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
@@ -93,6 +95,7 @@ impl Node {
             rules: dp.headend_rules()?.into_iter().collect(),
             l4: dp.l4_rules()?.into_iter().collect(),
             frags: dp.frag_rules()?.into_iter().collect(),
+            as_returns: dp.as_returns()?.into_iter().collect(),
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
             decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
@@ -222,15 +225,20 @@ impl Node {
     }
 
     fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
+        self.datapath.attach(Hook::Vnf, reg.return_host_ifname())?;
+        let behavior = if self.installed.as_returns.contains_key(&(reg.return_ifindex, 6)) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
+        self.set_proxy_behavior(reg, behavior)
+    }
+
+    fn set_proxy_behavior(&mut self, reg: &Registration, behavior: u32) -> anyhow::Result<()> {
         let a = &reg.attachment;
         let entry = SidEntry {
-            behavior: BEHAVIOR_END_AD,
+            behavior,
             ifindex: reg.ifindex,
             cache_ifindex: reg.return_ifindex,
             vnf_mac: parse_mac(&a.vnf_mac)?,
             host_mac: parse_mac(&a.host_mac)?,
         };
-        self.datapath.attach(Hook::Vnf, reg.return_host_ifname())?;
         self.datapath.set_sid(reg.sid.0, entry)?;
         Ok(())
     }
@@ -243,6 +251,12 @@ impl Node {
         }
         if let Err(e) = self.datapath.remove_ad_cache(reg.return_ifindex) {
             errs.push(e.into());
+        }
+        for family in [4, 6] {
+            if let Err(e) = self.datapath.remove_as_return(reg.return_ifindex, family) {
+                errs.push(e.into());
+            }
+            self.installed.as_returns.remove(&(reg.return_ifindex, family));
         }
         if let Err(e) = self.datapath.detach(Hook::Vnf, reg.return_host_ifname()) {
             errs.push(e.into());
@@ -306,7 +320,7 @@ impl Node {
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
             let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
-            let key = PolicyKey { chain: h.chain.clone(), replicas, inner, drop: h.drop };
+            let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop };
             let id = match headers.get(&key) {
                 Some((id, _)) => *id,
                 None => {
@@ -344,6 +358,33 @@ impl Node {
                     }
                 }
                 _ => warn!(node = %self.name, pod_ip = %ip, "no local route to pod: not guarded"),
+            }
+        }
+        // End.AS: each static proxy's interface returns through a policy holding the rest of the
+        // chain (per inner family), in the same id space as the headend's.
+        let mut as_returns: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        let mut as_sids: BTreeSet<Sid> = BTreeSet::new();
+        for u in p.tables.proxies.iter().filter(|u| u.behavior == srv6::compiler::Behavior::EndAS) {
+            let Some(reg) = self.state.registrations.iter().find(|r| r.sid == u.sid) else {
+                warn!(node = %self.name, sid = %u.sid, chain = %u.chain, "End.AS for a SID that is not registered here");
+                continue;
+            };
+            as_sids.insert(u.sid);
+            for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
+                let key = PolicyKey { chain: u.chain.clone(), role: format!("End.AS {}", u.sid), replicas: u.return_path.clone(), inner, drop: false };
+                let id = match headers.get(&key) {
+                    Some((id, _)) => *id,
+                    None => {
+                        let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
+                        let header = srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
+                            .with_context(|| format!("chain {}: End.AS return path", u.chain))?;
+                        let used: BTreeSet<u32> = known.values().chain(headers.values().map(|(i, _)| i)).copied().collect();
+                        let id = known.get(&key).copied().unwrap_or_else(|| (1..).find(|i| !used.contains(i)).expect("ids left"));
+                        headers.insert(key, (id, header));
+                        id
+                    }
+                };
+                as_returns.insert((reg.return_ifindex, family), id);
             }
         }
         let decaps: BTreeSet<Sid> = p.tables.decaps.iter().map(|d| d.sid).collect();
@@ -387,6 +428,14 @@ impl Node {
             let entry = SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() };
             self.datapath.set_sid(sid.0, entry)?;
         }
+        for (&(ifindex, family), id) in &as_returns {
+            self.datapath.set_as_return(ifindex, family, *id)?;
+        }
+        let regs = self.state.registrations.clone();
+        for reg in &regs {
+            let behavior = if as_sids.contains(&reg.sid) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
+            self.set_proxy_behavior(reg, behavior)?;
+        }
         for (prefix, via) in &peers {
             self.netlink.replace_route(*prefix, *via, uplink_idx).await?;
         }
@@ -410,11 +459,14 @@ impl Node {
         for sid in old.decaps.difference(&decaps) {
             self.datapath.remove_sid(sid.0)?;
         }
+        for &(ifindex, family) in old.as_returns.keys().filter(|k| !as_returns.contains_key(k)) {
+            self.datapath.remove_as_return(ifindex, family)?;
+        }
         for (prefix, via) in old.peer_routes.iter().filter(|(p, _)| !peers.contains_key(*p)) {
             self.netlink.delete_route(*prefix, *via, uplink_idx).await?;
         }
         info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
-        self.installed = Installed { rules, l4, frags, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers };
+        self.installed = Installed { rules, l4, frags, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers, as_returns };
         self.state.policies = headers.into_iter().map(|(k, (id, _))| (k, id)).collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
@@ -422,7 +474,9 @@ impl Node {
 
     fn stats(&self) -> anyhow::Result<NodeStats> {
         let mut sids = Vec::new();
-        let proxies = self.state.registrations.iter().map(|r| (r.sid, "End.AD"));
+        let proxies = self.state.registrations.iter().map(|r| {
+            (r.sid, if self.installed.as_returns.contains_key(&(r.return_ifindex, 6)) { "End.AS" } else { "End.AD" })
+        });
         let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT46"));
         for (sid, behavior) in proxies.chain(decaps) {
             let s = self.datapath.sid_stats(sid.0)?;

@@ -32,6 +32,9 @@ impl Registration {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyKey {
     pub chain: String,
+    /// "" for a headend rule's policy; "End.AS <sid>" for a static proxy's return.
+    #[serde(default)]
+    pub role: String,
     pub replicas: Vec<Vec<Sid>>,
     pub inner: u8,
     pub drop: bool,

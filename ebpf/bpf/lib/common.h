@@ -42,6 +42,7 @@
 enum sp_behavior {
 	SP_END_AD = 1,  /* dynamic proxy in front of a VNF interface */
 	SP_END_DT46 = 2, /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
+	SP_END_AS = 3,   /* static proxy: like End.AD inbound, configured headers outbound */
 };
 
 /* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
@@ -115,6 +116,12 @@ struct frag_key {
 	__u32 proto;
 };
 #define SP_ANY_PROTO 256
+
+/* End.AS: the configured return policy of a VNF interface, per inner family (4 or 6). */
+struct as_key {
+	__u32 ifindex;
+	__u32 family;
+};
 
 struct headend_key4 {
 	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */

@@ -22,6 +22,14 @@ struct {
 	SP_PINNED;
 } sp_ad_cache SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct as_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_as_return SEC(".maps");
+
 /* End.AD per flow, least recently used first out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -272,15 +272,18 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
 	int err;
 	switch (sid->behavior) {
-	case SP_END_AD: {
-		/* draft-ietf-spring-sr-service-programming §6.2: End, then cache the outer headers
-		 * keyed by the VNF's return interface and hand the inner packet to the VNF. */
+	case SP_END_AD:
+	case SP_END_AS: {
+		/* draft-ietf-spring-sr-service-programming §6.1-6.2: End, then (End.AD only) cache the
+		 * outer headers keyed by the VNF's return interface, and hand the inner packet to the
+		 * VNF. End.AS restores configured headers instead. */
 		err = apply_end(o);
 		if (err)
 			return drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
-		ad_cache_store(skb, sid->cache_ifindex, o);
+		if (sid->behavior == SP_END_AD)
+			ad_cache_store(skb, sid->cache_ifindex, o);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);
