@@ -662,20 +662,13 @@ fn symmetric_chain_returns_through_the_functions_in_reverse() {
     assert_eq!(drops, 0);
 }
 
-/// A Static function (End.AS): the firewall gets configured return headers (the ids' SID, then
+/// examples/lab-static.yaml, a Static function (End.AS): the firewall gets configured return headers (the ids' SID, then
 /// the decapsulation) instead of learning them; the chain carries traffic the same.
 #[test]
 fn static_proxy_carries_the_chain() {
     require_lab!("nft", "ping");
     let lab = Lab::new("static");
-    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
-    let anchor = "      podSelector: {matchLabels: {vnf: firewall}}\n      proxy: Dynamic\n";
-    assert!(text.contains(anchor));
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, text.replace(anchor, &anchor.replace("Dynamic", "Static"))).unwrap();
-    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-static.yaml").to_str().unwrap()]);
     wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     let st = lab.status();
     let fw = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap().clone();
