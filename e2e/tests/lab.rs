@@ -13,23 +13,6 @@ use serde_json::Value;
 mod common;
 use common::{pod_ip, ping, repo_root, sid_packets, target_dir, wait_for, Lab};
 
-/// nft rule counters of a VNF's `vnf` table, in rule order: packets per rule.
-fn nft_counters(lab: &Lab, pod: &str) -> Vec<u64> {
-    let out = lab.exec(pod, &["nft", "-j", "list", "table", "ip6", "vnf"]);
-    assert!(out.status.success(), "nft in {pod}: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule"))
-        .map(|r| {
-            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).expect("rule has a counter")["packets"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
 struct Capture {
@@ -115,8 +98,8 @@ fn example_chain_steers_through_both_vnfs_in_order() {
 
     // Both VNFs forwarded the chain's traffic; the ids drops unmarked packets, so everything it
     // passed went through the firewall first.
-    let fw = nft_counters(&lab, "firewall");
-    let ids = nft_counters(&lab, "ids");
+    let fw = lab.nft_counters("firewall", "ip6 vnf");
+    let ids = lab.nft_counters("ids", "ip6 vnf");
     assert!(fw[0] >= 6, "firewall marked {fw:?}");
     assert_eq!(ids[0], 0, "ids saw unmarked packets: {ids:?}");
     assert!(ids[1] >= 6, "ids passed {ids:?}");
@@ -144,17 +127,17 @@ fn example_chain_steers_through_both_vnfs_in_order() {
     assert!(sid_packets(&st, "n2", "End.DT46") >= 6, "{}", st["sids"]);
 
     // Traffic outside the chain's match (IPv4, and IPv6 to another prefix) never enters a VNF.
-    let before = (nft_counters(&lab, "firewall"), nft_counters(&lab, "ids"), lab.status()["sids"].clone());
+    let before = (lab.nft_counters("firewall", "ip6 vnf"), lab.nft_counters("ids", "ip6 vnf"), lab.status()["sids"].clone());
     assert!(ping(&lab, "client", &server4, 3), "client -> server over IPv4, outside the chain");
     assert!(ping(&lab, "client", &fw6, 3), "client -> firewall's eth0, outside the chain's prefix");
-    assert_eq!(nft_counters(&lab, "firewall"), before.0);
-    assert_eq!(nft_counters(&lab, "ids"), before.1);
+    assert_eq!(lab.nft_counters("firewall", "ip6 vnf"), before.0);
+    assert_eq!(lab.nft_counters("ids", "ip6 vnf"), before.1);
     assert_eq!(lab.status()["sids"], before.2);
 
     // Take the firewall's marking away: the ids now drops everything, which proves the order.
     assert!(lab.exec("firewall", &["nft", "flush", "chain", "ip6", "vnf", "forward"]).status.success());
     assert!(!ping(&lab, "client", &server6, 2), "ids must drop traffic the firewall did not mark");
-    assert!(nft_counters(&lab, "ids")[0] >= 2);
+    assert!(lab.nft_counters("ids", "ip6 vnf")[0] >= 2);
 }
 
 #[test]
@@ -195,10 +178,7 @@ fn failed_up_cleans_up_and_says_why() {
     // A chain whose second function selects no pod cannot be programmed.
     let broken = text.replace("matchLabels: {vnf: ids}}\n", "matchLabels: {vnf: nobody}}\n");
     assert_ne!(broken, text);
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, broken).unwrap();
-    let out = lab.run(&["up", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let out = lab.run_yaml("up", &broken);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NoReplicas") && err.contains("ids"), "{err}");
@@ -227,10 +207,7 @@ spec:
     - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
     - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
 "#;
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, reverse).unwrap();
-    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let up = lab.run_yaml("up", &reverse);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let st = lab.status();
     let back = st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "back").unwrap();
@@ -243,7 +220,7 @@ spec:
     });
     let client6 = pod_ip(&st, "client", true);
     assert!(ping(&lab, "server", &client6, 5), "server -> client through the reverse chain");
-    let ids = nft_counters(&lab, "ids");
+    let ids = lab.nft_counters("ids", "ip6 vnf");
     assert_eq!(ids[0], 0, "everything the ids saw was marked: {ids:?}");
     // Requests went through `back`; the replies through the example chain.
     assert!(ids[1] >= 10, "{ids:?}");
@@ -350,10 +327,7 @@ fn pair_attachment_carries_the_chain() {
     let anchor = "  labels: {vnf: ids}\n  annotations:\n";
     assert!(text.contains(anchor));
     let paired = text.replace(anchor, &format!("{anchor}    srv6pipes.io/interfaces: pair\n"));
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, paired).unwrap();
-    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let up = lab.run_yaml("up", &paired);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     assert!(lab.exec("ids", &["ip", "link", "show", "net2"]).status.success(), "ids has net2");
     wait_for("VNF rules", Duration::from_secs(10), || {
@@ -371,7 +345,7 @@ fn pair_attachment_carries_the_chain() {
     assert!(ping(&lab, "client", &server6, 4), "client -> server through a paired ids");
     let out = cap.finish();
     assert!(out.iter().filter(|l| l.contains("echo request")).count() >= 4, "the ids forwarded out of net2: {out:?}");
-    let ids = nft_counters(&lab, "ids");
+    let ids = lab.nft_counters("ids", "ip6 vnf");
     assert_eq!(ids[0], 0);
     assert!(ids[1] >= 4, "{ids:?}");
 }
@@ -397,9 +371,9 @@ fn pods_cannot_skip_a_function_by_addressing_its_sid() {
     let segs = format!("{ids_sid},fcbb:bb00:2:d6::");
     let add = lab.exec("client", &["ip", "-6", "route", "add", &route, "encap", "seg6", "mode", "encap", "segs", &segs, "dev", "eth0"]);
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
-    let before = (nft_counters(&lab, "ids"), drops("n1"));
+    let before = (lab.nft_counters("ids", "ip6 vnf"), drops("n1"));
     assert!(!ping(&lab, "client", &server6, 3), "self-made SRv6 must not get through");
-    assert_eq!(nft_counters(&lab, "ids"), before.0, "the ids saw nothing");
+    assert_eq!(lab.nft_counters("ids", "ip6 vnf"), before.0, "the ids saw nothing");
     assert!(drops("n1") >= before.1 + 3);
     // Without the pod's own route, the chain works as before.
     assert!(lab.exec("client", &["ip", "-6", "route", "del", &route]).status.success());
@@ -423,13 +397,7 @@ fn dual_stack_chain_carries_ipv4_and_ipv6() {
     assert!(ping(&lab, "client", &server6, 4), "IPv6 through the chain");
     let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP4:{server4}:8080")]);
     assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server");
-    let ids = |lab: &Lab| -> Vec<u64> {
-        let out = lab.exec("ids", &["nft", "-j", "list", "table", "inet", "vnf"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("rule")).map(|r| {
-            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).unwrap()["packets"].as_u64().unwrap()
-        }).collect()
-    };
+    let ids = |lab: &Lab| lab.nft_counters("ids", "inet vnf");
     let counts = ids(&lab);
     assert_eq!((counts[0], counts[1]), (0, 0), "nothing unmarked: {counts:?}");
     assert!(counts[2] >= 11, "{counts:?}");
@@ -445,10 +413,7 @@ spec:
     - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
     - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
 "#;
-    let file = lab.state.with_extension("back.yaml");
-    std::fs::write(&file, back).unwrap();
-    let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let applied = lab.run_yaml("apply", &back);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let before = ids(&lab)[2];
     assert!(ping(&lab, "server", &client4, 4), "server -> client over IPv4 through the reverse chain");
@@ -523,9 +488,7 @@ fn replicas_by_flow_hash_and_failure_policies() {
     let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
     let ids_doc = text.split("---\n").find(|d| d.contains("name: ids\n")).unwrap().to_string();
     let with_b = text.replacen(&ids_doc, &format!("{ids_doc}---\n{}", ids_doc.replace("name: ids\n", "name: ids-b\n")), 1);
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, &with_b).unwrap();
-    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let up = lab.run_yaml("up", &with_b);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     for pod in ["ids", "ids-b"] {
         wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"]).status.success());
@@ -561,9 +524,7 @@ fn replicas_by_flow_hash_and_failure_policies() {
     std::thread::sleep(Duration::from_millis(200));
     let chain_doc = with_b.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap().to_string();
     let apply = |policy: &str| {
-        let doc = chain_doc.replace("  functions:", &format!("  failurePolicy: {policy}\n  functions:"));
-        std::fs::write(&file, doc).unwrap();
-        lab.run(&["apply", "-f", file.to_str().unwrap()])
+        lab.run_yaml("apply", &chain_doc.replace("  functions:", &format!("  failurePolicy: {policy}\n  functions:")))
     };
     let closed = apply("Closed");
     assert!(!closed.status.success(), "a chain that drops is not Ready");
@@ -579,7 +540,6 @@ fn replicas_by_flow_hash_and_failure_policies() {
     assert!(ping(&lab, "client", &server6, 3), "Open: the ids is bypassed");
     let fw_after = lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["packets"].as_u64().unwrap();
     assert!(fw_after >= fw_before + 3, "still through the firewall");
-    let _ = std::fs::remove_file(&file);
 }
 
 /// Protocol and port matching with priorities: a higher-priority chain for UDP 9000-9001 to the
@@ -604,10 +564,7 @@ spec:
     - {{name: firewall, podSelector: {{matchLabels: {{vnf: firewall}}}}}}
 "#
     );
-    let file = lab.state.with_extension("udp.yaml");
-    std::fs::write(&file, udp).unwrap();
-    let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let applied = lab.run_yaml("apply", &udp);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let count = |pod: &str| -> u64 {
         lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap()["packets"].as_u64().unwrap()
@@ -646,13 +603,7 @@ fn symmetric_chain_returns_through_the_functions_in_reverse() {
     let (server4, server6) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true));
     assert!(ping(&lab, "client", &server4, 5));
     assert!(ping(&lab, "client", &server6, 5));
-    let counters = |pod: &str| -> Vec<u64> {
-        let out = lab.exec(pod, &["nft", "-j", "list", "table", "inet", "vnf"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("rule")).map(|r| {
-            r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).unwrap()["packets"].as_u64().unwrap()
-        }).collect()
-    };
+    let counters = |pod: &str| lab.nft_counters(pod, "inet vnf");
     let fw = counters("firewall");
     assert!(fw[0] >= 5 && fw[1] >= 5, "requests through the firewall: {fw:?}");
     assert!(fw[2] >= 5 && fw[3] >= 5, "replies reached the firewall marked by the ids: {fw:?}");
@@ -675,7 +626,7 @@ fn static_proxy_carries_the_chain() {
     assert_eq!(fw["behavior"], "End.AS", "{fw}");
     let server6 = pod_ip(&st, "server", true);
     assert!(ping(&lab, "client", &server6, 4), "through the static firewall and the dynamic ids");
-    let ids = nft_counters(&lab, "ids");
+    let ids = lab.nft_counters("ids", "ip6 vnf");
     assert_eq!(ids[0], 0, "everything marked: the firewall came first");
     assert!(ids[1] >= 4);
 }
@@ -732,9 +683,7 @@ fn segment_list_changes_lose_nothing() {
     let ids_doc = text.split("---\n").find(|d| d.contains("name: ids\n")).unwrap().to_string();
     let ids_b = ids_doc.replace("name: ids\n", "name: ids-b\n").replace("labels: {vnf: ids}", "labels: {vnf: ids-b}");
     let with_b = text.replacen(&ids_doc, &format!("{ids_doc}---\n{ids_b}"), 1);
-    let file = lab.state.with_extension("yaml");
-    std::fs::write(&file, &with_b).unwrap();
-    let up = lab.run(&["up", "-f", file.to_str().unwrap()]);
+    let up = lab.run_yaml("up", &with_b);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     for pod in ["ids", "ids-b"] {
         wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"]).status.success());
@@ -756,13 +705,11 @@ fn segment_list_changes_lose_nothing() {
     for i in 0..5 {
         std::thread::sleep(Duration::from_millis(800));
         let target = if i % 2 == 0 { "ids-b" } else { "ids" };
-        std::fs::write(&file, chain_doc.replace("matchLabels: {vnf: ids}", &format!("matchLabels: {{vnf: {target}}}"))).unwrap();
-        let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
+        let applied = lab.run_yaml("apply", &chain_doc.replace("matchLabels: {vnf: ids}", &format!("matchLabels: {{vnf: {target}}}")));
         assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
         let hops = lab.status()["chains"][0]["status"]["hops"][1]["replicas"][0]["pod"].clone();
         assert_eq!(hops, target);
     }
-    let _ = std::fs::remove_file(&file);
     let sent: Value = serde_json::from_slice(&send.wait_with_output().unwrap().stdout).unwrap();
     let got: Value = serde_json::from_slice(&recv.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(got["received"], sent["sent"], "{got}");

@@ -154,10 +154,7 @@ spec:
     - {{name: b, podSelector: {{matchLabels: {{vnf: podman-b}}}}}}
 "#
     );
-    let file = lab.state.with_extension("apply.yaml");
-    std::fs::write(&file, chain).unwrap();
-    let applied = lab.run(&["apply", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    let applied = lab.run_yaml("apply", &chain);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let rx = |c: &str| -> u64 { podman.ok(&["exec", c, "cat", "/sys/class/net/net1/statistics/rx_packets"]).trim().parse().unwrap() };
     let before = (rx(&alone), rx(&chained));

@@ -100,6 +100,32 @@ impl Lab {
         self.run(&args)
     }
 
+    /// `srv6pipes lab CMD -f FILE` with `yaml` as the file.
+    pub fn run_yaml(&self, cmd: &str, yaml: &str) -> Output {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let file = self.state.with_extension(format!("{}.yaml", N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::write(&file, yaml).unwrap();
+        let out = self.run(&[cmd, "-f", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+        out
+    }
+
+    /// Packet counters of the rules of a VNF's nftables table (e.g. "ip6 vnf"), in order.
+    pub fn nft_counters(&self, pod: &str, table: &str) -> Vec<u64> {
+        let mut args = vec!["nft", "-j", "list", "table"];
+        args.extend(table.split_whitespace());
+        let out = self.exec(pod, &args);
+        assert!(out.status.success(), "nft in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .map(|r| r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).expect("a counter")["packets"].as_u64().unwrap())
+            .collect()
+    }
+
     pub fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("status json")
     }
