@@ -102,14 +102,8 @@ async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Cni
 }
 
 fn mac_of(l: &LinkMessage) -> String {
-    l.attributes
-        .iter()
-        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
-        .unwrap_or_default()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    let bytes = l.attributes.iter().find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.as_slice()) } else { None });
+    node_api::format_mac(bytes.unwrap_or_default())
 }
 
 fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> CniError {
@@ -230,7 +224,7 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Optio
         veths.push(Veth { pod: name.clone(), host, host_mac, pod_mac });
     }
     let (inbound, outbound) = (veths[0].pod.clone(), veths.last().expect("one at least").pod.clone());
-    let gw_mac: Vec<u8> = veths.last().expect("one").host_mac.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    let gw_mac = node_api::parse_mac(&veths.last().expect("one").host_mac).ok_or_else(|| CniError::io("node-side MAC"))?;
     let ipam = ipam.cloned();
     in_netns(ns, move |h| {
         Box::pin(async move {

@@ -48,15 +48,8 @@ impl Netlink {
         if !is_veth {
             bail!("interface {name} is not a veth");
         }
-        let actual = link
-            .attributes
-            .iter()
-            .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
-            .unwrap_or_default()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let bytes = link.attributes.iter().find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.as_slice()) } else { None });
+        let actual = srv6::node_api::format_mac(bytes.unwrap_or_default());
         if !actual.eq_ignore_ascii_case(mac) {
             bail!("interface {name} has MAC {actual}, not {mac}");
         }

@@ -553,8 +553,7 @@ fn pod_of(a: &Attachment) -> String {
 }
 
 fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().map_err(|_| anyhow!("invalid MAC {s:?}"))?;
-    parts.try_into().map_err(|_| anyhow!("invalid MAC {s:?}"))
+    srv6::node_api::parse_mac(s).ok_or_else(|| anyhow!("invalid MAC {s:?}"))
 }
 
 fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
@@ -574,16 +573,4 @@ fn ensure_bpffs(pin_root: &Path) -> anyhow::Result<()> {
     }
     nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
         .context("mount bpffs at /sys/fs/bpf")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_parsing() {
-        assert_eq!(parse_mac("02:00:0a:ff:10:01").unwrap(), [2, 0, 0x0a, 0xff, 0x10, 1]);
-        assert!(parse_mac("02:00:0a:ff:10").is_err());
-        assert!(parse_mac("zz:00:0a:ff:10:01").is_err());
-    }
 }

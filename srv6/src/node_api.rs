@@ -147,6 +147,16 @@ pub struct SidCounters {
     pub drops: u64,
 }
 
+/// MACs travel as `aa:bb:cc:dd:ee:ff` in the API.
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    bytes.try_into().ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The daemon is not there (no socket, refused): CNI maps this to "try again later".
@@ -189,6 +199,14 @@ mod tests {
         assert_eq!(j, serde_json::json!({"op": "unregister", "container_id": "c1", "ifname": "net1"}));
         let back: Response = serde_json::from_str(r#"{"result":"registered","sid":"fcbb:bb00:1:e001::"}"#).unwrap();
         assert_eq!(back, Response::Registered { sid: Sid("fcbb:bb00:1:e001::".parse().unwrap()) });
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:0a:ff:10:01"), Some([2, 0, 0x0a, 0xff, 0x10, 1]));
+        assert_eq!(format_mac(&[2, 0, 0x0a, 0xff, 0x10, 1]), "02:00:0a:ff:10:01");
+        assert_eq!(parse_mac("02:00:0a:ff:10"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:10:01"), None);
     }
 
     #[test]
