@@ -226,8 +226,13 @@ impl Node {
 
     fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
         self.datapath.attach(Hook::Vnf, reg.return_host_ifname())?;
-        let behavior = if self.installed.as_returns.contains_key(&(reg.return_ifindex, 6)) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
+        let behavior = if self.is_static(reg) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
         self.set_proxy_behavior(reg, behavior)
+    }
+
+    /// End.AS: the interface has a configured return (installed for both families together).
+    fn is_static(&self, reg: &Registration) -> bool {
+        self.installed.as_returns.contains_key(&(reg.return_ifindex, 6))
     }
 
     fn set_proxy_behavior(&mut self, reg: &Registration, behavior: u32) -> anyhow::Result<()> {
@@ -310,7 +315,7 @@ impl Node {
         let mut oif_of: BTreeMap<std::net::IpAddr, u32> = BTreeMap::new();
         // One policy per (chain, segment list, inner family), with a stable id.
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
-        let mut headers: BTreeMap<PolicyKey, (u32, Vec<u8>)> = BTreeMap::new();
+        let mut ids: BTreeMap<PolicyKey, u32> = BTreeMap::new();
         let mut ifaces = BTreeSet::new();
         for h in &p.tables.headends {
             let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
@@ -321,22 +326,7 @@ impl Node {
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
             let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
             let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop };
-            let id = match headers.get(&key) {
-                Some((id, _)) => *id,
-                None => {
-                    let header = if h.drop {
-                        Vec::new()
-                    } else {
-                        let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
-                        srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
-                            .with_context(|| format!("chain {}: segment list", h.chain))?
-                    };
-                    let used: BTreeSet<u32> = known.values().chain(headers.values().map(|(i, _)| i)).copied().collect();
-                    let id = known.get(&key).copied().unwrap_or_else(|| (1..).find(|i| !used.contains(i)).expect("ids left"));
-                    headers.insert(key, (id, header));
-                    id
-                }
-            };
+            let id = policy_id(&known, &mut ids, key);
             oif_of.insert(h.source_ip, oif);
             classify.push(classifier::Rule {
                 source_ip: h.source_ip,
@@ -372,18 +362,7 @@ impl Node {
             as_sids.insert(u.sid);
             for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
                 let key = PolicyKey { chain: u.chain.clone(), role: format!("End.AS {}", u.sid), replicas: u.return_path.clone(), inner, drop: false };
-                let id = match headers.get(&key) {
-                    Some((id, _)) => *id,
-                    None => {
-                        let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
-                        let header = srv6::codec::encaps_header(src, &path, inner, ENCAP_HOP_LIMIT)
-                            .with_context(|| format!("chain {}: End.AS return path", u.chain))?;
-                        let used: BTreeSet<u32> = known.values().chain(headers.values().map(|(i, _)| i)).copied().collect();
-                        let id = known.get(&key).copied().unwrap_or_else(|| (1..).find(|i| !used.contains(i)).expect("ids left"));
-                        headers.insert(key, (id, header));
-                        id
-                    }
-                };
+                let id = policy_id(&known, &mut ids, key);
                 as_returns.insert((reg.return_ifindex, family), id);
             }
         }
@@ -394,8 +373,14 @@ impl Node {
         let uplink_idx = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
         let peers: BTreeMap<Ipv6Net, Ipv6Addr> = p.peers.iter().map(|peer| (peer.locator.prefix(), peer.underlay)).collect();
 
+        // Every header is built (and so validated) before anything changes.
+        let headers = ids
+            .iter()
+            .map(|(key, id)| Ok((key, *id, policy_header(src, key).with_context(|| format!("chain {}: segment list", key.chain))?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
         // Add and update first, then remove what is no longer wanted.
-        for (key, (id, header)) in &headers {
+        for (key, id, header) in &headers {
             // Hop tables first, so a policy never points at a table that is not there yet.
             let mut flags = if key.drop { POLICY_DROP } else { 0 };
             for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
@@ -449,7 +434,7 @@ impl Node {
         for &(class, proto) in old.frags.keys().filter(|k| !frags.contains_key(k)) {
             self.datapath.remove_frag_rule(class, proto)?;
         }
-        let policy_ids: BTreeSet<u32> = headers.values().map(|(id, _)| *id).collect();
+        let policy_ids: BTreeSet<u32> = ids.values().copied().collect();
         for id in old.policies.difference(&policy_ids) {
             self.datapath.remove_policy(*id)?;
         }
@@ -467,7 +452,7 @@ impl Node {
         }
         info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
         self.installed = Installed { rules, l4, frags, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers, as_returns };
-        self.state.policies = headers.into_iter().map(|(k, (id, _))| (k, id)).collect();
+        self.state.policies = ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
     }
@@ -475,7 +460,7 @@ impl Node {
     fn stats(&self) -> anyhow::Result<NodeStats> {
         let mut sids = Vec::new();
         let proxies = self.state.registrations.iter().map(|r| {
-            (r.sid, if self.installed.as_returns.contains_key(&(r.return_ifindex, 6)) { "End.AS" } else { "End.AD" })
+            (r.sid, if self.is_static(r) { "End.AS" } else { "End.AD" })
         });
         let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT46"));
         for (sid, behavior) in proxies.chain(decaps) {
@@ -546,6 +531,30 @@ impl Node {
         writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
         Ok(out)
     }
+}
+
+/// Policy ids are stable: a key keeps the id it had (persisted, since counters are per id); a
+/// new key takes the lowest id nobody holds.
+fn policy_id(known: &BTreeMap<PolicyKey, u32>, ids: &mut BTreeMap<PolicyKey, u32>, key: PolicyKey) -> u32 {
+    if let Some(id) = ids.get(&key) {
+        return *id;
+    }
+    let id = known.get(&key).copied().unwrap_or_else(|| {
+        let used: BTreeSet<u32> = known.values().chain(ids.values()).copied().collect();
+        (1..).find(|i| !used.contains(i)).expect("ids left")
+    });
+    ids.insert(key, id);
+    id
+}
+
+/// The H.Encaps header template of a policy: every hop's first replica (the datapath swaps in
+/// the flow's replica per hop); none for a dropping policy.
+fn policy_header(src: Ipv6Addr, key: &PolicyKey) -> anyhow::Result<Vec<u8>> {
+    if key.drop {
+        return Ok(Vec::new());
+    }
+    let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
+    Ok(srv6::codec::encaps_header(src, &path, key.inner, ENCAP_HOP_LIMIT)?)
 }
 
 fn pod_of(a: &Attachment) -> String {
