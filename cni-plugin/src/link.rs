@@ -259,26 +259,11 @@ fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Optio
                 .table_id(table)
                 .build();
             h.route().add(route4).replace().execute().await.map_err(nl("add chain route (IPv4)"))?;
-            h.rule()
-                .add()
-                .v6()
-                .input_interface(inbound.clone())
-                .table_id(table)
-                .action(RuleAction::ToTable)
-                .priority(RULE_PRIORITY)
-                .execute()
-                .await
-                .map_err(nl("add chain rule"))?;
-            h.rule()
-                .add()
-                .v4()
-                .input_interface(inbound.clone())
-                .table_id(table)
-                .action(RuleAction::ToTable)
-                .priority(RULE_PRIORITY)
-                .execute()
-                .await
-                .map_err(nl("add chain rule (IPv4)"))?;
+            // The same rule for both families: whatever arrives on the chain interface is
+            // routed by the chain table.
+            let rule = || h.rule().add().input_interface(inbound.clone()).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY);
+            rule().v6().execute().await.map_err(nl("add chain rule"))?;
+            rule().v4().execute().await.map_err(nl("add chain rule (IPv4)"))?;
             // rp_filter would drop chain traffic arriving on net1 for sources routed via eth0.
             for key in ["net/ipv4/conf/all/rp_filter".to_string(), format!("net/ipv4/conf/{inbound}/rp_filter")] {
                 std::fs::write(format!("/proc/sys/{key}"), "0").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;

@@ -612,6 +612,13 @@ struct Live {
     stats: BTreeMap<String, NodeStats>,
 }
 
+impl Live {
+    /// Drops by reason, per node.
+    fn drops(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect())).collect()
+    }
+}
+
 fn live(st: &LabState) -> Live {
     let mut l = Live { sids: BTreeMap::new(), stats: BTreeMap::new() };
     for n in &st.nodes {
@@ -660,7 +667,7 @@ fn status_json(st: &LabState) -> Value {
             "running": p.pid.is_some_and(sys::alive),
         })).collect::<Vec<_>>(),
         "sids": sid_rows(st, &live),
-        "drops": live.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>(),
+        "drops": live.drops(),
         "chains": st.chains,
     })
 }
@@ -745,8 +752,7 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
         .iter()
         .flat_map(|(node, s)| s.chains.iter().map(move |c| json!({"node": node, "chain": c.chain, "packets": c.packets, "bytes": c.bytes, "drops": c.drops})))
         .collect();
-    let drops: BTreeMap<String, BTreeMap<String, u64>> =
-        live.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect())).collect();
+    let drops = live.drops();
     let sids = sid_rows(&st, &live);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json!({"sids": sids, "chains": chains, "drops": drops}))?),
