@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{pod_ip, ping, repo_root, sid_packets, target_dir, wait_for, Lab};
+use common::{back_chain, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
 
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
@@ -195,18 +195,7 @@ fn reverse_chain_takes_the_remote_paths() {
     require_lab!("nft", "ping");
     let lab = Lab::new("rev");
     let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
-    let reverse = text.clone()
-        + r#"---
-apiVersion: srv6pipes.io/v1alpha1
-kind: ServiceChain
-metadata: {name: back, namespace: default}
-spec:
-  sources: {podSelector: {matchLabels: {app: server}}}
-  match: {destinationPrefixes: ["fd00:10:1::/64"]}
-  functions:
-    - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
-    - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
-"#;
+    let reverse = format!("{text}---{}", back_chain("fd00:10:1::/64"));
     let up = lab.run_yaml("up", &reverse);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let st = lab.status();
@@ -402,17 +391,7 @@ fn dual_stack_chain_carries_ipv4_and_ipv6() {
     assert_eq!((counts[0], counts[1]), (0, 0), "nothing unmarked: {counts:?}");
     assert!(counts[2] >= 11, "{counts:?}");
 
-    let back = r#"
-apiVersion: srv6pipes.io/v1alpha1
-kind: ServiceChain
-metadata: {name: back, namespace: default}
-spec:
-  sources: {podSelector: {matchLabels: {app: server}}}
-  match: {destinationPrefixes: ["10.10.1.0/24"]}
-  functions:
-    - {name: firewall, podSelector: {matchLabels: {vnf: firewall}}}
-    - {name: ids, podSelector: {matchLabels: {vnf: ids}}}
-"#;
+    let back = back_chain("10.10.1.0/24");
     let applied = lab.run_yaml("apply", &back);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let before = ids(&lab)[2];
@@ -500,7 +479,7 @@ fn replicas_by_flow_hash_and_failure_policies() {
         let st = lab.status();
         ["default/ids", "default/ids-b"]
             .iter()
-            .map(|p| st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == *p).unwrap()["packets"].as_u64().unwrap())
+            .map(|p| sid_of(&st, p)["packets"].as_u64().unwrap())
             .collect()
     };
     let seqflow = target_dir().join("seqflow");
@@ -536,9 +515,9 @@ fn replicas_by_flow_hash_and_failure_policies() {
     let st = lab.status();
     let conds = &st["chains"][0]["status"]["conditions"];
     assert_eq!((conds[0]["status"].as_str(), conds[1]["type"].as_str()), (Some("True"), Some("Degraded")), "{conds}");
-    let fw_before = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["packets"].as_u64().unwrap();
+    let fw_before = sid_of(&st, "default/firewall")["packets"].as_u64().unwrap();
     assert!(ping(&lab, "client", &server6, 3), "Open: the ids is bypassed");
-    let fw_after = lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["packets"].as_u64().unwrap();
+    let fw_after = sid_of(&lab.status(), "default/firewall")["packets"].as_u64().unwrap();
     assert!(fw_after >= fw_before + 3, "still through the firewall");
 }
 
@@ -567,7 +546,7 @@ spec:
     let applied = lab.run_yaml("apply", &udp);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let count = |pod: &str| -> u64 {
-        lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap()["packets"].as_u64().unwrap()
+        sid_of(&lab.status(), pod)["packets"].as_u64().unwrap()
     };
     let seqflow = target_dir().join("seqflow");
     let send = |port: u16| {
@@ -622,7 +601,7 @@ fn static_proxy_carries_the_chain() {
     lab.ok(&["up", "-f", repo_root().join("examples/lab-static.yaml").to_str().unwrap()]);
     wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     let st = lab.status();
-    let fw = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap().clone();
+    let fw = sid_of(&st, "default/firewall").clone();
     assert_eq!(fw["behavior"], "End.AS", "{fw}");
     let server6 = pod_ip(&st, "server", true);
     assert!(ping(&lab, "client", &server6, 4), "through the static firewall and the dynamic ids");
@@ -668,7 +647,7 @@ fn tcp_with_gso_crosses_the_chain_both_ways() {
         let drops: u64 = st["drops"][node].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
         assert_eq!(drops, 0, "{node}: {}", st["drops"][node]);
     }
-    let fw = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/firewall").unwrap()["bytes"].as_u64().unwrap();
+    let fw = sid_of(&st, "default/firewall")["bytes"].as_u64().unwrap();
     assert!(fw > 40_000_000, "the data crossed the firewall: {fw} bytes");
 }
 
@@ -715,6 +694,6 @@ fn segment_list_changes_lose_nothing() {
     assert_eq!(got["received"], sent["sent"], "{got}");
     assert_eq!((got["lost"].as_u64(), got["reordered"].as_u64()), (Some(0), Some(0)), "{got}");
     let st = lab.status();
-    let through = |pod: &str| st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap()["packets"].as_u64().unwrap();
+    let through = |pod: &str| sid_of(&st, pod)["packets"].as_u64().unwrap();
     assert!(through("default/ids") > 10_000 && through("default/ids-b") > 10_000, "both took turns");
 }

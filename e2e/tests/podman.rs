@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 mod common;
-use common::{is_root, pod_ip, ping, repo_root, sid_packets, target_dir, wait_for, Lab};
+use common::{is_root, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
 
 /// Podman with private storage, configuration and plugin directories, inside a lab node.
 struct Podman<'a> {
@@ -164,7 +164,7 @@ spec:
     let st = lab.status();
     assert!(sid_packets(&st, "n2", "End.AD") >= 10, "{}", st["sids"]);
     // The example chain's VNFs are bypassed for this more specific destination.
-    let ids_sid = st["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/ids").unwrap()["packets"].as_u64().unwrap();
+    let ids_sid = sid_of(&st, "default/ids")["packets"].as_u64().unwrap();
 
     // podman rm: DEL through the runtime; the SIDs and node-side veths go.
     podman.ok(&["rm", "-f", "-t", "0", &alone, &chained]);
@@ -173,7 +173,7 @@ spec:
     let links = String::from_utf8_lossy(&lab.run(&["exec", "--node", "n2", "--", "ip", "-o", "link"]).stdout).into_owned();
     assert_eq!(links.matches(" sp").count(), 1, "only the ids' veth is left: {links}");
     assert_eq!(
-        lab.status()["sids"].as_array().unwrap().iter().find(|s| s["pod"] == "default/ids").unwrap()["packets"],
+        sid_of(&lab.status(), "default/ids")["packets"],
         ids_sid
     );
 }

@@ -191,3 +191,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+
+/// The status row of the proxy SID of `pod` (NAMESPACE/NAME).
+pub fn sid_of<'a>(status: &'a Value, pod: &str) -> &'a Value {
+    status["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap_or_else(|| panic!("a SID of {pod}"))
+}
+
+/// A chain `name` from the server pods back to `prefix`, through the firewall then the ids.
+pub fn back_chain(prefix: &str) -> String {
+    format!(
+        r#"
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {{name: back, namespace: default}}
+spec:
+  sources: {{podSelector: {{matchLabels: {{app: server}}}}}}
+  match: {{destinationPrefixes: ["{prefix}"]}}
+  functions:
+    - {{name: firewall, podSelector: {{matchLabels: {{vnf: firewall}}}}}}
+    - {{name: ids, podSelector: {{matchLabels: {{vnf: ids}}}}}}
+"#
+    )
+}
