@@ -48,6 +48,13 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u8 saddr[16], __u
 	return 0;
 }
 
+static __always_inline int insert_source(const __u8 saddr[16])
+{
+	struct src_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, saddr, 16);
+	return bpf_map_lookup_elem(&sp_insert_sources, &k) != NULL;
+}
+
 /* Node uplink: SRv6 packets to this node's SIDs (End.AD inbound, decapsulation). */
 SEC("classifier")
 int sp_uplink(struct __sk_buff *skb)
@@ -68,38 +75,27 @@ int sp_uplink(struct __sk_buff *skb)
 			return drop(SP_DROP_UNKNOWN_SID);
 		return TC_ACT_OK;
 	}
-	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. */
-	if (!prefix_match(saddr, cfg->block, cfg->block_len))
+	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. SRH
+	 * insertion (End.AM) keeps the original source: the chains' own pods. */
+	if (!prefix_match(saddr, cfg->block, cfg->block_len) &&
+	    !(sid->behavior == SP_END_AM && insert_source(saddr)))
 		return drop_sid(daddr, len, SP_DROP_FOREIGN_SOURCE);
+	if (nexthdr == SP_NH_FRAGMENT)
+		return drop_sid(daddr, len, SP_DROP_FRAGMENT);
 	if (nexthdr != SP_NH_ROUTING)
 		return drop_sid(daddr, len, SP_DROP_NO_SRH);
 
 	/* RFC 8754 §4.3.1 / RFC 8986 §4.1 checks before anything is changed. */
-	__u8 srh[SP_SRH_FIXED];
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, srh, sizeof(srh)))
-		return drop_sid(daddr, len, SP_DROP_MALFORMED);
-	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
-	__u8 sl = srh[3], last = srh[4];
-	if (srh[2] != SP_RT_SRH || sl > last || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
-		return drop_sid(daddr, len, SP_DROP_MALFORMED);
-	if (last >= SP_MAX_SEGS)
-		return drop_sid(daddr, len, SP_DROP_TOO_MANY_SEGS);
-	if (!inner_supported(srh[0]))
-		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
 	struct outer_hdr *o = scratch();
 	if (!o)
 		return TC_ACT_SHOT;
-	__u64 outer_len = SP_IP6_LEN + hdr_len;
-	if (outer_len > SP_MAX_HDR)
-		return drop_sid(daddr, len, SP_DROP_TOO_MANY_SEGS);
-	if (outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
-		return drop_sid(daddr, len, SP_DROP_MALFORMED);
-	sp_barrier_var(outer_len);
-	if (outer_len > SP_MAX_HDR || outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
-		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, o->bytes, outer_len))
-		return drop_sid(daddr, len, SP_DROP_MALFORMED);
-	o->len = outer_len;
+	int err = load_srh(skb, o);
+	if (err)
+		return drop_sid(daddr, len, err);
+	if (sid->behavior == SP_END_AM)
+		return steer_inserted(skb, o);
+	if (!inner_supported(o->bytes[OFF_SRH]))
+		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
 	return steer(skb, o, 1);
 }
 
@@ -193,7 +189,10 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
 		verdict = drop(SP_DROP_NO_REPLICA);
 	else if (pick_replicas(skb, id, o))
 		verdict = drop(SP_DROP_MALFORMED);
-	else {
+	else if (o->pad & SP_POLICY_INSERT) {
+		int err = insert_srh(skb, o);
+		verdict = err ? drop(err) : steer_inserted(skb, o);
+	} else {
 		set_len_and_flow(skb, o);
 		verdict = steer(skb, o, 0);
 	}
@@ -206,14 +205,18 @@ SEC("classifier")
 int sp_vnf(struct __sk_buff *skb)
 {
 	__u16 proto = eth_proto(skb);
+	__u32 ifindex = skb->ingress_ifindex;
+	/* End.AM: the VNF returns the packet with its SRH (and nothing else). */
+	int am = bpf_map_lookup_elem(&sp_am_ifaces, &ifindex) != NULL;
+	__u8 nexthdr = 0;
 	if (proto == ETH_P_IPV6) {
-		__u8 saddr[16], daddr[16], nexthdr;
+		__u8 saddr[16], daddr[16];
 		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
 			return TC_ACT_OK;
 		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
 		if (is_link_scope(saddr) || is_link_scope(daddr))
 			return TC_ACT_OK;
-		if (closed_domain_violation(daddr, nexthdr))
+		if (closed_domain_violation(daddr, am && nexthdr == SP_NH_ROUTING ? 0 : nexthdr))
 			return drop(SP_DROP_CLOSED_DOMAIN);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr, daddr;
@@ -222,7 +225,17 @@ int sp_vnf(struct __sk_buff *skb)
 	} else {
 		return TC_ACT_OK; /* ARP and the like */
 	}
-	__u32 ifindex = skb->ingress_ifindex;
+	if (am) {
+		if (proto != ETH_P_IPV6)
+			return drop(SP_DROP_INNER_PROTO);
+		if (nexthdr != SP_NH_ROUTING)
+			return drop(SP_DROP_NO_SRH);
+		struct outer_hdr *o = scratch();
+		if (!o)
+			return TC_ACT_SHOT;
+		int err = load_srh(skb, o);
+		return err ? drop(err) : end_am_return(skb, o);
+	}
 	/* End.AS: the interface's configured headers. */
 	struct as_key ak = {.ifindex = ifindex, .family = proto == ETH_P_IP ? 4 : 6};
 	__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);

@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{AsKey, DropReason, FragKey, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -367,6 +367,45 @@ impl Datapath {
             .collect()
     }
 
+    /// End.AM: `ifindex` is a masquerading VNF's return interface (its SRH'd packets are
+    /// de-masqueraded there).
+    pub fn set_am_iface(&mut self, ifindex: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_am_ifaces")?;
+        m.insert(ifindex, 1, 0).map_err(|source| DatapathError::Map { map: "sp_am_ifaces", source })
+    }
+
+    pub fn remove_am_iface(&mut self, ifindex: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_am_ifaces")?;
+        ignore_missing(m.remove(&ifindex), "sp_am_ifaces")
+    }
+
+    pub fn am_ifaces(&self) -> Result<Vec<u32>> {
+        let m: HashMap<&MapData, u32, u32> = self.typed_ref("sp_am_ifaces")?;
+        m.keys().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_am_ifaces", source })
+    }
+
+    /// End.AM: a source (prefix) besides the cluster's locator block that may address this
+    /// node's masquerading SIDs (SRH insertion keeps the pods' own source addresses).
+    pub fn set_insert_source(&mut self, prefix: ipnet::Ipv6Net) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, SrcKey, u32> = self.typed("sp_insert_sources")?;
+        m.insert(&src_key(prefix), 1, 0).map_err(|source| DatapathError::Map { map: "sp_insert_sources", source })
+    }
+
+    pub fn remove_insert_source(&mut self, prefix: ipnet::Ipv6Net) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, SrcKey, u32> = self.typed("sp_insert_sources")?;
+        ignore_missing(m.remove(&src_key(prefix)), "sp_insert_sources")
+    }
+
+    pub fn insert_sources(&self) -> Result<Vec<ipnet::Ipv6Net>> {
+        let m: LpmTrie<&MapData, SrcKey, u32> = self.typed_ref("sp_insert_sources")?;
+        m.keys()
+            .map(|k| {
+                let k = k.map_err(|source| DatapathError::Map { map: "sp_insert_sources", source })?;
+                Ok(ipnet::Ipv6Net::new(Ipv6Addr::from(k.data().addr), k.prefix_len().min(128) as u8).expect("len <= 128"))
+            })
+            .collect()
+    }
+
     /// A hop's replica table (`REPLICA_SLOTS` SIDs) for a policy.
     pub fn set_hop_slots(&mut self, policy: u32, hop: u32, slots: &[Ipv6Addr]) -> Result<()> {
         if slots.len() != REPLICA_SLOTS {
@@ -497,6 +536,10 @@ fn parse_link_pin(name: &str) -> Option<(Hook, String, u32)> {
 
 fn headend_key(ifindex: u32, dst: ipnet::Ipv6Net) -> Key<HeadendKey> {
     Key::new(32 + dst.prefix_len() as u32, HeadendKey { ifindex, daddr: dst.trunc().network().octets() })
+}
+
+fn src_key(prefix: ipnet::Ipv6Net) -> Key<SrcKey> {
+    Key::new(prefix.prefix_len() as u32, SrcKey { addr: prefix.trunc().network().octets() })
 }
 
 fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>, map: &'static str) -> Result<()> {

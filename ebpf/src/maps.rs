@@ -8,12 +8,15 @@ pub const MAX_HDR: usize = 40 + 8 + 16 * MAX_SEGS;
 
 /// `SP_POLICY_DROP`: the headend drops the policy's traffic (failurePolicy Closed).
 pub const POLICY_DROP: u32 = 1 << 31;
+/// `SP_POLICY_INSERT`: H.Insert (SRH insertion, End.AM chains) instead of H.Encaps.
+pub const POLICY_INSERT: u32 = 1 << 30;
 /// `SP_REPLICA_SLOTS`: slots of a hop's replica table.
 pub const REPLICA_SLOTS: usize = 64;
 
 pub const BEHAVIOR_END_AD: u32 = 1;
 pub const BEHAVIOR_END_AS: u32 = 3;
 pub const BEHAVIOR_END_DT46: u32 = 2;
+pub const BEHAVIOR_END_AM: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,6 +128,12 @@ pub struct NodeConfig {
     pub ad_age_ns: u64,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrcKey {
+    pub addr: [u8; 16],
+}
+
 // SAFETY: plain `repr(C)` data without padding-dependent invariants or pointers.
 unsafe impl aya::Pod for SidEntry {}
 unsafe impl aya::Pod for OuterHdr {}
@@ -136,6 +145,7 @@ unsafe impl aya::Pod for L4Key {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for HopSlots {}
 unsafe impl aya::Pod for SidStats {}
+unsafe impl aya::Pod for SrcKey {}
 unsafe impl aya::Pod for NodeConfig {}
 
 /// `enum sp_drop` in common.h.
@@ -157,10 +167,11 @@ pub enum DropReason {
     TooManySegs,
     ClosedDomain,
     NoReplica,
+    Fragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -176,6 +187,7 @@ impl DropReason {
         Self::TooManySegs,
         Self::ClosedDomain,
         Self::NoReplica,
+        Self::Fragment,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -196,6 +208,7 @@ impl DropReason {
             Self::TooManySegs => "too_many_segs",
             Self::ClosedDomain => "closed_domain",
             Self::NoReplica => "no_replica",
+            Self::Fragment => "fragment",
         }
     }
 }
@@ -218,6 +231,8 @@ mod tests {
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
         assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));
         assert!(h.contains(&format!("SP_END_AS = {BEHAVIOR_END_AS},")));
+        assert!(h.contains(&format!("SP_END_AM = {BEHAVIOR_END_AM},")));
+        assert!(h.contains("#define SP_POLICY_INSERT (1u << 30)") && POLICY_INSERT == 1 << 30);
         let c_reasons: Vec<String> = h
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))

@@ -252,7 +252,8 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     };
     // Offsets: eth 14, IPv6 14..54, SRH 54.. (next 54, hdr ext len 55, type 56, SL 57, LE 58).
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[56] = 0), DropReason::Malformed);
-    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[57] = 3), DropReason::Malformed);
+    // Segments Left beyond Last Entry + 1 (RFC 8754 §4.3.1.1).
+    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[57] = 4), DropReason::Malformed);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[58] = 5), DropReason::Malformed);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p.truncate(60)), DropReason::Malformed);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[21] = 1), DropReason::HopLimit);
@@ -667,4 +668,110 @@ fn end_as_restores_configured_headers() {
     assert_eq!(b.dp.policy_stats(11).unwrap().packets, 1);
     // No IPv4 return configured: an IPv4 packet has nothing to go back with.
     b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x0800), inner4(SRC4, DST4)].concat(), DropReason::NoCache);
+}
+
+/// eth + the inner packet with an SRH inserted after its IPv6 header (H.Insert): `path` in
+/// travel order, the packet's own destination as Segment List[0], `sl` segments left, DA the
+/// active segment.
+fn inserted(pkt_src: &str, pkt_dst: &str, path: &[&str], sl: u8) -> Vec<u8> {
+    let plain = inner(pkt_src, pkt_dst);
+    let mut travel: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
+    travel.push(a(pkt_dst));
+    let mut srh = srv6::codec::Srh::for_path(&travel, plain[6]).unwrap();
+    srh.segments_left = sl;
+    let mut hdr = Vec::new();
+    srh.encode(&mut hdr).unwrap();
+    let mut ip = plain[..40].to_vec();
+    ip[6] = 43;
+    ip[4..6].copy_from_slice(&((plain.len() - 40 + hdr.len()) as u16).to_be_bytes());
+    ip[24..40].copy_from_slice(&srh.segments[sl as usize].octets());
+    [ip, hdr, plain[40..].to_vec()].concat()
+}
+
+#[test]
+fn end_am_masquerades_with_an_inserted_srh() {
+    let Some(mut b) = Bench::new() else { return };
+    const AM: &str = "fcbb:bb00:1:e00b::";
+    const NEXT: &str = "fcbb:bb00:2:e001::";
+    let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AM, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    b.dp.set_sid(a(AM), entry).unwrap();
+    b.dp.set_am_iface(b.vnf).unwrap();
+    let ip = |args: &str| {
+        let ok = Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success();
+        assert!(ok, "ip {args}");
+    };
+    ip("route add fd00:20::/64 via fd00:ffff::2 dev up0");
+
+    // Headend, H.Insert: the SRH goes between the IPv6 header and the UDP header, Segment
+    // List[0] is the original destination; the first segment is remote: out of the uplink.
+    let tmpl = encaps_header(a("fcbb:bb00:1::1"), &[a(NEXT), Ipv6Addr::UNSPECIFIED], 0, 64).unwrap();
+    b.dp.set_policy(7, &tmpl, srv6pipes_ebpf::POLICY_INSERT).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 7);
+    let from_pod = [0x02, 0, 0, 0, 0xdd, 1];
+    let (verdict, out) = b.run(Hook::Headend, b.src, &[eth(HOST_MAC, from_pod, 0x86dd), inner(INNER_SRC, INNER_DST)].concat());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    assert_eq!(&out[..12], &[PEER_MAC, b.up_mac()].concat()[..]);
+    assert_eq!(&out[14..], &inserted(INNER_SRC, INNER_DST, &[NEXT], 1)[..], "exactly H.Insert");
+    assert_eq!(b.dp.policy_stats(7).unwrap().packets, 1);
+
+    // Uplink: End.AM from an admitted pod source. DA <- Segment List[0], SL and hop limit -1,
+    // the SRH stays; into the VNF.
+    let arriving = [eth(HOST_MAC, PEER_MAC, 0x86dd), inserted(INNER_SRC, INNER_DST, &[AM, NEXT], 2)].concat();
+    b.expect_drop(Hook::Uplink, b.uplink, &arriving, DropReason::ForeignSource);
+    b.dp.set_insert_source(format!("{INNER_SRC}/128").parse().unwrap()).unwrap();
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &arriving);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    let mut expect = inserted(INNER_SRC, INNER_DST, &[AM, NEXT], 1);
+    expect[24..40].copy_from_slice(&a(INNER_DST).octets());
+    expect[7] = 63;
+    assert_eq!(out, [eth(VNF_MAC, HOST_MAC, 0x86dd), expect.clone()].concat(), "masqueraded");
+    assert_eq!(b.dp.sid_stats(a(AM)).unwrap().packets, 1);
+    // Only End.AM takes an inserted SRH: an End.AD SID finds no encapsulated packet.
+    let to_ad = [eth(HOST_MAC, PEER_MAC, 0x86dd), inserted("fcbb:bb00:2::1", INNER_DST, &[PATH[0]], 1)].concat();
+    b.expect_drop(Hook::Uplink, b.uplink, &to_ad, DropReason::InnerProto);
+    let mut sl0 = arriving.clone();
+    sl0[14 + 43] = 0;
+    b.expect_drop(Hook::Uplink, b.uplink, &sl0, DropReason::SlZero);
+
+    // The VNF forwards it (hop limit -1): de-masqueraded, DA <- the next segment, SRH kept, to
+    // the next node.
+    let mut back = expect.clone();
+    back[7] = 62;
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), back.clone()].concat());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    let mut restored = back.clone();
+    restored[24..40].copy_from_slice(&a(NEXT).octets());
+    assert_eq!(out, [eth(PEER_MAC, b.up_mac(), 0x86dd), restored].concat());
+
+    // The last proxy (Segments Left 0): the destination is the active segment, the SRH is popped
+    // and the packet goes on exactly as the source sent it (but for the hops).
+    let mut last = inserted(INNER_SRC, INNER_DST, &[NEXT, AM], 0);
+    last[7] = 62;
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), last].concat());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    let mut plain = inner(INNER_SRC, INNER_DST);
+    plain[7] = 62;
+    assert_eq!(out, [eth(PEER_MAC, b.up_mac(), 0x86dd), plain.clone()].concat(), "SRH popped");
+
+    // What a masquerading VNF must not do: send without the SRH, or steer the SRH outside the
+    // domain.
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), plain].concat(), DropReason::NoSrh);
+    let mut escape = back;
+    escape[40 + 8 + 16..40 + 8 + 32].copy_from_slice(&a("2001:db8::1").octets()); // Segment List[1]
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), escape].concat(), DropReason::ClosedDomain);
+}
+
+#[test]
+fn reduced_srh_without_the_first_segment_is_accepted() {
+    let Some(b) = Bench::new() else { return };
+    // RFC 8754 §4.1.1: the first segment may be left out; Segments Left = Last Entry + 1.
+    let mut pkt = srv6_packet("fcbb:bb00:2::1", &[PATH[1], PATH[2]], None);
+    pkt[14 + 24..14 + 40].copy_from_slice(&a(PATH[0]).octets());
+    pkt[14 + 43] = 2;
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &pkt);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    assert_eq!(&out[14..], &inner(INNER_SRC, INNER_DST)[..]);
+    let cache = b.dp.ad_cache(b.vnf).unwrap().unwrap();
+    let (ip, srh, _) = srv6::codec::decode_srv6(cache.header()).unwrap();
+    assert_eq!((ip.dst, srh.segments_left), (a(PATH[1]), 1));
 }

@@ -13,7 +13,7 @@ use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, Node
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
 use srv6::compiler::replica_slots;
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -45,6 +45,10 @@ struct Installed {
     frags: BTreeMap<(u32, Option<u8>), u32>,
     /// End.AS: (return ifindex, family) -> policy.
     as_returns: BTreeMap<(u32, u32), u32>,
+    /// End.AM: the masquerading VNFs' return interfaces.
+    am_ifaces: BTreeSet<u32>,
+    /// End.AM: pod addresses admitted as sources of inserted SRHs.
+    insert_sources: BTreeSet<Ipv6Net>,
     policies: BTreeSet<u32>,
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
@@ -96,6 +100,8 @@ impl Node {
             l4: dp.l4_rules()?.into_iter().collect(),
             frags: dp.frag_rules()?.into_iter().collect(),
             as_returns: dp.as_returns()?.into_iter().collect(),
+            am_ifaces: dp.am_ifaces()?.into_iter().collect(),
+            insert_sources: dp.insert_sources()?.into_iter().collect(),
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
             decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
@@ -117,10 +123,12 @@ impl Node {
         }
         // Proxy SIDs and VNF links nobody registered (a crash between install and save).
         let kept: BTreeSet<Ipv6Addr> = self.state.registrations.iter().map(|r| r.sid.0).collect();
-        for (sid, e) in sids.iter().filter(|(s, e)| e.behavior == BEHAVIOR_END_AD && !kept.contains(s)) {
+        for (sid, e) in sids.iter().filter(|(s, e)| e.behavior != BEHAVIOR_END_DT46 && !kept.contains(s)) {
             warn!(node = %self.name, sid = %sid, "removing unregistered proxy SID");
             self.datapath.remove_sid(*sid)?;
             self.datapath.remove_ad_cache(e.cache_ifindex)?;
+            self.datapath.remove_am_iface(e.cache_ifindex)?;
+            self.installed.am_ifaces.remove(&e.cache_ifindex);
         }
         let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.return_host_ifname()).collect();
         let orphans: Vec<String> = self
@@ -226,13 +234,19 @@ impl Node {
 
     fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
         self.datapath.attach(Hook::Vnf, reg.return_host_ifname())?;
-        let behavior = if self.is_static(reg) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
-        self.set_proxy_behavior(reg, behavior)
+        self.set_proxy_behavior(reg, self.behavior_of(reg))
     }
 
-    /// End.AS: the interface has a configured return (installed for both families together).
-    fn is_static(&self, reg: &Registration) -> bool {
-        self.installed.as_returns.contains_key(&(reg.return_ifindex, 6))
+    /// End.AS when the interface has a configured return (installed for both families
+    /// together), End.AM when it is a masquerading one, else End.AD.
+    fn behavior_of(&self, reg: &Registration) -> u32 {
+        if self.installed.as_returns.contains_key(&(reg.return_ifindex, 6)) {
+            BEHAVIOR_END_AS
+        } else if self.installed.am_ifaces.contains(&reg.return_ifindex) {
+            BEHAVIOR_END_AM
+        } else {
+            BEHAVIOR_END_AD
+        }
     }
 
     fn set_proxy_behavior(&mut self, reg: &Registration, behavior: u32) -> anyhow::Result<()> {
@@ -257,6 +271,10 @@ impl Node {
         if let Err(e) = self.datapath.remove_ad_cache(reg.return_ifindex) {
             errs.push(e.into());
         }
+        if let Err(e) = self.datapath.remove_am_iface(reg.return_ifindex) {
+            errs.push(e.into());
+        }
+        self.installed.am_ifaces.remove(&reg.return_ifindex);
         for family in [4, 6] {
             if let Err(e) = self.datapath.remove_as_return(reg.return_ifindex, family) {
                 errs.push(e.into());
@@ -325,7 +343,7 @@ impl Node {
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
             let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
-            let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop };
+            let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
             let id = policy_id(&known, &mut ids, key);
             oif_of.insert(h.source_ip, oif);
             classify.push(classifier::Rule {
@@ -361,11 +379,31 @@ impl Node {
             };
             as_sids.insert(u.sid);
             for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
-                let key = PolicyKey { chain: u.chain.clone(), role: format!("End.AS {}", u.sid), replicas: u.return_path.clone(), inner, drop: false };
+                let key = PolicyKey {
+                    chain: u.chain.clone(),
+                    role: format!("End.AS {}", u.sid),
+                    replicas: u.return_path.clone(),
+                    inner,
+                    drop: false,
+                    insert: false,
+                };
                 let id = policy_id(&known, &mut ids, key);
                 as_returns.insert((reg.return_ifindex, family), id);
             }
         }
+        let am_sids: BTreeSet<Sid> =
+            p.tables.proxies.iter().filter(|u| u.behavior == srv6::compiler::Behavior::EndAM).map(|u| u.sid).collect();
+        let am_ifaces: BTreeSet<u32> =
+            self.state.registrations.iter().filter(|r| am_sids.contains(&r.sid)).map(|r| r.return_ifindex).collect();
+        let insert_sources: BTreeSet<Ipv6Net> = p
+            .tables
+            .insert_sources
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V6(a) => Some(Ipv6Net::from(*a)),
+                std::net::IpAddr::V4(_) => None,
+            })
+            .collect();
         let decaps: BTreeSet<Sid> = p.tables.decaps.iter().map(|d| d.sid).collect();
         if let Some(d) = decaps.iter().find(|d| self.locator.funct_of(**d).is_none()) {
             bail!("decapsulation SID {d} is not in locator {}", self.locator);
@@ -382,7 +420,7 @@ impl Node {
         // Add and update first, then remove what is no longer wanted.
         for (key, id, header) in &headers {
             // Hop tables first, so a policy never points at a table that is not there yet.
-            let mut flags = if key.drop { POLICY_DROP } else { 0 };
+            let mut flags = if key.drop { POLICY_DROP } else { 0 } | if key.insert { POLICY_INSERT } else { 0 };
             for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
                 let slots: Vec<Ipv6Addr> = replica_slots(hop as u32, replicas).iter().map(|s| s.0).collect();
                 self.datapath.set_hop_slots(*id, hop as u32, &slots)?;
@@ -416,9 +454,23 @@ impl Node {
         for (&(ifindex, family), id) in &as_returns {
             self.datapath.set_as_return(ifindex, family, *id)?;
         }
+        for prefix in &insert_sources {
+            self.datapath.set_insert_source(*prefix)?;
+        }
+        // End.AM interfaces before their SIDs turn End.AM (what the VNF returns is then
+        // de-masqueraded), and after a SID stops being End.AM.
+        for ifindex in &am_ifaces {
+            self.datapath.set_am_iface(*ifindex)?;
+        }
         let regs = self.state.registrations.clone();
         for reg in &regs {
-            let behavior = if as_sids.contains(&reg.sid) { BEHAVIOR_END_AS } else { BEHAVIOR_END_AD };
+            let behavior = if as_sids.contains(&reg.sid) {
+                BEHAVIOR_END_AS
+            } else if am_sids.contains(&reg.sid) {
+                BEHAVIOR_END_AM
+            } else {
+                BEHAVIOR_END_AD
+            };
             self.set_proxy_behavior(reg, behavior)?;
         }
         for (prefix, via) in &peers {
@@ -447,11 +499,28 @@ impl Node {
         for &(ifindex, family) in old.as_returns.keys().filter(|k| !as_returns.contains_key(k)) {
             self.datapath.remove_as_return(ifindex, family)?;
         }
+        for ifindex in old.am_ifaces.difference(&am_ifaces) {
+            self.datapath.remove_am_iface(*ifindex)?;
+        }
+        for prefix in old.insert_sources.difference(&insert_sources) {
+            self.datapath.remove_insert_source(*prefix)?;
+        }
         for (prefix, via) in old.peer_routes.iter().filter(|(p, _)| !peers.contains_key(*p)) {
             self.netlink.delete_route(*prefix, *via, uplink_idx).await?;
         }
         info!(node = %self.name, headend_rules = rules.len(), policies = policy_ids.len(), decaps = decaps.len(), peers = peers.len(), "programmed");
-        self.installed = Installed { rules, l4, frags, policies: policy_ids, headend_ifaces: ifaces, decaps, peer_routes: peers, as_returns };
+        self.installed = Installed {
+            rules,
+            l4,
+            frags,
+            policies: policy_ids,
+            headend_ifaces: ifaces,
+            decaps,
+            peer_routes: peers,
+            as_returns,
+            am_ifaces,
+            insert_sources,
+        };
         self.state.policies = ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
@@ -460,7 +529,12 @@ impl Node {
     fn stats(&self) -> anyhow::Result<NodeStats> {
         let mut sids = Vec::new();
         let proxies = self.state.registrations.iter().map(|r| {
-            (r.sid, if self.is_static(r) { "End.AS" } else { "End.AD" })
+            let behavior = match self.behavior_of(r) {
+                BEHAVIOR_END_AS => "End.AS",
+                BEHAVIOR_END_AM => "End.AM",
+                _ => "End.AD",
+            };
+            (r.sid, behavior)
         });
         let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT46"));
         for (sid, behavior) in proxies.chain(decaps) {
@@ -547,13 +621,18 @@ fn policy_id(known: &BTreeMap<PolicyKey, u32>, ids: &mut BTreeMap<PolicyKey, u32
     id
 }
 
-/// The H.Encaps header template of a policy: every hop's first replica (the datapath swaps in
-/// the flow's replica per hop); none for a dropping policy.
+/// The header template of a policy: every hop's first replica (the datapath swaps in the
+/// flow's replica per hop); none for a dropping policy. H.Encaps: the outer IPv6 header and SRH.
+/// H.Insert: the same shape with the last segment left for the packet's own destination (the
+/// datapath fills it, the SRH's next header and the IPv6 header from the packet).
 fn policy_header(src: Ipv6Addr, key: &PolicyKey) -> anyhow::Result<Vec<u8>> {
     if key.drop {
         return Ok(Vec::new());
     }
-    let path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
+    let mut path: Vec<Ipv6Addr> = key.replicas.iter().map(|r| r[0].0).collect();
+    if key.insert {
+        path.push(Ipv6Addr::UNSPECIFIED);
+    }
     Ok(srv6::codec::encaps_header(src, &path, key.inner, ENCAP_HOP_LIMIT)?)
 }
 

@@ -38,6 +38,9 @@ pub struct PolicyKey {
     pub replicas: Vec<Vec<Sid>>,
     pub inner: u8,
     pub drop: bool,
+    /// H.Insert (End.AM chains) instead of H.Encaps.
+    #[serde(default)]
+    pub insert: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! Pure: the lab and the operator gather the world, call [`compile`], and hand each node daemon
 //! its [`NodeTables`]. Nothing here touches the kernel or an API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
@@ -72,6 +72,10 @@ pub struct HeadendPolicy {
     /// failurePolicy Closed with a function that has no replica: drop (and count) the traffic.
     #[serde(default)]
     pub drop: bool,
+    /// H.Insert instead of H.Encaps (a chain of Masquerading functions): the SRH goes into the
+    /// packet, with the packet's own destination as its last segment.
+    #[serde(default)]
+    pub insert: bool,
     /// IP protocol (per the destination's family: ICMP is 1 or 58); None = any.
     #[serde(default)]
     pub proto: Option<u8>,
@@ -94,6 +98,10 @@ pub enum Behavior {
     /// main table).
     #[serde(rename = "End.DT46")]
     EndDT46,
+    /// End.AM, masquerading proxy: the packet keeps its inserted SRH, the VNF sees the final
+    /// destination as DA.
+    #[serde(rename = "End.AM")]
+    EndAM,
 }
 
 /// A SID of this node that some chain uses.
@@ -119,6 +127,10 @@ pub struct NodeTables {
     pub headends: Vec<HeadendPolicy>,
     pub proxies: Vec<SidUse>,
     pub decaps: Vec<SidUse>,
+    /// Sources that may address this node's End.AM SIDs besides the locator block: SRH
+    /// insertion keeps the pods' own addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insert_sources: Vec<IpAddr>,
 }
 
 /// Why a chain is not (fully) programmed; names follow the operator's `Degraded` reasons.
@@ -237,8 +249,18 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             format!("{} functions + decapsulation exceed {} segments", c.spec.functions.len(), crate::MAX_SEGMENTS),
         );
     }
-    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy == ProxyKind::Masquerading) {
-        return fail(v, Reason::Unsupported, format!("function {}: proxy Masquerading is not supported yet", f.name));
+    // End.AM needs the SRH inserted into the original packet (H.Insert), so the whole chain
+    // uses insertion: there is then no encapsulated packet for End.AD or End.AS to restore.
+    let insert = c.spec.functions.iter().any(|f| f.proxy == ProxyKind::Masquerading);
+    if let Some(f) = c.spec.functions.iter().find(|f| insert && f.proxy != ProxyKind::Masquerading) {
+        return fail(
+            v,
+            Reason::Unsupported,
+            format!(
+                "function {}: proxy {:?} needs encapsulation, but Masquerading functions need SRH insertion; make every function of the chain Masquerading, or none",
+                f.name, f.proxy
+            ),
+        );
     }
     if let Some(f) = c.spec.functions.iter().find(|f| f.proxy == ProxyKind::Static && c.spec.symmetric) {
         return fail(
@@ -255,6 +277,13 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         Ok(s) => s,
         Err(m) => return fail(v, Reason::InvalidMatch, m.replace("destinationPrefixes", "sourcePrefixes")),
     };
+    if let Some(p) = destinations.iter().chain(&sources_allowed).find(|p| insert && p.addr().is_ipv4()) {
+        return fail(
+            v,
+            Reason::Unsupported,
+            format!("{p} is IPv4: Masquerading (End.AM) works by SRH insertion, which exists for IPv6 only"),
+        );
+    }
     let ports = match parse_ports(&c.spec.r#match.destination_ports) {
         Ok(p) => p,
         Err(m) => return fail(v, Reason::InvalidMatch, m),
@@ -310,22 +339,27 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     }
 
     // Decapsulate at the node owning every destination prefix, else after the last function.
+    // (Inserted SRHs end at the destination itself: the last proxy pops them.)
     let last_node = replica_sids.last().map(|h| h[0].1.node.as_str());
     let decap_node = owner_of(world, &destinations).map(String::as_str).or(last_node);
     let decap = decap_node.and_then(|d| world.nodes.iter().find(|n| n.name == d)).map(|n| n.locator.decap_sid());
-    let (decap_node, decap) = match (decap_node, decap) {
-        (Some(n), Some(d)) => (n.to_string(), d),
-        _ if dropping => (String::new(), Sid(std::net::Ipv6Addr::UNSPECIFIED)),
+    let decap = match (decap_node, decap) {
+        _ if insert || dropping => None,
+        (Some(n), Some(d)) => Some((n.to_string(), d)),
         (n, _) => return fail(v, Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?"))),
     };
 
     // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
     // every replica is used by at least one path. (The headend picks per hop by flow hash;
     // these lists only show the choices.)
-    let per_hop: Vec<Vec<Sid>> =
-        replica_sids.iter().map(|h| h.iter().map(|r| r.0).collect()).chain([vec![decap]]).collect();
+    let per_hop: Vec<Vec<Sid>> = replica_sids
+        .iter()
+        .map(|h| h.iter().map(|r| r.0).collect())
+        .chain(decap.iter().map(|(_, d)| vec![*d]))
+        .collect();
     let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
     let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
+    let first_path = paths.first().cloned().unwrap_or_default();
     if !dropping {
         v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
     }
@@ -337,10 +371,12 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         for (sid, pod, reg) in hop {
             let (behavior, return_path) = match kinds[i] {
                 ProxyKind::Static => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
-                _ => (Behavior::EndAD, Vec::new()),
+                ProxyKind::Masquerading => (Behavior::EndAM, Vec::new()),
+                ProxyKind::Dynamic => (Behavior::EndAD, Vec::new()),
             };
+            // One behaviour per interface; End.AS even one chain.
             let clash = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).find(|u| {
-                u.sid == *sid && u.chain != key && (u.behavior == Behavior::EndAS || behavior == Behavior::EndAS)
+                u.sid == *sid && u.chain != key && (u.behavior == Behavior::EndAS || u.behavior != behavior)
             });
             if let Some(u) = clash {
                 let m = format!("{}/{}:{} is already used by chain {} ({:?})", pod.namespace, pod.name, reg.interface, u.chain, u.behavior);
@@ -358,7 +394,9 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         Ok(p) => p,
         Err(m) => return fail(v, Reason::InvalidMatch, format!("sources: {m}")),
     };
-    let destinations: Vec<IpNet> = if destinations.is_empty() {
+    let destinations: Vec<IpNet> = if destinations.is_empty() && insert {
+        vec![Ipv6Net::default().into()]
+    } else if destinations.is_empty() {
         vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
     } else {
         destinations.iter().map(IpNet::trunc).collect()
@@ -377,9 +415,10 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                     source_pod: format!("{}/{}", src.namespace, src.name),
                     source_ip: ip,
                     destination: *dst,
-                    segments: if dropping { Vec::new() } else { paths[0].clone() },
+                    segments: if dropping { Vec::new() } else { first_path.clone() },
                     replicas: if dropping { Vec::new() } else { per_hop.clone() },
                     drop: dropping,
+                    insert,
                     proto,
                     ports: ports.clone(),
                     priority: c.spec.priority,
@@ -396,17 +435,17 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     // source's node. It is matched by protocol only (the forward ports are its source ports).
     let mut reverse_decaps: Vec<(String, Sid)> = Vec::new();
     if c.spec.symmetric && !dropping {
-        let back_hops: Vec<Vec<Sid>> = per_hop[..per_hop.len() - 1].iter().rev().cloned().collect();
+        let back_hops: Vec<Vec<Sid>> = replica_sids.iter().rev().map(|h| h.iter().map(|r| r.0).collect()).collect();
         let source_names: Vec<&str> = sources.iter().map(|p| p.name.as_str()).collect();
         let targets = world.pods.iter().filter(in_ns).filter(|p| p.ready && !source_names.contains(&p.name.as_str()));
         for dpod in targets {
             for dip in dpod.ips.iter().copied().filter(|ip| destinations.iter().any(|d| d.contains(ip))) {
                 for src in sources.iter().filter(|p| p.ready) {
                     let Some(src_loc) = world.nodes.iter().find(|n| n.name == src.node).map(|n| n.locator) else { continue };
-                    let back_decap = src_loc.decap_sid();
+                    let back_decap = (!insert).then(|| src_loc.decap_sid());
                     for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && allowed(ip)) {
                         let Some(node) = tables.get_mut(&dpod.node) else { continue };
-                        let replicas: Vec<Vec<Sid>> = back_hops.iter().cloned().chain([vec![back_decap]]).collect();
+                        let replicas: Vec<Vec<Sid>> = back_hops.iter().cloned().chain(back_decap.map(|d| vec![d])).collect();
                         node.headends.push(HeadendPolicy {
                             chain: key.clone(),
                             source_pod: format!("{}/{}", dpod.namespace, dpod.name),
@@ -415,27 +454,43 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                             segments: replicas.iter().map(|r| r[0]).collect(),
                             replicas,
                             drop: false,
+                            insert,
                             proto: proto_number(c.spec.r#match.protocol, dip),
                             ports: Vec::new(),
                             priority: c.spec.priority,
                         });
                         headends += 1;
-                        if !reverse_decaps.iter().any(|(n, _)| n == &src.node) {
-                            reverse_decaps.push((src.node.clone(), back_decap));
+                        if let Some(d) = back_decap.filter(|_| !reverse_decaps.iter().any(|(n, _)| n == &src.node)) {
+                            reverse_decaps.push((src.node.clone(), d));
                         }
                     }
                 }
             }
         }
     }
+    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
+    let insert_sources: BTreeSet<IpAddr> = tables
+        .values()
+        .flat_map(|t| &t.headends)
+        .filter(|h| h.chain == key && h.insert)
+        .map(|h| h.source_ip)
+        .collect();
     for (node, usage) in proxy_uses {
-        tables.entry(node).or_default().proxies.push(usage);
+        let t = tables.entry(node).or_default();
+        if usage.behavior == Behavior::EndAM {
+            for ip in &insert_sources {
+                if !t.insert_sources.contains(ip) {
+                    t.insert_sources.push(*ip);
+                }
+            }
+        }
+        t.proxies.push(usage);
     }
     if dropping {
         let (reason, m) = missing.swap_remove(0);
         return fail(v, reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)"));
     }
-    for (node, sid) in std::iter::once((decap_node, decap)).chain(reverse_decaps) {
+    for (node, sid) in decap.into_iter().chain(reverse_decaps) {
         let t = tables.entry(node).or_default();
         t.decaps.push(SidUse { sid, behavior: Behavior::EndDT46, chain: key.clone(), interface: None, return_path: Vec::new() });
     }
@@ -835,5 +890,56 @@ mod tests {
         assert_eq!(compile(&world(), &[chain("x", &src)]).chains[0].reason, Reason::NoSources, "client not in sourcePrefixes");
         src.r#match.source_prefixes = vec!["fd00:10:1::2/128".into()];
         assert!(compile(&world(), &[chain("x", &src)]).chains[0].ready);
+    }
+
+    #[test]
+    fn masquerading_chains_insert_the_srh_ipv6_only() {
+        let mut s = spec(&["fd00:10:2::/64"]);
+        s.symmetric = true;
+        for f in &mut s.functions {
+            f.proxy = ProxyKind::Masquerading;
+        }
+        let out = compile(&world(), &[chain("web", &s)]);
+        let v = &out.chains[0];
+        assert!(v.ready, "{v:?}");
+        let segs = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::"];
+        assert_eq!(v.paths[0].segments, segs, "no decapsulation: the destination is the last segment");
+        let h = &out.nodes["n1"].headends[0];
+        assert!(h.insert);
+        assert_eq!(h.segments.iter().map(Sid::to_string).collect::<Vec<_>>(), segs);
+        assert!(out.nodes.values().all(|t| t.decaps.is_empty()), "insertion needs no decapsulation SID");
+        assert!(out.nodes.values().flat_map(|t| &t.proxies).all(|u| u.behavior == Behavior::EndAM));
+        let back = out.nodes["n2"].headends.iter().find(|h| h.source_pod == "default/server").expect("reverse");
+        assert!(back.insert);
+        assert_eq!(back.segments.iter().map(Sid::to_string).collect::<Vec<_>>(), ["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::"]);
+        // Both nodes host an End.AM SID: both admit the client and the server as sources.
+        for n in ["n1", "n2"] {
+            let mut srcs: Vec<String> = out.nodes[n].insert_sources.iter().map(IpAddr::to_string).collect();
+            srcs.sort();
+            assert_eq!(srcs, ["fd00:10:1::2", "fd00:10:2::2", "fd00:10:2::3"], "{n}: client, and every destination pod");
+        }
+        // No prefix: IPv6 only.
+        let mut any = s.clone();
+        any.r#match.destination_prefixes.clear();
+        any.symmetric = false;
+        let out = compile(&world(), &[chain("any", &any)]);
+        let dsts: Vec<String> = out.nodes["n1"].headends.iter().map(|h| h.destination.to_string()).collect();
+        assert_eq!(dsts, ["::/0"]);
+
+        // IPv4 is refused with a clear status; so is a mix with encapsulating proxies.
+        let mut v4 = s.clone();
+        v4.r#match.destination_prefixes.push("10.20.0.0/16".into());
+        let v = &compile(&world(), &[chain("v4", &v4)]).chains[0];
+        assert_eq!(v.reason, Reason::Unsupported);
+        assert!(v.message.contains("10.20.0.0/16 is IPv4"), "{}", v.message);
+        let mut mixed = s.clone();
+        mixed.functions[1].proxy = ProxyKind::Dynamic;
+        let v = &compile(&world(), &[chain("mixed", &mixed)]).chains[0];
+        assert_eq!(v.reason, Reason::Unsupported);
+        assert!(v.message.contains("function ids"), "{}", v.message);
+        // One interface, one behaviour: an End.AD chain through the masquerading firewall clashes.
+        let out = compile(&world(), &[chain("a-web", &s), chain("b-plain", &spec(&["fd00:10:9::/64"]))]);
+        let v = out.chains.iter().find(|v| v.name == "b-plain").unwrap();
+        assert_eq!(v.reason, Reason::Conflict, "{v:?}");
     }
 }

@@ -37,12 +37,14 @@
 #define SP_NH_IPV4 4
 #define SP_NH_IPV6 41
 #define SP_NH_ROUTING 43
+#define SP_NH_FRAGMENT 44
 #define SP_RT_SRH 4
 
 enum sp_behavior {
 	SP_END_AD = 1,  /* dynamic proxy in front of a VNF interface */
 	SP_END_DT46 = 2, /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
 	SP_END_AS = 3,   /* static proxy: like End.AD inbound, configured headers outbound */
+	SP_END_AM = 4,   /* masquerading proxy: SRH kept, DA <-> Segment List[0] (SRH insertion) */
 };
 
 /* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
@@ -62,6 +64,7 @@ enum sp_drop {
 	SP_DROP_TOO_MANY_SEGS,     /* SRH longer than SP_MAX_SEGS */
 	SP_DROP_CLOSED_DOMAIN,     /* a pod sent to the locator block or with a routing header */
 	SP_DROP_NO_REPLICA,        /* a function of the chain has no replica (failurePolicy Closed) */
+	SP_DROP_FRAGMENT,          /* a fragment addressed to a SID (proxies cannot reassemble) */
 	SP_DROP_MAX,
 };
 
@@ -131,6 +134,7 @@ struct headend_key4 {
 
 /* Policy flags, in outer_hdr.pad of sp_policies entries. */
 #define SP_POLICY_DROP (1u << 31)       /* failurePolicy Closed and a function has no replica */
+#define SP_POLICY_INSERT (1u << 30)     /* H.Insert: the SRH goes into the packet (End.AM chains) */
 #define SP_POLICY_HOPS_MASK 0xffu       /* bit i: hop i picks a replica from sp_hop_slots */
 #define SP_REPLICA_SLOTS 64
 
@@ -142,6 +146,13 @@ struct hop_key {
 /* A hop's replicas spread over slots (rendezvous hashing in the control plane). */
 struct hop_slots {
 	__u8 sids[SP_REPLICA_SLOTS][16];
+};
+
+/* Sources allowed to address this node's End.AM SIDs besides the cluster's locator block:
+ * SRH insertion keeps the original source (the chains' pods). */
+struct src_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 struct sid_stats {

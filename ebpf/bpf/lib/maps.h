@@ -30,6 +30,24 @@ struct {
 	SP_PINNED;
 } sp_as_return SEC(".maps");
 
+/* End.AM: the node-side interfaces masquerading VNFs return on (value unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	SP_PINNED;
+} sp_am_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct src_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	SP_PINNED;
+} sp_insert_sources SEC(".maps");
+
 /* End.AD per flow, least recently used first out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

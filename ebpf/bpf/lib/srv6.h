@@ -51,7 +51,7 @@ static __always_inline int apply_end(struct outer_hdr *o)
 	if (o->bytes[OFF_HLIM] <= 1)
 		return SP_DROP_HOP_LIMIT;
 	sl--;
-	if (sl >= SP_MAX_SEGS)
+	if (sl >= SP_MAX_SEGS || sl > o->bytes[OFF_LAST])
 		return SP_DROP_MALFORMED;
 	o->bytes[OFF_SL] = sl;
 	o->bytes[OFF_HLIM]--;
@@ -59,6 +59,48 @@ static __always_inline int apply_end(struct outer_hdr *o)
 	if (off + 16 > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
 	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
+	return 0;
+}
+
+/* RFC 8986 §4.1 End as End.AM does it on the packet itself (draft-ietf-spring-sr-service-
+ * programming §6.4): Segments Left -1, hop limit -1, and the DA masqueraded as Segment List[0]
+ * (the final destination), so the VNF sees the original destination; the SRH stays. */
+static __always_inline int apply_am(struct outer_hdr *o)
+{
+	__u8 sl = o->bytes[OFF_SL];
+	if (sl == 0)
+		return SP_DROP_SL_ZERO;
+	if (o->bytes[OFF_HLIM] <= 1)
+		return SP_DROP_HOP_LIMIT;
+	o->bytes[OFF_SL] = sl - 1;
+	o->bytes[OFF_HLIM]--;
+	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[OFF_SEGS], 16);
+	return 0;
+}
+
+/* Loads the packet's IPv6 header and SRH (right after Ethernet) into `o` and validates them
+ * (RFC 8754 §4.3.1): 0 or a drop reason. Segments Left may be Last Entry + 1 (a reduced SRH
+ * without the first segment). */
+static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	__u8 srh[SP_SRH_FIXED];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, srh, sizeof(srh)))
+		return SP_DROP_MALFORMED;
+	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
+	__u8 sl = srh[3], last = srh[4];
+	if (srh[2] != SP_RT_SRH || (__u32)sl > (__u32)last + 1 || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
+		return SP_DROP_MALFORMED;
+	if (last >= SP_MAX_SEGS)
+		return SP_DROP_TOO_MANY_SEGS;
+	__u64 outer_len = SP_IP6_LEN + hdr_len;
+	if (outer_len > SP_MAX_HDR)
+		return SP_DROP_TOO_MANY_SEGS;
+	sp_barrier_var(outer_len);
+	if (outer_len > SP_MAX_HDR || outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
+		return SP_DROP_MALFORMED;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, o->bytes, outer_len))
+		return SP_DROP_MALFORMED;
+	o->len = outer_len;
 	return 0;
 }
 
@@ -302,4 +344,98 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 	default:
 		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
 	}
+}
+
+/* A packet that carries its SRH by insertion (`o` holds its IPv6 header and SRH): a local
+ * End.AM SID hands it to the VNF with the DA masqueraded; anything else goes to the FIB. */
+static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	__u32 skb_len = skb->len;
+	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
+	if (!sid)
+		return fib_forward(skb, o);
+	__u8 da[16];
+	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
+	/* Only End.AM keeps the original packet: the others expect an encapsulated one. */
+	if (sid->behavior != SP_END_AM)
+		return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
+	int err = apply_am(o);
+	if (err)
+		return drop_sid(da, skb_len, err);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, 0))
+		return drop_sid(da, skb_len, SP_DROP_ADJUST);
+	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
+		return drop_sid(da, skb_len, err);
+	count_sid(da, skb_len, 0);
+	return bpf_redirect_peer(sid->ifindex, 0);
+}
+
+/* H.Insert (draft-filsfils-spring-srv6-net-pgm-insertion): the policy's SRH (`o`, a template of
+ * IPv6 header + SRH) goes between the packet's IPv6 header and its payload. Segment List[0]
+ * becomes the packet's destination, the DA the first segment; `o` ends up holding the packet's
+ * new IPv6 header and SRH. Returns 0 or a drop reason. */
+static __always_inline int insert_srh(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	struct ipv6hdr ip6;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		return SP_DROP_MALFORMED;
+	__u64 len = o->len;
+	if (len < SP_IP6_LEN + SP_SRH_FIXED + 32 || len > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	__u32 srh_len = len - SP_IP6_LEN;
+	__u32 plen = bpf_ntohs(ip6.payload_len) + srh_len;
+	if (plen > 0xffff)
+		return SP_DROP_MTU;
+	__builtin_memcpy(&o->bytes[OFF_SEGS], &ip6.daddr, 16);
+	o->bytes[OFF_SRH] = ip6.nexthdr;
+	ip6.nexthdr = SP_NH_ROUTING;
+	ip6.payload_len = bpf_htons(plen);
+	__builtin_memcpy(&ip6.daddr, &o->bytes[OFF_DST], 16);
+	__builtin_memcpy(o->bytes, &ip6, SP_IP6_LEN);
+	if (bpf_skb_adjust_room(skb, (__s32)srh_len, BPF_ADJ_ROOM_NET, 0))
+		return SP_DROP_ADJUST;
+	sp_barrier_var(len);
+	if (len < SP_IP6_LEN + SP_SRH_FIXED + 32 || len > SP_MAX_HDR)
+		return SP_DROP_MALFORMED;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
+		return SP_DROP_ADJUST;
+	return 0;
+}
+
+/* End.AM de-masquerading (draft §6.4) on what a VNF returns (`o`: its IPv6 header and SRH, as
+ * loaded by load_srh): the DA becomes Segment List[Segments Left] again. When that is the final
+ * destination (SL 0) the SRH has no use left and is popped (as PSP would), so the destination
+ * gets the packet exactly as the source sent it. */
+static __always_inline int end_am_return(struct __sk_buff *skb, struct outer_hdr *o)
+{
+	__u8 sl = o->bytes[OFF_SL];
+	if (sl > o->bytes[OFF_LAST] || sl >= SP_MAX_SEGS)
+		return drop(SP_DROP_MALFORMED);
+	__u32 off = OFF_SEGS + 16 * (__u32)sl;
+	if (off + 16 > SP_MAX_HDR)
+		return drop(SP_DROP_MALFORMED);
+	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
+	if (sl > 0) {
+		/* The next segment must be a SID of the domain: a VNF cannot use the SRH to route. */
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+		if (!cfg || !prefix_match(&o->bytes[OFF_DST], cfg->block, cfg->block_len))
+			return drop(SP_DROP_CLOSED_DOMAIN);
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN, 0))
+			return drop(SP_DROP_ADJUST);
+		return steer_inserted(skb, o);
+	}
+	__u64 srh_len = o->len - SP_IP6_LEN;
+	__u32 plen = (__u32)o->bytes[OFF_PLEN] << 8 | o->bytes[OFF_PLEN + 1];
+	if (srh_len > SP_MAX_HDR - SP_IP6_LEN || plen < srh_len)
+		return drop(SP_DROP_MALFORMED);
+	plen -= srh_len;
+	o->bytes[OFF_PLEN] = plen >> 8;
+	o->bytes[OFF_PLEN + 1] = plen;
+	o->bytes[6] = o->bytes[OFF_SRH]; /* next header */
+	if (bpf_skb_adjust_room(skb, -(__s32)srh_len, BPF_ADJ_ROOM_NET, 0))
+		return drop(SP_DROP_ADJUST);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN, 0))
+		return drop(SP_DROP_ADJUST);
+	return fib_forward(skb, o);
 }
