@@ -630,6 +630,57 @@ fn static_proxy_carries_the_chain() {
     assert!(ids[1] >= 4);
 }
 
+/// examples/lab-masquerading.yaml: End.AM with SRH insertion, both directions. The VNFs see the
+/// client's own packet with the server as destination and the SRH inside; between the nodes the
+/// packet keeps the client's source (no encapsulation); both arrive exactly as sent.
+#[test]
+fn masquerading_proxies_carry_a_symmetric_chain() {
+    require_lab!("nft", "tcpdump", "socat", "ping");
+    let lab = Lab::new("masq");
+    let up = lab.ok(&["up", "-f", repo_root().join("examples/lab-masquerading.yaml").to_str().unwrap()]);
+    assert!(up.contains("Programmed"), "{up}");
+    wait_for("VNF rules", Duration::from_secs(10), || {
+        ["firewall", "ids"].iter().all(|p| lab.exec(p, &["nft", "list", "table", "ip6", "vnf"]).status.success())
+    });
+    let st = lab.status();
+    for vnf in ["default/firewall", "default/ids"] {
+        assert_eq!(sid_of(&st, vnf)["behavior"], "End.AM", "{}", sid_of(&st, vnf));
+    }
+    assert_eq!(st["chains"][0]["status"]["paths"][0]["segments"].as_array().unwrap().len(), 2, "no decapsulation SID");
+    let (client6, server6) = (pod_ip(&st, "client", true), pod_ip(&st, "server", true));
+    let fw_cap = Capture::start(&lab, "firewall");
+    let wire = Capture::underlay(&lab);
+    assert!(ping(&lab, "client", &server6, 5), "client -> server through both End.AM proxies");
+    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
+    let fw_pkts = fw_cap.finish();
+    let wire_pkts = wire.finish();
+
+    // Forward: the firewall marked, the ids saw only marked requests. Reverse: the ids marked
+    // the replies before the firewall saw them.
+    let fw = lab.nft_counters("firewall", "ip6 vnf");
+    let ids = lab.nft_counters("ids", "ip6 vnf");
+    assert!(fw[0] >= 5 && ids[0] >= 5, "requests: firewall {fw:?}, ids {ids:?}");
+    assert!(ids[1] >= 5 && fw[1] >= 5, "replies: ids {ids:?}, firewall {fw:?}");
+
+    // Masquerading: in the VNF the destination is the final one and the SRH is there.
+    let requests: Vec<&String> = fw_pkts.iter().filter(|l| l.contains("echo request")).collect();
+    assert!(!requests.is_empty(), "{fw_pkts:?}");
+    assert!(requests.iter().all(|l| l.contains(&format!("{client6} > {server6}")) && l.contains("RT6")), "{requests:?}");
+    // Insertion: on the wire the client's own source talks to the ids' SID, with no outer header.
+    let srv6: Vec<&String> = wire_pkts.iter().filter(|l| l.contains("RT6")).collect();
+    assert!(srv6.len() >= 5, "{wire_pkts:?}");
+    assert!(srv6.iter().any(|l| l.contains(&format!("{client6} > fcbb:bb00:2:"))), "{srv6:?}");
+    assert!(!srv6.iter().any(|l| l.contains("fcbb:bb00:1::1 >")), "nothing encapsulated: {srv6:?}");
+
+    let st = lab.status();
+    for node in ["n1", "n2"] {
+        assert!(sid_packets(&st, node, "End.AM") >= 10, "{node}: {}", st["sids"]);
+        let drops: u64 = st["drops"][node].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(drops, 0, "{node}: {}", st["drops"][node]);
+    }
+}
+
 /// Real TCP with GSO/GRO (iperf3) across the symmetric two-VNF chain, both directions, IPv4 and
 /// IPv6: it completes, nothing arrives with a bad checksum, srv6pipes drops nothing, and the
 /// firewall saw the data (it crossed the chain).

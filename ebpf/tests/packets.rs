@@ -259,6 +259,7 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[21] = 1), DropReason::HopLimit);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[54] = 17), DropReason::InnerProto);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 17), DropReason::NoSrh);
+    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 44), DropReason::Fragment);
     b.expect_drop(
         Hook::Uplink,
         b.uplink,
