@@ -66,8 +66,10 @@ pub struct NetConf {
     #[serde(default = "default_socket")]
     pub socket: String,
     /// MTU of the chain interface(s): inner packets, so the underlay MTU less the encapsulation.
-    #[serde(default = "default_mtu")]
-    pub mtu: u32,
+    /// Default: what the node daemon says its chains carry (uplink MTU less the largest SRv6
+    /// encapsulation).
+    #[serde(default)]
+    pub mtu: Option<u32>,
     #[serde(default)]
     pub interfaces: Interfaces,
     /// The pod-side interface to create. Default: CNI_IFNAME. Chained after a primary plugin
@@ -102,10 +104,6 @@ fn default_socket() -> String {
     srv6::node_api::DEFAULT_SOCKET.into()
 }
 
-fn default_mtu() -> u32 {
-    1400
-}
-
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let mut conf: NetConf = serde_json::from_slice(stdin)
@@ -123,8 +121,8 @@ impl NetConf {
         if conf.kind != "srv6pipes-cni" {
             return Err(CniError::config(format!("type {:?} is not srv6pipes-cni", conf.kind)));
         }
-        if !(1280..=65535).contains(&conf.mtu) {
-            return Err(CniError::config(format!("mtu {} out of range 1280..65535", conf.mtu)));
+        if let Some(mtu) = conf.mtu.filter(|m| !(1280..=65535).contains(m)) {
+            return Err(CniError::config(format!("mtu {mtu} out of range 1280..65535")));
         }
         if let Some(ipam) = &conf.ipam {
             if ipam.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
@@ -287,7 +285,7 @@ mod tests {
     fn parses_defaults_and_rejects_bad_configs() {
         let c = NetConf::parse(&conf("1.1.0")).unwrap();
         assert_eq!(c.socket, "/run/srv6pipes/node.sock");
-        assert_eq!(c.mtu, 1400);
+        assert_eq!(c.mtu, None, "the node daemon's by default");
         assert_eq!(c.interfaces, Interfaces::Single);
         assert_eq!(NetConf::parse(&conf("9.9.9")).unwrap_err().code, CODE_INCOMPATIBLE_VERSION);
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, CODE_DECODE);

@@ -133,11 +133,19 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let ns = open_netns(&env.netns)?;
     let pod_if = conf.pod_ifname(&env.ifname)?;
     let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => match call(conf, &Request::Sids)? {
+            Response::Sids(s) if s.vnf_mtu >= 1280 => s.vnf_mtu,
+            Response::Sids(s) => return Err(CniError::config(format!("node {} reports no chain MTU: set mtu", s.node))),
+            other => return Err(CniError::io(format!("unexpected answer from the node daemon: {other:?}"))),
+        },
+    };
     let ipam_result = match &conf.ipam {
         Some(i) => ipam::delegate(conf, i, "ADD", None)?,
         None => None,
     };
-    let made = create(conf, env, &ns, &names, ipam_result.as_ref()).and_then(|veths| {
+    let made = create(conf, env, &ns, &names, mtu, ipam_result.as_ref()).and_then(|veths| {
         let out = veths.get(1).map(|v| OutInterface { ifname: v.pod.clone(), host_ifname: v.host.clone(), host_mac: v.host_mac.clone() });
         let req = Request::Register(Attachment {
             network: conf.name.clone(),
@@ -184,9 +192,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
 }
 
 /// Creates the veth(s), moves the peers into the pod and configures both ends.
-fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], ipam: Option<&Value>) -> Result<Vec<Veth>, CniError> {
+fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, ipam: Option<&Value>) -> Result<Vec<Veth>, CniError> {
     let raw_ns = ns.as_raw_fd();
-    let mtu = conf.mtu;
     let mut veths = Vec::new();
     for name in names {
         let host = host_ifname(&env.container_id, name);

@@ -83,7 +83,7 @@ int sp_uplink(struct __sk_buff *skb)
 	if (nexthdr == SP_NH_FRAGMENT)
 		return drop_sid(daddr, len, SP_DROP_FRAGMENT);
 	if (nexthdr != SP_NH_ROUTING)
-		return drop_sid(daddr, len, SP_DROP_NO_SRH);
+		return sid_error(skb, daddr, len, SP_DROP_NO_SRH, SP_IP6_LEN);
 
 	/* RFC 8754 §4.3.1 / RFC 8986 §4.1 checks before anything is changed. */
 	struct outer_hdr *o = scratch();
@@ -91,7 +91,7 @@ int sp_uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	int err = load_srh(skb, o);
 	if (err)
-		return drop_sid(daddr, len, err);
+		return sid_error(skb, daddr, len, err, 0);
 	if (sid->behavior == SP_END_AM)
 		return steer_inserted(skb, o);
 	if (!inner_supported(o->bytes[OFF_SRH]))
@@ -169,6 +169,67 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 	return 0;
 }
 
+/* A chain carries packets up to the node's inner MTU (what the VNF interfaces take, so that the
+ * encapsulation of the most segments still fits the uplink). GSO packets are segments of at
+ * most the clamped MSS. */
+static __always_inline int too_big(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	if (!cfg || !cfg->inner_mtu)
+		return 0;
+	int v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
+	if (skb->gso_size == 0 && skb->len - ETH_HLEN > cfg->inner_mtu)
+		return 1;
+	clamp_mss(skb, v6, cfg->inner_mtu);
+	return 0;
+}
+
+/* Never a silent loss: an oversize packet is dropped (counted as `mtu`) and its source told the
+ * MTU, ICMPv6 Packet Too Big or ICMP Fragmentation Needed (sent whatever the DF bit: a sender
+ * that may fragment then fragments to the MTU). */
+static __always_inline int packet_too_big(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	int verdict = drop(SP_DROP_MTU);
+	if (!cfg)
+		return verdict;
+	__u32 mtu = cfg->inner_mtu;
+	__u8 src[16];
+	int r;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__builtin_memcpy(src, cfg->src, 16);
+		r = icmp_reply(skb, 1, 2, 0, mtu, src);
+	} else {
+		/* From the destination the source was talking to: the node has no IPv4 address of
+		 * its own in the SR domain. */
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4))
+			return verdict;
+		r = icmp_reply(skb, 0, 3, 4, mtu & 0xffff, src);
+	}
+	return r < 0 ? verdict : r;
+}
+
+/* ICMP errors a VNF generates (about a chain's packet it could not forward) go to the source
+ * the plain way, through the node's routing, not down the chain toward the destination. */
+static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6)
+{
+	__u8 type;
+	if (v6) {
+		__u8 nh;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) || nh != 58 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, &type, 1))
+			return 0;
+		return type < 128; /* RFC 4443 §2.1: 0-127 are errors */
+	}
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.protocol != 1 || (ip.frag_off & bpf_htons(0x1fff)) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &type, 1))
+		return 0;
+	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
+}
+
 /* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
@@ -184,10 +245,13 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, pol, sizeof(*o));
 	__u32 len = skb->len;
-	int verdict;
+	int verdict, dropped = 0;
 	if (o->pad & SP_POLICY_DROP)
 		verdict = drop(SP_DROP_NO_REPLICA);
-	else if (pick_replicas(skb, id, o))
+	else if (too_big(skb)) {
+		verdict = packet_too_big(skb);
+		dropped = 1;
+	} else if (pick_replicas(skb, id, o))
 		verdict = drop(SP_DROP_MALFORMED);
 	else if (o->pad & SP_POLICY_INSERT) {
 		int err = insert_srh(skb, o);
@@ -196,7 +260,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
 		set_len_and_flow(skb, o);
 		verdict = steer(skb, o, 0);
 	}
-	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, verdict == TC_ACT_SHOT);
+	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, dropped || verdict == TC_ACT_SHOT);
 	return verdict;
 }
 
@@ -225,6 +289,8 @@ int sp_vnf(struct __sk_buff *skb)
 	} else {
 		return TC_ACT_OK; /* ARP and the like */
 	}
+	if (is_icmp_error(skb, proto == ETH_P_IPV6))
+		return TC_ACT_OK;
 	if (am) {
 		if (proto != ETH_P_IPV6)
 			return drop(SP_DROP_INNER_PROTO);

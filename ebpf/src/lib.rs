@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{AsKey, DropReason, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, Event, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -487,6 +487,22 @@ impl Datapath {
         let prog: &SchedClassifier = self.bpf.program(program).expect("loaded").try_into().expect("classifier");
         let fd = prog.fd().map_err(|source| DatapathError::Program { program, source })?;
         testrun::run(fd, packet, ctx).map_err(|e| DatapathError::Invalid(format!("test run {program}: {e}")))
+    }
+
+    /// Datapath events (ICMP errors sent or rate limited, MSS clamps), summed over CPUs.
+    pub fn events(&self) -> Result<Vec<(Event, u64)>> {
+        let m: PerCpuArray<&MapData, u64> = self.typed_ref("sp_events")?;
+        Event::ALL
+            .iter()
+            .map(|e| {
+                let v = m.get(&(*e as u32), 0).map_err(|source| DatapathError::Map { map: "sp_events", source })?;
+                Ok((*e, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn event(&self, event: Event) -> Result<u64> {
+        Ok(self.events()?.into_iter().find(|(e, _)| *e == event).map_or(0, |(_, n)| n))
     }
 
     /// Drops counted for one reason, summed over CPUs.

@@ -126,6 +126,12 @@ pub struct NodeConfig {
     pub block: [u8; 16],
     /// End.AD re-learns a cache at most this often (0: on every packet).
     pub ad_age_ns: u64,
+    /// This node's SRv6 source address (also the source of its ICMPv6 errors).
+    pub src: [u8; 16],
+    /// Largest packet a chain carries (uplink MTU - `MAX_HDR`); bigger ones get Packet Too Big,
+    /// TCP SYNs a clamped MSS. 0: no check.
+    pub inner_mtu: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -148,6 +154,27 @@ unsafe impl aya::Pod for SidStats {}
 unsafe impl aya::Pod for SrcKey {}
 unsafe impl aya::Pod for NodeConfig {}
 
+/// `enum sp_event` in common.h: what the datapath did besides forwarding and dropping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum Event {
+    IcmpSent = 0,
+    IcmpLimited,
+    MssClamped,
+}
+
+impl Event {
+    pub const ALL: [Event; 3] = [Self::IcmpSent, Self::IcmpLimited, Self::MssClamped];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IcmpSent => "icmp_sent",
+            Self::IcmpLimited => "icmp_limited",
+            Self::MssClamped => "mss_clamped",
+        }
+    }
+}
+
 /// `enum sp_drop` in common.h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u32)]
@@ -168,10 +195,11 @@ pub enum DropReason {
     ClosedDomain,
     NoReplica,
     Fragment,
+    SlRange,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -188,6 +216,7 @@ impl DropReason {
         Self::ClosedDomain,
         Self::NoReplica,
         Self::Fragment,
+        Self::SlRange,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -209,6 +238,7 @@ impl DropReason {
             Self::ClosedDomain => "closed_domain",
             Self::NoReplica => "no_replica",
             Self::Fragment => "fragment",
+            Self::SlRange => "sl_range",
         }
     }
 }
@@ -246,6 +276,14 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<OuterHdr>(), 16 + MAX_HDR);
         assert_eq!(std::mem::size_of::<SidEntry>(), 24);
-        assert_eq!(std::mem::size_of::<NodeConfig>(), 48);
+        assert_eq!(std::mem::size_of::<NodeConfig>(), 72);
+        let c_events: Vec<String> = h
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("SP_EV_"))
+            .map(|l| l.split([' ', ',', '=']).next().unwrap().to_lowercase())
+            .filter(|n| n != "max")
+            .collect();
+        let rust: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+        assert_eq!(c_events, rust, "enum sp_event order and names");
     }
 }

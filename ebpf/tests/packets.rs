@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
-use srv6pipes_ebpf::{Datapath, DropReason, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
+use srv6pipes_ebpf::{Datapath, DropReason, Event, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -68,14 +68,7 @@ impl Bench {
         let pins = PathBuf::from(format!("/sys/fs/bpf/srv6pipes-test/{netns}"));
         std::fs::create_dir_all(&pins).unwrap();
         let mut dp = Datapath::load(&pins).unwrap();
-        dp.set_config(NodeConfig {
-            locator: a("fcbb:bb00:1::").octets(),
-            locator_len: 48,
-            block_len: 32,
-            block: a("fcbb:bb00::").octets(),
-            ad_age_ns: 0,
-        })
-        .unwrap();
+        dp.set_config(config(0)).unwrap();
         let idx = |n: &str| nix::net::if_::if_nametoindex(n).unwrap();
         let (uplink, vnf, src) = (idx("up0"), idx("vnf0"), idx("src0"));
         dp.set_sid(a("fcbb:bb00:1:e001::"), SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC }).unwrap();
@@ -102,6 +95,17 @@ impl Bench {
         assert_eq!(self.dp.drops(reason).unwrap(), before + 1, "counted as {reason:?}");
     }
 
+    /// Runs and expects a drop counted under `reason`, answered by an ICMP error about it.
+    fn expect_icmp(&self, hook: Hook, ifindex: u32, packet: &[u8], reason: DropReason, error: (u8, u8, u32)) -> Vec<u8> {
+        let before = (self.dp.drops(reason).unwrap(), self.dp.event(Event::IcmpSent).unwrap());
+        let (verdict, out) = self.run(hook, ifindex, packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{reason:?}: {:?}", self.dp.drop_reasons().unwrap());
+        assert_eq!(self.dp.drops(reason).unwrap(), before.0 + 1, "counted as {reason:?}");
+        assert_eq!(self.dp.event(Event::IcmpSent).unwrap(), before.1 + 1);
+        check_icmp_error(packet, &out, error);
+        out
+    }
+
     fn up_mac(&self) -> [u8; 6] {
         let out = Command::new("ip").args(["-n", &self.netns, "-o", "link", "show", "up0"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -115,6 +119,67 @@ impl Drop for Bench {
         let _ = self.pins.parent().map(std::fs::remove_dir);
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
     }
+}
+
+/// The largest packet the test node's chains carry: a 1500-byte uplink less 176 bytes.
+const INNER_MTU: u32 = 1500 - 176;
+
+/// Node n1 of the tests: locator fcbb:bb00:1::/48 in the block fcbb:bb00::/32.
+fn config(ad_age_ns: u64) -> NodeConfig {
+    NodeConfig {
+        locator: a("fcbb:bb00:1::").octets(),
+        locator_len: 48,
+        block_len: 32,
+        block: a("fcbb:bb00::").octets(),
+        ad_age_ns,
+        src: a("fcbb:bb00:1::1").octets(),
+        inner_mtu: INNER_MTU,
+        pad: 0,
+    }
+}
+
+/// The Internet checksum's one's-complement sum of `data` (odd tail zero-padded).
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for c in data.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// `reply` is the ICMP (IPv4 packet) or ICMPv6 (IPv6 packet) error `(type, code, info)` about
+/// `packet`: MACs swapped, to its source, from n1's SRv6 source (IPv6) or the packet's
+/// destination (IPv4), quoting as much of it as the minimum MTU (576 for IPv4) allows, with
+/// valid checksums.
+fn check_icmp_error(packet: &[u8], reply: &[u8], (ty, code, info): (u8, u8, u32)) {
+    assert_eq!(&reply[0..6], &packet[6..12], "back to the sender's MAC");
+    assert_eq!(&reply[6..12], &packet[0..6]);
+    let (ip, orig) = (&reply[14..], &packet[14..]);
+    let icmp = if ip[0] >> 4 == 6 {
+        assert_eq!(ip[6], 58, "ICMPv6");
+        assert_eq!(&ip[8..24], &a("fcbb:bb00:1::1").octets(), "from the node's SRv6 source");
+        assert_eq!(&ip[24..40], &orig[8..24], "to the packet's source");
+        let icmp = &ip[40..];
+        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]) as usize, icmp.len());
+        let mut pseudo = ip[8..40].to_vec();
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        assert_eq!(ones_sum(icmp, ones_sum(&pseudo, 0)), 0xffff, "ICMPv6 checksum");
+        assert_eq!(&icmp[8..], &orig[..orig.len().min(1232)], "quote");
+        icmp
+    } else {
+        assert_eq!((ip[0], ip[9]), (0x45, 1), "ICMP");
+        assert_eq!(ones_sum(&ip[..20], 0), 0xffff, "IPv4 header checksum");
+        assert_eq!(&ip[12..16], &orig[16..20], "from the packet's destination");
+        assert_eq!(&ip[16..20], &orig[12..16], "to its source");
+        let icmp = &ip[20..];
+        assert_eq!(ones_sum(icmp, 0), 0xffff, "ICMP checksum");
+        assert_eq!(&icmp[8..], &orig[..orig.len().min(548)], "quote");
+        icmp
+    };
+    assert_eq!((icmp[0], icmp[1], u32::from_be_bytes(icmp[4..8].try_into().unwrap())), (ty, code, info));
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
@@ -252,13 +317,16 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     };
     // Offsets: eth 14, IPv6 14..54, SRH 54.. (next 54, hdr ext len 55, type 56, SL 57, LE 58).
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[56] = 0), DropReason::Malformed);
-    // Segments Left beyond Last Entry + 1 (RFC 8754 §4.3.1.1).
-    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[57] = 4), DropReason::Malformed);
+    // RFC 8754 §4.3.1.1: Segments Left beyond Last Entry + 1 -> Parameter Problem pointing at
+    // Segments Left (offset 43 of the IPv6 packet).
+    b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[57] = 4), DropReason::SlRange, (4, 0, 43));
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[58] = 5), DropReason::Malformed);
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p.truncate(60)), DropReason::Malformed);
-    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[21] = 1), DropReason::HopLimit);
+    // RFC 8986 §4.1: hop limit exhausted -> Time Exceeded; no SRH at a proxy SID -> Parameter
+    // Problem, SR Upper-layer Header Error (code 4) pointing at the upper-layer header.
+    b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[21] = 1), DropReason::HopLimit, (3, 0, 0));
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[54] = 17), DropReason::InnerProto);
-    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 17), DropReason::NoSrh);
+    b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 17), DropReason::NoSrh, (4, 4, 40));
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 44), DropReason::Fragment);
     b.expect_drop(
         Hook::Uplink,
@@ -268,7 +336,7 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     );
     // An End.AD SID as the last segment (Segments Left 0).
     let last = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::"], Some(0));
-    b.expect_drop(Hook::Uplink, b.uplink, &last, DropReason::SlZero);
+    b.expect_icmp(Hook::Uplink, b.uplink, &last, DropReason::SlZero, (4, 4, 40 + 8 + 32));
     // Nine segments: more than the datapath's maximum.
     let nine: Vec<String> = (1..=9).map(|i| format!("fcbb:bb00:2:e{i:03x}::")).collect();
     let mut long = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:1:e001::"], None);
@@ -289,7 +357,7 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
     // A decapsulation SID with segments left.
     let early = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:1:d6::", "fcbb:bb00:2:d6::"], None);
-    b.expect_drop(Hook::Uplink, b.uplink, &early, DropReason::SlNonzero);
+    b.expect_icmp(Hook::Uplink, b.uplink, &early, DropReason::SlNonzero, (4, 0, 43));
     assert_eq!(b.dp.sid_stats(a(PATH[0])).unwrap().packets, 0, "nothing half-processed was forwarded");
 }
 
@@ -458,13 +526,6 @@ fn ipv4_inner_through_every_behaviour() {
 #[test]
 fn end_ad_age_limits_how_often_the_cache_is_relearnt() {
     let Some(mut b) = Bench::new() else { return };
-    let config = |age_ns| NodeConfig {
-        locator: a("fcbb:bb00:1::").octets(),
-        locator_len: 48,
-        block_len: 32,
-        block: a("fcbb:bb00::").octets(),
-        ad_age_ns: age_ns,
-    };
     let other = ["fcbb:bb00:1:e001::", "fcbb:bb00:3:e001::", "fcbb:bb00:3:d6::"];
     let next_of = |b: &Bench| srv6::codec::decode_srv6(b.dp.ad_cache(b.vnf).unwrap().unwrap().header()).unwrap().0.dst;
     // age 0: every packet is compared, a change lands at once.
@@ -732,7 +793,7 @@ fn end_am_masquerades_with_an_inserted_srh() {
     b.expect_drop(Hook::Uplink, b.uplink, &to_ad, DropReason::InnerProto);
     let mut sl0 = arriving.clone();
     sl0[14 + 43] = 0;
-    b.expect_drop(Hook::Uplink, b.uplink, &sl0, DropReason::SlZero);
+    b.expect_icmp(Hook::Uplink, b.uplink, &sl0, DropReason::SlZero, (4, 4, 40 + 8 + 48));
 
     // The VNF forwards it (hop limit -1): de-masqueraded, DA <- the next segment, SRH kept, to
     // the next node.
@@ -775,4 +836,120 @@ fn reduced_srh_without_the_first_segment_is_accepted() {
     let cache = b.dp.ad_cache(b.vnf).unwrap().unwrap();
     let (ip, srh, _) = srv6::codec::decode_srv6(cache.header()).unwrap();
     assert_eq!((ip.dst, srh.segments_left), (a(PATH[1]), 1));
+}
+
+/// A TCP SYN (options NOP, NOP, SACK permitted, MSS `mss`) over IPv6 or IPv4, checksums set.
+fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
+    let mut tcp = vec![0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, 7 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    tcp.extend_from_slice(&[1, 1, 4, 2, 2, 4]);
+    tcp.extend_from_slice(&mss.to_be_bytes());
+    let (mut ip, pseudo) = if v6 {
+        let mut ip = Vec::new();
+        srv6::codec::Ipv6Header { traffic_class: 0, flow_label: 0, payload_len: tcp.len() as u16, next_header: 6, hop_limit: 64, src: a(INNER_SRC), dst: a(INNER_DST) }
+            .encode(&mut ip);
+        let mut pseudo = ip[8..40].to_vec();
+        pseudo.extend_from_slice(&(tcp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        (ip, pseudo)
+    } else {
+        let mut ip = inner4(SRC4, DST4)[..20].to_vec();
+        ip[9] = 6;
+        ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let sum = !(ones_sum(&ip, 0) as u16);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut pseudo = ip[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        (ip, pseudo)
+    };
+    let sum = !(ones_sum(&tcp, ones_sum(&pseudo, 0)) as u16);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// An IPv6 (or IPv4) UDP packet of `len` bytes from the source pod.
+fn sized(v6: bool, len: usize) -> Vec<u8> {
+    let mut p = if v6 { inner(INNER_SRC, INNER_DST) } else { inner4(SRC4, DST4) };
+    let grow = len - p.len();
+    p.extend(std::iter::repeat_n(0xab, grow));
+    if v6 {
+        let plen = (len - 40) as u16;
+        p[4..6].copy_from_slice(&plen.to_be_bytes());
+        p[44..46].copy_from_slice(&plen.to_be_bytes());
+    } else {
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = !(ones_sum(&p[..20], 0) as u16);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    }
+    p
+}
+
+#[test]
+fn headend_answers_oversize_packets_and_clamps_tcp_mss() {
+    let Some(mut b) = Bench::new() else { return };
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    for (id, inner, dst) in [(1, NEXT_HEADER_IPV6, "fd00:20::/64"), (2, srv6::codec::NEXT_HEADER_IPV4, "10.20.0.0/16")] {
+        b.dp.set_policy(id, &encaps_header(a("fcbb:bb00:1::1"), &path, inner, 64).unwrap(), 0).unwrap();
+        b.rule(b.src, dst.parse().unwrap(), id);
+    }
+    let from_pod = [0x02, 0, 0, 0, 0xdd, 1];
+    let frame = |v6: bool, ip: Vec<u8>| [eth(HOST_MAC, from_pod, if v6 { 0x86dd } else { 0x0800 }), ip].concat();
+
+    // Up to the inner MTU: carried. One byte more: Packet Too Big (IPv6) / Fragmentation
+    // Needed (IPv4) with the MTU, back to the pod, counted as `mtu`.
+    for v6 in [true, false] {
+        let fits = frame(v6, sized(v6, INNER_MTU as usize));
+        assert_eq!(b.run(Hook::Headend, b.src, &fits).0, TC_ACT_REDIRECT, "v6 {v6}: {:?}", b.dp.drop_reasons().unwrap());
+        let big = frame(v6, sized(v6, INNER_MTU as usize + 1));
+        let error = if v6 { (2, 0, INNER_MTU) } else { (3, 4, INNER_MTU) };
+        let reply = b.expect_icmp(Hook::Headend, b.src, &big, DropReason::Mtu, error);
+        assert!(reply.len() - 14 <= if v6 { 1280 } else { 576 }, "fits the minimum MTU: {}", reply.len());
+    }
+    let id = 1;
+    assert_eq!(b.dp.policy_stats(id).unwrap().drops, 1, "the chain counts what it could not carry");
+
+    // A SYN announcing more than fits: MSS lowered to the inner MTU less IP and TCP headers,
+    // checksum still valid; a SYN announcing less is left alone.
+    for (v6, clamped) in [(true, INNER_MTU - 60), (false, INNER_MTU - 40)] {
+        let before = b.dp.event(Event::MssClamped).unwrap();
+        let (verdict, out) = b.run(Hook::Headend, b.src, &frame(v6, tcp_syn(v6, 1460)));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+        let want = tcp_syn(v6, clamped as u16);
+        assert_eq!(&out[14 + len..], &want[..], "v6 {v6}: MSS {clamped}, checksum fixed");
+        assert_eq!(b.dp.event(Event::MssClamped).unwrap(), before + 1);
+        let (_, out) = b.run(Hook::Headend, b.src, &frame(v6, tcp_syn(v6, 1200)));
+        let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+        assert_eq!(&out[14 + len..], &tcp_syn(v6, 1200)[..]);
+    }
+}
+
+#[test]
+fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
+    let Some(b) = Bench::new() else { return };
+    // Learn a cache, so that the VNF's ordinary packets would be encapsulated.
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    // The VNF cannot deliver the chain's packet and says so to its source.
+    let mut err6 = Vec::new();
+    let quote = inner(INNER_SRC, INNER_DST);
+    srv6::codec::Ipv6Header { traffic_class: 0, flow_label: 0, payload_len: (8 + quote.len()) as u16, next_header: 58, hop_limit: 64, src: a("fd00:99::3"), dst: a(INNER_SRC) }
+        .encode(&mut err6);
+    err6.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]); // destination unreachable, administratively prohibited
+    err6.extend_from_slice(&quote);
+    let pkt = [eth(HOST_MAC, VNF_MAC, 0x86dd), err6].concat();
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &pkt), (TC_ACT_OK, pkt.clone()), "to the node's routing, unchanged");
+    let mut err4 = inner4([10, 99, 0, 3], SRC4)[..20].to_vec();
+    err4[9] = 1;
+    err4.extend_from_slice(&[3, 13, 0, 0, 0, 0, 0, 0]);
+    err4.extend_from_slice(&inner4(SRC4, DST4)[..28]);
+    let pkt4 = [eth(HOST_MAC, VNF_MAC, 0x0800), err4].concat();
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &pkt4).0, TC_ACT_OK);
+    // An echo request is no error: it takes the chain like anything else the VNF sends.
+    let mut echo = pkt.clone();
+    echo[14 + 40] = 128;
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &echo).0, TC_ACT_REDIRECT);
 }

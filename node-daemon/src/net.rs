@@ -56,6 +56,16 @@ impl Netlink {
         Ok(link.header.index)
     }
 
+    /// The MTU of interface `name`.
+    pub async fn mtu(&self, name: &str) -> anyhow::Result<u32> {
+        let link = self.handle.link().get().match_name(name.to_string()).execute().try_next().await;
+        let link = link.with_context(|| format!("interface {name}"))?.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
+        link.attributes
+            .iter()
+            .find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+            .ok_or_else(|| anyhow!("interface {name} reports no MTU"))
+    }
+
     fn locator_route(prefix: Ipv6Net, via: Ipv6Addr, oif: u32) -> RouteMessage {
         RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(prefix.network(), prefix.prefix_len())

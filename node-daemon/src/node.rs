@@ -27,6 +27,8 @@ pub struct Node {
     name: String,
     locator: Locator,
     uplink: String,
+    /// The MTU chains carry, and VNF interfaces get: the uplink's less the largest encapsulation.
+    inner_mtu: u32,
     datapath: Datapath,
     netlink: Netlink,
     store: Store,
@@ -62,13 +64,19 @@ impl Node {
         ensure_bpffs(&args.pin_root)?;
         std::fs::create_dir_all(&pin_dir).with_context(|| format!("create pin dir {}", pin_dir.display()))?;
         let mut datapath = Datapath::load(&pin_dir)?;
+        let netlink = Netlink::connect()?;
         let block = args.cluster_block.trunc();
+        let uplink_mtu = netlink.mtu(&args.uplink).await?;
+        let inner_mtu = vnf_mtu(uplink_mtu).with_context(|| format!("uplink {}", args.uplink))?;
         datapath.set_config(NodeConfig {
             locator: args.locator.prefix().network().octets(),
             locator_len: args.locator.prefix().prefix_len() as u32,
             block_len: block.prefix_len() as u32,
             block: block.network().octets(),
             ad_age_ns: args.ad_age_ms * 1_000_000,
+            src: args.locator.source_address().octets(),
+            inner_mtu,
+            pad: 0,
         })?;
         datapath.attach(Hook::Uplink, &args.uplink)?;
         let store = Store::new(&args.state_dir)?;
@@ -78,13 +86,14 @@ impl Node {
             locator: args.locator,
             uplink: args.uplink.clone(),
             datapath,
-            netlink: Netlink::connect()?,
+            netlink,
+            inner_mtu,
             store,
             state: Persisted::default(),
             installed: Installed::default(),
         };
         node.restore(state).await?;
-        info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, pins = %pin_dir.display(), "node daemon ready");
+        info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, uplink_mtu, inner_mtu, pins = %pin_dir.display(), "node daemon ready");
         Ok(node)
     }
 
@@ -309,6 +318,7 @@ impl Node {
             locator: self.locator,
             source_address: self.locator.source_address(),
             decap_sid: self.locator.decap_sid(),
+            vnf_mtu: self.inner_mtu,
             registrations: self
                 .state
                 .registrations
@@ -550,7 +560,8 @@ impl Node {
             c.bytes += s.bytes;
             c.drops += s.drops;
         }
-        Ok(NodeStats { sids, drops, chains: chains.into_values().collect() })
+        let events = self.datapath.events()?.into_iter().map(|(e, n)| (e.name().to_string(), n)).collect();
+        Ok(NodeStats { sids, drops, chains: chains.into_values().collect(), events })
     }
 }
 
@@ -601,6 +612,10 @@ impl Node {
         for (reason, n) in &stats.drops {
             writeln!(out, "srv6pipes_drops_total{{node=\"{node}\",reason=\"{reason}\"}} {n}")?;
         }
+        writeln!(out, "# HELP srv6pipes_events_total Datapath events: ICMP errors sent or rate limited, TCP MSS clamps.\n# TYPE srv6pipes_events_total counter")?;
+        for (event, n) in &stats.events {
+            writeln!(out, "srv6pipes_events_total{{node=\"{node}\",event=\"{event}\"}} {n}")?;
+        }
         writeln!(out, "# HELP srv6pipes_sids Proxy SIDs allocated on this node.\n# TYPE srv6pipes_sids gauge")?;
         writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
         Ok(out)
@@ -634,6 +649,16 @@ fn policy_header(src: Ipv6Addr, key: &PolicyKey) -> anyhow::Result<Vec<u8>> {
         path.push(Ipv6Addr::UNSPECIFIED);
     }
     Ok(srv6::codec::encaps_header(src, &path, key.inner, ENCAP_HOP_LIMIT)?)
+}
+
+/// What a chain carries over an uplink of `uplink_mtu`: room is kept for an outer IPv6 header
+/// and an SRH of the most segments (srv6::MAX_SEGMENTS), whatever the chain's length.
+fn vnf_mtu(uplink_mtu: u32) -> anyhow::Result<u32> {
+    let mtu = uplink_mtu.saturating_sub(srv6pipes_ebpf::MAX_HDR as u32);
+    if mtu < 1280 {
+        bail!("MTU {uplink_mtu} leaves {mtu} bytes after {} bytes of SRv6 headers, below IPv6's minimum 1280", srv6pipes_ebpf::MAX_HDR);
+    }
+    Ok(mtu)
 }
 
 fn pod_of(a: &Attachment) -> String {

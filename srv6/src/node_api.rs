@@ -118,6 +118,10 @@ pub struct NodeSids {
     pub source_address: Ipv6Addr,
     pub decap_sid: Sid,
     pub registrations: Vec<SidRegistration>,
+    /// The MTU chains carry on this node and VNF interfaces should get (the uplink's less the
+    /// largest SRv6 encapsulation); 0 from a daemon that predates it.
+    #[serde(default)]
+    pub vnf_mtu: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +132,9 @@ pub struct NodeStats {
     /// What this node's headend steered per chain.
     #[serde(default)]
     pub chains: Vec<ChainCounters>,
+    /// Datapath events by name (ICMP errors sent and rate limited, MSS clamps), over CPUs.
+    #[serde(default)]
+    pub events: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

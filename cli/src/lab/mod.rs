@@ -22,9 +22,6 @@ use state::{LabState, NodeState, PodState};
 
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// MTU of pod interfaces: the 1500-byte underlay less room for the encapsulation of up to three
-/// segments (40 + 8 + 3 x 16 = 96 bytes). Larger packets need the headend's PMTU handling.
-const POD_MTU: u32 = 1400;
 /// Each node daemon's Prometheus endpoint, inside its node's netns.
 pub const METRICS_ADDR: &str = "[::]:9464";
 
@@ -354,7 +351,6 @@ fn primary_conf(node: &NodeState, dir: &Path) -> Value {
         "name": "lab-primary",
         "type": "ptp",
         "ipMasq": false,
-        "mtu": POD_MTU,
         "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
                  "dataDir": dir.join("ipam").join(&node.name).display().to_string()}
     })
@@ -366,7 +362,6 @@ fn srv6pipes_conf(node: &NodeState, pod: &PodState) -> Value {
         "name": manifest::NETWORK_NAME,
         "type": "srv6pipes-cni",
         "socket": node.socket.display().to_string(),
-        "mtu": POD_MTU,
         "interfaces": if pod.pair { "pair" } else { "single" },
     })
 }

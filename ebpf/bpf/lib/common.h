@@ -65,6 +65,7 @@ enum sp_drop {
 	SP_DROP_CLOSED_DOMAIN,     /* a pod sent to the locator block or with a routing header */
 	SP_DROP_NO_REPLICA,        /* a function of the chain has no replica (failurePolicy Closed) */
 	SP_DROP_FRAGMENT,          /* a fragment addressed to a SID (proxies cannot reassemble) */
+	SP_DROP_SL_RANGE,          /* Segments Left beyond Last Entry + 1 */
 	SP_DROP_MAX,
 };
 
@@ -167,4 +168,15 @@ struct node_config {
 	__u32 block_len;
 	__u8 block[16];         /* the cluster's locator block: the SR domain */
 	__u64 ad_age_ns;        /* End.AD: re-learn at most this often (0: on every packet) */
+	__u8 src[16];           /* this node's SRv6 source address (also of its ICMPv6 errors) */
+	__u32 inner_mtu;        /* largest packet a chain carries (uplink MTU - SP_MAX_HDR); 0: no check */
+	__u32 pad;
+};
+
+/* Datapath events that are no drops, counted per CPU in sp_events. */
+enum sp_event {
+	SP_EV_ICMP_SENT = 0,       /* ICMP/ICMPv6 errors sent (Packet Too Big, SRH errors) */
+	SP_EV_ICMP_LIMITED,        /* errors not sent: over the rate limit */
+	SP_EV_MSS_CLAMPED,         /* TCP SYNs whose MSS the headend lowered */
+	SP_EV_MAX,
 };

@@ -135,6 +135,14 @@ struct {
 } sp_drop_reasons SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SP_EV_MAX);
+	SP_PINNED;
+} sp_events SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct node_config);
@@ -165,6 +173,13 @@ static __always_inline void count(struct sid_stats *s, __u32 len, int dropped)
 static __always_inline void count_sid(const void *sid, __u32 len, int dropped)
 {
 	count(bpf_map_lookup_elem(&sp_sid_stats, sid), len, dropped);
+}
+
+static __always_inline void event(__u32 ev)
+{
+	__u64 *c = bpf_map_lookup_elem(&sp_events, &ev);
+	if (c)
+		(*c)++;
 }
 
 static __always_inline int drop(__u32 reason)

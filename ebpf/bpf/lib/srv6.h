@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* SRv6 header work on an outer_hdr buffer: End processing, encap, decap, forwarding. */
 #pragma once
-#include "maps.h"
+#include "icmp.h"
 
 #define OFF_PLEN 4
 #define OFF_HLIM 7
@@ -88,8 +88,10 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 		return SP_DROP_MALFORMED;
 	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
 	__u8 sl = srh[3], last = srh[4];
-	if (srh[2] != SP_RT_SRH || (__u32)sl > (__u32)last + 1 || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
+	if (srh[2] != SP_RT_SRH || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
 		return SP_DROP_MALFORMED;
+	if ((__u32)sl > (__u32)last + 1)
+		return SP_DROP_SL_RANGE;
 	if (last >= SP_MAX_SEGS)
 		return SP_DROP_TOO_MANY_SEGS;
 	__u64 outer_len = SP_IP6_LEN + hdr_len;
@@ -321,7 +323,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 		 * VNF. End.AS restores configured headers instead. */
 		err = apply_end(o);
 		if (err)
-			return drop_sid(da, skb_len, err);
+			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
 		if (sid->behavior == SP_END_AD)
@@ -334,7 +336,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 	case SP_END_DT46:
 		/* RFC 8986 §4.8-4.10 with the main table: only with no segment left. */
 		if (o->bytes[OFF_SL] != 0)
-			return drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
+			return in_packet ? sid_error(skb, da, skb_len, SP_DROP_SL_NONZERO, 0) : drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
 		if (!inner_supported(o->bytes[OFF_SRH]))
 			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
@@ -361,7 +363,7 @@ static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hd
 		return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
 	int err = apply_am(o);
 	if (err)
-		return drop_sid(da, skb_len, err);
+		return sid_error(skb, da, skb_len, err, o->len);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, 0))
 		return drop_sid(da, skb_len, SP_DROP_ADJUST);
 	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))

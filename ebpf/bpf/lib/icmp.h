@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* ICMP and ICMPv6 errors built from the offending packet itself (Packet Too Big, Time
+ * Exceeded, Parameter Problem), rate limited, and TCP MSS clamping. */
+#pragma once
+#include "maps.h"
+
+/* Quote as much of the offending packet as fits in the minimum MTU (RFC 4443 §2.4 (c)) or in
+ * 576 bytes (RFC 1812 §4.3.2.3). */
+#define SP_ICMP6_QUOTE (1280 - 48)
+#define SP_ICMP4_QUOTE (576 - 28)
+/* Errors each CPU may send per second (RFC 4443 §2.4 (f)). */
+#define SP_ICMP_RATE 1000
+
+struct quote {
+	__u8 b[SP_ICMP6_QUOTE];
+};
+
+struct icmp_rate {
+	__u64 window;
+	__u64 sent;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct quote);
+	__uint(max_entries, 1);
+} sp_quote SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct icmp_rate);
+	__uint(max_entries, 1);
+} sp_icmp_rate SEC(".maps");
+
+static __always_inline int icmp_allowed(void)
+{
+	__u32 zero = 0;
+	struct icmp_rate *r = bpf_map_lookup_elem(&sp_icmp_rate, &zero);
+	if (!r)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - r->window > 1000000000ULL) {
+		r->window = now;
+		r->sent = 0;
+	}
+	if (r->sent >= SP_ICMP_RATE) {
+		event(SP_EV_ICMP_LIMITED);
+		return 0;
+	}
+	r->sent++;
+	return 1;
+}
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s & 0xffff;
+}
+
+/* The Internet checksum's running sum over the first n bytes of the quote (n <= its size):
+ * whole words by bpf_csum_diff in chunks of at most 512 bytes, the tail zero-padded. */
+static __always_inline __s64 quote_sum(struct quote *q, __u64 n, __s64 sum)
+{
+	__u64 words = n & ~3ull;
+	__u64 c0 = words > 512 ? 512 : words;
+	__u64 c1 = words - c0 > 512 ? 512 : words - c0;
+	__u64 c2 = words - c0 - c1;
+	sp_barrier_var(c0);
+	sp_barrier_var(c1);
+	sp_barrier_var(c2);
+	if (c0 > 512 || c1 > 512 || c2 > SP_ICMP6_QUOTE - 1024)
+		return sum;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)q->b, c0, sum);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&q->b[512], c1, sum);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&q->b[1024], c2, sum);
+	__u8 tail[4] = {};
+#pragma unroll
+	for (__u64 i = 0; i < 3; i++) {
+		__u64 at = words + i;
+		if (at < n && at < SP_ICMP6_QUOTE)
+			tail[i] = q->b[at];
+	}
+	return bpf_csum_diff(NULL, 0, (__be32 *)tail, 4, sum);
+}
+
+/* Turns the packet (from its Ethernet header on) into an ICMP (v6: ICMPv6) error about itself
+ * and sends it back out of the interface it came in on, to its source. `src`: the error's
+ * source address (16 bytes for IPv6, 4 for IPv4). `info`: the 32-bit field after the checksum
+ * (MTU, pointer). Returns TC_ACT_REDIRECT, or -1 when no error may or can be sent. */
+static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, __u8 code, __u32 info, const __u8 *src)
+{
+	if (!icmp_allowed())
+		return -1;
+	__u32 zero = 0;
+	struct quote *q = bpf_map_lookup_elem(&sp_quote, &zero);
+	if (!q || skb->len < ETH_HLEN + 20)
+		return -1;
+	__u64 n = skb->len - ETH_HLEN;
+	__u64 max = v6 ? SP_ICMP6_QUOTE : SP_ICMP4_QUOTE;
+	if (n > max)
+		n = max;
+	sp_barrier_var(n);
+	if (n < 20 || n > SP_ICMP6_QUOTE)
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, q->b, n))
+		return -1;
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return -1;
+
+	__u8 h[48] = {};
+	__s64 sum;
+	__u32 hdr_len, icmp_off;
+	__be32 info_be = bpf_htonl(info);
+	if (v6) {
+		if (n < 40)
+			return -1;
+		hdr_len = 48;
+		icmp_off = 40;
+		h[0] = 0x60;
+		__u16 plen = 8 + n;
+		h[4] = plen >> 8;
+		h[5] = plen;
+		h[6] = 58;
+		h[7] = 64;
+		__builtin_memcpy(&h[8], src, 16);
+		__builtin_memcpy(&h[24], &q->b[8], 16); /* to the offending packet's source */
+		h[40] = type;
+		h[41] = code;
+		__builtin_memcpy(&h[44], &info_be, 4);
+		/* Pseudo-header (RFC 8200 §8.1): addresses, upper-layer length, next header. */
+		__be32 pl[2] = {bpf_htonl(8 + n), bpf_htonl(58)};
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&h[8], 32, 0);
+		sum = bpf_csum_diff(NULL, 0, pl, sizeof(pl), sum);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&h[40], 8, sum);
+	} else {
+		hdr_len = 28;
+		icmp_off = 20;
+		__u16 tot = 28 + n;
+		h[0] = 0x45;
+		h[2] = tot >> 8;
+		h[3] = tot;
+		h[8] = 64;
+		h[9] = 1;
+		__builtin_memcpy(&h[12], src, 4);
+		__builtin_memcpy(&h[16], &q->b[12], 4);
+		__u16 ipsum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)h, 20, 0));
+		__builtin_memcpy(&h[10], &ipsum, 2);
+		h[20] = type;
+		h[21] = code;
+		__builtin_memcpy(&h[24], &info_be, 4);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&h[20], 8, 0);
+	}
+	__u16 csum = csum_fold(quote_sum(q, n, sum));
+	if (icmp_off == 40)
+		__builtin_memcpy(&h[42], &csum, 2);
+	else
+		__builtin_memcpy(&h[22], &csum, 2);
+
+	/* Keep the quote, put the new headers in front of it, swap the MACs. */
+	if (bpf_skb_change_tail(skb, ETH_HLEN + n, 0))
+		return -1;
+	if (bpf_skb_adjust_room(skb, hdr_len, BPF_ADJ_ROOM_MAC, 0))
+		return -1;
+	struct ethhdr back;
+	__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
+	back.h_proto = bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0))
+		return -1;
+	if (v6 ? bpf_skb_store_bytes(skb, ETH_HLEN, h, 48, 0) : bpf_skb_store_bytes(skb, ETH_HLEN, h, 28, 0))
+		return -1;
+	event(SP_EV_ICMP_SENT);
+	return bpf_redirect(skb->ingress_ifindex, 0);
+}
+
+/* The ICMPv6 error RFC 8754 §4.3.1.1 and RFC 8986 §4.1 ask for when a packet to a local SID is
+ * dropped for `reason` (`upper`: offset of the upper-layer header, for Code 4); sent from the
+ * node's SRv6 source. Counts the drop either way. */
+static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u32 len, __u32 reason, __u32 upper)
+{
+	int verdict = drop_sid(sid, len, reason);
+	__u8 type = 4, code = 0; /* Parameter Problem, erroneous header field */
+	__u32 info = 0;
+	switch (reason) {
+	case SP_DROP_HOP_LIMIT:
+		type = 3; /* Time Exceeded, hop limit exceeded in transit */
+		break;
+	case SP_DROP_SL_RANGE:
+	case SP_DROP_SL_NONZERO:
+		info = SP_IP6_LEN + 3; /* the Segments Left field */
+		break;
+	case SP_DROP_SL_ZERO:
+	case SP_DROP_NO_SRH:
+		code = 4; /* SR Upper-layer Header Error */
+		info = upper;
+		break;
+	default:
+		return verdict;
+	}
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	if (!cfg)
+		return verdict;
+	__u8 src[16];
+	__builtin_memcpy(src, cfg->src, 16);
+	int r = icmp_reply(skb, 1, type, code, info, src);
+	return r < 0 ? verdict : r;
+}
+
+/* RFC 879 / RFC 6691: a TCP SYN entering a chain announces at most what fits the chain's inner
+ * MTU. */
+static __always_inline void clamp_mss(struct __sk_buff *skb, int v6, __u32 mtu)
+{
+	__u32 l4;
+	if (v6) {
+		__u8 nh;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) || nh != 6)
+			return;
+		l4 = ETH_HLEN + SP_IP6_LEN;
+	} else {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.protocol != 6 ||
+		    (ip.frag_off & bpf_htons(0x1fff)))
+			return;
+		l4 = ETH_HLEN + ip.ihl * 4;
+	}
+	__u8 th[20];
+	if (bpf_skb_load_bytes(skb, l4, th, sizeof(th)) || !(th[13] & 0x02))
+		return;
+	__u32 optlen = (th[12] >> 4) * 4;
+	if (optlen <= 20)
+		return;
+	optlen -= 20;
+	/* Variable offsets need map memory (the stack takes constant ones only): the quote buffer. */
+	__u32 zero = 0;
+	struct quote *q = bpf_map_lookup_elem(&sp_quote, &zero);
+	if (!q)
+		return;
+	__u8 *opts = q->b;
+	sp_barrier_var(optlen);
+	if (optlen > 40 || bpf_skb_load_bytes(skb, l4 + 20, opts, optlen))
+		return;
+	__u16 max = mtu - (v6 ? SP_IP6_LEN + 20 : 40);
+	__u64 i = 0;
+	for (int k = 0; k < 20; k++) {
+		sp_barrier_var(i);
+		if (i >= 36 || i + 4 > optlen)
+			return;
+		__u8 kind = opts[i];
+		if (kind == 0)
+			return;
+		if (kind == 1) {
+			i++;
+			continue;
+		}
+		__u8 len = opts[i + 1];
+		if (len < 2)
+			return;
+		if (kind == 2 && len == 4) {
+			__u16 mss = (__u16)opts[i + 2] << 8 | opts[i + 3];
+			if (mss <= max)
+				return;
+			__be16 old = bpf_htons(mss), new = bpf_htons(max);
+			if (bpf_l4_csum_replace(skb, l4 + 16, old, new, 2) ||
+			    bpf_skb_store_bytes(skb, l4 + 20 + i + 2, &new, 2, 0))
+				return;
+			event(SP_EV_MSS_CLAMPED);
+			return;
+		}
+		i += len;
+	}
+}
