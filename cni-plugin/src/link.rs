@@ -145,7 +145,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
         Some(i) => ipam::delegate(conf, i, "ADD", None)?,
         None => None,
     };
-    let made = create(conf, env, &ns, &names, mtu, ipam_result.as_ref()).and_then(|veths| {
+    let made = create(env, &ns, &names, mtu, ipam_result.as_ref()).and_then(|veths| {
         let out = veths.get(1).map(|v| OutInterface { ifname: v.pod.clone(), host_ifname: v.host.clone(), host_mac: v.host_mac.clone() });
         let req = Request::Register(Attachment {
             network: conf.name.clone(),
@@ -192,7 +192,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
 }
 
 /// Creates the veth(s), moves the peers into the pod and configures both ends.
-fn create(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, ipam: Option<&Value>) -> Result<Vec<Veth>, CniError> {
+fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, ipam: Option<&Value>) -> Result<Vec<Veth>, CniError> {
     let raw_ns = ns.as_raw_fd();
     let mut veths = Vec::new();
     for name in names {

@@ -423,6 +423,52 @@ fn dual_stack_chain_carries_ipv4_and_ipv6() {
     assert_eq!(drops, 0, "{}", st["drops"]);
 }
 
+/// Pods keep their primary MTU (1500); the chain carries 1324 (the uplink less the largest
+/// SRv6 headers). Nothing is lost silently: oversize packets are answered with Packet Too Big /
+/// Fragmentation Needed and the sender recovers (its fragments are steered too); TCP SYNs get a
+/// clamped MSS; an ICMP error a VNF generates reaches the source.
+#[test]
+fn oversize_packets_and_vnf_errors_reach_the_source() {
+    require_lab!("nft", "ping", "socat");
+    let lab = Lab::new("mtu");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-dual-stack.yaml").to_str().unwrap()]);
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "inet", "vnf"]).status.success());
+    let st = lab.status();
+    let (server4, server6) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true));
+    let ping_out = |args: &[&str]| -> (bool, String) {
+        let out = lab.exec("client", &[&["ping", "-i", "0.2", "-W", "2"], args].concat());
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    // (TCP first: once the client knows the path MTU it announces a fitting MSS by itself.)
+    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server");
+    let (_, out6) = ping_out(&["-6", "-c", "2", "-M", "do", "-s", "1400", &server6]);
+    assert!(out6.contains("mtu=1324"), "ICMPv6 Packet Too Big from the headend: {out6}");
+    let (_, out4) = ping_out(&["-4", "-c", "2", "-M", "do", "-s", "1400", &server4]);
+    assert!(out4.contains("mtu = 1324"), "ICMP Fragmentation Needed from the headend: {out4}");
+    // Having learnt the path MTU, the client fragments; every fragment crosses the chain.
+    for (fam, server) in [("-6", &server6), ("-4", &server4)] {
+        let (ok, out) = ping_out(&[fam, "-c", "3", "-M", "want", "-s", "1400", server]);
+        assert!(ok, "{fam} big pings after PMTU discovery: {out}");
+    }
+    let st = lab.status();
+    assert!(st["events"]["n1"]["icmp_sent"].as_u64().unwrap() >= 2, "{}", st["events"]);
+    assert!(st["events"]["n1"]["mss_clamped"].as_u64().unwrap() >= 1, "{}", st["events"]);
+    assert!(st["drops"]["n1"]["mtu"].as_u64().unwrap() >= 2, "{}", st["drops"]);
+    let ids = lab.nft_counters("ids", "inet vnf");
+    assert_eq!((ids[0], ids[1]), (0, 0), "fragments and all crossed the firewall first: {ids:?}");
+
+    // The firewall now refuses the chain's traffic: its ICMP errors reach the client (routed
+    // back, not sent on down the chain toward the server).
+    assert!(lab.exec("firewall", &["nft", "flush", "chain", "inet", "vnf", "forward"]).status.success());
+    let rule = ["nft", "add", "rule", "inet", "vnf", "forward", "iifname", "net1", "reject", "with", "icmpx", "type", "admin-prohibited"];
+    assert!(lab.exec("firewall", &rule).status.success());
+    let (ok, out6) = ping_out(&["-6", "-c", "2", &server6]);
+    assert!(!ok && out6.contains("Administratively prohibited"), "{out6}");
+    let (ok, out4) = ping_out(&["-4", "-c", "2", &server4]);
+    assert!(!ok && out4.contains("Packet filtered"), "{out4}");
+}
+
 /// The operator's view: `srv6pipes stats`, `srv6pipes trace CHAIN` and each node daemon's
 /// Prometheus endpoint agree with the traffic that was sent, drops included.
 #[test]

@@ -612,6 +612,11 @@ impl Live {
     fn drops(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect())).collect()
     }
+
+    /// Datapath events (ICMP errors sent or rate limited, MSS clamps), per node.
+    fn events(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.stats.iter().map(|(n, s)| (n.clone(), s.events.iter().cloned().collect())).collect()
+    }
 }
 
 fn live(st: &LabState) -> Live {
@@ -663,6 +668,7 @@ fn status_json(st: &LabState) -> Value {
         })).collect::<Vec<_>>(),
         "sids": sid_rows(st, &live),
         "drops": live.drops(),
+        "events": live.events(),
         "chains": st.chains,
     })
 }
@@ -750,7 +756,10 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
     let drops = live.drops();
     let sids = sid_rows(&st, &live);
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&json!({"sids": sids, "chains": chains, "drops": drops}))?),
+        Format::Json => {
+            let doc = json!({"sids": sids, "chains": chains, "drops": drops, "events": live.events()});
+            println!("{}", serde_json::to_string_pretty(&doc)?)
+        }
         Format::Text => {
             print_sids(&sids);
             println!("\nCHAIN                   HEADEND       PACKETS      BYTES  DROPS");
@@ -764,10 +773,12 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
                     c["drops"].as_u64().unwrap_or_default()
                 );
             }
-            println!("\nDROPS BY REASON");
-            for (node, reasons) in &drops {
-                let nonzero: Vec<String> = reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
-                println!("{node:<11} {}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
+            for (title, per_node) in [("DROPS BY REASON", &drops), ("EVENTS", &live.events())] {
+                println!("\n{title}");
+                for (node, counts) in per_node {
+                    let nonzero: Vec<String> = counts.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+                    println!("{node:<11} {}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
+                }
             }
         }
     }
