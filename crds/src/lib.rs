@@ -77,6 +77,11 @@ pub struct Function {
     pub pod_selector: LabelSelector,
     #[serde(default)]
     pub proxy: ProxyKind,
+    /// The function rewrites flows (NAT, L4/L7 proxies): what it returns cannot be matched to
+    /// what it received per flow, so its proxy keeps one set of headers per interface, and the
+    /// interface serves one chain in one direction (a conflict is reported otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rewrites_flows: bool,
 }
 
 /// The SR proxy behaviour in front of a function (draft-ietf-spring-sr-service-programming).

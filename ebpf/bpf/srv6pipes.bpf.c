@@ -271,7 +271,9 @@ int sp_vnf(struct __sk_buff *skb)
 	__u16 proto = eth_proto(skb);
 	__u32 ifindex = skb->ingress_ifindex;
 	/* End.AM: the VNF returns the packet with its SRH (and nothing else). */
-	int am = bpf_map_lookup_elem(&sp_am_ifaces, &ifindex) != NULL;
+	__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
+	__u32 vflags = vf ? *vf : 0;
+	int am = vflags & SP_VNF_AM;
 	__u8 nexthdr = 0;
 	if (proto == ETH_P_IPV6) {
 		__u8 saddr[16], daddr[16];
@@ -312,7 +314,7 @@ int sp_vnf(struct __sk_buff *skb)
 	/* End.AD: the flow's own headers first (several chains, both directions), else the interface's. */
 	struct flow_key fk;
 	struct outer_hdr *c = NULL;
-	if (!flow_of(skb, ifindex, &fk))
+	if (!(vflags & SP_VNF_NO_FLOWS) && !flow_of(skb, ifindex, &fk))
 		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
 	if (!c)
 		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);

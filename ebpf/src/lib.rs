@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{SkbCtx, TestRun};
-pub use maps::{AsKey, DropReason, Event, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_NO_FLOWS, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -367,21 +367,42 @@ impl Datapath {
             .collect()
     }
 
-    /// End.AM: `ifindex` is a masquerading VNF's return interface (its SRH'd packets are
-    /// de-masqueraded there).
-    pub fn set_am_iface(&mut self, ifindex: u32) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_am_ifaces")?;
-        m.insert(ifindex, 1, 0).map_err(|source| DatapathError::Map { map: "sp_am_ifaces", source })
+    /// What a VNF's return interface is: `VNF_AM` (End.AM, de-masquerade what it returns),
+    /// `VNF_NO_FLOWS` (its function rewrites flows: End.AD learns and matches per interface only).
+    pub fn set_vnf_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_vnf_flags")?;
+        m.insert(ifindex, flags, 0).map_err(|source| DatapathError::Map { map: "sp_vnf_flags", source })
     }
 
-    pub fn remove_am_iface(&mut self, ifindex: u32) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_am_ifaces")?;
-        ignore_missing(m.remove(&ifindex), "sp_am_ifaces")
+    pub fn remove_vnf_flags(&mut self, ifindex: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u32> = self.typed("sp_vnf_flags")?;
+        ignore_missing(m.remove(&ifindex), "sp_vnf_flags")
     }
 
-    pub fn am_ifaces(&self) -> Result<Vec<u32>> {
-        let m: HashMap<&MapData, u32, u32> = self.typed_ref("sp_am_ifaces")?;
-        m.keys().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_am_ifaces", source })
+    pub fn vnf_flags(&self) -> Result<Vec<(u32, u32)>> {
+        let m: HashMap<&MapData, u32, u32> = self.typed_ref("sp_vnf_flags")?;
+        m.iter().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_vnf_flags", source })
+    }
+
+    /// Recounts End.AD's per-flow entries per chain (SRH tag) from the LRU itself, which the
+    /// datapath only counts up (it does not see evictions), and stores the counts the per-chain
+    /// quota is checked against. `previous`: the tags counted last time (so emptied ones go to
+    /// zero). Returns the counts.
+    pub fn recount_flows(&mut self, previous: &BTreeMap<u16, u32>) -> Result<BTreeMap<u16, u32>> {
+        let flows: HashMap<&MapData, [u8; FLOW_KEY_LEN], OuterHdr> = self.typed_ref("sp_ad_flows")?;
+        let mut counts: BTreeMap<u16, u32> = BTreeMap::new();
+        for entry in flows.iter().filter_map(|e| e.ok()) {
+            let b = &entry.1.bytes;
+            *counts.entry(u16::from_be_bytes([b[SRH_TAG_OFFSET], b[SRH_TAG_OFFSET + 1]])).or_default() += 1;
+        }
+        let mut m: aya::maps::Array<&mut MapData, u32> = self.typed("sp_flow_counts")?;
+        for tag in previous.keys().filter(|t| !counts.contains_key(t)) {
+            m.set(u32::from(*tag), 0, 0).map_err(|source| DatapathError::Map { map: "sp_flow_counts", source })?;
+        }
+        for (tag, n) in &counts {
+            m.set(u32::from(*tag), *n, 0).map_err(|source| DatapathError::Map { map: "sp_flow_counts", source })?;
+        }
+        Ok(counts)
     }
 
     /// End.AM: a source (prefix) besides the cluster's locator block that may address this

@@ -131,8 +131,16 @@ pub struct NodeConfig {
     /// Largest packet a chain carries (uplink MTU - `MAX_HDR`); bigger ones get Packet Too Big,
     /// TCP SYNs a clamped MSS. 0: no check.
     pub inner_mtu: u32,
-    pub pad: u32,
+    /// End.AD per-flow cache entries one chain (SRH tag) may hold. 0: no limit.
+    pub flow_quota: u32,
 }
+
+/// `SP_VNF_AM`: the interface returns End.AM packets (SRH inside) to de-masquerade.
+pub const VNF_AM: u32 = 1 << 0;
+/// `SP_VNF_NO_FLOWS`: the function rewrites flows; End.AD never matches its traffic per flow.
+pub const VNF_NO_FLOWS: u32 = 1 << 1;
+/// Offset of the SRH's Tag in a header: the chain the per-flow quota counts against.
+pub const SRH_TAG_OFFSET: usize = 40 + 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,16 +169,18 @@ pub enum Event {
     IcmpSent = 0,
     IcmpLimited,
     MssClamped,
+    FlowQuota,
 }
 
 impl Event {
-    pub const ALL: [Event; 3] = [Self::IcmpSent, Self::IcmpLimited, Self::MssClamped];
+    pub const ALL: [Event; 4] = [Self::IcmpSent, Self::IcmpLimited, Self::MssClamped, Self::FlowQuota];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::IcmpSent => "icmp_sent",
             Self::IcmpLimited => "icmp_limited",
             Self::MssClamped => "mss_clamped",
+            Self::FlowQuota => "flow_quota",
         }
     }
 }
@@ -263,6 +273,8 @@ mod tests {
         assert!(h.contains(&format!("SP_END_AS = {BEHAVIOR_END_AS},")));
         assert!(h.contains(&format!("SP_END_AM = {BEHAVIOR_END_AM},")));
         assert!(h.contains("#define SP_POLICY_INSERT (1u << 30)") && POLICY_INSERT == 1 << 30);
+        assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
+        assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
         let c_reasons: Vec<String> = h
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))

@@ -134,7 +134,7 @@ fn config(ad_age_ns: u64) -> NodeConfig {
         ad_age_ns,
         src: a("fcbb:bb00:1::1").octets(),
         inner_mtu: INNER_MTU,
-        pad: 0,
+        flow_quota: 0,
     }
 }
 
@@ -613,6 +613,55 @@ fn end_ad_per_flow_cache_serves_several_chains_on_one_interface() {
     b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat(), DropReason::NoCache);
 }
 
+/// One chain (SRH tag) cannot fill the shared per-flow LRU beyond its quota; a function that
+/// rewrites flows is never matched per flow (its interface's headers only).
+#[test]
+fn end_ad_flow_quota_and_flow_rewriting_functions() {
+    let Some(mut b) = Bench::new() else { return };
+    b.dp.set_config(NodeConfig { flow_quota: 2, ..config(0) }).unwrap();
+    const TAG: u16 = 0x5a5a;
+    // Flow `sport` of a chain tagged TAG along `path`.
+    let flow = |path: &[&str], sport: u16| {
+        let mut p = srv6_packet("fcbb:bb00:2::1", path, None);
+        p[14 + 46..14 + 48].copy_from_slice(&TAG.to_be_bytes());
+        let n = p.len();
+        let inner_at = n - inner(INNER_SRC, INNER_DST).len();
+        p[inner_at + 40..inner_at + 42].copy_from_slice(&sport.to_be_bytes());
+        p
+    };
+    for sport in [4000, 4001, 4002] {
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&PATH, sport)).0, TC_ACT_REDIRECT);
+    }
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 2, "the quota");
+    assert_eq!(b.dp.event(Event::FlowQuota).unwrap(), 1);
+    let counts = b.dp.recount_flows(&Default::default()).unwrap();
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), [(TAG, 2)]);
+    // Entries gone (here: flushed; in life: evicted) are found by the recount and free quota.
+    b.dp.remove_ad_cache(b.vnf).unwrap();
+    let counts = b.dp.recount_flows(&[(TAG, 2)].into()).unwrap();
+    assert!(counts.is_empty());
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&PATH, 4003)).0, TC_ACT_REDIRECT);
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 1);
+
+    // Flow 4003 was learnt on PATH; flow 4004 then arrives on another path, which the interface
+    // keeps. The VNF returns flow 4003: matched per flow, unless its function rewrites flows.
+    let other = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e00f::", "fcbb:bb00:2:d6::"];
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&other, 4004)).0, TC_ACT_REDIRECT);
+    let returned = |b: &Bench| {
+        let mut back = inner(INNER_SRC, INNER_DST);
+        back[40..42].copy_from_slice(&4003u16.to_be_bytes());
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), back].concat());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst
+    };
+    assert_eq!(returned(&b), a(PATH[1]), "per flow");
+    b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_NO_FLOWS).unwrap();
+    assert_eq!(returned(&b), a(other[1]), "per interface only");
+    let before = b.dp.ad_flows(b.vnf).unwrap();
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&PATH, 4005)).0, TC_ACT_REDIRECT);
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), before, "no flow learnt for a flow-rewriting function");
+}
+
 /// Replicas: the headend picks one per hop by flow hash from the hop's slot table — the same
 /// for every packet of a flow, spread over flows; a Closed policy drops and counts.
 #[test]
@@ -757,7 +806,7 @@ fn end_am_masquerades_with_an_inserted_srh() {
     const NEXT: &str = "fcbb:bb00:2:e001::";
     let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AM, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
     b.dp.set_sid(a(AM), entry).unwrap();
-    b.dp.set_am_iface(b.vnf).unwrap();
+    b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AM).unwrap();
     let ip = |args: &str| {
         let ok = Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success();
         assert!(ok, "ip {args}");

@@ -56,6 +56,11 @@ pub struct Args {
     /// inbound packets at most this often (0: on every packet, compare before write).
     #[arg(long, default_value_t = 1000)]
     pub ad_age_ms: u64,
+    /// End.AD per-flow cache entries one chain may hold (of 65,536 shared by all), so no chain
+    /// can flush the others' flows; beyond it a chain's new flows use the per-interface cache.
+    /// 0: no quota.
+    #[arg(long, default_value_t = 16384)]
+    pub flow_quota: u32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

@@ -13,7 +13,7 @@ use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, Node
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
 use srv6::compiler::replica_slots;
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -35,6 +35,8 @@ pub struct Node {
     state: Persisted,
     /// What the last Program installed, to diff against the next one.
     installed: Installed,
+    /// End.AD per-flow entries per chain tag at the last recount.
+    flow_counts: BTreeMap<u16, u32>,
 }
 
 #[derive(Default)]
@@ -47,8 +49,8 @@ struct Installed {
     frags: BTreeMap<(u32, Option<u8>), u32>,
     /// End.AS: (return ifindex, family) -> policy.
     as_returns: BTreeMap<(u32, u32), u32>,
-    /// End.AM: the masquerading VNFs' return interfaces.
-    am_ifaces: BTreeSet<u32>,
+    /// VNF return interfaces -> VNF_AM / VNF_NO_FLOWS.
+    vnf_flags: BTreeMap<u32, u32>,
     /// End.AM: pod addresses admitted as sources of inserted SRHs.
     insert_sources: BTreeSet<Ipv6Net>,
     policies: BTreeSet<u32>,
@@ -76,7 +78,7 @@ impl Node {
             ad_age_ns: args.ad_age_ms * 1_000_000,
             src: args.locator.source_address().octets(),
             inner_mtu,
-            pad: 0,
+            flow_quota: args.flow_quota,
         })?;
         datapath.attach(Hook::Uplink, &args.uplink)?;
         let store = Store::new(&args.state_dir)?;
@@ -91,6 +93,7 @@ impl Node {
             store,
             state: Persisted::default(),
             installed: Installed::default(),
+            flow_counts: BTreeMap::new(),
         };
         node.restore(state).await?;
         info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, uplink_mtu, inner_mtu, pins = %pin_dir.display(), "node daemon ready");
@@ -109,7 +112,7 @@ impl Node {
             l4: dp.l4_rules()?.into_iter().collect(),
             frags: dp.frag_rules()?.into_iter().collect(),
             as_returns: dp.as_returns()?.into_iter().collect(),
-            am_ifaces: dp.am_ifaces()?.into_iter().collect(),
+            vnf_flags: dp.vnf_flags()?.into_iter().collect(),
             insert_sources: dp.insert_sources()?.into_iter().collect(),
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
@@ -136,8 +139,8 @@ impl Node {
             warn!(node = %self.name, sid = %sid, "removing unregistered proxy SID");
             self.datapath.remove_sid(*sid)?;
             self.datapath.remove_ad_cache(e.cache_ifindex)?;
-            self.datapath.remove_am_iface(e.cache_ifindex)?;
-            self.installed.am_ifaces.remove(&e.cache_ifindex);
+            self.datapath.remove_vnf_flags(e.cache_ifindex)?;
+            self.installed.vnf_flags.remove(&e.cache_ifindex);
         }
         let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.return_host_ifname()).collect();
         let orphans: Vec<String> = self
@@ -251,7 +254,7 @@ impl Node {
     fn behavior_of(&self, reg: &Registration) -> u32 {
         if self.installed.as_returns.contains_key(&(reg.return_ifindex, 6)) {
             BEHAVIOR_END_AS
-        } else if self.installed.am_ifaces.contains(&reg.return_ifindex) {
+        } else if self.installed.vnf_flags.get(&reg.return_ifindex).is_some_and(|f| f & VNF_AM != 0) {
             BEHAVIOR_END_AM
         } else {
             BEHAVIOR_END_AD
@@ -280,10 +283,10 @@ impl Node {
         if let Err(e) = self.datapath.remove_ad_cache(reg.return_ifindex) {
             errs.push(e.into());
         }
-        if let Err(e) = self.datapath.remove_am_iface(reg.return_ifindex) {
+        if let Err(e) = self.datapath.remove_vnf_flags(reg.return_ifindex) {
             errs.push(e.into());
         }
-        self.installed.am_ifaces.remove(&reg.return_ifindex);
+        self.installed.vnf_flags.remove(&reg.return_ifindex);
         for family in [4, 6] {
             if let Err(e) = self.datapath.remove_as_return(reg.return_ifindex, family) {
                 errs.push(e.into());
@@ -403,8 +406,17 @@ impl Node {
         }
         let am_sids: BTreeSet<Sid> =
             p.tables.proxies.iter().filter(|u| u.behavior == srv6::compiler::Behavior::EndAM).map(|u| u.sid).collect();
-        let am_ifaces: BTreeSet<u32> =
-            self.state.registrations.iter().filter(|r| am_sids.contains(&r.sid)).map(|r| r.return_ifindex).collect();
+        let rewriting: BTreeSet<Sid> = p.tables.proxies.iter().filter(|u| u.rewrites_flows).map(|u| u.sid).collect();
+        let vnf_flags: BTreeMap<u32, u32> = self
+            .state
+            .registrations
+            .iter()
+            .map(|r| {
+                let am = if am_sids.contains(&r.sid) { VNF_AM } else { 0 };
+                (r.return_ifindex, am | if rewriting.contains(&r.sid) { VNF_NO_FLOWS } else { 0 })
+            })
+            .filter(|(_, f)| *f != 0)
+            .collect();
         let insert_sources: BTreeSet<Ipv6Net> = p
             .tables
             .insert_sources
@@ -467,10 +479,10 @@ impl Node {
         for prefix in &insert_sources {
             self.datapath.set_insert_source(*prefix)?;
         }
-        // End.AM interfaces before their SIDs turn End.AM (what the VNF returns is then
-        // de-masqueraded), and after a SID stops being End.AM.
-        for ifindex in &am_ifaces {
-            self.datapath.set_am_iface(*ifindex)?;
+        // Interface flags before their SIDs turn End.AM (what the VNF returns is then
+        // de-masqueraded), removed after a SID stops being End.AM.
+        for (ifindex, flags) in &vnf_flags {
+            self.datapath.set_vnf_flags(*ifindex, *flags)?;
         }
         let regs = self.state.registrations.clone();
         for reg in &regs {
@@ -509,8 +521,8 @@ impl Node {
         for &(ifindex, family) in old.as_returns.keys().filter(|k| !as_returns.contains_key(k)) {
             self.datapath.remove_as_return(ifindex, family)?;
         }
-        for ifindex in old.am_ifaces.difference(&am_ifaces) {
-            self.datapath.remove_am_iface(*ifindex)?;
+        for ifindex in old.vnf_flags.keys().filter(|i| !vnf_flags.contains_key(i)) {
+            self.datapath.remove_vnf_flags(*ifindex)?;
         }
         for prefix in old.insert_sources.difference(&insert_sources) {
             self.datapath.remove_insert_source(*prefix)?;
@@ -528,12 +540,19 @@ impl Node {
             decaps,
             peer_routes: peers,
             as_returns,
-            am_ifaces,
+            vnf_flags,
             insert_sources,
         };
         self.state.policies = ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
+    }
+
+    /// Recounts End.AD's per-flow entries per chain for the quota (the datapath sees new entries,
+    /// not the LRU's evictions). Runs every second.
+    pub fn recount_flows(&mut self) -> anyhow::Result<()> {
+        self.flow_counts = self.datapath.recount_flows(&self.flow_counts)?;
+        Ok(())
     }
 
     fn stats(&self) -> anyhow::Result<NodeStats> {
@@ -648,7 +667,9 @@ fn policy_header(src: Ipv6Addr, key: &PolicyKey) -> anyhow::Result<Vec<u8>> {
     if key.insert {
         path.push(Ipv6Addr::UNSPECIFIED);
     }
-    Ok(srv6::codec::encaps_header(src, &path, key.inner, ENCAP_HOP_LIMIT)?)
+    let mut header = srv6::codec::encaps_header(src, &path, key.inner, ENCAP_HOP_LIMIT)?;
+    header[SRH_TAG_OFFSET..SRH_TAG_OFFSET + 2].copy_from_slice(&srv6::compiler::chain_tag(&key.chain).to_be_bytes());
+    Ok(header)
 }
 
 /// What a chain carries over an uplink of `uplink_mtu`: room is kept for an outer IPv6 header

@@ -44,8 +44,14 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyh
         });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut recount = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = recount.tick() => {
+                if let Err(e) = node.lock().await.recount_flows() {
+                    warn!(error = %format!("{e:#}"), "recounting End.AD flows failed");
+                }
+            }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
                 let node = node.clone();

@@ -117,6 +117,9 @@ pub struct SidUse {
     /// VNF returns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub return_path: Vec<Vec<Sid>>,
+    /// The function rewrites flows: End.AD learns and matches per interface only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rewrites_flows: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,7 +309,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     // Hops: every ready replica of every function that has a SID. A function with none is
     // bypassed (failurePolicy Open) or drops the chain's traffic (Closed).
     let mut replica_sids: Vec<Vec<(Sid, &PodInfo, &SidRegistration)>> = Vec::new();
-    let mut kinds: Vec<ProxyKind> = Vec::new();
+    let mut kinds: Vec<(ProxyKind, bool)> = Vec::new();
     let mut missing: Vec<(Reason, String)> = Vec::new();
     for f in &c.spec.functions {
         let pods = match selected(&f.pod_selector) {
@@ -327,7 +330,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
             _ => {
                 replica_sids.push(sids);
-                kinds.push(f.proxy);
+                kinds.push((f.proxy, f.rewrites_flows));
             }
         }
     }
@@ -369,21 +372,35 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
     for (i, hop) in replica_sids.iter().enumerate() {
         for (sid, pod, reg) in hop {
-            let (behavior, return_path) = match kinds[i] {
+            let (kind, rewrites) = kinds[i];
+            let (behavior, return_path) = match kind {
                 ProxyKind::Static => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
                 ProxyKind::Masquerading => (Behavior::EndAM, Vec::new()),
                 ProxyKind::Dynamic => (Behavior::EndAD, Vec::new()),
             };
-            // One behaviour per interface; End.AS even one chain.
-            let clash = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).find(|u| {
-                u.sid == *sid && u.chain != key && (u.behavior == Behavior::EndAS || u.behavior != behavior)
-            });
-            if let Some(u) = clash {
-                let m = format!("{}/{}:{} is already used by chain {} ({:?})", pod.namespace, pod.name, reg.interface, u.chain, u.behavior);
+            // End.AD in front of a flow-rewriting function has one set of headers per interface.
+            let one_chain = rewrites && behavior == Behavior::EndAD;
+            let name = format!("{}/{}:{}", pod.namespace, pod.name, reg.interface);
+            if one_chain && c.spec.symmetric {
+                let m = format!(
+                    "{name} rewrites flows: its proxy cannot tell the two directions of a symmetric chain apart; give each direction its own chain and interface"
+                );
                 return fail(v, Reason::Conflict, m);
             }
-            let interface = Some(format!("{}/{}:{}", pod.namespace, pod.name, reg.interface));
-            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path };
+            // One behaviour per interface; End.AS, and End.AD of a flow-rewriting function, even
+            // one chain.
+            let clash = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).find(|u| {
+                u.sid == *sid
+                    && u.chain != key
+                    && (u.behavior == Behavior::EndAS || u.behavior != behavior || u.rewrites_flows || one_chain)
+            });
+            if let Some(u) = clash {
+                let why = if u.rewrites_flows || one_chain { ", and its function rewrites flows" } else { "" };
+                let m = format!("{name} is already used by chain {} ({:?}){why}", u.chain, u.behavior);
+                return fail(v, Reason::Conflict, m);
+            }
+            let interface = Some(name);
+            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path, rewrites_flows: one_chain };
             if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
                 proxy_uses.push((pod.node.clone(), usage));
             }
@@ -492,7 +509,14 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     }
     for (node, sid) in decap.into_iter().chain(reverse_decaps) {
         let t = tables.entry(node).or_default();
-        t.decaps.push(SidUse { sid, behavior: Behavior::EndDT46, chain: key.clone(), interface: None, return_path: Vec::new() });
+        t.decaps.push(SidUse {
+            sid,
+            behavior: Behavior::EndDT46,
+            chain: key.clone(),
+            interface: None,
+            return_path: Vec::new(),
+            rewrites_flows: false,
+        });
     }
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
@@ -500,6 +524,14 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
     }
     v
+}
+
+/// The chain's SRH tag (RFC 8754 §2: a class of packets): End.AD's per-flow cache counts its
+/// entries per tag against the per-chain quota. A hash of `namespace/name`, the same on every
+/// node; two chains sharing a tag share a quota.
+pub fn chain_tag(chain: &str) -> u16 {
+    let h = chain.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    (h ^ (h >> 16)) as u16
 }
 
 /// Slots of a hop's replica table: the headend picks slot (flow hash, hop) mod SLOTS.
@@ -643,8 +675,8 @@ mod tests {
             sources: Sources { pod_selector: sel("app", "client") },
             r#match: Match { destination_prefixes: dst.iter().map(|s| s.to_string()).collect(), ..Default::default() },
             functions: vec![
-                Function { name: "fw".into(), pod_selector: sel("vnf", "fw"), proxy: ProxyKind::Dynamic },
-                Function { name: "ids".into(), pod_selector: sel("vnf", "ids"), proxy: ProxyKind::Dynamic },
+                Function { name: "fw".into(), pod_selector: sel("vnf", "fw"), proxy: ProxyKind::Dynamic, rewrites_flows: false },
+                Function { name: "ids".into(), pod_selector: sel("vnf", "ids"), proxy: ProxyKind::Dynamic, rewrites_flows: false },
             ],
             ..Default::default()
         }
@@ -941,5 +973,31 @@ mod tests {
         let out = compile(&world(), &[chain("a-web", &s), chain("b-plain", &spec(&["fd00:10:9::/64"]))]);
         let v = out.chains.iter().find(|v| v.name == "b-plain").unwrap();
         assert_eq!(v.reason, Reason::Conflict, "{v:?}");
+    }
+
+    #[test]
+    fn flow_rewriting_functions_get_one_chain_and_direction_per_interface() {
+        let mut s = spec(&["fd00:10:2::/64"]);
+        s.functions[0].rewrites_flows = true;
+        let out = compile(&world(), &[chain("a-nat", &s)]);
+        assert!(out.chains[0].ready, "{:?}", out.chains[0]);
+        let fw = &out.nodes["n1"].proxies[0];
+        assert!(fw.rewrites_flows && fw.behavior == Behavior::EndAD);
+        assert!(!out.nodes["n2"].proxies[0].rewrites_flows, "only the declared function");
+        // A second chain through the same NAT interface could be mis-steered: refused, reported.
+        let other = spec(&["fd00:10:9::/64"]);
+        let out = compile(&world(), &[chain("a-nat", &s), chain("b-other", &other)]);
+        let v = out.chains.iter().find(|v| v.name == "b-other").unwrap();
+        assert_eq!(v.reason, Reason::Conflict, "{v:?}");
+        assert!(v.message.contains("rewrites flows"), "{}", v.message);
+        assert!(out.nodes["n1"].headends.iter().all(|h| h.chain == "default/a-nat"));
+        let mut sym = s.clone();
+        sym.symmetric = true;
+        let v = &compile(&world(), &[chain("sym", &sym)]).chains[0];
+        assert_eq!(v.reason, Reason::Conflict);
+        assert!(v.message.contains("two directions"), "{}", v.message);
+        // Chains' SRH tags: stable, and distinct for these names.
+        assert_eq!(chain_tag("default/a-nat"), chain_tag("default/a-nat"));
+        assert_ne!(chain_tag("default/a-nat"), chain_tag("default/b-other"));
     }
 }

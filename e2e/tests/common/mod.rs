@@ -14,8 +14,11 @@ pub fn target_dir() -> PathBuf {
     std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// The checkout the tests run in: cargo's run-time CARGO_MANIFEST_DIR first, since a test
+/// binary reused from a shared target directory may have been built in another checkout.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().unwrap().to_path_buf()
 }
 
 pub fn is_root() -> bool {

@@ -170,13 +170,18 @@ struct node_config {
 	__u64 ad_age_ns;        /* End.AD: re-learn at most this often (0: on every packet) */
 	__u8 src[16];           /* this node's SRv6 source address (also of its ICMPv6 errors) */
 	__u32 inner_mtu;        /* largest packet a chain carries (uplink MTU - SP_MAX_HDR); 0: no check */
-	__u32 pad;
+	__u32 flow_quota;       /* End.AD per-flow cache entries a chain (SRH tag) may hold; 0: no limit */
 };
+
+/* sp_vnf_flags: what a VNF's return interface is. */
+#define SP_VNF_AM (1u << 0)       /* End.AM: returns SRH'd packets to de-masquerade */
+#define SP_VNF_NO_FLOWS (1u << 1) /* the function rewrites flows: never matched per flow */
 
 /* Datapath events that are no drops, counted per CPU in sp_events. */
 enum sp_event {
 	SP_EV_ICMP_SENT = 0,       /* ICMP/ICMPv6 errors sent (Packet Too Big, SRH errors) */
 	SP_EV_ICMP_LIMITED,        /* errors not sent: over the rate limit */
 	SP_EV_MSS_CLAMPED,         /* TCP SYNs whose MSS the headend lowered */
+	SP_EV_FLOW_QUOTA,          /* flows End.AD did not cache: their chain is at its quota */
 	SP_EV_MAX,
 };

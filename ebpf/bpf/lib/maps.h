@@ -30,14 +30,24 @@ struct {
 	SP_PINNED;
 } sp_as_return SEC(".maps");
 
-/* End.AM: the node-side interfaces masquerading VNFs return on (value unused). */
+/* VNF return interfaces (node-side ifindex) -> SP_VNF_* flags. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 16384);
 	SP_PINNED;
-} sp_am_ifaces SEC(".maps");
+} sp_vnf_flags SEC(".maps");
+
+/* End.AD per-flow entries per chain (the SRH tag the headend sets): counted up here when an
+ * entry is made, recounted from sp_ad_flows by the daemon (LRU evictions are not seen here). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	SP_PINNED;
+} sp_flow_counts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -111,9 +111,8 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
  * it is compared and written only when it changed (with age 0: compared on every packet), so
  * the steady state keeps the cache line shared. Payload length and flow label are per packet:
  * the caller zeroes them (normalize_cached). */
-static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *o, __u64 age, __u64 now)
+static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *c, struct outer_hdr *o, __u64 age, __u64 now)
 {
-	struct outer_hdr *c = bpf_map_lookup_elem(map, key);
 	if (c && age && now - c->stamp < age)
 		return;
 	if (c && c->len == o->len) {
@@ -189,8 +188,27 @@ static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct 
 	return 0;
 }
 
+/* A new per-flow entry for the chain whose SRH tag `o` carries, if the chain is under its
+ * quota: one chain cannot flush the others' flows out of the shared LRU. */
+static __always_inline int flow_quota_take(const struct node_config *cfg, const struct outer_hdr *o)
+{
+	if (!cfg || !cfg->flow_quota)
+		return 1;
+	__u32 tag = (__u32)o->bytes[OFF_SRH + 6] << 8 | o->bytes[OFF_SRH + 7];
+	__u32 *n = bpf_map_lookup_elem(&sp_flow_counts, &tag);
+	if (!n)
+		return 1;
+	if (*n >= cfg->flow_quota) {
+		event(SP_EV_FLOW_QUOTA);
+		return 0;
+	}
+	__sync_fetch_and_add(n, 1);
+	return 1;
+}
+
 /* End.AD learning: the per-interface cache (what the VNF's own new flows use) and the per-flow
- * cache (what lets one interface serve several chains and both directions). */
+ * cache (what lets one interface serve several chains and both directions), unless the
+ * function rewrites flows (its replies could never be matched, or worse, match another flow). */
 static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
 {
 	__u32 zero = 0;
@@ -198,10 +216,16 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	__u64 age = cfg ? cfg->ad_age_ns : 0;
 	__u64 now = bpf_ktime_get_ns();
 	normalize_cached(o);
-	ad_learn(&sp_ad_cache, &ifindex, o, age, now);
+	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
+	__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
+	if (vf && (*vf & SP_VNF_NO_FLOWS))
+		return;
 	struct flow_key k;
-	if (!flow_of(skb, ifindex, &k))
-		ad_learn(&sp_ad_flows, &k, o, age, now);
+	if (flow_of(skb, ifindex, &k))
+		return;
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
+	if (c || flow_quota_take(cfg, o))
+		ad_learn(&sp_ad_flows, &k, c, o, age, now);
 }
 
 /* The outer flow label from the inner flow (RFC 6437 §3; RFC 8986 §5.1). */
