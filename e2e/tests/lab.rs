@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{back_chain, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
+use common::{back_chain, hello, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
 
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
@@ -90,8 +90,7 @@ fn example_chain_steers_through_both_vnfs_in_order() {
     let ids_cap = Capture::start(&lab, "ids");
     let wire = Capture::underlay(&lab);
     assert!(ping(&lab, "client", &server6, 5), "client -> server through the chain");
-    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
+    assert_eq!(hello(&lab, "client", &server6), "hello from server", "{}", lab.status()["drops"]);
     let fw_pkts = fw_cap.finish();
     let ids_pkts = ids_cap.finish();
     let wire_pkts = wire.finish();
@@ -404,8 +403,7 @@ fn dual_stack_chain_carries_ipv4_and_ipv6() {
     let (server4, server6, client4) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true), pod_ip(&st, "client", false));
     assert!(ping(&lab, "client", &server4, 4), "IPv4 through the chain");
     assert!(ping(&lab, "client", &server6, 4), "IPv6 through the chain");
-    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP4:{server4}:8080")]);
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server");
+    assert_eq!(hello(&lab, "client", &server4), "hello from server", "{}", lab.status()["drops"]);
     let ids = |lab: &Lab| lab.nft_counters("ids", "inet vnf");
     let counts = ids(&lab);
     assert_eq!((counts[0], counts[1]), (0, 0), "nothing unmarked: {counts:?}");
@@ -440,8 +438,7 @@ fn oversize_packets_and_vnf_errors_reach_the_source() {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
     };
     // (TCP first: once the client knows the path MTU it announces a fitting MSS by itself.)
-    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server");
+    assert_eq!(hello(&lab, "client", &server6), "hello from server", "{}", lab.status()["drops"]);
     let (_, out6) = ping_out(&["-6", "-c", "2", "-M", "do", "-s", "1400", &server6]);
     assert!(out6.contains("mtu=1324"), "ICMPv6 Packet Too Big from the headend: {out6}");
     let (_, out4) = ping_out(&["-4", "-c", "2", "-M", "do", "-s", "1400", &server4]);
@@ -635,12 +632,24 @@ spec:
 
 /// examples/lab-symmetric.yaml: `symmetric: true` sends the replies back through the ids then
 /// the firewall (the ids marks them, the firewall counts them marked), for IPv4 and IPv6, with
-/// two ids replicas.
+/// two ids replicas; then again with the ids replicas attached as interface pairs (both
+/// directions in on net1, out on net2: End.AD tells them apart per flow).
 #[test]
 fn symmetric_chain_returns_through_the_functions_in_reverse() {
     require_lab!("nft", "ping");
-    let lab = Lab::new("sym");
-    lab.ok(&["up", "-f", repo_root().join("examples/lab-symmetric.yaml").to_str().unwrap()]);
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-symmetric.yaml")).unwrap();
+    let single = "  labels: {vnf: ids}\n  annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}\n";
+    assert_eq!(text.matches(single).count(), 2);
+    let pair = "  labels: {vnf: ids}\n  annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes, srv6pipes.io/interfaces: pair}\n";
+    for (tag, yaml) in [("sym", text.clone()), ("sympair", text.replace(single, pair))] {
+        symmetric_chain_in(tag, &yaml);
+    }
+}
+
+fn symmetric_chain_in(tag: &str, yaml: &str) {
+    let lab = Lab::new(tag);
+    let up = lab.run_yaml("up", yaml);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     for pod in ["firewall", "ids-0", "ids-1"] {
         wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "inet", "vnf"]).status.success());
     }
@@ -653,9 +662,9 @@ fn symmetric_chain_returns_through_the_functions_in_reverse() {
     assert!(fw[0] >= 5 && fw[1] >= 5, "requests through the firewall: {fw:?}");
     assert!(fw[2] >= 5 && fw[3] >= 5, "replies reached the firewall marked by the ids: {fw:?}");
     let marked: u64 = ["ids-0", "ids-1"].iter().map(|p| counters(p)[0] + counters(p)[1]).sum();
-    assert!(marked >= 10, "the ids replicas marked the replies");
+    assert!(marked >= 10, "{tag}: the ids replicas marked the replies");
     let drops: u64 = ["n1", "n2"].iter().flat_map(|n| st["drops"][n].as_object().unwrap().values()).map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(drops, 0);
+    assert_eq!(drops, 0, "{tag}");
 }
 
 /// examples/lab-static.yaml, a Static function (End.AS): the firewall gets configured return headers (the ids' SID, then
@@ -697,8 +706,7 @@ fn masquerading_proxies_carry_a_symmetric_chain() {
     let fw_cap = Capture::start(&lab, "firewall");
     let wire = Capture::underlay(&lab);
     assert!(ping(&lab, "client", &server6, 5), "client -> server through both End.AM proxies");
-    let tcp = lab.exec("client", &["sh", "-c", &format!("echo | socat -t 5 -T 5 - TCP6:[{server6}]:8080")]);
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "hello from server", "{tcp:?}");
+    assert_eq!(hello(&lab, "client", &server6), "hello from server", "{}", lab.status()["drops"]);
     let fw_pkts = fw_cap.finish();
     let wire_pkts = wire.finish();
 

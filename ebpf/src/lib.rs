@@ -491,12 +491,16 @@ impl Datapath {
 
     /// Drops by reason, summed over CPUs, for every reason.
     pub fn drop_reasons(&self) -> Result<Vec<(DropReason, u64)>> {
-        let m: PerCpuArray<&MapData, u64> = self.typed_ref("sp_drop_reasons")?;
-        DropReason::ALL
-            .iter()
-            .map(|r| {
-                let v = m.get(&(*r as u32), 0).map_err(|source| DatapathError::Map { map: "sp_drop_reasons", source })?;
-                Ok((*r, v.iter().sum()))
+        self.counters("sp_drop_reasons", &DropReason::ALL, |r| r as u32)
+    }
+
+    /// Per-CPU array counters at `keys`, each summed over CPUs.
+    fn counters<K: Copy>(&self, map: &'static str, keys: &[K], index: impl Fn(K) -> u32) -> Result<Vec<(K, u64)>> {
+        let m: PerCpuArray<&MapData, u64> = self.typed_ref(map)?;
+        keys.iter()
+            .map(|k| {
+                let v = m.get(&index(*k), 0).map_err(|source| DatapathError::Map { map, source })?;
+                Ok((*k, v.iter().sum()))
             })
             .collect()
     }
@@ -512,14 +516,7 @@ impl Datapath {
 
     /// Datapath events (ICMP errors sent or rate limited, MSS clamps), summed over CPUs.
     pub fn events(&self) -> Result<Vec<(Event, u64)>> {
-        let m: PerCpuArray<&MapData, u64> = self.typed_ref("sp_events")?;
-        Event::ALL
-            .iter()
-            .map(|e| {
-                let v = m.get(&(*e as u32), 0).map_err(|source| DatapathError::Map { map: "sp_events", source })?;
-                Ok((*e, v.iter().sum()))
-            })
-            .collect()
+        self.counters("sp_events", &Event::ALL, |e| e as u32)
     }
 
     pub fn event(&self, event: Event) -> Result<u64> {

@@ -275,27 +275,23 @@ mod tests {
         assert!(h.contains("#define SP_POLICY_INSERT (1u << 30)") && POLICY_INSERT == 1 << 30);
         assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
         assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
-        let c_reasons: Vec<String> = h
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("SP_DROP_"))
-            .map(|l| l.split([' ', ',', '=']).next().unwrap().to_lowercase())
-            .filter(|n| n != "max")
-            .collect();
+        // An enum's enumerators (without PREFIX and _MAX), in order, lower case.
+        let c_enum = |prefix: &str| -> Vec<String> {
+            h.lines()
+                .filter_map(|l| l.trim().strip_prefix(prefix))
+                .map(|l| l.split([' ', ',', '=']).next().unwrap().to_lowercase())
+                .filter(|n| n != "max")
+                .collect()
+        };
         let rust: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        assert_eq!(c_reasons, rust, "enum sp_drop order and names");
+        assert_eq!(c_enum("SP_DROP_"), rust, "enum sp_drop order and names");
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "{r:?}");
         }
         assert_eq!(std::mem::size_of::<OuterHdr>(), 16 + MAX_HDR);
         assert_eq!(std::mem::size_of::<SidEntry>(), 24);
         assert_eq!(std::mem::size_of::<NodeConfig>(), 72);
-        let c_events: Vec<String> = h
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("SP_EV_"))
-            .map(|l| l.split([' ', ',', '=']).next().unwrap().to_lowercase())
-            .filter(|n| n != "max")
-            .collect();
         let rust: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
-        assert_eq!(c_events, rust, "enum sp_event order and names");
+        assert_eq!(c_enum("SP_EV_"), rust, "enum sp_event order and names");
     }
 }

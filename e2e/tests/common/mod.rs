@@ -186,6 +186,17 @@ pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
     lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
 }
 
+/// The examples' `server` pod answers "hello from server" on TCP 8080: once it listens, connect
+/// from `from` to `addr` (IPv4 or IPv6) and return what it said.
+pub fn hello(lab: &Lab, from: &str, addr: &str) -> String {
+    wait_for("the server to listen on 8080", Duration::from_secs(10), || {
+        !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":8080"]).stdout.is_empty()
+    });
+    let target = if addr.contains(':') { format!("TCP6:[{addr}]:8080") } else { format!("TCP4:{addr}:8080") };
+    let out = lab.exec(from, &["sh", "-c", &format!("echo | socat -t 5 -T 5 - {target}")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
