@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
     kind = "ServiceChain",
     namespaced,
     status = "ServiceChainStatus",
-    shortname = "sc"
+    shortname = "sc",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Paths", "type": "string", "jsonPath": ".status.paths[*].segments"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceChainSpec {
@@ -25,7 +29,8 @@ pub struct ServiceChainSpec {
     /// Which of the sources' traffic is steered; all fields are ANDed.
     #[serde(default)]
     pub r#match: Match,
-    /// Ordered SR-unaware functions.
+    /// Ordered SR-unaware functions (at least one).
+    #[schemars(length(min = 1))]
     pub functions: Vec<Function>,
     /// Return traffic crosses the same functions in reverse.
     #[serde(default)]
@@ -47,14 +52,19 @@ pub struct Sources {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Match {
+    /// IPv4 or IPv6 prefixes ("fd00:20::/64", "10.20.0.0/16"); none: any destination.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*)/[0-9]{1,3}$")))]
     pub destination_prefixes: Vec<String>,
+    /// Among the sources' own addresses, those in these prefixes; none: all.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*)/[0-9]{1,3}$")))]
     pub source_prefixes: Vec<String>,
     #[serde(default)]
     pub protocol: Protocol,
     /// Ports ("80") or ranges ("8000-8080").
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[0-9]{1,5}(-[0-9]{1,5})?$")))]
     pub destination_ports: Vec<String>,
 }
 
@@ -139,9 +149,36 @@ pub struct Path {
     pub segments: Vec<String>,
 }
 
+/// The CRD manifests generated from these types (`cargo run -p srv6pipes-crds --bin crdgen`
+/// writes them to crds/servicechains.srv6pipes.io.yaml, where a test checks them for drift).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&ServiceChain::crd()).expect("a CRD serializes");
+    format!("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n{body}")
+}
+
+/// Where the generated CRDs are committed, relative to the repository root.
+pub const CRD_FILE: &str = "crds/servicechains.srv6pipes.io.yaml";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CI fails when the committed CRD differs from what the types generate.
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let committed = include_str!("../servicechains.srv6pipes.io.yaml");
+        assert!(committed == crd_yaml(), "{CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
+        let crd: serde_json::Value = serde_yaml::from_str(committed).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        let columns: Vec<&str> = v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(columns, ["Ready", "Reason", "Paths", "Age"]);
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["functions"]["minItems"], 1);
+        let proxy = &spec["properties"]["functions"]["items"]["properties"]["proxy"]["enum"];
+        assert_eq!(proxy, &serde_json::json!(["Dynamic", "Static", "Masquerading"]));
+        assert!(v["subresources"]["status"].is_object());
+    }
 
     #[test]
     fn brief_example_parses_with_defaults() {
