@@ -29,11 +29,29 @@ fn a(s: &str) -> Ipv6Addr {
 /// source veth, and the datapath loaded with n1's config. Removed on drop.
 struct Bench {
     netns: String,
-    pins: PathBuf,
     dp: Datapath,
     uplink: u32,
     vnf: u32,
     src: u32,
+    /// Last, so it runs after the datapath is closed; made right after the netns, so a failing
+    /// setup (e.g. a verifier rejection) leaves nothing behind either.
+    _cleanup: Cleanup,
+}
+
+/// Removes a test's netns and pin directory when dropped.
+struct Cleanup {
+    netns: String,
+    pins: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(pins) = &self.pins {
+            let _ = std::fs::remove_dir_all(pins);
+            let _ = pins.parent().map(std::fs::remove_dir);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
 }
 
 impl Bench {
@@ -49,6 +67,7 @@ impl Bench {
             assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
         };
         assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+        let mut cleanup = Cleanup { netns: netns.clone(), pins: None };
         ip("link add name up0 type veth peer name up0p");
         ip("link add name vnf0 type veth peer name vnf0p");
         ip("link add name src0 type veth peer name src0p");
@@ -67,13 +86,14 @@ impl Bench {
         }
         let pins = PathBuf::from(format!("/sys/fs/bpf/srv6pipes-test/{netns}"));
         std::fs::create_dir_all(&pins).unwrap();
+        cleanup.pins = Some(pins.clone());
         let mut dp = Datapath::load(&pins).unwrap();
         dp.set_config(config(0)).unwrap();
         let idx = |n: &str| nix::net::if_::if_nametoindex(n).unwrap();
         let (uplink, vnf, src) = (idx("up0"), idx("vnf0"), idx("src0"));
         dp.set_sid(a("fcbb:bb00:1:e001::"), SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC }).unwrap();
         dp.set_sid(a("fcbb:bb00:1:d6::"), SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() }).unwrap();
-        Some(Self { netns, pins, dp, uplink, vnf, src })
+        Some(Self { netns, dp, uplink, vnf, src, _cleanup: cleanup })
     }
 
     /// A headend rule with no protocol or port match: class `policy` -> `policy`.
@@ -110,14 +130,6 @@ impl Bench {
         let out = Command::new("ip").args(["-n", &self.netns, "-o", "link", "show", "up0"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         parse_mac(text.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap())
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = self.pins.parent().map(std::fs::remove_dir);
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
     }
 }
 
