@@ -14,7 +14,7 @@ static __always_inline __u16 eth_proto(struct __sk_buff *skb)
 	return bpf_ntohs(eth->h_proto);
 }
 
-static __always_inline int parse_ipv4(struct __sk_buff *skb, __be32 *saddr, __be32 *daddr)
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __be32 *saddr, __be32 *daddr, __u8 *proto)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
@@ -22,6 +22,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __be32 *saddr, __be
 		return -1;
 	*saddr = ip->saddr;
 	*daddr = ip->daddr;
+	*proto = (ip->frag_off & bpf_htons(0x1fff)) ? 0 : ip->protocol; /* 0: a non-first fragment */
 	return 0;
 }
 
@@ -169,32 +170,19 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 	return 0;
 }
 
-/* A chain carries packets up to the node's inner MTU (what the VNF interfaces take, so that the
- * encapsulation of the most segments still fits the uplink). GSO packets are segments of at
- * most the clamped MSS. */
-static __always_inline int too_big(struct __sk_buff *skb)
-{
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	if (!cfg || !cfg->inner_mtu)
-		return 0;
-	int v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
-	if (skb->gso_size == 0 && skb->len - ETH_HLEN > cfg->inner_mtu)
-		return 1;
-	clamp_mss(skb, v6, cfg->inner_mtu);
-	return 0;
-}
+/* What the headend's classifier found of the transport header. */
+struct l4 {
+	__u32 off;   /* its offset in the frame */
+	__u8 proto;
+	__u8 frag;   /* a fragment: no transport header to trust */
+};
 
 /* Never a silent loss: an oversize packet is dropped (counted as `mtu`) and its source told the
  * MTU, ICMPv6 Packet Too Big or ICMP Fragmentation Needed (sent whatever the DF bit: a sender
  * that may fragment then fragments to the MTU). */
-static __always_inline int packet_too_big(struct __sk_buff *skb)
+static __always_inline int packet_too_big(struct __sk_buff *skb, const struct node_config *cfg)
 {
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	int verdict = drop(SP_DROP_MTU);
-	if (!cfg)
-		return verdict;
 	__u32 mtu = cfg->inner_mtu;
 	__u8 src[16];
 	int r;
@@ -211,21 +199,36 @@ static __always_inline int packet_too_big(struct __sk_buff *skb)
 	return r < 0 ? verdict : r;
 }
 
-/* ICMP errors a VNF generates (about a chain's packet it could not forward) go to the source
- * the plain way, through the node's routing, not down the chain toward the destination. */
-static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6)
+/* A chain carries packets up to the node's inner MTU (what the VNF interfaces take, so that the
+ * encapsulation of the most segments still fits the uplink): a TCP SYN gets its MSS clamped, a
+ * bigger packet is answered (packet_too_big; returns 1, with the verdict in `verdict`). GSO
+ * packets are segments of at most the clamped MSS. */
+static __always_inline int check_mtu(struct __sk_buff *skb, const struct l4 *l, int *verdict)
 {
-	__u8 type;
-	if (v6) {
-		__u8 nh;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) || nh != 58 ||
-		    bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, &type, 1))
-			return 0;
-		return type < 128; /* RFC 4443 §2.1: 0-127 are errors */
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	if (!cfg || !cfg->inner_mtu)
+		return 0;
+	if (skb->gso_size == 0 && skb->len - ETH_HLEN > cfg->inner_mtu) {
+		*verdict = packet_too_big(skb, cfg);
+		return 1;
 	}
-	struct iphdr ip;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.protocol != 1 || (ip.frag_off & bpf_htons(0x1fff)) ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &type, 1))
+	if (l->proto == 6 && !l->frag)
+		clamp_mss(skb, l->off, skb->protocol == bpf_htons(ETH_P_IPV6), cfg->inner_mtu);
+	return 0;
+}
+
+/* ICMP errors a VNF generates (about a chain's packet it could not forward) go to the source
+ * the plain way, through the node's routing, not down the chain toward the destination.
+ * `proto`: the IP header's protocol / next header (0 for a non-first IPv4 fragment). */
+static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6, __u8 proto)
+{
+	__u8 type, ihl;
+	if (proto != (v6 ? 58 : 1))
+		return 0;
+	if (v6)
+		return !bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, &type, 1) && type < 128; /* RFC 4443 §2.1 */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1) || bpf_skb_load_bytes(skb, ETH_HLEN + (ihl & 0xf) * 4, &type, 1))
 		return 0;
 	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
 }
@@ -234,8 +237,9 @@ static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6)
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
 /* Encapsulates with a policy (headend rule, or an End.AS interface's configured return): its
- * header template, per-hop replica choice, drop flag; counted per policy. */
-static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
+ * header template, per-hop replica choice, drop flag; counted per policy. `l`: at the headend,
+ * what the classifier found, for the MTU checks (a VNF's End.AS return has passed them). */
+static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const struct l4 *l)
 {
 	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, &id);
 	if (!pol)
@@ -248,10 +252,9 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id)
 	int verdict, dropped = 0;
 	if (o->pad & SP_POLICY_DROP)
 		verdict = drop(SP_DROP_NO_REPLICA);
-	else if (too_big(skb)) {
-		verdict = packet_too_big(skb);
+	else if (l && check_mtu(skb, l, &verdict))
 		dropped = 1;
-	} else if (pick_replicas(skb, id, o))
+	else if (pick_replicas(skb, id, o))
 		verdict = drop(SP_DROP_MALFORMED);
 	else if (o->pad & SP_POLICY_INSERT) {
 		int err = insert_srh(skb, o);
@@ -286,12 +289,12 @@ int sp_vnf(struct __sk_buff *skb)
 			return drop(SP_DROP_CLOSED_DOMAIN);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr, daddr;
-		if (parse_ipv4(skb, &saddr, &daddr) || is_link_scope4(saddr, daddr))
+		if (parse_ipv4(skb, &saddr, &daddr, &nexthdr) || is_link_scope4(saddr, daddr))
 			return TC_ACT_OK;
 	} else {
 		return TC_ACT_OK; /* ARP and the like */
 	}
-	if (is_icmp_error(skb, proto == ETH_P_IPV6))
+	if (is_icmp_error(skb, proto == ETH_P_IPV6, nexthdr))
 		return TC_ACT_OK;
 	if (am) {
 		if (proto != ETH_P_IPV6)
@@ -309,7 +312,7 @@ int sp_vnf(struct __sk_buff *skb)
 	__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);
 	if (ret) {
 		int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
-		return err ? drop(err) : apply_policy(skb, *ret);
+		return err ? drop(err) : apply_policy(skb, *ret, NULL);
 	}
 	/* End.AD: the flow's own headers first (several chains, both directions), else the interface's. */
 	struct flow_key fk;
@@ -338,7 +341,7 @@ int sp_vnf(struct __sk_buff *skb)
 
 /* Stage 2 of the classifier: protocol and destination port within the class; fragments (first
  * or not) by protocol alone, so that all of a datagram takes one chain. */
-static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4)
+static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4, struct l4 *l)
 {
 	__u8 proto;
 	__u32 l4;
@@ -360,6 +363,9 @@ static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, in
 			frag = 1;
 		}
 	}
+	l->off = l4;
+	l->proto = proto;
+	l->frag = frag;
 	if (frag) {
 		struct frag_key f = {.class = class, .proto = proto};
 		__u32 *id = bpf_map_lookup_elem(&sp_frag_rules, &f);
@@ -393,8 +399,9 @@ int sp_headend(struct __sk_buff *skb)
 		class = bpf_map_lookup_elem(&sp_headend_rules, &k);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr;
+		__u8 ip_proto;
 		struct headend_key4 k = {};
-		if (parse_ipv4(skb, &saddr, (__be32 *)k.daddr) || is_link_scope4(saddr, *(__be32 *)k.daddr))
+		if (parse_ipv4(skb, &saddr, (__be32 *)k.daddr, &ip_proto) || is_link_scope4(saddr, *(__be32 *)k.daddr))
 			return SP_NEXT;
 		k.prefixlen = 32 + 32;
 		k.ifindex = skb->ingress_ifindex;
@@ -404,10 +411,11 @@ int sp_headend(struct __sk_buff *skb)
 	}
 	if (!class)
 		return SP_NEXT;
-	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP);
+	struct l4 l;
+	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP, &l);
 	if (!id)
 		return SP_NEXT;
-	return apply_policy(skb, *id);
+	return apply_policy(skb, *id, &l);
 }
 
 char LICENSE[] SEC("license") = "GPL";

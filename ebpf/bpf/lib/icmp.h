@@ -213,26 +213,13 @@ static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u
 }
 
 /* RFC 879 / RFC 6691: a TCP SYN entering a chain announces at most what fits the chain's inner
- * MTU. */
-static __always_inline void clamp_mss(struct __sk_buff *skb, int v6, __u32 mtu)
+ * MTU. `l4`: the TCP header's offset in the frame. */
+static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4, int v6, __u32 mtu)
 {
-	__u32 l4;
-	if (v6) {
-		__u8 nh;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) || nh != 6)
-			return;
-		l4 = ETH_HLEN + SP_IP6_LEN;
-	} else {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.protocol != 6 ||
-		    (ip.frag_off & bpf_htons(0x1fff)))
-			return;
-		l4 = ETH_HLEN + ip.ihl * 4;
-	}
-	__u8 th[20];
-	if (bpf_skb_load_bytes(skb, l4, th, sizeof(th)) || !(th[13] & 0x02))
+	__u8 th[2]; /* data offset, flags */
+	if (bpf_skb_load_bytes(skb, l4 + 12, th, sizeof(th)) || !(th[1] & 0x02))
 		return;
-	__u32 optlen = (th[12] >> 4) * 4;
+	__u32 optlen = (th[0] >> 4) * 4;
 	if (optlen <= 20)
 		return;
 	optlen -= 20;

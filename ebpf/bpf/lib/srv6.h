@@ -41,9 +41,11 @@ static __always_inline struct outer_hdr *scratch(void)
 	return bpf_map_lookup_elem(&sp_scratch, &zero);
 }
 
-/* RFC 8986 §4.1 End on a header buffer: Segments Left -1, DA <- Segment List[SL], hop limit -1.
- * Returns 0 or a drop reason. The buffer is already validated (SL <= Last Entry < SP_MAX_SEGS). */
-static __always_inline int apply_end(struct outer_hdr *o)
+/* RFC 8986 §4.1 End on a header buffer: Segments Left -1, hop limit -1, DA <- Segment List[SL].
+ * `masquerade` (End.AM, draft-ietf-spring-sr-service-programming §6.4): DA <- Segment List[0]
+ * instead, the final destination, so the VNF sees the original one; the SRH stays.
+ * Returns 0 or a drop reason. The buffer is already validated (SL <= Last Entry + 1). */
+static __always_inline int apply_end(struct outer_hdr *o, int masquerade)
 {
 	__u8 sl = o->bytes[OFF_SL];
 	if (sl == 0)
@@ -55,26 +57,10 @@ static __always_inline int apply_end(struct outer_hdr *o)
 		return SP_DROP_MALFORMED;
 	o->bytes[OFF_SL] = sl;
 	o->bytes[OFF_HLIM]--;
-	__u32 off = OFF_SEGS + 16 * (__u32)sl;
+	__u32 off = OFF_SEGS + 16 * (__u32)(masquerade ? 0 : sl);
 	if (off + 16 > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
 	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
-	return 0;
-}
-
-/* RFC 8986 §4.1 End as End.AM does it on the packet itself (draft-ietf-spring-sr-service-
- * programming §6.4): Segments Left -1, hop limit -1, and the DA masqueraded as Segment List[0]
- * (the final destination), so the VNF sees the original destination; the SRH stays. */
-static __always_inline int apply_am(struct outer_hdr *o)
-{
-	__u8 sl = o->bytes[OFF_SL];
-	if (sl == 0)
-		return SP_DROP_SL_ZERO;
-	if (o->bytes[OFF_HLIM] <= 1)
-		return SP_DROP_HOP_LIMIT;
-	o->bytes[OFF_SL] = sl - 1;
-	o->bytes[OFF_HLIM]--;
-	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[OFF_SEGS], 16);
 	return 0;
 }
 
@@ -217,15 +203,18 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	__u64 now = bpf_ktime_get_ns();
 	normalize_cached(o);
 	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
-	__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
-	if (vf && (*vf & SP_VNF_NO_FLOWS))
-		return;
 	struct flow_key k;
 	if (flow_of(skb, ifindex, &k))
 		return;
+	/* Known flows are refreshed; the interface's flags and the quota are looked at only when
+	 * a flow is new, so the steady state costs no extra lookup. */
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
-	if (c || flow_quota_take(cfg, o))
-		ad_learn(&sp_ad_flows, &k, c, o, age, now);
+	if (!c) {
+		__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
+		if ((vf && (*vf & SP_VNF_NO_FLOWS)) || !flow_quota_take(cfg, o))
+			return;
+	}
+	ad_learn(&sp_ad_flows, &k, c, o, age, now);
 }
 
 /* The outer flow label from the inner flow (RFC 6437 §3; RFC 8986 §5.1). */
@@ -345,7 +334,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 		/* draft-ietf-spring-sr-service-programming §6.1-6.2: End, then (End.AD only) cache the
 		 * outer headers keyed by the VNF's return interface, and hand the inner packet to the
 		 * VNF. End.AS restores configured headers instead. */
-		err = apply_end(o);
+		err = apply_end(o, 0);
 		if (err)
 			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
@@ -385,7 +374,7 @@ static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hd
 	/* Only End.AM keeps the original packet: the others expect an encapsulated one. */
 	if (sid->behavior != SP_END_AM)
 		return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
-	int err = apply_am(o);
+	int err = apply_end(o, 1);
 	if (err)
 		return sid_error(skb, da, skb_len, err, o->len);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, 0))
