@@ -161,6 +161,13 @@ fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
     sum
 }
 
+/// Sets the header checksum of the IPv4 packet `p` (a 20-byte header).
+fn set_ipv4_checksum(p: &mut [u8]) {
+    p[10..12].copy_from_slice(&[0, 0]);
+    let sum = !(ones_sum(&p[..20], 0) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// `reply` is the ICMP (IPv4 packet) or ICMPv6 (IPv6 packet) error `(type, code, info)` about
 /// `packet`: MACs swapped, to its source, from n1's SRv6 source (IPv6) or the packet's
 /// destination (IPv4), quoting as much of it as the minimum MTU (576 for IPv4) allows, with
@@ -224,12 +231,15 @@ fn inner(src: &str, dst: &str) -> Vec<u8> {
         dst: a(dst),
     }
     .encode(&mut p);
-    p.extend_from_slice(&4000u16.to_be_bytes());
-    p.extend_from_slice(&5000u16.to_be_bytes());
-    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
+    p.extend_from_slice(&udp(payload));
     p
+}
+
+/// UDP 4000 -> 5000 carrying `payload`, checksum left 0.
+fn udp(payload: &[u8]) -> Vec<u8> {
+    let mut u = [4000u16.to_be_bytes(), 5000u16.to_be_bytes(), ((8 + payload.len()) as u16).to_be_bytes(), [0, 0]].concat();
+    u.extend_from_slice(payload);
+    u
 }
 
 /// IPv4 + UDP with a 12-byte payload, header checksum set.
@@ -245,14 +255,8 @@ fn inner4_ttl(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
     p.extend_from_slice(&[0, 1, 0x40, 0, ttl, 17, 0, 0]);
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
-    let sum = p.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p.extend_from_slice(&4000u16.to_be_bytes());
-    p.extend_from_slice(&5000u16.to_be_bytes());
-    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
+    set_ipv4_checksum(&mut p);
+    p.extend_from_slice(&udp(payload));
     p
 }
 
@@ -916,9 +920,7 @@ fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
         let mut ip = inner4(SRC4, DST4)[..20].to_vec();
         ip[9] = 6;
         ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let sum = !(ones_sum(&ip, 0) as u16);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        set_ipv4_checksum(&mut ip);
         let mut pseudo = ip[12..20].to_vec();
         pseudo.extend_from_slice(&[0, 6]);
         pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
@@ -941,9 +943,7 @@ fn sized(v6: bool, len: usize) -> Vec<u8> {
         p[44..46].copy_from_slice(&plen.to_be_bytes());
     } else {
         p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        p[10..12].copy_from_slice(&[0, 0]);
-        let sum = !(ones_sum(&p[..20], 0) as u16);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        set_ipv4_checksum(&mut p);
         p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
     }
     p

@@ -249,16 +249,8 @@ impl Node {
         self.set_proxy_behavior(reg, self.behavior_of(reg))
     }
 
-    /// End.AS when the interface has a configured return (installed for both families
-    /// together), End.AM when it is a masquerading one, else End.AD.
     fn behavior_of(&self, reg: &Registration) -> u32 {
-        if self.installed.as_returns.contains_key(&(reg.return_ifindex, 6)) {
-            BEHAVIOR_END_AS
-        } else if self.installed.vnf_flags.get(&reg.return_ifindex).is_some_and(|f| f & VNF_AM != 0) {
-            BEHAVIOR_END_AM
-        } else {
-            BEHAVIOR_END_AD
-        }
+        proxy_behavior(&self.installed.as_returns, &self.installed.vnf_flags, reg.return_ifindex)
     }
 
     fn set_proxy_behavior(&mut self, reg: &Registration, behavior: u32) -> anyhow::Result<()> {
@@ -384,13 +376,11 @@ impl Node {
         // End.AS: each static proxy's interface returns through a policy holding the rest of the
         // chain (per inner family), in the same id space as the headend's.
         let mut as_returns: BTreeMap<(u32, u32), u32> = BTreeMap::new();
-        let mut as_sids: BTreeSet<Sid> = BTreeSet::new();
         for u in p.tables.proxies.iter().filter(|u| u.behavior == srv6::compiler::Behavior::EndAS) {
             let Some(reg) = self.state.registrations.iter().find(|r| r.sid == u.sid) else {
                 warn!(node = %self.name, sid = %u.sid, chain = %u.chain, "End.AS for a SID that is not registered here");
                 continue;
             };
-            as_sids.insert(u.sid);
             for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
                 let key = PolicyKey {
                     chain: u.chain.clone(),
@@ -486,14 +476,7 @@ impl Node {
         }
         let regs = self.state.registrations.clone();
         for reg in &regs {
-            let behavior = if as_sids.contains(&reg.sid) {
-                BEHAVIOR_END_AS
-            } else if am_sids.contains(&reg.sid) {
-                BEHAVIOR_END_AM
-            } else {
-                BEHAVIOR_END_AD
-            };
-            self.set_proxy_behavior(reg, behavior)?;
+            self.set_proxy_behavior(reg, proxy_behavior(&as_returns, &vnf_flags, reg.return_ifindex))?;
         }
         for (prefix, via) in &peers {
             self.netlink.replace_route(*prefix, *via, uplink_idx).await?;
@@ -638,6 +621,18 @@ impl Node {
         writeln!(out, "# HELP srv6pipes_sids Proxy SIDs allocated on this node.\n# TYPE srv6pipes_sids gauge")?;
         writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
         Ok(out)
+    }
+}
+
+/// A proxy SID's behaviour from what its return interface has: a configured return (End.AS,
+/// installed for both families together), the masquerading flag (End.AM), else End.AD.
+fn proxy_behavior(as_returns: &BTreeMap<(u32, u32), u32>, vnf_flags: &BTreeMap<u32, u32>, return_ifindex: u32) -> u32 {
+    if as_returns.contains_key(&(return_ifindex, 6)) {
+        BEHAVIOR_END_AS
+    } else if vnf_flags.get(&return_ifindex).is_some_and(|f| f & VNF_AM != 0) {
+        BEHAVIOR_END_AM
+    } else {
+        BEHAVIOR_END_AD
     }
 }
 
