@@ -149,16 +149,114 @@ pub struct Path {
     pub segments: Vec<String>,
 }
 
+/// Label keys and annotations srv6pipes reads and writes on core objects.
+pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
+
+/// A node's SRv6 SIDs, published by its node daemon (field manager `srv6pipes-node`); the
+/// operator compiles chains from them. Cluster-scoped, named after the Node, owned by it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[kube(
+    group = "srv6pipes.io",
+    version = "v1alpha1",
+    kind = "NodeSidTable",
+    shortname = "nst",
+    printcolumn = r#"{"name": "Locator", "type": "string", "jsonPath": ".spec.locator"}"#,
+    printcolumn = r#"{"name": "Decap", "type": "string", "jsonPath": ".spec.decapSid"}"#,
+    printcolumn = r#"{"name": "SIDs", "type": "string", "jsonPath": ".spec.registrations[*].sid"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSidTableSpec {
+    /// The node's locator (LOC of its SIDs), e.g. "fcbb:bb00:1::/48".
+    pub locator: String,
+    /// Outer source address of what this node encapsulates (LOC::1).
+    pub source_address: String,
+    /// The node's End.DT46 SID.
+    pub decap_sid: String,
+    /// MTU of the node's VNF interfaces (the uplink's less the largest SRv6 encapsulation).
+    #[serde(default)]
+    pub vnf_mtu: u32,
+    /// Every VNF interface registered by the CNI plugin, with the proxy SID it got.
+    #[serde(default)]
+    pub registrations: Vec<SidEntry>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidEntry {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// The VNF's interface in the pod (e.g. net1).
+    pub interface: String,
+    pub sid: String,
+}
+
+/// What one node daemon programs: its headend policies, proxy and decap SIDs and routes to the
+/// other nodes' locators, compiled and published by the operator (field manager
+/// `srv6pipes-operator`); the node daemon reports in `status`. Cluster-scoped, named after the
+/// Node, owned by it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[kube(
+    group = "srv6pipes.io",
+    version = "v1alpha1",
+    kind = "NodeProgram",
+    shortname = "np",
+    status = "NodeProgramStatus",
+    printcolumn = r#"{"name": "Programmed", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name": "Generation", "type": "integer", "jsonPath": ".metadata.generation"}"#,
+    printcolumn = r#"{"name": "Observed", "type": "integer", "jsonPath": ".status.observedGeneration"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgramSpec {
+    /// The node's tables as the chain compiler emits them (headends, proxies, decaps, pod
+    /// addresses, insertion sources; see docs/architecture.md). Kept open in the schema: the
+    /// compiler's types are the contract between the operator and the daemon of one release.
+    #[schemars(schema_with = "open_object")]
+    pub tables: serde_json::Value,
+    /// Other nodes: their locators are routed via their underlay addresses.
+    #[serde(default)]
+    pub peers: Vec<PeerSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSpec {
+    pub node: String,
+    pub locator: String,
+    pub underlay: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgramStatus {
+    /// The spec generation the daemon last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Programmed`: True once the datapath holds that generation; False with the error (a full
+    /// map, a missing interface) otherwise.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
 /// The CRD manifests generated from these types (`cargo run -p srv6pipes-crds --bin crdgen`
-/// writes them to crds/servicechains.srv6pipes.io.yaml, where a test checks them for drift).
+/// writes them to [`CRD_FILE`], where a test checks them for drift).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&ServiceChain::crd()).expect("a CRD serializes");
-    format!("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n{body}")
+    let mut out = String::from("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
+    for crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
+    }
+    out
 }
 
 /// Where the generated CRDs are committed, relative to the repository root.
-pub const CRD_FILE: &str = "crds/servicechains.srv6pipes.io.yaml";
+pub const CRD_FILE: &str = "crds/srv6pipes.io.yaml";
 
 #[cfg(test)]
 mod tests {
@@ -167,10 +265,18 @@ mod tests {
     /// CI fails when the committed CRD differs from what the types generate.
     #[test]
     fn committed_crd_matches_the_types() {
-        let committed = include_str!("../servicechains.srv6pipes.io.yaml");
+        let committed = include_str!("../srv6pipes.io.yaml");
         assert!(committed == crd_yaml(), "{CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
-        let crd: serde_json::Value = serde_yaml::from_str(committed).unwrap();
-        let v = &crd["spec"]["versions"][0];
+        let crds: Vec<serde_json::Value> =
+            serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
+        let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["servicechains.srv6pipes.io", "nodesidtables.srv6pipes.io", "nodeprograms.srv6pipes.io"]);
+        for c in &crds[1..] {
+            assert_eq!(c["spec"]["scope"], "Cluster", "{}", c["metadata"]["name"]);
+        }
+        let tables = &crds[2]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tables"];
+        assert_eq!(tables["x-kubernetes-preserve-unknown-fields"], true);
+        let v = &crds[0]["spec"]["versions"][0];
         let columns: Vec<&str> = v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(columns, ["Ready", "Reason", "Paths", "Age"]);
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];

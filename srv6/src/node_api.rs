@@ -154,6 +154,88 @@ pub struct SidCounters {
     pub drops: u64,
 }
 
+impl NodeSids {
+    /// The node's `NodeSidTable` spec (what the daemon publishes in kube mode).
+    pub fn to_spec(&self) -> srv6pipes_crds::NodeSidTableSpec {
+        srv6pipes_crds::NodeSidTableSpec {
+            locator: self.locator.to_string(),
+            source_address: self.source_address.to_string(),
+            decap_sid: self.decap_sid.to_string(),
+            vnf_mtu: self.vnf_mtu,
+            registrations: self
+                .registrations
+                .iter()
+                .map(|r| srv6pipes_crds::SidEntry {
+                    pod_namespace: r.pod_namespace.clone(),
+                    pod_name: r.pod_name.clone(),
+                    interface: r.interface.clone(),
+                    sid: r.sid.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads node `node`'s published table back; an unparsable address names the field.
+    pub fn from_spec(node: &str, spec: &srv6pipes_crds::NodeSidTableSpec) -> Result<Self, String> {
+        let addr = |field: &str, v: &str| v.parse::<Ipv6Addr>().map_err(|e| format!("{field} {v:?}: {e}"));
+        Ok(NodeSids {
+            node: node.into(),
+            locator: spec.locator.parse().map_err(|e| format!("locator {:?}: {e}", spec.locator))?,
+            source_address: addr("sourceAddress", &spec.source_address)?,
+            decap_sid: Sid(addr("decapSid", &spec.decap_sid)?),
+            vnf_mtu: spec.vnf_mtu,
+            registrations: spec
+                .registrations
+                .iter()
+                .map(|r| {
+                    Ok(SidRegistration {
+                        node: node.into(),
+                        pod_namespace: r.pod_namespace.clone(),
+                        pod_name: r.pod_name.clone(),
+                        interface: r.interface.clone(),
+                        sid: Sid(addr("sid", &r.sid)?),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+impl NodeProgram {
+    /// The node's `NodeProgram` spec (what the operator publishes).
+    pub fn to_spec(&self) -> srv6pipes_crds::NodeProgramSpec {
+        srv6pipes_crds::NodeProgramSpec {
+            tables: serde_json::to_value(&self.tables).expect("tables serialize"),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| srv6pipes_crds::PeerSpec {
+                    node: p.node.clone(),
+                    locator: p.locator.to_string(),
+                    underlay: p.underlay.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_spec(spec: &srv6pipes_crds::NodeProgramSpec) -> Result<Self, String> {
+        Ok(NodeProgram {
+            tables: serde_json::from_value(spec.tables.clone()).map_err(|e| format!("tables: {e}"))?,
+            peers: spec
+                .peers
+                .iter()
+                .map(|p| {
+                    Ok(Peer {
+                        node: p.node.clone(),
+                        locator: p.locator.parse().map_err(|e| format!("peer {} locator {:?}: {e}", p.node, p.locator))?,
+                        underlay: p.underlay.parse().map_err(|e| format!("peer {} underlay {:?}: {e}", p.node, p.underlay))?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
 /// MACs travel as `aa:bb:cc:dd:ee:ff` in the API.
 pub fn format_mac(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
@@ -206,6 +288,40 @@ mod tests {
         assert_eq!(j, serde_json::json!({"op": "unregister", "container_id": "c1", "ifname": "net1"}));
         let back: Response = serde_json::from_str(r#"{"result":"registered","sid":"fcbb:bb00:1:e001::"}"#).unwrap();
         assert_eq!(back, Response::Registered { sid: Sid("fcbb:bb00:1:e001::".parse().unwrap()) });
+    }
+
+    #[test]
+    fn kube_specs_round_trip() {
+        let locator: Locator = "fcbb:bb00:2::/48".parse().unwrap();
+        let sids = NodeSids {
+            node: "n2".into(),
+            locator,
+            source_address: locator.source_address(),
+            decap_sid: locator.decap_sid(),
+            registrations: vec![SidRegistration {
+                node: "n2".into(),
+                pod_namespace: "default".into(),
+                pod_name: "fw-0".into(),
+                interface: "net1".into(),
+                sid: locator.sid(0xe001),
+            }],
+            vnf_mtu: 1324,
+        };
+        let spec = sids.to_spec();
+        assert_eq!(spec.registrations[0].sid, "fcbb:bb00:2:e001::");
+        assert_eq!(spec.decap_sid, "fcbb:bb00:2:d6::");
+        assert_eq!(NodeSids::from_spec("n2", &spec).unwrap(), sids);
+        let mut bad = spec.clone();
+        bad.registrations[0].sid = "fcbb::zz".into();
+        assert!(NodeSids::from_spec("n2", &bad).unwrap_err().contains("sid \"fcbb::zz\""));
+
+        let program = NodeProgram {
+            tables: NodeTables { pods: vec!["fd00:10::2".parse().unwrap()], ..Default::default() },
+            peers: vec![Peer { node: "n1".into(), locator: "fcbb:bb00:1::/48".parse().unwrap(), underlay: "fd00::1".parse().unwrap() }],
+        };
+        let spec = program.to_spec();
+        assert_eq!(spec.peers[0].locator, "fcbb:bb00:1::/48");
+        assert_eq!(NodeProgram::from_spec(&spec).unwrap(), program);
     }
 
     #[test]

@@ -159,6 +159,18 @@ pub fn allocate_proxy_funct(locator: Locator, taken: &BTreeSet<u16>) -> Result<u
     proxy_functs().find(|f| !taken.contains(f)).ok_or(SidError::Exhausted(locator))
 }
 
+/// The operator's locator for a node that joins: the lowest `len`-bit locator of `block` that
+/// no node holds (index 0 stays reserved), so allocation is stable and never hands out one in use.
+pub fn allocate_locator(block: Ipv6Net, len: u8, taken: &BTreeSet<Locator>) -> Result<Locator, SidError> {
+    for index in 1u64.. {
+        let l = Locator::nth_in_block(block, len, index)?;
+        if !taken.contains(&l) {
+            return Ok(l);
+        }
+    }
+    unreachable!("nth_in_block ends the search")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +220,18 @@ mod tests {
             Err(SidError::BlockExhausted { .. })
         ));
         assert!(Locator::nth_in_block(block, 16, 0).is_err());
+    }
+
+    #[test]
+    fn locator_allocation_is_lowest_free_and_reports_exhaustion() {
+        let block: Ipv6Net = "fcbb:bb00::/46".parse().unwrap();
+        let mut taken = BTreeSet::new();
+        assert_eq!(allocate_locator(block, 48, &taken).unwrap(), loc("fcbb:bb00:1::/48"), "index 0 reserved");
+        taken.insert(loc("fcbb:bb00:1::/48"));
+        taken.insert(loc("fcbb:bb00:3::/48"));
+        assert_eq!(allocate_locator(block, 48, &taken).unwrap(), loc("fcbb:bb00:2::/48"));
+        taken.insert(loc("fcbb:bb00:2::/48"));
+        assert!(matches!(allocate_locator(block, 48, &taken), Err(SidError::BlockExhausted { index: 4, .. })));
     }
 
     #[test]

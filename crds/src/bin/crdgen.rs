@@ -1,4 +1,4 @@
-//! Writes the CRD manifests generated from the Rust types to crds/servicechains.srv6pipes.io.yaml
+//! Writes the CRD manifests generated from the Rust types to crds/srv6pipes.io.yaml
 //! (or to the path given), which CI checks for drift.
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,192 @@
+//! From API objects to the compiler's world and back to what the operator writes: pure, so the
+//! reconcilers stay thin and this is unit-tested without an API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use srv6::compiler::{self, ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
+use srv6::node_api::{NodeProgram, NodeSids, Peer};
+use srv6::sid::Locator;
+use srv6pipes_crds::{NodeProgram as NodeProgramCr, NodeProgramSpec, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
+
+/// `namespace/name` of a chain, as the compiler's tables name it.
+pub type ChainKey = (String, String);
+
+/// What the whole cluster should look like after one compilation.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The NodeProgram spec of every node that has a locator.
+    pub programs: BTreeMap<String, NodeProgramSpec>,
+    /// Every chain's verdict (chains being deleted are left out of the compilation).
+    pub verdicts: BTreeMap<ChainKey, ChainVerdict>,
+    /// Nodes whose table or program is in the way of a chain, with why: no locator, a SID
+    /// table that cannot be read, a daemon that failed to program its generation.
+    pub node_problems: BTreeMap<String, String>,
+    /// The nodes each chain's tables touch.
+    pub chain_nodes: BTreeMap<ChainKey, BTreeSet<String>>,
+}
+
+/// The node's locator from its annotation (set by the operator or by whoever made the node).
+pub fn node_locator(node: &Node) -> Option<Result<Locator, String>> {
+    let v = node.annotations().get(LOCATOR_ANNOTATION)?;
+    Some(v.parse::<Locator>().map_err(|e| format!("annotation {LOCATOR_ANNOTATION}={v:?}: {e}")))
+}
+
+/// The node's underlay address for locator routes: its first IPv6 InternalIP.
+pub fn node_underlay(node: &Node) -> Option<Ipv6Addr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse::<Ipv6Addr>().ok())
+}
+
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let status = pod.status.as_ref()?;
+    let ips: Vec<IpAddr> = match &status.pod_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|i| i.ip.parse().ok()).collect(),
+        _ => status.pod_ip.iter().filter_map(|i| i.parse().ok()).collect(),
+    };
+    let ready = pod.metadata.deletion_timestamp.is_none()
+        && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    Some(PodInfo {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        node,
+        labels: pod.labels().clone(),
+        ips,
+        ready,
+    })
+}
+
+/// The `Programmed` condition of a daemon's report, when it is about the current generation.
+pub fn program_failure(p: &NodeProgramCr) -> Option<String> {
+    let status = p.status.as_ref()?;
+    if status.observed_generation != p.metadata.generation {
+        return None;
+    }
+    let c = status.conditions.iter().find(|c| c.type_ == "Programmed")?;
+    (c.status == "False").then(|| format!("node {}: {}", p.name_any(), c.message))
+}
+
+pub fn key_of(chain: &ServiceChain) -> ChainKey {
+    (chain.namespace().unwrap_or_default(), chain.name_any())
+}
+
+/// Compiles every live chain (not being deleted, not `exclude`) against the pods, nodes and
+/// SID tables; programs go to every node with a locator.
+pub fn plan(
+    chains: &[&ServiceChain],
+    pods: &[&Pod],
+    nodes: &[&Node],
+    tables: &[&NodeSidTable],
+    programs: &[&NodeProgramCr],
+) -> Plan {
+    let mut out = Plan::default();
+    let mut world = World::default();
+    let mut peers = Vec::new();
+    for n in nodes {
+        let name = n.name_any();
+        let locator = match node_locator(n) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                out.node_problems.insert(name, e);
+                continue;
+            }
+            None => {
+                out.node_problems.insert(name.clone(), format!("node {name} has no SRv6 locator yet"));
+                continue;
+            }
+        };
+        let pod_cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        world.nodes.push(NodeInfo { name: name.clone(), locator, pod_cidrs: pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect() });
+        match node_underlay(n) {
+            Some(underlay) => peers.push(Peer { node: name, locator, underlay }),
+            None => {
+                out.node_problems.insert(name.clone(), format!("node {name} has no IPv6 InternalIP for its locator route"));
+            }
+        }
+    }
+    let located: BTreeMap<&str, Locator> = world.nodes.iter().map(|n| (n.name.as_str(), n.locator)).collect();
+    for t in tables {
+        let name = t.name_any();
+        let Some(locator) = located.get(name.as_str()) else { continue };
+        match NodeSids::from_spec(&name, &t.spec) {
+            // A table from before a locator change names SIDs the node no longer owns.
+            Ok(sids) if sids.locator == *locator => world.registrations.extend(sids.registrations),
+            Ok(sids) => {
+                out.node_problems.insert(name.clone(), format!("node {name}: SID table is for locator {}, not {locator}", sids.locator));
+            }
+            Err(e) => {
+                out.node_problems.insert(name.clone(), format!("node {name}: SID table: {e}"));
+            }
+        }
+    }
+    world.pods = pods.iter().filter_map(|p| pod_info(p)).filter(|p| located.contains_key(p.node.as_str())).collect();
+    for p in programs {
+        if let Some(e) = program_failure(p) {
+            out.node_problems.insert(p.name_any(), e);
+        }
+    }
+    let live: Vec<(ChainKey, &ServiceChain)> =
+        chains.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(|c| (key_of(c), *c)).collect();
+    let refs: Vec<ChainRef> = live.iter().map(|((ns, name), c)| ChainRef { namespace: ns, name, spec: &c.spec }).collect();
+    let compiled = compiler::compile(&world, &refs);
+    for (node, tables) in compiled.nodes {
+        for chain in tables.headends.iter().map(|h| &h.chain).chain(tables.proxies.iter().map(|s| &s.chain)).chain(tables.decaps.iter().map(|s| &s.chain)) {
+            if let Some((ns, name)) = chain.split_once('/') {
+                out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
+            }
+        }
+        let program = NodeProgram { tables, peers: peers.iter().filter(|p| p.node != node).cloned().collect() };
+        out.programs.insert(node, program.to_spec());
+    }
+    for v in compiled.chains {
+        out.verdicts.insert((v.namespace.clone(), v.name.clone()), v);
+    }
+    out
+}
+
+/// The status to write for a chain: the compiler's verdict, made not-ready when a node it
+/// uses failed to program it, and with a reason for SIDs that wait on a node. A condition whose
+/// status did not change keeps its lastTransitionTime, so an unchanged world writes nothing.
+pub fn chain_status(plan: &Plan, chain: &ServiceChain, now: Time) -> Option<ServiceChainStatus> {
+    let key = key_of(chain);
+    let verdict = plan.verdicts.get(&key)?;
+    let mut status = verdict.status(chain.metadata.generation, now);
+    let failures: Vec<&String> = plan
+        .chain_nodes
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| plan.node_problems.get(n))
+        .collect();
+    let ready = &mut status.conditions[0];
+    if !failures.is_empty() && verdict.ready {
+        ready.status = "False".into();
+        ready.reason = "ProgramFailed".into();
+        ready.message = failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ");
+    } else if !verdict.ready && ready.reason == "SidPending" && !plan.node_problems.is_empty() {
+        let nodes: Vec<&String> = plan.node_problems.values().collect();
+        ready.message = format!("{}; {}", ready.message, nodes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+    }
+    if let Some(old) = &chain.status {
+        for c in &mut status.conditions {
+            if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {
+                c.last_transition_time = prev.last_transition_time.clone();
+            }
+        }
+    }
+    Some(status)
+}
+
+/// The Ready condition of a status, if any.
+pub fn ready_condition(status: Option<&ServiceChainStatus>) -> Option<&Condition> {
+    status?.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Locators held by nodes (valid annotations only).
+pub fn taken_locators(nodes: &[&Node]) -> BTreeSet<Locator> {
+    nodes.iter().filter_map(|n| node_locator(n)?.ok()).collect()
+}
