@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
     kind = "ServiceChain",
     namespaced,
     status = "ServiceChainStatus",
-    shortname = "sc",
+    shortname = "sfc",
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name": "Paths", "type": "string", "jsonPath": ".status.paths[*].segments"}"#,
@@ -147,6 +147,20 @@ pub struct Replica {
 #[serde(rename_all = "camelCase")]
 pub struct Path {
     pub segments: Vec<String>,
+}
+
+/// A kube client from `kubeconfig` when given, else the usual inference (KUBECONFIG,
+/// ~/.kube/config, in-cluster service account). Shared by the operator, the node daemon in
+/// kube mode and the lab.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| format!("no kubeconfig found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("kube client: {e}"))
 }
 
 /// Label keys and annotations srv6pipes reads and writes on core objects.

@@ -2,6 +2,7 @@
 //! loads and attaches the eBPF datapath, installs headend policies, decapsulation SIDs and routes
 //! to other nodes' locators, and serves the CNI plugin on a unix socket.
 
+mod kube;
 mod net;
 mod node;
 mod server;
@@ -30,9 +31,19 @@ pub struct Args {
     /// This node's name (used in logs, pin paths and SID registrations).
     #[arg(long, env = "SRV6PIPES_NODE_NAME")]
     pub node_name: String,
-    /// This node's SRv6 locator, e.g. fcbb:bb00:1::/48 (FUNCT is the next 16 bits).
+    /// This node's SRv6 locator, e.g. fcbb:bb00:1::/48 (FUNCT is the next 16 bits). Required
+    /// without --kube; in kube mode it comes from the Node's srv6pipes.io/locator annotation
+    /// (and, when given too, must agree with it).
+    #[arg(long, required_unless_present_any = ["kube", "kubeconfig"])]
+    pub locator: Option<Locator>,
+    /// Kube mode: publish this node's SIDs as the NodeSidTable named --node-name and program
+    /// what the operator publishes in the NodeProgram of that name (instead of taking programs
+    /// on the socket). Credentials: --kubeconfig, else KUBECONFIG, ~/.kube/config, in-cluster.
     #[arg(long)]
-    pub locator: Locator,
+    pub kube: bool,
+    /// Kubeconfig for kube mode (implies --kube).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// The underlay interface facing other nodes; SRv6 to local SIDs arrives here.
     #[arg(long)]
     pub uplink: String,
@@ -75,10 +86,16 @@ fn main() -> anyhow::Result<()> {
     } else {
         fmt.init();
     }
-    args.locator.within(args.cluster_block).context("--locator")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let node = node::Node::start(&args).await.with_context(|| format!("start node {}", args.node_name))?;
-        server::serve(&args.socket, args.metrics_addr, node).await
+        let (plane, locator) = if args.kube || args.kubeconfig.is_some() {
+            let (plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
+            (server::ControlPlane::Kube(plane), locator)
+        } else {
+            (server::ControlPlane::Local, args.locator.expect("clap requires --locator without --kube"))
+        };
+        locator.within(args.cluster_block).context("locator")?;
+        let node = node::Node::start(&args, locator).await.with_context(|| format!("start node {}", args.node_name))?;
+        server::serve(&args.socket, args.metrics_addr, node, plane).await
     })
 }

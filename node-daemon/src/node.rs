@@ -60,7 +60,7 @@ struct Installed {
 }
 
 impl Node {
-    pub async fn start(args: &Args) -> anyhow::Result<Self> {
+    pub async fn start(args: &Args, locator: Locator) -> anyhow::Result<Self> {
         sysctl("net/ipv6/conf/all/forwarding", "1")?;
         let pin_dir = args.pin_root.join(&args.node_name);
         ensure_bpffs(&args.pin_root)?;
@@ -71,12 +71,12 @@ impl Node {
         let uplink_mtu = netlink.mtu(&args.uplink).await?;
         let inner_mtu = vnf_mtu(uplink_mtu).with_context(|| format!("uplink {}", args.uplink))?;
         datapath.set_config(NodeConfig {
-            locator: args.locator.prefix().network().octets(),
-            locator_len: args.locator.prefix().prefix_len() as u32,
+            locator: locator.prefix().network().octets(),
+            locator_len: locator.prefix().prefix_len() as u32,
             block_len: block.prefix_len() as u32,
             block: block.network().octets(),
             ad_age_ns: args.ad_age_ms * 1_000_000,
-            src: args.locator.source_address().octets(),
+            src: locator.source_address().octets(),
             inner_mtu,
             flow_quota: args.flow_quota,
         })?;
@@ -85,7 +85,7 @@ impl Node {
         let state = store.load()?;
         let mut node = Node {
             name: args.node_name.clone(),
-            locator: args.locator,
+            locator,
             uplink: args.uplink.clone(),
             datapath,
             netlink,
@@ -307,7 +307,7 @@ impl Node {
         }
     }
 
-    fn sids(&self) -> NodeSids {
+    pub fn sids(&self) -> NodeSids {
         NodeSids {
             node: self.name.clone(),
             locator: self.locator,
@@ -331,7 +331,7 @@ impl Node {
 
     /// Replaces headend policies, decapsulation SIDs and peer routes with `p`'s, diffing against
     /// what is installed so unchanged entries are never touched under traffic.
-    async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
+    pub async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
         let src = self.locator.source_address();
         // Desired headend state.
         let mut classify: Vec<classifier::Rule> = Vec::new();

@@ -10,12 +10,30 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
+use crate::kube::{program_of, KubePlane};
 use crate::node::Node;
 
-pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyhow::Result<()> {
+/// Where the node's programs come from and where its SIDs go. Both end in the same
+/// `Node::program`; only the transport differs.
+pub enum ControlPlane {
+    /// The lab (or a script) reads SIDs and pushes programs over the socket.
+    Local,
+    /// The operator, through the API server (see `crate::kube`).
+    Kube(KubePlane),
+}
+
+/// What the socket handlers share.
+struct Shared {
+    node: Mutex<Node>,
+    /// Told after requests that may change the registrations (kube mode republishes).
+    sids_changed: Notify,
+    kube: bool,
+}
+
+pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: ControlPlane) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -27,16 +45,20 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyh
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %path.display(), "serving");
-    let node = Arc::new(Mutex::new(node));
+    let shared = Arc::new(Shared { node: Mutex::new(node), sids_changed: Notify::new(), kube: matches!(plane, ControlPlane::Kube(_)) });
+    if let ControlPlane::Kube(plane) = plane {
+        let shared = shared.clone();
+        tokio::spawn(async move { kube_loop(plane, shared).await });
+    }
     if let Some(addr) = metrics {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
         info!(%addr, "serving metrics at /metrics");
-        let node = node.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let node = node.clone();
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = metrics_request(stream, node).await {
+                    if let Err(e) = metrics_request(stream, shared).await {
                         warn!(error = %format!("{e:#}"), "metrics request failed");
                     }
                 });
@@ -48,15 +70,15 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyh
     loop {
         tokio::select! {
             _ = recount.tick() => {
-                if let Err(e) = node.lock().await.recount_flows() {
+                if let Err(e) = shared.node.lock().await.recount_flows() {
                     warn!(error = %format!("{e:#}"), "recounting End.AD flows failed");
                 }
             }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
-                let node = node.clone();
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, node).await {
+                    if let Err(e) = connection(stream, shared).await {
                         warn!(error = %format!("{e:#}"), "connection failed");
                     }
                 });
@@ -72,12 +94,12 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node) -> anyh
 }
 
 /// A minimal HTTP/1.0 responder: GET /metrics answers the Prometheus text format.
-async fn metrics_request(stream: TcpStream, node: Arc<Mutex<Node>>) -> anyhow::Result<()> {
+async fn metrics_request(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let (status, body) = if line.starts_with("GET /metrics ") || line.trim_end() == "GET /metrics" {
-        match node.lock().await.metrics() {
+        match shared.node.lock().await.metrics() {
             Ok(text) => ("200 OK", text),
             Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
         }
@@ -93,7 +115,7 @@ async fn metrics_request(stream: TcpStream, node: Arc<Mutex<Node>>) -> anyhow::R
     Ok(())
 }
 
-async fn connection(stream: UnixStream, node: Arc<Mutex<Node>>) -> anyhow::Result<()> {
+async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
     let me = nix::unistd::geteuid().as_raw();
     if cred.uid() != 0 && cred.uid() != me {
@@ -104,11 +126,70 @@ async fn connection(stream: UnixStream, node: Arc<Mutex<Node>>) -> anyhow::Resul
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => node.lock().await.handle(req).await,
+        Ok(Request::Program(_)) if shared.kube => {
+            Response::Error { message: "this node daemon runs in kube mode: the operator programs it through its NodeProgram".into() }
+        }
+        Ok(req) => {
+            let mutates = matches!(req, Request::Register(_) | Request::Unregister { .. } | Request::Gc { .. });
+            let resp = shared.node.lock().await.handle(req).await;
+            if mutates {
+                shared.sids_changed.notify_one();
+            }
+            resp
+        }
         Err(e) => Response::Error { message: format!("invalid request: {e}") },
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
     w.write_all(&out).await?;
     Ok(())
+}
+
+/// Kube mode: publishes the SID table at start and whenever registrations change, and applies
+/// each new generation of the node's program, reporting the outcome in its status.
+async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
+    use futures::StreamExt;
+    let mut programs = Box::pin(plane.programs());
+    let mut published: Option<srv6::node_api::NodeSids> = None;
+    let mut applied: Option<(String, i64)> = None;
+    let mut latest = None;
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+    shared.sids_changed.notify_one();
+    loop {
+        tokio::select! {
+            _ = shared.sids_changed.notified() => {}
+            // Failed publications and programs are retried (error backoff).
+            _ = retry.tick() => {}
+            p = programs.next() => {
+                let Some(p) = p else { return };
+                latest = Some(p);
+            }
+        }
+        if let Some(p) = &latest {
+            let id = (p.metadata.uid.clone().unwrap_or_default(), p.metadata.generation.unwrap_or_default());
+            if applied.as_ref() != Some(&id) {
+                let result = match program_of(p) {
+                    Ok(program) => shared.node.lock().await.program(program).await.map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(e),
+                };
+                match &result {
+                    Ok(()) => {
+                        info!(generation = id.1, "programmed from the operator");
+                        applied = Some(id);
+                    }
+                    Err(e) => warn!(generation = id.1, error = %e, "programming failed; retrying in 5 s"),
+                }
+                if let Err(e) = plane.report(p, &result).await {
+                    warn!(error = %format!("{e:#}"), "status report failed");
+                }
+            }
+        }
+        let sids = shared.node.lock().await.sids();
+        if published.as_ref() != Some(&sids) {
+            match plane.publish(&sids).await {
+                Ok(()) => published = Some(sids),
+                Err(e) => warn!(error = %format!("{e:#}"), "publishing the SID table failed; retrying"),
+            }
+        }
+    }
 }

@@ -68,7 +68,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.locator_length < args.cluster_block.prefix_len() || args.locator_length > 112 {
         anyhow::bail!("--locator-length {} must be within /{}..=/112", args.locator_length, args.cluster_block.prefix_len());
     }
-    let client = srv6pipes_operator::client(args.kubeconfig.as_deref()).await?;
+    let client = srv6pipes_operator::client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = nix_hostname().unwrap_or_else(|| "operator".into());
         format!("{host}-{}", std::process::id())

@@ -1,6 +1,7 @@
 //! `srv6pipes lab`: nodes and pods as network namespaces, the real primary CNI (ptp +
 //! host-local), the real srv6pipes-cni and srv6pipes-node, chains compiled by the pure compiler.
 
+mod kube;
 mod manifest;
 mod state;
 mod sys;
@@ -40,6 +41,12 @@ enum LabCommand {
     Up {
         #[arg(short = 'f', long)]
         file: PathBuf,
+        /// Kube mode: register the file's Nodes and Pods in this API server (the lab plays the
+        /// kubelets), run the node daemons and srv6pipes-operator against it, and send the
+        /// file's ServiceChains there; `kubectl apply`/`delete` of chains then steer. The
+        /// server must be on a loopback address (nodes reach it through forwarders).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Add ServiceChains (replacing those of the same name) and Pods to a running lab, then
     /// recompile and reprogram every node. Pods annotated srv6pipes.io/lab-external: "true" are
@@ -62,6 +69,10 @@ enum LabCommand {
         #[arg(long)]
         kill: bool,
     },
+    /// (internal) Relay ADDRESS inside NETNS to ADDRESS here: a kube-mode node's way to a
+    /// loopback API server.
+    #[command(hide = true)]
+    ForwardApi { netns: PathBuf, address: std::net::SocketAddr },
     /// Run a command in a pod's network namespace (POD or NAMESPACE/POD), or a node's (--node).
     Exec {
         #[arg(long, conflicts_with = "pod")]
@@ -103,7 +114,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let dir = args.which.dir()?;
     let name = &args.which.name;
     match args.command {
-        LabCommand::Up { file } => up(name, &dir, &file).map(|_| ExitCode::SUCCESS),
+        LabCommand::Up { file, kubeconfig } => up(name, &dir, &file, kubeconfig).map(|_| ExitCode::SUCCESS),
+        LabCommand::ForwardApi { netns, address } => kube::forward(&netns, address).map(|_| ExitCode::SUCCESS),
         LabCommand::Apply { file } => apply(&dir, &file).map(|_| ExitCode::SUCCESS),
         LabCommand::Down => down(name, &dir).map(|_| ExitCode::SUCCESS),
         LabCommand::Status { output } => status(&dir, output).map(|_| ExitCode::SUCCESS),
@@ -118,13 +130,17 @@ fn load(dir: &Path) -> anyhow::Result<LabState> {
 
 // ---------------------------------------------------------------------------------------- up
 
-fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
+fn up(name: &str, dir: &Path, file: &Path, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
     if LabState::load(dir)?.is_some() {
         bail!("lab {name} is already up (state in {}); run `srv6pipes lab down` first", dir.display());
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let manifest = manifest::parse(&text, &[]).with_context(|| format!("{}", file.display()))?;
-    preflight()?;
+    preflight(kubeconfig.is_some())?;
+    let kubeconfig = match kubeconfig {
+        Some(k) => Some(std::fs::canonicalize(&k).with_context(|| format!("kubeconfig {}", k.display()))?),
+        None => None,
+    };
     // Creating the state directory is the lock: two `up`s of one lab cannot both get here.
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
@@ -139,7 +155,7 @@ fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
     for sub in ["nodes", "logs", "ipam"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.display()))?;
     }
-    let mut st = LabState { name: name.into(), pin_root: Path::new("/sys/fs/bpf/srv6pipes").join(format!("lab-{name}")), ..Default::default() };
+    let mut st = LabState { name: name.into(), pin_root: Path::new("/sys/fs/bpf/srv6pipes").join(format!("lab-{name}")), kubeconfig, ..Default::default() };
     st.save(dir)?;
     if let Err(e) = build(&mut st, &manifest, dir) {
         eprintln!("srv6pipes: lab up failed, removing what it made");
@@ -152,11 +168,12 @@ fn up(name: &str, dir: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn preflight() -> anyhow::Result<()> {
+fn preflight(kube: bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab needs root (network namespaces, eBPF)");
     }
-    for bin in ["srv6pipes-node", "srv6pipes-cni"] {
+    let operator = kube.then_some("srv6pipes-operator");
+    for bin in ["srv6pipes-node", "srv6pipes-cni"].into_iter().chain(operator) {
         if !crate::bin_dir().join(bin).exists() {
             bail!("{bin} not found next to srv6pipes in {}", crate::bin_dir().display());
         }
@@ -201,6 +218,10 @@ fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let cluster = match st.kubeconfig.clone() {
+        Some(k) => Some(start_kube(st, dir, &k)?),
+        None => None,
+    };
     for i in 0..st.nodes.len() {
         start_daemon(st, dir, i)?;
     }
@@ -211,8 +232,74 @@ fn build(st: &mut LabState, m: &Manifest, dir: &Path) -> anyhow::Result<()> {
     for i in 0..st.pods.len() {
         start_pod(st, dir, i)?;
     }
-    st.chains = m.chains.clone();
-    program(st, dir)
+    match cluster {
+        Some(c) => sync_kube(st, &c, &m.chains),
+        None => {
+            st.chains = m.chains.clone();
+            program(st, dir)
+        }
+    }
+}
+
+/// Kube mode: CRDs, the lab's Nodes, a forwarder to the API server in each node's netns, and
+/// the operator.
+fn start_kube(st: &mut LabState, dir: &Path, kubeconfig: &Path) -> anyhow::Result<kube::Cluster> {
+    let address = kube::api_address(kubeconfig)?;
+    let cluster = kube::Cluster::connect(kubeconfig)?;
+    cluster.apply_crds()?;
+    for i in 0..st.nodes.len() {
+        let n = st.nodes[i].clone();
+        cluster.register_node(&st.name, &n)?;
+        let mut cmd = std::process::Command::new(crate::bin_dir().join("srv6pipes"));
+        cmd.args(["lab", "forward-api"]).arg(sys::netns_path(&n.netns)).arg(address.to_string());
+        let log = dir.join("logs").join(format!("forward-{}.log", n.name));
+        st.nodes[i].forwarder_pid = Some(sys::spawn_detached(cmd, &log)?);
+        st.save(dir)?;
+    }
+    let mut cmd = std::process::Command::new(crate::bin_dir().join("srv6pipes-operator"));
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(["--lease-namespace", "default", "--cluster-block", manifest::CLUSTER_BLOCK]);
+    st.operator_pid = Some(sys::spawn_detached(cmd, &dir.join("logs").join("operator.log"))?);
+    st.save(dir)?;
+    Ok(cluster)
+}
+
+/// Kube mode: registers every pod (Running, Ready, IPs), applies `chains`, and waits for the
+/// operator's verdict on them.
+fn sync_kube(st: &LabState, cluster: &kube::Cluster, chains: &[srv6pipes_crds::ServiceChain]) -> anyhow::Result<()> {
+    for p in st.pods.iter().filter(|p| !p.external) {
+        let node = st.node(&p.node).expect("pods sit on lab nodes");
+        cluster.register_pod(&st.name, p, node)?;
+    }
+    for c in chains {
+        cluster.apply_chain(c)?;
+    }
+    let reported = cluster.wait_reported(chains, Duration::from_secs(30))?;
+    let failed: Vec<String> = reported
+        .iter()
+        .filter_map(|c| {
+            let ready = c.status.as_ref()?.conditions.iter().find(|x| x.type_ == "Ready")?;
+            (ready.status != "True").then(|| format!("{}: {}: {}", c.metadata.name.as_deref().unwrap_or_default(), ready.reason, ready.message))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("chains not programmed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+fn chains_or_warn(st: &LabState) -> Vec<srv6pipes_crds::ServiceChain> {
+    lab_chains(st).unwrap_or_else(|e| {
+        eprintln!("srv6pipes: warning: chains unavailable: {e:#}");
+        Vec::new()
+    })
+}
+
+/// The chains of the lab: from its API server in kube mode.
+fn lab_chains(st: &LabState) -> anyhow::Result<Vec<srv6pipes_crds::ServiceChain>> {
+    match &st.kubeconfig {
+        Some(k) => kube::Cluster::connect(k)?.chains(),
+        None => Ok(st.chains.clone()),
+    }
 }
 
 /// IPv6 addresses are unusable while duplicate address detection runs (~1-2 s): ptp's gateway
@@ -252,6 +339,7 @@ fn create_node(st: &mut LabState, dir: &Path, underlay: &str, index: usize, n: &
         pod_cidrs: n.pod_cidrs.clone(),
         socket: dir.join("nodes").join(&n.name).join("node.sock"),
         daemon_pid: None,
+        forwarder_pid: None,
     });
     st.save(dir)?;
     let port = format!("ul{index}");
@@ -274,6 +362,9 @@ fn start_daemon(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
     let node_dir = dir.join("nodes").join(&n.name);
     std::fs::create_dir_all(&node_dir)?;
     let mut cmd = sys::in_netns(&n.netns, crate::bin_dir().join("srv6pipes-node"))?;
+    if let Some(k) = &st.kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
     cmd.args(["--node-name", &n.name, "--locator", &n.locator.to_string(), "--uplink", "eth0"])
         .arg("--socket")
         .arg(&n.socket)
@@ -512,6 +603,11 @@ fn apply(dir: &Path, file: &Path) -> anyhow::Result<()> {
     for i in 0..st.pods.len() {
         start_pod(&mut st, dir, i)?;
     }
+    if let Some(k) = &st.kubeconfig {
+        let result = sync_kube(&st, &kube::Cluster::connect(k)?, &m.chains);
+        print_text(&st, dir);
+        return result;
+    }
     for c in m.chains {
         let same = |x: &srv6pipes_crds::ServiceChain| x.metadata.name == c.metadata.name && x.metadata.namespace == c.metadata.namespace;
         match st.chains.iter_mut().find(|x| same(x)) {
@@ -559,8 +655,20 @@ fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
             note(sys::ip(&["netns", "del", &p.netns]));
         }
     }
+    if let Some(pid) = st.operator_pid {
+        sys::stop_group(pid);
+    }
+    if let Some(k) = &st.kubeconfig {
+        // An API server that is gone already must not keep the lab's own resources alive.
+        if let Err(e) = kube::Cluster::connect(k).and_then(|c| c.unregister(st)) {
+            eprintln!("srv6pipes: warning: could not unregister the lab's Nodes and Pods from the API server: {e:#}");
+        }
+    }
     for n in &st.nodes {
         if let Some(pid) = n.daemon_pid {
+            sys::stop_group(pid);
+        }
+        if let Some(pid) = n.forwarder_pid {
             sys::stop_group(pid);
         }
         if sys::netns_exists(&n.netns) {
@@ -669,7 +777,7 @@ fn status_json(st: &LabState) -> Value {
         "sids": sid_rows(st, &live),
         "drops": live.drops(),
         "events": live.events(),
-        "chains": st.chains,
+        "chains": chains_or_warn(st),
     })
 }
 
@@ -709,7 +817,7 @@ fn print_text(st: &LabState, _dir: &Path) {
     println!();
     print_sids(&sid_rows(st, &live));
     println!("\nCHAIN                 READY  REASON       PATH");
-    for c in &st.chains {
+    for c in &chains_or_warn(st) {
         let s = c.status.clone().unwrap_or_default();
         let cond = s.conditions.first();
         let path = s.paths.first().map(|p| p.segments.join(" -> ")).unwrap_or_default();
@@ -790,8 +898,8 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
 pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
     let st = load(&which.dir()?)?;
     let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
-    let c = st
-        .chains
+    let chains = lab_chains(&st)?;
+    let c = chains
         .iter()
         .find(|c| c.metadata.name.as_deref() == Some(name) && c.metadata.namespace.as_deref().unwrap_or("default") == ns)
         .ok_or_else(|| anyhow!("no chain {ns}/{name} in lab {}", st.name))?;

@@ -18,6 +18,12 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
     pub chains: Vec<ServiceChain>,
+    /// Kube mode (`up --kubeconfig`): Nodes, Pods and ServiceChains live in this API server.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kube mode: the operator the lab runs.
+    #[serde(default)]
+    pub operator_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +36,9 @@ pub struct NodeState {
     pub pod_cidrs: Vec<IpNet>,
     pub socket: PathBuf,
     pub daemon_pid: Option<u32>,
+    /// Kube mode: the API-server forwarder into this node's netns.
+    #[serde(default)]
+    pub forwarder_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
