@@ -413,3 +413,224 @@ pub async fn run(client: Client, config: Config, instance: Option<String>) -> an
 pub fn changes(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::unfold(rx, |mut rx| async move { rx.changed().await.ok().map(|_| ((), rx)) })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Reconciles against kube-rs's mock client: every API call is pinned (method, path, field
+    //! manager, body), and a second reconcile of the unchanged world makes none.
+
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn node(name: &str, locator: &str, underlay: &str) -> Node {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "annotations": {LOCATOR_ANNOTATION: locator}},
+            "spec": {"podCIDRs": [format!("fd00:10:{}::/64", &name[1..])]},
+            "status": {"addresses": [{"type": "InternalIP", "address": underlay}]},
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, node: &str, label: (&str, &str), ip: &str) -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {label.0: label.1}},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"podIPs": [{"ip": ip}], "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap()
+    }
+
+    fn chain() -> ServiceChain {
+        serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "ServiceChain",
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-web", "generation": 2, "finalizers": [FINALIZER]},
+            "spec": {
+                "sources": {"podSelector": {"matchLabels": {"app": "client"}}},
+                "match": {"destinationPrefixes": ["fd00:10:2::/64"]},
+                "functions": [{"name": "fw", "podSelector": {"matchLabels": {"vnf": "fw"}}}],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn table(node: &str, locator: &str, regs: Value) -> NodeSidTable {
+        let l: Locator = locator.parse().unwrap();
+        serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable", "metadata": {"name": node},
+            "spec": {"locator": locator, "sourceAddress": l.source_address().to_string(), "decapSid": l.decap_sid().to_string(), "registrations": regs},
+        }))
+        .unwrap()
+    }
+
+    fn world() -> (Stores, Writers) {
+        let (stores, mut w) = Stores::new();
+        for n in [node("n1", "fcbb:bb00:1::/48", "fd00:ffff::1"), node("n2", "fcbb:bb00:2::/48", "fd00:ffff::2")] {
+            w.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+        }
+        for p in [
+            pod("client", "n1", ("app", "client"), "fd00:10:1::2"),
+            pod("fw-0", "n1", ("vnf", "fw"), "fd00:10:1::3"),
+            pod("server", "n2", ("app", "server"), "fd00:10:2::2"),
+        ] {
+            w.pods.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        w.tables.apply_watcher_event(&watcher::Event::Apply(table(
+            "n1",
+            "fcbb:bb00:1::/48",
+            json!([{"podNamespace": "default", "podName": "fw-0", "interface": "net1", "sid": "fcbb:bb00:1:e001::"}]),
+        )));
+        w.tables.apply_watcher_event(&watcher::Event::Apply(table("n2", "fcbb:bb00:2::/48", json!([]))));
+        w.chains.apply_watcher_event(&watcher::Event::Apply(chain()));
+        (stores, w)
+    }
+
+    fn ctx(stores: Stores) -> (Arc<Ctx>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let (_tx, rx) = watch::channel(0u64);
+        let config = Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 };
+        (Arc::new(Ctx::new(client, stores, config, rx, Some("test".into()))), handle)
+    }
+
+    /// Answers the next request after checking it; returns its body.
+    async fn expect(handle: &mut Handle, method: &str, path: &str, query: &str) -> Value {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
+            .expect("service alive");
+        assert_eq!(req.method().as_str(), method, "{}", req.uri());
+        assert_eq!(req.uri().path(), path);
+        let params = |q: &str| {
+            let mut v: Vec<String> = q.split('&').filter(|p| !p.is_empty()).map(String::from).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(params(req.uri().query().unwrap_or_default()), params(query), "{}", req.uri());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // Echo an applied object back, as the API server answers; a status apply or a JSON
+        // patch of the chain gets the chain (with that status).
+        let answer = if body.get("metadata").is_some() {
+            body.clone()
+        } else {
+            let mut c = serde_json::to_value(chain()).unwrap();
+            if let Some(status) = body.get("status") {
+                c["status"] = status.clone();
+            }
+            c
+        };
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        body
+    }
+
+    const APPLY: &str = "&fieldManager=srv6pipes-operator&force=true";
+    // (APPLY[1..] is the query string of a server-side apply by the operator.)
+
+    #[tokio::test]
+    async fn first_reconcile_publishes_programs_status_and_an_event_then_nothing() {
+        let (stores, mut writers) = world();
+        let (ctx, mut handle) = ctx(stores.clone());
+        let chain = Arc::new(chain());
+        let task = tokio::spawn(reconcile_chain(chain.clone(), ctx.clone()));
+
+        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        assert_eq!(n1["kind"], "NodeProgram");
+        assert_eq!(n1["metadata"]["ownerReferences"][0]["uid"], "uid-n1");
+        let headends = n1["spec"]["tables"]["headends"].as_array().unwrap();
+        assert_eq!(headends.len(), 1);
+        assert_eq!(headends[0]["chain"], "default/web");
+        assert_eq!(headends[0]["segments"], json!(["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"]));
+        assert_eq!(n1["spec"]["peers"], json!([{"node": "n2", "locator": "fcbb:bb00:2::/48", "underlay": "fd00:ffff::2"}]));
+        let n2 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n2", &APPLY[1..]).await;
+        assert_eq!(n2["spec"]["tables"]["decaps"][0]["sid"], "fcbb:bb00:2:d6::");
+        let status = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        assert_eq!(status["status"]["observedGeneration"], 2);
+        assert_eq!(status["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(status["status"]["conditions"][0]["status"], "True");
+        assert_eq!(status["status"]["hops"][0]["replicas"][0], json!({"pod": "fw-0", "node": "n1", "sid": "fcbb:bb00:1:e001::"}));
+        assert_eq!(status["status"]["paths"], json!([{"segments": ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"]}]));
+        let event = expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+        assert_eq!(event["reason"], "Programmed");
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["regarding"]["name"], "web");
+        let action = task.await.unwrap().unwrap();
+        assert_eq!(action, Action::await_change(), "no timed requeue");
+
+        // The watchers bring back what was written; the same world again writes nothing.
+        for (name, body) in [("n1", n1), ("n2", n2)] {
+            let mut obj: NodeProgram = serde_json::from_value(body).unwrap();
+            obj.metadata.name = Some(name.into());
+            writers.programs.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let mut updated = (*chain).clone();
+        updated.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(updated.clone()));
+        let (ctx, mut handle) = self::ctx(stores);
+        let task = tokio::spawn(reconcile_chain(Arc::new(updated), ctx));
+        // The mock service closes when the reconcile ends and drops the client.
+        match tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await {
+            Ok(None) => {}
+            Ok(Some((req, _))) => panic!("an unchanged world made an API call: {} {}", req.method(), req.uri()),
+            Err(_) => panic!("the second reconcile did not finish"),
+        }
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_chain_without_the_finalizer_gets_it_first() {
+        let (stores, _w) = world();
+        let (ctx, mut handle) = ctx(stores);
+        let mut c = chain();
+        c.metadata.finalizers = None;
+        let task = tokio::spawn(reconcile_chain(Arc::new(c), ctx));
+        let patch = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "").await;
+        assert_eq!(patch[1], json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}), "{patch}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_deleted_chain_leaves_every_node_before_its_finalizer_goes() {
+        let (stores, mut writers) = world();
+        // The nodes hold the chain's programs.
+        let plan = Ctx::new(Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"), stores.clone(), Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 }, watch::channel(0).1, None).compile(None);
+        for (name, spec) in &plan.programs {
+            let obj = NodeProgram { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec: spec.clone(), status: None };
+            writers.programs.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let mut c = chain();
+        c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(c.clone()));
+        let (ctx, mut handle) = ctx(stores);
+        let task = tokio::spawn(reconcile_chain(Arc::new(c), ctx));
+        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        assert_eq!(n1["spec"]["tables"]["headends"], json!([]));
+        let n2 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n2", &APPLY[1..]).await;
+        assert_eq!(n2["spec"]["tables"]["decaps"], json!([]));
+        let fin = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "").await;
+        assert!(fin.to_string().contains("remove") && fin.to_string().contains("/metadata/finalizers/0"), "{fin}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_locator_gets_the_lowest_free_one() {
+        let (stores, mut writers) = world();
+        let mut n3 = node("n3", "x", "fd00:ffff::3");
+        n3.metadata.annotations = None;
+        writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+        let (ctx, mut handle) = ctx(stores);
+        let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx));
+        let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", &APPLY[1..]).await;
+        assert_eq!(patch["metadata"]["annotations"][LOCATOR_ANNOTATION], "fcbb:bb00:3::/48");
+        // The stores have not seen the annotation yet: n3 gets no program in this round.
+        for n in ["n1", "n2"] {
+            expect(&mut handle, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{n}"), &APPLY[1..]).await;
+        }
+        task.await.unwrap().unwrap();
+    }
+}
