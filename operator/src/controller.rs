@@ -256,7 +256,11 @@ impl Ctx {
                         action: "AllocateLocator".into(),
                         secondary: None,
                     };
-                    if let Err(e) = self.recorder.publish(&event, &node.object_ref(&())).await {
+                    // Events are namespaced: a cluster-scoped object's go to "default" (the 1.20
+                    // API server wants the reference's namespace to match).
+                    let mut reference = node.object_ref(&());
+                    reference.namespace = Some("default".into());
+                    if let Err(e) = self.recorder.publish(&event, &reference).await {
                         warn!(node = %name, error = %e, "event not recorded");
                     }
                 }

@@ -227,3 +227,62 @@ spec:
 "#
     )
 }
+
+/// A throwaway etcd + kube-apiserver (scripts/apiserver) on free loopback ports, stopped and
+/// removed on drop. `None`, with the reason printed, only where it cannot run at all.
+pub struct ApiServer {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    pub fn start(tag: &str) -> Option<ApiServer> {
+        let cached = std::env::var_os("HOME").map(PathBuf::from).map(|h| h.join(".cache/srv6pipes/kubernetes/bin/kube-apiserver"));
+        if !cached.is_some_and(|c| c.exists()) && !is_root() {
+            eprintln!("SKIPPED: kube-apiserver is not built and building it needs root (apt-get)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("srv6pipes-apiserver-{}-{tag}", std::process::id()));
+        let out = Command::new(repo_root().join("scripts/apiserver")).arg("up").arg(&dir).output().expect("run scripts/apiserver");
+        let server = ApiServer { kubeconfig: dir.join("kubeconfig"), dir };
+        assert!(out.status.success(), "scripts/apiserver up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        Some(server)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("run kubectl")
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn k(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(["apply", "-f", "-"]);
+        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // A leading document marker: kubectl would read flow-style YAML ("{...}") as JSON.
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("---\n{yaml}").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl apply: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// An object as JSON, or None when it does not exist.
+    pub fn get(&self, what: &[&str]) -> Option<Value> {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        args.extend(["-o", "json", "--show-managed-fields"]);
+        let out = self.kubectl(&args);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("kubectl json"))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/apiserver")).arg("down").arg(&self.dir).output();
+    }
+}

@@ -1,0 +1,244 @@
+//! Tier 4: srv6pipes-operator against a real etcd + kube-apiserver (1.20, built from Debian's
+//! source by scripts/kube-build). The test plays the node daemons (it publishes NodeSidTables)
+//! and the kubelets (it registers Nodes and Pods with their status).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo_root, target_dir, ApiServer};
+use serde_json::Value;
+
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(api: &ApiServer, n: u32) -> Operator {
+        let log = api.dir.join(format!("operator-{n}.log"));
+        let child = Command::new(target_dir().join("srv6pipes-operator"))
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["--lease-namespace", "default", "--lease-duration", "4", "--identity", &format!("op-{n}")])
+            // Three locators only (index 0 is reserved): the fourth node finds the block full.
+            .args(["--cluster-block", "fcbb:bb00::/46"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start srv6pipes-operator");
+        Operator { child, log }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `kubectl get WHAT -o json` until `pred` holds; returns the object.
+fn wait(api: &ApiServer, op: &Operator, what: &[&str], desc: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = api.get(what) {
+            if pred(&v) {
+                return v;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("timed out waiting for {desc}; last {what:?}:\n{v:#}\noperator log:\n{}", op.log());
+            }
+        } else if start.elapsed() > Duration::from_secs(30) {
+            panic!("timed out waiting for {desc}: {what:?} does not exist\noperator log:\n{}", op.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node(api: &ApiServer, name: &str, i: u32) {
+    api.apply(&format!("{{apiVersion: v1, kind: Node, metadata: {{name: {name}}}, spec: {{podCIDRs: ['fd00:10:{i}::/64']}}}}"));
+    let status = format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"fd00:ffff::{i}"}}]}}}}"#);
+    api.k(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status]);
+}
+
+fn pod(api: &ApiServer, name: &str, node: &str, label: &str, ip: &str) {
+    let (k, v) = label.split_once('=').unwrap();
+    api.apply(&format!(
+        "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: default, labels: {{{k}: {v}}}}}, \
+         spec: {{nodeName: {node}, automountServiceAccountToken: false, containers: [{{name: c, image: none}}]}}}}"
+    ));
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
+    );
+    api.k(&["patch", "pod", name, "--subresource=status", "--type=merge", "-p", &status]);
+}
+
+/// What a node daemon publishes: its locator, decap SID and registered VNF interfaces.
+fn sid_table(api: &ApiServer, node: &str, locator: &str, regs: &[(&str, &str)]) {
+    let loc = locator.trim_end_matches("/48").trim_end_matches("::");
+    let regs: Vec<String> =
+        regs.iter().map(|(pod, sid)| format!("{{podNamespace: default, podName: {pod}, interface: net1, sid: '{sid}'}}")).collect();
+    api.apply(&format!(
+        "{{apiVersion: srv6pipes.io/v1alpha1, kind: NodeSidTable, metadata: {{name: {node}}}, \
+         spec: {{locator: '{locator}', sourceAddress: '{loc}::1', decapSid: '{loc}:d6::', registrations: [{}]}}}}",
+        regs.join(", ")
+    ));
+}
+
+fn chain(api: &ApiServer, name: &str, prefix: &str) {
+    api.apply(&format!(
+        "{{apiVersion: srv6pipes.io/v1alpha1, kind: ServiceChain, metadata: {{name: {name}, namespace: default}}, spec: {{\
+         sources: {{podSelector: {{matchLabels: {{app: client}}}}}}, match: {{destinationPrefixes: ['{prefix}']}}, \
+         functions: [{{name: fw, podSelector: {{matchLabels: {{vnf: fw}}}}}}]}}}}"
+    ));
+}
+
+fn ready(c: &Value) -> (&str, &str) {
+    let cond = c["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"));
+    cond.map_or(("", ""), |x| (x["status"].as_str().unwrap_or(""), x["reason"].as_str().unwrap_or("")))
+}
+
+fn reported(c: &Value) -> bool {
+    c["status"]["observedGeneration"] == c["metadata"]["generation"]
+}
+
+fn locator_of(api: &ApiServer, op: &Operator, node: &str) -> String {
+    let n = wait(api, op, &["node", node], "a locator", |n| n["metadata"]["annotations"]["srv6pipes.io/locator"].is_string());
+    n["metadata"]["annotations"]["srv6pipes.io/locator"].as_str().unwrap().to_string()
+}
+
+fn managers(obj: &Value) -> Vec<(String, String)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["manager"].as_str().unwrap_or("").to_string(), m["operation"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn operator_reconciles_chains_on_a_real_api_server() {
+    let Some(api) = ApiServer::start("operator") else { return };
+    api.k(&["apply", "-f", repo_root().join("crds/srv6pipes.io.yaml").to_str().unwrap()]);
+    api.k(&["wait", "--for=condition=established", "crd/servicechains.srv6pipes.io", "crd/nodeprograms.srv6pipes.io", "crd/nodesidtables.srv6pipes.io"]);
+    let mut op = Operator::start(&api, 1);
+
+    // Nodes join: each gets a locator and a program routing to the other.
+    node(&api, "n1", 1);
+    node(&api, "n2", 2);
+    let (l1, l2) = (locator_of(&api, &op, "n1"), locator_of(&api, &op, "n2"));
+    let mut locators = [l1.clone(), l2.clone()];
+    locators.sort();
+    assert_eq!(locators, ["fcbb:bb00:1::/48", "fcbb:bb00:2::/48"]);
+    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's program to route to n2", |p| p["spec"]["peers"][0]["locator"] == l2.as_str());
+    assert_eq!(np1["spec"]["peers"][0]["underlay"], "fd00:ffff::2");
+    assert_eq!(np1["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert!(managers(&np1).contains(&("srv6pipes-operator".into(), "Apply".into())), "{:?}", managers(&np1));
+
+    // A chain created before its pods: reported, not ready, finalizer in place.
+    chain(&api, "early", "fd00:10:2::/64");
+    let c = wait(&api, &op, &["servicechain", "early"], "a verdict on the early chain", reported);
+    assert_eq!(ready(&c).0, "False", "{c:#}");
+    assert_eq!(c["metadata"]["finalizers"], serde_json::json!(["srv6pipes.io/cleanup"]));
+
+    // Pods and the node daemons' SIDs arrive: the chain is programmed.
+    let (p1, p2) = (l1.trim_end_matches("::/48").to_string(), l2.trim_end_matches("::/48").to_string());
+    pod(&api, "client", "n1", "app=client", "fd00:10:1::2");
+    pod(&api, "server", "n2", "app=server", "fd00:10:2::2");
+    pod(&api, "fw-0", "n1", "vnf=fw", "fd00:10:1::3");
+    sid_table(&api, "n1", &l1, &[("fw-0", &format!("{p1}:e001::"))]);
+    sid_table(&api, "n2", &l2, &[]);
+    let c = wait(&api, &op, &["servicechain", "early"], "the early chain programmed", |c| ready(c) == ("True", "Programmed"));
+    assert_eq!(c["status"]["hops"][0]["replicas"], serde_json::json!([{"pod": "fw-0", "node": "n1", "sid": format!("{p1}:e001::")}]));
+    assert_eq!(c["status"]["paths"], serde_json::json!([{"segments": [format!("{p1}:e001::"), format!("{p2}:d6::")]}]));
+    assert!(managers(&c).contains(&("srv6pipes-operator".into(), "Apply".into())), "{:?}", managers(&c));
+    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's headend", |p| p["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty()));
+    assert_eq!(np1["spec"]["tables"]["headends"][0]["chain"], "default/early");
+    wait(&api, &op, &["nodeprogram", "n2"], "n2's decapsulation", |p| p["spec"]["tables"]["decaps"][0]["chain"] == "default/early");
+    let events = api.k(&["get", "events.v1.events.k8s.io", "-o", "json"]);
+    assert!(events.contains("\"reason\": \"Programmed\"") && events.contains("\"name\": \"early\""), "{events}");
+
+    // A chain created after its pods is programmed at once.
+    chain(&api, "late", "fd00:10:9::/64");
+    wait(&api, &op, &["servicechain", "late"], "the late chain programmed", |c| ready(c).0 == "True");
+
+    // Scale the function from 1 to 2 replicas (the second on n2) and back.
+    pod(&api, "fw-1", "n2", "vnf=fw", "fd00:10:2::3");
+    sid_table(&api, "n2", &l2, &[("fw-1", &format!("{p2}:e001::"))]);
+    let c = wait(&api, &op, &["servicechain", "early"], "two replicas", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2));
+    assert_eq!(c["status"]["paths"].as_array().unwrap().len(), 2, "{c:#}");
+    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "replicas at the headend", |p| {
+        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.iter().all(|h| h["replicas"][0].as_array().is_some_and(|r| r.len() == 2)))
+    });
+    assert!(np1["spec"]["tables"]["headends"][0]["replicas"][0].to_string().contains(&format!("{p2}:e001::")));
+    api.k(&["delete", "pod", "fw-1", "--grace-period=0", "--force"]);
+    sid_table(&api, "n2", &l2, &[]);
+    wait(&api, &op, &["servicechain", "early"], "back to one replica", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1));
+
+    // Restart the operator mid-way (SIGKILL: the lease must expire): it leads again and, the
+    // world being unchanged, writes nothing.
+    let rv = |what: &[&str]| api.get(what).unwrap()["metadata"]["resourceVersion"].clone();
+    let before = [rv(&["servicechain", "early"]), rv(&["servicechain", "late"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
+    op.signal("-KILL");
+    let mut op = Operator::start(&api, 2);
+    wait(&api, &op, &["lease", "srv6pipes-operator"], "the new operator to lead", |l| l["spec"]["holderIdentity"] == "op-2");
+    let start = Instant::now();
+    while !op.log().contains("caches synced") {
+        assert!(start.elapsed() < Duration::from_secs(20), "no sync:\n{}", op.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = [rv(&["servicechain", "early"]), rv(&["servicechain", "late"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
+    assert_eq!(before, after, "a restarted operator rewrote an unchanged world:\n{}", op.log());
+
+    // A node leaves: its program and SID table go, and chains are re-pathed without it.
+    pod(&api, "fw-1", "n2", "vnf=fw", "fd00:10:2::3");
+    sid_table(&api, "n2", &l2, &[("fw-1", &format!("{p2}:e001::"))]);
+    wait(&api, &op, &["servicechain", "early"], "two replicas again", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2));
+    api.k(&["delete", "node", "n2"]);
+    wait(&api, &op, &["servicechain", "early"], "n2's replica withdrawn", |c| {
+        c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1 && r[0]["node"] == "n1")
+    });
+    let start = Instant::now();
+    while api.get(&["nodeprogram", "n2"]).is_some() || api.get(&["nodesidtable", "n2"]).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(20), "n2's NodeProgram/NodeSidTable outlived it:\n{}", op.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The block holds three locators: n3 and n4 get the free ones, n5 finds it full.
+    for (name, i) in [("n3", 3), ("n4", 4)] {
+        node(&api, name, i);
+        locator_of(&api, &op, name);
+    }
+    node(&api, "n5", 5);
+    let start = Instant::now();
+    while !api.k(&["get", "events.v1.events.k8s.io", "-A", "-o", "json"]).contains("LocatorExhausted") {
+        assert!(start.elapsed() < Duration::from_secs(20), "no LocatorExhausted event:\n{}", op.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(api.get(&["node", "n5"]).unwrap()["metadata"]["annotations"]["srv6pipes.io/locator"].is_null());
+
+    // Deleting a chain removes it from every node before the finalizer lets it go.
+    api.k(&["delete", "servicechain", "early", "--timeout=30s"]);
+    assert!(api.get(&["servicechain", "early"]).is_none());
+    let np1 = api.get(&["nodeprogram", "n1"]).unwrap();
+    let chains: Vec<&str> = np1["spec"]["tables"]["headends"].as_array().unwrap().iter().map(|h| h["chain"].as_str().unwrap()).collect();
+    assert_eq!(chains, ["default/late"], "{np1:#}");
+
+    // SIGTERM: the lease is released for the next leader.
+    op.signal("-TERM");
+    let lease = api.get(&["lease", "srv6pipes-operator"]).unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+}
