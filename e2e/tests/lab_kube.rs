@@ -1,0 +1,76 @@
+//! The lab in kube mode (`lab up --kubeconfig`) on a real kube-apiserver: `kubectl apply` of a
+//! ServiceChain steers real traffic through the VNFs, `kubectl delete` unsteers it, `lab down`
+//! leaves nothing registered. Needs root and the lab's tools (skips, saying why, without).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ping, pod_ip, repo_root, sid_packets, wait_for, ApiServer, Lab};
+
+/// The two-node example split into its Nodes and Pods (for `lab up`) and its chain (for kubectl).
+fn example() -> (String, String) {
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let docs: Vec<&str> = text.split("\n---\n").collect();
+    let (chains, rest): (Vec<&str>, Vec<&str>) = docs.into_iter().partition(|d| d.contains("kind: ServiceChain"));
+    (rest.join("\n---\n"), chains.join("\n---\n"))
+}
+
+#[test]
+fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
+    require_lab!("nft", "kubectl", "etcd");
+    let Some(api) = ApiServer::start("lab") else { return };
+    let lab = Lab::new("kube");
+    let (nodes_and_pods, chain) = example();
+    let file = lab.state.with_extension("nodes.yaml");
+    std::fs::write(&file, &nodes_and_pods).unwrap();
+    lab.ok(&["up", "-f", file.to_str().unwrap(), "--kubeconfig", api.kubeconfig.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+
+    // The lab registered what a kubelet would.
+    let nodes = api.k(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.annotations.srv6pipes\\.io/locator}"]);
+    assert_eq!(nodes, "fcbb:bb00:1::/48 fcbb:bb00:2::/48");
+    let phases = api.k(&["get", "pods", "-o", "jsonpath={.items[*].status.phase}"]);
+    assert_eq!(phases, "Running Running Running Running");
+    // The daemons published their SIDs through the API (NodeSidTables).
+    let sids = api.k(&["get", "nodesidtables", "-o", "jsonpath={.items[*].spec.registrations[*].sid}"]);
+    assert_eq!(sids, "fcbb:bb00:1:e001:: fcbb:bb00:2:e001::");
+
+    let status = lab.status();
+    let server = pod_ip(&status, "server", true);
+    assert!(ping(&lab, "client", &server, 2), "client reaches the server before any chain");
+    assert_eq!(sid_packets(&status, "n1", "End.AD"), 0);
+
+    // kubectl apply: steered through both VNFs.
+    api.apply(&chain);
+    wait_for("the chain to be Ready", Duration::from_secs(30), || {
+        api.k(&["get", "servicechains"]).lines().any(|l| l.starts_with("web-inspection") && l.contains(" True ") && l.contains("Programmed"))
+    });
+    wait_for("both nodes to program the chain", Duration::from_secs(30), || {
+        api.k(&["get", "nodeprograms", "-o", "jsonpath={.items[*].status.conditions[0].status}"]) == "True True"
+            && api.get(&["nodeprogram", "n1"]).unwrap()["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
+    });
+    let table = api.k(&["get", "servicechains"]);
+    println!("kubectl get servicechains:\n{table}");
+    assert!(table.contains("[\"fcbb:bb00:1:e001::\",\"fcbb:bb00:2:e001::\",\"fcbb:bb00:2:d6::\"]"), "{table}");
+    assert!(ping(&lab, "client", &server, 5), "the chain carries the pings");
+    let status = lab.status();
+    assert!(sid_packets(&status, "n1", "End.AD") >= 5, "firewall's SID steered: {}", status["sids"]);
+    assert!(sid_packets(&status, "n2", "End.AD") >= 5, "ids's SID steered: {}", status["sids"]);
+    let ids = lab.nft_counters("ids", "ip6 vnf");
+    assert!(ids[1] >= 5 && ids[0] == 0, "the ids saw marked packets only: {ids:?}");
+
+    // kubectl delete: unsteered, once the finalizer has cleaned the nodes.
+    api.k(&["delete", "servicechain", "web-inspection", "--timeout=30s"]);
+    wait_for("n1 to drop the headend", Duration::from_secs(30), || {
+        let p = api.get(&["nodeprogram", "n1"]).unwrap();
+        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.is_empty()) && p["status"]["observedGeneration"] == p["metadata"]["generation"]
+    });
+    let before = sid_packets(&lab.status(), "n1", "End.AD");
+    assert!(ping(&lab, "client", &server, 3), "direct path after the chain is gone");
+    assert_eq!(sid_packets(&lab.status(), "n1", "End.AD"), before, "nothing steered after kubectl delete");
+
+    // lab down unregisters its Nodes, Pods and their srv6pipes objects.
+    lab.ok(&["down"]);
+    assert_eq!(api.k(&["get", "nodes,pods,nodeprograms,nodesidtables", "-o", "name"]), "");
+}
