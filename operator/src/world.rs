@@ -70,12 +70,20 @@ pub fn program_failure(p: &NodeProgramCr) -> Option<String> {
     (c.status == "False").then(|| format!("node {}: {}", p.name_any(), c.message))
 }
 
+/// By namespace and name.
+fn sorted<'a, K: ResourceExt>(mut v: Vec<&'a K>) -> Vec<&'a K> {
+    v.sort_by_cached_key(|o| (o.namespace().unwrap_or_default(), o.name_any()));
+    v
+}
+
 pub fn key_of(chain: &ServiceChain) -> ChainKey {
     (chain.namespace().unwrap_or_default(), chain.name_any())
 }
 
-/// Compiles every live chain (not being deleted, not `exclude`) against the pods, nodes and
-/// SID tables; programs go to every node with a locator.
+/// Compiles every live chain (not being deleted) against the pods, nodes and SID tables;
+/// programs go to every node with a locator. The inputs come from caches in no particular
+/// order: they are sorted first, so the same world always gives the same programs (and the
+/// operator never rewrites a program whose content only moved).
 pub fn plan(
     chains: &[&ServiceChain],
     pods: &[&Pod],
@@ -83,10 +91,12 @@ pub fn plan(
     tables: &[&NodeSidTable],
     programs: &[&NodeProgramCr],
 ) -> Plan {
+    let (chains, pods, nodes, tables): (Vec<&ServiceChain>, Vec<&Pod>, Vec<&Node>, Vec<&NodeSidTable>) =
+        (sorted(chains.to_vec()), sorted(pods.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
     let mut out = Plan::default();
     let mut world = World::default();
     let mut peers = Vec::new();
-    for n in nodes {
+    for n in &nodes {
         let name = n.name_any();
         let locator = match node_locator(n) {
             Some(Ok(l)) => l,
@@ -109,7 +119,7 @@ pub fn plan(
         }
     }
     let located: BTreeMap<&str, Locator> = world.nodes.iter().map(|n| (n.name.as_str(), n.locator)).collect();
-    for t in tables {
+    for t in &tables {
         let name = t.name_any();
         let Some(locator) = located.get(name.as_str()) else { continue };
         match NodeSids::from_spec(&name, &t.spec) {
@@ -195,4 +205,109 @@ pub fn ready_condition(status: Option<&ServiceChainStatus>) -> Option<&Condition
 /// Locators held by nodes (valid annotations only).
 pub fn taken_locators(nodes: &[&Node]) -> BTreeSet<Locator> {
     nodes.iter().filter_map(|n| node_locator(n)?.ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn world() -> (Vec<Node>, Vec<Pod>, Vec<NodeSidTable>, ServiceChain) {
+        let node = |n: u8| -> Node {
+            obj(json!({"metadata": {"name": format!("n{n}"), "annotations": {LOCATOR_ANNOTATION: format!("fcbb:bb00:{n}::/48")}},
+                       "spec": {"podCIDRs": [format!("fd00:10:{n}::/64")]},
+                       "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "InternalIP", "address": format!("fd00:ffff::{n}")}]}}))
+        };
+        let pod = |name: &str, node: &str, label: (&str, &str), ip: &str| -> Pod {
+            obj(json!({"metadata": {"name": name, "namespace": "default", "labels": {label.0: label.1}},
+                       "spec": {"nodeName": node, "containers": []},
+                       "status": {"podIPs": [{"ip": ip}], "conditions": [{"type": "Ready", "status": "True"}]}}))
+        };
+        let table: NodeSidTable = obj(json!({"metadata": {"name": "n1"}, "spec": {
+            "locator": "fcbb:bb00:1::/48", "sourceAddress": "fcbb:bb00:1::1", "decapSid": "fcbb:bb00:1:d6::",
+            "registrations": [{"podNamespace": "default", "podName": "fw", "interface": "net1", "sid": "fcbb:bb00:1:e001::"}]}}));
+        let chain: ServiceChain = obj(json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "ServiceChain",
+            "metadata": {"name": "c", "namespace": "default", "generation": 1},
+            "spec": {"sources": {"podSelector": {"matchLabels": {"app": "client"}}}, "match": {"destinationPrefixes": ["fd00:10:2::/64"]},
+                     "functions": [{"name": "fw", "podSelector": {"matchLabels": {"vnf": "fw"}}}]}}));
+        (
+            vec![node(1), node(2)],
+            vec![pod("client", "n1", ("app", "client"), "fd00:10:1::2"), pod("fw", "n1", ("vnf", "fw"), "fd00:10:1::3")],
+            vec![table],
+            chain,
+        )
+    }
+
+    fn refs<T>(v: &[T]) -> Vec<&T> {
+        v.iter().collect()
+    }
+
+    #[test]
+    fn plan_uses_ipv6_internal_ips_and_names_the_chains_nodes() {
+        let (nodes, pods, tables, chain) = world();
+        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        assert_eq!(p.programs["n1"].peers[0].underlay, "fd00:ffff::2", "the IPv6 InternalIP, not the first");
+        let key = ("default".to_string(), "c".to_string());
+        assert!(p.verdicts[&key].ready, "{:?}", p.verdicts[&key]);
+        assert_eq!(p.chain_nodes[&key].iter().collect::<Vec<_>>(), ["n1", "n2"]);
+        assert!(p.node_problems.is_empty(), "{:?}", p.node_problems);
+    }
+
+    #[test]
+    fn the_same_world_in_any_order_gives_the_same_programs() {
+        let (mut nodes, mut pods, tables, chain) = world();
+        let mut server: Pod = pods[0].clone();
+        server.metadata.name = Some("server".into());
+        server.spec.as_mut().unwrap().node_name = Some("n2".into());
+        pods.push(server);
+        let a = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        pods.reverse();
+        nodes.reverse();
+        let b = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        assert_eq!(a.programs, b.programs);
+    }
+
+    #[test]
+    fn failed_programs_and_stale_tables_make_chains_not_ready() {
+        let (nodes, pods, mut tables, chain) = world();
+        let program: NodeProgramCr = obj(json!({"metadata": {"name": "n2", "generation": 3}, "spec": {"tables": {}},
+            "status": {"observedGeneration": 3, "conditions": [{"type": "Programmed", "status": "False", "reason": "ProgramFailed",
+                       "message": "sp_sids full", "lastTransitionTime": "2026-11-21T10:00:00Z"}]}}));
+        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&program]);
+        let status = chain_status(&p, &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
+        assert_eq!((status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()), ("False", "ProgramFailed"));
+        assert_eq!(status.conditions[0].message, "node n2: sp_sids full");
+        // A report about an older generation is not held against the current one.
+        let mut older = program.clone();
+        older.metadata.generation = Some(4);
+        assert!(plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&older]).node_problems.is_empty());
+        // A table published under another locator does not count.
+        tables[0].spec.locator = "fcbb:bb00:9::/48".into();
+        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let status = chain_status(&p, &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
+        assert_eq!(status.conditions[0].reason, "SidPending");
+        assert!(status.conditions[0].message.contains("SID table is for locator fcbb:bb00:9::/48"), "{}", status.conditions[0].message);
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let (nodes, pods, tables, mut chain) = world();
+        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let t0 = Time("2026-11-21T10:00:00Z".parse().unwrap());
+        let first = chain_status(&p, &chain, t0.clone()).unwrap();
+        chain.status = Some(first.clone());
+        let later = chain_status(&p, &chain, Time("2026-11-21T11:00:00Z".parse().unwrap())).unwrap();
+        assert_eq!(later, first, "same world, same status: nothing to write");
+        assert_eq!(later.conditions[0].last_transition_time, t0);
+        // Deleting the chain's only function replica flips Ready: a new transition time.
+        let p = plan(&[&chain], &refs(&pods[..1]), &refs(&nodes), &refs(&tables), &[]);
+        let t2 = Time("2026-11-21T12:00:00Z".parse().unwrap());
+        let flipped = chain_status(&p, &chain, t2.clone()).unwrap();
+        assert_eq!(flipped.conditions[0].status, "False");
+        assert_eq!(flipped.conditions[0].last_transition_time, t2);
+    }
 }
