@@ -163,7 +163,8 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
     kube::Client::try_from(config).map_err(|e| format!("kube client: {e}"))
 }
 
-/// Label keys and annotations srv6pipes reads and writes on core objects.
+/// The Node annotation holding the node's locator (allocated by the operator, or set by whoever
+/// registers the node, as the lab does).
 pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
 
 /// A node's SRv6 SIDs, published by its node daemon (field manager `srv6pipes-node`); the

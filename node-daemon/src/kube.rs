@@ -36,18 +36,13 @@ impl KubePlane {
         let nodes: Api<KubeNode> = Api::all(client.clone());
         let mut logged = false;
         let (uid, locator) = loop {
-            match nodes.get_opt(node).await.with_context(|| format!("get node {node}"))? {
-                Some(n) => {
-                    if let Some(v) = n.annotations().get(LOCATOR_ANNOTATION) {
-                        let l: Locator = v.parse().with_context(|| format!("node {node}: annotation {LOCATOR_ANNOTATION}={v:?}"))?;
-                        break (n.metadata.uid.clone().unwrap_or_default(), l);
-                    }
-                }
-                None if !logged => info!(node, "node not registered yet; waiting"),
-                None => {}
+            let n = nodes.get_opt(node).await.with_context(|| format!("get node {node}"))?;
+            if let Some((n, v)) = n.as_ref().and_then(|n| Some((n, n.annotations().get(LOCATOR_ANNOTATION)?))) {
+                let l: Locator = v.parse().with_context(|| format!("node {node}: annotation {LOCATOR_ANNOTATION}={v:?}"))?;
+                break (n.metadata.uid.clone().unwrap_or_default(), l);
             }
             if !logged {
-                info!(node, annotation = LOCATOR_ANNOTATION, "waiting for the node's locator (the operator allocates it)");
+                info!(node, registered = n.is_some(), annotation = LOCATOR_ANNOTATION, "waiting for the node's locator (the operator allocates it)");
                 logged = true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -172,8 +172,7 @@ impl Ctx {
             api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
             info!(node, "published node program");
         }
-        let nodes = self.stores.nodes.state();
-        let exists = |name: &str| nodes.iter().any(|n| n.name_any() == name);
+        let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
             delete_gone(&api, &p.name_any()).await?;
         }
@@ -340,7 +339,10 @@ where
         };
         writer.apply_watcher_event(&event);
         let changed = match &event {
-            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => seen.insert(key(k), fingerprint(k)) != Some(fingerprint(k)),
+            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
+                let f = fingerprint(k);
+                seen.insert(key(k), f) != Some(f)
+            }
             watcher::Event::Delete(k) => seen.remove(&key(k)).is_some(),
             watcher::Event::Init => false,
             watcher::Event::InitDone => true,

@@ -181,12 +181,6 @@ pub fn chain_status(plan: &Plan, chain: &ServiceChain, now: Time) -> Option<Serv
         let nodes: Vec<&String> = plan.node_problems.values().collect();
         ready.message = format!("{}; {}", ready.message, nodes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
     }
-    let nodes = plan.chain_nodes.get(&key).map_or(0, |n| n.len());
-    let paths = status.paths.len();
-    for c in status.conditions.iter_mut().filter(|c| c.message.is_empty()) {
-        // The API refuses an empty (null) message.
-        c.message = if c.status == "True" { format!("{paths} path(s), programmed on {nodes} node(s)") } else { c.reason.clone() };
-    }
     if let Some(old) = &chain.status {
         for c in &mut status.conditions {
             if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {

@@ -51,14 +51,13 @@ impl Cluster {
     pub fn apply_crds(&self) -> anyhow::Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let yaml = srv6pipes_crds::crd_yaml();
+        let crds = serde_yaml::Deserializer::from_str(&yaml).map(CustomResourceDefinition::deserialize).collect::<Result<Vec<_>, _>>()?;
         self.rt.block_on(async {
-            for doc in serde_yaml::Deserializer::from_str(&yaml) {
-                let crd = CustomResourceDefinition::deserialize(doc)?;
-                api.patch(&crd.name_any(), &apply(), &Patch::Apply(&crd)).await.with_context(|| format!("CRD {}", crd.name_any()))?;
+            for crd in &crds {
+                api.patch(&crd.name_any(), &apply(), &Patch::Apply(crd)).await.with_context(|| format!("CRD {}", crd.name_any()))?;
             }
             // Established before anything uses them.
-            for doc in serde_yaml::Deserializer::from_str(&yaml) {
-                let name = CustomResourceDefinition::deserialize(doc)?.name_any();
+            for name in crds.iter().map(|c| c.name_any()) {
                 let cond = kube::runtime::conditions::is_crd_established();
                 tokio::time::timeout(Duration::from_secs(20), kube::runtime::wait::await_condition(api.clone(), &name, cond))
                     .await

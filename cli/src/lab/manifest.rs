@@ -8,9 +8,8 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
 use srv6::sid::Locator;
-use srv6pipes_crds::ServiceChain;
+use srv6pipes_crds::{ServiceChain, LOCATOR_ANNOTATION};
 
-pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 /// `"true"`: the lab does not create this pod; a container runtime on spec.nodeName attaches
 /// it (e.g. podman with srv6pipes-cni). The lab uses its labels and the SIDs its node daemon
