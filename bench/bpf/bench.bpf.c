@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The benchmark's own XDP programs (not part of the datapath):
+ *  - bench_gen: run with BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES from the generator's
+ *    netns, one long call per trial (ended by a signal): frames leave the generator's veth
+ *    (XDP_TX) paced by the clock, one every `interval_ns` (0: as fast as it goes); the frames in
+ *    between are dropped at once (the run's setup costs ~20 ms, so pacing by many short calls
+ *    is impossible). Live frames are not re-initialised when their pages come back, and the
+ *    system under test changed them (hop limits, decapsulation: veth builds its skbs on these
+ *    very pages), so every frame is rewritten from the template first. With more than one
+ *    destination configured the outer destination (and the SRH segment it mirrors) is then
+ *    rewritten round robin, so that traffic spreads over many SIDs.
+ *  - bench_sink: attached to each sink veth; counts frames whose IPv6 destination is the
+ *    expected one (and the others apart, multicast aside), then drops them.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_DSTS 16384
+#define MAX_SLOTS 64
+#define MAX_OFF 256
+
+struct addr {
+	__u8 b[16];
+};
+
+struct gen_config {
+	__u32 n_dsts;
+	__u32 da_off;	/* offset of the outer destination in the frame */
+	__u32 seg_off;	/* offset of the SRH entry that must equal it; 0: none */
+	__u32 pad;
+	__u64 interval_ns;
+	__u64 window_ns;	/* lag beyond which a late generator skips rather than bursts */
+};
+
+#define MAX_FRAME 256
+
+struct gen_frame {
+	__u32 len;
+	__u32 pad;
+	__u8 b[MAX_FRAME];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_frame);
+} gen_frame SEC(".maps");
+
+static __always_inline int put_frame(struct xdp_md *ctx, const struct gen_frame *t)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	__u32 len = t->len;
+	if (len > MAX_FRAME || data + len != end)
+		return -1;
+	__u32 off = 0;
+	for (int i = 0; i < MAX_FRAME / 8; i++) {
+		off = i * 8;
+		if (off + 8 > len || data + off + 8 > end)
+			break;
+		__builtin_memcpy(data + off, &t->b[off], 8);
+		off += 8;
+	}
+	for (int j = 0; j < 8; j++) {
+		__u32 o = (off + j) & (MAX_FRAME - 1);
+		if (o >= len || data + o + 1 > end)
+			break;
+		((__u8 *)data)[o] = t->b[o];
+	}
+	return 0;
+}
+
+struct gen_state {
+	__u64 next_ns;
+	__u64 tx;
+	__u64 first_ns;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_DSTS);
+	__type(key, __u32);
+	__type(value, struct addr);
+} gen_dsts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_config);
+} gen_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_state);
+} gen_state SEC(".maps");
+
+static __always_inline int put_addr(struct xdp_md *ctx, __u32 off, const struct addr *a)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	if (off > MAX_OFF)
+		return -1;
+	__u8 *p = data + off;
+	if ((void *)(p + 16) > end)
+		return -1;
+	__builtin_memcpy(p, a->b, 16);
+	return 0;
+}
+
+SEC("xdp")
+int bench_gen(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct gen_config *cfg = bpf_map_lookup_elem(&gen_config, &zero);
+	struct gen_state *st = bpf_map_lookup_elem(&gen_state, &zero);
+	struct gen_frame *t = bpf_map_lookup_elem(&gen_frame, &zero);
+	if (!cfg || !st || !t)
+		return XDP_ABORTED;
+	__u64 now = bpf_ktime_get_ns();
+	if (cfg->interval_ns) {
+		if (now < st->next_ns)
+			return XDP_DROP;
+		__u64 next = st->next_ns + cfg->interval_ns;
+		st->next_ns = next + cfg->window_ns < now ? now : next;
+	}
+	if (!st->first_ns)
+		st->first_ns = now;
+	st->last_ns = now;
+	__u64 seq = st->tx++;
+	if (put_frame(ctx, t))
+		return XDP_ABORTED;
+	if (cfg->n_dsts <= 1)
+		return XDP_TX;
+	__u32 idx = (__u32)(seq % cfg->n_dsts);
+	struct addr *a = bpf_map_lookup_elem(&gen_dsts, &idx);
+	if (!a)
+		return XDP_TX;
+	if (put_addr(ctx, cfg->da_off, a))
+		return XDP_ABORTED;
+	if (cfg->seg_off && put_addr(ctx, cfg->seg_off, a))
+		return XDP_ABORTED;
+	return XDP_TX;
+}
+
+struct sink_config {
+	__u32 slot;
+	__u32 any;	/* count every IPv6 frame as expected */
+	struct addr dst;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SLOTS);
+	__type(key, __u32);	/* ingress ifindex */
+	__type(value, struct sink_config);
+} sink_config SEC(".maps");
+
+/* [slot * 2]: expected frames, [slot * 2 + 1]: anything else */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SLOTS * 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_counts SEC(".maps");
+
+SEC("xdp")
+int bench_sink(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct sink_config *cfg = bpf_map_lookup_elem(&sink_config, &ifindex);
+	if (!cfg)
+		return XDP_DROP;
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	int match = 0;
+	if ((void *)(eth + 1) + 40 <= end && eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		__u8 *dst = (__u8 *)(eth + 1) + 24;
+		/* The node's own neighbour discovery and MLD: neither delivered nor stray. */
+		if (dst[0] == 0xff)
+			return XDP_DROP;
+		match = 1;
+		if (!cfg->any) {
+			for (int i = 0; i < 16; i++)
+				if (dst[i] != cfg->dst.b[i])
+					match = 0;
+		}
+	}
+	__u32 key = cfg->slot * 2 + (match ? 0 : 1);
+	__u64 *c = bpf_map_lookup_elem(&sink_counts, &key);
+	if (c)
+		*c += 1;
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "GPL";

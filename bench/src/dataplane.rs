@@ -1,0 +1,211 @@
+//! Data-plane scenarios: PDR of the same inner packets through plain forwarding, the
+//! kernel-native static proxy and srv6pipes' End.AD / End.AS / End.AM, measured in turns
+//! (repetition i of every scenario before repetition i + 1 of any), then the sweeps.
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::packet::{self, Frame, Inner};
+use crate::topo::{Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
+use crate::traffic::Path;
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub reps: usize,
+    pub trial: Duration,
+    pub steps: u32,
+    pub sut_cpu: usize,
+    pub vnf_counts: Vec<u16>,
+    /// SIDs installed for the table-size point of the sweep (0: skip it).
+    pub table_sids: u16,
+    pub seglist: Vec<usize>,
+}
+
+/// kpps per repetition, by scenario key.
+pub type Samples = BTreeMap<String, Vec<f64>>;
+
+pub struct Results {
+    pub ceiling_kpps: Vec<f64>,
+    pub pdr: Samples,
+    pub scaling: Samples,
+    pub kernel_scaling: Samples,
+    pub seglist: Samples,
+    /// Packets srv6pipes' SIDs counted per lane over the whole run (proof of the path taken).
+    pub sid_packets: BTreeMap<String, u64>,
+}
+
+struct Scenario {
+    key: String,
+    path: Path,
+    frame: Frame,
+    dsts: Vec<Ipv6Addr>,
+}
+
+fn inner6() -> Inner {
+    Inner::V6 { src: INNER_SRC, dst: INNER_DST }
+}
+
+fn sid(lane: &Lane, j: usize) -> Ipv6Addr {
+    lane.vnfs[j].sid.expect("proxy SID")
+}
+
+fn with_expect(lane: &Lane, expect: Ipv6Addr) -> Path {
+    Path { expect: Some(expect), ..lane.path.clone() }
+}
+
+fn ad_frame(lane: &Lane, j: usize, extra: usize) -> anyhow::Result<Frame> {
+    let mut path = vec![sid(lane, j), SINK_SID];
+    path.extend((1..=extra as u16).map(|i| Ipv6Addr::new(0xfcbb, 0xbb00, 0xff, 0, 0, 0, 0, i)));
+    packet::encapsulated(lane.macs, OUTER_SRC, &path, inner6())
+}
+
+fn measure(b: &mut Bench, s: &Scenario, ceiling_pps: f64, plan: &Plan) -> anyhow::Result<f64> {
+    let pps = b.traffic.pdr(&s.path, &s.frame, &s.dsts, ceiling_pps, plan.steps, plan.trial).with_context(|| s.key.clone())?;
+    eprintln!("  {:<28} {:>8.1} kpps", s.key, pps / 1000.0);
+    Ok(pps / 1000.0)
+}
+
+/// Repetition i of every scenario, then i + 1.
+fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
+    for s in scenarios {
+        b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
+    }
+    for rep in 0..plan.reps {
+        eprintln!(" repetition {}/{}", rep + 1, plan.reps);
+        for s in scenarios {
+            let v = measure(b, s, ceiling_pps, plan)?;
+            out.entry(s.key.clone()).or_default().push(v);
+        }
+    }
+    Ok(())
+}
+
+pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
+    let mut res = Results {
+        ceiling_kpps: Vec::new(),
+        pdr: Samples::new(),
+        scaling: Samples::new(),
+        kernel_scaling: Samples::new(),
+        seglist: Samples::new(),
+        sid_packets: BTreeMap::new(),
+    };
+    let cpu = plan.sut_cpu;
+
+    // The generator's ceiling: straight into the sink, as fast as it goes.
+    let ceiling = b.ceiling_path()?;
+    let probe = packet::plain(topo_macs(), inner6());
+    for _ in 0..plan.reps.max(3) {
+        let t = b.traffic.trial(&ceiling, &probe, &[], 0.0, Duration::from_millis(500))?;
+        res.ceiling_kpps.push(t.received as f64 / t.sent.max(1) as f64 * t.offered_pps / 1000.0);
+    }
+    let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    eprintln!("generator ceiling: {:.0} kpps", ceiling_pps / 1000.0);
+
+    // (a)-(e), IPv4 inner and age 0 vs 1 s, side by side.
+    let mut plain = b.lane("plain", Kind::Plain, cpu)?;
+    b.grow(&mut plain, 1)?;
+    let mut kernel = b.lane("kernel", Kind::Kernel, cpu)?;
+    b.grow(&mut kernel, 1)?;
+    let mut sp = b.lane("sp", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+    b.grow(&mut sp, 4)?;
+    // VNF 1: End.AD (IPv6 inner), 2: End.AS, 3: End.AM, 4: End.AD with IPv4 inner.
+    b.program(&sp, &[2], &[3], 0)?;
+    let mut age0 = b.lane("age0", Kind::Srv6pipes { ad_age_ms: 0 }, cpu)?;
+    b.grow(&mut age0, 1)?;
+    b.program(&age0, &[], &[], 0)?;
+
+    let main = vec![
+        Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
+        Scenario {
+            key: "kernel_static_proxy".into(),
+            path: with_expect(&kernel, SINK_SID),
+            frame: packet::encapsulated(kernel.macs, OUTER_SRC, &[sid(&kernel, 0)], inner6())?,
+            dsts: vec![],
+        },
+        Scenario { key: "end_ad".into(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, 0)?, dsts: vec![] },
+        Scenario {
+            key: "end_as".into(),
+            path: with_expect(&sp, SINK_SID),
+            frame: packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 1), SINK_SID], inner6())?,
+            dsts: vec![],
+        },
+        Scenario {
+            key: "end_am".into(),
+            path: with_expect(&sp, INNER_DST),
+            frame: packet::inserted(sp.macs, OUTER_SRC, &[sid(&sp, 2)], INNER_DST)?,
+            dsts: vec![],
+        },
+        Scenario {
+            key: "end_ad_ipv4".into(),
+            path: with_expect(&sp, SINK_SID),
+            frame: packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 3), SINK_SID], Inner::V4 { src: INNER4_SRC, dst: INNER4_DST })?,
+            dsts: vec![],
+        },
+        Scenario { key: "end_ad_age0".into(), path: with_expect(&age0, SINK_SID), frame: ad_frame(&age0, 0, 0)?, dsts: vec![] },
+    ];
+    eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
+    in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
+
+    // Segment list length: segments left after the proxy, 1 (the sink) to 6.
+    let seg: Vec<Scenario> = plan
+        .seglist
+        .iter()
+        .map(|&n| Ok(Scenario { key: n.to_string(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, n - 1)?, dsts: vec![] }))
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("segment list sweep: {:?}", plan.seglist);
+    in_turns(b, &seg, ceiling_pps, plan, &mut res.seglist)?;
+    for l in [&sp, &age0] {
+        res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
+    }
+
+    // VNF count: the same growing set of VNFs behind srv6pipes and behind the kernel proxy.
+    let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+    let mut kscale = b.lane("kscale", Kind::Kernel, cpu)?;
+    for &n in &plan.vnf_counts {
+        eprintln!("VNF sweep: {n} VNFs");
+        b.grow(&mut scale, n)?;
+        b.program(&scale, &[], &[], 0)?;
+        b.grow(&mut kscale, n)?;
+        let points = vec![
+            Scenario {
+                key: format!("sp/{n}"),
+                path: with_expect(&scale, SINK_SID),
+                frame: ad_frame(&scale, 0, 0)?,
+                dsts: scale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+            },
+            Scenario {
+                key: format!("kernel/{n}"),
+                path: with_expect(&kscale, SINK_SID),
+                frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(&kscale, 0)], inner6())?,
+                dsts: kscale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+            },
+        ];
+        let mut s = Samples::new();
+        in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        res.scaling.insert(n.to_string(), s.remove(&format!("sp/{n}")).unwrap_or_default());
+        res.kernel_scaling.insert(n.to_string(), s.remove(&format!("kernel/{n}")).unwrap_or_default());
+    }
+    if plan.table_sids > 0 {
+        let extra = plan.table_sids.saturating_sub(scale.vnfs.len() as u16);
+        eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
+        b.program(&scale, &[], &[], extra)?;
+        let point = vec![Scenario {
+            key: plan.table_sids.to_string(),
+            path: with_expect(&scale, SINK_SID),
+            frame: ad_frame(&scale, 0, 0)?,
+            dsts: scale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+        }];
+        in_turns(b, &point, ceiling_pps, plan, &mut res.scaling)?;
+    }
+    res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
+    Ok(res)
+}
+
+fn topo_macs() -> packet::Macs {
+    // The ceiling path's sink takes any frame; the MACs only need to be unicast.
+    packet::Macs { src: [2, 0, 0, 0, 0, 1], dst: [2, 0, 0, 0, 0, 2] }
+}
+

@@ -1,0 +1,181 @@
+//! srv6pipes-bench: every benchmark in one run on one machine, side by side. See
+//! docs/performance.md for what is measured and how; `bench/run` builds and runs it.
+
+mod control;
+mod dataplane;
+mod packet;
+mod report;
+mod stats;
+mod sys;
+mod topo;
+mod traffic;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Measures srv6pipes against plain IPv6 forwarding and the kernel-native static proxy (PDR at
+/// 0.5 % loss, XDP live-frames generator), sweeps VNF count, SID table size, End.AD learning
+/// and segment list length, TCP goodput through a chain, CNI ADD latency against Debian's ptp
+/// and chain apply -> steered latency; writes <out>/<date>.json, latest.json, latest.md and
+/// latest.png. Needs root; builds its own network namespaces and removes them.
+#[derive(Parser, Debug)]
+#[command(name = "srv6pipes-bench", version)]
+struct Args {
+    /// Smoke run (under 3 minutes): 2 repetitions of short trials, small sweeps. Its numbers
+    /// prove the benchmark works, not how fast anything is.
+    #[arg(long)]
+    quick: bool,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Repetitions per scenario (default: 5, or 2 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// CPU the generator runs on.
+    #[arg(long, default_value_t = 1)]
+    gen_cpu: usize,
+    /// CPU the system under test (node, VNFs, sink) runs on, by RPS.
+    #[arg(long, default_value_t = 0)]
+    sut_cpu: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("srv6pipes-bench needs root (network namespaces, BPF, XDP)");
+    }
+    let plan = if args.quick {
+        dataplane::Plan {
+            reps: args.reps.unwrap_or(2),
+            trial: Duration::from_millis(150),
+            steps: 6,
+            sut_cpu: args.sut_cpu,
+            vnf_counts: vec![1, 10],
+            table_sids: 0,
+            seglist: vec![1, 6],
+        }
+    } else {
+        dataplane::Plan {
+            reps: args.reps.unwrap_or(5),
+            trial: Duration::from_millis(500),
+            steps: 9,
+            sut_cpu: args.sut_cpu,
+            vnf_counts: vec![1, 10, 100, 1000],
+            table_sids: 10_000,
+            seglist: (1..=6).collect(),
+        }
+    };
+    let mut b = topo::Bench::new(args.gen_cpu)?;
+    let dp = match dataplane::run(&mut b, &plan) {
+        Ok(dp) => dp,
+        Err(e) => {
+            if std::env::var_os("BENCH_KEEP").is_some() {
+                eprintln!("{e:#}\nBENCH_KEEP: keeping netns {}-* for 10 minutes", b.tag);
+                std::thread::sleep(Duration::from_secs(600));
+            }
+            return Err(e);
+        }
+    };
+    let cni_n = if args.quick { 20 } else { 200 };
+    eprintln!("CNI ADD: {cni_n} x srv6pipes-cni and ptp");
+    let cni = control::cni_add(&mut b, cni_n, args.sut_cpu)?;
+    b.cleanup.run();
+    write(&args, &plan, &dp, &cni)
+}
+
+fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, cni: &control::CniSamples) -> anyhow::Result<()> {
+    use report::{details, latency, medians, ratio, Target};
+    let date = String::from_utf8(std::process::Command::new("date").args(["-u", "+%F"]).output()?.stdout)?.trim().to_string();
+    let p = &dp.pdr;
+    let max_point = dp.scaling.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();
+    let ratios: serde_json::Map<String, serde_json::Value> = [
+        ("end_ad/plain", ratio(&p["end_ad"], &p["plain"])),
+        ("end_ad/kernel_static_proxy", ratio(&p["end_ad"], &p["kernel_static_proxy"])),
+        ("end_as/plain", ratio(&p["end_as"], &p["plain"])),
+        ("end_as/kernel_static_proxy", ratio(&p["end_as"], &p["kernel_static_proxy"])),
+        ("end_am/plain", ratio(&p["end_am"], &p["plain"])),
+        ("end_am/kernel_static_proxy", ratio(&p["end_am"], &p["kernel_static_proxy"])),
+        ("kernel_static_proxy/plain", ratio(&p["kernel_static_proxy"], &p["plain"])),
+        ("age0/age1", ratio(&p["end_ad_age0"], &p["end_ad"])),
+        ("vnf_max/vnf_1", ratio(&dp.scaling[&max_point], &dp.scaling["1"])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+    .collect();
+    let cni_p99 = stats::percentile(&cni.srv6pipes_ms, 99.0);
+    let targets = vec![
+        Target { name: "end_ad_vs_plain", what: "End.AD ÷ plain forwarding".into(), bound: 1.0, at_least: true, value: ratio(&p["end_ad"], &p["plain"]) },
+        Target { name: "end_ad_vs_kernel", what: "End.AD ÷ kernel static proxy".into(), bound: 1.0, at_least: true, value: ratio(&p["end_ad"], &p["kernel_static_proxy"]) },
+        Target { name: "end_as_vs_plain", what: "End.AS ÷ plain forwarding".into(), bound: 1.0, at_least: true, value: ratio(&p["end_as"], &p["plain"]) },
+        Target { name: "end_as_vs_kernel", what: "End.AS ÷ kernel static proxy".into(), bound: 1.0, at_least: true, value: ratio(&p["end_as"], &p["kernel_static_proxy"]) },
+        Target { name: "vnf_flat", what: format!("{max_point} VNFs/SIDs ÷ 1 VNF"), bound: 0.97, at_least: true, value: ratio(&dp.scaling[&max_point], &dp.scaling["1"]) },
+        Target { name: "age0", what: "End.AD age 0 ÷ age 1 s".into(), bound: 0.98, at_least: true, value: ratio(&p["end_ad_age0"], &p["end_ad"]) },
+        Target { name: "cni_add_p99", what: "CNI ADD p99 (ms)".into(), bound: 20.0, at_least: false, value: stats::summarize(&[cni_p99]) },
+    ];
+    let result = serde_json::json!({
+        "date": date,
+        "quick": args.quick,
+        "machine": report::machine(),
+        "pinning": {
+            "generator_cpu": args.gen_cpu,
+            "sut_cpu": args.sut_cpu,
+            "how": "generator thread pinned with sched_setaffinity; the nodes' uplink receive work steered to the SUT CPU with RPS (rps_cpus), so node, VNFs and sink run there in softirq; srv6pipes-node processes are idle during trials",
+        },
+        "method": {
+            "loss_bound": traffic::LOSS_BOUND,
+            "repetitions": plan.reps,
+            "trial_ms": plan.trial.as_millis() as u64,
+            "search_steps": plan.steps,
+            "generator": "XDP live frames (BPF_PROG_TEST_RUN, BPF_F_TEST_XDP_LIVE_FRAMES), paced by the clock in the program",
+            "inner_packet": "IPv6/UDP, 12-byte payload (IPv4/UDP for end_ad_ipv4)",
+            "segments": "end_ad/end_as: [proxy SID, sink SID]; kernel: [End.DX6 SID] + encap [sink SID] on the way back; end_am: SRH inserted [proxy SID, final destination]",
+        },
+        "generator_ceiling_kpps": stats::summarize(&dp.ceiling_kpps),
+        "pdr_kpps": {
+            "plain": stats::median(&p["plain"]),
+            "kernel_static_proxy": stats::median(&p["kernel_static_proxy"]),
+            "end_ad": stats::median(&p["end_ad"]),
+            "end_as": stats::median(&p["end_as"]),
+            "end_am": stats::median(&p["end_am"]),
+        },
+        "pdr_detail": details(p),
+        "ratios": ratios,
+        "vnf_scaling_kpps": medians(&dp.scaling),
+        "vnf_scaling_detail": details(&dp.scaling),
+        "kernel_vnf_scaling_kpps": medians(&dp.kernel_scaling),
+        "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
+        "age0_kpps": stats::median(&p["end_ad_age0"]),
+        "age1_kpps": stats::median(&p["end_ad"]),
+        "ipv4_inner_kpps": stats::median(&p["end_ad_ipv4"]),
+        "seglist_kpps": medians(&dp.seglist),
+        "seglist_detail": details(&dp.seglist),
+        "cni_add_ms": latency(&cni.srv6pipes_ms),
+        "ptp_add_ms": latency(&cni.ptp_ms),
+        "chain_apply_ms": serde_json::Value::Null,
+        "not_measured": ["chain_apply_ms (chain applied -> first steered packet with 1,000 chains)", "tcp goodput through a two-VNF chain"],
+        "sid_packets": dp.sid_packets,
+        "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
+    });
+    let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
+    std::fs::create_dir_all(&out)?;
+    let text = serde_json::to_string_pretty(&result)? + "\n";
+    std::fs::write(out.join(format!("{date}.json")), &text)?;
+    std::fs::write(out.join("latest.json"), &text)?;
+    let md = report::markdown(
+        &result,
+        p,
+        &[("VNFs on the node (srv6pipes End.AD)", &dp.scaling), ("VNFs on the node (kernel End.DX6 + ip rule)", &dp.kernel_scaling), ("segments after the proxy", &dp.seglist)],
+        &targets,
+    );
+    std::fs::write(out.join("latest.md"), &md)?;
+    report::plot(&out, "latest", p, &dp.scaling, &dp.kernel_scaling)?;
+    let doc = std::path::Path::new("docs/performance.md");
+    if !args.quick && doc.exists() {
+        report::update_doc(doc, &md)?;
+    }
+    println!("{md}");
+    eprintln!("results: {}/latest.json, latest.md, latest.png", out.display());
+    Ok(())
+}

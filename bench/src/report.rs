@@ -1,0 +1,148 @@
+//! The run's results as JSON (every sample kept), a markdown table and a PNG plot (gnuplot).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::stats::{at_least, at_most, percentile, ratios, summarize, Summary, Verdict};
+
+pub struct Target {
+    pub name: &'static str,
+    pub what: String,
+    pub bound: f64,
+    pub at_least: bool,
+    pub value: Summary,
+}
+
+impl Target {
+    pub fn verdict(&self) -> Verdict {
+        if self.at_least {
+            at_least(&self.value, self.bound)
+        } else {
+            at_most(&self.value, self.bound)
+        }
+    }
+}
+
+pub fn medians(s: &BTreeMap<String, Vec<f64>>) -> Value {
+    s.iter().map(|(k, v)| (k.clone(), json!(summarize(v).median))).collect::<serde_json::Map<_, _>>().into()
+}
+
+pub fn details(s: &BTreeMap<String, Vec<f64>>) -> Value {
+    s.iter().map(|(k, v)| (k.clone(), json!(summarize(v)))).collect::<serde_json::Map<_, _>>().into()
+}
+
+pub fn latency(ms: &[f64]) -> Value {
+    json!({"p50": percentile(ms, 50.0), "p99": percentile(ms, 99.0), "max": percentile(ms, 100.0), "samples": ms})
+}
+
+pub fn ratio(x: &[f64], y: &[f64]) -> Summary {
+    ratios(x, y)
+}
+
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kib: Option<u64> = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())));
+    json!({
+        "cpu_model": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "kernel": nix::sys::utsname::uname().ok().map(|u| u.release().to_string_lossy().into_owned()),
+        "memory_gib": mem_kib.map(|k| (k as f64 / 1048576.0 * 10.0).round() / 10.0),
+    })
+}
+
+fn fmt_s(s: &Summary) -> String {
+    format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max)
+}
+
+fn fmt_r(s: &Summary) -> String {
+    format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max)
+}
+
+/// The markdown report: data plane with ratios, sweeps, control plane, targets.
+pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &BTreeMap<String, Vec<f64>>)], targets: &[Target]) -> String {
+    let mut md = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(md, "Run {} ({}), {} repetitions per point; {} on {} CPUs, kernel {}; generator on CPU {}, system under test on CPU {}; generator ceiling {:.0} kpps.\n",
+        r["date"].as_str().unwrap_or("?"), if r["quick"].as_bool() == Some(true) { "quick smoke run: not a measurement" } else { "full" },
+        r["method"]["repetitions"], m["cpu_model"].as_str().unwrap_or("?"), m["cpus"], m["kernel"].as_str().unwrap_or("?"),
+        r["pinning"]["generator_cpu"], r["pinning"]["sut_cpu"], r["generator_ceiling_kpps"]["median"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
+    let (a, b) = (&pdr["plain"], &pdr["kernel_static_proxy"]);
+    for (k, v) in pdr {
+        let _ = writeln!(md, "| {k} | {} | {} | {} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)), fmt_r(&ratios(v, b)));
+    }
+    for (title, s) in sweeps {
+        let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
+        let mut keys: Vec<&String> = s.keys().collect();
+        keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(u64::MAX));
+        for k in keys {
+            let _ = writeln!(md, "| {k} | {} |", fmt_s(&summarize(&s[k])));
+        }
+    }
+    let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
+    for k in ["cni_add_ms", "ptp_add_ms", "chain_apply_ms"] {
+        let v = &r[k];
+        if v.is_null() {
+            let _ = writeln!(md, "| {k} | – | – | not measured |");
+        } else {
+            let _ = writeln!(md, "| {k} | {:.2} | {:.2} | {} |", v["p50"].as_f64().unwrap_or(0.0), v["p99"].as_f64().unwrap_or(0.0), v["samples"].as_array().map_or(0, |a| a.len()));
+        }
+    }
+    let _ = writeln!(md, "\n| target | bar | measured, median (min–max) | verdict |\n|---|---|---|---|");
+    for t in targets {
+        let _ = writeln!(md, "| {} | {} {} | {} | {:?} |", t.what, if t.at_least { "≥" } else { "≤" }, t.bound, fmt_r(&t.value), t.verdict());
+    }
+    md
+}
+
+/// Two panels: PDR per scenario with its spread; PDR against the number of VNFs.
+pub fn plot(dir: &Path, stem: &str, pdr: &BTreeMap<String, Vec<f64>>, scaling: &BTreeMap<String, Vec<f64>>, kernel: &BTreeMap<String, Vec<f64>>) -> anyhow::Result<()> {
+    let mut bars = String::new();
+    for (i, (k, v)) in pdr.iter().enumerate() {
+        let s = summarize(v);
+        let _ = writeln!(bars, "{i} \"{k}\" {} {} {}", s.median, s.min, s.max);
+    }
+    let mut lines = String::new();
+    let mut keys: Vec<&String> = scaling.keys().collect();
+    keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(0));
+    for k in keys {
+        let s = summarize(&scaling[k]);
+        let kv = kernel.get(k).map(|v| summarize(v).median.to_string()).unwrap_or_else(|| "NaN".into());
+        let _ = writeln!(lines, "{k} {} {} {} {kv}", s.median, s.min, s.max);
+    }
+    std::fs::write(dir.join(format!("{stem}.bars.dat")), bars)?;
+    std::fs::write(dir.join(format!("{stem}.scaling.dat")), lines)?;
+    let script = format!(
+        "set terminal pngcairo size 1200,500\nset output '{stem}.png'\nset multiplot layout 1,2\n\
+         set title 'PDR at 0.5% loss (median, min-max)'\nset ylabel 'kpps'\nset style fill solid 0.5\nset boxwidth 0.6\nset xtics rotate by -30\nset yrange [0:*]\n\
+         plot '{stem}.bars.dat' using 1:3:xtic(2) with boxes notitle, '' using 1:3:4:5 with yerrorbars lc rgb 'black' pt 0 notitle\n\
+         set title 'PDR vs VNFs on the node (SIDs installed)'\nset logscale x\nset xtics norotate\nset xlabel 'VNFs (last point: SIDs)'\n\
+         plot '{stem}.scaling.dat' using 1:2:3:4 with yerrorlines title 'srv6pipes End.AD', '' using 1:5 with linespoints title 'kernel End.DX6 + ip rule'\nunset multiplot\n"
+    );
+    std::fs::write(dir.join(format!("{stem}.gp")), &script)?;
+    let out = std::process::Command::new("gnuplot").arg(format!("{stem}.gp")).current_dir(dir).output().context("run gnuplot (apt-get install gnuplot-nox)")?;
+    if !out.status.success() {
+        bail!("gnuplot: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for ext in ["bars.dat", "scaling.dat", "gp"] {
+        let _ = std::fs::remove_file(dir.join(format!("{stem}.{ext}")));
+    }
+    Ok(())
+}
+
+/// Replaces what is between the markers in docs/performance.md with `md`.
+pub fn update_doc(doc: &Path, md: &str) -> anyhow::Result<()> {
+    let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+    let text = std::fs::read_to_string(doc).with_context(|| format!("read {}", doc.display()))?;
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else { bail!("{} lacks the {begin} / {end} markers", doc.display()) };
+    let updated = format!("{}{begin}\n{md}{}", &text[..b], &text[e..]);
+    std::fs::write(doc, updated)?;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The traffic generator and the sink: XDP live frames (BPF_PROG_TEST_RUN with
+//! BPF_F_TEST_XDP_LIVE_FRAMES) from a thread pinned to the generator's CPU, one call per trial
+//! paced by the program against the clock and ended by a signal at the deadline; an XDP
+//! program on every sink veth counts what arrives. PDR: the highest offered
+//! rate whose loss is at most 0.5 %, found by binary search.
+
+use std::net::Ipv6Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use aya::programs::{Xdp, XdpFlags};
+use aya::Ebpf;
+
+use crate::packet::Frame;
+use crate::sys;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
+
+pub const LOSS_BOUND: f64 = 0.005;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const BATCH: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GenConfig {
+    n_dsts: u32,
+    da_off: u32,
+    seg_off: u32,
+    pad: u32,
+    interval_ns: u64,
+    window_ns: u64,
+}
+unsafe impl aya::Pod for GenConfig {}
+
+const MAX_FRAME: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GenFrame {
+    len: u32,
+    pad: u32,
+    b: [u8; MAX_FRAME],
+}
+unsafe impl aya::Pod for GenFrame {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GenState {
+    next_ns: u64,
+    tx: u64,
+    first_ns: u64,
+    last_ns: u64,
+}
+unsafe impl aya::Pod for GenState {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SinkConfig {
+    slot: u32,
+    any: u32,
+    dst: [u8; 16],
+}
+unsafe impl aya::Pod for SinkConfig {}
+
+/// `union bpf_attr`'s test member (uapi/linux/bpf.h), zero-padded.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: [u32; 13],
+}
+
+/// Where the generator sends one scenario's frames, and where they must arrive.
+#[derive(Clone, Debug)]
+pub struct Path {
+    pub gen_ifindex: u32,
+    pub sink_ifindex: u32,
+    pub slot: u32,
+    /// The destination the sink counts as delivered (None: every IPv6 frame).
+    pub expect: Option<Ipv6Addr>,
+}
+
+pub struct Traffic {
+    bpf: Ebpf,
+    gen_netns: String,
+    gen_cpu: usize,
+    next_slot: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Trial {
+    /// Frames sent over the time from the first to the last.
+    pub offered_pps: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub other: u64,
+}
+
+impl Trial {
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            return 1.0;
+        }
+        1.0 - (self.received.min(self.sent) as f64 / self.sent as f64)
+    }
+}
+
+impl Traffic {
+    pub fn load(gen_netns: &str, gen_cpu: usize) -> anyhow::Result<Self> {
+        let mut bpf = Ebpf::load(OBJECT).context("load the bench XDP object")?;
+        for p in ["bench_gen", "bench_sink"] {
+            let prog: &mut Xdp = bpf.program_mut(p).context(p)?.try_into()?;
+            prog.load().with_context(|| format!("load {p}"))?;
+        }
+        // The signal that ends a trial's test run: no SA_RESTART, so the call returns EINTR.
+        let action = SigAction::new(SigHandler::Handler(wake), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.context("install SIGUSR1 handler")?;
+        Ok(Self { bpf, gen_netns: gen_netns.into(), gen_cpu, next_slot: 0 })
+    }
+
+    /// Attaches the sink program to `ifname` in `netns` and gives it a counter slot.
+    pub fn add_sink(&mut self, netns: &str, ifname: &str) -> anyhow::Result<(u32, u32)> {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let ifindex = sys::ifindex(netns, ifname)?;
+        let prog: &mut Xdp = self.bpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
+        let name = ifname.to_string();
+        // aya resolves the name in the calling thread's netns; the link lives as long as `bpf`.
+        sys::in_netns(netns, || prog.attach(&name, XdpFlags::DRV_MODE).map(|_| ()).with_context(|| format!("attach sink XDP to {name}")))?;
+        Ok((ifindex, slot))
+    }
+
+    fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64) -> anyhow::Result<()> {
+        let mut sinks: HashMap<_, u32, SinkConfig> = HashMap::try_from(self.bpf.map_mut("sink_config").context("sink_config")?)?;
+        let cfg = SinkConfig { slot: path.slot, any: path.expect.is_none() as u32, dst: path.expect.map(|a| a.octets()).unwrap_or_default() };
+        sinks.insert(path.sink_ifindex, cfg, 0)?;
+        let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
+        for (i, d) in dsts.iter().enumerate() {
+            table.set(i as u32, d.octets(), 0)?;
+        }
+        if frame.bytes.len() > MAX_FRAME {
+            bail!("frame of {} bytes: the generator takes at most {MAX_FRAME}", frame.bytes.len());
+        }
+        let mut template = GenFrame { len: frame.bytes.len() as u32, pad: 0, b: [0; MAX_FRAME] };
+        template.b[..frame.bytes.len()].copy_from_slice(&frame.bytes);
+        let mut frames: Array<_, GenFrame> = Array::try_from(self.bpf.map_mut("gen_frame").context("gen_frame")?)?;
+        frames.set(0, template, 0)?;
+        let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
+        let interval_ns = if pps > 0.0 { (1e9 / pps) as u64 } else { 0 };
+        let cfg = GenConfig { n_dsts: dsts.len() as u32, da_off: frame.da_off, seg_off: frame.seg_off, pad: 0, interval_ns, window_ns: 64 * interval_ns };
+        config.set(0, cfg, 0)?;
+        let mut state: PerCpuArray<_, GenState> = PerCpuArray::try_from(self.bpf.map_mut("gen_state").context("gen_state")?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
+        state.set(0, PerCpuValues::try_from(vec![GenState::default(); cpus])?, 0)?;
+        Ok(())
+    }
+
+    fn sent(&self) -> anyhow::Result<(u64, f64)> {
+        let m: PerCpuArray<_, GenState> = PerCpuArray::try_from(self.bpf.map("gen_state").context("gen_state")?)?;
+        let per_cpu = m.get(&0, 0)?;
+        let tx: u64 = per_cpu.iter().map(|s| s.tx).sum();
+        let first = per_cpu.iter().filter(|s| s.tx > 0).map(|s| s.first_ns).min().unwrap_or(0);
+        let last = per_cpu.iter().map(|s| s.last_ns).max().unwrap_or(0);
+        let secs = (last.saturating_sub(first)) as f64 / 1e9;
+        Ok((tx, if secs > 0.0 { tx as f64 / secs } else { 0.0 }))
+    }
+
+    fn counts(&self, slot: u32) -> anyhow::Result<(u64, u64)> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bpf.map("sink_counts").context("sink_counts")?)?;
+        let sum = |k: u32| -> anyhow::Result<u64> { Ok(m.get(&k, 0)?.iter().sum()) };
+        Ok((sum(slot * 2)?, sum(slot * 2 + 1)?))
+    }
+
+    /// Offers `frame` at `pps` for `dur` (0 pps: as fast as the generator goes), spreading the
+    /// destination over `dsts` when there is more than one; then counts what arrived.
+    pub fn trial(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, dur: Duration) -> anyhow::Result<Trial> {
+        self.configure(path, frame, dsts, pps)?;
+        let before = self.counts(path.slot)?;
+        let prog: &Xdp = self.bpf.program("bench_gen").context("bench_gen")?.try_into()?;
+        let fd = prog.fd()?.as_fd().as_raw_fd();
+        let (netns, cpu, ifindex) = (self.gen_netns.clone(), self.gen_cpu, path.gen_ifindex);
+        let bytes = frame.bytes.clone();
+        sys::in_netns(&netns, move || {
+            sys::pin_to_cpu(cpu)?;
+            send(fd, &bytes, ifindex, dur)
+        })?;
+        // Let queues drain before counting.
+        std::thread::sleep(Duration::from_millis(40));
+        let after = self.counts(path.slot)?;
+        let (sent, offered_pps) = self.sent()?;
+        Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
+    }
+
+    /// Highest rate (pps) in [0, ceiling] with at most 0.5 % loss, to `steps` halvings.
+    pub fn pdr(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], ceiling: f64, steps: u32, dur: Duration) -> anyhow::Result<f64> {
+        let top = self.trial(path, frame, dsts, 0.0, dur)?;
+        if top.loss() <= LOSS_BOUND {
+            return Ok(top.offered_pps);
+        }
+        // The answer is the rate really offered by the best passing trial.
+        let (mut lo, mut hi, mut best) = (0.0, ceiling, 0.0);
+        for _ in 0..steps {
+            let mid = (lo + hi) / 2.0;
+            let t = self.trial(path, frame, dsts, mid, dur)?;
+            if t.loss() <= LOSS_BOUND {
+                lo = mid;
+                best = t.offered_pps;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(best)
+    }
+
+    /// A slow trial that must deliver (almost) everything: proves the scenario is wired right
+    /// before it is measured, and warms caches (End.AD learns from it).
+    pub fn check(&mut self, what: &str, path: &Path, frame: &Frame, dsts: &[Ipv6Addr]) -> anyhow::Result<()> {
+        let t = self.trial(path, frame, dsts, 20_000.0, Duration::from_millis(100))?;
+        if t.loss() > LOSS_BOUND || t.other > 0 {
+            bail!("{what}: at 20 kpps {} of {} frames arrived as expected ({} others): the scenario is miswired", t.received, t.sent, t.other);
+        }
+        Ok(())
+    }
+}
+
+extern "C" fn wake(_: libc::c_int) {}
+
+/// Runs the generator program on live frames; Ok(false) when a signal ended the run.
+fn test_run(fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<bool> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut attr = TestAttr {
+        prog_fd: fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: BATCH,
+        ..Default::default()
+    };
+    // SAFETY: attr points at live buffers of the sizes given, for the duration of the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(false);
+        }
+        bail!("BPF_PROG_TEST_RUN (live frames) on ifindex {ifindex}: {e}");
+    }
+    Ok(true)
+}
+
+/// Runs the generator until `dur` has passed: a helper thread signals this one at the
+/// deadline (and again until it has stopped, in case a signal fell between two calls).
+fn send(fd: i32, frame: &[u8], ifindex: u32, dur: Duration) -> anyhow::Result<()> {
+    let done = AtomicBool::new(false);
+    let (pid, tid) = (nix::unistd::getpid().as_raw(), nix::unistd::gettid().as_raw());
+    let deadline = Instant::now() + dur;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(dur);
+            while !done.load(Ordering::Acquire) {
+                // SAFETY: tgkill to a thread of this process that is alive until `done`.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let r = loop {
+            match test_run(fd, frame, ifindex, 1 << 30) {
+                Ok(true) if Instant::now() < deadline => continue,
+                Ok(_) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        done.store(true, Ordering::Release);
+        r
+    })
+}
