@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         dataplane::Plan {
             reps: args.reps.unwrap_or(5),
             trial: Duration::from_millis(500),
-            steps: 9,
+            steps: 8,
             sut_cpu: args.sut_cpu,
             vnf_counts: vec![1, 10, 100, 1000],
             table_sids: 10_000,
