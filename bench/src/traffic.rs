@@ -15,13 +15,14 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use aya::programs::{Xdp, XdpFlags};
 use aya::Ebpf;
 
+use srv6pipes_ebpf::{prog_test_run, TestAttr};
+
 use crate::packet::Frame;
 use crate::sys;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
 pub const LOSS_BOUND: f64 = 0.005;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BATCH: u32 = 64;
 
@@ -66,28 +67,6 @@ struct SinkConfig {
     dst: [u8; 16],
 }
 unsafe impl aya::Pod for SinkConfig {}
-
-/// `union bpf_attr`'s test member (uapi/linux/bpf.h), zero-padded.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: [u32; 13],
-}
 
 /// Where the generator sends one scenario's frames, and where they must arrive.
 #[derive(Clone, Debug)]
@@ -275,15 +254,11 @@ fn test_run(fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<
         ..Default::default()
     };
     // SAFETY: attr points at live buffers of the sizes given, for the duration of the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>()) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(false);
-        }
-        bail!("BPF_PROG_TEST_RUN (live frames) on ifindex {ifindex}: {e}");
+    match unsafe { prog_test_run(&mut attr) } {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(false),
+        Err(e) => bail!("BPF_PROG_TEST_RUN (live frames) on ifindex {ifindex}: {e}"),
     }
-    Ok(true)
 }
 
 /// Runs the generator until `dur` has passed: a helper thread signals this one at the

@@ -19,7 +19,6 @@ pub struct TestRun {
     pub data: Vec<u8>,
 }
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const SKB_CTX_SIZE: usize = 192;
 const OFF_MARK: usize = 8;
 const OFF_INGRESS_IFINDEX: usize = 36;
@@ -28,23 +27,36 @@ const OFF_IFINDEX: usize = 40;
 /// The `test` member of `union bpf_attr` (uapi/linux/bpf.h), zero-padded.
 #[repr(C, align(8))]
 #[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: [u32; 13],
+pub struct TestAttr {
+    pub prog_fd: u32,
+    pub retval: u32,
+    pub data_size_in: u32,
+    pub data_size_out: u32,
+    pub data_in: u64,
+    pub data_out: u64,
+    pub repeat: u32,
+    pub duration: u32,
+    pub ctx_size_in: u32,
+    pub ctx_size_out: u32,
+    pub ctx_in: u64,
+    pub ctx_out: u64,
+    pub flags: u32,
+    pub cpu: u32,
+    pub batch_size: u32,
+    pub _pad: [u32; 13],
+}
+
+/// The BPF_PROG_TEST_RUN command itself (also used by the benchmark's live-frames generator).
+///
+/// # Safety
+/// Every pointer in `attr` must point at a live buffer of the size given beside it.
+pub unsafe fn prog_test_run(attr: &mut TestAttr) -> std::io::Result<()> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let rc = libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr as *mut TestAttr, std::mem::size_of::<TestAttr>());
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub(crate) fn run(prog: &aya::programs::ProgramFd, packet: &[u8], ctx: SkbCtx) -> std::io::Result<TestRun> {
@@ -65,12 +77,7 @@ pub(crate) fn run(prog: &aya::programs::ProgramFd, packet: &[u8], ctx: SkbCtx) -
         ..Default::default()
     };
     // SAFETY: attr points at live buffers of the sizes given, for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>())
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    unsafe { prog_test_run(&mut attr) }?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRun { retval: attr.retval as i32, data: out })
 }
