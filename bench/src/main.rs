@@ -86,7 +86,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, cni: &control::CniSamples) -> anyhow::Result<()> {
-    use report::{details, latency, medians, ratio, Target};
+    use report::{details, latency, medians, Target};
+    use stats::ratios as ratio;
     let date = String::from_utf8(std::process::Command::new("date").args(["-u", "+%F"]).output()?.stdout)?.trim().to_string();
     let p = &dp.pdr;
     let max_point = dp.scaling.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();

@@ -39,10 +39,6 @@ pub fn latency(ms: &[f64]) -> Value {
     json!({"p50": percentile(ms, 50.0), "p99": percentile(ms, 99.0), "max": percentile(ms, 100.0), "samples": ms})
 }
 
-pub fn ratio(x: &[f64], y: &[f64]) -> Summary {
-    ratios(x, y)
-}
-
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
