@@ -1,18 +1,21 @@
-//! Control-plane latency: CNI ADD of srv6pipes-cni against Debian's ptp, both with host-local
-//! IPAM, called exactly as a runtime calls them (in the node's netns, CNI_* environment,
-//! configuration on stdin), into fresh network namespaces. Only the ADD is timed; every
-//! attachment is deleted (DEL) afterwards.
+//! Control-plane latency.
+//! - CNI ADD of srv6pipes-cni against Debian's ptp, both with host-local IPAM, called exactly
+//!   as a runtime calls them (in the node's netns, CNI_* environment, configuration on stdin),
+//!   into fresh network namespaces. Only the ADD is timed; every attachment is deleted (DEL)
+//!   afterwards.
+//! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
+//! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::sys;
-use crate::topo::{Bench, Kind};
+use crate::topo::{sid_packets, Bench, Kind};
 
 pub struct CniSamples {
     pub srv6pipes_ms: Vec<f64>,
@@ -77,4 +80,249 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
         }
     }
     Ok(s)
+}
+
+/// The kube-mode lab: two nodes; on n1 a client (chained) and a client2 (never chained), on n2
+/// a server (iperf3), one VNF on each node.
+const CHAIN_LAB: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: ["fd00:10:1::/64"]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDRs: ["fd00:10:2::/64"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: n1
+  containers: [{name: main, image: none, command: ["sleep", "infinity"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client2, labels: {app: direct}}
+spec:
+  nodeName: n1
+  containers: [{name: main, image: none, command: ["sleep", "infinity"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeName: n2
+  containers: [{name: main, image: none, command: ["iperf3", "-s"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vnf1
+  labels: {vnf: fw1}
+  annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}
+spec:
+  nodeName: n1
+  containers: [{name: main, image: none, command: ["sleep", "infinity"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vnf2
+  labels: {vnf: fw2}
+  annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}
+spec:
+  nodeName: n2
+  containers: [{name: main, image: none, command: ["sleep", "infinity"]}]
+"#;
+/// Where the server's node's pods live (the measured chains' destination).
+const SERVER_PREFIX: &str = "fd00:10:2::/64";
+
+/// A chain from the client through `functions` (VNF labels fw1, fw2) to `destination`.
+fn chain_yaml(name: &str, destination: &str, functions: &[&str]) -> String {
+    let f: Vec<String> = functions.iter().map(|f| format!("{{name: {f}, podSelector: {{matchLabels: {{vnf: {f}}}}}, proxy: Dynamic}}")).collect();
+    format!(
+        "apiVersion: srv6pipes.io/v1alpha1\nkind: ServiceChain\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+         sources: {{podSelector: {{matchLabels: {{app: client}}}}}}\n  match: {{destinationPrefixes: [\"{destination}\"]}}\n  \
+         functions: [{}]\n",
+        f.join(", ")
+    )
+}
+
+/// A kube-mode lab (`srv6pipes lab up --kubeconfig`) on a throwaway API server
+/// (scripts/apiserver), with `background` chains programmed, each to its own prefix, so each
+/// is a headend entry on n1. Torn down by the bench's cleanup.
+pub struct KubeLab {
+    pub background: usize,
+    dir: PathBuf,
+    lab: String,
+    kubeconfig: PathBuf,
+    /// The daemons' sockets, n1 and n2.
+    sockets: [PathBuf; 2],
+    client_ns: String,
+    client2_ns: String,
+    server_ip: String,
+}
+
+impl KubeLab {
+    pub fn up(b: &mut Bench, background: usize) -> anyhow::Result<Self> {
+        let dir = b.dir.join("kube");
+        std::fs::create_dir_all(&dir)?;
+        let api = dir.join("api");
+        let mut down = Command::new("scripts/apiserver");
+        down.arg("down").arg(&api);
+        b.cleanup.command(down);
+        sys::run(Command::new("scripts/apiserver").arg("up").arg(&api))?;
+        let kubeconfig = api.join("kubeconfig");
+        let lab = format!("{}-kube", b.tag);
+        let srv6pipes = b.bin_dir.join("srv6pipes");
+        let lab_cmd = |args: &[&str]| {
+            let mut c = Command::new(&srv6pipes);
+            c.args(["lab", "--name", &lab]).args(args);
+            c
+        };
+        b.cleanup.command(lab_cmd(&["down"]));
+        let manifest = dir.join("lab.yaml");
+        std::fs::write(&manifest, CHAIN_LAB)?;
+        sys::run(&mut lab_cmd(&["up", "-f", &manifest.display().to_string(), "--kubeconfig", &kubeconfig.display().to_string()]))?;
+        let status: serde_json::Value = serde_json::from_str(&sys::run(&mut lab_cmd(&["status", "-o", "json"]))?)?;
+        let find = |list: &str, n: &str, field: &[&str]| -> anyhow::Result<String> {
+            let item = status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
+            let v = field.iter().fold(&item, |v, f| if let Ok(i) = f.parse::<usize>() { &v[i] } else { &v[*f] });
+            v.as_str().map(String::from).with_context(|| format!("{list} {n} {field:?} in lab status"))
+        };
+        let k = Self {
+            background,
+            sockets: [find("nodes", "n1", &["daemon", "socket"])?.into(), find("nodes", "n2", &["daemon", "socket"])?.into()],
+            client_ns: find("pods", "client", &["netns"])?,
+            client2_ns: find("pods", "client2", &["netns"])?,
+            server_ip: find("pods", "server", &["ips", "0"])?,
+            dir,
+            lab,
+            kubeconfig,
+        };
+        let chains = k.dir.join("background.yaml");
+        let docs: Vec<String> = (0..background).map(|i| chain_yaml(&format!("bg-{i}"), &format!("fd00:99:{i:x}::/64"), &["fw1"])).collect();
+        std::fs::write(&chains, docs.join("---\n"))?;
+        eprintln!("kube lab: creating {background} background chains");
+        sys::run(&mut k.kubectl(&["create", "-f", &chains.display().to_string()]))?;
+        k.wait(&format!("n1 to program {background} chains"), Duration::from_secs(600), &|| k.programmed(background))?;
+        Ok(k)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", &self.kubeconfig).args(args);
+        c
+    }
+
+    /// n1's program has exactly `headends` chains and its daemon reports it applied.
+    fn programmed(&self, headends: usize) -> anyhow::Result<bool> {
+        let p: serde_json::Value = serde_json::from_str(&sys::run(&mut self.kubectl(&["get", "nodeprogram", "n1", "-o", "json"]))?)?;
+        Ok(p["spec"]["tables"]["headends"].as_array().map_or(0, |h| h.len()) == headends && p["status"]["observedGeneration"] == p["metadata"]["generation"])
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !f()? {
+            if Instant::now() > deadline {
+                bail!("kube lab: {what} within {timeout:?} (logs: /run/srv6pipes/labs/{}/)", self.lab);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Creates chain `name` through `functions` for the server's prefix.
+    fn create(&self, name: &str, functions: &[&str]) -> anyhow::Result<()> {
+        let file = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, chain_yaml(name, SERVER_PREFIX, functions))?;
+        sys::run(&mut self.kubectl(&["create", "-f", &file.display().to_string()])).map(drop)
+    }
+
+    /// Deletes chain `name` and waits until n1's program no longer has it.
+    fn delete(&self, name: &str) -> anyhow::Result<()> {
+        sys::run(&mut self.kubectl(&["delete", "servicechain", name, "--timeout=60s"]))?;
+        self.wait(&format!("n1 to unprogram chain {name}"), Duration::from_secs(60), &|| self.programmed(self.background))
+    }
+}
+
+pub struct ChainApply {
+    /// `kubectl create` of the chain started -> the VNF's SID counted a packet of the flow.
+    pub ms: Vec<f64>,
+    /// Of which `kubectl create` itself (process start to exit).
+    pub kubectl_ms: Vec<f64>,
+}
+
+/// Chain applied -> first steered packet. The client pings the server every 2 ms, unchained.
+/// Each sample creates a chain for the server's prefix through n1's VNF with kubectl and times
+/// until n1's SIDs count a packet (the background chains carry nothing), then deletes it.
+pub fn chain_apply(k: &KubeLab, samples: usize) -> anyhow::Result<ChainApply> {
+    let mut ping = sys::command(&k.client_ns, "ping", false)?;
+    ping.args(["-6", "-q", "-i", "0.002", &k.server_ip]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut ping = ping.spawn().context("run ping")?;
+    let result = (|| {
+        let mut out = ChainApply { ms: Vec::new(), kubectl_ms: Vec::new() };
+        for i in 0..samples {
+            let before = sid_packets(&k.sockets[0])?;
+            std::thread::sleep(Duration::from_millis(100));
+            if sid_packets(&k.sockets[0])? != before {
+                bail!("chain apply: n1's SIDs count packets with no chain for the flow (sample {i})");
+            }
+            let start = Instant::now();
+            k.create("probe", &["fw1"])?;
+            out.kubectl_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            while sid_packets(&k.sockets[0])? == before {
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!("chain apply: no packet steered within 60 s of creating the chain (sample {i})");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            out.ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            k.delete("probe")?;
+        }
+        Ok(out)
+    })();
+    let _ = ping.kill();
+    let _ = ping.wait();
+    result
+}
+
+pub struct Tcp {
+    pub chained_mbps: Vec<f64>,
+    pub unchained_mbps: Vec<f64>,
+    /// Packets n1's and n2's SIDs counted over the chained runs (the unchained add none).
+    pub sid_packets: [u64; 2],
+}
+
+/// iperf3 goodput (received, Mbit/s) from the client through a chain of two VNFs (one per
+/// node) to the server, alternating with client2 (same node, same path, no chain).
+pub fn tcp(k: &KubeLab, reps: usize, secs: u32) -> anyhow::Result<Tcp> {
+    k.create("tcp", &["fw1", "fw2"])?;
+    k.wait("n1 to program the TCP chain", Duration::from_secs(60), &|| k.programmed(k.background + 1))?;
+    let goodput = |netns: &str| -> anyhow::Result<f64> {
+        let mut c = sys::command(netns, "iperf3", false)?;
+        c.args(["-6", "-J", "-c", &k.server_ip, "-t", &secs.to_string()]);
+        let report: serde_json::Value = serde_json::from_str(&sys::run(&mut c)?)?;
+        report["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e6).context("iperf3 -J: no end.sum_received")
+    };
+    let counters = || -> anyhow::Result<[u64; 2]> { Ok([sid_packets(&k.sockets[0])?, sid_packets(&k.sockets[1])?]) };
+    let before = counters()?;
+    let mut out = Tcp { chained_mbps: Vec::new(), unchained_mbps: Vec::new(), sid_packets: [0, 0] };
+    for _ in 0..reps {
+        let at = counters()?;
+        out.unchained_mbps.push(goodput(&k.client2_ns)?);
+        if counters()? != at {
+            bail!("tcp: the unchained client's traffic crossed a SID");
+        }
+        out.chained_mbps.push(goodput(&k.client_ns)?);
+    }
+    let after = counters()?;
+    out.sid_packets = [after[0] - before[0], after[1] - before[1]];
+    if out.sid_packets.contains(&0) {
+        bail!("tcp: the chain steered nothing (SID packets n1 {}, n2 {})", out.sid_packets[0], out.sid_packets[1]);
+    }
+    k.delete("tcp")?;
+    Ok(out)
 }

@@ -83,13 +83,20 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         }
     }
     let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
-    for k in ["cni_add_ms", "ptp_add_ms", "chain_apply_ms"] {
+    for k in ["cni_add_ms", "ptp_add_ms", "chain_apply_ms", "chain_apply_kubectl_ms"] {
         let v = &r[k];
         if v.is_null() {
             let _ = writeln!(md, "| {k} | – | – | not measured |");
         } else {
             let _ = writeln!(md, "| {k} | {:.2} | {:.2} | {} |", v["p50"].as_f64().unwrap_or(0.0), v["p99"].as_f64().unwrap_or(0.0), v["samples"].as_array().map_or(0, |a| a.len()));
         }
+    }
+    let t = &r["tcp_goodput_mbps"];
+    if !t.is_null() {
+        let d = |k: &str| serde_json::from_value::<Summary>(t["detail"][k].clone()).map(|s| fmt_s(&s)).unwrap_or_default();
+        let ratio = serde_json::from_value::<Summary>(t["ratio"].clone()).map(|s| fmt_r(&s)).unwrap_or_default();
+        let _ = writeln!(md, "\n| TCP (iperf3) | Mbit/s, median (min–max) | ÷ unchained |\n|---|---|---|");
+        let _ = writeln!(md, "| unchained | {} | |\n| two-VNF chain | {} | {ratio} |", d("unchained"), d("chained"));
     }
     let _ = writeln!(md, "\n| target | bar | measured, median (min–max) | verdict |\n|---|---|---|---|");
     for t in targets {

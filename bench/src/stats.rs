@@ -2,9 +2,9 @@
 //! percentiles, and ratios of paired repetitions. Nothing is dropped: every sample is kept in
 //! the JSON next to its summary.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

@@ -114,9 +114,11 @@ pub fn ifindex(netns: &str, ifname: &str) -> anyhow::Result<u32> {
     in_netns(netns, move || nix::net::if_::if_nametoindex(name.as_str()).with_context(|| format!("ifindex of {name}")))
 }
 
-/// What to undo: netns (their links go with them), processes, directories, pins.
+/// What to undo: commands that tear down what they made (a lab, an API server), netns (their
+/// links go with them), processes, directories, pins.
 #[derive(Default)]
 pub struct Cleanup {
+    commands: Vec<Command>,
     netns: Vec<String>,
     children: Vec<std::process::Child>,
     paths: Vec<PathBuf>,
@@ -127,6 +129,12 @@ impl Cleanup {
         self.netns.push(name.to_string());
     }
 
+    /// A command that undoes something; run before anything else, newest first. Registered
+    /// before the thing is made, so a half-made one is also undone.
+    pub fn command(&mut self, c: Command) {
+        self.commands.push(c);
+    }
+
     pub fn child(&mut self, c: std::process::Child) {
         self.children.push(c);
     }
@@ -135,8 +143,16 @@ impl Cleanup {
         self.paths.push(p.to_path_buf());
     }
 
-    /// Stops processes (SIGTERM, then SIGKILL), deletes netns, removes paths; in that order.
+    /// Runs the undo commands, stops processes (SIGTERM, then SIGKILL), deletes netns, removes
+    /// paths; in that order.
     pub fn run(&mut self) {
+        for mut c in self.commands.drain(..).rev() {
+            match c.stdout(Stdio::null()).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!("bench cleanup: {c:?}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                Err(e) => eprintln!("bench cleanup: {c:?}: {e}"),
+            }
+        }
         for c in &mut self.children {
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

@@ -341,11 +341,15 @@ impl Bench {
 
     /// Packets the daemon's SIDs of this lane counted (proof the proxy carried the traffic).
     pub fn sid_packets(&self, lane: &Lane) -> anyhow::Result<u64> {
-        let socket = lane.socket.as_ref().context("not an srv6pipes lane")?;
-        match node_api::call(socket, &Request::Stats, Duration::from_secs(10))? {
-            Response::Stats(s) => Ok(s.sids.iter().map(|c| c.packets).sum()),
-            other => bail!("lane {}: stats: {other:?}", lane.name),
-        }
+        sid_packets(lane.socket.as_ref().context("not an srv6pipes lane")?)
+    }
+}
+
+/// Packets all SIDs of the daemon at `socket` counted.
+pub fn sid_packets(socket: &Path) -> anyhow::Result<u64> {
+    match node_api::call(socket, &Request::Stats, Duration::from_secs(10))? {
+        Response::Stats(s) => Ok(s.sids.iter().map(|c| c.packets).sum()),
+        other => bail!("stats from {}: {other:?}", socket.display()),
     }
 }
 
