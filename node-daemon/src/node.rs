@@ -335,22 +335,25 @@ impl Node {
         let src = self.locator.source_address();
         // Desired headend state.
         let mut classify: Vec<classifier::Rule> = Vec::new();
-        let mut oif_of: BTreeMap<std::net::IpAddr, u32> = BTreeMap::new();
         // One policy per (chain, segment list, inner family), with a stable id.
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
         let mut ids: BTreeMap<PolicyKey, u32> = BTreeMap::new();
         let mut ifaces = BTreeSet::new();
+        // A source pod has many rules (one per chain and prefix): one route lookup each.
+        let mut iface_of: BTreeMap<std::net::IpAddr, (u32, String)> = BTreeMap::new();
         for h in &p.tables.headends {
-            let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
-            let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
-            if ifname == self.uplink {
-                bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
+            if !iface_of.contains_key(&h.source_ip) {
+                let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
+                let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
+                if ifname == self.uplink {
+                    bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
+                }
+                iface_of.insert(h.source_ip, (oif, ifname));
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
             let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
             let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
             let id = policy_id(&known, &mut ids, key);
-            oif_of.insert(h.source_ip, oif);
             classify.push(classifier::Rule {
                 source_ip: h.source_ip,
                 destination: h.destination,
@@ -359,7 +362,7 @@ impl Node {
                 priority: h.priority,
                 target: id as usize,
             });
-            ifaces.insert(ifname);
+            ifaces.insert(iface_of[&h.source_ip].1.clone());
         }
         // Every pod gets the guard (the same program: without a rule it only enforces the
         // closed domain). A pod that is gone has no route: nothing to guard.
@@ -446,7 +449,7 @@ impl Node {
             tables.l4.iter().map(|e| ((e.class, e.proto, e.port, e.port_len), e.target as u32)).collect();
         let frags: BTreeMap<(u32, Option<u8>), u32> = tables.frags.iter().map(|f| ((f.class, f.proto), f.target as u32)).collect();
         let rules: BTreeMap<(u32, IpNet), u32> =
-            tables.classes.iter().map(|c| ((oif_of[&c.source_ip], c.destination), c.class)).collect();
+            tables.classes.iter().map(|c| ((iface_of[&c.source_ip].0, c.destination), c.class)).collect();
         for (&(class, proto, port, len), id) in &l4 {
             self.datapath.set_l4_rule(class, proto, port, len, *id)?;
         }
