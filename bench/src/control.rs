@@ -1,8 +1,8 @@
 //! Control-plane latency.
 //! - CNI ADD of srv6pipes-cni against Debian's ptp, both with host-local IPAM, called exactly
 //!   as a runtime calls them (in the node's netns, CNI_* environment, configuration on stdin),
-//!   into fresh network namespaces. Only the ADD is timed; every attachment is deleted (DEL)
-//!   afterwards.
+//!   into fresh network namespaces, and host-local alone (the IPAM both exec). Only the ADD is
+//!   timed; every attachment is deleted (DEL) afterwards.
 //! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
 //! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
 
@@ -20,6 +20,8 @@ use crate::topo::{sid_packets, Bench, Kind};
 pub struct CniSamples {
     pub srv6pipes_ms: Vec<f64>,
     pub ptp_ms: Vec<f64>,
+    /// host-local alone (the IPAM both plugins exec): the part of an ADD that is not theirs.
+    pub ipam_ms: Vec<f64>,
 }
 
 fn plugin(name: &str, bin_dir: &Path) -> anyhow::Result<PathBuf> {
@@ -63,10 +65,11 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
                       "socket": socket.display().to_string(), "ipam": ipam("fd00:cc::/64", "ipam-srv6pipes")});
     let ptp = json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": false,
                      "ipam": ipam("fd00:cd::/64", "ipam-ptp")});
-    let (our_bin, ptp_bin) = (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?);
-    let mut s = CniSamples { srv6pipes_ms: Vec::new(), ptp_ms: Vec::new() };
+    let ipam_only = json!({"cniVersion": "1.0.0", "name": "bench-ipam", "type": "host-local", "ipam": ipam("fd00:ce::/64", "ipam-only")});
+    let (our_bin, ptp_bin, ipam_bin) = (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?, plugin("host-local", &b.bin_dir)?);
+    let mut s = CniSamples { srv6pipes_ms: Vec::new(), ptp_ms: Vec::new(), ipam_ms: Vec::new() };
     for i in 0..n {
-        for (which, bin, conf) in [("s", &our_bin, &ours), ("p", &ptp_bin, &ptp)] {
+        for (which, bin, conf) in [("s", &our_bin, &ours), ("p", &ptp_bin, &ptp), ("h", &ipam_bin, &ipam_only)] {
             let netns = format!("{}-c{which}{i}", b.tag);
             sys::ip(None, &format!("netns add {netns}"))?;
             b.cleanup.netns(&netns);
@@ -76,7 +79,11 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
             let ms = cni(&lane.node_ns, bin, "ADD", &netns, &id, conf)?;
             cni(&lane.node_ns, bin, "DEL", &netns, &id, conf)?;
             sys::ip(None, &format!("netns del {netns}"))?;
-            if which == "s" { s.srv6pipes_ms.push(ms) } else { s.ptp_ms.push(ms) }
+            match which {
+                "s" => s.srv6pipes_ms.push(ms),
+                "p" => s.ptp_ms.push(ms),
+                _ => s.ipam_ms.push(ms),
+            }
         }
     }
     Ok(s)

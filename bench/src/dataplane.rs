@@ -22,6 +22,9 @@ pub struct Plan {
     /// SIDs installed for the table-size point of the sweep (0: skip it).
     pub table_sids: u16,
     pub seglist: Vec<usize>,
+    /// The fixed rate (pps) of the BPF cost trials, below every scenario's PDR, and their length.
+    pub cost_pps: f64,
+    pub cost_trial: Duration,
 }
 
 /// kpps per repetition, by scenario key.
@@ -35,6 +38,10 @@ pub struct Results {
     pub seglist: Samples,
     /// Packets srv6pipes' SIDs counted per lane over the whole run (proof of the path taken).
     pub sid_packets: BTreeMap<String, u64>,
+    /// ns per run of each srv6pipes program at `Plan::cost_pps`, by scenario, then program.
+    pub bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The same for End.AD by VNF count (at half that rate).
+    pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 struct Scenario {
@@ -60,6 +67,19 @@ fn ad_frame(lane: &Lane, j: usize, extra: usize) -> anyhow::Result<Frame> {
     let mut path = vec![sid(lane, j), SINK_SID];
     path.extend((1..=extra as u16).map(|i| Ipv6Addr::new(0xfcbb, 0xbb00, 0xff, 0, 0, 0, 0, i)));
     packet::encapsulated(lane.macs, OUTER_SRC, &path, inner6())
+}
+
+/// ns per run of each srv6pipes datapath program while `s` runs at `pps` without loss.
+fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan) -> anyhow::Result<BTreeMap<String, f64>> {
+    let ns = crate::cost::bpf_ns_per_run(|| {
+        let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.cost_trial)?;
+        if t.loss() > crate::traffic::LOSS_BOUND {
+            anyhow::bail!("{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)", s.key, t.loss() * 100.0, pps / 1000.0);
+        }
+        Ok(())
+    })?;
+    eprintln!("  {:<28} {:?} ns/run at {:.0} kpps", s.key, ns.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>(), pps / 1000.0);
+    Ok(ns)
 }
 
 fn measure(b: &mut Bench, s: &Scenario, ceiling_pps: f64, plan: &Plan) -> anyhow::Result<f64> {
@@ -91,6 +111,8 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
         kernel_scaling: Samples::new(),
         seglist: Samples::new(),
         sid_packets: BTreeMap::new(),
+        bpf_ns: BTreeMap::new(),
+        scaling_bpf_ns: BTreeMap::new(),
     };
     let cpu = plan.sut_cpu;
 
@@ -148,6 +170,11 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     ];
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
+    eprintln!("BPF run time per program at {:.0} kpps", plan.cost_pps / 1000.0);
+    for s in main.iter().filter(|s| s.key != "plain" && s.key != "kernel_static_proxy") {
+        let ns = bpf_cost(b, s, plan.cost_pps, plan)?;
+        res.bpf_ns.insert(s.key.clone(), ns);
+    }
 
     // Segment list length: segments left after the proxy, 1 (the sink) to 6.
     let seg: Vec<Scenario> = plan
@@ -185,6 +212,8 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
         ];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        let ns = bpf_cost(b, &points[0], plan.cost_pps / 2.0, plan)?;
+        res.scaling_bpf_ns.insert(n.to_string(), ns);
         res.scaling.insert(n.to_string(), s.remove(&format!("sp/{n}")).unwrap_or_default());
         res.kernel_scaling.insert(n.to_string(), s.remove(&format!("kernel/{n}")).unwrap_or_default());
     }

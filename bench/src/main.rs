@@ -2,6 +2,7 @@
 //! docs/performance.md for what is measured and how; `bench/run` builds and runs it.
 
 mod control;
+mod cost;
 mod dataplane;
 mod packet;
 mod report;
@@ -67,7 +68,8 @@ struct Control {
 fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Result<Control> {
     let mut c = Control::default();
     if parts.contains(&Part::Cni) {
-        let n = if args.quick { 20 } else { 200 };
+        // ptp waits ~1.8 s for DAD on every ADD: 100 samples of each take ~4 minutes.
+        let n = if args.quick { 20 } else { 100 };
         eprintln!("CNI ADD: {n} x srv6pipes-cni and ptp");
         c.cni = Some(control::cni_add(b, n, args.sut_cpu)?);
     }
@@ -103,6 +105,7 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
     let json = serde_json::json!({
         "cni_add_ms": c.cni.as_ref().map(|s| latency(&s.srv6pipes_ms)),
         "ptp_add_ms": c.cni.as_ref().map(|s| latency(&s.ptp_ms)),
+        "host_local_add_ms": c.cni.as_ref().map(|s| latency(&s.ipam_ms)),
         "chain_apply_ms": c.chains.as_ref().map(|s| latency(&s.ms)),
         "chain_apply_kubectl_ms": c.chains.as_ref().map(|s| latency(&s.kubectl_ms)),
         "chain_apply_background_chains": c.chains.as_ref().map(|_| c.background_chains),
@@ -131,6 +134,8 @@ fn main() -> anyhow::Result<()> {
             vnf_counts: vec![1, 10],
             table_sids: 0,
             seglist: vec![1, 6],
+            cost_pps: 100_000.0,
+            cost_trial: Duration::from_millis(500),
         }
     } else {
         dataplane::Plan {
@@ -141,6 +146,8 @@ fn main() -> anyhow::Result<()> {
             vnf_counts: vec![1, 10, 100, 1000],
             table_sids: 10_000,
             seglist: (1..=6).collect(),
+            cost_pps: 100_000.0,
+            cost_trial: Duration::from_secs(2),
         }
     };
     let mut b = topo::Bench::new(args.gen_cpu)?;
@@ -236,6 +243,9 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "seglist_kpps": medians(&dp.seglist),
         "seglist_detail": details(&dp.seglist),
         "sid_packets": dp.sid_packets,
+        "bpf_ns_per_run": dp.bpf_ns,
+        "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(control_json(c));

@@ -74,6 +74,16 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     for (k, v) in pdr {
         let _ = writeln!(md, "| {k} | {} | {} | {} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)), fmt_r(&ratios(v, b)));
     }
+    for (key, title) in [("bpf_ns_per_run", "scenario"), ("bpf_ns_per_run_by_vnfs", "End.AD, VNFs")] {
+        let Some(m) = r[key].as_object().filter(|m| !m.is_empty()) else { continue };
+        let _ = writeln!(md, "\n| {title} | srv6pipes BPF programs, ns per run |\n|---|---|");
+        let mut keys: Vec<&String> = m.keys().collect();
+        keys.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.to_string()));
+        for k in keys {
+            let progs: Vec<String> = m[k].as_object().into_iter().flatten().map(|(p, ns)| format!("{p} {:.0}", ns.as_f64().unwrap_or(0.0))).collect();
+            let _ = writeln!(md, "| {k} | {} |", progs.join(", "));
+        }
+    }
     for (title, s) in sweeps {
         let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
         let mut keys: Vec<&String> = s.keys().collect();
@@ -83,7 +93,7 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         }
     }
     let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
-    for k in ["cni_add_ms", "ptp_add_ms", "chain_apply_ms", "chain_apply_kubectl_ms"] {
+    for k in ["cni_add_ms", "ptp_add_ms", "host_local_add_ms", "chain_apply_ms", "chain_apply_kubectl_ms"] {
         let v = &r[k];
         if v.is_null() {
             let _ = writeln!(md, "| {k} | – | – | not measured |");
