@@ -95,17 +95,18 @@ pub struct Ctx {
     cache: Mutex<Option<(u64, Arc<Plan>)>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
-    /// Per node, the hash of the spec this operator last published and the generation the API
-    /// server gave it: until the mirror catches up with that write, the same spec is not sent
-    /// again (with 1,000 chains a program is ~0.5 MB and a server-side apply of it ~0.2 s).
-    published: Mutex<HashMap<String, (u64, i64)>>,
+    /// Per node, the program as this operator's last write left it (the API server's answer):
+    /// newer than the mirror's copy until the watch brings that write back, so the same spec
+    /// is not sent twice meanwhile (with 1,000 chains a program is ~0.5 MB and a server-side
+    /// apply of it ~0.2 s).
+    written: Mutex<HashMap<String, Arc<NodeProgram>>>,
     recorder: Recorder,
 }
 
 impl Ctx {
     pub fn new(client: Client, stores: Stores, config: Config, world: watch::Receiver<u64>, instance: Option<String>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
-        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), published: Default::default(), recorder }
+        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), written: Default::default(), recorder }
     }
 
     /// The plan for the current world version, compiled at most once per version.
@@ -164,21 +165,16 @@ impl Ctx {
     async fn publish(&self, plan: &Plan) -> Result<(), Error> {
         let api: Api<NodeProgram> = Api::all(self.client.clone());
         for (node, spec) in &plan.programs {
-            let current = self.stores.programs.get(&ObjectRef::new(node));
-            if current.as_ref().is_some_and(|p| &p.spec == spec) {
+            // What the API server holds as far as this operator knows: the mirror's copy, or our
+            // own last write while the mirror has not seen it yet.
+            let written = self.written.lock().expect("written").get(node.as_str()).cloned();
+            let generation = |p: &NodeProgram| p.metadata.generation.unwrap_or(0);
+            let known = self.stores.programs.get(&ObjectRef::new(node)).map(|m| match written {
+                Some(w) if generation(&w) > generation(&m) => w,
+                _ => m,
+            });
+            if known.is_some_and(|p| &p.spec == spec) {
                 continue;
-            }
-            let hash = {
-                let mut h = DefaultHasher::new();
-                serde_json::to_vec(spec).map_err(kube::Error::SerdeError)?.hash(&mut h);
-                h.finish()
-            };
-            let sent = self.published.lock().expect("published").get(node.as_str()).copied();
-            // The mirror has not seen our last write yet, and that write was this spec.
-            if let (Some(p), Some((h, generation))) = (current.as_ref(), sent) {
-                if h == hash && p.metadata.generation.unwrap_or(0) < generation {
-                    continue;
-                }
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
             let body = json!({
@@ -190,7 +186,7 @@ impl Ctx {
             let started = std::time::Instant::now();
             let written = api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
             info!(node, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program");
-            self.published.lock().expect("published").insert(node.clone(), (hash, written.metadata.generation.unwrap_or(0)));
+            self.written.lock().expect("written").insert(node.clone(), Arc::new(written));
         }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
