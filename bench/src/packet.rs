@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use srv6::codec::{encaps_header, Ipv6Header, Srh, NEXT_HEADER_ROUTING};
+use srv6::codec::{encaps_header, ones_complement_sum, Ipv6Header, Srh, NEXT_HEADER_ROUTING};
 
 pub const PAYLOAD: [u8; 12] = *b"srv6pipes-pk";
 pub const UDP_PORTS: (u16, u16) = (40000, 9);
@@ -33,17 +33,6 @@ pub struct Frame {
     pub seg_off: u32,
 }
 
-fn checksum_fold(mut sum: u64) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn sum_words(bytes: &[u8]) -> u64 {
-    bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64).sum()
-}
-
 fn udp(pseudo: &[u8]) -> Vec<u8> {
     let len = (8 + PAYLOAD.len()) as u16;
     let mut u = Vec::with_capacity(len as usize);
@@ -52,7 +41,7 @@ fn udp(pseudo: &[u8]) -> Vec<u8> {
     u.extend_from_slice(&len.to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(&PAYLOAD);
-    let mut c = checksum_fold(sum_words(pseudo) + sum_words(&u));
+    let mut c = !(ones_complement_sum(&u, ones_complement_sum(pseudo, 0)) as u16);
     if c == 0 {
         c = 0xffff;
     }
@@ -100,7 +89,7 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]); // id 0, DF, TTL 64, UDP
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let c = checksum_fold(sum_words(&ip));
+    let c = !(ones_complement_sum(&ip, 0) as u16);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&u);
     ip
@@ -171,7 +160,7 @@ mod tests {
         pseudo.extend_from_slice(&dst.octets());
         pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 17]);
-        checksum_fold(sum_words(&pseudo) + sum_words(udp)) == 0
+        ones_complement_sum(udp, ones_complement_sum(&pseudo, 0)) == 0xffff
     }
 
     #[test]
@@ -214,7 +203,7 @@ mod tests {
         .unwrap();
         let ip4 = &f.bytes[14 + 80..14 + 100];
         assert_eq!(ip4[0], 0x45);
-        assert_eq!(checksum_fold(sum_words(ip4)), 0);
+        assert_eq!(ones_complement_sum(ip4, 0), 0xffff);
         assert_eq!(f.bytes[14 + 40], 4, "SRH next header: IPv4");
     }
 

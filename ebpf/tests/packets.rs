@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use srv6::codec::{encaps_header, NEXT_HEADER_IPV6};
+use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
 use srv6pipes_ebpf::{Datapath, DropReason, Event, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
 
@@ -150,21 +150,10 @@ fn config(ad_age_ns: u64) -> NodeConfig {
     }
 }
 
-/// The Internet checksum's one's-complement sum of `data` (odd tail zero-padded).
-fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
-    for c in data.chunks(2) {
-        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
-}
-
 /// Sets the header checksum of the IPv4 packet `p` (a 20-byte header).
 fn set_ipv4_checksum(p: &mut [u8]) {
     p[10..12].copy_from_slice(&[0, 0]);
-    let sum = !(ones_sum(&p[..20], 0) as u16);
+    let sum = !(ones_complement_sum(&p[..20], 0) as u16);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
@@ -185,16 +174,16 @@ fn check_icmp_error(packet: &[u8], reply: &[u8], (ty, code, info): (u8, u8, u32)
         let mut pseudo = ip[8..40].to_vec();
         pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        assert_eq!(ones_sum(icmp, ones_sum(&pseudo, 0)), 0xffff, "ICMPv6 checksum");
+        assert_eq!(ones_complement_sum(icmp, ones_complement_sum(&pseudo, 0)), 0xffff, "ICMPv6 checksum");
         assert_eq!(&icmp[8..], &orig[..orig.len().min(1232)], "quote");
         icmp
     } else {
         assert_eq!((ip[0], ip[9]), (0x45, 1), "ICMP");
-        assert_eq!(ones_sum(&ip[..20], 0), 0xffff, "IPv4 header checksum");
+        assert_eq!(ones_complement_sum(&ip[..20], 0), 0xffff, "IPv4 header checksum");
         assert_eq!(&ip[12..16], &orig[16..20], "from the packet's destination");
         assert_eq!(&ip[16..20], &orig[12..16], "to its source");
         let icmp = &ip[20..];
-        assert_eq!(ones_sum(icmp, 0), 0xffff, "ICMP checksum");
+        assert_eq!(ones_complement_sum(icmp, 0), 0xffff, "ICMP checksum");
         assert_eq!(&icmp[8..], &orig[..orig.len().min(548)], "quote");
         icmp
     };
@@ -926,7 +915,7 @@ fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
         pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
         (ip, pseudo)
     };
-    let sum = !(ones_sum(&tcp, ones_sum(&pseudo, 0)) as u16);
+    let sum = !(ones_complement_sum(&tcp, ones_complement_sum(&pseudo, 0)) as u16);
     tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     ip.extend_from_slice(&tcp);
     ip

@@ -224,6 +224,18 @@ fn need(buf: &[u8], n: usize) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// The Internet checksum's one's-complement sum (RFC 1071) of `data`, added to `sum` (a previous
+/// result, e.g. of a pseudo-header: it must have covered an even number of bytes) and folded to
+/// 16 bits; an odd tail is zero-padded. The checksum field is `!sum`; a packet whose checksum
+/// is right sums to 0xffff.
+pub fn ones_complement_sum(data: &[u8], sum: u32) -> u32 {
+    let mut sum = sum as u64 + data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64).sum::<u64>();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u32
+}
+
 fn addr_at(buf: &[u8], off: usize) -> Ipv6Addr {
     Ipv6Addr::from(<[u8; 16]>::try_from(&buf[off..off + 16]).unwrap())
 }
@@ -234,6 +246,21 @@ mod tests {
 
     fn a(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ones_complement_sum_follows_rfc1071() {
+        // RFC 1071 §3's example: 0001 f203 f4f5 f6f7 sums to 0xddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(ones_complement_sum(&data, 0), 0xddf2);
+        // In two parts, the first even; an odd tail is padded with zero.
+        assert_eq!(ones_complement_sum(&data[4..], ones_complement_sum(&data[..4], 0)), 0xddf2);
+        assert_eq!(ones_complement_sum(&[0xab], 0), 0xab00);
+        // An IPv4 header with its checksum in place sums to 0xffff.
+        let mut ip = [0x45, 0, 0, 0x20, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 1, 0, 1, 10, 5, 0, 1];
+        let c = !(ones_complement_sum(&ip, 0) as u16);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(ones_complement_sum(&ip, 0), 0xffff);
     }
 
     #[test]
