@@ -196,18 +196,16 @@ impl KubeLab {
         std::fs::write(&manifest, CHAIN_LAB)?;
         sys::run(&mut lab_cmd(&["up", "-f", &manifest.display().to_string(), "--kubeconfig", &kubeconfig.display().to_string()]))?;
         let status: serde_json::Value = serde_json::from_str(&sys::run(&mut lab_cmd(&["status", "-o", "json"]))?)?;
-        let find = |list: &str, n: &str, field: &[&str]| -> anyhow::Result<String> {
-            let item = status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
-            let v = field.iter().fold(&item, |v, f| if let Ok(i) = f.parse::<usize>() { &v[i] } else { &v[*f] });
-            v.as_str().map(String::from).with_context(|| format!("{list} {n} {field:?} in lab status"))
-        };
+        let item = |list: &str, n: &str| status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
+        let text = |v: &serde_json::Value, what: &str| v.as_str().map(String::from).with_context(|| format!("{what} in lab status"));
+        let (n1, n2) = (item("nodes", "n1"), item("nodes", "n2"));
         let k = Self {
             background,
-            sockets: [find("nodes", "n1", &["daemon", "socket"])?.into(), find("nodes", "n2", &["daemon", "socket"])?.into()],
-            client_ns: find("pods", "client", &["netns"])?,
-            client2_ns: find("pods", "client2", &["netns"])?,
-            server_ip: find("pods", "server", &["ips", "0"])?,
-            vnf1_pid: status["pods"].as_array().and_then(|a| a.iter().find(|x| x["name"] == "vnf1")).and_then(|p| p["pid"].as_u64()).context("vnf1's pid in lab status")?,
+            sockets: [text(&n1["daemon"]["socket"], "n1's socket")?.into(), text(&n2["daemon"]["socket"], "n2's socket")?.into()],
+            client_ns: text(&item("pods", "client")["netns"], "client's netns")?,
+            client2_ns: text(&item("pods", "client2")["netns"], "client2's netns")?,
+            server_ip: text(&item("pods", "server")["ips"][0], "server's address")?,
+            vnf1_pid: item("pods", "vnf1")["pid"].as_u64().context("vnf1's pid in lab status")?,
             dir,
             lab,
             kubeconfig,
