@@ -82,6 +82,11 @@ pub struct NetConf {
     pub out_interface: Option<String>,
     #[serde(default)]
     pub ipam: Option<Value>,
+    /// Chained after a cluster's primary plugin (in its conflist): act only on pods whose
+    /// `k8s.v1.cni.cncf.io/networks` annotation names this network; pass every other pod's
+    /// result through untouched. The node daemon reads the pod from the API server.
+    #[serde(default)]
+    pub annotated_network: Option<String>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     /// GC (SPEC 1.1): the attachments the runtime still has.
@@ -123,6 +128,9 @@ impl NetConf {
         }
         if let Some(mtu) = conf.mtu.filter(|m| !(1280..=65535).contains(m)) {
             return Err(CniError::config(format!("mtu {mtu} out of range 1280..65535")));
+        }
+        if conf.annotated_network.as_deref() == Some("") {
+            return Err(CniError::config("annotatedNetwork is empty"));
         }
         if let Some(ipam) = &conf.ipam {
             if ipam.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
@@ -188,6 +196,8 @@ pub struct Env {
     pub ifname: String,
     pub pod_namespace: String,
     pub pod_name: String,
+    /// CNI_ARGS named the pod (K8S_POD_NAMESPACE and K8S_POD_NAME): a Kubernetes runtime.
+    pub from_kubernetes: bool,
 }
 
 impl Env {
@@ -205,6 +215,7 @@ impl Env {
         let args = parse_cni_args(&var("CNI_ARGS").unwrap_or_default());
         let get = |k: &str| args.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
         Ok(Self {
+            from_kubernetes: get("K8S_POD_NAMESPACE").is_some() && get("K8S_POD_NAME").is_some(),
             pod_namespace: get("K8S_POD_NAMESPACE").unwrap_or_else(|| "default".into()),
             pod_name: get("K8S_POD_NAME").unwrap_or_else(|| container_id.clone()),
             container_id,

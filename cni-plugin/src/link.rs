@@ -117,7 +117,7 @@ fn daemon_error(e: CallError) -> CniError {
     }
 }
 
-fn call(conf: &NetConf, req: &Request) -> Result<Response, CniError> {
+pub fn call(conf: &NetConf, req: &Request) -> Result<Response, CniError> {
     node_api::call(Path::new(&conf.socket), req, DAEMON_TIMEOUT).map_err(daemon_error)
 }
 
@@ -334,8 +334,19 @@ async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
 /// DEL: idempotent. Deregisters the SID first (so no traffic is steered into a dying link),
 /// then removes the pod-side rule, the veth(s) and the IPAM lease. Missing pieces are fine.
 pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
-    call(conf, &Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
     let pod_if = conf.pod_ifname(&env.ifname)?;
+    let unregister = Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
+    match call(conf, &unregister) {
+        Ok(_) => {}
+        // Chained mode sees every pod of the node: one that never had a chain interface must not
+        // wait for srv6pipes to be up to be deleted.
+        Err(e) if e.code == CODE_TRY_AGAIN_LATER && conf.annotated_network.is_some() => {
+            if on_node(async |h| link_by_name(h, &host_ifname(&env.container_id, &pod_if)).await)?.is_some() {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
     if !env.netns.is_empty() {
         if let Ok(ns) = open_netns(&env.netns) {
             let ifname = pod_if.clone();

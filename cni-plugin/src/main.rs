@@ -4,6 +4,7 @@
 //! answered in the configuration's version. IPAM, when configured, is delegated (SPEC §4).
 
 mod cni;
+mod install;
 mod ipam;
 mod link;
 
@@ -13,9 +14,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cni::{CniError, Env, NetConf, CODE_INCOMPATIBLE_VERSION, CODE_NOT_AVAILABLE};
-use srv6::node_api::{self, Request};
+use srv6::node_api::{self, Request, Response};
 
 fn main() -> ExitCode {
+    // A runtime calls a CNI plugin with CNI_COMMAND and no arguments; anything else is the
+    // installer (`srv6pipes-cni install|uninstall|--help|--version`).
+    if std::env::var_os("CNI_COMMAND").is_none() && std::env::args_os().len() > 1 {
+        use clap::Parser;
+        return match install::run(install::Cli::parse()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("srv6pipes-cni: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut stdin = Vec::new();
     let version_hint = std::io::stdin().read_to_end(&mut stdin).ok().and_then(|_| cni::peek_version(&stdin));
     match run(&stdin) {
@@ -50,11 +63,22 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
         }
     };
     match command.as_str() {
-        "ADD" => link::add(&conf, &Env::from_process(&command)?).map(|r| Some(r.to_string())),
+        "ADD" => {
+            let env = Env::from_process(&command)?;
+            if !wanted(&conf, &env)? {
+                // Not ours: the primary plugin's result, unchanged.
+                return Ok(Some(cni::add_result(&conf, &[], 0, None).to_string()));
+            }
+            link::add(&conf, &env).map(|r| Some(r.to_string()))
+        }
         "DEL" => link::del(&conf, &Env::from_process(&command)?).map(|_| None),
         "CHECK" => {
             since("0.4.0")?;
-            link::check(&conf, &Env::from_process(&command)?).map(|_| None)
+            let env = Env::from_process(&command)?;
+            if !wanted(&conf, &env)? {
+                return Ok(None);
+            }
+            link::check(&conf, &env).map(|_| None)
         }
         "STATUS" => {
             since("1.1.0")?;
@@ -65,6 +89,21 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
             link::gc(&conf).map(|_| None)
         }
         other => Err(CniError::env(format!("unknown CNI_COMMAND {other:?}"))),
+    }
+}
+
+/// Whether this pod gets a chain interface: always, unless the configuration has
+/// `annotatedNetwork` (chained mode), then only when the pod's networks annotation names it.
+fn wanted(conf: &NetConf, env: &Env) -> Result<bool, CniError> {
+    let Some(network) = &conf.annotated_network else { return Ok(true) };
+    if !env.from_kubernetes {
+        return Err(CniError::env("annotatedNetwork needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS"));
+    }
+    let req = Request::PodNetworks { namespace: env.pod_namespace.clone(), name: env.pod_name.clone() };
+    match link::call(conf, &req)? {
+        Response::Networks { networks } => Ok(networks.iter().any(|n| n == network)),
+        Response::Error { message } => Err(CniError::new(cni::CODE_TRY_AGAIN_LATER, message)),
+        other => Err(CniError::io(format!("node daemon gave an unexpected answer: {other:?}"))),
     }
 }
 

@@ -23,6 +23,8 @@ pub const MANAGER: &str = "srv6pipes-node";
 
 pub struct KubePlane {
     client: Client,
+    /// The Node's InternalIP addresses (the underlay interface is the one holding them).
+    pub internal_ips: Vec<std::net::IpAddr>,
     node: String,
     /// The Node's uid: the published table is owned by it (removed with the node).
     node_uid: String,
@@ -35,11 +37,13 @@ impl KubePlane {
         let client = srv6pipes_crds::client(kubeconfig).await.map_err(anyhow::Error::msg)?;
         let nodes: Api<KubeNode> = Api::all(client.clone());
         let mut logged = false;
-        let (uid, locator) = loop {
+        let (uid, internal_ips, locator) = loop {
             let n = nodes.get_opt(node).await.with_context(|| format!("get node {node}"))?;
             if let Some((n, v)) = n.as_ref().and_then(|n| Some((n, n.annotations().get(LOCATOR_ANNOTATION)?))) {
                 let l: Locator = v.parse().with_context(|| format!("node {node}: annotation {LOCATOR_ANNOTATION}={v:?}"))?;
-                break (n.metadata.uid.clone().unwrap_or_default(), l);
+                let ips = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
+                let ips = ips.filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect();
+                break (n.metadata.uid.clone().unwrap_or_default(), ips, l);
             }
             if !logged {
                 info!(node, registered = n.is_some(), annotation = LOCATOR_ANNOTATION, "waiting for the node's locator (the operator allocates it)");
@@ -51,7 +55,11 @@ impl KubePlane {
             bail!("--locator {e} disagrees with node {node}'s annotation {LOCATOR_ANNOTATION}={locator}");
         }
         info!(node, %locator, "locator from the node");
-        Ok((KubePlane { client, node: node.into(), node_uid: uid }, locator))
+        Ok((KubePlane { client, internal_ips, node: node.into(), node_uid: uid }, locator))
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Server-side applies the node's SID table.
@@ -118,6 +126,16 @@ impl KubePlane {
             .await
             .with_context(|| format!("report NodeProgram {} status", self.node))?;
         Ok(())
+    }
+}
+
+/// The networks pod `namespace/name` asks for in its networks annotation (none without one).
+pub async fn pod_networks(client: Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, namespace);
+    let pod = pods.get(name).await.with_context(|| format!("get pod {namespace}/{name}"))?;
+    match pod.annotations().get(srv6::node_api::NETWORKS_ANNOTATION) {
+        Some(v) => srv6::node_api::networks_in_annotation(v).map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}")),
+        None => Ok(vec![]),
     }
 }
 

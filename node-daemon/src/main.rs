@@ -44,9 +44,10 @@ pub struct Args {
     /// Kubeconfig for kube mode (implies --kube).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// The underlay interface facing other nodes; SRv6 to local SIDs arrives here.
-    #[arg(long)]
-    pub uplink: String,
+    /// The underlay interface facing other nodes; SRv6 to local SIDs arrives here. Required
+    /// without --kube; in kube mode the default is the interface holding the Node's InternalIP.
+    #[arg(long, required_unless_present_any = ["kube", "kubeconfig"])]
+    pub uplink: Option<String>,
     /// Unix socket served to the CNI plugin and the lab (created with mode 0600).
     #[arg(long, default_value = srv6::node_api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -88,14 +89,21 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (plane, locator) = if args.kube || args.kubeconfig.is_some() {
+        let (plane, locator, uplink) = if args.kube || args.kubeconfig.is_some() {
             let (plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
-            (server::ControlPlane::Kube(plane), locator)
+            let uplink = match &args.uplink {
+                Some(u) => u.clone(),
+                None => net::interface_with_address(&plane.internal_ips)
+                    .await?
+                    .with_context(|| format!("no interface holds node {}'s InternalIP {:?}: set --uplink", args.node_name, plane.internal_ips))?,
+            };
+            (server::ControlPlane::Kube(plane), locator, uplink)
         } else {
-            (server::ControlPlane::Local, args.locator.expect("clap requires --locator without --kube"))
+            let uplink = args.uplink.clone().expect("clap requires --uplink without --kube");
+            (server::ControlPlane::Local, args.locator.expect("clap requires --locator without --kube"), uplink)
         };
         locator.within(args.cluster_block).context("locator")?;
-        let node = node::Node::start(&args, locator).await.with_context(|| format!("start node {}", args.node_name))?;
+        let node = node::Node::start(&args, locator, uplink).await.with_context(|| format!("start node {}", args.node_name))?;
         server::serve(&args.socket, args.metrics_addr, node, plane).await
     })
 }

@@ -93,3 +93,20 @@ impl Netlink {
         }
     }
 }
+
+/// The name of the interface that holds one of `addrs`, if any.
+pub async fn interface_with_address(addrs: &[IpAddr]) -> anyhow::Result<Option<String>> {
+    use netlink_packet_route::address::AddressAttribute;
+    let nl = Netlink::connect()?;
+    let mut dump = nl.handle.address().get().execute();
+    while let Some(msg) = dump.try_next().await.context("list addresses")? {
+        let held = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if addrs.contains(ip)));
+        if held {
+            let mut links = nl.handle.link().get().match_index(msg.header.index).execute();
+            if let Some(link) = links.try_next().await.context("get link")? {
+                return Ok(link.attributes.into_iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None }));
+            }
+        }
+    }
+    Ok(None)
+}

@@ -60,7 +60,7 @@ struct Installed {
 }
 
 impl Node {
-    pub async fn start(args: &Args, locator: Locator) -> anyhow::Result<Self> {
+    pub async fn start(args: &Args, locator: Locator, uplink: String) -> anyhow::Result<Self> {
         sysctl("net/ipv6/conf/all/forwarding", "1")?;
         let pin_dir = args.pin_root.join(&args.node_name);
         ensure_bpffs(&args.pin_root)?;
@@ -68,8 +68,8 @@ impl Node {
         let mut datapath = Datapath::load(&pin_dir)?;
         let netlink = Netlink::connect()?;
         let block = args.cluster_block.trunc();
-        let uplink_mtu = netlink.mtu(&args.uplink).await?;
-        let inner_mtu = vnf_mtu(uplink_mtu).with_context(|| format!("uplink {}", args.uplink))?;
+        let uplink_mtu = netlink.mtu(&uplink).await?;
+        let inner_mtu = vnf_mtu(uplink_mtu).with_context(|| format!("uplink {uplink}"))?;
         datapath.set_config(NodeConfig {
             locator: locator.prefix().network().octets(),
             locator_len: locator.prefix().prefix_len() as u32,
@@ -80,13 +80,13 @@ impl Node {
             inner_mtu,
             flow_quota: args.flow_quota,
         })?;
-        datapath.attach(Hook::Uplink, &args.uplink)?;
+        datapath.attach(Hook::Uplink, &uplink)?;
         let store = Store::new(&args.state_dir)?;
         let state = store.load()?;
         let mut node = Node {
             name: args.node_name.clone(),
             locator,
-            uplink: args.uplink.clone(),
+            uplink,
             datapath,
             netlink,
             inner_mtu,
@@ -172,6 +172,8 @@ impl Node {
                 .map(|r| Response::Attachment { attachment: r.attachment.clone(), sid: r.sid })
                 .ok_or_else(|| anyhow!("no attachment {container_id}/{ifname}")),
             Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
+            // Answered by the server, which holds the API client (kube mode).
+            Request::PodNetworks { namespace, name } => Err(anyhow!("pod {namespace}/{name}: pod lookups need kube mode")),
         };
         r.unwrap_or_else(|e| Response::Error { message: format!("node {}: {e:#}", self.name) })
     }

@@ -30,7 +30,8 @@ struct Shared {
     node: Mutex<Node>,
     /// Told after requests that may change the registrations (kube mode republishes).
     sids_changed: Notify,
-    kube: bool,
+    /// Kube mode: the API client, for pod lookups.
+    kube: Option<kube::Client>,
 }
 
 pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: ControlPlane) -> anyhow::Result<()> {
@@ -45,7 +46,10 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: 
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %path.display(), "serving");
-    let shared = Arc::new(Shared { node: Mutex::new(node), sids_changed: Notify::new(), kube: matches!(plane, ControlPlane::Kube(_)) });
+    let shared = Arc::new(Shared { node: Mutex::new(node), sids_changed: Notify::new(), kube: match &plane {
+        ControlPlane::Kube(p) => Some(p.client()),
+        ControlPlane::Local => None,
+    } });
     if let ControlPlane::Kube(plane) = plane {
         let shared = shared.clone();
         tokio::spawn(async move { kube_loop(plane, shared).await });
@@ -126,8 +130,15 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Program(_)) if shared.kube => {
+        Ok(Request::Program(_)) if shared.kube.is_some() => {
             Response::Error { message: "this node daemon runs in kube mode: the operator programs it through its NodeProgram".into() }
+        }
+        Ok(Request::PodNetworks { namespace, name }) if shared.kube.is_some() => {
+            let client = shared.kube.clone().expect("checked");
+            match crate::kube::pod_networks(client, &namespace, &name).await {
+                Ok(networks) => Response::Networks { networks },
+                Err(e) => Response::Error { message: format!("{e:#}") },
+            }
         }
         Ok(req) => {
             let mutates = matches!(req, Request::Register(_) | Request::Unregister { .. } | Request::Gc { .. });

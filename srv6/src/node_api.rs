@@ -15,6 +15,42 @@ use crate::sid::{Locator, Sid};
 
 pub const DEFAULT_SOCKET: &str = "/run/srv6pipes/node.sock";
 
+/// The pod annotation that names the secondary networks a pod wants (the Network Plumbing
+/// Working Group's convention, which Multus implements).
+pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// The network names in a [`NETWORKS_ANNOTATION`] value, in either of its two forms: a
+/// comma-separated list of `[namespace/]name[@interface]`, or a JSON list of objects with
+/// `name` (and optional `namespace`, `interface`). Only names are returned: a CNI plugin
+/// compares them with its own network's.
+pub fn networks_in_annotation(value: &str) -> Result<Vec<String>, String> {
+    let value = value.trim();
+    if value.starts_with('[') {
+        let list: Vec<serde_json::Value> = serde_json::from_str(value).map_err(|e| format!("{NETWORKS_ANNOTATION}: {e}"))?;
+        return list
+            .iter()
+            .map(|e| match e.get("name").and_then(serde_json::Value::as_str) {
+                Some(n) if !n.is_empty() => Ok(n.to_string()),
+                _ => Err(format!("{NETWORKS_ANNOTATION}: element without a name: {e}")),
+            })
+            .collect();
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let name = e.rsplit_once('/').map_or(e, |(_, n)| n);
+            let name = name.split_once('@').map_or(name, |(n, _)| n);
+            if name.is_empty() {
+                Err(format!("{NETWORKS_ANNOTATION}: {e:?} names no network"))
+            } else {
+                Ok(name.to_string())
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -32,6 +68,10 @@ pub enum Request {
     Lookup { container_id: String, ifname: String },
     /// Releases every attachment of `network` not in `valid` (CNI GC); answers `Released`.
     Gc { network: String, valid: Vec<AttachmentKey> },
+    /// The networks the pod's [`NETWORKS_ANNOTATION`] asks for (kube mode: the daemon reads the
+    /// pod from the API server); answers `Networks`. The CNI plugin chained after a cluster's
+    /// primary plugin acts only on pods that ask for its network.
+    PodNetworks { namespace: String, name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -108,6 +148,7 @@ pub enum Response {
     Stats(NodeStats),
     Attachment { attachment: Attachment, sid: Sid },
     Released { attachments: Vec<Attachment> },
+    Networks { networks: Vec<String> },
     Error { message: String },
 }
 
@@ -280,6 +321,18 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_annotation_in_both_forms() {
+        assert_eq!(networks_in_annotation("srv6pipes").unwrap(), ["srv6pipes"]);
+        assert_eq!(networks_in_annotation(" kube-system/srv6pipes@net1, other ").unwrap(), ["srv6pipes", "other"]);
+        assert_eq!(networks_in_annotation("").unwrap(), Vec::<String>::new());
+        let json = r#"[{"name":"srv6pipes","namespace":"kube-system","interface":"net1"},{"name":"b"}]"#;
+        assert_eq!(networks_in_annotation(json).unwrap(), ["srv6pipes", "b"]);
+        assert!(networks_in_annotation(r#"[{"namespace":"x"}]"#).unwrap_err().contains("without a name"));
+        assert!(networks_in_annotation("[nope").is_err());
+        assert!(networks_in_annotation("ns/@net1").unwrap_err().contains("names no network"));
+    }
 
     #[test]
     fn wire_format_is_tagged_json() {
