@@ -273,6 +273,24 @@ pub fn crd_yaml() -> String {
 /// Where the generated CRDs are committed, relative to the repository root.
 pub const CRD_FILE: &str = "crds/srv6pipes.io.yaml";
 
+/// The same CRDs as the Helm chart's template: Helm never upgrades a chart's `crds/`
+/// directory, so the chart templates them, with `helm.sh/resource-policy: keep` so that an
+/// uninstall leaves them (and every ServiceChain) in place.
+pub const CHART_CRD_FILE: &str = "charts/srv6pipes/templates/crds.yaml";
+
+pub fn chart_crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::from("{{- if .Values.crds.install }}\n");
+    out.push_str("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
+    for mut crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd()] {
+        crd.metadata.annotations.get_or_insert_with(Default::default).insert("helm.sh/resource-policy".into(), "keep".into());
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
+    }
+    out.push_str("{{- end }}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +300,9 @@ mod tests {
     fn committed_crd_matches_the_types() {
         let committed = include_str!("../srv6pipes.io.yaml");
         assert!(committed == crd_yaml(), "{CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
+        let chart = include_str!("../../charts/srv6pipes/templates/crds.yaml");
+        assert!(chart == chart_crd_yaml(), "{CHART_CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
+        assert!(!chart_crd_yaml().replace("{{- if .Values.crds.install }}", "").replace("{{- end }}", "").contains("{{"), "no template syntax in the CRDs");
         let crds: Vec<serde_json::Value> =
             serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
         let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();

@@ -1,13 +1,14 @@
-//! Writes the CRD manifests generated from the Rust types to crds/srv6pipes.io.yaml
-//! (or to the path given), which CI checks for drift.
+//! Writes the CRD manifests generated from the Rust types to crds/srv6pipes.io.yaml and to the
+//! Helm chart's templates/crds.yaml (same CRDs, annotated to be kept on uninstall), which CI
+//! checks for drift.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join(srv6pipes_crds::CRD_FILE)
-    });
-    std::fs::write(&path, srv6pipes_crds::crd_yaml())?;
-    eprintln!("wrote {}", path.display());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    for (file, text) in [(srv6pipes_crds::CRD_FILE, srv6pipes_crds::crd_yaml()), (srv6pipes_crds::CHART_CRD_FILE, srv6pipes_crds::chart_crd_yaml())] {
+        std::fs::write(root.join(file), text)?;
+        eprintln!("wrote {file}");
+    }
     Ok(())
 }
