@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The e2e scenario on a real Kubernetes with srv6pipes deployed from the chart, shared by
+# e2e/cluster (this machine) and e2e/kind/run.sh. Needs kubectl and $KUBECONFIG.
+#
+#   e2e/scenario.sh NODE1 NODE2 [REDEPLOY_CMD...]
+#
+# Client on NODE1, server on NODE2, VNF "fw" on NODE1 and "ids" on NODE2 (test image pods that
+# ask for the srv6pipes network by annotation). A ServiceChain client -> fw -> ids -> server is
+# applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
+# pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
+# no packet, REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
+# objects) loses none either, RBAC refuses the node daemon's identity what it must not write, and
+# deleting the chain unsteers. Prints one line per check; exits non-zero at the first failure.
+set -euo pipefail
+n1=$1 n2=$2; shift 2
+redeploy=("$@")
+ns=${SRV6PIPES_NAMESPACE:-kube-system}
+image=${TESTBOX_IMAGE:-localhost/srv6pipes-testbox:latest}
+t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
+ok() { echo "scenario: ok: $*"; }
+fail() { echo "scenario: FAILED: $*" >&2; exit 1; }
+
+pod() { # NAME NODE LABEL [ANNOTATED]
+  local ann=""
+  [[ ${4:-} ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}"
+  cat <<Y
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default, labels: {$3}, $ann}
+spec:
+  nodeName: $2
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: box
+    image: $image
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+---
+Y
+}
+{ pod e2e-client "$n1" "app: e2e-client"; pod e2e-server "$n2" "app: e2e-server"
+  pod e2e-fw "$n1" "vnf: e2e-fw" yes; pod e2e-ids "$n2" "vnf: e2e-ids" yes; } > "$t/pods.yaml"
+kubectl apply -f "$t/pods.yaml" >/dev/null
+kubectl wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids --timeout=120s >/dev/null
+ok "pods Running on $n1 and $n2"
+ex() { kubectl exec "$1" -- "${@:2}"; }
+ex e2e-fw ip link show net1 >/dev/null && ex e2e-ids ip link show net1 >/dev/null || fail "annotated VNF pods have no net1"
+! ex e2e-client ip link show net1 >/dev/null 2>&1 || fail "the client (not annotated) got a chain interface"
+ok "chained mode: annotated pods got net1, the others only the primary network"
+
+server=$(ex e2e-server ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
+[[ $server ]] || fail "server has no global IPv6 address"
+sleep 1.5   # DAD of fresh IPv6 addresses
+rx() { ex "$1" cat /sys/class/net/net1/statistics/rx_packets; }
+ping_ok() { ex e2e-client ping -6 -c "$1" -i "${2:-0.05}" -W 2 "$server" > "$t/ping" 2>&1 || true
+  grep -q " 0% packet loss" "$t/ping"; }
+ping_ok 3 || fail "client cannot reach server $server unchained: $(cat "$t/ping")"
+fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
+ping_ok 5 || fail "ping"
+(( $(rx e2e-fw) - fw0 < 5 && $(rx e2e-ids) - ids0 < 5 )) || fail "VNFs saw the pings before any chain"
+ok "unchained: client reaches server $server, the VNFs see nothing"
+
+cat > "$t/chain.yaml" <<Y
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {name: e2e, namespace: default}
+spec:
+  sources: {podSelector: {matchLabels: {app: e2e-client}}}
+  match: {destinationPrefixes: ["$server/128"]}
+  functions:
+    - {name: fw, podSelector: {matchLabels: {vnf: e2e-fw}}}
+    - {name: ids, podSelector: {matchLabels: {vnf: e2e-ids}}}
+Y
+kubectl apply -f "$t/chain.yaml" >/dev/null
+kubectl wait --for=condition=Ready servicechain/e2e --timeout=60s >/dev/null || { kubectl get servicechain e2e -o yaml >&2; fail "chain not Ready"; }
+kubectl get servicechains | tee "$t/chains" | grep -E "^e2e +True +Programmed" >/dev/null || fail "kubectl get servicechains: $(cat "$t/chains")"
+ok "kubectl get servicechains: e2e Ready (Programmed)"
+# Programs reach both nodes' datapaths right after Ready: allow them a moment.
+for i in $(seq 20); do fw0=$(rx e2e-fw); ex e2e-client ping -6 -c1 -W1 "$server" >/dev/null 2>&1 || true; (( $(rx e2e-fw) > fw0 )) && break; sleep 0.25; done
+fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
+ping_ok 20 || fail "steered ping lost packets (return path): $(cat "$t/ping")"
+dfw=$(( $(rx e2e-fw) - fw0 )) dids=$(( $(rx e2e-ids) - ids0 ))
+(( dfw >= 20 && dids >= 20 )) || fail "not steered: fw net1 +$dfw, ids net1 +$dids packets for 20 pings"
+ok "steered: 20/20 replies; fw net1 +$dfw, ids net1 +$dids packets"
+
+flow() { # COUNT: a steady flow of COUNT pings at 50/s, in the background; check with flow_done
+  ex e2e-client ping -6 -c "$1" -i 0.02 -W 2 "$server" > "$t/flow" 2>&1 & echo $! > "$t/flow.pid"; }
+flow_done() { wait "$(cat "$t/flow.pid")" || true
+  grep -q " 0% packet loss" "$t/flow" || fail "$1: the steady flow lost packets: $(tail -2 "$t/flow")"
+  ok "$1: no packet lost ($(grep -o '[0-9]* packets transmitted, [0-9]* received' "$t/flow"))"; }
+fw0=$(rx e2e-fw)
+flow 750
+sleep 2
+old=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
+kubectl -n "$ns" delete "$old" --wait=true >/dev/null
+kubectl -n "$ns" rollout status daemonset/srv6pipes-node --timeout=120s >/dev/null
+new=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
+[[ $new && $new != "$old" ]] || fail "the DaemonSet pod on $n1 was not recreated"
+flow_done "DaemonSet pod $old deleted, $new took over"
+(( $(rx e2e-fw) - fw0 >= 750 )) || fail "the flow was not steered through fw during the restart"
+
+if ((${#redeploy[@]})); then
+  flow 1500
+  sleep 2
+  "${redeploy[@]}" >/dev/null
+  flow_done "upgrade (${redeploy[*]})"
+fi
+
+# RBAC: the node daemon's identity reads its program and writes only its status and SID table.
+as=(--as="system:serviceaccount:$ns:srv6pipes-node")
+kubectl "${as[@]}" auth can-i patch nodeprograms.srv6pipes.io --subresource=status >/dev/null || fail "the node daemon may not report status"
+for verb in "patch nodeprograms.srv6pipes.io" "delete nodesidtables.srv6pipes.io" "patch servicechains.srv6pipes.io" "list secrets" "patch nodes"; do
+  ! kubectl "${as[@]}" auth can-i $verb >/dev/null 2>&1 || fail "the node daemon's identity may $verb"
+done
+! kubectl "${as[@]}" patch nodeprogram "$n2" --type=merge -p '{"spec":{"tables":{}}}' > "$t/out" 2>&1 || fail "the node daemon's identity rewrote $n2's program"
+grep -q Forbidden "$t/out" || fail "expected Forbidden: $(cat "$t/out")"
+ok "RBAC: the node daemon's identity is refused writing programs (another node's: $n2), deleting SID tables, chains, secrets, nodes"
+
+kubectl delete servicechain e2e --wait=true --timeout=60s >/dev/null
+fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
+ping_ok 10 || fail "ping after the chain was deleted: $(cat "$t/ping")"
+(( $(rx e2e-fw) - fw0 < 10 && $(rx e2e-ids) - ids0 < 10 )) || fail "still steered after delete"
+ok "chain deleted: unsteered, the client still reaches the server"
+kubectl delete -f "$t/pods.yaml" --wait=true --timeout=60s >/dev/null
+ok "scenario passed"

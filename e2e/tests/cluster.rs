@@ -1,0 +1,50 @@
+//! Tier 6: srv6pipes on a real two-node Kubernetes (kubelet + containerd + runc, API server with
+//! Node,RBAC) made by e2e/cluster/up, deployed from the chart's rendered manifests, then the
+//! scenario shared with kind (e2e/scenario.sh): steering, return path, Ready, a DaemonSet pod
+//! recreated and an upgrade under a steady flow without loss, RBAC refusals, unsteering.
+//! e2e/cluster/down runs whatever happens. Needs root, containerd, runc, etcd, gcc and the
+//! Kubernetes binaries scripts/kube-build makes; skips, saying why, without them.
+
+use std::process::Command;
+
+mod common;
+use common::{has_tool, is_root, repo_root};
+
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let out = Command::new(repo_root().join("e2e/cluster/down")).output().expect("run e2e/cluster/down");
+        assert!(out.status.success() || std::thread::panicking(), "down failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn chain_on_a_real_cluster_deployed_from_the_chart() {
+    if !is_root() {
+        eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: needs root");
+        return;
+    }
+    if let Some(t) = ["containerd", "runc", "ctr", "etcd", "gcc", "kubectl", "busybox"].into_iter().find(|t| !has_tool(t)) {
+        eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: {t} is missing (scripts/deps installs it)");
+        return;
+    }
+    let root = repo_root();
+    let kubeconfig = root.join("e2e/cluster/.state/kubeconfig");
+    let _down = Down;
+    let up = Command::new(root.join("e2e/cluster/up")).status().expect("run e2e/cluster/up");
+    assert!(up.success(), "e2e/cluster/up failed (logs under e2e/cluster/.state)");
+    assert!(kubeconfig.exists(), "up wrote no kubeconfig at {}", kubeconfig.display());
+    // The upgrade: the same chart with the image's other tag (a new pod template: fresh daemons
+    // reload and re-attach their BPF objects under the flow).
+    let deploy = root.join("e2e/cluster/deploy");
+    let deploy = deploy.to_str().unwrap();
+    let scenario = Command::new(root.join("e2e/scenario.sh"))
+        .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "cni.mode=chained", "--set", "image.pullPolicy=Never"])
+        .args(["--set", "apiServer.host=10.254.77.1", "--set", "apiServer.port=26443", "--set", "image.node.tag=latest", "--set", "node.metricsPort=9464"])
+        .env("KUBECONFIG", &kubeconfig)
+        .status()
+        .expect("run e2e/scenario.sh");
+    assert!(scenario.success(), "the scenario failed (see its output above; logs under e2e/cluster/.state)");
+}
