@@ -41,8 +41,7 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
     let deploy = root.join("e2e/cluster/deploy");
     let deploy = deploy.to_str().unwrap();
     let scenario = Command::new(root.join("e2e/scenario.sh"))
-        .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "cni.mode=chained", "--set", "image.pullPolicy=Never"])
-        .args(["--set", "apiServer.host=10.254.77.1", "--set", "apiServer.port=26443", "--set", "image.node.tag=latest", "--set", "node.metricsPort=9464"])
+        .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "image.node.tag=latest"])
         .env("KUBECONFIG", &kubeconfig)
         .status()
         .expect("run e2e/scenario.sh");
