@@ -254,11 +254,13 @@ impl Ctx {
             match allocate_locator(self.config.block, self.config.locator_len, &taken) {
                 Ok(locator) => {
                     let api: Api<Node> = Api::all(self.client.clone());
+                    // A merge patch, not server-side apply: API servers before 1.22 refuse to apply
+                    // to a dual-stack Node (its two InternalIP addresses are "duplicate keys" to
+                    // them). The resourceVersion makes it conditional on the node we looked at.
                     let body = json!({
-                        "apiVersion": "v1", "kind": "Node",
-                        "metadata": {"name": name, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
+                        "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
                     });
-                    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+                    api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await?;
                     allocated.insert(name.clone(), locator);
                     info!(node = %name, %locator, "allocated locator");
                 }
@@ -693,8 +695,9 @@ mod tests {
         writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
         let (ctx, mut handle) = ctx(stores);
         let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx));
-        let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", &APPLY[1..]).await;
+        let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", "fieldManager=srv6pipes-operator").await;
         assert_eq!(patch["metadata"]["annotations"][LOCATOR_ANNOTATION], "fcbb:bb00:3::/48");
+        assert!(patch.get("apiVersion").is_none(), "a merge patch (1.20 cannot apply to dual-stack nodes): {patch}");
         // The stores have not seen the annotation yet: n3 gets no program in this round.
         for n in ["n1", "n2"] {
             expect(&mut handle, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{n}"), &APPLY[1..]).await;
