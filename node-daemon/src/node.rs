@@ -690,8 +690,14 @@ fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     srv6::node_api::parse_mac(s).ok_or_else(|| anyhow!("invalid MAC {s:?}"))
 }
 
+/// Sets a sysctl unless it already has the value: in a container /proc/sys is read-only, and
+/// the DaemonSet sets what the daemon needs before it starts.
 fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
-    std::fs::write(format!("/proc/sys/{key}"), value).with_context(|| format!("sysctl {key}={value}"))
+    let path = format!("/proc/sys/{key}");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))
 }
 
 /// Mounts bpffs at /sys/fs/bpf when the pin root lives there and nothing is mounted yet.
