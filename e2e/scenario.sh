@@ -88,7 +88,7 @@ flow() { # COUNT: a steady flow of COUNT pings at 50/s, in the background; check
   ex e2e-client ping -6 -c "$1" -i 0.02 -W 2 "$server" > "$t/flow" 2>&1 & echo $! > "$t/flow.pid"; }
 flow_done() { wait "$(cat "$t/flow.pid")" || true
   grep -q " 0% packet loss" "$t/flow" || fail "$1: the steady flow lost packets: $(tail -2 "$t/flow")"
-  ok "$1: no packet lost ($(grep -o '[0-9]* packets transmitted, [0-9]* received' "$t/flow"))"; }
+  ok "$1: no packet lost ($(grep -o '[0-9]* packets transmitted, [0-9]* packets received' "$t/flow"))"; }
 fw0=$(rx e2e-fw)
 flow 750
 sleep 2
@@ -103,13 +103,13 @@ flow_done "DaemonSet pod $old deleted, $new took over"
 if ((${#redeploy[@]})); then
   flow 1500
   sleep 2
-  "${redeploy[@]}" >/dev/null
+  "${redeploy[@]}" > "$t/redeploy" 2>&1 || fail "${redeploy[*]}: $(cat "$t/redeploy")"
   flow_done "upgrade (${redeploy[*]})"
 fi
 
 # RBAC: the node daemon's identity reads its program and writes only its status and SID table.
 as=(--as="system:serviceaccount:$ns:srv6pipes-node")
-kubectl "${as[@]}" auth can-i patch nodeprograms.srv6pipes.io --subresource=status >/dev/null || fail "the node daemon may not report status"
+kubectl "${as[@]}" auth can-i patch nodeprograms.srv6pipes.io --subresource=status >/dev/null 2>&1 || fail "the node daemon may not report status"
 for verb in "patch nodeprograms.srv6pipes.io" "delete nodesidtables.srv6pipes.io" "patch servicechains.srv6pipes.io" "list secrets" "patch nodes"; do
   ! kubectl "${as[@]}" auth can-i $verb >/dev/null 2>&1 || fail "the node daemon's identity may $verb"
 done
