@@ -100,12 +100,9 @@ pub async fn interface_with_address(addrs: &[IpAddr]) -> anyhow::Result<Option<S
     let nl = Netlink::connect()?;
     let mut dump = nl.handle.address().get().execute();
     while let Some(msg) = dump.try_next().await.context("list addresses")? {
-        let held = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if addrs.contains(ip)));
-        if held {
-            let mut links = nl.handle.link().get().match_index(msg.header.index).execute();
-            if let Some(link) = links.try_next().await.context("get link")? {
-                return Ok(link.attributes.into_iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None }));
-            }
+        if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if addrs.contains(ip))) {
+            let name = nix::net::if_::if_indextoname(msg.header.index).with_context(|| format!("name of interface {}", msg.header.index))?;
+            return Ok(Some(name.to_string_lossy().into_owned()));
         }
     }
     Ok(None)

@@ -172,8 +172,8 @@ impl Node {
                 .map(|r| Response::Attachment { attachment: r.attachment.clone(), sid: r.sid })
                 .ok_or_else(|| anyhow!("no attachment {container_id}/{ifname}")),
             Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
-            // Answered by the server, which holds the API client (kube mode).
-            Request::PodNetworks { namespace, name } => Err(anyhow!("pod {namespace}/{name}: pod lookups need kube mode")),
+            // The server answers these itself (it holds the API client); never sent here.
+            Request::PodNetworks { namespace, name } => Err(anyhow!("pod {namespace}/{name}: not a node request")),
         };
         r.unwrap_or_else(|e| Response::Error { message: format!("node {}: {e:#}", self.name) })
     }

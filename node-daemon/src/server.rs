@@ -133,13 +133,14 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
         Ok(Request::Program(_)) if shared.kube.is_some() => {
             Response::Error { message: "this node daemon runs in kube mode: the operator programs it through its NodeProgram".into() }
         }
-        Ok(Request::PodNetworks { namespace, name }) if shared.kube.is_some() => {
-            let client = shared.kube.clone().expect("checked");
-            match crate::kube::pod_networks(client, &namespace, &name).await {
+        // Answered here, without the node's lock: only the API client is needed.
+        Ok(Request::PodNetworks { namespace, name }) => match shared.kube.clone() {
+            Some(client) => match crate::kube::pod_networks(client, &namespace, &name).await {
                 Ok(networks) => Response::Networks { networks },
                 Err(e) => Response::Error { message: format!("{e:#}") },
-            }
-        }
+            },
+            None => Response::Error { message: format!("pod {namespace}/{name}: pod lookups need a node daemon in kube mode") },
+        },
         Ok(req) => {
             let mutates = matches!(req, Request::Register(_) | Request::Unregister { .. } | Request::Gc { .. });
             let resp = shared.node.lock().await.handle(req).await;
