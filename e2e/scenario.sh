@@ -2,7 +2,7 @@
 # The e2e scenario on a real Kubernetes with srv6pipes deployed from the chart, shared by
 # e2e/cluster (this machine) and e2e/kind/run.sh. Needs kubectl and $KUBECONFIG.
 #
-#   e2e/scenario.sh NODE1 NODE2 [REDEPLOY_CMD...]
+#   e2e/scenario.sh NODE1 NODE2 [REDEPLOY_CMD...] [:: UNINSTALL_CMD...]
 #
 # Client on NODE1, server on NODE2, VNF "fw" on NODE1 and "ids" on NODE2 (test image pods that
 # ask for the srv6pipes network by annotation). A ServiceChain client -> fw -> ids -> server is
@@ -10,10 +10,14 @@
 # pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
 # no packet, REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
 # objects) loses none either, RBAC refuses the node daemon's identity what it must not write, and
-# deleting the chain unsteers. Prints one line per check; exits non-zero at the first failure.
+# deleting the chain unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
+# neither node with srv6pipes' CNI binary or conflist entry, pins or routes to locators, and pods
+# must still start. Prints one line per check; exits non-zero at the first failure.
 set -euo pipefail
 n1=$1 n2=$2; shift 2
-redeploy=("$@")
+redeploy=() uninstall=()
+while (($#)) && [[ $1 != "::" ]]; do redeploy+=("$1"); shift; done
+(($#)) && { shift; uninstall=("$@"); }
 ns=${SRV6PIPES_NAMESPACE:-kube-system}
 image=${TESTBOX_IMAGE:-localhost/srv6pipes-testbox:latest}
 t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
@@ -123,4 +127,54 @@ ping_ok 10 || fail "ping after the chain was deleted: $(cat "$t/ping")"
 (( $(rx e2e-fw) - fw0 < 10 && $(rx e2e-ids) - ids0 < 10 )) || fail "still steered after delete"
 ok "chain deleted: unsteered, the client still reaches the server"
 kubectl delete -f "$t/pods.yaml" --wait=true --timeout=60s >/dev/null
+
+if ((${#uninstall[@]})); then
+  "${uninstall[@]}" > "$t/uninstall" 2>&1 || fail "${uninstall[*]}: $(cat "$t/uninstall")"
+  # The daemons clean their nodes as their pods terminate, after their DaemonSet is gone.
+  for i in $(seq 120); do
+    [[ -z $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=srv6pipes -o name) ]] && break
+    (( i < 120 )) || fail "srv6pipes pods still there 60 s after the uninstall"
+    sleep 0.5
+  done
+  # What is left on each node, seen from a host-network pod with the host's directories.
+  probe() { # NAME NODE
+    cat <<Y
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default}
+spec:
+  nodeName: $2
+  hostNetwork: true
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: box
+    image: $image
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumeMounts:
+    - {name: bin, mountPath: /host/cni/bin, readOnly: true}
+    - {name: conf, mountPath: /host/cni/net.d, readOnly: true}
+    - {name: bpf, mountPath: /host/bpf, readOnly: true}
+  volumes:
+  - {name: bin, hostPath: {path: /opt/cni/bin}}
+  - {name: conf, hostPath: {path: /etc/cni/net.d}}
+  - {name: bpf, hostPath: {path: /sys/fs/bpf}}
+---
+Y
+  }
+  { probe e2e-probe1 "$n1"; probe e2e-probe2 "$n2"; pod e2e-after "$n1" "app: e2e-after"; } > "$t/after.yaml"
+  kubectl apply -f "$t/after.yaml" >/dev/null
+  kubectl wait --for=condition=Ready pod/e2e-probe1 pod/e2e-probe2 pod/e2e-after --timeout=120s >/dev/null \
+    || fail "pods do not start after the uninstall: $(kubectl describe pod e2e-after | tail -5)"
+  for p in e2e-probe1 e2e-probe2; do
+    left=$(ex $p sh -c 'cd /host; ls cni/net.d | grep -q conf || echo "(the probe sees no CNI configuration)";
+      [ -e cni/bin/srv6pipes-cni ] && echo "cni/bin/srv6pipes-cni";
+      grep -l srv6pipes-cni cni/net.d/* 2>/dev/null; [ -e bpf/srv6pipes ] && ls -R bpf/srv6pipes | head -5;
+      ip -6 route show | grep "^fcbb:bb00:"; true')
+    [[ -z $left ]] || fail "left on $(kubectl get pod $p -o jsonpath='{.spec.nodeName}') after the uninstall: $left"
+  done
+  kubectl delete -f "$t/after.yaml" --wait=true --timeout=60s >/dev/null
+  ok "uninstalled (${uninstall[*]}): no CNI binary, conflist entry, pin or locator route left on $n1 and $n2; new pods start"
+fi
 ok "scenario passed"

@@ -30,7 +30,17 @@ pub enum Command {
     /// Copy this binary into --bin-dir and, in chained mode, add it to the primary conflist.
     Install(Install),
     /// Remove the binary and every srv6pipes-cni entry install added to conflists.
-    Uninstall(Dirs),
+    Uninstall(Uninstall),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Uninstall {
+    #[command(flatten)]
+    pub dirs: Dirs,
+    /// Remove the conflist entries but keep the binary: pods still attached need it for their
+    /// DEL (Multus calls it from its cache; without the node daemon it removes what is local).
+    #[arg(long)]
+    pub keep_binary: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,7 +87,7 @@ pub struct Install {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Install(i) => install(&i),
-        Command::Uninstall(d) => uninstall(&d),
+        Command::Uninstall(u) => uninstall(&u.dirs, u.keep_binary),
     }
 }
 
@@ -109,7 +119,7 @@ fn install_binary(i: &Install) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uninstall(d: &Dirs) -> anyhow::Result<()> {
+fn uninstall(d: &Dirs, keep_binary: bool) -> anyhow::Result<()> {
     for path in conf_files(&d.conf_dir)? {
         let Ok(list) = read_json(&path) else { continue };
         if let Some(updated) = without_entry(&list) {
@@ -118,6 +128,10 @@ fn uninstall(d: &Dirs) -> anyhow::Result<()> {
         }
     }
     let target = d.bin_dir.join(PLUGIN);
+    if keep_binary {
+        eprintln!("srv6pipes-cni: kept {} (--keep-binary)", target.display());
+        return Ok(());
+    }
     match std::fs::remove_file(&target) {
         Ok(()) => eprintln!("srv6pipes-cni: removed {}", target.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -270,8 +284,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.conf_dir.join("20-other.conflist")).unwrap(), "{}", "only the primary changes");
         let names: Vec<_> = std::fs::read_dir(&d.conf_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
-        uninstall(&d).unwrap();
-        uninstall(&d).unwrap();
+        // Pods still attached: the entry goes, the binary stays for their DEL.
+        uninstall(&d, true).unwrap();
+        assert_eq!(read_json(&d.conf_dir.join("10-k8s.conflist")).unwrap(), primary());
+        assert!(bin.exists(), "--keep-binary removed the binary");
+        uninstall(&d, false).unwrap();
+        uninstall(&d, false).unwrap();
         assert!(!bin.exists());
         assert_eq!(read_json(&d.conf_dir.join("10-k8s.conflist")).unwrap(), primary());
         std::fs::remove_dir_all(base).unwrap();

@@ -338,6 +338,9 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let unregister = Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
     match call(conf, &unregister) {
         Ok(_) => {}
+        // No socket at all: srv6pipes was uninstalled from this node (a daemon that restarts
+        // leaves its socket in place), so nothing holds a registration; what is local still goes.
+        Err(e) if e.code == CODE_TRY_AGAIN_LATER && !Path::new(&conf.socket).exists() => {}
         // Chained mode sees every pod of the node: one that never had a chain interface must not
         // wait for srv6pipes to be up to be deleted.
         Err(e) if e.code == CODE_TRY_AGAIN_LATER && conf.annotated_network.is_some() => {

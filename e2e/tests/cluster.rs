@@ -1,7 +1,8 @@
 //! Tier 6: srv6pipes on a real two-node Kubernetes (kubelet + containerd + runc, API server with
 //! Node,RBAC) made by e2e/cluster/up, deployed from the chart's rendered manifests, then the
 //! scenario shared with kind (e2e/scenario.sh): steering, return path, Ready, a DaemonSet pod
-//! recreated and an upgrade under a steady flow without loss, RBAC refusals, unsteering.
+//! recreated and an upgrade under a steady flow without loss, RBAC refusals, unsteering, and an
+//! uninstall that leaves the nodes clean.
 //! e2e/cluster/down runs whatever happens. Needs root, containerd, runc, etcd, gcc and the
 //! Kubernetes binaries scripts/kube-build makes; skips, saying why, without them.
 
@@ -41,7 +42,7 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
     let deploy = root.join("e2e/cluster/deploy");
     let deploy = deploy.to_str().unwrap();
     let scenario = Command::new(root.join("e2e/scenario.sh"))
-        .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "image.node.tag=latest"])
+        .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "image.node.tag=latest", "::", deploy, "--uninstall"])
         .env("KUBECONFIG", &kubeconfig)
         .status()
         .expect("run e2e/scenario.sh");

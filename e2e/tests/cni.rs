@@ -233,6 +233,35 @@ fn errors_carry_spec_codes_and_leave_nothing() {
     assert_eq!(lab.sids()["registrations"], json!([]));
 }
 
+/// DEL tells an uninstalled srv6pipes (no socket: only what is local is removed, so pods can go
+/// after `helm uninstall`) from a restarting daemon (its socket stays: try again later, nothing
+/// removed, so the registration and the veth go together once it is back).
+#[test]
+fn del_without_daemon_cleans_locally_only_when_uninstalled() {
+    require_lab!("socat");
+    let lab = OneNode::up();
+    let links_before = lab.node(&["ip", "-o", "link"]);
+    let (ok, res) = lab.cni("ADD", "gone", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert!(ok, "ADD: {res}");
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    // A socket nobody listens on: the daemon is restarting.
+    let stale = lab.state.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let (ok, err) = lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", stale.to_str().unwrap()));
+    assert!(!ok && err["code"] == 11, "stale socket: {err}");
+    assert!(!lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} removed while the daemon restarts");
+    // No socket: uninstalled. The pod side and the veth go.
+    let (ok, err) = lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", "/nonexistent/node.sock"));
+    assert!(ok, "DEL after uninstall: {err}");
+    assert!(lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} left");
+    assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left in the pod");
+    assert!(lab.pod(&["ip", "-6", "rule"]).lines().all(|l| !l.contains("net1")), "pod rule left");
+    // (This daemon is still up and holds the registration; its DEL releases it.)
+    assert!(lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", &lab.socket())).0);
+    assert_eq!(lab.sids()["registrations"], json!([]));
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+}
+
 /// GC releases what the runtime no longer lists; `interfaces: pair` makes and removes two
 /// interfaces; IPAM is delegated to Debian's host-local and released on DEL; a prevResult is
 /// extended; an ADD while the daemon is down is "try again later" and works once it is back.

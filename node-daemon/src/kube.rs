@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -142,4 +143,99 @@ pub async fn pod_networks(client: Client, namespace: &str, name: &str) -> anyhow
 /// The spec as the daemon's API type.
 pub fn program_of(p: &NodeProgramCr) -> Result<NodeProgram, String> {
     NodeProgram::from_spec(&p.spec).map_err(|e| format!("NodeProgram {}: {e}", p.name_any()))
+}
+
+/// `NAMESPACE/NAME` of the DaemonSet a daemon runs in (--daemonset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSetRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for DaemonSetRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(DaemonSetRef { namespace: ns.into(), name: name.into() })
+            }
+            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonSetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a terminating daemon does with the node, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// srv6pipes is being uninstalled: remove it from the node.
+    Uninstall(String),
+    /// A restart, an upgrade, or no way to tell: leave everything, traffic keeps flowing.
+    Stay(String),
+}
+
+/// Decides from what the API server said about the daemon's DaemonSet. Gone or being deleted
+/// is an uninstall; so is this daemon's own identity refused (401: its ServiceAccount was
+/// deleted; 403: its RBAC was), since both are deleted only with the release. Anything else,
+/// a network error included, is not.
+pub fn departure(ds: &DaemonSetRef, got: Result<Option<DaemonSet>, kube::Error>) -> Departure {
+    match got {
+        Ok(None) => Departure::Uninstall(format!("DaemonSet {ds} is gone")),
+        Ok(Some(d)) if d.metadata.deletion_timestamp.is_some() => Departure::Uninstall(format!("DaemonSet {ds} is being deleted")),
+        Ok(Some(_)) => Departure::Stay(format!("DaemonSet {ds} remains (a pod restart or an upgrade)")),
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
+            Departure::Uninstall(format!("this daemon's identity was removed with DaemonSet {ds}'s release ({} {})", s.code, s.message))
+        }
+        Err(e) => Departure::Stay(format!("cannot tell whether DaemonSet {ds} remains: {e}")),
+    }
+}
+
+/// Asks the API server about the DaemonSet, for at most 3 s (within the pod's grace period).
+pub async fn departure_of(client: Client, ds: &DaemonSetRef) -> Departure {
+    let api: Api<DaemonSet> = Api::namespaced(client, &ds.namespace);
+    match tokio::time::timeout(Duration::from_secs(3), api.get_opt(&ds.name)).await {
+        Ok(got) => departure(ds, got),
+        Err(_) => Departure::Stay(format!("no answer about DaemonSet {ds} within 3 s")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ds(deleting: bool) -> DaemonSet {
+        let deletion_timestamp = deleting.then(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        DaemonSet { metadata: ObjectMeta { name: Some("srv6pipes-node".into()), deletion_timestamp, ..Default::default() }, ..Default::default() }
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(kube::core::Status::failure("refused", "Refused").with_code(code).boxed())
+    }
+
+    #[test]
+    fn only_a_deleted_daemonset_or_revoked_identity_uninstalls() {
+        let r: DaemonSetRef = "kube-system/srv6pipes-node".parse().unwrap();
+        let uninstall = |d: Departure| matches!(d, Departure::Uninstall(_));
+        assert!(uninstall(departure(&r, Ok(None))), "gone");
+        assert!(uninstall(departure(&r, Ok(Some(ds(true))))), "being deleted");
+        assert!(uninstall(departure(&r, Err(api_error(401)))), "ServiceAccount deleted");
+        assert!(uninstall(departure(&r, Err(api_error(403)))), "RBAC deleted");
+        assert_eq!(departure(&r, Ok(Some(ds(false)))), Departure::Stay("DaemonSet kube-system/srv6pipes-node remains (a pod restart or an upgrade)".into()));
+        assert!(!uninstall(departure(&r, Err(api_error(500)))), "an API server error is not an uninstall");
+        assert!(!uninstall(departure(&r, Err(api_error(429)))));
+    }
+
+    #[test]
+    fn daemonset_ref_is_namespace_slash_name() {
+        assert_eq!("ns/x".parse::<DaemonSetRef>().unwrap(), DaemonSetRef { namespace: "ns".into(), name: "x".into() });
+        for bad in ["x", "/x", "ns/", "a/b/c", ""] {
+            assert!(bad.parse::<DaemonSetRef>().is_err(), "{bad}");
+        }
+    }
 }

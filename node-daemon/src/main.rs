@@ -76,6 +76,26 @@ pub struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Kube mode: the DaemonSet this daemon runs in. On SIGTERM the daemon asks the API server
+    /// for it: when it is gone or being deleted, or this daemon's own credentials went with it,
+    /// srv6pipes is being uninstalled, and the daemon removes what it put on the node before it
+    /// exits: the CNI configuration (with --cni-bin-dir and --cni-conf-dir), the routes to other
+    /// nodes' locators, its pinned programs, maps and links, its state and its socket. Any other
+    /// SIGTERM (a pod restart, an upgrade, an API server out of reach) leaves all of it, so
+    /// traffic keeps flowing.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub daemonset: Option<kube::DaemonSetRef>,
+    /// With --daemonset: the host's CNI plugin directory as mounted here (uninstall removes
+    /// srv6pipes-cni from it, unless pods still attached need it for their DEL).
+    #[arg(long, requires_all = ["daemonset", "cni_conf_dir"])]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// With --daemonset: the host's CNI configuration directory as mounted here (uninstall
+    /// removes srv6pipes-cni's conflist entries from it).
+    #[arg(long, requires_all = ["daemonset", "cni_bin_dir"])]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The srv6pipes-cni binary that runs the CNI uninstall (the image's copy).
+    #[arg(long, default_value = "/opt/srv6pipes/cni/srv6pipes-cni")]
+    pub cni_installer: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,7 +109,11 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (plane, locator, uplink) = if args.kube || args.kubeconfig.is_some() {
+        let kube_mode = args.kube || args.kubeconfig.is_some();
+        if args.daemonset.is_some() && !kube_mode {
+            anyhow::bail!("--daemonset needs kube mode (--kube or --kubeconfig)");
+        }
+        let (plane, locator, uplink) = if kube_mode {
             let (plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
             let uplink = match &args.uplink {
                 Some(u) => u.clone(),
@@ -104,6 +128,14 @@ fn main() -> anyhow::Result<()> {
         };
         locator.within(args.cluster_block).context("locator")?;
         let node = node::Node::start(&args, locator, uplink).await.with_context(|| format!("start node {}", args.node_name))?;
-        server::serve(&args.socket, args.metrics_addr, node, plane).await
+        let departure = args.daemonset.clone().map(|daemonset| server::Departure {
+            daemonset,
+            cni: args.cni_bin_dir.clone().zip(args.cni_conf_dir.clone()).map(|(bin_dir, conf_dir)| node::CniUninstall {
+                installer: args.cni_installer.clone(),
+                bin_dir,
+                conf_dir,
+            }),
+        });
+        server::serve(&args.socket, args.metrics_addr, node, plane, departure).await
     })
 }

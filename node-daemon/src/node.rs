@@ -23,8 +23,17 @@ use crate::Args;
 /// Outer hop limit of packets this node encapsulates.
 const ENCAP_HOP_LIMIT: u8 = 64;
 
+/// The CNI installation a node's uninstall removes: `installer uninstall --bin-dir --conf-dir`.
+pub struct CniUninstall {
+    pub installer: std::path::PathBuf,
+    pub bin_dir: std::path::PathBuf,
+    pub conf_dir: std::path::PathBuf,
+}
+
 pub struct Node {
     name: String,
+    /// Where the maps and links are pinned (<pin root>/<node>).
+    pin_dir: std::path::PathBuf,
     locator: Locator,
     uplink: String,
     /// The MTU chains carry, and VNF interfaces get: the uplink's less the largest encapsulation.
@@ -85,6 +94,7 @@ impl Node {
         let state = store.load()?;
         let mut node = Node {
             name: args.node_name.clone(),
+            pin_dir: pin_dir.clone(),
             locator,
             uplink,
             datapath,
@@ -534,6 +544,49 @@ impl Node {
         self.state.policies = ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
+    }
+
+    /// srv6pipes is being uninstalled: removes what this daemon put on the node. The CNI
+    /// configuration goes first, so no new pod is sent to a daemon that is leaving (the binary
+    /// stays while pods are attached: their DEL needs it). Then the routes to other nodes'
+    /// locators, the pins (programs, maps and links go with the last reference to them, this
+    /// process's, at exit) and the state. Best effort: every step runs; the failures are returned.
+    pub async fn uninstall(&mut self, cni: Option<&CniUninstall>) -> Vec<anyhow::Error> {
+        let mut errs = Vec::new();
+        if let Some(c) = cni {
+            let attached = self.state.registrations.len();
+            let mut cmd = std::process::Command::new(&c.installer);
+            cmd.arg("uninstall").arg("--bin-dir").arg(&c.bin_dir).arg("--conf-dir").arg(&c.conf_dir);
+            if attached > 0 {
+                let pods: Vec<String> = self.state.registrations.iter().map(|r| pod_of(&r.attachment)).collect();
+                warn!(node = %self.name, ?pods, "pods still attached: the CNI binary stays for their DEL; remove it after them");
+                cmd.arg("--keep-binary");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => info!(node = %self.name, conf_dir = %c.conf_dir.display(), "CNI configuration removed"),
+                Ok(s) => errs.push(anyhow!("{} uninstall: {s}", c.installer.display())),
+                Err(e) => errs.push(anyhow::Error::from(e).context(format!("run {}", c.installer.display()))),
+            }
+        }
+        if let Ok(uplink_idx) = if_nametoindex(self.uplink.as_str()) {
+            for (prefix, via) in std::mem::take(&mut self.installed.peer_routes) {
+                if let Err(e) = self.netlink.delete_route(prefix, via, uplink_idx).await {
+                    errs.push(e.context(format!("route {prefix} via {via}")));
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+            errs.push(anyhow::Error::from(e).context(format!("remove pins {}", self.pin_dir.display())));
+        }
+        // The pin root too, once no other node's pins are in it (several lab nodes share one).
+        if let Some(root) = self.pin_dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+        if let Err(e) = self.store.remove() {
+            errs.push(e);
+        }
+        info!(node = %self.name, pins = %self.pin_dir.display(), "datapath unpinned, routes and state removed");
+        errs
     }
 
     /// Recounts End.AD's per-flow entries per chain for the quota (the datapath sees new entries,

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
 use crate::kube::{program_of, KubePlane};
-use crate::node::Node;
+use crate::node::{CniUninstall, Node};
 
 /// Where the node's programs come from and where its SIDs go. Both end in the same
 /// `Node::program`; only the transport differs.
@@ -34,17 +34,28 @@ struct Shared {
     kube: Option<kube::Client>,
 }
 
-pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: ControlPlane) -> anyhow::Result<()> {
+/// Kube mode: how a terminating daemon tells an uninstall from a restart, and what it then
+/// removes besides its own datapath.
+pub struct Departure {
+    pub daemonset: crate::kube::DaemonSetRef,
+    pub cni: Option<CniUninstall>,
+}
+
+pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    match std::fs::remove_file(path) {
+    // Bound aside and renamed over the old one: the socket path never disappears while a daemon
+    // restarts (the CNI plugin reads "no socket" as "uninstalled").
+    let fresh = path.with_extension("sock.new");
+    match std::fs::remove_file(&fresh) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove stale socket {}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("remove {}", fresh.display())),
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&fresh).with_context(|| format!("bind {}", fresh.display()))?;
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&fresh, path).with_context(|| format!("rename {} to {}", fresh.display(), path.display()))?;
     info!(socket = %path.display(), "serving");
     let shared = Arc::new(Shared { node: Mutex::new(node), sids_changed: Notify::new(), kube: match &plane {
         ControlPlane::Kube(p) => Some(p.client()),
@@ -88,9 +99,26 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: 
                 });
             }
             _ = term.recv() => {
-                // Maps stay pinned; links detach with the process (pinned links come with restarts).
-                info!("SIGTERM: exiting");
-                let _ = std::fs::remove_file(path);
+                if let (Some(d), Some(client)) = (&departure, &shared.kube) {
+                    match crate::kube::departure_of(client.clone(), &d.daemonset).await {
+                        crate::kube::Departure::Uninstall(why) => {
+                            info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
+                            let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
+                            if let Err(e) = std::fs::remove_file(path) {
+                                errs.push(anyhow::Error::from(e).context(format!("remove {}", path.display())));
+                            }
+                            for e in &errs {
+                                warn!(error = %format!("{e:#}"), "uninstall step failed");
+                            }
+                            info!(failed_steps = errs.len(), "uninstalled; exiting");
+                            return Ok(());
+                        }
+                        crate::kube::Departure::Stay(why) => info!(reason = %why, "SIGTERM: not an uninstall"),
+                    }
+                }
+                // Maps and links stay pinned and keep forwarding until the next daemon adopts
+                // them; the socket stays too, so the CNI plugin says "try again later".
+                info!("SIGTERM: exiting; the datapath stays");
                 return Ok(());
             }
         }

@@ -70,6 +70,14 @@ impl Store {
         }
     }
 
+    /// Forgets everything (uninstall); the directory itself belongs to whoever made it.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", self.path.display())),
+            _ => Ok(()),
+        }
+    }
+
     /// Write-then-rename, so a crash never leaves a torn file.
     pub fn save(&self, p: &Persisted) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
