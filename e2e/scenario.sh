@@ -9,8 +9,9 @@
 # applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
 # pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
 # no packet, REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
-# objects) loses none either, RBAC refuses the node daemon's identity what it must not write, and
-# deleting the chain unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
+# objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
+# node-writes webhook refuses one node's daemon another node's objects, and deleting the chain
+# unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
 # neither node with srv6pipes' CNI binary or conflist entry, pins or routes to locators, and pods
 # must still start. Prints one line per check; exits non-zero at the first failure.
 set -euo pipefail
@@ -120,6 +121,22 @@ done
 ! kubectl "${as[@]}" patch nodeprogram "$n2" --type=merge -p '{"spec":{"tables":{}}}' > "$t/out" 2>&1 || fail "the node daemon's identity rewrote $n2's program"
 grep -q Forbidden "$t/out" || fail "expected Forbidden: $(cat "$t/out")"
 ok "RBAC: the node daemon's identity is refused writing programs (another node's: $n2), deleting SID tables, chains, secrets, nodes"
+
+# Per node, which RBAC cannot say: the daemon on $n1, with its own pod-bound token, writes its
+# node's SID table and program status, and the node-writes webhook refuses it $n2's.
+dspod=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
+tok=$(kubectl -n "$ns" exec "${dspod#pod/}" -c node -- cat /var/run/secrets/kubernetes.io/serviceaccount/token)
+srv=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+as_daemon() { # PATH: an empty merge patch (a write that changes nothing) as that daemon; prints the HTTP code
+  curl -sk -o "$t/write" -w '%{http_code}' -X PATCH -H "Authorization: Bearer $tok" \
+    -H 'Content-Type: application/merge-patch+json' -d '{}' "$srv/apis/srv6pipes.io/v1alpha1/$1"; }
+for r in "nodesidtables/$n1" "nodeprograms/$n1/status"; do
+  [[ $(as_daemon "$r") == 200 ]] || fail "the daemon on $n1 may not write $r: $(cat "$t/write")"
+done
+for r in "nodesidtables/$n2" "nodeprograms/$n2/status"; do
+  [[ $(as_daemon "$r") == 403 ]] && grep -q "may write only node" "$t/write" || fail "the daemon on $n1 wrote $r: $(cat "$t/write")"
+done
+ok "webhook: the daemon on $n1 (its own token) writes $n1's SID table and program status, is refused $n2's"
 
 kubectl delete servicechain e2e --wait=true --timeout=60s >/dev/null
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)

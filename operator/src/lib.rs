@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod lease;
+pub mod webhook;
 pub mod world;
 
 pub use srv6pipes_crds::client;

@@ -7,7 +7,8 @@ use clap::Parser;
 use ipnet::Ipv6Net;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use srv6pipes_operator::{controller, lease::Elector};
+use anyhow::Context;
+use srv6pipes_operator::{controller, lease::Elector, webhook};
 use tracing::{error, info};
 
 /// srv6pipes operator.
@@ -29,7 +30,8 @@ struct Args {
     /// Length of the locators given to nodes (FUNCT is the next 16 bits).
     #[arg(long, default_value_t = 48)]
     locator_length: u8,
-    /// Namespace of the leader-election Lease.
+    /// The operator's namespace: the leader-election Lease's, and the webhook's Secret,
+    /// Service and node daemons' ServiceAccount's.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     lease_namespace: String,
     #[arg(long, default_value = "srv6pipes-operator")]
@@ -43,6 +45,23 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Serve the node-writes admission webhook on this address (e.g. 0.0.0.0:9443): a node
+    /// daemon may write only its own node's NodeSidTable and NodeProgram status. Every replica
+    /// serves it, leader or not.
+    #[arg(long)]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// The Service in front of the webhook (its DNS names go in the certificate).
+    #[arg(long, default_value = "srv6pipes-operator")]
+    webhook_service: String,
+    /// The Secret that keeps the webhook's certificate (made by the first replica).
+    #[arg(long, default_value = "srv6pipes-webhook-tls")]
+    webhook_secret: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the operator fills in.
+    #[arg(long, default_value = "srv6pipes-node-writes")]
+    webhook_configuration: String,
+    /// The node daemons' ServiceAccount (in the operator's namespace), whose writes are checked.
+    #[arg(long, default_value = "srv6pipes-node")]
+    node_service_account: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,11 +98,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &identity,
         Duration::from_secs(args.lease_duration),
     );
-    elector.acquire().await?;
+    let webhook = async {
+        match args.webhook_addr {
+            Some(addr) => {
+                let cfg = webhook::Config {
+                    addr,
+                    namespace: args.lease_namespace.clone(),
+                    service: args.webhook_service.clone(),
+                    secret: args.webhook_secret.clone(),
+                    configuration: args.webhook_configuration.clone(),
+                    node_account: args.node_service_account.clone(),
+                };
+                webhook::serve(client.clone(), cfg).await.context("node-writes webhook")
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(webhook);
+    tokio::select! {
+        r = &mut webhook => return r,
+        r = elector.acquire() => r?,
+    }
     let config = controller::Config { block: args.cluster_block, locator_len: args.locator_length };
     let result = tokio::select! {
-        r = controller::run(client, config, Some(identity)) => r,
+        r = controller::run(client.clone(), config, Some(identity)) => r,
         r = elector.keep() => r,
+        r = &mut webhook => r,
     };
     if let Err(e) = elector.release().await {
         error!(error = %e, "lease not released; it expires on its own");
