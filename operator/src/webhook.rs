@@ -333,6 +333,52 @@ mod tests {
         }
     }
 
+    /// An AdmissionReview as the API server sends it, answered with the pod looked up through
+    /// the API: the uid comes back, the own node's write is allowed, another's is 403.
+    #[tokio::test]
+    async fn reviews_look_up_the_daemons_pod() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let cfg = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            namespace: "kube-system".into(),
+            service: "srv6pipes-operator".into(),
+            secret: "s".into(),
+            configuration: "c".into(),
+            node_account: "srv6pipes-node".into(),
+        };
+        for (object, allowed) in [("n1", true), ("n2", false)] {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let body = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {
+                    "uid": "req-1", "kind": {"group": "srv6pipes.io", "version": "v1alpha1", "kind": "NodeSidTable"},
+                    "resource": {"group": "srv6pipes.io", "version": "v1alpha1", "resource": "nodesidtables"},
+                    "name": object, "operation": "UPDATE",
+                    "userInfo": {"username": DAEMON, "extra": {POD_NAME_EXTRA: ["srv6pipes-node-abc"], POD_UID_EXTRA: ["u1"]}},
+                    "object": {"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable", "metadata": {"name": object}},
+                    "dryRun": false, "options": null
+                }
+            });
+            let api = tokio::spawn(async move {
+                let (req, send) = handle.next_request().await.expect("a pod lookup");
+                assert_eq!(req.uri().path(), "/api/v1/namespaces/kube-system/pods/srv6pipes-node-abc");
+                let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "srv6pipes-node-abc", "uid": "u1"}, "spec": {"nodeName": "n1", "containers": []}});
+                send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod).unwrap())).unwrap());
+            });
+            let answer = serde_json::to_value(review(&client, &cfg, body.to_string().as_bytes()).await).unwrap();
+            api.await.unwrap();
+            let r = &answer["response"];
+            assert_eq!(r["uid"], "req-1");
+            assert_eq!(r["allowed"], allowed, "{object}: {answer}");
+            if !allowed {
+                assert_eq!(r["status"]["code"], 403, "{answer}");
+                assert!(r["status"]["message"].as_str().unwrap().contains("not \"n2\"'s"), "{answer}");
+            }
+        }
+    }
+
     /// The certificate works as the API server uses it: a TLS client trusting only the CA
     /// completes a handshake for the Service's name and refuses another name.
     #[tokio::test]
