@@ -25,15 +25,21 @@ t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
 ok() { echo "scenario: ok: $*"; }
 fail() { echo "scenario: FAILED: $*" >&2; exit 1; }
 
-pod() { # NAME NODE LABEL [ANNOTATED]
-  local ann=""
-  [[ ${4:-} ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}"
+pod() { # NAME NODE LABEL [vnf | host]: vnf asks for the srv6pipes network; host is a probe on
+        # the node's network with its CNI directories and bpffs mounted read-only under /host
+  local ann="" host="" mounts=""
+  [[ ${4:-} == vnf ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}"
+  if [[ ${4:-} == host ]]; then
+    host="hostNetwork: true"
+    mounts="volumeMounts: [{name: bin, mountPath: /host/cni/bin, readOnly: true}, {name: conf, mountPath: /host/cni/net.d, readOnly: true}, {name: bpf, mountPath: /host/bpf, readOnly: true}]"
+  fi
   cat <<Y
 apiVersion: v1
 kind: Pod
 metadata: {name: $1, namespace: default, labels: {$3}, $ann}
 spec:
   nodeName: $2
+  $host
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 1
   containers:
@@ -41,11 +47,18 @@ spec:
     image: $image
     imagePullPolicy: IfNotPresent
     command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
----
+    $mounts
 Y
+  [[ $host ]] && cat <<Y
+  volumes:
+  - {name: bin, hostPath: {path: /opt/cni/bin}}
+  - {name: conf, hostPath: {path: /etc/cni/net.d}}
+  - {name: bpf, hostPath: {path: /sys/fs/bpf}}
+Y
+  echo "---"
 }
 { pod e2e-client "$n1" "app: e2e-client"; pod e2e-server "$n2" "app: e2e-server"
-  pod e2e-fw "$n1" "vnf: e2e-fw" yes; pod e2e-ids "$n2" "vnf: e2e-ids" yes; } > "$t/pods.yaml"
+  pod e2e-fw "$n1" "vnf: e2e-fw" vnf; pod e2e-ids "$n2" "vnf: e2e-ids" vnf; } > "$t/pods.yaml"
 kubectl apply -f "$t/pods.yaml" >/dev/null
 kubectl wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids --timeout=120s >/dev/null
 ok "pods Running on $n1 and $n2"
@@ -154,33 +167,8 @@ if ((${#uninstall[@]})); then
     sleep 0.5
   done
   # What is left on each node, seen from a host-network pod with the host's directories.
-  probe() { # NAME NODE
-    cat <<Y
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: default}
-spec:
-  nodeName: $2
-  hostNetwork: true
-  automountServiceAccountToken: false
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: box
-    image: $image
-    imagePullPolicy: IfNotPresent
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-    volumeMounts:
-    - {name: bin, mountPath: /host/cni/bin, readOnly: true}
-    - {name: conf, mountPath: /host/cni/net.d, readOnly: true}
-    - {name: bpf, mountPath: /host/bpf, readOnly: true}
-  volumes:
-  - {name: bin, hostPath: {path: /opt/cni/bin}}
-  - {name: conf, hostPath: {path: /etc/cni/net.d}}
-  - {name: bpf, hostPath: {path: /sys/fs/bpf}}
----
-Y
-  }
-  { probe e2e-probe1 "$n1"; probe e2e-probe2 "$n2"; pod e2e-after "$n1" "app: e2e-after"; } > "$t/after.yaml"
+  { pod e2e-probe1 "$n1" "app: e2e-probe" host; pod e2e-probe2 "$n2" "app: e2e-probe" host
+    pod e2e-after "$n1" "app: e2e-after"; } > "$t/after.yaml"
   kubectl apply -f "$t/after.yaml" >/dev/null
   kubectl wait --for=condition=Ready pod/e2e-probe1 pod/e2e-probe2 pod/e2e-after --timeout=120s >/dev/null \
     || fail "pods do not start after the uninstall: $(kubectl describe pod e2e-after | tail -5)"
