@@ -7,10 +7,10 @@ use anyhow::{anyhow, bail, Context};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
+use srv6::node_api::{networks_in_annotation, NETWORKS_ANNOTATION};
 use srv6::sid::Locator;
 use srv6pipes_crds::{ServiceChain, LOCATOR_ANNOTATION};
 
-pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 /// `"true"`: the lab does not create this pod; a container runtime on spec.nodeName attaches
 /// it (e.g. podman with srv6pipes-cni). The lab uses its labels and the SIDs its node daemon
 /// registered for it.
@@ -139,8 +139,8 @@ fn lab_pod(p: &Pod, nodes: &[String]) -> anyhow::Result<LabPod> {
         command = vec!["sleep".into(), "infinity".into()];
     }
     let networks = p.metadata.annotations.as_ref().and_then(|a| a.get(NETWORKS_ANNOTATION)).cloned().unwrap_or_default();
-    let chain_ifaces = parse_networks(&networks)
-        .with_context(|| format!("pod {namespace}/{name}: annotation {NETWORKS_ANNOTATION}"))?
+    let chain_ifaces = networks_in_annotation(&networks)
+        .map_err(|e| anyhow!("pod {namespace}/{name}: {e}"))?
         .into_iter()
         .enumerate()
         .filter(|(_, n)| n == NETWORK_NAME)
@@ -155,22 +155,6 @@ fn lab_pod(p: &Pod, nodes: &[String]) -> anyhow::Result<LabPod> {
     let external = annotations.get(EXTERNAL_ANNOTATION).is_some_and(|v| v == "true");
     let labels = p.metadata.labels.clone().unwrap_or_default();
     Ok(LabPod { namespace, name, node, labels, command, chain_ifaces, pair, external })
-}
-
-/// Multus accepts a comma-separated list of names or a JSON list of selection objects.
-fn parse_networks(s: &str) -> anyhow::Result<Vec<String>> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(Vec::new());
-    }
-    if s.starts_with('[') {
-        let v: Vec<serde_json::Value> = serde_json::from_str(s)?;
-        return v
-            .iter()
-            .map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_string).ok_or_else(|| anyhow!("entry without name")))
-            .collect();
-    }
-    Ok(s.split(',').map(|n| n.trim().rsplit('/').next().unwrap_or_default().to_string()).collect())
 }
 
 fn check_unique(m: &Manifest) -> anyhow::Result<()> {
@@ -210,8 +194,8 @@ mod tests {
 
     #[test]
     fn annotations_and_errors() {
-        assert_eq!(parse_networks("srv6pipes, other,ns/srv6pipes").unwrap(), ["srv6pipes", "other", "srv6pipes"]);
-        assert_eq!(parse_networks(r#"[{"name":"srv6pipes"},{"name":"x"}]"#).unwrap(), ["srv6pipes", "x"]);
+        assert_eq!(networks_in_annotation("srv6pipes, other,ns/srv6pipes").unwrap(), ["srv6pipes", "other", "srv6pipes"]);
+        assert_eq!(networks_in_annotation(r#"[{"name":"srv6pipes"},{"name":"x"}]"#).unwrap(), ["srv6pipes", "x"]);
         let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
         assert!(parse(bad, &[]).unwrap_err().to_string().contains("understands"));
         let no_cidr = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
