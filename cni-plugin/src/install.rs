@@ -99,7 +99,7 @@ fn install(i: &Install) -> anyhow::Result<()> {
         let list = read_json(&primary)?;
         let updated = with_entry(list, entry).with_context(|| format!("{}", primary.display()))?;
         install_binary(i)?;
-        write_atomic(&primary, format!("{}\n", serde_json::to_string_pretty(&updated)?).as_bytes(), 0o644)?;
+        write_conflist(&primary, &updated)?;
         eprintln!("srv6pipes-cni: added to {} (pods annotated {}={})", primary.display(), srv6::node_api::NETWORKS_ANNOTATION, i.network);
     } else {
         install_binary(i)?;
@@ -123,7 +123,7 @@ fn uninstall(d: &Dirs, keep_binary: bool) -> anyhow::Result<()> {
     for path in conf_files(&d.conf_dir)? {
         let Ok(list) = read_json(&path) else { continue };
         if let Some(updated) = without_entry(&list) {
-            write_atomic(&path, format!("{}\n", serde_json::to_string_pretty(&updated)?).as_bytes(), 0o644)?;
+            write_conflist(&path, &updated)?;
             eprintln!("srv6pipes-cni: removed from {}", path.display());
         }
     }
@@ -198,6 +198,10 @@ fn primary_conf(dir: &Path) -> anyhow::Result<PathBuf> {
 fn read_json(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+fn write_conflist(path: &Path, list: &Value) -> anyhow::Result<()> {
+    write_atomic(path, format!("{}\n", serde_json::to_string_pretty(list)?).as_bytes(), 0o644)
 }
 
 /// Writes `path` through a temporary file in the same directory (an extension libcni ignores)
