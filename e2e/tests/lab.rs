@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{back_chain, hello, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
+use common::{back_chain, hello, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab, Stream};
 
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
@@ -218,43 +218,6 @@ fn reverse_chain_takes_the_remote_paths() {
     assert_eq!(drops, 0, "{}", st["drops"]);
 }
 
-/// A sequenced UDP stream client -> server:9000 (seqflow) that runs while a test changes things.
-struct Stream {
-    send: Child,
-    recv: Child,
-}
-
-impl Stream {
-    fn start(lab: &Lab, server6: &str, rate: u32, seconds: u32) -> Self {
-        let seqflow = target_dir().join("seqflow");
-        let seqflow = seqflow.to_str().unwrap();
-        let mut recv = lab
-            .cmd(&["exec", "server", "--", seqflow, "recv", "--bind", "[::]:9000", "--idle-exit", "3"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(recv.stderr.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "{line}");
-        let to = format!("[{server6}]:9000");
-        let (rate, seconds) = (rate.to_string(), seconds.to_string());
-        let send = lab
-            .cmd(&["exec", "client", "--", seqflow, "send", "--to", &to, "--rate", &rate, "--seconds", &seconds])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { send, recv }
-    }
-
-    /// (the sender's report, the receiver's report)
-    fn finish(self) -> (Value, Value) {
-        let sent = serde_json::from_slice(&self.send.wait_with_output().unwrap().stdout).unwrap();
-        let got = serde_json::from_slice(&self.recv.wait_with_output().unwrap().stdout).unwrap();
-        (sent, got)
-    }
-}
-
 /// tcx link ids of the lab's programs (sp_*), from bpftool.
 fn sp_link_ids() -> Vec<u64> {
     let progs: Value = serde_json::from_slice(&Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap().stdout).unwrap();
@@ -308,7 +271,7 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
     let links_before = ours(sp_link_ids());
     assert_eq!(links_before.len(), 8, "uplink x2, vnf x2, pod guard/headend x4: {links_before:?}");
 
-    let stream = Stream::start(&lab, &server6, 25_000, 8);
+    let stream = Stream::start(&lab, ("client", "server"), &server6, &["--rate", "25000", "--seconds", "8"]);
     for i in 0..5 {
         std::thread::sleep(Duration::from_millis(700));
         let node = if i % 2 == 0 { "n1" } else { "n2" };
@@ -794,7 +757,7 @@ fn segment_list_changes_lose_nothing() {
     }
     let server6 = pod_ip(&lab.status(), "server", true);
     let chain_doc = with_b.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap().to_string();
-    let stream = Stream::start(&lab, &server6, 25_000, 8);
+    let stream = Stream::start(&lab, ("client", "server"), &server6, &["--rate", "25000", "--seconds", "8"]);
     for i in 0..5 {
         std::thread::sleep(Duration::from_millis(800));
         let target = if i % 2 == 0 { "ids-b" } else { "ids" };

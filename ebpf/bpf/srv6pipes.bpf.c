@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* srv6pipes datapath entry points (tcx ingress). The logic lives in lib/. */
 #include "lib/srv6.h"
+#include "lib/flow.h"
 #include <linux/ip.h>
 #include <stddef.h>
 
@@ -135,17 +136,20 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 	return 0;
 }
 
-/* Per hop with several replicas, the flow hash picks one (the same for every packet of the flow;
- * a replica that leaves only moves the flows it had: the slots are rendezvous-hashed). */
-static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, struct outer_hdr *o)
+/* Per hop with several replicas, the flow's direction-independent hash picks a slot of the
+ * hop's table (the same slot for every hop and for both directions: each function's table is
+ * rendezvous-hashed from its own SIDs alone, so the forward and the reverse rules of a
+ * symmetric chain map the slot to the same replica, and a replica that leaves only moves the
+ * flows it had). */
+static __always_inline int pick_replicas(__u32 policy, struct outer_hdr *o, __u32 hash)
 {
 	__u32 mask = o->pad & SP_POLICY_HOPS_MASK;
 	if (!mask)
 		return 0;
-	__u32 hash = bpf_get_hash_recalc(skb);
 	__u8 last = o->bytes[OFF_LAST];
 	if (last >= SP_MAX_SEGS)
 		return -1;
+	__u32 slot = hash & (SP_REPLICA_SLOTS - 1);
 #pragma unroll
 	for (__u32 i = 0; i < SP_MAX_SEGS; i++) {
 		if (!(mask & (1u << i)) || i > last)
@@ -154,11 +158,6 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 		struct hop_slots *t = bpf_map_lookup_elem(&sp_hop_slots, &k);
 		if (!t)
 			return -1;
-		__u32 x = hash ^ (i * 0x9e3779b9u);
-		x ^= x >> 16;
-		x *= 0x85ebca6bu;
-		x ^= x >> 13;
-		__u32 slot = x & (SP_REPLICA_SLOTS - 1);
 		/* Segment List is in reverse order: hop i is entry last - i. */
 		__u32 off = OFF_SEGS + 16 * ((__u32)last - i);
 		if (off + 16 > SP_MAX_HDR)
@@ -169,13 +168,6 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, __u32 policy, st
 	}
 	return 0;
 }
-
-/* What the headend's classifier found of the transport header. */
-struct l4 {
-	__u32 off;   /* its offset in the frame */
-	__u8 proto;
-	__u8 frag;   /* a fragment: no transport header to trust */
-};
 
 /* Never a silent loss: an oversize packet is dropped (counted as `mtu`) and its source told the
  * MTU, ICMPv6 Packet Too Big or ICMP Fragmentation Needed (sent whatever the DF bit: a sender
@@ -199,17 +191,33 @@ static __always_inline int packet_too_big(struct __sk_buff *skb, const struct no
 	return r < 0 ? verdict : r;
 }
 
+/* The length of the IP packets a packet stands for: itself, or for a GSO packet each of the
+ * segments the kernel will cut it into (network and transport headers + gso_size). */
+static __always_inline __u32 segment_len(struct __sk_buff *skb, const struct l4 *l)
+{
+	if (skb->gso_size == 0)
+		return skb->len - ETH_HLEN;
+	__u32 thl = 8; /* UDP (UDP_SEGMENT) */
+	if (l->proto == 6) {
+		__u8 doff;
+		if (bpf_skb_load_bytes(skb, l->off + 12, &doff, 1))
+			return 0;
+		thl = (doff >> 4) * 4;
+	}
+	return l->off - ETH_HLEN + thl + skb->gso_size;
+}
+
 /* A chain carries packets up to the node's inner MTU (what the VNF interfaces take, so that the
  * encapsulation of the most segments still fits the uplink): a TCP SYN gets its MSS clamped, a
- * bigger packet is answered (packet_too_big; returns 1, with the verdict in `verdict`). GSO
- * packets are segments of at most the clamped MSS. */
+ * bigger packet, or a GSO packet whose segments are bigger, is answered (packet_too_big;
+ * returns 1, with the verdict in `verdict`). */
 static __always_inline int check_mtu(struct __sk_buff *skb, const struct l4 *l, int *verdict)
 {
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	if (!cfg || !cfg->inner_mtu)
 		return 0;
-	if (skb->gso_size == 0 && skb->len - ETH_HLEN > cfg->inner_mtu) {
+	if (segment_len(skb, l) > cfg->inner_mtu) {
 		*verdict = packet_too_big(skb, cfg);
 		return 1;
 	}
@@ -237,9 +245,9 @@ static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6, __u8 pro
  * a chain classifies. Runs beside the primary CNI's programs: other traffic goes on to the
  * next program untouched. */
 /* Encapsulates with a policy (headend rule, or an End.AS interface's configured return): its
- * header template, per-hop replica choice, drop flag; counted per policy. `l`: at the headend,
- * what the classifier found, for the MTU checks (a VNF's End.AS return has passed them). */
-static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const struct l4 *l)
+ * header template, per-hop replica choice, drop flag; counted per policy. `l`: the transport
+ * header found; `headend`: check the MTU (a VNF's End.AS return has passed those checks). */
+static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const struct l4 *l, int headend)
 {
 	struct outer_hdr *pol = bpf_map_lookup_elem(&sp_policies, &id);
 	if (!pol)
@@ -252,9 +260,9 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 	int verdict, dropped = 0;
 	if (o->pad & SP_POLICY_DROP)
 		verdict = drop(SP_DROP_NO_REPLICA);
-	else if (l && check_mtu(skb, l, &verdict))
+	else if (headend && check_mtu(skb, l, &verdict))
 		dropped = 1;
-	else if (pick_replicas(skb, id, o))
+	else if (pick_replicas(id, o, flow_hash(skb, skb->protocol == bpf_htons(ETH_P_IP), l)))
 		verdict = drop(SP_DROP_MALFORMED);
 	else if (o->pad & SP_POLICY_INSERT) {
 		int err = insert_srh(skb, o);
@@ -311,8 +319,11 @@ int sp_vnf(struct __sk_buff *skb)
 	struct as_key ak = {.ifindex = ifindex, .family = proto == ETH_P_IP ? 4 : 6};
 	__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);
 	if (ret) {
+		struct l4 l;
+		if (parse_l4(skb, proto == ETH_P_IP, &l))
+			return drop(SP_DROP_MALFORMED);
 		int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
-		return err ? drop(err) : apply_policy(skb, *ret, NULL);
+		return err ? drop(err) : apply_policy(skb, *ret, &l, 0);
 	}
 	/* End.AD: the flow's own headers first (several chains, both directions), else the interface's. */
 	struct flow_key fk;
@@ -343,40 +354,19 @@ int sp_vnf(struct __sk_buff *skb)
  * or not) by protocol alone, so that all of a datagram takes one chain. */
 static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4, struct l4 *l)
 {
-	__u8 proto;
-	__u32 l4;
-	int frag = 0;
-	if (ipv4) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
-			return NULL;
-		proto = ip.protocol;
-		frag = (ip.frag_off & bpf_htons(0x3fff)) != 0; /* MF or an offset */
-		l4 = ETH_HLEN + ip.ihl * 4;
-	} else {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto, 1))
-			return NULL;
-		l4 = ETH_HLEN + sizeof(struct ipv6hdr);
-		if (proto == 44) { /* IPv6 Fragment header: the protocol is inside */
-			if (bpf_skb_load_bytes(skb, l4, &proto, 1))
-				return NULL;
-			frag = 1;
-		}
-	}
-	l->off = l4;
-	l->proto = proto;
-	l->frag = frag;
-	if (frag) {
-		struct frag_key f = {.class = class, .proto = proto};
+	if (parse_l4(skb, ipv4, l))
+		return NULL;
+	if (l->frag) {
+		struct frag_key f = {.class = class, .proto = l->proto};
 		__u32 *id = bpf_map_lookup_elem(&sp_frag_rules, &f);
 		if (id)
 			return id;
 		f.proto = SP_ANY_PROTO;
 		return bpf_map_lookup_elem(&sp_frag_rules, &f);
 	}
-	struct l4_key k = {.prefixlen = 32 + 8 + 16, .class = class, .proto = proto};
-	if (proto == 6 || proto == 17)
-		bpf_skb_load_bytes(skb, l4 + 2, k.port, 2);
+	struct l4_key k = {.prefixlen = 32 + 8 + 16, .class = class, .proto = l->proto};
+	if (l->proto == 6 || l->proto == 17)
+		bpf_skb_load_bytes(skb, l->off + 2, k.port, 2);
 	return bpf_map_lookup_elem(&sp_l4_rules, &k);
 }
 
@@ -415,7 +405,7 @@ int sp_headend(struct __sk_buff *skb)
 	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP, &l);
 	if (!id)
 		return SP_NEXT;
-	return apply_policy(skb, *id, &l);
+	return apply_policy(skb, *id, &l, 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";

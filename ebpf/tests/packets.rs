@@ -667,37 +667,50 @@ fn end_ad_flow_quota_and_flow_rewriting_functions() {
     assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), before, "no flow learnt for a flow-rewriting function");
 }
 
-/// Replicas: the headend picks one per hop by flow hash from the hop's slot table — the same
-/// for every packet of a flow, spread over flows; a Closed policy drops and counts.
+/// Replicas: the headend picks one per hop from the hop's slot table by the flow's
+/// direction-independent hash (srv6::flow, whatever the flow label says) — the same for every
+/// packet of a flow and for its replies crossing the function at another hop (a symmetric
+/// chain's reverse rule), spread over flows; a Closed policy drops and counts.
 #[test]
 fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
     let Some(mut b) = Bench::new() else { return };
     let replicas: Vec<Sid> = (1..=3).map(|i| Sid(a(&format!("fcbb:bb00:2:e00{i}::")))).collect();
     let decap = a("fcbb:bb00:2:d6::");
-    let hdr = encaps_header(a("fcbb:bb00:1::1"), &[replicas[0].0, decap], NEXT_HEADER_IPV6, 64).unwrap();
-    let slots: Vec<Ipv6Addr> = srv6::compiler::replica_slots(0, &replicas).iter().map(|s| s.0).collect();
+    let slots: Vec<Ipv6Addr> = srv6::compiler::replica_slots(&replicas).iter().map(|s| s.0).collect();
+    // Forward: the replicas are hop 0. Reverse: another function first, the replicas at hop 1.
+    let other = a("fcbb:bb00:2:e00f::");
+    let fwd = encaps_header(a("fcbb:bb00:1::1"), &[replicas[0].0, decap], NEXT_HEADER_IPV6, 64).unwrap();
+    let rev = encaps_header(a("fcbb:bb00:1::1"), &[other, replicas[0].0, decap], NEXT_HEADER_IPV6, 64).unwrap();
     b.dp.set_hop_slots(3, 0, &slots).unwrap();
-    b.dp.set_policy(3, &hdr, 1 << 0).unwrap();
+    b.dp.set_policy(3, &fwd, 1 << 0).unwrap();
+    b.dp.set_hop_slots(6, 1, &slots).unwrap();
+    b.dp.set_policy(6, &rev, 1 << 1).unwrap();
     b.rule(b.src, "fd00:20::/64".parse().unwrap(), 3);
-    let chosen = |b: &Bench, sport: u16| -> Ipv6Addr {
+    b.rule(b.src, "fd00:10:2::/64".parse().unwrap(), 6);
+    // The replica a packet (src, dst, UDP sport -> dport, flow label) is sent to.
+    let chosen = |b: &Bench, (src, dst): (&str, &str), (sport, dport): (u16, u16), label: u16| -> Ipv6Addr {
         let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
-        let mut i = inner(INNER_SRC, INNER_DST);
+        let mut i = inner(src, dst);
         i[40..42].copy_from_slice(&sport.to_be_bytes());
-        // The kernel's flow hash stops at a non-zero IPv6 flow label (as a sending stack sets one
-        // per socket): give each flow its own label, as such a stack would.
-        i[2..4].copy_from_slice(&sport.to_be_bytes());
+        i[42..44].copy_from_slice(&dport.to_be_bytes());
+        i[2..4].copy_from_slice(&label.to_be_bytes());
         pkt.extend_from_slice(&i);
         let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let (ip, srh, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
-        assert_eq!(srh.segments[1], ip.dst, "the SRH's first segment is the chosen replica");
+        let last = srh.segments.len() - 1;
+        assert_eq!(srh.segments[last], ip.dst, "the DA is the first segment");
         assert_eq!(srh.segments[0], decap);
-        ip.dst
+        srh.segments[1]
     };
     let mut seen = std::collections::BTreeSet::new();
     for sport in 1000..1060 {
-        let first = chosen(&b, sport);
-        assert_eq!(chosen(&b, sport), first, "a flow keeps its replica");
+        let first = chosen(&b, (INNER_SRC, INNER_DST), (sport, 5000), sport);
+        let hash = srv6::flow::flow_hash(a(INNER_SRC).into(), a(INNER_DST).into(), 17, (sport, 5000), false);
+        assert_eq!(first, slots[srv6::flow::replica_slot(hash)], "the datapath hashes as srv6::flow does");
+        assert_eq!(chosen(&b, (INNER_SRC, INNER_DST), (sport, 5000), sport ^ 0x5a5a), first, "a flow keeps its replica");
+        let back = chosen(&b, (INNER_DST, INNER_SRC), (5000, sport), 7);
+        assert_eq!(back, first, "the reply crosses the same replica");
         seen.insert(first);
     }
     assert_eq!(seen.len(), 3, "60 flows spread over all three replicas: {seen:?}");

@@ -449,7 +449,7 @@ impl Node {
             // Hop tables first, so a policy never points at a table that is not there yet.
             let mut flags = if key.drop { POLICY_DROP } else { 0 } | if key.insert { POLICY_INSERT } else { 0 };
             for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
-                let slots: Vec<Ipv6Addr> = replica_slots(hop as u32, replicas).iter().map(|s| s.0).collect();
+                let slots: Vec<Ipv6Addr> = replica_slots(replicas).iter().map(|s| s.0).collect();
                 self.datapath.set_hop_slots(*id, hop as u32, &slots)?;
                 flags |= 1 << hop;
             }

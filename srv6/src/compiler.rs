@@ -534,17 +534,21 @@ pub fn chain_tag(chain: &str) -> u16 {
     (h ^ (h >> 16)) as u16
 }
 
-/// Slots of a hop's replica table: the headend picks slot (flow hash, hop) mod SLOTS.
+/// Slots of a hop's replica table: the headend picks slot `crate::flow::replica_slot` of the
+/// flow's direction-independent hash, the same slot for every hop.
 pub const REPLICA_SLOTS: usize = 64;
 
 /// Fills a hop's slot table by rendezvous hashing: each slot goes to the replica with the
-/// highest hash of (slot, hop, SID). Deterministic on every node, and when a replica leaves only
-/// its own slots move, so the other replicas' flows keep their replicas.
-pub fn replica_slots(hop: u32, replicas: &[Sid]) -> Vec<Sid> {
+/// highest hash of (slot, SID). It depends on the function's replicas alone, not on the hop's
+/// position, so the forward and the reverse rules of a symmetric chain (where a function sits
+/// at different hops) map a flow to the same replica; the functions of a chain are still
+/// independent of each other, since their SIDs differ. Deterministic on every node, and when a
+/// replica leaves only its own slots move, so the other replicas' flows keep their replicas.
+pub fn replica_slots(replicas: &[Sid]) -> Vec<Sid> {
     let weight = |slot: usize, sid: &Sid| -> u64 {
-        // FNV-1a 64 over (slot, hop, SID), then a final avalanche (splitmix64).
+        // FNV-1a 64 over (slot, SID), then a final avalanche (splitmix64).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in (slot as u32).to_le_bytes().iter().chain(&hop.to_le_bytes()).chain(&sid.0.octets()) {
+        for b in (slot as u32).to_le_bytes().iter().chain(&sid.0.octets()) {
             h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
         }
         h ^= h >> 30;
@@ -806,20 +810,22 @@ mod tests {
     #[test]
     fn replica_slots_spread_and_stay_put() {
         let sids: Vec<Sid> = (1..=3).map(|i| Sid(format!("fcbb:bb00:2:e00{i}::").parse().unwrap())).collect();
-        let slots = replica_slots(0, &sids);
+        let slots = replica_slots(&sids);
         assert_eq!(slots.len(), REPLICA_SLOTS);
         for sid in &sids {
             let n = slots.iter().filter(|s| *s == sid).count();
             assert!((12..=30).contains(&n), "{sid} has {n} of 64 slots");
         }
-        assert_ne!(replica_slots(1, &sids), slots, "each hop hashes differently");
-        let fewer = replica_slots(0, &sids[..2]);
+        let others: Vec<Sid> = (1..=3).map(|i| Sid(format!("fcbb:bb00:3:e00{i}::").parse().unwrap())).collect();
+        let picks = |t: &[Sid], of: &[Sid]| -> Vec<usize> { t.iter().map(|s| of.iter().position(|o| o == s).unwrap()).collect() };
+        assert_ne!(picks(&replica_slots(&others), &others), picks(&slots, &sids), "each function's replicas hash on their own");
+        let fewer = replica_slots(&sids[..2]);
         for (a, b) in slots.iter().zip(&fewer) {
             if *a != sids[2] {
                 assert_eq!(a, b, "a slot of a remaining replica never moves");
             }
         }
-        assert_eq!(replica_slots(0, &sids), slots, "deterministic");
+        assert_eq!(replica_slots(&sids), slots, "deterministic");
     }
 
     #[test]

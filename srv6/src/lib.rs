@@ -1,10 +1,11 @@
 //! SRv6 for srv6pipes, free of I/O: the IPv6 + SRH codec (RFC 8754), locator and SID arithmetic
-//! (RFC 8986 LOC:FUNCT:ARG), label selectors and the pure chain compiler, plus the wire types of
+//! (RFC 8986 LOC:FUNCT:ARG), label selectors, the pure chain compiler, the replica flow hash, plus the wire types of
 //! the node daemon's API (shared by the CNI plugin, the lab and the daemon).
 
 pub mod classifier;
 pub mod codec;
 pub mod compiler;
+pub mod flow;
 pub mod node_api;
 pub mod selector;
 pub mod sid;

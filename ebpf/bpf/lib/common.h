@@ -22,6 +22,8 @@
 /* Debian 12's uapi headers predate these (kernel 6.3); the running kernel has them. */
 #define SP_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define SP_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+/* bpf_skb_adjust_room's answer to an encapsulation on top of skb->encapsulation. */
+#define SP_EALREADY 114
 
 /* Most segments in a segment list we build or accept (srv6::MAX_SEGMENTS). */
 #define SP_MAX_SEGS 8

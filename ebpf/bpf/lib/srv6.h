@@ -229,17 +229,29 @@ static __always_inline void set_len_and_flow(struct __sk_buff *skb, struct outer
 	o->bytes[OFF_PLEN + 1] = plen;
 }
 
+/* H.Encaps' push, the one place that owns the GSO cases. `o` is written after the Ethernet
+ * header. Segment sizes are kept (FIXED_GSO): the headend checked them against the inner MTU,
+ * which leaves room for the largest outer header, and UDP GSO (UDP_SEGMENT) may not be resized
+ * at all (its gso_size delimits datagrams). ENCAP_L3_IPV6 makes a GSO packet's segments carry
+ * the outer header (tunnel GSO type, inner offsets); the kernel refuses it (-EALREADY) for a
+ * packet that still has skb->encapsulation from a decapsulation earlier on this machine (End.AD
+ * or End.AS inbound popped it; the VNF returned it whole, GSO or not). Such a packet's GSO type
+ * and inner offsets already describe this very inner packet under an IPv6 outer header, so it
+ * is pushed plainly; for an IPv4 inner packet skb->protocol must still become IPv6, which only
+ * a decapsulating shrink sets: push 8 bytes more, then pop them with DECAP_L3_IPV6. */
 static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o)
 {
 	__u64 len = o->len;
 	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
-	long err = bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6);
-	/* A non-GSO packet that was decapsulated earlier (End.AD inbound) keeps
-	 * skb->encapsulation, and the helper refuses a second level (-EALREADY). Without GSO the
-	 * encap flags have nothing to fix up, so push plainly. */
-	if (err && skb->gso_size == 0)
-		err = bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, 0);
+	const __u64 fixed = BPF_F_ADJ_ROOM_FIXED_GSO;
+	long err = bpf_skb_adjust_room(skb, (__s32)len, BPF_ADJ_ROOM_MAC, fixed | BPF_F_ADJ_ROOM_ENCAP_L3_IPV6);
+	if (err == -SP_EALREADY) {
+		int v4 = skb->protocol == bpf_htons(ETH_P_IP);
+		err = bpf_skb_adjust_room(skb, (__s32)len + (v4 ? 8 : 0), BPF_ADJ_ROOM_MAC, fixed);
+		if (!err && v4)
+			err = bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_MAC, fixed | SP_ADJ_ROOM_DECAP_L3_IPV6);
+	}
 	if (err)
 		return SP_DROP_ADJUST;
 	sp_barrier_var(len);
@@ -407,7 +419,7 @@ static __always_inline int insert_srh(struct __sk_buff *skb, struct outer_hdr *o
 	ip6.payload_len = bpf_htons(plen);
 	__builtin_memcpy(&ip6.daddr, &o->bytes[OFF_DST], 16);
 	__builtin_memcpy(o->bytes, &ip6, SP_IP6_LEN);
-	if (bpf_skb_adjust_room(skb, (__s32)srh_len, BPF_ADJ_ROOM_NET, 0))
+	if (bpf_skb_adjust_room(skb, (__s32)srh_len, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO))
 		return SP_DROP_ADJUST;
 	sp_barrier_var(len);
 	if (len < SP_IP6_LEN + SP_SRH_FIXED + 32 || len > SP_MAX_HDR)
@@ -448,7 +460,7 @@ static __always_inline int end_am_return(struct __sk_buff *skb, struct outer_hdr
 	o->bytes[OFF_PLEN] = plen >> 8;
 	o->bytes[OFF_PLEN + 1] = plen;
 	o->bytes[6] = o->bytes[OFF_SRH]; /* next header */
-	if (bpf_skb_adjust_room(skb, -(__s32)srh_len, BPF_ADJ_ROOM_NET, 0))
+	if (bpf_skb_adjust_room(skb, -(__s32)srh_len, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO))
 		return drop(SP_DROP_ADJUST);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN, 0))
 		return drop(SP_DROP_ADJUST);

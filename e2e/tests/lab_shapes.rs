@@ -1,0 +1,208 @@
+//! Tier 3: the shapes real clusters have (examples/lab-four-nodes.yaml), on the real kernel with
+//! real traffic: every function on a node that is neither the source's nor the destination's
+//! (each hop pops the encapsulation and pushes it again on another node), a strict conntrack
+//! firewall with two replicas in a symmetric chain, TCP with GSO/GRO both ways, UDP GSO
+//! (`UDP_SEGMENT`, as QUIC stacks send), IPv4 and IPv6. Needs root, nftables, iperf3 and
+//! socat; without them the tests say why and skip.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::{pod_ip, repo_root, wait_for, Lab, Stream};
+
+fn four_nodes(tag: &str) -> Lab {
+    let lab = Lab::new(tag);
+    lab.ok(&[
+        "up",
+        "-f",
+        repo_root()
+            .join("examples/lab-four-nodes.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    for pod in ["firewall-0", "firewall-1", "ids"] {
+        wait_for("VNF rules", Duration::from_secs(10), || {
+            lab.exec(pod, &["nft", "list", "table", "inet", "vnf"])
+                .status
+                .success()
+        });
+    }
+    lab
+}
+
+/// srv6pipes' drops on every node, by reason (only the non-zero ones).
+fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
+    let st = lab.status();
+    st["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(node, reasons)| {
+            reasons
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap()))
+        })
+        .filter(|(_, _, n)| *n > 0)
+        .collect()
+}
+
+/// iperf3 from the client to `server` (`reverse`: the server sends), `extra` arguments; the
+/// receiver's report.
+fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
+    assert!(lab
+        .exec("server", &["iperf3", "-s", "-D", "-1"])
+        .status
+        .success());
+    wait_for("iperf3 to listen", Duration::from_secs(5), || {
+        !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":5201"])
+            .stdout
+            .is_empty()
+    });
+    let mut args = vec!["iperf3", "-c", server, "-t", "2", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    args.extend_from_slice(extra);
+    let out = lab.exec("client", &args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "iperf3 to {server} (reverse {reverse}): {report}"
+    );
+    report["end"]["sum_received"].clone()
+}
+
+/// Two replicas of a strict conntrack firewall (a TCP packet of a connection it did not see
+/// start is invalid and dropped): 40 sequential connections each over IPv6 and IPv4 all
+/// complete, both replicas carry some, none saw an invalid packet (each connection's two
+/// directions crossed the same replica), and a 4-stream iperf3 run crosses them too.
+#[test]
+fn stateful_replicas_see_whole_flows_in_both_directions() {
+    require_lab!("nft", "socat", "iperf3", "sysctl");
+    let lab = four_nodes("stateful");
+    for fw in ["firewall-0", "firewall-1"] {
+        let loose = lab.exec(
+            fw,
+            &["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&loose.stdout).trim(),
+            "0",
+            "{fw} is strict"
+        );
+    }
+    let st = lab.status();
+    assert_eq!(
+        st["chains"][0]["status"]["hops"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{}",
+        st["chains"][0]
+    );
+    for v6 in [true, false] {
+        let server = pod_ip(&st, "server", v6);
+        let target = if v6 {
+            format!("TCP6:[{server}]:8080")
+        } else {
+            format!("TCP4:{server}:8080")
+        };
+        let script =
+            format!("for i in $(seq 40); do socat -u -T 10 {target},connect-timeout=10 -; done");
+        let out = lab.exec("client", &["sh", "-c", &script]);
+        let answers = String::from_utf8_lossy(&out.stdout)
+            .matches("hello from server")
+            .count();
+        let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
+            .iter()
+            .map(|p| lab.nft_counters(p, "inet vnf"))
+            .collect();
+        assert_eq!(
+            answers,
+            40,
+            "IPv6 {v6}: every connection completes; firewall counters [invalid, new, all]: {fw:?}; {}; drops {:?}",
+            String::from_utf8_lossy(&out.stderr),
+            drops(&lab)
+        );
+    }
+    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
+        .iter()
+        .map(|p| lab.nft_counters(p, "inet vnf"))
+        .collect();
+    assert!(
+        fw.iter().all(|c| c[1] >= 5),
+        "both replicas carry connections (new): {fw:?}"
+    );
+    let server6 = pod_ip(&st, "server", true);
+    let got = iperf3(&lab, &server6, false, &["-P", "4"]);
+    assert!(got["bytes"].as_u64().unwrap() > 10_000_000, "{got}");
+    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
+        .iter()
+        .map(|p| lab.nft_counters(p, "inet vnf"))
+        .collect();
+    assert!(
+        fw.iter().all(|c| c[0] == 0),
+        "no invalid packet at either replica: {fw:?}"
+    );
+    assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
+}
+
+/// Every function remote from both ends: TCP with GSO both ways at ≥ 500 Mbit/s (a GSO packet
+/// dropped at a re-encapsulation leaves TCP at kbit/s), and a UDP GSO sender (8 datagrams of
+/// 1,200 bytes per send) delivering ≥ 95% of its datagrams both ways, IPv6 and IPv4, with no
+/// srv6pipes drop.
+#[test]
+fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
+    require_lab!("nft", "iperf3");
+    let lab = four_nodes("gso");
+    let st = lab.status();
+    for v6 in [true, false] {
+        let server = pod_ip(&st, "server", v6);
+        for reverse in [false, true] {
+            let got = iperf3(&lab, &server, reverse, &[]);
+            let mbps = got["bits_per_second"].as_f64().unwrap() / 1e6;
+            assert!(
+                mbps >= 500.0,
+                "TCP to {server} (reverse {reverse}): {mbps:.1} Mbit/s; drops {:?}",
+                drops(&lab)
+            );
+        }
+        let client = pod_ip(&st, "client", v6);
+        for (pods, addr) in [
+            (("client", "server"), &server),
+            (("server", "client"), &client),
+        ] {
+            let stream = Stream::start(
+                &lab,
+                pods,
+                addr,
+                &[
+                    "--rate",
+                    "20000",
+                    "--seconds",
+                    "1",
+                    "--size",
+                    "1200",
+                    "--gso",
+                    "8",
+                ],
+            );
+            let (sent, got) = stream.finish();
+            let (sent, received) = (
+                sent["sent"].as_u64().unwrap(),
+                got["received"].as_u64().unwrap(),
+            );
+            assert!(
+                received * 100 >= sent * 95,
+                "UDP GSO {pods:?} to {addr}: {received} of {sent} datagrams; drops {:?}",
+                drops(&lab)
+            );
+        }
+    }
+    assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
+}

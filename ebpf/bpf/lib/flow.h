@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The plain (inner) packet's transport header and its direction-independent flow hash. */
+#pragma once
+#include "common.h"
+#include <linux/ip.h>
+#include <stddef.h>
+
+/* What the headend found of the transport header. */
+struct l4 {
+	__u32 off;   /* its offset in the frame */
+	__u8 proto;
+	__u8 frag;   /* a fragment, first or not: no transport header to trust */
+};
+
+/* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. An IPv4
+ * packet with MF or an offset, or an IPv6 packet whose next header is a Fragment header, is a
+ * fragment (the protocol is then the fragment header's). 0, or -1 if truncated. */
+static __always_inline int parse_l4(struct __sk_buff *skb, int ipv4, struct l4 *l)
+{
+	__u8 proto;
+	__u32 off;
+	int frag = 0;
+	if (ipv4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		proto = ip.protocol;
+		frag = (ip.frag_off & bpf_htons(0x3fff)) != 0; /* MF or an offset */
+		off = ETH_HLEN + ip.ihl * 4;
+	} else {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto, 1))
+			return -1;
+		off = ETH_HLEN + sizeof(struct ipv6hdr);
+		if (proto == SP_NH_FRAGMENT) {
+			if (bpf_skb_load_bytes(skb, off, &proto, 1))
+				return -1;
+			frag = 1;
+		}
+	}
+	l->off = off;
+	l->proto = proto;
+	l->frag = frag;
+	return 0;
+}
+
+/* Transport protocols whose first four bytes are the source and destination ports. */
+static __always_inline int has_ports(__u8 proto)
+{
+	return proto == 6 || proto == 17 || proto == 132; /* TCP, UDP, SCTP */
+}
+
+static __always_inline __u32 rotl32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+/* MurmurHash3's block mix and finalizer. */
+static __always_inline __u32 mix32(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51u;
+	k = rotl32(k, 15);
+	k *= 0x1b873593u;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64u;
+}
+
+static __always_inline __u32 fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	return h ^ (h >> 16);
+}
+
+/* One endpoint of a flow: its address (4 words; IPv4 in the first) and port. */
+static __always_inline __u32 endpoint_hash(const __u32 a[4], __u16 port)
+{
+	__u32 h = 0x5eed5eedu;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = mix32(h, a[i]);
+	return fmix32(mix32(h, port));
+}
+
+/* The replica hash of the packet's flow, the same for both of its directions (srv6::flow, the
+ * Rust twin that the tests compare against): each endpoint (address, port) is hashed alone and
+ * the two are combined with XOR, which does not care which one is the source. Ports count for
+ * TCP, UDP and SCTP packets that are not fragments; fragments (the first one included, so that
+ * all of a datagram takes one replica) and other protocols (ICMP) hash addresses and protocol:
+ * the 3-tuple. Unlike skb->hash (the socket's random txhash, or the IPv6 flow label), it does
+ * not change with the direction, a retransmission timeout or the sender's kernel. */
+static __always_inline __u32 flow_hash(struct __sk_buff *skb, int ipv4, const struct l4 *l)
+{
+	__u32 s[4] = {}, d[4] = {};
+	__u16 ports[2] = {};
+	if (ipv4) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), s, 4) ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), d, 4))
+			return 0;
+	} else {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), s, 16) ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), d, 16))
+			return 0;
+	}
+	if (!l->frag && has_ports(l->proto) && bpf_skb_load_bytes(skb, l->off, ports, sizeof(ports)))
+		ports[0] = ports[1] = 0;
+	return fmix32(endpoint_hash(s, bpf_ntohs(ports[0])) ^ endpoint_hash(d, bpf_ntohs(ports[1])) ^ l->proto);
+}
