@@ -320,6 +320,7 @@ impl Bench {
                 interface: Some(format!("bench/vnf-{}:net1", v.index)),
                 return_path: if behavior == Behavior::EndAS { vec![vec![Sid(SINK_SID)]] } else { vec![] },
                 rewrites_flows: false,
+                both_ways: false,
             });
         }
         let decaps = (0..decaps)
@@ -330,6 +331,7 @@ impl Bench {
                 interface: None,
                 return_path: vec![],
                 rewrites_flows: false,
+                both_ways: false,
             })
             .collect();
         let tables = NodeTables { proxies, decaps, ..Default::default() };

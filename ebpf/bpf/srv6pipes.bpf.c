@@ -325,11 +325,16 @@ int sp_vnf(struct __sk_buff *skb)
 		int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
 		return err ? drop(err) : apply_policy(skb, *ret, &l, 0);
 	}
-	/* End.AD: the flow's own headers first (several chains, both directions), else the interface's. */
+	/* End.AD: the flow's own headers first (several chains, both directions), else the
+	 * interface's when it serves one chain in one direction. */
 	struct flow_key fk;
 	struct outer_hdr *c = NULL;
 	if (!(vflags & SP_VNF_NO_FLOWS) && !flow_of(skb, ifindex, &fk))
 		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
+	/* The interface's headers are whichever flow was learnt last: on an interface that serves
+	 * several chains (or both directions of one) they may belong to another chain. */
+	if (!c && (vflags & SP_VNF_SHARED))
+		return drop(SP_DROP_FLOW_MISS);
 	if (!c)
 		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)

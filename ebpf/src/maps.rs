@@ -139,6 +139,9 @@ pub struct NodeConfig {
 pub const VNF_AM: u32 = 1 << 0;
 /// `SP_VNF_NO_FLOWS`: the function rewrites flows; End.AD never matches its traffic per flow.
 pub const VNF_NO_FLOWS: u32 = 1 << 1;
+/// `SP_VNF_SHARED`: the interface serves several chains or both directions of one; End.AD drops
+/// (`flow_miss`) what its per-flow cache does not know instead of using the interface's headers.
+pub const VNF_SHARED: u32 = 1 << 2;
 /// Offset of the SRH's Tag in a header: the chain the per-flow quota counts against.
 pub const SRH_TAG_OFFSET: usize = 40 + 6;
 
@@ -206,10 +209,12 @@ pub enum DropReason {
     NoReplica,
     Fragment,
     SlRange,
+    FlowMiss,
+    InnerTtl,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -227,6 +232,8 @@ impl DropReason {
         Self::NoReplica,
         Self::Fragment,
         Self::SlRange,
+        Self::FlowMiss,
+        Self::InnerTtl,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -249,6 +256,8 @@ impl DropReason {
             Self::NoReplica => "no_replica",
             Self::Fragment => "fragment",
             Self::SlRange => "sl_range",
+            Self::FlowMiss => "flow_miss",
+            Self::InnerTtl => "inner_ttl",
         }
     }
 }
@@ -275,6 +284,7 @@ mod tests {
         assert!(h.contains("#define SP_POLICY_INSERT (1u << 30)") && POLICY_INSERT == 1 << 30);
         assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
         assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
+        assert!(h.contains("#define SP_VNF_SHARED (1u << 2)") && VNF_SHARED == 4);
         // An enum's enumerators (without PREFIX and _MAX), in order, lower case.
         let c_enum = |prefix: &str| -> Vec<String> {
             h.lines()

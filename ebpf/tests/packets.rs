@@ -665,6 +665,14 @@ fn end_ad_flow_quota_and_flow_rewriting_functions() {
     let before = b.dp.ad_flows(b.vnf).unwrap();
     assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&PATH, 4005)).0, TC_ACT_REDIRECT);
     assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), before, "no flow learnt for a flow-rewriting function");
+
+    // An interface that serves several chains (or both directions of one) never sends a flow it
+    // has no entry for on the headers of whichever flow came last: dropped and counted.
+    b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_SHARED).unwrap();
+    let mut unknown = inner(INNER_SRC, INNER_DST);
+    unknown[40..42].copy_from_slice(&4999u16.to_be_bytes());
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), unknown].concat(), DropReason::FlowMiss);
+    assert_eq!(returned(&b), a(PATH[1]), "a known flow still takes its own headers");
 }
 
 /// Replicas: the headend picks one per hop from the hop's slot table by the flow's

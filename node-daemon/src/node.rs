@@ -12,8 +12,8 @@ use srv6::compiler::SidRegistration;
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
-use srv6::compiler::replica_slots;
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS};
+use srv6::compiler::{replica_slots, shared_proxies};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS, VNF_SHARED};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -58,7 +58,7 @@ struct Installed {
     frags: BTreeMap<(u32, Option<u8>), u32>,
     /// End.AS: (return ifindex, family) -> policy.
     as_returns: BTreeMap<(u32, u32), u32>,
-    /// VNF return interfaces -> VNF_AM / VNF_NO_FLOWS.
+    /// VNF return interfaces -> VNF_AM / VNF_NO_FLOWS / VNF_SHARED.
     vnf_flags: BTreeMap<u32, u32>,
     /// End.AM: pod addresses admitted as sources of inserted SRHs.
     insert_sources: BTreeSet<Ipv6Net>,
@@ -412,13 +412,15 @@ impl Node {
         let am_sids: BTreeSet<Sid> =
             p.tables.proxies.iter().filter(|u| u.behavior == srv6::compiler::Behavior::EndAM).map(|u| u.sid).collect();
         let rewriting: BTreeSet<Sid> = p.tables.proxies.iter().filter(|u| u.rewrites_flows).map(|u| u.sid).collect();
+        let shared = shared_proxies(&p.tables.proxies);
+        let flag = |set: &BTreeSet<Sid>, sid: &Sid, bit: u32| if set.contains(sid) { bit } else { 0 };
         let vnf_flags: BTreeMap<u32, u32> = self
             .state
             .registrations
             .iter()
             .map(|r| {
-                let am = if am_sids.contains(&r.sid) { VNF_AM } else { 0 };
-                (r.return_ifindex, am | if rewriting.contains(&r.sid) { VNF_NO_FLOWS } else { 0 })
+                let flags = flag(&am_sids, &r.sid, VNF_AM) | flag(&rewriting, &r.sid, VNF_NO_FLOWS) | flag(&shared, &r.sid, VNF_SHARED);
+                (r.return_ifindex, flags)
             })
             .filter(|(_, f)| *f != 0)
             .collect();

@@ -120,6 +120,25 @@ pub struct SidUse {
     /// The function rewrites flows: End.AD learns and matches per interface only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rewrites_flows: bool,
+    /// The chain is symmetric: the interface carries both of its directions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub both_ways: bool,
+}
+
+/// End.AD SIDs of a node's proxies that serve several chains, or both directions of one: their
+/// per-interface headers belong to whichever flow was learnt last, so a packet the per-flow
+/// cache does not know must be dropped there, never sent on another chain's (or direction's)
+/// remaining segments.
+pub fn shared_proxies(proxies: &[SidUse]) -> BTreeSet<Sid> {
+    let mut chains: BTreeMap<Sid, (&str, bool)> = BTreeMap::new();
+    let mut shared = BTreeSet::new();
+    for u in proxies.iter().filter(|u| u.behavior == Behavior::EndAD) {
+        let first = chains.entry(u.sid).or_insert((&u.chain, u.both_ways));
+        if u.both_ways || first.0 != u.chain {
+            shared.insert(u.sid);
+        }
+    }
+    shared
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,7 +419,8 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                 return fail(v, Reason::Conflict, m);
             }
             let interface = Some(name);
-            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path, rewrites_flows: one_chain };
+            let both_ways = c.spec.symmetric;
+            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path, rewrites_flows: one_chain, both_ways };
             if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
                 proxy_uses.push((pod.node.clone(), usage));
             }
@@ -516,6 +536,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
             interface: None,
             return_path: Vec::new(),
             rewrites_flows: false,
+            both_ways: false,
         });
     }
     v.ready = true;
@@ -885,6 +906,19 @@ mod tests {
         assert_eq!(out.nodes["n1"].decaps.len(), 1, "decapsulation at the client's node too");
         assert!(back.iter().all(|h| h.source_pod != "default/client"));
         assert!(!back.iter().any(|h| h.source_pod == "other/fw-x"), "never another namespace's pods");
+    }
+
+    #[test]
+    fn proxies_shared_by_chains_or_directions_lose_the_interface_fallback() {
+        let one = compile(&world(), &[chain("web", &spec(&["fd00:10:2::/64"]))]);
+        assert!(shared_proxies(&one.nodes["n1"].proxies).is_empty(), "one chain, one direction");
+        let two = compile(&world(), &[chain("web", &spec(&["fd00:10:2::/64"])), chain("more", &spec(&["fd00:10:9::/64"]))]);
+        let fw = two.nodes["n1"].proxies[0].sid;
+        assert_eq!(shared_proxies(&two.nodes["n1"].proxies), BTreeSet::from([fw]), "two chains through the firewall");
+        let mut s = spec(&["fd00:10:2::/64"]);
+        s.symmetric = true;
+        let sym = compile(&world(), &[chain("web", &s)]);
+        assert_eq!(shared_proxies(&sym.nodes["n1"].proxies), BTreeSet::from([fw]), "both directions");
     }
 
     #[test]

@@ -68,6 +68,8 @@ enum sp_drop {
 	SP_DROP_NO_REPLICA,        /* a function of the chain has no replica (failurePolicy Closed) */
 	SP_DROP_FRAGMENT,          /* a fragment addressed to a SID (proxies cannot reassemble) */
 	SP_DROP_SL_RANGE,          /* Segments Left beyond Last Entry + 1 */
+	SP_DROP_FLOW_MISS,         /* a shared End.AD interface returned a flow it has no entry for */
+	SP_DROP_INNER_TTL,         /* the inner packet's TTL / hop limit expired at a proxy */
 	SP_DROP_MAX,
 };
 
@@ -178,6 +180,7 @@ struct node_config {
 /* sp_vnf_flags: what a VNF's return interface is. */
 #define SP_VNF_AM (1u << 0)       /* End.AM: returns SRH'd packets to de-masquerade */
 #define SP_VNF_NO_FLOWS (1u << 1) /* the function rewrites flows: never matched per flow */
+#define SP_VNF_SHARED (1u << 2)   /* several chains or both directions: no per-interface fallback */
 
 /* Datapath events that are no drops, counted per CPU in sp_events. */
 enum sp_event {
