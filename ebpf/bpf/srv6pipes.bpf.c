@@ -101,14 +101,37 @@ int sp_uplink(struct __sk_buff *skb)
 	return steer(skb, o, 1);
 }
 
+/* Whether an IPv6 packet carries a routing header: right after the IPv6 header or behind
+ * Hop-by-Hop and Destination Options headers (RFC 8200 §4.1 puts them first). A chain of more
+ * of those than SP_MAX_EXT, or a truncated one, counts as carrying one: it is refused rather
+ * than passed unchecked. */
+static __always_inline int has_routing_header(struct __sk_buff *skb, __u8 nexthdr)
+{
+	__u32 off = ETH_HLEN + SP_IP6_LEN;
+#pragma unroll
+	for (int i = 0; i < SP_MAX_EXT; i++) {
+		if (nexthdr == SP_NH_ROUTING)
+			return 1;
+		if (nexthdr != SP_NH_HOP_BY_HOP && nexthdr != SP_NH_DEST_OPTS)
+			return 0;
+		__u8 h[2]; /* next header, length in 8-octet units beyond the first */
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			return 1;
+		nexthdr = h[0];
+		off += 8 * ((__u32)h[1] + 1);
+	}
+	return nexthdr == SP_NH_ROUTING || nexthdr == SP_NH_HOP_BY_HOP || nexthdr == SP_NH_DEST_OPTS;
+}
+
 /* RFC 8754 §5.1: the SR domain is closed. Nothing from a pod may address the cluster's locator
- * block (a SID: that would skip functions) or carry a routing header; only srv6pipes' own
- * headend builds SRv6. Extension headers before a routing header are not walked (see docs). */
-static __always_inline int closed_domain_violation(const __u8 daddr[16], __u8 nexthdr)
+ * block (a SID: that would skip functions) or carry a routing header, wherever it sits among
+ * the extension headers; only srv6pipes' own headend builds SRv6. `own_srh`: an End.AM VNF
+ * returns the chain's SRH right after the IPv6 header (end_am_return checks it). */
+static __always_inline int closed_domain_violation(struct __sk_buff *skb, const __u8 daddr[16], __u8 nexthdr, int own_srh)
 {
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	if (nexthdr == SP_NH_ROUTING)
+	if (!(own_srh && nexthdr == SP_NH_ROUTING) && has_routing_header(skb, nexthdr))
 		return 1;
 	return cfg && prefix_match(daddr, cfg->block, cfg->block_len);
 }
@@ -293,7 +316,7 @@ int sp_vnf(struct __sk_buff *skb)
 		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
 		if (is_link_scope(saddr) || is_link_scope(daddr))
 			return TC_ACT_OK;
-		if (closed_domain_violation(daddr, am && nexthdr == SP_NH_ROUTING ? 0 : nexthdr))
+		if (closed_domain_violation(skb, daddr, nexthdr, am))
 			return drop(SP_DROP_CLOSED_DOMAIN);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr, daddr;
@@ -387,7 +410,7 @@ int sp_headend(struct __sk_buff *skb)
 			return SP_NEXT;
 		if (is_link_scope(k.daddr))
 			return SP_NEXT;
-		if (closed_domain_violation(k.daddr, nexthdr))
+		if (closed_domain_violation(skb, k.daddr, nexthdr, 0))
 			return drop(SP_DROP_CLOSED_DOMAIN);
 		k.prefixlen = 32 + 128;
 		k.ifindex = skb->ingress_ifindex;

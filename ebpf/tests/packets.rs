@@ -480,11 +480,33 @@ fn pods_cannot_reach_sids_or_send_routing_headers() {
     let mut srv6 = srv6_packet(INNER_SRC, &["fd00:20::9", "fd00:20::5"], None);
     srv6[..12].copy_from_slice(&[HOST_MAC, from_pod].concat());
     b.expect_drop(Hook::Headend, b.src, &srv6, DropReason::ClosedDomain);
+    // ... nor behind Hop-by-Hop and Destination Options headers (RFC 8200 §4.1 order).
+    let behind = |b: &Bench, hook: Hook, ifindex: u32, mac: [u8; 6]| {
+        let srv6 = srv6_packet(INNER_SRC, &["fd00:20::9", "fd00:20::5"], None);
+        let (ip, rest) = srv6[14..].split_at(40);
+        let mut ip = ip.to_vec();
+        let plen = u16::from_be_bytes([ip[4], ip[5]]) + 16;
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        ip[6] = 0; // Hop-by-Hop
+        let hbh = [60u8, 0, 1, 4, 0, 0, 0, 0]; // -> Destination Options, PadN
+        let dst_opts = [43u8, 0, 1, 4, 0, 0, 0, 0]; // -> Routing
+        let pkt = [eth(HOST_MAC, mac, 0x86dd), ip, hbh.to_vec(), dst_opts.to_vec(), rest.to_vec()].concat();
+        b.expect_drop(hook, ifindex, &pkt, DropReason::ClosedDomain);
+    };
+    behind(&b, Hook::Headend, b.src, from_pod);
     // A VNF too.
     assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
     let mut vnf_to_sid = eth(HOST_MAC, VNF_MAC, 0x86dd);
     vnf_to_sid.extend_from_slice(&inner(INNER_SRC, "fcbb:bb00:1:d6::"));
     b.expect_drop(Hook::Vnf, b.vnf, &vnf_to_sid, DropReason::ClosedDomain);
+    behind(&b, Hook::Vnf, b.vnf, VNF_MAC);
+    // Extension headers without a routing header are fine.
+    let mut hbh_only = inner(INNER_SRC, INNER_DST);
+    let plen = u16::from_be_bytes([hbh_only[4], hbh_only[5]]) + 8;
+    hbh_only[4..6].copy_from_slice(&plen.to_be_bytes());
+    hbh_only[6] = 0;
+    hbh_only.splice(40..40, [17u8, 0, 1, 4, 0, 0, 0, 0]);
+    assert_eq!(b.run(Hook::Headend, b.src, &[eth(HOST_MAC, from_pod, 0x86dd), hbh_only].concat()).0, TCX_NEXT, "no chain: next program");
 }
 
 #[test]

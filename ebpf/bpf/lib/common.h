@@ -40,6 +40,10 @@
 #define SP_NH_IPV6 41
 #define SP_NH_ROUTING 43
 #define SP_NH_FRAGMENT 44
+#define SP_NH_HOP_BY_HOP 0
+#define SP_NH_DEST_OPTS 60
+/* Hop-by-Hop / Destination Options headers walked to find a routing header behind them. */
+#define SP_MAX_EXT 4
 #define SP_RT_SRH 4
 
 enum sp_behavior {
