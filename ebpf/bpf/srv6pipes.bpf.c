@@ -143,7 +143,7 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 	if (bpf_skb_load_bytes(skb, off, &ttl, 1))
 		return SP_DROP_MALFORMED;
 	if (ttl <= 1)
-		return SP_DROP_HOP_LIMIT;
+		return SP_DROP_INNER_TTL;
 	__u8 next = ttl - 1;
 	if (ipv4) {
 		/* TTL and protocol share a 16-bit word of the header checksum. */
@@ -203,15 +203,44 @@ static __always_inline int packet_too_big(struct __sk_buff *skb, const struct no
 	int r;
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		__builtin_memcpy(src, cfg->src, 16);
-		r = icmp_reply(skb, 1, 2, 0, mtu, src);
+		r = icmp_reply(skb, 1, 2, 0, mtu, src, 0);
 	} else {
 		/* From the destination the source was talking to: the node has no IPv4 address of
 		 * its own in the SR domain. */
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4))
 			return verdict;
-		r = icmp_reply(skb, 0, 3, 4, mtu & 0xffff, src);
+		r = icmp_reply(skb, 0, 3, 4, mtu & 0xffff, src, 0);
 	}
 	return r < 0 ? verdict : r;
+}
+
+/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does): its TTL or
+ * hop limit goes down by one. Returns 1 with the verdict in `verdict` for a packet that ends
+ * here: one whose TTL ran out is dropped (`inner_ttl`) and its source told through this node's
+ * routing (the source is not behind the VNF's interface): ICMPv6 Time Exceeded from the node's
+ * SRv6 source, or ICMP Time Exceeded from the packet's destination (the node has no IPv4
+ * address of its own in the domain). */
+static __always_inline int inner_hop(struct __sk_buff *skb, int ipv4, int *verdict)
+{
+	int err = decrement_inner_ttl(skb, ipv4);
+	if (!err)
+		return 0;
+	*verdict = drop(err);
+	if (err != SP_DROP_INNER_TTL)
+		return 1;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	__u8 src[16];
+	int r = -1;
+	if (!ipv4 && cfg) {
+		__builtin_memcpy(src, cfg->src, 16);
+		r = icmp_reply(skb, 1, 3, 0, 0, src, 1);
+	} else if (ipv4 && !bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4)) {
+		r = icmp_reply(skb, 0, 11, 0, 0, src, 1);
+	}
+	if (r >= 0)
+		*verdict = r;
+	return 1;
 }
 
 /* The length of the IP packets a packet stands for: itself, or for a GSO packet each of the
@@ -291,7 +320,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 		int err = insert_srh(skb, o);
 		verdict = err ? drop(err) : steer_inserted(skb, o);
 	} else {
-		set_len_and_flow(skb, o);
+		set_outer_fields(skb, o);
 		verdict = steer(skb, o, 0);
 	}
 	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, dropped || verdict == TC_ACT_SHOT);
@@ -345,8 +374,8 @@ int sp_vnf(struct __sk_buff *skb)
 		struct l4 l;
 		if (parse_l4(skb, proto == ETH_P_IP, &l))
 			return drop(SP_DROP_MALFORMED);
-		int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
-		return err ? drop(err) : apply_policy(skb, *ret, &l, 0);
+		int verdict;
+		return inner_hop(skb, proto == ETH_P_IP, &verdict) ? verdict : apply_policy(skb, *ret, &l, 0);
 	}
 	/* End.AD: the flow's own headers first (several chains, both directions), else the
 	 * interface's when it serves one chain in one direction. */
@@ -362,10 +391,9 @@ int sp_vnf(struct __sk_buff *skb)
 		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
 		return drop(SP_DROP_NO_CACHE);
-	/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does). */
-	int err = decrement_inner_ttl(skb, proto == ETH_P_IP);
-	if (err)
-		return drop(err);
+	int verdict;
+	if (inner_hop(skb, proto == ETH_P_IP, &verdict))
+		return verdict;
 
 	/* The cache was learnt from traffic of one family; the VNF must return the same. */
 	if ((proto == ETH_P_IP) != (c->bytes[OFF_SRH] == SP_NH_IPV4))
@@ -374,7 +402,7 @@ int sp_vnf(struct __sk_buff *skb)
 	if (!o)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, c, sizeof(*o));
-	set_len_and_flow(skb, o);
+	set_outer_fields(skb, o);
 	return steer(skb, o, 0);
 }
 

@@ -211,10 +211,12 @@ pub enum DropReason {
     SlRange,
     FlowMiss,
     InnerTtl,
+    LastEntry,
+    Ecn,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -234,6 +236,8 @@ impl DropReason {
         Self::SlRange,
         Self::FlowMiss,
         Self::InnerTtl,
+        Self::LastEntry,
+        Self::Ecn,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -258,6 +262,8 @@ impl DropReason {
             Self::SlRange => "sl_range",
             Self::FlowMiss => "flow_miss",
             Self::InnerTtl => "inner_ttl",
+            Self::LastEntry => "last_entry",
+            Self::Ecn => "ecn",
         }
     }
 }

@@ -325,7 +325,8 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     // RFC 8754 §4.3.1.1: Segments Left beyond Last Entry + 1 -> Parameter Problem pointing at
     // Segments Left (offset 43 of the IPv6 packet).
     b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[57] = 4), DropReason::SlRange, (4, 0, 43));
-    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[58] = 5), DropReason::Malformed);
+    // Last Entry beyond Hdr Ext Len -> Parameter Problem pointing at Last Entry (offset 44).
+    b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[58] = 5), DropReason::LastEntry, (4, 0, 44));
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p.truncate(60)), DropReason::Malformed);
     // RFC 8986 §4.1: hop limit exhausted -> Time Exceeded; no SRH at a proxy SID -> Parameter
     // Problem, SR Upper-layer Header Error (code 4) pointing at the upper-layer header.
@@ -413,10 +414,13 @@ fn end_ad_outbound_restores_the_headers_and_forwards_to_the_next_segment() {
     let mut proxied = back.clone();
     proxied[7] = 62;
     assert_eq!(&out[14 + len..], &proxied[..], "inner packet intact but for the proxy's hop");
-    // An inner packet at its last hop is not sent on.
+    // An inner packet at its last hop is not sent on (its source is told: see
+    // inner_ttl_expiry_answers_time_exceeded_and_errors_never_answer_errors).
     let mut last_hop = pkt.clone();
     last_hop[14 + 7] = 1;
-    b.expect_drop(Hook::Vnf, b.vnf, &last_hop, DropReason::HopLimit);
+    let before = b.dp.drops(DropReason::InnerTtl).unwrap();
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &last_hop).0, TC_ACT_OK, "a Time Exceeded for the node's routing");
+    assert_eq!(b.dp.drops(DropReason::InnerTtl).unwrap(), before + 1);
 
     // The VNF's own link-local traffic stays on the link; another interface has no cache.
     let mut nd = eth([0x33, 0x33, 0, 0, 0, 1], VNF_MAC, 0x86dd);
@@ -1019,6 +1023,98 @@ fn headend_answers_oversize_packets_and_clamps_tcp_mss() {
         let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
         assert_eq!(&out[14 + len..], &tcp_syn(v6, 1200)[..]);
     }
+}
+
+/// RFC 6040 and the DSCP: the headend's outer header copies the inner traffic class (ECN and
+/// DSCP); decapsulation (End.AD inbound here) marks an ECT inner packet CE under a CE outer,
+/// turns ECT(0) into ECT(1) under an ECT(1) outer, drops a Not-ECT one under a CE outer
+/// (counted as `ecn`), and keeps the inner DSCP; IPv4's header checksum follows.
+#[test]
+fn ecn_and_dscp_follow_rfc_6040() {
+    let Some(mut b) = Bench::new() else { return };
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(1, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
+    let tc6 = |ip: &[u8]| ip[0] << 4 | ip[1] >> 4;
+    let set_tc6 = |ip: &mut [u8], tc: u8| {
+        ip[0] = 0x60 | tc >> 4;
+        ip[1] = (ip[1] & 0x0f) | tc << 4;
+    };
+    // Push: EF (DSCP 46) with ECT(1) and AF11 with CE go out with the same outer traffic class.
+    for tc in [0xb9u8, 0x2b] {
+        let mut i = inner(INNER_SRC, INNER_DST);
+        set_tc6(&mut i, tc);
+        let (verdict, out) = b.run(Hook::Headend, b.src, &[eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), i.clone()].concat());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+        assert_eq!(tc6(&out[14..]), tc, "the outer copies the inner traffic class");
+        assert_eq!(&out[14 + len..], &i[..], "the inner packet as sent");
+    }
+    // Decapsulation, IPv6 inner: (outer ECN, inner traffic class) -> inner traffic class, or a drop.
+    let outer_len = 40 + 8 + 16 * PATH.len();
+    let with = |outer_ecn: u8, inner_tc: u8| {
+        let mut p = srv6_packet("fcbb:bb00:2::1", &PATH, None);
+        let outer_tc = 0x28 | outer_ecn;
+        set_tc6(&mut p[14..], outer_tc);
+        set_tc6(&mut p[14 + outer_len..], inner_tc);
+        p
+    };
+    for (outer_ecn, inner_tc, want) in [(3, 0x2a, 0x2b), (3, 0x29, 0x2b), (1, 0x2a, 0x29), (2, 0x29, 0x29), (0, 0x2a, 0x2a), (1, 0x28, 0x28)] {
+        let (verdict, out) = b.run(Hook::Uplink, b.uplink, &with(outer_ecn, inner_tc));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "outer ECN {outer_ecn}, inner {inner_tc:#x}");
+        assert_eq!(tc6(&out[14..]), want, "outer ECN {outer_ecn}, inner {inner_tc:#x}");
+    }
+    b.expect_drop(Hook::Uplink, b.uplink, &with(3, 0x28), DropReason::Ecn);
+    // IPv4 inner: CE over ECT(0), the TOS byte and a valid header checksum.
+    let mut p4 = srv6_packet4("fcbb:bb00:2::1", &PATH);
+    set_tc6(&mut p4[14..], 0x03);
+    p4[14 + outer_len + 1] = 0x2a;
+    set_ipv4_checksum(&mut p4[14 + outer_len..14 + outer_len + 20]);
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &p4);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[15], 0x2b, "CE, DSCP kept");
+    assert_eq!(ones_complement_sum(&out[14..34], 0), 0xffff, "IPv4 header checksum");
+}
+
+/// A proxy is a hop of the inner packet on the way back: a packet the VNF returns with its last
+/// hop spent is dropped (`inner_ttl`, not the outer `hop_limit`) and its source gets Time
+/// Exceeded through the node's routing (the source is not behind the VNF's interface). No ICMP
+/// error is ever sent about an ICMP error (RFC 4443 §2.4 (e)).
+#[test]
+fn inner_ttl_expiry_answers_time_exceeded_and_errors_never_answer_errors() {
+    let Some(b) = Bench::new() else { return };
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH)).0, TC_ACT_REDIRECT);
+    for v6 in [true, false] {
+        let ip = if v6 {
+            let mut i = inner(INNER_SRC, INNER_DST);
+            i[7] = 1;
+            i
+        } else {
+            inner4_ttl(SRC4, DST4, 1)
+        };
+        let pkt = [eth(HOST_MAC, VNF_MAC, if v6 { 0x86dd } else { 0x0800 }), ip].concat();
+        let before = (b.dp.drops(DropReason::InnerTtl).unwrap(), b.dp.event(Event::IcmpSent).unwrap());
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &pkt);
+        assert_eq!(verdict, TC_ACT_OK, "to the node's routing");
+        assert_eq!(b.dp.drops(DropReason::InnerTtl).unwrap(), before.0 + 1);
+        assert_eq!(b.dp.event(Event::IcmpSent).unwrap(), before.1 + 1);
+        assert_eq!(&out[..12], &pkt[..12], "the frame's MACs kept: the node itself receives it");
+        // check_icmp_error expects the MACs swapped back to a sender: present it that way.
+        let as_sent = [&pkt[6..12], &pkt[..6], &pkt[12..]].concat();
+        check_icmp_error(&as_sent, &out, if v6 { (3, 0, 0) } else { (11, 0, 0) });
+    }
+    // An ICMPv6 error that a pod sends too big for the chain: dropped, nobody told.
+    let mut b = b;
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(1, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
+    let mut err = sized(true, INNER_MTU as usize + 1);
+    err[6] = 58;
+    err[40] = 1; // destination unreachable
+    let sent = b.dp.event(Event::IcmpSent).unwrap();
+    b.expect_drop(Hook::Headend, b.src, &[eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), err].concat(), DropReason::Mtu);
+    assert_eq!(b.dp.event(Event::IcmpSent).unwrap(), sent, "no error about an error");
 }
 
 #[test]

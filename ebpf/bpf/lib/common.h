@@ -74,6 +74,8 @@ enum sp_drop {
 	SP_DROP_SL_RANGE,          /* Segments Left beyond Last Entry + 1 */
 	SP_DROP_FLOW_MISS,         /* a shared End.AD interface returned a flow it has no entry for */
 	SP_DROP_INNER_TTL,         /* the inner packet's TTL / hop limit expired at a proxy */
+	SP_DROP_LAST_ENTRY,        /* the SRH's Last Entry points beyond its Hdr Ext Len */
+	SP_DROP_ECN,               /* decapsulation: CE outer over a Not-ECT inner packet (RFC 6040) */
 	SP_DROP_MAX,
 };
 

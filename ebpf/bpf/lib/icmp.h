@@ -87,14 +87,31 @@ static __always_inline __s64 quote_sum(struct quote *q, __u64 n, __s64 sum)
 	return bpf_csum_diff(NULL, 0, (__be32 *)tail, 4, sum);
 }
 
-/* Turns the packet (from its Ethernet header on) into an ICMP (v6: ICMPv6) error about itself
- * and sends it back out of the interface it came in on, to its source. `src`: the error's
- * source address (16 bytes for IPv6, 4 for IPv4). `info`: the 32-bit field after the checksum
- * (MTU, pointer). Returns TC_ACT_REDIRECT, or -1 when no error may or can be sent. */
-static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, __u8 code, __u32 info, const __u8 *src)
+/* Whether the quoted packet is itself an ICMP error (RFC 4443 §2.4 (e), RFC 1812 §4.3.2.7): no
+ * error is sent about one. ICMPv6 types below 128; ICMP unreachable, source quench, redirect,
+ * time exceeded, parameter problem. */
+static __always_inline int quote_is_icmp_error(const struct quote *q, __u64 n, int v6)
 {
-	if (!icmp_allowed())
-		return -1;
+	if (v6)
+		return q->b[6] == 58 && (n <= 40 || q->b[40] < 128);
+	__u32 ihl = (q->b[0] & 0xf) * 4;
+	if (q->b[9] != 1)
+		return 0;
+	if (ihl < 20 || ihl > 60 || ihl >= n)
+		return 1; /* ICMP without a type to read: no error about it */
+	__u8 type = q->b[ihl];
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+/* Turns the packet (from its Ethernet header on) into an ICMP (v6: ICMPv6) error about itself,
+ * addressed to its source. `src`: the error's source address (16 bytes for IPv6, 4 for IPv4).
+ * `info`: the 32-bit field after the checksum (MTU, pointer). Sent back out of the interface
+ * it came in on (MACs swapped), or with `to_stack` handed to this node's routing (MACs kept),
+ * for a source that is not behind that interface (a VNF returned the packet). Returns the
+ * verdict, or -1 when no error may or can be sent (rate limit, an ICMP error about an ICMP
+ * error, a packet too short to quote). */
+static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, __u8 code, __u32 info, const __u8 *src, int to_stack)
+{
 	__u32 zero = 0;
 	struct quote *q = bpf_map_lookup_elem(&sp_quote, &zero);
 	if (!q || skb->len < ETH_HLEN + 20)
@@ -107,6 +124,8 @@ static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, 
 	if (n < 20 || n > SP_ICMP6_QUOTE)
 		return -1;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, q->b, n))
+		return -1;
+	if (quote_is_icmp_error(q, n, v6) || !icmp_allowed())
 		return -1;
 	struct ethhdr eth;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
@@ -167,15 +186,15 @@ static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, 
 	if (bpf_skb_adjust_room(skb, hdr_len, BPF_ADJ_ROOM_MAC, 0))
 		return -1;
 	struct ethhdr back;
-	__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
-	__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(back.h_dest, to_stack ? eth.h_dest : eth.h_source, ETH_ALEN);
+	__builtin_memcpy(back.h_source, to_stack ? eth.h_source : eth.h_dest, ETH_ALEN);
 	back.h_proto = bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP);
 	if (bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0))
 		return -1;
 	if (v6 ? bpf_skb_store_bytes(skb, ETH_HLEN, h, 48, 0) : bpf_skb_store_bytes(skb, ETH_HLEN, h, 28, 0))
 		return -1;
 	event(SP_EV_ICMP_SENT);
-	return bpf_redirect(skb->ingress_ifindex, 0);
+	return to_stack ? TC_ACT_OK : bpf_redirect(skb->ingress_ifindex, 0);
 }
 
 /* The ICMPv6 error RFC 8754 §4.3.1.1 and RFC 8986 §4.1 ask for when a packet to a local SID is
@@ -194,6 +213,9 @@ static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u
 	case SP_DROP_SL_NONZERO:
 		info = SP_IP6_LEN + 3; /* the Segments Left field */
 		break;
+	case SP_DROP_LAST_ENTRY:
+		info = SP_IP6_LEN + 4; /* the Last Entry field */
+		break;
 	case SP_DROP_SL_ZERO:
 	case SP_DROP_NO_SRH:
 		code = 4; /* SR Upper-layer Header Error */
@@ -208,7 +230,7 @@ static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u
 		return verdict;
 	__u8 src[16];
 	__builtin_memcpy(src, cfg->src, 16);
-	int r = icmp_reply(skb, 1, type, code, info, src);
+	int r = icmp_reply(skb, 1, type, code, info, src, 0);
 	return r < 0 ? verdict : r;
 }
 

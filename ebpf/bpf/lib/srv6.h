@@ -74,8 +74,10 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 		return SP_DROP_MALFORMED;
 	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
 	__u8 sl = srh[3], last = srh[4];
-	if (srh[2] != SP_RT_SRH || SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
+	if (srh[2] != SP_RT_SRH)
 		return SP_DROP_MALFORMED;
+	if (SP_SRH_FIXED + 16 * ((__u32)last + 1) > hdr_len)
+		return SP_DROP_LAST_ENTRY;
 	if ((__u32)sl > (__u32)last + 1)
 		return SP_DROP_SL_RANGE;
 	if (last >= SP_MAX_SEGS)
@@ -95,8 +97,8 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 /* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache). Like SRNK's
  * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
  * it is compared and written only when it changed (with age 0: compared on every packet), so
- * the steady state keeps the cache line shared. Payload length and flow label are per packet:
- * the caller zeroes them (normalize_cached). */
+ * the steady state keeps the cache line shared. Payload length, traffic class and flow label
+ * are per packet: the caller zeroes them (normalize_cached). */
 static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *c, struct outer_hdr *o, __u64 age, __u64 now)
 {
 	if (c && age && now - c->stamp < age)
@@ -124,7 +126,9 @@ static __always_inline void ad_learn(void *map, const void *key, struct outer_hd
 
 static __always_inline void normalize_cached(struct outer_hdr *o)
 {
-	o->bytes[1] &= 0xf0;
+	/* Traffic class and flow label come from each packet (set_outer_fields). */
+	o->bytes[0] = 0x60;
+	o->bytes[1] = 0;
 	o->bytes[2] = 0;
 	o->bytes[3] = 0;
 	o->bytes[OFF_PLEN] = 0;
@@ -217,16 +221,62 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	ad_learn(&sp_ad_flows, &k, c, o, age, now);
 }
 
-/* The outer flow label from the inner flow (RFC 6437 §3; RFC 8986 §5.1). */
-static __always_inline void set_len_and_flow(struct __sk_buff *skb, struct outer_hdr *o)
+/* The per-packet fields of an outer header about to be pushed: payload length; traffic class
+ * copied from the inner packet (ECN as RFC 6040's normal mode asks, and the DSCP, the uniform
+ * model of RFC 2983: the inner DSCP itself is never changed); flow label from the inner flow
+ * (RFC 6437 §3; RFC 8986 §5.1). */
+static __always_inline void set_outer_fields(struct __sk_buff *skb, struct outer_hdr *o)
 {
 	__u32 plen = skb->len - ETH_HLEN + o->len - SP_IP6_LEN;
 	__u32 label = bpf_get_hash_recalc(skb) & 0xfffff;
-	o->bytes[1] = (o->bytes[1] & 0xf0) | (label >> 16);
+	__u8 ip[2] = {};
+	bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip));
+	__u8 tc = (ip[0] >> 4) == 4 ? ip[1] : (__u8)(ip[0] << 4 | ip[1] >> 4);
+	o->bytes[0] = 0x60 | tc >> 4;
+	o->bytes[1] = (__u8)(tc << 4) | (label >> 16);
 	o->bytes[2] = label >> 8;
 	o->bytes[3] = label;
 	o->bytes[OFF_PLEN] = plen >> 8;
 	o->bytes[OFF_PLEN + 1] = plen;
+}
+
+#define SP_ECN_NOT_ECT 0
+#define SP_ECN_ECT1 1
+#define SP_ECN_ECT0 2
+#define SP_ECN_CE 3
+
+/* RFC 6040 §4.2 decapsulation of the packet's outer header (`outer_len` bytes; `inner`: 4 or
+ * 41): a CE outer marks an ECT inner packet CE and drops a Not-ECT one (SP_DROP_ECN); an ECT(1)
+ * outer turns an ECT(0) inner packet ECT(1); else the inner packet is left as it is. The
+ * inner DSCP is kept. Returns 0 or a drop reason. */
+static __always_inline int ecn_decap(struct __sk_buff *skb, __u32 outer_len, __u8 inner)
+{
+	__u8 ob[2], ib[2];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, ob, sizeof(ob)))
+		return SP_DROP_MALFORMED;
+	__u8 outer_ecn = (ob[1] >> 4) & 3;
+	if (outer_ecn != SP_ECN_CE && outer_ecn != SP_ECN_ECT1)
+		return 0;
+	__u32 off = ETH_HLEN + outer_len;
+	if (bpf_skb_load_bytes(skb, off, ib, sizeof(ib)))
+		return SP_DROP_MALFORMED;
+	int v4 = inner == SP_NH_IPV4;
+	__u8 inner_ecn = v4 ? ib[1] & 3 : (ib[1] >> 4) & 3;
+	if (inner_ecn == SP_ECN_NOT_ECT)
+		return outer_ecn == SP_ECN_CE ? SP_DROP_ECN : 0;
+	__u8 want = outer_ecn == SP_ECN_CE ? SP_ECN_CE : (inner_ecn == SP_ECN_ECT0 ? SP_ECN_ECT1 : inner_ecn);
+	if (want == inner_ecn)
+		return 0;
+	__u8 nb = v4 ? (ib[1] & 0xfc) | want : (ib[1] & 0xcf) | want << 4;
+	if (v4) {
+		/* Version/IHL and TOS are one 16-bit word of the header checksum. */
+		__be16 old = bpf_htons((__u16)ib[0] << 8 | ib[1]), new = bpf_htons((__u16)ib[0] << 8 | nb);
+		if (bpf_l3_csum_replace(skb, off + offsetof(struct iphdr, check), old, new, 2))
+			return SP_DROP_ADJUST;
+	}
+	if (bpf_skb_store_bytes(skb, off + 1, &nb, 1, 0))
+		return SP_DROP_ADJUST;
+	return 0;
 }
 
 /* H.Encaps' push, the one place that owns the GSO cases. `o` is written after the Ethernet
@@ -265,12 +315,16 @@ static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o
 	return 0;
 }
 
-/* Pops the outer IPv6 + SRH of `len` bytes; `inner` is the SRH's next header (4 or 41). */
+/* Pops the outer IPv6 + SRH of `len` bytes (ECN per RFC 6040 first); `inner` is the SRH's next
+ * header (4 or 41). */
 static __always_inline int pop_outer(struct __sk_buff *skb, __u32 len, __u8 inner)
 {
 	__u64 l = len;
 	if (l > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
+	int err = ecn_decap(skb, len, inner);
+	if (err)
+		return err;
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	flags |= inner == SP_NH_IPV4 ? SP_ADJ_ROOM_DECAP_L3_IPV4 : SP_ADJ_ROOM_DECAP_L3_IPV6;
 	if (bpf_skb_adjust_room(skb, -(__s32)l, BPF_ADJ_ROOM_MAC, flags))
