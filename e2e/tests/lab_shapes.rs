@@ -206,3 +206,110 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
     }
     assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
 }
+
+/// An eBPF primary CNI (Cilium, Calico-eBPF) attaches tcx programs on the pods' host-side
+/// veths and the uplink that end the tcx chain with `TC_ACT_OK`. A foreign program of that
+/// kind (`foreign-tcx`) at the head of the client's veth (n1) and of n2's uplink, attached
+/// before a daemon starts and again while it runs: the chain still steers (the firewall and
+/// the ids count the pings) and the closed domain still holds (a pod addressing a SID is
+/// dropped), because srv6pipes keeps its programs first.
+#[test]
+fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
+    require_lab!("ping");
+    let lab = Lab::new("coexist");
+    lab.ok(&[
+        "up",
+        "-f",
+        repo_root()
+            .join("examples/lab-two-nodes.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    for pod in ["firewall", "ids"] {
+        wait_for("VNF rules", Duration::from_secs(10), || {
+            lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"])
+                .status
+                .success()
+        });
+    }
+    let st = lab.status();
+    let (client6, server6) = (pod_ip(&st, "client", true), pod_ip(&st, "server", true));
+    let node_exec = |node: &str, cmd: &[&str]| {
+        let mut args = vec!["exec", "--node", node, "--"];
+        args.extend_from_slice(cmd);
+        lab.run(&args)
+    };
+    let route = node_exec("n1", &["ip", "-6", "-o", "route", "get", &client6]);
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    let client_veth = route
+        .split(" dev ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the client's veth")
+        .to_string();
+    let foreign = common::target_dir().join("foreign-tcx");
+    let mut n = 0;
+    let mut attach_foreign = || {
+        for (node, dev) in [("n1", client_veth.as_str()), ("n2", "eth0")] {
+            n += 1;
+            // Under the lab's pin root: `lab down` removes it, whatever happens here.
+            let pin = lab.pin_root().join(format!("foreign-{node}-{n}"));
+            let out = node_exec(
+                node,
+                &[
+                    foreign.to_str().unwrap(),
+                    "attach",
+                    "--dev",
+                    dev,
+                    "--pin",
+                    pin.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "foreign-tcx on {node}/{dev}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let steered_and_closed = || {
+        let through = |st: &Value, pod: &str| common::sid_of(st, pod)["packets"].as_u64().unwrap();
+        let before = lab.status();
+        let ok = common::ping(&lab, "client", &server6, 3);
+        let after = lab.status();
+        let steered = ok
+            && through(&after, "default/firewall") >= through(&before, "default/firewall") + 3
+            && through(&after, "default/ids") >= through(&before, "default/ids") + 3;
+        let closed_before = before["drops"]["n1"]["closed_domain"].as_u64().unwrap();
+        let reached_sid = common::ping(&lab, "client", "fcbb:bb00:2:e001::", 1);
+        let closed = !reached_sid
+            && lab.status()["drops"]["n1"]["closed_domain"]
+                .as_u64()
+                .unwrap()
+                > closed_before;
+        steered && closed
+    };
+    assert!(
+        steered_and_closed(),
+        "the example chain works to begin with"
+    );
+
+    // Before the daemons start: both restart (kill -9) with the foreign programs ahead of their
+    // pinned links.
+    attach_foreign();
+    for node in ["n1", "n2"] {
+        lab.ok(&["restart-node", node, "--kill"]);
+    }
+    wait_for(
+        "steering and the closed domain after the restarts",
+        Duration::from_secs(10),
+        steered_and_closed,
+    );
+    // While they run: a primary CNI re-inserting itself at the head.
+    attach_foreign();
+    wait_for(
+        "steering and the closed domain with a foreign program re-inserted",
+        Duration::from_secs(10),
+        steered_and_closed,
+    );
+}

@@ -63,11 +63,11 @@ int sp_uplink(struct __sk_buff *skb)
 {
 	__u8 saddr[16], daddr[16], nexthdr;
 	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
-		return TC_ACT_OK;
+		return SP_NEXT;
 	__u32 zero = 0, len = skb->len;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	if (!cfg)
-		return TC_ACT_OK;
+		return SP_NEXT;
 	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, daddr);
 	if (!sid) {
 		/* An address of our locator that is no SID: never let it reach the routing table.
@@ -75,7 +75,7 @@ int sp_uplink(struct __sk_buff *skb)
 		if (prefix_match(daddr, cfg->locator, cfg->locator_len) &&
 		    !prefix_match(daddr, cfg->locator, cfg->locator_len + 16))
 			return drop(SP_DROP_UNKNOWN_SID);
-		return TC_ACT_OK;
+		return SP_NEXT;
 	}
 	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. SRH
 	 * insertion (End.AM) keeps the original source: the chains' own pods. */
@@ -341,18 +341,18 @@ int sp_vnf(struct __sk_buff *skb)
 	if (proto == ETH_P_IPV6) {
 		__u8 saddr[16], daddr[16];
 		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
-			return TC_ACT_OK;
+			return SP_NEXT;
 		/* The VNF's own neighbour discovery and router solicitations stay on the link. */
 		if (is_link_scope(saddr) || is_link_scope(daddr))
-			return TC_ACT_OK;
+			return SP_NEXT;
 		if (closed_domain_violation(skb, daddr, nexthdr, am))
 			return drop(SP_DROP_CLOSED_DOMAIN);
 	} else if (proto == ETH_P_IP) {
 		__be32 saddr, daddr;
 		if (parse_ipv4(skb, &saddr, &daddr, &nexthdr) || is_link_scope4(saddr, daddr))
-			return TC_ACT_OK;
+			return SP_NEXT;
 	} else {
-		return TC_ACT_OK; /* ARP and the like */
+		return SP_NEXT; /* ARP and the like */
 	}
 	if (is_icmp_error(skb, proto == ETH_P_IPV6, nexthdr))
 		return TC_ACT_OK;

@@ -15,7 +15,8 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -88,31 +89,47 @@ struct Attached {
 
 pub struct Datapath {
     bpf: Ebpf,
+    /// A second instance of the programs on the same pinned maps, loaded when one of ours must
+    /// be attached again at the head of a chain it is still in (tcx takes a program once per
+    /// chain): `keep_first` alternates between the two.
+    spare: Option<Ebpf>,
+    pin_dir: std::path::PathBuf,
     links_dir: std::path::PathBuf,
     links: BTreeMap<(Hook, String), Attached>,
+}
+
+/// Loads the object with its maps pinned in `pin_dir` (reused when already there) and its
+/// three programs.
+fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+    let mut bpf = EbpfLoader::new()
+        .map_pin_path(pin_dir)
+        .load(OBJECT)
+        .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source })?;
+    for hook in [Hook::Uplink, Hook::Vnf, Hook::Headend] {
+        let program = hook.program();
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(program)
+            .ok_or(DatapathError::Invalid(format!("program {program} missing from the object")))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+    }
+    Ok(bpf)
+}
+
+fn classifier(bpf: &mut Ebpf, hook: Hook) -> &mut SchedClassifier {
+    bpf.program_mut(hook.program()).expect("loaded").try_into().expect("classifier")
 }
 
 impl Datapath {
     /// Loads the object, reusing maps already pinned in `pin_dir` (created otherwise), and adopts
     /// the links a previous daemon pinned there whose interfaces still exist.
     pub fn load(pin_dir: &Path) -> Result<Self> {
-        let mut bpf = EbpfLoader::new()
-            .map_pin_path(pin_dir)
-            .load(OBJECT)
-            .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source })?;
-        for hook in [Hook::Uplink, Hook::Vnf, Hook::Headend] {
-            let program = hook.program();
-            let prog: &mut SchedClassifier = bpf
-                .program_mut(program)
-                .ok_or(DatapathError::Invalid(format!("program {program} missing from the object")))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { program, source })?;
-            prog.load().map_err(|source| DatapathError::Program { program, source })?;
-        }
+        let bpf = load_object(pin_dir)?;
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
-        let mut dp = Self { bpf, links_dir, links: BTreeMap::new() };
+        let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links: BTreeMap::new() };
         dp.adopt_pinned_links()?;
         Ok(dp)
     }
@@ -142,27 +159,74 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches `hook`'s program at tcx ingress of `ifname` (appended after programs already
-    /// there, e.g. the primary CNI's) and pins the link. Attaching twice is a no-op.
+    /// Attaches `hook`'s program at the head of `ifname`'s tcx ingress chain (before programs
+    /// already there, e.g. the primary CNI's, which may end the chain with `TC_ACT_OK`; ours
+    /// returns `TCX_NEXT` for what is not its own) and pins the link. Attaching twice is a no-op.
     pub fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
         if self.links.contains_key(&(hook, ifname.to_string())) {
             return Ok(());
         }
+        let link = self.attach_first(hook, ifname, false)?;
+        self.links.insert((hook, ifname.to_string()), Attached { link });
+        Ok(())
+    }
+
+    /// A new link of `hook`'s program (of the spare instance with `spare`) at the head of
+    /// `ifname`'s tcx ingress, pinned at its path (replacing an older pin there atomically: the
+    /// older link, once its last descriptor goes, is detached; until then both run, the new one
+    /// first, so no packet misses the program).
+    fn attach_first(&mut self, hook: Hook, ifname: &str, spare: bool) -> Result<PinnedLink> {
         let program = hook.program();
         let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
         let ifindex = nix::net::if_::if_nametoindex(ifname)
             .map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
-        let prog: &mut SchedClassifier = self.bpf.program_mut(program).expect("loaded").try_into().expect("classifier");
-        let id = prog.attach(ifname, TcAttachType::Ingress).map_err(attach_err)?;
+        let bpf = if spare {
+            if self.spare.is_none() {
+                self.spare = Some(load_object(&self.pin_dir)?);
+            }
+            self.spare.as_mut().expect("loaded")
+        } else {
+            &mut self.bpf
+        };
+        let prog = classifier(bpf, hook);
+        let id = prog
+            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .map_err(attach_err)?;
         let link: FdLink = prog.take_link(id).map_err(attach_err)?.try_into().map_err(|e| {
             DatapathError::Invalid(format!("attach {program} on {ifname}: not a tcx link ({e})"))
         })?;
         let path = self.links_dir.join(format!("{}-{ifname}-{ifindex}", hook.tag()));
-        let link = link
-            .pin(&path)
-            .map_err(|e| DatapathError::Invalid(format!("pin link {}: {e}", path.display())))?;
-        self.links.insert((hook, ifname.to_string()), Attached { link });
-        Ok(())
+        // bpffs refuses names with a dot; a leftover "new-" pin is not a link name: adoption drops it.
+        let fresh = self.links_dir.join(format!("new-{}-{ifname}-{ifindex}", hook.tag()));
+        let pin_err = |e: &dyn std::fmt::Display| DatapathError::Invalid(format!("pin link {}: {e}", path.display()));
+        let _ = std::fs::remove_file(&fresh);
+        let pinned = link.pin(&fresh).map_err(|e| pin_err(&e))?;
+        std::fs::rename(&fresh, &path).map_err(|e| pin_err(&e))?;
+        drop(pinned); // its path is gone; the pin at `path` holds the link
+        PinnedLink::from_pin(&path).map_err(|e| pin_err(&e))
+    }
+
+    /// Puts our program back at the head of every interface where another program was inserted
+    /// in front of it since (a primary CNI re-inserting itself; one attached before this daemon
+    /// started, ahead of adopted links): attached again first — from the instance that is not
+    /// in that chain yet — then the old link released. Returns the (hook, interface) pairs
+    /// moved. An interface that is gone is skipped.
+    pub fn keep_first(&mut self) -> Result<Vec<(Hook, String)>> {
+        let mut moved = Vec::new();
+        let keys: Vec<(Hook, String)> = self.links.keys().cloned().collect();
+        for (hook, ifname) in keys {
+            let Ok((_, progs)) = SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress) else { continue };
+            if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
+                continue;
+            }
+            let main = classifier(&mut self.bpf, hook).info().map_err(|source| DatapathError::Program { program: hook.program(), source })?.id();
+            let spare = progs.iter().any(|p| p.id() == main);
+            let link = self.attach_first(hook, &ifname, spare)?;
+            // The replaced link's descriptor goes with it (its pin is already gone).
+            self.links.insert((hook, ifname.clone()), Attached { link });
+            moved.push((hook, ifname));
+        }
+        Ok(moved)
     }
 
     /// Unpins and so detaches; an interface that is already gone (its link with it) is fine.

@@ -374,10 +374,10 @@ fn uplink_passes_what_is_not_for_its_sids() {
         let mut p = eth(HOST_MAC, PEER_MAC, 0x86dd);
         p.extend_from_slice(&inner(INNER_SRC, dst));
         let (verdict, out) = b.run(Hook::Uplink, b.uplink, &p);
-        assert_eq!((verdict, &out), (TC_ACT_OK, &p), "{dst}");
+        assert_eq!((verdict, &out), (TCX_NEXT, &p), "{dst}: not ours, on to the next program");
     }
     let arp = eth([0xff; 6], PEER_MAC, 0x0806);
-    assert_eq!(b.run(Hook::Uplink, b.uplink, &[arp, vec![0; 28]].concat()).0, TC_ACT_OK);
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &[arp, vec![0; 28]].concat()).0, TCX_NEXT);
 }
 
 #[test]
@@ -425,7 +425,7 @@ fn end_ad_outbound_restores_the_headers_and_forwards_to_the_next_segment() {
     // The VNF's own link-local traffic stays on the link; another interface has no cache.
     let mut nd = eth([0x33, 0x33, 0, 0, 0, 1], VNF_MAC, 0x86dd);
     nd.extend_from_slice(&inner("fe80::1", "ff02::1"));
-    assert_eq!(b.run(Hook::Vnf, b.vnf, &nd), (TC_ACT_OK, nd.clone()));
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &nd), (TCX_NEXT, nd.clone()));
     b.expect_drop(Hook::Vnf, b.src, &pkt, DropReason::NoCache);
 }
 

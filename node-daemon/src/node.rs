@@ -106,6 +106,7 @@ impl Node {
             flow_counts: BTreeMap::new(),
         };
         node.restore(state).await?;
+        node.keep_first()?;
         info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, uplink_mtu, inner_mtu, pins = %pin_dir.display(), "node daemon ready");
         Ok(node)
     }
@@ -595,6 +596,17 @@ impl Node {
     /// not the LRU's evictions). Runs every second.
     pub fn recount_flows(&mut self) -> anyhow::Result<()> {
         self.flow_counts = self.datapath.recount_flows(&self.flow_counts)?;
+        Ok(())
+    }
+
+    /// Keeps srv6pipes' programs first in every tcx chain they are attached to: a program
+    /// inserted in front of one (an eBPF primary CNI attaching or re-inserting itself at the
+    /// head, whose `TC_ACT_OK` would end the chain before the headend or the closed-domain guard
+    /// ran) is passed again. Runs at start and every second.
+    pub fn keep_first(&mut self) -> anyhow::Result<()> {
+        for (hook, ifname) in self.datapath.keep_first()? {
+            warn!(node = %self.name, interface = %ifname, program = hook.program(), "another tcx program was inserted ahead of ours: attached ours at the head again");
+        }
         Ok(())
     }
 

@@ -85,8 +85,12 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: 
     loop {
         tokio::select! {
             _ = recount.tick() => {
-                if let Err(e) = shared.node.lock().await.recount_flows() {
+                let mut node = shared.node.lock().await;
+                if let Err(e) = node.recount_flows() {
                     warn!(error = %format!("{e:#}"), "recounting End.AD flows failed");
+                }
+                if let Err(e) = node.keep_first() {
+                    warn!(error = %format!("{e:#}"), "keeping srv6pipes' programs first failed");
                 }
             }
             conn = listener.accept() => {
