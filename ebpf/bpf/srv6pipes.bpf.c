@@ -406,24 +406,39 @@ int sp_vnf(struct __sk_buff *skb)
 	return steer(skb, o, 0);
 }
 
-/* Stage 2 of the classifier: protocol and destination port within the class; fragments (first
- * or not) by protocol alone, so that all of a datagram takes one chain. */
+/* Stage 2 of the classifier: protocol and destination port within the class (and source port
+ * for a class with reverse rules); fragments (first or not) by protocol alone, so that all of a
+ * datagram takes one chain. */
 static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4, struct l4 *l)
 {
 	if (parse_l4(skb, ipv4, l))
 		return NULL;
+	__u32 base = class & ~SP_CLASS_SRC_PORTS;
 	if (l->frag) {
-		struct frag_key f = {.class = class, .proto = l->proto};
+		struct frag_key f = {.class = base, .proto = l->proto};
 		__u32 *id = bpf_map_lookup_elem(&sp_frag_rules, &f);
 		if (id)
 			return id;
 		f.proto = SP_ANY_PROTO;
 		return bpf_map_lookup_elem(&sp_frag_rules, &f);
 	}
-	struct l4_key k = {.prefixlen = 32 + 8 + 16, .class = class, .proto = l->proto};
+	__u8 ports[4] = {}; /* source, destination */
 	if (l->proto == 6 || l->proto == 17)
-		bpf_skb_load_bytes(skb, l->off + 2, k.port, 2);
-	return bpf_map_lookup_elem(&sp_l4_rules, &k);
+		bpf_skb_load_bytes(skb, l->off, ports, sizeof(ports));
+	struct l4_key k = {.prefixlen = 32 + 8 + 16, .class = base, .proto = l->proto};
+	k.port[0] = ports[2];
+	k.port[1] = ports[3];
+	struct l4_target *t = bpf_map_lookup_elem(&sp_l4_rules, &k);
+	/* A symmetric chain's reverse rules: by source port; the rule ranked first wins. */
+	if (class & SP_CLASS_SRC_PORTS) {
+		k.class = base | SP_CLASS_SRC_PORTS;
+		k.port[0] = ports[0];
+		k.port[1] = ports[1];
+		struct l4_target *r = bpf_map_lookup_elem(&sp_l4_rules, &k);
+		if (r && (!t || r->rank < t->rank))
+			t = r;
+	}
+	return t ? &t->policy : NULL;
 }
 
 SEC("classifier")

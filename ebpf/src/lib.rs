@@ -21,7 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{prog_test_run, SkbCtx, TestAttr, TestRun};
-pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_NO_FLOWS, VNF_SHARED, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_NO_FLOWS, VNF_SHARED, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, CLASS_SRC_PORTS, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -365,28 +365,29 @@ impl Datapath {
         m.insert(id, hdr, 0).map_err(|source| DatapathError::Map { map: "sp_policies", source })
     }
 
-    /// Classifier stage 2: (class, protocol, port block) -> policy. `proto` None = any protocol
-    /// (and any port); `port_len` 0 = any port.
-    pub fn set_l4_rule(&mut self, class: u32, proto: Option<u8>, port: u16, port_len: u8, policy: u32) -> Result<()> {
-        let mut m: LpmTrie<&mut MapData, L4Key, u32> = self.typed("sp_l4_rules")?;
-        m.insert(&l4_key(class, proto, port, port_len), policy, 0).map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })
+    /// Classifier stage 2: (class, protocol, port block) -> policy and rank. `proto` None = any
+    /// protocol (and any port); `port_len` 0 = any port; a class with `CLASS_SRC_PORTS` holds
+    /// source-port blocks.
+    pub fn set_l4_rule(&mut self, class: u32, proto: Option<u8>, port: u16, port_len: u8, target: L4Target) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, L4Key, L4Target> = self.typed("sp_l4_rules")?;
+        m.insert(&l4_key(class, proto, port, port_len), target, 0).map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })
     }
 
     pub fn remove_l4_rule(&mut self, class: u32, proto: Option<u8>, port: u16, port_len: u8) -> Result<()> {
-        let mut m: LpmTrie<&mut MapData, L4Key, u32> = self.typed("sp_l4_rules")?;
+        let mut m: LpmTrie<&mut MapData, L4Key, L4Target> = self.typed("sp_l4_rules")?;
         ignore_missing(m.remove(&l4_key(class, proto, port, port_len)), "sp_l4_rules")
     }
 
-    /// Installed stage-2 rules: ((class, proto, port, port_len), policy).
-    pub fn l4_rules(&self) -> Result<Vec<((u32, Option<u8>, u16, u8), u32)>> {
-        let m: LpmTrie<&MapData, L4Key, u32> = self.typed_ref("sp_l4_rules")?;
+    /// Installed stage-2 rules: ((class, proto, port, port_len), target).
+    pub fn l4_rules(&self) -> Result<Vec<((u32, Option<u8>, u16, u8), L4Target)>> {
+        let m: LpmTrie<&MapData, L4Key, L4Target> = self.typed_ref("sp_l4_rules")?;
         m.iter()
             .map(|r| {
-                let (k, id) = r.map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })?;
+                let (k, target) = r.map_err(|source| DatapathError::Map { map: "sp_l4_rules", source })?;
                 let d = k.data();
                 let len = k.prefix_len();
                 let proto = (len >= 40).then_some(d.proto);
-                Ok(((d.class, proto, u16::from_be_bytes(d.port), len.saturating_sub(40) as u8), id))
+                Ok(((d.class, proto, u16::from_be_bytes(d.port), len.saturating_sub(40) as u8), target))
             })
             .collect()
     }

@@ -77,6 +77,17 @@ pub struct L4Key {
     pub pad: u8,
 }
 
+/// `struct l4_target`: stage 2's policy and the rule's rank in its class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct L4Target {
+    pub policy: u32,
+    pub rank: u32,
+}
+
+/// `SP_CLASS_SRC_PORTS`: a class with source-port rules (stage 1), and their stage-2 key space.
+pub const CLASS_SRC_PORTS: u32 = 1 << 31;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FragKey {
@@ -160,6 +171,7 @@ unsafe impl aya::Pod for HopKey {}
 unsafe impl aya::Pod for AsKey {}
 unsafe impl aya::Pod for L4Key {}
 unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for L4Target {}
 unsafe impl aya::Pod for HopSlots {}
 unsafe impl aya::Pod for SidStats {}
 unsafe impl aya::Pod for SrcKey {}
@@ -291,6 +303,8 @@ mod tests {
         assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
         assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
         assert!(h.contains("#define SP_VNF_SHARED (1u << 2)") && VNF_SHARED == 4);
+        assert!(h.contains("#define SP_CLASS_SRC_PORTS (1u << 31)") && CLASS_SRC_PORTS == 1 << 31);
+        assert_eq!(std::mem::size_of::<L4Target>(), 8);
         // An enum's enumerators (without PREFIX and _MAX), in order, lower case.
         let c_enum = |prefix: &str| -> Vec<String> {
             h.lines()

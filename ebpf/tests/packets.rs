@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
-use srv6pipes_ebpf::{Datapath, DropReason, Event, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46};
+use srv6pipes_ebpf::{Datapath, DropReason, Event, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, L4Target};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -98,7 +98,7 @@ impl Bench {
 
     /// A headend rule with no protocol or port match: class `policy` -> `policy`.
     fn rule(&mut self, ifindex: u32, dst: ipnet::IpNet, policy: u32) {
-        self.dp.set_l4_rule(policy, None, 0, 0, policy).unwrap();
+        self.dp.set_l4_rule(policy, None, 0, 0, L4Target { policy, rank: 0 }).unwrap();
         self.dp.set_headend_rule(ifindex, dst, policy).unwrap();
     }
 
@@ -757,7 +757,8 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
 }
 
 /// Classifier stage 2 in the datapath: protocol and port blocks within a class, longest block
-/// first; fragments (first or later, IPv4 and IPv6) by protocol alone.
+/// first; fragments (first or later, IPv4 and IPv6) by protocol alone; source ports for a
+/// class with reverse rules, the lower rank winning when both kinds match.
 #[test]
 fn headend_classifies_by_protocol_ports_and_fragments() {
     let Some(mut b) = Bench::new() else { return };
@@ -766,9 +767,9 @@ fn headend_classifies_by_protocol_ports_and_fragments() {
     b.dp.set_policy(2, &hdr("fcbb:bb00:2:e002::"), 0).unwrap();
     // Class 9: UDP 8000-8080 -> 1, UDP any port -> 2; UDP fragments -> 1.
     for (port, len) in srv6::classifier::port_blocks(8000, 8080) {
-        b.dp.set_l4_rule(9, Some(17), port, len, 1).unwrap();
+        b.dp.set_l4_rule(9, Some(17), port, len, L4Target { policy: 1, rank: 0 }).unwrap();
     }
-    b.dp.set_l4_rule(9, Some(17), 0, 0, 2).unwrap();
+    b.dp.set_l4_rule(9, Some(17), 0, 0, L4Target { policy: 2, rank: 1 }).unwrap();
     b.dp.set_frag_rule(9, Some(17), 1).unwrap();
     b.dp.set_headend_rule(b.src, "fd00:20::/64".parse().unwrap(), 9).unwrap();
     let from = [0x02, 0, 0, 0, 0xdd, 1];
@@ -805,6 +806,22 @@ fn headend_classifies_by_protocol_ports_and_fragments() {
     assert_eq!(da(&b, [eth(HOST_MAC, from, 0x0800), v4].concat()), Some(a("fcbb:bb00:2:e001::")), "any-protocol fragment rule");
     let whole = [eth(HOST_MAC, from, 0x0800), inner4(SRC4, DST4)].concat();
     assert_eq!(da(&b, whole), None, "no stage-2 rule for unfragmented IPv4 in class 10");
+
+    // A symmetric chain's reverse rule in class 11 (flagged): UDP from source port 53 -> 1
+    // (rank 1); a higher-priority rule of another chain, UDP to port 5000 -> 2 (rank 0).
+    b.dp.set_l4_rule(11 | CLASS_SRC_PORTS, Some(17), 53, 16, L4Target { policy: 1, rank: 1 }).unwrap();
+    b.dp.set_l4_rule(11, Some(17), 5000, 16, L4Target { policy: 2, rank: 0 }).unwrap();
+    b.dp.set_headend_rule(b.src, "fd00:21::/64".parse().unwrap(), 11 | CLASS_SRC_PORTS).unwrap();
+    let udp = |sport: u16, dport: u16| {
+        let mut i = inner(INNER_SRC, "fd00:21::1");
+        i[40..42].copy_from_slice(&sport.to_be_bytes());
+        i[42..44].copy_from_slice(&dport.to_be_bytes());
+        [eth(HOST_MAC, from, 0x86dd), i].concat()
+    };
+    assert_eq!(da(&b, udp(53, 40000)), Some(a("fcbb:bb00:2:e001::")), "a reply from port 53");
+    assert_eq!(da(&b, udp(54, 40000)), None, "not from port 53: not the chain's reply");
+    assert_eq!(da(&b, udp(53, 5000)), Some(a("fcbb:bb00:2:e002::")), "both match: the lower rank");
+    assert_eq!(da(&b, udp(54, 5000)), Some(a("fcbb:bb00:2:e002::")));
 }
 
 /// End.AS: inbound like End.AD but nothing is learnt; outbound, the interface's configured

@@ -13,7 +13,7 @@ use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, Node
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
 use srv6::compiler::{replica_slots, shared_proxies};
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS, VNF_SHARED};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS, VNF_SHARED, L4Target, CLASS_SRC_PORTS};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -53,7 +53,7 @@ struct Installed {
     /// Classifier stage 1: (ifindex, destination) -> class.
     rules: BTreeMap<(u32, IpNet), u32>,
     /// Stage 2: (class, protocol, port, port block length) -> policy.
-    l4: BTreeMap<(u32, Option<u8>, u16, u8), u32>,
+    l4: BTreeMap<(u32, Option<u8>, u16, u8), L4Target>,
     /// Fragments: (class, protocol) -> policy.
     frags: BTreeMap<(u32, Option<u8>), u32>,
     /// End.AS: (return ifindex, family) -> policy.
@@ -372,6 +372,7 @@ impl Node {
                 destination: h.destination,
                 proto: h.proto,
                 ports: h.ports.clone(),
+                source_ports: h.source_ports.clone(),
                 priority: h.priority,
                 target: id as usize,
             });
@@ -460,11 +461,15 @@ impl Node {
         }
         // The classifier's tables: stage 2 and fragments before stage 1 points at a class.
         let tables = classifier::build(&classify);
-        let l4: BTreeMap<(u32, Option<u8>, u16, u8), u32> =
-            tables.l4.iter().map(|e| ((e.class, e.proto, e.port, e.port_len), e.target as u32)).collect();
+        let src_ports = |on: bool| if on { CLASS_SRC_PORTS } else { 0 };
+        let l4: BTreeMap<(u32, Option<u8>, u16, u8), L4Target> = tables
+            .l4
+            .iter()
+            .map(|e| ((e.class | src_ports(e.by_source), e.proto, e.port, e.port_len), L4Target { policy: e.target as u32, rank: e.rank }))
+            .collect();
         let frags: BTreeMap<(u32, Option<u8>), u32> = tables.frags.iter().map(|f| ((f.class, f.proto), f.target as u32)).collect();
         let rules: BTreeMap<(u32, IpNet), u32> =
-            tables.classes.iter().map(|c| ((iface_of[&c.source_ip].0, c.destination), c.class)).collect();
+            tables.classes.iter().map(|c| ((iface_of[&c.source_ip].0, c.destination), c.class | src_ports(c.source_ports))).collect();
         for (&(class, proto, port, len), id) in &l4 {
             self.datapath.set_l4_rule(class, proto, port, len, *id)?;
         }

@@ -11,6 +11,12 @@
 //! priority. Fragments carry no ports (after the first): they are classified by (class,
 //! protocol) alone, to the first rule matching addresses and protocol, so fragmentation cannot
 //! bypass a function.
+//!
+//! A symmetric chain's reverse rules match the forward destination ports as *source* ports.
+//! Those rules get stage-2 entries of their own (keyed by source port, `L4Entry::by_source`),
+//! and their class says so (`ClassEntry::source_ports`): the datapath then looks up both and
+//! keeps the entry of the rule that comes first in the class (`rank`), so priorities hold
+//! across the two.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,6 +32,9 @@ pub struct Rule {
     pub proto: Option<u8>,
     /// Destination port ranges (inclusive); empty = any port.
     pub ports: Vec<(u16, u16)>,
+    /// Source port ranges (inclusive; a symmetric chain's reverse rules); empty = any port. A
+    /// rule has destination or source ports, not both.
+    pub source_ports: Vec<(u16, u16)>,
     pub priority: i32,
     /// Caller's reference (e.g. the policy the rule steers into).
     pub target: usize,
@@ -36,6 +45,8 @@ pub struct ClassEntry {
     pub source_ip: IpAddr,
     pub destination: IpNet,
     pub class: u32,
+    /// Some rule of the class matches source ports: look up its `by_source` entries too.
+    pub source_ports: bool,
 }
 
 /// A stage-2 entry: `proto` None matches any protocol (and then any port).
@@ -46,6 +57,11 @@ pub struct L4Entry {
     /// Port block `port/port_len` (port_len 0 = any port).
     pub port: u16,
     pub port_len: u8,
+    /// The port block is of source ports.
+    pub by_source: bool,
+    /// The rule's position in its class (priority order): of two entries that match, the lower
+    /// rank wins.
+    pub rank: u32,
     pub target: usize,
 }
 
@@ -106,34 +122,17 @@ pub fn build(rules: &[Rule]) -> Tables {
             });
             let class = next_class;
             next_class += 1;
-            t.classes.push(ClassEntry { source_ip, destination: p, class });
-            let mut l4: Vec<L4Entry> = Vec::new();
-            for r in &candidates {
-                let wanted: Vec<(Option<u8>, Option<(u16, u8)>)> = match (r.proto, r.ports.is_empty()) {
-                    (p, true) => vec![(p, None)],
-                    // Ports mean TCP or UDP: "any protocol" with ports is both.
-                    (p, false) => {
-                        let protos = p.map_or(vec![6, 17], |p| vec![p]);
-                        let blocks: Vec<(u16, u8)> = r.ports.iter().flat_map(|&(lo, hi)| port_blocks(lo, hi)).collect();
-                        protos.into_iter().flat_map(|p| blocks.iter().map(move |b| (Some(p), Some(*b)))).collect()
-                    }
-                };
-                for (proto, block) in wanted {
-                    let covered = l4.iter().any(|e| match (e.proto, proto, block) {
-                        (None, _, _) => true,
-                        (Some(_), None, _) => false,
-                        (Some(ep), Some(p), _) if ep != p => false,
-                        (Some(_), Some(_), None) => e.port_len == 0,
-                        (Some(_), Some(_), Some(b)) => block_contains((e.port, e.port_len), b),
-                    });
-                    if !covered {
-                        let (port, port_len) = block.unwrap_or((0, 0));
-                        l4.push(L4Entry { class, proto, port, port_len, target: r.target });
-                    }
-                }
+            let source_ports = candidates.iter().any(|r| !r.source_ports.is_empty());
+            t.classes.push(ClassEntry { source_ip, destination: p, class, source_ports });
+            let (mut l4, mut l4_src): (Vec<L4Entry>, Vec<L4Entry>) = (Vec::new(), Vec::new());
+            for (rank, r) in candidates.iter().enumerate() {
+                let by_source = !r.source_ports.is_empty();
+                let ports = if by_source { &r.source_ports } else { &r.ports };
+                let space = if by_source { &mut l4_src } else { &mut l4 };
+                add_l4(space, class, rank as u32, r.proto, ports, by_source, r.target);
                 let frag_covered = t.frags.iter().any(|f| f.class == class && (f.proto.is_none() || f.proto == r.proto));
                 if !frag_covered {
-                    let protos: Vec<Option<u8>> = match (r.proto, r.ports.is_empty()) {
+                    let protos: Vec<Option<u8>> = match (r.proto, ports.is_empty()) {
                         (None, false) => vec![Some(6), Some(17)],
                         (p, _) => vec![p],
                     };
@@ -145,34 +144,66 @@ pub fn build(rules: &[Rule]) -> Tables {
                 }
             }
             t.l4.extend(l4);
+            t.l4.extend(l4_src);
         }
     }
     t
 }
 
-/// What the tables decide for a packet (the datapath's lookup, for tests and `trace`).
-pub fn lookup(t: &Tables, source_ip: IpAddr, dst: IpAddr, proto: u8, dport: Option<u16>) -> Option<usize> {
-    let class = t
+/// A rule's stage-2 entries in one key space (destination or source ports), only where no
+/// earlier rule of the class already covers them.
+fn add_l4(space: &mut Vec<L4Entry>, class: u32, rank: u32, proto: Option<u8>, ports: &[(u16, u16)], by_source: bool, target: usize) {
+    let wanted: Vec<(Option<u8>, Option<(u16, u8)>)> = match (proto, ports.is_empty()) {
+        (p, true) => vec![(p, None)],
+        // Ports mean TCP or UDP: "any protocol" with ports is both.
+        (p, false) => {
+            let protos = p.map_or(vec![6, 17], |p| vec![p]);
+            let blocks: Vec<(u16, u8)> = ports.iter().flat_map(|&(lo, hi)| port_blocks(lo, hi)).collect();
+            protos.into_iter().flat_map(|p| blocks.iter().map(move |b| (Some(p), Some(*b)))).collect()
+        }
+    };
+    for (proto, block) in wanted {
+        let covered = space.iter().any(|e| match (e.proto, proto, block) {
+            (None, _, _) => true,
+            (Some(_), None, _) => false,
+            (Some(ep), Some(p), _) if ep != p => false,
+            (Some(_), Some(_), None) => e.port_len == 0,
+            (Some(_), Some(_), Some(b)) => block_contains((e.port, e.port_len), b),
+        });
+        if !covered {
+            let (port, port_len) = block.unwrap_or((0, 0));
+            space.push(L4Entry { class, proto, port, port_len, by_source, rank, target });
+        }
+    }
+}
+
+/// What the tables decide for a packet (the datapath's lookup, for tests and `trace`): `ports`
+/// is (source, destination) for a TCP/UDP packet that is not a fragment, None for a fragment.
+pub fn lookup(t: &Tables, source_ip: IpAddr, dst: IpAddr, proto: u8, ports: Option<(u16, u16)>) -> Option<usize> {
+    let c = t
         .classes
         .iter()
         .filter(|c| c.source_ip == source_ip && c.destination.contains(&dst))
-        .max_by_key(|c| c.destination.prefix_len())?
-        .class;
-    match dport {
-        None => t
+        .max_by_key(|c| c.destination.prefix_len())?;
+    let class = c.class;
+    let Some((sport, dport)) = ports else {
+        return t
             .frags
             .iter()
             .find(|f| f.class == class && f.proto == Some(proto))
             .or_else(|| t.frags.iter().find(|f| f.class == class && f.proto.is_none()))
-            .map(|f| f.target),
-        Some(port) => t
-            .l4
-            .iter()
-            .filter(|e| e.class == class && (e.proto.is_none() || e.proto == Some(proto)))
+            .map(|f| f.target);
+    };
+    // The longest match in each key space, as an LPM trie answers; then the lower rank.
+    let best = |by_source: bool, port: u16| {
+        t.l4.iter()
+            .filter(|e| e.class == class && e.by_source == by_source && (e.proto.is_none() || e.proto == Some(proto)))
             .filter(|e| e.proto.is_none() || block_contains((e.port, e.port_len), (port, 16)))
             .max_by_key(|e| if e.proto.is_none() { 0 } else { 8 + e.port_len as u32 })
-            .map(|e| e.target),
-    }
+    };
+    let by_dst = best(false, dport);
+    let by_src = if c.source_ports { best(true, sport) } else { None };
+    [by_dst, by_src].into_iter().flatten().min_by_key(|e| e.rank).map(|e| e.target)
 }
 
 #[cfg(test)]
@@ -180,7 +211,15 @@ mod tests {
     use super::*;
 
     fn rule(dst: &str, proto: Option<u8>, ports: &[(u16, u16)], priority: i32, target: usize) -> Rule {
-        Rule { source_ip: "fd00::2".parse().unwrap(), destination: dst.parse().unwrap(), proto, ports: ports.to_vec(), priority, target }
+        Rule {
+            source_ip: "fd00::2".parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            proto,
+            ports: ports.to_vec(),
+            source_ports: vec![],
+            priority,
+            target,
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -212,13 +251,13 @@ mod tests {
         ];
         let t = build(&rules);
         let s = ip("fd00::2");
-        assert_eq!(lookup(&t, s, ip("fd00:20::9"), 6, Some(80)), Some(2), "higher priority wins over more specific");
-        assert_eq!(lookup(&t, s, ip("fd00:20::5"), 17, Some(53)), Some(2));
-        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some(8080)), Some(4), "port range");
-        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some(8081)), Some(5), "then any port");
-        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 17, Some(8080)), None, "protocol");
-        assert_eq!(lookup(&t, s, ip("fd00:40::1"), 6, Some(80)), None);
-        assert_eq!(lookup(&t, ip("fd00::3"), ip("fd00:20::9"), 6, Some(80)), None, "another source");
+        assert_eq!(lookup(&t, s, ip("fd00:20::9"), 6, Some((40000, 80))), Some(2), "higher priority wins over more specific");
+        assert_eq!(lookup(&t, s, ip("fd00:20::5"), 17, Some((40000, 53))), Some(2));
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some((40000, 8080))), Some(4), "port range");
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 6, Some((40000, 8081))), Some(5), "then any port");
+        assert_eq!(lookup(&t, s, ip("fd00:30::1"), 17, Some((40000, 8080))), None, "protocol");
+        assert_eq!(lookup(&t, s, ip("fd00:40::1"), 6, Some((40000, 80))), None);
+        assert_eq!(lookup(&t, ip("fd00::3"), ip("fd00:20::9"), 6, Some((40000, 80))), None, "another source");
         assert_eq!(t.classes.len(), 4);
     }
 
@@ -227,9 +266,9 @@ mod tests {
         let rules = [rule("fd00:20::/48", Some(6), &[], 0, 1), rule("fd00:20::/64", Some(6), &[(443, 443)], 0, 2)];
         let t = build(&rules);
         let s = ip("fd00::2");
-        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(443)), Some(2));
-        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(22)), Some(1));
-        assert_eq!(lookup(&t, s, ip("fd00:20:0:1::1"), 6, Some(443)), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some((40000, 443))), Some(2));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some((40000, 22))), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20:0:1::1"), 6, Some((40000, 443))), Some(1));
     }
 
     #[test]
@@ -244,15 +283,35 @@ mod tests {
         assert_eq!(lookup(&t, s, ip("10.20.1.1"), 17, None), Some(7), "a UDP fragment of the DNS chain's addresses");
         assert_eq!(lookup(&t, s, ip("10.20.1.1"), 6, None), Some(8));
         assert_eq!(lookup(&t, s, ip("10.20.1.1"), 1, None), None, "another protocol is not steered");
-        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 17, Some(54)), None, "unfragmented: ports count");
+        assert_eq!(lookup(&t, s, ip("10.20.1.1"), 17, Some((40000, 54))), None, "unfragmented: ports count");
     }
 
     #[test]
     fn any_protocol_with_ports_means_tcp_and_udp() {
         let t = build(&[rule("fd00:20::/64", None, &[(5000, 5001)], 0, 1)]);
         let s = ip("fd00::2");
-        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some(5001)), Some(1));
-        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 17, Some(5000)), Some(1));
-        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 132, Some(5000)), None);
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 6, Some((40000, 5001))), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 17, Some((40000, 5000))), Some(1));
+        assert_eq!(lookup(&t, s, ip("fd00:20::1"), 132, Some((40000, 5000))), None);
+    }
+
+    #[test]
+    fn reverse_rules_match_source_ports_and_priorities_hold_across() {
+        let s = ip("fd00::2");
+        let mut back = rule("fd00:10::2/128", Some(6), &[], 5, 1);
+        back.source_ports = vec![(443, 443)];
+        // A lower-priority forward rule of another chain to the same prefix, and a higher one.
+        let low = rule("fd00:10::/64", Some(6), &[(443, 443), (8000, 8000)], 0, 2);
+        let t = build(&[back.clone(), low.clone()]);
+        assert!(t.classes.iter().any(|c| c.source_ports));
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((443, 51000))), Some(1), "the reply of a :443 flow");
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((22, 51000))), None, "other traffic to the client is not");
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((22, 8000))), Some(2), "the other chain's own match");
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((443, 8000))), Some(1), "priority 5 over 0");
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 17, Some((443, 51000))), None, "the protocol too");
+        let high = rule("fd00:10::/64", Some(6), &[(8000, 8000)], 9, 3);
+        let t = build(&[back, high]);
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((443, 8000))), Some(3), "priority 9 over 5");
+        assert_eq!(lookup(&t, s, ip("fd00:10::2"), 6, Some((443, 8001))), Some(1));
     }
 }

@@ -82,6 +82,10 @@ pub struct HeadendPolicy {
     /// Destination port ranges, inclusive; empty = any.
     #[serde(default)]
     pub ports: Vec<(u16, u16)>,
+    /// Source port ranges, inclusive; empty = any. A symmetric chain's reverse rules: the
+    /// forward destination ports, so that they match exactly the replies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ports: Vec<(u16, u16)>,
     #[serde(default)]
     pub priority: i32,
 }
@@ -458,6 +462,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                     insert,
                     proto,
                     ports: ports.clone(),
+                    source_ports: Vec::new(),
                     priority: c.spec.priority,
                 });
                 headends += 1;
@@ -469,7 +474,8 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     }
     // symmetric: the destinations' return traffic to the sources is classified at the
     // destinations' nodes and crosses the functions in reverse, then is decapsulated at the
-    // source's node. It is matched by protocol only (the forward ports are its source ports).
+    // source's node. It matches exactly the reverse of the forward match: from a destination
+    // address to a source address, the protocol, the forward destination ports as source ports.
     let mut reverse_decaps: Vec<(String, Sid)> = Vec::new();
     if c.spec.symmetric && !dropping {
         let back_hops: Vec<Vec<Sid>> = replica_sids.iter().rev().map(|h| h.iter().map(|r| r.0).collect()).collect();
@@ -494,6 +500,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
                             insert,
                             proto: proto_number(c.spec.r#match.protocol, dip),
                             ports: Vec::new(),
+                            source_ports: ports.clone(),
                             priority: c.spec.priority,
                         });
                         headends += 1;
@@ -895,6 +902,8 @@ mod tests {
     fn symmetric_chains_steer_the_return_traffic_in_reverse() {
         let mut s = spec(&["fd00:10:2::/64"]);
         s.symmetric = true;
+        s.r#match.protocol = Protocol::Tcp;
+        s.r#match.destination_ports = vec!["443".into(), "8000-8080".into()];
         let out = compile(&world(), &[chain("web", &s)]);
         assert!(out.chains[0].ready, "{:?}", out.chains[0]);
         let back: Vec<&HeadendPolicy> = out.nodes["n2"].headends.iter().collect();
@@ -902,7 +911,9 @@ mod tests {
         assert_eq!(server.destination, "fd00:10:1::2/128".parse::<IpNet>().unwrap(), "back to the client");
         let segs: Vec<String> = server.segments.iter().map(|s| s.to_string()).collect();
         assert_eq!(segs, ["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::", "fcbb:bb00:1:d6::"], "ids, firewall, client's node");
-        assert!(server.ports.is_empty());
+        assert!(server.ports.is_empty(), "any destination port: the client's");
+        assert_eq!(server.source_ports, [(443, 443), (8000, 8080)], "the forward ports, as source ports");
+        assert_eq!(server.proto, Some(6));
         assert_eq!(out.nodes["n1"].decaps.len(), 1, "decapsulation at the client's node too");
         assert!(back.iter().all(|h| h.source_pod != "default/client"));
         assert!(!back.iter().any(|h| h.source_pod == "other/fw-x"), "never another namespace's pods");

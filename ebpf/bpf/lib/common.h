@@ -124,6 +124,15 @@ struct l4_key {
 	__u8 pad;
 };
 
+/* Stage 2's answer: the policy, and the rule's rank in its class (when a destination-port and
+ * a source-port entry both match, the lower rank wins). */
+struct l4_target {
+	__u32 policy;
+	__u32 rank;
+};
+/* Set in a stage-1 class when a rule of the class matches source ports (a symmetric chain's
+ * reverse rules); stage 2 keys those entries by (class | SP_CLASS_SRC_PORTS, source port). */
+#define SP_CLASS_SRC_PORTS (1u << 31)
 /* Fragments: (class, protocol) -> policy; proto SP_ANY_PROTO matches any. */
 struct frag_key {
 	__u32 class;

@@ -89,7 +89,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct l4_key);
-	__type(value, __u32);
+	__type(value, struct l4_target);
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SP_PINNED;
