@@ -367,10 +367,13 @@ int sp_vnf(struct __sk_buff *skb)
 		int err = load_srh(skb, o);
 		return err ? drop(err) : end_am_return(skb, o);
 	}
-	/* End.AS: the interface's configured headers. */
-	struct as_key ak = {.ifindex = ifindex, .family = proto == ETH_P_IP ? 4 : 6};
-	__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);
-	if (ret) {
+	/* End.AS: the interface's configured headers, or a drop: never End.AD's caches (a stale
+	 * entry of another chain) nor the host's routing (that would skip the remaining functions). */
+	if (vflags & SP_VNF_AS) {
+		struct as_key ak = {.ifindex = ifindex, .family = proto == ETH_P_IP ? 4 : 6};
+		__u32 *ret = bpf_map_lookup_elem(&sp_as_return, &ak);
+		if (!ret)
+			return drop(SP_DROP_NO_RETURN);
 		struct l4 l;
 		if (parse_l4(skb, proto == ETH_P_IP, &l))
 			return drop(SP_DROP_MALFORMED);

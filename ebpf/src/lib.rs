@@ -21,7 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use testrun::{prog_test_run, SkbCtx, TestAttr, TestRun};
-pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_NO_FLOWS, VNF_SHARED, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, CLASS_SRC_PORTS, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
+pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, CLASS_SRC_PORTS, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));

@@ -153,6 +153,8 @@ pub const VNF_NO_FLOWS: u32 = 1 << 1;
 /// `SP_VNF_SHARED`: the interface serves several chains or both directions of one; End.AD drops
 /// (`flow_miss`) what its per-flow cache does not know instead of using the interface's headers.
 pub const VNF_SHARED: u32 = 1 << 2;
+/// `SP_VNF_AS`: End.AS; what the VNF returns takes the configured return policy or is dropped.
+pub const VNF_AS: u32 = 1 << 3;
 /// Offset of the SRH's Tag in a header: the chain the per-flow quota counts against.
 pub const SRH_TAG_OFFSET: usize = 40 + 6;
 
@@ -225,10 +227,11 @@ pub enum DropReason {
     InnerTtl,
     LastEntry,
     Ecn,
+    NoReturn,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -250,6 +253,7 @@ impl DropReason {
         Self::InnerTtl,
         Self::LastEntry,
         Self::Ecn,
+        Self::NoReturn,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -276,6 +280,7 @@ impl DropReason {
             Self::InnerTtl => "inner_ttl",
             Self::LastEntry => "last_entry",
             Self::Ecn => "ecn",
+            Self::NoReturn => "no_return",
         }
     }
 }
@@ -303,6 +308,7 @@ mod tests {
         assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
         assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
         assert!(h.contains("#define SP_VNF_SHARED (1u << 2)") && VNF_SHARED == 4);
+        assert!(h.contains("#define SP_VNF_AS (1u << 3)") && VNF_AS == 8);
         assert!(h.contains("#define SP_CLASS_SRC_PORTS (1u << 31)") && CLASS_SRC_PORTS == 1 << 31);
         assert_eq!(std::mem::size_of::<L4Target>(), 8);
         // An enum's enumerators (without PREFIX and _MAX), in order, lower case.

@@ -829,14 +829,19 @@ fn headend_classifies_by_protocol_ports_and_fragments() {
 #[test]
 fn end_as_restores_configured_headers() {
     let Some(mut b) = Bench::new() else { return };
+    // The interface served End.AD before (a chain change): its caches still hold headers.
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH)).0, TC_ACT_REDIRECT);
+    b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AS).unwrap();
     let sid = a("fcbb:bb00:1:e00a::");
     let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AS, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
     b.dp.set_sid(sid, entry).unwrap();
     let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&sid.to_string(), PATH[1], PATH[2]], None));
     assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
     assert_eq!(out, [eth(VNF_MAC, HOST_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat());
-    assert!(b.dp.ad_cache(b.vnf).unwrap().is_none(), "a static proxy learns nothing");
-    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 0);
+    let flows = b.dp.ad_flows(b.vnf).unwrap();
+    let (verdict, _) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&sid.to_string(), PATH[1], PATH[2]], None));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), flows, "a static proxy learns nothing");
     // Configured return: the rest of the chain (here another SID of n2, then its decap).
     let back = [a("fcbb:bb00:2:e005::"), a("fcbb:bb00:2:d6::")];
     b.dp.set_policy(11, &encaps_header(a("fcbb:bb00:1::1"), &back, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
@@ -846,8 +851,9 @@ fn end_as_restores_configured_headers() {
     let (ip, srh, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
     assert_eq!((ip.src, ip.dst, srh.segments_left), (a("fcbb:bb00:1::1"), back[0], 1));
     assert_eq!(b.dp.policy_stats(11).unwrap().packets, 1);
-    // No IPv4 return configured: an IPv4 packet has nothing to go back with.
-    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x0800), inner4(SRC4, DST4)].concat(), DropReason::NoCache);
+    // No IPv4 return configured: an IPv4 packet has nothing to go back with, whatever End.AD
+    // learnt there before (never fail open onto another chain's headers).
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x0800), inner4(SRC4, DST4)].concat(), DropReason::NoReturn);
 }
 
 /// eth + the inner packet with an SRH inserted after its IPv6 header (H.Insert): `path` in

@@ -13,7 +13,7 @@ use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, Node
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6::classifier;
 use srv6::compiler::{replica_slots, shared_proxies};
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_NO_FLOWS, VNF_SHARED, L4Target, CLASS_SRC_PORTS};
+use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED, L4Target, CLASS_SRC_PORTS};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -58,7 +58,7 @@ struct Installed {
     frags: BTreeMap<(u32, Option<u8>), u32>,
     /// End.AS: (return ifindex, family) -> policy.
     as_returns: BTreeMap<(u32, u32), u32>,
-    /// VNF return interfaces -> VNF_AM / VNF_NO_FLOWS / VNF_SHARED.
+    /// VNF return interfaces -> VNF_AM / VNF_NO_FLOWS / VNF_SHARED / VNF_AS.
     vnf_flags: BTreeMap<u32, u32>,
     /// End.AM: pod addresses admitted as sources of inserted SRHs.
     insert_sources: BTreeSet<Ipv6Net>,
@@ -422,7 +422,8 @@ impl Node {
             .iter()
             .map(|r| {
                 let flags = flag(&am_sids, &r.sid, VNF_AM) | flag(&rewriting, &r.sid, VNF_NO_FLOWS) | flag(&shared, &r.sid, VNF_SHARED);
-                (r.return_ifindex, flags)
+                let static_proxy = if has_return(&as_returns, r.return_ifindex) { VNF_AS } else { 0 };
+                (r.return_ifindex, flags | static_proxy)
             })
             .filter(|(_, f)| *f != 0)
             .collect();
@@ -703,8 +704,13 @@ impl Node {
 
 /// A proxy SID's behaviour from what its return interface has: a configured return (End.AS,
 /// installed for both families together), the masquerading flag (End.AM), else End.AD.
+/// The interface has an End.AS return policy (of either family).
+fn has_return(as_returns: &BTreeMap<(u32, u32), u32>, return_ifindex: u32) -> bool {
+    as_returns.range((return_ifindex, 0)..=(return_ifindex, u32::MAX)).next().is_some()
+}
+
 fn proxy_behavior(as_returns: &BTreeMap<(u32, u32), u32>, vnf_flags: &BTreeMap<u32, u32>, return_ifindex: u32) -> u32 {
-    if as_returns.contains_key(&(return_ifindex, 6)) {
+    if has_return(as_returns, return_ifindex) {
         BEHAVIOR_END_AS
     } else if vnf_flags.get(&return_ifindex).is_some_and(|f| f & VNF_AM != 0) {
         BEHAVIOR_END_AM

@@ -76,6 +76,7 @@ enum sp_drop {
 	SP_DROP_INNER_TTL,         /* the inner packet's TTL / hop limit expired at a proxy */
 	SP_DROP_LAST_ENTRY,        /* the SRH's Last Entry points beyond its Hdr Ext Len */
 	SP_DROP_ECN,               /* decapsulation: CE outer over a Not-ECT inner packet (RFC 6040) */
+	SP_DROP_NO_RETURN,         /* End.AS: no return policy for the family the VNF sent */
 	SP_DROP_MAX,
 };
 
@@ -196,6 +197,7 @@ struct node_config {
 #define SP_VNF_AM (1u << 0)       /* End.AM: returns SRH'd packets to de-masquerade */
 #define SP_VNF_NO_FLOWS (1u << 1) /* the function rewrites flows: never matched per flow */
 #define SP_VNF_SHARED (1u << 2)   /* several chains or both directions: no per-interface fallback */
+#define SP_VNF_AS (1u << 3)       /* End.AS: the configured return policy, nothing else */
 
 /* Datapath events that are no drops, counted per CPU in sp_events. */
 enum sp_event {
