@@ -98,7 +98,7 @@ int sp_uplink(struct __sk_buff *skb)
 		return steer_inserted(skb, o);
 	if (!inner_supported(o->bytes[OFF_SRH]))
 		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
-	return steer(skb, o, 1);
+	return steer(skb, o, SP_ORIGIN_TRANSIT);
 }
 
 /* Whether an IPv6 packet carries a routing header: right after the IPv6 header or behind
@@ -192,28 +192,6 @@ static __always_inline int pick_replicas(__u32 policy, struct outer_hdr *o, __u3
 	return 0;
 }
 
-/* Never a silent loss: an oversize packet is dropped (counted as `mtu`) and its source told the
- * MTU, ICMPv6 Packet Too Big or ICMP Fragmentation Needed (sent whatever the DF bit: a sender
- * that may fragment then fragments to the MTU). */
-static __always_inline int packet_too_big(struct __sk_buff *skb, const struct node_config *cfg)
-{
-	int verdict = drop(SP_DROP_MTU);
-	__u32 mtu = cfg->inner_mtu;
-	__u8 src[16];
-	int r;
-	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		__builtin_memcpy(src, cfg->src, 16);
-		r = icmp_reply(skb, 1, 2, 0, mtu, src, 0);
-	} else {
-		/* From the destination the source was talking to: the node has no IPv4 address of
-		 * its own in the SR domain. */
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4))
-			return verdict;
-		r = icmp_reply(skb, 0, 3, 4, mtu & 0xffff, src, 0);
-	}
-	return r < 0 ? verdict : r;
-}
-
 /* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does): its TTL or
  * hop limit goes down by one. Returns 1 with the verdict in `verdict` for a packet that ends
  * here: one whose TTL ran out is dropped (`inner_ttl`) and its source told through this node's
@@ -230,14 +208,7 @@ static __always_inline int inner_hop(struct __sk_buff *skb, int ipv4, int *verdi
 		return 1;
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	__u8 src[16];
-	int r = -1;
-	if (!ipv4 && cfg) {
-		__builtin_memcpy(src, cfg->src, 16);
-		r = icmp_reply(skb, 1, 3, 0, 0, src, 1);
-	} else if (ipv4 && !bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4)) {
-		r = icmp_reply(skb, 0, 11, 0, 0, src, 1);
-	}
+	int r = cfg ? icmp_to_source(skb, cfg, !ipv4, SP_ICMP_TIME_EXCEEDED, 0, 1) : -1;
 	if (r >= 0)
 		*verdict = r;
 	return 1;
@@ -270,7 +241,7 @@ static __always_inline int check_mtu(struct __sk_buff *skb, const struct l4 *l, 
 	if (!cfg || !cfg->inner_mtu)
 		return 0;
 	if (segment_len(skb, l) > cfg->inner_mtu) {
-		*verdict = packet_too_big(skb, cfg);
+		*verdict = packet_too_big(skb, cfg, skb->protocol == bpf_htons(ETH_P_IPV6), cfg->inner_mtu, 0);
 		return 1;
 	}
 	if (l->proto == 6 && !l->frag)
@@ -321,7 +292,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 		verdict = err ? drop(err) : steer_inserted(skb, o);
 	} else {
 		set_outer_fields(skb, o);
-		verdict = steer(skb, o, 0);
+		verdict = steer(skb, o, headend ? SP_ORIGIN_POD : SP_ORIGIN_VNF);
 	}
 	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, dropped || verdict == TC_ACT_SHOT);
 	return verdict;
@@ -406,7 +377,7 @@ int sp_vnf(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, c, sizeof(*o));
 	set_outer_fields(skb, o);
-	return steer(skb, o, 0);
+	return steer(skb, o, SP_ORIGIN_VNF);
 }
 
 /* Stage 2 of the classifier: protocol and destination port within the class (and source port

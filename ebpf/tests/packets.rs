@@ -1140,6 +1140,32 @@ fn inner_ttl_expiry_answers_time_exceeded_and_errors_never_answer_errors() {
     assert_eq!(b.dp.event(Event::IcmpSent).unwrap(), sent, "no error about an error");
 }
 
+/// A route whose MTU is below what a pushed packet needs (an uplink smaller than the one the
+/// node's inner MTU was computed from): the outer header comes off again and the source hears
+/// the MTU left for the inner packet, back to the pod at the headend, through the node's
+/// routing from a VNF. Never a silent `mtu` drop.
+#[test]
+fn a_route_too_small_for_the_encapsulation_answers_packet_too_big() {
+    let Some(mut b) = Bench::new() else { return };
+    let set = Command::new("ip").args(["-n", &b.netns, "link", "set", "up0", "mtu", "1390"]).status().unwrap();
+    assert!(set.success());
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(1, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
+    // Headend: 1,324 bytes fit the inner MTU; with 80 bytes of outer header, not the route.
+    let pkt = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), sized(true, INNER_MTU as usize)].concat();
+    b.expect_icmp(Hook::Headend, b.src, &pkt, DropReason::Mtu, (2, 0, 1390 - 80));
+    // A VNF's packet on End.AD's headers (96 bytes: three segments).
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    let back = [eth(HOST_MAC, VNF_MAC, 0x86dd), sized(true, 1300)].concat();
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &back);
+    assert_eq!(verdict, TC_ACT_OK, "to the node's routing: {:?}", b.dp.drop_reasons().unwrap());
+    // As the proxy forwarded it (hop limit - 1), presented as check_icmp_error expects.
+    let mut as_sent = [&back[6..12], &back[..6], &back[12..]].concat();
+    as_sent[14 + 7] -= 1;
+    check_icmp_error(&as_sent, &out, (2, 0, 1390 - 96));
+}
+
 #[test]
 fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     let Some(b) = Bench::new() else { return };

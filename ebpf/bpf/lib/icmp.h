@@ -197,6 +197,36 @@ static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, 
 	return to_stack ? TC_ACT_OK : bpf_redirect(skb->ingress_ifindex, 0);
 }
 
+#define SP_ICMP_TOO_BIG 1
+#define SP_ICMP_TIME_EXCEEDED 2
+
+/* An ICMP error about the plain IPv4 or IPv6 packet in `skb` to its source: ICMPv6 from the
+ * node's SRv6 source, or ICMP from the packet's destination (the node has no IPv4 address of its
+ * own in the SR domain). `kind`: Packet Too Big / Fragmentation Needed (`info` the MTU; sent
+ * whatever the DF bit, so a sender that may fragment does) or Time Exceeded in transit. Returns
+ * the verdict, or -1 when none could be sent. */
+static __always_inline int icmp_to_source(struct __sk_buff *skb, const struct node_config *cfg, int v6, int kind, __u32 info, int to_stack)
+{
+	__u8 src[16];
+	int big = kind == SP_ICMP_TOO_BIG;
+	if (v6) {
+		__builtin_memcpy(src, cfg->src, 16);
+		return icmp_reply(skb, 1, big ? 2 : 3, 0, info, src, to_stack);
+	}
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), src, 4))
+		return -1;
+	return icmp_reply(skb, 0, big ? 3 : 11, big ? 4 : 0, info & 0xffff, src, to_stack);
+}
+
+/* Never a silent loss: an oversize packet is dropped (counted as `mtu`) and its source told the
+ * MTU it may send. */
+static __always_inline int packet_too_big(struct __sk_buff *skb, const struct node_config *cfg, int v6, __u32 mtu, int to_stack)
+{
+	int verdict = drop(SP_DROP_MTU);
+	int r = icmp_to_source(skb, cfg, v6, SP_ICMP_TOO_BIG, mtu, to_stack);
+	return r < 0 ? verdict : r;
+}
+
 /* The ICMPv6 error RFC 8754 §4.3.1.1 and RFC 8986 §4.1 ask for when a packet to a local SID is
  * dropped for `reason` (`upper`: offset of the upper-layer header, for Code 4); sent from the
  * node's SRv6 source. Counts the drop either way. */

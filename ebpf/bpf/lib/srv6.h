@@ -274,7 +274,7 @@ static __always_inline int ecn_decap(struct __sk_buff *skb, __u32 outer_len, __u
 		if (bpf_l3_csum_replace(skb, off + offsetof(struct iphdr, check), old, new, 2))
 			return SP_DROP_ADJUST;
 	}
-	if (bpf_skb_store_bytes(skb, off + 1, &nb, 1, 0))
+	if (bpf_skb_store_bytes(skb, off + 1, &nb, 1, BPF_F_RECOMPUTE_CSUM))
 		return SP_DROP_ADJUST;
 	return 0;
 }
@@ -350,26 +350,43 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, cons
 	return 0;
 }
 
-/* Forward an encapsulated packet toward its DA through the FIB (the underlay route to the
- * next node's locator), resolving the neighbour in the kernel when it is not known yet. */
-static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer_hdr *o)
+/* Where a packet being steered comes from: whom to tell when it cannot go on. */
+enum sp_origin {
+	SP_ORIGIN_TRANSIT = 0, /* it carries its SRv6 header already (uplink): drop, count */
+	SP_ORIGIN_POD = 1,     /* headend: its source is behind the interface it came in on */
+	SP_ORIGIN_VNF = 2,     /* a VNF returned it: its source is reached through the node's routing */
+};
+
+/* The FIB's next hop toward `o`'s DA (the underlay route to the next node's locator) in `p`.
+ * `tot_len`: the IPv6 packet's length once `o` is pushed, checked against the route's MTU
+ * (BPF_FIB_LKUP_RET_FRAG_NEEDED, with the MTU in mtu_result); 0 checks the packet as it is
+ * against the egress device instead (a GSO packet always passes: its segments were checked at
+ * the headend). */
+static __always_inline long fib_next_hop(struct __sk_buff *skb, const struct outer_hdr *o, __u32 tot_len, struct bpf_fib_lookup *p)
 {
-	struct bpf_fib_lookup p = {};
-	p.family = AF_INET6;
-	p.ifindex = skb->ingress_ifindex;
-	__builtin_memcpy(p.ipv6_src, &o->bytes[OFF_SRC], 16);
-	__builtin_memcpy(p.ipv6_dst, &o->bytes[OFF_DST], 16);
-	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	__builtin_memset(p, 0, sizeof(*p));
+	p->family = AF_INET6;
+	p->ifindex = skb->ingress_ifindex;
+	p->tot_len = tot_len;
+	__builtin_memcpy(p->ipv6_src, &o->bytes[OFF_SRC], 16);
+	__builtin_memcpy(p->ipv6_dst, &o->bytes[OFF_DST], 16);
+	return bpf_fib_lookup(skb, p, sizeof(*p), 0);
+}
+
+/* Sends the packet to the next hop `fib_next_hop` found (`rc`), resolving the neighbour in the
+ * kernel when it is not known yet. */
+static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup *p, long rc)
+{
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
-		if (set_macs(skb, p.dmac, p.smac))
+		if (set_macs(skb, p->dmac, p->smac))
 			return drop(SP_DROP_ADJUST);
-		return bpf_redirect(p.ifindex, 0);
+		return bpf_redirect(p->ifindex, 0);
 	case BPF_FIB_LKUP_RET_NO_NEIGH: {
 		struct bpf_redir_neigh nh = {};
 		nh.nh_family = AF_INET6;
-		__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
-		return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+		__builtin_memcpy(nh.ipv6_nh, p->ipv6_dst, 16);
+		return bpf_redirect_neigh(p->ifindex, &nh, sizeof(nh), 0);
 	}
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return drop(SP_DROP_MTU);
@@ -378,18 +395,45 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
 	}
 }
 
-/* Deliver a packet whose (possibly not yet pushed) outer header is `o`.
- * `in_packet`: the packet carries `o` already (uplink) and it must be popped for local SIDs.
- * A DA that is a local SID is served here, so a next segment on this node never leaves it. */
-static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int in_packet)
+/* Forwards a packet that already carries its SRv6 header toward its DA. */
+static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer_hdr *o)
 {
+	struct bpf_fib_lookup p;
+	return fib_send(skb, &p, fib_next_hop(skb, o, 0, &p));
+}
+
+/* H.Encaps and forward: the route is looked up first with the encapsulated length, so that a
+ * packet too big for it (an uplink smaller than the one the inner MTU was computed from) is
+ * answered before anything changed: its source hears the MTU left for the inner packet, back
+ * out of the interface at the headend, through the node's routing from a VNF. */
+static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+{
+	struct bpf_fib_lookup p;
+	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN + o->len;
+	long rc = fib_next_hop(skb, o, tot_len, &p);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && p.mtu_result > o->len) {
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+		if (cfg)
+			return packet_too_big(skb, cfg, o->bytes[OFF_SRH] != SP_NH_IPV4, p.mtu_result - o->len, origin == SP_ORIGIN_VNF);
+	}
+	int err = push_outer(skb, o);
+	if (err)
+		return drop(err);
+	return fib_send(skb, &p, rc);
+}
+
+/* Deliver a packet whose (possibly not yet pushed) outer header is `o`. `origin`
+ * SP_ORIGIN_TRANSIT: the packet carries `o` already (uplink) and it must be popped for local
+ * SIDs; else it is pushed here. A DA that is a local SID is served here, so a next segment on
+ * this node never leaves it. */
+static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+{
+	int in_packet = origin == SP_ORIGIN_TRANSIT;
 	__u32 skb_len = skb->len;
 	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
 	if (!sid) {
-		int err = push_outer(skb, o);
-		if (err)
-			return drop(err);
-		return fib_forward(skb, o);
+		return encap_forward(skb, o, origin);
 	}
 	__u8 da[16];
 	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
@@ -443,7 +487,8 @@ static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hd
 	int err = apply_end(o, 1);
 	if (err)
 		return sid_error(skb, da, skb_len, err, o->len);
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, 0))
+	/* In place: keep skb->csum valid for CHECKSUM_COMPLETE packets from a NIC. */
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, BPF_F_RECOMPUTE_CSUM))
 		return drop_sid(da, skb_len, SP_DROP_ADJUST);
 	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 		return drop_sid(da, skb_len, err);
