@@ -228,10 +228,11 @@ pub enum DropReason {
     LastEntry,
     Ecn,
     NoReturn,
+    Forged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         Self::Malformed,
         Self::NoSrh,
         Self::SlZero,
@@ -254,6 +255,7 @@ impl DropReason {
         Self::LastEntry,
         Self::Ecn,
         Self::NoReturn,
+        Self::Forged,
     ];
 
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
@@ -281,6 +283,7 @@ impl DropReason {
             Self::LastEntry => "last_entry",
             Self::Ecn => "ecn",
             Self::NoReturn => "no_return",
+            Self::Forged => "forged",
         }
     }
 }

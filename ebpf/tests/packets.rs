@@ -929,8 +929,22 @@ fn end_am_masquerades_with_an_inserted_srh() {
     restored[24..40].copy_from_slice(&a(NEXT).octets());
     assert_eq!(out, [eth(PEER_MAC, b.up_mac(), 0x86dd), restored].concat());
 
+    // What a masquerading VNF cannot do (End.AM remembers per flow the SRH it gave): return a
+    // flow with another source, or with a segment list of its own making (another SID of the
+    // domain, which would skip functions, or an address outside it).
+    let mut spoofed = back.clone();
+    spoofed[8..24].copy_from_slice(&a("fd00:10:2::99").octets());
+    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), spoofed].concat(), DropReason::Forged);
+    for other in ["fcbb:bb00:2:e00f::", "2001:db8::1"] {
+        let mut rerouted = back.clone();
+        rerouted[40 + 8 + 16..40 + 8 + 32].copy_from_slice(&a(other).octets()); // Segment List[1]
+        b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), rerouted].concat(), DropReason::Forged);
+    }
+
     // The last proxy (Segments Left 0): the destination is the active segment, the SRH is popped
     // and the packet goes on exactly as the source sent it (but for the hops).
+    let to_last = [eth(HOST_MAC, PEER_MAC, 0x86dd), inserted(INNER_SRC, INNER_DST, &[NEXT, AM], 1)].concat();
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &to_last).0, TC_ACT_REDIRECT);
     let mut last = inserted(INNER_SRC, INNER_DST, &[NEXT, AM], 0);
     last[7] = 62;
     let (verdict, out) = b.run(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), last].concat());
@@ -939,12 +953,8 @@ fn end_am_masquerades_with_an_inserted_srh() {
     plain[7] = 62;
     assert_eq!(out, [eth(PEER_MAC, b.up_mac(), 0x86dd), plain.clone()].concat(), "SRH popped");
 
-    // What a masquerading VNF must not do: send without the SRH, or steer the SRH outside the
-    // domain.
+    // Nor send without the SRH.
     b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), plain].concat(), DropReason::NoSrh);
-    let mut escape = back;
-    escape[40 + 8 + 16..40 + 8 + 32].copy_from_slice(&a("2001:db8::1").octets()); // Segment List[1]
-    b.expect_drop(Hook::Vnf, b.vnf, &[eth(HOST_MAC, VNF_MAC, 0x86dd), escape].concat(), DropReason::ClosedDomain);
 }
 
 #[test]

@@ -77,6 +77,7 @@ enum sp_drop {
 	SP_DROP_LAST_ENTRY,        /* the SRH's Last Entry points beyond its Hdr Ext Len */
 	SP_DROP_ECN,               /* decapsulation: CE outer over a Not-ECT inner packet (RFC 6040) */
 	SP_DROP_NO_RETURN,         /* End.AS: no return policy for the family the VNF sent */
+	SP_DROP_FORGED,            /* End.AM: a flow or an SRH its VNF was not given */
 	SP_DROP_MAX,
 };
 

@@ -221,6 +221,61 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	ad_learn(&sp_ad_flows, &k, c, o, age, now);
 }
 
+/* End.AM's flow: the packet as its VNF sees it — source, final destination (the DA after
+ * masquerading), and the protocol and ports behind the SRH that `o` (its IPv6 header and SRH)
+ * describes — on the interface the VNF returns it on. */
+static __always_inline void am_flow_of(struct __sk_buff *skb, __u32 ifindex, const struct outer_hdr *o, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->ifindex = ifindex;
+	k->family = 6;
+	k->proto = o->bytes[OFF_SRH];
+	__builtin_memcpy(k->saddr, &o->bytes[OFF_SRC], 16);
+	__builtin_memcpy(k->daddr, &o->bytes[OFF_DST], 16);
+	__u64 off = ETH_HLEN + (__u64)o->len;
+	__be16 ports[2];
+	if ((k->proto == 6 || k->proto == 17) && off <= ETH_HLEN + SP_MAX_HDR && !bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
+		k->sport = ports[0];
+		k->dport = ports[1];
+	}
+}
+
+/* End.AM inbound remembers, per flow, the SRH it hands the VNF (`o`, after End; the caller is
+ * done with it): the VNF may return that flow with that SRH and nothing else. Under the chain's
+ * per-flow quota, like End.AD. */
+static __always_inline void am_learn(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
+{
+	struct flow_key k;
+	am_flow_of(skb, ifindex, o, &k);
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	normalize_cached(o);
+	o->bytes[OFF_HLIM] = 0;
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
+	if (!c && !flow_quota_take(cfg, o))
+		return;
+	ad_learn(&sp_ad_flows, &k, c, o, cfg ? cfg->ad_age_ns : 0, bpf_ktime_get_ns());
+}
+
+/* Whether what an End.AM VNF returns (`o`: its IPv6 header and SRH) is a flow End.AM handed it,
+ * with the very SRH it had: no forged source, no segment list of the VNF's own making. */
+static __always_inline int am_returned_as_given(struct __sk_buff *skb, const struct outer_hdr *o)
+{
+	struct flow_key k;
+	am_flow_of(skb, skb->ingress_ifindex, o, &k);
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
+	if (!c || c->len != o->len)
+		return 0;
+#pragma unroll
+	for (int i = OFF_SRH / 8; i < SP_MAX_HDR / 8; i++) {
+		if (i * 8 >= o->len)
+			break;
+		if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8])
+			return 0;
+	}
+	return 1;
+}
+
 /* The per-packet fields of an outer header about to be pushed: payload length; traffic class
  * copied from the inner packet (ECN as RFC 6040's normal mode asks, and the DSCP, the uniform
  * model of RFC 2983: the inner DSCP itself is never changed); flow label from the inner flow
@@ -492,6 +547,7 @@ static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hd
 		return drop_sid(da, skb_len, SP_DROP_ADJUST);
 	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 		return drop_sid(da, skb_len, err);
+	am_learn(skb, sid->cache_ifindex, o);
 	count_sid(da, skb_len, 0);
 	return bpf_redirect_peer(sid->ifindex, 0);
 }
@@ -534,10 +590,13 @@ static __always_inline int insert_srh(struct __sk_buff *skb, struct outer_hdr *o
  * gets the packet exactly as the source sent it. */
 static __always_inline int end_am_return(struct __sk_buff *skb, struct outer_hdr *o)
 {
+	if (!am_returned_as_given(skb, o))
+		return drop(SP_DROP_FORGED);
 	__u8 sl = o->bytes[OFF_SL];
 	if (sl > o->bytes[OFF_LAST] || sl >= SP_MAX_SEGS)
 		return drop(SP_DROP_MALFORMED);
-	__u32 off = OFF_SEGS + 16 * (__u32)sl;
+	__u64 off = OFF_SEGS + 16 * (__u64)sl;
+	sp_barrier_var(off);
 	if (off + 16 > SP_MAX_HDR)
 		return drop(SP_DROP_MALFORMED);
 	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
