@@ -690,6 +690,15 @@ fn masquerading_proxies_carry_a_symmetric_chain() {
     assert!(srv6.iter().any(|l| l.contains(&format!("{client6} > fcbb:bb00:2:"))), "{srv6:?}");
     assert!(!srv6.iter().any(|l| l.contains("fcbb:bb00:1::1 >")), "nothing encapsulated: {srv6:?}");
 
+    // UDP GSO (UDP_SEGMENT, as QUIC stacks send) both ways: H.Insert, End.AM and its last pop
+    // keep the datagrams' boundaries.
+    for (pods, addr) in [(("client", "server"), &server6), (("server", "client"), &client6)] {
+        let stream = Stream::start(&lab, pods, addr, &["--rate", "10000", "--seconds", "1", "--size", "1200", "--gso", "8"]);
+        let (sent, got) = stream.finish();
+        let (sent, received) = (sent["sent"].as_u64().unwrap(), got["received"].as_u64().unwrap());
+        assert!(received * 100 >= sent * 95, "UDP GSO {pods:?}: {received} of {sent}; drops {}", lab.status()["drops"]);
+    }
+
     let st = lab.status();
     for node in ["n1", "n2"] {
         assert!(sid_packets(&st, node, "End.AM") >= 10, "{node}: {}", st["sids"]);
