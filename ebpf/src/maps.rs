@@ -292,7 +292,64 @@ impl DropReason {
 mod tests {
     use super::*;
 
-    /// The C side's `#define`s and enum must agree with these mirrors.
+    /// Every map key and value mirror against the struct the compiled object's BTF describes
+    /// (`bpftool btf dump`): its size and each field's offset, by name. The mirrors of LPM keys
+    /// leave out the leading `prefixlen` (aya's `Key` carries it).
+    #[test]
+    fn mirrors_match_the_objects_btf() {
+        use std::mem::{offset_of, size_of};
+        let obj = std::env::temp_dir().join(format!("srv6pipes-btf-{}.o", std::process::id()));
+        std::fs::write(&obj, crate::OBJECT).unwrap();
+        let out = std::process::Command::new("bpftool").args(["-j", "btf", "dump", "file"]).arg(&obj).output();
+        let _ = std::fs::remove_file(&obj);
+        let Ok(out) = out else {
+            eprintln!("SKIPPED: bpftool is not installed (scripts/deps installs it)");
+            return;
+        };
+        assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+        let btf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let structs = btf["types"].as_array().unwrap();
+        let check = |name: &str, size: usize, lpm: bool, fields: &[(&str, usize)]| {
+            let t = structs
+                .iter()
+                .find(|t| t["kind"] == "STRUCT" && t["name"] == name)
+                .unwrap_or_else(|| panic!("struct {name} in the object's BTF"));
+            let skip = if lpm { 4 } else { 0 };
+            assert_eq!(t["size"].as_u64().unwrap() as usize, size + skip, "sizeof(struct {name})");
+            let members = t["members"].as_array().unwrap();
+            let named: Vec<&str> = members.iter().map(|m| m["name"].as_str().unwrap()).filter(|n| !(lpm && *n == "prefixlen")).collect();
+            let mirrored: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+            assert_eq!(named, mirrored, "struct {name}: fields");
+            for (field, offset) in fields {
+                let m = members.iter().find(|m| m["name"] == *field).unwrap();
+                assert_eq!(m["bits_offset"].as_u64().unwrap() as usize, (offset + skip) * 8, "struct {name}.{field}");
+            }
+        };
+        macro_rules! fields {
+            ($t:ty: $($f:ident),*) => { &[$((stringify!($f), offset_of!($t, $f))),*] };
+        }
+        check("sid_entry", size_of::<SidEntry>(), false, fields!(SidEntry: behavior, ifindex, cache_ifindex, vnf_mac, host_mac));
+        check("outer_hdr", size_of::<OuterHdr>(), false, fields!(OuterHdr: len, pad, stamp, bytes));
+        check("headend_key", size_of::<HeadendKey>(), true, fields!(HeadendKey: ifindex, daddr));
+        check("headend_key4", size_of::<HeadendKey4>(), true, fields!(HeadendKey4: ifindex, daddr));
+        check("l4_key", size_of::<L4Key>(), true, fields!(L4Key: class, proto, port, pad));
+        check("l4_target", size_of::<L4Target>(), false, fields!(L4Target: policy, rank));
+        check("frag_key", size_of::<FragKey>(), false, fields!(FragKey: class, proto));
+        check("as_key", size_of::<AsKey>(), false, fields!(AsKey: ifindex, family));
+        check("hop_key", size_of::<HopKey>(), false, fields!(HopKey: policy, hop));
+        check("hop_slots", size_of::<HopSlots>(), false, fields!(HopSlots: sids));
+        check("src_key", size_of::<SrcKey>(), true, fields!(SrcKey: addr));
+        check("sid_stats", size_of::<SidStats>(), false, fields!(SidStats: packets, bytes, drops));
+        check(
+            "node_config",
+            size_of::<NodeConfig>(),
+            false,
+            fields!(NodeConfig: locator, locator_len, block_len, block, ad_age_ns, src, inner_mtu, flow_quota),
+        );
+    }
+
+    /// The C side's `#define`s and enums (which the object's BTF does not keep) must agree
+    /// with these mirrors.
     #[test]
     fn constants_match_the_c_header() {
         let h = include_str!("../bpf/lib/common.h");
@@ -301,7 +358,6 @@ mod tests {
         assert_eq!(REPLICA_SLOTS, srv6::compiler::REPLICA_SLOTS);
         assert!(h.contains("#define SP_POLICY_DROP (1u << 31)") && POLICY_DROP == 1 << 31);
         assert!(h.contains(&format!("#define SP_ANY_PROTO {ANY_PROTO}")));
-        assert_eq!(std::mem::size_of::<L4Key>(), 8);
         assert_eq!(MAX_SEGS, srv6::MAX_SEGMENTS);
         assert!(h.contains(&format!("SP_END_AD = {BEHAVIOR_END_AD},")));
         assert!(h.contains(&format!("SP_END_DT46 = {BEHAVIOR_END_DT46},")));
@@ -313,7 +369,6 @@ mod tests {
         assert!(h.contains("#define SP_VNF_SHARED (1u << 2)") && VNF_SHARED == 4);
         assert!(h.contains("#define SP_VNF_AS (1u << 3)") && VNF_AS == 8);
         assert!(h.contains("#define SP_CLASS_SRC_PORTS (1u << 31)") && CLASS_SRC_PORTS == 1 << 31);
-        assert_eq!(std::mem::size_of::<L4Target>(), 8);
         // An enum's enumerators (without PREFIX and _MAX), in order, lower case.
         let c_enum = |prefix: &str| -> Vec<String> {
             h.lines()
@@ -327,9 +382,6 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "{r:?}");
         }
-        assert_eq!(std::mem::size_of::<OuterHdr>(), 16 + MAX_HDR);
-        assert_eq!(std::mem::size_of::<SidEntry>(), 24);
-        assert_eq!(std::mem::size_of::<NodeConfig>(), 72);
         let rust: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
         assert_eq!(c_enum("SP_EV_"), rust, "enum sp_event order and names");
     }
