@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* SRv6 header work on an outer_hdr buffer: End processing, encap, decap, forwarding. */
+/* SRv6 header work shared by every behaviour, on an outer_hdr buffer or the packet: End,
+ * validation, the per-packet outer fields, ECN at decapsulation, push and pop (the one place
+ * that owns the GSO cases), forwarding through the FIB, and the inner packet's hop at a proxy. */
 #pragma once
 #include "icmp.h"
 
@@ -92,188 +94,6 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 		return SP_DROP_MALFORMED;
 	o->len = outer_len;
 	return 0;
-}
-
-/* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache). Like SRNK's
- * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
- * it is compared and written only when it changed (with age 0: compared on every packet), so
- * the steady state keeps the cache line shared. Payload length, traffic class and flow label
- * are per packet: the caller zeroes them (normalize_cached). */
-static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *c, struct outer_hdr *o, __u64 age, __u64 now)
-{
-	if (c && age && now - c->stamp < age)
-		return;
-	if (c && c->len == o->len) {
-		int same = 1;
-#pragma unroll
-		for (int i = 0; i < SP_MAX_HDR / 8; i++) {
-			if (i * 8 >= o->len)
-				break;
-			if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8]) {
-				same = 0;
-				break;
-			}
-		}
-		if (same) {
-			if (age)
-				c->stamp = now;
-			return;
-		}
-	}
-	o->stamp = now;
-	bpf_map_update_elem(map, key, o, BPF_ANY);
-}
-
-static __always_inline void normalize_cached(struct outer_hdr *o)
-{
-	/* Traffic class and flow label come from each packet (set_outer_fields). */
-	o->bytes[0] = 0x60;
-	o->bytes[1] = 0;
-	o->bytes[2] = 0;
-	o->bytes[3] = 0;
-	o->bytes[OFF_PLEN] = 0;
-	o->bytes[OFF_PLEN + 1] = 0;
-}
-
-/* The plain packet's flow (right after the Ethernet header): addresses, protocol and, for TCP
- * and UDP (not on non-first fragments), ports. */
-static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct flow_key *k)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->ifindex = ifindex;
-	__u8 vhl;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1))
-		return -1;
-	__u32 l4;
-	if ((vhl >> 4) == 4) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
-			return -1;
-		k->family = 4;
-		k->proto = ip.protocol;
-		__builtin_memcpy(k->saddr, &ip.saddr, 4);
-		__builtin_memcpy(k->daddr, &ip.daddr, 4);
-		if (ip.frag_off & bpf_htons(0x1fff))
-			return 0;
-		l4 = ETH_HLEN + ip.ihl * 4;
-	} else if ((vhl >> 4) == 6) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
-			return -1;
-		k->family = 6;
-		k->proto = ip6.nexthdr;
-		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
-		l4 = ETH_HLEN + sizeof(ip6);
-	} else {
-		return -1;
-	}
-	if (k->proto == 6 || k->proto == 17) {
-		__be16 ports[2];
-		if (!bpf_skb_load_bytes(skb, l4, ports, sizeof(ports))) {
-			k->sport = ports[0];
-			k->dport = ports[1];
-		}
-	}
-	return 0;
-}
-
-/* A new per-flow entry for the chain whose SRH tag `o` carries, if the chain is under its
- * quota: one chain cannot flush the others' flows out of the shared LRU. */
-static __always_inline int flow_quota_take(const struct node_config *cfg, const struct outer_hdr *o)
-{
-	if (!cfg || !cfg->flow_quota)
-		return 1;
-	__u32 tag = (__u32)o->bytes[OFF_SRH + 6] << 8 | o->bytes[OFF_SRH + 7];
-	__u32 *n = bpf_map_lookup_elem(&sp_flow_counts, &tag);
-	if (!n)
-		return 1;
-	if (*n >= cfg->flow_quota) {
-		event(SP_EV_FLOW_QUOTA);
-		return 0;
-	}
-	__sync_fetch_and_add(n, 1);
-	return 1;
-}
-
-/* End.AD learning: the per-interface cache (what the VNF's own new flows use) and the per-flow
- * cache (what lets one interface serve several chains and both directions), unless the
- * function rewrites flows (its replies could never be matched, or worse, match another flow). */
-static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
-{
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	__u64 age = cfg ? cfg->ad_age_ns : 0;
-	__u64 now = bpf_ktime_get_ns();
-	normalize_cached(o);
-	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
-	struct flow_key k;
-	if (flow_of(skb, ifindex, &k))
-		return;
-	/* Known flows are refreshed; the interface's flags and the quota are looked at only when
-	 * a flow is new, so the steady state costs no extra lookup. */
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
-	if (!c) {
-		__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
-		if ((vf && (*vf & SP_VNF_NO_FLOWS)) || !flow_quota_take(cfg, o))
-			return;
-	}
-	ad_learn(&sp_ad_flows, &k, c, o, age, now);
-}
-
-/* End.AM's flow: the packet as its VNF sees it — source, final destination (the DA after
- * masquerading), and the protocol and ports behind the SRH that `o` (its IPv6 header and SRH)
- * describes — on the interface the VNF returns it on. */
-static __always_inline void am_flow_of(struct __sk_buff *skb, __u32 ifindex, const struct outer_hdr *o, struct flow_key *k)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->ifindex = ifindex;
-	k->family = 6;
-	k->proto = o->bytes[OFF_SRH];
-	__builtin_memcpy(k->saddr, &o->bytes[OFF_SRC], 16);
-	__builtin_memcpy(k->daddr, &o->bytes[OFF_DST], 16);
-	__u64 off = ETH_HLEN + (__u64)o->len;
-	__be16 ports[2];
-	if ((k->proto == 6 || k->proto == 17) && off <= ETH_HLEN + SP_MAX_HDR && !bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
-		k->sport = ports[0];
-		k->dport = ports[1];
-	}
-}
-
-/* End.AM inbound remembers, per flow, the SRH it hands the VNF (`o`, after End; the caller is
- * done with it): the VNF may return that flow with that SRH and nothing else. Under the chain's
- * per-flow quota, like End.AD. */
-static __always_inline void am_learn(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
-{
-	struct flow_key k;
-	am_flow_of(skb, ifindex, o, &k);
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-	normalize_cached(o);
-	o->bytes[OFF_HLIM] = 0;
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
-	if (!c && !flow_quota_take(cfg, o))
-		return;
-	ad_learn(&sp_ad_flows, &k, c, o, cfg ? cfg->ad_age_ns : 0, bpf_ktime_get_ns());
-}
-
-/* Whether what an End.AM VNF returns (`o`: its IPv6 header and SRH) is a flow End.AM handed it,
- * with the very SRH it had: no forged source, no segment list of the VNF's own making. */
-static __always_inline int am_returned_as_given(struct __sk_buff *skb, const struct outer_hdr *o)
-{
-	struct flow_key k;
-	am_flow_of(skb, skb->ingress_ifindex, o, &k);
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
-	if (!c || c->len != o->len)
-		return 0;
-#pragma unroll
-	for (int i = OFF_SRH / 8; i < SP_MAX_HDR / 8; i++) {
-		if (i * 8 >= o->len)
-			break;
-		if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8])
-			return 0;
-	}
-	return 1;
 }
 
 /* The per-packet fields of an outer header about to be pushed: payload length; traffic class
@@ -478,149 +298,50 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	return fib_send(skb, &p, rc);
 }
 
-/* Deliver a packet whose (possibly not yet pushed) outer header is `o`. `origin`
- * SP_ORIGIN_TRANSIT: the packet carries `o` already (uplink) and it must be popped for local
- * SIDs; else it is pushed here. A DA that is a local SID is served here, so a next segment on
- * this node never leaves it. */
-static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 {
-	int in_packet = origin == SP_ORIGIN_TRANSIT;
-	__u32 skb_len = skb->len;
-	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
-	if (!sid) {
-		return encap_forward(skb, o, origin);
-	}
-	__u8 da[16];
-	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
-	int err;
-	switch (sid->behavior) {
-	case SP_END_AD:
-	case SP_END_AS: {
-		/* draft-ietf-spring-sr-service-programming §6.1-6.2: End, then (End.AD only) cache the
-		 * outer headers keyed by the VNF's return interface, and hand the inner packet to the
-		 * VNF. End.AS restores configured headers instead. */
-		err = apply_end(o, 0);
-		if (err)
-			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
-		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
-			return drop_sid(da, skb_len, err);
-		if (sid->behavior == SP_END_AD)
-			ad_cache_store(skb, sid->cache_ifindex, o);
-		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
-			return drop_sid(da, skb_len, err);
-		count_sid(da, skb_len, 0);
-		return bpf_redirect_peer(sid->ifindex, 0);
-	}
-	case SP_END_DT46:
-		/* RFC 8986 §4.8-4.10 with the main table: only with no segment left. */
-		if (o->bytes[OFF_SL] != 0)
-			return in_packet ? sid_error(skb, da, skb_len, SP_DROP_SL_NONZERO, 0) : drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
-		if (!inner_supported(o->bytes[OFF_SRH]))
-			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
-		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
-			return drop_sid(da, skb_len, err);
-		count_sid(da, skb_len, 0);
-		return TC_ACT_OK;
-	default:
-		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
-	}
-}
-
-/* A packet that carries its SRH by insertion (`o` holds its IPv6 header and SRH): a local
- * End.AM SID hands it to the VNF with the DA masqueraded; anything else goes to the FIB. */
-static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hdr *o)
-{
-	__u32 skb_len = skb->len;
-	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
-	if (!sid)
-		return fib_forward(skb, o);
-	__u8 da[16];
-	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
-	/* Only End.AM keeps the original packet: the others expect an encapsulated one. */
-	if (sid->behavior != SP_END_AM)
-		return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
-	int err = apply_end(o, 1);
-	if (err)
-		return sid_error(skb, da, skb_len, err, o->len);
-	/* In place: keep skb->csum valid for CHECKSUM_COMPLETE packets from a NIC. */
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, BPF_F_RECOMPUTE_CSUM))
-		return drop_sid(da, skb_len, SP_DROP_ADJUST);
-	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
-		return drop_sid(da, skb_len, err);
-	am_learn(skb, sid->cache_ifindex, o);
-	count_sid(da, skb_len, 0);
-	return bpf_redirect_peer(sid->ifindex, 0);
-}
-
-/* H.Insert (draft-filsfils-spring-srv6-net-pgm-insertion): the policy's SRH (`o`, a template of
- * IPv6 header + SRH) goes between the packet's IPv6 header and its payload. Segment List[0]
- * becomes the packet's destination, the DA the first segment; `o` ends up holding the packet's
- * new IPv6 header and SRH. Returns 0 or a drop reason. */
-static __always_inline int insert_srh(struct __sk_buff *skb, struct outer_hdr *o)
-{
-	struct ipv6hdr ip6;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+	__u8 ttl;
+	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, hop_limit));
+	if (bpf_skb_load_bytes(skb, off, &ttl, 1))
 		return SP_DROP_MALFORMED;
-	__u64 len = o->len;
-	if (len < SP_IP6_LEN + SP_SRH_FIXED + 32 || len > SP_MAX_HDR)
-		return SP_DROP_MALFORMED;
-	__u32 srh_len = len - SP_IP6_LEN;
-	__u32 plen = bpf_ntohs(ip6.payload_len) + srh_len;
-	if (plen > 0xffff)
-		return SP_DROP_MTU;
-	__builtin_memcpy(&o->bytes[OFF_SEGS], &ip6.daddr, 16);
-	o->bytes[OFF_SRH] = ip6.nexthdr;
-	ip6.nexthdr = SP_NH_ROUTING;
-	ip6.payload_len = bpf_htons(plen);
-	__builtin_memcpy(&ip6.daddr, &o->bytes[OFF_DST], 16);
-	__builtin_memcpy(o->bytes, &ip6, SP_IP6_LEN);
-	if (bpf_skb_adjust_room(skb, (__s32)srh_len, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO))
-		return SP_DROP_ADJUST;
-	sp_barrier_var(len);
-	if (len < SP_IP6_LEN + SP_SRH_FIXED + 32 || len > SP_MAX_HDR)
-		return SP_DROP_MALFORMED;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
+	if (ttl <= 1)
+		return SP_DROP_INNER_TTL;
+	__u8 next = ttl - 1;
+	if (ipv4) {
+		/* TTL and protocol share a 16-bit word of the header checksum. */
+		__u8 proto;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
+			return SP_DROP_MALFORMED;
+		__be16 old = bpf_htons((__u16)ttl << 8 | proto), new = bpf_htons((__u16)next << 8 | proto);
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2))
+			return SP_DROP_ADJUST;
+	}
+	if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
 		return SP_DROP_ADJUST;
 	return 0;
 }
 
-/* End.AM de-masquerading (draft §6.4) on what a VNF returns (`o`: its IPv6 header and SRH, as
- * loaded by load_srh): the DA becomes Segment List[Segments Left] again. When that is the final
- * destination (SL 0) the SRH has no use left and is popped (as PSP would), so the destination
- * gets the packet exactly as the source sent it. */
-static __always_inline int end_am_return(struct __sk_buff *skb, struct outer_hdr *o)
+/* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does): its TTL or
+ * hop limit goes down by one. Returns 1 with the verdict in `verdict` for a packet that ends
+ * here: one whose TTL ran out is dropped (`inner_ttl`) and its source told through this node's
+ * routing (the source is not behind the VNF's interface): ICMPv6 Time Exceeded from the node's
+ * SRv6 source, or ICMP Time Exceeded from the packet's destination (the node has no IPv4
+ * address of its own in the domain). */
+static __always_inline int inner_hop(struct __sk_buff *skb, int ipv4, int *verdict)
 {
-	if (!am_returned_as_given(skb, o))
-		return drop(SP_DROP_FORGED);
-	__u8 sl = o->bytes[OFF_SL];
-	if (sl > o->bytes[OFF_LAST] || sl >= SP_MAX_SEGS)
-		return drop(SP_DROP_MALFORMED);
-	__u64 off = OFF_SEGS + 16 * (__u64)sl;
-	sp_barrier_var(off);
-	if (off + 16 > SP_MAX_HDR)
-		return drop(SP_DROP_MALFORMED);
-	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
-	if (sl > 0) {
-		/* The next segment must be a SID of the domain: a VNF cannot use the SRH to route. */
-		__u32 zero = 0;
-		struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-		if (!cfg || !prefix_match(&o->bytes[OFF_DST], cfg->block, cfg->block_len))
-			return drop(SP_DROP_CLOSED_DOMAIN);
-		if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN, 0))
-			return drop(SP_DROP_ADJUST);
-		return steer_inserted(skb, o);
-	}
-	__u64 srh_len = o->len - SP_IP6_LEN;
-	__u32 plen = (__u32)o->bytes[OFF_PLEN] << 8 | o->bytes[OFF_PLEN + 1];
-	if (srh_len > SP_MAX_HDR - SP_IP6_LEN || plen < srh_len)
-		return drop(SP_DROP_MALFORMED);
-	plen -= srh_len;
-	o->bytes[OFF_PLEN] = plen >> 8;
-	o->bytes[OFF_PLEN + 1] = plen;
-	o->bytes[6] = o->bytes[OFF_SRH]; /* next header */
-	if (bpf_skb_adjust_room(skb, -(__s32)srh_len, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO))
-		return drop(SP_DROP_ADJUST);
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN, 0))
-		return drop(SP_DROP_ADJUST);
-	return fib_forward(skb, o);
+	int err = decrement_inner_ttl(skb, ipv4);
+	if (!err)
+		return 0;
+	*verdict = drop(err);
+	if (err != SP_DROP_INNER_TTL)
+		return 1;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	int r = cfg ? icmp_to_source(skb, cfg, !ipv4, SP_ICMP_TIME_EXCEEDED, 0, 1) : -1;
+	if (r >= 0)
+		*verdict = r;
+	return 1;
 }
+
+/* Delivers a packet toward its DA, serving local SIDs (steer.h). */
+static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin);

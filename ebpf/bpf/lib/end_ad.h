@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* End.AD, the dynamic proxy (draft-ietf-spring-sr-service-programming §6.2): inbound it learns
+ * the headers per VNF interface and per flow; outbound it restores them on what the VNF
+ * returns. */
+#pragma once
+#include "srv6.h"
+#include "flow.h"
+
+/* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache). Like SRNK's
+ * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
+ * it is compared and written only when it changed (with age 0: compared on every packet), so
+ * the steady state keeps the cache line shared. Payload length, traffic class and flow label
+ * are per packet: the caller zeroes them (normalize_cached). */
+static __always_inline void ad_learn(void *map, const void *key, struct outer_hdr *c, struct outer_hdr *o, __u64 age, __u64 now)
+{
+	if (c && age && now - c->stamp < age)
+		return;
+	if (c && c->len == o->len) {
+		int same = 1;
+#pragma unroll
+		for (int i = 0; i < SP_MAX_HDR / 8; i++) {
+			if (i * 8 >= o->len)
+				break;
+			if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8]) {
+				same = 0;
+				break;
+			}
+		}
+		if (same) {
+			if (age)
+				c->stamp = now;
+			return;
+		}
+	}
+	o->stamp = now;
+	bpf_map_update_elem(map, key, o, BPF_ANY);
+}
+
+static __always_inline void normalize_cached(struct outer_hdr *o)
+{
+	/* Traffic class and flow label come from each packet (set_outer_fields). */
+	o->bytes[0] = 0x60;
+	o->bytes[1] = 0;
+	o->bytes[2] = 0;
+	o->bytes[3] = 0;
+	o->bytes[OFF_PLEN] = 0;
+	o->bytes[OFF_PLEN + 1] = 0;
+}
+
+/* The plain packet's flow (right after the Ethernet header): addresses, protocol and, for TCP
+ * and UDP (not on non-first fragments), ports. */
+static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->ifindex = ifindex;
+	__u8 vhl;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1))
+		return -1;
+	__u32 l4;
+	if ((vhl >> 4) == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		k->family = 4;
+		k->proto = ip.protocol;
+		__builtin_memcpy(k->saddr, &ip.saddr, 4);
+		__builtin_memcpy(k->daddr, &ip.daddr, 4);
+		if (ip.frag_off & bpf_htons(0x1fff))
+			return 0;
+		l4 = ETH_HLEN + ip.ihl * 4;
+	} else if ((vhl >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return -1;
+		k->family = 6;
+		k->proto = ip6.nexthdr;
+		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
+		l4 = ETH_HLEN + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (k->proto == 6 || k->proto == 17) {
+		__be16 ports[2];
+		if (!bpf_skb_load_bytes(skb, l4, ports, sizeof(ports))) {
+			k->sport = ports[0];
+			k->dport = ports[1];
+		}
+	}
+	return 0;
+}
+
+/* A new per-flow entry for the chain whose SRH tag `o` carries, if the chain is under its
+ * quota: one chain cannot flush the others' flows out of the shared LRU. */
+static __always_inline int flow_quota_take(const struct node_config *cfg, const struct outer_hdr *o)
+{
+	if (!cfg || !cfg->flow_quota)
+		return 1;
+	__u32 tag = (__u32)o->bytes[OFF_SRH + 6] << 8 | o->bytes[OFF_SRH + 7];
+	__u32 *n = bpf_map_lookup_elem(&sp_flow_counts, &tag);
+	if (!n)
+		return 1;
+	if (*n >= cfg->flow_quota) {
+		event(SP_EV_FLOW_QUOTA);
+		return 0;
+	}
+	__sync_fetch_and_add(n, 1);
+	return 1;
+}
+
+/* End.AD learning: the per-interface cache (what the VNF's own new flows use) and the per-flow
+ * cache (what lets one interface serve several chains and both directions), unless the
+ * function rewrites flows (its replies could never be matched, or worse, match another flow). */
+static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
+	__u64 age = cfg ? cfg->ad_age_ns : 0;
+	__u64 now = bpf_ktime_get_ns();
+	normalize_cached(o);
+	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
+	struct flow_key k;
+	if (flow_of(skb, ifindex, &k))
+		return;
+	/* Known flows are refreshed; the interface's flags and the quota are looked at only when
+	 * a flow is new, so the steady state costs no extra lookup. */
+	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
+	if (!c) {
+		__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
+		if ((vf && (*vf & SP_VNF_NO_FLOWS)) || !flow_quota_take(cfg, o))
+			return;
+	}
+	ad_learn(&sp_ad_flows, &k, c, o, age, now);
+}
+
+/* End.AD outbound on a VNF's return interface (`vflags`: its SP_VNF_* flags): the flow's own
+ * headers first (several chains, both directions), else the interface's when it serves one
+ * chain in one direction; the inner packet's hop; then on to the next segment. */
+static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, int ipv4)
+{
+	struct flow_key fk;
+	struct outer_hdr *c = NULL;
+	if (!(vflags & SP_VNF_NO_FLOWS) && !flow_of(skb, ifindex, &fk))
+		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
+	/* The interface's headers are whichever flow was learnt last: on an interface that serves
+	 * several chains (or both directions of one) they may belong to another chain. */
+	if (!c && (vflags & SP_VNF_SHARED))
+		return drop(SP_DROP_FLOW_MISS);
+	if (!c)
+		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (!c)
+		return drop(SP_DROP_NO_CACHE);
+	int verdict;
+	if (inner_hop(skb, ipv4, &verdict))
+		return verdict;
+	/* The cache was learnt from traffic of one family; the VNF must return the same. */
+	if (ipv4 != (c->bytes[OFF_SRH] == SP_NH_IPV4))
+		return drop(SP_DROP_INNER_PROTO);
+	struct outer_hdr *o = scratch();
+	if (!o)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(o, c, sizeof(*o));
+	set_outer_fields(skb, o);
+	return steer(skb, o, SP_ORIGIN_VNF);
+}

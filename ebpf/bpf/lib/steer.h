@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Delivery of a packet toward its DA: a local SID is served here (End.AD/End.AS inbound,
+ * decapsulation), anything else is pushed (if not yet) and forwarded. */
+#pragma once
+#include "end_am.h"
+
+/* Deliver a packet whose (possibly not yet pushed) outer header is `o`. `origin`
+ * SP_ORIGIN_TRANSIT: the packet carries `o` already (uplink) and it must be popped for local
+ * SIDs; else it is pushed here. A DA that is a local SID is served here, so a next segment on
+ * this node never leaves it. */
+static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+{
+	int in_packet = origin == SP_ORIGIN_TRANSIT;
+	__u32 skb_len = skb->len;
+	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
+	if (!sid) {
+		return encap_forward(skb, o, origin);
+	}
+	__u8 da[16];
+	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
+	int err;
+	switch (sid->behavior) {
+	case SP_END_AD:
+	case SP_END_AS: {
+		/* draft-ietf-spring-sr-service-programming §6.1-6.2: End, then (End.AD only) cache the
+		 * outer headers keyed by the VNF's return interface, and hand the inner packet to the
+		 * VNF. End.AS restores configured headers instead. */
+		err = apply_end(o, 0);
+		if (err)
+			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
+		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
+			return drop_sid(da, skb_len, err);
+		if (sid->behavior == SP_END_AD)
+			ad_cache_store(skb, sid->cache_ifindex, o);
+		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
+			return drop_sid(da, skb_len, err);
+		count_sid(da, skb_len, 0);
+		return bpf_redirect_peer(sid->ifindex, 0);
+	}
+	case SP_END_DT46:
+		/* RFC 8986 §4.8-4.10 with the main table: only with no segment left. */
+		if (o->bytes[OFF_SL] != 0)
+			return in_packet ? sid_error(skb, da, skb_len, SP_DROP_SL_NONZERO, 0) : drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
+		if (!inner_supported(o->bytes[OFF_SRH]))
+			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
+		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
+			return drop_sid(da, skb_len, err);
+		count_sid(da, skb_len, 0);
+		return TC_ACT_OK;
+	default:
+		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
+	}
+}
