@@ -246,10 +246,9 @@ pub fn hello(lab: &Lab, from: &str, addr: &str) -> String {
     } else {
         format!("TCP4:{addr}:8080")
     };
-    let out = lab.exec(
-        from,
-        &["sh", "-c", &format!("echo | socat -t 5 -T 5 - {target}")],
-    );
+    // Read-only (-u): a client that also sent a line could have it arrive after the server
+    // closed, which answers with a reset that may discard the greeting unread.
+    let out = lab.exec(from, &["socat", "-u", "-T", "10", &format!("{target},connect-timeout=10"), "-"]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
