@@ -153,7 +153,9 @@ pub fn build(rules: &[Rule]) -> Tables {
 /// A rule's stage-2 entries in one key space (destination or source ports), only where no
 /// earlier rule of the class already covers them.
 fn add_l4(space: &mut Vec<L4Entry>, class: u32, rank: u32, proto: Option<u8>, ports: &[(u16, u16)], by_source: bool, target: usize) {
-    let wanted: Vec<(Option<u8>, Option<(u16, u8)>)> = match (proto, ports.is_empty()) {
+    // (protocol, port block): None = any protocol, no block = any port.
+    type Want = (Option<u8>, Option<(u16, u8)>);
+    let wanted: Vec<Want> = match (proto, ports.is_empty()) {
         (p, true) => vec![(p, None)],
         // Ports mean TCP or UDP: "any protocol" with ports is both.
         (p, false) => {
