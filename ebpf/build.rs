@@ -19,8 +19,6 @@ fn main() {
         .arg("-o")
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {clang} to build the eBPF datapath ({e}); install clang, llvm and libbpf-dev")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {clang} to build the eBPF datapath ({e}); install clang, llvm and libbpf-dev"));
     assert!(status.success(), "{clang} failed to compile ebpf/bpf/srv6pipes.bpf.c");
 }

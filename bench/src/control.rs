@@ -51,7 +51,12 @@ fn cni(node_ns: &str, program: &Path, command: &str, netns: &str, id: &str, conf
     let out = child.wait_with_output()?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
-        bail!("{} {command} {id}: {} {}", program.display(), String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} {command} {id}: {} {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(ms)
 }
@@ -66,7 +71,8 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
     let ptp = json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": false,
                      "ipam": ipam("fd00:cd::/64", "ipam-ptp")});
     let ipam_only = json!({"cniVersion": "1.0.0", "name": "bench-ipam", "type": "host-local", "ipam": ipam("fd00:ce::/64", "ipam-only")});
-    let (our_bin, ptp_bin, ipam_bin) = (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?, plugin("host-local", &b.bin_dir)?);
+    let (our_bin, ptp_bin, ipam_bin) =
+        (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?, plugin("host-local", &b.bin_dir)?);
     let mut s = CniSamples { srv6pipes_ms: Vec::new(), ptp_ms: Vec::new(), ipam_ms: Vec::new() };
     for i in 0..n {
         for (which, bin, conf) in [("s", &our_bin, &ours), ("p", &ptp_bin, &ptp), ("h", &ipam_bin, &ipam_only)] {
@@ -148,7 +154,8 @@ const SERVER_PREFIX: &str = "fd00:10:2::/64";
 
 /// A chain from the client through `functions` (VNF labels fw1, fw2) to `destination`.
 fn chain_yaml(name: &str, destination: &str, functions: &[&str]) -> String {
-    let f: Vec<String> = functions.iter().map(|f| format!("{{name: {f}, podSelector: {{matchLabels: {{vnf: {f}}}}}, proxy: Dynamic}}")).collect();
+    let f: Vec<String> =
+        functions.iter().map(|f| format!("{{name: {f}, podSelector: {{matchLabels: {{vnf: {f}}}}}, proxy: Dynamic}}")).collect();
     format!(
         "apiVersion: srv6pipes.io/v1alpha1\nkind: ServiceChain\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
          sources: {{podSelector: {{matchLabels: {{app: client}}}}}}\n  match: {{destinationPrefixes: [\"{destination}\"]}}\n  \
@@ -196,7 +203,8 @@ impl KubeLab {
         std::fs::write(&manifest, CHAIN_LAB)?;
         sys::run(&mut lab_cmd(&["up", "-f", &manifest.display().to_string(), "--kubeconfig", &kubeconfig.display().to_string()]))?;
         let status: serde_json::Value = serde_json::from_str(&sys::run(&mut lab_cmd(&["status", "-o", "json"]))?)?;
-        let item = |list: &str, n: &str| status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
+        let item =
+            |list: &str, n: &str| status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
         let text = |v: &serde_json::Value, what: &str| v.as_str().map(String::from).with_context(|| format!("{what} in lab status"));
         let (n1, n2) = (item("nodes", "n1"), item("nodes", "n2"));
         let k = Self {
@@ -218,7 +226,12 @@ impl KubeLab {
         k.wait(&format!("n1 to program {background} chains"), Duration::from_secs(600), &|| k.programmed(background))?;
         // Settled: the operator has also reported on every chain (its status writes done).
         k.wait(&format!("{background} chains to be Ready"), Duration::from_secs(600), &|| {
-            let ready = sys::run(&mut k.kubectl(&["get", "servicechains", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"]))?;
+            let ready = sys::run(&mut k.kubectl(&[
+                "get",
+                "servicechains",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ]))?;
             Ok(ready.split_whitespace().filter(|s| *s == "True").count() == background)
         })?;
         Ok(k)
@@ -233,7 +246,8 @@ impl KubeLab {
     /// n1's program has exactly `headends` chains and its daemon reports it applied.
     fn programmed(&self, headends: usize) -> anyhow::Result<bool> {
         let p: serde_json::Value = serde_json::from_str(&sys::run(&mut self.kubectl(&["get", "nodeprogram", "n1", "-o", "json"]))?)?;
-        Ok(p["spec"]["tables"]["headends"].as_array().map_or(0, |h| h.len()) == headends && p["status"]["observedGeneration"] == p["metadata"]["generation"])
+        Ok(p["spec"]["tables"]["headends"].as_array().map_or(0, |h| h.len()) == headends
+            && p["status"]["observedGeneration"] == p["metadata"]["generation"])
     }
 
     fn wait(&self, what: &str, timeout: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
@@ -273,7 +287,9 @@ pub struct ChainApply {
 fn rx_packets(pid: u64, ifname: &str) -> anyhow::Result<u64> {
     let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).with_context(|| format!("read /proc/{pid}/net/dev"))?;
     dev.lines()
-        .find_map(|l| l.trim_start().strip_prefix(ifname)?.strip_prefix(':').map(|rest| rest.split_whitespace().nth(1).map(str::parse::<u64>)))
+        .find_map(|l| {
+            l.trim_start().strip_prefix(ifname)?.strip_prefix(':').map(|rest| rest.split_whitespace().nth(1).map(str::parse::<u64>))
+        })
         .flatten()
         .transpose()?
         .with_context(|| format!("no {ifname} in /proc/{pid}/net/dev"))

@@ -74,7 +74,12 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan) -> anyhow::Resul
     let ns = crate::cost::bpf_ns_per_run(|| {
         let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.cost_trial)?;
         if t.loss() > crate::traffic::LOSS_BOUND {
-            anyhow::bail!("{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)", s.key, t.loss() * 100.0, pps / 1000.0);
+            anyhow::bail!(
+                "{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)",
+                s.key,
+                t.loss() * 100.0,
+                pps / 1000.0
+            );
         }
         Ok(())
     })?;
@@ -237,4 +242,3 @@ fn topo_macs() -> packet::Macs {
     // The ceiling path's sink takes any frame; the MACs only need to be unicast.
     packet::Macs { src: [2, 0, 0, 0, 0, 1], dst: [2, 0, 0, 0, 0, 2] }
 }
-

@@ -190,12 +190,48 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
     .collect();
     let cni_p99 = stats::percentile(&cni.srv6pipes_ms, 99.0);
     let targets = vec![
-        Target { name: "end_ad_vs_plain", what: "End.AD ÷ plain forwarding".into(), bound: 1.0, at_least: true, value: ratio(&p["end_ad"], &p["plain"]) },
-        Target { name: "end_ad_vs_kernel", what: "End.AD ÷ kernel static proxy".into(), bound: 1.0, at_least: true, value: ratio(&p["end_ad"], &p["kernel_static_proxy"]) },
-        Target { name: "end_as_vs_plain", what: "End.AS ÷ plain forwarding".into(), bound: 1.0, at_least: true, value: ratio(&p["end_as"], &p["plain"]) },
-        Target { name: "end_as_vs_kernel", what: "End.AS ÷ kernel static proxy".into(), bound: 1.0, at_least: true, value: ratio(&p["end_as"], &p["kernel_static_proxy"]) },
-        Target { name: "vnf_flat", what: format!("{max_point} VNFs/SIDs ÷ 1 VNF"), bound: 0.97, at_least: true, value: ratio(&dp.scaling[&max_point], &dp.scaling["1"]) },
-        Target { name: "age0", what: "End.AD age 0 ÷ age 1 s".into(), bound: 0.98, at_least: true, value: ratio(&p["end_ad_age0"], &p["end_ad"]) },
+        Target {
+            name: "end_ad_vs_plain",
+            what: "End.AD ÷ plain forwarding".into(),
+            bound: 1.0,
+            at_least: true,
+            value: ratio(&p["end_ad"], &p["plain"]),
+        },
+        Target {
+            name: "end_ad_vs_kernel",
+            what: "End.AD ÷ kernel static proxy".into(),
+            bound: 1.0,
+            at_least: true,
+            value: ratio(&p["end_ad"], &p["kernel_static_proxy"]),
+        },
+        Target {
+            name: "end_as_vs_plain",
+            what: "End.AS ÷ plain forwarding".into(),
+            bound: 1.0,
+            at_least: true,
+            value: ratio(&p["end_as"], &p["plain"]),
+        },
+        Target {
+            name: "end_as_vs_kernel",
+            what: "End.AS ÷ kernel static proxy".into(),
+            bound: 1.0,
+            at_least: true,
+            value: ratio(&p["end_as"], &p["kernel_static_proxy"]),
+        },
+        Target {
+            name: "vnf_flat",
+            what: format!("{max_point} VNFs/SIDs ÷ 1 VNF"),
+            bound: 0.97,
+            at_least: true,
+            value: ratio(&dp.scaling[&max_point], &dp.scaling["1"]),
+        },
+        Target {
+            name: "age0",
+            what: "End.AD age 0 ÷ age 1 s".into(),
+            bound: 0.98,
+            at_least: true,
+            value: ratio(&p["end_ad_age0"], &p["end_ad"]),
+        },
         Target { name: "cni_add_p99", what: "CNI ADD p99 (ms)".into(), bound: 20.0, at_least: false, value: stats::summarize(&[cni_p99]) },
         Target {
             name: "chain_apply_p99",
@@ -257,7 +293,11 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
     let md = report::markdown(
         &result,
         p,
-        &[("VNFs on the node (srv6pipes End.AD)", &dp.scaling), ("VNFs on the node (kernel End.DX6 + ip rule)", &dp.kernel_scaling), ("segments after the proxy", &dp.seglist)],
+        &[
+            ("VNFs on the node (srv6pipes End.AD)", &dp.scaling),
+            ("VNFs on the node (kernel End.DX6 + ip rule)", &dp.kernel_scaling),
+            ("segments after the proxy", &dp.seglist),
+        ],
         &targets,
     );
     std::fs::write(out.join("latest.md"), &md)?;

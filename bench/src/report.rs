@@ -80,7 +80,8 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         let mut keys: Vec<&String> = m.keys().collect();
         keys.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.to_string()));
         for k in keys {
-            let progs: Vec<String> = m[k].as_object().into_iter().flatten().map(|(p, ns)| format!("{p} {:.0}", ns.as_f64().unwrap_or(0.0))).collect();
+            let progs: Vec<String> =
+                m[k].as_object().into_iter().flatten().map(|(p, ns)| format!("{p} {:.0}", ns.as_f64().unwrap_or(0.0))).collect();
             let _ = writeln!(md, "| {k} | {} |", progs.join(", "));
         }
     }
@@ -98,7 +99,13 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         if v.is_null() {
             let _ = writeln!(md, "| {k} | – | – | not measured |");
         } else {
-            let _ = writeln!(md, "| {k} | {:.2} | {:.2} | {} |", v["p50"].as_f64().unwrap_or(0.0), v["p99"].as_f64().unwrap_or(0.0), v["samples"].as_array().map_or(0, |a| a.len()));
+            let _ = writeln!(
+                md,
+                "| {k} | {:.2} | {:.2} | {} |",
+                v["p50"].as_f64().unwrap_or(0.0),
+                v["p99"].as_f64().unwrap_or(0.0),
+                v["samples"].as_array().map_or(0, |a| a.len())
+            );
         }
     }
     let t = &r["tcp_goodput_mbps"];
@@ -110,13 +117,20 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     }
     let _ = writeln!(md, "\n| target | bar | measured, median (min–max) | verdict |\n|---|---|---|---|");
     for t in targets {
-        let _ = writeln!(md, "| {} | {} {} | {} | {:?} |", t.what, if t.at_least { "≥" } else { "≤" }, t.bound, fmt_r(&t.value), t.verdict());
+        let _ =
+            writeln!(md, "| {} | {} {} | {} | {:?} |", t.what, if t.at_least { "≥" } else { "≤" }, t.bound, fmt_r(&t.value), t.verdict());
     }
     md
 }
 
 /// Two panels: PDR per scenario with its spread; PDR against the number of VNFs.
-pub fn plot(dir: &Path, stem: &str, pdr: &BTreeMap<String, Vec<f64>>, scaling: &BTreeMap<String, Vec<f64>>, kernel: &BTreeMap<String, Vec<f64>>) -> anyhow::Result<()> {
+pub fn plot(
+    dir: &Path,
+    stem: &str,
+    pdr: &BTreeMap<String, Vec<f64>>,
+    scaling: &BTreeMap<String, Vec<f64>>,
+    kernel: &BTreeMap<String, Vec<f64>>,
+) -> anyhow::Result<()> {
     let mut bars = String::new();
     for (i, (k, v)) in pdr.iter().enumerate() {
         let s = summarize(v);
@@ -140,7 +154,11 @@ pub fn plot(dir: &Path, stem: &str, pdr: &BTreeMap<String, Vec<f64>>, scaling: &
          plot '{stem}.scaling.dat' using 1:2:3:4 with yerrorlines title 'srv6pipes End.AD', '' using 1:5 with linespoints title 'kernel End.DX6 + ip rule'\nunset multiplot\n"
     );
     std::fs::write(dir.join(format!("{stem}.gp")), &script)?;
-    let out = std::process::Command::new("gnuplot").arg(format!("{stem}.gp")).current_dir(dir).output().context("run gnuplot (apt-get install gnuplot-nox)")?;
+    let out = std::process::Command::new("gnuplot")
+        .arg(format!("{stem}.gp"))
+        .current_dir(dir)
+        .output()
+        .context("run gnuplot (apt-get install gnuplot-nox)")?;
     if !out.status.success() {
         bail!("gnuplot: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -166,8 +166,7 @@ impl Cleanup {
             let _ = c.wait();
         }
         self.children.clear();
-        let lines: Vec<String> =
-            self.netns.drain(..).rev().filter(|n| netns_path(n).exists()).map(|n| format!("netns del {n}")).collect();
+        let lines: Vec<String> = self.netns.drain(..).rev().filter(|n| netns_path(n).exists()).map(|n| format!("netns del {n}")).collect();
         if let Err(e) = ip_batch(None, &lines) {
             // One failure stops a batch: finish one by one.
             eprintln!("bench cleanup: {e:#}");

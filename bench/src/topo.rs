@@ -123,23 +123,42 @@ impl Bench {
         sys::sysctls(&node_ns, NODE_SYSCTLS)?;
         let (gmac, umac, dmac, smac) = (mac(0xaa, k, 0, 1), mac(0xaa, k, 0, 2), mac(0xab, k, 0, 1), mac(0xab, k, 0, 2));
         let (gen_if, sink_if) = (format!("g{k}"), format!("s{k}"));
-        sys::ip_batch(None, &[
-            format!("link add name {gen_if} netns {} address {} type veth peer name eth0 netns {node_ns} address {}", self.gen_ns, fmt_mac(gmac), fmt_mac(umac)),
-            format!("link add name {sink_if} netns {} address {} type veth peer name eth1 netns {node_ns} address {}", self.sink_ns, fmt_mac(smac), fmt_mac(dmac)),
-        ])?;
+        sys::ip_batch(
+            None,
+            &[
+                format!(
+                    "link add name {gen_if} netns {} address {} type veth peer name eth0 netns {node_ns} address {}",
+                    self.gen_ns,
+                    fmt_mac(gmac),
+                    fmt_mac(umac)
+                ),
+                format!(
+                    "link add name {sink_if} netns {} address {} type veth peer name eth1 netns {node_ns} address {}",
+                    self.sink_ns,
+                    fmt_mac(smac),
+                    fmt_mac(dmac)
+                ),
+            ],
+        )?;
         sys::ip_batch(Some(&self.gen_ns), &[format!("link set {gen_if} up")])?;
         sys::ip_batch(Some(&self.sink_ns), &[format!("link set {sink_if} up")])?;
         let sink_addr = format!("fd00:b1:{k:x}::2");
-        sys::ip_batch(Some(&node_ns), &[
-            "link set lo up".into(),
-            "link set eth0 up".into(),
-            "link set eth1 up".into(),
-            format!("addr add fd00:b0:{k:x}::2/64 dev eth0 nodad"),
-            format!("addr add fd00:b1:{k:x}::1/64 dev eth1 nodad"),
-            format!("neigh replace {sink_addr} lladdr {} dev eth1 nud permanent", fmt_mac(smac)),
-            format!("route add fcbb:bb00:ff::/48 via {sink_addr} dev eth1"),
-            format!("route add {} via {sink_addr} dev eth1", if kind == Kind::Plain { format!("{INNER_DST}/64 table {RETURN_TABLE}") } else { format!("{INNER_DST}/64") }),
-        ])?;
+        sys::ip_batch(
+            Some(&node_ns),
+            &[
+                "link set lo up".into(),
+                "link set eth0 up".into(),
+                "link set eth1 up".into(),
+                format!("addr add fd00:b0:{k:x}::2/64 dev eth0 nodad"),
+                format!("addr add fd00:b1:{k:x}::1/64 dev eth1 nodad"),
+                format!("neigh replace {sink_addr} lladdr {} dev eth1 nud permanent", fmt_mac(smac)),
+                format!("route add fcbb:bb00:ff::/48 via {sink_addr} dev eth1"),
+                format!(
+                    "route add {} via {sink_addr} dev eth1",
+                    if kind == Kind::Plain { format!("{INNER_DST}/64 table {RETURN_TABLE}") } else { format!("{INNER_DST}/64") }
+                ),
+            ],
+        )?;
         // The generator's veth delivers only into a peer with NAPI (GRO on); RPS moves the
         // node's work off the generator's CPU.
         sys::run(sys::command(&node_ns, "ethtool", true)?.args(["-K", "eth0", "gro", "on"]))?;
@@ -241,24 +260,30 @@ impl Bench {
         sys::ip_batch(Some(&lane.node_ns), &node)?;
         for v in &new {
             let j = v.index;
-            sys::sysctls(&v.netns, &[
-                ("net/ipv6/conf/all/forwarding", "1"),
-                ("net/ipv4/ip_forward", "1"),
-                ("net/ipv6/conf/all/accept_dad", "0"),
-                ("net/ipv6/conf/default/accept_dad", "0"),
-            ])?;
+            sys::sysctls(
+                &v.netns,
+                &[
+                    ("net/ipv6/conf/all/forwarding", "1"),
+                    ("net/ipv4/ip_forward", "1"),
+                    ("net/ipv6/conf/all/accept_dad", "0"),
+                    ("net/ipv6/conf/default/accept_dad", "0"),
+                ],
+            )?;
             let hm = fmt_mac(v.host_mac);
             // As srv6pipes-cni leaves a VNF: everything goes back out of its chain interface.
-            sys::ip_batch(Some(&v.netns), &[
-                "link set lo up".into(),
-                "link set net1 up".into(),
-                format!("addr add fd00:c0:{k:x}:{j:x}::2/64 dev net1 nodad"),
-                "addr add 169.254.0.2/30 dev net1".into(),
-                format!("neigh replace fe80::1 lladdr {hm} dev net1 nud permanent"),
-                format!("neigh replace 169.254.0.1 lladdr {hm} dev net1 nud permanent"),
-                "route add default via fe80::1 dev net1".into(),
-                "route add default via 169.254.0.1 dev net1 onlink".into(),
-            ])?;
+            sys::ip_batch(
+                Some(&v.netns),
+                &[
+                    "link set lo up".into(),
+                    "link set net1 up".into(),
+                    format!("addr add fd00:c0:{k:x}:{j:x}::2/64 dev net1 nodad"),
+                    "addr add 169.254.0.2/30 dev net1".into(),
+                    format!("neigh replace fe80::1 lladdr {hm} dev net1 nud permanent"),
+                    format!("neigh replace 169.254.0.1 lladdr {hm} dev net1 nud permanent"),
+                    "route add default via fe80::1 dev net1".into(),
+                    "route add default via 169.254.0.1 dev net1 onlink".into(),
+                ],
+            )?;
         }
         match lane.kind {
             Kind::Srv6pipes { .. } => {

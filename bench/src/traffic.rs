@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use aya::programs::{Xdp, XdpFlags};
 use aya::Ebpf;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use srv6pipes_ebpf::{prog_test_run, TestAttr};
 
@@ -131,7 +131,8 @@ impl Traffic {
 
     fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64) -> anyhow::Result<()> {
         let mut sinks: HashMap<_, u32, SinkConfig> = HashMap::try_from(self.bpf.map_mut("sink_config").context("sink_config")?)?;
-        let cfg = SinkConfig { slot: path.slot, any: path.expect.is_none() as u32, dst: path.expect.map(|a| a.octets()).unwrap_or_default() };
+        let cfg =
+            SinkConfig { slot: path.slot, any: path.expect.is_none() as u32, dst: path.expect.map(|a| a.octets()).unwrap_or_default() };
         sinks.insert(path.sink_ifindex, cfg, 0)?;
         let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
         for (i, d) in dsts.iter().enumerate() {
@@ -146,7 +147,14 @@ impl Traffic {
         frames.set(0, template, 0)?;
         let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
         let interval_ns = if pps > 0.0 { (1e9 / pps) as u64 } else { 0 };
-        let cfg = GenConfig { n_dsts: dsts.len() as u32, da_off: frame.da_off, seg_off: frame.seg_off, pad: 0, interval_ns, window_ns: 64 * interval_ns };
+        let cfg = GenConfig {
+            n_dsts: dsts.len() as u32,
+            da_off: frame.da_off,
+            seg_off: frame.seg_off,
+            pad: 0,
+            interval_ns,
+            window_ns: 64 * interval_ns,
+        };
         config.set(0, cfg, 0)?;
         let mut state: PerCpuArray<_, GenState> = PerCpuArray::try_from(self.bpf.map_mut("gen_state").context("gen_state")?)?;
         let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
@@ -230,7 +238,12 @@ impl Traffic {
         // 1 kpps: slow enough for the slowest path measured (the kernel proxy at 1,000 VNFs).
         let t = self.trial(path, frame, dsts, 1_000.0, Duration::from_millis(300))?;
         if t.loss() > LOSS_BOUND || t.other > 0 {
-            bail!("{what}: at 1 kpps {} of {} frames arrived as expected ({} others): the scenario is miswired", t.received, t.sent, t.other);
+            bail!(
+                "{what}: at 1 kpps {} of {} frames arrived as expected ({} others): the scenario is miswired",
+                t.received,
+                t.sent,
+                t.other
+            );
         }
         Ok(())
     }

@@ -111,8 +111,8 @@ fn default_socket() -> String {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let mut conf: NetConf = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(CODE_DECODE, format!("cannot decode network configuration: {e}")))?;
+        let mut conf: NetConf =
+            serde_json::from_slice(stdin).map_err(|e| CniError::new(CODE_DECODE, format!("cannot decode network configuration: {e}")))?;
         conf.raw = stdin.to_vec();
         if !SUPPORTED.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
@@ -155,8 +155,7 @@ impl NetConf {
         }
         let name = match &self.out_interface {
             Some(n) => n.clone(),
-            None => next_ifname(ifname)
-                .ok_or_else(|| CniError::config(format!("{ifname} has no trailing number: set outInterface")))?,
+            None => next_ifname(ifname).ok_or_else(|| CniError::config(format!("{ifname} has no trailing number: set outInterface")))?,
         };
         valid_ifname(&name)?;
         if name == ifname {
@@ -345,7 +344,9 @@ mod tests {
     #[test]
     fn result_extends_prev_result_and_binds_ipam() {
         let mut c = NetConf::parse(&conf("0.3.1")).unwrap();
-        c.prev_result = Some(json!({"cniVersion": "0.3.1", "interfaces": [{"name": "eth0"}], "ips": [{"version": "4", "address": "10.0.0.2/24", "interface": 0}]}));
+        c.prev_result = Some(
+            json!({"cniVersion": "0.3.1", "interfaces": [{"name": "eth0"}], "ips": [{"version": "4", "address": "10.0.0.2/24", "interface": 0}]}),
+        );
         let ipam = json!({"ips": [{"address": "fd00::5/64"}], "routes": [{"dst": "fd01::/64"}]});
         let ifaces: [Iface; 2] = [("sp1", "02:00:00:00:00:01", None), ("net1", "02:00:00:00:00:02", Some("/run/netns/p"))];
         let r = add_result(&c, &ifaces, 1, Some(&ipam));

@@ -284,7 +284,10 @@ mod tests {
         let list = read_json(&d.conf_dir.join("10-k8s.conflist")).unwrap();
         let plugins = list["plugins"].as_array().unwrap();
         assert_eq!(plugins.len(), 3);
-        assert_eq!(plugins[2], json!({"type": PLUGIN, "annotatedNetwork": "srv6pipes", "interfaceName": "net1", "socket": "/run/x.sock", "mtu": 1400}));
+        assert_eq!(
+            plugins[2],
+            json!({"type": PLUGIN, "annotatedNetwork": "srv6pipes", "interfaceName": "net1", "socket": "/run/x.sock", "mtu": 1400})
+        );
         assert_eq!(std::fs::read_to_string(d.conf_dir.join("20-other.conflist")).unwrap(), "{}", "only the primary changes");
         let names: Vec<_> = std::fs::read_dir(&d.conf_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "no temporary file left: {names:?}");

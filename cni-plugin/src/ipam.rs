@@ -27,12 +27,7 @@ pub fn delegate(conf: &NetConf, ipam: &Value, command: &str, netns_override: Opt
         cmd.env("CNI_NETNS", ns);
     }
     let mut child = cmd.spawn().map_err(|e| CniError::io(format!("run IPAM plugin {kind}: {e}")))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(&conf.raw)
-        .map_err(|e| CniError::io(format!("IPAM plugin {kind}: {e}")))?;
+    child.stdin.take().expect("piped").write_all(&conf.raw).map_err(|e| CniError::io(format!("IPAM plugin {kind}: {e}")))?;
     let out = child.wait_with_output().map_err(|e| CniError::io(format!("IPAM plugin {kind}: {e}")))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

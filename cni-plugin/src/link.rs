@@ -66,8 +66,7 @@ type NsFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, 
 fn in_netns<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce(Handle) -> NsFuture<T> + Send + 'static) -> Result<T, CniError> {
     let fd = ns.try_clone().map_err(|e| CniError::io(format!("dup netns fd: {e}")))?;
     std::thread::spawn(move || {
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| CniError::io(format!("enter pod netns: {e}")))?;
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| CniError::io(format!("enter pod netns: {e}")))?;
         rt().block_on(async move { f(connect()?).await })
     })
     .join()
@@ -268,7 +267,8 @@ fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, ipam: Option<&Val
             h.route().add(route4).replace().execute().await.map_err(nl("add chain route (IPv4)"))?;
             // The same rule for both families: whatever arrives on the chain interface is
             // routed by the chain table.
-            let rule = || h.rule().add().input_interface(inbound.clone()).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY);
+            let rule =
+                || h.rule().add().input_interface(inbound.clone()).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY);
             rule().v6().execute().await.map_err(nl("add chain rule"))?;
             rule().v4().execute().await.map_err(nl("add chain rule (IPv4)"))?;
             // rp_filter would drop chain traffic arriving on net1 for sources routed via eth0.
@@ -308,9 +308,8 @@ async fn apply_ipam(h: &Handle, idx: u32, ipam: &Value) -> Result<(), CniError> 
                 b.build()
             }
             (ipnet::IpNet::V4(d), gw) => {
-                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .destination_prefix(d.network(), d.prefix_len())
-                    .output_interface(idx);
+                let mut b =
+                    RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(d.network(), d.prefix_len()).output_interface(idx);
                 if let Some(IpAddr::V4(g)) = gw {
                     b = b.gateway(g);
                 }
@@ -394,8 +393,13 @@ async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route:
 pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
     let Response::Attachment { attachment, .. } =
-        call(conf, &Request::Lookup { container_id: env.container_id.clone(), ifname: env.ifname.clone() })
-            .map_err(|e| if e.code == CODE_TRY_AGAIN_LATER { e } else { CniError::check(e.msg) })?
+        call(conf, &Request::Lookup { container_id: env.container_id.clone(), ifname: env.ifname.clone() }).map_err(|e| {
+            if e.code == CODE_TRY_AGAIN_LATER {
+                e
+            } else {
+                CniError::check(e.msg)
+            }
+        })?
     else {
         return Err(CniError::check("node daemon gave an unexpected answer"));
     };

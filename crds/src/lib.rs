@@ -156,7 +156,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("read kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
         }
         None => kube::Config::infer().await.map_err(|e| format!("no kubeconfig found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"))?,
     };
@@ -302,7 +304,10 @@ mod tests {
         assert!(committed == crd_yaml(), "{CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
         let chart = include_str!("../../charts/srv6pipes/templates/crds.yaml");
         assert!(chart == chart_crd_yaml(), "{CHART_CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
-        assert!(!chart_crd_yaml().replace("{{- if .Values.crds.install }}", "").replace("{{- end }}", "").contains("{{"), "no template syntax in the CRDs");
+        assert!(
+            !chart_crd_yaml().replace("{{- if .Values.crds.install }}", "").replace("{{- end }}", "").contains("{{"),
+            "no template syntax in the CRDs"
+        );
         let crds: Vec<serde_json::Value> =
             serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
         let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();

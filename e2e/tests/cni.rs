@@ -104,7 +104,11 @@ impl OneNode {
     }
 
     fn sids(&self) -> Value {
-        let out = Command::new("socat").args(["-", &format!("UNIX-CONNECT:{}", self.socket())]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn();
+        let out = Command::new("socat")
+            .args(["-", &format!("UNIX-CONNECT:{}", self.socket())])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
         let mut child = out.unwrap();
         child.stdin.take().unwrap().write_all(b"{\"op\":\"sids\"}\n").unwrap();
         serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap()
@@ -353,7 +357,8 @@ fn footprint(lab: &OneNode) -> Vec<String> {
     };
     let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
     let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
-    let mut files: Vec<String> = std::fs::read_dir(lab.state.join("nodes/n1")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(lab.state.join("nodes/n1")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     vec![
         lab.node(&["ip", "-o", "link"]),

@@ -26,11 +26,21 @@ impl Containerd {
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd").arg("--config").arg(dir.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         let c = Self { dir, child };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !c.ctr(&["version"]).status.success() {
-            assert!(std::time::Instant::now() < deadline, "containerd did not start: {}", std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default()
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         c
@@ -61,7 +71,9 @@ impl Drop for Containerd {
         // Snapshots of containers that did not end leave overlay mounts behind.
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let prefix = self.dir.display().to_string();
-        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)).collect::<Vec<_>>().iter().rev() {
+        for m in
+            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)).collect::<Vec<_>>().iter().rev()
+        {
             let _ = nix::mount::umount2(*m, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -112,7 +124,10 @@ fn built_images_import_into_containerd_and_run() {
     }
 
     // Each binary runs with the libraries its image carries.
-    assert_eq!(c.run("localhost/srv6pipes-node:latest", "node", &["/usr/bin/srv6pipes-node", "--version"]).trim(), format!("srv6pipes-node {version}"));
+    assert_eq!(
+        c.run("localhost/srv6pipes-node:latest", "node", &["/usr/bin/srv6pipes-node", "--version"]).trim(),
+        format!("srv6pipes-node {version}")
+    );
     assert_eq!(
         c.run("localhost/srv6pipes-operator:latest", "operator", &["/usr/bin/srv6pipes-operator", "--version"]).trim(),
         format!("srv6pipes-operator {version}")
@@ -125,7 +140,11 @@ fn built_images_import_into_containerd_and_run() {
     let inside = c.run("localhost/srv6pipes-node:latest", "cni", &["sha256sum", "/opt/srv6pipes/cni/srv6pipes-cni"]);
     assert_eq!(inside.split_whitespace().next(), Some(sha256(&release).as_str()), "the image's plugin is {}", release.display());
     // The test image: busybox applets for e2e pods.
-    let said = c.run("localhost/srv6pipes-testbox:latest", "box", &["sh", "-c", "echo hello; for a in nc ping ip sleep wget; do test -x /bin/$a && echo $a; done"]);
+    let said = c.run(
+        "localhost/srv6pipes-testbox:latest",
+        "box",
+        &["sh", "-c", "echo hello; for a in nc ping ip sleep wget; do test -x /bin/$a && echo $a; done"],
+    );
     assert_eq!(said.lines().collect::<Vec<_>>(), ["hello", "nc", "ping", "ip", "sleep", "wget"], "{said}");
 }
 
@@ -152,9 +171,18 @@ fn mkimage_is_reproducible_and_refuses_a_tag_without_a_version() {
     let id = |o: &Output| String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap_or_default().to_string();
     assert!(id(&first).starts_with("sha256:") && id(&first) == id(&second));
     // The symlink stays a symlink, owned by root.
-    let listing = Command::new("sh").arg("-c").arg(format!("tar -xOf {} --wildcards '*/layer.tar' | tar -tvf -", dir.join("a.tar").display())).output().unwrap();
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -xOf {} --wildcards '*/layer.tar' | tar -tvf -", dir.join("a.tar").display()))
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.lines().any(|l| l.starts_with("lrwx") && l.contains("bin/hi -> hello") && (l.contains(" 0/0 ") || l.contains(" root/root "))), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("lrwx") && l.contains("bin/hi -> hello") && (l.contains(" 0/0 ") || l.contains(" root/root "))),
+        "{listing}"
+    );
 
     let bad = build("c.tar", "localhost/t");
     assert_eq!(bad.status.code(), Some(2), "a tag without :TAG is refused");

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{back_chain, hello, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab, Stream};
-
+use common::{back_chain, hello, ping, pod_ip, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab, Stream};
 
 /// tcpdump on a VNF's chain interface, stopped and read back by `finish`.
 struct Capture {
@@ -146,12 +145,7 @@ fn lab_down_leaves_nothing_behind() {
     let example = repo_root().join("examples/lab-two-nodes.yaml");
     lab.ok(&["up", "-f", example.to_str().unwrap()]);
     let st = lab.status();
-    let pids: Vec<u64> = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n["daemon"]["pid"].as_u64())
-        .collect();
+    let pids: Vec<u64> = st["nodes"].as_array().unwrap().iter().filter_map(|n| n["daemon"]["pid"].as_u64()).collect();
     assert_eq!(pids.len(), 2);
     assert_eq!(lab.netns().len(), 7, "underlay + 2 nodes + 4 pods: {:?}", lab.netns());
     assert!(lab.pin_root().join("n1/sp_sids").exists());
@@ -199,13 +193,8 @@ fn reverse_chain_takes_the_remote_paths() {
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let st = lab.status();
     let back = st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "back").unwrap();
-    assert_eq!(
-        back["status"]["paths"][0]["segments"],
-        serde_json::json!(["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"])
-    );
-    wait_for("VNF rules", Duration::from_secs(10), || {
-        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
-    });
+    assert_eq!(back["status"]["paths"][0]["segments"], serde_json::json!(["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]));
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     let client6 = pod_ip(&st, "client", true);
     assert!(ping(&lab, "server", &client6, 5), "server -> client through the reverse chain");
     let ids = lab.nft_counters("ids", "ip6 vnf");
@@ -251,9 +240,7 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
     lab.ok(&["up", "-f", example.to_str().unwrap()]);
     let st = lab.status();
     let server6 = pod_ip(&st, "server", true);
-    wait_for("VNF rules", Duration::from_secs(10), || {
-        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
-    });
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     // Links of this lab only: the other tests' labs attach and detach concurrently.
     let ours = |ids: Vec<u64>| -> Vec<u64> {
         let pins = lab.pin_root();
@@ -301,18 +288,13 @@ fn pair_attachment_carries_the_chain() {
     let up = lab.run_yaml("up", &paired);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     assert!(lab.exec("ids", &["ip", "link", "show", "net2"]).status.success(), "ids has net2");
-    wait_for("VNF rules", Duration::from_secs(10), || {
-        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
-    });
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     let st = lab.status();
     let server6 = pod_ip(&st, "server", true);
     let file = lab.state.with_extension("net2.pcap");
     let f = file.display().to_string();
-    let cap = Capture::spawn(
-        lab.cmd(&["exec", "ids", "--", "tcpdump", "--immediate-mode", "-i", "net2", "-nn", "-U", "-w", &f]),
-        file,
-        "net2",
-    );
+    let cap =
+        Capture::spawn(lab.cmd(&["exec", "ids", "--", "tcpdump", "--immediate-mode", "-i", "net2", "-nn", "-U", "-w", &f]), file, "net2");
     assert!(ping(&lab, "client", &server6, 4), "client -> server through a paired ids");
     let out = cap.finish();
     assert!(out.iter().filter(|l| l.contains("echo request")).count() >= 4, "the ids forwarded out of net2: {out:?}");
@@ -359,9 +341,7 @@ fn dual_stack_chain_carries_ipv4_and_ipv6() {
     require_lab!("nft", "ping", "socat");
     let lab = Lab::new("dual");
     lab.ok(&["up", "-f", repo_root().join("examples/lab-dual-stack.yaml").to_str().unwrap()]);
-    wait_for("VNF rules", Duration::from_secs(10), || {
-        lab.exec("ids", &["nft", "list", "table", "inet", "vnf"]).status.success()
-    });
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "inet", "vnf"]).status.success());
     let st = lab.status();
     let (server4, server6, client4) = (pod_ip(&st, "server", false), pod_ip(&st, "server", true), pod_ip(&st, "client", false));
     assert!(ping(&lab, "client", &server4, 4), "IPv4 through the chain");
@@ -436,9 +416,7 @@ fn stats_trace_and_metrics_show_the_traffic() {
     require_lab!("nft", "ping", "socat");
     let lab = Lab::new("obs");
     lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
-    wait_for("VNF rules", Duration::from_secs(10), || {
-        lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success()
-    });
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
     let server6 = pod_ip(&lab.status(), "server", true);
     assert!(ping(&lab, "client", &server6, 5));
     assert!(!ping(&lab, "client", "fcbb:bb00:2:e001::", 1), "a closed-domain drop to count");
@@ -471,7 +449,8 @@ fn stats_trace_and_metrics_show_the_traffic() {
     assert!(trace["decap"]["counters"]["packets"].as_u64().unwrap() >= 5);
     assert!(trace["headends"][0]["packets"].as_u64().unwrap() >= 5);
 
-    let metrics = lab.run(&["exec", "--node", "n1", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
+    let metrics =
+        lab.run(&["exec", "--node", "n1", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
     let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
     assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
     let value = |prefix: &str| -> u64 {
@@ -503,15 +482,13 @@ fn replicas_by_flow_hash_and_failure_policies() {
     let server6 = pod_ip(&st, "server", true);
     let per_replica = || -> Vec<u64> {
         let st = lab.status();
-        ["default/ids", "default/ids-b"]
-            .iter()
-            .map(|p| sid_of(&st, p)["packets"].as_u64().unwrap())
-            .collect()
+        ["default/ids", "default/ids-b"].iter().map(|p| sid_of(&st, p)["packets"].as_u64().unwrap()).collect()
     };
     let seqflow = target_dir().join("seqflow");
     let to = format!("[{server6}]:9000");
     let send = |flows: &str| {
-        let out = lab.exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "2000", "--seconds", "0.5", "--flows", flows]);
+        let out =
+            lab.exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "2000", "--seconds", "0.5", "--flows", flows]);
         assert!(out.status.success());
     };
     send("32");
@@ -528,9 +505,8 @@ fn replicas_by_flow_hash_and_failure_policies() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let chain_doc = with_b.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap().to_string();
-    let apply = |policy: &str| {
-        lab.run_yaml("apply", &chain_doc.replace("  functions:", &format!("  failurePolicy: {policy}\n  functions:")))
-    };
+    let apply =
+        |policy: &str| lab.run_yaml("apply", &chain_doc.replace("  functions:", &format!("  failurePolicy: {policy}\n  functions:")));
     let closed = apply("Closed");
     assert!(!closed.status.success(), "a chain that drops is not Ready");
     assert!(String::from_utf8_lossy(&closed.stderr).contains("NoReplicas"));
@@ -571,13 +547,14 @@ spec:
     );
     let applied = lab.run_yaml("apply", &udp);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-    let count = |pod: &str| -> u64 {
-        sid_of(&lab.status(), pod)["packets"].as_u64().unwrap()
-    };
+    let count = |pod: &str| -> u64 { sid_of(&lab.status(), pod)["packets"].as_u64().unwrap() };
     let seqflow = target_dir().join("seqflow");
     let send = |port: u16| {
         let to = format!("[{server6}]:{port}");
-        assert!(lab.exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "1000", "--seconds", "0.2"]).status.success());
+        assert!(lab
+            .exec("client", &[seqflow.to_str().unwrap(), "send", "--to", &to, "--rate", "1000", "--seconds", "0.2"])
+            .status
+            .success());
     };
     let (fw0, ids0) = (count("default/firewall"), count("default/ids"));
     send(9001);

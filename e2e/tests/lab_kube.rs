@@ -44,7 +44,9 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     // kubectl apply: steered through both VNFs.
     api.apply(&chain);
     wait_for("the chain to be Ready", Duration::from_secs(30), || {
-        api.k(&["get", "servicechains"]).lines().any(|l| l.starts_with("web-inspection") && l.contains(" True ") && l.contains("Programmed"))
+        api.k(&["get", "servicechains"])
+            .lines()
+            .any(|l| l.starts_with("web-inspection") && l.contains(" True ") && l.contains("Programmed"))
     });
     wait_for("both nodes to program the chain", Duration::from_secs(30), || {
         api.k(&["get", "nodeprograms", "-o", "jsonpath={.items[*].status.conditions[0].status}"]) == "True True"
@@ -64,7 +66,8 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     api.k(&["delete", "servicechain", "web-inspection", "--timeout=30s"]);
     wait_for("n1 to drop the headend", Duration::from_secs(30), || {
         let p = api.get(&["nodeprogram", "n1"]).unwrap();
-        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.is_empty()) && p["status"]["observedGeneration"] == p["metadata"]["generation"]
+        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.is_empty())
+            && p["status"]["observedGeneration"] == p["metadata"]["generation"]
     });
     let before = sid_packets(&lab.status(), "n1", "End.AD");
     assert!(ping(&lab, "client", &server, 3), "direct path after the chain is gone");

@@ -14,20 +14,9 @@ use common::{pod_ip, repo_root, wait_for, Lab, Stream};
 
 fn four_nodes(tag: &str) -> Lab {
     let lab = Lab::new(tag);
-    lab.ok(&[
-        "up",
-        "-f",
-        repo_root()
-            .join("examples/lab-four-nodes.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-four-nodes.yaml").to_str().unwrap()]);
     for pod in ["firewall-0", "firewall-1", "ids"] {
-        wait_for("VNF rules", Duration::from_secs(10), || {
-            lab.exec(pod, &["nft", "list", "table", "inet", "vnf"])
-                .status
-                .success()
-        });
+        wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "inet", "vnf"]).status.success());
     }
     lab
 }
@@ -39,13 +28,7 @@ fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(node, reasons)| {
-            reasons
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap()))
-        })
+        .flat_map(|(node, reasons)| reasons.as_object().unwrap().iter().map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap())))
         .filter(|(_, _, n)| *n > 0)
         .collect()
 }
@@ -53,15 +36,8 @@ fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
 /// iperf3 from the client to `server` (`reverse`: the server sends), `extra` arguments; the
 /// receiver's report.
 fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
-    assert!(lab
-        .exec("server", &["iperf3", "-s", "-D", "-1"])
-        .status
-        .success());
-    wait_for("iperf3 to listen", Duration::from_secs(5), || {
-        !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":5201"])
-            .stdout
-            .is_empty()
-    });
+    assert!(lab.exec("server", &["iperf3", "-s", "-D", "-1"]).status.success());
+    wait_for("iperf3 to listen", Duration::from_secs(5), || !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":5201"]).stdout.is_empty());
     let mut args = vec!["iperf3", "-c", server, "-t", "2", "-J"];
     if reverse {
         args.push("-R");
@@ -69,10 +45,7 @@ fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
     args.extend_from_slice(extra);
     let out = lab.exec("client", &args);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(
-        out.status.success(),
-        "iperf3 to {server} (reverse {reverse}): {report}"
-    );
+    assert!(out.status.success(), "iperf3 to {server} (reverse {reverse}): {report}");
     report["end"]["sum_received"].clone()
 }
 
@@ -85,43 +58,18 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
     require_lab!("nft", "socat", "iperf3", "sysctl");
     let lab = four_nodes("stateful");
     for fw in ["firewall-0", "firewall-1"] {
-        let loose = lab.exec(
-            fw,
-            &["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&loose.stdout).trim(),
-            "0",
-            "{fw} is strict"
-        );
+        let loose = lab.exec(fw, &["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"]);
+        assert_eq!(String::from_utf8_lossy(&loose.stdout).trim(), "0", "{fw} is strict");
     }
     let st = lab.status();
-    assert_eq!(
-        st["chains"][0]["status"]["hops"][0]["replicas"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2,
-        "{}",
-        st["chains"][0]
-    );
+    assert_eq!(st["chains"][0]["status"]["hops"][0]["replicas"].as_array().unwrap().len(), 2, "{}", st["chains"][0]);
     for v6 in [true, false] {
         let server = pod_ip(&st, "server", v6);
-        let target = if v6 {
-            format!("TCP6:[{server}]:8080")
-        } else {
-            format!("TCP4:{server}:8080")
-        };
-        let script =
-            format!("for i in $(seq 40); do socat -u -T 10 {target},connect-timeout=10 -; done");
+        let target = if v6 { format!("TCP6:[{server}]:8080") } else { format!("TCP4:{server}:8080") };
+        let script = format!("for i in $(seq 40); do socat -u -T 10 {target},connect-timeout=10 -; done");
         let out = lab.exec("client", &["sh", "-c", &script]);
-        let answers = String::from_utf8_lossy(&out.stdout)
-            .matches("hello from server")
-            .count();
-        let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
-            .iter()
-            .map(|p| lab.nft_counters(p, "inet vnf"))
-            .collect();
+        let answers = String::from_utf8_lossy(&out.stdout).matches("hello from server").count();
+        let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"].iter().map(|p| lab.nft_counters(p, "inet vnf")).collect();
         assert_eq!(
             answers,
             40,
@@ -130,25 +78,13 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
             drops(&lab)
         );
     }
-    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
-        .iter()
-        .map(|p| lab.nft_counters(p, "inet vnf"))
-        .collect();
-    assert!(
-        fw.iter().all(|c| c[1] >= 5),
-        "both replicas carry connections (new): {fw:?}"
-    );
+    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"].iter().map(|p| lab.nft_counters(p, "inet vnf")).collect();
+    assert!(fw.iter().all(|c| c[1] >= 5), "both replicas carry connections (new): {fw:?}");
     let server6 = pod_ip(&st, "server", true);
     let got = iperf3(&lab, &server6, false, &["-P", "4"]);
     assert!(got["bytes"].as_u64().unwrap() > 10_000_000, "{got}");
-    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"]
-        .iter()
-        .map(|p| lab.nft_counters(p, "inet vnf"))
-        .collect();
-    assert!(
-        fw.iter().all(|c| c[0] == 0),
-        "no invalid packet at either replica: {fw:?}"
-    );
+    let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"].iter().map(|p| lab.nft_counters(p, "inet vnf")).collect();
+    assert!(fw.iter().all(|c| c[0] == 0), "no invalid packet at either replica: {fw:?}");
     assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
 }
 
@@ -166,42 +102,14 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
         for reverse in [false, true] {
             let got = iperf3(&lab, &server, reverse, &[]);
             let mbps = got["bits_per_second"].as_f64().unwrap() / 1e6;
-            assert!(
-                mbps >= 500.0,
-                "TCP to {server} (reverse {reverse}): {mbps:.1} Mbit/s; drops {:?}",
-                drops(&lab)
-            );
+            assert!(mbps >= 500.0, "TCP to {server} (reverse {reverse}): {mbps:.1} Mbit/s; drops {:?}", drops(&lab));
         }
         let client = pod_ip(&st, "client", v6);
-        for (pods, addr) in [
-            (("client", "server"), &server),
-            (("server", "client"), &client),
-        ] {
-            let stream = Stream::start(
-                &lab,
-                pods,
-                addr,
-                &[
-                    "--rate",
-                    "20000",
-                    "--seconds",
-                    "1",
-                    "--size",
-                    "1200",
-                    "--gso",
-                    "8",
-                ],
-            );
+        for (pods, addr) in [(("client", "server"), &server), (("server", "client"), &client)] {
+            let stream = Stream::start(&lab, pods, addr, &["--rate", "20000", "--seconds", "1", "--size", "1200", "--gso", "8"]);
             let (sent, got) = stream.finish();
-            let (sent, received) = (
-                sent["sent"].as_u64().unwrap(),
-                got["received"].as_u64().unwrap(),
-            );
-            assert!(
-                received * 100 >= sent * 95,
-                "UDP GSO {pods:?} to {addr}: {received} of {sent} datagrams; drops {:?}",
-                drops(&lab)
-            );
+            let (sent, received) = (sent["sent"].as_u64().unwrap(), got["received"].as_u64().unwrap());
+            assert!(received * 100 >= sent * 95, "UDP GSO {pods:?} to {addr}: {received} of {sent} datagrams; drops {:?}", drops(&lab));
         }
     }
     assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
@@ -217,20 +125,9 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
 fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
     require_lab!("ping");
     let lab = Lab::new("coexist");
-    lab.ok(&[
-        "up",
-        "-f",
-        repo_root()
-            .join("examples/lab-two-nodes.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
     for pod in ["firewall", "ids"] {
-        wait_for("VNF rules", Duration::from_secs(10), || {
-            lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"])
-                .status
-                .success()
-        });
+        wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "ip6", "vnf"]).status.success());
     }
     let st = lab.status();
     let (client6, server6) = (pod_ip(&st, "client", true), pod_ip(&st, "server", true));
@@ -241,12 +138,7 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
     };
     let route = node_exec("n1", &["ip", "-6", "-o", "route", "get", &client6]);
     let route = String::from_utf8_lossy(&route.stdout).into_owned();
-    let client_veth = route
-        .split(" dev ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("the client's veth")
-        .to_string();
+    let client_veth = route.split(" dev ").nth(1).and_then(|r| r.split_whitespace().next()).expect("the client's veth").to_string();
     let foreign = common::target_dir().join("foreign-tcx");
     let mut n = 0;
     let mut attach_foreign = || {
@@ -254,22 +146,8 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
             n += 1;
             // Under the lab's pin root: `lab down` removes it, whatever happens here.
             let pin = lab.pin_root().join(format!("foreign-{node}-{n}"));
-            let out = node_exec(
-                node,
-                &[
-                    foreign.to_str().unwrap(),
-                    "attach",
-                    "--dev",
-                    dev,
-                    "--pin",
-                    pin.to_str().unwrap(),
-                ],
-            );
-            assert!(
-                out.status.success(),
-                "foreign-tcx on {node}/{dev}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = node_exec(node, &[foreign.to_str().unwrap(), "attach", "--dev", dev, "--pin", pin.to_str().unwrap()]);
+            assert!(out.status.success(), "foreign-tcx on {node}/{dev}: {}", String::from_utf8_lossy(&out.stderr));
         }
     };
     let steered_and_closed = || {
@@ -282,17 +160,10 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
             && through(&after, "default/ids") >= through(&before, "default/ids") + 3;
         let closed_before = before["drops"]["n1"]["closed_domain"].as_u64().unwrap();
         let reached_sid = common::ping(&lab, "client", "fcbb:bb00:2:e001::", 1);
-        let closed = !reached_sid
-            && lab.status()["drops"]["n1"]["closed_domain"]
-                .as_u64()
-                .unwrap()
-                > closed_before;
+        let closed = !reached_sid && lab.status()["drops"]["n1"]["closed_domain"].as_u64().unwrap() > closed_before;
         steered && closed
     };
-    assert!(
-        steered_and_closed(),
-        "the example chain works to begin with"
-    );
+    assert!(steered_and_closed(), "the example chain works to begin with");
 
     // Before the daemons start: both restart (kill -9) with the foreign programs ahead of their
     // pinned links.
@@ -300,16 +171,8 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
     for node in ["n1", "n2"] {
         lab.ok(&["restart-node", node, "--kill"]);
     }
-    wait_for(
-        "steering and the closed domain after the restarts",
-        Duration::from_secs(10),
-        steered_and_closed,
-    );
+    wait_for("steering and the closed domain after the restarts", Duration::from_secs(10), steered_and_closed);
     // While they run: a primary CNI re-inserting itself at the head.
     attach_foreign();
-    wait_for(
-        "steering and the closed domain with a foreign program re-inserted",
-        Duration::from_secs(10),
-        steered_and_closed,
-    );
+    wait_for("steering and the closed domain with a foreign program re-inserted", Duration::from_secs(10), steered_and_closed);
 }

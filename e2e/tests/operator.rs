@@ -132,7 +132,13 @@ fn managers(obj: &Value) -> Vec<(String, String)> {
 fn operator_reconciles_chains_on_a_real_api_server() {
     let Some(api) = ApiServer::start("operator") else { return };
     api.k(&["apply", "-f", repo_root().join("crds/srv6pipes.io.yaml").to_str().unwrap()]);
-    api.k(&["wait", "--for=condition=established", "crd/servicechains.srv6pipes.io", "crd/nodeprograms.srv6pipes.io", "crd/nodesidtables.srv6pipes.io"]);
+    api.k(&[
+        "wait",
+        "--for=condition=established",
+        "crd/servicechains.srv6pipes.io",
+        "crd/nodeprograms.srv6pipes.io",
+        "crd/nodesidtables.srv6pipes.io",
+    ]);
     let mut op = Operator::start(&api, 1);
 
     // Nodes join: each gets a locator and a program routing to the other.
@@ -164,7 +170,9 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     assert_eq!(c["status"]["hops"][0]["replicas"], serde_json::json!([{"pod": "fw-0", "node": "n1", "sid": format!("{p1}:e001::")}]));
     assert_eq!(c["status"]["paths"], serde_json::json!([{"segments": [format!("{p1}:e001::"), format!("{p2}:d6::")]}]));
     assert!(managers(&c).contains(&("srv6pipes-operator".into(), "Apply".into())), "{:?}", managers(&c));
-    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's headend", |p| p["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty()));
+    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's headend", |p| {
+        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
+    });
     assert_eq!(np1["spec"]["tables"]["headends"][0]["chain"], "default/early");
     wait(&api, &op, &["nodeprogram", "n2"], "n2's decapsulation", |p| p["spec"]["tables"]["decaps"][0]["chain"] == "default/early");
     let events = api.k(&["get", "events.v1.events.k8s.io", "-o", "json"]);
@@ -177,20 +185,27 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     // Scale the function from 1 to 2 replicas (the second on n2) and back.
     pod(&api, "fw-1", "n2", "vnf=fw", "fd00:10:2::3");
     sid_table(&api, "n2", &l2, &[("fw-1", &format!("{p2}:e001::"))]);
-    let c = wait(&api, &op, &["servicechain", "early"], "two replicas", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2));
+    let c = wait(&api, &op, &["servicechain", "early"], "two replicas", |c| {
+        c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2)
+    });
     assert_eq!(c["status"]["paths"].as_array().unwrap().len(), 2, "{c:#}");
     let np1 = wait(&api, &op, &["nodeprogram", "n1"], "replicas at the headend", |p| {
-        p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.iter().all(|h| h["replicas"][0].as_array().is_some_and(|r| r.len() == 2)))
+        p["spec"]["tables"]["headends"]
+            .as_array()
+            .is_some_and(|h| h.iter().all(|h| h["replicas"][0].as_array().is_some_and(|r| r.len() == 2)))
     });
     assert!(np1["spec"]["tables"]["headends"][0]["replicas"][0].to_string().contains(&format!("{p2}:e001::")));
     api.k(&["delete", "pod", "fw-1", "--grace-period=0", "--force"]);
     sid_table(&api, "n2", &l2, &[]);
-    wait(&api, &op, &["servicechain", "early"], "back to one replica", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1));
+    wait(&api, &op, &["servicechain", "early"], "back to one replica", |c| {
+        c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1)
+    });
 
     // Restart the operator mid-way (SIGKILL: the lease must expire): it leads again and, the
     // world being unchanged, writes nothing.
     let rv = |what: &[&str]| api.get(what).unwrap()["metadata"]["resourceVersion"].clone();
-    let snapshot = || [rv(&["servicechain", "early"]), rv(&["servicechain", "late"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
+    let snapshot =
+        || [rv(&["servicechain", "early"]), rv(&["servicechain", "late"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
     // Settled: nothing written for a second.
     let mut before = snapshot();
     loop {
@@ -215,7 +230,9 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     // A node leaves: its program and SID table go, and chains are re-pathed without it.
     pod(&api, "fw-1", "n2", "vnf=fw", "fd00:10:2::3");
     sid_table(&api, "n2", &l2, &[("fw-1", &format!("{p2}:e001::"))]);
-    wait(&api, &op, &["servicechain", "early"], "two replicas again", |c| c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2));
+    wait(&api, &op, &["servicechain", "early"], "two replicas again", |c| {
+        c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2)
+    });
     api.k(&["delete", "node", "n2"]);
     wait(&api, &op, &["servicechain", "early"], "n2's replica withdrawn", |c| {
         c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1 && r[0]["node"] == "n1")

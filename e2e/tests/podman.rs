@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 mod common;
-use common::{is_root, pod_ip, ping, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
+use common::{is_root, ping, pod_ip, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
 
 /// Podman with private storage, configuration and plugin directories, inside a lab node.
 struct Podman<'a> {
@@ -52,7 +52,8 @@ impl<'a> Podman<'a> {
     fn cmd(&self, args: &[&str]) -> Command {
         let root = self.dir.join("storage");
         let runroot = self.dir.join("run");
-        let mut all = vec!["exec", "--node", "n2", "--", "podman", "--root", root.to_str().unwrap(), "--runroot", runroot.to_str().unwrap()];
+        let mut all =
+            vec!["exec", "--node", "n2", "--", "podman", "--root", root.to_str().unwrap(), "--runroot", runroot.to_str().unwrap()];
         all.extend_from_slice(&["--cgroup-manager", "cgroupfs", "--runtime", "runc"]);
         all.extend_from_slice(args);
         let mut c = self.lab.cmd(&all);
@@ -68,8 +69,19 @@ impl<'a> Podman<'a> {
 
     fn run(&self, name: &str, network: &str) {
         self.ok(&[
-            "run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "--network", network, "localhost/sp-busybox:test", "sleep", "1000",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--network",
+            network,
+            "localhost/sp-busybox:test",
+            "sleep",
+            "1000",
         ]);
     }
 }
@@ -112,12 +124,18 @@ fn podman_containers_are_chain_vnfs() {
     lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
     let podman = Podman::new(&lab);
     let socket = lab.state.join("nodes/n2/node.sock").display().to_string();
-    podman.network("sp-alone", json!({"cniVersion": "1.0.0", "name": "sp-alone",
-        "plugins": [{"type": "srv6pipes-cni", "socket": socket}]}));
-    podman.network("sp-chained", json!({"cniVersion": "1.0.0", "name": "sp-chained", "plugins": [
+    podman.network(
+        "sp-alone",
+        json!({"cniVersion": "1.0.0", "name": "sp-alone",
+        "plugins": [{"type": "srv6pipes-cni", "socket": socket}]}),
+    );
+    podman.network(
+        "sp-chained",
+        json!({"cniVersion": "1.0.0", "name": "sp-chained", "plugins": [
         {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24"}]],
             "dataDir": podman.dir.join("ipam").display().to_string()}},
-        {"type": "srv6pipes-cni", "socket": socket, "interfaceName": "net1"}]}));
+        {"type": "srv6pipes-cni", "socket": socket, "interfaceName": "net1"}]}),
+    );
     let (alone, chained) = (format!("{}-alone", lab.name), format!("{}-chained", lab.name));
     podman.run(&alone, "sp-alone:interface_name=net1");
     podman.run(&chained, "sp-chained");
@@ -172,8 +190,5 @@ spec:
     assert!(left.is_empty(), "{left:?}");
     let links = String::from_utf8_lossy(&lab.run(&["exec", "--node", "n2", "--", "ip", "-o", "link"]).stdout).into_owned();
     assert_eq!(links.matches(" sp").count(), 1, "only the ids' veth is left: {links}");
-    assert_eq!(
-        sid_of(&lab.status(), "default/ids")["packets"],
-        ids_sid
-    );
+    assert_eq!(sid_of(&lab.status(), "default/ids")["packets"], ids_sid);
 }

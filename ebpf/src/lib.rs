@@ -20,8 +20,12 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
+pub use maps::{
+    AsKey, DropReason, Event, FragKey, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, NodeConfig, OuterHdr, SidEntry,
+    SidStats, SrcKey, ANY_PROTO, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, MAX_HDR, MAX_SEGS,
+    POLICY_DROP, POLICY_INSERT, REPLICA_SLOTS, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED,
+};
 pub use testrun::{prog_test_run, SkbCtx, TestAttr, TestRun};
-pub use maps::{AsKey, DropReason, Event, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED, SRH_TAG_OFFSET, FragKey, SrcKey, BEHAVIOR_END_AM, POLICY_INSERT, BEHAVIOR_END_AS, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, CLASS_SRC_PORTS, ANY_PROTO, POLICY_DROP, REPLICA_SLOTS, NodeConfig, OuterHdr, SidEntry, SidStats, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, MAX_HDR, MAX_SEGS};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -127,27 +131,25 @@ impl Datapath {
     pub fn load(pin_dir: &Path) -> Result<Self> {
         let bpf = load_object(pin_dir)?;
         let links_dir = pin_dir.join("links");
-        std::fs::create_dir_all(&links_dir)
-            .map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
+        std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
         let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links: BTreeMap::new() };
         dp.adopt_pinned_links()?;
         Ok(dp)
     }
 
     fn adopt_pinned_links(&mut self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.links_dir)
-            .map_err(|e| DatapathError::Invalid(format!("read {}: {e}", self.links_dir.display())))?;
+        let entries =
+            std::fs::read_dir(&self.links_dir).map_err(|e| DatapathError::Invalid(format!("read {}: {e}", self.links_dir.display())))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             let parsed = parse_link_pin(&name);
-            let live = parsed.as_ref().is_some_and(|(_, ifname, ifindex)| {
-                nix::net::if_::if_nametoindex(ifname.as_str()).ok() == Some(*ifindex)
-            });
+            let live =
+                parsed.as_ref().is_some_and(|(_, ifname, ifindex)| nix::net::if_::if_nametoindex(ifname.as_str()).ok() == Some(*ifindex));
             match (parsed, live) {
                 (Some((hook, ifname, _)), true) => {
-                    let link = PinnedLink::from_pin(&path)
-                        .map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
+                    let link =
+                        PinnedLink::from_pin(&path).map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
                     self.links.insert((hook, ifname), Attached { link });
                 }
                 // The interface is gone (its link with it) or was replaced: drop the stale pin.
@@ -178,8 +180,8 @@ impl Datapath {
     fn attach_first(&mut self, hook: Hook, ifname: &str, spare: bool) -> Result<PinnedLink> {
         let program = hook.program();
         let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
-        let ifindex = nix::net::if_::if_nametoindex(ifname)
-            .map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
         let bpf = if spare {
             if self.spare.is_none() {
                 self.spare = Some(load_object(&self.pin_dir)?);
@@ -189,12 +191,13 @@ impl Datapath {
             &mut self.bpf
         };
         let prog = classifier(bpf, hook);
-        let id = prog
-            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first()))
-            .map_err(attach_err)?;
-        let link: FdLink = prog.take_link(id).map_err(attach_err)?.try_into().map_err(|e| {
-            DatapathError::Invalid(format!("attach {program} on {ifname}: not a tcx link ({e})"))
-        })?;
+        let id =
+            prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first())).map_err(attach_err)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: not a tcx link ({e})")))?;
         let path = self.links_dir.join(format!("{}-{ifname}-{ifindex}", hook.tag()));
         // bpffs refuses names with a dot; a leftover "new-" pin is not a link name: adoption drops it.
         let fresh = self.links_dir.join(format!("new-{}-{ifname}-{ifindex}", hook.tag()));
@@ -219,7 +222,8 @@ impl Datapath {
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
             }
-            let main = classifier(&mut self.bpf, hook).info().map_err(|source| DatapathError::Program { program: hook.program(), source })?.id();
+            let main =
+                classifier(&mut self.bpf, hook).info().map_err(|source| DatapathError::Program { program: hook.program(), source })?.id();
             let spare = progs.iter().any(|p| p.id() == main);
             let link = self.attach_first(hook, &ifname, spare)?;
             // The replaced link's descriptor goes with it (its pin is already gone).
@@ -327,11 +331,7 @@ impl Datapath {
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_ad_cache")?;
         ignore_missing(m.remove(&ifindex), "sp_ad_cache")?;
         let mut flows: HashMap<&mut MapData, [u8; FLOW_KEY_LEN], OuterHdr> = self.typed("sp_ad_flows")?;
-        let ours: Vec<[u8; FLOW_KEY_LEN]> = flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k[..4] == ifindex.to_ne_bytes())
-            .collect();
+        let ours: Vec<[u8; FLOW_KEY_LEN]> = flows.keys().filter_map(|k| k.ok()).filter(|k| k[..4] == ifindex.to_ne_bytes()).collect();
         for k in ours {
             ignore_missing(flows.remove(&k), "sp_ad_flows")?;
         }
@@ -356,9 +356,8 @@ impl Datapath {
     /// A headend policy: its H.Encaps header template and flags (`POLICY_DROP`, and bit i for
     /// each hop i whose replica is picked per flow from `set_hop_slots`).
     pub fn set_policy(&mut self, id: u32, header: &[u8], flags: u32) -> Result<()> {
-        let mut hdr = OuterHdr::new(header).ok_or_else(|| {
-            DatapathError::Invalid(format!("policy {id}: header of {} bytes exceeds {MAX_HDR}", header.len()))
-        })?;
+        let mut hdr = OuterHdr::new(header)
+            .ok_or_else(|| DatapathError::Invalid(format!("policy {id}: header of {} bytes exceeds {MAX_HDR}", header.len())))?;
         hdr.pad = flags;
         self.ensure_stats("sp_policy_stats", id)?;
         let mut m: HashMap<&mut MapData, u32, OuterHdr> = self.typed("sp_policies")?;
@@ -593,18 +592,12 @@ impl Datapath {
         Ok(self.drop_reasons()?.into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n))
     }
 
-    fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
-        &'a mut self,
-        map: &'static str,
-    ) -> Result<T> {
+    fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(&'a mut self, map: &'static str) -> Result<T> {
         let m = self.bpf.map_mut(map).ok_or(DatapathError::MissingMap(map))?;
         T::try_from(m).map_err(|source| DatapathError::Map { map, source })
     }
 
-    fn typed_ref<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
-        &'a self,
-        map: &'static str,
-    ) -> Result<T> {
+    fn typed_ref<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(&'a self, map: &'static str) -> Result<T> {
         let m = self.bpf.map(map).ok_or(DatapathError::MissingMap(map))?;
         T::try_from(m).map_err(|source| DatapathError::Map { map, source })
     }

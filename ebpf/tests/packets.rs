@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
-use srv6pipes_ebpf::{Datapath, DropReason, Event, Hook, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, L4Target};
+use srv6pipes_ebpf::{
+    Datapath, DropReason, Event, Hook, L4Target, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, CLASS_SRC_PORTS,
+};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -91,7 +93,11 @@ impl Bench {
         dp.set_config(config(0)).unwrap();
         let idx = |n: &str| nix::net::if_::if_nametoindex(n).unwrap();
         let (uplink, vnf, src) = (idx("up0"), idx("vnf0"), idx("src0"));
-        dp.set_sid(a("fcbb:bb00:1:e001::"), SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC }).unwrap();
+        dp.set_sid(
+            a("fcbb:bb00:1:e001::"),
+            SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC },
+        )
+        .unwrap();
         dp.set_sid(a("fcbb:bb00:1:d6::"), SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() }).unwrap();
         Some(Self { netns, dp, uplink, vnf, src, _cleanup: cleanup })
     }
@@ -334,12 +340,7 @@ fn malformed_and_foreign_packets_are_dropped_with_their_reason() {
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[54] = 17), DropReason::InnerProto);
     b.expect_icmp(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 17), DropReason::NoSrh, (4, 4, 40));
     b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[20] = 44), DropReason::Fragment);
-    b.expect_drop(
-        Hook::Uplink,
-        b.uplink,
-        &mutate(&|p| p[22..38].copy_from_slice(&a("2001:db8::1").octets())),
-        DropReason::ForeignSource,
-    );
+    b.expect_drop(Hook::Uplink, b.uplink, &mutate(&|p| p[22..38].copy_from_slice(&a("2001:db8::1").octets())), DropReason::ForeignSource);
     // An End.AD SID as the last segment (Segments Left 0).
     let last = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::"], Some(0));
     b.expect_icmp(Hook::Uplink, b.uplink, &last, DropReason::SlZero, (4, 4, 40 + 8 + 32));
@@ -597,7 +598,8 @@ fn ten_thousand_sids_and_a_thousand_chains() {
     }
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
     for i in 0..1_000u32 {
-        let hdr = encaps_header(a("fcbb:bb00:1::1"), &[a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), path[1]], NEXT_HEADER_IPV6, 64).unwrap();
+        let hdr =
+            encaps_header(a("fcbb:bb00:1::1"), &[a(&format!("fcbb:bb00:2:{:x}::", 0xe001 + i)), path[1]], NEXT_HEADER_IPV6, 64).unwrap();
         b.dp.set_policy(i + 1, &hdr, 0).unwrap();
         b.rule(b.src, format!("fd00:{:x}::/32", 0x1000 + i).parse().unwrap(), i + 1);
     }
@@ -833,7 +835,8 @@ fn end_as_restores_configured_headers() {
     assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH)).0, TC_ACT_REDIRECT);
     b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AS).unwrap();
     let sid = a("fcbb:bb00:1:e00a::");
-    let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AS, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    let entry =
+        SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AS, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
     b.dp.set_sid(sid, entry).unwrap();
     let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&sid.to_string(), PATH[1], PATH[2]], None));
     assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
@@ -879,7 +882,8 @@ fn end_am_masquerades_with_an_inserted_srh() {
     let Some(mut b) = Bench::new() else { return };
     const AM: &str = "fcbb:bb00:1:e00b::";
     const NEXT: &str = "fcbb:bb00:2:e001::";
-    let entry = SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AM, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    let entry =
+        SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AM, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
     b.dp.set_sid(a(AM), entry).unwrap();
     b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AM).unwrap();
     let ip = |args: &str| {
@@ -979,8 +983,16 @@ fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
     tcp.extend_from_slice(&mss.to_be_bytes());
     let (mut ip, pseudo) = if v6 {
         let mut ip = Vec::new();
-        srv6::codec::Ipv6Header { traffic_class: 0, flow_label: 0, payload_len: tcp.len() as u16, next_header: 6, hop_limit: 64, src: a(INNER_SRC), dst: a(INNER_DST) }
-            .encode(&mut ip);
+        srv6::codec::Ipv6Header {
+            traffic_class: 0,
+            flow_label: 0,
+            payload_len: tcp.len() as u16,
+            next_header: 6,
+            hop_limit: 64,
+            src: a(INNER_SRC),
+            dst: a(INNER_DST),
+        }
+        .encode(&mut ip);
         let mut pseudo = ip[8..40].to_vec();
         pseudo.extend_from_slice(&(tcp.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 6]);
@@ -1092,7 +1104,9 @@ fn ecn_and_dscp_follow_rfc_6040() {
         set_tc6(&mut p[14 + outer_len..], inner_tc);
         p
     };
-    for (outer_ecn, inner_tc, want) in [(3, 0x2a, 0x2b), (3, 0x29, 0x2b), (1, 0x2a, 0x29), (2, 0x29, 0x29), (0, 0x2a, 0x2a), (1, 0x28, 0x28)] {
+    for (outer_ecn, inner_tc, want) in
+        [(3, 0x2a, 0x2b), (3, 0x29, 0x2b), (1, 0x2a, 0x29), (2, 0x29, 0x29), (0, 0x2a, 0x2a), (1, 0x28, 0x28)]
+    {
         let (verdict, out) = b.run(Hook::Uplink, b.uplink, &with(outer_ecn, inner_tc));
         assert_eq!(verdict, TC_ACT_REDIRECT, "outer ECN {outer_ecn}, inner {inner_tc:#x}");
         assert_eq!(tc6(&out[14..]), want, "outer ECN {outer_ecn}, inner {inner_tc:#x}");
@@ -1184,8 +1198,16 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     // The VNF cannot deliver the chain's packet and says so to its source.
     let mut err6 = Vec::new();
     let quote = inner(INNER_SRC, INNER_DST);
-    srv6::codec::Ipv6Header { traffic_class: 0, flow_label: 0, payload_len: (8 + quote.len()) as u16, next_header: 58, hop_limit: 64, src: a("fd00:99::3"), dst: a(INNER_SRC) }
-        .encode(&mut err6);
+    srv6::codec::Ipv6Header {
+        traffic_class: 0,
+        flow_label: 0,
+        payload_len: (8 + quote.len()) as u16,
+        next_header: 58,
+        hop_limit: 64,
+        src: a("fd00:99::3"),
+        dst: a(INNER_SRC),
+    }
+    .encode(&mut err6);
     err6.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]); // destination unreachable, administratively prohibited
     err6.extend_from_slice(&quote);
     let pkt = [eth(HOST_MAC, VNF_MAC, 0x86dd), err6].concat();

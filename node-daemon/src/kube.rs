@@ -47,7 +47,12 @@ impl KubePlane {
                 break (n.metadata.uid.clone().unwrap_or_default(), ips, l);
             }
             if !logged {
-                info!(node, registered = n.is_some(), annotation = LOCATOR_ANNOTATION, "waiting for the node's locator (the operator allocates it)");
+                info!(
+                    node,
+                    registered = n.is_some(),
+                    annotation = LOCATOR_ANNOTATION,
+                    "waiting for the node's locator (the operator allocates it)"
+                );
                 logged = true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -89,9 +94,7 @@ impl KubePlane {
         let node = self.node.clone();
         watcher(api, config).default_backoff().applied_objects().filter_map(move |r| {
             let node = node.clone();
-            async move {
-                r.map_err(|e| warn!(node = %node, error = %e, "watching the node program failed; retrying")).ok()
-            }
+            async move { r.map_err(|e| warn!(node = %node, error = %e, "watching the node program failed; retrying")).ok() }
         })
     }
 
@@ -211,7 +214,10 @@ mod tests {
 
     fn ds(deleting: bool) -> DaemonSet {
         let deletion_timestamp = deleting.then(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        DaemonSet { metadata: ObjectMeta { name: Some("srv6pipes-node".into()), deletion_timestamp, ..Default::default() }, ..Default::default() }
+        DaemonSet {
+            metadata: ObjectMeta { name: Some("srv6pipes-node".into()), deletion_timestamp, ..Default::default() },
+            ..Default::default()
+        }
     }
 
     fn api_error(code: u16) -> kube::Error {
@@ -226,7 +232,10 @@ mod tests {
         assert!(uninstall(departure(&r, Ok(Some(ds(true))))), "being deleted");
         assert!(uninstall(departure(&r, Err(api_error(401)))), "ServiceAccount deleted");
         assert!(uninstall(departure(&r, Err(api_error(403)))), "RBAC deleted");
-        assert_eq!(departure(&r, Ok(Some(ds(false)))), Departure::Stay("DaemonSet kube-system/srv6pipes-node remains (a pod restart or an upgrade)".into()));
+        assert_eq!(
+            departure(&r, Ok(Some(ds(false)))),
+            Departure::Stay("DaemonSet kube-system/srv6pipes-node remains (a pod restart or an upgrade)".into())
+        );
         assert!(!uninstall(departure(&r, Err(api_error(500)))), "an API server error is not an uninstall");
         assert!(!uninstall(departure(&r, Err(api_error(429)))));
     }

@@ -117,9 +117,9 @@ fn main() -> anyhow::Result<()> {
             let (plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
             let uplink = match &args.uplink {
                 Some(u) => u.clone(),
-                None => net::interface_with_address(&plane.internal_ips)
-                    .await?
-                    .with_context(|| format!("no interface holds node {}'s InternalIP {:?}: set --uplink", args.node_name, plane.internal_ips))?,
+                None => net::interface_with_address(&plane.internal_ips).await?.with_context(|| {
+                    format!("no interface holds node {}'s InternalIP {:?}: set --uplink", args.node_name, plane.internal_ips)
+                })?,
             };
             (server::ControlPlane::Kube(plane), locator, uplink)
         } else {

@@ -42,9 +42,10 @@ impl Netlink {
             other => other.with_context(|| format!("interface {name}"))?,
         };
         let link = found.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
-        let is_veth = link.attributes.iter().any(|a| {
-            matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
-        });
+        let is_veth = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))));
         if !is_veth {
             bail!("interface {name} is not a veth");
         }
@@ -101,7 +102,8 @@ pub async fn interface_with_address(addrs: &[IpAddr]) -> anyhow::Result<Option<S
     let mut dump = nl.handle.address().get().execute();
     while let Some(msg) = dump.try_next().await.context("list addresses")? {
         if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if addrs.contains(ip))) {
-            let name = nix::net::if_::if_indextoname(msg.header.index).with_context(|| format!("name of interface {}", msg.header.index))?;
+            let name =
+                nix::net::if_::if_indextoname(msg.header.index).with_context(|| format!("name of interface {}", msg.header.index))?;
             return Ok(Some(name.to_string_lossy().into_owned()));
         }
     }

@@ -6,14 +6,17 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use ipnet::{IpNet, Ipv6Net};
-use srv6::codec::{NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use nix::net::if_::{if_indextoname, if_nametoindex};
+use srv6::classifier;
+use srv6::codec::{NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use srv6::compiler::SidRegistration;
+use srv6::compiler::{replica_slots, shared_proxies};
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
-use srv6::classifier;
-use srv6::compiler::{replica_slots, shared_proxies};
-use srv6pipes_ebpf::{Datapath, Hook, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED, L4Target, CLASS_SRC_PORTS};
+use srv6pipes_ebpf::{
+    Datapath, Hook, L4Target, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, CLASS_SRC_PORTS,
+    POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED,
+};
 use tracing::{info, warn};
 
 use crate::net::Netlink;
@@ -154,12 +157,8 @@ impl Node {
             self.installed.vnf_flags.remove(&e.cache_ifindex);
         }
         let vnf_ifaces: BTreeSet<&str> = self.state.registrations.iter().map(|r| r.return_host_ifname()).collect();
-        let orphans: Vec<String> = self
-            .datapath
-            .attached()
-            .filter(|(h, i)| *h == Hook::Vnf && !vnf_ifaces.contains(i))
-            .map(|(_, i)| i.to_string())
-            .collect();
+        let orphans: Vec<String> =
+            self.datapath.attached().filter(|(h, i)| *h == Hook::Vnf && !vnf_ifaces.contains(i)).map(|(_, i)| i.to_string()).collect();
         for ifname in orphans {
             self.datapath.detach(Hook::Vnf, &ifname)?;
         }
@@ -653,9 +652,11 @@ impl Node {
         let node = &self.name;
         let mut out = String::new();
         let owner = |sid: Sid| {
-            self.state.registrations.iter().find(|r| r.sid == sid).map_or((String::new(), String::new()), |r| {
-                (pod_of(&r.attachment), r.attachment.ifname.clone())
-            })
+            self.state
+                .registrations
+                .iter()
+                .find(|r| r.sid == sid)
+                .map_or((String::new(), String::new()), |r| (pod_of(&r.attachment), r.attachment.ifname.clone()))
         };
         type Field = fn(&SidCounters) -> u64;
         let sid_metrics: [(&str, &str, Field); 3] = [
@@ -789,6 +790,5 @@ fn ensure_bpffs(pin_root: &Path) -> anyhow::Result<()> {
     if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .context("mount bpffs at /sys/fs/bpf")
+    nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).context("mount bpffs at /sys/fs/bpf")
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use srv6::node_api::{Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use std::net::SocketAddr;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
@@ -41,7 +41,13 @@ pub struct Departure {
     pub cni: Option<CniUninstall>,
 }
 
-pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
+pub async fn serve(
+    path: &Path,
+    metrics: Option<SocketAddr>,
+    node: Node,
+    plane: ControlPlane,
+    departure: Option<Departure>,
+) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -57,10 +63,14 @@ pub async fn serve(path: &Path, metrics: Option<SocketAddr>, node: Node, plane: 
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&fresh, path).with_context(|| format!("rename {} to {}", fresh.display(), path.display()))?;
     info!(socket = %path.display(), "serving");
-    let shared = Arc::new(Shared { node: Mutex::new(node), sids_changed: Notify::new(), kube: match &plane {
-        ControlPlane::Kube(p) => Some(p.client()),
-        ControlPlane::Local => None,
-    } });
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        sids_changed: Notify::new(),
+        kube: match &plane {
+            ControlPlane::Kube(p) => Some(p.client()),
+            ControlPlane::Local => None,
+        },
+    });
     if let ControlPlane::Kube(plane) = plane {
         let shared = shared.clone();
         tokio::spawn(async move { kube_loop(plane, shared).await });
@@ -142,10 +152,7 @@ async fn metrics_request(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Resu
     } else {
         ("404 Not Found", "try /metrics\n".to_string())
     };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = format!("HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", body.len());
     w.write_all(head.as_bytes()).await?;
     w.write_all(body.as_bytes()).await?;
     Ok(())

@@ -106,7 +106,16 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(client: Client, stores: Stores, config: Config, world: watch::Receiver<u64>, instance: Option<String>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
-        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), written: Default::default(), recorder }
+        Ctx {
+            client,
+            stores,
+            config,
+            world,
+            cache: Mutex::new(None),
+            publishing: Default::default(),
+            written: Default::default(),
+            recorder,
+        }
     }
 
     /// The plan for the current world version, compiled at most once per version.
@@ -260,7 +269,8 @@ impl Ctx {
                     let body = json!({
                         "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
                     });
-                    api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await?;
+                    api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body))
+                        .await?;
                     allocated.insert(name.clone(), locator);
                     info!(node = %name, %locator, "allocated locator");
                 }
@@ -299,7 +309,10 @@ fn node_owner(node: &Node) -> Option<OwnerReference> {
     })
 }
 
-async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug>(api: &Api<K>, name: &str) -> Result<(), Error> {
+async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug>(
+    api: &Api<K>,
+    name: &str,
+) -> Result<(), Error> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
             info!(object = name, kind = %K::kind(&()), "node left: removed");
@@ -576,7 +589,8 @@ mod tests {
         assert_eq!(n1["spec"]["peers"], json!([{"node": "n2", "locator": "fcbb:bb00:2::/48", "underlay": "fd00:ffff::2"}]));
         let n2 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n2", &APPLY[1..]).await;
         assert_eq!(n2["spec"]["tables"]["decaps"][0]["sid"], "fcbb:bb00:2:d6::");
-        let status = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        let status =
+            expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
         assert_eq!(status["status"]["observedGeneration"], 2);
         assert_eq!(status["status"]["conditions"][0]["type"], "Ready");
         assert_eq!(status["status"]["conditions"][0]["status"], "True");
@@ -629,7 +643,8 @@ mod tests {
         for n in ["n1", "n2"] {
             expect(&mut handle, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{n}"), &APPLY[1..]).await;
         }
-        let status = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        let status =
+            expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
         expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
         first.await.unwrap().unwrap();
 
@@ -668,9 +683,20 @@ mod tests {
     async fn a_deleted_chain_leaves_every_node_before_its_finalizer_goes() {
         let (stores, mut writers) = world();
         // The nodes hold the chain's programs.
-        let plan = Ctx::new(Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"), stores.clone(), Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 }, watch::channel(0).1, None).compile(None);
+        let plan = Ctx::new(
+            Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"),
+            stores.clone(),
+            Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 },
+            watch::channel(0).1,
+            None,
+        )
+        .compile(None);
         for (name, spec) in &plan.programs {
-            let obj = NodeProgram { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec: spec.clone(), status: None };
+            let obj = NodeProgram {
+                metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                spec: spec.clone(),
+                status: None,
+            };
             writers.programs.apply_watcher_event(&watcher::Event::Apply(obj));
         }
         let mut c = chain();

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use ipnet::Ipv6Net;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use anyhow::Context;
 use srv6pipes_operator::{controller, lease::Elector, webhook};
 use tracing::{error, info};
 

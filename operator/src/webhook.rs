@@ -114,9 +114,9 @@ async fn review(client: &Client, cfg: &Config, body: &[u8]) -> AdmissionReview<D
         },
         _ => None,
     };
-    let found = pod.as_ref().map(|p| {
-        (p.metadata.uid.as_deref().unwrap_or_default(), p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default())
-    });
+    let found = pod
+        .as_ref()
+        .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default()));
     let resource = match &req.sub_resource {
         Some(sub) => format!("{}/{sub}", req.resource.resource),
         None => req.resource.resource.clone(),
@@ -190,7 +190,8 @@ async fn ensure_tls(client: &Client, cfg: &Config) -> anyhow::Result<Tls> {
     for _ in 0..3 {
         if let Some(s) = api.get_opt(&cfg.secret).await.with_context(|| format!("get secret {}/{}", cfg.namespace, cfg.secret))? {
             let field = |k: &str| {
-                let v = s.data.as_ref().and_then(|d| d.get(k)).ok_or_else(|| anyhow!("secret {}/{} has no {k}", cfg.namespace, cfg.secret))?;
+                let v =
+                    s.data.as_ref().and_then(|d| d.get(k)).ok_or_else(|| anyhow!("secret {}/{} has no {k}", cfg.namespace, cfg.secret))?;
                 String::from_utf8(v.0.clone()).map_err(|_| anyhow!("secret {}/{}: {k} is not PEM", cfg.namespace, cfg.secret))
             };
             return Ok(Tls { cert: field("tls.crt")?, key: field("tls.key")?, ca: field("ca.crt")? });
@@ -201,7 +202,11 @@ async fn ensure_tls(client: &Client, cfg: &Config) -> anyhow::Result<Tls> {
             .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
             .collect();
         let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(cfg.secret.clone()), namespace: Some(cfg.namespace.clone()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(cfg.secret.clone()),
+                namespace: Some(cfg.namespace.clone()),
+                ..Default::default()
+            },
             type_: Some("kubernetes.io/tls".into()),
             data: Some(data),
             ..Default::default()
@@ -224,7 +229,8 @@ async fn publish_ca(client: &Client, cfg: &Config, ca: &str) -> anyhow::Result<(
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let bundle = ByteString(ca.as_bytes().to_vec());
     for _ in 0..5 {
-        let mut c = api.get(&cfg.configuration).await.with_context(|| format!("get validatingwebhookconfiguration {}", cfg.configuration))?;
+        let mut c =
+            api.get(&cfg.configuration).await.with_context(|| format!("get validatingwebhookconfiguration {}", cfg.configuration))?;
         let stale: Vec<_> = c.webhooks.iter_mut().flatten().filter(|w| w.client_config.ca_bundle.as_ref() != Some(&bundle)).collect();
         if stale.is_empty() {
             return Ok(());

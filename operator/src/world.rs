@@ -48,16 +48,9 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|i| i.ip.parse().ok()).collect(),
         _ => status.pod_ip.iter().filter_map(|i| i.parse().ok()).collect(),
     };
-    let ready = pod.metadata.deletion_timestamp.is_none()
-        && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-    Some(PodInfo {
-        namespace: pod.namespace().unwrap_or_default(),
-        name: pod.name_any(),
-        node,
-        labels: pod.labels().clone(),
-        ips,
-        ready,
-    })
+    let ready =
+        pod.metadata.deletion_timestamp.is_none() && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    Some(PodInfo { namespace: pod.namespace().unwrap_or_default(), name: pod.name_any(), node, labels: pod.labels().clone(), ips, ready })
 }
 
 /// The `Programmed` condition of a daemon's report, when it is about the current generation.
@@ -84,13 +77,7 @@ pub fn key_of(chain: &ServiceChain) -> ChainKey {
 /// programs go to every node with a locator. The inputs come from caches in no particular
 /// order: they are sorted first, so the same world always gives the same programs (and the
 /// operator never rewrites a program whose content only moved).
-pub fn plan(
-    chains: &[&ServiceChain],
-    pods: &[&Pod],
-    nodes: &[&Node],
-    tables: &[&NodeSidTable],
-    programs: &[&NodeProgramCr],
-) -> Plan {
+pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[&NodeSidTable], programs: &[&NodeProgramCr]) -> Plan {
     let (chains, pods, nodes, tables): (Vec<&ServiceChain>, Vec<&Pod>, Vec<&Node>, Vec<&NodeSidTable>) =
         (sorted(chains.to_vec()), sorted(pods.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
     let mut out = Plan::default();
@@ -144,7 +131,13 @@ pub fn plan(
     let refs: Vec<ChainRef> = live.iter().map(|((ns, name), c)| ChainRef { namespace: ns, name, spec: &c.spec }).collect();
     let compiled = compiler::compile(&world, &refs);
     for (node, tables) in compiled.nodes {
-        for chain in tables.headends.iter().map(|h| &h.chain).chain(tables.proxies.iter().map(|s| &s.chain)).chain(tables.decaps.iter().map(|s| &s.chain)) {
+        for chain in tables
+            .headends
+            .iter()
+            .map(|h| &h.chain)
+            .chain(tables.proxies.iter().map(|s| &s.chain))
+            .chain(tables.decaps.iter().map(|s| &s.chain))
+        {
             if let Some((ns, name)) = chain.split_once('/') {
                 out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
             }
@@ -165,13 +158,7 @@ pub fn chain_status(plan: &Plan, chain: &ServiceChain, now: Time) -> Option<Serv
     let key = key_of(chain);
     let verdict = plan.verdicts.get(&key)?;
     let mut status = verdict.status(chain.metadata.generation, now);
-    let failures: Vec<&String> = plan
-        .chain_nodes
-        .get(&key)
-        .into_iter()
-        .flatten()
-        .filter_map(|n| plan.node_problems.get(n))
-        .collect();
+    let failures: Vec<&String> = plan.chain_nodes.get(&key).into_iter().flatten().filter_map(|n| plan.node_problems.get(n)).collect();
     let ready = &mut status.conditions[0];
     if !failures.is_empty() && verdict.ready {
         ready.status = "False".into();

@@ -117,9 +117,7 @@ pub fn build(rules: &[Rule]) -> Tables {
         for p in prefixes {
             let mut candidates: Vec<&&Rule> = rules.iter().filter(|r| r.destination.contains(&p)).collect();
             // Stable: among equals, the caller's order decides.
-            candidates.sort_by(|a, b| {
-                b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len()))
-            });
+            candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len())));
             let class = next_class;
             next_class += 1;
             let source_ports = candidates.iter().any(|r| !r.source_ports.is_empty());
@@ -182,11 +180,8 @@ fn add_l4(space: &mut Vec<L4Entry>, class: u32, rank: u32, proto: Option<u8>, po
 /// What the tables decide for a packet (the datapath's lookup, for tests and `trace`): `ports`
 /// is (source, destination) for a TCP/UDP packet that is not a fragment, None for a fragment.
 pub fn lookup(t: &Tables, source_ip: IpAddr, dst: IpAddr, proto: u8, ports: Option<(u16, u16)>) -> Option<usize> {
-    let c = t
-        .classes
-        .iter()
-        .filter(|c| c.source_ip == source_ip && c.destination.contains(&dst))
-        .max_by_key(|c| c.destination.prefix_len())?;
+    let c =
+        t.classes.iter().filter(|c| c.source_ip == source_ip && c.destination.contains(&dst)).max_by_key(|c| c.destination.prefix_len())?;
     let class = c.class;
     let Some((sport, dport)) = ports else {
         return t

@@ -131,10 +131,7 @@ impl Srh {
             return Err(CodecError::UnalignedTlvs(self.tlvs.len()));
         }
         if self.segments_left > self.last_entry() {
-            return Err(CodecError::SegmentsLeftOverflow {
-                segments_left: self.segments_left,
-                last_entry: self.last_entry(),
-            });
+            return Err(CodecError::SegmentsLeftOverflow { segments_left: self.segments_left, last_entry: self.last_entry() });
         }
         out.push(self.next_header);
         out.push(((self.wire_len() - SRH_FIXED_LEN) / 8) as u8);
@@ -185,24 +182,11 @@ impl Srh {
 
 /// The outer IPv6 header + SRH that H.Encaps pushes (RFC 8986 §5.1) for `path` (travel order).
 /// Payload length and flow label are left zero: the datapath sets them per packet.
-pub fn encaps_header(
-    src: Ipv6Addr,
-    path: &[Ipv6Addr],
-    inner: u8,
-    hop_limit: u8,
-) -> Result<Vec<u8>, CodecError> {
+pub fn encaps_header(src: Ipv6Addr, path: &[Ipv6Addr], inner: u8, hop_limit: u8) -> Result<Vec<u8>, CodecError> {
     let srh = Srh::for_path(path, inner)?;
     let mut out = Vec::with_capacity(IPV6_HEADER_LEN + srh.wire_len());
-    Ipv6Header {
-        traffic_class: 0,
-        flow_label: 0,
-        payload_len: 0,
-        next_header: NEXT_HEADER_ROUTING,
-        hop_limit,
-        src,
-        dst: path[0],
-    }
-    .encode(&mut out);
+    Ipv6Header { traffic_class: 0, flow_label: 0, payload_len: 0, next_header: NEXT_HEADER_ROUTING, hop_limit, src, dst: path[0] }
+        .encode(&mut out);
     srh.encode(&mut out)?;
     Ok(out)
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
-use serde::{Deserialize, Serialize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde::{Deserialize, Serialize};
 use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
 
 use crate::selector;
@@ -209,12 +209,7 @@ impl ChainVerdict {
                 observed_generation: generation,
             });
         }
-        ServiceChainStatus {
-            observed_generation: generation,
-            conditions,
-            hops: self.hops.clone(),
-            paths: self.paths.clone(),
-        }
+        ServiceChainStatus { observed_generation: generation, conditions, hops: self.hops.clone(), paths: self.paths.clone() }
     }
 }
 
@@ -237,9 +232,7 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     // Higher priority first, then name: a (node, source, destination) claimed by an earlier
     // chain is not overwritten by a later one.
     let mut order: Vec<&ChainRef> = chains.iter().collect();
-    order.sort_by(|a, b| {
-        b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name)))
-    });
+    order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name))));
     for chain in order {
         let verdict = compile_chain(world, chain, &mut out.nodes);
         out.chains.push(verdict);
@@ -343,10 +336,7 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         let sids: Vec<_> = ready.iter().filter_map(|p| registration_of(world, p).map(|r| (r.sid, *p, r))).collect();
         v.hops.push(Hop {
             function: f.name.clone(),
-            replicas: sids
-                .iter()
-                .map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() })
-                .collect(),
+            replicas: sids.iter().map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() }).collect(),
         });
         match (ready.is_empty(), sids.is_empty()) {
             (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
@@ -378,11 +368,8 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
     // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
     // every replica is used by at least one path. (The headend picks per hop by flow hash;
     // these lists only show the choices.)
-    let per_hop: Vec<Vec<Sid>> = replica_sids
-        .iter()
-        .map(|h| h.iter().map(|r| r.0).collect())
-        .chain(decap.iter().map(|(_, d)| vec![*d]))
-        .collect();
+    let per_hop: Vec<Vec<Sid>> =
+        replica_sids.iter().map(|h| h.iter().map(|r| r.0).collect()).chain(decap.iter().map(|(_, d)| vec![*d])).collect();
     let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
     let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
     let first_path = paths.first().cloned().unwrap_or_default();
@@ -513,12 +500,8 @@ fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, 
         }
     }
     // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
-    let insert_sources: BTreeSet<IpAddr> = tables
-        .values()
-        .flat_map(|t| &t.headends)
-        .filter(|h| h.chain == key && h.insert)
-        .map(|h| h.source_ip)
-        .collect();
+    let insert_sources: BTreeSet<IpAddr> =
+        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect();
     for (node, usage) in proxy_uses {
         let t = tables.entry(node).or_default();
         if usage.behavior == Behavior::EndAM {
@@ -585,16 +568,11 @@ pub fn replica_slots(replicas: &[Sid]) -> Vec<Sid> {
         h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
         h ^ (h >> 31)
     };
-    (0..REPLICA_SLOTS)
-        .map(|slot| *replicas.iter().max_by_key(|sid| (weight(slot, sid), **sid)).expect("at least one replica"))
-        .collect()
+    (0..REPLICA_SLOTS).map(|slot| *replicas.iter().max_by_key(|sid| (weight(slot, sid), **sid)).expect("at least one replica")).collect()
 }
 
 fn parse_destinations(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
-    prefixes
-        .iter()
-        .map(|p| p.parse::<IpNet>().map_err(|e| format!("destinationPrefixes: {p:?}: {e}")))
-        .collect()
+    prefixes.iter().map(|p| p.parse::<IpNet>().map_err(|e| format!("destinationPrefixes: {p:?}: {e}"))).collect()
 }
 
 /// The IP protocol number of a match for packets of `ip`'s family.
@@ -635,11 +613,7 @@ fn owner_of<'w>(world: &'w World, destinations: &[IpNet]) -> Option<&'w String> 
     if destinations.is_empty() {
         return None;
     }
-    world
-        .nodes
-        .iter()
-        .find(|n| destinations.iter().all(|d| n.pod_cidrs.iter().any(|c| c.contains(d))))
-        .map(|n| &n.name)
+    world.nodes.iter().find(|n| destinations.iter().all(|d| n.pod_cidrs.iter().any(|c| c.contains(d)))).map(|n| &n.name)
 }
 
 #[cfg(test)]
@@ -824,7 +798,11 @@ mod tests {
         assert_eq!(v.degraded.as_ref().map(|d| d.0), Some(Reason::NoReplicas));
         let h = &out.nodes["n1"].headends[0];
         assert!(!h.drop);
-        assert_eq!(h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"], "ids bypassed");
+        assert_eq!(
+            h.segments.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"],
+            "ids bypassed"
+        );
         let st = v.status(None, Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(st.conditions[1].type_, "Degraded");
 

@@ -16,14 +16,8 @@ pub fn has_ports(proto: u8) -> bool {
 }
 
 fn mix32(h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
 fn fmix32(mut h: u32) -> u32 {
@@ -46,20 +40,13 @@ fn words(addr: IpAddr) -> [u32; 4] {
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16) -> u32 {
-    fmix32(mix32(
-        words(addr).iter().fold(0x5eed_5eed, |h, w| mix32(h, *w)),
-        port as u32,
-    ))
+    fmix32(mix32(words(addr).iter().fold(0x5eed_5eed, |h, w| mix32(h, *w)), port as u32))
 }
 
 /// The flow's hash. `ports` (source, destination) is ignored for fragments and for protocols
 /// without ports, as in the datapath.
 pub fn flow_hash(src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16), fragment: bool) -> u32 {
-    let (sp, dp) = if !fragment && has_ports(proto) {
-        ports
-    } else {
-        (0, 0)
-    };
+    let (sp, dp) = if !fragment && has_ports(proto) { ports } else { (0, 0) };
     fmix32(endpoint_hash(src, sp) ^ endpoint_hash(dst, dp) ^ proto as u32)
 }
 
@@ -81,11 +68,7 @@ mod tests {
         for (a, b) in [("fd00:10:1::2", "fd00:10:4::2"), ("10.10.1.2", "10.10.4.2")] {
             for proto in [6, 17, 132, 1, 58] {
                 let fwd = flow_hash(ip(a), ip(b), proto, (40000, 5201), false);
-                assert_eq!(
-                    fwd,
-                    flow_hash(ip(b), ip(a), proto, (5201, 40000), false),
-                    "{a} {b} {proto}"
-                );
+                assert_eq!(fwd, flow_hash(ip(b), ip(a), proto, (5201, 40000), false), "{a} {b} {proto}");
             }
         }
     }
@@ -93,24 +76,11 @@ mod tests {
     #[test]
     fn ports_count_only_for_whole_port_protocols() {
         let (a, b) = (ip("fd00:10:1::2"), ip("fd00:10:4::2"));
-        assert_ne!(
-            flow_hash(a, b, 6, (40000, 5201), false),
-            flow_hash(a, b, 6, (40001, 5201), false)
-        );
+        assert_ne!(flow_hash(a, b, 6, (40000, 5201), false), flow_hash(a, b, 6, (40001, 5201), false));
         // ICMP and fragments, the first one included: the 3-tuple.
-        assert_eq!(
-            flow_hash(a, b, 58, (1, 2), false),
-            flow_hash(a, b, 58, (3, 4), false)
-        );
-        assert_eq!(
-            flow_hash(a, b, 17, (40000, 53), true),
-            flow_hash(a, b, 17, (0, 0), false)
-        );
-        assert_ne!(
-            flow_hash(a, b, 17, (0, 0), false),
-            flow_hash(a, b, 6, (0, 0), false),
-            "the protocol counts"
-        );
+        assert_eq!(flow_hash(a, b, 58, (1, 2), false), flow_hash(a, b, 58, (3, 4), false));
+        assert_eq!(flow_hash(a, b, 17, (40000, 53), true), flow_hash(a, b, 17, (0, 0), false));
+        assert_ne!(flow_hash(a, b, 17, (0, 0), false), flow_hash(a, b, 6, (0, 0), false), "the protocol counts");
     }
 
     #[test]
@@ -120,9 +90,6 @@ mod tests {
         for sport in 0..6400u16 {
             per_slot[replica_slot(flow_hash(a, b, 6, (32768 + sport, 443), false))] += 1;
         }
-        assert!(
-            per_slot.iter().all(|n| (50..=150).contains(n)),
-            "{per_slot:?}"
-        );
+        assert!(per_slot.iter().all(|n| (50..=150).contains(n)), "{per_slot:?}");
     }
 }

@@ -24,9 +24,7 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> R
         let values = e.values.as_deref().unwrap_or_default();
         let have = labels.get(&e.key);
         let ok = match e.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                return Err(SelectorError::MissingValues { op: e.operator.clone(), key: e.key.clone() })
-            }
+            "In" | "NotIn" if values.is_empty() => return Err(SelectorError::MissingValues { op: e.operator.clone(), key: e.key.clone() }),
             "In" => have.is_some_and(|v| values.contains(v)),
             "NotIn" => !have.is_some_and(|v| values.contains(v)),
             "Exists" => have.is_some(),
@@ -50,11 +48,7 @@ mod tests {
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
-        LabelSelectorRequirement {
-            key: key.into(),
-            operator: op.into(),
-            values: Some(values.iter().map(|s| s.to_string()).collect()),
-        }
+        LabelSelectorRequirement { key: key.into(), operator: op.into(), values: Some(values.iter().map(|s| s.to_string()).collect()) }
     }
 
     #[test]

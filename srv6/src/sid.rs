@@ -215,10 +215,7 @@ mod tests {
         let block: Ipv6Net = "fcbb:bb00::/32".parse().unwrap();
         assert_eq!(Locator::nth_in_block(block, 48, 1).unwrap(), loc("fcbb:bb00:1::/48"));
         assert_eq!(Locator::nth_in_block(block, 48, 0xffff).unwrap(), loc("fcbb:bb00:ffff::/48"));
-        assert!(matches!(
-            Locator::nth_in_block(block, 48, 0x10000),
-            Err(SidError::BlockExhausted { .. })
-        ));
+        assert!(matches!(Locator::nth_in_block(block, 48, 0x10000), Err(SidError::BlockExhausted { .. })));
         assert!(Locator::nth_in_block(block, 16, 0).is_err());
     }
 

@@ -82,14 +82,15 @@ impl Cluster {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "LabNodeReady", "message": "srv6pipes lab node", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
             },
         });
-        self.rt.block_on(async {
-            api.patch(&n.name, &apply(), &Patch::Apply(&node)).await?;
-            // Not server-side apply: the 1.20 schema keys addresses by type, so a dual-stack
-            // node's two InternalIPs cannot be applied (kubelets patch this too).
-            api.patch_status(&n.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-            anyhow::Ok(())
-        })
-        .with_context(|| format!("register node {}", n.name))
+        self.rt
+            .block_on(async {
+                api.patch(&n.name, &apply(), &Patch::Apply(&node)).await?;
+                // Not server-side apply: the 1.20 schema keys addresses by type, so a dual-stack
+                // node's two InternalIPs cannot be applied (kubelets patch this too).
+                api.patch_status(&n.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                anyhow::Ok(())
+            })
+            .with_context(|| format!("register node {}", n.name))
     }
 
     /// The pod as a kubelet would report it: Running and Ready, with the primary IPs. The
@@ -117,15 +118,16 @@ impl Cluster {
                 ],
             },
         });
-        self.rt.block_on(async {
-            self.ensure_namespace(&p.namespace).await?;
-            pods.patch(&p.name, &apply(), &Patch::Apply(&pod)).await?;
-            // A merge patch, as a kubelet does: on 1.20 an apply of the status subresource by
-            // the same manager would drop the metadata and spec it applied before.
-            pods.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-            anyhow::Ok(())
-        })
-        .with_context(|| format!("register pod {}/{}", p.namespace, p.name))
+        self.rt
+            .block_on(async {
+                self.ensure_namespace(&p.namespace).await?;
+                pods.patch(&p.name, &apply(), &Patch::Apply(&pod)).await?;
+                // A merge patch, as a kubelet does: on 1.20 an apply of the status subresource by
+                // the same manager would drop the metadata and spec it applied before.
+                pods.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                anyhow::Ok(())
+            })
+            .with_context(|| format!("register pod {}/{}", p.namespace, p.name))
     }
 
     async fn ensure_namespace(&self, ns: &str) -> anyhow::Result<()> {
@@ -141,12 +143,13 @@ impl Cluster {
         let ns = c.namespace().unwrap_or_else(|| "default".into());
         let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &ns);
         let body = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "ServiceChain", "metadata": {"name": c.name_any(), "namespace": ns}, "spec": c.spec});
-        self.rt.block_on(async {
-            self.ensure_namespace(&ns).await?;
-            api.patch(&c.name_any(), &apply(), &Patch::Apply(&body)).await?;
-            anyhow::Ok(())
-        })
-        .with_context(|| format!("apply ServiceChain {ns}/{}", c.name_any()))
+        self.rt
+            .block_on(async {
+                self.ensure_namespace(&ns).await?;
+                api.patch(&c.name_any(), &apply(), &Patch::Apply(&body)).await?;
+                anyhow::Ok(())
+            })
+            .with_context(|| format!("apply ServiceChain {ns}/{}", c.name_any()))
     }
 
     /// Every ServiceChain in the cluster.
@@ -162,7 +165,9 @@ impl Cluster {
             let all = self.chains()?;
             let current: Vec<ServiceChain> = chains
                 .iter()
-                .filter_map(|c| all.iter().find(|x| x.name_any() == c.name_any() && x.namespace() == c.namespace().or(Some("default".into()))).cloned())
+                .filter_map(|c| {
+                    all.iter().find(|x| x.name_any() == c.name_any() && x.namespace() == c.namespace().or(Some("default".into()))).cloned()
+                })
                 .collect();
             let reported = current.len() == chains.len()
                 && current.iter().all(|c| c.status.as_ref().is_some_and(|s| s.observed_generation == c.metadata.generation));
@@ -212,8 +217,18 @@ fn now() -> String {
 pub fn api_address(kubeconfig: &Path) -> anyhow::Result<SocketAddr> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("read {}", kubeconfig.display()))?;
     let ctx_name = kc.current_context.clone().ok_or_else(|| anyhow!("{}: no current-context", kubeconfig.display()))?;
-    let ctx = kc.contexts.iter().find(|c| c.name == ctx_name).and_then(|c| c.context.clone()).ok_or_else(|| anyhow!("context {ctx_name} not found"))?;
-    let cluster = kc.clusters.iter().find(|c| c.name == ctx.cluster).and_then(|c| c.cluster.clone()).ok_or_else(|| anyhow!("cluster {} not found", ctx.cluster))?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| anyhow!("context {ctx_name} not found"))?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| anyhow!("cluster {} not found", ctx.cluster))?;
     let server = cluster.server.ok_or_else(|| anyhow!("cluster {} has no server", ctx.cluster))?;
     let uri: http::Uri = server.parse().with_context(|| format!("server {server:?}"))?;
     let host = uri.host().ok_or_else(|| anyhow!("server {server:?} has no host"))?.trim_matches(['[', ']']);

@@ -68,9 +68,7 @@ pub fn parse(text: &str, known_nodes: &[String]) -> anyhow::Result<Manifest> {
         match (api.as_str(), kind.as_str()) {
             ("v1", "Node") => nodes.push(serde_json::from_value::<Node>(json).with_context(ctx)?),
             ("v1", "Pod") => pods.push(serde_json::from_value::<Pod>(json).with_context(ctx)?),
-            ("srv6pipes.io/v1alpha1", "ServiceChain") => {
-                chains.push(serde_json::from_value::<ServiceChain>(json).with_context(ctx)?)
-            }
+            ("srv6pipes.io/v1alpha1", "ServiceChain") => chains.push(serde_json::from_value::<ServiceChain>(json).with_context(ctx)?),
             _ => bail!("{}: the lab understands v1 Node, v1 Pod and srv6pipes.io/v1alpha1 ServiceChain", ctx()),
         }
     }

@@ -155,7 +155,12 @@ fn up(name: &str, dir: &Path, file: &Path, kubeconfig: Option<PathBuf>) -> anyho
     for sub in ["nodes", "logs", "ipam"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.display()))?;
     }
-    let mut st = LabState { name: name.into(), pin_root: Path::new("/sys/fs/bpf/srv6pipes").join(format!("lab-{name}")), kubeconfig, ..Default::default() };
+    let mut st = LabState {
+        name: name.into(),
+        pin_root: Path::new("/sys/fs/bpf/srv6pipes").join(format!("lab-{name}")),
+        kubeconfig,
+        ..Default::default()
+    };
     st.save(dir)?;
     if let Err(e) = build(&mut st, &manifest, dir) {
         eprintln!("srv6pipes: lab up failed, removing what it made");
@@ -278,7 +283,8 @@ fn sync_kube(st: &LabState, cluster: &kube::Cluster, chains: &[srv6pipes_crds::S
         .iter()
         .filter_map(|c| {
             let ready = c.status.as_ref()?.conditions.iter().find(|x| x.type_ == "Ready")?;
-            (ready.status != "True").then(|| format!("{}: {}: {}", c.metadata.name.as_deref().unwrap_or_default(), ready.reason, ready.message))
+            (ready.status != "True")
+                .then(|| format!("{}: {}: {}", c.metadata.name.as_deref().unwrap_or_default(), ready.reason, ready.message))
         })
         .collect();
     if !failed.is_empty() {
@@ -424,7 +430,8 @@ fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
     for ifname in &p.chain_ifaces {
         st.pods[idx].chain_ifaces.push(ifname.clone());
         st.save(dir)?;
-        cni(&st.pods[idx], &node, "ADD", ifname, &srv6pipes_conf(&node, &st.pods[idx])).with_context(|| format!("{who}: srv6pipes-cni ADD {ifname}"))?;
+        cni(&st.pods[idx], &node, "ADD", ifname, &srv6pipes_conf(&node, &st.pods[idx]))
+            .with_context(|| format!("{who}: srv6pipes-cni ADD {ifname}"))?;
     }
     Ok(())
 }
@@ -432,11 +439,8 @@ fn create_pod(st: &mut LabState, dir: &Path, p: &LabPod) -> anyhow::Result<()> {
 /// Debian's real ptp + host-local, ranges from the node's podCIDRs, as a runtime would call it.
 fn primary_conf(node: &NodeState, dir: &Path) -> Value {
     let ranges: Vec<Value> = node.pod_cidrs.iter().map(|c| json!([{"subnet": c.to_string()}])).collect();
-    let routes: Vec<Value> = node
-        .pod_cidrs
-        .iter()
-        .map(|c| json!({"dst": if matches!(c, ipnet::IpNet::V6(_)) { "::/0" } else { "0.0.0.0/0" }}))
-        .collect();
+    let routes: Vec<Value> =
+        node.pod_cidrs.iter().map(|c| json!({"dst": if matches!(c, ipnet::IpNet::V6(_)) { "::/0" } else { "0.0.0.0/0" }})).collect();
     json!({
         "cniVersion": "1.0.0",
         "name": "lab-primary",
@@ -486,12 +490,7 @@ fn cni(pod: &PodState, node: &NodeState, command: &str, ifname: &str, conf: &Val
 }
 
 fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
+    result["ips"].as_array().into_iter().flatten().filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok()).collect()
 }
 
 fn start_pod(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
@@ -558,12 +557,8 @@ fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
         c.status = Some(v.status(c.metadata.generation, now.clone()));
     }
     st.save(dir)?;
-    let failed: Vec<String> = compiled
-        .chains
-        .iter()
-        .filter(|v| !v.ready)
-        .map(|v| format!("{}/{}: {:?}: {}", v.namespace, v.name, v.reason, v.message))
-        .collect();
+    let failed: Vec<String> =
+        compiled.chains.iter().filter(|v| !v.ready).map(|v| format!("{}/{}: {:?}: {}", v.namespace, v.name, v.reason, v.message)).collect();
     if !failed.is_empty() {
         bail!("chains not programmed:\n  {}", failed.join("\n  "));
     }
@@ -861,7 +856,9 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
     let chains: Vec<Value> = live
         .stats
         .iter()
-        .flat_map(|(node, s)| s.chains.iter().map(move |c| json!({"node": node, "chain": c.chain, "packets": c.packets, "bytes": c.bytes, "drops": c.drops})))
+        .flat_map(|(node, s)| {
+            s.chains.iter().map(move |c| json!({"node": node, "chain": c.chain, "packets": c.packets, "bytes": c.bytes, "drops": c.drops}))
+        })
         .collect();
     let drops = live.drops();
     let sids = sid_rows(&st, &live);
@@ -917,7 +914,12 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
     let headends: Vec<Value> = live
         .stats
         .iter()
-        .flat_map(|(node, s)| s.chains.iter().filter(|x| x.chain == key).map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops})))
+        .flat_map(|(node, s)| {
+            s.chains
+                .iter()
+                .filter(|x| x.chain == key)
+                .map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
+        })
         .collect();
     let hops: Vec<Value> = status
         .hops
@@ -966,7 +968,12 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
                 }
             }
             if let Some(d) = &out["decap"].as_object() {
-                println!("  decap     {:<5} {:<33} {}", d["node"].as_str().unwrap_or_default(), d["sid"].as_str().unwrap_or_default(), fmt(&d["counters"]));
+                println!(
+                    "  decap     {:<5} {:<33} {}",
+                    d["node"].as_str().unwrap_or_default(),
+                    d["sid"].as_str().unwrap_or_default(),
+                    fmt(&d["counters"])
+                );
             }
         }
     }
@@ -981,8 +988,7 @@ fn exec(dir: &Path, node: Option<String>, pod: Option<String>, command: &[String
         (Some(n), _) => st.node(&n).ok_or_else(|| anyhow!("no node {n} in lab {}", st.name))?.netns.clone(),
         (None, Some(p)) => {
             let (ns, name) = p.split_once('/').map(|(a, b)| (Some(a), b)).unwrap_or((None, p.as_str()));
-            let found: Vec<&PodState> =
-                st.pods.iter().filter(|x| x.name == name && ns.is_none_or(|ns| x.namespace == ns)).collect();
+            let found: Vec<&PodState> = st.pods.iter().filter(|x| x.name == name && ns.is_none_or(|ns| x.namespace == ns)).collect();
             match found.as_slice() {
                 [one] => one.netns.clone(),
                 [] => bail!("no pod {p} in lab {}", st.name),

@@ -33,9 +33,7 @@ pub fn in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Re
     let mut cmd = Command::new(program);
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(move || nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
     }
     Ok(cmd)
 }

@@ -38,7 +38,14 @@ fn run(args: Vec<String>) -> Result<String, String> {
             "--namespace" | "-n" => namespace = value("--namespace")?,
             "-f" | "--values" => files.push(PathBuf::from(value("-f")?)),
             "--set" => sets.push(value("--set")?),
-            "-h" | "--help" => return Ok(include_str!("chart-render.rs").lines().skip(1).take_while(|l| l.starts_with("//!")).map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start())).collect()),
+            "-h" | "--help" => {
+                return Ok(include_str!("chart-render.rs")
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| l.starts_with("//!"))
+                    .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+                    .collect())
+            }
             s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
             s if chart.is_none() => chart = Some(PathBuf::from(s)),
             s => return Err(format!("unexpected argument {s}")),
@@ -92,8 +99,15 @@ fn render_chart(dir: &Path, ctx: &Context) -> Result<String, String> {
     Ok(out)
 }
 
-const FUNCS: [(&str, gtmpl::Func); 7] =
-    [("default", default), ("quote", quote), ("toYaml", to_yaml), ("toJson", to_json), ("nindent", nindent), ("indent", indent), ("dict", dict)];
+const FUNCS: [(&str, gtmpl::Func); 7] = [
+    ("default", default),
+    ("quote", quote),
+    ("toYaml", to_yaml),
+    ("toJson", to_json),
+    ("nindent", nindent),
+    ("indent", indent),
+    ("dict", dict),
+];
 
 fn args<const N: usize>(name: &str, a: &[Value]) -> Result<[Value; N], FuncError> {
     a.to_vec().try_into().map_err(|_| FuncError::ExactlyXArgs(name.into(), N))

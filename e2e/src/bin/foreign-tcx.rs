@@ -22,14 +22,7 @@ const BPF_F_BEFORE: u32 = 1 << 3;
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<RawFd> {
     // SAFETY: `attr` is a zeroed, 128-byte bpf_attr laid out for `cmd`; the kernel reads at
     // most its size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -85,9 +78,7 @@ fn pin(link: &OwnedFd, path: &str) -> std::io::Result<()> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
-    let (Some("attach"), Some(dev), Some(path)) =
-        (args.get(1).map(String::as_str), arg("--dev"), arg("--pin"))
-    else {
+    let (Some("attach"), Some(dev), Some(path)) = (args.get(1).map(String::as_str), arg("--dev"), arg("--pin")) else {
         eprintln!("usage: foreign-tcx attach --dev IFNAME --pin BPFFS_PATH");
         std::process::exit(2);
     };

@@ -12,37 +12,24 @@ use serde_json::Value;
 /// The cargo target profile directory holding the workspace's binaries:
 /// target/<profile>/deps/<test>-<hash>  ->  target/<profile>.
 pub fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf()
+    std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
 /// The checkout the tests run in: cargo's run-time CARGO_MANIFEST_DIR first, since a test
 /// binary reused from a shared target directory may have been built in another checkout.
 pub fn repo_root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest.parent().unwrap().to_path_buf()
 }
 
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
 pub fn has_tool(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Why this machine cannot run a lab, if it cannot.
@@ -53,10 +40,7 @@ pub fn missing_lab_prerequisite(tools: &[&str]) -> Option<String> {
     if let Some(t) = tools.iter().chain(&["ip", "sysctl"]).find(|t| !has_tool(t)) {
         return Some(format!("{t} is not installed"));
     }
-    if !["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-    {
+    if !["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"].iter().any(|p| Path::new(p).exists()) {
         return Some("CNI plugins (ptp, host-local) are not installed".into());
     }
     None
@@ -82,30 +66,16 @@ pub struct Lab {
 impl Lab {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "t{}-{}-{}",
-            std::process::id() % 100_000,
-            tag,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("t{}-{}-{}", std::process::id() % 100_000, tag, N.fetch_add(1, Ordering::SeqCst));
         let state = std::env::temp_dir().join(format!("srv6pipes-e2e-{name}"));
         let bin = target_dir().join("srv6pipes");
-        assert!(
-            bin.exists(),
-            "{} missing: run `cargo build --workspace` first",
-            bin.display()
-        );
+        assert!(bin.exists(), "{} missing: run `cargo build --workspace` first", bin.display());
         Self { name, state }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(target_dir().join("srv6pipes"));
-        c.arg("lab")
-            .arg("--name")
-            .arg(&self.name)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args);
+        c.arg("lab").arg("--name").arg(&self.name).arg("--state-dir").arg(&self.state).args(args);
         c
     }
 
@@ -133,9 +103,7 @@ impl Lab {
     /// `srv6pipes lab CMD -f FILE` with `yaml` as the file.
     pub fn run_yaml(&self, cmd: &str, yaml: &str) -> Output {
         static N: AtomicU32 = AtomicU32::new(0);
-        let file = self
-            .state
-            .with_extension(format!("{}.yaml", N.fetch_add(1, Ordering::SeqCst)));
+        let file = self.state.with_extension(format!("{}.yaml", N.fetch_add(1, Ordering::SeqCst)));
         std::fs::write(&file, yaml).unwrap();
         let out = self.run(&[cmd, "-f", file.to_str().unwrap()]);
         let _ = std::fs::remove_file(&file);
@@ -147,27 +115,14 @@ impl Lab {
         let mut args = vec!["nft", "-j", "list", "table"];
         args.extend(table.split_whitespace());
         let out = self.exec(pod, &args);
-        assert!(
-            out.status.success(),
-            "nft in {pod}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "nft in {pod}: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["nftables"]
             .as_array()
             .unwrap()
             .iter()
             .filter_map(|o| o.get("rule"))
-            .map(|r| {
-                r["expr"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find_map(|e| e.get("counter"))
-                    .expect("a counter")["packets"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|r| r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).expect("a counter")["packets"].as_u64().unwrap())
             .collect()
     }
 
@@ -197,12 +152,7 @@ impl Drop for Lab {
 }
 
 pub fn pod_ip(status: &Value, pod: &str, v6: bool) -> String {
-    status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pod)
-        .unwrap_or_else(|| panic!("pod {pod} in status"))["ips"]
+    status["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod).unwrap_or_else(|| panic!("pod {pod} in status"))["ips"]
         .as_array()
         .unwrap()
         .iter()
@@ -224,28 +174,16 @@ pub fn sid_packets(status: &Value, node: &str, behavior: &str) -> u64 {
 pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
     let c = count.to_string();
     let fam = if to.contains(':') { "-6" } else { "-4" };
-    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to])
-        .status
-        .success()
+    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
 }
 
 /// The examples' `server` pod answers "hello from server" on TCP 8080: once it listens, connect
 /// from `from` to `addr` (IPv4 or IPv6) and return what it said.
 pub fn hello(lab: &Lab, from: &str, addr: &str) -> String {
-    wait_for(
-        "the server to listen on 8080",
-        Duration::from_secs(10),
-        || {
-            !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":8080"])
-                .stdout
-                .is_empty()
-        },
-    );
-    let target = if addr.contains(':') {
-        format!("TCP6:[{addr}]:8080")
-    } else {
-        format!("TCP4:{addr}:8080")
-    };
+    wait_for("the server to listen on 8080", Duration::from_secs(10), || {
+        !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":8080"]).stdout.is_empty()
+    });
+    let target = if addr.contains(':') { format!("TCP6:[{addr}]:8080") } else { format!("TCP4:{addr}:8080") };
     // Read-only (-u): a client that also sent a line could have it arrive after the server
     // closed, which answers with a reset that may discard the greeting unread.
     let out = lab.exec(from, &["socat", "-u", "-T", "10", &format!("{target},connect-timeout=10"), "-"]);
@@ -262,12 +200,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// The status row of the proxy SID of `pod` (NAMESPACE/NAME).
 pub fn sid_of<'a>(status: &'a Value, pod: &str) -> &'a Value {
-    status["sids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["pod"] == pod)
-        .unwrap_or_else(|| panic!("a SID of {pod}"))
+    status["sids"].as_array().unwrap().iter().find(|s| s["pod"] == pod).unwrap_or_else(|| panic!("a SID of {pod}"))
 }
 
 /// A chain `name` from the server pods back to `prefix`, through the firewall then the ids.
@@ -296,58 +229,33 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(tag: &str) -> Option<ApiServer> {
-        let cached = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .map(|h| h.join(".cache/srv6pipes/kubernetes/bin/kube-apiserver"));
+        let cached = std::env::var_os("HOME").map(PathBuf::from).map(|h| h.join(".cache/srv6pipes/kubernetes/bin/kube-apiserver"));
         if !cached.is_some_and(|c| c.exists()) && !is_root() {
             eprintln!("SKIPPED: kube-apiserver is not built and building it needs root (apt-get)");
             return None;
         }
-        let dir =
-            std::env::temp_dir().join(format!("srv6pipes-apiserver-{}-{tag}", std::process::id()));
-        let out = Command::new(repo_root().join("scripts/apiserver"))
-            .arg("up")
-            .arg(&dir)
-            .output()
-            .expect("run scripts/apiserver");
-        let server = ApiServer {
-            kubeconfig: dir.join("kubeconfig"),
-            dir,
-        };
-        assert!(
-            out.status.success(),
-            "scripts/apiserver up failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = std::env::temp_dir().join(format!("srv6pipes-apiserver-{}-{tag}", std::process::id()));
+        let out = Command::new(repo_root().join("scripts/apiserver")).arg("up").arg(&dir).output().expect("run scripts/apiserver");
+        let server = ApiServer { kubeconfig: dir.join("kubeconfig"), dir };
+        assert!(out.status.success(), "scripts/apiserver up failed:\n{}", String::from_utf8_lossy(&out.stderr));
         Some(server)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
+        Command::new("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("run kubectl")
     }
 
     /// kubectl that must succeed; its stdout.
     pub fn k(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) {
         let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"]);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(["apply", "-f", "-"]);
         let mut child = cmd
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -355,17 +263,9 @@ impl ApiServer {
             .spawn()
             .unwrap();
         // A leading document marker: kubectl would read flow-style YAML ("{...}") as JSON.
-        std::io::Write::write_all(
-            &mut child.stdin.take().unwrap(),
-            format!("---\n{yaml}").as_bytes(),
-        )
-        .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("---\n{yaml}").as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl apply: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// An object as JSON, or None when it does not exist.
@@ -374,18 +274,13 @@ impl ApiServer {
         args.extend_from_slice(what);
         args.extend(["-o", "json", "--show-managed-fields"]);
         let out = self.kubectl(&args);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).expect("kubectl json"))
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("kubectl json"))
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/apiserver"))
-            .arg("down")
-            .arg(&self.dir)
-            .output();
+        let _ = Command::new(repo_root().join("scripts/apiserver")).arg("down").arg(&self.dir).output();
     }
 }
 
@@ -401,37 +296,17 @@ impl Stream {
     pub fn start(lab: &Lab, (from, to): (&str, &str), addr: &str, args: &[&str]) -> Self {
         let seqflow = target_dir().join("seqflow");
         let seqflow = seqflow.to_str().unwrap();
-        let bind = if addr.contains(':') {
-            "[::]:9000"
-        } else {
-            "0.0.0.0:9000"
-        };
+        let bind = if addr.contains(':') { "[::]:9000" } else { "0.0.0.0:9000" };
         let mut recv = lab
-            .cmd(&[
-                "exec",
-                to,
-                "--",
-                seqflow,
-                "recv",
-                "--bind",
-                bind,
-                "--idle-exit",
-                "3",
-            ])
+            .cmd(&["exec", to, "--", seqflow, "recv", "--bind", bind, "--idle-exit", "3"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(recv.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(recv.stderr.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains("listening"), "{line}");
-        let target = if addr.contains(':') {
-            format!("[{addr}]:9000")
-        } else {
-            format!("{addr}:9000")
-        };
+        let target = if addr.contains(':') { format!("[{addr}]:9000") } else { format!("{addr}:9000") };
         let mut cmd = vec!["exec", from, "--", seqflow, "send", "--to", &target];
         cmd.extend_from_slice(args);
         let send = lab.cmd(&cmd).stdout(Stdio::piped()).spawn().unwrap();
