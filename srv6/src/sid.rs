@@ -2,8 +2,11 @@
 //!
 //! A node's locator is a prefix of the cluster block (e.g. `fcbb:bb00:1::/48` in
 //! `fcbb:bb00::/32`). The 16 bits after the locator are FUNCT and name one behaviour instance;
-//! the remaining bits are ARG, reserved and zero. FUNCT 0 is the node itself: its SRv6 source
-//! address is LOC:0:…:1.
+//! the remaining bits are ARG, zero for packet functions' proxies. FUNCT 0 is the node itself:
+//! its SRv6 source address is LOC:0:…:1. A stream function's SID (SRv6 pipes) is
+//! LOC:FUNCT:ARG with FUNCT the stream proxy instance and ARG its first 16 bits the function id,
+//! the rest an argument handle (`Locator::stream_sid`, as SRv6Pipes put function and
+//! parameters after the proxy's prefix).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -42,6 +45,21 @@ pub enum SidError {
     BlockExhausted { block: Ipv6Net, len: u8, index: u64 },
     #[error("no free proxy SID left in locator {0}")]
     Exhausted(Locator),
+    #[error("locator {locator} leaves {bits} ARG bits: a stream SID needs 16 for the function and 8 for the argument handle")]
+    NoRoomForStreamArg { locator: Locator, bits: u32 },
+    #[error("argument handle {handle} does not fit the {bits} bits locator {locator} leaves for it")]
+    HandleTooLarge { locator: Locator, handle: u64, bits: u32 },
+}
+
+/// Bits of a stream SID's ARG that name the function (`Locator::stream_sid`).
+pub const STREAM_FUNCTION_BITS: u32 = 16;
+
+/// What a stream function's SID says: the proxy instance, the function and its argument handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamArg {
+    pub funct: u16,
+    pub function: u16,
+    pub handle: u64,
 }
 
 /// A node's SRv6 locator.
@@ -103,6 +121,53 @@ impl Locator {
         let bits = u128::from(sid.0);
         let arg_mask = if shift == 0 { 0 } else { (1u128 << shift) - 1 };
         (bits & arg_mask == 0).then(|| ((bits >> shift) & 0xffff) as u16)
+    }
+
+    /// Bits after FUNCT.
+    fn arg_bits(&self) -> u32 {
+        128 - self.0.prefix_len() as u32 - FUNCT_BITS as u32
+    }
+
+    /// Bits of a stream SID's argument handle: ARG less the function id, at most 64.
+    pub fn stream_handle_bits(&self) -> Result<u32, SidError> {
+        let bits = self.arg_bits();
+        if bits < STREAM_FUNCTION_BITS + 8 {
+            return Err(SidError::NoRoomForStreamArg { locator: *self, bits });
+        }
+        Ok((bits - STREAM_FUNCTION_BITS).min(64))
+    }
+
+    /// A stream function's SID: LOC:`funct`:ARG, ARG = `function` (16 bits) then `handle`.
+    pub fn stream_sid(&self, funct: u16, arg: StreamArg) -> Result<Sid, SidError> {
+        let handle_bits = self.stream_handle_bits()?;
+        if handle_bits < 64 && arg.handle >> handle_bits != 0 {
+            return Err(SidError::HandleTooLarge { locator: *self, handle: arg.handle, bits: handle_bits });
+        }
+        let low = self.arg_bits() - STREAM_FUNCTION_BITS - handle_bits;
+        let value = ((arg.function as u128) << (handle_bits + low)) | ((arg.handle as u128) << low);
+        Ok(Sid(Ipv6Addr::from(u128::from(self.sid(funct).0) | value)))
+    }
+
+    /// The proxy instance, function and handle a stream SID of this locator carries (`funct` in
+    /// the answer is the SID's FUNCT; `arg.funct` is ignored by `stream_sid`).
+    pub fn stream_arg_of(&self, sid: Sid) -> Option<StreamArg> {
+        let handle_bits = self.stream_handle_bits().ok()?;
+        if !self.contains(&sid.0) {
+            return None;
+        }
+        let arg_bits = self.arg_bits();
+        let low = arg_bits - STREAM_FUNCTION_BITS - handle_bits;
+        let bits = u128::from(sid.0);
+        let arg = bits & ((1u128 << arg_bits) - 1);
+        if low > 0 && arg & ((1u128 << low) - 1) != 0 {
+            return None;
+        }
+        let handle_mask = if handle_bits == 64 { u64::MAX as u128 } else { (1u128 << handle_bits) - 1 };
+        Some(StreamArg {
+            funct: ((bits >> arg_bits) & 0xffff) as u16,
+            function: (arg >> (handle_bits + low)) as u16,
+            handle: ((arg >> low) & handle_mask) as u64,
+        })
     }
 
     /// The node's own SRv6 source address: FUNCT 0, ARG 1 (never a SID).
@@ -253,5 +318,28 @@ mod tests {
         let l = loc("fcbb:bb00:1::/48");
         assert_eq!(serde_json::to_string(&l).unwrap(), "\"fcbb:bb00:1::/48\"");
         assert!(serde_json::from_str::<Locator>("\"fcbb:bb00:1::1/48\"").is_err());
+    }
+
+    #[test]
+    fn stream_sids_carry_function_and_handle_in_arg() {
+        let loc: Locator = "fcbb:bb00:1::/48".parse().unwrap();
+        assert_eq!(loc.stream_handle_bits().unwrap(), 48);
+        let arg = StreamArg { funct: 0, function: 0x0002, handle: 0xbcde_ffff };
+        let sid = loc.stream_sid(0xe001, arg).unwrap();
+        assert_eq!(sid.to_string(), "fcbb:bb00:1:e001:2:0:bcde:ffff");
+        assert_eq!(loc.stream_arg_of(sid), Some(StreamArg { funct: 0xe001, ..arg }));
+        assert_eq!(loc.funct_of(sid), None, "not a plain proxy SID: ARG bits are set");
+        assert_eq!(loc.stream_arg_of(loc.sid(0xe001)), Some(StreamArg { funct: 0xe001, function: 0, handle: 0 }));
+        let other: Locator = "fcbb:bb00:2::/48".parse().unwrap();
+        assert_eq!(other.stream_arg_of(sid), None, "another node's");
+        // A /64 locator leaves 32 bits of handle; a /100 too few for any.
+        let l64: Locator = "fcbb:bb00:1:2::/64".parse().unwrap();
+        assert_eq!(l64.stream_handle_bits().unwrap(), 32);
+        let big = StreamArg { funct: 0, function: 1, handle: 1 << 32 };
+        assert!(matches!(l64.stream_sid(0xe001, big), Err(SidError::HandleTooLarge { bits: 32, .. })));
+        let s = l64.stream_sid(0xe001, StreamArg { handle: 0xffff_ffff, ..big }).unwrap();
+        assert_eq!(l64.stream_arg_of(s).unwrap().handle, 0xffff_ffff);
+        let l100: Locator = "fcbb:bb00:1:2::/100".parse().unwrap();
+        assert!(matches!(l100.stream_handle_bits(), Err(SidError::NoRoomForStreamArg { bits: 12, .. })));
     }
 }

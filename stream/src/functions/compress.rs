@@ -1,0 +1,133 @@
+//! `compress`: `algorithm` `zstd` (default) or `gzip`, `op` `compress` (default) or
+//! `decompress`. Compression flushes at the end of every read (a request/response protocol
+//! never waits on bytes the compressor holds), so the next hop can decompress what it has; the
+//! stream's end closes the frame. Decompression refuses a corrupt or truncated stream.
+
+use std::io::Write;
+
+use crate::{Args, FunctionError, StreamFunction};
+
+enum Codec {
+    ZstdCompress(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    ZstdDecompress(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    GzipCompress(flate2::write::GzEncoder<Vec<u8>>),
+    GzipDecompress(flate2::write::GzDecoder<Vec<u8>>),
+    Done,
+}
+
+struct Compress {
+    codec: Codec,
+    /// Bytes came in: a stream that never sent any is empty either way, not a truncated frame.
+    started: bool,
+}
+
+pub fn build(args: &Args) -> Result<Box<dyn StreamFunction>, FunctionError> {
+    let known = ["algorithm", "op"];
+    let bad = |arg: &str, why: String| FunctionError::BadArg { function: "compress", arg: arg.into(), why };
+    let algorithm = crate::arg("compress", args, &known, "algorithm")?.unwrap_or("zstd");
+    let op = crate::arg("compress", args, &known, "op")?.unwrap_or("compress");
+    let io = |e: std::io::Error| bad("algorithm", e.to_string());
+    let codec = match (algorithm, op) {
+        ("zstd", "compress") => Codec::ZstdCompress(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io)?),
+        ("zstd", "decompress") => Codec::ZstdDecompress(zstd::stream::write::Decoder::new(Vec::new()).map_err(io)?),
+        ("gzip", "compress") => Codec::GzipCompress(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())),
+        ("gzip", "decompress") => Codec::GzipDecompress(flate2::write::GzDecoder::new(Vec::new())),
+        ("zstd" | "gzip", other) => return Err(bad("op", format!("{other:?}: compress or decompress"))),
+        (other, _) => return Err(bad("algorithm", format!("{other:?}: zstd or gzip"))),
+    };
+    Ok(Box::new(Compress { codec, started: false }))
+}
+
+fn corrupt(e: std::io::Error) -> FunctionError {
+    FunctionError::BadInput { function: "compress", why: e.to_string() }
+}
+
+impl StreamFunction for Compress {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        self.started = true;
+        match &mut self.codec {
+            Codec::ZstdCompress(e) => {
+                e.write_all(input).and_then(|_| e.flush()).map_err(corrupt)?;
+                out.append(e.get_mut());
+            }
+            Codec::ZstdDecompress(d) => {
+                d.write_all(input).and_then(|_| d.flush()).map_err(corrupt)?;
+                out.append(d.get_mut());
+            }
+            Codec::GzipCompress(e) => {
+                e.write_all(input).and_then(|_| e.flush()).map_err(corrupt)?;
+                out.append(e.get_mut());
+            }
+            Codec::GzipDecompress(d) => {
+                d.write_all(input).and_then(|_| d.flush()).map_err(corrupt)?;
+                out.append(d.get_mut());
+            }
+            Codec::Done => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        let mut rest = match std::mem::replace(&mut self.codec, Codec::Done) {
+            Codec::ZstdCompress(e) => e.finish().map_err(corrupt)?,
+            Codec::GzipCompress(e) => e.finish().map_err(corrupt)?,
+            // A decompressor's input must end on a whole frame / member: a truncated stream is
+            // an error, not a short one.
+            Codec::ZstdDecompress(d) if self.started => d.finish().map_err(corrupt)?,
+            Codec::GzipDecompress(d) if self.started => d.finish().map_err(corrupt)?,
+            Codec::ZstdDecompress(_) | Codec::GzipDecompress(_) | Codec::Done => Vec::new(),
+        };
+        out.append(&mut rest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::*;
+
+    fn text(n: usize) -> Vec<u8> {
+        (0..n).map(|i| format!("line {} of a text that compresses well\n", i % 97)).collect::<String>().into_bytes()[..n].to_vec()
+    }
+
+    #[test]
+    fn round_trips_over_every_split_and_compresses() {
+        for algorithm in ["zstd", "gzip"] {
+            let c = args(&[("algorithm", algorithm), ("op", "compress")]);
+            let d = args(&[("algorithm", algorithm), ("op", "decompress")]);
+            let input = text(3000);
+            let packed = crate::run(crate::build("compress", &c).unwrap().1.as_mut(), &input, &[1000, 2000]).unwrap();
+            assert!(packed.len() * 4 < input.len(), "{algorithm}: {} of {} bytes", packed.len(), input.len());
+            assert_eq!(same_over_every_split("compress", &d, &packed), input, "{algorithm}");
+            // Each read's bytes are out before the next read: a request/response never stalls.
+            let (_, mut f) = crate::build("compress", &c).unwrap();
+            let mut out = Vec::new();
+            f.push(b"GET / HTTP/1.1\r\n\r\n", &mut out).unwrap();
+            let (_, mut g) = crate::build("compress", &d).unwrap();
+            let mut plain = Vec::new();
+            g.push(&out, &mut plain).unwrap();
+            assert_eq!(plain, b"GET / HTTP/1.1\r\n\r\n", "{algorithm}: flushed per read");
+        }
+    }
+
+    #[test]
+    fn empty_streams_and_broken_ones() {
+        for algorithm in ["zstd", "gzip"] {
+            let c = args(&[("algorithm", algorithm)]);
+            let d = args(&[("algorithm", algorithm), ("op", "decompress")]);
+            let packed = crate::run(crate::build("compress", &c).unwrap().1.as_mut(), b"", &[]).unwrap();
+            assert_eq!(same_over_every_split("compress", &d, &packed), b"", "{algorithm}: an empty stream");
+            assert_eq!(same_over_every_split("compress", &d, b""), b"", "{algorithm}: nothing at all");
+            let whole = crate::run(crate::build("compress", &c).unwrap().1.as_mut(), &text(500), &[]).unwrap();
+            let truncated = crate::run(crate::build("compress", &d).unwrap().1.as_mut(), &whole[..whole.len() - 3], &[]);
+            assert!(truncated.is_err(), "{algorithm}: truncated");
+            let garbage = crate::run(crate::build("compress", &d).unwrap().1.as_mut(), b"not compressed at all", &[]);
+            assert!(garbage.is_err(), "{algorithm}: not its format");
+        }
+        assert!(crate::build("compress", &args(&[("algorithm", "lz4")])).is_err());
+        assert!(crate::build("compress", &args(&[("op", "squeeze")])).is_err());
+    }
+}

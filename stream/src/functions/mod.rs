@@ -1,0 +1,7 @@
+//! The built-in bytestream functions, one file each.
+
+pub mod base64;
+pub mod compress;
+pub mod identity;
+pub mod replace;
+pub mod xor;
