@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 mod functions;
+pub mod relay;
 
 /// Arguments of a function, by name (the ServiceChain's `stream.args`).
 pub type Args = BTreeMap<String, String>;
@@ -24,7 +25,7 @@ pub trait StreamFunction: Send {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError>;
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum FunctionError {
     #[error("unknown stream function {0:?} (known: {known})", known = names().join(", "))]
     Unknown(String),
@@ -69,6 +70,37 @@ pub(crate) fn arg<'a>(function: &'static str, args: &'a Args, known: &[&str], na
         return Err(FunctionError::BadArg { function, arg: unknown.clone(), why: format!("unknown (known: {})", known.join(", ")) });
     }
     Ok(args.get(name).map(String::as_str))
+}
+
+/// The functions one direction of a connection crosses, in order: each one's output is the
+/// next one's input (consecutive stream functions on one proxy run in one process, without
+/// another TCP hop).
+#[derive(Default)]
+pub struct Chain(pub Vec<Box<dyn StreamFunction>>);
+
+impl Chain {
+    /// The next bytes of the stream through every function: what is ready for the next hop.
+    pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, FunctionError> {
+        let mut data = input.to_vec();
+        for f in &mut self.0 {
+            let mut out = Vec::with_capacity(data.len());
+            f.push(&data, &mut out)?;
+            data = out;
+        }
+        Ok(data)
+    }
+
+    /// The end of the stream: each function's held-back bytes and trailer, through the rest.
+    pub fn finish(&mut self) -> Result<Vec<u8>, FunctionError> {
+        let mut data = Vec::new();
+        for f in &mut self.0 {
+            let mut out = Vec::new();
+            f.push(&data, &mut out)?;
+            f.finish(&mut out)?;
+            data = out;
+        }
+        Ok(data)
+    }
 }
 
 /// Runs `f` over `input` cut into reads at `cuts` (offsets), then finishes: the stream's output.
@@ -145,5 +177,13 @@ mod tests {
             data = same_over_every_split(name, a, &data);
         }
         assert_eq!(data, b"I love cats!");
+        // The same three as one chain, the input in odd reads.
+        let mut chain = Chain(stages.iter().map(|(n, a)| build(n, a).unwrap().1).collect());
+        let mut out = Vec::new();
+        for part in [&b"I lo"[..], b"ve d", b"ogs", b"!"] {
+            out.extend(chain.push(part).unwrap());
+        }
+        out.extend(chain.finish().unwrap());
+        assert_eq!(out, b"I love cats!");
     }
 }

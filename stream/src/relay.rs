@@ -1,0 +1,252 @@
+//! The relay between the client's connection and the onward one: SRv6 pipes' proxy core, the
+//! part that owns both TCP connections. Each direction reads at most `Limits::read_size` bytes,
+//! runs them through its [`Chain`] and writes the result before reading again, so a slow reader
+//! holds the proxy to one read (plus what its functions hold back) per direction: backpressure
+//! reaches the sender through TCP's own windows.
+//!
+//! Ends are carried end to end: a FIN (end of stream) finishes the direction's functions,
+//! writes their tail and shuts the other connection's write side (half-close: the other
+//! direction goes on). Anything abnormal — a reset or an error on either connection, a function
+//! refusing its input, `Limits::idle` without a byte either way — aborts both connections with
+//! a reset (`SO_LINGER` 0), never a FIN that would make a cut stream look complete.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::{Chain, FunctionError};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes read at once per direction: the proxy's buffer per connection and direction.
+    pub read_size: usize,
+    /// A connection with no byte either way for this long is aborted.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { read_size: 64 * 1024, idle: Duration::from_secs(300) }
+    }
+}
+
+/// One direction's counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// Bytes read from the sender.
+    pub bytes_in: u64,
+    /// Bytes written to the receiver (after the functions).
+    pub bytes_out: u64,
+    /// The most bytes written in one go (the relay's buffering, besides the read buffer).
+    pub max_pending: usize,
+}
+
+/// Why a relay was aborted (both connections reset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abort {
+    /// A connection was reset or failed (its error).
+    Connection(String),
+    /// A function refused the stream.
+    Function(FunctionError),
+    /// No byte either way for `Limits::idle`.
+    Idle,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Client to server.
+    pub forward: DirectionStats,
+    /// Server to client.
+    pub reverse: DirectionStats,
+    /// None: both directions ended with a FIN.
+    pub aborted: Option<Abort>,
+}
+
+/// Relays `client` <-> `server` through `forward` (client to server) and `reverse`, until both
+/// directions ended or something aborts them. The connections are closed on return.
+pub async fn relay(mut client: TcpStream, mut server: TcpStream, forward: Chain, reverse: Chain, limits: Limits) -> Report {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut report = Report { forward: DirectionStats::default(), reverse: DirectionStats::default(), aborted: None };
+    {
+        let (cr, cw) = client.split();
+        let (sr, sw) = server.split();
+        let fwd = pump(cr, sw, forward, limits.read_size, start, &last);
+        let rev = pump(sr, cw, reverse, limits.read_size, start, &last);
+        tokio::pin!(fwd, rev);
+        let (mut fwd_done, mut rev_done) = (false, false);
+        while !(fwd_done && rev_done) {
+            let quiet = Duration::from_millis((start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed)));
+            let idle_left = limits.idle.saturating_sub(quiet);
+            let ended = tokio::select! {
+                r = &mut fwd, if !fwd_done => { fwd_done = true; r.map(|s| report.forward = s) }
+                r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
+                _ = tokio::time::sleep(idle_left) => {
+                    let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+                    if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
+                }
+            };
+            if let Err(why) = ended {
+                report.aborted = Some(why);
+                break;
+            }
+        }
+    }
+    if report.aborted.is_some() {
+        // Abortive close: a reset each way, never a FIN that would complete a cut stream.
+        let _ = client.set_zero_linger();
+        let _ = server.set_zero_linger();
+    }
+    report
+}
+
+/// One direction: read, run through the chain, write, until the sender's FIN (then the
+/// chain's tail and a FIN to the receiver) or an error.
+async fn pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    mut chain: Chain,
+    read_size: usize,
+    start: Instant,
+    last: &AtomicU64,
+) -> Result<DirectionStats, Abort> {
+    let conn = |e: std::io::Error| Abort::Connection(e.to_string());
+    let mut stats = DirectionStats::default();
+    let mut buf = vec![0u8; read_size.max(1)];
+    loop {
+        let n = from.read(&mut buf).await.map_err(conn)?;
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let data = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
+        stats.bytes_in += n as u64;
+        stats.bytes_out += data.len() as u64;
+        stats.max_pending = stats.max_pending.max(data.len());
+        to.write_all(&data).await.map_err(conn)?;
+        if n == 0 {
+            to.shutdown().await.map_err(conn)?;
+            return Ok(stats);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::testing::args;
+
+    /// A relay between a client and a server on loopback: (client, the server's side, the
+    /// relay's report when it ends).
+    async fn setup(forward: Chain, reverse: Chain, limits: Limits) -> (TcpStream, TcpStream, JoinHandle<Report>) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (front_addr, back_addr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
+        let (ready, connected) = tokio::sync::oneshot::channel();
+        let relay = tokio::spawn(async move {
+            let (client_side, _) = front.accept().await.unwrap();
+            let server_side = TcpStream::connect(back_addr).await.unwrap();
+            ready.send(()).unwrap();
+            relay(client_side, server_side, forward, reverse, limits).await
+        });
+        let client = TcpStream::connect(front_addr).await.unwrap();
+        let (server, _) = back.accept().await.unwrap();
+        connected.await.unwrap();
+        (client, server, relay)
+    }
+
+    fn chain(stages: &[(&str, &[(&str, &str)])]) -> Chain {
+        Chain(stages.iter().map(|(n, a)| crate::build(n, &args(a)).unwrap().1).collect())
+    }
+
+    #[tokio::test]
+    async fn the_seed_pipeline_end_to_end_with_fins_both_ways() {
+        let fwd =
+            chain(&[("base64", &[("op", "encode")]), ("replace", &[("from", "RvZ3"), ("to", "NhdH")]), ("base64", &[("op", "decode")])]);
+        let (mut client, mut server, relay) = setup(fwd, Chain::default(), Limits::default()).await;
+        client.write_all(b"I love dogs!").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"I love cats!");
+        // Half-closed: the server still answers after the client's FIN.
+        server.write_all(b"meow").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"meow");
+        let report = relay.await.unwrap();
+        assert_eq!(report.aborted, None);
+        assert_eq!((report.forward.bytes_in, report.forward.bytes_out, report.reverse.bytes_out), (12, 12, 4));
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_carried_as_a_reset() {
+        let (mut client, server, relay) = setup(Chain::default(), Chain::default(), Limits::default()).await;
+        server.set_zero_linger().unwrap();
+        drop(server);
+        let mut buf = Vec::new();
+        let err = client.read_to_end(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "not a FIN");
+        assert!(matches!(relay.await.unwrap().aborted, Some(Abort::Connection(_))));
+    }
+
+    #[tokio::test]
+    async fn a_function_refusing_its_input_resets_both_sides() {
+        let fwd = chain(&[("base64", &[("op", "decode")])]);
+        let (mut client, mut server, relay) = setup(fwd, Chain::default(), Limits::default()).await;
+        client.write_all(b"Zm9v").await.unwrap();
+        let mut foo = [0u8; 3];
+        server.read_exact(&mut foo).await.unwrap();
+        assert_eq!(&foo, b"foo", "what is valid gets through");
+        client.write_all(b"!!!!").await.unwrap();
+        let err = server.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "the server never sees a complete stream");
+        let err = client.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+        assert!(matches!(relay.await.unwrap().aborted, Some(Abort::Function(_))));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reset() {
+        let limits = Limits { idle: Duration::from_millis(200), ..Limits::default() };
+        let (mut client, mut server, relay) = setup(Chain::default(), Chain::default(), limits).await;
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        server.read_exact(&mut one).await.unwrap();
+        let t = Instant::now();
+        let err = client.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+        assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+        assert_eq!(relay.await.unwrap().aborted, Some(Abort::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_holds_the_relay_to_one_read() {
+        let limits = Limits { read_size: 16 * 1024, ..Limits::default() };
+        let (mut client, mut server, relay) = setup(Chain::default(), Chain::default(), limits).await;
+        let total = 8 << 20;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![7u8; 1 << 20];
+            for _ in 0..8 {
+                client.write_all(&chunk).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), total);
+        drop(server);
+        drop(writer.await.unwrap());
+        let report = relay.await.unwrap();
+        assert_eq!(report.forward.bytes_in, total as u64);
+        assert!(report.forward.max_pending <= 16 * 1024, "{report:?}");
+    }
+}
