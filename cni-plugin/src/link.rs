@@ -132,6 +132,30 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let ns = open_netns(&env.netns)?;
     let pod_if = conf.pod_ifname(&env.ifname)?;
     let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
+    // A second ADD for a live attachment (same container and interface, no DEL between: CNI
+    // SPEC §"ADD", which allows a plugin to refuse it) fails before anything is touched: the
+    // clean-up below is for what this ADD made, never the attachment that is already there.
+    let live: Vec<String> = on_node(async |h| {
+        let mut live = Vec::new();
+        for n in &names {
+            let host = host_ifname(&env.container_id, n);
+            if link_by_name(h, &host).await?.is_some() {
+                live.push(host);
+            }
+        }
+        Ok(live)
+    })?;
+    if !live.is_empty() {
+        return Err(CniError::new(
+            CODE_INVALID_ENV,
+            format!(
+                "container {} already has {} on this network (node side {}): a second ADD without DEL; nothing changed",
+                env.container_id,
+                env.ifname,
+                live.join(", ")
+            ),
+        ));
+    }
     let mtu = match conf.mtu {
         Some(m) => m,
         None => match call(conf, &Request::Sids)? {

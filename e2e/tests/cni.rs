@@ -153,6 +153,15 @@ fn add_del_every_version_idempotent_and_clean() {
         assert_eq!(regs[0]["sid"], "fcbb:bb00:1:e001::", "lowest free proxy SID");
         assert_eq!(regs[0]["pod_name"], "vnf");
 
+        // A second ADD for the live attachment is refused and leaves it as it was.
+        let (ok, err) = lab.cni("ADD", &container, &lab.netns(), &conf(version, &lab.socket()));
+        assert!(!ok && err["code"] == 4, "ADD twice: {err}");
+        assert!(err["msg"].as_str().unwrap().contains("second ADD"), "{err}");
+        assert!(lab.node(&["ip", "-o", "link", "show", &host]).contains(&host), "still attached");
+        assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).contains("net1"));
+        assert!(lab.pod(&["ip", "-6", "rule"]).contains("iif net1 lookup"));
+        assert_eq!(lab.sids()["registrations"].as_array().unwrap().len(), 1, "still registered");
+
         // CHECK (0.4.0 on) agrees with what ADD made, and notices when it is tampered with.
         let mut with_prev = conf(version, &lab.socket());
         with_prev["prevResult"] = res.clone();
