@@ -90,20 +90,23 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
 
 /// Every function remote from both ends: TCP with GSO both ways at ≥ 500 Mbit/s (a GSO packet
 /// dropped at a re-encapsulation leaves TCP at kbit/s), and a UDP GSO sender (8 datagrams of
-/// 1,200 bytes per send) delivering ≥ 95% of its datagrams both ways, IPv6 and IPv4, with no
-/// srv6pipes drop.
+/// 1,200 bytes per send) delivering ≥ 95% of its datagrams both ways, IPv6 and IPv4; then TCP
+/// again with GRO on every node's uplink; no srv6pipes drop.
 #[test]
 fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
-    require_lab!("nft", "iperf3");
+    require_lab!("nft", "iperf3", "ethtool");
     let lab = four_nodes("gso");
     let st = lab.status();
+    let tcp_both_ways = |server: &str, gro: &str| {
+        for reverse in [false, true] {
+            let got = iperf3(&lab, server, reverse, &[]);
+            let mbps = got["bits_per_second"].as_f64().unwrap() / 1e6;
+            assert!(mbps >= 500.0, "TCP to {server} (reverse {reverse}, {gro}): {mbps:.1} Mbit/s; drops {:?}", drops(&lab));
+        }
+    };
     for v6 in [true, false] {
         let server = pod_ip(&st, "server", v6);
-        for reverse in [false, true] {
-            let got = iperf3(&lab, &server, reverse, &[]);
-            let mbps = got["bits_per_second"].as_f64().unwrap() / 1e6;
-            assert!(mbps >= 500.0, "TCP to {server} (reverse {reverse}): {mbps:.1} Mbit/s; drops {:?}", drops(&lab));
-        }
+        tcp_both_ways(&server, "GSO");
         let client = pod_ip(&st, "client", v6);
         for (pods, addr) in [(("client", "server"), &server), (("server", "client"), &client)] {
             let stream = Stream::start(&lab, pods, addr, &["--rate", "20000", "--seconds", "1", "--size", "1200", "--gso", "8"]);
@@ -112,6 +115,12 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
             assert!(received * 100 >= sent * 95, "UDP GSO {pods:?} to {addr}: {received} of {sent} datagrams; drops {:?}", drops(&lab));
         }
     }
+    // GRO on the nodes' uplinks too (as NICs do): aggregated SRv6 arrives at every hop.
+    for node in ["n1", "n2", "n3", "n4"] {
+        let out = lab.run(&["exec", "--node", node, "--", "ethtool", "-K", "eth0", "gro", "on"]);
+        assert!(out.status.success(), "{node}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    tcp_both_ways(&pod_ip(&st, "server", true), "GRO");
     assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
 }
 
