@@ -361,14 +361,16 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let unregister = Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
     match call(conf, &unregister) {
         Ok(_) => {}
-        // No socket at all: srv6pipes was uninstalled from this node (a daemon that restarts
-        // leaves its socket in place), so nothing holds a registration; what is local still goes.
-        Err(e) if e.code == CODE_TRY_AGAIN_LATER && !Path::new(&conf.socket).exists() => {}
-        // Chained mode sees every pod of the node: one that never had a chain interface must not
-        // wait for srv6pipes to be up to be deleted.
-        Err(e) if e.code == CODE_TRY_AGAIN_LATER && conf.annotated_network.is_some() => {
-            if on_node(async |h| link_by_name(h, &host_ifname(&env.container_id, &pod_if)).await)?.is_some() {
-                return Err(e);
+        // DEL never waits on the daemon (pods must not hang in Terminating while it restarts or
+        // crash-loops): what is local goes now, and the deregistration is queued beside the
+        // socket for the daemon to apply when it is back (a restarted daemon also releases the
+        // registrations whose interfaces are gone). No socket at all: srv6pipes was uninstalled
+        // from this node, nothing holds a registration.
+        Err(e) if e.code == CODE_TRY_AGAIN_LATER => {
+            let socket = Path::new(&conf.socket);
+            if socket.exists() {
+                node_api::queue_deregistration(socket, &env.container_id, &env.ifname)
+                    .map_err(|e| CniError::io(format!("queue the deregistration beside {}: {e}", socket.display())))?;
             }
         }
         Err(e) => return Err(e),

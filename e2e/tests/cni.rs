@@ -246,31 +246,52 @@ fn errors_carry_spec_codes_and_leave_nothing() {
     assert_eq!(lab.sids()["registrations"], json!([]));
 }
 
-/// DEL tells an uninstalled srv6pipes (no socket: only what is local is removed, so pods can go
-/// after `helm uninstall`) from a restarting daemon (its socket stays: try again later, nothing
-/// removed, so the registration and the veth go together once it is back).
+/// DEL never waits on the daemon, so pods never hang in Terminating. With srv6pipes uninstalled
+/// (no socket at all) it removes what is local. With the daemon down (killed: its socket stays)
+/// it removes what is local too, queues the deregistration beside the socket, and succeeds,
+/// twice; the daemon, back, releases the registration: no registration, SID, link or queued
+/// file of the pod is left.
 #[test]
-fn del_without_daemon_cleans_locally_only_when_uninstalled() {
+fn del_never_waits_on_the_daemon() {
     require_lab!("socat");
     let lab = OneNode::up();
     let links_before = lab.node(&["ip", "-o", "link"]);
+    let local_gone = |host: &str| {
+        assert!(lab.node(&["ip", "-o", "link", "show", host]).is_empty(), "{host} left");
+        assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left in the pod");
+        assert!(lab.pod(&["ip", "-6", "rule"]).lines().all(|l| !l.contains("net1")), "pod rule left");
+    };
+    // No socket: uninstalled. The pod side and the veth go.
     let (ok, res) = lab.cni("ADD", "gone", &lab.netns(), &conf("1.0.0", &lab.socket()));
     assert!(ok, "ADD: {res}");
     let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
-    // A socket nobody listens on: the daemon is restarting.
-    let stale = lab.state.join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    let (ok, err) = lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", stale.to_str().unwrap()));
-    assert!(!ok && err["code"] == 11, "stale socket: {err}");
-    assert!(!lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} removed while the daemon restarts");
-    // No socket: uninstalled. The pod side and the veth go.
     let (ok, err) = lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", "/nonexistent/node.sock"));
     assert!(ok, "DEL after uninstall: {err}");
-    assert!(lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} left");
-    assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left in the pod");
-    assert!(lab.pod(&["ip", "-6", "rule"]).lines().all(|l| !l.contains("net1")), "pod rule left");
+    local_gone(&host);
     // (This daemon is still up and holds the registration; its DEL releases it.)
     assert!(lab.cni("DEL", "gone", &lab.netns(), &conf("1.0.0", &lab.socket())).0);
+    assert_eq!(lab.sids()["registrations"], json!([]));
+
+    // The daemon is down (kill -9; its socket stays): DEL succeeds at once, twice.
+    let (ok, res) = lab.cni("ADD", "down", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert!(ok, "ADD: {res}");
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
+    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for attempt in 0..2 {
+        let (ok, err) = lab.cni("DEL", "down", &lab.netns(), &conf("1.0.0", &lab.socket()));
+        assert!(ok, "DEL #{attempt} with the daemon down: {err}");
+    }
+    local_gone(&host);
+    let pending = std::path::PathBuf::from(format!("{}.pending", lab.socket()));
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 1, "the deregistration is queued");
+    // Back: the registration and its SID are released, the queue emptied.
+    assert!(lab.lab(&["restart-node", "n1"]).status.success());
+    common::wait_for("the queue applied", std::time::Duration::from_secs(10), || {
+        std::fs::read_dir(&pending).map(|d| d.count() == 0).unwrap_or(true)
+    });
     assert_eq!(lab.sids()["registrations"], json!([]));
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
 }

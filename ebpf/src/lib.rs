@@ -33,7 +33,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("load eBPF object (maps pinned in {pin_dir}): {source}")]
-    Load { pin_dir: String, source: aya::EbpfError },
+    Load { pin_dir: String, source: Box<aya::EbpfError> },
     #[error("program {program}: {source}")]
     Program { program: &'static str, source: aya::programs::ProgramError },
     #[error("attach {program} on {ifname}: {source}")]
@@ -47,6 +47,11 @@ pub enum DatapathError {
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
+
+/// A stage-2 classifier entry's match: (class, protocol or None = any, port, port block length).
+pub type L4Match = (u32, Option<u8>, u16, u8);
+/// A fragment rule's match: (class, protocol or None = any).
+pub type FragMatch = (u32, Option<u8>);
 
 /// `sizeof(struct flow_key)`; its first field is the interface's ifindex.
 const FLOW_KEY_LEN: usize = 44;
@@ -108,7 +113,7 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf> {
     let mut bpf = EbpfLoader::new()
         .map_pin_path(pin_dir)
         .load(OBJECT)
-        .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source })?;
+        .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
     for hook in [Hook::Uplink, Hook::Vnf, Hook::Headend] {
         let program = hook.program();
         let prog: &mut SchedClassifier = bpf
@@ -378,7 +383,7 @@ impl Datapath {
     }
 
     /// Installed stage-2 rules: ((class, proto, port, port_len), target).
-    pub fn l4_rules(&self) -> Result<Vec<((u32, Option<u8>, u16, u8), L4Target)>> {
+    pub fn l4_rules(&self) -> Result<Vec<(L4Match, L4Target)>> {
         let m: LpmTrie<&MapData, L4Key, L4Target> = self.typed_ref("sp_l4_rules")?;
         m.iter()
             .map(|r| {
@@ -402,7 +407,7 @@ impl Datapath {
         ignore_missing(m.remove(&frag_key(class, proto)), "sp_frag_rules")
     }
 
-    pub fn frag_rules(&self) -> Result<Vec<((u32, Option<u8>), u32)>> {
+    pub fn frag_rules(&self) -> Result<Vec<(FragMatch, u32)>> {
         let m: HashMap<&MapData, FragKey, u32> = self.typed_ref("sp_frag_rules")?;
         m.iter()
             .map(|r| {

@@ -604,6 +604,26 @@ impl Node {
         Ok(())
     }
 
+    /// Applies the deregistrations CNI DEL queued beside `socket` while this daemon did not
+    /// answer (`node_api::queue_deregistration`). Returns whether a registration went.
+    pub fn apply_queued_deregistrations(&mut self, socket: &std::path::Path) -> bool {
+        let mut changed = false;
+        for (file, container_id, ifname) in srv6::node_api::queued_deregistrations(socket) {
+            let held = self.find(&container_id, &ifname).is_some();
+            match self.unregister(&container_id, &ifname) {
+                Ok(()) => {
+                    changed |= held;
+                    let _ = std::fs::remove_file(&file);
+                    info!(node = %self.name, container = %container_id, interface = %ifname, held, "applied a deregistration queued while the daemon did not answer");
+                }
+                Err(e) => {
+                    warn!(node = %self.name, container = %container_id, interface = %ifname, error = %format!("{e:#}"), "queued deregistration failed; retrying")
+                }
+            }
+        }
+        changed
+    }
+
     /// Keeps srv6pipes' programs first in every tcx chain they are attached to: a program
     /// inserted in front of one (an eBPF primary CNI attaching or re-inserting itself at the
     /// head, whose `TC_ACT_OK` would end the chain before the headend or the closed-domain guard

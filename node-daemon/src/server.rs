@@ -102,6 +102,9 @@ pub async fn serve(
                 if let Err(e) = node.keep_first() {
                     warn!(error = %format!("{e:#}"), "keeping srv6pipes' programs first failed");
                 }
+                if node.apply_queued_deregistrations(path) {
+                    shared.sids_changed.notify_one();
+                }
             }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
@@ -120,6 +123,13 @@ pub async fn serve(
                             let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
                             if let Err(e) = std::fs::remove_file(path) {
                                 errs.push(anyhow::Error::from(e).context(format!("remove {}", path.display())));
+                            }
+                            let pending = srv6::node_api::pending_deletions_dir(path);
+                            match std::fs::remove_dir_all(&pending) {
+                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                    errs.push(anyhow::Error::from(e).context(format!("remove {}", pending.display())))
+                                }
+                                _ => {}
                             }
                             for e in &errs {
                                 warn!(error = %format!("{e:#}"), "uninstall step failed");

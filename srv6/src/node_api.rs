@@ -278,6 +278,41 @@ impl NodeProgram {
 }
 
 /// MACs travel as `aa:bb:cc:dd:ee:ff` in the API.
+/// Where DEL queues deregistrations for a daemon that does not answer (restarting,
+/// crash-looping): beside its socket, `<socket>.pending`. The daemon applies them when back.
+pub fn pending_deletions_dir(socket: &Path) -> std::path::PathBuf {
+    let mut name = socket.file_name().unwrap_or_default().to_os_string();
+    name.push(".pending");
+    socket.with_file_name(name)
+}
+
+/// Queues `Unregister { container_id, ifname }` for the daemon of `socket`: one file per
+/// attachment (a repeated DEL rewrites it), written whole before it appears (rename).
+pub fn queue_deregistration(socket: &Path, container_id: &str, ifname: &str) -> std::io::Result<()> {
+    let dir = pending_deletions_dir(socket);
+    std::fs::create_dir_all(&dir)?;
+    let req = Request::Unregister { container_id: container_id.into(), ifname: ifname.into() };
+    let name = format!("{container_id}-{ifname}").replace(['/', '.'], "_");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&req).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// The queued deregistrations: (file, container id, interface); files that are not one are
+/// skipped (a partial write is never visible: see `queue_deregistration`).
+pub fn queued_deregistrations(socket: &Path) -> Vec<(std::path::PathBuf, String, String)> {
+    let Ok(entries) = std::fs::read_dir(pending_deletions_dir(socket)) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter_map(|p| match serde_json::from_slice(&std::fs::read(&p).ok()?).ok()? {
+            Request::Unregister { container_id, ifname } => Some((p, container_id, ifname)),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn format_mac(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -389,5 +424,21 @@ mod tests {
     fn unreachable_daemon_is_distinguished() {
         let err = call(Path::new("/nonexistent/srv6pipes.sock"), &Request::Sids, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+    }
+
+    #[test]
+    fn deregistrations_queue_beside_the_socket() {
+        let dir = std::env::temp_dir().join(format!("srv6pipes-pending-{}", std::process::id()));
+        let socket = dir.join("node.sock");
+        assert_eq!(pending_deletions_dir(&socket), dir.join("node.sock.pending"));
+        assert!(queued_deregistrations(&socket).is_empty(), "nothing queued, no directory");
+        queue_deregistration(&socket, "ctr/1", "net1").unwrap();
+        queue_deregistration(&socket, "ctr/1", "net1").unwrap();
+        queue_deregistration(&socket, "ctr2", "net2").unwrap();
+        std::fs::write(pending_deletions_dir(&socket).join(".half.tmp"), b"{").unwrap();
+        let mut q: Vec<(String, String)> = queued_deregistrations(&socket).into_iter().map(|(_, c, i)| (c, i)).collect();
+        q.sort();
+        assert_eq!(q, [("ctr/1".to_string(), "net1".to_string()), ("ctr2".into(), "net2".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
