@@ -8,7 +8,7 @@
 # ask for the srv6pipes network by annotation). A ServiceChain client -> fw -> ids -> server is
 # applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
 # pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
-# no packet, REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
+# no packet (its Role deleted meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
 # objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
 # node-writes webhook refuses one node's daemon another node's objects, and deleting the chain
 # unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
@@ -110,13 +110,20 @@ flow_done() { wait "$(cat "$t/flow.pid")" || true
 fw0=$(rx e2e-fw)
 flow 750
 sleep 2
+# An RBAC regression during the restart (the daemon's namespaced Role, which lets it read its
+# DaemonSet, is gone): the terminating daemon is refused (403) and must not take that for an
+# uninstall; the flow would lose packets if it wiped the node.
+kubectl -n "$ns" get role,rolebinding -l app.kubernetes.io/component=node -o json \
+  | jq '.items[].metadata |= {name, namespace, labels}' > "$t/node-rbac.json"
+kubectl -n "$ns" delete role,rolebinding -l app.kubernetes.io/component=node >/dev/null
 old=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
 kubectl -n "$ns" delete "$old" --wait=true >/dev/null
 kubectl -n "$ns" rollout status daemonset/srv6pipes-node --timeout=120s >/dev/null
 new=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
 [[ $new && $new != "$old" ]] || fail "the DaemonSet pod on $n1 was not recreated"
-flow_done "DaemonSet pod $old deleted, $new took over"
+flow_done "DaemonSet pod $old deleted with its Role gone (403: not an uninstall), $new took over"
 (( $(rx e2e-fw) - fw0 >= 750 )) || fail "the flow was not steered through fw during the restart"
+kubectl create -f "$t/node-rbac.json" >/dev/null
 
 if ((${#redeploy[@]})); then
   flow 1500

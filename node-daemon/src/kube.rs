@@ -182,29 +182,91 @@ pub enum Departure {
     Stay(String),
 }
 
-/// Decides from what the API server said about the daemon's DaemonSet. Gone or being deleted
-/// is an uninstall; so is this daemon's own identity refused (401: its ServiceAccount was
-/// deleted; 403: its RBAC was), since both are deleted only with the release. Anything else,
-/// a network error included, is not.
-pub fn departure(ds: &DaemonSetRef, got: Result<Option<DaemonSet>, kube::Error>) -> Departure {
+/// What this daemon saw of its DaemonSet's deletion while it could still read it: a watch from
+/// start, so the signal survives `helm uninstall` deleting the daemon's credentials in the same
+/// pass (a watch that is open keeps its events).
+#[derive(Clone, Default)]
+pub struct DeletionSeen {
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl DeletionSeen {
+    pub fn get(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set(&self) {
+        self.seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether the deletion is (or, within `wait`, becomes) seen.
+    pub async fn within(&self, wait: Duration) -> bool {
+        let notified = self.notify.notified();
+        self.get() || tokio::time::timeout(wait, notified).await.is_ok() || self.get()
+    }
+}
+
+/// Watches the DaemonSet (list and watch of that one name) for its deletion, in the background.
+pub fn watch_deletion(client: Client, ds: &DaemonSetRef) -> DeletionSeen {
+    let seen = DeletionSeen::default();
+    let api: Api<DaemonSet> = Api::namespaced(client, &ds.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", ds.name));
+    let (out, name) = (seen.clone(), ds.to_string());
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Delete(_)) => {
+                    info!(daemonset = %name, "the DaemonSet was deleted");
+                    out.set();
+                }
+                Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) if d.metadata.deletion_timestamp.is_some() => {
+                    info!(daemonset = %name, "the DaemonSet is being deleted");
+                    out.set();
+                }
+                Ok(_) => {}
+                Err(e) => warn!(daemonset = %name, error = %e, "watching the DaemonSet"),
+            }
+        }
+    });
+    seen
+}
+
+/// Decides from what the API server said about the daemon's DaemonSet and whether its deletion
+/// was seen. Gone, being deleted, or seen deleted is an uninstall. A refusal of this daemon's
+/// identity (401, 403: an RBAC regression in an upgrade, a token hiccup) is not, nor is any
+/// other error: a credentials problem never wipes a node's datapath.
+pub fn departure(ds: &DaemonSetRef, got: Result<Option<DaemonSet>, kube::Error>, deletion_seen: bool) -> Departure {
+    if deletion_seen {
+        return Departure::Uninstall(format!("DaemonSet {ds} was seen deleted"));
+    }
     match got {
         Ok(None) => Departure::Uninstall(format!("DaemonSet {ds} is gone")),
         Ok(Some(d)) if d.metadata.deletion_timestamp.is_some() => Departure::Uninstall(format!("DaemonSet {ds} is being deleted")),
         Ok(Some(_)) => Departure::Stay(format!("DaemonSet {ds} remains (a pod restart or an upgrade)")),
-        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
-            Departure::Uninstall(format!("this daemon's identity was removed with DaemonSet {ds}'s release ({} {})", s.code, s.message))
-        }
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Departure::Stay(format!(
+            "cannot read DaemonSet {ds} ({} {}) and its deletion was not seen: not wiping the node on a credentials problem",
+            s.code, s.message
+        )),
         Err(e) => Departure::Stay(format!("cannot tell whether DaemonSet {ds} remains: {e}")),
     }
 }
 
-/// Asks the API server about the DaemonSet, for at most 3 s (within the pod's grace period).
-pub async fn departure_of(client: Client, ds: &DaemonSetRef) -> Departure {
+/// Asks the API server about the DaemonSet, for at most 3 s (within the pod's grace period); a
+/// refused or failed answer waits up to 2 s more for the watch's word (its event may be on the way).
+pub async fn departure_of(client: Client, ds: &DaemonSetRef, seen: &DeletionSeen) -> Departure {
     let api: Api<DaemonSet> = Api::namespaced(client, &ds.namespace);
-    match tokio::time::timeout(Duration::from_secs(3), api.get_opt(&ds.name)).await {
-        Ok(got) => departure(ds, got),
-        Err(_) => Departure::Stay(format!("no answer about DaemonSet {ds} within 3 s")),
-    }
+    let got = match tokio::time::timeout(Duration::from_secs(3), api.get_opt(&ds.name)).await {
+        Ok(got) => got,
+        Err(_) => {
+            return departure(ds, Err(kube::Error::Service("no answer within 3 s".into())), seen.within(Duration::from_secs(2)).await)
+        }
+    };
+    let settled = matches!(got, Ok(_));
+    let deletion_seen = if settled { seen.get() } else { seen.within(Duration::from_secs(2)).await };
+    departure(ds, got, deletion_seen)
 }
 
 #[cfg(test)]
@@ -225,19 +287,37 @@ mod tests {
     }
 
     #[test]
-    fn only_a_deleted_daemonset_or_revoked_identity_uninstalls() {
+    fn only_a_deleted_daemonset_uninstalls_never_a_refused_identity() {
         let r: DaemonSetRef = "kube-system/srv6pipes-node".parse().unwrap();
         let uninstall = |d: Departure| matches!(d, Departure::Uninstall(_));
-        assert!(uninstall(departure(&r, Ok(None))), "gone");
-        assert!(uninstall(departure(&r, Ok(Some(ds(true))))), "being deleted");
-        assert!(uninstall(departure(&r, Err(api_error(401)))), "ServiceAccount deleted");
-        assert!(uninstall(departure(&r, Err(api_error(403)))), "RBAC deleted");
+        assert!(uninstall(departure(&r, Ok(None), false)), "gone");
+        assert!(uninstall(departure(&r, Ok(Some(ds(true))), false)), "being deleted");
         assert_eq!(
-            departure(&r, Ok(Some(ds(false)))),
+            departure(&r, Ok(Some(ds(false))), false),
             Departure::Stay("DaemonSet kube-system/srv6pipes-node remains (a pod restart or an upgrade)".into())
         );
-        assert!(!uninstall(departure(&r, Err(api_error(500)))), "an API server error is not an uninstall");
-        assert!(!uninstall(departure(&r, Err(api_error(429)))));
+        // A refused identity (an RBAC regression, a token hiccup) is no uninstall...
+        assert!(!uninstall(departure(&r, Err(api_error(401)), false)), "401");
+        assert!(!uninstall(departure(&r, Err(api_error(403)), false)), "403");
+        // ... unless the watch saw the DaemonSet deleted (helm uninstall removes the credentials
+        // in the same pass).
+        assert!(uninstall(departure(&r, Err(api_error(403)), true)), "403 after the deletion was seen");
+        assert!(uninstall(departure(&r, Err(api_error(401)), true)));
+        assert!(!uninstall(departure(&r, Err(api_error(500)), false)), "an API server error is not an uninstall");
+        assert!(!uninstall(departure(&r, Err(api_error(429)), false)));
+    }
+
+    #[tokio::test]
+    async fn a_deletion_seen_wakes_the_wait() {
+        let seen = DeletionSeen::default();
+        assert!(!seen.within(Duration::from_millis(20)).await);
+        let later = seen.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            later.set();
+        });
+        assert!(seen.within(Duration::from_secs(5)).await);
+        assert!(seen.get());
     }
 
     #[test]

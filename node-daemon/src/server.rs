@@ -91,6 +91,11 @@ pub async fn serve(
         });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // From the start: the DaemonSet's deletion must be seen while this daemon can still read it.
+    let deletion_seen = match (&departure, &shared.kube) {
+        (Some(d), Some(client)) => crate::kube::watch_deletion(client.clone(), &d.daemonset),
+        _ => crate::kube::DeletionSeen::default(),
+    };
     let mut recount = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -117,7 +122,7 @@ pub async fn serve(
             }
             _ = term.recv() => {
                 if let (Some(d), Some(client)) = (&departure, &shared.kube) {
-                    match crate::kube::departure_of(client.clone(), &d.daemonset).await {
+                    match crate::kube::departure_of(client.clone(), &d.daemonset, &deletion_seen).await {
                         crate::kube::Departure::Uninstall(why) => {
                             info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
                             let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
