@@ -44,15 +44,15 @@ static __always_inline int closed_domain_violation(struct __sk_buff *skb, const 
  * rendezvous-hashed from its own SIDs alone, so the forward and the reverse rules of a
  * symmetric chain map the slot to the same replica, and a replica that leaves only moves the
  * flows it had). */
-static __always_inline int pick_replicas(__u32 policy, struct outer_hdr *o, __u32 hash)
+static __always_inline int pick_replicas(struct __sk_buff *skb, const struct l4 *l, __u32 policy, struct outer_hdr *o)
 {
 	__u32 mask = o->pad & SP_POLICY_HOPS_MASK;
 	if (!mask)
-		return 0;
+		return 0; /* no hop with replicas: no hash to compute */
 	__u8 last = o->bytes[OFF_LAST];
 	if (last >= SP_MAX_SEGS)
 		return -1;
-	__u32 slot = hash & (SP_REPLICA_SLOTS - 1);
+	__u32 slot = flow_hash(skb, skb->protocol == bpf_htons(ETH_P_IP), l) & (SP_REPLICA_SLOTS - 1);
 #pragma unroll
 	for (__u32 i = 0; i < SP_MAX_SEGS; i++) {
 		if (!(mask & (1u << i)) || i > last)
@@ -125,7 +125,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 		verdict = drop(SP_DROP_NO_REPLICA);
 	else if (headend && check_mtu(skb, l, &verdict))
 		dropped = 1;
-	else if (pick_replicas(id, o, flow_hash(skb, skb->protocol == bpf_htons(ETH_P_IP), l)))
+	else if (pick_replicas(skb, l, id, o))
 		verdict = drop(SP_DROP_MALFORMED);
 	else if (o->pad & SP_POLICY_INSERT) {
 		int err = insert_srh(skb, o);
