@@ -42,6 +42,14 @@ fn corrupt(e: std::io::Error) -> FunctionError {
     FunctionError::BadInput { function: "compress", why: e.to_string() }
 }
 
+/// Writes `input` into a streaming codec, flushes it (so the next hop can decode what it has) and
+/// moves what the codec produced so far to `out`.
+fn feed<W: Write>(w: &mut W, produced: fn(&mut W) -> &mut Vec<u8>, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError> {
+    w.write_all(input).and_then(|_| w.flush()).map_err(corrupt)?;
+    out.append(produced(w));
+    Ok(())
+}
+
 impl StreamFunction for Compress {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError> {
         if input.is_empty() {
@@ -49,25 +57,12 @@ impl StreamFunction for Compress {
         }
         self.started = true;
         match &mut self.codec {
-            Codec::ZstdCompress(e) => {
-                e.write_all(input).and_then(|_| e.flush()).map_err(corrupt)?;
-                out.append(e.get_mut());
-            }
-            Codec::ZstdDecompress(d) => {
-                d.write_all(input).and_then(|_| d.flush()).map_err(corrupt)?;
-                out.append(d.get_mut());
-            }
-            Codec::GzipCompress(e) => {
-                e.write_all(input).and_then(|_| e.flush()).map_err(corrupt)?;
-                out.append(e.get_mut());
-            }
-            Codec::GzipDecompress(d) => {
-                d.write_all(input).and_then(|_| d.flush()).map_err(corrupt)?;
-                out.append(d.get_mut());
-            }
-            Codec::Done => {}
+            Codec::ZstdCompress(e) => feed(e, zstd::stream::write::Encoder::get_mut, input, out),
+            Codec::ZstdDecompress(d) => feed(d, zstd::stream::write::Decoder::get_mut, input, out),
+            Codec::GzipCompress(e) => feed(e, flate2::write::GzEncoder::get_mut, input, out),
+            Codec::GzipDecompress(d) => feed(d, flate2::write::GzDecoder::get_mut, input, out),
+            Codec::Done => Ok(()),
         }
-        Ok(())
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
