@@ -346,6 +346,7 @@ impl Bench {
                 return_path: if behavior == Behavior::EndAS { vec![vec![Sid(SINK_SID)]] } else { vec![] },
                 rewrites_flows: false,
                 both_ways: false,
+                pipeline: None,
             });
         }
         let decaps = (0..decaps)
@@ -357,6 +358,7 @@ impl Bench {
                 return_path: vec![],
                 rewrites_flows: false,
                 both_ways: false,
+                pipeline: None,
             })
             .collect();
         let tables = NodeTables { proxies, decaps, ..Default::default() };

@@ -92,6 +92,34 @@ pub struct Function {
     /// interface serves one chain in one direction (a conflict is reported otherwise).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rewrites_flows: bool,
+    /// SRv6 pipes: a bytestream function, done by the selected `srv6pipes-stream` pods (SR-aware
+    /// transparent TCP proxies) on the TCP payload. `proxy` is ignored then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamFunction>,
+}
+
+/// A stream function of a chain (SRv6 pipes).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamFunction {
+    /// The function's name: identity, base64, replace, xor, compress.
+    pub function: String,
+    /// Its arguments, strings each (documented per function).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub args: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub direction: StreamDirection,
+}
+
+/// Which bytes of the connection a stream function rewrites.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamDirection {
+    /// The client's bytes, toward the server.
+    #[default]
+    Forward,
+    /// The server's reply bytes, toward the client.
+    Reverse,
+    Both,
 }
 
 /// The SR proxy behaviour in front of a function (draft-ietf-spring-sr-service-programming).

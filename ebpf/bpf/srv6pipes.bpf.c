@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* srv6pipes datapath entry points (tcx ingress): parsing and dispatch; the behaviours live in
  * lib/ (end_ad.h, end_as.h, end_am.h, headend.h, steer.h, srv6.h). */
-#include "lib/end_as.h"
+#include "lib/stream.h"
 #include <linux/ip.h>
 #include <stddef.h>
 
@@ -164,6 +164,8 @@ int sp_vnf(struct __sk_buff *skb)
 		return end_am_outbound(skb, proto == ETH_P_IPV6, nexthdr);
 	if (vflags & SP_VNF_AS)
 		return end_as_return(skb, ifindex, proto == ETH_P_IP);
+	if (vflags & SP_VNF_STREAM)
+		return stream_return(skb, ifindex, proto == ETH_P_IP);
 	return end_ad_return(skb, ifindex, vflags, proto == ETH_P_IP);
 }
 
@@ -173,32 +175,28 @@ int sp_vnf(struct __sk_buff *skb)
 SEC("classifier")
 int sp_headend(struct __sk_buff *skb)
 {
-	__u32 *class;
+	/* Read once, up front: clang would otherwise keep &skb->ingress_ifindex (a modified ctx
+	 * pointer, which the verifier refuses) across the helper calls below. */
+	__u32 ifindex = skb->ingress_ifindex;
+	sp_barrier_var(ifindex);
 	__u16 proto = eth_proto(skb);
 	if (proto == ETH_P_IPV6) {
-		__u8 saddr[16], nexthdr;
-		struct headend_key k = {};
-		if (parse_ipv6(skb, saddr, k.daddr, &nexthdr))
+		__u8 saddr[16], daddr[16], nexthdr;
+		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
 			return SP_NEXT;
-		if (is_link_scope(k.daddr))
+		if (is_link_scope(daddr))
 			return SP_NEXT;
-		if (closed_domain_violation(skb, k.daddr, nexthdr, 0))
+		if (closed_domain_violation(skb, daddr, nexthdr, 0))
 			return drop(SP_DROP_CLOSED_DOMAIN);
-		k.prefixlen = 32 + 128;
-		k.ifindex = skb->ingress_ifindex;
-		class = bpf_map_lookup_elem(&sp_headend_rules, &k);
 	} else if (proto == ETH_P_IP) {
-		__be32 saddr;
+		__be32 saddr, daddr;
 		__u8 ip_proto;
-		struct headend_key4 k = {};
-		if (parse_ipv4(skb, &saddr, (__be32 *)k.daddr, &ip_proto) || is_link_scope4(saddr, *(__be32 *)k.daddr))
+		if (parse_ipv4(skb, &saddr, &daddr, &ip_proto) || is_link_scope4(saddr, daddr))
 			return SP_NEXT;
-		k.prefixlen = 32 + 32;
-		k.ifindex = skb->ingress_ifindex;
-		class = bpf_map_lookup_elem(&sp_headend_rules4, &k);
 	} else {
 		return SP_NEXT;
 	}
+	__u32 *class = rule_class(skb, proto == ETH_P_IP, ifindex);
 	if (!class)
 		return SP_NEXT;
 	struct l4 l;
@@ -206,6 +204,13 @@ int sp_headend(struct __sk_buff *skb)
 	if (!id)
 		return SP_NEXT;
 	return apply_policy(skb, *id, &l, 1);
+}
+
+/* A stream proxy's chain interface, inside its netns (stream.h). */
+SEC("classifier")
+int sp_stream_pod(struct __sk_buff *skb)
+{
+	return stream_assign(skb);
 }
 
 char LICENSE[] SEC("license") = "GPL";

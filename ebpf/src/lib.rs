@@ -4,7 +4,9 @@
 //! so that a restarted daemon finds the same SIDs, caches and counters:
 //! - `sp_uplink` on the node's uplink (End.AD inbound, decapsulation),
 //! - `sp_vnf` on each VNF's node-side veth (End.AD outbound),
-//! - `sp_headend` on each source pod's node-side interface (H.Encaps).
+//! - `sp_headend` on each source pod's node-side interface (H.Encaps),
+//! - `sp_stream_pod` on a stream proxy's chain interface, inside its netns (SRv6 pipes: SYNs to
+//!   the listener of their SID).
 
 mod maps;
 mod testrun;
@@ -22,8 +24,9 @@ use aya::{Ebpf, EbpfLoader};
 
 pub use maps::{
     AsKey, DropReason, Event, FragKey, HeadendKey, HeadendKey4, HopKey, HopSlots, L4Key, L4Target, NodeConfig, OuterHdr, SidEntry,
-    SidStats, SrcKey, ANY_PROTO, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, MAX_HDR, MAX_SEGS,
-    POLICY_DROP, POLICY_INSERT, REPLICA_SLOTS, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED,
+    SidStats, SrcKey, ANY_PROTO, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, BEHAVIOR_END_STREAM,
+    CLASS_SRC_PORTS, MAX_HDR, MAX_SEGS, POLICY_DROP, POLICY_INSERT, REPLICA_SLOTS, SRH_TAG_OFFSET, STREAM_MARK, VNF_AM, VNF_AS,
+    VNF_NO_FLOWS, VNF_SHARED, VNF_STREAM,
 };
 pub use testrun::{prog_test_run, SkbCtx, TestAttr, TestRun};
 
@@ -65,6 +68,8 @@ pub enum Hook {
     Uplink,
     Vnf,
     Headend,
+    /// Inside a stream proxy's netns; keyed (and pinned) by the node-side end of its veth.
+    StreamPod,
 }
 
 impl Hook {
@@ -73,19 +78,23 @@ impl Hook {
             Hook::Uplink => "sp_uplink",
             Hook::Vnf => "sp_vnf",
             Hook::Headend => "sp_headend",
+            Hook::StreamPod => "sp_stream_pod",
         }
     }
+
+    const ALL: [Hook; 4] = [Hook::Uplink, Hook::Vnf, Hook::Headend, Hook::StreamPod];
 
     fn tag(self) -> &'static str {
         match self {
             Hook::Uplink => "uplink",
             Hook::Vnf => "vnf",
             Hook::Headend => "headend",
+            Hook::StreamPod => "streampod",
         }
     }
 
     fn from_tag(tag: &str) -> Option<Self> {
-        [Hook::Uplink, Hook::Vnf, Hook::Headend].into_iter().find(|h| h.tag() == tag)
+        Hook::ALL.into_iter().find(|h| h.tag() == tag)
     }
 }
 
@@ -114,7 +123,7 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf> {
         .map_pin_path(pin_dir)
         .load(OBJECT)
         .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
-    for hook in [Hook::Uplink, Hook::Vnf, Hook::Headend] {
+    for hook in Hook::ALL {
         let program = hook.program();
         let prog: &mut SchedClassifier = bpf
             .program_mut(program)
@@ -183,6 +192,12 @@ impl Datapath {
     /// older link, once its last descriptor goes, is detached; until then both run, the new one
     /// first, so no packet misses the program).
     fn attach_first(&mut self, hook: Hook, ifname: &str, spare: bool) -> Result<PinnedLink> {
+        self.attach_first_in(hook, ifname, spare, None)
+    }
+
+    /// `attach_first`, on `pod`'s interface (netns path, interface name) instead of `ifname`,
+    /// which still names the pin: the node-side end of the pod's veth.
+    fn attach_first_in(&mut self, hook: Hook, ifname: &str, spare: bool, pod: Option<(&Path, &str)>) -> Result<PinnedLink> {
         let program = hook.program();
         let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
         let ifindex =
@@ -196,8 +211,12 @@ impl Datapath {
             &mut self.bpf
         };
         let prog = classifier(bpf, hook);
-        let id =
-            prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first())).map_err(attach_err)?;
+        let first = TcAttachOptions::TcxOrder(LinkOrder::first());
+        let id = match pod {
+            None => prog.attach_with_options(ifname, TcAttachType::Ingress, first).map_err(attach_err)?,
+            Some((netns, pod_if)) => in_netns(netns, || prog.attach_with_options(pod_if, TcAttachType::Ingress, first))?
+                .map_err(|source| DatapathError::Attach { program, ifname: format!("{pod_if} in {}", netns.display()), source })?,
+        };
         let link: FdLink = prog
             .take_link(id)
             .map_err(attach_err)?
@@ -214,6 +233,19 @@ impl Datapath {
         PinnedLink::from_pin(&path).map_err(|e| pin_err(&e))
     }
 
+    /// Attaches `sp_stream_pod` on a stream proxy's chain interface `pod_ifname` inside its netns
+    /// `netns`, pinned under the node-side end `host_ifname` of its veth (the link goes with the
+    /// pod's netns; adoption after a restart checks the node-side end). Twice is a no-op.
+    pub fn attach_in_pod(&mut self, host_ifname: &str, netns: &Path, pod_ifname: &str) -> Result<()> {
+        let key = (Hook::StreamPod, host_ifname.to_string());
+        if self.links.contains_key(&key) {
+            return Ok(());
+        }
+        let link = self.attach_first_in(Hook::StreamPod, host_ifname, false, Some((netns, pod_ifname)))?;
+        self.links.insert(key, Attached { link });
+        Ok(())
+    }
+
     /// Puts our program back at the head of every interface where another program was inserted
     /// in front of it since (a primary CNI re-inserting itself; one attached before this daemon
     /// started, ahead of adopted links): attached again first — from the instance that is not
@@ -222,7 +254,7 @@ impl Datapath {
     pub fn keep_first(&mut self) -> Result<Vec<(Hook, String)>> {
         let mut moved = Vec::new();
         let keys: Vec<(Hook, String)> = self.links.keys().cloned().collect();
-        for (hook, ifname) in keys {
+        for (hook, ifname) in keys.into_iter().filter(|(h, _)| *h != Hook::StreamPod) {
             let Ok((_, progs)) = SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress) else { continue };
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
@@ -625,6 +657,20 @@ fn headend_key4(ifindex: u32, dst: ipnet::Ipv4Net) -> Key<HeadendKey4> {
 }
 
 /// `<hook>-<ifname>-<ifindex>` (interface names may contain '-').
+/// Runs `f` on a thread of its own moved into the network namespace at `netns`.
+fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = std::fs::File::open(netns).map_err(|e| DatapathError::Invalid(format!("open netns {}: {e}", netns.display())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| DatapathError::Invalid(format!("enter netns {}: {e}", netns.display())))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| DatapathError::Invalid(format!("thread in netns {} panicked", netns.display())))?
+    })
+}
+
 fn parse_link_pin(name: &str) -> Option<(Hook, String, u32)> {
     let (hook, rest) = name.split_once('-')?;
     let (ifname, ifindex) = rest.rsplit_once('-')?;

@@ -17,6 +17,11 @@ pub const BEHAVIOR_END_AD: u32 = 1;
 pub const BEHAVIOR_END_AS: u32 = 3;
 pub const BEHAVIOR_END_DT46: u32 = 2;
 pub const BEHAVIOR_END_AM: u32 = 4;
+/// `SP_END_STREAM`: End.AD inbound into a stream proxy, marked for the SID's listener.
+pub const BEHAVIOR_END_STREAM: u32 = 5;
+/// `SP_STREAM_MARK`: the high half of the mark on what the node delivers to a stream proxy (the
+/// low half is the SID's listener port).
+pub const STREAM_MARK: u32 = 0x5f6e_0000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +31,7 @@ pub struct SidEntry {
     pub cache_ifindex: u32,
     pub vnf_mac: [u8; 6],
     pub host_mac: [u8; 6],
+    pub stream_port: u32,
 }
 
 #[repr(C)]
@@ -155,6 +161,8 @@ pub const VNF_NO_FLOWS: u32 = 1 << 1;
 pub const VNF_SHARED: u32 = 1 << 2;
 /// `SP_VNF_AS`: End.AS; what the VNF returns takes the configured return policy or is dropped.
 pub const VNF_AS: u32 = 1 << 3;
+/// `SP_VNF_STREAM`: a stream proxy: learned flows, else the chains' rules for its interface.
+pub const VNF_STREAM: u32 = 1 << 4;
 /// Offset of the SRH's Tag in a header: the chain the per-flow quota counts against.
 pub const SRH_TAG_OFFSET: usize = 40 + 6;
 
@@ -328,7 +336,12 @@ mod tests {
         macro_rules! fields {
             ($t:ty: $($f:ident),*) => { &[$((stringify!($f), offset_of!($t, $f))),*] };
         }
-        check("sid_entry", size_of::<SidEntry>(), false, fields!(SidEntry: behavior, ifindex, cache_ifindex, vnf_mac, host_mac));
+        check(
+            "sid_entry",
+            size_of::<SidEntry>(),
+            false,
+            fields!(SidEntry: behavior, ifindex, cache_ifindex, vnf_mac, host_mac, stream_port),
+        );
         check("outer_hdr", size_of::<OuterHdr>(), false, fields!(OuterHdr: len, pad, stamp, bytes));
         check("headend_key", size_of::<HeadendKey>(), true, fields!(HeadendKey: ifindex, daddr));
         check("headend_key4", size_of::<HeadendKey4>(), true, fields!(HeadendKey4: ifindex, daddr));

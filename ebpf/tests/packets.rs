@@ -83,7 +83,7 @@ impl Bench {
         // This test's thread lives in the netns from here on (setns is per thread).
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
-        if nix::sys::statfs::statfs("/sys/fs/bpf").map(|s| s.filesystem_type().0 as i64 != 0xcafe4a11).unwrap_or(true) {
+        if nix::sys::statfs::statfs("/sys/fs/bpf").map(|s| s.filesystem_type().0 != 0xcafe4a11).unwrap_or(true) {
             let _ = nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>);
         }
         let pins = PathBuf::from(format!("/sys/fs/bpf/srv6pipes-test/{netns}"));
@@ -95,7 +95,7 @@ impl Bench {
         let (uplink, vnf, src) = (idx("up0"), idx("vnf0"), idx("src0"));
         dp.set_sid(
             a("fcbb:bb00:1:e001::"),
-            SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC },
+            SidEntry { behavior: BEHAVIOR_END_AD, ifindex: vnf, cache_ifindex: vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC, stream_port: 0 },
         )
         .unwrap();
         dp.set_sid(a("fcbb:bb00:1:d6::"), SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() }).unwrap();
@@ -586,7 +586,8 @@ fn ten_thousand_sids_and_a_thousand_chains() {
     for i in 0..10_000u32 {
         let s: Ipv6Addr = a(&sid(i));
         let ifindex = 100_000 + i; // delivery targets are not followed by BPF_PROG_TEST_RUN
-        let entry = SidEntry { behavior: BEHAVIOR_END_AD, ifindex, cache_ifindex: ifindex, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+        let entry =
+            SidEntry { behavior: BEHAVIOR_END_AD, ifindex, cache_ifindex: ifindex, vnf_mac: VNF_MAC, host_mac: HOST_MAC, stream_port: 0 };
         b.dp.set_sid(s, entry).unwrap();
     }
     for (i, expect_ifindex) in [(0u32, 100_000u32), (9_999, 109_999)] {
@@ -835,8 +836,14 @@ fn end_as_restores_configured_headers() {
     assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH)).0, TC_ACT_REDIRECT);
     b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AS).unwrap();
     let sid = a("fcbb:bb00:1:e00a::");
-    let entry =
-        SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AS, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    let entry = SidEntry {
+        behavior: srv6pipes_ebpf::BEHAVIOR_END_AS,
+        ifindex: b.vnf,
+        cache_ifindex: b.vnf,
+        vnf_mac: VNF_MAC,
+        host_mac: HOST_MAC,
+        stream_port: 0,
+    };
     b.dp.set_sid(sid, entry).unwrap();
     let (verdict, out) = b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &[&sid.to_string(), PATH[1], PATH[2]], None));
     assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
@@ -882,8 +889,14 @@ fn end_am_masquerades_with_an_inserted_srh() {
     let Some(mut b) = Bench::new() else { return };
     const AM: &str = "fcbb:bb00:1:e00b::";
     const NEXT: &str = "fcbb:bb00:2:e001::";
-    let entry =
-        SidEntry { behavior: srv6pipes_ebpf::BEHAVIOR_END_AM, ifindex: b.vnf, cache_ifindex: b.vnf, vnf_mac: VNF_MAC, host_mac: HOST_MAC };
+    let entry = SidEntry {
+        behavior: srv6pipes_ebpf::BEHAVIOR_END_AM,
+        ifindex: b.vnf,
+        cache_ifindex: b.vnf,
+        vnf_mac: VNF_MAC,
+        host_mac: HOST_MAC,
+        stream_port: 0,
+    };
     b.dp.set_sid(a(AM), entry).unwrap();
     b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_AM).unwrap();
     let ip = |args: &str| {

@@ -264,7 +264,7 @@ pub async fn departure_of(client: Client, ds: &DaemonSetRef, seen: &DeletionSeen
             return departure(ds, Err(kube::Error::Service("no answer within 3 s".into())), seen.within(Duration::from_secs(2)).await)
         }
     };
-    let settled = matches!(got, Ok(_));
+    let settled = got.is_ok();
     let deletion_seen = if settled { seen.get() } else { seen.within(Duration::from_secs(2)).await };
     departure(ds, got, deletion_seen)
 }

@@ -14,10 +14,12 @@ use srv6::compiler::{replica_slots, shared_proxies};
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeProgram, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
 use srv6pipes_ebpf::{
-    Datapath, Hook, L4Target, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46, CLASS_SRC_PORTS,
-    POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED,
+    Datapath, Hook, L4Target, NodeConfig, SidEntry, BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS, BEHAVIOR_END_DT46,
+    BEHAVIOR_END_STREAM, CLASS_SRC_PORTS, POLICY_DROP, POLICY_INSERT, SRH_TAG_OFFSET, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED, VNF_STREAM,
 };
 use tracing::{info, warn};
+
+mod stream;
 
 use crate::net::Netlink;
 use crate::state::{Persisted, PolicyKey, Registration, Store};
@@ -49,6 +51,8 @@ pub struct Node {
     installed: Installed,
     /// End.AD per-flow entries per chain tag at the last recount.
     flow_counts: BTreeMap<u16, u32>,
+    /// SRv6 pipes: the channel to each stream proxy on this node.
+    channels: stream::Channels,
 }
 
 #[derive(Default)]
@@ -69,6 +73,9 @@ struct Installed {
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
     peer_routes: BTreeMap<Ipv6Net, Ipv6Addr>,
+    /// SRv6 pipes: stream SIDs, and the node-side interfaces of the pods serving them.
+    streams: BTreeSet<Sid>,
+    stream_pods: BTreeSet<String>,
 }
 
 impl Node {
@@ -107,6 +114,7 @@ impl Node {
             state: Persisted::default(),
             installed: Installed::default(),
             flow_counts: BTreeMap::new(),
+            channels: stream::Channels::default(),
         };
         node.restore(state).await?;
         node.keep_first()?;
@@ -131,6 +139,8 @@ impl Node {
             policies: dp.policy_ids()?.into_iter().collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
             decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
+            streams: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_STREAM).map(|(s, _)| Sid(*s)).collect(),
+            stream_pods: dp.attached().filter(|(h, _)| *h == Hook::StreamPod).map(|(_, i)| i.to_string()).collect(),
             peer_routes: state.program.iter().flat_map(|p| &p.peers).map(|p| (p.locator.prefix(), p.underlay)).collect(),
         };
         for reg in state.registrations {
@@ -149,7 +159,9 @@ impl Node {
         }
         // Proxy SIDs and VNF links nobody registered (a crash between install and save).
         let kept: BTreeSet<Ipv6Addr> = self.state.registrations.iter().map(|r| r.sid.0).collect();
-        for (sid, e) in sids.iter().filter(|(s, e)| e.behavior != BEHAVIOR_END_DT46 && !kept.contains(s)) {
+        // (Stream SIDs are the programming's: re-applying it below removes those no longer wanted.)
+        let programmed = [BEHAVIOR_END_DT46, BEHAVIOR_END_STREAM];
+        for (sid, e) in sids.iter().filter(|(s, e)| !programmed.contains(&e.behavior) && !kept.contains(s)) {
             warn!(node = %self.name, sid = %sid, "removing unregistered proxy SID");
             self.datapath.remove_sid(*sid)?;
             self.datapath.remove_ad_cache(e.cache_ifindex)?;
@@ -179,7 +191,7 @@ impl Node {
             Request::Stats => self.stats().map(Response::Stats),
             Request::Lookup { container_id, ifname } => self
                 .find(&container_id, &ifname)
-                .map(|r| Response::Attachment { attachment: r.attachment.clone(), sid: r.sid })
+                .map(|r| Response::Attachment { attachment: Box::new(r.attachment.clone()), sid: r.sid })
                 .ok_or_else(|| anyhow!("no attachment {container_id}/{ifname}")),
             Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
             // The server answers these itself (it holds the API client); never sent here.
@@ -273,6 +285,7 @@ impl Node {
             cache_ifindex: reg.return_ifindex,
             vnf_mac: parse_mac(&a.vnf_mac)?,
             host_mac: parse_mac(&a.host_mac)?,
+            stream_port: 0,
         };
         self.datapath.set_sid(reg.sid.0, entry)?;
         Ok(())
@@ -300,6 +313,7 @@ impl Node {
         if let Err(e) = self.datapath.detach(Hook::Vnf, reg.return_host_ifname()) {
             errs.push(e.into());
         }
+        errs.extend(self.uninstall_streams(reg));
         errs
     }
 
@@ -346,28 +360,30 @@ impl Node {
     pub async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
         let src = self.locator.source_address();
         // Desired headend state.
-        let mut classify: Vec<classifier::Rule> = Vec::new();
+        let mut classify: Vec<classifier::Rule<u32>> = Vec::new();
         // One policy per (chain, segment list, inner family), with a stable id.
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
         let mut ids: BTreeMap<PolicyKey, u32> = BTreeMap::new();
         let mut ifaces = BTreeSet::new();
-        // A source pod has many rules (one per chain and prefix): one route lookup each.
-        let mut iface_of: BTreeMap<std::net::IpAddr, (u32, String)> = BTreeMap::new();
+        // A source pod has many rules (one per chain and prefix): one route lookup each. A stream
+        // proxy's rules (what it relays back) are on its chain interface instead.
+        let mut iface_of: BTreeMap<(std::net::IpAddr, Option<String>), (u32, String)> = BTreeMap::new();
         for h in &p.tables.headends {
-            if !iface_of.contains_key(&h.source_ip) {
-                let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
-                let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
-                if ifname == self.uplink {
-                    bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
-                }
-                iface_of.insert(h.source_ip, (oif, ifname));
+            let source = (h.source_ip, h.source_interface.clone());
+            if !iface_of.contains_key(&source) {
+                let iface = match &h.source_interface {
+                    Some(name) => self.chain_interface(name).with_context(|| format!("chain {}", h.chain))?,
+                    None => self.primary_interface(h).await?,
+                };
+                iface_of.insert(source.clone(), iface);
             }
             let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
             let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
             let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
             let id = policy_id(&known, &mut ids, key);
+            let (oif, ifname) = iface_of[&source].clone();
             classify.push(classifier::Rule {
-                source_ip: h.source_ip,
+                source: oif,
                 destination: h.destination,
                 proto: h.proto,
                 ports: h.ports.clone(),
@@ -375,7 +391,9 @@ impl Node {
                 priority: h.priority,
                 target: id as usize,
             });
-            ifaces.insert(iface_of[&h.source_ip].1.clone());
+            if h.source_interface.is_none() {
+                ifaces.insert(ifname);
+            }
         }
         // Every pod gets the guard (the same program: without a rule it only enforces the
         // closed domain). A pod that is gone has no route: nothing to guard.
@@ -415,12 +433,17 @@ impl Node {
         let rewriting: BTreeSet<Sid> = p.tables.proxies.iter().filter(|u| u.rewrites_flows).map(|u| u.sid).collect();
         let shared = shared_proxies(&p.tables.proxies);
         let flag = |set: &BTreeSet<Sid>, sid: &Sid, bit: u32| if set.contains(sid) { bit } else { 0 };
+        let streams = self.stream_plan(&p.tables.proxies)?;
+        let stream_regs: BTreeSet<Sid> = streams.by_registration.keys().map(|i| self.state.registrations[*i].sid).collect();
         let vnf_flags: BTreeMap<u32, u32> = self
             .state
             .registrations
             .iter()
             .map(|r| {
-                let flags = flag(&am_sids, &r.sid, VNF_AM) | flag(&rewriting, &r.sid, VNF_NO_FLOWS) | flag(&shared, &r.sid, VNF_SHARED);
+                let flags = flag(&am_sids, &r.sid, VNF_AM)
+                    | flag(&rewriting, &r.sid, VNF_NO_FLOWS)
+                    | flag(&shared, &r.sid, VNF_SHARED)
+                    | flag(&stream_regs, &r.sid, VNF_STREAM);
                 let static_proxy = if has_return(&as_returns, r.return_ifindex) { VNF_AS } else { 0 };
                 (r.return_ifindex, flags | static_proxy)
             })
@@ -469,7 +492,7 @@ impl Node {
             .collect();
         let frags: BTreeMap<(u32, Option<u8>), u32> = tables.frags.iter().map(|f| ((f.class, f.proto), f.target as u32)).collect();
         let rules: BTreeMap<(u32, IpNet), u32> =
-            tables.classes.iter().map(|c| ((iface_of[&c.source_ip].0, c.destination), c.class | src_ports(c.source_ports))).collect();
+            tables.classes.iter().map(|c| ((c.source, c.destination), c.class | src_ports(c.source_ports))).collect();
         for (&(class, proto, port, len), id) in &l4 {
             self.datapath.set_l4_rule(class, proto, port, len, *id)?;
         }
@@ -501,6 +524,7 @@ impl Node {
         for reg in &regs {
             self.set_proxy_behavior(reg, proxy_behavior(&as_returns, &vnf_flags, reg.return_ifindex))?;
         }
+        self.program_streams(&streams)?;
         for (prefix, via) in &peers {
             self.netlink.replace_route(*prefix, *via, uplink_idx).await?;
         }
@@ -548,10 +572,23 @@ impl Node {
             as_returns,
             vnf_flags,
             insert_sources,
+            streams: old.streams,
+            stream_pods: old.stream_pods,
         };
         self.state.policies = ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)
+    }
+
+    /// The primary interface (index, name) of the pod a headend rule classifies, by a route
+    /// lookup of its address.
+    async fn primary_interface(&self, h: &srv6::compiler::HeadendPolicy) -> anyhow::Result<(u32, String)> {
+        let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
+        let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
+        if ifname == self.uplink {
+            bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
+        }
+        Ok((oif, ifname))
     }
 
     /// srv6pipes is being uninstalled: removes what this daemon put on the node. The CNI
@@ -660,7 +697,7 @@ impl Node {
             c.drops += s.drops;
         }
         let events = self.datapath.events()?.into_iter().map(|(e, n)| (e.name().to_string(), n)).collect();
-        Ok(NodeStats { sids, drops, chains: chains.into_values().collect(), events })
+        Ok(NodeStats { sids, drops, chains: chains.into_values().collect(), events, streams: self.channels.counters() })
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Persisted {
     /// Policy ids stay with their policy across programs and restarts (counters are per id).
     #[serde(default)]
     pub policies: Vec<(PolicyKey, u32)>,
+    /// SRv6 pipes: each stream SID's listener port in its proxy's netns (stable while the SID
+    /// is in use: the proxy keeps its listener, connections are never cut by a renumbering).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_ports: Vec<(Sid, u16)>,
 }
 
 pub struct Store {

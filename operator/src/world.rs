@@ -64,7 +64,7 @@ pub fn program_failure(p: &NodeProgramCr) -> Option<String> {
 }
 
 /// By namespace and name.
-fn sorted<'a, K: ResourceExt>(mut v: Vec<&'a K>) -> Vec<&'a K> {
+fn sorted<K: ResourceExt>(mut v: Vec<&K>) -> Vec<&K> {
     v.sort_by_cached_key(|o| (o.namespace().unwrap_or_default(), o.name_any()));
     v
 }

@@ -23,10 +23,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// One chain's rule for one source address and destination prefix.
+/// One chain's rule for one source and destination prefix. The source is whatever tells the
+/// node's interfaces apart (the daemon: the interface's index; tests: the pod's address).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub source_ip: IpAddr,
+pub struct Rule<S = IpAddr> {
+    pub source: S,
     pub destination: IpNet,
     /// IP protocol number; None = any.
     pub proto: Option<u8>,
@@ -41,8 +42,8 @@ pub struct Rule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassEntry {
-    pub source_ip: IpAddr,
+pub struct ClassEntry<S = IpAddr> {
+    pub source: S,
     pub destination: IpNet,
     pub class: u32,
     /// Some rule of the class matches source ports: look up its `by_source` entries too.
@@ -73,8 +74,8 @@ pub struct FragEntry {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tables {
-    pub classes: Vec<ClassEntry>,
+pub struct Tables<S = IpAddr> {
+    pub classes: Vec<ClassEntry<S>>,
     pub l4: Vec<L4Entry>,
     pub frags: Vec<FragEntry>,
 }
@@ -103,25 +104,25 @@ fn block_contains(outer: (u16, u8), inner: (u16, u8)) -> bool {
 }
 
 /// Builds the tables for all rules of one node. Classes are numbered from 1.
-pub fn build(rules: &[Rule]) -> Tables {
-    let mut t = Tables::default();
-    let mut by_source: BTreeMap<IpAddr, Vec<&Rule>> = BTreeMap::new();
+pub fn build<S: Ord + Copy>(rules: &[Rule<S>]) -> Tables<S> {
+    let mut t = Tables { classes: Vec::new(), l4: Vec::new(), frags: Vec::new() };
+    let mut by_source: BTreeMap<S, Vec<&Rule<S>>> = BTreeMap::new();
     for r in rules {
-        by_source.entry(r.source_ip).or_default().push(r);
+        by_source.entry(r.source).or_default().push(r);
     }
     let mut next_class = 1u32;
-    for (source_ip, rules) in by_source {
+    for (source, rules) in by_source {
         let mut prefixes: Vec<IpNet> = rules.iter().map(|r| r.destination.trunc()).collect();
         prefixes.sort();
         prefixes.dedup();
         for p in prefixes {
-            let mut candidates: Vec<&&Rule> = rules.iter().filter(|r| r.destination.contains(&p)).collect();
+            let mut candidates: Vec<&&Rule<S>> = rules.iter().filter(|r| r.destination.contains(&p)).collect();
             // Stable: among equals, the caller's order decides.
             candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len())));
             let class = next_class;
             next_class += 1;
             let source_ports = candidates.iter().any(|r| !r.source_ports.is_empty());
-            t.classes.push(ClassEntry { source_ip, destination: p, class, source_ports });
+            t.classes.push(ClassEntry { source, destination: p, class, source_ports });
             let (mut l4, mut l4_src): (Vec<L4Entry>, Vec<L4Entry>) = (Vec::new(), Vec::new());
             for (rank, r) in candidates.iter().enumerate() {
                 let by_source = !r.source_ports.is_empty();
@@ -179,9 +180,8 @@ fn add_l4(space: &mut Vec<L4Entry>, class: u32, rank: u32, proto: Option<u8>, po
 
 /// What the tables decide for a packet (the datapath's lookup, for tests and `trace`): `ports`
 /// is (source, destination) for a TCP/UDP packet that is not a fragment, None for a fragment.
-pub fn lookup(t: &Tables, source_ip: IpAddr, dst: IpAddr, proto: u8, ports: Option<(u16, u16)>) -> Option<usize> {
-    let c =
-        t.classes.iter().filter(|c| c.source_ip == source_ip && c.destination.contains(&dst)).max_by_key(|c| c.destination.prefix_len())?;
+pub fn lookup<S: PartialEq>(t: &Tables<S>, source: S, dst: IpAddr, proto: u8, ports: Option<(u16, u16)>) -> Option<usize> {
+    let c = t.classes.iter().filter(|c| c.source == source && c.destination.contains(&dst)).max_by_key(|c| c.destination.prefix_len())?;
     let class = c.class;
     let Some((sport, dport)) = ports else {
         return t
@@ -209,7 +209,7 @@ mod tests {
 
     fn rule(dst: &str, proto: Option<u8>, ports: &[(u16, u16)], priority: i32, target: usize) -> Rule {
         Rule {
-            source_ip: "fd00::2".parse().unwrap(),
+            source: "fd00::2".parse().unwrap(),
             destination: dst.parse().unwrap(),
             proto,
             ports: ports.to_vec(),
@@ -273,7 +273,7 @@ mod tests {
         let rules = [rule("10.20.0.0/16", Some(17), &[(53, 53)], 0, 7), rule("10.20.0.0/16", Some(6), &[(443, 443)], 5, 8)];
         let mut rules = rules.to_vec();
         for r in &mut rules {
-            r.source_ip = ip("10.10.1.2");
+            r.source = ip("10.10.1.2");
         }
         let t = build(&rules);
         let s = ip("10.10.1.2");

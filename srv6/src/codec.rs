@@ -127,7 +127,7 @@ impl Srh {
         if self.segments.is_empty() {
             return Err(CodecError::EmptySegmentList);
         }
-        if self.tlvs.len() % 8 != 0 {
+        if !self.tlvs.len().is_multiple_of(8) {
             return Err(CodecError::UnalignedTlvs(self.tlvs.len()));
         }
         if self.segments_left > self.last_entry() {

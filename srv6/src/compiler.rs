@@ -6,13 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::{Deserialize, Serialize};
-use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica, ServiceChainSpec, ServiceChainStatus};
+use srv6pipes_crds::{Hop, Path, Protocol, ServiceChainSpec, ServiceChainStatus};
 
-use crate::selector;
+use crate::pipes::Pipeline;
 use crate::sid::{Locator, Sid};
+
+mod chain;
+use chain::compile_chain;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -61,6 +64,11 @@ pub struct ChainRef<'a> {
 pub struct HeadendPolicy {
     pub chain: String,
     pub source_pod: String,
+    /// `namespace/pod:interface` when the rule classifies what a stream proxy sends on its
+    /// chain interface (the replies it relays, toward the client) rather than what a pod sends
+    /// on its primary one; `source_ip` is then the server's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_interface: Option<String>,
     pub source_ip: IpAddr,
     /// Same family as `source_ip`; the inner packets are of that family.
     pub destination: IpNet,
@@ -106,6 +114,10 @@ pub enum Behavior {
     /// destination as DA.
     #[serde(rename = "End.AM")]
     EndAM,
+    /// SRv6 pipes: End.AD inbound into an SR-aware stream proxy, which terminates the TCP
+    /// connection and applies `SidUse::pipeline`.
+    #[serde(rename = "End.STREAM")]
+    Stream,
 }
 
 /// A SID of this node that some chain uses.
@@ -127,6 +139,9 @@ pub struct SidUse {
     /// The chain is symmetric: the interface carries both of its directions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub both_ways: bool,
+    /// Behavior::Stream: the functions the proxy applies to this SID's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
 }
 
 /// End.AD SIDs of a node's proxies that serve several chains, or both directions of one: their
@@ -169,8 +184,11 @@ pub enum Reason {
     NoSources,
     TooManySegments,
     Unsupported,
-    /// A static proxy's interface is claimed by another chain (End.AS has one return path).
+    /// A static proxy's interface is claimed by another chain (End.AS has one return path), or a
+    /// pod is selected both by a stream and by a packet function.
     Conflict,
+    /// A stream function is unknown, has a bad argument, or meets a protocol without TCP.
+    InvalidFunction,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,302 +257,6 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     }
     out.chains.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
-}
-
-fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>) -> ChainVerdict {
-    let key = format!("{}/{}", c.namespace, c.name);
-    let mut v = ChainVerdict {
-        namespace: c.namespace.into(),
-        name: c.name.into(),
-        ready: false,
-        reason: Reason::Programmed,
-        message: String::new(),
-        hops: Vec::new(),
-        paths: Vec::new(),
-        degraded: None,
-    };
-    let fail = |mut v: ChainVerdict, reason, message: String| {
-        v.reason = reason;
-        v.message = message;
-        v
-    };
-    if c.spec.functions.is_empty() {
-        return fail(v, Reason::InvalidMatch, "a chain needs at least one function".into());
-    }
-    if c.spec.functions.len() + 1 > crate::MAX_SEGMENTS {
-        return fail(
-            v,
-            Reason::TooManySegments,
-            format!("{} functions + decapsulation exceed {} segments", c.spec.functions.len(), crate::MAX_SEGMENTS),
-        );
-    }
-    // End.AM needs the SRH inserted into the original packet (H.Insert), so the whole chain
-    // uses insertion: there is then no encapsulated packet for End.AD or End.AS to restore.
-    let insert = c.spec.functions.iter().any(|f| f.proxy == ProxyKind::Masquerading);
-    if let Some(f) = c.spec.functions.iter().find(|f| insert && f.proxy != ProxyKind::Masquerading) {
-        return fail(
-            v,
-            Reason::Unsupported,
-            format!(
-                "function {}: proxy {:?} needs encapsulation, but Masquerading functions need SRH insertion; make every function of the chain Masquerading, or none",
-                f.name, f.proxy
-            ),
-        );
-    }
-    if let Some(f) = c.spec.functions.iter().find(|f| f.proxy == ProxyKind::Static && c.spec.symmetric) {
-        return fail(
-            v,
-            Reason::InvalidMatch,
-            format!("function {}: a Static proxy has one configured return path; a symmetric chain needs Dynamic", f.name),
-        );
-    }
-    let destinations = match parse_destinations(&c.spec.r#match.destination_prefixes) {
-        Ok(d) => d,
-        Err(m) => return fail(v, Reason::InvalidMatch, m),
-    };
-    let sources_allowed = match parse_destinations(&c.spec.r#match.source_prefixes) {
-        Ok(s) => s,
-        Err(m) => return fail(v, Reason::InvalidMatch, m.replace("destinationPrefixes", "sourcePrefixes")),
-    };
-    if let Some(p) = destinations.iter().chain(&sources_allowed).find(|p| insert && p.addr().is_ipv4()) {
-        return fail(
-            v,
-            Reason::Unsupported,
-            format!("{p} is IPv4: Masquerading (End.AM) works by SRH insertion, which exists for IPv6 only"),
-        );
-    }
-    let ports = match parse_ports(&c.spec.r#match.destination_ports) {
-        Ok(p) => p,
-        Err(m) => return fail(v, Reason::InvalidMatch, m),
-    };
-    if !ports.is_empty() && c.spec.r#match.protocol == Protocol::Icmp {
-        return fail(v, Reason::InvalidMatch, "destinationPorts need protocol TCP, UDP or Any".into());
-    }
-    let in_ns = |p: &&PodInfo| p.namespace == c.namespace;
-    let selected = |sel| -> Result<Vec<&PodInfo>, String> {
-        let mut pods = Vec::new();
-        for p in world.pods.iter().filter(in_ns) {
-            if selector::matches(sel, &p.labels).map_err(|e| e.to_string())? {
-                pods.push(p);
-            }
-        }
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(pods)
-    };
-
-    // Hops: every ready replica of every function that has a SID. A function with none is
-    // bypassed (failurePolicy Open) or drops the chain's traffic (Closed).
-    let mut replica_sids: Vec<Vec<(Sid, &PodInfo, &SidRegistration)>> = Vec::new();
-    let mut kinds: Vec<(ProxyKind, bool)> = Vec::new();
-    let mut missing: Vec<(Reason, String)> = Vec::new();
-    for f in &c.spec.functions {
-        let pods = match selected(&f.pod_selector) {
-            Ok(p) => p,
-            Err(m) => return fail(v, Reason::InvalidMatch, format!("function {}: {m}", f.name)),
-        };
-        let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
-        let sids: Vec<_> = ready.iter().filter_map(|p| registration_of(world, p).map(|r| (r.sid, *p, r))).collect();
-        v.hops.push(Hop {
-            function: f.name.clone(),
-            replicas: sids.iter().map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() }).collect(),
-        });
-        match (ready.is_empty(), sids.is_empty()) {
-            (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
-            (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
-            _ => {
-                replica_sids.push(sids);
-                kinds.push((f.proxy, f.rewrites_flows));
-            }
-        }
-    }
-    let closed = c.spec.failure_policy == FailurePolicy::Closed;
-    let dropping = closed && !missing.is_empty();
-    if !closed && replica_sids.is_empty() {
-        let (reason, m) = missing.swap_remove(0);
-        return fail(v, reason, format!("{m}; every function is bypassed (failurePolicy Open): nothing is steered"));
-    }
-
-    // Decapsulate at the node owning every destination prefix, else after the last function.
-    // (Inserted SRHs end at the destination itself: the last proxy pops them.)
-    let last_node = replica_sids.last().map(|h| h[0].1.node.as_str());
-    let decap_node = owner_of(world, &destinations).map(String::as_str).or(last_node);
-    let decap = decap_node.and_then(|d| world.nodes.iter().find(|n| n.name == d)).map(|n| n.locator.decap_sid());
-    let decap = match (decap_node, decap) {
-        _ if insert || dropping => None,
-        (Some(n), Some(d)) => Some((n.to_string(), d)),
-        (n, _) => return fail(v, Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?"))),
-    };
-
-    // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
-    // every replica is used by at least one path. (The headend picks per hop by flow hash;
-    // these lists only show the choices.)
-    let per_hop: Vec<Vec<Sid>> =
-        replica_sids.iter().map(|h| h.iter().map(|r| r.0).collect()).chain(decap.iter().map(|(_, d)| vec![*d])).collect();
-    let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
-    let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
-    let first_path = paths.first().cloned().unwrap_or_default();
-    if !dropping {
-        v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
-    }
-
-    // The proxy SIDs this chain uses, checked against what higher-priority chains claimed: an
-    // End.AS interface has one return path, so it serves one chain only.
-    let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
-    for (i, hop) in replica_sids.iter().enumerate() {
-        for (sid, pod, reg) in hop {
-            let (kind, rewrites) = kinds[i];
-            let (behavior, return_path) = match kind {
-                ProxyKind::Static => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
-                ProxyKind::Masquerading => (Behavior::EndAM, Vec::new()),
-                ProxyKind::Dynamic => (Behavior::EndAD, Vec::new()),
-            };
-            // End.AD in front of a flow-rewriting function has one set of headers per interface.
-            let one_chain = rewrites && behavior == Behavior::EndAD;
-            let name = format!("{}/{}:{}", pod.namespace, pod.name, reg.interface);
-            if one_chain && c.spec.symmetric {
-                let m = format!(
-                    "{name} rewrites flows: its proxy cannot tell the two directions of a symmetric chain apart; give each direction its own chain and interface"
-                );
-                return fail(v, Reason::Conflict, m);
-            }
-            // One behaviour per interface; End.AS, and End.AD of a flow-rewriting function, even
-            // one chain.
-            let clash = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).find(|u| {
-                u.sid == *sid
-                    && u.chain != key
-                    && (u.behavior == Behavior::EndAS || u.behavior != behavior || u.rewrites_flows || one_chain)
-            });
-            if let Some(u) = clash {
-                let why = if u.rewrites_flows || one_chain { ", and its function rewrites flows" } else { "" };
-                let m = format!("{name} is already used by chain {} ({:?}){why}", u.chain, u.behavior);
-                return fail(v, Reason::Conflict, m);
-            }
-            let interface = Some(name);
-            let both_ways = c.spec.symmetric;
-            let usage = SidUse { sid: *sid, behavior, chain: key.clone(), interface, return_path, rewrites_flows: one_chain, both_ways };
-            if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
-                proxy_uses.push((pod.node.clone(), usage));
-            }
-        }
-    }
-
-    let sources = match selected(&c.spec.sources.pod_selector) {
-        Ok(p) => p,
-        Err(m) => return fail(v, Reason::InvalidMatch, format!("sources: {m}")),
-    };
-    let destinations: Vec<IpNet> = if destinations.is_empty() && insert {
-        vec![Ipv6Net::default().into()]
-    } else if destinations.is_empty() {
-        vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
-    } else {
-        destinations.iter().map(IpNet::trunc).collect()
-    };
-    // sourcePrefixes select among the source pods' own addresses (the headend sits on each
-    // source pod's interface).
-    let allowed = |ip: &IpAddr| sources_allowed.is_empty() || sources_allowed.iter().any(|p| p.contains(ip));
-    let mut headends = 0;
-    for src in sources.iter().filter(|p| p.ready) {
-        let Some(node) = tables.get_mut(&src.node) else { continue };
-        for ip in src.ips.iter().copied().filter(allowed) {
-            for dst in destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
-                let proto = proto_number(c.spec.r#match.protocol, ip);
-                node.headends.push(HeadendPolicy {
-                    chain: key.clone(),
-                    source_pod: format!("{}/{}", src.namespace, src.name),
-                    source_ip: ip,
-                    destination: *dst,
-                    segments: if dropping { Vec::new() } else { first_path.clone() },
-                    replicas: if dropping { Vec::new() } else { per_hop.clone() },
-                    drop: dropping,
-                    insert,
-                    proto,
-                    ports: ports.clone(),
-                    source_ports: Vec::new(),
-                    priority: c.spec.priority,
-                });
-                headends += 1;
-            }
-        }
-    }
-    if headends == 0 {
-        return fail(v, Reason::NoSources, "no ready source pod with an address of the destinations' family".into());
-    }
-    // symmetric: the destinations' return traffic to the sources is classified at the
-    // destinations' nodes and crosses the functions in reverse, then is decapsulated at the
-    // source's node. It matches exactly the reverse of the forward match: from a destination
-    // address to a source address, the protocol, the forward destination ports as source ports.
-    let mut reverse_decaps: Vec<(String, Sid)> = Vec::new();
-    if c.spec.symmetric && !dropping {
-        let back_hops: Vec<Vec<Sid>> = replica_sids.iter().rev().map(|h| h.iter().map(|r| r.0).collect()).collect();
-        let source_names: Vec<&str> = sources.iter().map(|p| p.name.as_str()).collect();
-        let targets = world.pods.iter().filter(in_ns).filter(|p| p.ready && !source_names.contains(&p.name.as_str()));
-        for dpod in targets {
-            for dip in dpod.ips.iter().copied().filter(|ip| destinations.iter().any(|d| d.contains(ip))) {
-                for src in sources.iter().filter(|p| p.ready) {
-                    let Some(src_loc) = world.nodes.iter().find(|n| n.name == src.node).map(|n| n.locator) else { continue };
-                    let back_decap = (!insert).then(|| src_loc.decap_sid());
-                    for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && allowed(ip)) {
-                        let Some(node) = tables.get_mut(&dpod.node) else { continue };
-                        let replicas: Vec<Vec<Sid>> = back_hops.iter().cloned().chain(back_decap.map(|d| vec![d])).collect();
-                        node.headends.push(HeadendPolicy {
-                            chain: key.clone(),
-                            source_pod: format!("{}/{}", dpod.namespace, dpod.name),
-                            source_ip: dip,
-                            destination: IpNet::from(sip),
-                            segments: replicas.iter().map(|r| r[0]).collect(),
-                            replicas,
-                            drop: false,
-                            insert,
-                            proto: proto_number(c.spec.r#match.protocol, dip),
-                            ports: Vec::new(),
-                            source_ports: ports.clone(),
-                            priority: c.spec.priority,
-                        });
-                        headends += 1;
-                        if let Some(d) = back_decap.filter(|_| !reverse_decaps.iter().any(|(n, _)| n == &src.node)) {
-                            reverse_decaps.push((src.node.clone(), d));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
-    let insert_sources: BTreeSet<IpAddr> =
-        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect();
-    for (node, usage) in proxy_uses {
-        let t = tables.entry(node).or_default();
-        if usage.behavior == Behavior::EndAM {
-            for ip in &insert_sources {
-                if !t.insert_sources.contains(ip) {
-                    t.insert_sources.push(*ip);
-                }
-            }
-        }
-        t.proxies.push(usage);
-    }
-    if dropping {
-        let (reason, m) = missing.swap_remove(0);
-        return fail(v, reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)"));
-    }
-    for (node, sid) in decap.into_iter().chain(reverse_decaps) {
-        let t = tables.entry(node).or_default();
-        t.decaps.push(SidUse {
-            sid,
-            behavior: Behavior::EndDT46,
-            chain: key.clone(),
-            interface: None,
-            return_path: Vec::new(),
-            rewrites_flows: false,
-            both_ways: false,
-        });
-    }
-    v.ready = true;
-    v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
-    if let Some((reason, m)) = missing.into_iter().next() {
-        v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
-    }
-    v
 }
 
 /// The chain's SRH tag (RFC 8754 §2: a class of packets): End.AD's per-flow cache counts its
@@ -620,7 +342,7 @@ fn owner_of<'w>(world: &'w World, destinations: &[IpNet]) -> Option<&'w String> 
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use srv6pipes_crds::{Function, Match, Sources};
+    use srv6pipes_crds::{FailurePolicy, Function, Match, ProxyKind, Sources};
 
     fn sel(k: &str, v: &str) -> LabelSelector {
         LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
@@ -681,8 +403,20 @@ mod tests {
             sources: Sources { pod_selector: sel("app", "client") },
             r#match: Match { destination_prefixes: dst.iter().map(|s| s.to_string()).collect(), ..Default::default() },
             functions: vec![
-                Function { name: "fw".into(), pod_selector: sel("vnf", "fw"), proxy: ProxyKind::Dynamic, rewrites_flows: false },
-                Function { name: "ids".into(), pod_selector: sel("vnf", "ids"), proxy: ProxyKind::Dynamic, rewrites_flows: false },
+                Function {
+                    name: "fw".into(),
+                    pod_selector: sel("vnf", "fw"),
+                    proxy: ProxyKind::Dynamic,
+                    rewrites_flows: false,
+                    stream: None,
+                },
+                Function {
+                    name: "ids".into(),
+                    pod_selector: sel("vnf", "ids"),
+                    proxy: ProxyKind::Dynamic,
+                    rewrites_flows: false,
+                    stream: None,
+                },
             ],
             ..Default::default()
         }

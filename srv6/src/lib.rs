@@ -7,6 +7,7 @@ pub mod codec;
 pub mod compiler;
 pub mod flow;
 pub mod node_api;
+pub mod pipes;
 pub mod selector;
 pub mod sid;
 

@@ -146,7 +146,7 @@ pub enum Response {
     Registered { sid: Sid },
     Sids(NodeSids),
     Stats(NodeStats),
-    Attachment { attachment: Attachment, sid: Sid },
+    Attachment { attachment: Box<Attachment>, sid: Sid },
     Released { attachments: Vec<Attachment> },
     Networks { networks: Vec<String> },
     Error { message: String },
@@ -176,6 +176,9 @@ pub struct NodeStats {
     /// Datapath events by name (ICMP errors sent and rate limited, MSS clamps), over CPUs.
     #[serde(default)]
     pub events: Vec<(String, u64)>,
+    /// SRv6 pipes: each stream proxy's counters per SID, as it last reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::pipes::StreamCounters>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

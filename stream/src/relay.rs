@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::{Chain, FunctionError};
+use srv6pipes_functions::{Chain, FunctionError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -139,7 +139,6 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::testing::args;
 
     /// A relay between a client and a server on loopback: (client, the server's side, the
     /// relay's report when it ends).
@@ -161,7 +160,8 @@ mod tests {
     }
 
     fn chain(stages: &[(&str, &[(&str, &str)])]) -> Chain {
-        Chain(stages.iter().map(|(n, a)| crate::build(n, &args(a)).unwrap().1).collect())
+        let args = |a: &[(&str, &str)]| a.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Chain(stages.iter().map(|(n, a)| srv6pipes_functions::build(n, &args(a)).unwrap().1).collect())
     }
 
     #[tokio::test]

@@ -499,12 +499,23 @@ fn start_pod(st: &mut LabState, dir: &Path, i: usize) -> anyhow::Result<()> {
         return Ok(());
     }
     let command = &p.command;
-    let mut cmd = sys::in_netns(&p.netns, &command[0])?;
+    let mut cmd = sys::in_netns(&p.netns, resolve_command(&command[0]))?;
     cmd.args(&command[1..]);
     let log = dir.join("logs").join(format!("pod-{}-{}.log", p.namespace, p.name));
     let pid = sys::spawn_detached(cmd, &log).with_context(|| format!("start pod {}/{}: {:?}", p.namespace, p.name, command))?;
     st.pods[i].pid = Some(pid);
     st.save(dir)
+}
+
+/// A pod's `srv6pipes-*` command (e.g. `srv6pipes-stream`, a stream proxy) is the binary beside
+/// `srv6pipes`, as the image would have it; anything else is looked up in PATH.
+fn resolve_command(program: &str) -> String {
+    let ours = crate::bin_dir().join(program);
+    if program.starts_with("srv6pipes-") && !program.contains('/') && ours.exists() {
+        ours.display().to_string()
+    } else {
+        program.to_string()
+    }
 }
 
 /// Compiles every chain with the pure compiler and hands each node daemon its tables.

@@ -166,7 +166,7 @@ fn nindent(a: &[Value]) -> Result<Value, FuncError> {
 }
 
 fn dict(a: &[Value]) -> Result<Value, FuncError> {
-    if a.len() % 2 != 0 {
+    if !a.len().is_multiple_of(2) {
         return Err(FuncError::Generic("dict needs key/value pairs".into()));
     }
     Ok(Value::Map(a.chunks(2).map(|kv| (string(&kv[0]), kv[1].clone())).collect::<HashMap<_, _>>()))

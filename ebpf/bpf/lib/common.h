@@ -51,6 +51,7 @@ enum sp_behavior {
 	SP_END_DT46 = 2, /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
 	SP_END_AS = 3,   /* static proxy: like End.AD inbound, configured headers outbound */
 	SP_END_AM = 4,   /* masquerading proxy: SRH kept, DA <-> Segment List[0] (SRH insertion) */
+	SP_END_STREAM = 5, /* SRv6 pipes: End.AD inbound into a stream proxy, marked for its listener */
 };
 
 /* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
@@ -87,7 +88,14 @@ struct sid_entry {
 	__u32 cache_ifindex; /* End.AD: the node-side veth the VNF returns on (cache key) */
 	__u8 vnf_mac[6];   /* End.AD: the pod-side MAC, destination of inner packets */
 	__u8 host_mac[6];
+	__u32 stream_port; /* End.STREAM: the proxy's listener for this SID's function and arguments */
 };
+
+/* What the node delivers to a stream proxy carries SP_STREAM_MARK | its SID's listener port in
+ * skb->mark (a peer redirect keeps the mark): the pod side assigns SYNs to that listener, and
+ * the proxy's netns delivers marked packets locally whatever their destination. */
+#define SP_STREAM_MARK 0x5f6e0000u
+#define SP_STREAM_MARK_MASK 0xffff0000u
 
 /* An outer IPv6 header + SRH: a headend policy's H.Encaps header, or End.AD's cache. */
 struct outer_hdr {
@@ -199,6 +207,7 @@ struct node_config {
 #define SP_VNF_NO_FLOWS (1u << 1) /* the function rewrites flows: never matched per flow */
 #define SP_VNF_SHARED (1u << 2)   /* several chains or both directions: no per-interface fallback */
 #define SP_VNF_AS (1u << 3)       /* End.AS: the configured return policy, nothing else */
+#define SP_VNF_STREAM (1u << 4)   /* a stream proxy: learned flows, else the chains' rules for it */
 
 /* Datapath events that are no drops, counted per CPU in sp_events. */
 enum sp_event {

@@ -133,23 +133,10 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	ad_learn(&sp_ad_flows, &k, c, o, age, now);
 }
 
-/* End.AD outbound on a VNF's return interface (`vflags`: its SP_VNF_* flags): the flow's own
- * headers first (several chains, both directions), else the interface's when it serves one
- * chain in one direction; the inner packet's hop; then on to the next segment. */
-static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, int ipv4)
+/* End.AD outbound with the headers `c` learnt for this packet: the inner packet's hop, then on
+ * to the next segment. */
+static __always_inline int ad_restore(struct __sk_buff *skb, const struct outer_hdr *c, int ipv4)
 {
-	struct flow_key fk;
-	struct outer_hdr *c = NULL;
-	if (!(vflags & SP_VNF_NO_FLOWS) && !flow_of(skb, ifindex, &fk))
-		c = bpf_map_lookup_elem(&sp_ad_flows, &fk);
-	/* The interface's headers are whichever flow was learnt last: on an interface that serves
-	 * several chains (or both directions of one) they may belong to another chain. */
-	if (!c && (vflags & SP_VNF_SHARED))
-		return drop(SP_DROP_FLOW_MISS);
-	if (!c)
-		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
-	if (!c)
-		return drop(SP_DROP_NO_CACHE);
 	int verdict;
 	if (inner_hop(skb, ipv4, &verdict))
 		return verdict;
@@ -162,4 +149,28 @@ static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, _
 	__builtin_memcpy(o, c, sizeof(*o));
 	set_outer_fields(skb, o);
 	return steer(skb, o, SP_ORIGIN_VNF);
+}
+
+/* The per-flow End.AD entry of what a VNF returns on `ifindex`, or NULL. */
+static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct flow_key fk;
+	return flow_of(skb, ifindex, &fk) ? NULL : bpf_map_lookup_elem(&sp_ad_flows, &fk);
+}
+
+/* End.AD outbound on a VNF's return interface (`vflags`: its SP_VNF_* flags): the flow's own
+ * headers first (several chains, both directions), else the interface's when it serves one
+ * chain in one direction. */
+static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, int ipv4)
+{
+	struct outer_hdr *c = (vflags & SP_VNF_NO_FLOWS) ? NULL : ad_flow(skb, ifindex);
+	/* The interface's headers are whichever flow was learnt last: on an interface that serves
+	 * several chains (or both directions of one) they may belong to another chain. */
+	if (!c && (vflags & SP_VNF_SHARED))
+		return drop(SP_DROP_FLOW_MISS);
+	if (!c)
+		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
+	if (!c)
+		return drop(SP_DROP_NO_CACHE);
+	return ad_restore(skb, c, ipv4);
 }

@@ -21,17 +21,22 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 	int err;
 	switch (sid->behavior) {
 	case SP_END_AD:
-	case SP_END_AS: {
+	case SP_END_AS:
+	case SP_END_STREAM: {
 		/* draft-ietf-spring-sr-service-programming §6.1-6.2: End, then (End.AD only) cache the
 		 * outer headers keyed by the VNF's return interface, and hand the inner packet to the
-		 * VNF. End.AS restores configured headers instead. */
+		 * VNF. End.AS restores configured headers instead. A stream proxy (SRv6 pipes) learns
+		 * like End.AD (the SYN's remaining segments, per flow: what its onward connection
+		 * carries) and its packets are marked for the SID's listener. */
 		err = apply_end(o, 0);
 		if (err)
 			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
-		if (sid->behavior == SP_END_AD)
+		if (sid->behavior != SP_END_AS)
 			ad_cache_store(skb, sid->cache_ifindex, o);
+		if (sid->behavior == SP_END_STREAM)
+			skb->mark = SP_STREAM_MARK | (sid->stream_port & 0xffff);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);

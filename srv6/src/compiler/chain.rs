@@ -1,0 +1,683 @@
+//! One chain's compilation, by phase: its spec checked, its hops planned (ready replicas with
+//! SIDs; consecutive stream functions on the same proxies merged), its proxies claimed, then
+//! its headend rules: forward at the sources, and backward (a symmetric chain's, or a chain
+//! with stream functions, whose relayed replies must come back through the proxies) at the
+//! destinations and at each stream proxy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv6Net};
+use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica};
+
+use super::{
+    owner_of, parse_destinations, parse_ports, proto_number, registration_of, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables,
+    PodInfo, Reason, SidRegistration, SidUse, World,
+};
+use crate::pipes::{self, Pipeline};
+use crate::selector;
+use crate::sid::Sid;
+
+type Fail = (Reason, String);
+
+/// What the spec says, checked.
+struct Checked {
+    /// End.AM: H.Insert for the whole chain.
+    insert: bool,
+    destinations: Vec<IpNet>,
+    sources_allowed: Vec<IpNet>,
+    ports: Vec<(u16, u16)>,
+}
+
+/// A hop of the chain: the ready replicas of one function (or of consecutive stream functions
+/// on the same proxies), each with the SID it is reached at.
+struct PlannedHop<'w> {
+    replicas: Vec<(Sid, &'w PodInfo, &'w SidRegistration)>,
+    kind: ProxyKind,
+    rewrites: bool,
+    /// Stream functions: the pipeline the replicas' (stream) SIDs stand for.
+    pipeline: Option<Pipeline>,
+    /// The chain's functions this hop does (indices into the spec's functions).
+    functions: Vec<usize>,
+}
+
+impl PlannedHop<'_> {
+    fn sids(&self) -> Vec<Sid> {
+        self.replicas.iter().map(|r| r.0).collect()
+    }
+}
+
+pub(super) fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>) -> ChainVerdict {
+    let mut v = ChainVerdict {
+        namespace: c.namespace.into(),
+        name: c.name.into(),
+        ready: false,
+        reason: Reason::Programmed,
+        message: String::new(),
+        hops: Vec::new(),
+        paths: Vec::new(),
+        degraded: None,
+    };
+    if let Err((reason, message)) = compile_into(world, c, tables, &mut v) {
+        v.ready = false;
+        v.reason = reason;
+        v.message = message;
+    }
+    v
+}
+
+fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>, v: &mut ChainVerdict) -> Result<(), Fail> {
+    let key = format!("{}/{}", c.namespace, c.name);
+    let checked = check(c)?;
+    let (hops, mut missing) = plan_hops(world, c, v)?;
+    let closed = c.spec.failure_policy == FailurePolicy::Closed;
+    let dropping = closed && !missing.is_empty();
+    if !closed && hops.is_empty() {
+        let (reason, m) = missing.swap_remove(0);
+        return Err((reason, format!("{m}; every function is bypassed (failurePolicy Open): nothing is steered")));
+    }
+    let insert = checked.insert;
+
+    // Decapsulate at the node owning every destination prefix, else after the last function.
+    // (Inserted SRHs end at the destination itself: the last proxy pops them.)
+    let last_node = hops.last().map(|h| h.replicas[0].1.node.as_str());
+    let decap_node = owner_of(world, &checked.destinations).map(String::as_str).or(last_node);
+    let decap = decap_node.and_then(|d| world.nodes.iter().find(|n| n.name == d)).map(|n| n.locator.decap_sid());
+    let decap = match (decap_node, decap) {
+        _ if insert || dropping => None,
+        (Some(n), Some(d)) => Some((n.to_string(), d)),
+        (n, _) => return Err((Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?")))),
+    };
+
+    // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
+    // every replica is used by at least one path. (The headend picks per hop by flow hash;
+    // these lists only show the choices.)
+    let per_hop: Vec<Vec<Sid>> = hops.iter().map(PlannedHop::sids).chain(decap.iter().map(|(_, d)| vec![*d])).collect();
+    let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
+    let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
+    if !dropping {
+        v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
+    }
+
+    let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, tables)?;
+    let sources = selected(world, c, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
+    let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
+        vec![Ipv6Net::default().into()]
+    } else if checked.destinations.is_empty() {
+        vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
+    } else {
+        checked.destinations.iter().map(IpNet::trunc).collect()
+    };
+    let rules =
+        Rules { c, key: &key, checked: &checked, destinations: &destinations, dropping, hops: &hops, decap: decap.as_ref().map(|d| d.1) };
+    let mut headends = rules.forward(&sources, tables);
+    if headends == 0 {
+        return Err((Reason::NoSources, "no ready source pod with an address of the destinations' family".into()));
+    }
+    let (back, reverse_decaps) = rules.backward(world, &sources, tables);
+    headends += back;
+
+    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
+    let insert_sources: BTreeSet<IpAddr> =
+        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect();
+    for (node, usage) in proxy_uses {
+        let t = tables.entry(node).or_default();
+        if usage.behavior == Behavior::EndAM {
+            for ip in &insert_sources {
+                if !t.insert_sources.contains(ip) {
+                    t.insert_sources.push(*ip);
+                }
+            }
+        }
+        t.proxies.push(usage);
+    }
+    if dropping {
+        let (reason, m) = missing.swap_remove(0);
+        return Err((reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)")));
+    }
+    for (node, sid) in decap.into_iter().chain(reverse_decaps) {
+        let t = tables.entry(node).or_default();
+        t.decaps.push(SidUse {
+            sid,
+            behavior: Behavior::EndDT46,
+            chain: key.clone(),
+            interface: None,
+            return_path: Vec::new(),
+            rewrites_flows: false,
+            both_ways: false,
+            pipeline: None,
+        });
+    }
+    v.ready = true;
+    v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
+    if let Some((reason, m)) = missing.into_iter().next() {
+        v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
+    }
+    Ok(())
+}
+
+/// The spec's own consistency, before anything of the world is looked at.
+fn check(c: &ChainRef<'_>) -> Result<Checked, Fail> {
+    let functions = &c.spec.functions;
+    if functions.is_empty() {
+        return Err((Reason::InvalidMatch, "a chain needs at least one function".into()));
+    }
+    if functions.len() + 1 > crate::MAX_SEGMENTS {
+        let m = format!("{} functions + decapsulation exceed {} segments", functions.len(), crate::MAX_SEGMENTS);
+        return Err((Reason::TooManySegments, m));
+    }
+    // SRv6 pipes: every stream function known, with valid arguments, on TCP.
+    for f in functions {
+        if let Some(s) = &f.stream {
+            pipes::check(&f.name, s).map_err(|m| (Reason::InvalidFunction, m))?;
+            if matches!(c.spec.r#match.protocol, Protocol::Udp | Protocol::Icmp) {
+                let m = format!("function {}: a stream function works on TCP; protocol {:?} carries none", f.name, c.spec.r#match.protocol);
+                return Err((Reason::InvalidFunction, m));
+            }
+        }
+    }
+    let packet_functions = || functions.iter().filter(|f| f.stream.is_none());
+    // End.AM needs the SRH inserted into the original packet (H.Insert), so the whole chain
+    // uses insertion: there is then no encapsulated packet for End.AD or End.AS to restore.
+    let insert = packet_functions().any(|f| f.proxy == ProxyKind::Masquerading);
+    if let Some(f) = functions.iter().find(|f| insert && (f.stream.is_some() || f.proxy != ProxyKind::Masquerading)) {
+        let kind = if f.stream.is_some() { "a stream function".to_string() } else { format!("proxy {:?}", f.proxy) };
+        let m = format!(
+            "function {}: {kind} needs encapsulation, but Masquerading functions need SRH insertion; make every function of the chain Masquerading, or none",
+            f.name
+        );
+        return Err((Reason::Unsupported, m));
+    }
+    if let Some(f) = packet_functions().find(|f| f.proxy == ProxyKind::Static && c.spec.symmetric) {
+        let m = format!("function {}: a Static proxy has one configured return path; a symmetric chain needs Dynamic", f.name);
+        return Err((Reason::InvalidMatch, m));
+    }
+    let destinations = parse_destinations(&c.spec.r#match.destination_prefixes).map_err(|m| (Reason::InvalidMatch, m))?;
+    let sources_allowed = parse_destinations(&c.spec.r#match.source_prefixes)
+        .map_err(|m| (Reason::InvalidMatch, m.replace("destinationPrefixes", "sourcePrefixes")))?;
+    if let Some(p) = destinations.iter().chain(&sources_allowed).find(|p| insert && p.addr().is_ipv4()) {
+        let m = format!("{p} is IPv4: Masquerading (End.AM) works by SRH insertion, which exists for IPv6 only");
+        return Err((Reason::Unsupported, m));
+    }
+    let ports = parse_ports(&c.spec.r#match.destination_ports).map_err(|m| (Reason::InvalidMatch, m))?;
+    if !ports.is_empty() && c.spec.r#match.protocol == Protocol::Icmp {
+        return Err((Reason::InvalidMatch, "destinationPorts need protocol TCP, UDP or Any".into()));
+    }
+    Ok(Checked { insert, destinations, sources_allowed, ports })
+}
+
+/// The pods of the chain's namespace that `sel` selects, by name.
+fn selected<'w>(
+    world: &'w World,
+    c: &ChainRef<'_>,
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<Vec<&'w PodInfo>, String> {
+    let mut pods = Vec::new();
+    for p in world.pods.iter().filter(|p| p.namespace == c.namespace) {
+        if selector::matches(sel, &p.labels).map_err(|e| e.to_string())? {
+            pods.push(p);
+        }
+    }
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(pods)
+}
+
+/// Hops: every ready replica of every function that has a SID (the status' hops filled in). A
+/// function with none is bypassed (failurePolicy Open) or drops the chain's traffic (Closed):
+/// it is in the second list. Consecutive stream functions on the same proxies become one hop.
+fn plan_hops<'w>(world: &'w World, c: &ChainRef<'_>, v: &mut ChainVerdict) -> Result<(Vec<PlannedHop<'w>>, Vec<Fail>), Fail> {
+    let mut hops: Vec<PlannedHop> = Vec::new();
+    let mut missing = Vec::new();
+    for (i, f) in c.spec.functions.iter().enumerate() {
+        let pods = selected(world, c, &f.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("function {}: {m}", f.name)))?;
+        let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
+        let replicas: Vec<_> = ready.iter().filter_map(|p| registration_of(world, p).map(|r| (r.sid, *p, r))).collect();
+        v.hops.push(Hop { function: f.name.clone(), replicas: Vec::new() });
+        match (ready.is_empty(), replicas.is_empty()) {
+            (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
+            (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
+            _ => {
+                let pipeline = f.stream.clone().map(|s| Pipeline { stages: vec![s] });
+                let same_proxies = |h: &PlannedHop| h.replicas.iter().map(|r| r.2.sid).eq(replicas.iter().map(|r| r.2.sid));
+                match (hops.last_mut(), pipeline) {
+                    (Some(last), Some(p)) if last.pipeline.is_some() && same_proxies(last) => {
+                        last.pipeline.as_mut().expect("a stream hop").stages.extend(p.stages);
+                        last.functions.push(i);
+                    }
+                    (_, pipeline) => {
+                        hops.push(PlannedHop { replicas, kind: f.proxy, rewrites: f.rewrites_flows, pipeline, functions: vec![i] })
+                    }
+                }
+            }
+        }
+    }
+    // A stream hop's replicas are reached at their pipeline's SID.
+    for h in &mut hops {
+        if let Some(p) = &h.pipeline {
+            for r in &mut h.replicas {
+                let loc = world.nodes.iter().find(|n| n.name == r.1.node).map(|n| n.locator);
+                let loc = loc.ok_or_else(|| (Reason::SidPending, format!("node {} has no locator", r.1.node)))?;
+                r.0 = p.sid(&loc, r.2.sid).map_err(|m| (Reason::Unsupported, format!("{}/{}: {m}", r.1.namespace, r.1.name)))?;
+            }
+        }
+    }
+    for h in &hops {
+        for &f in &h.functions {
+            v.hops[f].replicas =
+                h.replicas.iter().map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() }).collect();
+        }
+    }
+    Ok((hops, missing))
+}
+
+/// The proxy SIDs this chain uses, checked against what higher-priority chains claimed: an
+/// End.AS interface has one return path, so it serves one chain only; a pod's interface is a
+/// stream proxy or a packet function's, not both.
+fn claim_proxies(
+    c: &ChainRef<'_>,
+    key: &str,
+    hops: &[PlannedHop],
+    per_hop: &[Vec<Sid>],
+    tables: &BTreeMap<String, NodeTables>,
+) -> Result<Vec<(String, SidUse)>, Fail> {
+    let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
+    for (i, hop) in hops.iter().enumerate() {
+        for (sid, pod, reg) in &hop.replicas {
+            let (behavior, return_path) = match (hop.kind, &hop.pipeline) {
+                (_, Some(_)) => (Behavior::Stream, Vec::new()),
+                (ProxyKind::Static, None) => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
+                (ProxyKind::Masquerading, None) => (Behavior::EndAM, Vec::new()),
+                (ProxyKind::Dynamic, None) => (Behavior::EndAD, Vec::new()),
+            };
+            // End.AD in front of a flow-rewriting function has one set of headers per interface.
+            let one_chain = hop.rewrites && behavior == Behavior::EndAD;
+            let name = format!("{}/{}:{}", pod.namespace, pod.name, reg.interface);
+            if one_chain && c.spec.symmetric {
+                let m = format!(
+                    "{name} rewrites flows: its proxy cannot tell the two directions of a symmetric chain apart; give each direction its own chain and interface"
+                );
+                return Err((Reason::Conflict, m));
+            }
+            let stream = behavior == Behavior::Stream;
+            let claimed = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).chain(proxy_uses.iter().map(|(_, u)| u));
+            if let Some(u) =
+                claimed.clone().find(|u| u.interface.as_deref() == Some(name.as_str()) && (u.behavior == Behavior::Stream) != stream)
+            {
+                let m = format!("{name} is selected both by a stream function and by a packet function (chains {} and {key})", u.chain);
+                return Err((Reason::Conflict, m));
+            }
+            // One behaviour per interface; End.AS, and End.AD of a flow-rewriting function, even
+            // one chain. Two pipelines on one SID: their handles collided.
+            let clash = claimed.filter(|u| u.chain != key || stream).find(|u| {
+                u.sid == *sid
+                    && (u.behavior == Behavior::EndAS
+                        || u.behavior != behavior
+                        || u.rewrites_flows
+                        || one_chain
+                        || u.pipeline != hop.pipeline)
+            });
+            if let Some(u) = clash {
+                let why = if u.rewrites_flows || one_chain { ", and its function rewrites flows" } else { "" };
+                let m = format!("{name} is already used by chain {} ({:?}){why}", u.chain, u.behavior);
+                return Err((Reason::Conflict, m));
+            }
+            let usage = SidUse {
+                sid: *sid,
+                behavior,
+                chain: key.to_string(),
+                interface: Some(name),
+                return_path,
+                rewrites_flows: one_chain,
+                both_ways: c.spec.symmetric || stream,
+                pipeline: hop.pipeline.clone(),
+            };
+            if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
+                proxy_uses.push((pod.node.clone(), usage));
+            }
+        }
+    }
+    Ok(proxy_uses)
+}
+
+/// One chain's headend rules.
+struct Rules<'a, 'w> {
+    c: &'a ChainRef<'a>,
+    key: &'a str,
+    checked: &'a Checked,
+    /// The destination prefixes, or "any" of each family.
+    destinations: &'a [IpNet],
+    dropping: bool,
+    hops: &'a [PlannedHop<'w>],
+    decap: Option<Sid>,
+}
+
+impl Rules<'_, '_> {
+    /// The kinds of rules the chain needs, as (protocol, whether stream hops are in): a chain
+    /// with stream hops steers TCP through every hop; with `protocol: Any` its other traffic
+    /// takes the packet functions alone (if it has any).
+    fn variants(&self) -> Vec<(Protocol, bool)> {
+        let protocol = self.c.spec.r#match.protocol;
+        let streams = self.hops.iter().filter(|h| h.pipeline.is_some()).count();
+        match (streams, protocol) {
+            (0, p) => vec![(p, false)],
+            (n, Protocol::Any) if n < self.hops.len() => vec![(Protocol::Tcp, true), (Protocol::Any, false)],
+            _ => vec![(Protocol::Tcp, true)],
+        }
+    }
+
+    /// Hops `range` of the chain (in chain order) that `variant`'s traffic crosses.
+    fn hops_in(&self, range: std::ops::Range<usize>, streams: bool) -> Vec<Vec<Sid>> {
+        self.hops[range].iter().filter(|h| streams || h.pipeline.is_none()).map(PlannedHop::sids).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn policy(
+        &self,
+        source_pod: &PodInfo,
+        iface: Option<String>,
+        src: IpAddr,
+        dst: IpNet,
+        replicas: Vec<Vec<Sid>>,
+        proto: Protocol,
+        back: bool,
+    ) -> HeadendPolicy {
+        let drop = self.dropping && !back;
+        HeadendPolicy {
+            chain: self.key.to_string(),
+            source_pod: format!("{}/{}", source_pod.namespace, source_pod.name),
+            source_interface: iface,
+            source_ip: src,
+            destination: dst,
+            segments: if drop { Vec::new() } else { replicas.iter().map(|r| r[0]).collect() },
+            replicas: if drop { Vec::new() } else { replicas },
+            drop,
+            insert: self.checked.insert,
+            proto: proto_number(proto, src),
+            ports: if back { Vec::new() } else { self.checked.ports.clone() },
+            source_ports: if back { self.checked.ports.clone() } else { Vec::new() },
+            priority: self.c.spec.priority,
+        }
+    }
+
+    /// Forward rules at every ready source (sourcePrefixes select among its own addresses).
+    fn forward(&self, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> usize {
+        let mut n = 0;
+        for src in sources.iter().filter(|p| p.ready) {
+            let Some(node) = tables.get_mut(&src.node) else { continue };
+            for ip in src.ips.iter().copied().filter(|ip| self.allowed(ip)) {
+                for dst in self.destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
+                    for (proto, streams) in self.variants() {
+                        let replicas: Vec<Vec<Sid>> =
+                            self.hops_in(0..self.hops.len(), streams).into_iter().chain(self.decap.map(|d| vec![d])).collect();
+                        node.headends.push(self.policy(src, None, ip, *dst, replicas, proto, false));
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn allowed(&self, ip: &IpAddr) -> bool {
+        self.checked.sources_allowed.is_empty() || self.checked.sources_allowed.iter().any(|p| p.contains(ip))
+    }
+
+    /// The way back, for a symmetric chain (every function, in reverse) and for a chain with
+    /// stream functions (the proxies own both TCP connections: the server's bytes must come back
+    /// through them; packet functions only if symmetric). Rules match exactly the reverse of the
+    /// forward match: from a destination address to a source address, the forward destination
+    /// ports as source ports; they end at the source's node, decapsulated. They sit at the
+    /// destinations' nodes (all the hops) and at each stream proxy's interface (what it relays
+    /// back: the hops before it). Returns the rules' count and the decapsulation SIDs needed.
+    fn backward(&self, world: &World, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
+        let symmetric = self.c.spec.symmetric;
+        let streams = self.hops.iter().any(|h| h.pipeline.is_some());
+        if self.dropping || !(symmetric || streams) {
+            return (0, Vec::new());
+        }
+        let variants: Vec<(Protocol, bool)> = self.variants().into_iter().filter(|(_, with_streams)| symmetric || *with_streams).collect();
+        // Stream hops always; packet hops if symmetric.
+        let back_hops = |range: std::ops::Range<usize>, with_streams: bool| -> Vec<Vec<Sid>> {
+            let mut h: Vec<Vec<Sid>> = self.hops[range]
+                .iter()
+                .filter(|h| if h.pipeline.is_some() { with_streams } else { symmetric })
+                .map(PlannedHop::sids)
+                .collect();
+            h.reverse();
+            h
+        };
+        let source_names: Vec<&str> = sources.iter().map(|p| p.name.as_str()).collect();
+        let targets = world.pods.iter().filter(|p| p.namespace == self.c.namespace && p.ready && !source_names.contains(&p.name.as_str()));
+        let mut n = 0;
+        let mut decaps: Vec<(String, Sid)> = Vec::new();
+        for dpod in targets {
+            for dip in dpod.ips.iter().copied().filter(|ip| self.destinations.iter().any(|d| d.contains(ip))) {
+                for src in sources.iter().filter(|p| p.ready) {
+                    let Some(src_loc) = world.nodes.iter().find(|n| n.name == src.node).map(|n| n.locator) else { continue };
+                    let back_decap = (!self.checked.insert).then(|| src_loc.decap_sid());
+                    for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && self.allowed(ip)) {
+                        let with_decap = |mut h: Vec<Vec<Sid>>| {
+                            h.extend(back_decap.map(|d| vec![d]));
+                            h
+                        };
+                        for &(proto, with_streams) in &variants {
+                            let replicas = with_decap(back_hops(0..self.hops.len(), with_streams));
+                            if let Some(node) = tables.get_mut(&dpod.node) {
+                                node.headends.push(self.policy(dpod, None, dip, IpNet::from(sip), replicas, proto, true));
+                                n += 1;
+                            }
+                        }
+                        // What each stream proxy relays back (its SYN-ACK first of all, before
+                        // any reply taught its node the way): the hops before it.
+                        for (i, hop) in self.hops.iter().enumerate().filter(|(_, h)| h.pipeline.is_some()) {
+                            for (_, proxy, reg) in &hop.replicas {
+                                let iface = format!("{}/{}:{}", proxy.namespace, proxy.name, reg.interface);
+                                let replicas = with_decap(back_hops(0..i, true));
+                                if let Some(node) = tables.get_mut(&proxy.node) {
+                                    node.headends.push(self.policy(
+                                        proxy,
+                                        Some(iface),
+                                        dip,
+                                        IpNet::from(sip),
+                                        replicas,
+                                        Protocol::Tcp,
+                                        true,
+                                    ));
+                                    n += 1;
+                                }
+                            }
+                        }
+                        if let Some(d) = back_decap.filter(|_| !decaps.iter().any(|(n, _)| n == &src.node)) {
+                            decaps.push((src.node.clone(), d));
+                        }
+                    }
+                }
+            }
+        }
+        (n, decaps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use srv6pipes_crds::{Function, Match, ServiceChainSpec, Sources, StreamDirection, StreamFunction};
+
+    use super::super::{compile, NodeInfo};
+    use super::*;
+
+    fn sel(k: &str, v: &str) -> LabelSelector {
+        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
+    }
+
+    fn pod(name: &str, node: &str, app: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: "default".into(),
+            name: name.into(),
+            node: node.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            ready: true,
+        }
+    }
+
+    /// client (n1) -> fw (n2, End.AD) -> pipes (n3, stream) -> server (n4).
+    fn world() -> World {
+        let node = |i: u8| NodeInfo {
+            name: format!("n{i}"),
+            locator: format!("fcbb:bb00:{i}::/48").parse().unwrap(),
+            pod_cidrs: vec![format!("fd00:10:{i}::/64").parse().unwrap()],
+        };
+        let reg = |node: &str, pod: &str, sid: &str| SidRegistration {
+            node: node.into(),
+            pod_namespace: "default".into(),
+            pod_name: pod.into(),
+            interface: "net1".into(),
+            sid: Sid(sid.parse().unwrap()),
+        };
+        World {
+            nodes: (1..=4).map(node).collect(),
+            pods: vec![
+                pod("client", "n1", "client", "fd00:10:1::2"),
+                pod("fw", "n2", "fw", "fd00:10:2::2"),
+                pod("pipes", "n3", "pipes", "fd00:10:3::2"),
+                pod("server", "n4", "server", "fd00:10:4::2"),
+            ],
+            registrations: vec![reg("n2", "fw", "fcbb:bb00:2:e001::"), reg("n3", "pipes", "fcbb:bb00:3:e001::")],
+        }
+    }
+
+    fn stream(name: &str, function: &str, args: &[(&str, &str)]) -> Function {
+        let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let stream = StreamFunction { function: function.into(), args, direction: StreamDirection::Forward };
+        Function { name: name.into(), pod_selector: sel("app", "pipes"), stream: Some(stream), ..Default::default() }
+    }
+
+    /// The seed's pipeline after a packet firewall, to the server on port 8080.
+    fn spec() -> ServiceChainSpec {
+        ServiceChainSpec {
+            sources: Sources { pod_selector: sel("app", "client") },
+            r#match: Match {
+                destination_prefixes: vec!["fd00:10:4::/64".into()],
+                destination_ports: vec!["8080".into()],
+                protocol: Protocol::Tcp,
+                ..Default::default()
+            },
+            functions: vec![
+                Function { name: "fw".into(), pod_selector: sel("app", "fw"), ..Default::default() },
+                stream("encode", "base64", &[("op", "encode")]),
+                stream("swap", "replace", &[("from", "RvZ3"), ("to", "NhdH")]),
+                stream("decode", "base64", &[("op", "decode")]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn segs(h: &HeadendPolicy) -> Vec<String> {
+        h.segments.iter().map(Sid::to_string).collect()
+    }
+
+    fn run(s: &ServiceChainSpec) -> super::super::Compiled {
+        compile(&world(), &[ChainRef { namespace: "default", name: "pipes", spec: s }])
+    }
+
+    #[test]
+    fn consecutive_stream_functions_on_one_proxy_are_one_hop_at_a_pipeline_sid() {
+        let out = run(&spec());
+        let v = &out.chains[0];
+        assert!(v.ready, "{v:?}");
+        let stream_sid = v.hops[1].replicas[0].sid.clone();
+        assert!(stream_sid.starts_with("fcbb:bb00:3:e001:2:"), "LOC:FUNCT of the proxy, base64's id first: {stream_sid}");
+        assert!(v.hops[1..].iter().all(|h| h.replicas[0].sid == stream_sid), "one process, no other TCP hop");
+        assert_eq!(v.paths[0].segments, ["fcbb:bb00:2:e001::", stream_sid.as_str(), "fcbb:bb00:4:d6::"]);
+        let proxies = &out.nodes["n3"].proxies;
+        assert_eq!(proxies.len(), 1);
+        assert_eq!(proxies[0].behavior, Behavior::Stream);
+        let p = proxies[0].pipeline.as_ref().unwrap();
+        assert_eq!(p.describe(), "base64(op=encode) | replace(from=RvZ3,to=NhdH) | base64(op=decode)");
+        assert_eq!(out.nodes["n2"].proxies[0].behavior, Behavior::EndAD);
+    }
+
+    #[test]
+    fn replies_come_back_through_the_proxies_even_when_not_symmetric() {
+        let out = run(&spec());
+        let stream_sid = out.chains[0].hops[1].replicas[0].sid.clone();
+        // Forward at the client: TCP only, every hop.
+        let fwd = &out.nodes["n1"].headends;
+        assert_eq!(fwd.len(), 1);
+        assert_eq!((fwd[0].proto, fwd[0].ports.clone()), (Some(6), vec![(8080, 8080)]));
+        // At the server's node: its replies (source port 8080) to the proxy, then the client's node.
+        let back = &out.nodes["n4"].headends;
+        assert_eq!(back.len(), 1);
+        assert_eq!(segs(&back[0]), [stream_sid.as_str(), "fcbb:bb00:1:d6::"], "not symmetric: the firewall is skipped");
+        assert_eq!((back[0].source_ports.clone(), back[0].ports.clone()), (vec![(8080, 8080)], vec![]));
+        assert_eq!(back[0].destination.to_string(), "fd00:10:1::2/128");
+        // At the proxy's interface: what it relays back goes straight to the client's node.
+        let relay = &out.nodes["n3"].headends;
+        assert_eq!(relay.len(), 1);
+        assert_eq!(relay[0].source_interface.as_deref(), Some("default/pipes:net1"));
+        assert_eq!(segs(&relay[0]), ["fcbb:bb00:1:d6::"]);
+        assert_eq!(relay[0].source_ports, vec![(8080, 8080)]);
+        assert_eq!(out.nodes["n1"].decaps.len(), 1, "the client's node decapsulates the replies");
+
+        // Symmetric: the firewall sees the replies too, after the proxy.
+        let mut s = spec();
+        s.symmetric = true;
+        let out = run(&s);
+        assert_eq!(segs(&out.nodes["n4"].headends[0]), [stream_sid.as_str(), "fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]);
+        assert_eq!(segs(&out.nodes["n3"].headends[0]), ["fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]);
+    }
+
+    #[test]
+    fn protocol_any_sends_other_traffic_around_the_stream_hops() {
+        let mut s = spec();
+        s.r#match.protocol = Protocol::Any;
+        let out = run(&s);
+        let fwd = &out.nodes["n1"].headends;
+        assert_eq!(fwd.len(), 2);
+        assert_eq!((fwd[0].proto, segs(&fwd[0]).len()), (Some(6), 3), "TCP first (it ranks first in the class)");
+        assert_eq!((fwd[1].proto, segs(&fwd[1])), (None, vec!["fcbb:bb00:2:e001::".to_string(), "fcbb:bb00:4:d6::".into()]));
+        // Only stream functions: nothing but TCP is steered.
+        s.functions.remove(0);
+        let out = run(&s);
+        assert_eq!(out.nodes["n1"].headends.iter().map(|h| h.proto).collect::<Vec<_>>(), [Some(6)]);
+    }
+
+    #[test]
+    fn bad_functions_and_protocols_are_invalid_function_and_program_nothing() {
+        let mut s = spec();
+        s.functions[2] = stream("swap", "replace", &[("from", "RvZ3"), ("too", "NhdH")]);
+        let out = run(&s);
+        let v = &out.chains[0];
+        assert_eq!((v.ready, v.reason), (false, Reason::InvalidFunction));
+        assert!(v.message.contains("function swap") && v.message.contains("too"), "{}", v.message);
+        assert!(out.nodes.values().all(|t| t.headends.is_empty() && t.proxies.is_empty()));
+        let mut s = spec();
+        s.functions[1] = stream("encode", "rot13", &[]);
+        assert!(run(&s).chains[0].message.contains("rot13"));
+        let mut s = spec();
+        s.r#match.protocol = Protocol::Udp;
+        let v = &run(&s).chains[0];
+        assert_eq!(v.reason, Reason::InvalidFunction, "{}", v.message);
+    }
+
+    #[test]
+    fn a_pod_selected_both_ways_is_a_conflict() {
+        let mut s = spec();
+        s.functions[0].pod_selector = sel("app", "pipes");
+        let v = &run(&s).chains[0];
+        assert_eq!((v.ready, v.reason), (false, Reason::Conflict), "{}", v.message);
+        assert!(v.message.contains("default/pipes:net1"), "{}", v.message);
+    }
+
+    #[test]
+    fn stream_functions_apart_are_hops_apart() {
+        let mut s = spec();
+        s.functions.swap(0, 2); // swap(stream), encode(stream), fw, decode(stream)
+        let v = &run(&s).chains[0];
+        assert!(v.ready, "{v:?}");
+        assert_eq!(v.paths[0].segments.len(), 4, "pipes, fw, pipes, decapsulation: {:?}", v.paths);
+        assert_eq!(v.hops[0].replicas[0].sid, v.hops[1].replicas[0].sid);
+        assert_ne!(v.hops[1].replicas[0].sid, v.hops[3].replicas[0].sid, "another pipeline, another SID");
+    }
+}

@@ -1,0 +1,266 @@
+//! The transparent proxy: one listener per stream SID (the pod-side eBPF hands it the SYNs of
+//! its SID, whatever their address and port); per connection, an onward connection from the
+//! client's own address and port to the server's (IP_TRANSPARENT), and the relay between them
+//! through the SID's pipeline.
+//!
+//! Both sockets of a connection get `SO_LINGER` 0 as soon as they exist: a relay that ends
+//! normally has exchanged FINs both ways before closing (no reset then), while one that is
+//! aborted — or a proxy that is killed, whose sockets the kernel closes — resets them, never a
+//! FIN that would make a cut stream look complete.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use srv6::pipes::{Pipeline, StreamCounters, StreamEntry, StreamTable};
+use srv6::sid::Sid;
+use srv6pipes_functions::Chain;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::netns::{unmapped, OUT_MARK};
+use crate::relay::{relay, Abort, Limits};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub limits: Limits,
+    /// Connections relayed at once, over every SID: one more is reset at once.
+    pub max_connections: u64,
+    pub connect_timeout: Duration,
+    pub backlog: u32,
+}
+
+/// One SID's counters.
+#[derive(Default)]
+struct Counters {
+    active: AtomicU64,
+    total: AtomicU64,
+    failed: AtomicU64,
+    bytes: [AtomicU64; 4],
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn fail(&self, reason: &'static str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.errors.lock().expect("not poisoned").entry(reason).or_default() += 1;
+    }
+}
+
+struct Listening {
+    pipeline: Pipeline,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct Proxy {
+    cfg: Config,
+    listeners: Mutex<BTreeMap<(Sid, u16), Listening>>,
+    counters: Mutex<BTreeMap<Sid, (String, Arc<Counters>)>>,
+    active: AtomicU64,
+    draining: AtomicBool,
+    /// Set when the drain time is over: every relay still running is aborted (reset).
+    abort: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub fn new(cfg: Config) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            listeners: Mutex::default(),
+            counters: Mutex::default(),
+            active: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            abort: watch::channel(false).0,
+        })
+    }
+
+    /// Listens for each entry of `table` (a listener whose SID, port and pipeline are unchanged
+    /// is kept; its connections always go on with the pipeline they started with).
+    pub fn apply(self: &Arc<Self>, table: &StreamTable) {
+        if self.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut listeners = self.listeners.lock().expect("not poisoned");
+        listeners.retain(|k, l| table.entries.iter().any(|e| (e.sid, e.port) == *k && e.pipeline == l.pipeline));
+        for e in &table.entries {
+            if listeners.contains_key(&(e.sid, e.port)) {
+                continue;
+            }
+            match self.listen(e) {
+                Ok(l) => {
+                    info!(pod = %table.pod, sid = %e.sid, port = e.port, pipeline = %e.pipeline.describe(), "listening");
+                    listeners.insert((e.sid, e.port), l);
+                }
+                Err(err) => warn!(pod = %table.pod, sid = %e.sid, port = e.port, error = %format!("{err:#}"), "cannot listen"),
+            }
+        }
+    }
+
+    fn listen(self: &Arc<Self>, e: &StreamEntry) -> anyhow::Result<Listening> {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        s.set_only_v6(false)?;
+        s.set_reuse_address(true)?;
+        // The accepted sockets answer from the server's address: transparent, and routed out of
+        // the chain interface by their mark (inherited from the listener).
+        s.set_ip_transparent_v6(true)?;
+        s.set_mark(OUT_MARK)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), e.port).into())?;
+        s.listen(self.cfg.backlog as i32)?;
+        let listener = TcpListener::from_std(s.into())?;
+        let counters = {
+            let mut all = self.counters.lock().expect("not poisoned");
+            all.entry(e.sid).or_insert_with(|| (e.pipeline.describe(), Arc::default())).1.clone()
+        };
+        let proxy = self.clone();
+        let pipeline = e.pipeline.clone();
+        let sid = e.sid;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((client, _)) => {
+                        tokio::spawn(proxy.clone().connection(client, pipeline.clone(), counters.clone(), sid));
+                    }
+                    Err(err) => {
+                        warn!(%sid, error = %err, "accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Listening { pipeline: e.pipeline.clone(), task })
+    }
+
+    /// One client connection, start to end.
+    async fn connection(self: Arc<Self>, client: TcpStream, pipeline: Pipeline, c: Arc<Counters>, sid: Sid) {
+        let _ = client.set_zero_linger();
+        let _ = client.set_nodelay(true);
+        c.total.fetch_add(1, Ordering::Relaxed);
+        let (Ok(from), Ok(to)) = (client.peer_addr(), client.local_addr()) else {
+            c.fail("reset");
+            return;
+        };
+        let (from, to) = (SocketAddr::new(unmapped(from.ip()), from.port()), SocketAddr::new(unmapped(to.ip()), to.port()));
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            c.fail("limit");
+            return; // dropped with linger 0: reset
+        }
+        c.active.fetch_add(1, Ordering::Relaxed);
+        let reason = self.relay_to(client, from, to, &pipeline, &c).await;
+        if let Some(reason) = reason {
+            c.fail(reason);
+            tracing::debug!(%sid, %from, %to, reason, "connection reset");
+        }
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connects onward and relays; the reason of a reset, if it ended in one.
+    async fn relay_to(
+        &self,
+        client: TcpStream,
+        from: SocketAddr,
+        to: SocketAddr,
+        pipeline: &Pipeline,
+        c: &Counters,
+    ) -> Option<&'static str> {
+        let server = match tokio::time::timeout(self.cfg.connect_timeout, connect_as(from, to)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some("connect_refused"),
+            Ok(Err(_)) => return Some("connect_error"),
+            Err(_) => return Some("connect_timeout"),
+        };
+        let _ = server.set_nodelay(true);
+        let build = |stages: Vec<&srv6::pipes::Stage>| -> Option<Chain> {
+            stages.into_iter().map(|s| srv6pipes_functions::build(&s.function, &s.args).ok().map(|f| f.1)).collect::<Option<_>>().map(Chain)
+        };
+        let (Some(forward), Some(reverse)) = (build(pipeline.forward().collect()), build(pipeline.reverse().collect())) else {
+            return Some("function");
+        };
+        let mut abort = self.abort.subscribe();
+        let report = tokio::select! {
+            r = relay(client, server, forward, reverse, self.cfg.limits) => r,
+            // Both sockets have linger 0: dropping the relay resets them.
+            _ = abort.wait_for(|a| *a) => return Some("drain"),
+        };
+        for (i, n) in
+            [report.forward.bytes_in, report.forward.bytes_out, report.reverse.bytes_in, report.reverse.bytes_out].into_iter().enumerate()
+        {
+            c.bytes[i].fetch_add(n, Ordering::Relaxed);
+        }
+        match report.aborted {
+            None => None,
+            Some(Abort::Connection(_)) => Some("reset"),
+            Some(Abort::Function(_)) => Some("function"),
+            Some(Abort::Idle) => Some("idle"),
+        }
+    }
+
+    /// SIGTERM: no new connection (listeners closed: the stack resets new SYNs, and the chain's
+    /// other replicas get the new flows once this pod is not ready), the current ones drain for
+    /// at most `drain`, then the rest are reset.
+    pub async fn drain(&self, drain: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.listeners.lock().expect("not poisoned").clear();
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.active.load(Ordering::Acquire);
+        if left > 0 {
+            warn!(connections = left, "drain time over: resetting");
+            self.abort.send_replace(true);
+            while self.active.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    pub fn counters(&self) -> Vec<StreamCounters> {
+        let all = self.counters.lock().expect("not poisoned");
+        all.iter()
+            .map(|(sid, (function, c))| StreamCounters {
+                pod: String::new(),
+                sid: *sid,
+                function: function.clone(),
+                active: c.active.load(Ordering::Relaxed),
+                total: c.total.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                forward_in: c.bytes[0].load(Ordering::Relaxed),
+                forward_out: c.bytes[1].load(Ordering::Relaxed),
+                reverse_in: c.bytes[2].load(Ordering::Relaxed),
+                reverse_out: c.bytes[3].load(Ordering::Relaxed),
+                errors: c.errors.lock().expect("not poisoned").iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            })
+            .collect()
+    }
+}
+
+/// A connection to `to` from `from` (the client's address and port: transparent), marked to
+/// leave by the chain interface, with linger 0.
+async fn connect_as(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    if to.is_ipv6() {
+        s.set_ip_transparent_v6(true)?;
+    } else {
+        s.set_ip_transparent_v4(true)?;
+    }
+    s.set_mark(OUT_MARK)?;
+    s.set_reuse_address(true)?;
+    s.set_linger(Some(Duration::ZERO))?;
+    s.set_nonblocking(true)?;
+    s.bind(&from.into())?;
+    let socket = TcpSocket::from_std_stream(s.into());
+    socket.connect(to).await
+}
