@@ -683,9 +683,11 @@ impl Node {
             (r.sid, behavior)
         });
         let decaps = self.installed.decaps.iter().map(|s| (*s, "End.DT46"));
-        for (sid, behavior) in proxies.chain(decaps) {
+        let streams = self.installed.streams.iter().map(|s| (*s, "End.STREAM"));
+        for (sid, behavior) in proxies.chain(decaps).chain(streams) {
             let s = self.datapath.sid_stats(sid.0)?;
-            sids.push(SidCounters { sid, behavior: behavior.into(), packets: s.packets, bytes: s.bytes, drops: s.drops });
+            let function = self.stream_function(sid);
+            sids.push(SidCounters { sid, behavior: behavior.into(), function, packets: s.packets, bytes: s.bytes, drops: s.drops });
         }
         let drops = self.datapath.drop_reasons()?.into_iter().map(|(r, n)| (r.name().to_string(), n)).collect();
         let mut chains: BTreeMap<&str, ChainCounters> = BTreeMap::new();
@@ -708,11 +710,12 @@ impl Node {
         let stats = self.stats()?;
         let node = &self.name;
         let mut out = String::new();
+        let funct = |sid: Sid| self.locator.stream_arg_of(sid).map_or(self.locator.funct_of(sid), |a| Some(a.funct));
         let owner = |sid: Sid| {
             self.state
                 .registrations
                 .iter()
-                .find(|r| r.sid == sid)
+                .find(|r| Some(r.funct) == funct(sid))
                 .map_or((String::new(), String::new()), |r| (pod_of(&r.attachment), r.attachment.ifname.clone()))
         };
         type Field = fn(&SidCounters) -> u64;
@@ -754,6 +757,7 @@ impl Node {
         for (event, n) in &stats.events {
             writeln!(out, "srv6pipes_events_total{{node=\"{node}\",event=\"{event}\"}} {n}")?;
         }
+        stream::write_metrics(&mut out, node, &stats.streams)?;
         writeln!(out, "# HELP srv6pipes_sids Proxy SIDs allocated on this node.\n# TYPE srv6pipes_sids gauge")?;
         writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
         Ok(out)

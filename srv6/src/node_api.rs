@@ -193,6 +193,9 @@ pub struct ChainCounters {
 pub struct SidCounters {
     pub sid: Sid,
     pub behavior: String,
+    /// End.STREAM: the functions its proxy applies, e.g. `base64(op=encode)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub drops: u64,

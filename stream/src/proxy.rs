@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::netns::{unmapped, OUT_MARK};
-use crate::relay::{relay, Abort, Limits};
+use crate::relay::{relay, Abort, Limits, Meters};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -40,7 +40,7 @@ struct Counters {
     active: AtomicU64,
     total: AtomicU64,
     failed: AtomicU64,
-    bytes: [AtomicU64; 4],
+    bytes: Meters,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -190,15 +190,10 @@ impl Proxy {
         };
         let mut abort = self.abort.subscribe();
         let report = tokio::select! {
-            r = relay(client, server, forward, reverse, self.cfg.limits) => r,
+            r = relay(client, server, forward, reverse, self.cfg.limits, &c.bytes) => r,
             // Both sockets have linger 0: dropping the relay resets them.
             _ = abort.wait_for(|a| *a) => return Some("drain"),
         };
-        for (i, n) in
-            [report.forward.bytes_in, report.forward.bytes_out, report.reverse.bytes_in, report.reverse.bytes_out].into_iter().enumerate()
-        {
-            c.bytes[i].fetch_add(n, Ordering::Relaxed);
-        }
         match report.aborted {
             None => None,
             Some(Abort::Connection(_)) => Some("reset"),
@@ -237,10 +232,10 @@ impl Proxy {
                 active: c.active.load(Ordering::Relaxed),
                 total: c.total.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
-                forward_in: c.bytes[0].load(Ordering::Relaxed),
-                forward_out: c.bytes[1].load(Ordering::Relaxed),
-                reverse_in: c.bytes[2].load(Ordering::Relaxed),
-                reverse_out: c.bytes[3].load(Ordering::Relaxed),
+                forward_in: c.bytes.forward[0].load(Ordering::Relaxed),
+                forward_out: c.bytes.forward[1].load(Ordering::Relaxed),
+                reverse_in: c.bytes.reverse[0].load(Ordering::Relaxed),
+                reverse_out: c.bytes.reverse[1].load(Ordering::Relaxed),
                 errors: c.errors.lock().expect("not poisoned").iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             })
             .collect()

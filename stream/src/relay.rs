@@ -67,15 +67,30 @@ pub struct Report {
 
 /// Relays `client` <-> `server` through `forward` (client to server) and `reverse`, until both
 /// directions ended or something aborts them. The connections are closed on return.
-pub async fn relay(mut client: TcpStream, mut server: TcpStream, forward: Chain, reverse: Chain, limits: Limits) -> Report {
+/// Live byte counts of one or more relays (in: read from the sender, out: written after the
+/// functions), added to as the bytes go.
+#[derive(Debug, Default)]
+pub struct Meters {
+    pub forward: [AtomicU64; 2],
+    pub reverse: [AtomicU64; 2],
+}
+
+pub async fn relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    forward: Chain,
+    reverse: Chain,
+    limits: Limits,
+    meters: &Meters,
+) -> Report {
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let mut report = Report { forward: DirectionStats::default(), reverse: DirectionStats::default(), aborted: None };
     {
         let (cr, cw) = client.split();
         let (sr, sw) = server.split();
-        let fwd = pump(cr, sw, forward, limits.read_size, start, &last);
-        let rev = pump(sr, cw, reverse, limits.read_size, start, &last);
+        let fwd = pump(cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
+        let rev = pump(sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
         tokio::pin!(fwd, rev);
         let (mut fwd_done, mut rev_done) = (false, false);
         while !(fwd_done && rev_done) {
@@ -110,8 +125,8 @@ async fn pump(
     mut to: WriteHalf<'_>,
     mut chain: Chain,
     read_size: usize,
-    start: Instant,
-    last: &AtomicU64,
+    (start, last): (Instant, &AtomicU64),
+    meter: &[AtomicU64; 2],
 ) -> Result<DirectionStats, Abort> {
     let conn = |e: std::io::Error| Abort::Connection(e.to_string());
     let mut stats = DirectionStats::default();
@@ -122,6 +137,8 @@ async fn pump(
         let data = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
         stats.bytes_in += n as u64;
         stats.bytes_out += data.len() as u64;
+        meter[0].fetch_add(n as u64, Ordering::Relaxed);
+        meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
         to.write_all(&data).await.map_err(conn)?;
         if n == 0 {
@@ -151,7 +168,7 @@ mod tests {
             let (client_side, _) = front.accept().await.unwrap();
             let server_side = TcpStream::connect(back_addr).await.unwrap();
             ready.send(()).unwrap();
-            relay(client_side, server_side, forward, reverse, limits).await
+            relay(client_side, server_side, forward, reverse, limits, &Meters::default()).await
         });
         let client = TcpStream::connect(front_addr).await.unwrap();
         let (server, _) = back.accept().await.unwrap();

@@ -750,9 +750,11 @@ fn sid_rows(st: &LabState, live: &Live) -> Vec<Value> {
     for n in &st.nodes {
         let (Some(sids), Some(stats)) = (live.sids.get(&n.name), live.stats.get(&n.name)) else { continue };
         for c in &stats.sids {
-            let owner = sids.registrations.iter().find(|r| r.sid == c.sid);
+            // A stream SID belongs to the interface whose LOC:FUNCT it carries.
+            let funct = n.locator.stream_arg_of(c.sid).map(|a| a.funct);
+            let owner = sids.registrations.iter().find(|r| n.locator.funct_of(r.sid) == funct);
             rows.push(json!({
-                "node": n.name, "sid": c.sid.to_string(), "behavior": c.behavior,
+                "node": n.name, "sid": c.sid.to_string(), "behavior": c.behavior, "function": c.function,
                 "pod": owner.map(|r| format!("{}/{}", r.pod_namespace, r.pod_name)),
                 "interface": owner.map(|r| r.interface.clone()),
                 "packets": c.packets, "bytes": c.bytes, "drops": c.drops,
@@ -783,6 +785,7 @@ fn status_json(st: &LabState) -> Value {
             "running": p.pid.is_some_and(sys::alive),
         })).collect::<Vec<_>>(),
         "sids": sid_rows(st, &live),
+        "streams": stream_rows(&live),
         "drops": live.drops(),
         "events": live.events(),
         "chains": chains_or_warn(st),
@@ -790,21 +793,62 @@ fn status_json(st: &LabState) -> Value {
 }
 
 fn print_sids(rows: &[Value]) {
-    println!("SID                     NODE        BEHAVIOR  OWNER                   PACKETS     BYTES  DROPS");
+    let width = rows.iter().filter_map(|r| r["sid"].as_str()).map(str::len).max().unwrap_or(0).max(23);
+    println!("{:<width$} NODE        BEHAVIOR    OWNER                   PACKETS     BYTES  DROPS  FUNCTION", "SID");
     for r in rows {
         let owner = match (r["pod"].as_str(), r["interface"].as_str()) {
             (Some(p), Some(i)) => format!("{p}:{i}"),
             _ => "-".into(),
         };
         println!(
-            "{:<23} {:<11} {:<9} {:<21} {:>9} {:>9} {:>6}",
+            "{:<width$} {:<11} {:<11} {:<21} {:>9} {:>9} {:>6}  {}",
             r["sid"].as_str().unwrap_or_default(),
             r["node"].as_str().unwrap_or_default(),
             r["behavior"].as_str().unwrap_or_default(),
             owner,
             r["packets"].as_u64().unwrap_or_default(),
             r["bytes"].as_u64().unwrap_or_default(),
-            r["drops"].as_u64().unwrap_or_default()
+            r["drops"].as_u64().unwrap_or_default(),
+            r["function"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+/// Every stream proxy's counters per SID (SRv6 pipes), as their nodes last heard them.
+fn stream_rows(live: &Live) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for (node, s) in &live.stats {
+        for c in &s.streams {
+            let mut v = serde_json::to_value(c).expect("counters serialize");
+            v["node"] = json!(node);
+            rows.push(v);
+        }
+    }
+    rows
+}
+
+fn print_streams(rows: &[Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\nSTREAM PROXY            FUNCTION                               ACTIVE  TOTAL FAILED   FWD IN  FWD OUT   REV IN  REV OUT  ERRORS"
+    );
+    for r in rows {
+        let errors: Vec<String> = r["errors"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        let n = |k: &str| r[k].as_u64().unwrap_or_default();
+        println!(
+            "{:<23} {:<38} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8}  {}",
+            r["pod"].as_str().unwrap_or_default(),
+            r["function"].as_str().unwrap_or_default(),
+            n("active"),
+            n("total"),
+            n("failed"),
+            n("forward_in"),
+            n("forward_out"),
+            n("reverse_in"),
+            n("reverse_out"),
+            if errors.is_empty() { "none".into() } else { errors.join(" ") }
         );
     }
 }
@@ -824,6 +868,7 @@ fn print_text(st: &LabState, _dir: &Path) {
     }
     println!();
     print_sids(&sid_rows(st, &live));
+    print_streams(&stream_rows(&live));
     println!("\nCHAIN                 READY  REASON       PATH");
     for c in &chains_or_warn(st) {
         let s = c.status.clone().unwrap_or_default();
@@ -873,13 +918,15 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
         .collect();
     let drops = live.drops();
     let sids = sid_rows(&st, &live);
+    let streams = stream_rows(&live);
     match format {
         Format::Json => {
-            let doc = json!({"sids": sids, "chains": chains, "drops": drops, "events": live.events()});
+            let doc = json!({"sids": sids, "streams": streams, "chains": chains, "drops": drops, "events": live.events()});
             println!("{}", serde_json::to_string_pretty(&doc)?)
         }
         Format::Text => {
             print_sids(&sids);
+            print_streams(&streams);
             println!("\nCHAIN                   HEADEND       PACKETS      BYTES  DROPS");
             for c in &chains {
                 println!(
@@ -916,11 +963,16 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
     let key = format!("{ns}/{name}");
     let live = live(&st);
     let status = c.status.clone().unwrap_or_default();
+    let sid_counters = |node: &str, sid: &str| live.stats.get(node).and_then(|s| s.sids.iter().find(|x| x.sid.to_string() == sid));
     let counters = |node: &str, sid: &str| -> Value {
-        live.stats
-            .get(node)
-            .and_then(|s| s.sids.iter().find(|x| x.sid.to_string() == sid))
-            .map_or(Value::Null, |x| json!({"packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
+        sid_counters(node, sid).map_or(Value::Null, |x| json!({"packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
+    };
+    // A stream SID: what its proxy applies (from its node), else what its ARG names.
+    let function = |node: &str, sid: &str| -> Option<String> {
+        sid_counters(node, sid).and_then(|x| x.function.clone()).or_else(|| {
+            let (n, sid) = (st.nodes.iter().find(|n| n.name == node)?, srv6::sid::Sid(sid.parse().ok()?));
+            srv6::pipes::decode(&n.locator, sid, None)
+        })
     };
     let headends: Vec<Value> = live
         .stats
@@ -939,7 +991,10 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
             let replicas: Vec<Value> = h
                 .replicas
                 .iter()
-                .map(|r| json!({"pod": r.pod, "node": r.node, "sid": r.sid, "counters": counters(&r.node, &r.sid)}))
+                .map(|r| {
+                    let f = function(&r.node, &r.sid);
+                    json!({"pod": r.pod, "node": r.node, "sid": r.sid, "function": f, "counters": counters(&r.node, &r.sid)})
+                })
                 .collect();
             json!({"function": h.function, "replicas": replicas})
         })
@@ -968,13 +1023,14 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
             for (i, h) in hops.iter().enumerate() {
                 for r in h["replicas"].as_array().into_iter().flatten() {
                     println!(
-                        "  hop {}     {:<5} {:<10} {:<22} {:<10} {}",
+                        "  hop {}     {:<5} {:<10} {:<22} {:<10} {}{}",
                         i + 1,
                         r["node"].as_str().unwrap_or_default(),
                         h["function"].as_str().unwrap_or_default(),
                         r["sid"].as_str().unwrap_or_default(),
                         r["pod"].as_str().unwrap_or_default(),
-                        fmt(&r["counters"])
+                        fmt(&r["counters"]),
+                        r["function"].as_str().map(|f| format!("  [{f}]")).unwrap_or_default()
                     );
                 }
             }

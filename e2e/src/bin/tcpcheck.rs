@@ -1,0 +1,183 @@
+//! tcpcheck: the TCP ends of the SRv6 pipes tests (std only). Every outcome is one line on
+//! stdout: `eof <bytes>` (a clean end of stream), `reset <bytes>` (ECONNRESET: the peer reset),
+//! `reply <text>`, or a JSON summary.
+//!
+//!   tcpcheck serve PORT reply          read to EOF, answer "got N", close (half-close check)
+//!   tcpcheck serve PORT reset-after N  read N bytes, then reset (SO_LINGER 0)
+//!   tcpcheck serve PORT watch          read to the end; print how it ended (once)
+//!   tcpcheck half-close ADDR N         send N bytes, shut down writing, print what comes back
+//!   tcpcheck expect-end ADDR           send a line, print how the connection ends
+//!   tcpcheck trickle ADDR SECONDS      send 1 KiB every 20 ms; print how it ended
+//!   tcpcheck concurrent ADDR N         N connections open at once, each half-closes after
+//!                                      1 KiB and checks the "got 1024" reply; JSON counts
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = match a.as_slice() {
+        ["serve", port, mode, rest @ ..] => serve(port.parse().expect("port"), mode, rest),
+        ["half-close", addr, n] => half_close(addr, n.parse().expect("bytes")),
+        ["expect-end", addr] => expect_end(addr),
+        ["trickle", addr, secs] => trickle(addr, secs.parse().expect("seconds")),
+        ["concurrent", addr, n] => concurrent(addr, n.parse().expect("count")),
+        _ => {
+            eprintln!("usage: see the source's header");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn addr(s: &str) -> std::io::Result<SocketAddr> {
+    s.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("no address {s}")))
+}
+
+fn connect(to: &str) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr(to)?, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+/// Reads to the end: (bytes, whether it ended in a reset).
+fn drain(s: &mut TcpStream) -> std::io::Result<(u64, bool)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((n, false)),
+            Ok(k) => n += k as u64,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok((n, true)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn outcome((n, reset): (u64, bool)) -> String {
+    format!("{} {n}", if reset { "reset" } else { "eof" })
+}
+
+fn serve(port: u16, mode: &str, rest: &[&str]) -> std::io::Result<()> {
+    let l = TcpListener::bind(("::", port))?;
+    let once = mode == "watch";
+    for conn in l.incoming() {
+        let mut s = conn?;
+        let mode = mode.to_string();
+        let after: u64 = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let handle = std::thread::spawn(move || -> std::io::Result<()> {
+            match mode.as_str() {
+                "reply" => {
+                    let (n, _) = drain(&mut s)?;
+                    s.write_all(format!("got {n}").as_bytes())?;
+                }
+                "reset-after" => {
+                    let mut buf = vec![0u8; after as usize];
+                    s.read_exact(&mut buf)?;
+                    socket_linger_zero(&s)?;
+                }
+                "watch" => println!("{}", outcome(drain(&mut s)?)),
+                other => return Err(std::io::Error::other(format!("unknown mode {other}"))),
+            }
+            Ok(())
+        });
+        if once {
+            return handle.join().expect("no panic");
+        }
+    }
+    Ok(())
+}
+
+/// `SO_LINGER` 0: closing the socket resets the connection.
+fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    let l = nix::sys::socket::sockopt::Linger;
+    nix::sys::socket::setsockopt(s, l, &nix::libc::linger { l_onoff: 1, l_linger: 0 }).map_err(std::io::Error::from)
+}
+
+fn half_close(to: &str, n: usize) -> std::io::Result<()> {
+    let mut s = connect(to)?;
+    let data: Vec<u8> = (0..n).map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27]).collect();
+    s.write_all(&data)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut back = Vec::new();
+    match s.read_to_end(&mut back) {
+        Ok(_) => println!("reply {}", String::from_utf8_lossy(&back)),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => println!("reset {}", back.len()),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn expect_end(to: &str) -> std::io::Result<()> {
+    let mut s = connect(to)?;
+    // The proxy has accepted already; what matters is how the connection then ends.
+    let _ = s.write_all(b"hello\n");
+    println!("{}", outcome(drain(&mut s)?));
+    Ok(())
+}
+
+fn trickle(to: &str, secs: u64) -> std::io::Result<()> {
+    let mut s = connect(to)?;
+    let chunk = [b'x'; 1024];
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        match s.write_all(&chunk) {
+            Ok(()) => sent += chunk.len() as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                println!("reset {sent}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.shutdown(Shutdown::Write)?;
+    let (_, reset) = drain(&mut s)?;
+    println!("{} {sent}", if reset { "reset" } else { "eof" });
+    Ok(())
+}
+
+fn concurrent(to: &str, n: usize) -> std::io::Result<()> {
+    let to = addr(to)?;
+    let barrier = Arc::new(Barrier::new(n));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (barrier, ok, failed) = (barrier.clone(), ok.clone(), failed.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(20));
+                    // Every connection is open before any sends: N at once through the proxies.
+                    barrier.wait();
+                    let good = conn.and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                        s.write_all(&[b'y'; 1024])?;
+                        s.shutdown(Shutdown::Write)?;
+                        let mut back = String::new();
+                        s.read_to_string(&mut back)?;
+                        Ok(back == "got 1024")
+                    });
+                    if matches!(good, Ok(true)) { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                })
+                .expect("a thread")
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    println!("{{\"ok\": {}, \"failed\": {}}}", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    Ok(())
+}

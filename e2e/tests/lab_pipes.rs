@@ -1,0 +1,298 @@
+//! SRv6 pipes on the real kernel (examples/lab-pipes.yaml): bytestream functions in
+//! srv6pipes-stream proxies, chained by SRv6 with a packet function, across nodes. The seed's
+//! pipeline turns "I love dogs!" into "I love cats!" and the server sees the client's own
+//! address and port; 4 MiB cross compress (n1) and decompress (n2) intact, compressed in
+//! between; TCP's ends (half-close, resets, refusals) hold end to end; 1,000 connections at
+//! once; a killed proxy resets its connections and its replica takes the new ones; pods outside
+//! the chain cannot reach the proxies' SIDs. Needs root, nftables and socat.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::{pod_ip, repo_root, target_dir, wait_for, Lab};
+
+fn pipes(tag: &str) -> Lab {
+    let lab = Lab::new(tag);
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-pipes.yaml").to_str().unwrap()]);
+    wait_for("the firewall's rules", Duration::from_secs(10), || {
+        lab.exec("firewall", &["nft", "list", "table", "inet", "vnf"]).status.success()
+    });
+    wait_for("the proxies' listeners", Duration::from_secs(10), || {
+        ["pipes-a", "pipes-b"].iter().all(|p| String::from_utf8_lossy(&lab.exec(p, &["ss", "-Hltn"]).stdout).matches(":4000").count() >= 2)
+    });
+    lab
+}
+
+fn tcpcheck() -> String {
+    target_dir().join("tcpcheck").display().to_string()
+}
+
+/// `tcpcheck ARGS` run straight in `pod`'s netns (`ip netns exec` replaces itself with it, so
+/// the child is tcpcheck itself: killing it stops it).
+fn tcpcheck_in(lab: &Lab, pod: &str, args: &[&str]) -> Command {
+    let st = lab.status();
+    let netns = st["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod).unwrap()["netns"].as_str().unwrap().to_string();
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &netns, &tcpcheck()]).args(args);
+    c
+}
+
+/// `tcpcheck serve PORT MODE` in the server pod, in the background, once it listens.
+fn serve(lab: &Lab, port: u16, mode: &[&str]) -> std::process::Child {
+    let port_s = port.to_string();
+    let mut args = vec!["serve", port_s.as_str()];
+    args.extend_from_slice(mode);
+    let child = tcpcheck_in(lab, "server", &args).stdout(Stdio::piped()).spawn().unwrap();
+    wait_for("the server to listen", Duration::from_secs(10), || {
+        !lab.exec("server", &["ss", "-Hltn", "sport", "=", &format!(":{port}")]).stdout.is_empty()
+    });
+    child
+}
+
+/// Stops a `serve` and waits until nothing listens on its port.
+fn stop(lab: &Lab, mut server: std::process::Child, port: u16) {
+    let _ = server.kill();
+    let _ = server.wait();
+    wait_for("the server to stop listening", Duration::from_secs(5), || {
+        lab.exec("server", &["ss", "-Hltn", "sport", "=", &format!(":{port}")]).stdout.is_empty()
+    });
+}
+
+/// `tcpcheck ARGS` in the client pod: its one line of outcome.
+fn client(lab: &Lab, args: &[&str]) -> String {
+    let out = tcpcheck_in(lab, "client", args).output().unwrap();
+    assert!(out.status.success(), "tcpcheck {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn target(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The stream proxies' counters (`stats -o json`): the entry of `pod` whose function starts so.
+fn proxy_counters(lab: &Lab, pod: &str, function: &str) -> Value {
+    let st = lab.status();
+    st["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pod"] == format!("default/{pod}") && s["function"].as_str().unwrap_or_default().starts_with(function))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {function} counters for {pod}: {}", st["streams"]))
+}
+
+fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
+    let st = lab.status();
+    st["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(node, reasons)| reasons.as_object().unwrap().iter().map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap())))
+        .filter(|(_, _, n)| *n > 0)
+        .collect()
+}
+
+/// The seed's pipeline (base64 on n1, replace + base64 -d in one process on n2) over IPv6 and
+/// IPv4: the server prints "I love cats!" from the client's own address and port. Then 4 MiB of
+/// text through the mixed chain (End.AD firewall on n2, zstd compress on n1, decompress on n2):
+/// the same SHA-256 at the server, at most a quarter of it between the proxies, the firewall
+/// counted it. A pod outside the chains cannot reach a proxy's SID. No srv6pipes drop.
+#[test]
+fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
+    require_lab!("nft", "socat", "ss", "sha256sum");
+    let lab = pipes("seed");
+    let st = lab.status();
+    let log = lab.state.join("logs/pod-default-server.log");
+    for (v6, port) in [(true, "41001"), (false, "41002")] {
+        let server = pod_ip(&st, "server", v6);
+        let to = if v6 { format!("TCP6:[{server}]:8080") } else { format!("TCP4:{server}:8080") };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf 'I love dogs!' | {} lab --name {} --state-dir {} exec client -- socat -u - {to},sourceport={port},connect-timeout=5",
+                target_dir().join("srv6pipes").display(),
+                lab.name,
+                lab.state.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let client = pod_ip(&st, "client", v6);
+        let client_hex: String = if v6 {
+            client.parse::<std::net::Ipv6Addr>().unwrap().segments().iter().map(|s| format!("{s:04x}")).collect::<Vec<_>>().join(":")
+        } else {
+            let o = client.parse::<std::net::Ipv4Addr>().unwrap().octets();
+            format!("0000:0000:0000:0000:0000:ffff:{:02x}{:02x}:{:02x}{:02x}", o[0], o[1], o[2], o[3])
+        };
+        let want = format!("from [{client_hex}]:{port}: I love cats!");
+        wait_for(&format!("{want:?} in the server's log"), Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains(&want)
+        });
+    }
+
+    // 4 MiB of text that compresses well, through firewall -> compress -> decompress.
+    let text: String = {
+        let words = ["srv6", "pipes", "segment", "routing", "stream", "function", "proxy", "chain", "kernel", "bytes"];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut s = String::with_capacity(4 << 20);
+        while s.len() < 4 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push_str(words[(x % 10) as usize]);
+            s.push(if x % 11 == 0 { '\n' } else { ' ' });
+        }
+        s.truncate(4 << 20);
+        s
+    };
+    // In the lab's state directory: `down` removes them with it, even after a failure.
+    let sent = lab.state.join("sent");
+    let got = lab.state.join("got");
+    std::fs::write(&sent, &text).unwrap();
+    let server6 = pod_ip(&st, "server", true);
+    let recv = lab
+        .cmd(&["exec", "server", "--", "socat", "-u", "TCP6-LISTEN:9000,reuseaddr", &format!("OPEN:{},creat,trunc", got.display())])
+        .spawn()
+        .unwrap();
+    wait_for("the server on 9000", Duration::from_secs(10), || {
+        !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":9000"]).stdout.is_empty()
+    });
+    let out =
+        lab.exec("client", &["socat", "-u", &format!("OPEN:{}", sent.display()), &format!("TCP6:[{server6}]:9000,connect-timeout=5")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = recv.wait_with_output().unwrap().status;
+    assert!(status.success());
+    let sha = |p: &std::path::Path| {
+        String::from_utf8_lossy(&Command::new("sha256sum").arg(p).output().unwrap().stdout).split(' ').next().unwrap().to_string()
+    };
+    assert_eq!(sha(&got), sha(&sent), "the server got exactly what the client sent");
+    // (The proxies report their counters each second.)
+    wait_for("the decompressing proxy's counters", Duration::from_secs(5), || {
+        lab.status()["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["function"].as_str().unwrap_or_default().contains("decompress") && s["forward_out"] == text.len() as u64)
+    });
+    let squeezed = proxy_counters(&lab, "pipes-b", "compress");
+    let wire = squeezed["forward_in"].as_u64().unwrap();
+    assert!(wire > 0 && wire * 4 <= text.len() as u64, "the decompressing proxy received {wire} bytes for {} sent", text.len());
+    assert_eq!(squeezed["forward_out"].as_u64().unwrap(), text.len() as u64, "{squeezed}");
+    let fw = lab.nft_counters("firewall", "inet vnf");
+    assert!(fw[0] > 100, "the packet function saw the transfer: {fw:?}");
+
+    // Closed domain: the client addresses a proxy's stream SID directly: dropped at its node.
+    let sid = st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "squeeze").unwrap()["status"]["hops"][1]
+        ["replicas"][0]["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = drops(&lab).iter().filter(|(_, r, _)| r == "closed_domain").map(|d| d.2).sum::<u64>();
+    let out = lab.exec("client", &["socat", "-u", "-", &format!("TCP6:[{sid}]:9000,connect-timeout=2")]);
+    assert!(!out.status.success(), "a pod reached stream SID {sid}");
+    let after: Vec<_> = drops(&lab);
+    assert!(after.iter().filter(|(_, r, _)| r == "closed_domain").map(|d| d.2).sum::<u64>() > before, "{after:?}");
+    assert!(after.iter().all(|(_, r, _)| r == "closed_domain"), "srv6pipes dropped nothing else: {after:?}");
+}
+
+/// TCP's ends through two proxies (compress / decompress): a half-closed client still gets the
+/// server's answer; a server's reset reaches the client as a reset; a refused onward connection
+/// resets the client (the proxy had answered its SYN); 1,000 connections at once all complete.
+#[test]
+fn tcp_semantics_hold_end_to_end_through_the_proxies() {
+    require_lab!("nft", "ss");
+    let lab = pipes("tcp");
+    let st = lab.status();
+    let server6 = pod_ip(&st, "server", true);
+    let server4 = pod_ip(&st, "server", false);
+    let srv = serve(&lab, 9000, &["reply"]);
+    for s in [&server6, &server4] {
+        assert_eq!(client(&lab, &["half-close", &target(s, 9000), "300000"]), "reply got 300000", "to {s}");
+    }
+    let many = client(&lab, &["concurrent", &target(&server6, 9000), "1000"]);
+    let v: Value = serde_json::from_str(&many).unwrap();
+    assert_eq!(
+        (v["ok"].as_u64(), v["failed"].as_u64()),
+        (Some(1000), Some(0)),
+        "{many}; {:?}",
+        proxy_counters(&lab, "pipes-a", "compress")
+    );
+    stop(&lab, srv, 9000);
+
+    let srv = serve(&lab, 9000, &["reset-after", "6"]);
+    assert!(client(&lab, &["expect-end", &target(&server6, 9000)]).starts_with("reset"), "the server's reset reaches the client");
+    stop(&lab, srv, 9000);
+    // Nobody listens: the proxy already answered the client's SYN, so the client gets a reset.
+    assert!(client(&lab, &["expect-end", &target(&server6, 9000)]).starts_with("reset"), "a refusal reaches the client as a reset");
+    wait_for("the refusal counted", Duration::from_secs(5), || {
+        proxy_counters(&lab, "pipes-b", "compress")["errors"]["connect_refused"].as_u64().unwrap_or(0) >= 1
+    });
+}
+
+/// Two replicas of the decompressing proxy (n2 and n3). One is killed (SIGKILL) mid-transfer:
+/// both the client and the server see a reset, never a clean end; once the lab reprograms
+/// (the pod is not ready), new connections take the other replica.
+#[test]
+fn a_killed_proxy_resets_its_connections_and_its_replica_takes_new_ones() {
+    require_lab!("nft", "ss");
+    let lab = pipes("kill");
+    let replica = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: pipes-b-1
+  labels: {app: pipes-b}
+  annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}
+spec:
+  nodeName: n3
+  containers: [{name: proxy, image: localhost/srv6pipes-stream, command: ["srv6pipes-stream"]}]
+"#;
+    let out = lab.run_yaml("apply", replica);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the replica's listeners", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&lab.exec("pipes-b-1", &["ss", "-Hltn"]).stdout).matches(":4000").count() >= 2
+    });
+    let st = lab.status();
+    let server6 = pod_ip(&st, "server", true);
+    let watch = serve(&lab, 9000, &["watch"]);
+    let trickle = tcpcheck_in(&lab, "client", &["trickle", &target(&server6, 9000), "20"]).stdout(Stdio::piped()).spawn().unwrap();
+    // The replica relaying the connection.
+    let mut busy = String::new();
+    wait_for("a replica relaying the transfer", Duration::from_secs(10), || {
+        let st = lab.status();
+        let active = st["streams"].as_array().unwrap().iter().find(|s| {
+            s["pod"].as_str().unwrap_or_default().starts_with("default/pipes-b")
+                && s["function"].as_str().unwrap_or_default().contains("decompress")
+                && s["active"] == 1
+        });
+        busy = active.map(|s| s["pod"].as_str().unwrap().trim_start_matches("default/").to_string()).unwrap_or_default();
+        !busy.is_empty()
+    });
+    let pid = st["pods"].as_array().unwrap().iter().find(|p| p["name"] == busy.as_str()).unwrap()["pid"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let client_end = String::from_utf8_lossy(&trickle.wait_with_output().unwrap().stdout).trim().to_string();
+    let server_end = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).trim().to_string();
+    assert!(client_end.starts_with("reset"), "the client's end: {client_end}");
+    assert!(server_end.starts_with("reset"), "the server's end (never a clean EOF): {server_end}");
+
+    // The lab reprograms (the killed pod is not ready): new connections take the other replica.
+    let examples = std::fs::read_to_string(repo_root().join("examples/lab-pipes.yaml")).unwrap();
+    let chain = examples.split("\n---\n").find(|d| d.contains("name: squeeze")).unwrap();
+    let out = lab.run_yaml("apply", chain);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = lab.status();
+    let hops = &st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "squeeze").unwrap()["status"]["hops"];
+    assert_eq!(hops[2]["replicas"].as_array().unwrap().len(), 1, "the killed replica is out: {hops}");
+    let srv = serve(&lab, 9000, &["reply"]);
+    for _ in 0..10 {
+        assert_eq!(client(&lab, &["half-close", &target(&server6, 9000), "10000"]), "reply got 10000");
+    }
+    stop(&lab, srv, 9000);
+}
