@@ -109,7 +109,7 @@ fn built_images_import_into_containerd_and_run() {
     let version = env!("CARGO_PKG_VERSION");
 
     let c = Containerd::start();
-    for image in ["srv6pipes-node", "srv6pipes-operator", "srv6pipes-testbox"] {
+    for image in ["srv6pipes-node", "srv6pipes-operator", "srv6pipes-stream", "srv6pipes-testbox"] {
         c.ok(&["images", "import", out.join(format!("{image}.tar")).to_str().unwrap()]);
     }
     let tags = c.ok(&["images", "ls", "-q"]);
@@ -118,6 +118,8 @@ fn built_images_import_into_containerd_and_run() {
         "localhost/srv6pipes-node:latest".into(),
         format!("localhost/srv6pipes-operator:{version}"),
         "localhost/srv6pipes-operator:latest".into(),
+        format!("localhost/srv6pipes-stream:{version}"),
+        "localhost/srv6pipes-stream:latest".into(),
         "localhost/srv6pipes-testbox:latest".into(),
     ] {
         assert!(tags.lines().any(|l| l == tag), "{tag} imported: {tags}");
@@ -131,6 +133,10 @@ fn built_images_import_into_containerd_and_run() {
     assert_eq!(
         c.run("localhost/srv6pipes-operator:latest", "operator", &["/usr/bin/srv6pipes-operator", "--version"]).trim(),
         format!("srv6pipes-operator {version}")
+    );
+    assert_eq!(
+        c.run("localhost/srv6pipes-stream:latest", "stream", &["/usr/bin/srv6pipes-stream", "--version"]).trim(),
+        format!("srv6pipes-stream {version}")
     );
     // The node image carries the CNI plugin its init container installs: this build's.
     let release = std::env::var_os("CARGO_TARGET_DIR")

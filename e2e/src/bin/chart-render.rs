@@ -260,4 +260,37 @@ mod tests {
         merge(&mut v, serde_json::json!({"list": [3]}));
         assert_eq!(v, serde_json::json!({"cni": {"mode": "chained", "mtu": 1400}, "list": [3]}));
     }
+
+    /// The chart's stream proxies (SRv6 pipes): off by default; on, a Deployment in the asked
+    /// namespace whose pods ask for the chain network and have CAP_NET_ADMIN and nothing else.
+    #[test]
+    fn the_chart_deploys_stream_proxies_only_when_asked() {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/srv6pipes").to_string();
+        let off = run(vec![chart.clone()]).unwrap();
+        assert!(!off.contains("component: stream"), "no proxy unless stream.enabled");
+        let args = ["--set", "stream.enabled=true", "--set", "stream.namespace=pipes", "--set", "stream.replicas=3"];
+        let on = run(std::iter::once(chart).chain(args.iter().map(|s| s.to_string())).collect()).unwrap();
+        let docs: Vec<Json> =
+            serde_yaml::Deserializer::from_str(&on).map(|d| <Json as serde::Deserialize>::deserialize(d).unwrap()).collect();
+        let d = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "srv6pipes-stream")
+            .expect("the proxies' Deployment");
+        assert_eq!((d["metadata"]["namespace"].as_str(), d["spec"]["replicas"].as_u64()), (Some("pipes"), Some(3)));
+        let pod = &d["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"]["app"], "srv6pipes-stream", "chains select the proxies by this label");
+        assert_eq!(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "srv6pipes");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false, "no credentials");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], format!("localhost/srv6pipes-stream:{}", chart_version()));
+        assert_eq!(c["securityContext"]["capabilities"], serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert!(pod["spec"].get("hostNetwork").is_none() && pod["spec"].get("volumes").is_none(), "nothing of the host");
+    }
+
+    fn chart_version() -> String {
+        let chart = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/srv6pipes/Chart.yaml")).unwrap();
+        let v: Json = serde_yaml::from_str(&chart).unwrap();
+        v["appVersion"].as_str().unwrap().to_string()
+    }
 }
