@@ -206,6 +206,33 @@ mod tests {
         assert_eq!(decode(&loc, loc.sid(0xe001), None), None, "a packet function's SID has no ARG");
     }
 
+    /// Every ServiceChain of examples/ parses, and its stream functions check out.
+    #[test]
+    fn the_examples_chains_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut streams = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap()) {
+                let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+                if v["kind"] != "ServiceChain" {
+                    continue;
+                }
+                let c: srv6pipes_crds::ServiceChain = serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                for f in &c.spec.functions {
+                    if let Some(s) = &f.stream {
+                        check(&f.name, s).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                        streams += 1;
+                    }
+                }
+            }
+        }
+        assert!(streams >= 6, "the pipes examples have stream functions ({streams})");
+    }
+
     #[test]
     fn checks_name_the_function_and_argument() {
         let e = check("encode", &stage("base64", &[("op", "sideways")], StreamDirection::Forward)).unwrap_err();
