@@ -7,6 +7,7 @@ mod dataplane;
 mod packet;
 mod report;
 mod stats;
+mod stream;
 mod sys;
 mod topo;
 mod traffic;
@@ -54,6 +55,8 @@ enum Part {
     Chains,
     /// TCP goodput through a two-VNF chain and unchained.
     Tcp,
+    /// SRv6 pipes: HTTP through stream proxies vs a router VNF, lossy links, functions, memory.
+    Stream,
 }
 
 /// The control-plane parts' results; each is run when asked for.
@@ -63,6 +66,7 @@ struct Control {
     background_chains: usize,
     chains: Option<control::ChainApply>,
     tcp: Option<control::Tcp>,
+    stream: Option<serde_json::Value>,
 }
 
 fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Result<Control> {
@@ -85,6 +89,18 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
             eprintln!("TCP: {reps} x {secs} s iperf3, chained and unchained");
             c.tcp = Some(control::tcp(&k, reps, secs)?);
         }
+    }
+    if parts.contains(&Part::Stream) {
+        let plan = if args.quick {
+            stream::Plan { reps: 2, secs: 1, idle: 1000, fn_mib: 4 }
+        } else {
+            stream::Plan { reps: args.reps.unwrap_or(5), secs: 5, idle: 10_000, fn_mib: 64 }
+        };
+        eprintln!(
+            "SRv6 pipes: {} x wrk through proxies and a router VNF, lossy links, functions, {} idle connections",
+            plan.reps, plan.idle
+        );
+        c.stream = Some(stream::run(b, &plan));
     }
     Ok(c)
 }
@@ -110,6 +126,7 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
         "chain_apply_kubectl_ms": c.chains.as_ref().map(|s| latency(&s.kubectl_ms)),
         "chain_apply_background_chains": c.chains.as_ref().map(|_| c.background_chains),
         "tcp_goodput_mbps": tcp,
+        "stream": c.stream,
     });
     json.as_object().cloned().unwrap_or_default()
 }
@@ -123,6 +140,11 @@ fn main() -> anyhow::Result<()> {
         let mut b = topo::Bench::new(args.gen_cpu)?;
         let c = run_control(&mut b, &args, &args.only)?;
         println!("{}", serde_json::to_string_pretty(&control_json(&c))?);
+        if let Some(st) = &c.stream {
+            let mut md = String::new();
+            report::stream_tables(&mut md, st);
+            eprintln!("{md}");
+        }
         return Ok(());
     }
     let plan = if args.quick {
@@ -161,7 +183,7 @@ fn main() -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp])?;
+    let c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp, Part::Stream])?;
     b.cleanup.run();
     write(&args, &plan, &dp, &c)
 }

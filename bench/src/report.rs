@@ -61,6 +61,56 @@ fn fmt_r(s: &Summary) -> String {
     format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max)
 }
 
+/// SRv6 pipes' tables: HTTP through a proxy, a router VNF and two xor proxies; lossy links;
+/// each function's MB/s; the idle proxy's memory; failures.
+pub fn stream_tables(md: &mut String, st: &Value) {
+    if st.is_null() {
+        return;
+    }
+    let sum = |v: &Value| serde_json::from_value::<Summary>(v.clone()).ok();
+    let cell = |v: &Value| sum(v).map(|s| fmt_s(&s)).unwrap_or_else(|| "failed".into());
+    let ratio = |v: &Value| sum(v).map(|s| fmt_r(&s)).unwrap_or_else(|| "–".into());
+    let _ = writeln!(md, "\n| SRv6 pipes (wrk, 200 clients) | proxy (identity) | router VNF (End.AD) | two proxies (xor) | proxy ÷ router | two xor ÷ router |\n|---|---|---|---|---|---|");
+    for (key, what) in [("http_1k_rps", "1 KB objects, requests/s"), ("http_10m_mbps", "10 MB objects, Mbit/s")] {
+        let t = &st[key];
+        let d = &t["detail"];
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {} | {} |",
+            cell(&d["proxy"]),
+            cell(&d["router"]),
+            cell(&d["two_proxies_xor"]),
+            ratio(&t["proxy/router"]),
+            ratio(&t["two_proxies_xor/router"])
+        );
+    }
+    let l = &st["lossy_mbps"];
+    let _ = writeln!(md, "\n| 1 % loss on every link, Mbit/s | direct | through the proxy | proxy ÷ direct |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| one connection, 10 MB objects | {} | {} | {} |",
+        cell(&l["detail"]["direct"]),
+        cell(&l["detail"]["proxy"]),
+        ratio(&l["proxy/direct"])
+    );
+    let f: Vec<String> = st["functions_mbps"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} {}", v.as_f64().map_or("failed".into(), |x| format!("{x:.0}"))))
+        .collect();
+    let _ = writeln!(md, "\nStream functions, MB/s of input on one core: {}.", f.join(", "));
+    let _ = writeln!(
+        md,
+        "\nOne proxy holding {} idle connections: VmRSS {} MB.",
+        st["idle_connections"],
+        st["idle_10k_rss_mb"].as_f64().map_or("not measured".into(), |x| format!("{x:.1}"))
+    );
+    for failure in st["failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "\nFailed trial: {}", failure.as_str().unwrap_or_default());
+    }
+}
+
 /// The markdown report: data plane with ratios, sweeps, control plane, targets.
 pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &BTreeMap<String, Vec<f64>>)], targets: &[Target]) -> String {
     let mut md = String::new();
@@ -115,6 +165,7 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         let _ = writeln!(md, "\n| TCP (iperf3) | Mbit/s, median (min–max) | ÷ unchained |\n|---|---|---|");
         let _ = writeln!(md, "| unchained | {} | |\n| two-VNF chain | {} | {ratio} |", d("unchained"), d("chained"));
     }
+    stream_tables(&mut md, &r["stream"]);
     let _ = writeln!(md, "\n| target | bar | measured, median (min–max) | verdict |\n|---|---|---|---|");
     for t in targets {
         let _ =

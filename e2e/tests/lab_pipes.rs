@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{pod_ip, repo_root, target_dir, wait_for, Lab};
+use common::{drops, pod_ip, repo_root, target_dir, wait_for, Lab};
 
 fn pipes(tag: &str) -> Lab {
     let lab = Lab::new(tag);
@@ -40,22 +40,45 @@ fn tcpcheck_in(lab: &Lab, pod: &str, args: &[&str]) -> Command {
     c
 }
 
+/// A `tcpcheck` process of the test's, killed when dropped (even when the test panics).
+struct Proc(Option<std::process::Child>);
+
+impl Proc {
+    fn spawn(mut c: Command) -> Self {
+        Self(Some(c.stdout(Stdio::piped()).spawn().unwrap()))
+    }
+
+    /// Its output once it has exited by itself.
+    fn output(mut self) -> String {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `tcpcheck serve PORT MODE` in the server pod, in the background, once it listens.
-fn serve(lab: &Lab, port: u16, mode: &[&str]) -> std::process::Child {
+fn serve(lab: &Lab, port: u16, mode: &[&str]) -> Proc {
     let port_s = port.to_string();
     let mut args = vec!["serve", port_s.as_str()];
     args.extend_from_slice(mode);
-    let child = tcpcheck_in(lab, "server", &args).stdout(Stdio::piped()).spawn().unwrap();
+    let p = Proc::spawn(tcpcheck_in(lab, "server", &args));
     wait_for("the server to listen", Duration::from_secs(10), || {
         !lab.exec("server", &["ss", "-Hltn", "sport", "=", &format!(":{port}")]).stdout.is_empty()
     });
-    child
+    p
 }
 
 /// Stops a `serve` and waits until nothing listens on its port.
-fn stop(lab: &Lab, mut server: std::process::Child, port: u16) {
-    let _ = server.kill();
-    let _ = server.wait();
+fn stop(lab: &Lab, server: Proc, port: u16) {
+    drop(server);
     wait_for("the server to stop listening", Duration::from_secs(5), || {
         lab.exec("server", &["ss", "-Hltn", "sport", "=", &format!(":{port}")]).stdout.is_empty()
     });
@@ -76,7 +99,8 @@ fn target(ip: &str, port: u16) -> String {
     }
 }
 
-/// The stream proxies' counters (`stats -o json`): the entry of `pod` whose function starts so.
+/// The stream proxies' counters (`lab status`): the entry of `pod` whose function starts so,
+/// once the proxy has reported (each second), else null.
 fn proxy_counters(lab: &Lab, pod: &str, function: &str) -> Value {
     let st = lab.status();
     st["streams"]
@@ -85,18 +109,7 @@ fn proxy_counters(lab: &Lab, pod: &str, function: &str) -> Value {
         .iter()
         .find(|s| s["pod"] == format!("default/{pod}") && s["function"].as_str().unwrap_or_default().starts_with(function))
         .cloned()
-        .unwrap_or_else(|| panic!("no {function} counters for {pod}: {}", st["streams"]))
-}
-
-fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
-    let st = lab.status();
-    st["drops"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(node, reasons)| reasons.as_object().unwrap().iter().map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap())))
-        .filter(|(_, _, n)| *n > 0)
-        .collect()
+        .unwrap_or(Value::Null)
 }
 
 /// The seed's pipeline (base64 on n1, replace + base64 -d in one process on n2) over IPv6 and
@@ -147,7 +160,7 @@ fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
             x ^= x >> 7;
             x ^= x << 17;
             s.push_str(words[(x % 10) as usize]);
-            s.push(if x % 11 == 0 { '\n' } else { ' ' });
+            s.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
         }
         s.truncate(4 << 20);
         s
@@ -157,18 +170,22 @@ fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
     let got = lab.state.join("got");
     std::fs::write(&sent, &text).unwrap();
     let server6 = pod_ip(&st, "server", true);
-    let recv = lab
-        .cmd(&["exec", "server", "--", "socat", "-u", "TCP6-LISTEN:9000,reuseaddr", &format!("OPEN:{},creat,trunc", got.display())])
-        .spawn()
-        .unwrap();
+    let recv = Proc::spawn(lab.cmd(&[
+        "exec",
+        "server",
+        "--",
+        "socat",
+        "-u",
+        "TCP6-LISTEN:9000,reuseaddr",
+        &format!("OPEN:{},creat,trunc", got.display()),
+    ]));
     wait_for("the server on 9000", Duration::from_secs(10), || {
         !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":9000"]).stdout.is_empty()
     });
     let out =
         lab.exec("client", &["socat", "-u", &format!("OPEN:{}", sent.display()), &format!("TCP6:[{server6}]:9000,connect-timeout=5")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status = recv.wait_with_output().unwrap().status;
-    assert!(status.success());
+    recv.output(); // the receiver has written the whole stream and exited
     let sha = |p: &std::path::Path| {
         String::from_utf8_lossy(&Command::new("sha256sum").arg(p).output().unwrap().stdout).split(' ').next().unwrap().to_string()
     };
@@ -234,6 +251,23 @@ fn tcp_semantics_hold_end_to_end_through_the_proxies() {
     wait_for("the refusal counted", Duration::from_secs(5), || {
         proxy_counters(&lab, "pipes-b", "compress")["errors"]["connect_refused"].as_u64().unwrap_or(0) >= 1
     });
+
+    // SIGTERM: the proxy stops accepting (a new connection is refused) and lets the running one
+    // finish (it ends cleanly: drained, not reset), then exits.
+    let srv = serve(&lab, 9000, &["reply"]);
+    let trickle = Proc::spawn(tcpcheck_in(&lab, "client", &["trickle", &target(&server6, 9000), "4"]));
+    wait_for("the transfer through pipes-a", Duration::from_secs(10), || proxy_counters(&lab, "pipes-a", "compress")["active"] == 1);
+    let pid = st["pods"].as_array().unwrap().iter().find(|p| p["name"] == "pipes-a").unwrap()["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = tcpcheck_in(&lab, "client", &["half-close", &target(&server6, 9000), "10"]).output().unwrap();
+    assert!(!refused.status.success(), "a draining proxy accepts nothing new: {}", String::from_utf8_lossy(&refused.stdout));
+    let end = trickle.output();
+    assert!(end.starts_with("eof"), "the running connection finished cleanly: {end}");
+    wait_for("the drained proxy to exit", Duration::from_secs(10), || {
+        lab.status()["pods"].as_array().unwrap().iter().any(|p| p["name"] == "pipes-a" && p["running"] == false)
+    });
+    stop(&lab, srv, 9000);
 }
 
 /// Two replicas of the decompressing proxy (n2 and n3). One is killed (SIGKILL) mid-transfer:
@@ -261,7 +295,7 @@ spec:
     let st = lab.status();
     let server6 = pod_ip(&st, "server", true);
     let watch = serve(&lab, 9000, &["watch"]);
-    let trickle = tcpcheck_in(&lab, "client", &["trickle", &target(&server6, 9000), "20"]).stdout(Stdio::piped()).spawn().unwrap();
+    let trickle = Proc::spawn(tcpcheck_in(&lab, "client", &["trickle", &target(&server6, 9000), "20"]));
     // The replica relaying the connection.
     let mut busy = String::new();
     wait_for("a replica relaying the transfer", Duration::from_secs(10), || {
@@ -277,8 +311,7 @@ spec:
     let pid = st["pods"].as_array().unwrap().iter().find(|p| p["name"] == busy.as_str()).unwrap()["pid"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
-    let client_end = String::from_utf8_lossy(&trickle.wait_with_output().unwrap().stdout).trim().to_string();
-    let server_end = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).trim().to_string();
+    let (client_end, server_end) = (trickle.output(), watch.output());
     assert!(client_end.starts_with("reset"), "the client's end: {client_end}");
     assert!(server_end.starts_with("reset"), "the server's end (never a clean EOF): {server_end}");
 

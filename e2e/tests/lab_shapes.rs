@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{pod_ip, repo_root, wait_for, Lab, Stream};
+use common::{drops, pod_ip, repo_root, wait_for, Lab, Stream};
 
 fn four_nodes(tag: &str) -> Lab {
     let lab = Lab::new(tag);
@@ -19,18 +19,6 @@ fn four_nodes(tag: &str) -> Lab {
         wait_for("VNF rules", Duration::from_secs(10), || lab.exec(pod, &["nft", "list", "table", "inet", "vnf"]).status.success());
     }
     lab
-}
-
-/// srv6pipes' drops on every node, by reason (only the non-zero ones).
-fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
-    let st = lab.status();
-    st["drops"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(node, reasons)| reasons.as_object().unwrap().iter().map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap())))
-        .filter(|(_, _, n)| *n > 0)
-        .collect()
 }
 
 /// iperf3 from the client to `server` (`reverse`: the server sends), `extra` arguments; the

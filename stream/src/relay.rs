@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -121,7 +121,7 @@ pub async fn relay(
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
 /// chain's tail and a FIN to the receiver) or an error.
 async fn pump(
-    mut from: ReadHalf<'_>,
+    from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     mut chain: Chain,
     read_size: usize,
@@ -130,9 +130,18 @@ async fn pump(
 ) -> Result<DirectionStats, Abort> {
     let conn = |e: std::io::Error| Abort::Connection(e.to_string());
     let mut stats = DirectionStats::default();
-    let mut buf = vec![0u8; read_size.max(1)];
+    // Allocated when the first bytes (or the FIN) are there: an idle connection holds no buffer.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = from.read(&mut buf).await.map_err(conn)?;
+        from.readable().await.map_err(conn)?;
+        if buf.is_empty() {
+            buf = vec![0u8; read_size.max(1)];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(conn(e)),
+        };
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         let data = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
         stats.bytes_in += n as u64;
@@ -151,6 +160,8 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use std::io::ErrorKind;
+
+    use tokio::io::AsyncReadExt;
 
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;

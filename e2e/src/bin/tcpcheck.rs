@@ -19,6 +19,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
+    // Thousands of connections at once: every descriptor the hard limit allows.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = match a.as_slice() {
@@ -73,7 +78,13 @@ fn serve(port: u16, mode: &str, rest: &[&str]) -> std::io::Result<()> {
     let l = TcpListener::bind(("::", port))?;
     let once = mode == "watch";
     for conn in l.incoming() {
-        let mut s = conn?;
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tcpcheck: accept: {e}");
+                continue;
+            }
+        };
         let mode = mode.to_string();
         let after: u64 = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
         let handle = std::thread::spawn(move || -> std::io::Result<()> {

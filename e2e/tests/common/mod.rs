@@ -190,6 +190,18 @@ pub fn hello(lab: &Lab, from: &str, addr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// srv6pipes' drops on every node, by reason (only the non-zero ones).
+pub fn drops(lab: &Lab) -> Vec<(String, String, u64)> {
+    let st = lab.status();
+    st["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(node, reasons)| reasons.as_object().unwrap().iter().map(move |(r, n)| (node.clone(), r.clone(), n.as_u64().unwrap())))
+        .filter(|(_, _, n)| *n > 0)
+        .collect()
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {

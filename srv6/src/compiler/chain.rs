@@ -115,7 +115,7 @@ fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, N
         return Err((Reason::NoSources, "no ready source pod with an address of the destinations' family".into()));
     }
     let (back, reverse_decaps) = rules.backward(world, &sources, tables);
-    headends += back;
+    headends += back + rules.onward(tables);
 
     // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
     let insert_sources: BTreeSet<IpAddr> =
@@ -418,6 +418,28 @@ impl Rules<'_, '_> {
         n
     }
 
+    /// What each stream proxy sends on toward the server: the hops after it, then the
+    /// decapsulation. The datapath continues a connection with the segments its SYN brought
+    /// (End.AD per flow) and takes these rules only for a flow it holds no entry for (the per-flow
+    /// map full, or the chain's quota reached), choosing replicas by the same hash as the headend.
+    fn onward(&self, tables: &mut BTreeMap<String, NodeTables>) -> usize {
+        let mut n = 0;
+        for (i, hop) in self.hops.iter().enumerate().filter(|(_, h)| h.pipeline.is_some() && !self.dropping) {
+            let replicas: Vec<Vec<Sid>> =
+                self.hops_in(i + 1..self.hops.len(), true).into_iter().chain(self.decap.map(|d| vec![d])).collect();
+            for (_, proxy, reg) in &hop.replicas {
+                let iface = format!("{}/{}:{}", proxy.namespace, proxy.name, reg.interface);
+                let Some(node) = tables.get_mut(&proxy.node) else { continue };
+                for dst in self.destinations {
+                    let src = proxy.ips.iter().copied().find(|ip| ip.is_ipv6() == dst.addr().is_ipv6()).unwrap_or(dst.addr());
+                    node.headends.push(self.policy(proxy, Some(iface.clone()), src, *dst, replicas.clone(), Protocol::Tcp, false));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     fn allowed(&self, ip: &IpAddr) -> bool {
         self.checked.sources_allowed.is_empty() || self.checked.sources_allowed.iter().any(|p| p.contains(ip))
     }
@@ -612,12 +634,20 @@ mod tests {
         assert_eq!(segs(&back[0]), [stream_sid.as_str(), "fcbb:bb00:1:d6::"], "not symmetric: the firewall is skipped");
         assert_eq!((back[0].source_ports.clone(), back[0].ports.clone()), (vec![(8080, 8080)], vec![]));
         assert_eq!(back[0].destination.to_string(), "fd00:10:1::2/128");
-        // At the proxy's interface: what it relays back goes straight to the client's node.
-        let relay = &out.nodes["n3"].headends;
-        assert_eq!(relay.len(), 1);
-        assert_eq!(relay[0].source_interface.as_deref(), Some("default/pipes:net1"));
-        assert_eq!(segs(&relay[0]), ["fcbb:bb00:1:d6::"]);
-        assert_eq!(relay[0].source_ports, vec![(8080, 8080)]);
+        // At the proxy's interface: what it relays back goes straight to the client's node; what
+        // it sends on (when its node holds no learnt entry for the flow) to the decapsulation.
+        let at_proxy = &out.nodes["n3"].headends;
+        assert_eq!(at_proxy.len(), 2);
+        assert!(at_proxy.iter().all(|h| h.source_interface.as_deref() == Some("default/pipes:net1")));
+        let relay = at_proxy.iter().find(|h| !h.source_ports.is_empty()).unwrap();
+        assert_eq!(segs(relay), ["fcbb:bb00:1:d6::"]);
+        assert_eq!((relay.source_ports.clone(), relay.destination.to_string()), (vec![(8080, 8080)], "fd00:10:1::2/128".into()));
+        let onward = at_proxy.iter().find(|h| h.source_ports.is_empty()).unwrap();
+        assert_eq!(segs(onward), ["fcbb:bb00:4:d6::"]);
+        assert_eq!(
+            (onward.ports.clone(), onward.destination.to_string(), onward.proto),
+            (vec![(8080, 8080)], "fd00:10:4::/64".into(), Some(6))
+        );
         assert_eq!(out.nodes["n1"].decaps.len(), 1, "the client's node decapsulates the replies");
 
         // Symmetric: the firewall sees the replies too, after the proxy.
@@ -625,7 +655,8 @@ mod tests {
         s.symmetric = true;
         let out = run(&s);
         assert_eq!(segs(&out.nodes["n4"].headends[0]), [stream_sid.as_str(), "fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]);
-        assert_eq!(segs(&out.nodes["n3"].headends[0]), ["fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]);
+        let relay = out.nodes["n3"].headends.iter().find(|h| !h.source_ports.is_empty()).unwrap();
+        assert_eq!(segs(relay), ["fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"]);
     }
 
     #[test]

@@ -20,8 +20,11 @@ pub trait StreamFunction: Send {
     /// Transforms the next bytes of the stream, appending what is ready to `out`. Bytes held
     /// back (at most a bounded number) come out with later input or at `finish`.
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError>;
-    /// The stream ended (FIN): appends what was held back and any trailer.
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError>;
+    /// The stream ended (FIN): appends what was held back and any trailer (none by default: a
+    /// function that holds nothing back needs no `finish`).
+    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

@@ -15,10 +15,6 @@ impl StreamFunction for Identity {
         out.extend_from_slice(input);
         Ok(())
     }
-
-    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -30,10 +30,6 @@ impl StreamFunction for Xor {
         }));
         Ok(())
     }
-
-    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

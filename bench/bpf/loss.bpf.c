@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The stream benchmark's lossy links (this kernel has no netem): at a tc hook, each packet is
+ * dropped with probability LOSS_PPM / 1e6, independently. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#define LOSS_PPM 10000 /* 1 % */
+
+SEC("classifier")
+int loss(struct __sk_buff *skb)
+{
+	return bpf_get_prandom_u32() % 1000000 < LOSS_PPM ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";
