@@ -99,7 +99,7 @@ pub fn stream_tables(md: &mut String, st: &Value) {
         .flatten()
         .map(|(k, v)| format!("{k} {}", v.as_f64().map_or("failed".into(), |x| format!("{x:.0}"))))
         .collect();
-    let _ = writeln!(md, "\nStream functions, MB/s of input on one core: {}.", f.join(", "));
+    let _ = writeln!(md, "\nStream functions, MB/s of plain text on one core: {}.", f.join(", "));
     let _ = writeln!(
         md,
         "\nOne proxy holding {} idle connections: VmRSS {} MB.",

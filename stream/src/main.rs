@@ -45,7 +45,7 @@ struct Args {
     drain_timeout: u64,
     /// Bytes read at once per connection and direction: the proxy's buffer (backpressure holds
     /// the rest in TCP's windows).
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024)]
     read_size: usize,
 }
 

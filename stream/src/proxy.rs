@@ -182,8 +182,15 @@ impl Proxy {
             Err(_) => return Some("connect_timeout"),
         };
         let _ = server.set_nodelay(true);
+        // `identity` leaves the bytes as they are: it is left out, and a direction with no other
+        // function relays without copying.
         let build = |stages: Vec<&srv6::pipes::Stage>| -> Option<Chain> {
-            stages.into_iter().map(|s| srv6pipes_functions::build(&s.function, &s.args).ok().map(|f| f.1)).collect::<Option<_>>().map(Chain)
+            stages
+                .into_iter()
+                .filter(|s| s.function != "identity")
+                .map(|s| srv6pipes_functions::build(&s.function, &s.args).ok().map(|f| f.1))
+                .collect::<Option<_>>()
+                .map(Chain)
         };
         let (Some(forward), Some(reverse)) = (build(pipeline.forward().collect()), build(pipeline.reverse().collect())) else {
             return Some("function");

@@ -143,13 +143,19 @@ async fn pump(
             Err(e) => return Err(conn(e)),
         };
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let data = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
+        let transformed;
+        let data: &[u8] = if chain.is_empty() {
+            &buf[..n]
+        } else {
+            transformed = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
+            &transformed
+        };
         stats.bytes_in += n as u64;
         stats.bytes_out += data.len() as u64;
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
-        to.write_all(&data).await.map_err(conn)?;
+        to.write_all(data).await.map_err(conn)?;
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);

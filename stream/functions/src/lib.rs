@@ -83,13 +83,19 @@ pub struct Chain(pub Vec<Box<dyn StreamFunction>>);
 impl Chain {
     /// The next bytes of the stream through every function: what is ready for the next hop.
     pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, FunctionError> {
-        let mut data = input.to_vec();
+        let mut data: Option<Vec<u8>> = None;
         for f in &mut self.0 {
-            let mut out = Vec::with_capacity(data.len());
-            f.push(&data, &mut out)?;
-            data = out;
+            let src = data.as_deref().unwrap_or(input);
+            let mut out = Vec::with_capacity(src.len());
+            f.push(src, &mut out)?;
+            data = Some(out);
         }
-        Ok(data)
+        Ok(data.unwrap_or_else(|| input.to_vec()))
+    }
+
+    /// No function: the bytes go through as they are (the relay then copies nothing).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The end of the stream: each function's held-back bytes and trailer, through the rest.
