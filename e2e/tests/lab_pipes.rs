@@ -202,8 +202,40 @@ fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
     let wire = squeezed["forward_in"].as_u64().unwrap();
     assert!(wire > 0 && wire * 4 <= text.len() as u64, "the decompressing proxy received {wire} bytes for {} sent", text.len());
     assert_eq!(squeezed["forward_out"].as_u64().unwrap(), text.len() as u64, "{squeezed}");
-    let fw = lab.nft_counters("firewall", "inet vnf");
-    assert!(fw[0] > 100, "the packet function saw the transfer: {fw:?}");
+    // The firewall is first in the chain: it saw the whole uncompressed stream.
+    let fw = lab.exec("firewall", &["nft", "-j", "list", "table", "inet", "vnf"]);
+    let fw: Value = serde_json::from_slice(&fw.stdout).unwrap();
+    let fw_bytes = fw["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .find_map(|r| r["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).and_then(|c| c["bytes"].as_u64()));
+    assert!(fw_bytes.unwrap() >= text.len() as u64, "the packet function saw the transfer: {fw_bytes:?} bytes");
+
+    // Observability: the stream SIDs decoded in stats and trace, the proxy's counters in n2's
+    // Prometheus metrics.
+    let stats = Command::new(target_dir().join("srv6pipes"))
+        .args(["stats", "--name", &lab.name, "--state-dir", lab.state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.contains("End.STREAM") && stats.contains("replace(from=RvZ3,to=NhdH) | base64(op=decode)"), "{stats}");
+    let trace = Command::new(target_dir().join("srv6pipes"))
+        .args(["trace", "--name", &lab.name, "--state-dir", lab.state.to_str().unwrap(), "squeeze"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&trace.stdout).contains("[compress(algorithm=zstd,op=decompress)]"), "{trace:?}");
+    let metrics =
+        lab.run(&["exec", "--node", "n2", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let wire_metric = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("srv6pipes_stream_bytes_total{") && l.contains("op=decompress") && l.contains("direction=\"forward\",side=\"in\"")
+        })
+        .unwrap_or_else(|| panic!("no stream byte counter in n2's metrics:\n{metrics}"));
+    assert_eq!(wire_metric.rsplit(' ').next(), Some(wire.to_string().as_str()), "{wire_metric}");
 
     // Closed domain: the client addresses a proxy's stream SID directly: dropped at its node.
     let sid = st["chains"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "squeeze").unwrap()["status"]["hops"][1]
