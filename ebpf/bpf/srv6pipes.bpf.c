@@ -180,8 +180,9 @@ int sp_headend(struct __sk_buff *skb)
 	__u32 ifindex = skb->ingress_ifindex;
 	sp_barrier_var(ifindex);
 	__u16 proto = eth_proto(skb);
+	__u8 daddr[16]; /* IPv4: the first 4 bytes */
 	if (proto == ETH_P_IPV6) {
-		__u8 saddr[16], daddr[16], nexthdr;
+		__u8 saddr[16], nexthdr;
 		if (parse_ipv6(skb, saddr, daddr, &nexthdr))
 			return SP_NEXT;
 		if (is_link_scope(daddr))
@@ -189,14 +190,14 @@ int sp_headend(struct __sk_buff *skb)
 		if (closed_domain_violation(skb, daddr, nexthdr, 0))
 			return drop(SP_DROP_CLOSED_DOMAIN);
 	} else if (proto == ETH_P_IP) {
-		__be32 saddr, daddr;
+		__be32 saddr;
 		__u8 ip_proto;
-		if (parse_ipv4(skb, &saddr, &daddr, &ip_proto) || is_link_scope4(saddr, daddr))
+		if (parse_ipv4(skb, &saddr, (__be32 *)daddr, &ip_proto) || is_link_scope4(saddr, *(__be32 *)daddr))
 			return SP_NEXT;
 	} else {
 		return SP_NEXT;
 	}
-	__u32 *class = rule_class(skb, proto == ETH_P_IP, ifindex);
+	__u32 *class = rule_class(proto == ETH_P_IP, ifindex, daddr);
 	if (!class)
 		return SP_NEXT;
 	struct l4 l;

@@ -173,17 +173,16 @@ static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, in
 	return t ? &t->policy : NULL;
 }
 
-/* Classifier stage 1 for a packet arriving on `ifindex`: its destination's class, or NULL. */
-static __always_inline __u32 *rule_class(struct __sk_buff *skb, int ipv4, __u32 ifindex)
+/* Classifier stage 1: the class of destination `daddr` (4 or 16 bytes) for a packet arriving on
+ * `ifindex`, or NULL. */
+static __always_inline __u32 *rule_class(int ipv4, __u32 ifindex, const void *daddr)
 {
 	if (ipv4) {
 		struct headend_key4 k = {.prefixlen = 32 + 32, .ifindex = ifindex};
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), k.daddr, 4))
-			return NULL;
+		__builtin_memcpy(k.daddr, daddr, 4);
 		return bpf_map_lookup_elem(&sp_headend_rules4, &k);
 	}
 	struct headend_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), k.daddr, 16))
-		return NULL;
+	__builtin_memcpy(k.daddr, daddr, 16);
 	return bpf_map_lookup_elem(&sp_headend_rules, &k);
 }

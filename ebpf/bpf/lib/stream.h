@@ -19,7 +19,11 @@ static __always_inline int stream_return(struct __sk_buff *skb, __u32 ifindex, i
 	struct outer_hdr *c = ad_flow(skb, ifindex);
 	if (c)
 		return ad_restore(skb, c, ipv4);
-	__u32 *class = rule_class(skb, ipv4, ifindex);
+	__u8 daddr[16];
+	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, daddr) : offsetof(struct ipv6hdr, daddr));
+	if (bpf_skb_load_bytes(skb, off, daddr, ipv4 ? 4 : 16))
+		return drop(SP_DROP_MALFORMED);
+	__u32 *class = rule_class(ipv4, ifindex, daddr);
 	struct l4 l;
 	__u32 *id = class ? classify_l4(skb, *class, ipv4, &l) : NULL;
 	if (!id)
