@@ -32,6 +32,7 @@ use srv6pipes_crds::{NodeProgram, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::publisher::Publisher;
 use crate::world::{self, Plan};
 
 /// The field manager of everything the operator writes (server-side apply).
@@ -95,25 +96,28 @@ pub struct Ctx {
     cache: Mutex<Option<(u64, Arc<Plan>)>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
-    /// Per node, the program as this operator's last write left it (the API server's answer):
-    /// newer than the mirror's copy until the watch brings that write back, so the same spec
-    /// is not sent twice meanwhile (with 1,000 chains a program is ~0.5 MB and a server-side
-    /// apply of it ~0.2 s).
-    written: Mutex<HashMap<String, Arc<NodeProgram>>>,
+    /// The per-node writers. Each keeps the program as this operator's last write left it (the
+    /// API server's answer): newer than the mirror's copy until the watch brings that write
+    /// back, so the same spec is not sent twice meanwhile (with 1,000 chains a program is
+    /// ~0.5 MB and a server-side apply of it ~0.2 s).
+    publisher: Publisher,
     recorder: Recorder,
 }
 
 impl Ctx {
-    pub fn new(client: Client, stores: Stores, config: Config, world: watch::Receiver<u64>, instance: Option<String>) -> Self {
+    /// `world` is the world version: bumped by the mirrors, and by the publisher when a node
+    /// starts or stops failing.
+    pub fn new(client: Client, stores: Stores, config: Config, world: Arc<watch::Sender<u64>>, instance: Option<String>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
+        let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone());
         Ctx {
             client,
             stores,
             config,
-            world,
+            world: world.subscribe(),
             cache: Mutex::new(None),
             publishing: Default::default(),
-            written: Default::default(),
+            publisher,
             recorder,
         }
     }
@@ -169,54 +173,49 @@ impl Ctx {
         }
     }
 
-    /// Server-side applies every node's program that differs from what the node has; removes
-    /// the programs and SID tables of nodes that left.
-    async fn publish(&self, plan: &Plan) -> Result<(), Error> {
-        let api: Api<NodeProgram> = Api::all(self.client.clone());
+    /// Hands every node's program that differs from what the node has to its writer and waits
+    /// (at most [`publisher::WAIT`]) for those writes; removes the programs and SID tables of
+    /// nodes that left. Returns the nodes whose program could not be written, with why.
+    async fn publish(&self, plan: &Plan) -> BTreeMap<String, String> {
+        let mut waits = Vec::new();
         for (node, spec) in &plan.programs {
             // What the API server holds as far as this operator knows: the mirror's copy, or our
             // own last write while the mirror has not seen it yet.
-            let written = self.written.lock().expect("written").get(node.as_str()).cloned();
+            let written = self.publisher.written(node);
             let generation = |p: &NodeProgram| p.metadata.generation.unwrap_or(0);
             let known = self.stores.programs.get(&ObjectRef::new(node)).map(|m| match written {
                 Some(w) if generation(&w) > generation(&m) => w,
                 _ => m,
             });
-            if known.is_some_and(|p| &p.spec == spec) {
+            if known.is_some_and(|p| &p.spec == spec) && self.publisher.wanted(node).is_none_or(|w| *w == *spec) {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            let body = json!({
-                "apiVersion": "srv6pipes.io/v1alpha1",
-                "kind": "NodeProgram",
-                "metadata": {"name": node, "ownerReferences": [owner]},
-                "spec": spec,
-            });
-            let started = std::time::Instant::now();
-            let written = api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
-            info!(node, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program");
-            self.written.lock().expect("written").insert(node.clone(), Arc::new(written));
+            waits.push(self.publisher.send(node, spec, owner));
         }
+        Publisher::wait(waits).await;
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
+        let api: Api<NodeProgram> = Api::all(self.client.clone());
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
-            delete_gone(&api, &p.name_any()).await?;
+            self.publisher.forget(&p.name_any());
+            delete_gone(&api, &p.name_any()).await;
         }
         let tables: Api<NodeSidTable> = Api::all(self.client.clone());
         for t in self.stores.tables.state().iter().filter(|t| !exists(&t.name_any())) {
-            delete_gone(&tables, &t.name_any()).await?;
+            delete_gone(&tables, &t.name_any()).await;
         }
-        Ok(())
+        self.publisher.failures()
     }
 
     async fn apply_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
-        let plan = {
+        let (plan, failures) = {
             let _one = self.publishing.lock().await;
             let plan = self.plan_with(chain);
-            self.publish(&plan).await?;
-            plan
+            let failures = self.publish(&plan).await;
+            (plan, failures)
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let Some(status) = world::chain_status(&plan, chain, now) else { return Ok(Action::await_change()) };
+        let Some(status) = world::chain_status(&plan, &failures, chain, now) else { return Ok(Action::await_change()) };
         if chain.status.as_ref() == Some(&status) {
             return Ok(Action::await_change());
         }
@@ -245,8 +244,14 @@ impl Ctx {
     async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
         let _one = self.publishing.lock().await;
         let plan = self.plan_with(chain);
-        self.publish(&plan).await?;
+        let failures = self.publish(&plan).await;
         let (ns, name) = world::key_of(chain);
+        // The finalizer stays until every node that held the chain has a program without it.
+        let holds = |node: &str| self.stores.programs.get(&ObjectRef::new(node)).is_some_and(|p| world::program_holds(&p.spec, &ns, &name));
+        if let Some((node, e)) = failures.iter().find(|(n, _)| holds(n)) {
+            warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         info!(chain = %format!("{ns}/{name}"), "chain deleted: removed from every node");
         Ok(Action::await_change())
     }
@@ -294,7 +299,7 @@ impl Ctx {
             }
         }
         let plan = self.plan();
-        self.publish(&plan).await?;
+        self.publish(&plan).await;
         Ok(Action::await_change())
     }
 }
@@ -309,17 +314,13 @@ fn node_owner(node: &Node) -> Option<OwnerReference> {
     })
 }
 
-async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug>(
-    api: &Api<K>,
-    name: &str,
-) -> Result<(), Error> {
+/// Deletes an object of a node that left; a failure is logged (the next publication retries)
+/// and delays no other node.
+async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug>(api: &Api<K>, name: &str) {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(object = name, kind = %K::kind(&()), "node left: removed");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) => info!(object = name, kind = %K::kind(&()), "node left: removed"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => warn!(object = name, kind = %K::kind(&()), error = %e, "node left, but its object was not removed"),
     }
 }
 
@@ -423,7 +424,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>) -> an
     stores.tables.wait_until_ready().await?;
     stores.programs.wait_until_ready().await?;
     info!("caches synced; reconciling");
-    let ctx = Arc::new(Ctx::new(client.clone(), stores, config, rx.clone(), instance));
+    let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance));
     let chains = Controller::new(Api::<ServiceChain>::all(client.clone()), watcher::Config::default())
         .reconcile_all_on(changes(rx.clone()))
         .shutdown_on_signal()
@@ -530,17 +531,21 @@ mod tests {
     fn ctx(stores: Stores) -> (Arc<Ctx>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let (_tx, rx) = watch::channel(0u64);
+        let world = Arc::new(watch::channel(0u64).0);
         let config = Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 };
-        (Arc::new(Ctx::new(client, stores, config, rx, Some("test".into()))), handle)
+        (Arc::new(Ctx::new(client, stores, config, world, Some("test".into()))), handle)
     }
 
-    /// Answers the next request after checking it; returns its body.
-    async fn expect(handle: &mut Handle, method: &str, path: &str, query: &str) -> Value {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+    type Pending = (Request<Body>, tower_test::mock::SendResponse<Response<Body>>);
+
+    async fn next(handle: &mut Handle, what: &str) -> Pending {
+        tokio::time::timeout(Duration::from_secs(5), handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
-            .expect("service alive");
+            .unwrap_or_else(|_| panic!("expected {what}, got no request"))
+            .expect("service alive")
+    }
+
+    fn check(req: &Request<Body>, method: &str, path: &str, query: &str) {
         assert_eq!(req.method().as_str(), method, "{}", req.uri());
         assert_eq!(req.uri().path(), path);
         let params = |q: &str| {
@@ -549,6 +554,10 @@ mod tests {
             v
         };
         assert_eq!(params(req.uri().query().unwrap_or_default()), params(query), "{}", req.uri());
+    }
+
+    /// Answers a request as the API server would; returns its body.
+    async fn answer((req, send): Pending) -> Value {
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // Echo an applied object back, as the API server answers; a status apply or a JSON
@@ -569,6 +578,27 @@ mod tests {
         body
     }
 
+    /// Answers the next request after checking it; returns its body.
+    async fn expect(handle: &mut Handle, method: &str, path: &str, query: &str) -> Value {
+        let pending = next(handle, &format!("{method} {path}")).await;
+        check(&pending.0, method, path, query);
+        answer(pending).await
+    }
+
+    /// The nodes' program writes, in whatever order the writers send them; returns their bodies
+    /// by node.
+    async fn expect_programs(handle: &mut Handle, nodes: &[&str]) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for _ in nodes {
+            let pending = next(handle, &format!("programs of {nodes:?}")).await;
+            let node = pending.0.uri().path().rsplit('/').next().unwrap().to_string();
+            assert!(nodes.contains(&node.as_str()) && !out.contains_key(&node), "unexpected {}", pending.0.uri());
+            check(&pending.0, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{node}"), &APPLY[1..]);
+            out.insert(node, answer(pending).await);
+        }
+        out
+    }
+
     const APPLY: &str = "&fieldManager=srv6pipes-operator&force=true";
     // (APPLY[1..] is the query string of a server-side apply by the operator.)
 
@@ -579,7 +609,8 @@ mod tests {
         let chain = Arc::new(chain());
         let task = tokio::spawn(reconcile_chain(chain.clone(), ctx.clone()));
 
-        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        let mut programs = expect_programs(&mut handle, &["n1", "n2"]).await;
+        let (n1, n2) = (programs.remove("n1").unwrap(), programs.remove("n2").unwrap());
         assert_eq!(n1["kind"], "NodeProgram");
         assert_eq!(n1["metadata"]["ownerReferences"][0]["uid"], "uid-n1");
         let headends = n1["spec"]["tables"]["headends"].as_array().unwrap();
@@ -587,7 +618,6 @@ mod tests {
         assert_eq!(headends[0]["chain"], "default/web");
         assert_eq!(headends[0]["segments"], json!(["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"]));
         assert_eq!(n1["spec"]["peers"], json!([{"node": "n2", "locator": "fcbb:bb00:2::/48", "underlay": "fd00:ffff::2"}]));
-        let n2 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n2", &APPLY[1..]).await;
         assert_eq!(n2["spec"]["tables"]["decaps"][0]["sid"], "fcbb:bb00:2:d6::");
         let status =
             expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
@@ -640,9 +670,7 @@ mod tests {
         let (ctx, mut handle) = ctx(stores);
         let chain = Arc::new(chain());
         let first = tokio::spawn(reconcile_chain(chain.clone(), ctx.clone()));
-        for n in ["n1", "n2"] {
-            expect(&mut handle, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{n}"), &APPLY[1..]).await;
-        }
+        expect_programs(&mut handle, &["n1", "n2"]).await;
         let status =
             expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
         expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
@@ -687,7 +715,7 @@ mod tests {
             Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"),
             stores.clone(),
             Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 },
-            watch::channel(0).1,
+            Arc::new(watch::channel(0).0),
             None,
         )
         .compile(None);
@@ -704,10 +732,9 @@ mod tests {
         writers.chains.apply_watcher_event(&watcher::Event::Apply(c.clone()));
         let (ctx, mut handle) = ctx(stores);
         let task = tokio::spawn(reconcile_chain(Arc::new(c), ctx));
-        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
-        assert_eq!(n1["spec"]["tables"]["headends"], json!([]));
-        let n2 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n2", &APPLY[1..]).await;
-        assert_eq!(n2["spec"]["tables"]["decaps"], json!([]));
+        let programs = expect_programs(&mut handle, &["n1", "n2"]).await;
+        assert_eq!(programs["n1"]["spec"]["tables"]["headends"], json!([]));
+        assert_eq!(programs["n2"]["spec"]["tables"]["decaps"], json!([]));
         let fin = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "").await;
         assert!(fin.to_string().contains("remove") && fin.to_string().contains("/metadata/finalizers/0"), "{fin}");
         task.await.unwrap().unwrap();
@@ -725,9 +752,118 @@ mod tests {
         assert_eq!(patch["metadata"]["annotations"][LOCATOR_ANNOTATION], "fcbb:bb00:3::/48");
         assert!(patch.get("apiVersion").is_none(), "a merge patch (1.20 cannot apply to dual-stack nodes): {patch}");
         // The stores have not seen the annotation yet: n3 gets no program in this round.
-        for n in ["n1", "n2"] {
-            expect(&mut handle, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{n}"), &APPLY[1..]).await;
-        }
+        expect_programs(&mut handle, &["n1", "n2"]).await;
         task.await.unwrap().unwrap();
+    }
+
+    /// Refuses a request as the API server does (a Status with `code`).
+    fn refuse((_, send): Pending, code: u16, message: &str) {
+        let status =
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "Invalid", "code": code});
+        send.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+    }
+
+    /// Sorts the next `n` requests (writers and reconciles run concurrently) by what they are.
+    async fn sort_out(handle: &mut Handle, n: usize) -> BTreeMap<String, Pending> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            let pending = next(handle, "a request").await;
+            let path = pending.0.uri().path().to_string();
+            let key = match path.as_str() {
+                p if p.ends_with("/status") => "status".to_string(),
+                p if p.contains("/nodeprograms/") => p.rsplit('/').next().unwrap().to_string(),
+                p if p.ends_with("/namespaces/default/events") => format!("event{}", out.len()),
+                p => panic!("unexpected request {} {p}", pending.0.method()),
+            };
+            out.insert(key, pending);
+        }
+        out
+    }
+
+    /// Answers the next `n` requests as they come (a chain's Event follows the answer to its
+    /// status); returns their bodies sorted out as [`sort_out`] does.
+    async fn answer_all(handle: &mut Handle, n: usize) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            for (key, pending) in sort_out(handle, 1).await {
+                let key = if key.starts_with("event") { format!("event{}", out.len()) } else { key };
+                out.insert(key, answer(pending).await);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_failing_node_delays_no_other_and_shows_on_its_node_and_the_chains() {
+        let (stores, mut writers) = world();
+        let (ctx, mut handle) = ctx(stores);
+        let mut world_version = ctx.world.clone();
+        let chain = Arc::new(chain());
+        let task = tokio::spawn(reconcile_chain(chain.clone(), ctx.clone()));
+        let mut programs = sort_out(&mut handle, 2).await;
+        refuse(programs.remove("n2").unwrap(), 422, "admission webhook denied the request");
+        answer(programs.remove("n1").unwrap()).await;
+        // The node's Warning (from n2's writer), the chain's status and the chain's Event.
+        let mut rest = answer_all(&mut handle, 3).await;
+        let status = rest.remove("status").unwrap();
+        let first_status = status["status"].clone();
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ProgramFailed")), "{status}");
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains("node n2") && message.contains("admission webhook denied"), "{message}");
+        let mut events: Vec<Value> = rest.into_values().collect();
+        events.sort_by_key(|e| e["regarding"]["kind"].as_str().unwrap_or_default().to_string());
+        assert_eq!((events[0]["regarding"]["kind"].as_str(), events[0]["regarding"]["name"].as_str()), (Some("Node"), Some("n2")));
+        assert_eq!((events[0]["type"].as_str(), events[0]["reason"].as_str()), (Some("Warning"), Some("ProgramFailed")));
+        assert!(events[0]["note"].as_str().unwrap().contains("admission webhook denied"), "{}", events[0]);
+        assert_eq!((events[1]["regarding"]["kind"].as_str(), events[1]["reason"].as_str()), (Some("ServiceChain"), Some("ProgramFailed")));
+        task.await.unwrap().unwrap();
+        assert!(world_version.has_changed().unwrap(), "a node that starts failing bumps the world (every chain's status follows)");
+        world_version.borrow_and_update();
+        assert_eq!(ctx.publisher.failures().keys().collect::<Vec<_>>(), ["n2"]);
+
+        // The chain changes while n2 is still broken: n1 gets its new program at once.
+        let mut changed = (*chain).clone();
+        changed.spec.r#match.destination_prefixes = vec!["fd00:10:2::/80".into()];
+        changed.metadata.generation = Some(3);
+        changed.status = Some(serde_json::from_value(first_status).unwrap());
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(changed.clone()));
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(reconcile_chain(Arc::new(changed), ctx.clone()));
+        let mut programs = sort_out(&mut handle, 1).await;
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        let n1 = answer(programs.remove("n1").expect("n1's program first")).await;
+        assert_eq!(n1["spec"]["tables"]["headends"][0]["destination"], "fd00:10:2::/80", "{n1}");
+        let status =
+            expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        assert_eq!(status["status"]["conditions"][0]["reason"], "ProgramFailed", "{status}");
+        task.await.unwrap().unwrap();
+
+        // n2's writer retries by itself after its backoff (not on every publication); once
+        // written, n2 is no longer failing and the world is bumped again.
+        let mut retry = sort_out(&mut handle, 1).await;
+        assert!(started.elapsed() > Duration::from_millis(300), "retried at once: {:?}", started.elapsed());
+        let n2 = answer(retry.remove("n2").unwrap()).await;
+        assert_eq!(n2["spec"]["tables"]["decaps"][0]["chain"], "default/web");
+        let healed = expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+        assert_eq!((healed["type"].as_str(), healed["reason"].as_str()), (Some("Normal"), Some("ProgramPublished")));
+        tokio::time::timeout(Duration::from_secs(5), world_version.changed()).await.unwrap().unwrap();
+        assert!(ctx.publisher.failures().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_write_hangs_delays_neither_the_others_nor_the_status() {
+        let (stores, _w) = world();
+        let (ctx, mut handle) = ctx(stores);
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(reconcile_chain(Arc::new(chain()), ctx.clone()));
+        let mut programs = sort_out(&mut handle, 2).await;
+        let _hanging = programs.remove("n2").unwrap();
+        answer(programs.remove("n1").unwrap()).await;
+        let rest = answer_all(&mut handle, 2).await;
+        assert_eq!(rest["status"]["status"]["conditions"][0]["status"], "True", "a write in flight is no failure yet");
+        task.await.unwrap().unwrap();
+        let took = started.elapsed();
+        assert!(took < crate::publisher::WAIT + Duration::from_secs(1), "the reconcile waited {took:?} for a hanging node");
     }
 }

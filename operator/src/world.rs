@@ -154,16 +154,22 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
 /// The status to write for a chain: the compiler's verdict, made not-ready when a node it
 /// uses failed to program it, and with a reason for SIDs that wait on a node. A condition whose
 /// status did not change keeps its lastTransitionTime, so an unchanged world writes nothing.
-pub fn chain_status(plan: &Plan, chain: &ServiceChain, now: Time) -> Option<ServiceChainStatus> {
+pub fn chain_status(plan: &Plan, unpublished: &BTreeMap<String, String>, chain: &ServiceChain, now: Time) -> Option<ServiceChainStatus> {
     let key = key_of(chain);
     let verdict = plan.verdicts.get(&key)?;
     let mut status = verdict.status(chain.metadata.generation, now);
-    let failures: Vec<&String> = plan.chain_nodes.get(&key).into_iter().flatten().filter_map(|n| plan.node_problems.get(n)).collect();
+    let failures: Vec<String> = plan
+        .chain_nodes
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .flat_map(|n| plan.node_problems.get(n).cloned().into_iter().chain(unpublished.get(n).map(|e| format!("node {n}: {e}"))))
+        .collect();
     let ready = &mut status.conditions[0];
     if !failures.is_empty() && verdict.ready {
         ready.status = "False".into();
         ready.reason = "ProgramFailed".into();
-        ready.message = failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ");
+        ready.message = failures.join("; ");
     } else if !verdict.ready && ready.reason == "SidPending" && !plan.node_problems.is_empty() {
         let nodes: Vec<&String> = plan.node_problems.values().collect();
         ready.message = format!("{}; {}", ready.message, nodes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
@@ -181,6 +187,17 @@ pub fn chain_status(plan: &Plan, chain: &ServiceChain, now: Time) -> Option<Serv
 /// The Ready condition of a status, if any.
 pub fn ready_condition(status: Option<&ServiceChainStatus>) -> Option<&Condition> {
     status?.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Whether a node's program has tables of chain `ns/name`.
+pub fn program_holds(spec: &NodeProgramSpec, ns: &str, name: &str) -> bool {
+    let key = format!("{ns}/{name}");
+    ["headends", "proxies", "decaps"].iter().any(|t| {
+        spec.tables
+            .get(t)
+            .and_then(|v| v.as_array())
+            .is_some_and(|rows| rows.iter().any(|r| r.get("chain").and_then(|c| c.as_str()) == Some(&key)))
+    })
 }
 
 /// Locators held by nodes (valid annotations only).
@@ -259,7 +276,7 @@ mod tests {
             "status": {"observedGeneration": 3, "conditions": [{"type": "Programmed", "status": "False", "reason": "ProgramFailed",
                        "message": "sp_sids full", "lastTransitionTime": "2026-11-21T10:00:00Z"}]}}));
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&program]);
-        let status = chain_status(&p, &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
+        let status = chain_status(&p, &BTreeMap::new(), &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
         assert_eq!((status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()), ("False", "ProgramFailed"));
         assert_eq!(status.conditions[0].message, "node n2: sp_sids full");
         // A report about an older generation is not held against the current one.
@@ -269,7 +286,7 @@ mod tests {
         // A table published under another locator does not count.
         tables[0].spec.locator = "fcbb:bb00:9::/48".into();
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
-        let status = chain_status(&p, &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
+        let status = chain_status(&p, &BTreeMap::new(), &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
         assert_eq!(status.conditions[0].reason, "SidPending");
         assert!(status.conditions[0].message.contains("SID table is for locator fcbb:bb00:9::/48"), "{}", status.conditions[0].message);
     }
@@ -279,15 +296,15 @@ mod tests {
         let (nodes, pods, tables, mut chain) = world();
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
         let t0 = Time("2026-11-21T10:00:00Z".parse().unwrap());
-        let first = chain_status(&p, &chain, t0.clone()).unwrap();
+        let first = chain_status(&p, &BTreeMap::new(), &chain, t0.clone()).unwrap();
         chain.status = Some(first.clone());
-        let later = chain_status(&p, &chain, Time("2026-11-21T11:00:00Z".parse().unwrap())).unwrap();
+        let later = chain_status(&p, &BTreeMap::new(), &chain, Time("2026-11-21T11:00:00Z".parse().unwrap())).unwrap();
         assert_eq!(later, first, "same world, same status: nothing to write");
         assert_eq!(later.conditions[0].last_transition_time, t0);
         // Deleting the chain's only function replica flips Ready: a new transition time.
         let p = plan(&[&chain], &refs(&pods[..1]), &refs(&nodes), &refs(&tables), &[]);
         let t2 = Time("2026-11-21T12:00:00Z".parse().unwrap());
-        let flipped = chain_status(&p, &chain, t2.clone()).unwrap();
+        let flipped = chain_status(&p, &BTreeMap::new(), &chain, t2.clone()).unwrap();
         assert_eq!(flipped.conditions[0].status, "False");
         assert_eq!(flipped.conditions[0].last_transition_time, t2);
     }
