@@ -89,6 +89,11 @@ pub struct NetConf {
     pub annotated_network: Option<String>,
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// What the runtime passes for the capabilities the configuration declares; with
+    /// `"capabilities": {"io.kubernetes.cri.pod-annotations": true}` containerd and CRI-O pass
+    /// the pod's annotations here.
+    #[serde(default)]
+    pub runtime_config: Option<Value>,
     /// GC (SPEC 1.1): the attachments the runtime still has.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
@@ -140,6 +145,25 @@ impl NetConf {
         Ok(conf)
     }
 
+    /// The pod's annotations, when the runtime passed them (`runtimeConfig`, capability
+    /// [`POD_ANNOTATIONS`]).
+    pub fn pod_annotations(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.runtime_config.as_ref()?.get(POD_ANNOTATIONS)?.as_object()
+    }
+
+    /// Chained mode, decided from the pod's annotations when the runtime passed them: whether
+    /// the pod asks for this network. `None`: not chained (every pod is ours), or no annotations
+    /// passed (the node daemon has to read the pod).
+    pub fn asks_for_us(&self) -> Option<Result<bool, CniError>> {
+        let network = self.annotated_network.as_ref()?;
+        let annotations = self.pod_annotations()?;
+        let Some(value) = annotations.get(srv6::node_api::NETWORKS_ANNOTATION) else { return Some(Ok(false)) };
+        let Some(value) = value.as_str() else {
+            return Some(Err(CniError::config(format!("pod annotation {} is not a string", srv6::node_api::NETWORKS_ANNOTATION))));
+        };
+        Some(srv6::node_api::networks_in_annotation(value).map(|names| names.contains(network)).map_err(CniError::config))
+    }
+
     /// The pod-side interface for the runtime's CNI_IFNAME.
     pub fn pod_ifname(&self, cni_ifname: &str) -> Result<String, CniError> {
         match &self.interface_name {
@@ -166,6 +190,9 @@ impl NetConf {
 }
 
 /// `net1` -> `net2`.
+/// The CNI capability under which containerd and CRI-O pass a pod's annotations.
+pub const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
+
 pub fn next_ifname(ifname: &str) -> Option<String> {
     let digits = ifname.len() - ifname.trim_end_matches(|c: char| c.is_ascii_digit()).len();
     if digits == 0 {
@@ -310,6 +337,28 @@ mod tests {
         assert_eq!(NetConf::parse(bad_mode).unwrap_err().code, CODE_DECODE);
         let gc = br#"{"cniVersion":"1.1.0","name":"n","type":"srv6pipes-cni","cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"}]}"#;
         assert_eq!(NetConf::parse(gc).unwrap().valid_attachments.unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn chained_mode_decides_from_the_pod_annotations_the_runtime_passed() {
+        let with = |runtime_config: Value| {
+            let mut c = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "srv6pipes-cni", "annotatedNetwork": "srv6pipes"});
+            if !runtime_config.is_null() {
+                c["runtimeConfig"] = runtime_config;
+            }
+            NetConf::parse(c.to_string().as_bytes()).unwrap()
+        };
+        let annotated = |v: &str| with(json!({POD_ANNOTATIONS: {"k8s.v1.cni.cncf.io/networks": v, "other": "x"}}));
+        assert!(annotated("srv6pipes").asks_for_us().unwrap().unwrap());
+        assert!(annotated("default/srv6pipes@net1, other").asks_for_us().unwrap().unwrap());
+        assert!(annotated(r#"[{"name": "srv6pipes", "interface": "net1"}]"#).asks_for_us().unwrap().unwrap());
+        assert!(!annotated("macvlan").asks_for_us().unwrap().unwrap());
+        assert!(!with(json!({POD_ANNOTATIONS: {"app": "web"}})).asks_for_us().unwrap().unwrap(), "no networks annotation: not ours");
+        assert_eq!(annotated("[{").asks_for_us().unwrap().unwrap_err().code, CODE_INVALID_CONFIG);
+        assert!(with(Value::Null).asks_for_us().is_none(), "no annotations passed: the daemon reads the pod");
+        assert!(with(json!({"portMappings": []})).asks_for_us().is_none());
+        let unchained = NetConf::parse(&conf("1.0.0")).unwrap();
+        assert!(unchained.asks_for_us().is_none(), "not chained: every pod is ours");
     }
 
     #[test]

@@ -5,14 +5,12 @@
 //! configuration directory); in Multus mode the NetworkAttachmentDefinition carries the
 //! configuration, so only the binary is installed. Uninstall removes exactly what install added.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-
-pub const PLUGIN: &str = "srv6pipes-cni";
+use srv6pipes_cni::conflist::{self, primary_conf, read_json, with_entry, without_entry, write_atomic, write_conflist, PLUGIN};
 
 /// Installs srv6pipes-cni on a host (run by the srv6pipes DaemonSet's init container).
 ///
@@ -96,10 +94,13 @@ fn install(i: &Install) -> anyhow::Result<()> {
         // Check the conflist before touching anything, so a refusal leaves the host as it was.
         let primary = primary_conf(&i.dirs.conf_dir)?;
         let entry = chained_entry(i);
+        let entry_copy = entry.to_string();
         let list = read_json(&primary)?;
         let updated = with_entry(list, entry).with_context(|| format!("{}", primary.display()))?;
         install_binary(i)?;
         write_conflist(&primary, &updated)?;
+        // Kept for the node daemon, which puts the entry back if the primary rewrites its file.
+        write_atomic(&i.dirs.conf_dir.join(conflist::ENTRY_FILE), format!("{entry_copy}\n").as_bytes(), 0o644)?;
         eprintln!("srv6pipes-cni: added to {} (pods annotated {}={})", primary.display(), srv6::node_api::NETWORKS_ANNOTATION, i.network);
     } else {
         install_binary(i)?;
@@ -120,7 +121,12 @@ fn install_binary(i: &Install) -> anyhow::Result<()> {
 }
 
 fn uninstall(d: &Dirs, keep_binary: bool) -> anyhow::Result<()> {
-    for path in conf_files(&d.conf_dir)? {
+    // First, so that nothing puts the entry back.
+    match std::fs::remove_file(d.conf_dir.join(conflist::ENTRY_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("remove the kept chained entry"),
+        _ => {}
+    }
+    for path in conflist::conf_files(&d.conf_dir)? {
         let Ok(list) = read_json(&path) else { continue };
         if let Some(updated) = without_entry(&list) {
             write_conflist(&path, &updated)?;
@@ -141,86 +147,16 @@ fn uninstall(d: &Dirs, keep_binary: bool) -> anyhow::Result<()> {
 }
 
 fn chained_entry(i: &Install) -> Value {
-    let mut e = json!({"type": PLUGIN, "annotatedNetwork": i.network, "interfaceName": i.interface, "socket": i.socket});
+    // The runtime passes the pod's annotations (containerd, CRI-O): pods that do not ask for
+    // srv6pipes are decided in the plugin, without the node daemon.
+    let mut e = json!({
+        "type": PLUGIN, "annotatedNetwork": i.network, "interfaceName": i.interface, "socket": i.socket,
+        "capabilities": {crate::cni::POD_ANNOTATIONS: true},
+    });
     if let Some(mtu) = i.mtu {
         e["mtu"] = json!(mtu);
     }
     e
-}
-
-/// The conflist with `entry` as its last plugin (replacing an earlier srv6pipes-cni entry).
-pub fn with_entry(mut list: Value, entry: Value) -> anyhow::Result<Value> {
-    let Some(plugins) = list.get_mut("plugins").and_then(Value::as_array_mut) else {
-        bail!("not a conflist (no \"plugins\" list): chained mode needs the primary network as a .conflist");
-    };
-    if plugins.iter().all(is_ours) {
-        bail!("the conflist has no primary plugin to chain after");
-    }
-    plugins.retain(|p| !is_ours(p));
-    plugins.push(entry);
-    Ok(list)
-}
-
-/// The conflist without srv6pipes-cni entries, or None when it had none.
-pub fn without_entry(list: &Value) -> Option<Value> {
-    let plugins = list.get("plugins")?.as_array()?;
-    if !plugins.iter().any(is_ours) {
-        return None;
-    }
-    let mut list = list.clone();
-    list["plugins"].as_array_mut().expect("checked").retain(|p| !is_ours(p));
-    Some(list)
-}
-
-fn is_ours(plugin: &Value) -> bool {
-    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN)
-}
-
-/// The files libcni considers, in the order it reads them.
-fn conf_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("conf" | "conflist" | "json")))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// The configuration the runtime uses: the first file in libcni's order.
-fn primary_conf(dir: &Path) -> anyhow::Result<PathBuf> {
-    conf_files(dir)?
-        .into_iter()
-        .next()
-        .with_context(|| format!("no CNI configuration in {} yet: chained mode needs the primary network installed first", dir.display()))
-}
-
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))
-}
-
-fn write_conflist(path: &Path, list: &Value) -> anyhow::Result<()> {
-    write_atomic(path, format!("{}\n", serde_json::to_string_pretty(list)?).as_bytes(), 0o644)
-}
-
-/// Writes `path` through a temporary file in the same directory (an extension libcni ignores)
-/// and a rename, so readers see the old file or the new one, never a part.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("target has no directory")?;
-    let name = path.file_name().context("target has no name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.srv6pipes-tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -284,16 +220,20 @@ mod tests {
         let list = read_json(&d.conf_dir.join("10-k8s.conflist")).unwrap();
         let plugins = list["plugins"].as_array().unwrap();
         assert_eq!(plugins.len(), 3);
-        assert_eq!(
-            plugins[2],
-            json!({"type": PLUGIN, "annotatedNetwork": "srv6pipes", "interfaceName": "net1", "socket": "/run/x.sock", "mtu": 1400})
-        );
+        let entry = json!({
+            "type": PLUGIN, "annotatedNetwork": "srv6pipes", "interfaceName": "net1", "socket": "/run/x.sock", "mtu": 1400,
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        });
+        assert_eq!(plugins[2], entry);
         assert_eq!(std::fs::read_to_string(d.conf_dir.join("20-other.conflist")).unwrap(), "{}", "only the primary changes");
+        assert_eq!(read_json(&d.conf_dir.join(conflist::ENTRY_FILE)).unwrap(), entry, "kept for the daemon's restore");
         let names: Vec<_> = std::fs::read_dir(&d.conf_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+        assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
         // Pods still attached: the entry goes, the binary stays for their DEL.
         uninstall(&d, true).unwrap();
         assert_eq!(read_json(&d.conf_dir.join("10-k8s.conflist")).unwrap(), primary());
+        assert!(!d.conf_dir.join(conflist::ENTRY_FILE).exists());
+        assert_eq!(conflist::ensure_entry(&d.conf_dir).unwrap(), None, "uninstalled: nothing puts the entry back");
         assert!(bin.exists(), "--keep-binary removed the binary");
         uninstall(&d, false).unwrap();
         uninstall(&d, false).unwrap();

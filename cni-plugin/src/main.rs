@@ -71,7 +71,14 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
             }
             link::add(&conf, &env).map(|r| Some(r.to_string()))
         }
-        "DEL" => link::del(&conf, &Env::from_process(&command)?).map(|_| None),
+        "DEL" => {
+            let env = Env::from_process(&command)?;
+            // A pod that did not ask for srv6pipes has nothing of ours; do not touch the daemon.
+            if matches!(conf.asks_for_us(), Some(Ok(false))) {
+                return Ok(None);
+            }
+            link::del(&conf, &env).map(|_| None)
+        }
         "CHECK" => {
             since("0.4.0")?;
             let env = Env::from_process(&command)?;
@@ -94,7 +101,13 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
 
 /// Whether this pod gets a chain interface: always, unless the configuration has
 /// `annotatedNetwork` (chained mode), then only when the pod's networks annotation names it.
+/// The runtime passes the annotations when the entry declares the pod-annotations capability
+/// (what `srv6pipes-cni install --mode chained` writes): then pods that do not ask for srv6pipes
+/// never wait on the node daemon or the API server. Otherwise the daemon reads the pod.
 fn wanted(conf: &NetConf, env: &Env) -> Result<bool, CniError> {
+    if let Some(decided) = conf.asks_for_us() {
+        return decided;
+    }
     let Some(network) = &conf.annotated_network else { return Ok(true) };
     if !env.from_kubernetes {
         return Err(CniError::env("annotatedNetwork needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS"));

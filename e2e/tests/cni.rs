@@ -371,6 +371,34 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     let leases: Vec<_> = std::fs::read_dir(ipam_dir.join("srv6pipes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leases.iter().all(|n| !n.to_string_lossy().starts_with("fd00:98")), "lease released on failure: {leases:?}");
     let _ = std::fs::remove_dir_all(&ipam_dir);
+
+    // Chained mode, with the pod's annotations passed by the runtime (the pod-annotations
+    // capability): a pod that does not ask for srv6pipes gets ADD and DEL answered without the
+    // daemon (down here), its prevResult untouched and nothing queued; one that asks waits for
+    // the daemon, as does any pod when the runtime passes no annotations.
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": lab.netns()}], "ips": []});
+    let mut chained = conf("1.0.0", &lab.socket());
+    chained["annotatedNetwork"] = json!("srv6pipes");
+    chained["interfaceName"] = json!("net1");
+    chained["prevResult"] = prev.clone();
+    chained["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": {"app": "web", "k8s.v1.cni.cncf.io/networks": "macvlan"}});
+    let (ok, res) = lab.cni_if("ADD", "plain", &lab.netns(), "eth0", &chained);
+    assert!(ok, "a pod not asking for srv6pipes waited on the daemon: {res}");
+    assert_eq!(res["interfaces"], prev["interfaces"], "{res}");
+    assert!(lab.cni_if("DEL", "plain", &lab.netns(), "eth0", &chained).0);
+    let queued = std::fs::read_dir(format!("{}.pending", lab.socket()))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(queued.iter().all(|q| !q.starts_with("plain")), "nothing queued for a pod that is not ours: {queued:?}");
+    chained["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]["k8s.v1.cni.cncf.io/networks"] = json!("srv6pipes");
+    let (ok, err) = lab.cni_if("ADD", "asks", &lab.netns(), "eth0", &chained);
+    assert!(!ok && err["code"] == 11, "{err}");
+    chained.as_object_mut().unwrap().remove("runtimeConfig");
+    let (ok, err) = lab.cni_if("ADD", "unknown", &lab.netns(), "eth0", &chained);
+    assert!(!ok && err["code"] == 11, "without annotations the daemon decides: {err}");
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+    assert_eq!((lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"])), pod_before);
+
     assert!(lab.lab(&["restart-node", "n1"]).status.success());
     let (ok, res) = lab.cni("ADD", "later", &lab.netns(), &c);
     assert!(ok, "{res}");

@@ -97,8 +97,27 @@ pub async fn serve(
         _ => crate::kube::DeletionSeen::default(),
     };
     let mut recount = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Chained mode: the primary plugin may rewrite its conflist (an upgrade, a restart of its
+    // installer); the entry goes back within seconds. In this loop, so never during an uninstall.
+    let conf_dir = departure.as_ref().and_then(|d| d.cni.as_ref()).map(|c| c.conf_dir.clone());
+    let mut conflist_check = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut conflist_error = String::new();
     loop {
         tokio::select! {
+            _ = conflist_check.tick(), if conf_dir.is_some() => {
+                let dir = conf_dir.as_deref().expect("guarded");
+                match srv6pipes_cni::conflist::ensure_entry(dir) {
+                    Ok(Some(file)) => info!(conflist = %file.display(), "the primary plugin's conflist lost srv6pipes-cni: entry restored"),
+                    Ok(None) => conflist_error.clear(),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        if e != conflist_error {
+                            warn!(dir = %dir.display(), error = %e, "cannot keep srv6pipes-cni in the primary conflist");
+                            conflist_error = e;
+                        }
+                    }
+                }
+            }
             _ = recount.tick() => {
                 let mut node = shared.node.lock().await;
                 if let Err(e) = node.recount_flows() {
