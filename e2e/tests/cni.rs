@@ -399,7 +399,15 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
     assert_eq!((lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"])), pod_before);
 
+    // A registration in the state file that cannot be read is reported and skipped: the
+    // restarted daemon serves, never a crash loop.
+    let state_file = lab.state.join("nodes/n1/node-state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["registrations"].as_array_mut().unwrap().push(json!({"attachment": {"pod_name": "broken"}, "sid": "not-a-sid"}));
+    std::fs::write(&state_file, state.to_string()).unwrap();
     assert!(lab.lab(&["restart-node", "n1"]).status.success());
+    let log = std::fs::read_to_string(lab.state.join("logs/node-n1.log")).unwrap();
+    assert!(log.contains("an entry that cannot be read was skipped") && log.contains("broken"), "{log}");
     let (ok, res) = lab.cni("ADD", "later", &lab.netns(), &c);
     assert!(ok, "{res}");
     assert!(lab.cni("DEL", "later", &lab.netns(), &c).0);

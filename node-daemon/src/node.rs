@@ -101,7 +101,10 @@ impl Node {
         })?;
         datapath.attach(Hook::Uplink, &uplink)?;
         let store = Store::new(&args.state_dir)?;
-        let state = store.load()?;
+        let (state, skipped) = store.load()?;
+        for entry in &skipped {
+            warn!(node = %args.node_name, entry = %entry, "state file: an entry that cannot be read was skipped");
+        }
         let mut node = Node {
             name: args.node_name.clone(),
             pin_dir: pin_dir.clone(),
@@ -146,11 +149,18 @@ impl Node {
         for reg in state.registrations {
             let a = &reg.attachment;
             match if_nametoindex(a.host_ifname.as_str()) {
-                Ok(idx) if idx == reg.ifindex => {
-                    self.install_proxy(&reg)?;
-                    info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "restored proxy SID");
-                    self.state.registrations.push(reg);
-                }
+                Ok(idx) if idx == reg.ifindex => match self.install_proxy(&reg) {
+                    Ok(()) => {
+                        info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "restored proxy SID");
+                        self.state.registrations.push(reg);
+                    }
+                    // One registration that cannot be installed (a SID outside this locator, a
+                    // full map) is released, never a crash loop that holds up every other pod.
+                    Err(e) => {
+                        warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, error = %format!("{e:#}"), "registration cannot be restored: SID released");
+                        self.uninstall_proxy(&reg);
+                    }
+                },
                 _ => {
                     warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "interface gone while down: SID released");
                     self.uninstall_proxy(&reg);
