@@ -33,8 +33,13 @@ impl Operator {
     }
 
     fn signal(&mut self, sig: &str) {
-        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+        self.send(sig);
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal without waiting for the process to end.
+    fn send(&self, sig: &str) {
+        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
     }
 
     fn log(&self) -> String {
@@ -267,4 +272,75 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     op.signal("-TERM");
     let lease = api.get(&["lease", "srv6pipes-operator"]).unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+}
+
+/// A leader paused (SIGSTOP) past its lease while a second operator takes over and changes
+/// things, then resumed, is fenced off: it writes nothing and exits; no locator is given twice.
+#[test]
+fn a_paused_leader_is_fenced_off_when_a_successor_leads() {
+    let Some(api) = ApiServer::start("fencing") else { return };
+    api.k(&["apply", "-f", repo_root().join("crds/srv6pipes.io.yaml").to_str().unwrap()]);
+    api.k(&["wait", "--for=condition=established", "crd/servicechains.srv6pipes.io", "crd/nodeprograms.srv6pipes.io"]);
+    let mut op1 = Operator::start(&api, 1);
+    node(&api, "n1", 1);
+    node(&api, "n2", 2);
+    let (l1, l2) = (locator_of(&api, &op1, "n1"), locator_of(&api, &op1, "n2"));
+    let p1 = l1.trim_end_matches("::/48").to_string();
+    pod(&api, "client", "n1", "app=client", "fd00:10:1::2");
+    pod(&api, "fw-0", "n1", "vnf=fw", "fd00:10:1::3");
+    sid_table(&api, "n1", &l1, &[("fw-0", &format!("{p1}:e001::"))]);
+    sid_table(&api, "n2", &l2, &[]);
+    chain(&api, "web", "fd00:10:2::/64");
+    wait(&api, &op1, &["servicechain", "web"], "the chain programmed by op-1", |c| ready(c).0 == "True");
+
+    // op-1 freezes; a node joins and the chain changes while only op-2 can act.
+    op1.send("-STOP");
+    node(&api, "n3", 3);
+    std::thread::sleep(Duration::from_secs(5));
+    let op2 = Operator::start(&api, 2);
+    wait(&api, &op2, &["lease", "srv6pipes-operator"], "op-2 to lead", |l| l["spec"]["holderIdentity"] == "op-2");
+    let l3 = locator_of(&api, &op2, "n3");
+    chain(&api, "web", "fd00:10:9::/64");
+    wait(&api, &op2, &["nodeprogram", "n1"], "op-2's program for the changed chain", |p| {
+        p["spec"]["tables"]["headends"][0]["destination"] == "fd00:10:9::/64"
+    });
+    let rv = |what: &[&str]| api.get(what).unwrap()["metadata"]["resourceVersion"].clone();
+    let snapshot =
+        || [rv(&["node", "n1"]), rv(&["node", "n2"]), rv(&["node", "n3"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
+    let mut before = snapshot();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = snapshot();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let web_before = api.get(&["servicechain", "web"]).unwrap()["status"].clone();
+
+    // op-1 wakes with its old view: fenced off, it writes nothing and exits.
+    op1.send("-CONT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = op1.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the resumed op-1 did not stop:\n{}", op1.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "op-1 exits with an error once fenced off:\n{}", op1.log());
+    assert!(op1.log().contains("lease"), "{}", op1.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(snapshot(), before, "a write of the stale leader landed:\n{}", op1.log());
+    assert_eq!(api.get(&["servicechain", "web"]).unwrap()["status"], web_before, "{}", op1.log());
+    let lease = api.get(&["lease", "srv6pipes-operator"]).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "op-2");
+    let mut locators = vec![l1, l2, l3];
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(locator_of(&api, &op2, n), locators[n[1..].parse::<usize>().unwrap() - 1], "{n}'s locator changed");
+    }
+    locators.sort();
+    locators.dedup();
+    assert_eq!(locators.len(), 3, "a locator given twice: {locators:?}");
+    eprintln!("op-1's last words:\n{}", op1.log().lines().rev().take(5).collect::<Vec<_>>().join("\n"));
 }

@@ -32,6 +32,7 @@ use srv6pipes_crds::{NodeProgram, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::lease::Fence;
 use crate::publisher::Publisher;
 use crate::world::{self, Plan};
 
@@ -48,6 +49,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("{0}")]
+    Fenced(String),
 }
 
 #[derive(Debug, Clone)]
@@ -102,24 +105,29 @@ pub struct Ctx {
     /// ~0.5 MB and a server-side apply of it ~0.2 s).
     publisher: Publisher,
     recorder: Recorder,
+    /// Closed once this instance may no longer be the leader: nothing is written then.
+    fence: Fence,
 }
 
 impl Ctx {
     /// `world` is the world version: bumped by the mirrors, and by the publisher when a node
     /// starts or stops failing.
-    pub fn new(client: Client, stores: Stores, config: Config, world: Arc<watch::Sender<u64>>, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        config: Config,
+        world: Arc<watch::Sender<u64>>,
+        instance: Option<String>,
+        fence: Fence,
+    ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
-        let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone());
-        Ctx {
-            client,
-            stores,
-            config,
-            world: world.subscribe(),
-            cache: Mutex::new(None),
-            publishing: Default::default(),
-            publisher,
-            recorder,
-        }
+        let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone(), fence.clone());
+        let world = world.subscribe();
+        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), publisher, recorder, fence }
+    }
+
+    fn fenced(&self) -> Result<(), Error> {
+        self.fence.check().map_err(Error::Fenced)
     }
 
     /// The plan for the current world version, compiled at most once per version.
@@ -187,13 +195,17 @@ impl Ctx {
                 Some(w) if generation(&w) > generation(&m) => w,
                 _ => m,
             });
-            if known.is_some_and(|p| &p.spec == spec) && self.publisher.wanted(node).is_none_or(|w| *w == *spec) {
+            if known.as_ref().is_some_and(|p| &p.spec == spec) && self.publisher.wanted(node).is_none_or(|w| *w == *spec) {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            waits.push(self.publisher.send(node, spec, owner));
+            let resource_version = known.and_then(|p| p.metadata.resource_version.clone());
+            waits.push(self.publisher.send(node, spec, owner, resource_version));
         }
         Publisher::wait(waits).await;
+        if self.fence.check().is_err() {
+            return self.publisher.failures();
+        }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
         let api: Api<NodeProgram> = Api::all(self.client.clone());
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
@@ -221,8 +233,21 @@ impl Ctx {
         }
         let (ns, name) = world::key_of(chain);
         let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &ns);
-        let body = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "ServiceChain", "status": status});
-        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+        self.fenced()?;
+        // Conditional on the chain as reconciled: a stale leader's status fails instead of landing.
+        let mut body = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "ServiceChain", "status": status});
+        if let Some(rv) = &chain.metadata.resource_version {
+            body["metadata"] = json!({"resourceVersion": rv});
+        }
+        match api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
+            Ok(_) => {}
+            // The chain changed since this reconcile read it: its new version is reconciled anyway.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                debug!(chain = %format!("{ns}/{name}"), "chain changed while reconciling; again shortly");
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let (old, new) = (world::ready_condition(chain.status.as_ref()), world::ready_condition(Some(&status)));
         if let Some(new) = new.filter(|n| old.is_none_or(|o| (&o.status, &o.reason) != (&n.status, &n.reason))) {
             info!(chain = %format!("{ns}/{name}"), ready = %new.status, reason = %new.reason, message = %new.message, "chain status");
@@ -274,6 +299,7 @@ impl Ctx {
                     let body = json!({
                         "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
                     });
+                    self.fenced()?;
                     api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body))
                         .await?;
                     allocated.insert(name.clone(), locator);
@@ -325,6 +351,8 @@ async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 
 }
 
 pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // The finalizer's own writes come first in `finalizer`: nothing at all once fenced off.
+    ctx.fenced()?;
     let ns = chain.namespace().ok_or_else(|| Error::NoNamespace(chain.name_any()))?;
     let api: Api<ServiceChain> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, chain, |event| async {
@@ -407,7 +435,7 @@ pub mod relevant {
 }
 
 /// Runs both controllers until SIGTERM/SIGINT, once the mirrors are synced.
-pub async fn run(client: Client, config: Config, instance: Option<String>) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Config, instance: Option<String>, fence: Fence) -> anyhow::Result<()> {
     let (stores, writers) = Stores::new();
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
@@ -424,7 +452,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>) -> an
     stores.tables.wait_until_ready().await?;
     stores.programs.wait_until_ready().await?;
     info!("caches synced; reconciling");
-    let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance));
+    let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance, fence));
     let chains = Controller::new(Api::<ServiceChain>::all(client.clone()), watcher::Config::default())
         .reconcile_all_on(changes(rx.clone()))
         .shutdown_on_signal()
@@ -533,7 +561,7 @@ mod tests {
         let client = Client::new(service, "default");
         let world = Arc::new(watch::channel(0u64).0);
         let config = Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 };
-        (Arc::new(Ctx::new(client, stores, config, world, Some("test".into()))), handle)
+        (Arc::new(Ctx::new(client, stores, config, world, Some("test".into()), Fence::always())), handle)
     }
 
     type Pending = (Request<Body>, tower_test::mock::SendResponse<Response<Body>>);
@@ -717,6 +745,7 @@ mod tests {
             Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 },
             Arc::new(watch::channel(0).0),
             None,
+            Fence::always(),
         )
         .compile(None);
         for (name, spec) in &plan.programs {
@@ -865,5 +894,64 @@ mod tests {
         task.await.unwrap().unwrap();
         let took = started.elapsed();
         assert!(took < crate::publisher::WAIT + Duration::from_secs(1), "the reconcile waited {took:?} for a hanging node");
+    }
+
+    #[tokio::test]
+    async fn a_fenced_off_instance_writes_nothing() {
+        let (stores, mut writers) = world();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let config = Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 };
+        let world = Arc::new(watch::channel(0u64).0);
+        // Never held (or held and expired: the same closed fence).
+        let ctx = Arc::new(Ctx::new(Client::new(service, "default"), stores, config, world, None, Fence::new()));
+        let e = reconcile_chain(Arc::new(chain()), ctx.clone()).await.unwrap_err();
+        assert!(e.to_string().contains("not the leader"), "{e}");
+        let mut n3 = node("n3", "x", "fd00:ffff::3");
+        n3.metadata.annotations = None;
+        writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+        let e = reconcile_node(Arc::new(n3), ctx.clone()).await.unwrap_err();
+        assert!(e.to_string().contains("not the leader"), "{e}");
+        // The programs' writers are fenced too.
+        let plan = ctx.compile(None);
+        let failures = ctx.publish(&plan).await;
+        assert!(failures.is_empty(), "a fenced-off writer records no node failure: {failures:?}");
+        drop(ctx);
+        if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await {
+            panic!("a fenced-off operator made an API call: {} {}", req.method(), req.uri());
+        }
+    }
+
+    #[tokio::test]
+    async fn program_writes_are_conditional_and_a_conflict_reads_again() {
+        let (stores, mut writers) = world();
+        // n1's program as the mirror knows it, at resourceVersion 5.
+        let known: NodeProgram = serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
+            "metadata": {"name": "n1", "generation": 1, "resourceVersion": "5"}, "spec": {"tables": {}, "peers": []},
+        }))
+        .unwrap();
+        writers.programs.apply_watcher_event(&watcher::Event::Apply(known));
+        let (ctx, mut handle) = ctx(stores);
+        let task = tokio::spawn(reconcile_chain(Arc::new(chain()), ctx.clone()));
+        let mut programs = sort_out(&mut handle, 2).await;
+        let n1 = programs.remove("n1").unwrap();
+        let body: Value = serde_json::from_slice(&n1.0.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "5", "conditional on what the operator knew");
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                            "message": "the object has been modified"});
+        n1.1.send_response(Response::builder().status(409).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+        let n2 = answer(programs.remove("n2").unwrap()).await;
+        assert!(n2["metadata"].get("resourceVersion").is_none(), "unknown object: no condition");
+        // Read again, then written conditional on the fresh version.
+        let (req, send) = next(&mut handle, "GET n1").await;
+        check(&req, "GET", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", "");
+        let fresh = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
+                           "metadata": {"name": "n1", "generation": 1, "resourceVersion": "6"}, "spec": {"tables": {}, "peers": []}});
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&fresh).unwrap())).unwrap());
+        let retried = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        assert_eq!(retried["metadata"]["resourceVersion"], "6");
+        answer_all(&mut handle, 2).await;
+        task.await.unwrap().unwrap();
+        assert!(ctx.publisher.failures().is_empty());
     }
 }

@@ -1,8 +1,15 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: one operator reconciles at a time.
-//! Optimistic concurrency (the Lease's resourceVersion) decides races; a leader that cannot
-//! renew within the lease duration stops, so two never act at once for longer than that.
+//!
+//! Optimistic concurrency (the Lease's resourceVersion) decides races. A leader renews every
+//! quarter of its renew deadline, which is shorter than the lease duration, and every Lease call
+//! has a timeout. The [`Fence`] says until when this instance surely holds the lease: the start
+//! of its last successful renewal plus the renew deadline, on the monotonic clock, which keeps
+//! running while the process is paused (SIGSTOP, a frozen VM). Nothing is written once that has
+//! passed, so a leader paused past its lease wakes up fenced off, and the writes it had already
+//! started carry resourceVersions, so a successor's writes make them fail.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -15,6 +22,49 @@ pub struct Elector {
     name: String,
     identity: String,
     duration: Duration,
+    renew_deadline: Duration,
+    fence: Fence,
+}
+
+/// Until when this instance holds the lease for sure; writers check it before each write.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<Mutex<Option<Instant>>>);
+
+impl Fence {
+    /// Not held until the elector says so.
+    pub fn new() -> Self {
+        Fence(Arc::new(Mutex::new(None)))
+    }
+
+    /// Held for good (tests, a single instance without election).
+    pub fn always() -> Self {
+        Fence(Arc::new(Mutex::new(Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400)))))
+    }
+
+    fn hold_until(&self, until: Instant) {
+        *self.0.lock().expect("fence") = Some(until);
+    }
+
+    fn drop_hold(&self) {
+        *self.0.lock().expect("fence") = None;
+    }
+
+    /// Ok while the lease is surely held; the error says why not.
+    pub fn check(&self) -> Result<(), String> {
+        match *self.0.lock().expect("fence") {
+            Some(until) if Instant::now() < until => Ok(()),
+            Some(until) => {
+                Err(format!("not the leader: the lease was last renewed more than the renew deadline ago ({:?} past it)", until.elapsed()))
+            }
+            None => Err("not the leader".into()),
+        }
+    }
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Whether `spec` lets `identity` take the lease at `now`: free, ours, or expired.
@@ -28,8 +78,28 @@ pub fn can_take(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
 }
 
 impl Elector {
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
-        Elector { api, name: name.into(), identity: identity.into(), duration }
+    /// `renew_deadline` must be shorter than `duration`: a successor takes over only after
+    /// `duration`, by when this instance has stopped writing.
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration, renew_deadline: Duration) -> Self {
+        assert!(renew_deadline < duration, "renew deadline {renew_deadline:?} must be shorter than the lease duration {duration:?}");
+        Elector { api, name: name.into(), identity: identity.into(), duration, renew_deadline, fence: Fence::new() }
+    }
+
+    /// What the controllers check before each write.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// One Lease call's deadline.
+    fn call_timeout(&self) -> Duration {
+        (self.renew_deadline / 2).min(Duration::from_secs(5))
+    }
+
+    async fn timed<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+        match tokio::time::timeout(self.call_timeout(), call).await {
+            Ok(r) => r,
+            Err(_) => Err(kube::Error::Service(format!("lease {what}: no answer within {:?}", self.call_timeout()).into())),
+        }
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
@@ -47,14 +117,25 @@ impl Elector {
 
     /// One attempt to take or renew the lease; Ok(false) when another holder has it.
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let started = Instant::now();
+        let held = self.try_acquire_once().await;
+        match &held {
+            Ok(true) => self.fence.hold_until(started + self.renew_deadline),
+            Ok(false) => self.fence.drop_hold(),
+            Err(_) => {}
+        }
+        held
+    }
+
+    async fn try_acquire_once(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
-        match self.api.get_opt(&self.name).await? {
+        match self.timed("get", self.api.get_opt(&self.name)).await? {
             None => {
                 let lease = Lease {
                     metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                     spec: Some(self.spec(None, now)),
                 };
-                match self.api.create(&PostParams::default(), &lease).await {
+                match self.timed("create", self.api.create(&PostParams::default(), &lease)).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -67,7 +148,7 @@ impl Elector {
                 }
                 lease.spec = Some(self.spec(Some(&current), now));
                 // resourceVersion in the body: a concurrent writer makes this a 409.
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self.timed("update", self.api.replace(&self.name, &PostParams::default(), &lease)).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -92,31 +173,39 @@ impl Elector {
         }
     }
 
-    /// Renews every third of the duration; returns (an error) once the lease is lost or could
-    /// not be renewed before it expired.
+    /// Renews every quarter of the renew deadline; returns (an error) once the lease is lost
+    /// or was not renewed within the renew deadline (the fence is closed by then).
     pub async fn keep(&self) -> anyhow::Result<()> {
-        let mut last = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(self.duration / 3).await;
+            tokio::time::sleep(self.renew_deadline / 4).await;
             match self.try_acquire().await {
-                Ok(true) => last = tokio::time::Instant::now(),
+                Ok(true) => {}
                 Ok(false) => anyhow::bail!("lease {} was taken by another instance", self.name),
-                Err(e) if last.elapsed() >= self.duration => anyhow::bail!("lease {} not renewed in time: {e}", self.name),
-                Err(e) => tracing::warn!(lease = %self.name, error = %e, "renewal failed; retrying"),
+                Err(e) => {
+                    if let Err(fenced) = self.fence.check() {
+                        anyhow::bail!("lease {} not renewed within the renew deadline: {e} ({fenced})", self.name);
+                    }
+                    tracing::warn!(lease = %self.name, error = %e, "renewal failed; retrying");
+                }
+            }
+            // Paused past the deadline (the renewal above may even have succeeded late): stop.
+            if let Err(fenced) = self.fence.check() {
+                anyhow::bail!("lease {}: {fenced}", self.name);
             }
         }
     }
 
     /// Gives the lease up (on shutdown) so a successor need not wait for it to expire.
     pub async fn release(&self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(()) };
+        self.fence.drop_hold();
+        let Some(mut lease) = self.timed("get", self.api.get_opt(&self.name)).await? else { return Ok(()) };
         let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+        self.timed("release", self.api.replace(&self.name, &PostParams::default(), &lease)).await?;
         info!(lease = %self.name, "released");
         Ok(())
     }
@@ -141,5 +230,18 @@ mod tests {
         assert!(!can_take(&held("b", 15), "a", now), "expires after the duration, not at it");
         assert!(can_take(&held("b", 16), "a", now));
         assert!(can_take(&LeaseSpec { holder_identity: Some(String::new()), ..held("b", 0) }, "a", now), "released");
+    }
+
+    #[test]
+    fn the_fence_closes_at_the_deadline_even_while_paused() {
+        let fence = Fence::new();
+        assert!(fence.check().unwrap_err().contains("not the leader"), "closed until the lease is taken");
+        fence.hold_until(Instant::now() + Duration::from_millis(200));
+        assert!(fence.check().is_ok());
+        // A paused process: no code runs, the monotonic clock goes on.
+        std::thread::sleep(Duration::from_millis(250));
+        let e = fence.check().unwrap_err();
+        assert!(e.contains("renew deadline"), "{e}");
+        assert!(Fence::always().check().is_ok());
     }
 }

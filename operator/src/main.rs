@@ -39,6 +39,11 @@ struct Args {
     /// Seconds a leader holds the lease without renewing it.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Seconds within which the leader must renew, else it stops writing and exits; shorter
+    /// than --lease-duration (default: two thirds of it), so a successor, which waits the whole
+    /// duration, never overlaps with it.
+    #[arg(long)]
+    renew_deadline: Option<f64>,
     /// This instance's identity in the Lease and in Events (default: POD_NAME or host-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -92,11 +97,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let host = nix_hostname().unwrap_or_else(|| "operator".into());
         format!("{host}-{}", std::process::id())
     });
+    let duration = Duration::from_secs(args.lease_duration);
+    let renew_deadline = args.renew_deadline.map_or(duration * 2 / 3, Duration::from_secs_f64);
+    if renew_deadline.is_zero() || renew_deadline >= duration {
+        anyhow::bail!("--renew-deadline {renew_deadline:?} must be above 0 and below --lease-duration {duration:?}");
+    }
     let elector = Elector::new(
         Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
         &args.lease_name,
         &identity,
-        Duration::from_secs(args.lease_duration),
+        duration,
+        renew_deadline,
     );
     let webhook = async {
         match args.webhook_addr {
@@ -121,7 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = controller::Config { block: args.cluster_block, locator_len: args.locator_length };
     let result = tokio::select! {
-        r = controller::run(client.clone(), config, Some(identity)) => r,
+        r = controller::run(client.clone(), config, Some(identity), elector.fence()) => r,
         r = elector.keep() => r,
         r = &mut webhook => r,
     };

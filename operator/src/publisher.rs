@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::controller::MANAGER;
+use crate::lease::Fence;
 
 /// How long a publication waits for its writes before the chains' statuses are written from
 /// what is known (a write still running goes on in its writer).
@@ -39,6 +40,9 @@ struct Want {
     seq: u64,
     spec: Arc<NodeProgramSpec>,
     owner: OwnerReference,
+    /// The resourceVersion of the program as the publisher knew it: the write is conditional
+    /// on it (a stale leader's write fails instead of landing).
+    resource_version: Option<String>,
 }
 
 /// A writer's answer to the publication of sequence number `seq`: `None` when written.
@@ -52,6 +56,7 @@ struct Writer {
 /// State the writers share with the publisher.
 struct Shared {
     client: Client,
+    fence: Fence,
     recorder: Recorder,
     world: Arc<watch::Sender<u64>>,
     /// Per node, the program as the last successful write left it (the API server's answer).
@@ -67,8 +72,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>) -> Self {
-        let shared = Shared { client, recorder, world, written: Default::default(), failures: Default::default() };
+    pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>, fence: Fence) -> Self {
+        let shared = Shared { client, fence, recorder, world, written: Default::default(), failures: Default::default() };
         Publisher { shared: Arc::new(shared), writers: Default::default(), seq: Mutex::new(0) }
     }
 
@@ -91,7 +96,13 @@ impl Publisher {
 
     /// Hands `spec` to `node`'s writer (unless it is already writing that spec) and returns
     /// what to wait on.
-    pub fn send(&self, node: &str, spec: &NodeProgramSpec, owner: OwnerReference) -> (u64, watch::Receiver<Done>) {
+    pub fn send(
+        &self,
+        node: &str,
+        spec: &NodeProgramSpec,
+        owner: OwnerReference,
+        resource_version: Option<String>,
+    ) -> (u64, watch::Receiver<Done>) {
         let mut writers = self.writers.lock().expect("writers");
         let writer = writers.entry(node.to_string()).or_insert_with(|| self.spawn(node));
         let seq = {
@@ -112,7 +123,7 @@ impl Publisher {
                 false
             }
             _ => {
-                *want = Some(Arc::new(Want { seq, spec: Arc::new(spec.clone()), owner }));
+                *want = Some(Arc::new(Want { seq, spec: Arc::new(spec.clone()), owner, resource_version }));
                 true
             }
         });
@@ -151,7 +162,13 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
     while want.changed().await.is_ok() {
         loop {
             let Some(w) = want.borrow_and_update().clone() else { break };
-            match write(&shared.client, &node, &w).await {
+            if let Err(e) = shared.fence.check() {
+                // Fenced off: no write, no failure recorded; the instance is on its way out.
+                warn!(node, error = %e, "node program not written");
+                done.send_replace((w.seq, Some(e)));
+                break;
+            }
+            match write(&shared, &node, &w).await {
                 Ok(obj) => {
                     shared.written.lock().expect("written").insert(node.clone(), Arc::new(obj));
                     done.send_replace((w.seq, None));
@@ -177,9 +194,13 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
     }
 }
 
-/// Server-side applies one program, refusing locally what would be over the size bound.
-async fn write(client: &Client, node: &str, w: &Want) -> Result<NodeProgram, String> {
-    let body = json!({
+/// Server-side applies one program, conditional on the resourceVersion it was known at,
+/// refusing locally what would be over the size bound. A conflict (the daemon reported status
+/// since, or another writer) reads the program again and retries with its resourceVersion,
+/// checking the fence first each time.
+async fn write(shared: &Shared, node: &str, w: &Want) -> Result<NodeProgram, String> {
+    let api: Api<NodeProgram> = Api::all(shared.client.clone());
+    let mut body = json!({
         "apiVersion": "srv6pipes.io/v1alpha1",
         "kind": "NodeProgram",
         "metadata": {"name": node, "ownerReferences": [w.owner]},
@@ -189,16 +210,34 @@ async fn write(client: &Client, node: &str, w: &Want) -> Result<NodeProgram, Str
     if size > MAX_OBJECT_BYTES {
         return Err(format!("program is {size} bytes, over the {MAX_OBJECT_BYTES}-byte bound of one object"));
     }
-    let api: Api<NodeProgram> = Api::all(client.clone());
-    let started = std::time::Instant::now();
-    match tokio::time::timeout(WRITE_TIMEOUT, api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))).await {
-        Ok(Ok(obj)) => {
-            info!(node, bytes = size, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program");
-            Ok(obj)
+    let timed = |what: &str| format!("program not written: {what}: no answer within {} s", WRITE_TIMEOUT.as_secs());
+    let mut resource_version = w.resource_version.clone();
+    for attempt in 1..=3 {
+        shared.fence.check()?;
+        match &resource_version {
+            Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
+            None => _ = body["metadata"].as_object_mut().expect("metadata").remove("resourceVersion"),
         }
-        Ok(Err(e)) => Err(format!("program not written: {e}")),
-        Err(_) => Err(format!("program not written: no answer within {} s", WRITE_TIMEOUT.as_secs())),
+        let started = std::time::Instant::now();
+        let params = PatchParams::apply(MANAGER).force();
+        let patch = Patch::Apply(&body);
+        match tokio::time::timeout(WRITE_TIMEOUT, api.patch(node, &params, &patch)).await.map_err(|_| timed("apply"))? {
+            Ok(obj) => {
+                info!(node, bytes = size, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program");
+                return Ok(obj);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => {
+                let fresh = tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(node)).await.map_err(|_| timed("read"))?;
+                match fresh.map_err(|e| format!("program not written: read it again after a conflict: {e}"))? {
+                    Some(p) if p.spec == *w.spec => return Ok(p),
+                    Some(p) => resource_version = p.metadata.resource_version,
+                    None => resource_version = None,
+                }
+            }
+            Err(e) => return Err(format!("program not written: {e}")),
+        }
     }
+    unreachable!("the last attempt returns")
 }
 
 impl Shared {
