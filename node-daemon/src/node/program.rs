@@ -1,0 +1,587 @@
+//! Programming a node in three phases: what the program wants ([`desired`], pure, from the
+//! program and what the node resolved about its interfaces), the classifier's new tables and
+//! whether they steer differently from what is installed ([`classifier`], [`same_steering`],
+//! pure), and the apply, best effort, which records in `Installed` exactly what it changed.
+//!
+//! A failed step never leaves a rule half-way: a new classifier gets class ids that no installed
+//! rule uses, its stage-2 and fragment entries are written first, and a stage-1 rule switches to
+//! its new class (one atomic map update) only when that class is complete, so every rule steers
+//! either by the old program or by the new one, never through another chain's class. What
+//! failed is reported (the `Programmed` condition) and retried by the next program, which diffs
+//! against what is really installed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+
+use anyhow::{anyhow, bail, Context};
+use ipnet::{IpNet, Ipv6Net};
+use nix::net::if_::{if_indextoname, if_nametoindex};
+use srv6::classifier;
+use srv6::codec::{NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use srv6::compiler::{replica_slots, shared_proxies, Behavior};
+use srv6::node_api::NodeProgram;
+use srv6::sid::{Locator, Sid};
+use srv6pipes_ebpf::{
+    Hook, L4Target, SidEntry, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, POLICY_DROP, POLICY_INSERT, VNF_AM, VNF_AS, VNF_NO_FLOWS, VNF_SHARED,
+    VNF_STREAM,
+};
+use tracing::{info, warn};
+
+use super::{has_return, policy_header, policy_id, Node};
+use crate::state::{PolicyKey, Registration};
+
+/// The classifier as the datapath keys it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Classifier {
+    /// Stage 1: (ifindex, destination) -> class (with `CLASS_SRC_PORTS`).
+    pub rules: BTreeMap<(u32, IpNet), u32>,
+    /// Stage 2: (class, protocol, port, port block length) -> policy and rank.
+    pub l4: BTreeMap<(u32, Option<u8>, u16, u8), L4Target>,
+    /// Fragments: (class, protocol) -> policy.
+    pub frags: BTreeMap<(u32, Option<u8>), u32>,
+}
+
+/// The interfaces a program's headends and pods resolve to on this node (route lookups).
+#[derive(Debug, Default)]
+pub(super) struct Resolved {
+    /// (source address, chain interface of a stream proxy) -> (ifindex, name).
+    pub sources: BTreeMap<(IpAddr, Option<String>), (u32, String)>,
+    /// The pods' primary interfaces (the guard goes on them).
+    pub guarded: BTreeSet<String>,
+}
+
+/// Everything a program wants installed, computed before anything changes.
+#[derive(Debug, Default)]
+pub(super) struct Desired {
+    /// Policies with their stable ids and header templates.
+    pub policies: Vec<(PolicyKey, u32, Vec<u8>)>,
+    pub ids: BTreeMap<PolicyKey, u32>,
+    pub classify: Vec<classifier::Rule<u32>>,
+    pub ifaces: BTreeSet<String>,
+    pub as_returns: BTreeMap<(u32, u32), u32>,
+    pub vnf_flags: BTreeMap<u32, u32>,
+    pub insert_sources: BTreeSet<Ipv6Net>,
+    pub decaps: BTreeSet<Sid>,
+    pub peers: BTreeMap<Ipv6Net, Ipv6Addr>,
+}
+
+/// What a program wants, from the program, the node's resolved interfaces, its registrations,
+/// the policy ids it already gave out and its stream proxies' SIDs. Every header is built (and
+/// so validated) here: a program that cannot be installed changes nothing.
+pub(super) fn desired(
+    p: &NodeProgram,
+    locator: &Locator,
+    resolved: &Resolved,
+    registrations: &[Registration],
+    known: &BTreeMap<PolicyKey, u32>,
+    stream_sids: &BTreeSet<Sid>,
+) -> anyhow::Result<Desired> {
+    let mut d = Desired { ifaces: resolved.guarded.clone(), ..Default::default() };
+    for h in &p.tables.headends {
+        let source = (h.source_ip, h.source_interface.clone());
+        let (oif, ifname) =
+            resolved.sources.get(&source).with_context(|| format!("chain {}: source {} unresolved", h.chain, h.source_ip))?;
+        let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
+        let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
+        let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
+        let id = policy_id(known, &mut d.ids, key);
+        d.classify.push(classifier::Rule {
+            source: *oif,
+            destination: h.destination,
+            proto: h.proto,
+            ports: h.ports.clone(),
+            source_ports: h.source_ports.clone(),
+            priority: h.priority,
+            target: id as usize,
+        });
+        // A stream proxy's rules sit on its chain interface, which has its own program.
+        if h.source_interface.is_none() {
+            d.ifaces.insert(ifname.clone());
+        }
+    }
+    // End.AS: each static proxy's interface returns through a policy holding the rest of the
+    // chain (per inner family), in the same id space as the headend's.
+    for u in p.tables.proxies.iter().filter(|u| u.behavior == Behavior::EndAS) {
+        let Some(reg) = registrations.iter().find(|r| r.sid == u.sid) else {
+            warn!(sid = %u.sid, chain = %u.chain, "End.AS for a SID that is not registered here");
+            continue;
+        };
+        for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
+            let role = format!("End.AS {}", u.sid);
+            let key = PolicyKey { chain: u.chain.clone(), role, replicas: u.return_path.clone(), inner, drop: false, insert: false };
+            let id = policy_id(known, &mut d.ids, key);
+            d.as_returns.insert((reg.return_ifindex, family), id);
+        }
+    }
+    let sids_of = |keep: &dyn Fn(&srv6::compiler::SidUse) -> bool| -> BTreeSet<Sid> {
+        p.tables.proxies.iter().filter(|u| keep(u)).map(|u| u.sid).collect()
+    };
+    let am = sids_of(&|u| u.behavior == Behavior::EndAM);
+    let rewriting = sids_of(&|u| u.rewrites_flows);
+    let shared = shared_proxies(&p.tables.proxies);
+    let flag = |set: &BTreeSet<Sid>, sid: &Sid, bit: u32| if set.contains(sid) { bit } else { 0 };
+    d.vnf_flags = registrations
+        .iter()
+        .map(|r| {
+            let flags = flag(&am, &r.sid, VNF_AM)
+                | flag(&rewriting, &r.sid, VNF_NO_FLOWS)
+                | flag(&shared, &r.sid, VNF_SHARED)
+                | flag(stream_sids, &r.sid, VNF_STREAM)
+                | if has_return(&d.as_returns, r.return_ifindex) { VNF_AS } else { 0 };
+            (r.return_ifindex, flags)
+        })
+        .filter(|(_, f)| *f != 0)
+        .collect();
+    d.insert_sources = p
+        .tables
+        .insert_sources
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(a) => Some(Ipv6Net::from(*a)),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    d.decaps = p.tables.decaps.iter().map(|u| u.sid).collect();
+    if let Some(s) = d.decaps.iter().find(|s| locator.funct_of(**s).is_none()) {
+        bail!("decapsulation SID {s} is not in locator {locator}");
+    }
+    d.peers = p.peers.iter().map(|peer| (peer.locator.prefix(), peer.underlay)).collect();
+    let src = locator.source_address();
+    d.policies = d
+        .ids
+        .iter()
+        .map(|(key, id)| Ok((key.clone(), *id, policy_header(src, key).with_context(|| format!("chain {}: segment list", key.chain))?)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(d)
+}
+
+fn class_of(c: u32) -> u32 {
+    c & !CLASS_SRC_PORTS
+}
+
+/// The first of `n` class ids that no installed class uses: above every id in use, or, when
+/// that would reach the flag bit, the lowest gap wide enough.
+pub(super) fn class_base(used: &BTreeSet<u32>, n: u32) -> u32 {
+    let above = used.last().map_or(1, |u| u + 1);
+    if above.checked_add(n).is_some_and(|end| end < CLASS_SRC_PORTS) {
+        return above;
+    }
+    let mut start = 1;
+    for &u in used {
+        if u >= start + n {
+            break;
+        }
+        start = u + 1;
+    }
+    start
+}
+
+/// The classifier of `rules` with its classes numbered from `base`.
+pub(super) fn classifier(rules: &[classifier::Rule<u32>], base: u32) -> Classifier {
+    let t = classifier::build(rules);
+    let id = |class: u32, src_ports: bool| (class + base - 1) | if src_ports { CLASS_SRC_PORTS } else { 0 };
+    Classifier {
+        rules: t.classes.iter().map(|c| ((c.source, c.destination), id(c.class, c.source_ports))).collect(),
+        l4: t
+            .l4
+            .iter()
+            .map(|e| ((id(e.class, e.by_source), e.proto, e.port, e.port_len), L4Target { policy: e.target as u32, rank: e.rank }))
+            .collect(),
+        frags: t.frags.iter().map(|f| ((id(f.class, false), f.proto), f.target as u32)).collect(),
+    }
+}
+
+/// The number of classes of a classifier.
+fn classes(c: &Classifier) -> BTreeSet<u32> {
+    c.rules.values().map(|c| class_of(*c)).collect()
+}
+
+/// Whether two classifiers steer alike: the same rules, whose classes hold the same entries,
+/// whatever the class ids. (A stage-2 entry of no rule's class makes them differ: rebuilding
+/// removes it.)
+pub(super) fn same_steering(a: &Classifier, b: &Classifier) -> bool {
+    if a.rules.len() != b.rules.len() {
+        return false;
+    }
+    let mut map: BTreeMap<u32, u32> = BTreeMap::new();
+    for ((ka, ca), (kb, cb)) in a.rules.iter().zip(&b.rules) {
+        if ka != kb || ca & CLASS_SRC_PORTS != cb & CLASS_SRC_PORTS || *map.entry(class_of(*ca)).or_insert(class_of(*cb)) != class_of(*cb) {
+            return false;
+        }
+    }
+    if map.values().collect::<BTreeSet<_>>().len() != map.len() {
+        return false;
+    }
+    let tr = |c: u32| map.get(&class_of(c)).map(|m| m | (c & CLASS_SRC_PORTS));
+    let l4: Option<BTreeMap<_, _>> = a.l4.iter().map(|(&(c, p, port, len), t)| Some(((tr(c)?, p, port, len), *t))).collect();
+    let frags: Option<BTreeMap<_, _>> = a.frags.iter().map(|(&(c, p), t)| Some(((tr(c)?, p), *t))).collect();
+    l4.as_ref() == Some(&b.l4) && frags.as_ref() == Some(&b.frags)
+}
+
+/// Runs one step; a failure is recorded (with what it was) and the apply goes on.
+fn step<E: Into<anyhow::Error>>(errs: &mut Vec<anyhow::Error>, r: Result<(), E>, what: impl FnOnce() -> String) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            errs.push(e.into().context(what()));
+            false
+        }
+    }
+}
+
+impl Node {
+    /// Applies a program: resolves its interfaces, computes what it wants, then applies the
+    /// difference best effort (see the module's documentation). An error lists the steps that
+    /// failed; the next program retries them.
+    pub async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
+        let resolved = self.resolve(&p).await?;
+        let streams = self.stream_plan(&p.tables.proxies)?;
+        let stream_sids: BTreeSet<Sid> = streams.by_registration.keys().map(|i| self.state.registrations[*i].sid).collect();
+        let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
+        let d = desired(&p, &self.locator, &resolved, &self.state.registrations, &known, &stream_sids)?;
+        let uplink_idx = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
+
+        let mut errs = Vec::new();
+        let failed_policies = self.apply_policies(&d, &mut errs);
+        self.apply_classifier(&d, &failed_policies, &mut errs);
+        for ifname in &d.ifaces {
+            if step(&mut errs, self.datapath.attach(Hook::Headend, ifname), || format!("attach the headend to {ifname}")) {
+                self.installed.headend_ifaces.insert(ifname.clone());
+            }
+        }
+        for sid in &d.decaps {
+            let entry = SidEntry { behavior: BEHAVIOR_END_DT46, ..Default::default() };
+            if step(&mut errs, self.datapath.set_sid(sid.0, entry), || format!("decapsulation SID {sid}")) {
+                self.installed.decaps.insert(*sid);
+            }
+        }
+        for (&(ifindex, family), &id) in d.as_returns.iter().filter(|(_, id)| !failed_policies.contains(id)) {
+            if step(&mut errs, self.datapath.set_as_return(ifindex, family, id), || format!("End.AS return of ifindex {ifindex}")) {
+                self.installed.as_returns.insert((ifindex, family), id);
+            }
+        }
+        for prefix in &d.insert_sources {
+            if step(&mut errs, self.datapath.set_insert_source(*prefix), || format!("End.AM source {prefix}")) {
+                self.installed.insert_sources.insert(*prefix);
+            }
+        }
+        // Interface flags before their SIDs turn End.AM (what the VNF returns is then
+        // de-masqueraded), removed after a SID stops being End.AM.
+        for (&ifindex, &flags) in &d.vnf_flags {
+            if step(&mut errs, self.datapath.set_vnf_flags(ifindex, flags), || format!("flags of ifindex {ifindex}")) {
+                self.installed.vnf_flags.insert(ifindex, flags);
+            }
+        }
+        for reg in self.state.registrations.clone() {
+            let r = self.set_proxy_behavior(&reg, self.behavior_of(&reg));
+            step(&mut errs, r, || format!("proxy SID {}", reg.sid));
+        }
+        let r = self.program_streams(&streams);
+        step(&mut errs, r, || "stream proxies".into());
+        for (&prefix, &via) in &d.peers {
+            if step(&mut errs, self.netlink.replace_route(prefix, via, uplink_idx).await, || format!("route {prefix} via {via}")) {
+                self.installed.peer_routes.insert(prefix, via);
+            }
+        }
+        self.remove_unwanted(&d, uplink_idx, &mut errs).await;
+
+        let i = &self.installed;
+        info!(node = %self.name, headend_rules = i.rules.len(), policies = i.policies.len(), decaps = i.decaps.len(), peers = i.peer_routes.len(), failed_steps = errs.len(), "programmed");
+        self.state.policies = d.ids.into_iter().collect();
+        self.state.program = Some(p);
+        self.store.save(&self.state)?;
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = errs.iter().take(3).map(|e| format!("{e:#}")).collect();
+        Err(anyhow!("{} step(s) failed, the next program retries them: {}", errs.len(), shown.join("; ")))
+    }
+
+    /// The interfaces of the program's headend sources (route lookups, or a stream proxy's
+    /// chain interface) and of every pod to guard.
+    async fn resolve(&self, p: &NodeProgram) -> anyhow::Result<Resolved> {
+        let mut r = Resolved::default();
+        for h in &p.tables.headends {
+            let source = (h.source_ip, h.source_interface.clone());
+            if r.sources.contains_key(&source) {
+                continue;
+            }
+            let iface = match &h.source_interface {
+                Some(name) => self.chain_interface(name).with_context(|| format!("chain {}", h.chain))?,
+                None => self.primary_interface(h).await?,
+            };
+            r.sources.insert(source, iface);
+        }
+        // Every pod gets the guard (the same program: without a rule it only enforces the
+        // closed domain). A pod that is gone has no route: nothing to guard.
+        let uplink = if_nametoindex(self.uplink.as_str()).ok();
+        for ip in &p.tables.pods {
+            match self.netlink.route_oif(*ip).await {
+                Ok(oif) if Some(oif) != uplink => {
+                    if let Ok(name) = if_indextoname(oif) {
+                        r.guarded.insert(name.to_string_lossy().into_owned());
+                    }
+                }
+                _ => warn!(node = %self.name, pod_ip = %ip, "no local route to pod: not guarded"),
+            }
+        }
+        Ok(r)
+    }
+
+    /// Sets every wanted policy (hop tables first, so a policy never points at a missing one);
+    /// returns the ids that failed.
+    fn apply_policies(&mut self, d: &Desired, errs: &mut Vec<anyhow::Error>) -> BTreeSet<u32> {
+        let mut failed = BTreeSet::new();
+        for (key, id, header) in &d.policies {
+            let mut flags = if key.drop { POLICY_DROP } else { 0 } | if key.insert { POLICY_INSERT } else { 0 };
+            let mut ok = true;
+            for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
+                let slots: Vec<Ipv6Addr> = replica_slots(replicas).iter().map(|s| s.0).collect();
+                ok &= step(errs, self.datapath.set_hop_slots(*id, hop as u32, &slots), || format!("chain {}: hop {hop}", key.chain));
+                flags |= 1 << hop;
+            }
+            if ok && step(errs, self.datapath.set_policy(*id, header, flags), || format!("chain {}: policy {id}", key.chain)) {
+                self.installed.policies.insert(*id);
+            } else {
+                failed.insert(*id);
+            }
+        }
+        failed
+    }
+
+    /// Installs the new classifier when it steers differently: stage 2 and fragments of fresh
+    /// classes, then each stage-1 rule switches to its class if that class is complete, then
+    /// the entries of classes no rule points at go.
+    fn apply_classifier(&mut self, d: &Desired, failed_policies: &BTreeSet<u32>, errs: &mut Vec<anyhow::Error>) {
+        let installed =
+            Classifier { rules: self.installed.rules.clone(), l4: self.installed.l4.clone(), frags: self.installed.frags.clone() };
+        let probe = classifier(&d.classify, 1);
+        if same_steering(&installed, &probe) {
+            return;
+        }
+        let used: BTreeSet<u32> = installed
+            .rules
+            .values()
+            .chain(installed.frags.keys().map(|k| &k.0))
+            .chain(installed.l4.keys().map(|k| &k.0))
+            .map(|c| class_of(*c))
+            .collect();
+        let new = classifier(&d.classify, class_base(&used, classes(&probe).len() as u32));
+        let mut broken: BTreeSet<u32> = BTreeSet::new();
+        for (&(class, proto, port, len), &target) in &new.l4 {
+            if failed_policies.contains(&target.policy) {
+                broken.insert(class_of(class));
+            } else if step(errs, self.datapath.set_l4_rule(class, proto, port, len, target), || format!("class {class} port {port}")) {
+                self.installed.l4.insert((class, proto, port, len), target);
+            } else {
+                broken.insert(class_of(class));
+            }
+        }
+        for (&(class, proto), &policy) in &new.frags {
+            if failed_policies.contains(&policy) {
+                broken.insert(class_of(class));
+            } else if step(errs, self.datapath.set_frag_rule(class, proto, policy), || format!("class {class} fragments")) {
+                self.installed.frags.insert((class, proto), policy);
+            } else {
+                broken.insert(class_of(class));
+            }
+        }
+        for (&(oif, dst), &class) in &new.rules {
+            if broken.contains(&class_of(class)) {
+                warn!(node = %self.name, ifindex = oif, destination = %dst, "rule kept on the previous program: its new class is incomplete");
+            } else if step(errs, self.datapath.set_headend_rule(oif, dst, class), || format!("rule {dst} on ifindex {oif}")) {
+                self.installed.rules.insert((oif, dst), class);
+            }
+        }
+        let gone: Vec<(u32, IpNet)> = self.installed.rules.keys().filter(|k| !new.rules.contains_key(k)).copied().collect();
+        for (oif, dst) in gone {
+            if step(errs, self.datapath.remove_headend_rule(oif, dst), || format!("remove rule {dst} on ifindex {oif}")) {
+                self.installed.rules.remove(&(oif, dst));
+            }
+        }
+        let live: BTreeSet<u32> = self.installed.rules.values().map(|c| class_of(*c)).collect();
+        let dead_l4: Vec<_> = self.installed.l4.keys().filter(|k| !live.contains(&class_of(k.0))).copied().collect();
+        for (class, proto, port, len) in dead_l4 {
+            if step(errs, self.datapath.remove_l4_rule(class, proto, port, len), || format!("remove class {class} port {port}")) {
+                self.installed.l4.remove(&(class, proto, port, len));
+            }
+        }
+        let dead_frags: Vec<_> = self.installed.frags.keys().filter(|k| !live.contains(&class_of(k.0))).copied().collect();
+        for (class, proto) in dead_frags {
+            if step(errs, self.datapath.remove_frag_rule(class, proto), || format!("remove class {class} fragments")) {
+                self.installed.frags.remove(&(class, proto));
+            }
+        }
+    }
+
+    /// Removes what the program no longer wants (after the adds, so nothing points at a
+    /// removed entry); a policy goes only when nothing installed points at it.
+    async fn remove_unwanted(&mut self, d: &Desired, uplink_idx: u32, errs: &mut Vec<anyhow::Error>) {
+        let wanted: BTreeSet<u32> = d.ids.values().copied().collect();
+        let referenced: BTreeSet<u32> = self
+            .installed
+            .l4
+            .values()
+            .map(|t| t.policy)
+            .chain(self.installed.frags.values().copied())
+            .chain(self.installed.as_returns.values().copied())
+            .collect();
+        let i = &self.installed;
+        let gone = |set: &BTreeSet<u32>| -> Vec<u32> {
+            set.iter().filter(|id| !wanted.contains(id) && !referenced.contains(id)).copied().collect()
+        };
+        let (policies, ifaces): (Vec<u32>, Vec<String>) = (gone(&i.policies), i.headend_ifaces.difference(&d.ifaces).cloned().collect());
+        let decaps: Vec<Sid> = i.decaps.difference(&d.decaps).copied().collect();
+        let as_returns: Vec<(u32, u32)> = i.as_returns.keys().filter(|k| !d.as_returns.contains_key(k)).copied().collect();
+        let vnf_flags: Vec<u32> = i.vnf_flags.keys().filter(|k| !d.vnf_flags.contains_key(k)).copied().collect();
+        let insert_sources: Vec<Ipv6Net> = i.insert_sources.difference(&d.insert_sources).copied().collect();
+        let peers: Vec<(Ipv6Net, Ipv6Addr)> =
+            i.peer_routes.iter().filter(|(p, _)| !d.peers.contains_key(*p)).map(|(p, v)| (*p, *v)).collect();
+        for id in policies {
+            if step(errs, self.datapath.remove_policy(id), || format!("remove policy {id}")) {
+                self.installed.policies.remove(&id);
+            }
+        }
+        for ifname in ifaces {
+            if step(errs, self.datapath.detach(Hook::Headend, &ifname), || format!("detach the headend from {ifname}")) {
+                self.installed.headend_ifaces.remove(&ifname);
+            }
+        }
+        for sid in decaps {
+            if step(errs, self.datapath.remove_sid(sid.0), || format!("remove decapsulation SID {sid}")) {
+                self.installed.decaps.remove(&sid);
+            }
+        }
+        for (ifindex, family) in as_returns {
+            if step(errs, self.datapath.remove_as_return(ifindex, family), || format!("remove End.AS return of ifindex {ifindex}")) {
+                self.installed.as_returns.remove(&(ifindex, family));
+            }
+        }
+        for ifindex in vnf_flags {
+            if step(errs, self.datapath.remove_vnf_flags(ifindex), || format!("remove flags of ifindex {ifindex}")) {
+                self.installed.vnf_flags.remove(&ifindex);
+            }
+        }
+        for prefix in insert_sources {
+            if step(errs, self.datapath.remove_insert_source(prefix), || format!("remove End.AM source {prefix}")) {
+                self.installed.insert_sources.remove(&prefix);
+            }
+        }
+        for (prefix, via) in peers {
+            if step(errs, self.netlink.delete_route(prefix, via, uplink_idx).await, || format!("remove route {prefix} via {via}")) {
+                self.installed.peer_routes.remove(&prefix);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(source: u32, dst: &str, port: Option<u16>, target: usize) -> classifier::Rule<u32> {
+        classifier::Rule {
+            source,
+            destination: dst.parse().unwrap(),
+            proto: port.map(|_| 6),
+            ports: port.map(|p| vec![(p, p)]).unwrap_or_default(),
+            source_ports: vec![],
+            priority: 0,
+            target,
+        }
+    }
+
+    #[test]
+    fn new_classes_never_reuse_an_installed_id() {
+        assert_eq!(class_base(&BTreeSet::new(), 5), 1);
+        assert_eq!(class_base(&[1, 2, 3].into(), 3), 4, "above what is in use");
+        let top = CLASS_SRC_PORTS - 1;
+        // Near the flag bit: the lowest gap wide enough.
+        assert_eq!(class_base(&[3, 4, top - 2].into(), 2), 1);
+        assert_eq!(class_base(&[2, 5, top - 2].into(), 2), 3);
+        assert_eq!(class_base(&[2, 4, top - 2].into(), 2), 5);
+        let used: BTreeSet<u32> = [7, 8, 9].into();
+        let base = class_base(&used, 4);
+        assert!((base..base + 4).all(|c| !used.contains(&c)));
+    }
+
+    #[test]
+    fn steering_is_compared_whatever_the_class_ids() {
+        let rules = vec![rule(3, "fd00:20::/64", Some(80), 1), rule(3, "fd00:20::/64", None, 2), rule(4, "10.0.0.0/8", None, 2)];
+        let a = classifier(&rules, 1);
+        let b = classifier(&rules, 1000);
+        assert_ne!(a, b);
+        assert!(same_steering(&a, &b), "renumbered classes steer alike");
+        assert!(classes(&b).iter().all(|c| *c >= 1000));
+        // Another policy for one rule, a new rule, a removed rule: different.
+        let mut other = rules.clone();
+        other[0].target = 5;
+        assert!(!same_steering(&a, &classifier(&other, 1)));
+        let mut more = rules.clone();
+        more.push(rule(4, "10.1.0.0/16", None, 1));
+        assert!(!same_steering(&a, &classifier(&more, 1)));
+        assert!(!same_steering(&a, &classifier(&rules[1..], 1)));
+        // A stage-2 entry of no rule's class (left by a failed apply) is a difference.
+        let mut leftover = a.clone();
+        leftover.l4.insert((999, Some(6), 443, 16), L4Target { policy: 1, rank: 0 });
+        assert!(!same_steering(&leftover, &b));
+        assert!(same_steering(&Classifier::default(), &classifier(&[], 1)));
+    }
+
+    fn registration(sid: &str, ifindex: u32) -> Registration {
+        serde_json::from_value(serde_json::json!({
+            "attachment": {"container_id": "c", "ifname": "net1", "netns": "/run/netns/x", "host_ifname": format!("sp{ifindex}"),
+                           "pod_namespace": "default", "pod_name": "fw", "vnf_mac": "02:00:00:00:00:01", "host_mac": "02:00:00:00:00:02"},
+            "sid": sid, "funct": 0xe001, "ifindex": ifindex, "return_ifindex": ifindex,
+        }))
+        .unwrap()
+    }
+
+    fn program(decap: &str) -> NodeProgram {
+        serde_json::from_value(serde_json::json!({
+            "tables": {
+                "pods": ["fd00:10:1::2"],
+                "headends": [
+                    {"chain": "default/web", "source_pod": "default/client", "source_ip": "fd00:10:1::2", "destination": "fd00:20::/64",
+                     "segments": ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"], "proto": 6, "ports": [[80, 80]]},
+                    {"chain": "default/dns", "source_pod": "default/client", "source_ip": "fd00:10:1::2", "destination": "fd00:53::/64",
+                     "segments": ["fcbb:bb00:2:d6::"], "drop": true},
+                ],
+                "proxies": [{"sid": "fcbb:bb00:1:e001::", "behavior": "End.AS", "chain": "default/web",
+                             "return_path": [["fcbb:bb00:2:d6::"]]}],
+                "decaps": [{"sid": decap, "behavior": "End.DT46", "chain": "default/web"}],
+            },
+            "peers": [{"node": "n2", "locator": "fcbb:bb00:2::/48", "underlay": "fd00:ffff::2"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn what_a_program_wants_is_computed_before_anything_changes() {
+        let locator: Locator = "fcbb:bb00:1::/48".parse().unwrap();
+        let mut resolved = Resolved::default();
+        resolved.sources.insert(("fd00:10:1::2".parse().unwrap(), None), (7, "veth-client".into()));
+        resolved.guarded.insert("veth-client".into());
+        let regs = [registration("fcbb:bb00:1:e001::", 9)];
+        let d = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new()).unwrap();
+        // Two headend policies and the End.AS return (one per inner family), ids from 1.
+        assert_eq!(d.ids.len(), 4, "{:?}", d.ids);
+        assert_eq!(d.classify.len(), 2);
+        assert!(d.classify.iter().all(|r| r.source == 7));
+        assert_eq!(d.ifaces, BTreeSet::from(["veth-client".to_string()]));
+        assert_eq!(d.as_returns.keys().copied().collect::<Vec<_>>(), [(9, 4), (9, 6)]);
+        assert_eq!(d.vnf_flags.get(&9), Some(&VNF_AS));
+        assert_eq!(d.peers.len(), 1);
+        let dropping = d.policies.iter().find(|(k, _, _)| k.drop).unwrap();
+        assert!(dropping.2.is_empty(), "a dropping policy has no header");
+        assert!(d.policies.iter().filter(|(k, _, _)| !k.drop).all(|(_, _, h)| !h.is_empty()));
+        // Ids stay with their keys across programs.
+        let again = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &d.ids, &BTreeSet::new()).unwrap();
+        assert_eq!(again.ids, d.ids);
+        // A decapsulation SID outside the locator, or a source not resolved: refused whole.
+        let e = desired(&program("fcbb:bb00:9:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new()).unwrap_err();
+        assert!(e.to_string().contains("not in locator"), "{e}");
+        let e = desired(&program("fcbb:bb00:1:d6::"), &locator, &Resolved::default(), &regs, &BTreeMap::new(), &BTreeSet::new());
+        assert!(e.unwrap_err().to_string().contains("unresolved"));
+    }
+}
