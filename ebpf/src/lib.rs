@@ -116,6 +116,43 @@ pub struct Datapath {
     links: BTreeMap<(Hook, String), Attached>,
 }
 
+/// End.AD's flow recount, on its own handles of the pinned maps: the node daemon runs it each
+/// second without holding the node (it walks every per-flow entry).
+pub struct FlowCounter {
+    flows: aya::maps::Map,
+    counts: aya::maps::Map,
+}
+
+impl FlowCounter {
+    /// Opens the maps a loaded [`Datapath`] pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let open = |map: &'static str| MapData::from_pin(pin_dir.join(map)).map_err(|source| DatapathError::Map { map, source });
+        Ok(FlowCounter { flows: aya::maps::Map::LruHashMap(open("sp_ad_flows")?), counts: aya::maps::Map::Array(open("sp_flow_counts")?) })
+    }
+
+    /// Recounts End.AD's per-flow entries per chain (SRH tag) from the LRU itself, which the
+    /// datapath only counts up (it does not see evictions), and stores the counts the per-chain
+    /// quota is checked against. `previous`: the tags counted last time (so emptied ones go to
+    /// zero). Returns the counts.
+    pub fn recount(&mut self, previous: &BTreeMap<u16, u32>) -> Result<BTreeMap<u16, u32>> {
+        let map_err = |map: &'static str| move |source| DatapathError::Map { map, source };
+        let flows: HashMap<&MapData, [u8; FLOW_KEY_LEN], OuterHdr> = HashMap::try_from(&self.flows).map_err(map_err("sp_ad_flows"))?;
+        let mut counts: BTreeMap<u16, u32> = BTreeMap::new();
+        for entry in flows.iter().filter_map(|e| e.ok()) {
+            let b = &entry.1.bytes;
+            *counts.entry(u16::from_be_bytes([b[SRH_TAG_OFFSET], b[SRH_TAG_OFFSET + 1]])).or_default() += 1;
+        }
+        let mut m: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(&mut self.counts).map_err(map_err("sp_flow_counts"))?;
+        for tag in previous.keys().filter(|t| !counts.contains_key(t)) {
+            m.set(u32::from(*tag), 0, 0).map_err(map_err("sp_flow_counts"))?;
+        }
+        for (tag, n) in &counts {
+            m.set(u32::from(*tag), *n, 0).map_err(map_err("sp_flow_counts"))?;
+        }
+        Ok(counts)
+    }
+}
+
 /// Loads the object with its maps pinned in `pin_dir` (reused when already there) and its
 /// three programs.
 fn load_object(pin_dir: &Path) -> Result<Ebpf> {
@@ -483,27 +520,6 @@ impl Datapath {
     pub fn vnf_flags(&self) -> Result<Vec<(u32, u32)>> {
         let m: HashMap<&MapData, u32, u32> = self.typed_ref("sp_vnf_flags")?;
         m.iter().collect::<std::result::Result<_, _>>().map_err(|source| DatapathError::Map { map: "sp_vnf_flags", source })
-    }
-
-    /// Recounts End.AD's per-flow entries per chain (SRH tag) from the LRU itself, which the
-    /// datapath only counts up (it does not see evictions), and stores the counts the per-chain
-    /// quota is checked against. `previous`: the tags counted last time (so emptied ones go to
-    /// zero). Returns the counts.
-    pub fn recount_flows(&mut self, previous: &BTreeMap<u16, u32>) -> Result<BTreeMap<u16, u32>> {
-        let flows: HashMap<&MapData, [u8; FLOW_KEY_LEN], OuterHdr> = self.typed_ref("sp_ad_flows")?;
-        let mut counts: BTreeMap<u16, u32> = BTreeMap::new();
-        for entry in flows.iter().filter_map(|e| e.ok()) {
-            let b = &entry.1.bytes;
-            *counts.entry(u16::from_be_bytes([b[SRH_TAG_OFFSET], b[SRH_TAG_OFFSET + 1]])).or_default() += 1;
-        }
-        let mut m: aya::maps::Array<&mut MapData, u32> = self.typed("sp_flow_counts")?;
-        for tag in previous.keys().filter(|t| !counts.contains_key(t)) {
-            m.set(u32::from(*tag), 0, 0).map_err(|source| DatapathError::Map { map: "sp_flow_counts", source })?;
-        }
-        for (tag, n) in &counts {
-            m.set(u32::from(*tag), *n, 0).map_err(|source| DatapathError::Map { map: "sp_flow_counts", source })?;
-        }
-        Ok(counts)
     }
 
     /// End.AM: a source (prefix) besides the cluster's locator block that may address this

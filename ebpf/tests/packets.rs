@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
 use srv6pipes_ebpf::{
-    Datapath, DropReason, Event, Hook, L4Target, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, CLASS_SRC_PORTS,
+    Datapath, DropReason, Event, FlowCounter, Hook, L4Target, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46,
+    CLASS_SRC_PORTS,
 };
 
 const TC_ACT_OK: i32 = 0;
@@ -668,11 +669,13 @@ fn end_ad_flow_quota_and_flow_rewriting_functions() {
     }
     assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 2, "the quota");
     assert_eq!(b.dp.event(Event::FlowQuota).unwrap(), 1);
-    let counts = b.dp.recount_flows(&Default::default()).unwrap();
+    // The daemon's counter has its own handles on the pinned maps.
+    let mut counter = FlowCounter::open(b._cleanup.pins.as_ref().unwrap()).unwrap();
+    let counts = counter.recount(&Default::default()).unwrap();
     assert_eq!(counts.into_iter().collect::<Vec<_>>(), [(TAG, 2)]);
     // Entries gone (here: flushed; in life: evicted) are found by the recount and free quota.
     b.dp.remove_ad_cache(b.vnf).unwrap();
-    let counts = b.dp.recount_flows(&[(TAG, 2)].into()).unwrap();
+    let counts = counter.recount(&[(TAG, 2)].into()).unwrap();
     assert!(counts.is_empty());
     assert_eq!(b.run(Hook::Uplink, b.uplink, &flow(&PATH, 4003)).0, TC_ACT_REDIRECT);
     assert_eq!(b.dp.ad_flows(b.vnf).unwrap(), 1);

@@ -421,9 +421,15 @@ impl Node {
 
     /// Recounts End.AD's per-flow entries per chain for the quota (the datapath sees new entries,
     /// not the LRU's evictions). Runs every second.
-    pub fn recount_flows(&mut self) -> anyhow::Result<()> {
-        self.flow_counts = self.datapath.recount_flows(&self.flow_counts)?;
-        Ok(())
+    /// The End.AD flow counts of the last recount (`srv6pipes_ebpf::FlowCounter`, which runs
+    /// without the node).
+    pub fn set_flow_counts(&mut self, counts: BTreeMap<u16, u32>) {
+        self.flow_counts = counts;
+    }
+
+    /// Where the datapath's maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 
     /// Applies the deregistrations CNI DEL queued beside `socket` while this daemon did not

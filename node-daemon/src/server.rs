@@ -97,6 +97,7 @@ pub async fn serve(
         _ => crate::kube::DeletionSeen::default(),
     };
     let mut recount = tokio::time::interval(std::time::Duration::from_secs(1));
+    spawn_flow_recount(&shared).await?;
     // Chained mode: the primary plugin may rewrite its conflist (an upgrade, a restart of its
     // installer); the entry goes back within seconds. In this loop, so never during an uninstall.
     let conf_dir = departure.as_ref().and_then(|d| d.cni.as_ref()).map(|c| c.conf_dir.clone());
@@ -120,9 +121,6 @@ pub async fn serve(
             }
             _ = recount.tick() => {
                 let mut node = shared.node.lock().await;
-                if let Err(e) = node.recount_flows() {
-                    warn!(error = %format!("{e:#}"), "recounting End.AD flows failed");
-                }
                 if let Err(e) = node.keep_first() {
                     warn!(error = %format!("{e:#}"), "keeping srv6pipes' programs first failed");
                 }
@@ -171,6 +169,37 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Recounts End.AD's flows every second on the counter's own map handles, on a blocking
+/// thread: the node is locked only to store the counts, so CNI calls and programs never wait
+/// for a walk of every flow.
+async fn spawn_flow_recount(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let pins = shared.node.lock().await.pin_dir().to_path_buf();
+    let mut counter = srv6pipes_ebpf::FlowCounter::open(&pins).with_context(|| format!("open the flow maps in {}", pins.display()))?;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut previous = std::collections::BTreeMap::new();
+        loop {
+            tick.tick().await;
+            let counted = tokio::task::spawn_blocking(move || {
+                let counts = counter.recount(&previous);
+                (counter, previous, counts)
+            })
+            .await;
+            let Ok((c, p, counts)) = counted else { return };
+            (counter, previous) = (c, p);
+            match counts {
+                Ok(counts) => {
+                    previous = counts.clone();
+                    shared.node.lock().await.set_flow_counts(counts);
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "recounting End.AD flows failed"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A minimal HTTP/1.0 responder: GET /metrics answers the Prometheus text format.
