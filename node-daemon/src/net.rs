@@ -9,6 +9,7 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use ipnet::{IpNet, Ipv6Net};
-use nix::net::if_::{if_indextoname, if_nametoindex};
+use nix::net::if_::if_nametoindex;
 use srv6::compiler::SidRegistration;
 use srv6::node_api::{Attachment, AttachmentKey, ChainCounters, NodeSids, NodeStats, Request, Response, SidCounters};
 use srv6::sid::{allocate_proxy_funct, Locator, Sid};
@@ -16,7 +16,7 @@ use srv6pipes_ebpf::{
 };
 use tracing::{info, warn};
 
-mod program;
+pub mod program;
 mod stream;
 
 use crate::net::Netlink;
@@ -195,7 +195,8 @@ impl Node {
             Request::Register(a) => self.register(a).await.map(|sid| Response::Registered { sid }),
             Request::Unregister { container_id, ifname } => self.unregister(&container_id, &ifname).map(|_| Response::Ok),
             Request::Sids => Ok(Response::Sids(self.sids())),
-            Request::Program(p) => self.program(p).await.map(|_| Response::Ok),
+            // The server applies programs itself (the node is locked only for the map updates).
+            Request::Program(_) => Err(anyhow!("programs are applied by the server, not through the node's handle")),
             Request::Stats => self.stats().map(Response::Stats),
             Request::Lookup { container_id, ifname } => self
                 .find(&container_id, &ifname)
@@ -365,17 +366,6 @@ impl Node {
 
     /// Replaces headend policies, decapsulation SIDs and peer routes with `p`'s, diffing against
     /// what is installed so unchanged entries are never touched under traffic.
-    /// The primary interface (index, name) of the pod a headend rule classifies, by a route
-    /// lookup of its address.
-    async fn primary_interface(&self, h: &srv6::compiler::HeadendPolicy) -> anyhow::Result<(u32, String)> {
-        let oif = self.netlink.route_oif(h.source_ip).await.with_context(|| format!("source pod {}", h.source_pod))?;
-        let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
-        if ifname == self.uplink {
-            bail!("source pod {} ({}) is not on node {}", h.source_pod, h.source_ip, self.name);
-        }
-        Ok((oif, ifname))
-    }
-
     /// srv6pipes is being uninstalled: removes what this daemon put on the node. The CNI
     /// configuration goes first, so no new pod is sent to a daemon that is leaving (the binary
     /// stays while pods are attached: their DEL needs it). Then the routes to other nodes'
@@ -425,6 +415,16 @@ impl Node {
     /// without the node).
     pub fn set_flow_counts(&mut self, counts: BTreeMap<u16, u32>) {
         self.flow_counts = counts;
+    }
+
+    /// The node's netlink handle, for what runs without the node (`server::program`).
+    pub fn netlink(&self) -> Netlink {
+        self.netlink.clone()
+    }
+
+    /// The state directory, for what is written without the node.
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     /// Where the datapath's maps are pinned.

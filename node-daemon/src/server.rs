@@ -28,6 +28,8 @@ pub enum ControlPlane {
 /// What the socket handlers share.
 struct Shared {
     node: Mutex<Node>,
+    /// One program at a time; the node itself is locked only for the map updates.
+    programming: Mutex<()>,
     /// Told after requests that may change the registrations (kube mode republishes).
     sids_changed: Notify,
     /// Kube mode: the API client, for pod lookups.
@@ -65,6 +67,7 @@ pub async fn serve(
     info!(socket = %path.display(), "serving");
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
+        programming: Mutex::new(()),
         sids_changed: Notify::new(),
         kube: match &plane {
             ControlPlane::Kube(p) => Some(p.client()),
@@ -236,6 +239,10 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
             Response::Error { message: "this node daemon runs in kube mode: the operator programs it through its NodeProgram".into() }
         }
         // Answered here, without the node's lock: only the API client is needed.
+        Ok(Request::Program(p)) => match program(&shared, p).await {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        },
         Ok(Request::PodNetworks { namespace, name }) => match shared.kube.clone() {
             Some(client) => match crate::kube::pod_networks(client, &namespace, &name).await {
                 Ok(networks) => Response::Networks { networks },
@@ -257,6 +264,22 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
     out.push(b'\n');
     w.write_all(&out).await?;
     Ok(())
+}
+
+/// Applies a program with the node locked only for its map updates: the route lookups before,
+/// the peer routes and the program's file after run without it, so CNI calls are answered
+/// while a large program is applied.
+async fn program(shared: &Shared, p: srv6::node_api::NodeProgram) -> anyhow::Result<()> {
+    let _one = shared.programming.lock().await;
+    let (lookups, netlink, store) = {
+        let node = shared.node.lock().await;
+        (node.lookups(&p)?, node.netlink(), node.store())
+    };
+    let resolved = lookups.run(&netlink).await?;
+    let pending = shared.node.lock().await.apply_maps(&p, &resolved)?;
+    let done = pending.routes.run(&netlink).await;
+    store.save_program(&p)?;
+    shared.node.lock().await.finish(p, pending, done)
 }
 
 /// Kube mode: publishes the SID table at start and whenever registrations change, and applies
@@ -283,7 +306,7 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
             let id = (p.metadata.uid.clone().unwrap_or_default(), p.metadata.generation.unwrap_or_default());
             if applied.as_ref() != Some(&id) {
                 let result = match program_of(p) {
-                    Ok(program) => shared.node.lock().await.program(program).await.map_err(|e| format!("{e:#}")),
+                    Ok(p) => program(&shared, p).await.map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };
                 match &result {

@@ -48,6 +48,8 @@ pub struct PolicyKey {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Persisted {
     pub registrations: Vec<Registration>,
+    /// Kept in its own file (`Store::save_program`).
+    #[serde(skip_serializing, default)]
     pub program: Option<NodeProgram>,
     /// Policy ids stay with their policy across programs and restarts (counters are per id).
     #[serde(default)]
@@ -74,14 +76,19 @@ fn entries<T: DeserializeOwned>(v: &mut Value, key: &str, skipped: &mut Vec<Stri
         .collect()
 }
 
+/// The state directory: `node-state.json` (registrations, policy ids, stream ports: small,
+/// written on every registration change) and `node-program.json` (the last program, which grows
+/// with the chains: written only when a program is applied).
+#[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    program: PathBuf,
 }
 
 impl Store {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create state dir {}", dir.display()))?;
-        Ok(Self { path: dir.join("node-state.json") })
+        Ok(Self { path: dir.join("node-state.json"), program: dir.join("node-program.json") })
     }
 
     /// The persisted state, entry by entry: an entry that cannot be read (a registration, a
@@ -96,9 +103,15 @@ impl Store {
         };
         let mut v: Value = serde_json::from_slice(&bytes).with_context(|| format!("parse {}", self.path.display()))?;
         let mut skipped = Vec::new();
-        let program = match v.get_mut("program").map(Value::take) {
-            None | Some(Value::Null) => None,
-            Some(p) => serde_json::from_value(p).map_err(|e| skipped.push(format!("the last program: {e}"))).ok(),
+        // The program's own file; before it existed, a key of the state file.
+        let mut program = match std::fs::read(&self.program) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parse {}", self.program.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => v.get_mut("program").map(Value::take).unwrap_or(Value::Null),
+            Err(e) => return Err(e).with_context(|| format!("read {}", self.program.display())),
+        };
+        let program = match program.take() {
+            Value::Null => None,
+            p => serde_json::from_value(p).map_err(|e| skipped.push(format!("the last program: {e}"))).ok(),
         };
         let state = Persisted {
             registrations: entries(&mut v, "registrations", &mut skipped),
@@ -111,20 +124,33 @@ impl Store {
 
     /// Forgets everything (uninstall); the directory itself belongs to whoever made it.
     pub fn remove(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", self.path.display())),
-            _ => Ok(()),
+        for path in [&self.path, &self.program] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("remove {}", path.display())),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
-    /// Write-then-rename, so a crash never leaves a torn file.
+    /// The registrations, policy ids and stream ports (not the program).
     pub fn save(&self, p: &Persisted) -> anyhow::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(p)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("rename to {}", self.path.display()))
+        write_file(&self.path, &serde_json::to_vec_pretty(p)?)
     }
+
+    /// The last program applied.
+    pub fn save_program(&self, p: &NodeProgram) -> anyhow::Result<()> {
+        write_file(&self.program, &serde_json::to_vec(p)?)
+    }
+}
+
+/// Write-then-rename, so a crash never leaves a torn file.
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 #[cfg(test)]
@@ -167,6 +193,21 @@ mod tests {
         assert_eq!(loaded.stream_ports.len(), 1);
         assert_eq!(skipped.len(), 4, "{skipped:?}");
         assert!(skipped[1].starts_with("registrations[1]") && skipped[1].contains("vnf2"), "names the entry: {skipped:?}");
+        // The program lives in its own file, which a registration's save leaves alone; a state
+        // file from before it still brings its program.
+        let program: NodeProgram = serde_json::from_value(serde_json::json!({
+            "tables": {"headends": [], "proxies": [], "decaps": []}, "peers": [],
+        }))
+        .unwrap();
+        let legacy = serde_json::json!({"registrations": [good(1)], "program": program});
+        std::fs::write(dir.join("node-state.json"), legacy.to_string()).unwrap();
+        assert_eq!(store.load().unwrap().0.program.as_ref(), Some(&program), "the program of an older state file");
+        store.save(&state).unwrap();
+        assert!(!std::fs::read_to_string(dir.join("node-state.json")).unwrap().contains("tables"), "no program in the state file");
+        store.save_program(&program).unwrap();
+        assert_eq!(store.load().unwrap().0.program, Some(program));
+        store.remove().unwrap();
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "uninstall leaves no state file");
         std::fs::write(dir.join("node-state.json"), "{torn").unwrap();
         assert!(store.load().is_err(), "a file that is not JSON at all is an error");
         std::fs::remove_dir_all(dir).unwrap();

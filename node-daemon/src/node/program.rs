@@ -28,6 +28,7 @@ use srv6pipes_ebpf::{
 use tracing::{info, warn};
 
 use super::{has_return, policy_header, policy_id, Node};
+use crate::net::Netlink;
 use crate::state::{PolicyKey, Registration};
 
 /// The classifier as the datapath keys it.
@@ -43,7 +44,7 @@ pub(super) struct Classifier {
 
 /// The interfaces a program's headends and pods resolve to on this node (route lookups).
 #[derive(Debug, Default)]
-pub(super) struct Resolved {
+pub struct Resolved {
     /// (source address, chain interface of a stream proxy) -> (ifindex, name).
     pub sources: BTreeMap<(IpAddr, Option<String>), (u32, String)>,
     /// The pods' primary interfaces (the guard goes on them).
@@ -229,17 +230,130 @@ fn step<E: Into<anyhow::Error>>(errs: &mut Vec<anyhow::Error>, r: Result<(), E>,
     }
 }
 
+/// What resolving a program's interfaces takes, read from the node under its lock; the route
+/// lookups then run without it ([`Lookups::run`]).
+pub struct Lookups {
+    node: String,
+    uplink: String,
+    /// Stream proxies' chain interfaces are known from their registrations already.
+    known: Resolved,
+    /// Headend sources to look up: (address, the source pod for messages).
+    sources: Vec<(IpAddr, String)>,
+    pods: Vec<IpAddr>,
+}
+
+impl Lookups {
+    /// The route lookups (`ip route get`) of every headend source and pod.
+    pub async fn run(self, netlink: &Netlink) -> anyhow::Result<Resolved> {
+        let mut r = self.known;
+        for (ip, pod) in self.sources {
+            let oif = netlink.route_oif(ip).await.with_context(|| format!("source pod {pod}"))?;
+            let ifname = if_indextoname(oif).with_context(|| format!("ifindex {oif}"))?.to_string_lossy().into_owned();
+            if ifname == self.uplink {
+                bail!("source pod {pod} ({ip}) is not on node {}", self.node);
+            }
+            r.sources.insert((ip, None), (oif, ifname));
+        }
+        // Every pod gets the guard (the same program: without a rule it only enforces the
+        // closed domain). A pod that is gone has no route: nothing to guard.
+        let uplink = if_nametoindex(self.uplink.as_str()).ok();
+        for ip in self.pods {
+            match netlink.route_oif(ip).await {
+                Ok(oif) if Some(oif) != uplink => {
+                    if let Ok(name) = if_indextoname(oif) {
+                        r.guarded.insert(name.to_string_lossy().into_owned());
+                    }
+                }
+                _ => warn!(node = %self.node, pod_ip = %ip, "no local route to pod: not guarded"),
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The peer routes a program adds and removes: netlink calls, made without the node's lock.
+pub struct Routes {
+    uplink: u32,
+    add: Vec<(Ipv6Net, Ipv6Addr)>,
+    remove: Vec<(Ipv6Net, Ipv6Addr)>,
+}
+
+/// What [`Routes::run`] did.
+pub struct RoutesDone {
+    added: Vec<(Ipv6Net, Ipv6Addr)>,
+    removed: Vec<Ipv6Net>,
+    errs: Vec<anyhow::Error>,
+}
+
+impl Routes {
+    pub async fn run(&self, netlink: &Netlink) -> RoutesDone {
+        let mut done = RoutesDone { added: Vec::new(), removed: Vec::new(), errs: Vec::new() };
+        for &(prefix, via) in &self.add {
+            if step(&mut done.errs, netlink.replace_route(prefix, via, self.uplink).await, || format!("route {prefix} via {via}")) {
+                done.added.push((prefix, via));
+            }
+        }
+        for &(prefix, via) in &self.remove {
+            if step(&mut done.errs, netlink.delete_route(prefix, via, self.uplink).await, || format!("remove route {prefix} via {via}")) {
+                done.removed.push(prefix);
+            }
+        }
+        done
+    }
+}
+
+/// A program between its map updates and its routes.
+pub struct Pending {
+    ids: BTreeMap<PolicyKey, u32>,
+    pub routes: Routes,
+    errs: Vec<anyhow::Error>,
+}
+
 impl Node {
-    /// Applies a program: resolves its interfaces, computes what it wants, then applies the
-    /// difference best effort (see the module's documentation). An error lists the steps that
-    /// failed; the next program retries them.
+    /// Applies a program in one go (at start, and in tests); the server runs the same phases
+    /// with the node unlocked around the netlink calls (`server::program`).
     pub async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
-        let resolved = self.resolve(&p).await?;
+        let resolved = self.lookups(&p)?.run(&self.netlink).await?;
+        let pending = self.apply_maps(&p, &resolved)?;
+        let done = pending.routes.run(&self.netlink).await;
+        self.store.save_program(&p)?;
+        self.finish(p, pending, done)
+    }
+
+    /// What resolving `p`'s interfaces takes (phase 1, under the node's lock).
+    pub fn lookups(&self, p: &NodeProgram) -> anyhow::Result<Lookups> {
+        let mut l = Lookups {
+            node: self.name.clone(),
+            uplink: self.uplink.clone(),
+            known: Resolved::default(),
+            sources: Vec::new(),
+            pods: p.tables.pods.clone(),
+        };
+        let mut seen = BTreeSet::new();
+        for h in &p.tables.headends {
+            let source = (h.source_ip, h.source_interface.clone());
+            if !seen.insert(source.clone()) {
+                continue;
+            }
+            match &h.source_interface {
+                Some(name) => {
+                    let iface = self.chain_interface(name).with_context(|| format!("chain {}", h.chain))?;
+                    l.known.sources.insert(source, iface);
+                }
+                None => l.sources.push((h.source_ip, h.source_pod.clone())),
+            }
+        }
+        Ok(l)
+    }
+
+    /// Computes what `p` wants and applies it to the maps and attachments, best effort (phase
+    /// 2, under the node's lock; no netlink call). The peer routes are left to [`Routes::run`].
+    pub fn apply_maps(&mut self, p: &NodeProgram, resolved: &Resolved) -> anyhow::Result<Pending> {
         let streams = self.stream_plan(&p.tables.proxies)?;
         let stream_sids: BTreeSet<Sid> = streams.by_registration.keys().map(|i| self.state.registrations[*i].sid).collect();
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
-        let d = desired(&p, &self.locator, &resolved, &self.state.registrations, &known, &stream_sids)?;
-        let uplink_idx = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
+        let d = desired(p, &self.locator, resolved, &self.state.registrations, &known, &stream_sids)?;
+        let uplink = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
 
         let mut errs = Vec::new();
         let failed_policies = self.apply_policies(&d, &mut errs);
@@ -278,16 +392,28 @@ impl Node {
         }
         let r = self.program_streams(&streams);
         step(&mut errs, r, || "stream proxies".into());
-        for (&prefix, &via) in &d.peers {
-            if step(&mut errs, self.netlink.replace_route(prefix, via, uplink_idx).await, || format!("route {prefix} via {via}")) {
-                self.installed.peer_routes.insert(prefix, via);
-            }
-        }
-        self.remove_unwanted(&d, uplink_idx, &mut errs).await;
+        self.remove_unwanted(&d, &mut errs);
+        let installed = &self.installed.peer_routes;
+        let routes = Routes {
+            uplink,
+            add: d.peers.iter().map(|(p, v)| (*p, *v)).collect(),
+            remove: installed.iter().filter(|(p, _)| !d.peers.contains_key(*p)).map(|(p, v)| (*p, *v)).collect(),
+        };
+        Ok(Pending { ids: d.ids, routes, errs })
+    }
 
+    /// Records the routes and the program (phase 3, under the node's lock); the error lists
+    /// the steps that failed, which the next program retries.
+    pub fn finish(&mut self, p: NodeProgram, pending: Pending, done: RoutesDone) -> anyhow::Result<()> {
+        let mut errs = pending.errs;
+        self.installed.peer_routes.extend(done.added);
+        for prefix in done.removed {
+            self.installed.peer_routes.remove(&prefix);
+        }
+        errs.extend(done.errs);
         let i = &self.installed;
         info!(node = %self.name, headend_rules = i.rules.len(), policies = i.policies.len(), decaps = i.decaps.len(), peers = i.peer_routes.len(), failed_steps = errs.len(), "programmed");
-        self.state.policies = d.ids.into_iter().collect();
+        self.state.policies = pending.ids.into_iter().collect();
         self.state.program = Some(p);
         self.store.save(&self.state)?;
         if errs.is_empty() {
@@ -295,37 +421,6 @@ impl Node {
         }
         let shown: Vec<String> = errs.iter().take(3).map(|e| format!("{e:#}")).collect();
         Err(anyhow!("{} step(s) failed, the next program retries them: {}", errs.len(), shown.join("; ")))
-    }
-
-    /// The interfaces of the program's headend sources (route lookups, or a stream proxy's
-    /// chain interface) and of every pod to guard.
-    async fn resolve(&self, p: &NodeProgram) -> anyhow::Result<Resolved> {
-        let mut r = Resolved::default();
-        for h in &p.tables.headends {
-            let source = (h.source_ip, h.source_interface.clone());
-            if r.sources.contains_key(&source) {
-                continue;
-            }
-            let iface = match &h.source_interface {
-                Some(name) => self.chain_interface(name).with_context(|| format!("chain {}", h.chain))?,
-                None => self.primary_interface(h).await?,
-            };
-            r.sources.insert(source, iface);
-        }
-        // Every pod gets the guard (the same program: without a rule it only enforces the
-        // closed domain). A pod that is gone has no route: nothing to guard.
-        let uplink = if_nametoindex(self.uplink.as_str()).ok();
-        for ip in &p.tables.pods {
-            match self.netlink.route_oif(*ip).await {
-                Ok(oif) if Some(oif) != uplink => {
-                    if let Ok(name) = if_indextoname(oif) {
-                        r.guarded.insert(name.to_string_lossy().into_owned());
-                    }
-                }
-                _ => warn!(node = %self.name, pod_ip = %ip, "no local route to pod: not guarded"),
-            }
-        }
-        Ok(r)
     }
 
     /// Sets every wanted policy (hop tables first, so a policy never points at a missing one);
@@ -416,7 +511,7 @@ impl Node {
 
     /// Removes what the program no longer wants (after the adds, so nothing points at a
     /// removed entry); a policy goes only when nothing installed points at it.
-    async fn remove_unwanted(&mut self, d: &Desired, uplink_idx: u32, errs: &mut Vec<anyhow::Error>) {
+    fn remove_unwanted(&mut self, d: &Desired, errs: &mut Vec<anyhow::Error>) {
         let wanted: BTreeSet<u32> = d.ids.values().copied().collect();
         let referenced: BTreeSet<u32> = self
             .installed
@@ -435,8 +530,6 @@ impl Node {
         let as_returns: Vec<(u32, u32)> = i.as_returns.keys().filter(|k| !d.as_returns.contains_key(k)).copied().collect();
         let vnf_flags: Vec<u32> = i.vnf_flags.keys().filter(|k| !d.vnf_flags.contains_key(k)).copied().collect();
         let insert_sources: Vec<Ipv6Net> = i.insert_sources.difference(&d.insert_sources).copied().collect();
-        let peers: Vec<(Ipv6Net, Ipv6Addr)> =
-            i.peer_routes.iter().filter(|(p, _)| !d.peers.contains_key(*p)).map(|(p, v)| (*p, *v)).collect();
         for id in policies {
             if step(errs, self.datapath.remove_policy(id), || format!("remove policy {id}")) {
                 self.installed.policies.remove(&id);
@@ -465,11 +558,6 @@ impl Node {
         for prefix in insert_sources {
             if step(errs, self.datapath.remove_insert_source(prefix), || format!("remove End.AM source {prefix}")) {
                 self.installed.insert_sources.remove(&prefix);
-            }
-        }
-        for (prefix, via) in peers {
-            if step(errs, self.netlink.delete_route(prefix, via, uplink_idx).await, || format!("remove route {prefix} via {via}")) {
-                self.installed.peer_routes.remove(&prefix);
             }
         }
     }
