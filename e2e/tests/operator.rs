@@ -133,6 +133,24 @@ fn managers(obj: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The resourceVersions of `objects`.
+fn versions(api: &ApiServer, objects: &[&[&str]]) -> Vec<Value> {
+    objects.iter().map(|what| api.get(what).unwrap()["metadata"]["resourceVersion"].clone()).collect()
+}
+
+/// Waits until `snapshot` holds for a second (nothing written meanwhile); returns it.
+fn settled(snapshot: &dyn Fn() -> Vec<Value>) -> Vec<Value> {
+    let mut before = snapshot();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = snapshot();
+        if now == before {
+            return now;
+        }
+        before = now;
+    }
+}
+
 #[test]
 fn operator_reconciles_chains_on_a_real_api_server() {
     let Some(api) = ApiServer::start("operator") else { return };
@@ -208,19 +226,9 @@ fn operator_reconciles_chains_on_a_real_api_server() {
 
     // Restart the operator mid-way (SIGKILL: the lease must expire): it leads again and, the
     // world being unchanged, writes nothing.
-    let rv = |what: &[&str]| api.get(what).unwrap()["metadata"]["resourceVersion"].clone();
     let snapshot =
-        || [rv(&["servicechain", "early"]), rv(&["servicechain", "late"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
-    // Settled: nothing written for a second.
-    let mut before = snapshot();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = snapshot();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+        || versions(&api, &[&["servicechain", "early"], &["servicechain", "late"], &["nodeprogram", "n1"], &["nodeprogram", "n2"]]);
+    let before = settled(&snapshot);
     op.signal("-KILL");
     let mut op = Operator::start(&api, 2);
     wait(&api, &op, &["lease", "srv6pipes-operator"], "the new operator to lead", |l| l["spec"]["holderIdentity"] == "op-2");
@@ -304,18 +312,9 @@ fn a_paused_leader_is_fenced_off_when_a_successor_leads() {
     wait(&api, &op2, &["nodeprogram", "n1"], "op-2's program for the changed chain", |p| {
         p["spec"]["tables"]["headends"][0]["destination"] == "fd00:10:9::/64"
     });
-    let rv = |what: &[&str]| api.get(what).unwrap()["metadata"]["resourceVersion"].clone();
-    let snapshot =
-        || [rv(&["node", "n1"]), rv(&["node", "n2"]), rv(&["node", "n3"]), rv(&["nodeprogram", "n1"]), rv(&["nodeprogram", "n2"])];
-    let mut before = snapshot();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = snapshot();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let objects: [&[&str]; 5] = [&["node", "n1"], &["node", "n2"], &["node", "n3"], &["nodeprogram", "n1"], &["nodeprogram", "n2"]];
+    let snapshot = || versions(&api, &objects);
+    let before = settled(&snapshot);
     let web_before = api.get(&["servicechain", "web"]).unwrap()["status"].clone();
 
     // op-1 wakes with its old view: fenced off, it writes nothing and exits.
