@@ -9,6 +9,7 @@
 //! failing, the world version is bumped so that every chain's status is computed again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,13 +69,13 @@ struct Shared {
 pub struct Publisher {
     shared: Arc<Shared>,
     writers: Mutex<HashMap<String, Writer>>,
-    seq: Mutex<u64>,
+    seq: AtomicU64,
 }
 
 impl Publisher {
     pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>, fence: Fence) -> Self {
         let shared = Shared { client, fence, recorder, world, written: Default::default(), failures: Default::default() };
-        Publisher { shared: Arc::new(shared), writers: Default::default(), seq: Mutex::new(0) }
+        Publisher { shared: Arc::new(shared), writers: Default::default(), seq: AtomicU64::new(0) }
     }
 
     /// This operator's last successful write of `node`'s program.
@@ -105,11 +106,7 @@ impl Publisher {
     ) -> (u64, watch::Receiver<Done>) {
         let mut writers = self.writers.lock().expect("writers");
         let writer = writers.entry(node.to_string()).or_insert_with(|| self.spawn(node));
-        let seq = {
-            let mut seq = self.seq.lock().expect("seq");
-            *seq += 1;
-            *seq
-        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         // The same spec still being written, or failed and waiting for its retry, is not sent
         // again; once written, it is (someone else changed the object since).
         let settled_ok = {

@@ -1,7 +1,9 @@
-//! Programming a node in three phases: what the program wants ([`desired`], pure, from the
-//! program and what the node resolved about its interfaces), the classifier's new tables and
+//! Programming a node: the route lookups of its interfaces ([`Lookups`], netlink, without the
+//! node's lock), what the program wants ([`desired`], pure), the classifier's new tables and
 //! whether they steer differently from what is installed ([`classifier`], [`same_steering`],
-//! pure), and the apply, best effort, which records in `Installed` exactly what it changed.
+//! pure), the map updates, best effort, which record in `Installed` exactly what they changed
+//! (under the node's lock, no netlink call), then the peer routes ([`Routes`], netlink, without
+//! the lock) and what they did.
 //!
 //! A failed step never leaves a rule half-way: a new classifier gets class ids that no installed
 //! rule uses, its stage-2 and fragment entries are written first, and a stage-1 rule switches to
@@ -310,8 +312,8 @@ pub struct Pending {
 }
 
 impl Node {
-    /// Applies a program in one go (at start, and in tests); the server runs the same phases
-    /// with the node unlocked around the netlink calls (`server::program`).
+    /// Applies a program in one go (at start, re-applying the last one); the server runs the
+    /// same phases with the node unlocked around the netlink calls (`server::program`).
     pub async fn program(&mut self, p: NodeProgram) -> anyhow::Result<()> {
         let resolved = self.lookups(&p)?.run(&self.netlink).await?;
         let pending = self.apply_maps(&p, &resolved)?;
