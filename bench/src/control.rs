@@ -2,26 +2,33 @@
 //! - CNI ADD of srv6pipes-cni against Debian's ptp, both with host-local IPAM, called exactly
 //!   as a runtime calls them (in the node's netns, CNI_* environment, configuration on stdin),
 //!   into fresh network namespaces, and host-local alone (the IPAM both exec). Only the ADD is
-//!   timed; every attachment is deleted (DEL) afterwards.
+//!   timed; every attachment is deleted (DEL) afterwards. Then srv6pipes-cni's ADDs again while
+//!   the daemon applies programs of 10,000 SIDs back to back (and how long those take).
 //! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
 //! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::sys;
-use crate::topo::{sid_packets, Bench, Kind};
+use crate::topo::{self, sid_packets, Bench, Kind};
 
 pub struct CniSamples {
     pub srv6pipes_ms: Vec<f64>,
     pub ptp_ms: Vec<f64>,
     /// host-local alone (the IPAM both plugins exec): the part of an ADD that is not theirs.
     pub ipam_ms: Vec<f64>,
+    /// srv6pipes-cni ADDs while the daemon applies large programs back to back.
+    pub during_program_ms: Vec<f64>,
+    /// Those programs (10,000 SIDs, alternating with 9,999), request to answer.
+    pub program_ms: Vec<f64>,
 }
 
 fn plugin(name: &str, bin_dir: &Path) -> anyhow::Result<PathBuf> {
@@ -73,25 +80,57 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
     let ipam_only = json!({"cniVersion": "1.0.0", "name": "bench-ipam", "type": "host-local", "ipam": ipam("fd00:ce::/64", "ipam-only")});
     let (our_bin, ptp_bin, ipam_bin) =
         (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?, plugin("host-local", &b.bin_dir)?);
-    let mut s = CniSamples { srv6pipes_ms: Vec::new(), ptp_ms: Vec::new(), ipam_ms: Vec::new() };
+    let mut s = CniSamples {
+        srv6pipes_ms: Vec::new(),
+        ptp_ms: Vec::new(),
+        ipam_ms: Vec::new(),
+        during_program_ms: Vec::new(),
+        program_ms: Vec::new(),
+    };
+    // One ADD and DEL of `bin` into a fresh netns; the ADD's time.
+    let add_del = |b: &mut Bench, which: &str, i: usize, bin: &Path, conf: &serde_json::Value| -> anyhow::Result<f64> {
+        let netns = format!("{}-c{which}{i}", b.tag);
+        sys::ip(None, &format!("netns add {netns}"))?;
+        b.cleanup.netns(&netns);
+        // As a runtime leaves a sandbox before calling its plugins.
+        sys::ip(Some(&netns), "link set lo up")?;
+        let id = format!("bench-{which}{i}");
+        let ms = cni(&lane.node_ns, bin, "ADD", &netns, &id, conf)?;
+        cni(&lane.node_ns, bin, "DEL", &netns, &id, conf)?;
+        sys::ip(None, &format!("netns del {netns}"))?;
+        Ok(ms)
+    };
     for i in 0..n {
-        for (which, bin, conf) in [("s", &our_bin, &ours), ("p", &ptp_bin, &ptp), ("h", &ipam_bin, &ipam_only)] {
-            let netns = format!("{}-c{which}{i}", b.tag);
-            sys::ip(None, &format!("netns add {netns}"))?;
-            b.cleanup.netns(&netns);
-            // As a runtime leaves a sandbox before calling its plugins.
-            sys::ip(Some(&netns), "link set lo up")?;
-            let id = format!("bench-{which}{i}");
-            let ms = cni(&lane.node_ns, bin, "ADD", &netns, &id, conf)?;
-            cni(&lane.node_ns, bin, "DEL", &netns, &id, conf)?;
-            sys::ip(None, &format!("netns del {netns}"))?;
-            match which {
-                "s" => s.srv6pipes_ms.push(ms),
-                "p" => s.ptp_ms.push(ms),
-                _ => s.ipam_ms.push(ms),
-            }
-        }
+        s.srv6pipes_ms.push(add_del(b, "s", i, &our_bin, &ours)?);
+        s.ptp_ms.push(add_del(b, "p", i, &ptp_bin, &ptp)?);
+        s.ipam_ms.push(add_del(b, "h", i, &ipam_bin, &ipam_only)?);
     }
+    // The same ADDs while the daemon applies programs of 10,000 SIDs back to back (each differs
+    // from the last): the node is locked only for their map updates.
+    let stop = Arc::new(AtomicBool::new(false));
+    let programs = {
+        let (stop, socket, k) = (stop.clone(), socket.clone(), lane.k);
+        std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let mut ms = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                topo::program_decaps(&socket, k, 10_000 - (ms.len() % 2) as u16)?;
+                ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(ms)
+        })
+    };
+    let during = (|| -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..n {
+            s.during_program_ms.push(add_del(b, "d", i, &our_bin, &ours)?);
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    s.program_ms = programs.join().map_err(|_| anyhow::anyhow!("the program thread panicked"))??;
+    during?;
+    topo::program_decaps(&socket, lane.k, 0)?;
     Ok(s)
 }
 

@@ -122,6 +122,8 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
         "cni_add_ms": c.cni.as_ref().map(|s| latency(&s.srv6pipes_ms)),
         "ptp_add_ms": c.cni.as_ref().map(|s| latency(&s.ptp_ms)),
         "host_local_add_ms": c.cni.as_ref().map(|s| latency(&s.ipam_ms)),
+        "cni_add_during_program_ms": c.cni.as_ref().map(|s| latency(&s.during_program_ms)),
+        "program_10k_sids_ms": c.cni.as_ref().map(|s| latency(&s.program_ms)),
         "chain_apply_ms": c.chains.as_ref().map(|s| latency(&s.ms)),
         "chain_apply_kubectl_ms": c.chains.as_ref().map(|s| latency(&s.kubectl_ms)),
         "chain_apply_background_chains": c.chains.as_ref().map(|_| c.background_chains),

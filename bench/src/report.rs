@@ -144,7 +144,15 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         }
     }
     let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
-    for k in ["cni_add_ms", "ptp_add_ms", "host_local_add_ms", "chain_apply_ms", "chain_apply_kubectl_ms"] {
+    for k in [
+        "cni_add_ms",
+        "ptp_add_ms",
+        "host_local_add_ms",
+        "cni_add_during_program_ms",
+        "program_10k_sids_ms",
+        "chain_apply_ms",
+        "chain_apply_kubectl_ms",
+    ] {
         let v = &r[k];
         if v.is_null() {
             let _ = writeln!(md, "| {k} | – | – | not measured |");

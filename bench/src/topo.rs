@@ -349,18 +349,7 @@ impl Bench {
                 pipeline: None,
             });
         }
-        let decaps = (0..decaps)
-            .map(|i| SidUse {
-                sid: Sid(decap_sid(lane.k, i)),
-                behavior: Behavior::EndDT46,
-                chain: "bench/table-size".into(),
-                interface: None,
-                return_path: vec![],
-                rewrites_flows: false,
-                both_ways: false,
-                pipeline: None,
-            })
-            .collect();
+        let decaps = decap_uses(lane.k, decaps);
         let tables = NodeTables { proxies, decaps, ..Default::default() };
         match node_api::call(socket, &Request::Program(NodeProgram { tables, peers: vec![] }), Duration::from_secs(120))? {
             Response::Ok => Ok(()),
@@ -371,6 +360,33 @@ impl Bench {
     /// Packets the daemon's SIDs of this lane counted (proof the proxy carried the traffic).
     pub fn sid_packets(&self, lane: &Lane) -> anyhow::Result<u64> {
         sid_packets(lane.socket.as_ref().context("not an srv6pipes lane")?)
+    }
+}
+
+/// `n` End.DT46 SIDs of lane `k` (table size sweeps, large programs).
+fn decap_uses(k: u8, n: u16) -> Vec<SidUse> {
+    (0..n)
+        .map(|i| SidUse {
+            sid: Sid(decap_sid(k, i)),
+            behavior: Behavior::EndDT46,
+            chain: "bench/table-size".into(),
+            interface: None,
+            return_path: vec![],
+            rewrites_flows: false,
+            both_ways: false,
+            pipeline: None,
+        })
+        .collect()
+}
+
+/// Programs the daemon at `socket` (lane `k`) with `n` End.DT46 SIDs and nothing else: a large
+/// program that touches no traffic.
+pub fn program_decaps(socket: &Path, k: u8, n: u16) -> anyhow::Result<()> {
+    let decaps = decap_uses(k, n);
+    let tables = NodeTables { decaps, ..Default::default() };
+    match node_api::call(socket, &Request::Program(NodeProgram { tables, peers: vec![] }), Duration::from_secs(120))? {
+        Response::Ok => Ok(()),
+        other => bail!("program of {n} SIDs refused: {other:?}"),
     }
 }
 
