@@ -1,5 +1,5 @@
-//! Tier 4: srv6pipes-operator against a real etcd + kube-apiserver (1.20, built from Debian's
-//! source by scripts/kube-build). The test plays the node daemons (it publishes NodeSidTables)
+//! Tier 4: srv6pipes-operator against a real etcd + kube-apiserver (1.34, built by
+//! scripts/apiserver build through scripts/kube-build from the Go module proxy). The test plays the node daemons (it publishes NodeSidTables)
 //! and the kubelets (it registers Nodes and Pods with their status).
 
 mod common;
