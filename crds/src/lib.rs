@@ -236,10 +236,10 @@ pub struct SidEntry {
     pub sid: String,
 }
 
-/// What one node daemon programs: its headend policies, proxy and decap SIDs and routes to the
-/// other nodes' locators, compiled and published by the operator (field manager
-/// `srv6pipes-operator`); the node daemon reports in `status`. Cluster-scoped, named after the
-/// Node, owned by it.
+/// Deprecated: what one node daemon programmed before [`NodeProgramSlice`]s (releases up to
+/// 0.1): its whole program in one object, named after the Node. The operator no longer writes
+/// it; it deletes a node's once that node's daemon has reported on its slices, and a daemon
+/// still programs from it while its node has no slice (an upgrade's first minutes).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[kube(
     group = "srv6pipes.io",
@@ -284,6 +284,44 @@ pub struct NodeProgramStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// One bounded slice of a node's program (what replaced the one `NodeProgram` per node, which
+/// grew with the chains until etcd refused it). Cluster-scoped, named `<node>.<index>`, labeled
+/// [`NODE_LABEL`]`=<node>` and owned by the Node. Slice 0 always exists and carries the node-wide
+/// parts (pod addresses, insertion sources, peers) besides chains; every chain's entries on a node
+/// sit whole in one slice (see docs/architecture.md, "Node program slices", for the bounds). The
+/// node daemon programs the union of its node's slices and reports on each in `status`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[kube(
+    group = "srv6pipes.io",
+    version = "v1alpha1",
+    kind = "NodeProgramSlice",
+    shortname = "nps",
+    status = "NodeProgramStatus",
+    printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".spec.node"}"#,
+    printcolumn = r#"{"name": "Chains", "type": "integer", "jsonPath": ".spec.chains"}"#,
+    printcolumn = r#"{"name": "Programmed", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name": "Generation", "type": "integer", "jsonPath": ".metadata.generation"}"#,
+    printcolumn = r#"{"name": "Observed", "type": "integer", "jsonPath": ".status.observedGeneration"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgramSliceSpec {
+    /// The node this slice programs (admission checks a node daemon's status writes against it).
+    pub node: String,
+    /// How many chains have entries in this slice.
+    #[serde(default)]
+    pub chains: u32,
+    /// This slice's part of the node's tables, in the compiler's form (as `NodeProgram.spec.tables`).
+    #[schemars(schema_with = "open_object")]
+    pub tables: serde_json::Value,
+    /// Other nodes' locators and underlay addresses: in slice 0 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSpec>,
+}
+
+/// The label that names a NodeProgramSlice's node (the daemon lists its slices by it).
+pub const NODE_LABEL: &str = "srv6pipes.io/node";
+
 fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
@@ -293,7 +331,7 @@ fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let mut out = String::from("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
-    for crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd()] {
+    for crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
     }
@@ -312,7 +350,7 @@ pub fn chart_crd_yaml() -> String {
     use kube::CustomResourceExt;
     let mut out = String::from("{{- if .Values.crds.install }}\n");
     out.push_str("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
-    for mut crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd()] {
+    for mut crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
         crd.metadata.annotations.get_or_insert_with(Default::default).insert("helm.sh/resource-policy".into(), "keep".into());
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
@@ -339,12 +377,14 @@ mod tests {
         let crds: Vec<serde_json::Value> =
             serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
         let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["servicechains.srv6pipes.io", "nodesidtables.srv6pipes.io", "nodeprograms.srv6pipes.io"]);
+        assert_eq!(names, ["servicechains.srv6pipes.io", "nodesidtables.srv6pipes.io", "nodeprograms.srv6pipes.io", "nodeprogramslices.srv6pipes.io"]);
         for c in &crds[1..] {
             assert_eq!(c["spec"]["scope"], "Cluster", "{}", c["metadata"]["name"]);
         }
-        let tables = &crds[2]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tables"];
-        assert_eq!(tables["x-kubernetes-preserve-unknown-fields"], true);
+        for c in &crds[2..] {
+            let tables = &c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tables"];
+            assert_eq!(tables["x-kubernetes-preserve-unknown-fields"], true);
+        }
         let v = &crds[0]["spec"]["versions"][0];
         let columns: Vec<&str> = v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(columns, ["Ready", "Reason", "Paths", "Age"]);

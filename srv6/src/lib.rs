@@ -10,6 +10,7 @@ pub mod node_api;
 pub mod pipes;
 pub mod selector;
 pub mod sid;
+pub mod slices;
 
 /// Most segments an srv6pipes segment list may hold (functions + the decapsulation SID).
 /// The eBPF datapath sizes its header buffers from the same number (`SP_MAX_SEGS`).

@@ -249,38 +249,54 @@ impl NodeSids {
 }
 
 impl NodeProgram {
-    /// The node's `NodeProgram` spec (what the operator publishes).
+    /// The node's `NodeProgram` spec (what the operator published before slices).
     pub fn to_spec(&self) -> srv6pipes_crds::NodeProgramSpec {
-        srv6pipes_crds::NodeProgramSpec {
-            tables: serde_json::to_value(&self.tables).expect("tables serialize"),
-            peers: self
-                .peers
-                .iter()
-                .map(|p| srv6pipes_crds::PeerSpec {
-                    node: p.node.clone(),
-                    locator: p.locator.to_string(),
-                    underlay: p.underlay.to_string(),
-                })
-                .collect(),
-        }
+        srv6pipes_crds::NodeProgramSpec { tables: serde_json::to_value(&self.tables).expect("tables serialize"), peers: peer_specs(&self.peers) }
     }
 
     pub fn from_spec(spec: &srv6pipes_crds::NodeProgramSpec) -> Result<Self, String> {
         Ok(NodeProgram {
             tables: serde_json::from_value(spec.tables.clone()).map_err(|e| format!("tables: {e}"))?,
-            peers: spec
-                .peers
-                .iter()
-                .map(|p| {
-                    Ok(Peer {
-                        node: p.node.clone(),
-                        locator: p.locator.parse().map_err(|e| format!("peer {} locator {:?}: {e}", p.node, p.locator))?,
-                        underlay: p.underlay.parse().map_err(|e| format!("peer {} underlay {:?}: {e}", p.node, p.underlay))?,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
+            peers: peers_of(&spec.peers)?,
         })
     }
+
+    /// This program as `node`'s slice (one of [`crate::slices::split`]'s).
+    pub fn to_slice_spec(&self, node: &str) -> srv6pipes_crds::NodeProgramSliceSpec {
+        srv6pipes_crds::NodeProgramSliceSpec {
+            node: node.to_string(),
+            chains: crate::slices::chains_of(&self.tables).len() as u32,
+            tables: serde_json::to_value(&self.tables).expect("tables serialize"),
+            peers: peer_specs(&self.peers),
+        }
+    }
+
+    pub fn from_slice_spec(spec: &srv6pipes_crds::NodeProgramSliceSpec) -> Result<Self, String> {
+        Ok(NodeProgram {
+            tables: serde_json::from_value(spec.tables.clone()).map_err(|e| format!("tables: {e}"))?,
+            peers: peers_of(&spec.peers)?,
+        })
+    }
+}
+
+fn peer_specs(peers: &[Peer]) -> Vec<srv6pipes_crds::PeerSpec> {
+    peers
+        .iter()
+        .map(|p| srv6pipes_crds::PeerSpec { node: p.node.clone(), locator: p.locator.to_string(), underlay: p.underlay.to_string() })
+        .collect()
+}
+
+fn peers_of(specs: &[srv6pipes_crds::PeerSpec]) -> Result<Vec<Peer>, String> {
+    specs
+        .iter()
+        .map(|p| {
+            Ok(Peer {
+                node: p.node.clone(),
+                locator: p.locator.parse().map_err(|e| format!("peer {} locator {:?}: {e}", p.node, p.locator))?,
+                underlay: p.underlay.parse().map_err(|e| format!("peer {} underlay {:?}: {e}", p.node, p.underlay))?,
+            })
+        })
+        .collect()
 }
 
 /// MACs travel as `aa:bb:cc:dd:ee:ff` in the API.
@@ -416,6 +432,9 @@ mod tests {
         let spec = program.to_spec();
         assert_eq!(spec.peers[0].locator, "fcbb:bb00:1::/48");
         assert_eq!(NodeProgram::from_spec(&spec).unwrap(), program);
+        let slice = program.to_slice_spec("n2");
+        assert_eq!((slice.node.as_str(), slice.chains), ("n2", 0));
+        assert_eq!(NodeProgram::from_slice_spec(&slice).unwrap(), program);
     }
 
     #[test]

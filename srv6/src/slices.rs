@@ -1,0 +1,312 @@
+//! A node's program in bounded slices (pure). The operator splits each node's [`NodeProgram`]
+//! into `NodeProgramSlice` objects so that no object grows with the number of chains; the node
+//! daemon merges its node's slices back into one program.
+//!
+//! - Every chain's entries on a node (headend policies, proxy and decapsulation SIDs) sit whole
+//!   in one slice, so a change to one chain rewrites one slice, and a daemon never sees half a
+//!   chain.
+//! - A slice holds at most [`MAX_SLICE_CHAINS`] chains and about [`MAX_SLICE_BYTES`] of JSON;
+//!   a chain larger than that alone gets a slice to itself.
+//! - Slice 0 always exists: it carries the node-wide parts (pod addresses, insertion sources,
+//!   peers) besides chains.
+//! - A chain stays in its slice while it is on the node and its slice is within bounds (it
+//!   moves only when it outgrows the slice); new chains fill the lowest slice with room, so
+//!   slices emptied by deletions are refilled before new ones are made.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::compiler::NodeTables;
+use crate::node_api::NodeProgram;
+
+/// Most chains in one slice.
+pub const MAX_SLICE_CHAINS: usize = 200;
+/// A slice's JSON is kept under this (half the 1 MiB an srv6pipes object may have), unless one
+/// chain alone is larger.
+pub const MAX_SLICE_BYTES: usize = 512 * 1024;
+
+/// Which chains (`namespace/name`) each slice holds, by index.
+pub type Assignment = BTreeMap<u32, BTreeSet<String>>;
+
+/// The object name of `node`'s slice `index`. Node names are DNS subdomains, so `<node>.<index>`
+/// is one too, and distinct per (node, index).
+pub fn slice_name(node: &str, index: u32) -> String {
+    format!("{node}.{index}")
+}
+
+/// The index of `node`'s slice named `name`, if it is one of that node's.
+pub fn slice_index(node: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(node)?.strip_prefix('.')?.parse().ok()
+}
+
+/// The chains that have entries in `tables`.
+pub fn chains_of(tables: &NodeTables) -> BTreeSet<String> {
+    let headends = tables.headends.iter().map(|h| &h.chain);
+    headends.chain(tables.proxies.iter().map(|u| &u.chain)).chain(tables.decaps.iter().map(|u| &u.chain)).cloned().collect()
+}
+
+/// JSON bytes of `v` (as it will be written), for the size bounds.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len())
+}
+
+/// One chain's entries, and their size.
+#[derive(Default)]
+struct Part {
+    tables: NodeTables,
+    bytes: usize,
+}
+
+/// Splits `program` into slices by index, keeping every chain of `previous` where it was while
+/// it fits. Slice 0 is always there, with the node-wide parts and the peers.
+pub fn split(program: &NodeProgram, previous: &Assignment) -> BTreeMap<u32, NodeProgram> {
+    let mut parts: BTreeMap<&str, Part> = BTreeMap::new();
+    for h in &program.tables.headends {
+        parts.entry(&h.chain).or_default().tables.headends.push(h.clone());
+    }
+    for u in &program.tables.proxies {
+        parts.entry(&u.chain).or_default().tables.proxies.push(u.clone());
+    }
+    for u in &program.tables.decaps {
+        parts.entry(&u.chain).or_default().tables.decaps.push(u.clone());
+    }
+    for p in parts.values_mut() {
+        // Each entry and the comma before it.
+        let t = &p.tables;
+        p.bytes = t.headends.iter().map(|h| json_len(h) + 1).sum::<usize>()
+            + t.proxies.iter().chain(&t.decaps).map(|u| json_len(u) + 1).sum::<usize>();
+    }
+    let base = NodeTables {
+        pods: program.tables.pods.clone(),
+        insert_sources: program.tables.insert_sources.clone(),
+        ..Default::default()
+    };
+    // Fill state per slice: (chains, bytes).
+    let base_bytes = json_len(&base) + json_len(&program.peers) + 256;
+    let mut fill: BTreeMap<u32, (Vec<&str>, usize)> = BTreeMap::from([(0, (Vec::new(), base_bytes))]);
+    let fits = |f: &(Vec<&str>, usize), bytes: usize| f.0.is_empty() || (f.0.len() < MAX_SLICE_CHAINS && f.1 + bytes <= MAX_SLICE_BYTES);
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    for (index, chains) in previous {
+        for chain in chains {
+            let Some((key, part)) = parts.get_key_value(chain.as_str()) else { continue };
+            let f = fill.entry(*index).or_insert_with(|| (Vec::new(), 256));
+            if fits(f, part.bytes) {
+                f.0.push(key);
+                f.1 += part.bytes;
+                placed.insert(key);
+            }
+        }
+    }
+    for (key, part) in parts.iter().filter(|(k, _)| !placed.contains(*k)) {
+        let index = (0..).find(|i| fill.get(i).is_none_or(|f| fits(f, part.bytes))).expect("a free index");
+        let f = fill.entry(index).or_insert_with(|| (Vec::new(), 256));
+        f.0.push(key);
+        f.1 += part.bytes;
+    }
+    fill.into_iter()
+        .filter(|(index, f)| *index == 0 || !f.0.is_empty())
+        .map(|(index, (mut chains, _))| {
+            chains.sort_by_key(|c| chain_order(c));
+            let mut tables = if index == 0 { base.clone() } else { NodeTables::default() };
+            for c in chains {
+                let t = &parts[c].tables;
+                tables.headends.extend(t.headends.iter().cloned());
+                tables.proxies.extend(t.proxies.iter().cloned());
+                tables.decaps.extend(t.decaps.iter().cloned());
+            }
+            let peers = if index == 0 { program.peers.clone() } else { Vec::new() };
+            (index, NodeProgram { tables, peers })
+        })
+        .collect()
+}
+
+/// `namespace/name` as (namespace, name): the compiler's order of chains.
+fn chain_order(chain: &str) -> (&str, &str) {
+    chain.split_once('/').unwrap_or((chain, ""))
+}
+
+/// One program from a node's slices: the node-wide parts and peers of slice 0, every slice's
+/// chains. Headend policies come higher priority first, then by chain, as the compiler emits
+/// them (equal rules are told apart by their order); SID uses by chain.
+pub fn merge<'a>(slices: impl IntoIterator<Item = (u32, &'a NodeProgram)>) -> NodeProgram {
+    let mut out = NodeProgram { tables: NodeTables::default(), peers: Vec::new() };
+    let mut slices: Vec<(u32, &NodeProgram)> = slices.into_iter().collect();
+    slices.sort_by_key(|(i, _)| *i);
+    for (index, p) in slices {
+        if index == 0 {
+            out.tables.pods.clone_from(&p.tables.pods);
+            out.tables.insert_sources.clone_from(&p.tables.insert_sources);
+            out.peers.clone_from(&p.peers);
+        }
+        out.tables.headends.extend(p.tables.headends.iter().cloned());
+        out.tables.proxies.extend(p.tables.proxies.iter().cloned());
+        out.tables.decaps.extend(p.tables.decaps.iter().cloned());
+    }
+    out.tables.headends.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| chain_order(&a.chain).cmp(&chain_order(&b.chain))));
+    out.tables.proxies.sort_by(|a, b| chain_order(&a.chain).cmp(&chain_order(&b.chain)));
+    out.tables.decaps.sort_by(|a, b| chain_order(&a.chain).cmp(&chain_order(&b.chain)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::{Behavior, HeadendPolicy, SidUse};
+    use crate::node_api::Peer;
+    use crate::sid::Sid;
+
+    fn headend(chain: &str, priority: i32, sources: usize) -> Vec<HeadendPolicy> {
+        (0..sources)
+            .map(|i| HeadendPolicy {
+                chain: chain.into(),
+                source_pod: format!("default/client-{i}"),
+                source_interface: None,
+                source_ip: format!("fd00:1::{:x}", i + 1).parse().unwrap(),
+                destination: "fd00:99::/64".parse().unwrap(),
+                segments: vec![Sid("fcbb:bb00:1:1::".parse().unwrap()), Sid("fcbb:bb00:2::d".parse().unwrap())],
+                replicas: vec![],
+                drop: false,
+                insert: false,
+                proto: None,
+                ports: vec![],
+                source_ports: vec![],
+                priority,
+            })
+            .collect()
+    }
+
+    fn sid_use(chain: &str, behavior: Behavior) -> SidUse {
+        SidUse {
+            sid: Sid("fcbb:bb00:1:1::".parse().unwrap()),
+            behavior,
+            chain: chain.into(),
+            interface: Some("default/fw:net1".into()),
+            return_path: vec![],
+            rewrites_flows: false,
+            both_ways: false,
+            pipeline: None,
+        }
+    }
+
+    /// `n` chains named c0000.. (priority = index mod 3) with `sources` headend policies each,
+    /// a proxy and a decapsulation each, in the compiler's order.
+    fn program(n: usize, sources: usize) -> NodeProgram {
+        let mut tables = NodeTables { pods: vec!["fd00:1::1".parse().unwrap()], ..Default::default() };
+        for i in 0..n {
+            let chain = format!("default/c{i:04}");
+            tables.headends.extend(headend(&chain, (i % 3) as i32, sources));
+            tables.proxies.push(sid_use(&chain, Behavior::EndAD));
+            tables.decaps.push(sid_use(&chain, Behavior::EndDT46));
+        }
+        let peers = vec![Peer { node: "n2".into(), locator: "fcbb:bb00:2::/48".parse().unwrap(), underlay: "fd00:ff::2".parse().unwrap() }];
+        merge([(0, &NodeProgram { tables, peers })])
+    }
+
+    fn assignment(slices: &BTreeMap<u32, NodeProgram>) -> Assignment {
+        slices.iter().map(|(i, p)| (*i, chains_of(&p.tables))).collect()
+    }
+
+    #[test]
+    fn names_round_trip_per_node() {
+        assert_eq!(slice_name("node-a.example", 12), "node-a.example.12");
+        assert_eq!(slice_index("node-a.example", "node-a.example.12"), Some(12));
+        assert_eq!(slice_index("node-a", "node-a.example.12"), None, "another node's slice");
+        assert_eq!(slice_index("node-a", "node-a.x"), None);
+    }
+
+    #[test]
+    fn slices_are_bounded_and_merge_back_to_the_program() {
+        let p = program(1000, 2);
+        let slices = split(&p, &Assignment::new());
+        assert_eq!(slices.len(), 1000usize.div_ceil(MAX_SLICE_CHAINS), "{:?}", slices.keys());
+        for (i, s) in &slices {
+            assert!(chains_of(&s.tables).len() <= MAX_SLICE_CHAINS);
+            assert!(json_len(s) <= MAX_SLICE_BYTES, "slice {i}: {} bytes", json_len(s));
+            assert_eq!(!s.peers.is_empty(), *i == 0, "peers in slice 0 only");
+            assert_eq!(!s.tables.pods.is_empty(), *i == 0, "pods in slice 0 only");
+        }
+        assert_eq!(merge(slices.iter().map(|(i, s)| (*i, s))), p);
+    }
+
+    #[test]
+    fn the_byte_bound_holds_for_large_chains_and_a_huge_one_stands_alone() {
+        // ~250 bytes per policy: 20 chains of 200 sources (~50 KB each) and one of 3,000.
+        let mut p = program(20, 200);
+        let huge = headend("default/huge", 0, 3000);
+        p.tables.headends.extend(huge);
+        let slices = split(&p, &Assignment::new());
+        for (i, s) in &slices {
+            let chains = chains_of(&s.tables);
+            assert!(json_len(s) <= MAX_SLICE_BYTES || chains.len() == 1, "slice {i}: {} bytes, {} chains", json_len(s), chains.len());
+        }
+        assert!(slices.values().any(|s| chains_of(&s.tables) == BTreeSet::from(["default/huge".to_string()])));
+        assert!(slices.len() >= 3, "20 x 50 KB need two slices besides the huge chain's");
+        assert_eq!(merge(slices.iter().map(|(i, s)| (*i, s))), merge([(0, &p)]));
+    }
+
+    #[test]
+    fn a_change_to_one_chain_rewrites_one_slice() {
+        let p = program(1000, 1);
+        let before = split(&p, &Assignment::new());
+        // One chain changes (a source more); one goes; one comes.
+        let mut q = p.clone();
+        q.tables.headends.extend(headend("default/c0500", 1, 2).into_iter().skip(1));
+        q.tables.headends.retain(|h| h.chain != "default/c0007");
+        q.tables.proxies.retain(|u| u.chain != "default/c0007");
+        q.tables.decaps.retain(|u| u.chain != "default/c0007");
+        q.tables.headends.extend(headend("default/new", 0, 1));
+        let after = split(&merge([(0, &q)]), &assignment(&before));
+        let changed: Vec<u32> = after.iter().filter(|(i, s)| before.get(i) != Some(s)).map(|(i, _)| *i).collect();
+        assert_eq!(changed.len(), 2, "c0500's slice, and c0007's which gets the new chain: {changed:?}");
+        assert!(chains_of(&after[&0].tables).contains("default/new"), "the new chain fills the hole in slice 0");
+        assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+        assert_eq!(merge(after.iter().map(|(i, s)| (*i, s))), merge([(0, &q)]));
+    }
+
+    #[test]
+    fn emptied_slices_go_and_the_lowest_with_room_is_filled_first() {
+        let p = program(600, 1);
+        let before = split(&p, &Assignment::new());
+        assert_eq!(before.len(), 3);
+        // Slice 1's chains all go: it is no longer written; then 10 new chains land in slice 1,
+        // the lowest index with room.
+        let gone = chains_of(&before[&1].tables);
+        let mut q = p.clone();
+        q.tables.headends.retain(|h| !gone.contains(&h.chain));
+        q.tables.proxies.retain(|u| !gone.contains(&u.chain));
+        q.tables.decaps.retain(|u| !gone.contains(&u.chain));
+        let after = split(&q, &assignment(&before));
+        assert_eq!(after.keys().copied().collect::<Vec<_>>(), [0, 2]);
+        for i in 0..10 {
+            q.tables.headends.extend(headend(&format!("other/n{i}"), 0, 1));
+        }
+        let refilled = split(&merge([(0, &q)]), &assignment(&after));
+        assert_eq!(refilled.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(chains_of(&refilled[&1].tables).len(), 10);
+        assert_eq!(refilled[&0], after[&0]);
+        assert_eq!(refilled[&2], after[&2]);
+    }
+
+    #[test]
+    fn a_chain_that_outgrows_its_slice_moves_alone() {
+        let p = program(MAX_SLICE_CHAINS, 1);
+        let before = split(&p, &Assignment::new());
+        assert_eq!(before.len(), 1);
+        let mut q = p.clone();
+        q.tables.headends.retain(|h| h.chain != "default/c0100");
+        q.tables.headends.extend(headend("default/c0100", 1, 2500));
+        let after = split(&merge([(0, &q)]), &assignment(&before));
+        assert_eq!(after.len(), 2);
+        assert_eq!(chains_of(&after[&1].tables), BTreeSet::from(["default/c0100".to_string()]));
+        assert_eq!(chains_of(&after[&0].tables).len(), MAX_SLICE_CHAINS - 1);
+    }
+
+    #[test]
+    fn headends_merge_by_priority_then_chain_as_the_compiler_orders_them() {
+        let a = NodeProgram { tables: NodeTables { headends: headend("b-x/z", 5, 1), ..Default::default() }, peers: vec![] };
+        let b = NodeProgram { tables: NodeTables { headends: [headend("b/a", 0, 1), headend("b/z", 5, 1)].concat(), ..Default::default() }, peers: vec![] };
+        let merged = merge([(1, &a), (0, &b)]);
+        let order: Vec<&str> = merged.tables.headends.iter().map(|h| h.chain.as_str()).collect();
+        // (namespace, name) order: "b" < "b-x", though "b-x/z" < "b/z" as strings.
+        assert_eq!(order, ["b/z", "b-x/z", "b/a"]);
+    }
+}
