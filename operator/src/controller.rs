@@ -28,12 +28,14 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use srv6::sid::{allocate_locator, Locator};
-use srv6pipes_crds::{NodeProgram, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
+use srv6::node_api::NodeProgram as Program;
+use srv6::slices;
+use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::lease::Fence;
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, Slices, Want};
 use crate::world::{self, Plan};
 
 /// The field manager of everything the operator writes (server-side apply).
@@ -68,6 +70,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
     pub tables: Store<NodeSidTable>,
+    pub slices: Store<NodeProgramSlice>,
+    /// Pre-slice NodePrograms, until each node's daemon has moved to its slices.
     pub programs: Store<NodeProgram>,
 }
 
@@ -77,6 +81,7 @@ pub struct Writers {
     pub pods: reflector::store::Writer<Pod>,
     pub nodes: reflector::store::Writer<Node>,
     pub tables: reflector::store::Writer<NodeSidTable>,
+    pub slices: reflector::store::Writer<NodeProgramSlice>,
     pub programs: reflector::store::Writer<NodeProgram>,
 }
 
@@ -86,8 +91,12 @@ impl Stores {
         let (pods, wp) = reflector::store();
         let (nodes, wn) = reflector::store();
         let (tables, wt) = reflector::store();
+        let (slices, ws) = reflector::store();
         let (programs, wg) = reflector::store();
-        (Stores { chains, pods, nodes, tables, programs }, Writers { chains: wc, pods: wp, nodes: wn, tables: wt, programs: wg })
+        (
+            Stores { chains, pods, nodes, tables, slices, programs },
+            Writers { chains: wc, pods: wp, nodes: wn, tables: wt, slices: ws, programs: wg },
+        )
     }
 }
 
@@ -99,11 +108,13 @@ pub struct Ctx {
     cache: Mutex<Option<(u64, Arc<Plan>)>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
-    /// The per-node writers. Each keeps the program as this operator's last write left it (the
+    /// The per-node writers. They keep each slice as this operator's last write left it (the
     /// API server's answer): newer than the mirror's copy until the watch brings that write
-    /// back, so the same spec is not sent twice meanwhile (with 1,000 chains a program is
-    /// ~0.5 MB and a server-side apply of it ~0.2 s).
+    /// back, so the same spec is not sent twice meanwhile.
     publisher: Publisher,
+    /// Per node, the last program split into slices and those slices, so that a program that
+    /// did not change is not split again.
+    split: Mutex<HashMap<String, (Arc<Program>, Arc<Slices>)>>,
     recorder: Recorder,
     /// Closed once this instance may no longer be the leader: nothing is written then.
     fence: Fence,
@@ -123,7 +134,8 @@ impl Ctx {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance });
         let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone(), fence.clone());
         let world = world.subscribe();
-        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), publisher, recorder, fence }
+        let split = Default::default();
+        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), publisher, split, recorder, fence }
     }
 
     fn fenced(&self) -> Result<(), Error> {
@@ -155,14 +167,14 @@ impl Ctx {
             chains.retain(|x| x.uid() != c.uid());
             chains.push(c);
         }
-        let (pods, nodes, tables, programs) =
-            (self.stores.pods.state(), self.stores.nodes.state(), self.stores.tables.state(), self.stores.programs.state());
+        let (pods, nodes, tables, slices) =
+            (self.stores.pods.state(), self.stores.nodes.state(), self.stores.tables.state(), self.stores.slices.state());
         world::plan(
             &chains,
             &pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
             &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
             &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
-            &programs.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
         )
     }
 
@@ -181,36 +193,75 @@ impl Ctx {
         }
     }
 
-    /// Hands every node's program that differs from what the node has to its writer and waits
-    /// (at most [`publisher::WAIT`]) for those writes; removes the programs and SID tables of
+    /// The mirror's slices, by node and name.
+    fn mirrored_slices(&self) -> HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> {
+        let mut out: HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> = HashMap::new();
+        for s in self.stores.slices.state() {
+            out.entry(s.spec.node.clone()).or_default().insert(s.name_any(), s);
+        }
+        out
+    }
+
+    /// `node`'s program in slices, keeping chains in the slices that hold them (as this
+    /// operator last split it, or as the mirror has them after a restart).
+    fn slices_of(&self, node: &str, program: &Arc<Program>, known: &BTreeMap<String, Arc<NodeProgramSlice>>) -> Arc<Slices> {
+        let mut split = self.split.lock().expect("split");
+        if let Some((p, s)) = split.get(node) {
+            if Arc::ptr_eq(p, program) || **p == **program {
+                return s.clone();
+            }
+        }
+        let previous: slices::Assignment = match split.get(node) {
+            Some((_, s)) => s.iter().filter_map(|(name, spec)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(spec)))).collect(),
+            None => known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec)))).collect(),
+        };
+        let out: Slices =
+            slices::split(program, &previous).into_iter().map(|(i, p)| (slices::slice_name(node, i), p.to_slice_spec(node))).collect();
+        let out = Arc::new(out);
+        split.insert(node.to_string(), (program.clone(), out.clone()));
+        out
+    }
+
+    /// Hands every node whose slices differ from what it has to its writer and waits (at most
+    /// [`crate::publisher::WAIT`]) for those writes; removes the slices, programs and SID tables of
     /// nodes that left. Returns the nodes whose program could not be written, with why.
     async fn publish(&self, plan: &Plan) -> BTreeMap<String, String> {
+        let mut mirrored = self.mirrored_slices();
         let mut waits = Vec::new();
-        for (node, spec) in &plan.programs {
-            // What the API server holds as far as this operator knows: the mirror's copy, or our
-            // own last write while the mirror has not seen it yet.
-            let written = self.publisher.written(node);
-            let generation = |p: &NodeProgram| p.metadata.generation.unwrap_or(0);
-            let known = self.stores.programs.get(&ObjectRef::new(node)).map(|m| match written {
-                Some(w) if generation(&w) > generation(&m) => w,
-                _ => m,
-            });
-            if known.as_ref().is_some_and(|p| &p.spec == spec) && self.publisher.wanted(node).is_none_or(|w| *w == *spec) {
+        let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
+        for (node, program) in &plan.programs {
+            let known = mirrored.remove(node).unwrap_or_default();
+            let slices = self.slices_of(node, program, &known);
+            // The node's daemon reads its slices: its pre-slice program can go.
+            let legacy = self.stores.programs.get(&ObjectRef::new(node)).is_some()
+                && known.get(&slices::slice_name(node, 0)).is_some_and(|s| s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()));
+            // Written as wanted, and nobody else wrote or added a slice of the node since.
+            let settled = self.publisher.wanted(node).is_some_and(|(w, ok)| ok && Arc::ptr_eq(&w, &slices))
+                && known.iter().all(|(name, m)| {
+                    slices.contains_key(name) && self.publisher.written(name).is_none_or(|w| generation(m) <= generation(&w))
+                });
+            if settled && !legacy {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            let resource_version = known.and_then(|p| p.metadata.resource_version.clone());
-            waits.push(self.publisher.send(node, spec, owner, resource_version));
+            waits.push(self.publisher.send(node, Want { slices, known, legacy, owner }));
         }
         Publisher::wait(waits).await;
         if self.fence.check().is_err() {
             return self.publisher.failures();
         }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
-        let api: Api<NodeProgram> = Api::all(self.client.clone());
+        let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
+        for (node, known) in mirrored.iter().filter(|(n, _)| !exists(n)) {
+            self.publisher.forget(node);
+            self.split.lock().expect("split").remove(node);
+            for name in known.keys() {
+                delete_gone(&api, name).await;
+            }
+        }
+        let programs: Api<NodeProgram> = Api::all(self.client.clone());
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
-            self.publisher.forget(&p.name_any());
-            delete_gone(&api, &p.name_any()).await;
+            delete_gone(&programs, &p.name_any()).await;
         }
         let tables: Api<NodeSidTable> = Api::all(self.client.clone());
         for t in self.stores.tables.state().iter().filter(|t| !exists(&t.name_any())) {
@@ -272,7 +323,11 @@ impl Ctx {
         let failures = self.publish(&plan).await;
         let (ns, name) = world::key_of(chain);
         // The finalizer stays until every node that held the chain has a program without it.
-        let holds = |node: &str| self.stores.programs.get(&ObjectRef::new(node)).is_some_and(|p| world::program_holds(&p.spec, &ns, &name));
+        let slices = self.stores.slices.state();
+        let holds = |node: &str| {
+            slices.iter().any(|s| s.spec.node == node && world::tables_hold(&s.spec.tables, &ns, &name))
+                || self.stores.programs.get(&ObjectRef::new(node)).is_some_and(|p| world::tables_hold(&p.spec.tables, &ns, &name))
+        };
         if let Some((node, e)) = failures.iter().find(|(n, _)| holds(n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Action::requeue(Duration::from_secs(5)));
@@ -429,8 +484,12 @@ pub mod relevant {
     pub fn table(t: &NodeSidTable) -> String {
         format!("{:?}", t.spec)
     }
+    /// A daemon's failure, and its first report (the pre-slice program can go then).
+    pub fn slice(s: &NodeProgramSlice) -> String {
+        format!("{:?}{:?}{}", world::slice_failure(s), s.metadata.uid, s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()))
+    }
     pub fn program(p: &NodeProgram) -> String {
-        format!("{:?}{:?}", world::program_failure(p), p.metadata.uid)
+        format!("{:?}", p.metadata.uid)
     }
 }
 
@@ -444,12 +503,14 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     tokio::spawn(mirror(Api::<Pod>::all(c.clone()), writers.pods, relevant::pod, tx.clone()));
     tokio::spawn(mirror(Api::<Node>::all(c.clone()), writers.nodes, relevant::node, tx.clone()));
     tokio::spawn(mirror(Api::<NodeSidTable>::all(c.clone()), writers.tables, relevant::table, tx.clone()));
+    tokio::spawn(mirror(Api::<NodeProgramSlice>::all(c.clone()), writers.slices, relevant::slice, tx.clone()));
     tokio::spawn(mirror(Api::<NodeProgram>::all(c.clone()), writers.programs, relevant::program, tx.clone()));
     // Never compile from a partial view: an empty pod store would unprogram every node.
     stores.chains.wait_until_ready().await?;
     stores.pods.wait_until_ready().await?;
     stores.nodes.wait_until_ready().await?;
     stores.tables.wait_until_ready().await?;
+    stores.slices.wait_until_ready().await?;
     stores.programs.wait_until_ready().await?;
     info!("caches synced; reconciling");
     let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance, fence));
@@ -619,9 +680,10 @@ mod tests {
         let mut out = BTreeMap::new();
         for _ in nodes {
             let pending = next(handle, &format!("programs of {nodes:?}")).await;
-            let node = pending.0.uri().path().rsplit('/').next().unwrap().to_string();
+            let name = pending.0.uri().path().rsplit('/').next().unwrap().to_string();
+            let node = name.strip_suffix(".0").unwrap_or_default().to_string();
             assert!(nodes.contains(&node.as_str()) && !out.contains_key(&node), "unexpected {}", pending.0.uri());
-            check(&pending.0, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprograms/{node}"), &APPLY[1..]);
+            check(&pending.0, "PATCH", &format!("/apis/srv6pipes.io/v1alpha1/nodeprogramslices/{node}.0"), &APPLY[1..]);
             out.insert(node, answer(pending).await);
         }
         out
@@ -639,8 +701,10 @@ mod tests {
 
         let mut programs = expect_programs(&mut handle, &["n1", "n2"]).await;
         let (n1, n2) = (programs.remove("n1").unwrap(), programs.remove("n2").unwrap());
-        assert_eq!(n1["kind"], "NodeProgram");
+        assert_eq!(n1["kind"], "NodeProgramSlice");
         assert_eq!(n1["metadata"]["ownerReferences"][0]["uid"], "uid-n1");
+        assert_eq!(n1["metadata"]["labels"][srv6pipes_crds::NODE_LABEL], "n1");
+        assert_eq!((n1["spec"]["node"].as_str(), n1["spec"]["chains"].as_u64()), (Some("n1"), Some(1)));
         let headends = n1["spec"]["tables"]["headends"].as_array().unwrap();
         assert_eq!(headends.len(), 1);
         assert_eq!(headends[0]["chain"], "default/web");
@@ -662,10 +726,9 @@ mod tests {
         assert_eq!(action, Action::await_change(), "no timed requeue");
 
         // The watchers bring back what was written; the same world again writes nothing.
-        for (name, body) in [("n1", n1), ("n2", n2)] {
-            let mut obj: NodeProgram = serde_json::from_value(body).unwrap();
-            obj.metadata.name = Some(name.into());
-            writers.programs.apply_watcher_event(&watcher::Event::Apply(obj));
+        for body in [n1, n2] {
+            let obj: NodeProgramSlice = serde_json::from_value(body).unwrap();
+            writers.slices.apply_watcher_event(&watcher::Event::Apply(obj));
         }
         let mut updated = (*chain).clone();
         updated.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
@@ -684,16 +747,16 @@ mod tests {
     #[tokio::test]
     async fn a_program_is_not_sent_again_until_the_mirror_has_seen_it() {
         let (stores, mut writers) = world();
-        let program = |name: &str, generation: i64| -> NodeProgram {
+        let program = |node: &str, generation: i64| -> NodeProgramSlice {
             serde_json::from_value(json!({
-                "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
-                "metadata": {"name": name, "generation": generation}, "spec": {"tables": {}, "peers": []},
+                "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgramSlice",
+                "metadata": {"name": format!("{node}.0"), "generation": generation}, "spec": {"node": node, "tables": {}},
             }))
             .unwrap()
         };
-        // The mirror holds older programs (generation 1) of both nodes.
+        // The mirror holds older slices (generation 1) of both nodes.
         for n in ["n1", "n2"] {
-            writers.programs.apply_watcher_event(&watcher::Event::Apply(program(n, 1)));
+            writers.slices.apply_watcher_event(&watcher::Event::Apply(program(n, 1)));
         }
         let (ctx, mut handle) = ctx(stores);
         let chain = Arc::new(chain());
@@ -716,11 +779,61 @@ mod tests {
         second.await.unwrap().unwrap();
 
         // Someone else's newer write (generation 3, another spec): ours goes out again.
-        writers.programs.apply_watcher_event(&watcher::Event::Apply(program("n1", 3)));
+        writers.slices.apply_watcher_event(&watcher::Event::Apply(program("n1", 3)));
         let third = tokio::spawn(reconcile_chain(chain, ctx));
-        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        let n1 = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.0", &APPLY[1..]).await;
         assert_eq!(n1["spec"]["tables"]["headends"][0]["chain"], "default/web");
         third.abort();
+    }
+
+    /// Answers a DELETE as the API server does when the object is gone.
+    async fn deleted(handle: &mut Handle, path: &str) {
+        let (req, send) = next(handle, &format!("DELETE {path}")).await;
+        check(&req, "DELETE", path, "");
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_moves_a_node_to_slices_and_its_old_program_goes_once_the_daemon_reads_them() {
+        let (stores, mut writers) = world();
+        // Before the upgrade: n1's pre-slice NodeProgram, and a slice n1.7 nobody wants.
+        let legacy: NodeProgram = serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
+            "metadata": {"name": "n1", "generation": 9}, "spec": {"tables": {}, "peers": []},
+        }))
+        .unwrap();
+        writers.programs.apply_watcher_event(&watcher::Event::Apply(legacy));
+        let stale: NodeProgramSlice = serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgramSlice",
+            "metadata": {"name": "n1.7", "generation": 1}, "spec": {"node": "n1", "tables": {}},
+        }))
+        .unwrap();
+        writers.slices.apply_watcher_event(&watcher::Event::Apply(stale.clone()));
+        let (ctx, mut handle) = ctx(stores);
+        let chain = Arc::new(chain());
+        let task = tokio::spawn(reconcile_chain(chain.clone(), ctx.clone()));
+        // The slices first; then the slice nobody wants goes; the old program stays (the daemon
+        // has not read the slices yet).
+        let mut first = sort_out(&mut handle, 2).await;
+        let n1 = answer(first.remove("n1").unwrap()).await;
+        answer(first.remove("n2").unwrap()).await;
+        deleted(&mut handle, "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.7").await;
+        let rest = answer_all(&mut handle, 2).await;
+        assert_eq!(rest["status"]["status"]["conditions"][0]["status"], "True");
+        task.await.unwrap().unwrap();
+
+        // n1's daemon reports on its slice 0: the old program goes, and only it.
+        writers.slices.apply_watcher_event(&watcher::Event::Delete(stale));
+        let mut reported: NodeProgramSlice = serde_json::from_value(n1).unwrap();
+        reported.status = Some(serde_json::from_value(json!({"observedGeneration": 2, "conditions": []})).unwrap());
+        writers.slices.apply_watcher_event(&watcher::Event::Apply(reported));
+        let mut chain = (*chain).clone();
+        chain.status = Some(serde_json::from_value(rest["status"]["status"].clone()).unwrap());
+        let task = tokio::spawn(reconcile_chain(Arc::new(chain), ctx.clone()));
+        deleted(&mut handle, "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1").await;
+        task.await.unwrap().unwrap();
+        assert!(ctx.publisher.failures().is_empty());
     }
 
     #[tokio::test]
@@ -748,13 +861,13 @@ mod tests {
             Fence::always(),
         )
         .compile(None);
-        for (name, spec) in &plan.programs {
-            let obj = NodeProgram {
-                metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
-                spec: spec.clone(),
+        for (node, program) in &plan.programs {
+            let obj = NodeProgramSlice {
+                metadata: kube::api::ObjectMeta { name: Some(format!("{node}.0")), ..Default::default() },
+                spec: program.to_slice_spec(node),
                 status: None,
             };
-            writers.programs.apply_watcher_event(&watcher::Event::Apply(obj));
+            writers.slices.apply_watcher_event(&watcher::Event::Apply(obj));
         }
         let mut c = chain();
         c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
@@ -800,7 +913,7 @@ mod tests {
             let path = pending.0.uri().path().to_string();
             let key = match path.as_str() {
                 p if p.ends_with("/status") => "status".to_string(),
-                p if p.contains("/nodeprograms/") => p.rsplit('/').next().unwrap().to_string(),
+                p if p.contains("/nodeprogramslices/") => p.rsplit('/').next().unwrap().trim_end_matches(".0").to_string(),
                 p if p.ends_with("/namespaces/default/events") => format!("event{}", out.len()),
                 p => panic!("unexpected request {} {p}", pending.0.method()),
             };
@@ -924,13 +1037,13 @@ mod tests {
     #[tokio::test]
     async fn program_writes_are_conditional_and_a_conflict_reads_again() {
         let (stores, mut writers) = world();
-        // n1's program as the mirror knows it, at resourceVersion 5.
-        let known: NodeProgram = serde_json::from_value(json!({
-            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
-            "metadata": {"name": "n1", "generation": 1, "resourceVersion": "5"}, "spec": {"tables": {}, "peers": []},
+        // n1's slice as the mirror knows it, at resourceVersion 5.
+        let known: NodeProgramSlice = serde_json::from_value(json!({
+            "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgramSlice",
+            "metadata": {"name": "n1.0", "generation": 1, "resourceVersion": "5"}, "spec": {"node": "n1", "tables": {}},
         }))
         .unwrap();
-        writers.programs.apply_watcher_event(&watcher::Event::Apply(known));
+        writers.slices.apply_watcher_event(&watcher::Event::Apply(known));
         let (ctx, mut handle) = ctx(stores);
         let task = tokio::spawn(reconcile_chain(Arc::new(chain()), ctx.clone()));
         let mut programs = sort_out(&mut handle, 2).await;
@@ -944,11 +1057,11 @@ mod tests {
         assert!(n2["metadata"].get("resourceVersion").is_none(), "unknown object: no condition");
         // Read again, then written conditional on the fresh version.
         let (req, send) = next(&mut handle, "GET n1").await;
-        check(&req, "GET", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", "");
-        let fresh = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgram",
-                           "metadata": {"name": "n1", "generation": 1, "resourceVersion": "6"}, "spec": {"tables": {}, "peers": []}});
+        check(&req, "GET", "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.0", "");
+        let fresh = json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgramSlice",
+                           "metadata": {"name": "n1.0", "generation": 1, "resourceVersion": "6"}, "spec": {"node": "n1", "tables": {}}});
         send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&fresh).unwrap())).unwrap());
-        let retried = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1", &APPLY[1..]).await;
+        let retried = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.0", &APPLY[1..]).await;
         assert_eq!(retried["metadata"]["resourceVersion"], "6");
         answer_all(&mut handle, 2).await;
         task.await.unwrap().unwrap();

@@ -1,12 +1,17 @@
-//! Per-node publishing: one writer task per node server-side applies that node's NodeProgram,
-//! so one node whose write is rejected, denied, too large or hangs never delays another's.
+//! Per-node publishing: one writer task per node server-side applies that node's
+//! NodeProgramSlices (its program split into bounded objects, `srv6::slices`), so one node whose
+//! write is rejected, denied, too large or hangs never delays another's.
 //!
-//! A publication hands every node its newest spec (a newer spec replaces one not yet written:
-//! a writer always writes the latest) and waits at most [`WAIT`] for the writes it started. A
-//! failed write is retried by its writer with a backoff of up to [`MAX_BACKOFF`] while the spec
-//! stays the same; the failure is kept per node (chains that use the node show `ProgramFailed`
-//! naming it), logged, and recorded as an Event on the Node. When a node starts or stops
-//! failing, the world version is bumped so that every chain's status is computed again.
+//! A publication hands every node its newest set of slices (a newer set replaces one not yet
+//! written: a writer always writes the latest) and waits at most [`WAIT`] for the writes it
+//! started. A writer writes only the slices whose spec differs from what the API server holds
+//! (slices that gain chains first, so a chain that moves between slices is briefly in both,
+//! never in neither), then deletes the node's slices that are no longer wanted, then its
+//! pre-slice NodeProgram once the daemon has reported on its slices. A failed write is retried
+//! by its writer with a backoff of up to [`MAX_BACKOFF`] while the set stays the same; the
+//! failure is kept per node (chains that use the node show `ProgramFailed` naming it), logged,
+//! and recorded as an Event on the Node. When a node starts or stops failing, the world version
+//! is bumped so that every chain's status is computed again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +20,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
 use serde_json::json;
-use srv6pipes_crds::{NodeProgram, NodeProgramSpec};
+use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -36,21 +41,30 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// No srv6pipes object is written above this size (etcd refuses requests over 1.5 MiB).
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 
-/// What a writer is asked to write.
-struct Want {
+/// A node's slices as the operator wants them, by object name.
+pub type Slices = BTreeMap<String, NodeProgramSliceSpec>;
+
+/// What a node's writer is asked to do.
+pub struct Want {
+    pub slices: Arc<Slices>,
+    /// The node's slices as this operator's mirror knows them (their resourceVersions make the
+    /// writes conditional: a stale leader's write fails instead of landing).
+    pub known: BTreeMap<String, Arc<NodeProgramSlice>>,
+    /// Delete the node's pre-slice NodeProgram (its daemon has reported on its slices).
+    pub legacy: bool,
+    pub owner: OwnerReference,
+}
+
+struct Sent {
     seq: u64,
-    spec: Arc<NodeProgramSpec>,
-    owner: OwnerReference,
-    /// The resourceVersion of the program as the publisher knew it: the write is conditional
-    /// on it (a stale leader's write fails instead of landing).
-    resource_version: Option<String>,
+    want: Want,
 }
 
 /// A writer's answer to the publication of sequence number `seq`: `None` when written.
 type Done = (u64, Option<String>);
 
 struct Writer {
-    want: watch::Sender<Option<Arc<Want>>>,
+    want: watch::Sender<Option<Arc<Sent>>>,
     done: watch::Receiver<Done>,
 }
 
@@ -60,9 +74,9 @@ struct Shared {
     fence: Fence,
     recorder: Recorder,
     world: Arc<watch::Sender<u64>>,
-    /// Per node, the program as the last successful write left it (the API server's answer).
-    written: Mutex<HashMap<String, Arc<NodeProgram>>>,
-    /// Nodes whose latest spec could not be written, with why.
+    /// Per slice, as the last successful write left it (the API server's answer).
+    written: Mutex<HashMap<String, Arc<NodeProgramSlice>>>,
+    /// Nodes whose latest slices could not be written, with why.
     failures: Mutex<BTreeMap<String, String>>,
 }
 
@@ -78,16 +92,18 @@ impl Publisher {
         Publisher { shared: Arc::new(shared), writers: Default::default(), seq: AtomicU64::new(0) }
     }
 
-    /// This operator's last successful write of `node`'s program.
-    pub fn written(&self, node: &str) -> Option<Arc<NodeProgram>> {
-        self.shared.written.lock().expect("written").get(node).cloned()
+    /// This operator's last successful write of slice `name`.
+    pub fn written(&self, name: &str) -> Option<Arc<NodeProgramSlice>> {
+        self.shared.written.lock().expect("written").get(name).cloned()
     }
 
-    /// The spec `node`'s writer was last asked to write.
-    pub fn wanted(&self, node: &str) -> Option<Arc<NodeProgramSpec>> {
+    /// The slices `node`'s writer was last asked to write, and whether they are written.
+    pub fn wanted(&self, node: &str) -> Option<(Arc<Slices>, bool)> {
         let writers = self.writers.lock().expect("writers");
-        let want = writers.get(node)?.want.borrow().clone();
-        want.map(|w| w.spec.clone())
+        let writer = writers.get(node)?;
+        let sent = writer.want.borrow().clone()?;
+        let done = writer.done.borrow();
+        Some((sent.want.slices.clone(), done.0 >= sent.seq && done.1.is_none()))
     }
 
     /// Nodes whose program could not be written, with why.
@@ -95,32 +111,26 @@ impl Publisher {
         self.shared.failures.lock().expect("failures").clone()
     }
 
-    /// Hands `spec` to `node`'s writer (unless it is already writing that spec) and returns
+    /// Hands `want` to `node`'s writer (unless it is already writing those slices) and returns
     /// what to wait on.
-    pub fn send(
-        &self,
-        node: &str,
-        spec: &NodeProgramSpec,
-        owner: OwnerReference,
-        resource_version: Option<String>,
-    ) -> (u64, watch::Receiver<Done>) {
+    pub fn send(&self, node: &str, want: Want) -> (u64, watch::Receiver<Done>) {
         let mut writers = self.writers.lock().expect("writers");
         let writer = writers.entry(node.to_string()).or_insert_with(|| self.spawn(node));
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        // The same spec still being written, or failed and waiting for its retry, is not sent
-        // again; once written, it is (someone else changed the object since).
+        // The same slices still being written, or failed and waiting for their retry, are not
+        // sent again; once written, they are (someone else changed an object since).
         let settled_ok = {
             let done = writer.done.borrow();
-            move |w: &Want| done.0 >= w.seq && done.1.is_none()
+            move |s: &Sent| done.0 >= s.seq && done.1.is_none()
         };
         let mut sent = seq;
-        writer.want.send_if_modified(|want| match want {
-            Some(w) if *w.spec == *spec && !settled_ok(w) => {
-                sent = w.seq;
+        writer.want.send_if_modified(|current| match current {
+            Some(s) if s.want.slices == want.slices && s.want.legacy == want.legacy && !settled_ok(s) => {
+                sent = s.seq;
                 false
             }
             _ => {
-                *want = Some(Arc::new(Want { seq, spec: Arc::new(spec.clone()), owner, resource_version }));
+                *current = Some(Arc::new(Sent { seq, want }));
                 true
             }
         });
@@ -135,10 +145,10 @@ impl Publisher {
         let _ = tokio::time::timeout(WAIT, all).await;
     }
 
-    /// Stops the writer of a node that left and forgets its failure.
+    /// Stops the writer of a node that left and forgets its failure and its slices.
     pub fn forget(&self, node: &str) {
         self.writers.lock().expect("writers").remove(node);
-        self.shared.written.lock().expect("written").remove(node);
+        self.shared.written.lock().expect("written").retain(|_, s| s.spec.node != node);
         if self.shared.failures.lock().expect("failures").remove(node).is_some() {
             self.shared.world.send_modify(|v| *v += 1);
         }
@@ -152,31 +162,30 @@ impl Publisher {
     }
 }
 
-/// One node's writer: writes the newest wanted spec, retrying a failed one with a backoff until
-/// it is written or replaced; ends when the publisher drops the node.
-async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver<Option<Arc<Want>>>, done: watch::Sender<Done>) {
+/// One node's writer: does the newest want, retrying a failed one with a backoff until it is
+/// done or replaced; ends when the publisher drops the node.
+async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver<Option<Arc<Sent>>>, done: watch::Sender<Done>) {
     let mut backoff = Duration::from_secs(1);
     while want.changed().await.is_ok() {
         loop {
-            let Some(w) = want.borrow_and_update().clone() else { break };
+            let Some(sent) = want.borrow_and_update().clone() else { break };
             if let Err(e) = shared.fence.check() {
                 // Fenced off: no write, no failure recorded; the instance is on its way out.
                 warn!(node, error = %e, "node program not written");
-                done.send_replace((w.seq, Some(e)));
+                done.send_replace((sent.seq, Some(e)));
                 break;
             }
-            match write(&shared, &node, &w).await {
-                Ok(obj) => {
-                    shared.written.lock().expect("written").insert(node.clone(), Arc::new(obj));
-                    done.send_replace((w.seq, None));
+            match shared.publish_node(&node, &sent.want).await {
+                Ok(()) => {
+                    done.send_replace((sent.seq, None));
                     shared.settle(&node, None).await;
                     backoff = Duration::from_secs(1);
                     break;
                 }
                 Err(e) => {
-                    done.send_replace((w.seq, Some(e.clone())));
+                    done.send_replace((sent.seq, Some(e.clone())));
                     shared.settle(&node, Some(e)).await;
-                    // Retry the same spec after the backoff, or a newer one as soon as it comes.
+                    // Retry the same want after the backoff, or a newer one as soon as it comes.
                     let retry = tokio::select! {
                         _ = tokio::time::sleep(backoff) => true,
                         r = want.changed() => r.is_ok(),
@@ -191,50 +200,119 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
     }
 }
 
-/// Server-side applies one program, conditional on the resourceVersion it was known at,
-/// refusing locally what would be over the size bound. A conflict (the daemon reported status
-/// since, or another writer) reads the program again and retries with its resourceVersion,
-/// checking the fence first each time.
-async fn write(shared: &Shared, node: &str, w: &Want) -> Result<NodeProgram, String> {
-    let api: Api<NodeProgram> = Api::all(shared.client.clone());
-    let mut body = json!({
-        "apiVersion": "srv6pipes.io/v1alpha1",
-        "kind": "NodeProgram",
-        "metadata": {"name": node, "ownerReferences": [w.owner]},
-        "spec": *w.spec,
-    });
-    let size = serde_json::to_vec(&body).map(|b| b.len()).unwrap_or(0);
-    if size > MAX_OBJECT_BYTES {
-        return Err(format!("program is {size} bytes, over the {MAX_OBJECT_BYTES}-byte bound of one object"));
-    }
-    let timed = |what: &str| format!("program not written: {what}: no answer within {} s", WRITE_TIMEOUT.as_secs());
-    let mut resource_version = w.resource_version.clone();
-    for attempt in 1..=3 {
-        shared.fence.check()?;
-        match &resource_version {
-            Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
-            None => _ = body["metadata"].as_object_mut().expect("metadata").remove("resourceVersion"),
+impl Shared {
+    /// What the API server holds of slice `name` as far as this operator knows: the mirror's
+    /// copy, or its own last write while the mirror has not seen it yet.
+    fn known(&self, name: &str, mirrored: Option<&Arc<NodeProgramSlice>>) -> Option<Arc<NodeProgramSlice>> {
+        let written = self.written.lock().expect("written").get(name).cloned();
+        let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
+        match (written, mirrored) {
+            (Some(w), Some(m)) if generation(m) > generation(&w) => Some(m.clone()),
+            (Some(w), _) => Some(w),
+            (None, m) => m.cloned(),
         }
-        let started = std::time::Instant::now();
-        let params = PatchParams::apply(MANAGER).force();
-        let patch = Patch::Apply(&body);
-        match tokio::time::timeout(WRITE_TIMEOUT, api.patch(node, &params, &patch)).await.map_err(|_| timed("apply"))? {
-            Ok(obj) => {
-                info!(node, bytes = size, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program");
-                return Ok(obj);
+    }
+
+    /// Writes a node's slices that differ from what the API server holds (those that gain
+    /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
+    /// asked to. Stops at the first failure, naming the object.
+    async fn publish_node(&self, node: &str, want: &Want) -> Result<(), String> {
+        let chains = |s: Option<&NodeProgramSliceSpec>| s.map(|s| srv6::slices::chains_of_spec(s)).unwrap_or_default();
+        let mut writes = Vec::new();
+        for (name, spec) in want.slices.iter() {
+            let known = self.known(name, want.known.get(name));
+            if known.as_ref().is_some_and(|k| k.spec == *spec) {
+                continue;
             }
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => {
-                let fresh = tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(node)).await.map_err(|_| timed("read"))?;
-                match fresh.map_err(|e| format!("program not written: read it again after a conflict: {e}"))? {
-                    Some(p) if p.spec == *w.spec => return Ok(p),
-                    Some(p) => resource_version = p.metadata.resource_version,
-                    None => resource_version = None,
+            let before = chains(known.as_ref().map(|k| &k.spec));
+            let gains = chains(Some(spec)).iter().any(|c| !before.contains(c));
+            writes.push((!gains, name, spec, known.and_then(|k| k.metadata.resource_version.clone())));
+        }
+        writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, name, spec, resource_version) in writes {
+            let written = self.write(name, spec, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+            self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
+        }
+        let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
+        for name in want.known.keys().filter(|n| !want.slices.contains_key(*n)) {
+            self.fence.check()?;
+            delete(&slices, name).await.map_err(|e| format!("slice {name}: {e}"))?;
+            self.written.lock().expect("written").remove(name);
+        }
+        if want.legacy {
+            self.fence.check()?;
+            delete(&Api::<NodeProgram>::all(self.client.clone()), node).await.map_err(|e| format!("NodeProgram {node}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Server-side applies one slice, conditional on the resourceVersion it was known at,
+    /// refusing locally what would be over the size bound. A conflict (the daemon reported
+    /// status since, or another writer) reads the slice again and retries with its
+    /// resourceVersion, checking the fence first each time.
+    async fn write(
+        &self,
+        name: &str,
+        spec: &NodeProgramSliceSpec,
+        owner: &OwnerReference,
+        resource_version: Option<String>,
+    ) -> Result<NodeProgramSlice, String> {
+        let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
+        let mut body = json!({
+            "apiVersion": "srv6pipes.io/v1alpha1",
+            "kind": "NodeProgramSlice",
+            "metadata": {"name": name, "labels": {NODE_LABEL: spec.node}, "ownerReferences": [owner]},
+            "spec": spec,
+        });
+        let size = serde_json::to_vec(&body).map(|b| b.len()).unwrap_or(0);
+        if size > MAX_OBJECT_BYTES {
+            return Err(format!("{size} bytes, over the {MAX_OBJECT_BYTES}-byte bound of one object"));
+        }
+        let timed = |what: &str| format!("not written: {what}: no answer within {} s", WRITE_TIMEOUT.as_secs());
+        let mut resource_version = resource_version;
+        for attempt in 1..=3 {
+            self.fence.check()?;
+            match &resource_version {
+                Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
+                None => _ = body["metadata"].as_object_mut().expect("metadata").remove("resourceVersion"),
+            }
+            let started = std::time::Instant::now();
+            let params = PatchParams::apply(MANAGER).force();
+            let patch = Patch::Apply(&body);
+            match tokio::time::timeout(WRITE_TIMEOUT, api.patch(name, &params, &patch)).await.map_err(|_| timed("apply"))? {
+                Ok(obj) => {
+                    info!(slice = name, node = %spec.node, chains = spec.chains, bytes = size, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program slice");
+                    return Ok(obj);
                 }
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => {
+                    let fresh = tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(name)).await.map_err(|_| timed("read"))?;
+                    match fresh.map_err(|e| format!("not written: read it again after a conflict: {e}"))? {
+                        Some(p) if p.spec == *spec => return Ok(p),
+                        Some(p) => resource_version = p.metadata.resource_version,
+                        None => resource_version = None,
+                    }
+                }
+                Err(e) => return Err(format!("not written: {e}")),
             }
-            Err(e) => return Err(format!("program not written: {e}")),
         }
+        unreachable!("the last attempt returns")
     }
-    unreachable!("the last attempt returns")
+}
+
+/// Deletes an object; one already gone is fine.
+async fn delete<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+    api: &Api<K>,
+    name: &str,
+) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, api.delete(name, &DeleteParams::default())).await {
+        Err(_) => Err(format!("not deleted: no answer within {} s", WRITE_TIMEOUT.as_secs())),
+        Ok(Ok(_)) => {
+            info!(object = name, kind = %K::kind(&()), "deleted");
+            Ok(())
+        }
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        Ok(Err(e)) => Err(format!("not deleted: {e}")),
+    }
 }
 
 impl Shared {

@@ -1,9 +1,9 @@
 //! The node-writes admission webhook. RBAC gives the node daemons' one ServiceAccount (a
-//! DaemonSet has one identity for every node) writes of every NodeSidTable and every NodeProgram
-//! status: it cannot say "your own node's". This webhook does. A daemon's token is bound to its
-//! pod (a projected ServiceAccount token carries the pod's name and uid), the pod says which node
-//! it runs on, and the objects are named after their node: a write is admitted only when the
-//! two agree. Writes by anyone else are left to RBAC.
+//! DaemonSet has one identity for every node) writes of every NodeSidTable and every
+//! NodeProgramSlice status: it cannot say "your own node's". This webhook does. A daemon's token
+//! is bound to its pod (a projected ServiceAccount token carries the pod's name and uid), the pod
+//! says which node it runs on, and the objects name their node (a SID table by its name, a slice
+//! in `spec.node`): a write is admitted only when the two agree. Writes by anyone else are left to RBAC.
 //!
 //! Every replica serves it (the API server may call any), with one certificate kept in a Secret
 //! (the first replica makes it; a self-signed CA and a serving certificate for the Service's DNS
@@ -121,7 +121,19 @@ async fn review(client: &Client, cfg: &Config, body: &[u8]) -> AdmissionReview<D
         Some(sub) => format!("{}/{sub}", req.resource.resource),
         None => req.resource.resource.clone(),
     };
-    match judge(&req.name, &who, found) {
+    // A slice names its node in `spec.node` (as it was before the write: status writes cannot
+    // change the spec); the other objects are named after their node.
+    let object = match req.resource.resource.as_str() {
+        "nodeprogramslices" => {
+            let node = req.old_object.as_ref().or(req.object.as_ref()).and_then(|o| o.data.get("spec")?.get("node")?.as_str().map(String::from));
+            match node {
+                Some(n) => n,
+                None => return forbidden(response.deny(format!("slice {} names no node in spec.node", req.name))).into_review(),
+            }
+        }
+        _ => req.name.clone(),
+    };
+    match judge(&object, &who, found) {
         Ok(()) => {
             debug!(%resource, name = %req.name, user = ?req.user_info.username, "admitted");
             response.into_review()
@@ -353,17 +365,34 @@ mod tests {
             configuration: "c".into(),
             node_account: "srv6pipes-node".into(),
         };
-        for (object, allowed) in [("n1", true), ("n2", false)] {
+        // A SID table is named after its node; a slice names it in spec.node (its name is
+        // "<node>.<index>", and a name proves nothing: "n1.0" could be node "n1.0"'s).
+        let table = |object: &str| {
+            (
+                "nodesidtables",
+                None,
+                object.to_string(),
+                serde_json::json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable", "metadata": {"name": object}}),
+            )
+        };
+        let slice = |name: &str, node: &str| {
+            let o = serde_json::json!({"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeProgramSlice",
+                                       "metadata": {"name": name}, "spec": {"node": node, "tables": {}}});
+            ("nodeprogramslices", Some("status"), name.to_string(), o)
+        };
+        for ((resource, sub, object, obj), allowed) in
+            [(table("n1"), true), (table("n2"), false), (slice("n2.0", "n1"), true), (slice("n1.0", "n2"), false)]
+        {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = Client::new(service, "default");
             let body = serde_json::json!({
                 "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                 "request": {
-                    "uid": "req-1", "kind": {"group": "srv6pipes.io", "version": "v1alpha1", "kind": "NodeSidTable"},
-                    "resource": {"group": "srv6pipes.io", "version": "v1alpha1", "resource": "nodesidtables"},
+                    "uid": "req-1", "kind": {"group": "srv6pipes.io", "version": "v1alpha1", "kind": obj["kind"]},
+                    "resource": {"group": "srv6pipes.io", "version": "v1alpha1", "resource": resource}, "subResource": sub,
                     "name": object, "operation": "UPDATE",
                     "userInfo": {"username": DAEMON, "extra": {POD_NAME_EXTRA: ["srv6pipes-node-abc"], POD_UID_EXTRA: ["u1"]}},
-                    "object": {"apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable", "metadata": {"name": object}},
+                    "object": obj, "oldObject": obj,
                     "dryRun": false, "options": null
                 }
             });
@@ -381,6 +410,9 @@ mod tests {
             if !allowed {
                 assert_eq!(r["status"]["code"], 403, "{answer}");
                 assert!(r["status"]["message"].as_str().unwrap().contains("not \"n2\"'s"), "{answer}");
+            }
+            if resource == "nodeprogramslices" {
+                assert_eq!(allowed, obj["spec"]["node"] == "n1", "judged by spec.node, not the name");
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -10,7 +11,7 @@ use kube::ResourceExt;
 use srv6::compiler::{self, ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
 use srv6::node_api::{NodeProgram, NodeSids, Peer};
 use srv6::sid::Locator;
-use srv6pipes_crds::{NodeProgram as NodeProgramCr, NodeProgramSpec, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
+use srv6pipes_crds::{NodeProgramSlice, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
 
 /// `namespace/name` of a chain, as the compiler's tables name it.
 pub type ChainKey = (String, String);
@@ -18,8 +19,8 @@ pub type ChainKey = (String, String);
 /// What the whole cluster should look like after one compilation.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// The NodeProgram spec of every node that has a locator.
-    pub programs: BTreeMap<String, NodeProgramSpec>,
+    /// The program of every node that has a locator (published in slices).
+    pub programs: BTreeMap<String, Arc<NodeProgram>>,
     /// Every chain's verdict (chains being deleted are left out of the compilation).
     pub verdicts: BTreeMap<ChainKey, ChainVerdict>,
     /// Nodes whose table or program is in the way of a chain, with why: no locator, a SID
@@ -53,14 +54,15 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     Some(PodInfo { namespace: pod.namespace().unwrap_or_default(), name: pod.name_any(), node, labels: pod.labels().clone(), ips, ready })
 }
 
-/// The `Programmed` condition of a daemon's report, when it is about the current generation.
-pub fn program_failure(p: &NodeProgramCr) -> Option<String> {
-    let status = p.status.as_ref()?;
-    if status.observed_generation != p.metadata.generation {
+/// The `Programmed` condition of a daemon's report on a slice, when it is about the slice's
+/// current generation.
+pub fn slice_failure(s: &NodeProgramSlice) -> Option<String> {
+    let status = s.status.as_ref()?;
+    if status.observed_generation != s.metadata.generation {
         return None;
     }
     let c = status.conditions.iter().find(|c| c.type_ == "Programmed")?;
-    (c.status == "False").then(|| format!("node {}: {}", p.name_any(), c.message))
+    (c.status == "False").then(|| format!("node {}: slice {}: {}", s.spec.node, s.name_any(), c.message))
 }
 
 /// By namespace and name.
@@ -77,7 +79,7 @@ pub fn key_of(chain: &ServiceChain) -> ChainKey {
 /// programs go to every node with a locator. The inputs come from caches in no particular
 /// order: they are sorted first, so the same world always gives the same programs (and the
 /// operator never rewrites a program whose content only moved).
-pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[&NodeSidTable], programs: &[&NodeProgramCr]) -> Plan {
+pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[&NodeSidTable], slices: &[&NodeProgramSlice]) -> Plan {
     let (chains, pods, nodes, tables): (Vec<&ServiceChain>, Vec<&Pod>, Vec<&Node>, Vec<&NodeSidTable>) =
         (sorted(chains.to_vec()), sorted(pods.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
     let mut out = Plan::default();
@@ -121,9 +123,9 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
         }
     }
     world.pods = pods.iter().filter_map(|p| pod_info(p)).filter(|p| located.contains_key(p.node.as_str())).collect();
-    for p in programs {
-        if let Some(e) = program_failure(p) {
-            out.node_problems.insert(p.name_any(), e);
+    for s in slices {
+        if let Some(e) = slice_failure(s) {
+            out.node_problems.insert(s.spec.node.clone(), e);
         }
     }
     let live: Vec<(ChainKey, &ServiceChain)> =
@@ -143,7 +145,7 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
             }
         }
         let program = NodeProgram { tables, peers: peers.iter().filter(|p| p.node != node).cloned().collect() };
-        out.programs.insert(node, program.to_spec());
+        out.programs.insert(node, Arc::new(program));
     }
     for v in compiled.chains {
         out.verdicts.insert((v.namespace.clone(), v.name.clone()), v);
@@ -189,15 +191,9 @@ pub fn ready_condition(status: Option<&ServiceChainStatus>) -> Option<&Condition
     status?.conditions.iter().find(|c| c.type_ == "Ready")
 }
 
-/// Whether a node's program has tables of chain `ns/name`.
-pub fn program_holds(spec: &NodeProgramSpec, ns: &str, name: &str) -> bool {
-    let key = format!("{ns}/{name}");
-    ["headends", "proxies", "decaps"].iter().any(|t| {
-        spec.tables
-            .get(t)
-            .and_then(|v| v.as_array())
-            .is_some_and(|rows| rows.iter().any(|r| r.get("chain").and_then(|c| c.as_str()) == Some(&key)))
-    })
+/// Whether a node's tables (a slice's, or a pre-slice NodeProgram's) have entries of chain `ns/name`.
+pub fn tables_hold(tables: &serde_json::Value, ns: &str, name: &str) -> bool {
+    srv6::slices::chains_of_value(tables).contains(&format!("{ns}/{name}"))
 }
 
 /// Locators held by nodes (valid annotations only).
@@ -248,7 +244,7 @@ mod tests {
     fn plan_uses_ipv6_internal_ips_and_names_the_chains_nodes() {
         let (nodes, pods, tables, chain) = world();
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
-        assert_eq!(p.programs["n1"].peers[0].underlay, "fd00:ffff::2", "the IPv6 InternalIP, not the first");
+        assert_eq!(p.programs["n1"].peers[0].underlay.to_string(), "fd00:ffff::2", "the IPv6 InternalIP, not the first");
         let key = ("default".to_string(), "c".to_string());
         assert!(p.verdicts[&key].ready, "{:?}", p.verdicts[&key]);
         assert_eq!(p.chain_nodes[&key].iter().collect::<Vec<_>>(), ["n1", "n2"]);
@@ -272,13 +268,13 @@ mod tests {
     #[test]
     fn failed_programs_and_stale_tables_make_chains_not_ready() {
         let (nodes, pods, mut tables, chain) = world();
-        let program: NodeProgramCr = obj(json!({"metadata": {"name": "n2", "generation": 3}, "spec": {"tables": {}},
+        let program: NodeProgramSlice = obj(json!({"metadata": {"name": "n2.3", "generation": 3}, "spec": {"node": "n2", "tables": {}},
             "status": {"observedGeneration": 3, "conditions": [{"type": "Programmed", "status": "False", "reason": "ProgramFailed",
                        "message": "sp_sids full", "lastTransitionTime": "2026-11-21T10:00:00Z"}]}}));
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&program]);
         let status = chain_status(&p, &BTreeMap::new(), &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
         assert_eq!((status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()), ("False", "ProgramFailed"));
-        assert_eq!(status.conditions[0].message, "node n2: sp_sids full");
+        assert_eq!(status.conditions[0].message, "node n2: slice n2.3: sp_sids full");
         // A report about an older generation is not held against the current one.
         let mut older = program.clone();
         older.metadata.generation = Some(4);

@@ -44,6 +44,20 @@ pub fn chains_of(tables: &NodeTables) -> BTreeSet<String> {
     headends.chain(tables.proxies.iter().map(|u| &u.chain)).chain(tables.decaps.iter().map(|u| &u.chain)).cloned().collect()
 }
 
+/// The chains that have entries in a slice's tables as written (JSON), without decoding them.
+pub fn chains_of_value(tables: &serde_json::Value) -> BTreeSet<String> {
+    ["headends", "proxies", "decaps"]
+        .iter()
+        .filter_map(|t| tables.get(t)?.as_array())
+        .flatten()
+        .filter_map(|row| Some(row.get("chain")?.as_str()?.to_string()))
+        .collect()
+}
+
+pub fn chains_of_spec(spec: &srv6pipes_crds::NodeProgramSliceSpec) -> BTreeSet<String> {
+    chains_of_value(&spec.tables)
+}
+
 /// JSON bytes of `v` (as it will be written), for the size bounds.
 fn json_len<T: serde::Serialize>(v: &T) -> usize {
     serde_json::to_vec(v).map_or(0, |b| b.len())
@@ -225,6 +239,9 @@ mod tests {
             assert_eq!(!s.tables.pods.is_empty(), *i == 0, "pods in slice 0 only");
         }
         assert_eq!(merge(slices.iter().map(|(i, s)| (*i, s))), p);
+        let spec = slices[&1].to_slice_spec("n1");
+        assert_eq!(chains_of_spec(&spec), chains_of(&slices[&1].tables));
+        assert_eq!(spec.chains as usize, MAX_SLICE_CHAINS);
     }
 
     #[test]
