@@ -134,11 +134,11 @@ fi
 
 # RBAC: the node daemon's identity reads its program and writes only its status and SID table.
 as=(--as="system:serviceaccount:$ns:srv6pipes-node")
-kubectl "${as[@]}" auth can-i patch nodeprograms.srv6pipes.io --subresource=status >/dev/null 2>&1 || fail "the node daemon may not report status"
-for verb in "patch nodeprograms.srv6pipes.io" "delete nodesidtables.srv6pipes.io" "patch servicechains.srv6pipes.io" "list secrets" "patch nodes"; do
+kubectl "${as[@]}" auth can-i patch nodeprogramslices.srv6pipes.io --subresource=status >/dev/null 2>&1 || fail "the node daemon may not report status"
+for verb in "patch nodeprogramslices.srv6pipes.io" "patch nodeprograms.srv6pipes.io" "delete nodesidtables.srv6pipes.io" "patch servicechains.srv6pipes.io" "list secrets" "patch nodes"; do
   ! kubectl "${as[@]}" auth can-i $verb >/dev/null 2>&1 || fail "the node daemon's identity may $verb"
 done
-! kubectl "${as[@]}" patch nodeprogram "$n2" --type=merge -p '{"spec":{"tables":{}}}' > "$t/out" 2>&1 || fail "the node daemon's identity rewrote $n2's program"
+! kubectl "${as[@]}" patch nodeprogramslice "$n2.0" --type=merge -p '{"spec":{"tables":{}}}' > "$t/out" 2>&1 || fail "the node daemon's identity rewrote $n2's program"
 grep -q Forbidden "$t/out" || fail "expected Forbidden: $(cat "$t/out")"
 ok "RBAC: the node daemon's identity is refused writing programs (another node's: $n2), deleting SID tables, chains, secrets, nodes"
 
@@ -150,10 +150,10 @@ srv=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
 as_daemon() { # PATH: an empty merge patch (a write that changes nothing) as that daemon; prints the HTTP code
   curl -sk -o "$t/write" -w '%{http_code}' -X PATCH -H "Authorization: Bearer $tok" \
     -H 'Content-Type: application/merge-patch+json' -d '{}' "$srv/apis/srv6pipes.io/v1alpha1/$1"; }
-for r in "nodesidtables/$n1" "nodeprograms/$n1/status"; do
+for r in "nodesidtables/$n1" "nodeprogramslices/$n1.0/status"; do
   [[ $(as_daemon "$r") == 200 ]] || fail "the daemon on $n1 may not write $r: $(cat "$t/write")"
 done
-for r in "nodesidtables/$n2" "nodeprograms/$n2/status"; do
+for r in "nodesidtables/$n2" "nodeprogramslices/$n2.0/status"; do
   [[ $(as_daemon "$r") == 403 ]] && grep -q "may write only node" "$t/write" || fail "the daemon on $n1 wrote $r: $(cat "$t/write")"
 done
 ok "webhook: the daemon on $n1 (its own token) writes $n1's SID table and program status, is refused $n2's"

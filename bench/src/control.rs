@@ -282,11 +282,14 @@ impl KubeLab {
         c
     }
 
-    /// n1's program has exactly `headends` chains and its daemon reports it applied.
+    /// n1's program (its slices) has exactly `headends` chains and its daemon reports every
+    /// slice applied.
     fn programmed(&self, headends: usize) -> anyhow::Result<bool> {
-        let p: serde_json::Value = serde_json::from_str(&sys::run(&mut self.kubectl(&["get", "nodeprogram", "n1", "-o", "json"]))?)?;
-        Ok(p["spec"]["tables"]["headends"].as_array().map_or(0, |h| h.len()) == headends
-            && p["status"]["observedGeneration"] == p["metadata"]["generation"])
+        let list = sys::run(&mut self.kubectl(&["get", "nodeprogramslices", "-l", "srv6pipes.io/node=n1", "-o", "json"]))?;
+        let slices: serde_json::Value = serde_json::from_str(&list)?;
+        let items = slices["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let count: usize = items.iter().map(|p| p["spec"]["tables"]["headends"].as_array().map_or(0, |h| h.len())).sum();
+        Ok(!items.is_empty() && count == headends && items.iter().all(|p| p["status"]["observedGeneration"] == p["metadata"]["generation"]))
     }
 
     fn wait(&self, what: &str, timeout: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {

@@ -317,6 +317,11 @@ pub struct NodeProgramSliceSpec {
     /// Other nodes' locators and underlay addresses: in slice 0 only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerSpec>,
+    /// In slice 0 only: the indices of every slice of the node's program (0 included). The
+    /// daemon programs the node once it has all of them (and only them), so a program written
+    /// in several objects is never applied half-way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<u32>,
 }
 
 /// The label that names a NodeProgramSlice's node (the daemon lists its slices by it).
@@ -377,7 +382,10 @@ mod tests {
         let crds: Vec<serde_json::Value> =
             serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
         let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["servicechains.srv6pipes.io", "nodesidtables.srv6pipes.io", "nodeprograms.srv6pipes.io", "nodeprogramslices.srv6pipes.io"]);
+        assert_eq!(
+            names,
+            ["servicechains.srv6pipes.io", "nodesidtables.srv6pipes.io", "nodeprograms.srv6pipes.io", "nodeprogramslices.srv6pipes.io"]
+        );
         for c in &crds[1..] {
             assert_eq!(c["spec"]["scope"], "Cluster", "{}", c["metadata"]["name"]);
         }

@@ -49,8 +49,8 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
             .any(|l| l.starts_with("web-inspection") && l.contains(" True ") && l.contains("Programmed"))
     });
     wait_for("both nodes to program the chain", Duration::from_secs(30), || {
-        api.k(&["get", "nodeprograms", "-o", "jsonpath={.items[*].status.conditions[0].status}"]) == "True True"
-            && api.get(&["nodeprogram", "n1"]).unwrap()["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
+        api.k(&["get", "nodeprogramslices", "-o", "jsonpath={.items[*].status.conditions[0].status}"]) == "True True"
+            && api.get(&["nodeprogramslice", "n1.0"]).unwrap()["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
     });
     let table = api.k(&["get", "servicechains"]);
     println!("kubectl get servicechains:\n{table}");
@@ -65,7 +65,7 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     // kubectl delete: unsteered, once the finalizer has cleaned the nodes.
     api.k(&["delete", "servicechain", "web-inspection", "--timeout=30s"]);
     wait_for("n1 to drop the headend", Duration::from_secs(30), || {
-        let p = api.get(&["nodeprogram", "n1"]).unwrap();
+        let p = api.get(&["nodeprogramslice", "n1.0"]).unwrap();
         p["spec"]["tables"]["headends"].as_array().is_some_and(|h| h.is_empty())
             && p["status"]["observedGeneration"] == p["metadata"]["generation"]
     });
@@ -75,5 +75,5 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
 
     // lab down unregisters its Nodes, Pods and their srv6pipes objects.
     lab.ok(&["down"]);
-    assert_eq!(api.k(&["get", "nodes,pods,nodeprograms,nodesidtables", "-o", "name"]), "");
+    assert_eq!(api.k(&["get", "nodes,pods,nodeprogramslices,nodeprograms,nodesidtables", "-o", "name"]), "");
 }

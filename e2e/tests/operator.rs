@@ -160,8 +160,11 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         "--for=condition=established",
         "crd/servicechains.srv6pipes.io",
         "crd/nodeprograms.srv6pipes.io",
+        "crd/nodeprogramslices.srv6pipes.io",
         "crd/nodesidtables.srv6pipes.io",
     ]);
+    // An upgrade from a release before slices: n1 has its one NodeProgram.
+    api.apply(r#"{apiVersion: srv6pipes.io/v1alpha1, kind: NodeProgram, metadata: {name: n1}, spec: {tables: {headends: [], proxies: [], decaps: []}}}"#);
     let mut op = Operator::start(&api, 1);
 
     // Nodes join: each gets a locator and a program routing to the other.
@@ -171,10 +174,23 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     let mut locators = [l1.clone(), l2.clone()];
     locators.sort();
     assert_eq!(locators, ["fcbb:bb00:1::/48", "fcbb:bb00:2::/48"]);
-    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's program to route to n2", |p| p["spec"]["peers"][0]["locator"] == l2.as_str());
+    let np1 =
+        wait(&api, &op, &["nodeprogramslice", "n1.0"], "n1's program to route to n2", |p| p["spec"]["peers"][0]["locator"] == l2.as_str());
     assert_eq!(np1["spec"]["peers"][0]["underlay"], "fd00:ffff::2");
     assert_eq!(np1["metadata"]["ownerReferences"][0]["kind"], "Node");
     assert!(managers(&np1).contains(&("srv6pipes-operator".into(), "Apply".into())), "{:?}", managers(&np1));
+    assert_eq!((np1["spec"]["node"].as_str(), np1["metadata"]["labels"]["srv6pipes.io/node"].as_str()), (Some("n1"), Some("n1")));
+    assert_eq!(np1["spec"]["slices"], serde_json::json!([0]));
+    // The pre-slice program stays until n1's daemon (played here) reports on its slices.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(api.get(&["nodeprogram", "n1"]).is_some(), "the old program went before the daemon read its slices");
+    let report = serde_json::json!({"status": {"observedGeneration": np1["metadata"]["generation"], "conditions": []}});
+    api.k(&["patch", "nodeprogramslice", "n1.0", "--subresource=status", "--type=merge", "-p", &report.to_string()]);
+    let start = Instant::now();
+    while api.get(&["nodeprogram", "n1"]).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the old program outlived the daemon's move to slices:\n{}", op.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A chain created before its pods: reported, not ready, finalizer in place.
     chain(&api, "early", "fd00:10:2::/64");
@@ -193,11 +209,11 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     assert_eq!(c["status"]["hops"][0]["replicas"], serde_json::json!([{"pod": "fw-0", "node": "n1", "sid": format!("{p1}:e001::")}]));
     assert_eq!(c["status"]["paths"], serde_json::json!([{"segments": [format!("{p1}:e001::"), format!("{p2}:d6::")]}]));
     assert!(managers(&c).contains(&("srv6pipes-operator".into(), "Apply".into())), "{:?}", managers(&c));
-    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "n1's headend", |p| {
+    let np1 = wait(&api, &op, &["nodeprogramslice", "n1.0"], "n1's headend", |p| {
         p["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
     });
     assert_eq!(np1["spec"]["tables"]["headends"][0]["chain"], "default/early");
-    wait(&api, &op, &["nodeprogram", "n2"], "n2's decapsulation", |p| p["spec"]["tables"]["decaps"][0]["chain"] == "default/early");
+    wait(&api, &op, &["nodeprogramslice", "n2.0"], "n2's decapsulation", |p| p["spec"]["tables"]["decaps"][0]["chain"] == "default/early");
     let events = api.k(&["get", "events.v1.events.k8s.io", "-o", "json"]);
     assert!(events.contains("\"reason\": \"Programmed\"") && events.contains("\"name\": \"early\""), "{events}");
 
@@ -212,7 +228,7 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 2)
     });
     assert_eq!(c["status"]["paths"].as_array().unwrap().len(), 2, "{c:#}");
-    let np1 = wait(&api, &op, &["nodeprogram", "n1"], "replicas at the headend", |p| {
+    let np1 = wait(&api, &op, &["nodeprogramslice", "n1.0"], "replicas at the headend", |p| {
         p["spec"]["tables"]["headends"]
             .as_array()
             .is_some_and(|h| h.iter().all(|h| h["replicas"][0].as_array().is_some_and(|r| r.len() == 2)))
@@ -226,8 +242,12 @@ fn operator_reconciles_chains_on_a_real_api_server() {
 
     // Restart the operator mid-way (SIGKILL: the lease must expire): it leads again and, the
     // world being unchanged, writes nothing.
-    let snapshot =
-        || versions(&api, &[&["servicechain", "early"], &["servicechain", "late"], &["nodeprogram", "n1"], &["nodeprogram", "n2"]]);
+    let snapshot = || {
+        versions(
+            &api,
+            &[&["servicechain", "early"], &["servicechain", "late"], &["nodeprogramslice", "n1.0"], &["nodeprogramslice", "n2.0"]],
+        )
+    };
     let before = settled(&snapshot);
     op.signal("-KILL");
     let mut op = Operator::start(&api, 2);
@@ -240,7 +260,7 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(before, snapshot(), "a restarted operator rewrote an unchanged world:\n{}", op.log());
 
-    // A node leaves: its program and SID table go, and chains are re-pathed without it.
+    // A node leaves: its program slices and SID table go, and chains are re-pathed without it.
     pod(&api, "fw-1", "n2", "vnf=fw", "fd00:10:2::3");
     sid_table(&api, "n2", &l2, &[("fw-1", &format!("{p2}:e001::"))]);
     wait(&api, &op, &["servicechain", "early"], "two replicas again", |c| {
@@ -251,7 +271,7 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         c["status"]["hops"][0]["replicas"].as_array().is_some_and(|r| r.len() == 1 && r[0]["node"] == "n1")
     });
     let start = Instant::now();
-    while api.get(&["nodeprogram", "n2"]).is_some() || api.get(&["nodesidtable", "n2"]).is_some() {
+    while api.get(&["nodeprogramslice", "n2.0"]).is_some() || api.get(&["nodesidtable", "n2"]).is_some() {
         assert!(start.elapsed() < Duration::from_secs(20), "n2's NodeProgram/NodeSidTable outlived it:\n{}", op.log());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -272,7 +292,7 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     // Deleting a chain removes it from every node before the finalizer lets it go.
     api.k(&["delete", "servicechain", "early", "--timeout=30s"]);
     assert!(api.get(&["servicechain", "early"]).is_none());
-    let np1 = api.get(&["nodeprogram", "n1"]).unwrap();
+    let np1 = api.get(&["nodeprogramslice", "n1.0"]).unwrap();
     let chains: Vec<&str> = np1["spec"]["tables"]["headends"].as_array().unwrap().iter().map(|h| h["chain"].as_str().unwrap()).collect();
     assert_eq!(chains, ["default/late"], "{np1:#}");
 
@@ -288,7 +308,7 @@ fn operator_reconciles_chains_on_a_real_api_server() {
 fn a_paused_leader_is_fenced_off_when_a_successor_leads() {
     let Some(api) = ApiServer::start("fencing") else { return };
     api.k(&["apply", "-f", repo_root().join("crds/srv6pipes.io.yaml").to_str().unwrap()]);
-    api.k(&["wait", "--for=condition=established", "crd/servicechains.srv6pipes.io", "crd/nodeprograms.srv6pipes.io"]);
+    api.k(&["wait", "--for=condition=established", "crd/servicechains.srv6pipes.io", "crd/nodeprogramslices.srv6pipes.io"]);
     let mut op1 = Operator::start(&api, 1);
     node(&api, "n1", 1);
     node(&api, "n2", 2);
@@ -309,10 +329,11 @@ fn a_paused_leader_is_fenced_off_when_a_successor_leads() {
     wait(&api, &op2, &["lease", "srv6pipes-operator"], "op-2 to lead", |l| l["spec"]["holderIdentity"] == "op-2");
     let l3 = locator_of(&api, &op2, "n3");
     chain(&api, "web", "fd00:10:9::/64");
-    wait(&api, &op2, &["nodeprogram", "n1"], "op-2's program for the changed chain", |p| {
+    wait(&api, &op2, &["nodeprogramslice", "n1.0"], "op-2's program for the changed chain", |p| {
         p["spec"]["tables"]["headends"][0]["destination"] == "fd00:10:9::/64"
     });
-    let objects: [&[&str]; 5] = [&["node", "n1"], &["node", "n2"], &["node", "n3"], &["nodeprogram", "n1"], &["nodeprogram", "n2"]];
+    let objects: [&[&str]; 5] =
+        [&["node", "n1"], &["node", "n2"], &["node", "n3"], &["nodeprogramslice", "n1.0"], &["nodeprogramslice", "n2.0"]];
     let snapshot = || versions(&api, &objects);
     let before = settled(&snapshot);
     let web_before = api.get(&["servicechain", "web"]).unwrap()["status"].clone();

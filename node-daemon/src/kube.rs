@@ -1,8 +1,11 @@
 //! Kube mode: the node's locator comes from its Node (annotation srv6pipes.io/locator, set by
 //! the operator or the node's maker), its SIDs are published as the NodeSidTable named after the
-//! node, and it programs what the operator publishes in the NodeProgram of that name, reporting
-//! the outcome in its status. Field manager `srv6pipes-node`.
+//! node, and it programs what the operator publishes in the node's NodeProgramSlices (or, until
+//! the operator has written them, in the pre-slice NodeProgram named after the node), reporting
+//! the outcome in their status. Field manager `srv6pipes-node`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,7 +20,10 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use srv6::node_api::{NodeProgram, NodeSids};
 use srv6::sid::Locator;
-use srv6pipes_crds::{NodeProgram as NodeProgramCr, NodeSidTable, LOCATOR_ANNOTATION};
+use srv6::slices::{complete, merge, slice_index, slice_name};
+use srv6pipes_crds::{
+    NodeProgram as NodeProgramCr, NodeProgramSlice, NodeProgramSliceSpec, NodeProgramStatus, NodeSidTable, LOCATOR_ANNOTATION, NODE_LABEL,
+};
 use tracing::{info, warn};
 
 pub const MANAGER: &str = "srv6pipes-node";
@@ -64,6 +70,10 @@ impl KubePlane {
         Ok((KubePlane { client, internal_ips, node: node.into(), node_uid: uid }, locator))
     }
 
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -87,49 +97,195 @@ impl KubePlane {
         Ok(())
     }
 
-    /// The node's NodeProgram, each time it changes.
-    pub fn programs(&self) -> impl Stream<Item = NodeProgramCr> + Send + 'static {
-        let api: Api<NodeProgramCr> = Api::all(self.client.clone());
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
-        let node = self.node.clone();
-        watcher(api, config).default_backoff().applied_objects().filter_map(move |r| {
-            let node = node.clone();
-            async move { r.map_err(|e| warn!(node = %node, error = %e, "watching the node program failed; retrying")).ok() }
-        })
+    /// Every change of the node's NodeProgramSlices (listed by [`NODE_LABEL`]) and of its
+    /// pre-slice NodeProgram (named after it).
+    pub fn updates(&self) -> impl Stream<Item = Update> + Send + 'static {
+        let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
+        let by_label = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", self.node));
+        let legacy: Api<NodeProgramCr> = Api::all(self.client.clone());
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+        let slices = watcher(slices, by_label).default_backoff().filter_map(logged(&self.node, "program slices")).map(Update::Slice);
+        let legacy = watcher(legacy, by_name).default_backoff().filter_map(logged(&self.node, "NodeProgram")).map(Update::Legacy);
+        futures::stream::select(slices, legacy)
     }
 
-    /// Reports in the program's status whether `generation` is in the datapath.
-    pub async fn report(&self, program: &NodeProgramCr, result: &Result<(), String>) -> anyhow::Result<()> {
-        let (status, reason, message) = match result {
-            Ok(()) => ("True", "Programmed", format!("generation {} is in the datapath", program.metadata.generation.unwrap_or_default())),
-            Err(e) => ("False", "ProgramFailed", e.clone()),
-        };
-        let generation = program.metadata.generation;
-        let unchanged = program.status.as_ref().is_some_and(|s| {
-            s.observed_generation == generation
-                && s.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == status && c.message == message)
-        });
-        if unchanged {
-            return Ok(());
+    /// Reports on every slice of `slices` (or on the pre-slice program) whether its generation
+    /// is in the datapath; a slice whose status already says so is not written.
+    pub async fn report(&self, source: &Source, result: &Result<(), String>) -> anyhow::Result<()> {
+        match source {
+            Source::Slices(slices) => {
+                let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
+                for s in slices {
+                    let Some(body) = status_patch("NodeProgramSlice", s.metadata.generation, s.status.as_ref(), result) else { continue };
+                    api.patch_status(&s.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+                        .await
+                        .with_context(|| format!("report NodeProgramSlice {} status", s.name_any()))?;
+                }
+            }
+            Source::Legacy(p) => {
+                let Some(body) = status_patch("NodeProgram", p.metadata.generation, p.status.as_ref(), result) else { return Ok(()) };
+                let api: Api<NodeProgramCr> = Api::all(self.client.clone());
+                api.patch_status(&self.node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+                    .await
+                    .with_context(|| format!("report NodeProgram {} status", self.node))?;
+            }
         }
-        let condition = Condition {
-            type_: "Programmed".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-            observed_generation: generation,
-        };
-        let api: Api<NodeProgramCr> = Api::all(self.client.clone());
-        let body = json!({
-            "apiVersion": "srv6pipes.io/v1alpha1",
-            "kind": "NodeProgram",
-            "status": {"observedGeneration": generation, "conditions": [condition]},
-        });
-        api.patch_status(&self.node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-            .await
-            .with_context(|| format!("report NodeProgram {} status", self.node))?;
         Ok(())
+    }
+}
+
+/// Drops (and logs) a watch's errors: the watcher retries with a backoff.
+fn logged<T>(node: &str, what: &'static str) -> impl FnMut(Result<T, watcher::Error>) -> futures::future::Ready<Option<T>> {
+    let node = node.to_string();
+    move |r| futures::future::ready(r.map_err(|e| warn!(node = %node, error = %e, "watching the node's {what} failed; retrying")).ok())
+}
+
+/// The status apply that reports `result` for `generation`; None when `status` already says it.
+fn status_patch(
+    kind: &str,
+    generation: Option<i64>,
+    status: Option<&NodeProgramStatus>,
+    result: &Result<(), String>,
+) -> Option<serde_json::Value> {
+    let (ok, reason, message) = match result {
+        Ok(()) => ("True", "Programmed", format!("generation {} is in the datapath", generation.unwrap_or_default())),
+        Err(e) => ("False", "ProgramFailed", e.clone()),
+    };
+    let unchanged = status.is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == ok && c.message == message)
+    });
+    if unchanged {
+        return None;
+    }
+    let condition = Condition {
+        type_: "Programmed".into(),
+        status: ok.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: generation,
+    };
+    Some(json!({
+        "apiVersion": "srv6pipes.io/v1alpha1",
+        "kind": kind,
+        "status": {"observedGeneration": generation, "conditions": [condition]},
+    }))
+}
+
+/// A watch event about the node's program.
+pub enum Update {
+    Slice(watcher::Event<NodeProgramSlice>),
+    Legacy(watcher::Event<NodeProgramCr>),
+}
+
+/// What the node is to be programmed from.
+pub enum Source {
+    /// Every slice of the node's program (slice 0 lists them), by index.
+    Slices(Vec<Arc<NodeProgramSlice>>),
+    /// The pre-slice program, while the node has no complete set of slices (an upgrade from a
+    /// release before slices, until the operator has written them).
+    Legacy(Arc<NodeProgramCr>),
+}
+
+impl Source {
+    /// What identifies this version of the program: the objects' uids and generations.
+    pub fn id(&self) -> Vec<(String, i64)> {
+        let id = |m: &kube::api::ObjectMeta| (m.uid.clone().unwrap_or_default(), m.generation.unwrap_or_default());
+        match self {
+            Source::Slices(s) => s.iter().map(|s| id(&s.metadata)).collect(),
+            Source::Legacy(p) => vec![id(&p.metadata)],
+        }
+    }
+
+    /// The program, merged from the slices.
+    pub fn program(&self) -> Result<NodeProgram, String> {
+        match self {
+            Source::Slices(slices) => {
+                let programs: Vec<(u32, NodeProgram)> = slices
+                    .iter()
+                    .map(|s| {
+                        let index = slice_index(&s.spec.node, &s.name_any()).unwrap_or_default();
+                        NodeProgram::from_slice_spec(&s.spec)
+                            .map(|p| (index, p))
+                            .map_err(|e| format!("NodeProgramSlice {}: {e}", s.name_any()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(merge(programs.iter().map(|(i, p)| (*i, p))))
+            }
+            Source::Legacy(p) => NodeProgram::from_spec(&p.spec).map_err(|e| format!("NodeProgram {}: {e}", p.name_any())),
+        }
+    }
+}
+
+/// The node's published program as the watches have brought it.
+#[derive(Default)]
+pub struct Published {
+    slices: Mirror<NodeProgramSlice>,
+    legacy: Mirror<NodeProgramCr>,
+}
+
+/// One watch's objects by name; a re-list replaces them all once it is done.
+struct Mirror<K> {
+    objects: BTreeMap<String, Arc<K>>,
+    relisting: Option<BTreeMap<String, Arc<K>>>,
+    synced: bool,
+}
+
+impl<K> Default for Mirror<K> {
+    fn default() -> Self {
+        Mirror { objects: BTreeMap::new(), relisting: None, synced: false }
+    }
+}
+
+impl<K: ResourceExt> Mirror<K> {
+    fn apply(&mut self, event: watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
+            watcher::Event::InitApply(k) => {
+                self.relisting.get_or_insert_with(BTreeMap::new).insert(k.name_any(), Arc::new(k));
+            }
+            watcher::Event::InitDone => {
+                self.objects = self.relisting.take().unwrap_or_default();
+                self.synced = true;
+            }
+            watcher::Event::Apply(k) => {
+                self.objects.insert(k.name_any(), Arc::new(k));
+            }
+            watcher::Event::Delete(k) => {
+                self.objects.remove(&k.name_any());
+            }
+        }
+    }
+}
+
+impl Published {
+    pub fn update(&mut self, u: Update) {
+        match u {
+            Update::Slice(e) => self.slices.apply(e),
+            Update::Legacy(e) => self.legacy.apply(e),
+        }
+    }
+
+    /// What to program now: the complete set of `node`'s slices, else its pre-slice program;
+    /// None before both watches have listed, or while the node has neither (nothing changes
+    /// then: the datapath keeps what it has).
+    pub fn source(&self, node: &str) -> Option<Source> {
+        if !(self.slices.synced && self.legacy.synced) {
+            return None;
+        }
+        let seen: BTreeMap<u32, &NodeProgramSliceSpec> = self
+            .slices
+            .objects
+            .values()
+            .filter(|s| s.spec.node == node)
+            .filter_map(|s| Some((slice_index(node, &s.name_any())?, &s.spec)))
+            .collect();
+        if let Some(set) = complete(&seen) {
+            let slices = set.keys().map(|i| self.slices.objects[&slice_name(node, *i)].clone()).collect();
+            return Some(Source::Slices(slices));
+        }
+        self.legacy.objects.get(node).map(|p| Source::Legacy(p.clone()))
     }
 }
 
@@ -141,11 +297,6 @@ pub async fn pod_networks(client: Client, namespace: &str, name: &str) -> anyhow
         Some(v) => srv6::node_api::networks_in_annotation(v).map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}")),
         None => Ok(vec![]),
     }
-}
-
-/// The spec as the daemon's API type.
-pub fn program_of(p: &NodeProgramCr) -> Result<NodeProgram, String> {
-    NodeProgram::from_spec(&p.spec).map_err(|e| format!("NodeProgram {}: {e}", p.name_any()))
 }
 
 /// `NAMESPACE/NAME` of the DaemonSet a daemon runs in (--daemonset).
@@ -326,5 +477,72 @@ mod tests {
         for bad in ["x", "/x", "ns/", "a/b/c", ""] {
             assert!(bad.parse::<DaemonSetRef>().is_err(), "{bad}");
         }
+    }
+
+    fn slice(name: &str, generation: i64, spec: srv6pipes_crds::NodeProgramSliceSpec) -> NodeProgramSlice {
+        let mut s = NodeProgramSlice::new(name, spec);
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.generation = Some(generation);
+        s
+    }
+
+    fn legacy(tables: serde_json::Value) -> NodeProgramCr {
+        let mut p = NodeProgramCr::new("n1", srv6pipes_crds::NodeProgramSpec { tables, peers: vec![] });
+        p.metadata.uid = Some("uid-legacy".into());
+        p
+    }
+
+    fn listed(p: &Published) -> Option<Vec<String>> {
+        match p.source("n1")? {
+            Source::Slices(s) => Some(s.iter().map(|s| s.name_any()).collect()),
+            Source::Legacy(_) => Some(vec!["legacy".into()]),
+        }
+    }
+
+    /// An upgrade: the node keeps its pre-slice program until every slice slice 0 lists is
+    /// there; then the slices alone; a re-list replaces what was seen.
+    #[test]
+    fn the_pre_slice_program_holds_until_the_slices_are_complete() {
+        use srv6::compiler::NodeTables;
+        let program = |chains: usize| {
+            let mut tables = NodeTables::default();
+            for i in 0..chains {
+                tables.decaps.push(
+                    serde_json::from_value(json!({"sid": "fcbb:bb00:1:d6::", "behavior": "End.DT46", "chain": format!("d/c{i:03}")}))
+                        .unwrap(),
+                );
+            }
+            NodeProgram { tables, peers: vec![] }
+        };
+        let specs = srv6::slices::split_specs("n1", &program(300), &Default::default());
+        assert_eq!(specs.len(), 2);
+        let mut p = Published::default();
+        p.update(Update::Legacy(watcher::Event::Init));
+        p.update(Update::Legacy(watcher::Event::InitApply(legacy(json!({"headends": [], "proxies": [], "decaps": []})))));
+        p.update(Update::Legacy(watcher::Event::InitDone));
+        assert_eq!(listed(&p), None, "the slices are not listed yet");
+        p.update(Update::Slice(watcher::Event::Init));
+        p.update(Update::Slice(watcher::Event::InitDone));
+        assert_eq!(listed(&p).unwrap(), ["legacy"]);
+        // Slice 0 lists slice 1, not there yet; another node's slice is not ours.
+        p.update(Update::Slice(watcher::Event::Apply(slice("n1.0", 1, specs["n1.0"].clone()))));
+        let mut other = specs["n1.1"].clone();
+        other.node = "n1.1".into();
+        p.update(Update::Slice(watcher::Event::Apply(slice("n1.1.0", 1, other))));
+        assert_eq!(listed(&p).unwrap(), ["legacy"]);
+        p.update(Update::Slice(watcher::Event::Apply(slice("n1.1", 1, specs["n1.1"].clone()))));
+        assert_eq!(listed(&p).unwrap(), ["n1.0", "n1.1"]);
+        let Some(source) = p.source("n1") else { unreachable!() };
+        assert_eq!(source.program().unwrap().tables.decaps.len(), 300, "both slices merged");
+        assert_eq!(source.id(), [("uid-n1.0".to_string(), 1), ("uid-n1.1".to_string(), 1)]);
+        // A re-list without slice 1 (deleted meanwhile, while slice 0 still lists it): the node
+        // waits (legacy is still there, so it is what it would program).
+        p.update(Update::Slice(watcher::Event::Init));
+        p.update(Update::Slice(watcher::Event::InitApply(slice("n1.0", 1, specs["n1.0"].clone()))));
+        assert_eq!(listed(&p).unwrap(), ["n1.0", "n1.1"], "what was seen holds until the re-list is done");
+        p.update(Update::Slice(watcher::Event::InitDone));
+        assert_eq!(listed(&p).unwrap(), ["legacy"]);
+        p.update(Update::Legacy(watcher::Event::Delete(legacy(json!({})))));
+        assert_eq!(listed(&p), None, "neither: the datapath keeps what it has");
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
-use crate::kube::{program_of, KubePlane};
+use crate::kube::KubePlane;
 use crate::node::{CniUninstall, Node};
 
 /// Where the node's programs come from and where its SIDs go. Both end in the same
@@ -286,10 +286,10 @@ async fn program(shared: &Shared, p: srv6::node_api::NodeProgram) -> anyhow::Res
 /// each new generation of the node's program, reporting the outcome in its status.
 async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
     use futures::StreamExt;
-    let mut programs = Box::pin(plane.programs());
-    let mut published: Option<srv6::node_api::NodeSids> = None;
-    let mut applied: Option<(String, i64)> = None;
-    let mut latest = None;
+    let mut updates = Box::pin(plane.updates());
+    let mut published = crate::kube::Published::default();
+    let mut sids_published: Option<srv6::node_api::NodeSids> = None;
+    let mut applied: Option<Vec<(String, i64)>> = None;
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
     shared.sids_changed.notify_one();
     loop {
@@ -297,34 +297,42 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
             _ = shared.sids_changed.notified() => {}
             // Failed publications and programs are retried (error backoff).
             _ = retry.tick() => {}
-            p = programs.next() => {
-                let Some(p) = p else { return };
-                latest = Some(p);
+            u = updates.next() => {
+                let Some(u) = u else { return };
+                published.update(u);
+                // A burst of events (a re-list, many slices written) is taken in one go.
+                while let Some(Some(u)) = futures::FutureExt::now_or_never(updates.next()) {
+                    published.update(u);
+                }
             }
         }
-        if let Some(p) = &latest {
-            let id = (p.metadata.uid.clone().unwrap_or_default(), p.metadata.generation.unwrap_or_default());
+        if let Some(source) = published.source(plane.node()) {
+            let id = source.id();
             if applied.as_ref() != Some(&id) {
-                let result = match program_of(p) {
+                let result = match source.program() {
                     Ok(p) => program(&shared, p).await.map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };
+                let what = match &source {
+                    crate::kube::Source::Slices(s) => format!("{} slices", s.len()),
+                    crate::kube::Source::Legacy(_) => "the pre-slice NodeProgram".to_string(),
+                };
                 match &result {
                     Ok(()) => {
-                        info!(generation = id.1, "programmed from the operator");
+                        info!(from = %what, "programmed from the operator");
                         applied = Some(id);
                     }
-                    Err(e) => warn!(generation = id.1, error = %e, "programming failed; retrying in 5 s"),
+                    Err(e) => warn!(from = %what, error = %e, "programming failed; retrying in 5 s"),
                 }
-                if let Err(e) = plane.report(p, &result).await {
+                if let Err(e) = plane.report(&source, &result).await {
                     warn!(error = %format!("{e:#}"), "status report failed");
                 }
             }
         }
         let sids = shared.node.lock().await.sids();
-        if published.as_ref() != Some(&sids) {
+        if sids_published.as_ref() != Some(&sids) {
             match plane.publish(&sids).await {
-                Ok(()) => published = Some(sids),
+                Ok(()) => sids_published = Some(sids),
                 Err(e) => warn!(error = %format!("{e:#}"), "publishing the SID table failed; retrying"),
             }
         }

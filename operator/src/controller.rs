@@ -27,8 +27,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use srv6::sid::{allocate_locator, Locator};
 use srv6::node_api::NodeProgram as Program;
+use srv6::sid::{allocate_locator, Locator};
 use srv6::slices;
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
 use tokio::sync::watch;
@@ -100,6 +100,9 @@ impl Stores {
     }
 }
 
+/// A node's program and the slices it was split into.
+type Split = (Arc<Program>, Arc<Slices>);
+
 pub struct Ctx {
     pub client: Client,
     pub stores: Stores,
@@ -114,7 +117,7 @@ pub struct Ctx {
     publisher: Publisher,
     /// Per node, the last program split into slices and those slices, so that a program that
     /// did not change is not split again.
-    split: Mutex<HashMap<String, (Arc<Program>, Arc<Slices>)>>,
+    split: Mutex<HashMap<String, Split>>,
     recorder: Recorder,
     /// Closed once this instance may no longer be the leader: nothing is written then.
     fence: Fence,
@@ -212,12 +215,14 @@ impl Ctx {
             }
         }
         let previous: slices::Assignment = match split.get(node) {
-            Some((_, s)) => s.iter().filter_map(|(name, spec)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(spec)))).collect(),
-            None => known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec)))).collect(),
+            Some((_, s)) => {
+                s.iter().filter_map(|(name, spec)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(spec)))).collect()
+            }
+            None => {
+                known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec)))).collect()
+            }
         };
-        let out: Slices =
-            slices::split(program, &previous).into_iter().map(|(i, p)| (slices::slice_name(node, i), p.to_slice_spec(node))).collect();
-        let out = Arc::new(out);
+        let out = Arc::new(slices::split_specs(node, program, &previous));
         split.insert(node.to_string(), (program.clone(), out.clone()));
         out
     }
@@ -234,7 +239,9 @@ impl Ctx {
             let slices = self.slices_of(node, program, &known);
             // The node's daemon reads its slices: its pre-slice program can go.
             let legacy = self.stores.programs.get(&ObjectRef::new(node)).is_some()
-                && known.get(&slices::slice_name(node, 0)).is_some_and(|s| s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()));
+                && known
+                    .get(&slices::slice_name(node, 0))
+                    .is_some_and(|s| s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()));
             // Written as wanted, and nobody else wrote or added a slice of the node since.
             let settled = self.publisher.wanted(node).is_some_and(|(w, ok)| ok && Arc::ptr_eq(&w, &slices))
                 && known.iter().all(|(name, m)| {

@@ -4,10 +4,11 @@
 //!
 //! A publication hands every node its newest set of slices (a newer set replaces one not yet
 //! written: a writer always writes the latest) and waits at most [`WAIT`] for the writes it
-//! started. A writer writes only the slices whose spec differs from what the API server holds
-//! (slices that gain chains first, so a chain that moves between slices is briefly in both,
-//! never in neither), then deletes the node's slices that are no longer wanted, then its
-//! pre-slice NodeProgram once the daemon has reported on its slices. A failed write is retried
+//! started. A writer writes only the slices whose spec differs from what the API server holds:
+//! new slices first (the daemon ignores them until slice 0 lists them), then those that gain
+//! chains (a chain that moves between slices is briefly in both, never in neither; the daemon
+//! takes it from one), then the others; then it deletes the node's slices that are no longer
+//! wanted, then its pre-slice NodeProgram once the daemon has reported on its slices. A failed write is retried
 //! by its writer with a backoff of up to [`MAX_BACKOFF`] while the set stays the same; the
 //! failure is kept per node (chains that use the node show `ProgramFailed` naming it), logged,
 //! and recorded as an Event on the Node. When a node starts or stops failing, the world version
@@ -217,7 +218,7 @@ impl Shared {
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
     /// asked to. Stops at the first failure, naming the object.
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), String> {
-        let chains = |s: Option<&NodeProgramSliceSpec>| s.map(|s| srv6::slices::chains_of_spec(s)).unwrap_or_default();
+        let chains = |s: Option<&NodeProgramSliceSpec>| s.map(srv6::slices::chains_of_spec).unwrap_or_default();
         let mut writes = Vec::new();
         for (name, spec) in want.slices.iter() {
             let known = self.known(name, want.known.get(name));
@@ -226,7 +227,9 @@ impl Shared {
             }
             let before = chains(known.as_ref().map(|k| &k.spec));
             let gains = chains(Some(spec)).iter().any(|c| !before.contains(c));
-            writes.push((!gains, name, spec, known.and_then(|k| k.metadata.resource_version.clone())));
+            // New slices, then those that gain chains, then the others.
+            let order = (known.is_some(), !gains);
+            writes.push((order, name, spec, known.and_then(|k| k.metadata.resource_version.clone())));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         for (_, name, spec, resource_version) in writes {

@@ -125,7 +125,8 @@ async fn review(client: &Client, cfg: &Config, body: &[u8]) -> AdmissionReview<D
     // change the spec); the other objects are named after their node.
     let object = match req.resource.resource.as_str() {
         "nodeprogramslices" => {
-            let node = req.old_object.as_ref().or(req.object.as_ref()).and_then(|o| o.data.get("spec")?.get("node")?.as_str().map(String::from));
+            let node =
+                req.old_object.as_ref().or(req.object.as_ref()).and_then(|o| o.data.get("spec")?.get("node")?.as_str().map(String::from));
             match node {
                 Some(n) => n,
                 None => return forbidden(response.deny(format!("slice {} names no node in spec.node", req.name))).into_review(),

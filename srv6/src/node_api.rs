@@ -251,7 +251,10 @@ impl NodeSids {
 impl NodeProgram {
     /// The node's `NodeProgram` spec (what the operator published before slices).
     pub fn to_spec(&self) -> srv6pipes_crds::NodeProgramSpec {
-        srv6pipes_crds::NodeProgramSpec { tables: serde_json::to_value(&self.tables).expect("tables serialize"), peers: peer_specs(&self.peers) }
+        srv6pipes_crds::NodeProgramSpec {
+            tables: serde_json::to_value(&self.tables).expect("tables serialize"),
+            peers: peer_specs(&self.peers),
+        }
     }
 
     pub fn from_spec(spec: &srv6pipes_crds::NodeProgramSpec) -> Result<Self, String> {
@@ -268,6 +271,7 @@ impl NodeProgram {
             chains: crate::slices::chains_of(&self.tables).len() as u32,
             tables: serde_json::to_value(&self.tables).expect("tables serialize"),
             peers: peer_specs(&self.peers),
+            slices: Vec::new(),
         }
     }
 

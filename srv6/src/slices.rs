@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use srv6pipes_crds::NodeProgramSliceSpec;
+
 use crate::compiler::NodeTables;
 use crate::node_api::NodeProgram;
 
@@ -54,7 +56,7 @@ pub fn chains_of_value(tables: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
-pub fn chains_of_spec(spec: &srv6pipes_crds::NodeProgramSliceSpec) -> BTreeSet<String> {
+pub fn chains_of_spec(spec: &NodeProgramSliceSpec) -> BTreeSet<String> {
     chains_of_value(&spec.tables)
 }
 
@@ -89,11 +91,8 @@ pub fn split(program: &NodeProgram, previous: &Assignment) -> BTreeMap<u32, Node
         p.bytes = t.headends.iter().map(|h| json_len(h) + 1).sum::<usize>()
             + t.proxies.iter().chain(&t.decaps).map(|u| json_len(u) + 1).sum::<usize>();
     }
-    let base = NodeTables {
-        pods: program.tables.pods.clone(),
-        insert_sources: program.tables.insert_sources.clone(),
-        ..Default::default()
-    };
+    let base =
+        NodeTables { pods: program.tables.pods.clone(), insert_sources: program.tables.insert_sources.clone(), ..Default::default() };
     // Fill state per slice: (chains, bytes).
     let base_bytes = json_len(&base) + json_len(&program.peers) + 256;
     let mut fill: BTreeMap<u32, (Vec<&str>, usize)> = BTreeMap::from([(0, (Vec::new(), base_bytes))]);
@@ -133,27 +132,61 @@ pub fn split(program: &NodeProgram, previous: &Assignment) -> BTreeMap<u32, Node
         .collect()
 }
 
+/// [`split`] as the objects' specs by name, slice 0 listing every index.
+pub fn split_specs(node: &str, program: &NodeProgram, previous: &Assignment) -> BTreeMap<String, NodeProgramSliceSpec> {
+    let slices = split(program, previous);
+    let indices: Vec<u32> = slices.keys().copied().collect();
+    slices
+        .into_iter()
+        .map(|(i, p)| {
+            let mut spec = p.to_slice_spec(node);
+            if i == 0 {
+                spec.slices.clone_from(&indices);
+            }
+            (slice_name(node, i), spec)
+        })
+        .collect()
+}
+
+/// The slices to program a node from, by index, out of those seen (by index): every slice that
+/// slice 0 lists, once all of them are there; None while one is missing (being written, or
+/// slice 0 itself). Slices that slice 0 does not list (being deleted) are left out.
+pub fn complete<'a>(seen: &BTreeMap<u32, &'a NodeProgramSliceSpec>) -> Option<BTreeMap<u32, &'a NodeProgramSliceSpec>> {
+    let zero = seen.get(&0)?;
+    let mut listed = zero.slices.clone();
+    if !listed.contains(&0) {
+        listed.push(0);
+    }
+    listed.iter().map(|i| Some((*i, *seen.get(i)?))).collect()
+}
+
 /// `namespace/name` as (namespace, name): the compiler's order of chains.
 fn chain_order(chain: &str) -> (&str, &str) {
     chain.split_once('/').unwrap_or((chain, ""))
 }
 
 /// One program from a node's slices: the node-wide parts and peers of slice 0, every slice's
-/// chains. Headend policies come higher priority first, then by chain, as the compiler emits
-/// them (equal rules are told apart by their order); SID uses by chain.
+/// chains. A chain found in two slices (it is moving from one to the other) is taken from the
+/// lower one only: one whole version of it, never a mix. Headend policies come higher priority
+/// first, then by chain, as the compiler emits them (equal rules are told apart by their
+/// order); SID uses by chain.
 pub fn merge<'a>(slices: impl IntoIterator<Item = (u32, &'a NodeProgram)>) -> NodeProgram {
     let mut out = NodeProgram { tables: NodeTables::default(), peers: Vec::new() };
     let mut slices: Vec<(u32, &NodeProgram)> = slices.into_iter().collect();
     slices.sort_by_key(|(i, _)| *i);
+    let mut taken: BTreeSet<String> = BTreeSet::new();
     for (index, p) in slices {
         if index == 0 {
             out.tables.pods.clone_from(&p.tables.pods);
             out.tables.insert_sources.clone_from(&p.tables.insert_sources);
             out.peers.clone_from(&p.peers);
         }
-        out.tables.headends.extend(p.tables.headends.iter().cloned());
-        out.tables.proxies.extend(p.tables.proxies.iter().cloned());
-        out.tables.decaps.extend(p.tables.decaps.iter().cloned());
+        let chains = chains_of(&p.tables);
+        let fresh = |chain: &String| !taken.contains(chain);
+        out.tables.headends.extend(p.tables.headends.iter().filter(|h| fresh(&h.chain)).cloned());
+        out.tables.proxies.extend(p.tables.proxies.iter().filter(|u| fresh(&u.chain)).cloned());
+        out.tables.decaps.extend(p.tables.decaps.iter().filter(|u| fresh(&u.chain)).cloned());
+        taken.extend(chains);
     }
     out.tables.headends.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| chain_order(&a.chain).cmp(&chain_order(&b.chain))));
     out.tables.proxies.sort_by(|a, b| chain_order(&a.chain).cmp(&chain_order(&b.chain)));
@@ -318,9 +351,44 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_programmed_only_from_a_complete_set_of_slices() {
+        let specs = split_specs("n1", &program(450, 1), &Assignment::new());
+        assert_eq!(specs.keys().collect::<Vec<_>>(), ["n1.0", "n1.1", "n1.2"]);
+        assert_eq!(specs["n1.0"].slices, [0, 1, 2]);
+        assert!(specs["n1.1"].slices.is_empty() && specs["n1.1"].peers.is_empty());
+        let by_index = |names: &[&str]| -> BTreeMap<u32, &NodeProgramSliceSpec> {
+            names.iter().map(|n| (slice_index("n1", n).unwrap(), &specs[*n])).collect()
+        };
+        assert!(complete(&by_index(&["n1.1", "n1.2"])).is_none(), "no slice 0");
+        assert!(complete(&by_index(&["n1.0", "n1.2"])).is_none(), "slice 1 not there yet");
+        let all = complete(&by_index(&["n1.0", "n1.1", "n1.2"])).unwrap();
+        assert_eq!(all.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        // A slice being deleted (no longer listed) is left out.
+        let mut seen = by_index(&["n1.0", "n1.1", "n1.2"]);
+        let stale = specs["n1.1"].clone();
+        seen.insert(7, &stale);
+        assert_eq!(complete(&seen).unwrap().keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_chain_in_two_slices_is_taken_whole_from_the_lower() {
+        let old = NodeProgram { tables: NodeTables { headends: headend("d/moving", 0, 1), ..Default::default() }, peers: vec![] };
+        let mut new = NodeProgram { tables: NodeTables { headends: headend("d/moving", 0, 3), ..Default::default() }, peers: vec![] };
+        new.tables.decaps.push(sid_use("d/moving", Behavior::EndDT46));
+        new.tables.headends.extend(headend("d/other", 0, 1));
+        let merged = merge([(4, &new), (1, &old)]);
+        assert_eq!(merged.tables.headends.iter().filter(|h| h.chain == "d/moving").count(), 1, "slice 1's version only");
+        assert!(merged.tables.decaps.is_empty(), "none of slice 4's version of the chain");
+        assert_eq!(merged.tables.headends.iter().filter(|h| h.chain == "d/other").count(), 1);
+    }
+
+    #[test]
     fn headends_merge_by_priority_then_chain_as_the_compiler_orders_them() {
         let a = NodeProgram { tables: NodeTables { headends: headend("b-x/z", 5, 1), ..Default::default() }, peers: vec![] };
-        let b = NodeProgram { tables: NodeTables { headends: [headend("b/a", 0, 1), headend("b/z", 5, 1)].concat(), ..Default::default() }, peers: vec![] };
+        let b = NodeProgram {
+            tables: NodeTables { headends: [headend("b/a", 0, 1), headend("b/z", 5, 1)].concat(), ..Default::default() },
+            peers: vec![],
+        };
         let merged = merge([(1, &a), (0, &b)]);
         let order: Vec<&str> = merged.tables.headends.iter().map(|h| h.chain.as_str()).collect();
         // (namespace, name) order: "b" < "b-x", though "b-x/z" < "b/z" as strings.

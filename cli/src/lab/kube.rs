@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
-use srv6pipes_crds::{NodeProgram, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
+use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION, NODE_LABEL};
 
 use super::state::{LabState, NodeState, PodState};
 
@@ -182,7 +182,8 @@ impl Cluster {
     }
 
     /// Removes what the lab registered: its Pods (force, as no kubelet confirms), its Nodes and
-    /// their NodeSidTables and NodePrograms (no garbage collector without a controller-manager).
+    /// their NodeSidTables, NodeProgramSlices and NodePrograms (no garbage collector without a
+    /// controller-manager).
     pub fn unregister(&self, st: &LabState) -> anyhow::Result<()> {
         let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         self.rt.block_on(async {
@@ -191,6 +192,11 @@ impl Cluster {
                 gone(api.delete(&p.name, &force).await)?;
             }
             for n in &st.nodes {
+                let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
+                let by_node = ListParams::default().labels(&format!("{NODE_LABEL}={}", n.name));
+                for s in slices.list(&by_node).await.with_context(|| format!("list node {}'s program slices", n.name))? {
+                    gone(slices.delete(&s.name_any(), &force).await)?;
+                }
                 gone(Api::<NodeProgram>::all(self.client.clone()).delete(&n.name, &force).await)?;
                 gone(Api::<NodeSidTable>::all(self.client.clone()).delete(&n.name, &force).await)?;
                 gone(Api::<Node>::all(self.client.clone()).delete(&n.name, &force).await)?;
