@@ -103,12 +103,30 @@ impl Stores {
 /// A node's program and the slices it was split into.
 type Split = (Arc<Program>, Arc<Slices>);
 
+/// A compiled plan and what it was compiled from.
+struct CachedPlan {
+    version: u64,
+    started: std::time::Instant,
+    took: Duration,
+    plan: Arc<Plan>,
+}
+
+/// Runs CPU-heavy `f` (a compilation of every chain, a split) without holding up the other
+/// tasks of this worker thread (on a multi-threaded runtime; a current-thread one just runs it).
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub struct Ctx {
     pub client: Client,
     pub stores: Stores,
     pub config: Config,
     world: watch::Receiver<u64>,
-    cache: Mutex<Option<(u64, Arc<Plan>)>>,
+    /// The last plan: its world version, when its compilation started and how long it took.
+    cache: Mutex<Option<CachedPlan>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
     /// The per-node writers. They keep each slice as this operator's last write left it (the
@@ -145,20 +163,32 @@ impl Ctx {
         self.fence.check().map_err(Error::Fenced)
     }
 
-    /// The plan for the current world version, compiled at most once per version.
-    fn plan(&self) -> Arc<Plan> {
-        let version = *self.world.borrow();
-        let mut cache = self.cache.lock().expect("plan cache");
-        if let Some((v, plan)) = cache.as_ref() {
-            if *v == version {
-                return plan.clone();
+    /// The plan for the current world version, compiled at most once per version. While the
+    /// world keeps changing (chains created by the thousand) and unless `fresh`, a plan is
+    /// compiled again only once twice its compilation time has passed since it started, so
+    /// compiling takes at most about a third of a core whatever the rate of changes (a small
+    /// world, compiled in a millisecond, is always fresh). The second value says the plan is
+    /// older than the world, and when to look again.
+    fn plan(&self, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+        cpu(|| {
+            let version = *self.world.borrow();
+            let mut cache = self.cache.lock().expect("plan cache");
+            if let Some(c) = cache.as_ref() {
+                let again = (c.took * 2).saturating_sub(c.started.elapsed());
+                if c.version == version {
+                    return (c.plan.clone(), None);
+                }
+                if !fresh && !again.is_zero() {
+                    return (c.plan.clone(), Some(again));
+                }
             }
-        }
-        let started = std::time::Instant::now();
-        let plan = Arc::new(self.compile(None));
-        debug!(world = version, chains = self.stores.chains.state().len(), ms = started.elapsed().as_secs_f64() * 1000.0, "compiled");
-        *cache = Some((version, plan.clone()));
-        plan
+            let started = std::time::Instant::now();
+            let plan = Arc::new(self.compile(None));
+            let took = started.elapsed();
+            debug!(world = version, chains = self.stores.chains.state().len(), ms = took.as_secs_f64() * 1000.0, "compiled");
+            *cache = Some(CachedPlan { version, started, took, plan: plan.clone() });
+            (plan, None)
+        })
     }
 
     /// Compiles the stores, with `chain` in place of the stored copy when given (the
@@ -181,18 +211,19 @@ impl Ctx {
         )
     }
 
-    /// The plan that includes `chain` as the controller sees it.
-    fn plan_with(&self, chain: &ServiceChain) -> Arc<Plan> {
-        let plan = self.plan();
+    /// The plan that includes `chain` as the controller sees it (and whether it is older than
+    /// the world, see [`Ctx::plan`]).
+    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+        let (plan, stale) = self.plan(fresh);
         let mirrored = self.stores.chains.get(&ObjectRef::from_obj(chain));
         let same = mirrored.is_some_and(|m| {
             m.metadata.generation == chain.metadata.generation
                 && m.metadata.deletion_timestamp.is_some() == chain.metadata.deletion_timestamp.is_some()
         });
         if same {
-            plan
+            (plan, stale)
         } else {
-            Arc::new(self.compile(Some(chain)))
+            (Arc::new(cpu(|| self.compile(Some(chain)))), None)
         }
     }
 
@@ -236,7 +267,7 @@ impl Ctx {
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
         for (node, program) in &plan.programs {
             let known = mirrored.remove(node).unwrap_or_default();
-            let slices = self.slices_of(node, program, &known);
+            let slices = cpu(|| self.slices_of(node, program, &known));
             // The node's daemon reads its slices: its pre-slice program can go.
             let legacy = self.stores.programs.get(&ObjectRef::new(node)).is_some()
                 && known
@@ -278,16 +309,18 @@ impl Ctx {
     }
 
     async fn apply_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
-        let (plan, failures) = {
+        let (plan, failures, stale) = {
             let _one = self.publishing.lock().await;
-            let plan = self.plan_with(chain);
+            let (plan, stale) = self.plan_with(chain, false);
             let failures = self.publish(&plan).await;
-            (plan, failures)
+            (plan, failures, stale)
         };
+        // A plan older than the world: this chain is looked at again once a newer one is made.
+        let done = stale.map_or_else(Action::await_change, Action::requeue);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let Some(status) = world::chain_status(&plan, &failures, chain, now) else { return Ok(Action::await_change()) };
+        let Some(status) = world::chain_status(&plan, &failures, chain, now) else { return Ok(done) };
         if chain.status.as_ref() == Some(&status) {
-            return Ok(Action::await_change());
+            return Ok(done);
         }
         let (ns, name) = world::key_of(chain);
         let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &ns);
@@ -320,13 +353,13 @@ impl Ctx {
                 warn!(chain = %format!("{ns}/{name}"), error = %e, "event not recorded");
             }
         }
-        Ok(Action::await_change())
+        Ok(done)
     }
 
     /// A deleted chain: every node's program without it, then the finalizer goes.
     async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
         let _one = self.publishing.lock().await;
-        let plan = self.plan_with(chain);
+        let (plan, _) = self.plan_with(chain, true);
         let failures = self.publish(&plan).await;
         let (ns, name) = world::key_of(chain);
         // The finalizer stays until every node that held the chain has a program without it.
@@ -386,9 +419,9 @@ impl Ctx {
                 }
             }
         }
-        let plan = self.plan();
+        let (plan, stale) = self.plan(false);
         self.publish(&plan).await;
-        Ok(Action::await_change())
+        Ok(stale.map_or_else(Action::await_change, Action::requeue))
     }
 }
 

@@ -17,6 +17,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use tracing::info;
 
+#[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
     name: String,
@@ -83,6 +84,19 @@ impl Elector {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration, renew_deadline: Duration) -> Self {
         assert!(renew_deadline < duration, "renew deadline {renew_deadline:?} must be shorter than the lease duration {duration:?}");
         Elector { api, name: name.into(), identity: identity.into(), duration, renew_deadline, fence: Fence::new() }
+    }
+
+    /// The same elector (identity, timings, fence) calling through `api`: a client of another
+    /// runtime, so that the renewal runs where the reconcilers cannot starve it.
+    pub fn with_api(&self, api: Api<Lease>) -> Elector {
+        Elector {
+            api,
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+            duration: self.duration,
+            renew_deadline: self.renew_deadline,
+            fence: self.fence.clone(),
+        }
     }
 
     /// What the controllers check before each write.

@@ -131,9 +131,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         r = elector.acquire() => r?,
     }
     let config = controller::Config { block: args.cluster_block, locator_len: args.locator_length };
+    let keeper = keep_on_own_thread(&elector, args.kubeconfig.clone(), args.lease_namespace.clone());
     let result = tokio::select! {
         r = controller::run(client.clone(), config, Some(identity), elector.fence()) => r,
-        r = elector.keep() => r,
+        r = keeper => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the lease thread ended"))),
         r = &mut webhook => r,
     };
     if let Err(e) = elector.release().await {
@@ -141,6 +142,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!("stopped");
     result
+}
+
+/// Renews the lease on a thread of its own, with its own runtime and client: reconciles that
+/// keep the main runtime's threads busy (compiling 10,000 chains) cannot delay the renewal past
+/// its deadline. The answer comes when the lease is lost.
+fn keep_on_own_thread(
+    elector: &Elector,
+    kubeconfig: Option<std::path::PathBuf>,
+    namespace: String,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let elector = elector.clone();
+    let spawned = std::thread::Builder::new().name("lease".into()).spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(async {
+                let client = srv6pipes_operator::client(kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+                elector.with_api(Api::<Lease>::namespaced(client, &namespace)).keep().await
+            })
+        });
+        let _ = tx.send(result);
+    });
+    if let Err(e) = spawned {
+        error!(error = %e, "no thread for the lease");
+    }
+    rx
 }
 
 fn nix_hostname() -> Option<String> {

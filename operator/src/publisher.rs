@@ -39,6 +39,8 @@ pub const WAIT: Duration = Duration::from_secs(3);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries of a failed write back off from 1 s up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Attempts of one conditional write that meets conflicts.
+const ATTEMPTS: u32 = 5;
 /// No srv6pipes object is written above this size (etcd refuses requests over 1.5 MiB).
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 
@@ -273,7 +275,9 @@ impl Shared {
         }
         let timed = |what: &str| format!("not written: {what}: no answer within {} s", WRITE_TIMEOUT.as_secs());
         let mut resource_version = resource_version;
-        for attempt in 1..=3 {
+        // The daemon's status reports change the resourceVersion too: a few conflicts in a row
+        // are no failure.
+        for attempt in 1..=ATTEMPTS {
             self.fence.check()?;
             match &resource_version {
                 Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
@@ -287,7 +291,7 @@ impl Shared {
                     info!(slice = name, node = %spec.node, chains = spec.chains, bytes = size, ms = started.elapsed().as_secs_f64() * 1000.0, "published node program slice");
                     return Ok(obj);
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => {
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
                     let fresh = tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(name)).await.map_err(|_| timed("read"))?;
                     match fresh.map_err(|e| format!("not written: read it again after a conflict: {e}"))? {
                         Some(p) if p.spec == *spec => return Ok(p),
