@@ -187,11 +187,15 @@ impl Elector {
         }
     }
 
-    /// Renews every quarter of the renew deadline; returns (an error) once the lease is lost
-    /// or was not renewed within the renew deadline (the fence is closed by then).
-    pub async fn keep(&self) -> anyhow::Result<()> {
+    /// Renews every quarter of the renew deadline; returns an error once the lease is lost or
+    /// was not renewed within the renew deadline (the fence is closed by then), Ok when `stop`
+    /// says so (between renewals: the lease can then be released without a renewal racing it).
+    pub async fn keep(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
         loop {
-            tokio::time::sleep(self.renew_deadline / 4).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.renew_deadline / 4) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
             match self.try_acquire().await {
                 Ok(true) => {}
                 Ok(false) => anyhow::bail!("lease {} was taken by another instance", self.name),

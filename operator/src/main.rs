@@ -131,12 +131,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         r = elector.acquire() => r?,
     }
     let config = controller::Config { block: args.cluster_block, locator_len: args.locator_length };
-    let keeper = keep_on_own_thread(&elector, args.kubeconfig.clone(), args.lease_namespace.clone());
+    let (stop, mut keeper) = keep_on_own_thread(&elector, args.kubeconfig.clone(), args.lease_namespace.clone());
+    let kept = |r: Result<anyhow::Result<()>, _>| r.unwrap_or_else(|_| Err(anyhow::anyhow!("the lease thread ended")));
+    let mut lost = false;
     let result = tokio::select! {
         r = controller::run(client.clone(), config, Some(identity), elector.fence()) => r,
-        r = keeper => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the lease thread ended"))),
+        r = &mut keeper => {
+            lost = true;
+            kept(r)
+        }
         r = &mut webhook => r,
     };
+    if !lost {
+        // No renewal may race the release.
+        let _ = stop.send(true);
+        if let Err(e) = kept(keeper.await) {
+            error!(error = %format!("{e:#}"), "lease");
+        }
+    }
     if let Err(e) = elector.release().await {
         error!(error = %e, "lease not released; it expires on its own");
     }
@@ -147,18 +159,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// Renews the lease on a thread of its own, with its own runtime and client: reconciles that
 /// keep the main runtime's threads busy (compiling 10,000 chains) cannot delay the renewal past
 /// its deadline. The answer comes when the lease is lost.
+/// The lease was lost when the receiver answers; the sender stops the renewals.
 fn keep_on_own_thread(
     elector: &Elector,
     kubeconfig: Option<std::path::PathBuf>,
     namespace: String,
-) -> tokio::sync::oneshot::Receiver<anyhow::Result<()>> {
+) -> (tokio::sync::watch::Sender<bool>, tokio::sync::oneshot::Receiver<anyhow::Result<()>>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let elector = elector.clone();
     let spawned = std::thread::Builder::new().name("lease".into()).spawn(move || {
         let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
             rt.block_on(async {
                 let client = srv6pipes_operator::client(kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
-                elector.with_api(Api::<Lease>::namespaced(client, &namespace)).keep().await
+                elector.with_api(Api::<Lease>::namespaced(client, &namespace)).keep(stopped).await
             })
         });
         let _ = tx.send(result);
@@ -166,7 +180,7 @@ fn keep_on_own_thread(
     if let Err(e) = spawned {
         error!(error = %e, "no thread for the lease");
     }
-    rx
+    (stop, rx)
 }
 
 fn nix_hostname() -> Option<String> {
