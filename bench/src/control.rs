@@ -246,8 +246,8 @@ impl KubeLab {
             |list: &str, n: &str| status[list].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().unwrap_or_default();
         let text = |v: &serde_json::Value, what: &str| v.as_str().map(String::from).with_context(|| format!("{what} in lab status"));
         let (n1, n2) = (item("nodes", "n1"), item("nodes", "n2"));
-        let k = Self {
-            background,
+        let mut k = Self {
+            background: 0,
             sockets: [text(&n1["daemon"]["socket"], "n1's socket")?.into(), text(&n2["daemon"]["socket"], "n2's socket")?.into()],
             client_ns: text(&item("pods", "client")["netns"], "client's netns")?,
             client2_ns: text(&item("pods", "client2")["netns"], "client2's netns")?,
@@ -257,25 +257,136 @@ impl KubeLab {
             lab,
             kubeconfig,
         };
-        let chains = k.dir.join("background.yaml");
-        let docs: Vec<String> = (0..background).map(|i| chain_yaml(&format!("bg-{i}"), &format!("fd00:99:{i:x}::/64"), &["fw1"])).collect();
-        std::fs::write(&chains, docs.join("---\n"))?;
-        eprintln!("kube lab: creating {background} background chains");
-        sys::run(&mut k.kubectl(&["create", "-f", &chains.display().to_string()]))?;
-        k.wait(&format!("n1 to program {background} chains"), Duration::from_secs(600), &|| k.programmed(background))?;
-        // Settled: the operator has also reported on every chain (its status writes done).
-        k.wait(&format!("{background} chains to be Ready"), Duration::from_secs(600), &|| {
-            let ready = sys::run(&mut k.kubectl(&[
+        k.grow(background)?;
+        Ok(k)
+    }
+
+    /// Adds background chains up to `total` (in batches of 1,000), then waits until n1 has
+    /// programmed them all and every chain is Ready (the operator's status writes done).
+    pub fn grow(&mut self, total: usize) -> anyhow::Result<()> {
+        let started = Instant::now();
+        eprintln!("kube lab: {} -> {total} background chains", self.background);
+        for first in (self.background..total).step_by(1000) {
+            let batch = self.dir.join("background.yaml");
+            let docs: Vec<String> = (first..total.min(first + 1000))
+                .map(|i| chain_yaml(&format!("bg-{i}"), &format!("fd00:99:{i:x}::/64"), &["fw1"]))
+                .collect();
+            std::fs::write(&batch, docs.join("---\n"))?;
+            sys::run(&mut self.kubectl(&["create", "-f", &batch.display().to_string()]))?;
+        }
+        let timeout = Duration::from_secs(600 + total as u64 / 10);
+        self.wait(&format!("n1 to program {total} chains"), timeout, &|| self.programmed(total))?;
+        self.wait(&format!("{total} chains to be Ready"), timeout, &|| {
+            let ready = sys::run(&mut self.kubectl(&[
                 "get",
                 "servicechains",
                 "-o",
                 "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
             ]))?;
-            Ok(ready.split_whitespace().filter(|s| *s == "True").count() == background)
+            Ok(ready.split_whitespace().filter(|s| *s == "True").count() == total)
         })?;
-        Ok(k)
+        self.background = total;
+        eprintln!("kube lab: {total} background chains Ready and programmed in {:.0} s", started.elapsed().as_secs_f64());
+        Ok(())
     }
 
+    /// CPU time the lab's operator has used (every thread's, from /proc/PID/task/*/schedstat).
+    fn operator_cpu_ms(&self) -> anyhow::Result<f64> {
+        let pattern = format!("srv6pipes-operator --kubeconfig {}", self.kubeconfig.display());
+        let pid = sys::run(Command::new("pgrep").args(["-f", &pattern]))?;
+        let pid = pid.split_whitespace().next().context("the lab's operator is not running")?;
+        let mut ns = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+            ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+        Ok(ns as f64 / 1e6)
+    }
+
+    /// Writes the API server has served of the kinds only the operator writes: program slices
+    /// (not their status: the daemons'), chain status and finalizer patches (not the chain's
+    /// create or delete: the user's), Events, Node patches (locators), program deletions. From
+    /// the API server's `apiserver_request_total`; Lease renewals are left out.
+    fn operator_writes(&self) -> anyhow::Result<u64> {
+        let metrics = sys::run(&mut self.kubectl(&["get", "--raw", "/metrics"]))?;
+        Ok(metrics.lines().filter_map(operator_write).sum())
+    }
+}
+
+/// The count of one `apiserver_request_total` sample line if it is a write only the operator
+/// makes (see [`KubeLab::operator_writes`]).
+fn operator_write(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("apiserver_request_total{")?;
+    let (labels, value) = rest.split_once("} ")?;
+    let label = |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'));
+    let (group, resource, sub, verb) = (label("group")?, label("resource")?, label("subresource").unwrap_or(""), label("verb")?);
+    let write = matches!(verb, "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE");
+    let ours = match (group, resource, sub) {
+        ("srv6pipes.io", "nodeprogramslices", "") | ("srv6pipes.io", "nodeprograms", "") => true,
+        ("srv6pipes.io", "servicechains", _) => matches!(verb, "PUT" | "PATCH" | "APPLY"),
+        ("events.k8s.io", "events", _) => true,
+        ("", "nodes", "") => matches!(verb, "PATCH" | "APPLY"),
+        _ => false,
+    };
+    (write && ours).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64)).flatten()
+}
+
+/// What one change costs the operator.
+pub struct ChangeCost {
+    /// API writes per change (see [`KubeLab::operator_writes`]).
+    pub writes: Vec<f64>,
+    /// Operator CPU per change, ms.
+    pub cpu_ms: Vec<f64>,
+}
+
+/// Costs of `samples` changes with the lab's background chains present: each sample creates a
+/// chain (one change) and deletes it (another), and counts from just before the kubectl call
+/// until the operator has written nothing for 2 s (the chain Ready, or gone).
+pub fn change_cost(k: &KubeLab, samples: usize) -> anyhow::Result<ChangeCost> {
+    let mut out = ChangeCost { writes: Vec::new(), cpu_ms: Vec::new() };
+    let quiet = || -> anyhow::Result<()> {
+        let mut last = (k.operator_writes()?, Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while last.1.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = k.operator_writes()?;
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("change cost: the operator kept writing for 2 minutes");
+            }
+        }
+        Ok(())
+    };
+    quiet()?;
+    for i in 0..samples {
+        for create in [true, false] {
+            let (writes, cpu) = (k.operator_writes()?, k.operator_cpu_ms()?);
+            if create {
+                k.create("probe", &["fw1"])?;
+                k.wait(&format!("the probe chain Ready (sample {i})"), Duration::from_secs(120), &|| {
+                    let ready = sys::run(&mut k.kubectl(&[
+                        "get",
+                        "servicechain",
+                        "probe",
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                    ]))?;
+                    Ok(ready == "True")
+                })?;
+            } else {
+                k.delete("probe")?;
+            }
+            quiet()?;
+            out.writes.push((k.operator_writes()? - writes) as f64);
+            out.cpu_ms.push(k.operator_cpu_ms()? - cpu);
+        }
+    }
+    Ok(out)
+}
+
+impl KubeLab {
     fn kubectl(&self, args: &[&str]) -> Command {
         let mut c = Command::new("kubectl");
         c.env("KUBECONFIG", &self.kubeconfig).args(args);
@@ -418,4 +529,35 @@ pub fn tcp(k: &KubeLab, reps: usize, secs: u32) -> anyhow::Result<Tcp> {
     }
     k.delete("tcp")?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operator_write;
+
+    #[test]
+    fn only_the_operators_writes_count() {
+        let line = |group: &str, resource: &str, sub: &str, verb: &str| {
+            format!(
+                "apiserver_request_total{{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"{group}\",resource=\"{resource}\",scope=\"resource\",subresource=\"{sub}\",verb=\"{verb}\",version=\"v1\"}} 7"
+            )
+        };
+        for (l, counted) in [
+            (line("srv6pipes.io", "nodeprogramslices", "", "APPLY"), Some(7)),
+            (line("srv6pipes.io", "nodeprogramslices", "", "DELETE"), Some(7)),
+            (line("srv6pipes.io", "nodeprogramslices", "status", "APPLY"), None),
+            (line("srv6pipes.io", "servicechains", "status", "APPLY"), Some(7)),
+            (line("srv6pipes.io", "servicechains", "", "PATCH"), Some(7)),
+            (line("srv6pipes.io", "servicechains", "", "POST"), None),
+            (line("srv6pipes.io", "servicechains", "", "DELETE"), None),
+            (line("srv6pipes.io", "nodeprogramslices", "", "LIST"), None),
+            (line("events.k8s.io", "events", "", "POST"), Some(7)),
+            (line("", "nodes", "", "PATCH"), Some(7)),
+            (line("coordination.k8s.io", "leases", "", "PUT"), None),
+            (line("srv6pipes.io", "nodesidtables", "", "APPLY"), None),
+            ("apiserver_request_duration_seconds_bucket{le=\"1\"} 3".to_string(), None),
+        ] {
+            assert_eq!(operator_write(&l), counted, "{l}");
+        }
+    }
 }

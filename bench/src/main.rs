@@ -65,6 +65,12 @@ struct Control {
     cni: Option<control::CniSamples>,
     background_chains: usize,
     chains: Option<control::ChainApply>,
+    /// What one change costs the operator, by background chains present.
+    change: std::collections::BTreeMap<String, control::ChangeCost>,
+    /// Chain applied -> steered with 10,000 chains present (full runs).
+    chains_10k: Option<control::ChainApply>,
+    /// Why the 10,000-chain part did not complete (the run goes on without it).
+    scale_failure: Option<String>,
     tcp: Option<control::Tcp>,
     stream: Option<serde_json::Value>,
 }
@@ -78,8 +84,14 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         c.cni = Some(control::cni_add(b, n, args.sut_cpu)?);
     }
     if parts.contains(&Part::Chains) || parts.contains(&Part::Tcp) {
-        let (background, samples, reps, secs) = if args.quick { (50, 5, 2, 2) } else { (1000, 50, args.reps.unwrap_or(5), 5) };
-        let k = control::KubeLab::up(b, background)?;
+        let (background, samples, reps, secs) = if args.quick { (100, 5, 2, 2) } else { (1000, 50, args.reps.unwrap_or(5), 5) };
+        let changes = if args.quick { 2 } else { 10 };
+        let mut k = control::KubeLab::up(b, 100)?;
+        if parts.contains(&Part::Chains) {
+            eprintln!("control cost: {changes} chains created and deleted with 100 chains present");
+            c.change.insert("100".into(), control::change_cost(&k, changes)?);
+        }
+        k.grow(background)?;
         c.background_chains = background;
         if parts.contains(&Part::Chains) {
             eprintln!("chain apply: {samples} samples with {background} chains present");
@@ -88,6 +100,25 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         if parts.contains(&Part::Tcp) {
             eprintln!("TCP: {reps} x {secs} s iperf3, chained and unchained");
             c.tcp = Some(control::tcp(&k, reps, secs)?);
+        }
+        // 10,000 chains on n1 (~10 minutes to create and program): a failure is recorded and
+        // the run goes on.
+        if !args.quick && parts.contains(&Part::Chains) {
+            let scale = (|| {
+                k.grow(10_000)?;
+                eprintln!("control cost and chain apply: {changes} changes, {samples} samples with 10,000 chains present");
+                anyhow::Ok((control::change_cost(&k, changes)?, control::chain_apply(&k, samples)?))
+            })();
+            match scale {
+                Ok((cost, apply)) => {
+                    c.change.insert("10000".into(), cost);
+                    c.chains_10k = Some(apply);
+                }
+                Err(e) => {
+                    eprintln!("10,000 chains: {e:#}; recorded, going on");
+                    c.scale_failure = Some(format!("{e:#}"));
+                }
+            }
         }
     }
     if parts.contains(&Part::Stream) {
@@ -108,6 +139,9 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
 /// The control-plane parts' JSON fields (null where a part did not run).
 fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
     use report::latency;
+    let per_change = |f: fn(&control::ChangeCost) -> f64| -> serde_json::Map<String, serde_json::Value> {
+        c.change.iter().map(|(k, x)| (k.clone(), serde_json::json!(f(x)))).collect()
+    };
     let tcp = c.tcp.as_ref().map(|t| {
         serde_json::json!({
             "chained_mbps": stats::median(&t.chained_mbps),
@@ -127,6 +161,14 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
         "chain_apply_ms": c.chains.as_ref().map(|s| latency(&s.ms)),
         "chain_apply_kubectl_ms": c.chains.as_ref().map(|s| latency(&s.kubectl_ms)),
         "chain_apply_background_chains": c.chains.as_ref().map(|_| c.background_chains),
+        "chain_apply_10k_ms": c.chains_10k.as_ref().map(|s| latency(&s.ms)),
+        "control_writes_per_change": per_change(|x| stats::median(&x.writes)),
+        "control_cpu_ms_per_change": per_change(|x| stats::median(&x.cpu_ms)),
+        "control_change_detail": c.change.iter().map(|(k, x)| (k.clone(), serde_json::json!({
+            "writes": stats::summarize(&x.writes), "cpu_ms": stats::summarize(&x.cpu_ms),
+        }))).collect::<serde_json::Map<_, _>>(),
+        "control_change_how": "per change (a chain created, Ready; or deleted, gone from n1), with N chains present: the writes the API server served of what only the operator writes (program slices, chain status and finalizer, Events, Node patches; apiserver_request_total) and the operator's CPU time (/proc/PID/task/*/schedstat), until it wrote nothing for 2 s",
+        "scale_failure": c.scale_failure,
         "tcp_goodput_mbps": tcp,
         "stream": c.stream,
     });
@@ -265,6 +307,16 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             value: stats::summarize(&[stats::percentile(&chains.ms, 99.0)]),
         },
     ];
+    let mut targets = targets;
+    if let Some(c10k) = &c.chains_10k {
+        targets.push(Target {
+            name: "chain_apply_10k_p99",
+            what: "chain applied → steered p99 (ms), 10,000 chains present".into(),
+            bound: 1000.0,
+            at_least: false,
+            value: stats::summarize(&[stats::percentile(&c10k.ms, 99.0)]),
+        });
+    }
     let mut result = serde_json::json!({
         "date": date,
         "quick": args.quick,

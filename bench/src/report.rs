@@ -152,6 +152,7 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         "program_10k_sids_ms",
         "chain_apply_ms",
         "chain_apply_kubectl_ms",
+        "chain_apply_10k_ms",
     ] {
         let v = &r[k];
         if v.is_null() {
