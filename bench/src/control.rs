@@ -381,6 +381,13 @@ pub fn change_cost(k: &KubeLab, samples: usize) -> anyhow::Result<ChangeCost> {
             quiet()?;
             out.writes.push((k.operator_writes()? - writes) as f64);
             out.cpu_ms.push(k.operator_cpu_ms()? - cpu);
+            eprintln!(
+                "  change {} ({}): {} writes, {:.0} ms operator CPU",
+                2 * i + usize::from(!create) + 1,
+                if create { "create" } else { "delete" },
+                out.writes.last().unwrap_or(&0.0),
+                out.cpu_ms.last().unwrap_or(&0.0)
+            );
         }
     }
     Ok(out)
@@ -484,6 +491,7 @@ pub fn chain_apply(k: &KubeLab, samples: usize) -> anyhow::Result<ChainApply> {
                 std::thread::sleep(Duration::from_millis(1));
             };
             out.ms.push(steered.as_secs_f64() * 1000.0);
+            eprintln!("  chain apply sample {}: {:.0} ms", i + 1, steered.as_secs_f64() * 1000.0);
             k.delete("probe")?;
         }
         Ok(out)

@@ -104,6 +104,8 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         // 10,000 chains on n1 (~10 minutes to create and program): a failure is recorded and
         // the run goes on.
         if !args.quick && parts.contains(&Part::Chains) {
+            // Fewer samples: each takes ~30 s with 10,000 chains (docs/performance.md).
+            let (changes, samples) = (3, 10);
             let scale = (|| {
                 k.grow(10_000)?;
                 eprintln!("control cost and chain apply: {changes} changes, {samples} samples with 10,000 chains present");
