@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
@@ -225,37 +226,29 @@ pub struct Published {
     legacy: Mirror<NodeProgramCr>,
 }
 
-/// One watch's objects by name; a re-list replaces them all once it is done.
-struct Mirror<K> {
-    objects: BTreeMap<String, Arc<K>>,
-    relisting: Option<BTreeMap<String, Arc<K>>>,
+/// One watch's objects (kube-runtime's reflector store: a re-list replaces them once it is
+/// done), and whether it has listed once.
+struct Mirror<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    writer: reflector::store::Writer<K>,
+    store: reflector::Store<K>,
     synced: bool,
 }
 
-impl<K> Default for Mirror<K> {
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Default for Mirror<K> {
     fn default() -> Self {
-        Mirror { objects: BTreeMap::new(), relisting: None, synced: false }
+        let (store, writer) = reflector::store();
+        Mirror { writer, store, synced: false }
     }
 }
 
-impl<K: ResourceExt> Mirror<K> {
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Mirror<K> {
     fn apply(&mut self, event: watcher::Event<K>) {
-        match event {
-            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
-            watcher::Event::InitApply(k) => {
-                self.relisting.get_or_insert_with(BTreeMap::new).insert(k.name_any(), Arc::new(k));
-            }
-            watcher::Event::InitDone => {
-                self.objects = self.relisting.take().unwrap_or_default();
-                self.synced = true;
-            }
-            watcher::Event::Apply(k) => {
-                self.objects.insert(k.name_any(), Arc::new(k));
-            }
-            watcher::Event::Delete(k) => {
-                self.objects.remove(&k.name_any());
-            }
-        }
+        self.synced |= matches!(event, watcher::Event::InitDone);
+        self.writer.apply_watcher_event(&event);
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<K>> {
+        self.store.get(&reflector::ObjectRef::new(name))
     }
 }
 
@@ -274,18 +267,14 @@ impl Published {
         if !(self.slices.synced && self.legacy.synced) {
             return None;
         }
-        let seen: BTreeMap<u32, &NodeProgramSliceSpec> = self
-            .slices
-            .objects
-            .values()
-            .filter(|s| s.spec.node == node)
-            .filter_map(|s| Some((slice_index(node, &s.name_any())?, &s.spec)))
-            .collect();
+        let slices = self.slices.store.state();
+        let seen: BTreeMap<u32, &NodeProgramSliceSpec> =
+            slices.iter().filter(|s| s.spec.node == node).filter_map(|s| Some((slice_index(node, &s.name_any())?, &s.spec))).collect();
         if let Some(set) = complete(&seen) {
-            let slices = set.keys().map(|i| self.slices.objects[&slice_name(node, *i)].clone()).collect();
+            let slices = set.keys().filter_map(|i| self.slices.get(&slice_name(node, *i))).collect();
             return Some(Source::Slices(slices));
         }
-        self.legacy.objects.get(node).map(|p| Source::Legacy(p.clone()))
+        self.legacy.get(node).map(Source::Legacy)
     }
 }
 

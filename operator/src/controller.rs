@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use ipnet::Ipv6Net;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizing};
@@ -438,10 +438,8 @@ fn node_owner(node: &Node) -> Option<OwnerReference> {
 /// Deletes an object of a node that left; a failure is logged (the next publication retries)
 /// and delays no other node.
 async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug>(api: &Api<K>, name: &str) {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => info!(object = name, kind = %K::kind(&()), "node left: removed"),
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => warn!(object = name, kind = %K::kind(&()), error = %e, "node left, but its object was not removed"),
+    if let Err(e) = crate::publisher::delete(api, name).await {
+        warn!(object = name, kind = %K::kind(&()), error = %e, "node left, but its object was not removed");
     }
 }
 

@@ -306,8 +306,8 @@ impl Shared {
     }
 }
 
-/// Deletes an object; one already gone is fine.
-async fn delete<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+/// Deletes an object (logged); one already gone is fine.
+pub async fn delete<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
     api: &Api<K>,
     name: &str,
 ) -> Result<(), String> {

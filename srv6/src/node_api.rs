@@ -258,10 +258,7 @@ impl NodeProgram {
     }
 
     pub fn from_spec(spec: &srv6pipes_crds::NodeProgramSpec) -> Result<Self, String> {
-        Ok(NodeProgram {
-            tables: serde_json::from_value(spec.tables.clone()).map_err(|e| format!("tables: {e}"))?,
-            peers: peers_of(&spec.peers)?,
-        })
+        Self::from_parts(&spec.tables, &spec.peers)
     }
 
     /// This program as `node`'s slice (one of [`crate::slices::split`]'s).
@@ -276,10 +273,11 @@ impl NodeProgram {
     }
 
     pub fn from_slice_spec(spec: &srv6pipes_crds::NodeProgramSliceSpec) -> Result<Self, String> {
-        Ok(NodeProgram {
-            tables: serde_json::from_value(spec.tables.clone()).map_err(|e| format!("tables: {e}"))?,
-            peers: peers_of(&spec.peers)?,
-        })
+        Self::from_parts(&spec.tables, &spec.peers)
+    }
+
+    fn from_parts(tables: &serde_json::Value, peers: &[srv6pipes_crds::PeerSpec]) -> Result<Self, String> {
+        Ok(NodeProgram { tables: serde_json::from_value(tables.clone()).map_err(|e| format!("tables: {e}"))?, peers: peers_of(peers)? })
     }
 }
 
