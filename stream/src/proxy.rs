@@ -3,10 +3,10 @@
 //! client's own address and port to the server's (IP_TRANSPARENT), and the relay between them
 //! through the SID's pipeline.
 //!
-//! Both sockets of a connection get `SO_LINGER` 0 as soon as they exist: a relay that ends
-//! normally has exchanged FINs both ways before closing (no reset then), while one that is
+//! Both sockets of a connection get `SO_LINGER` 0 as soon as they exist: a relay that is
 //! aborted — or a proxy that is killed, whose sockets the kernel closes — resets them, never a
-//! FIN that would make a cut stream look complete.
+//! FIN that would make a cut stream look complete. A relay that ends normally clears it before
+//! closing, so that the kernel still delivers the last bytes and FINs not yet acknowledged.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

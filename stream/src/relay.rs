@@ -65,8 +65,6 @@ pub struct Report {
     pub aborted: Option<Abort>,
 }
 
-/// Relays `client` <-> `server` through `forward` (client to server) and `reverse`, until both
-/// directions ended or something aborts them. The connections are closed on return.
 /// Live byte counts of one or more relays (in: read from the sender, out: written after the
 /// functions), added to as the bytes go.
 #[derive(Debug, Default)]
@@ -75,6 +73,8 @@ pub struct Meters {
     pub reverse: [AtomicU64; 2],
 }
 
+/// Relays `client` <-> `server` through `forward` (client to server) and `reverse`, until both
+/// directions ended or something aborts them. The connections are closed on return.
 pub async fn relay(
     mut client: TcpStream,
     mut server: TcpStream,
@@ -110,10 +110,13 @@ pub async fn relay(
             }
         }
     }
-    if report.aborted.is_some() {
-        // Abortive close: a reset each way, never a FIN that would complete a cut stream.
-        let _ = client.set_zero_linger();
-        let _ = server.set_zero_linger();
+    // Aborted: a reset each way, never a FIN that would complete a cut stream. Ended cleanly:
+    // the last bytes and the FINs are queued but perhaps not yet acknowledged, so a normal close
+    // lets the kernel deliver (and retransmit) them; with `SO_LINGER` 0 (which the proxy keeps
+    // while relaying, so that a killed proxy resets) closing would discard them.
+    let linger = report.aborted.as_ref().map(|_| Duration::ZERO);
+    for s in [&client, &server] {
+        let _ = socket2::SockRef::from(s).set_linger(linger);
     }
     report
 }
@@ -217,6 +220,40 @@ mod tests {
         let report = relay.await.unwrap();
         assert_eq!(report.aborted, None);
         assert_eq!((report.forward.bytes_in, report.forward.bytes_out, report.reverse.bytes_out), (12, 12, 4));
+    }
+
+    /// The proxy's sockets have `SO_LINGER` 0 while they relay. A relay that ends cleanly while
+    /// its last bytes still wait in the send queue (a client whose window is closed: or a lost
+    /// segment) must still deliver them, then a FIN: not discard them at close.
+    #[tokio::test]
+    async fn a_clean_end_delivers_the_tail_the_client_has_not_acknowledged_yet() {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back_addr = back.local_addr().unwrap();
+        // A client with a tiny receive window: most of the answer waits in the relay's send queue.
+        let small = tokio::net::TcpSocket::new_v4().unwrap();
+        small.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(small.connect(front.local_addr().unwrap()), front.accept());
+        let (mut client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
+        let server_side = TcpStream::connect(back_addr).await.unwrap();
+        let (mut server, _) = back.accept().await.unwrap();
+        socket2::SockRef::from(&client_side).set_send_buffer_size(1 << 20).unwrap();
+        for s in [&client_side, &server_side] {
+            s.set_zero_linger().unwrap();
+        }
+        let relay = tokio::spawn(async move {
+            relay(client_side, server_side, Chain::default(), Chain::default(), Limits::default(), &Meters::default()).await
+        });
+        client.shutdown().await.unwrap();
+        let answer = vec![7u8; 150_000];
+        server.write_all(&answer).await.unwrap();
+        server.shutdown().await.unwrap();
+        // The relay ends (both FINs relayed) before the client has read its answer.
+        let report = tokio::time::timeout(Duration::from_secs(5), relay).await.expect("the relay ends").unwrap();
+        assert_eq!((report.aborted, report.reverse.bytes_out), (None, answer.len() as u64));
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.expect("the answer and a FIN").unwrap();
+        assert_eq!(got.len(), answer.len());
     }
 
     #[tokio::test]

@@ -10,11 +10,11 @@
 //!   tcpcheck trickle ADDR SECONDS      send 1 KiB every 20 ms; print how it ended
 //!   tcpcheck concurrent ADDR N         N connections open at once, each half-closes after
 //!                                      1 KiB and checks the "got 1024" reply; JSON counts
+//!                                      and the reasons of the failures
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -163,25 +163,33 @@ fn trickle(to: &str, secs: u64) -> std::io::Result<()> {
 fn concurrent(to: &str, n: usize) -> std::io::Result<()> {
     let to = addr(to)?;
     let barrier = Arc::new(Barrier::new(n));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Why each failed connection failed, counted by reason (the stage and the error).
+    let failures = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
     let threads: Vec<_> = (0..n)
         .map(|_| {
-            let (barrier, ok, failed) = (barrier.clone(), ok.clone(), failed.clone());
+            let (barrier, failures) = (barrier.clone(), failures.clone());
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(20));
+                    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(20)).map_err(|e| format!("connect: {e}"));
                     // Every connection is open before any sends: N at once through the proxies.
                     barrier.wait();
-                    let good = conn.and_then(|mut s| {
-                        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                        s.write_all(&[b'y'; 1024])?;
-                        s.shutdown(Shutdown::Write)?;
+                    let outcome = conn.and_then(|mut s| {
+                        let stage = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+                        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(stage("timeout"))?;
+                        s.write_all(&[b'y'; 1024]).map_err(stage("write"))?;
+                        s.shutdown(Shutdown::Write).map_err(stage("shutdown"))?;
                         let mut back = String::new();
-                        s.read_to_string(&mut back)?;
-                        Ok(back == "got 1024")
+                        s.read_to_string(&mut back).map_err(stage("read"))?;
+                        if back == "got 1024" {
+                            Ok(())
+                        } else {
+                            Err(format!("reply {back:?}"))
+                        }
                     });
-                    if matches!(good, Ok(true)) { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    if let Err(why) = outcome {
+                        *failures.lock().expect("not poisoned").entry(why).or_default() += 1;
+                    }
                 })
                 .expect("a thread")
         })
@@ -189,6 +197,9 @@ fn concurrent(to: &str, n: usize) -> std::io::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    println!("{{\"ok\": {}, \"failed\": {}}}", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let failures = failures.lock().expect("not poisoned");
+    let failed: u64 = failures.values().sum();
+    let reasons: Vec<String> = failures.iter().map(|(why, k)| format!("{why:?}: {k}")).collect();
+    println!("{{\"ok\": {}, \"failed\": {failed}, \"why\": {{{}}}}}", n as u64 - failed, reasons.join(", "));
     Ok(())
 }
