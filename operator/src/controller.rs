@@ -1,11 +1,12 @@
 //! The reconcilers: one kube-rs `Controller` for ServiceChains (finalizer, status, Events) and
-//! one for Nodes (locator allocation). Both publish the per-node programs of one compilation.
+//! one for Nodes (locator allocation).
 //!
 //! The compiler works on the whole cluster (priorities, conflicts and shared VNFs tie chains
-//! together), so the operator mirrors Pods, Nodes, NodeSidTables, NodePrograms and
-//! ServiceChains into reflector stores, compiles once per change of what matters to it (a
-//! "world version"), and every reconcile reads the cached plan. Changes that matter re-trigger
-//! all objects through `reconcile_all_on`; nothing is requeued on a timer except after errors.
+//! together), so the operator mirrors Pods, Nodes, NodeSidTables, NodeProgramSlices and
+//! ServiceChains into reflector stores and compiles once per change of what matters to it (a
+//! "world version"). The planner (`planner.rs`) publishes each new plan's node programs and
+//! sends the chains whose status it changes to the chain controller; a chain's own reconcile
+//! reads the cached plan. Nothing is requeued on a timer except after errors.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -113,7 +114,7 @@ struct CachedPlan {
 
 /// Runs CPU-heavy `f` (a compilation of every chain, a split) without holding up the other
 /// tasks of this worker thread (on a multi-threaded runtime; a current-thread one just runs it).
-fn cpu<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn cpu<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
@@ -128,7 +129,7 @@ pub struct Ctx {
     /// The last plan: its world version, when its compilation started and how long it took.
     cache: Mutex<Option<CachedPlan>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
-    publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
+    pub(crate) publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
     /// The per-node writers. They keep each slice as this operator's last write left it (the
     /// API server's answer): newer than the mirror's copy until the watch brings that write
     /// back, so the same spec is not sent twice meanwhile.
@@ -159,7 +160,7 @@ impl Ctx {
         Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), publisher, split, recorder, fence }
     }
 
-    fn fenced(&self) -> Result<(), Error> {
+    pub(crate) fn fenced(&self) -> Result<(), Error> {
         self.fence.check().map_err(Error::Fenced)
     }
 
@@ -169,7 +170,7 @@ impl Ctx {
     /// compiling takes at most about a third of a core whatever the rate of changes (a small
     /// world, compiled in a millisecond, is always fresh). The second value says the plan is
     /// older than the world, and when to look again.
-    fn plan(&self, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+    pub(crate) fn plan(&self, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
         cpu(|| {
             let version = *self.world.borrow();
             let mut cache = self.cache.lock().expect("plan cache");
@@ -261,7 +262,7 @@ impl Ctx {
     /// Hands every node whose slices differ from what it has to its writer and waits (at most
     /// [`crate::publisher::WAIT`]) for those writes; removes the slices, programs and SID tables of
     /// nodes that left. Returns the nodes whose program could not be written, with why.
-    async fn publish(&self, plan: &Plan) -> BTreeMap<String, String> {
+    pub(crate) async fn publish(&self, plan: &Plan) -> BTreeMap<String, String> {
         let mut mirrored = self.mirrored_slices();
         let mut waits = Vec::new();
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
@@ -380,48 +381,47 @@ impl Ctx {
     /// reported on the node (and in the status of chains waiting for its SIDs).
     async fn reconcile_node(&self, node: &Node) -> Result<Action, Error> {
         let name = node.name_any();
+        if matches!(world::node_locator(node), Some(Ok(_))) {
+            return Ok(Action::await_change());
+        }
         let mut allocated = self.publishing.lock().await;
-        if !matches!(world::node_locator(node), Some(Ok(_))) {
-            let nodes = self.stores.nodes.state();
-            let mut taken = world::taken_locators(&nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>());
-            taken.extend(allocated.iter().filter(|(n, _)| **n != name).map(|(_, l)| *l));
-            match allocate_locator(self.config.block, self.config.locator_len, &taken) {
-                Ok(locator) => {
-                    let api: Api<Node> = Api::all(self.client.clone());
-                    // A merge patch, not server-side apply: API servers before 1.22 refuse to apply
-                    // to a dual-stack Node (its two InternalIP addresses are "duplicate keys" to
-                    // them). The resourceVersion makes it conditional on the node we looked at.
-                    let body = json!({
-                        "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
-                    });
-                    self.fenced()?;
-                    api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body))
-                        .await?;
-                    allocated.insert(name.clone(), locator);
-                    info!(node = %name, %locator, "allocated locator");
-                }
-                Err(e) => {
-                    warn!(node = %name, error = %e, "no locator for node");
-                    let event = Event {
-                        type_: EventType::Warning,
-                        reason: "LocatorExhausted".into(),
-                        note: Some(format!("no locator for node {name}: {e}")),
-                        action: "AllocateLocator".into(),
-                        secondary: None,
-                    };
-                    // Events are namespaced: a cluster-scoped object's go to "default" (the 1.20
-                    // API server wants the reference's namespace to match).
-                    let mut reference = node.object_ref(&());
-                    reference.namespace = Some("default".into());
-                    if let Err(e) = self.recorder.publish(&event, &reference).await {
-                        warn!(node = %name, error = %e, "event not recorded");
-                    }
+        let nodes = self.stores.nodes.state();
+        let mut taken = world::taken_locators(&nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>());
+        taken.extend(allocated.iter().filter(|(n, _)| **n != name).map(|(_, l)| *l));
+        match allocate_locator(self.config.block, self.config.locator_len, &taken) {
+            Ok(locator) => {
+                let api: Api<Node> = Api::all(self.client.clone());
+                // A merge patch, not server-side apply: API servers before 1.22 refuse to apply
+                // to a dual-stack Node (its two InternalIP addresses are "duplicate keys" to
+                // them). The resourceVersion makes it conditional on the node we looked at.
+                let body = json!({
+                    "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
+                });
+                self.fenced()?;
+                api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await?;
+                allocated.insert(name.clone(), locator);
+                info!(node = %name, %locator, "allocated locator");
+            }
+            Err(e) => {
+                warn!(node = %name, error = %e, "no locator for node");
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "LocatorExhausted".into(),
+                    note: Some(format!("no locator for node {name}: {e}")),
+                    action: "AllocateLocator".into(),
+                    secondary: None,
+                };
+                // Events are namespaced: a cluster-scoped object's go to "default" (the 1.20
+                // API server wants the reference's namespace to match).
+                let mut reference = node.object_ref(&());
+                reference.namespace = Some("default".into());
+                if let Err(e) = self.recorder.publish(&event, &reference).await {
+                    warn!(node = %name, error = %e, "event not recorded");
                 }
             }
         }
-        let (plan, stale) = self.plan(false);
-        self.publish(&plan).await;
-        Ok(stale.map_or_else(Action::await_change, Action::requeue))
+        // The planner publishes what a node's change (a locator, a new node) changes.
+        Ok(Action::await_change())
     }
 }
 
@@ -553,7 +553,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     info!("caches synced; reconciling");
     let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance, fence));
     let chains = Controller::new(Api::<ServiceChain>::all(client.clone()), watcher::Config::default())
-        .reconcile_all_on(changes(rx.clone()))
+        .reconcile_on(crate::planner::planner(ctx.clone(), rx.clone()))
         .shutdown_on_signal()
         .run(reconcile_chain, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -931,9 +931,71 @@ mod tests {
         let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", "fieldManager=srv6pipes-operator").await;
         assert_eq!(patch["metadata"]["annotations"][LOCATOR_ANNOTATION], "fcbb:bb00:3::/48");
         assert!(patch.get("apiVersion").is_none(), "a merge patch (1.20 cannot apply to dual-stack nodes): {patch}");
-        // The stores have not seen the annotation yet: n3 gets no program in this round.
-        expect_programs(&mut handle, &["n1", "n2"]).await;
-        task.await.unwrap().unwrap();
+        // Nothing else: the planner publishes once the mirror brings the annotation back.
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        no_request(&mut handle, "the node reconcile writes only the locator").await;
+    }
+
+    /// No API call comes (within a moment).
+    async fn no_request(handle: &mut Handle, why: &str) {
+        if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await {
+            panic!("{why}: {} {}", req.method(), req.uri());
+        }
+    }
+
+    /// A change that touches one chain: the planner publishes what the new plan changed and
+    /// sends only that chain to the chain controller, not every chain.
+    #[tokio::test]
+    async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
+        let (stores, mut writers) = world();
+        let mut db = chain();
+        db.metadata.name = Some("db".into());
+        db.metadata.uid = Some("uid-db".into());
+        db.spec.functions[0].pod_selector.match_labels = Some([("vnf".to_string(), "ids".to_string())].into());
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(db));
+        let (ctx, mut handle) = ctx(stores.clone());
+
+        let round = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.plan_round().await }
+        });
+        for (_, body) in expect_programs(&mut handle, &["n1", "n2"]).await {
+            writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
+        }
+        let (first, stale) = round.await.unwrap();
+        let names = |refs: &[ObjectRef<ServiceChain>]| refs.iter().map(|r| r.name.clone()).collect::<std::collections::BTreeSet<_>>();
+        let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!((names(&first), stale), (set(&["db", "web"]), None), "neither has a status yet");
+        // The chains get the status the plan gives them, as their reconciles would write it.
+        let settle = |writers: &mut Writers| {
+            let (plan, _) = ctx.plan(false);
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            for c in stores.chains.state() {
+                let mut c = (*c).clone();
+                c.status = world::chain_status(&plan, &BTreeMap::new(), &c, now.clone());
+                writers.chains.apply_watcher_event(&watcher::Event::Apply(c));
+            }
+        };
+        settle(&mut writers);
+        // A pod of db's function appears on n2 (it has no SID yet): db's status changes, web's not.
+        writers.pods.apply_watcher_event(&watcher::Event::Apply(pod("ids-0", "n2", ("vnf", "ids"), "fd00:10:2::3")));
+        ctx.cache.lock().unwrap().take(); // (the mirror would have bumped the world version)
+        let second = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.plan_round().await }
+        });
+        // n2's program lists its pods' addresses: n2's first slice is written again.
+        for (_, body) in expect_programs(&mut handle, &["n2"]).await {
+            writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
+        }
+        let (second, _) = second.await.unwrap();
+        assert_eq!(names(&second), set(&["db"]));
+        settle(&mut writers);
+        // Nothing changed since: nothing to publish, no chain to reconcile.
+        ctx.cache.lock().unwrap().take();
+        let (third, _) = ctx.plan_round().await;
+        assert!(third.is_empty(), "{third:?}");
+        no_request(&mut handle, "no write in the last round").await;
     }
 
     /// Refuses a request as the API server does (a Status with `code`).

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod lease;
+pub mod planner;
 pub mod publisher;
 pub mod webhook;
 pub mod world;
