@@ -218,6 +218,9 @@ pub struct KubeLab {
     server_ip: String,
     /// A process in n1's VNF's netns (its pod command), to read net1's counters through.
     vnf1_pid: u64,
+    /// The operator's threads' CPU time as last read, by thread id: a thread that has exited
+    /// since (tokio's blocking threads come and go) still counts with what it had used.
+    operator_threads: std::cell::RefCell<std::collections::HashMap<String, u64>>,
 }
 
 impl KubeLab {
@@ -253,6 +256,7 @@ impl KubeLab {
             client2_ns: text(&item("pods", "client2")["netns"], "client2's netns")?,
             server_ip: text(&item("pods", "server")["ips"][0], "server's address")?,
             vnf1_pid: item("pods", "vnf1")["pid"].as_u64().context("vnf1's pid in lab status")?,
+            operator_threads: Default::default(),
             dir,
             lab,
             kubeconfig,
@@ -290,17 +294,22 @@ impl KubeLab {
         Ok(())
     }
 
-    /// CPU time the lab's operator has used (every thread's, from /proc/PID/task/*/schedstat).
+    /// CPU time the lab's operator has used: every thread's (/proc/PID/task/*/schedstat, in
+    /// ns), those that have exited since an earlier call included with what they had used then.
+    /// (Summing only the live threads went backwards when one exited.)
     fn operator_cpu_ms(&self) -> anyhow::Result<f64> {
         let pattern = format!("srv6pipes-operator --kubeconfig {}", self.kubeconfig.display());
         let pid = sys::run(Command::new("pgrep").args(["-f", &pattern]))?;
         let pid = pid.split_whitespace().next().context("the lab's operator is not running")?;
-        let mut ns = 0u64;
+        let mut threads = self.operator_threads.borrow_mut();
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-            ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let task = task?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                threads.insert(task.file_name().to_string_lossy().into_owned(), ns);
+            }
         }
-        Ok(ns as f64 / 1e6)
+        Ok(threads.values().sum::<u64>() as f64 / 1e6)
     }
 
     /// Writes the API server has served of the kinds only the operator writes: program slices

@@ -18,7 +18,7 @@
 //! keeps the entry of the rule that comes first in the class (`rank`), so priorities hold
 //! across the two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -112,15 +112,32 @@ pub fn build<S: Ord + Copy>(rules: &[Rule<S>]) -> Tables<S> {
     }
     let mut next_class = 1u32;
     for (source, rules) in by_source {
-        let mut prefixes: Vec<IpNet> = rules.iter().map(|r| r.destination.trunc()).collect();
+        // The rules by their (truncated) prefix, and the prefix lengths in use: a prefix's
+        // candidates are the rules at its ancestors of those lengths (not a scan of every rule
+        // per prefix, which was quadratic in the chains of one source).
+        let mut at: HashMap<IpNet, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            at.entry(r.destination.trunc()).or_default().push(i);
+        }
+        let lengths: BTreeSet<(bool, u8)> = at.keys().map(|p| (p.addr().is_ipv6(), p.prefix_len())).collect();
+        let mut prefixes: Vec<IpNet> = at.keys().copied().collect();
         prefixes.sort();
-        prefixes.dedup();
         for p in prefixes {
-            let mut candidates: Vec<&&Rule<S>> = rules.iter().filter(|r| r.destination.contains(&p)).collect();
+            let ancestors = lengths.iter().filter(|(v6, len)| *v6 == p.addr().is_ipv6() && *len <= p.prefix_len());
+            let mut found: Vec<usize> = ancestors
+                .filter_map(|(_, len)| IpNet::new(p.addr(), *len).ok().map(|a| a.trunc()))
+                .filter_map(|a| at.get(&a))
+                .flatten()
+                .copied()
+                .collect();
+            found.sort_unstable();
+            let mut candidates: Vec<&Rule<S>> = found.into_iter().map(|i| rules[i]).collect();
             // Stable: among equals, the caller's order decides.
             candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len())));
             let class = next_class;
             next_class += 1;
+            // This class's fragment entries (those before it are other classes').
+            let frags_from = t.frags.len();
             let source_ports = candidates.iter().any(|r| !r.source_ports.is_empty());
             t.classes.push(ClassEntry { source, destination: p, class, source_ports });
             let (mut l4, mut l4_src): (Vec<L4Entry>, Vec<L4Entry>) = (Vec::new(), Vec::new());
@@ -129,14 +146,14 @@ pub fn build<S: Ord + Copy>(rules: &[Rule<S>]) -> Tables<S> {
                 let ports = if by_source { &r.source_ports } else { &r.ports };
                 let space = if by_source { &mut l4_src } else { &mut l4 };
                 add_l4(space, class, rank as u32, r.proto, ports, by_source, r.target);
-                let frag_covered = t.frags.iter().any(|f| f.class == class && (f.proto.is_none() || f.proto == r.proto));
+                let frag_covered = t.frags[frags_from..].iter().any(|f| f.proto.is_none() || f.proto == r.proto);
                 if !frag_covered {
                     let protos: Vec<Option<u8>> = match (r.proto, ports.is_empty()) {
                         (None, false) => vec![Some(6), Some(17)],
                         (p, _) => vec![p],
                     };
                     for proto in protos {
-                        if !t.frags.iter().any(|f| f.class == class && f.proto == proto) {
+                        if !t.frags[frags_from..].iter().any(|f| f.proto == proto) {
                             t.frags.push(FragEntry { class, proto, target: r.target });
                         }
                     }
@@ -221,6 +238,52 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Against a scan of every rule, over nested and overlapping prefixes of both families,
+    /// protocols, ports and priorities: every lookup finds the first rule (higher priority, then
+    /// the more specific prefix, then the caller's order) matching address, protocol and port.
+    #[test]
+    fn lookups_agree_with_a_scan_of_every_rule() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut rules = Vec::new();
+        for target in 0..400 {
+            let (dst, len) = if next(3) > 0 {
+                (format!("fd00:99:{:x}:{:x}::", next(3), next(3)), [32u8, 40, 48, 56, 64][next(5) as usize])
+            } else {
+                (format!("10.{}.{}.0", next(3), next(3)), [8u8, 16, 24][next(3) as usize])
+            };
+            let destination = IpNet::new(ip(&dst), len).unwrap();
+            let proto = [None, Some(6), Some(17)][next(3) as usize];
+            let lo = 8000 + next(4) as u16;
+            let ports = if proto.is_some() && next(2) == 0 { vec![(lo, lo + next(3) as u16)] } else { vec![] };
+            rules.push(Rule { destination, proto, ports, priority: next(3) as i32, ..rule("::/0", None, &[], 0, target) });
+        }
+        let t = build(&rules);
+        let source: IpAddr = ip("fd00::2");
+        for _ in 0..3000 {
+            let dst = if next(3) > 0 {
+                ip(&format!("fd00:99:{:x}:{:x}::{:x}", next(4), next(4), next(9)))
+            } else {
+                ip(&format!("10.{}.{}.{}", next(4), next(4), next(9)))
+            };
+            let proto = [6u8, 17, 1][next(3) as usize];
+            let port = 7999 + next(7) as u16;
+            let mut matching: Vec<&Rule> = rules
+                .iter()
+                .filter(|r| r.destination.contains(&dst) && r.proto.is_none_or(|p| p == proto))
+                .filter(|r| r.ports.is_empty() || r.ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port)))
+                .collect();
+            matching.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.destination.prefix_len().cmp(&a.destination.prefix_len())));
+            let want = matching.first().map(|r| r.target);
+            assert_eq!(lookup(&t, source, dst, proto, Some((40000, port))), want, "{dst} proto {proto} port {port}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::pipes::Pipeline;
 use crate::sid::{Locator, Sid};
 
 mod chain;
+mod claims;
 use chain::compile_chain;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,8 +252,9 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     // chain is not overwritten by a later one.
     let mut order: Vec<&ChainRef> = chains.iter().collect();
     order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name))));
+    let mut claims = claims::Claims::default();
     for chain in order {
-        let verdict = compile_chain(world, chain, &mut out.nodes);
+        let verdict = compile_chain(world, chain, &mut out.nodes, &mut claims);
         out.chains.push(verdict);
     }
     out.chains.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

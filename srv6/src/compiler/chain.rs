@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv6Net};
 use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica};
 
+use super::claims::{Claims, Clash};
 use super::{
     owner_of, parse_destinations, parse_ports, proto_number, registration_of, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables,
     PodInfo, Reason, SidRegistration, SidUse, World,
@@ -47,7 +48,12 @@ impl PlannedHop<'_> {
     }
 }
 
-pub(super) fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>) -> ChainVerdict {
+pub(super) fn compile_chain(
+    world: &World,
+    c: &ChainRef<'_>,
+    tables: &mut BTreeMap<String, NodeTables>,
+    claims: &mut Claims,
+) -> ChainVerdict {
     let mut v = ChainVerdict {
         namespace: c.namespace.into(),
         name: c.name.into(),
@@ -58,7 +64,7 @@ pub(super) fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeM
         paths: Vec::new(),
         degraded: None,
     };
-    if let Err((reason, message)) = compile_into(world, c, tables, &mut v) {
+    if let Err((reason, message)) = compile_into(world, c, tables, claims, &mut v) {
         v.ready = false;
         v.reason = reason;
         v.message = message;
@@ -66,7 +72,13 @@ pub(super) fn compile_chain(world: &World, c: &ChainRef<'_>, tables: &mut BTreeM
     v
 }
 
-fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, NodeTables>, v: &mut ChainVerdict) -> Result<(), Fail> {
+fn compile_into(
+    world: &World,
+    c: &ChainRef<'_>,
+    tables: &mut BTreeMap<String, NodeTables>,
+    claims: &mut Claims,
+    v: &mut ChainVerdict,
+) -> Result<(), Fail> {
     let key = format!("{}/{}", c.namespace, c.name);
     let checked = check(c)?;
     let (hops, mut missing) = plan_hops(world, c, v)?;
@@ -99,7 +111,7 @@ fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, N
         v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
     }
 
-    let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, tables)?;
+    let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, claims)?;
     let sources = selected(world, c, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
     let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
         vec![Ipv6Net::default().into()]
@@ -117,9 +129,13 @@ fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, N
     let (back, reverse_decaps) = rules.backward(world, &sources, tables);
     headends += back + rules.onward(tables);
 
-    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
-    let insert_sources: BTreeSet<IpAddr> =
-        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect();
+    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes (looked
+    // for only then: a scan of every node's rules per chain).
+    let insert_sources: BTreeSet<IpAddr> = if proxy_uses.iter().any(|(_, u)| u.behavior == Behavior::EndAM) {
+        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect()
+    } else {
+        BTreeSet::new()
+    };
     for (node, usage) in proxy_uses {
         let t = tables.entry(node).or_default();
         if usage.behavior == Behavior::EndAM {
@@ -129,6 +145,7 @@ fn compile_into(world: &World, c: &ChainRef<'_>, tables: &mut BTreeMap<String, N
                 }
             }
         }
+        claims.add(&usage);
         t.proxies.push(usage);
     }
     if dropping {
@@ -278,7 +295,7 @@ fn claim_proxies(
     key: &str,
     hops: &[PlannedHop],
     per_hop: &[Vec<Sid>],
-    tables: &BTreeMap<String, NodeTables>,
+    claims: &Claims,
 ) -> Result<Vec<(String, SidUse)>, Fail> {
     let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
     for (i, hop) in hops.iter().enumerate() {
@@ -299,22 +316,28 @@ fn claim_proxies(
                 return Err((Reason::Conflict, m));
             }
             let stream = behavior == Behavior::Stream;
-            let claimed = tables.get(&pod.node).into_iter().flat_map(|t| &t.proxies).chain(proxy_uses.iter().map(|(_, u)| u));
-            if let Some(u) =
-                claimed.clone().find(|u| u.interface.as_deref() == Some(name.as_str()) && (u.behavior == Behavior::Stream) != stream)
-            {
-                let m = format!("{name} is selected both by a stream function and by a packet function (chains {} and {key})", u.chain);
+            // Earlier chains' uses (in `claims`), then this chain's own earlier hops'.
+            let own = proxy_uses.iter().map(|(_, u)| u);
+            let other = claims.other_kind(&name, stream).or_else(|| {
+                own.clone()
+                    .find(|u| u.interface.as_deref() == Some(name.as_str()) && (u.behavior == Behavior::Stream) != stream)
+                    .map(|u| u.chain.as_str())
+            });
+            if let Some(chain) = other {
+                let m = format!("{name} is selected both by a stream function and by a packet function (chains {chain} and {key})");
                 return Err((Reason::Conflict, m));
             }
             // One behaviour per interface; End.AS, and End.AD of a flow-rewriting function, even
             // one chain. Two pipelines on one SID: their handles collided.
-            let clash = claimed.filter(|u| u.chain != key || stream).find(|u| {
-                u.sid == *sid
-                    && (u.behavior == Behavior::EndAS
-                        || u.behavior != behavior
-                        || u.rewrites_flows
-                        || one_chain
-                        || u.pipeline != hop.pipeline)
+            let clashes = |b: Behavior, rewrites: bool, p: &Option<Pipeline>| {
+                b == Behavior::EndAS || b != behavior || rewrites || one_chain || *p != hop.pipeline
+            };
+            let clash = claims.clash(*sid, key, stream, clashes).or_else(|| {
+                own.filter(|u| stream && u.sid == *sid).find(|u| clashes(u.behavior, u.rewrites_flows, &u.pipeline)).map(|u| Clash {
+                    chain: &u.chain,
+                    behavior: u.behavior,
+                    rewrites_flows: u.rewrites_flows,
+                })
             });
             if let Some(u) = clash {
                 let why = if u.rewrites_flows || one_chain { ", and its function rewrites flows" } else { "" };
