@@ -163,12 +163,13 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         "crd/nodeprogramslices.srv6pipes.io",
         "crd/nodesidtables.srv6pipes.io",
     ]);
-    // An upgrade from a release before slices: n1 has its one NodeProgram.
-    api.apply(r#"{apiVersion: srv6pipes.io/v1alpha1, kind: NodeProgram, metadata: {name: n1}, spec: {tables: {headends: [], proxies: [], decaps: []}}}"#);
     let mut op = Operator::start(&api, 1);
 
-    // Nodes join: each gets a locator and a program routing to the other.
+    // Nodes join: each gets a locator and a program routing to the other. n1 comes from a
+    // release before slices: it has its one NodeProgram. (A NodeProgram of no node is removed
+    // as a departed node's.)
     node(&api, "n1", 1);
+    api.apply(r#"{apiVersion: srv6pipes.io/v1alpha1, kind: NodeProgram, metadata: {name: n1}, spec: {tables: {headends: [], proxies: [], decaps: []}}}"#);
     node(&api, "n2", 2);
     let (l1, l2) = (locator_of(&api, &op, "n1"), locator_of(&api, &op, "n2"));
     let mut locators = [l1.clone(), l2.clone()];

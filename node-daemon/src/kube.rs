@@ -199,23 +199,41 @@ impl Source {
         }
     }
 
-    /// The program, merged from the slices.
-    pub fn program(&self) -> Result<NodeProgram, String> {
+    /// The program, merged from the slices (each decoded once per generation: `decoded` keeps
+    /// them, so that a change to one slice of 50 decodes one).
+    pub fn program(&self, decoded: &mut Decoded) -> Result<NodeProgram, String> {
         match self {
             Source::Slices(slices) => {
-                let programs: Vec<(u32, NodeProgram)> = slices
+                let programs: Vec<(u32, Arc<NodeProgram>)> = slices
                     .iter()
                     .map(|s| {
                         let index = slice_index(&s.spec.node, &s.name_any()).unwrap_or_default();
-                        NodeProgram::from_slice_spec(&s.spec)
-                            .map(|p| (index, p))
-                            .map_err(|e| format!("NodeProgramSlice {}: {e}", s.name_any()))
+                        decoded.get(s).map(|p| (index, p)).map_err(|e| format!("NodeProgramSlice {}: {e}", s.name_any()))
                     })
                     .collect::<Result<_, _>>()?;
-                Ok(merge(programs.iter().map(|(i, p)| (*i, p))))
+                decoded.0.retain(|name, _| slices.iter().any(|s| s.name_any() == *name));
+                Ok(merge(programs.iter().map(|(i, p)| (*i, p.as_ref()))))
             }
             Source::Legacy(p) => NodeProgram::from_spec(&p.spec).map_err(|e| format!("NodeProgram {}: {e}", p.name_any())),
         }
+    }
+}
+
+/// Decoded slices by name, with the uid and generation they were decoded at.
+#[derive(Default)]
+pub struct Decoded(BTreeMap<String, ((String, i64), Arc<NodeProgram>)>);
+
+impl Decoded {
+    fn get(&mut self, s: &NodeProgramSlice) -> Result<Arc<NodeProgram>, String> {
+        let version = (s.metadata.uid.clone().unwrap_or_default(), s.metadata.generation.unwrap_or_default());
+        if let Some((v, p)) = self.0.get(&s.name_any()) {
+            if *v == version {
+                return Ok(p.clone());
+            }
+        }
+        let p = Arc::new(NodeProgram::from_slice_spec(&s.spec)?);
+        self.0.insert(s.name_any(), (version, p.clone()));
+        Ok(p)
     }
 }
 
@@ -522,8 +540,17 @@ mod tests {
         p.update(Update::Slice(watcher::Event::Apply(slice("n1.1", 1, specs["n1.1"].clone()))));
         assert_eq!(listed(&p).unwrap(), ["n1.0", "n1.1"]);
         let Some(source) = p.source("n1") else { unreachable!() };
-        assert_eq!(source.program().unwrap().tables.decaps.len(), 300, "both slices merged");
+        let mut decoded = Decoded::default();
+        assert_eq!(source.program(&mut decoded).unwrap().tables.decaps.len(), 300, "both slices merged");
         assert_eq!(source.id(), [("uid-n1.0".to_string(), 1), ("uid-n1.1".to_string(), 1)]);
+        // A new generation of slice 1 is decoded again; slice 0, unchanged, is not.
+        let first = decoded.0["n1.0"].1.clone();
+        let fewer = srv6::slices::split_specs("n1", &program(250), &Default::default());
+        p.update(Update::Slice(watcher::Event::Apply(slice("n1.1", 2, fewer["n1.1"].clone()))));
+        let Some(newer) = p.source("n1") else { unreachable!() };
+        assert_eq!(newer.program(&mut decoded).unwrap().tables.decaps.len(), 250);
+        assert!(Arc::ptr_eq(&first, &decoded.0["n1.0"].1));
+        p.update(Update::Slice(watcher::Event::Apply(slice("n1.1", 1, specs["n1.1"].clone()))));
         // A re-list without slice 1 (deleted meanwhile, while slice 0 still lists it): the node
         // waits (legacy is still there, so it is what it would program).
         p.update(Update::Slice(watcher::Event::Init));

@@ -290,6 +290,7 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
     let mut published = crate::kube::Published::default();
     let mut sids_published: Option<srv6::node_api::NodeSids> = None;
     let mut applied: Option<Vec<(String, i64)>> = None;
+    let mut decoded = crate::kube::Decoded::default();
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
     shared.sids_changed.notify_one();
     loop {
@@ -309,7 +310,7 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
         if let Some(source) = published.source(plane.node()) {
             let id = source.id();
             if applied.as_ref() != Some(&id) {
-                let result = match source.program() {
+                let result = match source.program(&mut decoded) {
                     Ok(p) => program(&shared, p).await.map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };

@@ -212,17 +212,31 @@ impl Ctx {
         )
     }
 
-    /// The plan that includes `chain` as the controller sees it (and whether it is older than
-    /// the world, see [`Ctx::plan`]).
-    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
-        let (plan, stale) = self.plan(fresh);
-        let mirrored = self.stores.chains.get(&ObjectRef::from_obj(chain));
-        let same = mirrored.is_some_and(|m| {
+    /// Whether the mirror holds `chain` as the controller sees it (what the compiler reads).
+    fn mirrored(&self, chain: &ServiceChain) -> bool {
+        self.stores.chains.get(&ObjectRef::from_obj(chain)).is_some_and(|m| {
             m.metadata.generation == chain.metadata.generation
                 && m.metadata.deletion_timestamp.is_some() == chain.metadata.deletion_timestamp.is_some()
-        });
-        if same {
-            (plan, stale)
+        })
+    }
+
+    /// Waits (at most a second) for the mirror to hold `chain` as the controller sees it: both
+    /// watches bring the same event, and once the mirror has it, the plan of the new world
+    /// serves this reconcile and the planner alike (one compilation, not two).
+    async fn await_mirror(&self, chain: &ServiceChain) {
+        for _ in 0..20 {
+            if self.mirrored(chain) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The plan that includes `chain` as the controller sees it (and whether it is older than
+    /// the world, see [`Ctx::plan`]): compiled with it if the mirror is still behind.
+    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+        if self.mirrored(chain) {
+            self.plan(fresh)
         } else {
             (Arc::new(cpu(|| self.compile(Some(chain)))), None)
         }
@@ -310,6 +324,7 @@ impl Ctx {
     }
 
     async fn apply_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
+        self.await_mirror(chain).await;
         let (plan, failures, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan_with(chain, false);
@@ -359,6 +374,7 @@ impl Ctx {
 
     /// A deleted chain: every node's program without it, then the finalizer goes.
     async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
+        self.await_mirror(chain).await;
         let _one = self.publishing.lock().await;
         let (plan, _) = self.plan_with(chain, true);
         let failures = self.publish(&plan).await;
@@ -957,12 +973,12 @@ mod tests {
 
         let round = tokio::spawn({
             let ctx = ctx.clone();
-            async move { ctx.plan_round().await }
+            async move { ctx.plan_round(None).await }
         });
         for (_, body) in expect_programs(&mut handle, &["n1", "n2"]).await {
             writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
         }
-        let (first, stale) = round.await.unwrap();
+        let (first, stale, one) = round.await.unwrap();
         let names = |refs: &[ObjectRef<ServiceChain>]| refs.iter().map(|r| r.name.clone()).collect::<std::collections::BTreeSet<_>>();
         let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
         assert_eq!((names(&first), stale), (set(&["db", "web"]), None), "neither has a status yet");
@@ -982,19 +998,23 @@ mod tests {
         ctx.cache.lock().unwrap().take(); // (the mirror would have bumped the world version)
         let second = tokio::spawn({
             let ctx = ctx.clone();
-            async move { ctx.plan_round().await }
+            async move { ctx.plan_round(Some(&one)).await }
         });
         // n2's program lists its pods' addresses: n2's first slice is written again.
         for (_, body) in expect_programs(&mut handle, &["n2"]).await {
             writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
         }
-        let (second, _) = second.await.unwrap();
+        let (second, _, two) = second.await.unwrap();
         assert_eq!(names(&second), set(&["db"]));
         settle(&mut writers);
         // Nothing changed since: nothing to publish, no chain to reconcile.
         ctx.cache.lock().unwrap().take();
-        let (third, _) = ctx.plan_round().await;
+        let (third, _, _) = ctx.plan_round(Some(&two)).await;
         assert!(third.is_empty(), "{third:?}");
+        // Without the previous round, every status is built and compared: the same answer.
+        ctx.cache.lock().unwrap().take();
+        let (fourth, _, _) = ctx.plan_round(None).await;
+        assert!(fourth.is_empty(), "{fourth:?}");
         no_request(&mut handle, "no write in the last round").await;
     }
 
