@@ -43,6 +43,8 @@ use crate::world::{self, Plan};
 pub const MANAGER: &str = "srv6pipes-operator";
 /// Keeps a deleted chain until every node's program is free of it.
 pub const FINALIZER: &str = "srv6pipes.io/cleanup";
+/// Reconciles in flight at once, per controller.
+const RECONCILES: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -568,7 +570,12 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     stores.programs.wait_until_ready().await?;
     info!("caches synced; reconciling");
     let ctx = Arc::new(Ctx::new(client.clone(), stores, config, tx, instance, fence));
+    // Bounded: a plan that changes thousands of chains' statuses (a start, a node failing) is
+    // written RECONCILES at a time, not all at once, which stalled the API server (and the
+    // Lease renewals with it) at 10,000 chains.
+    let bounded = || kube::runtime::controller::Config::default().concurrency(RECONCILES);
     let chains = Controller::new(Api::<ServiceChain>::all(client.clone()), watcher::Config::default())
+        .with_config(bounded())
         .reconcile_on(crate::planner::planner(ctx.clone(), rx.clone()))
         .shutdown_on_signal()
         .run(reconcile_chain, error_policy, ctx.clone())
@@ -578,6 +585,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
             }
         });
     let nodes = Controller::new(Api::<Node>::all(client), watcher::Config::default())
+        .with_config(bounded())
         .reconcile_all_on(changes(rx))
         .shutdown_on_signal()
         .run(reconcile_node, error_policy, ctx)
