@@ -218,9 +218,7 @@ pub struct KubeLab {
     server_ip: String,
     /// A process in n1's VNF's netns (its pod command), to read net1's counters through.
     vnf1_pid: u64,
-    /// The operator's threads' CPU time as last read, by thread id: a thread that has exited
-    /// since (tokio's blocking threads come and go) still counts with what it had used.
-    operator_threads: std::cell::RefCell<std::collections::HashMap<String, u64>>,
+    operator_cpu: ProcessCpu,
 }
 
 impl KubeLab {
@@ -256,7 +254,7 @@ impl KubeLab {
             client2_ns: text(&item("pods", "client2")["netns"], "client2's netns")?,
             server_ip: text(&item("pods", "server")["ips"][0], "server's address")?,
             vnf1_pid: item("pods", "vnf1")["pid"].as_u64().context("vnf1's pid in lab status")?,
-            operator_threads: Default::default(),
+            operator_cpu: Default::default(),
             dir,
             lab,
             kubeconfig,
@@ -294,14 +292,30 @@ impl KubeLab {
         Ok(())
     }
 
-    /// CPU time the lab's operator has used: every thread's (/proc/PID/task/*/schedstat, in
-    /// ns), those that have exited since an earlier call included with what they had used then.
-    /// (Summing only the live threads went backwards when one exited.)
+    /// CPU time the lab's operator has used (see [`ProcessCpu`]).
     fn operator_cpu_ms(&self) -> anyhow::Result<f64> {
         let pattern = format!("srv6pipes-operator --kubeconfig {}", self.kubeconfig.display());
         let pid = sys::run(Command::new("pgrep").args(["-f", &pattern]))?;
         let pid = pid.split_whitespace().next().context("the lab's operator is not running")?;
-        let mut threads = self.operator_threads.borrow_mut();
+        self.operator_cpu.ms(pid.parse()?)
+    }
+
+    fn operator_writes(&self) -> anyhow::Result<u64> {
+        operator_writes(&self.kubeconfig)
+    }
+}
+
+/// CPU time a process has used: every thread's (/proc/PID/task/*/schedstat, in ns), those that
+/// have exited since an earlier call included with what they had used then. (Summing only the
+/// live threads went backwards when one exited: tokio's blocking threads come and go.)
+#[derive(Default)]
+pub struct ProcessCpu {
+    threads: std::cell::RefCell<std::collections::HashMap<String, u64>>,
+}
+
+impl ProcessCpu {
+    pub fn ms(&self, pid: u32) -> anyhow::Result<f64> {
+        let mut threads = self.threads.borrow_mut();
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
             let task = task?;
             let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
@@ -311,19 +325,19 @@ impl KubeLab {
         }
         Ok(threads.values().sum::<u64>() as f64 / 1e6)
     }
+}
 
-    /// Writes the API server has served of the kinds only the operator writes: program slices
-    /// (not their status: the daemons'), chain status and finalizer patches (not the chain's
-    /// create or delete: the user's), Events, Node patches (locators), program deletions. From
-    /// the API server's `apiserver_request_total`; Lease renewals are left out.
-    fn operator_writes(&self) -> anyhow::Result<u64> {
-        let metrics = sys::run(&mut self.kubectl(&["get", "--raw", "/metrics"]))?;
-        Ok(metrics.lines().filter_map(operator_write).sum())
-    }
+/// Writes the API server of `kubeconfig` has served of the kinds only the operator writes:
+/// program slices (not their status: the daemons'), chain status and finalizer patches (not
+/// the chain's create or delete: the user's), Events, Node patches (locators), program
+/// deletions. From the API server's `apiserver_request_total`; Lease renewals are left out.
+pub fn operator_writes(kubeconfig: &Path) -> anyhow::Result<u64> {
+    let metrics = sys::run(Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(["get", "--raw", "/metrics"]))?;
+    Ok(metrics.lines().filter_map(operator_write).sum())
 }
 
 /// The count of one `apiserver_request_total` sample line if it is a write only the operator
-/// makes (see [`KubeLab::operator_writes`]).
+/// makes (see [`operator_writes`]).
 fn operator_write(line: &str) -> Option<u64> {
     let rest = line.strip_prefix("apiserver_request_total{")?;
     let (labels, value) = rest.split_once("} ")?;
@@ -342,7 +356,7 @@ fn operator_write(line: &str) -> Option<u64> {
 
 /// What one change costs the operator.
 pub struct ChangeCost {
-    /// API writes per change (see [`KubeLab::operator_writes`]).
+    /// API writes per change (see [`operator_writes`]).
     pub writes: Vec<f64>,
     /// Operator CPU per change, ms.
     pub cpu_ms: Vec<f64>,

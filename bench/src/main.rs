@@ -6,6 +6,7 @@ mod cost;
 mod dataplane;
 mod packet;
 mod report;
+mod sim;
 mod stats;
 mod stream;
 mod sys;
@@ -45,6 +46,15 @@ struct Args {
     /// files. For working on them without the data plane's half hour.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Nodes of the scale simulation (`--only sim`).
+    #[arg(long, default_value_t = 1000)]
+    sim_nodes: usize,
+    /// ServiceChains of the scale simulation.
+    #[arg(long, default_value_t = 100_000)]
+    sim_chains: usize,
+    /// Replicas of each function in the scale simulation (each node has 10 VNF pods).
+    #[arg(long, default_value_t = 2)]
+    sim_replicas: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +67,9 @@ enum Part {
     Tcp,
     /// SRv6 pipes: HTTP through stream proxies vs a router VNF, lossy links, functions, memory.
     Stream,
+    /// The operator at cluster scale on a real API server, no daemons (not in full runs:
+    /// 1,000 nodes and 100,000 chains by default, see --sim-nodes; docs/performance.md).
+    Sim,
 }
 
 /// The control-plane parts' results; each is run when asked for.
@@ -73,6 +86,7 @@ struct Control {
     scale_failure: Option<String>,
     tcp: Option<control::Tcp>,
     stream: Option<serde_json::Value>,
+    sim: Option<serde_json::Value>,
 }
 
 fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Result<Control> {
@@ -135,6 +149,11 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         );
         c.stream = Some(stream::run(b, &plan));
     }
+    if parts.contains(&Part::Sim) {
+        let size =
+            sim::Size { nodes: args.sim_nodes, vnfs: 10, sources: 50, replicas: args.sim_replicas, chains: args.sim_chains, samples: 20 };
+        c.sim = Some(sim::run(b, &size)?);
+    }
     Ok(c)
 }
 
@@ -173,6 +192,7 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
         "scale_failure": c.scale_failure,
         "tcp_goodput_mbps": tcp,
         "stream": c.stream,
+        "scale_sim": c.sim,
     });
     json.as_object().cloned().unwrap_or_default()
 }
