@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::lease::Fence;
 use crate::publisher::{Publisher, Slices, Want};
+use crate::slim;
 use crate::world::{self, Plan};
 
 /// The field manager of everything the operator writes (server-side apply).
@@ -486,10 +487,18 @@ pub fn error_policy<K: ResourceExt>(obj: Arc<K>, error: &Error, _ctx: Arc<Ctx>) 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Mirrors one kind into its store and bumps the world version when something the compiler
-/// reads changed (`relevant` renders that part of an object).
-pub async fn mirror<K>(api: Api<K>, mut writer: reflector::store::Writer<K>, relevant: fn(&K) -> String, world: Arc<watch::Sender<u64>>)
-where
+/// Mirrors one kind into its store, each object slimmed to what the operator reads (`slim`),
+/// and bumps the world version when something the compiler reads changed (`relevant` renders
+/// that part of an object). With `forward`, every applied object also goes there (a
+/// controller's trigger: the controller reads the same store, no second watch and copy).
+pub async fn mirror<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<K>,
+    slim: fn(&mut K),
+    relevant: fn(&K) -> String,
+    world: Arc<watch::Sender<u64>>,
+    forward: Option<futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>>,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -502,7 +511,7 @@ where
     let key = |k: &K| format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any());
     while let Some(event) = events.next().await {
         let event = match event {
-            Ok(e) => e,
+            Ok(e) => e.modify(slim),
             Err(e) => {
                 warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
                 continue;
@@ -520,6 +529,9 @@ where
         };
         if changed && !matches!(event, watcher::Event::InitApply(_)) {
             world.send_modify(|v| *v += 1);
+        }
+        if let (Some(tx), watcher::Event::Apply(k) | watcher::Event::InitApply(k)) = (&forward, event) {
+            let _ = tx.unbounded_send(Ok(k));
         }
     }
 }
@@ -555,12 +567,14 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
     let c = client.clone();
-    tokio::spawn(mirror(Api::<ServiceChain>::all(c.clone()), writers.chains, relevant::chain, tx.clone()));
-    tokio::spawn(mirror(Api::<Pod>::all(c.clone()), writers.pods, relevant::pod, tx.clone()));
-    tokio::spawn(mirror(Api::<Node>::all(c.clone()), writers.nodes, relevant::node, tx.clone()));
-    tokio::spawn(mirror(Api::<NodeSidTable>::all(c.clone()), writers.tables, relevant::table, tx.clone()));
-    tokio::spawn(mirror(Api::<NodeProgramSlice>::all(c.clone()), writers.slices, relevant::slice, tx.clone()));
-    tokio::spawn(mirror(Api::<NodeProgram>::all(c.clone()), writers.programs, relevant::program, tx.clone()));
+    let (chain_events, chain_trigger) = futures::channel::mpsc::unbounded();
+    let (node_events, node_trigger) = futures::channel::mpsc::unbounded();
+    tokio::spawn(mirror(Api::<ServiceChain>::all(c.clone()), writers.chains, slim::chain, relevant::chain, tx.clone(), Some(chain_events)));
+    tokio::spawn(mirror(Api::<Pod>::all(c.clone()), writers.pods, slim::pod, relevant::pod, tx.clone(), None));
+    tokio::spawn(mirror(Api::<Node>::all(c.clone()), writers.nodes, slim::node, relevant::node, tx.clone(), Some(node_events)));
+    tokio::spawn(mirror(Api::<NodeSidTable>::all(c.clone()), writers.tables, slim::table, relevant::table, tx.clone(), None));
+    tokio::spawn(mirror(Api::<NodeProgramSlice>::all(c.clone()), writers.slices, slim::slice, relevant::slice, tx.clone(), None));
+    tokio::spawn(mirror(Api::<NodeProgram>::all(c.clone()), writers.programs, slim::program, relevant::program, tx.clone(), None));
     // Never compile from a partial view: an empty pod store would unprogram every node.
     stores.chains.wait_until_ready().await?;
     stores.pods.wait_until_ready().await?;
@@ -574,7 +588,8 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     // written RECONCILES at a time, not all at once, which stalled the API server (and the
     // Lease renewals with it) at 10,000 chains.
     let bounded = || kube::runtime::controller::Config::default().concurrency(RECONCILES);
-    let chains = Controller::new(Api::<ServiceChain>::all(client.clone()), watcher::Config::default())
+    // Both controllers read the mirrors' stores (one watch and one copy of each kind).
+    let chains = Controller::for_stream(chain_trigger, ctx.stores.chains.clone())
         .with_config(bounded())
         .reconcile_on(crate::planner::planner(ctx.clone(), rx.clone()))
         .shutdown_on_signal()
@@ -584,7 +599,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
                 warn!(error = %e, "chain controller");
             }
         });
-    let nodes = Controller::new(Api::<Node>::all(client), watcher::Config::default())
+    let nodes = Controller::for_stream(node_trigger, ctx.stores.nodes.clone())
         .with_config(bounded())
         .reconcile_all_on(changes(rx))
         .shutdown_on_signal()

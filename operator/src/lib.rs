@@ -3,8 +3,10 @@
 
 pub mod controller;
 pub mod lease;
+pub mod memory;
 pub mod planner;
 pub mod publisher;
+pub mod slim;
 pub mod webhook;
 pub mod world;
 

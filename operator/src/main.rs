@@ -78,6 +78,7 @@ fn main() -> std::process::ExitCode {
     } else {
         fmt.init();
     }
+    srv6pipes_operator::memory::limit_arenas();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -79,6 +79,7 @@ pub fn planner(ctx: Arc<Ctx>, mut world: watch::Receiver<u64>) -> impl Stream<It
             let (changed, stale, round) = ctx.plan_round(previous.as_ref()).await;
             again = stale;
             previous = Some(round);
+            crate::memory::release();
             for chain in changed {
                 if tx.unbounded_send(chain).is_err() {
                     return;

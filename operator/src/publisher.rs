@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::controller::MANAGER;
 use crate::lease::Fence;
+use crate::slim;
 
 /// How long a publication waits for its writes before the chains' statuses are written from
 /// what is known (a write still running goes on in its writer).
@@ -77,7 +78,7 @@ struct Shared {
     fence: Fence,
     recorder: Recorder,
     world: Arc<watch::Sender<u64>>,
-    /// Per slice, as the last successful write left it (the API server's answer).
+    /// Per slice, as the last successful write left it (the API server's answer, slim).
     written: Mutex<HashMap<String, Arc<NodeProgramSlice>>>,
     /// Nodes whose latest slices could not be written, with why.
     failures: Mutex<BTreeMap<String, String>>,
@@ -224,18 +225,21 @@ impl Shared {
         let mut writes = Vec::new();
         for (name, spec) in want.slices.iter() {
             let known = self.known(name, want.known.get(name));
-            if known.as_ref().is_some_and(|k| k.spec == *spec) {
+            let digest = slim::spec_digest(spec);
+            if known.as_ref().is_some_and(|k| slim::digest_of(k) == digest) {
                 continue;
             }
             let before = chains(known.as_ref().map(|k| &k.spec));
             let gains = chains(Some(spec)).iter().any(|c| !before.contains(c));
             // New slices, then those that gain chains, then the others.
             let order = (known.is_some(), !gains);
-            writes.push((order, name, spec, known.and_then(|k| k.metadata.resource_version.clone())));
+            writes.push((order, name, spec, digest, known.and_then(|k| k.metadata.resource_version.clone())));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, name, spec, resource_version) in writes {
-            let written = self.write(name, spec, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+        for (_, name, spec, digest, resource_version) in writes {
+            let mut written =
+                self.write(name, spec, &digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+            slim::slice(&mut written);
             self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
         }
         let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
@@ -259,6 +263,7 @@ impl Shared {
         &self,
         name: &str,
         spec: &NodeProgramSliceSpec,
+        digest: &str,
         owner: &OwnerReference,
         resource_version: Option<String>,
     ) -> Result<NodeProgramSlice, String> {
@@ -294,7 +299,7 @@ impl Shared {
                 Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
                     let fresh = tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(name)).await.map_err(|_| timed("read"))?;
                     match fresh.map_err(|e| format!("not written: read it again after a conflict: {e}"))? {
-                        Some(p) if p.spec == *spec => return Ok(p),
+                        Some(p) if slim::digest_of(&p) == digest => return Ok(p),
                         Some(p) => resource_version = p.metadata.resource_version,
                         None => resource_version = None,
                     }

@@ -16,6 +16,7 @@ use crate::sid::{Locator, Sid};
 
 mod chain;
 mod claims;
+mod index;
 use chain::compile_chain;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,8 +254,9 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     let mut order: Vec<&ChainRef> = chains.iter().collect();
     order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name))));
     let mut claims = claims::Claims::default();
+    let index = index::Index::new(world);
     for chain in order {
-        let verdict = compile_chain(world, chain, &mut out.nodes, &mut claims);
+        let verdict = compile_chain(&index, chain, &mut out.nodes, &mut claims);
         out.chains.push(verdict);
     }
     out.chains.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -323,14 +325,6 @@ fn parse_ports(ports: &[String]) -> Result<Vec<(u16, u16)>, String> {
             Ok((lo, hi))
         })
         .collect()
-}
-
-fn registration_of<'w>(world: &'w World, pod: &PodInfo) -> Option<&'w SidRegistration> {
-    world
-        .registrations
-        .iter()
-        .filter(|r| r.node == pod.node && r.pod_namespace == pod.namespace && r.pod_name == pod.name)
-        .min_by(|a, b| a.interface.cmp(&b.interface))
 }
 
 fn owner_of<'w>(world: &'w World, destinations: &[IpNet]) -> Option<&'w String> {

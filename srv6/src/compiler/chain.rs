@@ -11,12 +11,12 @@ use ipnet::{IpNet, Ipv6Net};
 use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica};
 
 use super::claims::{Claims, Clash};
+use super::index::Index;
 use super::{
-    owner_of, parse_destinations, parse_ports, proto_number, registration_of, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables,
-    PodInfo, Reason, SidRegistration, SidUse, World,
+    owner_of, parse_destinations, parse_ports, proto_number, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables, PodInfo, Reason,
+    SidRegistration, SidUse, World,
 };
 use crate::pipes::{self, Pipeline};
-use crate::selector;
 use crate::sid::Sid;
 
 type Fail = (Reason, String);
@@ -49,7 +49,7 @@ impl PlannedHop<'_> {
 }
 
 pub(super) fn compile_chain(
-    world: &World,
+    world: &Index<'_>,
     c: &ChainRef<'_>,
     tables: &mut BTreeMap<String, NodeTables>,
     claims: &mut Claims,
@@ -73,7 +73,7 @@ pub(super) fn compile_chain(
 }
 
 fn compile_into(
-    world: &World,
+    world: &Index<'_>,
     c: &ChainRef<'_>,
     tables: &mut BTreeMap<String, NodeTables>,
     claims: &mut Claims,
@@ -112,7 +112,7 @@ fn compile_into(
     }
 
     let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, claims)?;
-    let sources = selected(world, c, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
+    let sources = world.selected(c.namespace, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
     let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
         vec![Ipv6Net::default().into()]
     } else if checked.destinations.is_empty() {
@@ -223,32 +223,16 @@ fn check(c: &ChainRef<'_>) -> Result<Checked, Fail> {
     Ok(Checked { insert, destinations, sources_allowed, ports })
 }
 
-/// The pods of the chain's namespace that `sel` selects, by name.
-fn selected<'w>(
-    world: &'w World,
-    c: &ChainRef<'_>,
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> Result<Vec<&'w PodInfo>, String> {
-    let mut pods = Vec::new();
-    for p in world.pods.iter().filter(|p| p.namespace == c.namespace) {
-        if selector::matches(sel, &p.labels).map_err(|e| e.to_string())? {
-            pods.push(p);
-        }
-    }
-    pods.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(pods)
-}
-
 /// Hops: every ready replica of every function that has a SID (the status' hops filled in). A
 /// function with none is bypassed (failurePolicy Open) or drops the chain's traffic (Closed):
 /// it is in the second list. Consecutive stream functions on the same proxies become one hop.
-fn plan_hops<'w>(world: &'w World, c: &ChainRef<'_>, v: &mut ChainVerdict) -> Result<(Vec<PlannedHop<'w>>, Vec<Fail>), Fail> {
+fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> Result<(Vec<PlannedHop<'w>>, Vec<Fail>), Fail> {
     let mut hops: Vec<PlannedHop> = Vec::new();
     let mut missing = Vec::new();
     for (i, f) in c.spec.functions.iter().enumerate() {
-        let pods = selected(world, c, &f.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("function {}: {m}", f.name)))?;
+        let pods = world.selected(c.namespace, &f.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("function {}: {m}", f.name)))?;
         let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
-        let replicas: Vec<_> = ready.iter().filter_map(|p| registration_of(world, p).map(|r| (r.sid, *p, r))).collect();
+        let replicas: Vec<_> = ready.iter().filter_map(|p| world.registration(p).map(|r| (r.sid, *p, r))).collect();
         v.hops.push(Hop { function: f.name.clone(), replicas: Vec::new() });
         match (ready.is_empty(), replicas.is_empty()) {
             (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),

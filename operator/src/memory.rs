@@ -1,0 +1,22 @@
+//! The operator's memory returned to the system. A compilation allocates and frees hundreds of
+//! MiB on whichever thread runs it; glibc's malloc keeps an arena per thread and freed memory
+//! in them, so resident memory grew with every plan (1.2 GiB after 40 changes at 5,000 chains,
+//! for a heap of under 500 MiB). Fewer arenas and a trim after each plan keep it near the heap.
+
+/// At most two malloc arenas (before any thread starts).
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives the free memory at the top of the heap and in free pages back to the system.
+pub fn release() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe and only releases memory malloc holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,151 @@
+//! What the operator keeps of the objects it mirrors: only what it reads, so that its memory
+//! grows with the chains and pods of a cluster, not with the size of their objects. Pure.
+//!
+//! Every kind loses its managed fields and kubectl's last-applied annotation (each a second
+//! copy of the object). A Pod keeps its name, labels, node, IPs and Ready condition; a Node
+//! its annotations, pod CIDRs and addresses (not its image list or conditions). A
+//! NodeProgramSlice keeps one `headends` row per chain it holds (what
+//! `srv6::slices::chains_of_spec` reads), no peers, and the digest of its full spec in the
+//! local annotation [`SPEC_DIGEST`]; the publisher compares digests, not specs.
+
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use srv6pipes_crds::{NodeProgramSlice, NodeProgramSliceSpec};
+
+/// The digest of a slice's spec, on the operator's copies only (never written).
+pub const SPEC_DIGEST: &str = "srv6pipes.io/operator-spec-digest";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A digest of `spec` as serialized: two specs that read the same (maps in tables are sorted)
+/// have the same digest.
+pub fn spec_digest(spec: &NodeProgramSliceSpec) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(spec).expect("slice spec serializes").hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The digest of a slice's spec: kept on a slim copy, computed for a full one.
+pub fn digest_of(s: &NodeProgramSlice) -> String {
+    match s.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_DIGEST)) {
+        Some(d) => d.clone(),
+        None => spec_digest(&s.spec),
+    }
+}
+
+fn meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+pub fn chain(c: &mut srv6pipes_crds::ServiceChain) {
+    meta(&mut c.metadata);
+}
+
+pub fn table(t: &mut srv6pipes_crds::NodeSidTable) {
+    meta(&mut t.metadata);
+}
+
+pub fn program(p: &mut srv6pipes_crds::NodeProgram) {
+    meta(&mut p.metadata);
+}
+
+pub fn pod(p: &mut Pod) {
+    meta(&mut p.metadata);
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    p.spec = Some(PodSpec { node_name, ..Default::default() });
+    p.status = p.status.take().map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        conditions: s.conditions.map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+}
+
+pub fn node(n: &mut Node) {
+    meta(&mut n.metadata);
+    let pod_cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.clone());
+    n.spec = Some(NodeSpec { pod_cidrs, ..Default::default() });
+    n.status = n.status.take().map(|s| NodeStatus { addresses: s.addresses, ..Default::default() });
+}
+
+pub fn slice(s: &mut NodeProgramSlice) {
+    meta(&mut s.metadata);
+    let digest = spec_digest(&s.spec);
+    s.metadata.annotations.get_or_insert_default().insert(SPEC_DIGEST.into(), digest);
+    let rows: Vec<_> = srv6::slices::chains_of_spec(&s.spec).into_iter().map(|c| serde_json::json!({"chain": c})).collect();
+    s.spec.tables = serde_json::json!({"headends": rows});
+    s.spec.peers = Vec::new();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_slim_pod_and_node_read_as_the_full_ones() {
+        let full: Pod = obj(json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "a"}, "annotations": {"x": "y"},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i", "env": [{"name": "E", "value": "v"}]}]},
+            "status": {"podIPs": [{"ip": "fd00::2"}], "podIP": "fd00::2", "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]},
+        }));
+        let mut slim = full.clone();
+        pod(&mut slim);
+        assert_eq!(crate::world::pod_info(&slim), crate::world::pod_info(&full));
+        assert!(crate::world::pod_info(&slim).unwrap().ready);
+        assert!(slim.metadata.managed_fields.is_none() && slim.spec.as_ref().unwrap().containers.is_empty());
+        assert!(slim.metadata.annotations.is_none() && slim.status.as_ref().unwrap().conditions.as_ref().unwrap().len() == 1);
+
+        let full: Node = obj(json!({
+            "metadata": {"name": "n1", "annotations": {"srv6pipes.io/locator": "fcbb:bb00:1::/48", LAST_APPLIED: "{...}"}},
+            "spec": {"podCIDRs": ["fd00:10:1::/64"], "providerID": "x"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "fd00:ffff::1"}],
+                       "images": [{"names": ["registry/a:1"], "sizeBytes": 1}]},
+        }));
+        let mut slim = full.clone();
+        node(&mut slim);
+        assert_eq!(crate::world::node_locator(&slim).map(|l| l.unwrap()), crate::world::node_locator(&full).map(|l| l.unwrap()));
+        assert_eq!(crate::world::node_underlay(&slim), crate::world::node_underlay(&full));
+        assert_eq!(slim.spec.as_ref().unwrap().pod_cidrs, full.spec.as_ref().unwrap().pod_cidrs);
+        assert!(slim.status.as_ref().unwrap().images.is_none());
+        assert!(!slim.metadata.annotations.as_ref().unwrap().contains_key(LAST_APPLIED));
+    }
+
+    #[test]
+    fn a_slim_slice_keeps_its_chains_and_the_digest_of_its_full_spec() {
+        let full: NodeProgramSlice = obj(json!({
+            "metadata": {"name": "n1.0", "generation": 2},
+            "spec": {"node": "n1", "chains": 2, "slices": [0],
+                     "tables": {"headends": [{"chain": "ns/a", "x": 1}, {"chain": "ns/a", "x": 2}], "decaps": [{"chain": "ns/b"}]},
+                     "peers": [{"node": "n2", "locator": "fcbb:bb00:2::/48", "underlay": "fd00:ffff::2"}]},
+        }));
+        let mut slim = full.clone();
+        slice(&mut slim);
+        assert_eq!(srv6::slices::chains_of_spec(&slim.spec), srv6::slices::chains_of_spec(&full.spec));
+        assert_eq!(digest_of(&slim), digest_of(&full));
+        assert_eq!(digest_of(&slim), spec_digest(&full.spec));
+        assert!(slim.spec.peers.is_empty());
+        // Any change of the full spec changes the digest; key order does not.
+        let mut other = full.clone();
+        other.spec.tables["headends"][1]["x"] = json!(3);
+        assert_ne!(spec_digest(&other.spec), spec_digest(&full.spec));
+        let reordered: NodeProgramSliceSpec = serde_json::from_str(
+            r#"{"tables": {"decaps": [{"chain": "ns/b"}], "headends": [{"x": 1, "chain": "ns/a"}, {"chain": "ns/a", "x": 2}]},
+                "peers": [{"underlay": "fd00:ffff::2", "node": "n2", "locator": "fcbb:bb00:2::/48"}], "slices": [0], "chains": 2, "node": "n1"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec_digest(&reordered), spec_digest(&full.spec));
+    }
+}
