@@ -336,10 +336,15 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             .context("start srv6pipes-operator")?;
         let pid = operator.id();
         b.cleanup.child(operator);
+        let log_tail = || {
+            let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            format!("the operator's last log lines:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+        };
         let start = Instant::now();
         let (mut peak, mut last_report) = (0.0f64, Instant::now());
         until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
-            let (rss, _) = memory_mib(pid).context("the operator exited (sim/operator.log)")?;
+            let (rss, _) = memory_mib(pid).context("the operator exited")?;
             peak = peak.max(rss);
             if last_report.elapsed() > Duration::from_secs(30) {
                 eprintln!("  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB", start.elapsed().as_secs_f64(), readiness.count());
@@ -347,12 +352,13 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             }
             Ok(readiness.count() == size.chains)
         })
-        .await?;
+        .await
+        .with_context(log_tail)?;
         let converge_s = start.elapsed().as_secs_f64();
         let converge_writes = operator_writes(&kubeconfig)? - writes0;
         let (rss, hwm) = memory_mib(pid)?;
         eprintln!("sim: every chain Ready {converge_s:.0} s after the operator started; {converge_writes} writes; RSS {rss:.0} MiB (peak {hwm:.0})");
-        let (ready_ms, writes, cpu_ms) = changes(&kubeconfig, &client, &readiness, size, pid).await?;
+        let (ready_ms, writes, cpu_ms) = changes(&kubeconfig, &client, &readiness, size, pid).await.with_context(log_tail)?;
         let (rss_after, hwm_after) = memory_mib(pid)?;
         Ok(json!({
             "size": {"nodes": size.nodes, "vnf_pods_per_node": size.vnfs, "source_pods_per_node": size.sources,

@@ -42,6 +42,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Attempts of one conditional write that meets conflicts.
 const ATTEMPTS: u32 = 5;
+/// Slice writes in flight at once, over all nodes: a thousand nodes' first programs written at
+/// once kept the API server from answering the Lease renewal, and the operator stepped down.
+/// A write holds its permit for one attempt (at most [`WRITE_TIMEOUT`]), so a hanging node
+/// delays the others by no more than that, and only while it holds one of these.
+pub const WRITES_IN_FLIGHT: usize = 16;
 /// No srv6pipes object is written above this size (etcd refuses requests over 1.5 MiB).
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 
@@ -82,6 +87,8 @@ struct Shared {
     written: Mutex<HashMap<String, Arc<NodeProgramSlice>>>,
     /// Nodes whose latest slices could not be written, with why.
     failures: Mutex<BTreeMap<String, String>>,
+    /// [`WRITES_IN_FLIGHT`] permits.
+    in_flight: tokio::sync::Semaphore,
 }
 
 pub struct Publisher {
@@ -92,7 +99,15 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>, fence: Fence) -> Self {
-        let shared = Shared { client, fence, recorder, world, written: Default::default(), failures: Default::default() };
+        let shared = Shared {
+            client,
+            fence,
+            recorder,
+            world,
+            written: Default::default(),
+            failures: Default::default(),
+            in_flight: tokio::sync::Semaphore::new(WRITES_IN_FLIGHT),
+        };
         Publisher { shared: Arc::new(shared), writers: Default::default(), seq: AtomicU64::new(0) }
     }
 
@@ -288,6 +303,7 @@ impl Shared {
                 Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
                 None => _ = body["metadata"].as_object_mut().expect("metadata").remove("resourceVersion"),
             }
+            let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
             let started = std::time::Instant::now();
             let params = PatchParams::apply(MANAGER).force();
             let patch = Patch::Apply(&body);
