@@ -111,87 +111,99 @@ where
     Ok(s)
 }
 
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Node `i` as a kubelet registers it (with the locator the operator would give it), and its
+/// status.
+fn node(i: usize) -> (serde_json::Value, serde_json::Value) {
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name(i), "annotations": {LOCATOR_ANNOTATION: locator(i).to_string()}},
+        "spec": {"podCIDRs": [format!("fd00:6:{i:x}::/64")]},
+    });
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": format!("fd00:5::{:x}", i + 1)}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Simulated", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+    }});
+    (node, status)
+}
+
+/// Node `i`'s SID table as its daemon publishes it: one proxy SID per VNF pod.
+fn sid_table(i: usize, vnfs: usize) -> serde_json::Value {
+    let loc = locator(i);
+    let registrations: Vec<_> = proxy_functs()
+        .take(vnfs)
+        .enumerate()
+        .map(|(s, funct)| json!({"podNamespace": NS, "podName": format!("vnf-{i:04}-{s}"), "interface": "net1", "sid": loc.sid(funct).to_string()}))
+        .collect();
+    json!({
+        "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable",
+        "metadata": {"name": node_name(i)},
+        "spec": {"locator": loc.to_string(), "sourceAddress": loc.source_address().to_string(), "decapSid": loc.decap_sid().to_string(),
+                 "vnfMtu": 1400, "registrations": registrations},
+    })
+}
+
+/// Pod `p` (node `p / per node`): its VNF pods first, then its source pods; and its status as
+/// a kubelet reports it (Running, Ready, an address in the node's pod CIDR).
+fn pod(size: &Size, p: usize) -> (serde_json::Value, serde_json::Value) {
+    let per_node = size.vnfs + size.sources;
+    let (i, slot) = (p / per_node, p % per_node);
+    let (name, labels) = if slot < size.vnfs {
+        (format!("vnf-{i:04}-{slot}"), json!({"fn": format!("f{}", size.function_of(i, slot))}))
+    } else {
+        let s = slot - size.vnfs;
+        (format!("src-{i:04}-{s:02}"), json!({"group": format!("g{}", size.group_of(i, s))}))
+    };
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"nodeName": node_name(i), "automountServiceAccountToken": false, "containers": [{"name": "main", "image": "none"}]},
+    });
+    let ip = format!("fd00:6:{i:x}::{:x}", slot + 2);
+    let status = json!({"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now()}],
+    }});
+    (pod, status)
+}
+
+/// Creates `obj`, then merge-patches `status` onto it when given (a create ignores status).
+async fn create<K>(api: &Api<K>, obj: serde_json::Value, status: Option<serde_json::Value>) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let created = api.create(&PostParams::default(), &serde_json::from_value(obj)?).await?;
+    if let Some(status) = status {
+        api.patch_status(&created.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+    }
+    Ok(())
+}
+
 /// Registers what kubelets and daemons would: Nodes (locator, underlay address, pod CIDR),
-/// their SID tables, VNF and source pods Running and Ready. Seconds per kind.
+/// their SID tables, VNF and source pods Running and Ready; then the chains. Seconds per kind.
 async fn populate(client: &Client, size: &Size) -> anyhow::Result<serde_json::Value> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let tables: Api<NodeSidTable> = Api::all(client.clone());
-    let pp = PostParams::default();
-    let now = || Time(k8s_openapi::jiff::Timestamp::now());
-    let node_s = each("nodes", size.nodes, |i| {
-        let (nodes, pp) = (nodes.clone(), pp.clone());
-        async move {
-            let name = node_name(i);
-            let node = json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "annotations": {LOCATOR_ANNOTATION: locator(i).to_string()}},
-                "spec": {"podCIDRs": [format!("fd00:6:{i:x}::/64")]},
-            });
-            nodes.create(&pp, &serde_json::from_value(node)?).await?;
-            let status = json!({"status": {
-                "addresses": [{"type": "InternalIP", "address": format!("fd00:5::{:x}", i + 1)}],
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Simulated", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
-            }});
-            nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let table_s = each("SID tables", size.nodes, |i| {
-        let (tables, pp) = (tables.clone(), pp.clone());
-        async move {
-            let loc = locator(i);
-            let registrations: Vec<_> = proxy_functs()
-                .take(size.vnfs)
-                .enumerate()
-                .map(|(s, funct)| json!({"podNamespace": NS, "podName": format!("vnf-{i:04}-{s}"), "interface": "net1", "sid": loc.sid(funct).to_string()}))
-                .collect();
-            let table = json!({
-                "apiVersion": "srv6pipes.io/v1alpha1", "kind": "NodeSidTable",
-                "metadata": {"name": node_name(i)},
-                "spec": {"locator": loc.to_string(), "sourceAddress": loc.source_address().to_string(), "decapSid": loc.decap_sid().to_string(),
-                         "vnfMtu": 1400, "registrations": registrations},
-            });
-            tables.create(&pp, &serde_json::from_value(table)?).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let per_node = size.vnfs + size.sources;
-    let pod_s = each("pods", size.nodes * per_node, |p| {
-        let (pods, pp) = (pods.clone(), pp.clone());
-        async move {
-            let (i, slot) = (p / per_node, p % per_node);
-            let (name, labels) = if slot < size.vnfs {
-                (format!("vnf-{i:04}-{slot}"), json!({"fn": format!("f{}", size.function_of(i, slot))}))
-            } else {
-                let s = slot - size.vnfs;
-                (format!("src-{i:04}-{s:02}"), json!({"group": format!("g{}", size.group_of(i, s))}))
-            };
-            let pod = json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": NS, "labels": labels},
-                "spec": {"nodeName": node_name(i), "automountServiceAccountToken": false, "containers": [{"name": "main", "image": "none"}]},
-            });
-            pods.create(&pp, &serde_json::from_value(pod)?).await?;
-            let ip = format!("fd00:6:{i:x}::{:x}", slot + 2);
-            let status = json!({"status": {
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now()}],
-            }});
-            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let chains: Api<ServiceChain> = Api::namespaced(client.clone(), NS);
+    let (n, vnfs) = (size.nodes, size.vnfs);
+    let node_s = each("nodes", n, |i| {
+        let (obj, status) = node(i);
+        create(&nodes, obj, Some(status))
+    })
+    .await?;
+    let table_s = each("SID tables", n, |i| create(&tables, sid_table(i, vnfs), None)).await?;
+    let pod_s = each("pods", n * (vnfs + size.sources), |p| {
+        let (obj, status) = pod(size, p);
+        create(&pods, obj, Some(status))
+    })
+    .await?;
     let chain_s = each("chains", size.chains, |c| {
-        let (chains, pp) = (chains.clone(), pp.clone());
-        async move {
-            chains.create(&pp, &chain(&format!("c{c:06}"), c, size)?).await?;
-            Ok(())
-        }
+        let chains = chains.clone();
+        async move { create(&chains, serde_json::to_value(chain(&format!("c{c:06}"), c, size)?)?, None).await }
     })
     .await?;
     Ok(json!({"nodes": node_s, "sid_tables": table_s, "pods": pod_s, "chains": chain_s}))
@@ -215,7 +227,7 @@ async fn daemons(client: Client) {
                     status: "True".into(),
                     reason: "Programmed".into(),
                     message: format!("generation {} is in the datapath", generation.unwrap_or_default()),
-                    last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+                    last_transition_time: now(),
                     observed_generation: generation,
                 };
                 let status = json!({"status": {"observedGeneration": generation, "conditions": [condition]}});
@@ -287,14 +299,13 @@ async fn until(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut
     Ok(())
 }
 
-pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
-    let dir = b.dir.join("sim");
-    std::fs::create_dir_all(&dir)?;
-    let api = dir.join("api");
+/// A throwaway API server (scripts/apiserver, torn down by the bench's cleanup) with the
+/// CRDs established; its kubeconfig.
+fn api_server(b: &mut Bench, api: &Path) -> anyhow::Result<std::path::PathBuf> {
     let mut down = Command::new("scripts/apiserver");
-    down.arg("down").arg(&api);
+    down.arg("down").arg(api);
     b.cleanup.command(down);
-    crate::sys::run(Command::new("scripts/apiserver").arg("up").arg(&api))?;
+    crate::sys::run(Command::new("scripts/apiserver").arg("up").arg(api))?;
     let kubeconfig = api.join("kubeconfig");
     let kubectl = |args: &[&str]| {
         let mut c = Command::new("kubectl");
@@ -303,6 +314,29 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
     };
     kubectl(&["apply", "-f", srv6pipes_crds::CRD_FILE])?;
     kubectl(&["wait", "--for", "condition=established", "crd", "--all", "--timeout=60s"])?;
+    Ok(kubeconfig)
+}
+
+/// Seconds until every chain is Ready, with progress every 30 s; fails if the operator exits.
+async fn converge(pid: u32, readiness: &Readiness, chains: usize) -> anyhow::Result<f64> {
+    let (start, mut last_report) = (Instant::now(), Instant::now());
+    until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
+        let (rss, _) = memory_mib(pid).context("the operator exited")?;
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!("  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB", start.elapsed().as_secs_f64(), readiness.count());
+            last_report = Instant::now();
+        }
+        Ok(readiness.count() == chains)
+    })
+    .await?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
+    let dir = b.dir.join("sim");
+    std::fs::create_dir_all(&dir)?;
+    let api = dir.join("api");
+    let kubeconfig = api_server(b, &api)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let config = kube::Config::from_custom_kubeconfig(
@@ -341,20 +375,7 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             let lines: Vec<&str> = log.lines().collect();
             format!("the operator's last log lines:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
         };
-        let start = Instant::now();
-        let (mut peak, mut last_report) = (0.0f64, Instant::now());
-        until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
-            let (rss, _) = memory_mib(pid).context("the operator exited")?;
-            peak = peak.max(rss);
-            if last_report.elapsed() > Duration::from_secs(30) {
-                eprintln!("  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB", start.elapsed().as_secs_f64(), readiness.count());
-                last_report = Instant::now();
-            }
-            Ok(readiness.count() == size.chains)
-        })
-        .await
-        .with_context(log_tail)?;
-        let converge_s = start.elapsed().as_secs_f64();
+        let converge_s = converge(pid, &readiness, size.chains).await.with_context(log_tail)?;
         let converge_writes = operator_writes(&kubeconfig)? - writes0;
         let (rss, hwm) = memory_mib(pid)?;
         eprintln!("sim: every chain Ready {converge_s:.0} s after the operator started; {converge_writes} writes; RSS {rss:.0} MiB (peak {hwm:.0})");
