@@ -76,6 +76,10 @@ fn outcome((n, reset): (u64, bool)) -> String {
 
 fn serve(port: u16, mode: &str, rest: &[&str]) -> std::io::Result<()> {
     let l = TcpListener::bind(("::", port))?;
+    // std listens with a backlog of 128, and `concurrent` opens 1,000 connections at once through
+    // the proxies: an overflowing accept queue drops handshakes, and a dropped one shows later as
+    // a reset that is the test server's, not the proxy's. The system's maximum instead.
+    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::MAXCONN).map_err(std::io::Error::from)?;
     let once = mode == "watch";
     for conn in l.incoming() {
         let mut s = match conn {
