@@ -57,13 +57,14 @@ static __always_inline int insert_source(const __u8 saddr[16])
 	return bpf_map_lookup_elem(&sp_insert_sources, &k) != NULL;
 }
 
-/* Node uplink: SRv6 packets to this node's SIDs (End.AD inbound, decapsulation). */
+/* Node uplink: SRv6 packets to this node's SIDs (End.AD inbound, decapsulation); the plain
+ * packets of steered flows' other direction (steered.h). */
 SEC("classifier")
 int sp_uplink(struct __sk_buff *skb)
 {
 	__u8 saddr[16], daddr[16], nexthdr;
 	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
-		return SP_NEXT;
+		return steered_flow_return(skb, SP_NEXT);
 	__u32 zero = 0, len = skb->len;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	if (!cfg)
@@ -75,7 +76,7 @@ int sp_uplink(struct __sk_buff *skb)
 		if (prefix_match(daddr, cfg->locator, cfg->locator_len) &&
 		    !prefix_match(daddr, cfg->locator, cfg->locator_len + 16))
 			return drop(SP_DROP_UNKNOWN_SID);
-		return SP_NEXT;
+		return steered_flow_return(skb, SP_NEXT);
 	}
 	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. SRH
 	 * insertion (End.AM) keeps the original source: the chains' own pods. */
@@ -204,6 +205,7 @@ int sp_headend(struct __sk_buff *skb)
 	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP, &l);
 	if (!id)
 		return SP_NEXT;
+	steered_flow_record(skb, ifindex);
 	return apply_policy(skb, *id, &l, 1);
 }
 

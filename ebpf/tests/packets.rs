@@ -394,6 +394,77 @@ fn decapsulation_sid_pops_and_hands_the_inner_packet_to_the_stack() {
     assert_eq!(b.dp.sid_stats(a("fcbb:bb00:1:d6::")).unwrap().packets, 1);
 }
 
+/// The other direction of `p` (an IPv6 or IPv4 packet with UDP): addresses and ports swapped,
+/// hop limit or TTL `ttl` (IPv4 header checksum set).
+fn other_direction(p: &[u8], ttl: u8) -> Vec<u8> {
+    let mut r = p.to_vec();
+    let (addrs, len, l4) = if p[0] >> 4 == 6 { (8, 16, 40) } else { (12, 4, 20) };
+    r[addrs..addrs + len].copy_from_slice(&p[addrs + len..addrs + 2 * len]);
+    r[addrs + len..addrs + 2 * len].copy_from_slice(&p[addrs..addrs + len]);
+    r[l4..l4 + 2].copy_from_slice(&p[l4 + 2..l4 + 4]);
+    r[l4 + 2..l4 + 4].copy_from_slice(&p[l4..l4 + 2]);
+    if p[0] >> 4 == 6 {
+        r[7] = ttl;
+    } else {
+        r[8] = ttl;
+        set_ipv4_checksum(&mut r);
+    }
+    r
+}
+
+/// The node's conntrack never sees a steered packet plain (the headend encapsulates before
+/// netfilter) and would take its flow's other direction for INVALID, which kube-proxy drops:
+/// once the headend steered a flow, the packets of its other direction, plain on the uplink
+/// (IPv6 and IPv4) or decapsulated here, are forwarded by the FIB past netfilter, one hop less.
+/// Other flows go on to the stack as before.
+#[test]
+fn a_steered_flows_other_direction_is_forwarded_past_conntrack() {
+    let Some(mut b) = Bench::new() else { return };
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
+    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
+    for (addr, dev) in [(INNER_SRC, "src0"), ("10.10.2.2", "src0"), (INNER_DST, "vnf0")] {
+        ip(&format!("route add {addr} dev {dev}"));
+        ip(&format!("neigh add {addr} lladdr {} dev {dev} nud permanent", mac_str(&POD_MAC)));
+    }
+    // This thread lives in the test's netns (Bench::new).
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    let src_mac = {
+        let out = Command::new("ip").args(["-n", &b.netns, "-o", "link", "show", "src0"]).output().unwrap();
+        parse_mac(String::from_utf8_lossy(&out.stdout).split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap())
+    };
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(1, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.dp.set_policy(2, &encaps_header(a("fcbb:bb00:1::1"), &path, 4, 64).unwrap(), 0).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
+    b.rule(b.src, "10.20.0.0/16".parse().unwrap(), 2);
+    for (forward, proto) in [(inner(INNER_SRC, INNER_DST), 0x86dd), (inner4(SRC4, DST4), 0x0800)] {
+        let reply = [eth(HOST_MAC, PEER_MAC, proto), other_direction(&forward, 64)].concat();
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &reply), (TCX_NEXT, reply.clone()), "no flow steered yet: to the stack");
+        assert_eq!(b.run(Hook::Headend, b.src, &[eth(HOST_MAC, POD_MAC, proto), forward.clone()].concat()).0, TC_ACT_REDIRECT);
+        let (verdict, out) = b.run(Hook::Uplink, b.uplink, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "the reply of a steered flow ({proto:#x})");
+        assert_eq!(out, [eth(POD_MAC, src_mac, proto), other_direction(&forward, 63)].concat(), "to the pod's MAC, one hop less");
+        // Another flow between the same pods (other ports) is not the steered one.
+        let mut other = reply.clone();
+        let l4 = 14 + if proto == 0x86dd { 40 } else { 20 };
+        other[l4 + 1] ^= 1;
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &other), (TCX_NEXT, other.clone()));
+    }
+    // A symmetric chain's other direction arrives encapsulated, to this node's decapsulation
+    // SID: the pod at INNER_DST (on vnf0 here) steered INNER_DST -> INNER_SRC.
+    let decap = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"], Some(0));
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &decap).0, TC_ACT_OK, "nothing steered that way yet: to the stack");
+    b.rule(b.vnf, "fd00:10::/32".parse().unwrap(), 1);
+    let reverse = other_direction(&inner(INNER_SRC, INNER_DST), 64);
+    assert_eq!(b.run(Hook::Headend, b.vnf, &[eth(HOST_MAC, POD_MAC, 0x86dd), reverse].concat()).0, TC_ACT_REDIRECT);
+    let (verdict, out) = b.run(Hook::Uplink, b.uplink, &decap);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let mut want = inner(INNER_SRC, INNER_DST);
+    want[7] = 63;
+    assert_eq!(&out[..6], &POD_MAC);
+    assert_eq!(&out[12..], &[&[0x86, 0xdd][..], &want].concat()[..], "decapsulated, one hop less");
+}
+
 #[test]
 fn end_ad_outbound_restores_the_headers_and_forwards_to_the_next_segment() {
     let Some(b) = Bench::new() else { return };

@@ -12,6 +12,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#ifndef AF_INET
+#define AF_INET 2
+#endif
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif

@@ -58,6 +58,16 @@ struct {
 	SP_PINNED;
 } sp_insert_sources SEC(".maps");
 
+/* The flows a headend here steered, keyed as their other direction's packets look (addresses
+ * and ports swapped) -> the source pod's interface (steered.h). Least recently used first out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+	__uint(max_entries, 131072);
+	SP_PINNED;
+} sp_steered_flows SEC(".maps");
+
 /* End.AD per flow, least recently used first out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

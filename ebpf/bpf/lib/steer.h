@@ -3,6 +3,7 @@
  * decapsulation), anything else is pushed (if not yet) and forwarded. */
 #pragma once
 #include "end_am.h"
+#include "steered.h"
 
 /* Deliver a packet whose (possibly not yet pushed) outer header is `o`. `origin`
  * SP_ORIGIN_TRANSIT: the packet carries `o` already (uplink) and it must be popped for local
@@ -51,7 +52,7 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, skb_len, err);
 		count_sid(da, skb_len, 0);
-		return TC_ACT_OK;
+		return steered_flow_return(skb, TC_ACT_OK);
 	default:
 		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
 	}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Steered flows and the node's connection tracking. A headend encapsulates on the pod's
+ * interface, before netfilter: the node's conntrack never sees a steered packet plain, and
+ * takes its flow's other direction (the replies, or a symmetric chain's decapsulated packets)
+ * for a connection it does not know: INVALID, which kube-proxy (KUBE-FORWARD) and most host
+ * firewalls drop. So the headend records each flow it steers, and a packet of the flow's other
+ * direction is forwarded here, past netfilter, as the steered direction went: the routing
+ * table's next hop, one hop less of TTL. Anything else goes on to the stack as before. */
+#pragma once
+#include "end_ad.h"
+
+static __always_inline void flow_swap(struct flow_key *k)
+{
+	__u8 a[16];
+	__builtin_memcpy(a, k->saddr, 16);
+	__builtin_memcpy(k->saddr, k->daddr, 16);
+	__builtin_memcpy(k->daddr, a, 16);
+	__be16 p = k->sport;
+	k->sport = k->dport;
+	k->dport = p;
+}
+
+/* The headend: the packet on pod interface `ifindex` is about to be steered. */
+static __always_inline void steered_flow_record(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct flow_key k;
+	if (flow_of(skb, 0, &k))
+		return;
+	flow_swap(&k);
+	__u32 *known = bpf_map_lookup_elem(&sp_steered_flows, &k);
+	if (!known || *known != ifindex)
+		bpf_map_update_elem(&sp_steered_flows, &k, &ifindex, BPF_ANY);
+}
+
+/* A plain packet (right after the Ethernet header) of a steered flow's other direction:
+ * forwarded to its next hop, the verdict returned; any other packet, or one the stack must
+ * answer (no route, too big, its last hop), gets `otherwise`. */
+static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherwise)
+{
+	struct flow_key k;
+	if (flow_of(skb, 0, &k) || !bpf_map_lookup_elem(&sp_steered_flows, &k))
+		return otherwise;
+	int v4 = k.family == 4;
+	struct bpf_fib_lookup p;
+	__builtin_memset(&p, 0, sizeof(p));
+	p.ifindex = skb->ingress_ifindex;
+	if (v4) {
+		p.family = AF_INET;
+		__builtin_memcpy(&p.ipv4_src, k.saddr, 4);
+		__builtin_memcpy(&p.ipv4_dst, k.daddr, 4);
+	} else {
+		p.family = AF_INET6;
+		__builtin_memcpy(p.ipv6_src, k.saddr, 16);
+		__builtin_memcpy(p.ipv6_dst, k.daddr, 16);
+	}
+	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == skb->ingress_ifindex)
+		return otherwise;
+	int err = decrement_inner_ttl(skb, v4);
+	if (err == SP_DROP_INNER_TTL)
+		return otherwise; /* the stack answers Time Exceeded */
+	if (err)
+		return drop(err);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (set_macs(skb, p.dmac, p.smac))
+			return drop(SP_DROP_ADJUST);
+		return bpf_redirect(p.ifindex, 0);
+	}
+	struct bpf_redir_neigh nh;
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = p.family;
+	if (v4)
+		nh.ipv4_nh = p.ipv4_dst;
+	else
+		__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
+	return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+}
