@@ -25,9 +25,10 @@ t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
 ok() { echo "scenario: ok: $*"; }
 fail() { echo "scenario: FAILED: $*" >&2; exit 1; }
 
-pod() { # NAME NODE LABEL [vnf | host]: vnf asks for the srv6pipes network; host is a probe on
-        # the node's network with its CNI directories and bpffs mounted read-only under /host
-  local ann="" host="" mounts=""
+pod() { # NAME NODE LABEL [vnf | host | ""] [COMMAND]: vnf asks for the srv6pipes network; host
+        # is a probe on the node's network with its CNI directories and bpffs mounted read-only
+        # under /host; COMMAND (sh -c) instead of idling
+  local ann="" host="" mounts="" cmd=${5:-"trap 'exit 0' TERM; while true; do sleep 1; done"}
   [[ ${4:-} == vnf ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}"
   if [[ ${4:-} == host ]]; then
     host="hostNetwork: true"
@@ -46,7 +47,7 @@ spec:
   - name: box
     image: $image
     imagePullPolicy: IfNotPresent
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    command: ["/bin/sh", "-c", "$cmd"]
     $mounts
 Y
   [[ $host ]] && cat <<Y
@@ -58,9 +59,18 @@ Y
   echo "---"
 }
 { pod e2e-client "$n1" "app: e2e-client"; pod e2e-server "$n2" "app: e2e-server"
-  pod e2e-fw "$n1" "vnf: e2e-fw" vnf; pod e2e-ids "$n2" "vnf: e2e-ids" vnf; } > "$t/pods.yaml"
+  pod e2e-fw "$n1" "vnf: e2e-fw" vnf; pod e2e-ids "$n2" "vnf: e2e-ids" vnf
+  # A web server behind a Service (kube-proxy): Services must keep working beside the chains.
+  pod e2e-web "$n2" "app: e2e-web" "" "mkdir -p /tmp/www; echo e2e-web > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www"
+  cat <<Y
+apiVersion: v1
+kind: Service
+metadata: {name: e2e-web, namespace: default}
+spec: {selector: {app: e2e-web}, ports: [{port: 80, targetPort: 8080}]}
+Y
+} > "$t/pods.yaml"
 kubectl apply -f "$t/pods.yaml" >/dev/null
-kubectl wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids --timeout=120s >/dev/null
+kubectl wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids pod/e2e-web --timeout=120s >/dev/null
 ok "pods Running on $n1 and $n2"
 ex() { kubectl exec "$1" -- "${@:2}"; }
 ex e2e-fw ip link show net1 >/dev/null && ex e2e-ids ip link show net1 >/dev/null || fail "annotated VNF pods have no net1"
@@ -101,6 +111,20 @@ ping_ok 20 || fail "steered ping lost packets (return path): $(cat "$t/ping")"
 dfw=$(( $(rx e2e-fw) - fw0 )) dids=$(( $(rx e2e-ids) - ids0 ))
 (( dfw >= 20 && dids >= 20 )) || fail "not steered: fw net1 +$dfw, ids net1 +$dids packets for 20 pings"
 ok "steered: 20/20 replies; fw net1 +$dfw, ids net1 +$dids packets"
+
+# Services beside the chain, through kube-proxy: from the client (selected, but the chain
+# matches only $server) and from the server (no chain selects it), the Service's cluster IP.
+svc=$(kubectl get service e2e-web -o jsonpath='{.spec.clusterIP}')
+for p in e2e-client e2e-server; do
+  for i in $(seq 20); do
+    # (busybox-static's wget crashes: HTTP by hand over nc)
+    got=$(ex $p sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1)
+    [[ $got == e2e-web ]] && break
+    sleep 0.5
+  done
+  [[ $got == e2e-web ]] || fail "$p cannot reach Service e2e-web at $svc: $got"
+done
+ok "Services: e2e-client (steered to $server only) and e2e-server (no chain) reach Service e2e-web at $svc"
 
 flow() { # COUNT: a steady flow of COUNT pings at 50/s, in the background; check with flow_done
   ex e2e-client ping -6 -c "$1" -i 0.02 -W 2 "$server" > "$t/flow" 2>&1 & echo $! > "$t/flow.pid"; }

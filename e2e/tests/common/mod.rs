@@ -32,6 +32,23 @@ pub fn has_tool(tool: &str) -> bool {
     std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// The directory of the Kubernetes tools scripts/kube-build builds (once, cached) for
+/// `components`: None, with the reason printed, only where they cannot be built (no Go).
+pub fn kube_build(components: &[&str]) -> Option<PathBuf> {
+    let out = Command::new(repo_root().join("scripts/kube-build")).args(components).output().expect("run scripts/kube-build");
+    if !out.status.success() && !has_tool("go") {
+        eprintln!("SKIPPED: {components:?} not built, and building them needs Go (scripts/kube-build)");
+        return None;
+    }
+    assert!(out.status.success(), "scripts/kube-build {components:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The Helm CLI (scripts/kube-build helm).
+pub fn helm() -> Option<PathBuf> {
+    kube_build(&["helm"]).map(|bin| bin.join("helm"))
+}
+
 /// Why this machine cannot run a lab, if it cannot.
 pub fn missing_lab_prerequisite(tools: &[&str]) -> Option<String> {
     if !is_root() {
@@ -241,11 +258,7 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(tag: &str) -> Option<ApiServer> {
-        let cached = std::env::var_os("HOME").map(PathBuf::from).map(|h| h.join(".cache/srv6pipes/kubernetes/bin/kube-apiserver"));
-        if !cached.is_some_and(|c| c.exists()) && !is_root() {
-            eprintln!("SKIPPED: kube-apiserver is not built and building it needs root (apt-get)");
-            return None;
-        }
+        kube_build(&["kube-apiserver", "etcd"])?;
         let dir = std::env::temp_dir().join(format!("srv6pipes-apiserver-{}-{tag}", std::process::id()));
         let out = Command::new(repo_root().join("scripts/apiserver")).arg("up").arg(&dir).output().expect("run scripts/apiserver");
         let server = ApiServer { kubeconfig: dir.join("kubeconfig"), dir };
