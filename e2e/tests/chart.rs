@@ -38,7 +38,12 @@ fn the_chart_lints_strictly_in_both_cni_modes() {
     let chart = chart();
     for mode in ["multus", "chained"] {
         let out = run(&helm, &["lint", "--strict", chart.to_str().unwrap(), "--set", &format!("cni.mode={mode}")]);
-        assert!(out.status.success(), "helm lint --strict ({mode}):\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "helm lint --strict ({mode}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -64,10 +69,8 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     let off = render(&helm, &[]);
     assert!(!off.iter().any(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "stream"), "no proxy unless stream.enabled");
     let docs = render(&helm, &["--set", "stream.enabled=true", "--set", "stream.namespace=pipes", "--set", "stream.replicas=3"]);
-    let d = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "srv6pipes-stream")
-        .expect("the proxies' Deployment");
+    let d =
+        docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "srv6pipes-stream").expect("the proxies' Deployment");
     assert_eq!((d["metadata"]["namespace"].as_str(), d["spec"]["replicas"].as_u64()), (Some("pipes"), Some(3)));
     let pod = &d["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["app"], "srv6pipes-stream", "chains select the proxies by this label");

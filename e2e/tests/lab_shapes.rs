@@ -41,7 +41,8 @@ fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
 /// host firewalls do; the drops counted per node.
 fn drop_invalid_on_every_node(lab: &Lab) {
     for node in ["n1", "n2", "n3", "n4"] {
-        let rules = "add table inet hostfw; add chain inet hostfw forward { type filter hook forward priority 0; ct state invalid counter drop; }";
+        let rules =
+            "add table inet hostfw; add chain inet hostfw forward { type filter hook forward priority 0; ct state invalid counter drop; }";
         let out = lab.run(&["exec", "--node", node, "--", "nft", rules]);
         assert!(out.status.success(), "{node}: {}", String::from_utf8_lossy(&out.stderr));
     }
