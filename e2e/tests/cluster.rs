@@ -27,7 +27,7 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: needs root");
         return;
     }
-    if let Some(t) = ["containerd", "runc", "ctr", "etcd", "gcc", "kubectl", "busybox"].into_iter().find(|t| !has_tool(t)) {
+    if let Some(t) = ["containerd", "runc", "ctr", "iptables", "gcc", "kubectl", "busybox"].into_iter().find(|t| !has_tool(t)) {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: {t} is missing (scripts/deps installs it)");
         return;
     }

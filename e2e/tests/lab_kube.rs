@@ -18,7 +18,7 @@ fn example() -> (String, String) {
 
 #[test]
 fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
-    require_lab!("nft", "kubectl", "etcd");
+    require_lab!("nft", "kubectl");
     let Some(api) = ApiServer::start("lab") else { return };
     let lab = Lab::new("kube");
     let (nodes_and_pods, chain) = example();

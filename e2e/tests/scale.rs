@@ -31,7 +31,7 @@ fn ready(api: &ApiServer) -> usize {
 #[test]
 #[ignore = "the scale tier: scripts/test --scale"]
 fn ten_thousand_chains_on_one_node_become_ready_and_steer() {
-    require_lab!("nft", "kubectl", "etcd");
+    require_lab!("nft", "kubectl");
     let Some(api) = ApiServer::start("scale") else { return };
     let lab = Lab::new("scale");
     let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
