@@ -10,7 +10,7 @@
 # pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
 # no packet (its Role deleted meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
 # objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
-# node-writes webhook refuses one node's daemon another node's objects, and deleting the chain
+# node-writes admission policy refuses one node's daemon another node's objects, and deleting the chain
 # unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
 # neither node with srv6pipes' CNI binary or conflist entry, pins or routes to locators, and pods
 # must still start. Prints one line per check; exits non-zero at the first failure.
@@ -167,7 +167,7 @@ grep -q Forbidden "$t/out" || fail "expected Forbidden: $(cat "$t/out")"
 ok "RBAC: the node daemon's identity is refused writing programs (another node's: $n2), deleting SID tables, chains, secrets, nodes"
 
 # Per node, which RBAC cannot say: the daemon on $n1, with its own pod-bound token, writes its
-# node's SID table and program status, and the node-writes webhook refuses it $n2's.
+# node's SID table and program status, and the node-writes admission policy refuses it $n2's.
 dspod=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
 tok=$(kubectl -n "$ns" exec "${dspod#pod/}" -c node -- cat /var/run/secrets/kubernetes.io/serviceaccount/token)
 srv=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
@@ -180,7 +180,7 @@ done
 for r in "nodesidtables/$n2" "nodeprogramslices/$n2.0/status"; do
   [[ $(as_daemon "$r") == 403 ]] && grep -q "may write only node" "$t/write" || fail "the daemon on $n1 wrote $r: $(cat "$t/write")"
 done
-ok "webhook: the daemon on $n1 (its own token) writes $n1's SID table and program status, is refused $n2's"
+ok "node-writes policy: the daemon on $n1 (its own token) writes $n1's SID table and program status, is refused $n2's"
 
 kubectl delete servicechain e2e --wait=true --timeout=60s >/dev/null
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)

@@ -83,3 +83,64 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert!(pod["spec"].get("hostNetwork").is_none() && pod["spec"].get("volumes").is_none(), "nothing of the host");
 }
+
+/// Node writes are checked by a ValidatingAdmissionPolicy on the release's node account (the
+/// real cluster proves it refuses another node's objects): no webhook, Service or certificate
+/// Secret unless asked for.
+#[test]
+fn node_writes_are_checked_by_an_admission_policy_not_a_webhook() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let find = |docs: &[Json], kind: &str| docs.iter().find(|d| d["kind"] == kind).cloned();
+    let policy = find(&docs, "ValidatingAdmissionPolicy").expect("the node-writes policy");
+    assert_eq!(policy["metadata"]["name"], "srv6pipes-node-writes");
+    let who = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(who.contains("'system:serviceaccount:kube-system:srv6pipes-node'"), "{who}");
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding").expect("its binding");
+    assert_eq!(
+        (&binding["spec"]["policyName"], &binding["spec"]["validationActions"]),
+        (&policy["metadata"]["name"], &serde_json::json!(["Deny"]))
+    );
+    assert!(find(&docs, "ValidatingWebhookConfiguration").is_none() && find(&docs, "Service").is_none());
+    assert!(!serde_json::to_string(&docs).unwrap().contains("webhook-tls"), "no certificate Secret to read or make");
+    let with_webhook = render(&helm, &["--set", "operator.webhook.enabled=true"]);
+    assert!(find(&with_webhook, "ValidatingWebhookConfiguration").is_some(), "the webhook still comes when asked for");
+}
+
+/// The conventional labels on every object the chart makes (its CRDs are generated, and kept
+/// across releases), `global:` accepted as a subchart's, and the pull secrets of the chart and
+/// of `global` in every pod.
+#[test]
+fn objects_carry_the_standard_labels_and_pods_the_pull_secrets() {
+    let Some(helm) = helm() else { return };
+    let args = [
+        "--set",
+        "stream.enabled=true",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+        "--set",
+        "global.imagePullSecrets[0].name=parent",
+        "--set",
+        "global.storageClass=fast",
+    ];
+    let docs = render(&helm, &args);
+    let chart_yaml: Json = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let (version, app_version) = (chart_yaml["version"].as_str().unwrap(), chart_yaml["appVersion"].as_str().unwrap());
+    for d in docs.iter().filter(|d| d["kind"] != "CustomResourceDefinition") {
+        let l = &d["metadata"]["labels"];
+        let what = format!("{} {}", d["kind"], d["metadata"]["name"]);
+        assert_eq!(l["helm.sh/chart"], format!("srv6pipes-{version}"), "{what}");
+        assert_eq!((&l["app.kubernetes.io/name"], &l["app.kubernetes.io/instance"]), (&"srv6pipes".into(), &"srv6pipes".into()), "{what}");
+        assert_eq!((&l["app.kubernetes.io/version"], &l["app.kubernetes.io/managed-by"]), (&app_version.into(), &"Helm".into()), "{what}");
+    }
+    let pods: Vec<&Json> = docs.iter().filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment").collect();
+    assert_eq!(pods.len(), 3, "node, operator, stream");
+    for d in pods {
+        assert_eq!(
+            d["spec"]["template"]["spec"]["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}, {"name": "parent"}]),
+            "{}",
+            d["metadata"]["name"]
+        );
+    }
+}

@@ -110,6 +110,10 @@ impl Proxy {
         let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
         s.set_only_v6(false)?;
         s.set_reuse_address(true)?;
+        // The onward sockets bind the clients' addresses and ports (connect_as): a client's
+        // port may be this listener's, and only SO_REUSEPORT on both lets such a bind coexist
+        // with a listening socket (EADDRINUSE otherwise).
+        s.set_reuse_port(true)?;
         // The accepted sockets answer from the server's address: transparent, and routed out of
         // the chain interface by their mark (inherited from the listener).
         s.set_ip_transparent_v6(true)?;
@@ -178,7 +182,10 @@ impl Proxy {
         let server = match tokio::time::timeout(self.cfg.connect_timeout, connect_as(from, to)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some("connect_refused"),
-            Ok(Err(_)) => return Some("connect_error"),
+            Ok(Err(e)) => {
+                tracing::warn!(%from, %to, error = %e, "onward connection failed");
+                return Some("connect_error");
+            }
             Err(_) => return Some("connect_timeout"),
         };
         let _ = server.set_nodelay(true);
@@ -260,6 +267,7 @@ async fn connect_as(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStre
     }
     s.set_mark(OUT_MARK)?;
     s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?; // the client's port may be a listener's here (see `listen`)
     s.set_linger(Some(Duration::ZERO))?;
     s.set_nonblocking(true)?;
     s.bind(&from.into())?;

@@ -135,7 +135,16 @@ fn half_close(to: &str, n: usize) -> std::io::Result<()> {
 }
 
 fn expect_end(to: &str) -> std::io::Result<()> {
-    let mut s = connect(to)?;
+    // The proxy accepts at once; when its onward connection is refused it resets the client's,
+    // and on a loaded machine that reset can arrive before connect() returns: a reset all the
+    // same (SO_ERROR ECONNRESET comes only from an established connection).
+    let mut s = match connect(to) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+            println!("reset 0 (before connect returned)");
+            return Ok(());
+        }
+        r => r?,
+    };
     // The proxy has accepted already; what matters is how the connection then ends.
     let _ = s.write_all(b"hello\n");
     println!("{}", outcome(drain(&mut s)?));
