@@ -248,8 +248,8 @@ static __always_inline long fib_next_hop(struct __sk_buff *skb, const struct out
 	return bpf_fib_lookup(skb, p, sizeof(*p), 0);
 }
 
-/* Sends the packet to the next hop `fib_next_hop` found (`rc`), resolving the neighbour in the
- * kernel when it is not known yet. */
+/* Sends the packet to the next hop a FIB lookup found (`rc`, IPv6 or IPv4), resolving the
+ * neighbour in the kernel when it is not known yet. */
 static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup *p, long rc)
 {
 	switch (rc) {
@@ -259,8 +259,11 @@ static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup
 		return bpf_redirect(p->ifindex, 0);
 	case BPF_FIB_LKUP_RET_NO_NEIGH: {
 		struct bpf_redir_neigh nh = {};
-		nh.nh_family = AF_INET6;
-		__builtin_memcpy(nh.ipv6_nh, p->ipv6_dst, 16);
+		nh.nh_family = p->family;
+		if (p->family == AF_INET)
+			nh.ipv4_nh = p->ipv4_dst;
+		else
+			__builtin_memcpy(nh.ipv6_nh, p->ipv6_dst, 16);
 		return bpf_redirect_neigh(p->ifindex, &nh, sizeof(nh), 0);
 	}
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:

@@ -59,19 +59,5 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 	int err = decrement_inner_ttl(skb, v4);
 	if (err == SP_DROP_INNER_TTL)
 		return otherwise; /* the stack answers Time Exceeded */
-	if (err)
-		return drop(err);
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (set_macs(skb, p.dmac, p.smac))
-			return drop(SP_DROP_ADJUST);
-		return bpf_redirect(p.ifindex, 0);
-	}
-	struct bpf_redir_neigh nh;
-	__builtin_memset(&nh, 0, sizeof(nh));
-	nh.nh_family = p.family;
-	if (v4)
-		nh.ipv4_nh = p.ipv4_dst;
-	else
-		__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
-	return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+	return err ? drop(err) : fib_send(skb, &p, rc);
 }
