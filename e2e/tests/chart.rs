@@ -53,7 +53,12 @@ fn the_chart_lints_strictly_in_both_cni_modes() {
 fn values_outside_the_schema_are_refused() {
     let Some(helm) = helm() else { return };
     let chart = chart();
-    for (set, names) in [("cni.mode=bridge", "mode"), ("node.flowQuota=lots", "flowQuota"), ("node.uplinkk=eth0", "uplinkk")] {
+    for (set, names) in [
+        ("cni.mode=bridge", "mode"),
+        ("node.flowQuota=lots", "flowQuota"),
+        ("node.uplinkk=eth0", "uplinkk"),
+        ("operator.extraEnv[0].name=N,operator.extraEnv[0].value=1", "value"),
+    ] {
         let out = run(&helm, &["template", "srv6pipes", chart.to_str().unwrap(), "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--set {set} rendered");
@@ -86,7 +91,7 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
 
 /// Node writes are checked by a ValidatingAdmissionPolicy on the release's node account (the
 /// real cluster proves it refuses another node's objects): no webhook, Service or certificate
-/// Secret unless asked for.
+/// Secret.
 #[test]
 fn node_writes_are_checked_by_an_admission_policy_not_a_webhook() {
     let Some(helm) = helm() else { return };
@@ -103,8 +108,10 @@ fn node_writes_are_checked_by_an_admission_policy_not_a_webhook() {
     );
     assert!(find(&docs, "ValidatingWebhookConfiguration").is_none() && find(&docs, "Service").is_none());
     assert!(!serde_json::to_string(&docs).unwrap().contains("webhook-tls"), "no certificate Secret to read or make");
-    let with_webhook = render(&helm, &["--set", "operator.webhook.enabled=true"]);
-    assert!(find(&with_webhook, "ValidatingWebhookConfiguration").is_some(), "the webhook still comes when asked for");
+    // The removed webhook's values still install (older values files), and bring nothing back.
+    let with_webhook = render(&helm, &["--set", "operator.webhook.enabled=true", "--set", "operator.webhook.port=9443"]);
+    assert!(find(&with_webhook, "ValidatingWebhookConfiguration").is_none());
+    assert!(!serde_json::to_string(&with_webhook).unwrap().contains("webhook"), "no webhook flag, port or RBAC");
 }
 
 /// The conventional labels on every object the chart makes (its CRDs are generated, and kept
@@ -143,4 +150,123 @@ fn objects_carry_the_standard_labels_and_pods_the_pull_secrets() {
             d["metadata"]["name"]
         );
     }
+}
+
+fn workload<'a>(docs: &'a [Json], kind: &str, name: &str) -> &'a Json {
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Kubelet probes HTTP endpoints that say what they mean: the daemon's /readyz (datapath loaded,
+/// its node's program applied) and /healthz on loopback, the operator's on its health port.
+#[test]
+fn the_daemons_and_the_operator_are_probed_over_http() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &["--set", "node.healthPort=19465", "--set", "operator.healthPort=19466"]);
+    let node = &workload(&docs, "DaemonSet", "srv6pipes-node")["spec"]["template"]["spec"]["containers"][0];
+    assert!(node["args"].as_array().unwrap().contains(&"--health-addr=127.0.0.1:19465".into()), "{}", node["args"]);
+    assert_eq!(node["readinessProbe"]["httpGet"], serde_json::json!({"host": "127.0.0.1", "port": 19465, "path": "/readyz"}));
+    assert_eq!(node["livenessProbe"]["httpGet"], serde_json::json!({"host": "127.0.0.1", "port": 19465, "path": "/healthz"}));
+    assert!(node["readinessProbe"].get("exec").is_none(), "not the socket file's existence");
+    let op = &workload(&docs, "Deployment", "srv6pipes-operator")["spec"]["template"]["spec"]["containers"][0];
+    assert!(op["args"].as_array().unwrap().contains(&"--health-addr=0.0.0.0:19466".into()), "{}", op["args"]);
+    assert_eq!(op["ports"], serde_json::json!([{"name": "health", "containerPort": 19466, "protocol": "TCP"}]));
+    assert_eq!(op["readinessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/readyz"}));
+    assert_eq!(op["livenessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/healthz"}));
+}
+
+/// The placement and environment values users of other CNIs' charts expect, on every workload.
+#[test]
+fn placement_environment_and_priority_values_reach_every_workload() {
+    let Some(helm) = helm() else { return };
+    let mut args = vec!["--set".to_string(), "stream.enabled=true".into(), "--set".into(), "logLevel=warn".into()];
+    for c in ["node", "operator", "stream"] {
+        for set in [
+            format!("{c}.nodeSelector.pool={c}"),
+            format!("{c}.podAnnotations.team={c}"),
+            format!("{c}.extraEnv[0].name=FROM_{c}"),
+            format!("{c}.extraEnv[0].value=v-{c}"),
+            format!("{c}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key={c}"),
+            format!("{c}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists"),
+        ] {
+            args.extend(["--set".to_string(), set]);
+        }
+    }
+    args.extend(["--set".to_string(), r"operator.logLevel=debug\,kube=info".into()]);
+    let docs = render(&helm, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (kind, name, c, log) in [
+        ("DaemonSet", "srv6pipes-node", "node", "warn"),
+        ("Deployment", "srv6pipes-operator", "operator", "debug,kube=info"),
+        ("Deployment", "srv6pipes-stream", "stream", "warn"),
+    ] {
+        let pod = &workload(&docs, kind, name)["spec"]["template"];
+        assert_eq!(pod["spec"]["nodeSelector"], serde_json::json!({"pool": c}), "{name}");
+        assert_eq!(pod["metadata"]["annotations"]["team"], c, "{name}");
+        let term = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0];
+        assert_eq!(term["matchExpressions"][0]["key"], c, "{name}");
+        let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+        assert!(env.contains(&serde_json::json!({"name": "RUST_LOG", "value": log})), "{name}: {env:?}");
+        assert!(env.contains(&serde_json::json!({"name": format!("FROM_{c}"), "value": format!("v-{c}")})), "{name}: {env:?}");
+    }
+    let stream = &workload(&docs, "Deployment", "srv6pipes-stream")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(stream["k8s.v1.cni.cncf.io/networks"], "srv6pipes", "the chain network stays beside podAnnotations");
+    let defaults = render(&helm, &[]);
+    let prio = |d: &Json| d["spec"]["template"]["spec"]["priorityClassName"].clone();
+    assert_eq!(prio(workload(&defaults, "DaemonSet", "srv6pipes-node")), "system-node-critical");
+    assert_eq!(prio(workload(&defaults, "Deployment", "srv6pipes-operator")), "system-cluster-critical");
+    let none = render(&helm, &["--set", "operator.priorityClassName="]);
+    assert!(workload(&none, "Deployment", "srv6pipes-operator")["spec"]["template"]["spec"].get("priorityClassName").is_none());
+}
+
+/// Drains take the operator's replicas one at a time; the PDB can be turned off.
+#[test]
+fn the_operator_has_a_disruption_budget() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &["--set", "operator.replicas=2"]);
+    let pdb = workload(&docs, "PodDisruptionBudget", "srv6pipes-operator");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let selector = &pdb["spec"]["selector"]["matchLabels"];
+    let operator = workload(&docs, "Deployment", "srv6pipes-operator");
+    assert_eq!(selector, &operator["spec"]["selector"]["matchLabels"], "it selects the operator's pods");
+    let off = render(&helm, &["--set", "operator.podDisruptionBudget.enabled=false"]);
+    assert!(!off.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+}
+
+/// Metrics are off by default; on, the daemons serve them behind a headless Service, and a
+/// ServiceMonitor comes only where the Prometheus operator's API exists.
+#[test]
+fn metrics_are_opt_in_and_the_service_monitor_needs_its_api() {
+    let Some(helm) = helm() else { return };
+    let args = |d: &[Json]| workload(d, "DaemonSet", "srv6pipes-node")["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let off = render(&helm, &[]);
+    assert!(!args(&off).contains("--metrics-addr"), "{}", args(&off));
+    assert!(!off.iter().any(|d| d["kind"] == "Service" || d["kind"] == "ServiceMonitor"));
+    let on = render(&helm, &["--set", "metrics.enabled=true"]);
+    assert!(args(&on).contains("--metrics-addr=0.0.0.0:9464"), "{}", args(&on));
+    let svc = workload(&on, "Service", "srv6pipes-node-metrics");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert!(!on.iter().any(|d| d["kind"] == "ServiceMonitor"), "no monitoring.coreos.com/v1 on this server");
+    let with_api = render(&helm, &["--set", "metrics.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]);
+    let sm = workload(&with_api, "ServiceMonitor", "srv6pipes-node");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["spec"]["selector"]);
+}
+
+/// `helm test` runs a pod that checks every node daemon is ready, with a read-only account, and
+/// the chart's versions are the crates'.
+#[test]
+fn helm_test_checks_the_daemons_and_versions_follow_the_crates() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let pod = workload(&docs, "Pod", "srv6pipes-test-daemons-ready");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(pod["spec"]["containers"][0]["args"][0], "--check-daemonset=kube-system/srv6pipes-node");
+    let role = workload(&docs, "Role", "srv6pipes-test");
+    for rule in role["rules"].as_array().unwrap() {
+        for verb in rule["verbs"].as_array().unwrap() {
+            assert!(["get", "list"].contains(&verb.as_str().unwrap()), "the test only reads: {rule}");
+        }
+    }
+    let chart_yaml: Json = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let crate_version = env!("CARGO_PKG_VERSION");
+    assert_eq!((chart_yaml["version"].as_str(), chart_yaml["appVersion"].as_str()), (Some(crate_version), Some(crate_version)));
 }

@@ -52,6 +52,12 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
         api.k(&["get", "nodeprogramslices", "-o", "jsonpath={.items[*].status.conditions[0].status}"]) == "True True"
             && api.get(&["nodeprogramslice", "n1.0"]).unwrap()["spec"]["tables"]["headends"].as_array().is_some_and(|h| !h.is_empty())
     });
+    // Each daemon says it is ready: its node's current program is in the datapath.
+    for n in ["n1", "n2"] {
+        let got = lab.run(&["exec", "--node", n, "--", "sh", "-c", "printf 'GET /readyz HTTP/1.1\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
+        let got = String::from_utf8_lossy(&got.stdout).into_owned();
+        assert!(got.starts_with("HTTP/1.0 200 OK") && got.ends_with("\r\n\r\nok\n"), "{n}'s /readyz: {got:?}");
+    }
     let table = api.k(&["get", "servicechains"]);
     println!("kubectl get servicechains:\n{table}");
     assert!(table.contains("[\"fcbb:bb00:1:e001::\",\"fcbb:bb00:2:e001::\",\"fcbb:bb00:2:d6::\"]"), "{table}");

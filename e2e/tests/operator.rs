@@ -14,14 +14,17 @@ use serde_json::Value;
 struct Operator {
     child: Child,
     log: PathBuf,
+    health: std::net::SocketAddr,
 }
 
 impl Operator {
     fn start(api: &ApiServer, n: u32) -> Operator {
         let log = api.dir.join(format!("operator-{n}.log"));
+        let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let child = Command::new(target_dir().join("srv6pipes-operator"))
             .arg("--kubeconfig")
             .arg(&api.kubeconfig)
+            .arg(format!("--health-addr={health}"))
             .args(["--lease-namespace", "default", "--lease-duration", "4", "--identity", &format!("op-{n}")])
             // Three locators only (index 0 is reserved): the fourth node finds the block full.
             .args(["--cluster-block", "fcbb:bb00::/46"])
@@ -29,7 +32,25 @@ impl Operator {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start srv6pipes-operator");
-        Operator { child, log }
+        Operator { child, log, health }
+    }
+
+    /// GET `path` on the health address: the status code and the body, once it answers.
+    fn probe(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        let mut s = loop {
+            match std::net::TcpStream::connect(self.health) {
+                Ok(s) => break s,
+                Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "{path}: {e}\n{}", self.log()),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
     }
 
     fn signal(&mut self, sig: &str) {
@@ -250,6 +271,18 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         )
     };
     let before = settled(&snapshot);
+    // The leader is live and ready; so is a standby once the API server answers it.
+    assert_eq!(op.probe("/readyz"), (200, "ok\n".into()), "{}", op.log());
+    assert_eq!(op.probe("/healthz").0, 200, "{}", op.log());
+    assert_eq!(op.probe("/metrics").0, 404);
+    let standby = Operator::start(&api, 3);
+    let start = Instant::now();
+    while standby.probe("/readyz").0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the standby is not ready: {:?}\n{}", standby.probe("/readyz"), standby.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(standby.log().contains("another instance leads"), "{}", standby.log());
+    drop(standby);
     op.signal("-KILL");
     let mut op = Operator::start(&api, 2);
     wait(&api, &op, &["lease", "srv6pipes-operator"], "the new operator to lead", |l| l["spec"]["holderIdentity"] == "op-2");

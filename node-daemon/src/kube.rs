@@ -237,6 +237,27 @@ impl Decoded {
     }
 }
 
+/// The daemon's readiness in kube mode: its node's program listed and its current version
+/// (`current`, None while the node has none) applied; the error says what is missing.
+pub fn readiness(
+    synced: bool,
+    current: Option<&Vec<(String, i64)>>,
+    applied: Option<&Vec<(String, i64)>>,
+    failure: Option<&str>,
+) -> Result<(), String> {
+    if !synced {
+        return Err("waiting for the first list of the node's program".into());
+    }
+    match current {
+        None => Ok(()),
+        Some(c) if applied == Some(c) => Ok(()),
+        Some(_) => Err(match failure {
+            Some(f) => format!("the node's current program is not applied: {f}"),
+            None => "the node's current program is not applied yet".into(),
+        }),
+    }
+}
+
 /// The node's published program as the watches have brought it.
 #[derive(Default)]
 pub struct Published {
@@ -278,11 +299,16 @@ impl Published {
         }
     }
 
+    /// Whether both watches have listed once.
+    pub fn synced(&self) -> bool {
+        self.slices.synced && self.legacy.synced
+    }
+
     /// What to program now: the complete set of `node`'s slices, else its pre-slice program;
     /// None before both watches have listed, or while the node has neither (nothing changes
     /// then: the datapath keeps what it has).
     pub fn source(&self, node: &str) -> Option<Source> {
-        if !(self.slices.synced && self.legacy.synced) {
+        if !self.synced() {
             return None;
         }
         let slices = self.slices.store.state();
@@ -560,5 +586,17 @@ mod tests {
         assert_eq!(listed(&p).unwrap(), ["legacy"]);
         p.update(Update::Legacy(watcher::Event::Delete(legacy(json!({})))));
         assert_eq!(listed(&p), None, "neither: the datapath keeps what it has");
+    }
+
+    #[test]
+    fn ready_once_the_current_program_is_applied() {
+        let v1 = vec![("uid".to_string(), 1)];
+        let v2 = vec![("uid".to_string(), 2)];
+        assert!(readiness(false, None, None, None).unwrap_err().contains("first list"));
+        assert_eq!(readiness(true, None, None, None), Ok(()), "a node without a program has nothing to apply");
+        assert_eq!(readiness(true, Some(&v1), Some(&v1), None), Ok(()));
+        assert_eq!(readiness(true, Some(&v2), Some(&v1), None), Err("the node's current program is not applied yet".into()));
+        let failed = readiness(true, Some(&v2), Some(&v1), Some("2 slices: route to fc00::1: no uplink")).unwrap_err();
+        assert!(failed.ends_with("2 slices: route to fc00::1: no uplink"), "{failed}");
     }
 }

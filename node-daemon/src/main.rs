@@ -9,11 +9,16 @@ mod server;
 mod state;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ipnet::Ipv6Net;
 use srv6::sid::Locator;
+use srv6pipes_probe::Health;
+use tokio::net::TcpListener;
+use tracing::info;
 
 /// srv6pipes node daemon.
 ///
@@ -64,6 +69,12 @@ pub struct Args {
     /// 0.0.0.0:9464, at /metrics.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve /healthz and /readyz on this address, e.g. 127.0.0.1:9465 (kubelet's probes; the
+    /// metrics address answers them too). /readyz: the datapath is loaded and, in kube mode,
+    /// the node's current program is applied (the answer says what is missing); /healthz: the
+    /// main loop runs (it has not stalled for 30 s).
+    #[arg(long)]
+    pub health_addr: Option<std::net::SocketAddr>,
     /// End.AD learning interval in milliseconds: a VNF's cached headers are re-learnt from
     /// inbound packets at most this often (0: on every packet, compare before write).
     #[arg(long, default_value_t = 1000)]
@@ -109,6 +120,16 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
+        let health = Arc::new(Health::new(Duration::from_secs(30), "starting: the node's locator and datapath are not ready yet"));
+        if let Some(addr) = args.health_addr {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("bind --health-addr {addr}"))?;
+            info!(%addr, "serving /healthz and /readyz");
+            let health = health.clone();
+            tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+                let health = health.clone();
+                async move { health.answer_or_404(&path) }
+            }));
+        }
         let kube_mode = args.kube || args.kubeconfig.is_some();
         if args.daemonset.is_some() && !kube_mode {
             anyhow::bail!("--daemonset needs kube mode (--kube or --kubeconfig)");
@@ -136,6 +157,6 @@ fn main() -> anyhow::Result<()> {
                 conf_dir,
             }),
         });
-        server::serve(&args.socket, args.metrics_addr, node, plane, departure).await
+        server::serve(&args.socket, server::Http { metrics: args.metrics_addr, health }, node, plane, departure).await
     })
 }

@@ -9,7 +9,8 @@ use srv6::node_api::{Request, Response};
 use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use srv6pipes_probe::{Health, Reply};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
@@ -25,6 +26,14 @@ pub enum ControlPlane {
     Kube(KubePlane),
 }
 
+/// The daemon's HTTP endpoints.
+pub struct Http {
+    /// Where /metrics is served (it answers the probes' paths too).
+    pub metrics: Option<SocketAddr>,
+    /// What /healthz and /readyz report: the main loop beats it, readiness is set here.
+    pub health: Arc<Health>,
+}
+
 /// What the socket handlers share.
 struct Shared {
     node: Mutex<Node>,
@@ -34,6 +43,7 @@ struct Shared {
     sids_changed: Notify,
     /// Kube mode: the API client, for pod lookups.
     kube: Option<kube::Client>,
+    health: Arc<Health>,
 }
 
 /// Kube mode: how a terminating daemon tells an uninstall from a restart, and what it then
@@ -43,13 +53,7 @@ pub struct Departure {
     pub cni: Option<CniUninstall>,
 }
 
-pub async fn serve(
-    path: &Path,
-    metrics: Option<SocketAddr>,
-    node: Node,
-    plane: ControlPlane,
-    departure: Option<Departure>,
-) -> anyhow::Result<()> {
+pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -73,25 +77,26 @@ pub async fn serve(
             ControlPlane::Kube(p) => Some(p.client()),
             ControlPlane::Local => None,
         },
+        health: http.health,
     });
-    if let ControlPlane::Kube(plane) = plane {
-        let shared = shared.clone();
-        tokio::spawn(async move { kube_loop(plane, shared).await });
+    match plane {
+        // Kube mode is ready once the node's current program is applied (kube_loop says so).
+        ControlPlane::Kube(plane) => {
+            shared.health.set_ready(Err("waiting for the first list of the node's program".into()));
+            let shared = shared.clone();
+            tokio::spawn(async move { kube_loop(plane, shared).await });
+        }
+        // The lab pushes programs over the socket, each applied before it is answered.
+        ControlPlane::Local => shared.health.set_ready(Ok(())),
     }
-    if let Some(addr) = metrics {
+    if let Some(addr) = http.metrics {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
         info!(%addr, "serving metrics at /metrics");
         let shared = shared.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = metrics_request(stream, shared).await {
-                        warn!(error = %format!("{e:#}"), "metrics request failed");
-                    }
-                });
-            }
-        });
+        tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+            let shared = shared.clone();
+            async move { http_request(&path, &shared).await }
+        }));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // From the start: the DaemonSet's deletion must be seen while this daemon can still read it.
@@ -123,6 +128,7 @@ pub async fn serve(
                 }
             }
             _ = recount.tick() => {
+                shared.health.beat();
                 let mut node = shared.node.lock().await;
                 if let Err(e) = node.keep_first() {
                     warn!(error = %format!("{e:#}"), "keeping srv6pipes' programs first failed");
@@ -205,23 +211,15 @@ async fn spawn_flow_recount(shared: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.0 responder: GET /metrics answers the Prometheus text format.
-async fn metrics_request(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let (status, body) = if line.starts_with("GET /metrics ") || line.trim_end() == "GET /metrics" {
-        match shared.node.lock().await.metrics() {
-            Ok(text) => ("200 OK", text),
-            Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
-        }
-    } else {
-        ("404 Not Found", "try /metrics\n".to_string())
-    };
-    let head = format!("HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", body.len());
-    w.write_all(head.as_bytes()).await?;
-    w.write_all(body.as_bytes()).await?;
-    Ok(())
+/// GET /metrics: the Prometheus text format; the probes' paths as on --health-addr.
+async fn http_request(path: &str, shared: &Shared) -> Reply {
+    if path != "/metrics" {
+        return shared.health.answer(path).unwrap_or_else(|| Reply::not_found(&["/metrics", "/healthz", "/readyz"]));
+    }
+    match shared.node.lock().await.metrics() {
+        Ok(text) => Reply::ok(text),
+        Err(e) => Reply { status: 500, body: format!("{e:#}\n") },
+    }
 }
 
 async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -290,6 +288,7 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
     let mut published = crate::kube::Published::default();
     let mut sids_published: Option<srv6::node_api::NodeSids> = None;
     let mut applied: Option<Vec<(String, i64)>> = None;
+    let mut failure: Option<String> = None;
     let mut decoded = crate::kube::Decoded::default();
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
     shared.sids_changed.notify_one();
@@ -307,7 +306,8 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
                 }
             }
         }
-        if let Some(source) = published.source(plane.node()) {
+        let source = published.source(plane.node());
+        if let Some(source) = &source {
             let id = source.id();
             if applied.as_ref() != Some(&id) {
                 let result = match source.program(&mut decoded) {
@@ -325,11 +325,18 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
                     }
                     Err(e) => warn!(from = %what, error = %e, "programming failed; retrying in 5 s"),
                 }
-                if let Err(e) = plane.report(&source, &result).await {
+                if let Err(e) = plane.report(source, &result).await {
                     warn!(error = %format!("{e:#}"), "status report failed");
                 }
+                failure = result.err().map(|e| format!("{what}: {e}"));
             }
         }
+        shared.health.set_ready(crate::kube::readiness(
+            published.synced(),
+            source.map(|s| s.id()).as_ref(),
+            applied.as_ref(),
+            failure.as_deref(),
+        ));
         let sids = shared.node.lock().await.sids();
         if sids_published.as_ref() != Some(&sids) {
             match plane.publish(&sids).await {

@@ -25,6 +25,8 @@ pub struct Elector {
     duration: Duration,
     renew_deadline: Duration,
     fence: Fence,
+    /// When the API server last answered a Lease call (readiness).
+    answered: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Until when this instance holds the lease for sure; writers check it before each write.
@@ -83,7 +85,15 @@ impl Elector {
     /// `duration`, by when this instance has stopped writing.
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration, renew_deadline: Duration) -> Self {
         assert!(renew_deadline < duration, "renew deadline {renew_deadline:?} must be shorter than the lease duration {duration:?}");
-        Elector { api, name: name.into(), identity: identity.into(), duration, renew_deadline, fence: Fence::new() }
+        Elector {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+            renew_deadline,
+            fence: Fence::new(),
+            answered: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// The same elector (identity, timings, fence) calling through `api`: a client of another
@@ -96,6 +106,17 @@ impl Elector {
             duration: self.duration,
             renew_deadline: self.renew_deadline,
             fence: self.fence.clone(),
+            answered: self.answered.clone(),
+        }
+    }
+
+    /// Ok when the API server answered a Lease call (this instance's renewal, or its attempt
+    /// to take the lease) within the lease duration; the error says since when it has not.
+    pub fn reachable(&self) -> Result<(), String> {
+        match *self.answered.lock().expect("answered") {
+            Some(at) if at.elapsed() <= self.duration => Ok(()),
+            Some(at) => Err(format!("the API server has not answered a Lease call for {:.0} s", at.elapsed().as_secs_f64())),
+            None => Err("the API server has not answered a Lease call yet".into()),
         }
     }
 
@@ -133,6 +154,9 @@ impl Elector {
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
         let started = Instant::now();
         let held = self.try_acquire_once().await;
+        if held.is_ok() {
+            *self.answered.lock().expect("answered") = Some(Instant::now());
+        }
         match &held {
             Ok(true) => self.fence.hold_until(started + self.renew_deadline),
             Ok(false) => self.fence.drop_hold(),

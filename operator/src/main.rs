@@ -8,13 +8,15 @@ use clap::Parser;
 use ipnet::Ipv6Net;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use srv6pipes_operator::{controller, lease::Elector, webhook};
+use srv6pipes_operator::{controller, lease::Elector};
+use srv6pipes_probe::Health;
+use std::sync::Arc;
 use tracing::{error, info};
 
 /// srv6pipes operator.
 ///
 /// Watches ServiceChains, Pods, Nodes and the node daemons' NodeSidTables; compiles the chains
-/// and server-side applies one NodeProgram per node (field manager srv6pipes-operator); writes
+/// and server-side applies each node's NodeProgramSlices (field manager srv6pipes-operator); writes
 /// each chain's status (Ready/Degraded conditions, hops, paths) and Events; gives every node a
 /// locator from --cluster-block (annotation srv6pipes.io/locator). One instance leads at a time
 /// (Lease --lease-name in --lease-namespace).
@@ -30,8 +32,7 @@ struct Args {
     /// Length of the locators given to nodes (FUNCT is the next 16 bits).
     #[arg(long, default_value_t = 48)]
     locator_length: u8,
-    /// The operator's namespace: the leader-election Lease's, and the webhook's Secret,
-    /// Service and node daemons' ServiceAccount's.
+    /// The operator's namespace: the leader-election Lease's.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     lease_namespace: String,
     #[arg(long, default_value = "srv6pipes-operator")]
@@ -50,23 +51,19 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-    /// Serve the node-writes admission webhook on this address (e.g. 0.0.0.0:9443): a node
-    /// daemon may write only its own node's NodeSidTable and NodeProgram status. Every replica
-    /// serves it, leader or not.
+    /// Serve /healthz and /readyz on this address (kubelet's probes), from a thread of its own.
+    /// /readyz: the API server answered this instance's Lease calls within the lease duration
+    /// (leader or standby); /healthz: the controllers' runtime has not stalled for 60 s.
     #[arg(long)]
-    webhook_addr: Option<std::net::SocketAddr>,
-    /// The Service in front of the webhook (its DNS names go in the certificate).
-    #[arg(long, default_value = "srv6pipes-operator")]
-    webhook_service: String,
-    /// The Secret that keeps the webhook's certificate (made by the first replica).
-    #[arg(long, default_value = "srv6pipes-webhook-tls")]
-    webhook_secret: String,
-    /// The ValidatingWebhookConfiguration whose caBundle the operator fills in.
-    #[arg(long, default_value = "srv6pipes-node-writes")]
-    webhook_configuration: String,
-    /// The node daemons' ServiceAccount (in the operator's namespace), whose writes are checked.
-    #[arg(long, default_value = "srv6pipes-node")]
-    node_service_account: String,
+    health_addr: Option<std::net::SocketAddr>,
+    /// Run no controller: check that every pod of the node daemons' DaemonSet NAMESPACE/NAME is
+    /// scheduled, current and ready (waiting up to --check-timeout for it), say so and exit 0,
+    /// else name the pods that are not and exit 1 (the chart's `helm test`).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    check_daemonset: Option<String>,
+    /// Seconds --check-daemonset waits for the daemons to be ready.
+    #[arg(long, default_value_t = 60)]
+    check_timeout: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +91,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--locator-length {} must be within /{}..=/112", args.locator_length, args.cluster_block.prefix_len());
     }
     let client = srv6pipes_operator::client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+    if let Some(ds) = &args.check_daemonset {
+        return check_daemonset(client, ds, Duration::from_secs(args.check_timeout)).await;
+    }
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = nix_hostname().unwrap_or_else(|| "operator".into());
         format!("{host}-{}", std::process::id())
@@ -110,27 +110,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         duration,
         renew_deadline,
     );
-    let webhook = async {
-        match args.webhook_addr {
-            Some(addr) => {
-                let cfg = webhook::Config {
-                    addr,
-                    namespace: args.lease_namespace.clone(),
-                    service: args.webhook_service.clone(),
-                    secret: args.webhook_secret.clone(),
-                    configuration: args.webhook_configuration.clone(),
-                    node_account: args.node_service_account.clone(),
-                };
-                webhook::serve(client.clone(), cfg).await.context("node-writes webhook")
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(webhook);
-    tokio::select! {
-        r = &mut webhook => return r,
-        r = elector.acquire() => r?,
+    let health = Arc::new(Health::new(Duration::from_secs(60), "starting: the API server has not answered a Lease call yet"));
+    if let Some(addr) = args.health_addr {
+        serve_health(addr, health.clone(), elector.clone())?;
     }
+    let beating = health.clone();
+    tokio::spawn(async move {
+        loop {
+            beating.beat();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    elector.acquire().await?;
     let config = controller::Config { block: args.cluster_block, locator_len: args.locator_length };
     let (stop, mut keeper) = keep_on_own_thread(&elector, args.kubeconfig.clone(), args.lease_namespace.clone());
     let kept = |r: Result<anyhow::Result<()>, _>| r.unwrap_or_else(|_| Err(anyhow::anyhow!("the lease thread ended")));
@@ -141,7 +132,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             lost = true;
             kept(r)
         }
-        r = &mut webhook => r,
     };
     if !lost {
         // No renewal may race the release.
@@ -182,6 +172,52 @@ fn keep_on_own_thread(
         error!(error = %e, "no thread for the lease");
     }
     (stop, rx)
+}
+
+async fn check_daemonset(client: kube::Client, ds: &str, timeout: Duration) -> anyhow::Result<()> {
+    let (namespace, name) = ds.split_once('/').with_context(|| format!("--check-daemonset {ds:?}: not NAMESPACE/NAME"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let verdict = srv6pipes_operator::check::daemonset(client.clone(), namespace, name).await?;
+        match verdict {
+            Ok(summary) => {
+                println!("{summary}");
+                return Ok(());
+            }
+            Err(why) if std::time::Instant::now() >= deadline => anyhow::bail!("{why} (waited {timeout:?})"),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+/// Answers the probes from a thread and runtime of its own, so that a busy controller runtime
+/// (compiling 10,000 chains) does not make them time out; readiness is refreshed every second.
+fn serve_health(addr: std::net::SocketAddr, health: Arc<Health>, elector: Elector) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind --health-addr {addr}"))?;
+    listener.set_nonblocking(true)?;
+    info!(%addr, "serving /healthz and /readyz");
+    std::thread::Builder::new().name("health".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return error!(error = %e, "no runtime for the health endpoints"),
+        };
+        rt.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return error!(error = %e, "health listener"),
+            };
+            let answering = health.clone();
+            tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+                let health = answering.clone();
+                async move { health.answer_or_404(&path) }
+            }));
+            loop {
+                health.set_ready(elector.reachable());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    })?;
+    Ok(())
 }
 
 fn nix_hostname() -> Option<String> {

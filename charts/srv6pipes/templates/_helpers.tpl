@@ -20,3 +20,25 @@ app.kubernetes.io/part-of: srv6pipes
 imagePullSecrets: {{ toYaml . | nindent 2 }}
 {{- end -}}
 {{- end -}}
+
+{{/* A component's placement (dict "c" .Values.COMPONENT): nodeSelector, affinity, tolerations. */}}
+{{- define "srv6pipes.placement" -}}
+{{- with .c.nodeSelector }}
+nodeSelector: {{ toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.affinity }}
+affinity: {{ toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.tolerations }}
+tolerations: {{ toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A component's own environment entries (dict "root" . "c" .Values.COMPONENT): RUST_LOG
+     from its logLevel or the chart's, then its extraEnv. */}}
+{{- define "srv6pipes.env" -}}
+- {name: RUST_LOG, value: {{ default .root.Values.logLevel .c.logLevel | quote }}}
+{{- with .c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}

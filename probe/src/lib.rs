@@ -1,0 +1,259 @@
+//! srv6pipes' plain HTTP endpoints: Prometheus' `/metrics`, and the `/healthz` and `/readyz`
+//! that kubelet probes. One GET per connection, answered and closed (HTTP/1.0 framing, which
+//! kubelet and Prometheus accept); the request line is all that is read.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<String>) -> Self {
+        Reply { status: 200, body: body.into() }
+    }
+
+    pub fn unavailable(body: impl Into<String>) -> Self {
+        Reply { status: 503, body: body.into() }
+    }
+
+    pub fn not_found(known: &[&str]) -> Self {
+        Reply { status: 404, body: format!("not found; try {}\n", known.join(", ")) }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            _ => "",
+        }
+    }
+
+    /// The whole response as sent.
+    pub fn to_http(&self) -> String {
+        format!(
+            "HTTP/1.0 {} {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.status,
+            self.reason(),
+            self.body.len(),
+            self.body
+        )
+    }
+}
+
+/// The path of a GET request line (`GET /readyz?verbose HTTP/1.1` gives `/readyz`); None for
+/// anything else.
+pub fn get_path(request_line: &str) -> Option<&str> {
+    let mut words = request_line.split_ascii_whitespace();
+    if words.next()? != "GET" {
+        return None;
+    }
+    let target = words.next()?;
+    Some(target.split('?').next().unwrap_or(target))
+}
+
+/// Answers every connection on `listener` with `handler(path)`, until the listener fails.
+pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, handler).await {
+                warn!(error = %e, "HTTP request failed");
+            }
+        });
+    }
+}
+
+async fn answer<F, Fut>(stream: TcpStream, handler: F) -> std::io::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    // A client that sends nothing is dropped, not waited on for ever.
+    match tokio::time::timeout(Duration::from_secs(10), BufReader::new(r).read_line(&mut line)).await {
+        Ok(read) => read?,
+        Err(_) => return Ok(()),
+    };
+    let reply = match get_path(&line) {
+        Some(path) => handler(path.to_string()).await,
+        None => Reply { status: 405, body: "only GET\n".into() },
+    };
+    w.write_all(reply.to_http().as_bytes()).await?;
+    w.shutdown().await
+}
+
+/// What `/healthz` and `/readyz` report: a heartbeat that the process' main loop beats, and
+/// a readiness with the reason it is not ready.
+pub struct Health {
+    started: Instant,
+    beat_ms: AtomicU64,
+    ready: AtomicBool,
+    why_not: Mutex<String>,
+    stall: Duration,
+}
+
+impl Health {
+    /// Live while the main loop beats at least every `stall`; not ready until told.
+    pub fn new(stall: Duration, why_not: &str) -> Self {
+        Health {
+            started: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            why_not: Mutex::new(why_not.into()),
+            stall,
+        }
+    }
+
+    /// The main loop ran; until the first beat the process is starting, and live.
+    pub fn beat(&self) {
+        self.beat_ms.store(self.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// Ready, or not with the reason (`/readyz` says it).
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        match ready {
+            Ok(()) => self.ready.store(true, Ordering::Relaxed),
+            Err(why) => {
+                *self.why_not.lock().expect("health") = why;
+                self.ready.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn healthz(&self) -> Reply {
+        let beat = self.beat_ms.load(Ordering::Relaxed);
+        if beat == 0 {
+            return Reply::ok("starting\n");
+        }
+        let since = self.started.elapsed().saturating_sub(Duration::from_millis(beat - 1));
+        if since <= self.stall {
+            Reply::ok("ok\n")
+        } else {
+            Reply::unavailable(format!("the main loop has not run for {:.0} s\n", since.as_secs_f64()))
+        }
+    }
+
+    pub fn readyz(&self) -> Reply {
+        if self.is_ready() {
+            Reply::ok("ok\n")
+        } else {
+            Reply::unavailable(format!("not ready: {}\n", self.why_not.lock().expect("health")))
+        }
+    }
+
+    /// The probes' answers, `not_found` naming them for any other path.
+    pub fn answer_or_404(&self, path: &str) -> Reply {
+        self.answer(path).unwrap_or_else(|| Reply::not_found(&["/healthz", "/readyz"]))
+    }
+
+    /// The answer to the probes' paths; None for another path.
+    pub fn answer(&self, path: &str) -> Option<Reply> {
+        match path {
+            "/healthz" | "/livez" => Some(self.healthz()),
+            "/readyz" => Some(self.readyz()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(get_path("GET /readyz HTTP/1.1\r\n"), Some("/readyz"));
+        assert_eq!(get_path("GET /metrics?x=1 HTTP/1.0\r\n"), Some("/metrics"));
+        assert_eq!(get_path("GET /metrics\r\n"), Some("/metrics"));
+        assert_eq!(get_path("POST /readyz HTTP/1.1\r\n"), None);
+        assert_eq!(get_path(""), None);
+    }
+
+    #[test]
+    fn replies_are_framed() {
+        let r = Reply::unavailable("not ready: x\n").to_http();
+        assert!(r.starts_with("HTTP/1.0 503 Service Unavailable\r\n"), "{r}");
+        assert!(r.contains("Content-Length: 13\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\nnot ready: x\n"), "{r}");
+    }
+
+    #[test]
+    fn readiness_says_why_not() {
+        let h = Health::new(Duration::from_secs(30), "starting");
+        assert_eq!(h.readyz().status, 503);
+        assert!(h.readyz().body.contains("starting"));
+        h.set_ready(Ok(()));
+        assert_eq!(h.answer("/readyz").unwrap().status, 200);
+        h.set_ready(Err("program 7 failed".into()));
+        assert_eq!(h.readyz().body, "not ready: program 7 failed\n");
+        assert!(h.answer("/metrics").is_none());
+    }
+
+    #[test]
+    fn liveness_follows_the_heartbeat() {
+        let h = Health::new(Duration::from_millis(50), "starting");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(h.healthz(), Reply::ok("starting\n"), "live before the main loop starts");
+        h.beat();
+        assert_eq!(h.healthz().status, 200);
+        std::thread::sleep(Duration::from_millis(120));
+        let stalled = h.healthz();
+        assert_eq!(stalled.status, 503, "{stalled:?}");
+        assert!(stalled.body.contains("has not run"), "{stalled:?}");
+        h.beat();
+        assert_eq!(h.healthz().status, 200);
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, |path: String| async move {
+            if path == "/x" {
+                Reply::ok("x\n")
+            } else {
+                Reply::not_found(&["/x"])
+            }
+        }));
+        for (req, want) in
+            [("GET /x HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.0 200 OK"), ("GET /y HTTP/1.1\r\n\r\n", "HTTP/1.0 404 Not Found")]
+        {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await.unwrap();
+            assert!(out.starts_with(want), "{req:?} -> {out:?}");
+        }
+    }
+}
