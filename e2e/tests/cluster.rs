@@ -1,5 +1,5 @@
 //! Tier 6: srv6pipes on a real two-node Kubernetes (kubelet + containerd + runc, API server with
-//! Node,RBAC) made by e2e/cluster/up, deployed from the chart's rendered manifests, then the
+//! Node,RBAC, kube-proxy) made by e2e/cluster/up, deployed from the chart with Helm, then the
 //! scenario shared with kind (e2e/scenario.sh): steering, return path, Ready, a DaemonSet pod
 //! recreated and an upgrade under a steady flow without loss, RBAC refusals, unsteering, and an
 //! uninstall that leaves the nodes clean.
