@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
-use aya::programs::{Xdp, XdpFlags};
+use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use srv6pipes_ebpf::{prog_test_run, TestAttr};
 
 use crate::packet::Frame;
 use crate::sys;
@@ -125,7 +124,7 @@ impl Traffic {
         let prog: &mut Xdp = self.bpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
         let name = ifname.to_string();
         // aya resolves the name in the calling thread's netns; the link lives as long as `bpf`.
-        sys::in_netns(netns, || prog.attach(&name, XdpFlags::DRV_MODE).map(|_| ()).with_context(|| format!("attach sink XDP to {name}")))?;
+        sys::in_netns(netns, || prog.attach(&name, XdpMode::Driver).map(|_| ()).with_context(|| format!("attach sink XDP to {name}")))?;
         Ok((ifindex, slot))
     }
 
@@ -250,6 +249,41 @@ impl Traffic {
 }
 
 extern "C" fn wake(_: libc::c_int) {}
+
+/// The `test` member of `union bpf_attr` (uapi/linux/bpf.h), zero-padded: the generator calls
+/// BPF_PROG_TEST_RUN itself, by fd, from the thread it pins (aya's `test_run` wants the program).
+#[repr(C, align(8))]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: [u32; 13],
+}
+
+/// # Safety
+/// Every pointer in `attr` must point at a live buffer of the size given beside it.
+unsafe fn prog_test_run(attr: &mut TestAttr) -> std::io::Result<()> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: the caller's buffers are live; the size is the struct's.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr as *mut TestAttr, std::mem::size_of::<TestAttr>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Runs the generator program on live frames; Ok(false) when a signal ended the run.
 fn test_run(fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<bool> {

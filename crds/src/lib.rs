@@ -338,7 +338,7 @@ pub fn crd_yaml() -> String {
     let mut out = String::from("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
     for crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
+        out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes"));
     }
     out
 }
@@ -358,7 +358,7 @@ pub fn chart_crd_yaml() -> String {
     for mut crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
         crd.metadata.annotations.get_or_insert_with(Default::default).insert("helm.sh/resource-policy".into(), "keep".into());
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes"));
+        out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes"));
     }
     out.push_str("{{- end }}\n");
     out
@@ -379,8 +379,7 @@ mod tests {
             !chart_crd_yaml().replace("{{- if .Values.crds.install }}", "").replace("{{- end }}", "").contains("{{"),
             "no template syntax in the CRDs"
         );
-        let crds: Vec<serde_json::Value> =
-            serde_yaml::Deserializer::from_str(committed).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
+        let crds: Vec<serde_json::Value> = serde_saphyr::from_multiple(committed).unwrap();
         let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,

@@ -26,10 +26,8 @@ fn render(helm: &PathBuf, args: &[&str]) -> Vec<Json> {
     let out = run(helm, &all);
     assert!(out.status.success(), "helm {all:?}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| <Json as serde::Deserialize>::deserialize(d).unwrap())
-        .filter(|d| !d.is_null())
-        .collect()
+    let docs: Vec<Json> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
 #[test]
@@ -82,7 +80,7 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     assert_eq!(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "srv6pipes");
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false, "no credentials");
     let c = &pod["spec"]["containers"][0];
-    let chart_yaml: Json = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     assert_eq!(c["image"], format!("localhost/srv6pipes-stream:{}", chart_yaml["appVersion"].as_str().unwrap()));
     assert_eq!(c["securityContext"]["capabilities"], serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
@@ -131,7 +129,7 @@ fn objects_carry_the_standard_labels_and_pods_the_pull_secrets() {
         "global.storageClass=fast",
     ];
     let docs = render(&helm, &args);
-    let chart_yaml: Json = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     let (version, app_version) = (chart_yaml["version"].as_str().unwrap(), chart_yaml["appVersion"].as_str().unwrap());
     for d in docs.iter().filter(|d| d["kind"] != "CustomResourceDefinition") {
         let l = &d["metadata"]["labels"];
@@ -266,7 +264,7 @@ fn helm_test_checks_the_daemons_and_versions_follow_the_crates() {
             assert!(["get", "list"].contains(&verb.as_str().unwrap()), "the test only reads: {rule}");
         }
     }
-    let chart_yaml: Json = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     let crate_version = env!("CARGO_PKG_VERSION");
     assert_eq!((chart_yaml["version"].as_str(), chart_yaml["appVersion"].as_str()), (Some(crate_version), Some(crate_version)));
 }

@@ -28,7 +28,7 @@ pub use maps::{
     CLASS_SRC_PORTS, MAX_HDR, MAX_SEGS, POLICY_DROP, POLICY_INSERT, REPLICA_SLOTS, SRH_TAG_OFFSET, STREAM_MARK, VNF_AM, VNF_AS,
     VNF_NO_FLOWS, VNF_SHARED, VNF_STREAM,
 };
-pub use testrun::{prog_test_run, SkbCtx, TestAttr, TestRun};
+pub use testrun::{SkbCtx, TestRun};
 
 /// The compiled object (aligned for the ELF parser).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/srv6pipes.bpf.o"));
@@ -157,7 +157,7 @@ impl FlowCounter {
 /// three programs.
 fn load_object(pin_dir: &Path) -> Result<Ebpf> {
     let mut bpf = EbpfLoader::new()
-        .map_pin_path(pin_dir)
+        .default_map_pin_directory(pin_dir)
         .load(OBJECT)
         .map_err(|source| DatapathError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
     for hook in Hook::ALL {
@@ -627,8 +627,7 @@ impl Datapath {
     pub fn test_run(&self, hook: Hook, packet: &[u8], ctx: SkbCtx) -> Result<TestRun> {
         let program = hook.program();
         let prog: &SchedClassifier = self.bpf.program(program).expect("loaded").try_into().expect("classifier");
-        let fd = prog.fd().map_err(|source| DatapathError::Program { program, source })?;
-        testrun::run(fd, packet, ctx).map_err(|e| DatapathError::Invalid(format!("test run {program}: {e}")))
+        testrun::run(prog, packet, ctx).map_err(|source| DatapathError::Program { program, source })
     }
 
     /// Datapath events (ICMP errors sent or rate limited, MSS clamps), summed over CPUs.

@@ -216,12 +216,12 @@ mod tests {
             if path.extension().is_none_or(|e| e != "yaml") {
                 continue;
             }
-            for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap()) {
-                let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for v in docs {
                 if v["kind"] != "ServiceChain" {
                     continue;
                 }
-                let c: srv6pipes_crds::ServiceChain = serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let c: srv6pipes_crds::ServiceChain = serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 for f in &c.spec.functions {
                     if let Some(s) = &f.stream {
                         check(&f.name, s).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

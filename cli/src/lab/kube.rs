@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde::Deserialize;
 use serde_json::json;
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION, NODE_LABEL};
 
@@ -51,7 +50,7 @@ impl Cluster {
     pub fn apply_crds(&self) -> anyhow::Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let yaml = srv6pipes_crds::crd_yaml();
-        let crds = serde_yaml::Deserializer::from_str(&yaml).map(CustomResourceDefinition::deserialize).collect::<Result<Vec<_>, _>>()?;
+        let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&yaml)?;
         self.rt.block_on(async {
             for crd in &crds {
                 api.patch(&crd.name_any(), &apply(), &Patch::Apply(crd)).await.with_context(|| format!("CRD {}", crd.name_any()))?;

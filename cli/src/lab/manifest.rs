@@ -6,7 +6,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::{anyhow, bail, Context};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use serde::Deserialize;
 use srv6::node_api::{networks_in_annotation, NETWORKS_ANNOTATION};
 use srv6::sid::Locator;
 use srv6pipes_crds::{ServiceChain, LOCATOR_ANNOTATION};
@@ -56,12 +55,11 @@ pub fn parse(text: &str, known_nodes: &[String]) -> anyhow::Result<Manifest> {
     let mut nodes = Vec::new();
     let mut pods = Vec::new();
     let mut chains = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).with_context(|| format!("YAML document {}", i + 1))?;
-        if value.is_null() {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).context("YAML")?;
+    for (i, json) in docs.into_iter().enumerate() {
+        if json.is_null() {
             continue;
         }
-        let json = serde_json::to_value(&value)?;
         let kind = json.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let api = json.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let ctx = || format!("document {} ({api} {kind})", i + 1);
