@@ -15,7 +15,6 @@ use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-
 use crate::packet::Frame;
 use crate::sys;
 
