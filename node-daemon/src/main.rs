@@ -17,8 +17,6 @@ use clap::Parser;
 use ipnet::Ipv6Net;
 use srv6::sid::Locator;
 use srv6pipes_probe::Health;
-use tokio::net::TcpListener;
-use tracing::info;
 
 /// srv6pipes node daemon.
 ///
@@ -122,13 +120,12 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let health = Arc::new(Health::new(Duration::from_secs(30), "starting: the node's locator and datapath are not ready yet"));
         if let Some(addr) = args.health_addr {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("bind --health-addr {addr}"))?;
-            info!(%addr, "serving /healthz and /readyz");
             let health = health.clone();
-            tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+            srv6pipes_probe::spawn(addr, "/healthz and /readyz", move |path: String| {
                 let health = health.clone();
                 async move { health.answer_or_404(&path) }
-            }));
+            })
+            .await?;
         }
         let kube_mode = args.kube || args.kubeconfig.is_some();
         if args.daemonset.is_some() && !kube_mode {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use srv6pipes_probe::{Health, Reply};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
@@ -90,13 +90,12 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
         ControlPlane::Local => shared.health.set_ready(Ok(())),
     }
     if let Some(addr) = http.metrics {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
-        info!(%addr, "serving metrics at /metrics");
         let shared = shared.clone();
-        tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+        srv6pipes_probe::spawn(addr, "metrics at /metrics", move |path: String| {
             let shared = shared.clone();
             async move { http_request(&path, &shared).await }
-        }));
+        })
+        .await?;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // From the start: the DaemonSet's deletion must be seen while this daemon can still read it.

@@ -65,6 +65,19 @@ pub fn get_path(request_line: &str) -> Option<&str> {
     Some(target.split('?').next().unwrap_or(target))
 }
 
+/// Binds `addr` and answers on it from a task of the current runtime; `what` names the endpoints
+/// in the log and in a bind error.
+pub async fn spawn<F, Fut>(addr: std::net::SocketAddr, what: &str, handler: F) -> std::io::Result<()>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {what} on {addr}: {e}")))?;
+    tracing::info!(%addr, "serving {what}");
+    tokio::spawn(serve(listener, handler));
+    Ok(())
+}
+
 /// Answers every connection on `listener` with `handler(path)`, until the listener fails.
 pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
 where
