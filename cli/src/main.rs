@@ -2,6 +2,7 @@
 //! network namespaces with the real node daemon, CNI plugin and eBPF datapath, no Kubernetes.
 
 mod lab;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,14 +27,15 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = lab::Format::Text)]
         output: lab::Format,
     },
-    /// A chain's path node by node — headends, each hop's replicas and SIDs, the decapsulation —
-    /// with live counters. CHAIN is NAME or NAMESPACE/NAME.
+    /// A chain's path node by node — sources, headends, each hop's replicas and SIDs, the
+    /// decapsulation — with live counters, as text, JSON or a picture (`-o dot`, `-o svg` with
+    /// Graphviz installed, `-o mermaid` for docs). CHAIN is NAME or NAMESPACE/NAME.
     Trace {
         chain: String,
         #[command(flatten)]
         which: lab::Which,
-        #[arg(short = 'o', long, value_enum, default_value_t = lab::Format::Text)]
-        output: lab::Format,
+        #[arg(short = 'o', long, value_enum, default_value_t = trace::Format::Text)]
+        output: trace::Format,
     },
 }
 
@@ -47,7 +49,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Stats { which, output } => lab::stats(&which, output).map(|_| ExitCode::SUCCESS),
-        Command::Trace { chain, which, output } => lab::trace(&which, &chain, output).map(|_| ExitCode::SUCCESS),
+        Command::Trace { chain, which, output } => lab::trace(&which, &chain)
+            .and_then(|t| trace::render(&t, output))
+            .map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
     };
     match result {
         Ok(code) => code,

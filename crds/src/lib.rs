@@ -1,7 +1,11 @@
 //! Rust types of srv6pipes' custom resources (API group `srv6pipes.io`, version `v1alpha1`).
 //!
 //! The lab reads these from YAML, the operator reconciles them, and the CRD YAML is generated
-//! from them. Field names follow `design-brief.md` §3 exactly: they are a user-facing contract.
+//! from them, with `docs/reference.md` ([`reference::reference_md`]). The doc comments of these
+//! types are the descriptions users read (`kubectl explain`, the reference): write them for users.
+//! Field names are a user-facing contract: extend, never rename.
+
+pub mod reference;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
@@ -17,10 +21,15 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ServiceChainStatus",
     shortname = "sfc",
+    category = "srv6pipes",
+    doc = "A chain of SR-unaware network functions (and SRv6 pipes' bytestream functions) that the matching traffic of the selected source pods crosses in order, steered with IPv6 Segment Routing.",
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name": "Paths", "type": "string", "jsonPath": ".status.paths[*].segments"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Functions", "type": "string", "jsonPath": ".spec.functions[*].name"}"#,
+    printcolumn = r#"{"name": "Paths", "type": "integer", "description": "Segment lists in use (one per headend and direction)", "jsonPath": ".status.pathCount"}"#,
+    printcolumn = r#"{"name": "Degraded", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Degraded\")].reason"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name": "Segments", "type": "string", "priority": 1, "jsonPath": ".status.paths[*].segments"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceChainSpec {
@@ -43,12 +52,15 @@ pub struct ServiceChainSpec {
     pub failure_policy: FailurePolicy,
 }
 
+/// Whose traffic enters a chain.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Sources {
+    /// The source pods, in the chain's namespace.
     pub pod_selector: LabelSelector,
 }
 
+/// Which of the sources' traffic a chain steers; all fields are ANDed, an empty match steers all of it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Match {
@@ -60,14 +72,16 @@ pub struct Match {
     #[serde(default)]
     #[schemars(inner(regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*)/[0-9]{1,3}$")))]
     pub source_prefixes: Vec<String>,
+    /// The transport protocol (TCP, UDP, ICMP); Any by default.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Ports ("80") or ranges ("8000-8080").
+    /// Destination ports ("80") or ranges ("8000-8080") of TCP or UDP; none: any port.
     #[serde(default)]
     #[schemars(inner(regex(pattern = r"^[0-9]{1,5}(-[0-9]{1,5})?$")))]
     pub destination_ports: Vec<String>,
 }
 
+/// A transport protocol to match.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
@@ -80,11 +94,16 @@ pub enum Protocol {
     Any,
 }
 
+/// One function of a chain: the pods that implement it, and how the traffic reaches them.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Function {
+    /// The function's name, unique in the chain (status and metrics name the hop by it).
     pub name: String,
+    /// The function's replicas, pods in the chain's namespace wired by the srv6pipes CNI plugin;
+    /// flows are spread over the ready ones and stay on one.
     pub pod_selector: LabelSelector,
+    /// The SR proxy in front of the function (Dynamic by default).
     #[serde(default)]
     pub proxy: ProxyKind,
     /// The function rewrites flows (NAT, L4/L7 proxies): what it returns cannot be matched to
@@ -104,9 +123,10 @@ pub struct Function {
 pub struct StreamFunction {
     /// The function's name: identity, base64, replace, xor, compress.
     pub function: String,
-    /// Its arguments, strings each (documented per function).
+    /// Its arguments, strings each (documented per function in docs/architecture.md).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub args: std::collections::BTreeMap<String, String>,
+    /// Which bytes it rewrites (Forward by default).
     #[serde(default)]
     pub direction: StreamDirection,
 }
@@ -119,6 +139,7 @@ pub enum StreamDirection {
     Forward,
     /// The server's reply bytes, toward the client.
     Reverse,
+    /// Both directions' bytes.
     Both,
 }
 
@@ -134,6 +155,7 @@ pub enum ProxyKind {
     Masquerading,
 }
 
+/// What a chain does while a function has no ready replica.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
 pub enum FailurePolicy {
     /// Drop the chain's traffic while a function has no ready replica.
@@ -143,37 +165,56 @@ pub enum FailurePolicy {
     Open,
 }
 
+/// What the operator made of a chain (written by the operator only).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceChainStatus {
+    /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`: True once every headend node has programmed the chain; False with the reason
+    /// (NoReplicas, NoSources, Conflict, NotProgrammed, ...) otherwise. `Degraded`: present and
+    /// True while the chain runs, but not as asked (failurePolicy Open bypassing a function).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Each function's replicas, with their nodes and SIDs, in chain order.
     #[serde(default)]
     pub hops: Vec<Hop>,
+    /// The distinct segment lists the headends push.
     #[serde(default)]
     pub paths: Vec<Path>,
+    /// How many segment lists are in use (`paths`' length), for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_count: Option<u32>,
 }
 
+/// One function of a chain as programmed.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Hop {
+    /// The function's name (`spec.functions[].name`).
     pub function: String,
+    /// Its ready replicas.
     pub replicas: Vec<Replica>,
 }
 
+/// One replica of a function.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Replica {
+    /// The pod, `namespace/name`.
     pub pod: String,
+    /// The node it runs on.
     pub node: String,
+    /// The SR proxy SID in front of it (an address in its node's locator).
     pub sid: String,
 }
 
+/// A segment list.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Path {
+    /// The SIDs in the order the packet visits them, the last one the egress node's decapsulation SID.
     pub segments: Vec<String>,
 }
 
@@ -205,6 +246,8 @@ pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";
     version = "v1alpha1",
     kind = "NodeSidTable",
     shortname = "nst",
+    category = "srv6pipes",
+    doc = "A node's SRv6 SIDs, published by its node daemon: its locator, its decapsulation SID and the proxy SID of every VNF interface the CNI plugin registered. Cluster-scoped, named after the Node.",
     printcolumn = r#"{"name": "Locator", "type": "string", "jsonPath": ".spec.locator"}"#,
     printcolumn = r#"{"name": "Decap", "type": "string", "jsonPath": ".spec.decapSid"}"#,
     printcolumn = r#"{"name": "SIDs", "type": "string", "jsonPath": ".spec.registrations[*].sid"}"#,
@@ -226,13 +269,17 @@ pub struct NodeSidTableSpec {
     pub registrations: Vec<SidEntry>,
 }
 
+/// One VNF interface and its proxy SID.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SidEntry {
+    /// The VNF pod's namespace.
     pub pod_namespace: String,
+    /// The VNF pod's name.
     pub pod_name: String,
     /// The VNF's interface in the pod (e.g. net1).
     pub interface: String,
+    /// The proxy SID allocated to it.
     pub sid: String,
 }
 
@@ -246,6 +293,8 @@ pub struct SidEntry {
     version = "v1alpha1",
     kind = "NodeProgram",
     shortname = "np",
+    category = "srv6pipes",
+    doc = "Deprecated (releases up to 0.1): one node's whole program in one object, named after the Node. The operator writes NodeProgramSlices instead and deletes these once the node's daemon reports on its slices.",
     status = "NodeProgramStatus",
     printcolumn = r#"{"name": "Programmed", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name": "Generation", "type": "integer", "jsonPath": ".metadata.generation"}"#,
@@ -264,14 +313,19 @@ pub struct NodeProgramSpec {
     pub peers: Vec<PeerSpec>,
 }
 
+/// Another node, as a node daemon routes to it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
+    /// The Node's name.
     pub node: String,
+    /// Its locator.
     pub locator: String,
+    /// Its underlay (InternalIP) address, the next hop for its locator.
     pub underlay: String,
 }
 
+/// What a node daemon reports on a program object (written by the daemon of that node only).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeProgramStatus {
@@ -296,6 +350,8 @@ pub struct NodeProgramStatus {
     version = "v1alpha1",
     kind = "NodeProgramSlice",
     shortname = "nps",
+    category = "srv6pipes",
+    doc = "One bounded slice of a node's program, written by the operator: the node's daemon programs the union of its node's slices once it has all of them, and reports on each in status. Cluster-scoped, named <node>.<index>, labeled srv6pipes.io/node.",
     status = "NodeProgramStatus",
     printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".spec.node"}"#,
     printcolumn = r#"{"name": "Chains", "type": "integer", "jsonPath": ".spec.chains"}"#,
@@ -331,12 +387,17 @@ fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
+/// srv6pipes' CRDs, generated from these types, in the order they are documented.
+pub fn crds() -> [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition; 4] {
+    use kube::CustomResourceExt;
+    [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()]
+}
+
 /// The CRD manifests generated from these types (`cargo run -p srv6pipes-crds --bin crdgen`
 /// writes them to [`CRD_FILE`], where a test checks them for drift).
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
     let mut out = String::from("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
-    for crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
+    for crd in crds() {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes"));
     }
@@ -352,10 +413,9 @@ pub const CRD_FILE: &str = "crds/srv6pipes.io.yaml";
 pub const CHART_CRD_FILE: &str = "charts/srv6pipes/templates/crds.yaml";
 
 pub fn chart_crd_yaml() -> String {
-    use kube::CustomResourceExt;
     let mut out = String::from("{{- if .Values.crds.install }}\n");
     out.push_str("# Generated from crds/src/lib.rs by `cargo run -p srv6pipes-crds --bin crdgen`: do not edit.\n");
-    for mut crd in [ServiceChain::crd(), NodeSidTable::crd(), NodeProgram::crd(), NodeProgramSlice::crd()] {
+    for mut crd in crds() {
         crd.metadata.annotations.get_or_insert_with(Default::default).insert("helm.sh/resource-policy".into(), "keep".into());
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes"));
@@ -375,6 +435,8 @@ mod tests {
         assert!(committed == crd_yaml(), "{CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
         let chart = include_str!("../../charts/srv6pipes/templates/crds.yaml");
         assert!(chart == chart_crd_yaml(), "{CHART_CRD_FILE} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`");
+        let reference = include_str!("../../docs/reference.md");
+        assert!(reference == reference::reference_md(), "{} is stale: run `cargo run -p srv6pipes-crds --bin crdgen`", reference::REFERENCE_FILE);
         assert!(
             !chart_crd_yaml().replace("{{- if .Values.crds.install }}", "").replace("{{- end }}", "").contains("{{"),
             "no template syntax in the CRDs"
@@ -394,12 +456,44 @@ mod tests {
         }
         let v = &crds[0]["spec"]["versions"][0];
         let columns: Vec<&str> = v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(columns, ["Ready", "Reason", "Paths", "Age"]);
+        assert_eq!(columns, ["Ready", "Reason", "Functions", "Paths", "Degraded", "Age", "Segments"]);
+        let wide: Vec<&str> =
+            v["additionalPrinterColumns"].as_array().unwrap().iter().filter(|c| c["priority"] == 1).map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(wide, ["Segments"], "the raw segment lists only with -o wide");
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["properties"]["functions"]["minItems"], 1);
         let proxy = &spec["properties"]["functions"]["items"]["properties"]["proxy"]["enum"];
         assert_eq!(proxy, &serde_json::json!(["Dynamic", "Static", "Masquerading"]));
         assert!(v["subresources"]["status"].is_object());
+    }
+
+    /// Every resource and every field carries a description written for users (not kube's
+    /// "Auto-generated derived type"), and every resource is in the `srv6pipes` category.
+    #[test]
+    fn the_resources_explain_themselves() {
+        fn undescribed(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+            if schema["description"].as_str().is_none_or(|d| d.trim().is_empty() || d.contains("Auto-generated")) {
+                out.push(path.to_string());
+            }
+            if let Some(properties) = schema["properties"].as_object() {
+                for (name, field) in properties {
+                    if name != "metadata" && name != "apiVersion" && name != "kind" {
+                        undescribed(&format!("{path}.{name}"), field, out);
+                    }
+                }
+            }
+            if schema["items"].is_object() {
+                undescribed(&format!("{path}[]"), &schema["items"], out);
+            }
+        }
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            assert_eq!(crd.spec.names.categories.as_deref(), Some(&["srv6pipes".to_string()][..]), "{name}");
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+            let mut missing = Vec::new();
+            undescribed(&name, &schema, &mut missing);
+            assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        }
     }
 
     #[test]

@@ -124,6 +124,21 @@ fn example_chain_steers_through_both_vnfs_in_order() {
     assert!(sid_packets(&st, "n2", "End.AD") >= 6, "{}", st["sids"]);
     assert!(sid_packets(&st, "n2", "End.DT46") >= 6, "{}", st["sids"]);
 
+    // `lab exec` gives a pod its own /sys, as `ip netns exec` does: its interfaces only, with the
+    // counters netlink reports.
+    let names = |text: String| -> std::collections::BTreeSet<String> { text.split_whitespace().filter(|n| *n != "bonding_masters").map(String::from).collect() };
+    let sys = names(lab.ok(&["exec", "ids", "--", "ls", "/sys/class/net"]));
+    let links: Vec<Value> = serde_json::from_str(&lab.ok(&["exec", "ids", "--", "ip", "-j", "link", "show"])).unwrap();
+    assert_eq!(sys, links.iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect(), "the pod's /sys/class/net");
+    let netlink_rx = || {
+        let link: Vec<Value> = serde_json::from_str(&lab.ok(&["exec", "ids", "--", "ip", "-s", "-j", "link", "show", "net1"])).unwrap();
+        link[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    };
+    let before = netlink_rx();
+    let rx = lab.ok(&["exec", "ids", "--", "cat", "/sys/class/net/net1/statistics/rx_packets"]).trim().parse::<u64>().unwrap();
+    let after = netlink_rx();
+    assert!(before >= 6 && (before..=after).contains(&rx), "net1 rx_packets {rx}, netlink {before}..{after}");
+
     // Traffic outside the chain's match (IPv4, and IPv6 to another prefix) never enters a VNF.
     let before = (lab.nft_counters("firewall", "ip6 vnf"), lab.nft_counters("ids", "ip6 vnf"), lab.status()["sids"].clone());
     assert!(ping(&lab, "client", &server4, 3), "client -> server over IPv4, outside the chain");
@@ -420,17 +435,18 @@ fn stats_trace_and_metrics_show_the_traffic() {
     let server6 = pod_ip(&lab.status(), "server", true);
     assert!(ping(&lab, "client", &server6, 5));
     assert!(!ping(&lab, "client", "fcbb:bb00:2:e001::", 1), "a closed-domain drop to count");
-    let top = |args: &[&str]| -> Value {
+    let top_as = |args: &[&str], format: &str| -> String {
         let out = Command::new(target_dir().join("srv6pipes"))
             .args(args)
             .args(["--name", &lab.name, "--state-dir"])
             .arg(&lab.state)
-            .args(["-o", "json"])
+            .args(["-o", format])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        assert!(out.status.success(), "{args:?} -o {format}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
     };
+    let top = |args: &[&str]| -> Value { serde_json::from_str(&top_as(args, "json")).unwrap() };
     let stats = top(&["stats"]);
     let chain = &stats["chains"][0];
     assert_eq!((chain["chain"].as_str(), chain["node"].as_str()), (Some("default/web-inspection"), Some("n1")));
@@ -448,6 +464,19 @@ fn stats_trace_and_metrics_show_the_traffic() {
     assert_eq!(trace["decap"]["node"], "n2");
     assert!(trace["decap"]["counters"]["packets"].as_u64().unwrap() >= 5);
     assert!(trace["headends"][0]["packets"].as_u64().unwrap() >= 5);
+    assert_eq!(trace["sources"], serde_json::json!([{"pod": "default/client", "node": "n1"}]));
+
+    // The same trace as a picture: Graphviz's dot reads it (and draws it as SVG), Mermaid for docs.
+    let dot = top_as(&["trace", "web-inspection"], "dot");
+    assert!(dot.contains("s0 -> h0 [label=\"") && dot.contains("r2_0 -> d [label=\""), "{dot}");
+    if Command::new("dot").arg("-V").output().is_ok() {
+        let svg = top_as(&["trace", "web-inspection"], "svg");
+        assert!(svg.contains("<svg") && svg.contains("default/firewall") && svg.contains("pkts"), "{svg}");
+    } else {
+        eprintln!("skipping trace -o svg: Graphviz's dot is not installed (scripts/deps installs graphviz)");
+    }
+    let mermaid = top_as(&["trace", "web-inspection"], "mermaid");
+    assert!(mermaid.contains("flowchart LR\n") && mermaid.contains("r1_0 -->|"), "{mermaid}");
 
     let metrics =
         lab.run(&["exec", "--node", "n1", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);

@@ -60,7 +60,17 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     }
     let table = api.k(&["get", "servicechains"]);
     println!("kubectl get servicechains:\n{table}");
-    assert!(table.contains("[\"fcbb:bb00:1:e001::\",\"fcbb:bb00:2:e001::\",\"fcbb:bb00:2:d6::\"]"), "{table}");
+    // The printer columns: condition, functions and the number of paths; the raw segment lists
+    // only with -o wide; every srv6pipes kind under `kubectl get srv6pipes`.
+    let row: Vec<&str> = table.lines().find(|l| l.starts_with("web-inspection")).unwrap().split_whitespace().collect();
+    assert_eq!(row[..5], ["web-inspection", "True", "Programmed", "firewall,ids", "1"], "{table}");
+    assert!(!table.contains("fcbb:"), "segments only with -o wide: {table}");
+    let wide = api.k(&["get", "servicechains", "-o", "wide"]);
+    assert!(wide.contains("[\"fcbb:bb00:1:e001::\",\"fcbb:bb00:2:e001::\",\"fcbb:bb00:2:d6::\"]"), "{wide}");
+    let all = api.k(&["get", "srv6pipes", "-o", "name"]);
+    for kind in ["servicechain.srv6pipes.io/web-inspection", "nodesidtable.srv6pipes.io/n1", "nodeprogramslice.srv6pipes.io/n1.0"] {
+        assert!(all.lines().any(|l| l == kind), "kubectl get srv6pipes lists {kind}: {all}");
+    }
     assert!(ping(&lab, "client", &server, 5), "the chain carries the pings");
     let status = lab.status();
     assert!(sid_packets(&status, "n1", "End.AD") >= 5, "firewall's SID steered: {}", status["sids"]);

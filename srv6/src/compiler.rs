@@ -229,7 +229,13 @@ impl ChainVerdict {
                 observed_generation: generation,
             });
         }
-        ServiceChainStatus { observed_generation: generation, conditions, hops: self.hops.clone(), paths: self.paths.clone() }
+        ServiceChainStatus {
+            observed_generation: generation,
+            conditions,
+            hops: self.hops.clone(),
+            paths: self.paths.clone(),
+            path_count: Some(self.paths.len() as u32),
+        }
     }
 }
 

@@ -74,6 +74,8 @@ enum LabCommand {
     #[command(hide = true)]
     ForwardApi { netns: PathBuf, address: std::net::SocketAddr },
     /// Run a command in a pod's network namespace (POD or NAMESPACE/POD), or a node's (--node).
+    /// A pod's command sees the pod's own /sys (`/sys/class/net/net1/statistics/...`), as with
+    /// `ip netns exec`; a node's sees the host's /sys, bpffs pins included.
     Exec {
         #[arg(long, conflicts_with = "pod")]
         node: Option<String>,
@@ -950,9 +952,10 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `srv6pipes trace CHAIN`: the chain's path node by node (headends, each hop's replicas with
-/// their SIDs, the decapsulation) with live counters.
-pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
+/// `srv6pipes trace CHAIN`: the chain's path node by node (sources, headends, each hop's replicas
+/// with their SIDs, the decapsulation) with live counters. The trace document of `chain` (NAME or NAMESPACE/NAME) in a lab: the `trace -o json` schema,
+/// which `crate::trace` renders.
+pub fn trace(which: &Which, chain: &str) -> anyhow::Result<Value> {
     let st = load(&which.dir()?)?;
     let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
     let chains = lab_chains(&st)?;
@@ -1003,67 +1006,42 @@ pub fn trace(which: &Which, chain: &str, format: Format) -> anyhow::Result<()> {
         let node = st.nodes.iter().find(|n| sid.parse().is_ok_and(|a| n.locator.contains(&a))).map(|n| n.name.clone()).unwrap_or_default();
         json!({"sid": sid, "node": node, "counters": counters(&node, sid)})
     });
+    // The chain's source pods, where their node's headend steers them.
+    let sources: Vec<Value> = st
+        .pods
+        .iter()
+        .filter(|p| p.namespace == ns && srv6::selector::matches(&c.spec.sources.pod_selector, &p.labels).unwrap_or(false))
+        .map(|p| json!({"pod": format!("{}/{}", p.namespace, p.name), "node": p.node}))
+        .collect();
     let cond = status.conditions.first();
-    let out = json!({
+    Ok(json!({
         "chain": key,
         "ready": cond.map(|c| c.status.as_str()),
         "reason": cond.map(|c| c.reason.as_str()),
+        "sources": sources,
         "headends": headends,
         "hops": hops,
         "decap": decap,
-    });
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
-        Format::Text => {
-            println!("chain {key}: Ready={} ({})", out["ready"].as_str().unwrap_or("?"), out["reason"].as_str().unwrap_or("?"));
-            let fmt = |c: &Value| format!("packets {} bytes {} drops {}", c["packets"], c["bytes"], c["drops"]);
-            for h in &headends {
-                println!("  headend   {:<5} {}", h["node"].as_str().unwrap_or_default(), fmt(h));
-            }
-            for (i, h) in hops.iter().enumerate() {
-                for r in h["replicas"].as_array().into_iter().flatten() {
-                    println!(
-                        "  hop {}     {:<5} {:<10} {:<22} {:<10} {}{}",
-                        i + 1,
-                        r["node"].as_str().unwrap_or_default(),
-                        h["function"].as_str().unwrap_or_default(),
-                        r["sid"].as_str().unwrap_or_default(),
-                        r["pod"].as_str().unwrap_or_default(),
-                        fmt(&r["counters"]),
-                        r["function"].as_str().map(|f| format!("  [{f}]")).unwrap_or_default()
-                    );
-                }
-            }
-            if let Some(d) = &out["decap"].as_object() {
-                println!(
-                    "  decap     {:<5} {:<33} {}",
-                    d["node"].as_str().unwrap_or_default(),
-                    d["sid"].as_str().unwrap_or_default(),
-                    fmt(&d["counters"])
-                );
-            }
-        }
-    }
-    Ok(())
+    }))
 }
 
 // -------------------------------------------------------------------------------------- exec
 
 fn exec(dir: &Path, node: Option<String>, pod: Option<String>, command: &[String]) -> anyhow::Result<ExitCode> {
     let st = load(dir)?;
-    let netns = match (node, pod) {
-        (Some(n), _) => st.node(&n).ok_or_else(|| anyhow!("no node {n} in lab {}", st.name))?.netns.clone(),
+    let mut cmd = match (node, pod) {
+        (Some(n), _) => sys::in_netns(&st.node(&n).ok_or_else(|| anyhow!("no node {n} in lab {}", st.name))?.netns, &command[0])?,
         (None, Some(p)) => {
             let (ns, name) = p.split_once('/').map(|(a, b)| (Some(a), b)).unwrap_or((None, p.as_str()));
             let found: Vec<&PodState> = st.pods.iter().filter(|x| x.name == name && ns.is_none_or(|ns| x.namespace == ns)).collect();
             match found.as_slice() {
-                [one] => one.netns.clone(),
+                [one] => sys::in_pod_view(&one.netns, &command[0])?,
                 [] => bail!("no pod {p} in lab {}", st.name),
                 _ => bail!("pod name {p} is ambiguous: use NAMESPACE/POD"),
             }
         }
         (None, None) => bail!("name a pod or --node"),
     };
-    let status = sys::in_netns(&netns, &command[0])?.args(&command[1..]).status().with_context(|| format!("run {:?}", command[0]))?;
+    let status = cmd.args(&command[1..]).status().with_context(|| format!("run {:?}", command[0]))?;
     Ok(ExitCode::from(status.code().unwrap_or(128).clamp(0, 255) as u8))
 }

@@ -38,6 +38,27 @@ pub fn in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Re
     Ok(cmd)
 }
 
+/// A command that will run with a pod's own view: inside network namespace `netns`, in a mount
+/// namespace of its own where /sys is a sysfs of that network namespace (as `ip netns exec`
+/// gives), so `/sys/class/net` lists the pod's interfaces and their statistics. The lab's own
+/// processes use [`in_netns`] instead: they need the host's /sys/fs/bpf.
+pub fn in_pod_view(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+    let mut cmd = in_netns(netns, program)?;
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on static C strings; runs
+    // after in_netns's setns (pre_exec hooks run in order), so the new sysfs is the netns's.
+    unsafe {
+        cmd.pre_exec(|| {
+            let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing done here propagates back to the host's mounts.
+            check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()))?;
+            check(libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH))?;
+            check(libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null()))
+        });
+    }
+    Ok(cmd)
+}
+
 /// Runs to completion with `stdin`, returning its output.
 pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> anyhow::Result<Output> {
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
