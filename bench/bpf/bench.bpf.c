@@ -27,11 +27,11 @@ struct addr {
 
 struct gen_config {
 	__u32 n_dsts;
-	__u32 da_off;	/* offset of the outer destination in the frame */
-	__u32 seg_off;	/* offset of the SRH entry that must equal it; 0: none */
+	__u32 da_off;  /* offset of the outer destination in the frame */
+	__u32 seg_off; /* offset of the SRH entry that must equal it; 0: none */
 	__u32 pad;
 	__u64 interval_ns;
-	__u64 window_ns;	/* lag beyond which a late generator skips rather than bursts */
+	__u64 window_ns; /* lag beyond which a late generator skips rather than bursts */
 };
 
 #define MAX_FRAME 256
@@ -149,14 +149,14 @@ int bench_gen(struct xdp_md *ctx)
 
 struct sink_config {
 	__u32 slot;
-	__u32 any;	/* count every IPv6 frame as expected */
+	__u32 any; /* count every IPv6 frame as expected */
 	struct addr dst;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_SLOTS);
-	__type(key, __u32);	/* ingress ifindex */
+	__type(key, __u32); /* ingress ifindex */
 	__type(value, struct sink_config);
 } sink_config SEC(".maps");
 

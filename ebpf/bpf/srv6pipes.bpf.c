@@ -73,15 +73,13 @@ int sp_uplink(struct __sk_buff *skb)
 	if (!sid) {
 		/* An address of our locator that is no SID: never let it reach the routing table.
 		 * FUNCT 0 (the node's own addresses, e.g. its SRv6 source) is the exception. */
-		if (prefix_match(daddr, cfg->locator, cfg->locator_len) &&
-		    !prefix_match(daddr, cfg->locator, cfg->locator_len + 16))
+		if (prefix_match(daddr, cfg->locator, cfg->locator_len) && !prefix_match(daddr, cfg->locator, cfg->locator_len + 16))
 			return drop(SP_DROP_UNKNOWN_SID);
 		return steered_flow_return(skb, SP_NEXT);
 	}
 	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. SRH
 	 * insertion (End.AM) keeps the original source: the chains' own pods. */
-	if (!prefix_match(saddr, cfg->block, cfg->block_len) &&
-	    !(sid->behavior == SP_END_AM && insert_source(saddr)))
+	if (!prefix_match(saddr, cfg->block, cfg->block_len) && !(sid->behavior == SP_END_AM && insert_source(saddr)))
 		return drop_sid(daddr, len, SP_DROP_FOREIGN_SOURCE);
 	if (nexthdr == SP_NH_FRAGMENT)
 		return drop_sid(daddr, len, SP_DROP_FRAGMENT);

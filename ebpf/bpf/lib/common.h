@@ -50,46 +50,46 @@
 #define SP_RT_SRH 4
 
 enum sp_behavior {
-	SP_END_AD = 1,  /* dynamic proxy in front of a VNF interface */
-	SP_END_DT46 = 2, /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
-	SP_END_AS = 3,   /* static proxy: like End.AD inbound, configured headers outbound */
-	SP_END_AM = 4,   /* masquerading proxy: SRH kept, DA <-> Segment List[0] (SRH insertion) */
+	SP_END_AD = 1,	   /* dynamic proxy in front of a VNF interface */
+	SP_END_DT46 = 2,   /* decapsulate and route the inner IPv4 or IPv6 packet (main table) */
+	SP_END_AS = 3,	   /* static proxy: like End.AD inbound, configured headers outbound */
+	SP_END_AM = 4,	   /* masquerading proxy: SRH kept, DA <-> Segment List[0] (SRH insertion) */
 	SP_END_STREAM = 5, /* SRv6 pipes: End.AD inbound into a stream proxy, marked for its listener */
 };
 
 /* Drop reasons: each drop lands in drop_reasons[reason] (and in the SID's drops). */
 enum sp_drop {
-	SP_DROP_MALFORMED = 1,     /* truncated or inconsistent IPv6/SRH */
-	SP_DROP_NO_SRH,            /* a SID reached without an SRH */
-	SP_DROP_SL_ZERO,           /* End.AD SID as the last segment */
-	SP_DROP_SL_NONZERO,        /* decap SID with segments left */
-	SP_DROP_HOP_LIMIT,         /* outer hop limit exhausted */
-	SP_DROP_UNKNOWN_SID,       /* address in our locator that is no SID */
-	SP_DROP_FOREIGN_SOURCE,    /* SRv6 to our SIDs from outside the cluster block */
-	SP_DROP_INNER_PROTO,       /* inner packet of a kind we do not proxy */
-	SP_DROP_NO_CACHE,          /* VNF sent a packet before End.AD learnt headers */
-	SP_DROP_NO_ROUTE,          /* FIB has no route to the next segment */
-	SP_DROP_MTU,               /* encapsulated packet exceeds the egress MTU */
-	SP_DROP_ADJUST,            /* the kernel refused to grow/shrink the packet */
-	SP_DROP_TOO_MANY_SEGS,     /* SRH longer than SP_MAX_SEGS */
-	SP_DROP_CLOSED_DOMAIN,     /* a pod sent to the locator block or with a routing header */
-	SP_DROP_NO_REPLICA,        /* a function of the chain has no replica (failurePolicy Closed) */
-	SP_DROP_FRAGMENT,          /* a fragment addressed to a SID (proxies cannot reassemble) */
-	SP_DROP_SL_RANGE,          /* Segments Left beyond Last Entry + 1 */
-	SP_DROP_FLOW_MISS,         /* a shared End.AD interface returned a flow it has no entry for */
-	SP_DROP_INNER_TTL,         /* the inner packet's TTL / hop limit expired at a proxy */
-	SP_DROP_LAST_ENTRY,        /* the SRH's Last Entry points beyond its Hdr Ext Len */
-	SP_DROP_ECN,               /* decapsulation: CE outer over a Not-ECT inner packet (RFC 6040) */
-	SP_DROP_NO_RETURN,         /* End.AS: no return policy for the family the VNF sent */
-	SP_DROP_FORGED,            /* End.AM: a flow or an SRH its VNF was not given */
+	SP_DROP_MALFORMED = 1,	/* truncated or inconsistent IPv6/SRH */
+	SP_DROP_NO_SRH,		/* a SID reached without an SRH */
+	SP_DROP_SL_ZERO,	/* End.AD SID as the last segment */
+	SP_DROP_SL_NONZERO,	/* decap SID with segments left */
+	SP_DROP_HOP_LIMIT,	/* outer hop limit exhausted */
+	SP_DROP_UNKNOWN_SID,	/* address in our locator that is no SID */
+	SP_DROP_FOREIGN_SOURCE, /* SRv6 to our SIDs from outside the cluster block */
+	SP_DROP_INNER_PROTO,	/* inner packet of a kind we do not proxy */
+	SP_DROP_NO_CACHE,	/* VNF sent a packet before End.AD learnt headers */
+	SP_DROP_NO_ROUTE,	/* FIB has no route to the next segment */
+	SP_DROP_MTU,		/* encapsulated packet exceeds the egress MTU */
+	SP_DROP_ADJUST,		/* the kernel refused to grow/shrink the packet */
+	SP_DROP_TOO_MANY_SEGS,	/* SRH longer than SP_MAX_SEGS */
+	SP_DROP_CLOSED_DOMAIN,	/* a pod sent to the locator block or with a routing header */
+	SP_DROP_NO_REPLICA,	/* a function of the chain has no replica (failurePolicy Closed) */
+	SP_DROP_FRAGMENT,	/* a fragment addressed to a SID (proxies cannot reassemble) */
+	SP_DROP_SL_RANGE,	/* Segments Left beyond Last Entry + 1 */
+	SP_DROP_FLOW_MISS,	/* a shared End.AD interface returned a flow it has no entry for */
+	SP_DROP_INNER_TTL,	/* the inner packet's TTL / hop limit expired at a proxy */
+	SP_DROP_LAST_ENTRY,	/* the SRH's Last Entry points beyond its Hdr Ext Len */
+	SP_DROP_ECN,		/* decapsulation: CE outer over a Not-ECT inner packet (RFC 6040) */
+	SP_DROP_NO_RETURN,	/* End.AS: no return policy for the family the VNF sent */
+	SP_DROP_FORGED,		/* End.AM: a flow or an SRH its VNF was not given */
 	SP_DROP_MAX,
 };
 
 struct sid_entry {
 	__u32 behavior;
-	__u32 ifindex;       /* End.AD: the node-side veth inner packets are delivered into */
+	__u32 ifindex;	     /* End.AD: the node-side veth inner packets are delivered into */
 	__u32 cache_ifindex; /* End.AD: the node-side veth the VNF returns on (cache key) */
-	__u8 vnf_mac[6];   /* End.AD: the pod-side MAC, destination of inner packets */
+	__u8 vnf_mac[6];     /* End.AD: the pod-side MAC, destination of inner packets */
 	__u8 host_mac[6];
 	__u32 stream_port; /* End.STREAM: the proxy's listener for this SID's function and arguments */
 };
@@ -104,13 +104,13 @@ struct sid_entry {
 struct outer_hdr {
 	__u32 len;
 	__u32 pad;
-	__u64 stamp;       /* End.AD cache: when it was last learnt (ns, monotonic) */
+	__u64 stamp; /* End.AD cache: when it was last learnt (ns, monotonic) */
 	__u8 bytes[SP_MAX_HDR];
 };
 
 struct headend_key {
-	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
-	__u32 ifindex;     /* the source pod's node-side interface */
+	__u32 prefixlen; /* 32 (ifindex) + destination prefix length */
+	__u32 ifindex;	 /* the source pod's node-side interface */
 	__u8 daddr[16];
 };
 
@@ -118,12 +118,12 @@ struct headend_key {
  * one VNF interface can then serve several chains and both directions. */
 struct flow_key {
 	__u32 ifindex;
-	__u8 family;       /* 4 or 6 */
+	__u8 family; /* 4 or 6 */
 	__u8 proto;
-	__be16 sport;      /* TCP/UDP, first fragments only; else 0 */
+	__be16 sport; /* TCP/UDP, first fragments only; else 0 */
 	__be16 dport;
 	__u16 pad;
-	__u8 saddr[16];    /* IPv4: first 4 bytes */
+	__u8 saddr[16]; /* IPv4: first 4 bytes */
 	__u8 daddr[16];
 };
 
@@ -133,7 +133,7 @@ struct l4_key {
 	__u32 prefixlen;
 	__u32 class;
 	__u8 proto;
-	__u8 port[2];      /* network order: blocks are prefixes from the top bit */
+	__u8 port[2]; /* network order: blocks are prefixes from the top bit */
 	__u8 pad;
 };
 
@@ -160,15 +160,15 @@ struct as_key {
 };
 
 struct headend_key4 {
-	__u32 prefixlen;   /* 32 (ifindex) + destination prefix length */
+	__u32 prefixlen; /* 32 (ifindex) + destination prefix length */
 	__u32 ifindex;
 	__u8 daddr[4];
 };
 
 /* Policy flags, in outer_hdr.pad of sp_policies entries. */
-#define SP_POLICY_DROP (1u << 31)       /* failurePolicy Closed and a function has no replica */
-#define SP_POLICY_INSERT (1u << 30)     /* H.Insert: the SRH goes into the packet (End.AM chains) */
-#define SP_POLICY_HOPS_MASK 0xffu       /* bit i: hop i picks a replica from sp_hop_slots */
+#define SP_POLICY_DROP (1u << 31)   /* failurePolicy Closed and a function has no replica */
+#define SP_POLICY_INSERT (1u << 30) /* H.Insert: the SRH goes into the packet (End.AM chains) */
+#define SP_POLICY_HOPS_MASK 0xffu   /* bit i: hop i picks a replica from sp_hop_slots */
 #define SP_REPLICA_SLOTS 64
 
 struct hop_key {
@@ -195,28 +195,28 @@ struct sid_stats {
 };
 
 struct node_config {
-	__u8 locator[16];       /* this node's locator */
+	__u8 locator[16]; /* this node's locator */
 	__u32 locator_len;
 	__u32 block_len;
-	__u8 block[16];         /* the cluster's locator block: the SR domain */
-	__u64 ad_age_ns;        /* End.AD: re-learn at most this often (0: on every packet) */
-	__u8 src[16];           /* this node's SRv6 source address (also of its ICMPv6 errors) */
-	__u32 inner_mtu;        /* largest packet a chain carries (uplink MTU - SP_MAX_HDR); 0: no check */
-	__u32 flow_quota;       /* End.AD per-flow cache entries a chain (SRH tag) may hold; 0: no limit */
+	__u8 block[16];	  /* the cluster's locator block: the SR domain */
+	__u64 ad_age_ns;  /* End.AD: re-learn at most this often (0: on every packet) */
+	__u8 src[16];	  /* this node's SRv6 source address (also of its ICMPv6 errors) */
+	__u32 inner_mtu;  /* largest packet a chain carries (uplink MTU - SP_MAX_HDR); 0: no check */
+	__u32 flow_quota; /* End.AD per-flow cache entries a chain (SRH tag) may hold; 0: no limit */
 };
 
 /* sp_vnf_flags: what a VNF's return interface is. */
-#define SP_VNF_AM (1u << 0)       /* End.AM: returns SRH'd packets to de-masquerade */
+#define SP_VNF_AM (1u << 0)	  /* End.AM: returns SRH'd packets to de-masquerade */
 #define SP_VNF_NO_FLOWS (1u << 1) /* the function rewrites flows: never matched per flow */
-#define SP_VNF_SHARED (1u << 2)   /* several chains or both directions: no per-interface fallback */
-#define SP_VNF_AS (1u << 3)       /* End.AS: the configured return policy, nothing else */
-#define SP_VNF_STREAM (1u << 4)   /* a stream proxy: learned flows, else the chains' rules for it */
+#define SP_VNF_SHARED (1u << 2)	  /* several chains or both directions: no per-interface fallback */
+#define SP_VNF_AS (1u << 3)	  /* End.AS: the configured return policy, nothing else */
+#define SP_VNF_STREAM (1u << 4)	  /* a stream proxy: learned flows, else the chains' rules for it */
 
 /* Datapath events that are no drops, counted per CPU in sp_events. */
 enum sp_event {
-	SP_EV_ICMP_SENT = 0,       /* ICMP/ICMPv6 errors sent (Packet Too Big, SRH errors) */
-	SP_EV_ICMP_LIMITED,        /* errors not sent: over the rate limit */
-	SP_EV_MSS_CLAMPED,         /* TCP SYNs whose MSS the headend lowered */
-	SP_EV_FLOW_QUOTA,          /* flows End.AD did not cache: their chain is at its quota */
+	SP_EV_ICMP_SENT = 0, /* ICMP/ICMPv6 errors sent (Packet Too Big, SRH errors) */
+	SP_EV_ICMP_LIMITED,  /* errors not sent: over the rate limit */
+	SP_EV_MSS_CLAMPED,   /* TCP SYNs whose MSS the headend lowered */
+	SP_EV_FLOW_QUOTA,    /* flows End.AD did not cache: their chain is at its quota */
 	SP_EV_MAX,
 };

@@ -7,9 +7,9 @@
 
 /* What the headend found of the transport header. */
 struct l4 {
-	__u32 off;   /* its offset in the frame */
+	__u32 off; /* its offset in the frame */
 	__u8 proto;
-	__u8 frag;   /* a fragment, first or not: no transport header to trust */
+	__u8 frag; /* a fragment, first or not: no transport header to trust */
 };
 
 /* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. An IPv4

@@ -305,8 +305,7 @@ static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4, int v6, _
 			if (mss <= max)
 				return;
 			__be16 old = bpf_htons(mss), new = bpf_htons(max);
-			if (bpf_l4_csum_replace(skb, l4 + 16, old, new, 2) ||
-			    bpf_skb_store_bytes(skb, l4 + 20 + i + 2, &new, 2, 0))
+			if (bpf_l4_csum_replace(skb, l4 + 16, old, new, 2) || bpf_skb_store_bytes(skb, l4 + 20 + i + 2, &new, 2, 0))
 				return;
 			event(SP_EV_MSS_CLAMPED);
 			return;

@@ -219,8 +219,7 @@ static __always_inline int inner_supported(__u8 nh)
 
 static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
 {
-	if (bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0))
+	if (bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) || bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0))
 		return SP_DROP_ADJUST;
 	return 0;
 }
