@@ -1,13 +1,16 @@
 //! `srv6pipes`: the operator-facing CLI. `srv6pipes lab ...` runs the embedded default: a lab of
 //! network namespaces with the real node daemon, CNI plugin and eBPF datapath, no Kubernetes.
+//! Installed as `kubectl-srv6pipes` (a link to this binary), it is `kubectl srv6pipes ...`.
 
 mod lab;
 mod trace;
+mod wait;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "srv6pipes", version, about = "srv6pipes: SRv6 service function chaining for SR-unaware VNFs")]
@@ -37,6 +40,34 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = trace::Format::Text)]
         output: trace::Format,
     },
+    /// Wait until a chain is Ready (CHAIN is NAME or NAMESPACE/NAME). Shows progress on a
+    /// terminal; prints the outcome, and exits 1 with the last reason after --timeout.
+    Wait {
+        chain: String,
+        #[command(flatten)]
+        which: lab::Which,
+        /// How long to wait: 90s, 2m, 500ms.
+        #[arg(long, default_value = "60s", value_parser = wait::parse_duration)]
+        timeout: Duration,
+    },
+    /// Shell completions on stdout: `source <(srv6pipes completion bash)`, or into your shell's
+    /// completion directory (zsh: `_srv6pipes`, fish: `srv6pipes.fish`).
+    Completion { shell: clap_complete::Shell },
+    /// Man pages of srv6pipes and every subcommand (srv6pipes.1, srv6pipes-lab-up.1, ...),
+    /// written to DIR: `man -l DIR/srv6pipes.1`.
+    Man { dir: PathBuf },
+}
+
+/// The command line, named as invoked: `kubectl srv6pipes` through a `kubectl-srv6pipes` link.
+fn command() -> clap::Command {
+    let invoked = std::env::args_os().next().map(PathBuf::from);
+    let plugin = invoked.as_deref().and_then(Path::file_name).is_some_and(|n| n == "kubectl-srv6pipes");
+    let cmd = Cli::command();
+    if plugin {
+        cmd.bin_name("kubectl srv6pipes")
+    } else {
+        cmd
+    }
 }
 
 fn main() -> ExitCode {
@@ -45,7 +76,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Stats { which, output } => lab::stats(&which, output).map(|_| ExitCode::SUCCESS),
@@ -55,6 +86,15 @@ fn main() -> ExitCode {
                 print!("{text}");
                 ExitCode::SUCCESS
             }),
+        Command::Wait { chain, which, timeout } => {
+            wait::wait(&chain, timeout, Duration::from_millis(250), || lab::ready_condition(&which, &chain))
+                .map(|ready| if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "srv6pipes", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man(&dir).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -63,6 +103,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn man(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir).with_context(|| format!("write man pages to {}", dir.display()))
 }
 
 /// Directory of this executable: the sibling binaries (srv6pipes-node, srv6pipes-cni) live there.

@@ -958,11 +958,7 @@ pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
 pub fn trace(which: &Which, chain: &str) -> anyhow::Result<Value> {
     let st = load(&which.dir()?)?;
     let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
-    let chains = lab_chains(&st)?;
-    let c = chains
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some(name) && c.metadata.namespace.as_deref().unwrap_or("default") == ns)
-        .ok_or_else(|| anyhow!("no chain {ns}/{name} in lab {}", st.name))?;
+    let c = &find_chain(&st, ns, name)?;
     let key = format!("{ns}/{name}");
     let live = live(&st);
     let status = c.status.clone().unwrap_or_default();
@@ -1023,6 +1019,25 @@ pub fn trace(which: &Which, chain: &str) -> anyhow::Result<Value> {
         "hops": hops,
         "decap": decap,
     }))
+}
+
+fn find_chain(st: &LabState, ns: &str, name: &str) -> anyhow::Result<srv6pipes_crds::ServiceChain> {
+    lab_chains(st)?
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some(name) && c.metadata.namespace.as_deref().unwrap_or("default") == ns)
+        .ok_or_else(|| anyhow!("no chain {ns}/{name} in lab {}", st.name))
+}
+
+/// `srv6pipes wait`'s probe: the chain's Ready condition (status, reason, message) for its
+/// current generation, or None while the operator has not reported on it.
+pub fn ready_condition(which: &Which, chain: &str) -> anyhow::Result<Option<(bool, String, String)>> {
+    let st = load(&which.dir()?)?;
+    let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
+    let c = find_chain(&st, ns, name)?;
+    let status = c.status.unwrap_or_default();
+    let current = st.kubeconfig.is_none() || status.observed_generation == c.metadata.generation;
+    let ready = status.conditions.into_iter().find(|x| x.type_ == "Ready").filter(|_| current);
+    Ok(ready.map(|x| (x.status == "True", x.reason, x.message)))
 }
 
 // -------------------------------------------------------------------------------------- exec
