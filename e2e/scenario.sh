@@ -112,6 +112,34 @@ dfw=$(( $(rx e2e-fw) - fw0 )) dids=$(( $(rx e2e-ids) - ids0 ))
 (( dfw >= 20 && dids >= 20 )) || fail "not steered: fw net1 +$dfw, ids net1 +$dids packets for 20 pings"
 ok "steered: 20/20 replies; fw net1 +$dfw, ids net1 +$dids packets"
 
+# The CLI against the cluster (SRV6PIPES_CLI: the srv6pipes binary), as a user bound to the
+# chart's read-only viewer roles: the chain, and live counters from both nodes' daemons through
+# the API server.
+if [[ ${SRV6PIPES_CLI:-} ]]; then
+  viewer() { kubectl "$1" "$2" e2e-viewer "${@:3}" >/dev/null; }
+  viewer create serviceaccount -n default
+  viewer create clusterrolebinding --clusterrole=srv6pipes-viewer --serviceaccount=default:e2e-viewer
+  viewer create rolebinding -n "$ns" --role=srv6pipes-viewer --serviceaccount=default:e2e-viewer
+  kubectl config view --minify --raw > "$t/viewer"
+  KUBECONFIG=$t/viewer kubectl config set-credentials e2e-viewer --token="$(kubectl create token e2e-viewer -n default)" >/dev/null
+  KUBECONFIG=$t/viewer kubectl config set-context --current --user=e2e-viewer >/dev/null
+  cli() { "$SRV6PIPES_CLI" "$@" --kubeconfig "$t/viewer"; }
+  cli wait e2e --timeout 10s | grep -q "^default/e2e: Ready (Programmed)" || fail "srv6pipes wait e2e"
+  cli chains | tee "$t/cli-chains" | grep -Eq "^default/e2e +True +Programmed +fw,ids +1 " || fail "srv6pipes chains: $(cat "$t/cli-chains")"
+  cli trace e2e -o json > "$t/trace.json" || fail "srv6pipes trace e2e"
+  jq -e --arg n1 "$n1" '.sources == [{pod: "default/e2e-client", node: $n1}] and .unreachable == null
+    and .headends[0].node == $n1 and .headends[0].packets >= 20 and .decap.counters.packets >= 20
+    and ([.hops[].replicas[].counters.packets] | length == 2 and all(. >= 20))' "$t/trace.json" >/dev/null \
+    || fail "srv6pipes trace e2e -o json: $(cat "$t/trace.json")"
+  cli trace e2e -o dot | grep -q "r2_0 -> d \[label=" || fail "srv6pipes trace e2e -o dot"
+  cli stats -o json | jq -e '.unreachable == null and (.sids | length >= 4)' >/dev/null || fail "srv6pipes stats: $(cli stats -o json)"
+  ! KUBECONFIG=$t/viewer kubectl delete servicechain e2e --dry-run=server >/dev/null 2>&1 || fail "the viewer may delete a chain"
+  kubectl delete rolebinding -n "$ns" e2e-viewer >/dev/null
+  kubectl delete clusterrolebinding e2e-viewer >/dev/null
+  kubectl delete serviceaccount -n default e2e-viewer >/dev/null
+  ok "srv6pipes wait, chains, trace (sources, live counters of both hops and the decapsulation), stats against the cluster as a read-only viewer"
+fi
+
 # Services beside the chain, through kube-proxy: from the client (selected, but the chain
 # matches only $server) and from the server (no chain selects it), the Service's cluster IP.
 svc=$(kubectl get service e2e-web -o jsonpath='{.spec.clusterIP}')

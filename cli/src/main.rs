@@ -1,9 +1,14 @@
 //! `srv6pipes`: the operator-facing CLI. `srv6pipes lab ...` runs the embedded default: a lab of
 //! network namespaces with the real node daemon, CNI plugin and eBPF datapath, no Kubernetes.
-//! Installed as `kubectl-srv6pipes` (a link to this binary), it is `kubectl srv6pipes ...`.
+//! `status`, `chains`, `sids`, `stats`, `trace` and `wait` read a lab or a cluster alike
+//! (`target.rs` says which). Installed as `kubectl-srv6pipes` (a link to this binary), it is
+//! `kubectl srv6pipes ...`.
 
+mod cluster;
 mod lab;
+mod target;
 mod trace;
+mod view;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -23,12 +28,33 @@ struct Cli {
 enum Command {
     /// A local lab of network namespaces: nodes, pods, VNFs and chains from Kubernetes YAML.
     Lab(lab::LabArgs),
-    /// Per-SID and per-chain packets, bytes and drops (by reason) on every node of a lab.
+    /// Nodes (locator, SIDs, program, daemon) and every chain, of a lab or a cluster.
+    Status {
+        #[command(flatten)]
+        target: target::Target,
+        #[arg(short = 'o', long, value_enum, default_value_t = view::Output::Text)]
+        output: view::Output,
+    },
+    /// ServiceChains with their Ready condition, functions and paths (`-o wide`: segments).
+    Chains {
+        #[command(flatten)]
+        target: target::Target,
+        #[arg(short = 'o', long, value_enum, default_value_t = view::Output::Text)]
+        output: view::Output,
+    },
+    /// Every SID of every node: behaviour, owner (pod:interface) and live counters.
+    Sids {
+        #[command(flatten)]
+        target: target::Target,
+        #[arg(short = 'o', long, value_enum, default_value_t = view::Output::Text)]
+        output: view::Output,
+    },
+    /// Per-SID and per-chain packets, bytes and drops (by reason) on every node.
     Stats {
         #[command(flatten)]
-        which: lab::Which,
-        #[arg(short = 'o', long, value_enum, default_value_t = lab::Format::Text)]
-        output: lab::Format,
+        target: target::Target,
+        #[arg(short = 'o', long, value_enum, default_value_t = view::Output::Text)]
+        output: view::Output,
     },
     /// A chain's path node by node — sources, headends, each hop's replicas and SIDs, the
     /// decapsulation — with live counters, as text, JSON or a picture (`-o dot`, `-o svg` with
@@ -36,7 +62,7 @@ enum Command {
     Trace {
         chain: String,
         #[command(flatten)]
-        which: lab::Which,
+        target: target::Target,
         #[arg(short = 'o', long, value_enum, default_value_t = trace::Format::Text)]
         output: trace::Format,
     },
@@ -45,7 +71,7 @@ enum Command {
     Wait {
         chain: String,
         #[command(flatten)]
-        which: lab::Which,
+        target: target::Target,
         /// How long to wait: 90s, 2m, 500ms.
         #[arg(long, default_value = "60s", value_parser = wait::parse_duration)]
         timeout: Duration,
@@ -79,16 +105,16 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
-        Command::Stats { which, output } => lab::stats(&which, output).map(|_| ExitCode::SUCCESS),
-        Command::Trace { chain, which, output } => lab::trace(&which, &chain)
-            .and_then(|t| trace::render(&t, output))
-            .map(|text| {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }),
-        Command::Wait { chain, which, timeout } => {
-            wait::wait(&chain, timeout, Duration::from_millis(250), || lab::ready_condition(&which, &chain))
-                .map(|ready| if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Command::Status { target, output } => target::print_status(&target, output).map(|_| ExitCode::SUCCESS),
+        Command::Chains { target, output } => target::print_chains(&target, output).map(|_| ExitCode::SUCCESS),
+        Command::Sids { target, output } => target::print_sids(&target, output).map(|_| ExitCode::SUCCESS),
+        Command::Stats { target, output } => target::print_stats(&target, output).map(|_| ExitCode::SUCCESS),
+        Command::Trace { chain, target, output } => target::trace(&target, &chain).and_then(|t| trace::render(&t, output)).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Wait { chain, target, timeout } => {
+            target::wait(&target, &chain, timeout).map(|ready| if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "srv6pipes", &mut std::io::stdout());

@@ -155,15 +155,17 @@ fn workload<'a>(docs: &'a [Json], kind: &str, name: &str) -> &'a Json {
 }
 
 /// Kubelet probes HTTP endpoints that say what they mean: the daemon's /readyz (datapath loaded,
-/// its node's program applied) and /healthz on loopback, the operator's on its health port.
+/// its node's program applied) and /healthz on its health port (which serves /stats to the CLI
+/// through the API server), the operator's on its own.
 #[test]
 fn the_daemons_and_the_operator_are_probed_over_http() {
     let Some(helm) = helm() else { return };
     let docs = render(&helm, &["--set", "node.healthPort=19465", "--set", "operator.healthPort=19466"]);
     let node = &workload(&docs, "DaemonSet", "srv6pipes-node")["spec"]["template"]["spec"]["containers"][0];
-    assert!(node["args"].as_array().unwrap().contains(&"--health-addr=127.0.0.1:19465".into()), "{}", node["args"]);
-    assert_eq!(node["readinessProbe"]["httpGet"], serde_json::json!({"host": "127.0.0.1", "port": 19465, "path": "/readyz"}));
-    assert_eq!(node["livenessProbe"]["httpGet"], serde_json::json!({"host": "127.0.0.1", "port": 19465, "path": "/healthz"}));
+    assert!(node["args"].as_array().unwrap().contains(&"--health-addr=[::]:19465".into()), "{}", node["args"]);
+    assert_eq!(node["ports"], serde_json::json!([{"name": "health", "containerPort": 19465, "protocol": "TCP"}]), "metrics off: one port");
+    assert_eq!(node["readinessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/readyz"}));
+    assert_eq!(node["livenessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/healthz"}));
     assert!(node["readinessProbe"].get("exec").is_none(), "not the socket file's existence");
     let op = &workload(&docs, "Deployment", "srv6pipes-operator")["spec"]["template"]["spec"]["containers"][0];
     assert!(op["args"].as_array().unwrap().contains(&"--health-addr=0.0.0.0:19466".into()), "{}", op["args"]);
@@ -267,4 +269,22 @@ fn helm_test_checks_the_daemons_and_versions_follow_the_crates() {
     let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     let crate_version = env!("CARGO_PKG_VERSION");
     assert_eq!((chart_yaml["version"].as_str(), chart_yaml["appVersion"].as_str()), (Some(crate_version), Some(crate_version)));
+}
+
+/// The CLI's users get a read-only ClusterRole, and pods/proxy (the daemons' /stats) only in the
+/// release's namespace.
+#[test]
+fn the_cli_viewer_roles_only_read() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let cluster = workload(&docs, "ClusterRole", "srv6pipes-viewer");
+    for rule in cluster["rules"].as_array().unwrap() {
+        for verb in rule["verbs"].as_array().unwrap() {
+            assert!(["get", "list", "watch"].contains(&verb.as_str().unwrap()), "read-only: {rule}");
+        }
+        assert!(!rule["resources"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains('/')), "no subresource cluster-wide: {rule}");
+    }
+    let role = workload(&docs, "Role", "srv6pipes-viewer");
+    assert_eq!(role["metadata"]["namespace"], "kube-system");
+    assert_eq!(role["rules"], serde_json::json!([{"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]));
 }

@@ -44,6 +44,7 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
     let scenario = Command::new(root.join("e2e/scenario.sh"))
         .args(["sp6k-node1", "sp6k-node2", deploy, "--set", "image.node.tag=latest", "::", deploy, "--uninstall"])
         .env("KUBECONFIG", &kubeconfig)
+        .env("SRV6PIPES_CLI", common::target_dir().join("srv6pipes"))
         .status()
         .expect("run e2e/scenario.sh");
     assert!(scenario.success(), "the scenario failed (see its output above; logs under e2e/cluster/.state)");

@@ -67,10 +67,11 @@ pub struct Args {
     /// 0.0.0.0:9464, at /metrics.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Serve /healthz and /readyz on this address, e.g. 127.0.0.1:9465 (kubelet's probes; the
-    /// metrics address answers them too). /readyz: the datapath is loaded and, in kube mode,
-    /// the node's current program is applied (the answer says what is missing); /healthz: the
-    /// main loop runs (it has not stalled for 30 s).
+    /// Serve /healthz, /readyz and /stats on this address, e.g. [::]:9465 (kubelet's probes,
+    /// and `srv6pipes trace|stats` through the API server; the metrics address answers them
+    /// too). /readyz: the datapath is loaded and, in kube mode, the node's current program is
+    /// applied (the answer says what is missing); /healthz: the main loop runs (it has not
+    /// stalled for 30 s); /stats: the node's counters as JSON (read-only).
     #[arg(long)]
     pub health_addr: Option<std::net::SocketAddr>,
     /// End.AD learning interval in milliseconds: a VNF's cached headers are re-learnt from
@@ -119,11 +120,12 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let health = Arc::new(Health::new(Duration::from_secs(30), "starting: the node's locator and datapath are not ready yet"));
+        let late = server::Late::default();
         if let Some(addr) = args.health_addr {
-            let health = health.clone();
-            srv6pipes_probe::spawn(addr, "/healthz and /readyz", move |path: String| {
-                let health = health.clone();
-                async move { health.answer_or_404(&path) }
+            let (health, late) = (health.clone(), late.clone());
+            srv6pipes_probe::spawn(addr, "/healthz, /readyz and /stats", move |path: String| {
+                let (health, late) = (health.clone(), late.clone());
+                async move { late.answer(&path, &health).await }
             })
             .await?;
         }
@@ -154,6 +156,6 @@ fn main() -> anyhow::Result<()> {
                 conf_dir,
             }),
         });
-        server::serve(&args.socket, server::Http { metrics: args.metrics_addr, health }, node, plane, departure).await
+        server::serve(&args.socket, server::Http { metrics: args.metrics_addr, health, late }, node, plane, departure).await
     })
 }

@@ -463,7 +463,8 @@ impl Node {
         Ok(())
     }
 
-    fn stats(&self) -> anyhow::Result<NodeStats> {
+    /// The node's counters: per SID, per chain at its headend, drops and events by name.
+    pub fn stats(&self) -> anyhow::Result<NodeStats> {
         let mut sids = Vec::new();
         let proxies = self.state.registrations.iter().map(|r| {
             let behavior = match self.behavior_of(r) {

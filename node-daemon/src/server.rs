@@ -28,14 +28,42 @@ pub enum ControlPlane {
 
 /// The daemon's HTTP endpoints.
 pub struct Http {
-    /// Where /metrics is served (it answers the probes' paths too).
+    /// Where /metrics is served (it answers the probes' paths and /stats too).
     pub metrics: Option<SocketAddr>,
     /// What /healthz and /readyz report: the main loop beats it, readiness is set here.
     pub health: Arc<Health>,
+    /// The health listener's way to the node, once it runs (for /stats).
+    pub late: Late,
+}
+
+/// The health listener starts before the node (so the probes answer while it waits for its
+/// locator); it serves /stats once [`serve`] has the node.
+#[derive(Clone, Default)]
+pub struct Late(Arc<std::sync::OnceLock<Arc<Shared>>>);
+
+impl Late {
+    /// GET `path` on the health listener: /healthz, /readyz, and /stats (the node's counters as
+    /// JSON, `srv6::node_api::NodeStats`: what `srv6pipes trace` and `stats` read through the
+    /// API server's pods/proxy).
+    pub async fn answer(&self, path: &str, health: &Health) -> Reply {
+        match (path, self.0.get()) {
+            ("/stats", Some(shared)) => stats_reply(shared).await,
+            ("/stats", None) => Reply { status: 503, body: "starting: the node's datapath is not up yet\n".into() },
+            _ => health.answer(path).unwrap_or_else(|| Reply::not_found(&["/healthz", "/readyz", "/stats"])),
+        }
+    }
+}
+
+async fn stats_reply(shared: &Shared) -> Reply {
+    let stats = shared.node.lock().await.stats();
+    match stats.and_then(|s| Ok(serde_json::to_string(&s)?)) {
+        Ok(json) => Reply::ok(json + "\n"),
+        Err(e) => Reply { status: 500, body: format!("{e:#}\n") },
+    }
 }
 
 /// What the socket handlers share.
-struct Shared {
+pub struct Shared {
     node: Mutex<Node>,
     /// One program at a time; the node itself is locked only for the map updates.
     programming: Mutex<()>,
@@ -79,6 +107,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
         },
         health: http.health,
     });
+    let _ = http.late.0.set(shared.clone());
     match plane {
         // Kube mode is ready once the node's current program is applied (kube_loop says so).
         ControlPlane::Kube(plane) => {
@@ -210,10 +239,13 @@ async fn spawn_flow_recount(shared: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GET /metrics: the Prometheus text format; the probes' paths as on --health-addr.
+/// GET /metrics: the Prometheus text format; /stats and the probes' paths as on --health-addr.
 async fn http_request(path: &str, shared: &Shared) -> Reply {
+    if path == "/stats" {
+        return stats_reply(shared).await;
+    }
     if path != "/metrics" {
-        return shared.health.answer(path).unwrap_or_else(|| Reply::not_found(&["/metrics", "/healthz", "/readyz"]));
+        return shared.health.answer(path).unwrap_or_else(|| Reply::not_found(&["/metrics", "/stats", "/healthz", "/readyz"]));
     }
     match shared.node.lock().await.metrics() {
         Ok(text) => Reply::ok(text),

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use srv6::compiler::{self, ChainRef, NodeInfo, PodInfo, World};
 use srv6::node_api::{self, NodeProgram, NodeSids, NodeStats, Peer, Request, Response};
 
+use crate::view::{self, Registration, View, ViewNode, ViewPod};
 use manifest::{LabNode, LabPod, Manifest};
 use state::{LabState, NodeState, PodState};
 
@@ -711,63 +712,44 @@ fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
 
 fn status(dir: &Path, format: Format) -> anyhow::Result<()> {
     let st = load(dir)?;
+    let v = lab_view(&st);
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(&st))?),
-        Format::Text => print_text(&st, dir),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(&st, &v))?),
+        Format::Text => print!("{}", status_text(&st, &v)),
     }
     Ok(())
 }
 
-struct Live {
-    sids: BTreeMap<String, NodeSids>,
-    stats: BTreeMap<String, NodeStats>,
-}
-
-impl Live {
-    /// Drops by reason, per node.
-    fn drops(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        self.stats.iter().map(|(n, s)| (n.clone(), s.drops.iter().cloned().collect())).collect()
-    }
-
-    /// Datapath events (ICMP errors sent or rate limited, MSS clamps), per node.
-    fn events(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        self.stats.iter().map(|(n, s)| (n.clone(), s.events.iter().cloned().collect())).collect()
-    }
-}
-
-fn live(st: &LabState) -> Live {
-    let mut l = Live { sids: BTreeMap::new(), stats: BTreeMap::new() };
+/// The lab as `crate::view` shows it: its nodes and pods, its chains (from its API server in
+/// kube mode), and each daemon's counters over its socket.
+pub fn lab_view(st: &LabState) -> View {
+    let mut v = View { chains: chains_or_warn(st), ..Default::default() };
     for n in &st.nodes {
-        if let (Ok(s), Ok(c)) = (node_sids(n), node_stats(n)) {
-            l.sids.insert(n.name.clone(), s);
-            l.stats.insert(n.name.clone(), c);
-        }
+        let registrations = match node_sids(n).and_then(|sids| Ok((sids, node_stats(n)?))) {
+            Ok((sids, stats)) => {
+                v.stats.insert(n.name.clone(), stats);
+                sids.registrations
+                    .into_iter()
+                    .map(|r| Registration { pod: format!("{}/{}", r.pod_namespace, r.pod_name), interface: r.interface, sid: r.sid })
+                    .collect()
+            }
+            Err(e) => {
+                v.unreachable.insert(n.name.clone(), format!("{e:#}"));
+                Vec::new()
+            }
+        };
+        v.nodes.push(ViewNode { name: n.name.clone(), locator: n.locator.clone(), registrations });
     }
-    l
+    v.pods = st
+        .pods
+        .iter()
+        .map(|p| ViewPod { namespace: p.namespace.clone(), name: p.name.clone(), node: p.node.clone(), labels: p.labels.clone() })
+        .collect();
+    v
 }
 
-/// Per SID: node, behaviour, owner (pod:interface) and counters.
-fn sid_rows(st: &LabState, live: &Live) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for n in &st.nodes {
-        let (Some(sids), Some(stats)) = (live.sids.get(&n.name), live.stats.get(&n.name)) else { continue };
-        for c in &stats.sids {
-            // A stream SID belongs to the interface whose LOC:FUNCT it carries.
-            let funct = n.locator.stream_arg_of(c.sid).map(|a| a.funct);
-            let owner = sids.registrations.iter().find(|r| n.locator.funct_of(r.sid) == funct);
-            rows.push(json!({
-                "node": n.name, "sid": c.sid.to_string(), "behavior": c.behavior, "function": c.function,
-                "pod": owner.map(|r| format!("{}/{}", r.pod_namespace, r.pod_name)),
-                "interface": owner.map(|r| r.interface.clone()),
-                "packets": c.packets, "bytes": c.bytes, "drops": c.drops,
-            }));
-        }
-    }
-    rows
-}
-
-fn status_json(st: &LabState) -> Value {
-    let live = live(st);
+fn status_json(st: &LabState, v: &View) -> Value {
+    let stats = view::stats_doc(v);
     json!({
         "name": st.name,
         "nodes": st.nodes.iter().map(|n| json!({
@@ -786,109 +768,39 @@ fn status_json(st: &LabState) -> Value {
             "pid": p.pid,
             "running": p.pid.is_some_and(sys::alive),
         })).collect::<Vec<_>>(),
-        "sids": sid_rows(st, &live),
-        "streams": stream_rows(&live),
-        "drops": live.drops(),
-        "events": live.events(),
-        "chains": chains_or_warn(st),
+        "sids": stats["sids"],
+        "streams": stats["streams"],
+        "drops": stats["drops"],
+        "events": stats["events"],
+        "chains": v.chains,
     })
 }
 
-fn print_sids(rows: &[Value]) {
-    let width = rows.iter().filter_map(|r| r["sid"].as_str()).map(str::len).max().unwrap_or(0).max(23);
-    println!("{:<width$} NODE        BEHAVIOR    OWNER                   PACKETS     BYTES  DROPS  FUNCTION", "SID");
-    for r in rows {
-        let owner = match (r["pod"].as_str(), r["interface"].as_str()) {
-            (Some(p), Some(i)) => format!("{p}:{i}"),
-            _ => "-".into(),
-        };
-        println!(
-            "{:<width$} {:<11} {:<11} {:<21} {:>9} {:>9} {:>6}  {}",
-            r["sid"].as_str().unwrap_or_default(),
-            r["node"].as_str().unwrap_or_default(),
-            r["behavior"].as_str().unwrap_or_default(),
-            owner,
-            r["packets"].as_u64().unwrap_or_default(),
-            r["bytes"].as_u64().unwrap_or_default(),
-            r["drops"].as_u64().unwrap_or_default(),
-            r["function"].as_str().unwrap_or("-"),
-        );
-    }
-}
-
-/// Every stream proxy's counters per SID (SRv6 pipes), as their nodes last heard them.
-fn stream_rows(live: &Live) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for (node, s) in &live.stats {
-        for c in &s.streams {
-            let mut v = serde_json::to_value(c).expect("counters serialize");
-            v["node"] = json!(node);
-            rows.push(v);
-        }
-    }
-    rows
-}
-
-fn print_streams(rows: &[Value]) {
-    if rows.is_empty() {
-        return;
-    }
-    println!(
-        "\nSTREAM PROXY            FUNCTION                               ACTIVE  TOTAL FAILED   FWD IN  FWD OUT   REV IN  REV OUT  ERRORS"
-    );
-    for r in rows {
-        let errors: Vec<String> = r["errors"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
-        let n = |k: &str| r[k].as_u64().unwrap_or_default();
-        println!(
-            "{:<23} {:<38} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8}  {}",
-            r["pod"].as_str().unwrap_or_default(),
-            r["function"].as_str().unwrap_or_default(),
-            n("active"),
-            n("total"),
-            n("failed"),
-            n("forward_in"),
-            n("forward_out"),
-            n("reverse_in"),
-            n("reverse_out"),
-            if errors.is_empty() { "none".into() } else { errors.join(" ") }
-        );
-    }
-}
-
-fn print_text(st: &LabState, _dir: &Path) {
-    let live = live(st);
-    println!("NODE        LOCATOR               UNDERLAY          DAEMON");
+fn status_text(st: &LabState, v: &View) -> String {
+    use std::fmt::Write;
+    let mut out = "NODE        LOCATOR               UNDERLAY          DAEMON\n".to_string();
     for n in &st.nodes {
         let d = if n.daemon_pid.is_some_and(sys::alive) { "running" } else { "DOWN" };
-        println!("{:<11} {:<21} {:<17} {d}", n.name, n.locator.to_string(), n.underlay6.to_string());
+        let _ = writeln!(out, "{:<11} {:<21} {:<17} {d}", n.name, n.locator.to_string(), n.underlay6.to_string());
     }
-    println!("\nPOD                   NODE        IPS");
+    out.push_str("\nPOD                   NODE        IPS\n");
     for p in &st.pods {
         let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
         let chain = if p.chain_ifaces.is_empty() { String::new() } else { format!("  (+{})", p.chain_ifaces.join(",")) };
-        println!("{:<21} {:<11} {}{chain}", format!("{}/{}", p.namespace, p.name), p.node, ips.join(","));
+        let _ = writeln!(out, "{:<21} {:<11} {}{chain}", format!("{}/{}", p.namespace, p.name), p.node, ips.join(","));
     }
-    println!();
-    print_sids(&sid_rows(st, &live));
-    print_streams(&stream_rows(&live));
-    println!("\nCHAIN                 READY  REASON       PATH");
-    for c in &chains_or_warn(st) {
-        let s = c.status.clone().unwrap_or_default();
-        let cond = s.conditions.first();
-        let path = s.paths.first().map(|p| p.segments.join(" -> ")).unwrap_or_default();
-        println!(
-            "{:<21} {:<6} {:<12} {path}",
-            format!("{}/{}", c.metadata.namespace.as_deref().unwrap_or_default(), c.metadata.name.as_deref().unwrap_or_default()),
-            cond.map(|c| c.status.as_str()).unwrap_or("?"),
-            cond.map(|c| c.reason.as_str()).unwrap_or("?"),
-        );
-    }
-    for (node, stats) in &live.stats {
+    out.push('\n');
+    out.push_str(&view::sids_text(&view::sid_rows(v)));
+    out.push_str(&view::streams_text(&view::stream_rows(v)));
+    out.push('\n');
+    out.push_str(&view::chains_text(&v.chains, true));
+    for (node, stats) in &v.stats {
         let drops: Vec<String> = stats.drops.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         if !drops.is_empty() {
-            println!("\ndrops on {node}: {}", drops.join(" "));
+            let _ = write!(out, "\ndrops on {node}: {}\n", drops.join(" "));
         }
     }
+    out
 }
 
 fn restart_node(dir: &Path, node: &str, kill: bool) -> anyhow::Result<()> {
@@ -904,140 +816,32 @@ fn restart_node(dir: &Path, node: &str, kill: bool) -> anyhow::Result<()> {
     start_daemon(&mut st, dir, i)
 }
 
-// ------------------------------------------------------------------------------ stats, trace
+// --------------------------------------------------------------------- what the CLI reads
 
-/// `srv6pipes stats`: per-SID and per-chain packets, bytes and drops, and drops by reason, for
-/// every node of the lab.
-pub fn stats(which: &Which, format: Format) -> anyhow::Result<()> {
+/// The lab addressed by `which`, when one is up there.
+pub fn is_up(which: &Which) -> anyhow::Result<bool> {
+    Ok(LabState::load(&which.dir()?)?.is_some())
+}
+
+/// The lab's view for `srv6pipes stats|sids|trace|status`.
+pub fn view(which: &Which) -> anyhow::Result<View> {
+    Ok(lab_view(&load(&which.dir()?)?))
+}
+
+/// The lab's chains (from its API server in kube mode), for `srv6pipes chains|wait`.
+pub fn chains(which: &Which) -> anyhow::Result<Vec<srv6pipes_crds::ServiceChain>> {
+    lab_chains(&load(&which.dir()?)?)
+}
+
+/// `srv6pipes status` on a lab: what `lab status` prints (YAML too).
+pub fn print_status(which: &Which, output: view::Output) -> anyhow::Result<()> {
     let st = load(&which.dir()?)?;
-    let live = live(&st);
-    let chains: Vec<Value> = live
-        .stats
-        .iter()
-        .flat_map(|(node, s)| {
-            s.chains.iter().map(move |c| json!({"node": node, "chain": c.chain, "packets": c.packets, "bytes": c.bytes, "drops": c.drops}))
-        })
-        .collect();
-    let drops = live.drops();
-    let sids = sid_rows(&st, &live);
-    let streams = stream_rows(&live);
-    match format {
-        Format::Json => {
-            let doc = json!({"sids": sids, "streams": streams, "chains": chains, "drops": drops, "events": live.events()});
-            println!("{}", serde_json::to_string_pretty(&doc)?)
-        }
-        Format::Text => {
-            print_sids(&sids);
-            print_streams(&streams);
-            println!("\nCHAIN                   HEADEND       PACKETS      BYTES  DROPS");
-            for c in &chains {
-                println!(
-                    "{:<23} {:<11} {:>9} {:>10} {:>6}",
-                    c["chain"].as_str().unwrap_or_default(),
-                    c["node"].as_str().unwrap_or_default(),
-                    c["packets"].as_u64().unwrap_or_default(),
-                    c["bytes"].as_u64().unwrap_or_default(),
-                    c["drops"].as_u64().unwrap_or_default()
-                );
-            }
-            for (title, per_node) in [("DROPS BY REASON", &drops), ("EVENTS", &live.events())] {
-                println!("\n{title}");
-                for (node, counts) in per_node {
-                    let nonzero: Vec<String> = counts.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
-                    println!("{node:<11} {}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
-                }
-            }
-        }
+    let v = lab_view(&st);
+    match output {
+        view::Output::Text | view::Output::Wide => print!("{}", status_text(&st, &v)),
+        _ => print!("{}", view::structured(&status_json(&st, &v), output)?.expect("a structured format")),
     }
     Ok(())
-}
-
-/// `srv6pipes trace CHAIN`: the chain's path node by node (sources, headends, each hop's replicas
-/// with their SIDs, the decapsulation) with live counters. The trace document of `chain` (NAME or NAMESPACE/NAME) in a lab: the `trace -o json` schema,
-/// which `crate::trace` renders.
-pub fn trace(which: &Which, chain: &str) -> anyhow::Result<Value> {
-    let st = load(&which.dir()?)?;
-    let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
-    let c = &find_chain(&st, ns, name)?;
-    let key = format!("{ns}/{name}");
-    let live = live(&st);
-    let status = c.status.clone().unwrap_or_default();
-    let sid_counters = |node: &str, sid: &str| live.stats.get(node).and_then(|s| s.sids.iter().find(|x| x.sid.to_string() == sid));
-    let counters = |node: &str, sid: &str| -> Value {
-        sid_counters(node, sid).map_or(Value::Null, |x| json!({"packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
-    };
-    // A stream SID: what its proxy applies (from its node), else what its ARG names.
-    let function = |node: &str, sid: &str| -> Option<String> {
-        sid_counters(node, sid).and_then(|x| x.function.clone()).or_else(|| {
-            let (n, sid) = (st.nodes.iter().find(|n| n.name == node)?, srv6::sid::Sid(sid.parse().ok()?));
-            srv6::pipes::decode(&n.locator, sid, None)
-        })
-    };
-    let headends: Vec<Value> = live
-        .stats
-        .iter()
-        .flat_map(|(node, s)| {
-            s.chains
-                .iter()
-                .filter(|x| x.chain == key)
-                .map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
-        })
-        .collect();
-    let hops: Vec<Value> = status
-        .hops
-        .iter()
-        .map(|h| {
-            let replicas: Vec<Value> = h
-                .replicas
-                .iter()
-                .map(|r| {
-                    let f = function(&r.node, &r.sid);
-                    json!({"pod": r.pod, "node": r.node, "sid": r.sid, "function": f, "counters": counters(&r.node, &r.sid)})
-                })
-                .collect();
-            json!({"function": h.function, "replicas": replicas})
-        })
-        .collect();
-    let decap = status.paths.first().and_then(|p| p.segments.last()).map(|sid| {
-        let node = st.nodes.iter().find(|n| sid.parse().is_ok_and(|a| n.locator.contains(&a))).map(|n| n.name.clone()).unwrap_or_default();
-        json!({"sid": sid, "node": node, "counters": counters(&node, sid)})
-    });
-    // The chain's source pods, where their node's headend steers them.
-    let sources: Vec<Value> = st
-        .pods
-        .iter()
-        .filter(|p| p.namespace == ns && srv6::selector::matches(&c.spec.sources.pod_selector, &p.labels).unwrap_or(false))
-        .map(|p| json!({"pod": format!("{}/{}", p.namespace, p.name), "node": p.node}))
-        .collect();
-    let cond = status.conditions.first();
-    Ok(json!({
-        "chain": key,
-        "ready": cond.map(|c| c.status.as_str()),
-        "reason": cond.map(|c| c.reason.as_str()),
-        "sources": sources,
-        "headends": headends,
-        "hops": hops,
-        "decap": decap,
-    }))
-}
-
-fn find_chain(st: &LabState, ns: &str, name: &str) -> anyhow::Result<srv6pipes_crds::ServiceChain> {
-    lab_chains(st)?
-        .into_iter()
-        .find(|c| c.metadata.name.as_deref() == Some(name) && c.metadata.namespace.as_deref().unwrap_or("default") == ns)
-        .ok_or_else(|| anyhow!("no chain {ns}/{name} in lab {}", st.name))
-}
-
-/// `srv6pipes wait`'s probe: the chain's Ready condition (status, reason, message) for its
-/// current generation, or None while the operator has not reported on it.
-pub fn ready_condition(which: &Which, chain: &str) -> anyhow::Result<Option<(bool, String, String)>> {
-    let st = load(&which.dir()?)?;
-    let (ns, name) = chain.split_once('/').unwrap_or(("default", chain));
-    let c = find_chain(&st, ns, name)?;
-    let status = c.status.unwrap_or_default();
-    let current = st.kubeconfig.is_none() || status.observed_generation == c.metadata.generation;
-    let ready = status.conditions.into_iter().find(|x| x.type_ == "Ready").filter(|_| current);
-    Ok(ready.map(|x| (x.status == "True", x.reason, x.message)))
 }
 
 // -------------------------------------------------------------------------------------- exec
