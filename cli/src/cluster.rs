@@ -39,7 +39,9 @@ impl Cluster {
                     kube::Config::from_custom_kubeconfig(kc, &options).await.with_context(|| format!("kubeconfig {}", path.display()))
                 }
                 (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.context("kubeconfig (KUBECONFIG, ~/.kube/config)"),
-                (None, None) => kube::Config::infer().await.context("no lab is up and no kubeconfig was found (KUBECONFIG, ~/.kube/config)"),
+                (None, None) => {
+                    kube::Config::infer().await.context("no lab is up and no kubeconfig was found (KUBECONFIG, ~/.kube/config)")
+                }
             }
         })?;
         let default_namespace = config.default_namespace.clone();
@@ -65,7 +67,8 @@ impl Cluster {
         let tables: Api<NodeSidTable> = Api::all(self.client.clone());
         let tables = self.rt.block_on(tables.list(&ListParams::default())).context("list nodesidtables")?.items;
         for t in &tables {
-            let locator = t.spec.locator.parse().map_err(|e| anyhow!("NodeSidTable {}: locator {:?}: {e}", t.name_any(), t.spec.locator))?;
+            let locator =
+                t.spec.locator.parse().map_err(|e| anyhow!("NodeSidTable {}: locator {:?}: {e}", t.name_any(), t.spec.locator))?;
             let registrations = t
                 .spec
                 .registrations
@@ -161,7 +164,13 @@ impl Cluster {
                         && status.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "True")
                 });
                 let daemon = daemons.get(&node).map(|p| {
-                    let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
                     json!({"pod": format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()), "ready": ready})
                 });
                 json!({
@@ -196,7 +205,8 @@ fn stats_uri(pod: &Pod) -> Result<String, String> {
 /// `srv6pipes status`'s text on a cluster.
 pub fn status_text(doc: &Value, chains: &[ServiceChain]) -> String {
     use std::fmt::Write;
-    let mut out = format!("{:<16} {:<21} {:<21} {:>5} {:>6}  {:<10} {}\n", "NODE", "LOCATOR", "DECAP", "SIDS", "SLICES", "PROGRAMMED", "DAEMON");
+    let mut out =
+        format!("{:<16} {:<21} {:<21} {:>5} {:>6}  {:<10} {}\n", "NODE", "LOCATOR", "DECAP", "SIDS", "SLICES", "PROGRAMMED", "DAEMON");
     for n in doc["nodes"].as_array().into_iter().flatten() {
         let daemon = match n["daemon"]["ready"].as_bool() {
             Some(true) => format!("{} Ready", n["daemon"]["pod"].as_str().unwrap_or_default()),

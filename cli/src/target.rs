@@ -68,8 +68,10 @@ fn default_namespace(scope: &Scope) -> &str {
 fn chains(scope: &Scope, namespace: Option<&str>) -> anyhow::Result<Vec<ServiceChain>> {
     match scope {
         Scope::Lab(which) => {
-            let mut chains: Vec<ServiceChain> =
-                lab::chains(which)?.into_iter().filter(|c| namespace.is_none_or(|ns| c.metadata.namespace.as_deref() == Some(ns))).collect();
+            let mut chains: Vec<ServiceChain> = lab::chains(which)?
+                .into_iter()
+                .filter(|c| namespace.is_none_or(|ns| c.metadata.namespace.as_deref() == Some(ns)))
+                .collect();
             chains.sort_by_key(view::chain_key);
             Ok(chains)
         }
@@ -148,7 +150,8 @@ pub fn wait(t: &Target, chain: &str, timeout: Duration) -> anyhow::Result<bool> 
     let shown = format!("{ns}/{name}");
     crate::wait::wait(&shown, timeout, Duration::from_millis(250), || {
         let all = chains(&scope, Some(&ns))?;
-        let c = all.iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str())).ok_or_else(|| anyhow::anyhow!("no chain {shown}"))?;
+        let c =
+            all.iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str())).ok_or_else(|| anyhow::anyhow!("no chain {shown}"))?;
         Ok(view::ready(c))
     })
 }

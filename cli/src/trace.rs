@@ -44,7 +44,8 @@ fn counters(c: &Value) -> String {
 
 /// The text view: one line per headend, replica and the decapsulation.
 pub fn text(t: &Value) -> String {
-    let mut out = format!("chain {}: Ready={} ({})\n", s(&t["chain"]), t["ready"].as_str().unwrap_or("?"), t["reason"].as_str().unwrap_or("?"));
+    let mut out =
+        format!("chain {}: Ready={} ({})\n", s(&t["chain"]), t["ready"].as_str().unwrap_or("?"), t["reason"].as_str().unwrap_or("?"));
     for src in t["sources"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  source    {:<5} {}", s(&src["node"]), s(&src["pod"]));
     }
@@ -143,7 +144,11 @@ fn graph(t: &Value) -> Graph {
             .flatten()
             .enumerate()
             .map(|(j, r)| {
-                let mut label = vec![format!("{}: {}", i + 1, s(&h["function"])), s(&r["pod"]).to_string(), format!("{} {}", s(&r["node"]), s(&r["sid"]))];
+                let mut label = vec![
+                    format!("{}: {}", i + 1, s(&h["function"])),
+                    s(&r["pod"]).to_string(),
+                    format!("{} {}", s(&r["node"]), s(&r["sid"])),
+                ];
                 if let Some(f) = r["function"].as_str() {
                     label.push(format!("[{f}]"));
                 }
@@ -308,7 +313,12 @@ mod tests {
         let mut t = trace();
         t["headends"] = json!([{"node": "n1", "packets": 3, "bytes": 1, "drops": 0}, {"node": "n3", "packets": 4, "bytes": 1, "drops": 0}]);
         let d = dot(&t);
-        for want in ["f1 [label=\"\", shape=point];", "h0 -> f1 [arrowhead=none];", "h1 -> f1 [arrowhead=none];", "f1 -> r1_1 [label=\"5 pkts, 1 drops\"];"] {
+        for want in [
+            "f1 [label=\"\", shape=point];",
+            "h0 -> f1 [arrowhead=none];",
+            "h1 -> f1 [arrowhead=none];",
+            "f1 -> r1_1 [label=\"5 pkts, 1 drops\"];",
+        ] {
             assert!(d.contains(want), "{want:?} not in\n{d}");
         }
         assert!(!d.contains("s1"), "n3 has no source pod: no source box\n{d}");
@@ -318,7 +328,9 @@ mod tests {
     fn mermaid_is_a_flowchart_with_escaped_labels() {
         let m = mermaid(&trace());
         assert!(m.starts_with("---\ntitle: \"default/web #quot;x#quot;: Ready=True (Programmed)\"\n---\nflowchart LR\n"), "{m}");
-        for want in ["  s0([\"default/client<br/>default/client2\"])", "  h0 -->|\"7 pkts, 0 drops\"| r1_0", "  r2_0 -->|\"11 pkts, 0 drops\"| d"] {
+        for want in
+            ["  s0([\"default/client<br/>default/client2\"])", "  h0 -->|\"7 pkts, 0 drops\"| r1_0", "  r2_0 -->|\"11 pkts, 0 drops\"| d"]
+        {
             assert!(m.contains(want), "{want:?} not in\n{m}");
         }
     }

@@ -273,7 +273,10 @@ pub fn trace_doc(v: &View, ns: &str, name: &str) -> anyhow::Result<Value> {
         .stats
         .iter()
         .flat_map(|(node, s)| {
-            s.chains.iter().filter(|x| x.chain == key).map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
+            s.chains
+                .iter()
+                .filter(|x| x.chain == key)
+                .map(move |x| json!({"node": node, "packets": x.packets, "bytes": x.bytes, "drops": x.drops}))
         })
         .collect();
     let hops: Vec<Value> = status
@@ -345,7 +348,10 @@ mod tests {
         let mut stats = BTreeMap::new();
         stats.insert(
             "n1".to_string(),
-            NodeStats { chains: vec![ChainCounters { chain: "default/web".into(), packets: 9, bytes: 900, drops: 0 }], ..Default::default() },
+            NodeStats {
+                chains: vec![ChainCounters { chain: "default/web".into(), packets: 9, bytes: 900, drops: 0 }],
+                ..Default::default()
+            },
         );
         stats.insert(
             "n2".to_string(),
@@ -358,7 +364,11 @@ mod tests {
                 ViewNode {
                     name: "n2".into(),
                     locator: "fcbb:bb00:2::/48".parse().unwrap(),
-                    registrations: vec![Registration { pod: "default/fw".into(), interface: "net1".into(), sid: sid("fcbb:bb00:2:e001::") }],
+                    registrations: vec![Registration {
+                        pod: "default/fw".into(),
+                        interface: "net1".into(),
+                        sid: sid("fcbb:bb00:2:e001::"),
+                    }],
                 },
             ],
             pods: vec![

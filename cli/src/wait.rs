@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn waits_until_ready_and_gives_up_with_the_last_reason() {
-        let mut polls = vec![None, Some((false, "NoReplicas".to_string(), String::new())), Some((true, "Programmed".to_string(), String::new()))];
+        let mut polls =
+            vec![None, Some((false, "NoReplicas".to_string(), String::new())), Some((true, "Programmed".to_string(), String::new()))];
         polls.reverse();
         let ready = wait("default/c", Duration::from_secs(5), Duration::from_millis(1), || Ok(polls.pop().unwrap())).unwrap();
         assert!(ready && polls.is_empty(), "stops at the first Ready");

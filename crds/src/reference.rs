@@ -29,7 +29,8 @@ pub fn reference_md() -> String {
 fn resource(out: &mut String, crd: &CustomResourceDefinition) {
     let names = &crd.spec.names;
     let version = &crd.spec.versions[0];
-    let schema = serde_json::to_value(&version.schema.as_ref().expect("a CRD has a schema").open_api_v3_schema).expect("a schema serializes");
+    let schema =
+        serde_json::to_value(&version.schema.as_ref().expect("a CRD has a schema").open_api_v3_schema).expect("a schema serializes");
     let _ = write!(out, "\n## {}\n\n{}\n\n", names.kind, text(&schema));
     let _ = writeln!(out, "- Scope: {}", crd.spec.scope);
     let _ = writeln!(out, "- Plural: `{}`", names.plural);
@@ -87,7 +88,9 @@ fn fields(out: &mut String, prefix: &str, schema: &Value) {
 fn type_name(field: &Value) -> String {
     match field["type"].as_str() {
         Some("array") => format!("[]{}", type_name(&field["items"])),
-        Some("object") if field.get("additionalProperties").is_some() => format!("map[string]{}", type_name(&field["additionalProperties"])),
+        Some("object") if field.get("additionalProperties").is_some() => {
+            format!("map[string]{}", type_name(&field["additionalProperties"]))
+        }
         Some(t) => t.to_string(),
         None => "object".to_string(),
     }

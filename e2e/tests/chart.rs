@@ -282,9 +282,35 @@ fn the_cli_viewer_roles_only_read() {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(["get", "list", "watch"].contains(&verb.as_str().unwrap()), "read-only: {rule}");
         }
-        assert!(!rule["resources"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains('/')), "no subresource cluster-wide: {rule}");
+        assert!(
+            !rule["resources"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains('/')),
+            "no subresource cluster-wide: {rule}"
+        );
     }
     let role = workload(&docs, "Role", "srv6pipes-viewer");
     assert_eq!(role["metadata"]["namespace"], "kube-system");
     assert_eq!(role["rules"], serde_json::json!([{"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]));
+}
+
+/// Only the one-shot init containers are privileged: the sysctl, and the bpffs mount on hosts
+/// that have none (propagated back to the host); the daemon itself is not.
+#[test]
+fn only_the_node_setup_init_containers_are_privileged() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let spec = &workload(&docs, "DaemonSet", "srv6pipes-node")["spec"]["template"]["spec"];
+    let privileged: Vec<&str> = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["securityContext"]["privileged"] == true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(privileged, ["forwarding", "mount-bpffs"]);
+    let mount = spec["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "mount-bpffs").unwrap();
+    assert_eq!(mount["volumeMounts"][0]["mountPropagation"], "Bidirectional");
+    assert!(mount["command"][2].as_str().unwrap().contains("mount -t bpf bpf /host/bpffs"));
+    for c in spec["containers"].as_array().unwrap() {
+        assert!(c["securityContext"]["privileged"].is_null(), "{} is not privileged", c["name"]);
+    }
 }

@@ -54,7 +54,8 @@ fn man_pages_for_every_subcommand() {
     let trace = std::fs::read_to_string(dir.join("srv6pipes-trace.1")).unwrap();
     assert!(trace.contains("mermaid") && trace.contains("Graphviz"), "the page carries the --help text:\n{trace}");
     if have("man") {
-        let out = Command::new("man").arg("-l").arg(dir.join("srv6pipes-wait.1")).env("MANPAGER", "cat").env("MANWIDTH", "100").output().unwrap();
+        let out =
+            Command::new("man").arg("-l").arg(dir.join("srv6pipes-wait.1")).env("MANPAGER", "cat").env("MANWIDTH", "100").output().unwrap();
         let shown = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && shown.contains("--timeout"), "man -l: {shown}{}", String::from_utf8_lossy(&out.stderr));
     }

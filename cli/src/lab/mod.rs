@@ -6,7 +6,6 @@ mod manifest;
 mod state;
 mod sys;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -172,7 +171,7 @@ fn up(name: &str, dir: &Path, file: &Path, kubeconfig: Option<PathBuf>) -> anyho
         }
         return Err(e);
     }
-    print_text(&st, dir);
+    print!("{}", status_text(&st, &lab_view(&st)));
     Ok(())
 }
 
@@ -614,7 +613,7 @@ fn apply(dir: &Path, file: &Path) -> anyhow::Result<()> {
     }
     if let Some(k) = &st.kubeconfig {
         let result = sync_kube(&st, &kube::Cluster::connect(k)?, &m.chains);
-        print_text(&st, dir);
+        print!("{}", status_text(&st, &lab_view(&st)));
         return result;
     }
     for c in m.chains {
@@ -625,7 +624,7 @@ fn apply(dir: &Path, file: &Path) -> anyhow::Result<()> {
         }
     }
     let result = program(&mut st, dir);
-    print_text(&st, dir);
+    print!("{}", status_text(&st, &lab_view(&st)));
     result
 }
 
@@ -738,7 +737,7 @@ pub fn lab_view(st: &LabState) -> View {
                 Vec::new()
             }
         };
-        v.nodes.push(ViewNode { name: n.name.clone(), locator: n.locator.clone(), registrations });
+        v.nodes.push(ViewNode { name: n.name.clone(), locator: n.locator, registrations });
     }
     v.pods = st
         .pods

@@ -6,11 +6,11 @@ use std::path::Path;
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    for (file, text) in
-        [(srv6pipes_crds::CRD_FILE, srv6pipes_crds::crd_yaml()), (srv6pipes_crds::CHART_CRD_FILE, srv6pipes_crds::chart_crd_yaml()),
+    for (file, text) in [
+        (srv6pipes_crds::CRD_FILE, srv6pipes_crds::crd_yaml()),
+        (srv6pipes_crds::CHART_CRD_FILE, srv6pipes_crds::chart_crd_yaml()),
         (srv6pipes_crds::reference::REFERENCE_FILE, srv6pipes_crds::reference::reference_md()),
-    ]
-    {
+    ] {
         std::fs::write(root.join(file), text)?;
         eprintln!("wrote {file}");
     }
