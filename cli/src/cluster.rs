@@ -45,7 +45,8 @@ impl Cluster {
             }
         })?;
         let default_namespace = config.default_namespace.clone();
-        let client = Client::try_from(config).context("kube client")?;
+        // The client's buffer spawns onto the runtime: made inside it.
+        let client = rt.block_on(async { Client::try_from(config) }).context("kube client")?;
         Ok(Cluster { rt, client, default_namespace })
     }
 

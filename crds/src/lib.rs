@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
     doc = "A chain of SR-unaware network functions (and SRv6 pipes' bytestream functions) that the matching traffic of the selected source pods crosses in order, steered with IPv6 Segment Routing.",
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name": "Functions", "type": "string", "jsonPath": ".spec.functions[*].name"}"#,
+    printcolumn = r#"{"name": "Functions", "type": "string", "jsonPath": ".status.functions"}"#,
     printcolumn = r#"{"name": "Paths", "type": "integer", "description": "Segment lists in use (one per headend and direction)", "jsonPath": ".status.pathCount"}"#,
     printcolumn = r#"{"name": "Degraded", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Degraded\")].reason"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
@@ -186,6 +186,10 @@ pub struct ServiceChainStatus {
     /// How many segment lists are in use (`paths`' length), for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_count: Option<u32>,
+    /// The functions' names in chain order, comma-separated, for `kubectl get` (whose columns
+    /// show only the first element of a list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<String>,
 }
 
 /// One function of a chain as programmed.

@@ -67,6 +67,25 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     assert!(!table.contains("fcbb:"), "segments only with -o wide: {table}");
     let wide = api.k(&["get", "servicechains", "-o", "wide"]);
     assert!(wide.contains("[\"fcbb:bb00:1:e001::\",\"fcbb:bb00:2:e001::\",\"fcbb:bb00:2:d6::\"]"), "{wide}");
+    // The CLI through the API server (--kubeconfig addresses the cluster, not the lab): the same
+    // chain row; the lab's daemons are no pods, so their counters are missing, each node named.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::target_dir().join("srv6pipes"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "srv6pipes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let chains = cli(&["chains"]);
+    assert!(chains.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["default/web-inspection", "True", "Programmed", "firewall,ids", "1", "-"]), "{chains}");
+    let trace: serde_json::Value = serde_json::from_str(&cli(&["trace", "web-inspection", "-o", "json"])).unwrap();
+    assert_eq!(trace["hops"][1]["replicas"][0]["node"], "n2", "{trace}");
+    assert_eq!(trace["sources"], serde_json::json!([{"pod": "default/client", "node": "n1"}]), "{trace}");
+    assert_eq!(trace["unreachable"]["n1"], "no srv6pipes-node pod runs there", "{trace}");
+    assert!(cli(&["wait", "web-inspection", "--timeout", "5s"]).starts_with("default/web-inspection: Ready (Programmed)"));
     let all = api.k(&["get", "srv6pipes", "-o", "name"]);
     for kind in ["servicechain.srv6pipes.io/web-inspection", "nodesidtable.srv6pipes.io/n1", "nodeprogramslice.srv6pipes.io/n1.0"] {
         assert!(all.lines().any(|l| l == kind), "kubectl get srv6pipes lists {kind}: {all}");

@@ -205,6 +205,9 @@ pub struct ChainVerdict {
     /// Programmed, but not as asked (failurePolicy Open bypassing a function).
     #[serde(default)]
     pub degraded: Option<(Reason, String)>,
+    /// The functions' names in order, comma-separated (the status' `functions`).
+    #[serde(default)]
+    pub functions: String,
 }
 
 impl ChainVerdict {
@@ -235,6 +238,7 @@ impl ChainVerdict {
             hops: self.hops.clone(),
             paths: self.paths.clone(),
             path_count: Some(self.paths.len() as u32),
+            functions: Some(self.functions.clone()),
         }
     }
 }

@@ -63,6 +63,7 @@ pub(super) fn compile_chain(
         hops: Vec::new(),
         paths: Vec::new(),
         degraded: None,
+        functions: c.spec.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(","),
     };
     if let Err((reason, message)) = compile_into(world, c, tables, claims, &mut v) {
         v.ready = false;
