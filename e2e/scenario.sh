@@ -132,7 +132,9 @@ if [[ ${SRV6PIPES_CLI:-} ]]; then
     and ([.hops[].replicas[].counters.packets] | length == 2 and all(. >= 20))' "$t/trace.json" >/dev/null \
     || fail "srv6pipes trace e2e -o json: $(cat "$t/trace.json")"
   cli trace e2e -o dot | grep -q "r2_0 -> d \[label=" || fail "srv6pipes trace e2e -o dot"
-  cli stats -o json | jq -e '.unreachable == null and (.sids | length >= 4)' >/dev/null || fail "srv6pipes stats: $(cli stats -o json)"
+  cli stats -o json | jq -e '.unreachable == null and ([.sids[] | select(.pod == "default/e2e-fw" or .pod == "default/e2e-ids") | .packets]
+    | length == 2 and all(. >= 20)) and ([.chains[] | select(.chain == "default/e2e")] | length == 1)' >/dev/null \
+    || fail "srv6pipes stats: $(cli stats -o json)"
   ! KUBECONFIG=$t/viewer kubectl delete servicechain e2e --dry-run=server >/dev/null 2>&1 || fail "the viewer may delete a chain"
   kubectl delete rolebinding -n "$ns" e2e-viewer >/dev/null
   kubectl delete clusterrolebinding e2e-viewer >/dev/null
