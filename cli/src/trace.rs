@@ -146,7 +146,7 @@ fn graph(t: &Value) -> Graph {
             .map(|(j, r)| {
                 let mut label = vec![
                     format!("{}: {}", i + 1, s(&h["function"])),
-                    s(&r["pod"]).to_string(),
+                    format!("pod {}", s(&r["pod"])),
                     format!("{} {}", s(&r["node"]), s(&r["sid"])),
                 ];
                 if let Some(f) = r["function"].as_str() {
@@ -299,7 +299,7 @@ mod tests {
             "h0 -> r1_1 [label=\"5 pkts, 1 drops\"];",
             "r1_0 -> r2_0 [label=\"11 pkts, 0 drops\"];",
             "r1_1 -> r2_0 [label=\"11 pkts, 0 drops\"];",
-            "r2_0 [label=\"2: ids\\ndefault/ids\\nn2 fcbb:bb00:2:e002::\\n[xor]\"];",
+            "r2_0 [label=\"2: ids\\npod default/ids\\nn2 fcbb:bb00:2:e002::\\n[xor]\"];",
             "r2_0 -> d [label=\"11 pkts, 0 drops\"];",
             "d [label=\"decap n2\\nfcbb:bb00:2:d6::\"",
         ] {
