@@ -6,6 +6,7 @@
 
 mod cluster;
 mod lab;
+mod progress;
 mod target;
 mod trace;
 mod view;

@@ -226,7 +226,12 @@ pub struct Path {
 /// ~/.kube/config, in-cluster service account). Shared by the operator, the node daemon in
 /// kube mode and the lab.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
+    kube::Client::try_from(config(kubeconfig).await?).map_err(|e| format!("kube client: {e}"))
+}
+
+/// The client configuration [`client`] uses, for a client built with layers of its own.
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("read kubeconfig {}: {e}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -234,8 +239,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
                 .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
         }
         None => kube::Config::infer().await.map_err(|e| format!("no kubeconfig found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("kube client: {e}"))
+    })
 }
 
 /// The Node annotation holding the node's locator (allocated by the operator, or set by whoever

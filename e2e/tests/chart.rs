@@ -314,3 +314,23 @@ fn only_the_node_setup_init_containers_are_privileged() {
         assert!(c["securityContext"]["privileged"].is_null(), "{} is not privileged", c["name"]);
     }
 }
+
+/// With metrics on: Services for the node daemons' and the operator's /metrics, and, when
+/// asked, the Grafana dashboard in a ConfigMap with the sidecar's label: a panel repeated per
+/// chain and per node, and one per drop reason. (The lab and operator tests check that every
+/// metric its queries name is served.)
+#[test]
+fn metrics_services_and_the_grafana_dashboard() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &["--set", "metrics.enabled=true", "--set", "metrics.dashboard.enabled=true"]);
+    assert_eq!(workload(&docs, "Service", "srv6pipes-operator-metrics")["spec"]["ports"][0]["targetPort"], "health");
+    let cm = workload(&docs, "ConfigMap", "srv6pipes-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Json = serde_json::from_str(cm["data"]["srv6pipes.json"].as_str().unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let repeated = |var: &str| panels.iter().any(|p| p["repeat"] == var);
+    assert!(repeated("chain") && repeated("node"), "a panel per chain and per node");
+    assert!(panels.iter().any(|p| p["targets"].to_string().contains("sum by (reason) (rate(srv6pipes_drops_total")), "a panel per drop reason");
+    let without = render(&helm, &["--set", "metrics.enabled=true"]);
+    assert!(!without.iter().any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "srv6pipes-dashboard"), "the dashboard is opt-in");
+}

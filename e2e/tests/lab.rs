@@ -488,9 +488,17 @@ fn stats_trace_and_metrics_show_the_traffic() {
         let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert!(value("srv6pipes_chain_packets_total{node=\"n1\",chain=\"default/web-inspection\"}") >= 5);
-    assert!(value("srv6pipes_sid_packets_total{node=\"n1\",sid=\"fcbb:bb00:1:e001::\",behavior=\"End.AD\",pod=\"default/firewall\"") >= 5);
+    assert!(value("srv6pipes_chain_packets_total{node=\"n1\",namespace=\"default\",chain=\"web-inspection\"}") >= 5);
+    let sid = "srv6pipes_sid_packets_total{node=\"n1\",sid=\"fcbb:bb00:1:e001::\",behavior=\"End.AD\",namespace=\"default\",pod=\"firewall\",interface=\"net1\"}";
+    assert!(value(sid) >= 5);
     assert!(value("srv6pipes_drops_total{node=\"n1\",reason=\"closed_domain\"}") >= 1);
+    assert!(value("srv6pipes_node_program_apply_duration_seconds_count") >= 1, "the lab programmed n1");
+    assert!(value("srv6pipes_build_info{component=\"node\",version=\"") == 1);
+    common::promtool_check(text.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+    // Every node metric the chart's Grafana dashboard queries is served.
+    for name in common::dashboard_metrics().iter().filter(|n| !n.starts_with("srv6pipes_operator_")) {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))), "the dashboard queries {name}: not served\n{text}");
+    }
 }
 
 /// Two ids replicas: flows spread over both, a flow stays on its replica; with the ids down,

@@ -274,7 +274,24 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     // The leader is live and ready; so is a standby once the API server answers it.
     assert_eq!(op.probe("/readyz"), (200, "ok\n".into()), "{}", op.log());
     assert_eq!(op.probe("/healthz").0, 200, "{}", op.log());
-    assert_eq!(op.probe("/metrics").0, 404);
+    // Its metrics: the writes it sent, its reconciles and compilations, the chains by condition;
+    // Prometheus' linter accepts them.
+    let (code, metrics) = op.probe("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let value = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("srv6pipes_operator_api_writes_total{verb=\"PATCH\",resource=\"nodeprogramslices\"}") >= 2.0, "{metrics}");
+    assert!(value("srv6pipes_operator_api_writes_total{verb=\"PATCH\",resource=\"servicechains/status\"}") >= 2.0, "{metrics}");
+    assert!(value("srv6pipes_operator_reconcile_duration_seconds_count{controller=\"chain\"}") >= 2.0, "{metrics}");
+    assert!(value("srv6pipes_operator_compile_duration_seconds_count") >= 1.0, "{metrics}");
+    assert!(value("srv6pipes_operator_chains{condition=\"Ready\",status=\"True\"}") >= 1.0, "{metrics}");
+    assert_eq!(value("srv6pipes_operator_nodes"), 2.0, "{metrics}");
+    common::promtool_check(&metrics);
+    for name in common::dashboard_metrics().iter().filter(|n| n.starts_with("srv6pipes_operator_")) {
+        assert!(metrics.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))), "the dashboard queries {name}: not served\n{metrics}");
+    }
     let standby = Operator::start(&api, 3);
     let start = Instant::now();
     while standby.probe("/readyz").0 != 200 {

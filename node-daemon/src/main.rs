@@ -3,6 +3,7 @@
 //! to other nodes' locators, and serves the CNI plugin on a unix socket.
 
 mod kube;
+mod metrics;
 mod net;
 mod node;
 mod server;

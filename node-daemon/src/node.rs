@@ -496,63 +496,19 @@ impl Node {
 }
 
 impl Node {
-    /// Prometheus text exposition of the node's counters.
-    pub fn metrics(&self) -> anyhow::Result<String> {
-        use std::fmt::Write;
+    /// Prometheus text exposition of the node's counters and `timings` (`crate::metrics`).
+    pub fn metrics(&self, timings: &crate::metrics::Timings) -> anyhow::Result<String> {
         let stats = self.stats()?;
-        let node = &self.name;
-        let mut out = String::new();
         let funct = |sid: Sid| self.locator.stream_arg_of(sid).map_or(self.locator.funct_of(sid), |a| Some(a.funct));
         let owner = |sid: Sid| {
             self.state
                 .registrations
                 .iter()
                 .find(|r| Some(r.funct) == funct(sid))
-                .map_or((String::new(), String::new()), |r| (pod_of(&r.attachment), r.attachment.ifname.clone()))
+                .map_or_else(Default::default, |r| (r.attachment.pod_namespace.clone(), r.attachment.pod_name.clone(), r.attachment.ifname.clone()))
         };
-        type Field = fn(&SidCounters) -> u64;
-        let sid_metrics: [(&str, &str, Field); 3] = [
-            ("srv6pipes_sid_packets_total", "Packets processed by a local SID.", |c| c.packets),
-            ("srv6pipes_sid_bytes_total", "Bytes processed by a local SID.", |c| c.bytes),
-            ("srv6pipes_sid_drops_total", "Packets a local SID dropped.", |c| c.drops),
-        ];
-        for (name, help, field) in sid_metrics {
-            writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
-            for c in &stats.sids {
-                let (pod, iface) = owner(c.sid);
-                writeln!(
-                    out,
-                    "{name}{{node=\"{node}\",sid=\"{}\",behavior=\"{}\",pod=\"{pod}\",interface=\"{iface}\"}} {}",
-                    c.sid,
-                    c.behavior,
-                    field(c)
-                )?;
-            }
-        }
-        type ChainField = fn(&ChainCounters) -> u64;
-        let chain_metrics: [(&str, &str, ChainField); 3] = [
-            ("srv6pipes_chain_packets_total", "Packets this node's headend steered into a chain.", |c| c.packets),
-            ("srv6pipes_chain_bytes_total", "Bytes this node's headend steered into a chain.", |c| c.bytes),
-            ("srv6pipes_chain_drops_total", "Packets of a chain this node's headend dropped.", |c| c.drops),
-        ];
-        for (name, help, field) in chain_metrics {
-            writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
-            for c in &stats.chains {
-                writeln!(out, "{name}{{node=\"{node}\",chain=\"{}\"}} {}", c.chain, field(c))?;
-            }
-        }
-        writeln!(out, "# HELP srv6pipes_drops_total Packets the datapath dropped, by reason.\n# TYPE srv6pipes_drops_total counter")?;
-        for (reason, n) in &stats.drops {
-            writeln!(out, "srv6pipes_drops_total{{node=\"{node}\",reason=\"{reason}\"}} {n}")?;
-        }
-        writeln!(out, "# HELP srv6pipes_events_total Datapath events: ICMP errors sent or rate limited, TCP MSS clamps.\n# TYPE srv6pipes_events_total counter")?;
-        for (event, n) in &stats.events {
-            writeln!(out, "srv6pipes_events_total{{node=\"{node}\",event=\"{event}\"}} {n}")?;
-        }
-        stream::write_metrics(&mut out, node, &stats.streams)?;
-        writeln!(out, "# HELP srv6pipes_sids Proxy SIDs allocated on this node.\n# TYPE srv6pipes_sids gauge")?;
-        writeln!(out, "srv6pipes_sids{{node=\"{node}\"}} {}", self.state.registrations.len())?;
-        Ok(out)
+        let scrape = crate::metrics::Scrape { node: &self.name, stats: &stats, owner: &owner, sids: self.state.registrations.len() };
+        Ok(crate::metrics::encode(&scrape, timings)?)
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Shared {
     /// Kube mode: the API client, for pod lookups.
     kube: Option<kube::Client>,
     health: Arc<Health>,
+    /// Program and request durations, for /metrics.
+    timings: crate::metrics::Timings,
 }
 
 /// Kube mode: how a terminating daemon tells an uninstall from a restart, and what it then
@@ -106,6 +108,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
             ControlPlane::Local => None,
         },
         health: http.health,
+        timings: Default::default(),
     });
     let _ = http.late.0.set(shared.clone());
     match plane {
@@ -247,7 +250,7 @@ async fn http_request(path: &str, shared: &Shared) -> Reply {
     if path != "/metrics" {
         return shared.health.answer(path).unwrap_or_else(|| Reply::not_found(&["/metrics", "/stats", "/healthz", "/readyz"]));
     }
-    match shared.node.lock().await.metrics() {
+    match shared.node.lock().await.metrics(&shared.timings) {
         Ok(text) => Reply::ok(text),
         Err(e) => Reply { status: 500, body: format!("{e:#}\n") },
     }
@@ -263,7 +266,10 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<Request>(&line) {
+    let started = std::time::Instant::now();
+    let request = serde_json::from_str::<Request>(&line);
+    let kind = request.as_ref().map_or("invalid", request_kind);
+    let resp = match request {
         Ok(Request::Program(_)) if shared.kube.is_some() => {
             Response::Error { message: "this node daemon runs in kube mode: the operator programs it through its NodeProgram".into() }
         }
@@ -289,10 +295,25 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
         }
         Err(e) => Response::Error { message: format!("invalid request: {e}") },
     };
+    shared.timings.requests.get_or_create(&crate::metrics::RequestLabels { request: kind.into() }).observe(started.elapsed().as_secs_f64());
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
     w.write_all(&out).await?;
     Ok(())
+}
+
+/// A request's name in the request-duration metric.
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Register(_) => "register",
+        Request::Unregister { .. } => "unregister",
+        Request::Sids => "sids",
+        Request::Program(_) => "program",
+        Request::Stats => "stats",
+        Request::Lookup { .. } => "lookup",
+        Request::Gc { .. } => "gc",
+        Request::PodNetworks { .. } => "pod_networks",
+    }
 }
 
 /// Applies a program with the node locked only for its map updates: the route lookups before,
@@ -300,6 +321,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
 /// while a large program is applied.
 async fn program(shared: &Shared, p: srv6::node_api::NodeProgram) -> anyhow::Result<()> {
     let _one = shared.programming.lock().await;
+    let _timed = Timed(&shared.timings.program_apply, std::time::Instant::now());
     let (lookups, netlink, store) = {
         let node = shared.node.lock().await;
         (node.lookups(&p)?, node.netlink(), node.store())
@@ -309,6 +331,15 @@ async fn program(shared: &Shared, p: srv6::node_api::NodeProgram) -> anyhow::Res
     let done = pending.routes.run(&netlink).await;
     store.save_program(&p)?;
     shared.node.lock().await.finish(p, pending, done)
+}
+
+/// Observes the time since its start when dropped (so failed applications count too).
+struct Timed<'a>(&'a prometheus_client::metrics::histogram::Histogram, std::time::Instant);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.observe(self.1.elapsed().as_secs_f64());
+    }
 }
 
 /// Kube mode: publishes the SID table at start and whenever registrations change, and applies

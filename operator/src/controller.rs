@@ -189,6 +189,8 @@ impl Ctx {
             let started = std::time::Instant::now();
             let plan = Arc::new(self.compile(None));
             let took = started.elapsed();
+            crate::metrics::METRICS.compile.observe(took.as_secs_f64());
+            crate::metrics::planned(&plan);
             debug!(world = version, chains = self.stores.chains.state().len(), ms = took.as_secs_f64() * 1000.0, "compiled");
             *cache = Some(CachedPlan { version, started, took, plan: plan.clone() });
             (plan, None)
@@ -286,6 +288,7 @@ impl Ctx {
     /// [`crate::publisher::WAIT`]) for those writes; removes the slices, programs and SID tables of
     /// nodes that left. Returns the nodes whose program could not be written, with why.
     pub(crate) async fn publish(&self, plan: &Plan) -> BTreeMap<String, String> {
+        let _timer = crate::metrics::Timer::start(&crate::metrics::METRICS.publish);
         let mut mirrored = self.mirrored_slices();
         let mut waits = Vec::new();
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
@@ -469,6 +472,7 @@ async fn delete_gone<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 
 }
 
 pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let _timer = crate::metrics::reconcile("chain");
     // The finalizer's own writes come first in `finalizer`: nothing at all once fenced off.
     ctx.fenced()?;
     let ns = chain.namespace().ok_or_else(|| Error::NoNamespace(chain.name_any()))?;
@@ -484,6 +488,7 @@ pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<
 }
 
 pub async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let _timer = crate::metrics::reconcile("node");
     ctx.reconcile_node(&node).await
 }
 

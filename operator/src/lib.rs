@@ -5,9 +5,16 @@ pub mod check;
 pub mod controller;
 pub mod lease;
 pub mod memory;
+pub mod metrics;
 pub mod planner;
 pub mod publisher;
 pub mod slim;
 pub mod world;
 
-pub use srv6pipes_crds::client;
+/// The operator's kube client: [`srv6pipes_crds::client`]'s, with every write it sends counted
+/// (`srv6pipes_operator_api_writes_total`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = srv6pipes_crds::config(kubeconfig).await?;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| format!("kube client: {e}"))?;
+    Ok(builder.with_layer(&tower::util::MapRequestLayer::new(metrics::count_request)).build())
+}

@@ -53,7 +53,9 @@ struct Args {
     log_json: bool,
     /// Serve /healthz and /readyz on this address (kubelet's probes), from a thread of its own.
     /// /readyz: the API server answered this instance's Lease calls within the lease duration
-    /// (leader or standby); /healthz: the controllers' runtime has not stalled for 60 s.
+    /// (leader or standby); /healthz: the controllers' runtime has not stalled for 60 s;
+    /// /metrics: Prometheus metrics (reconcile, compile and publish times, chains by
+    /// condition, nodes, API writes).
     #[arg(long)]
     health_addr: Option<std::net::SocketAddr>,
     /// Run no controller: check that every pod of the node daemons' DaemonSet NAMESPACE/NAME is
@@ -209,7 +211,13 @@ fn serve_health(addr: std::net::SocketAddr, health: Arc<Health>, elector: Electo
             let answering = health.clone();
             tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
                 let health = answering.clone();
-                async move { health.answer_or_404(&path) }
+                async move {
+                    match path.as_str() {
+                        "/metrics" => srv6pipes_operator::metrics::encode()
+                            .map_or_else(|e| srv6pipes_probe::Reply { status: 500, body: format!("{e}\n") }, srv6pipes_probe::Reply::ok),
+                        _ => health.answer(&path).unwrap_or_else(|| srv6pipes_probe::Reply::not_found(&["/healthz", "/readyz", "/metrics"])),
+                    }
+                }
             }));
             loop {
                 health.set_ready(elector.reachable());

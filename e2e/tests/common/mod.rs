@@ -345,3 +345,31 @@ impl Stream {
         (sent, got)
     }
 }
+
+/// Prometheus' own linter (`promtool check metrics`) accepts `text`: names, suffixes, units,
+/// help. Skips, saying so, where promtool is not installed (scripts/deps installs Debian's
+/// prometheus).
+pub fn promtool_check(text: &str) {
+    let spawned = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut lint = match spawned {
+        Ok(lint) => lint,
+        Err(e) => return eprintln!("skipping promtool check metrics: {e} (scripts/deps installs Debian's prometheus)"),
+    };
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+}
+
+/// The metric names the chart's Grafana dashboard queries (histograms by their `_bucket`).
+pub fn dashboard_metrics() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("charts/srv6pipes/dashboards/srv6pipes.json")).unwrap();
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("srv6pipes_"))
+        .map(String::from)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}

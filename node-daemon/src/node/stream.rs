@@ -121,45 +121,6 @@ impl Channels {
     }
 }
 
-/// Prometheus lines of the stream proxies' counters (per proxy pod, SID and function).
-pub fn write_metrics(out: &mut String, node: &str, streams: &[StreamCounters]) -> std::fmt::Result {
-    use std::fmt::Write;
-    type Field = fn(&StreamCounters) -> Vec<(String, u64)>;
-    let metrics: [(&str, &str, &str, Field); 5] = [
-        ("srv6pipes_stream_connections_active", "gauge", "Connections a stream proxy relays now.", |c| vec![(String::new(), c.active)]),
-        ("srv6pipes_stream_connections_total", "counter", "Connections a stream proxy accepted.", |c| vec![(String::new(), c.total)]),
-        ("srv6pipes_stream_connections_failed_total", "counter", "Connections a stream proxy ended with a reset.", |c| {
-            vec![(String::new(), c.failed)]
-        }),
-        (
-            "srv6pipes_stream_bytes_total",
-            "counter",
-            "Bytes through a stream proxy, by direction (forward: client to server) and side (in: read, out: written after the functions).",
-            |c| {
-                vec![
-                    (",direction=\"forward\",side=\"in\"".into(), c.forward_in),
-                    (",direction=\"forward\",side=\"out\"".into(), c.forward_out),
-                    (",direction=\"reverse\",side=\"in\"".into(), c.reverse_in),
-                    (",direction=\"reverse\",side=\"out\"".into(), c.reverse_out),
-                ]
-            },
-        ),
-        ("srv6pipes_stream_errors_total", "counter", "Connections a stream proxy reset, by reason.", |c| {
-            c.errors.iter().map(|(r, n)| (format!(",reason=\"{r}\""), *n)).collect()
-        }),
-    ];
-    for (name, kind, help, field) in metrics {
-        writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
-        for c in streams {
-            for (labels, v) in field(c) {
-                let function = c.function.replace('\\', "\\\\").replace('"', "\\\"");
-                writeln!(out, "{name}{{node=\"{node}\",pod=\"{}\",sid=\"{}\",function=\"{function}\"{labels}}} {v}", c.pod, c.sid)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A listening abstract socket bound inside the netns at `netns`.
 fn bind_in(netns: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
