@@ -330,7 +330,10 @@ fn metrics_services_and_the_grafana_dashboard() {
     let panels = dashboard["panels"].as_array().unwrap();
     let repeated = |var: &str| panels.iter().any(|p| p["repeat"] == var);
     assert!(repeated("chain") && repeated("node"), "a panel per chain and per node");
-    assert!(panels.iter().any(|p| p["targets"].to_string().contains("sum by (reason) (rate(srv6pipes_drops_total")), "a panel per drop reason");
+    assert!(
+        panels.iter().any(|p| p["targets"].to_string().contains("sum by (reason) (rate(srv6pipes_drops_total")),
+        "a panel per drop reason"
+    );
     let without = render(&helm, &["--set", "metrics.enabled=true"]);
     assert!(!without.iter().any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "srv6pipes-dashboard"), "the dashboard is opt-in");
 }

@@ -1,11 +1,10 @@
 //! The CLI as users install it (no root): shell completions that their shells accept, man pages
 //! for every subcommand, and `kubectl srv6pipes` through a `kubectl-srv6pipes` link.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::target_dir;
+use common::{target_dir, tempdir};
 
 fn srv6pipes(args: &[&str]) -> Output {
     Command::new(target_dir().join("srv6pipes")).args(args).output().expect("run srv6pipes")
@@ -30,7 +29,7 @@ fn completions_for_every_shell_name_the_subcommands() {
         }
         // The shell itself parses it, where it is installed.
         if have(shell) {
-            let dir = tempdir("completion");
+            let dir = tempdir("cli-completion");
             let file = dir.join(shell);
             std::fs::write(&file, &script).unwrap();
             let check = Command::new(shell).arg("-n").arg(&file).output().unwrap();
@@ -45,7 +44,7 @@ fn completions_for_every_shell_name_the_subcommands() {
 
 #[test]
 fn man_pages_for_every_subcommand() {
-    let dir = tempdir("man");
+    let dir = tempdir("cli-man");
     ok(srv6pipes(&["man", dir.to_str().unwrap()]));
     for page in ["srv6pipes.1", "srv6pipes-lab.1", "srv6pipes-lab-up.1", "srv6pipes-lab-exec.1", "srv6pipes-trace.1", "srv6pipes-wait.1"] {
         let text = std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
@@ -67,7 +66,7 @@ fn kubectl_runs_it_as_a_plugin() {
         eprintln!("SKIPPED: kubectl is not installed");
         return;
     }
-    let dir = tempdir("plugin");
+    let dir = tempdir("cli-plugin");
     std::os::unix::fs::symlink(target_dir().join("srv6pipes"), dir.join("kubectl-srv6pipes")).unwrap();
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
     let kubectl = |args: &[&str]| Command::new("kubectl").args(args).env("PATH", &path).output().unwrap();
@@ -78,27 +77,4 @@ fn kubectl_runs_it_as_a_plugin() {
     // Errors name the plugin as it was invoked.
     let bad = kubectl(&["srv6pipes", "trace"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("kubectl srv6pipes trace"), "{}", String::from_utf8_lossy(&bad.stderr));
-}
-
-/// A scratch directory, removed when dropped (also when the test fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(what: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("srv6pipes-cli-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
 }

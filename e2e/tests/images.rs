@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
 mod common;
-use common::{is_root, repo_root};
+use common::{is_root, repo_root, tempdir};
 
 /// A containerd of the test's own, removed with everything it made when dropped.
 struct Containerd {
@@ -194,27 +194,4 @@ fn mkimage_is_reproducible_and_refuses_a_tag_without_a_version() {
     assert_eq!(bad.status.code(), Some(2), "a tag without :TAG is refused");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("has no :TAG"));
     assert!(!dir.join("c.tar").exists());
-}
-
-/// A directory of the test's own, removed when dropped (also when the test fails).
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(what: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("srv6pipes-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
 }

@@ -497,7 +497,10 @@ fn stats_trace_and_metrics_show_the_traffic() {
     common::promtool_check(text.split_once("\r\n\r\n").map_or("", |(_, b)| b));
     // Every node metric the chart's Grafana dashboard queries is served.
     for name in common::dashboard_metrics().iter().filter(|n| !n.starts_with("srv6pipes_operator_")) {
-        assert!(text.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))), "the dashboard queries {name}: not served\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard queries {name}: not served\n{text}"
+        );
     }
 }
 

@@ -290,7 +290,10 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     assert_eq!(value("srv6pipes_operator_nodes"), 2.0, "{metrics}");
     common::promtool_check(&metrics);
     for name in common::dashboard_metrics().iter().filter(|n| n.starts_with("srv6pipes_operator_")) {
-        assert!(metrics.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))), "the dashboard queries {name}: not served\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard queries {name}: not served\n{metrics}"
+        );
     }
     let standby = Operator::start(&api, 3);
     let start = Instant::now();

@@ -167,8 +167,20 @@ pub fn encode(s: &Scrape<'_>, timings: &Timings) -> Result<String, std::fmt::Err
         SidLabels { node: node(), sid: c.sid.to_string(), behavior: c.behavior.clone(), namespace, pod, interface }
     };
     let sids = &s.stats.sids;
-    counter_family(&mut registry, "sid_packets", "Packets processed by a local SID.", None, sids.iter().map(|c| (sid_labels(c), c.packets)));
-    counter_family(&mut registry, "sid", "Bytes processed by a local SID.", Some(Unit::Bytes), sids.iter().map(|c| (sid_labels(c), c.bytes)));
+    counter_family(
+        &mut registry,
+        "sid_packets",
+        "Packets processed by a local SID.",
+        None,
+        sids.iter().map(|c| (sid_labels(c), c.packets)),
+    );
+    counter_family(
+        &mut registry,
+        "sid",
+        "Bytes processed by a local SID.",
+        Some(Unit::Bytes),
+        sids.iter().map(|c| (sid_labels(c), c.bytes)),
+    );
     counter_family(&mut registry, "sid_drops", "Packets a local SID dropped.", None, sids.iter().map(|c| (sid_labels(c), c.drops)));
     let chain_labels = |c: &srv6::node_api::ChainCounters| {
         let (namespace, chain) = split(&c.chain);
@@ -217,18 +229,30 @@ fn stream_metrics(registry: &mut Registry, node: &str, streams: &[srv6::pipes::S
         active.get_or_create(&labels(c)).set(c.active as i64);
     }
     registry.register("stream_connections_active", "Connections a stream proxy relays now.", active);
-    counter_family(registry, "stream_connections", "Connections a stream proxy accepted.", None, streams.iter().map(|c| (labels(c), c.total)));
+    counter_family(
+        registry,
+        "stream_connections",
+        "Connections a stream proxy accepted.",
+        None,
+        streams.iter().map(|c| (labels(c), c.total)),
+    );
     let failed = "Connections a stream proxy ended with a reset.";
     counter_family(registry, "stream_connections_failed", failed, None, streams.iter().map(|c| (labels(c), c.failed)));
     let bytes = streams.iter().flat_map(|c| {
         let l = labels(c);
-        [("forward", "in", c.forward_in), ("forward", "out", c.forward_out), ("reverse", "in", c.reverse_in), ("reverse", "out", c.reverse_out)]
-            .map(|(direction, side, v)| {
-                let StreamLabels { node, namespace, pod, sid, function } = l.clone();
-                (StreamBytesLabels { node, namespace, pod, sid, function, direction: direction.into(), side: side.into() }, v)
-            })
+        [
+            ("forward", "in", c.forward_in),
+            ("forward", "out", c.forward_out),
+            ("reverse", "in", c.reverse_in),
+            ("reverse", "out", c.reverse_out),
+        ]
+        .map(|(direction, side, v)| {
+            let StreamLabels { node, namespace, pod, sid, function } = l.clone();
+            (StreamBytesLabels { node, namespace, pod, sid, function, direction: direction.into(), side: side.into() }, v)
+        })
     });
-    let help = "Bytes through a stream proxy, by direction (forward: client to server) and side (in: read, out: written after the functions).";
+    let help =
+        "Bytes through a stream proxy, by direction (forward: client to server) and side (in: read, out: written after the functions).";
     counter_family(registry, "stream", help, Some(Unit::Bytes), bytes);
     let errors = streams.iter().flat_map(|c| {
         let l = labels(c);

@@ -501,11 +501,9 @@ impl Node {
         let stats = self.stats()?;
         let funct = |sid: Sid| self.locator.stream_arg_of(sid).map_or(self.locator.funct_of(sid), |a| Some(a.funct));
         let owner = |sid: Sid| {
-            self.state
-                .registrations
-                .iter()
-                .find(|r| Some(r.funct) == funct(sid))
-                .map_or_else(Default::default, |r| (r.attachment.pod_namespace.clone(), r.attachment.pod_name.clone(), r.attachment.ifname.clone()))
+            self.state.registrations.iter().find(|r| Some(r.funct) == funct(sid)).map_or_else(Default::default, |r| {
+                (r.attachment.pod_namespace.clone(), r.attachment.pod_name.clone(), r.attachment.ifname.clone())
+            })
         };
         let scrape = crate::metrics::Scrape { node: &self.name, stats: &stats, owner: &owner, sids: self.state.registrations.len() };
         Ok(crate::metrics::encode(&scrape, timings)?)

@@ -215,7 +215,9 @@ fn serve_health(addr: std::net::SocketAddr, health: Arc<Health>, elector: Electo
                     match path.as_str() {
                         "/metrics" => srv6pipes_operator::metrics::encode()
                             .map_or_else(|e| srv6pipes_probe::Reply { status: 500, body: format!("{e}\n") }, srv6pipes_probe::Reply::ok),
-                        _ => health.answer(&path).unwrap_or_else(|| srv6pipes_probe::Reply::not_found(&["/healthz", "/readyz", "/metrics"])),
+                        _ => {
+                            health.answer(&path).unwrap_or_else(|| srv6pipes_probe::Reply::not_found(&["/healthz", "/readyz", "/metrics"]))
+                        }
                     }
                 }
             }));

@@ -87,9 +87,7 @@ pub fn planned(plan: &crate::world::Plan) {
     let m = &*METRICS;
     let count = |ready: bool| plan.verdicts.values().filter(|v| v.ready == ready).count() as i64;
     let degraded = plan.verdicts.values().filter(|v| v.degraded.is_some()).count() as i64;
-    for (condition, status, n) in
-        [("Ready", "True", count(true)), ("Ready", "False", count(false)), ("Degraded", "True", degraded)]
-    {
+    for (condition, status, n) in [("Ready", "True", count(true)), ("Ready", "False", count(false)), ("Degraded", "True", degraded)] {
         m.chains.get_or_create(&ConditionLabels { condition: condition.into(), status: status.into() }).set(n);
     }
     m.nodes.set(plan.programs.len() as i64);
@@ -166,7 +164,10 @@ mod tests {
             w(http::Method::PATCH, "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status").as_deref(),
             Some("PATCH servicechains/status")
         );
-        assert_eq!(w(http::Method::PATCH, "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.0").as_deref(), Some("PATCH nodeprogramslices"));
+        assert_eq!(
+            w(http::Method::PATCH, "/apis/srv6pipes.io/v1alpha1/nodeprogramslices/n1.0").as_deref(),
+            Some("PATCH nodeprogramslices")
+        );
         assert_eq!(w(http::Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events").as_deref(), Some("POST events"));
         assert_eq!(w(http::Method::PATCH, "/api/v1/nodes/n1").as_deref(), Some("PATCH nodes"));
         assert_eq!(w(http::Method::DELETE, "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1").as_deref(), Some("DELETE nodeprograms"));

@@ -350,7 +350,8 @@ impl Stream {
 /// help. Skips, saying so, where promtool is not installed (scripts/deps installs Debian's
 /// prometheus).
 pub fn promtool_check(text: &str) {
-    let spawned = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let spawned =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut lint = match spawned {
         Ok(lint) => lint,
         Err(e) => return eprintln!("skipping promtool check metrics: {e} (scripts/deps installs Debian's prometheus)"),
@@ -364,12 +365,32 @@ pub fn promtool_check(text: &str) {
 /// The metric names the chart's Grafana dashboard queries (histograms by their `_bucket`).
 pub fn dashboard_metrics() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("charts/srv6pipes/dashboards/srv6pipes.json")).unwrap();
-    let mut names: Vec<String> = text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("srv6pipes_"))
-        .map(String::from)
-        .collect();
+    let mut names: Vec<String> =
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("srv6pipes_")).map(String::from).collect();
     names.sort();
     names.dedup();
     names
+}
+
+/// A directory of the test's own, removed when dropped (also when the test fails).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn tempdir(what: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("srv6pipes-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
 }
