@@ -256,6 +256,7 @@ fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
     let metrics =
         lab.run(&["exec", "--node", "n2", "--", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat - TCP6:[::1]:9464"]);
     let metrics = String::from_utf8_lossy(&metrics.stdout);
+    common::promtool_check(metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b));
     let wire_metric = metrics
         .lines()
         .find(|l| {
