@@ -59,8 +59,7 @@ static __always_inline int insert_source(const __u8 saddr[16])
 
 /* Node uplink: SRv6 packets to this node's SIDs (End.AD inbound, decapsulation); the plain
  * packets of steered flows' other direction (steered.h). */
-SEC("classifier")
-int sp_uplink(struct __sk_buff *skb)
+__noinline int uplink(struct __sk_buff *skb)
 {
 	__u8 saddr[16], daddr[16], nexthdr;
 	if (parse_ipv6(skb, saddr, daddr, &nexthdr))
@@ -148,8 +147,7 @@ static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u16 proto, i
 }
 
 /* A VNF's node-side veth: what the VNF sends back, by its proxy's behaviour. */
-SEC("classifier")
-int sp_vnf(struct __sk_buff *skb)
+__noinline int vnf(struct __sk_buff *skb)
 {
 	__u16 proto = eth_proto(skb);
 	__u32 ifindex = skb->ingress_ifindex;
@@ -171,8 +169,7 @@ int sp_vnf(struct __sk_buff *skb)
 /* Pods' node-side interfaces: the closed-domain guard for every pod, and H.Encaps for traffic
  * a chain classifies. Runs first in the tcx chain, beside the primary CNI's programs: other
  * traffic goes on to the next program untouched. */
-SEC("classifier")
-int sp_headend(struct __sk_buff *skb)
+__noinline int headend(struct __sk_buff *skb)
 {
 	/* Read once, up front: clang would otherwise keep &skb->ingress_ifindex (a modified ctx
 	 * pointer, which the verifier refuses) across the helper calls below. */
@@ -208,10 +205,30 @@ int sp_headend(struct __sk_buff *skb)
 }
 
 /* A stream proxy's chain interface, inside its netns (stream.h). */
-SEC("classifier")
-int sp_stream_pod(struct __sk_buff *skb)
+__noinline int stream_pod(struct __sk_buff *skb)
 {
 	return stream_assign(skb);
 }
+
+/* The entry points: each behaviour between the monitor's enter and leave (monitor.h). The
+ * behaviours and the monitor's two calls are global functions, verified once each on their own:
+ * as static functions or inlined, every exit path of a behaviour would be verified again
+ * through the monitor's code after it (sp_headend then passes the verifier's 1M-instruction
+ * budget), and sp_vnf's early returns would jump further than 32k instructions. */
+#define SP_ENTRY(name, behaviour, hook)                                                                                                    \
+	SEC("classifier")                                                                                                                  \
+	int name(struct __sk_buff *skb)                                                                                                    \
+	{                                                                                                                                  \
+		__u32 ifindex = skb->ingress_ifindex;                                                                                      \
+		sp_barrier_var(ifindex);                                                                                                   \
+		__u32 mon = monitor_enter(skb, ifindex);                                                                                   \
+		int verdict = behaviour(skb);                                                                                              \
+		return monitor_leave(skb, ifindex, hook, mon, verdict);                                                                    \
+	}
+
+SP_ENTRY(sp_uplink, uplink, SP_HOOK_UPLINK)
+SP_ENTRY(sp_vnf, vnf, SP_HOOK_VNF)
+SP_ENTRY(sp_headend, headend, SP_HOOK_HEADEND)
+SP_ENTRY(sp_stream_pod, stream_pod, SP_HOOK_STREAM)
 
 char LICENSE[] SEC("license") = "GPL";

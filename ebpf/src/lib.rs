@@ -9,6 +9,7 @@
 //!   the listener of their SID).
 
 mod maps;
+mod monitor;
 mod testrun;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use maps::{
     CLASS_SRC_PORTS, MAX_HDR, MAX_SEGS, POLICY_DROP, POLICY_INSERT, REPLICA_SLOTS, SRH_TAG_OFFSET, STREAM_MARK, VNF_AM, VNF_AS,
     VNF_NO_FLOWS, VNF_SHARED, VNF_STREAM,
 };
+pub use monitor::{Flow, Monitor, MonitorConfig, MonitorRecord, RecordKind, MONITOR_DROPS, MONITOR_TRACE};
 pub use testrun::{SkbCtx, TestRun};
 
 /// The compiled object (aligned for the ELF parser).

@@ -266,6 +266,11 @@ impl DropReason {
         Self::Forged,
     ];
 
+    /// The reason numbered `raw` in `enum sp_drop` (None for 0 and unknown numbers).
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u32 == raw)
+    }
+
     /// The C enumerator's suffix in lower case (`SP_DROP_NO_SRH` -> `no_srh`).
     pub fn name(self) -> &'static str {
         match self {
@@ -343,6 +348,15 @@ mod tests {
             fields!(SidEntry: behavior, ifindex, cache_ifindex, vnf_mac, host_mac, stream_port),
         );
         check("outer_hdr", size_of::<OuterHdr>(), false, fields!(OuterHdr: len, pad, stamp, bytes));
+        use crate::monitor::{MonitorConfig, MonitorRecord, MonitorState};
+        check(
+            "monitor_event",
+            size_of::<MonitorRecord>(),
+            false,
+            fields!(MonitorRecord: ts, ifindex, len, kind, hook, reason, flags, verdict, policy, tag, family, proto, sport, dport, sid, saddr, daddr),
+        );
+        check("monitor_config", size_of::<MonitorConfig>(), false, fields!(MonitorConfig: flags, drop_sample, trace_sample, rate));
+        check("monitor_state", size_of::<MonitorState>(), false, fields!(MonitorState: window, sent, limited, lost));
         check("headend_key", size_of::<HeadendKey>(), true, fields!(HeadendKey: ifindex, daddr));
         check("headend_key4", size_of::<HeadendKey4>(), true, fields!(HeadendKey4: ifindex, daddr));
         check("l4_key", size_of::<L4Key>(), true, fields!(L4Key: class, proto, port, pad));

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
 use srv6::sid::Sid;
 use srv6pipes_ebpf::{
-    Datapath, DropReason, Event, FlowCounter, Hook, L4Target, NodeConfig, SidEntry, SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46,
-    CLASS_SRC_PORTS,
+    Datapath, DropReason, Event, FlowCounter, Hook, L4Target, Monitor, MonitorConfig, MonitorRecord, NodeConfig, RecordKind, SidEntry,
+    SkbCtx, BEHAVIOR_END_AD, BEHAVIOR_END_DT46, CLASS_SRC_PORTS, MONITOR_DROPS, MONITOR_TRACE, POLICY_DROP,
 };
 
 const TC_ACT_OK: i32 = 0;
@@ -131,6 +131,11 @@ impl Bench {
         assert_eq!(self.dp.event(Event::IcmpSent).unwrap(), before.1 + 1);
         check_icmp_error(packet, &out, error);
         out
+    }
+
+    /// The monitor's maps, opened on their pins as the node daemon's reader opens them.
+    fn monitor(&self) -> Monitor {
+        Monitor::open(self._cleanup.pins.as_deref().unwrap()).unwrap()
     }
 
     fn up_mac(&self) -> [u8; 6] {
@@ -1309,4 +1314,87 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     let mut echo = pkt.clone();
     echo[14 + 40] = 128;
     assert_eq!(b.run(Hook::Vnf, b.vnf, &echo).0, TC_ACT_REDIRECT);
+}
+
+/// Every record the ring holds now.
+fn drain(m: &mut Monitor) -> Vec<MonitorRecord> {
+    std::iter::from_fn(|| m.next()).collect()
+}
+
+#[test]
+fn the_monitor_reports_drops_and_traces_only_while_attached() {
+    let Some(mut b) = Bench::new() else { return };
+    let mut m = b.monitor();
+    let unknown = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:1:e0ff::", "fcbb:bb00:2:d6::"], None);
+    let good = srv6_packet("fcbb:bb00:2::1", &PATH, None);
+
+    // Detached: drops are counted, nothing is sent.
+    b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &good).0, TC_ACT_REDIRECT);
+    assert!(drain(&mut m).is_empty(), "a detached monitor sends nothing");
+
+    // Drops: reason, hook, interface, the SID, the SRH's tag and the inner flow.
+    m.configure(MonitorConfig { flags: MONITOR_DROPS, ..Default::default() }).unwrap();
+    b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &good).0, TC_ACT_REDIRECT);
+    let events = drain(&mut m);
+    assert_eq!(events.len(), 1, "one drop, no trace: {events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (e.kind(), e.hook(), e.reason(), e.ifindex, e.verdict),
+        (Some(RecordKind::Drop), "uplink", Some(DropReason::UnknownSid), b.uplink, TC_ACT_SHOT)
+    );
+    assert_eq!(e.sid(), Some(a("fcbb:bb00:1:e0ff::")));
+    assert_eq!(e.tag(), Some(0), "encaps_header sets tag 0");
+    let f = e.flow().unwrap();
+    assert_eq!((f.proto, f.src, f.sport, f.dst, f.dport), (17, a(INNER_SRC).into(), 4000, a(INNER_DST).into(), 5000));
+
+    // A drop answered with an ICMP error (not TC_ACT_SHOT) is a drop too, with the SID it counts
+    // against.
+    let mut short = good.clone();
+    short[21] = 1;
+    b.expect_icmp(Hook::Uplink, b.uplink, &short, DropReason::HopLimit, (3, 0, 0));
+    let events = drain(&mut m);
+    assert_eq!(events.iter().map(|e| (e.reason(), e.sid())).collect::<Vec<_>>(), vec![(Some(DropReason::HopLimit), Some(a(PATH[0])))]);
+
+    // A headend policy that drops (failurePolicy Closed): the policy and the plain flow.
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(7, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), POLICY_DROP).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 7);
+    let plain = [eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd), inner(INNER_SRC, INNER_DST)].concat();
+    b.expect_drop(Hook::Headend, b.src, &plain, DropReason::NoReplica);
+    let e = drain(&mut m).pop().expect("the headend's drop");
+    assert_eq!((e.hook(), e.reason(), e.policy(), e.sid(), e.ifindex), ("headend", Some(DropReason::NoReplica), Some(7), None, b.src));
+    assert_eq!(e.flow().unwrap().dst, std::net::IpAddr::from(a(INNER_DST)));
+
+    // Traces: every packet (sample 1), as it arrived, with its verdict; a sampled-out drop
+    // reports nothing.
+    m.configure(MonitorConfig { flags: MONITOR_TRACE, ..Default::default() }).unwrap();
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &good).0, TC_ACT_REDIRECT);
+    let e = drain(&mut m).pop().expect("a trace");
+    assert_eq!(
+        (e.kind(), e.hook(), e.verdict, e.sid(), e.reason()),
+        (Some(RecordKind::Trace), "uplink", TC_ACT_REDIRECT, Some(a(PATH[0])), None)
+    );
+    assert_eq!(e.len as usize, good.len());
+    m.configure(MonitorConfig { flags: MONITOR_DROPS, drop_sample: u32::MAX, ..Default::default() }).unwrap();
+    for _ in 0..3 {
+        b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
+    }
+    assert!(drain(&mut m).len() <= 1, "1 in 2^32 drops sampled");
+
+    // The rate limit: at most `rate` events per second per CPU, the rest counted.
+    m.configure(MonitorConfig { flags: MONITOR_DROPS, rate: 2, ..Default::default() }).unwrap();
+    let (limited, _) = m.not_sent().unwrap();
+    for _ in 0..5 {
+        b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
+    }
+    let sent = drain(&mut m).len();
+    assert!(sent <= 2, "{sent} events sent at 2 per second");
+    assert_eq!(m.not_sent().unwrap().0 - limited, 5 - sent as u64, "the rest counted as limited");
+
+    // Detached again: nothing more.
+    m.configure(MonitorConfig::default()).unwrap();
+    b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
+    assert!(drain(&mut m).is_empty());
 }

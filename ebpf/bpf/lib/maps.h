@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 #pragma once
 #include "common.h"
+#include "monitor.h"
 
 /* Pinned by name under the node's pin directory, so a restarted daemon finds them. */
 #define SP_PINNED __uint(pinning, LIBBPF_PIN_BY_NAME)
@@ -207,11 +208,14 @@ static __always_inline int drop(__u32 reason)
 	__u64 *c = bpf_map_lookup_elem(&sp_drop_reasons, &reason);
 	if (c)
 		(*c)++;
+	monitor_note_drop(reason);
 	return TC_ACT_SHOT;
 }
 
 static __always_inline int drop_sid(const void *sid, __u32 len, __u32 reason)
 {
 	count_sid(sid, len, 1);
-	return drop(reason);
+	drop(reason);
+	monitor_note_sid(sid);
+	return TC_ACT_SHOT;
 }
