@@ -187,7 +187,7 @@ impl Monitor {
     }
 
     /// The next event in the ring, if any (records of another layout are skipped).
-    pub fn next(&mut self) -> Option<MonitorRecord> {
+    pub fn read(&mut self) -> Option<MonitorRecord> {
         loop {
             let item = self.ring.next()?;
             if let Some(r) = MonitorRecord::decode(&item) {

@@ -1318,7 +1318,7 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
 
 /// Every record the ring holds now.
 fn drain(m: &mut Monitor) -> Vec<MonitorRecord> {
-    std::iter::from_fn(|| m.next()).collect()
+    std::iter::from_fn(|| m.read()).collect()
 }
 
 #[test]
