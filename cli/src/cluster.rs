@@ -189,6 +189,43 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `srv6pipes monitor`: each daemon's `/monitor` stream (of `nodes`, or every node) through
+    /// the API server; its lines go to `lines` as `(node, line)` until the receiver is dropped.
+    /// Returns the nodes streaming, once each has answered.
+    pub fn monitor(
+        &self,
+        nodes: Option<&str>,
+        request: &srv6::node_api::MonitorRequest,
+        lines: std::sync::mpsc::Sender<(String, String)>,
+    ) -> anyhow::Result<Vec<String>> {
+        use futures::{AsyncBufReadExt, StreamExt};
+        let daemons = self.rt.block_on(self.daemon_pods())?;
+        let chosen: Vec<(&String, &Pod)> = daemons.iter().filter(|(n, _)| nodes.is_none_or(|x| x == n.as_str())).collect();
+        if chosen.is_empty() {
+            anyhow::bail!("no srv6pipes-node pod runs on {}", nodes.unwrap_or("any node"));
+        }
+        let mut streaming = Vec::new();
+        for (node, pod) in chosen {
+            let uri = stats_uri(pod).map_err(|e| anyhow!(e))?.replace("/proxy/stats", &format!("/proxy/monitor?{}", request.to_query()));
+            let request = http::Request::get(&uri).body(Vec::new()).expect("a GET request");
+            let body = self.rt.block_on(self.client.request_stream(request)).with_context(|| format!("node {node}: {uri}"))?;
+            let (node, lines) = (node.clone(), lines.clone());
+            streaming.push(node.clone());
+            self.rt.spawn(async move {
+                let mut body = Box::pin(body).lines();
+                while let Some(Ok(line)) = body.next().await {
+                    if lines.send((node.clone(), line)).is_err() {
+                        return;
+                    }
+                }
+                let _ = lines.send((node, String::new()));
+            });
+        }
+        Ok(streaming)
+    }
+}
+
 /// The API server's path to a daemon pod's `/stats` (its container port named `health`).
 fn stats_uri(pod: &Pod) -> Result<String, String> {
     let port = pod

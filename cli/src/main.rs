@@ -6,6 +6,7 @@
 
 mod cluster;
 mod lab;
+mod monitor;
 mod progress;
 mod target;
 mod trace;
@@ -77,6 +78,9 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = wait::parse_duration)]
         timeout: Duration,
     },
+    /// The datapath's drops (and, with --type trace, sampled packets) live, from every node or
+    /// --node: reason, node, chain, SID, interface and inner 5-tuple, like `cilium monitor`.
+    Monitor(monitor::MonitorArgs),
     /// Shell completions on stdout: `source <(srv6pipes completion bash)`, or into your shell's
     /// completion directory (zsh: `_srv6pipes`, fish: `srv6pipes.fish`).
     Completion { shell: clap_complete::Shell },
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "srv6pipes", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Monitor(args) => monitor::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Man { dir } => man(&dir).map(|_| ExitCode::SUCCESS),
     };
     match result {

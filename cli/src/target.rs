@@ -50,7 +50,7 @@ impl Target {
     }
 
     /// CHAIN as NAMESPACE/NAME: its own namespace, else -n, else the default one.
-    fn chain_ref(&self, chain: &str, default: &str) -> (String, String) {
+    pub fn chain_ref(&self, chain: &str, default: &str) -> (String, String) {
         match chain.split_once('/') {
             Some((ns, name)) => (ns.to_string(), name.to_string()),
             None => (self.namespace.clone().unwrap_or_else(|| default.to_string()), chain.to_string()),
@@ -58,7 +58,7 @@ impl Target {
     }
 }
 
-fn default_namespace(scope: &Scope) -> &str {
+pub fn default_namespace(scope: &Scope) -> &str {
     match scope {
         Scope::Lab(_) => "default",
         Scope::Cluster(c) => &c.default_namespace,

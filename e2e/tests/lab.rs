@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 mod common;
 use common::{back_chain, hello, ping, pod_ip, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab, Stream};
@@ -800,4 +800,70 @@ fn segment_list_changes_lose_nothing() {
     let st = lab.status();
     let through = |pod: &str| sid_of(&st, pod)["packets"].as_u64().unwrap();
     assert!(through("default/ids") > 10_000 && through("default/ids-b") > 10_000, "both took turns");
+}
+
+/// `srv6pipes monitor` as the one that reads a drop: started, it streams the drop a packet meets
+/// (its reason, node, program, pod, chain and inner 5-tuple) and, asked for traces, the chain's
+/// packets at each program; stopped, the datapath sends nothing more.
+#[test]
+fn monitor_streams_drops_and_traces_of_a_chain() {
+    require_lab!("nft", "ping", "bpftool");
+    let lab = Lab::new("mon");
+    lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
+    wait_for("VNF rules", Duration::from_secs(10), || lab.exec("ids", &["nft", "list", "table", "ip6", "vnf"]).status.success());
+    let st = lab.status();
+    let (client6, server6) = (pod_ip(&st, "client", true), pod_ip(&st, "server", true));
+    let monitor = |args: &[&str]| -> Child {
+        let mut child = Command::new(target_dir().join("srv6pipes"))
+            .arg("monitor")
+            .args(args)
+            .args(["--name", &lab.name, "--state-dir"])
+            .arg(&lab.state)
+            .args(["-o", "json", "--duration", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Listening once it says so (on stderr): the events of what follows are seen.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("listening on n1, n2"), "{line}");
+        child
+    };
+    let events = |child: Child| -> Vec<Value> {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "monitor: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+
+    // Hop limit 2: the firewall forwards it with 1, its proxy's hop takes the last one.
+    let drops = monitor(&["--count", "1"]);
+    assert!(!lab.exec("client", &["ping", "-6", "-c", "1", "-t", "2", "-W", "2", &server6]).status.success());
+    let e = &events(drops)[0];
+    assert_eq!(
+        (&e["type"], &e["reason"], &e["node"], &e["hook"], &e["pod"], &e["chain"]),
+        (&json!("drop"), &json!("inner_ttl"), &json!("n1"), &json!("vnf"), &json!("default/firewall"), &json!("default/web-inspection")),
+        "{e}"
+    );
+    assert_eq!(e["flow"], json!({"proto": "icmpv6", "src": client6, "dst": server6}), "{e}");
+
+    // Traces of the chain: its packets at the headend, at each proxy and at the decapsulation.
+    let traces = monitor(&["--type", "trace", "--chain", "web-inspection", "--count", "8"]);
+    assert!(ping(&lab, "client", &server6, 3));
+    let seen = events(traces);
+    for e in &seen {
+        assert_eq!((&e["type"], &e["chain"]), (&json!("trace"), &json!("default/web-inspection")), "{e}");
+    }
+    let hooks: std::collections::BTreeSet<(String, String)> =
+        seen.iter().map(|e| (e["node"].as_str().unwrap().to_string(), e["hook"].as_str().unwrap().to_string())).collect();
+    assert!(hooks.contains(&("n1".into(), "headend".into())) && hooks.contains(&("n2".into(), "uplink".into())), "{hooks:?}");
+
+    // No one listens any more: every node's datapath is told to send nothing.
+    for node in ["n1", "n2"] {
+        let pin = lab.pin_root().join(node).join("sp_monitor_config");
+        let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&pin).output().unwrap();
+        let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(dump[0]["formatted"]["value"]["flags"], 0, "{node}: {dump}");
+    }
 }

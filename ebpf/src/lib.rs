@@ -637,6 +637,11 @@ impl Datapath {
         self.counters("sp_events", &Event::ALL, |e| e as u32)
     }
 
+    /// The live monitor's events not sent (over its rate limit, its ring full), summed over CPUs.
+    pub fn monitor_not_sent(&self) -> Result<(u64, u64)> {
+        Monitor::not_sent_in(self.typed_ref("sp_monitor_state")?)
+    }
+
     pub fn event(&self, event: Event) -> Result<u64> {
         Ok(self.events()?.into_iter().find(|(e, _)| *e == event).map_or(0, |(_, n)| n))
     }

@@ -199,10 +199,12 @@ impl Monitor {
     /// Events not sent since the maps were made, summed over CPUs: (over the rate limit, the
     /// ring full).
     pub fn not_sent(&self) -> Result<(u64, u64)> {
-        let map = "sp_monitor_state";
-        let a: PerCpuArray<&MapData, MonitorState> =
-            PerCpuArray::try_from(&self.state).map_err(|source| DatapathError::Map { map, source })?;
-        let v = a.get(&0, 0).map_err(|source| DatapathError::Map { map, source })?;
+        let a = PerCpuArray::try_from(&self.state).map_err(|source| DatapathError::Map { map: "sp_monitor_state", source })?;
+        Self::not_sent_in(a)
+    }
+
+    pub(crate) fn not_sent_in(a: PerCpuArray<&MapData, MonitorState>) -> Result<(u64, u64)> {
+        let v = a.get(&0, 0).map_err(|source| DatapathError::Map { map: "sp_monitor_state", source })?;
         Ok(v.iter().fold((0, 0), |(l, o), s| (l + s.limited, o + s.lost)))
     }
 }

@@ -1356,6 +1356,8 @@ fn the_monitor_reports_drops_and_traces_only_while_attached() {
     b.expect_icmp(Hook::Uplink, b.uplink, &short, DropReason::HopLimit, (3, 0, 0));
     let events = drain(&mut m);
     assert_eq!(events.iter().map(|e| (e.reason(), e.sid())).collect::<Vec<_>>(), vec![(Some(DropReason::HopLimit), Some(a(PATH[0])))]);
+    let f = events[0].flow().expect("the flow of the packet the error quotes, not the error's");
+    assert_eq!((f.proto, f.src, f.dst), (17, a(INNER_SRC).into(), a(INNER_DST).into()));
 
     // A headend policy that drops (failurePolicy Closed): the policy and the plain flow.
     let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];

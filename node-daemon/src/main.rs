@@ -4,6 +4,7 @@
 
 mod kube;
 mod metrics;
+mod monitor;
 mod net;
 mod node;
 mod server;
@@ -107,6 +108,10 @@ pub struct Args {
     /// The srv6pipes-cni binary that runs the CNI uninstall (the image's copy).
     #[arg(long, default_value = "/opt/srv6pipes/cni/srv6pipes-cni")]
     pub cni_installer: PathBuf,
+    /// The live monitor's limit (`srv6pipes monitor`): at most this many events per second per
+    /// CPU; the rest are counted (`monitor_limited` in `srv6pipes stats`). 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub monitor_rate: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,9 +129,9 @@ fn main() -> anyhow::Result<()> {
         let late = server::Late::default();
         if let Some(addr) = args.health_addr {
             let (health, late) = (health.clone(), late.clone());
-            srv6pipes_probe::spawn(addr, "/healthz, /readyz and /stats", move |path: String| {
+            srv6pipes_probe::spawn(addr, "/healthz, /readyz, /stats and /monitor", move |target: String| {
                 let (health, late) = (health.clone(), late.clone());
-                async move { late.answer(&path, &health).await }
+                async move { late.answer(&target, &health).await }
             })
             .await?;
         }
@@ -157,6 +162,13 @@ fn main() -> anyhow::Result<()> {
                 conf_dir,
             }),
         });
-        server::serve(&args.socket, server::Http { metrics: args.metrics_addr, health, late }, node, plane, departure).await
+        server::serve(
+            &args.socket,
+            server::Http { metrics: args.metrics_addr, health, late, monitor_rate: args.monitor_rate },
+            node,
+            plane,
+            departure,
+        )
+        .await
     })
 }

@@ -205,6 +205,7 @@ impl Node {
             Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
             // The server answers these itself (it holds the API client); never sent here.
             Request::PodNetworks { namespace, name } => Err(anyhow!("pod {namespace}/{name}: not a node request")),
+            Request::Monitor(_) => Err(anyhow!("monitors are served by the server, not through the node's handle")),
         };
         r.unwrap_or_else(|e| Response::Error { message: format!("node {}: {e:#}", self.name) })
     }
@@ -490,12 +491,19 @@ impl Node {
             c.bytes += s.bytes;
             c.drops += s.drops;
         }
-        let events = self.datapath.events()?.into_iter().map(|(e, n)| (e.name().to_string(), n)).collect();
+        let mut events: Vec<(String, u64)> = self.datapath.events()?.into_iter().map(|(e, n)| (e.name().to_string(), n)).collect();
+        let (limited, lost) = self.datapath.monitor_not_sent()?;
+        events.extend([("monitor_limited".to_string(), limited), ("monitor_lost".to_string(), lost)]);
         Ok(NodeStats { sids, drops, chains: chains.into_values().collect(), events, streams: self.channels.counters() })
     }
 }
 
 impl Node {
+    /// What names the live monitor's events (`crate::monitor`).
+    pub fn monitor_names(&self) -> crate::monitor::Names {
+        crate::monitor::Names::new(&self.name, self.state.program.as_ref(), &self.state.policies, &self.state.registrations)
+    }
+
     /// Prometheus text exposition of the node's counters and `timings` (`crate::metrics`).
     pub fn metrics(&self, timings: &crate::metrics::Timings) -> anyhow::Result<String> {
         let stats = self.stats()?;

@@ -9,7 +9,7 @@ use srv6::node_api::{Request, Response};
 use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use srv6pipes_probe::{Health, Reply};
+use srv6pipes_probe::{Answer, Health, Reply};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
@@ -34,6 +34,8 @@ pub struct Http {
     pub health: Arc<Health>,
     /// The health listener's way to the node, once it runs (for /stats).
     pub late: Late,
+    /// The live monitor's limit: events per second per CPU.
+    pub monitor_rate: u32,
 }
 
 /// The health listener starts before the node (so the probes answer while it waits for its
@@ -42,15 +44,34 @@ pub struct Http {
 pub struct Late(Arc<std::sync::OnceLock<Arc<Shared>>>);
 
 impl Late {
-    /// GET `path` on the health listener: /healthz, /readyz, and /stats (the node's counters as
+    /// GET `target` on the health listener: /healthz, /readyz, /stats (the node's counters as
     /// JSON, `srv6::node_api::NodeStats`: what `srv6pipes trace` and `stats` read through the
-    /// API server's pods/proxy).
-    pub async fn answer(&self, path: &str, health: &Health) -> Reply {
+    /// API server's pods/proxy) and /monitor (`srv6pipes monitor`'s stream of events, one JSON
+    /// line each, `?type=drop,trace&chain=NS/NAME&sample=N`).
+    pub async fn answer(&self, target: &str, health: &Health) -> Answer {
+        let (path, query) = srv6pipes_probe::split_target(target);
         match (path, self.0.get()) {
-            ("/stats", Some(shared)) => stats_reply(shared).await,
-            ("/stats", None) => Reply { status: 503, body: "starting: the node's datapath is not up yet\n".into() },
-            _ => health.answer(path).unwrap_or_else(|| Reply::not_found(&["/healthz", "/readyz", "/stats"])),
+            ("/stats", Some(shared)) => stats_reply(shared).await.into(),
+            ("/monitor", Some(shared)) => monitor_lines(shared, query),
+            ("/stats" | "/monitor", None) => Reply::unavailable("starting: the node's datapath is not up yet\n").into(),
+            _ => health.answer(path).unwrap_or_else(|| Reply::not_found(&["/healthz", "/readyz", "/stats", "/monitor"])).into(),
         }
+    }
+}
+
+/// GET /monitor: the subscriber's events as lines, or why not.
+fn monitor_lines(shared: &Shared, query: &str) -> Answer {
+    let request = match srv6::node_api::MonitorRequest::from_query(query) {
+        Ok(r) => r,
+        Err(e) => return Reply { status: 400, body: format!("{e}\n") }.into(),
+    };
+    match shared.monitor.subscribe(request) {
+        Ok(sub) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            tokio::spawn(sub.forward(tx));
+            Answer::Lines(rx)
+        }
+        Err(e) => Reply { status: 500, body: format!("{e:#}\n") }.into(),
     }
 }
 
@@ -74,6 +95,8 @@ pub struct Shared {
     health: Arc<Health>,
     /// Program and request durations, for /metrics.
     timings: crate::metrics::Timings,
+    /// `srv6pipes monitor`'s subscribers.
+    monitor: Arc<crate::monitor::Hub>,
 }
 
 /// Kube mode: how a terminating daemon tells an uninstall from a restart, and what it then
@@ -99,6 +122,21 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&fresh, path).with_context(|| format!("rename {} to {}", fresh.display(), path.display()))?;
     info!(socket = %path.display(), "serving");
+    let pins = node.pin_dir().to_path_buf();
+    let names = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let monitor = {
+        let names = names.clone();
+        crate::monitor::Hub::start(&pins, http.monitor_rate, move || {
+            let shared = names.get().and_then(std::sync::Weak::upgrade);
+            Box::pin(async move {
+                match shared {
+                    Some(s) => Arc::new(s.node.lock().await.monitor_names()),
+                    None => Default::default(),
+                }
+            })
+        })
+        .with_context(|| format!("open the monitor's maps in {}", pins.display()))?
+    };
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         programming: Mutex::new(()),
@@ -109,7 +147,9 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
         },
         health: http.health,
         timings: Default::default(),
+        monitor,
     });
+    let _ = names.set(Arc::downgrade(&shared));
     let _ = http.late.0.set(shared.clone());
     match plane {
         // Kube mode is ready once the node's current program is applied (kube_loop says so).
@@ -264,10 +304,14 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
         return Ok(());
     }
     let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    r.read_line(&mut line).await?;
     let started = std::time::Instant::now();
     let request = serde_json::from_str::<Request>(&line);
+    if let Ok(Request::Monitor(m)) = request {
+        return monitor_connection(&shared, m, r, w).await;
+    }
     let kind = request.as_ref().map_or("invalid", request_kind);
     let resp = match request {
         Ok(Request::Program(_)) if shared.kube.is_some() => {
@@ -302,6 +346,41 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
     Ok(())
 }
 
+/// A socket's monitor: `Ok`, then its events as lines until the caller closes the socket.
+async fn monitor_connection(
+    shared: &Shared,
+    request: srv6::node_api::MonitorRequest,
+    mut r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    let sub = match shared.monitor.subscribe(request) {
+        Ok(s) => s,
+        Err(e) => {
+            let resp = Response::Error { message: format!("{e:#}") };
+            w.write_all(format!("{}\n", serde_json::to_string(&resp)?).as_bytes()).await?;
+            return Ok(());
+        }
+    };
+    w.write_all(format!("{}\n", serde_json::to_string(&Response::Ok)?).as_bytes()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(sub.forward(tx));
+    let mut sink = Vec::new();
+    loop {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => w.write_all(line.as_bytes()).await?,
+                None => return Ok(()),
+            },
+            read = r.read_until(b'\n', &mut sink) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+                sink.clear();
+            }
+        }
+    }
+}
+
 /// A request's name in the request-duration metric.
 fn request_kind(r: &Request) -> &'static str {
     match r {
@@ -313,6 +392,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::Lookup { .. } => "lookup",
         Request::Gc { .. } => "gc",
         Request::PodNetworks { .. } => "pod_networks",
+        Request::Monitor(_) => "monitor",
     }
 }
 

@@ -209,15 +209,14 @@ fn serve_health(addr: std::net::SocketAddr, health: Arc<Health>, elector: Electo
                 Err(e) => return error!(error = %e, "health listener"),
             };
             let answering = health.clone();
-            tokio::spawn(srv6pipes_probe::serve(listener, move |path: String| {
+            tokio::spawn(srv6pipes_probe::serve(listener, move |target: String| {
                 let health = answering.clone();
                 async move {
-                    match path.as_str() {
+                    let path = srv6pipes_probe::split_target(&target).0;
+                    match path {
                         "/metrics" => srv6pipes_operator::metrics::encode()
                             .map_or_else(|e| srv6pipes_probe::Reply { status: 500, body: format!("{e}\n") }, srv6pipes_probe::Reply::ok),
-                        _ => {
-                            health.answer(&path).unwrap_or_else(|| srv6pipes_probe::Reply::not_found(&["/healthz", "/readyz", "/metrics"]))
-                        }
+                        _ => health.answer(path).unwrap_or_else(|| srv6pipes_probe::Reply::not_found(&["/healthz", "/readyz", "/metrics"])),
                     }
                 }
             }));

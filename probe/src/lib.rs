@@ -54,23 +54,46 @@ impl Reply {
     }
 }
 
+/// An answer: whole, or lines as they come (newline-delimited JSON) until the sender is dropped
+/// or the client goes away.
+pub enum Answer {
+    Whole(Reply),
+    Lines(tokio::sync::mpsc::Receiver<String>),
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Self {
+        Answer::Whole(r)
+    }
+}
+
+/// A request target's path and query (`/monitor?type=drop` gives `("/monitor", "type=drop")`).
+pub fn split_target(target: &str) -> (&str, &str) {
+    target.split_once('?').unwrap_or((target, ""))
+}
+
 /// The path of a GET request line (`GET /readyz?verbose HTTP/1.1` gives `/readyz`); None for
 /// anything else.
 pub fn get_path(request_line: &str) -> Option<&str> {
+    get_target(request_line).map(|t| split_target(t).0)
+}
+
+/// The target of a GET request line, query included.
+pub fn get_target(request_line: &str) -> Option<&str> {
     let mut words = request_line.split_ascii_whitespace();
     if words.next()? != "GET" {
         return None;
     }
-    let target = words.next()?;
-    Some(target.split('?').next().unwrap_or(target))
+    words.next()
 }
 
 /// Binds `addr` and answers on it from a task of the current runtime; `what` names the endpoints
-/// in the log and in a bind error.
-pub async fn spawn<F, Fut>(addr: std::net::SocketAddr, what: &str, handler: F) -> std::io::Result<()>
+/// in the log and in a bind error. The handler gets the request's target, query included.
+pub async fn spawn<F, Fut, A>(addr: std::net::SocketAddr, what: &str, handler: F) -> std::io::Result<()>
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Reply> + Send + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+    A: Into<Answer> + Send + 'static,
 {
     let listener = TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {what} on {addr}: {e}")))?;
     tracing::info!(%addr, "serving {what}");
@@ -78,11 +101,12 @@ where
     Ok(())
 }
 
-/// Answers every connection on `listener` with `handler(path)`, until the listener fails.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
+/// Answers every connection on `listener` with `handler(target)`, until the listener fails.
+pub async fn serve<F, Fut, A>(listener: TcpListener, handler: F)
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Reply> + Send,
+    Fut: Future<Output = A> + Send,
+    A: Into<Answer> + Send,
 {
     loop {
         let stream = match listener.accept().await {
@@ -102,24 +126,54 @@ where
     }
 }
 
-async fn answer<F, Fut>(stream: TcpStream, handler: F) -> std::io::Result<()>
+async fn answer<F, Fut, A>(stream: TcpStream, handler: F) -> std::io::Result<()>
 where
     F: Fn(String) -> Fut,
-    Fut: Future<Output = Reply>,
+    Fut: Future<Output = A>,
+    A: Into<Answer>,
 {
     let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
     let mut line = String::new();
     // A client that sends nothing is dropped, not waited on for ever.
-    match tokio::time::timeout(Duration::from_secs(10), BufReader::new(r).read_line(&mut line)).await {
+    match tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await {
         Ok(read) => read?,
         Err(_) => return Ok(()),
     };
-    let reply = match get_path(&line) {
-        Some(path) => handler(path.to_string()).await,
-        None => Reply { status: 405, body: "only GET\n".into() },
+    let answer = match get_target(&line) {
+        Some(target) => handler(target.to_string()).await.into(),
+        None => Answer::Whole(Reply { status: 405, body: "only GET\n".into() }),
     };
-    w.write_all(reply.to_http().as_bytes()).await?;
+    match answer {
+        Answer::Whole(reply) => w.write_all(reply.to_http().as_bytes()).await?,
+        Answer::Lines(lines) => stream_lines(r, &mut w, lines).await?,
+    }
     w.shutdown().await
+}
+
+/// Sends `lines` as they come, until they end or the client closes its side (what it sends after
+/// the request line is read and dropped).
+async fn stream_lines(
+    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut lines: tokio::sync::mpsc::Receiver<String>,
+) -> std::io::Result<()> {
+    w.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n").await?;
+    let mut sink = Vec::new();
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => w.write_all(line.as_bytes()).await?,
+                None => return Ok(()),
+            },
+            read = r.read_until(b'\n', &mut sink) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+                sink.clear();
+            }
+        }
+    }
 }
 
 /// What `/healthz` and `/readyz` report: a heartbeat that the process' main loop beats, and
@@ -268,5 +322,45 @@ mod tests {
             tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await.unwrap();
             assert!(out.starts_with(want), "{req:?} -> {out:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn streams_lines_until_the_client_leaves() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+        let gone_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(gone_tx)));
+        tokio::spawn(serve(listener, move |target: String| {
+            let gone_tx = gone_tx.clone();
+            async move {
+                assert_eq!(split_target(&target), ("/lines", "n=2"));
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    tx.send("one\n".to_string()).await.unwrap();
+                    tx.send("two\n".to_string()).await.unwrap();
+                    // The sender lives until the client goes (the stream then drops the receiver).
+                    tx.closed().await;
+                    if let Some(t) = gone_tx.lock().unwrap().take() {
+                        let _ = t.send(());
+                    }
+                });
+                Answer::Lines(rx)
+            }
+        }));
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, mut w) = s.into_split();
+        w.write_all(b"GET /lines?n=2 HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut r = BufReader::new(r);
+        let mut lines = Vec::new();
+        while lines.last().map(String::as_str) != Some("two\n") {
+            let mut l = String::new();
+            assert!(r.read_line(&mut l).await.unwrap() > 0, "stream ended early after {lines:?}");
+            lines.push(l);
+        }
+        assert_eq!(lines[0], "HTTP/1.0 200 OK\r\n");
+        assert!(lines.contains(&"one\n".to_string()));
+        drop(w);
+        drop(r);
+        tokio::time::timeout(Duration::from_secs(5), gone_rx).await.expect("the stream ends when the client leaves").unwrap();
     }
 }

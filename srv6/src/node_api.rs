@@ -72,6 +72,146 @@ pub enum Request {
     /// pod from the API server); answers `Networks`. The CNI plugin chained after a cluster's
     /// primary plugin acts only on pods that ask for its network.
     PodNetworks { namespace: String, name: String },
+    /// The live monitor (`srv6pipes monitor`): answers `Ok`, then one [`MonitorEvent`] per line
+    /// until the caller closes the connection.
+    Monitor(MonitorRequest),
+}
+
+/// What a monitor wants: drop events, trace events (1 in `sample` packets), of one chain or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorRequest {
+    #[serde(default)]
+    pub drops: bool,
+    #[serde(default)]
+    pub traces: bool,
+    /// `namespace/name`: only events of this chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// 1 in N drops and traced packets (default 1: every one, within the daemon's rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<u32>,
+}
+
+impl MonitorRequest {
+    /// The query of the daemon's `/monitor` endpoint: `type=drop,trace&chain=NS/NAME&sample=N`.
+    pub fn to_query(&self) -> String {
+        let types: Vec<&str> = [(self.drops, "drop"), (self.traces, "trace")].into_iter().filter(|t| t.0).map(|t| t.1).collect();
+        let mut q = format!("type={}", types.join(","));
+        if let Some(c) = &self.chain {
+            q += &format!("&chain={c}");
+        }
+        if let Some(n) = self.sample {
+            q += &format!("&sample={n}");
+        }
+        q
+    }
+
+    /// The request of a `/monitor` query (no `type`: drops).
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        let mut r = MonitorRequest::default();
+        let mut typed = false;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "type" => {
+                    typed = true;
+                    for t in value.split(',') {
+                        match t {
+                            "drop" => r.drops = true,
+                            "trace" => r.traces = true,
+                            other => return Err(format!("type {other:?}: drop or trace")),
+                        }
+                    }
+                }
+                "chain" if value.split_once('/').is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty()) => r.chain = Some(value.into()),
+                "chain" => return Err(format!("chain {value:?}: NAMESPACE/NAME")),
+                "sample" => r.sample = Some(value.parse().ok().filter(|n| *n > 0).ok_or(format!("sample {value:?}: a number from 1"))?),
+                other => return Err(format!("unknown parameter {other:?} (type, chain, sample)")),
+            }
+        }
+        if !typed {
+            r.drops = true;
+        }
+        Ok(r)
+    }
+
+    /// Whether `e` is for this monitor.
+    pub fn wants(&self, e: &MonitorEvent) -> bool {
+        let kind = match e.kind.as_str() {
+            "drop" => self.drops,
+            _ => self.traces,
+        };
+        kind && self.chain.as_ref().is_none_or(|c| e.chains().any(|x| x == c))
+    }
+}
+
+/// One event of the live monitor, as a node daemon resolved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub node: String,
+    /// `drop` or `trace`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A drop's reason (`no_route`, `inner_ttl`, ...; `unknown` when the program gave none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the program did with the packet: `drop`, `redirect`, `pass` (to the stack), `next`
+    /// (to the next program).
+    pub verdict: String,
+    /// The program: `uplink`, `vnf` (a VNF's return), `headend` (a pod's traffic), `stream`.
+    pub hook: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `namespace/name` of the pod whose interface it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `namespace/name` of the chain (several, comma-separated, when a SID serves several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// The SID it arrived at (a drop's SID), else the one it left for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Ipv6Addr>,
+    /// The (inner) packet's flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<MonitorFlow>,
+    /// The packet's length on the interface.
+    pub length: u32,
+}
+
+impl MonitorEvent {
+    pub fn chains(&self) -> impl Iterator<Item = &str> {
+        self.chain.as_deref().into_iter().flat_map(|c| c.split(','))
+    }
+}
+
+/// A 5-tuple: `tcp`, `[fd00::1]:4000`, `[fd00::2]:80`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorFlow {
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+}
+
+impl MonitorFlow {
+    /// From the datapath's fields: ports only for TCP and UDP.
+    pub fn new(proto: u8, src: std::net::IpAddr, sport: u16, dst: std::net::IpAddr, dport: u16) -> Self {
+        let name = match (proto, src.is_ipv4()) {
+            (6, _) => "tcp".to_string(),
+            (17, _) => "udp".to_string(),
+            (1, true) => "icmp".to_string(),
+            (58, false) => "icmpv6".to_string(),
+            (n, _) => n.to_string(),
+        };
+        let ported = proto == 6 || proto == 17;
+        let end = |a: std::net::IpAddr, p: u16| match (ported, a) {
+            (false, a) => a.to_string(),
+            (true, std::net::IpAddr::V4(a)) => format!("{a}:{p}"),
+            (true, std::net::IpAddr::V6(a)) => format!("[{a}]:{p}"),
+        };
+        MonitorFlow { proto: name, src: end(src, sport), dst: end(dst, dport) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -467,5 +607,37 @@ mod tests {
         q.sort();
         assert_eq!(q, [("ctr/1".to_string(), "net1".to_string()), ("ctr2".into(), "net2".into())]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn monitor_queries_roundtrip_and_reject_nonsense() {
+        let r = MonitorRequest { drops: true, traces: true, chain: Some("default/web".into()), sample: Some(8) };
+        assert_eq!(r.to_query(), "type=drop,trace&chain=default/web&sample=8");
+        assert_eq!(MonitorRequest::from_query(&r.to_query()), Ok(r));
+        assert_eq!(MonitorRequest::from_query(""), Ok(MonitorRequest { drops: true, ..Default::default() }), "drops by default");
+        assert!(MonitorRequest::from_query("type=flows").unwrap_err().contains("drop or trace"));
+        assert!(MonitorRequest::from_query("chain=web").is_err(), "a chain is NAMESPACE/NAME");
+        assert!(MonitorRequest::from_query("sample=0").is_err());
+        assert!(MonitorRequest::from_query("rate=1").is_err());
+    }
+
+    #[test]
+    fn monitors_take_their_kinds_and_chain() {
+        let e = MonitorEvent { kind: "drop".into(), chain: Some("default/a,default/b".into()), ..Default::default() };
+        let r = |drops, traces, chain: Option<&str>| MonitorRequest { drops, traces, chain: chain.map(Into::into), sample: None };
+        assert!(r(true, false, None).wants(&e));
+        assert!(!r(false, true, None).wants(&e));
+        assert!(r(true, false, Some("default/b")).wants(&e), "one of the SID's chains");
+        assert!(!r(true, false, Some("default/c")).wants(&e));
+        assert!(!r(true, false, Some("default/a")).wants(&MonitorEvent { kind: "drop".into(), ..Default::default() }));
+    }
+
+    #[test]
+    fn monitor_flows_read_like_addresses() {
+        let f = MonitorFlow::new(6, "fd00::1".parse().unwrap(), 4000, "fd00::2".parse().unwrap(), 80);
+        assert_eq!((f.proto.as_str(), f.src.as_str(), f.dst.as_str()), ("tcp", "[fd00::1]:4000", "[fd00::2]:80"));
+        let f = MonitorFlow::new(1, "10.0.0.1".parse().unwrap(), 0, "10.0.0.2".parse().unwrap(), 0);
+        assert_eq!((f.proto.as_str(), f.src.as_str(), f.dst.as_str()), ("icmp", "10.0.0.1", "10.0.0.2"));
+        assert_eq!(MonitorFlow::new(17, "10.0.0.1".parse().unwrap(), 53, "10.0.0.2".parse().unwrap(), 5353).dst, "10.0.0.2:5353");
     }
 }

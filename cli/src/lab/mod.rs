@@ -238,6 +238,11 @@ pub fn is_up(which: &Which) -> anyhow::Result<bool> {
     Ok(LabState::load(&which.dir()?)?.is_some())
 }
 
+/// Each node of the lab with its daemon's socket (`srv6pipes monitor`).
+pub fn node_sockets(which: &Which) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    Ok(load(&which.dir()?)?.nodes.into_iter().map(|n| (n.name, n.socket)).collect())
+}
+
 /// The lab's view for `srv6pipes stats|sids|trace|status`.
 pub fn view(which: &Which) -> anyhow::Result<View> {
     Ok(lab_view(&load(&which.dir()?)?))

@@ -135,8 +135,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 		verdict = steer(skb, o, headend ? SP_ORIGIN_POD : SP_ORIGIN_VNF);
 	}
 	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, dropped || verdict == TC_ACT_SHOT);
-	if (verdict == TC_ACT_SHOT)
-		monitor_note_policy(id);
+	monitor_policy(id);
 	return verdict;
 }
 

@@ -6,8 +6,9 @@
 #pragma once
 #include "common.h"
 
-#define SP_MON_DROPS (1u << 0) /* an event for each (sampled) drop */
-#define SP_MON_TRACE (1u << 1) /* an event for each (sampled) packet a program sees */
+#define SP_MON_DROPS (1u << 0)	   /* an event for each (sampled) drop */
+#define SP_MON_TRACE (1u << 1)	   /* an event for each (sampled) packet a program sees */
+#define SP_MON_LISTENING (1u << 2) /* monitor_enter's answer: someone listens */
 
 struct monitor_config {
 	__u32 flags;	    /* SP_MON_* */
@@ -140,7 +141,7 @@ static __noinline void monitor_note_sid(const void *sid)
 	}
 }
 
-/* A headend policy that dropped the packet. */
+/* The headend policy that took the packet (its chain). */
 static __noinline void monitor_note_policy(__u32 policy)
 {
 	struct monitor_note *n = monitor_note();
@@ -148,6 +149,14 @@ static __noinline void monitor_note_policy(__u32 policy)
 		n->policy = policy;
 		n->flags |= SP_MON_HAS_POLICY;
 	}
+}
+
+/* apply_policy(): notes the policy while someone listens (detached: one load). */
+static __always_inline void monitor_policy(__u32 policy)
+{
+	struct monitor_config *m = monitor_config();
+	if (m && m->flags)
+		monitor_note_policy(policy);
 }
 
 /* The transport ports at `l4` for TCP and UDP, straight into the event. */
@@ -185,23 +194,20 @@ static __always_inline void monitor_flow(struct __sk_buff *skb, __u32 off, int v
 	monitor_ports(skb, off + (ihl & 0xf) * 4, ev);
 }
 
-/* Fills what `ev` does not have yet from the packet as it is now: the SID (an SRv6 packet's
- * destination), the SRH's tag, the flow (an encapsulated packet's inner one). Not inlined: it
- * runs only for the events sent. */
-static __noinline void monitor_parse(struct __sk_buff *skb, struct monitor_event *ev)
+/* Fills what `ev` does not have yet from the IP packet at `off`: the SID (an SRv6 packet's
+ * destination), the SRH's tag, the flow (an encapsulated packet's inner one). */
+static __always_inline void monitor_ip(struct __sk_buff *skb, struct monitor_event *ev, __u32 off, int v6)
 {
-	__be16 ethertype;
-	if (!ev || bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &ethertype, 2))
-		return;
-	if (ethertype != bpf_htons(ETH_P_IPV6)) {
-		if (ethertype == bpf_htons(ETH_P_IP) && !(ev->flags & SP_MON_HAS_FLOW))
-			monitor_flow(skb, ETH_HLEN, 0, ev);
+	if (!v6) {
+		if (!(ev->flags & SP_MON_HAS_FLOW))
+			monitor_flow(skb, off, 0, ev);
 		return;
 	}
+	__u32 ip6 = off;
 	__u8 nh, rh[8];
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &nh, 1))
+	if (bpf_skb_load_bytes(skb, ip6 + offsetof(struct ipv6hdr, nexthdr), &nh, 1))
 		return;
-	__u32 off = ETH_HLEN + SP_IP6_LEN;
+	off += SP_IP6_LEN;
 	int srv6 = nh == SP_NH_IPV6 || nh == SP_NH_IPV4;
 	if (nh == SP_NH_ROUTING && !bpf_skb_load_bytes(skb, off, rh, sizeof(rh))) {
 		if (rh[2] == SP_RT_SRH && !(ev->flags & SP_MON_HAS_TAG)) {
@@ -212,7 +218,7 @@ static __noinline void monitor_parse(struct __sk_buff *skb, struct monitor_event
 		nh = rh[0];
 		off += ((__u32)rh[1] + 1) * 8;
 	}
-	if (srv6 && !(ev->flags & SP_MON_HAS_SID) && !bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), ev->sid, 16))
+	if (srv6 && !(ev->flags & SP_MON_HAS_SID) && !bpf_skb_load_bytes(skb, ip6 + offsetof(struct ipv6hdr, daddr), ev->sid, 16))
 		ev->flags |= SP_MON_HAS_SID;
 	if (ev->flags & SP_MON_HAS_FLOW)
 		return;
@@ -221,13 +227,37 @@ static __noinline void monitor_parse(struct __sk_buff *skb, struct monitor_event
 		return;
 	}
 	/* A plain IPv6 packet, or one with an inserted SRH (End.AM): the outer addresses. */
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), ev->saddr, 16) ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), ev->daddr, 16))
+	if (bpf_skb_load_bytes(skb, ip6 + offsetof(struct ipv6hdr, saddr), ev->saddr, 16) ||
+	    bpf_skb_load_bytes(skb, ip6 + offsetof(struct ipv6hdr, daddr), ev->daddr, 16))
 		return;
 	ev->family = 6;
 	ev->proto = nh;
 	ev->flags |= SP_MON_HAS_FLOW;
 	monitor_ports(skb, off, ev);
+}
+
+/* Fills what `ev` does not have yet from the packet as it is now (monitor_ip). `quoted`: the
+ * packet is an ICMP error the program answered a drop with; the dropped packet is the one it
+ * quotes. Not inlined: it runs only for the events sent. */
+static __noinline void monitor_parse(struct __sk_buff *skb, struct monitor_event *ev, int quoted)
+{
+	__be16 ethertype;
+	if (!ev || bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &ethertype, 2))
+		return;
+	int v6 = ethertype == bpf_htons(ETH_P_IPV6);
+	if (!v6 && ethertype != bpf_htons(ETH_P_IP))
+		return;
+	__u32 off = ETH_HLEN;
+	if (quoted) {
+		__u8 first;
+		if (!v6 && bpf_skb_load_bytes(skb, off, &first, 1))
+			return;
+		off += (v6 ? SP_IP6_LEN : (first & 0xf) * 4) + 8; /* the error's IP and ICMP headers */
+		if (bpf_skb_load_bytes(skb, off, &first, 1) || ((first >> 4) != 4 && (first >> 4) != 6))
+			return;
+		v6 = (first >> 4) == 6;
+	}
+	monitor_ip(skb, ev, off, v6);
 }
 
 static __always_inline struct monitor_event *monitor_scratch(void)
@@ -241,33 +271,32 @@ static __always_inline int sampled(__u32 one_in)
 	return one_in <= 1 || bpf_get_prandom_u32() % one_in == 0;
 }
 
-/* Someone listens: clears the drop note (so that only this packet's drop is reported) and, if
+/* Someone listens: clears the note (so that only this packet's drop and policy are reported) and, if
  * this packet is sampled for tracing, captures it on arrival. Returns monitor_enter's answer.
  * Global (verified once, on its own) like monitor_report. */
 __noinline __u32 monitor_begin(struct __sk_buff *skb, __u32 ifindex, __u32 flags, __u32 trace_sample)
 {
-	__u32 mon = flags & SP_MON_DROPS;
-	if (mon) {
-		struct monitor_note *n = monitor_note();
-		if (n) {
-			n->reason = 0;
-			n->flags = 0;
-		}
+	struct monitor_note *n = monitor_note();
+	if (n) {
+		n->reason = 0;
+		n->flags = 0;
 	}
+	__u32 mon = flags & SP_MON_DROPS;
 	if (!(flags & SP_MON_TRACE) || !sampled(trace_sample))
-		return mon;
+		return mon | SP_MON_LISTENING;
 	struct monitor_event *ev = monitor_scratch();
 	if (!ev)
-		return mon;
+		return mon | SP_MON_LISTENING;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ifindex = ifindex;
 	ev->len = skb->len;
-	monitor_parse(skb, ev);
-	return mon | SP_MON_TRACE;
+	monitor_parse(skb, ev, 0);
+	return mon | SP_MON_TRACE | SP_MON_LISTENING;
 }
 
 /* Before the behaviour: 0 when no one listens (the cost of a detached monitor: this load);
- * else SP_MON_DROPS if drops are monitored, | SP_MON_TRACE if this packet is traced. */
+ * else SP_MON_LISTENING, | SP_MON_DROPS if drops are monitored, | SP_MON_TRACE if this packet
+ * is traced. */
 static __always_inline __u32 monitor_enter(struct __sk_buff *skb, __u32 ifindex)
 {
 	struct monitor_config *m = monitor_config();
@@ -308,7 +337,7 @@ __noinline int monitor_report(struct __sk_buff *skb, __u32 ifindex, __u32 hook, 
 	if (!m)
 		return verdict;
 	/* Read from the note in place (no copy: little stack is left), cleared once used. */
-	struct monitor_note *n = (mon & SP_MON_DROPS) ? monitor_note() : NULL;
+	struct monitor_note *n = monitor_note();
 	__u32 reason = n ? n->reason : 0;
 	int traced = mon & SP_MON_TRACE;
 	int dropped = reason || verdict == TC_ACT_SHOT;
@@ -339,7 +368,8 @@ __noinline int monitor_report(struct __sk_buff *skb, __u32 ifindex, __u32 hook, 
 	ev->hook = hook;
 	ev->verdict = verdict;
 	ev->reason = reason;
-	monitor_parse(skb, ev);
+	/* A drop the program answered with an ICMP error: the flow of the packet it quotes. */
+	monitor_parse(skb, ev, as_drop && verdict != TC_ACT_SHOT);
 	monitor_send(ev, m->rate);
 	return verdict;
 }
