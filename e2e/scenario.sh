@@ -135,11 +135,26 @@ if [[ ${SRV6PIPES_CLI:-} ]]; then
   cli stats -o json | jq -e '.unreachable == null and ([.sids[] | select(.pod == "default/e2e-fw" or .pod == "default/e2e-ids") | .packets]
     | length == 2 and all(. >= 20)) and ([.chains[] | select(.chain == "default/e2e")] | length == 1)' >/dev/null \
     || fail "srv6pipes stats: $(cli stats -o json)"
+  # The live monitor, streamed from the daemons through the API server: the chain's packets
+  # (traces), then a drop on one node (a pod addressing a SID: the closed domain).
+  monitor() { cli monitor "$@" --duration 30s -o json > "$t/monitor.json" 2> "$t/monitor.err" & mon=$!
+    for _ in $(seq 100); do grep -q "listening on" "$t/monitor.err" && break; sleep 0.1; done; }
+  monitor --type trace --chain e2e --count 3
+  ping_ok 3 || true
+  wait $mon || fail "srv6pipes monitor --type trace: $(cat "$t/monitor.err")"
+  jq -se 'length == 3 and all(.type == "trace" and .chain == "default/e2e")' "$t/monitor.json" >/dev/null \
+    || fail "srv6pipes monitor --type trace --chain e2e: $(cat "$t/monitor.json")"
+  decap=$(kubectl get nodesidtable "$n2" -o jsonpath='{.spec.decapSid}')
+  monitor --node "$n1" --count 1
+  ex e2e-client ping -6 -c 1 -W 1 "$decap" >/dev/null 2>&1 || true
+  wait $mon || fail "srv6pipes monitor --node $n1: $(cat "$t/monitor.err")"
+  jq -e --arg n1 "$n1" --arg sid "$decap" '.type == "drop" and .reason == "closed_domain" and .node == $n1 and .hook == "headend"
+    and .flow.dst == $sid' "$t/monitor.json" >/dev/null || fail "srv6pipes monitor --node $n1: $(cat "$t/monitor.json")"
   ! KUBECONFIG=$t/viewer kubectl delete servicechain e2e --dry-run=server >/dev/null 2>&1 || fail "the viewer may delete a chain"
   kubectl delete rolebinding -n "$ns" e2e-viewer >/dev/null
   kubectl delete clusterrolebinding e2e-viewer >/dev/null
   kubectl delete serviceaccount -n default e2e-viewer >/dev/null
-  ok "srv6pipes wait, chains, trace (sources, live counters of both hops and the decapsulation), stats against the cluster as a read-only viewer"
+  ok "srv6pipes wait, chains, trace (sources, live counters of both hops and the decapsulation), stats, monitor (the chain's traces, a drop) against the cluster as a read-only viewer"
 fi
 
 # Services beside the chain, through kube-proxy: from the client (selected, but the chain

@@ -42,6 +42,35 @@ pub struct Results {
     pub bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Events each attached monitor received over its scenario's trials.
+    pub monitor_events: BTreeMap<String, u64>,
+}
+
+/// A `srv6pipes monitor` attached to a lane's node daemon (its socket), draining the events as
+/// the CLI does; detached (the socket shut) when dropped, returning the events it counted.
+struct Subscriber {
+    socket: std::os::unix::net::UnixStream,
+    reader: std::thread::JoinHandle<u64>,
+}
+
+impl Subscriber {
+    fn attach(lane: &Lane, request: srv6::node_api::MonitorRequest) -> anyhow::Result<Self> {
+        use std::io::{BufRead, Write};
+        let path = lane.socket.as_ref().context("not an srv6pipes lane")?;
+        let mut socket = std::os::unix::net::UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
+        writeln!(socket, "{}", serde_json::to_string(&srv6::node_api::Request::Monitor(request))?)?;
+        let mut r = std::io::BufReader::new(socket.try_clone()?);
+        let mut first = String::new();
+        r.read_line(&mut first)?;
+        anyhow::ensure!(first.contains("\"ok\""), "{}: monitor refused: {first}", lane.name);
+        let reader = std::thread::spawn(move || r.lines().map_while(Result::ok).count() as u64);
+        Ok(Subscriber { socket, reader })
+    }
+
+    fn detach(self) -> u64 {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        self.reader.join().unwrap_or(0)
+    }
 }
 
 struct Scenario {
@@ -118,6 +147,7 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
         sid_packets: BTreeMap::new(),
         bpf_ns: BTreeMap::new(),
         scaling_bpf_ns: BTreeMap::new(),
+        monitor_events: BTreeMap::new(),
     };
     let cpu = plan.sut_cpu;
 
@@ -143,6 +173,18 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let mut age0 = b.lane("age0", Kind::Srv6pipes { ad_age_ms: 0 }, cpu)?;
     b.grow(&mut age0, 1)?;
     b.program(&age0, &[], &[], 0)?;
+    // The live monitor attached, against `end_ad` (detached): drop events (this traffic drops
+    // nothing: the cost of watching), and traces of 1 packet in 64 (the daemon's rate limit on).
+    let monitored = |b: &mut Bench, name: &str, traces: bool| -> anyhow::Result<(Lane, Subscriber)> {
+        let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+        b.grow(&mut lane, 1)?;
+        b.program(&lane, &[], &[], 0)?;
+        let request = srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
+        let sub = Subscriber::attach(&lane, request)?;
+        Ok((lane, sub))
+    };
+    let (mon_drops, drops_sub) = monitored(b, "mond", false)?;
+    let (mon_trace, trace_sub) = monitored(b, "mont", true)?;
 
     let main = vec![
         Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
@@ -172,6 +214,8 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
             dsts: vec![],
         },
         Scenario { key: "end_ad_age0".into(), path: with_expect(&age0, SINK_SID), frame: ad_frame(&age0, 0, 0)?, dsts: vec![] },
+        Scenario { key: "end_ad_monitor_drops".into(), path: with_expect(&mon_drops, SINK_SID), frame: ad_frame(&mon_drops, 0, 0)?, dsts: vec![] },
+        Scenario { key: "end_ad_monitor_trace".into(), path: with_expect(&mon_trace, SINK_SID), frame: ad_frame(&mon_trace, 0, 0)?, dsts: vec![] },
     ];
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
@@ -180,6 +224,8 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
         let ns = bpf_cost(b, s, plan.cost_pps, plan)?;
         res.bpf_ns.insert(s.key.clone(), ns);
     }
+    res.monitor_events.insert("drops".into(), drops_sub.detach());
+    res.monitor_events.insert("trace".into(), trace_sub.detach());
 
     // Segment list length: segments left after the proxy, 1 (the sink) to 6.
     let seg: Vec<Scenario> = plan

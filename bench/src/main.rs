@@ -270,6 +270,8 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         ("end_am/kernel_static_proxy", ratio(&p["end_am"], &p["kernel_static_proxy"])),
         ("kernel_static_proxy/plain", ratio(&p["kernel_static_proxy"], &p["plain"])),
         ("age0/age1", ratio(&p["end_ad_age0"], &p["end_ad"])),
+        ("monitor_drops/detached", ratio(&p["end_ad_monitor_drops"], &p["end_ad"])),
+        ("monitor_trace/detached", ratio(&p["end_ad_monitor_trace"], &p["end_ad"])),
         ("vnf_max/vnf_1", ratio(&dp.scaling[&max_point], &dp.scaling["1"])),
         ("tcp_chained/unchained", ratio(&tcp.chained_mbps, &tcp.unchained_mbps)),
     ]
@@ -319,6 +321,13 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             bound: 0.98,
             at_least: true,
             value: ratio(&p["end_ad_age0"], &p["end_ad"]),
+        },
+        Target {
+            name: "monitor_attached",
+            what: "End.AD, drop monitor attached ÷ detached".into(),
+            bound: 0.97,
+            at_least: true,
+            value: ratio(&p["end_ad_monitor_drops"], &p["end_ad"]),
         },
         Target { name: "cni_add_p99", what: "CNI ADD p99 (ms)".into(), bound: 20.0, at_least: false, value: stats::summarize(&[cni_p99]) },
         Target {
@@ -372,6 +381,13 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "kernel_vnf_scaling_kpps": medians(&dp.kernel_scaling),
         "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
         "age0_kpps": stats::median(&p["end_ad_age0"]),
+        "monitor_kpps": {
+            "detached": stats::median(&p["end_ad"]),
+            "drops": stats::median(&p["end_ad_monitor_drops"]),
+            "trace": stats::median(&p["end_ad_monitor_trace"]),
+        },
+        "monitor_events": dp.monitor_events,
+        "monitor_method": "End.AD with a srv6pipes monitor attached to the node daemon (draining its socket as the CLI does) against end_ad (no monitor), in the same turns: drops (the traffic drops nothing) and traces of 1 packet in 64 (the daemon's default rate limit, 1,000 events/s per CPU)",
         "age1_kpps": stats::median(&p["end_ad"]),
         "ipv4_inner_kpps": stats::median(&p["end_ad_ipv4"]),
         "seglist_kpps": medians(&dp.seglist),
