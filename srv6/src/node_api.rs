@@ -176,7 +176,7 @@ pub struct MonitorEvent {
     /// The (inner) packet's flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<MonitorFlow>,
-    /// The packet's length on the interface.
+    /// The packet's length on the interface (of a drop answered with an ICMP error: the error's).
     pub length: u32,
 }
 
