@@ -214,8 +214,18 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
             dsts: vec![],
         },
         Scenario { key: "end_ad_age0".into(), path: with_expect(&age0, SINK_SID), frame: ad_frame(&age0, 0, 0)?, dsts: vec![] },
-        Scenario { key: "end_ad_monitor_drops".into(), path: with_expect(&mon_drops, SINK_SID), frame: ad_frame(&mon_drops, 0, 0)?, dsts: vec![] },
-        Scenario { key: "end_ad_monitor_trace".into(), path: with_expect(&mon_trace, SINK_SID), frame: ad_frame(&mon_trace, 0, 0)?, dsts: vec![] },
+        Scenario {
+            key: "end_ad_monitor_drops".into(),
+            path: with_expect(&mon_drops, SINK_SID),
+            frame: ad_frame(&mon_drops, 0, 0)?,
+            dsts: vec![],
+        },
+        Scenario {
+            key: "end_ad_monitor_trace".into(),
+            path: with_expect(&mon_trace, SINK_SID),
+            frame: ad_frame(&mon_trace, 0, 0)?,
+            dsts: vec![],
+        },
     ];
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;

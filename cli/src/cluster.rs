@@ -190,39 +190,86 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// `srv6pipes monitor`: each daemon's `/monitor` stream (of `nodes`, or every node) through
-    /// the API server; its lines go to `lines` as `(node, line)` until the receiver is dropped.
-    /// Returns the nodes streaming, once each has answered.
-    pub fn monitor(
+    /// `srv6pipes monitor`: each daemon's `/monitor` stream (of `node`, or every node) through
+    /// the API server. Once every stream has answered (its first line, `{"result":"ok"}`),
+    /// `consume` gets their lines as `(node, line)` (an empty line: that node's stream ended)
+    /// and the nodes; the streams are read on a thread of their own, which drives this client's
+    /// runtime until `consume` returns.
+    pub fn monitor<T>(
         &self,
-        nodes: Option<&str>,
+        node: Option<&str>,
         request: &srv6::node_api::MonitorRequest,
-        lines: std::sync::mpsc::Sender<(String, String)>,
-    ) -> anyhow::Result<Vec<String>> {
-        use futures::{AsyncBufReadExt, StreamExt};
+        consume: impl FnOnce(&std::sync::mpsc::Receiver<(String, String)>, Vec<String>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let daemons = self.rt.block_on(self.daemon_pods())?;
-        let chosen: Vec<(&String, &Pod)> = daemons.iter().filter(|(n, _)| nodes.is_none_or(|x| x == n.as_str())).collect();
+        let chosen: Vec<(String, String)> = daemons
+            .iter()
+            .filter(|(n, _)| node.is_none_or(|x| x == n.as_str()))
+            .map(|(n, pod)| {
+                let uri =
+                    stats_uri(pod).map_err(|e| anyhow!(e))?.replace("/proxy/stats", &format!("/proxy/monitor?{}", request.to_query()));
+                Ok((n.clone(), uri))
+            })
+            .collect::<anyhow::Result<_>>()?;
         if chosen.is_empty() {
-            anyhow::bail!("no srv6pipes-node pod runs on {}", nodes.unwrap_or("any node"));
+            anyhow::bail!("no srv6pipes-node pod runs on {}", node.unwrap_or("any node"));
         }
-        let mut streaming = Vec::new();
-        for (node, pod) in chosen {
-            let uri = stats_uri(pod).map_err(|e| anyhow!(e))?.replace("/proxy/stats", &format!("/proxy/monitor?{}", request.to_query()));
+        let (lines, rx) = std::sync::mpsc::channel();
+        let (ready, opened) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(|| self.rt.block_on(self.stream_monitors(chosen, lines, ready, stopped)));
+            let nodes = opened.recv().unwrap_or_else(|_| Err(anyhow!("the monitor's streams ended")))?;
+            let result = consume(&rx, nodes);
+            let _ = stop.send(());
+            result
+        })
+    }
+
+    /// Opens every stream (telling `ready` the nodes, or the first failure), then sends their
+    /// lines until they all end or `stop`.
+    async fn stream_monitors(
+        &self,
+        chosen: Vec<(String, String)>,
+        lines: std::sync::mpsc::Sender<(String, String)>,
+        ready: std::sync::mpsc::Sender<anyhow::Result<Vec<String>>>,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        use futures::{AsyncBufReadExt, StreamExt};
+        let mut streams = Vec::new();
+        for (node, uri) in chosen {
             let request = http::Request::get(&uri).body(Vec::new()).expect("a GET request");
-            let body = self.rt.block_on(self.client.request_stream(request)).with_context(|| format!("node {node}: {uri}"))?;
-            let (node, lines) = (node.clone(), lines.clone());
-            streaming.push(node.clone());
-            self.rt.spawn(async move {
-                let mut body = Box::pin(body).lines();
+            let opened = async {
+                let mut body = Box::pin(self.client.request_stream(request).await?).lines();
+                match body.next().await {
+                    Some(Ok(first)) if first.contains("\"ok\"") => Ok(body),
+                    other => Err(anyhow!("unexpected answer {other:?} (a daemon older than this CLI?)")),
+                }
+            };
+            match opened.await {
+                Ok(body) => streams.push((node, body)),
+                Err(e) => {
+                    let _ = ready.send(Err(e.context(format!("node {node}: {uri}"))));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(streams.iter().map(|(n, _)| n.clone()).collect()));
+        let pumps = streams.into_iter().map(|(node, mut body)| {
+            let lines = lines.clone();
+            async move {
                 while let Some(Ok(line)) = body.next().await {
                     if lines.send((node.clone(), line)).is_err() {
                         return;
                     }
                 }
                 let _ = lines.send((node, String::new()));
-            });
+            }
+        });
+        tokio::select! {
+            _ = futures::future::join_all(pumps) => {}
+            _ = stop => {}
         }
-        Ok(streaming)
     }
 }
 

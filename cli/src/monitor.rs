@@ -67,14 +67,19 @@ pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
         chain,
         sample: a.sample,
     };
-    let (tx, rx) = mpsc::channel();
-    // The cluster's runtime must outlive the streams.
-    let (nodes, _cluster) = match &scope {
-        Scope::Lab(which) => (lab_streams(&crate::lab::node_sockets(which)?, a.node.as_deref(), &request, tx)?, None),
-        Scope::Cluster(c) => (c.monitor(a.node.as_deref(), &request, tx)?, Some(c)),
-    };
-    eprintln!("srv6pipes monitor: listening on {} (Ctrl-C to stop)", nodes.join(", "));
-    print_events(&rx, nodes.len(), a)
+    let listening = |nodes: &[String]| eprintln!("srv6pipes monitor: listening on {} (Ctrl-C to stop)", nodes.join(", "));
+    match &scope {
+        Scope::Lab(which) => {
+            let (tx, rx) = mpsc::channel();
+            let nodes = lab_streams(&crate::lab::node_sockets(which)?, a.node.as_deref(), &request, tx)?;
+            listening(&nodes);
+            print_events(&rx, nodes.len(), a)
+        }
+        Scope::Cluster(c) => c.monitor(a.node.as_deref(), &request, |rx, nodes| {
+            listening(&nodes);
+            print_events(rx, nodes.len(), a)
+        }),
+    }
 }
 
 /// Prints events until --count or --duration, or until every stream ended (an error).

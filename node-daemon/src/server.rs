@@ -47,7 +47,7 @@ impl Late {
     /// GET `target` on the health listener: /healthz, /readyz, /stats (the node's counters as
     /// JSON, `srv6::node_api::NodeStats`: what `srv6pipes trace` and `stats` read through the
     /// API server's pods/proxy) and /monitor (`srv6pipes monitor`'s stream of events, one JSON
-    /// line each, `?type=drop,trace&chain=NS/NAME&sample=N`).
+    /// line each after `{"result":"ok"}`, `?type=drop,trace&chain=NS/NAME&sample=N`).
     pub async fn answer(&self, target: &str, health: &Health) -> Answer {
         let (path, query) = srv6pipes_probe::split_target(target);
         match (path, self.0.get()) {
@@ -68,6 +68,10 @@ fn monitor_lines(shared: &Shared, query: &str) -> Answer {
     match shared.monitor.subscribe(request) {
         Ok(sub) => {
             let (tx, rx) = tokio::sync::mpsc::channel(256);
+            // As on the socket: `ok` first (it also gets the headers through a proxy that holds
+            // them until the body starts), then the events.
+            let ok = serde_json::to_string(&Response::Ok).expect("serializable") + "\n";
+            tx.try_send(ok).expect("room in a fresh channel");
             tokio::spawn(sub.forward(tx));
             Answer::Lines(rx)
         }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use srv6::compiler::{self, ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
+use srv6::compiler::{ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
 use srv6::node_api::{NodeProgram, NodeSids, Peer};
 use srv6::sid::Locator;
 use srv6pipes_crds::{NodeProgramSlice, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
 
 /// `namespace/name` of a chain, as the compiler's tables name it.
-pub type ChainKey = (String, String);
+pub use srv6::plan::ChainKey;
 
 /// What the whole cluster should look like after one compilation.
 #[derive(Debug, Clone, Default)]
@@ -131,25 +131,9 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
     let live: Vec<(ChainKey, &ServiceChain)> =
         chains.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(|c| (key_of(c), *c)).collect();
     let refs: Vec<ChainRef> = live.iter().map(|((ns, name), c)| ChainRef { namespace: ns, name, spec: &c.spec }).collect();
-    let compiled = compiler::compile(&world, &refs);
-    for (node, tables) in compiled.nodes {
-        for chain in tables
-            .headends
-            .iter()
-            .map(|h| &h.chain)
-            .chain(tables.proxies.iter().map(|s| &s.chain))
-            .chain(tables.decaps.iter().map(|s| &s.chain))
-        {
-            if let Some((ns, name)) = chain.split_once('/') {
-                out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
-            }
-        }
-        let program = NodeProgram { tables, peers: peers.iter().filter(|p| p.node != node).cloned().collect() };
-        out.programs.insert(node, Arc::new(program));
-    }
-    for v in compiled.chains {
-        out.verdicts.insert((v.namespace.clone(), v.name.clone()), v);
-    }
+    let planned = srv6::plan::plan(&world, &peers, &refs);
+    out.programs = planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect();
+    (out.verdicts, out.chain_nodes) = (planned.verdicts, planned.chain_nodes);
     out
 }
 

@@ -8,6 +8,7 @@ pub mod compiler;
 pub mod flow;
 pub mod node_api;
 pub mod pipes;
+pub mod plan;
 pub mod selector;
 pub mod sid;
 pub mod slices;

@@ -265,7 +265,7 @@ impl Attachment {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeProgram {
     pub tables: NodeTables,
     /// Other nodes: their locators are routed via their underlay addresses.

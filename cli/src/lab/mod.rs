@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use srv6::compiler::{self, ChainRef, NodeInfo, PodInfo, World};
-use srv6::node_api::{self, NodeProgram, NodeSids, NodeStats, Peer, Request, Response};
+use srv6::compiler::{ChainRef, NodeInfo, PodInfo, World};
+use srv6::node_api::{self, NodeSids, NodeStats, Peer, Request, Response};
 
 use crate::view::{self, Registration, View, ViewNode, ViewPod};
 use manifest::{LabNode, LabPod, Manifest};

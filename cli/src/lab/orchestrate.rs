@@ -431,30 +431,25 @@ pub(super) fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
             spec: &c.spec,
         })
         .collect();
-    let compiled = compiler::compile(&world, &chains);
+    let peers: Vec<Peer> = st.nodes.iter().map(|p| Peer { node: p.name.clone(), locator: p.locator, underlay: p.underlay6 }).collect();
+    let planned = srv6::plan::plan(&world, &peers, &chains);
     for n in &st.nodes {
-        let tables = compiled.nodes.get(&n.name).cloned().unwrap_or_default();
-        let peers = st
-            .nodes
-            .iter()
-            .filter(|p| p.name != n.name)
-            .map(|p| Peer { node: p.name.clone(), locator: p.locator, underlay: p.underlay6 })
-            .collect();
-        node_api::call(&n.socket, &Request::Program(NodeProgram { tables, peers }), DAEMON_TIMEOUT)
-            .with_context(|| format!("program node {}", n.name))?;
+        let program = planned.programs.get(&n.name).cloned().unwrap_or_default();
+        node_api::call(&n.socket, &Request::Program(program), DAEMON_TIMEOUT).with_context(|| format!("program node {}", n.name))?;
     }
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     for c in &mut st.chains {
-        let v = compiled
-            .chains
-            .iter()
-            .find(|v| Some(&v.name) == c.metadata.name.as_ref() && Some(&v.namespace) == c.metadata.namespace.as_ref())
-            .expect("compiled every chain");
+        let key = (c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default());
+        let v = planned.verdicts.get(&key).expect("compiled every chain");
         c.status = Some(v.status(c.metadata.generation, now.clone()));
     }
     st.save(dir)?;
-    let failed: Vec<String> =
-        compiled.chains.iter().filter(|v| !v.ready).map(|v| format!("{}/{}: {:?}: {}", v.namespace, v.name, v.reason, v.message)).collect();
+    let failed: Vec<String> = planned
+        .verdicts
+        .values()
+        .filter(|v| !v.ready)
+        .map(|v| format!("{}/{}: {:?}: {}", v.namespace, v.name, v.reason, v.message))
+        .collect();
     if !failed.is_empty() {
         bail!("chains not programmed:\n  {}", failed.join("\n  "));
     }

@@ -1,0 +1,63 @@
+//! One planning step shared by the operator and the lab: every chain compiled against the world,
+//! then each node's program (its tables and its peers' locator routes) and the nodes each chain
+//! touches. The operator builds the world from the API server's objects (`operator/src/world.rs`),
+//! the lab from its state (`cli/src/lab/orchestrate.rs`); both program the nodes with this.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::compiler::{self, ChainRef, ChainVerdict, World};
+use crate::node_api::{NodeProgram, Peer};
+
+/// `namespace/name` of a chain.
+pub type ChainKey = (String, String);
+
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    /// Every node of the world's program.
+    pub programs: BTreeMap<String, NodeProgram>,
+    /// Every chain's verdict.
+    pub verdicts: BTreeMap<ChainKey, ChainVerdict>,
+    /// The nodes each chain's tables touch.
+    pub chain_nodes: BTreeMap<ChainKey, BTreeSet<String>>,
+}
+
+/// Compiles `chains` against `world`; each node's program has every peer but itself.
+pub fn plan(world: &World, peers: &[Peer], chains: &[ChainRef<'_>]) -> Planned {
+    let compiled = compiler::compile(world, chains);
+    let mut out = Planned::default();
+    for (node, tables) in compiled.nodes {
+        let t = &tables;
+        for chain in t.headends.iter().map(|h| &h.chain).chain(t.proxies.iter().chain(&t.decaps).map(|s| &s.chain)) {
+            if let Some((ns, name)) = chain.split_once('/') {
+                out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
+            }
+        }
+        let program = NodeProgram { tables, peers: peers.iter().filter(|p| p.node != node).cloned().collect() };
+        out.programs.insert(node, program);
+    }
+    out.verdicts = compiled.chains.into_iter().map(|v| ((v.namespace.clone(), v.name.clone()), v)).collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::NodeInfo;
+
+    #[test]
+    fn each_node_gets_its_program_and_the_other_nodes_as_peers() {
+        let node =
+            |name: &str, i: u16| NodeInfo { name: name.into(), locator: format!("fcbb:bb00:{i}::/48").parse().unwrap(), pod_cidrs: vec![] };
+        let world = World { nodes: vec![node("a", 1), node("b", 2)], ..Default::default() };
+        let peer = |name: &str, i: u16| Peer {
+            node: name.into(),
+            locator: format!("fcbb:bb00:{i}::/48").parse().unwrap(),
+            underlay: format!("fd00::{i}").parse().unwrap(),
+        };
+        let planned = plan(&world, &[peer("a", 1), peer("b", 2)], &[]);
+        assert_eq!(planned.programs.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(planned.programs["a"].peers, vec![peer("b", 2)], "a's peers: b only");
+        assert_eq!(planned.programs["b"].peers, vec![peer("a", 1)]);
+        assert!(planned.verdicts.is_empty() && planned.chain_nodes.is_empty());
+    }
+}
