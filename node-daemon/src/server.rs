@@ -65,18 +65,20 @@ fn monitor_lines(shared: &Shared, query: &str) -> Answer {
         Ok(r) => r,
         Err(e) => return Reply { status: 400, body: format!("{e}\n") }.into(),
     };
-    match shared.monitor.subscribe(request) {
-        Ok(sub) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            // As on the socket: `ok` first (it also gets the headers through a proxy that holds
-            // them until the body starts), then the events.
-            let ok = serde_json::to_string(&Response::Ok).expect("serializable") + "\n";
-            tx.try_send(ok).expect("room in a fresh channel");
-            tokio::spawn(sub.forward(tx));
-            Answer::Lines(rx)
-        }
+    match monitor_stream(shared, request) {
+        Ok(lines) => Answer::Lines(lines),
         Err(e) => Reply { status: 500, body: format!("{e:#}\n") }.into(),
     }
+}
+
+/// A monitor's lines, on the socket as on /monitor: `{"result":"ok"}` first (which also gets
+/// the headers through a proxy that holds them until the body starts), then its events.
+fn monitor_stream(shared: &Shared, request: srv6::node_api::MonitorRequest) -> anyhow::Result<tokio::sync::mpsc::Receiver<String>> {
+    let sub = shared.monitor.subscribe(request)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tx.try_send(serde_json::to_string(&Response::Ok)? + "\n").expect("room in a fresh channel");
+    tokio::spawn(sub.forward(tx));
+    Ok(rx)
 }
 
 async fn stats_reply(shared: &Shared) -> Reply {
@@ -354,33 +356,14 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
 async fn monitor_connection(
     shared: &Shared,
     request: srv6::node_api::MonitorRequest,
-    mut r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    r: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut w: tokio::net::unix::OwnedWriteHalf,
 ) -> anyhow::Result<()> {
-    let sub = match shared.monitor.subscribe(request) {
-        Ok(s) => s,
+    match monitor_stream(shared, request) {
+        Ok(lines) => Ok(srv6pipes_probe::relay_lines(r, &mut w, lines).await?),
         Err(e) => {
             let resp = Response::Error { message: format!("{e:#}") };
-            w.write_all(format!("{}\n", serde_json::to_string(&resp)?).as_bytes()).await?;
-            return Ok(());
-        }
-    };
-    w.write_all(format!("{}\n", serde_json::to_string(&Response::Ok)?).as_bytes()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(sub.forward(tx));
-    let mut sink = Vec::new();
-    loop {
-        tokio::select! {
-            line = rx.recv() => match line {
-                Some(line) => w.write_all(line.as_bytes()).await?,
-                None => return Ok(()),
-            },
-            read = r.read_until(b'\n', &mut sink) => {
-                if read? == 0 {
-                    return Ok(());
-                }
-                sink.clear();
-            }
+            Ok(w.write_all(format!("{}\n", serde_json::to_string(&resp)?).as_bytes()).await?)
         }
     }
 }

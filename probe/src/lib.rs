@@ -154,11 +154,21 @@ where
 /// Sends `lines` as they come, until they end or the client closes its side (what it sends after
 /// the request line is read and dropped).
 async fn stream_lines(
-    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
-    mut lines: tokio::sync::mpsc::Receiver<String>,
+    lines: tokio::sync::mpsc::Receiver<String>,
 ) -> std::io::Result<()> {
     w.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n").await?;
+    relay_lines(r, w, lines).await
+}
+
+/// Writes `lines` to `w` as they come, until they end or the peer closes its side of `r` (what
+/// it sends is read and dropped): a stream of events over any connection.
+pub async fn relay_lines<R, W>(mut r: R, w: &mut W, mut lines: tokio::sync::mpsc::Receiver<String>) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut sink = Vec::new();
     loop {
         tokio::select! {
