@@ -173,18 +173,19 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let mut age0 = b.lane("age0", Kind::Srv6pipes { ad_age_ms: 0 }, cpu)?;
     b.grow(&mut age0, 1)?;
     b.program(&age0, &[], &[], 0)?;
-    // The live monitor attached, against `end_ad` (detached): drop events (this traffic drops
-    // nothing: the cost of watching), and traces of 1 packet in 64 (the daemon's rate limit on).
-    let monitored = |b: &mut Bench, name: &str, traces: bool| -> anyhow::Result<(Lane, Subscriber)> {
+    // The live monitor attached against detached: drop events (this traffic drops nothing: the
+    // cost of watching), and traces of 1 packet in 64 (the daemon's rate limit on).
+    // Three lanes alike (one End.AD VNF each), so that only the monitor differs.
+    let one_vnf = |b: &mut Bench, name: &str| -> anyhow::Result<Lane> {
         let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
         b.grow(&mut lane, 1)?;
         b.program(&lane, &[], &[], 0)?;
-        let request = srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
-        let sub = Subscriber::attach(&lane, request)?;
-        Ok((lane, sub))
+        Ok(lane)
     };
-    let (mon_drops, drops_sub) = monitored(b, "mond", false)?;
-    let (mon_trace, trace_sub) = monitored(b, "mont", true)?;
+    let mon_none = one_vnf(b, "mon0")?;
+    let (mon_drops, mon_trace) = (one_vnf(b, "mond")?, one_vnf(b, "mont")?);
+    let watch = |traces: bool| srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
+    let (drops_sub, trace_sub) = (Subscriber::attach(&mon_drops, watch(false))?, Subscriber::attach(&mon_trace, watch(true))?);
 
     let main = vec![
         Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
@@ -214,6 +215,12 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
             dsts: vec![],
         },
         Scenario { key: "end_ad_age0".into(), path: with_expect(&age0, SINK_SID), frame: ad_frame(&age0, 0, 0)?, dsts: vec![] },
+        Scenario {
+            key: "end_ad_monitor_none".into(),
+            path: with_expect(&mon_none, SINK_SID),
+            frame: ad_frame(&mon_none, 0, 0)?,
+            dsts: vec![],
+        },
         Scenario {
             key: "end_ad_monitor_drops".into(),
             path: with_expect(&mon_drops, SINK_SID),

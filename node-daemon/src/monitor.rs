@@ -140,9 +140,22 @@ pub fn config_for<'a>(subscribers: impl Iterator<Item = &'a MonitorRequest>, rat
 
 /// The subscribers and the datapath's configuration for them.
 pub struct Hub {
-    control: Mutex<(Monitor, HashMap<u64, MonitorRequest>, u64)>,
+    control: Mutex<Control>,
     events: broadcast::Sender<Arc<MonitorEvent>>,
     rate: u32,
+}
+
+/// The handle that configures the datapath, and for whom.
+struct Control {
+    monitor: Monitor,
+    subscribers: HashMap<u64, MonitorRequest>,
+    last_id: u64,
+}
+
+impl Control {
+    fn reconfigure(&mut self, rate: u32) -> anyhow::Result<()> {
+        Ok(self.monitor.configure(config_for(self.subscribers.values(), rate))?)
+    }
 }
 
 /// A subscriber's events; unsubscribes when dropped.
@@ -165,7 +178,8 @@ impl Hub {
         control.configure(MonitorConfig::default())?;
         let reader = Monitor::open(pin_dir)?;
         let (events, _) = broadcast::channel(4096);
-        let hub = Arc::new(Hub { control: Mutex::new((control, HashMap::new(), 0)), events: events.clone(), rate });
+        let control = Control { monitor: control, subscribers: HashMap::new(), last_id: 0 };
+        let hub = Arc::new(Hub { control: Mutex::new(control), events: events.clone(), rate });
         tokio::spawn(read(reader, events, names));
         Ok(hub)
     }
@@ -174,11 +188,10 @@ impl Hub {
         let events = self.events.subscribe();
         let id = {
             let mut c = self.control.lock().expect("not poisoned");
-            c.2 += 1;
-            let id = c.2;
-            c.1.insert(id, request.clone());
-            let cfg = config_for(c.1.values(), self.rate);
-            c.0.configure(cfg)?;
+            c.last_id += 1;
+            let id = c.last_id;
+            c.subscribers.insert(id, request.clone());
+            c.reconfigure(self.rate)?;
             id
         };
         Ok(Subscription { hub: self.clone(), id, request, events })
@@ -188,9 +201,8 @@ impl Hub {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut c = self.hub.control.lock().expect("not poisoned");
-        c.1.remove(&self.id);
-        let cfg = config_for(c.1.values(), self.hub.rate);
-        if let Err(e) = c.0.configure(cfg) {
+        c.subscribers.remove(&self.id);
+        if let Err(e) = c.reconfigure(self.hub.rate) {
             warn!(error = %e, "reconfiguring the monitor failed");
         }
     }
@@ -235,13 +247,13 @@ where
             Err(e) => return warn!(error = %e, "polling the monitor's ring buffer failed"),
         };
         let records: Vec<MonitorRecord> = std::iter::from_fn(|| guard.get_inner_mut().read()).take(4096).collect();
-        if records.len() < 4096 {
-            guard.clear_ready();
-        }
-        drop(guard);
+        // Not ready any more only once a read found the ring empty: the kernel wakes a reader
+        // that has caught up, and an event committed since is caught by the next read.
         if records.is_empty() {
+            guard.clear_ready();
             continue;
         }
+        drop(guard);
         let current = match &named {
             Some((at, n)) if at.elapsed() < Duration::from_secs(1) => n.clone(),
             _ => {
