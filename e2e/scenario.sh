@@ -194,6 +194,47 @@ flow_done "DaemonSet pod $old deleted with its Role gone (403: not an uninstall)
 (( $(rx e2e-fw) - fw0 >= 750 )) || fail "the flow was not steered through fw during the restart"
 kubectl create -f "$t/node-rbac.json" >/dev/null
 
+# An upgrade from a release before slices, whose operator wrote each node's whole program as one
+# NodeProgram. That cluster's state is made from this one: the operator stopped, each node's
+# slices merged into its NodeProgram and deleted (the daemons fall back to it), the daemons
+# restarted on the NodeProgram alone (as the new release's daemons start). Then the operator
+# starts under the steady flow: it writes slices, the daemons move to them, and it deletes the
+# NodePrograms once their daemons report on slice 0; no packet may be lost on the way.
+fw0=$(rx e2e-fw)
+flow 4000
+sleep 2
+replicas=$(kubectl -n "$ns" get deployment/srv6pipes-operator -o jsonpath='{.spec.replicas}')
+kubectl -n "$ns" scale deployment/srv6pipes-operator --replicas=0 >/dev/null
+kubectl -n "$ns" wait --for=delete pod -l app.kubernetes.io/component=operator --timeout=60s >/dev/null 2>&1 || true
+for n in "$n1" "$n2"; do
+  kubectl get nodeprogramslices -l "srv6pipes.io/node=$n" -o json | jq --arg n "$n" '{
+    apiVersion: "srv6pipes.io/v1alpha1", kind: "NodeProgram", metadata: {name: $n},
+    spec: {tables: (reduce .items[].spec.tables as $s ({}; reduce ($s | to_entries[]) as $e (.; .[$e.key] += $e.value))),
+           peers: ([.items[] | select(.metadata.name == "\($n).0") | .spec.peers // []] | add // [])}}' > "$t/legacy-$n.json"
+  jq -e '.spec.tables.headends + .spec.tables.proxies + .spec.tables.decaps | length > 0' "$t/legacy-$n.json" >/dev/null \
+    || fail "$n's slices hold none of chain e2e's entries: $(cat "$t/legacy-$n.json")"
+  kubectl create -f "$t/legacy-$n.json" >/dev/null
+  kubectl delete nodeprogramslices -l "srv6pipes.io/node=$n" --wait=true >/dev/null
+done
+legacy_reported() { # NODE: its daemon programmed its NodeProgram and said so
+  [[ $(kubectl get nodeprogram "$1" -o jsonpath='{.status.observedGeneration}/{.metadata.generation}/{.status.conditions[?(@.type=="Programmed")].status}' 2>/dev/null) == 1/1/True ]]; }
+for i in $(seq 60); do legacy_reported "$n1" && legacy_reported "$n2" && break; sleep 0.5; done
+legacy_reported "$n1" && legacy_reported "$n2" || fail "the daemons did not program their NodeProgram: $(kubectl get nodeprogram -o yaml)"
+kubectl -n "$ns" rollout restart daemonset/srv6pipes-node >/dev/null
+kubectl -n "$ns" rollout status daemonset/srv6pipes-node --timeout=120s >/dev/null
+kubectl -n "$ns" scale deployment/srv6pipes-operator --replicas="$replicas" >/dev/null
+for i in $(seq 120); do [[ -z $(kubectl get nodeprograms -o name) ]] && break; sleep 0.5; done
+[[ -z $(kubectl get nodeprograms -o name) ]] || fail "the operator kept the NodePrograms: $(kubectl get nodeprograms,nodeprogramslices -o yaml)"
+for n in "$n1" "$n2"; do
+  kubectl get nodeprogramslice "$n.0" -o json | jq -e '.status.observedGeneration == .metadata.generation and
+    (.spec.tables.headends + .spec.tables.proxies + .spec.tables.decaps | length > 0)' >/dev/null \
+    || fail "$n did not move to its slices: $(kubectl get nodeprogramslice "$n.0" -o yaml)"
+done
+kill -0 "$(cat "$t/flow.pid")" 2>/dev/null || fail "the steady flow ended before the upgrade from NodeProgram did (lengthen it)"
+flow_done "upgrade from the pre-slice NodeProgram (operator stopped, daemons restarted on it, slices back)"
+(( $(rx e2e-fw) - fw0 >= 4000 )) || fail "the flow was not steered through fw during the upgrade from NodeProgram"
+kubectl wait --for=condition=Ready servicechain/e2e --timeout=30s >/dev/null || fail "chain e2e not Ready after the move to slices"
+
 if ((${#redeploy[@]})); then
   flow 1500
   sleep 2

@@ -12,7 +12,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use ipnet::Ipv6Net;
@@ -110,9 +110,39 @@ type Split = (Arc<Program>, Arc<Slices>);
 /// A compiled plan and what it was compiled from.
 struct CachedPlan {
     version: u64,
-    started: std::time::Instant,
-    took: Duration,
+    budget: Budget,
     plan: Arc<Plan>,
+}
+
+/// Compilation time the operator may spend while the world keeps changing: earned by the time
+/// between compilations, spent by each one, saved up to two compilations' worth while quiet.
+/// Under a stream of changes (chains created by the thousand), compiling thus takes at most
+/// half a core; a lone change after a quiet spell (a chain deleted, then another created)
+/// compiles at once instead of waiting out the previous compilation's pause.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Nanoseconds of compilation allowed when the last one ended (negative: owed).
+    credit: i128,
+    /// When the last compilation ended.
+    at: Instant,
+    /// How long it took.
+    took: Duration,
+}
+
+impl Budget {
+    fn after(previous: Option<Budget>, took: Duration, now: Instant) -> Budget {
+        let saved = previous.map_or(0, |b| b.credit_at(now - took));
+        Budget { credit: saved - took.as_nanos() as i128, at: now, took }
+    }
+
+    fn credit_at(&self, now: Instant) -> i128 {
+        (self.credit + now.saturating_duration_since(self.at).as_nanos() as i128).min(2 * self.took.as_nanos() as i128)
+    }
+
+    /// How long until the next compilation may start (zero: now).
+    fn wait(&self, now: Instant) -> Duration {
+        Duration::from_nanos((-self.credit_at(now)).max(0) as u64)
+    }
 }
 
 /// Runs CPU-heavy `f` (a compilation of every chain, a split) without holding up the other
@@ -129,7 +159,7 @@ pub struct Ctx {
     pub stores: Stores,
     pub config: Config,
     world: watch::Receiver<u64>,
-    /// The last plan: its world version, when its compilation started and how long it took.
+    /// The last plan: its world version and the compilation budget left.
     cache: Mutex<Option<CachedPlan>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     pub(crate) publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
@@ -167,32 +197,31 @@ impl Ctx {
         self.fence.check().map_err(Error::Fenced)
     }
 
-    /// The plan for the current world version, compiled at most once per version. While the
-    /// world keeps changing (chains created by the thousand) and unless `fresh`, a plan is
-    /// compiled again only once twice its compilation time has passed since it started, so
-    /// compiling takes at most about a third of a core whatever the rate of changes (a small
-    /// world, compiled in a millisecond, is always fresh). The second value says the plan is
-    /// older than the world, and when to look again.
+    /// The plan for the current world version, compiled at most once per version, and unless
+    /// `fresh` only as the compilation [`Budget`] allows (a small world, compiled in a
+    /// millisecond, is always fresh). The second value says the plan is older than the world,
+    /// and when to look again.
     pub(crate) fn plan(&self, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
         cpu(|| {
             let version = *self.world.borrow();
             let mut cache = self.cache.lock().expect("plan cache");
             if let Some(c) = cache.as_ref() {
-                let again = (c.took * 2).saturating_sub(c.started.elapsed());
                 if c.version == version {
                     return (c.plan.clone(), None);
                 }
+                let again = c.budget.wait(Instant::now());
                 if !fresh && !again.is_zero() {
                     return (c.plan.clone(), Some(again));
                 }
             }
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let plan = Arc::new(self.compile(None));
             let took = started.elapsed();
             crate::metrics::METRICS.compile.observe(took.as_secs_f64());
             crate::metrics::planned(&plan);
             debug!(world = version, chains = self.stores.chains.state().len(), ms = took.as_secs_f64() * 1000.0, "compiled");
-            *cache = Some(CachedPlan { version, started, took, plan: plan.clone() });
+            let budget = Budget::after(cache.as_ref().map(|c| c.budget), took, Instant::now());
+            *cache = Some(CachedPlan { version, budget, plan: plan.clone() });
             (plan, None)
         })
     }
@@ -512,14 +541,8 @@ pub async fn mirror<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen = Seen::default();
     let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let fingerprint = |k: &K| {
-        let mut h = DefaultHasher::new();
-        relevant(k).hash(&mut h);
-        h.finish()
-    };
-    let key = |k: &K| format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any());
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(e) => e.modify(slim),
@@ -529,15 +552,7 @@ pub async fn mirror<K>(
             }
         };
         writer.apply_watcher_event(&event);
-        let changed = match &event {
-            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
-                let f = fingerprint(k);
-                seen.insert(key(k), f) != Some(f)
-            }
-            watcher::Event::Delete(k) => seen.remove(&key(k)).is_some(),
-            watcher::Event::Init => false,
-            watcher::Event::InitDone => true,
-        };
+        let changed = seen.changed(&event, relevant);
         if changed && !matches!(event, watcher::Event::InitApply(_)) {
             world.send_modify(|v| *v += 1);
         }
@@ -547,12 +562,42 @@ pub async fn mirror<K>(
     }
 }
 
-/// What the compiler reads of each kind.
+/// What the compiler last read of each object of a kind, by `namespace/name`: a fingerprint of
+/// what `relevant` renders, None for an object the compiler leaves out (a chain being deleted),
+/// whose removal then changes nothing.
+#[derive(Default)]
+struct Seen(HashMap<String, Option<u64>>);
+
+impl Seen {
+    /// Whether `event` changes what the compiler reads.
+    fn changed<K: Resource>(&mut self, event: &watcher::Event<K>, relevant: fn(&K) -> String) -> bool {
+        let key = |k: &K| format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any());
+        match event {
+            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
+                let what = relevant(k);
+                let mut h = DefaultHasher::new();
+                what.hash(&mut h);
+                let f = (!what.is_empty()).then(|| h.finish());
+                self.0.insert(key(k), f) != Some(f)
+            }
+            watcher::Event::Delete(k) => self.0.remove(&key(k)).is_some_and(|f| f.is_some()),
+            watcher::Event::Init => false,
+            watcher::Event::InitDone => true,
+        }
+    }
+}
+
+/// What the compiler reads of each kind; nothing (empty) for an object it leaves out.
 pub mod relevant {
     use super::*;
 
+    /// A chain being deleted is left out of the compilation: once its deletion has started, its
+    /// finalizer's removal (and the chain's) changes nothing the compiler reads.
     pub fn chain(c: &ServiceChain) -> String {
-        format!("{:?}{:?}{:?}", c.metadata.uid, c.metadata.generation, c.metadata.deletion_timestamp.is_some())
+        if c.metadata.deletion_timestamp.is_some() {
+            return String::new();
+        }
+        format!("{:?}{:?}", c.metadata.uid, c.metadata.generation)
     }
     pub fn pod(p: &Pod) -> String {
         format!("{:?}", world::pod_info(p))
@@ -1220,5 +1265,51 @@ mod tests {
         answer_all(&mut handle, 2).await;
         task.await.unwrap().unwrap();
         assert!(ctx.publisher.failures().is_empty());
+    }
+
+    #[test]
+    fn a_chain_changes_the_world_until_its_deletion_starts() {
+        let mut seen = Seen::default();
+        let mut changed = |e: watcher::Event<ServiceChain>| seen.changed(&e, relevant::chain);
+        let mut c = chain();
+        assert!(changed(watcher::Event::Apply(c.clone())), "a new chain");
+        assert!(!changed(watcher::Event::Apply(c.clone())), "the same chain again (its status, its finalizer)");
+        c.metadata.generation = Some(3);
+        assert!(changed(watcher::Event::Apply(c.clone())), "a new spec");
+        c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert!(changed(watcher::Event::Apply(c.clone())), "its deletion starts: it leaves the compilation");
+        c.metadata.finalizers = None;
+        assert!(!changed(watcher::Event::Apply(c.clone())), "its finalizer goes");
+        assert!(!changed(watcher::Event::Delete(c.clone())), "then the chain: the compiler had left it out already");
+        let live = chain();
+        assert!(changed(watcher::Event::Apply(live.clone())));
+        assert!(changed(watcher::Event::Delete(live)), "a live chain deleted at once (no finalizer) leaves the world");
+    }
+
+    #[test]
+    fn compilations_wait_for_their_budget_unless_saved_while_quiet() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // The first compilation (400 ms) owes its time: the next waits 400 ms after it.
+        let b = Budget::after(None, ms(400), t0 + ms(400));
+        assert_eq!(b.wait(t0 + ms(400)), ms(400));
+        assert_eq!(b.wait(t0 + ms(700)), ms(100));
+        assert_eq!(b.wait(t0 + ms(800)), Duration::ZERO);
+        // Quiet for long: two compilations' worth saved, no more; two run back to back.
+        let quiet = t0 + Duration::from_secs(60);
+        let b = Budget::after(Some(b), ms(400), quiet + ms(400));
+        assert_eq!(b.wait(quiet + ms(400)), Duration::ZERO, "a lone change after a quiet spell compiles at once");
+        let b = Budget::after(Some(b), ms(400), quiet + ms(800));
+        assert_eq!(b.wait(quiet + ms(800)), Duration::ZERO);
+        let b = Budget::after(Some(b), ms(400), quiet + ms(1200));
+        assert_eq!(b.wait(quiet + ms(1200)), ms(400), "a third back to back waits: half a core under a stream of changes");
+        // A stream of changes: compiling 400 ms in every 800.
+        let mut b = b;
+        let mut now = quiet + ms(1200);
+        for _ in 0..10 {
+            now += b.wait(now) + ms(400);
+            b = Budget::after(Some(b), ms(400), now);
+        }
+        assert_eq!(now - (quiet + ms(1200)), ms(8000));
     }
 }
