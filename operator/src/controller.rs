@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::lease::Fence;
-use crate::publisher::{Publisher, Slices, Want};
+use crate::publisher::{Publisher, Slice, Slices, Want};
 use crate::slim;
 use crate::world::{self, Plan};
 
@@ -104,8 +104,12 @@ impl Stores {
     }
 }
 
-/// A node's program and the slices it was split into.
-type Split = (Arc<Program>, Arc<Slices>);
+/// A node's last program, its splitter and the slices it was split into.
+struct Split {
+    program: Arc<Program>,
+    splitter: slices::Splitter,
+    slices: Arc<Slices>,
+}
 
 /// A compiled plan and what it was compiled from.
 struct CachedPlan {
@@ -289,28 +293,33 @@ impl Ctx {
     /// operator last split it, or as the mirror has them after a restart).
     fn slices_of(&self, node: &str, program: &Arc<Program>, known: &BTreeMap<String, Arc<NodeProgramSlice>>) -> Arc<Slices> {
         let mut split = self.split.lock().expect("split");
-        if let Some((p, s)) = split.get_mut(node) {
-            if Arc::ptr_eq(p, program) {
-                return s.clone();
+        if let Some(s) = split.get_mut(node) {
+            if Arc::ptr_eq(&s.program, program) {
+                return s.slices.clone();
             }
-            if **p == **program {
+            if *s.program == **program {
                 // The same program in a new plan: compared once, not on every publication of
                 // that plan (each reconcile publishes; 1,000 nodes made that most of the CPU).
-                *p = program.clone();
-                return s.clone();
+                s.program = program.clone();
+                return s.slices.clone();
             }
         }
-        let previous: slices::Assignment = match split.get(node) {
-            Some((_, s)) => {
-                s.iter().filter_map(|(name, spec)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(spec)))).collect()
-            }
-            None => {
-                known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec)))).collect()
-            }
-        };
-        let out = Arc::new(slices::split_specs(node, program, &previous));
-        split.insert(node.to_string(), (program.clone(), out.clone()));
-        out
+        let s = split.entry(node.to_string()).or_insert_with(|| {
+            let known = known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec))));
+            Split { program: program.clone(), splitter: slices::Splitter::seeded(known.collect()), slices: Default::default() }
+        });
+        // A slice whose spec the splitter kept keeps its digest too.
+        let specs = s.splitter.split_specs(node, program);
+        let out: Slices = specs
+            .into_iter()
+            .map(|(name, spec)| {
+                let kept = s.slices.get(&name).filter(|k| Arc::ptr_eq(&k.spec, &spec)).cloned();
+                (name, kept.unwrap_or_else(|| Arc::new(Slice::new(spec))))
+            })
+            .collect();
+        s.program = program.clone();
+        s.slices = Arc::new(out);
+        s.slices.clone()
     }
 
     /// Hands every node whose slices differ from what it has to its writer and waits (at most

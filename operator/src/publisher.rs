@@ -51,7 +51,27 @@ pub const WRITES_IN_FLIGHT: usize = 16;
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 
 /// A node's slices as the operator wants them, by object name.
-pub type Slices = BTreeMap<String, NodeProgramSliceSpec>;
+pub type Slices = BTreeMap<String, Arc<Slice>>;
+
+/// One slice as the operator wants it: its spec, and the spec's digest, which is what writes
+/// and comparisons look at (computed once per spec built, not per publication).
+#[derive(Debug)]
+pub struct Slice {
+    pub spec: Arc<NodeProgramSliceSpec>,
+    pub digest: String,
+}
+
+impl Slice {
+    pub fn new(spec: Arc<NodeProgramSliceSpec>) -> Self {
+        Slice { digest: slim::spec_digest(&spec), spec }
+    }
+}
+
+impl PartialEq for Slice {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
 
 /// What a node's writer is asked to do.
 pub struct Want {
@@ -238,10 +258,10 @@ impl Shared {
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), String> {
         let chains = |s: Option<&NodeProgramSliceSpec>| s.map(srv6::slices::chains_of_spec).unwrap_or_default();
         let mut writes = Vec::new();
-        for (name, spec) in want.slices.iter() {
+        for (name, slice) in want.slices.iter() {
             let known = self.known(name, want.known.get(name));
-            let digest = slim::spec_digest(spec);
-            if known.as_ref().is_some_and(|k| slim::digest_of(k) == digest) {
+            let (spec, digest) = (&*slice.spec, &slice.digest);
+            if known.as_ref().is_some_and(|k| slim::digest_of(k) == *digest) {
                 continue;
             }
             let before = chains(known.as_ref().map(|k| &k.spec));
@@ -253,7 +273,7 @@ impl Shared {
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         for (_, name, spec, digest, resource_version) in writes {
             let mut written =
-                self.write(name, spec, &digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+                self.write(name, spec, digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
             slim::slice(&mut written);
             self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
         }
