@@ -4,7 +4,7 @@
 //! chain and the reconciles of the chains it touched — not a reconcile of every chain (each
 //! of them publishing and writing status) as `reconcile_all_on` did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,20 +37,52 @@ impl Ctx {
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let before = previous.filter(|(p, f)| p.node_problems == plan.node_problems && *f == failures).map(|(p, _)| p);
-        let unchanged = |key: &world::ChainKey| {
-            before.is_some_and(|b| b.verdicts.get(key) == plan.verdicts.get(key) && b.chain_nodes.get(key) == plan.chain_nodes.get(key))
-        };
         let changed = cpu(|| {
-            let chains = self.stores.chains.state();
-            chains
+            let candidates: Vec<Arc<ServiceChain>> = match before {
+                // Only the chains whose verdict or nodes differ from the previous round's.
+                Some(b) => {
+                    let keys: BTreeSet<&world::ChainKey> =
+                        differing(&b.verdicts, &plan.verdicts).into_iter().chain(differing(&b.chain_nodes, &plan.chain_nodes)).collect();
+                    keys.into_iter().filter_map(|(ns, name)| self.stores.chains.get(&ObjectRef::new(name).within(ns))).collect()
+                }
+                None => self.stores.chains.state(),
+            };
+            candidates
                 .iter()
-                .filter(|c| c.metadata.deletion_timestamp.is_none() && !unchanged(&world::key_of(c)))
+                .filter(|c| c.metadata.deletion_timestamp.is_none())
                 .filter(|c| world::chain_status(&plan, &failures, c, now.clone()).is_some_and(|status| c.status.as_ref() != Some(&status)))
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         });
         debug!(chains = changed.len(), stale = stale.is_some(), "planned");
         (changed, stale, (plan, failures))
+    }
+}
+
+/// The keys whose values differ between `a` and `b` (in one only, or unequal), in order: one
+/// walk of both (a lookup of each key of one in the other compared 10,000 chains' keys
+/// n log n times per round).
+fn differing<'m, K: Ord, V: PartialEq>(a: &'m BTreeMap<K, V>, b: &'m BTreeMap<K, V>) -> Vec<&'m K> {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    let mut out = Vec::new();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => out.extend(a.next().map(|(k, _)| k)),
+            Ordering::Greater => out.extend(b.next().map(|(k, _)| k)),
+            Ordering::Equal => {
+                let ((k, va), (_, vb)) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                if va != vb {
+                    out.push(k);
+                }
+            }
+        }
     }
 }
 
@@ -88,4 +120,19 @@ pub fn planner(ctx: Arc<Ctx>, mut world: watch::Receiver<u64>) -> impl Stream<It
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_keys_are_those_in_one_map_only_or_with_other_values() {
+        let a: BTreeMap<&str, u8> = [("a", 1), ("b", 2), ("d", 4), ("e", 5)].into();
+        let b: BTreeMap<&str, u8> = [("b", 2), ("c", 3), ("d", 40), ("f", 6)].into();
+        let keys: Vec<&str> = differing(&a, &b).into_iter().copied().collect();
+        assert_eq!(keys, ["a", "c", "d", "e", "f"]);
+        assert!(differing(&a, &a).is_empty());
+        assert_eq!(differing(&BTreeMap::new(), &b).len(), 4);
+    }
 }

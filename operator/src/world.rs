@@ -67,8 +67,14 @@ pub fn slice_failure(s: &NodeProgramSlice) -> Option<String> {
 
 /// By namespace and name.
 fn sorted<K: ResourceExt>(mut v: Vec<&K>) -> Vec<&K> {
-    v.sort_by_cached_key(|o| (o.namespace().unwrap_or_default(), o.name_any()));
+    v.sort_unstable_by(|a, b| namespaced_name(*a).cmp(&namespaced_name(*b)));
     v
+}
+
+/// An object's namespace and name, borrowed.
+fn namespaced_name<K: ResourceExt>(o: &K) -> (&str, &str) {
+    let m = o.meta();
+    (m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default())
 }
 
 pub fn key_of(chain: &ServiceChain) -> ChainKey {
@@ -128,9 +134,14 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
             out.node_problems.insert(s.spec.node.clone(), e);
         }
     }
-    let live: Vec<(ChainKey, &ServiceChain)> =
-        chains.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(|c| (key_of(c), *c)).collect();
-    let refs: Vec<ChainRef> = live.iter().map(|((ns, name), c)| ChainRef { namespace: ns, name, spec: &c.spec }).collect();
+    let refs: Vec<ChainRef> = chains
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| {
+            let (namespace, name) = namespaced_name(*c);
+            ChainRef { namespace, name, spec: &c.spec }
+        })
+        .collect();
     let planned = srv6::plan::plan(&world, &peers, &refs);
     out.programs = planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect();
     (out.verdicts, out.chain_nodes) = (planned.verdicts, planned.chain_nodes);
