@@ -395,6 +395,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
         "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
+        "dataplane_failures": dp.failures,
         "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });

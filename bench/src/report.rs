@@ -135,6 +135,9 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
             let _ = writeln!(md, "| {k} | {} |", progs.join(", "));
         }
     }
+    for failure in r["dataplane_failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "\nFailed trial: {}", failure.as_str().unwrap_or_default());
+    }
     for (title, s) in sweeps {
         let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
         let mut keys: Vec<&String> = s.keys().collect();
