@@ -572,8 +572,8 @@ pub async fn mirror<K>(
 }
 
 /// What the compiler last read of each object of a kind, by `namespace/name`: a fingerprint of
-/// what `relevant` renders, None for an object the compiler leaves out (a chain being deleted),
-/// whose removal then changes nothing.
+/// what `relevant` renders, None for an object the compiler leaves out (a chain being deleted,
+/// a slice that reports nothing it reads), whose arrival or removal then changes nothing.
 #[derive(Default)]
 struct Seen(HashMap<String, Option<u64>>);
 
@@ -587,7 +587,7 @@ impl Seen {
                 let mut h = DefaultHasher::new();
                 what.hash(&mut h);
                 let f = (!what.is_empty()).then(|| h.finish());
-                self.0.insert(key(k), f) != Some(f)
+                self.0.insert(key(k), f).flatten() != f
             }
             watcher::Event::Delete(k) => self.0.remove(&key(k)).is_some_and(|f| f.is_some()),
             watcher::Event::Init => false,
@@ -617,9 +617,16 @@ pub mod relevant {
     pub fn table(t: &NodeSidTable) -> String {
         format!("{:?}", t.spec)
     }
-    /// A daemon's failure, and its first report (the pre-slice program can go then).
+    /// A daemon's failure; and of a node's slice 0, its first report (the pre-slice program
+    /// can go then). Nothing else: the operator writing a slice, or a daemon reporting success
+    /// on it, is not a change to compile again for (it was one per change of a chain).
     pub fn slice(s: &NodeProgramSlice) -> String {
-        format!("{:?}{:?}{}", world::slice_failure(s), s.metadata.uid, s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()))
+        let failure = world::slice_failure(s);
+        if slices::slice_index(&s.spec.node, &s.name_any()) == Some(0) {
+            let reported = s.status.as_ref().is_some_and(|st| st.observed_generation.is_some());
+            return format!("{failure:?}{:?}{reported}", s.metadata.uid);
+        }
+        failure.map(|f| format!("{f:?}")).unwrap_or_default()
     }
     pub fn program(p: &NodeProgram) -> String {
         format!("{:?}", p.metadata.uid)
@@ -1293,6 +1300,40 @@ mod tests {
         let live = chain();
         assert!(changed(watcher::Event::Apply(live.clone())));
         assert!(changed(watcher::Event::Delete(live)), "a live chain deleted at once (no finalizer) leaves the world");
+    }
+
+    #[test]
+    fn a_slice_changes_the_world_by_its_failures_and_slice_0_by_its_first_report() {
+        let mut seen = Seen::default();
+        let mut changed = |e: watcher::Event<NodeProgramSlice>| seen.changed(&e, relevant::slice);
+        let slice = |name: &str, generation: i64, reported: Option<(i64, &str, &str)>| NodeProgramSlice {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                generation: Some(generation),
+                ..Default::default()
+            },
+            spec: srv6pipes_crds::NodeProgramSliceSpec { node: "n1".into(), ..Default::default() },
+            status: reported.map(|(observed, status, message)| srv6pipes_crds::NodeProgramStatus {
+                observed_generation: Some(observed),
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Programmed".into(),
+                    status: status.into(),
+                    reason: "Test".into(),
+                    message: message.into(),
+                    last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+                    observed_generation: Some(observed),
+                }],
+            }),
+        };
+        assert!(!changed(watcher::Event::Apply(slice("n1.7", 1, None))), "the operator writes a new slice");
+        assert!(!changed(watcher::Event::Apply(slice("n1.7", 1, Some((1, "True", ""))))), "the daemon programmed it");
+        assert!(changed(watcher::Event::Apply(slice("n1.7", 2, Some((2, "False", "no uplink"))))), "the daemon failed");
+        assert!(changed(watcher::Event::Apply(slice("n1.7", 3, Some((3, "True", ""))))), "and heals");
+        assert!(!changed(watcher::Event::Delete(slice("n1.7", 3, Some((3, "True", ""))))), "the operator deletes it");
+        assert!(changed(watcher::Event::Apply(slice("n1.0", 1, None))), "slice 0: the pre-slice program's hand-over");
+        assert!(changed(watcher::Event::Apply(slice("n1.0", 1, Some((1, "True", ""))))), "slice 0's first report");
+        assert!(!changed(watcher::Event::Apply(slice("n1.0", 2, Some((2, "True", ""))))), "later reports");
     }
 
     #[test]

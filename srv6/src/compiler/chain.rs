@@ -14,7 +14,7 @@ use super::claims::{Claims, Clash};
 use super::index::Index;
 use super::{
     owner_of, parse_destinations, parse_ports, proto_number, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables, PodInfo, Reason,
-    SidRegistration, SidUse, World,
+    SidRegistration, SidUse,
 };
 use crate::pipes::{self, Pipeline};
 use crate::sid::Sid;
@@ -95,7 +95,7 @@ fn compile_into(
     // (Inserted SRHs end at the destination itself: the last proxy pops them.)
     let last_node = hops.last().map(|h| h.replicas[0].1.node.as_str());
     let decap_node = owner_of(world, &checked.destinations).map(String::as_str).or(last_node);
-    let decap = decap_node.and_then(|d| world.nodes.iter().find(|n| n.name == d)).map(|n| n.locator.decap_sid());
+    let decap = decap_node.and_then(|d| world.node(d)).map(|n| n.locator.decap_sid());
     let decap = match (decap_node, decap) {
         _ if insert || dropping => None,
         (Some(n), Some(d)) => Some((n.to_string(), d)),
@@ -257,7 +257,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
     for h in &mut hops {
         if let Some(p) = &h.pipeline {
             for r in &mut h.replicas {
-                let loc = world.nodes.iter().find(|n| n.name == r.1.node).map(|n| n.locator);
+                let loc = world.node(&r.1.node).map(|n| n.locator);
                 let loc = loc.ok_or_else(|| (Reason::SidPending, format!("node {} has no locator", r.1.node)))?;
                 r.0 = p.sid(&loc, r.2.sid).map_err(|m| (Reason::Unsupported, format!("{}/{}: {m}", r.1.namespace, r.1.name)))?;
             }
@@ -459,7 +459,7 @@ impl Rules<'_, '_> {
     /// ports as source ports; they end at the source's node, decapsulated. They sit at the
     /// destinations' nodes (all the hops) and at each stream proxy's interface (what it relays
     /// back: the hops before it). Returns the rules' count and the decapsulation SIDs needed.
-    fn backward(&self, world: &World, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
+    fn backward(&self, world: &Index<'_>, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
         let symmetric = self.c.spec.symmetric;
         let streams = self.hops.iter().any(|h| h.pipeline.is_some());
         if self.dropping || !(symmetric || streams) {
@@ -483,7 +483,7 @@ impl Rules<'_, '_> {
         for dpod in targets {
             for dip in dpod.ips.iter().copied().filter(|ip| self.destinations.iter().any(|d| d.contains(ip))) {
                 for src in sources.iter().filter(|p| p.ready) {
-                    let Some(src_loc) = world.nodes.iter().find(|n| n.name == src.node).map(|n| n.locator) else { continue };
+                    let Some(src_loc) = world.node(&src.node).map(|n| n.locator) else { continue };
                     let back_decap = (!self.checked.insert).then(|| src_loc.decap_sid());
                     for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && self.allowed(ip)) {
                         let with_decap = |mut h: Vec<Vec<Sid>>| {
@@ -533,7 +533,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use srv6pipes_crds::{Function, Match, ServiceChainSpec, Sources, StreamDirection, StreamFunction};
 
-    use super::super::{compile, NodeInfo};
+    use super::super::{compile, NodeInfo, World};
     use super::*;
 
     fn sel(k: &str, v: &str) -> LabelSelector {

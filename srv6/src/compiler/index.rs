@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{PodInfo, SidRegistration, World};
+use super::{NodeInfo, PodInfo, SidRegistration, World};
 use crate::selector;
 
 pub(super) struct Index<'w> {
@@ -18,6 +18,8 @@ pub(super) struct Index<'w> {
     by_label: HashMap<(&'w str, &'w str, &'w str), Vec<&'w PodInfo>>,
     /// By (node, namespace, pod): the registration of the pod's first interface by name.
     registrations: HashMap<(&'w str, &'w str, &'w str), &'w SidRegistration>,
+    /// By name (the first of a name).
+    nodes: HashMap<&'w str, &'w NodeInfo>,
 }
 
 impl<'w> Index<'w> {
@@ -41,7 +43,11 @@ impl<'w> Index<'w> {
                 })
                 .or_insert(r);
         }
-        Index { world, by_namespace, by_label, registrations }
+        let mut nodes = HashMap::new();
+        for n in &world.nodes {
+            nodes.entry(n.name.as_str()).or_insert(n);
+        }
+        Index { world, by_namespace, by_label, registrations, nodes }
     }
 
     /// The pods of `namespace` that `sel` selects, by name. A selector with `matchLabels`
@@ -65,6 +71,11 @@ impl<'w> Index<'w> {
         }
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(pods)
+    }
+
+    /// The node named `name`.
+    pub(super) fn node(&self, name: &str) -> Option<&'w NodeInfo> {
+        self.nodes.get(name).copied()
     }
 
     /// The SID of the pod's first registered interface (by name).
