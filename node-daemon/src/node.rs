@@ -67,7 +67,9 @@ struct Installed {
     vnf_flags: BTreeMap<u32, u32>,
     /// End.AM: pod addresses admitted as sources of inserted SRHs.
     insert_sources: BTreeSet<Ipv6Net>,
-    policies: BTreeSet<u32>,
+    /// Policy id -> a digest of what was written (`policy_digest`; None: found in the map at a
+    /// restart, written again by the first program); a policy written as wanted is skipped.
+    policies: BTreeMap<u32, Option<u64>>,
     headend_ifaces: BTreeSet<String>,
     decaps: BTreeSet<Sid>,
     peer_routes: BTreeMap<Ipv6Net, Ipv6Addr>,
@@ -137,7 +139,7 @@ impl Node {
             as_returns: dp.as_returns()?.into_iter().collect(),
             vnf_flags: dp.vnf_flags()?.into_iter().collect(),
             insert_sources: dp.insert_sources()?.into_iter().collect(),
-            policies: dp.policy_ids()?.into_iter().collect(),
+            policies: dp.policy_ids()?.into_iter().map(|id| (id, None)).collect(),
             headend_ifaces: dp.attached().filter(|(h, _)| *h == Hook::Headend).map(|(_, i)| i.to_string()).collect(),
             decaps: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_DT46).map(|(s, _)| Sid(*s)).collect(),
             streams: sids.iter().filter(|(_, e)| e.behavior == BEHAVIOR_END_STREAM).map(|(s, _)| Sid(*s)).collect(),

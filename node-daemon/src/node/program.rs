@@ -162,23 +162,6 @@ fn class_of(c: u32) -> u32 {
     c & !CLASS_SRC_PORTS
 }
 
-/// The first of `n` class ids that no installed class uses: above every id in use, or, when
-/// that would reach the flag bit, the lowest gap wide enough.
-pub(super) fn class_base(used: &BTreeSet<u32>, n: u32) -> u32 {
-    let above = used.last().map_or(1, |u| u + 1);
-    if above.checked_add(n).is_some_and(|end| end < CLASS_SRC_PORTS) {
-        return above;
-    }
-    let mut start = 1;
-    for &u in used {
-        if u >= start + n {
-            break;
-        }
-        start = u + 1;
-    }
-    start
-}
-
 /// The classifier of `rules` with its classes numbered from `base`.
 pub(super) fn classifier(rules: &[classifier::Rule<u32>], base: u32) -> Classifier {
     let t = classifier::build(rules);
@@ -195,8 +178,91 @@ pub(super) fn classifier(rules: &[classifier::Rule<u32>], base: u32) -> Classifi
 }
 
 /// The number of classes of a classifier.
+#[cfg(test)]
 fn classes(c: &Classifier) -> BTreeSet<u32> {
     c.rules.values().map(|c| class_of(*c)).collect()
+}
+
+/// What a class steers by, apart from its id: whether its rules match source ports, its
+/// stage-2 entries (source-port ones flagged) and its fragment entries.
+type Content = (bool, Vec<((bool, Option<u8>, u16, u8), L4Target)>, Vec<(Option<u8>, u32)>);
+
+/// Each class's content, by class id (without the flag).
+fn contents(c: &Classifier) -> BTreeMap<u32, Content> {
+    let mut out: BTreeMap<u32, Content> = BTreeMap::new();
+    for &class in c.rules.values() {
+        out.entry(class_of(class)).or_default().0 |= class & CLASS_SRC_PORTS != 0;
+    }
+    for (&(class, proto, port, len), &target) in &c.l4 {
+        out.entry(class_of(class)).or_default().1.push(((class & CLASS_SRC_PORTS != 0, proto, port, len), target));
+    }
+    for (&(class, proto), &policy) in &c.frags {
+        out.entry(class_of(class)).or_default().2.push((proto, policy));
+    }
+    out
+}
+
+/// `probe` (classes numbered from 1) renumbered against what is installed: each class whose
+/// content an installed class has keeps that class (the one its rules point at, when it can),
+/// and the others get ids no installed entry uses. Returns the renumbered classifier and its
+/// fresh classes, the only ones whose stage-2 and fragment entries must be written: a change to
+/// one chain of 10,000 writes its own class and rule, not every class and rule again.
+pub(super) fn reuse_classes(installed: &Classifier, probe: &Classifier) -> (Classifier, BTreeSet<u32>) {
+    let have = contents(installed);
+    let mut by_content: BTreeMap<&Content, Vec<u32>> = BTreeMap::new();
+    for (id, content) in &have {
+        by_content.entry(content).or_default().push(*id);
+    }
+    let want = contents(probe);
+    let mut ids: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    // First the class a rule of the probe class points at now, if it holds the same.
+    for (key, &class) in &probe.rules {
+        let (c, now) = (class_of(class), installed.rules.get(key).map(|i| class_of(*i)));
+        if let Some(now) = now.filter(|n| !ids.contains_key(&c) && !taken.contains(n) && have.get(n) == want.get(&c)) {
+            ids.insert(c, now);
+            taken.insert(now);
+        }
+    }
+    // Then any installed class of the same content; else a fresh id.
+    let used: BTreeSet<u32> = installed
+        .rules
+        .values()
+        .chain(installed.l4.keys().map(|k| &k.0))
+        .chain(installed.frags.keys().map(|k| &k.0))
+        .map(|c| class_of(*c))
+        .collect();
+    let mut fresh = BTreeSet::new();
+    let mut next = 1;
+    for (c, content) in &want {
+        if ids.contains_key(c) {
+            continue;
+        }
+        let same = by_content.get_mut(content).and_then(|v| {
+            while let Some(i) = v.pop() {
+                if !taken.contains(&i) {
+                    return Some(i);
+                }
+            }
+            None
+        });
+        let id = same.unwrap_or_else(|| {
+            while used.contains(&next) || taken.contains(&next) {
+                next += 1;
+            }
+            fresh.insert(next);
+            next
+        });
+        taken.insert(id);
+        ids.insert(*c, id);
+    }
+    let id = |class: u32| ids[&class_of(class)] | (class & CLASS_SRC_PORTS);
+    let renumbered = Classifier {
+        rules: probe.rules.iter().map(|(k, c)| (*k, id(*c))).collect(),
+        l4: probe.l4.iter().map(|(&(c, p, port, len), t)| ((id(c), p, port, len), *t)).collect(),
+        frags: probe.frags.iter().map(|(&(c, p), t)| ((id(c), p), *t)).collect(),
+    };
+    (renumbered, fresh)
 }
 
 /// Whether two classifiers steer alike: the same rules, whose classes hold the same entries,
@@ -219,6 +285,16 @@ pub(super) fn same_steering(a: &Classifier, b: &Classifier) -> bool {
     let l4: Option<BTreeMap<_, _>> = a.l4.iter().map(|(&(c, p, port, len), t)| Some(((tr(c)?, p, port, len), *t))).collect();
     let frags: Option<BTreeMap<_, _>> = a.frags.iter().map(|(&(c, p), t)| Some(((tr(c)?, p), *t))).collect();
     l4.as_ref() == Some(&b.l4) && frags.as_ref() == Some(&b.frags)
+}
+
+/// What a policy was written with: its header, and through its key its flags and its hops'
+/// replica tables (all of them functions of the key).
+fn policy_digest(key: &PolicyKey, header: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    header.hash(&mut h);
+    (key.drop, key.insert, &key.replicas).hash(&mut h);
+    h.finish()
 }
 
 /// Runs one step; a failure is recorded (with what it was) and the apply goes on.
@@ -425,11 +501,15 @@ impl Node {
         Err(anyhow!("{} step(s) failed, the next program retries them: {}", errs.len(), shown.join("; ")))
     }
 
-    /// Sets every wanted policy (hop tables first, so a policy never points at a missing one);
-    /// returns the ids that failed.
+    /// Sets every wanted policy that is not installed as it is wanted (hop tables first, so a
+    /// policy never points at a missing one); returns the ids that failed.
     fn apply_policies(&mut self, d: &Desired, errs: &mut Vec<anyhow::Error>) -> BTreeSet<u32> {
         let mut failed = BTreeSet::new();
         for (key, id, header) in &d.policies {
+            let written = policy_digest(key, header);
+            if self.installed.policies.get(id) == Some(&Some(written)) {
+                continue;
+            }
             let mut flags = if key.drop { POLICY_DROP } else { 0 } | if key.insert { POLICY_INSERT } else { 0 };
             let mut ok = true;
             for (hop, replicas) in key.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1) {
@@ -438,7 +518,7 @@ impl Node {
                 flags |= 1 << hop;
             }
             if ok && step(errs, self.datapath.set_policy(*id, header, flags), || format!("chain {}: policy {id}", key.chain)) {
-                self.installed.policies.insert(*id);
+                self.installed.policies.insert(*id, Some(written));
             } else {
                 failed.insert(*id);
             }
@@ -446,9 +526,10 @@ impl Node {
         failed
     }
 
-    /// Installs the new classifier when it steers differently: stage 2 and fragments of fresh
-    /// classes, then each stage-1 rule switches to its class if that class is complete, then
-    /// the entries of classes no rule points at go.
+    /// Installs the new classifier when it steers differently: the classes it shares with what
+    /// is installed are kept as they are; stage 2 and fragments of its fresh classes are
+    /// written, then each stage-1 rule that changes switches to its class if that class is
+    /// complete, then the entries of classes no rule points at go.
     fn apply_classifier(&mut self, d: &Desired, failed_policies: &BTreeSet<u32>, errs: &mut Vec<anyhow::Error>) {
         let installed =
             Classifier { rules: self.installed.rules.clone(), l4: self.installed.l4.clone(), frags: self.installed.frags.clone() };
@@ -456,18 +537,13 @@ impl Node {
         if same_steering(&installed, &probe) {
             return;
         }
-        let used: BTreeSet<u32> = installed
-            .rules
-            .values()
-            .chain(installed.frags.keys().map(|k| &k.0))
-            .chain(installed.l4.keys().map(|k| &k.0))
-            .map(|c| class_of(*c))
-            .collect();
-        let new = classifier(&d.classify, class_base(&used, classes(&probe).len() as u32));
+        let (new, fresh) = reuse_classes(&installed, &probe);
         let mut broken: BTreeSet<u32> = BTreeSet::new();
+        // A class whose policy failed is incomplete, fresh or kept (its rules stay as they are).
         for (&(class, proto, port, len), &target) in &new.l4 {
             if failed_policies.contains(&target.policy) {
                 broken.insert(class_of(class));
+            } else if !fresh.contains(&class_of(class)) {
             } else if step(errs, self.datapath.set_l4_rule(class, proto, port, len, target), || format!("class {class} port {port}")) {
                 self.installed.l4.insert((class, proto, port, len), target);
             } else {
@@ -477,13 +553,16 @@ impl Node {
         for (&(class, proto), &policy) in &new.frags {
             if failed_policies.contains(&policy) {
                 broken.insert(class_of(class));
+            } else if !fresh.contains(&class_of(class)) {
             } else if step(errs, self.datapath.set_frag_rule(class, proto, policy), || format!("class {class} fragments")) {
                 self.installed.frags.insert((class, proto), policy);
             } else {
                 broken.insert(class_of(class));
             }
         }
-        for (&(oif, dst), &class) in &new.rules {
+        let changed: Vec<((u32, IpNet), u32)> =
+            new.rules.iter().filter(|(k, c)| self.installed.rules.get(k) != Some(c)).map(|(k, c)| (*k, *c)).collect();
+        for ((oif, dst), class) in changed {
             if broken.contains(&class_of(class)) {
                 warn!(node = %self.name, ifindex = oif, destination = %dst, "rule kept on the previous program: its new class is incomplete");
             } else if step(errs, self.datapath.set_headend_rule(oif, dst, class), || format!("rule {dst} on ifindex {oif}")) {
@@ -527,7 +606,9 @@ impl Node {
         let gone = |set: &BTreeSet<u32>| -> Vec<u32> {
             set.iter().filter(|id| !wanted.contains(id) && !referenced.contains(id)).copied().collect()
         };
-        let (policies, ifaces): (Vec<u32>, Vec<String>) = (gone(&i.policies), i.headend_ifaces.difference(&d.ifaces).cloned().collect());
+        let installed_policies: BTreeSet<u32> = i.policies.keys().copied().collect();
+        let (policies, ifaces): (Vec<u32>, Vec<String>) =
+            (gone(&installed_policies), i.headend_ifaces.difference(&d.ifaces).cloned().collect());
         let decaps: Vec<Sid> = i.decaps.difference(&d.decaps).copied().collect();
         let as_returns: Vec<(u32, u32)> = i.as_returns.keys().filter(|k| !d.as_returns.contains_key(k)).copied().collect();
         let vnf_flags: Vec<u32> = i.vnf_flags.keys().filter(|k| !d.vnf_flags.contains_key(k)).copied().collect();
@@ -581,18 +662,82 @@ mod tests {
         }
     }
 
+    /// Installs what `apply_classifier` writes of `new` (its fresh classes' entries, the rules
+    /// that change) and removes what it removes; returns the number of writes.
+    fn install(installed: &mut Classifier, new: &Classifier, fresh: &BTreeSet<u32>) -> usize {
+        let mut writes = 0;
+        for (k, t) in new.l4.iter().filter(|(k, _)| fresh.contains(&class_of(k.0))) {
+            writes += usize::from(installed.l4.insert(*k, *t).is_none());
+        }
+        for (k, t) in new.frags.iter().filter(|(k, _)| fresh.contains(&class_of(k.0))) {
+            writes += usize::from(installed.frags.insert(*k, *t).is_none());
+        }
+        for (k, c) in &new.rules {
+            writes += usize::from(installed.rules.insert(*k, *c) != Some(*c));
+        }
+        installed.rules.retain(|k, _| new.rules.contains_key(k));
+        let live: BTreeSet<u32> = installed.rules.values().map(|c| class_of(*c)).collect();
+        installed.l4.retain(|k, _| live.contains(&class_of(k.0)));
+        installed.frags.retain(|k, _| live.contains(&class_of(k.0)));
+        writes
+    }
+
     #[test]
-    fn new_classes_never_reuse_an_installed_id() {
-        assert_eq!(class_base(&BTreeSet::new(), 5), 1);
-        assert_eq!(class_base(&[1, 2, 3].into(), 3), 4, "above what is in use");
-        let top = CLASS_SRC_PORTS - 1;
-        // Near the flag bit: the lowest gap wide enough.
-        assert_eq!(class_base(&[3, 4, top - 2].into(), 2), 1);
-        assert_eq!(class_base(&[2, 5, top - 2].into(), 2), 3);
-        assert_eq!(class_base(&[2, 4, top - 2].into(), 2), 5);
-        let used: BTreeSet<u32> = [7, 8, 9].into();
-        let base = class_base(&used, 4);
-        assert!((base..base + 4).all(|c| !used.contains(&c)));
+    fn a_new_classifier_keeps_the_installed_classes_it_shares_and_numbers_the_rest_afresh() {
+        // A random walk of rule sets (overlapping prefixes, ports, priorities, two sources).
+        let mut rng = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut rules: Vec<classifier::Rule<u32>> = Vec::new();
+        let mut installed = Classifier::default();
+        for round in 0..200 {
+            for _ in 0..1 + next(3) {
+                if next(3) == 0 && !rules.is_empty() {
+                    rules.remove(next(rules.len() as u64) as usize);
+                } else {
+                    let dst = match next(3) {
+                        0 => format!("fd00:{:x}::/32", next(3)),
+                        _ => format!("fd00:{:x}:{:x}::/48", next(3), next(6)),
+                    };
+                    let mut r = rule(3 + next(2) as u32, &dst, (next(2) == 0).then(|| 80 + next(3) as u16), 1 + next(5) as usize);
+                    r.priority = next(3) as i32;
+                    rules.retain(|o| (o.source, o.destination, &o.ports) != (r.source, r.destination, &r.ports));
+                    rules.push(r);
+                }
+            }
+            let probe = classifier(&rules, 1);
+            let (new, fresh) = reuse_classes(&installed, &probe);
+            assert!(same_steering(&new, &probe), "round {round}: renumbered, it steers as built");
+            let before = contents(&installed);
+            for (class, content) in contents(&new) {
+                match before.get(&class) {
+                    // Never an id that an installed entry uses, even a dead one.
+                    _ if fresh.contains(&class) => assert!(!before.contains_key(&class), "round {round}: fresh {class} in use"),
+                    Some(had) => assert_eq!(*had, content, "round {round}: class {class} kept with other entries"),
+                    None => panic!("round {round}: class {class} is neither fresh nor installed"),
+                }
+            }
+            install(&mut installed, &new, &fresh);
+            assert!(same_steering(&installed, &probe), "round {round}: installed, it steers as built");
+        }
+        // 200 rules, each a prefix of its own: one more writes its class and its rule.
+        let rules: Vec<_> = (0..200).map(|i| rule(3, &format!("fd00:99:{i:x}::/64"), None, i + 1)).collect();
+        let mut installed = Classifier::default();
+        let (new, fresh) = reuse_classes(&installed, &classifier(&rules, 1));
+        assert_eq!(install(&mut installed, &new, &fresh), 600, "the first program writes everything (stage 2, fragments, rules)");
+        let mut more = rules.clone();
+        more.push(rule(3, "fd00:99:ffff::/64", None, 999));
+        let (new, fresh) = reuse_classes(&installed, &classifier(&more, 1));
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(install(&mut installed, &new, &fresh), 3, "one stage-2 entry, one fragment entry, one rule");
+        let (new, fresh) = reuse_classes(&installed, &classifier(&rules, 1));
+        assert!(fresh.is_empty());
+        assert_eq!(install(&mut installed, &new, &fresh), 0, "removing it writes nothing (it deletes)");
+        assert_eq!(installed.rules.len(), 200);
     }
 
     #[test]
