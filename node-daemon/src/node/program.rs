@@ -539,25 +539,28 @@ impl Node {
         }
         let (new, fresh) = reuse_classes(&installed, &probe);
         let mut broken: BTreeSet<u32> = BTreeSet::new();
-        // A class whose policy failed is incomplete, fresh or kept (its rules stay as they are).
+        // A class whose policy failed is incomplete, fresh or kept (its rules stay as they are);
+        // only fresh classes' entries are written.
         for (&(class, proto, port, len), &target) in &new.l4 {
             if failed_policies.contains(&target.policy) {
                 broken.insert(class_of(class));
-            } else if !fresh.contains(&class_of(class)) {
-            } else if step(errs, self.datapath.set_l4_rule(class, proto, port, len, target), || format!("class {class} port {port}")) {
-                self.installed.l4.insert((class, proto, port, len), target);
-            } else {
-                broken.insert(class_of(class));
+            } else if fresh.contains(&class_of(class)) {
+                if step(errs, self.datapath.set_l4_rule(class, proto, port, len, target), || format!("class {class} port {port}")) {
+                    self.installed.l4.insert((class, proto, port, len), target);
+                } else {
+                    broken.insert(class_of(class));
+                }
             }
         }
         for (&(class, proto), &policy) in &new.frags {
             if failed_policies.contains(&policy) {
                 broken.insert(class_of(class));
-            } else if !fresh.contains(&class_of(class)) {
-            } else if step(errs, self.datapath.set_frag_rule(class, proto, policy), || format!("class {class} fragments")) {
-                self.installed.frags.insert((class, proto), policy);
-            } else {
-                broken.insert(class_of(class));
+            } else if fresh.contains(&class_of(class)) {
+                if step(errs, self.datapath.set_frag_rule(class, proto, policy), || format!("class {class} fragments")) {
+                    self.installed.frags.insert((class, proto), policy);
+                } else {
+                    broken.insert(class_of(class));
+                }
             }
         }
         let changed: Vec<((u32, IpNet), u32)> =
@@ -603,12 +606,8 @@ impl Node {
             .chain(self.installed.as_returns.values().copied())
             .collect();
         let i = &self.installed;
-        let gone = |set: &BTreeSet<u32>| -> Vec<u32> {
-            set.iter().filter(|id| !wanted.contains(id) && !referenced.contains(id)).copied().collect()
-        };
-        let installed_policies: BTreeSet<u32> = i.policies.keys().copied().collect();
-        let (policies, ifaces): (Vec<u32>, Vec<String>) =
-            (gone(&installed_policies), i.headend_ifaces.difference(&d.ifaces).cloned().collect());
+        let policies: Vec<u32> = i.policies.keys().filter(|id| !wanted.contains(id) && !referenced.contains(id)).copied().collect();
+        let ifaces: Vec<String> = i.headend_ifaces.difference(&d.ifaces).cloned().collect();
         let decaps: Vec<Sid> = i.decaps.difference(&d.decaps).copied().collect();
         let as_returns: Vec<(u32, u32)> = i.as_returns.keys().filter(|k| !d.as_returns.contains_key(k)).copied().collect();
         let vnf_flags: Vec<u32> = i.vnf_flags.keys().filter(|k| !d.vnf_flags.contains_key(k)).copied().collect();
