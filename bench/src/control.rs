@@ -1,9 +1,10 @@
 //! Control-plane latency.
-//! - CNI ADD of srv6pipes-cni against Debian's ptp, both with host-local IPAM, called exactly
-//!   as a runtime calls them (in the node's netns, CNI_* environment, configuration on stdin),
-//!   into fresh network namespaces, and host-local alone (the IPAM both exec). Only the ADD is
-//!   timed; every attachment is deleted (DEL) afterwards. Then srv6pipes-cni's ADDs again while
-//!   the daemon applies programs of 10,000 SIDs back to back (and how long those take).
+//! - CNI ADD of srv6pipes-cni against Debian's ptp and bridge, all with host-local IPAM, called
+//!   exactly as a runtime calls them (in the node's netns, CNI_* environment, configuration on
+//!   stdin), into fresh network namespaces, and host-local alone (the IPAM they exec). Every
+//!   attachment is deleted (DEL) afterwards; srv6pipes-cni's DEL is timed too, and its ADD's
+//!   steps (its `SRV6PIPES_CNI_PROFILE` line). Then srv6pipes-cni's ADDs again while the daemon
+//!   applies programs of 10,000 SIDs back to back (and how long those take).
 //! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
 //! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
 
@@ -22,7 +23,13 @@ use crate::topo::{self, sid_packets, Bench, Kind};
 
 pub struct CniSamples {
     pub srv6pipes_ms: Vec<f64>,
+    /// srv6pipes-cni's DELs of those attachments.
+    pub srv6pipes_del_ms: Vec<f64>,
+    /// Each step of srv6pipes-cni's ADDs, by step (steps overlap: IPAM, the registration and the
+    /// pod's routing run side by side).
+    pub steps_ms: std::collections::BTreeMap<String, Vec<f64>>,
     pub ptp_ms: Vec<f64>,
+    pub bridge_ms: Vec<f64>,
     /// host-local alone (the IPAM both plugins exec): the part of an ADD that is not theirs.
     pub ipam_ms: Vec<f64>,
     /// srv6pipes-cni ADDs while the daemon applies large programs back to back.
@@ -39,7 +46,8 @@ fn plugin(name: &str, bin_dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("CNI plugin {name} not found (apt-get install containernetworking-plugins; cargo build --release)"))
 }
 
-fn cni(node_ns: &str, program: &Path, command: &str, netns: &str, id: &str, conf: &serde_json::Value) -> anyhow::Result<f64> {
+/// One CNI call as a runtime makes it: its time and its stderr.
+fn cni(node_ns: &str, program: &Path, command: &str, netns: &str, id: &str, conf: &serde_json::Value) -> anyhow::Result<(f64, String)> {
     let mut cmd = sys::command(node_ns, program, false)?;
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -49,6 +57,7 @@ fn cni(node_ns: &str, program: &Path, command: &str, netns: &str, id: &str, conf
         .env("CNI_IFNAME", "net1")
         .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
         .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={id}"))
+        .env("SRV6PIPES_CNI_PROFILE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -57,15 +66,18 @@ fn cni(node_ns: &str, program: &Path, command: &str, netns: &str, id: &str, conf
     child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        bail!(
-            "{} {command} {id}: {} {}",
-            program.display(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{} {command} {id}: {} {}", program.display(), String::from_utf8_lossy(&out.stdout).trim(), stderr.trim());
     }
-    Ok(ms)
+    Ok((ms, stderr))
+}
+
+/// The steps of srv6pipes-cni's ADD from its profile line on stderr.
+fn add_steps(stderr: &str) -> Vec<(String, f64)> {
+    let line = stderr.lines().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v["cni_add_steps_ms"].is_object()));
+    let Some(v) = line else { return Vec::new() };
+    v["cni_add_steps_ms"].as_object().into_iter().flatten().filter_map(|(k, ms)| Some((k.clone(), ms.as_f64()?))).collect()
 }
 
 /// `n` ADDs of each plugin, alternating, each into its own fresh netns.
@@ -77,33 +89,48 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
                       "socket": socket.display().to_string(), "ipam": ipam("fd00:cc::/64", "ipam-srv6pipes")});
     let ptp = json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": false,
                      "ipam": ipam("fd00:cd::/64", "ipam-ptp")});
+    let bridge = json!({"cniVersion": "1.0.0", "name": "bench-bridge", "type": "bridge", "bridge": "cnibr0",
+                        "ipam": ipam("fd00:cf::/64", "ipam-bridge")});
     let ipam_only = json!({"cniVersion": "1.0.0", "name": "bench-ipam", "type": "host-local", "ipam": ipam("fd00:ce::/64", "ipam-only")});
-    let (our_bin, ptp_bin, ipam_bin) =
-        (plugin("srv6pipes-cni", &b.bin_dir)?, plugin("ptp", &b.bin_dir)?, plugin("host-local", &b.bin_dir)?);
+    let (our_bin, ptp_bin, bridge_bin, ipam_bin) = (
+        plugin("srv6pipes-cni", &b.bin_dir)?,
+        plugin("ptp", &b.bin_dir)?,
+        plugin("bridge", &b.bin_dir)?,
+        plugin("host-local", &b.bin_dir)?,
+    );
     let mut s = CniSamples {
         srv6pipes_ms: Vec::new(),
+        srv6pipes_del_ms: Vec::new(),
+        steps_ms: Default::default(),
         ptp_ms: Vec::new(),
+        bridge_ms: Vec::new(),
         ipam_ms: Vec::new(),
         during_program_ms: Vec::new(),
         program_ms: Vec::new(),
     };
-    // One ADD and DEL of `bin` into a fresh netns; the ADD's time.
-    let add_del = |b: &mut Bench, which: &str, i: usize, bin: &Path, conf: &serde_json::Value| -> anyhow::Result<f64> {
+    // One ADD and DEL of `bin` into a fresh netns: the ADD's time and stderr, the DEL's time.
+    let add_del = |b: &mut Bench, which: &str, i: usize, bin: &Path, conf: &serde_json::Value| -> anyhow::Result<((f64, String), f64)> {
         let netns = format!("{}-c{which}{i}", b.tag);
         sys::ip(None, &format!("netns add {netns}"))?;
         b.cleanup.netns(&netns);
         // As a runtime leaves a sandbox before calling its plugins.
         sys::ip(Some(&netns), "link set lo up")?;
         let id = format!("bench-{which}{i}");
-        let ms = cni(&lane.node_ns, bin, "ADD", &netns, &id, conf)?;
-        cni(&lane.node_ns, bin, "DEL", &netns, &id, conf)?;
+        let add = cni(&lane.node_ns, bin, "ADD", &netns, &id, conf)?;
+        let (del_ms, _) = cni(&lane.node_ns, bin, "DEL", &netns, &id, conf)?;
         sys::ip(None, &format!("netns del {netns}"))?;
-        Ok(ms)
+        Ok((add, del_ms))
     };
     for i in 0..n {
-        s.srv6pipes_ms.push(add_del(b, "s", i, &our_bin, &ours)?);
-        s.ptp_ms.push(add_del(b, "p", i, &ptp_bin, &ptp)?);
-        s.ipam_ms.push(add_del(b, "h", i, &ipam_bin, &ipam_only)?);
+        let ((ms, stderr), del_ms) = add_del(b, "s", i, &our_bin, &ours)?;
+        s.srv6pipes_ms.push(ms);
+        s.srv6pipes_del_ms.push(del_ms);
+        for (step, ms) in add_steps(&stderr) {
+            s.steps_ms.entry(step).or_default().push(ms);
+        }
+        s.ptp_ms.push(add_del(b, "p", i, &ptp_bin, &ptp)?.0 .0);
+        s.bridge_ms.push(add_del(b, "b", i, &bridge_bin, &bridge)?.0 .0);
+        s.ipam_ms.push(add_del(b, "h", i, &ipam_bin, &ipam_only)?.0 .0);
     }
     // The same ADDs while the daemon applies programs of 10,000 SIDs back to back (each differs
     // from the last): the node is locked only for their map updates.
@@ -123,7 +150,7 @@ pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSam
     let during = (|| -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
         for i in 0..n {
-            s.during_program_ms.push(add_del(b, "d", i, &our_bin, &ours)?);
+            s.during_program_ms.push(add_del(b, "d", i, &our_bin, &ours)?.0 .0);
         }
         Ok(())
     })();

@@ -59,7 +59,7 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
-    /// CNI ADD latency, srv6pipes-cni and ptp.
+    /// CNI ADD latency, srv6pipes-cni, ptp and bridge.
     Cni,
     /// Chain applied -> first steered packet, with many chains present.
     Chains,
@@ -94,7 +94,7 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
     if parts.contains(&Part::Cni) {
         // ptp waits ~1.8 s for DAD on every ADD: 100 samples of each take ~4 minutes.
         let n = if args.quick { 20 } else { 100 };
-        eprintln!("CNI ADD: {n} x srv6pipes-cni and ptp");
+        eprintln!("CNI ADD: {n} x srv6pipes-cni, ptp and bridge");
         c.cni = Some(control::cni_add(b, n, args.sut_cpu)?);
     }
     if parts.contains(&Part::Chains) || parts.contains(&Part::Tcp) {
@@ -175,7 +175,10 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
     });
     let json = serde_json::json!({
         "cni_add_ms": c.cni.as_ref().map(|s| latency(&s.srv6pipes_ms)),
+        "cni_del_ms": c.cni.as_ref().map(|s| latency(&s.srv6pipes_del_ms)),
+        "cni_add_steps_ms": c.cni.as_ref().map(|s| s.steps_ms.iter().map(|(k, v)| (k.clone(), serde_json::json!({"p50": stats::percentile(v, 50.0), "p99": stats::percentile(v, 99.0)}))).collect::<serde_json::Map<_, _>>()),
         "ptp_add_ms": c.cni.as_ref().map(|s| latency(&s.ptp_ms)),
+        "bridge_add_ms": c.cni.as_ref().map(|s| latency(&s.bridge_ms)),
         "host_local_add_ms": c.cni.as_ref().map(|s| latency(&s.ipam_ms)),
         "cni_add_during_program_ms": c.cni.as_ref().map(|s| latency(&s.during_program_ms)),
         "program_10k_sids_ms": c.cni.as_ref().map(|s| latency(&s.program_ms)),
@@ -330,6 +333,20 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             value: ratio(&p["end_ad_monitor_drops"], &p["end_ad_monitor_none"]),
         },
         Target { name: "cni_add_p99", what: "CNI ADD p99 (ms)".into(), bound: 20.0, at_least: false, value: stats::summarize(&[cni_p99]) },
+        Target {
+            name: "cni_add_vs_ptp",
+            what: "CNI ADD p99 ÷ Debian ptp's".into(),
+            bound: 1.0,
+            at_least: false,
+            value: stats::summarize(&[cni_p99 / stats::percentile(&cni.ptp_ms, 99.0)]),
+        },
+        Target {
+            name: "cni_add_vs_bridge",
+            what: "CNI ADD p99 ÷ Debian bridge's".into(),
+            bound: 1.0,
+            at_least: false,
+            value: stats::summarize(&[cni_p99 / stats::percentile(&cni.bridge_ms, 99.0)]),
+        },
         Target {
             name: "chain_apply_p99",
             what: format!("chain applied → steered p99 (ms), {} chains present", c.background_chains),

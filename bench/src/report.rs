@@ -149,7 +149,9 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
     for k in [
         "cni_add_ms",
+        "cni_del_ms",
         "ptp_add_ms",
+        "bridge_add_ms",
         "host_local_add_ms",
         "cni_add_during_program_ms",
         "program_10k_sids_ms",

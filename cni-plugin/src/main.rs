@@ -3,6 +3,7 @@
 //! CNI SPEC 1.1: ADD, DEL, CHECK, STATUS, GC and VERSION, for cniVersion 0.3.0 to 1.1.0, each
 //! answered in the configuration's version. IPAM, when configured, is delegated (SPEC §4).
 
+mod add;
 mod cni;
 mod install;
 mod ipam;
@@ -69,7 +70,7 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
                 // Not ours: the primary plugin's result, unchanged.
                 return Ok(Some(cni::add_result(&conf, &[], 0, None).to_string()));
             }
-            link::add(&conf, &env).map(|r| Some(r.to_string()))
+            add::add(&conf, &env).map(|r| Some(r.to_string()))
         }
         "DEL" => {
             let env = Env::from_process(&command)?;

@@ -142,7 +142,8 @@ fn add_del_every_version_idempotent_and_clean() {
         let host = ifaces[0]["name"].as_str().unwrap().to_string();
 
         // Pod side: the interface, forwarding, and the return path out of net1.
-        assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).contains("mtu 1400"));
+        let pod_link = lab.pod(&["ip", "-o", "link", "show", "net1"]);
+        assert!(pod_link.contains("mtu 1400") && pod_link.contains(",UP,LOWER_UP"), "up, with its peer: {pod_link}");
         assert_eq!(lab.pod(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim(), "1");
         assert!(lab.pod(&["ip", "-6", "rule"]).contains("iif net1 lookup"), "{}", lab.pod(&["ip", "-6", "rule"]));
         assert!(lab.pod(&["ip", "-6", "neigh", "show", "dev", "net1"]).contains("PERMANENT"));
@@ -243,6 +244,32 @@ fn errors_carry_spec_codes_and_leave_nothing() {
     assert!(ok);
     assert_eq!(v["cniVersion"], "0.4.0");
     assert!(v["supportedVersions"].as_array().unwrap().contains(&json!("1.0.0")));
+    assert_eq!(lab.sids()["registrations"], json!([]));
+}
+
+/// ADD runs IPAM and the pod's routing beside the registration: when the registration fails,
+/// the undo comes after both, so the lease, the pod's rules and routes and both veth ends go.
+#[test]
+fn a_failed_registration_undoes_the_work_done_beside_it() {
+    require_lab!("socat");
+    let lab = OneNode::up();
+    let links_before = lab.node(&["ip", "-o", "link"]);
+    let data = lab.state.join("ipam-undo");
+    let mut c = conf("1.0.0", "/nonexistent/node.sock");
+    c["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "fd00:78::/64"}]], "dataDir": data.display().to_string()});
+    for i in 0..3 {
+        let (ok, err) = lab.cni("ADD", &format!("ctr-undo{i}"), &lab.netns(), &c);
+        assert!(!ok && err["code"] == 11, "no daemon: try again later: {err}");
+        assert_eq!(lab.node(&["ip", "-o", "link"]), links_before, "a veth end left");
+        assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left");
+        for family in ["-6", "-4"] {
+            assert!(!lab.pod(&["ip", family, "rule"]).contains("iif net1"), "rule left: {}", lab.pod(&["ip", family, "rule"]));
+        }
+        let leases: Vec<String> = std::fs::read_dir(data.join("srv6pipes"))
+            .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).filter(|t| t.contains("ctr-undo")).collect())
+            .unwrap_or_default();
+        assert!(leases.is_empty(), "IPAM lease left: {leases:?}");
+    }
     assert_eq!(lab.sids()["registrations"], json!([]));
 }
 
