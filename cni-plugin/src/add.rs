@@ -11,6 +11,7 @@
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
@@ -19,13 +20,13 @@ use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::rule::RuleAction;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
-use srv6::node_api::{format_mac, Attachment, OutInterface, Request, Response};
+use srv6::node_api::{self, format_mac, Attachment, CallError, OutInterface, Request, Response};
 
 use crate::cni::{add_result, CniError, Env, Iface, NetConf, CODE_INVALID_ENV};
 use crate::ipam;
 use crate::link::{
-    call, delete_link, delete_rules, host_ifname, in_netns, link_by_name, nl, on_node, open_netns, spawn_in_netns, table_for, GATEWAY,
-    GATEWAY4, RULE_PRIORITY,
+    call, daemon_error, delete_link, delete_rules, host_ifname, in_netns, link_by_name, nl, on_node, open_netns, spawn_in_netns, table_for,
+    DAEMON_TIMEOUT, GATEWAY, GATEWAY4, RULE_PRIORITY,
 };
 
 /// One veth made by ADD.
@@ -128,7 +129,7 @@ fn chain_mtu(conf: &NetConf) -> Result<u32, CniError> {
 }
 
 /// The veths, the registration and the pod's routing and addresses; `registered` tells the
-/// caller whether the daemon has to be told to forget the attachment. The IPAM plugin has
+/// caller whether the daemon may have to be told to forget the attachment. The IPAM plugin has
 /// always ended when this returns.
 #[allow(clippy::too_many_arguments)]
 fn wire(
@@ -163,11 +164,13 @@ fn wire(
         host_mac: veths[0].host_mac.clone(),
         out,
     });
-    let register = profile.timed("daemon_register", || call(conf, &req));
-    *registered = register.is_ok();
+    let register = profile.timed("daemon_register", || node_api::call(Path::new(&conf.socket), &req, DAEMON_TIMEOUT));
+    // Registered, or maybe (the answer lost to a timeout): the undo tells the daemon to forget.
+    // Not when it refused: what it holds under that key then is not this ADD's.
+    *registered = matches!(register, Ok(_) | Err(CallError::Io { .. } | CallError::Decode { .. }));
     let (pod_result, pod_steps) = pod.join().map_err(|_| CniError::io("pod netns worker panicked"))??;
     profile.0.extend(pod_steps);
-    register?;
+    register.map_err(daemon_error)?;
     Ok((veths, pod_result?))
 }
 

@@ -21,7 +21,7 @@ pub const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The same for IPv4 inner traffic: a link-local next hop reached on-link.
 pub const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const RULE_PRIORITY: u32 = 100;
-const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Node-side veth name: stable for (container, ifname), at most 15 bytes.
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
@@ -111,7 +111,7 @@ pub fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> CniError {
     move |e| CniError::io(format!("{what}: {e}"))
 }
 
-fn daemon_error(e: CallError) -> CniError {
+pub fn daemon_error(e: CallError) -> CniError {
     match e {
         e @ CallError::Unreachable { .. } => CniError::new(CODE_TRY_AGAIN_LATER, e.to_string()),
         e => CniError::io(e.to_string()),
