@@ -20,7 +20,7 @@ pub mod program;
 mod stream;
 
 use crate::net::Netlink;
-use crate::state::{Persisted, PolicyKey, Registration, Store};
+use crate::state::{Change, Persisted, PolicyKey, Registration, Store};
 use crate::Args;
 
 /// Outer hop limit of packets this node encapsulates.
@@ -270,7 +270,7 @@ impl Node {
             return Err(e);
         }
         self.state.registrations.push(reg.clone());
-        if let Err(e) = self.store.save(&self.state) {
+        if let Err(e) = self.store.record(&Change::Registered(Box::new(reg.clone())), &self.state) {
             self.state.registrations.pop();
             self.uninstall_proxy(&reg);
             return Err(e);
@@ -335,8 +335,14 @@ impl Node {
             return Ok(());
         };
         let reg = self.state.registrations.remove(pos);
+        let ports = self.state.stream_ports.len();
         let errs = self.uninstall_proxy(&reg);
-        self.store.save(&self.state)?;
+        if self.state.stream_ports.len() == ports {
+            self.store.record(&Change::Unregistered(key), &self.state)?;
+        } else {
+            // Its stream SIDs' ports went too: the journal has no line for those.
+            self.store.save(&self.state)?;
+        }
         let a = &reg.attachment;
         info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID released");
         match errs.into_iter().next() {

@@ -1,14 +1,14 @@
 //! What the daemon keeps in its state directory: SID allocations (so SIDs never change under
 //! running traffic, across restarts) and the last programming it applied.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use srv6::node_api::{Attachment, NodeProgram};
+use srv6::node_api::{Attachment, AttachmentKey, NodeProgram};
 use srv6::sid::Sid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,19 +76,54 @@ fn entries<T: DeserializeOwned>(v: &mut Value, key: &str, skipped: &mut Vec<Stri
         .collect()
 }
 
-/// The state directory: `node-state.json` (registrations, policy ids, stream ports: small,
-/// written on every registration change) and `node-program.json` (the last program, which grows
-/// with the chains: written only when a program is applied).
+/// One registration change, appended to the journal (a CNI ADD or DEL then costs one appended
+/// line, not a rewrite of the state file, whose policy ids grow with the chains).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Registered(Box<Registration>),
+    Unregistered(AttachmentKey),
+}
+
+impl Change {
+    /// Replays the change on `p`; a change already in `p` (the journal of a crash between a
+    /// save and the journal's removal) changes nothing.
+    fn apply(self, p: &mut Persisted) {
+        match self {
+            Change::Registered(r) => {
+                p.registrations.retain(|x| x.attachment.key() != r.attachment.key());
+                p.registrations.push(*r);
+            }
+            Change::Unregistered(k) => p.registrations.retain(|x| x.attachment.key() != k),
+        }
+    }
+}
+
+/// The journal is folded into the state file once it is this long.
+const JOURNAL_LIMIT: u64 = 1 << 20;
+
+/// The state directory: `node-state.json` (registrations, policy ids, stream ports: written
+/// whole when a program is applied, at start, and when the journal is folded in),
+/// `node-state.journal` (registration changes since, one JSON line each) and
+/// `node-program.json` (the last program, which grows with the chains: written only when a
+/// program is applied).
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    journal: PathBuf,
     program: PathBuf,
+    journal_limit: u64,
 }
 
 impl Store {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create state dir {}", dir.display()))?;
-        Ok(Self { path: dir.join("node-state.json"), program: dir.join("node-program.json") })
+        Ok(Self {
+            path: dir.join("node-state.json"),
+            journal: dir.join("node-state.journal"),
+            program: dir.join("node-program.json"),
+            journal_limit: JOURNAL_LIMIT,
+        })
     }
 
     /// The persisted state, entry by entry: an entry that cannot be read (a registration, a
@@ -113,18 +148,37 @@ impl Store {
             Value::Null => None,
             p => serde_json::from_value(p).map_err(|e| skipped.push(format!("the last program: {e}"))).ok(),
         };
-        let state = Persisted {
+        let mut state = Persisted {
             registrations: entries(&mut v, "registrations", &mut skipped),
             program,
             policies: entries(&mut v, "policies", &mut skipped),
             stream_ports: entries(&mut v, "stream_ports", &mut skipped),
         };
+        self.replay(&mut state, &mut skipped)?;
         Ok((state, skipped))
+    }
+
+    /// The journal's changes, in order, on `state`; a line that cannot be read (the torn last
+    /// line of a crash while appending) is skipped and described.
+    fn replay(&self, state: &mut Persisted, skipped: &mut Vec<String>) -> anyhow::Result<()> {
+        let f = match std::fs::File::open(&self.journal) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", self.journal.display())),
+        };
+        for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+            let line = line.with_context(|| format!("read {}", self.journal.display()))?;
+            match serde_json::from_slice::<Change>(&line) {
+                Ok(c) => c.apply(state),
+                Err(e) => skipped.push(format!("journal line {}: {e}", i + 1)),
+            }
+        }
+        Ok(())
     }
 
     /// Forgets everything (uninstall); the directory itself belongs to whoever made it.
     pub fn remove(&self) -> anyhow::Result<()> {
-        for path in [&self.path, &self.program] {
+        for path in [&self.path, &self.journal, &self.program] {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("remove {}", path.display())),
                 _ => {}
@@ -133,9 +187,36 @@ impl Store {
         Ok(())
     }
 
-    /// The registrations, policy ids and stream ports (not the program).
+    /// The registrations, policy ids and stream ports (not the program), whole; the journal,
+    /// folded in, goes.
     pub fn save(&self, p: &Persisted) -> anyhow::Result<()> {
-        write_file(&self.path, &serde_json::to_vec_pretty(p)?)
+        write_file(&self.path, &serde_json::to_vec_pretty(p)?)?;
+        match std::fs::remove_file(&self.journal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", self.journal.display())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A registration change, appended to the journal and synced; `state` is the state with the
+    /// change, saved whole instead once the journal is long. A failed append is cut off again,
+    /// so the next one starts on a line of its own.
+    pub fn record(&self, change: &Change, state: &Persisted) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(change)?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .with_context(|| format!("open {}", self.journal.display()))?;
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
+            let _ = f.set_len(before);
+            return Err(e).with_context(|| format!("append to {}", self.journal.display()));
+        }
+        if before + line.len() as u64 > self.journal_limit {
+            self.save(state)?;
+        }
+        Ok(())
     }
 
     /// The last program applied.
@@ -157,18 +238,99 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn good(n: u8) -> Value {
+        serde_json::json!({
+            "attachment": {"container_id": format!("c{n}"), "ifname": "net1", "netns": "/run/netns/x", "host_ifname": format!("sp{n}"),
+                           "pod_namespace": "default", "pod_name": format!("vnf{n}"), "vnf_mac": "02:00:00:00:00:01", "host_mac": "02:00:00:00:00:02"},
+            "sid": format!("fcbb:bb00:1:e00{n}::"), "funct": 0xe000 + n as u16, "ifindex": 10 + n as u32, "return_ifindex": 10 + n as u32,
+        })
+    }
+
+    fn registration(n: u8) -> Registration {
+        serde_json::from_value(good(n)).unwrap()
+    }
+
+    fn registered(n: u8) -> Change {
+        Change::Registered(Box::new(registration(n)))
+    }
+
+    fn temp_store(what: &str) -> (PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("srv6pipes-state-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::new(&dir).unwrap();
+        (dir, store)
+    }
+
+    /// Registration changes go to the journal; what loads is the state file with the journal
+    /// replayed; a save folds the journal in; a torn line is skipped; a journal replayed on a
+    /// state file that already has it changes nothing; a long journal is folded in by itself.
+    #[test]
+    fn registration_changes_are_journaled_and_replayed_in_order() {
+        let (dir, mut store) = temp_store("journal");
+        let key = |n: u8| registration(n).attachment.key();
+        let mut state = Persisted {
+            policies: vec![(
+                serde_json::from_value(serde_json::json!({"chain": "default/c", "replicas": [], "inner": 41, "drop": false})).unwrap(),
+                7,
+            )],
+            ..Default::default()
+        };
+        store.save(&state).unwrap();
+        let state_file = std::fs::read(dir.join("node-state.json")).unwrap();
+        let mut changes = Vec::new();
+        for c in [registered(1), registered(2), Change::Unregistered(key(1)), registered(3)] {
+            c.clone().apply(&mut state);
+            store.record(&c, &state).unwrap();
+            changes.push(c);
+        }
+        assert_eq!(
+            std::fs::read(dir.join("node-state.json")).unwrap(),
+            state_file,
+            "a registration change does not rewrite the state file"
+        );
+        let (loaded, skipped) = store.load().unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(loaded.registrations, [registration(2), registration(3)]);
+        assert_eq!(loaded.policies, state.policies);
+
+        // A crash while appending: the torn line is skipped and said, the rest loads.
+        let journal = dir.join("node-state.journal");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+        f.write_all(br#"{"registered":{"attachment":{"contai"#).unwrap();
+        let (loaded, skipped) = store.load().unwrap();
+        assert_eq!(loaded.registrations, [registration(2), registration(3)]);
+        assert!(skipped.len() == 1 && skipped[0].starts_with("journal line 5"), "{skipped:?}");
+
+        // A save folds the journal in; a journal left by a crash before its removal replays
+        // onto that state to the same registrations.
+        let kept = std::fs::read(&journal).unwrap();
+        store.save(&state).unwrap();
+        assert!(!journal.exists());
+        assert_eq!(store.load().unwrap().0.registrations, state.registrations);
+        std::fs::write(&journal, &kept).unwrap();
+        assert_eq!(store.load().unwrap().0.registrations, state.registrations, "replayed twice, the same");
+
+        // Past its limit the journal is folded in by the change that crosses it.
+        store.save(&state).unwrap();
+        store.journal_limit = 1000;
+        let mut folded = false;
+        for round in 0..10 {
+            let c = if round % 2 == 0 { Change::Unregistered(key(3)) } else { registered(3) };
+            c.clone().apply(&mut state);
+            store.record(&c, &state).unwrap();
+            folded |= !journal.exists();
+            assert_eq!(store.load().unwrap().0.registrations, state.registrations, "round {round}");
+        }
+        assert!(folded, "a long journal is folded into the state file");
+        store.remove().unwrap();
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "uninstall leaves no journal");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn a_bad_entry_is_skipped_and_reported_the_rest_loads() {
-        let dir = std::env::temp_dir().join(format!("srv6pipes-state-{}", std::process::id()));
-        let store = Store::new(&dir).unwrap();
+        let (dir, store) = temp_store("bad");
         assert!(store.load().unwrap().0.registrations.is_empty(), "no file: empty state");
-        let good = |n: u8| {
-            serde_json::json!({
-                "attachment": {"container_id": format!("c{n}"), "ifname": "net1", "netns": "/run/netns/x", "host_ifname": format!("sp{n}"),
-                               "pod_namespace": "default", "pod_name": format!("vnf{n}"), "vnf_mac": "02:00:00:00:00:01", "host_mac": "02:00:00:00:00:02"},
-                "sid": format!("fcbb:bb00:1:e00{n}::"), "funct": 0xe000 + n as u16, "ifindex": 10 + n as u32, "return_ifindex": 10 + n as u32,
-            })
-        };
         // Whatever the daemon writes loads back as it was.
         let mut state: Persisted = serde_json::from_value(serde_json::json!({"registrations": [good(1)]})).unwrap();
         state.stream_ports = vec![(Sid("fcbb:bb00:1:e009::".parse().unwrap()), 40000)];
