@@ -273,6 +273,32 @@ fn a_failed_registration_undoes_the_work_done_beside_it() {
     assert_eq!(lab.sids()["registrations"], json!([]));
 }
 
+/// A registration is journaled, not written into the whole state file, and a daemon killed
+/// right after it (no program since, so nothing folded the journal in) comes back with it: the
+/// same SID, still installed.
+#[test]
+fn a_registration_survives_a_kill_through_the_journal() {
+    require_lab!("socat");
+    let lab = OneNode::up();
+    let state_dir = lab.state.join("nodes/n1");
+    let (ok, res) = lab.cni("ADD", "kept", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert!(ok, "ADD: {res}");
+    let journal = std::fs::read_to_string(state_dir.join("node-state.journal")).expect("the registration is in the journal");
+    assert!(journal.contains("\"registered\"") && journal.contains("kept"), "{journal}");
+    assert!(!std::fs::read_to_string(state_dir.join("node-state.json")).unwrap().contains("kept"), "not in the state file yet");
+    let before = lab.sids()["registrations"].clone();
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
+    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(lab.lab(&["restart-node", "n1"]).status.success());
+    assert_eq!(lab.sids()["registrations"], before, "the registration and its SID are back");
+    assert!(std::fs::read_to_string(state_dir.join("node-state.json")).unwrap().contains("kept"), "folded into the state file at start");
+    assert!(!state_dir.join("node-state.journal").exists(), "and the journal gone");
+    assert!(lab.cni("DEL", "kept", &lab.netns(), &conf("1.0.0", &lab.socket())).0);
+    assert_eq!(lab.sids()["registrations"], json!([]));
+}
+
 /// DEL never waits on the daemon, so pods never hang in Terminating. With srv6pipes uninstalled
 /// (no socket at all) it removes what is local. With the daemon down (killed: its socket stays)
 /// it removes what is local too, queues the deregistration beside the socket, and succeeds,
