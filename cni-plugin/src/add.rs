@@ -248,12 +248,12 @@ async fn pod_routing(h: &Handle, inbound: &str, outbound: &str, gw_mac: [u8; 6])
         std::fs::write(format!("/proc/sys/{key}"), "1").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
     }
     let mut idx = Vec::new();
-    for name in [inbound, outbound] {
+    for name in std::iter::once(inbound).chain((outbound != inbound).then_some(outbound)) {
         let i = link_by_name(h, name).await?.ok_or_else(|| CniError::io(format!("{name} vanished from the pod")))?.header.index;
         h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.map_err(nl("set pod interface up"))?;
         idx.push(i);
     }
-    let (in_idx, out_idx) = (idx[0], idx[1]);
+    let (in_idx, out_idx) = (idx[0], idx[idx.len() - 1]);
     for gw in [IpAddr::V6(GATEWAY), IpAddr::V4(GATEWAY4)] {
         h.neighbours()
             .add(out_idx, gw)

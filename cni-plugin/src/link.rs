@@ -1,5 +1,5 @@
-//! The veth(s) between the node and the VNF pod, and the pod-side routing that sends whatever
-//! the VNF forwards back out of its chain interface (or out of the pair's outbound interface).
+//! Netlink in the node's and the pod's namespaces, the node daemon's socket, and DEL, CHECK and
+//! GC of the veth(s) between the node and the VNF pod (ADD is `add.rs`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
