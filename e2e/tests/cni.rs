@@ -147,8 +147,11 @@ fn add_del_every_version_idempotent_and_clean() {
         assert_eq!(lab.pod(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim(), "1");
         assert!(lab.pod(&["ip", "-6", "rule"]).contains("iif net1 lookup"), "{}", lab.pod(&["ip", "-6", "rule"]));
         assert!(lab.pod(&["ip", "-6", "neigh", "show", "dev", "net1"]).contains("PERMANENT"));
-        // Node side: the veth, registered with a SID from the node's locator.
+        // Node side: the veth, registered with a SID from the node's locator, End.AD's outbound
+        // program on it as a direct-action filter.
         assert!(lab.node(&["ip", "-o", "link", "show", &host]).contains(&host));
+        let filters = lab.node(&["tc", "filter", "show", "dev", &host, "ingress"]);
+        assert!(filters.contains("sp_vnf") && filters.contains("direct-action"), "{filters}");
         let regs = lab.sids()["registrations"].clone();
         assert_eq!(regs.as_array().unwrap().len(), 1, "{regs}");
         assert_eq!(regs[0]["sid"], "fcbb:bb00:1:e001::", "lowest free proxy SID");

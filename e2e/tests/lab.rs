@@ -246,9 +246,30 @@ fn sp_link_ids() -> Vec<u64> {
     ids
 }
 
+/// The `sp_vnf` filters on the lab's node-side veths: (node, interface, program id).
+fn vnf_filters(lab: &Lab) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for node in ["n1", "n2"] {
+        let json = |cmd: &[&str]| -> Value {
+            let mut args = vec!["exec", "--node", node, "--"];
+            args.extend_from_slice(cmd);
+            serde_json::from_slice(&lab.run(&args).stdout).unwrap_or(Value::Null)
+        };
+        let veths = json(&["ip", "-j", "link", "show", "type", "veth"]);
+        for dev in veths.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str()) {
+            let filters = json(&["tc", "-j", "filter", "show", "dev", dev, "ingress"]);
+            for f in filters.as_array().into_iter().flatten().filter(|f| f["options"]["prog"]["name"] == "sp_vnf") {
+                out.push((node.to_string(), dev.to_string(), f["options"]["prog"]["id"].as_u64().unwrap_or(0)));
+            }
+        }
+    }
+    out
+}
+
 /// A sequenced UDP stream at 25 kpps through the chain while the node daemons are killed (-9)
 /// and restarted five times: pinned programs, maps and links keep forwarding; nothing is lost
-/// or reordered, and the restarted daemons adopt the same links.
+/// or reordered, and the restarted daemons adopt the same links (and swap their programs into the
+/// VNF veths' filters in place).
 #[test]
 fn daemon_kill_and_restart_under_traffic_loses_nothing() {
     require_lab!("nft", "bpftool");
@@ -273,7 +294,9 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
             .collect()
     };
     let links_before = ours(sp_link_ids());
-    assert_eq!(links_before.len(), 8, "uplink x2, vnf x2, pod guard/headend x4: {links_before:?}");
+    assert_eq!(links_before.len(), 6, "uplink x2, pod guard/headend x4: {links_before:?}");
+    let filters_before = vnf_filters(&lab);
+    assert_eq!(filters_before.len(), 2, "firewall and ids: {filters_before:?}");
 
     let stream = Stream::start(&lab, ("client", "server"), &server6, &["--rate", "25000", "--seconds", "8"]);
     for i in 0..5 {
@@ -287,6 +310,8 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
     assert_eq!(got["lost"], 0, "{got}");
     assert_eq!(got["reordered"], 0, "{got}");
     assert_eq!(ours(sp_link_ids()), links_before, "the same links, adopted");
+    let interfaces = |f: Vec<(String, String, u64)>| f.into_iter().map(|(n, i, _)| (n, i)).collect::<Vec<_>>();
+    assert_eq!(interfaces(vnf_filters(&lab)), interfaces(filters_before), "the VNF filters stay, with the last daemon's program");
     // And the stream really crossed the chain.
     let st = lab.status();
     assert!(sid_packets(&st, "n2", "End.AD") >= 200_000, "{}", st["sids"]);

@@ -1,7 +1,8 @@
 //! The srv6pipes eBPF datapath: the clang-built object and its typed control surface.
 //!
-//! Three tcx ingress programs share one set of maps, pinned by name in the node's pin directory
-//! so that a restarted daemon finds the same SIDs, caches and counters:
+//! Four ingress programs share one set of maps, pinned by name in the node's pin directory
+//! so that a restarted daemon finds the same SIDs, caches and counters (attached with tcx, but
+//! `sp_vnf` as a cls_bpf filter: see [`Hook::Vnf`]):
 //! - `sp_uplink` on the node's uplink (End.AD inbound, decapsulation),
 //! - `sp_vnf` on each VNF's node-side veth (End.AD outbound),
 //! - `sp_headend` on each source pod's node-side interface (H.Encaps),
@@ -19,7 +20,7 @@ use std::path::Path;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::TcAttachOptions;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -68,6 +69,11 @@ const BPF_NOEXIST: u64 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
     Uplink,
+    /// On srv6pipes' own VNF veths, where no other program runs, so it needs no place in a tcx
+    /// chain: it is a cls_bpf filter (direct action) on the interface's clsact ingress. A tcx
+    /// attach publishes the device's new program array with `synchronize_rcu()` under RTNL
+    /// (`tcx_entry_sync`): 10-40 ms on a CNI ADD's answer path, during which every netlink
+    /// request on the node waits; a filter on a fresh clsact is in place in ~0.1 ms.
     Vnf,
     Headend,
     /// Inside a stream proxy's netns; keyed (and pinned) by the node-side end of its veth.
@@ -100,12 +106,21 @@ impl Hook {
     }
 }
 
-/// A tcx attachment pinned at `<pin dir>/links/<hook>-<ifname>-<ifindex>`: it outlives the
-/// daemon (restarts and upgrades do not touch traffic) until it is unpinned or its interface
-/// goes away. The ifindex in the name tells a live pin from one whose interface was replaced.
-struct Attached {
-    link: PinnedLink,
+/// How a hook's program is attached to an interface. Both outlive the daemon (restarts and
+/// upgrades do not touch traffic).
+enum Attached {
+    /// A tcx link pinned at `<pin dir>/links/<hook>-<ifname>-<ifindex>`, until it is unpinned or
+    /// its interface goes away. The ifindex in the name tells a live pin from one whose interface
+    /// was replaced. (VNF links pinned by a daemon before filters are adopted and kept.)
+    Link(PinnedLink),
+    /// A cls_bpf filter at [`FILTER_PRIORITY`]/[`FILTER_HANDLE`] on `ifindex`'s clsact ingress: it
+    /// goes with the interface, and a restarted daemon replaces it with its own program.
+    Filter { ifindex: u32 },
 }
+
+/// Where `sp_vnf`'s filter sits on a VNF veth's clsact ingress.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 pub struct Datapath {
     bpf: Ebpf,
@@ -203,7 +218,7 @@ impl Datapath {
                 (Some((hook, ifname, _)), true) => {
                     let link =
                         PinnedLink::from_pin(&path).map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
-                    self.links.insert((hook, ifname), Attached { link });
+                    self.links.insert((hook, ifname), Attached::Link(link));
                 }
                 // The interface is gone (its link with it) or was replaced: drop the stale pin.
                 _ => {
@@ -216,14 +231,48 @@ impl Datapath {
 
     /// Attaches `hook`'s program at the head of `ifname`'s tcx ingress chain (before programs
     /// already there, e.g. the primary CNI's, which may end the chain with `TC_ACT_OK`; ours
-    /// returns `TCX_NEXT` for what is not its own) and pins the link. Attaching twice is a no-op.
+    /// returns `TCX_NEXT` for what is not its own) and pins the link; [`Hook::Vnf`]'s as a
+    /// filter instead. Attaching twice is a no-op.
     pub fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
         if self.links.contains_key(&(hook, ifname.to_string())) {
             return Ok(());
         }
-        let link = self.attach_first(hook, ifname, false)?;
-        self.links.insert((hook, ifname.to_string()), Attached { link });
+        let attached = match hook {
+            Hook::Vnf => Attached::Filter { ifindex: self.attach_filter(hook, ifname)? },
+            _ => Attached::Link(self.attach_first(hook, ifname, false)?),
+        };
+        self.links.insert((hook, ifname.to_string()), attached);
         Ok(())
+    }
+
+    /// `hook`'s program as the direct-action filter at [`FILTER_PRIORITY`]/[`FILTER_HANDLE`] of
+    /// `ifname`'s clsact ingress (the qdisc added if missing). A filter already there (a previous
+    /// daemon's) gets this instance's program, swapped in atomically. Returns the ifindex.
+    fn attach_filter(&mut self, hook: Hook, ifname: &str) -> Result<u32> {
+        let program = hook.program();
+        let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(attach_err(e.into())),
+        }
+        let prog = classifier(&mut self.bpf, hook);
+        let options = TcAttachOptions::Netlink(NlOptions { priority: FILTER_PRIORITY, handle: FILTER_HANDLE, classid: None });
+        let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, options) {
+            Ok(id) => id,
+            Err(aya::programs::ProgramError::TcError(TcError::NetlinkError(e))) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let there = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, FILTER_PRIORITY, FILTER_HANDLE, None)
+                    .map_err(|e| DatapathError::Invalid(format!("attach {program} on {ifname}: {e}")))?;
+                prog.attach_to_link(there).map_err(attach_err)?
+            }
+            Err(e) => return Err(attach_err(e)),
+        };
+        // The filter must outlive this process, but a link dropped (or left with the program,
+        // dropped at exit) removes it; it holds no descriptor, so forgetting it leaks nothing.
+        std::mem::forget(prog.take_link(id).map_err(attach_err)?);
+        Ok(ifindex)
     }
 
     /// A new link of `hook`'s program (of the spare instance with `spare`) at the head of
@@ -281,7 +330,7 @@ impl Datapath {
             return Ok(());
         }
         let link = self.attach_first_in(Hook::StreamPod, host_ifname, false, Some((netns, pod_ifname)))?;
-        self.links.insert(key, Attached { link });
+        self.links.insert(key, Attached::Link(link));
         Ok(())
     }
 
@@ -292,8 +341,13 @@ impl Datapath {
     /// moved. An interface that is gone is skipped.
     pub fn keep_first(&mut self) -> Result<Vec<(Hook, String)>> {
         let mut moved = Vec::new();
-        let keys: Vec<(Hook, String)> = self.links.keys().cloned().collect();
-        for (hook, ifname) in keys.into_iter().filter(|(h, _)| *h != Hook::StreamPod) {
+        let keys: Vec<(Hook, String)> = self
+            .links
+            .iter()
+            .filter(|((h, _), a)| *h != Hook::StreamPod && matches!(a, Attached::Link(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (hook, ifname) in keys {
             let Ok((_, progs)) = SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress) else { continue };
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
@@ -303,16 +357,21 @@ impl Datapath {
             let spare = progs.iter().any(|p| p.id() == main);
             let link = self.attach_first(hook, &ifname, spare)?;
             // The replaced link's descriptor goes with it (its pin is already gone).
-            self.links.insert((hook, ifname.clone()), Attached { link });
+            self.links.insert((hook, ifname.clone()), Attached::Link(link));
             moved.push((hook, ifname));
         }
         Ok(moved)
     }
 
-    /// Unpins and so detaches; an interface that is already gone (its link with it) is fine.
+    /// Unpins and so detaches (removes the filter); an interface that is already gone (its link
+    /// or filter with it) is fine.
     pub fn detach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
         let Some(a) = self.links.remove(&(hook, ifname.to_string())) else { return Ok(()) };
-        match a.link.unpin() {
+        let link = match a {
+            Attached::Link(link) => link,
+            Attached::Filter { ifindex } => return detach_filter(hook, ifname, ifindex),
+        };
+        match link.unpin() {
             Ok(fd) => drop(fd),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DatapathError::Invalid(format!("unpin {} link on {ifname}: {e}", hook.program()))),
@@ -691,6 +750,32 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
         .join()
         .map_err(|_| DatapathError::Invalid(format!("thread in netns {} panicked", netns.display())))?
     })
+}
+
+/// Removes `hook`'s filter from `ifname` if that name still has `ifindex` (a veth of the same
+/// name made since is not ours to touch).
+fn detach_filter(hook: Hook, ifname: &str, ifindex: u32) -> Result<()> {
+    if nix::net::if_::if_nametoindex(ifname).ok() != Some(ifindex) {
+        return Ok(());
+    }
+    let link = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, FILTER_PRIORITY, FILTER_HANDLE, None);
+    let gone = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT));
+    let result = match link {
+        Ok(link) => {
+            use aya::programs::links::Link as _;
+            link.detach()
+        }
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(DatapathError::Invalid(format!("detach {} on {ifname}: {e}", hook.program()))),
+    };
+    match result {
+        Err(aya::programs::ProgramError::NetlinkError(e) | aya::programs::ProgramError::TcError(TcError::NetlinkError(e)))
+            if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|source| DatapathError::Attach { program: hook.program(), ifname: ifname.into(), source }),
+    }
 }
 
 fn parse_link_pin(name: &str) -> Option<(Hook, String, u32)> {

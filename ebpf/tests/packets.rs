@@ -1400,3 +1400,59 @@ fn the_monitor_reports_drops_and_traces_only_while_attached() {
     b.expect_drop(Hook::Uplink, b.uplink, &unknown, DropReason::UnknownSid);
     assert!(drain(&mut m).is_empty());
 }
+
+/// The filters on `dev`'s clsact ingress in the bench's netns (`tc -j`), with their options.
+fn ingress_filters(b: &Bench, dev: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("tc").args(["-n", &b.netns, "-j", "filter", "show", "dev", dev, "ingress"]).output().unwrap();
+    assert!(out.status.success(), "tc filter show: {}", String::from_utf8_lossy(&out.stderr));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    all.into_iter().filter(|f| f.get("options").is_some()).collect()
+}
+
+/// `sp_vnf` sits on a VNF veth as one direct-action cls_bpf filter, not a tcx link (whose attach
+/// waits for an RCU grace period with RTNL held, on the CNI ADD's answer path): attached once
+/// however often it is asked, given a restarted daemon's program in place, removed by detach,
+/// and a veth of the same name made since is left alone.
+#[test]
+fn the_vnf_program_is_a_filter_swapped_in_place_and_removed_by_detach() {
+    let Some(mut b) = Bench::new() else { return };
+    b.dp.attach(Hook::Vnf, "vnf0").unwrap();
+    b.dp.attach(Hook::Vnf, "vnf0").unwrap();
+    let prog_of = |b: &Bench| -> u64 {
+        let filters = ingress_filters(b, "vnf0");
+        assert_eq!(filters.len(), 1, "{filters:?}");
+        let f = &filters[0];
+        assert_eq!((f["pref"].as_u64(), f["kind"].as_str()), (Some(1), Some("bpf")), "{f}");
+        assert_eq!(f["options"]["direct-action"], true, "{f}");
+        assert_eq!(f["options"]["prog"]["name"], "sp_vnf", "{f}");
+        f["options"]["prog"]["id"].as_u64().unwrap()
+    };
+    let first = prog_of(&b);
+    let net = Command::new("ip").args(["netns", "exec", &b.netns, "bpftool", "-j", "net", "show", "dev", "vnf0"]).output().unwrap();
+    if net.status.success() {
+        let tcx = String::from_utf8_lossy(&net.stdout).matches("tcx/").count();
+        assert_eq!(tcx, 0, "no tcx link on the VNF veth: {}", String::from_utf8_lossy(&net.stdout));
+    } else {
+        eprintln!("bpftool net show unavailable ({}): tcx not checked", String::from_utf8_lossy(&net.stderr).trim());
+    }
+
+    // A restarted daemon (a second instance on the same pins) swaps its program in.
+    let pins = b._cleanup.pins.clone().unwrap();
+    let mut restarted = Datapath::load(&pins).unwrap();
+    restarted.attach(Hook::Vnf, "vnf0").unwrap();
+    let second = prog_of(&b);
+    assert_ne!(first, second, "the restarted daemon's program replaced the first");
+
+    restarted.detach(Hook::Vnf, "vnf0").unwrap();
+    assert!(ingress_filters(&b, "vnf0").is_empty(), "detached");
+    restarted.detach(Hook::Vnf, "vnf0").unwrap();
+
+    // The first instance still thinks it holds vnf0's filter; the veth is replaced by one of
+    // the same name with a filter of its own: detaching the old one leaves the new one.
+    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
+    ip("link del vnf0");
+    ip("link add name vnf0 type veth peer name vnf0p");
+    restarted.attach(Hook::Vnf, "vnf0").unwrap();
+    b.dp.detach(Hook::Vnf, "vnf0").unwrap();
+    assert_eq!(ingress_filters(&b, "vnf0").len(), 1, "the new veth's filter stays");
+}
