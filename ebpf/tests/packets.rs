@@ -489,6 +489,22 @@ fn end_ad_outbound_restores_the_headers_and_forwards_to_the_next_segment() {
     assert_eq!(srh.segments_left, 1);
     assert_eq!(ip.payload_len as usize, out.len() - 14 - 40, "payload length for this packet");
     assert_ne!(ip.flow_label, 0, "flow label from the inner flow");
+    // The label is the flow's: the same for another packet of it, another when its sender
+    // changes its own label (repathing) and for another flow.
+    let label_of = |p: &[u8]| {
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, p);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        srv6::codec::decode_srv6(&out[14..]).unwrap().0.flow_label
+    };
+    let mut same_flow = pkt.clone();
+    *same_flow.last_mut().unwrap() ^= 0xff; // the payload (UDP checksum 0: not checked)
+    assert_eq!(label_of(&same_flow), ip.flow_label, "one flow, one label");
+    let mut repathed = pkt.clone();
+    repathed[14 + 3] ^= 0x5a; // the inner flow label's low bits
+    assert_ne!(label_of(&repathed), ip.flow_label, "the sender's new label");
+    let mut other_flow = pkt.clone();
+    other_flow[14 + 40 + 1] ^= 1; // the UDP source port
+    assert_ne!(label_of(&other_flow), ip.flow_label, "another flow");
     let mut proxied = back.clone();
     proxied[7] = 62;
     assert_eq!(&out[14 + len..], &proxied[..], "inner packet intact but for the proxy's hop");

@@ -90,6 +90,20 @@ static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct 
 	return 0;
 }
 
+/* A hash of `k`'s flow for its outer flow label (RFC 6437 §3: the same for every packet of a
+ * flow, spread over flows), from the key End.AD parsed anyway: the flow dissector behind
+ * bpf_get_hash_recalc costs more. The interface (the first word) is left out: a flow's label
+ * does not change from one proxy to the next. */
+static __always_inline __u32 flow_key_hash(const struct flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x5eed5eedu;
+#pragma unroll
+	for (int i = 1; i < (int)(sizeof(*k) / 4); i++)
+		h = mix32(h, w[i]);
+	return fmix32(h);
+}
+
 /* A new per-flow entry for the chain whose SRH tag `o` carries, if the chain is under its
  * quota: one chain cannot flush the others' flows out of the shared LRU. */
 static __always_inline int flow_quota_take(const struct node_config *cfg, const struct outer_hdr *o)
@@ -117,14 +131,19 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	__u64 age = cfg ? cfg->ad_age_ns : 0;
 	__u64 now = bpf_ktime_get_ns();
+	struct flow_key k;
+	int parsed = !flow_of(skb, ifindex, &k);
+	struct outer_hdr *c = parsed ? bpf_map_lookup_elem(&sp_ad_flows, &k) : NULL;
+	/* The flow's entry was learnt less than `age` ago, and the interface's with it (or since,
+	 * by another flow): the steady state of a flow looks at nothing else. */
+	if (c && age && now - c->stamp < age)
+		return;
 	normalize_cached(o);
 	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
-	struct flow_key k;
-	if (flow_of(skb, ifindex, &k))
+	if (!parsed)
 		return;
 	/* Known flows are refreshed; the interface's flags and the quota are looked at only when
-	 * a flow is new, so the steady state costs no extra lookup. */
-	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
+	 * a flow is new. */
 	if (!c) {
 		__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
 		if ((vf && (*vf & SP_VNF_NO_FLOWS)) || !flow_quota_take(cfg, o))
@@ -134,8 +153,8 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 }
 
 /* End.AD outbound with the headers `c` learnt for this packet: the inner packet's hop, then on
- * to the next segment. */
-static __always_inline int ad_restore(struct __sk_buff *skb, const struct outer_hdr *c, int ipv4)
+ * to the next segment. `fk`: the packet's flow, parsed (its hash makes the flow label), or NULL. */
+static __always_inline int ad_restore(struct __sk_buff *skb, const struct outer_hdr *c, int ipv4, const struct flow_key *fk)
 {
 	int verdict;
 	if (inner_hop(skb, ipv4, &verdict))
@@ -147,15 +166,15 @@ static __always_inline int ad_restore(struct __sk_buff *skb, const struct outer_
 	if (!o)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, c, sizeof(*o));
-	set_outer_fields(skb, o);
+	set_outer_fields(skb, o, fk ? flow_key_hash(fk) : bpf_get_hash_recalc(skb));
 	return steer(skb, o, SP_ORIGIN_VNF);
 }
 
-/* The per-flow End.AD entry of what a VNF returns on `ifindex`, or NULL. */
-static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 ifindex)
+/* The per-flow End.AD entry of what a VNF returns on `ifindex` (its flow parsed into `fk`), or
+ * NULL. */
+static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 ifindex, struct flow_key *fk)
 {
-	struct flow_key fk;
-	return flow_of(skb, ifindex, &fk) ? NULL : bpf_map_lookup_elem(&sp_ad_flows, &fk);
+	return flow_of(skb, ifindex, fk) ? NULL : bpf_map_lookup_elem(&sp_ad_flows, fk);
 }
 
 /* End.AD outbound on a VNF's return interface (`vflags`: its SP_VNF_* flags): the flow's own
@@ -163,7 +182,9 @@ static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 if
  * chain in one direction. */
 static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, int ipv4)
 {
-	struct outer_hdr *c = (vflags & SP_VNF_NO_FLOWS) ? NULL : ad_flow(skb, ifindex);
+	struct flow_key fk;
+	int parsed = !flow_of(skb, ifindex, &fk);
+	struct outer_hdr *c = parsed && !(vflags & SP_VNF_NO_FLOWS) ? bpf_map_lookup_elem(&sp_ad_flows, &fk) : NULL;
 	/* The interface's headers are whichever flow was learnt last: on an interface that serves
 	 * several chains (or both directions of one) they may belong to another chain. */
 	if (!c && (vflags & SP_VNF_SHARED))
@@ -172,5 +193,5 @@ static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, _
 		c = bpf_map_lookup_elem(&sp_ad_cache, &ifindex);
 	if (!c)
 		return drop(SP_DROP_NO_CACHE);
-	return ad_restore(skb, c, ipv4);
+	return ad_restore(skb, c, ipv4, parsed ? &fk : NULL);
 }

@@ -131,7 +131,7 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 		int err = insert_srh(skb, o);
 		verdict = err ? drop(err) : steer_inserted(skb, o);
 	} else {
-		set_outer_fields(skb, o);
+		set_outer_fields(skb, o, bpf_get_hash_recalc(skb));
 		verdict = steer(skb, o, headend ? SP_ORIGIN_POD : SP_ORIGIN_VNF);
 	}
 	count(bpf_map_lookup_elem(&sp_policy_stats, &id), len, dropped || verdict == TC_ACT_SHOT);

@@ -99,14 +99,18 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 /* The per-packet fields of an outer header about to be pushed: payload length; traffic class
  * copied from the inner packet (ECN as RFC 6040's normal mode asks, and the DSCP, the uniform
  * model of RFC 2983: the inner DSCP itself is never changed); flow label from the inner flow
- * (RFC 6437 §3; RFC 8986 §5.1). */
-static __always_inline void set_outer_fields(struct __sk_buff *skb, struct outer_hdr *o)
+ * (RFC 6437 §3, RFC 6438; RFC 8986 §5.1): `hash`, the flow's, with an IPv6 inner packet's own
+ * label mixed in, so that a sender that repaths a flow by changing its label (Linux, on a
+ * retransmission timeout) repaths the outer one too. */
+static __always_inline void set_outer_fields(struct __sk_buff *skb, struct outer_hdr *o, __u32 hash)
 {
 	__u32 plen = skb->len - ETH_HLEN + o->len - SP_IP6_LEN;
-	__u32 label = bpf_get_hash_recalc(skb) & 0xfffff;
-	__u8 ip[2] = {};
+	__u8 ip[4] = {};
 	bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip));
-	__u8 tc = (ip[0] >> 4) == 4 ? ip[1] : (__u8)(ip[0] << 4 | ip[1] >> 4);
+	int ipv4 = (ip[0] >> 4) == 4;
+	__u8 tc = ipv4 ? ip[1] : (__u8)(ip[0] << 4 | ip[1] >> 4);
+	__u32 inner_label = ipv4 ? 0 : ((__u32)(ip[1] & 0xf) << 16 | (__u32)ip[2] << 8 | ip[3]);
+	__u32 label = (hash ^ inner_label) & 0xfffff;
 	o->bytes[0] = 0x60 | tc >> 4;
 	o->bytes[1] = (__u8)(tc << 4) | (label >> 16);
 	o->bytes[2] = label >> 8;

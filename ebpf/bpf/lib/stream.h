@@ -16,9 +16,10 @@
 /* A stream proxy's output on its node-side interface `ifindex`. */
 static __always_inline int stream_return(struct __sk_buff *skb, __u32 ifindex, int ipv4)
 {
-	struct outer_hdr *c = ad_flow(skb, ifindex);
+	struct flow_key fk;
+	struct outer_hdr *c = ad_flow(skb, ifindex, &fk);
 	if (c)
-		return ad_restore(skb, c, ipv4);
+		return ad_restore(skb, c, ipv4, &fk);
 	__u8 daddr[16];
 	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, daddr) : offsetof(struct ipv6hdr, daddr));
 	if (bpf_skb_load_bytes(skb, off, daddr, ipv4 ? 4 : 16))
