@@ -378,8 +378,10 @@ impl Node {
     /// srv6pipes is being uninstalled: removes what this daemon put on the node. The CNI
     /// configuration goes first, so no new pod is sent to a daemon that is leaving (the binary
     /// stays while pods are attached: their DEL needs it). Then the routes to other nodes'
-    /// locators, the pins (programs, maps and links go with the last reference to them, this
-    /// process's, at exit) and the state. Best effort: every step runs; the failures are returned.
+    /// locators, the VNF veths' filters (each holds its program, and so the maps, for as long as
+    /// its pod lives), the pins (programs, maps and links go with the last reference to them,
+    /// this process's, at exit) and the state. Best effort: every step runs; the failures are
+    /// returned.
     pub async fn uninstall(&mut self, cni: Option<&CniUninstall>) -> Vec<anyhow::Error> {
         let mut errs = Vec::new();
         if let Some(c) = cni {
@@ -402,6 +404,12 @@ impl Node {
                 if let Err(e) = self.netlink.delete_route(prefix, via, uplink_idx).await {
                     errs.push(e.context(format!("route {prefix} via {via}")));
                 }
+            }
+        }
+        let vnf_ifaces: Vec<String> = self.state.registrations.iter().map(|r| r.return_host_ifname().to_string()).collect();
+        for ifname in vnf_ifaces {
+            if let Err(e) = self.datapath.detach(Hook::Vnf, &ifname) {
+                errs.push(e.into());
             }
         }
         if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
