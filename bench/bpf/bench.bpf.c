@@ -149,7 +149,7 @@ int bench_gen(struct xdp_md *ctx)
 
 struct sink_config {
 	__u32 slot;
-	__u32 any; /* count every IPv6 frame as expected */
+	__u32 bytes; /* leading bytes of dst compared: 16 exact, 8 a /64, 0 any */
 	struct addr dst;
 };
 
@@ -184,11 +184,9 @@ int bench_sink(struct xdp_md *ctx)
 		if (dst[0] == 0xff)
 			return XDP_DROP;
 		match = 1;
-		if (!cfg->any) {
-			for (int i = 0; i < 16; i++)
-				if (dst[i] != cfg->dst.b[i])
-					match = 0;
-		}
+		for (int i = 0; i < 16; i++)
+			if (i < cfg->bytes && dst[i] != cfg->dst.b[i])
+				match = 0;
 	}
 	__u32 key = cfg->slot * 2 + (match ? 0 : 1);
 	__u64 *c = bpf_map_lookup_elem(&sink_counts, &key);

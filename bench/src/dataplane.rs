@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::packet::{self, Frame, Inner};
-use crate::topo::{Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
+use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
 use crate::traffic::Path;
 
 #[derive(Clone, Debug)]
@@ -35,6 +35,10 @@ pub struct Results {
     pub pdr: Samples,
     pub scaling: Samples,
     pub kernel_scaling: Samples,
+    /// Plain forwarding spread over N VNF namespaces, by N.
+    pub plain_spread: Samples,
+    /// End.AD through the last of N VNFs installed, by N (and by SIDs for the table point).
+    pub installed: Samples,
     pub seglist: Samples,
     /// Packets srv6pipes' SIDs counted per lane over the whole run (proof of the path taken).
     pub sid_packets: BTreeMap<String, u64>,
@@ -159,30 +163,30 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
     Ok(())
 }
 
-pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
-    let mut res = Results {
-        ceiling_kpps: Vec::new(),
-        pdr: Samples::new(),
-        scaling: Samples::new(),
-        kernel_scaling: Samples::new(),
-        seglist: Samples::new(),
-        sid_packets: BTreeMap::new(),
-        bpf_ns: BTreeMap::new(),
-        scaling_bpf_ns: BTreeMap::new(),
-        failures: Vec::new(),
-        monitor_events: BTreeMap::new(),
-    };
-    let cpu = plan.sut_cpu;
-
-    // The generator's ceiling: straight into the sink, as fast as it goes.
-    let ceiling = b.ceiling_path()?;
-    let probe = packet::plain(topo_macs(), inner6());
-    for _ in 0..plan.reps.max(3) {
-        let t = b.traffic.trial(&ceiling, &probe, &[], 0.0, Duration::from_millis(500))?;
-        res.ceiling_kpps.push(t.received as f64 / t.sent.max(1) as f64 * t.offered_pps / 1000.0);
+impl Results {
+    fn empty() -> Self {
+        Results {
+            ceiling_kpps: Vec::new(),
+            pdr: Samples::new(),
+            scaling: Samples::new(),
+            kernel_scaling: Samples::new(),
+            plain_spread: Samples::new(),
+            installed: Samples::new(),
+            seglist: Samples::new(),
+            sid_packets: BTreeMap::new(),
+            bpf_ns: BTreeMap::new(),
+            scaling_bpf_ns: BTreeMap::new(),
+            failures: Vec::new(),
+            monitor_events: BTreeMap::new(),
+        }
     }
+}
+
+pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
+    let mut res = Results::empty();
+    let cpu = plan.sut_cpu;
+    res.ceiling_kpps = ceiling(b, plan)?;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
-    eprintln!("generator ceiling: {:.0} kpps", ceiling_pps / 1000.0);
 
     // (a)-(e), IPv4 inner and age 0 vs 1 s, side by side.
     let mut plain = b.lane("plain", Kind::Plain, cpu)?;
@@ -280,50 +284,107 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
         res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
     }
 
-    // VNF count: the same growing set of VNFs behind srv6pipes and behind the kernel proxy.
+    vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    Ok(res)
+}
+
+/// The generator's ceiling (kpps per repetition): straight into the sink, as fast as it goes.
+fn ceiling(b: &mut Bench, plan: &Plan) -> anyhow::Result<Vec<f64>> {
+    let path = b.ceiling_path()?;
+    let probe = packet::plain(topo_macs(), inner6());
+    let mut kpps = Vec::new();
+    for _ in 0..plan.reps.max(3) {
+        let t = b.traffic.trial(&path, &probe, &[], 0.0, Duration::from_millis(500))?;
+        kpps.push(t.received as f64 / t.sent.max(1) as f64 * t.offered_pps / 1000.0);
+    }
+    eprintln!("generator ceiling: {:.0} kpps", crate::stats::median(&kpps));
+    Ok(kpps)
+}
+
+/// The VNF-count sweep alone (`--only vnfs`), with the generator's ceiling it needs.
+pub fn run_vnfs(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
+    let mut res = Results::empty();
+    res.ceiling_kpps = ceiling(b, plan)?;
+    let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    Ok(res)
+}
+
+/// VNF count, one growing set of N VNFs per lane, measured side by side in turns at each N:
+/// srv6pipes End.AD spread over all N (`sp/N`: `vnf_scaling`, also `vnf_spread.end_ad`); plain
+/// forwarding spread over N VNF namespaces by destination (`plain/N`: `vnf_spread.plain`); the
+/// kernel proxy spread over N (`kernel/N`, an `ip rule` per VNF); and End.AD through the last
+/// VNF installed alone (`installed/N`: the seed paper's measure, what N idle VNFs cost one).
+fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
+    let cpu = plan.sut_cpu;
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
     let mut kscale = b.lane("kscale", Kind::Kernel, cpu)?;
+    let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
+    let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
+    let installed = |scale: &Lane, key: String| -> anyhow::Result<Scenario> {
+        let last = scale.vnfs.len() - 1;
+        Ok(Scenario { key, path: with_expect(scale, SINK_SID), frame: ad_frame(scale, last, 0)?, dsts: vec![] })
+    };
     for &n in &plan.vnf_counts {
         eprintln!("VNF sweep: {n} VNFs");
         b.grow(&mut scale, n)?;
         b.program(&scale, &[], &[], 0)?;
         b.grow(&mut kscale, n)?;
+        b.grow(&mut pscale, n)?;
         let points = vec![
+            Scenario { key: format!("sp/{n}"), path: with_expect(&scale, SINK_SID), frame: ad_frame(&scale, 0, 0)?, dsts: sids(&scale) },
             Scenario {
-                key: format!("sp/{n}"),
-                path: with_expect(&scale, SINK_SID),
-                frame: ad_frame(&scale, 0, 0)?,
-                dsts: scale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+                key: format!("plain/{n}"),
+                path: Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
+                frame: packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
+                dsts: (1..=n).map(spread_dst).collect(),
             },
             Scenario {
                 key: format!("kernel/{n}"),
                 path: with_expect(&kscale, SINK_SID),
                 frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(&kscale, 0)], inner6())?,
-                dsts: kscale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+                dsts: sids(&kscale),
             },
+            installed(&scale, format!("installed/{n}"))?,
         ];
+        // Proof that plain forwarding went through the VNFs: in a loss-free trial, every
+        // packet the sink counts was sent into one of them (a missing route would bypass them).
+        let p = &points[1];
+        let before = (b.vnf_tx_packets(&pscale)?, b.traffic.delivered(&p.path)?);
+        b.traffic.check(&p.key, &p.path, &p.frame, &p.dsts)?;
+        let (through, into_sink) = (b.vnf_tx_packets(&pscale)? - before.0, b.traffic.delivered(&p.path)? - before.1);
+        anyhow::ensure!(
+            through >= into_sink,
+            "{}: the sink got {into_sink} packets, the VNFs only {through}: a route bypasses them",
+            p.key
+        );
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         if let Some(ns) = bpf_cost(b, &points[0], plan.cost_pps / 2.0, plan, &mut res.failures) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
-        res.scaling.insert(n.to_string(), s.remove(&format!("sp/{n}")).unwrap_or_default());
-        res.kernel_scaling.insert(n.to_string(), s.remove(&format!("kernel/{n}")).unwrap_or_default());
+        let mut take = |prefix: &str| s.remove(&format!("{prefix}/{n}")).unwrap_or_default();
+        res.scaling.insert(n.to_string(), take("sp"));
+        res.plain_spread.insert(n.to_string(), take("plain"));
+        res.kernel_scaling.insert(n.to_string(), take("kernel"));
+        res.installed.insert(n.to_string(), take("installed"));
     }
     if plan.table_sids > 0 {
         let extra = plan.table_sids.saturating_sub(scale.vnfs.len() as u16);
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(&scale, &[], &[], extra)?;
-        let point = vec![Scenario {
-            key: plan.table_sids.to_string(),
-            path: with_expect(&scale, SINK_SID),
-            frame: ad_frame(&scale, 0, 0)?,
-            dsts: scale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
-        }];
-        in_turns(b, &point, ceiling_pps, plan, &mut res.scaling)?;
+        let key = plan.table_sids.to_string();
+        let points = vec![
+            Scenario { key: format!("sp/{key}"), path: with_expect(&scale, SINK_SID), frame: ad_frame(&scale, 0, 0)?, dsts: sids(&scale) },
+            installed(&scale, format!("installed/{key}"))?,
+        ];
+        let mut s = Samples::new();
+        in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        res.scaling.insert(key.clone(), s.remove(&format!("sp/{key}")).unwrap_or_default());
+        res.installed.insert(key.clone(), s.remove(&format!("installed/{key}")).unwrap_or_default());
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
-    Ok(res)
+    Ok(())
 }
 
 fn topo_macs() -> packet::Macs {

@@ -42,8 +42,8 @@ struct Args {
     /// CPU the system under test (node, VNFs, sink) runs on, by RPS.
     #[arg(long, default_value_t = 0)]
     sut_cpu: usize,
-    /// Run only these control-plane parts (comma-separated) and print their JSON; writes no
-    /// files. For working on them without the data plane's half hour.
+    /// Run only these parts (comma-separated) and print their JSON; writes no files. For
+    /// working on them without the whole run's 45 minutes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Nodes of the scale simulation (`--only sim`).
@@ -67,6 +67,9 @@ enum Part {
     Tcp,
     /// SRv6 pipes: HTTP through stream proxies vs a router VNF, lossy links, functions, memory.
     Stream,
+    /// The data plane's VNF-count sweep: End.AD spread and through the last installed, plain
+    /// forwarding and the kernel proxy spread, side by side (a third of a full run).
+    Vnfs,
     /// The operator at cluster scale on a real API server, no daemons (not in full runs:
     /// 1,000 nodes and 100,000 chains by default, see --sim-nodes; docs/performance.md).
     Sim,
@@ -200,23 +203,9 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
     json.as_object().cloned().unwrap_or_default()
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if !nix::unistd::Uid::effective().is_root() {
-        anyhow::bail!("srv6pipes-bench needs root (network namespaces, BPF, XDP)");
-    }
-    if !args.only.is_empty() {
-        let mut b = topo::Bench::new(args.gen_cpu)?;
-        let c = run_control(&mut b, &args, &args.only)?;
-        println!("{}", serde_json::to_string_pretty(&control_json(&c))?);
-        if let Some(st) = &c.stream {
-            let mut md = String::new();
-            report::stream_tables(&mut md, st);
-            eprintln!("{md}");
-        }
-        return Ok(());
-    }
-    let plan = if args.quick {
+/// What the data plane measures: a smoke run's or a full run's.
+fn dataplane_plan(args: &Args) -> dataplane::Plan {
+    if args.quick {
         dataplane::Plan {
             reps: args.reps.unwrap_or(2),
             trial: Duration::from_millis(150),
@@ -240,7 +229,86 @@ fn main() -> anyhow::Result<()> {
             cost_pps: 100_000.0,
             cost_trial: Duration::from_secs(2),
         }
+    }
+}
+
+/// The VNF-count sweep's JSON fields: End.AD through the last of N installed, End.AD and plain
+/// forwarding spread over N, the kernel proxy spread over N.
+fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
+    use report::{details, medians};
+    let spread = |f: &dyn Fn(&[f64], &[f64]) -> serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+        dp.plain_spread.iter().filter_map(|(n, plain)| dp.scaling.get(n).map(|end_ad| (n.clone(), f(plain, end_ad)))).collect()
     };
+    let plain_1 = dp.plain_spread.get("1").cloned().unwrap_or_default();
+    let json = serde_json::json!({
+        "vnf_installed_kpps": medians(&dp.installed),
+        "vnf_installed_detail": details(&dp.installed),
+        "vnf_spread_kpps": spread(&|plain, end_ad| serde_json::json!({"plain": stats::median(plain), "end_ad": stats::median(end_ad)})),
+        "vnf_spread_detail": spread(&|plain, end_ad| serde_json::json!({
+            "plain": stats::summarize(plain), "end_ad": stats::summarize(end_ad), "end_ad/plain": stats::ratios(end_ad, plain),
+        })),
+        "vnf_spread_plain_scaling": dp.plain_spread.iter().map(|(n, v)| (n.clone(), serde_json::json!(stats::ratios(v, &plain_1)))).collect::<serde_json::Map<_, _>>(),
+        "vnf_scaling_kpps": medians(&dp.scaling),
+        "vnf_scaling_detail": details(&dp.scaling),
+        "kernel_vnf_scaling_kpps": medians(&dp.kernel_scaling),
+        "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
+        "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
+        "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), and End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs)",
+    });
+    json.as_object().cloned().unwrap_or_default()
+}
+
+/// Targets of the VNF-count sweep: the last installed flat in N, End.AD at least plain forwarding
+/// spread over the same N VNFs, at every N.
+fn vnf_targets(dp: &dataplane::Results) -> Vec<report::Target> {
+    let largest = |s: &dataplane::Samples| s.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();
+    let mut targets = Vec::new();
+    let (max_installed, one) = (largest(&dp.installed), dp.installed.get("1").cloned().unwrap_or_default());
+    targets.push(report::Target {
+        name: "vnf_installed_flat".into(),
+        what: format!("through the last of {max_installed} installed ÷ 1 VNF"),
+        bound: 0.97,
+        at_least: true,
+        value: stats::ratios(dp.installed.get(&max_installed).map_or(&[][..], |v| v), &one),
+    });
+    let mut counts: Vec<&String> = dp.plain_spread.keys().collect();
+    counts.sort_by_key(|k| k.parse::<u64>().unwrap_or(u64::MAX));
+    for n in counts {
+        let Some(end_ad) = dp.scaling.get(n) else { continue };
+        targets.push(report::Target {
+            name: format!("vnf_spread_{n}"),
+            what: format!("End.AD ÷ plain, spread over {n} VNFs"),
+            bound: 0.97,
+            at_least: true,
+            value: stats::ratios(end_ad, &dp.plain_spread[n]),
+        });
+    }
+    targets
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("srv6pipes-bench needs root (network namespaces, BPF, XDP)");
+    }
+    let plan = dataplane_plan(&args);
+    if !args.only.is_empty() {
+        let mut b = topo::Bench::new(args.gen_cpu)?;
+        let c = run_control(&mut b, &args, &args.only)?;
+        let mut json = control_json(&c);
+        if args.only.contains(&Part::Vnfs) {
+            let dp = dataplane::run_vnfs(&mut b, &plan)?;
+            json.extend(vnf_json(&dp));
+            json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        if let Some(st) = &c.stream {
+            let mut md = String::new();
+            report::stream_tables(&mut md, st);
+            eprintln!("{md}");
+        }
+        return Ok(());
+    }
     let mut b = topo::Bench::new(args.gen_cpu)?;
     let dp = match dataplane::run(&mut b, &plan) {
         Ok(dp) => dp,
@@ -284,71 +352,77 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
     let cni_p99 = stats::percentile(&cni.srv6pipes_ms, 99.0);
     let targets = vec![
         Target {
-            name: "end_ad_vs_plain",
+            name: "end_ad_vs_plain".into(),
             what: "End.AD ÷ plain forwarding".into(),
             bound: 1.0,
             at_least: true,
             value: ratio(&p["end_ad"], &p["plain"]),
         },
         Target {
-            name: "end_ad_vs_kernel",
+            name: "end_ad_vs_kernel".into(),
             what: "End.AD ÷ kernel static proxy".into(),
             bound: 1.0,
             at_least: true,
             value: ratio(&p["end_ad"], &p["kernel_static_proxy"]),
         },
         Target {
-            name: "end_as_vs_plain",
+            name: "end_as_vs_plain".into(),
             what: "End.AS ÷ plain forwarding".into(),
             bound: 1.0,
             at_least: true,
             value: ratio(&p["end_as"], &p["plain"]),
         },
         Target {
-            name: "end_as_vs_kernel",
+            name: "end_as_vs_kernel".into(),
             what: "End.AS ÷ kernel static proxy".into(),
             bound: 1.0,
             at_least: true,
             value: ratio(&p["end_as"], &p["kernel_static_proxy"]),
         },
         Target {
-            name: "vnf_flat",
+            name: "vnf_flat".into(),
             what: format!("{max_point} VNFs/SIDs ÷ 1 VNF"),
             bound: 0.97,
             at_least: true,
             value: ratio(&dp.scaling[&max_point], &dp.scaling["1"]),
         },
         Target {
-            name: "age0",
+            name: "age0".into(),
             what: "End.AD age 0 ÷ age 1 s".into(),
             bound: 0.98,
             at_least: true,
             value: ratio(&p["end_ad_age0"], &p["end_ad"]),
         },
         Target {
-            name: "monitor_attached",
+            name: "monitor_attached".into(),
             what: "End.AD, drop monitor attached ÷ detached".into(),
             bound: 0.97,
             at_least: true,
             value: ratio(&p["end_ad_monitor_drops"], &p["end_ad_monitor_none"]),
         },
-        Target { name: "cni_add_p99", what: "CNI ADD p99 (ms)".into(), bound: 20.0, at_least: false, value: stats::summarize(&[cni_p99]) },
         Target {
-            name: "cni_add_vs_ptp",
+            name: "cni_add_p99".into(),
+            what: "CNI ADD p99 (ms)".into(),
+            bound: 20.0,
+            at_least: false,
+            value: stats::summarize(&[cni_p99]),
+        },
+        Target {
+            name: "cni_add_vs_ptp".into(),
             what: "CNI ADD p99 ÷ Debian ptp's".into(),
             bound: 1.0,
             at_least: false,
             value: stats::summarize(&[cni_p99 / stats::percentile(&cni.ptp_ms, 99.0)]),
         },
         Target {
-            name: "cni_add_vs_bridge",
+            name: "cni_add_vs_bridge".into(),
             what: "CNI ADD p99 ÷ Debian bridge's".into(),
             bound: 1.0,
             at_least: false,
             value: stats::summarize(&[cni_p99 / stats::percentile(&cni.bridge_ms, 99.0)]),
         },
         Target {
-            name: "chain_apply_p99",
+            name: "chain_apply_p99".into(),
             what: format!("chain applied → steered p99 (ms), {} chains present", c.background_chains),
             bound: 1000.0,
             at_least: false,
@@ -356,9 +430,10 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         },
     ];
     let mut targets = targets;
+    targets.extend(vnf_targets(dp));
     if let Some(c10k) = &c.chains_10k {
         targets.push(Target {
-            name: "chain_apply_10k_p99",
+            name: "chain_apply_10k_p99".into(),
             what: "chain applied → steered p99 (ms), 10,000 chains present".into(),
             bound: 1000.0,
             at_least: false,
@@ -393,10 +468,6 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         },
         "pdr_detail": details(p),
         "ratios": ratios,
-        "vnf_scaling_kpps": medians(&dp.scaling),
-        "vnf_scaling_detail": details(&dp.scaling),
-        "kernel_vnf_scaling_kpps": medians(&dp.kernel_scaling),
-        "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
         "age0_kpps": stats::median(&p["end_ad_age0"]),
         "monitor_kpps": {
             "detached": stats::median(&p["end_ad_monitor_none"]),
@@ -411,11 +482,11 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "seglist_detail": details(&dp.seglist),
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
-        "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
         "dataplane_failures": dp.failures,
         "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
+    result.as_object_mut().expect("object").extend(vnf_json(dp));
     result.as_object_mut().expect("object").extend(control_json(c));
     let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
     std::fs::create_dir_all(&out)?;
@@ -427,13 +498,25 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         p,
         &[
             ("VNFs on the node (srv6pipes End.AD)", &dp.scaling),
+            ("VNFs on the node (plain forwarding by destination)", &dp.plain_spread),
             ("VNFs on the node (kernel End.DX6 + ip rule)", &dp.kernel_scaling),
+            ("VNFs installed, End.AD through the last (last point: SIDs)", &dp.installed),
             ("segments after the proxy", &dp.seglist),
         ],
         &targets,
     );
     std::fs::write(out.join("latest.md"), &md)?;
-    report::plot(&out, "latest", p, &dp.scaling, &dp.kernel_scaling)?;
+    report::plot(
+        &out,
+        "latest",
+        p,
+        &[
+            ("srv6pipes End.AD, spread", &dp.scaling),
+            ("plain forwarding, spread", &dp.plain_spread),
+            ("kernel End.DX6 + ip rule, spread", &dp.kernel_scaling),
+            ("End.AD through the last installed", &dp.installed),
+        ],
+    )?;
     let doc = std::path::Path::new("docs/performance.md");
     if !args.quick && doc.exists() {
         report::update_doc(doc, &md)?;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::stats::{at_least, at_most, percentile, ratios, summarize, Summary, Verdict};
 
 pub struct Target {
-    pub name: &'static str,
+    pub name: String,
     pub what: String,
     pub bound: f64,
     pub at_least: bool,
@@ -188,35 +188,53 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     md
 }
 
-/// Two panels: PDR per scenario with its spread; PDR against the number of VNFs.
+/// Two panels: PDR per scenario with its spread; PDR against the number of VNFs, one line per
+/// series (median, the first with its spread).
 pub fn plot(
     dir: &Path,
     stem: &str,
     pdr: &BTreeMap<String, Vec<f64>>,
-    scaling: &BTreeMap<String, Vec<f64>>,
-    kernel: &BTreeMap<String, Vec<f64>>,
+    series: &[(&str, &BTreeMap<String, Vec<f64>>)],
 ) -> anyhow::Result<()> {
     let mut bars = String::new();
     for (i, (k, v)) in pdr.iter().enumerate() {
         let s = summarize(v);
         let _ = writeln!(bars, "{i} \"{k}\" {} {} {}", s.median, s.min, s.max);
     }
+    let mut points: Vec<u64> = series.iter().flat_map(|(_, s)| s.keys().filter_map(|k| k.parse().ok())).collect();
+    points.sort_unstable();
+    points.dedup();
     let mut lines = String::new();
-    let mut keys: Vec<&String> = scaling.keys().collect();
-    keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(0));
-    for k in keys {
-        let s = summarize(&scaling[k]);
-        let kv = kernel.get(k).map(|v| summarize(v).median.to_string()).unwrap_or_else(|| "NaN".into());
-        let _ = writeln!(lines, "{k} {} {} {} {kv}", s.median, s.min, s.max);
+    for n in points {
+        let _ = write!(lines, "{n}");
+        for (i, (_, s)) in series.iter().enumerate() {
+            match s.get(&n.to_string()).map(|v| summarize(v)) {
+                Some(x) if i == 0 => write!(lines, " {} {} {}", x.median, x.min, x.max),
+                Some(x) => write!(lines, " {}", x.median),
+                None if i == 0 => write!(lines, " NaN NaN NaN"),
+                None => write!(lines, " NaN"),
+            }
+            .expect("write to a String");
+        }
+        lines.push('\n');
     }
+    let plots: Vec<String> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (title, _))| match i {
+            0 => format!("'{stem}.scaling.dat' using 1:2:3:4 with yerrorlines title '{title}'"),
+            _ => format!("'' using 1:{} with linespoints title '{title}'", i + 4),
+        })
+        .collect();
     std::fs::write(dir.join(format!("{stem}.bars.dat")), bars)?;
     std::fs::write(dir.join(format!("{stem}.scaling.dat")), lines)?;
     let script = format!(
         "set terminal pngcairo size 1200,500\nset output '{stem}.png'\nset multiplot layout 1,2\n\
          set title 'PDR at 0.5% loss (median, min-max)'\nset ylabel 'kpps'\nset style fill solid 0.5\nset boxwidth 0.6\nset xtics rotate by -30\nset yrange [0:*]\n\
          plot '{stem}.bars.dat' using 1:3:xtic(2) with boxes notitle, '' using 1:3:4:5 with yerrorbars lc rgb 'black' pt 0 notitle\n\
-         set title 'PDR vs VNFs on the node (SIDs installed)'\nset logscale x\nset xtics norotate\nset xlabel 'VNFs (last point: SIDs)'\n\
-         plot '{stem}.scaling.dat' using 1:2:3:4 with yerrorlines title 'srv6pipes End.AD', '' using 1:5 with linespoints title 'kernel End.DX6 + ip rule'\nunset multiplot\n"
+         set title 'PDR vs VNFs on the node (SIDs installed)'\nset logscale x\nset xtics norotate\nset xlabel 'VNFs (last point: SIDs)'\nset datafile missing 'NaN'\n\
+         plot {}\nunset multiplot\n",
+        plots.join(", ")
     );
     std::fs::write(dir.join(format!("{stem}.gp")), &script)?;
     let out = std::process::Command::new("gnuplot")

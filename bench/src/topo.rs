@@ -29,11 +29,24 @@ pub const OUTER_SRC: Ipv6Addr = Ipv6Addr::new(0xfcbb, 0xbb00, 0x99, 0, 0, 0, 0, 
 const CLUSTER_BLOCK: &str = "fcbb:bb00::/32";
 /// Where plain forwarding and the kernel proxy look up what comes back from a VNF.
 const RETURN_TABLE: u32 = 100;
+/// Where the spread plain lane looks up what comes from the generator (one rule: `iif eth0`).
+const FORWARD_TABLE: u32 = 200;
+
+/// The inner destination that the spread plain lane routes to VNF `j`: inside INNER_DST's /64,
+/// which the lane's main table sends to the sink.
+pub fn spread_dst(j: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 1, j)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Plain IPv6 forwarding through the VNF: a route to it, `ip rule iif` back to the sink.
     Plain,
+    /// Plain IPv6 forwarding spread over any number of VNFs by destination: what comes from
+    /// the generator (one `ip rule iif eth0`) is routed by a /128 per VNF (`spread_dst`),
+    /// what comes back from a VNF by the main table's route to the sink. Nothing grows per
+    /// VNF but routes and neighbours, as with srv6pipes' SIDs.
+    PlainSpread,
     /// seg6local End.DX6 towards each VNF; `ip rule iif` + seg6 encap route back.
     Kernel,
     /// srv6pipes-node with this End.AD learning interval.
@@ -159,6 +172,9 @@ impl Bench {
                 ),
             ],
         )?;
+        if kind == Kind::PlainSpread {
+            sys::ip_batch_with(&["-6"], Some(&node_ns), &[format!("rule add iif eth0 lookup {FORWARD_TABLE} pref 1000")])?;
+        }
         // The generator's veth delivers only into a peer with NAPI (GRO on); RPS moves the
         // node's work off the generator's CPU.
         sys::run(sys::command(&node_ns, "ethtool", true)?.args(["-K", "eth0", "gro", "on"]))?;
@@ -171,7 +187,7 @@ impl Bench {
             k,
             kind,
             node_ns,
-            path: TrafficPath { gen_ifindex, sink_ifindex, slot, expect: None },
+            path: TrafficPath { gen_ifindex, sink_ifindex, slot, expect: None, expect_bytes: 16 },
             macs: Macs { src: gmac, dst: umac },
             vnfs: Vec::new(),
             socket: None,
@@ -189,7 +205,7 @@ impl Bench {
         sys::ip(Some(&self.gen_ns), &format!("link set {g} up"))?;
         sys::ip(Some(&self.sink_ns), &format!("link set {s} up"))?;
         let (sink_ifindex, slot) = self.traffic.add_sink(&self.sink_ns, s)?;
-        Ok(TrafficPath { gen_ifindex: sys::ifindex(&self.gen_ns, g)?, sink_ifindex, slot, expect: None })
+        Ok(TrafficPath { gen_ifindex: sys::ifindex(&self.gen_ns, g)?, sink_ifindex, slot, expect: None, expect_bytes: 16 })
     }
 
     fn start_daemon(&mut self, lane: &mut Lane, ad_age_ms: u64) -> anyhow::Result<()> {
@@ -313,6 +329,16 @@ impl Bench {
                 sys::ip_batch(Some(&lane.node_ns), &lines)?;
                 sys::ip_batch_with(&["-6"], Some(&lane.node_ns), &rules)?;
             }
+            Kind::PlainSpread => {
+                let routes: Vec<String> = new
+                    .iter()
+                    .map(|v| {
+                        let j = v.index;
+                        format!("route add {}/128 via fd00:c0:{k:x}:{j:x}::2 dev {} table {FORWARD_TABLE}", spread_dst(j), v.host_if)
+                    })
+                    .collect();
+                sys::ip_batch(Some(&lane.node_ns), &routes)?;
+            }
             Kind::Plain => {
                 if first != 1 || n != 1 {
                     bail!("the plain lane has exactly one VNF");
@@ -355,6 +381,21 @@ impl Bench {
             Response::Ok => Ok(()),
             other => bail!("lane {}: program refused: {other:?}", lane.name),
         }
+    }
+
+    /// Packets the node sent into its VNFs (`v<j>` tx), read over netlink: proof that a plain
+    /// lane's traffic went through them.
+    pub fn vnf_tx_packets(&self, lane: &Lane) -> anyhow::Result<u64> {
+        let out = sys::run(sys::command(&lane.node_ns, "ip", false)?.args(["-j", "-s", "link", "show"]))?;
+        let links: serde_json::Value = serde_json::from_str(&out).context("ip -j -s link show")?;
+        let is_vnf = |name: &str| name.strip_prefix('v').is_some_and(|j| j.parse::<u16>().is_ok());
+        Ok(links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["ifname"].as_str().is_some_and(is_vnf))
+            .filter_map(|l| l["stats64"]["tx"]["packets"].as_u64())
+            .sum())
     }
 
     /// Packets the daemon's SIDs of this lane counted (proof the proxy carried the traffic).

@@ -61,7 +61,8 @@ unsafe impl aya::Pod for GenState {}
 #[derive(Clone, Copy)]
 struct SinkConfig {
     slot: u32,
-    any: u32,
+    /// Leading bytes of the destination compared with `dst`: 16 exact, 8 a /64, 0 any.
+    bytes: u32,
     dst: [u8; 16],
 }
 unsafe impl aya::Pod for SinkConfig {}
@@ -74,6 +75,8 @@ pub struct Path {
     pub slot: u32,
     /// The destination the sink counts as delivered (None: every IPv6 frame).
     pub expect: Option<Ipv6Addr>,
+    /// How many leading bytes of `expect` must match: 16, or 8 for its /64.
+    pub expect_bytes: u32,
 }
 
 pub struct Traffic {
@@ -129,8 +132,11 @@ impl Traffic {
 
     fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64) -> anyhow::Result<()> {
         let mut sinks: HashMap<_, u32, SinkConfig> = HashMap::try_from(self.bpf.map_mut("sink_config").context("sink_config")?)?;
-        let cfg =
-            SinkConfig { slot: path.slot, any: path.expect.is_none() as u32, dst: path.expect.map(|a| a.octets()).unwrap_or_default() };
+        let cfg = SinkConfig {
+            slot: path.slot,
+            bytes: if path.expect.is_some() { path.expect_bytes.min(16) } else { 0 },
+            dst: path.expect.map(|a| a.octets()).unwrap_or_default(),
+        };
         sinks.insert(path.sink_ifindex, cfg, 0)?;
         let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
         for (i, d) in dsts.iter().enumerate() {
@@ -168,6 +174,11 @@ impl Traffic {
         let last = per_cpu.iter().map(|s| s.last_ns).max().unwrap_or(0);
         let secs = (last.saturating_sub(first)) as f64 / 1e9;
         Ok((tx, if secs > 0.0 { tx as f64 / secs } else { 0.0 }))
+    }
+
+    /// Frames the sink of `path` has counted as delivered so far.
+    pub fn delivered(&self, path: &Path) -> anyhow::Result<u64> {
+        Ok(self.counts(path.slot)?.0)
     }
 
     fn counts(&self, slot: u32) -> anyhow::Result<(u64, u64)> {
