@@ -39,6 +39,8 @@ pub struct Results {
     pub plain_spread: Samples,
     /// End.AD through the last of N VNFs installed, by N (and by SIDs for the table point).
     pub installed: Samples,
+    /// The three-function chain over three nodes: "srv6pipes" and "plain".
+    pub chain3: Samples,
     pub seglist: Samples,
     /// Packets srv6pipes' SIDs counted per lane over the whole run (proof of the path taken).
     pub sid_packets: BTreeMap<String, u64>,
@@ -172,6 +174,7 @@ impl Results {
             kernel_scaling: Samples::new(),
             plain_spread: Samples::new(),
             installed: Samples::new(),
+            chain3: Samples::new(),
             seglist: Samples::new(),
             sid_packets: BTreeMap::new(),
             bpf_ns: BTreeMap::new(),
@@ -283,9 +286,61 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     for l in [&sp, &age0] {
         res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
     }
+    chain3(b, plan, ceiling_pps, &mut res)?;
 
     vnf_sweep(b, plan, ceiling_pps, &mut res)?;
     Ok(res)
+}
+
+/// Proof of the path taken: in a loss-free check trial of `s`, every counter `count` returns
+/// (packets one hop of the path handled) grows by at least what the sink counted.
+fn check_through(b: &mut Bench, s: &Scenario, count: impl Fn(&Bench) -> anyhow::Result<Vec<u64>>) -> anyhow::Result<()> {
+    let (before, sink) = (count(b)?, b.traffic.delivered(&s.path)?);
+    b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
+    let into_sink = b.traffic.delivered(&s.path)? - sink;
+    for (hop, (after, before)) in count(b)?.into_iter().zip(before).enumerate() {
+        anyhow::ensure!(
+            after - before >= into_sink,
+            "{}: the sink got {into_sink} packets, hop {} only {}: a route bypasses it",
+            s.key,
+            hop + 1,
+            after - before
+        );
+    }
+    Ok(())
+}
+
+/// A three-function chain over three nodes, End.AD on each (pop, the VNF, push, then a remote
+/// hop to the next node's SID), against plain forwarding of the same inner packets through a
+/// line of three nodes with a VNF each, routed by destination: `chain3_kpps.{srv6pipes,plain}`.
+fn chain3(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
+    let mut sp = b.line("c3sp", Kind::Srv6pipes { ad_age_ms: 1000 }, plan.sut_cpu, 3)?;
+    let mut plain = b.line("c3plain", Kind::PlainSpread, plan.sut_cpu, 3)?;
+    for lane in sp.iter_mut().chain(plain.iter_mut()) {
+        b.grow(lane, 1)?;
+    }
+    for lane in &sp {
+        b.program(lane, &[], &[], 0)?;
+    }
+    let segments: Vec<Ipv6Addr> = sp.iter().map(|l| sid(l, 0)).chain([SINK_SID]).collect();
+    let points = vec![
+        Scenario {
+            key: "srv6pipes".into(),
+            path: with_expect(&sp[0], SINK_SID),
+            frame: packet::encapsulated(sp[0].macs, OUTER_SRC, &segments, inner6())?,
+            dsts: vec![],
+        },
+        Scenario {
+            key: "plain".into(),
+            path: with_expect(&plain[0], spread_dst(1)),
+            frame: packet::plain(plain[0].macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
+            dsts: vec![],
+        },
+    ];
+    eprintln!("three-function chain over three nodes: srv6pipes and plain");
+    check_through(b, &points[0], |b| sp.iter().map(|l| b.sid_packets(l)).collect())?;
+    check_through(b, &points[1], |b| plain.iter().map(|l| b.vnf_tx_packets(l)).collect())?;
+    in_turns(b, &points, ceiling_pps, plan, &mut res.chain3)
 }
 
 /// The generator's ceiling (kpps per repetition): straight into the sink, as fast as it goes.
@@ -301,12 +356,17 @@ fn ceiling(b: &mut Bench, plan: &Plan) -> anyhow::Result<Vec<f64>> {
     Ok(kpps)
 }
 
-/// The VNF-count sweep alone (`--only vnfs`), with the generator's ceiling it needs.
-pub fn run_vnfs(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
+/// Parts of the data plane alone (`--only vnfs,chain3`), with the generator's ceiling they need.
+pub fn run_parts(b: &mut Bench, plan: &Plan, vnfs: bool, chain3: bool) -> anyhow::Result<Results> {
     let mut res = Results::empty();
     res.ceiling_kpps = ceiling(b, plan)?;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
-    vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    if chain3 {
+        self::chain3(b, plan, ceiling_pps, &mut res)?;
+    }
+    if vnfs {
+        vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    }
     Ok(res)
 }
 
@@ -347,20 +407,13 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
             },
             installed(&scale, format!("installed/{n}"))?,
         ];
-        // Proof that plain forwarding went through the VNFs: in a loss-free trial, every
-        // packet the sink counts was sent into one of them (a missing route would bypass them).
-        let p = &points[1];
-        let before = (b.vnf_tx_packets(&pscale)?, b.traffic.delivered(&p.path)?);
-        b.traffic.check(&p.key, &p.path, &p.frame, &p.dsts)?;
-        let (through, into_sink) = (b.vnf_tx_packets(&pscale)? - before.0, b.traffic.delivered(&p.path)? - before.1);
-        anyhow::ensure!(
-            through >= into_sink,
-            "{}: the sink got {into_sink} packets, the VNFs only {through}: a route bypasses them",
-            p.key
-        );
+        // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).
+        check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(&pscale)?]))?;
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
-        if let Some(ns) = bpf_cost(b, &points[0], plan.cost_pps / 2.0, plan, &mut res.failures) {
+        // Below this point's PDR (1,000 VNFs forward ~50 kpps here, spread or plain).
+        let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&points[0].key]) * 1000.0 / 2.0);
+        if let Some(ns) = bpf_cost(b, &points[0], pps, plan, &mut res.failures) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{n}")).unwrap_or_default();

@@ -70,6 +70,8 @@ enum Part {
     /// The data plane's VNF-count sweep: End.AD spread and through the last installed, plain
     /// forwarding and the kernel proxy spread, side by side (a third of a full run).
     Vnfs,
+    /// Three functions over three nodes, srv6pipes End.AD against plain forwarding.
+    Chain3,
     /// The operator at cluster scale on a real API server, no daemons (not in full runs:
     /// 1,000 nodes and 100,000 chains by default, see --sim-nodes; docs/performance.md).
     Sim,
@@ -296,9 +298,16 @@ fn main() -> anyhow::Result<()> {
         let mut b = topo::Bench::new(args.gen_cpu)?;
         let c = run_control(&mut b, &args, &args.only)?;
         let mut json = control_json(&c);
-        if args.only.contains(&Part::Vnfs) {
-            let dp = dataplane::run_vnfs(&mut b, &plan)?;
-            json.extend(vnf_json(&dp));
+        let (vnfs, chain3) = (args.only.contains(&Part::Vnfs), args.only.contains(&Part::Chain3));
+        if vnfs || chain3 {
+            let dp = dataplane::run_parts(&mut b, &plan, vnfs, chain3)?;
+            if vnfs {
+                json.extend(vnf_json(&dp));
+            }
+            if chain3 {
+                json.insert("chain3_kpps".into(), report::medians(&dp.chain3));
+                json.insert("chain3_detail".into(), report::details(&dp.chain3));
+            }
             json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
         }
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -345,6 +354,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         ("monitor_trace/detached", ratio(&p["end_ad_monitor_trace"], &p["end_ad_monitor_none"])),
         ("vnf_max/vnf_1", ratio(&dp.scaling[&max_point], &dp.scaling["1"])),
         ("tcp_chained/unchained", ratio(&tcp.chained_mbps, &tcp.unchained_mbps)),
+        ("chain3_srv6pipes/plain", ratio(&dp.chain3["srv6pipes"], &dp.chain3["plain"])),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
@@ -430,6 +440,20 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         },
     ];
     let mut targets = targets;
+    targets.push(Target {
+        name: "chain3".into(),
+        what: "three functions over three nodes, srv6pipes ÷ plain".into(),
+        bound: 0.9,
+        at_least: true,
+        value: ratio(&dp.chain3["srv6pipes"], &dp.chain3["plain"]),
+    });
+    targets.push(Target {
+        name: "tcp_chained".into(),
+        what: "TCP through the two-VNF chain ÷ unchained".into(),
+        bound: 0.95,
+        at_least: true,
+        value: ratio(&tcp.chained_mbps, &tcp.unchained_mbps),
+    });
     targets.extend(vnf_targets(dp));
     if let Some(c10k) = &c.chains_10k {
         targets.push(Target {
@@ -476,6 +500,9 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         },
         "monitor_events": dp.monitor_events,
         "monitor_method": "End.AD through three alike nodes (one VNF each) in the same turns: no monitor (detached), and a srv6pipes monitor attached to the node daemon (draining its socket as the CLI does) for drops (the traffic drops nothing) and traces of 1 packet in 64 (the daemon's default rate limit, 1,000 events/s per CPU)",
+        "chain3_kpps": medians(&dp.chain3),
+        "chain3_detail": details(&dp.chain3),
+        "chain3_method": "a line of three nodes (generator → n1 → n2 → n3 → sink), one VNF each: srv6pipes End.AD on every node, segments [n1's, n2's, n3's proxy SID, sink SID] (pop, VNF, push, remote hop); plain: the inner packet routed into each node's VNF by destination (one ip rule iif eth0 per node) and on downstream; before measuring, a loss-free trial proves every hop (SID counters, VNF veth tx) carried everything the sink counted",
         "age1_kpps": stats::median(&p["end_ad"]),
         "ipv4_inner_kpps": stats::median(&p["end_ad_ipv4"]),
         "seglist_kpps": medians(&dp.seglist),
@@ -483,7 +510,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
         "dataplane_failures": dp.failures,
-        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(vnf_json(dp));

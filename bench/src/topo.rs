@@ -128,74 +128,89 @@ impl Bench {
     /// A node netns wired to the generator and the sink; RPS sends its receive work to
     /// `sut_cpu`.
     pub fn lane(&mut self, name: &str, kind: Kind, sut_cpu: usize) -> anyhow::Result<Lane> {
-        let k = self.next_k;
-        self.next_k += 1;
-        let node_ns = format!("{}-{name}", self.tag);
-        sys::ip(None, &format!("netns add {node_ns}"))?;
-        self.cleanup.netns(&node_ns);
-        sys::sysctls(&node_ns, NODE_SYSCTLS)?;
-        let (gmac, umac, dmac, smac) = (mac(0xaa, k, 0, 1), mac(0xaa, k, 0, 2), mac(0xab, k, 0, 1), mac(0xab, k, 0, 2));
-        let (gen_if, sink_if) = (format!("g{k}"), format!("s{k}"));
-        sys::ip_batch(
-            None,
-            &[
-                format!(
-                    "link add name {gen_if} netns {} address {} type veth peer name eth0 netns {node_ns} address {}",
-                    self.gen_ns,
-                    fmt_mac(gmac),
-                    fmt_mac(umac)
-                ),
-                format!(
-                    "link add name {sink_if} netns {} address {} type veth peer name eth1 netns {node_ns} address {}",
-                    self.sink_ns,
-                    fmt_mac(smac),
-                    fmt_mac(dmac)
-                ),
-            ],
-        )?;
+        Ok(self.line(name, kind, sut_cpu, 1)?.remove(0))
+    }
+
+    /// `hops` node netns in a line between the generator and the sink (gen → `eth0` node 1
+    /// `eth1` → `eth0` node 2 … → sink), each routing the sink's locator, the later nodes'
+    /// locators and the inner destination's /64 downstream: a chain over remote hops. Every
+    /// node's lane has the line's traffic path. RPS sends each node's receive work to `sut_cpu`.
+    pub fn line(&mut self, name: &str, kind: Kind, sut_cpu: usize, hops: usize) -> anyhow::Result<Vec<Lane>> {
+        let ks: Vec<u8> = (0..hops as u8).map(|i| self.next_k + i).collect();
+        self.next_k += hops as u8;
+        let names: Vec<String> = (0..hops).map(|i| if hops == 1 { name.to_string() } else { format!("{name}{}", i + 1) }).collect();
+        let nss: Vec<String> = names.iter().map(|n| format!("{}-{n}", self.tag)).collect();
+        for ns in &nss {
+            sys::ip(None, &format!("netns add {ns}"))?;
+            self.cleanup.netns(ns);
+            sys::sysctls(ns, NODE_SYSCTLS)?;
+        }
+        // eth0 faces upstream (the generator, or the previous node's eth1), eth1 downstream.
+        let eth0 = |i: usize| mac(0xaa, ks[i], 0, 2);
+        let eth1 = |i: usize| mac(0xab, ks[i], 0, 1);
+        let (first, last) = (ks[0], ks[hops - 1]);
+        let (gmac, smac) = (mac(0xaa, first, 0, 1), mac(0xab, last, 0, 2));
+        let (gen_if, sink_if) = (format!("g{first}"), format!("s{last}"));
+        let veth = |a: &str, a_ns: &str, a_mac, b: &str, b_ns: &str, b_mac| {
+            format!(
+                "link add name {a} netns {a_ns} address {} type veth peer name {b} netns {b_ns} address {}",
+                fmt_mac(a_mac),
+                fmt_mac(b_mac)
+            )
+        };
+        let mut links = vec![veth(&gen_if, &self.gen_ns, gmac, "eth0", &nss[0], eth0(0))];
+        for i in 1..hops {
+            links.push(veth("eth1", &nss[i - 1], eth1(i - 1), "eth0", &nss[i], eth0(i)));
+        }
+        links.push(veth(&sink_if, &self.sink_ns, smac, "eth1", &nss[hops - 1], eth1(hops - 1)));
+        sys::ip_batch(None, &links)?;
         sys::ip_batch(Some(&self.gen_ns), &[format!("link set {gen_if} up")])?;
         sys::ip_batch(Some(&self.sink_ns), &[format!("link set {sink_if} up")])?;
-        let sink_addr = format!("fd00:b1:{k:x}::2");
-        sys::ip_batch(
-            Some(&node_ns),
-            &[
+        let (sink_ifindex, slot) = self.traffic.add_sink(&self.sink_ns, &sink_if)?;
+        let path = TrafficPath { gen_ifindex: sys::ifindex(&self.gen_ns, &gen_if)?, sink_ifindex, slot, expect: None, expect_bytes: 16 };
+        let mut lanes = Vec::new();
+        for (i, &k) in ks.iter().enumerate() {
+            let node_ns = nss[i].clone();
+            let up_addr = if i == 0 { format!("fd00:b0:{k:x}::2") } else { format!("fd00:b1:{:x}::2", ks[i - 1]) };
+            let next = format!("fd00:b1:{k:x}::2");
+            let next_mac = if i + 1 == hops { smac } else { eth0(i + 1) };
+            let inner = if kind == Kind::Plain { format!("{INNER_DST}/64 table {RETURN_TABLE}") } else { format!("{INNER_DST}/64") };
+            let mut lines = vec![
                 "link set lo up".into(),
                 "link set eth0 up".into(),
                 "link set eth1 up".into(),
-                format!("addr add fd00:b0:{k:x}::2/64 dev eth0 nodad"),
+                format!("addr add {up_addr}/64 dev eth0 nodad"),
                 format!("addr add fd00:b1:{k:x}::1/64 dev eth1 nodad"),
-                format!("neigh replace {sink_addr} lladdr {} dev eth1 nud permanent", fmt_mac(smac)),
-                format!("route add fcbb:bb00:ff::/48 via {sink_addr} dev eth1"),
-                format!(
-                    "route add {} via {sink_addr} dev eth1",
-                    if kind == Kind::Plain { format!("{INNER_DST}/64 table {RETURN_TABLE}") } else { format!("{INNER_DST}/64") }
-                ),
-            ],
-        )?;
-        if kind == Kind::PlainSpread {
-            sys::ip_batch_with(&["-6"], Some(&node_ns), &[format!("rule add iif eth0 lookup {FORWARD_TABLE} pref 1000")])?;
+                format!("neigh replace {next} lladdr {} dev eth1 nud permanent", fmt_mac(next_mac)),
+                format!("route add fcbb:bb00:ff::/48 via {next} dev eth1"),
+                format!("route add {inner} via {next} dev eth1"),
+            ];
+            lines.extend(ks[i + 1..].iter().map(|later| format!("route add fcbb:bb00:{later:x}::/48 via {next} dev eth1")));
+            sys::ip_batch(Some(&node_ns), &lines)?;
+            if kind == Kind::PlainSpread {
+                sys::ip_batch_with(&["-6"], Some(&node_ns), &[format!("rule add iif eth0 lookup {FORWARD_TABLE} pref 1000")])?;
+            }
+            // The generator's veth delivers only into a peer with NAPI (GRO on); RPS moves the
+            // node's work off the generator's CPU.
+            sys::run(sys::command(&node_ns, "ethtool", true)?.args(["-K", "eth0", "gro", "on"]))?;
+            let mask = format!("{:x}", 1u64 << sut_cpu);
+            sys::run(sys::command(&node_ns, "sh", true)?.args(["-c", &format!("echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")]))?;
+            let mut lane = Lane {
+                name: names[i].clone(),
+                k,
+                kind,
+                node_ns,
+                path: path.clone(),
+                macs: Macs { src: gmac, dst: eth0(0) },
+                vnfs: Vec::new(),
+                socket: None,
+            };
+            if let Kind::Srv6pipes { ad_age_ms } = kind {
+                self.start_daemon(&mut lane, ad_age_ms)?;
+            }
+            lanes.push(lane);
         }
-        // The generator's veth delivers only into a peer with NAPI (GRO on); RPS moves the
-        // node's work off the generator's CPU.
-        sys::run(sys::command(&node_ns, "ethtool", true)?.args(["-K", "eth0", "gro", "on"]))?;
-        let mask = format!("{:x}", 1u64 << sut_cpu);
-        sys::run(sys::command(&node_ns, "sh", true)?.args(["-c", &format!("echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")]))?;
-        let (sink_ifindex, slot) = self.traffic.add_sink(&self.sink_ns, &sink_if)?;
-        let gen_ifindex = sys::ifindex(&self.gen_ns, &gen_if)?;
-        let mut lane = Lane {
-            name: name.into(),
-            k,
-            kind,
-            node_ns,
-            path: TrafficPath { gen_ifindex, sink_ifindex, slot, expect: None, expect_bytes: 16 },
-            macs: Macs { src: gmac, dst: umac },
-            vnfs: Vec::new(),
-            socket: None,
-        };
-        if let Kind::Srv6pipes { ad_age_ms } = kind {
-            self.start_daemon(&mut lane, ad_age_ms)?;
-        }
-        Ok(lane)
+        Ok(lanes)
     }
 
     /// The generator straight into the sink: the generator's own ceiling.
