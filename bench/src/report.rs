@@ -229,7 +229,7 @@ pub fn plot(
     std::fs::write(dir.join(format!("{stem}.bars.dat")), bars)?;
     std::fs::write(dir.join(format!("{stem}.scaling.dat")), lines)?;
     let script = format!(
-        "set terminal pngcairo size 1200,500\nset output '{stem}.png'\nset multiplot layout 1,2\n\
+        "set terminal pngcairo size 1200,500 noenhanced\nset output '{stem}.png'\nset multiplot layout 1,2\n\
          set title 'PDR at 0.5% loss (median, min-max)'\nset ylabel 'kpps'\nset style fill solid 0.5\nset boxwidth 0.6\nset xtics rotate by -30\nset yrange [0:*]\n\
          plot '{stem}.bars.dat' using 1:3:xtic(2) with boxes notitle, '' using 1:3:4:5 with yerrorbars lc rgb 'black' pt 0 notitle\n\
          set title 'PDR vs VNFs on the node (SIDs installed)'\nset logscale x\nset xtics norotate\nset xlabel 'VNFs (last point: SIDs)'\nset datafile missing 'NaN'\n\
