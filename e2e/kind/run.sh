@@ -1,48 +1,123 @@
 #!/usr/bin/env bash
 # e2e/kind/run.sh: the e2e scenario (e2e/scenario.sh, the same one e2e/cluster runs) on a
-# dual-stack kind cluster with Multus, srv6pipes installed with `helm install` in Multus mode.
-# For machines with docker, kind, helm and kubectl (a laptop, a CI runner); these CI machines have
-# no docker, so it is not run by .ci/run. The cluster is deleted on exit (KEEP=1 keeps it).
+# dual-stack kind cluster (a control plane and two workers) with Multus, srv6pipes installed with
+# `helm install` in Multus mode. Runs with no registry and no internet but Debian's packages and
+# the Go module proxy; `scripts/test --kind` runs it.
 #
-#   e2e/kind/run.sh
+#   e2e/kind/run.sh            as root; KEEP=1 keeps the cluster and the engine
 #
-# Environment: CLUSTER (default srv6pipes-e2e), MULTUS_MANIFEST (default: Multus v4.1.4's thin
-# plugin DaemonSet).
+# What it does, and what it leaves:
+# 1. Builds, all cached under ~/.cache/srv6pipes: kind, kubectl and Helm (scripts/kube-build),
+#    the node image and the cluster's images (e2e/kind/node-image), srv6pipes' images
+#    (images/build).
+# 2. Starts a private Docker engine (e2e/kind/engine: Debian's docker.io in its own network
+#    namespace, installed if missing) unless one runs; everything below runs in that namespace
+#    (kind's API server port is published on its 127.0.0.1), so the host's interfaces, routes and
+#    iptables are never touched.
+# 3. `kind create cluster` with the node image, no default CNI: the pod network is the `ptp` CNI
+#    plugin with host-local IPAM over each node's pod CIDRs (both families) and a route per
+#    peer node's CIDR (what kind's kindnetd does, without its image); then Multus (the vendored
+#    e2e/kind/multus-daemonset.yml), `helm install`, the scenario, with `helm upgrade` under a
+#    steady flow and `helm uninstall` at the end.
+# 4. On exit: `kind delete cluster`, and the engine stopped if this run started it (which
+#    deletes its namespace and restores the host sysctls kind's nodes change).
+#
+# Environment: CLUSTER (default srv6pipes-e2e), KUBE_VERSION (scripts/kube-build's default).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+here=$repo/e2e/kind
 cluster=${CLUSTER:-srv6pipes-e2e}
-multus=${MULTUS_MANIFEST:-https://raw.githubusercontent.com/k8snetworkplumbingwg/multus-cni/v4.1.4/deployments/multus-daemonset.yml}
-for t in docker kind helm kubectl cargo; do command -v $t >/dev/null || { echo "run.sh: $t is required" >&2; exit 1; }; done
-work=$(mktemp -d)
-cleanup() { [[ ${KEEP:-} ]] || kind delete cluster --name "$cluster" >/dev/null 2>&1; rm -rf "$work"; }
+stamp() { echo "kind e2e: $(date +%T) $*"; }
+
+if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
+  [[ $(id -u) == 0 ]] || { echo "run.sh: needs root (a Docker engine, network namespaces)" >&2; exit 1; }
+  for t in go cargo gcc ip nsenter; do command -v $t >/dev/null || { echo "run.sh: $t is required" >&2; exit 1; }; done
+  bin=$("$repo/scripts/kube-build" kind kubectl helm)
+  work=$(mktemp -d /var/tmp/srv6pipes-kind.XXXXXX)
+  stop_engine=
+  [[ -f /run/srv6pipes-kind/started ]] || stop_engine=1
+  trap 'rm -rf "$work"; [[ -n $stop_engine && -z ${KEEP:-} ]] && "$here/engine" stop' EXIT
+  stamp "engine"
+  eval "$("$here/engine" start)"
+  stamp "node image"
+  image=$("$here/node-image")
+  stamp "srv6pipes images"
+  "$repo/images/build" "$work/img" >/dev/null
+  # Into the engine's network namespace; this process's trap stops the engine afterwards.
+  trap - EXIT
+  SRV6PIPES_KIND_WORK=$work SRV6PIPES_KIND_IMAGE=$image PATH="$bin:$PATH" \
+    "$here/engine" exec "$0" "$@" && rc=0 || rc=$?
+  rm -rf "$work"
+  [[ -n $stop_engine && -z ${KEEP:-} ]] && "$here/engine" stop
+  exit $rc
+fi
+
+work=$SRV6PIPES_KIND_WORK
+cleanup() { [[ ${KEEP:-} ]] || kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-cat > "$work/kind.yaml" <<Y
+etcd_tag=$(docker image inspect -f '{{index .Config.Labels "io.srv6pipes.etcd-tag"}}' "$SRV6PIPES_KIND_IMAGE")
+cat >"$work/kind.yaml" <<Y
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
-networking: {ipFamily: dual}
+networking: {ipFamily: dual, disableDefaultCNI: true}
 nodes: [{role: control-plane}, {role: worker}, {role: worker}]
+kubeadmConfigPatches:
+- |
+  kind: ClusterConfiguration
+  etcd: {local: {imageTag: "$etcd_tag"}}
 Y
-kind create cluster --name "$cluster" --config "$work/kind.yaml" --wait 180s
+stamp "kind create cluster"
+kind create cluster --name "$cluster" --image "$SRV6PIPES_KIND_IMAGE" --config "$work/kind.yaml"
 export KUBECONFIG=$work/kubeconfig
-kind get kubeconfig --name "$cluster" > "$KUBECONFIG"
-nodes=($(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}'))
-# The node daemon pins under /sys/fs/bpf: kind's node containers do not mount bpffs by default.
-for n in $(kind get nodes --name "$cluster"); do
+kind get kubeconfig --name "$cluster" >"$KUBECONFIG"
+all=($(kind get nodes --name "$cluster"))
+
+stamp "pod network"
+# Each node: forwarding on, a ptp conflist over its pod CIDRs, a route to each peer's CIDRs via
+# that peer's address on kind's network.
+declare -A cidrs addrs
+for n in "${all[@]}"; do
+  cidrs[$n]=$(kubectl get node "$n" -o jsonpath='{.spec.podCIDRs[*]}')
+  addrs[$n]=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}' "$n")
+done
+for n in "${all[@]}"; do
+  read -r c4 c6 <<<"${cidrs[$n]}"
+  docker exec -i "$n" sh -c 'sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 &&
+    cat >/etc/cni/net.d/10-ptp.conflist' <<J
+{"cniVersion": "0.4.0", "name": "kind-ptp", "plugins": [
+  {"type": "ptp", "mtu": 1500, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$c4"}], [{"subnet": "$c6"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+J
+  for m in "${all[@]}"; do
+    [[ $m == "$n" ]] && continue
+    read -r p4 p6 <<<"${cidrs[$m]}"
+    read -r a4 a6 <<<"${addrs[$m]}"
+    docker exec "$n" ip route replace "$p4" via "$a4"
+    docker exec "$n" ip -6 route replace "$p6" via "$a6"
+  done
+  # The node daemon pins under /sys/fs/bpf: kind's node containers do not mount bpffs.
   docker exec "$n" sh -c 'mountpoint -q /sys/fs/bpf || mount -t bpf bpffs /sys/fs/bpf'
 done
+kubectl wait --for=condition=Ready node --all --timeout=180s
+nodes=($(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}'))
 
-"$repo/images/build" "$work/img"
-for i in srv6pipes-node srv6pipes-operator srv6pipes-testbox; do kind load image-archive "$work/img/$i.tar" --name "$cluster"; done
-
-kubectl apply -f "$multus"
+stamp "images, Multus"
+for i in srv6pipes-node srv6pipes-operator srv6pipes-testbox; do
+  kind load image-archive "$work/img/$i.tar" --name "$cluster"
+done
+kubectl apply -f "$here/multus-daemonset.yml"
 kubectl -n kube-system rollout status daemonset/kube-multus-ds --timeout=180s
 
+stamp "helm install"
 values=(--namespace kube-system --set cni.mode=multus --set cni.networkAttachmentDefinition.create=true
-        --set image.pullPolicy=Never)
+  --set image.pullPolicy=Never)
 helm install srv6pipes "$repo/charts/srv6pipes" "${values[@]}" --wait --timeout 180s
+stamp "scenario"
 # The upgrade the scenario runs under a steady flow: the node image's other tag.
 SRV6PIPES_NAMESPACE=kube-system "$repo/e2e/scenario.sh" "${nodes[0]}" "${nodes[1]}" \
   helm upgrade srv6pipes "$repo/charts/srv6pipes" "${values[@]}" --set image.node.tag=latest --wait --timeout 180s \
   :: helm uninstall srv6pipes --namespace kube-system --wait
-echo "kind e2e: passed"
+stamp "passed"
