@@ -36,9 +36,20 @@ if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
   work=$(mktemp -d /var/tmp/srv6pipes-kind.XXXXXX)
   stop_engine=
   [[ -f /run/srv6pipes-kind/started ]] || stop_engine=1
+  # What the host has before, to prove afterwards that the run left nothing on it.
+  host_state() (
+    set +e +o pipefail
+    ip -o link show | awk -F': ' '{print $2}' | sort
+    ip route show; ip -6 route show; ip netns list; iptables-save | grep -v '^[#:]'; ip6tables-save | grep -v '^[#:]'
+    sysctl -n kernel.panic kernel.panic_on_oops vm.overcommit_memory fs.inotify.max_user_instances \
+      fs.inotify.max_user_watches net.ipv4.ip_forward net.ipv6.conf.all.forwarding
+    findmnt -rn -o TARGET | grep -v '^/proc/' | sort
+  )
+  host_state >"$work/host-before"
   trap 'rm -rf "$work"; [[ -n $stop_engine && -z ${KEEP:-} ]] && "$here/engine" stop' EXIT
   stamp "engine"
-  eval "$("$here/engine" start)"
+  engine_env=$("$here/engine" start)
+  eval "$engine_env"
   stamp "node image"
   image=$("$here/node-image")
   stamp "srv6pipes images"
@@ -47,8 +58,18 @@ if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
   trap - EXIT
   SRV6PIPES_KIND_WORK=$work SRV6PIPES_KIND_IMAGE=$image PATH="$bin:$PATH" \
     "$here/engine" exec "$0" "$@" && rc=0 || rc=$?
+  if [[ -n $stop_engine && -z ${KEEP:-} ]]; then
+    "$here/engine" stop
+    host_state >"$work/host-after"
+    if ! diff "$work/host-before" "$work/host-after" >&2; then
+      echo "kind e2e: FAILED: the host is not as it was before the run (diff above)" >&2
+      rc=1
+    else
+      echo "kind e2e: the host is as before the run (links, routes, netns, iptables, sysctls, mounts)"
+    fi
+    pgrep -f "srv6pipes-kind/docker.sock" >&2 && { echo "kind e2e: FAILED: dockerd still runs" >&2; rc=1; }
+  fi
   rm -rf "$work"
-  [[ -n $stop_engine && -z ${KEEP:-} ]] && "$here/engine" stop
   exit $rc
 fi
 
@@ -98,8 +119,6 @@ J
     docker exec "$n" ip route replace "$p4" via "$a4"
     docker exec "$n" ip -6 route replace "$p6" via "$a6"
   done
-  # The node daemon pins under /sys/fs/bpf: kind's node containers do not mount bpffs.
-  docker exec "$n" sh -c 'mountpoint -q /sys/fs/bpf || mount -t bpf bpffs /sys/fs/bpf'
 done
 kubectl wait --for=condition=Ready node --all --timeout=180s
 nodes=($(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}'))
