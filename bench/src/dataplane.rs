@@ -30,6 +30,7 @@ pub struct Plan {
 /// kpps per repetition, by scenario key.
 pub type Samples = BTreeMap<String, Vec<f64>>;
 
+#[derive(Default)]
 pub struct Results {
     pub ceiling_kpps: Vec<f64>,
     pub pdr: Samples,
@@ -165,28 +166,8 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
     Ok(())
 }
 
-impl Results {
-    fn empty() -> Self {
-        Results {
-            ceiling_kpps: Vec::new(),
-            pdr: Samples::new(),
-            scaling: Samples::new(),
-            kernel_scaling: Samples::new(),
-            plain_spread: Samples::new(),
-            installed: Samples::new(),
-            chain3: Samples::new(),
-            seglist: Samples::new(),
-            sid_packets: BTreeMap::new(),
-            bpf_ns: BTreeMap::new(),
-            scaling_bpf_ns: BTreeMap::new(),
-            failures: Vec::new(),
-            monitor_events: BTreeMap::new(),
-        }
-    }
-}
-
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
-    let mut res = Results::empty();
+    let mut res = Results::default();
     let cpu = plan.sut_cpu;
     res.ceiling_kpps = ceiling(b, plan)?;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
@@ -358,7 +339,7 @@ fn ceiling(b: &mut Bench, plan: &Plan) -> anyhow::Result<Vec<f64>> {
 
 /// Parts of the data plane alone (`--only vnfs,chain3`), with the generator's ceiling they need.
 pub fn run_parts(b: &mut Bench, plan: &Plan, vnfs: bool, chain3: bool) -> anyhow::Result<Results> {
-    let mut res = Results::empty();
+    let mut res = Results::default();
     res.ceiling_kpps = ceiling(b, plan)?;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
     if chain3 {
@@ -381,9 +362,13 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     let mut kscale = b.lane("kscale", Kind::Kernel, cpu)?;
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
     let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
-    let installed = |scale: &Lane, key: String| -> anyhow::Result<Scenario> {
+    // End.AD spread over every SID, and through the last VNF installed alone.
+    let spread = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
+        Ok(Scenario { key: format!("sp/{key}"), path: with_expect(scale, SINK_SID), frame: ad_frame(scale, 0, 0)?, dsts: sids(scale) })
+    };
+    let installed = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
         let last = scale.vnfs.len() - 1;
-        Ok(Scenario { key, path: with_expect(scale, SINK_SID), frame: ad_frame(scale, last, 0)?, dsts: vec![] })
+        Ok(Scenario { key: format!("installed/{key}"), path: with_expect(scale, SINK_SID), frame: ad_frame(scale, last, 0)?, dsts: vec![] })
     };
     for &n in &plan.vnf_counts {
         eprintln!("VNF sweep: {n} VNFs");
@@ -391,8 +376,9 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         b.program(&scale, &[], &[], 0)?;
         b.grow(&mut kscale, n)?;
         b.grow(&mut pscale, n)?;
+        let key = n.to_string();
         let points = vec![
-            Scenario { key: format!("sp/{n}"), path: with_expect(&scale, SINK_SID), frame: ad_frame(&scale, 0, 0)?, dsts: sids(&scale) },
+            spread(&scale, &key)?,
             Scenario {
                 key: format!("plain/{n}"),
                 path: Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
@@ -405,7 +391,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
                 frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(&kscale, 0)], inner6())?,
                 dsts: sids(&kscale),
             },
-            installed(&scale, format!("installed/{n}"))?,
+            installed(&scale, &key)?,
         ];
         // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).
         check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(&pscale)?]))?;
@@ -416,25 +402,23 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         if let Some(ns) = bpf_cost(b, &points[0], pps, plan, &mut res.failures) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
-        let mut take = |prefix: &str| s.remove(&format!("{prefix}/{n}")).unwrap_or_default();
-        res.scaling.insert(n.to_string(), take("sp"));
-        res.plain_spread.insert(n.to_string(), take("plain"));
-        res.kernel_scaling.insert(n.to_string(), take("kernel"));
-        res.installed.insert(n.to_string(), take("installed"));
+        let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
+        res.scaling.insert(key.clone(), take("sp"));
+        res.plain_spread.insert(key.clone(), take("plain"));
+        res.kernel_scaling.insert(key.clone(), take("kernel"));
+        res.installed.insert(key.clone(), take("installed"));
     }
     if plan.table_sids > 0 {
         let extra = plan.table_sids.saturating_sub(scale.vnfs.len() as u16);
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(&scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        let points = vec![
-            Scenario { key: format!("sp/{key}"), path: with_expect(&scale, SINK_SID), frame: ad_frame(&scale, 0, 0)?, dsts: sids(&scale) },
-            installed(&scale, format!("installed/{key}"))?,
-        ];
+        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
-        res.scaling.insert(key.clone(), s.remove(&format!("sp/{key}")).unwrap_or_default());
-        res.installed.insert(key.clone(), s.remove(&format!("installed/{key}")).unwrap_or_default());
+        let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
+        res.scaling.insert(key.clone(), take("sp"));
+        res.installed.insert(key.clone(), take("installed"));
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     Ok(())
