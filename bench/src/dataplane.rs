@@ -167,9 +167,8 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
 }
 
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
-    let mut res = Results::default();
+    let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
     let cpu = plan.sut_cpu;
-    res.ceiling_kpps = ceiling(b, plan)?;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
 
     // (a)-(e), IPv4 inner and age 0 vs 1 s, side by side.
@@ -339,8 +338,7 @@ fn ceiling(b: &mut Bench, plan: &Plan) -> anyhow::Result<Vec<f64>> {
 
 /// Parts of the data plane alone (`--only vnfs,chain3`), with the generator's ceiling they need.
 pub fn run_parts(b: &mut Bench, plan: &Plan, vnfs: bool, chain3: bool) -> anyhow::Result<Results> {
-    let mut res = Results::default();
-    res.ceiling_kpps = ceiling(b, plan)?;
+    let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
     if chain3 {
         self::chain3(b, plan, ceiling_pps, &mut res)?;
