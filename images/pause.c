@@ -5,26 +5,29 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void die(int s) {
-  (void)s;
-  _exit(0);
+static void die(int s)
+{
+	(void)s;
+	_exit(0);
 }
 
-static void reap(int s) {
-  (void)s;
-  while (waitpid(-1, 0, WNOHANG) > 0)
-    ;
+static void reap(int s)
+{
+	(void)s;
+	while (waitpid(-1, 0, WNOHANG) > 0)
+		;
 }
 
-int main(void) {
-  struct sigaction a = {0};
-  a.sa_handler = die;
-  sigaction(SIGINT, &a, 0);
-  sigaction(SIGTERM, &a, 0);
-  struct sigaction r = {0};
-  r.sa_handler = reap;
-  r.sa_flags = SA_NOCLDSTOP;
-  sigaction(SIGCHLD, &r, 0);
-  for (;;)
-    pause();
+int main(void)
+{
+	struct sigaction a = {0};
+	a.sa_handler = die;
+	sigaction(SIGINT, &a, 0);
+	sigaction(SIGTERM, &a, 0);
+	struct sigaction r = {0};
+	r.sa_handler = reap;
+	r.sa_flags = SA_NOCLDSTOP;
+	sigaction(SIGCHLD, &r, 0);
+	for (;;)
+		pause();
 }
