@@ -54,7 +54,7 @@ if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
   image=$("$here/node-image")
   stamp "srv6pipes images"
   "$repo/images/build" "$work/img" >/dev/null
-  # Into the engine's network namespace; this process's trap stops the engine afterwards.
+  # Into the engine's network namespace; this process stops the engine and checks the host after.
   trap - EXIT
   SRV6PIPES_KIND_WORK=$work SRV6PIPES_KIND_IMAGE=$image PATH="$bin:$PATH" \
     "$here/engine" exec "$0" "$@" && rc=0 || rc=$?
