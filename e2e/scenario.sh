@@ -75,7 +75,7 @@ ok "pods Running on $n1 and $n2"
 ex() { kubectl exec "$1" -- "${@:2}"; }
 ex e2e-fw ip link show net1 >/dev/null && ex e2e-ids ip link show net1 >/dev/null || fail "annotated VNF pods have no net1"
 ! ex e2e-client ip link show net1 >/dev/null 2>&1 || fail "the client (not annotated) got a chain interface"
-ok "chained mode: annotated pods got net1, the others only the primary network"
+ok "annotated pods got net1, the others only the primary network"
 
 server=$(ex e2e-server ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
 [[ $server ]] || fail "server has no global IPv6 address"
