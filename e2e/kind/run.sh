@@ -46,7 +46,24 @@ if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
     findmnt -rn -o TARGET | grep -v '^/proc/' | sort
   )
   host_state >"$work/host-before"
-  trap 'rm -rf "$work"; [[ -n $stop_engine && -z ${KEEP:-} ]] && "$here/engine" stop' EXIT
+  # On any exit: the engine stopped if this run started it, then the host compared with before.
+  finish() {
+    local rc=$1
+    if [[ -n $stop_engine && -z ${KEEP:-} ]]; then
+      "$here/engine" stop
+      host_state >"$work/host-after"
+      if ! diff "$work/host-before" "$work/host-after" >&2; then
+        echo "kind e2e: FAILED: the host is not as it was before the run (diff above)" >&2
+        rc=1
+      else
+        echo "kind e2e: the host is as before the run (links, routes, netns, iptables, sysctls, mounts)"
+      fi
+      pgrep -f "srv6pipes-kind/docker.sock" >&2 && { echo "kind e2e: FAILED: dockerd still runs" >&2; rc=1; }
+    fi
+    rm -rf "$work"
+    exit "$rc"
+  }
+  trap 'finish $?' EXIT
   stamp "engine"
   engine_env=$("$here/engine" start)
   eval "$engine_env"
@@ -54,23 +71,9 @@ if [[ -z ${SRV6PIPES_KIND_WORK:-} ]]; then
   image=$("$here/node-image")
   stamp "srv6pipes images"
   "$repo/images/build" "$work/img" >/dev/null
-  # Into the engine's network namespace; this process stops the engine and checks the host after.
-  trap - EXIT
-  SRV6PIPES_KIND_WORK=$work SRV6PIPES_KIND_IMAGE=$image PATH="$bin:$PATH" \
-    "$here/engine" exec "$0" "$@" && rc=0 || rc=$?
-  if [[ -n $stop_engine && -z ${KEEP:-} ]]; then
-    "$here/engine" stop
-    host_state >"$work/host-after"
-    if ! diff "$work/host-before" "$work/host-after" >&2; then
-      echo "kind e2e: FAILED: the host is not as it was before the run (diff above)" >&2
-      rc=1
-    else
-      echo "kind e2e: the host is as before the run (links, routes, netns, iptables, sysctls, mounts)"
-    fi
-    pgrep -f "srv6pipes-kind/docker.sock" >&2 && { echo "kind e2e: FAILED: dockerd still runs" >&2; rc=1; }
-  fi
-  rm -rf "$work"
-  exit $rc
+  # Into the engine's network namespace; `finish` runs when it returns.
+  SRV6PIPES_KIND_WORK=$work SRV6PIPES_KIND_IMAGE=$image PATH="$bin:$PATH" "$here/engine" exec "$0" "$@"
+  exit
 fi
 
 work=$SRV6PIPES_KIND_WORK
