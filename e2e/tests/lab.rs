@@ -690,6 +690,20 @@ fn static_proxy_carries_the_chain() {
     let ids = lab.nft_counters("ids", "ip6 vnf");
     assert_eq!(ids[0], 0, "everything marked: the firewall came first");
     assert!(ids[1] >= 4);
+    // The firewall turns Dynamic and back: its SID takes the new behaviour in the program that
+    // changes it (it kept End.AS until the next one, so the End.AD return found no learnt
+    // headers), and the chain carries traffic right after each change.
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-static.yaml")).unwrap();
+    let chain = text.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap().to_string();
+    for (proxy, behavior) in [("Dynamic", "End.AD"), ("Static", "End.AS")] {
+        let applied = lab.run_yaml("apply", &chain.replace("proxy: Static", &format!("proxy: {proxy}")));
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        let fw = sid_of(&lab.status(), "default/firewall").clone();
+        assert_eq!(fw["behavior"], behavior, "{fw}");
+        let out = lab.exec("client", &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &server6]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(" 0% packet loss"), "every ping through the firewall as {behavior}: {said}");
+    }
 }
 
 /// examples/lab-masquerading.yaml: End.AM with SRH insertion, both directions. The VNFs see the

@@ -96,7 +96,7 @@ __noinline int uplink(struct __sk_buff *skb)
 		return steer_inserted(skb, o);
 	if (!inner_supported(o->bytes[OFF_SRH]))
 		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
-	return steer(skb, o, SP_ORIGIN_TRANSIT);
+	return steer_to(skb, o, SP_ORIGIN_TRANSIT, sid); /* o's DA is daddr: sid is its entry */
 }
 
 /* ICMP errors a VNF generates (about a chain's packet it could not forward) go to the source

@@ -286,7 +286,7 @@ impl Node {
     }
 
     fn behavior_of(&self, reg: &Registration) -> u32 {
-        proxy_behavior(&self.installed.as_returns, &self.installed.vnf_flags, reg.return_ifindex)
+        proxy_behavior((&self.installed.as_returns, &self.installed.vnf_flags), reg.return_ifindex)
     }
 
     fn set_proxy_behavior(&mut self, reg: &Registration, behavior: u32) -> anyhow::Result<()> {
@@ -534,17 +534,30 @@ impl Node {
     }
 }
 
-/// A proxy SID's behaviour from what its return interface has: a configured return (End.AS,
-/// installed for both families together), the masquerading flag (End.AM), else End.AD.
 /// The interface has an End.AS return policy (of either family).
 fn has_return(as_returns: &BTreeMap<(u32, u32), u32>, return_ifindex: u32) -> bool {
     as_returns.range((return_ifindex, 0)..=(return_ifindex, u32::MAX)).next().is_some()
 }
 
-fn proxy_behavior(as_returns: &BTreeMap<(u32, u32), u32>, vnf_flags: &BTreeMap<u32, u32>, return_ifindex: u32) -> u32 {
-    if has_return(as_returns, return_ifindex) {
+/// Return interfaces' End.AS return policies (by interface and family) and `SP_VNF_*` flags.
+type ReturnSide<'a> = (&'a BTreeMap<(u32, u32), u32>, &'a BTreeMap<u32, u32>);
+
+/// A proxy SID's behaviour from what its return interface has: a configured return (End.AS,
+/// installed for both families together), the masquerading flag (End.AM), else End.AD.
+fn proxy_behavior(installed: ReturnSide, return_ifindex: u32) -> u32 {
+    programmed_behavior(installed, installed, return_ifindex)
+}
+
+/// The behaviour a proxy SID is written with while a program is applied: from what its return
+/// interface has installed *and* the program wants. A return or flag on its way out (removed
+/// after the SIDs are written) no longer counts, so the SID leaves End.AS or End.AM in this
+/// program, not the next; one whose install failed does not count yet, so the SID never takes
+/// a behaviour whose return side is missing.
+fn programmed_behavior(installed: ReturnSide, wanted: ReturnSide, return_ifindex: u32) -> u32 {
+    let am = |flags: &BTreeMap<u32, u32>| flags.get(&return_ifindex).is_some_and(|f| f & VNF_AM != 0);
+    if has_return(installed.0, return_ifindex) && has_return(wanted.0, return_ifindex) {
         BEHAVIOR_END_AS
-    } else if vnf_flags.get(&return_ifindex).is_some_and(|f| f & VNF_AM != 0) {
+    } else if am(installed.1) && am(wanted.1) {
         BEHAVIOR_END_AM
     } else {
         BEHAVIOR_END_AD

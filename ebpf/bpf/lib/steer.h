@@ -8,12 +8,11 @@
 /* Deliver a packet whose (possibly not yet pushed) outer header is `o`. `origin`
  * SP_ORIGIN_TRANSIT: the packet carries `o` already (uplink) and it must be popped for local
  * SIDs; else it is pushed here. A DA that is a local SID is served here, so a next segment on
- * this node never leaves it. */
-static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+ * this node never leaves it. `sid`: the DA's entry in sp_sids (NULL: not a local SID). */
+static __always_inline int steer_to(struct __sk_buff *skb, struct outer_hdr *o, int origin, struct sid_entry *sid)
 {
 	int in_packet = origin == SP_ORIGIN_TRANSIT;
 	__u32 skb_len = skb->len;
-	struct sid_entry *sid = bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]);
 	if (!sid) {
 		return encap_forward(skb, o, origin);
 	}
@@ -56,4 +55,11 @@ static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int
 	default:
 		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
 	}
+}
+
+/* steer_to() with the DA looked up here; the uplink, which looked it up already, calls
+ * steer_to() itself (one lookup per packet, not two). */
+static __always_inline int steer(struct __sk_buff *skb, struct outer_hdr *o, int origin)
+{
+	return steer_to(skb, o, origin, bpf_map_lookup_elem(&sp_sids, &o->bytes[OFF_DST]));
 }

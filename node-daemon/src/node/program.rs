@@ -29,7 +29,7 @@ use srv6pipes_ebpf::{
 };
 use tracing::{info, warn};
 
-use super::{has_return, policy_header, policy_id, Node};
+use super::{has_return, policy_header, policy_id, programmed_behavior, Node};
 use crate::net::Netlink;
 use crate::state::{PolicyKey, Registration};
 
@@ -465,7 +465,9 @@ impl Node {
             }
         }
         for reg in self.state.registrations.clone() {
-            let r = self.set_proxy_behavior(&reg, self.behavior_of(&reg));
+            let installed = (&self.installed.as_returns, &self.installed.vnf_flags);
+            let behavior = programmed_behavior(installed, (&d.as_returns, &d.vnf_flags), reg.return_ifindex);
+            let r = self.set_proxy_behavior(&reg, behavior);
             step(&mut errs, r, || format!("proxy SID {}", reg.sid));
         }
         let r = self.program_streams(&streams);
@@ -648,6 +650,8 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::proxy_behavior;
+    use srv6pipes_ebpf::{BEHAVIOR_END_AD, BEHAVIOR_END_AM, BEHAVIOR_END_AS};
 
     fn rule(source: u32, dst: &str, port: Option<u16>, target: usize) -> classifier::Rule<u32> {
         classifier::Rule {
@@ -760,6 +764,23 @@ mod tests {
         leftover.l4.insert((999, Some(6), 443, 16), L4Target { policy: 1, rank: 0 });
         assert!(!same_steering(&leftover, &b));
         assert!(same_steering(&Classifier::default(), &classifier(&[], 1)));
+    }
+
+    #[test]
+    fn a_proxy_sid_takes_its_new_behaviour_in_the_program_that_changes_it() {
+        let (returns, none, no_flags) = (BTreeMap::from([((9, 4), 1), ((9, 6), 2)]), BTreeMap::new(), BTreeMap::new());
+        let (flags_as, flags_am) = (BTreeMap::from([(9, VNF_AS)]), BTreeMap::from([(9, VNF_AM)]));
+        // End.AS -> End.AD: the old return and flag are still installed when the SID is written.
+        assert_eq!(programmed_behavior((&returns, &flags_as), (&none, &no_flags), 9), BEHAVIOR_END_AD);
+        // End.AD -> End.AS: the returns are installed first; one that failed keeps End.AD.
+        assert_eq!(programmed_behavior((&returns, &flags_as), (&returns, &flags_as), 9), BEHAVIOR_END_AS);
+        assert_eq!(programmed_behavior((&none, &flags_as), (&returns, &flags_as), 9), BEHAVIOR_END_AD);
+        // End.AS -> End.AM (flags rewritten, the return on its way out), End.AM -> End.AD.
+        assert_eq!(programmed_behavior((&returns, &flags_am), (&none, &flags_am), 9), BEHAVIOR_END_AM);
+        assert_eq!(programmed_behavior((&none, &flags_am), (&none, &no_flags), 9), BEHAVIOR_END_AD);
+        // Another interface's entries say nothing about this one.
+        assert_eq!(programmed_behavior((&returns, &flags_am), (&returns, &flags_am), 8), BEHAVIOR_END_AD);
+        assert_eq!(proxy_behavior((&returns, &flags_am), 9), BEHAVIOR_END_AS);
     }
 
     fn registration(sid: &str, ifindex: u32) -> Registration {
