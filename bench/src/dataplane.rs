@@ -53,6 +53,8 @@ pub struct Results {
     pub monitor_events: BTreeMap<String, u64>,
     /// Trials that failed and were left out (the run went on).
     pub failures: Vec<String>,
+    /// Wall seconds of each part, in the order they ran.
+    pub seconds: Vec<(String, f64)>,
 }
 
 /// A `srv6pipes monitor` attached to a lane's node daemon (its socket), draining the events as
@@ -167,6 +169,7 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
 }
 
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
+    let mut laps = crate::report::Laps::start();
     let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
     let cpu = plan.sut_cpu;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
@@ -244,8 +247,10 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
             dsts: vec![],
         },
     ];
+    laps.lap("dataplane_setup");
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
+    laps.lap("dataplane_pdr");
     eprintln!("BPF run time per program at {:.0} kpps", plan.cost_pps / 1000.0);
     for s in main.iter().filter(|s| s.key != "plain" && s.key != "kernel_static_proxy") {
         if let Some(ns) = bpf_cost(b, s, plan.cost_pps, plan, &mut res.failures) {
@@ -254,8 +259,9 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     }
     res.monitor_events.insert("drops".into(), drops_sub.detach());
     res.monitor_events.insert("trace".into(), trace_sub.detach());
+    laps.lap("dataplane_bpf_cost");
 
-    // Segment list length: segments left after the proxy, 1 (the sink) to 6.
+    // Segment list length: segments left after the proxy, 1 (the sink) and more (`Plan::seglist`).
     let seg: Vec<Scenario> = plan
         .seglist
         .iter()
@@ -266,9 +272,12 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     for l in [&sp, &age0] {
         res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
     }
+    laps.lap("seglist");
     chain3(b, plan, ceiling_pps, &mut res)?;
-
+    laps.lap("chain3");
     vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    laps.lap("vnfs");
+    res.seconds = laps.laps;
     Ok(res)
 }
 

@@ -9,6 +9,31 @@ use serde_json::{json, Value};
 
 use crate::stats::{at_least, at_most, percentile, ratios, summarize, Summary, Verdict};
 
+/// Wall time of a run's parts, each lap from the end of the previous one (what makes the full
+/// run's bound of 50 minutes visible part by part).
+pub struct Laps {
+    last: std::time::Instant,
+    pub laps: Vec<(String, f64)>,
+}
+
+impl Laps {
+    pub fn start() -> Self {
+        Laps { last: std::time::Instant::now(), laps: Vec::new() }
+    }
+
+    /// Records the seconds since the previous lap (or the start) as `part`'s.
+    pub fn lap(&mut self, part: &str) {
+        let now = std::time::Instant::now();
+        self.laps.push((part.to_string(), now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+}
+
+/// Seconds by part, as the JSON's `part_seconds` has them.
+pub fn seconds(laps: &[(String, f64)]) -> Value {
+    Value::Object(laps.iter().map(|(k, s)| (k.clone(), json!((s * 10.0).round() / 10.0))).collect())
+}
+
 pub struct Target {
     pub name: String,
     pub what: String,
