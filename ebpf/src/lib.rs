@@ -12,6 +12,7 @@
 mod maps;
 mod monitor;
 mod testrun;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
@@ -131,6 +132,10 @@ pub struct Datapath {
     pin_dir: std::path::PathBuf,
     links_dir: std::path::PathBuf,
     links: BTreeMap<(Hook, String), Attached>,
+    /// Links adopted from the previous daemon, with their pins, until they are taken over.
+    adopted: Vec<(Hook, String, std::path::PathBuf)>,
+    /// Maps found pinned with another layout and replaced ("map: difference").
+    replaced_maps: Vec<String>,
 }
 
 /// End.AD's flow recount, on its own handles of the pinned maps: the node daemon runs it each
@@ -194,13 +199,17 @@ fn classifier(bpf: &mut Ebpf, hook: Hook) -> &mut SchedClassifier {
 }
 
 impl Datapath {
-    /// Loads the object, reusing maps already pinned in `pin_dir` (created otherwise), and adopts
-    /// the links a previous daemon pinned there whose interfaces still exist.
+    /// Loads the object, reusing maps already pinned in `pin_dir` with this object's layout
+    /// (created otherwise: see [`Datapath::replaced_maps`]), and adopts the links a previous
+    /// daemon pinned there whose interfaces still exist (they run its programs until
+    /// [`Datapath::take_over_adopted`]).
     pub fn load(pin_dir: &Path) -> Result<Self> {
+        let replaced_maps = upgrade::unpin_changed_maps(pin_dir)?;
         let bpf = load_object(pin_dir)?;
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
-        let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links: BTreeMap::new() };
+        let (adopted, links) = (Vec::new(), BTreeMap::new());
+        let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links, adopted, replaced_maps };
         dp.adopt_pinned_links()?;
         Ok(dp)
     }
@@ -218,7 +227,8 @@ impl Datapath {
                 (Some((hook, ifname, _)), true) => {
                     let link =
                         PinnedLink::from_pin(&path).map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
-                    self.links.insert((hook, ifname), Attached::Link(link));
+                    self.links.insert((hook, ifname.clone()), Attached::Link(link));
+                    self.adopted.push((hook, ifname, path));
                 }
                 // The interface is gone (its link with it) or was replaced: drop the stale pin.
                 _ => {

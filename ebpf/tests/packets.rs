@@ -1472,3 +1472,44 @@ fn the_vnf_program_is_a_filter_swapped_in_place_and_removed_by_detach() {
     b.dp.detach(Hook::Vnf, "vnf0").unwrap();
     assert_eq!(ingress_filters(&b, "vnf0").len(), 1, "the new veth's filter stays");
 }
+
+/// A daemon of another build on the same pins (an upgrade): a map whose layout changed is
+/// replaced (loading reused it as it was, for programs that read it another way), the others
+/// keep their entries; the link the previous daemon pinned gets this build's program in place
+/// (the same link, its pin kept). A restart of the same build replaces no map.
+#[test]
+fn another_build_on_the_pins_replaces_changed_maps_and_takes_over_the_links() {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let Some(mut b) = Bench::new() else { return };
+    let pins = b._cleanup.pins.clone().unwrap();
+    b.dp.attach(Hook::Uplink, "up0").unwrap();
+    let pin = pins.join("links").join(format!("uplink-up0-{}", b.uplink));
+    let link = || FdLink::from(PinnedLink::from_pin(&pin).unwrap()).info().unwrap();
+    let before = link();
+
+    let same = Datapath::load(&pins).unwrap();
+    assert_eq!(same.replaced_maps(), [] as [String; 0], "the same build's maps are kept");
+    drop(same);
+
+    // The previous build's sp_vnf_flags had 8-byte values.
+    let flags = pins.join("sp_vnf_flags");
+    std::fs::remove_file(&flags).unwrap();
+    let hash = 1; // BPF_MAP_TYPE_HASH
+    let old = aya::maps::MapData::create(aya_obj::Map::new_from_params(hash, 4, 8, 16384, 0), "sp_vnf_flags", None).unwrap();
+    old.pin(&flags).unwrap();
+    let mut upgraded = Datapath::load(&pins).unwrap();
+    assert_eq!(upgraded.replaced_maps(), ["sp_vnf_flags: value bytes 8 -> 4"]);
+    assert_eq!(aya::maps::MapInfo::from_pin(&flags).unwrap().value_size(), 4, "created afresh");
+    upgraded.set_vnf_flags(b.vnf, 1).unwrap();
+    assert_eq!(upgraded.sids().unwrap().len(), 2, "sp_sids kept, with its entries");
+    assert_eq!(link().program_id(), before.program_id(), "the previous daemon's program until the take-over");
+
+    let taken: Vec<(Hook, String)> = upgraded.take_over_adopted().into_iter().map(Result::unwrap).collect();
+    assert_eq!(taken, [(Hook::Uplink, "up0".to_string())]);
+    let after = link();
+    assert_eq!(after.id(), before.id(), "the same link, in place");
+    assert_eq!(after.program_id(), upgraded.program_id(Hook::Uplink).unwrap(), "running this instance's program");
+    assert!(upgraded.take_over_adopted().is_empty(), "once");
+    upgraded.detach(Hook::Uplink, "up0").unwrap();
+    assert!(!pin.exists(), "detached by the instance that took it over");
+}

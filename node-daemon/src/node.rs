@@ -85,6 +85,9 @@ impl Node {
         ensure_bpffs(&args.pin_root)?;
         std::fs::create_dir_all(&pin_dir).with_context(|| format!("create pin dir {}", pin_dir.display()))?;
         let mut datapath = Datapath::load(&pin_dir)?;
+        for map in datapath.replaced_maps() {
+            warn!(node = %args.node_name, map = %map, "a pinned map had another layout (another build's): replaced; its entries are written again");
+        }
         let netlink = Netlink::connect()?;
         let block = args.cluster_block.trunc();
         let uplink_mtu = netlink.mtu(&uplink).await?;
@@ -120,6 +123,7 @@ impl Node {
             channels: stream::Channels::default(),
         };
         node.restore(state).await?;
+        node.take_over_adopted();
         node.keep_first()?;
         info!(node = %node.name, locator = %node.locator, uplink = %node.uplink, uplink_mtu, inner_mtu, pins = %pin_dir.display(), "node daemon ready");
         Ok(node)
@@ -467,6 +471,22 @@ impl Node {
             }
         }
         changed
+    }
+
+    /// This build's programs into the links the previous daemon left (after the restore, so
+    /// that a map replaced for its layout holds the node's state again first).
+    fn take_over_adopted(&mut self) {
+        let (mut taken, mut kept) = (0, 0);
+        for r in self.datapath.take_over_adopted() {
+            match r {
+                Ok(_) => taken += 1,
+                Err(e) => {
+                    kept += 1;
+                    warn!(node = %self.name, error = %e, "an adopted link keeps the previous daemon's program");
+                }
+            }
+        }
+        info!(node = %self.name, links = taken, kept, "adopted links run this daemon's programs");
     }
 
     /// Keeps srv6pipes' programs first in every tcx chain they are attached to: a program
