@@ -585,17 +585,40 @@ fn programmed_behavior(installed: ReturnSide, wanted: ReturnSide, return_ifindex
 }
 
 /// Policy ids are stable: a key keeps the id it had (persisted, since counters are per id); a
-/// new key takes the lowest id nobody holds.
-fn policy_id(known: &BTreeMap<PolicyKey, u32>, ids: &mut BTreeMap<PolicyKey, u32>, key: PolicyKey) -> u32 {
-    if let Some(id) = ids.get(&key) {
-        return *id;
+/// new key takes the lowest id nobody holds. One allocator per program: the ids in use are
+/// collected once and new ones are taken upward (every id below `next` is in use), so a program
+/// of 10,000 new chains costs 10,000 set lookups, not 10,000 collections of every id (1.8 s).
+struct PolicyIds<'k> {
+    known: &'k BTreeMap<PolicyKey, u32>,
+    used: BTreeSet<u32>,
+    next: u32,
+    ids: BTreeMap<PolicyKey, u32>,
+}
+
+impl<'k> PolicyIds<'k> {
+    fn new(known: &'k BTreeMap<PolicyKey, u32>) -> Self {
+        PolicyIds { known, used: known.values().copied().collect(), next: 1, ids: BTreeMap::new() }
     }
-    let id = known.get(&key).copied().unwrap_or_else(|| {
-        let used: BTreeSet<u32> = known.values().chain(ids.values()).copied().collect();
-        (1..).find(|i| !used.contains(i)).expect("ids left")
-    });
-    ids.insert(key, id);
-    id
+
+    fn id(&mut self, key: PolicyKey) -> u32 {
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.known.get(&key).copied().unwrap_or_else(|| {
+            while self.used.contains(&self.next) {
+                self.next += 1;
+            }
+            self.used.insert(self.next);
+            self.next
+        });
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// The ids of the program's keys.
+    fn into_ids(self) -> BTreeMap<PolicyKey, u32> {
+        self.ids
+    }
 }
 
 /// The header template of a policy: every hop's first replica (the datapath swaps in the

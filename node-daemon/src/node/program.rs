@@ -29,7 +29,7 @@ use srv6pipes_ebpf::{
 };
 use tracing::{info, warn};
 
-use super::{has_return, policy_header, policy_id, programmed_behavior, Node};
+use super::{has_return, policy_header, programmed_behavior, Node, PolicyIds};
 use crate::net::Netlink;
 use crate::state::{PolicyKey, Registration};
 
@@ -80,6 +80,7 @@ pub(super) fn desired(
     stream_sids: &BTreeSet<Sid>,
 ) -> anyhow::Result<Desired> {
     let mut d = Desired { ifaces: resolved.guarded.clone(), ..Default::default() };
+    let mut ids = PolicyIds::new(known);
     for h in &p.tables.headends {
         let source = (h.source_ip, h.source_interface.clone());
         let (oif, ifname) =
@@ -87,7 +88,7 @@ pub(super) fn desired(
         let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
         let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
         let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
-        let id = policy_id(known, &mut d.ids, key);
+        let id = ids.id(key);
         d.classify.push(classifier::Rule {
             source: *oif,
             destination: h.destination,
@@ -112,7 +113,7 @@ pub(super) fn desired(
         for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
             let role = format!("End.AS {}", u.sid);
             let key = PolicyKey { chain: u.chain.clone(), role, replicas: u.return_path.clone(), inner, drop: false, insert: false };
-            let id = policy_id(known, &mut d.ids, key);
+            let id = ids.id(key);
             d.as_returns.insert((reg.return_ifindex, family), id);
         }
     }
@@ -149,6 +150,7 @@ pub(super) fn desired(
         bail!("decapsulation SID {s} is not in locator {locator}");
     }
     d.peers = p.peers.iter().map(|peer| (peer.locator.prefix(), peer.underlay)).collect();
+    d.ids = ids.into_ids();
     let src = locator.source_address();
     d.policies = d
         .ids
@@ -781,6 +783,17 @@ mod tests {
         // Another interface's entries say nothing about this one.
         assert_eq!(programmed_behavior((&returns, &flags_am), (&returns, &flags_am), 8), BEHAVIOR_END_AD);
         assert_eq!(proxy_behavior((&returns, &flags_am), 9), BEHAVIOR_END_AS);
+    }
+
+    #[test]
+    fn a_new_policy_takes_the_lowest_id_nobody_holds_and_a_known_one_keeps_its_own() {
+        let key =
+            |chain: &str| PolicyKey { chain: chain.into(), role: String::new(), replicas: vec![], inner: 41, drop: false, insert: false };
+        let known = BTreeMap::from([(key("a"), 1), (key("b"), 2), (key("c"), 4), (key("gone"), 6)]);
+        let mut ids = PolicyIds::new(&known);
+        let got: Vec<u32> = ["new1", "c", "new2", "a", "new3", "new1"].iter().map(|c| ids.id(key(c))).collect();
+        assert_eq!(got, [3, 4, 5, 1, 7, 3], "3 and 5 were free; 6 is still held by a key of the last program");
+        assert_eq!(ids.into_ids().len(), 5);
     }
 
     fn registration(sid: &str, ifindex: u32) -> Registration {
