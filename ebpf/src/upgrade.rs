@@ -102,8 +102,15 @@ impl Datapath {
 
     fn take_over(&mut self, hook: Hook, ifname: String, path: PathBuf) -> Option<Result<(Hook, String)>> {
         let key = (hook, ifname.clone());
-        let Some(Attached::Link(link)) = self.links.remove(&key) else {
-            return None;
+        let link = match self.links.remove(&key) {
+            Some(Attached::Link(link)) => link,
+            // Detached since, or attached again as a filter: nothing of the old program's left.
+            other => {
+                if let Some(filter) = other {
+                    self.links.insert(key, filter);
+                }
+                return None;
+            }
         };
         let program = hook.program();
         let updated = SchedClassifierLink::try_from(FdLink::from(link))
