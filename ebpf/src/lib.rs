@@ -362,8 +362,7 @@ impl Datapath {
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
             }
-            let main =
-                classifier(&mut self.bpf, hook).info().map_err(|source| DatapathError::Program { program: hook.program(), source })?.id();
+            let main = self.program_id(hook)?;
             let spare = progs.iter().any(|p| p.id() == main);
             let link = self.attach_first(hook, &ifname, spare)?;
             // The replaced link's descriptor goes with it (its pin is already gone).

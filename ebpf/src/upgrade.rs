@@ -80,15 +80,9 @@ impl Datapath {
     }
 
     /// The kernel's id of this instance's program for `hook`.
-    pub fn program_id(&self, hook: Hook) -> Result<u32> {
-        let program = hook.program();
-        let prog: &aya::programs::SchedClassifier = self
-            .bpf
-            .program(program)
-            .ok_or(DatapathError::Invalid(format!("program {program} missing from the object")))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { program, source })?;
-        Ok(prog.info().map_err(|source| DatapathError::Program { program, source })?.id())
+    pub fn program_id(&mut self, hook: Hook) -> Result<u32> {
+        let info = classifier(&mut self.bpf, hook).info();
+        Ok(info.map_err(|source| DatapathError::Program { program: hook.program(), source })?.id())
     }
 
     /// Runs this instance's programs in every link adopted from the previous daemon, so that an
