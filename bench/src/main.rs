@@ -42,8 +42,9 @@ struct Args {
     /// CPU the system under test (node, VNFs, sink) runs on, by RPS.
     #[arg(long, default_value_t = 0)]
     sut_cpu: usize,
-    /// Run only these parts (comma-separated) and print their JSON; writes no files. For
-    /// working on them without the whole run's 45 minutes.
+    /// Run only these parts (comma-separated; in the full run's order, the data plane's first)
+    /// and print their JSON; writes no files. For working on them without the whole run's 45
+    /// minutes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Nodes of the scale simulation (`--only sim`).
@@ -308,13 +309,16 @@ fn main() -> anyhow::Result<()> {
     let plan = dataplane_plan(&args);
     if !args.only.is_empty() {
         let mut b = topo::Bench::new(args.gen_cpu)?;
-        let c = run_control(&mut b, &args, &args.only)?;
-        let mut json = control_json(&c);
+        // In the full run's order: the data plane first, then the control parts.
         let (vnfs, chain3) = (args.only.contains(&Part::Vnfs), args.only.contains(&Part::Chain3));
-        if vnfs || chain3 {
-            let dp = dataplane::run_parts(&mut b, &plan, vnfs, chain3)?;
+        let dp = if vnfs || chain3 { Some(dataplane::run_parts(&mut b, &plan, vnfs, chain3)?) } else { None };
+        let teardown = if dp.is_some() { Some(b.drop_lanes()?) } else { None };
+        let mut c = run_control(&mut b, &args, &args.only)?;
+        c.seconds.splice(0..0, teardown.map(|s| ("dataplane_teardown".to_string(), s)));
+        let mut json = control_json(&c);
+        if let Some(dp) = &dp {
             if vnfs {
-                json.extend(vnf_json(&dp));
+                json.extend(vnf_json(dp));
             }
             if chain3 {
                 json.insert("chain3_kpps".into(), report::medians(&dp.chain3));
@@ -322,7 +326,8 @@ fn main() -> anyhow::Result<()> {
             }
             json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
         }
-        json.insert("part_seconds".into(), report::seconds(&c.seconds));
+        let dp_seconds = dp.iter().flat_map(|dp| dp.seconds.iter());
+        json.insert("part_seconds".into(), report::seconds(&dp_seconds.chain(&c.seconds).cloned().collect::<Vec<_>>()));
         println!("{}", serde_json::to_string_pretty(&json)?);
         if let Some(st) = &c.stream {
             let mut md = String::new();
@@ -342,7 +347,9 @@ fn main() -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp, Part::Stream])?;
+    let teardown = b.drop_lanes()?;
+    let mut c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp, Part::Stream])?;
+    c.seconds.insert(0, ("dataplane_teardown".into(), teardown));
     b.cleanup.run();
     write(&args, &plan, &dp, &c, started)
 }

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use srv6::compiler::{Behavior, NodeTables, SidUse};
@@ -83,6 +83,8 @@ pub struct Bench {
     pub bin_dir: PathBuf,
     pub traffic: Traffic,
     next_k: u8,
+    /// The lanes' daemons and netns (`drop_lanes`); before `cleanup`, which removes their pins.
+    lanes: Cleanup,
     // Last: dropped after `traffic`, whose links live in the netns it removes.
     pub cleanup: Cleanup,
 }
@@ -122,7 +124,32 @@ impl Bench {
         }
         let bin_dir = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
         let traffic = Traffic::load(&gen_ns, gen_cpu)?;
-        Ok(Self { tag, gen_ns, sink_ns, dir, pin_root, bin_dir, traffic, next_k: 1, cleanup })
+        Ok(Self { tag, gen_ns, sink_ns, dir, pin_root, bin_dir, traffic, next_k: 1, lanes: Cleanup::default(), cleanup })
+    }
+
+    /// Removes every lane made so far (daemons stopped, netns deleted) and waits until the
+    /// kernel has cleaned their netns up: lanes left behind, or their clean-up running on, are
+    /// other nodes' work on this one kernel, and the next part measured them too (CNI ADD p99
+    /// 25.8 ms with the data plane's lanes present, 10.5 ms without: docs/performance.md). A
+    /// probe netns deleted last, with a veth into the sink's, tells when: the kernel cleans
+    /// netns up in the order they went, and the probe's peer goes with it.
+    /// Returns the seconds it took.
+    pub fn drop_lanes(&mut self) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let probe = format!("{}-settle", self.tag);
+        sys::ip(None, &format!("netns add {probe}"))?;
+        self.cleanup.netns(&probe);
+        sys::ip(None, &format!("link add settle0 netns {probe} type veth peer name settle1 netns {}", self.sink_ns))?;
+        self.lanes.run();
+        sys::ip(None, &format!("netns del {probe}"))?;
+        let deadline = start + Duration::from_secs(600);
+        while sys::ifindex(&self.sink_ns, "settle1").is_ok() {
+            if Instant::now() > deadline {
+                bail!("the kernel had not cleaned the lanes' netns up after 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(start.elapsed().as_secs_f64())
     }
 
     /// A node netns wired to the generator and the sink; RPS sends its receive work to
@@ -142,7 +169,7 @@ impl Bench {
         let nss: Vec<String> = names.iter().map(|n| format!("{}-{n}", self.tag)).collect();
         for ns in &nss {
             sys::ip(None, &format!("netns add {ns}"))?;
-            self.cleanup.netns(ns);
+            self.lanes.netns(ns);
             sys::sysctls(ns, NODE_SYSCTLS)?;
         }
         // eth0 faces upstream (the generator, or the previous node's eth1), eth1 downstream.
@@ -240,7 +267,7 @@ impl Bench {
             .stdout(out.try_clone()?)
             .stderr(out);
         let child = cmd.spawn().context("start srv6pipes-node (build it: cargo build --release)")?;
-        self.cleanup.child(child);
+        self.lanes.child(child);
         for _ in 0..500 {
             if node_api::call(&socket, &Request::Sids, Duration::from_secs(1)).is_ok() {
                 lane.socket = Some(socket);
@@ -286,7 +313,7 @@ impl Bench {
         }
         sys::ip_batch(None, &root)?;
         for v in &new {
-            self.cleanup.netns(&v.netns);
+            self.lanes.netns(&v.netns);
         }
         sys::ip_batch(Some(&lane.node_ns), &node)?;
         for v in &new {
