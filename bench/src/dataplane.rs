@@ -49,6 +49,8 @@ pub struct Results {
     pub bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
+    pub installed_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// Events each attached monitor received over its scenario's trials.
     pub monitor_events: BTreeMap<String, u64>,
     /// Trials that failed and were left out (the run went on).
@@ -409,6 +411,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         if let Some(ns) = bpf_cost(b, &points[0], pps, plan, &mut res.failures) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
+        installed_cost(b, &points[3], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.plain_spread.insert(key.clone(), take("plain"));
@@ -423,12 +426,24 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         let points = vec![spread(&scale, &key)?, installed(&scale, &key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        installed_cost(b, &points[1], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     Ok(())
+}
+
+/// The BPF cost of End.AD through the last VNF installed (`point`, measured into `s`), at the
+/// spread points' rate: the second figure of `vnf_installed` (does one VNF's packet cost more
+/// with N installed?), stable where PDRs are not.
+fn installed_cost(b: &mut Bench, point: &Scenario, s: &Samples, plan: &Plan, res: &mut Results) {
+    let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&point.key]) * 1000.0 / 2.0);
+    if let Some(ns) = bpf_cost(b, point, pps, plan, &mut res.failures) {
+        let n = point.key.trim_start_matches("installed/").to_string();
+        res.installed_bpf_ns.insert(n, ns);
+    }
 }
 
 fn topo_macs() -> packet::Macs {

@@ -149,7 +149,11 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     for (k, v) in pdr {
         let _ = writeln!(md, "| {k} | {} | {} | {} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)), fmt_r(&ratios(v, b)));
     }
-    for (key, title) in [("bpf_ns_per_run", "scenario"), ("bpf_ns_per_run_by_vnfs", "End.AD, VNFs")] {
+    for (key, title) in [
+        ("bpf_ns_per_run", "scenario"),
+        ("bpf_ns_per_run_by_vnfs", "End.AD, VNFs"),
+        ("bpf_ns_per_run_installed", "End.AD through the last installed, VNFs (last: SIDs)"),
+    ] {
         let Some(m) = r[key].as_object().filter(|m| !m.is_empty()) else { continue };
         let _ = writeln!(md, "\n| {title} | srv6pipes BPF programs, ns per run |\n|---|---|");
         let mut keys: Vec<&String> = m.keys().collect();
