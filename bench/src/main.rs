@@ -315,7 +315,9 @@ fn main() -> anyhow::Result<()> {
         let dp = if vnfs || chain3 { Some(dataplane::run_parts(&mut b, &plan, vnfs, chain3)?) } else { None };
         let teardown = if dp.is_some() { Some(b.drop_lanes()?) } else { None };
         let mut c = run_control(&mut b, &args, &args.only)?;
-        c.seconds.splice(0..0, teardown.map(|s| ("dataplane_teardown".to_string(), s)));
+        if let Some(s) = teardown {
+            c.seconds.insert(0, ("dataplane_teardown".into(), s));
+        }
         let mut json = control_json(&c);
         if let Some(dp) = &dp {
             if vnfs {
