@@ -4,6 +4,7 @@
 mod control;
 mod cost;
 mod dataplane;
+mod footprint;
 mod packet;
 mod report;
 mod sim;
@@ -76,6 +77,9 @@ enum Part {
     /// The operator at cluster scale on a real API server, no daemons (not in full runs:
     /// 1,000 nodes and 100,000 chains by default, see --sim-nodes; docs/performance.md).
     Sim,
+    /// The operator's memory by stage at the scale simulation's size, without an API server
+    /// (not in full runs; sized by --sim-nodes, --sim-chains and --sim-replicas).
+    Footprint,
 }
 
 /// The control-plane parts' results; each is run when asked for.
@@ -93,6 +97,7 @@ struct Control {
     tcp: Option<control::Tcp>,
     stream: Option<serde_json::Value>,
     sim: Option<serde_json::Value>,
+    footprint: Option<serde_json::Value>,
     /// Wall seconds of each part, in the order they ran.
     seconds: Vec<(String, f64)>,
 }
@@ -169,6 +174,12 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         c.sim = Some(sim::run(b, &size)?);
         laps.lap("sim");
     }
+    if parts.contains(&Part::Footprint) {
+        let size =
+            sim::Size { nodes: args.sim_nodes, vnfs: 10, sources: 50, replicas: args.sim_replicas, chains: args.sim_chains, samples: 0 };
+        c.footprint = Some(footprint::run(&size)?);
+        laps.lap("footprint");
+    }
     c.seconds = laps.laps;
     Ok(c)
 }
@@ -212,6 +223,7 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
         "tcp_goodput_mbps": tcp,
         "stream": c.stream,
         "scale_sim": c.sim,
+        "operator_footprint": c.footprint,
     });
     json.as_object().cloned().unwrap_or_default()
 }

@@ -72,7 +72,7 @@ impl Size {
     }
 }
 
-fn node_name(i: usize) -> String {
+pub(crate) fn node_name(i: usize) -> String {
     format!("sim-n{i:04}")
 }
 
@@ -80,7 +80,7 @@ fn locator(i: usize) -> Locator {
     Locator::nth_in_block("fcbb:bb00::/32".parse().expect("block"), 48, i as u64).expect("locator in the block")
 }
 
-fn chain(name: &str, c: usize, size: &Size) -> anyhow::Result<ServiceChain> {
+pub(crate) fn chain(name: &str, c: usize, size: &Size) -> anyhow::Result<ServiceChain> {
     let (group, functions) = size.chain_parts(c);
     let f: Vec<_> = functions
         .iter()
@@ -117,7 +117,7 @@ fn now() -> Time {
 
 /// Node `i` as a kubelet registers it (with the locator the operator would give it), and its
 /// status.
-fn node(i: usize) -> (serde_json::Value, serde_json::Value) {
+pub(crate) fn node(i: usize) -> (serde_json::Value, serde_json::Value) {
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": node_name(i), "annotations": {LOCATOR_ANNOTATION: locator(i).to_string()}},
@@ -131,7 +131,7 @@ fn node(i: usize) -> (serde_json::Value, serde_json::Value) {
 }
 
 /// Node `i`'s SID table as its daemon publishes it: one proxy SID per VNF pod.
-fn sid_table(i: usize, vnfs: usize) -> serde_json::Value {
+pub(crate) fn sid_table(i: usize, vnfs: usize) -> serde_json::Value {
     let loc = locator(i);
     let registrations: Vec<_> = proxy_functs()
         .take(vnfs)
@@ -148,7 +148,7 @@ fn sid_table(i: usize, vnfs: usize) -> serde_json::Value {
 
 /// Pod `p` (node `p / per node`): its VNF pods first, then its source pods; and its status as
 /// a kubelet reports it (Running, Ready, an address in the node's pod CIDR).
-fn pod(size: &Size, p: usize) -> (serde_json::Value, serde_json::Value) {
+pub(crate) fn pod(size: &Size, p: usize) -> (serde_json::Value, serde_json::Value) {
     let per_node = size.vnfs + size.sources;
     let (i, slot) = (p / per_node, p % per_node);
     let (name, labels) = if slot < size.vnfs {

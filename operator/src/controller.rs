@@ -28,7 +28,6 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use srv6::node_api::NodeProgram as Program;
 use srv6::sid::{allocate_locator, Locator};
 use srv6::slices;
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
@@ -36,8 +35,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::lease::Fence;
-use crate::publisher::{Publisher, Slice, Slices, Want};
+use crate::publisher::{Publisher, Want};
 use crate::slim;
+use crate::split::SliceCache;
 use crate::world::{self, Plan};
 
 /// The field manager of everything the operator writes (server-side apply).
@@ -102,13 +102,25 @@ impl Stores {
             Writers { chains: wc, pods: wp, nodes: wn, tables: wt, slices: ws, programs: wg },
         )
     }
-}
 
-/// A node's last program, its splitter and the slices it was split into.
-struct Split {
-    program: Arc<Program>,
-    splitter: slices::Splitter,
-    slices: Arc<Slices>,
+    /// Compiles the stores, with `chain` in place of the stored copy when given (the
+    /// controller may hold a newer one than the mirror).
+    pub fn compile(&self, chain: Option<&ServiceChain>) -> Plan {
+        let chains = self.chains.state();
+        let mut chains: Vec<&ServiceChain> = chains.iter().map(|c| c.as_ref()).collect();
+        if let Some(c) = chain {
+            chains.retain(|x| x.uid() != c.uid());
+            chains.push(c);
+        }
+        let (pods, nodes, tables, slices) = (self.pods.state(), self.nodes.state(), self.tables.state(), self.slices.state());
+        world::plan(
+            &chains,
+            &pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+            &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
+            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+        )
+    }
 }
 
 /// A compiled plan and what it was compiled from.
@@ -173,7 +185,7 @@ pub struct Ctx {
     publisher: Publisher,
     /// Per node, the last program split into slices and those slices, so that a program that
     /// did not change is not split again.
-    split: Mutex<HashMap<String, Split>>,
+    split: Mutex<SliceCache>,
     recorder: Recorder,
     /// Closed once this instance may no longer be the leader: nothing is written then.
     fence: Fence,
@@ -219,7 +231,7 @@ impl Ctx {
                 }
             }
             let started = Instant::now();
-            let plan = Arc::new(self.compile(None));
+            let plan = Arc::new(self.stores.compile(None));
             let took = started.elapsed();
             crate::metrics::METRICS.compile.observe(took.as_secs_f64());
             crate::metrics::planned(&plan);
@@ -228,26 +240,6 @@ impl Ctx {
             *cache = Some(CachedPlan { version, budget, plan: plan.clone() });
             (plan, None)
         })
-    }
-
-    /// Compiles the stores, with `chain` in place of the stored copy when given (the
-    /// controller may hold a newer one than the mirror).
-    fn compile(&self, chain: Option<&ServiceChain>) -> Plan {
-        let chains = self.stores.chains.state();
-        let mut chains: Vec<&ServiceChain> = chains.iter().map(|c| c.as_ref()).collect();
-        if let Some(c) = chain {
-            chains.retain(|x| x.uid() != c.uid());
-            chains.push(c);
-        }
-        let (pods, nodes, tables, slices) =
-            (self.stores.pods.state(), self.stores.nodes.state(), self.stores.tables.state(), self.stores.slices.state());
-        world::plan(
-            &chains,
-            &pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
-            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
-            &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
-            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
-        )
     }
 
     /// Whether the mirror holds `chain` as the controller sees it (what the compiler reads).
@@ -276,7 +268,7 @@ impl Ctx {
         if self.mirrored(chain) {
             self.plan(fresh)
         } else {
-            (Arc::new(cpu(|| self.compile(Some(chain)))), None)
+            (Arc::new(cpu(|| self.stores.compile(Some(chain)))), None)
         }
     }
 
@@ -289,39 +281,6 @@ impl Ctx {
         out
     }
 
-    /// `node`'s program in slices, keeping chains in the slices that hold them (as this
-    /// operator last split it, or as the mirror has them after a restart).
-    fn slices_of(&self, node: &str, program: &Arc<Program>, known: &BTreeMap<String, Arc<NodeProgramSlice>>) -> Arc<Slices> {
-        let mut split = self.split.lock().expect("split");
-        if let Some(s) = split.get_mut(node) {
-            if Arc::ptr_eq(&s.program, program) {
-                return s.slices.clone();
-            }
-            if *s.program == **program {
-                // The same program in a new plan: compared once, not on every publication of
-                // that plan (each reconcile publishes; 1,000 nodes made that most of the CPU).
-                s.program = program.clone();
-                return s.slices.clone();
-            }
-        }
-        let s = split.entry(node.to_string()).or_insert_with(|| {
-            let known = known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, slices::chains_of_spec(&s.spec))));
-            Split { program: program.clone(), splitter: slices::Splitter::seeded(known.collect()), slices: Default::default() }
-        });
-        // A slice whose spec the splitter kept keeps its digest too.
-        let specs = s.splitter.split_specs(node, program);
-        let out: Slices = specs
-            .into_iter()
-            .map(|(name, spec)| {
-                let kept = s.slices.get(&name).filter(|k| Arc::ptr_eq(&k.spec, &spec)).cloned();
-                (name, kept.unwrap_or_else(|| Arc::new(Slice::new(spec))))
-            })
-            .collect();
-        s.program = program.clone();
-        s.slices = Arc::new(out);
-        s.slices.clone()
-    }
-
     /// Hands every node whose slices differ from what it has to its writer and waits (at most
     /// [`crate::publisher::WAIT`]) for those writes; removes the slices, programs and SID tables of
     /// nodes that left. Returns the nodes whose program could not be written, with why.
@@ -332,7 +291,7 @@ impl Ctx {
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
         for (node, program) in &plan.programs {
             let known = mirrored.remove(node).unwrap_or_default();
-            let slices = cpu(|| self.slices_of(node, program, &known));
+            let slices = cpu(|| self.split.lock().expect("split").slices_of(node, program, &known));
             // The node's daemon reads its slices: its pre-slice program can go.
             let legacy = self.stores.programs.get(&ObjectRef::new(node)).is_some()
                 && known
@@ -347,7 +306,8 @@ impl Ctx {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            waits.push(self.publisher.send(node, Want { slices, known, legacy, owner }));
+            let program = std::sync::Mutex::new(Some(program.clone()));
+            waits.push(self.publisher.send(node, Want { program, slices, known, legacy, owner }));
         }
         Publisher::wait(waits).await;
         if self.fence.check().is_err() {
@@ -357,7 +317,7 @@ impl Ctx {
         let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
         for (node, known) in mirrored.iter().filter(|(n, _)| !exists(n)) {
             self.publisher.forget(node);
-            self.split.lock().expect("split").remove(node);
+            self.split.lock().expect("split").forget(node);
             for name in known.keys() {
                 delete_gone(&api, name).await;
             }
@@ -432,7 +392,7 @@ impl Ctx {
         // The finalizer stays until every node that held the chain has a program without it.
         let slices = self.stores.slices.state();
         let holds = |node: &str| {
-            slices.iter().any(|s| s.spec.node == node && world::tables_hold(&s.spec.tables, &ns, &name))
+            slices.iter().any(|s| s.spec.node == node && slim::chains_of(s).contains(&format!("{ns}/{name}")))
                 || self.stores.programs.get(&ObjectRef::new(node)).is_some_and(|p| world::tables_hold(&p.spec.tables, &ns, &name))
         };
         if let Some((node, e)) = failures.iter().find(|(n, _)| holds(n)) {
@@ -1001,15 +961,7 @@ mod tests {
     async fn a_deleted_chain_leaves_every_node_before_its_finalizer_goes() {
         let (stores, mut writers) = world();
         // The nodes hold the chain's programs.
-        let plan = Ctx::new(
-            Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"),
-            stores.clone(),
-            Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 },
-            Arc::new(watch::channel(0).0),
-            None,
-            Fence::always(),
-        )
-        .compile(None);
+        let plan = stores.compile(None);
         for (node, program) in &plan.programs {
             let obj = NodeProgramSlice {
                 metadata: kube::api::ObjectMeta { name: Some(format!("{node}.0")), ..Default::default() },
@@ -1240,7 +1192,7 @@ mod tests {
         let e = reconcile_node(Arc::new(n3), ctx.clone()).await.unwrap_err();
         assert!(e.to_string().contains("not the leader"), "{e}");
         // The programs' writers are fenced too.
-        let plan = ctx.compile(None);
+        let plan = ctx.stores.compile(None);
         let failures = ctx.publish(&plan).await;
         assert!(failures.is_empty(), "a fenced-off writer records no node failure: {failures:?}");
         drop(ctx);

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod planner;
 pub mod publisher;
 pub mod slim;
+pub mod split;
 pub mod world;
 
 /// The operator's kube client: [`srv6pipes_crds::client`]'s, with every write it sends counted

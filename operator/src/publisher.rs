@@ -25,6 +25,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
 use serde_json::json;
+use srv6::node_api::NodeProgram as Program;
+use srv6::slices::{Renderer, Shape};
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -53,17 +55,18 @@ pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 /// A node's slices as the operator wants them, by object name.
 pub type Slices = BTreeMap<String, Arc<Slice>>;
 
-/// One slice as the operator wants it: its spec, and the spec's digest, which is what writes
-/// and comparisons look at (computed once per spec built, not per publication).
+/// One slice as the operator wants it: its shape (which chains it holds), and its spec's
+/// digest, which is what writes and comparisons look at (computed once per shape built, not
+/// per publication). The spec itself is rendered from the node's program when written.
 #[derive(Debug)]
 pub struct Slice {
-    pub spec: Arc<NodeProgramSliceSpec>,
+    pub shape: Arc<Shape>,
     pub digest: String,
 }
 
 impl Slice {
-    pub fn new(spec: Arc<NodeProgramSliceSpec>) -> Self {
-        Slice { digest: slim::spec_digest(&spec), spec }
+    pub fn new(node: &str, shape: Arc<Shape>, renderer: &Renderer) -> Self {
+        Slice { digest: slim::spec_digest(&renderer.spec(node, &shape)), shape }
     }
 }
 
@@ -75,6 +78,9 @@ impl PartialEq for Slice {
 
 /// What a node's writer is asked to do.
 pub struct Want {
+    /// The node's program, which the slices' specs are rendered from; dropped once they are
+    /// written, so that a settled writer keeps no old program alive.
+    pub program: Mutex<Option<Arc<Program>>>,
     pub slices: Arc<Slices>,
     /// The node's slices as this operator's mirror knows them (their resourceVersions make the
     /// writes conditional: a stale leader's write fails instead of landing).
@@ -216,6 +222,7 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
             }
             match shared.publish_node(&node, &sent.want).await {
                 Ok(()) => {
+                    sent.want.program.lock().expect("program").take();
                     done.send_replace((sent.seq, None));
                     shared.settle(&node, None).await;
                     backoff = Duration::from_secs(1);
@@ -256,24 +263,26 @@ impl Shared {
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
     /// asked to. Stops at the first failure, naming the object.
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), String> {
-        let chains = |s: Option<&NodeProgramSliceSpec>| s.map(srv6::slices::chains_of_spec).unwrap_or_default();
         let mut writes = Vec::new();
         for (name, slice) in want.slices.iter() {
             let known = self.known(name, want.known.get(name));
-            let (spec, digest) = (&*slice.spec, &slice.digest);
-            if known.as_ref().is_some_and(|k| slim::digest_of(k) == *digest) {
+            if known.as_ref().is_some_and(|k| slim::digest_of(k) == slice.digest) {
                 continue;
             }
-            let before = chains(known.as_ref().map(|k| &k.spec));
-            let gains = chains(Some(spec)).iter().any(|c| !before.contains(c));
+            let before = known.as_deref().map(slim::chains_of).unwrap_or_default();
+            let gains = slice.shape.chains.iter().any(|c| !before.contains(c));
             // New slices, then those that gain chains, then the others.
             let order = (known.is_some(), !gains);
-            writes.push((order, name, spec, digest, known.and_then(|k| k.metadata.resource_version.clone())));
+            writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone())));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, name, spec, digest, resource_version) in writes {
+        let program = if writes.is_empty() { None } else { want.program.lock().expect("program").clone() };
+        let renderer = program.as_deref().map(Renderer::new);
+        for (_, name, slice, resource_version) in writes {
+            let renderer = renderer.as_ref().ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
+            let spec = renderer.spec(node, &slice.shape);
             let mut written =
-                self.write(name, spec, digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+                self.write(name, &spec, &slice.digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
             slim::slice(&mut written);
             self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
         }

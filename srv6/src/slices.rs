@@ -19,7 +19,7 @@ use std::sync::Arc;
 use srv6pipes_crds::NodeProgramSliceSpec;
 
 use crate::compiler::{HeadendPolicy, NodeTables, SidUse};
-use crate::node_api::{NodeProgram, Peer};
+use crate::node_api::NodeProgram;
 
 /// Most chains in one slice.
 pub const MAX_SLICE_CHAINS: usize = 200;
@@ -66,15 +66,8 @@ fn json_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
     serde_json::to_vec(v).map_or(0, |b| b.len())
 }
 
-/// One chain's entries, and their size.
-#[derive(Default)]
-struct Part {
-    tables: NodeTables,
-    bytes: usize,
-}
-
 /// One chain's entries in a program, borrowed, in the program's order.
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 struct Entries<'a> {
     headends: Vec<&'a HeadendPolicy>,
     proxies: Vec<&'a SidUse>,
@@ -82,25 +75,10 @@ struct Entries<'a> {
 }
 
 impl Entries<'_> {
-    fn same_as(&self, p: &Part) -> bool {
-        let t = &p.tables;
-        t.headends.iter().eq(self.headends.iter().copied())
-            && t.proxies.iter().eq(self.proxies.iter().copied())
-            && t.decaps.iter().eq(self.decaps.iter().copied())
-    }
-
-    fn to_part(&self) -> Part {
-        let owned = |v: &[&SidUse]| v.iter().map(|u| (*u).clone()).collect::<Vec<_>>();
-        let tables = NodeTables {
-            headends: self.headends.iter().map(|h| (*h).clone()).collect(),
-            proxies: owned(&self.proxies),
-            decaps: owned(&self.decaps),
-            ..Default::default()
-        };
-        // Each entry and the comma before it.
-        let bytes = tables.headends.iter().map(|h| json_len(h) + 1).sum::<usize>()
-            + tables.proxies.iter().chain(&tables.decaps).map(|u| json_len(u) + 1).sum::<usize>();
-        Part { tables, bytes }
+    /// The JSON bytes these entries add to a slice (each entry and the comma before it).
+    fn bytes(&self) -> usize {
+        self.headends.iter().map(|h| json_len(h) + 1).sum::<usize>()
+            + self.proxies.iter().chain(&self.decaps).map(|u| json_len(u) + 1).sum::<usize>()
     }
 }
 
@@ -119,24 +97,15 @@ fn entries(program: &NodeProgram) -> BTreeMap<&str, Entries<'_>> {
     out
 }
 
-/// Slice 0's node-wide parts (pod addresses, insertion sources), its peers, and their size.
-#[derive(PartialEq)]
-struct Base {
-    tables: NodeTables,
-    peers: Vec<Peer>,
-    bytes: usize,
+/// JSON bytes of slice 0's node-wide parts (pod addresses, insertion sources) and peers.
+fn base_bytes(program: &NodeProgram) -> usize {
+    let t = &program.tables;
+    json_len(&t.pods) + json_len(&t.insert_sources) + json_len(&program.peers) + 256
 }
 
-impl Base {
-    /// `program`'s node-wide tables and peers.
-    fn of(program: &NodeProgram) -> (NodeTables, &[Peer]) {
-        let t = &program.tables;
-        (NodeTables { pods: t.pods.clone(), insert_sources: t.insert_sources.clone(), ..Default::default() }, &program.peers)
-    }
-
-    fn new(tables: NodeTables, peers: &[Peer]) -> Self {
-        Base { bytes: json_len(&tables) + json_len(peers) + 256, tables, peers: peers.to_vec() }
-    }
+/// Whether two programs have the same node-wide parts and peers (slice 0's besides chains).
+fn same_base(a: &NodeProgram, b: &NodeProgram) -> bool {
+    a.tables.pods == b.tables.pods && a.tables.insert_sources == b.tables.insert_sources && a.peers == b.peers
 }
 
 /// Which slice each chain goes to, by chain size in bytes: every chain of `previous` stays where
@@ -173,104 +142,146 @@ fn place<'c>(bytes: &BTreeMap<&'c str, usize>, base_bytes: usize, previous: &Ass
         .collect()
 }
 
-/// Slice `index` of chains `chains` (in order) from their parts.
-fn build<'p>(index: u32, chains: &[&str], part: impl Fn(&str) -> &'p Part, base: &Base) -> NodeProgram {
-    let mut tables = if index == 0 { base.tables.clone() } else { NodeTables::default() };
-    for c in chains {
-        let t = &part(c).tables;
-        tables.headends.extend(t.headends.iter().cloned());
-        tables.proxies.extend(t.proxies.iter().cloned());
-        tables.decaps.extend(t.decaps.iter().cloned());
+/// One slice of a node's program as the splitter placed it: which chains it holds, in the
+/// compiler's order, and in slice 0 the index of every slice. Its spec is rendered from the
+/// program it was split from (or any program with the same entries for those chains and, for
+/// slice 0, the same node-wide parts) by a [`Renderer`]; the operator keeps shapes and digests,
+/// not specs (the specs of 100,000 chains as JSON values took 2.8 GiB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub index: u32,
+    pub chains: Vec<String>,
+    /// Slice 0: the indices of every slice of the node's program (0 included); empty otherwise.
+    pub indices: Vec<u32>,
+}
+
+/// Renders slices of one program: its entries indexed by chain once, for any number of slices.
+pub struct Renderer<'p> {
+    program: &'p NodeProgram,
+    entries: BTreeMap<&'p str, Entries<'p>>,
+}
+
+impl<'p> Renderer<'p> {
+    pub fn new(program: &'p NodeProgram) -> Self {
+        Renderer { program, entries: entries(program) }
     }
-    let peers = if index == 0 { base.peers.clone() } else { Vec::new() };
-    NodeProgram { tables, peers }
+
+    /// The slice as a program: slice 0 with the node-wide parts and the peers.
+    fn program(&self, shape: &Shape) -> NodeProgram {
+        let mut tables = NodeTables::default();
+        let mut peers = Vec::new();
+        if shape.index == 0 {
+            tables.pods.clone_from(&self.program.tables.pods);
+            tables.insert_sources.clone_from(&self.program.tables.insert_sources);
+            peers.clone_from(&self.program.peers);
+        }
+        for e in shape.chains.iter().filter_map(|c| self.entries.get(c.as_str())) {
+            tables.headends.extend(e.headends.iter().map(|h| (*h).clone()));
+            tables.proxies.extend(e.proxies.iter().map(|u| (*u).clone()));
+            tables.decaps.extend(e.decaps.iter().map(|u| (*u).clone()));
+        }
+        NodeProgram { tables, peers }
+    }
+
+    /// The slice's spec as `node`'s object holds it.
+    pub fn spec(&self, node: &str, shape: &Shape) -> NodeProgramSliceSpec {
+        let mut spec = self.program(shape).to_slice_spec(node);
+        spec.slices.clone_from(&shape.indices);
+        spec
+    }
 }
 
 /// Splits `program` into slices by index, keeping every chain of `previous` where it was while
 /// it fits. Slice 0 is always there, with the node-wide parts and the peers.
 pub fn split(program: &NodeProgram, previous: &Assignment) -> BTreeMap<u32, NodeProgram> {
-    let parts: BTreeMap<&str, Part> = entries(program).into_iter().map(|(c, e)| (c, e.to_part())).collect();
-    let (tables, peers) = Base::of(program);
-    let base = Base::new(tables, peers);
-    let bytes = parts.iter().map(|(c, p)| (*c, p.bytes)).collect();
-    place(&bytes, base.bytes, previous).into_iter().map(|(i, chains)| (i, build(i, &chains, |c| &parts[c], &base))).collect()
+    let mut splitter = Splitter::seeded(previous.clone());
+    let renderer = Renderer::new(program);
+    splitter.split(program, None).into_values().map(|shape| (shape.index, renderer.program(&shape))).collect()
 }
 
 /// [`split`] as the objects' specs by name, slice 0 listing every index.
 pub fn split_specs(node: &str, program: &NodeProgram, previous: &Assignment) -> BTreeMap<String, NodeProgramSliceSpec> {
     let mut splitter = Splitter::seeded(previous.clone());
-    splitter.split_specs(node, program).into_iter().map(|(name, spec)| (name, Arc::unwrap_or_clone(spec))).collect()
+    let renderer = Renderer::new(program);
+    splitter.split(program, None).into_values().map(|shape| (slice_name(node, shape.index), renderer.spec(node, &shape))).collect()
 }
 
 /// A node's program split into slices, remembered so that the next program costs what changed:
-/// the same slices as [`split_specs`] with the last split's assignment as `previous`, but each
-/// chain's entries are measured (serialized) only when they changed, and a slice whose chains
-/// and entries did not change keeps its spec (the same `Arc`) instead of being built again.
-/// With 10,000 chains on a node, re-splitting every chain for each change was a fifth of the
-/// operator's work per change.
+/// the same slices as [`split`] with the last split's assignment as `previous`, but only the
+/// chains whose entries changed since the previous program are measured (serialized), and a
+/// slice whose chains and entries did not change keeps its shape (the same `Arc`), so that its
+/// digest need not be computed again. With 10,000 chains on a node, re-splitting every chain
+/// for each change was a fifth of the operator's work per change. It keeps chain names and
+/// sizes only: the entries are the programs'.
 #[derive(Default)]
 pub struct Splitter {
-    /// The last split's chains by slice index.
-    assignment: Assignment,
-    parts: HashMap<String, Part>,
-    base: Option<Base>,
-    /// The last split's slices by index: their chains in order, and their specs.
-    built: BTreeMap<u32, (Vec<String>, Arc<NodeProgramSliceSpec>)>,
+    /// The chains to keep in place on the first split (the slices as a mirror has them, after
+    /// a restart).
+    seed: Assignment,
+    /// JSON bytes of each chain's entries, as last measured.
+    bytes: HashMap<String, usize>,
+    base_bytes: usize,
+    /// The last split's slices by index.
+    built: BTreeMap<u32, Arc<Shape>>,
 }
 
 impl Splitter {
-    /// A splitter that keeps the chains of `previous` where they are (the slices as a mirror
-    /// has them, after a restart); its first split builds every slice.
+    /// A splitter that keeps the chains of `previous` where they are; its first split builds
+    /// every slice.
     pub fn seeded(previous: Assignment) -> Self {
-        Splitter { assignment: previous, ..Default::default() }
+        Splitter { seed: previous, ..Default::default() }
     }
 
-    /// `program` as `node`'s slices by object name, slice 0 listing every index.
-    pub fn split_specs(&mut self, node: &str, program: &NodeProgram) -> BTreeMap<String, Arc<NodeProgramSliceSpec>> {
-        let mut old = std::mem::take(&mut self.parts);
+    /// `program`'s slices by index. `previous` is the program of the last split (None for the
+    /// first): a chain whose entries are the same in both is not measured again, and a slice
+    /// of such chains only (and for slice 0, the same node-wide parts and slice indices) keeps
+    /// its shape.
+    pub fn split(&mut self, program: &NodeProgram, previous: Option<&NodeProgram>) -> BTreeMap<u32, Arc<Shape>> {
+        let now = entries(program);
+        let before = previous.map(entries).unwrap_or_default();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
-        for (chain, e) in entries(program) {
-            let part = match old.remove(chain) {
-                Some(p) if e.same_as(&p) => p,
+        let mut bytes: BTreeMap<&str, usize> = BTreeMap::new();
+        for (chain, e) in &now {
+            let b = match self.bytes.get(*chain) {
+                Some(b) if before.get(chain) == Some(e) => *b,
                 _ => {
                     changed.insert(chain);
-                    e.to_part()
+                    e.bytes()
                 }
             };
-            self.parts.insert(chain.to_string(), part);
+            bytes.insert(chain, b);
         }
-        let (tables, peers) = Base::of(program);
-        let base_same = self.base.as_ref().is_some_and(|b| b.tables == tables && b.peers == peers);
+        let base_same = previous.is_some_and(|p| same_base(p, program)) && !self.built.is_empty();
         if !base_same {
-            self.base = Some(Base::new(tables, peers));
+            self.base_bytes = base_bytes(program);
         }
-        let base = self.base.as_ref().expect("set");
-        let bytes = self.parts.iter().map(|(c, p)| (c.as_str(), p.bytes)).collect();
-        let placed = place(&bytes, base.bytes, &self.assignment);
+        let assignment: Assignment = if self.built.is_empty() {
+            std::mem::take(&mut self.seed)
+        } else {
+            self.built.iter().map(|(i, s)| (*i, s.chains.iter().cloned().collect())).collect()
+        };
+        let placed = place(&bytes, self.base_bytes, &assignment);
         let indices: Vec<u32> = placed.keys().copied().collect();
-        let same_indices = self.built.keys().eq(indices.iter());
         let mut built = BTreeMap::new();
         for (index, chains) in &placed {
-            let unchanged = |(names, _): &&(Vec<String>, Arc<NodeProgramSliceSpec>)| {
-                names.iter().map(String::as_str).eq(chains.iter().copied())
+            let kept = self.built.get(index).filter(|s| {
+                s.chains.iter().map(String::as_str).eq(chains.iter().copied())
                     && !chains.iter().any(|c| changed.contains(c))
-                    && (*index != 0 || (base_same && same_indices))
+                    && (*index != 0 || (base_same && s.indices == indices))
+            });
+            let shape = match kept {
+                Some(s) => s.clone(),
+                None => Arc::new(Shape {
+                    index: *index,
+                    chains: chains.iter().map(|c| c.to_string()).collect(),
+                    indices: if *index == 0 { indices.clone() } else { Vec::new() },
+                }),
             };
-            let spec = match self.built.get(index).filter(unchanged) {
-                Some((_, spec)) => spec.clone(),
-                None => {
-                    let mut spec = build(*index, chains, |c| &self.parts[c], base).to_slice_spec(node);
-                    if *index == 0 {
-                        spec.slices.clone_from(&indices);
-                    }
-                    Arc::new(spec)
-                }
-            };
-            built.insert(*index, (chains.iter().map(|c| c.to_string()).collect(), spec));
+            built.insert(*index, shape);
         }
-        self.assignment = placed.iter().map(|(i, chains)| (*i, chains.iter().map(|c| c.to_string()).collect())).collect();
+        self.bytes = bytes.into_iter().map(|(c, b)| (c.to_string(), b)).collect();
         self.built = built;
-        self.built.iter().map(|(i, (_, spec))| (slice_name(node, *i), spec.clone())).collect()
+        self.built.clone()
     }
 }
 
@@ -534,7 +545,9 @@ mod tests {
         let mut chains: BTreeMap<String, (i32, usize)> = (0..500).map(|i| (format!("default/c{i:04}"), (i % 3, 1))).collect();
         let mut pods = vec!["fd00:1::1".parse().unwrap()];
         let mut splitter = Splitter::default();
-        let mut previous: BTreeMap<String, Arc<NodeProgramSliceSpec>> = BTreeMap::new();
+        // The last split's program, shapes and rendered specs.
+        type Split = (NodeProgram, BTreeMap<u32, Arc<Shape>>, BTreeMap<String, NodeProgramSliceSpec>);
+        let mut previous: Option<Split> = None;
         let (mut kept_total, mut rebuilt_total, mut counts) = (0, 0, BTreeSet::new());
         for round in 0..40 {
             for _ in 0..next(4) {
@@ -554,23 +567,28 @@ mod tests {
                 tables.proxies.push(sid_use(chain, Behavior::EndAD));
             }
             let program = merge([(0, &NodeProgram { tables, peers: vec![] })]);
-            let assignment: Assignment =
-                previous.iter().map(|(name, spec)| (slice_index("n1", name).unwrap(), chains_of_spec(spec))).collect();
-            let remembered = splitter.split_specs("n1", &program);
+            let assignment: Assignment = previous
+                .iter()
+                .flat_map(|(_, _, specs)| specs.iter().map(|(name, spec)| (slice_index("n1", name).unwrap(), chains_of_spec(spec))))
+                .collect();
+            let shapes = splitter.split(&program, previous.as_ref().map(|p| &p.0));
+            let renderer = Renderer::new(&program);
+            let remembered: BTreeMap<String, NodeProgramSliceSpec> =
+                shapes.values().map(|s| (slice_name("n1", s.index), renderer.spec("n1", s))).collect();
             let scratch = split_specs("n1", &program, &assignment);
-            assert_eq!(remembered.len(), scratch.len(), "round {round}");
-            for (name, spec) in &remembered {
-                assert_eq!(**spec, scratch[name], "round {round}: slice {name}");
+            assert_eq!(remembered, scratch, "round {round}");
+            for (index, shape) in &shapes {
+                let name = slice_name("n1", *index);
                 // Kept (the same Arc) exactly when it did not change.
-                let kept = previous.get(name).is_some_and(|p| Arc::ptr_eq(p, spec));
-                let same = previous.get(name).is_some_and(|p| **p == **spec);
+                let kept = previous.as_ref().and_then(|p| p.1.get(index)).is_some_and(|p| Arc::ptr_eq(p, shape));
+                let same = previous.as_ref().and_then(|p| p.2.get(&name)) == Some(&remembered[&name]);
                 assert!(!kept || same, "round {round}: slice {name} kept though it changed");
                 // (Rebuilt with the same content would be wasted work.)
                 assert!(kept || !same, "round {round}: slice {name} rebuilt though nothing in it changed");
                 (kept_total, rebuilt_total) = (kept_total + usize::from(kept), rebuilt_total + usize::from(!kept));
             }
-            counts.insert(remembered.len());
-            previous = remembered;
+            counts.insert(shapes.len());
+            previous = Some((program, shapes, remembered));
         }
         assert!(kept_total > rebuilt_total && rebuilt_total > 0, "kept {kept_total}, rebuilt {rebuilt_total}");
         assert!(counts.len() > 1, "the walk never changed the number of slices: {counts:?}");
