@@ -73,10 +73,12 @@ impl Stages {
     }
 }
 
-/// The chain controller's status for `c` in `plan`, on the chain as the watch brings it back.
+/// The chain controller's status for `c` in `plan`, on the chain as the watch brings it back
+/// (slim).
 fn with_plan_status(plan: &world::Plan, c: &ServiceChain) -> ServiceChain {
     let mut c = c.clone();
     c.status = world::chain_status(plan, &BTreeMap::new(), &c, Time(k8s_openapi::jiff::Timestamp::now()));
+    slim::chain(&mut c);
     c
 }
 
@@ -100,6 +102,23 @@ fn served_slice(name: &str, spec: &srv6pipes_crds::NodeProgramSliceSpec, i: usiz
     s.status = Some(NodeProgramStatus { observed_generation: Some(1), conditions: vec![condition] });
     slim::slice(&mut s);
     Ok(s)
+}
+
+/// The heap each part of a plan holds, measured by cloning it.
+fn plan_parts(plan: &world::Plan) -> serde_json::Value {
+    let size = |f: &dyn Fn() -> Box<dyn std::any::Any>| {
+        let before = heap();
+        let copy = f();
+        let bytes = heap() as i64 - before as i64;
+        drop(copy);
+        mib(bytes)
+    };
+    let tables = size(&|| Box::new(plan.programs.values().map(|p| p.tables.clone()).collect::<Vec<_>>()));
+    let peers = size(&|| Box::new((*plan.peers).clone()));
+    let verdicts = size(&|| Box::new(plan.verdicts.clone()));
+    let chain_nodes = size(&|| Box::new(plan.chain_nodes.clone()));
+    eprintln!("  footprint: plan: tables {tables} MiB, peers {peers} MiB, verdicts {verdicts} MiB, chain nodes {chain_nodes} MiB");
+    json!({"tables": tables, "peers": peers, "verdicts": verdicts, "chain_nodes": chain_nodes})
 }
 
 pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
@@ -140,6 +159,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     let plan = Arc::new(stores.compile(None));
     let compile_s = t.elapsed().as_secs_f64();
     st.lap("plan");
+    let parts = plan_parts(&plan);
     for c in stores.chains.state() {
         w.chains.apply_watcher_event(&Event::Apply(with_plan_status(&plan, &c)));
     }
@@ -151,7 +171,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     let t = Instant::now();
     let mut sliced = Vec::new();
     for (node, program) in &plan.programs {
-        sliced.push((node, program, cache.slices_of(node, program, &BTreeMap::new())));
+        sliced.push((node, program, cache.slices_of(node, program, &plan.peers, &BTreeMap::new())));
     }
     let split_s = t.elapsed().as_secs_f64();
     st.lap("slices (split cache)");
@@ -160,9 +180,9 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     let mut written = Vec::new();
     let mut slice_bytes = Vec::new();
     for (node, program, slices) in sliced {
-        let renderer = srv6::slices::Renderer::new(program);
+        let renderer = srv6::slices::Renderer::new(node, program, &plan.peers);
         for (name, slice) in slices.iter() {
-            let spec = renderer.spec(node, &slice.shape);
+            let spec = renderer.spec(&slice.shape);
             slice_bytes.push(serde_json::to_vec(&spec).map_or(0, |b| b.len()));
             let i = written.len();
             w.slices.apply_watcher_event(&Event::Apply(served_slice(name, &spec, i)?));
@@ -182,7 +202,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     st.lap("second plan (both held)");
     for (node, program) in &next.programs {
         let known = BTreeMap::new();
-        cache.slices_of(node, program, &known);
+        cache.slices_of(node, program, &next.peers, &known);
     }
     st.lap("second split");
     let peak = heap() as i64 - base as i64;
@@ -206,6 +226,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         "ready_chains": ready,
         "slices": slice_count,
         "slice_bytes_max": slice_bytes.iter().max(),
+        "plan_mib_by_part": parts,
         "heap_mib_by_stage": st.mib.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "heap_mib": {"steady": mib(steady), "peak": mib(peak), "after_change": mib(after)},
         "seconds": {"compile": compile_s, "split": split_s, "recompile": recompile_s, "total": started.elapsed().as_secs_f64()},

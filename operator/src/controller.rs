@@ -291,7 +291,7 @@ impl Ctx {
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
         for (node, program) in &plan.programs {
             let known = mirrored.remove(node).unwrap_or_default();
-            let slices = cpu(|| self.split.lock().expect("split").slices_of(node, program, &known));
+            let slices = cpu(|| self.split.lock().expect("split").slices_of(node, program, &plan.peers, &known));
             // The node's daemon reads its slices: its pre-slice program can go.
             let legacy = self.stores.programs.get(&ObjectRef::new(node)).is_some()
                 && known
@@ -306,7 +306,7 @@ impl Ctx {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            let program = std::sync::Mutex::new(Some(program.clone()));
+            let program = std::sync::Mutex::new(Some((program.clone(), plan.peers.clone())));
             waits.push(self.publisher.send(node, Want { program, slices, known, legacy, owner }));
         }
         Publisher::wait(waits).await;
@@ -345,7 +345,7 @@ impl Ctx {
         let done = stale.map_or_else(Action::await_change, Action::requeue);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let Some(status) = world::chain_status(&plan, &failures, chain, now) else { return Ok(done) };
-        if chain.status.as_ref() == Some(&status) {
+        if slim::status_is(chain, &status) {
             return Ok(done);
         }
         let (ns, name) = world::key_of(chain);

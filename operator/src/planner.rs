@@ -50,7 +50,7 @@ impl Ctx {
             candidates
                 .iter()
                 .filter(|c| c.metadata.deletion_timestamp.is_none())
-                .filter(|c| world::chain_status(&plan, &failures, c, now.clone()).is_some_and(|status| c.status.as_ref() != Some(&status)))
+                .filter(|c| world::chain_status(&plan, &failures, c, now.clone()).is_some_and(|status| !crate::slim::status_is(c, &status)))
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         });

@@ -25,7 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
 use serde_json::json;
-use srv6::node_api::NodeProgram as Program;
+use srv6::node_api::{NodeProgram as Program, Peer};
 use srv6::slices::{Renderer, Shape};
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
 use tokio::sync::watch;
@@ -65,8 +65,8 @@ pub struct Slice {
 }
 
 impl Slice {
-    pub fn new(node: &str, shape: Arc<Shape>, renderer: &Renderer) -> Self {
-        Slice { digest: slim::spec_digest(&renderer.spec(node, &shape)), shape }
+    pub fn new(shape: Arc<Shape>, renderer: &Renderer) -> Self {
+        Slice { digest: slim::spec_digest(&renderer.spec(&shape)), shape }
     }
 }
 
@@ -78,9 +78,9 @@ impl PartialEq for Slice {
 
 /// What a node's writer is asked to do.
 pub struct Want {
-    /// The node's program, which the slices' specs are rendered from; dropped once they are
-    /// written, so that a settled writer keeps no old program alive.
-    pub program: Mutex<Option<Arc<Program>>>,
+    /// The node's program and every node's peers, which the slices' specs are rendered from;
+    /// dropped once they are written, so that a settled writer keeps no old program alive.
+    pub program: Mutex<Option<(Arc<Program>, Arc<Vec<Peer>>)>>,
     pub slices: Arc<Slices>,
     /// The node's slices as this operator's mirror knows them (their resourceVersions make the
     /// writes conditional: a stale leader's write fails instead of landing).
@@ -277,10 +277,10 @@ impl Shared {
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let program = if writes.is_empty() { None } else { want.program.lock().expect("program").clone() };
-        let renderer = program.as_deref().map(Renderer::new);
+        let renderer = program.as_ref().map(|(program, peers)| Renderer::new(node, program, peers));
         for (_, name, slice, resource_version) in writes {
             let renderer = renderer.as_ref().ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
-            let spec = renderer.spec(node, &slice.shape);
+            let spec = renderer.spec(&slice.shape);
             let mut written =
                 self.write(name, &spec, &slice.digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
             slim::slice(&mut written);

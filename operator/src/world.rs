@@ -19,8 +19,10 @@ pub use srv6::plan::ChainKey;
 /// What the whole cluster should look like after one compilation.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// The program of every node that has a locator (published in slices).
+    /// The program of every node that has a locator (published in slices), without peers.
     pub programs: BTreeMap<String, Arc<NodeProgram>>,
+    /// Every node's locator route: each node's slice 0 has all of them but its own.
+    pub peers: Arc<Vec<Peer>>,
     /// Every chain's verdict (chains being deleted are left out of the compilation).
     pub verdicts: BTreeMap<ChainKey, ChainVerdict>,
     /// Nodes whose table or program is in the way of a chain, with why: no locator, a SID
@@ -144,6 +146,7 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
         .collect();
     let planned = srv6::plan::plan(&world, &peers, &refs);
     out.programs = planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect();
+    out.peers = Arc::new(planned.peers);
     (out.verdicts, out.chain_nodes) = (planned.verdicts, planned.chain_nodes);
     out
 }
@@ -239,7 +242,8 @@ mod tests {
     fn plan_uses_ipv6_internal_ips_and_names_the_chains_nodes() {
         let (nodes, pods, tables, chain) = world();
         let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
-        assert_eq!(p.programs["n1"].peers[0].underlay.to_string(), "fd00:ffff::2", "the IPv6 InternalIP, not the first");
+        let n2 = p.peers.iter().find(|peer| peer.node == "n2").unwrap();
+        assert_eq!(n2.underlay.to_string(), "fd00:ffff::2", "the IPv6 InternalIP, not the first");
         let key = ("default".to_string(), "c".to_string());
         assert!(p.verdicts[&key].ready, "{:?}", p.verdicts[&key]);
         assert_eq!(p.chain_nodes[&key].iter().collect::<Vec<_>>(), ["n1", "n2"]);
@@ -257,7 +261,7 @@ mod tests {
         pods.reverse();
         nodes.reverse();
         let b = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
-        assert_eq!(a.programs, b.programs);
+        assert_eq!((a.programs, a.peers), (b.programs, b.peers));
     }
 
     #[test]

@@ -13,18 +13,29 @@ pub type ChainKey = (String, String);
 
 #[derive(Debug, Clone, Default)]
 pub struct Planned {
-    /// Every node of the world's program.
+    /// Every node of the world's tables, as a program without peers ([`Planned::program`] has
+    /// them): a thousand nodes' programs with their 999 peers each were 92 MiB of the operator.
     pub programs: BTreeMap<String, NodeProgram>,
+    /// Every node's locator route; a node's program has all of them but its own.
+    pub peers: Vec<Peer>,
     /// Every chain's verdict.
     pub verdicts: BTreeMap<ChainKey, ChainVerdict>,
     /// The nodes each chain's tables touch.
     pub chain_nodes: BTreeMap<ChainKey, BTreeSet<String>>,
 }
 
+impl Planned {
+    /// `node`'s whole program: its tables, and every peer but itself.
+    pub fn program(&self, node: &str) -> NodeProgram {
+        let tables = self.programs.get(node).map(|p| p.tables.clone()).unwrap_or_default();
+        NodeProgram { tables, peers: self.peers.iter().filter(|p| p.node != node).cloned().collect() }
+    }
+}
+
 /// Compiles `chains` against `world`; each node's program has every peer but itself.
 pub fn plan(world: &World, peers: &[Peer], chains: &[ChainRef<'_>]) -> Planned {
     let compiled = compiler::compile(world, chains);
-    let mut out = Planned::default();
+    let mut out = Planned { peers: peers.to_vec(), ..Default::default() };
     for (node, tables) in compiled.nodes {
         let t = &tables;
         for chain in t.headends.iter().map(|h| &h.chain).chain(t.proxies.iter().chain(&t.decaps).map(|s| &s.chain)) {
@@ -32,8 +43,7 @@ pub fn plan(world: &World, peers: &[Peer], chains: &[ChainRef<'_>]) -> Planned {
                 out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
             }
         }
-        let program = NodeProgram { tables, peers: peers.iter().filter(|p| p.node != node).cloned().collect() };
-        out.programs.insert(node, program);
+        out.programs.insert(node, NodeProgram { tables, peers: Vec::new() });
     }
     out.verdicts = compiled.chains.into_iter().map(|v| ((v.namespace.clone(), v.name.clone()), v)).collect();
     out
@@ -56,8 +66,9 @@ mod tests {
         };
         let planned = plan(&world, &[peer("a", 1), peer("b", 2)], &[]);
         assert_eq!(planned.programs.keys().collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(planned.programs["a"].peers, vec![peer("b", 2)], "a's peers: b only");
-        assert_eq!(planned.programs["b"].peers, vec![peer("a", 1)]);
+        assert_eq!(planned.program("a").peers, vec![peer("b", 2)], "a's peers: b only");
+        assert_eq!(planned.program("b").peers, vec![peer("a", 1)]);
+        assert!(planned.programs.values().all(|p| p.peers.is_empty()), "the peers once, not per node");
         assert!(planned.verdicts.is_empty() && planned.chain_nodes.is_empty());
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use srv6pipes_crds::NodeProgramSliceSpec;
 
 use crate::compiler::{HeadendPolicy, NodeTables, SidUse};
-use crate::node_api::NodeProgram;
+use crate::node_api::{NodeProgram, Peer};
 
 /// Most chains in one slice.
 pub const MAX_SLICE_CHAINS: usize = 200;
@@ -98,14 +98,14 @@ fn entries(program: &NodeProgram) -> BTreeMap<&str, Entries<'_>> {
 }
 
 /// JSON bytes of slice 0's node-wide parts (pod addresses, insertion sources) and peers.
-fn base_bytes(program: &NodeProgram) -> usize {
+fn base_bytes(program: &NodeProgram, peers: &[Peer]) -> usize {
     let t = &program.tables;
-    json_len(&t.pods) + json_len(&t.insert_sources) + json_len(&program.peers) + 256
+    json_len(&t.pods) + json_len(&t.insert_sources) + json_len(peers) + 256
 }
 
-/// Whether two programs have the same node-wide parts and peers (slice 0's besides chains).
+/// Whether two programs have the same node-wide parts (slice 0's besides chains and peers).
 fn same_base(a: &NodeProgram, b: &NodeProgram) -> bool {
-    a.tables.pods == b.tables.pods && a.tables.insert_sources == b.tables.insert_sources && a.peers == b.peers
+    a.tables.pods == b.tables.pods && a.tables.insert_sources == b.tables.insert_sources
 }
 
 /// Which slice each chain goes to, by chain size in bytes: every chain of `previous` stays where
@@ -155,15 +155,20 @@ pub struct Shape {
     pub indices: Vec<u32>,
 }
 
-/// Renders slices of one program: its entries indexed by chain once, for any number of slices.
+/// Renders the slices of one node's program: its entries indexed by chain once, for any
+/// number of slices.
 pub struct Renderer<'p> {
+    node: &'p str,
     program: &'p NodeProgram,
+    /// Slice 0's peers: these but the node itself.
+    peers: &'p [Peer],
     entries: BTreeMap<&'p str, Entries<'p>>,
 }
 
 impl<'p> Renderer<'p> {
-    pub fn new(program: &'p NodeProgram) -> Self {
-        Renderer { program, entries: entries(program) }
+    /// `node`'s `program`, whose slice 0 carries `peers` but the node itself.
+    pub fn new(node: &'p str, program: &'p NodeProgram, peers: &'p [Peer]) -> Self {
+        Renderer { node, program, peers, entries: entries(program) }
     }
 
     /// The slice as a program: slice 0 with the node-wide parts and the peers.
@@ -173,7 +178,7 @@ impl<'p> Renderer<'p> {
         if shape.index == 0 {
             tables.pods.clone_from(&self.program.tables.pods);
             tables.insert_sources.clone_from(&self.program.tables.insert_sources);
-            peers.clone_from(&self.program.peers);
+            peers = self.peers.iter().filter(|p| p.node != self.node).cloned().collect();
         }
         for e in shape.chains.iter().filter_map(|c| self.entries.get(c.as_str())) {
             tables.headends.extend(e.headends.iter().map(|h| (*h).clone()));
@@ -183,9 +188,9 @@ impl<'p> Renderer<'p> {
         NodeProgram { tables, peers }
     }
 
-    /// The slice's spec as `node`'s object holds it.
-    pub fn spec(&self, node: &str, shape: &Shape) -> NodeProgramSliceSpec {
-        let mut spec = self.program(shape).to_slice_spec(node);
+    /// The slice's spec as the node's object holds it.
+    pub fn spec(&self, shape: &Shape) -> NodeProgramSliceSpec {
+        let mut spec = self.program(shape).to_slice_spec(self.node);
         spec.slices.clone_from(&shape.indices);
         spec
     }
@@ -195,15 +200,20 @@ impl<'p> Renderer<'p> {
 /// it fits. Slice 0 is always there, with the node-wide parts and the peers.
 pub fn split(program: &NodeProgram, previous: &Assignment) -> BTreeMap<u32, NodeProgram> {
     let mut splitter = Splitter::seeded(previous.clone());
-    let renderer = Renderer::new(program);
-    splitter.split(program, None).into_values().map(|shape| (shape.index, renderer.program(&shape))).collect()
+    // (The program's own peers: none is the node itself, whose name is not needed.)
+    let renderer = Renderer::new("", program, &program.peers);
+    splitter.split(program, &program.peers, None).into_values().map(|shape| (shape.index, renderer.program(&shape))).collect()
 }
 
 /// [`split`] as the objects' specs by name, slice 0 listing every index.
 pub fn split_specs(node: &str, program: &NodeProgram, previous: &Assignment) -> BTreeMap<String, NodeProgramSliceSpec> {
     let mut splitter = Splitter::seeded(previous.clone());
-    let renderer = Renderer::new(program);
-    splitter.split(program, None).into_values().map(|shape| (slice_name(node, shape.index), renderer.spec(node, &shape))).collect()
+    let renderer = Renderer::new(node, program, &program.peers);
+    splitter
+        .split(program, &program.peers, None)
+        .into_values()
+        .map(|shape| (slice_name(node, shape.index), renderer.spec(&shape)))
+        .collect()
 }
 
 /// A node's program split into slices, remembered so that the next program costs what changed:
@@ -232,13 +242,13 @@ impl Splitter {
         Splitter { seed: previous, ..Default::default() }
     }
 
-    /// `program`'s slices by index. `previous` is the program of the last split (None for the
-    /// first): a chain whose entries are the same in both is not measured again, and a slice
-    /// of such chains only (and for slice 0, the same node-wide parts and slice indices) keeps
-    /// its shape.
-    pub fn split(&mut self, program: &NodeProgram, previous: Option<&NodeProgram>) -> BTreeMap<u32, Arc<Shape>> {
+    /// `program`'s slices by index, slice 0 with `peers`. `previous` is the program and peers
+    /// of the last split (None for the first): a chain whose entries are the same in both is
+    /// not measured again, and a slice of such chains only (and for slice 0, the same
+    /// node-wide parts, peers and slice indices) keeps its shape.
+    pub fn split(&mut self, program: &NodeProgram, peers: &[Peer], previous: Option<(&NodeProgram, &[Peer])>) -> BTreeMap<u32, Arc<Shape>> {
         let now = entries(program);
-        let before = previous.map(entries).unwrap_or_default();
+        let before = previous.map(|(p, _)| entries(p)).unwrap_or_default();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
         let mut bytes: BTreeMap<&str, usize> = BTreeMap::new();
         for (chain, e) in &now {
@@ -251,9 +261,9 @@ impl Splitter {
             };
             bytes.insert(chain, b);
         }
-        let base_same = previous.is_some_and(|p| same_base(p, program)) && !self.built.is_empty();
+        let base_same = previous.is_some_and(|(p, before)| same_base(p, program) && before == peers) && !self.built.is_empty();
         if !base_same {
-            self.base_bytes = base_bytes(program);
+            self.base_bytes = base_bytes(program, peers);
         }
         let assignment: Assignment = if self.built.is_empty() {
             std::mem::take(&mut self.seed)
@@ -335,7 +345,6 @@ pub fn merge<'a>(slices: impl IntoIterator<Item = (u32, &'a NodeProgram)>) -> No
 mod tests {
     use super::*;
     use crate::compiler::{Behavior, HeadendPolicy, SidUse};
-    use crate::node_api::Peer;
     use crate::sid::Sid;
 
     fn headend(chain: &str, priority: i32, sources: usize) -> Vec<HeadendPolicy> {
@@ -571,10 +580,10 @@ mod tests {
                 .iter()
                 .flat_map(|(_, _, specs)| specs.iter().map(|(name, spec)| (slice_index("n1", name).unwrap(), chains_of_spec(spec))))
                 .collect();
-            let shapes = splitter.split(&program, previous.as_ref().map(|p| &p.0));
-            let renderer = Renderer::new(&program);
+            let shapes = splitter.split(&program, &[], previous.as_ref().map(|p| (&p.0, &[][..])));
+            let renderer = Renderer::new("n1", &program, &[]);
             let remembered: BTreeMap<String, NodeProgramSliceSpec> =
-                shapes.values().map(|s| (slice_name("n1", s.index), renderer.spec("n1", s))).collect();
+                shapes.values().map(|s| (slice_name("n1", s.index), renderer.spec(s))).collect();
             let scratch = split_specs("n1", &program, &assignment);
             assert_eq!(remembered, scratch, "round {round}");
             for (index, shape) in &shapes {

@@ -434,7 +434,7 @@ pub(super) fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     let peers: Vec<Peer> = st.nodes.iter().map(|p| Peer { node: p.name.clone(), locator: p.locator, underlay: p.underlay6 }).collect();
     let planned = srv6::plan::plan(&world, &peers, &chains);
     for n in &st.nodes {
-        let program = planned.programs.get(&n.name).cloned().unwrap_or_default();
+        let program = planned.program(&n.name);
         node_api::call(&n.socket, &Request::Program(program), DAEMON_TIMEOUT).with_context(|| format!("program node {}", n.name))?;
     }
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
