@@ -76,11 +76,14 @@ impl PartialEq for Slice {
     }
 }
 
+/// What a node's slices are rendered from: its program and every node's peers.
+pub type Source = (Arc<Program>, Arc<Vec<Peer>>);
+
 /// What a node's writer is asked to do.
 pub struct Want {
     /// The node's program and every node's peers, which the slices' specs are rendered from;
     /// dropped once they are written, so that a settled writer keeps no old program alive.
-    pub program: Mutex<Option<(Arc<Program>, Arc<Vec<Peer>>)>>,
+    pub program: Mutex<Option<Source>>,
     pub slices: Arc<Slices>,
     /// The node's slices as this operator's mirror knows them (their resourceVersions make the
     /// writes conditional: a stale leader's write fails instead of landing).
