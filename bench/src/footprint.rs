@@ -213,7 +213,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     eprintln!(
         "  footprint: {} nodes, {} pods, {} chains ({ready} Ready), {slice_count} slices: steady {:.0} MiB, peak {:.0} MiB, after a change {:.0} MiB",
         size.nodes,
-        stores.pods.state().len(),
+        stores.pods.len(),
         stores.chains.state().len(),
         mib(steady),
         mib(peak),

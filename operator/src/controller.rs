@@ -71,7 +71,7 @@ pub struct Config {
 #[derive(Clone)]
 pub struct Stores {
     pub chains: Store<ServiceChain>,
-    pub pods: Store<Pod>,
+    pub pods: crate::pods::Pods,
     pub nodes: Store<Node>,
     pub tables: Store<NodeSidTable>,
     pub slices: Store<NodeProgramSlice>,
@@ -82,7 +82,7 @@ pub struct Stores {
 /// Write sides, fed by the watchers (or by tests).
 pub struct Writers {
     pub chains: reflector::store::Writer<ServiceChain>,
-    pub pods: reflector::store::Writer<Pod>,
+    pub pods: crate::pods::PodsWriter,
     pub nodes: reflector::store::Writer<Node>,
     pub tables: reflector::store::Writer<NodeSidTable>,
     pub slices: reflector::store::Writer<NodeProgramSlice>,
@@ -92,7 +92,7 @@ pub struct Writers {
 impl Stores {
     pub fn new() -> (Stores, Writers) {
         let (chains, wc) = reflector::store();
-        let (pods, wp) = reflector::store();
+        let (pods, wp) = crate::pods::store();
         let (nodes, wn) = reflector::store();
         let (tables, wt) = reflector::store();
         let (slices, ws) = reflector::store();
@@ -112,10 +112,10 @@ impl Stores {
             chains.retain(|x| x.uid() != c.uid());
             chains.push(c);
         }
-        let (pods, nodes, tables, slices) = (self.pods.state(), self.nodes.state(), self.tables.state(), self.slices.state());
+        let (nodes, tables, slices) = (self.nodes.state(), self.tables.state(), self.slices.state());
         world::plan(
             &chains,
-            &pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+            self.pods.infos(),
             &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
             &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
             &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
@@ -500,15 +500,16 @@ pub fn error_policy<K: ResourceExt>(obj: Arc<K>, error: &Error, _ctx: Arc<Ctx>) 
 /// and bumps the world version when something the compiler reads changed (`relevant` renders
 /// that part of an object). With `forward`, every applied object also goes there (a
 /// controller's trigger: the controller reads the same store, no second watch and copy).
-pub async fn mirror<K>(
+pub async fn mirror<K, W>(
     api: Api<K>,
-    mut writer: reflector::store::Writer<K>,
+    mut writer: W,
     slim: fn(&mut K),
     relevant: fn(&K) -> String,
     world: Arc<watch::Sender<u64>>,
     forward: Option<futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>>,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    W: Mirror<K>,
 {
     let mut seen = Seen::default();
     let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -528,6 +529,24 @@ pub async fn mirror<K>(
         if let (Some(tx), watcher::Event::Apply(k) | watcher::Event::InitApply(k)) = (&forward, event) {
             let _ = tx.unbounded_send(Ok(k));
         }
+    }
+}
+
+/// Where a mirror keeps what its watch brings: a reflector store, or for Pods what the
+/// compiler reads of them ([`crate::pods`]).
+pub trait Mirror<K> {
+    fn apply_watcher_event(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K: kube::runtime::reflector::Lookup<DynamicType = ()> + Clone + 'static> Mirror<K> for reflector::store::Writer<K> {
+    fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
+        reflector::store::Writer::apply_watcher_event(self, event)
+    }
+}
+
+impl Mirror<Pod> for crate::pods::PodsWriter {
+    fn apply_watcher_event(&mut self, event: &watcher::Event<Pod>) {
+        crate::pods::PodsWriter::apply_watcher_event(self, event)
     }
 }
 
@@ -609,7 +628,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     tokio::spawn(mirror(Api::<NodeProgram>::all(c.clone()), writers.programs, slim::program, relevant::program, tx.clone(), None));
     // Never compile from a partial view: an empty pod store would unprogram every node.
     stores.chains.wait_until_ready().await?;
-    stores.pods.wait_until_ready().await?;
+    stores.pods.wait_until_ready().await.map_err(anyhow::Error::msg)?;
     stores.nodes.wait_until_ready().await?;
     stores.tables.wait_until_ready().await?;
     stores.slices.wait_until_ready().await?;

@@ -7,6 +7,7 @@ pub mod lease;
 pub mod memory;
 pub mod metrics;
 pub mod planner;
+pub mod pods;
 pub mod publisher;
 pub mod slim;
 pub mod split;

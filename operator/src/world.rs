@@ -83,13 +83,14 @@ pub fn key_of(chain: &ServiceChain) -> ChainKey {
     (chain.namespace().unwrap_or_default(), chain.name_any())
 }
 
-/// Compiles every live chain (not being deleted) against the pods, nodes and SID tables;
-/// programs go to every node with a locator. The inputs come from caches in no particular
-/// order: they are sorted first, so the same world always gives the same programs (and the
-/// operator never rewrites a program whose content only moved).
-pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[&NodeSidTable], slices: &[&NodeProgramSlice]) -> Plan {
-    let (chains, pods, nodes, tables): (Vec<&ServiceChain>, Vec<&Pod>, Vec<&Node>, Vec<&NodeSidTable>) =
-        (sorted(chains.to_vec()), sorted(pods.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
+/// Compiles every live chain (not being deleted) against the pods (in (namespace, name) order,
+/// as [`crate::pods::Pods`] keeps them), nodes and SID tables; programs go to every node with a
+/// locator. The other inputs come from caches in no particular order: they are sorted first,
+/// so the same world always gives the same programs (and the operator never rewrites a
+/// program whose content only moved).
+pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], tables: &[&NodeSidTable], slices: &[&NodeProgramSlice]) -> Plan {
+    let (chains, nodes, tables): (Vec<&ServiceChain>, Vec<&Node>, Vec<&NodeSidTable>) =
+        (sorted(chains.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
     let mut out = Plan::default();
     let mut world = World::default();
     let mut peers = Vec::new();
@@ -130,7 +131,8 @@ pub fn plan(chains: &[&ServiceChain], pods: &[&Pod], nodes: &[&Node], tables: &[
             }
         }
     }
-    world.pods = pods.iter().filter_map(|p| pod_info(p)).filter(|p| located.contains_key(p.node.as_str())).collect();
+    world.pods = pods;
+    world.pods.retain(|p| located.contains_key(p.node.as_str()));
     for s in slices {
         if let Some(e) = slice_failure(s) {
             out.node_problems.insert(s.spec.node.clone(), e);
@@ -238,10 +240,17 @@ mod tests {
         v.iter().collect()
     }
 
+    /// The pods as the pod mirror has them: in (namespace, name) order.
+    fn infos(pods: &[Pod]) -> Vec<PodInfo> {
+        let mut infos: Vec<PodInfo> = pods.iter().filter_map(pod_info).collect();
+        infos.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        infos
+    }
+
     #[test]
     fn plan_uses_ipv6_internal_ips_and_names_the_chains_nodes() {
         let (nodes, pods, tables, chain) = world();
-        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let p = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[]);
         let n2 = p.peers.iter().find(|peer| peer.node == "n2").unwrap();
         assert_eq!(n2.underlay.to_string(), "fd00:ffff::2", "the IPv6 InternalIP, not the first");
         let key = ("default".to_string(), "c".to_string());
@@ -257,10 +266,10 @@ mod tests {
         server.metadata.name = Some("server".into());
         server.spec.as_mut().unwrap().node_name = Some("n2".into());
         pods.push(server);
-        let a = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let a = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[]);
         pods.reverse();
         nodes.reverse();
-        let b = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let b = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[]);
         assert_eq!((a.programs, a.peers), (b.programs, b.peers));
     }
 
@@ -270,17 +279,17 @@ mod tests {
         let program: NodeProgramSlice = obj(json!({"metadata": {"name": "n2.3", "generation": 3}, "spec": {"node": "n2", "tables": {}},
             "status": {"observedGeneration": 3, "conditions": [{"type": "Programmed", "status": "False", "reason": "ProgramFailed",
                        "message": "sp_sids full", "lastTransitionTime": "2026-11-21T10:00:00Z"}]}}));
-        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&program]);
+        let p = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[&program]);
         let status = chain_status(&p, &BTreeMap::new(), &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
         assert_eq!((status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()), ("False", "ProgramFailed"));
         assert_eq!(status.conditions[0].message, "node n2: slice n2.3: sp_sids full");
         // A report about an older generation is not held against the current one.
         let mut older = program.clone();
         older.metadata.generation = Some(4);
-        assert!(plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[&older]).node_problems.is_empty());
+        assert!(plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[&older]).node_problems.is_empty());
         // A table published under another locator does not count.
         tables[0].spec.locator = "fcbb:bb00:9::/48".into();
-        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let p = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[]);
         let status = chain_status(&p, &BTreeMap::new(), &chain, Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
         assert_eq!(status.conditions[0].reason, "SidPending");
         assert!(status.conditions[0].message.contains("SID table is for locator fcbb:bb00:9::/48"), "{}", status.conditions[0].message);
@@ -289,7 +298,7 @@ mod tests {
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
         let (nodes, pods, tables, mut chain) = world();
-        let p = plan(&[&chain], &refs(&pods), &refs(&nodes), &refs(&tables), &[]);
+        let p = plan(&[&chain], infos(&pods), &refs(&nodes), &refs(&tables), &[]);
         let t0 = Time("2026-11-21T10:00:00Z".parse().unwrap());
         let first = chain_status(&p, &BTreeMap::new(), &chain, t0.clone()).unwrap();
         chain.status = Some(first.clone());
@@ -297,7 +306,7 @@ mod tests {
         assert_eq!(later, first, "same world, same status: nothing to write");
         assert_eq!(later.conditions[0].last_transition_time, t0);
         // Deleting the chain's only function replica flips Ready: a new transition time.
-        let p = plan(&[&chain], &refs(&pods[..1]), &refs(&nodes), &refs(&tables), &[]);
+        let p = plan(&[&chain], infos(&pods[..1]), &refs(&nodes), &refs(&tables), &[]);
         let t2 = Time("2026-11-21T12:00:00Z".parse().unwrap());
         let flipped = chain_status(&p, &BTreeMap::new(), &chain, t2.clone()).unwrap();
         assert_eq!(flipped.conditions[0].status, "False");

@@ -36,13 +36,18 @@ impl Planned {
 pub fn plan(world: &World, peers: &[Peer], chains: &[ChainRef<'_>]) -> Planned {
     let compiled = compiler::compile(world, chains);
     let mut out = Planned { peers: peers.to_vec(), ..Default::default() };
-    for (node, tables) in compiled.nodes {
+    for (node, mut tables) in compiled.nodes {
         let t = &tables;
         for chain in t.headends.iter().map(|h| &h.chain).chain(t.proxies.iter().chain(&t.decaps).map(|s| &s.chain)) {
             if let Some((ns, name)) = chain.split_once('/') {
                 out.chain_nodes.entry((ns.into(), name.into())).or_default().insert(node.clone());
             }
         }
+        // Grown by pushes: up to half of each table is spare capacity, kept as long as the plan.
+        tables.headends.shrink_to_fit();
+        tables.proxies.shrink_to_fit();
+        tables.decaps.shrink_to_fit();
+        tables.pods.shrink_to_fit();
         out.programs.insert(node, NodeProgram { tables, peers: Vec::new() });
     }
     out.verdicts = compiled.chains.into_iter().map(|v| ((v.namespace.clone(), v.name.clone()), v)).collect();
