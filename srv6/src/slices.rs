@@ -151,6 +151,8 @@ fn place<'c>(bytes: &BTreeMap<&'c str, usize>, base_bytes: usize, previous: &Ass
 pub struct Shape {
     pub index: u32,
     pub chains: Vec<String>,
+    /// The JSON bytes of each chain's entries, parallel to `chains`.
+    pub bytes: Vec<u32>,
     /// Slice 0: the indices of every slice of the node's program (0 included); empty otherwise.
     pub indices: Vec<u32>,
 }
@@ -221,15 +223,13 @@ pub fn split_specs(node: &str, program: &NodeProgram, previous: &Assignment) -> 
 /// chains whose entries changed since the previous program are measured (serialized), and a
 /// slice whose chains and entries did not change keeps its shape (the same `Arc`), so that its
 /// digest need not be computed again. With 10,000 chains on a node, re-splitting every chain
-/// for each change was a fifth of the operator's work per change. It keeps chain names and
-/// sizes only: the entries are the programs'.
+/// for each change was a fifth of the operator's work per change. It keeps its shapes only
+/// (chain names and sizes): the entries are the programs'.
 #[derive(Default)]
 pub struct Splitter {
     /// The chains to keep in place on the first split (the slices as a mirror has them, after
     /// a restart).
     seed: Assignment,
-    /// JSON bytes of each chain's entries, as last measured.
-    bytes: HashMap<String, usize>,
     base_bytes: usize,
     /// The last split's slices by index.
     built: BTreeMap<u32, Arc<Shape>>,
@@ -251,15 +251,20 @@ impl Splitter {
         let before = previous.map(|(p, _)| entries(p)).unwrap_or_default();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
         let mut bytes: BTreeMap<&str, usize> = BTreeMap::new();
-        for (chain, e) in &now {
-            let b = match self.bytes.get(*chain) {
-                Some(b) if before.get(chain) == Some(e) => *b,
-                _ => {
-                    changed.insert(chain);
-                    e.bytes()
-                }
-            };
-            bytes.insert(chain, b);
+        {
+            // Each chain's size as last measured.
+            let measured: HashMap<&str, u32> =
+                self.built.values().flat_map(|s| s.chains.iter().map(String::as_str).zip(s.bytes.iter().copied())).collect();
+            for (chain, e) in &now {
+                let b = match measured.get(*chain) {
+                    Some(b) if before.get(chain) == Some(e) => *b as usize,
+                    _ => {
+                        changed.insert(chain);
+                        e.bytes()
+                    }
+                };
+                bytes.insert(chain, b);
+            }
         }
         let base_same = previous.is_some_and(|(p, before)| same_base(p, program) && before == peers) && !self.built.is_empty();
         if !base_same {
@@ -284,12 +289,12 @@ impl Splitter {
                 None => Arc::new(Shape {
                     index: *index,
                     chains: chains.iter().map(|c| c.to_string()).collect(),
+                    bytes: chains.iter().map(|c| u32::try_from(bytes[c]).unwrap_or(u32::MAX)).collect(),
                     indices: if *index == 0 { indices.clone() } else { Vec::new() },
                 }),
             };
             built.insert(*index, shape);
         }
-        self.bytes = bytes.into_iter().map(|(c, b)| (c.to_string(), b)).collect();
         self.built = built;
         self.built.clone()
     }
