@@ -28,8 +28,8 @@ pub struct Plan {
     /// Nodes whose table or program is in the way of a chain, with why: no locator, a SID
     /// table that cannot be read, a daemon that failed to program its generation.
     pub node_problems: BTreeMap<String, String>,
-    /// The nodes each chain's tables touch.
-    pub chain_nodes: BTreeMap<ChainKey, BTreeSet<String>>,
+    /// The nodes each chain's tables touch, in order.
+    pub chain_nodes: BTreeMap<ChainKey, Vec<Arc<str>>>,
 }
 
 /// The node's locator from its annotation (set by the operator or by whoever made the node).
@@ -165,7 +165,7 @@ pub fn chain_status(plan: &Plan, unpublished: &BTreeMap<String, String>, chain: 
         .get(&key)
         .into_iter()
         .flatten()
-        .flat_map(|n| plan.node_problems.get(n).cloned().into_iter().chain(unpublished.get(n).map(|e| format!("node {n}: {e}"))))
+        .flat_map(|n| plan.node_problems.get(&**n).cloned().into_iter().chain(unpublished.get(&**n).map(|e| format!("node {n}: {e}"))))
         .collect();
     let ready = &mut status.conditions[0];
     if !failures.is_empty() && verdict.ready {
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(n2.underlay.to_string(), "fd00:ffff::2", "the IPv6 InternalIP, not the first");
         let key = ("default".to_string(), "c".to_string());
         assert!(p.verdicts[&key].ready, "{:?}", p.verdicts[&key]);
-        assert_eq!(p.chain_nodes[&key].iter().collect::<Vec<_>>(), ["n1", "n2"]);
+        assert_eq!(p.chain_nodes[&key].iter().map(|n| &**n).collect::<Vec<_>>(), ["n1", "n2"]);
         assert!(p.node_problems.is_empty(), "{:?}", p.node_problems);
     }
 
