@@ -104,7 +104,8 @@ fn served_slice(name: &str, spec: &srv6pipes_crds::NodeProgramSliceSpec, i: usiz
     Ok(s)
 }
 
-/// The heap each part of a plan holds, measured by cloning it.
+/// The heap each part of a plan holds, measured by cloning it (a clone shares what the plan
+/// shares: the segment lists of a chain's rules count in the `plan` stage, not here).
 fn plan_parts(plan: &world::Plan) -> serde_json::Value {
     let size = |f: &dyn Fn() -> Box<dyn std::any::Any>| {
         let before = heap();

@@ -35,11 +35,11 @@ impl Names {
             let t = &p.tables;
             let chains = t.headends.iter().map(|h| &h.chain).chain(t.proxies.iter().chain(&t.decaps).map(|u| &u.chain));
             for c in chains {
-                n.by_tag.entry(srv6::compiler::chain_tag(c)).or_insert_with(|| c.clone());
+                n.by_tag.entry(srv6::compiler::chain_tag(c)).or_insert_with(|| c.to_string());
             }
             for u in t.proxies.iter().chain(&t.decaps) {
                 let e = n.by_sid.entry(u.sid.0).or_default();
-                if !e.split(',').any(|c| c == u.chain) {
+                if !e.split(',').any(|c| c == &*u.chain) {
                     if !e.is_empty() {
                         e.push(',');
                     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -64,7 +65,8 @@ pub struct ChainRef<'a> {
 /// push `segments` (travel order) with H.Encaps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadendPolicy {
-    pub chain: String,
+    /// `namespace/name`, shared by every entry of the chain.
+    pub chain: Arc<str>,
     pub source_pod: String,
     /// `namespace/pod:interface` when the rule classifies what a stream proxy sends on its
     /// chain interface (the replies it relays, toward the client) rather than what a pod sends
@@ -74,11 +76,12 @@ pub struct HeadendPolicy {
     pub source_ip: IpAddr,
     /// Same family as `source_ip`; the inner packets are of that family.
     pub destination: IpNet,
-    /// The first path (every hop's first replica), in travel order.
-    pub segments: Vec<Sid>,
+    /// The first path (every hop's first replica), in travel order. Shared by the chain's rules
+    /// that push it (500,000 rules of 100,000 chains held 180 MiB of copies in the operator).
+    pub segments: Arc<[Sid]>,
     /// Every hop's replicas, parallel to `segments`: the headend picks one per hop by flow hash.
     #[serde(default)]
-    pub replicas: Vec<Vec<Sid>>,
+    pub replicas: Arc<[Vec<Sid>]>,
     /// failurePolicy Closed with a function that has no replica: drop (and count) the traffic.
     #[serde(default)]
     pub drop: bool,
@@ -127,7 +130,7 @@ pub enum Behavior {
 pub struct SidUse {
     pub sid: Sid,
     pub behavior: Behavior,
-    pub chain: String,
+    pub chain: Arc<str>,
     /// `namespace/pod:interface` for proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
@@ -155,7 +158,7 @@ pub fn shared_proxies(proxies: &[SidUse]) -> BTreeSet<Sid> {
     let mut shared = BTreeSet::new();
     for u in proxies.iter().filter(|u| u.behavior == Behavior::EndAD) {
         let first = chains.entry(u.sid).or_insert((&u.chain, u.both_ways));
-        if u.both_ways || first.0 != u.chain {
+        if u.both_ways || *first.0 != *u.chain {
             shared.insert(u.sid);
         }
     }
@@ -611,7 +614,7 @@ mod tests {
         let out = compile(&world(), &[chain("a-low", &low), chain("b-high", &high)]);
         let h = &out.nodes["n1"].headends;
         assert_eq!(h.len(), 2, "both rules; the node's classifier orders them");
-        assert_eq!(h[0].chain, "default/b-high", "higher priority first");
+        assert_eq!(&*h[0].chain, "default/b-high", "higher priority first");
         assert_eq!((h[0].proto, h[0].ports.clone(), h[0].priority), (Some(6), vec![(80, 80), (8000, 8080)], 10));
         assert_eq!((h[1].proto, h[1].ports.is_empty()), (None, true));
     }
@@ -667,7 +670,7 @@ mod tests {
         let out = compile(&world(), &[chain("a-web", &s), chain("b-other", &other)]);
         let v = out.chains.iter().find(|v| v.name == "b-other").unwrap();
         assert_eq!(v.reason, Reason::Conflict, "{v:?}");
-        assert!(out.nodes["n1"].headends.iter().all(|h| h.chain == "default/a-web"), "nothing of the refused chain");
+        assert!(out.nodes["n1"].headends.iter().all(|h| &*h.chain == "default/a-web"), "nothing of the refused chain");
         let mut sym = s.clone();
         sym.symmetric = true;
         assert_eq!(compile(&world(), &[chain("x", &sym)]).chains[0].reason, Reason::InvalidMatch);
@@ -759,7 +762,7 @@ mod tests {
         let v = out.chains.iter().find(|v| v.name == "b-other").unwrap();
         assert_eq!(v.reason, Reason::Conflict, "{v:?}");
         assert!(v.message.contains("rewrites flows"), "{}", v.message);
-        assert!(out.nodes["n1"].headends.iter().all(|h| h.chain == "default/a-nat"));
+        assert!(out.nodes["n1"].headends.iter().all(|h| &*h.chain == "default/a-nat"));
         let mut sym = s.clone();
         sym.symmetric = true;
         let v = &compile(&world(), &[chain("sym", &sym)]).chains[0];

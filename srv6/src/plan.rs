@@ -38,12 +38,12 @@ impl Planned {
 pub fn plan(world: &World, peers: &[Peer], chains: &[ChainRef<'_>]) -> Planned {
     let compiled = compiler::compile(world, chains);
     let mut out = Planned { peers: peers.to_vec(), ..Default::default() };
-    let mut chain_nodes: BTreeMap<String, Vec<Arc<str>>> = BTreeMap::new();
+    let mut chain_nodes: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
     for (node, mut tables) in compiled.nodes {
         let t = &tables;
         let shared: Arc<str> = Arc::from(node.as_str());
         for chain in t.headends.iter().map(|h| &h.chain).chain(t.proxies.iter().chain(&t.decaps).map(|s| &s.chain)) {
-            let nodes = match chain_nodes.get_mut(chain.as_str()) {
+            let nodes = match chain_nodes.get_mut(chain) {
                 Some(nodes) => nodes,
                 None => chain_nodes.entry(chain.clone()).or_default(),
             };

@@ -44,7 +44,7 @@ pub fn slice_index(node: &str, name: &str) -> Option<u32> {
 /// The chains that have entries in `tables`.
 pub fn chains_of(tables: &NodeTables) -> BTreeSet<String> {
     let headends = tables.headends.iter().map(|h| &h.chain);
-    headends.chain(tables.proxies.iter().map(|u| &u.chain)).chain(tables.decaps.iter().map(|u| &u.chain)).cloned().collect()
+    headends.chain(tables.proxies.iter().map(|u| &u.chain)).chain(tables.decaps.iter().map(|u| &u.chain)).map(|c| c.to_string()).collect()
 }
 
 /// The chains that have entries in a slice's tables as written (JSON), without decoding them.
@@ -334,7 +334,7 @@ pub fn merge<'a>(slices: impl IntoIterator<Item = (u32, &'a NodeProgram)>) -> No
             out.peers.clone_from(&p.peers);
         }
         let chains = chains_of(&p.tables);
-        let fresh = |chain: &String| !taken.contains(chain);
+        let fresh = |chain: &str| !taken.contains(chain);
         out.tables.headends.extend(p.tables.headends.iter().filter(|h| fresh(&h.chain)).cloned());
         out.tables.proxies.extend(p.tables.proxies.iter().filter(|u| fresh(&u.chain)).cloned());
         out.tables.decaps.extend(p.tables.decaps.iter().filter(|u| fresh(&u.chain)).cloned());
@@ -360,8 +360,8 @@ mod tests {
                 source_interface: None,
                 source_ip: format!("fd00:1::{:x}", i + 1).parse().unwrap(),
                 destination: "fd00:99::/64".parse().unwrap(),
-                segments: vec![Sid("fcbb:bb00:1:1::".parse().unwrap()), Sid("fcbb:bb00:2::d".parse().unwrap())],
-                replicas: vec![],
+                segments: vec![Sid("fcbb:bb00:1:1::".parse().unwrap()), Sid("fcbb:bb00:2::d".parse().unwrap())].into(),
+                replicas: Arc::new([]),
                 drop: false,
                 insert: false,
                 proto: None,
@@ -451,9 +451,9 @@ mod tests {
         // One chain changes (a source more); one goes; one comes.
         let mut q = p.clone();
         q.tables.headends.extend(headend("default/c0500", 1, 2).into_iter().skip(1));
-        q.tables.headends.retain(|h| h.chain != "default/c0007");
-        q.tables.proxies.retain(|u| u.chain != "default/c0007");
-        q.tables.decaps.retain(|u| u.chain != "default/c0007");
+        q.tables.headends.retain(|h| h.chain.as_ref() != "default/c0007");
+        q.tables.proxies.retain(|u| u.chain.as_ref() != "default/c0007");
+        q.tables.decaps.retain(|u| u.chain.as_ref() != "default/c0007");
         q.tables.headends.extend(headend("default/new", 0, 1));
         let after = split(&merge([(0, &q)]), &assignment(&before));
         let changed: Vec<u32> = after.iter().filter(|(i, s)| before.get(i) != Some(s)).map(|(i, _)| *i).collect();
@@ -472,9 +472,9 @@ mod tests {
         // the lowest index with room.
         let gone = chains_of(&before[&1].tables);
         let mut q = p.clone();
-        q.tables.headends.retain(|h| !gone.contains(&h.chain));
-        q.tables.proxies.retain(|u| !gone.contains(&u.chain));
-        q.tables.decaps.retain(|u| !gone.contains(&u.chain));
+        q.tables.headends.retain(|h| !gone.contains(&*h.chain));
+        q.tables.proxies.retain(|u| !gone.contains(&*u.chain));
+        q.tables.decaps.retain(|u| !gone.contains(&*u.chain));
         let after = split(&q, &assignment(&before));
         assert_eq!(after.keys().copied().collect::<Vec<_>>(), [0, 2]);
         for i in 0..10 {
@@ -493,7 +493,7 @@ mod tests {
         let before = split(&p, &Assignment::new());
         assert_eq!(before.len(), 1);
         let mut q = p.clone();
-        q.tables.headends.retain(|h| h.chain != "default/c0100");
+        q.tables.headends.retain(|h| h.chain.as_ref() != "default/c0100");
         q.tables.headends.extend(headend("default/c0100", 1, 2500));
         let after = split(&merge([(0, &q)]), &assignment(&before));
         assert_eq!(after.len(), 2);
@@ -528,9 +528,9 @@ mod tests {
         new.tables.decaps.push(sid_use("d/moving", Behavior::EndDT46));
         new.tables.headends.extend(headend("d/other", 0, 1));
         let merged = merge([(4, &new), (1, &old)]);
-        assert_eq!(merged.tables.headends.iter().filter(|h| h.chain == "d/moving").count(), 1, "slice 1's version only");
+        assert_eq!(merged.tables.headends.iter().filter(|h| &*h.chain == "d/moving").count(), 1, "slice 1's version only");
         assert!(merged.tables.decaps.is_empty(), "none of slice 4's version of the chain");
-        assert_eq!(merged.tables.headends.iter().filter(|h| h.chain == "d/other").count(), 1);
+        assert_eq!(merged.tables.headends.iter().filter(|h| &*h.chain == "d/other").count(), 1);
     }
 
     #[test]
@@ -541,7 +541,7 @@ mod tests {
             peers: vec![],
         };
         let merged = merge([(1, &a), (0, &b)]);
-        let order: Vec<&str> = merged.tables.headends.iter().map(|h| h.chain.as_str()).collect();
+        let order: Vec<&str> = merged.tables.headends.iter().map(|h| &*h.chain).collect();
         // (namespace, name) order: "b" < "b-x", though "b-x/z" < "b/z" as strings.
         assert_eq!(order, ["b/z", "b-x/z", "b/a"]);
     }

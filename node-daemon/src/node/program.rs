@@ -86,8 +86,8 @@ pub(super) fn desired(
         let (oif, ifname) =
             resolved.sources.get(&source).with_context(|| format!("chain {}: source {} unresolved", h.chain, h.source_ip))?;
         let inner = if h.destination.addr().is_ipv4() { NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
-        let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.clone() };
-        let key = PolicyKey { chain: h.chain.clone(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
+        let replicas = if h.replicas.is_empty() { h.segments.iter().map(|s| vec![*s]).collect() } else { h.replicas.to_vec() };
+        let key = PolicyKey { chain: h.chain.to_string(), role: String::new(), replicas, inner, drop: h.drop, insert: h.insert };
         let id = ids.id(key);
         d.classify.push(classifier::Rule {
             source: *oif,
@@ -112,7 +112,7 @@ pub(super) fn desired(
         };
         for (family, inner) in [(4u32, NEXT_HEADER_IPV4), (6, NEXT_HEADER_IPV6)] {
             let role = format!("End.AS {}", u.sid);
-            let key = PolicyKey { chain: u.chain.clone(), role, replicas: u.return_path.clone(), inner, drop: false, insert: false };
+            let key = PolicyKey { chain: u.chain.to_string(), role, replicas: u.return_path.clone(), inner, drop: false, insert: false };
             let id = ids.id(key);
             d.as_returns.insert((reg.return_ifindex, family), id);
         }

@@ -42,9 +42,9 @@ pub fn plan(proxies: &[SidUse], registration_of: impl Fn(Sid) -> Option<usize>, 
             registration_of(u.sid).with_context(|| format!("stream SID {} (chain {}) is on no registered interface", u.sid, u.chain))?;
         let entries = plan.by_registration.entry(reg).or_default();
         match entries.iter_mut().find(|e| e.sid == u.sid) {
-            Some(e) if !e.chains.contains(&u.chain) => e.chains.push(u.chain.clone()),
+            Some(e) if !e.chains.iter().any(|c| **c == *u.chain) => e.chains.push(u.chain.to_string()),
             Some(_) => {}
-            None => entries.push(StreamEntry { sid: u.sid, port: 0, chains: vec![u.chain.clone()], pipeline }),
+            None => entries.push(StreamEntry { sid: u.sid, port: 0, chains: vec![u.chain.to_string()], pipeline }),
         }
     }
     for entries in plan.by_registration.values_mut() {
