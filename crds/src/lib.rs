@@ -6,8 +6,11 @@
 //! Field names are a user-facing contract: extend, never rename.
 
 pub mod reference;
+mod selector;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+pub use selector::{Labels, PodSelector};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -57,7 +60,7 @@ pub struct ServiceChainSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Sources {
     /// The source pods, in the chain's namespace.
-    pub pod_selector: LabelSelector,
+    pub pod_selector: PodSelector,
 }
 
 /// Which of the sources' traffic a chain steers; all fields are ANDed, an empty match steers all of it.
@@ -102,7 +105,7 @@ pub struct Function {
     pub name: String,
     /// The function's replicas, pods in the chain's namespace wired by the srv6pipes CNI plugin;
     /// flows are spread over the ready ones and stay on one.
-    pub pod_selector: LabelSelector,
+    pub pod_selector: PodSelector,
     /// The SR proxy in front of the function (Dynamic by default).
     #[serde(default)]
     pub proxy: ProxyKind,

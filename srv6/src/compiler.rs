@@ -350,11 +350,10 @@ fn owner_of<'w>(world: &'w World, destinations: &[IpNet]) -> Option<&'w String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use srv6pipes_crds::{FailurePolicy, Function, Match, ProxyKind, Sources};
 
-    fn sel(k: &str, v: &str) -> LabelSelector {
-        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
+    fn sel(k: &str, v: &str) -> srv6pipes_crds::PodSelector {
+        srv6pipes_crds::PodSelector::labels([(k, v)])
     }
 
     fn pod(ns: &str, name: &str, node: &str, label: (&str, &str), ip: &str) -> PodInfo {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use srv6pipes_crds::PodSelector;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub enum SelectorError {
 }
 
 /// Whether `labels` satisfy `selector`. An empty selector matches everything, as in Kubernetes.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, SelectorError> {
+pub fn matches(selector: &PodSelector, labels: &BTreeMap<String, String>) -> Result<bool, SelectorError> {
     for (k, v) in selector.match_labels.iter().flatten() {
         if labels.get(k) != Some(v) {
             return Ok(false);
@@ -53,25 +53,25 @@ mod tests {
 
     #[test]
     fn match_labels_and_expressions() {
-        let sel = LabelSelector {
-            match_labels: Some(labels(&[("vnf", "fw")])),
+        let sel = PodSelector {
+            match_labels: Some([("vnf".to_string(), "fw".to_string())].into()),
             match_expressions: Some(vec![expr("tier", "In", &["a", "b"]), expr("canary", "DoesNotExist", &[])]),
         };
         assert!(matches(&sel, &labels(&[("vnf", "fw"), ("tier", "a")])).unwrap());
         assert!(!matches(&sel, &labels(&[("vnf", "fw"), ("tier", "c")])).unwrap());
         assert!(!matches(&sel, &labels(&[("vnf", "fw"), ("tier", "a"), ("canary", "1")])).unwrap());
         assert!(!matches(&sel, &labels(&[("vnf", "ids"), ("tier", "a")])).unwrap());
-        assert!(matches(&LabelSelector::default(), &labels(&[])).unwrap());
-        let not_in = LabelSelector { match_expressions: Some(vec![expr("x", "NotIn", &["1"])]), ..Default::default() };
+        assert!(matches(&PodSelector::default(), &labels(&[])).unwrap());
+        let not_in = PodSelector { match_expressions: Some(vec![expr("x", "NotIn", &["1"])]), ..Default::default() };
         assert!(matches(&not_in, &labels(&[])).unwrap());
         assert!(!matches(&not_in, &labels(&[("x", "1")])).unwrap());
     }
 
     #[test]
     fn bad_operators_are_errors() {
-        let sel = LabelSelector { match_expressions: Some(vec![expr("x", "Near", &["1"])]), ..Default::default() };
+        let sel = PodSelector { match_expressions: Some(vec![expr("x", "Near", &["1"])]), ..Default::default() };
         assert_eq!(matches(&sel, &labels(&[])), Err(SelectorError::UnknownOperator("Near".into())));
-        let sel = LabelSelector { match_expressions: Some(vec![expr("x", "In", &[])]), ..Default::default() };
+        let sel = PodSelector { match_expressions: Some(vec![expr("x", "In", &[])]), ..Default::default() };
         assert!(matches!(matches(&sel, &labels(&[])), Err(SelectorError::MissingValues { .. })));
     }
 }

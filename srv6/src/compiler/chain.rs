@@ -544,14 +544,13 @@ impl Rules<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use srv6pipes_crds::{Function, Match, ServiceChainSpec, Sources, StreamDirection, StreamFunction};
 
     use super::super::{compile, NodeInfo, World};
     use super::*;
 
-    fn sel(k: &str, v: &str) -> LabelSelector {
-        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
+    fn sel(k: &str, v: &str) -> srv6pipes_crds::PodSelector {
+        srv6pipes_crds::PodSelector::labels([(k, v)])
     }
 
     fn pod(name: &str, node: &str, app: &str, ip: &str) -> PodInfo {

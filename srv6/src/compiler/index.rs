@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use super::{NodeInfo, PodInfo, SidRegistration, World};
 use crate::selector;
 
@@ -53,7 +51,7 @@ impl<'w> Index<'w> {
     /// The pods of `namespace` that `sel` selects, by name. A selector with `matchLabels`
     /// looks at the pods of its rarest label only; one with expressions alone at the
     /// namespace's pods.
-    pub(super) fn selected(&self, namespace: &str, sel: &LabelSelector) -> Result<Vec<&'w PodInfo>, String> {
+    pub(super) fn selected(&self, namespace: &str, sel: &srv6pipes_crds::PodSelector) -> Result<Vec<&'w PodInfo>, String> {
         let none = Vec::new();
         let candidates = match sel.match_labels.as_ref().filter(|m| !m.is_empty()) {
             Some(labels) => labels
@@ -125,16 +123,19 @@ mod tests {
             values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
         };
         let selectors = [
-            LabelSelector::default(),
-            LabelSelector { match_labels: Some([("app".into(), "a".into())].into()), ..Default::default() },
-            LabelSelector { match_labels: Some([("app".into(), "b".into()), ("tier".into(), "x".into())].into()), ..Default::default() },
-            LabelSelector { match_labels: Some([("app".into(), "zzz".into())].into()), ..Default::default() },
-            LabelSelector { match_expressions: Some(vec![expr("canary", "Exists", &[])]), ..Default::default() },
-            LabelSelector {
+            srv6pipes_crds::PodSelector::default(),
+            srv6pipes_crds::PodSelector::labels([("app", "a")]),
+            srv6pipes_crds::PodSelector {
+                match_labels: Some([("app".into(), "b".into()), ("tier".into(), "x".into())].into()),
+                ..Default::default()
+            },
+            srv6pipes_crds::PodSelector { match_labels: Some([("app".into(), "zzz".into())].into()), ..Default::default() },
+            srv6pipes_crds::PodSelector { match_expressions: Some(vec![expr("canary", "Exists", &[])]), ..Default::default() },
+            srv6pipes_crds::PodSelector {
                 match_labels: Some([("tier".into(), "y".into())].into()),
                 match_expressions: Some(vec![expr("app", "NotIn", &["c"]), expr("canary", "DoesNotExist", &[])]),
             },
-            LabelSelector { match_expressions: Some(vec![expr("app", "In", &["a", "c"])]), ..Default::default() },
+            srv6pipes_crds::PodSelector { match_expressions: Some(vec![expr("app", "In", &["a", "c"])]), ..Default::default() },
         ];
         let index = Index::new(&world);
         for sel in &selectors {
@@ -146,7 +147,7 @@ mod tests {
                 assert_eq!(names(&index.selected(ns, sel).unwrap()), names(&scan), "{sel:?} in {ns}");
             }
         }
-        let bad = LabelSelector { match_expressions: Some(vec![expr("app", "In", &[])]), ..Default::default() };
+        let bad = srv6pipes_crds::PodSelector { match_expressions: Some(vec![expr("app", "In", &[])]), ..Default::default() };
         assert!(index.selected("ns", &bad).is_err(), "a bad selector is an error, as in a scan");
     }
 }
