@@ -193,6 +193,11 @@ pub struct ServiceChainStatus {
     /// show only the first element of a list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<String>,
+    /// Never read nor written: on the operator's slim copies of a chain, the digest of the full
+    /// status whose hops and paths they dropped (an annotation was a map of ~600 bytes a chain).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub digest: Option<u64>,
 }
 
 /// One function of a chain as programmed.

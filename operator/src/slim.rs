@@ -3,7 +3,7 @@
 //!
 //! Every kind loses its managed fields and kubectl's last-applied annotation (each a second
 //! copy of the object). A ServiceChain keeps its status without hops and paths, and the
-//! digest of the full status in [`STATUS_DIGEST`]. A Pod keeps its name, labels, node, IPs and Ready condition; a Node
+//! digest of the full status in the status' local `digest`. A Pod keeps its name, labels, node, IPs and Ready condition; a Node
 //! its annotations, pod CIDRs and addresses (not its image list or conditions). A
 //! NodeProgramSlice keeps no tables and no peers: the names of the chains it holds, in the
 //! local annotation [`CHAINS`] (read by [`chains_of`]), and the digest of its full spec in
@@ -20,8 +20,6 @@ use srv6pipes_crds::{NodeProgramSlice, NodeProgramSliceSpec, ServiceChain, Servi
 
 /// The digest of a slice's spec, on the operator's copies only (never written).
 pub const SPEC_DIGEST: &str = "srv6pipes.io/operator-spec-digest";
-/// The digest of a chain's full status, on the operator's slim copies only (never written).
-pub const STATUS_DIGEST: &str = "srv6pipes.io/operator-status-digest";
 /// The chains a slice holds, space-separated, on the operator's copies only (never written).
 pub const CHAINS: &str = "srv6pipes.io/operator-chains";
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -60,30 +58,29 @@ fn meta(m: &mut ObjectMeta) {
 
 /// A chain keeps its status' conditions (their transition times carry over) but not its hops
 /// and paths (2 KB a chain, 200 MiB at 100,000 chains): the digest of the full status goes in
-/// [`STATUS_DIGEST`] instead, and [`status_is`] compares with it.
+/// the status' `digest` instead (never written), and [`status_is`] compares with it.
 pub fn chain(c: &mut ServiceChain) {
     meta(&mut c.metadata);
     let Some(status) = c.status.as_mut() else { return };
     if status.hops.is_empty() && status.paths.is_empty() {
         return;
     }
-    let digest = status_digest(status);
+    status.digest = Some(status_digest(status));
     (status.hops, status.paths) = (Vec::new(), Vec::new());
-    c.metadata.annotations.get_or_insert_default().insert(STATUS_DIGEST.into(), digest);
 }
 
 /// A digest of a chain's status as serialized.
-fn status_digest(status: &ServiceChainStatus) -> String {
+fn status_digest(status: &ServiceChainStatus) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(status).expect("chain status serializes").hash(&mut h);
-    format!("{:016x}", h.finish())
+    h.finish()
 }
 
 /// Whether chain `c` (a slim copy or a full one) has `status`.
 pub fn status_is(c: &ServiceChain, status: &ServiceChainStatus) -> bool {
-    match (c.status.as_ref(), c.metadata.annotations.as_ref().and_then(|a| a.get(STATUS_DIGEST))) {
-        (Some(_), Some(digest)) => *digest == status_digest(status),
-        (current, _) => current == Some(status),
+    match c.status.as_ref() {
+        Some(ServiceChainStatus { digest: Some(digest), .. }) => *digest == status_digest(status),
+        current => current == Some(status),
     }
 }
 
@@ -186,6 +183,8 @@ mod tests {
         chain(&mut slim);
         let kept = slim.status.as_ref().unwrap();
         assert!(kept.hops.is_empty() && kept.paths.is_empty(), "hops and paths go");
+        assert!(kept.digest.is_some() && serde_json::to_value(kept).unwrap().get("digest").is_none(), "a local digest, never written");
+        assert!(!serde_json::to_string(&<ServiceChain as kube::CustomResourceExt>::crd()).unwrap().contains("digest"), "not in the schema");
         assert_eq!(kept.conditions, status.conditions, "conditions stay (their transition times carry over)");
         assert!(status_is(&slim, &status) && status_is(&full, &status));
         // Another replica, path or condition is another status.

@@ -242,6 +242,7 @@ impl ChainVerdict {
             paths: self.paths.clone(),
             path_count: Some(self.paths.len() as u32),
             functions: Some(self.functions.clone()),
+            digest: None,
         }
     }
 }
