@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::{Deserialize, Serialize};
-use srv6pipes_crds::{Hop, Path, Protocol, ServiceChainSpec, ServiceChainStatus};
+use srv6pipes_crds::{Hop, Path, Protocol, Replica, ServiceChainSpec, ServiceChainStatus};
 
 use crate::pipes::Pipeline;
 use crate::sid::{Locator, Sid};
@@ -196,21 +196,45 @@ pub enum Reason {
     InvalidFunction,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A chain as compiled: whether and how it is programmed. Its hops and paths are the status'
+/// in a compact form (SIDs as addresses, node names shared): a plan holds every chain's, and
+/// as the status' strings they were 2.2 KB a chain.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChainVerdict {
     pub namespace: String,
     pub name: String,
     pub ready: bool,
     pub reason: Reason,
     pub message: String,
-    pub hops: Vec<Hop>,
-    pub paths: Vec<Path>,
+    pub hops: Vec<HopVerdict>,
+    /// The distinct segment lists, in travel order.
+    pub paths: Vec<Vec<Sid>>,
     /// Programmed, but not as asked (failurePolicy Open bypassing a function).
-    #[serde(default)]
     pub degraded: Option<(Reason, String)>,
     /// The functions' names in order, comma-separated (the status' `functions`).
-    #[serde(default)]
     pub functions: String,
+}
+
+/// One function of a chain as compiled: its ready replicas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HopVerdict {
+    pub function: String,
+    pub replicas: Vec<ReplicaVerdict>,
+}
+
+/// A ready replica of a function: its pod (in the chain's namespace), node and SID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaVerdict {
+    pub pod: String,
+    pub node: Arc<str>,
+    pub sid: Sid,
+}
+
+impl HopVerdict {
+    fn status(&self) -> Hop {
+        let replica = |r: &ReplicaVerdict| Replica { pod: r.pod.clone(), node: r.node.to_string(), sid: r.sid.to_string() };
+        Hop { function: self.function.clone(), replicas: self.replicas.iter().map(replica).collect() }
+    }
 }
 
 impl ChainVerdict {
@@ -238,8 +262,8 @@ impl ChainVerdict {
         ServiceChainStatus {
             observed_generation: generation,
             conditions,
-            hops: self.hops.clone(),
-            paths: self.paths.clone(),
+            hops: self.hops.iter().map(HopVerdict::status).collect(),
+            paths: self.paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect(),
             path_count: Some(self.paths.len() as u32),
             functions: Some(self.functions.clone()),
             digest: None,
@@ -443,7 +467,7 @@ mod tests {
         assert!(v.ready, "{v:?}");
         assert_eq!(v.reason, Reason::Programmed);
         let segs = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:2:d6::"];
-        assert_eq!(v.paths, vec![Path { segments: segs.iter().map(|s| s.to_string()).collect() }]);
+        assert_eq!(v.paths, vec![segs.iter().map(|s| Sid(s.parse().unwrap())).collect::<Vec<_>>()]);
         assert_eq!(v.hops[0].replicas[0].pod, "fw-0", "the other namespace's fw-x is never used");
         assert_eq!(v.hops[1].replicas.len(), 1);
 
@@ -469,7 +493,9 @@ mod tests {
         assert_eq!(st.observed_generation, Some(3));
         assert_eq!((st.conditions[0].type_.as_str(), st.conditions[0].status.as_str()), ("Ready", "True"));
         assert_eq!(st.conditions[0].reason, "Programmed");
-        assert_eq!(st.paths, v.paths);
+        assert_eq!(st.paths, vec![Path { segments: segs.iter().map(|s| s.to_string()).collect() }], "the status' paths as text");
+        assert_eq!(st.hops[0].replicas[0].sid, "fcbb:bb00:1:e001::");
+        assert_eq!((st.hops[0].replicas[0].pod.as_str(), st.hops[0].replicas[0].node.as_str()), ("fw-0", "n1"));
     }
 
     #[test]
@@ -514,9 +540,9 @@ mod tests {
         assert_eq!(v.paths.len(), 3, "as many paths as the widest hop");
         let h = &out.nodes["n1"].headends[0];
         assert_eq!(h.replicas.iter().map(Vec::len).collect::<Vec<_>>(), [1, 3, 1], "per hop, no combinations");
-        let used: std::collections::BTreeSet<_> = v.paths.iter().map(|p| p.segments[1].clone()).collect();
+        let used: std::collections::BTreeSet<_> = v.paths.iter().map(|p| p[1]).collect();
         assert_eq!(used.len(), 3, "every replica is on a path");
-        assert!(v.paths.iter().all(|p| p.segments[0] == "fcbb:bb00:1:e001::"));
+        assert!(v.paths.iter().all(|p| p[0].to_string() == "fcbb:bb00:1:e001::"));
     }
 
     #[test]
@@ -707,7 +733,11 @@ mod tests {
         let v = &out.chains[0];
         assert!(v.ready, "{v:?}");
         let segs = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::"];
-        assert_eq!(v.paths[0].segments, segs, "no decapsulation: the destination is the last segment");
+        assert_eq!(
+            v.paths[0].iter().map(Sid::to_string).collect::<Vec<_>>(),
+            segs,
+            "no decapsulation: the destination is the last segment"
+        );
         let h = &out.nodes["n1"].headends[0];
         assert!(h.insert);
         assert_eq!(h.segments.iter().map(Sid::to_string).collect::<Vec<_>>(), segs);

@@ -9,13 +9,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv6Net};
-use srv6pipes_crds::{FailurePolicy, Hop, Path, Protocol, ProxyKind, Replica};
+use srv6pipes_crds::{FailurePolicy, Protocol, ProxyKind};
 
 use super::claims::{Claims, Clash};
 use super::index::Index;
 use super::{
-    owner_of, parse_destinations, parse_ports, proto_number, Behavior, ChainRef, ChainVerdict, HeadendPolicy, NodeTables, PodInfo, Reason,
-    SidRegistration, SidUse,
+    owner_of, parse_destinations, parse_ports, proto_number, Behavior, ChainRef, ChainVerdict, HeadendPolicy, HopVerdict, NodeTables,
+    PodInfo, Reason, ReplicaVerdict, SidRegistration, SidUse,
 };
 use crate::pipes::{self, Pipeline};
 use crate::sid::Sid;
@@ -124,7 +124,7 @@ fn compile_into(
     let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
     let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
     if !dropping {
-        v.paths = paths.iter().map(|p| Path { segments: p.iter().map(Sid::to_string).collect() }).collect();
+        v.paths = paths;
     }
 
     let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, claims)?;
@@ -249,7 +249,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
         let pods = world.selected(c.namespace, &f.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("function {}: {m}", f.name)))?;
         let ready: Vec<&PodInfo> = pods.into_iter().filter(|p| p.ready).collect();
         let replicas: Vec<_> = ready.iter().filter_map(|p| world.registration(p).map(|r| (r.sid, *p, r))).collect();
-        v.hops.push(Hop { function: f.name.clone(), replicas: Vec::new() });
+        v.hops.push(HopVerdict { function: f.name.clone(), replicas: Vec::new() });
         match (ready.is_empty(), replicas.is_empty()) {
             (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
             (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
@@ -280,8 +280,11 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
     }
     for h in &hops {
         for &f in &h.functions {
-            v.hops[f].replicas =
-                h.replicas.iter().map(|(sid, p, _)| Replica { pod: p.name.clone(), node: p.node.clone(), sid: sid.to_string() }).collect();
+            v.hops[f].replicas = h
+                .replicas
+                .iter()
+                .map(|(sid, p, _)| ReplicaVerdict { pod: p.name.clone(), node: world.node_name(&p.node), sid: *sid })
+                .collect();
         }
     }
     Ok((hops, missing))
@@ -655,10 +658,13 @@ mod tests {
         let out = run(&spec());
         let v = &out.chains[0];
         assert!(v.ready, "{v:?}");
-        let stream_sid = v.hops[1].replicas[0].sid.clone();
+        let stream_sid = v.hops[1].replicas[0].sid.to_string();
         assert!(stream_sid.starts_with("fcbb:bb00:3:e001:2:"), "LOC:FUNCT of the proxy, base64's id first: {stream_sid}");
-        assert!(v.hops[1..].iter().all(|h| h.replicas[0].sid == stream_sid), "one process, no other TCP hop");
-        assert_eq!(v.paths[0].segments, ["fcbb:bb00:2:e001::", stream_sid.as_str(), "fcbb:bb00:4:d6::"]);
+        assert!(v.hops[1..].iter().all(|h| h.replicas[0].sid.to_string() == stream_sid), "one process, no other TCP hop");
+        assert_eq!(
+            v.paths[0].iter().map(Sid::to_string).collect::<Vec<_>>(),
+            ["fcbb:bb00:2:e001::", stream_sid.as_str(), "fcbb:bb00:4:d6::"]
+        );
         let proxies = &out.nodes["n3"].proxies;
         assert_eq!(proxies.len(), 1);
         assert_eq!(proxies[0].behavior, Behavior::Stream);
@@ -670,7 +676,7 @@ mod tests {
     #[test]
     fn replies_come_back_through_the_proxies_even_when_not_symmetric() {
         let out = run(&spec());
-        let stream_sid = out.chains[0].hops[1].replicas[0].sid.clone();
+        let stream_sid = out.chains[0].hops[1].replicas[0].sid.to_string();
         // Forward at the client: TCP only, every hop.
         let fwd = &out.nodes["n1"].headends;
         assert_eq!(fwd.len(), 1);
@@ -754,7 +760,7 @@ mod tests {
         s.functions.swap(0, 2); // swap(stream), encode(stream), fw, decode(stream)
         let v = &run(&s).chains[0];
         assert!(v.ready, "{v:?}");
-        assert_eq!(v.paths[0].segments.len(), 4, "pipes, fw, pipes, decapsulation: {:?}", v.paths);
+        assert_eq!(v.paths[0].len(), 4, "pipes, fw, pipes, decapsulation: {:?}", v.paths);
         assert_eq!(v.hops[0].replicas[0].sid, v.hops[1].replicas[0].sid);
         assert_ne!(v.hops[1].replicas[0].sid, v.hops[3].replicas[0].sid, "another pipeline, another SID");
     }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use super::{NodeInfo, PodInfo, SidRegistration, World};
 use crate::selector;
@@ -16,8 +17,8 @@ pub(super) struct Index<'w> {
     by_label: HashMap<(&'w str, &'w str, &'w str), Vec<&'w PodInfo>>,
     /// By (node, namespace, pod): the registration of the pod's first interface by name.
     registrations: HashMap<(&'w str, &'w str, &'w str), &'w SidRegistration>,
-    /// By name (the first of a name).
-    nodes: HashMap<&'w str, &'w NodeInfo>,
+    /// By name (the first of a name), with the name as the verdicts share it.
+    nodes: HashMap<&'w str, (&'w NodeInfo, Arc<str>)>,
 }
 
 impl<'w> Index<'w> {
@@ -43,7 +44,7 @@ impl<'w> Index<'w> {
         }
         let mut nodes = HashMap::new();
         for n in &world.nodes {
-            nodes.entry(n.name.as_str()).or_insert(n);
+            nodes.entry(n.name.as_str()).or_insert_with(|| (n, Arc::from(n.name.as_str())));
         }
         Index { world, by_namespace, by_label, registrations, nodes }
     }
@@ -73,7 +74,12 @@ impl<'w> Index<'w> {
 
     /// The node named `name`.
     pub(super) fn node(&self, name: &str) -> Option<&'w NodeInfo> {
-        self.nodes.get(name).copied()
+        self.nodes.get(name).map(|(n, _)| *n)
+    }
+
+    /// `name`, shared by every verdict of this compilation that names the node.
+    pub(super) fn node_name(&self, name: &str) -> Arc<str> {
+        self.nodes.get(name).map_or_else(|| Arc::from(name), |(_, shared)| shared.clone())
     }
 
     /// The SID of the pod's first registered interface (by name).
