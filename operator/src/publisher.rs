@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
-use serde_json::json;
+use serde::Serialize;
 use srv6::node_api::{NodeProgram as Program, Peer};
 use srv6::slices::{Renderer, Shape};
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
@@ -46,8 +46,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const ATTEMPTS: u32 = 5;
 /// Slice writes in flight at once, over all nodes: a thousand nodes' first programs written at
 /// once kept the API server from answering the Lease renewal, and the operator stepped down.
-/// A write holds its permit for one attempt (at most [`WRITE_TIMEOUT`]), so a hanging node
-/// delays the others by no more than that, and only while it holds one of these.
+/// A write holds its permit while its spec is rendered and written (one slice's attempts: a
+/// request without an answer ends them after [`WRITE_TIMEOUT`]), so a hanging node delays the
+/// others by about that, and only while it holds one of these; and no more than this many
+/// rendered specs are in memory at once (rendered before waiting, a thousand nodes' first
+/// slices, each with 999 peers, were most of the operator's cold-start peak).
 pub const WRITES_IN_FLIGHT: usize = 16;
 /// No srv6pipes object is written above this size (etcd refuses requests over 1.5 MiB).
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
@@ -283,9 +286,11 @@ impl Shared {
         let renderer = program.as_ref().map(|(program, peers)| Renderer::new(node, program, peers));
         for (_, name, slice, resource_version) in writes {
             let renderer = renderer.as_ref().ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
+            let permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
             let spec = renderer.spec(&slice.shape);
-            let mut written =
-                self.write(name, &spec, &slice.digest, &want.owner, resource_version).await.map_err(|e| format!("slice {name}: {e}"))?;
+            let written = self.write(name, &spec, &slice.digest, &want.owner, resource_version).await;
+            drop((spec, permit));
+            let mut written = written.map_err(|e| format!("slice {name}: {e}"))?;
             slim::slice(&mut written);
             self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
         }
@@ -315,13 +320,7 @@ impl Shared {
         resource_version: Option<String>,
     ) -> Result<NodeProgramSlice, String> {
         let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
-        let mut body = json!({
-            "apiVersion": "srv6pipes.io/v1alpha1",
-            "kind": "NodeProgramSlice",
-            "metadata": {"name": name, "labels": {NODE_LABEL: spec.node}, "ownerReferences": [owner]},
-            "spec": spec,
-        });
-        let size = serde_json::to_vec(&body).map(|b| b.len()).unwrap_or(0);
+        let size = json_len(&ApplyBody::new(name, spec, owner, resource_version.as_deref()));
         if size > MAX_OBJECT_BYTES {
             return Err(format!("{size} bytes, over the {MAX_OBJECT_BYTES}-byte bound of one object"));
         }
@@ -331,11 +330,7 @@ impl Shared {
         // are no failure.
         for attempt in 1..=ATTEMPTS {
             self.fence.check()?;
-            match &resource_version {
-                Some(rv) => body["metadata"]["resourceVersion"] = json!(rv),
-                None => _ = body["metadata"].as_object_mut().expect("metadata").remove("resourceVersion"),
-            }
-            let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
+            let body = ApplyBody::new(name, spec, owner, resource_version.as_deref());
             let started = std::time::Instant::now();
             let params = PatchParams::apply(MANAGER).force();
             let patch = Patch::Apply(&body);
@@ -357,6 +352,56 @@ impl Shared {
         }
         unreachable!("the last attempt returns")
     }
+}
+
+/// A slice as it is server-side applied, borrowing its spec: serialized straight into the
+/// request, not copied into a `serde_json::Value` first (as JSON maps, the 999 peers of each of
+/// a thousand nodes' first slices were the largest part of the operator's cold-start peak).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyBody<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ApplyMeta<'a>,
+    spec: &'a NodeProgramSliceSpec,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyMeta<'a> {
+    name: &'a str,
+    labels: BTreeMap<&'static str, &'a str>,
+    owner_references: [&'a OwnerReference; 1],
+    /// The write is conditional on it when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
+}
+
+impl<'a> ApplyBody<'a> {
+    fn new(name: &'a str, spec: &'a NodeProgramSliceSpec, owner: &'a OwnerReference, resource_version: Option<&'a str>) -> Self {
+        ApplyBody {
+            api_version: "srv6pipes.io/v1alpha1",
+            kind: "NodeProgramSlice",
+            metadata: ApplyMeta { name, labels: [(NODE_LABEL, spec.node.as_str())].into(), owner_references: [owner], resource_version },
+            spec,
+        }
+    }
+}
+
+/// The length of `value` as JSON, counted as it is serialized (nothing kept).
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |_| count.0)
 }
 
 /// Deletes an object (logged); one already gone is fine.
@@ -418,5 +463,46 @@ impl Shared {
             warn!(node, error = %e, "event not recorded");
         }
         self.world.send_modify(|v| *v += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use srv6pipes_crds::PeerSpec;
+
+    /// The typed body is the object the operator applied as a `json!` value before: the same
+    /// JSON with and without the resourceVersion, so what the API server receives is unchanged.
+    #[test]
+    fn the_applied_body_is_the_slice_object() {
+        let spec = NodeProgramSliceSpec {
+            node: "node-a".into(),
+            chains: 2,
+            tables: json!({"headends": [{"chain": "default/web", "class": 3}], "proxies": []}),
+            peers: vec![PeerSpec { node: "node-b".into(), locator: "fc00:0:2::/48".into(), underlay: "fd00::2".into() }],
+            slices: vec![0, 1],
+        };
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: "node-a".into(),
+            uid: "u-1".into(),
+            ..Default::default()
+        };
+        for rv in [None, Some("42")] {
+            let mut expected = json!({
+                "apiVersion": "srv6pipes.io/v1alpha1",
+                "kind": "NodeProgramSlice",
+                "metadata": {"name": "node-a-0", "labels": {NODE_LABEL: "node-a"}, "ownerReferences": [owner]},
+                "spec": spec,
+            });
+            if let Some(rv) = rv {
+                expected["metadata"]["resourceVersion"] = json!(rv);
+            }
+            let body = ApplyBody::new("node-a-0", &spec, &owner, rv);
+            assert_eq!(serde_json::to_value(&body).unwrap(), expected);
+            assert_eq!(json_len(&body), serde_json::to_vec(&body).unwrap().len());
+        }
     }
 }

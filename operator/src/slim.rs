@@ -26,10 +26,21 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// A digest of `spec` as serialized: two specs that read the same (maps in tables are sorted)
 /// have the same digest.
+/// The JSON goes straight into the hasher: no copy of a spec of up to 1 MiB is made for it.
 pub fn spec_digest(spec: &NodeProgramSliceSpec) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(spec).expect("slice spec serializes").hash(&mut h);
-    format!("{:016x}", h.finish())
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Default::default());
+    serde_json::to_writer(&mut h, spec).expect("slice spec serializes");
+    format!("{:016x}", h.0.finish())
 }
 
 /// The digest of a slice's spec: kept on a slim copy, computed for a full one.
