@@ -121,7 +121,7 @@ pub struct Function {
 }
 
 /// A stream function of a chain (SRv6 pipes).
-#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamFunction {
     /// The function's name: identity, base64, replace, xor, compress.

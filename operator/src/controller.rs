@@ -230,13 +230,16 @@ impl Ctx {
                     return (c.plan.clone(), Some(again));
                 }
             }
+            // The old plan goes before the new one is compiled (unless a reconcile still holds
+            // it for a moment): two plans at once were the operator's peak.
+            let previous = cache.take().map(|c| c.budget);
             let started = Instant::now();
             let plan = Arc::new(self.stores.compile(None));
             let took = started.elapsed();
             crate::metrics::METRICS.compile.observe(took.as_secs_f64());
             crate::metrics::planned(&plan);
             debug!(world = version, chains = self.stores.chains.state().len(), ms = took.as_secs_f64() * 1000.0, "compiled");
-            let budget = Budget::after(cache.as_ref().map(|c| c.budget), took, Instant::now());
+            let budget = Budget::after(previous, took, Instant::now());
             *cache = Some(CachedPlan { version, budget, plan: plan.clone() });
             (plan, None)
         })

@@ -63,7 +63,7 @@ pub struct ChainRef<'a> {
 
 /// Classify traffic entering from `source_ip` (a pod on this node) towards `destination` and
 /// push `segments` (travel order) with H.Encaps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HeadendPolicy {
     /// `namespace/name`, shared by every entry of the chain.
     pub chain: Arc<str>,
@@ -103,7 +103,7 @@ pub struct HeadendPolicy {
     pub priority: i32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Behavior {
     /// End.AD, dynamic proxy in front of an SR-unaware VNF interface.
     #[serde(rename = "End.AD")]
@@ -126,7 +126,7 @@ pub enum Behavior {
 }
 
 /// A SID of this node that some chain uses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SidUse {
     pub sid: Sid,
     pub behavior: Behavior,
@@ -165,7 +165,7 @@ pub fn shared_proxies(proxies: &[SidUse]) -> BTreeSet<Sid> {
     shared
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeTables {
     /// Every pod address on the node: their interfaces get the closed-domain guard.
     #[serde(default)]
@@ -180,7 +180,7 @@ pub struct NodeTables {
 }
 
 /// Why a chain is not (fully) programmed; names follow the operator's `Degraded` reasons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
     Programmed,
     NoReplicas,
@@ -199,7 +199,7 @@ pub enum Reason {
 /// A chain as compiled: whether and how it is programmed. Its hops and paths are the status'
 /// in a compact form (SIDs as addresses, node names shared): a plan holds every chain's, and
 /// as the status' strings they were 2.2 KB a chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChainVerdict {
     pub namespace: String,
     pub name: String,
@@ -216,14 +216,14 @@ pub struct ChainVerdict {
 }
 
 /// One function of a chain as compiled: its ready replicas.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HopVerdict {
     pub function: String,
     pub replicas: Vec<ReplicaVerdict>,
 }
 
 /// A ready replica of a function: its pod (in the chain's namespace), node and SID.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReplicaVerdict {
     pub pod: String,
     pub node: Arc<str>,

@@ -265,14 +265,14 @@ impl Attachment {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeProgram {
     pub tables: NodeTables,
     /// Other nodes: their locators are routed via their underlay addresses.
     pub peers: Vec<Peer>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Peer {
     pub node: String,
     pub locator: Locator,

@@ -10,7 +10,7 @@ pub use srv6pipes_crds::{StreamDirection, StreamFunction as Stage};
 use crate::sid::{Locator, Sid, StreamArg};
 
 /// What a stream SID stands for: the functions the proxy applies, in chain order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pipeline {
     pub stages: Vec<Stage>,
 }
