@@ -85,9 +85,7 @@ fn live_and_reset_high() -> usize {
 /// Heap bytes in use (every arena, and mmapped blocks), after giving free memory back.
 fn heap() -> u64 {
     srv6pipes_operator::memory::release();
-    // SAFETY: mallinfo2 only reads the allocator's counters.
-    let m = unsafe { libc::mallinfo2() };
-    (m.uordblks + m.hblkhd) as u64
+    srv6pipes_operator::memory::heap_bytes().unwrap_or(0)
 }
 
 fn mib(bytes: i64) -> f64 {

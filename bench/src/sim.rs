@@ -283,6 +283,24 @@ fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Where the simulated operator serves its metrics.
+const OPERATOR_METRICS: &str = "127.0.0.1:19890";
+
+/// The operator's heap in use, MiB: its `srv6pipes_operator_heap_bytes` metric (what its RSS
+/// holds besides is free memory malloc keeps, code, stacks).
+fn operator_heap_mib() -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let addr = OPERATOR_METRICS.parse()?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).context("the operator's metrics")?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let line =
+        text.lines().find(|l| l.starts_with("srv6pipes_operator_heap_bytes ")).context("srv6pipes_operator_heap_bytes in /metrics")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse::<f64>()? / (1 << 20) as f64)
+}
+
 fn file_mib(p: &Path) -> f64 {
     std::fs::metadata(p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(f64::NAN)
 }
@@ -363,7 +381,7 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
         let operator = Command::new(b.bin_dir.join("srv6pipes-operator"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["--lease-namespace", NS])
+            .args(["--lease-namespace", NS, "--health-addr", OPERATOR_METRICS])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -377,10 +395,12 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
         };
         let converge_s = converge(pid, &readiness, size.chains).await.with_context(log_tail)?;
         let converge_writes = operator_writes(&kubeconfig)? - writes0;
-        let (rss, hwm) = memory_mib(pid)?;
-        eprintln!("sim: every chain Ready {converge_s:.0} s after the operator started; {converge_writes} writes; RSS {rss:.0} MiB (peak {hwm:.0})");
+        let ((rss, hwm), heap) = (memory_mib(pid)?, operator_heap_mib()?);
+        eprintln!(
+            "sim: every chain Ready {converge_s:.0} s after the operator started; {converge_writes} writes; RSS {rss:.0} MiB (peak {hwm:.0}), heap {heap:.0} MiB"
+        );
         let (ready_ms, writes, cpu_ms) = changes(&kubeconfig, &client, &readiness, size, pid).await.with_context(log_tail)?;
-        let (rss_after, hwm_after) = memory_mib(pid)?;
+        let ((rss_after, hwm_after), heap_after) = (memory_mib(pid)?, operator_heap_mib()?);
         Ok(json!({
             "size": {"nodes": size.nodes, "vnf_pods_per_node": size.vnfs, "source_pods_per_node": size.sources,
                      "functions": size.functions(), "replicas": size.replicas, "chains": size.chains, "functions_per_chain": 3,
@@ -389,11 +409,12 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             "converge_s": converge_s,
             "converge_writes": converge_writes,
             "operator_rss_mib": {"converged": rss, "after_changes": rss_after, "peak": hwm.max(hwm_after)},
+            "operator_heap_mib": {"converged": heap, "after_changes": heap_after},
             "etcd_db_mib": file_mib(&api.join("etcd/member/snap/db")),
             "chain_ready_ms": latency(&ready_ms),
             "writes_per_change": crate::stats::summarize(&writes),
             "cpu_ms_per_change": crate::stats::summarize(&cpu_ms),
-            "how": "cold start: the operator starts with every object present; converged when every chain is Ready (this process reports each slice generation programmed, as the daemons would). Then chains created one at a time: created -> Ready; per change (created, then deleted) the operator's API writes and CPU time until it wrote nothing for 2 s. RSS from /proc/PID/status, etcd size its db file.",
+            "how": "cold start: the operator starts with every object present; converged when every chain is Ready (this process reports each slice generation programmed, as the daemons would). Then chains created one at a time: created -> Ready; per change (created, then deleted) the operator's API writes and CPU time until it wrote nothing for 2 s. RSS from /proc/PID/status, heap from the operator's srv6pipes_operator_heap_bytes metric, etcd size its db file.",
         }))
     })
 }

@@ -20,3 +20,16 @@ pub fn release() {
         libc::malloc_trim(0);
     }
 }
+
+/// The heap in use (glibc's count of allocated blocks in every arena, and of mmapped blocks):
+/// what the operator holds, apart from what malloc keeps free or the kernel counts besides.
+pub fn heap_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}

@@ -141,6 +141,13 @@ pub fn encode() -> Result<String, std::fmt::Error> {
     registry.register("chains", "ServiceChains by condition, as of the last compilation.", m.chains.clone());
     registry.register("nodes", "Nodes with a program (a locator), as of the last compilation.", m.nodes.clone());
     registry.register("api_writes", "Writes sent to the API server, by verb and resource.", m.writes.clone());
+    if let Some(bytes) = crate::memory::heap_bytes() {
+        let heap = Gauge::<i64>::default();
+        heap.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let help =
+            "Heap in use (malloc's allocated blocks) at this scrape; the RSS beyond it is free memory malloc keeps, code and stacks.";
+        registry.register_with_unit("heap", help, Unit::Bytes, heap);
+    }
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &root)?;
     Ok(out)
@@ -184,6 +191,7 @@ mod tests {
             "srv6pipes_operator_reconcile_duration_seconds_count{controller=\"chain\"}",
             "srv6pipes_operator_api_writes_total{verb=\"PATCH\",resource=\"servicechains/status\"}",
             "# TYPE srv6pipes_operator_compile_duration_seconds histogram",
+            "# TYPE srv6pipes_operator_heap_bytes gauge",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
