@@ -57,6 +57,10 @@ struct Args {
     /// Replicas of each function in the scale simulation (each node has 10 VNF pods).
     #[arg(long, default_value_t = 2)]
     sim_replicas: usize,
+    /// Chains created and deleted one at a time after the scale simulation converged (each a
+    /// sample of created -> Ready, writes and CPU per change).
+    #[arg(long, default_value_t = 20)]
+    sim_samples: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -169,8 +173,14 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         laps.lap("stream");
     }
     if parts.contains(&Part::Sim) {
-        let size =
-            sim::Size { nodes: args.sim_nodes, vnfs: 10, sources: 50, replicas: args.sim_replicas, chains: args.sim_chains, samples: 20 };
+        let size = sim::Size {
+            nodes: args.sim_nodes,
+            vnfs: 10,
+            sources: 50,
+            replicas: args.sim_replicas,
+            chains: args.sim_chains,
+            samples: args.sim_samples,
+        };
         c.sim = Some(sim::run(b, &size)?);
         laps.lap("sim");
     }
