@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod controller;
+pub mod events;
 pub mod lease;
 pub mod memory;
 pub mod metrics;

@@ -58,12 +58,13 @@ impl Ctx {
     /// and failures, keeps its status (a change of its own is reconciled on its own watch
     /// event): only the other chains' statuses are built and compared.
     pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Round) {
-        let (plan, failures, stale) = {
+        let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan(false);
-            let failures = self.publish(&plan).await;
-            (plan, failures, stale)
+            let waits = self.publish(&plan, |_| true).await;
+            (plan, waits, stale)
         };
+        let failures = self.settled(waits).await;
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let (changed, round) = cpu(|| {
             let round = Round::of(&plan, failures);

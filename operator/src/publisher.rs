@@ -22,7 +22,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::Client;
 use serde::Serialize;
 use srv6::node_api::{NodeProgram as Program, Peer};
@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::controller::MANAGER;
+use crate::events::Recorder;
 use crate::lease::Fence;
 use crate::slim;
 
@@ -103,6 +104,9 @@ struct Sent {
 
 /// A writer's answer to the publication of sequence number `seq`: `None` when written.
 type Done = (u64, Option<String>);
+
+/// What a publication waits on: per node, its sequence number and its writer's answers.
+pub type Waits = Vec<(u64, watch::Receiver<Done>)>;
 
 struct Writer {
     want: watch::Sender<Option<Arc<Sent>>>,
@@ -189,7 +193,7 @@ impl Publisher {
     }
 
     /// Waits until every `(seq, done)` is answered or [`WAIT`] has passed.
-    pub async fn wait(waits: Vec<(u64, watch::Receiver<Done>)>) {
+    pub async fn wait(waits: Waits) {
         let all = futures::future::join_all(waits.into_iter().map(|(seq, mut done)| async move {
             let _ = done.wait_for(|d| d.0 >= seq).await;
         }));

@@ -32,6 +32,20 @@ pub struct Plan {
     pub chain_nodes: BTreeMap<ChainKey, Vec<Arc<str>>>,
 }
 
+impl Plan {
+    /// What one chain's status reads of this plan (its verdict and nodes, the node problems):
+    /// what a reconcile keeps while it waits for its nodes' writes, rather than the plan.
+    pub fn for_chain(&self, key: &ChainKey) -> Plan {
+        Plan {
+            programs: BTreeMap::new(),
+            peers: Arc::default(),
+            verdicts: self.verdicts.get(key).map(|v| (key.clone(), v.clone())).into_iter().collect(),
+            node_problems: self.node_problems.clone(),
+            chain_nodes: self.chain_nodes.get(key).map(|n| (key.clone(), n.clone())).into_iter().collect(),
+        }
+    }
+}
+
 /// The node's locator from its annotation (set by the operator or by whoever made the node).
 pub fn node_locator(node: &Node) -> Option<Result<Locator, String>> {
     let v = node.annotations().get(LOCATOR_ANNOTATION)?;
