@@ -4,9 +4,7 @@
 //! chain and the reconciles of the chains it touched — not a reconcile of every chain (each
 //! of them publishing and writing status) as `reconcile_all_on` did.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,19 +34,13 @@ impl Round {
     pub fn of(plan: &Plan, failures: BTreeMap<String, String>) -> Round {
         let mut chains: BTreeMap<world::ChainKey, u64> = BTreeMap::new();
         for (key, verdict) in &plan.verdicts {
-            chains.insert(key.clone(), digest(&(Some(verdict), plan.chain_nodes.get(key))));
+            chains.insert(key.clone(), srv6::slices::digest(&(Some(verdict), plan.chain_nodes.get(key))));
         }
         for (key, nodes) in plan.chain_nodes.iter().filter(|(k, _)| !plan.verdicts.contains_key(*k)) {
-            chains.insert(key.clone(), digest(&(None::<&srv6::compiler::ChainVerdict>, Some(nodes))));
+            chains.insert(key.clone(), srv6::slices::digest(&(None::<&srv6::compiler::ChainVerdict>, Some(nodes))));
         }
         Round { chains, node_problems: plan.node_problems.clone(), failures }
     }
-}
-
-fn digest(value: &impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
 }
 
 impl Ctx {

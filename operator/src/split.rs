@@ -8,9 +8,7 @@
 //! splitter of each chain's entries). Holding every node's last program, it held the old plan's
 //! tables while the next plan was compiled: a sixth of the operator's peak at 100,000 chains.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
 use srv6::node_api::{NodeProgram as Program, Peer};
@@ -33,15 +31,6 @@ struct Split {
 #[derive(Default)]
 pub struct SliceCache(HashMap<String, Split>);
 
-/// The digest of a node's program and the peers its slice 0 carries. (Two programs with the
-/// same 64-bit digest would keep the node's old slices until its next change: a chance of
-/// 2^-64 per changed program.)
-fn digest(program: &Program, peers: &[Peer]) -> u64 {
-    let mut h = DefaultHasher::new();
-    (program, peers).hash(&mut h);
-    h.finish()
-}
-
 impl SliceCache {
     /// `node`'s program in slices (slice 0 with `peers` but the node itself), keeping chains
     /// in the slices that hold them (as this operator last split it, or as `known`, the
@@ -60,7 +49,7 @@ impl SliceCache {
         if let Some(s) = self.0.get(node).filter(|s| same(s)) {
             return s.slices.clone();
         }
-        let d = digest(program, peers);
+        let d = slices::digest(&(&**program, &peers[..]));
         let s = self.0.entry(node.to_string()).or_insert_with(|| {
             let known = known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, crate::slim::chains_of(s))));
             Split {

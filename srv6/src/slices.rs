@@ -105,13 +105,13 @@ fn base_bytes(program: &NodeProgram, peers: &[Peer]) -> usize {
     json_len(&t.pods) + json_len(&t.insert_sources) + json_len(peers) + 256
 }
 
-/// A digest of what a split depends on (one chain's entries; slice 0's node-wide parts and
-/// peers): the splitter remembers these of the last program, not the program, so that the
-/// operator need not keep every node's last program while it compiles the next (they were a
-/// sixth of its peak memory at 100,000 chains). Two different values with the same 64-bit
-/// digest would keep a slice's old spec until the chain's next change: a chance of 2^-64 per
-/// changed chain.
-fn digest(value: &impl Hash) -> u64 {
+/// A 64-bit digest of `value`: what is remembered of a value instead of the value (here, of
+/// what a split depends on: one chain's entries, slice 0's node-wide parts and peers; in the
+/// operator, of a node's program and of a chain's verdict), so that the operator need not keep
+/// every node's last program or its last plan while it compiles the next (they were a third
+/// of its peak memory at 100,000 chains). Two different values with the same digest would keep
+/// the old one's outcome until the next change: a chance of 2^-64 per changed value.
+pub fn digest(value: &impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
