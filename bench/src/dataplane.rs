@@ -25,6 +25,8 @@ pub struct Plan {
     /// The fixed rate (pps) of the BPF cost trials, below every scenario's PDR, and their length.
     pub cost_pps: f64,
     pub cost_trial: Duration,
+    /// The PDR scenarios to run (by key; empty: all of them).
+    pub scenarios: Vec<String>,
 }
 
 /// kpps per repetition, by scenario key.
@@ -173,10 +175,33 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let mut laps = crate::report::Laps::start();
     let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
-    let cpu = plan.sut_cpu;
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    let (sp, age0) = pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
+    // Segment list length: segments left after the proxy, 1 (the sink) and more (`Plan::seglist`).
+    let seg: Vec<Scenario> = plan
+        .seglist
+        .iter()
+        .map(|&n| Ok(Scenario { key: n.to_string(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, n - 1)?, dsts: vec![] }))
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("segment list sweep: {:?}", plan.seglist);
+    in_turns(b, &seg, ceiling_pps, plan, &mut res.seglist)?;
+    for l in [&sp, &age0] {
+        res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
+    }
+    laps.lap("seglist");
+    chain3(b, plan, ceiling_pps, &mut res)?;
+    laps.lap("chain3");
+    vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+    laps.lap("vnfs");
+    res.seconds = laps.laps;
+    Ok(res)
+}
 
-    // (a)-(e), IPv4 inner and age 0 vs 1 s, side by side.
+/// The PDR scenarios, (a)-(e), IPv4 inner, age 0 vs 1 s and the monitor, side by side in turns,
+/// then their BPF cost; only those `plan.scenarios` names when it names any. Returns the
+/// lanes of End.AD with age 1 s and 0 (the segment-list sweep runs on the first).
+fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &mut crate::report::Laps) -> anyhow::Result<(Lane, Lane)> {
+    let cpu = plan.sut_cpu;
     let mut plain = b.lane("plain", Kind::Plain, cpu)?;
     b.grow(&mut plain, 1)?;
     let mut kernel = b.lane("kernel", Kind::Kernel, cpu)?;
@@ -202,7 +227,7 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let watch = |traces: bool| srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
     let (drops_sub, trace_sub) = (Subscriber::attach(&mon_drops, watch(false))?, Subscriber::attach(&mon_trace, watch(true))?);
 
-    let main = vec![
+    let mut main = vec![
         Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
         Scenario {
             key: "kernel_static_proxy".into(),
@@ -249,6 +274,7 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
             dsts: vec![],
         },
     ];
+    main.retain(|s| plan.scenarios.is_empty() || plan.scenarios.contains(&s.key));
     laps.lap("dataplane_setup");
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
@@ -262,25 +288,7 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     res.monitor_events.insert("drops".into(), drops_sub.detach());
     res.monitor_events.insert("trace".into(), trace_sub.detach());
     laps.lap("dataplane_bpf_cost");
-
-    // Segment list length: segments left after the proxy, 1 (the sink) and more (`Plan::seglist`).
-    let seg: Vec<Scenario> = plan
-        .seglist
-        .iter()
-        .map(|&n| Ok(Scenario { key: n.to_string(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, n - 1)?, dsts: vec![] }))
-        .collect::<anyhow::Result<_>>()?;
-    eprintln!("segment list sweep: {:?}", plan.seglist);
-    in_turns(b, &seg, ceiling_pps, plan, &mut res.seglist)?;
-    for l in [&sp, &age0] {
-        res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
-    }
-    laps.lap("seglist");
-    chain3(b, plan, ceiling_pps, &mut res)?;
-    laps.lap("chain3");
-    vnf_sweep(b, plan, ceiling_pps, &mut res)?;
-    laps.lap("vnfs");
-    res.seconds = laps.laps;
-    Ok(res)
+    Ok((sp, age0))
 }
 
 /// Proof of the path taken: in a loss-free check trial of `s`, every counter `count` returns
@@ -347,16 +355,32 @@ fn ceiling(b: &mut Bench, plan: &Plan) -> anyhow::Result<Vec<f64>> {
     Ok(kpps)
 }
 
-/// Parts of the data plane alone (`--only vnfs,chain3`), with the generator's ceiling they need.
-pub fn run_parts(b: &mut Bench, plan: &Plan, vnfs: bool, chain3: bool) -> anyhow::Result<Results> {
+/// Which parts of the data plane `run_parts` runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parts {
+    pub pdr: bool,
+    pub chain3: bool,
+    pub vnfs: bool,
+}
+
+/// Parts of the data plane alone (`--only pdr,vnfs,chain3`), with the generator's ceiling they
+/// need.
+pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Results> {
+    let mut laps = crate::report::Laps::start();
     let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
     let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
-    if chain3 {
+    if parts.pdr {
+        pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
+    }
+    if parts.chain3 {
         self::chain3(b, plan, ceiling_pps, &mut res)?;
+        laps.lap("chain3");
     }
-    if vnfs {
+    if parts.vnfs {
         vnf_sweep(b, plan, ceiling_pps, &mut res)?;
+        laps.lap("vnfs");
     }
+    res.seconds = laps.laps;
     Ok(res)
 }
 

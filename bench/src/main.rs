@@ -48,6 +48,11 @@ struct Args {
     /// minutes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
+    /// With `--only pdr`: only these PDR scenarios (comma-separated keys: plain,
+    /// kernel_static_proxy, end_ad, end_as, end_am, end_ad_ipv4, end_ad_age0,
+    /// end_ad_monitor_none, end_ad_monitor_drops, end_ad_monitor_trace), e.g. to profile one.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
     /// Nodes of the scale simulation (`--only sim`).
     #[arg(long, default_value_t = 1000)]
     sim_nodes: usize,
@@ -65,6 +70,9 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
+    /// The PDR scenarios (plain, kernel proxy, End.AD/AS/AM, age 0, IPv4, monitor) and their
+    /// BPF cost, in turns (see --scenario).
+    Pdr,
     /// CNI ADD latency, srv6pipes-cni, ptp and bridge.
     Cni,
     /// Chain applied -> first steered packet, with many chains present.
@@ -251,6 +259,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             seglist: vec![1, 6],
             cost_pps: 100_000.0,
             cost_trial: Duration::from_millis(500),
+            scenarios: args.scenario.clone(),
         }
     } else {
         dataplane::Plan {
@@ -264,6 +273,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             seglist: vec![1, 2, 4, 6],
             cost_pps: 100_000.0,
             cost_trial: Duration::from_secs(2),
+            scenarios: args.scenario.clone(),
         }
     }
 }
@@ -329,12 +339,19 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("srv6pipes-bench needs root (network namespaces, BPF, XDP)");
     }
+    if !args.scenario.is_empty() && !args.only.contains(&Part::Pdr) {
+        anyhow::bail!("--scenario picks PDR scenarios: it needs --only pdr (a full run measures them all)");
+    }
     let plan = dataplane_plan(&args);
     if !args.only.is_empty() {
         let mut b = topo::Bench::new(args.gen_cpu)?;
         // In the full run's order: the data plane first, then the control parts.
-        let (vnfs, chain3) = (args.only.contains(&Part::Vnfs), args.only.contains(&Part::Chain3));
-        let dp = if vnfs || chain3 { Some(dataplane::run_parts(&mut b, &plan, vnfs, chain3)?) } else { None };
+        let parts = dataplane::Parts {
+            pdr: args.only.contains(&Part::Pdr),
+            chain3: args.only.contains(&Part::Chain3),
+            vnfs: args.only.contains(&Part::Vnfs),
+        };
+        let dp = if parts.pdr || parts.chain3 || parts.vnfs { Some(dataplane::run_parts(&mut b, &plan, parts)?) } else { None };
         let teardown = if dp.is_some() { Some(b.drop_lanes()?) } else { None };
         let mut c = run_control(&mut b, &args, &args.only)?;
         if let Some(s) = teardown {
@@ -342,10 +359,15 @@ fn main() -> anyhow::Result<()> {
         }
         let mut json = control_json(&c);
         if let Some(dp) = &dp {
-            if vnfs {
+            if parts.pdr {
+                json.insert("pdr_kpps".into(), report::medians(&dp.pdr));
+                json.insert("pdr_detail".into(), report::details(&dp.pdr));
+                json.insert("bpf_ns_per_run".into(), serde_json::json!(dp.bpf_ns));
+            }
+            if parts.vnfs {
                 json.extend(vnf_json(dp));
             }
-            if chain3 {
+            if parts.chain3 {
                 json.insert("chain3_kpps".into(), report::medians(&dp.chain3));
                 json.insert("chain3_detail".into(), report::details(&dp.chain3));
             }

@@ -77,7 +77,8 @@ pub struct Args {
     #[arg(long)]
     pub health_addr: Option<std::net::SocketAddr>,
     /// End.AD learning interval in milliseconds: a VNF's cached headers are re-learnt from
-    /// inbound packets at most this often (0: on every packet, compare before write).
+    /// inbound packets at most this often (0: on every packet, compare before write), by the
+    /// kernel's tick clock: below one tick (1-10 ms by CONFIG_HZ), once per tick.
     #[arg(long, default_value_t = 1000)]
     pub ad_age_ms: u64,
     /// End.AD per-flow cache entries one chain may hold (of 65,536 shared by all), so no chain

@@ -11,6 +11,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <stddef.h>
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -27,6 +28,38 @@
 #define SP_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 /* bpf_skb_adjust_room's answer to an encapsulation on top of skb->encapsulation. */
 #define SP_EALREADY 114
+
+/* Direct packet access, the fast way to the headers (bpf_skb_load_bytes and store_bytes are a
+ * helper call and a copy each): `len` bytes at `off` of the frame where the linear part holds
+ * them, else copied into `buf` (a GSO/GRO packet whose headers sit in a fragment); NULL when
+ * the packet is shorter. A helper that moves packet data (adjust_room, store_bytes, csum
+ * replacements) invalidates the pointer returned. */
+/* skb->data and skb->data_end, loaded from the context itself: clang would otherwise keep
+ * &skb->data (a modified context pointer, which the verifier refuses) across helper calls. */
+#define sp_ctx_u32(skb, field)                                                                          \
+	({                                                                                              \
+		void *_v;                                                                               \
+		asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(_v) : "r"(skb), "i"(offsetof(struct __sk_buff, field))); \
+		_v;                                                                                     \
+	})
+#define sp_data(skb) sp_ctx_u32(skb, data)
+#define sp_data_end(skb) sp_ctx_u32(skb, data_end)
+
+static __always_inline const void *pkt_read(struct __sk_buff *skb, __u32 off, __u32 len, void *buf)
+{
+	void *data = sp_data(skb), *end = sp_data_end(skb);
+	if (data + off + len <= end)
+		return data + off;
+	return bpf_skb_load_bytes(skb, off, buf, len) ? NULL : buf;
+}
+
+/* A writable pointer to `len` bytes at `off` of the frame's linear part, or NULL (then
+ * bpf_skb_store_bytes writes them). */
+static __always_inline void *pkt_linear(struct __sk_buff *skb, __u32 off, __u32 len)
+{
+	void *data = sp_data(skb), *end = sp_data_end(skb);
+	return data + off + len <= end ? data + off : NULL;
+}
 
 /* Most segments in a segment list we build or accept (srv6::MAX_SEGMENTS). */
 #define SP_MAX_SEGS 8

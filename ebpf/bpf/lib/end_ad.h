@@ -6,7 +6,8 @@
 #include "srv6.h"
 #include "flow.h"
 
-/* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache). Like SRNK's
+/* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache; `now`: the tick
+ * clock, 0 with age 0, which reads it only to stamp what it writes). Like SRNK's
  * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
  * it is compared and written only when it changed (with age 0: compared on every packet), so
  * the steady state keeps the cache line shared. Payload length, traffic class and flow label
@@ -32,7 +33,7 @@ static __always_inline void ad_learn(void *map, const void *key, struct outer_hd
 			return;
 		}
 	}
-	o->stamp = now;
+	o->stamp = age ? now : bpf_ktime_get_coarse_ns(); /* age 0: no clock read but here */
 	bpf_map_update_elem(map, key, o, BPF_ANY);
 }
 
@@ -53,36 +54,40 @@ static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct 
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->ifindex = ifindex;
-	__u8 vhl;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1))
+	__u8 vhl_buf;
+	const __u8 *vhl = pkt_read(skb, ETH_HLEN, 1, &vhl_buf);
+	if (!vhl)
 		return -1;
 	__u32 l4;
-	if ((vhl >> 4) == 4) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+	if ((*vhl >> 4) == 4) {
+		struct iphdr buf;
+		const struct iphdr *ip = pkt_read(skb, ETH_HLEN, sizeof(buf), &buf);
+		if (!ip)
 			return -1;
 		k->family = 4;
-		k->proto = ip.protocol;
-		__builtin_memcpy(k->saddr, &ip.saddr, 4);
-		__builtin_memcpy(k->daddr, &ip.daddr, 4);
-		if (ip.frag_off & bpf_htons(0x1fff))
+		k->proto = ip->protocol;
+		__builtin_memcpy(k->saddr, &ip->saddr, 4);
+		__builtin_memcpy(k->daddr, &ip->daddr, 4);
+		if (ip->frag_off & bpf_htons(0x1fff))
 			return 0;
-		l4 = ETH_HLEN + ip.ihl * 4;
-	} else if ((vhl >> 4) == 6) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		l4 = ETH_HLEN + ip->ihl * 4;
+	} else if ((*vhl >> 4) == 6) {
+		struct ipv6hdr buf;
+		const struct ipv6hdr *ip6 = pkt_read(skb, ETH_HLEN, sizeof(buf), &buf);
+		if (!ip6)
 			return -1;
 		k->family = 6;
-		k->proto = ip6.nexthdr;
-		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
-		l4 = ETH_HLEN + sizeof(ip6);
+		k->proto = ip6->nexthdr;
+		__builtin_memcpy(k->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(k->daddr, &ip6->daddr, 16);
+		l4 = ETH_HLEN + sizeof(*ip6);
 	} else {
 		return -1;
 	}
 	if (k->proto == 6 || k->proto == 17) {
-		__be16 ports[2];
-		if (!bpf_skb_load_bytes(skb, l4, ports, sizeof(ports))) {
+		__be16 buf[2];
+		const __be16 *ports = pkt_read(skb, l4, sizeof(buf), buf);
+		if (ports) {
 			k->sport = ports[0];
 			k->dport = ports[1];
 		}
@@ -130,7 +135,9 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	__u64 age = cfg ? cfg->ad_age_ns : 0;
-	__u64 now = bpf_ktime_get_ns();
+	/* The tick's clock (the last tick's time, no clock read) is fine for ages of a millisecond
+	 * and up; age 0 (compare every packet) needs no clock. */
+	__u64 now = age ? bpf_ktime_get_coarse_ns() : 0;
 	struct flow_key k;
 	int parsed = !flow_of(skb, ifindex, &k);
 	struct outer_hdr *c = parsed ? bpf_map_lookup_elem(&sp_ad_flows, &k) : NULL;

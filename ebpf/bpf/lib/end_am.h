@@ -37,7 +37,8 @@ static __always_inline void am_learn(struct __sk_buff *skb, __u32 ifindex, struc
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
 	if (!c && !flow_quota_take(cfg, o))
 		return;
-	ad_learn(&sp_ad_flows, &k, c, o, cfg ? cfg->ad_age_ns : 0, bpf_ktime_get_ns());
+	__u64 age = cfg ? cfg->ad_age_ns : 0;
+	ad_learn(&sp_ad_flows, &k, c, o, age, age ? bpf_ktime_get_coarse_ns() : 0);
 }
 
 /* Whether what an End.AM VNF returns (`o`: its IPv6 header and SRH) is a flow End.AM handed it,

@@ -37,6 +37,29 @@ static __always_inline int is_link_scope(const __u8 *a)
 	return hi == 0 && lo == 0;
 }
 
+/* Copies an outer header of `len` bytes (a multiple of 8, at most SP_MAX_HDR) between `buf` and
+ * the frame right after its Ethernet header, 8 bytes at a time: into the packet when `to_pkt`.
+ * -1 when the linear part does not hold it all (the caller then uses the helpers). */
+static __always_inline int hdr_copy(struct __sk_buff *skb, __u8 *buf, __u64 len, int to_pkt)
+{
+	void *data = sp_data(skb), *end = sp_data_end(skb);
+	__u8 *p = data + ETH_HLEN;
+	if (len > SP_MAX_HDR || (len & 7) || (void *)(p + len) > end)
+		return -1;
+#pragma unroll
+	for (int i = 0; i < SP_MAX_HDR / 8; i++) {
+		if (i * 8 >= len)
+			break;
+		if ((void *)(p + i * 8 + 8) > end)
+			return -1;
+		if (to_pkt)
+			*(__u64 *)(p + i * 8) = *(__u64 *)(buf + i * 8);
+		else
+			*(__u64 *)(buf + i * 8) = *(__u64 *)(p + i * 8);
+	}
+	return 0;
+}
+
 static __always_inline struct outer_hdr *scratch(void)
 {
 	__u32 zero = 0;
@@ -71,8 +94,9 @@ static __always_inline int apply_end(struct outer_hdr *o, int masquerade)
  * without the first segment). */
 static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 {
-	__u8 srh[SP_SRH_FIXED];
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, srh, sizeof(srh)))
+	__u8 fixed[SP_SRH_FIXED];
+	const __u8 *srh = pkt_read(skb, ETH_HLEN + SP_IP6_LEN, SP_SRH_FIXED, fixed);
+	if (!srh)
 		return SP_DROP_MALFORMED;
 	__u32 hdr_len = SP_SRH_FIXED + 8 * (__u32)srh[1];
 	__u8 sl = srh[3], last = srh[4];
@@ -90,7 +114,7 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 	sp_barrier_var(outer_len);
 	if (outer_len > SP_MAX_HDR || outer_len < SP_IP6_LEN + SP_SRH_FIXED + 16)
 		return SP_DROP_MALFORMED;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, o->bytes, outer_len))
+	if (hdr_copy(skb, o->bytes, outer_len, 0) && bpf_skb_load_bytes(skb, ETH_HLEN, o->bytes, outer_len))
 		return SP_DROP_MALFORMED;
 	o->len = outer_len;
 	return 0;
@@ -105,8 +129,10 @@ static __always_inline int load_srh(struct __sk_buff *skb, struct outer_hdr *o)
 static __always_inline void set_outer_fields(struct __sk_buff *skb, struct outer_hdr *o, __u32 hash)
 {
 	__u32 plen = skb->len - ETH_HLEN + o->len - SP_IP6_LEN;
-	__u8 ip[4] = {};
-	bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip));
+	__u8 buf[4] = {};
+	const __u8 *ip = pkt_read(skb, ETH_HLEN, sizeof(buf), buf);
+	if (!ip)
+		ip = buf;
 	int ipv4 = (ip[0] >> 4) == 4;
 	__u8 tc = ipv4 ? ip[1] : (__u8)(ip[0] << 4 | ip[1] >> 4);
 	__u32 inner_label = ipv4 ? 0 : ((__u32)(ip[1] & 0xf) << 16 | (__u32)ip[2] << 8 | ip[3]);
@@ -130,15 +156,17 @@ static __always_inline void set_outer_fields(struct __sk_buff *skb, struct outer
  * inner DSCP is kept. Returns 0 or a drop reason. */
 static __always_inline int ecn_decap(struct __sk_buff *skb, __u32 outer_len, __u8 inner)
 {
-	__u8 ob[2], ib[2];
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, ob, sizeof(ob)))
+	__u8 ob_buf[2], ib_buf[2];
+	const __u8 *ob = pkt_read(skb, ETH_HLEN, sizeof(ob_buf), ob_buf);
+	if (!ob)
 		return SP_DROP_MALFORMED;
 	__u8 outer_ecn = (ob[1] >> 4) & 3;
 	if (outer_ecn != SP_ECN_CE && outer_ecn != SP_ECN_ECT1)
 		return 0;
 	__u32 off = ETH_HLEN + outer_len;
-	if (bpf_skb_load_bytes(skb, off, ib, sizeof(ib)))
+	if (bpf_skb_load_bytes(skb, off, ib_buf, sizeof(ib_buf)))
 		return SP_DROP_MALFORMED;
+	const __u8 *ib = ib_buf;
 	int v4 = inner == SP_NH_IPV4;
 	__u8 inner_ecn = v4 ? ib[1] & 3 : (ib[1] >> 4) & 3;
 	if (inner_ecn == SP_ECN_NOT_ECT)
@@ -186,10 +214,13 @@ static __always_inline int push_outer(struct __sk_buff *skb, struct outer_hdr *o
 	sp_barrier_var(len);
 	if (len < SP_IP6_LEN + SP_SRH_FIXED + 16 || len > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
+	if (hdr_copy(skb, o->bytes, len, 1) && bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, len, 0))
 		return SP_DROP_ADJUST;
 	__be16 proto = bpf_htons(ETH_P_IPV6);
-	if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+	__be16 *type = pkt_linear(skb, 12, sizeof(proto));
+	if (type)
+		*type = proto;
+	else if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
 		return SP_DROP_ADJUST;
 	return 0;
 }
@@ -223,6 +254,12 @@ static __always_inline int inner_supported(__u8 nh)
 
 static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
 {
+	__u8 *eth = pkt_linear(skb, 0, 2 * ETH_ALEN);
+	if (eth) {
+		__builtin_memcpy(eth, dst, ETH_ALEN);
+		__builtin_memcpy(eth + ETH_ALEN, src, ETH_ALEN);
+		return 0;
+	}
 	if (bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) || bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0))
 		return SP_DROP_ADJUST;
 	return 0;
@@ -306,13 +343,19 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 
 static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 {
-	__u8 ttl;
 	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, hop_limit));
-	if (bpf_skb_load_bytes(skb, off, &ttl, 1))
+	__u8 *p = pkt_linear(skb, off, 1), ttl;
+	if (p)
+		ttl = *p;
+	else if (bpf_skb_load_bytes(skb, off, &ttl, 1))
 		return SP_DROP_MALFORMED;
 	if (ttl <= 1)
 		return SP_DROP_INNER_TTL;
 	__u8 next = ttl - 1;
+	if (p && !ipv4) {
+		*p = next;
+		return 0;
+	}
 	if (ipv4) {
 		/* TTL and protocol share a 16-bit word of the header checksum. */
 		__u8 proto;
