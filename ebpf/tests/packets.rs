@@ -1289,6 +1289,10 @@ fn a_route_too_small_for_the_encapsulation_answers_packet_too_big() {
     b.expect_icmp(Hook::Headend, b.src, &pkt, DropReason::Mtu, (2, 0, 1390 - 80));
     // A VNF's packet on End.AD's headers (96 bytes: three segments).
     assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    // A short packet first: the next hop the FIB gave for it (sp_fib_cache) is never reused for
+    // a longer packet than it was checked for.
+    let short = [eth(HOST_MAC, VNF_MAC, 0x86dd), sized(true, 200)].concat();
+    assert_eq!(b.run(Hook::Vnf, b.vnf, &short).0, TC_ACT_REDIRECT, "200 bytes fit");
     let back = [eth(HOST_MAC, VNF_MAC, 0x86dd), sized(true, 1300)].concat();
     let (verdict, out) = b.run(Hook::Vnf, b.vnf, &back);
     assert_eq!(verdict, TC_ACT_OK, "to the node's routing: {:?}", b.dp.drop_reasons().unwrap());
@@ -1296,6 +1300,30 @@ fn a_route_too_small_for_the_encapsulation_answers_packet_too_big() {
     let mut as_sent = [&back[6..12], &back[..6], &back[12..]].concat();
     as_sent[14 + 7] -= 1;
     check_icmp_error(&as_sent, &out, (2, 0, 1390 - 96));
+}
+
+/// encap_forward reuses the FIB's next hop for at most SP_FIB_CACHE_NS (10 ms): a neighbour
+/// that changed its MAC is used within that.
+#[test]
+fn a_next_hop_the_fib_gave_is_reused_for_its_lifetime_only() {
+    let Some(b) = Bench::new() else { return };
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
+    let pkt = [eth(HOST_MAC, VNF_MAC, 0x86dd), inner(INNER_SRC, INNER_DST)].concat();
+    let next_mac = |b: &Bench| {
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        out[..6].to_vec()
+    };
+    assert_eq!(next_mac(&b), PEER_MAC);
+    let moved = [0x02, 0, 0, 0, 0xee, 0x02];
+    let set = Command::new("ip")
+        .args(["-n", &b.netns, "neigh", "replace", "fd00:ffff::2", "lladdr", &mac_str(&moved), "dev", "up0", "nud", "permanent"])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    // Twice the lifetime plus a tick of the clock it is measured by (HZ 100: 10 ms).
+    std::thread::sleep(std::time::Duration::from_millis(35));
+    assert_eq!(next_mac(&b), moved, "the neighbour's new MAC once the cached next hop expired");
 }
 
 #[test]

@@ -179,6 +179,30 @@ struct {
 	__uint(max_entries, 1);
 } sp_scratch SEC(".maps");
 
+/* encap_forward's next hops by (ingress interface, outer source, outer destination): the
+ * FIB's complete answers (neighbour known), each reused for SP_FIB_CACHE_NS. Not pinned: a
+ * new datapath starts with none. */
+struct fib_key {
+	__u32 ifindex;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+struct fib_hop {
+	__u64 stamp;	/* when the FIB gave it (the tick clock) */
+	__u32 ifindex;	/* the egress interface */
+	__u32 max_len;	/* the longest packet (IPv6 total length) it was checked for; 0: GSO only */
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct fib_key);
+	__type(value, struct fib_hop);
+	__uint(max_entries, 16384);
+} sp_fib_cache SEC(".maps");
+
 static __always_inline void count(struct sid_stats *s, __u32 len, int dropped)
 {
 	if (!s)

@@ -320,14 +320,58 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
 	return fib_send(skb, &p, fib_next_hop(skb, o, 0, &p));
 }
 
-/* H.Encaps and forward: the route is looked up first with the encapsulated length, so that a
- * packet too big for it (an uplink smaller than the one the inner MTU was computed from) is
- * answered before anything changed: its source hears the MTU left for the inner packet, back
- * out of the interface at the headend, through the node's routing from a VNF. */
+/* How long encap_forward reuses a next hop the FIB gave (sp_fib_cache): a route or neighbour
+ * change reaches a chain's packets at most this late (the tick clock: plus one tick). A full
+ * route and neighbour lookup per packet was the largest part of End.AD's outbound cost. */
+#define SP_FIB_CACHE_NS 10000000ULL
+
+/* The next hop for `o` from sp_fib_cache, if it is fresh and was checked for packets of
+ * `tot_len` (0: GSO) or longer; else NULL. `k` is filled for fib_remember. */
+static __always_inline struct fib_hop *fib_cached(struct __sk_buff *skb, const struct outer_hdr *o, __u32 tot_len, __u64 now, struct fib_key *k)
+{
+	k->ifindex = skb->ingress_ifindex;
+	__builtin_memcpy(k->src, &o->bytes[OFF_SRC], 16);
+	__builtin_memcpy(k->dst, &o->bytes[OFF_DST], 16);
+	struct fib_hop *h = bpf_map_lookup_elem(&sp_fib_cache, k);
+	if (!h || now - h->stamp >= SP_FIB_CACHE_NS || tot_len > h->max_len)
+		return NULL;
+	return h;
+}
+
+/* Keeps the FIB's complete answer `p` for packets up to `tot_len` (a miss on a fresh entry
+ * means a longer packet than it was checked for: this one now bounds it). */
+static __always_inline void fib_remember(const struct fib_key *k, const struct bpf_fib_lookup *p, __u32 tot_len, __u64 now)
+{
+	struct fib_hop h = {.stamp = now, .ifindex = p->ifindex, .max_len = tot_len};
+	__builtin_memcpy(h.dmac, p->dmac, ETH_ALEN);
+	__builtin_memcpy(h.smac, p->smac, ETH_ALEN);
+	bpf_map_update_elem(&sp_fib_cache, k, &h, BPF_ANY);
+}
+
+/* H.Encaps and forward: the route is looked up first (or taken from sp_fib_cache) with the
+ * encapsulated length, so that a packet too big for it (an uplink smaller than the one the
+ * inner MTU was computed from) is answered before anything changed: its source hears the MTU
+ * left for the inner packet, back out of the interface at the headend, through the node's
+ * routing from a VNF. */
 static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr *o, int origin)
 {
-	struct bpf_fib_lookup p;
 	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN + o->len;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct fib_key k;
+	struct fib_hop *h = fib_cached(skb, o, tot_len, now, &k);
+	if (h) {
+		__u32 ifindex = h->ifindex;
+		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
+		__builtin_memcpy(smac, h->smac, ETH_ALEN);
+		int err = push_outer(skb, o);
+		if (err)
+			return drop(err);
+		if (set_macs(skb, dmac, smac))
+			return drop(SP_DROP_ADJUST);
+		return bpf_redirect(ifindex, 0);
+	}
+	struct bpf_fib_lookup p;
 	long rc = fib_next_hop(skb, o, tot_len, &p);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && p.mtu_result > o->len) {
 		__u32 zero = 0;
@@ -335,6 +379,8 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 		if (cfg)
 			return packet_too_big(skb, cfg, o->bytes[OFF_SRH] != SP_NH_IPV4, p.mtu_result - o->len, origin == SP_ORIGIN_VNF);
 	}
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+		fib_remember(&k, &p, tot_len, now);
 	int err = push_outer(skb, o);
 	if (err)
 		return drop(err);
