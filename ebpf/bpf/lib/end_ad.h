@@ -6,6 +6,23 @@
 #include "srv6.h"
 #include "flow.h"
 
+/* Whether cached headers `c` are the very headers `o` (both normalized). */
+static __always_inline int hdr_same(const struct outer_hdr *c, const struct outer_hdr *o)
+{
+	if (c->len != o->len)
+		return 0;
+	/* A loop, not unrolled: inlined wherever End.AD learns, unrolled copies overflow the
+	 * program's 16-bit jump offsets. */
+#pragma nounroll
+	for (int i = 0; i < SP_MAX_HDR / 8; i++) {
+		if (i * 8 >= o->len)
+			break;
+		if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8])
+			return 0;
+	}
+	return 1;
+}
+
 /* Store an End.AD cache entry (`map` is the per-interface or the per-flow cache; `now`: the tick
  * clock, 0 with age 0, which reads it only to stamp what it writes). Like SRNK's
  * `age`, an entry learnt less than ad_age_ns ago is left alone without even comparing; older,
@@ -16,22 +33,10 @@ static __always_inline void ad_learn(void *map, const void *key, struct outer_hd
 {
 	if (c && age && now - c->stamp < age)
 		return;
-	if (c && c->len == o->len) {
-		int same = 1;
-#pragma unroll
-		for (int i = 0; i < SP_MAX_HDR / 8; i++) {
-			if (i * 8 >= o->len)
-				break;
-			if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8]) {
-				same = 0;
-				break;
-			}
-		}
-		if (same) {
-			if (age)
-				c->stamp = now;
-			return;
-		}
+	if (c && hdr_same(c, o)) {
+		if (age)
+			c->stamp = now;
+		return;
 	}
 	o->stamp = age ? now : bpf_ktime_get_coarse_ns(); /* age 0: no clock read but here */
 	bpf_map_update_elem(map, key, o, BPF_ANY);
@@ -146,6 +151,10 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	if (c && age && now - c->stamp < age)
 		return;
 	normalize_cached(o);
+	/* Age 0: a flow whose entry holds these very headers changes nothing, the interface's
+	 * included (they are the last learnt that changed). */
+	if (c && !age && hdr_same(c, o))
+		return;
 	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
 	if (!parsed)
 		return;
