@@ -357,7 +357,18 @@ impl Datapath {
             .filter(|((h, _), a)| *h != Hook::StreamPod && matches!(a, Attached::Link(_)))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut ours = std::collections::BTreeMap::new();
         for (hook, ifname) in keys {
+            // Every second on every interface (thousands on a node with many VNFs): one query
+            // for the head's id answers the usual case; only another head costs the full query
+            // (which opens each program of the chain for its name).
+            let main = match ours.get(&hook) {
+                Some(id) => *id,
+                None => *ours.entry(hook).or_insert(self.program_id(hook)?),
+            };
+            if nix::net::if_::if_nametoindex(ifname.as_str()).ok().and_then(first_tcx_ingress) == Some(main) {
+                continue;
+            }
             let Ok((_, progs)) = SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress) else { continue };
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
@@ -807,6 +818,43 @@ fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>, map: &'static
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(source) => Err(DatapathError::Map { map, source }),
     }
+}
+
+/// The id of the first program in `ifindex`'s tcx ingress chain, by one BPF_PROG_QUERY that
+/// opens no program; None if the chain is empty or the query fails (the interface is gone).
+pub fn first_tcx_ingress(ifindex: u32) -> Option<u32> {
+    /// `union bpf_attr`'s BPF_PROG_QUERY part (linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgQuery {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_TCX_INGRESS: u32 = 46;
+    let mut first = 0u32;
+    let mut q = ProgQuery {
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS,
+        prog_ids: &mut first as *mut u32 as u64,
+        prog_cnt: 1,
+        ..Default::default()
+    };
+    // SAFETY: `q` is a valid BPF_PROG_QUERY attribute of the size passed; the kernel writes at
+    // most `prog_cnt` (1) ids to `prog_ids`, which points at `first`, alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut ProgQuery, std::mem::size_of::<ProgQuery>()) };
+    // ENOSPC: more programs than the one id asked for; the first is written all the same.
+    let answered = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC);
+    (answered && q.prog_cnt > 0 && first != 0).then_some(first)
 }
 
 #[cfg(test)]

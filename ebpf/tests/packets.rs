@@ -1457,6 +1457,18 @@ fn ingress_filters(b: &Bench, dev: &str) -> Vec<serde_json::Value> {
 /// waits for an RCU grace period with RTNL held, on the CNI ADD's answer path): attached once
 /// however often it is asked, given a restarted daemon's program in place, removed by detach,
 /// and a veth of the same name made since is left alone.
+/// `keep_first`'s every-second check: the head of an interface's tcx chain by one query.
+#[test]
+fn the_head_of_a_tcx_chain_is_read_by_one_query() {
+    let Some(mut b) = Bench::new() else { return };
+    let up0 = nix::net::if_::if_nametoindex("up0").unwrap();
+    assert_eq!(srv6pipes_ebpf::first_tcx_ingress(up0), None, "nothing attached yet");
+    b.dp.attach(Hook::Uplink, "up0").unwrap();
+    assert_eq!(srv6pipes_ebpf::first_tcx_ingress(up0), Some(b.dp.program_id(Hook::Uplink).unwrap()));
+    assert!(b.dp.keep_first().unwrap().is_empty(), "ours is first: nothing moved");
+    assert_eq!(srv6pipes_ebpf::first_tcx_ingress(u32::MAX), None, "no such interface");
+}
+
 #[test]
 fn the_vnf_program_is_a_filter_swapped_in_place_and_removed_by_detach() {
     let Some(mut b) = Bench::new() else { return };
