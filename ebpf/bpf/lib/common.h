@@ -29,11 +29,6 @@
 /* bpf_skb_adjust_room's answer to an encapsulation on top of skb->encapsulation. */
 #define SP_EALREADY 114
 
-/* Direct packet access, the fast way to the headers (bpf_skb_load_bytes and store_bytes are a
- * helper call and a copy each): `len` bytes at `off` of the frame where the linear part holds
- * them, else copied into `buf` (a GSO/GRO packet whose headers sit in a fragment); NULL when
- * the packet is shorter. A helper that moves packet data (adjust_room, store_bytes, csum
- * replacements) invalidates the pointer returned. */
 /* skb->data and skb->data_end, loaded from the context itself: clang would otherwise keep
  * &skb->data (a modified context pointer, which the verifier refuses) across helper calls. */
 #define sp_ctx_u32(skb, field)                                                                          \
@@ -45,6 +40,11 @@
 #define sp_data(skb) sp_ctx_u32(skb, data)
 #define sp_data_end(skb) sp_ctx_u32(skb, data_end)
 
+/* Direct packet access, the fast way to the headers (bpf_skb_load_bytes and store_bytes are a
+ * helper call and a copy each): `len` bytes at `off` of the frame where the linear part holds
+ * them, else copied into `buf` (a GSO/GRO packet whose headers sit in a fragment); NULL when
+ * the packet is shorter. A helper that moves packet data (adjust_room, store_bytes, csum
+ * replacements) invalidates the pointer returned. */
 static __always_inline const void *pkt_read(struct __sk_buff *skb, __u32 off, __u32 len, void *buf)
 {
 	void *data = sp_data(skb), *end = sp_data_end(skb);
