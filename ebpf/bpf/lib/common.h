@@ -31,14 +31,19 @@
 
 /* skb->data and skb->data_end, loaded from the context itself: clang would otherwise keep
  * &skb->data (a modified context pointer, which the verifier refuses) across helper calls. */
-#define sp_ctx_u32(skb, field)                                                                          \
-	({                                                                                              \
-		void *_v;                                                                               \
-		asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(_v) : "r"(skb), "i"(offsetof(struct __sk_buff, field))); \
-		_v;                                                                                     \
-	})
-#define sp_data(skb) sp_ctx_u32(skb, data)
-#define sp_data_end(skb) sp_ctx_u32(skb, data_end)
+static __always_inline void *sp_data(struct __sk_buff *skb)
+{
+	void *v;
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
+	return v;
+}
+
+static __always_inline void *sp_data_end(struct __sk_buff *skb)
+{
+	void *v;
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
+	return v;
+}
 
 /* Direct packet access, the fast way to the headers (bpf_skb_load_bytes and store_bytes are a
  * helper call and a copy each): `len` bytes at `off` of the frame where the linear part holds

@@ -6,13 +6,12 @@
 #include "srv6.h"
 #include "flow.h"
 
-/* Whether cached headers `c` are the very headers `o` (both normalized). */
+/* Whether cached headers `c` are the very headers `o` (both normalized). A loop, not unrolled:
+ * inlined wherever End.AD learns, unrolled copies overflow sp_vnf's 16-bit jump offsets. */
 static __always_inline int hdr_same(const struct outer_hdr *c, const struct outer_hdr *o)
 {
 	if (c->len != o->len)
 		return 0;
-	/* A loop, not unrolled: inlined wherever End.AD learns, unrolled copies overflow the
-	 * program's 16-bit jump offsets. */
 #pragma nounroll
 	for (int i = 0; i < SP_MAX_HDR / 8; i++) {
 		if (i * 8 >= o->len)

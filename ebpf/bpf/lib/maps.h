@@ -189,9 +189,9 @@ struct fib_key {
 };
 
 struct fib_hop {
-	__u64 stamp;	/* when the FIB gave it (the tick clock) */
-	__u32 ifindex;	/* the egress interface */
-	__u32 max_len;	/* the longest packet (IPv6 total length) it was checked for; 0: GSO only */
+	__u64 stamp;   /* when the FIB gave it (the tick clock) */
+	__u32 ifindex; /* the egress interface */
+	__u32 max_len; /* the longest packet (IPv6 total length) it was checked for; 0: GSO only */
 	__u8 dmac[6];
 	__u8 smac[6];
 };

@@ -327,7 +327,8 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
 
 /* The next hop for `o` from sp_fib_cache, if it is fresh and was checked for packets of
  * `tot_len` (0: GSO) or longer; else NULL. `k` is filled for fib_remember. */
-static __always_inline struct fib_hop *fib_cached(struct __sk_buff *skb, const struct outer_hdr *o, __u32 tot_len, __u64 now, struct fib_key *k)
+static __always_inline struct fib_hop *fib_cached(struct __sk_buff *skb, const struct outer_hdr *o, __u32 tot_len, __u64 now,
+						  struct fib_key *k)
 {
 	k->ifindex = skb->ingress_ifindex;
 	__builtin_memcpy(k->src, &o->bytes[OFF_SRC], 16);
