@@ -9,7 +9,7 @@
 //! reads the cached plan. Nothing is requeued on a timer except after errors.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,27 +276,29 @@ impl Ctx {
         }
     }
 
-    /// The mirror's slices, by node and name.
-    fn mirrored_slices(&self) -> HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> {
+    /// The mirror's slices, by node and name (of the nodes `only` names, or of every node).
+    fn mirrored_slices(&self, only: Option<&BTreeSet<&str>>) -> HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> {
         let mut out: HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> = HashMap::new();
-        for s in self.stores.slices.state() {
+        for s in self.stores.slices.state().into_iter().filter(|s| only.is_none_or(|o| o.contains(s.spec.node.as_str()))) {
             out.entry(s.spec.node.clone()).or_default().insert(s.name_any(), s);
         }
         out
     }
 
-    /// Hands every node whose slices differ from what it has to its writer; removes the slices,
-    /// programs and SID tables of nodes that left. Returns what to wait on ([`Ctx::settled`])
-    /// for the writes of the nodes `wait_for` names. Called under the `publishing` lock; the
+    /// Hands each node whose slices differ from what it has to its writer: the nodes `only`
+    /// names (a chain's reconcile: its own nodes; a publication costs what the chain touches,
+    /// not every node), or every node, then removing the slices, programs and SID tables of
+    /// nodes that left (the planner, once per plan). Returns what to wait on
+    /// ([`Ctx::settled`]) for the writes handed over. Called under the `publishing` lock; the
     /// wait is not: a chain's reconcile that waits for its nodes' writes holds up no other
     /// (with the wait under the lock, for every node's writes, a cold start at 100,000 chains
     /// reconciled one chain every 3 s).
-    pub(crate) async fn publish(&self, plan: &Plan, wait_for: impl Fn(&str) -> bool) -> Waits {
+    pub(crate) async fn publish(&self, plan: &Plan, only: Option<&BTreeSet<&str>>) -> Waits {
         let _timer = crate::metrics::Timer::start(&crate::metrics::METRICS.publish);
-        let mut mirrored = self.mirrored_slices();
+        let mut mirrored = self.mirrored_slices(only);
         let mut waits = Vec::new();
         let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
-        for (node, program) in &plan.programs {
+        for (node, program) in plan.programs.iter().filter(|(n, _)| only.is_none_or(|o| o.contains(n.as_str()))) {
             let known = mirrored.remove(node).unwrap_or_default();
             let slices = cpu(|| self.split.lock().expect("split").slices_of(node, program, &plan.peers, &known));
             // The node's daemon reads its slices: its pre-slice program can go.
@@ -314,12 +316,9 @@ impl Ctx {
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
             let program = std::sync::Mutex::new(Some((program.clone(), plan.peers.clone())));
-            let wait = self.publisher.send(node, Want { program, slices, known, legacy, owner });
-            if wait_for(node) {
-                waits.push(wait);
-            }
+            waits.push(self.publisher.send(node, Want { program, slices, known, legacy, owner }));
         }
-        if self.fence.check().is_err() {
+        if only.is_some() || self.fence.check().is_err() {
             return waits;
         }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
@@ -345,7 +344,7 @@ impl Ctx {
     /// Waits (at most [`crate::publisher::WAIT`]) for the writes of a publication; then the
     /// nodes whose program could not be written, with why.
     pub(crate) async fn settled(&self, waits: Waits) -> BTreeMap<String, String> {
-        Publisher::wait(waits).await;
+        self.publisher.wait(waits).await;
         self.publisher.failures()
     }
 
@@ -355,8 +354,8 @@ impl Ctx {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan_with(chain, false);
-            let nodes = plan.chain_nodes.get(&key).cloned().unwrap_or_default();
-            let waits = self.publish(&plan, |n| nodes.iter().any(|c| **c == *n)).await;
+            let nodes: BTreeSet<&str> = plan.chain_nodes.get(&key).into_iter().flatten().map(|n| &**n).collect();
+            let waits = self.publish(&plan, Some(&nodes)).await;
             // Only this chain's part is kept while its nodes' writes are waited for: the plan
             // itself is not held up while the next one compiles.
             (plan.for_chain(&key), waits, stale)
@@ -408,18 +407,18 @@ impl Ctx {
         self.await_mirror(chain).await;
         let (ns, name) = world::key_of(chain);
         // The finalizer stays until every node that held the chain has a program without it.
-        let slices = self.stores.slices.state();
-        let holds = |node: &str| {
-            slices.iter().any(|s| s.spec.node == node && slim::chains_of(s).contains(&format!("{ns}/{name}")))
-                || self.stores.programs.get(&ObjectRef::new(node)).is_some_and(|p| world::tables_hold(&p.spec.tables, &ns, &name))
-        };
+        let key = format!("{ns}/{name}");
+        let mut holders: BTreeSet<String> =
+            self.stores.slices.state().iter().filter(|s| slim::chains_of(s).contains(&key)).map(|s| s.spec.node.clone()).collect();
+        holders
+            .extend(self.stores.programs.state().iter().filter(|p| world::tables_hold(&p.spec.tables, &ns, &name)).map(|p| p.name_any()));
         let waits = {
             let _one = self.publishing.lock().await;
             let (plan, _) = self.plan_with(chain, true);
-            self.publish(&plan, &holds).await
+            self.publish(&plan, Some(&holders.iter().map(String::as_str).collect())).await
         };
         let failures = self.settled(waits).await;
-        if let Some((node, e)) = failures.iter().find(|(n, _)| holds(n)) {
+        if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
@@ -1219,11 +1218,11 @@ mod tests {
         assert!(took < crate::publisher::WAIT + Duration::from_secs(1), "the reconcile waited {took:?} for a hanging node");
     }
 
-    /// A chain's reconcile waits for its own nodes' writes only, and not under the publication
-    /// lock: a cold start with writes pending on most nodes once reconciled one chain every
-    /// [`crate::publisher::WAIT`].
+    /// A chain's reconcile publishes and waits for its own nodes only, and not under the
+    /// publication lock: a cold start with writes pending on most nodes once reconciled one
+    /// chain every [`crate::publisher::WAIT`], and every reconcile walked every node.
     #[tokio::test]
-    async fn a_reconcile_waits_for_its_own_nodes_writes_only() {
+    async fn a_reconcile_publishes_and_waits_for_its_own_nodes_only() {
         let (stores, mut writers) = world();
         // All on n1: its client, its function and its destination.
         let mut local = chain();
@@ -1234,11 +1233,10 @@ mod tests {
         let (ctx, mut handle) = ctx(stores);
         let started = std::time::Instant::now();
         let task = tokio::spawn(reconcile_chain(Arc::new(local), ctx.clone()));
-        // Both nodes' first programs go out (web's decapsulation is n2's); n2's write hangs.
-        let mut programs = sort_out(&mut handle, 2).await;
-        let _hanging = programs.remove("n2").unwrap();
-        answer(programs.remove("n1").unwrap()).await;
-        let rest = answer_all(&mut handle, 2).await;
+        // n1's program goes out; n2's (web's decapsulation) is the planner's to publish.
+        let mut rest = answer_all(&mut handle, 3).await;
+        let n1 = rest.remove("n1").expect("n1's program");
+        assert_eq!(n1["spec"]["node"], "n1");
         let status = &rest["status"]["status"];
         assert_eq!(
             (status["conditions"][0]["status"].as_str(), status["hops"][0]["replicas"][0]["node"].as_str()),
@@ -1246,7 +1244,38 @@ mod tests {
         );
         task.await.unwrap().unwrap();
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(1), "the reconcile waited {took:?} for n2, which its chain does not use");
+        assert!(took < Duration::from_secs(1), "the reconcile took {took:?}");
+        assert!(ctx.publisher.wanted("n2").is_none(), "n2, which the chain does not use, was handed a program");
+        // The planner's round publishes every node: n2's program goes out then.
+        let round = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.plan_round(None).await.0.len() }
+        });
+        let n2 = answer_all(&mut handle, 1).await;
+        assert_eq!(n2["n2"]["spec"]["tables"]["decaps"][0]["chain"], "default/web");
+        round.abort();
+    }
+
+    /// Behind a backlog of writes (every permit taken, as at a cold start) a reconcile writes
+    /// its chain's status without waiting for its nodes' writes.
+    #[tokio::test]
+    async fn a_reconcile_behind_a_backlog_of_writes_does_not_wait_for_them() {
+        let (stores, _w) = world();
+        let (ctx, mut handle) = ctx(stores);
+        let backlog = ctx.publisher.take_every_permit().await;
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(reconcile_chain(Arc::new(chain()), ctx.clone()));
+        let status =
+            expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "the status waited {took:?} behind the backlog");
+        assert_eq!(status["status"]["conditions"][0]["status"], "True", "{status}");
+        expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+        task.await.unwrap().unwrap();
+        // Once the backlog clears, the nodes' writes go out.
+        drop(backlog);
+        let programs = answer_all(&mut handle, 2).await;
+        assert_eq!(programs.keys().collect::<Vec<_>>(), ["n1", "n2"]);
     }
 
     #[tokio::test]
@@ -1266,7 +1295,7 @@ mod tests {
         assert!(e.to_string().contains("not the leader"), "{e}");
         // The programs' writers are fenced too.
         let plan = ctx.stores.compile(None);
-        let waits = ctx.publish(&plan, |_| true).await;
+        let waits = ctx.publish(&plan, None).await;
         let failures = ctx.settled(waits).await;
         assert!(failures.is_empty(), "a fenced-off writer records no node failure: {failures:?}");
         drop(ctx);

@@ -53,7 +53,7 @@ impl Ctx {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan(false);
-            let waits = self.publish(&plan, |_| true).await;
+            let waits = self.publish(&plan, None).await;
             (plan, waits, stale)
         };
         let failures = self.settled(waits).await;

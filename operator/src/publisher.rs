@@ -192,12 +192,26 @@ impl Publisher {
         (sent, writer.done.clone())
     }
 
-    /// Waits until every `(seq, done)` is answered or [`WAIT`] has passed.
-    pub async fn wait(waits: Waits) {
+    /// Waits until every `(seq, done)` is answered or [`WAIT`] has passed; not at all while
+    /// every write permit is taken. Behind such a backlog (a cold start: thousands of slices to
+    /// write, 16 at a time) the writes would not be answered within [`WAIT`], and each chain's
+    /// reconcile waiting for them held one of the controller's slots for all of it: 16 chains
+    /// every 3 s. Their statuses are written from what is known instead; a node that starts
+    /// failing later bumps the world version, and the statuses it changes follow.
+    pub async fn wait(&self, waits: Waits) {
+        if self.shared.in_flight.available_permits() == 0 {
+            return;
+        }
         let all = futures::future::join_all(waits.into_iter().map(|(seq, mut done)| async move {
             let _ = done.wait_for(|d| d.0 >= seq).await;
         }));
         let _ = tokio::time::timeout(WAIT, all).await;
+    }
+
+    /// Takes every write permit, as a backlog of writes would (tests).
+    #[cfg(test)]
+    pub(crate) async fn take_every_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.shared.in_flight.acquire_many(WRITES_IN_FLIGHT as u32).await.expect("permits")
     }
 
     /// Stops the writer of a node that left and forgets its failure and its slices.
