@@ -1278,6 +1278,25 @@ mod tests {
         assert_eq!(programs.keys().collect::<Vec<_>>(), ["n1", "n2"]);
     }
 
+    /// Writes waiting behind a backlog hold the newest plan's programs, not those of the plan
+    /// they were first handed with: two plans at once were most of the cold start's heap.
+    #[tokio::test]
+    async fn writes_that_wait_keep_no_older_plan_alive() {
+        let (stores, _w) = world();
+        let (ctx, _handle) = ctx(stores);
+        let _backlog = ctx.publisher.take_every_permit().await;
+        let first = ctx.stores.compile(None);
+        let _ = ctx.publish(&first, None).await;
+        let program = first.programs["n1"].clone();
+        drop(first);
+        assert_eq!(Arc::strong_count(&program), 2, "the waiting write holds the first plan's program");
+        // The same world compiled again: the same slices, the waiting write's program swapped.
+        let second = ctx.stores.compile(None);
+        let _ = ctx.publish(&second, None).await;
+        assert_eq!(Arc::strong_count(&program), 1, "the first plan's program is still held");
+        assert_eq!(Arc::strong_count(&second.programs["n1"]), 2);
+    }
+
     #[tokio::test]
     async fn a_fenced_off_instance_writes_nothing() {
         let (stores, mut writers) = world();

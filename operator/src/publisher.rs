@@ -181,6 +181,14 @@ impl Publisher {
         let mut sent = seq;
         writer.want.send_if_modified(|current| match current {
             Some(s) if s.want.slices == want.slices && s.want.legacy == want.legacy && !settled_ok(s) => {
+                // The same slices, still to be written: from now on rendered from the newer
+                // plan's program (the same content), so that writes waiting behind a backlog
+                // do not keep an older plan's tables alive beside the newer plan (at a cold
+                // start with 100,000 chains, half the operator's heap).
+                let mut program = s.want.program.lock().expect("program");
+                if program.is_some() {
+                    *program = want.program.into_inner().expect("program");
+                }
                 sent = s.seq;
                 false
             }
