@@ -290,13 +290,19 @@ static __always_inline long fib_next_hop(struct __sk_buff *skb, const struct out
 
 /* Sends the packet to the next hop a FIB lookup found (`rc`, IPv6 or IPv4), resolving the
  * neighbour in the kernel when it is not known yet. */
+/* Out of `ifindex` to a next hop whose MACs are known. */
+static __always_inline int send_to(struct __sk_buff *skb, __u32 ifindex, const __u8 *dmac, const __u8 *smac)
+{
+	if (set_macs(skb, dmac, smac))
+		return drop(SP_DROP_ADJUST);
+	return bpf_redirect(ifindex, 0);
+}
+
 static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup *p, long rc)
 {
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
-		if (set_macs(skb, p->dmac, p->smac))
-			return drop(SP_DROP_ADJUST);
-		return bpf_redirect(p->ifindex, 0);
+		return send_to(skb, p->ifindex, p->dmac, p->smac);
 	case BPF_FIB_LKUP_RET_NO_NEIGH: {
 		struct bpf_redir_neigh nh = {};
 		nh.nh_family = p->family;
@@ -368,9 +374,7 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 		int err = push_outer(skb, o);
 		if (err)
 			return drop(err);
-		if (set_macs(skb, dmac, smac))
-			return drop(SP_DROP_ADJUST);
-		return bpf_redirect(ifindex, 0);
+		return send_to(skb, ifindex, dmac, smac);
 	}
 	struct bpf_fib_lookup p;
 	long rc = fib_next_hop(skb, o, tot_len, &p);
