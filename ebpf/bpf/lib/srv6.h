@@ -288,8 +288,6 @@ static __always_inline long fib_next_hop(struct __sk_buff *skb, const struct out
 	return bpf_fib_lookup(skb, p, sizeof(*p), 0);
 }
 
-/* Sends the packet to the next hop a FIB lookup found (`rc`, IPv6 or IPv4), resolving the
- * neighbour in the kernel when it is not known yet. */
 /* Out of `ifindex` to a next hop whose MACs are known. */
 static __always_inline int send_to(struct __sk_buff *skb, __u32 ifindex, const __u8 *dmac, const __u8 *smac)
 {
@@ -298,6 +296,8 @@ static __always_inline int send_to(struct __sk_buff *skb, __u32 ifindex, const _
 	return bpf_redirect(ifindex, 0);
 }
 
+/* Sends the packet to the next hop a FIB lookup found (`rc`, IPv6 or IPv4), resolving the
+ * neighbour in the kernel when it is not known yet. */
 static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup *p, long rc)
 {
 	switch (rc) {
