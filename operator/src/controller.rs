@@ -76,8 +76,12 @@ pub struct Stores {
     pub nodes: Store<Node>,
     pub tables: Store<NodeSidTable>,
     pub slices: Store<NodeProgramSlice>,
+    /// The names of each node's slices.
+    pub slices_by_node: crate::slice_index::SliceIndex,
     /// Pre-slice NodePrograms, until each node's daemon has moved to its slices.
     pub programs: Store<NodeProgram>,
+    /// What the chain controller has seen of each chain ([`Forward`]).
+    pub chain_triggers: Triggers,
 }
 
 /// Write sides, fed by the watchers (or by tests).
@@ -86,7 +90,7 @@ pub struct Writers {
     pub pods: crate::pods::PodsWriter,
     pub nodes: reflector::store::Writer<Node>,
     pub tables: reflector::store::Writer<NodeSidTable>,
-    pub slices: reflector::store::Writer<NodeProgramSlice>,
+    pub slices: crate::slice_index::SlicesWriter,
     pub programs: reflector::store::Writer<NodeProgram>,
 }
 
@@ -96,10 +100,10 @@ impl Stores {
         let (pods, wp) = crate::pods::store();
         let (nodes, wn) = reflector::store();
         let (tables, wt) = reflector::store();
-        let (slices, ws) = reflector::store();
+        let (slices, slices_by_node, ws) = crate::slice_index::store();
         let (programs, wg) = reflector::store();
         (
-            Stores { chains, pods, nodes, tables, slices, programs },
+            Stores { chains, pods, nodes, tables, slices, slices_by_node, programs, chain_triggers: Default::default() },
             Writers { chains: wc, pods: wp, nodes: wn, tables: wt, slices: ws, programs: wg },
         )
     }
@@ -276,11 +280,24 @@ impl Ctx {
         }
     }
 
-    /// The mirror's slices, by node and name (of the nodes `only` names, or of every node).
+    /// The mirror's slices, by node and name: of the nodes `only` names (looked up by node), or
+    /// of every node.
     fn mirrored_slices(&self, only: Option<&BTreeSet<&str>>) -> HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> {
         let mut out: HashMap<String, BTreeMap<String, Arc<NodeProgramSlice>>> = HashMap::new();
-        for s in self.stores.slices.state().into_iter().filter(|s| only.is_none_or(|o| o.contains(s.spec.node.as_str()))) {
-            out.entry(s.spec.node.clone()).or_default().insert(s.name_any(), s);
+        match only {
+            Some(nodes) => {
+                for node in nodes {
+                    let slices: BTreeMap<_, _> = self.stores.slices_by_node.of(&self.stores.slices, node).collect();
+                    if !slices.is_empty() {
+                        out.insert(node.to_string(), slices);
+                    }
+                }
+            }
+            None => {
+                for s in self.stores.slices.state() {
+                    out.entry(s.spec.node.clone()).or_default().insert(s.name_any(), s);
+                }
+            }
         }
         out
     }
@@ -402,6 +419,35 @@ impl Ctx {
         Ok(done)
     }
 
+    /// `chain`, with the finalizer added first if it lacks it (and is not being deleted), so
+    /// that the same reconcile applies it: the finalizer's write, conditional on the chain as
+    /// reconciled, is recorded as seen and does not trigger another ([`Forward`]). None: the
+    /// chain changed meanwhile.
+    async fn with_finalizer(&self, api: &Api<ServiceChain>, chain: Arc<ServiceChain>) -> Result<Option<Arc<ServiceChain>>, Error> {
+        if chain.metadata.deletion_timestamp.is_some() || chain.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(Some(chain));
+        }
+        let finalizers: Vec<&str> = chain.finalizers().iter().map(String::as_str).chain([FINALIZER]).collect();
+        let mut body = json!({"metadata": {"finalizers": finalizers}});
+        if let Some(rv) = &chain.metadata.resource_version {
+            body["metadata"]["resourceVersion"] = json!(rv);
+        }
+        self.fenced()?;
+        let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.patch(&chain.name_any(), &params, &Patch::Merge(&body)).await {
+            Ok(mut written) => {
+                slim::chain(&mut written);
+                self.stores.chain_triggers.lock().expect("triggers").note(&written, chain_trigger);
+                Ok(Some(Arc::new(written)))
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                debug!(chain = %format!("{}/{}", chain.namespace().unwrap_or_default(), chain.name_any()), "chain changed before its finalizer was added; again shortly");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A deleted chain: every node's program without it, then the finalizer goes.
     async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
         self.await_mirror(chain).await;
@@ -498,6 +544,9 @@ pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<
     ctx.fenced()?;
     let ns = chain.namespace().ok_or_else(|| Error::NoNamespace(chain.name_any()))?;
     let api: Api<ServiceChain> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(chain) = ctx.with_finalizer(&api, chain).await? else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
     finalizer(&api, FINALIZER, chain, |event| async {
         match event {
             Finalizing::Apply(c) => ctx.apply_chain(&c).await,
@@ -521,15 +570,15 @@ pub fn error_policy<K: ResourceExt>(obj: Arc<K>, error: &Error, _ctx: Arc<Ctx>) 
 
 /// Mirrors one kind into its store, each object slimmed to what the operator reads (`slim`),
 /// and bumps the world version when something the compiler reads changed (`relevant` renders
-/// that part of an object). With `forward`, every applied object also goes there (a
-/// controller's trigger: the controller reads the same store, no second watch and copy).
+/// that part of an object). With `forward`, applied objects also go to a controller as its
+/// trigger ([`Forward`]; the controller reads the same store, no second watch and copy).
 pub async fn mirror<K, W>(
     api: Api<K>,
     mut writer: W,
     slim: fn(&mut K),
     relevant: fn(&K) -> String,
     world: Arc<watch::Sender<u64>>,
-    forward: Option<futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>>,
+    forward: Option<Forward<K>>,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     W: Mirror<K>,
@@ -549,10 +598,62 @@ pub async fn mirror<K, W>(
         if changed && !matches!(event, watcher::Event::InitApply(_)) {
             world.send_modify(|v| *v += 1);
         }
-        if let (Some(tx), watcher::Event::Apply(k) | watcher::Event::InitApply(k)) = (&forward, event) {
-            let _ = tx.unbounded_send(Ok(k));
+        if let Some(f) = forward.as_ref().filter(|f| f.passes(&event)) {
+            if let watcher::Event::Apply(k) | watcher::Event::InitApply(k) = event {
+                let _ = f.tx.unbounded_send(Ok(k));
+            }
         }
     }
+}
+
+/// Which applied objects a mirror sends its controller: all of them (a Node's reconcile is a
+/// look at its locator), or with `only_changed` those whose rendering by its function changed
+/// since the controller last saw the object, and every object of a relist. For chains that
+/// rendering is what the chain's reconcile acts on ([`chain_trigger`]): the chain's own status
+/// write coming back is not reconciled again (each chain was reconciled three times, on its
+/// creation, on its finalizer's write and on its status's; a planner's round sends the chains
+/// whose status a plan changes on its own).
+pub struct Forward<K> {
+    pub tx: futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>,
+    pub only_changed: Option<OnlyChanged<K>>,
+}
+
+/// What a controller has seen of its objects, and the function whose rendering of an object
+/// tells a change the controller acts on.
+pub type OnlyChanged<K> = (Triggers, fn(&K) -> String);
+
+/// What a controller has seen of each object ([`Forward`]). A reconcile that writes its own
+/// object records what it wrote, so that the write coming back is not sent to it again.
+pub type Triggers = Arc<Mutex<Seen>>;
+
+impl<K: Resource> Forward<K> {
+    /// Whether the object of `event` goes to the controller.
+    fn passes(&self, event: &watcher::Event<K>) -> bool {
+        let Some((seen, trigger)) = &self.only_changed else {
+            return matches!(event, watcher::Event::Apply(_) | watcher::Event::InitApply(_));
+        };
+        let mut seen = seen.lock().expect("triggers");
+        match event {
+            watcher::Event::Apply(k) => seen.note(k, *trigger),
+            // A relist may follow missed events: every object goes again.
+            watcher::Event::InitApply(k) => {
+                seen.note(k, *trigger);
+                true
+            }
+            watcher::Event::Delete(k) => {
+                seen.forget(k);
+                false
+            }
+            watcher::Event::Init | watcher::Event::InitDone => false,
+        }
+    }
+}
+
+/// What a chain's reconcile acts on: which chain (its uid), its spec (generation), whether it
+/// has the finalizer and whether it is being deleted. Not its status.
+pub fn chain_trigger(c: &ServiceChain) -> String {
+    let finalizer = c.finalizers().iter().any(|f| f == FINALIZER);
+    format!("{:?}{:?}{finalizer}{}", c.metadata.uid, c.metadata.generation, c.metadata.deletion_timestamp.is_some())
 }
 
 /// Where a mirror keeps what its watch brings: a reflector store, or for Pods what the
@@ -573,28 +674,46 @@ impl Mirror<Pod> for crate::pods::PodsWriter {
     }
 }
 
-/// What the compiler last read of each object of a kind, by `namespace/name`: a fingerprint of
-/// what `relevant` renders, None for an object the compiler leaves out (a chain being deleted,
-/// a slice that reports nothing it reads), whose arrival or removal then changes nothing.
+impl Mirror<NodeProgramSlice> for crate::slice_index::SlicesWriter {
+    fn apply_watcher_event(&mut self, event: &watcher::Event<NodeProgramSlice>) {
+        crate::slice_index::SlicesWriter::apply_watcher_event(self, event)
+    }
+}
+
+/// What was last seen of each object of a kind, by `namespace/name`: a fingerprint of what a
+/// function renders of it (for the world: what the compiler reads), None for an object it
+/// leaves out (a chain being deleted, a slice that reports nothing the compiler reads), whose
+/// arrival or removal then changes nothing.
 #[derive(Default)]
-struct Seen(HashMap<String, Option<u64>>);
+pub struct Seen(HashMap<String, Option<u64>>);
+
+fn seen_key<K: Resource>(k: &K) -> String {
+    format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any())
+}
 
 impl Seen {
     /// Whether `event` changes what the compiler reads.
     fn changed<K: Resource>(&mut self, event: &watcher::Event<K>, relevant: fn(&K) -> String) -> bool {
-        let key = |k: &K| format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any());
         match event {
-            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
-                let what = relevant(k);
-                let mut h = DefaultHasher::new();
-                what.hash(&mut h);
-                let f = (!what.is_empty()).then(|| h.finish());
-                self.0.insert(key(k), f).flatten() != f
-            }
-            watcher::Event::Delete(k) => self.0.remove(&key(k)).is_some_and(|f| f.is_some()),
+            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => self.note(k, relevant),
+            watcher::Event::Delete(k) => self.forget(k),
             watcher::Event::Init => false,
             watcher::Event::InitDone => true,
         }
+    }
+
+    /// Records `k` as `render` renders it; whether that changed.
+    pub fn note<K: Resource>(&mut self, k: &K, render: fn(&K) -> String) -> bool {
+        let what = render(k);
+        let mut h = DefaultHasher::new();
+        what.hash(&mut h);
+        let f = (!what.is_empty()).then(|| h.finish());
+        self.0.insert(seen_key(k), f).flatten() != f
+    }
+
+    /// Forgets `k`; whether it had been seen (and not left out).
+    fn forget<K: Resource>(&mut self, k: &K) -> bool {
+        self.0.remove(&seen_key(k)).is_some_and(|f| f.is_some())
     }
 }
 
@@ -641,11 +760,21 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
     let c = client.clone();
-    let (chain_events, chain_trigger) = futures::channel::mpsc::unbounded();
-    let (node_events, node_trigger) = futures::channel::mpsc::unbounded();
-    tokio::spawn(mirror(Api::<ServiceChain>::all(c.clone()), writers.chains, slim::chain, relevant::chain, tx.clone(), Some(chain_events)));
+    let (chain_events, chains_triggered) = futures::channel::mpsc::unbounded();
+    let (node_events, nodes_triggered) = futures::channel::mpsc::unbounded();
+    let chain_forward =
+        Forward { tx: chain_events, only_changed: Some((stores.chain_triggers.clone(), chain_trigger as fn(&ServiceChain) -> String)) };
+    let node_forward = Forward { tx: node_events, only_changed: None };
+    tokio::spawn(mirror(
+        Api::<ServiceChain>::all(c.clone()),
+        writers.chains,
+        slim::chain,
+        relevant::chain,
+        tx.clone(),
+        Some(chain_forward),
+    ));
     tokio::spawn(mirror(Api::<Pod>::all(c.clone()), writers.pods, slim::pod, relevant::pod, tx.clone(), None));
-    tokio::spawn(mirror(Api::<Node>::all(c.clone()), writers.nodes, slim::node, relevant::node, tx.clone(), Some(node_events)));
+    tokio::spawn(mirror(Api::<Node>::all(c.clone()), writers.nodes, slim::node, relevant::node, tx.clone(), Some(node_forward)));
     tokio::spawn(mirror(Api::<NodeSidTable>::all(c.clone()), writers.tables, slim::table, relevant::table, tx.clone(), None));
     tokio::spawn(mirror(Api::<NodeProgramSlice>::all(c.clone()), writers.slices, slim::slice, relevant::slice, tx.clone(), None));
     tokio::spawn(mirror(Api::<NodeProgram>::all(c.clone()), writers.programs, slim::program, relevant::program, tx.clone(), None));
@@ -663,7 +792,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
     // Lease renewals with it) at 10,000 chains.
     let bounded = || kube::runtime::controller::Config::default().concurrency(RECONCILES);
     // Both controllers read the mirrors' stores (one watch and one copy of each kind).
-    let chains = Controller::for_stream(chain_trigger, ctx.stores.chains.clone())
+    let chains = Controller::for_stream(chains_triggered, ctx.stores.chains.clone())
         .with_config(bounded())
         .reconcile_on(crate::planner::planner(ctx.clone(), rx.clone()))
         .shutdown_on_signal()
@@ -673,7 +802,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
                 warn!(error = %e, "chain controller");
             }
         });
-    let nodes = Controller::for_stream(node_trigger, ctx.stores.nodes.clone())
+    let nodes = Controller::for_stream(nodes_triggered, ctx.stores.nodes.clone())
         .with_config(bounded())
         .reconcile_all_on(changes(rx))
         .shutdown_on_signal()
@@ -798,11 +927,12 @@ mod tests {
 
     /// Answers a request as the API server would; returns its body.
     async fn answer((req, send): Pending) -> Value {
+        let of_chain = req.uri().path().starts_with("/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/");
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        // Echo an applied object back, as the API server answers; a status apply or a JSON
-        // patch of the chain gets the chain (with that status).
-        let answer = if body.get("metadata").is_some() {
+        // Echo an applied object back, as the API server answers; a status apply or a patch of
+        // the chain gets the chain (with that status).
+        let answer = if !of_chain && body.get("metadata").is_some() {
             // With the generation the write got (a fixed 2 here).
             let mut o = body.clone();
             o["metadata"]["generation"] = json!(2);
@@ -988,15 +1118,75 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chain_without_the_finalizer_gets_it_first() {
+    async fn a_chain_without_the_finalizer_gets_it_and_its_status_in_one_reconcile() {
         let (stores, _w) = world();
-        let (ctx, mut handle) = ctx(stores);
+        let (ctx, mut handle) = ctx(stores.clone());
         let mut c = chain();
         c.metadata.finalizers = None;
+        c.metadata.resource_version = Some("7".into());
         let task = tokio::spawn(reconcile_chain(Arc::new(c), ctx));
-        let patch = expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "").await;
-        assert_eq!(patch[1], json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}), "{patch}");
-        task.await.unwrap().unwrap();
+        // The finalizer, conditional on the chain as reconciled.
+        let (req, send) = next(&mut handle, "the finalizer").await;
+        check(&req, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "fieldManager=srv6pipes-operator");
+        assert_eq!(req.headers()["content-type"], "application/merge-patch+json");
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}}));
+        let mut written = serde_json::to_value(chain()).unwrap();
+        written["metadata"]["resourceVersion"] = json!("8");
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&written).unwrap())).unwrap());
+        // The same reconcile goes on: the programs, the status (conditional on the chain as the
+        // finalizer's write left it) and the Event.
+        expect_programs(&mut handle, &["n1", "n2"]).await;
+        let status =
+            expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web/status", &APPLY[1..]).await;
+        assert_eq!(
+            (status["metadata"]["resourceVersion"].as_str(), status["status"]["conditions"][0]["status"].as_str()),
+            (Some("8"), Some("True"))
+        );
+        expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        // Neither write, coming back on the watch, triggers another reconcile.
+        let forward = Forward {
+            tx: futures::channel::mpsc::unbounded().0,
+            only_changed: Some((stores.chain_triggers.clone(), chain_trigger as fn(&ServiceChain) -> String)),
+        };
+        let mut back: ServiceChain = serde_json::from_value(written).unwrap();
+        assert!(!forward.passes(&watcher::Event::Apply(back.clone())), "the finalizer's write was reconciled again");
+        back.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        assert!(!forward.passes(&watcher::Event::Apply(back)), "the status's write was reconciled again");
+    }
+
+    #[test]
+    fn a_chain_goes_to_its_controller_for_what_its_reconcile_acts_on_only() {
+        let forward = Forward {
+            tx: futures::channel::mpsc::unbounded().0,
+            only_changed: Some((Triggers::default(), chain_trigger as fn(&ServiceChain) -> String)),
+        };
+        let passes = |c: &ServiceChain| forward.passes(&watcher::Event::Apply(c.clone()));
+        let mut c = chain();
+        c.metadata.finalizers = None;
+        assert!(passes(&c), "a new chain");
+        assert!(!passes(&c), "the same chain again");
+        c.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        assert!(passes(&c), "its finalizer, added by another writer");
+        c.status = Some(serde_json::from_value(json!({"observedGeneration": 2})).unwrap());
+        c.metadata.resource_version = Some("9".into());
+        c.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        assert!(!passes(&c), "its status or labels");
+        c.metadata.generation = Some(3);
+        assert!(passes(&c), "a new spec");
+        c.metadata.finalizers = None;
+        assert!(passes(&c), "its finalizer, removed by another writer");
+        c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert!(passes(&c), "its deletion");
+        assert!(forward.passes(&watcher::Event::InitApply(c.clone())), "a relist sends every chain again");
+        assert!(!forward.passes(&watcher::Event::Delete(c.clone())), "a deleted chain is not reconciled");
+        assert!(passes(&c), "a chain created again under a deleted one's name");
+        // Without `only_changed` (Nodes), every applied object goes.
+        let all = Forward { tx: futures::channel::mpsc::unbounded().0, only_changed: None::<OnlyChanged<Node>> };
+        let n = node("n1", "fcbb:bb00:1::/48", "fd00:ffff::1");
+        assert!(all.passes(&watcher::Event::Apply(n.clone())) && all.passes(&watcher::Event::Apply(n.clone())));
+        assert!(!all.passes(&watcher::Event::Delete(n)));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod planner;
 pub mod pods;
 pub mod publisher;
+pub mod slice_index;
 pub mod slim;
 pub mod split;
 pub mod world;
