@@ -10,6 +10,7 @@ mod report;
 mod sim;
 mod stats;
 mod stream;
+mod sweep;
 mod sys;
 mod topo;
 mod traffic;
@@ -17,6 +18,7 @@ mod traffic;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 
 /// Measures srv6pipes against plain IPv6 forwarding and the kernel-native static proxy (PDR at
@@ -339,6 +341,9 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("srv6pipes-bench needs root (network namespaces, BPF, XDP)");
     }
+    let bin_dir = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
+    sweep::stale(&bin_dir);
+    sweep::on_signals(sweep::own_tag(), bin_dir)?;
     if !args.scenario.is_empty() && !args.only.contains(&Part::Pdr) {
         anyhow::bail!("--scenario picks PDR scenarios: it needs --only pdr (a full run measures them all)");
     }

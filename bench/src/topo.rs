@@ -108,7 +108,7 @@ const NODE_SYSCTLS: &[(&str, &str)] = &[
 
 impl Bench {
     pub fn new(gen_cpu: usize) -> anyhow::Result<Self> {
-        let tag = format!("spb{}", std::process::id());
+        let tag = crate::sweep::own_tag();
         let mut cleanup = Cleanup::default();
         let dir = PathBuf::from(format!("/run/srv6pipes-bench/{tag}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
