@@ -381,8 +381,13 @@ impl Ctx {
         // A plan older than the world: this chain is looked at again once a newer one is made.
         let done = stale.map_or_else(Action::await_change, Action::requeue);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let Some(status) = world::chain_status(&plan, &failures, chain, now) else { return Ok(done) };
+        let reconciled = |outcome: &str| crate::metrics::chain_reconciled(outcome, stale.is_some());
+        let Some(status) = world::chain_status(&plan, &failures, chain, now) else {
+            reconciled("not_planned");
+            return Ok(done);
+        };
         if slim::status_is(chain, &status) {
+            reconciled("unchanged");
             return Ok(done);
         }
         let (ns, name) = world::key_of(chain);
@@ -398,10 +403,12 @@ impl Ctx {
             // The chain changed since this reconcile read it: its new version is reconciled anyway.
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 debug!(chain = %format!("{ns}/{name}"), "chain changed while reconciling; again shortly");
+                reconciled("conflict");
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Err(e) => return Err(e.into()),
         }
+        reconciled("status");
         let (old, new) = (world::ready_condition(chain.status.as_ref()), world::ready_condition(Some(&status)));
         if let Some(new) = new.filter(|n| old.is_none_or(|o| (&o.status, &o.reason) != (&n.status, &n.reason))) {
             info!(chain = %format!("{ns}/{name}"), ready = %new.status, reason = %new.reason, message = %new.message, "chain status");
@@ -545,6 +552,7 @@ pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<
     let ns = chain.namespace().ok_or_else(|| Error::NoNamespace(chain.name_any()))?;
     let api: Api<ServiceChain> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(chain) = ctx.with_finalizer(&api, chain).await? else {
+        crate::metrics::chain_reconciled("conflict", false);
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
     finalizer(&api, FINALIZER, chain, |event| async {
@@ -804,7 +812,7 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
         });
     let nodes = Controller::for_stream(nodes_triggered, ctx.stores.nodes.clone())
         .with_config(bounded())
-        .reconcile_all_on(changes(rx))
+        .reconcile_on(unlocated(ctx.stores.nodes.clone(), rx))
         .shutdown_on_signal()
         .run(reconcile_node, error_policy, ctx)
         .for_each(|r| async move {
@@ -814,6 +822,18 @@ pub async fn run(client: Client, config: Config, instance: Option<String>, fence
         });
     futures::join!(chains, nodes);
     Ok(())
+}
+
+/// After each change of the world, the nodes without a valid locator (a node that left may
+/// have freed one for them); a node with one has nothing to reconcile. (Every node on every
+/// change, as `reconcile_all_on` does, made a million node reconciles in the cold start of
+/// 10,000 chains on 1,000 nodes.)
+pub fn unlocated(nodes: Store<Node>, version: watch::Receiver<u64>) -> impl Stream<Item = ObjectRef<Node>> + Send + 'static {
+    changes(version).flat_map(move |()| {
+        let state = nodes.state();
+        let waiting = state.iter().filter(|n| !matches!(world::node_locator(n), Some(Ok(_))));
+        futures::stream::iter(waiting.map(|n| ObjectRef::from_obj(n.as_ref())).collect::<Vec<_>>())
+    })
 }
 
 /// Fires once per change of the world version (bursts coalesce into one).
@@ -1115,6 +1135,29 @@ mod tests {
         deleted(&mut handle, "/apis/srv6pipes.io/v1alpha1/nodeprograms/n1").await;
         task.await.unwrap().unwrap();
         assert!(ctx.publisher.failures().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_world_change_reconciles_the_nodes_without_a_locator_only() {
+        let (stores, mut writers) = world();
+        let mut n3 = node("n3", "", "fd00:ffff::3");
+        n3.metadata.annotations = None;
+        for n in [n3, node("n4", "not a locator", "fd00:ffff::4")] {
+            writers.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+        }
+        let (tx, rx) = watch::channel(0u64);
+        let mut nodes = Box::pin(unlocated(stores.nodes.clone(), rx));
+        for _ in 0..2 {
+            tx.send_modify(|v| *v += 1);
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.push(tokio::time::timeout(Duration::from_secs(1), nodes.next()).await.unwrap().unwrap().name);
+            }
+            got.sort();
+            assert_eq!(got, ["n3", "n4"], "n1 and n2 have their locators");
+            let more = tokio::time::timeout(Duration::from_millis(100), nodes.next()).await;
+            assert!(more.is_err(), "nothing more until the next change: {more:?}");
+        }
     }
 
     #[tokio::test]

@@ -35,6 +35,16 @@ pub struct WriteLabels {
     pub resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What a chain's reconcile ended with: `status` (written), `unchanged`, `not_planned` (the
+    /// plan does not hold the chain yet), `conflict` (the chain changed meanwhile: again in 1 s).
+    pub outcome: String,
+    /// `true` when the plan was older than the world (the chain is reconciled again once a
+    /// newer one is made).
+    pub stale_plan: String,
+}
+
 fn histogram() -> Histogram {
     // 1 ms to ~33 s, doubling.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -49,6 +59,7 @@ pub struct Metrics {
     pub chains: Family<ConditionLabels, Gauge>,
     pub nodes: Gauge,
     pub writes: Family<WriteLabels, Counter>,
+    pub chain_reconciles: Family<OutcomeLabels, Counter>,
 }
 
 /// The process's metrics: one operator per process.
@@ -59,6 +70,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     chains: Family::default(),
     nodes: Gauge::default(),
     writes: Family::default(),
+    chain_reconciles: Family::default(),
 });
 
 /// Observes into its histogram the time from its making to its drop (early returns and errors
@@ -80,6 +92,11 @@ impl Drop for Timer {
 /// A reconcile's timer, by controller.
 pub fn reconcile(controller: &str) -> Timer {
     Timer(METRICS.reconcile.get_or_create_owned(&ControllerLabels { controller: controller.into() }), Instant::now())
+}
+
+/// Counts a chain's reconcile that applied it (not a deletion's), by what it ended with.
+pub fn chain_reconciled(outcome: &str, stale_plan: bool) {
+    METRICS.chain_reconciles.get_or_create(&OutcomeLabels { outcome: outcome.into(), stale_plan: stale_plan.to_string() }).inc();
 }
 
 /// After each compilation: the chains by condition, and the nodes with a program.
@@ -141,6 +158,8 @@ pub fn encode() -> Result<String, std::fmt::Error> {
     registry.register("chains", "ServiceChains by condition, as of the last compilation.", m.chains.clone());
     registry.register("nodes", "Nodes with a program (a locator), as of the last compilation.", m.nodes.clone());
     registry.register("api_writes", "Writes sent to the API server, by verb and resource.", m.writes.clone());
+    let help = "Reconciles that applied a chain, by what they ended with and whether their plan was older than the world.";
+    registry.register("chain_reconciles", help, m.chain_reconciles.clone());
     if let Some(bytes) = crate::memory::heap_bytes() {
         let heap = Gauge::<i64>::default();
         heap.set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -183,6 +202,7 @@ mod tests {
     #[test]
     fn the_text_carries_every_family() {
         drop(reconcile("chain"));
+        chain_reconciled("unchanged", true);
         METRICS.writes.get_or_create(&WriteLabels { verb: "PATCH".into(), resource: "servicechains/status".into() }).inc();
         let text = encode().unwrap();
         for want in [
@@ -192,6 +212,7 @@ mod tests {
             "srv6pipes_operator_api_writes_total{verb=\"PATCH\",resource=\"servicechains/status\"}",
             "# TYPE srv6pipes_operator_compile_duration_seconds histogram",
             "# TYPE srv6pipes_operator_heap_bytes gauge",
+            "srv6pipes_operator_chain_reconciles_total{outcome=\"unchanged\",stale_plan=\"true\"}",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
