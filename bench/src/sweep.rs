@@ -12,9 +12,14 @@ use std::process::{Command, Stdio};
 
 use nix::sys::signal::{SigSet, Signal};
 
+/// The tag of the run with process id `pid`.
+fn tag_of(pid: u32) -> String {
+    format!("spb{pid}")
+}
+
 /// This run's tag.
 pub fn own_tag() -> String {
-    format!("spb{}", std::process::id())
+    tag_of(std::process::id())
 }
 
 /// The pid in a name that starts with a run's tag (`spb<pid>`, alone or followed by `-`).
@@ -85,7 +90,7 @@ pub fn stale(bin_dir: &Path) {
         if comm.trim() == "srv6pipes-bench" {
             continue;
         }
-        let removed = sweep(&format!("spb{pid}"), bin_dir);
+        let removed = sweep(&tag_of(pid), bin_dir);
         eprintln!("bench: removed what run {pid} left: {}", removed.join(", "));
     }
 }
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_runs_tag_is_told_from_other_names_and_other_runs() {
-        assert_eq!(tag_pid("spb123"), Some(123));
+        assert_eq!(tag_pid(&tag_of(123)), Some(123));
         assert_eq!(tag_pid("spb123-sp-v4"), Some(123));
         for other in ["spb", "spb-1", "spb12x", "xspb1", "lab-1", ""] {
             assert_eq!(tag_pid(other), None, "{other}");

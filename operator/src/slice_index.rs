@@ -25,6 +25,10 @@ struct Index {
 impl Index {
     fn put(&mut self, slice: &NodeProgramSlice) {
         let name = slice.name_any();
+        // Most events are a known slice written or reported again, on the same node.
+        if self.node_of.get(&name) == Some(&slice.spec.node) {
+            return;
+        }
         self.remove(&name);
         self.by_node.entry(slice.spec.node.clone()).or_default().insert(name.clone());
         self.node_of.insert(name, slice.spec.node.clone());
