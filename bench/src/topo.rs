@@ -410,7 +410,7 @@ impl Bench {
                 sid: Sid(v.sid.context("registered")?),
                 behavior,
                 chain: "bench/chain".into(),
-                interface: Some(format!("bench/vnf-{}:net1", v.index)),
+                interface: Some(format!("bench/vnf-{}:net1", v.index).into()),
                 return_path: if behavior == Behavior::EndAS { vec![vec![Sid(SINK_SID)]] } else { vec![] },
                 rewrites_flows: false,
                 both_ways: false,

@@ -116,8 +116,9 @@ pub struct Function {
     pub rewrites_flows: bool,
     /// SRv6 pipes: a bytestream function, done by the selected `srv6pipes-stream` pods (SR-aware
     /// transparent TCP proxies) on the TCP payload. `proxy` is ignored then.
+    // (Boxed: inline, it made every function of 100,000 chains 48 bytes larger in the operator.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<StreamFunction>,
+    pub stream: Option<Box<StreamFunction>>,
 }
 
 /// A stream function of a chain (SRv6 pipes).

@@ -302,7 +302,7 @@ impl Shared {
                 continue;
             }
             let before = known.as_deref().map(slim::chains_of).unwrap_or_default();
-            let gains = slice.shape.chains.iter().any(|c| !before.contains(c));
+            let gains = slice.shape.chains.iter().any(|c| !before.contains(&**c));
             // New slices, then those that gain chains, then the others.
             let order = (known.is_some(), !gains);
             writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone())));

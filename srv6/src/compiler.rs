@@ -67,12 +67,13 @@ pub struct ChainRef<'a> {
 pub struct HeadendPolicy {
     /// `namespace/name`, shared by every entry of the chain.
     pub chain: Arc<str>,
-    pub source_pod: String,
+    /// `namespace/name`, shared by every rule of the compilation from that pod.
+    pub source_pod: Arc<str>,
     /// `namespace/pod:interface` when the rule classifies what a stream proxy sends on its
     /// chain interface (the replies it relays, toward the client) rather than what a pod sends
     /// on its primary one; `source_ip` is then the server's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_interface: Option<String>,
+    pub source_interface: Option<Arc<str>>,
     pub source_ip: IpAddr,
     /// Same family as `source_ip`; the inner packets are of that family.
     pub destination: IpNet,
@@ -131,9 +132,10 @@ pub struct SidUse {
     pub sid: Sid,
     pub behavior: Behavior,
     pub chain: Arc<str>,
-    /// `namespace/pod:interface` for proxies.
+    /// `namespace/pod:interface` for proxies, shared by every use of the compilation of that
+    /// interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
+    pub interface: Option<Arc<str>>,
     /// End.AS: the hops after this one (replicas each, decapsulation last), pushed on what the
     /// VNF returns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,14 +227,14 @@ pub struct HopVerdict {
 /// A ready replica of a function: its pod (in the chain's namespace), node and SID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReplicaVerdict {
-    pub pod: String,
+    pub pod: Arc<str>,
     pub node: Arc<str>,
     pub sid: Sid,
 }
 
 impl HopVerdict {
     fn status(&self) -> Hop {
-        let replica = |r: &ReplicaVerdict| Replica { pod: r.pod.clone(), node: r.node.to_string(), sid: r.sid.to_string() };
+        let replica = |r: &ReplicaVerdict| Replica { pod: r.pod.to_string(), node: r.node.to_string(), sid: r.sid.to_string() };
         Hop { function: self.function.clone(), replicas: self.replicas.iter().map(replica).collect() }
     }
 }
@@ -468,7 +470,7 @@ mod tests {
         assert_eq!(v.reason, Reason::Programmed);
         let segs = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:2:d6::"];
         assert_eq!(v.paths, vec![segs.iter().map(|s| Sid(s.parse().unwrap())).collect::<Vec<_>>()]);
-        assert_eq!(v.hops[0].replicas[0].pod, "fw-0", "the other namespace's fw-x is never used");
+        assert_eq!(&*v.hops[0].replicas[0].pod, "fw-0", "the other namespace's fw-x is never used");
         assert_eq!(v.hops[1].replicas.len(), 1);
 
         let n1 = &out.nodes["n1"];
@@ -654,7 +656,7 @@ mod tests {
         let out = compile(&world(), &[chain("web", &s)]);
         assert!(out.chains[0].ready, "{:?}", out.chains[0]);
         let back: Vec<&HeadendPolicy> = out.nodes["n2"].headends.iter().collect();
-        let server = back.iter().find(|h| h.source_pod == "default/server").expect("the server's return traffic");
+        let server = back.iter().find(|h| &*h.source_pod == "default/server").expect("the server's return traffic");
         assert_eq!(server.destination, "fd00:10:1::2/128".parse::<IpNet>().unwrap(), "back to the client");
         let segs: Vec<String> = server.segments.iter().map(|s| s.to_string()).collect();
         assert_eq!(segs, ["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::", "fcbb:bb00:1:d6::"], "ids, firewall, client's node");
@@ -662,8 +664,8 @@ mod tests {
         assert_eq!(server.source_ports, [(443, 443), (8000, 8080)], "the forward ports, as source ports");
         assert_eq!(server.proto, Some(6));
         assert_eq!(out.nodes["n1"].decaps.len(), 1, "decapsulation at the client's node too");
-        assert!(back.iter().all(|h| h.source_pod != "default/client"));
-        assert!(!back.iter().any(|h| h.source_pod == "other/fw-x"), "never another namespace's pods");
+        assert!(back.iter().all(|h| &*h.source_pod != "default/client"));
+        assert!(!back.iter().any(|h| &*h.source_pod == "other/fw-x"), "never another namespace's pods");
     }
 
     #[test]
@@ -743,7 +745,7 @@ mod tests {
         assert_eq!(h.segments.iter().map(Sid::to_string).collect::<Vec<_>>(), segs);
         assert!(out.nodes.values().all(|t| t.decaps.is_empty()), "insertion needs no decapsulation SID");
         assert!(out.nodes.values().flat_map(|t| &t.proxies).all(|u| u.behavior == Behavior::EndAM));
-        let back = out.nodes["n2"].headends.iter().find(|h| h.source_pod == "default/server").expect("reverse");
+        let back = out.nodes["n2"].headends.iter().find(|h| &*h.source_pod == "default/server").expect("reverse");
         assert!(back.insert);
         assert_eq!(back.segments.iter().map(Sid::to_string).collect::<Vec<_>>(), ["fcbb:bb00:2:e001::", "fcbb:bb00:1:e001::"]);
         // Both nodes host an End.AM SID: both admit the client and the server as sources.

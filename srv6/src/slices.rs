@@ -76,7 +76,13 @@ struct Entries<'a> {
     decaps: Vec<&'a SidUse>,
 }
 
-impl Entries<'_> {
+impl<'a> Entries<'a> {
+    /// The chain's name, as its entries share it.
+    fn name(&self) -> Option<&'a Arc<str>> {
+        let first = self.headends.first().map(|h| &h.chain);
+        first.or_else(|| self.proxies.iter().chain(&self.decaps).next().map(|u| &u.chain))
+    }
+
     /// The JSON bytes these entries add to a slice (each entry and the comma before it).
     fn bytes(&self) -> usize {
         self.headends.iter().map(|h| json_len(h) + 1).sum::<usize>()
@@ -164,7 +170,8 @@ fn place<'c>(bytes: &BTreeMap<&'c str, usize>, base_bytes: usize, previous: &Ass
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     pub index: u32,
-    pub chains: Vec<String>,
+    /// The chains' names as the program's entries share them.
+    pub chains: Vec<Arc<str>>,
     /// The JSON bytes of each chain's entries, parallel to `chains`.
     pub bytes: Vec<u32>,
     /// The digest of each chain's entries, parallel to `chains`.
@@ -198,7 +205,7 @@ impl<'p> Renderer<'p> {
             tables.insert_sources.clone_from(&self.program.tables.insert_sources);
             peers = self.peers.iter().filter(|p| p.node != self.node).cloned().collect();
         }
-        for e in shape.chains.iter().filter_map(|c| self.entries.get(c.as_str())) {
+        for e in shape.chains.iter().filter_map(|c| self.entries.get(&**c)) {
             tables.headends.extend(e.headends.iter().map(|h| (*h).clone()));
             tables.proxies.extend(e.proxies.iter().map(|u| (*u).clone()));
             tables.decaps.extend(e.decaps.iter().map(|u| (*u).clone()));
@@ -268,7 +275,7 @@ impl Splitter {
             let last: HashMap<&str, (u32, u64)> = self
                 .built
                 .values()
-                .flat_map(|s| s.chains.iter().map(String::as_str).zip(s.bytes.iter().copied().zip(s.digests.iter().copied())))
+                .flat_map(|s| s.chains.iter().map(|c| &**c).zip(s.bytes.iter().copied().zip(s.digests.iter().copied())))
                 .collect();
             for (chain, e) in &now {
                 let d = digest(e);
@@ -291,14 +298,14 @@ impl Splitter {
         let assignment: Assignment = if self.built.is_empty() {
             std::mem::take(&mut self.seed)
         } else {
-            self.built.iter().map(|(i, s)| (*i, s.chains.iter().cloned().collect())).collect()
+            self.built.iter().map(|(i, s)| (*i, s.chains.iter().map(|c| c.to_string()).collect())).collect()
         };
         let placed = place(&bytes, self.base_bytes, &assignment);
         let indices: Vec<u32> = placed.keys().copied().collect();
         let mut built = BTreeMap::new();
         for (index, chains) in &placed {
             let kept = self.built.get(index).filter(|s| {
-                s.chains.iter().map(String::as_str).eq(chains.iter().copied())
+                s.chains.iter().map(|c| &**c).eq(chains.iter().copied())
                     && !chains.iter().any(|c| changed.contains(c))
                     && (*index != 0 || (base_same && s.indices == indices))
             });
@@ -306,7 +313,7 @@ impl Splitter {
                 Some(s) => s.clone(),
                 None => Arc::new(Shape {
                     index: *index,
-                    chains: chains.iter().map(|c| c.to_string()).collect(),
+                    chains: chains.iter().map(|c| now[c].name().cloned().unwrap_or_else(|| Arc::from(*c))).collect(),
                     bytes: chains.iter().map(|c| u32::try_from(bytes[c]).unwrap_or(u32::MAX)).collect(),
                     digests: chains.iter().map(|c| measured[c].1).collect(),
                     indices: if *index == 0 { indices.clone() } else { Vec::new() },
@@ -375,7 +382,7 @@ mod tests {
         (0..sources)
             .map(|i| HeadendPolicy {
                 chain: chain.into(),
-                source_pod: format!("default/client-{i}"),
+                source_pod: format!("default/client-{i}").into(),
                 source_interface: None,
                 source_ip: format!("fd00:1::{:x}", i + 1).parse().unwrap(),
                 destination: "fd00:99::/64".parse().unwrap(),

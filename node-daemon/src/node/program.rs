@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use ipnet::{IpNet, Ipv6Net};
@@ -44,11 +45,15 @@ pub(super) struct Classifier {
     pub frags: BTreeMap<(u32, Option<u8>), u32>,
 }
 
+/// A headend rule's source: its address, and the chain interface of a stream proxy (its name
+/// as the program's rules share it) when the rule is for what the proxy relays.
+pub type Source = (IpAddr, Option<Arc<str>>);
+
 /// The interfaces a program's headends and pods resolve to on this node (route lookups).
 #[derive(Debug, Default)]
 pub struct Resolved {
-    /// (source address, chain interface of a stream proxy) -> (ifindex, name).
-    pub sources: BTreeMap<(IpAddr, Option<String>), (u32, String)>,
+    /// Source -> (ifindex, name).
+    pub sources: BTreeMap<Source, (u32, String)>,
     /// The pods' primary interfaces (the guard goes on them).
     pub guarded: BTreeSet<String>,
 }
@@ -318,7 +323,7 @@ pub struct Lookups {
     /// Stream proxies' chain interfaces are known from their registrations already.
     known: Resolved,
     /// Headend sources to look up: (address, the source pod for messages).
-    sources: Vec<(IpAddr, String)>,
+    sources: Vec<(IpAddr, Arc<str>)>,
     pods: Vec<IpAddr>,
 }
 

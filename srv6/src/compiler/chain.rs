@@ -127,7 +127,7 @@ fn compile_into(
         v.paths = paths;
     }
 
-    let proxy_uses = claim_proxies(c, &key, &hops, &per_hop, claims)?;
+    let proxy_uses = claim_proxies(world, c, &key, &hops, &per_hop, claims)?;
     let sources = world.selected(c.namespace, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
     let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
         vec![Ipv6Net::default().into()]
@@ -136,13 +136,21 @@ fn compile_into(
     } else {
         checked.destinations.iter().map(IpNet::trunc).collect()
     };
-    let rules =
-        Rules { c, key: &key, checked: &checked, destinations: &destinations, dropping, hops: &hops, decap: decap.as_ref().map(|d| d.1) };
+    let rules = Rules {
+        c,
+        index: world,
+        key: &key,
+        checked: &checked,
+        destinations: &destinations,
+        dropping,
+        hops: &hops,
+        decap: decap.as_ref().map(|d| d.1),
+    };
     let mut headends = rules.forward(&sources, tables);
     if headends == 0 {
         return Err((Reason::NoSources, "no ready source pod with an address of the destinations' family".into()));
     }
-    let (back, reverse_decaps) = rules.backward(world, &sources, tables);
+    let (back, reverse_decaps) = rules.backward(&sources, tables);
     headends += back + rules.onward(tables);
 
     // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes (looked
@@ -254,7 +262,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
             (true, _) => missing.push((Reason::NoReplicas, format!("function {} has no ready replica", f.name))),
             (false, true) => missing.push((Reason::SidPending, format!("function {}: no replica has a SID yet", f.name))),
             _ => {
-                let pipeline = f.stream.clone().map(|s| Pipeline { stages: vec![s] });
+                let pipeline = f.stream.as_deref().map(|s| Pipeline { stages: vec![s.clone()] });
                 let same_proxies = |h: &PlannedHop| h.replicas.iter().map(|r| r.2.sid).eq(replicas.iter().map(|r| r.2.sid));
                 match (hops.last_mut(), pipeline) {
                     (Some(last), Some(p)) if last.pipeline.is_some() && same_proxies(last) => {
@@ -283,7 +291,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
             v.hops[f].replicas = h
                 .replicas
                 .iter()
-                .map(|(sid, p, _)| ReplicaVerdict { pod: p.name.clone(), node: world.node_name(&p.node), sid: *sid })
+                .map(|(sid, p, _)| ReplicaVerdict { pod: world.pod_short_name(p), node: world.node_name(&p.node), sid: *sid })
                 .collect();
         }
     }
@@ -294,6 +302,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
 /// End.AS interface has one return path, so it serves one chain only; a pod's interface is a
 /// stream proxy or a packet function's, not both.
 fn claim_proxies(
+    world: &Index<'_>,
     c: &ChainRef<'_>,
     key: &Arc<str>,
     hops: &[PlannedHop],
@@ -311,7 +320,7 @@ fn claim_proxies(
             };
             // End.AD in front of a flow-rewriting function has one set of headers per interface.
             let one_chain = hop.rewrites && behavior == Behavior::EndAD;
-            let name = format!("{}/{}:{}", pod.namespace, pod.name, reg.interface);
+            let name = world.interface_name(reg);
             if one_chain && c.spec.symmetric {
                 let m = format!(
                     "{name} rewrites flows: its proxy cannot tell the two directions of a symmetric chain apart; give each direction its own chain and interface"
@@ -323,7 +332,7 @@ fn claim_proxies(
             let own = proxy_uses.iter().map(|(_, u)| u);
             let other = claims.other_kind(&name, stream).or_else(|| {
                 own.clone()
-                    .find(|u| u.interface.as_deref() == Some(name.as_str()) && (u.behavior == Behavior::Stream) != stream)
+                    .find(|u| u.interface.as_deref() == Some(&*name) && (u.behavior == Behavior::Stream) != stream)
                     .map(|u| &*u.chain)
             });
             if let Some(chain) = other {
@@ -368,6 +377,7 @@ fn claim_proxies(
 /// One chain's headend rules.
 struct Rules<'a, 'w> {
     c: &'a ChainRef<'a>,
+    index: &'a Index<'w>,
     key: &'a Arc<str>,
     checked: &'a Checked,
     /// The destination prefixes, or "any" of each family.
@@ -400,7 +410,7 @@ impl Rules<'_, '_> {
     fn policy(
         &self,
         source_pod: &PodInfo,
-        iface: Option<String>,
+        iface: Option<Arc<str>>,
         src: IpAddr,
         dst: IpNet,
         route: &Route,
@@ -410,7 +420,7 @@ impl Rules<'_, '_> {
         let drop = self.dropping && !back;
         HeadendPolicy {
             chain: self.key.clone(),
-            source_pod: format!("{}/{}", source_pod.namespace, source_pod.name),
+            source_pod: self.index.pod_name(source_pod),
             source_interface: iface,
             source_ip: src,
             destination: dst,
@@ -459,7 +469,7 @@ impl Rules<'_, '_> {
         for (i, hop) in self.hops.iter().enumerate().filter(|(_, h)| h.pipeline.is_some() && !self.dropping) {
             let route = Route::new(self.hops_in(i + 1..self.hops.len(), true).into_iter().chain(self.decap.map(|d| vec![d])).collect());
             for (_, proxy, reg) in &hop.replicas {
-                let iface = format!("{}/{}:{}", proxy.namespace, proxy.name, reg.interface);
+                let iface = self.index.interface_name(reg);
                 let Some(node) = tables.get_mut(&proxy.node) else { continue };
                 for dst in self.destinations {
                     let src = proxy.ips.iter().copied().find(|ip| ip.is_ipv6() == dst.addr().is_ipv6()).unwrap_or(dst.addr());
@@ -482,7 +492,8 @@ impl Rules<'_, '_> {
     /// ports as source ports; they end at the source's node, decapsulated. They sit at the
     /// destinations' nodes (all the hops) and at each stream proxy's interface (what it relays
     /// back: the hops before it). Returns the rules' count and the decapsulation SIDs needed.
-    fn backward(&self, world: &Index<'_>, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
+    fn backward(&self, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
+        let world = self.index;
         let symmetric = self.c.spec.symmetric;
         let streams = self.hops.iter().any(|h| h.pipeline.is_some());
         if self.dropping || !(symmetric || streams) {
@@ -526,7 +537,7 @@ impl Rules<'_, '_> {
                         // any reply taught its node the way): the hops before it.
                         for (i, hop) in self.hops.iter().enumerate().filter(|(_, h)| h.pipeline.is_some()) {
                             for (_, proxy, reg) in &hop.replicas {
-                                let iface = format!("{}/{}:{}", proxy.namespace, proxy.name, reg.interface);
+                                let iface = self.index.interface_name(reg);
                                 let route = route(i, true, back_decap);
                                 if let Some(node) = tables.get_mut(&proxy.node) {
                                     node.headends.push(self.policy(proxy, Some(iface), dip, IpNet::from(sip), &route, Protocol::Tcp, true));
@@ -596,7 +607,7 @@ mod tests {
     fn stream(name: &str, function: &str, args: &[(&str, &str)]) -> Function {
         let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let stream = StreamFunction { function: function.into(), args, direction: StreamDirection::Forward };
-        Function { name: name.into(), pod_selector: sel("app", "pipes"), stream: Some(stream), ..Default::default() }
+        Function { name: name.into(), pod_selector: sel("app", "pipes"), stream: Some(Box::new(stream)), ..Default::default() }
     }
 
     /// The seed's pipeline after a packet firewall, to the server on port 8080.

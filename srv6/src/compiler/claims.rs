@@ -4,6 +4,7 @@
 //! made compiling 10,000 chains that share a VNF quadratic).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{Behavior, SidUse};
 use crate::pipes::Pipeline;
@@ -38,7 +39,7 @@ pub(super) struct Clash<'a> {
 pub(super) struct Claims {
     next: u64,
     /// Interface -> the earliest chains using it for [packet, stream] functions.
-    interfaces: HashMap<String, [Earliest; 2]>,
+    interfaces: HashMap<Arc<str>, [Earliest; 2]>,
     sids: HashMap<Sid, Vec<(Kind, Earliest)>>,
 }
 
