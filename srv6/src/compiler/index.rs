@@ -94,14 +94,17 @@ impl<'w> Index<'w> {
 
     /// `namespace/name` of `pod`, shared by every rule of this compilation that names it.
     pub(super) fn pod_name(&self, pod: &PodInfo) -> Arc<str> {
-        let shared = position(&self.world.pods, pod).map(|i| &self.pod_names[i]);
-        shared.map_or_else(|| pod_name(&pod.namespace, &pod.name), |n| n.full.clone())
+        self.names_of(pod).map_or_else(|| pod_name(&pod.namespace, &pod.name), |n| n.full.clone())
     }
 
     /// The name of `pod` (within its namespace), shared likewise.
     pub(super) fn pod_short_name(&self, pod: &PodInfo) -> Arc<str> {
-        let shared = position(&self.world.pods, pod).map(|i| &self.pod_names[i]);
-        shared.map_or_else(|| Arc::from(pod.name.as_str()), |n| n.short.clone())
+        self.names_of(pod).map_or_else(|| Arc::from(pod.name.as_str()), |n| n.short.clone())
+    }
+
+    /// The shared names of `pod`, if it is one of the world's pods (not a copy).
+    fn names_of(&self, pod: &PodInfo) -> Option<&PodNames> {
+        position(&self.world.pods, pod).map(|i| &self.pod_names[i])
     }
 
     /// `namespace/pod:interface` of registration `reg`, shared likewise.
