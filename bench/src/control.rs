@@ -304,19 +304,46 @@ impl KubeLab {
             sys::run(&mut self.kubectl(&["create", "-f", &batch.display().to_string()]))?;
         }
         let timeout = Duration::from_secs(600 + total as u64 / 10);
-        self.wait(&format!("n1 to program {total} chains"), timeout, &|| self.programmed(total))?;
-        self.wait(&format!("{total} chains to be Ready"), timeout, &|| {
-            let ready = sys::run(&mut self.kubectl(&[
-                "get",
-                "servicechains",
-                "-o",
-                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-            ]))?;
-            Ok(ready.split_whitespace().filter(|s| *s == "True").count() == total)
-        })?;
+        // Every 2 s: each look lists every chain or slice, which loads the API server and the
+        // CPUs the operator needs.
+        let every = Duration::from_secs(2);
+        let waited = self.wait(&format!("n1 to program {total} chains"), timeout, every, &|| self.programmed(total)).and_then(|()| {
+            self.wait(&format!("{total} chains to be Ready"), timeout, every, &|| {
+                Ok(self.readiness()?.iter().filter(|(k, _)| k.starts_with("True/")).map(|(_, n)| n).sum::<usize>() == total)
+            })
+        });
+        if let Err(e) = waited {
+            return Err(e.context(self.post_mortem()));
+        }
         self.background = total;
         eprintln!("kube lab: {total} background chains Ready and programmed in {:.0} s", started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The chains by their Ready condition's status and reason ("True/Programmed",
+    /// "False/ProgramFailed"; "/" for a chain without the condition yet), with counts.
+    fn readiness(&self) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        let ready = r#"{.status.conditions[?(@.type=="Ready")]}"#.replace('}', "");
+        let path = format!("jsonpath={{range .items[*]}}{ready}.status}}/{ready}.reason}}{{\"\\n\"}}{{end}}");
+        let out = sys::run(&mut self.kubectl(&["get", "servicechains", "-o", &path]))?;
+        let mut by = std::collections::BTreeMap::new();
+        for line in out.lines() {
+            *by.entry(line.to_string()).or_insert(0) += 1;
+        }
+        Ok(by)
+    }
+
+    /// What is known when growing failed: the chains' readiness, whether the operator runs,
+    /// and where the lab's logs were kept (copied: the bench's cleanup removes the lab).
+    fn post_mortem(&self) -> String {
+        let readiness = self.readiness().map_or_else(|e| format!("unknown ({e:#})"), |r| format!("{r:?}"));
+        let operator = self.operator_cpu_ms().map_or_else(|e| format!("{e:#}"), |ms| format!("running, {:.0} s CPU", ms / 1000.0));
+        let kept = std::env::temp_dir().join(format!("srv6pipes-{}-logs", self.lab));
+        let _ = std::fs::remove_dir_all(&kept);
+        let logs = format!("/run/srv6pipes/labs/{}/logs", self.lab);
+        let copied = Command::new("cp").arg("-r").arg(&logs).arg(&kept).status().is_ok_and(|s| s.success());
+        let logs = if copied { format!("logs kept in {}", kept.display()) } else { format!("{logs} not copied") };
+        format!("chains by readiness {readiness}; operator {operator}; {logs}")
     }
 
     /// CPU time the lab's operator has used (see [`ProcessCpu`]).
@@ -415,7 +442,7 @@ pub fn change_cost(k: &KubeLab, samples: usize) -> anyhow::Result<ChangeCost> {
             let (writes, cpu) = (k.operator_writes()?, k.operator_cpu_ms()?);
             if create {
                 k.create("probe", &["fw1"])?;
-                k.wait(&format!("the probe chain Ready (sample {i})"), Duration::from_secs(120), &|| {
+                k.wait(&format!("the probe chain Ready (sample {i})"), Duration::from_secs(120), Duration::from_millis(200), &|| {
                     let ready = sys::run(&mut k.kubectl(&[
                         "get",
                         "servicechain",
@@ -460,13 +487,14 @@ impl KubeLab {
         Ok(!items.is_empty() && count == headends && items.iter().all(|p| p["status"]["observedGeneration"] == p["metadata"]["generation"]))
     }
 
-    fn wait(&self, what: &str, timeout: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    /// Waits until `f` holds, looking `every` so often.
+    fn wait(&self, what: &str, timeout: Duration, every: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while !f()? {
             if Instant::now() > deadline {
-                bail!("kube lab: {what} within {timeout:?} (logs: /run/srv6pipes/labs/{}/)", self.lab);
+                bail!("kube lab: {what} within {timeout:?}");
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(every);
         }
         Ok(())
     }
@@ -481,7 +509,9 @@ impl KubeLab {
     /// Deletes chain `name` and waits until n1's program no longer has it.
     fn delete(&self, name: &str) -> anyhow::Result<()> {
         sys::run(&mut self.kubectl(&["delete", "servicechain", name, "--timeout=60s"]))?;
-        self.wait(&format!("n1 to unprogram chain {name}"), Duration::from_secs(60), &|| self.programmed(self.background))
+        self.wait(&format!("n1 to unprogram chain {name}"), Duration::from_secs(60), Duration::from_millis(200), &|| {
+            self.programmed(self.background)
+        })
     }
 }
 
@@ -562,7 +592,7 @@ pub struct Tcp {
 /// node) to the server, alternating with client2 (same node, same path, no chain).
 pub fn tcp(k: &KubeLab, reps: usize, secs: u32) -> anyhow::Result<Tcp> {
     k.create("tcp", &["fw1", "fw2"])?;
-    k.wait("n1 to program the TCP chain", Duration::from_secs(60), &|| k.programmed(k.background + 1))?;
+    k.wait("n1 to program the TCP chain", Duration::from_secs(60), Duration::from_millis(200), &|| k.programmed(k.background + 1))?;
     let goodput = |netns: &str| -> anyhow::Result<f64> {
         let mut c = sys::command(netns, "iperf3", false)?;
         c.args(["-6", "-J", "-c", &k.server_ip, "-t", &secs.to_string()]);

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{ping, pod_ip, repo_root, sid_packets, ApiServer, Lab};
@@ -22,10 +23,23 @@ fn chain(i: usize, prefix: &str) -> String {
     )
 }
 
-/// Chains Ready, of those listed.
-fn ready(api: &ApiServer) -> usize {
-    let out = api.k(&["get", "servicechains", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"]);
-    out.split_whitespace().filter(|s| *s == "True").count()
+/// Chains by their Ready condition's status and reason ("True/Programmed", "False/ProgramFailed",
+/// "none" while a chain has no condition yet), with counts.
+fn readiness(api: &ApiServer) -> BTreeMap<String, usize> {
+    let list: Value = serde_json::from_str(&api.k(&["get", "servicechains", "-o", "json"])).unwrap();
+    let mut by = BTreeMap::new();
+    for c in list["items"].as_array().unwrap() {
+        let ready = c["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+        let key = ready
+            .map_or("none".to_string(), |r| format!("{}/{}", r["status"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("?")));
+        *by.entry(key).or_insert(0) += 1;
+    }
+    by
+}
+
+/// Chains Ready, of those counted by [`readiness`].
+fn ready(by: &BTreeMap<String, usize>) -> usize {
+    by.iter().filter(|(k, _)| k.starts_with("True/")).map(|(_, n)| n).sum()
 }
 
 #[test]
@@ -54,18 +68,19 @@ fn ten_thousand_chains_on_one_node_become_ready_and_steer() {
         api.k(&["create", "-f", file.to_str().unwrap()]);
     }
     eprintln!("scale: {CHAINS} chains created in {:.0} s", started.elapsed().as_secs_f64());
-    let mut last = 0;
+    let mut last = BTreeMap::new();
     let all_ready = loop {
-        let n = ready(&api);
-        if n != last {
-            eprintln!("scale: {n} chains Ready after {:.0} s", started.elapsed().as_secs_f64());
-            last = n;
+        let by = readiness(&api);
+        let n = ready(&by);
+        if by != last {
+            eprintln!("scale: {n} chains Ready after {:.0} s ({by:?})", started.elapsed().as_secs_f64());
+            last = by;
         }
         if n == CHAINS {
             break started.elapsed();
         }
-        assert!(started.elapsed() < READY_WITHIN, "{n} of {CHAINS} chains Ready after {:?}", started.elapsed());
-        std::thread::sleep(Duration::from_secs(5));
+        assert!(started.elapsed() < READY_WITHIN, "{n} of {CHAINS} chains Ready after {:?} ({last:?})", started.elapsed());
+        std::thread::sleep(Duration::from_secs(10));
     };
 
     // n1 holds every chain's headend, in slices none of which is over 1 MiB, all programmed.

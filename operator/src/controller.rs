@@ -658,10 +658,16 @@ impl<K: Resource> Forward<K> {
 }
 
 /// What a chain's reconcile acts on: which chain (its uid), its spec (generation), whether it
-/// has the finalizer and whether it is being deleted. Not its status.
+/// has the finalizer and whether it is being deleted. Of its status, only whether it says a
+/// node failed to program it (`ProgramFailed`): such a status, once it comes back, is looked at
+/// once more. It was computed from failures that may have cleared while it was being written,
+/// after the planner's round that saw them clear compared the chain's status as it was before
+/// that write; without this second look such a chain kept `ProgramFailed` until its next
+/// change. Statuses that do not name a failure come back without a reconcile.
 pub fn chain_trigger(c: &ServiceChain) -> String {
     let finalizer = c.finalizers().iter().any(|f| f == FINALIZER);
-    format!("{:?}{:?}{finalizer}{}", c.metadata.uid, c.metadata.generation, c.metadata.deletion_timestamp.is_some())
+    let failed = world::ready_condition(c.status.as_ref()).is_some_and(|r| r.reason == "ProgramFailed");
+    format!("{:?}{:?}{finalizer}{}{failed}", c.metadata.uid, c.metadata.generation, c.metadata.deletion_timestamp.is_some())
 }
 
 /// Where a mirror keeps what its watch brings: a reflector store, or for Pods what the
@@ -1216,6 +1222,18 @@ mod tests {
         c.metadata.resource_version = Some("9".into());
         c.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
         assert!(!passes(&c), "its status or labels");
+        let failed = |reason: &str| -> Option<srv6pipes_crds::ServiceChainStatus> {
+            let ready =
+                json!({"type": "Ready", "status": "False", "reason": reason, "message": "m", "lastTransitionTime": "2026-12-04T00:00:00Z"});
+            Some(serde_json::from_value(json!({"observedGeneration": 2, "conditions": [ready]})).unwrap())
+        };
+        c.status = failed("SidPending");
+        assert!(!passes(&c), "a status that names no failure");
+        c.status = failed("ProgramFailed");
+        assert!(passes(&c), "a status that says a node failed: the failure may have cleared meanwhile");
+        assert!(!passes(&c), "the same failure again");
+        c.status = Some(serde_json::from_value(json!({"observedGeneration": 2})).unwrap());
+        assert!(passes(&c), "no longer failed");
         c.metadata.generation = Some(3);
         assert!(passes(&c), "a new spec");
         c.metadata.finalizers = None;
@@ -1413,7 +1431,7 @@ mod tests {
         changed.status = Some(serde_json::from_value(first_status).unwrap());
         writers.chains.apply_watcher_event(&watcher::Event::Apply(changed.clone()));
         let started = std::time::Instant::now();
-        let task = tokio::spawn(reconcile_chain(Arc::new(changed), ctx.clone()));
+        let task = tokio::spawn(reconcile_chain(Arc::new(changed.clone()), ctx.clone()));
         let mut programs = sort_out(&mut handle, 1).await;
         assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
         let n1 = answer(programs.remove("n1").expect("n1's program first")).await;
@@ -1433,6 +1451,27 @@ mod tests {
         assert_eq!((healed["type"].as_str(), healed["reason"].as_str()), (Some("Normal"), Some("ProgramPublished")));
         tokio::time::timeout(Duration::from_secs(5), world_version.changed()).await.unwrap().unwrap();
         assert!(ctx.publisher.failures().is_empty());
+
+        // The chain's `ProgramFailed`, written while n2 failed, comes back on the watch after the
+        // failure cleared (the planner's round saw the chain as it was before that write): it
+        // goes to the chain controller once more, whose reconcile makes the chain Ready.
+        let forward = Forward {
+            tx: futures::channel::mpsc::unbounded().0,
+            only_changed: Some((Triggers::default(), chain_trigger as fn(&ServiceChain) -> String)),
+        };
+        let mut before = changed.clone();
+        before.status = None;
+        forward.passes(&watcher::Event::Apply(before));
+        let mut failed = changed.clone();
+        failed.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        assert!(forward.passes(&watcher::Event::Apply(failed.clone())), "a failed status coming back is reconciled");
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(failed.clone()));
+        let task = tokio::spawn(reconcile_chain(Arc::new(failed), ctx.clone()));
+        let mut rest = answer_all(&mut handle, 2).await;
+        let ready = rest.remove("status").unwrap()["status"]["conditions"][0].clone();
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("Programmed")), "{ready}");
+        assert_eq!(rest.into_values().next().unwrap()["reason"], "Programmed");
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     }
 
     #[tokio::test]

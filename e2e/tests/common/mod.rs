@@ -163,7 +163,17 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Takes the lab down; when the test failed, first keeps its logs (daemons, operator, pods)
+    /// beside the state dir, since `lab down` removes them, and says where.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = self.state.with_extension("logs");
+            let _ = std::fs::remove_dir_all(&kept);
+            let copied = Command::new("cp").arg("-r").arg(self.state.join("logs")).arg(&kept).status();
+            if copied.is_ok_and(|s| s.success()) {
+                eprintln!("lab {}: logs kept in {}", self.name, kept.display());
+            }
+        }
         let _ = self.run(&["down"]);
     }
 }
