@@ -88,6 +88,15 @@ fn heap() -> u64 {
     srv6pipes_operator::memory::heap_bytes().unwrap_or(0)
 }
 
+/// This process's resident memory, MiB (/proc/self/status VmRSS), after giving free memory
+/// back: what the heap in use costs the node, the allocator's fragmentation included.
+fn rss_mib() -> f64 {
+    srv6pipes_operator::memory::release();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+    kib.map_or(0.0, |k| (k / 1024.0).round())
+}
+
 fn mib(bytes: i64) -> f64 {
     (bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0
 }
@@ -179,8 +188,10 @@ fn plan_parts(plan: &world::Plan) -> serde_json::Value {
 }
 
 pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
+    // The operator's allocator settings (its main sets them before any thread starts).
+    srv6pipes_operator::memory::limit_arenas();
     let started = Instant::now();
-    let base = heap();
+    let (base, rss_base) = (heap(), rss_mib());
     let mut st = Stages::start();
     let (stores, mut w) = Stores::new();
     for i in 0..size.nodes {
@@ -251,6 +262,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     let slice_count = written.len();
     st.lap("slice mirrors and writes");
     let steady = heap() as i64 - base as i64;
+    let rss_steady = rss_mib() - rss_base;
 
     // One more chain, compiled as the operator does: what the planner keeps of the round
     // (digests), the previous plan dropped (the operator's cache gives it up before compiling;
@@ -276,9 +288,10 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     // added at any moment (counted, so without malloc's per-block overhead).
     let peak = held + (HIGH.load(Ordering::Relaxed) - live_before) as i64;
     let after = heap() as i64 - base as i64;
+    let rss_after = rss_mib() - rss_base;
 
     eprintln!(
-        "  footprint: {} nodes, {} pods, {} chains ({ready} Ready), {slice_count} slices: steady {:.0} MiB, peak {:.0} MiB, after a change {:.0} MiB",
+        "  footprint: {} nodes, {} pods, {} chains ({ready} Ready), {slice_count} slices: steady {:.0} MiB, peak {:.0} MiB, after a change {:.0} MiB (resident: {rss_steady:.0} and {rss_after:.0} MiB)",
         size.nodes,
         stores.pods.len(),
         stores.chains.state().len(),
@@ -296,8 +309,9 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         "plan_mib_by_part": parts,
         "heap_mib_by_stage": st.mib.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "heap_mib": {"steady": mib(steady), "peak": mib(peak), "after_change": mib(after)},
+        "rss_mib": {"steady": rss_steady, "after_change": rss_after},
         "compile_high_water_mib": {"first": mib(first_high as i64), "second": mib(second_high as i64)},
         "seconds": {"compile": compile_s, "split": split_s, "recompile": recompile_s, "total": started.elapsed().as_secs_f64()},
-        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::compile), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by glibc's mallinfo2 after malloc_trim, per stage; the peak is the heap held when a change's compilation starts (the previous plan dropped, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
+        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::compile), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by glibc's mallinfo2 after malloc_trim, per stage; rss_mib: VmRSS after malloc_trim, less the process's before the first stage (allocator settings as the operator's); the peak is the heap held when a change's compilation starts (the previous plan dropped, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
     }))
 }

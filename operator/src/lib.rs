@@ -7,6 +7,7 @@ pub mod events;
 pub mod lease;
 pub mod memory;
 pub mod metrics;
+pub mod mirror;
 pub mod planner;
 pub mod pods;
 pub mod publisher;
