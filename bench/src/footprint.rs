@@ -2,7 +2,7 @@
 //! scale simulation's world (`sim.rs`: nodes, SID tables, VNF and source pods, chains of three
 //! functions) handed to the operator's own code as its watches would (slimmed into its
 //! stores), then compiled, split into slices and mirrored back as the API server would return
-//! them. The heap in use (glibc's `mallinfo2`, after a trim) is read after each stage, so each
+//! them. The heap in use (the operator's allocator's count, after a purge) is read after each stage, so each
 //! part of what the operator keeps has its own figure; then one chain is added and compiled
 //! as the operator does: the previous plan dropped first (the planner keeps only its round's
 //! digests, the split cache holds programs weakly), for the peak. The allocator counts the
@@ -12,7 +12,7 @@
 //! This is what `--only sim` cannot measure on this machine at 100,000 chains (the API server
 //! alone took 13 GiB there), and what it measures in minutes instead of an hour.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,9 +30,16 @@ use srv6pipes_operator::{slim, world};
 
 use crate::sim::{self, Size};
 
-/// The system allocator, counting the bytes in use and their high-water mark (which glibc's
-/// counters do not keep). Two relaxed atomic operations per allocation.
+/// The operator's allocator (jemalloc, with its options), counting the bytes in use and their
+/// high-water mark (which the allocator's own counters do not keep). Two relaxed atomic
+/// operations per allocation.
 struct Counting;
+
+const JEMALLOC: srv6pipes_operator::memory::Allocator = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, as the operator's (`srv6pipes_operator::memory::MALLOC_CONF`).
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::Conf(srv6pipes_operator::memory::MALLOC_CONF.as_ptr());
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static HIGH: AtomicUsize = AtomicUsize::new(0);
@@ -42,28 +49,28 @@ fn grew(bytes: usize) {
     HIGH.fetch_max(live, Ordering::Relaxed);
 }
 
-// SAFETY: every call goes to the system allocator unchanged; only counters are kept beside.
+// SAFETY: every call goes to the operator's allocator unchanged; only counters are kept beside.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { JEMALLOC.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { JEMALLOC.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { JEMALLOC.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { JEMALLOC.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             grew(new_size);
@@ -188,8 +195,6 @@ fn plan_parts(plan: &world::Plan) -> serde_json::Value {
 }
 
 pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
-    // The operator's allocator settings (its main sets them before any thread starts).
-    srv6pipes_operator::memory::limit_arenas();
     let started = Instant::now();
     let (base, rss_base) = (heap(), rss_mib());
     let mut st = Stages::start();
@@ -312,6 +317,6 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         "rss_mib": {"steady": rss_steady, "after_change": rss_after},
         "compile_high_water_mib": {"first": mib(first_high as i64), "second": mib(second_high as i64)},
         "seconds": {"compile": compile_s, "split": split_s, "recompile": recompile_s, "total": started.elapsed().as_secs_f64()},
-        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::compile), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by glibc's mallinfo2 after malloc_trim, per stage; rss_mib: VmRSS after malloc_trim, less the process's before the first stage (allocator settings as the operator's); the peak is the heap held when a change's compilation starts (the previous plan dropped, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
+        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::compile), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by the operator's allocator's count (jemalloc, with the operator's options: stats.allocated after a purge), per stage; rss_mib: VmRSS after a purge, less the process's before the first stage; the peak is the heap held when a change's compilation starts (the previous plan dropped, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
     }))
 }

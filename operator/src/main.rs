@@ -68,6 +68,13 @@ struct Args {
     check_timeout: u64,
 }
 
+#[global_allocator]
+static ALLOCATOR: srv6pipes_operator::memory::Allocator = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (`srv6pipes_operator::memory::MALLOC_CONF`).
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::Conf(srv6pipes_operator::memory::MALLOC_CONF.as_ptr());
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -77,7 +84,6 @@ fn main() -> std::process::ExitCode {
     } else {
         fmt.init();
     }
-    srv6pipes_operator::memory::limit_arenas();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

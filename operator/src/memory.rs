@@ -1,35 +1,42 @@
-//! The operator's memory returned to the system. A compilation allocates and frees hundreds of
-//! MiB on whichever thread runs it; glibc's malloc keeps an arena per thread and freed memory
-//! in them, so resident memory grew with every plan (1.2 GiB after 40 changes at 5,000 chains,
-//! for a heap of under 500 MiB). Fewer arenas and a trim after each plan keep it near the heap.
+//! The operator's memory allocator and what it returns to the system.
+//!
+//! The operator runs on jemalloc, declared by its binary (`main.rs`) with [`MALLOC_CONF`]. A
+//! compilation allocates and frees hundreds of MiB on whichever thread runs it, among objects
+//! that live on (the mirrors' copies of chains and pods). glibc's malloc, even with two arenas
+//! and a trim after each plan, kept 1,253 MiB resident for a heap of 889 MiB at 100,000 chains
+//! (`bench/run --only sim`): pages that a few live blocks kept from being returned. jemalloc
+//! keeps blocks of one size class together in their own pages and returns unused pages on
+//! its own after [`MALLOC_CONF`]'s decay.
 
-/// At most two malloc arenas (before any thread starts).
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
+use std::ffi::CStr;
 
-/// Gives the free memory at the top of the heap and in free pages back to the system.
+/// The allocator the operator's binaries declare as their `#[global_allocator]`.
+pub type Allocator = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation (a binary exports them as
+/// `_rjem_malloc_conf`): two arenas (the operator's work is mostly one compilation at a
+/// time; an arena per CPU times four kept more pages partly used), and unused pages returned
+/// to the system after a second instead of ten.
+pub const MALLOC_CONF: &CStr = c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+/// What a binary exports as `_rjem_malloc_conf` (a C `const char *`).
+#[repr(transparent)]
+pub struct Conf(pub *const std::ffi::c_char);
+
+// SAFETY: a pointer to a constant C string, never written.
+unsafe impl Sync for Conf {}
+
+/// Gives every arena's unused pages back to the system now (a plan's transients are freed).
 pub fn release() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim is thread-safe and only releases memory malloc holds free.
+    // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" takes and returns nothing.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(c"arena.4096.purge".as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0);
     }
 }
 
-/// The heap in use (glibc's count of allocated blocks in every arena, and of mmapped blocks):
-/// what the operator holds, apart from what malloc keeps free or the kernel counts besides.
+/// The heap in use: jemalloc's count of the bytes allocated by the process (its statistics
+/// refreshed first). What the operator holds, apart from what the allocator keeps free.
 pub fn heap_bytes() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 only reads the allocator's counters.
-        let m = unsafe { libc::mallinfo2() };
-        Some((m.uordblks + m.hblkhd) as u64)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    None
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read().ok().map(|b| b as u64)
 }

@@ -164,7 +164,7 @@ pub fn encode() -> Result<String, std::fmt::Error> {
         let heap = Gauge::<i64>::default();
         heap.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         let help =
-            "Heap in use (malloc's allocated blocks) at this scrape; the RSS beyond it is free memory malloc keeps, code and stacks.";
+            "Heap in use (the bytes jemalloc has allocated) at this scrape; the RSS beyond it is free memory the allocator keeps, code and stacks.";
         registry.register_with_unit("heap", help, Unit::Bytes, heap);
     }
     let mut out = String::new();
