@@ -39,7 +39,7 @@ const JEMALLOC: srv6pipes_operator::memory::Allocator = tikv_jemallocator::Jemal
 
 /// jemalloc's options, as the operator's (`srv6pipes_operator::memory::MALLOC_CONF`).
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::Conf(srv6pipes_operator::memory::MALLOC_CONF.as_ptr());
+static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::CONF;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static HIGH: AtomicUsize = AtomicUsize::new(0);

@@ -73,7 +73,7 @@ static ALLOCATOR: srv6pipes_operator::memory::Allocator = tikv_jemallocator::Jem
 
 /// jemalloc's options (`srv6pipes_operator::memory::MALLOC_CONF`).
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::Conf(srv6pipes_operator::memory::MALLOC_CONF.as_ptr());
+static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memory::CONF;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();

@@ -26,6 +26,10 @@ pub struct Conf(pub *const std::ffi::c_char);
 // SAFETY: a pointer to a constant C string, never written.
 unsafe impl Sync for Conf {}
 
+/// [`MALLOC_CONF`] as a binary exports it: `#[export_name = "_rjem_malloc_conf"] static
+/// MALLOC_CONF: Conf = CONF;`.
+pub const CONF: Conf = Conf(MALLOC_CONF.as_ptr());
+
 /// Gives every arena's unused pages back to the system now (a plan's transients are freed).
 pub fn release() {
     // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" takes and returns nothing.
