@@ -341,7 +341,13 @@ async fn converge(pid: u32, readiness: &Readiness, chains: usize) -> anyhow::Res
     until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
         let (rss, _) = memory_mib(pid).context("the operator exited")?;
         if last_report.elapsed() > Duration::from_secs(30) {
-            eprintln!("  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB", start.elapsed().as_secs_f64(), readiness.count());
+            // Heap beside RSS: live objects, or pages the allocator has not returned yet.
+            let heap = operator_heap_mib().map_or_else(|e| format!("unknown ({e})"), |h| format!("{h:.0} MiB"));
+            eprintln!(
+                "  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB, heap {heap}",
+                start.elapsed().as_secs_f64(),
+                readiness.count()
+            );
             last_report = Instant::now();
         }
         Ok(readiness.count() == chains)

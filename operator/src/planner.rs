@@ -49,14 +49,21 @@ impl Ctx {
     /// whose verdict and nodes are those of the `previous` round, with the same node problems
     /// and failures, keeps its status (a change of its own is reconciled on its own watch
     /// event): only the other chains' statuses are built and compared.
-    pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Round) {
+    pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Option<Round>) {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan(false);
             let waits = self.publish(&plan, None).await;
-            (plan, waits, stale)
+            (Arc::downgrade(&plan), waits, stale)
         };
+        // The plan is not held while the writes are waited for: a newer one may be compiled
+        // meanwhile (a reconcile's), and this one then goes before it is made. The newer plan
+        // comes with a newer world, which gets a round of its own: this one ends here.
         let failures = self.settled(waits).await;
+        let Some(plan) = plan.upgrade() else {
+            debug!("a newer plan was made while this round's writes were waited for");
+            return (Vec::new(), stale, None);
+        };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let (changed, round) = cpu(|| {
             let round = Round::of(&plan, failures);
@@ -80,7 +87,7 @@ impl Ctx {
             (changed, round)
         });
         debug!(chains = changed.len(), stale = stale.is_some(), "planned");
-        (changed, stale, round)
+        (changed, stale, Some(round))
     }
 }
 
@@ -135,7 +142,7 @@ pub fn planner(ctx: Arc<Ctx>, mut world: watch::Receiver<u64>) -> impl Stream<It
             }
             let (changed, stale, round) = ctx.plan_round(previous.as_ref()).await;
             again = stale;
-            previous = Some(round);
+            previous = round.or(previous);
             crate::memory::release();
             for chain in changed {
                 if tx.unbounded_send(chain).is_err() {

@@ -308,12 +308,16 @@ impl Shared {
             writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone())));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let program = if writes.is_empty() { None } else { want.program.lock().expect("program").clone() };
-        let renderer = program.as_ref().map(|(program, peers)| Renderer::new(node, program, peers));
         for (_, name, slice, resource_version) in writes {
-            let renderer = renderer.as_ref().ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
             let permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
-            let spec = renderer.spec(&slice.shape);
+            // The program is taken once the permit is held, and let go with it: a writer
+            // waiting behind the backlog holds none. (Taken once before the first wait, a
+            // thousand nodes' programs of the first plan stayed alive through a cold start's
+            // backlog beside the newer plans they were swapped for.)
+            let source = want.program.lock().expect("program").clone();
+            let (program, peers) = source.ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
+            let spec = Renderer::new(node, &program, &peers).spec(&slice.shape);
+            drop((program, peers));
             let written = self.write(name, &spec, &slice.digest, &want.owner, resource_version).await;
             drop((spec, permit));
             let mut written = written.map_err(|e| format!("slice {name}: {e}"))?;

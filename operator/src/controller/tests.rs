@@ -467,6 +467,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
         writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
     }
     let (first, stale, one) = round.await.unwrap();
+    let one = one.expect("the round's plan outlived its wait");
     let names = |refs: &[ObjectRef<ServiceChain>]| refs.iter().map(|r| r.name.clone()).collect::<std::collections::BTreeSet<_>>();
     let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
     assert_eq!((names(&first), stale), (set(&["db", "web"]), None), "neither has a status yet");
@@ -493,6 +494,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
         writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
     }
     let (second, _, two) = second.await.unwrap();
+    let two = two.expect("the round's plan outlived its wait");
     assert_eq!(names(&second), set(&["db"]));
     settle(&mut writers);
     // Nothing changed since: nothing to publish, no chain to reconcile.
@@ -693,22 +695,85 @@ async fn a_reconcile_behind_a_backlog_of_writes_does_not_wait_for_them() {
 }
 
 /// Writes waiting behind a backlog hold the newest plan's programs, not those of the plan
-/// they were first handed with: two plans at once were most of the cold start's heap.
+/// they were first handed with, and a writer waiting for a permit holds none of its own: two
+/// plans at once were most of the cold start's heap.
 #[tokio::test]
 async fn writes_that_wait_keep_no_older_plan_alive() {
     let (stores, _w) = world();
     let (ctx, _handle) = ctx(stores);
     let _backlog = ctx.publisher.take_every_permit().await;
+    // Lets the writers run until each waits for a permit.
+    let settle = || tokio::time::sleep(Duration::from_millis(50));
     let first = ctx.stores.compile(None);
     let _ = ctx.publish(&first, None).await;
+    settle().await;
     let program = first.programs["n1"].clone();
     drop(first);
-    assert_eq!(Arc::strong_count(&program), 2, "the waiting write holds the first plan's program");
+    assert_eq!(Arc::strong_count(&program), 2, "the want and this test hold the first plan's program, the waiting writer not");
     // The same world compiled again: the same slices, the waiting write's program swapped.
     let second = ctx.stores.compile(None);
     let _ = ctx.publish(&second, None).await;
+    settle().await;
     assert_eq!(Arc::strong_count(&program), 1, "the first plan's program is still held");
     assert_eq!(Arc::strong_count(&second.programs["n1"]), 2);
+}
+
+/// A ctx whose world version the test bumps, as the mirrors do.
+fn ctx_with_world(stores: Stores) -> (Arc<Ctx>, Handle, Arc<watch::Sender<u64>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let world = Arc::new(watch::channel(0u64).0);
+    let config = Config { block: "fcbb:bb00::/32".parse().unwrap(), locator_len: 48 };
+    let ctx = Ctx::new(Client::new(service, "default"), stores, config, world.clone(), Some("test".into()), Fence::always());
+    (Arc::new(ctx), handle, world)
+}
+
+/// No second plan is compiled while the last one is held elsewhere (two plans at once were
+/// the peak of a cold start): the held one comes back as older than the world, with when to
+/// look again; once it is let go, the next call compiles, and the old plan is gone.
+#[tokio::test]
+async fn no_plan_is_compiled_while_the_last_one_is_held() {
+    let (stores, _w) = world();
+    let (ctx, _handle, world) = ctx_with_world(stores);
+    // Past the compilation budget's pause (a compilation of this world takes microseconds).
+    let quiet = || tokio::time::sleep(Duration::from_millis(20));
+    let (first, stale) = ctx.plan(false);
+    assert!(stale.is_none());
+    world.send_modify(|v| *v += 1);
+    quiet().await;
+    let (again, stale) = ctx.plan(false);
+    assert!(Arc::ptr_eq(&first, &again), "a second plan was compiled while the first was held");
+    assert_eq!(stale, Some(HELD));
+    let old = Arc::downgrade(&first);
+    drop((first, again));
+    quiet().await;
+    let (_newer, stale) = ctx.plan(false);
+    assert!(stale.is_none());
+    assert!(old.upgrade().is_none(), "the old plan outlived the new one's compilation");
+}
+
+/// The planner's round holds no plan while it waits for its writes: a reconcile may compile a
+/// newer one meanwhile (the round's then goes), and the round ends without statuses, leaving
+/// them to the newer world's round.
+#[tokio::test]
+async fn a_round_holds_no_plan_while_it_waits_for_its_writes() {
+    let (stores, _w) = world();
+    let (ctx, mut handle, world) = ctx_with_world(stores);
+    let round = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.plan_round(None).await }
+    });
+    // The round's writes are sent and not answered yet: the round waits for them.
+    let pending = sort_out(&mut handle, 2).await;
+    world.send_modify(|v| *v += 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (newer, stale) = ctx.plan(false);
+    assert!(stale.is_none(), "the round's plan was held through its wait");
+    for p in pending.into_values() {
+        answer(p).await;
+    }
+    let (changed, _, round) = round.await.unwrap();
+    assert!(changed.is_empty() && round.is_none(), "a round whose plan was replaced wrote statuses from it");
+    drop(newer);
 }
 
 #[tokio::test]
