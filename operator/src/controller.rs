@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::events::Recorder;
 use crate::lease::Fence;
 use crate::mirror::{chain_trigger, mirror, relevant, Forward, Triggers};
-use crate::publisher::{Publisher, Waits, Want};
+use crate::publisher::{Held, Publisher, Waits, Want};
 use crate::slim;
 use crate::split::SliceCache;
 use crate::world::{self, Plan};
@@ -276,12 +276,15 @@ impl Ctx {
     }
 
     /// The plan that includes `chain` as the controller sees it (and whether it is older than
-    /// the world, see [`Ctx::plan`]): compiled with it if the mirror is still behind.
-    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+    /// the world, see [`Ctx::plan`]): compiled with it if the mirror is still behind. Such a
+    /// plan is this reconcile's alone (the third value): no cache keeps it, and the writes it
+    /// hands over hold it weakly ([`Held`]), so the reconcile keeps it until they are done.
+    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>, bool) {
         if self.mirrored(chain) {
-            self.plan(fresh)
+            let (plan, stale) = self.plan(fresh);
+            (plan, stale, false)
         } else {
-            (Arc::new(cpu(|| self.stores.compile(Some(chain)))), None)
+            (Arc::new(cpu(|| self.stores.compile(Some(chain)))), None, true)
         }
     }
 
@@ -337,8 +340,8 @@ impl Ctx {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            let program = std::sync::Mutex::new(Some((program.clone(), plan.peers.clone())));
-            waits.push(self.publisher.send(node, Want { program, slices, known, legacy, owner }));
+            let source = Held::new(&(program.clone(), plan.peers.clone()));
+            waits.push(self.publisher.send(node, Want { source, slices, known, legacy, owner }));
         }
         if only.is_some() || self.fence.check().is_err() {
             return waits;
@@ -373,16 +376,17 @@ impl Ctx {
     async fn apply_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
         self.await_mirror(chain).await;
         let key = world::key_of(chain);
-        let (plan, waits, stale) = {
+        let (plan, waits, stale, own) = {
             let _one = self.publishing.lock().await;
-            let (plan, stale) = self.plan_with(chain, false);
+            let (plan, stale, own) = self.plan_with(chain, false);
             let nodes: BTreeSet<&str> = plan.chain_nodes.get(&key).into_iter().flatten().map(|n| &**n).collect();
             let waits = self.publish(&plan, Some(&nodes)).await;
             // Only this chain's part is kept while its nodes' writes are waited for: the plan
-            // itself is not held up while the next one compiles.
-            (plan.for_chain(&key), waits, stale)
+            // itself is not held up while the next one compiles (unless it is this reconcile's).
+            (plan.for_chain(&key), waits, stale, own.then_some(plan))
         };
         let failures = self.settled(waits).await;
+        drop(own);
         // A plan older than the world: this chain is looked at again once a newer one is made.
         let done = stale.map_or_else(Action::await_change, Action::requeue);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -470,12 +474,13 @@ impl Ctx {
             self.stores.slices.state().iter().filter(|s| slim::chains_of(s).contains(&key)).map(|s| s.spec.node.clone()).collect();
         holders
             .extend(self.stores.programs.state().iter().filter(|p| world::tables_hold(&p.spec.tables, &ns, &name)).map(|p| p.name_any()));
-        let waits = {
+        let (waits, own) = {
             let _one = self.publishing.lock().await;
-            let (plan, _) = self.plan_with(chain, true);
-            self.publish(&plan, Some(&holders.iter().map(String::as_str).collect())).await
+            let (plan, _, own) = self.plan_with(chain, true);
+            (self.publish(&plan, Some(&holders.iter().map(String::as_str).collect())).await, own.then_some(plan))
         };
         let failures = self.settled(waits).await;
+        drop(own);
         if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Action::requeue(Duration::from_secs(5)));

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -29,7 +29,7 @@ use srv6::node_api::{NodeProgram as Program, Peer};
 use srv6::slices::{Renderer, Shape};
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::MANAGER;
 use crate::events::Recorder;
@@ -83,11 +83,27 @@ impl PartialEq for Slice {
 /// What a node's slices are rendered from: its program and every node's peers.
 pub type Source = (Arc<Program>, Arc<Vec<Peer>>);
 
+/// A want's [`Source`], held weakly: the plan it is part of (the plan cache's) keeps it alive,
+/// and a newer plan replaces that one without waiting for the writes queued behind a backlog.
+/// A write whose source went waits for the newer plan's want, which the planner hands every
+/// node after each plan; it does not keep an older plan's tables alive beside the newer one.
+pub struct Held {
+    program: Weak<Program>,
+    peers: Weak<Vec<Peer>>,
+    /// The writer found them gone and waits for newer ones.
+    missed: bool,
+}
+
+impl Held {
+    pub fn new((program, peers): &Source) -> Mutex<Held> {
+        Mutex::new(Held { program: Arc::downgrade(program), peers: Arc::downgrade(peers), missed: false })
+    }
+}
+
 /// What a node's writer is asked to do.
 pub struct Want {
-    /// The node's program and every node's peers, which the slices' specs are rendered from;
-    /// dropped once they are written, so that a settled writer keeps no old program alive.
-    pub program: Mutex<Option<Source>>,
+    /// The node's program and every node's peers, which the slices' specs are rendered from.
+    pub source: Mutex<Held>,
     pub slices: Arc<Slices>,
     /// The node's slices as this operator's mirror knows them (their resourceVersions make the
     /// writes conditional: a stale leader's write fails instead of landing).
@@ -95,6 +111,30 @@ pub struct Want {
     /// Delete the node's pre-slice NodeProgram (its daemon has reported on its slices).
     pub legacy: bool,
     pub owner: OwnerReference,
+}
+
+impl Want {
+    /// The want's source, if its plan is still there; else noted as missed.
+    fn source(&self) -> Option<Source> {
+        let mut held = self.source.lock().expect("source");
+        let source = held.program.upgrade().zip(held.peers.upgrade());
+        held.missed = source.is_none();
+        source
+    }
+}
+
+/// Why a node's slices were not all written.
+enum Unwritten {
+    /// A write failed (named in the message).
+    Failed(String),
+    /// The plan they were rendered from went before they were written (see [`Held`]).
+    Gone,
+}
+
+impl From<String> for Unwritten {
+    fn from(e: String) -> Self {
+        Unwritten::Failed(e)
+    }
 }
 
 struct Sent {
@@ -182,15 +222,13 @@ impl Publisher {
         writer.want.send_if_modified(|current| match current {
             Some(s) if s.want.slices == want.slices && s.want.legacy == want.legacy && !settled_ok(s) => {
                 // The same slices, still to be written: from now on rendered from the newer
-                // plan's program (the same content), so that writes waiting behind a backlog
-                // do not keep an older plan's tables alive beside the newer plan (at a cold
-                // start with 100,000 chains, half the operator's heap).
-                let mut program = s.want.program.lock().expect("program");
-                if program.is_some() {
-                    *program = want.program.into_inner().expect("program");
-                }
+                // plan's program (the same content). A writer that found its source gone
+                // is woken; one still writing or waiting out a retry's backoff is not.
+                let mut held = s.want.source.lock().expect("source");
+                let missed = held.missed;
+                *held = want.source.into_inner().expect("source");
                 sent = s.seq;
-                false
+                missed
             }
             _ => {
                 *current = Some(Arc::new(Sent { seq, want }));
@@ -254,13 +292,16 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
             }
             match shared.publish_node(&node, &sent.want).await {
                 Ok(()) => {
-                    sent.want.program.lock().expect("program").take();
                     done.send_replace((sent.seq, None));
                     shared.settle(&node, None).await;
                     backoff = Duration::from_secs(1);
                     break;
                 }
-                Err(e) => {
+                Err(Unwritten::Gone) => {
+                    debug!(node, "its plan went before its slices were written; waiting for the newer plan's");
+                    break;
+                }
+                Err(Unwritten::Failed(e)) => {
                     done.send_replace((sent.seq, Some(e.clone())));
                     shared.settle(&node, Some(e)).await;
                     // Retry the same want after the backoff, or a newer one as soon as it comes.
@@ -294,7 +335,7 @@ impl Shared {
     /// Writes a node's slices that differ from what the API server holds (those that gain
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
     /// asked to. Stops at the first failure, naming the object.
-    async fn publish_node(&self, node: &str, want: &Want) -> Result<(), String> {
+    async fn publish_node(&self, node: &str, want: &Want) -> Result<(), Unwritten> {
         let mut writes = Vec::new();
         for (name, slice) in want.slices.iter() {
             let known = self.known(name, want.known.get(name));
@@ -314,8 +355,7 @@ impl Shared {
             // waiting behind the backlog holds none. (Taken once before the first wait, a
             // thousand nodes' programs of the first plan stayed alive through a cold start's
             // backlog beside the newer plans they were swapped for.)
-            let source = want.program.lock().expect("program").clone();
-            let (program, peers) = source.ok_or_else(|| format!("slice {name}: not written: no program to render it from"))?;
+            let (program, peers) = want.source().ok_or(Unwritten::Gone)?;
             let spec = Renderer::new(node, &program, &peers).spec(&slice.shape);
             drop((program, peers));
             let written = self.write(name, &spec, &slice.digest, &want.owner, resource_version).await;
