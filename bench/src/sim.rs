@@ -338,15 +338,22 @@ fn api_server(b: &mut Bench, api: &Path) -> anyhow::Result<std::path::PathBuf> {
 /// Seconds until every chain is Ready, with progress every 30 s; fails if the operator exits.
 async fn converge(pid: u32, readiness: &Readiness, chains: usize) -> anyhow::Result<f64> {
     let (start, mut last_report) = (Instant::now(), Instant::now());
+    // When the peak (VmHWM, looked at every second) last rose: a spike between two reports.
+    let mut peak = (0.0, 0.0);
     until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
-        let (rss, _) = memory_mib(pid).context("the operator exited")?;
+        let (rss, hwm) = memory_mib(pid).context("the operator exited")?;
+        if hwm > peak.0 {
+            peak = (hwm, start.elapsed().as_secs_f64());
+        }
         if last_report.elapsed() > Duration::from_secs(30) {
             // Heap beside RSS: live objects, or pages the allocator has not returned yet.
             let heap = operator_heap_mib().map_or_else(|e| format!("unknown ({e})"), |h| format!("{h:.0} MiB"));
             eprintln!(
-                "  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB, heap {heap}",
+                "  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB, heap {heap}, peak {:.0} MiB (reached by {:.0} s)",
                 start.elapsed().as_secs_f64(),
-                readiness.count()
+                readiness.count(),
+                peak.0,
+                peak.1
             );
             last_report = Instant::now();
         }
