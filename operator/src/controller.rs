@@ -237,7 +237,7 @@ impl Ctx {
                 // start with 100,000 chains (a profile of it: 610 of 941 MiB in plans).
                 let held = Arc::strong_count(&c.plan) > 1;
                 if !fresh && (held || !again.is_zero()) {
-                    return (c.plan.clone(), Some(again.max(if held { HELD } else { Duration::ZERO })));
+                    return (c.plan.clone(), Some(if held { again.max(HELD) } else { again }));
                 }
             }
             // The old plan goes before the new one is compiled (unless a reconcile still holds
@@ -340,7 +340,7 @@ impl Ctx {
                 continue;
             }
             let Some(owner) = self.stores.nodes.get(&ObjectRef::new(node)).and_then(|n| node_owner(&n)) else { continue };
-            let source = Held::new(&(program.clone(), plan.peers.clone()));
+            let source = Held::new(program, &plan.peers);
             waits.push(self.publisher.send(node, Want { source, slices, known, legacy, owner }));
         }
         if only.is_some() || self.fence.check().is_err() {

@@ -95,7 +95,7 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new((program, peers): &Source) -> Mutex<Held> {
+    pub fn new(program: &Arc<Program>, peers: &Arc<Vec<Peer>>) -> Mutex<Held> {
         Mutex::new(Held { program: Arc::downgrade(program), peers: Arc::downgrade(peers), missed: false })
     }
 }
