@@ -29,6 +29,9 @@ pub struct Plan {
     pub scenarios: Vec<String>,
 }
 
+/// The kernel-native static proxy's scenario (seg6local End.DX6 in, seg6 encapsulation back).
+pub const KERNEL_PROXY: &str = "kernel_static_proxy";
+
 /// kpps per repetition, by scenario key.
 pub type Samples = BTreeMap<String, Vec<f64>>;
 
@@ -57,6 +60,9 @@ pub struct Results {
     pub monitor_events: BTreeMap<String, u64>,
     /// Trials that failed and were left out (the run went on).
     pub failures: Vec<String>,
+    /// Scenarios this machine cannot run, with why (the kernel proxy on a kernel without seg6
+    /// lightweight tunnels).
+    pub unavailable: BTreeMap<String, String>,
     /// Wall seconds of each part, in the order they ran.
     pub seconds: Vec<(String, f64)>,
 }
@@ -172,10 +178,20 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
     Ok(())
 }
 
+/// The generator's ceiling (and the results it starts), and what this machine cannot run.
+fn start(b: &mut Bench, plan: &Plan) -> anyhow::Result<(Results, f64)> {
+    let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
+    if let Some(why) = b.kernel_seg6_missing() {
+        eprintln!("data plane: no kernel static proxy here: {why}");
+        res.unavailable.insert(KERNEL_PROXY.into(), why);
+    }
+    let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    Ok((res, ceiling_pps))
+}
+
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let mut laps = crate::report::Laps::start();
-    let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
-    let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    let (mut res, ceiling_pps) = start(b, plan)?;
     let (sp, age0) = pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
     // Segment list length: segments left after the proxy, 1 (the sink) and more (`Plan::seglist`).
     let seg: Vec<Scenario> = plan
@@ -204,8 +220,13 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     let cpu = plan.sut_cpu;
     let mut plain = b.lane("plain", Kind::Plain, cpu)?;
     b.grow(&mut plain, 1)?;
-    let mut kernel = b.lane("kernel", Kind::Kernel, cpu)?;
-    b.grow(&mut kernel, 1)?;
+    let kernel = if res.unavailable.contains_key(KERNEL_PROXY) {
+        None
+    } else {
+        let mut kernel = b.lane("kernel", Kind::Kernel, cpu)?;
+        b.grow(&mut kernel, 1)?;
+        Some(kernel)
+    };
     let mut sp = b.lane("sp", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
     b.grow(&mut sp, 4)?;
     // VNF 1: End.AD (IPv6 inner), 2: End.AS, 3: End.AM, 4: End.AD with IPv4 inner.
@@ -229,12 +250,6 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
 
     let mut main = vec![
         Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
-        Scenario {
-            key: "kernel_static_proxy".into(),
-            path: with_expect(&kernel, SINK_SID),
-            frame: packet::encapsulated(kernel.macs, OUTER_SRC, &[sid(&kernel, 0)], inner6())?,
-            dsts: vec![],
-        },
         Scenario { key: "end_ad".into(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, 0)?, dsts: vec![] },
         Scenario {
             key: "end_as".into(),
@@ -274,13 +289,24 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
             dsts: vec![],
         },
     ];
+    if let Some(kernel) = &kernel {
+        main.insert(
+            1,
+            Scenario {
+                key: KERNEL_PROXY.into(),
+                path: with_expect(kernel, SINK_SID),
+                frame: packet::encapsulated(kernel.macs, OUTER_SRC, &[sid(kernel, 0)], inner6())?,
+                dsts: vec![],
+            },
+        );
+    }
     main.retain(|s| plan.scenarios.is_empty() || plan.scenarios.contains(&s.key));
     laps.lap("dataplane_setup");
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
     laps.lap("dataplane_pdr");
     eprintln!("BPF run time per program at {:.0} kpps", plan.cost_pps / 1000.0);
-    for s in main.iter().filter(|s| s.key != "plain" && s.key != "kernel_static_proxy") {
+    for s in main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY) {
         if let Some(ns) = bpf_cost(b, s, plan.cost_pps, plan, &mut res.failures) {
             res.bpf_ns.insert(s.key.clone(), ns);
         }
@@ -367,8 +393,7 @@ pub struct Parts {
 /// need.
 pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Results> {
     let mut laps = crate::report::Laps::start();
-    let mut res = Results { ceiling_kpps: ceiling(b, plan)?, ..Default::default() };
-    let ceiling_pps = crate::stats::median(&res.ceiling_kpps) * 1000.0;
+    let (mut res, ceiling_pps) = start(b, plan)?;
     if parts.pdr {
         pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
     }
@@ -392,7 +417,10 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
 fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
     let cpu = plan.sut_cpu;
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-    let mut kscale = b.lane("kscale", Kind::Kernel, cpu)?;
+    let mut kscale = match res.unavailable.contains_key(KERNEL_PROXY) {
+        true => None,
+        false => Some(b.lane("kscale", Kind::Kernel, cpu)?),
+    };
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
     let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
     // End.AD spread over every SID, and through the last VNF installed alone.
@@ -407,10 +435,12 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         eprintln!("VNF sweep: {n} VNFs");
         b.grow(&mut scale, n)?;
         b.program(&scale, &[], &[], 0)?;
-        b.grow(&mut kscale, n)?;
+        if let Some(kscale) = kscale.as_mut() {
+            b.grow(kscale, n)?;
+        }
         b.grow(&mut pscale, n)?;
         let key = n.to_string();
-        let points = vec![
+        let mut points = vec![
             spread(&scale, &key)?,
             Scenario {
                 key: format!("plain/{n}"),
@@ -418,14 +448,16 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
                 frame: packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
                 dsts: (1..=n).map(spread_dst).collect(),
             },
-            Scenario {
-                key: format!("kernel/{n}"),
-                path: with_expect(&kscale, SINK_SID),
-                frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(&kscale, 0)], inner6())?,
-                dsts: sids(&kscale),
-            },
             installed(&scale, &key)?,
         ];
+        if let Some(kscale) = &kscale {
+            points.push(Scenario {
+                key: format!("kernel/{n}"),
+                path: with_expect(kscale, SINK_SID),
+                frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(kscale, 0)], inner6())?,
+                dsts: sids(kscale),
+            });
+        }
         // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).
         check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(&pscale)?]))?;
         let mut s = Samples::new();
@@ -435,11 +467,13 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         if let Some(ns) = bpf_cost(b, &points[0], pps, plan, &mut res.failures) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
-        installed_cost(b, &points[3], &s, plan, res);
+        installed_cost(b, &points[2], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.plain_spread.insert(key.clone(), take("plain"));
-        res.kernel_scaling.insert(key.clone(), take("kernel"));
+        if kscale.is_some() {
+            res.kernel_scaling.insert(key.clone(), take("kernel"));
+        }
         res.installed.insert(key.clone(), take("installed"));
     }
     if plan.table_sids > 0 {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use dataplane::KERNEL_PROXY;
 
 /// Measures srv6pipes against plain IPv6 forwarding and the kernel-native static proxy (PDR at
 /// 0.5 % loss, XDP live-frames generator), sweeps VNF count, SID table size, End.AD learning
@@ -377,6 +378,7 @@ fn main() -> anyhow::Result<()> {
                 json.insert("chain3_detail".into(), report::details(&dp.chain3));
             }
             json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
+            json.insert("unavailable".into(), serde_json::json!(dp.unavailable));
         }
         let dp_seconds = dp.iter().flat_map(|dp| dp.seconds.iter());
         json.insert("part_seconds".into(), report::seconds(&dp_seconds.chain(&c.seconds).cloned().collect::<Vec<_>>()));
@@ -423,54 +425,48 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
     let date = String::from_utf8(std::process::Command::new("date").args(["-u", "+%F"]).output()?.stdout)?.trim().to_string();
     let p = &dp.pdr;
     let max_point = dp.scaling.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();
+    // Two scenarios' ratio; None when this machine could not run one (`unavailable`).
+    let pair = |a: &str, b: &str| Some(ratio(p.get(a)?, p.get(b)?));
     let ratios: serde_json::Map<String, serde_json::Value> = [
-        ("end_ad/plain", ratio(&p["end_ad"], &p["plain"])),
-        ("end_ad/kernel_static_proxy", ratio(&p["end_ad"], &p["kernel_static_proxy"])),
-        ("end_as/plain", ratio(&p["end_as"], &p["plain"])),
-        ("end_as/kernel_static_proxy", ratio(&p["end_as"], &p["kernel_static_proxy"])),
-        ("end_am/plain", ratio(&p["end_am"], &p["plain"])),
-        ("end_am/kernel_static_proxy", ratio(&p["end_am"], &p["kernel_static_proxy"])),
-        ("kernel_static_proxy/plain", ratio(&p["kernel_static_proxy"], &p["plain"])),
-        ("age0/age1", ratio(&p["end_ad_age0"], &p["end_ad"])),
-        ("monitor_drops/detached", ratio(&p["end_ad_monitor_drops"], &p["end_ad_monitor_none"])),
-        ("monitor_trace/detached", ratio(&p["end_ad_monitor_trace"], &p["end_ad_monitor_none"])),
-        ("vnf_max/vnf_1", ratio(&dp.scaling[&max_point], &dp.scaling["1"])),
-        ("tcp_chained/unchained", ratio(&tcp.chained_mbps, &tcp.unchained_mbps)),
-        ("chain3_srv6pipes/plain", ratio(&dp.chain3["srv6pipes"], &dp.chain3["plain"])),
+        ("end_ad/plain", pair("end_ad", "plain")),
+        ("end_ad/kernel_static_proxy", pair("end_ad", KERNEL_PROXY)),
+        ("end_as/plain", pair("end_as", "plain")),
+        ("end_as/kernel_static_proxy", pair("end_as", KERNEL_PROXY)),
+        ("end_am/plain", pair("end_am", "plain")),
+        ("end_am/kernel_static_proxy", pair("end_am", KERNEL_PROXY)),
+        ("kernel_static_proxy/plain", pair(KERNEL_PROXY, "plain")),
+        ("age0/age1", pair("end_ad_age0", "end_ad")),
+        ("monitor_drops/detached", pair("end_ad_monitor_drops", "end_ad_monitor_none")),
+        ("monitor_trace/detached", pair("end_ad_monitor_trace", "end_ad_monitor_none")),
+        ("vnf_max/vnf_1", Some(ratio(&dp.scaling[&max_point], &dp.scaling["1"]))),
+        ("tcp_chained/unchained", Some(ratio(&tcp.chained_mbps, &tcp.unchained_mbps))),
+        ("chain3_srv6pipes/plain", Some(ratio(&dp.chain3["srv6pipes"], &dp.chain3["plain"]))),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+    .filter_map(|(k, v)| Some((k.to_string(), serde_json::json!(v?))))
     .collect();
     let cni_p99 = stats::percentile(&cni.srv6pipes_ms, 99.0);
-    let targets = vec![
-        Target {
-            name: "end_ad_vs_plain".into(),
-            what: "End.AD ÷ plain forwarding".into(),
-            bound: 1.0,
-            at_least: true,
-            value: ratio(&p["end_ad"], &p["plain"]),
-        },
-        Target {
-            name: "end_ad_vs_kernel".into(),
-            what: "End.AD ÷ kernel static proxy".into(),
-            bound: 1.0,
-            at_least: true,
-            value: ratio(&p["end_ad"], &p["kernel_static_proxy"]),
-        },
-        Target {
-            name: "end_as_vs_plain".into(),
-            what: "End.AS ÷ plain forwarding".into(),
-            bound: 1.0,
-            at_least: true,
-            value: ratio(&p["end_as"], &p["plain"]),
-        },
-        Target {
-            name: "end_as_vs_kernel".into(),
-            what: "End.AS ÷ kernel static proxy".into(),
-            bound: 1.0,
-            at_least: true,
-            value: ratio(&p["end_as"], &p["kernel_static_proxy"]),
-        },
+    // The kernel proxy's targets only where this machine could run it (`unavailable` says why not).
+    let vs_kernel = |name: &str, what: &str, of: &str| {
+        pair(of, KERNEL_PROXY).map(|value| Target { name: name.into(), what: what.into(), bound: 1.0, at_least: true, value })
+    };
+    let mut targets = vec![Target {
+        name: "end_ad_vs_plain".into(),
+        what: "End.AD ÷ plain forwarding".into(),
+        bound: 1.0,
+        at_least: true,
+        value: ratio(&p["end_ad"], &p["plain"]),
+    }];
+    targets.extend(vs_kernel("end_ad_vs_kernel", "End.AD ÷ kernel static proxy", "end_ad"));
+    targets.push(Target {
+        name: "end_as_vs_plain".into(),
+        what: "End.AS ÷ plain forwarding".into(),
+        bound: 1.0,
+        at_least: true,
+        value: ratio(&p["end_as"], &p["plain"]),
+    });
+    targets.extend(vs_kernel("end_as_vs_kernel", "End.AS ÷ kernel static proxy", "end_as"));
+    targets.extend([
         Target {
             name: "vnf_flat".into(),
             what: format!("{max_point} VNFs/SIDs ÷ 1 VNF"),
@@ -520,8 +516,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             at_least: false,
             value: stats::summarize(&[stats::percentile(&chains.ms, 99.0)]),
         },
-    ];
-    let mut targets = targets;
+    ]);
     targets.push(Target {
         name: "chain3".into(),
         what: "three functions over three nodes, srv6pipes ÷ plain".into(),
@@ -577,7 +572,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "generator_ceiling_kpps": stats::summarize(&dp.ceiling_kpps),
         "pdr_kpps": {
             "plain": stats::median(&p["plain"]),
-            "kernel_static_proxy": stats::median(&p["kernel_static_proxy"]),
+            "kernel_static_proxy": p.get(KERNEL_PROXY).map(|s| stats::median(s)),
             "end_ad": stats::median(&p["end_ad"]),
             "end_as": stats::median(&p["end_as"]),
             "end_am": stats::median(&p["end_am"]),
@@ -602,6 +597,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
         "dataplane_failures": dp.failures,
+        "unavailable": dp.unavailable,
         "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });

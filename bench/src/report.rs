@@ -145,9 +145,13 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         r["method"]["repetitions"], m["cpu_model"].as_str().unwrap_or("?"), m["cpus"], m["kernel"].as_str().unwrap_or("?"),
         r["pinning"]["generator_cpu"], r["pinning"]["sut_cpu"], r["generator_ceiling_kpps"]["median"].as_f64().unwrap_or(0.0));
     let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
-    let (a, b) = (&pdr["plain"], &pdr["kernel_static_proxy"]);
+    let (a, b) = (&pdr["plain"], pdr.get(crate::dataplane::KERNEL_PROXY));
     for (k, v) in pdr {
-        let _ = writeln!(md, "| {k} | {} | {} | {} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)), fmt_r(&ratios(v, b)));
+        let vs_kernel = b.map_or_else(|| "–".to_string(), |b| fmt_r(&ratios(v, b)));
+        let _ = writeln!(md, "| {k} | {} | {} | {vs_kernel} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)));
+    }
+    for (what, why) in r["unavailable"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "\nNot measured: {what}: {}", why.as_str().unwrap_or_default());
     }
     for (key, title) in [
         ("bpf_ns_per_run", "scenario"),

@@ -335,32 +335,39 @@ fn api_server(b: &mut Bench, api: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(kubeconfig)
 }
 
-/// Seconds until every chain is Ready, with progress every 30 s; fails if the operator exits.
-async fn converge(pid: u32, readiness: &Readiness, chains: usize) -> anyhow::Result<f64> {
+/// Seconds until every chain is Ready, with progress every 30 s, and the heap's peak over that
+/// time (MiB); fails if the operator exits.
+async fn converge(pid: u32, readiness: &Readiness, chains: usize) -> anyhow::Result<(f64, f64)> {
     let (start, mut last_report) = (Instant::now(), Instant::now());
-    // When the peak (VmHWM, looked at every second) last rose: a spike between two reports.
-    let mut peak = (0.0, 0.0);
+    // When the peaks (VmHWM and the heap, looked at every second) last rose: a spike between
+    // two reports, and whether it was live objects or pages the allocator had not returned.
+    let (mut peak, mut heap_peak) = ((0.0, 0.0), (0.0, 0.0));
     until("every chain Ready", Duration::from_secs(3600), Duration::from_secs(1), || {
         let (rss, hwm) = memory_mib(pid).context("the operator exited")?;
+        let heap = operator_heap_mib();
+        let at = start.elapsed().as_secs_f64();
         if hwm > peak.0 {
-            peak = (hwm, start.elapsed().as_secs_f64());
+            peak = (hwm, at);
+        }
+        if let Some(h) = heap.as_ref().ok().filter(|h| **h > heap_peak.0) {
+            heap_peak = (*h, at);
         }
         if last_report.elapsed() > Duration::from_secs(30) {
-            // Heap beside RSS: live objects, or pages the allocator has not returned yet.
-            let heap = operator_heap_mib().map_or_else(|e| format!("unknown ({e})"), |h| format!("{h:.0} MiB"));
+            let heap = heap.map_or_else(|e| format!("unknown ({e})"), |h| format!("{h:.0} MiB"));
             eprintln!(
-                "  sim: {:.0} s: {} chains Ready, operator RSS {rss:.0} MiB, heap {heap}, peak {:.0} MiB (reached by {:.0} s)",
-                start.elapsed().as_secs_f64(),
+                "  sim: {at:.0} s: {} chains Ready, operator RSS {rss:.0} MiB, heap {heap}, peaks: RSS {:.0} MiB (by {:.0} s), heap {:.0} MiB (by {:.0} s)",
                 readiness.count(),
                 peak.0,
-                peak.1
+                peak.1,
+                heap_peak.0,
+                heap_peak.1
             );
             last_report = Instant::now();
         }
         Ok(readiness.count() == chains)
     })
     .await?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok((start.elapsed().as_secs_f64(), heap_peak.0))
 }
 
 pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
@@ -406,7 +413,7 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             let lines: Vec<&str> = log.lines().collect();
             format!("the operator's last log lines:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
         };
-        let converge_s = converge(pid, &readiness, size.chains).await.with_context(log_tail)?;
+        let (converge_s, heap_peak) = converge(pid, &readiness, size.chains).await.with_context(log_tail)?;
         let converge_writes = operator_writes(&kubeconfig)? - writes0;
         let ((rss, hwm), heap) = (memory_mib(pid)?, operator_heap_mib()?);
         eprintln!(
@@ -422,12 +429,12 @@ pub fn run(b: &mut Bench, size: &Size) -> anyhow::Result<serde_json::Value> {
             "converge_s": converge_s,
             "converge_writes": converge_writes,
             "operator_rss_mib": {"converged": rss, "after_changes": rss_after, "peak": hwm.max(hwm_after)},
-            "operator_heap_mib": {"converged": heap, "after_changes": heap_after},
+            "operator_heap_mib": {"converged": heap, "after_changes": heap_after, "peak_cold_start": heap_peak},
             "etcd_db_mib": file_mib(&api.join("etcd/member/snap/db")),
             "chain_ready_ms": latency(&ready_ms),
             "writes_per_change": crate::stats::summarize(&writes),
             "cpu_ms_per_change": crate::stats::summarize(&cpu_ms),
-            "how": "cold start: the operator starts with every object present; converged when every chain is Ready (this process reports each slice generation programmed, as the daemons would). Then chains created one at a time: created -> Ready; per change (created, then deleted) the operator's API writes and CPU time until it wrote nothing for 2 s. RSS from /proc/PID/status, heap from the operator's srv6pipes_operator_heap_bytes metric, etcd size its db file.",
+            "how": "cold start: the operator starts with every object present; converged when every chain is Ready (this process reports each slice generation programmed, as the daemons would). Then chains created one at a time: created -> Ready; per change (created, then deleted) the operator's API writes and CPU time until it wrote nothing for 2 s. RSS from /proc/PID/status, heap from the operator's srv6pipes_operator_heap_bytes metric (its cold-start peak looked at every second), etcd size its db file.",
         }))
     })
 }

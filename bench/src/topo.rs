@@ -127,6 +127,26 @@ impl Bench {
         Ok(Self { tag, gen_ns, sink_ns, dir, pin_root, bin_dir, traffic, next_k: 1, lanes: Cleanup::default(), cleanup })
     }
 
+    /// Why this kernel cannot run the kernel-native static proxy, or None when it can: its
+    /// seg6 and seg6local routes need seg6 lightweight tunnels (CONFIG_IPV6_SEG6_LWTUNNEL), which
+    /// some kernels leave out. A seg6 route tried in the generator's netns tells.
+    pub fn kernel_seg6_missing(&self) -> Option<String> {
+        let probe = |verb: &str| {
+            sys::ip_batch_with(
+                &["-6"],
+                Some(&self.gen_ns),
+                &[format!("route {verb} fd00:5e6::/128 encap seg6 mode encap segs fd00:5e6::1 dev lo")],
+            )
+        };
+        match probe("add") {
+            Ok(()) => {
+                let _ = probe("del");
+                None
+            }
+            Err(e) => Some(format!("this kernel has no seg6 lightweight tunnels (CONFIG_IPV6_SEG6_LWTUNNEL): {e:#}")),
+        }
+    }
+
     /// Removes every lane made so far (daemons stopped, netns deleted) and waits until the
     /// kernel has cleaned their netns up: lanes left behind, or their clean-up running on, are
     /// other nodes' work on this one kernel, and the next part measured them too (CNI ADD p99

@@ -345,34 +345,66 @@ fn pair_attachment_carries_the_chain() {
     assert!(ids[1] >= 4, "{ids:?}");
 }
 
+/// Sends three SRv6 packets from the pod it runs in, built by hand through a raw socket
+/// (IPPROTO_RAW: the header included), as a pod that does SRv6 itself would, whatever its
+/// kernel offers (some kernels have no seg6 routes): `SRC DST SEG...` (the segments in the
+/// order they are visited), an ICMPv6 echo request from SRC to DST inside.
+const SELF_MADE_SRV6: &str = r#"
+import socket, struct, sys
+src, dst, *segs = sys.argv[1:]
+a = lambda x: socket.inet_pton(socket.AF_INET6, x)
+def checksum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b + b"\0" * (len(b) % 2)))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+def ip6(src, dst, nh, payload):
+    return struct.pack("!IHBB", 6 << 28, len(payload), nh, 64) + a(src) + a(dst) + payload
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for seq in (1, 2, 3):
+    echo = struct.pack("!BBHHH", 128, 0, 0, 0x5E6, seq) + b"srv6pipes closed"
+    sum_ = checksum(a(src) + a(dst) + struct.pack("!I3xB", len(echo), 58) + echo)
+    echo = echo[:2] + struct.pack("!H", sum_) + echo[4:]
+    n = len(segs)
+    srh = struct.pack("!BBBBBBH", 41, 2 * n, 4, n - 1, n - 1, 0, 0) + b"".join(a(s) for s in reversed(segs))
+    sock.sendto(ip6(src, segs[0], 43, srh + ip6(src, dst, 58, echo)), (segs[0], 0))
+"#;
+
 /// The SR domain is closed (RFC 8754 §5.1): no pod reaches a SID, not even with SRv6 it builds
-/// itself (kernel seg6 encapsulation in the client), so the ids can never be reached without the
-/// firewall. Pods that are no chain source are guarded too.
+/// itself (straight to the ids, then the decapsulation SID), so the ids can never be reached
+/// without the firewall. Pods that are no chain source are guarded too.
 #[test]
 fn pods_cannot_skip_a_function_by_addressing_its_sid() {
-    require_lab!("nft", "ping");
+    require_lab!("nft", "ping", "python3", "tcpdump");
     let lab = Lab::new("closed");
     lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
     let st = lab.status();
-    let server6 = pod_ip(&st, "server", true);
+    let (client6, server6) = (pod_ip(&st, "client", true), pod_ip(&st, "server", true));
     let ids_sid = "fcbb:bb00:2:e001::";
     let drops = |node: &str| lab.status()["drops"][node]["closed_domain"].as_u64().unwrap();
     assert!(!ping(&lab, "client", ids_sid, 2), "the ids' SID is not reachable from a pod");
     assert!(drops("n1") >= 2);
     assert!(!ping(&lab, "server", "fcbb:bb00:1:e001::", 2), "nor from a pod that is no chain source");
     assert!(drops("n2") >= 2);
-    // The client builds SRv6 itself, straight to the ids then the decapsulation SID.
-    let route = format!("{server6}/128");
-    let segs = format!("{ids_sid},fcbb:bb00:2:d6::");
-    let add = lab.exec("client", &["ip", "-6", "route", "add", &route, "encap", "seg6", "mode", "encap", "segs", &segs, "dev", "eth0"]);
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     let before = (lab.nft_counters("ids", "ip6 vnf"), drops("n1"));
-    assert!(!ping(&lab, "client", &server6, 3), "self-made SRv6 must not get through");
+    let file = lab.state.with_extension("client.pcap");
+    let f = file.display().to_string();
+    let cap = Capture::spawn(
+        lab.cmd(&["exec", "client", "--", "tcpdump", "--immediate-mode", "-i", "eth0", "-nn", "-U", "-w", &f]),
+        file,
+        "eth0",
+    );
+    let sent = lab.exec("client", &["python3", "-c", SELF_MADE_SRV6, &client6, &server6, ids_sid, "fcbb:bb00:2:d6::"]);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // What the pod sent is well-formed SRv6 (an SRH with both segments, the echo request's
+    // checksum right inside): what a working chain would carry, had the domain been open.
+    let out = cap.finish().join("\n");
+    let srh = format!("segleft=1, last-entry=1, flags=0x0, tag=0, [0]fcbb:bb00:2:d6::, [1]{ids_sid})");
+    assert_eq!(out.matches(&srh).count(), 3, "{out}");
+    assert_eq!(out.matches("[icmp6 sum ok] ICMP6, echo request").count(), 3, "{out}");
+    wait_for("the drops counted", Duration::from_secs(5), || drops("n1") >= before.1 + 3);
     assert_eq!(lab.nft_counters("ids", "ip6 vnf"), before.0, "the ids saw nothing");
-    assert!(drops("n1") >= before.1 + 3);
-    // Without the pod's own route, the chain works as before.
-    assert!(lab.exec("client", &["ip", "-6", "route", "del", &route]).status.success());
-    assert!(ping(&lab, "client", &server6, 2));
+    assert!(ping(&lab, "client", &server6, 2), "the chain works as before");
 }
 
 /// The dual-stack example: IPv4 and IPv6 both cross the firewall then the ids (ICMP and TCP),

@@ -20,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::finalizer::{finalizer, Event as Finalizing};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -50,8 +49,6 @@ const RECONCILES: u16 = 16;
 pub enum Error {
     #[error("kube API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
     NoNamespace(String),
     #[error("{0}")]
@@ -219,11 +216,10 @@ impl Ctx {
         self.fence.check().map_err(Error::Fenced)
     }
 
-    /// The plan for the current world version, compiled at most once per version, and unless
-    /// `fresh` only as the compilation [`Budget`] allows (a small world, compiled in a
-    /// millisecond, is always fresh). The second value says the plan is older than the world,
-    /// and when to look again.
-    pub(crate) fn plan(&self, fresh: bool) -> (Arc<Plan>, Option<Duration>) {
+    /// The plan for the current world version, compiled at most once per version and only as
+    /// the compilation [`Budget`] allows (a small world, compiled in a millisecond, is always
+    /// fresh). The second value says the plan is older than the world, and when to look again.
+    pub(crate) fn plan(&self) -> (Arc<Plan>, Option<Duration>) {
         cpu(|| {
             let version = *self.world.borrow();
             let mut cache = self.cache.lock().expect("plan cache");
@@ -236,7 +232,7 @@ impl Ctx {
                 // now, two plans would be alive at once, as they were at the peak of a cold
                 // start with 100,000 chains (a profile of it: 610 of 941 MiB in plans).
                 let held = Arc::strong_count(&c.plan) > 1;
-                if !fresh && (held || !again.is_zero()) {
+                if held || !again.is_zero() {
                     return (c.plan.clone(), Some(if held { again.max(HELD) } else { again }));
                 }
             }
@@ -279,9 +275,9 @@ impl Ctx {
     /// the world, see [`Ctx::plan`]): compiled with it if the mirror is still behind. Such a
     /// plan is this reconcile's alone (the third value): no cache keeps it, and the writes it
     /// hands over hold it weakly ([`Held`]), so the reconcile keeps it until they are done.
-    fn plan_with(&self, chain: &ServiceChain, fresh: bool) -> (Arc<Plan>, Option<Duration>, bool) {
+    fn plan_with(&self, chain: &ServiceChain) -> (Arc<Plan>, Option<Duration>, bool) {
         if self.mirrored(chain) {
-            let (plan, stale) = self.plan(fresh);
+            let (plan, stale) = self.plan();
             (plan, stale, false)
         } else {
             (Arc::new(cpu(|| self.stores.compile(Some(chain)))), None, true)
@@ -378,7 +374,7 @@ impl Ctx {
         let key = world::key_of(chain);
         let (plan, waits, stale, own) = {
             let _one = self.publishing.lock().await;
-            let (plan, stale, own) = self.plan_with(chain, false);
+            let (plan, stale, own) = self.plan_with(chain);
             let nodes: BTreeSet<&str> = plan.chain_nodes.get(&key).into_iter().flatten().map(|n| &**n).collect();
             let waits = self.publish(&plan, Some(&nodes)).await;
             // Only this chain's part is kept while its nodes' writes are waited for: the plan
@@ -444,6 +440,23 @@ impl Ctx {
             return Ok(Some(chain));
         }
         let finalizers: Vec<&str> = chain.finalizers().iter().map(String::as_str).chain([FINALIZER]).collect();
+        let Some(mut written) = self.patch_finalizers(api, &chain, &finalizers).await? else {
+            debug!(chain = %format!("{}/{}", chain.namespace().unwrap_or_default(), chain.name_any()), "chain changed before its finalizer was added; again shortly");
+            return Ok(None);
+        };
+        slim::chain(&mut written);
+        self.stores.chain_triggers.lock().expect("triggers").note(&written, chain_trigger);
+        Ok(Some(Arc::new(written)))
+    }
+
+    /// Writes `chain`'s finalizers, conditional on the chain as reconciled (a stale leader's or
+    /// a changed chain's write fails); None: the chain changed meanwhile (409).
+    async fn patch_finalizers(
+        &self,
+        api: &Api<ServiceChain>,
+        chain: &ServiceChain,
+        finalizers: &[&str],
+    ) -> Result<Option<ServiceChain>, Error> {
         let mut body = json!({"metadata": {"finalizers": finalizers}});
         if let Some(rv) = &chain.metadata.resource_version {
             body["metadata"]["resourceVersion"] = json!(rv);
@@ -451,21 +464,35 @@ impl Ctx {
         self.fenced()?;
         let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.patch(&chain.name_any(), &params, &Patch::Merge(&body)).await {
-            Ok(mut written) => {
-                slim::chain(&mut written);
-                self.stores.chain_triggers.lock().expect("triggers").note(&written, chain_trigger);
-                Ok(Some(Arc::new(written)))
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                debug!(chain = %format!("{}/{}", chain.namespace().unwrap_or_default(), chain.name_any()), "chain changed before its finalizer was added; again shortly");
-                Ok(None)
-            }
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// A deleted chain: every node's program without it, then the finalizer goes.
-    async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
+    /// A chain being deleted: once no node holds it any more ([`Ctx::cleanup_chain`]), its
+    /// finalizer goes; until then it stays, and the chain is looked at again.
+    async fn finish_deletion(&self, api: &Api<ServiceChain>, chain: &ServiceChain) -> Result<Action, Error> {
+        if !chain.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(Action::await_change());
+        }
+        if let Some(later) = self.cleanup_chain(chain).await? {
+            return Ok(later);
+        }
+        let others: Vec<&str> = chain.finalizers().iter().map(String::as_str).filter(|f| *f != FINALIZER).collect();
+        match self.patch_finalizers(api, chain, &others).await {
+            Ok(Some(_)) => Ok(Action::await_change()),
+            // Changed meanwhile (another finalizer went): looked at again shortly.
+            Ok(None) => Ok(Action::requeue(Duration::from_secs(1))),
+            // Gone already.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A deleted chain: every node that held it gets a program without it. None once that is
+    /// done (the finalizer can go); else when to look again.
+    async fn cleanup_chain(&self, chain: &ServiceChain) -> Result<Option<Action>, Error> {
         self.await_mirror(chain).await;
         let (ns, name) = world::key_of(chain);
         // The finalizer stays until every node that held the chain has a program without it.
@@ -476,17 +503,23 @@ impl Ctx {
             .extend(self.stores.programs.state().iter().filter(|p| world::tables_hold(&p.spec.tables, &ns, &name)).map(|p| p.name_any()));
         let (waits, own) = {
             let _one = self.publishing.lock().await;
-            let (plan, _, own) = self.plan_with(chain, true);
+            // A plan compiled before the deletion still holds the chain: the deletion waits for
+            // the next one, compiled within the budget as for any change (compiling one per
+            // deleted chain, a mass deletion at 100,000 chains cost seconds of CPU per chain).
+            let (plan, stale, own) = self.plan_with(chain);
+            if plan.verdicts.contains_key(&(ns.clone(), name.clone())) {
+                return Ok(Some(Action::requeue(stale.unwrap_or(HELD))));
+            }
             (self.publish(&plan, Some(&holders.iter().map(String::as_str).collect())).await, own.then_some(plan))
         };
         let failures = self.settled(waits).await;
         drop(own);
         if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
-            return Ok(Action::requeue(Duration::from_secs(5)));
+            return Ok(Some(Action::requeue(Duration::from_secs(5))));
         }
         info!(chain = %format!("{ns}/{name}"), "chain deleted: removed from every node");
-        Ok(Action::await_change())
+        Ok(None)
     }
 
     /// A node without a (valid) locator gets the lowest free one of the block; a full block is
@@ -565,14 +598,11 @@ pub async fn reconcile_chain(chain: Arc<ServiceChain>, ctx: Arc<Ctx>) -> Result<
         crate::metrics::chain_reconciled("conflict", false);
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
-    finalizer(&api, FINALIZER, chain, |event| async {
-        match event {
-            Finalizing::Apply(c) => ctx.apply_chain(&c).await,
-            Finalizing::Cleanup(c) => ctx.cleanup_chain(&c).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    if chain.metadata.deletion_timestamp.is_some() {
+        ctx.finish_deletion(&api, &chain).await
+    } else {
+        ctx.apply_chain(&chain).await
+    }
 }
 
 pub async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {

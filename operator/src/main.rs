@@ -122,6 +122,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.health_addr {
         serve_health(addr, health.clone(), elector.clone())?;
     }
+    #[cfg(feature = "heap-profiling")]
+    srv6pipes_operator::memory::profile_highs(32 << 20);
     let beating = health.clone();
     tokio::spawn(async move {
         loop {

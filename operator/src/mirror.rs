@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use srv6::slices;
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::controller::FINALIZER;
 use crate::world;
@@ -40,6 +40,7 @@ pub async fn mirror<K, W>(
     W: Mirror<K>,
 {
     let mut seen = Seen::default();
+    let mut listing = Listing::default();
     let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let event = match event {
@@ -49,6 +50,7 @@ pub async fn mirror<K, W>(
                 continue;
             }
         };
+        listing.note(&event);
         writer.apply_watcher_event(&event);
         let changed = seen.changed(&event, relevant);
         if changed && !matches!(event, watcher::Event::InitApply(_)) {
@@ -58,6 +60,35 @@ pub async fn mirror<K, W>(
             if let watcher::Event::Apply(k) | watcher::Event::InitApply(k) = event {
                 let _ = f.tx.unbounded_send(Ok(k));
             }
+        }
+    }
+}
+
+/// A (re)list in progress: when it started and how many objects it brought so far. Logged at
+/// both ends, so that a relist (the watch's resource version gone, a long disconnection), which
+/// holds a second copy of the kind until it is done and sends every object to the controller
+/// again, shows in the log beside what it cost.
+#[derive(Default)]
+struct Listing(Option<(std::time::Instant, usize)>);
+
+impl Listing {
+    fn note<K: Resource<DynamicType = ()>>(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => {
+                info!(kind = %K::kind(&()), "listing");
+                self.0 = Some((std::time::Instant::now(), 0));
+            }
+            watcher::Event::InitApply(_) => {
+                if let Some((_, n)) = self.0.as_mut() {
+                    *n += 1;
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some((started, n)) = self.0.take() {
+                    info!(kind = %K::kind(&()), objects = n, seconds = started.elapsed().as_secs_f64(), "listed");
+                }
+            }
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
         }
     }
 }

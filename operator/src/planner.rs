@@ -52,7 +52,7 @@ impl Ctx {
     pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Option<Round>) {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
-            let (plan, stale) = self.plan(false);
+            let (plan, stale) = self.plan();
             let waits = self.publish(&plan, None).await;
             (Arc::downgrade(&plan), waits, stale)
         };
