@@ -171,7 +171,7 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
     for failure in r["dataplane_failures"].as_array().into_iter().flatten() {
         let _ = writeln!(md, "\nFailed trial: {}", failure.as_str().unwrap_or_default());
     }
-    for (title, s) in sweeps {
+    for (title, s) in sweeps.iter().filter(|(_, s)| !s.is_empty()) {
         let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
         let mut keys: Vec<&String> = s.keys().collect();
         keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(u64::MAX));

@@ -143,7 +143,7 @@ impl Bench {
                 let _ = probe("del");
                 None
             }
-            Err(e) => Some(format!("this kernel has no seg6 lightweight tunnels (CONFIG_IPV6_SEG6_LWTUNNEL): {e:#}")),
+            Err(e) => Some(format!("this kernel has no seg6 lightweight tunnels (CONFIG_IPV6_SEG6_LWTUNNEL): {e:#}").replace('\n', " ")),
         }
     }
 
