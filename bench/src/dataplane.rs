@@ -417,10 +417,7 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
 fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
     let cpu = plan.sut_cpu;
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-    let mut kscale = match res.unavailable.contains_key(KERNEL_PROXY) {
-        true => None,
-        false => Some(b.lane("kscale", Kind::Kernel, cpu)?),
-    };
+    let mut kscale = if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) };
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
     let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
     // End.AD spread over every SID, and through the last VNF installed alone.

@@ -446,26 +446,20 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
     .filter_map(|(k, v)| Some((k.to_string(), serde_json::json!(v?))))
     .collect();
     let cni_p99 = stats::percentile(&cni.srv6pipes_ms, 99.0);
-    // The kernel proxy's targets only where this machine could run it (`unavailable` says why not).
-    let vs_kernel = |name: &str, what: &str, of: &str| {
-        pair(of, KERNEL_PROXY).map(|value| Target { name: name.into(), what: what.into(), bound: 1.0, at_least: true, value })
+    // Each pair of lanes that ran (the kernel proxy only where this machine could run it:
+    // `unavailable` says why not).
+    let vs = |name: &str, what: &str, of: &str, base: &str| {
+        pair(of, base).map(|value| Target { name: name.into(), what: what.into(), bound: 1.0, at_least: true, value })
     };
-    let mut targets = vec![Target {
-        name: "end_ad_vs_plain".into(),
-        what: "End.AD ÷ plain forwarding".into(),
-        bound: 1.0,
-        at_least: true,
-        value: ratio(&p["end_ad"], &p["plain"]),
-    }];
-    targets.extend(vs_kernel("end_ad_vs_kernel", "End.AD ÷ kernel static proxy", "end_ad"));
-    targets.push(Target {
-        name: "end_as_vs_plain".into(),
-        what: "End.AS ÷ plain forwarding".into(),
-        bound: 1.0,
-        at_least: true,
-        value: ratio(&p["end_as"], &p["plain"]),
-    });
-    targets.extend(vs_kernel("end_as_vs_kernel", "End.AS ÷ kernel static proxy", "end_as"));
+    let mut targets: Vec<Target> = [
+        vs("end_ad_vs_plain", "End.AD ÷ plain forwarding", "end_ad", "plain"),
+        vs("end_ad_vs_kernel", "End.AD ÷ kernel static proxy", "end_ad", KERNEL_PROXY),
+        vs("end_as_vs_plain", "End.AS ÷ plain forwarding", "end_as", "plain"),
+        vs("end_as_vs_kernel", "End.AS ÷ kernel static proxy", "end_as", KERNEL_PROXY),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     targets.extend([
         Target {
             name: "vnf_flat".into(),
