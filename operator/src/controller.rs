@@ -239,8 +239,8 @@ impl Ctx {
             // The old plan goes before the new one is compiled (unless a reconcile still holds
             // it for a moment): two plans at once were the operator's peak.
             let previous = cache.take().map(|c| c.budget);
-            // Its pages go back to the system now rather than after the allocator's decay: the
-            // new plan may be built in the other arena, which cannot reuse them, and both were
+            // Its pages go back to the system before the new plan is built: that may be in the
+            // other arena, which cannot reuse them, and with a second's decay both were
             // resident for a moment (run I: RSS 1,286 MiB with the heap never above 928).
             crate::memory::release();
             let started = Instant::now();

@@ -6,7 +6,7 @@
 //! and a trim after each plan, kept 1,253 MiB resident for a heap of 889 MiB at 100,000 chains
 //! (`bench/run --only sim`): pages that a few live blocks kept from being returned. jemalloc
 //! keeps blocks of one size class together in their own pages and returns unused pages on
-//! its own after [`MALLOC_CONF`]'s decay.
+//! its own as [`MALLOC_CONF`] says.
 
 use std::ffi::CStr;
 
@@ -16,8 +16,10 @@ pub type Allocator = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read at its first allocation (a binary exports them as
 /// `_rjem_malloc_conf`): two arenas (the operator's work is mostly one compilation at a
 /// time; an arena per CPU times four kept more pages partly used), and unused pages returned
-/// to the system after a second instead of ten.
-pub const MALLOC_CONF: &CStr = c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0";
+/// to the system as soon as they are unused, not after a decay: with a second's decay the
+/// cold start at 100,000 chains peaked some 130 MiB above its heap (runs J and K, RSS 1,013
+/// and 1,059 MiB), with none 57 MiB above it (run L, 977 MiB; docs/performance.md).
+pub const MALLOC_CONF: &CStr = c"narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0";
 
 /// What a binary exports as `_rjem_malloc_conf` (a C `const char *`).
 #[repr(transparent)]
@@ -30,7 +32,9 @@ unsafe impl Sync for Conf {}
 /// MALLOC_CONF: Conf = CONF;`.
 pub const CONF: Conf = Conf(MALLOC_CONF.as_ptr());
 
-/// Gives every arena's unused pages back to the system now (a plan's transients are freed).
+/// Gives every arena's unused pages back to the system now (a plan's transients are freed):
+/// what [`MALLOC_CONF`]'s decay of 0 already does as pages fall unused; kept as a guarantee
+/// where a plan's memory changes hands (and for binaries with other options, the bench's).
 pub fn release() {
     // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" takes and returns nothing.
     unsafe {
