@@ -112,8 +112,9 @@ impl Hook {
 enum Attached {
     /// A tcx link pinned at `<pin dir>/links/<hook>-<ifname>-<ifindex>`, until it is unpinned or
     /// its interface goes away. The ifindex in the name tells a live pin from one whose interface
-    /// was replaced. (VNF links pinned by a daemon before filters are adopted and kept.)
-    Link(PinnedLink),
+    /// was replaced; kept here so that the order check needs no lookup by name. (VNF links
+    /// pinned by a daemon before filters are adopted and kept.)
+    Link { link: PinnedLink, ifindex: u32 },
     /// A cls_bpf filter at [`FILTER_PRIORITY`]/[`FILTER_HANDLE`] on `ifindex`'s clsact ingress: it
     /// goes with the interface, and a restarted daemon replaces it with its own program.
     Filter { ifindex: u32 },
@@ -224,10 +225,10 @@ impl Datapath {
             let live =
                 parsed.as_ref().is_some_and(|(_, ifname, ifindex)| nix::net::if_::if_nametoindex(ifname.as_str()).ok() == Some(*ifindex));
             match (parsed, live) {
-                (Some((hook, ifname, _)), true) => {
+                (Some((hook, ifname, ifindex)), true) => {
                     let link =
                         PinnedLink::from_pin(&path).map_err(|e| DatapathError::Invalid(format!("adopt link {}: {e}", path.display())))?;
-                    self.links.insert((hook, ifname.clone()), Attached::Link(link));
+                    self.links.insert((hook, ifname.clone()), Attached::Link { link, ifindex });
                     self.adopted.push((hook, ifname, path));
                 }
                 // The interface is gone (its link with it) or was replaced: drop the stale pin.
@@ -249,7 +250,7 @@ impl Datapath {
         }
         let attached = match hook {
             Hook::Vnf => Attached::Filter { ifindex: self.attach_filter(hook, ifname)? },
-            _ => Attached::Link(self.attach_first(hook, ifname, false)?),
+            _ => self.attach_first(hook, ifname, false)?,
         };
         self.links.insert((hook, ifname.to_string()), attached);
         Ok(())
@@ -289,13 +290,13 @@ impl Datapath {
     /// `ifname`'s tcx ingress, pinned at its path (replacing an older pin there atomically: the
     /// older link, once its last descriptor goes, is detached; until then both run, the new one
     /// first, so no packet misses the program).
-    fn attach_first(&mut self, hook: Hook, ifname: &str, spare: bool) -> Result<PinnedLink> {
+    fn attach_first(&mut self, hook: Hook, ifname: &str, spare: bool) -> Result<Attached> {
         self.attach_first_in(hook, ifname, spare, None)
     }
 
     /// `attach_first`, on `pod`'s interface (netns path, interface name) instead of `ifname`,
     /// which still names the pin: the node-side end of the pod's veth.
-    fn attach_first_in(&mut self, hook: Hook, ifname: &str, spare: bool, pod: Option<(&Path, &str)>) -> Result<PinnedLink> {
+    fn attach_first_in(&mut self, hook: Hook, ifname: &str, spare: bool, pod: Option<(&Path, &str)>) -> Result<Attached> {
         let program = hook.program();
         let attach_err = |source| DatapathError::Attach { program, ifname: ifname.into(), source };
         let ifindex =
@@ -328,7 +329,7 @@ impl Datapath {
         let pinned = link.pin(&fresh).map_err(|e| pin_err(&e))?;
         std::fs::rename(&fresh, &path).map_err(|e| pin_err(&e))?;
         drop(pinned); // its path is gone; the pin at `path` holds the link
-        PinnedLink::from_pin(&path).map_err(|e| pin_err(&e))
+        Ok(Attached::Link { link: PinnedLink::from_pin(&path).map_err(|e| pin_err(&e))?, ifindex })
     }
 
     /// Attaches `sp_stream_pod` on a stream proxy's chain interface `pod_ifname` inside its netns
@@ -339,8 +340,8 @@ impl Datapath {
         if self.links.contains_key(&key) {
             return Ok(());
         }
-        let link = self.attach_first_in(Hook::StreamPod, host_ifname, false, Some((netns, pod_ifname)))?;
-        self.links.insert(key, Attached::Link(link));
+        let attached = self.attach_first_in(Hook::StreamPod, host_ifname, false, Some((netns, pod_ifname)))?;
+        self.links.insert(key, attached);
         Ok(())
     }
 
@@ -350,34 +351,34 @@ impl Datapath {
     /// in that chain yet — then the old link released. Returns the (hook, interface) pairs
     /// moved. An interface that is gone is skipped.
     pub fn keep_first(&mut self) -> Result<Vec<(Hook, String)>> {
-        let mut moved = Vec::new();
-        let keys: Vec<(Hook, String)> = self
+        let mut ours = BTreeMap::new();
+        for hook in Hook::ALL.into_iter().filter(|h| *h != Hook::StreamPod) {
+            ours.insert(hook, self.program_id(hook)?);
+        }
+        // Every second on every interface (hundreds on a node with many pods): one query for
+        // the head's id, by the ifindex kept with the link, answers the usual case (a lookup
+        // by name would open a socket each time: ~20 µs, 20 ms a second at 1,000 interfaces);
+        // only another head costs the full query (which opens each program of the chain).
+        let displaced: Vec<(Hook, String)> = self
             .links
             .iter()
-            .filter(|((h, _), a)| *h != Hook::StreamPod && matches!(a, Attached::Link(_)))
-            .map(|(k, _)| k.clone())
+            .filter_map(|((hook, ifname), a)| match a {
+                Attached::Link { ifindex, .. } if ours.get(hook).is_some_and(|id| first_tcx_ingress(*ifindex) != Some(*id)) => {
+                    Some((*hook, ifname.clone()))
+                }
+                _ => None,
+            })
             .collect();
-        let mut ours = std::collections::BTreeMap::new();
-        for (hook, ifname) in keys {
-            // Every second on every interface (thousands on a node with many VNFs): one query
-            // for the head's id answers the usual case; only another head costs the full query
-            // (which opens each program of the chain for its name).
-            let main = match ours.get(&hook) {
-                Some(id) => *id,
-                None => *ours.entry(hook).or_insert(self.program_id(hook)?),
-            };
-            if nix::net::if_::if_nametoindex(ifname.as_str()).ok().and_then(first_tcx_ingress) == Some(main) {
-                continue;
-            }
+        let mut moved = Vec::new();
+        for (hook, ifname) in displaced {
             let Ok((_, progs)) = SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress) else { continue };
             if progs.first().and_then(|p| p.name_as_str()) == Some(hook.program()) {
                 continue;
             }
-            let main = self.program_id(hook)?;
-            let spare = progs.iter().any(|p| p.id() == main);
-            let link = self.attach_first(hook, &ifname, spare)?;
+            let spare = progs.iter().any(|p| p.id() == ours[&hook]);
+            let attached = self.attach_first(hook, &ifname, spare)?;
             // The replaced link's descriptor goes with it (its pin is already gone).
-            self.links.insert((hook, ifname.clone()), Attached::Link(link));
+            self.links.insert((hook, ifname.clone()), attached);
             moved.push((hook, ifname));
         }
         Ok(moved)
@@ -388,7 +389,7 @@ impl Datapath {
     pub fn detach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
         let Some(a) = self.links.remove(&(hook, ifname.to_string())) else { return Ok(()) };
         let link = match a {
-            Attached::Link(link) => link,
+            Attached::Link { link, .. } => link,
             Attached::Filter { ifindex } => return detach_filter(hook, ifname, ifindex),
         };
         match link.unpin() {

@@ -96,8 +96,8 @@ impl Datapath {
 
     fn take_over(&mut self, hook: Hook, ifname: String, path: PathBuf) -> Option<Result<(Hook, String)>> {
         let key = (hook, ifname.clone());
-        let link = match self.links.remove(&key) {
-            Some(Attached::Link(link)) => link,
+        let (link, ifindex) = match self.links.remove(&key) {
+            Some(Attached::Link { link, ifindex }) => (link, ifindex),
             // Detached since, or attached again as a filter: nothing of the old program's left.
             other => {
                 if let Some(filter) = other {
@@ -121,7 +121,7 @@ impl Datapath {
         let reopened = PinnedLink::from_pin(&path).map_err(|e| DatapathError::Invalid(format!("reopen link {}: {e}", path.display())));
         match reopened {
             Ok(link) => {
-                self.links.insert(key, Attached::Link(link));
+                self.links.insert(key, Attached::Link { link, ifindex });
             }
             Err(e) => return Some(Err(e)),
         }
