@@ -589,13 +589,15 @@ pub struct Tcp {
 }
 
 /// iperf3 goodput (received, Mbit/s) from the client through a chain of two VNFs (one per
-/// node) to the server, alternating with client2 (same node, same path, no chain).
-pub fn tcp(k: &KubeLab, reps: usize, secs: u32) -> anyhow::Result<Tcp> {
+/// node) to the server, alternating with client2 (same node, same path, no chain). The client
+/// runs on CPU `cpus.0` (with the forwarding its sends cause, in softirq there), the server on
+/// `cpus.1`: unpinned, runs of the same path differed by up to 2.3× (2026-12-03).
+pub fn tcp(k: &KubeLab, reps: usize, secs: u32, cpus: (usize, usize)) -> anyhow::Result<Tcp> {
     k.create("tcp", &["fw1", "fw2"])?;
     k.wait("n1 to program the TCP chain", Duration::from_secs(60), Duration::from_millis(200), &|| k.programmed(k.background + 1))?;
     let goodput = |netns: &str| -> anyhow::Result<f64> {
         let mut c = sys::command(netns, "iperf3", false)?;
-        c.args(["-6", "-J", "-c", &k.server_ip, "-t", &secs.to_string()]);
+        c.args(["-6", "-J", "-c", &k.server_ip, "-t", &secs.to_string(), "-A", &format!("{},{}", cpus.0, cpus.1)]);
         let report: serde_json::Value = serde_json::from_str(&sys::run(&mut c)?)?;
         report["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e6).context("iperf3 -J: no end.sum_received")
     };

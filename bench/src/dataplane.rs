@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::packet::{self, Frame, Inner};
 use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
-use crate::traffic::Path;
+use crate::traffic::{Path, Search};
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -65,6 +65,8 @@ pub struct Results {
     pub unavailable: BTreeMap<String, String>,
     /// Wall seconds of each part, in the order they ran.
     pub seconds: Vec<(String, f64)>,
+    /// PDR trials that failed by little and were run again, and how many of those passed.
+    pub retries: (u64, u64),
 }
 
 /// A `srv6pipes monitor` attached to a lane's node daemon (its socket), draining the events as
@@ -157,8 +159,11 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut V
     None
 }
 
-fn measure(b: &mut Bench, s: &Scenario, ceiling_pps: f64, plan: &Plan) -> anyhow::Result<f64> {
-    let pps = b.traffic.pdr(&s.path, &s.frame, &s.dsts, ceiling_pps, plan.steps, plan.trial).with_context(|| s.key.clone())?;
+/// `s`'s PDR in kpps; `last`: its PDR in the previous repetition, where the search starts.
+fn measure(b: &mut Bench, s: &Scenario, ceiling_pps: f64, plan: &Plan, last: Option<f64>) -> anyhow::Result<f64> {
+    let search = Search { steps: plan.steps, trial: plan.trial };
+    let hint = last.map(|kpps| kpps * 1000.0);
+    let pps = b.traffic.pdr(&s.path, &s.frame, &s.dsts, ceiling_pps, hint, search).with_context(|| s.key.clone())?;
     eprintln!("  {:<28} {:>8.1} kpps", s.key, pps / 1000.0);
     Ok(pps / 1000.0)
 }
@@ -171,7 +176,8 @@ fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan
     for rep in 0..plan.reps {
         eprintln!(" repetition {}/{}", rep + 1, plan.reps);
         for s in scenarios {
-            let v = measure(b, s, ceiling_pps, plan)?;
+            let last = out.get(&s.key).and_then(|v| v.last().copied());
+            let v = measure(b, s, ceiling_pps, plan, last)?;
             out.entry(s.key.clone()).or_default().push(v);
         }
     }
@@ -210,6 +216,7 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     vnf_sweep(b, plan, ceiling_pps, &mut res)?;
     laps.lap("vnfs");
     res.seconds = laps.laps;
+    res.retries = b.traffic.retries;
     Ok(res)
 }
 
@@ -406,6 +413,7 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
         laps.lap("vnfs");
     }
     res.seconds = laps.laps;
+    res.retries = b.traffic.retries;
     Ok(res)
 }
 

@@ -144,7 +144,7 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         laps.lap("chains");
         if parts.contains(&Part::Tcp) {
             eprintln!("TCP: {reps} x {secs} s iperf3, chained and unchained");
-            c.tcp = Some(control::tcp(&k, reps, secs)?);
+            c.tcp = Some(control::tcp(&k, reps, secs, (args.gen_cpu, args.sut_cpu))?);
             laps.lap("tcp");
         }
         // 10,000 chains on n1 (~10 minutes to create and program): a failure is recorded and
@@ -218,7 +218,7 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
             "ratio": stats::ratios(&t.chained_mbps, &t.unchained_mbps),
             "detail": {"chained": stats::summarize(&t.chained_mbps), "unchained": stats::summarize(&t.unchained_mbps)},
             "sid_packets": {"n1": t.sid_packets[0], "n2": t.sid_packets[1]},
-            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; no CPU pinning",
+            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU",
         })
     });
     let json = serde_json::json!({
@@ -550,13 +550,16 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "pinning": {
             "generator_cpu": args.gen_cpu,
             "sut_cpu": args.sut_cpu,
-            "how": "generator thread pinned with sched_setaffinity; the nodes' uplink receive work steered to the SUT CPU with RPS (rps_cpus), so node, VNFs and sink run there in softirq; srv6pipes-node processes are idle during trials",
+            "how": "generator thread pinned with sched_setaffinity; the nodes' uplink receive work steered to the SUT CPU with RPS (rps_cpus), so node, VNFs and sink run there in softirq; the srv6pipes-node processes pinned to the generator CPU (their once-a-second work off the SUT CPU)",
         },
         "method": {
             "loss_bound": traffic::LOSS_BOUND,
             "repetitions": plan.reps,
             "trial_ms": plan.trial.as_millis() as u64,
             "search_steps": plan.steps,
+            "search": "repetition 1 of a scenario halves from the generator's ceiling until a rate passes; later ones step by 1.25x from 0.9x the scenario's last PDR until a rate passes and one above it fails; then bisection to 2^-steps. A trial failing with under 20 % lost is run once more and the rate fails only if both fail",
+            "trials_retried": dp.retries.0,
+            "trials_rescued": dp.retries.1,
             "generator": "XDP live frames (BPF_PROG_TEST_RUN, BPF_F_TEST_XDP_LIVE_FRAMES), paced by the clock in the program",
             "inner_packet": "IPv6/UDP, 12-byte payload (IPv4/UDP for end_ad_ipv4)",
             "segments": "end_ad/end_as: [proxy SID, sink SID]; kernel: [End.DX6 SID] + encap [sink SID] on the way back; end_am: SRH inserted [proxy SID, final destination]",

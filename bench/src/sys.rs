@@ -103,10 +103,24 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+/// `cmd`'s process pinned to `cpu` from its start.
+pub fn pinned(cmd: &mut Command, cpu: usize) -> anyhow::Result<()> {
+    let set = cpu_set(cpu)?;
+    // SAFETY: sched_setaffinity is a plain syscall, safe between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from));
+    }
+    Ok(())
+}
+
+fn cpu_set(cpu: usize) -> anyhow::Result<nix::sched::CpuSet> {
     let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).context("cpu set")?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).with_context(|| format!("pin to CPU {cpu}"))
+    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    Ok(set)
+}
+
+pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu_set(cpu)?).with_context(|| format!("pin to CPU {cpu}"))
 }
 
 pub fn ifindex(netns: &str, ifname: &str) -> anyhow::Result<u32> {

@@ -275,6 +275,10 @@ impl Bench {
         let log = self.dir.join(format!("{}.log", lane.name));
         let out = std::fs::File::create(&log)?;
         let mut cmd = sys::command(&lane.node_ns, self.bin_dir.join("srv6pipes-node"), false)?;
+        // On the generator's CPU, off the one under test: the daemon's once-a-second work (the
+        // tcx order check on every interface it attached, the flow recount) would otherwise
+        // stall the softirq work measured for milliseconds at a time.
+        sys::pinned(&mut cmd, self.traffic.gen_cpu())?;
         cmd.args(["--node-name", &lane.name, "--locator", &format!("fcbb:bb00:{:x}::/48", lane.k), "--uplink", "eth0"])
             .arg("--socket")
             .arg(&socket)
