@@ -378,6 +378,7 @@ fn main() -> anyhow::Result<()> {
                 json.insert("chain3_detail".into(), report::details(&dp.chain3));
             }
             json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
+            json.insert("trials_retried".into(), serde_json::json!({"retried": dp.retries.0, "rescued": dp.retries.1}));
             json.insert("unavailable".into(), serde_json::json!(dp.unavailable));
         }
         let dp_seconds = dp.iter().flat_map(|dp| dp.seconds.iter());

@@ -144,8 +144,11 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         r["date"].as_str().unwrap_or("?"), if r["quick"].as_bool() == Some(true) { "quick smoke run: not a measurement" } else { "full" },
         r["method"]["repetitions"], m["cpu_model"].as_str().unwrap_or("?"), m["cpus"], m["kernel"].as_str().unwrap_or("?"),
         r["pinning"]["generator_cpu"], r["pinning"]["sut_cpu"], r["generator_ceiling_kpps"]["median"].as_f64().unwrap_or(0.0));
-    let _ = writeln!(md, "PDR trials that failed by little (< 20 % lost) and were run again: {}, of which passed: {}.\n",
-        r["method"]["trials_retried"], r["method"]["trials_rescued"]);
+    let _ = writeln!(
+        md,
+        "PDR trials that failed by little (< 20 % lost) and were run again: {}, of which passed: {}.\n",
+        r["method"]["trials_retried"], r["method"]["trials_rescued"]
+    );
     let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
     let (a, b) = (&pdr["plain"], pdr.get(crate::dataplane::KERNEL_PROXY));
     for (k, v) in pdr {

@@ -224,32 +224,8 @@ impl Traffic {
         Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
     }
 
-    /// Whether `pps` passes (≤ 0.5 % loss), with the rate really offered when it does. A trial
-    /// that fails by little (under [`RETRY_BELOW`] lost: a transient stall of the machine looks
-    /// like that, an overload does not) is run once more, and the rate fails only if that one
-    /// fails too: one hiccup of the host must not cap a search below the rate it failed at.
-    fn passes(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, dur: Duration) -> anyhow::Result<Option<f64>> {
-        let t = self.trial(path, frame, dsts, pps, dur)?;
-        if t.loss() <= LOSS_BOUND {
-            return Ok(Some(t.offered_pps));
-        }
-        if t.loss() >= RETRY_BELOW {
-            return Ok(None);
-        }
-        self.retries.0 += 1;
-        let again = self.trial(path, frame, dsts, pps, dur)?;
-        let passed = again.loss() <= LOSS_BOUND;
-        self.retries.1 += u64::from(passed);
-        Ok(passed.then_some(again.offered_pps))
-    }
-
-    /// Highest rate (pps) up to `ceiling` with at most 0.5 % loss: a passing rate and a failing
-    /// one above it found first, then bisected until they are within 2^-`steps` of each other.
-    /// Without a `hint`, from the ceiling down by halving (the steps resolve slow paths, the
-    /// kernel proxy with 1,000 rules, as finely as fast ones); with one (the scenario's last
-    /// PDR), by steps of 1.25× from 0.9× the hint, up or down, which takes fewer trials. (What
-    /// a path delivers overloaded is no bound: it may livelock below its PDR.) The answer is
-    /// the rate really offered by the best passing trial.
+    /// Highest rate (pps) up to `ceiling` with at most 0.5 % loss ([`search_pdr`]; `hint`: the
+    /// scenario's last PDR).
     pub fn pdr(
         &mut self,
         path: &Path,
@@ -259,58 +235,16 @@ impl Traffic {
         hint: Option<f64>,
         plan: Search,
     ) -> anyhow::Result<f64> {
-        let (steps, dur) = (plan.steps, plan.trial);
-        let pass = |t: &mut Self, pps: f64| t.passes(path, frame, dsts, pps, dur);
-        let (mut lo, mut hi, mut best) = match hint.filter(|h| *h > 0.0) {
-            None => {
-                if let Some(top) = pass(self, 0.0)? {
-                    return Ok(top);
-                }
-                let (mut lo, mut hi) = (ceiling / 2.0, ceiling);
-                loop {
-                    if let Some(best) = pass(self, lo)? {
-                        break (lo, hi, best);
-                    }
-                    if lo < 500.0 {
-                        return Ok(0.0);
-                    }
-                    (hi, lo) = (lo, lo / 2.0);
-                }
-            }
-            Some(h) => {
-                let mut lo = (h * 0.9).min(ceiling);
-                match pass(self, lo)? {
-                    Some(mut best) => loop {
-                        if lo >= ceiling {
-                            return Ok(best);
-                        }
-                        let hi = (lo * 1.25).min(ceiling);
-                        match pass(self, hi)? {
-                            Some(b) => (lo, best) = (hi, b),
-                            None => break (lo, hi, best),
-                        }
-                    },
-                    None => loop {
-                        let hi = lo;
-                        lo /= 1.25;
-                        if let Some(best) = pass(self, lo)? {
-                            break (lo, hi, best);
-                        }
-                        if lo < 500.0 {
-                            return Ok(0.0);
-                        }
-                    },
-                }
-            }
-        };
-        while hi - lo > lo / f64::from(1u32 << steps) {
-            let mid = (lo + hi) / 2.0;
-            match pass(self, mid)? {
-                Some(b) => (lo, best) = (mid, b),
-                None => hi = mid,
-            }
-        }
-        Ok(best)
+        let mut retries = (0, 0);
+        let pdr = search_pdr(
+            |pps| self.trial(path, frame, dsts, pps, plan.trial).map(|t| (t.loss(), t.offered_pps)),
+            ceiling,
+            hint,
+            plan.steps,
+            &mut retries,
+        );
+        self.retries = (self.retries.0 + retries.0, self.retries.1 + retries.1);
+        pdr
     }
 
     /// A slow trial that must deliver (almost) everything: proves the scenario is wired right
@@ -415,4 +349,139 @@ fn send(fd: i32, frame: &[u8], ifindex: u32, dur: Duration) -> anyhow::Result<()
         done.store(true, Ordering::Release);
         r
     })
+}
+
+/// Whether `pps` passes (≤ 0.5 % loss) by `trial` (rate → loss, rate really offered), with the
+/// rate really offered when it does. A trial that fails by little (under [`RETRY_BELOW`] lost:
+/// a transient stall of the machine looks like that, an overload does not) is run once more,
+/// and the rate fails only if that one fails too: one hiccup of the host must not cap a search
+/// below the rate it failed at. `retries` counts the trials run again and those that passed.
+fn passes(trial: &mut impl FnMut(f64) -> anyhow::Result<(f64, f64)>, pps: f64, retries: &mut (u64, u64)) -> anyhow::Result<Option<f64>> {
+    let (loss, offered) = trial(pps)?;
+    if loss <= LOSS_BOUND {
+        return Ok(Some(offered));
+    }
+    if loss >= RETRY_BELOW {
+        return Ok(None);
+    }
+    retries.0 += 1;
+    let (loss, offered) = trial(pps)?;
+    let passed = loss <= LOSS_BOUND;
+    retries.1 += u64::from(passed);
+    Ok(passed.then_some(offered))
+}
+
+/// Highest rate (pps) up to `ceiling` with at most 0.5 % loss by `trial` (rate, 0 for unpaced →
+/// loss, rate really offered): a passing rate and a failing one above it found first, then
+/// bisected until they are within 2^-`steps` of each other. Without a `hint`, from the ceiling
+/// down by halving (the steps resolve slow paths, the kernel proxy with 1,000 rules, as finely
+/// as fast ones); with one (the scenario's last PDR), by steps of 1.25× from 0.9× the hint, up
+/// or down, which takes fewer trials. (What a path delivers overloaded is no bound: it may
+/// livelock below its PDR.) The answer is the rate really offered by the best passing trial.
+pub fn search_pdr(
+    mut trial: impl FnMut(f64) -> anyhow::Result<(f64, f64)>,
+    ceiling: f64,
+    hint: Option<f64>,
+    steps: u32,
+    retries: &mut (u64, u64),
+) -> anyhow::Result<f64> {
+    let mut pass = |pps: f64| passes(&mut trial, pps, retries);
+    let (mut lo, mut hi, mut best) = match hint.filter(|h| *h > 0.0) {
+        None => {
+            if let Some(top) = pass(0.0)? {
+                return Ok(top);
+            }
+            let (mut lo, mut hi) = (ceiling / 2.0, ceiling);
+            loop {
+                if let Some(best) = pass(lo)? {
+                    break (lo, hi, best);
+                }
+                if lo < 500.0 {
+                    return Ok(0.0);
+                }
+                (hi, lo) = (lo, lo / 2.0);
+            }
+        }
+        Some(h) => {
+            let mut lo = (h * 0.9).min(ceiling);
+            match pass(lo)? {
+                Some(mut best) => loop {
+                    if lo >= ceiling {
+                        return Ok(best);
+                    }
+                    let hi = (lo * 1.25).min(ceiling);
+                    match pass(hi)? {
+                        Some(b) => (lo, best) = (hi, b),
+                        None => break (lo, hi, best),
+                    }
+                },
+                None => loop {
+                    let hi = lo;
+                    lo /= 1.25;
+                    if let Some(best) = pass(lo)? {
+                        break (lo, hi, best);
+                    }
+                    if lo < 500.0 {
+                        return Ok(0.0);
+                    }
+                },
+            }
+        }
+    };
+    while hi - lo > lo / f64::from(1u32 << steps) {
+        let mid = (lo + hi) / 2.0;
+        match pass(mid)? {
+            Some(b) => (lo, best) = (mid, b),
+            None => hi = mid,
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A system that forwards `capacity` pps: a trial above it loses the excess (unpaced: the
+    /// ceiling's worth); the trials numbered in `stalls` lose 3 % whatever the rate (a stall
+    /// of the host). Returns the PDR found and the trials run.
+    fn against(capacity: f64, ceiling: f64, hint: Option<f64>, stalls: &[usize]) -> (f64, usize, (u64, u64)) {
+        let mut n = 0;
+        let mut retries = (0, 0);
+        let trial = |pps: f64| {
+            n += 1;
+            let offered = if pps == 0.0 { ceiling } else { pps };
+            let loss = if stalls.contains(&n) { 0.03 } else { (1.0 - capacity / offered).max(0.0) };
+            Ok((loss, offered))
+        };
+        let pdr = search_pdr(trial, ceiling, hint, 8, &mut retries).unwrap();
+        (pdr, n, retries)
+    }
+
+    #[test]
+    fn the_search_finds_the_capacity_to_its_precision_from_the_ceiling_or_a_hint() {
+        for capacity in [380_000.0, 123_456.0, 4_000.0] {
+            for hint in [None, Some(capacity), Some(capacity * 0.6), Some(capacity * 1.7)] {
+                let (pdr, _, retries) = against(capacity, 4_300_000.0, hint, &[]);
+                assert!(pdr <= capacity * 1.005 && pdr >= capacity * (1.0 - 1.0 / 256.0), "{capacity} {hint:?}: {pdr}");
+                assert_eq!(retries.1, 0, "a rate over the capacity fails again when retried ({retries:?})");
+            }
+        }
+        // An unpaced trial that passes is the answer.
+        assert_eq!(against(5_000_000.0, 4_300_000.0, None, &[]).0, 4_300_000.0);
+    }
+
+    #[test]
+    fn one_stall_does_not_cap_the_search_and_a_hint_takes_fewer_trials() {
+        let (capacity, ceiling) = (400_000.0, 4_300_000.0);
+        // Trial 5 from the ceiling: the first rate under the capacity (ceiling / 16, 269 kpps).
+        for stall in 1..=14 {
+            let (pdr, _, retries) = against(capacity, ceiling, None, &[stall]);
+            assert!(pdr >= capacity * (1.0 - 1.0 / 256.0), "stall at trial {stall}: {pdr} ({retries:?})");
+        }
+        let (_, _, retries) = against(capacity, ceiling, None, &[5]);
+        assert_eq!(retries.1, 1, "the stalled trial run again, and passed ({retries:?})");
+        let (cold, warm) = (against(capacity, ceiling, None, &[]).1, against(capacity, ceiling, Some(capacity * 1.01), &[]).1);
+        assert!(warm < cold, "from the last PDR {warm} trials, from the ceiling {cold}");
+    }
 }
