@@ -1303,7 +1303,7 @@ fn a_route_too_small_for_the_encapsulation_answers_packet_too_big() {
 }
 
 /// encap_forward reuses the FIB's next hop for at most SP_FIB_CACHE_NS (10 ms): a neighbour
-/// that changed its MAC is used within that.
+/// that changed its MAC is used within that, and the renewed entry holds it.
 #[test]
 fn a_next_hop_the_fib_gave_is_reused_for_its_lifetime_only() {
     let Some(b) = Bench::new() else { return };
@@ -1324,6 +1324,8 @@ fn a_next_hop_the_fib_gave_is_reused_for_its_lifetime_only() {
     // Twice the lifetime plus a tick of the clock it is measured by (HZ 100: 10 ms).
     std::thread::sleep(std::time::Duration::from_millis(35));
     assert_eq!(next_mac(&b), moved, "the neighbour's new MAC once the cached next hop expired");
+    // The entry renewed by that lookup holds the new MAC too (not only the packet that did it).
+    assert_eq!(next_mac(&b), moved, "the neighbour's new MAC from the renewed entry");
 }
 
 #[test]

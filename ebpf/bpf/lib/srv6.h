@@ -331,28 +331,46 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
  * route and neighbour lookup per packet was the largest part of End.AD's outbound cost. */
 #define SP_FIB_CACHE_NS 10000000ULL
 
-/* The next hop for `o` from sp_fib_cache, if it is fresh and was checked for packets of
- * `tot_len` (0: GSO) or longer; else NULL. `k` is filled for fib_remember. */
-static __always_inline struct fib_hop *fib_cached(struct __sk_buff *skb, const struct outer_hdr *o, __u32 tot_len, __u64 now,
-						  struct fib_key *k)
+/* `o`'s entry in sp_fib_cache (`k` filled for fib_remember), fresh or not, or NULL. */
+static __always_inline struct fib_hop *fib_entry(struct __sk_buff *skb, const struct outer_hdr *o, struct fib_key *k)
 {
 	k->ifindex = skb->ingress_ifindex;
 	__builtin_memcpy(k->src, &o->bytes[OFF_SRC], 16);
 	__builtin_memcpy(k->dst, &o->bytes[OFF_DST], 16);
-	struct fib_hop *h = bpf_map_lookup_elem(&sp_fib_cache, k);
-	if (!h || now - h->stamp >= SP_FIB_CACHE_NS || tot_len > h->max_len)
-		return NULL;
-	return h;
+	return bpf_map_lookup_elem(&sp_fib_cache, k);
+}
+
+/* Whether entry `h` is fresh and was checked for packets of `tot_len` (0: GSO) or longer. */
+static __always_inline int fib_fresh(const struct fib_hop *h, __u32 tot_len, __u64 now)
+{
+	return h && now - h->stamp < SP_FIB_CACHE_NS && tot_len <= h->max_len;
+}
+
+/* Whether MAC addresses `a` and `b` are the same (BPF has no memcmp). */
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		diff |= a[i] ^ b[i];
+	return !diff;
 }
 
 /* Keeps the FIB's complete answer `p` for packets up to `tot_len` (a miss on a fresh entry
- * means a longer packet than it was checked for: this one now bounds it). */
-static __always_inline void fib_remember(const struct fib_key *k, const struct bpf_fib_lookup *p, __u32 tot_len, __u64 now)
+ * means a longer packet than it was checked for: this one now bounds it). When the entry `h`
+ * already names that next hop (the usual refresh), it is renewed in place: no LRU update. */
+static __always_inline void fib_remember(const struct fib_key *k, struct fib_hop *h, const struct bpf_fib_lookup *p, __u32 tot_len,
+					 __u64 now)
 {
-	struct fib_hop h = {.stamp = now, .ifindex = p->ifindex, .max_len = tot_len};
-	__builtin_memcpy(h.dmac, p->dmac, ETH_ALEN);
-	__builtin_memcpy(h.smac, p->smac, ETH_ALEN);
-	bpf_map_update_elem(&sp_fib_cache, k, &h, BPF_ANY);
+	if (h && h->ifindex == p->ifindex && same_mac(h->dmac, p->dmac) && same_mac(h->smac, p->smac)) {
+		h->max_len = tot_len;
+		h->stamp = now;
+		return;
+	}
+	struct fib_hop n = {.stamp = now, .ifindex = p->ifindex, .max_len = tot_len};
+	__builtin_memcpy(n.dmac, p->dmac, ETH_ALEN);
+	__builtin_memcpy(n.smac, p->smac, ETH_ALEN);
+	bpf_map_update_elem(&sp_fib_cache, k, &n, BPF_ANY);
 }
 
 /* H.Encaps and forward: the route is looked up first (or taken from sp_fib_cache) with the
@@ -365,8 +383,8 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN + o->len;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct fib_key k;
-	struct fib_hop *h = fib_cached(skb, o, tot_len, now, &k);
-	if (h) {
+	struct fib_hop *h = fib_entry(skb, o, &k);
+	if (fib_fresh(h, tot_len, now)) {
 		__u32 ifindex = h->ifindex;
 		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
@@ -385,7 +403,7 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 			return packet_too_big(skb, cfg, o->bytes[OFF_SRH] != SP_NH_IPV4, p.mtu_result - o->len, origin == SP_ORIGIN_VNF);
 	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
-		fib_remember(&k, &p, tot_len, now);
+		fib_remember(&k, h, &p, tot_len, now);
 	int err = push_outer(skb, o);
 	if (err)
 		return drop(err);
