@@ -21,7 +21,7 @@ use crate::sys;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
 pub const LOSS_BOUND: f64 = 0.005;
-/// A failing trial that lost less than this is run once more (see `Traffic::passes`).
+/// A failing trial that lost less than this is run once more (see [`passes`]).
 pub const RETRY_BELOW: f64 = 0.2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BATCH: u32 = 64;
@@ -444,7 +444,7 @@ mod tests {
 
     /// A system that forwards `capacity` pps: a trial above it loses the excess (unpaced: the
     /// ceiling's worth); the trials numbered in `stalls` lose 3 % whatever the rate (a stall
-    /// of the host). Returns the PDR found and the trials run.
+    /// of the host). Returns the PDR found, the trials run and the retries (run, passed).
     fn against(capacity: f64, ceiling: f64, hint: Option<f64>, stalls: &[usize]) -> (f64, usize, (u64, u64)) {
         let mut n = 0;
         let mut retries = (0, 0);
