@@ -79,11 +79,11 @@ __noinline int uplink(struct __sk_buff *skb)
 	/* RFC 8754 §5.1: the SR domain is closed; only its own nodes may use our SIDs. SRH
 	 * insertion (End.AM) keeps the original source: the chains' own pods. */
 	if (!prefix_match(saddr, cfg->block, cfg->block_len) && !(sid->behavior == SP_END_AM && insert_source(saddr)))
-		return drop_sid(daddr, len, SP_DROP_FOREIGN_SOURCE);
+		return drop_sid(daddr, sid->stats, len, SP_DROP_FOREIGN_SOURCE);
 	if (nexthdr == SP_NH_FRAGMENT)
-		return drop_sid(daddr, len, SP_DROP_FRAGMENT);
+		return drop_sid(daddr, sid->stats, len, SP_DROP_FRAGMENT);
 	if (nexthdr != SP_NH_ROUTING)
-		return sid_error(skb, daddr, len, SP_DROP_NO_SRH, SP_IP6_LEN);
+		return sid_error(skb, daddr, sid->stats, len, SP_DROP_NO_SRH, SP_IP6_LEN);
 
 	/* RFC 8754 §4.3.1 / RFC 8986 §4.1 checks before anything is changed. */
 	struct outer_hdr *o = scratch();
@@ -91,11 +91,11 @@ __noinline int uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	int err = load_srh(skb, o);
 	if (err)
-		return sid_error(skb, daddr, len, err, 0);
+		return sid_error(skb, daddr, sid->stats, len, err, 0);
 	if (sid->behavior == SP_END_AM)
 		return steer_inserted(skb, o);
 	if (!inner_supported(o->bytes[OFF_SRH]))
-		return drop_sid(daddr, len, SP_DROP_INNER_PROTO);
+		return drop_sid(daddr, sid->stats, len, SP_DROP_INNER_PROTO);
 	return steer_to(skb, o, SP_ORIGIN_TRANSIT, sid); /* o's DA is daddr: sid is its entry */
 }
 

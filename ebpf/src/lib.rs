@@ -11,6 +11,7 @@
 
 mod maps;
 mod monitor;
+mod sids;
 mod testrun;
 mod upgrade;
 
@@ -137,6 +138,8 @@ pub struct Datapath {
     adopted: Vec<(Hook, String, std::path::PathBuf)>,
     /// Maps found pinned with another layout and replaced ("map: difference").
     replaced_maps: Vec<String>,
+    /// Which of `sp_sid_stats`' slots the installed SIDs hold.
+    stats_slots: sids::Slots,
 }
 
 /// End.AD's flow recount, on its own handles of the pinned maps: the node daemon runs it each
@@ -210,7 +213,9 @@ impl Datapath {
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Invalid(format!("create {}: {e}", links_dir.display())))?;
         let (adopted, links) = (Vec::new(), BTreeMap::new());
-        let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links, adopted, replaced_maps };
+        let stats_slots = sids::Slots::default();
+        let mut dp = Self { bpf, spare: None, pin_dir: pin_dir.to_path_buf(), links_dir, links, adopted, replaced_maps, stats_slots };
+        dp.stats_slots = dp.sid_slots()?;
         dp.adopt_pinned_links()?;
         Ok(dp)
     }
@@ -409,15 +414,7 @@ impl Datapath {
         m.set(0, cfg, 0).map_err(|source| DatapathError::Map { map: "sp_config", source })
     }
 
-    /// Installs a local SID; its counters start at zero unless it had some.
-    pub fn set_sid(&mut self, sid: Ipv6Addr, entry: SidEntry) -> Result<()> {
-        let key = sid.octets();
-        self.ensure_stats("sp_sid_stats", key)?;
-        let mut sids: HashMap<&mut MapData, [u8; 16], SidEntry> = self.typed("sp_sids")?;
-        sids.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: "sp_sids", source })
-    }
-
-    /// BPF_NOEXIST: a re-installed SID or policy (restart, re-program) keeps its counters.
+    /// BPF_NOEXIST: a re-installed policy (restart, re-program) keeps its counters.
     /// (aya 0.13's PerCpuHashMap::get answers zeros for a missing key, so no get first.)
     fn ensure_stats<K: aya::Pod>(&mut self, map: &'static str, key: K) -> Result<()> {
         let mut stats: PerCpuHashMap<&mut MapData, K, SidStats> = self.typed(map)?;
@@ -433,27 +430,7 @@ impl Datapath {
     fn read_stats<K: aya::Pod>(&self, map: &'static str, key: K) -> Result<SidStats> {
         let m: PerCpuHashMap<&MapData, K, SidStats> = self.typed_ref(map)?;
         let per_cpu = m.get(&key, 0).map_err(|source| DatapathError::Map { map, source })?;
-        Ok(per_cpu.iter().fold(SidStats::default(), |a, s| SidStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-            drops: a.drops + s.drops,
-        }))
-    }
-
-    pub fn remove_sid(&mut self, sid: Ipv6Addr) -> Result<()> {
-        let key = sid.octets();
-        let mut sids: HashMap<&mut MapData, [u8; 16], SidEntry> = self.typed("sp_sids")?;
-        ignore_missing(sids.remove(&key), "sp_sids")?;
-        let mut stats: PerCpuHashMap<&mut MapData, [u8; 16], SidStats> = self.typed("sp_sid_stats")?;
-        ignore_missing(stats.remove(&key), "sp_sid_stats")
-    }
-
-    pub fn sids(&self) -> Result<Vec<(Ipv6Addr, SidEntry)>> {
-        let sids: HashMap<&MapData, [u8; 16], SidEntry> = self.typed_ref("sp_sids")?;
-        sids.iter()
-            .map(|r| r.map(|(k, v)| (Ipv6Addr::from(k), v)))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|source| DatapathError::Map { map: "sp_sids", source })
+        Ok(per_cpu.iter().fold(SidStats::default(), |a, s| a.plus(s)))
     }
 
     /// Installed headend rules: ((ifindex, destination), policy id), both families.
@@ -676,11 +653,6 @@ impl Datapath {
                 ignore_missing(m.remove(&headend_key4(ifindex, d)), "sp_headend_rules4")
             }
         }
-    }
-
-    /// Counters of a SID summed over CPUs.
-    pub fn sid_stats(&self, sid: Ipv6Addr) -> Result<SidStats> {
-        self.read_stats("sp_sid_stats", sid.octets())
     }
 
     /// What the headend steered (or dropped) with a policy, summed over CPUs.

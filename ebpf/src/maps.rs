@@ -34,6 +34,15 @@ pub struct SidEntry {
     pub stream_port: u32,
 }
 
+/// `struct sid_entry` as the map holds it: the entry and its counters' index in `sp_sid_stats`
+/// (the datapath's to give, not the caller's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SidValue {
+    pub entry: SidEntry,
+    pub stats: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OuterHdr {
@@ -134,6 +143,13 @@ pub struct SidStats {
     pub drops: u64,
 }
 
+impl SidStats {
+    /// The sum of two counters (e.g. of two CPUs).
+    pub fn plus(self, o: &SidStats) -> SidStats {
+        SidStats { packets: self.packets + o.packets, bytes: self.bytes + o.bytes, drops: self.drops + o.drops }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -174,6 +190,7 @@ pub struct SrcKey {
 
 // SAFETY: plain `repr(C)` data without padding-dependent invariants or pointers.
 unsafe impl aya::Pod for SidEntry {}
+unsafe impl aya::Pod for SidValue {}
 unsafe impl aya::Pod for OuterHdr {}
 unsafe impl aya::Pod for HeadendKey {}
 unsafe impl aya::Pod for HeadendKey4 {}
@@ -339,13 +356,13 @@ mod tests {
             }
         };
         macro_rules! fields {
-            ($t:ty: $($f:ident),*) => { &[$((stringify!($f), offset_of!($t, $f))),*] };
+            ($t:ty: $($($f:ident).+),*) => { &[$((stringify!($($f).+).rsplit('.').next().unwrap(), offset_of!($t, $($f).+))),*] };
         }
         check(
             "sid_entry",
-            size_of::<SidEntry>(),
+            size_of::<SidValue>(),
             false,
-            fields!(SidEntry: behavior, ifindex, cache_ifindex, vnf_mac, host_mac, stream_port),
+            fields!(SidValue: entry.behavior, entry.ifindex, entry.cache_ifindex, entry.vnf_mac, entry.host_mac, entry.stream_port, stats),
         );
         check("outer_hdr", size_of::<OuterHdr>(), false, fields!(OuterHdr: len, pad, stamp, bytes));
         use crate::monitor::{MonitorConfig, MonitorRecord, MonitorState};

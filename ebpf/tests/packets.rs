@@ -399,6 +399,43 @@ fn decapsulation_sid_pops_and_hands_the_inner_packet_to_the_stack() {
     assert_eq!(b.dp.sid_stats(a("fcbb:bb00:1:d6::")).unwrap().packets, 1);
 }
 
+/// Each SID's entry names its own counters: they count its packets only, survive its
+/// re-installation and a restarted daemon, and a SID installed in a removed one's place (its
+/// slot given again) starts at zero; a restarted daemon gives no new SID a slot still in use.
+#[test]
+fn each_sid_counts_its_own_packets_across_reinstalls_and_restarts() {
+    let Some(mut b) = Bench::new() else { return };
+    let (ad, dt) = (a(PATH[0]), a("fcbb:bb00:1:d6::"));
+    let to_ad = srv6_packet("fcbb:bb00:2::1", &PATH, None);
+    let to_dt = srv6_packet("fcbb:bb00:2::1", &["fcbb:bb00:2:e001::", "fcbb:bb00:1:d6::"], Some(0));
+    let packets = |dp: &Datapath, sid| dp.sid_stats(sid).unwrap().packets;
+    for _ in 0..2 {
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &to_ad).0, TC_ACT_REDIRECT);
+    }
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &to_dt).0, TC_ACT_OK);
+    assert_eq!((packets(&b.dp, ad), packets(&b.dp, dt)), (2, 1));
+    let entry = b.dp.sids().unwrap().into_iter().find(|(s, _)| *s == ad).unwrap().1;
+    b.dp.set_sid(ad, entry).unwrap();
+    assert_eq!(packets(&b.dp, ad), 2, "re-installed, its counters kept");
+
+    // A restarted daemon: the pinned SIDs keep their counters and their slots.
+    let pins = b._cleanup.pins.clone().unwrap();
+    let mut restarted = Datapath::load(&pins).unwrap();
+    let fresh = a("fcbb:bb00:1:e0ff::");
+    restarted.set_sid(fresh, entry).unwrap();
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &to_ad).0, TC_ACT_REDIRECT);
+    assert_eq!((packets(&restarted, ad), packets(&restarted, dt), packets(&restarted, fresh)), (3, 1, 0));
+
+    // A SID in a removed one's slot starts at zero.
+    restarted.remove_sid(ad).unwrap();
+    restarted.remove_sid(fresh).unwrap();
+    assert_eq!(packets(&restarted, ad), 0, "gone with its SID");
+    let next = a("fcbb:bb00:1:e0fe::");
+    restarted.set_sid(next, entry).unwrap();
+    assert_eq!(packets(&restarted, next), 0, "a slot given again starts at zero");
+    assert_eq!(packets(&restarted, dt), 1);
+}
+
 /// The other direction of `p` (an IPv6 or IPv4 packet with UDP): addresses and ports swapped,
 /// hop limit or TTL `ttl` (IPv4 header checksum set).
 fn other_direction(p: &[u8], ttl: u8) -> Vec<u8> {

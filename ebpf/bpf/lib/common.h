@@ -130,6 +130,7 @@ struct sid_entry {
 	__u8 vnf_mac[6];     /* End.AD: the pod-side MAC, destination of inner packets */
 	__u8 host_mac[6];
 	__u32 stream_port; /* End.STREAM: the proxy's listener for this SID's function and arguments */
+	__u32 stats;	   /* the SID's counters: its index in sp_sid_stats (the daemon's to give) */
 };
 
 /* What the node delivers to a stream proxy carries SP_STREAM_MARK | its SID's listener port in

@@ -70,19 +70,20 @@ static __always_inline int steer_inserted(struct __sk_buff *skb, struct outer_hd
 		return fib_forward(skb, o);
 	__u8 da[16];
 	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
+	__u32 stats = sid->stats;
 	/* Only End.AM keeps the original packet: the others expect an encapsulated one. */
 	if (sid->behavior != SP_END_AM)
-		return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
+		return drop_sid(da, stats, skb_len, SP_DROP_INNER_PROTO);
 	int err = apply_end(o, 1);
 	if (err)
-		return sid_error(skb, da, skb_len, err, o->len);
+		return sid_error(skb, da, stats, skb_len, err, o->len);
 	/* In place: keep skb->csum valid for CHECKSUM_COMPLETE packets from a NIC. */
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, o->bytes, SP_IP6_LEN + SP_SRH_FIXED, BPF_F_RECOMPUTE_CSUM))
-		return drop_sid(da, skb_len, SP_DROP_ADJUST);
+		return drop_sid(da, stats, skb_len, SP_DROP_ADJUST);
 	if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
-		return drop_sid(da, skb_len, err);
+		return drop_sid(da, stats, skb_len, err);
 	am_learn(skb, sid->cache_ifindex, o);
-	count_sid(da, skb_len, 0);
+	count_sid(stats, skb_len, 0);
 	return bpf_redirect_peer(sid->ifindex, 0);
 }
 

@@ -230,9 +230,9 @@ static __always_inline int packet_too_big(struct __sk_buff *skb, const struct no
 /* The ICMPv6 error RFC 8754 §4.3.1.1 and RFC 8986 §4.1 ask for when a packet to a local SID is
  * dropped for `reason` (`upper`: offset of the upper-layer header, for Code 4); sent from the
  * node's SRv6 source. Counts the drop either way. */
-static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u32 len, __u32 reason, __u32 upper)
+static __always_inline int sid_error(struct __sk_buff *skb, const __u8 *sid, __u32 stats, __u32 len, __u32 reason, __u32 upper)
 {
-	int verdict = drop_sid(sid, len, reason);
+	int verdict = drop_sid(sid, stats, len, reason);
 	__u8 type = 4, code = 0; /* Parameter Problem, erroneous header field */
 	__u32 info = 0;
 	switch (reason) {

@@ -331,10 +331,14 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
  * route and neighbour lookup per packet was the largest part of End.AD's outbound cost. */
 #define SP_FIB_CACHE_NS 10000000ULL
 
-/* `o`'s entry in sp_fib_cache (`k` filled for fib_remember), fresh or not, or NULL. */
-static __always_inline struct fib_hop *fib_entry(struct __sk_buff *skb, const struct outer_hdr *o, struct fib_key *k)
+/* `o`'s entry in sp_fib_cache (`k` filled for fib_remember), fresh or not, or NULL. What VNFs
+ * return shares one entry per next segment (ingress 0 in the key): srv6pipes makes every VNF
+ * interface alike (no VRF, no `iif` rule, forwarding on), so the FIB answers them all the same,
+ * and a packet spread over 1,000 VNFs finds its next hop warm and fresh instead of refreshing
+ * one entry per VNF. A pod's interface (the headend) is the primary CNI's: keyed by itself. */
+static __always_inline struct fib_hop *fib_entry(struct __sk_buff *skb, const struct outer_hdr *o, int origin, struct fib_key *k)
 {
-	k->ifindex = skb->ingress_ifindex;
+	k->ifindex = origin == SP_ORIGIN_VNF ? 0 : skb->ingress_ifindex;
 	__builtin_memcpy(k->src, &o->bytes[OFF_SRC], 16);
 	__builtin_memcpy(k->dst, &o->bytes[OFF_DST], 16);
 	return bpf_map_lookup_elem(&sp_fib_cache, k);
@@ -383,7 +387,7 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN + o->len;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct fib_key k;
-	struct fib_hop *h = fib_entry(skb, o, &k);
+	struct fib_hop *h = fib_entry(skb, o, origin, &k);
 	if (fib_fresh(h, tot_len, now)) {
 		__u32 ifindex = h->ifindex;
 		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];

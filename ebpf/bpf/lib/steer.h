@@ -18,6 +18,7 @@ static __always_inline int steer_to(struct __sk_buff *skb, struct outer_hdr *o, 
 	}
 	__u8 da[16];
 	__builtin_memcpy(da, &o->bytes[OFF_DST], 16);
+	__u32 stats = sid->stats;
 	int err;
 	switch (sid->behavior) {
 	case SP_END_AD:
@@ -30,30 +31,31 @@ static __always_inline int steer_to(struct __sk_buff *skb, struct outer_hdr *o, 
 		 * carries) and its packets are marked for the SID's listener. */
 		err = apply_end(o, 0);
 		if (err)
-			return in_packet ? sid_error(skb, da, skb_len, err, o->len) : drop_sid(da, skb_len, err);
+			return in_packet ? sid_error(skb, da, stats, skb_len, err, o->len) : drop_sid(da, stats, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
-			return drop_sid(da, skb_len, err);
+			return drop_sid(da, stats, skb_len, err);
 		if (sid->behavior != SP_END_AS)
 			ad_cache_store(skb, sid->cache_ifindex, o);
 		if (sid->behavior == SP_END_STREAM)
 			skb->mark = SP_STREAM_MARK | (sid->stream_port & 0xffff);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
-			return drop_sid(da, skb_len, err);
-		count_sid(da, skb_len, 0);
+			return drop_sid(da, stats, skb_len, err);
+		count_sid(stats, skb_len, 0);
 		return bpf_redirect_peer(sid->ifindex, 0);
 	}
 	case SP_END_DT46:
 		/* RFC 8986 §4.8-4.10 with the main table: only with no segment left. */
 		if (o->bytes[OFF_SL] != 0)
-			return in_packet ? sid_error(skb, da, skb_len, SP_DROP_SL_NONZERO, 0) : drop_sid(da, skb_len, SP_DROP_SL_NONZERO);
+			return in_packet ? sid_error(skb, da, stats, skb_len, SP_DROP_SL_NONZERO, 0)
+					 : drop_sid(da, stats, skb_len, SP_DROP_SL_NONZERO);
 		if (!inner_supported(o->bytes[OFF_SRH]))
-			return drop_sid(da, skb_len, SP_DROP_INNER_PROTO);
+			return drop_sid(da, stats, skb_len, SP_DROP_INNER_PROTO);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
-			return drop_sid(da, skb_len, err);
-		count_sid(da, skb_len, 0);
+			return drop_sid(da, stats, skb_len, err);
+		count_sid(stats, skb_len, 0);
 		return steered_flow_return(skb, TC_ACT_OK);
 	default:
-		return drop_sid(da, skb_len, SP_DROP_UNKNOWN_SID);
+		return drop_sid(da, stats, skb_len, SP_DROP_UNKNOWN_SID);
 	}
 }
 
