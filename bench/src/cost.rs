@@ -46,3 +46,65 @@ pub fn bpf_ns_per_run(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Res
     let _ = std::fs::write(STATS, was.trim());
     result
 }
+
+/// One round of BPF cost trials: scenario -> program -> ns per run (a scenario whose trial
+/// failed is absent from its round).
+pub type Round = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Each scenario's programs, by the median of their ns per run over the rounds that measured
+/// them (`bpf_ns_per_run`).
+pub fn medians(rounds: &[Round]) -> Round {
+    let mut all: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for (scenario, programs) in rounds.iter().flatten() {
+        for (program, ns) in programs {
+            all.entry(scenario.clone()).or_default().entry(program.clone()).or_default().push(*ns);
+        }
+    }
+    all.into_iter().map(|(s, p)| (s, p.into_iter().map(|(prog, v)| (prog, crate::stats::median(&v))).collect())).collect()
+}
+
+/// A packet's time in srv6pipes' programs in each round that measured `scenario`: the sum of
+/// its programs' ns per run (each packet of these scenarios runs each program once per node).
+pub fn per_packet(rounds: &[Round], scenario: &str) -> Vec<f64> {
+    rounds.iter().filter_map(|r| r.get(scenario)).map(|p| p.values().sum()).collect()
+}
+
+/// `base`'s time per packet ÷ `of`'s, round by round (rounds that measured both): like a
+/// throughput ratio, below 1 when `of` costs more. None when no round measured both.
+pub fn cost_ratios(rounds: &[Round], of: &str, base: &str) -> Option<crate::stats::Summary> {
+    let both: Vec<(f64, f64)> = rounds
+        .iter()
+        .filter_map(|r| Some((r.get(of)?.values().sum::<f64>(), r.get(base)?.values().sum::<f64>())))
+        .filter(|(o, _)| *o > 0.0)
+        .collect();
+    (!both.is_empty()).then(|| crate::stats::summarize(&both.iter().map(|(o, b)| b / o).collect::<Vec<_>>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(entries: &[(&str, f64, f64)]) -> Round {
+        entries
+            .iter()
+            .map(|(s, up, vnf)| (s.to_string(), BTreeMap::from([("sp_uplink".to_string(), *up), ("sp_vnf".to_string(), *vnf)])))
+            .collect()
+    }
+
+    #[test]
+    fn rounds_give_medians_sums_and_paired_ratios() {
+        let rounds = [
+            round(&[("end_ad", 400.0, 400.0), ("end_ad_age0", 410.0, 406.0)]),
+            // A slow round: both scenarios slower, their ratio about the same.
+            round(&[("end_ad", 600.0, 600.0), ("end_ad_age0", 612.0, 612.0)]),
+            round(&[("end_ad", 420.0, 380.0)]), // age 0's trial failed in this round
+        ];
+        assert_eq!(medians(&rounds)["end_ad"]["sp_uplink"], 420.0);
+        assert_eq!(medians(&rounds)["end_ad_age0"]["sp_vnf"], (406.0 + 612.0) / 2.0);
+        assert_eq!(per_packet(&rounds, "end_ad"), [800.0, 1200.0, 800.0]);
+        let r = cost_ratios(&rounds, "end_ad_age0", "end_ad").unwrap();
+        assert_eq!(r.samples, [800.0 / 816.0, 1200.0 / 1224.0], "paired within each round, the round without age 0 left out");
+        assert!(r.max < 1.0, "age 0 costs more in each round: {r:?}");
+        assert!(cost_ratios(&rounds, "end_as", "end_ad").is_none(), "never measured");
+    }
+}

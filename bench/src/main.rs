@@ -281,6 +281,14 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
     }
 }
 
+/// Each costed PDR scenario's time per packet in srv6pipes' programs, round by round.
+fn bpf_per_packet(dp: &dataplane::Results) -> serde_json::Value {
+    let scenarios: Vec<&String> = dp.bpf_ns.keys().collect();
+    let per: std::collections::BTreeMap<String, Vec<f64>> =
+        scenarios.into_iter().map(|s| (s.clone(), cost::per_packet(&dp.bpf_rounds, s))).filter(|(_, v)| !v.is_empty()).collect();
+    report::details(&per)
+}
+
 /// The VNF-count sweep's JSON fields: End.AD through the last of N installed, End.AD and plain
 /// forwarding spread over N, the kernel proxy spread over N.
 fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
@@ -369,6 +377,7 @@ fn main() -> anyhow::Result<()> {
                 json.insert("pdr_kpps".into(), report::medians(&dp.pdr));
                 json.insert("pdr_detail".into(), report::details(&dp.pdr));
                 json.insert("bpf_ns_per_run".into(), serde_json::json!(dp.bpf_ns));
+                json.insert("bpf_ns_per_packet".into(), bpf_per_packet(dp));
             }
             if parts.vnfs {
                 json.extend(vnf_json(dp));
@@ -483,6 +492,32 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             at_least: true,
             value: ratio(&p["end_ad_monitor_drops"], &p["end_ad_monitor_none"]),
         },
+    ]);
+    // The same two by the programs' own time per packet, round by round.
+    let by_cost = |name: &str, what: &str, bound: f64, of: &str, base: &str| {
+        cost::cost_ratios(&dp.bpf_rounds, of, base).map(|value| Target {
+            name: name.into(),
+            what: what.into(),
+            bound,
+            at_least: true,
+            value,
+        })
+    };
+    targets.extend(
+        [
+            by_cost("age0_bpf", "End.AD age 0 ÷ age 1 s, by BPF ns per packet (age 1 s's ÷ age 0's)", 0.98, "end_ad_age0", "end_ad"),
+            by_cost(
+                "monitor_attached_bpf",
+                "End.AD, drop monitor attached ÷ detached, by BPF ns per packet (detached's ÷ attached's)",
+                0.97,
+                "end_ad_monitor_drops",
+                "end_ad_monitor_none",
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    targets.extend([
         Target {
             name: "cni_add_p99".into(),
             what: "CNI ADD p99 (ms)".into(),
@@ -594,9 +629,10 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "seglist_detail": details(&dp.seglist),
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
+        "bpf_ns_per_packet": bpf_per_packet(dp),
         "dataplane_failures": dp.failures,
         "unavailable": dp.unavailable,
-        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower); the VM exposes no hardware counters to perf", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0),
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower); the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.reps),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(vnf_json(dp));
