@@ -283,9 +283,8 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
 
 /// Each costed PDR scenario's time per packet in srv6pipes' programs, round by round.
 fn bpf_per_packet(dp: &dataplane::Results) -> serde_json::Value {
-    let scenarios: Vec<&String> = dp.bpf_ns.keys().collect();
     let per: std::collections::BTreeMap<String, Vec<f64>> =
-        scenarios.into_iter().map(|s| (s.clone(), cost::per_packet(&dp.bpf_rounds, s))).filter(|(_, v)| !v.is_empty()).collect();
+        dp.bpf_ns.keys().map(|s| (s.clone(), cost::per_packet(&dp.bpf_rounds, s))).filter(|(_, v)| !v.is_empty()).collect();
     report::details(&per)
 }
 

@@ -287,7 +287,7 @@ __noinline __u32 monitor_begin(struct __sk_buff *skb, __u32 ifindex, __u32 flags
 {
 	monitor_clear();
 	__u32 mon = flags & SP_MON_DROPS;
-	if (!(flags & SP_MON_TRACE) || !sampled(trace_sample))
+	if (!sampled(trace_sample))
 		return mon | SP_MON_LISTENING;
 	struct monitor_event *ev = monitor_scratch();
 	if (!ev)
