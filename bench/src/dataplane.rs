@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::around::{AdAge, Around, Watch};
 use crate::packet::{self, Frame, Inner};
 use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
-use crate::traffic::{Path, Search};
+use crate::traffic::Path;
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -72,38 +73,28 @@ pub struct Results {
     pub retries: (u64, u64),
 }
 
-/// A `srv6pipes monitor` attached to a lane's node daemon (its socket), draining the events as
-/// the CLI does; detached (the socket shut) when dropped, returning the events it counted.
-struct Subscriber {
-    socket: std::os::unix::net::UnixStream,
-    reader: std::thread::JoinHandle<u64>,
-}
-
-impl Subscriber {
-    fn attach(lane: &Lane, request: srv6::node_api::MonitorRequest) -> anyhow::Result<Self> {
-        use std::io::{BufRead, Write};
-        let path = lane.socket.as_ref().context("not an srv6pipes lane")?;
-        let mut socket = std::os::unix::net::UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
-        writeln!(socket, "{}", serde_json::to_string(&srv6::node_api::Request::Monitor(request))?)?;
-        let mut r = std::io::BufReader::new(socket.try_clone()?);
-        let mut first = String::new();
-        r.read_line(&mut first)?;
-        anyhow::ensure!(first.contains("\"ok\""), "{}: monitor refused: {first}", lane.name);
-        let reader = std::thread::spawn(move || r.lines().map_while(Result::ok).count() as u64);
-        Ok(Subscriber { socket, reader })
-    }
-
-    fn detach(self) -> u64 {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        self.reader.join().unwrap_or(0)
-    }
-}
-
 struct Scenario {
     key: String,
     path: Path,
     frame: Frame,
     dsts: Vec<Ipv6Addr>,
+    /// What changes on the lane for the scenario's trials.
+    around: Option<Around>,
+}
+
+impl Scenario {
+    /// `frame` along `path`, to its own destination, unwatched.
+    fn new(key: impl Into<String>, path: Path, frame: Frame) -> Self {
+        Scenario { key: key.into(), path, frame, dsts: vec![], around: None }
+    }
+
+    /// `f` with the scenario's change to its lane made, if it has one.
+    fn watched<T>(&self, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &self.around {
+            Some(a) => a.during(f),
+            None => f(),
+        }
+    }
 }
 
 fn inner6() -> Inner {
@@ -130,17 +121,19 @@ fn ad_frame(lane: &Lane, j: usize, extra: usize) -> anyhow::Result<Frame> {
 fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut Vec<String>) -> Option<BTreeMap<String, f64>> {
     let mut last = String::new();
     for attempt in 1..=3 {
-        let ns = crate::cost::bpf_ns_per_run(|| {
-            let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.cost_trial)?;
-            if t.loss() > crate::traffic::LOSS_BOUND {
-                anyhow::bail!(
-                    "{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)",
-                    s.key,
-                    t.loss() * 100.0,
-                    pps / 1000.0
-                );
-            }
-            Ok(())
+        let ns = s.watched(|| {
+            crate::cost::bpf_ns_per_run(|| {
+                let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.cost_trial)?;
+                if t.loss() > crate::traffic::LOSS_BOUND {
+                    anyhow::bail!(
+                        "{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)",
+                        s.key,
+                        t.loss() * 100.0,
+                        pps / 1000.0
+                    );
+                }
+                Ok(())
+            })
         });
         match ns {
             Ok(ns) => {
@@ -162,26 +155,25 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut V
     None
 }
 
-/// `s`'s PDR in kpps; `last`: its PDR in the previous repetition, where the search starts.
-fn measure(b: &mut Bench, s: &Scenario, ceiling_pps: f64, plan: &Plan, last: Option<f64>) -> anyhow::Result<f64> {
-    let search = Search { steps: plan.steps, trial: plan.trial };
-    let hint = last.map(|kpps| kpps * 1000.0);
-    let pps = b.traffic.pdr(&s.path, &s.frame, &s.dsts, ceiling_pps, hint, search).with_context(|| s.key.clone())?;
-    eprintln!("  {:<28} {:>8.1} kpps", s.key, pps / 1000.0);
-    Ok(pps / 1000.0)
-}
-
-/// Repetition i of every scenario, then i + 1.
+/// Repetition i of every scenario, then i + 1; within a repetition, the scenarios' PDR searches
+/// run at once with their trials in turns ([`crate::search::interleaved`]), each from its PDR
+/// in the previous repetition.
 fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
     for s in scenarios {
         b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
     }
     for rep in 0..plan.reps {
         eprintln!(" repetition {}/{}", rep + 1, plan.reps);
-        for s in scenarios {
-            let last = out.get(&s.key).and_then(|v| v.last().copied());
-            let v = measure(b, s, ceiling_pps, plan, last)?;
-            out.entry(s.key.clone()).or_default().push(v);
+        let hints: Vec<Option<f64>> = scenarios.iter().map(|s| out.get(&s.key).and_then(|v| v.last()).map(|kpps| kpps * 1000.0)).collect();
+        let (pdrs, retries) = crate::search::interleaved(&hints, ceiling_pps, plan.steps, |i, pps| {
+            let s = &scenarios[i];
+            s.watched(|| b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.trial)).map(|t| (t.loss(), t.offered_pps))
+        });
+        b.traffic.retries = (b.traffic.retries.0 + retries.0, b.traffic.retries.1 + retries.1);
+        for (s, pdr) in scenarios.iter().zip(pdrs) {
+            let kpps = pdr.with_context(|| s.key.clone())? / 1000.0;
+            eprintln!("  {:<28} {kpps:>8.1} kpps", s.key);
+            out.entry(s.key.clone()).or_default().push(kpps);
         }
     }
     Ok(())
@@ -201,18 +193,16 @@ fn start(b: &mut Bench, plan: &Plan) -> anyhow::Result<(Results, f64)> {
 pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
     let mut laps = crate::report::Laps::start();
     let (mut res, ceiling_pps) = start(b, plan)?;
-    let (sp, age0) = pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
+    let sp = pdr(b, plan, ceiling_pps, &mut res, &mut laps)?;
     // Segment list length: segments left after the proxy, 1 (the sink) and more (`Plan::seglist`).
     let seg: Vec<Scenario> = plan
         .seglist
         .iter()
-        .map(|&n| Ok(Scenario { key: n.to_string(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, n - 1)?, dsts: vec![] }))
+        .map(|&n| Ok(Scenario::new(n.to_string(), with_expect(&sp, SINK_SID), ad_frame(&sp, 0, n - 1)?)))
         .collect::<anyhow::Result<_>>()?;
     eprintln!("segment list sweep: {:?}", plan.seglist);
     in_turns(b, &seg, ceiling_pps, plan, &mut res.seglist)?;
-    for l in [&sp, &age0] {
-        res.sid_packets.insert(l.name.clone(), b.sid_packets(l)?);
-    }
+    res.sid_packets.insert(sp.name.clone(), b.sid_packets(&sp)?);
     laps.lap("seglist");
     chain3(b, plan, ceiling_pps, &mut res)?;
     laps.lap("chain3");
@@ -224,9 +214,9 @@ pub fn run(b: &mut Bench, plan: &Plan) -> anyhow::Result<Results> {
 }
 
 /// The PDR scenarios, (a)-(e), IPv4 inner, age 0 vs 1 s and the monitor, side by side in turns,
-/// then their BPF cost; only those `plan.scenarios` names when it names any. Returns the
-/// lanes of End.AD with age 1 s and 0 (the segment-list sweep runs on the first).
-fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &mut crate::report::Laps) -> anyhow::Result<(Lane, Lane)> {
+/// then their BPF cost; only those `plan.scenarios` names when it names any. Returns End.AD's
+/// lane (the segment-list sweep runs on it).
+fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &mut crate::report::Laps) -> anyhow::Result<Lane> {
     let cpu = plan.sut_cpu;
     let mut plain = b.lane("plain", Kind::Plain, cpu)?;
     b.grow(&mut plain, 1)?;
@@ -241,76 +231,47 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     b.grow(&mut sp, 4)?;
     // VNF 1: End.AD (IPv6 inner), 2: End.AS, 3: End.AM, 4: End.AD with IPv4 inner.
     b.program(&sp, &[2], &[3], 0)?;
-    let mut age0 = b.lane("age0", Kind::Srv6pipes { ad_age_ms: 0 }, cpu)?;
-    b.grow(&mut age0, 1)?;
-    b.program(&age0, &[], &[], 0)?;
-    // The live monitor attached against detached: drop events (this traffic drops nothing: the
-    // cost of watching), and traces of 1 packet in 64 (the daemon's rate limit on).
-    // Three lanes alike (one End.AD VNF each), so that only the monitor differs.
-    let one_vnf = |b: &mut Bench, name: &str| -> anyhow::Result<Lane> {
-        let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-        b.grow(&mut lane, 1)?;
-        b.program(&lane, &[], &[], 0)?;
-        Ok(lane)
+    // The live monitor attached against detached, on one lane (one End.AD VNF), attached for
+    // a scenario's trials only: drop events (this traffic drops nothing: the cost of watching),
+    // and traces of 1 packet in 64 (the daemon's rate limit on).
+    let mut mon = b.lane("mon", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+    b.grow(&mut mon, 1)?;
+    b.program(&mon, &[], &[], 0)?;
+    let watched = |b: &Bench, key: &str, traces: bool| -> anyhow::Result<Scenario> {
+        let request = srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
+        let around = Some(Around::Monitor(Box::new(Watch::new(b, &mon, request)?)));
+        Ok(Scenario { around, ..Scenario::new(key, with_expect(&mon, SINK_SID), ad_frame(&mon, 0, 0)?) })
     };
-    let mon_none = one_vnf(b, "mon0")?;
-    let (mon_drops, mon_trace) = (one_vnf(b, "mond")?, one_vnf(b, "mont")?);
-    let watch = |traces: bool| srv6::node_api::MonitorRequest { drops: !traces, traces, chain: None, sample: traces.then_some(64) };
-    let (drops_sub, trace_sub) = (Subscriber::attach(&mon_drops, watch(false))?, Subscriber::attach(&mon_trace, watch(true))?);
 
     let mut main = vec![
-        Scenario { key: "plain".into(), path: with_expect(&plain, INNER_DST), frame: packet::plain(plain.macs, inner6()), dsts: vec![] },
-        Scenario { key: "end_ad".into(), path: with_expect(&sp, SINK_SID), frame: ad_frame(&sp, 0, 0)?, dsts: vec![] },
-        // Each pair a target compares runs side by side, in the PDR turns and in the cost rounds
-        // (age 0 and age 1 s here, the monitor's lanes below): the machine's slow moments last
-        // seconds, and move both sides of a pair when they are neighbours.
-        Scenario { key: "end_ad_age0".into(), path: with_expect(&age0, SINK_SID), frame: ad_frame(&age0, 0, 0)?, dsts: vec![] },
+        Scenario::new("plain", with_expect(&plain, INNER_DST), packet::plain(plain.macs, inner6())),
+        Scenario::new("end_ad", with_expect(&sp, SINK_SID), ad_frame(&sp, 0, 0)?),
+        // Each pair a target compares runs on one lane, side by side in the PDR turns and in
+        // the cost rounds: age 0 here (End.AD's own VNF, the lane's age set to 0 for its
+        // trials), the monitor's scenarios below.
         Scenario {
-            key: "end_as".into(),
-            path: with_expect(&sp, SINK_SID),
-            frame: packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 1), SINK_SID], inner6())?,
-            dsts: vec![],
+            around: Some(Around::AdAge(AdAge::new(b, &sp, 0))),
+            ..Scenario::new("end_ad_age0", with_expect(&sp, SINK_SID), ad_frame(&sp, 0, 0)?)
         },
-        Scenario {
-            key: "end_am".into(),
-            path: with_expect(&sp, INNER_DST),
-            frame: packet::inserted(sp.macs, OUTER_SRC, &[sid(&sp, 2)], INNER_DST)?,
-            dsts: vec![],
-        },
-        Scenario {
-            key: "end_ad_ipv4".into(),
-            path: with_expect(&sp, SINK_SID),
-            frame: packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 3), SINK_SID], Inner::V4 { src: INNER4_SRC, dst: INNER4_DST })?,
-            dsts: vec![],
-        },
-        Scenario {
-            key: "end_ad_monitor_none".into(),
-            path: with_expect(&mon_none, SINK_SID),
-            frame: ad_frame(&mon_none, 0, 0)?,
-            dsts: vec![],
-        },
-        Scenario {
-            key: "end_ad_monitor_drops".into(),
-            path: with_expect(&mon_drops, SINK_SID),
-            frame: ad_frame(&mon_drops, 0, 0)?,
-            dsts: vec![],
-        },
-        Scenario {
-            key: "end_ad_monitor_trace".into(),
-            path: with_expect(&mon_trace, SINK_SID),
-            frame: ad_frame(&mon_trace, 0, 0)?,
-            dsts: vec![],
-        },
+        Scenario::new("end_as", with_expect(&sp, SINK_SID), packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 1), SINK_SID], inner6())?),
+        Scenario::new("end_am", with_expect(&sp, INNER_DST), packet::inserted(sp.macs, OUTER_SRC, &[sid(&sp, 2)], INNER_DST)?),
+        Scenario::new(
+            "end_ad_ipv4",
+            with_expect(&sp, SINK_SID),
+            packet::encapsulated(sp.macs, OUTER_SRC, &[sid(&sp, 3), SINK_SID], Inner::V4 { src: INNER4_SRC, dst: INNER4_DST })?,
+        ),
+        Scenario::new("end_ad_monitor_none", with_expect(&mon, SINK_SID), ad_frame(&mon, 0, 0)?),
+        watched(b, "end_ad_monitor_drops", false)?,
+        watched(b, "end_ad_monitor_trace", true)?,
     ];
     if let Some(kernel) = &kernel {
         main.insert(
             1,
-            Scenario {
-                key: KERNEL_PROXY.into(),
-                path: with_expect(kernel, SINK_SID),
-                frame: packet::encapsulated(kernel.macs, OUTER_SRC, &[sid(kernel, 0)], inner6())?,
-                dsts: vec![],
-            },
+            Scenario::new(
+                KERNEL_PROXY,
+                with_expect(kernel, SINK_SID),
+                packet::encapsulated(kernel.macs, OUTER_SRC, &[sid(kernel, 0)], inner6())?,
+            ),
         );
     }
     main.retain(|s| plan.scenarios.is_empty() || plan.scenarios.contains(&s.key));
@@ -331,10 +292,13 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
         res.bpf_rounds.push(round);
     }
     res.bpf_ns = crate::cost::medians(&res.bpf_rounds);
-    res.monitor_events.insert("drops".into(), drops_sub.detach());
-    res.monitor_events.insert("trace".into(), trace_sub.detach());
+    for s in &main {
+        if let Some(Around::Monitor(w)) = &s.around {
+            res.monitor_events.insert(s.key.trim_start_matches("end_ad_monitor_").into(), w.events.get());
+        }
+    }
     laps.lap("dataplane_bpf_cost");
-    Ok((sp, age0))
+    Ok(sp)
 }
 
 /// Proof of the path taken: in a loss-free check trial of `s`, every counter `count` returns
@@ -369,18 +333,12 @@ fn chain3(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> an
     }
     let segments: Vec<Ipv6Addr> = sp.iter().map(|l| sid(l, 0)).chain([SINK_SID]).collect();
     let points = vec![
-        Scenario {
-            key: "srv6pipes".into(),
-            path: with_expect(&sp[0], SINK_SID),
-            frame: packet::encapsulated(sp[0].macs, OUTER_SRC, &segments, inner6())?,
-            dsts: vec![],
-        },
-        Scenario {
-            key: "plain".into(),
-            path: with_expect(&plain[0], spread_dst(1)),
-            frame: packet::plain(plain[0].macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
-            dsts: vec![],
-        },
+        Scenario::new("srv6pipes", with_expect(&sp[0], SINK_SID), packet::encapsulated(sp[0].macs, OUTER_SRC, &segments, inner6())?),
+        Scenario::new(
+            "plain",
+            with_expect(&plain[0], spread_dst(1)),
+            packet::plain(plain[0].macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
+        ),
     ];
     eprintln!("three-function chain over three nodes: srv6pipes and plain");
     check_through(b, &points[0], |b| sp.iter().map(|l| b.sid_packets(l)).collect())?;
@@ -443,11 +401,11 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
     // End.AD spread over every SID, and through the last VNF installed alone.
     let spread = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
-        Ok(Scenario { key: format!("sp/{key}"), path: with_expect(scale, SINK_SID), frame: ad_frame(scale, 0, 0)?, dsts: sids(scale) })
+        Ok(Scenario { dsts: sids(scale), ..Scenario::new(format!("sp/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, 0, 0)?) })
     };
     let installed = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
         let last = scale.vnfs.len() - 1;
-        Ok(Scenario { key: format!("installed/{key}"), path: with_expect(scale, SINK_SID), frame: ad_frame(scale, last, 0)?, dsts: vec![] })
+        Ok(Scenario::new(format!("installed/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, last, 0)?))
     };
     for &n in &plan.vnf_counts {
         eprintln!("VNF sweep: {n} VNFs");
@@ -461,19 +419,23 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         let mut points = vec![
             spread(&scale, &key)?,
             Scenario {
-                key: format!("plain/{n}"),
-                path: Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
-                frame: packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
                 dsts: (1..=n).map(spread_dst).collect(),
+                ..Scenario::new(
+                    format!("plain/{n}"),
+                    Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
+                    packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
+                )
             },
             installed(&scale, &key)?,
         ];
         if let Some(kscale) = &kscale {
             points.push(Scenario {
-                key: format!("kernel/{n}"),
-                path: with_expect(kscale, SINK_SID),
-                frame: packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(kscale, 0)], inner6())?,
                 dsts: sids(kscale),
+                ..Scenario::new(
+                    format!("kernel/{n}"),
+                    with_expect(kscale, SINK_SID),
+                    packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(kscale, 0)], inner6())?,
+                )
             });
         }
         // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).

@@ -2,7 +2,7 @@
 //! BPF_F_TEST_XDP_LIVE_FRAMES) from a thread pinned to the generator's CPU, one call per trial
 //! paced by the program against the clock and ended by a signal at the deadline; an XDP
 //! program on every sink veth counts what arrives. PDR: the highest offered
-//! rate whose loss is at most 0.5 %, found by binary search.
+//! rate whose loss is at most 0.5 %, found by `crate::search`.
 
 use std::net::Ipv6Addr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -21,7 +21,7 @@ use crate::sys;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
 pub const LOSS_BOUND: f64 = 0.005;
-/// A failing trial that lost less than this is run once more (see [`passes`]).
+/// A failing trial that lost less than this is run once more (`crate::search`).
 pub const RETRY_BELOW: f64 = 0.2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BATCH: u32 = 64;
@@ -88,14 +88,6 @@ pub struct Traffic {
     next_slot: u32,
     /// Failing trials run again, and how many of those passed.
     pub retries: (u64, u64),
-}
-
-/// How finely and with what trials a PDR is searched.
-#[derive(Clone, Copy, Debug)]
-pub struct Search {
-    /// The passing and failing rates end within 2^-steps of each other (8: 0.4 %).
-    pub steps: u32,
-    pub trial: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -224,29 +216,6 @@ impl Traffic {
         Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
     }
 
-    /// Highest rate (pps) up to `ceiling` with at most 0.5 % loss ([`search_pdr`]; `hint`: the
-    /// scenario's last PDR).
-    pub fn pdr(
-        &mut self,
-        path: &Path,
-        frame: &Frame,
-        dsts: &[Ipv6Addr],
-        ceiling: f64,
-        hint: Option<f64>,
-        plan: Search,
-    ) -> anyhow::Result<f64> {
-        let mut retries = (0, 0);
-        let pdr = search_pdr(
-            |pps| self.trial(path, frame, dsts, pps, plan.trial).map(|t| (t.loss(), t.offered_pps)),
-            ceiling,
-            hint,
-            plan.steps,
-            &mut retries,
-        );
-        self.retries = (self.retries.0 + retries.0, self.retries.1 + retries.1);
-        pdr
-    }
-
     /// A slow trial that must deliver (almost) everything: proves the scenario is wired right
     /// before it is measured, and warms caches (End.AD learns from it).
     pub fn check(&mut self, what: &str, path: &Path, frame: &Frame, dsts: &[Ipv6Addr]) -> anyhow::Result<()> {
@@ -349,139 +318,4 @@ fn send(fd: i32, frame: &[u8], ifindex: u32, dur: Duration) -> anyhow::Result<()
         done.store(true, Ordering::Release);
         r
     })
-}
-
-/// Whether `pps` passes (≤ 0.5 % loss) by `trial` (rate → loss, rate really offered), with the
-/// rate really offered when it does. A trial that fails by little (under [`RETRY_BELOW`] lost:
-/// a transient stall of the machine looks like that, an overload does not) is run once more,
-/// and the rate fails only if that one fails too: one hiccup of the host must not cap a search
-/// below the rate it failed at. `retries` counts the trials run again and those that passed.
-fn passes(trial: &mut impl FnMut(f64) -> anyhow::Result<(f64, f64)>, pps: f64, retries: &mut (u64, u64)) -> anyhow::Result<Option<f64>> {
-    let (loss, offered) = trial(pps)?;
-    if loss <= LOSS_BOUND {
-        return Ok(Some(offered));
-    }
-    if loss >= RETRY_BELOW {
-        return Ok(None);
-    }
-    retries.0 += 1;
-    let (loss, offered) = trial(pps)?;
-    let passed = loss <= LOSS_BOUND;
-    retries.1 += u64::from(passed);
-    Ok(passed.then_some(offered))
-}
-
-/// Highest rate (pps) up to `ceiling` with at most 0.5 % loss by `trial` (rate, 0 for unpaced →
-/// loss, rate really offered): a passing rate and a failing one above it found first, then
-/// bisected until they are within 2^-`steps` of each other. Without a `hint`, from the ceiling
-/// down by halving (the steps resolve slow paths, the kernel proxy with 1,000 rules, as finely
-/// as fast ones); with one (the scenario's last PDR), by steps of 1.25× from 0.9× the hint, up
-/// or down, which takes fewer trials. (What a path delivers overloaded is no bound: it may
-/// livelock below its PDR.) The answer is the rate really offered by the best passing trial.
-pub fn search_pdr(
-    mut trial: impl FnMut(f64) -> anyhow::Result<(f64, f64)>,
-    ceiling: f64,
-    hint: Option<f64>,
-    steps: u32,
-    retries: &mut (u64, u64),
-) -> anyhow::Result<f64> {
-    let mut pass = |pps: f64| passes(&mut trial, pps, retries);
-    let (mut lo, mut hi, mut best) = match hint.filter(|h| *h > 0.0) {
-        None => {
-            if let Some(top) = pass(0.0)? {
-                return Ok(top);
-            }
-            let (mut lo, mut hi) = (ceiling / 2.0, ceiling);
-            loop {
-                if let Some(best) = pass(lo)? {
-                    break (lo, hi, best);
-                }
-                if lo < 500.0 {
-                    return Ok(0.0);
-                }
-                (hi, lo) = (lo, lo / 2.0);
-            }
-        }
-        Some(h) => {
-            let mut lo = (h * 0.9).min(ceiling);
-            match pass(lo)? {
-                Some(mut best) => loop {
-                    if lo >= ceiling {
-                        return Ok(best);
-                    }
-                    let hi = (lo * 1.25).min(ceiling);
-                    match pass(hi)? {
-                        Some(b) => (lo, best) = (hi, b),
-                        None => break (lo, hi, best),
-                    }
-                },
-                None => loop {
-                    let hi = lo;
-                    lo /= 1.25;
-                    if let Some(best) = pass(lo)? {
-                        break (lo, hi, best);
-                    }
-                    if lo < 500.0 {
-                        return Ok(0.0);
-                    }
-                },
-            }
-        }
-    };
-    while hi - lo > lo / f64::from(1u32 << steps) {
-        let mid = (lo + hi) / 2.0;
-        match pass(mid)? {
-            Some(b) => (lo, best) = (mid, b),
-            None => hi = mid,
-        }
-    }
-    Ok(best)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A system that forwards `capacity` pps: a trial above it loses the excess (unpaced: the
-    /// ceiling's worth); the trials numbered in `stalls` lose 3 % whatever the rate (a stall
-    /// of the host). Returns the PDR found, the trials run and the retries (run, passed).
-    fn against(capacity: f64, ceiling: f64, hint: Option<f64>, stalls: &[usize]) -> (f64, usize, (u64, u64)) {
-        let mut n = 0;
-        let mut retries = (0, 0);
-        let trial = |pps: f64| {
-            n += 1;
-            let offered = if pps == 0.0 { ceiling } else { pps };
-            let loss = if stalls.contains(&n) { 0.03 } else { (1.0 - capacity / offered).max(0.0) };
-            Ok((loss, offered))
-        };
-        let pdr = search_pdr(trial, ceiling, hint, 8, &mut retries).unwrap();
-        (pdr, n, retries)
-    }
-
-    #[test]
-    fn the_search_finds_the_capacity_to_its_precision_from_the_ceiling_or_a_hint() {
-        for capacity in [380_000.0, 123_456.0, 4_000.0] {
-            for hint in [None, Some(capacity), Some(capacity * 0.6), Some(capacity * 1.7)] {
-                let (pdr, _, retries) = against(capacity, 4_300_000.0, hint, &[]);
-                assert!(pdr <= capacity * 1.005 && pdr >= capacity * (1.0 - 1.0 / 256.0), "{capacity} {hint:?}: {pdr}");
-                assert_eq!(retries.1, 0, "a rate over the capacity fails again when retried ({retries:?})");
-            }
-        }
-        // An unpaced trial that passes is the answer.
-        assert_eq!(against(5_000_000.0, 4_300_000.0, None, &[]).0, 4_300_000.0);
-    }
-
-    #[test]
-    fn one_stall_does_not_cap_the_search_and_a_hint_takes_fewer_trials() {
-        let (capacity, ceiling) = (400_000.0, 4_300_000.0);
-        // Trial 5 from the ceiling: the first rate under the capacity (ceiling / 16, 269 kpps).
-        for stall in 1..=14 {
-            let (pdr, _, retries) = against(capacity, ceiling, None, &[stall]);
-            assert!(pdr >= capacity * (1.0 - 1.0 / 256.0), "stall at trial {stall}: {pdr} ({retries:?})");
-        }
-        let (_, _, retries) = against(capacity, ceiling, None, &[5]);
-        assert_eq!(retries.1, 1, "the stalled trial run again, and passed ({retries:?})");
-        let (cold, warm) = (against(capacity, ceiling, None, &[]).1, against(capacity, ceiling, Some(capacity * 1.01), &[]).1);
-        assert!(warm < cold, "from the last PDR {warm} trials, from the ceiling {cold}");
-    }
 }
