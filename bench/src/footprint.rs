@@ -272,7 +272,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     // One more chain, compiled as the operator does: what the planner keeps of the round
     // (digests), the previous plan dropped (the operator's cache gives it up before compiling;
     // the split cache holds programs weakly), the new plan compiled and split.
-    let round = Round::of(&plan, BTreeMap::new());
+    let round = Round::of(&plan, BTreeMap::new(), 0);
     st.lap("the round's digests");
     w.chains.apply_watcher_event(&Event::Apply(chain(size.chains)?));
     drop(plan);

@@ -373,6 +373,11 @@ impl Ctx {
         self.publisher.failures()
     }
 
+    /// How many times the nodes' failures changed so far ([`Publisher::failure_changes`]).
+    pub(crate) fn failure_changes(&self) -> u64 {
+        self.publisher.failure_changes()
+    }
+
     async fn apply_chain(&self, chain: &ServiceChain) -> Result<Action, Error> {
         self.await_mirror(chain).await;
         let key = world::key_of(chain);

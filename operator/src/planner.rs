@@ -28,10 +28,12 @@ pub struct Round {
     chains: BTreeMap<world::ChainKey, u64>,
     node_problems: BTreeMap<String, String>,
     failures: BTreeMap<String, String>,
+    /// [`crate::publisher::Publisher::failure_changes`] when `failures` was read, or after.
+    failure_changes: u64,
 }
 
 impl Round {
-    pub fn of(plan: &Plan, failures: BTreeMap<String, String>) -> Round {
+    pub fn of(plan: &Plan, failures: BTreeMap<String, String>, failure_changes: u64) -> Round {
         let mut chains: BTreeMap<world::ChainKey, u64> = BTreeMap::new();
         for (key, verdict) in &plan.verdicts {
             chains.insert(key.clone(), srv6::slices::digest(&(Some(verdict), plan.chain_nodes.get(key))));
@@ -39,7 +41,7 @@ impl Round {
         for (key, nodes) in plan.chain_nodes.iter().filter(|(k, _)| !plan.verdicts.contains_key(*k)) {
             chains.insert(key.clone(), srv6::slices::digest(&(None::<&srv6::compiler::ChainVerdict>, Some(nodes))));
         }
-        Round { chains, node_problems: plan.node_problems.clone(), failures }
+        Round { chains, node_problems: plan.node_problems.clone(), failures, failure_changes }
     }
 }
 
@@ -48,7 +50,11 @@ impl Ctx {
     /// changes, when to look again if the plan is older than the world, and the round. A chain
     /// whose verdict and nodes are those of the `previous` round, with the same node problems
     /// and failures, keeps its status (a change of its own is reconciled on its own watch
-    /// event): only the other chains' statuses are built and compared.
+    /// event): only the other chains' statuses are built and compared. Failures that changed
+    /// and changed back since the previous round count as changed: a chain reconciled while a
+    /// node failed for a moment may have written that failure into its status (and been
+    /// looked at again while it still held, `mirror::chain_trigger`), and nothing else would
+    /// write it back.
     pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Option<Round>) {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
@@ -60,14 +66,17 @@ impl Ctx {
         // meanwhile (a reconcile's), and this one then goes before it is made. The newer plan
         // comes with a newer world, which gets a round of its own: this one ends here.
         let failures = self.settled(waits).await;
+        let failure_changes = self.failure_changes();
         let Some(plan) = plan.upgrade() else {
             debug!("a newer plan was made while this round's writes were waited for");
             return (Vec::new(), stale, None);
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let (changed, round) = cpu(|| {
-            let round = Round::of(&plan, failures);
-            let before = previous.filter(|p| p.node_problems == round.node_problems && p.failures == round.failures);
+            let round = Round::of(&plan, failures, failure_changes);
+            let before = previous.filter(|p| {
+                p.node_problems == round.node_problems && p.failures == round.failures && p.failure_changes == round.failure_changes
+            });
             let candidates: Vec<Arc<ServiceChain>> = match before {
                 // Only the chains whose verdict or nodes differ from the previous round's.
                 Some(b) => differing(&b.chains, &round.chains)

@@ -163,6 +163,8 @@ struct Shared {
     written: Mutex<HashMap<String, Arc<NodeProgramSlice>>>,
     /// Nodes whose latest slices could not be written, with why.
     failures: Mutex<BTreeMap<String, String>>,
+    /// How many times `failures` changed (counted under its lock).
+    failure_changes: AtomicU64,
     /// [`WRITES_IN_FLIGHT`] permits.
     in_flight: tokio::sync::Semaphore,
 }
@@ -182,6 +184,7 @@ impl Publisher {
             world,
             written: Default::default(),
             failures: Default::default(),
+            failure_changes: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(WRITES_IN_FLIGHT),
         };
         Publisher { shared: Arc::new(shared), writers: Default::default(), seq: AtomicU64::new(0) }
@@ -204,6 +207,13 @@ impl Publisher {
     /// Nodes whose program could not be written, with why.
     pub fn failures(&self) -> BTreeMap<String, String> {
         self.shared.failures.lock().expect("failures").clone()
+    }
+
+    /// How many times the failures changed so far: two equal failure sets read apart may have
+    /// changed and changed back in between (a node failing for a moment), and a chain status
+    /// written meanwhile may name that failure.
+    pub fn failure_changes(&self) -> u64 {
+        self.shared.failure_changes.load(Ordering::Acquire)
     }
 
     /// Hands `want` to `node`'s writer (unless it is already writing those slices) and returns
@@ -264,7 +274,7 @@ impl Publisher {
     pub fn forget(&self, node: &str) {
         self.writers.lock().expect("writers").remove(node);
         self.shared.written.lock().expect("written").retain(|_, s| s.spec.node != node);
-        if self.shared.failures.lock().expect("failures").remove(node).is_some() {
+        if self.shared.forget_failure(node) {
             self.shared.world.send_modify(|v| *v += 1);
         }
     }
@@ -320,6 +330,16 @@ async fn write_loop(shared: Arc<Shared>, node: String, mut want: watch::Receiver
 }
 
 impl Shared {
+    /// Forgets `node`'s failure; whether it had one.
+    fn forget_failure(&self, node: &str) -> bool {
+        let mut failures = self.failures.lock().expect("failures");
+        let had = failures.remove(node).is_some();
+        if had {
+            self.failure_changes.fetch_add(1, Ordering::AcqRel);
+        }
+        had
+    }
+
     /// What the API server holds of slice `name` as far as this operator knows: the mirror's
     /// copy, or its own last write while the mirror has not seen it yet.
     fn known(&self, name: &str, mirrored: Option<&Arc<NodeProgramSlice>>) -> Option<Arc<NodeProgramSlice>> {
@@ -494,12 +514,16 @@ impl Shared {
     /// Records a write's outcome; a change of a node's failure is logged, recorded as an Event
     /// on the Node, and bumps the world version so that the chains' statuses follow.
     async fn settle(&self, node: &str, failure: Option<String>) {
-        let changed = {
-            let mut failures = self.failures.lock().expect("failures");
-            match &failure {
-                Some(e) => failures.insert(node.to_string(), e.clone()).as_ref() != Some(e),
-                None => failures.remove(node).is_some(),
+        let changed = match &failure {
+            Some(e) => {
+                let mut failures = self.failures.lock().expect("failures");
+                let changed = failures.insert(node.to_string(), e.clone()).as_ref() != Some(e);
+                if changed {
+                    self.failure_changes.fetch_add(1, Ordering::AcqRel);
+                }
+                changed
             }
+            None => self.forget_failure(node),
         };
         if !changed {
             return;
