@@ -163,7 +163,8 @@ svc=$(kubectl get service e2e-web -o jsonpath='{.spec.clusterIP}')
 for p in e2e-client e2e-server; do
   for i in $(seq 20); do
     # (busybox-static's wget crashes: HTTP by hand over nc)
-    got=$(ex $p sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1)
+    # (`|| true`: under pipefail a failed try would end the script here, not be retried)
+    got=$(ex $p sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1) || true
     [[ $got == e2e-web ]] && break
     sleep 0.5
   done

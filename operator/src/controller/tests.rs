@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::mirror::*;
+use crate::planner::Round;
 use http::{Request, Response};
 use kube::client::Body;
 use kube::runtime::watcher;
@@ -482,6 +483,24 @@ async fn no_request(handle: &mut Handle, why: &str) {
     }
 }
 
+/// The planner's first round, both nodes' slices written and seen by the mirror: the chains it
+/// sends, when to look again, and the round.
+async fn first_round(
+    ctx: &Arc<Ctx>,
+    handle: &mut Handle,
+    writers: &mut Writers,
+) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Round) {
+    let round = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.plan_round(None).await }
+    });
+    for (_, body) in expect_programs(handle, &["n1", "n2"]).await {
+        writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
+    }
+    let (first, stale, one) = round.await.unwrap();
+    (first, stale, one.expect("the round's plan outlived its wait"))
+}
+
 /// A change that touches one chain: the planner publishes what the new plan changed and
 /// sends only that chain to the chain controller, not every chain.
 #[tokio::test]
@@ -494,15 +513,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
     writers.chains.apply_watcher_event(&watcher::Event::Apply(db));
     let (ctx, mut handle) = ctx(stores.clone());
 
-    let round = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { ctx.plan_round(None).await }
-    });
-    for (_, body) in expect_programs(&mut handle, &["n1", "n2"]).await {
-        writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
-    }
-    let (first, stale, one) = round.await.unwrap();
-    let one = one.expect("the round's plan outlived its wait");
+    let (first, stale, one) = first_round(&ctx, &mut handle, &mut writers).await;
     let names = |refs: &[ObjectRef<ServiceChain>]| refs.iter().map(|r| r.name.clone()).collect::<std::collections::BTreeSet<_>>();
     let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
     assert_eq!((names(&first), stale), (set(&["db", "web"]), None), "neither has a status yet");
@@ -552,15 +563,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
 async fn a_failure_that_came_and_went_between_rounds_is_not_left_in_a_status() {
     let (stores, mut writers) = world();
     let (ctx, mut handle) = ctx(stores.clone());
-    let round = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { ctx.plan_round(None).await }
-    });
-    for (_, body) in expect_programs(&mut handle, &["n1", "n2"]).await {
-        writers.slices.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(body).unwrap()));
-    }
-    let (first, _, one) = round.await.unwrap();
-    let one = one.expect("the round's plan outlived its wait");
+    let (first, _, one) = first_round(&ctx, &mut handle, &mut writers).await;
     assert_eq!(first.len(), 1);
     // The chain's status as its reconcile writes it, with the failures of the moment.
     let status_now = |writers: &mut Writers| {
