@@ -8,6 +8,7 @@
 //! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
 //! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -586,6 +587,11 @@ pub struct Tcp {
     pub unchained_mbps: Vec<f64>,
     /// Packets n1's and n2's SIDs counted over the chained runs (the unchained add none).
     pub sid_packets: [u64; 2],
+    /// One more run of each ("chained", "unchained") with BPF run-time statistics on: its
+    /// goodput (Mbit/s) and srv6pipes' programs' time in it (where the chain's cost goes).
+    pub bpf: BTreeMap<String, (f64, crate::cost::Runs)>,
+    /// Each run's length.
+    pub secs: u32,
 }
 
 /// iperf3 goodput (received, Mbit/s) from the client through a chain of two VNFs (one per
@@ -603,7 +609,7 @@ pub fn tcp(k: &KubeLab, reps: usize, secs: u32, cpus: (usize, usize)) -> anyhow:
     };
     let counters = || -> anyhow::Result<[u64; 2]> { Ok([sid_packets(&k.sockets[0])?, sid_packets(&k.sockets[1])?]) };
     let before = counters()?;
-    let mut out = Tcp { chained_mbps: Vec::new(), unchained_mbps: Vec::new(), sid_packets: [0, 0] };
+    let mut out = Tcp { chained_mbps: Vec::new(), unchained_mbps: Vec::new(), sid_packets: [0, 0], bpf: BTreeMap::new(), secs };
     for _ in 0..reps {
         let at = counters()?;
         out.unchained_mbps.push(goodput(&k.client2_ns)?);
@@ -616,6 +622,15 @@ pub fn tcp(k: &KubeLab, reps: usize, secs: u32, cpus: (usize, usize)) -> anyhow:
     out.sid_packets = [after[0] - before[0], after[1] - before[1]];
     if out.sid_packets.contains(&0) {
         bail!("tcp: the chain steered nothing (SID packets n1 {}, n2 {})", out.sid_packets[0], out.sid_packets[1]);
+    }
+    // Not among the repetitions: the statistics cost each program run two clock reads.
+    for (path, netns) in [("unchained", &k.client2_ns), ("chained", &k.client_ns)] {
+        let mut mbps = 0.0;
+        let runs = crate::cost::bpf_runs(|| {
+            mbps = goodput(netns)?;
+            Ok(())
+        })?;
+        out.bpf.insert(path.to_string(), (mbps, runs));
     }
     k.delete("tcp")?;
     Ok(out)

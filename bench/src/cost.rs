@@ -10,6 +10,37 @@ use std::process::Command;
 
 use anyhow::Context;
 
+/// Run time (ns) and runs of each srv6pipes program (by name), summed over trials.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Runs(BTreeMap<String, (u64, u64)>);
+
+impl Runs {
+    /// These runs and `other`'s, program by program.
+    pub fn add(&mut self, other: &Runs) {
+        for (name, (ns, runs)) in &other.0 {
+            let e = self.0.entry(name.clone()).or_default();
+            e.0 += ns;
+            e.1 += runs;
+        }
+    }
+
+    /// ns per run of each program that ran: over all the trials summed, so that a trial whose
+    /// level is off weighs by its packets, no more.
+    pub fn ns_per_run(&self) -> BTreeMap<String, f64> {
+        self.0.iter().filter(|(_, (_, runs))| *runs > 0).map(|(name, (ns, runs))| (name.clone(), *ns as f64 / *runs as f64)).collect()
+    }
+
+    /// Each program's total run time (ns) and runs.
+    pub fn totals(&self) -> &BTreeMap<String, (u64, u64)> {
+        &self.0
+    }
+
+    /// ns per packet: the sum of the programs' ns per run.
+    pub fn per_packet(&self) -> f64 {
+        self.ns_per_run().values().sum()
+    }
+}
+
 /// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name.
 fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("run bpftool")?;
@@ -26,22 +57,24 @@ fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
 
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Runs `trial` with BPF run-time statistics on (restoring the setting after) and returns
-/// the ns per run of each srv6pipes program that ran (`sp_uplink`, `sp_vnf`, ...).
-pub fn bpf_ns_per_run(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<BTreeMap<String, f64>> {
+/// Runs `trial` with BPF run-time statistics on (restoring the setting after) and returns the
+/// run time and runs of each srv6pipes program that ran (`sp_uplink`, `sp_vnf`, ...).
+pub fn bpf_runs(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Runs> {
     let was = std::fs::read_to_string(STATS).context("read kernel.bpf_stats_enabled")?;
     std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = (|| {
         let before = counters()?;
         trial()?;
         let after = counters()?;
-        Ok(after
-            .into_iter()
-            .filter_map(|(name, (ns, runs))| {
-                let (ns0, runs0) = before.get(&name).copied().unwrap_or_default();
-                (runs > runs0).then(|| (name, (ns - ns0) as f64 / (runs - runs0) as f64))
-            })
-            .collect())
+        Ok(Runs(
+            after
+                .into_iter()
+                .filter_map(|(name, (ns, runs))| {
+                    let (ns0, runs0) = before.get(&name).copied().unwrap_or_default();
+                    (runs > runs0).then(|| (name, (ns - ns0, runs - runs0)))
+                })
+                .collect(),
+        ))
     })();
     let _ = std::fs::write(STATS, was.trim());
     result
@@ -52,7 +85,7 @@ pub fn bpf_ns_per_run(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Res
 pub type Round = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Each scenario's programs, by the median of their ns per run over the rounds that measured
-/// them (`bpf_ns_per_run`).
+/// them.
 pub fn medians(rounds: &[Round]) -> Round {
     let mut all: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for (scenario, programs) in rounds.iter().flatten() {
@@ -89,6 +122,19 @@ mod tests {
             .iter()
             .map(|(s, up, vnf)| (s.to_string(), BTreeMap::from([("sp_uplink".to_string(), *up), ("sp_vnf".to_string(), *vnf)])))
             .collect()
+    }
+
+    #[test]
+    fn runs_summed_over_trials_weigh_each_trial_by_its_runs() {
+        let runs = |e: &[(&str, u64, u64)]| Runs(e.iter().map(|(n, ns, runs)| (n.to_string(), (*ns, *runs))).collect());
+        let mut sum = Runs::default();
+        sum.add(&runs(&[("sp_uplink", 400_000, 1_000), ("sp_vnf", 300_000, 1_000)]));
+        sum.add(&runs(&[("sp_uplink", 1_000_000, 2_000), ("sp_tx", 0, 0)]));
+        let ns = sum.ns_per_run();
+        assert_eq!(ns["sp_uplink"], 1_400_000.0 / 3_000.0, "by runs, not the mean of 400 and 500");
+        assert_eq!(ns["sp_vnf"], 300.0);
+        assert!(!ns.contains_key("sp_tx"), "a program that never ran has no time per run");
+        assert_eq!(sum.per_packet(), 1_400_000.0 / 3_000.0 + 300.0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::around::{AdAge, Around, Watch};
+use crate::cost::Runs;
 use crate::packet::{self, Frame, Inner};
 use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
 use crate::traffic::Path;
@@ -26,6 +27,8 @@ pub struct Plan {
     /// The fixed rate (pps) of the BPF cost trials, below every scenario's PDR, and their length.
     pub cost_pps: f64,
     pub cost_trial: Duration,
+    /// Into how many trials in turns each cost trial is cut (see `cost_round`).
+    pub cost_parts: u32,
     /// The PDR scenarios to run (by key; empty: all of them).
     pub scenarios: Vec<String>,
 }
@@ -115,15 +118,16 @@ fn ad_frame(lane: &Lane, j: usize, extra: usize) -> anyhow::Result<Frame> {
     packet::encapsulated(lane.macs, OUTER_SRC, &path, inner6())
 }
 
-/// ns per run of each srv6pipes datapath program while `s` runs at `pps` without loss. A cost
-/// trial that loses packets (a noisy moment: it runs below the PDR) is tried again, up to three
-/// times; then its failure goes to `failures` and the run goes on without that figure.
-fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut Vec<String>) -> Option<BTreeMap<String, f64>> {
+/// Run time and runs of each srv6pipes datapath program while `s` runs at `pps` for `dur`
+/// without loss. A cost trial that loses packets (a noisy moment: it runs below the PDR) is
+/// tried again, up to three times; then its failure goes to `failures` and the run goes on
+/// without that figure.
+fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut Vec<String>) -> Option<Runs> {
     let mut last = String::new();
     for attempt in 1..=3 {
-        let ns = s.watched(|| {
-            crate::cost::bpf_ns_per_run(|| {
-                let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.cost_trial)?;
+        let runs = s.watched(|| {
+            crate::cost::bpf_runs(|| {
+                let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, dur)?;
                 if t.loss() > crate::traffic::LOSS_BOUND {
                     anyhow::bail!(
                         "{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)",
@@ -135,16 +139,8 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut V
                 Ok(())
             })
         });
-        match ns {
-            Ok(ns) => {
-                eprintln!(
-                    "  {:<28} {:?} ns/run at {:.0} kpps",
-                    s.key,
-                    ns.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>(),
-                    pps / 1000.0
-                );
-                return Some(ns);
-            }
+        match runs {
+            Ok(runs) => return Some(runs),
             Err(e) => {
                 last = format!("{e:#}");
                 eprintln!("  {:<28} attempt {attempt}/3: {last}", s.key);
@@ -153,6 +149,42 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, plan: &Plan, failures: &mut V
     }
     failures.push(format!("BPF cost of {}: {last} (3 attempts)", s.key));
     None
+}
+
+/// One round of BPF cost trials of `scenarios` (each at its rate): `Plan::cost_parts` short
+/// trials of each, in turns, summed by scenario. The programs' level moves by up to ~100 ns a
+/// packet from one trial to the next of the same code (steady within one); summed parts
+/// spread it over both sides of a comparison instead of giving each side one draw. A scenario
+/// one of whose parts failed is left out of the round.
+fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failures: &mut Vec<String>) -> crate::cost::Round {
+    let cuts = plan.cost_parts.max(1);
+    let mut sums: Vec<Option<(Runs, Vec<f64>)>> = vec![Some(Default::default()); scenarios.len()];
+    for _ in 0..cuts {
+        for ((s, pps), sum) in scenarios.iter().zip(&mut sums) {
+            let Some((total, parts)) = sum.as_mut() else { continue };
+            match bpf_cost(b, s, *pps, plan.cost_trial / cuts, failures) {
+                Some(runs) => {
+                    parts.push(runs.per_packet());
+                    total.add(&runs);
+                }
+                None => *sum = None,
+            }
+        }
+    }
+    let mut round = crate::cost::Round::new();
+    for ((s, pps), sum) in scenarios.iter().zip(sums) {
+        let Some((total, parts)) = sum else { continue };
+        let ns = total.ns_per_run();
+        eprintln!(
+            "  {:<28} {:?} ns/run at {:.0} kpps (per packet by part: {:.0?})",
+            s.key,
+            ns.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>(),
+            pps / 1000.0,
+            parts
+        );
+        round.insert(s.key.clone(), ns);
+    }
+    round
 }
 
 /// Repetition i of every scenario, then i + 1; within a repetition, the scenarios' PDR searches
@@ -282,14 +314,10 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
     // scenario rather than in one scenario's only figure.
     eprintln!("BPF run time per program at {:.0} kpps, {} rounds in turns", plan.cost_pps / 1000.0, plan.reps);
+    let costed: Vec<(&Scenario, f64)> =
+        main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY).map(|s| (s, plan.cost_pps)).collect();
     for _ in 0..plan.reps {
-        let mut round = crate::cost::Round::new();
-        for s in main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY) {
-            if let Some(ns) = bpf_cost(b, s, plan.cost_pps, plan, &mut res.failures) {
-                round.insert(s.key.clone(), ns);
-            }
-        }
-        res.bpf_rounds.push(round);
+        res.bpf_rounds.push(cost_round(b, &costed, plan, &mut res.failures));
     }
     res.bpf_ns = crate::cost::medians(&res.bpf_rounds);
     for s in &main {
@@ -444,7 +472,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         // Below this point's PDR (1,000 VNFs forward ~50 kpps here, spread or plain).
         let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&points[0].key]) * 1000.0 / 2.0);
-        if let Some(ns) = bpf_cost(b, &points[0], pps, plan, &mut res.failures) {
+        if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
         installed_cost(b, &points[2], &s, plan, res);
@@ -478,7 +506,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
 /// with N installed?), stable where PDRs are not.
 fn installed_cost(b: &mut Bench, point: &Scenario, s: &Samples, plan: &Plan, res: &mut Results) {
     let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&point.key]) * 1000.0 / 2.0);
-    if let Some(ns) = bpf_cost(b, point, pps, plan, &mut res.failures) {
+    if let Some(ns) = cost_round(b, &[(point, pps)], plan, &mut res.failures).remove(&point.key) {
         let n = point.key.trim_start_matches("installed/").to_string();
         res.installed_bpf_ns.insert(n, ns);
     }

@@ -207,6 +207,27 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
     Ok(c)
 }
 
+/// srv6pipes' programs in one more TCP run of each path, statistics on: the run's goodput, the
+/// programs' share of a CPU's time, their ns per Mbit received, and each one's ns per run and
+/// runs per Mbit (how large the packets it saw were).
+fn tcp_bpf(t: &control::Tcp) -> serde_json::Value {
+    let paths = t.bpf.iter().map(|(path, (mbps, runs))| {
+        let mbit = mbps * f64::from(t.secs);
+        let total: u64 = runs.totals().values().map(|(ns, _)| ns).sum();
+        let runs_per_mbit: serde_json::Map<String, serde_json::Value> =
+            runs.totals().iter().map(|(p, (_, n))| (p.clone(), serde_json::json!(*n as f64 / mbit))).collect();
+        let v = serde_json::json!({
+            "mbps": mbps,
+            "cpu_share": total as f64 / (f64::from(t.secs) * 1e9),
+            "ns_per_mbit": total as f64 / mbit,
+            "ns_per_run": runs.ns_per_run(),
+            "runs_per_mbit": runs_per_mbit,
+        });
+        (path.clone(), v)
+    });
+    serde_json::Value::Object(paths.collect())
+}
+
 /// The control-plane parts' JSON fields (null where a part did not run).
 fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
     use report::latency;
@@ -220,7 +241,8 @@ fn control_json(c: &Control) -> serde_json::Map<String, serde_json::Value> {
             "ratio": stats::ratios(&t.chained_mbps, &t.unchained_mbps),
             "detail": {"chained": stats::summarize(&t.chained_mbps), "unchained": stats::summarize(&t.unchained_mbps)},
             "sid_packets": {"n1": t.sid_packets[0], "n2": t.sid_packets[1]},
-            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU",
+            "bpf": tcp_bpf(t),
+            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU; bpf: one more run of each path with kernel.bpf_stats_enabled, srv6pipes' programs' run time and runs in it",
         })
     });
     let json = serde_json::json!({
@@ -264,6 +286,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             seglist: vec![1, 6],
             cost_pps: 100_000.0,
             cost_trial: Duration::from_millis(500),
+            cost_parts: 2,
             scenarios: args.scenario.clone(),
         }
     } else {
@@ -278,6 +301,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             seglist: vec![1, 2, 4, 6],
             cost_pps: 100_000.0,
             cost_trial: Duration::from_secs(2),
+            cost_parts: 4,
             scenarios: args.scenario.clone(),
         }
     }
@@ -633,7 +657,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "bpf_ns_per_packet": bpf_per_packet(dp),
         "dataplane_failures": dp.failures,
         "unavailable": dp.unavailable,
-        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over a loss-free {:.1} s trial at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower); the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_trial.as_secs_f64(), plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.reps),
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns and summed; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(vnf_json(dp));
