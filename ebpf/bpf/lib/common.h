@@ -144,8 +144,16 @@ struct outer_hdr {
 	__u32 len;
 	__u32 pad;
 	__u64 stamp; /* End.AD cache: when it was last learnt (ns, monotonic) */
-	__u8 bytes[SP_MAX_HDR];
+	__u8 bytes[SP_MAX_HDR] __attribute__((aligned(8))); /* read as words: hdr_words() */
 };
+
+/* `h`'s bytes as 8-byte words. Not `*(__u64 *)&h->bytes[i]`: clang gives that load the
+ * alignment of a byte array's element (1), and the BPF target splits it into eight byte loads
+ * (End.AD's header comparison at age 0 was ~500 instructions instead of ~60). */
+static __always_inline const __u64 *hdr_words(const struct outer_hdr *h)
+{
+	return (const __u64 *)h->bytes;
+}
 
 struct headend_key {
 	__u32 prefixlen; /* 32 (ifindex) + destination prefix length */

@@ -50,14 +50,15 @@ static __always_inline int am_returned_as_given(struct __sk_buff *skb, const str
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
 	if (!c || c->len != o->len)
 		return 0;
+	__u32 len = o->len;
+	const __u64 *cw = hdr_words(c), *ow = hdr_words(o);
+	__u64 diff = 0;
 #pragma unroll
 	for (int i = OFF_SRH / 8; i < SP_MAX_HDR / 8; i++) {
-		if (i * 8 >= o->len)
-			break;
-		if (*(__u64 *)&c->bytes[i * 8] != *(__u64 *)&o->bytes[i * 8])
-			return 0;
+		if (i * 8 < len)
+			diff |= cw[i] ^ ow[i];
 	}
-	return 1;
+	return diff == 0;
 }
 
 /* A packet that carries its SRH by insertion (`o` holds its IPv6 header and SRH): a local
