@@ -15,30 +15,29 @@ use anyhow::Context;
 pub struct Runs(BTreeMap<String, (u64, u64)>);
 
 impl Runs {
-    /// These runs and `other`'s, program by program.
-    pub fn add(&mut self, other: &Runs) {
-        for (name, (ns, runs)) in &other.0 {
-            let e = self.0.entry(name.clone()).or_default();
-            e.0 += ns;
-            e.1 += runs;
-        }
-    }
-
-    /// ns per run of each program that ran: over all the trials summed, so that a trial whose
-    /// level is off weighs by its packets, no more.
-    pub fn ns_per_run(&self) -> BTreeMap<String, f64> {
-        self.0.iter().filter(|(_, (_, runs))| *runs > 0).map(|(name, (ns, runs))| (name.clone(), *ns as f64 / *runs as f64)).collect()
-    }
-
     /// Each program's total run time (ns) and runs.
     pub fn totals(&self) -> &BTreeMap<String, (u64, u64)> {
         &self.0
     }
 
-    /// ns per packet: the sum of the programs' ns per run.
-    pub fn per_packet(&self) -> f64 {
-        self.ns_per_run().values().sum()
+    /// ns per run of each program that ran.
+    pub fn ns_per_run(&self) -> BTreeMap<String, f64> {
+        self.0.iter().filter(|(_, (_, runs))| *runs > 0).map(|(name, (ns, runs))| (name.clone(), *ns as f64 / *runs as f64)).collect()
     }
+}
+
+/// Each program's median ns per run over the parts of one cost trial (each part: a program's
+/// ns per run, `Runs::ns_per_run`), for the programs every part saw: a part that met a burst of
+/// the machine's noise (a few hundred ns a packet for a fraction of a second) does not move it.
+pub fn part_medians(parts: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
+    let Some(first) = parts.first() else { return BTreeMap::new() };
+    first
+        .keys()
+        .filter_map(|program| {
+            let v: Option<Vec<f64>> = parts.iter().map(|p| p.get(program).copied()).collect();
+            Some((program.clone(), crate::stats::median(&v?)))
+        })
+        .collect()
 }
 
 /// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name.
@@ -125,16 +124,17 @@ mod tests {
     }
 
     #[test]
-    fn runs_summed_over_trials_weigh_each_trial_by_its_runs() {
-        let runs = |e: &[(&str, u64, u64)]| Runs(e.iter().map(|(n, ns, runs)| (n.to_string(), (*ns, *runs))).collect());
-        let mut sum = Runs::default();
-        sum.add(&runs(&[("sp_uplink", 400_000, 1_000), ("sp_vnf", 300_000, 1_000)]));
-        sum.add(&runs(&[("sp_uplink", 1_000_000, 2_000), ("sp_tx", 0, 0)]));
-        let ns = sum.ns_per_run();
-        assert_eq!(ns["sp_uplink"], 1_400_000.0 / 3_000.0, "by runs, not the mean of 400 and 500");
-        assert_eq!(ns["sp_vnf"], 300.0);
-        assert!(!ns.contains_key("sp_tx"), "a program that never ran has no time per run");
-        assert_eq!(sum.per_packet(), 1_400_000.0 / 3_000.0 + 300.0);
+    fn a_parts_burst_does_not_move_its_trials_figure() {
+        let part = |up: f64, vnf: Option<f64>| {
+            let mut p = BTreeMap::from([("sp_uplink".to_string(), up)]);
+            p.extend(vnf.map(|v| ("sp_vnf".to_string(), v)));
+            p
+        };
+        let parts = [part(400.0, Some(380.0)), part(650.0, Some(390.0)), part(410.0, Some(385.0)), part(405.0, None)];
+        let m = part_medians(&parts);
+        assert_eq!(m["sp_uplink"], 407.5, "the 650 ns burst is not averaged in");
+        assert!(!m.contains_key("sp_vnf"), "a program one part did not see has no figure");
+        assert!(part_medians(&[]).is_empty());
     }
 
     #[test]

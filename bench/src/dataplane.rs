@@ -152,35 +152,36 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut
 }
 
 /// One round of BPF cost trials of `scenarios` (each at its rate): `Plan::cost_parts` short
-/// trials of each, in turns, summed by scenario. The programs' level moves by up to ~100 ns a
-/// packet from one trial to the next of the same code (steady within one); summed parts
-/// spread it over both sides of a comparison instead of giving each side one draw. A scenario
-/// one of whose parts failed is left out of the round.
+/// trials of each, in turns; each program's figure is its median over its scenario's parts
+/// ([`crate::cost::part_medians`]). The programs' level moves by up to ~100 ns a packet from
+/// one trial to the next of the same code, and bursts of noise lift a part by a few hundred:
+/// parts in turns give both sides of a comparison the same draws, the median drops a burst. A
+/// scenario one of whose parts failed is left out of the round.
 fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failures: &mut Vec<String>) -> crate::cost::Round {
     let cuts = plan.cost_parts.max(1);
-    let mut sums: Vec<Option<(Runs, Vec<f64>)>> = vec![Some(Default::default()); scenarios.len()];
+    let mut parts: Vec<Option<Vec<BTreeMap<String, f64>>>> = vec![Some(Vec::new()); scenarios.len()];
     for _ in 0..cuts {
-        for ((s, pps), sum) in scenarios.iter().zip(&mut sums) {
-            let Some((total, parts)) = sum.as_mut() else { continue };
+        for ((s, pps), done) in scenarios.iter().zip(&mut parts) {
+            if done.is_none() {
+                continue;
+            }
             match bpf_cost(b, s, *pps, plan.cost_trial / cuts, failures) {
-                Some(runs) => {
-                    parts.push(runs.per_packet());
-                    total.add(&runs);
-                }
-                None => *sum = None,
+                Some(runs) => done.iter_mut().for_each(|d| d.push(runs.ns_per_run())),
+                None => *done = None,
             }
         }
     }
     let mut round = crate::cost::Round::new();
-    for ((s, pps), sum) in scenarios.iter().zip(sums) {
-        let Some((total, parts)) = sum else { continue };
-        let ns = total.ns_per_run();
+    for ((s, pps), done) in scenarios.iter().zip(parts) {
+        let Some(done) = done else { continue };
+        let ns = crate::cost::part_medians(&done);
+        let per_packet: Vec<f64> = done.iter().map(|p| p.values().sum()).collect();
         eprintln!(
             "  {:<28} {:?} ns/run at {:.0} kpps (per packet by part: {:.0?})",
             s.key,
             ns.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>(),
             pps / 1000.0,
-            parts
+            per_packet
         );
         round.insert(s.key.clone(), ns);
     }
