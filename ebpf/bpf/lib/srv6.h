@@ -85,7 +85,10 @@ static __always_inline int apply_end(struct outer_hdr *o, int masquerade)
 	__u32 off = OFF_SEGS + 16 * (__u32)(masquerade ? 0 : sl);
 	if (off + 16 > SP_MAX_HDR)
 		return SP_DROP_MALFORMED;
-	__builtin_memcpy(&o->bytes[OFF_DST], &o->bytes[off], 16);
+	/* By words (hdr_words): a memcpy from a variable offset copies byte by byte. */
+	__u64 *w = (__u64 *)o->bytes;
+	w[OFF_DST / 8] = w[off / 8];
+	w[OFF_DST / 8 + 1] = w[off / 8 + 1];
 	return 0;
 }
 
