@@ -144,7 +144,8 @@ struct outer_hdr {
 	__u32 len;
 	__u32 pad;
 	__u64 stamp; /* End.AD cache: when it was last learnt (ns, monotonic) */
-	__u8 bytes[SP_MAX_HDR] __attribute__((aligned(8))); /* read as words: hdr_words() */
+	/* Read as words: hdr_words(). */
+	__u8 bytes[SP_MAX_HDR] __attribute__((aligned(8)));
 };
 
 /* `h`'s bytes as 8-byte words. Not `*(__u64 *)&h->bytes[i]`: clang gives that load the
