@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
-/// Run time (ns) and runs of each srv6pipes program (by name), summed over trials.
+/// Run time (ns) and runs of each srv6pipes program (by name) over one trial.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Runs(BTreeMap<String, (u64, u64)>);
 
