@@ -2,10 +2,11 @@
 //! bytes and verdict out, maps and counters checked. Runs as root in a throwaway netns with its
 //! own pin directory (the FIB lookups need interfaces, routes and neighbours to exist).
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv6Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use srv6::codec::{encaps_header, ones_complement_sum, NEXT_HEADER_IPV6};
@@ -505,6 +506,59 @@ fn a_steered_flows_other_direction_is_forwarded_past_conntrack() {
     want[7] = 63;
     assert_eq!(&out[..6], &POD_MAC);
     assert_eq!(&out[12..], &[&[0x86, 0xdd][..], &want].concat()[..], "decapsulated, one hop less");
+}
+
+/// A steered flow's other direction reuses the FIB's next hop for at most SP_FIB_CACHE_NS, as
+/// encap_forward does: right after the pod's neighbour entry changed its MAC, a reply can still
+/// go to the old one (the cached hop: a lookup per packet never would), and once the entry has
+/// expired every reply goes to the new one.
+#[test]
+fn a_steered_returns_next_hop_is_reused_for_its_lifetime_only() {
+    let Some(mut b) = Bench::new() else { return };
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
+    const MOVED: [u8; 6] = [0x02, 0, 0, 0, 0xee, 3];
+    // One `ip -batch` for the test's changes: no fork and exec between the packets (the window
+    // looked into is a few ms); `neigh show` answers once the change is made.
+    let mut ip = Command::new("ip").args(["-n", &b.netns, "-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let (mut to_ip, mut from_ip) = (ip.stdin.take().unwrap(), BufReader::new(ip.stdout.take().unwrap()));
+    writeln!(to_ip, "route add {INNER_SRC} dev src0").unwrap();
+    let mut neigh = move |mac: &[u8; 6]| {
+        let mac = mac_str(mac);
+        writeln!(to_ip, "neigh replace {INNER_SRC} lladdr {mac} dev src0 nud permanent\nneigh show {INNER_SRC} dev src0").unwrap();
+        let mut line = String::new();
+        from_ip.read_line(&mut line).unwrap();
+        assert!(line.contains(&mac), "ip -batch: {line:?}");
+    };
+    neigh(&POD_MAC);
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    let path = [a("fcbb:bb00:2:e001::"), a("fcbb:bb00:2:d6::")];
+    b.dp.set_policy(1, &encaps_header(a("fcbb:bb00:1::1"), &path, NEXT_HEADER_IPV6, 64).unwrap(), 0).unwrap();
+    b.rule(b.src, "fd00:20::/64".parse().unwrap(), 1);
+    let forward = inner(INNER_SRC, INNER_DST);
+    assert_eq!(b.run(Hook::Headend, b.src, &[eth(HOST_MAC, POD_MAC, 0x86dd), forward.clone()].concat()).0, TC_ACT_REDIRECT);
+    let reply = [eth(HOST_MAC, PEER_MAC, 0x86dd), other_direction(&forward, 64)].concat();
+    let next_mac = |b: &Bench| {
+        let (verdict, out) = b.run(Hook::Uplink, b.uplink, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "the reply of a steered flow");
+        <[u8; 6]>::try_from(&out[..6]).unwrap()
+    };
+    // Twice the lifetime plus a tick of the clock it is measured by (HZ 100: 10 ms).
+    let expire = || std::thread::sleep(std::time::Duration::from_millis(35));
+    // The entry is fresh until the clock's next tick at most: some tries run both packets
+    // within one tick, and those see the hop the first one cached.
+    let cached = (0..100).any(|_| {
+        neigh(&POD_MAC);
+        expire();
+        assert_eq!(next_mac(&b), POD_MAC, "an expired entry: the FIB's hop");
+        neigh(&MOVED);
+        next_mac(&b) == POD_MAC
+    });
+    assert!(cached, "no reply reused the next hop the reply before it was given");
+    expire();
+    assert_eq!(next_mac(&b), MOVED, "the neighbour's new MAC once the cached hop expired");
+    assert_eq!(next_mac(&b), MOVED, "the neighbour's new MAC from the renewed entry");
+    drop(neigh); // ip's stdin: it ends
+    assert!(ip.wait().unwrap().success());
 }
 
 #[test]

@@ -32,15 +32,50 @@ static __always_inline void steered_flow_record(struct __sk_buff *skb, __u32 ifi
 		bpf_map_update_elem(&sp_steered_flows, &k, &ifindex, BPF_ANY);
 }
 
+/* The sp_fib_cache key of a steered flow's other direction, in from `ifindex`: its addresses
+ * as the FIB sees them, IPv4 as v4-mapped IPv6 (never an address on the wire, so never one of
+ * an IPv6 flow or of encap_forward's outer headers). */
+static __always_inline void return_key(struct fib_key *fk, const struct flow_key *k, __u32 ifindex)
+{
+	__builtin_memset(fk, 0, sizeof(*fk));
+	fk->ifindex = ifindex;
+	if (k->family == 4) {
+		fk->src[10] = fk->src[11] = fk->dst[10] = fk->dst[11] = 0xff;
+		__builtin_memcpy(&fk->src[12], k->saddr, 4);
+		__builtin_memcpy(&fk->dst[12], k->daddr, 4);
+	} else {
+		__builtin_memcpy(fk->src, k->saddr, 16);
+		__builtin_memcpy(fk->dst, k->daddr, 16);
+	}
+}
+
 /* A plain packet (right after the Ethernet header) of a steered flow's other direction:
  * forwarded to its next hop, the verdict returned; any other packet, or one the stack must
- * answer (no route, too big, its last hop), gets `otherwise`. */
+ * answer (no route, too big, its last hop), gets `otherwise`. The FIB's next hop is reused
+ * from sp_fib_cache as encap_forward does (SP_FIB_CACHE_NS, never for a longer packet than
+ * it was checked for): a lookup per packet was a replies' stream's largest cost here. */
 static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherwise)
 {
 	struct flow_key k;
 	if (flow_of(skb, 0, &k) || !bpf_map_lookup_elem(&sp_steered_flows, &k))
 		return otherwise;
-	int v4 = k.family == 4;
+	int v4 = k.family == 4, err;
+	/* The skb's own length is what the FIB checks against the route's MTU (tot_len 0). */
+	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct fib_key fk;
+	return_key(&fk, &k, skb->ingress_ifindex);
+	struct fib_hop *h = bpf_map_lookup_elem(&sp_fib_cache, &fk);
+	if (fib_fresh(h, tot_len, now)) {
+		__u32 ifindex = h->ifindex;
+		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
+		__builtin_memcpy(smac, h->smac, ETH_ALEN);
+		err = decrement_inner_ttl(skb, v4);
+		if (err == SP_DROP_INNER_TTL)
+			return otherwise; /* the stack answers Time Exceeded */
+		return err ? drop(err) : send_to(skb, ifindex, dmac, smac);
+	}
 	struct bpf_fib_lookup p;
 	__builtin_memset(&p, 0, sizeof(p));
 	p.ifindex = skb->ingress_ifindex;
@@ -56,7 +91,9 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
 	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == skb->ingress_ifindex)
 		return otherwise;
-	int err = decrement_inner_ttl(skb, v4);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+		fib_remember(&fk, h, &p, tot_len, now);
+	err = decrement_inner_ttl(skb, v4);
 	if (err == SP_DROP_INNER_TTL)
 		return otherwise; /* the stack answers Time Exceeded */
 	return err ? drop(err) : fib_send(skb, &p, rc);
