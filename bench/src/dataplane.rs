@@ -49,6 +49,9 @@ pub struct Results {
     pub plain_spread: Samples,
     /// End.AD through the last of N VNFs installed, by N (and by SIDs for the table point).
     pub installed: Samples,
+    /// End.AD through a lane with one VNF installed, in turns with `installed` at each N: the
+    /// reference `installed` is paired with (`installed/1` is minutes away from the last N).
+    pub installed_one: Samples,
     /// The three-function chain over three nodes: "srv6pipes" and "plain".
     pub chain3: Samples,
     pub seglist: Samples,
@@ -421,12 +424,19 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
 /// srv6pipes End.AD spread over all N (`sp/N`: `vnf_scaling`, also `vnf_spread.end_ad`); plain
 /// forwarding spread over N VNF namespaces by destination (`plain/N`: `vnf_spread.plain`); the
 /// kernel proxy spread over N (`kernel/N`, an `ip rule` per VNF); and End.AD through the last
-/// VNF installed alone (`installed/N`: the seed paper's measure, what N idle VNFs cost one).
+/// VNF installed alone (`installed/N`: the seed paper's measure, what N idle VNFs cost one),
+/// paired with End.AD through a lane that keeps one VNF (`one/N`), measured in the same turns.
 fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
     let cpu = plan.sut_cpu;
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
     let mut kscale = if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) };
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
+    let mut one = b.lane("one", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+    b.grow(&mut one, 1)?;
+    b.program(&one, &[], &[], 0)?;
+    let reference = |key: &str| -> anyhow::Result<Scenario> {
+        Ok(Scenario::new(format!("one/{key}"), with_expect(&one, SINK_SID), ad_frame(&one, 0, 0)?))
+    };
     let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
     // End.AD spread over every SID, and through the last VNF installed alone.
     let spread = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
@@ -456,6 +466,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
                 )
             },
             installed(&scale, &key)?,
+            reference(&key)?,
         ];
         if let Some(kscale) = &kscale {
             points.push(Scenario {
@@ -484,21 +495,24 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
             res.kernel_scaling.insert(key.clone(), take("kernel"));
         }
         res.installed.insert(key.clone(), take("installed"));
+        res.installed_one.insert(key.clone(), take("one"));
     }
     if plan.table_sids > 0 {
         let extra = plan.table_sids.saturating_sub(scale.vnfs.len() as u16);
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(&scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?];
+        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         installed_cost(b, &points[1], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
+        res.installed_one.insert(key.clone(), take("one"));
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
+    res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
     Ok(())
 }
 

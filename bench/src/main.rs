@@ -325,6 +325,9 @@ fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Valu
     let json = serde_json::json!({
         "vnf_installed_kpps": medians(&dp.installed),
         "vnf_installed_detail": details(&dp.installed),
+        "vnf_installed_one_kpps": medians(&dp.installed_one),
+        "vnf_installed_one_detail": details(&dp.installed_one),
+        "vnf_installed_paired": dp.installed.iter().filter_map(|(n, v)| dp.installed_one.get(n).map(|one| (n.clone(), serde_json::json!(stats::ratios(v, one))))).collect::<serde_json::Map<_, _>>(),
         "vnf_spread_kpps": spread(&|plain, end_ad| serde_json::json!({"plain": stats::median(plain), "end_ad": stats::median(end_ad)})),
         "vnf_spread_detail": spread(&|plain, end_ad| serde_json::json!({
             "plain": stats::summarize(plain), "end_ad": stats::summarize(end_ad), "end_ad/plain": stats::ratios(end_ad, plain),
@@ -336,20 +339,22 @@ fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Valu
         "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
         "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
         "bpf_ns_per_run_installed": dp.installed_bpf_ns,
-        "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), and End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs)",
+        "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs), and End.AD through a second lane that keeps one VNF installed (vnf_installed_one_kpps), the reference vnf_installed_paired divides by, repetition by repetition",
     });
     json.as_object().cloned().unwrap_or_default()
 }
 
-/// Targets of the VNF-count sweep: the last installed flat in N, End.AD at least plain forwarding
-/// spread over the same N VNFs, at every N.
+/// Targets of the VNF-count sweep: the last installed flat in N (against one VNF installed,
+/// measured in the same turns), End.AD at least plain forwarding spread over the same N VNFs, at
+/// every N.
 fn vnf_targets(dp: &dataplane::Results) -> Vec<report::Target> {
     let largest = |s: &dataplane::Samples| s.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();
     let mut targets = Vec::new();
-    let (max_installed, one) = (largest(&dp.installed), dp.installed.get("1").cloned().unwrap_or_default());
+    let max_installed = largest(&dp.installed);
+    let one = dp.installed_one.get(&max_installed).cloned().unwrap_or_default();
     targets.push(report::Target {
         name: "vnf_installed_flat".into(),
-        what: format!("through the last of {max_installed} installed ÷ 1 VNF"),
+        what: format!("through the last of {max_installed} installed ÷ one VNF installed, in turns"),
         bound: 0.97,
         at_least: true,
         value: stats::ratios(dp.installed.get(&max_installed).map_or(&[][..], |v| v), &one),
@@ -675,6 +680,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             ("VNFs on the node (plain forwarding by destination)", &dp.plain_spread),
             ("VNFs on the node (kernel End.DX6 + ip rule)", &dp.kernel_scaling),
             ("VNFs installed, End.AD through the last (last point: SIDs)", &dp.installed),
+            ("one VNF installed, in turns with the row above", &dp.installed_one),
             ("segments after the proxy", &dp.seglist),
         ],
         &targets,
