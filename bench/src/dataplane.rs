@@ -66,6 +66,8 @@ pub struct Results {
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
     pub installed_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The same for the lane that keeps one VNF, in the same rounds.
+    pub installed_one_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// Events each attached monitor received over its scenario's trials.
     pub monitor_events: BTreeMap<String, u64>,
     /// Trials that failed and were left out (the run went on).
@@ -487,7 +489,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
-        installed_cost(b, &points[2], &s, plan, res);
+        installed_cost(b, &points[2], &points[3], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.plain_spread.insert(key.clone(), take("plain"));
@@ -505,7 +507,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         let points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
-        installed_cost(b, &points[1], &s, plan, res);
+        installed_cost(b, &points[1], &points[2], &s, plan, res);
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
@@ -516,14 +518,19 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     Ok(())
 }
 
-/// The BPF cost of End.AD through the last VNF installed (`point`, measured into `s`), at the
-/// spread points' rate: the second figure of `vnf_installed` (does one VNF's packet cost more
-/// with N installed?), stable where PDRs are not.
-fn installed_cost(b: &mut Bench, point: &Scenario, s: &Samples, plan: &Plan, res: &mut Results) {
+/// The BPF cost of End.AD through the last VNF installed (`point`, measured into `s`) and
+/// through the lane that keeps one VNF (`one`), in the same round's turns, at the spread
+/// points' rate: the second figure of `vnf_installed` (does one VNF's packet cost more with N
+/// installed?), stable where PDRs are not.
+fn installed_cost(b: &mut Bench, point: &Scenario, one: &Scenario, s: &Samples, plan: &Plan, res: &mut Results) {
     let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&point.key]) * 1000.0 / 2.0);
-    if let Some(ns) = cost_round(b, &[(point, pps)], plan, &mut res.failures).remove(&point.key) {
-        let n = point.key.trim_start_matches("installed/").to_string();
-        res.installed_bpf_ns.insert(n, ns);
+    let mut round = cost_round(b, &[(point, pps), (one, pps)], plan, &mut res.failures);
+    let n = point.key.trim_start_matches("installed/").to_string();
+    if let Some(ns) = round.remove(&point.key) {
+        res.installed_bpf_ns.insert(n.clone(), ns);
+    }
+    if let Some(ns) = round.remove(&one.key) {
+        res.installed_one_bpf_ns.insert(n, ns);
     }
 }
 

@@ -339,6 +339,7 @@ fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Valu
         "kernel_vnf_scaling_detail": details(&dp.kernel_scaling),
         "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
         "bpf_ns_per_run_installed": dp.installed_bpf_ns,
+        "bpf_ns_per_run_installed_one": dp.installed_one_bpf_ns,
         "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs), and End.AD through a second lane that keeps one VNF installed (vnf_installed_one_kpps), the reference vnf_installed_paired divides by, repetition by repetition",
     });
     json.as_object().cloned().unwrap_or_default()

@@ -162,6 +162,7 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         ("bpf_ns_per_run", "scenario"),
         ("bpf_ns_per_run_by_vnfs", "End.AD, VNFs"),
         ("bpf_ns_per_run_installed", "End.AD through the last installed, VNFs (last: SIDs)"),
+        ("bpf_ns_per_run_installed_one", "End.AD through one VNF installed, same rounds"),
     ] {
         let Some(m) = r[key].as_object().filter(|m| !m.is_empty()) else { continue };
         let _ = writeln!(md, "\n| {title} | srv6pipes BPF programs, ns per run |\n|---|---|");
