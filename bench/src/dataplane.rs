@@ -160,19 +160,21 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut
 /// trials of each, in turns; each program's figure is its median over its scenario's parts
 /// ([`crate::cost::part_medians`]). The programs' level moves by up to ~100 ns a packet from
 /// one trial to the next of the same code, and bursts of noise lift a part by a few hundred:
-/// parts in turns give both sides of a comparison the same draws, the median drops a burst. A
-/// scenario one of whose parts failed is left out of the round.
+/// parts in turns (the order reversed every other part: [`crate::search::turn_order`]) give
+/// both sides of a comparison the same draws, the median drops a burst. A scenario one of whose
+/// parts failed is left out of the round.
 fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failures: &mut Vec<String>) -> crate::cost::Round {
     let cuts = plan.cost_parts.max(1);
     let mut parts: Vec<Option<Vec<BTreeMap<String, f64>>>> = vec![Some(Vec::new()); scenarios.len()];
-    for _ in 0..cuts {
-        for ((s, pps), done) in scenarios.iter().zip(&mut parts) {
-            if done.is_none() {
+    for part in 0..cuts as usize {
+        for i in crate::search::turn_order(scenarios.len(), part) {
+            let (s, pps) = scenarios[i];
+            if parts[i].is_none() {
                 continue;
             }
-            match bpf_cost(b, s, *pps, plan.cost_trial / cuts, failures) {
-                Some(runs) => done.iter_mut().for_each(|d| d.push(runs.ns_per_run())),
-                None => *done = None,
+            match bpf_cost(b, s, pps, plan.cost_trial / cuts, failures) {
+                Some(runs) => parts[i].iter_mut().for_each(|d| d.push(runs.ns_per_run())),
+                None => parts[i] = None,
             }
         }
     }
@@ -194,21 +196,22 @@ fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failur
 }
 
 /// Repetition i of every scenario, then i + 1; within a repetition, the scenarios' PDR searches
-/// run at once with their trials in turns ([`crate::search::interleaved`]), each from its PDR
-/// in the previous repetition.
+/// run at once with their trials in turns ([`crate::search::interleaved`]), in the order
+/// [`crate::search::turn_order`] gives that repetition, each from its PDR in the previous one.
 fn in_turns(b: &mut Bench, scenarios: &[Scenario], ceiling_pps: f64, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
     for s in scenarios {
         b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
     }
     for rep in 0..plan.reps {
         eprintln!(" repetition {}/{}", rep + 1, plan.reps);
-        let hints: Vec<Option<f64>> = scenarios.iter().map(|s| out.get(&s.key).and_then(|v| v.last()).map(|kpps| kpps * 1000.0)).collect();
+        let order: Vec<&Scenario> = crate::search::turn_order(scenarios.len(), rep).into_iter().map(|i| &scenarios[i]).collect();
+        let hints: Vec<Option<f64>> = order.iter().map(|s| out.get(&s.key).and_then(|v| v.last()).map(|kpps| kpps * 1000.0)).collect();
         let (pdrs, retries) = crate::search::interleaved(&hints, ceiling_pps, plan.steps, |i, pps| {
-            let s = &scenarios[i];
+            let s = order[i];
             s.watched(|| b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, plan.trial)).map(|t| (t.loss(), t.offered_pps))
         });
         b.traffic.retries = (b.traffic.retries.0 + retries.0, b.traffic.retries.1 + retries.1);
-        for (s, pdr) in scenarios.iter().zip(pdrs) {
+        for (s, pdr) in order.into_iter().zip(pdrs) {
             let kpps = pdr.with_context(|| s.key.clone())? / 1000.0;
             eprintln!("  {:<28} {kpps:>8.1} kpps", s.key);
             out.entry(s.key.clone()).or_default().push(kpps);

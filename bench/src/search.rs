@@ -156,8 +156,47 @@ pub fn interleaved(
     (results.into_iter().map(|r| r.expect("every search ended")).collect(), retries)
 }
 
+/// The order of `n` scenarios' turns in repetition (or part) `rep`: as given in even ones,
+/// reversed in odd ones. Turns go round, so each scenario's trials follow one neighbour's in
+/// even repetitions and the other's in odd ones: whatever a trial leaves behind (deferred work
+/// after 1,000 namespaces' traffic) is not always paid by the same next scenario, and of two
+/// neighbours each follows the other in half the repetitions.
+pub fn turn_order(n: usize, rep: usize) -> Vec<usize> {
+    if rep % 2 == 0 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Who runs right before whom, turns going round, over `reps` repetitions.
+    fn predecessors(n: usize, reps: usize) -> Vec<Vec<usize>> {
+        let mut before = vec![Vec::new(); n];
+        for rep in 0..reps {
+            let order = turn_order(n, rep);
+            for (k, &i) in order.iter().enumerate() {
+                before[i].push(order[(k + n - 1) % n]);
+            }
+        }
+        before
+    }
+
+    #[test]
+    fn turns_change_each_scenarios_predecessor_by_repetition() {
+        // sp, plain, installed, one: installed no longer always follows plain, and installed
+        // and one each follow the other in half the repetitions.
+        let before = predecessors(4, 4);
+        assert_eq!(before[2], vec![1, 3, 1, 3]);
+        assert_eq!(before[3], vec![2, 0, 2, 0]);
+        for (i, b) in before.iter().enumerate() {
+            assert!(!b.contains(&i), "scenario {i} follows itself: {b:?}");
+        }
+        // A pair (a cost round's two lanes) takes turns at going first.
+        assert_eq!((0..4).map(|r| turn_order(2, r)[0]).collect::<Vec<_>>(), vec![0, 1, 0, 1]);
+    }
+
     use super::*;
 
     /// A system that forwards `capacity` pps: a trial above it loses the excess (unpaced: the
