@@ -365,9 +365,7 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 
 /* Keeps the FIB's complete answer `p` for packets up to `tot_len` (a miss on a fresh entry
  * means a longer packet than it was checked for: this one now bounds it). When the entry `h`
- * already names that next hop (the usual refresh), it is renewed in place: no LRU update.
- * An entry's next hop (interface, MACs) is never rewritten in place, a new element replaces
- * it, so a program holding an entry reads one whole next hop across its skb helpers. */
+ * already names that next hop (the usual refresh), it is renewed in place: no LRU update. */
 static __always_inline void fib_remember(const struct fib_key *k, struct fib_hop *h, const struct bpf_fib_lookup *p, __u32 tot_len,
 					 __u64 now)
 {
@@ -394,10 +392,14 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	struct fib_key k;
 	struct fib_hop *h = fib_entry(skb, o, origin, &k);
 	if (fib_fresh(h, tot_len, now)) {
+		__u32 ifindex = h->ifindex;
+		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
+		__builtin_memcpy(smac, h->smac, ETH_ALEN);
 		int err = push_outer(skb, o);
 		if (err)
 			return drop(err);
-		return send_to(skb, h->ifindex, h->dmac, h->smac);
+		return send_to(skb, ifindex, dmac, smac);
 	}
 	struct bpf_fib_lookup p;
 	long rc = fib_next_hop(skb, o, tot_len, &p);
