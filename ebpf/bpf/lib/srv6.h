@@ -347,7 +347,12 @@ static __always_inline struct fib_hop *fib_entry(struct __sk_buff *skb, const st
 	return bpf_map_lookup_elem(&sp_fib_cache, k);
 }
 
-/* Whether entry `h` is fresh and was checked for packets of `tot_len` (0: GSO) or longer. */
+/* Whether entry `h` is fresh and was checked for packets of `tot_len` (0: GSO) or longer.
+ * A fresh entry's next hop is copied to the stack before anything else runs: sp_fib_cache is
+ * an LRU hash, whose elements are preallocated, so an element another CPU replaces goes back
+ * to the free list at once and may be reused for another key while this program still holds
+ * it; sending from the entry after the skb helpers (push_outer, ~100 ns) would widen that
+ * window from the copy's few loads to the helpers' whole run. */
 static __always_inline int fib_fresh(const struct fib_hop *h, __u32 tot_len, __u64 now)
 {
 	return h && now - h->stamp < SP_FIB_CACHE_NS && tot_len <= h->max_len;
