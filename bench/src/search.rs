@@ -162,7 +162,7 @@ pub fn interleaved(
 /// after 1,000 namespaces' traffic) is not always paid by the same next scenario, and of two
 /// neighbours each follows the other in half the repetitions.
 pub fn turn_order(n: usize, rep: usize) -> Vec<usize> {
-    if rep % 2 == 0 {
+    if rep.is_multiple_of(2) {
         (0..n).collect()
     } else {
         (0..n).rev().collect()
