@@ -40,29 +40,6 @@ pub fn part_medians(parts: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// A cost round in which some scenario's [`middle_spread`] is above this is run again (up to
-/// [`ROUND_ATTEMPTS`] in all): in a quiet round every scenario's parts agree within ~2 %, in a
-/// noisy one they spread by up to ~50 %, and a median of four parts is only as sure as its two
-/// middle parts.
-pub const NOISY_ROUND: f64 = 0.05;
-pub const ROUND_ATTEMPTS: usize = 3;
-
-/// How far apart the middle parts of one scenario's cost trial are (ns a packet, by part),
-/// relative to their mean: the uncertainty of the median taken over them. One part in a burst
-/// of noise moves only an outer part; two or more (a noisy stretch) move the middle. 0 for
-/// fewer than two parts.
-pub fn middle_spread(per_packet: &[f64]) -> f64 {
-    let n = per_packet.len();
-    if n < 2 {
-        return 0.0;
-    }
-    let mut v = per_packet.to_vec();
-    v.sort_by(f64::total_cmp);
-    let odd = usize::from(n % 2 == 1);
-    let (lo, hi) = (v[(n - 1) / 2 - odd], v[n / 2 + odd]);
-    (hi - lo) / ((hi + lo) / 2.0)
-}
-
 /// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name.
 fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("run bpftool")?;
@@ -137,18 +114,6 @@ pub fn cost_ratios(rounds: &[Round], of: &str, base: &str) -> Option<crate::stat
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_round_is_noisy_when_its_middle_parts_disagree_not_when_one_part_bursts() {
-        // A quiet round; one part in a burst (the median's business); two parts off.
-        assert!(middle_spread(&[725.0, 724.0, 729.0, 721.0]) < NOISY_ROUND);
-        assert!(middle_spread(&[806.0, 713.0, 713.0, 716.0]) < NOISY_ROUND);
-        assert!(middle_spread(&[1084.0, 947.0, 736.0, 704.0]) > NOISY_ROUND);
-        // Two parts (a quick run): their own distance; odd counts: the middle's neighbours.
-        assert!((middle_spread(&[700.0, 770.0]) - 70.0 / 735.0).abs() < 1e-9);
-        assert!((middle_spread(&[700.0, 900.0, 720.0]) - 200.0 / 800.0).abs() < 1e-9);
-        assert_eq!(middle_spread(&[700.0]), 0.0);
-    }
-
     use super::*;
 
     fn round(entries: &[(&str, f64, f64)]) -> Round {

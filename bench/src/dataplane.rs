@@ -79,8 +79,6 @@ pub struct Results {
     pub seconds: Vec<(String, f64)>,
     /// PDR trials that failed by little and were run again, and how many of those passed.
     pub retries: (u64, u64),
-    /// BPF cost rounds run again for being noisy (`cost_round`).
-    pub cost_rounds_rerun: u64,
 }
 
 struct Scenario {
@@ -163,30 +161,9 @@ fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut
 /// ([`crate::cost::part_medians`]). The programs' level moves by up to ~100 ns a packet from
 /// one trial to the next of the same code, and bursts of noise lift a part by a few hundred:
 /// parts in turns (the order reversed every other part: [`crate::search::turn_order`]) give
-/// both sides of a comparison the same draws, the median drops a burst. A round in which some
-/// scenario's middle parts disagree ([`crate::cost::NOISY_ROUND`]: a noisy stretch, not one
-/// burst) is run again, up to [`crate::cost::ROUND_ATTEMPTS`] in all, and the quietest kept
-/// (counted in `Results::cost_rounds_rerun`). A scenario one of whose parts failed is left out
-/// of the round.
-fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, res: &mut Results) -> crate::cost::Round {
-    let mut best: Option<(crate::cost::Round, f64)> = None;
-    for attempt in 1..=crate::cost::ROUND_ATTEMPTS {
-        let (round, spread) = cost_round_once(b, scenarios, plan, &mut res.failures);
-        let quiet = spread <= crate::cost::NOISY_ROUND;
-        if best.as_ref().is_none_or(|b| spread < b.1) {
-            best = Some((round, spread));
-        }
-        if quiet || attempt == crate::cost::ROUND_ATTEMPTS {
-            break;
-        }
-        res.cost_rounds_rerun += 1;
-        eprintln!("  a noisy round (middle parts {:.0} % apart): run again", spread * 100.0);
-    }
-    best.map(|b| b.0).unwrap_or_default()
-}
-
-/// One attempt at [`cost_round`]: the round, and the largest middle spread of its scenarios.
-fn cost_round_once(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failures: &mut Vec<String>) -> (crate::cost::Round, f64) {
+/// both sides of a comparison the same draws, the median drops a burst. A scenario one of whose
+/// parts failed is left out of the round.
+fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failures: &mut Vec<String>) -> crate::cost::Round {
     let cuts = plan.cost_parts.max(1);
     let mut parts: Vec<Option<Vec<BTreeMap<String, f64>>>> = vec![Some(Vec::new()); scenarios.len()];
     for part in 0..cuts as usize {
@@ -202,12 +179,10 @@ fn cost_round_once(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, f
         }
     }
     let mut round = crate::cost::Round::new();
-    let mut worst: f64 = 0.0;
     for ((s, pps), done) in scenarios.iter().zip(parts) {
         let Some(done) = done else { continue };
         let ns = crate::cost::part_medians(&done);
         let per_packet: Vec<f64> = done.iter().map(|p| p.values().sum()).collect();
-        worst = worst.max(crate::cost::middle_spread(&per_packet));
         eprintln!(
             "  {:<28} {:?} ns/run at {:.0} kpps (per packet by part: {:.0?})",
             s.key,
@@ -217,7 +192,7 @@ fn cost_round_once(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, f
         );
         round.insert(s.key.clone(), ns);
     }
-    (round, worst)
+    round
 }
 
 /// Repetition i of every scenario, then i + 1; within a repetition, the scenarios' PDR searches
@@ -351,8 +326,7 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     let costed: Vec<(&Scenario, f64)> =
         main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY).map(|s| (s, plan.cost_pps)).collect();
     for _ in 0..plan.reps {
-        let round = cost_round(b, &costed, plan, res);
-        res.bpf_rounds.push(round);
+        res.bpf_rounds.push(cost_round(b, &costed, plan, &mut res.failures));
     }
     res.bpf_ns = crate::cost::medians(&res.bpf_rounds);
     for s in &main {
@@ -515,7 +489,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         // Below this point's PDR (1,000 VNFs forward ~50 kpps here, spread or plain).
         let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&points[0].key]) * 1000.0 / 2.0);
-        if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, res).remove(&points[0].key) {
+        if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
         installed_cost(b, &points[2], &points[3], &s, plan, res);
@@ -553,7 +527,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
 /// installed?), stable where PDRs are not.
 fn installed_cost(b: &mut Bench, point: &Scenario, one: &Scenario, s: &Samples, plan: &Plan, res: &mut Results) {
     let pps = (plan.cost_pps / 2.0).min(crate::stats::median(&s[&point.key]) * 1000.0 / 2.0);
-    let mut round = cost_round(b, &[(point, pps), (one, pps)], plan, res);
+    let mut round = cost_round(b, &[(point, pps), (one, pps)], plan, &mut res.failures);
     let n = point.key.trim_start_matches("installed/").to_string();
     if let Some(ns) = round.remove(&point.key) {
         res.installed_bpf_ns.insert(n.clone(), ns);

@@ -419,7 +419,6 @@ fn main() -> anyhow::Result<()> {
             }
             json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
             json.insert("trials_retried".into(), serde_json::json!({"retried": dp.retries.0, "rescued": dp.retries.1}));
-            json.insert("cost_rounds_rerun".into(), serde_json::json!(dp.cost_rounds_rerun));
             json.insert("unavailable".into(), serde_json::json!(dp.unavailable));
         }
         let dp_seconds = dp.iter().flat_map(|dp| dp.seconds.iter());
@@ -628,7 +627,6 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             "search": "repetition 1 of a scenario halves from the generator's ceiling until a rate passes; later ones step by 1.25x from 0.9x the scenario's last PDR until a rate passes and one above it fails; then bisection to 2^-steps. A trial failing with under 20 % lost is run once more and the rate fails only if both fail",
             "trials_retried": dp.retries.0,
             "trials_rescued": dp.retries.1,
-            "cost_rounds_rerun": dp.cost_rounds_rerun,
             "generator": "XDP live frames (BPF_PROG_TEST_RUN, BPF_F_TEST_XDP_LIVE_FRAMES), paced by the clock in the program",
             "inner_packet": "IPv6/UDP, 12-byte payload (IPv4/UDP for end_ad_ipv4)",
             "segments": "end_ad/end_as: [proxy SID, sink SID]; kernel: [End.DX6 SID] + encap [sink SID] on the way back; end_am: SRH inserted [proxy SID, final destination]",
@@ -665,7 +663,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
         "bpf_ns_per_packet": bpf_per_packet(dp),
         "dataplane_failures": dp.failures,
         "unavailable": dp.unavailable,
-        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them (a round in which some scenario's two middle parts are more than {:.0} % apart is run again, up to {} times in all, and the quietest kept: method.cost_rounds_rerun); the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, cost::NOISY_ROUND * 100.0, cost::ROUND_ATTEMPTS, plan.reps),
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(vnf_json(dp));
