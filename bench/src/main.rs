@@ -6,6 +6,7 @@ mod control;
 mod cost;
 mod dataplane;
 mod footprint;
+mod noise;
 mod packet;
 mod report;
 mod search;
@@ -97,6 +98,10 @@ enum Part {
     /// The operator's memory by stage at the scale simulation's size, without an API server
     /// (not in full runs; sized by --sim-nodes, --sim-chains and --sim-replicas).
     Footprint,
+    /// The host's noise: a pointer chase in L1 and one through 4 MiB (the L3 shared with the
+    /// VM's neighbours) in turns on the SUT CPU for 60 s, before anything else runs. A full
+    /// run samples it for 15 s at its start and at its end (`host_noise`).
+    Noise,
 }
 
 /// The control-plane parts' results; each is run when asked for.
@@ -389,6 +394,7 @@ fn main() -> anyhow::Result<()> {
     }
     let plan = dataplane_plan(&args);
     if !args.only.is_empty() {
+        let host_noise = if args.only.contains(&Part::Noise) { Some(noise::host(args.sut_cpu, Duration::from_secs(60))?) } else { None };
         let mut b = topo::Bench::new(args.gen_cpu)?;
         // In the full run's order: the data plane first, then the control parts.
         let parts = dataplane::Parts {
@@ -403,6 +409,9 @@ fn main() -> anyhow::Result<()> {
             c.seconds.insert(0, ("dataplane_teardown".into(), s));
         }
         let mut json = control_json(&c);
+        if let Some(n) = host_noise {
+            json.insert("host_noise".into(), n);
+        }
         if let Some(dp) = &dp {
             if parts.pdr {
                 json.insert("pdr_kpps".into(), report::medians(&dp.pdr));
@@ -431,6 +440,8 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let noise_secs = Duration::from_secs(if args.quick { 2 } else { 15 });
+    let noise_start = noise::host(args.sut_cpu, noise_secs)?;
     let mut b = topo::Bench::new(args.gen_cpu)?;
     let dp = match dataplane::run(&mut b, &plan) {
         Ok(dp) => dp,
@@ -446,7 +457,8 @@ fn main() -> anyhow::Result<()> {
     let mut c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp, Part::Stream])?;
     c.seconds.insert(0, ("dataplane_teardown".into(), teardown));
     b.cleanup.run();
-    write(&args, &plan, &dp, &c, started)
+    let host_noise = serde_json::json!({"start": noise_start, "end": noise::host(args.sut_cpu, noise_secs)?});
+    write(&args, &plan, &dp, &c, host_noise, started)
 }
 
 /// The parts' wall seconds, `bench/run`'s dependencies and release build first (it passes them in
@@ -459,7 +471,14 @@ fn run_time(dp: &dataplane::Results, c: &Control, started: std::time::Instant) -
     (parts, minutes)
 }
 
-fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Control, started: std::time::Instant) -> anyhow::Result<()> {
+fn write(
+    args: &Args,
+    plan: &dataplane::Plan,
+    dp: &dataplane::Results,
+    c: &Control,
+    host_noise: serde_json::Value,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
     use report::{details, medians, Target};
     let (cni, chains, tcp) = (c.cni.as_ref().expect("ran"), c.chains.as_ref().expect("ran"), c.tcp.as_ref().expect("ran"));
     use stats::ratios as ratio;
@@ -631,6 +650,7 @@ fn write(args: &Args, plan: &dataplane::Plan, dp: &dataplane::Results, c: &Contr
             "inner_packet": "IPv6/UDP, 12-byte payload (IPv4/UDP for end_ad_ipv4)",
             "segments": "end_ad/end_as: [proxy SID, sink SID]; kernel: [End.DX6 SID] + encap [sink SID] on the way back; end_am: SRH inserted [proxy SID, final destination]",
         },
+        "host_noise": host_noise,
         "run_minutes": (run_minutes * 10.0).round() / 10.0,
         "part_seconds": report::seconds(&part_seconds),
         "generator_ceiling_kpps": stats::summarize(&dp.ceiling_kpps),

@@ -149,6 +149,20 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         "PDR trials that failed by little (< 20 % lost) and were run again: {}, of which passed: {}.\n",
         r["method"]["trials_retried"], r["method"]["trials_rescued"]
     );
+    let noise = |at: &str| {
+        let n = &r["host_noise"][at];
+        format!(
+            "4 MiB median {} ns a load (floor {}, 90th percentile {}), {} of the steps noise; L1 median {} ns",
+            n["l3_ns"]["median"], n["l3_ns"]["floor"], n["l3_ns"]["p90"], n["l3_noisy_share"], n["l1_ns"]["median"]
+        )
+    };
+    let _ = writeln!(
+        md,
+        "The host's noise, a pointer chase in L1 and one through 4 MiB (the shared L3) on the SUT CPU with nothing else running, {} s: at the start {}; at the end {}.\n",
+        r["host_noise"]["start"]["seconds"],
+        noise("start"),
+        noise("end")
+    );
     let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
     let (a, b) = (&pdr["plain"], pdr.get(crate::dataplane::KERNEL_PROXY));
     for (k, v) in pdr {
