@@ -394,7 +394,7 @@ fn main() -> anyhow::Result<()> {
     }
     let plan = dataplane_plan(&args);
     if !args.only.is_empty() {
-        let host_noise = if args.only.contains(&Part::Noise) { Some(noise::host(args.sut_cpu, Duration::from_secs(60))?) } else { None };
+        let host_noise = if args.only.contains(&Part::Noise) { Some(noise::host(args.sut_cpu, Duration::from_secs(60))) } else { None };
         let mut b = topo::Bench::new(args.gen_cpu)?;
         // In the full run's order: the data plane first, then the control parts.
         let parts = dataplane::Parts {
@@ -441,7 +441,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let noise_secs = Duration::from_secs(if args.quick { 2 } else { 15 });
-    let noise_start = noise::host(args.sut_cpu, noise_secs)?;
+    let noise_start = noise::host(args.sut_cpu, noise_secs);
     let mut b = topo::Bench::new(args.gen_cpu)?;
     let dp = match dataplane::run(&mut b, &plan) {
         Ok(dp) => dp,
@@ -457,7 +457,7 @@ fn main() -> anyhow::Result<()> {
     let mut c = run_control(&mut b, &args, &[Part::Cni, Part::Chains, Part::Tcp, Part::Stream])?;
     c.seconds.insert(0, ("dataplane_teardown".into(), teardown));
     b.cleanup.run();
-    let host_noise = serde_json::json!({"start": noise_start, "end": noise::host(args.sut_cpu, noise_secs)?});
+    let host_noise = serde_json::json!({"start": noise_start, "end": noise::host(args.sut_cpu, noise_secs)});
     write(&args, &plan, &dp, &c, host_noise, started)
 }
 
