@@ -121,18 +121,17 @@ pub fn summary(l1: &[f64], l3: &[f64], dur: Duration) -> serde_json::Value {
         return serde_json::json!({"seconds": dur.as_secs_f64(), "steps": 0});
     }
     let r = |x: f64| (x * 100.0).round() / 100.0;
-    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
-    let floor = l3.iter().copied().fold(f64::MAX, f64::min);
-    let noisy = l3.iter().filter(|&&x| x > floor * NOISY_FACTOR).count();
+    let (in_l1, in_l3) = (crate::stats::summarize(l1), crate::stats::summarize(l3));
+    let noisy = l3.iter().filter(|&&x| x > in_l3.min * NOISY_FACTOR).count();
     serde_json::json!({
         "seconds": dur.as_secs_f64(),
         "steps": l3.len(),
-        "l1_ns": {"median": r(crate::stats::median(l1)), "max": r(max(l1))},
+        "l1_ns": {"median": r(in_l1.median), "max": r(in_l1.max)},
         "l3_ns": {
-            "floor": r(floor),
-            "median": r(crate::stats::median(l3)),
+            "floor": r(in_l3.min),
+            "median": r(in_l3.median),
             "p90": r(crate::stats::percentile(l3, 90.0)),
-            "max": r(max(l3)),
+            "max": r(in_l3.max),
         },
         "l3_noisy_share": r(noisy as f64 / l3.len() as f64),
     })

@@ -358,6 +358,20 @@ static __always_inline int fib_fresh(const struct fib_hop *h, __u32 tot_len, __u
 	return h && now - h->stamp < SP_FIB_CACHE_NS && tot_len <= h->max_len;
 }
 
+/* A fresh entry's next hop, as copied to the stack (see fib_fresh). */
+struct next_hop {
+	__u32 ifindex;
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+};
+
+static __always_inline void next_hop_of(struct next_hop *n, const struct fib_hop *h)
+{
+	n->ifindex = h->ifindex;
+	__builtin_memcpy(n->dmac, h->dmac, ETH_ALEN);
+	__builtin_memcpy(n->smac, h->smac, ETH_ALEN);
+}
+
 /* Whether MAC addresses `a` and `b` are the same (BPF has no memcmp). */
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 {
@@ -397,14 +411,12 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	struct fib_key k;
 	struct fib_hop *h = fib_entry(skb, o, origin, &k);
 	if (fib_fresh(h, tot_len, now)) {
-		__u32 ifindex = h->ifindex;
-		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
-		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
-		__builtin_memcpy(smac, h->smac, ETH_ALEN);
+		struct next_hop n;
+		next_hop_of(&n, h);
 		int err = push_outer(skb, o);
 		if (err)
 			return drop(err);
-		return send_to(skb, ifindex, dmac, smac);
+		return send_to(skb, n.ifindex, n.dmac, n.smac);
 	}
 	struct bpf_fib_lookup p;
 	long rc = fib_next_hop(skb, o, tot_len, &p);

@@ -68,14 +68,12 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 	return_key(&fk, &k, skb->ingress_ifindex);
 	struct fib_hop *h = bpf_map_lookup_elem(&sp_fib_cache, &fk);
 	if (fib_fresh(h, tot_len, now)) {
-		__u32 ifindex = h->ifindex;
-		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
-		__builtin_memcpy(dmac, h->dmac, ETH_ALEN);
-		__builtin_memcpy(smac, h->smac, ETH_ALEN);
+		struct next_hop n;
+		next_hop_of(&n, h);
 		err = decrement_inner_ttl(skb, v4);
 		if (err == SP_DROP_INNER_TTL)
 			return otherwise; /* the stack answers Time Exceeded */
-		return err ? drop(err) : send_to(skb, ifindex, dmac, smac);
+		return err ? drop(err) : send_to(skb, n.ifindex, n.dmac, n.smac);
 	}
 	struct bpf_fib_lookup p;
 	__builtin_memset(&p, 0, sizeof(p));
