@@ -5,10 +5,8 @@
 //! from the rest of the path (veths, the VNFs' forwarding), which is the same for every
 //! scenario.
 
-use std::collections::BTreeMap;
-use std::process::Command;
-
 use anyhow::Context;
+use std::collections::BTreeMap;
 
 /// Run time (ns) and runs of each srv6pipes program (by name) over one trial.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,43 +38,70 @@ pub fn part_medians(parts: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name.
-fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("run bpftool")?;
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("parse bpftool prog show --json")?;
+/// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name
+/// (read by the bpf syscall: a few µs, so that slices of 50 ms can be timed).
+pub fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for p in progs {
-        let Some(name) = p["name"].as_str().filter(|n| n.starts_with("sp_")) else { continue };
+    let mut first_error = None;
+    for p in aya::programs::loaded_programs() {
+        // A program unloaded between its listing and its reading is no error.
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let Some(name) = p.name_as_str().filter(|n| n.starts_with("sp_")) else { continue };
         let e = by_name.entry(name.to_string()).or_default();
-        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        e.0 += p.run_time().as_nanos() as u64;
+        e.1 += p.run_count();
     }
-    Ok(by_name)
+    match first_error {
+        Some(e) if by_name.is_empty() => Err(e).context("read the loaded BPF programs' statistics"),
+        _ => Ok(by_name),
+    }
 }
 
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-/// Runs `trial` with BPF run-time statistics on (restoring the setting after) and returns the
-/// run time and runs of each srv6pipes program that ran (`sp_uplink`, `sp_vnf`, ...).
-pub fn bpf_runs(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Runs> {
-    let was = std::fs::read_to_string(STATS).context("read kernel.bpf_stats_enabled")?;
-    std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
-    let result = (|| {
-        let before = counters()?;
-        trial()?;
-        let after = counters()?;
-        Ok(Runs(
+impl Runs {
+    /// What ran between two readings of `counters`: the programs whose runs grew.
+    pub fn between(before: &BTreeMap<String, (u64, u64)>, after: BTreeMap<String, (u64, u64)>) -> Runs {
+        Runs(
             after
                 .into_iter()
                 .filter_map(|(name, (ns, runs))| {
                     let (ns0, runs0) = before.get(&name).copied().unwrap_or_default();
-                    (runs > runs0).then(|| (name, (ns - ns0, runs - runs0)))
+                    (runs > runs0).then(|| (name, (ns.saturating_sub(ns0), runs - runs0)))
                 })
                 .collect(),
-        ))
-    })();
+        )
+    }
+
+    /// A packet's time in srv6pipes' programs: the sum of each program's ns per run.
+    pub fn per_packet(&self) -> f64 {
+        self.ns_per_run().values().sum()
+    }
+}
+
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `f` with BPF run-time statistics on, the setting restored after.
+pub fn with_stats<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let was = std::fs::read_to_string(STATS).context("read kernel.bpf_stats_enabled")?;
+    std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
+    let result = f();
     let _ = std::fs::write(STATS, was.trim());
     result
+}
+
+/// Runs `trial` with BPF run-time statistics on and returns the run time and runs of each
+/// srv6pipes program that ran (`sp_uplink`, `sp_vnf`, ...).
+pub fn bpf_runs(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Runs> {
+    with_stats(|| {
+        let before = counters()?;
+        trial()?;
+        Ok(Runs::between(&before, counters()?))
+    })
 }
 
 /// One round of BPF cost trials: scenario -> program -> ns per run (a scenario whose trial

@@ -62,6 +62,9 @@ pub struct Results {
     pub bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same, round by round (every scenario once per round, `Plan::reps` rounds in turns).
     pub bpf_rounds: Vec<crate::cost::Round>,
+    /// By changed scenario (age 0, the drop monitor attached), round by round: the ratios of
+    /// the pairs of slices that compared it with its base on one stream ([`bpf_alternating`]).
+    pub bpf_alternating: BTreeMap<String, Vec<Vec<f64>>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
@@ -123,37 +126,56 @@ fn ad_frame(lane: &Lane, j: usize, extra: usize) -> anyhow::Result<Frame> {
     packet::encapsulated(lane.macs, OUTER_SRC, &path, inner6())
 }
 
-/// Run time and runs of each srv6pipes datapath program while `s` runs at `pps` for `dur`
-/// without loss. A cost trial that loses packets (a noisy moment: it runs below the PDR) is
-/// tried again, up to three times; then its failure goes to `failures` and the run goes on
-/// without that figure.
-fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut Vec<String>) -> Option<Runs> {
+/// `trial` tried up to three times: a cost trial that loses packets met a noisy moment (it runs
+/// below the PDR). Then `what`'s last failure goes to `failures` and the run goes on without
+/// that figure.
+fn three_attempts<T>(what: &str, failures: &mut Vec<String>, mut trial: impl FnMut() -> anyhow::Result<T>) -> Option<T> {
     let mut last = String::new();
     for attempt in 1..=3 {
-        let runs = s.watched(|| {
-            crate::cost::bpf_runs(|| {
-                let t = b.traffic.trial(&s.path, &s.frame, &s.dsts, pps, dur)?;
-                if t.loss() > crate::traffic::LOSS_BOUND {
-                    anyhow::bail!(
-                        "{}: {:.1} % loss at {:.0} kpps in the cost trial (it must be below the PDR)",
-                        s.key,
-                        t.loss() * 100.0,
-                        pps / 1000.0
-                    );
-                }
-                Ok(())
-            })
-        });
-        match runs {
-            Ok(runs) => return Some(runs),
+        match trial() {
+            Ok(t) => return Some(t),
             Err(e) => {
                 last = format!("{e:#}");
-                eprintln!("  {:<28} attempt {attempt}/3: {last}", s.key);
+                eprintln!("  {what:<28} attempt {attempt}/3: {last}");
             }
         }
     }
-    failures.push(format!("BPF cost of {}: {last} (3 attempts)", s.key));
+    failures.push(format!("BPF cost of {what}: {last} (3 attempts)"));
     None
+}
+
+/// Run time and runs of each srv6pipes datapath program while `s` runs at `pps` for `dur`
+/// without loss ([`three_attempts`]).
+fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut Vec<String>) -> Option<Runs> {
+    three_attempts(&s.key, failures, || {
+        s.watched(|| crate::cost::bpf_runs(|| b.traffic.loss_free(&s.path, &s.frame, &s.dsts, pps, dur).map(drop).context(s.key.clone())))
+    })
+}
+
+/// The (base, changed) scenarios measured by [`bpf_alternating`] too.
+pub const ALTERNATED: [(&str, &str); 2] = [("end_ad", "end_ad_age0"), ("end_ad_monitor_none", "end_ad_monitor_drops")];
+
+/// How long each side's slice lasts in [`bpf_alternating`].
+pub const SLICE: Duration = Duration::from_millis(50);
+
+/// `changed` (`base`'s traffic on `base`'s lane, with `changed`'s change made) against `base`
+/// by BPF time, in slices of one loss-free stream at `Plan::cost_pps` for twice
+/// `Plan::cost_trial` ([`crate::alternate`]; [`three_attempts`]): the pairs' ratios.
+fn bpf_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, plan: &Plan, failures: &mut Vec<String>) -> Option<Vec<f64>> {
+    let what = format!("{} in slices", changed.key);
+    let Some(around) = changed.around.as_ref().filter(|_| base.path.slot == changed.path.slot && base.frame.bytes == changed.frame.bytes)
+    else {
+        failures.push(format!("BPF cost of {what}: not {}'s traffic with a change", base.key));
+        return None;
+    };
+    let (key, path, frame, dsts) = (&base.key, &base.path, &base.frame, &base.dsts);
+    three_attempts(&what, failures, || {
+        let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, plan.cost_trial * 2).context(key.clone());
+        let (_, pairs) = crate::alternate::measure(around, SLICE, traffic)?;
+        let ratios: Vec<f64> = pairs.iter().filter_map(crate::alternate::Pair::ratio).collect();
+        anyhow::ensure!(!ratios.is_empty(), "{what}: no pair of slices compared ({} pairs)", pairs.len());
+        Ok(ratios)
+    })
 }
 
 /// One round of BPF cost trials of `scenarios` (each at its rate): `Plan::cost_parts` short
@@ -325,8 +347,27 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     eprintln!("BPF run time per program at {:.0} kpps, {} rounds in turns", plan.cost_pps / 1000.0, plan.reps);
     let costed: Vec<(&Scenario, f64)> =
         main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY).map(|s| (s, plan.cost_pps)).collect();
+    // Each round, the two changes a target prices by BPF time also in slices of one stream.
+    let find = |key: &str| main.iter().find(|s| s.key == key);
+    let alternated: Vec<(&Scenario, &Scenario)> =
+        ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
     for _ in 0..plan.reps {
         res.bpf_rounds.push(cost_round(b, &costed, plan, &mut res.failures));
+        for (base, changed) in &alternated {
+            if let Some(ratios) = bpf_alternating(b, base, changed, plan, &mut res.failures) {
+                let s = crate::stats::summarize(&ratios);
+                eprintln!(
+                    "  {:<28} ÷ {} in {} pairs of slices: median {:.3} ({:.3}–{:.3})",
+                    base.key,
+                    changed.key,
+                    ratios.len(),
+                    s.median,
+                    s.min,
+                    s.max
+                );
+                res.bpf_alternating.entry(changed.key.clone()).or_default().push(ratios);
+            }
+        }
     }
     res.bpf_ns = crate::cost::medians(&res.bpf_rounds);
     for s in &main {

@@ -1,6 +1,7 @@
 //! srv6pipes-bench: every benchmark in one run on one machine, side by side. See
 //! docs/performance.md for what is measured and how; `bench/run` builds and runs it.
 
+mod alternate;
 mod around;
 mod control;
 mod cost;
@@ -319,6 +320,27 @@ fn bpf_per_packet(dp: &dataplane::Results) -> serde_json::Value {
     report::details(&per)
 }
 
+/// The changes priced in slices of one stream (`bpf_alternating`): each round's pairs, the
+/// figure over the rounds, and beside it the same ratio from the cost rounds' separate trials.
+fn bpf_alternating_json(dp: &dataplane::Results) -> serde_json::Value {
+    let by_changed: serde_json::Map<String, serde_json::Value> = dataplane::ALTERNATED
+        .iter()
+        .filter_map(|(base, changed)| {
+            let rounds = dp.bpf_alternating.get(*changed)?;
+            Some((
+                changed.to_string(),
+                serde_json::json!({
+                    "base": base,
+                    "ratio": alternate::over_rounds(rounds),
+                    "rounds": rounds.iter().filter(|r| !r.is_empty()).map(|r| stats::summarize(r)).collect::<Vec<_>>(),
+                    "ratio_by_separate_trials": cost::cost_ratios(&dp.bpf_rounds, changed, base),
+                }),
+            ))
+        })
+        .collect();
+    serde_json::Value::Object(by_changed)
+}
+
 /// The VNF-count sweep's JSON fields: End.AD through the last of N installed, End.AD and plain
 /// forwarding spread over N, the kernel proxy spread over N.
 fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
@@ -418,6 +440,7 @@ fn main() -> anyhow::Result<()> {
                 json.insert("pdr_detail".into(), report::details(&dp.pdr));
                 json.insert("bpf_ns_per_run".into(), serde_json::json!(dp.bpf_ns));
                 json.insert("bpf_ns_per_packet".into(), bpf_per_packet(dp));
+                json.insert("bpf_alternating".into(), bpf_alternating_json(dp));
             }
             if parts.vnfs {
                 json.extend(vnf_json(dp));
@@ -543,9 +566,10 @@ fn write(
             value: ratio(&p["end_ad_monitor_drops"], &p["end_ad_monitor_none"]),
         },
     ]);
-    // The same two by the programs' own time per packet, round by round.
-    let by_cost = |name: &str, what: &str, bound: f64, of: &str, base: &str| {
-        cost::cost_ratios(&dp.bpf_rounds, of, base).map(|value| Target {
+    // The same two by the programs' own time per packet: in slices of one stream, round by
+    // round (`bpf_alternating`).
+    let by_cost = |name: &str, what: &str, bound: f64, of: &str| {
+        dp.bpf_alternating.get(of).and_then(|rounds| alternate::over_rounds(rounds)).map(|value| Target {
             name: name.into(),
             what: what.into(),
             bound,
@@ -555,13 +579,17 @@ fn write(
     };
     targets.extend(
         [
-            by_cost("age0_bpf", "End.AD age 0 ÷ age 1 s, by BPF ns per packet (age 1 s's ÷ age 0's)", 0.98, "end_ad_age0", "end_ad"),
+            by_cost(
+                "age0_bpf",
+                "End.AD age 0 ÷ age 1 s, by BPF ns per packet in alternating slices (age 1 s's ÷ age 0's)",
+                0.98,
+                "end_ad_age0",
+            ),
             by_cost(
                 "monitor_attached_bpf",
-                "End.AD, drop monitor attached ÷ detached, by BPF ns per packet (detached's ÷ attached's)",
+                "End.AD, drop monitor attached ÷ detached, by BPF ns per packet in alternating slices (detached's ÷ attached's)",
                 0.97,
                 "end_ad_monitor_drops",
-                "end_ad_monitor_none",
             ),
         ]
         .into_iter()
@@ -681,9 +709,10 @@ fn write(
         "sid_packets": dp.sid_packets,
         "bpf_ns_per_run": dp.bpf_ns,
         "bpf_ns_per_packet": bpf_per_packet(dp),
+        "bpf_alternating": bpf_alternating_json(dp),
         "dataplane_failures": dp.failures,
         "unavailable": dp.unavailable,
-        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and the by-BPF targets pair two scenarios within each round", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps),
+        "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and bpf_alternating prices age 0 and the drop monitor in alternating {} ms slices of one stream each round (the pairs' median a round), which the by-BPF targets use", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps, dataplane::SLICE.as_millis()),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
     result.as_object_mut().expect("object").extend(vnf_json(dp));

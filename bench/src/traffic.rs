@@ -216,6 +216,16 @@ impl Traffic {
         Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
     }
 
+    /// `trial`, an error if it lost more than `LOSS_BOUND` (a cost trial runs below the PDR:
+    /// its loss means a noisy moment).
+    pub fn loss_free(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, dur: Duration) -> anyhow::Result<Trial> {
+        let t = self.trial(path, frame, dsts, pps, dur)?;
+        if t.loss() > LOSS_BOUND {
+            bail!("{:.1} % loss at {:.0} kpps in a trial that must be below the PDR", t.loss() * 100.0, pps / 1000.0);
+        }
+        Ok(t)
+    }
+
     /// A slow trial that must deliver (almost) everything: proves the scenario is wired right
     /// before it is measured, and warms caches (End.AD learns from it).
     pub fn check(&mut self, what: &str, path: &Path, frame: &Frame, dsts: &[Ipv6Addr]) -> anyhow::Result<()> {
