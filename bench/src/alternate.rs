@@ -1,15 +1,15 @@
 //! The cost of one change on one lane (End.AD's age 0, a monitor attached) by BPF time,
 //! measured in slices of one stream of traffic, the change made and unmade from one slice to
-//! the next. The cost rounds compare two scenarios half a second or more apart, and the host's
-//! noise (its shared L3 thrashed by neighbours, docs/performance.md) moves a program's time by
-//! up to ~10 % between two such parts; here the two sides of each pair are 50 ms apart, on the
-//! same packets.
+//! the next. The cost rounds compare two scenarios in trials half a second or more apart, and
+//! the host's noise (its shared L3 thrashed by neighbours, docs/performance.md) moves the
+//! programs' time by 10–40 % from one 50 ms slice to the next; here the two sides of each
+//! pair are adjacent slices of the same stream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::around::Around;
-use crate::cost::{counters, Runs};
+use crate::cost::{packet_ns, runs_over, Runs};
 
 /// One slice of each side, adjacent in time.
 #[derive(Clone, Debug)]
@@ -20,15 +20,18 @@ pub struct Pair {
 
 impl Pair {
     /// The base side's time per packet ÷ the changed side's (like a throughput ratio: below 1
-    /// when the change costs), or None when the two slices did not run the same programs (the
-    /// traffic stopping, a program missing) or one ran none.
+    /// when the change costs), over the programs that carried the traffic ([`Runs::busy`]).
+    /// None when the two slices' busy programs differ or one ran none, or when one slice ran
+    /// less than half the other's packets (the traffic starting or stopping).
     pub fn ratio(&self) -> Option<f64> {
-        let (b, c) = (self.base.ns_per_run(), self.changed.ns_per_run());
-        if b.is_empty() || !b.keys().eq(c.keys()) {
+        let (b, c) = (self.base.busy(), self.changed.busy());
+        let (b_runs, c_runs) = (b.most_runs(), c.most_runs());
+        let (b, c) = (b.ns_per_run(), c.ns_per_run());
+        if b.is_empty() || !b.keys().eq(c.keys()) || b_runs.min(c_runs) * 2 < b_runs.max(c_runs) {
             return None;
         }
-        let changed = self.changed.per_packet();
-        (changed > 0.0).then(|| self.base.per_packet() / changed)
+        let changed = packet_ns(&c);
+        (changed > 0.0).then(|| packet_ns(&b) / changed)
     }
 }
 
@@ -39,57 +42,69 @@ pub fn over_rounds(rounds: &[Vec<f64>]) -> Option<crate::stats::Summary> {
     (!medians.is_empty()).then(|| crate::stats::summarize(&medians))
 }
 
-/// What ran over one slice of `slice`.
-fn slice_runs(slice: Duration) -> anyhow::Result<Runs> {
-    let before = counters()?;
-    std::thread::sleep(slice);
-    Ok(Runs::between(&before, counters()?))
+/// Pairs of slices, `read(changed)` taking one slice of a side, for as long as
+/// `fits(span)` says a span that long from now ends within the stream: before each pair (its
+/// span `pair_span`), and after it (a pair that overran the stream is not kept). Pair k takes
+/// the base side first when k is even and the changed side first when it is odd (base,
+/// changed, changed, base, base, ...), so that neither side always follows the other.
+fn pairs(
+    mut read: impl FnMut(bool) -> anyhow::Result<Runs>,
+    mut fits: impl FnMut(Duration) -> bool,
+    pair_span: Duration,
+) -> anyhow::Result<Vec<Pair>> {
+    let mut out = Vec::new();
+    for k in 0.. {
+        if !fits(pair_span) {
+            break;
+        }
+        let changed_first = k % 2 == 1;
+        let first = read(changed_first)?;
+        let second = read(!changed_first)?;
+        if !fits(Duration::ZERO) {
+            break;
+        }
+        let (base, changed) = if changed_first { (second, first) } else { (first, second) };
+        out.push(Pair { base, changed });
+    }
+    Ok(out)
 }
 
-/// Pairs of slices for as long as `traffic` runs on another thread, `change` made for the changed side's slices only; the pairs alternate which side goes first
-/// (base then changed, changed then base), so that neither side always follows the other.
-/// BPF run-time statistics are on throughout. Returns the traffic's result and the pairs.
-pub fn measure<T: Send>(
+/// Pairs of `slice`-long slices while `traffic` (a stream of `length`) runs on another thread,
+/// `change` made for the changed side's slices only ([`pairs`]), BPF run-time statistics on
+/// throughout.
+pub fn measure(
     change: &Around,
     slice: Duration,
-    traffic: impl FnOnce() -> anyhow::Result<T> + Send,
-) -> anyhow::Result<(T, Vec<Pair>)> {
+    length: Duration,
+    traffic: impl FnOnce() -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Vec<Pair>> {
     crate::cost::with_stats(|| {
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
+            // The stream starts after this (its thread enters the netns and pins itself first),
+            // so it runs until `end` at least.
+            let end = Instant::now() + length;
             let gen = s.spawn(|| {
                 let r = traffic();
                 done.store(true, Ordering::SeqCst);
                 r
             });
-            // The generator's first frames: its thread starts in the netns and pins itself.
             std::thread::sleep(slice);
-            let side = |changed: bool| if changed { change.during(|| slice_runs(slice)) } else { slice_runs(slice) };
-            let mut out = Vec::new();
-            let mut failed = None;
-            for k in 0.. {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                let changed_first = k % 2 == 1;
-                let pair = side(changed_first).and_then(|first| Ok((first, side(!changed_first)?)));
-                match pair {
-                    // A pair the traffic's end may have cut is not kept.
-                    Ok(_) if done.load(Ordering::SeqCst) => break,
-                    Ok((first, second)) => {
-                        let (base, changed) = if changed_first { (second, first) } else { (first, second) };
-                        out.push(Pair { base, changed });
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            let t = gen.join().map_err(|_| anyhow::anyhow!("the traffic's thread panicked"))??;
-            match failed {
-                Some(e) => Err(e),
-                None => Ok((t, out)),
+            let one = || {
+                runs_over(|| {
+                    std::thread::sleep(slice);
+                    Ok(())
+                })
+            };
+            let read = |changed: bool| if changed { change.during(one) } else { one() };
+            let fits = |span: Duration| !done.load(Ordering::SeqCst) && Instant::now() + span <= end;
+            // Two slices and the change made and unmade (a monitor attached: a few ms).
+            let measured = pairs(read, fits, 3 * slice);
+            let streamed = gen.join().map_err(|_| anyhow::anyhow!("the traffic's thread panicked"))?;
+            match (measured, streamed) {
+                (Ok(p), Ok(())) => Ok(p),
+                (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+                (Err(e), Err(t)) => Err(e.context(format!("and the traffic failed: {t:#}"))),
             }
         })
     })
@@ -98,23 +113,62 @@ pub fn measure<T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    fn runs(programs: &[(&str, u64, u64)]) -> Runs {
-        let before = BTreeMap::new();
-        Runs::between(&before, programs.iter().map(|(n, ns, r)| (n.to_string(), (*ns, *r))).collect())
+    #[test]
+    fn a_pair_compares_time_per_packet_over_the_busy_programs() {
+        // 400 + 300 ns a packet against 400 + 350: the change costs 50 ns.
+        let base = Runs::of(&[("sp_uplink", 400_000, 1000), ("sp_vnf", 300_000, 1000)]);
+        let changed = Runs::of(&[("sp_uplink", 800_000, 2000), ("sp_vnf", 700_000, 2000), ("sp_headend", 5_000, 1)]);
+        let r = Pair { base: base.clone(), changed }.ratio().unwrap();
+        assert!((r - 700.0 / 750.0).abs() < 1e-12, "{r}: a stray run of sp_headend is not a packet's time");
+        let one_program = Runs::of(&[("sp_uplink", 400_000, 1000)]);
+        assert_eq!(Pair { base: base.clone(), changed: one_program }.ratio(), None, "sp_vnf did not run in one slice");
+        let tail = Runs::of(&[("sp_uplink", 160_000, 400), ("sp_vnf", 140_000, 400)]);
+        assert_eq!(Pair { base: base.clone(), changed: tail }.ratio(), None, "the traffic stopped in one slice");
+        assert_eq!(Pair { base: Runs::of(&[]), changed: Runs::of(&[]) }.ratio(), None, "nothing ran");
     }
 
     #[test]
-    fn a_pair_compares_time_per_packet_over_the_same_programs() {
-        // 400 + 300 ns a packet against 400 + 350: the change costs 50 ns.
-        let base = runs(&[("sp_uplink", 400_000, 1000), ("sp_vnf", 300_000, 1000)]);
-        let changed = runs(&[("sp_uplink", 800_000, 2000), ("sp_vnf", 700_000, 2000)]);
-        let r = Pair { base: base.clone(), changed }.ratio().unwrap();
-        assert!((r - 700.0 / 750.0).abs() < 1e-12, "{r}");
-        let one_program = runs(&[("sp_uplink", 400_000, 1000)]);
-        assert_eq!(Pair { base: base.clone(), changed: one_program }.ratio(), None, "sp_vnf did not run in one slice");
-        assert_eq!(Pair { base: runs(&[]), changed: runs(&[]) }.ratio(), None, "nothing ran");
+    fn pairs_alternate_which_side_goes_first_and_keep_each_slice_on_its_side() {
+        let slice = |ns: u64| Runs::of(&[("sp_uplink", ns * 1000, 1000)]);
+        let mut sides = Vec::new();
+        let read = |changed: bool| {
+            sides.push(changed);
+            Ok(slice(if changed { 750 } else { 700 }))
+        };
+        // Room for three pairs; the fourth's start does not fit.
+        let mut checks = 0;
+        let fits = |_| {
+            checks += 1;
+            checks <= 6
+        };
+        let p = pairs(read, fits, Duration::from_millis(150)).unwrap();
+        assert_eq!(sides, [false, true, true, false, false, true]);
+        assert_eq!(p.len(), 3);
+        for pair in &p {
+            assert_eq!(pair.ratio(), Some(700.0 / 750.0), "each slice on its side: {pair:?}");
+        }
+    }
+
+    #[test]
+    fn a_pair_that_overran_the_stream_is_not_kept_and_errors_end_the_pairs() {
+        let read = |changed: bool| Ok(Runs::of(&[("sp_uplink", if changed { 750_000 } else { 700_000 }, 1000)]));
+        // The second pair starts in time but ends past the stream.
+        let mut checks = 0;
+        let fits = |span: Duration| {
+            checks += 1;
+            checks <= 2 || (checks == 3 && !span.is_zero())
+        };
+        assert_eq!(pairs(read, fits, Duration::from_millis(150)).unwrap().len(), 1);
+        let mut n = 0;
+        let failing = |_| {
+            n += 1;
+            if n == 3 {
+                anyhow::bail!("counters unreadable")
+            }
+            Ok(Runs::of(&[("sp_uplink", 1, 1)]))
+        };
+        assert!(pairs(failing, |_| true, Duration::ZERO).is_err());
     }
 
     #[test]

@@ -38,13 +38,18 @@ pub fn part_medians(parts: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Sum of (run_time_ns, run_cnt) of every loaded program whose name starts with `sp_`, by name
-/// (read by the bpf syscall: a few µs, so that slices of 50 ms can be timed).
-pub fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-    let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// One reading of every loaded srv6pipes program's statistics (name starting with `sp_`): by
+/// program id, its name, run time (ns) and runs so far.
+pub type Reading = BTreeMap<u32, (String, u64, u64)>;
+
+/// Reads `Reading` by the bpf syscall (three calls a loaded program: well under a millisecond
+/// for the programs a bench run loads, so that slices of 50 ms can be timed). A program that
+/// could not be read (unloaded between its listing and its reading) is left out; `between`
+/// then leaves it out of the interval.
+pub fn counters() -> anyhow::Result<Reading> {
+    let mut reading = Reading::new();
     let mut first_error = None;
     for p in aya::programs::loaded_programs() {
-        // A program unloaded between its listing and its reading is no error.
         let p = match p {
             Ok(p) => p,
             Err(e) => {
@@ -53,34 +58,54 @@ pub fn counters() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
             }
         };
         let Some(name) = p.name_as_str().filter(|n| n.starts_with("sp_")) else { continue };
-        let e = by_name.entry(name.to_string()).or_default();
-        e.0 += p.run_time().as_nanos() as u64;
-        e.1 += p.run_count();
+        reading.insert(p.id(), (name.to_string(), p.run_time().as_nanos() as u64, p.run_count()));
     }
     match first_error {
-        Some(e) if by_name.is_empty() => Err(e).context("read the loaded BPF programs' statistics"),
-        _ => Ok(by_name),
+        Some(e) if reading.is_empty() => Err(e).context("read the loaded BPF programs' statistics"),
+        _ => Ok(reading),
     }
 }
 
 impl Runs {
-    /// What ran between two readings of `counters`: the programs whose runs grew.
-    pub fn between(before: &BTreeMap<String, (u64, u64)>, after: BTreeMap<String, (u64, u64)>) -> Runs {
-        Runs(
-            after
-                .into_iter()
-                .filter_map(|(name, (ns, runs))| {
-                    let (ns0, runs0) = before.get(&name).copied().unwrap_or_default();
-                    (runs > runs0).then(|| (name, (ns.saturating_sub(ns0), runs - runs0)))
-                })
-                .collect(),
-        )
+    /// What ran between two readings, by program name (each lane loads its own programs): the
+    /// programs read both times whose runs grew.
+    pub fn between(before: &Reading, after: Reading) -> Runs {
+        let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (id, (name, ns, runs)) in after {
+            let Some((_, ns0, runs0)) = before.get(&id) else { continue };
+            if runs > *runs0 {
+                let e = by_name.entry(name).or_default();
+                e.0 += ns.saturating_sub(*ns0);
+                e.1 += runs - runs0;
+            }
+        }
+        Runs(by_name)
     }
 
-    /// A packet's time in srv6pipes' programs: the sum of each program's ns per run.
-    pub fn per_packet(&self) -> f64 {
-        self.ns_per_run().values().sum()
+    /// The programs that carried the traffic: those with at least a quarter of the busiest
+    /// one's runs (a stray packet through another program, neighbour discovery say, is not a
+    /// packet's time).
+    pub fn busy(&self) -> Runs {
+        let most = self.0.values().map(|(_, runs)| *runs).max().unwrap_or(0);
+        Runs(self.0.iter().filter(|(_, (_, runs))| *runs * 4 >= most).map(|(k, v)| (k.clone(), *v)).collect())
     }
+
+    /// The most runs of any program.
+    pub fn most_runs(&self) -> u64 {
+        self.0.values().map(|(_, runs)| *runs).max().unwrap_or(0)
+    }
+
+    /// Programs' totals by name, for tests elsewhere.
+    #[cfg(test)]
+    pub fn of(programs: &[(&str, u64, u64)]) -> Runs {
+        Runs(programs.iter().map(|(name, ns, runs)| (name.to_string(), (*ns, *runs))).collect())
+    }
+}
+
+/// A packet's time in srv6pipes' programs from their ns per run: the sum (each packet of these
+/// scenarios runs each program once per node).
+pub fn packet_ns(ns_per_run: &BTreeMap<String, f64>) -> f64 {
+    ns_per_run.values().sum()
 }
 
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -90,18 +115,23 @@ pub fn with_stats<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T>
     let was = std::fs::read_to_string(STATS).context("read kernel.bpf_stats_enabled")?;
     std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = f();
-    let _ = std::fs::write(STATS, was.trim());
+    if let Err(e) = std::fs::write(STATS, was.trim()) {
+        eprintln!("warning: kernel.bpf_stats_enabled not restored to {}: {e}", was.trim());
+    }
     result
+}
+
+/// What srv6pipes' programs ran while `f` ran (statistics on: `with_stats`).
+pub fn runs_over(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Runs> {
+    let before = counters()?;
+    f()?;
+    Ok(Runs::between(&before, counters()?))
 }
 
 /// Runs `trial` with BPF run-time statistics on and returns the run time and runs of each
 /// srv6pipes program that ran (`sp_uplink`, `sp_vnf`, ...).
 pub fn bpf_runs(trial: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Runs> {
-    with_stats(|| {
-        let before = counters()?;
-        trial()?;
-        Ok(Runs::between(&before, counters()?))
-    })
+    with_stats(|| runs_over(trial))
 }
 
 /// One round of BPF cost trials: scenario -> program -> ns per run (a scenario whose trial
@@ -123,17 +153,14 @@ pub fn medians(rounds: &[Round]) -> Round {
 /// A packet's time in srv6pipes' programs in each round that measured `scenario`: the sum of
 /// its programs' ns per run (each packet of these scenarios runs each program once per node).
 pub fn per_packet(rounds: &[Round], scenario: &str) -> Vec<f64> {
-    rounds.iter().filter_map(|r| r.get(scenario)).map(|p| p.values().sum()).collect()
+    rounds.iter().filter_map(|r| r.get(scenario)).map(packet_ns).collect()
 }
 
 /// `base`'s time per packet ÷ `of`'s, round by round (rounds that measured both): like a
 /// throughput ratio, below 1 when `of` costs more. None when no round measured both.
 pub fn cost_ratios(rounds: &[Round], of: &str, base: &str) -> Option<crate::stats::Summary> {
-    let both: Vec<(f64, f64)> = rounds
-        .iter()
-        .filter_map(|r| Some((r.get(of)?.values().sum::<f64>(), r.get(base)?.values().sum::<f64>())))
-        .filter(|(o, _)| *o > 0.0)
-        .collect();
+    let both: Vec<(f64, f64)> =
+        rounds.iter().filter_map(|r| Some((packet_ns(r.get(of)?), packet_ns(r.get(base)?)))).filter(|(o, _)| *o > 0.0).collect();
     (!both.is_empty()).then(|| crate::stats::summarize(&both.iter().map(|(o, b)| b / o).collect::<Vec<_>>()))
 }
 
@@ -177,5 +204,23 @@ mod tests {
         assert_eq!(r.samples, [800.0 / 816.0, 1200.0 / 1224.0], "paired within each round, the round without age 0 left out");
         assert!(r.max < 1.0, "age 0 costs more in each round: {r:?}");
         assert!(cost_ratios(&rounds, "end_as", "end_ad").is_none(), "never measured");
+    }
+
+    #[test]
+    fn an_interval_counts_programs_read_at_both_ends_by_name() {
+        let reading = |programs: &[(u32, &str, u64, u64)]| -> Reading {
+            programs.iter().map(|(id, name, ns, runs)| (*id, (name.to_string(), *ns, *runs))).collect()
+        };
+        // Two lanes' sp_uplink (ids 1 and 7); sp_vnf (id 2) was not read at the start: its
+        // lifetime's totals are not this interval's.
+        let before = reading(&[(1, "sp_uplink", 1_000, 10), (7, "sp_uplink", 50_000, 100), (3, "sp_headend", 9, 1)]);
+        let after =
+            reading(&[(1, "sp_uplink", 5_000, 20), (7, "sp_uplink", 53_000, 110), (2, "sp_vnf", 900_000, 3_000), (3, "sp_headend", 9, 1)]);
+        let r = Runs::between(&before, after);
+        assert_eq!(r, Runs::of(&[("sp_uplink", 7_000, 20)]), "sp_headend did not run, sp_vnf was not read twice");
+        // A stray run through another program is not the traffic's.
+        let stray = Runs::of(&[("sp_uplink", 400_000, 1_000), ("sp_vnf", 380_000, 1_000), ("sp_headend", 900, 2)]);
+        assert_eq!(stray.busy(), Runs::of(&[("sp_uplink", 400_000, 1_000), ("sp_vnf", 380_000, 1_000)]));
+        assert_eq!(stray.most_runs(), 1_000);
     }
 }

@@ -169,13 +169,23 @@ fn bpf_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, plan: &Pl
         return None;
     };
     let (key, path, frame, dsts) = (&base.key, &base.path, &base.frame, &base.dsts);
-    three_attempts(&what, failures, || {
-        let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, plan.cost_trial * 2).context(key.clone());
-        let (_, pairs) = crate::alternate::measure(around, SLICE, traffic)?;
+    let length = plan.cost_trial * 2;
+    // A monitor's `events` count its scenario's PDR and cost trials, not these slices.
+    let events = match around {
+        Around::Monitor(w) => Some((w, w.events.get())),
+        Around::AdAge(_) => None,
+    };
+    let ratios = three_attempts(&what, failures, || {
+        let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, length).map(drop).context(key.clone());
+        let pairs = crate::alternate::measure(around, SLICE, length, traffic)?;
         let ratios: Vec<f64> = pairs.iter().filter_map(crate::alternate::Pair::ratio).collect();
-        anyhow::ensure!(!ratios.is_empty(), "{what}: no pair of slices compared ({} pairs)", pairs.len());
+        anyhow::ensure!(!ratios.is_empty(), "no pair of slices compared ({} pairs)", pairs.len());
         Ok(ratios)
-    })
+    });
+    if let Some((w, n)) = events {
+        w.events.set(n);
+    }
+    ratios
 }
 
 /// One round of BPF cost trials of `scenarios` (each at its rate): `Plan::cost_parts` short
@@ -204,7 +214,7 @@ fn cost_round(b: &mut Bench, scenarios: &[(&Scenario, f64)], plan: &Plan, failur
     for ((s, pps), done) in scenarios.iter().zip(parts) {
         let Some(done) = done else { continue };
         let ns = crate::cost::part_medians(&done);
-        let per_packet: Vec<f64> = done.iter().map(|p| p.values().sum()).collect();
+        let per_packet: Vec<f64> = done.iter().map(crate::cost::packet_ns).collect();
         eprintln!(
             "  {:<28} {:?} ns/run at {:.0} kpps (per packet by part: {:.0?})",
             s.key,
