@@ -85,7 +85,8 @@ pub struct Watch {
     socket: std::path::PathBuf,
     monitor: srv6pipes_ebpf::Monitor,
     request: srv6::node_api::MonitorRequest,
-    /// Events received over the scenario's trials.
+    /// Events received while attached: over the scenario's trials and, for a change priced in
+    /// alternating slices (`crate::alternate`), its slices.
     pub events: std::cell::Cell<u64>,
 }
 

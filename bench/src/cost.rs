@@ -86,7 +86,7 @@ impl Runs {
     /// one's runs (a stray packet through another program, neighbour discovery say, is not a
     /// packet's time).
     pub fn busy(&self) -> Runs {
-        let most = self.0.values().map(|(_, runs)| *runs).max().unwrap_or(0);
+        let most = self.most_runs();
         Runs(self.0.iter().filter(|(_, (_, runs))| *runs * 4 >= most).map(|(k, v)| (k.clone(), *v)).collect())
     }
 

@@ -170,22 +170,13 @@ fn bpf_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, plan: &Pl
     };
     let (key, path, frame, dsts) = (&base.key, &base.path, &base.frame, &base.dsts);
     let length = plan.cost_trial * 2;
-    // A monitor's `events` count its scenario's PDR and cost trials, not these slices.
-    let events = match around {
-        Around::Monitor(w) => Some((w, w.events.get())),
-        Around::AdAge(_) => None,
-    };
-    let ratios = three_attempts(&what, failures, || {
+    three_attempts(&what, failures, || {
         let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, length).map(drop).context(key.clone());
         let pairs = crate::alternate::measure(around, SLICE, length, traffic)?;
         let ratios: Vec<f64> = pairs.iter().filter_map(crate::alternate::Pair::ratio).collect();
         anyhow::ensure!(!ratios.is_empty(), "no pair of slices compared ({} pairs)", pairs.len());
         Ok(ratios)
-    });
-    if let Some((w, n)) = events {
-        w.events.set(n);
-    }
-    ratios
+    })
 }
 
 /// One round of BPF cost trials of `scenarios` (each at its rate): `Plan::cost_parts` short

@@ -698,7 +698,7 @@ fn write(
             "trace": stats::median(&p["end_ad_monitor_trace"]),
         },
         "monitor_events": dp.monitor_events,
-        "monitor_method": "End.AD through one node (one VNF) as three scenarios in the same turns: no monitor (detached), and a srv6pipes monitor attached to the node daemon (draining its socket as the CLI does) for a scenario's trials only, for drops (the traffic drops nothing) and traces of 1 packet in 64 (the daemon's default rate limit, 1,000 events/s per CPU); the datapath is seen configured to send them before the trials and to send nothing after; events are those received during the scenario's trials",
+        "monitor_method": "End.AD through one node (one VNF) as three scenarios in the same turns: no monitor (detached), and a srv6pipes monitor attached to the node daemon (draining its socket as the CLI does) for a scenario's trials only, for drops (the traffic drops nothing) and traces of 1 packet in 64 (the daemon's default rate limit, 1,000 events/s per CPU); the datapath is seen configured to send them before the trials and to send nothing after; events are those received while attached: the scenario's trials and, for the drops monitor, its alternating slices (bpf_alternating)",
         "chain3_kpps": medians(&dp.chain3),
         "chain3_detail": details(&dp.chain3),
         "chain3_method": "a line of three nodes (generator → n1 → n2 → n3 → sink), one VNF each: srv6pipes End.AD on every node, segments [n1's, n2's, n3's proxy SID, sink SID] (pop, VNF, push, remote hop); plain: the inner packet routed into each node's VNF by destination (one ip rule iif eth0 per node) and on downstream; before measuring, a loss-free trial proves every hop (SID counters, VNF veth tx) carried everything the sink counted",
