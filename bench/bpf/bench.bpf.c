@@ -8,9 +8,13 @@
  *    system under test changed them (hop limits, decapsulation: veth builds its skbs on these
  *    very pages), so every frame is rewritten from the template first. With more than one
  *    destination configured the outer destination (and the SRH segment it mirrors) is then
- *    rewritten round robin, so that traffic spreads over many SIDs.
+ *    rewritten round robin, so that traffic spreads over many SIDs. With `mark_off` set, the
+ *    frame's last four bytes (the inner UDP payload's, 00 00 ff ff in the template) become
+ *    00 m ff ff-m, m the side `gen_mark` holds at that moment: the UDP checksum stays valid
+ *    (the two 16-bit words' sum is unchanged), and frames sent are counted by mark.
  *  - bench_sink: attached to each sink veth; counts frames whose IPv6 destination is the
- *    expected one (and the others apart, multicast aside), then drops them.
+ *    expected one (and the others apart, multicast aside), then drops them; with `marks` set,
+ *    the expected ones by their mark too.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -27,9 +31,9 @@ struct addr {
 
 struct gen_config {
 	__u32 n_dsts;
-	__u32 da_off;  /* offset of the outer destination in the frame */
-	__u32 seg_off; /* offset of the SRH entry that must equal it; 0: none */
-	__u32 pad;
+	__u32 da_off;	/* offset of the outer destination in the frame */
+	__u32 seg_off;	/* offset of the SRH entry that must equal it; 0: none */
+	__u32 mark_off; /* offset of the frame's last four bytes, the mark; 0: unmarked */
 	__u64 interval_ns;
 	__u64 window_ns; /* lag beyond which a late generator skips rather than bursts */
 };
@@ -72,12 +76,23 @@ static __always_inline int put_frame(struct xdp_md *ctx, const struct gen_frame 
 	return 0;
 }
 
+#define MARKS 3 /* base, changed, between (counted by neither side) */
+
 struct gen_state {
 	__u64 next_ns;
 	__u64 tx;
 	__u64 first_ns;
 	__u64 last_ns;
+	__u64 tx_marked[MARKS];
 };
+
+/* The side frames are marked with now (user space flips it during a trial). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_mark SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -112,6 +127,25 @@ static __always_inline int put_addr(struct xdp_md *ctx, __u32 off, const struct 
 	return 0;
 }
 
+static __always_inline int put_mark(struct xdp_md *ctx, __u32 off, struct gen_state *st)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *side = bpf_map_lookup_elem(&gen_mark, &zero);
+	if (!side || off > MAX_FRAME)
+		return -1;
+	__u32 m = *side; /* read once: user space flips it */
+	if (m >= MARKS)
+		return -1;
+	__u8 *p = data + off;
+	if ((void *)(p + 4) > end)
+		return -1;
+	p[1] = m;
+	p[3] = 0xff - m;
+	st->tx_marked[m] += 1;
+	return 0;
+}
+
 SEC("xdp")
 int bench_gen(struct xdp_md *ctx)
 {
@@ -134,6 +168,8 @@ int bench_gen(struct xdp_md *ctx)
 	__u64 seq = st->tx++;
 	if (put_frame(ctx, t))
 		return XDP_ABORTED;
+	if (cfg->mark_off && put_mark(ctx, cfg->mark_off, st))
+		return XDP_ABORTED;
 	if (cfg->n_dsts <= 1)
 		return XDP_TX;
 	__u32 idx = (__u32)(seq % cfg->n_dsts);
@@ -151,6 +187,7 @@ struct sink_config {
 	__u32 slot;
 	__u32 bytes; /* leading bytes of dst compared: 16 exact, 8 a /64, 0 any */
 	struct addr dst;
+	__u32 marks; /* count the expected frames by their mark too */
 };
 
 struct {
@@ -167,6 +204,28 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } sink_counts SEC(".maps");
+
+/* [slot * 4 + m]: expected frames marked m (3: no mark) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SLOTS * 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_marks SEC(".maps");
+
+static __always_inline void count_mark(struct xdp_md *ctx, __u32 slot)
+{
+	__u8 tail[4];
+	__u32 len = bpf_xdp_get_buff_len(ctx);
+	__u32 m = MARKS;
+	if (len >= sizeof(tail) && !bpf_xdp_load_bytes(ctx, len - sizeof(tail), tail, sizeof(tail)) && !tail[0] && tail[1] < MARKS &&
+	    tail[2] == 0xff && tail[3] == 0xff - tail[1])
+		m = tail[1];
+	__u32 key = slot * 4 + m;
+	__u64 *c = bpf_map_lookup_elem(&sink_marks, &key);
+	if (c)
+		*c += 1;
+}
 
 SEC("xdp")
 int bench_sink(struct xdp_md *ctx)
@@ -192,6 +251,8 @@ int bench_sink(struct xdp_md *ctx)
 	__u64 *c = bpf_map_lookup_elem(&sink_counts, &key);
 	if (c)
 		*c += 1;
+	if (match && cfg->marks)
+		count_mark(ctx, cfg->slot);
 	return XDP_DROP;
 }
 

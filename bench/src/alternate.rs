@@ -3,13 +3,15 @@
 //! the next. The cost rounds compare two scenarios in trials half a second or more apart, and
 //! the host's noise (its shared L3 thrashed by neighbours, docs/performance.md) moves the
 //! programs' time by 10–40 % from one 50 ms slice to the next; here the two sides of each
-//! pair are adjacent slices of the same stream.
+//! pair are adjacent slices of the same stream. A PDR is taken the same way: the stream's
+//! frames are marked by side ([`mark_slices`]) and each side's loss counted by its mark.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::around::Around;
 use crate::cost::{packet_ns, runs_over, Runs};
+use crate::traffic::Mark;
 
 /// One slice of each side, adjacent in time.
 #[derive(Clone, Debug)]
@@ -110,6 +112,45 @@ pub fn measure(
     })
 }
 
+/// Marks a stream's frames by side ([`Mark`]) in slices, the sides in the pairs' order
+/// ([`pairs`]: base, changed, changed, base, ...), as long as `running()`. A slice, both sides
+/// alike: a guard marked [`Mark::Between`] (`wait(Between)`: the host settles after the
+/// change is made), its side's mark for `wait(side)`, and a guard again, in which the frames
+/// still queued on their way are handled with the slice's own setting. A changed slice is made
+/// with the change (`during`, [`Around::during`]) around all three, so frames sent while the
+/// change is made or unmade are counted by neither side. Returns how many slices each side had (base, changed).
+pub fn mark_slices(
+    mut during: impl FnMut(&mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<()>,
+    mut set: impl FnMut(Mark) -> anyhow::Result<()>,
+    mut wait: impl FnMut(Mark),
+    running: &dyn Fn() -> bool,
+) -> anyhow::Result<[usize; 2]> {
+    let mut slices = [0; 2];
+    let mut slice = |side: Mark| -> anyhow::Result<()> {
+        wait(Mark::Between);
+        set(side)?;
+        wait(side);
+        set(Mark::Between)?;
+        wait(Mark::Between);
+        Ok(())
+    };
+    for k in 0.. {
+        let changed_first = k % 2 == 1;
+        for changed in [changed_first, !changed_first] {
+            if !running() {
+                return Ok(slices);
+            }
+            if changed {
+                during(&mut || slice(Mark::Changed))?;
+            } else {
+                slice(Mark::Base)?;
+            }
+            slices[usize::from(changed)] += 1;
+        }
+    }
+    unreachable!("the slices end when the stream does")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +210,47 @@ mod tests {
             Ok(Runs::of(&[("sp_uplink", 1, 1)]))
         };
         assert!(pairs(failing, |_| true, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn marks_follow_the_pairs_order_with_a_guard_and_the_change_made_around_its_marks() {
+        use std::cell::RefCell;
+        let log = RefCell::new(Vec::new());
+        let mark = RefCell::new(Mark::Between);
+        let made = std::cell::Cell::new(false);
+        let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| {
+            log.borrow_mut().push(format!("make at {:?}", mark.borrow()));
+            made.set(true);
+            let r = f();
+            made.set(false);
+            log.borrow_mut().push(format!("unmake at {:?}", mark.borrow()));
+            r
+        };
+        let set = |m| {
+            *mark.borrow_mut() = m;
+            Ok(())
+        };
+        let wait = |m: Mark| {
+            assert_eq!(m, *mark.borrow(), "waits with the mark it waits for");
+            let changed = if made.get() { " (changed)" } else { "" };
+            log.borrow_mut().push(format!("{m:?}{changed}"));
+        };
+        let checks = std::cell::Cell::new(0);
+        let running = || {
+            checks.set(checks.get() + 1);
+            checks.get() <= 5
+        };
+        assert_eq!(mark_slices(during, set, wait, &running).unwrap(), [3, 2]);
+        let slices: Vec<String> = log.borrow().iter().filter(|e| !e.contains("make") && !e.starts_with("Between")).cloned().collect();
+        assert_eq!(slices, ["Base", "Changed (changed)", "Changed (changed)", "Base", "Base"]);
+        let guards = log.borrow().iter().filter(|e| e.starts_with("Between")).cloned().collect::<Vec<_>>();
+        let guarded = ["Between", "Between (changed)", "Between (changed)", "Between", "Between"].map(|g| [g, g]).concat();
+        assert_eq!(guards, guarded, "each slice starts and ends with a guard under its own setting");
+        for e in log.borrow().iter().filter(|e| e.contains("make")) {
+            assert!(e.ends_with("Between"), "made or unmade while the frames counted for a side: {e}");
+        }
+        let failing = |_: &mut dyn FnMut() -> anyhow::Result<()>| anyhow::bail!("the monitor refused");
+        assert!(mark_slices(failing, |_| Ok(()), |_| (), &|| true).is_err());
     }
 
     #[test]

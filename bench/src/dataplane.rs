@@ -14,6 +14,9 @@ use crate::packet::{self, Frame, Inner};
 use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
 use crate::traffic::Path;
 
+mod sliced;
+pub use sliced::{AlternatedPdr, ALTERNATED, MARK_GUARD, MARK_SLICE, SLICE, STREAM_TRIALS};
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub reps: usize,
@@ -65,6 +68,9 @@ pub struct Results {
     /// By changed scenario (age 0, the drop monitor attached), round by round: the ratios of
     /// the pairs of slices that compared it with its base on one stream ([`bpf_alternating`]).
     pub bpf_alternating: BTreeMap<String, Vec<Vec<f64>>>,
+    /// By changed scenario, round by round: against its base at the edge of their PDR, in
+    /// streams marked by side ([`pdr_alternating`]).
+    pub pdr_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
@@ -149,33 +155,6 @@ fn three_attempts<T>(what: &str, failures: &mut Vec<String>, mut trial: impl FnM
 fn bpf_cost(b: &mut Bench, s: &Scenario, pps: f64, dur: Duration, failures: &mut Vec<String>) -> Option<Runs> {
     three_attempts(&s.key, failures, || {
         s.watched(|| crate::cost::bpf_runs(|| b.traffic.loss_free(&s.path, &s.frame, &s.dsts, pps, dur).map(drop).context(s.key.clone())))
-    })
-}
-
-/// The (base, changed) scenarios measured by [`bpf_alternating`] too.
-pub const ALTERNATED: [(&str, &str); 2] = [("end_ad", "end_ad_age0"), ("end_ad_monitor_none", "end_ad_monitor_drops")];
-
-/// How long each side's slice lasts in [`bpf_alternating`].
-pub const SLICE: Duration = Duration::from_millis(50);
-
-/// `changed` (`base`'s traffic on `base`'s lane, with `changed`'s change made) against `base`
-/// by BPF time, in slices of one loss-free stream at `Plan::cost_pps` for twice
-/// `Plan::cost_trial` ([`crate::alternate`]; [`three_attempts`]): the pairs' ratios.
-fn bpf_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, plan: &Plan, failures: &mut Vec<String>) -> Option<Vec<f64>> {
-    let what = format!("{} in slices", changed.key);
-    let Some(around) = changed.around.as_ref().filter(|_| base.path.slot == changed.path.slot && base.frame.bytes == changed.frame.bytes)
-    else {
-        failures.push(format!("BPF cost of {what}: not {}'s traffic with a change", base.key));
-        return None;
-    };
-    let (key, path, frame, dsts) = (&base.key, &base.path, &base.frame, &base.dsts);
-    let length = plan.cost_trial * 2;
-    three_attempts(&what, failures, || {
-        let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, length).map(drop).context(key.clone());
-        let pairs = crate::alternate::measure(around, SLICE, length, traffic)?;
-        let ratios: Vec<f64> = pairs.iter().filter_map(crate::alternate::Pair::ratio).collect();
-        anyhow::ensure!(!ratios.is_empty(), "no pair of slices compared ({} pairs)", pairs.len());
-        Ok(ratios)
     })
 }
 
@@ -343,19 +322,37 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     eprintln!("data plane: {} scenarios x {} repetitions", main.len(), plan.reps);
     in_turns(b, &main, ceiling_pps, plan, &mut res.pdr)?;
     laps.lap("dataplane_pdr");
+    // The changes a target prices by PDR, also with both sides in slices of the same streams.
+    let find = |key: &str| main.iter().find(|s| s.key == key);
+    let alternated: Vec<(&Scenario, &Scenario)> =
+        ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
+    eprintln!("PDR's edge of {} changes in marked slices, {} rounds", alternated.len(), plan.reps);
+    for _ in 0..plan.reps {
+        for (base, changed) in &alternated {
+            // From the last round's streams, or the base's last PDR.
+            let last = res
+                .pdr_alternating
+                .get(&changed.key)
+                .and_then(|r| r.last())
+                .map(|r| crate::stats::median(&r.rates_kpps) / sliced::OVERLOAD);
+            let Some(start) = last.or_else(|| res.pdr.get(&base.key)?.last().copied()) else { continue };
+            match sliced::pdr_alternating(b, base, changed, start * 1000.0, plan) {
+                Ok(p) => res.pdr_alternating.entry(changed.key.clone()).or_default().push(p),
+                Err(e) => res.failures.push(format!("{} at the PDR's edge in marked slices: {e:#}", changed.key)),
+            }
+        }
+    }
+    laps.lap("dataplane_pdr_alternating");
     // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
     // scenario rather than in one scenario's only figure.
     eprintln!("BPF run time per program at {:.0} kpps, {} rounds in turns", plan.cost_pps / 1000.0, plan.reps);
     let costed: Vec<(&Scenario, f64)> =
         main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY).map(|s| (s, plan.cost_pps)).collect();
     // Each round, the two changes a target prices by BPF time also in slices of one stream.
-    let find = |key: &str| main.iter().find(|s| s.key == key);
-    let alternated: Vec<(&Scenario, &Scenario)> =
-        ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
     for _ in 0..plan.reps {
         res.bpf_rounds.push(cost_round(b, &costed, plan, &mut res.failures));
         for (base, changed) in &alternated {
-            if let Some(ratios) = bpf_alternating(b, base, changed, plan, &mut res.failures) {
+            if let Some(ratios) = sliced::bpf_alternating(b, base, changed, plan, &mut res.failures) {
                 let s = crate::stats::summarize(&ratios);
                 eprintln!(
                     "  {:<28} ÷ {} in {} pairs of slices: median {:.3} ({:.3}–{:.3})",

@@ -4,9 +4,14 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use anyhow::Context;
 use srv6::codec::{encaps_header, ones_complement_sum, Ipv6Header, Srh, NEXT_HEADER_ROUTING};
 
-pub const PAYLOAD: [u8; 12] = *b"srv6pipes-pk";
+/// Its last four bytes are where the generator marks a frame's side (`Frame::mark_off`).
+pub const PAYLOAD: [u8; 12] = *b"srv6pipe\x00\x00\xff\xff";
+/// The last four bytes of an unmarked frame: a mark m makes them 00 m ff ff-m, which leaves the
+/// sum of the two 16-bit words, hence the UDP checksum, as it is.
+const MARK_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 pub const UDP_PORTS: (u16, u16) = (40000, 9);
 const ETH_LEN: usize = 14;
 const IP6_LEN: usize = 40;
@@ -31,6 +36,14 @@ pub struct Frame {
     pub da_off: u32,
     /// Offset of the SRH entry that mirrors it (the active segment); 0 when there is none.
     pub seg_off: u32,
+}
+
+impl Frame {
+    /// Where the generator writes the mark: the last four bytes, the inner UDP payload's.
+    pub fn mark_off(&self) -> anyhow::Result<u32> {
+        let off = self.bytes.len().checked_sub(MARK_TAIL.len()).filter(|&o| self.bytes[o..] == MARK_TAIL);
+        off.map(|o| o as u32).context("the frame does not end with the payload's mark")
+    }
 }
 
 fn udp(pseudo: &[u8]) -> Vec<u8> {
@@ -174,6 +187,24 @@ mod tests {
         let mut bad = f.bytes[54..].to_vec();
         bad[10] ^= 1;
         assert!(!udp_ok_v6(s, d, &bad), "the check must notice a flipped bit");
+    }
+
+    #[test]
+    fn a_marked_frame_keeps_its_udp_checksum_and_its_mark_is_its_last_four_bytes() {
+        let (s, d) = (a("2001:db8::1"), a("2001:db8:5::1"));
+        let f = encapsulated(MACS, a("fcbb:bb00:99::1"), &[a("fcbb:bb00:1:e000::")], Inner::V6 { src: s, dst: d }).unwrap();
+        let off = f.mark_off().unwrap() as usize;
+        assert_eq!(off, f.bytes.len() - 4);
+        let inner_udp = 14 + 40 + 8 + 16 + 40;
+        // What bench_gen writes for each side (bench.bpf.c put_mark).
+        for m in 0..3u8 {
+            let mut b = f.bytes.clone();
+            (b[off + 1], b[off + 3]) = (m, 0xff - m);
+            assert!(udp_ok_v6(s, d, &b[inner_udp..]), "mark {m}");
+        }
+        let mut other = f.clone();
+        other.bytes.push(0);
+        assert!(other.mark_off().is_err(), "a frame not ending with the mark's bytes cannot be marked");
     }
 
     #[test]

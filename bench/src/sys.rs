@@ -123,6 +123,16 @@ pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu_set(cpu)?).with_context(|| format!("pin to CPU {cpu}"))
 }
 
+/// `f` on this thread pinned to `cpu`, its CPUs as they were after.
+pub fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let this = nix::unistd::Pid::from_raw(0);
+    let was = nix::sched::sched_getaffinity(this).context("this thread's CPUs")?;
+    pin_to_cpu(cpu)?;
+    let r = f();
+    nix::sched::sched_setaffinity(this, &was).context("put this thread's CPUs back")?;
+    r
+}
+
 pub fn ifindex(netns: &str, ifname: &str) -> anyhow::Result<u32> {
     let name = ifname.to_string();
     in_netns(netns, move || nix::net::if_::if_nametoindex(name.as_str()).with_context(|| format!("ifindex of {name}")))

@@ -32,7 +32,7 @@ struct GenConfig {
     n_dsts: u32,
     da_off: u32,
     seg_off: u32,
-    pad: u32,
+    mark_off: u32,
     interval_ns: u64,
     window_ns: u64,
 }
@@ -56,8 +56,29 @@ struct GenState {
     tx: u64,
     first_ns: u64,
     last_ns: u64,
+    tx_marked: [u64; MARKS],
 }
 unsafe impl aya::Pod for GenState {}
+
+/// The sides a marked stream's frames are counted by (the generator writes it into each
+/// frame's last four bytes: bench.bpf.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Base = 0,
+    Changed = 1,
+    /// Sent while the change is being made or unmade: counted by neither side.
+    Between = 2,
+}
+const MARKS: usize = 3;
+
+/// Sets the mark of the frames the generator sends from now on.
+pub struct Marker<'a>(Array<&'a mut aya::maps::MapData, u32>);
+
+impl Marker<'_> {
+    pub fn set(&mut self, mark: Mark) -> anyhow::Result<()> {
+        self.0.set(0, mark as u32, 0).context("set the generator's mark")
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -66,6 +87,8 @@ struct SinkConfig {
     /// Leading bytes of the destination compared with `dst`: 16 exact, 8 a /64, 0 any.
     bytes: u32,
     dst: [u8; 16],
+    /// Count the expected frames by their mark too.
+    marks: u32,
 }
 unsafe impl aya::Pod for SinkConfig {}
 
@@ -139,12 +162,13 @@ impl Traffic {
         Ok((ifindex, slot))
     }
 
-    fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64) -> anyhow::Result<()> {
+    fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, marked: bool) -> anyhow::Result<()> {
         let mut sinks: HashMap<_, u32, SinkConfig> = HashMap::try_from(self.bpf.map_mut("sink_config").context("sink_config")?)?;
         let cfg = SinkConfig {
             slot: path.slot,
             bytes: if path.expect.is_some() { path.expect_bytes.min(16) } else { 0 },
             dst: path.expect.map(|a| a.octets()).unwrap_or_default(),
+            marks: u32::from(marked),
         };
         sinks.insert(path.sink_ifindex, cfg, 0)?;
         let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
@@ -164,7 +188,7 @@ impl Traffic {
             n_dsts: dsts.len() as u32,
             da_off: frame.da_off,
             seg_off: frame.seg_off,
-            pad: 0,
+            mark_off: if marked { frame.mark_off()? } else { 0 },
             interval_ns,
             window_ns: 64 * interval_ns,
         };
@@ -199,7 +223,7 @@ impl Traffic {
     /// Offers `frame` at `pps` for `dur` (0 pps: as fast as the generator goes), spreading the
     /// destination over `dsts` when there is more than one; then counts what arrived.
     pub fn trial(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, dur: Duration) -> anyhow::Result<Trial> {
-        self.configure(path, frame, dsts, pps)?;
+        self.configure(path, frame, dsts, pps, false)?;
         let before = self.counts(path.slot)?;
         let prog: &Xdp = self.bpf.program("bench_gen").context("bench_gen")?.try_into()?;
         let fd = prog.fd()?.as_fd().as_raw_fd();
@@ -214,6 +238,79 @@ impl Traffic {
         let after = self.counts(path.slot)?;
         let (sent, offered_pps) = self.sent()?;
         Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
+    }
+
+    fn sent_by_mark(&self) -> anyhow::Result<[u64; MARKS]> {
+        let m: PerCpuArray<_, GenState> = PerCpuArray::try_from(self.bpf.map("gen_state").context("gen_state")?)?;
+        let mut by = [0; MARKS];
+        for cpu in m.get(&0, 0)?.iter() {
+            by.iter_mut().zip(cpu.tx_marked).for_each(|(b, t)| *b += t);
+        }
+        Ok(by)
+    }
+
+    fn received_by_mark(&self, slot: u32) -> anyhow::Result<[u64; MARKS]> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bpf.map("sink_marks").context("sink_marks")?)?;
+        let mut by = [0; MARKS];
+        for (i, b) in by.iter_mut().enumerate() {
+            *b = m.get(&(slot * 4 + i as u32), 0)?.iter().sum();
+        }
+        Ok(by)
+    }
+
+    /// One stream of `frame` at `pps` for `dur`, its frames marked by side: `drive` runs on this
+    /// thread while the generator sends on its own, setting the mark (and making the change
+    /// for the changed side's frames) as long as `running()`; frames start marked
+    /// [`Mark::Between`]. Returns the base side's trial and the changed side's: each side's
+    /// frames sent and delivered, at the stream's rate.
+    pub fn marked(
+        &mut self,
+        path: &Path,
+        frame: &Frame,
+        dsts: &[Ipv6Addr],
+        (pps, dur): (f64, Duration),
+        drive: impl FnOnce(&mut Marker, &dyn Fn() -> bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<[Trial; 2]> {
+        self.configure(path, frame, dsts, pps, true)?;
+        let (before, other_before) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
+        let prog: &Xdp = self.bpf.program("bench_gen").context("bench_gen")?.try_into()?;
+        let fd = prog.fd()?.as_fd().as_raw_fd();
+        let (netns, cpu, ifindex) = (self.gen_netns.clone(), self.gen_cpu, path.gen_ifindex);
+        let bytes = frame.bytes.clone();
+        {
+            let mut marker = Marker(Array::try_from(self.bpf.map_mut("gen_mark").context("gen_mark")?)?);
+            marker.set(Mark::Between)?;
+            let done = AtomicBool::new(false);
+            let (sent, driven) = std::thread::scope(|s| {
+                let gen = s.spawn(|| {
+                    let r = sys::in_netns(&netns, move || {
+                        sys::pin_to_cpu(cpu)?;
+                        send(fd, &bytes, ifindex, dur)
+                    });
+                    done.store(true, Ordering::SeqCst);
+                    r
+                });
+                // The marks set from the generator's CPU, off the system under test's.
+                let driven = sys::on_cpu(cpu, || drive(&mut marker, &|| !done.load(Ordering::SeqCst)));
+                (gen.join().map_err(|_| anyhow::anyhow!("the generator's thread panicked")).and_then(|r| r), driven)
+            });
+            marker.set(Mark::Between)?;
+            match (sent, driven) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
+                (Err(e), Err(d)) => return Err(e.context(format!("and the marks: {d:#}"))),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let (after, other_after) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
+        let (sent, (_, offered_pps)) = (self.sent_by_mark()?, self.sent()?);
+        let side = |m: Mark| Trial {
+            offered_pps,
+            sent: sent[m as usize],
+            received: after[m as usize] - before[m as usize],
+            other: other_after - other_before,
+        };
+        Ok([side(Mark::Base), side(Mark::Changed)])
     }
 
     /// `trial`, an error if it lost more than `LOSS_BOUND` (a cost trial runs below the PDR:

@@ -1,0 +1,186 @@
+//! The changes a target prices on one lane (End.AD's age 0, the drop monitor attached) in
+//! slices of one stream, the change made and unmade from one slice to the next: by BPF time
+//! ([`bpf_alternating`]) and at the edge of the PDR ([`pdr_alternating`]).
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{three_attempts, Plan, Scenario};
+use crate::around::Around;
+use crate::topo::Bench;
+use crate::traffic::{Mark, Marker, Trial};
+
+/// The (base, changed) scenarios measured in slices too.
+pub const ALTERNATED: [(&str, &str); 2] = [("end_ad", "end_ad_age0"), ("end_ad_monitor_none", "end_ad_monitor_drops")];
+
+/// How long each side's slice lasts in [`bpf_alternating`].
+pub const SLICE: Duration = Duration::from_millis(50);
+
+/// How long each side's frames are marked in a slice of [`pdr_alternating`]'s streams, and the
+/// guards before and after: longer than the frames queued on the path take to drain (the
+/// uplink's ring and the CPU's backlog, ~1,300 frames: under 3.3 ms at 400 kpps).
+pub const MARK_SLICE: Duration = Duration::from_millis(12);
+pub const MARK_GUARD: Duration = Duration::from_millis(4);
+
+/// The first stream of a round offers this much above the base's last PDR.
+pub(super) const OVERLOAD: f64 = 1.06;
+/// A stream overloads both sides when each lost at least this, and together under
+/// [`OVERLOADED_UP_TO`]. The frames a node cannot take are dropped before its CPU works on
+/// them (the ring the generator's frames land in, the backlog RPS fills from the generator's
+/// CPU), so what it delivers overloaded is what it can carry; the bound keeps away from the
+/// extremes all the same.
+const OVERLOADED_FROM: f64 = 0.02;
+const OVERLOADED_UP_TO: f64 = 0.4;
+/// A stream lasts this many PDR trials (~25 slices a side at full length).
+pub const STREAM_TRIALS: u32 = 4;
+/// Streams that overloaded both sides a round takes, and the most streams it runs.
+const EDGE_STREAMS: usize = 6;
+const MAX_STREAMS: usize = 12;
+
+/// The side `changed` is of `base`'s traffic with a change: what both ways of pricing it need.
+fn change_of<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<&'a Around> {
+    let same_traffic = base.path.slot == changed.path.slot && base.frame.bytes == changed.frame.bytes;
+    changed.around.as_ref().filter(|_| same_traffic).with_context(|| format!("{}: not {}'s traffic with a change", changed.key, base.key))
+}
+
+/// `changed` (`base`'s traffic on `base`'s lane, with `changed`'s change made) against `base`
+/// by BPF time, in slices of one loss-free stream at `Plan::cost_pps` for twice
+/// `Plan::cost_trial` ([`crate::alternate`]; [`three_attempts`]): the pairs' ratios.
+pub(super) fn bpf_alternating(
+    b: &mut Bench,
+    base: &Scenario,
+    changed: &Scenario,
+    plan: &Plan,
+    failures: &mut Vec<String>,
+) -> Option<Vec<f64>> {
+    let what = format!("{} in slices", changed.key);
+    let around = match change_of(base, changed) {
+        Ok(a) => a,
+        Err(e) => {
+            failures.push(format!("BPF cost of {what}: {e:#}"));
+            return None;
+        }
+    };
+    let (key, path, frame, dsts) = (&base.key, &base.path, &base.frame, &base.dsts);
+    let length = plan.cost_trial * 2;
+    three_attempts(&what, failures, || {
+        let traffic = || b.traffic.loss_free(path, frame, dsts, plan.cost_pps, length).map(drop).context(key.clone());
+        let pairs = crate::alternate::measure(around, SLICE, length, traffic)?;
+        let ratios: Vec<f64> = pairs.iter().filter_map(crate::alternate::Pair::ratio).collect();
+        anyhow::ensure!(!ratios.is_empty(), "no pair of slices compared ({} pairs)", pairs.len());
+        Ok(ratios)
+    })
+}
+
+/// One round of [`pdr_alternating`].
+#[derive(Clone, Debug)]
+pub struct AlternatedPdr {
+    /// The rates (kpps) of the streams that overloaded both sides.
+    pub rates_kpps: Vec<f64>,
+    /// Over the same streams: the changed side's share of its frames delivered ÷ the base
+    /// side's ([`Edge::Ratio`]).
+    pub ratios: Vec<f64>,
+}
+
+/// What one marked stream says at the edge of the PDR.
+#[derive(Debug, PartialEq)]
+enum Edge {
+    /// It overloaded both sides ([`OVERLOADED_FROM`]): each delivered what its path can carry,
+    /// so the changed side's share of its frames delivered ÷ the base side's is the ratio of
+    /// their capacities, which their PDRs are.
+    Ratio(f64),
+    /// A side lost too little to be overloaded: the next stream goes higher.
+    Raise,
+    /// Together they lost too much: the next stream goes lower.
+    Lower,
+}
+
+fn edge(base: &Trial, changed: &Trial) -> Edge {
+    let both = Trial { sent: base.sent + changed.sent, received: base.received + changed.received, ..*base };
+    if base.loss().min(changed.loss()) < OVERLOADED_FROM {
+        Edge::Raise
+    } else if both.loss() >= OVERLOADED_UP_TO {
+        Edge::Lower
+    } else {
+        Edge::Ratio((1.0 - changed.loss()) / (1.0 - base.loss()))
+    }
+}
+
+/// `changed` against `base` at the edge of their PDR, by PDR's own measure (frames lost) but
+/// both sides in one stream: streams of `base`'s traffic ([`STREAM_TRIALS`] trials long) whose
+/// frames are marked by side in alternating slices, `changed`'s change made for its slices
+/// only ([`crate::alternate::mark_slices`]), so that both sides meet the host's moments alike
+/// and each side's loss is that of its own frames. The first stream offers [`OVERLOAD`] times
+/// `start_pps`; each next one 5 % more or less ([`Edge`]) until [`EDGE_STREAMS`] overloaded
+/// both sides (at most [`MAX_STREAMS`]).
+pub(super) fn pdr_alternating(
+    b: &mut Bench,
+    base: &Scenario,
+    changed: &Scenario,
+    start_pps: f64,
+    plan: &Plan,
+) -> anyhow::Result<AlternatedPdr> {
+    let around = change_of(base, changed)?;
+    let drive = |marker: &mut Marker, running: &dyn Fn() -> bool| {
+        let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| around.during(f);
+        let wait = |m| std::thread::sleep(if m == Mark::Between { MARK_GUARD } else { MARK_SLICE });
+        // The stream's first moments unmarked: its queues fill without loss at first.
+        std::thread::sleep(MARK_SLICE);
+        crate::alternate::mark_slices(during, |m| marker.set(m), wait, running).map(drop)
+    };
+    let (mut pps, mut round) = (start_pps * OVERLOAD, AlternatedPdr { rates_kpps: vec![], ratios: vec![] });
+    for _ in 0..MAX_STREAMS {
+        if round.ratios.len() == EDGE_STREAMS {
+            break;
+        }
+        let [b_side, c_side] = b.traffic.marked(&base.path, &base.frame, &base.dsts, (pps, plan.trial * STREAM_TRIALS), drive)?;
+        let step = edge(&b_side, &c_side);
+        eprintln!("    {:>6.1} kpps: {:.2} % and {:.2} % lost: {step:?}", pps / 1000.0, b_side.loss() * 100.0, c_side.loss() * 100.0);
+        match step {
+            Edge::Ratio(r) => {
+                round.rates_kpps.push(b_side.offered_pps / 1000.0);
+                round.ratios.push(r);
+            }
+            Edge::Raise => pps *= 1.05,
+            Edge::Lower => pps /= 1.05,
+        }
+    }
+    anyhow::ensure!(!round.ratios.is_empty(), "no stream of {MAX_STREAMS} overloaded both sides");
+    let s = crate::stats::summarize(&round.ratios);
+    eprintln!(
+        "  {:<28} ÷ {} at the PDR's edge in {} streams: median {:.3} ({:.3}–{:.3})",
+        changed.key,
+        base.key,
+        round.ratios.len(),
+        s.median,
+        s.min,
+        s.max
+    );
+    Ok(round)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(sent: u64, lost: u64) -> Trial {
+        Trial { offered_pps: 450_000.0, sent, received: sent - lost, other: 0 }
+    }
+
+    #[test]
+    fn a_stream_gives_a_ratio_only_when_it_overloaded_both_sides() {
+        // 5 % and 7 % of their frames lost: the changed side carries 0.93 / 0.95 of the base's.
+        match edge(&trial(100_000, 5_000), &trial(90_000, 6_300)) {
+            Edge::Ratio(r) => assert!((r - 0.93 / 0.95).abs() < 1e-12, "{r}"),
+            e => panic!("{e:?}"),
+        }
+        // One side under its capacity (1 % lost is noise, not overload): its share says nothing.
+        assert_eq!(edge(&trial(100_000, 1_000), &trial(100_000, 9_000)), Edge::Raise);
+        assert_eq!(edge(&trial(100_000, 9_000), &trial(100_000, 1_000)), Edge::Raise);
+        // Both far over.
+        assert_eq!(edge(&trial(100_000, 39_000), &trial(100_000, 42_000)), Edge::Lower);
+        assert!(matches!(edge(&trial(100_000, 30_000), &trial(100_000, 35_000)), Edge::Ratio(_)));
+        assert_eq!(edge(&trial(100_000, 2_000), &trial(100_000, 2_000)), Edge::Ratio(1.0));
+    }
+}
