@@ -9,9 +9,9 @@
  *    very pages), so every frame is rewritten from the template first. With more than one
  *    destination configured the outer destination (and the SRH segment it mirrors) is then
  *    rewritten round robin, so that traffic spreads over many SIDs. With `mark_off` set, the
- *    frame's last four bytes (the inner UDP payload's, 00 00 ff ff in the template) become
- *    00 m ff ff-m, m the side `gen_mark` holds at that moment: the UDP checksum stays valid
- *    (the two 16-bit words' sum is unchanged), and frames sent are counted by mark.
+ *    frame's last four bytes (the inner UDP payload's, 00 00 ff ff in the template: no mark)
+ *    become 00 m+1 ff ff-(m+1), m the side `gen_mark` holds at that moment: the UDP checksum
+ *    stays valid (the two 16-bit words' sum is unchanged), and frames sent are counted by m.
  *  - bench_sink: attached to each sink veth; counts frames whose IPv6 destination is the
  *    expected one (and the others apart, multicast aside), then drops them; with `marks` set,
  *    the expected ones by their mark too.
@@ -134,14 +134,14 @@ static __always_inline int put_mark(struct xdp_md *ctx, __u32 off, struct gen_st
 	__u32 *side = bpf_map_lookup_elem(&gen_mark, &zero);
 	if (!side || off > MAX_FRAME)
 		return -1;
-	__u32 m = *side; /* read once: user space flips it */
+	__u32 m = *(volatile __u32 *)side; /* read once: user space flips it */
 	if (m >= MARKS)
 		return -1;
 	__u8 *p = data + off;
 	if ((void *)(p + 4) > end)
 		return -1;
-	p[1] = m;
-	p[3] = 0xff - m;
+	p[1] = m + 1;
+	p[3] = 0xff - (m + 1);
 	st->tx_marked[m] += 1;
 	return 0;
 }
@@ -205,7 +205,7 @@ struct {
 	__type(value, __u64);
 } sink_counts SEC(".maps");
 
-/* [slot * 4 + m]: expected frames marked m (3: no mark) */
+/* [slot * 4 + m]: expected frames marked m (MARKS: no mark) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_SLOTS * 4);
@@ -218,9 +218,9 @@ static __always_inline void count_mark(struct xdp_md *ctx, __u32 slot)
 	__u8 tail[4];
 	__u32 len = bpf_xdp_get_buff_len(ctx);
 	__u32 m = MARKS;
-	if (len >= sizeof(tail) && !bpf_xdp_load_bytes(ctx, len - sizeof(tail), tail, sizeof(tail)) && !tail[0] && tail[1] < MARKS &&
-	    tail[2] == 0xff && tail[3] == 0xff - tail[1])
-		m = tail[1];
+	if (len >= sizeof(tail) && !bpf_xdp_load_bytes(ctx, len - sizeof(tail), tail, sizeof(tail)) && !tail[0] && tail[1] >= 1 &&
+	    tail[1] <= MARKS && tail[2] == 0xff && tail[3] == 0xff - tail[1])
+		m = tail[1] - 1;
 	__u32 key = slot * 4 + m;
 	__u64 *c = bpf_map_lookup_elem(&sink_marks, &key);
 	if (c)

@@ -103,23 +103,21 @@ pub fn measure(
             // Two slices and the change made and unmade (a monitor attached: a few ms).
             let measured = pairs(read, fits, 3 * slice);
             let streamed = gen.join().map_err(|_| anyhow::anyhow!("the traffic's thread panicked"))?;
-            match (measured, streamed) {
-                (Ok(p), Ok(())) => Ok(p),
-                (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
-                (Err(e), Err(t)) => Err(e.context(format!("and the traffic failed: {t:#}"))),
-            }
+            crate::traffic::joined(measured, streamed, "the traffic")
         })
     })
 }
 
 /// Marks a stream's frames by side ([`Mark`]) in slices, the sides in the pairs' order
-/// ([`pairs`]: base, changed, changed, base, ...), as long as `running()`. A slice, both sides
+/// ([`pairs`]: base, changed, changed, base, ..., or from changed when `changed_first`), as
+/// long as `running()`. A slice, both sides
 /// alike: a guard marked [`Mark::Between`] (`wait(Between)`: the host settles after the
 /// change is made), its side's mark for `wait(side)`, and a guard again, in which the frames
 /// still queued on their way are handled with the slice's own setting. A changed slice is made
 /// with the change (`during`, [`Around::during`]) around all three, so frames sent while the
 /// change is made or unmade are counted by neither side. Returns how many slices each side had (base, changed).
 pub fn mark_slices(
+    changed_first: bool,
     mut during: impl FnMut(&mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<()>,
     mut set: impl FnMut(Mark) -> anyhow::Result<()>,
     mut wait: impl FnMut(Mark),
@@ -134,9 +132,9 @@ pub fn mark_slices(
         wait(Mark::Between);
         Ok(())
     };
-    for k in 0.. {
-        let changed_first = k % 2 == 1;
-        for changed in [changed_first, !changed_first] {
+    let mut first = changed_first;
+    loop {
+        for changed in [first, !first] {
             if !running() {
                 return Ok(slices);
             }
@@ -147,8 +145,8 @@ pub fn mark_slices(
             }
             slices[usize::from(changed)] += 1;
         }
+        first = !first;
     }
-    unreachable!("the slices end when the stream does")
 }
 
 #[cfg(test)]
@@ -240,7 +238,7 @@ mod tests {
             checks.set(checks.get() + 1);
             checks.get() <= 5
         };
-        assert_eq!(mark_slices(during, set, wait, &running).unwrap(), [3, 2]);
+        assert_eq!(mark_slices(false, during, set, wait, &running).unwrap(), [3, 2]);
         let slices: Vec<String> = log.borrow().iter().filter(|e| !e.contains("make") && !e.starts_with("Between")).cloned().collect();
         assert_eq!(slices, ["Base", "Changed (changed)", "Changed (changed)", "Base", "Base"]);
         let guards = log.borrow().iter().filter(|e| e.starts_with("Between")).cloned().collect::<Vec<_>>();
@@ -249,8 +247,31 @@ mod tests {
         for e in log.borrow().iter().filter(|e| e.contains("make")) {
             assert!(e.ends_with("Between"), "made or unmade while the frames counted for a side: {e}");
         }
+        let sides = RefCell::new(Vec::new());
+        let checked = std::cell::Cell::new(0);
+        let stop = || {
+            checked.set(checked.get() + 1);
+            checked.get() <= 4
+        };
+        let set = |m| {
+            if m != Mark::Between {
+                sides.borrow_mut().push(m);
+            }
+            Ok(())
+        };
+        mark_slices(true, |f| f(), set, |_| (), &stop).unwrap();
+        assert_eq!(*sides.borrow(), [Mark::Changed, Mark::Base, Mark::Base, Mark::Changed], "from the changed side");
         let failing = |_: &mut dyn FnMut() -> anyhow::Result<()>| anyhow::bail!("the monitor refused");
-        assert!(mark_slices(failing, |_| Ok(()), |_| (), &|| true).is_err());
+        assert!(mark_slices(false, failing, |_| Ok(()), |_| (), &|| true).is_err());
+        let mut n = 0;
+        let set_fails = |_| {
+            n += 1;
+            if n == 3 {
+                anyhow::bail!("the mark's map is gone")
+            }
+            Ok(())
+        };
+        assert!(mark_slices(false, |f| f(), set_fails, |_| (), &|| true).is_err(), "a mark not set ends the slices");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::packet::{self, Frame, Inner};
 use crate::topo::{spread_dst, Bench, Kind, Lane, INNER4_DST, INNER4_SRC, INNER_DST, INNER_SRC, OUTER_SRC, SINK_SID};
 use crate::traffic::Path;
 
-mod sliced;
-pub use sliced::{AlternatedPdr, ALTERNATED, MARK_GUARD, MARK_SLICE, SLICE, STREAM_TRIALS};
+pub mod sliced;
+pub use sliced::{AlternatedPdr, ALTERNATED, SLICE};
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -66,10 +66,11 @@ pub struct Results {
     /// The same, round by round (every scenario once per round, `Plan::reps` rounds in turns).
     pub bpf_rounds: Vec<crate::cost::Round>,
     /// By changed scenario (age 0, the drop monitor attached), round by round: the ratios of
-    /// the pairs of slices that compared it with its base on one stream ([`bpf_alternating`]).
+    /// the pairs of slices that compared it with its base on one stream
+    /// ([`sliced::bpf_alternating`]).
     pub bpf_alternating: BTreeMap<String, Vec<Vec<f64>>>,
     /// By changed scenario, round by round: against its base at the edge of their PDR, in
-    /// streams marked by side ([`pdr_alternating`]).
+    /// streams marked by side ([`sliced::pdr_alternating`]).
     pub pdr_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
@@ -326,22 +327,7 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     let find = |key: &str| main.iter().find(|s| s.key == key);
     let alternated: Vec<(&Scenario, &Scenario)> =
         ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
-    eprintln!("PDR's edge of {} changes in marked slices, {} rounds", alternated.len(), plan.reps);
-    for _ in 0..plan.reps {
-        for (base, changed) in &alternated {
-            // From the last round's streams, or the base's last PDR.
-            let last = res
-                .pdr_alternating
-                .get(&changed.key)
-                .and_then(|r| r.last())
-                .map(|r| crate::stats::median(&r.rates_kpps) / sliced::OVERLOAD);
-            let Some(start) = last.or_else(|| res.pdr.get(&base.key)?.last().copied()) else { continue };
-            match sliced::pdr_alternating(b, base, changed, start * 1000.0, plan) {
-                Ok(p) => res.pdr_alternating.entry(changed.key.clone()).or_default().push(p),
-                Err(e) => res.failures.push(format!("{} at the PDR's edge in marked slices: {e:#}", changed.key)),
-            }
-        }
-    }
+    sliced::pdr_rounds(b, &alternated, plan, res);
     laps.lap("dataplane_pdr_alternating");
     // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
     // scenario rather than in one scenario's only figure.

@@ -364,6 +364,20 @@ fn pdr_alternating_json(dp: &dataplane::Results) -> serde_json::Value {
     serde_json::Value::Object(by_changed)
 }
 
+/// How `pdr_alternating` measures, from its constants.
+fn pdr_alternating_method(plan: &dataplane::Plan) -> String {
+    use dataplane::sliced::*;
+    format!(
+        "after the PDR turns, each round: streams of the base's traffic on its lane, {:.1} s each, the first at {OVERLOAD}x the base's last PDR (later rounds: the last round's rates); the generator marks each frame's side in its last four payload bytes (checksum kept) and the sink counts by mark; the first {} ms of a stream count for neither side, then slices of {} ms a side in the order base, changed, changed, base, ... (every other stream from the changed side), each between two {} ms guards whose frames count for neither side (the change made before and unmade after them; the marks set from the generator's CPU); a stream in which each side lost at least {}% and both together under {}% overloaded both, and gives the changed side's share delivered / the base side's (the ratio of their capacities, which their PDRs are); after one that did not, the next offers 5% more or less; {EDGE_STREAMS} such streams a round (at most {MAX_STREAMS} run), the round's median, the target's spread over the rounds",
+        plan.trial.as_secs_f64() * f64::from(STREAM_TRIALS),
+        WARM_UP.as_millis(),
+        MARK_SLICE.as_millis(),
+        MARK_GUARD.as_millis(),
+        OVERLOADED_FROM * 100.0,
+        OVERLOADED_UP_TO * 100.0,
+    )
+}
+
 /// `changed` ÷ its base at the edge of the PDR in marked slices: each round's median, their
 /// spread over the rounds.
 fn pdr_alternating_ratio(dp: &dataplane::Results, changed: &str) -> Option<stats::Summary> {
@@ -739,7 +753,7 @@ fn write(
         "bpf_ns_per_packet": bpf_per_packet(dp),
         "bpf_alternating": bpf_alternating_json(dp),
         "pdr_alternating": pdr_alternating_json(dp),
-        "pdr_alternating_method": format!("after the PDR turns, each round: streams of the base's traffic on its lane, {:.1} s each, first at 1.06x the base's last PDR (later rounds: the last round's rates), the generator marking each frame's side in its last four payload bytes (checksum kept) and the sink counting by mark; slices of {} ms per side in the order base, changed, changed, base, ..., each between two {} ms guards whose frames count for neither side (the change made before and unmade after them; the marks set from the generator's CPU; the first {} ms of a stream unmarked); a stream in which each side lost at least 2 % and both under 40 % gives the changed side's share delivered / the base side's (the ratio of their capacities, which their PDRs are); otherwise the next goes 5 % higher or lower; six such streams a round (at most twelve run), the round's median, the target's spread over the rounds", plan.trial.as_secs_f64() * dataplane::STREAM_TRIALS as f64, dataplane::MARK_SLICE.as_millis(), dataplane::MARK_GUARD.as_millis(), dataplane::MARK_SLICE.as_millis()),
+        "pdr_alternating_method": pdr_alternating_method(plan),
         "dataplane_failures": dp.failures,
         "unavailable": dp.unavailable,
         "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and bpf_alternating prices age 0 and the drop monitor in alternating {} ms slices of one stream each round (the pairs' median a round), which the by-BPF targets use", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps, dataplane::SLICE.as_millis()),

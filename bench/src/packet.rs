@@ -9,8 +9,8 @@ use srv6::codec::{encaps_header, ones_complement_sum, Ipv6Header, Srh, NEXT_HEAD
 
 /// Its last four bytes are where the generator marks a frame's side (`Frame::mark_off`).
 pub const PAYLOAD: [u8; 12] = *b"srv6pipe\x00\x00\xff\xff";
-/// The last four bytes of an unmarked frame: a mark m makes them 00 m ff ff-m, which leaves the
-/// sum of the two 16-bit words, hence the UDP checksum, as it is.
+/// The last four bytes of an unmarked frame: the generator's mark m makes them 00 m+1 ff
+/// ff-(m+1), which leaves the sum of the two 16-bit words, hence the UDP checksum, as it is.
 const MARK_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 pub const UDP_PORTS: (u16, u16) = (40000, 9);
 const ETH_LEN: usize = 14;
@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(off, f.bytes.len() - 4);
         let inner_udp = 14 + 40 + 8 + 16 + 40;
         // What bench_gen writes for each side (bench.bpf.c put_mark).
-        for m in 0..3u8 {
+        for m in 1..=3u8 {
             let mut b = f.bytes.clone();
             (b[off + 1], b[off + 3]) = (m, 0xff - m);
             assert!(udp_ok_v6(s, d, &b[inner_udp..]), "mark {m}");

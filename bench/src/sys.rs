@@ -129,8 +129,8 @@ pub fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
     let was = nix::sched::sched_getaffinity(this).context("this thread's CPUs")?;
     pin_to_cpu(cpu)?;
     let r = f();
-    nix::sched::sched_setaffinity(this, &was).context("put this thread's CPUs back")?;
-    r
+    let back = nix::sched::sched_setaffinity(this, &was).context("put this thread's CPUs back");
+    crate::traffic::joined(r, back, "putting its CPUs back")
 }
 
 pub fn ifindex(netns: &str, ifname: &str) -> anyhow::Result<u32> {

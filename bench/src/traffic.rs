@@ -70,6 +70,8 @@ pub enum Mark {
     Between = 2,
 }
 const MARKS: usize = 3;
+/// The sink's counter of expected frames that carried no mark.
+const UNMARKED: usize = MARKS;
 
 /// Sets the mark of the frames the generator sends from now on.
 pub struct Marker<'a>(Array<&'a mut aya::maps::MapData, u32>);
@@ -127,7 +129,7 @@ impl Trial {
         if self.sent == 0 {
             return 1.0;
         }
-        1.0 - (self.received.min(self.sent) as f64 / self.sent as f64)
+        (self.sent - self.received.min(self.sent)) as f64 / self.sent as f64
     }
 }
 
@@ -225,19 +227,43 @@ impl Traffic {
     pub fn trial(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, dur: Duration) -> anyhow::Result<Trial> {
         self.configure(path, frame, dsts, pps, false)?;
         let before = self.counts(path.slot)?;
+        self.send_while(path, frame, dur, |_, _| Ok(()))?;
+        let after = self.counts(path.slot)?;
+        let (sent, offered_pps) = self.sent()?;
+        Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
+    }
+
+    /// The generator sends `frame` along `path` for `dur` from its own thread, pinned to its
+    /// CPU in its netns, while `meanwhile` runs on this one (given the programs' maps, and
+    /// whether the generator still runs); then queues drain.
+    fn send_while(
+        &mut self,
+        path: &Path,
+        frame: &Frame,
+        dur: Duration,
+        meanwhile: impl FnOnce(&mut Ebpf, &dyn Fn() -> bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let prog: &Xdp = self.bpf.program("bench_gen").context("bench_gen")?.try_into()?;
         let fd = prog.fd()?.as_fd().as_raw_fd();
         let (netns, cpu, ifindex) = (self.gen_netns.clone(), self.gen_cpu, path.gen_ifindex);
         let bytes = frame.bytes.clone();
-        sys::in_netns(&netns, move || {
-            sys::pin_to_cpu(cpu)?;
-            send(fd, &bytes, ifindex, dur)
-        })?;
+        let done = AtomicBool::new(false);
+        let bpf = &mut self.bpf;
+        let (sent, alongside) = std::thread::scope(|s| {
+            let gen = s.spawn(|| {
+                let r = sys::in_netns(&netns, move || {
+                    sys::pin_to_cpu(cpu)?;
+                    send(fd, &bytes, ifindex, dur)
+                });
+                done.store(true, Ordering::SeqCst);
+                r
+            });
+            let alongside = meanwhile(bpf, &|| !done.load(Ordering::SeqCst));
+            (gen.join().map_err(|_| anyhow::anyhow!("the generator's thread panicked")).and_then(|r| r), alongside)
+        });
         // Let queues drain before counting.
         std::thread::sleep(Duration::from_millis(40));
-        let after = self.counts(path.slot)?;
-        let (sent, offered_pps) = self.sent()?;
-        Ok(Trial { offered_pps, sent, received: after.0 - before.0, other: after.1 - before.1 })
+        joined(sent, alongside, "what ran alongside")
     }
 
     fn sent_by_mark(&self) -> anyhow::Result<[u64; MARKS]> {
@@ -249,9 +275,10 @@ impl Traffic {
         Ok(by)
     }
 
-    fn received_by_mark(&self, slot: u32) -> anyhow::Result<[u64; MARKS]> {
+    /// Expected frames the sink counted by mark, and unmarked ones last ([`UNMARKED`]).
+    fn received_by_mark(&self, slot: u32) -> anyhow::Result<[u64; MARKS + 1]> {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bpf.map("sink_marks").context("sink_marks")?)?;
-        let mut by = [0; MARKS];
+        let mut by = [0; MARKS + 1];
         for (i, b) in by.iter_mut().enumerate() {
             *b = m.get(&(slot * 4 + i as u32), 0)?.iter().sum();
         }
@@ -273,44 +300,24 @@ impl Traffic {
     ) -> anyhow::Result<[Trial; 2]> {
         self.configure(path, frame, dsts, pps, true)?;
         let (before, other_before) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
-        let prog: &Xdp = self.bpf.program("bench_gen").context("bench_gen")?.try_into()?;
-        let fd = prog.fd()?.as_fd().as_raw_fd();
-        let (netns, cpu, ifindex) = (self.gen_netns.clone(), self.gen_cpu, path.gen_ifindex);
-        let bytes = frame.bytes.clone();
-        {
-            let mut marker = Marker(Array::try_from(self.bpf.map_mut("gen_mark").context("gen_mark")?)?);
+        let cpu = self.gen_cpu;
+        self.send_while(path, frame, dur, |bpf, running| {
+            let mut marker = Marker(Array::try_from(bpf.map_mut("gen_mark").context("gen_mark")?)?);
             marker.set(Mark::Between)?;
-            let done = AtomicBool::new(false);
-            let (sent, driven) = std::thread::scope(|s| {
-                let gen = s.spawn(|| {
-                    let r = sys::in_netns(&netns, move || {
-                        sys::pin_to_cpu(cpu)?;
-                        send(fd, &bytes, ifindex, dur)
-                    });
-                    done.store(true, Ordering::SeqCst);
-                    r
-                });
-                // The marks set from the generator's CPU, off the system under test's.
-                let driven = sys::on_cpu(cpu, || drive(&mut marker, &|| !done.load(Ordering::SeqCst)));
-                (gen.join().map_err(|_| anyhow::anyhow!("the generator's thread panicked")).and_then(|r| r), driven)
-            });
-            marker.set(Mark::Between)?;
-            match (sent, driven) {
-                (Ok(()), Ok(())) => {}
-                (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
-                (Err(e), Err(d)) => return Err(e.context(format!("and the marks: {d:#}"))),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(40));
+            // The marks set from the generator's CPU, off the system under test's.
+            let driven = sys::on_cpu(cpu, || drive(&mut marker, running));
+            joined(driven, marker.set(Mark::Between), "setting the mark back")
+        })?;
         let (after, other_after) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
         let (sent, (_, offered_pps)) = (self.sent_by_mark()?, self.sent()?);
-        let side = |m: Mark| Trial {
-            offered_pps,
-            sent: sent[m as usize],
-            received: after[m as usize] - before[m as usize],
-            other: other_after - other_before,
+        let received = |m: usize| after[m] - before[m];
+        anyhow::ensure!(received(UNMARKED) == 0, "{} frames arrived without a mark", received(UNMARKED));
+        let side = |m: Mark| -> anyhow::Result<Trial> {
+            let (sent, received) = (sent[m as usize], received(m as usize));
+            anyhow::ensure!(received <= sent, "{m:?}: {received} frames arrived of {sent} sent");
+            Ok(Trial { offered_pps, sent, received, other: other_after - other_before })
         };
-        Ok([side(Mark::Base), side(Mark::Changed)])
+        Ok([side(Mark::Base)?, side(Mark::Changed)?])
     }
 
     /// `trial`, an error if it lost more than `LOSS_BOUND` (a cost trial runs below the PDR:
@@ -337,6 +344,16 @@ impl Traffic {
             );
         }
         Ok(())
+    }
+}
+
+/// `main`'s result, with `side`'s error when both failed (`side_what` names it).
+pub fn joined<T>(main: anyhow::Result<T>, side: anyhow::Result<()>, side_what: &str) -> anyhow::Result<T> {
+    match (main, side) {
+        (Ok(t), Ok(())) => Ok(t),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(e)) => Err(e.context(format!("{side_what} failed"))),
+        (Err(e), Err(d)) => Err(e.context(format!("and {side_what} failed: {d:#}"))),
     }
 }
 
