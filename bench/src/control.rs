@@ -610,8 +610,22 @@ pub fn tcp(k: &KubeLab, reps: usize, secs: u32, cpus: (usize, usize)) -> anyhow:
     let counters = || -> anyhow::Result<[u64; 2]> { Ok([sid_packets(&k.sockets[0])?, sid_packets(&k.sockets[1])?]) };
     let before = counters()?;
     let mut out = Tcp { chained_mbps: Vec::new(), unchained_mbps: Vec::new(), sid_packets: [0, 0], bpf: BTreeMap::new(), secs };
+    // The counters once they stop moving: the last chained run's connections may still be
+    // closing (a smoke run once counted packets on a SID during the unchained run).
+    let settled = || -> anyhow::Result<[u64; 2]> {
+        let mut last = counters()?;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = counters()?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+        bail!("tcp: the SIDs kept counting packets for 2 s with no client running")
+    };
     for _ in 0..reps {
-        let at = counters()?;
+        let at = settled()?;
         out.unchained_mbps.push(goodput(&k.client2_ns)?);
         if counters()? != at {
             bail!("tcp: the unchained client's traffic crossed a SID");
