@@ -32,10 +32,8 @@ pub const STREAM_TRIALS: u32 = 4;
 pub const OVERLOAD: f64 = 1.12;
 /// A stream overloads both sides when each lost at least this, and together under
 /// `OVERLOADED_UP_TO`: over most of the stream, not just on average, so that few slices ran
-/// below capacity (where both sides deliver everything, and the ratio is drawn to 1). The
-/// frames a node cannot take are dropped before its CPU works on them (the ring the
-/// generator's frames land in, the backlog RPS fills from the generator's CPU), so what it
-/// delivers overloaded is what it can carry; the upper bound keeps away from extremes still.
+/// below capacity (where both sides deliver everything, and the ratio is drawn to 1); the
+/// upper bound keeps away from the extremes.
 pub const OVERLOADED_FROM: f64 = 0.10;
 pub const OVERLOADED_UP_TO: f64 = 0.4;
 /// Streams that overloaded both sides a round takes, and the most streams it runs.
@@ -92,9 +90,10 @@ pub struct AlternatedPdr {
 /// What one marked stream says at the edge of the PDR.
 #[derive(Debug, PartialEq)]
 enum Edge {
-    /// It overloaded both sides ([`OVERLOADED_FROM`]): each delivered what its path can carry,
-    /// so the changed side's share of its frames delivered ÷ the base side's is the ratio of
-    /// their capacities, which their PDRs are.
+    /// It overloaded both sides ([`OVERLOADED_FROM`]): the changed side's share of its frames
+    /// delivered ÷ the base side's, under the same overload. A cost per packet lowers it as
+    /// it lowers a PDR (overloaded throughput is below the PDR, so this is checked: a null
+    /// change reads 1, the trace monitor's cost as its BPF time predicts; docs/performance.md).
     Ratio(f64),
     /// A side lost too little to be overloaded: the next stream goes higher.
     Raise,
