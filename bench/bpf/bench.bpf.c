@@ -12,6 +12,9 @@
  *    frame's last four bytes (the inner UDP payload's, 00 00 ff ff in the template: no mark)
  *    become 00 m+1 ff ff-(m+1), m the side `gen_mark` holds at that moment: the UDP checksum
  *    stays valid (the two 16-bit words' sum is unchanged), and frames sent are counted by m.
+ *    While `gen_mark` also has GEN_OTHER_LANE set, frames are built from the second template
+ *    and redirected to `alt_ifindex`, another lane's generator veth in the same netns: two
+ *    lanes measured in slices of one stream.
  *  - bench_sink: attached to each sink veth; counts frames whose IPv6 destination is the
  *    expected one (and the others apart, multicast aside), then drops them; with `marks` set,
  *    the expected ones by their mark too.
@@ -34,6 +37,8 @@ struct gen_config {
 	__u32 da_off;	/* offset of the outer destination in the frame */
 	__u32 seg_off;	/* offset of the SRH entry that must equal it; 0: none */
 	__u32 mark_off; /* offset of the frame's last four bytes, the mark; 0: unmarked */
+	__u32 alt_ifindex; /* the other lane's generator veth (GEN_OTHER_LANE); 0: none */
+	__u32 pad;
 	__u64 interval_ns;
 	__u64 window_ns; /* lag beyond which a late generator skips rather than bursts */
 };
@@ -46,9 +51,10 @@ struct gen_frame {
 	__u8 b[MAX_FRAME];
 };
 
+/* [0]: the lane's frame, [1]: the other lane's (GEN_OTHER_LANE), of the same length */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct gen_frame);
 } gen_frame SEC(".maps");
@@ -86,7 +92,9 @@ struct gen_state {
 	__u64 tx_marked[MARKS];
 };
 
-/* The side frames are marked with now (user space flips it during a trial). */
+/* The side frames are marked with now (user space flips it during a trial), with
+ * GEN_OTHER_LANE set while they go to the other lane. */
+#define GEN_OTHER_LANE 0x100
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -127,15 +135,24 @@ static __always_inline int put_addr(struct xdp_md *ctx, __u32 off, const struct 
 	return 0;
 }
 
-static __always_inline int put_mark(struct xdp_md *ctx, __u32 off, struct gen_state *st)
+/* The mark `gen_mark` holds now (read once: user space flips it): the side in `m`, the lane
+ * (0 or 1) in `lane`. */
+static __always_inline int read_mark(__u32 *m, __u32 *lane)
+{
+	__u32 zero = 0;
+	__u32 *v = bpf_map_lookup_elem(&gen_mark, &zero);
+	if (!v)
+		return -1;
+	__u32 now = *(volatile __u32 *)v;
+	*m = now & 0xff;
+	*lane = now & GEN_OTHER_LANE ? 1 : 0;
+	return *m < MARKS ? 0 : -1;
+}
+
+static __always_inline int put_mark(struct xdp_md *ctx, __u32 off, __u32 m, struct gen_state *st)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	__u32 zero = 0;
-	__u32 *side = bpf_map_lookup_elem(&gen_mark, &zero);
-	if (!side || off > MAX_FRAME)
-		return -1;
-	__u32 m = *(volatile __u32 *)side; /* read once: user space flips it */
-	if (m >= MARKS)
+	if (off > MAX_FRAME || m >= MARKS)
 		return -1;
 	__u8 *p = data + off;
 	if ((void *)(p + 4) > end)
@@ -152,8 +169,7 @@ int bench_gen(struct xdp_md *ctx)
 	__u32 zero = 0;
 	struct gen_config *cfg = bpf_map_lookup_elem(&gen_config, &zero);
 	struct gen_state *st = bpf_map_lookup_elem(&gen_state, &zero);
-	struct gen_frame *t = bpf_map_lookup_elem(&gen_frame, &zero);
-	if (!cfg || !st || !t)
+	if (!cfg || !st)
 		return XDP_ABORTED;
 	__u64 now = bpf_ktime_get_ns();
 	if (cfg->interval_ns) {
@@ -166,10 +182,18 @@ int bench_gen(struct xdp_md *ctx)
 		st->first_ns = now;
 	st->last_ns = now;
 	__u64 seq = st->tx++;
-	if (put_frame(ctx, t))
+	__u32 m = 0, lane = 0;
+	if (cfg->mark_off && read_mark(&m, &lane))
 		return XDP_ABORTED;
-	if (cfg->mark_off && put_mark(ctx, cfg->mark_off, st))
+	if (lane && !cfg->alt_ifindex)
 		return XDP_ABORTED;
+	struct gen_frame *t = bpf_map_lookup_elem(&gen_frame, &lane);
+	if (!t || put_frame(ctx, t))
+		return XDP_ABORTED;
+	if (cfg->mark_off && put_mark(ctx, cfg->mark_off, m, st))
+		return XDP_ABORTED;
+	if (lane)
+		return bpf_redirect(cfg->alt_ifindex, 0);
 	if (cfg->n_dsts <= 1)
 		return XDP_TX;
 	__u32 idx = (__u32)(seq % cfg->n_dsts);

@@ -72,6 +72,9 @@ pub struct Results {
     /// By changed scenario, round by round: against its base at the edge of their PDR, in
     /// streams marked by side ([`sliced::pdr_alternating`]).
     pub pdr_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
+    /// The same for End.AD through the last VNF installed against the lane that keeps one, at
+    /// the sweep's last point (by its key, `installed/N`), the two lanes in one stream.
+    pub installed_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
@@ -327,7 +330,7 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     let find = |key: &str| main.iter().find(|s| s.key == key);
     let alternated: Vec<(&Scenario, &Scenario)> =
         ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
-    sliced::pdr_rounds(b, &alternated, plan, res);
+    sliced::pdr_rounds(b, &alternated, &res.pdr, plan, &mut res.pdr_alternating, &mut res.failures);
     laps.lap("dataplane_pdr_alternating");
     // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
     // scenario rather than in one scenario's only figure.
@@ -476,6 +479,8 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         let last = scale.vnfs.len() - 1;
         Ok(Scenario::new(format!("installed/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, last, 0)?))
     };
+    // The sweep's last point: End.AD through the last installed, through the one VNF, their PDRs.
+    let mut last: Option<(Scenario, Scenario, Samples)> = None;
     for &n in &plan.vnf_counts {
         eprintln!("VNF sweep: {n} VNFs");
         b.grow(&mut scale, n)?;
@@ -517,6 +522,8 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
         installed_cost(b, &points[2], &points[3], &s, plan, res);
+        let one = points.remove(3);
+        last = Some((points.remove(2), one, s.clone()));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.plain_spread.insert(key.clone(), take("plain"));
@@ -531,14 +538,20 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(&scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
+        let mut points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         installed_cost(b, &points[1], &points[2], &s, plan, res);
+        last = Some((points.swap_remove(1), points.swap_remove(1), s.clone()));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
         res.installed_one.insert(key.clone(), take("one"));
+    }
+    // The last point's pair again, both lanes in one stream at the edge of their PDR: the PDRs
+    // of lanes minutes apart swing with the host more than by what N costs.
+    if let Some((installed, one, pdr)) = &last {
+        sliced::pdr_rounds(b, &[(one, installed)], pdr, plan, &mut res.installed_alternating, &mut res.failures);
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);

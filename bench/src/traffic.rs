@@ -33,6 +33,8 @@ struct GenConfig {
     da_off: u32,
     seg_off: u32,
     mark_off: u32,
+    alt_ifindex: u32,
+    pad: u32,
     interval_ns: u64,
     window_ns: u64,
 }
@@ -73,12 +75,32 @@ const MARKS: usize = 3;
 /// The sink's counter of expected frames that carried no mark.
 const UNMARKED: usize = MARKS;
 
-/// Sets the mark of the frames the generator sends from now on.
-pub struct Marker<'a>(Array<&'a mut aya::maps::MapData, u32>);
+/// `gen_mark`'s flag (bench.bpf.c): the frames go to the other lane.
+const GEN_OTHER_LANE: u32 = 0x100;
+
+/// Sets the mark of the frames the generator sends from now on, and in a stream over two lanes
+/// ([`Traffic::marked`]) which lane they go to.
+pub struct Marker<'a> {
+    map: Array<&'a mut aya::maps::MapData, u32>,
+    mark: Mark,
+    other_lane: bool,
+}
 
 impl Marker<'_> {
     pub fn set(&mut self, mark: Mark) -> anyhow::Result<()> {
-        self.0.set(0, mark as u32, 0).context("set the generator's mark")
+        self.mark = mark;
+        self.write()
+    }
+
+    /// Sends the frames to the stream's second lane (`true`) or its first from now on.
+    pub fn to_other_lane(&mut self, other: bool) -> anyhow::Result<()> {
+        self.other_lane = other;
+        self.write()
+    }
+
+    fn write(&mut self) -> anyhow::Result<()> {
+        let lane = if self.other_lane { GEN_OTHER_LANE } else { 0 };
+        self.map.set(0, self.mark as u32 | lane, 0).context("set the generator's mark")
     }
 }
 
@@ -164,7 +186,8 @@ impl Traffic {
         Ok((ifindex, slot))
     }
 
-    fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, marked: bool) -> anyhow::Result<()> {
+    /// The sink of `path` counts its expected frames (by mark too when `marked`).
+    fn configure_sink(&mut self, path: &Path, marked: bool) -> anyhow::Result<()> {
         let mut sinks: HashMap<_, u32, SinkConfig> = HashMap::try_from(self.bpf.map_mut("sink_config").context("sink_config")?)?;
         let cfg = SinkConfig {
             slot: path.slot,
@@ -172,18 +195,27 @@ impl Traffic {
             dst: path.expect.map(|a| a.octets()).unwrap_or_default(),
             marks: u32::from(marked),
         };
-        sinks.insert(path.sink_ifindex, cfg, 0)?;
-        let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
-        for (i, d) in dsts.iter().enumerate() {
-            table.set(i as u32, d.octets(), 0)?;
-        }
+        Ok(sinks.insert(path.sink_ifindex, cfg, 0)?)
+    }
+
+    /// The generator's template `index`: 0 the lane's frame, 1 the other lane's.
+    fn set_template(&mut self, index: u32, frame: &Frame) -> anyhow::Result<()> {
         if frame.bytes.len() > MAX_FRAME {
             bail!("frame of {} bytes: the generator takes at most {MAX_FRAME}", frame.bytes.len());
         }
         let mut template = GenFrame { len: frame.bytes.len() as u32, pad: 0, b: [0; MAX_FRAME] };
         template.b[..frame.bytes.len()].copy_from_slice(&frame.bytes);
         let mut frames: Array<_, GenFrame> = Array::try_from(self.bpf.map_mut("gen_frame").context("gen_frame")?)?;
-        frames.set(0, template, 0)?;
+        Ok(frames.set(index, template, 0)?)
+    }
+
+    fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, marked: bool) -> anyhow::Result<()> {
+        self.configure_sink(path, marked)?;
+        let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
+        for (i, d) in dsts.iter().enumerate() {
+            table.set(i as u32, d.octets(), 0)?;
+        }
+        self.set_template(0, frame)?;
         let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
         let interval_ns = if pps > 0.0 { (1e9 / pps) as u64 } else { 0 };
         let cfg = GenConfig {
@@ -191,6 +223,8 @@ impl Traffic {
             da_off: frame.da_off,
             seg_off: frame.seg_off,
             mark_off: if marked { frame.mark_off()? } else { 0 },
+            alt_ifindex: 0,
+            pad: 0,
             interval_ns,
             window_ns: 64 * interval_ns,
         };
@@ -199,6 +233,16 @@ impl Traffic {
         let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
         state.set(0, PerCpuValues::try_from(vec![GenState::default(); cpus])?, 0)?;
         Ok(())
+    }
+
+    /// After `configure`: the frames [`Marker::to_other_lane`] sends are `frame`, redirected to
+    /// `path`'s generator veth, and `path`'s sink counts them by mark.
+    fn configure_other_lane(&mut self, path: &Path, frame: &Frame) -> anyhow::Result<()> {
+        self.configure_sink(path, true)?;
+        self.set_template(1, frame)?;
+        let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
+        let cfg = GenConfig { alt_ifindex: path.gen_ifindex, ..config.get(&0, 0)? };
+        Ok(config.set(0, cfg, 0)?)
     }
 
     fn sent(&self) -> anyhow::Result<(u64, f64)> {
@@ -285,39 +329,69 @@ impl Traffic {
         Ok(by)
     }
 
-    /// One stream of `frame` at `pps` for `dur`, its frames marked by side: `drive` runs on this
-    /// thread while the generator sends on its own, setting the mark (and making the change
-    /// for the changed side's frames) as long as `running()`; frames start marked
-    /// [`Mark::Between`]. Returns the base side's trial and the changed side's: each side's
-    /// frames sent and delivered, at the stream's rate.
+    /// One stream at `pps` for `dur`, its frames marked by side: `drive` runs on this thread
+    /// while the generator sends on its own, setting the mark (and making the change for the
+    /// changed side's frames) as long as `running()`; frames start marked [`Mark::Between`].
+    /// `lanes` are the base side's path and frame and the changed side's: the same (one lane,
+    /// the change made on it), or another lane's, which the frames go to while `drive` has
+    /// them on the other lane ([`Marker::to_other_lane`]; one destination each, frames of one
+    /// length). Returns the base side's trial and the changed side's: each side's frames sent
+    /// and delivered (at its own lane's sink), at the stream's rate.
     pub fn marked(
         &mut self,
-        path: &Path,
-        frame: &Frame,
+        lanes: [(&Path, &Frame); 2],
         dsts: &[Ipv6Addr],
         (pps, dur): (f64, Duration),
         drive: impl FnOnce(&mut Marker, &dyn Fn() -> bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<[Trial; 2]> {
+        let [(path, frame), (other, other_frame)] = lanes;
         self.configure(path, frame, dsts, pps, true)?;
-        let (before, other_before) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
+        let two_lanes = path.slot != other.slot;
+        if two_lanes {
+            anyhow::ensure!(dsts.len() <= 1, "a stream over two lanes has one destination a lane, not {}", dsts.len());
+            anyhow::ensure!(
+                other_frame.bytes.len() == frame.bytes.len() && other_frame.mark_off()? == frame.mark_off()?,
+                "a stream over two lanes sends frames of one length ({} and {} bytes)",
+                frame.bytes.len(),
+                other_frame.bytes.len()
+            );
+            self.configure_other_lane(other, other_frame)?;
+        } else {
+            anyhow::ensure!(other_frame.bytes == frame.bytes, "one lane, one frame: the change is made on the lane");
+        }
+        let counts = |t: &Self| -> anyhow::Result<[([u64; MARKS + 1], u64); 2]> {
+            let at = |p: &Path| -> anyhow::Result<_> { Ok((t.received_by_mark(p.slot)?, t.counts(p.slot)?.1)) };
+            Ok([at(path)?, at(other)?])
+        };
+        let before = counts(self)?;
         let cpu = self.gen_cpu;
         self.send_while(path, frame, dur, |bpf, running| {
-            let mut marker = Marker(Array::try_from(bpf.map_mut("gen_mark").context("gen_mark")?)?);
-            marker.set(Mark::Between)?;
+            let map = Array::try_from(bpf.map_mut("gen_mark").context("gen_mark")?)?;
+            let mut marker = Marker { map, mark: Mark::Between, other_lane: false };
+            marker.write()?;
             // The marks set from the generator's CPU, off the system under test's.
             let driven = sys::on_cpu(cpu, || drive(&mut marker, running));
-            joined(driven, marker.set(Mark::Between), "setting the mark back")
+            joined(driven, marker.to_other_lane(false).and_then(|()| marker.set(Mark::Between)), "setting the mark back")
         })?;
-        let (after, other_after) = (self.received_by_mark(path.slot)?, self.counts(path.slot)?.1);
+        let after = counts(self)?;
         let (sent, (_, offered_pps)) = (self.sent_by_mark()?, self.sent()?);
-        let received = |m: usize| after[m] - before[m];
-        anyhow::ensure!(received(UNMARKED) == 0, "{} frames arrived without a mark", received(UNMARKED));
-        let side = |m: Mark| -> anyhow::Result<Trial> {
-            let (sent, received) = (sent[m as usize], received(m as usize));
+        let received = |lane: usize, m: usize| after[lane].0[m] - before[lane].0[m];
+        for lane in 0..2 {
+            anyhow::ensure!(received(lane, UNMARKED) == 0, "{} frames arrived without a mark", received(lane, UNMARKED));
+        }
+        if two_lanes {
+            let (astray_changed, astray_base) = (received(0, Mark::Changed as usize), received(1, Mark::Base as usize));
+            anyhow::ensure!(
+                astray_changed + astray_base == 0,
+                "frames arrived on the other side's lane: {astray_changed} changed on the base's, {astray_base} base on the changed's"
+            );
+        }
+        let side = |m: Mark, lane: usize| -> anyhow::Result<Trial> {
+            let (sent, received) = (sent[m as usize], received(lane, m as usize));
             anyhow::ensure!(received <= sent, "{m:?}: {received} frames arrived of {sent} sent");
-            Ok(Trial { offered_pps, sent, received, other: other_after - other_before })
+            Ok(Trial { offered_pps, sent, received, other: after[lane].1 - before[lane].1 })
         };
-        Ok([side(Mark::Base)?, side(Mark::Changed)?])
+        Ok([side(Mark::Base, 0)?, side(Mark::Changed, 1)?])
     }
 
     /// `trial`, an error if it lost more than `LOSS_BOUND` (a cost trial runs below the PDR:

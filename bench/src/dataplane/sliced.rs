@@ -1,15 +1,19 @@
 //! The changes a target prices on one lane (End.AD's age 0, the drop monitor attached) in
 //! slices of one stream, the change made and unmade from one slice to the next: by BPF time
-//! ([`bpf_alternating`]) and at the edge of the PDR ([`pdr_alternating`]).
+//! ([`bpf_alternating`]) and at the edge of the PDR ([`pdr_alternating`]). At the PDR's edge
+//! the changed side may also be another lane (End.AD through the last of 10,000 installed
+//! against a lane with one VNF): the slices then switch the lane the frames go to.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{three_attempts, Plan, Scenario};
+use super::{three_attempts, Plan, Samples, Scenario};
 use crate::around::Around;
 use crate::topo::Bench;
-use crate::traffic::{Mark, Marker, Trial};
+use crate::traffic::{joined, Mark, Marker, Trial};
 
 /// The (base, changed) scenarios measured in slices too.
 pub const ALTERNATED: [(&str, &str); 2] = [("end_ad", "end_ad_age0"), ("end_ad_monitor_none", "end_ad_monitor_drops")];
@@ -46,6 +50,27 @@ const MIN_SENT: u64 = 1000;
 fn change_of<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<&'a Around> {
     let same_traffic = base.path.slot == changed.path.slot && base.frame.bytes == changed.frame.bytes;
     changed.around.as_ref().filter(|_| same_traffic).with_context(|| format!("{}: not {}'s traffic with a change", changed.key, base.key))
+}
+
+/// What the changed side of a marked stream is.
+enum Change<'a> {
+    /// `base`'s traffic, with a change made on its lane.
+    Made(&'a Around),
+    /// Another lane's traffic, unchanged.
+    Lane,
+}
+
+fn edge_change<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<Change<'a>> {
+    if base.path.slot == changed.path.slot {
+        return change_of(base, changed).map(Change::Made);
+    }
+    anyhow::ensure!(
+        base.around.is_none() && changed.around.is_none() && base.dsts.len() <= 1 && changed.dsts.len() <= 1,
+        "{} against {}: two lanes compare each one's own traffic, unchanged, to one destination",
+        changed.key,
+        base.key
+    );
+    Ok(Change::Lane)
 }
 
 /// `changed` (`base`'s traffic on `base`'s lane, with `changed`'s change made) against `base`
@@ -112,44 +137,64 @@ fn edge(base: &Trial, changed: &Trial) -> Edge {
     }
 }
 
-/// Each round, [`pdr_alternating`] of every (base, changed) pair, from the rate the pair's
-/// last round overloaded both at (or above the base's last PDR in the turns); a failed round
-/// goes to `res.failures` and the run goes on.
-pub(super) fn pdr_rounds(b: &mut Bench, alternated: &[(&Scenario, &Scenario)], plan: &Plan, res: &mut super::Results) {
-    eprintln!("PDR's edge of {} changes in marked slices, {} rounds", alternated.len(), plan.reps);
+/// Each round, [`pdr_alternating`] of every (base, changed) pair into `out` by the changed
+/// side's key, from the rate the pair's last round overloaded both at (or above the base's last
+/// PDR in `pdr`, the turns'); a failed round goes to `failures` and the run goes on.
+pub(super) fn pdr_rounds(
+    b: &mut Bench,
+    alternated: &[(&Scenario, &Scenario)],
+    pdr: &Samples,
+    plan: &Plan,
+    out: &mut BTreeMap<String, Vec<AlternatedPdr>>,
+    failures: &mut Vec<String>,
+) {
+    eprintln!("PDR's edge of {} pairs in marked slices, {} rounds", alternated.len(), plan.reps);
     for _ in 0..plan.reps {
         for (base, changed) in alternated {
-            let last = res.pdr_alternating.get(&changed.key).and_then(|r| r.last()).map(|r| crate::stats::median(&r.rates_kpps));
-            let Some(start) = last.or_else(|| Some(res.pdr.get(&base.key)?.last()? * OVERLOAD)) else { continue };
+            let last = out.get(&changed.key).and_then(|r| r.last()).map(|r| crate::stats::median(&r.rates_kpps));
+            let Some(start) = last.or_else(|| Some(pdr.get(&base.key)?.last()? * OVERLOAD)) else { continue };
             match pdr_alternating(b, base, changed, start * 1000.0, plan) {
-                Ok(p) => res.pdr_alternating.entry(changed.key.clone()).or_default().push(p),
-                Err(e) => res.failures.push(format!("{} at the PDR's edge in marked slices: {e:#}", changed.key)),
+                Ok(p) => out.entry(changed.key.clone()).or_default().push(p),
+                Err(e) => failures.push(format!("{} at the PDR's edge in marked slices: {e:#}", changed.key)),
             }
         }
     }
 }
 
 /// `changed` against `base` at the edge of their PDR, by PDR's own measure (frames lost) but
-/// both sides in one stream: streams of `base`'s traffic ([`STREAM_TRIALS`] trials long) whose
-/// frames are marked by side in alternating slices, `changed`'s change made for its slices
-/// only ([`crate::alternate::mark_slices`]; which side goes first alternates from one stream
-/// to the next), so that both sides meet the host's moments alike and each side's loss is that
-/// of its own frames. The first stream offers `start_pps`; each next one 5 % more or less
+/// both sides in one stream: streams ([`STREAM_TRIALS`] trials long) whose frames are marked by
+/// side in alternating slices ([`crate::alternate::mark_slices`]; which side goes first
+/// alternates from one stream to the next), so that both sides meet the host's moments alike
+/// and each side's loss is that of its own frames. The changed side's slices are `base`'s
+/// traffic with `changed`'s change made for them only, or `changed`'s own traffic on its own
+/// lane ([`Change`]). The first stream offers `start_pps`; each next one 5 % more or less
 /// ([`Edge`]) until [`EDGE_STREAMS`] overloaded both sides (at most [`MAX_STREAMS`]).
 fn pdr_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, start_pps: f64, plan: &Plan) -> anyhow::Result<AlternatedPdr> {
-    let around = change_of(base, changed)?;
+    let change = edge_change(base, changed)?;
+    let lanes = match change {
+        Change::Made(_) => [(&base.path, &base.frame); 2],
+        Change::Lane => [(&base.path, &base.frame), (&changed.path, &changed.frame)],
+    };
     let (mut pps, mut round) = (start_pps, AlternatedPdr { rates_kpps: vec![], ratios: vec![] });
     for n in 0..MAX_STREAMS {
         if round.ratios.len() == EDGE_STREAMS {
             break;
         }
         let drive = |marker: &mut Marker, running: &dyn Fn() -> bool| {
-            let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| around.during(f);
+            let marker = RefCell::new(marker);
+            let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| match change {
+                Change::Made(around) => around.during(f),
+                Change::Lane => {
+                    marker.borrow_mut().to_other_lane(true)?;
+                    let r = f();
+                    joined(r, marker.borrow_mut().to_other_lane(false), "sending to the base's lane again")
+                }
+            };
             let wait = |m| std::thread::sleep(if m == Mark::Between { MARK_GUARD } else { MARK_SLICE });
             std::thread::sleep(WARM_UP);
-            crate::alternate::mark_slices(n % 2 == 1, during, |m| marker.set(m), wait, running).map(drop)
+            crate::alternate::mark_slices(n % 2 == 1, during, |m| marker.borrow_mut().set(m), wait, running).map(drop)
         };
-        let [b_side, c_side] = b.traffic.marked(&base.path, &base.frame, &base.dsts, (pps, plan.trial * STREAM_TRIALS), drive)?;
+        let [b_side, c_side] = b.traffic.marked(lanes, &base.dsts, (pps, plan.trial * STREAM_TRIALS), drive)?;
         anyhow::ensure!(b_side.sent.min(c_side.sent) >= MIN_SENT, "a side sent too few frames: {} and {}", b_side.sent, c_side.sent);
         let step = edge(&b_side, &c_side);
         eprintln!("    {:>6.1} kpps: {:.2} % and {:.2} % lost: {step:?}", pps / 1000.0, b_side.loss() * 100.0, c_side.loss() * 100.0);
@@ -182,6 +227,26 @@ mod tests {
 
     fn trial(sent: u64, lost: u64) -> Trial {
         Trial { offered_pps: 450_000.0, sent, received: sent - lost, other: 0 }
+    }
+
+    fn scenario(key: &str, slot: u32, sid: u16, dsts: usize) -> Scenario {
+        let sids = [std::net::Ipv6Addr::new(0xfcbb, 0, 0, 0, 0, 0, 0, sid), crate::topo::SINK_SID];
+        let frame = crate::packet::encapsulated(super::super::topo_macs(), crate::topo::OUTER_SRC, &sids, super::super::inner6()).unwrap();
+        let path = crate::traffic::Path { gen_ifindex: 10 + slot, sink_ifindex: 20 + slot, slot, expect: Some(sids[1]), expect_bytes: 16 };
+        Scenario { dsts: vec![sids[0]; dsts], ..Scenario::new(key, path, frame) }
+    }
+
+    #[test]
+    fn another_lane_is_a_change_only_of_its_own_unchanged_traffic_to_one_destination() {
+        let (one, installed) = (scenario("one/10", 0, 1, 0), scenario("installed/10", 1, 2, 0));
+        assert!(matches!(edge_change(&one, &installed), Ok(Change::Lane)));
+        assert!(matches!(edge_change(&one, &scenario("installed/10", 1, 2, 1)), Ok(Change::Lane)), "one destination");
+        let spread = scenario("sp/10", 1, 2, 10);
+        assert!(edge_change(&one, &spread).is_err(), "the generator spreads destinations on the base's lane only");
+        assert!(edge_change(&spread, &one).is_err());
+        // On the same lane the changed side must be the base's traffic with a change made.
+        let err = edge_change(&one, &scenario("again", 0, 1, 0)).err().expect("no change");
+        assert!(format!("{err:#}").contains("not one/10's traffic with a change"), "{err:#}");
     }
 
     #[test]
