@@ -34,9 +34,9 @@ struct addr {
 
 struct gen_config {
 	__u32 n_dsts;
-	__u32 da_off;	/* offset of the outer destination in the frame */
-	__u32 seg_off;	/* offset of the SRH entry that must equal it; 0: none */
-	__u32 mark_off; /* offset of the frame's last four bytes, the mark; 0: unmarked */
+	__u32 da_off;	   /* offset of the outer destination in the frame */
+	__u32 seg_off;	   /* offset of the SRH entry that must equal it; 0: none */
+	__u32 mark_off;	   /* offset of the frame's last four bytes, the mark; 0: unmarked */
 	__u32 alt_ifindex; /* the other lane's generator veth (GEN_OTHER_LANE); 0: none */
 	__u32 pad;
 	__u64 interval_ns;

@@ -34,6 +34,9 @@ pub struct Plan {
     pub cost_parts: u32,
     /// The PDR scenarios to run (by key; empty: all of them).
     pub scenarios: Vec<String>,
+    /// A null pair after the VNF sweep: a second one-VNF lane against the first, both in one
+    /// stream at the PDR's edge (`null/N` in `Results::installed_alternating`).
+    pub null_lanes: bool,
 }
 
 /// The kernel-native static proxy's scenario (seg6local End.DX6 in, seg6 encapsulation back).
@@ -73,7 +76,8 @@ pub struct Results {
     /// streams marked by side ([`sliced::pdr_alternating`]).
     pub pdr_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD through the last VNF installed against the lane that keeps one, at
-    /// the sweep's last point (by its key, `installed/N`), the two lanes in one stream.
+    /// the sweep's last point (by its key, `installed/N`), the two lanes in one stream; and
+    /// with `Plan::null_lanes` a second one-VNF lane against the first (`null/N`).
     pub installed_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
@@ -464,9 +468,14 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
     let mut kscale = if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) };
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
-    let mut one = b.lane("one", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-    b.grow(&mut one, 1)?;
-    b.program(&one, &[], &[], 0)?;
+    let one_vnf = |b: &mut Bench, name: &str| -> anyhow::Result<Lane> {
+        let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+        b.grow(&mut lane, 1)?;
+        b.program(&lane, &[], &[], 0)?;
+        Ok(lane)
+    };
+    let one = one_vnf(b, "one")?;
+    let null_lane = if plan.null_lanes { Some(one_vnf(b, "null")?) } else { None };
     let reference = |key: &str| -> anyhow::Result<Scenario> {
         Ok(Scenario::new(format!("one/{key}"), with_expect(&one, SINK_SID), ad_frame(&one, 0, 0)?))
     };
@@ -548,13 +557,37 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         res.installed.insert(key.clone(), take("installed"));
         res.installed_one.insert(key.clone(), take("one"));
     }
-    // The last point's pair again, both lanes in one stream at the edge of their PDR: the PDRs
-    // of lanes minutes apart swing with the host more than by what N costs.
-    if let Some((installed, one, pdr)) = &last {
-        sliced::pdr_rounds(b, &[(one, installed)], pdr, plan, &mut res.installed_alternating, &mut res.failures);
+    if let Some(last) = &last {
+        installed_edge(b, last, null_lane.as_ref(), plan, res)?;
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
+    Ok(())
+}
+
+/// The sweep's last pair again (End.AD through the last installed, through the lane with one
+/// VNF, their PDRs in the turns), both lanes in one stream at the edge of their PDR: the PDRs of
+/// lanes measured minutes apart swing with the host more than by what N costs. With
+/// `null_lane` (a second lane with one VNF), the null pair too.
+fn installed_edge(
+    b: &mut Bench,
+    last: &(Scenario, Scenario, Samples),
+    null_lane: Option<&Lane>,
+    plan: &Plan,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let (installed, one, pdr) = last;
+    let null = match null_lane {
+        Some(lane) => {
+            let s = Scenario::new(one.key.replacen("one/", "null/", 1), with_expect(lane, SINK_SID), ad_frame(lane, 0, 0)?);
+            b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut pairs = vec![(one, installed)];
+    pairs.extend(null.as_ref().map(|null| (one, null)));
+    sliced::pdr_rounds(b, &pairs, pdr, plan, &mut res.installed_alternating, &mut res.failures);
     Ok(())
 }
 

@@ -60,6 +60,12 @@ struct Args {
     /// end_ad_monitor_none, end_ad_monitor_drops, end_ad_monitor_trace), e.g. to profile one.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
+    /// In the VNF sweep (`--only vnfs` or a full run): after its last point, a second lane with
+    /// one VNF against the first, both in one stream at the PDR's edge as the last installed
+    /// is: a null change that calibrates that measure (`vnf_installed_alternating."null/N"`;
+    /// ~1.5 minutes more).
+    #[arg(long)]
+    null_lanes: bool,
     /// Nodes of the scale simulation (`--only sim`).
     #[arg(long, default_value_t = 1000)]
     sim_nodes: usize,
@@ -294,6 +300,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             cost_trial: Duration::from_millis(500),
             cost_parts: 2,
             scenarios: args.scenario.clone(),
+            null_lanes: args.null_lanes,
         }
     } else {
         dataplane::Plan {
@@ -309,6 +316,7 @@ fn dataplane_plan(args: &Args) -> dataplane::Plan {
             cost_trial: Duration::from_secs(2),
             cost_parts: 4,
             scenarios: args.scenario.clone(),
+            null_lanes: args.null_lanes,
         }
     }
 }
@@ -350,7 +358,7 @@ fn pdr_alternating_json(dp: &dataplane::Results) -> serde_json::Value {
         .filter_map(|(base, changed)| {
             let rounds = dp.pdr_alternating.get(*changed)?;
             let separate = stats::ratios(dp.pdr.get(*changed)?, dp.pdr.get(*base)?);
-            Some((changed.to_string(), edge_json(base, rounds, separate)))
+            Some((changed.to_string(), edge_json(base, rounds, Some(separate))))
         })
         .collect();
     serde_json::Value::Object(by_changed)
@@ -358,7 +366,7 @@ fn pdr_alternating_json(dp: &dataplane::Results) -> serde_json::Value {
 
 /// One pair at the edge of the PDR in marked slices: its base, the figure over the rounds,
 /// each round's streams (their rates, their ratios), and the separate trials' ratio beside.
-fn edge_json(base: &str, rounds: &[dataplane::sliced::AlternatedPdr], separate: stats::Summary) -> serde_json::Value {
+fn edge_json(base: &str, rounds: &[dataplane::sliced::AlternatedPdr], separate: Option<stats::Summary>) -> serde_json::Value {
     serde_json::json!({
         "base": base,
         "ratio": edge_ratio(rounds),
@@ -394,14 +402,17 @@ fn pdr_alternating_ratio(dp: &dataplane::Results, changed: &str) -> Option<stats
 }
 
 /// End.AD through the last installed against the lane that keeps one VNF, both lanes in one
-/// stream at the edge of their PDR, by the sweep's last point (N).
+/// stream at the edge of their PDR, by the sweep's last point (N); with `--null-lanes`, a
+/// second one-VNF lane against the first too (`null/N`).
 fn installed_alternating_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
     dp.installed_alternating
         .iter()
-        .filter_map(|(key, rounds)| {
-            let n = key.strip_prefix("installed/")?;
-            let separate = stats::ratios(dp.installed.get(n)?, dp.installed_one.get(n)?);
-            Some((n.to_string(), edge_json(&format!("one/{n}"), rounds, separate)))
+        .map(|(key, rounds)| {
+            let (kind, n) = key.split_once('/').unwrap_or(("", key));
+            let separate =
+                dp.installed.get(n).zip(dp.installed_one.get(n)).map(|(v, one)| stats::ratios(v, one)).filter(|_| kind == "installed");
+            let name = if kind == "installed" { n.to_string() } else { key.clone() };
+            (name, edge_json(&format!("one/{n}"), rounds, separate))
         })
         .collect()
 }

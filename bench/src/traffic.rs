@@ -93,7 +93,7 @@ impl Marker<'_> {
     }
 
     /// Sends the frames to the stream's second lane (`true`) or its first from now on.
-    pub fn to_other_lane(&mut self, other: bool) -> anyhow::Result<()> {
+    pub fn use_other_lane(&mut self, other: bool) -> anyhow::Result<()> {
         self.other_lane = other;
         self.write()
     }
@@ -235,7 +235,7 @@ impl Traffic {
         Ok(())
     }
 
-    /// After `configure`: the frames [`Marker::to_other_lane`] sends are `frame`, redirected to
+    /// After `configure`: the frames [`Marker::use_other_lane`] sends are `frame`, redirected to
     /// `path`'s generator veth, and `path`'s sink counts them by mark.
     fn configure_other_lane(&mut self, path: &Path, frame: &Frame) -> anyhow::Result<()> {
         self.configure_sink(path, true)?;
@@ -334,7 +334,7 @@ impl Traffic {
     /// changed side's frames) as long as `running()`; frames start marked [`Mark::Between`].
     /// `lanes` are the base side's path and frame and the changed side's: the same (one lane,
     /// the change made on it), or another lane's, which the frames go to while `drive` has
-    /// them on the other lane ([`Marker::to_other_lane`]; one destination each, frames of one
+    /// them on the other lane ([`Marker::use_other_lane`]; one destination each, frames of one
     /// length). Returns the base side's trial and the changed side's: each side's frames sent
     /// and delivered (at its own lane's sink), at the stream's rate.
     pub fn marked(
@@ -371,7 +371,7 @@ impl Traffic {
             marker.write()?;
             // The marks set from the generator's CPU, off the system under test's.
             let driven = sys::on_cpu(cpu, || drive(&mut marker, running));
-            joined(driven, marker.to_other_lane(false).and_then(|()| marker.set(Mark::Between)), "setting the mark back")
+            joined(driven, marker.use_other_lane(false).and_then(|()| marker.set(Mark::Between)), "setting the mark back")
         })?;
         let after = counts(self)?;
         let (sent, (_, offered_pps)) = (self.sent_by_mark()?, self.sent()?);

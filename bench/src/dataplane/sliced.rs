@@ -185,9 +185,9 @@ fn pdr_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, start_pps
             let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| match change {
                 Change::Made(around) => around.during(f),
                 Change::Lane => {
-                    marker.borrow_mut().to_other_lane(true)?;
+                    marker.borrow_mut().use_other_lane(true)?;
                     let r = f();
-                    joined(r, marker.borrow_mut().to_other_lane(false), "sending to the base's lane again")
+                    joined(r, marker.borrow_mut().use_other_lane(false), "sending to the base's lane again")
                 }
             };
             let wait = |m| std::thread::sleep(if m == Mark::Between { MARK_GUARD } else { MARK_SLICE });
