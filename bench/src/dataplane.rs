@@ -77,7 +77,7 @@ pub struct Results {
     pub pdr_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD through the last VNF installed against the lane that keeps one, at
     /// the sweep's last point (by its key, `installed/N`), the two lanes in one stream; and
-    /// with `Plan::null_lanes` a second one-VNF lane against the first (`null/N`).
+    /// with `Plan::null_lanes` the calibration pairs (`null/N`, `trace/N`: [`calibration_lanes`]).
     pub installed_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
@@ -468,14 +468,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
     let mut kscale = if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) };
     let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
-    let one_vnf = |b: &mut Bench, name: &str| -> anyhow::Result<Lane> {
-        let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-        b.grow(&mut lane, 1)?;
-        b.program(&lane, &[], &[], 0)?;
-        Ok(lane)
-    };
-    let one = one_vnf(b, "one")?;
-    let null_lane = if plan.null_lanes { Some(one_vnf(b, "null")?) } else { None };
+    let one = one_vnf_lane(b, "one", cpu)?;
     let reference = |key: &str| -> anyhow::Result<Scenario> {
         Ok(Scenario::new(format!("one/{key}"), with_expect(&one, SINK_SID), ad_frame(&one, 0, 0)?))
     };
@@ -558,37 +551,51 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         res.installed_one.insert(key.clone(), take("one"));
     }
     if let Some(last) = &last {
-        installed_edge(b, last, null_lane.as_ref(), plan, res)?;
+        installed_edge(b, last, plan, res);
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
     Ok(())
 }
 
+/// A srv6pipes lane with one End.AD VNF.
+fn one_vnf_lane(b: &mut Bench, name: &str, cpu: usize) -> anyhow::Result<Lane> {
+    let mut lane = b.lane(name, Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
+    b.grow(&mut lane, 1)?;
+    b.program(&lane, &[], &[], 0)?;
+    Ok(lane)
+}
+
 /// The sweep's last pair again (End.AD through the last installed, through the lane with one
 /// VNF, their PDRs in the turns), both lanes in one stream at the edge of their PDR: the PDRs of
 /// lanes measured minutes apart swing with the host more than by what N costs. With
-/// `null_lane` (a second lane with one VNF), the null pair too.
-fn installed_edge(
-    b: &mut Bench,
-    last: &(Scenario, Scenario, Samples),
-    null_lane: Option<&Lane>,
-    plan: &Plan,
-    res: &mut Results,
-) -> anyhow::Result<()> {
+/// `Plan::null_lanes`, the calibration pairs too ([`calibration_lanes`]); if they cannot be
+/// set up, that goes to the failures and the pair runs alone.
+fn installed_edge(b: &mut Bench, last: &(Scenario, Scenario, Samples), plan: &Plan, res: &mut Results) {
     let (installed, one, pdr) = last;
-    let null = match null_lane {
-        Some(lane) => {
-            let s = Scenario::new(one.key.replacen("one/", "null/", 1), with_expect(lane, SINK_SID), ad_frame(lane, 0, 0)?);
-            b.traffic.check(&s.key, &s.path, &s.frame, &s.dsts)?;
-            Some(s)
-        }
-        None => None,
-    };
+    let calibration = if plan.null_lanes { calibration_lanes(b, one, plan.sut_cpu) } else { Ok(vec![]) };
+    let calibration = calibration.unwrap_or_else(|e| {
+        res.failures.push(format!("the calibration lanes: {e:#}"));
+        vec![]
+    });
     let mut pairs = vec![(one, installed)];
-    pairs.extend(null.as_ref().map(|null| (one, null)));
+    pairs.extend(calibration.iter().map(|c| (one, c)));
     sliced::pdr_rounds(b, &pairs, pdr, plan, &mut res.installed_alternating, &mut res.failures);
-    Ok(())
+}
+
+/// What calibrates the two-lane measure against `one`: End.AD through a second lane with one
+/// VNF (`null/N`: a null change), and through it with the trace monitor attached for the whole
+/// stream (`trace/N`: a known cost, 1 packet in 64 traced, ~205 ns of BPF time a packet more).
+fn calibration_lanes(b: &mut Bench, one: &Scenario, cpu: usize) -> anyhow::Result<Vec<Scenario>> {
+    let lane = one_vnf_lane(b, "null", cpu)?;
+    let n = one.key.trim_start_matches("one/");
+    let through =
+        |key: String| -> anyhow::Result<Scenario> { Ok(Scenario::new(key, with_expect(&lane, SINK_SID), ad_frame(&lane, 0, 0)?)) };
+    let null = through(format!("null/{n}"))?;
+    b.traffic.check(&null.key, &null.path, &null.frame, &null.dsts)?;
+    let request = srv6::node_api::MonitorRequest { drops: false, traces: true, chain: None, sample: Some(64) };
+    let around = Some(Around::Monitor(Box::new(Watch::new(b, &lane, request)?)));
+    Ok(vec![null, Scenario { around, ..through(format!("trace/{n}"))? }])
 }
 
 /// The BPF cost of End.AD through the last VNF installed (`point`, measured into `s`) and

@@ -62,8 +62,8 @@ struct Args {
     scenario: Vec<String>,
     /// In the VNF sweep (`--only vnfs` or a full run): after its last point, a second lane with
     /// one VNF against the first, both in one stream at the PDR's edge as the last installed
-    /// is: a null change that calibrates that measure (`vnf_installed_alternating."null/N"`;
-    /// ~1.5 minutes more).
+    /// is, to calibrate that measure: as it is (a null change, `vnf_installed_alternating."null/N"`)
+    /// and with the trace monitor attached (a known cost, `"trace/N"`); ~3 minutes more.
     #[arg(long)]
     null_lanes: bool,
     /// Nodes of the scale simulation (`--only sim`).
@@ -386,7 +386,7 @@ fn edge_ratio(rounds: &[dataplane::sliced::AlternatedPdr]) -> Option<stats::Summ
 fn pdr_alternating_method(plan: &dataplane::Plan) -> String {
     use dataplane::sliced::*;
     format!(
-        "after the PDR turns, each round: streams of the base's traffic on its lane, {:.1} s each, the first at {OVERLOAD}x the base's last PDR (later rounds: the last round's rates); the generator marks each frame's side in its last four payload bytes (checksum kept) and the sink counts by mark; the first {} ms of a stream count for neither side, then slices of {} ms a side in the order base, changed, changed, base, ... (every other stream from the changed side), each between two {} ms guards whose frames count for neither side (the change made before and unmade after them; the marks set from the generator's CPU); a stream in which each side lost at least {}% and both together under {}% overloaded both, and gives the changed side's share delivered / the base side's under the same overload (a per-packet cost lowers it as it lowers a PDR: a null change reads 1, the trace monitor's cost what its BPF time predicts, docs/performance.md); after one that did not, the next offers 5% more or less; {EDGE_STREAMS} such streams a round (at most {MAX_STREAMS} run), the round's median, the target's spread over the rounds",
+        "after the PDR turns, each round: streams of the base's traffic on its lane, {:.1} s each, the first at {OVERLOAD}x the base's last PDR (later rounds: the last round's rates); the generator marks each frame's side in its last four payload bytes (checksum kept) and the sink counts by mark; the first {} ms of a stream count for neither side, then slices of {} ms a side in the order base, changed, changed, base, ... (every other stream from the changed side), each between two {} ms guards whose frames count for neither side (the change made before and unmade after them; the marks set from the generator's CPU; for a pair of lanes, vnf_installed_alternating, the change is the lane: the generator redirects the changed side's slices, guards included, to the other lane's veth, and each lane's sink counts its side's marks); a stream in which each side lost at least {}% and both together under {}% overloaded both, and gives the changed side's share delivered / the base side's under the same overload (a per-packet cost lowers it as it lowers a PDR: a null change reads 1, the trace monitor's cost what its BPF time predicts, docs/performance.md); after one that did not, the next offers 5% more or less; {EDGE_STREAMS} such streams a round (at most {MAX_STREAMS} run), the round's median, the target's spread over the rounds",
         plan.trial.as_secs_f64() * f64::from(STREAM_TRIALS),
         WARM_UP.as_millis(),
         MARK_SLICE.as_millis(),
@@ -520,6 +520,9 @@ fn main() -> anyhow::Result<()> {
                 json.insert("bpf_ns_per_packet".into(), bpf_per_packet(dp));
                 json.insert("bpf_alternating".into(), bpf_alternating_json(dp));
                 json.insert("pdr_alternating".into(), pdr_alternating_json(dp));
+            }
+            if parts.pdr || parts.vnfs {
+                json.insert("pdr_alternating_method".into(), pdr_alternating_method(&plan).into());
             }
             if parts.vnfs {
                 json.extend(vnf_json(dp));

@@ -98,6 +98,12 @@ impl Marker<'_> {
         self.write()
     }
 
+    /// Frames marked [`Mark::Between`], to the first lane (one write).
+    fn reset(&mut self) -> anyhow::Result<()> {
+        (self.mark, self.other_lane) = (Mark::Between, false);
+        self.write()
+    }
+
     fn write(&mut self) -> anyhow::Result<()> {
         let lane = if self.other_lane { GEN_OTHER_LANE } else { 0 };
         self.map.set(0, self.mark as u32 | lane, 0).context("set the generator's mark")
@@ -368,10 +374,10 @@ impl Traffic {
         self.send_while(path, frame, dur, |bpf, running| {
             let map = Array::try_from(bpf.map_mut("gen_mark").context("gen_mark")?)?;
             let mut marker = Marker { map, mark: Mark::Between, other_lane: false };
-            marker.write()?;
+            marker.reset()?;
             // The marks set from the generator's CPU, off the system under test's.
             let driven = sys::on_cpu(cpu, || drive(&mut marker, running));
-            joined(driven, marker.use_other_lane(false).and_then(|()| marker.set(Mark::Between)), "setting the mark back")
+            joined(driven, marker.reset(), "setting the mark back")
         })?;
         let after = counts(self)?;
         let (sent, (_, offered_pps)) = (self.sent_by_mark()?, self.sent()?);

@@ -56,8 +56,9 @@ fn change_of<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<&'a A
 enum Change<'a> {
     /// `base`'s traffic, with a change made on its lane.
     Made(&'a Around),
-    /// Another lane's traffic, unchanged.
-    Lane,
+    /// Another lane's traffic, with that lane's change (if any) made for the whole stream: it
+    /// touches only that lane's packets.
+    Lane(Option<&'a Around>),
 }
 
 fn edge_change<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<Change<'a>> {
@@ -65,12 +66,12 @@ fn edge_change<'a>(base: &Scenario, changed: &'a Scenario) -> anyhow::Result<Cha
         return change_of(base, changed).map(Change::Made);
     }
     anyhow::ensure!(
-        base.around.is_none() && changed.around.is_none() && base.dsts.len() <= 1 && changed.dsts.len() <= 1,
-        "{} against {}: two lanes compare each one's own traffic, unchanged, to one destination",
+        base.around.is_none() && base.dsts.len() <= 1 && changed.dsts.len() <= 1,
+        "{} against {}: two lanes compare each one's own traffic to one destination, the base's unchanged",
         changed.key,
         base.key
     );
-    Ok(Change::Lane)
+    Ok(Change::Lane(changed.around.as_ref()))
 }
 
 /// `changed` (`base`'s traffic on `base`'s lane, with `changed`'s change made) against `base`
@@ -173,7 +174,7 @@ fn pdr_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, start_pps
     let change = edge_change(base, changed)?;
     let lanes = match change {
         Change::Made(_) => [(&base.path, &base.frame); 2],
-        Change::Lane => [(&base.path, &base.frame), (&changed.path, &changed.frame)],
+        Change::Lane(_) => [(&base.path, &base.frame), (&changed.path, &changed.frame)],
     };
     let (mut pps, mut round) = (start_pps, AlternatedPdr { rates_kpps: vec![], ratios: vec![] });
     for n in 0..MAX_STREAMS {
@@ -184,7 +185,7 @@ fn pdr_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, start_pps
             let marker = RefCell::new(marker);
             let during = |f: &mut dyn FnMut() -> anyhow::Result<()>| match change {
                 Change::Made(around) => around.during(f),
-                Change::Lane => {
+                Change::Lane(_) => {
                     marker.borrow_mut().use_other_lane(true)?;
                     let r = f();
                     joined(r, marker.borrow_mut().use_other_lane(false), "sending to the base's lane again")
@@ -194,7 +195,11 @@ fn pdr_alternating(b: &mut Bench, base: &Scenario, changed: &Scenario, start_pps
             std::thread::sleep(WARM_UP);
             crate::alternate::mark_slices(n % 2 == 1, during, |m| marker.borrow_mut().set(m), wait, running).map(drop)
         };
-        let [b_side, c_side] = b.traffic.marked(lanes, &base.dsts, (pps, plan.trial * STREAM_TRIALS), drive)?;
+        let mut stream = || b.traffic.marked(lanes, &base.dsts, (pps, plan.trial * STREAM_TRIALS), drive);
+        let [b_side, c_side] = match change {
+            Change::Lane(Some(around)) => around.during(stream)?,
+            _ => stream()?,
+        };
         anyhow::ensure!(b_side.sent.min(c_side.sent) >= MIN_SENT, "a side sent too few frames: {} and {}", b_side.sent, c_side.sent);
         let step = edge(&b_side, &c_side);
         eprintln!("    {:>6.1} kpps: {:.2} % and {:.2} % lost: {step:?}", pps / 1000.0, b_side.loss() * 100.0, c_side.loss() * 100.0);
@@ -239,8 +244,8 @@ mod tests {
     #[test]
     fn another_lane_is_a_change_only_of_its_own_unchanged_traffic_to_one_destination() {
         let (one, installed) = (scenario("one/10", 0, 1, 0), scenario("installed/10", 1, 2, 0));
-        assert!(matches!(edge_change(&one, &installed), Ok(Change::Lane)));
-        assert!(matches!(edge_change(&one, &scenario("installed/10", 1, 2, 1)), Ok(Change::Lane)), "one destination");
+        assert!(matches!(edge_change(&one, &installed), Ok(Change::Lane(None))));
+        assert!(matches!(edge_change(&one, &scenario("installed/10", 1, 2, 1)), Ok(Change::Lane(None))), "one destination");
         let spread = scenario("sp/10", 1, 2, 10);
         assert!(edge_change(&one, &spread).is_err(), "the generator spreads destinations on the base's lane only");
         assert!(edge_change(&spread, &one).is_err());
