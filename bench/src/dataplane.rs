@@ -34,8 +34,8 @@ pub struct Plan {
     pub cost_parts: u32,
     /// The PDR scenarios to run (by key; empty: all of them).
     pub scenarios: Vec<String>,
-    /// A null pair after the VNF sweep: a second one-VNF lane against the first, both in one
-    /// stream at the PDR's edge (`null/N` in `Results::installed_alternating`).
+    /// The calibration pairs after the VNF sweep ([`calibration_lanes`]: `null/N` and
+    /// `trace/N` in `Results::installed_alternating`).
     pub null_lanes: bool,
 }
 
@@ -481,8 +481,6 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         let last = scale.vnfs.len() - 1;
         Ok(Scenario::new(format!("installed/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, last, 0)?))
     };
-    // The sweep's last point: End.AD through the last installed, through the one VNF, their PDRs.
-    let mut last: Option<(Scenario, Scenario, Samples)> = None;
     for &n in &plan.vnf_counts {
         eprintln!("VNF sweep: {n} VNFs");
         b.grow(&mut scale, n)?;
@@ -524,8 +522,6 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
             res.scaling_bpf_ns.insert(n.to_string(), ns);
         }
         installed_cost(b, &points[2], &points[3], &s, plan, res);
-        let one = points.remove(3);
-        last = Some((points.remove(2), one, s.clone()));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.plain_spread.insert(key.clone(), take("plain"));
@@ -540,18 +536,20 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(&scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        let mut points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
+        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
         installed_cost(b, &points[1], &points[2], &s, plan, res);
-        last = Some((points.swap_remove(1), points.swap_remove(1), s.clone()));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
         res.installed_one.insert(key.clone(), take("one"));
     }
-    if let Some(last) = &last {
-        installed_edge(b, last, plan, res);
+    // The sweep's last point: the table point's, or the last VNF count's.
+    let last = if plan.table_sids > 0 { Some(plan.table_sids) } else { plan.vnf_counts.last().copied() };
+    if let Some(key) = last.map(|n| n.to_string()) {
+        let one_pdr = res.installed_one.get(&key).cloned().unwrap_or_default();
+        installed_edge(b, &installed(&scale, &key)?, &reference(&key)?, one_pdr, plan, res);
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
@@ -567,12 +565,12 @@ fn one_vnf_lane(b: &mut Bench, name: &str, cpu: usize) -> anyhow::Result<Lane> {
 }
 
 /// The sweep's last pair again (End.AD through the last installed, through the lane with one
-/// VNF, their PDRs in the turns), both lanes in one stream at the edge of their PDR: the PDRs of
-/// lanes measured minutes apart swing with the host more than by what N costs. With
-/// `Plan::null_lanes`, the calibration pairs too ([`calibration_lanes`]); if they cannot be
-/// set up, that goes to the failures and the pair runs alone.
-fn installed_edge(b: &mut Bench, last: &(Scenario, Scenario, Samples), plan: &Plan, res: &mut Results) {
-    let (installed, one, pdr) = last;
+/// VNF, whose PDRs in the turns were `one_pdr`), both lanes in one stream at the edge of their
+/// PDR: the PDRs of lanes measured minutes apart swing with the host more than by what N
+/// costs. With `Plan::null_lanes`, the calibration pairs too ([`calibration_lanes`]); if they
+/// cannot be set up, that goes to the failures and the pair runs alone.
+fn installed_edge(b: &mut Bench, installed: &Scenario, one: &Scenario, one_pdr: Vec<f64>, plan: &Plan, res: &mut Results) {
+    let pdr = Samples::from([(one.key.clone(), one_pdr)]);
     let calibration = if plan.null_lanes { calibration_lanes(b, one, plan.sut_cpu) } else { Ok(vec![]) };
     let calibration = calibration.unwrap_or_else(|e| {
         res.failures.push(format!("the calibration lanes: {e:#}"));
@@ -580,7 +578,7 @@ fn installed_edge(b: &mut Bench, last: &(Scenario, Scenario, Samples), plan: &Pl
     });
     let mut pairs = vec![(one, installed)];
     pairs.extend(calibration.iter().map(|c| (one, c)));
-    sliced::pdr_rounds(b, &pairs, pdr, plan, &mut res.installed_alternating, &mut res.failures);
+    sliced::pdr_rounds(b, &pairs, &pdr, plan, &mut res.installed_alternating, &mut res.failures);
 }
 
 /// What calibrates the two-lane measure against `one`: End.AD through a second lane with one

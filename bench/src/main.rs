@@ -402,8 +402,8 @@ fn pdr_alternating_ratio(dp: &dataplane::Results, changed: &str) -> Option<stats
 }
 
 /// End.AD through the last installed against the lane that keeps one VNF, both lanes in one
-/// stream at the edge of their PDR, by the sweep's last point (N); with `--null-lanes`, a
-/// second one-VNF lane against the first too (`null/N`).
+/// stream at the edge of their PDR, by the sweep's last point (N); with `--null-lanes`, the
+/// calibration pairs too (`null/N`, `trace/N`).
 fn installed_alternating_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
     dp.installed_alternating
         .iter()
@@ -456,13 +456,15 @@ fn vnf_targets(dp: &dataplane::Results) -> Vec<report::Target> {
     let largest = |s: &dataplane::Samples| s.keys().filter_map(|k| k.parse::<u64>().ok()).max().unwrap_or(1).to_string();
     let mut targets = Vec::new();
     let max_installed = largest(&dp.installed);
-    let one = dp.installed_one.get(&max_installed).cloned().unwrap_or_default();
     let what = format!("through the last of {max_installed} installed ÷ one VNF installed");
     // Both lanes in one stream at the edge of their PDR; by their PDRs in turns when that did
     // not run.
     let (what, value) = match dp.installed_alternating.get(&format!("installed/{max_installed}")).and_then(|r| edge_ratio(r)) {
         Some(v) => (format!("{what}, by PDR: frames delivered at its edge, both lanes in alternating slices"), v),
-        None => (format!("{what}, in turns"), stats::ratios(dp.installed.get(&max_installed).map_or(&[][..], |v| v), &one)),
+        None => {
+            let of = |s: &dataplane::Samples| s.get(&max_installed).cloned().unwrap_or_default();
+            (format!("{what}, in turns"), stats::ratios(&of(&dp.installed), &of(&dp.installed_one)))
+        }
     };
     targets.push(report::Target { name: "vnf_installed_flat".into(), what, bound: 0.97, at_least: true, value });
     let mut counts: Vec<&String> = dp.plain_spread.keys().collect();
