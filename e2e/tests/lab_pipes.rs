@@ -2,10 +2,11 @@
 //! srv6pipes-stream proxies, chained by SRv6 with a packet function, across nodes. The seed's
 //! pipeline turns "I love dogs!" into "I love cats!" and the server sees the client's own
 //! address and port; 4 MiB cross compress (n1) and decompress (n2) intact, compressed in
-//! between; TCP's ends (half-close, resets, refusals) hold end to end; 1,000 connections at
-//! once, and 300 through a proxy that loses 5 % of its packets; a killed proxy resets its
-//! connections and its replica takes the new ones; pods outside the chain cannot reach the
-//! proxies' SIDs. Needs root, nftables, socat and tc.
+//! between; TCP's ends (half-close, resets, refusals, a client's reset after its FIN and its
+//! port reused at once) hold end to end; 1,000 connections at once, and 300 through a proxy
+//! that loses 5 % of its packets; a killed proxy resets its connections and its replica takes
+//! the new ones; pods outside the chain cannot reach the proxies' SIDs. Needs root, nftables,
+//! socat and tc.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -328,6 +329,13 @@ fn tcp_semantics_hold_end_to_end_through_the_proxies() {
     wait_for("the refusal counted", Duration::from_secs(5), || {
         proxy_counters(&lab, "pipes-b", "compress")["errors"]["connect_refused"].as_u64().unwrap_or(0) >= 1
     });
+
+    // A client that gives up on a slow answer (its FIN, then a reset) and asks again at once from
+    // the same address and port: the proxies let the first connection go with its reset (not
+    // when the server answers, 3 s later), so the second one connects onward from that port too.
+    let srv = serve(&lab, 9000, &["slow-reply", "3"]);
+    assert_eq!(client(&lab, &["give-up-and-return", &target(&server6, 9000)]), "reply got 1024", "proxies: {}", lab.status()["streams"]);
+    stop(&lab, srv, 9000);
 
     // SIGTERM: the proxy stops accepting (a new connection is refused) and lets the running one
     // finish (it ends cleanly: drained, not reset), then exits.

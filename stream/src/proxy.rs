@@ -179,7 +179,8 @@ impl Proxy {
         pipeline: &Pipeline,
         c: &Counters,
     ) -> Option<&'static str> {
-        let server = match tokio::time::timeout(self.cfg.connect_timeout, connect_as(from, to)).await {
+        let onward = connect_onward(|| connect_as(from, to), TUPLE_PATIENCE);
+        let server = match tokio::time::timeout(self.cfg.connect_timeout, onward).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some("connect_refused"),
             Ok(Err(e)) => {
@@ -256,6 +257,32 @@ impl Proxy {
     }
 }
 
+/// How long a connection waits for its client's address and port to be free here (see
+/// [`connect_onward`]).
+const TUPLE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// `connect`, tried again while the kernel refuses its addresses and ports (`EADDRNOTAVAIL`)
+/// for at most `patience`. A client that reset a connection may reuse its port at once, before
+/// this proxy has closed that connection's onward one (the reset is on its way through the
+/// relay): until then the onward connection's addresses and ports are taken here.
+async fn connect_onward<F, C>(mut connect: F, patience: Duration) -> std::io::Result<TcpStream>
+where
+    F: FnMut() -> C,
+    C: std::future::Future<Output = std::io::Result<TcpStream>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match connect().await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && tokio::time::Instant::now() + wait < deadline => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// A connection to `to` from `from` (the client's address and port: transparent), marked to
 /// leave by the chain interface, with linger 0.
 async fn connect_as(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -273,4 +300,61 @@ async fn connect_as(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStre
     s.bind(&from.into())?;
     let socket = TcpSocket::from_std_stream(s.into());
     socket.connect(to).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A socket bound to `from` (shared with `SO_REUSEADDR` and `SO_REUSEPORT`, as the proxy's
+    /// onward sockets are) connected to `to`: the proxy's onward connection without
+    /// transparency, which needs no privilege on loopback.
+    async fn bound_connect(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&from.into())?;
+        TcpSocket::from_std_stream(s.into()).connect(to).await
+    }
+
+    /// An earlier connection holds the addresses and ports for `hold`, then resets.
+    async fn held_tuple(hold: Duration) -> (SocketAddr, SocketAddr, TcpListener) {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = server.local_addr().unwrap();
+        let earlier = bound_connect("127.0.0.1:0".parse().unwrap(), to).await.unwrap();
+        let from = earlier.local_addr().unwrap();
+        let (accepted, _) = server.accept().await.unwrap();
+        let e = bound_connect(from, to).await.expect_err("the tuple is taken");
+        assert_eq!(e.kind(), ErrorKind::AddrNotAvailable, "{e}");
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            for s in [&earlier, &accepted] {
+                s.set_zero_linger().unwrap();
+            }
+        });
+        (from, to, server)
+    }
+
+    #[tokio::test]
+    async fn the_onward_connection_waits_for_its_tuple_to_be_free() {
+        let (from, to, server) = held_tuple(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let onward = connect_onward(|| bound_connect(from, to), Duration::from_secs(5)).await.expect("connected once free");
+        assert!(t.elapsed() >= Duration::from_millis(90), "{:?}", t.elapsed());
+        assert_eq!(onward.local_addr().unwrap(), from, "from the client's address and port");
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn the_onward_connection_waits_no_longer_than_its_patience() {
+        let (from, to, _server) = held_tuple(Duration::from_secs(10)).await;
+        let t = Instant::now();
+        let e = connect_onward(|| bound_connect(from, to), Duration::from_millis(200)).await.expect_err("still taken");
+        assert_eq!(e.kind(), ErrorKind::AddrNotAvailable);
+        assert!((Duration::from_millis(150)..Duration::from_secs(2)).contains(&t.elapsed()), "{:?}", t.elapsed());
+    }
 }

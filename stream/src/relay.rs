@@ -9,11 +9,17 @@
 //! direction goes on). Anything abnormal — a reset or an error on either connection, a function
 //! refusing its input, `Limits::idle` without a byte either way — aborts both connections with
 //! a reset (`SO_LINGER` 0), never a FIN that would make a cut stream look complete.
+//!
+//! Both connections are watched for a reset all along, not only while a direction reads or
+//! writes them: a client that sends its FIN and then resets (it closed with the answer still
+//! coming, as an HTTP client that gives up does) is gone, and may reuse its port at once. Its
+//! onward connection must go with it, or the proxy could not connect that client's next
+//! connection from the same address and port (`EADDRNOTAVAIL`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -89,8 +95,8 @@ pub async fn relay(
     {
         let (cr, cw) = client.split();
         let (sr, sw) = server.split();
-        let fwd = pump(cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
-        let rev = pump(sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
+        let fwd = pump(&cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
+        let rev = pump(&sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
         tokio::pin!(fwd, rev);
         let (mut fwd_done, mut rev_done) = (false, false);
         while !(fwd_done && rev_done) {
@@ -99,6 +105,10 @@ pub async fn relay(
             let ended = tokio::select! {
                 r = &mut fwd, if !fwd_done => { fwd_done = true; r.map(|s| report.forward = s) }
                 r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
+                // A reset (or any error) on a connection whose direction is not reading it now:
+                // its sender's FIN came already, or its direction waits to write the other way.
+                e = cr.ready(Interest::ERROR) => Err(failed(cr.as_ref(), e, "client")),
+                e = sr.ready(Interest::ERROR) => Err(failed(sr.as_ref(), e, "server")),
                 _ = tokio::time::sleep(idle_left) => {
                     let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                     if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
@@ -121,10 +131,20 @@ pub async fn relay(
     report
 }
 
+/// The abort of a connection that reported an error: its pending error (a reset: ECONNRESET,
+/// or EPIPE when its FIN came first), or the failure to wait for it.
+fn failed(s: &TcpStream, ready: std::io::Result<tokio::io::Ready>, side: &str) -> Abort {
+    let why = match ready {
+        Ok(_) => s.take_error().ok().flatten().map_or_else(|| "an error".to_string(), |e| e.to_string()),
+        Err(e) => e.to_string(),
+    };
+    Abort::Connection(format!("{side}: {why}"))
+}
+
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
 /// chain's tail and a FIN to the receiver) or an error.
 async fn pump(
-    from: ReadHalf<'_>,
+    from: &ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     mut chain: Chain,
     read_size: usize,
@@ -265,6 +285,30 @@ mod tests {
         let err = client.read_to_end(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionReset, "not a FIN");
         assert!(matches!(relay.await.unwrap().aborted, Some(Abort::Connection(_))));
+    }
+
+    /// A client that sends its FIN, then resets (it closed with the answer still coming) while
+    /// the server is quiet: the relay is reading neither connection then, and must still carry
+    /// the reset at once, not keep the server's connection until its answer ends (or for
+    /// `Limits::idle`), which would hold the client's address and port in the proxy.
+    #[tokio::test]
+    async fn a_reset_after_the_fin_is_carried_while_the_server_is_quiet() {
+        let (mut client, mut server, relay) = setup(Chain::default(), Chain::default(), Limits::default()).await;
+        client.write_all(b"GET /").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"GET /", "the request and the client's FIN");
+        client.set_zero_linger().unwrap();
+        drop(client);
+        // The server has the FIN already, so its reads end at 0: the reset shows as its error
+        // (EPIPE: a reset after the FIN).
+        let reset = tokio::time::timeout(Duration::from_secs(5), server.ready(Interest::ERROR)).await;
+        reset.expect("the reset is carried without waiting for the server").unwrap();
+        let err = server.take_error().unwrap().expect("a pending error");
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{err}");
+        let report = relay.await.unwrap();
+        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
     }
 
     #[tokio::test]

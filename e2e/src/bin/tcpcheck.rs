@@ -5,9 +5,13 @@
 //!   tcpcheck serve PORT reply          read to EOF, answer "got N", close (half-close check)
 //!   tcpcheck serve PORT reset-after N  read N bytes, then reset (SO_LINGER 0)
 //!   tcpcheck serve PORT watch          read to the end; print how it ended (once)
+//!   tcpcheck serve PORT slow-reply S   read to EOF, wait S seconds, answer "got N", close
 //!   tcpcheck half-close ADDR N         send N bytes, shut down writing, print what comes back
 //!   tcpcheck expect-end ADDR           send a line, print how the connection ends
 //!   tcpcheck trickle ADDR SECONDS      send 1 KiB every 20 ms; print how it ended
+//!   tcpcheck give-up-and-return ADDR   send 1 KiB and a FIN, give up on the answer after
+//!                                      300 ms (a reset), then at once the same again from the
+//!                                      same address and port; print what that one gets back
 //!   tcpcheck concurrent ADDR N         N connections open at once, each half-closes after
 //!                                      1 KiB and checks the "got 1024" reply; JSON counts
 //!                                      and the reasons of the failures
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
         ["expect-end", addr] => expect_end(addr),
         ["trickle", addr, secs] => trickle(addr, secs.parse().expect("seconds")),
         ["concurrent", addr, n] => concurrent(addr, n.parse().expect("count")),
+        ["give-up-and-return", addr] => give_up_and_return(addr),
         _ => {
             eprintln!("usage: see the source's header");
             return ExitCode::from(2);
@@ -103,6 +108,11 @@ fn serve(port: u16, mode: &str, rest: &[&str]) -> std::io::Result<()> {
                     socket_linger_zero(&s)?;
                 }
                 "watch" => println!("{}", outcome(drain(&mut s)?)),
+                "slow-reply" => {
+                    let (n, _) = drain(&mut s)?;
+                    std::thread::sleep(Duration::from_secs(after));
+                    s.write_all(format!("got {n}").as_bytes())?;
+                }
                 other => return Err(std::io::Error::other(format!("unknown mode {other}"))),
             }
             Ok(())
@@ -122,9 +132,19 @@ fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
 
 fn half_close(to: &str, n: usize) -> std::io::Result<()> {
     let mut s = connect(to)?;
+    send_and_finish(&mut s, n)?;
+    print_reply(&mut s)
+}
+
+/// `n` bytes of text, then a FIN.
+fn send_and_finish(s: &mut TcpStream, n: usize) -> std::io::Result<()> {
     let data: Vec<u8> = (0..n).map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27]).collect();
     s.write_all(&data)?;
-    s.shutdown(Shutdown::Write)?;
+    s.shutdown(Shutdown::Write)
+}
+
+/// What comes back until the end: `reply <text>`, or `reset <bytes>`.
+fn print_reply(s: &mut TcpStream) -> std::io::Result<()> {
     let mut back = Vec::new();
     match s.read_to_end(&mut back) {
         Ok(_) => println!("reply {}", String::from_utf8_lossy(&back)),
@@ -132,6 +152,38 @@ fn half_close(to: &str, n: usize) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// A client that gives up on a slow answer and asks again at once from the same address and
+/// port (its side of the first connection was reset: nothing holds the port). The proxies must
+/// have let the first connection go with its reset, or they cannot connect the second.
+fn give_up_and_return(to: &str) -> std::io::Result<()> {
+    let to = addr(to)?;
+    let mut first = connect_from(None, to)?;
+    let from = first.local_addr()?;
+    send_and_finish(&mut first, 1024)?;
+    std::thread::sleep(Duration::from_millis(300));
+    socket_linger_zero(&first)?;
+    drop(first);
+    let mut again = connect_from(Some(from), to)?;
+    send_and_finish(&mut again, 1024)?;
+    print_reply(&mut again)
+}
+
+/// A connection to `to`, from `from` if given (bound first, `SO_REUSEADDR`).
+fn connect_from(from: Option<SocketAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if to.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if let Some(from) = from {
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
+    }
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
 }
 
 fn expect_end(to: &str) -> std::io::Result<()> {
