@@ -10,11 +10,15 @@
 //! refusing its input, `Limits::idle` without a byte either way — aborts both connections with
 //! a reset (`SO_LINGER` 0), never a FIN that would make a cut stream look complete.
 //!
-//! Both connections are watched for a reset all along, not only while a direction reads or
-//! writes them: a client that sends its FIN and then resets (it closed with the answer still
-//! coming, as an HTTP client that gives up does) is gone, and may reuse its port at once. Its
-//! onward connection must go with it, or the proxy could not connect that client's next
-//! connection from the same address and port (`EADDRNOTAVAIL`).
+//! A direction that reads finds its sender's reset after the bytes that came before it, and
+//! relays those first. Once the client's direction has ended (its FIN relayed), nothing reads
+//! its connection: the relay watches it for a reset then. A client that sends its FIN, then
+//! resets (it closed with the answer still coming, as an HTTP client that gives up does), is
+//! gone and may reuse its port at once; its onward connection must go with it, or the proxy
+//! could not connect that client's next connection from the same address and port
+//! (`EADDRNOTAVAIL`). The server's reset after its FIN is not watched for: the answer and the
+//! FIN already here still reach the client, and its next write finds the reset, as it would
+//! without the proxy (the onward connection's reset frees its addresses and ports itself).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -105,10 +109,9 @@ pub async fn relay(
             let ended = tokio::select! {
                 r = &mut fwd, if !fwd_done => { fwd_done = true; r.map(|s| report.forward = s) }
                 r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
-                // A reset (or any error) on a connection whose direction is not reading it now:
-                // its sender's FIN came already, or its direction waits to write the other way.
-                e = cr.ready(Interest::ERROR) => Err(failed(cr.as_ref(), e, "client")),
-                e = sr.ready(Interest::ERROR) => Err(failed(sr.as_ref(), e, "server")),
+                // The client's reset once its direction has ended: nothing reads its connection
+                // any more, and its address and port must be let go (see the module's doc).
+                e = cr.ready(Interest::ERROR), if fwd_done && !rev_done => Err(failed(cr.as_ref(), e)),
                 _ = tokio::time::sleep(idle_left) => {
                     let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                     if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
@@ -131,14 +134,14 @@ pub async fn relay(
     report
 }
 
-/// The abort of a connection that reported an error: its pending error (a reset: ECONNRESET,
-/// or EPIPE when its FIN came first), or the failure to wait for it.
-fn failed(s: &TcpStream, ready: std::io::Result<tokio::io::Ready>, side: &str) -> Abort {
+/// The abort for the client's connection reporting an error: its pending error (EPIPE: a
+/// reset after its FIN), or the failure to wait for it.
+fn failed(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) -> Abort {
     let why = match ready {
-        Ok(_) => s.take_error().ok().flatten().map_or_else(|| "an error".to_string(), |e| e.to_string()),
+        Ok(_) => client.take_error().ok().flatten().map_or_else(|| "an error".to_string(), |e| e.to_string()),
         Err(e) => e.to_string(),
     };
-    Abort::Connection(format!("{side}: {why}"))
+    Abort::Connection(format!("client after its FIN: {why}"))
 }
 
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
@@ -308,7 +311,42 @@ mod tests {
         let err = server.take_error().unwrap().expect("a pending error");
         assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{err}");
         let report = relay.await.unwrap();
-        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
+        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client after its FIN")), "{report:?}");
+    }
+
+    /// A server that answers, sends its FIN and then resets (the client's next request came
+    /// after it closed): the answer and the FIN already in the proxy still reach the client,
+    /// whole, as they would without the proxy; the reset is not carried over them.
+    #[tokio::test]
+    async fn a_server_reset_after_its_fin_does_not_cut_the_answer_before_it() {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back_addr = back.local_addr().unwrap();
+        // A slow client: most of the answer waits in the relay's queues when the reset comes.
+        let small = tokio::net::TcpSocket::new_v4().unwrap();
+        small.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(small.connect(front.local_addr().unwrap()), front.accept());
+        let (mut client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
+        let server_side = TcpStream::connect(back_addr).await.unwrap();
+        let (mut server, _) = back.accept().await.unwrap();
+        let relay = tokio::spawn(async move {
+            relay(client_side, server_side, Chain::default(), Chain::default(), Limits::default(), &Meters::default()).await
+        });
+        client.write_all(b"GET /a").await.unwrap();
+        server.read_exact(&mut [0u8; 6]).await.unwrap();
+        let answer = vec![7u8; 1 << 20];
+        server.write_all(&answer).await.unwrap();
+        server.shutdown().await.unwrap();
+        // Acknowledged by the proxy (a reset discards what the server has not sent), then reset.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.set_zero_linger().unwrap();
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.expect("an end");
+        assert_eq!((got.len(), end.map(|_| "eof").map_err(|e| e.kind())), (answer.len(), Ok("eof")));
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), relay).await.expect("the relay ends").unwrap();
     }
 
     #[tokio::test]
