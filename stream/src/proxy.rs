@@ -179,15 +179,16 @@ impl Proxy {
         pipeline: &Pipeline,
         c: &Counters,
     ) -> Option<&'static str> {
-        let onward = connect_onward(|| connect_as(from, to), TUPLE_PATIENCE);
-        let server = match tokio::time::timeout(self.cfg.connect_timeout, onward).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some("connect_refused"),
-            Ok(Err(e)) => {
+        let onward = tokio::time::timeout(self.cfg.connect_timeout, connect_onward(|| connect_as(from, to), TUPLE_PATIENCE));
+        let server = match unless_client_resets(&client, onward).await {
+            None => return Some("reset"),
+            Some(Ok(Ok(s))) => s,
+            Some(Ok(Err(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some("connect_refused"),
+            Some(Ok(Err(e))) => {
                 tracing::warn!(%from, %to, error = %e, "onward connection failed");
                 return Some("connect_error");
             }
-            Err(_) => return Some("connect_timeout"),
+            Some(Err(_)) => return Some("connect_timeout"),
         };
         let _ = server.set_nodelay(true);
         // `identity` leaves the bytes as they are: it is left out, and a direction with no other
@@ -254,6 +255,15 @@ impl Proxy {
                 errors: c.errors.lock().expect("not poisoned").iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             })
             .collect()
+    }
+}
+
+/// `work` (the onward connection being made), unless the client resets first (None): a client
+/// that gave up may reuse its address and port at once, and the onward socket holds them here.
+async fn unless_client_resets<T>(client: &TcpStream, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = client.ready(tokio::io::Interest::ERROR) => None,
     }
 }
 
@@ -337,6 +347,24 @@ mod tests {
             }
         });
         (from, to, server)
+    }
+
+    /// A client that resets while its onward connection is being made (a slow server) is let
+    /// go at once; one that does not, waits for it.
+    #[tokio::test]
+    async fn the_onward_connection_is_given_up_when_its_client_resets() {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(front.local_addr().unwrap()), front.accept());
+        let (client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
+        let waited =
+            tokio::time::timeout(Duration::from_millis(200), unless_client_resets(&client_side, std::future::pending::<()>())).await;
+        assert!(waited.is_err(), "no reset, so it waits for the connection");
+        let done = unless_client_resets(&client_side, async { 7 }).await;
+        assert_eq!(done, Some(7));
+        client.set_zero_linger().unwrap();
+        drop(client);
+        let gone = tokio::time::timeout(Duration::from_secs(5), unless_client_resets(&client_side, std::future::pending::<()>())).await;
+        assert_eq!(gone.expect("given up at the client's reset"), None);
     }
 
     #[tokio::test]
