@@ -186,9 +186,9 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
     }
     if parts.contains(&Part::Stream) {
         let plan = if args.quick {
-            stream::Plan { reps: 2, secs: 1, idle: 1000, fn_mib: 4 }
+            stream::Plan { reps: 2, secs: 1, lossy_secs: 3, idle: 1000, fn_mib: 4 }
         } else {
-            stream::Plan { reps: args.reps.unwrap_or(5), secs: 5, idle: 10_000, fn_mib: 64 }
+            stream::Plan { reps: args.reps.unwrap_or(5), secs: 5, lossy_secs: 5, idle: 10_000, fn_mib: 64 }
         };
         eprintln!(
             "SRv6 pipes: {} x wrk through proxies and a router VNF, lossy links, functions, {} idle connections",
