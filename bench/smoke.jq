@@ -1,6 +1,6 @@
 # The benchmark smoke's check (scripts/test): prints, one per line, every result of a quick
-# run's latest.json that is missing or not above zero, and every failure it recorded; prints
-# nothing when the run is whole. Speed is not judged here (docs/performance.md).
+# run's latest.json that is missing or not above zero, and every failure the pipes' part
+# recorded; prints nothing when the run is whole. Speed is not judged here (docs/performance.md).
 def fields: [
   "pdr_kpps.plain", "pdr_kpps.end_ad", "pdr_kpps.end_as", "pdr_kpps.end_am",
   "vnf_scaling_kpps.1", "vnf_installed_kpps.1", "vnf_installed_kpps.10", "vnf_installed_one_kpps.10",
@@ -23,11 +23,13 @@ def fields: [
   "stream.lossy_mbps.direct", "stream.lossy_mbps.proxy", "stream.idle_10k_rss_mb"
 ];
 def positive: type == "number" and . > 0;
-. as $r
-| (fields[] | . as $f | select($r | getpath($f | split(".")) | positive | not) | "missing or not above zero: \($f)"),
-  (if (.pdr_kpps.kernel_static_proxy | positive) or (.unavailable.kernel_static_proxy | type == "string")
-   then empty else "missing: pdr_kpps.kernel_static_proxy, and no reason in unavailable.kernel_static_proxy" end),
-  (if (.stream.functions_mbps | type == "object" and length > 0)
-   then (.stream.functions_mbps | to_entries[] | select(.value | positive | not) | "not above zero: stream.functions_mbps.\(.key)")
-   else "missing: stream.functions_mbps" end),
-  ((.stream.failures // ["stream.failures is missing"])[] | "stream failed: \(.)")
+# The value at a dotted path, null where the report has none (or something else on the way).
+def at($path): try getpath($path | split(".")) catch null;
+(fields[] as $f | select(at($f) | positive | not) | "missing or not above zero: \($f)"),
+(if (at("pdr_kpps.kernel_static_proxy") | positive)
+    or (at("unavailable.kernel_static_proxy") | type == "string" and length > 0)
+ then empty else "missing: pdr_kpps.kernel_static_proxy, and no reason in unavailable.kernel_static_proxy" end),
+(at("stream.functions_mbps") | if type == "object" and length > 0
+ then to_entries[] | select(.value | positive | not) | "not above zero: stream.functions_mbps.\(.key)"
+ else "missing: stream.functions_mbps" end),
+(at("stream.failures") | if type == "array" then .[] | "stream failed: \(.)" else "missing: stream.failures" end)

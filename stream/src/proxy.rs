@@ -307,7 +307,8 @@ async fn connect_as(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStre
     s.set_reuse_port(true)?; // the client's port may be a listener's here (see `listen`)
     s.set_linger(Some(Duration::ZERO))?;
     s.set_nonblocking(true)?;
-    s.bind(&from.into())?;
+    // Not an AddrNotAvailable that connect_onward would wait out: transparency is not set up.
+    s.bind(&from.into()).map_err(|e| std::io::Error::other(format!("bind {from}: {e}")))?;
     let socket = TcpSocket::from_std_stream(s.into());
     socket.connect(to).await
 }

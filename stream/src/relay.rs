@@ -11,12 +11,12 @@
 //! a reset (`SO_LINGER` 0), never a FIN that would make a cut stream look complete.
 //!
 //! A direction that reads finds its sender's reset after the bytes that came before it, and
-//! relays those first. Once the client's direction has ended (its FIN relayed), nothing reads
-//! its connection: the relay watches it for a reset then. A client that sends its FIN, then
-//! resets (it closed with the answer still coming, as an HTTP client that gives up does), is
-//! gone and may reuse its port at once; its onward connection must go with it, or the proxy
-//! could not connect that client's next connection from the same address and port
-//! (`EADDRNOTAVAIL`). The server's reset after its FIN is not watched for: the answer and the
+//! relays those first. The client's connection is also watched for a reset while nothing reads
+//! it: once its direction has ended (its FIN relayed), and while its direction waits to write
+//! to a slow server. A client that sends its FIN, then resets (it closed with the answer still
+//! coming, as an HTTP client that gives up does), is gone and may reuse its port at once; its
+//! onward connection must go with it, or the proxy could not connect that client's next
+//! connection from the same address and port (`EADDRNOTAVAIL`). The server's reset after its FIN is not watched for: the answer and the
 //! FIN already here still reach the client, and its next write finds the reset, as it would
 //! without the proxy (the onward connection's reset frees its addresses and ports itself).
 
@@ -99,8 +99,8 @@ pub async fn relay(
     {
         let (cr, cw) = client.split();
         let (sr, sw) = server.split();
-        let fwd = pump(&cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
-        let rev = pump(&sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
+        let fwd = pump(&cr, sw, forward, (limits.read_size, true), (start, &last), &meters.forward);
+        let rev = pump(&sr, cw, reverse, (limits.read_size, false), (start, &last), &meters.reverse);
         tokio::pin!(fwd, rev);
         let (mut fwd_done, mut rev_done) = (false, false);
         while !(fwd_done && rev_done) {
@@ -111,7 +111,7 @@ pub async fn relay(
                 r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
                 // The client's reset once its direction has ended: nothing reads its connection
                 // any more, and its address and port must be let go (see the module's doc).
-                e = cr.ready(Interest::ERROR), if fwd_done && !rev_done => Err(failed(cr.as_ref(), e)),
+                e = cr.ready(Interest::ERROR), if fwd_done && !rev_done => Err(client_reset(cr.as_ref(), e)),
                 _ = tokio::time::sleep(idle_left) => {
                     let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                     if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
@@ -134,23 +134,25 @@ pub async fn relay(
     report
 }
 
-/// The abort for the client's connection reporting an error: its pending error (EPIPE: a
-/// reset after its FIN), or the failure to wait for it.
-fn failed(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) -> Abort {
+/// The abort for the client's connection reporting an error while nothing reads it: its
+/// pending error (a reset: ECONNRESET, or EPIPE after its FIN), or the failure to wait for it.
+fn client_reset(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) -> Abort {
     let why = match ready {
         Ok(_) => client.take_error().ok().flatten().map_or_else(|| "an error".to_string(), |e| e.to_string()),
         Err(e) => e.to_string(),
     };
-    Abort::Connection(format!("client after its FIN: {why}"))
+    Abort::Connection(format!("client: {why}"))
 }
 
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
-/// chain's tail and a FIN to the receiver) or an error.
+/// chain's tail and a FIN to the receiver) or an error. With `from_client`, a reset of the
+/// sender while a write waits for the receiver (a slow server) aborts at once: see the
+/// module's doc.
 async fn pump(
     from: &ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     mut chain: Chain,
-    read_size: usize,
+    (read_size, from_client): (usize, bool),
     (start, last): (Instant, &AtomicU64),
     meter: &[AtomicU64; 2],
 ) -> Result<DirectionStats, Abort> {
@@ -181,7 +183,14 @@ async fn pump(
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
-        to.write_all(data).await.map_err(conn)?;
+        if from_client {
+            tokio::select! {
+                written = to.write_all(data) => written.map_err(conn)?,
+                e = from.ready(Interest::ERROR) => return Err(client_reset(from.as_ref(), e)),
+            }
+        } else {
+            to.write_all(data).await.map_err(conn)?;
+        }
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
@@ -311,7 +320,31 @@ mod tests {
         let err = server.take_error().unwrap().expect("a pending error");
         assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{err}");
         let report = relay.await.unwrap();
-        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client after its FIN")), "{report:?}");
+        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
+    }
+
+    /// A client that resets while its bytes wait for a server that does not read: the relay,
+    /// stuck writing to the server, still carries the reset at once.
+    #[tokio::test]
+    async fn a_client_reset_while_its_bytes_wait_for_a_slow_server_is_carried() {
+        let (client, server, relay) = setup(Chain::default(), Chain::default(), Limits::default()).await;
+        let (read, mut write) = client.into_split();
+        // More than every buffer on the way holds: the relay's write to the server waits.
+        let upload = tokio::spawn(async move {
+            let _ = write.write_all(&vec![1u8; 64 << 20]).await;
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        read.as_ref().set_zero_linger().unwrap();
+        upload.abort();
+        let _ = upload.await;
+        drop(read);
+        let reset = tokio::time::timeout(Duration::from_secs(5), server.ready(Interest::ERROR)).await;
+        reset.expect("the reset is carried while the relay waits to write").unwrap();
+        let err = server.take_error().unwrap().expect("a pending error");
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+        let report = relay.await.unwrap();
+        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
     }
 
     /// A server that answers, sends its FIN and then resets (the client's next request came
@@ -334,7 +367,7 @@ mod tests {
         });
         client.write_all(b"GET /a").await.unwrap();
         server.read_exact(&mut [0u8; 6]).await.unwrap();
-        let answer = vec![7u8; 1 << 20];
+        let answer = vec![7u8; 256 << 10];
         server.write_all(&answer).await.unwrap();
         server.shutdown().await.unwrap();
         // Acknowledged by the proxy (a reset discards what the server has not sent), then reset.

@@ -170,14 +170,16 @@ fn give_up_and_return(to: &str) -> std::io::Result<()> {
     print_reply(&mut again)
 }
 
-/// A connection to `to`, from `from` if given (bound first, `SO_REUSEADDR`).
+/// A connection to `to`, from `from` if given (bound first, `SO_REUSEADDR`), in at most 10 s.
 fn connect_from(from: Option<SocketAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
     use std::os::fd::AsRawFd;
     let family = if to.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // A blocking connect waits SO_SNDTIMEO at most: 10 s, as `connect`.
+    socket::setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(10, 0))?;
     if let Some(from) = from {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
     }
     socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
