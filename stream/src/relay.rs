@@ -228,6 +228,20 @@ mod tests {
         (client, server, relay)
     }
 
+    /// A client with a tiny receive window (most of an answer waits in the relay's send queue)
+    /// and a server on loopback: (client, server, the relay's sides of both), not relayed yet.
+    async fn slow_client() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let small = tokio::net::TcpSocket::new_v4().unwrap();
+        small.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(small.connect(front.local_addr().unwrap()), front.accept());
+        let (client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
+        let server_side = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
+        let (server, _) = back.accept().await.unwrap();
+        (client, server, client_side, server_side)
+    }
+
     fn chain(stages: &[(&str, &[(&str, &str)])]) -> Chain {
         let args = |a: &[(&str, &str)]| a.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Chain(stages.iter().map(|(n, a)| srv6pipes_functions::build(n, &args(a)).unwrap().1).collect())
@@ -259,16 +273,7 @@ mod tests {
     /// segment) must still deliver them, then a FIN: not discard them at close.
     #[tokio::test]
     async fn a_clean_end_delivers_the_tail_the_client_has_not_acknowledged_yet() {
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back_addr = back.local_addr().unwrap();
-        // A client with a tiny receive window: most of the answer waits in the relay's send queue.
-        let small = tokio::net::TcpSocket::new_v4().unwrap();
-        small.set_recv_buffer_size(4096).unwrap();
-        let (client, accepted) = tokio::join!(small.connect(front.local_addr().unwrap()), front.accept());
-        let (mut client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
-        let server_side = TcpStream::connect(back_addr).await.unwrap();
-        let (mut server, _) = back.accept().await.unwrap();
+        let (mut client, mut server, client_side, server_side) = slow_client().await;
         socket2::SockRef::from(&client_side).set_send_buffer_size(1 << 20).unwrap();
         for s in [&client_side, &server_side] {
             s.set_zero_linger().unwrap();
@@ -315,10 +320,16 @@ mod tests {
         drop(client);
         // The server has the FIN already, so its reads end at 0: the reset shows as its error
         // (EPIPE: a reset after the FIN).
+        client_reset_reaches(&server, ErrorKind::BrokenPipe, relay).await;
+    }
+
+    /// The client's reset reaches the server at once (its error: `kind`), and the relay says
+    /// it aborted on the client's reset.
+    async fn client_reset_reaches(server: &TcpStream, kind: ErrorKind, relay: JoinHandle<Report>) {
         let reset = tokio::time::timeout(Duration::from_secs(5), server.ready(Interest::ERROR)).await;
-        reset.expect("the reset is carried without waiting for the server").unwrap();
+        reset.expect("the client's reset is carried at once").unwrap();
         let err = server.take_error().unwrap().expect("a pending error");
-        assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{err}");
+        assert_eq!(err.kind(), kind, "{err}");
         let report = relay.await.unwrap();
         assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
     }
@@ -339,12 +350,7 @@ mod tests {
         upload.abort();
         let _ = upload.await;
         drop(read);
-        let reset = tokio::time::timeout(Duration::from_secs(5), server.ready(Interest::ERROR)).await;
-        reset.expect("the reset is carried while the relay waits to write").unwrap();
-        let err = server.take_error().unwrap().expect("a pending error");
-        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-        let report = relay.await.unwrap();
-        assert!(matches!(&report.aborted, Some(Abort::Connection(why)) if why.starts_with("client: ")), "{report:?}");
+        client_reset_reaches(&server, ErrorKind::ConnectionReset, relay).await;
     }
 
     /// A server that answers, sends its FIN and then resets (the client's next request came
@@ -352,16 +358,8 @@ mod tests {
     /// whole, as they would without the proxy; the reset is not carried over them.
     #[tokio::test]
     async fn a_server_reset_after_its_fin_does_not_cut_the_answer_before_it() {
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back_addr = back.local_addr().unwrap();
-        // A slow client: most of the answer waits in the relay's queues when the reset comes.
-        let small = tokio::net::TcpSocket::new_v4().unwrap();
-        small.set_recv_buffer_size(4096).unwrap();
-        let (client, accepted) = tokio::join!(small.connect(front.local_addr().unwrap()), front.accept());
-        let (mut client, (client_side, _)) = (client.unwrap(), accepted.unwrap());
-        let server_side = TcpStream::connect(back_addr).await.unwrap();
-        let (mut server, _) = back.accept().await.unwrap();
+        // Most of the answer waits in the relay's queues when the reset comes.
+        let (mut client, mut server, client_side, server_side) = slow_client().await;
         let relay = tokio::spawn(async move {
             relay(client_side, server_side, Chain::default(), Chain::default(), Limits::default(), &Meters::default()).await
         });
