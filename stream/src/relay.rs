@@ -16,9 +16,10 @@
 //! to a slow server. A client that sends its FIN, then resets (it closed with the answer still
 //! coming, as an HTTP client that gives up does), is gone and may reuse its port at once; its
 //! onward connection must go with it, or the proxy could not connect that client's next
-//! connection from the same address and port (`EADDRNOTAVAIL`). The server's reset after its FIN is not watched for: the answer and the
-//! FIN already here still reach the client, and its next write finds the reset, as it would
-//! without the proxy (the onward connection's reset frees its addresses and ports itself).
+//! connection from the same address and port (`EADDRNOTAVAIL`). The server's reset after its
+//! FIN is not watched for: the answer and the FIN already here still reach the client, and its
+//! next write finds the reset, as it would without the proxy (the onward connection's reset
+//! frees its addresses and ports itself).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
