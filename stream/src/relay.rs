@@ -10,16 +10,15 @@
 //! refusing its input, `Limits::idle` without a byte either way — aborts both connections with
 //! a reset (`SO_LINGER` 0), never a FIN that would make a cut stream look complete.
 //!
-//! A direction that reads finds its sender's reset after the bytes that came before it, and
-//! relays those first. The client's connection is also watched for a reset while nothing reads
-//! it: once its direction has ended (its FIN relayed), and while its direction waits to write
-//! to a slow server. A client that sends its FIN, then resets (it closed with the answer still
+//! The client's connection is watched for a reset all along, not only when its direction reads
+//! it: after its FIN, or while its direction waits to write to a slow server, nothing else
+//! would see one. A client that sends its FIN, then resets (it closed with the answer still
 //! coming, as an HTTP client that gives up does), is gone and may reuse its port at once; its
 //! onward connection must go with it, or the proxy could not connect that client's next
-//! connection from the same address and port (`EADDRNOTAVAIL`). The server's reset after its
-//! FIN is not watched for: the answer and the FIN already here still reach the client, and its
-//! next write finds the reset, as it would without the proxy (the onward connection's reset
-//! frees its addresses and ports itself).
+//! connection from the same address and port (`EADDRNOTAVAIL`). The server's connection is not
+//! watched so: after the server's FIN, its reset must not cut the answer and the FIN already
+//! here on their way to the client; the client's next write finds it, as it would without the
+//! proxy (and the onward connection's reset frees its addresses and ports itself).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -100,8 +99,8 @@ pub async fn relay(
     {
         let (cr, cw) = client.split();
         let (sr, sw) = server.split();
-        let fwd = pump(&cr, sw, forward, (limits.read_size, true), (start, &last), &meters.forward);
-        let rev = pump(&sr, cw, reverse, (limits.read_size, false), (start, &last), &meters.reverse);
+        let fwd = pump(&cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
+        let rev = pump(&sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
         tokio::pin!(fwd, rev);
         let (mut fwd_done, mut rev_done) = (false, false);
         while !(fwd_done && rev_done) {
@@ -110,9 +109,8 @@ pub async fn relay(
             let ended = tokio::select! {
                 r = &mut fwd, if !fwd_done => { fwd_done = true; r.map(|s| report.forward = s) }
                 r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
-                // The client's reset once its direction has ended: nothing reads its connection
-                // any more, and its address and port must be let go (see the module's doc).
-                e = cr.ready(Interest::ERROR), if fwd_done && !rev_done => Err(client_reset(cr.as_ref(), e)),
+                // The client's reset, whatever its direction is doing (see the module's doc).
+                e = cr.ready(Interest::ERROR) => Err(client_reset(cr.as_ref(), e)),
                 _ = tokio::time::sleep(idle_left) => {
                     let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                     if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
@@ -135,8 +133,8 @@ pub async fn relay(
     report
 }
 
-/// The abort for the client's connection reporting an error while nothing reads it: its
-/// pending error (a reset: ECONNRESET, or EPIPE after its FIN), or the failure to wait for it.
+/// The abort for the client's connection reporting an error: its pending error (a reset:
+/// ECONNRESET, or EPIPE after its FIN), or the failure to wait for it.
 fn client_reset(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) -> Abort {
     let why = match ready {
         Ok(_) => client.take_error().ok().flatten().map_or_else(|| "an error".to_string(), |e| e.to_string()),
@@ -146,14 +144,12 @@ fn client_reset(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) ->
 }
 
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
-/// chain's tail and a FIN to the receiver) or an error. With `from_client`, a reset of the
-/// sender while a write waits for the receiver (a slow server) aborts at once: see the
-/// module's doc.
+/// chain's tail and a FIN to the receiver) or an error.
 async fn pump(
     from: &ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     mut chain: Chain,
-    (read_size, from_client): (usize, bool),
+    read_size: usize,
     (start, last): (Instant, &AtomicU64),
     meter: &[AtomicU64; 2],
 ) -> Result<DirectionStats, Abort> {
@@ -184,14 +180,7 @@ async fn pump(
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
-        if from_client {
-            tokio::select! {
-                written = to.write_all(data) => written.map_err(conn)?,
-                e = from.ready(Interest::ERROR) => return Err(client_reset(from.as_ref(), e)),
-            }
-        } else {
-            to.write_all(data).await.map_err(conn)?;
-        }
+        to.write_all(data).await.map_err(conn)?;
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);

@@ -158,30 +158,27 @@ fn print_reply(s: &mut TcpStream) -> std::io::Result<()> {
 /// port (its side of the first connection was reset: nothing holds the port). The proxies must
 /// have let the first connection go with its reset, or they cannot connect the second.
 fn give_up_and_return(to: &str) -> std::io::Result<()> {
-    let to = addr(to)?;
-    let mut first = connect_from(None, to)?;
-    let from = first.local_addr()?;
+    let mut first = connect(to)?;
+    let (from, to) = (first.local_addr()?, first.peer_addr()?);
     send_and_finish(&mut first, 1024)?;
     std::thread::sleep(Duration::from_millis(300));
     socket_linger_zero(&first)?;
     drop(first);
-    let mut again = connect_from(Some(from), to)?;
+    let mut again = connect_from(from, to)?;
     send_and_finish(&mut again, 1024)?;
     print_reply(&mut again)
 }
 
-/// A connection to `to`, from `from` if given (bound first, `SO_REUSEADDR`), in at most 10 s.
-fn connect_from(from: Option<SocketAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+/// `connect`, from `from` (bound first, `SO_REUSEADDR`).
+fn connect_from(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
     use std::os::fd::AsRawFd;
     let family = if to.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     // A blocking connect waits SO_SNDTIMEO at most: 10 s, as `connect`.
     socket::setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(10, 0))?;
-    if let Some(from) = from {
-        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
-    }
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
     socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
     let s = TcpStream::from(fd);
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
