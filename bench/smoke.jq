@@ -12,7 +12,7 @@ def fields: [
   "program_10k_sids_ms.p50",
   "bpf_alternating.end_ad_age0.ratio.median", "bpf_alternating.end_ad_monitor_drops.ratio.median",
   "pdr_alternating.end_ad_age0.ratio.median", "pdr_alternating.end_ad_monitor_drops.ratio.median",
-  "vnf_installed_alternating.10.ratio.median",
+  "vnf_installed_alternating.10.ratio.median", "vnf_spread_alternating.10.ratio.median",
   "chain_apply_ms.p50", "chain_apply_ms.p99", "control_writes_per_change.100", "control_cpu_ms_per_change.100",
   "tcp_goodput_mbps.chained_mbps", "tcp_goodput_mbps.unchained_mbps",
   "generator_ceiling_kpps.median", "host_noise.start.l1_ns.median", "host_noise.end.l3_ns.median",

@@ -13,8 +13,10 @@
  *    become 00 m+1 ff ff-(m+1), m the side `gen_mark` holds at that moment: the UDP checksum
  *    stays valid (the two 16-bit words' sum is unchanged), and frames sent are counted by m.
  *    While `gen_mark` also has GEN_OTHER_LANE set, frames are built from the second template
- *    and redirected to `alt_ifindex`, another lane's generator veth in the same netns: two
- *    lanes measured in slices of one stream.
+ *    (its length too: the frame's tail is moved to it) with the second lane's configuration
+ *    (its destinations to spread over, its mark's offset) and redirected to `alt_ifindex`,
+ *    another lane's generator veth in the same netns: two lanes measured in slices of one
+ *    stream.
  *  - bench_sink: attached to each sink veth; counts frames whose IPv6 destination is the
  *    expected one (and the others apart, multicast aside), then drops them; with `marks` set,
  *    the expected ones by their mark too.
@@ -32,12 +34,14 @@ struct addr {
 	__u8 b[16];
 };
 
+/* [0]: the stream's (its pacing; its first lane's frames); [1]: the second lane's frames
+ * (n_dsts, da_off, seg_off, mark_off only). */
 struct gen_config {
 	__u32 n_dsts;
 	__u32 da_off;	   /* offset of the outer destination in the frame */
 	__u32 seg_off;	   /* offset of the SRH entry that must equal it; 0: none */
 	__u32 mark_off;	   /* offset of the frame's last four bytes, the mark; 0: unmarked */
-	__u32 alt_ifindex; /* the other lane's generator veth (GEN_OTHER_LANE); 0: none */
+	__u32 alt_ifindex; /* the second lane's generator veth (GEN_OTHER_LANE); 0: none */
 	__u32 pad;
 	__u64 interval_ns;
 	__u64 window_ns; /* lag beyond which a late generator skips rather than bursts */
@@ -59,11 +63,16 @@ struct {
 	__type(value, struct gen_frame);
 } gen_frame SEC(".maps");
 
+/* The frame becomes the template `t`, its length first (live frames start at the length the
+ * run was given, the first lane's). */
 static __always_inline int put_frame(struct xdp_md *ctx, const struct gen_frame *t)
 {
-	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	__u32 len = t->len;
-	if (len > MAX_FRAME || data + len != end)
+	int delta = (int)len - (int)(ctx->data_end - ctx->data);
+	if (len > MAX_FRAME || (delta && bpf_xdp_adjust_tail(ctx, delta)))
+		return -1;
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	if (data + len != end)
 		return -1;
 	__u32 off = 0;
 	for (int i = 0; i < MAX_FRAME / 8; i++) {
@@ -102,16 +111,17 @@ struct {
 	__type(value, __u32);
 } gen_mark SEC(".maps");
 
+/* [lane * MAX_DSTS + i]: the lane's destinations */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_DSTS);
+	__uint(max_entries, 2 * MAX_DSTS);
 	__type(key, __u32);
 	__type(value, struct addr);
 } gen_dsts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct gen_config);
 } gen_config SEC(".maps");
@@ -163,6 +173,22 @@ static __always_inline int put_mark(struct xdp_md *ctx, __u32 off, __u32 m, stru
 	return 0;
 }
 
+/* With more than one destination in `lc`, lane `lane`'s: the one frame `seq` goes to. */
+static __always_inline int spread(struct xdp_md *ctx, const struct gen_config *lc, __u32 lane, __u64 seq)
+{
+	if (lc->n_dsts <= 1)
+		return 0;
+	__u32 idx = lane * MAX_DSTS + (__u32)(seq % lc->n_dsts);
+	struct addr *a = bpf_map_lookup_elem(&gen_dsts, &idx);
+	if (!a)
+		return 0;
+	if (put_addr(ctx, lc->da_off, a))
+		return -1;
+	if (lc->seg_off && put_addr(ctx, lc->seg_off, a))
+		return -1;
+	return 0;
+}
+
 SEC("xdp")
 int bench_gen(struct xdp_md *ctx)
 {
@@ -187,24 +213,16 @@ int bench_gen(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	if (lane && !cfg->alt_ifindex)
 		return XDP_ABORTED;
+	__u32 alt_ifindex = cfg->alt_ifindex;
+	struct gen_config *lc = lane ? bpf_map_lookup_elem(&gen_config, &lane) : cfg;
 	struct gen_frame *t = bpf_map_lookup_elem(&gen_frame, &lane);
-	if (!t || put_frame(ctx, t))
+	if (!lc || !t || put_frame(ctx, t))
 		return XDP_ABORTED;
-	if (cfg->mark_off && put_mark(ctx, cfg->mark_off, m, st))
+	if (lc->mark_off && put_mark(ctx, lc->mark_off, m, st))
 		return XDP_ABORTED;
-	if (lane)
-		return bpf_redirect(cfg->alt_ifindex, 0);
-	if (cfg->n_dsts <= 1)
-		return XDP_TX;
-	__u32 idx = (__u32)(seq % cfg->n_dsts);
-	struct addr *a = bpf_map_lookup_elem(&gen_dsts, &idx);
-	if (!a)
-		return XDP_TX;
-	if (put_addr(ctx, cfg->da_off, a))
+	if (spread(ctx, lc, lane, seq))
 		return XDP_ABORTED;
-	if (cfg->seg_off && put_addr(ctx, cfg->seg_off, a))
-		return XDP_ABORTED;
-	return XDP_TX;
+	return lane ? bpf_redirect(alt_ifindex, 0) : XDP_TX;
 }
 
 struct sink_config {

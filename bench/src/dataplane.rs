@@ -79,6 +79,9 @@ pub struct Results {
     /// the sweep's last point (by its key, `installed/N`), the two lanes in one stream; and
     /// with `Plan::null_lanes` the calibration pairs (`null/N`, `trace/N`: [`calibration_lanes`]).
     pub installed_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
+    /// The same for End.AD spread over the last VNF count's N (`sp/N`) against plain forwarding
+    /// spread over as many VNF namespaces of its own lane: the two in one stream.
+    pub spread_alternating: BTreeMap<String, Vec<AlternatedPdr>>,
     /// The same for End.AD by VNF count (at half that rate).
     pub scaling_bpf_ns: BTreeMap<String, BTreeMap<String, f64>>,
     /// The same for End.AD through the last of N installed (by N, and SIDs for the table point).
@@ -517,6 +520,11 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(&pscale)?]))?;
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        if plan.vnf_counts.last() == Some(&n) {
+            // End.AD against plain, both spread over N, in one stream: PDRs of separate trials
+            // swing with the host more than the two differ at 1,000 VNF namespaces.
+            sliced::pdr_rounds(b, &[(&points[1], &points[0])], &s, plan, &mut res.spread_alternating, &mut res.failures);
+        }
         let pps = sweep_cost_pps(plan, &s[&points[0].key]);
         if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);

@@ -25,6 +25,8 @@ pub const LOSS_BOUND: f64 = 0.005;
 pub const RETRY_BELOW: f64 = 0.2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BATCH: u32 = 64;
+/// The generator's destinations a lane (`gen_dsts`: lane L's from L × this).
+const MAX_DSTS: usize = 16384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -215,37 +217,38 @@ impl Traffic {
         Ok(frames.set(index, template, 0)?)
     }
 
+    /// The generator's lane `lane` (0 the stream's first, 1 its second): `frame`, spread over
+    /// `dsts`; its template and configuration `base` with the lane's frame and destinations.
+    fn configure_lane(&mut self, lane: u32, frame: &Frame, dsts: &[Ipv6Addr], marked: bool, base: GenConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(dsts.len() <= MAX_DSTS, "{} destinations: the generator spreads over at most {MAX_DSTS}", dsts.len());
+        let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
+        let first = lane as usize * MAX_DSTS;
+        for (i, d) in dsts.iter().enumerate() {
+            table.set((first + i) as u32, d.octets(), 0)?;
+        }
+        self.set_template(lane, frame)?;
+        let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
+        let mark_off = if marked { frame.mark_off()? } else { 0 };
+        let cfg = GenConfig { n_dsts: dsts.len() as u32, da_off: frame.da_off, seg_off: frame.seg_off, mark_off, ..base };
+        Ok(config.set(lane, cfg, 0)?)
+    }
+
     fn configure(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr], pps: f64, marked: bool) -> anyhow::Result<()> {
         self.configure_sink(path, marked)?;
-        let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
-        for (i, d) in dsts.iter().enumerate() {
-            table.set(i as u32, d.octets(), 0)?;
-        }
-        self.set_template(0, frame)?;
-        let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
         let interval_ns = if pps > 0.0 { (1e9 / pps) as u64 } else { 0 };
-        let cfg = GenConfig {
-            n_dsts: dsts.len() as u32,
-            da_off: frame.da_off,
-            seg_off: frame.seg_off,
-            mark_off: if marked { frame.mark_off()? } else { 0 },
-            alt_ifindex: 0,
-            pad: 0,
-            interval_ns,
-            window_ns: 64 * interval_ns,
-        };
-        config.set(0, cfg, 0)?;
+        let stream = GenConfig { interval_ns, window_ns: 64 * interval_ns, ..GenConfig::default() };
+        self.configure_lane(0, frame, dsts, marked, stream)?;
         let mut state: PerCpuArray<_, GenState> = PerCpuArray::try_from(self.bpf.map_mut("gen_state").context("gen_state")?)?;
         let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
         state.set(0, PerCpuValues::try_from(vec![GenState::default(); cpus])?, 0)?;
         Ok(())
     }
 
-    /// After `configure`: the frames [`Marker::use_other_lane`] sends are `frame`, redirected to
-    /// `path`'s generator veth, and `path`'s sink counts them by mark.
-    fn configure_other_lane(&mut self, path: &Path, frame: &Frame) -> anyhow::Result<()> {
+    /// After `configure`: the frames [`Marker::use_other_lane`] sends are `frame` spread over
+    /// `dsts`, marked, redirected to `path`'s generator veth; `path`'s sink counts them by mark.
+    fn configure_other_lane(&mut self, path: &Path, frame: &Frame, dsts: &[Ipv6Addr]) -> anyhow::Result<()> {
         self.configure_sink(path, true)?;
-        self.set_template(1, frame)?;
+        self.configure_lane(1, frame, dsts, true, GenConfig::default())?;
         let mut config: Array<_, GenConfig> = Array::try_from(self.bpf.map_mut("gen_config").context("gen_config")?)?;
         let cfg = GenConfig { alt_ifindex: path.gen_ifindex, ..config.get(&0, 0)? };
         Ok(config.set(0, cfg, 0)?)
@@ -338,32 +341,28 @@ impl Traffic {
     /// One stream at `pps` for `dur`, its frames marked by side: `drive` runs on this thread
     /// while the generator sends on its own, setting the mark (and making the change for the
     /// changed side's frames) as long as `running()`; frames start marked [`Mark::Between`].
-    /// `lanes` are the base side's path and frame and the changed side's: the same (one lane,
-    /// the change made on it), or another lane's, which the frames go to while `drive` has
-    /// them on the other lane ([`Marker::use_other_lane`]; one destination each, frames of one
-    /// length). Returns the base side's trial and the changed side's: each side's frames sent
-    /// and delivered (at its own lane's sink), at the stream's rate.
+    /// `lanes` are the base side's path, frame and destinations and the changed side's: the
+    /// same (one lane, the change made on it), or another lane's, which the frames go to while
+    /// `drive` has them on the other lane ([`Marker::use_other_lane`]; each lane's frames of
+    /// its own length, spread over its own destinations). Returns the base side's trial and
+    /// the changed side's: each side's frames sent and delivered (at its own lane's sink), at
+    /// the stream's rate.
     pub fn marked(
         &mut self,
-        lanes: [(&Path, &Frame); 2],
-        dsts: &[Ipv6Addr],
+        lanes: [(&Path, &Frame, &[Ipv6Addr]); 2],
         (pps, dur): (f64, Duration),
         drive: impl FnOnce(&mut Marker, &dyn Fn() -> bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<[Trial; 2]> {
-        let [(path, frame), (other, other_frame)] = lanes;
+        let [(path, frame, dsts), (other, other_frame, other_dsts)] = lanes;
         self.configure(path, frame, dsts, pps, true)?;
         let two_lanes = path.slot != other.slot;
         if two_lanes {
-            anyhow::ensure!(dsts.len() <= 1, "a stream over two lanes has one destination a lane, not {}", dsts.len());
-            anyhow::ensure!(
-                other_frame.bytes.len() == frame.bytes.len() && other_frame.mark_off()? == frame.mark_off()?,
-                "a stream over two lanes sends frames of one length ({} and {} bytes)",
-                frame.bytes.len(),
-                other_frame.bytes.len()
-            );
-            self.configure_other_lane(other, other_frame)?;
+            self.configure_other_lane(other, other_frame, other_dsts)?;
         } else {
-            anyhow::ensure!(other_frame.bytes == frame.bytes, "one lane, one frame: the change is made on the lane");
+            anyhow::ensure!(
+                other_frame.bytes == frame.bytes && other_dsts == dsts,
+                "one lane, one frame and its destinations: the change is made on the lane"
+            );
         }
         let counts = |t: &Self| -> anyhow::Result<[([u64; MARKS + 1], u64); 2]> {
             let at = |p: &Path| -> anyhow::Result<_> { Ok((t.received_by_mark(p.slot)?, t.counts(p.slot)?.1)) };
