@@ -31,7 +31,8 @@ struct Args {
     /// The node's channel: an abstract unix socket name in this pod's netns.
     #[arg(long, default_value = srv6::pipes::CHANNEL)]
     channel: String,
-    /// A connection with no byte either way for this many seconds is reset.
+    /// A connection with no byte either way for this many seconds is reset (none read, none
+    /// accepted for sending: a reader still taking a long write is not idle).
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
     /// Connections relayed at once; one more is reset at once.
@@ -56,7 +57,11 @@ fn main() -> ExitCode {
         .init();
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    match rt.block_on(run(args)) {
+    let done = rt.block_on(run(args));
+    // Not a runtime's drop, which waits for every task: one stuck in a function after the
+    // drain would hold the exit (and its connections, reset by the kernel at exit) forever.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "srv6pipes-stream failed");

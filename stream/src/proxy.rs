@@ -51,6 +51,30 @@ impl Counters {
     }
 }
 
+/// A connection counted in the proxy's and its SID's `active` for as long as this lives: counted
+/// down when dropped, however its task ends (a panicking function's too), so that a drain does
+/// not wait for connections that are gone.
+struct Counted<'a>([&'a AtomicU64; 2]);
+
+impl<'a> Counted<'a> {
+    /// Counts one more in `all` and `sid`; with how many `all` had before.
+    fn new(all: &'a AtomicU64, sid: &'a AtomicU64) -> (Self, u64) {
+        sid.fetch_add(1, Ordering::Relaxed);
+        let before = all.fetch_add(1, Ordering::AcqRel);
+        (Counted([all, sid]), before)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0[1].fetch_sub(1, Ordering::Relaxed);
+        self.0[0].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long a drain waits, after resetting the relays still running, for their tasks to end.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
 struct Listening {
     pipeline: Pipeline,
     task: tokio::task::JoinHandle<()>,
@@ -155,19 +179,16 @@ impl Proxy {
             return;
         };
         let (from, to) = (SocketAddr::new(unmapped(from.ip()), from.port()), SocketAddr::new(unmapped(to.ip()), to.port()));
-        if self.active.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections {
-            self.active.fetch_sub(1, Ordering::AcqRel);
+        let (_counted, before) = Counted::new(&self.active, &c.active);
+        if before >= self.cfg.max_connections {
             c.fail("limit");
             return; // dropped with linger 0: reset
         }
-        c.active.fetch_add(1, Ordering::Relaxed);
         let reason = self.relay_to(client, from, to, &pipeline, &c).await;
         if let Some(reason) = reason {
             c.fail(reason);
             tracing::debug!(%sid, %from, %to, reason, "connection reset");
         }
-        c.active.fetch_sub(1, Ordering::Relaxed);
-        self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Connects onward and relays; the reason of a reset, if it ended in one.
@@ -220,20 +241,24 @@ impl Proxy {
 
     /// SIGTERM: no new connection (listeners closed: the stack resets new SYNs, and the chain's
     /// other replicas get the new flows once this pod is not ready), the current ones drain for
-    /// at most `drain`, then the rest are reset.
+    /// at most `drain`, then the rest are reset; returns at most [`ABORT_WAIT`] after that
+    /// (the process then exits, and the kernel resets what is left: linger 0).
     pub async fn drain(&self, drain: Duration) {
         self.draining.store(true, Ordering::Relaxed);
         self.listeners.lock().expect("not poisoned").clear();
-        let deadline = tokio::time::Instant::now() + drain;
-        while self.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left = self.active.load(Ordering::Acquire);
-        if left > 0 {
-            warn!(connections = left, "drain time over: resetting");
-            self.abort.send_replace(true);
-            while self.active.load(Ordering::Acquire) > 0 {
+        let active = || self.active.load(Ordering::Acquire);
+        let until = |deadline: tokio::time::Instant| async move {
+            while active() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        until(tokio::time::Instant::now() + drain).await;
+        if active() > 0 {
+            warn!(connections = active(), "drain time over: resetting");
+            self.abort.send_replace(true);
+            until(tokio::time::Instant::now() + ABORT_WAIT).await;
+            if active() > 0 {
+                warn!(connections = active(), "relays still running after their reset: leaving them to the exit");
             }
         }
     }
@@ -376,6 +401,40 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(90), "{:?}", t.elapsed());
         assert_eq!(onward.local_addr().unwrap(), from, "from the client's address and port");
         drop(server);
+    }
+
+    /// A connection's counts go down however its task ends: a panicking one's too.
+    #[tokio::test]
+    async fn a_connection_is_counted_until_its_task_ends_even_in_a_panic() {
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let (_other, before) = Counted::new(&counts[0], &counts[1]);
+        assert_eq!(before, 0);
+        let task = {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let (_counted, _) = Counted::new(&counts[0], &counts[1]);
+                tokio::task::yield_now().await;
+                panic!("a function panicked");
+            })
+        };
+        let panicked = task.await.unwrap_err().into_panic();
+        assert_eq!(panicked.downcast_ref::<&str>(), Some(&"a function panicked"));
+        assert_eq!([counts[0].load(Ordering::Acquire), counts[1].load(Ordering::Acquire)], [1, 1], "the other one only");
+    }
+
+    /// A drain whose reset relays do not end (a task stuck in a function) still returns, after
+    /// its drain time and [`ABORT_WAIT`]: the process exits and the kernel resets the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_returns_when_reset_relays_do_not_end() {
+        let cfg = Config { limits: Limits::default(), max_connections: 8, connect_timeout: Duration::from_secs(1), backlog: 8 };
+        let proxy = Proxy::new(cfg);
+        let stuck = Counters::default();
+        let (_counted, _) = Counted::new(&proxy.active, &stuck.active);
+        let t = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), proxy.drain(Duration::from_secs(10))).await.expect("the drain returns");
+        assert!(*proxy.abort.borrow(), "the relays were told to reset");
+        let took = t.elapsed();
+        assert!((Duration::from_secs(10) + ABORT_WAIT..Duration::from_secs(13)).contains(&took), "{took:?}");
     }
 
     #[tokio::test]

@@ -33,7 +33,9 @@ use srv6pipes_functions::{Chain, FunctionError};
 pub struct Limits {
     /// Bytes read at once per direction: the proxy's buffer per connection and direction.
     pub read_size: usize,
-    /// A connection with no byte either way for this long is aborted.
+    /// A connection with no byte either way for this long is aborted: none read, and none
+    /// accepted for sending (the send buffer frees as the receiver takes bytes, so a slow
+    /// reader draining a write longer than the buffer is not idle).
     pub idle: Duration,
 }
 
@@ -154,6 +156,7 @@ async fn pump(
     meter: &[AtomicU64; 2],
 ) -> Result<DirectionStats, Abort> {
     let conn = |e: std::io::Error| Abort::Connection(e.to_string());
+    let moved = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let mut stats = DirectionStats::default();
     // Allocated when the first bytes (or the FIN) are there: an idle connection holds no buffer.
     let mut buf: Vec<u8> = Vec::new();
@@ -167,7 +170,7 @@ async fn pump(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(conn(e)),
         };
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        moved();
         let transformed;
         let data: &[u8] = if chain.is_empty() {
             &buf[..n]
@@ -180,12 +183,28 @@ async fn pump(
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
-        to.write_all(data).await.map_err(conn)?;
+        write_all_moving(&mut to, data, &moved).await.map_err(conn)?;
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
         }
     }
+}
+
+/// Writes all of `data`, calling `moved` each time the kernel took some (its send buffer freed
+/// as the receiver took bytes): bytes moving, for `Limits::idle`, however slowly (one read's
+/// output, a decompressing function's say, written to a reader at a few KB/s can take longer
+/// than the idle limit).
+async fn write_all_moving(to: &mut WriteHalf<'_>, mut data: &[u8], moved: &(dyn Fn() + Sync)) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = to.write(data).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        moved();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -398,6 +417,37 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::ConnectionReset);
         assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
         assert_eq!(relay.await.unwrap().aborted, Some(Abort::Idle));
+    }
+
+    /// A reader too slow for one read's output to be written within `Limits::idle`: bytes
+    /// still move, so the relay is not idle and the answer arrives whole.
+    #[tokio::test]
+    async fn a_slow_reader_of_a_long_write_is_not_idle() {
+        let (mut client, mut server, client_side, server_side) = slow_client().await;
+        // A small send buffer towards the client (loopback's starts at megabytes): the write
+        // waits on the reader.
+        socket2::SockRef::from(&client_side).set_send_buffer_size(8 << 10).unwrap();
+        let limits = Limits { idle: Duration::from_millis(300), ..Limits::default() };
+        // One read of 128 bytes becomes one write of 128,000.
+        let grow = chain(&[("replace", &[("from", "x"), ("to", &"y".repeat(1000))])]);
+        let relay = tokio::spawn(async move { relay(client_side, server_side, Chain::default(), grow, limits, &Meters::default()).await });
+        server.write_all(&[b'x'; 128]).await.unwrap();
+        server.shutdown().await.unwrap();
+        // ~200 KB/s: that write alone lasts ~600 ms.
+        let (mut got, mut chunk) = (Vec::new(), [0u8; 4096]);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match client.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("after {} bytes: {e}", got.len()),
+            }
+        }
+        assert_eq!(got.len(), 128_000);
+        drop(client);
+        let report = tokio::time::timeout(Duration::from_secs(5), relay).await.expect("the relay ends").unwrap();
+        assert_eq!(report.aborted, None);
+        assert_eq!(report.reverse.max_pending, 128_000, "one write");
     }
 
     #[tokio::test]
