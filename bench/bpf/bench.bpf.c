@@ -55,7 +55,8 @@ struct gen_frame {
 	__u8 b[MAX_FRAME];
 };
 
-/* [0]: the lane's frame, [1]: the other lane's (GEN_OTHER_LANE), of the same length */
+/* [0]: the first lane's frame, [1]: the second lane's (GEN_OTHER_LANE), of its own length
+ * (put_frame moves the tail) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
@@ -178,6 +179,8 @@ static __always_inline int spread(struct xdp_md *ctx, const struct gen_config *l
 {
 	if (lc->n_dsts <= 1)
 		return 0;
+	if (lc->n_dsts > MAX_DSTS)
+		return -1; /* never into the other lane's */
 	__u32 idx = lane * MAX_DSTS + (__u32)(seq % lc->n_dsts);
 	struct addr *a = bpf_map_lookup_elem(&gen_dsts, &idx);
 	if (!a)
@@ -211,9 +214,9 @@ int bench_gen(struct xdp_md *ctx)
 	__u32 m = 0, lane = 0;
 	if (cfg->mark_off && read_mark(&m, &lane))
 		return XDP_ABORTED;
-	if (lane && !cfg->alt_ifindex)
-		return XDP_ABORTED;
 	__u32 alt_ifindex = cfg->alt_ifindex;
+	if (lane && !alt_ifindex)
+		return XDP_ABORTED;
 	struct gen_config *lc = lane ? bpf_map_lookup_elem(&gen_config, &lane) : cfg;
 	struct gen_frame *t = bpf_map_lookup_elem(&gen_frame, &lane);
 	if (!lc || !t || put_frame(ctx, t))

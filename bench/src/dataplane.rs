@@ -466,6 +466,8 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
 /// kernel proxy spread over N (`kernel/N`, an `ip rule` per VNF); and End.AD through the last
 /// VNF installed alone (`installed/N`: the seed paper's measure, what N idle VNFs cost one),
 /// paired with End.AD through a lane that keeps one VNF (`one/N`), measured in the same turns.
+/// At the last N, End.AD and plain spread over N again in one stream at the edge of their PDR;
+/// after the last point, the last installed and the one-VNF lane so ([`installed_edge`]).
 fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
     let cpu = plan.sut_cpu;
     let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
@@ -556,8 +558,10 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     // The sweep's last point: the table point's, or the last VNF count's.
     let last = if plan.table_sids > 0 { Some(plan.table_sids) } else { plan.vnf_counts.last().copied() };
     if let Some(key) = last.map(|n| n.to_string()) {
-        let one_pdr = res.installed_one.get(&key).cloned().unwrap_or_default();
-        installed_edge(b, &installed(&scale, &key)?, &reference(&key)?, one_pdr, plan, res);
+        let (installed, one) = (installed(&scale, &key)?, reference(&key)?);
+        let turns = |s: &Samples, of: &Scenario| (of.key.clone(), s.get(&key).cloned().unwrap_or_default());
+        let pdr = Samples::from([turns(&res.installed, &installed), turns(&res.installed_one, &one)]);
+        installed_edge(b, &installed, &one, &pdr, plan, res);
     }
     res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
     res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
@@ -573,12 +577,11 @@ fn one_vnf_lane(b: &mut Bench, name: &str, cpu: usize) -> anyhow::Result<Lane> {
 }
 
 /// The sweep's last pair again (End.AD through the last installed, through the lane with one
-/// VNF, whose PDRs in the turns were `one_pdr`), both lanes in one stream at the edge of their
+/// VNF, their PDRs in the turns in `pdr` by key), both lanes in one stream at the edge of their
 /// PDR: the PDRs of lanes measured minutes apart swing with the host more than by what N
 /// costs. With `Plan::null_lanes`, the calibration pairs too ([`calibration_lanes`]); if they
 /// cannot be set up, that goes to the failures and the pair runs alone.
-fn installed_edge(b: &mut Bench, installed: &Scenario, one: &Scenario, one_pdr: Vec<f64>, plan: &Plan, res: &mut Results) {
-    let pdr = Samples::from([(one.key.clone(), one_pdr)]);
+fn installed_edge(b: &mut Bench, installed: &Scenario, one: &Scenario, pdr: &Samples, plan: &Plan, res: &mut Results) {
     let calibration = if plan.null_lanes { calibration_lanes(b, one, plan.sut_cpu) } else { Ok(vec![]) };
     let calibration = calibration.unwrap_or_else(|e| {
         res.failures.push(format!("the calibration lanes: {e:#}"));
@@ -586,7 +589,7 @@ fn installed_edge(b: &mut Bench, installed: &Scenario, one: &Scenario, one_pdr: 
     });
     let mut pairs = vec![(one, installed)];
     pairs.extend(calibration.iter().map(|c| (one, c)));
-    sliced::pdr_rounds(b, &pairs, &pdr, plan, &mut res.installed_alternating, &mut res.failures);
+    sliced::pdr_rounds(b, &pairs, pdr, plan, &mut res.installed_alternating, &mut res.failures);
 }
 
 /// What calibrates the two-lane measure against `one`: End.AD through a second lane with one

@@ -25,8 +25,6 @@ pub const LOSS_BOUND: f64 = 0.005;
 pub const RETRY_BELOW: f64 = 0.2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BATCH: u32 = 64;
-/// The generator's destinations a lane (`gen_dsts`: lane L's from L × this).
-const MAX_DSTS: usize = 16384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -220,9 +218,11 @@ impl Traffic {
     /// The generator's lane `lane` (0 the stream's first, 1 its second): `frame`, spread over
     /// `dsts`; its template and configuration `base` with the lane's frame and destinations.
     fn configure_lane(&mut self, lane: u32, frame: &Frame, dsts: &[Ipv6Addr], marked: bool, base: GenConfig) -> anyhow::Result<()> {
-        anyhow::ensure!(dsts.len() <= MAX_DSTS, "{} destinations: the generator spreads over at most {MAX_DSTS}", dsts.len());
         let mut table: Array<_, [u8; 16]> = Array::try_from(self.bpf.map_mut("gen_dsts").context("gen_dsts")?)?;
-        let first = lane as usize * MAX_DSTS;
+        // Half the table a lane (the program's MAX_DSTS).
+        let per_lane = table.len() as usize / 2;
+        anyhow::ensure!(dsts.len() <= per_lane, "{} destinations: the generator spreads over at most {per_lane}", dsts.len());
+        let first = lane as usize * per_lane;
         for (i, d) in dsts.iter().enumerate() {
             table.set((first + i) as u32, d.octets(), 0)?;
         }

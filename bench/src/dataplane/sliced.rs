@@ -2,7 +2,8 @@
 //! slices of one stream, the change made and unmade from one slice to the next: by BPF time
 //! ([`bpf_alternating`]) and at the edge of the PDR ([`pdr_alternating`]). At the PDR's edge
 //! the changed side may also be another lane (End.AD through the last of 10,000 installed
-//! against a lane with one VNF): the slices then switch the lane the frames go to.
+//! against a lane with one VNF; End.AD spread over N VNFs against plain forwarding spread over
+//! N): the slices then switch the lane the frames go to.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -32,7 +33,8 @@ pub const WARM_UP: Duration = Duration::from_millis(200);
 /// A stream lasts this many PDR trials (~45 slices a side at full length).
 pub const STREAM_TRIALS: u32 = 4;
 
-/// The first stream of a round offers this much above the base's last PDR.
+/// The first stream of a pair's first round offers this much above the higher of the two
+/// sides' last PDRs in the turns (the base's where only it has one).
 pub const OVERLOAD: f64 = 1.12;
 /// A stream overloads both sides when each lost at least this, and together under
 /// `OVERLOADED_UP_TO`: over most of the stream, not just on average, so that few slices ran
