@@ -85,6 +85,34 @@ pub struct Meters {
     pub reverse: [AtomicU64; 2],
 }
 
+/// When bytes last moved on a relay, either way (read, or accepted for sending), for
+/// `Limits::idle`: shared by its two directions.
+struct Activity {
+    start: Instant,
+    /// Milliseconds from `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Bytes moved now.
+    fn moved(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// How long no byte has moved.
+    fn quiet(&self) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
 /// Relays `client` <-> `server` through `forward` (client to server) and `reverse`, until both
 /// directions ended or something aborts them. The connections are closed on return.
 pub async fn relay(
@@ -95,28 +123,23 @@ pub async fn relay(
     limits: Limits,
     meters: &Meters,
 ) -> Report {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
+    let activity = Activity::new();
     let mut report = Report { forward: DirectionStats::default(), reverse: DirectionStats::default(), aborted: None };
     {
         let (cr, cw) = client.split();
         let (sr, sw) = server.split();
-        let fwd = pump(&cr, sw, forward, limits.read_size, (start, &last), &meters.forward);
-        let rev = pump(&sr, cw, reverse, limits.read_size, (start, &last), &meters.reverse);
+        let fwd = pump(&cr, sw, forward, limits.read_size, &activity, &meters.forward);
+        let rev = pump(&sr, cw, reverse, limits.read_size, &activity, &meters.reverse);
         tokio::pin!(fwd, rev);
         let (mut fwd_done, mut rev_done) = (false, false);
         while !(fwd_done && rev_done) {
-            let quiet = Duration::from_millis((start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed)));
-            let idle_left = limits.idle.saturating_sub(quiet);
+            let idle_left = limits.idle.saturating_sub(activity.quiet());
             let ended = tokio::select! {
                 r = &mut fwd, if !fwd_done => { fwd_done = true; r.map(|s| report.forward = s) }
                 r = &mut rev, if !rev_done => { rev_done = true; r.map(|s| report.reverse = s) }
                 // The client's reset, whatever its direction is doing (see the module's doc).
                 e = cr.ready(Interest::ERROR) => Err(client_reset(cr.as_ref(), e)),
-                _ = tokio::time::sleep(idle_left) => {
-                    let quiet = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
-                    if quiet >= limits.idle.as_millis() as u64 { Err(Abort::Idle) } else { Ok(()) }
-                }
+                _ = tokio::time::sleep(idle_left) => if activity.quiet() >= limits.idle { Err(Abort::Idle) } else { Ok(()) },
             };
             if let Err(why) = ended {
                 report.aborted = Some(why);
@@ -152,11 +175,10 @@ async fn pump(
     mut to: WriteHalf<'_>,
     mut chain: Chain,
     read_size: usize,
-    (start, last): (Instant, &AtomicU64),
+    activity: &Activity,
     meter: &[AtomicU64; 2],
 ) -> Result<DirectionStats, Abort> {
     let conn = |e: std::io::Error| Abort::Connection(e.to_string());
-    let moved = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let mut stats = DirectionStats::default();
     // Allocated when the first bytes (or the FIN) are there: an idle connection holds no buffer.
     let mut buf: Vec<u8> = Vec::new();
@@ -170,7 +192,7 @@ async fn pump(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(conn(e)),
         };
-        moved();
+        activity.moved();
         let transformed;
         let data: &[u8] = if chain.is_empty() {
             &buf[..n]
@@ -183,7 +205,7 @@ async fn pump(
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
         stats.max_pending = stats.max_pending.max(data.len());
-        write_all_moving(&mut to, data, &moved).await.map_err(conn)?;
+        write_all_moving(&mut to, data, activity).await.map_err(conn)?;
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
@@ -191,18 +213,18 @@ async fn pump(
     }
 }
 
-/// Writes all of `data`, calling `moved` each time the kernel took some (its send buffer freed
+/// Writes all of `data`, noting `activity` each time the kernel took some (its send buffer freed
 /// as the receiver took bytes): bytes moving, for `Limits::idle`, however slowly (one read's
 /// output, a decompressing function's say, written to a reader at a few KB/s can take longer
 /// than the idle limit).
-async fn write_all_moving(to: &mut WriteHalf<'_>, mut data: &[u8], moved: &(dyn Fn() + Sync)) -> std::io::Result<()> {
+async fn write_all_moving(to: &mut WriteHalf<'_>, mut data: &[u8], activity: &Activity) -> std::io::Result<()> {
     while !data.is_empty() {
         let n = to.write(data).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         data = &data[n..];
-        moved();
+        activity.moved();
     }
     Ok(())
 }
