@@ -4,8 +4,9 @@
 //! stores), then compiled, split into slices and mirrored back as the API server would return
 //! them. The heap in use (the operator's allocator's count, after a purge) is read after each stage, so each
 //! part of what the operator keeps has its own figure; then one chain is added and compiled
-//! as the operator does: the previous plan dropped first (the planner keeps only its round's
-//! digests, the split cache holds programs weakly), for the peak. The allocator counts the
+//! as the operator does: the previous plan handed to the compiling planner, which moves what
+//! did not change into the next (the chain planner keeps only its round's digests, the split
+//! cache holds programs weakly), for the peak. The allocator counts the
 //! bytes in use, so the high-water mark within a stage (a compilation's own transient) is
 //! measured too.
 //!
@@ -22,6 +23,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::watcher::Event;
 use serde_json::json;
+use srv6::plan::Planner;
 use srv6pipes_crds::{NodeProgramSlice, NodeProgramStatus, NodeSidTable, ServiceChain, NODE_LABEL};
 use srv6pipes_operator::controller::{Stores, FINALIZER};
 use srv6pipes_operator::planner::Round;
@@ -230,7 +232,8 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
 
     let live_before = live_and_reset_high();
     let t = Instant::now();
-    let plan = Arc::new(stores.compile(None));
+    let mut planner = Planner::default();
+    let plan = Arc::new(stores.replan(&mut planner, None));
     let compile_s = t.elapsed().as_secs_f64();
     let first_high = HIGH.load(Ordering::Relaxed) - live_before;
     st.lap("plan");
@@ -270,17 +273,17 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     let rss_steady = rss_mib() - rss_base;
 
     // One more chain, compiled as the operator does: what the planner keeps of the round
-    // (digests), the previous plan dropped (the operator's cache gives it up before compiling;
-    // the split cache holds programs weakly), the new plan compiled and split.
+    // (digests), the previous plan handed to the compiling planner (the operator's cache gives
+    // it up; the split cache holds programs weakly), which moves what did not change into the
+    // new plan; the new plan split.
     let round = Round::of(&plan, BTreeMap::new(), 0);
     st.lap("the round's digests");
     w.chains.apply_watcher_event(&Event::Apply(chain(size.chains)?));
-    drop(plan);
-    st.lap("first plan dropped");
     let held = heap() as i64 - base as i64;
+    let plan = Arc::try_unwrap(plan).map_err(|_| anyhow::anyhow!("the first plan is held elsewhere"))?;
     let live_before = live_and_reset_high();
     let t = Instant::now();
-    let next = Arc::new(stores.compile(None));
+    let next = Arc::new(stores.replan(&mut planner, Some(plan)));
     let recompile_s = t.elapsed().as_secs_f64();
     let second_high = HIGH.load(Ordering::Relaxed) - live_before;
     st.lap("second plan");
@@ -304,7 +307,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         mib(peak),
         mib(after)
     );
-    let _keep = (&stores, &cache, &next, &written, &w, &round);
+    let _keep = (&stores, &cache, &next, &written, &w, &round, &planner);
     Ok(json!({
         "size": {"nodes": size.nodes, "vnf_pods_per_node": size.vnfs, "source_pods_per_node": size.sources,
                  "replicas": size.replicas, "chains": size.chains},
@@ -317,6 +320,6 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         "rss_mib": {"steady": rss_steady, "after_change": rss_after},
         "compile_high_water_mib": {"first": mib(first_high as i64), "second": mib(second_high as i64)},
         "seconds": {"compile": compile_s, "split": split_s, "recompile": recompile_s, "total": started.elapsed().as_secs_f64()},
-        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::compile), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by the operator's allocator's count (jemalloc, with the operator's options: stats.allocated after a purge), per stage; rss_mib: VmRSS after a purge, less the process's before the first stage; the peak is the heap held when a change's compilation starts (the previous plan dropped, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
+        "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::replan, from scratch), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by the operator's allocator's count (jemalloc, with the operator's options: stats.allocated after a purge), per stage; rss_mib: VmRSS after a purge, less the process's before the first stage; the peak is the heap held when a change's compilation starts (the previous plan handed to the planner, which moves what did not change into the next, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
     }))
 }

@@ -24,6 +24,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use srv6::plan::Planner;
 use srv6::sid::{allocate_locator, Locator};
 use srv6::slices;
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION};
@@ -121,6 +122,21 @@ impl Stores {
             &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
         )
     }
+
+    /// Compiles the stores by `planner`, from `previous` if that is its last plan: the chains
+    /// that did not change (nor their namespace's pods and SIDs) are not compiled again.
+    pub fn replan(&self, planner: &mut Planner<world::Same>, previous: Option<Plan>) -> Plan {
+        let (nodes, tables, slices) = (self.nodes.state(), self.tables.state(), self.slices.state());
+        world::replan(
+            planner,
+            previous,
+            &self.chains.state(),
+            self.pods.infos(),
+            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+            &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
+            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+        )
+    }
 }
 
 /// When to look again for a plan newer than the one cached, while that one is still held.
@@ -180,6 +196,8 @@ pub struct Ctx {
     world: watch::Receiver<u64>,
     /// The last plan: its world version and the compilation budget left.
     cache: Mutex<Option<CachedPlan>>,
+    /// What the last plan compiled of each chain (locked under `cache`).
+    planner: Mutex<Planner<world::Same>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     pub(crate) publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
     /// The per-node writers. They keep each slice as this operator's last write left it (the
@@ -209,7 +227,20 @@ impl Ctx {
         let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone(), fence.clone());
         let world = world.subscribe();
         let split = Default::default();
-        Ctx { client, stores, config, world, cache: Mutex::new(None), publishing: Default::default(), publisher, split, recorder, fence }
+        let planner = Mutex::new(Planner::default());
+        Ctx {
+            client,
+            stores,
+            config,
+            world,
+            cache: Mutex::new(None),
+            planner,
+            publishing: Default::default(),
+            publisher,
+            split,
+            recorder,
+            fence,
+        }
     }
 
     pub(crate) fn fenced(&self) -> Result<(), Error> {
@@ -236,15 +267,16 @@ impl Ctx {
                     return (c.plan.clone(), Some(if held { again.max(HELD) } else { again }));
                 }
             }
-            // The old plan goes before the new one is compiled (unless a reconcile still holds
-            // it for a moment): two plans at once were the operator's peak.
-            let previous = cache.take().map(|c| c.budget);
-            // Its pages go back to the system before the new plan is built: that may be in the
-            // other arena, which cannot reuse them, and with a second's decay both were
+            // The old plan becomes the new one: the planner moves what did not change from it
+            // into the next (two plans at once were the operator's peak). If a reconcile still
+            // holds it for a moment, the planner starts from scratch.
+            let (last, previous) = cache.take().map(|c| (Arc::try_unwrap(c.plan).ok(), c.budget)).unzip();
+            // Pages freed since go back to the system before the new plan is built: that may be
+            // in the other arena, which cannot reuse them, and with a second's decay both were
             // resident for a moment (run I: RSS 1,286 MiB with the heap never above 928).
             crate::memory::release();
             let started = Instant::now();
-            let plan = Arc::new(self.stores.compile(None));
+            let plan = Arc::new(self.stores.replan(&mut self.planner.lock().expect("planner"), last.flatten()));
             let took = started.elapsed();
             crate::metrics::METRICS.compile.observe(took.as_secs_f64());
             crate::metrics::planned(&plan);

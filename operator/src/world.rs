@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use srv6::compiler::{ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
 use srv6::node_api::{NodeProgram, NodeSids, Peer};
+use srv6::plan::{Planned, Planner};
 use srv6::sid::Locator;
 use srv6pipes_crds::{NodeProgramSlice, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
 
@@ -30,6 +31,8 @@ pub struct Plan {
     pub node_problems: BTreeMap<String, String>,
     /// The nodes each chain's tables touch, in order.
     pub chain_nodes: BTreeMap<ChainKey, Vec<Arc<str>>>,
+    /// Which planner's plan this is ([`srv6::plan::Planned::stamp`]).
+    pub stamp: u64,
 }
 
 impl Plan {
@@ -42,6 +45,7 @@ impl Plan {
             verdicts: self.verdicts.get(key).map(|v| (key.clone(), v.clone())).into_iter().collect(),
             node_problems: self.node_problems.clone(),
             chain_nodes: self.chain_nodes.get(key).map(|n| (key.clone(), n.clone())).into_iter().collect(),
+            stamp: 0,
         }
     }
 }
@@ -103,9 +107,61 @@ pub fn key_of(chain: &ServiceChain) -> ChainKey {
 /// so the same world always gives the same programs (and the operator never rewrites a
 /// program whose content only moved).
 pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], tables: &[&NodeSidTable], slices: &[&NodeProgramSlice]) -> Plan {
-    let (chains, nodes, tables): (Vec<&ServiceChain>, Vec<&Node>, Vec<&NodeSidTable>) =
-        (sorted(chains.to_vec()), sorted(nodes.to_vec()), sorted(tables.to_vec()));
-    let mut out = Plan::default();
+    let (world, peers, node_problems) = gather(pods, nodes, tables, slices);
+    let refs: Vec<ChainRef> = chains.iter().filter(|c| live(c)).map(|c| chain_ref(c)).collect();
+    finish(node_problems, srv6::plan::plan(&world, &peers, &refs))
+}
+
+/// A chain as the planner tells its versions apart: the mirror's object itself. The mirror
+/// replaces a chain's object on every change, so the same object is the same spec (and the
+/// planner, holding it, keeps its address from being reused).
+pub struct Same(Arc<ServiceChain>);
+
+impl PartialEq for Same {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// [`plan`], by `planner` from `previous` (its last plan, if it is): only the chains that
+/// changed, or whose namespace's pods or SIDs changed, are compiled again.
+pub fn replan(
+    planner: &mut Planner<Same>,
+    previous: Option<Plan>,
+    chains: &[Arc<ServiceChain>],
+    pods: Vec<PodInfo>,
+    nodes: &[&Node],
+    tables: &[&NodeSidTable],
+    slices: &[&NodeProgramSlice],
+) -> Plan {
+    let (world, peers, node_problems) = gather(pods, nodes, tables, slices);
+    let chains = chains.iter().filter(|c| live(c)).map(|c| (chain_ref(c), Same(c.clone()))).collect();
+    let previous = previous.map(|p| {
+        let programs = p.programs.into_iter().map(|(n, p)| (n, Arc::try_unwrap(p).unwrap_or_else(|p| (*p).clone()))).collect();
+        Planned { programs, peers: Vec::new(), verdicts: p.verdicts, chain_nodes: p.chain_nodes, stamp: p.stamp }
+    });
+    finish(node_problems, planner.plan(previous, &world, &peers, chains))
+}
+
+fn live(c: &ServiceChain) -> bool {
+    c.metadata.deletion_timestamp.is_none()
+}
+
+fn chain_ref(c: &ServiceChain) -> ChainRef<'_> {
+    let (namespace, name) = namespaced_name(c);
+    ChainRef { namespace, name, spec: &c.spec }
+}
+
+/// The compiler's world (the nodes with a locator, their SID tables' registrations and the
+/// pods on them), the nodes' locator routes, and the nodes' problems.
+fn gather(
+    pods: Vec<PodInfo>,
+    nodes: &[&Node],
+    tables: &[&NodeSidTable],
+    slices: &[&NodeProgramSlice],
+) -> (World, Vec<Peer>, BTreeMap<String, String>) {
+    let (nodes, tables): (Vec<&Node>, Vec<&NodeSidTable>) = (sorted(nodes.to_vec()), sorted(tables.to_vec()));
+    let mut problems = BTreeMap::new();
     let mut world = World::default();
     let mut peers = Vec::new();
     for n in &nodes {
@@ -113,11 +169,11 @@ pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], table
         let locator = match node_locator(n) {
             Some(Ok(l)) => l,
             Some(Err(e)) => {
-                out.node_problems.insert(name, e);
+                problems.insert(name, e);
                 continue;
             }
             None => {
-                out.node_problems.insert(name.clone(), format!("node {name} has no SRv6 locator yet"));
+                problems.insert(name.clone(), format!("node {name} has no SRv6 locator yet"));
                 continue;
             }
         };
@@ -126,7 +182,7 @@ pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], table
         match node_underlay(n) {
             Some(underlay) => peers.push(Peer { node: name, locator, underlay }),
             None => {
-                out.node_problems.insert(name.clone(), format!("node {name} has no IPv6 InternalIP for its locator route"));
+                problems.insert(name.clone(), format!("node {name} has no IPv6 InternalIP for its locator route"));
             }
         }
     }
@@ -138,10 +194,10 @@ pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], table
             // A table from before a locator change names SIDs the node no longer owns.
             Ok(sids) if sids.locator == *locator => world.registrations.extend(sids.registrations),
             Ok(sids) => {
-                out.node_problems.insert(name.clone(), format!("node {name}: SID table is for locator {}, not {locator}", sids.locator));
+                problems.insert(name.clone(), format!("node {name}: SID table is for locator {}, not {locator}", sids.locator));
             }
             Err(e) => {
-                out.node_problems.insert(name.clone(), format!("node {name}: SID table: {e}"));
+                problems.insert(name.clone(), format!("node {name}: SID table: {e}"));
             }
         }
     }
@@ -149,22 +205,21 @@ pub fn plan(chains: &[&ServiceChain], pods: Vec<PodInfo>, nodes: &[&Node], table
     world.pods.retain(|p| located.contains_key(p.node.as_str()));
     for s in slices {
         if let Some(e) = slice_failure(s) {
-            out.node_problems.insert(s.spec.node.clone(), e);
+            problems.insert(s.spec.node.clone(), e);
         }
     }
-    let refs: Vec<ChainRef> = chains
-        .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .map(|c| {
-            let (namespace, name) = namespaced_name(*c);
-            ChainRef { namespace, name, spec: &c.spec }
-        })
-        .collect();
-    let planned = srv6::plan::plan(&world, &peers, &refs);
-    out.programs = planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect();
-    out.peers = Arc::new(planned.peers);
-    (out.verdicts, out.chain_nodes) = (planned.verdicts, planned.chain_nodes);
-    out
+    (world, peers, problems)
+}
+
+fn finish(node_problems: BTreeMap<String, String>, planned: Planned) -> Plan {
+    Plan {
+        programs: planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect(),
+        peers: Arc::new(planned.peers),
+        verdicts: planned.verdicts,
+        node_problems,
+        chain_nodes: planned.chain_nodes,
+        stamp: planned.stamp,
+    }
 }
 
 /// The status to write for a chain: the compiler's verdict, made not-ready when a node it

@@ -18,16 +18,18 @@ use crate::sid::{Locator, Sid};
 mod chain;
 mod claims;
 mod index;
-use chain::compile_chain;
+pub(crate) use chain::{claim_proxies, conflicted, prepare, ClaimInput, Fail};
+pub(crate) use claims::Claims;
+pub(crate) use index::Index;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub name: String,
     pub locator: Locator,
     pub pod_cidrs: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
@@ -38,7 +40,7 @@ pub struct PodInfo {
 }
 
 /// A VNF interface registered with its node daemon, which gave it `sid`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SidRegistration {
     pub node: String,
     pub pod_namespace: String,
@@ -279,6 +281,8 @@ pub struct Compiled {
     pub chains: Vec<ChainVerdict>,
 }
 
+/// Compiles every chain against the world, from scratch (`crate::plan::Planner` compiles what
+/// changed since its last plan, and is checked against this).
 pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     let mut out = Compiled::default();
     for n in &world.nodes {
@@ -289,18 +293,73 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
             t.pods.extend(p.ips.iter().copied());
         }
     }
-    // Higher priority first, then name: a (node, source, destination) claimed by an earlier
-    // chain is not overwritten by a later one.
     let mut order: Vec<&ChainRef> = chains.iter().collect();
-    order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name))));
-    let mut claims = claims::Claims::default();
-    let index = index::Index::new(world);
+    order.sort_by(|a, b| chain_order(a, b));
+    let mut claims = Claims::default();
+    let mut admitted = BTreeMap::new();
+    let index = Index::new(world);
     for chain in order {
-        let verdict = compile_chain(&index, chain, &mut out.nodes, &mut claims);
+        let mut p = prepare(&index, chain);
+        let verdict = match p.claim.as_ref().map(|c| claim_proxies(c, &claims)) {
+            Some(Err(f)) => conflicted(p.verdict, f),
+            passed => {
+                if p.adds {
+                    let uses = passed.and_then(Result::ok).unwrap_or_default();
+                    take_proxies(uses, Some(&mut p.tables), &p.insert_sources, &mut claims, &mut admitted);
+                }
+                for (node, t) in p.tables {
+                    append(out.nodes.entry(node).or_default(), t);
+                }
+                p.verdict
+            }
+        };
         out.chains.push(verdict);
+    }
+    for (node, sources) in admitted {
+        out.nodes.entry(node).or_default().insert_sources = sources;
     }
     out.chains.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
+}
+
+/// The order chains are compiled in: higher priority first, then by namespace and name. A
+/// chain's proxies are checked against what the chains before it claimed.
+pub(crate) fn chain_order(a: &ChainRef<'_>, b: &ChainRef<'_>) -> std::cmp::Ordering {
+    b.spec.priority.cmp(&a.spec.priority).then((a.namespace, a.name).cmp(&(b.namespace, b.name)))
+}
+
+/// A chain whose proxies passed the check: they are claimed, in order, and put in the chain's
+/// `tables` (when given: an unchanged chain's are in the last plan's tables already); the
+/// sources of its inserted SRHs are admitted at the nodes of its End.AM SIDs (`admitted`: each
+/// address once per node, in the chains' order).
+pub(crate) fn take_proxies(
+    uses: Vec<(Arc<str>, SidUse)>,
+    mut tables: Option<&mut BTreeMap<String, NodeTables>>,
+    insert_sources: &[IpAddr],
+    claims: &mut Claims,
+    admitted: &mut BTreeMap<String, Vec<IpAddr>>,
+) {
+    for (node, usage) in uses {
+        if usage.behavior == Behavior::EndAM {
+            let at = admitted.entry(node.to_string()).or_default();
+            for ip in insert_sources {
+                if !at.contains(ip) {
+                    at.push(*ip);
+                }
+            }
+        }
+        claims.add(&usage);
+        if let Some(t) = tables.as_deref_mut() {
+            t.entry(node.to_string()).or_default().proxies.push(usage);
+        }
+    }
+}
+
+/// Appends a chain's entries on a node to the node's tables.
+pub(crate) fn append(to: &mut NodeTables, from: NodeTables) {
+    to.headends.extend(from.headends);
+    to.proxies.extend(from.proxies);
+    to.decaps.extend(from.decaps);
 }
 
 /// The chain's SRH tag (RFC 8754 §2: a class of packets): End.AD's per-flow cache counts its

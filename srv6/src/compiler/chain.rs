@@ -1,8 +1,10 @@
 //! One chain's compilation, by phase: its spec checked, its hops planned (ready replicas with
-//! SIDs; consecutive stream functions on the same proxies merged), its proxies claimed, then
-//! its headend rules: forward at the sources, and backward (a symmetric chain's, or a chain
-//! with stream functions, whose relayed replies must come back through the proxies) at the
-//! destinations and at each stream proxy.
+//! SIDs; consecutive stream functions on the same proxies merged), then its headend rules:
+//! forward at the sources, and backward (a symmetric chain's, or a chain with stream functions,
+//! whose relayed replies must come back through the proxies) at the destinations and at each
+//! stream proxy. All of that depends on the chain and the world alone ([`prepare`]); its
+//! proxies are then checked against what the chains before it claimed ([`claim_proxies`]),
+//! which is redone on every plan, also for chains that are not compiled again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -20,7 +22,7 @@ use super::{
 use crate::pipes::{self, Pipeline};
 use crate::sid::Sid;
 
-type Fail = (Reason, String);
+pub(crate) type Fail = (Reason, String);
 
 /// A rule's segment lists, shared by every rule of the chain that pushes them: its first path
 /// (each hop's first replica) and every hop's replicas, in travel order.
@@ -63,13 +65,58 @@ impl PlannedHop<'_> {
     }
 }
 
-pub(super) fn compile_chain(
-    world: &Index<'_>,
-    c: &ChainRef<'_>,
-    tables: &mut BTreeMap<String, NodeTables>,
-    claims: &mut Claims,
-) -> ChainVerdict {
-    let mut v = ChainVerdict {
+/// A chain compiled against the world alone: everything but the check of its proxies against
+/// what the chains before it claimed ([`claim_proxies`] on [`Prepared::claim`]), which depends
+/// on the other chains and is done again on every plan. What it yields if its proxies pass:
+/// its verdict, its headend rules and decapsulation SIDs, and its proxies (from the check).
+pub(crate) struct Prepared {
+    /// The verdict if its proxies are not in conflict ([`conflicted`] otherwise).
+    pub verdict: ChainVerdict,
+    /// What checking its proxies takes; None when the chain failed before they were looked at.
+    pub claim: Option<ClaimInput>,
+    /// Its headend rules and decapsulation SIDs, by node (nodes of the world only, for rules).
+    pub tables: BTreeMap<String, NodeTables>,
+    /// Whether its proxies are used (claimed, and in their nodes' tables) when they pass: not
+    /// when the chain fails for its sources.
+    pub adds: bool,
+    /// The sources of its inserted SRHs, admitted at the nodes of its End.AM SIDs.
+    pub insert_sources: Vec<IpAddr>,
+}
+
+/// What checking a chain's proxies against the claims takes, owned: an unchanged chain's
+/// proxies are checked again on every plan (the chains before it may have changed) without
+/// compiling the chain again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClaimInput {
+    key: Arc<str>,
+    symmetric: bool,
+    hops: Vec<ClaimHop>,
+    /// The last segment after the hops (for End.AS return paths).
+    decap: Option<Sid>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ClaimHop {
+    /// Each replica's SID, node and `namespace/pod:interface`.
+    replicas: Vec<(Sid, Arc<str>, Arc<str>)>,
+    kind: ProxyKind,
+    rewrites: bool,
+    pipeline: Option<Pipeline>,
+}
+
+impl ClaimHop {
+    fn sids(&self) -> Vec<Sid> {
+        self.replicas.iter().map(|r| r.0).collect()
+    }
+}
+
+/// `verdict` (a prepared one) failed at its proxies.
+pub(crate) fn conflicted(verdict: ChainVerdict, (reason, message): Fail) -> ChainVerdict {
+    ChainVerdict { ready: false, reason, message, degraded: None, ..verdict }
+}
+
+pub(crate) fn prepare(world: &Index<'_>, c: &ChainRef<'_>) -> Prepared {
+    let verdict = ChainVerdict {
         namespace: c.namespace.into(),
         name: c.name.into(),
         ready: false,
@@ -80,24 +127,20 @@ pub(super) fn compile_chain(
         degraded: None,
         functions: c.spec.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(","),
     };
-    if let Err((reason, message)) = compile_into(world, c, tables, claims, &mut v) {
+    let mut p = Prepared { verdict, claim: None, tables: BTreeMap::new(), adds: false, insert_sources: Vec::new() };
+    if let Err((reason, message)) = prepare_into(world, c, &mut p) {
+        let v = &mut p.verdict;
         v.ready = false;
         v.reason = reason;
         v.message = message;
     }
-    v
+    p
 }
 
-fn compile_into(
-    world: &Index<'_>,
-    c: &ChainRef<'_>,
-    tables: &mut BTreeMap<String, NodeTables>,
-    claims: &mut Claims,
-    v: &mut ChainVerdict,
-) -> Result<(), Fail> {
+fn prepare_into(world: &Index<'_>, c: &ChainRef<'_>, p: &mut Prepared) -> Result<(), Fail> {
     let key: Arc<str> = format!("{}/{}", c.namespace, c.name).into();
     let checked = check(c)?;
-    let (hops, mut missing) = plan_hops(world, c, v)?;
+    let (hops, mut missing) = plan_hops(world, c, &mut p.verdict)?;
     let closed = c.spec.failure_policy == FailurePolicy::Closed;
     let dropping = closed && !missing.is_empty();
     if !closed && hops.is_empty() {
@@ -122,12 +165,13 @@ fn compile_into(
     // these lists only show the choices.)
     let per_hop: Vec<Vec<Sid>> = hops.iter().map(PlannedHop::sids).chain(decap.iter().map(|(_, d)| vec![*d])).collect();
     let widest = per_hop.iter().map(Vec::len).max().unwrap_or(1);
-    let paths: Vec<Vec<Sid>> = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
     if !dropping {
-        v.paths = paths;
+        p.verdict.paths = (0..widest).map(|i| per_hop.iter().map(|h| h[i % h.len()]).collect()).collect();
     }
+    let claim = ClaimInput::new(world, &key, c.spec.symmetric, &hops, decap.as_ref().map(|d| d.1));
+    let am = claim.hops.iter().any(|h| h.kind == ProxyKind::Masquerading && h.pipeline.is_none());
+    p.claim = Some(claim);
 
-    let proxy_uses = claim_proxies(world, c, &key, &hops, &per_hop, claims)?;
     let sources = world.selected(c.namespace, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
     let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
         vec![Ipv6Net::default().into()]
@@ -146,39 +190,26 @@ fn compile_into(
         hops: &hops,
         decap: decap.as_ref().map(|d| d.1),
     };
-    let mut headends = rules.forward(&sources, tables);
+    let mut tables = Tables { index: world, tables: &mut p.tables };
+    let mut headends = rules.forward(&sources, &mut tables);
     if headends == 0 {
         return Err((Reason::NoSources, "no ready source pod with an address of the destinations' family".into()));
     }
-    let (back, reverse_decaps) = rules.backward(&sources, tables);
-    headends += back + rules.onward(tables);
+    let (back, reverse_decaps) = rules.backward(&sources, &mut tables);
+    headends += back + rules.onward(&mut tables);
 
-    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes (looked
-    // for only then: a scan of every node's rules per chain).
-    let insert_sources: BTreeSet<IpAddr> = if proxy_uses.iter().any(|(_, u)| u.behavior == Behavior::EndAM) {
-        tables.values().flat_map(|t| &t.headends).filter(|h| h.chain == key && h.insert).map(|h| h.source_ip).collect()
-    } else {
-        BTreeSet::new()
-    };
-    for (node, usage) in proxy_uses {
-        let t = tables.entry(node).or_default();
-        if usage.behavior == Behavior::EndAM {
-            for ip in &insert_sources {
-                if !t.insert_sources.contains(ip) {
-                    t.insert_sources.push(*ip);
-                }
-            }
-        }
-        claims.add(&usage);
-        t.proxies.push(usage);
+    // The sources of this chain's inserted SRHs, admitted at its End.AM SIDs' nodes.
+    if am {
+        let sources: BTreeSet<IpAddr> = p.tables.values().flat_map(|t| &t.headends).filter(|h| h.insert).map(|h| h.source_ip).collect();
+        p.insert_sources = sources.into_iter().collect();
     }
+    p.adds = true;
     if dropping {
         let (reason, m) = missing.swap_remove(0);
         return Err((reason, format!("{m}: the chain's traffic is dropped (failurePolicy Closed)")));
     }
     for (node, sid) in decap.into_iter().chain(reverse_decaps) {
-        let t = tables.entry(node).or_default();
-        t.decaps.push(SidUse {
+        p.tables.entry(node).or_default().decaps.push(SidUse {
             sid,
             behavior: Behavior::EndDT46,
             chain: key.clone(),
@@ -189,12 +220,30 @@ fn compile_into(
             pipeline: None,
         });
     }
+    let v = &mut p.verdict;
     v.ready = true;
     v.message = format!("{} headend rule(s), {} path(s)", headends, v.paths.len());
     if let Some((reason, m)) = missing.into_iter().next() {
         v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
     }
     Ok(())
+}
+
+/// A chain's own tables by node, as its rules are made: rules go to nodes of the world only.
+struct Tables<'a, 'w> {
+    index: &'a Index<'w>,
+    tables: &'a mut BTreeMap<String, NodeTables>,
+}
+
+impl Tables<'_, '_> {
+    /// `node`'s tables, if it is a node of the world.
+    fn at(&mut self, node: &str) -> Option<&mut NodeTables> {
+        self.index.node(node)?;
+        if !self.tables.contains_key(node) {
+            self.tables.insert(node.to_string(), NodeTables::default());
+        }
+        self.tables.get_mut(node)
+    }
 }
 
 /// The spec's own consistency, before anything of the world is looked at.
@@ -298,30 +347,45 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
     Ok((hops, missing))
 }
 
-/// The proxy SIDs this chain uses, checked against what higher-priority chains claimed: an
-/// End.AS interface has one return path, so it serves one chain only; a pod's interface is a
-/// stream proxy or a packet function's, not both.
-fn claim_proxies(
-    world: &Index<'_>,
-    c: &ChainRef<'_>,
-    key: &Arc<str>,
-    hops: &[PlannedHop],
-    per_hop: &[Vec<Sid>],
-    claims: &Claims,
-) -> Result<Vec<(String, SidUse)>, Fail> {
-    let mut proxy_uses: Vec<(String, SidUse)> = Vec::new();
-    for (i, hop) in hops.iter().enumerate() {
-        for (sid, pod, reg) in &hop.replicas {
+impl ClaimInput {
+    /// `namespace/name` of the chain, as its entries name it.
+    pub(crate) fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
+    fn new(world: &Index<'_>, key: &Arc<str>, symmetric: bool, hops: &[PlannedHop], decap: Option<Sid>) -> Self {
+        let hops = hops
+            .iter()
+            .map(|h| ClaimHop {
+                replicas: h.replicas.iter().map(|(sid, pod, reg)| (*sid, world.node_name(&pod.node), world.interface_name(reg))).collect(),
+                kind: h.kind,
+                rewrites: h.rewrites,
+                pipeline: h.pipeline.clone(),
+            })
+            .collect();
+        ClaimInput { key: key.clone(), symmetric, hops, decap }
+    }
+}
+
+/// The proxy SIDs a chain uses (with their nodes), checked against what higher-priority chains
+/// claimed: an End.AS interface has one return path, so it serves one chain only; a pod's
+/// interface is a stream proxy or a packet function's, not both.
+pub(crate) fn claim_proxies(input: &ClaimInput, claims: &Claims) -> Result<Vec<(Arc<str>, SidUse)>, Fail> {
+    let key = &input.key;
+    let mut proxy_uses: Vec<(Arc<str>, SidUse)> = Vec::new();
+    for (i, hop) in input.hops.iter().enumerate() {
+        for (sid, node, name) in &hop.replicas {
             let (behavior, return_path) = match (hop.kind, &hop.pipeline) {
                 (_, Some(_)) => (Behavior::Stream, Vec::new()),
-                (ProxyKind::Static, None) => (Behavior::EndAS, per_hop[i + 1..].to_vec()),
+                (ProxyKind::Static, None) => {
+                    (Behavior::EndAS, input.hops[i + 1..].iter().map(ClaimHop::sids).chain(input.decap.map(|d| vec![d])).collect())
+                }
                 (ProxyKind::Masquerading, None) => (Behavior::EndAM, Vec::new()),
                 (ProxyKind::Dynamic, None) => (Behavior::EndAD, Vec::new()),
             };
             // End.AD in front of a flow-rewriting function has one set of headers per interface.
             let one_chain = hop.rewrites && behavior == Behavior::EndAD;
-            let name = world.interface_name(reg);
-            if one_chain && c.spec.symmetric {
+            if one_chain && input.symmetric {
                 let m = format!(
                     "{name} rewrites flows: its proxy cannot tell the two directions of a symmetric chain apart; give each direction its own chain and interface"
                 );
@@ -330,9 +394,9 @@ fn claim_proxies(
             let stream = behavior == Behavior::Stream;
             // Earlier chains' uses (in `claims`), then this chain's own earlier hops'.
             let own = proxy_uses.iter().map(|(_, u)| u);
-            let other = claims.other_kind(&name, stream).or_else(|| {
+            let other = claims.other_kind(name, stream).or_else(|| {
                 own.clone()
-                    .find(|u| u.interface.as_deref() == Some(&*name) && (u.behavior == Behavior::Stream) != stream)
+                    .find(|u| u.interface.as_deref() == Some(&**name) && (u.behavior == Behavior::Stream) != stream)
                     .map(|u| &*u.chain)
             });
             if let Some(chain) = other {
@@ -360,14 +424,14 @@ fn claim_proxies(
                 sid: *sid,
                 behavior,
                 chain: key.clone(),
-                interface: Some(name),
+                interface: Some(name.clone()),
                 return_path,
                 rewrites_flows: one_chain,
-                both_ways: c.spec.symmetric || stream,
+                both_ways: input.symmetric || stream,
                 pipeline: hop.pipeline.clone(),
             };
             if !proxy_uses.iter().any(|(_, u)| u.sid == *sid) {
-                proxy_uses.push((pod.node.clone(), usage));
+                proxy_uses.push((node.clone(), usage));
             }
         }
     }
@@ -436,7 +500,7 @@ impl Rules<'_, '_> {
     }
 
     /// Forward rules at every ready source (sourcePrefixes select among its own addresses).
-    fn forward(&self, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> usize {
+    fn forward(&self, sources: &[&PodInfo], tables: &mut Tables) -> usize {
         let routes: Vec<(Protocol, Route)> = self
             .variants()
             .into_iter()
@@ -447,7 +511,7 @@ impl Rules<'_, '_> {
             .collect();
         let mut n = 0;
         for src in sources.iter().filter(|p| p.ready) {
-            let Some(node) = tables.get_mut(&src.node) else { continue };
+            let Some(node) = tables.at(&src.node) else { continue };
             for ip in src.ips.iter().copied().filter(|ip| self.allowed(ip)) {
                 for dst in self.destinations.iter().filter(|d| d.addr().is_ipv6() == ip.is_ipv6()) {
                     for (proto, route) in &routes {
@@ -464,13 +528,13 @@ impl Rules<'_, '_> {
     /// decapsulation. The datapath continues a connection with the segments its SYN brought
     /// (End.AD per flow) and takes these rules only for a flow it holds no entry for (the per-flow
     /// map full, or the chain's quota reached), choosing replicas by the same hash as the headend.
-    fn onward(&self, tables: &mut BTreeMap<String, NodeTables>) -> usize {
+    fn onward(&self, tables: &mut Tables) -> usize {
         let mut n = 0;
         for (i, hop) in self.hops.iter().enumerate().filter(|(_, h)| h.pipeline.is_some() && !self.dropping) {
             let route = Route::new(self.hops_in(i + 1..self.hops.len(), true).into_iter().chain(self.decap.map(|d| vec![d])).collect());
             for (_, proxy, reg) in &hop.replicas {
                 let iface = self.index.interface_name(reg);
-                let Some(node) = tables.get_mut(&proxy.node) else { continue };
+                let Some(node) = tables.at(&proxy.node) else { continue };
                 for dst in self.destinations {
                     let src = proxy.ips.iter().copied().find(|ip| ip.is_ipv6() == dst.addr().is_ipv6()).unwrap_or(dst.addr());
                     node.headends.push(self.policy(proxy, Some(iface.clone()), src, *dst, &route, Protocol::Tcp, false));
@@ -492,7 +556,7 @@ impl Rules<'_, '_> {
     /// ports as source ports; they end at the source's node, decapsulated. They sit at the
     /// destinations' nodes (all the hops) and at each stream proxy's interface (what it relays
     /// back: the hops before it). Returns the rules' count and the decapsulation SIDs needed.
-    fn backward(&self, sources: &[&PodInfo], tables: &mut BTreeMap<String, NodeTables>) -> (usize, Vec<(String, Sid)>) {
+    fn backward(&self, sources: &[&PodInfo], tables: &mut Tables) -> (usize, Vec<(String, Sid)>) {
         let world = self.index;
         let symmetric = self.c.spec.symmetric;
         let streams = self.hops.iter().any(|h| h.pipeline.is_some());
@@ -528,7 +592,7 @@ impl Rules<'_, '_> {
                     for sip in src.ips.iter().copied().filter(|ip| ip.is_ipv6() == dip.is_ipv6() && self.allowed(ip)) {
                         for &(proto, with_streams) in &variants {
                             let route = route(self.hops.len(), with_streams, back_decap);
-                            if let Some(node) = tables.get_mut(&dpod.node) {
+                            if let Some(node) = tables.at(&dpod.node) {
                                 node.headends.push(self.policy(dpod, None, dip, IpNet::from(sip), &route, proto, true));
                                 n += 1;
                             }
@@ -539,7 +603,7 @@ impl Rules<'_, '_> {
                             for (_, proxy, reg) in &hop.replicas {
                                 let iface = self.index.interface_name(reg);
                                 let route = route(i, true, back_decap);
-                                if let Some(node) = tables.get_mut(&proxy.node) {
+                                if let Some(node) = tables.at(&proxy.node) {
                                     node.headends.push(self.policy(proxy, Some(iface), dip, IpNet::from(sip), &route, Protocol::Tcp, true));
                                     n += 1;
                                 }

@@ -29,14 +29,14 @@ fn note(e: &mut Earliest, seq: u64, chain: &str) {
 }
 
 /// A clash found: the chain that made the use, its behaviour, whether it rewrites flows.
-pub(super) struct Clash<'a> {
+pub(crate) struct Clash<'a> {
     pub chain: &'a str,
     pub behavior: Behavior,
     pub rewrites_flows: bool,
 }
 
 #[derive(Default)]
-pub(super) struct Claims {
+pub(crate) struct Claims {
     next: u64,
     /// Interface -> the earliest chains using it for [packet, stream] functions.
     interfaces: HashMap<Arc<str>, [Earliest; 2]>,
@@ -45,7 +45,7 @@ pub(super) struct Claims {
 
 impl Claims {
     /// Records a use, in compilation order.
-    pub(super) fn add(&mut self, u: &SidUse) {
+    pub(crate) fn add(&mut self, u: &SidUse) {
         let seq = self.next;
         self.next += 1;
         if let Some(name) = &u.interface {
@@ -66,13 +66,13 @@ impl Claims {
 
     /// The earliest chain using `interface` for the other kind of function (packet if
     /// `stream`, else stream).
-    pub(super) fn other_kind(&self, interface: &str, stream: bool) -> Option<&str> {
+    pub(crate) fn other_kind(&self, interface: &str, stream: bool) -> Option<&str> {
         self.interfaces.get(interface)?[usize::from(!stream)].first().map(|(_, c)| c.as_str())
     }
 
     /// The earliest use of `sid` that `clashes` (given its behaviour, whether it rewrites flows
     /// and its pipeline) by a chain other than `key`, or by any chain if `any_chain`.
-    pub(super) fn clash(
+    pub(crate) fn clash(
         &self,
         sid: Sid,
         key: &str,

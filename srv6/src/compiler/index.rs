@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{NodeInfo, PodInfo, SidRegistration, World};
 use crate::selector;
 
-pub(super) struct Index<'w> {
+pub(crate) struct Index<'w> {
     world: &'w World,
     by_namespace: HashMap<&'w str, Vec<&'w PodInfo>>,
     /// By (namespace, label key, label value).
@@ -29,7 +29,7 @@ pub(super) struct Index<'w> {
 }
 
 impl<'w> Index<'w> {
-    pub(super) fn new(world: &'w World) -> Self {
+    pub(crate) fn new(world: &'w World) -> Self {
         let mut by_namespace: HashMap<&str, Vec<&PodInfo>> = HashMap::new();
         let mut by_label: HashMap<(&str, &str, &str), Vec<&PodInfo>> = HashMap::new();
         for p in &world.pods {
@@ -88,7 +88,7 @@ impl<'w> Index<'w> {
     }
 
     /// `name`, shared by every verdict of this compilation that names the node.
-    pub(super) fn node_name(&self, name: &str) -> Arc<str> {
+    pub(crate) fn node_name(&self, name: &str) -> Arc<str> {
         self.nodes.get(name).map_or_else(|| Arc::from(name), |(_, shared)| shared.clone())
     }
 
