@@ -30,14 +30,6 @@ pub struct Round {
     failures: BTreeMap<String, String>,
     /// [`crate::publisher::Publisher::failure_changes`] when `failures` was read, or after.
     failure_changes: u64,
-    /// The plan's stamp ([`Plan::stamp`]).
-    stamp: u64,
-}
-
-/// A chain's verdict and nodes in `plan`, digested.
-fn digest_of(plan: &Plan, key: &world::ChainKey) -> Option<u64> {
-    let (verdict, nodes) = (plan.verdicts.get(key), plan.chain_nodes.get(key));
-    (verdict.is_some() || nodes.is_some()).then(|| srv6::slices::digest(&(verdict, nodes)))
 }
 
 impl Round {
@@ -49,35 +41,7 @@ impl Round {
         for (key, nodes) in plan.chain_nodes.iter().filter(|(k, _)| !plan.verdicts.contains_key(*k)) {
             chains.insert(key.clone(), srv6::slices::digest(&(None::<&srv6::compiler::ChainVerdict>, Some(nodes))));
         }
-        Round { chains, node_problems: plan.node_problems.clone(), failures, failure_changes, stamp: plan.stamp }
-    }
-
-    /// The round after this one, for `plan`, and the chains whose verdict or nodes differ from
-    /// this round's. When the plan was made from this round's plan, only the chains it names
-    /// as changed are digested again (every chain's digest was a tenth of a change's CPU at
-    /// 10,000 chains); otherwise every chain is.
-    pub fn next(mut self, plan: &Plan, failures: BTreeMap<String, String>, failure_changes: u64) -> (Round, Vec<world::ChainKey>) {
-        let Some(changes) = plan.changes.as_ref().filter(|c| self.stamp != 0 && c.from == self.stamp) else {
-            let round = Round::of(plan, failures, failure_changes);
-            let differ = differing(&self.chains, &round.chains).into_iter().cloned().collect();
-            return (round, differ);
-        };
-        let mut differ = Vec::new();
-        for key in &changes.chains {
-            let now = digest_of(plan, key);
-            let before = match now {
-                Some(d) => self.chains.insert(key.clone(), d),
-                None => self.chains.remove(key),
-            };
-            if before != now {
-                differ.push(key.clone());
-            }
-        }
-        differ.sort_unstable();
-        differ.dedup();
-        self.node_problems.clone_from(&plan.node_problems);
-        (self.failures, self.failure_changes, self.stamp) = (failures, failure_changes, plan.stamp);
-        (self, differ)
+        Round { chains, node_problems: plan.node_problems.clone(), failures, failure_changes }
     }
 }
 
@@ -91,7 +55,7 @@ impl Ctx {
     /// node failed for a moment may have written that failure into its status (and been
     /// looked at again while it still held, `mirror::chain_trigger`), and nothing else would
     /// write it back.
-    pub(crate) async fn plan_round(&self, previous: Option<Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Option<Round>) {
+    pub(crate) async fn plan_round(&self, previous: Option<&Round>) -> (Vec<ObjectRef<ServiceChain>>, Option<Duration>, Option<Round>) {
         let (plan, waits, stale) = {
             let _one = self.publishing.lock().await;
             let (plan, stale) = self.plan();
@@ -105,21 +69,20 @@ impl Ctx {
         let failure_changes = self.failure_changes();
         let Some(plan) = plan.upgrade() else {
             debug!("a newer plan was made while this round's writes were waited for");
-            return (Vec::new(), stale, previous);
+            return (Vec::new(), stale, None);
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let (changed, round) = cpu(|| {
-            let same = |p: &Round| p.node_problems == plan.node_problems && p.failures == failures && p.failure_changes == failure_changes;
-            let (round, differ) = match previous {
-                Some(p) if same(&p) => {
-                    let (round, differ) = p.next(&plan, failures, failure_changes);
-                    (round, Some(differ))
-                }
-                _ => (Round::of(&plan, failures, failure_changes), None),
-            };
-            let candidates: Vec<Arc<ServiceChain>> = match differ {
+            let round = Round::of(&plan, failures, failure_changes);
+            let before = previous.filter(|p| {
+                p.node_problems == round.node_problems && p.failures == round.failures && p.failure_changes == round.failure_changes
+            });
+            let candidates: Vec<Arc<ServiceChain>> = match before {
                 // Only the chains whose verdict or nodes differ from the previous round's.
-                Some(keys) => keys.iter().filter_map(|(ns, name)| self.stores.chains.get(&ObjectRef::new(name).within(ns))).collect(),
+                Some(b) => differing(&b.chains, &round.chains)
+                    .into_iter()
+                    .filter_map(|(ns, name)| self.stores.chains.get(&ObjectRef::new(name).within(ns)))
+                    .collect(),
                 None => self.stores.chains.state(),
             };
             let changed = candidates
@@ -179,9 +142,9 @@ pub fn planner(ctx: Arc<Ctx>, mut world: watch::Receiver<u64>) -> impl Stream<It
                 again = None;
                 continue;
             }
-            let (changed, stale, round) = ctx.plan_round(previous.take()).await;
+            let (changed, stale, round) = ctx.plan_round(previous.as_ref()).await;
             again = stale;
-            previous = round;
+            previous = round.or(previous);
             crate::memory::release();
             for chain in changed {
                 if tx.unbounded_send(chain).is_err() {
@@ -224,53 +187,6 @@ mod tests {
         assert_eq!(keys, ["a", "c", "d", "e", "f"]);
         assert!(differing(&a, &a).is_empty());
         assert_eq!(differing(&BTreeMap::new(), &b).len(), 4);
-    }
-
-    fn verdict(name: &str, message: &str) -> srv6::compiler::ChainVerdict {
-        srv6::compiler::ChainVerdict {
-            namespace: "ns".into(),
-            name: name.into(),
-            ready: true,
-            reason: srv6::compiler::Reason::Programmed,
-            message: message.into(),
-            hops: Vec::new(),
-            paths: Vec::new(),
-            degraded: None,
-            functions: String::new(),
-        }
-    }
-
-    fn plan(stamp: u64, verdicts: &[(&str, &str)], changes: Option<(u64, &[&str])>) -> Plan {
-        let key = |n: &str| ("ns".to_string(), n.to_string());
-        Plan {
-            verdicts: verdicts.iter().map(|(n, m)| (key(n), verdict(n, m))).collect(),
-            chain_nodes: verdicts.iter().map(|(n, _)| (key(n), vec![Arc::from("n1")])).collect(),
-            stamp,
-            changes: changes.map(|(from, chains)| srv6::plan::Changes { from, chains: chains.iter().map(|n| key(n)).collect() }),
-            ..Default::default()
-        }
-    }
-
-    /// The round after a plan made from the last round's plan digests only the chains it names
-    /// as changed, and finds the same round and the same differing chains as digesting all.
-    #[test]
-    fn the_next_round_digests_only_what_the_plan_names_as_changed() {
-        let first = plan(5, &[("a", "1"), ("b", "1"), ("c", "1"), ("e", "1")], None);
-        // a changed, b named but the same, c gone, d new; e's change is not named (as if the
-        // planner kept it), so the short way does not see it.
-        let second = plan(6, &[("a", "2"), ("b", "1"), ("d", "1"), ("e", "2")], Some((5, &["a", "b", "c", "d"])));
-        let keys = |v: &[world::ChainKey]| v.iter().map(|k| k.1.clone()).collect::<Vec<_>>();
-        let (round, differ) = Round::of(&first, BTreeMap::new(), 0).next(&second, BTreeMap::new(), 0);
-        assert_eq!(keys(&differ), ["a", "c", "d"]);
-        let full = Round::of(&second, BTreeMap::new(), 0);
-        assert_eq!(round.chains.keys().collect::<Vec<_>>(), full.chains.keys().collect::<Vec<_>>());
-        assert_ne!(round.chains, full.chains, "e's own digest is not taken: only what the plan names");
-        assert_eq!(round.stamp, 6);
-        // A plan from another plan than the round's: every chain is digested.
-        let other = plan(7, &[("a", "2"), ("b", "1"), ("d", "1"), ("e", "2")], Some((4, &["a"])));
-        let (round, differ) = Round::of(&first, BTreeMap::new(), 0).next(&other, BTreeMap::new(), 0);
-        assert_eq!(keys(&differ), ["a", "c", "d", "e"]);
-        assert_eq!(round.chains, Round::of(&other, BTreeMap::new(), 0).chains);
     }
 
     /// After a round on a stale plan, world changes do not bring the next round forward (it

@@ -17,11 +17,12 @@ use srv6pipes_crds::NodeProgramSlice;
 
 use crate::publisher::{Slice, Slices};
 
-/// What is remembered of a node's last split: its program and peers (weakly), its splitter
-/// and the slices it was split into.
+/// What is remembered of a node's last split: its program (weakly) and the digest of that
+/// program and its peers, its splitter and the slices it was split into.
 struct Split {
     program: Weak<Program>,
     peers: Weak<Vec<Peer>>,
+    digest: u64,
     splitter: slices::Splitter,
     slices: Arc<Slices>,
 }
@@ -34,9 +35,7 @@ impl SliceCache {
     /// `node`'s program in slices (slice 0 with `peers` but the node itself), keeping chains
     /// in the slices that hold them (as this operator last split it, or as `known`, the
     /// mirror's slices of the node, have them after a restart). The same slices (the same
-    /// `Arc`) when neither the program nor the peers changed: the same program (a planner
-    /// keeps a node's program when its tables did not change), or one whose split keeps every
-    /// slice's shape.
+    /// `Arc`) when neither the program nor the peers changed.
     pub fn slices_of(
         &mut self,
         node: &str,
@@ -50,25 +49,25 @@ impl SliceCache {
         if let Some(s) = self.0.get(node).filter(|s| same(s)) {
             return s.slices.clone();
         }
+        let d = slices::digest(&(&**program, &peers[..]));
         let s = self.0.entry(node.to_string()).or_insert_with(|| {
             let known = known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, crate::slim::chains_of(s))));
             Split {
                 program: Weak::new(),
                 peers: Weak::new(),
+                digest: !d, // (anything but d: the first split builds every slice)
                 splitter: slices::Splitter::seeded(known.collect()),
                 slices: Default::default(),
             }
         });
         (s.program, s.peers) = (Arc::downgrade(program), Arc::downgrade(peers));
-        let shapes = s.splitter.split(program, peers);
-        // The same content in another program (a plan made from scratch): the same slices.
-        let same = shapes.len() == s.slices.len()
-            && shapes
-                .values()
-                .all(|shape| s.slices.get(&slices::slice_name(node, shape.index)).is_some_and(|k| Arc::ptr_eq(&k.shape, shape)));
-        if same && !s.slices.is_empty() {
+        if s.digest == d {
+            // The same program in a new plan: hashed once, not on every publication of that
+            // plan (each reconcile publishes; 1,000 nodes made that most of the CPU).
             return s.slices.clone();
         }
+        s.digest = d;
+        let shapes = s.splitter.split(program, peers);
         // A slice whose shape the splitter kept keeps its digest; the others are rendered once
         // for theirs.
         let renderer = slices::Renderer::new(node, program, peers);

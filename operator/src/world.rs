@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use srv6::compiler::{ChainRef, ChainVerdict, NodeInfo, PodInfo, World};
 use srv6::node_api::{NodeProgram, NodeSids, Peer};
-use srv6::plan::{Changes, Planned, Planner};
+use srv6::plan::{Planned, Planner};
 use srv6::sid::Locator;
 use srv6pipes_crds::{NodeProgramSlice, NodeSidTable, ServiceChain, ServiceChainStatus, LOCATOR_ANNOTATION};
 
@@ -33,8 +33,6 @@ pub struct Plan {
     pub chain_nodes: BTreeMap<ChainKey, Vec<Arc<str>>>,
     /// Which planner's plan this is ([`srv6::plan::Planned::stamp`]).
     pub stamp: u64,
-    /// What changed since the plan it was made from ([`srv6::plan::Planned::changes`]).
-    pub changes: Option<Changes>,
 }
 
 impl Plan {
@@ -48,7 +46,6 @@ impl Plan {
             node_problems: self.node_problems.clone(),
             chain_nodes: self.chain_nodes.get(key).map(|n| (key.clone(), n.clone())).into_iter().collect(),
             stamp: 0,
-            changes: None,
         }
     }
 }
@@ -139,13 +136,9 @@ pub fn replan(
 ) -> Plan {
     let (world, peers, node_problems) = gather(pods, nodes, tables, slices);
     let chains = chains.iter().filter(|c| live(c)).map(|c| (chain_ref(c), Same(c.clone()))).collect();
-    let previous = previous.map(|p| Planned {
-        programs: p.programs,
-        peers: Vec::new(),
-        verdicts: p.verdicts,
-        chain_nodes: p.chain_nodes,
-        stamp: p.stamp,
-        changes: None,
+    let previous = previous.map(|p| {
+        let programs = p.programs.into_iter().map(|(n, p)| (n, Arc::try_unwrap(p).unwrap_or_else(|p| (*p).clone()))).collect();
+        Planned { programs, peers: Vec::new(), verdicts: p.verdicts, chain_nodes: p.chain_nodes, stamp: p.stamp }
     });
     finish(node_problems, planner.plan(previous, &world, &peers, chains))
 }
@@ -220,13 +213,12 @@ fn gather(
 
 fn finish(node_problems: BTreeMap<String, String>, planned: Planned) -> Plan {
     Plan {
-        programs: planned.programs,
+        programs: planned.programs.into_iter().map(|(node, p)| (node, Arc::new(p))).collect(),
         peers: Arc::new(planned.peers),
         verdicts: planned.verdicts,
         node_problems,
         chain_nodes: planned.chain_nodes,
         stamp: planned.stamp,
-        changes: planned.changes,
     }
 }
 

@@ -90,32 +90,17 @@ impl<'a> Entries<'a> {
     }
 }
 
-/// `program`'s entries by chain: hashed by name, and a chain's consecutive entries (which
-/// share their name) looked up once (a search of an ordered map for each of 30,000 entries was
-/// a sixth of a split's time at 10,000 chains).
-fn entries(program: &NodeProgram) -> HashMap<&str, Entries<'_>> {
-    let t = &program.tables;
-    let mut out: HashMap<&str, Entries> = HashMap::new();
-    for r in runs(&t.headends, |h| &h.chain) {
-        out.entry(&t.headends[r.start].chain).or_default().headends.extend(&t.headends[r]);
+/// `program`'s entries by chain.
+fn entries(program: &NodeProgram) -> BTreeMap<&str, Entries<'_>> {
+    let mut out: BTreeMap<&str, Entries> = BTreeMap::new();
+    for h in &program.tables.headends {
+        out.entry(&h.chain).or_default().headends.push(h);
     }
-    for r in runs(&t.proxies, |u| &u.chain) {
-        out.entry(&t.proxies[r.start].chain).or_default().proxies.extend(&t.proxies[r]);
+    for u in &program.tables.proxies {
+        out.entry(&u.chain).or_default().proxies.push(u);
     }
-    for r in runs(&t.decaps, |u| &u.chain) {
-        out.entry(&t.decaps[r.start].chain).or_default().decaps.extend(&t.decaps[r]);
-    }
-    out
-}
-
-/// The runs of consecutive `items` that share their chain's name (the same `Arc`).
-fn runs<E>(items: &[E], chain: impl Fn(&E) -> &Arc<str>) -> Vec<std::ops::Range<usize>> {
-    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match out.last_mut() {
-            Some(r) if Arc::ptr_eq(chain(&items[r.start]), chain(item)) => r.end = i + 1,
-            _ => out.push(i..i + 1),
-        }
+    for u in &program.tables.decaps {
+        out.entry(&u.chain).or_default().decaps.push(u);
     }
     out
 }
@@ -202,7 +187,7 @@ pub struct Renderer<'p> {
     program: &'p NodeProgram,
     /// Slice 0's peers: these but the node itself.
     peers: &'p [Peer],
-    entries: HashMap<&'p str, Entries<'p>>,
+    entries: BTreeMap<&'p str, Entries<'p>>,
 }
 
 impl<'p> Renderer<'p> {

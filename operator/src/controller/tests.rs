@@ -533,7 +533,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
     ctx.cache.lock().unwrap().take(); // (the mirror would have bumped the world version)
     let second = tokio::spawn({
         let ctx = ctx.clone();
-        async move { ctx.plan_round(Some(one)).await }
+        async move { ctx.plan_round(Some(&one)).await }
     });
     // n2's program lists its pods' addresses: n2's first slice is written again.
     for (_, body) in expect_programs(&mut handle, &["n2"]).await {
@@ -545,7 +545,7 @@ async fn the_planner_sends_only_the_chains_whose_status_a_change_changes() {
     settle(&mut writers);
     // Nothing changed since: nothing to publish, no chain to reconcile.
     ctx.cache.lock().unwrap().take();
-    let (third, _, _) = ctx.plan_round(Some(two)).await;
+    let (third, _, _) = ctx.plan_round(Some(&two)).await;
     assert!(third.is_empty(), "{third:?}");
     // Without the previous round, every status is built and compared: the same answer.
     ctx.cache.lock().unwrap().take();
@@ -605,7 +605,7 @@ async fn a_failure_that_came_and_went_between_rounds_is_not_left_in_a_status() {
     // the failures (none), but its status names the failure that went: it is sent.
     drop(plan);
     ctx.cache.lock().unwrap().take();
-    let (second, _, _) = ctx.plan_round(Some(one)).await;
+    let (second, _, _) = ctx.plan_round(Some(&one)).await;
     assert_eq!(second.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web"]);
     no_request(&mut handle, "nothing left to write").await;
 }
