@@ -125,7 +125,7 @@ impl Stores {
 
     /// Compiles the stores by `planner`, from `previous` if that is its last plan: the chains
     /// that did not change (nor their namespace's pods and SIDs) are not compiled again.
-    pub fn replan(&self, planner: &mut Planner<world::Same>, previous: Option<Plan>) -> Plan {
+    pub fn replan(&self, planner: &mut Planner<world::Version>, previous: Option<Plan>) -> Plan {
         let (nodes, tables, slices) = (self.nodes.state(), self.tables.state(), self.slices.state());
         world::replan(
             planner,
@@ -197,7 +197,7 @@ pub struct Ctx {
     /// The last plan: its world version and the compilation budget left.
     cache: Mutex<Option<CachedPlan>>,
     /// What the last plan compiled of each chain (locked under `cache`).
-    planner: Mutex<Planner<world::Same>>,
+    planner: Mutex<Planner<world::Version>>,
     /// One publication at a time, from the newest plan; also serializes locator allocation.
     pub(crate) publishing: tokio::sync::Mutex<BTreeMap<String, Locator>>,
     /// The per-node writers. They keep each slice as this operator's last write left it (the
