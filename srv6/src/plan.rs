@@ -184,7 +184,7 @@ impl<T: PartialEq> Planner<T> {
         let mut claims = Claims::default();
         let mut admitted = BTreeMap::new();
         let mut kept: HashMap<Arc<str>, usize> = HashMap::new();
-        let mut fresh: BTreeMap<String, Vec<(usize, NodeTables)>> = BTreeMap::new();
+        let mut fresh: BTreeMap<String, Fresh> = BTreeMap::new();
         let mut verdicts = Vec::with_capacity(chains.len());
         let mut chain_nodes = Vec::new();
         let mut next = HashMap::with_capacity(chains.len());
@@ -239,7 +239,7 @@ impl<T: PartialEq> Planner<T> {
                         chain_nodes.push((key.clone(), tables.keys().map(|n| index.node_name(n)).collect()));
                     }
                     for (node, t) in tables {
-                        fresh.entry(node).or_default().push((rank, t));
+                        fresh.entry(node).or_default().add(rank, t);
                     }
                     (p.verdict, None)
                 }
@@ -261,6 +261,31 @@ impl<T: PartialEq> Planner<T> {
     }
 }
 
+/// The entries of the chains compiled again on one node, in the chains' order (they are
+/// compiled in that order), with each chain's run of entries in each table: its rank and how
+/// many. (Held per chain and node until the end of the plan, they were a transient of
+/// 750 MiB when 100,000 chains were compiled from scratch.)
+#[derive(Default)]
+struct Fresh {
+    tables: NodeTables,
+    runs: [Vec<(usize, usize)>; 3],
+}
+
+impl Fresh {
+    fn add(&mut self, rank: usize, t: NodeTables) {
+        fn put<E>(to: &mut Vec<E>, runs: &mut Vec<(usize, usize)>, rank: usize, from: Vec<E>) {
+            if !from.is_empty() {
+                runs.push((rank, from.len()));
+                to.extend(from);
+            }
+        }
+        let [h, p, d] = &mut self.runs;
+        put(&mut self.tables.headends, h, rank, t.headends);
+        put(&mut self.tables.proxies, p, rank, t.proxies);
+        put(&mut self.tables.decaps, d, rank, t.decaps);
+    }
+}
+
 /// Each node's tables: the pods of the world on it, the entries of the chains `kept` (moved
 /// from `old`, in the order they were in) and the chains compiled again (`fresh`, by rank),
 /// merged in the chains' order, and the sources `admitted`. Nodes of the world, and others
@@ -268,7 +293,7 @@ impl<T: PartialEq> Planner<T> {
 fn assemble(
     world: &World,
     mut old: BTreeMap<String, NodeProgram>,
-    mut fresh: BTreeMap<String, Vec<(usize, NodeTables)>>,
+    mut fresh: BTreeMap<String, Fresh>,
     kept: &HashMap<Arc<str>, usize>,
     mut admitted: BTreeMap<String, Vec<IpAddr>>,
 ) -> BTreeMap<String, NodeProgram> {
@@ -282,24 +307,18 @@ fn assemble(
     let mut out = BTreeMap::new();
     for name in names {
         let before = old.remove(&name).map(|p| p.tables).unwrap_or_default();
-        let parts = fresh.remove(&name).unwrap_or_default();
-        let mut headends = Vec::with_capacity(parts.len());
-        let mut proxies = Vec::with_capacity(parts.len());
-        let mut decaps = Vec::with_capacity(parts.len());
-        for (rank, t) in parts {
-            headends.push((rank, t.headends));
-            proxies.push((rank, t.proxies));
-            decaps.push((rank, t.decaps));
-        }
+        let Fresh { tables: new, runs: [h, p, d] } = fresh.remove(&name).unwrap_or_default();
+        let node_pods = pods.remove(name.as_str());
+        let world_node = node_pods.is_some();
         let tables = NodeTables {
-            headends: merge(before.headends, headends, |h| &h.chain, kept),
-            proxies: merge(before.proxies, proxies, |u| &u.chain, kept),
-            decaps: merge(before.decaps, decaps, |u| &u.chain, kept),
+            headends: merge(before.headends, new.headends, h, |h| &h.chain, kept),
+            proxies: merge(before.proxies, new.proxies, p, |u| &u.chain, kept),
+            decaps: merge(before.decaps, new.decaps, d, |u| &u.chain, kept),
             insert_sources: admitted.remove(&name).unwrap_or_default(),
-            pods: pods.remove(name.as_str()).unwrap_or_default(),
+            pods: node_pods.unwrap_or_default(),
         };
         let entries = !(tables.headends.is_empty() && tables.proxies.is_empty() && tables.decaps.is_empty());
-        if entries || world.nodes.iter().any(|n| n.name == name) {
+        if entries || world_node {
             out.insert(name, NodeProgram { tables, peers: Vec::new() });
         }
     }
@@ -307,10 +326,22 @@ fn assemble(
 }
 
 /// The entries of `old` whose chain is `kept` (in their order, which is the chains' order)
-/// merged with `fresh` entries by their chains' ranks.
-fn merge<E>(old: Vec<E>, fresh: Vec<(usize, Vec<E>)>, chain: impl Fn(&E) -> &Arc<str>, kept: &HashMap<Arc<str>, usize>) -> Vec<E> {
-    let mut out = Vec::with_capacity(old.len() + fresh.iter().map(|(_, v)| v.len()).sum::<usize>());
-    let mut fresh = fresh.into_iter().peekable();
+/// merged with the `fresh` entries, whose chains' runs (rank, count) are `runs`.
+fn merge<E>(
+    old: Vec<E>,
+    fresh: Vec<E>,
+    runs: Vec<(usize, usize)>,
+    chain: impl Fn(&E) -> &Arc<str>,
+    kept: &HashMap<Arc<str>, usize>,
+) -> Vec<E> {
+    if old.is_empty() {
+        let mut out = fresh;
+        out.shrink_to_fit();
+        return out;
+    }
+    let mut out = Vec::with_capacity(old.len() + fresh.len());
+    let mut fresh = fresh.into_iter();
+    let mut runs = runs.into_iter().peekable();
     // A chain's entries come together: its rank is looked up once for them.
     let mut last: Option<(Arc<str>, Option<usize>)> = None;
     for e in old {
@@ -324,12 +355,12 @@ fn merge<E>(old: Vec<E>, fresh: Vec<(usize, Vec<E>)>, chain: impl Fn(&E) -> &Arc
             }
         };
         let Some(rank) = rank else { continue };
-        while let Some((_, v)) = fresh.next_if(|(r, _)| *r < rank) {
-            out.extend(v);
+        while let Some((_, n)) = runs.next_if(|(r, _)| *r < rank) {
+            out.extend(fresh.by_ref().take(n));
         }
         out.push(e);
     }
-    out.extend(fresh.flat_map(|(_, v)| v));
+    out.extend(fresh);
     out.shrink_to_fit();
     out
 }
