@@ -113,29 +113,23 @@ impl Stores {
             chains.retain(|x| x.uid() != c.uid());
             chains.push(c);
         }
-        let (nodes, tables, slices) = (self.nodes.state(), self.tables.state(), self.slices.state());
-        world::plan(
-            &chains,
-            self.pods.infos(),
-            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
-            &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
-            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
-        )
+        self.with_world(|pods, nodes, tables, slices| world::plan(&chains, pods, nodes, tables, slices))
     }
 
     /// Compiles the stores by `planner`, from `previous` if that is its last plan: the chains
     /// that did not change (nor their namespace's pods and SIDs) are not compiled again.
     pub fn replan(&self, planner: &mut Planner<world::Version>, previous: Option<Plan>) -> Plan {
+        let chains = self.chains.state();
+        self.with_world(|pods, nodes, tables, slices| world::replan(planner, previous, &chains, pods, nodes, tables, slices))
+    }
+
+    /// `f` of the stores' pods, nodes, SID tables and program slices.
+    fn with_world<R>(&self, f: impl FnOnce(Vec<srv6::compiler::PodInfo>, &[&Node], &[&NodeSidTable], &[&NodeProgramSlice]) -> R) -> R {
+        fn refs<K>(v: &[Arc<K>]) -> Vec<&K> {
+            v.iter().map(|x| x.as_ref()).collect()
+        }
         let (nodes, tables, slices) = (self.nodes.state(), self.tables.state(), self.slices.state());
-        world::replan(
-            planner,
-            previous,
-            &self.chains.state(),
-            self.pods.infos(),
-            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
-            &tables.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
-            &slices.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
-        )
+        f(self.pods.infos(), &refs(&nodes), &refs(&tables), &refs(&slices))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::sid::{Locator, Sid};
 mod chain;
 mod claims;
 mod index;
-pub(crate) use chain::{claim_proxies, conflicted, prepare, ClaimInput, Fail};
+pub(crate) use chain::{claim_proxies, conflicted, prepare, ClaimInput, Fail, Prepared};
 pub(crate) use claims::Claims;
 pub(crate) use index::Index;
 
@@ -300,13 +300,9 @@ pub fn compile(world: &World, chains: &[ChainRef<'_>]) -> Compiled {
     let index = Index::new(world);
     for chain in order {
         let mut p = prepare(&index, chain);
-        let verdict = match p.claim.as_ref().map(|c| claim_proxies(c, &claims)) {
-            Some(Err(f)) => conflicted(p.verdict, f),
-            passed => {
-                if p.adds {
-                    let uses = passed.and_then(Result::ok).unwrap_or_default();
-                    take_proxies(uses, Some(&mut p.tables), &p.insert_sources, &mut claims, &mut admitted);
-                }
+        let verdict = match p.admit(&mut claims, &mut admitted) {
+            Err(f) => conflicted(p.verdict, f),
+            Ok(()) => {
                 for (node, t) in p.tables {
                     append(out.nodes.entry(node).or_default(), t);
                 }
@@ -352,6 +348,19 @@ pub(crate) fn take_proxies(
         if let Some(t) = tables.as_deref_mut() {
             t.entry(node.to_string()).or_default().proxies.push(usage);
         }
+    }
+}
+
+impl Prepared {
+    /// Checks the chain's proxies against what the chains before it claimed: when they pass
+    /// (or the chain has none), they are taken ([`take_proxies`], into the chain's tables)
+    /// when the chain uses them; when they fail, why.
+    pub(crate) fn admit(&mut self, claims: &mut Claims, admitted: &mut BTreeMap<String, Vec<IpAddr>>) -> Result<(), Fail> {
+        let uses = self.claim.as_ref().map(|c| claim_proxies(c, claims)).transpose()?.unwrap_or_default();
+        if self.adds {
+            take_proxies(uses, Some(&mut self.tables), &self.insert_sources, claims, admitted);
+        }
+        Ok(())
     }
 }
 

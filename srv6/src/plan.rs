@@ -225,15 +225,11 @@ impl<T: PartialEq> Planner<T> {
                 }
             }
             let index = index.get_or_init(|| Index::new(world));
-            let p = prepare(index, &c);
-            let (verdict, failed) = match p.claim.as_ref().map(|ci| claim_proxies(ci, &claims)) {
-                Some(Err(f)) => (conflicted(p.verdict, f.clone()), Some(f)),
-                passed => {
+            let mut p = prepare(index, &c);
+            let (verdict, failed) = match p.admit(&mut claims, &mut admitted) {
+                Err(f) => (conflicted(p.verdict, f.clone()), Some(f)),
+                Ok(()) => {
                     let mut tables = p.tables;
-                    if p.adds {
-                        let uses = passed.and_then(Result::ok).unwrap_or_default();
-                        take_proxies(uses, Some(&mut tables), &p.insert_sources, &mut claims, &mut admitted);
-                    }
                     tables.retain(|_, t| !(t.headends.is_empty() && t.proxies.is_empty() && t.decaps.is_empty()));
                     if !tables.is_empty() {
                         chain_nodes.push((key.clone(), tables.keys().map(|n| index.node_name(n)).collect()));
