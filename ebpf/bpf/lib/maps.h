@@ -174,14 +174,6 @@ struct {
 	SP_PINNED;
 } sp_config SEC(".maps");
 
-/* Per-CPU scratch for the header being built (too big for the 512-byte stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct outer_hdr);
-	__uint(max_entries, 1);
-} sp_scratch SEC(".maps");
-
 /* encap_forward's next hops by (ingress interface, or 0 for every VNF's; outer source, outer
  * destination): the FIB's complete answers (neighbour known), each reused for SP_FIB_CACHE_NS.
  * Not pinned: a new datapath starts with none. */

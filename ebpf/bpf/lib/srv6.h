@@ -63,7 +63,8 @@ static __always_inline int hdr_copy(struct __sk_buff *skb, __u8 *buf, __u64 len,
 static __always_inline struct outer_hdr *scratch(void)
 {
 	__u32 zero = 0;
-	return bpf_map_lookup_elem(&sp_scratch, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&sp_scratch, &zero);
+	return s ? &s->h : NULL;
 }
 
 /* RFC 8986 §4.1 End on a header buffer: Segments Left -1, hop limit -1, DA <- Segment List[SL].
