@@ -73,7 +73,7 @@ struct monitor_note {
  * While drops are monitored, every packet's note is cleared and read; the behaviours write the
  * header on every packet they forward, so the note's last words (reason, flags) share its first
  * cache line. With the note in a map of its own, End.AD's BPF time per packet with the drop
- * monitor attached was 2.1-3.6 % more than detached on a host with slow memory; here, 1.3-1.9 %
+ * monitor attached was 2.1-3.7 % more than detached on a host with slow memory; here, 1.3-1.9 %
  * (docs/performance.md). In cache, clearing and reading it take ~1 ns (BPF_PROG_TEST_RUN). */
 struct scratch {
 	struct monitor_note note;
