@@ -135,7 +135,7 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
     let mut c = Control::default();
     let mut laps = report::Laps::start();
     if parts.contains(&Part::Cni) {
-        // ptp waits ~1.8 s for DAD on every ADD: 100 samples of each take ~4 minutes.
+        // ptp waits ~1.8 s for DAD on every ADD: it takes 30 of them (`control::cni_add`).
         let n = if args.quick { 20 } else { 100 };
         eprintln!("CNI ADD: {n} x srv6pipes-cni, ptp and bridge");
         c.cni = Some(control::cni_add(b, n, args.sut_cpu)?);
@@ -417,8 +417,8 @@ fn installed_alternating_json(dp: &dataplane::Results) -> serde_json::Map<String
         .collect()
 }
 
-/// End.AD against plain forwarding, both spread over the last VNF count's N, in one stream at
-/// the edge of their PDR, by N.
+/// End.AD against plain forwarding, both spread over N, in one stream at the edge of their
+/// PDR, by N.
 fn spread_alternating_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Value> {
     dp.spread_alternating
         .iter()
@@ -458,7 +458,7 @@ fn vnf_json(dp: &dataplane::Results) -> serde_json::Map<String, serde_json::Valu
         "bpf_ns_per_run_by_vnfs": dp.scaling_bpf_ns,
         "bpf_ns_per_run_installed": dp.installed_bpf_ns,
         "bpf_ns_per_run_installed_one": dp.installed_one_bpf_ns,
-        "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs), and End.AD through a second lane that keeps one VNF installed (vnf_installed_one_kpps), the reference vnf_installed_paired divides by, repetition by repetition; after the last point, that pair again at the edge of their PDR in marked slices (vnf_installed_alternating: pdr_alternating_method, the slices of the changed side, the last installed, sent to its own lane, the base's to the lane with one VNF); at the last VNF count, End.AD spread over N against plain spread over N the same way (vnf_spread_alternating: the changed side's slices, End.AD's, to its lane with the outer destination spread over the SIDs, the base's to the plain lane with the destination spread over the N routes; each lane's frames of their own length), which vnf_spread's target at that N takes",
+        "vnf_spread_method": "at each N, in turns: End.AD with the outer destination spread over the N VNFs' SIDs (also vnf_scaling_kpps), plain IPv6 forwarding with the destination spread over N /128 routes, one per VNF namespace (one `ip rule iif eth0` for every N; the way back by the main table), End.AD through the last VNF installed alone (vnf_installed_kpps; its last point: with the SID table filled to that many SIDs), and End.AD through a second lane that keeps one VNF installed (vnf_installed_one_kpps), the reference vnf_installed_paired divides by, repetition by repetition; after the last point, that pair again at the edge of their PDR in marked slices (vnf_installed_alternating: pdr_alternating_method, the slices of the changed side, the last installed, sent to its own lane, the base's to the lane with one VNF); at every VNF count, End.AD spread over N against plain spread over N the same way, in 3 rounds before the last count and as many as the repetitions at it (vnf_spread_alternating: the changed side's slices, End.AD's, to its lane with the outer destination spread over the SIDs, the base's to the plain lane with the destination spread over the N routes; each lane's frames of their own length), which vnf_spread's target at that N takes",
     });
     json.as_object().cloned().unwrap_or_default()
 }
@@ -486,8 +486,8 @@ fn vnf_targets(dp: &dataplane::Results) -> Vec<report::Target> {
     for n in counts {
         let Some(end_ad) = dp.scaling.get(n) else { continue };
         let what = format!("End.AD ÷ plain, spread over {n} VNFs");
-        // In one stream at the edge of their PDR where that ran (the last N), else by their
-        // PDRs in turns.
+        // In one stream at the edge of their PDR where that ran (every N), else (it failed) by
+        // their PDRs in turns.
         let (what, value) = match dp.spread_alternating.get(&format!("sp/{n}")).and_then(|r| edge_ratio(r)) {
             Some(v) => (format!("{what}, by PDR: frames delivered at its edge, both lanes in alternating slices"), v),
             None => (what, stats::ratios(end_ad, &dp.plain_spread[n])),

@@ -135,20 +135,20 @@ fn edge(base: &Trial, changed: &Trial) -> Edge {
     }
 }
 
-/// Each round, [`pdr_alternating`] of every (base, changed) pair into `out` by the changed
-/// side's key, from the rate the pair's last round overloaded both at (or [`OVERLOAD`] times the
-/// higher of the two sides' last PDRs in `pdr`, the turns', the base's if only it has one); a
-/// failed round goes to `failures` and the run goes on.
+/// Each of `rounds` rounds, [`pdr_alternating`] of every (base, changed) pair into `out` by the
+/// changed side's key, from the rate the pair's last round overloaded both at (or [`OVERLOAD`]
+/// times the higher of the two sides' last PDRs in `pdr`, the turns', the base's if only it has
+/// one); a failed round goes to `failures` and the run goes on.
 pub(super) fn pdr_rounds(
     b: &mut Bench,
     alternated: &[(&Scenario, &Scenario)],
     pdr: &Samples,
-    plan: &Plan,
+    (plan, rounds): (&Plan, usize),
     out: &mut BTreeMap<String, Vec<AlternatedPdr>>,
     failures: &mut Vec<String>,
 ) {
-    eprintln!("PDR's edge of {} pairs in marked slices, {} rounds", alternated.len(), plan.reps);
-    for _ in 0..plan.reps {
+    eprintln!("PDR's edge of {} pairs in marked slices, {rounds} rounds", alternated.len());
+    for _ in 0..rounds {
         for (base, changed) in alternated {
             let last = out.get(&changed.key).and_then(|r| r.last()).map(|r| crate::stats::median(&r.rates_kpps));
             let turns = |s: &Scenario| pdr.get(&s.key).and_then(|v| v.last().copied());
