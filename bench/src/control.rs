@@ -81,13 +81,13 @@ fn add_steps(stderr: &str) -> Vec<(String, f64)> {
     v["cni_add_steps_ms"].as_object().into_iter().flatten().filter_map(|(k, ms)| Some((k.clone(), ms.as_f64()?))).collect()
 }
 
-/// `n` ADDs of each plugin, alternating, each into its own fresh netns.
 /// ptp's ADDs: each waits for DAD (~1.8 s, its p50 and p99 alike), so 100 took three minutes
 /// of a full run idle, to compare with ADDs 200 times faster: taken in the first 30 rounds.
 const PTP_SAMPLES: usize = 30;
 
 /// `n` ADDs and DELs of srv6pipes-cni, bridge and host-local alone (ptp: [`PTP_SAMPLES`] of
-/// them), interleaved, then srv6pipes-cni's again while the daemon applies large programs.
+/// them), alternating, each into its own fresh netns; then srv6pipes-cni's again while the
+/// daemon applies large programs.
 pub fn cni_add(b: &mut Bench, n: usize, sut_cpu: usize) -> anyhow::Result<CniSamples> {
     let lane = b.lane("cni", Kind::Srv6pipes { ad_age_ms: 1000 }, sut_cpu)?;
     let socket = lane.socket.clone().expect("daemon");
