@@ -161,10 +161,10 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
             c.tcp = Some(control::tcp(&k, reps, secs, (args.gen_cpu, args.sut_cpu))?);
             laps.lap("tcp");
         }
-        // 10,000 chains on n1 (~10 minutes to create and program): a failure is recorded and
+        // 10,000 chains on n1 (4-7 minutes to create and program): a failure is recorded and
         // the run goes on.
         if !args.quick && parts.contains(&Part::Chains) {
-            // Fewer samples: each takes ~30 s with 10,000 chains (docs/performance.md).
+            // Fewer samples than at 1,000 chains: this is the run's longest part already.
             let (changes, samples) = (3, 10);
             let scale = (|| {
                 k.grow(10_000)?;
