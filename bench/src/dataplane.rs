@@ -337,7 +337,7 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
     let find = |key: &str| main.iter().find(|s| s.key == key);
     let alternated: Vec<(&Scenario, &Scenario)> =
         ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
-    sliced::pdr_rounds(b, &alternated, &res.pdr, (plan, plan.reps), &mut res.pdr_alternating, &mut res.failures);
+    sliced::pdr_rounds(b, &alternated, &res.pdr, plan, plan.reps, &mut res.pdr_alternating, &mut res.failures);
     laps.lap("dataplane_pdr_alternating");
     // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
     // scenario rather than in one scenario's only figure.
@@ -463,7 +463,7 @@ pub fn run_parts(b: &mut Bench, plan: &Plan, parts: Parts) -> anyhow::Result<Res
 /// Rounds of End.AD ÷ plain spread over N in one stream before the last N: a point takes ~14 s
 /// a round, and the full run has 50 minutes. At one VNF in the first such run, five rounds read
 /// 1.388-1.413, against 0.78-1.36 by separate trials in the run before.
-const SPREAD_ROUNDS: usize = 3;
+pub(crate) const SPREAD_ROUNDS: usize = 3;
 
 /// VNF count, one growing set of N VNFs per lane, measured side by side in turns at each N:
 /// srv6pipes End.AD spread over all N (`sp/N`: `vnf_scaling`, also `vnf_spread.end_ad`); plain
@@ -532,7 +532,7 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         // repetition of five read 0.78 where the others read 1.2-1.4). Before the last N in
         // fewer rounds ([`SPREAD_ROUNDS`]).
         let rounds = if plan.vnf_counts.last() == Some(&n) { plan.reps } else { plan.reps.min(SPREAD_ROUNDS) };
-        sliced::pdr_rounds(b, &[(&points[1], &points[0])], &s, (plan, rounds), &mut res.spread_alternating, &mut res.failures);
+        sliced::pdr_rounds(b, &[(&points[1], &points[0])], &s, plan, rounds, &mut res.spread_alternating, &mut res.failures);
         let pps = sweep_cost_pps(plan, &s[&points[0].key]);
         if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
             res.scaling_bpf_ns.insert(n.to_string(), ns);
@@ -595,7 +595,7 @@ fn installed_edge(b: &mut Bench, installed: &Scenario, one: &Scenario, pdr: &Sam
     });
     let mut pairs = vec![(one, installed)];
     pairs.extend(calibration.iter().map(|c| (one, c)));
-    sliced::pdr_rounds(b, &pairs, pdr, (plan, plan.reps), &mut res.installed_alternating, &mut res.failures);
+    sliced::pdr_rounds(b, &pairs, pdr, plan, plan.reps, &mut res.installed_alternating, &mut res.failures);
 }
 
 /// What calibrates the two-lane measure against `one`: End.AD through a second lane with one

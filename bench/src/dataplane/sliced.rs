@@ -143,7 +143,8 @@ pub(super) fn pdr_rounds(
     b: &mut Bench,
     alternated: &[(&Scenario, &Scenario)],
     pdr: &Samples,
-    (plan, rounds): (&Plan, usize),
+    plan: &Plan,
+    rounds: usize,
     out: &mut BTreeMap<String, Vec<AlternatedPdr>>,
     failures: &mut Vec<String>,
 ) {
