@@ -112,51 +112,12 @@ pub struct Departure {
     pub cni: Option<CniUninstall>,
 }
 
+/// Serves the node's socket API until SIGTERM: programs and SIDs (from the lab over the socket,
+/// or from the operator through the API server), CNI calls, /metrics; every second it beats the
+/// health, keeps srv6pipes' programs first and applies queued deregistrations.
 pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    // Bound aside and renamed over the old one: the socket path never disappears while a daemon
-    // restarts (the CNI plugin reads "no socket" as "uninstalled").
-    let fresh = path.with_extension("sock.new");
-    match std::fs::remove_file(&fresh) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove {}", fresh.display())),
-    }
-    let listener = UnixListener::bind(&fresh).with_context(|| format!("bind {}", fresh.display()))?;
-    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&fresh, path).with_context(|| format!("rename {} to {}", fresh.display(), path.display()))?;
-    info!(socket = %path.display(), "serving");
-    let pins = node.pin_dir().to_path_buf();
-    let names = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
-    let monitor = {
-        let names = names.clone();
-        crate::monitor::Hub::start(&pins, http.monitor_rate, move || {
-            let shared = names.get().and_then(std::sync::Weak::upgrade);
-            Box::pin(async move {
-                match shared {
-                    Some(s) => Arc::new(s.node.lock().await.monitor_names()),
-                    None => Default::default(),
-                }
-            })
-        })
-        .with_context(|| format!("open the monitor's maps in {}", pins.display()))?
-    };
-    let shared = Arc::new(Shared {
-        node: Mutex::new(node),
-        programming: Mutex::new(()),
-        sids_changed: Notify::new(),
-        kube: match &plane {
-            ControlPlane::Kube(p) => Some(p.client()),
-            ControlPlane::Local => None,
-        },
-        health: http.health,
-        timings: Default::default(),
-        monitor,
-    });
-    let _ = names.set(Arc::downgrade(&shared));
-    let _ = http.late.0.set(shared.clone());
+    let listener = bind(path)?;
+    let shared = share(node, &plane, &http)?;
     match plane {
         // Kube mode is ready once the node's current program is applied (kube_loop says so).
         ControlPlane::Kube(plane) => {
@@ -191,18 +152,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
     loop {
         tokio::select! {
             _ = conflist_check.tick(), if conf_dir.is_some() => {
-                let dir = conf_dir.as_deref().expect("guarded");
-                match srv6pipes_cni::conflist::ensure_entry(dir) {
-                    Ok(Some(file)) => info!(conflist = %file.display(), "the primary plugin's conflist lost srv6pipes-cni: entry restored"),
-                    Ok(None) => conflist_error.clear(),
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        if e != conflist_error {
-                            warn!(dir = %dir.display(), error = %e, "cannot keep srv6pipes-cni in the primary conflist");
-                            conflist_error = e;
-                        }
-                    }
-                }
+                keep_conflist_entry(conf_dir.as_deref().expect("guarded"), &mut conflist_error);
             }
             _ = recount.tick() => {
                 shared.health.beat();
@@ -228,21 +178,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
                     match crate::kube::departure_of(client.clone(), &d.daemonset, &deletion_seen).await {
                         crate::kube::Departure::Uninstall(why) => {
                             info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
-                            let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
-                            if let Err(e) = std::fs::remove_file(path) {
-                                errs.push(anyhow::Error::from(e).context(format!("remove {}", path.display())));
-                            }
-                            let pending = srv6::node_api::pending_deletions_dir(path);
-                            match std::fs::remove_dir_all(&pending) {
-                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                    errs.push(anyhow::Error::from(e).context(format!("remove {}", pending.display())))
-                                }
-                                _ => {}
-                            }
-                            for e in &errs {
-                                warn!(error = %format!("{e:#}"), "uninstall step failed");
-                            }
-                            info!(failed_steps = errs.len(), "uninstalled; exiting");
+                            uninstall(path, d, &shared).await;
                             return Ok(());
                         }
                         crate::kube::Departure::Stay(why) => info!(reason = %why, "SIGTERM: not an uninstall"),
@@ -255,6 +191,96 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
             }
         }
     }
+}
+
+/// The socket at `path`, mode 0600: bound aside and renamed over the old one, so the path never
+/// disappears while a daemon restarts (the CNI plugin reads "no socket" as "uninstalled").
+fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let fresh = path.with_extension("sock.new");
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", fresh.display())),
+    }
+    let listener = UnixListener::bind(&fresh).with_context(|| format!("bind {}", fresh.display()))?;
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&fresh, path).with_context(|| format!("rename {} to {}", fresh.display(), path.display()))?;
+    info!(socket = %path.display(), "serving");
+    Ok(listener)
+}
+
+/// What the handlers share, with the live monitor started on the node's pinned maps; the
+/// health listener serves /stats from it from now on.
+fn share(node: Node, plane: &ControlPlane, http: &Http) -> anyhow::Result<Arc<Shared>> {
+    let pins = node.pin_dir().to_path_buf();
+    let names = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let monitor = {
+        let names = names.clone();
+        crate::monitor::Hub::start(&pins, http.monitor_rate, move || {
+            let shared = names.get().and_then(std::sync::Weak::upgrade);
+            Box::pin(async move {
+                match shared {
+                    Some(s) => Arc::new(s.node.lock().await.monitor_names()),
+                    None => Default::default(),
+                }
+            })
+        })
+        .with_context(|| format!("open the monitor's maps in {}", pins.display()))?
+    };
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        programming: Mutex::new(()),
+        sids_changed: Notify::new(),
+        kube: match plane {
+            ControlPlane::Kube(p) => Some(p.client()),
+            ControlPlane::Local => None,
+        },
+        health: http.health.clone(),
+        timings: Default::default(),
+        monitor,
+    });
+    let _ = names.set(Arc::downgrade(&shared));
+    let _ = http.late.0.set(shared.clone());
+    Ok(shared)
+}
+
+/// Chained mode, every 2 s: puts srv6pipes-cni back in the primary plugin's conflist in `dir`
+/// if it lost it; an error is logged once until it changes (`last_error`).
+fn keep_conflist_entry(dir: &Path, last_error: &mut String) {
+    match srv6pipes_cni::conflist::ensure_entry(dir) {
+        Ok(Some(file)) => info!(conflist = %file.display(), "the primary plugin's conflist lost srv6pipes-cni: entry restored"),
+        Ok(None) => last_error.clear(),
+        Err(e) => {
+            let e = format!("{e:#}");
+            if e != *last_error {
+                warn!(dir = %dir.display(), error = %e, "cannot keep srv6pipes-cni in the primary conflist");
+                *last_error = e;
+            }
+        }
+    }
+}
+
+/// srv6pipes is being uninstalled: the node's datapath, the CNI entry (`d.cni`), the socket at
+/// `path` and its pending deletions go; each step that fails is logged and the rest go on.
+async fn uninstall(path: &Path, d: &Departure, shared: &Shared) {
+    let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
+    if let Err(e) = std::fs::remove_file(path) {
+        errs.push(anyhow::Error::from(e).context(format!("remove {}", path.display())));
+    }
+    let pending = srv6::node_api::pending_deletions_dir(path);
+    match std::fs::remove_dir_all(&pending) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            errs.push(anyhow::Error::from(e).context(format!("remove {}", pending.display())))
+        }
+        _ => {}
+    }
+    for e in &errs {
+        warn!(error = %format!("{e:#}"), "uninstall step failed");
+    }
+    info!(failed_steps = errs.len(), "uninstalled; exiting");
 }
 
 /// Recounts End.AD's flows every second on the counter's own map handles, on a blocking
