@@ -25,8 +25,9 @@ use kube::runtime::watcher::Event;
 use serde_json::json;
 use srv6::plan::Planner;
 use srv6pipes_crds::{NodeProgramSlice, NodeProgramStatus, NodeSidTable, ServiceChain, NODE_LABEL};
-use srv6pipes_operator::controller::{Stores, FINALIZER};
+use srv6pipes_operator::controller::{Stores, Writers, FINALIZER};
 use srv6pipes_operator::planner::Round;
+use srv6pipes_operator::publisher::Slices;
 use srv6pipes_operator::split::SliceCache;
 use srv6pipes_operator::{slim, world};
 
@@ -307,7 +308,8 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         mib(peak),
         mib(after)
     );
-    let _keep = (&stores, &cache, &next, &written, &w, &round, &planner);
+    let _keep = (&stores, &written, &round);
+    let change_ms = change_cpu(&stores, &mut w, &mut planner, &mut cache, next, &|c| chain(size.chains + c))?;
     Ok(json!({
         "size": {"nodes": size.nodes, "vnf_pods_per_node": size.vnfs, "source_pods_per_node": size.sources,
                  "replicas": size.replicas, "chains": size.chains},
@@ -320,6 +322,58 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         "rss_mib": {"steady": rss_steady, "after_change": rss_after},
         "compile_high_water_mib": {"first": mib(first_high as i64), "second": mib(second_high as i64)},
         "seconds": {"compile": compile_s, "split": split_s, "recompile": recompile_s, "total": started.elapsed().as_secs_f64()},
+        "change_ms": change_ms,
         "how": "the scale simulation's objects slimmed into the operator's stores as its watches would, compiled (controller::Stores::replan, from scratch), chain statuses set, every node's program split (split::SliceCache) and each slice mirrored twice (the watch's copy and the publisher's record of its write); heap in use by the operator's allocator's count (jemalloc, with the operator's options: stats.allocated after a purge), per stage; rss_mib: VmRSS after a purge, less the process's before the first stage; the peak is the heap held when a change's compilation starts (the previous plan handed to the planner, which moves what did not change into the next, as the operator does) plus the most the compilation and the split added at any moment, as a counting allocator saw it; compile_high_water_mib: the most each compilation added at any moment",
     }))
+}
+
+/// Chains added one at a time in [`change_cpu`].
+const CHANGES: usize = 15;
+
+/// The operator's work per change, by stage (median ms over [`CHANGES`] chains added one at a
+/// time, `chain(i)` the i-th): the round's digests of the plan before, the plan, every node's
+/// split, and each slice whose digest changed rendered as its writer does (a renderer of the
+/// node's program per slice written).
+fn change_cpu(
+    stores: &Stores,
+    w: &mut Writers,
+    planner: &mut Planner<world::Version>,
+    cache: &mut SliceCache,
+    mut plan: Arc<world::Plan>,
+    chain: &dyn Fn(usize) -> anyhow::Result<ServiceChain>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut timed = |stage, t: Instant| ms.entry(stage).or_default().push(t.elapsed().as_secs_f64() * 1000.0);
+    // The slices of the plan given (already split: the cache's own).
+    let mut last: BTreeMap<String, Arc<Slices>> =
+        plan.programs.iter().map(|(node, program)| (node.clone(), cache.slices_of(node, program, &plan.peers, &BTreeMap::new()))).collect();
+    for i in 0..CHANGES {
+        let t = Instant::now();
+        let round = Round::of(&plan, BTreeMap::new(), 0);
+        timed("round", t);
+        drop(round);
+        w.chains.apply_watcher_event(&Event::Apply(chain(i)?));
+        let before = Arc::try_unwrap(plan).map_err(|_| anyhow::anyhow!("the plan is held elsewhere"))?;
+        let t = Instant::now();
+        plan = Arc::new(stores.replan(planner, Some(before)));
+        timed("plan", t);
+        let t = Instant::now();
+        let split: Vec<_> = plan
+            .programs
+            .iter()
+            .map(|(node, program)| (node, program, cache.slices_of(node, program, &plan.peers, &BTreeMap::new())))
+            .collect();
+        timed("split", t);
+        let t = Instant::now();
+        for (node, program, slices) in &split {
+            let before = last.get(*node);
+            for (name, slice) in slices.iter().filter(|(n, s)| before.and_then(|b| b.get(*n)).is_none_or(|b| b.digest != s.digest)) {
+                let spec = srv6::slices::Renderer::new(node, program, &plan.peers).spec(&slice.shape);
+                std::hint::black_box((name, spec));
+            }
+        }
+        timed("render", t);
+        last = split.into_iter().map(|(node, _, slices)| (node.clone(), slices)).collect();
+    }
+    Ok(ms.into_iter().map(|(stage, xs)| (stage.to_string(), json!(crate::stats::median(&xs)))).collect::<serde_json::Map<_, _>>().into())
 }

@@ -1,28 +1,28 @@
-//! Each node's program as the slices it is published in, remembered per node: a program that
-//! did not change is not split again, and a slice whose spec the splitter kept keeps its digest.
+//! Each node's program as the slices it is published in, remembered per node: the same program
+//! is not split again, and a slice whose shape the splitter kept keeps its digest (the same
+//! slices, when no slice changed).
 //! Pure (no API calls), so the memory it keeps is measured without an API server
 //! (`bench/run --only footprint`).
 //!
 //! It keeps no program alive: what it remembers of a node's last program is a weak reference
-//! (to know the same program again at no cost) and digests (of the whole program, and in the
-//! splitter of each chain's entries). Holding every node's last program, it held the old plan's
-//! tables while the next plan was compiled: a sixth of the operator's peak at 100,000 chains.
+//! (to know the same program again at no cost) and, in the splitter, each chain's entries'
+//! digest. Holding every node's last program, it held the old plan's tables while the next plan
+//! was compiled: a sixth of the operator's peak at 100,000 chains.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
 use srv6::node_api::{NodeProgram as Program, Peer};
-use srv6::slices;
+use srv6::slices::{self, Shape};
 use srv6pipes_crds::NodeProgramSlice;
 
 use crate::publisher::{Slice, Slices};
 
-/// What is remembered of a node's last split: its program (weakly) and the digest of that
-/// program and its peers, its splitter and the slices it was split into.
+/// What is remembered of a node's last split: its program (weakly), its splitter and the
+/// slices it was split into.
 struct Split {
     program: Weak<Program>,
     peers: Weak<Vec<Peer>>,
-    digest: u64,
     splitter: slices::Splitter,
     slices: Arc<Slices>,
 }
@@ -43,33 +43,30 @@ impl SliceCache {
         peers: &Arc<Vec<Peer>>,
         known: &BTreeMap<String, Arc<NodeProgramSlice>>,
     ) -> Arc<Slices> {
-        // The same program of the same plan (each reconcile publishes it): no digest needed;
+        // The same program of the same plan (each reconcile publishes it): nothing to look at;
         // the weak references keep the addresses from being reused.
         let same = |s: &Split| std::ptr::eq(s.program.as_ptr(), Arc::as_ptr(program)) && std::ptr::eq(s.peers.as_ptr(), Arc::as_ptr(peers));
         if let Some(s) = self.0.get(node).filter(|s| same(s)) {
             return s.slices.clone();
         }
-        let d = slices::digest(&(&**program, &peers[..]));
         let s = self.0.entry(node.to_string()).or_insert_with(|| {
             let known = known.iter().filter_map(|(name, s)| Some((slices::slice_index(node, name)?, crate::slim::chains_of(s))));
             Split {
                 program: Weak::new(),
                 peers: Weak::new(),
-                digest: !d, // (anything but d: the first split builds every slice)
                 splitter: slices::Splitter::seeded(known.collect()),
                 slices: Default::default(),
             }
         });
         (s.program, s.peers) = (Arc::downgrade(program), Arc::downgrade(peers));
-        if s.digest == d {
-            // The same program in a new plan: hashed once, not on every publication of that
-            // plan (each reconcile publishes; 1,000 nodes made that most of the CPU).
+        // The splitter keeps the shape (the same `Arc`) of each slice in which nothing
+        // changed, and its digest with it. (Before, a digest of the whole program told the
+        // same program in a new plan apart first: a pass over every entry more per change.)
+        let shapes = s.splitter.split(program, peers);
+        let kept = |shape: &Arc<Shape>| s.slices.get(&slices::slice_name(node, shape.index)).is_some_and(|k| Arc::ptr_eq(&k.shape, shape));
+        if shapes.len() == s.slices.len() && shapes.values().all(kept) {
             return s.slices.clone();
         }
-        s.digest = d;
-        let shapes = s.splitter.split(program, peers);
-        // A slice whose shape the splitter kept keeps its digest; the others are rendered once
-        // for theirs.
         let renderer = slices::Renderer::new(node, program, peers);
         let out: Slices = shapes
             .into_values()
@@ -120,5 +117,44 @@ mod tests {
         assert_ne!(changed["n1.0"].digest, slices["n1.0"].digest);
         // Another node's program is its own.
         assert!(!Arc::ptr_eq(&cache.slices_of("n2", &other, &peers, &BTreeMap::new()), &changed));
+    }
+
+    /// A program of `chains` chains (one End.AD SID each; chain 7's interface `interface`).
+    fn chains(chains: usize, interface: &str) -> Arc<Program> {
+        let mut tables = NodeTables { pods: vec!["fd00:1::1".parse().unwrap()], ..Default::default() };
+        for i in 0..chains {
+            tables.proxies.push(srv6::compiler::SidUse {
+                sid: srv6::sid::Sid(format!("fcbb:bb00:1:{i:x}::").parse().unwrap()),
+                behavior: srv6::compiler::Behavior::EndAD,
+                chain: format!("default/c{i:04}").into(),
+                interface: Some(if i == 7 { interface.into() } else { "default/fw:net1".into() }),
+                return_path: vec![],
+                rewrites_flows: false,
+                both_ways: false,
+                pipeline: None,
+            });
+        }
+        Arc::new(Program { tables, peers: Vec::new() })
+    }
+
+    #[test]
+    fn a_change_in_one_slice_renders_that_slice_alone_and_the_same_entries_keep_every_slice() {
+        let (mut cache, peers) = (SliceCache::default(), Arc::new(Vec::new()));
+        let first = cache.slices_of("n1", &chains(450, "default/fw:net1"), &peers, &BTreeMap::new());
+        assert_eq!(first.len(), 3, "{:?}", first.keys());
+        // Chain 7 (slice 0) moves to another interface: slice 0 alone is new.
+        let moved = cache.slices_of("n1", &chains(450, "default/fw2:net1"), &peers, &BTreeMap::new());
+        assert_ne!(moved["n1.0"].digest, first["n1.0"].digest);
+        for name in ["n1.1", "n1.2"] {
+            assert!(Arc::ptr_eq(&moved[name], &first[name]), "{name} rebuilt though none of its chains changed");
+        }
+        // The same entries compiled again (another plan): the very same slices.
+        let again = cache.slices_of("n1", &chains(450, "default/fw2:net1"), &peers, &BTreeMap::new());
+        assert!(Arc::ptr_eq(&again, &moved));
+        // One chain more: it fills the last slice, the others stay.
+        let more = cache.slices_of("n1", &chains(451, "default/fw2:net1"), &peers, &BTreeMap::new());
+        assert!(!Arc::ptr_eq(&more, &moved));
+        assert!(Arc::ptr_eq(&more["n1.1"], &moved["n1.1"]));
+        assert_eq!(more["n1.2"].shape.chains.len(), moved["n1.2"].shape.chains.len() + 1);
     }
 }
