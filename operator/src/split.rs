@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
 use srv6::node_api::{NodeProgram as Program, Peer};
-use srv6::slices::{self, Shape};
+use srv6::slices;
 use srv6pipes_crds::NodeProgramSlice;
 
 use crate::publisher::{Slice, Slices};
@@ -60,15 +60,11 @@ impl SliceCache {
         });
         (s.program, s.peers) = (Arc::downgrade(program), Arc::downgrade(peers));
         // The splitter keeps the shape (the same `Arc`) of each slice in which nothing
-        // changed, and its digest with it. (Before, a digest of the whole program told the
-        // same program in a new plan apart first: a pass over every entry more per change.)
-        let shapes = s.splitter.split(program, peers);
-        let kept = |shape: &Arc<Shape>| s.slices.get(&slices::slice_name(node, shape.index)).is_some_and(|k| Arc::ptr_eq(&k.shape, shape));
-        if shapes.len() == s.slices.len() && shapes.values().all(kept) {
-            return s.slices.clone();
-        }
+        // changed; such a slice keeps its digest, the others are rendered once for theirs.
         let renderer = slices::Renderer::new(node, program, peers);
-        let out: Slices = shapes
+        let out: Slices = s
+            .splitter
+            .split(program, peers)
             .into_values()
             .map(|shape| {
                 let name = slices::slice_name(node, shape.index);
@@ -77,6 +73,11 @@ impl SliceCache {
                 (name, slice)
             })
             .collect();
+        // Every slice kept: the same slices (no digest of the whole program is needed to know
+        // the same program in a new plan).
+        if out.len() == s.slices.len() && out.iter().all(|(name, slice)| s.slices.get(name).is_some_and(|k| Arc::ptr_eq(k, slice))) {
+            return s.slices.clone();
+        }
         s.slices = Arc::new(out);
         s.slices.clone()
     }

@@ -194,6 +194,15 @@ pub struct Shape {
     pub indices: Vec<u32>,
 }
 
+impl Shape {
+    /// The slice's chains, by name.
+    fn by_name(&self) -> Vec<&str> {
+        let mut chains: Vec<&str> = self.chains.iter().map(|c| &**c).collect();
+        chains.sort_unstable();
+        chains
+    }
+}
+
 /// Renders the slices of one node's program. Each slice is rendered from one pass over the
 /// program that picks its own chains' entries: a writer renders the one or two slices a change
 /// touches, and indexing every chain of the program for each (as this did) cost more than the
@@ -313,15 +322,14 @@ impl Splitter {
             (self.base, self.base_bytes) = (base, base_bytes(program, peers));
         }
         // The last split's slices (the seed's before the first), each by name.
-        let seed = if self.built.is_empty() { std::mem::take(&mut self.seed) } else { Assignment::new() };
         let previous: Vec<(u32, Vec<&str>)> = if self.built.is_empty() {
-            seed.iter().map(|(i, chains)| (*i, chains.iter().map(String::as_str).collect())).collect()
+            self.seed.iter().map(|(i, chains)| (*i, chains.iter().map(String::as_str).collect())).collect()
         } else {
-            let by_name = self.built.iter().map(|(i, s)| (*i, s.chains.iter().map(|c| &**c).collect::<Vec<&str>>()));
-            by_name.map(|(i, mut chains)| (i, (chains.sort_unstable(), chains).1)).collect()
+            self.built.iter().map(|(i, s)| (*i, s.by_name())).collect()
         };
         let placed = place(&bytes, self.base_bytes, &previous);
-        drop(previous);
+        // (The seed counts for the first split only.)
+        self.seed.clear();
         let indices: Vec<u32> = placed.keys().copied().collect();
         let mut built = BTreeMap::new();
         for (index, chains) in &placed {
