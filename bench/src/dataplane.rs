@@ -97,6 +97,8 @@ pub struct Results {
     pub unavailable: BTreeMap<String, String>,
     /// Wall seconds of each part, in the order they ran.
     pub seconds: Vec<(String, f64)>,
+    /// The same for the VNF sweep's phases, by phase and point (`grow/N`, `turns/N`, ...).
+    pub vnf_seconds: Vec<(String, f64)>,
     /// PDR trials that failed by little and were run again, and how many of those passed.
     pub retries: (u64, u64),
 }
@@ -474,88 +476,31 @@ pub(crate) const SPREAD_ROUNDS: usize = 3;
 /// At every N, End.AD and plain spread over N again in one stream at the edge of their PDR;
 /// after the last point, the last installed and the one-VNF lane so ([`installed_edge`]).
 fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) -> anyhow::Result<()> {
+    let mut laps = crate::report::Laps::start();
     let cpu = plan.sut_cpu;
-    let mut scale = b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?;
-    let mut kscale = if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) };
-    let mut pscale = b.lane("pscale", Kind::PlainSpread, cpu)?;
-    let one = one_vnf_lane(b, "one", cpu)?;
-    let reference = |key: &str| -> anyhow::Result<Scenario> {
-        Ok(Scenario::new(format!("one/{key}"), with_expect(&one, SINK_SID), ad_frame(&one, 0, 0)?))
+    let mut lanes = SweepLanes {
+        scale: b.lane("scale", Kind::Srv6pipes { ad_age_ms: 1000 }, cpu)?,
+        kscale: if res.unavailable.contains_key(KERNEL_PROXY) { None } else { Some(b.lane("kscale", Kind::Kernel, cpu)?) },
+        pscale: b.lane("pscale", Kind::PlainSpread, cpu)?,
+        one: one_vnf_lane(b, "one", cpu)?,
     };
-    let sids = |lane: &Lane| -> Vec<Ipv6Addr> { lane.vnfs.iter().map(|v| v.sid.expect("sid")).collect() };
-    // End.AD spread over every SID, and through the last VNF installed alone.
-    let spread = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
-        Ok(Scenario { dsts: sids(scale), ..Scenario::new(format!("sp/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, 0, 0)?) })
-    };
-    let installed = |scale: &Lane, key: &str| -> anyhow::Result<Scenario> {
-        let last = scale.vnfs.len() - 1;
-        Ok(Scenario::new(format!("installed/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, last, 0)?))
-    };
+    laps.lap("lanes");
     for &n in &plan.vnf_counts {
-        eprintln!("VNF sweep: {n} VNFs");
-        b.grow(&mut scale, n)?;
-        b.program(&scale, &[], &[], 0)?;
-        if let Some(kscale) = kscale.as_mut() {
-            b.grow(kscale, n)?;
-        }
-        b.grow(&mut pscale, n)?;
-        let key = n.to_string();
-        let mut points = vec![
-            spread(&scale, &key)?,
-            Scenario {
-                dsts: (1..=n).map(spread_dst).collect(),
-                ..Scenario::new(
-                    format!("plain/{n}"),
-                    Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
-                    packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
-                )
-            },
-            installed(&scale, &key)?,
-            reference(&key)?,
-        ];
-        if let Some(kscale) = &kscale {
-            points.push(Scenario {
-                dsts: sids(kscale),
-                ..Scenario::new(
-                    format!("kernel/{n}"),
-                    with_expect(kscale, SINK_SID),
-                    packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(kscale, 0)], inner6())?,
-                )
-            });
-        }
-        // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).
-        check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(&pscale)?]))?;
-        let mut s = Samples::new();
-        in_turns(b, &points, ceiling_pps, plan, &mut s)?;
-        // End.AD against plain, both spread over N, in one stream: PDRs of separate trials
-        // swing with the host more than the two differ (at 1,000 VNF namespaces; at one, a
-        // repetition of five read 0.78 where the others read 1.2-1.4). Before the last N in
-        // fewer rounds ([`SPREAD_ROUNDS`]).
-        let rounds = if plan.vnf_counts.last() == Some(&n) { plan.reps } else { plan.reps.min(SPREAD_ROUNDS) };
-        sliced::pdr_rounds(b, &[(&points[1], &points[0])], &s, plan, rounds, &mut res.spread_alternating, &mut res.failures);
-        let pps = sweep_cost_pps(plan, &s[&points[0].key]);
-        if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
-            res.scaling_bpf_ns.insert(n.to_string(), ns);
-        }
-        installed_cost(b, &points[2], &points[3], &s, plan, res);
-        let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
-        res.scaling.insert(key.clone(), take("sp"));
-        res.plain_spread.insert(key.clone(), take("plain"));
-        if kscale.is_some() {
-            res.kernel_scaling.insert(key.clone(), take("kernel"));
-        }
-        res.installed.insert(key.clone(), take("installed"));
-        res.installed_one.insert(key.clone(), take("one"));
+        vnf_count(b, plan, ceiling_pps, &mut lanes, n, res, &mut laps)?;
     }
+    let SweepLanes { scale, one, .. } = &lanes;
     if plan.table_sids > 0 {
         let extra = plan.table_sids.saturating_sub(scale.vnfs.len() as u16);
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
-        b.program(&scale, &[], &[], extra)?;
+        b.program(scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        let points = vec![spread(&scale, &key)?, installed(&scale, &key)?, reference(&key)?];
+        laps.lap(&format!("grow/{key}"));
+        let points = vec![spread(scale, &key)?, installed(scale, &key)?, reference(one, &key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+        laps.lap(&format!("turns/{key}"));
         installed_cost(b, &points[1], &points[2], &s, plan, res);
+        laps.lap(&format!("cost/{key}"));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));
@@ -564,13 +509,114 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
     // The sweep's last point: the table point's, or the last VNF count's.
     let last = if plan.table_sids > 0 { Some(plan.table_sids) } else { plan.vnf_counts.last().copied() };
     if let Some(key) = last.map(|n| n.to_string()) {
-        let (installed, one) = (installed(&scale, &key)?, reference(&key)?);
+        let (last, reference) = (installed(scale, &key)?, reference(one, &key)?);
         let turns = |s: &Samples, of: &Scenario| (of.key.clone(), s.get(&key).cloned().unwrap_or_default());
-        let pdr = Samples::from([turns(&res.installed, &installed), turns(&res.installed_one, &one)]);
-        installed_edge(b, &installed, &one, &pdr, plan, res);
+        let pdr = Samples::from([turns(&res.installed, &last), turns(&res.installed_one, &reference)]);
+        installed_edge(b, &last, &reference, &pdr, plan, res);
+        laps.lap(&format!("edge/{key}"));
     }
-    res.sid_packets.insert(scale.name.clone(), b.sid_packets(&scale)?);
-    res.sid_packets.insert(one.name.clone(), b.sid_packets(&one)?);
+    res.sid_packets.insert(scale.name.clone(), b.sid_packets(scale)?);
+    res.sid_packets.insert(one.name.clone(), b.sid_packets(one)?);
+    res.vnf_seconds = laps.laps;
+    Ok(())
+}
+
+/// The VNF sweep's lanes: End.AD over N VNFs, the kernel proxy over N (where it runs), plain
+/// forwarding spread over N, and the lane that keeps one VNF.
+struct SweepLanes {
+    scale: Lane,
+    kscale: Option<Lane>,
+    pscale: Lane,
+    one: Lane,
+}
+
+/// End.AD spread over every SID of `scale` (`sp/{key}`).
+fn spread(scale: &Lane, key: &str) -> anyhow::Result<Scenario> {
+    let dsts = scale.vnfs.iter().map(|v| v.sid.expect("sid")).collect();
+    Ok(Scenario { dsts, ..Scenario::new(format!("sp/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, 0, 0)?) })
+}
+
+/// End.AD through the last VNF installed on `scale`, alone (`installed/{key}`).
+fn installed(scale: &Lane, key: &str) -> anyhow::Result<Scenario> {
+    let last = scale.vnfs.len() - 1;
+    Ok(Scenario::new(format!("installed/{key}"), with_expect(scale, SINK_SID), ad_frame(scale, last, 0)?))
+}
+
+/// End.AD through the lane that keeps one VNF (`one/{key}`).
+fn reference(one: &Lane, key: &str) -> anyhow::Result<Scenario> {
+    Ok(Scenario::new(format!("one/{key}"), with_expect(one, SINK_SID), ad_frame(one, 0, 0)?))
+}
+
+/// One VNF count of the sweep: the lanes grown to `n`, its points in turns, End.AD and plain
+/// spread over `n` in one stream, then the BPF costs; each phase a lap (`vnf_part_seconds`).
+fn vnf_count(
+    b: &mut Bench,
+    plan: &Plan,
+    ceiling_pps: f64,
+    lanes: &mut SweepLanes,
+    n: u16,
+    res: &mut Results,
+    laps: &mut crate::report::Laps,
+) -> anyhow::Result<()> {
+    eprintln!("VNF sweep: {n} VNFs");
+    let SweepLanes { scale, kscale, pscale, one } = lanes;
+    b.grow(scale, n)?;
+    b.program(scale, &[], &[], 0)?;
+    if let Some(kscale) = kscale.as_mut() {
+        b.grow(kscale, n)?;
+    }
+    b.grow(pscale, n)?;
+    let key = n.to_string();
+    laps.lap(&format!("grow/{key}"));
+    let mut points = vec![
+        spread(scale, &key)?,
+        Scenario {
+            dsts: (1..=n).map(spread_dst).collect(),
+            ..Scenario::new(
+                format!("plain/{n}"),
+                Path { expect: Some(INNER_DST), expect_bytes: 8, ..pscale.path.clone() },
+                packet::plain(pscale.macs, Inner::V6 { src: INNER_SRC, dst: spread_dst(1) }),
+            )
+        },
+        installed(scale, &key)?,
+        reference(one, &key)?,
+    ];
+    if let Some(kscale) = kscale.as_ref() {
+        points.push(Scenario {
+            dsts: kscale.vnfs.iter().map(|v| v.sid.expect("sid")).collect(),
+            ..Scenario::new(
+                format!("kernel/{n}"),
+                with_expect(kscale, SINK_SID),
+                packet::encapsulated(kscale.macs, OUTER_SRC, &[sid(kscale, 0)], inner6())?,
+            )
+        });
+    }
+    // Every packet plain forwarding delivers went into a VNF (a missing route bypasses them).
+    check_through(b, &points[1], |b| Ok(vec![b.vnf_tx_packets(pscale)?]))?;
+    let mut s = Samples::new();
+    in_turns(b, &points, ceiling_pps, plan, &mut s)?;
+    laps.lap(&format!("turns/{key}"));
+    // End.AD against plain, both spread over N, in one stream: PDRs of separate trials
+    // swing with the host more than the two differ (at 1,000 VNF namespaces; at one, a
+    // repetition of five read 0.78 where the others read 1.2-1.4). Before the last N in
+    // fewer rounds ([`SPREAD_ROUNDS`]).
+    let rounds = if plan.vnf_counts.last() == Some(&n) { plan.reps } else { plan.reps.min(SPREAD_ROUNDS) };
+    sliced::pdr_rounds(b, &[(&points[1], &points[0])], &s, plan, rounds, &mut res.spread_alternating, &mut res.failures);
+    laps.lap(&format!("stream/{key}"));
+    let pps = sweep_cost_pps(plan, &s[&points[0].key]);
+    if let Some(ns) = cost_round(b, &[(&points[0], pps)], plan, &mut res.failures).remove(&points[0].key) {
+        res.scaling_bpf_ns.insert(key.clone(), ns);
+    }
+    installed_cost(b, &points[2], &points[3], &s, plan, res);
+    laps.lap(&format!("cost/{key}"));
+    let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
+    res.scaling.insert(key.clone(), take("sp"));
+    res.plain_spread.insert(key.clone(), take("plain"));
+    if kscale.is_some() {
+        res.kernel_scaling.insert(key.clone(), take("kernel"));
+    }
+    res.installed.insert(key.clone(), take("installed"));
+    res.installed_one.insert(key.clone(), take("one"));
     Ok(())
 }
 
