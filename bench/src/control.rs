@@ -255,6 +255,22 @@ pub struct KubeLab {
     /// A process in n1's VNF's netns (its pod command), to read net1's counters through.
     vnf1_pid: u64,
     operator_cpu: ProcessCpu,
+    /// Each growth of the background chains, in order.
+    pub growth: Vec<Growth>,
+}
+
+/// One growth of the lab's background chains: how long it took and what the operator did
+/// meanwhile (where the 10,000-chain part's minutes go).
+pub struct Growth {
+    pub from: usize,
+    pub to: usize,
+    pub seconds: f64,
+    /// Of which creating the chains (`kubectl create`, a thousand at a time).
+    pub create_seconds: f64,
+    /// The operator's CPU time over the growth.
+    pub operator_cpu_s: f64,
+    /// The operator's writes over the growth by kind ([`operator_writes_by_kind`]).
+    pub writes: BTreeMap<&'static str, u64>,
 }
 
 impl KubeLab {
@@ -291,6 +307,7 @@ impl KubeLab {
             server_ip: text(&item("pods", "server")["ips"][0], "server's address")?,
             vnf1_pid: item("pods", "vnf1")["pid"].as_u64().context("vnf1's pid in lab status")?,
             operator_cpu: Default::default(),
+            growth: Vec::new(),
             dir,
             lab,
             kubeconfig,
@@ -303,6 +320,7 @@ impl KubeLab {
     /// programmed them all and every chain is Ready (the operator's status writes done).
     pub fn grow(&mut self, total: usize) -> anyhow::Result<()> {
         let started = Instant::now();
+        let (cpu, writes) = (self.operator_cpu_ms()?, operator_writes_by_kind(&self.kubeconfig)?);
         eprintln!("kube lab: {} -> {total} background chains", self.background);
         for first in (self.background..total).step_by(1000) {
             let batch = self.dir.join("background.yaml");
@@ -312,6 +330,7 @@ impl KubeLab {
             std::fs::write(&batch, docs.join("---\n"))?;
             sys::run(&mut self.kubectl(&["create", "-f", &batch.display().to_string()]))?;
         }
+        let create_seconds = started.elapsed().as_secs_f64();
         let timeout = Duration::from_secs(600 + total as u64 / 10);
         // Every 2 s: each look lists every chain or slice, which loads the API server and the
         // CPUs the operator needs.
@@ -324,8 +343,23 @@ impl KubeLab {
         if let Err(e) = waited {
             return Err(e.context(self.post_mortem()));
         }
+        let mut growth = Growth {
+            from: self.background,
+            to: total,
+            seconds: started.elapsed().as_secs_f64(),
+            create_seconds,
+            operator_cpu_s: (self.operator_cpu_ms()? - cpu) / 1000.0,
+            writes: operator_writes_by_kind(&self.kubeconfig)?,
+        };
+        for (kind, n) in growth.writes.iter_mut() {
+            *n -= writes.get(kind).copied().unwrap_or(0);
+        }
+        eprintln!(
+            "kube lab: {total} background chains Ready and programmed in {:.0} s ({:.0} s creating them; operator {:.0} s CPU, writes {:?})",
+            growth.seconds, growth.create_seconds, growth.operator_cpu_s, growth.writes
+        );
         self.background = total;
-        eprintln!("kube lab: {total} background chains Ready and programmed in {:.0} s", started.elapsed().as_secs_f64());
+        self.growth.push(growth);
         Ok(())
     }
 
@@ -395,26 +429,36 @@ impl ProcessCpu {
 /// the chain's create or delete: the user's), Events, Node patches (locators), program
 /// deletions. From the API server's `apiserver_request_total`; Lease renewals are left out.
 pub fn operator_writes(kubeconfig: &Path) -> anyhow::Result<u64> {
-    let metrics = sys::run(Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(["get", "--raw", "/metrics"]))?;
-    Ok(metrics.lines().filter_map(operator_write).sum())
+    Ok(operator_writes_by_kind(kubeconfig)?.values().sum())
 }
 
-/// The count of one `apiserver_request_total` sample line if it is a write only the operator
-/// makes (see [`operator_writes`]).
-fn operator_write(line: &str) -> Option<u64> {
+/// [`operator_writes`] by kind: "slices" (program slices and programs), "chain_status" (chain
+/// status and finalizer patches), "events", "nodes".
+pub fn operator_writes_by_kind(kubeconfig: &Path) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let metrics = sys::run(Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(["get", "--raw", "/metrics"]))?;
+    let mut by = BTreeMap::new();
+    for (kind, n) in metrics.lines().filter_map(operator_write) {
+        *by.entry(kind).or_insert(0) += n;
+    }
+    Ok(by)
+}
+
+/// The kind and count of one `apiserver_request_total` sample line if it is a write only the
+/// operator makes (see [`operator_writes`]).
+fn operator_write(line: &str) -> Option<(&'static str, u64)> {
     let rest = line.strip_prefix("apiserver_request_total{")?;
     let (labels, value) = rest.split_once("} ")?;
     let label = |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'));
     let (group, resource, sub, verb) = (label("group")?, label("resource")?, label("subresource").unwrap_or(""), label("verb")?);
     let write = matches!(verb, "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE");
-    let ours = match (group, resource, sub) {
-        ("srv6pipes.io", "nodeprogramslices", "") | ("srv6pipes.io", "nodeprograms", "") => true,
-        ("srv6pipes.io", "servicechains", _) => matches!(verb, "PUT" | "PATCH" | "APPLY"),
-        ("events.k8s.io", "events", _) => true,
-        ("", "nodes", "") => matches!(verb, "PATCH" | "APPLY"),
-        _ => false,
+    let kind = match (group, resource, sub) {
+        ("srv6pipes.io", "nodeprogramslices", "") | ("srv6pipes.io", "nodeprograms", "") => Some("slices"),
+        ("srv6pipes.io", "servicechains", _) if matches!(verb, "PUT" | "PATCH" | "APPLY") => Some("chain_status"),
+        ("events.k8s.io", "events", _) => Some("events"),
+        ("", "nodes", "") if matches!(verb, "PATCH" | "APPLY") => Some("nodes"),
+        _ => None,
     };
-    (write && ours).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64)).flatten()
+    Some((kind.filter(|_| write)?, value.trim().parse::<f64>().ok()? as u64))
 }
 
 /// What one change costs the operator.
@@ -670,16 +714,16 @@ mod tests {
             )
         };
         for (l, counted) in [
-            (line("srv6pipes.io", "nodeprogramslices", "", "APPLY"), Some(7)),
-            (line("srv6pipes.io", "nodeprogramslices", "", "DELETE"), Some(7)),
+            (line("srv6pipes.io", "nodeprogramslices", "", "APPLY"), Some(("slices", 7))),
+            (line("srv6pipes.io", "nodeprogramslices", "", "DELETE"), Some(("slices", 7))),
             (line("srv6pipes.io", "nodeprogramslices", "status", "APPLY"), None),
-            (line("srv6pipes.io", "servicechains", "status", "APPLY"), Some(7)),
-            (line("srv6pipes.io", "servicechains", "", "PATCH"), Some(7)),
+            (line("srv6pipes.io", "servicechains", "status", "APPLY"), Some(("chain_status", 7))),
+            (line("srv6pipes.io", "servicechains", "", "PATCH"), Some(("chain_status", 7))),
             (line("srv6pipes.io", "servicechains", "", "POST"), None),
             (line("srv6pipes.io", "servicechains", "", "DELETE"), None),
             (line("srv6pipes.io", "nodeprogramslices", "", "LIST"), None),
-            (line("events.k8s.io", "events", "", "POST"), Some(7)),
-            (line("", "nodes", "", "PATCH"), Some(7)),
+            (line("events.k8s.io", "events", "", "POST"), Some(("events", 7))),
+            (line("", "nodes", "", "PATCH"), Some(("nodes", 7))),
             (line("coordination.k8s.io", "leases", "", "PUT"), None),
             (line("srv6pipes.io", "nodesidtables", "", "APPLY"), None),
             ("apiserver_request_duration_seconds_bucket{le=\"1\"} 3".to_string(), None),

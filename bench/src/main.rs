@@ -122,6 +122,8 @@ struct Control {
     change: std::collections::BTreeMap<String, control::ChangeCost>,
     /// Chain applied -> steered with 10,000 chains present (full runs).
     chains_10k: Option<control::ChainApply>,
+    /// Each growth of the kube lab's background chains.
+    growth: Vec<control::Growth>,
     /// Why the 10,000-chain part did not complete (the run goes on without it).
     scale_failure: Option<String>,
     tcp: Option<control::Tcp>,
@@ -184,6 +186,7 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
             }
             laps.lap("chains_10k");
         }
+        c.growth = std::mem::take(&mut k.growth);
     }
     if parts.contains(&Part::Stream) {
         let plan = if args.quick {

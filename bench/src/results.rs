@@ -215,6 +215,11 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
         }))).collect::<serde_json::Map<_, _>>(),
         "control_change_how": "per change (a chain created, Ready; or deleted, gone from n1), with N chains present: the writes the API server served of what only the operator writes (program slices, chain status and finalizer, Events, Node patches; apiserver_request_total) and the operator's CPU time (/proc/PID/task/*/schedstat), until it wrote nothing for 2 s",
         "scale_failure": c.scale_failure,
+        "chain_growth": c.growth.iter().map(|g| serde_json::json!({
+            "from": g.from, "to": g.to, "seconds": g.seconds, "create_seconds": g.create_seconds,
+            "operator_cpu_s": g.operator_cpu_s, "operator_writes": g.writes,
+        })).collect::<Vec<_>>(),
+        "chain_growth_how": "each growth of the kube lab's background chains (kubectl create a thousand at a time, then until n1 has programmed every chain and every chain is Ready): seconds in all and creating, the operator's CPU time (/proc/PID/task/*/schedstat) and the writes the API server served of what only the operator writes, by kind (slices: program slices; chain_status: chain status and finalizer patches; events; nodes: locator patches)",
         "tcp_goodput_mbps": tcp,
         "stream": c.stream,
         "scale_sim": c.sim,
