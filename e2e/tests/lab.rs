@@ -180,6 +180,28 @@ fn lab_down_leaves_nothing_behind() {
     assert!(again.status.success(), "a second down is a no-op");
 }
 
+/// A lab whose netns went away without it (a bench killed midway, whose sweep then deleted
+/// them; a reboot keeps nothing of /run but leaves the same state in a persistent one): `down`
+/// still removes what is left, the state included, instead of failing on every call.
+#[test]
+fn lab_down_finishes_after_its_netns_went_away() {
+    require_lab!("nft", "tcpdump", "socat", "ping");
+    let lab = Lab::new("gone");
+    let example = repo_root().join("examples/lab-two-nodes.yaml");
+    lab.ok(&["up", "-f", example.to_str().unwrap()]);
+    let nodes: Vec<String> = lab.status()["nodes"].as_array().unwrap().iter().map(|n| n["netns"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), 2);
+    for netns in &nodes {
+        let out = Command::new("ip").args(["netns", "del", netns]).output().unwrap();
+        assert!(out.status.success(), "ip netns del {netns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = lab.run(&["down"]);
+    assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(lab.netns().is_empty(), "netns left: {:?}", lab.netns());
+    assert!(!lab.pin_root().exists(), "pins left in {}", lab.pin_root().display());
+    assert!(!lab.state.exists(), "state left in {}", lab.state.display());
+}
+
 #[test]
 fn failed_up_cleans_up_and_says_why() {
     require_lab!("nft", "tcpdump", "socat", "ping");

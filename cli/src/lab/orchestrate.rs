@@ -530,12 +530,15 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
         if let Some(pid) = p.pid {
             sys::stop_group(pid);
         }
-        let Some(node) = st.node(&p.node) else { continue };
-        for ifname in &p.chain_ifaces {
-            note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node, p)).map(|_| ()));
-        }
-        if p.primary && sys::netns_exists(&node.netns) {
-            note(cni(p, node, "DEL", "eth0", &primary_conf(node, dir)).map(|_| ()));
+        // Without its node's netns (gone with a reboot, or deleted by hand), a pod's veths went
+        // with it and there is nothing for the plugins to undo (they run in that netns).
+        if let Some(node) = st.node(&p.node).filter(|n| sys::netns_exists(&n.netns)) {
+            for ifname in &p.chain_ifaces {
+                note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node, p)).map(|_| ()));
+            }
+            if p.primary {
+                note(cni(p, node, "DEL", "eth0", &primary_conf(node, dir)).map(|_| ()));
+            }
         }
         if sys::netns_exists(&p.netns) {
             note(sys::ip(&["netns", "del", &p.netns]));
