@@ -97,7 +97,8 @@ pub struct Results {
     pub unavailable: BTreeMap<String, String>,
     /// Wall seconds of each part, in the order they ran.
     pub seconds: Vec<(String, f64)>,
-    /// The same for the VNF sweep's phases, by phase and point (`grow/N`, `turns/N`, ...).
+    /// The same for the VNF sweep's phases, by phase and point (`grow/N`, `turns/N`, ...; the
+    /// table point's `table_program/N`, ...).
     pub vnf_seconds: Vec<(String, f64)>,
     /// PDR trials that failed by little and were run again, and how many of those passed.
     pub retries: (u64, u64),
@@ -494,13 +495,13 @@ fn vnf_sweep(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results) ->
         eprintln!("VNF sweep: {} VNFs and {} SIDs installed", scale.vnfs.len(), plan.table_sids);
         b.program(scale, &[], &[], extra)?;
         let key = plan.table_sids.to_string();
-        laps.lap(&format!("grow/{key}"));
+        laps.lap(&format!("table_program/{key}"));
         let points = vec![spread(scale, &key)?, installed(scale, &key)?, reference(one, &key)?];
         let mut s = Samples::new();
         in_turns(b, &points, ceiling_pps, plan, &mut s)?;
-        laps.lap(&format!("turns/{key}"));
+        laps.lap(&format!("table_turns/{key}"));
         installed_cost(b, &points[1], &points[2], &s, plan, res);
-        laps.lap(&format!("cost/{key}"));
+        laps.lap(&format!("table_cost/{key}"));
         let mut take = |prefix: &str| s.remove(&format!("{prefix}/{key}")).unwrap_or_default();
         res.scaling.insert(key.clone(), take("sp"));
         res.installed.insert(key.clone(), take("installed"));

@@ -189,8 +189,10 @@ fn lab_down_finishes_after_its_netns_went_away() {
     let lab = Lab::new("gone");
     let example = repo_root().join("examples/lab-two-nodes.yaml");
     lab.ok(&["up", "-f", example.to_str().unwrap()]);
-    let nodes: Vec<String> = lab.status()["nodes"].as_array().unwrap().iter().map(|n| n["netns"].as_str().unwrap().to_string()).collect();
-    assert_eq!(nodes.len(), 2);
+    let st = lab.status();
+    let nodes: Vec<String> = st["nodes"].as_array().unwrap().iter().map(|n| n["netns"].as_str().unwrap().to_string()).collect();
+    let pids: Vec<u64> = st["nodes"].as_array().unwrap().iter().filter_map(|n| n["daemon"]["pid"].as_u64()).collect();
+    assert_eq!((nodes.len(), pids.len()), (2, 2));
     for netns in &nodes {
         let out = Command::new("ip").args(["netns", "del", netns]).output().unwrap();
         assert!(out.status.success(), "ip netns del {netns}: {}", String::from_utf8_lossy(&out.stderr));
@@ -200,6 +202,12 @@ fn lab_down_finishes_after_its_netns_went_away() {
     assert!(lab.netns().is_empty(), "netns left: {:?}", lab.netns());
     assert!(!lab.pin_root().exists(), "pins left in {}", lab.pin_root().display());
     assert!(!lab.state.exists(), "state left in {}", lab.state.display());
+    for pid in pids {
+        // A daemon left running would keep its detached node netns, and the veths in it, alive.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "daemon {pid} still running: {stat}");
+    }
+    assert!(lab.run(&["down"]).status.success(), "a second down is a no-op");
 }
 
 #[test]

@@ -530,8 +530,9 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
         if let Some(pid) = p.pid {
             sys::stop_group(pid);
         }
-        // Without its node's netns (gone with a reboot, or deleted by hand), a pod's veths went
-        // with it and there is nothing for the plugins to undo (they run in that netns).
+        // Without its node's netns (deleted by hand, or by a sweep of a killed run's netns) the
+        // plugins, which run in it, cannot run; what they would undo goes with the pod's netns
+        // and the node's daemon, both removed below, and the state directory.
         if let Some(node) = st.node(&p.node).filter(|n| sys::netns_exists(&n.netns)) {
             for ifname in &p.chain_ifaces {
                 note(cni(p, node, "DEL", ifname, &srv6pipes_conf(node, p)).map(|_| ()));
