@@ -297,10 +297,7 @@ pub struct Usage {
     pub operator_cpu_s: f64,
     /// The API server's and etcd's.
     pub control_plane_cpu_s: f64,
-    /// Between two readings: the share of the host's CPU time that was busy (not idle or
-    /// waiting for I/O).
-    pub host_busy: f64,
-    /// The host's CPU ticks ([`host_ticks`]).
+    /// The host's CPU ticks, busy and all ([`host_ticks`]).
     host: (u64, u64),
     /// The operator's writes by kind ([`operator_writes_by_kind`]).
     pub writes: BTreeMap<&'static str, u64>,
@@ -310,14 +307,20 @@ impl Usage {
     /// What was used from this reading to `later`.
     fn until(&self, later: &Usage) -> Usage {
         let ((busy0, all0), (busy1, all1)) = (self.host, later.host);
+        let host = (busy1.saturating_sub(busy0), all1.saturating_sub(all0));
         let writes = later.writes.iter().map(|(k, n)| (*k, n.saturating_sub(self.writes.get(k).copied().unwrap_or(0)))).collect();
         Usage {
             operator_cpu_s: later.operator_cpu_s - self.operator_cpu_s,
             control_plane_cpu_s: later.control_plane_cpu_s - self.control_plane_cpu_s,
-            host_busy: busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64,
-            host: later.host,
+            host,
             writes,
         }
+    }
+
+    /// The share of the host's CPU time that was busy (not idle or waiting for I/O): of the
+    /// time between two readings for a difference ([`Usage::until`]), since boot for one.
+    pub fn host_busy(&self) -> f64 {
+        self.host.0 as f64 / self.host.1.max(1) as f64
     }
 }
 
@@ -401,7 +404,7 @@ impl KubeLab {
                     "kube lab: {total} background chains Ready and programmed in {seconds:.0} s ({create_seconds:.0} s creating them; CPU: operator {:.0} s, API server and etcd {:.0} s, host {:.0} % busy; operator writes {:?})",
                     growth.used.operator_cpu_s,
                     growth.used.control_plane_cpu_s,
-                    growth.used.host_busy * 100.0,
+                    growth.used.host_busy() * 100.0,
                     growth.used.writes
                 );
                 self.growth.push(growth);
@@ -416,7 +419,6 @@ impl KubeLab {
         Ok(Usage {
             operator_cpu_s: self.operator_cpu_ms()? / 1000.0,
             control_plane_cpu_s: self.control_plane_cpu_ms()? / 1000.0,
-            host_busy: 0.0,
             host: host_ticks()?,
             writes: operator_writes_by_kind(&self.kubeconfig)?,
         })

@@ -218,7 +218,7 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
         "chain_growth": c.growth.iter().map(|g| serde_json::json!({
             "from": g.from, "to": g.to, "seconds": g.seconds, "create_seconds": g.create_seconds,
             "operator_cpu_s": g.used.operator_cpu_s, "control_plane_cpu_s": g.used.control_plane_cpu_s,
-            "host_busy": g.used.host_busy, "operator_writes": g.used.writes,
+            "host_busy": g.used.host_busy(), "operator_writes": g.used.writes,
         })).collect::<Vec<_>>(),
         "chain_growth_how": "each growth of the kube lab's background chains (kubectl create, four processes at a time of 250 chains each, then until n1 has programmed every chain and every chain is Ready): seconds in all and creating, the operator's and the API server's and etcd's CPU time (/proc/PID/task/*/schedstat), the share of the host's CPU time busy (/proc/stat: not idle or iowait) and the writes the API server served of what only the operator writes, by kind (slices: program slices; chain_status: chain status and finalizer patches; events; nodes: locator patches)",
         "tcp_goodput_mbps": tcp,
