@@ -15,6 +15,7 @@ def fields: [
   "vnf_installed_alternating.10.ratio.median", "vnf_spread_alternating.10.ratio.median",
   "chain_apply_ms.p50", "chain_apply_ms.p99", "control_writes_per_change.100", "control_cpu_ms_per_change.100",
   "tcp_goodput_mbps.chained_mbps", "tcp_goodput_mbps.unchained_mbps",
+  "tcp_goodput_mbps.cpu_busy.chained.client_cpu.median",
   "generator_ceiling_kpps.median", "host_noise.start.l1_ns.median", "host_noise.end.l3_ns.median",
   "run_minutes", "part_seconds.dataplane_pdr", "part_seconds.vnfs", "part_seconds.dataplane_teardown",
   "part_seconds.cni", "part_seconds.stream",

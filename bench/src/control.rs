@@ -248,10 +248,10 @@ pub struct KubeLab {
     lab: String,
     kubeconfig: PathBuf,
     /// The daemons' sockets, n1 and n2.
-    sockets: [PathBuf; 2],
-    client_ns: String,
-    client2_ns: String,
-    server_ip: String,
+    pub(crate) sockets: [PathBuf; 2],
+    pub(crate) client_ns: String,
+    pub(crate) client2_ns: String,
+    pub(crate) server_ip: String,
     /// A process in n1's VNF's netns (its pod command), to read net1's counters through.
     vnf1_pid: u64,
     operator_cpu: ProcessCpu,
@@ -268,15 +268,18 @@ const BATCH: usize = 250;
 /// 264 s creating them, the operator 8 s of CPU; four at once, 114 of 238 s (2026-12-07).
 const CREATORS: usize = 4;
 
-/// The host's CPU ticks from /proc/stat: (busy, all) of user to steal (guest time is counted
-/// in user already); busy is all but idle and iowait.
+/// The host's CPU ticks from /proc/stat ([`cpu_ticks`] of its `cpu` line).
 fn host_ticks() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let ticks: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).take(8).filter_map(|t| t.parse().ok()).collect();
-    anyhow::ensure!(ticks.len() == 8, "/proc/stat: no cpu line of eight counters");
+    cpu_ticks(&std::fs::read_to_string("/proc/stat")?, "cpu").context("/proc/stat: no cpu line of eight counters")
+}
+
+/// The ticks of `/proc/stat` line `cpu` (`cpu` for the host, `cpu1` for CPU 1): (busy, all)
+/// of user to steal (guest time is counted in user already); busy is all but idle and iowait.
+pub(crate) fn cpu_ticks(stat: &str, cpu: &str) -> Option<(u64, u64)> {
+    let mut fields = stat.lines().map(str::split_whitespace).find_map(|mut f| (f.next() == Some(cpu)).then_some(f))?;
+    let ticks: Vec<u64> = fields.by_ref().take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
     let all: u64 = ticks.iter().sum();
-    Ok((all - ticks[3] - ticks[4], all))
+    (ticks.len() == 8).then(|| (all - ticks[3] - ticks[4], all))
 }
 
 /// One growth of the lab's background chains: how long it took and what the lab used
@@ -376,7 +379,9 @@ impl KubeLab {
         let from = self.background;
         let baseline = self.usage();
         let started = Instant::now();
-        eprintln!("kube lab: {from} -> {total} background chains");
+        if total > from {
+            eprintln!("kube lab: {from} -> {total} background chains");
+        }
         self.create_background(total)?;
         let create_seconds = started.elapsed().as_secs_f64();
         let timeout = Duration::from_secs(600 + total as u64 / 10);
@@ -644,7 +649,7 @@ impl KubeLab {
 
     /// n1's program (its slices) has exactly `headends` chains and its daemon reports every
     /// slice applied.
-    fn programmed(&self, headends: usize) -> anyhow::Result<bool> {
+    pub(crate) fn programmed(&self, headends: usize) -> anyhow::Result<bool> {
         let list = sys::run(&mut self.kubectl(&["get", "nodeprogramslices", "-l", "srv6pipes.io/node=n1", "-o", "json"]))?;
         let slices: serde_json::Value = serde_json::from_str(&list)?;
         let items = slices["items"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -653,7 +658,7 @@ impl KubeLab {
     }
 
     /// Waits until `f` holds, looking `every` so often.
-    fn wait(&self, what: &str, timeout: Duration, every: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    pub(crate) fn wait(&self, what: &str, timeout: Duration, every: Duration, f: &dyn Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while !f()? {
             if Instant::now() > deadline {
@@ -665,14 +670,14 @@ impl KubeLab {
     }
 
     /// Creates chain `name` through `functions` for the server's prefix.
-    fn create(&self, name: &str, functions: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn create(&self, name: &str, functions: &[&str]) -> anyhow::Result<()> {
         let file = self.dir.join(format!("{name}.yaml"));
         std::fs::write(&file, chain_yaml(name, SERVER_PREFIX, functions))?;
         sys::run(&mut self.kubectl(&["create", "-f", &file.display().to_string()])).map(drop)
     }
 
     /// Deletes chain `name` and waits until n1's program no longer has it.
-    fn delete(&self, name: &str) -> anyhow::Result<()> {
+    pub(crate) fn delete(&self, name: &str) -> anyhow::Result<()> {
         sys::run(&mut self.kubectl(&["delete", "servicechain", name, "--timeout=60s"]))?;
         self.wait(&format!("n1 to unprogram chain {name}"), Duration::from_secs(60), Duration::from_millis(200), &|| {
             self.programmed(self.background)
@@ -746,77 +751,18 @@ pub fn chain_apply(k: &KubeLab, samples: usize) -> anyhow::Result<ChainApply> {
     result
 }
 
-pub struct Tcp {
-    pub chained_mbps: Vec<f64>,
-    pub unchained_mbps: Vec<f64>,
-    /// Packets n1's and n2's SIDs counted over the chained runs (the unchained add none).
-    pub sid_packets: [u64; 2],
-    /// One more run of each ("chained", "unchained") with BPF run-time statistics on: its
-    /// goodput (Mbit/s) and srv6pipes' programs' time in it (where the chain's cost goes).
-    pub bpf: BTreeMap<String, (f64, crate::cost::Runs)>,
-    /// Each run's length.
-    pub secs: u32,
-}
-
-/// iperf3 goodput (received, Mbit/s) from the client through a chain of two VNFs (one per
-/// node) to the server, alternating with client2 (same node, same path, no chain). The client
-/// runs on CPU `cpus.0` (with the forwarding its sends cause, in softirq there), the server on
-/// `cpus.1`: unpinned, runs of the same path differed by up to 2.3× (2026-12-03).
-pub fn tcp(k: &KubeLab, reps: usize, secs: u32, cpus: (usize, usize)) -> anyhow::Result<Tcp> {
-    k.create("tcp", &["fw1", "fw2"])?;
-    k.wait("n1 to program the TCP chain", Duration::from_secs(60), Duration::from_millis(200), &|| k.programmed(k.background + 1))?;
-    let goodput = |netns: &str| -> anyhow::Result<f64> {
-        let mut c = sys::command(netns, "iperf3", false)?;
-        c.args(["-6", "-J", "-c", &k.server_ip, "-t", &secs.to_string(), "-A", &format!("{},{}", cpus.0, cpus.1)]);
-        let report: serde_json::Value = serde_json::from_str(&sys::run(&mut c)?)?;
-        report["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e6).context("iperf3 -J: no end.sum_received")
-    };
-    let counters = || -> anyhow::Result<[u64; 2]> { Ok([sid_packets(&k.sockets[0])?, sid_packets(&k.sockets[1])?]) };
-    let before = counters()?;
-    let mut out = Tcp { chained_mbps: Vec::new(), unchained_mbps: Vec::new(), sid_packets: [0, 0], bpf: BTreeMap::new(), secs };
-    // The counters once they stop moving: the last chained run's connections may still be
-    // closing (a smoke run once counted packets on a SID during the unchained run).
-    let settled = || -> anyhow::Result<[u64; 2]> {
-        let mut last = counters()?;
-        for _ in 0..20 {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = counters()?;
-            if now == last {
-                return Ok(now);
-            }
-            last = now;
-        }
-        bail!("tcp: the SIDs kept counting packets for 2 s with no client running")
-    };
-    for _ in 0..reps {
-        let at = settled()?;
-        out.unchained_mbps.push(goodput(&k.client2_ns)?);
-        if counters()? != at {
-            bail!("tcp: the unchained client's traffic crossed a SID");
-        }
-        out.chained_mbps.push(goodput(&k.client_ns)?);
-    }
-    let after = counters()?;
-    out.sid_packets = [after[0] - before[0], after[1] - before[1]];
-    if out.sid_packets.contains(&0) {
-        bail!("tcp: the chain steered nothing (SID packets n1 {}, n2 {})", out.sid_packets[0], out.sid_packets[1]);
-    }
-    // Not among the repetitions: the statistics cost each program run two clock reads.
-    for (path, netns) in [("unchained", &k.client2_ns), ("chained", &k.client_ns)] {
-        let mut mbps = 0.0;
-        let runs = crate::cost::bpf_runs(|| {
-            mbps = goodput(netns)?;
-            Ok(())
-        })?;
-        out.bpf.insert(path.to_string(), (mbps, runs));
-    }
-    k.delete("tcp")?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::operator_write;
+    use super::{cpu_ticks, operator_write};
+
+    #[test]
+    fn a_cpus_ticks_are_read_from_its_own_line() {
+        let stat = "cpu  100 1 50 900 10 2 3 4 5 6\ncpu0 60 0 30 400 5 1 2 2 5 6\ncpu1 40 1 20 500 5 1 1 2 0 0\nintr 1 2\n";
+        assert_eq!(cpu_ticks(stat, "cpu"), Some((160, 1070)));
+        assert_eq!(cpu_ticks(stat, "cpu1"), Some((65, 570)));
+        assert_eq!(cpu_ticks(stat, "cpu2"), None);
+        assert_eq!(cpu_ticks("cpu0 1 2 3\n", "cpu0"), None);
+    }
 
     #[test]
     fn only_the_operators_writes_count() {

@@ -18,6 +18,7 @@ mod stream;
 mod sweep;
 mod sys;
 mod targets;
+mod tcp;
 mod topo;
 mod traffic;
 
@@ -126,7 +127,7 @@ struct Control {
     growth: Vec<control::Growth>,
     /// Why the 10,000-chain part did not complete (the run goes on without it).
     scale_failure: Option<String>,
-    tcp: Option<control::Tcp>,
+    tcp: Option<tcp::Tcp>,
     stream: Option<serde_json::Value>,
     sim: Option<serde_json::Value>,
     footprint: Option<serde_json::Value>,
@@ -161,7 +162,7 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
         laps.lap("chains");
         if parts.contains(&Part::Tcp) {
             eprintln!("TCP: {reps} x {secs} s iperf3, chained and unchained");
-            c.tcp = Some(control::tcp(&k, reps, secs, (args.gen_cpu, args.sut_cpu))?);
+            c.tcp = Some(tcp::tcp(&k, reps, secs, (args.gen_cpu, args.sut_cpu))?);
             laps.lap("tcp");
         }
         // 10,000 chains on n1 (4-7 minutes to create and program): a failure is recorded and

@@ -2,7 +2,7 @@
 
 use crate::dataplane::{self, KERNEL_PROXY};
 use crate::report::{self, details, medians, Target};
-use crate::{alternate, control, cost, stats, traffic, Args, Control};
+use crate::{alternate, control, cost, stats, tcp, traffic, Args, Control};
 
 /// What the full run's document says about the run itself.
 pub(crate) struct Run {
@@ -57,7 +57,6 @@ pub(crate) fn full(
             "end_as": stats::median(&p["end_as"]),
             "end_am": stats::median(&p["end_am"]),
         },
-        "pdr_detail": details(p),
         "ratios": ratios,
         "age0_kpps": stats::median(&p["end_ad_age0"]),
         "monitor_kpps": {
@@ -67,25 +66,17 @@ pub(crate) fn full(
         },
         "monitor_events": dp.monitor_events,
         "monitor_method": "End.AD through one node (one VNF) as three scenarios in the same turns: no monitor (detached), and a srv6pipes monitor attached to the node daemon (draining its socket as the CLI does) for a scenario's trials only, for drops (the traffic drops nothing) and traces of 1 packet in 64 (the daemon's default rate limit, 1,000 events/s per CPU); the datapath is seen configured to send them before the trials and to send nothing after; events are those received while attached: the scenario's trials and, for the drops monitor, its alternating slices (bpf_alternating)",
-        "chain3_kpps": medians(&dp.chain3),
-        "chain3_detail": details(&dp.chain3),
         "chain3_method": "a line of three nodes (generator → n1 → n2 → n3 → sink), one VNF each: srv6pipes End.AD on every node, segments [n1's, n2's, n3's proxy SID, sink SID] (pop, VNF, push, remote hop); plain: the inner packet routed into each node's VNF by destination (one ip rule iif eth0 per node) and on downstream; before measuring, a loss-free trial proves every hop (SID counters, VNF veth tx) carried everything the sink counted",
         "age1_kpps": stats::median(&p["end_ad"]),
         "ipv4_inner_kpps": stats::median(&p["end_ad_ipv4"]),
         "seglist_kpps": medians(&dp.seglist),
         "seglist_detail": details(&dp.seglist),
         "sid_packets": dp.sid_packets,
-        "bpf_ns_per_run": dp.bpf_ns,
-        "bpf_ns_per_packet": bpf_per_packet(dp),
-        "bpf_alternating": bpf_alternating_json(dp),
-        "pdr_alternating": pdr_alternating_json(dp),
-        "pdr_alternating_method": pdr_alternating_method(plan),
-        "dataplane_failures": dp.failures,
-        "unavailable": dp.unavailable,
         "bpf_cost_method": format!("kernel.bpf_stats_enabled run_time_ns / run_cnt of each srv6pipes program over loss-free trials at {:.0} kpps ({:.0} kpps in the VNF sweep, or half the point's PDR when that is lower), {:.1} s a scenario a round cut into {} trials in turns, each program's median over them; the VM exposes no hardware counters to perf. The PDR scenarios: {} rounds in turns, every scenario once a round; bpf_ns_per_run has each program's median over the rounds, bpf_ns_per_packet the sum of a scenario's programs in each round, and bpf_alternating prices age 0 and the drop monitor in alternating {} ms slices of one stream each round (the pairs' median a round), which the by-BPF targets use", plan.cost_pps / 1000.0, plan.cost_pps / 2000.0, plan.cost_trial.as_secs_f64(), plan.cost_parts, plan.reps, dataplane::SLICE.as_millis()),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "what": t.what, "bound": t.bound, "at_least": t.at_least, "value": t.value, "verdict": t.verdict()})).collect::<Vec<_>>(),
     });
-    result.as_object_mut().expect("object").extend(vnf_json(dp));
+    let all = dataplane::Parts { pdr: true, chain3: true, vnfs: true };
+    result.as_object_mut().expect("object").extend(dataplane_json(plan, dp, all));
     result.as_object_mut().expect("object").extend(control_json(c));
     result
 }
@@ -105,28 +96,38 @@ pub(crate) fn only(
     if let Some(dp) = dp {
         if parts.pdr {
             json.insert("pdr_kpps".into(), medians(&dp.pdr));
-            json.insert("pdr_detail".into(), details(&dp.pdr));
-            json.insert("bpf_ns_per_run".into(), serde_json::json!(dp.bpf_ns));
-            json.insert("bpf_ns_per_packet".into(), bpf_per_packet(dp));
-            json.insert("bpf_alternating".into(), bpf_alternating_json(dp));
-            json.insert("pdr_alternating".into(), pdr_alternating_json(dp));
         }
-        if parts.pdr || parts.vnfs {
-            json.insert("pdr_alternating_method".into(), pdr_alternating_method(plan).into());
-        }
-        if parts.vnfs {
-            json.extend(vnf_json(dp));
-        }
-        if parts.chain3 {
-            json.insert("chain3_kpps".into(), medians(&dp.chain3));
-            json.insert("chain3_detail".into(), details(&dp.chain3));
-        }
-        json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
+        json.extend(dataplane_json(plan, dp, parts));
         json.insert("trials_retried".into(), serde_json::json!({"retried": dp.retries.0, "rescued": dp.retries.1}));
-        json.insert("unavailable".into(), serde_json::json!(dp.unavailable));
     }
     let dp_seconds = dp.iter().flat_map(|dp| dp.seconds.iter());
     json.insert("part_seconds".into(), report::seconds(&dp_seconds.chain(&c.seconds).cloned().collect::<Vec<_>>()));
+    json
+}
+
+/// The data plane's fields that the full run's document and the `--only` parts' share, for
+/// the parts that ran.
+fn dataplane_json(plan: &dataplane::Plan, dp: &dataplane::Results, parts: dataplane::Parts) -> serde_json::Map<String, serde_json::Value> {
+    let mut json = serde_json::Map::new();
+    if parts.pdr {
+        json.insert("pdr_detail".into(), details(&dp.pdr));
+        json.insert("bpf_ns_per_run".into(), serde_json::json!(dp.bpf_ns));
+        json.insert("bpf_ns_per_packet".into(), bpf_per_packet(dp));
+        json.insert("bpf_alternating".into(), bpf_alternating_json(dp));
+        json.insert("pdr_alternating".into(), pdr_alternating_json(dp));
+    }
+    if parts.pdr || parts.vnfs {
+        json.insert("pdr_alternating_method".into(), pdr_alternating_method(plan).into());
+    }
+    if parts.vnfs {
+        json.extend(vnf_json(dp));
+    }
+    if parts.chain3 {
+        json.insert("chain3_kpps".into(), medians(&dp.chain3));
+        json.insert("chain3_detail".into(), details(&dp.chain3));
+    }
+    json.insert("dataplane_failures".into(), serde_json::json!(dp.failures));
+    json.insert("unavailable".into(), serde_json::json!(dp.unavailable));
     json
 }
 
@@ -160,7 +161,7 @@ fn ratios(dp: &dataplane::Results, c: &Control) -> serde_json::Map<String, serde
 /// srv6pipes' programs in one more TCP run of each path, statistics on: the run's goodput, the
 /// programs' share of a CPU's time, their ns per Mbit received, and each one's ns per run and
 /// runs per Mbit (how large the packets it saw were).
-pub(crate) fn tcp_bpf(t: &control::Tcp) -> serde_json::Value {
+pub(crate) fn tcp_bpf(t: &tcp::Tcp) -> serde_json::Value {
     let paths = t.bpf.iter().map(|(path, (mbps, runs))| {
         let mbit = mbps * f64::from(t.secs);
         let total: u64 = runs.totals().values().map(|(ns, _)| ns).sum();
@@ -184,15 +185,20 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
     let per_change = |f: fn(&control::ChangeCost) -> f64| -> serde_json::Map<String, serde_json::Value> {
         c.change.iter().map(|(k, x)| (k.clone(), serde_json::json!(f(x)))).collect()
     };
-    let tcp = c.tcp.as_ref().map(|t| {
+    let tcp_json = c.tcp.as_ref().map(|t| {
+        let busy = |runs: &[[f64; 2]]| {
+            let cpu = |i: usize| stats::summarize(&runs.iter().map(|b| b[i]).collect::<Vec<_>>());
+            serde_json::json!({"client_cpu": cpu(0), "server_cpu": cpu(1)})
+        };
         serde_json::json!({
             "chained_mbps": stats::median(&t.chained_mbps),
             "unchained_mbps": stats::median(&t.unchained_mbps),
             "ratio": stats::ratios(&t.chained_mbps, &t.unchained_mbps),
             "detail": {"chained": stats::summarize(&t.chained_mbps), "unchained": stats::summarize(&t.unchained_mbps)},
+            "cpu_busy": {"chained": busy(&t.chained_busy), "unchained": busy(&t.unchained_busy)},
             "sid_packets": {"n1": t.sid_packets[0], "n2": t.sid_packets[1]},
             "bpf": tcp_bpf(t),
-            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU; bpf: one more run of each path with kernel.bpf_stats_enabled, srv6pipes' programs' run time and runs in it",
+            "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU; cpu_busy: the share of the client's and the server's CPU that was busy (/proc/stat) over each run; bpf: one more run of each path with kernel.bpf_stats_enabled, srv6pipes' programs' run time and runs in it",
         })
     });
     let json = serde_json::json!({
@@ -221,7 +227,7 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
             "host_busy": g.used.host_busy(), "operator_writes": g.used.writes,
         })).collect::<Vec<_>>(),
         "chain_growth_how": "each growth of the kube lab's background chains (kubectl create, four processes at a time of 250 chains each, then until n1 has programmed every chain and every chain is Ready): seconds in all and creating, the operator's and the API server's and etcd's CPU time (/proc/PID/task/*/schedstat), the share of the host's CPU time busy (/proc/stat: not idle or iowait) and the writes the API server served of what only the operator writes, by kind (slices: program slices; chain_status: chain status and finalizer patches; events; nodes: locator patches)",
-        "tcp_goodput_mbps": tcp,
+        "tcp_goodput_mbps": tcp_json,
         "stream": c.stream,
         "scale_sim": c.sim,
         "operator_footprint": c.footprint,
