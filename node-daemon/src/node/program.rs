@@ -122,25 +122,7 @@ pub(super) fn desired(
             d.as_returns.insert((reg.return_ifindex, family), id);
         }
     }
-    let sids_of = |keep: &dyn Fn(&srv6::compiler::SidUse) -> bool| -> BTreeSet<Sid> {
-        p.tables.proxies.iter().filter(|u| keep(u)).map(|u| u.sid).collect()
-    };
-    let am = sids_of(&|u| u.behavior == Behavior::EndAM);
-    let rewriting = sids_of(&|u| u.rewrites_flows);
-    let shared = shared_proxies(&p.tables.proxies);
-    let flag = |set: &BTreeSet<Sid>, sid: &Sid, bit: u32| if set.contains(sid) { bit } else { 0 };
-    d.vnf_flags = registrations
-        .iter()
-        .map(|r| {
-            let flags = flag(&am, &r.sid, VNF_AM)
-                | flag(&rewriting, &r.sid, VNF_NO_FLOWS)
-                | flag(&shared, &r.sid, VNF_SHARED)
-                | flag(stream_sids, &r.sid, VNF_STREAM)
-                | if has_return(&d.as_returns, r.return_ifindex) { VNF_AS } else { 0 };
-            (r.return_ifindex, flags)
-        })
-        .filter(|(_, f)| *f != 0)
-        .collect();
+    d.vnf_flags = vnf_flags(p, registrations, &d.as_returns, stream_sids);
     d.insert_sources = p
         .tables
         .insert_sources
@@ -163,6 +145,35 @@ pub(super) fn desired(
         .map(|(key, id)| Ok((key.clone(), *id, policy_header(src, key).with_context(|| format!("chain {}: segment list", key.chain))?)))
         .collect::<anyhow::Result<_>>()?;
     Ok(d)
+}
+
+/// Each registered VNF's flags by its return interface (those with none left out): End.AM,
+/// flows rewritten, shared by chains, a stream proxy, an End.AS return.
+fn vnf_flags(
+    p: &NodeProgram,
+    registrations: &[Registration],
+    as_returns: &BTreeMap<(u32, u32), u32>,
+    stream_sids: &BTreeSet<Sid>,
+) -> BTreeMap<u32, u32> {
+    let sids_of = |keep: &dyn Fn(&srv6::compiler::SidUse) -> bool| -> BTreeSet<Sid> {
+        p.tables.proxies.iter().filter(|u| keep(u)).map(|u| u.sid).collect()
+    };
+    let am = sids_of(&|u| u.behavior == Behavior::EndAM);
+    let rewriting = sids_of(&|u| u.rewrites_flows);
+    let shared = shared_proxies(&p.tables.proxies);
+    let flag = |set: &BTreeSet<Sid>, sid: &Sid, bit: u32| if set.contains(sid) { bit } else { 0 };
+    registrations
+        .iter()
+        .map(|r| {
+            let flags = flag(&am, &r.sid, VNF_AM)
+                | flag(&rewriting, &r.sid, VNF_NO_FLOWS)
+                | flag(&shared, &r.sid, VNF_SHARED)
+                | flag(stream_sids, &r.sid, VNF_STREAM)
+                | if has_return(as_returns, r.return_ifindex) { VNF_AS } else { 0 };
+            (r.return_ifindex, flags)
+        })
+        .filter(|(_, f)| *f != 0)
+        .collect()
 }
 
 fn class_of(c: u32) -> u32 {

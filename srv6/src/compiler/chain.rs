@@ -149,16 +149,7 @@ fn prepare_into(world: &Index<'_>, c: &ChainRef<'_>, p: &mut Prepared) -> Result
     }
     let insert = checked.insert;
 
-    // Decapsulate at the node owning every destination prefix, else after the last function.
-    // (Inserted SRHs end at the destination itself: the last proxy pops them.)
-    let last_node = hops.last().map(|h| h.replicas[0].1.node.as_str());
-    let decap_node = owner_of(world, &checked.destinations).map(String::as_str).or(last_node);
-    let decap = decap_node.and_then(|d| world.node(d)).map(|n| n.locator.decap_sid());
-    let decap = match (decap_node, decap) {
-        _ if insert || dropping => None,
-        (Some(n), Some(d)) => Some((n.to_string(), d)),
-        (n, _) => return Err((Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?")))),
-    };
+    let decap = if insert || dropping { None } else { decap_at(world, &checked.destinations, &hops)? };
 
     // Paths: path i takes replica i mod n of each hop, so the widest hop decides the count and
     // every replica is used by at least one path. (The headend picks per hop by flow hash;
@@ -173,13 +164,7 @@ fn prepare_into(world: &Index<'_>, c: &ChainRef<'_>, p: &mut Prepared) -> Result
     p.claim = Some(claim);
 
     let sources = world.selected(c.namespace, &c.spec.sources.pod_selector).map_err(|m| (Reason::InvalidMatch, format!("sources: {m}")))?;
-    let destinations: Vec<IpNet> = if checked.destinations.is_empty() && insert {
-        vec![Ipv6Net::default().into()]
-    } else if checked.destinations.is_empty() {
-        vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
-    } else {
-        checked.destinations.iter().map(IpNet::trunc).collect()
-    };
+    let destinations = steered_destinations(&checked.destinations, insert);
     let rules = Rules {
         c,
         index: world,
@@ -227,6 +212,30 @@ fn prepare_into(world: &Index<'_>, c: &ChainRef<'_>, p: &mut Prepared) -> Result
         v.degraded = Some((reason, format!("{m}: bypassed (failurePolicy Open)")));
     }
     Ok(())
+}
+
+/// Where a chain's encapsulated packets are decapsulated, and by which SID: at the node owning
+/// every destination prefix, else after the last function. (Not for inserted SRHs, which end at
+/// the destination itself: the last proxy pops them.)
+fn decap_at(world: &Index<'_>, destinations: &[IpNet], hops: &[PlannedHop]) -> Result<Option<(String, Sid)>, Fail> {
+    let last_node = hops.last().map(|h| h.replicas[0].1.node.as_str());
+    let node = owner_of(world, destinations).map(String::as_str).or(last_node);
+    match (node, node.and_then(|d| world.node(d)).map(|n| n.locator.decap_sid())) {
+        (Some(n), Some(d)) => Ok(Some((n.to_string(), d))),
+        (n, _) => Err((Reason::SidPending, format!("node {} has no locator", n.unwrap_or("?")))),
+    }
+}
+
+/// The prefixes a chain's headend rules match: its destinations, or every address of the
+/// families it can carry (IPv6 only for inserted SRHs).
+fn steered_destinations(destinations: &[IpNet], insert: bool) -> Vec<IpNet> {
+    if destinations.is_empty() && insert {
+        vec![Ipv6Net::default().into()]
+    } else if destinations.is_empty() {
+        vec![Ipv6Net::default().into(), ipnet::Ipv4Net::default().into()]
+    } else {
+        destinations.iter().map(IpNet::trunc).collect()
+    }
 }
 
 /// A chain's own tables by node, as its rules are made: rules go to nodes of the world only.
