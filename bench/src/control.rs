@@ -5,8 +5,8 @@
 //!   attachment is deleted (DEL) afterwards; srv6pipes-cni's DEL is timed too, and its ADD's
 //!   steps (its `SRV6PIPES_CNI_PROFILE` line). Then srv6pipes-cni's ADDs again while the daemon
 //!   applies programs of 10,000 SIDs back to back (and how long those take).
-//! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present.
-//! - TCP goodput through a chain of two VNFs against the same path unchained (in the same lab).
+//! - A ServiceChain applied with kubectl -> its first steered packet, with many chains present,
+//!   in the kube-mode lab ([`KubeLab`]) that the TCP part (`tcp.rs`) runs in too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -276,8 +276,8 @@ fn host_ticks() -> anyhow::Result<(u64, u64)> {
 /// The ticks of `/proc/stat` line `cpu` (`cpu` for the host, `cpu1` for CPU 1): (busy, all)
 /// of user to steal (guest time is counted in user already); busy is all but idle and iowait.
 pub(crate) fn cpu_ticks(stat: &str, cpu: &str) -> Option<(u64, u64)> {
-    let mut fields = stat.lines().map(str::split_whitespace).find_map(|mut f| (f.next() == Some(cpu)).then_some(f))?;
-    let ticks: Vec<u64> = fields.by_ref().take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let fields = stat.lines().map(str::split_whitespace).find_map(|mut f| (f.next() == Some(cpu)).then_some(f))?;
+    let ticks: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
     let all: u64 = ticks.iter().sum();
     (ticks.len() == 8).then(|| (all - ticks[3] - ticks[4], all))
 }

@@ -36,7 +36,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "srv6pipes-bench", version)]
 struct Args {
-    /// Smoke run (under 3 minutes): 2 repetitions of short trials, small sweeps. Its numbers
+    /// Smoke run (about 10 minutes): 2 repetitions of short trials, small sweeps. Its numbers
     /// prove the benchmark works, not how fast anything is.
     #[arg(long)]
     quick: bool,
