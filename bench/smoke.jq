@@ -27,6 +27,9 @@ def positive: type == "number" and . > 0;
 # The value at a dotted path, null where the report has none (or something else on the way).
 def at($path): try getpath($path | split(".")) catch null;
 (fields[] as $f | select(at($f) | positive | not) | "missing or not above zero: \($f)"),
+# Counts that may well be zero.
+(["tcp_goodput_mbps.retransmits.chained.median", "tcp_goodput_mbps.dsacked.unchained.median"][] as $f
+ | select(at($f) | type != "number") | "missing: \($f)"),
 (if (at("pdr_kpps.kernel_static_proxy") | positive)
     or (at("unavailable.kernel_static_proxy") | type == "string" and length > 0)
  then empty else "missing: pdr_kpps.kernel_static_proxy, and no reason in unavailable.kernel_static_proxy" end),
