@@ -342,15 +342,28 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
         ALTERNATED.iter().filter_map(|(base, changed)| Some((find(base)?, find(changed)?))).collect();
     sliced::pdr_rounds(b, &alternated, &res.pdr, plan, plan.reps, &mut res.pdr_alternating, &mut res.failures);
     laps.lap("dataplane_pdr_alternating");
-    // In turns like the PDRs, so that a slow moment of the machine shows in one round of every
-    // scenario rather than in one scenario's only figure.
+    pdr_cost_rounds(b, &main, &alternated, plan, res);
+    for s in &main {
+        if let Some(Around::Monitor(w)) = &s.around {
+            res.monitor_events.insert(s.key.trim_start_matches("end_ad_monitor_").into(), w.events.get());
+        }
+    }
+    laps.lap("dataplane_bpf_cost");
+    Ok(sp)
+}
+
+/// The BPF run time of `main`'s scenarios but plain forwarding and the kernel proxy, in rounds
+/// in turns like the PDRs (a slow moment of the machine shows in one round of every scenario,
+/// not in one scenario's only figure); each round also the `alternated` pairs in slices of one
+/// stream. Failures are recorded in `res`, and the run goes on.
+fn pdr_cost_rounds(b: &mut Bench, main: &[Scenario], alternated: &[(&Scenario, &Scenario)], plan: &Plan, res: &mut Results) {
     eprintln!("BPF run time per program at {:.0} kpps, {} rounds in turns", plan.cost_pps / 1000.0, plan.reps);
     let costed: Vec<(&Scenario, f64)> =
         main.iter().filter(|s| s.key != "plain" && s.key != KERNEL_PROXY).map(|s| (s, plan.cost_pps)).collect();
     // Each round, the two changes a target prices by BPF time also in slices of one stream.
     for _ in 0..plan.reps {
         res.bpf_rounds.push(cost_round(b, &costed, plan, &mut res.failures));
-        for (base, changed) in &alternated {
+        for (base, changed) in alternated {
             if let Some(ratios) = sliced::bpf_alternating(b, base, changed, plan, &mut res.failures) {
                 let s = crate::stats::summarize(&ratios);
                 eprintln!(
@@ -367,13 +380,6 @@ fn pdr(b: &mut Bench, plan: &Plan, ceiling_pps: f64, res: &mut Results, laps: &m
         }
     }
     res.bpf_ns = crate::cost::medians(&res.bpf_rounds);
-    for s in &main {
-        if let Some(Around::Monitor(w)) = &s.around {
-            res.monitor_events.insert(s.key.trim_start_matches("end_ad_monitor_").into(), w.events.get());
-        }
-    }
-    laps.lap("dataplane_bpf_cost");
-    Ok(sp)
 }
 
 /// Proof of the path taken: in a loss-free check trial of `s`, every counter `count` returns

@@ -197,11 +197,9 @@ fn plan_parts(plan: &world::Plan) -> serde_json::Value {
     json!({"tables": tables, "peers": peers, "verdicts": verdicts, "chain_nodes": chain_nodes})
 }
 
-pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
-    let started = Instant::now();
-    let (base, rss_base) = (heap(), rss_mib());
-    let mut st = Stages::start();
-    let (stores, mut w) = Stores::new();
+/// The scale simulation's nodes, SID tables, pods and chains, slimmed into the operator's
+/// stores as its watches would put them, a heap lap each.
+fn populate(size: &Size, w: &mut Writers, st: &mut Stages) -> anyhow::Result<()> {
     for i in 0..size.nodes {
         let (obj, status) = sim::node(i);
         let mut n: Node = serde_json::from_value(served(with_status(obj, status), i))?;
@@ -219,17 +217,53 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
         w.pods.apply_watcher_event(&Event::Apply(pod));
     }
     st.lap("pods");
-    let chain = |c: usize| -> anyhow::Result<ServiceChain> {
-        let mut v = served(serde_json::to_value(sim::chain(&format!("c{c:06}"), c, size)?)?, c);
-        v["metadata"]["finalizers"] = json!([FINALIZER]);
-        let mut chain: ServiceChain = serde_json::from_value(v)?;
-        slim::chain(&mut chain);
-        Ok(chain)
-    };
     for c in 0..size.chains {
-        w.chains.apply_watcher_event(&Event::Apply(chain(c)?));
+        w.chains.apply_watcher_event(&Event::Apply(sim_chain(size, c)?));
     }
     st.lap("chains");
+    Ok(())
+}
+
+/// The scale simulation's `c`-th chain as the operator's watch has it (slimmed, with its
+/// finalizer).
+fn sim_chain(size: &Size, c: usize) -> anyhow::Result<ServiceChain> {
+    let mut v = served(serde_json::to_value(sim::chain(&format!("c{c:06}"), c, size)?)?, c);
+    v["metadata"]["finalizers"] = json!([FINALIZER]);
+    let mut chain: ServiceChain = serde_json::from_value(v)?;
+    slim::chain(&mut chain);
+    Ok(chain)
+}
+
+/// The mirror's copy of every slice, and the publisher's record of its own write, from the
+/// specs as written (rendered one node at a time, as the writers do): the records, and each
+/// spec's size in bytes.
+fn mirror(
+    peers: &[srv6::node_api::Peer],
+    sliced: Vec<(&String, &Arc<srv6::node_api::NodeProgram>, Arc<Slices>)>,
+    w: &mut Writers,
+) -> anyhow::Result<(Vec<Arc<NodeProgramSlice>>, Vec<usize>)> {
+    let mut written = Vec::new();
+    let mut slice_bytes = Vec::new();
+    for (node, program, slices) in sliced {
+        let renderer = srv6::slices::Renderer::new(node, program, peers);
+        for (name, slice) in slices.iter() {
+            let spec = renderer.spec(&slice.shape);
+            slice_bytes.push(serde_json::to_vec(&spec).map_or(0, |b| b.len()));
+            let i = written.len();
+            w.slices.apply_watcher_event(&Event::Apply(served_slice(name, &spec, i)?));
+            written.push(Arc::new(served_slice(name, &spec, i)?));
+        }
+    }
+    Ok((written, slice_bytes))
+}
+
+pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let (base, rss_base) = (heap(), rss_mib());
+    let mut st = Stages::start();
+    let (stores, mut w) = Stores::new();
+    populate(size, &mut w, &mut st)?;
+    let chain = |c: usize| sim_chain(size, c);
 
     let live_before = live_and_reset_high();
     let t = Instant::now();
@@ -254,20 +288,7 @@ pub fn run(size: &Size) -> anyhow::Result<serde_json::Value> {
     }
     let split_s = t.elapsed().as_secs_f64();
     st.lap("slices (split cache)");
-    // The mirror's copy of every slice, and the publisher's record of its own write, from the
-    // specs as written (rendered one node at a time, as the writers do).
-    let mut written = Vec::new();
-    let mut slice_bytes = Vec::new();
-    for (node, program, slices) in sliced {
-        let renderer = srv6::slices::Renderer::new(node, program, &plan.peers);
-        for (name, slice) in slices.iter() {
-            let spec = renderer.spec(&slice.shape);
-            slice_bytes.push(serde_json::to_vec(&spec).map_or(0, |b| b.len()));
-            let i = written.len();
-            w.slices.apply_watcher_event(&Event::Apply(served_slice(name, &spec, i)?));
-            written.push(Arc::new(served_slice(name, &spec, i)?));
-        }
-    }
+    let (written, slice_bytes) = mirror(&plan.peers, sliced, &mut w)?;
     let slice_count = written.len();
     st.lap("slice mirrors and writes");
     let steady = heap() as i64 - base as i64;

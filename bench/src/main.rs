@@ -135,6 +135,28 @@ struct Control {
     seconds: Vec<(String, f64)>,
 }
 
+/// Control cost and chain apply with 10,000 chains on n1 (4-7 minutes to create and program):
+/// a failure is recorded (`scale_failure`) and the run goes on.
+fn at_10k_chains(k: &mut control::KubeLab, c: &mut Control) {
+    // Fewer samples than at 1,000 chains: this is the run's longest part already.
+    let (changes, samples) = (3, 10);
+    let scale = (|| {
+        k.grow(10_000)?;
+        eprintln!("control cost and chain apply: {changes} changes, {samples} samples with 10,000 chains present");
+        anyhow::Ok((control::change_cost(k, changes)?, control::chain_apply(k, samples)?))
+    })();
+    match scale {
+        Ok((cost, apply)) => {
+            c.change.insert("10000".into(), cost);
+            c.chains_10k = Some(apply);
+        }
+        Err(e) => {
+            eprintln!("10,000 chains: {e:#}; recorded, going on");
+            c.scale_failure = Some(format!("{e:#}"));
+        }
+    }
+}
+
 fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Result<Control> {
     let mut c = Control::default();
     let mut laps = report::Laps::start();
@@ -165,26 +187,8 @@ fn run_control(b: &mut topo::Bench, args: &Args, parts: &[Part]) -> anyhow::Resu
             c.tcp = Some(tcp::tcp(&k, reps, secs, (args.gen_cpu, args.sut_cpu))?);
             laps.lap("tcp");
         }
-        // 10,000 chains on n1 (4-7 minutes to create and program): a failure is recorded and
-        // the run goes on.
         if !args.quick && parts.contains(&Part::Chains) {
-            // Fewer samples than at 1,000 chains: this is the run's longest part already.
-            let (changes, samples) = (3, 10);
-            let scale = (|| {
-                k.grow(10_000)?;
-                eprintln!("control cost and chain apply: {changes} changes, {samples} samples with 10,000 chains present");
-                anyhow::Ok((control::change_cost(&k, changes)?, control::chain_apply(&k, samples)?))
-            })();
-            match scale {
-                Ok((cost, apply)) => {
-                    c.change.insert("10000".into(), cost);
-                    c.chains_10k = Some(apply);
-                }
-                Err(e) => {
-                    eprintln!("10,000 chains: {e:#}; recorded, going on");
-                    c.scale_failure = Some(format!("{e:#}"));
-                }
-            }
+            at_10k_chains(&mut k, &mut c);
             laps.lap("chains_10k");
         }
         c.growth = std::mem::take(&mut k.growth);

@@ -136,9 +136,8 @@ pub fn stream_tables(md: &mut String, st: &Value) {
     }
 }
 
-/// The markdown report: data plane with ratios, sweeps, control plane, targets.
-pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &BTreeMap<String, Vec<f64>>)], targets: &[Target]) -> String {
-    let mut md = String::new();
+/// The run's line (date, machine, pinning), its retried trials and the host's noise.
+fn heading(md: &mut String, r: &Value) {
     let m = &r["machine"];
     let _ = writeln!(md, "Run {} ({}), {} repetitions per point; {} on {} CPUs, kernel {}; generator on CPU {}, system under test on CPU {}; generator ceiling {:.0} kpps.\n",
         r["date"].as_str().unwrap_or("?"), if r["quick"].as_bool() == Some(true) { "quick smoke run: not a measurement" } else { "full" },
@@ -163,15 +162,10 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         noise("start"),
         noise("end")
     );
-    let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
-    let (a, b) = (&pdr["plain"], pdr.get(crate::dataplane::KERNEL_PROXY));
-    for (k, v) in pdr {
-        let vs_kernel = b.map_or_else(|| "–".to_string(), |b| fmt_r(&ratios(v, b)));
-        let _ = writeln!(md, "| {k} | {} | {} | {vs_kernel} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)));
-    }
-    for (what, why) in r["unavailable"].as_object().into_iter().flatten() {
-        let _ = writeln!(md, "\nNot measured: {what}: {}", why.as_str().unwrap_or_default());
-    }
+}
+
+/// srv6pipes' programs' ns per run, per scenario and per point of the VNF sweeps.
+fn bpf_tables(md: &mut String, r: &Value) {
     for (key, title) in [
         ("bpf_ns_per_run", "scenario"),
         ("bpf_ns_per_run_by_vnfs", "End.AD, VNFs"),
@@ -188,17 +182,10 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
             let _ = writeln!(md, "| {k} | {} |", progs.join(", "));
         }
     }
-    for failure in r["dataplane_failures"].as_array().into_iter().flatten() {
-        let _ = writeln!(md, "\nFailed trial: {}", failure.as_str().unwrap_or_default());
-    }
-    for (title, s) in sweeps.iter().filter(|(_, s)| !s.is_empty()) {
-        let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
-        let mut keys: Vec<&String> = s.keys().collect();
-        keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(u64::MAX));
-        for k in keys {
-            let _ = writeln!(md, "| {k} | {} |", fmt_s(&summarize(&s[k])));
-        }
-    }
+}
+
+/// Control-plane latencies (p50, p99) and TCP goodput through the chain.
+fn control_tables(md: &mut String, r: &Value) {
     let _ = writeln!(md, "\n| control plane | p50 ms | p99 ms | samples |\n|---|---|---|---|");
     for k in [
         "cni_add_ms",
@@ -232,6 +219,34 @@ pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &B
         let _ = writeln!(md, "\n| TCP (iperf3) | Mbit/s, median (min–max) | ÷ unchained |\n|---|---|---|");
         let _ = writeln!(md, "| unchained | {} | |\n| two-VNF chain | {} | {ratio} |", d("unchained"), d("chained"));
     }
+}
+
+/// The markdown report: data plane with ratios, sweeps, control plane, targets.
+pub fn markdown(r: &Value, pdr: &BTreeMap<String, Vec<f64>>, sweeps: &[(&str, &BTreeMap<String, Vec<f64>>)], targets: &[Target]) -> String {
+    let mut md = String::new();
+    heading(&mut md, r);
+    let _ = writeln!(md, "| scenario | PDR kpps, median (min–max) | ÷ plain (a) | ÷ kernel proxy (b) |\n|---|---|---|---|");
+    let (a, b) = (&pdr["plain"], pdr.get(crate::dataplane::KERNEL_PROXY));
+    for (k, v) in pdr {
+        let vs_kernel = b.map_or_else(|| "–".to_string(), |b| fmt_r(&ratios(v, b)));
+        let _ = writeln!(md, "| {k} | {} | {} | {vs_kernel} |", fmt_s(&summarize(v)), fmt_r(&ratios(v, a)));
+    }
+    for (what, why) in r["unavailable"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "\nNot measured: {what}: {}", why.as_str().unwrap_or_default());
+    }
+    bpf_tables(&mut md, r);
+    for failure in r["dataplane_failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "\nFailed trial: {}", failure.as_str().unwrap_or_default());
+    }
+    for (title, s) in sweeps.iter().filter(|(_, s)| !s.is_empty()) {
+        let _ = writeln!(md, "\n| {title} | PDR kpps, median (min–max) |\n|---|---|");
+        let mut keys: Vec<&String> = s.keys().collect();
+        keys.sort_by_key(|k| k.parse::<u64>().unwrap_or(u64::MAX));
+        for k in keys {
+            let _ = writeln!(md, "| {k} | {} |", fmt_s(&summarize(&s[k])));
+        }
+    }
+    control_tables(&mut md, r);
     stream_tables(&mut md, &r["stream"]);
     let _ = writeln!(md, "\n| target | bar | measured, median (min–max) | verdict |\n|---|---|---|---|");
     for t in targets {

@@ -58,7 +58,7 @@ fn goodput_of(report: &serde_json::Value) -> anyhow::Result<(f64, u64)> {
 
 /// Counter `name` of group `group` in a /proc/net/netstat or /proc/net/snmp text, whose
 /// groups are pairs of lines: `Group: names...` then `Group: values...`.
-pub fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {

@@ -341,78 +341,9 @@ impl Bench {
         }
         sys::ip_batch(Some(&lane.node_ns), &node)?;
         for v in &new {
-            let j = v.index;
-            sys::sysctls(
-                &v.netns,
-                &[
-                    ("net/ipv6/conf/all/forwarding", "1"),
-                    ("net/ipv4/ip_forward", "1"),
-                    ("net/ipv6/conf/all/accept_dad", "0"),
-                    ("net/ipv6/conf/default/accept_dad", "0"),
-                ],
-            )?;
-            let hm = fmt_mac(v.host_mac);
-            // As srv6pipes-cni leaves a VNF: everything goes back out of its chain interface.
-            sys::ip_batch(
-                Some(&v.netns),
-                &[
-                    "link set lo up".into(),
-                    "link set net1 up".into(),
-                    format!("addr add fd00:c0:{k:x}:{j:x}::2/64 dev net1 nodad"),
-                    "addr add 169.254.0.2/30 dev net1".into(),
-                    format!("neigh replace fe80::1 lladdr {hm} dev net1 nud permanent"),
-                    format!("neigh replace 169.254.0.1 lladdr {hm} dev net1 nud permanent"),
-                    "route add default via fe80::1 dev net1".into(),
-                    "route add default via 169.254.0.1 dev net1 onlink".into(),
-                ],
-            )?;
+            configure_vnf(k, v)?;
         }
-        match lane.kind {
-            Kind::Srv6pipes { .. } => {
-                let socket = lane.socket.clone().expect("srv6pipes lanes have a daemon");
-                for v in &mut new {
-                    v.sid = Some(register(&socket, &lane.name, v)?);
-                }
-            }
-            Kind::Kernel => {
-                let (mut lines, mut rules) = (Vec::new(), Vec::new());
-                for v in &mut new {
-                    let sid = kernel_sid(k, v.index);
-                    lines.push(format!(
-                        "route add {sid}/128 encap seg6local action End.DX6 nh6 fd00:c0:{k:x}:{:x}::2 dev {}",
-                        v.index, v.host_if
-                    ));
-                    rules.push(format!("rule add iif {} lookup {RETURN_TABLE} pref {}", v.host_if, 1000 + v.index as u32));
-                    v.sid = Some(sid);
-                }
-                if first == 1 {
-                    // The inner destination only: a default route would catch the encapsulated
-                    // packet's own lookup (still iif v<j>) and loop.
-                    lines.push(format!(
-                        "route add {INNER_DST}/64 encap seg6 mode encap segs {SINK_SID} via fd00:b1:{k:x}::2 dev eth1 table {RETURN_TABLE}"
-                    ));
-                }
-                sys::ip_batch(Some(&lane.node_ns), &lines)?;
-                sys::ip_batch_with(&["-6"], Some(&lane.node_ns), &rules)?;
-            }
-            Kind::PlainSpread => {
-                let routes: Vec<String> = new
-                    .iter()
-                    .map(|v| {
-                        let j = v.index;
-                        format!("route add {}/128 via fd00:c0:{k:x}:{j:x}::2 dev {} table {FORWARD_TABLE}", spread_dst(j), v.host_if)
-                    })
-                    .collect();
-                sys::ip_batch(Some(&lane.node_ns), &routes)?;
-            }
-            Kind::Plain => {
-                if first != 1 || n != 1 {
-                    bail!("the plain lane has exactly one VNF");
-                }
-                sys::ip_batch(Some(&lane.node_ns), &[format!("route add {INNER_DST}/64 via fd00:c0:{k:x}:1::2 dev v1")])?;
-                sys::ip_batch_with(&["-6"], Some(&lane.node_ns), &[format!("rule add iif v1 lookup {RETURN_TABLE} pref 1001")])?;
-            }
-        }
+        route_lane(lane, &mut new, first, n)?;
         lane.vnfs.extend(new);
         Ok(())
     }
@@ -468,6 +399,90 @@ impl Bench {
     pub fn sid_packets(&self, lane: &Lane) -> anyhow::Result<u64> {
         sid_packets(lane.socket.as_ref().context("not an srv6pipes lane")?)
     }
+}
+
+/// A new VNF's netns as srv6pipes-cni leaves one (forwarding on, everything going back out
+/// of its chain interface, to the node's side of its veth).
+fn configure_vnf(k: u8, v: &Vnf) -> anyhow::Result<()> {
+    let j = v.index;
+    sys::sysctls(
+        &v.netns,
+        &[
+            ("net/ipv6/conf/all/forwarding", "1"),
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv6/conf/all/accept_dad", "0"),
+            ("net/ipv6/conf/default/accept_dad", "0"),
+        ],
+    )?;
+    let hm = fmt_mac(v.host_mac);
+    sys::ip_batch(
+        Some(&v.netns),
+        &[
+            "link set lo up".into(),
+            "link set net1 up".into(),
+            format!("addr add fd00:c0:{k:x}:{j:x}::2/64 dev net1 nodad"),
+            "addr add 169.254.0.2/30 dev net1".into(),
+            format!("neigh replace fe80::1 lladdr {hm} dev net1 nud permanent"),
+            format!("neigh replace 169.254.0.1 lladdr {hm} dev net1 nud permanent"),
+            "route add default via fe80::1 dev net1".into(),
+            "route add default via 169.254.0.1 dev net1 onlink".into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// What each kind of lane needs to carry traffic through its new VNFs `new` (numbered from
+/// `first` to `n`): srv6pipes' SIDs from its daemon, the kernel proxy's seg6local routes and
+/// return rules, plain forwarding's routes.
+fn route_lane(lane: &Lane, new: &mut [Vnf], first: u16, n: u16) -> anyhow::Result<()> {
+    let k = lane.k;
+    match lane.kind {
+        Kind::Srv6pipes { .. } => {
+            let socket = lane.socket.clone().expect("srv6pipes lanes have a daemon");
+            for v in new.iter_mut() {
+                v.sid = Some(register(&socket, &lane.name, v)?);
+            }
+        }
+        Kind::Kernel => {
+            let (mut lines, mut rules) = (Vec::new(), Vec::new());
+            for v in new.iter_mut() {
+                let sid = kernel_sid(k, v.index);
+                lines.push(format!(
+                    "route add {sid}/128 encap seg6local action End.DX6 nh6 fd00:c0:{k:x}:{:x}::2 dev {}",
+                    v.index, v.host_if
+                ));
+                rules.push(format!("rule add iif {} lookup {RETURN_TABLE} pref {}", v.host_if, 1000 + v.index as u32));
+                v.sid = Some(sid);
+            }
+            if first == 1 {
+                // The inner destination only: a default route would catch the encapsulated
+                // packet's own lookup (still iif v<j>) and loop.
+                lines.push(format!(
+                    "route add {INNER_DST}/64 encap seg6 mode encap segs {SINK_SID} via fd00:b1:{k:x}::2 dev eth1 table {RETURN_TABLE}"
+                ));
+            }
+            sys::ip_batch(Some(&lane.node_ns), &lines)?;
+            sys::ip_batch_with(&["-6"], Some(&lane.node_ns), &rules)?;
+        }
+        Kind::PlainSpread => {
+            let routes: Vec<String> = new
+                .iter()
+                .map(|v| {
+                    let j = v.index;
+                    format!("route add {}/128 via fd00:c0:{k:x}:{j:x}::2 dev {} table {FORWARD_TABLE}", spread_dst(j), v.host_if)
+                })
+                .collect();
+            sys::ip_batch(Some(&lane.node_ns), &routes)?;
+        }
+        Kind::Plain => {
+            if first != 1 || n != 1 {
+                bail!("the plain lane has exactly one VNF");
+            }
+            sys::ip_batch(Some(&lane.node_ns), &[format!("route add {INNER_DST}/64 via fd00:c0:{k:x}:1::2 dev v1")])?;
+            sys::ip_batch_with(&["-6"], Some(&lane.node_ns), &[format!("rule add iif v1 lookup {RETURN_TABLE} pref 1001")])?;
+        }
+    }
+    Ok(())
 }
 
 /// `n` End.DT46 SIDs of lane `k` (table size sweeps, large programs).
