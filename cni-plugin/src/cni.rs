@@ -96,7 +96,11 @@ pub struct NetConf {
     pub runtime_config: Option<Value>,
     /// GC (SPEC 1.1): the attachments the runtime still has.
     #[serde(default, rename = "cni.dev/valid-attachments")]
-    pub valid_attachments: Option<Vec<ValidAttachment>>,
+    valid_attachments: Option<Vec<ValidAttachment>>,
+    /// The same, by the name SPEC 1.1 first gave it (until containernetworking/cni#1103,
+    /// 2024-07): runtimes written to that text send only this key; libcni sends both.
+    #[serde(default, rename = "cni.dev/attachments")]
+    spec_attachments: Option<Vec<ValidAttachment>>,
     /// The configuration as given, for delegation to IPAM plugins.
     #[serde(skip)]
     pub raw: Vec<u8>,
@@ -115,6 +119,15 @@ fn default_socket() -> String {
 }
 
 impl NetConf {
+    /// GC's list of the attachments still valid, by either name. A GC that lists none by
+    /// either is refused: read as "nothing is valid", it would release every pod of the
+    /// network on the node.
+    pub fn valid_attachments(&self) -> Result<&[ValidAttachment], CniError> {
+        self.valid_attachments.as_deref().or(self.spec_attachments.as_deref()).ok_or_else(|| {
+            CniError::config("GC without cni.dev/valid-attachments (or cni.dev/attachments): refusing to release every attachment")
+        })
+    }
+
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let mut conf: NetConf =
             serde_json::from_slice(stdin).map_err(|e| CniError::new(CODE_DECODE, format!("cannot decode network configuration: {e}")))?;
@@ -335,8 +348,23 @@ mod tests {
         assert_eq!(NetConf::parse(bad_ipam).unwrap_err().code, CODE_INVALID_CONFIG);
         let bad_mode = br#"{"cniVersion":"1.0.0","name":"n","type":"srv6pipes-cni","interfaces":"triple"}"#;
         assert_eq!(NetConf::parse(bad_mode).unwrap_err().code, CODE_DECODE);
-        let gc = br#"{"cniVersion":"1.1.0","name":"n","type":"srv6pipes-cni","cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"}]}"#;
-        assert_eq!(NetConf::parse(gc).unwrap().valid_attachments.unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn gc_reads_the_valid_attachments_by_either_name_and_refuses_neither() {
+        let gc = |keys: Value| {
+            let mut c = json!({"cniVersion": "1.1.0", "name": "n", "type": "srv6pipes-cni"});
+            c.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
+            NetConf::parse(c.to_string().as_bytes()).unwrap()
+        };
+        let ids = |c: &NetConf| c.valid_attachments().unwrap().iter().map(|a| a.container_id.clone()).collect::<Vec<_>>();
+        let a = json!([{"containerID": "a", "ifname": "net1"}]);
+        assert_eq!(ids(&gc(json!({"cni.dev/valid-attachments": a}))), ["a"]);
+        assert_eq!(ids(&gc(json!({"cni.dev/attachments": a}))), ["a"], "SPEC 1.1's first name");
+        let both = gc(json!({"cni.dev/valid-attachments": a, "cni.dev/attachments": [{"containerID": "b", "ifname": "net1"}]}));
+        assert_eq!(ids(&both), ["a"], "libcni sends both; the current name wins");
+        assert!(gc(json!({"cni.dev/valid-attachments": []})).valid_attachments().unwrap().is_empty(), "an empty list is a list");
+        assert_eq!(gc(json!({})).valid_attachments().unwrap_err().code, CODE_INVALID_CONFIG);
     }
 
     #[test]

@@ -23,11 +23,20 @@ pub fn delegate(conf: &NetConf, ipam: &Value, command: &str, netns_override: Opt
     start(conf, ipam, command, netns_override)?.wait()
 }
 
-/// An IPAM plugin started and not yet waited for: ADD runs it beside its own work.
+/// An IPAM plugin started and not yet waited for: ADD runs it beside its own work. One
+/// dropped unread is still waited for, so that an undo's IPAM DEL never overtakes its ADD.
 pub struct Running {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     kind: String,
     command: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Starts the IPAM plugin for `command` with the configuration on its stdin (closed at once:
@@ -41,7 +50,7 @@ pub fn start(conf: &NetConf, ipam: &Value, command: &str, netns_override: Option
     }
     let mut child = cmd.spawn().map_err(|e| CniError::io(format!("run IPAM plugin {kind}: {e}")))?;
     let written = child.stdin.take().expect("piped").write_all(&conf.raw);
-    let running = Running { child, kind: kind.to_string(), command: command.to_string() };
+    let running = Running { child: Some(child), kind: kind.to_string(), command: command.to_string() };
     match written {
         Ok(()) => Ok(running),
         Err(e) => {
@@ -53,8 +62,9 @@ pub fn start(conf: &NetConf, ipam: &Value, command: &str, netns_override: Option
 
 impl Running {
     /// Its result (None: it printed nothing), or its error as it gave it.
-    pub fn wait(self) -> Result<Option<Value>, CniError> {
-        let Running { child, kind, command } = self;
+    pub fn wait(mut self) -> Result<Option<Value>, CniError> {
+        let (kind, command) = (&self.kind, &self.command);
+        let child = self.child.take().expect("waited for once: wait takes it by value");
         let out = child.wait_with_output().map_err(|e| CniError::io(format!("IPAM plugin {kind}: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {

@@ -133,48 +133,51 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
 
 /// DEL: idempotent. Deregisters the SID first (so no traffic is steered into a dying link),
 /// then removes the pod-side rule and the veth(s), while IPAM releases the lease. Missing pieces
-/// are fine.
+/// are fine. What is local goes whatever the daemon answered; a daemon's refusal is then the
+/// answer, so that the runtime tries DEL again.
 pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let pod_if = conf.pod_ifname(&env.ifname)?;
     let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
     // The IPAM plugin's DEL (a process of its own) runs beside the rest.
     let ipam = conf.ipam.as_ref().map(|i| ipam::start(conf, i, "DEL", None)).transpose()?;
-    let local = unregister(conf, env).and_then(|()| {
-        if !env.netns.is_empty() {
-            if let Ok(ns) = open_netns(&env.netns) {
-                in_netns(&ns, move |h| Box::pin(async move { delete_rules(&h, &pod_if).await }))?;
-            }
+    let deregistered = unregister(conf, env);
+    let mut local = Ok(());
+    if !env.netns.is_empty() {
+        if let Ok(ns) = open_netns(&env.netns) {
+            local = in_netns(&ns, move |h| Box::pin(async move { delete_rules(&h, &pod_if).await }));
         }
-        on_node(async |h| {
-            for n in &names {
-                delete_link(h, &host_ifname(&env.container_id, n)).await?;
-            }
-            Ok(())
-        })
+    }
+    let links = on_node(async |h| {
+        for n in &names {
+            delete_link(h, &host_ifname(&env.container_id, n)).await?;
+        }
+        Ok(())
     });
     let released = ipam.map(ipam::Running::wait).transpose();
-    local.and(released).map(|_| ())
+    deregistered.and(local).and(links).and(released).map(|_| ())
 }
 
 /// The daemon forgets the attachment first, so no traffic is steered into a dying link.
 fn unregister(conf: &NetConf, env: &Env) -> Result<(), CniError> {
+    let socket = Path::new(&conf.socket);
     let unregister = Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
-    match call(conf, &unregister) {
+    match node_api::call(socket, &unregister, DAEMON_TIMEOUT) {
         Ok(_) => Ok(()),
-        // DEL never waits on the daemon (pods must not hang in Terminating while it restarts or
-        // crash-loops): what is local goes now, and the deregistration is queued beside the
-        // socket for the daemon to apply when it is back (a restarted daemon also releases the
-        // registrations whose interfaces are gone). No socket at all: srv6pipes was uninstalled
-        // from this node, nothing holds a registration.
-        Err(e) if e.code == CODE_TRY_AGAIN_LATER => {
-            let socket = Path::new(&conf.socket);
+        Err(e @ CallError::Refused(_)) => Err(daemon_error(e)),
+        // DEL never waits on the daemon (pods must not hang in Terminating while it restarts,
+        // crash-loops or hangs): what is local goes now, and the deregistration is queued
+        // beside the socket for the daemon to apply when it is back (a restarted daemon also
+        // releases the registrations whose interfaces are gone; releasing twice is a no-op,
+        // should the request it did not answer be served after all). No socket at all:
+        // srv6pipes was uninstalled from this node, nothing holds a registration.
+        Err(e) => {
             if socket.exists() {
+                eprintln!("srv6pipes-cni: DEL of {}/{}: {e}; deregistration queued", env.container_id, env.ifname);
                 node_api::queue_deregistration(socket, &env.container_id, &env.ifname)
                     .map_err(|e| CniError::io(format!("queue the deregistration beside {}: {e}", socket.display())))?;
             }
             Ok(())
         }
-        Err(e) => Err(e),
     }
 }
 
@@ -250,22 +253,25 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
 /// longer lists; their node-side veths go (the pod side went with the sandbox or goes now).
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf
-        .valid_attachments
+        .valid_attachments()?
         .iter()
-        .flatten()
         .map(|a| AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() })
         .collect();
     let Response::Released { attachments } = call(conf, &Request::Gc { network: conf.name.clone(), valid })? else {
         return Err(CniError::io("node daemon gave an unexpected answer to GC"));
     };
+    // Every released attachment's veths are tried; the first failure is the answer.
     on_node(async |h| {
+        let mut first = Ok(());
         for a in &attachments {
-            delete_link(h, &a.host_ifname).await?;
-            if let Some(o) = &a.out {
-                delete_link(h, &o.host_ifname).await?;
+            for name in std::iter::once(&a.host_ifname).chain(a.out.as_ref().map(|o| &o.host_ifname)) {
+                if let Err(e) = delete_link(h, name).await {
+                    eprintln!("srv6pipes-cni: GC of {}/{}: {}", a.container_id, a.ifname, e.msg);
+                    first = first.and(Err(e));
+                }
             }
         }
-        Ok(())
+        first
     })?;
     if let Some(i) = &conf.ipam {
         // IPAM plugins older than SPEC 1.1 do not know GC: their leases stay theirs to manage.

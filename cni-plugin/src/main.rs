@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         Err(e) => {
             let version = version_hint.filter(|v| cni::SUPPORTED.contains(&v.as_str())).unwrap_or_else(|| cni::LATEST.into());
             println!("{}", e.to_json(&version));
-            eprintln!("srv6pipes-cni: {}", e.msg);
+            // The runtime's log line names the pod; this one names the attachment.
+            let var = |k: &str| std::env::var(k).unwrap_or_default();
+            eprintln!("srv6pipes-cni: {} {}/{}: {}", var("CNI_COMMAND"), var("CNI_CONTAINERID"), var("CNI_IFNAME"), e.msg);
             ExitCode::FAILURE
         }
     }

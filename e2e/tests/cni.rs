@@ -306,7 +306,8 @@ fn a_registration_survives_a_kill_through_the_journal() {
 /// (no socket at all) it removes what is local. With the daemon down (killed: its socket stays)
 /// it removes what is local too, queues the deregistration beside the socket, and succeeds,
 /// twice; the daemon, back, releases the registration: no registration, SID, link or queued
-/// file of the pod is left.
+/// file of the pod is left. With the daemon hung (stopped: it accepts, never answers), the
+/// same once the call times out.
 #[test]
 fn del_never_waits_on_the_daemon() {
     require_lab!("socat");
@@ -350,6 +351,24 @@ fn del_never_waits_on_the_daemon() {
     });
     assert_eq!(lab.sids()["registrations"], json!([]));
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
+
+    // Hung (SIGSTOP): the connection is accepted and never answered.
+    let (ok, res) = lab.cni("ADD", "hung", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert!(ok, "ADD: {res}");
+    let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
+    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let (ok, err) = lab.cni("DEL", "hung", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    let queued = std::fs::read_dir(&pending).map(|d| d.count()).unwrap_or(0);
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(ok, "DEL with the daemon hung: {err}");
+    local_gone(&host);
+    assert_eq!(queued, 1, "the deregistration is queued");
+    common::wait_for("the hung daemon, back, releases it", std::time::Duration::from_secs(10), || {
+        std::fs::read_dir(&pending).map(|d| d.count() == 0).unwrap_or(true) && lab.sids()["registrations"] == json!([])
+    });
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
 }
 
 /// GC releases what the runtime no longer lists; `interfaces: pair` makes and removes two
@@ -365,6 +384,15 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
         let (ok, res) = lab.cni_if("ADD", ctr, &lab.netns(), ifname, &c);
         assert!(ok, "{res}");
     }
+    // A GC that lists no valid attachments by either name is refused: read as "none is
+    // valid", it would release every pod. SPEC 1.1's first name for the list is read.
+    let (ok, err) = lab.cni("GC", "", "", &conf("1.1.0", &lab.socket()));
+    assert!(!ok && err["code"] == 7, "GC without a list: {err}");
+    let mut gc = conf("1.1.0", &lab.socket());
+    gc["cni.dev/attachments"] = json!([{"containerID": "keep", "ifname": "net1"}, {"containerID": "stale", "ifname": "net3"}]);
+    let (ok, err) = lab.cni("GC", "", "", &gc);
+    assert!(ok, "GC by cni.dev/attachments: {err}");
+    assert_eq!(lab.sids()["registrations"].as_array().unwrap().len(), 2, "both listed, both kept");
     let mut gc = conf("1.1.0", &lab.socket());
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "net1"}]);
     let (ok, err) = lab.cni("GC", "", "", &gc);

@@ -208,7 +208,7 @@ impl Node {
                 .find(&container_id, &ifname)
                 .map(|r| Response::Attachment { attachment: Box::new(r.attachment.clone()), sid: r.sid })
                 .ok_or_else(|| anyhow!("no attachment {container_id}/{ifname}")),
-            Request::Gc { network, valid } => self.gc(&network, &valid).map(|attachments| Response::Released { attachments }),
+            Request::Gc { network, valid } => Ok(Response::Released { attachments: self.gc(&network, &valid) }),
             // The server answers these itself (it holds the API client); never sent here.
             Request::PodNetworks { namespace, name } => Err(anyhow!("pod {namespace}/{name}: not a node request")),
             Request::Monitor(_) => Err(anyhow!("monitors are served by the server, not through the node's handle")),
@@ -222,7 +222,10 @@ impl Node {
     }
 
     /// CNI GC: every attachment of `network` that the runtime no longer lists goes.
-    fn gc(&mut self, network: &str, valid: &[AttachmentKey]) -> anyhow::Result<Vec<Attachment>> {
+    /// Releases `network`'s registrations that `valid` does not list. A release that fails
+    /// part-way is logged and the rest go on: each is out of the state either way, and the
+    /// plugin must hear of every one to remove its veths.
+    fn gc(&mut self, network: &str, valid: &[AttachmentKey]) -> Vec<Attachment> {
         let stale: Vec<AttachmentKey> = self
             .state
             .registrations
@@ -234,10 +237,12 @@ impl Node {
         let mut released = Vec::new();
         for k in stale {
             let a = self.find(&k.container_id, &k.ifname).map(|r| r.attachment.clone()).expect("listed above");
-            self.unregister(&k.container_id, &k.ifname)?;
+            if let Err(e) = self.unregister(&k.container_id, &k.ifname) {
+                warn!(node = %self.name, pod = %pod_of(&a), container = %k.container_id, interface = %k.ifname, "GC: {e:#}");
+            }
             released.push(a);
         }
-        Ok(released)
+        released
     }
 
     async fn register(&mut self, a: Attachment) -> anyhow::Result<Sid> {
@@ -351,7 +356,7 @@ impl Node {
         info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID released");
         match errs.into_iter().next() {
             None => Ok(()),
-            Some(e) => Err(e.context(format!("release {}", reg.sid))),
+            Some(e) => Err(e.context(format!("release {} of {} ({container_id}/{ifname})", reg.sid, pod_of(&reg.attachment)))),
         }
     }
 
