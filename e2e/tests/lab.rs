@@ -349,6 +349,43 @@ fn daemon_kill_and_restart_under_traffic_loses_nothing() {
 
 /// The ids attached as an interface pair: End.AD delivers into net1, the ids forwards out of
 /// net2, and the proxy re-encapsulates from there (its cache is keyed by the return interface).
+/// A restarted daemon keeps the policy ids it gave out. A chain added after another takes the
+/// next id although it comes first in the program; after a restart both keep theirs (given out
+/// afresh in program order, they would swap between the chains under running traffic).
+#[test]
+fn policy_ids_survive_a_restart() {
+    require_lab!();
+    let lab = Lab::new("polids");
+    let text = std::fs::read_to_string(repo_root().join("examples/lab-two-nodes.yaml")).unwrap();
+    let up = lab.run_yaml("up", &text);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let chain_doc = text.split("---\n").find(|d| d.contains("kind: ServiceChain")).unwrap();
+    let first = chain_doc.replace("name: web-inspection", "name: aa-inspection").replace("fd00:10:2::/64", "fd00:10:3::/64");
+    let applied = lab.run_yaml("apply", &first);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let state = lab.state.join("nodes/n1/node-state.json");
+    // Each chain's policy id on n1, from the daemon's state file.
+    let ids = || -> Vec<(String, u64)> {
+        let v: Value = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let mut ids: Vec<(String, u64)> = v["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p[0]["chain"].as_str().unwrap_or_default().to_string(), p[1].as_u64().unwrap_or(0)))
+            .collect();
+        ids.sort();
+        ids
+    };
+    wait_for("both chains' policies on n1", Duration::from_secs(10), || ids().len() == 2);
+    let before = ids();
+    assert!(
+        before[0].0.contains("aa-inspection") && before[0].1 > before[1].1,
+        "the later chain, first by name, has the higher id: {before:?}"
+    );
+    lab.ok(&["restart-node", "n1"]);
+    assert_eq!(ids(), before);
+}
+
 #[test]
 fn pair_attachment_carries_the_chain() {
     require_lab!("nft", "ping", "tcpdump");

@@ -150,6 +150,10 @@ impl Node {
             stream_pods: dp.attached().filter(|(h, _)| *h == Hook::StreamPod).map(|(_, i)| i.to_string()).collect(),
             peer_routes: state.program.iter().flat_map(|p| &p.peers).map(|p| (p.locator.prefix(), p.underlay)).collect(),
         };
+        // The ids and ports the maps and stream proxies were programmed with, kept for the
+        // re-apply: given out afresh, they would move between chains under running traffic.
+        self.state.policies = state.policies;
+        self.state.stream_ports = state.stream_ports;
         for reg in state.registrations {
             let a = &reg.attachment;
             match if_nametoindex(a.host_ifname.as_str()) {
@@ -590,7 +594,7 @@ fn programmed_behavior(installed: ReturnSide, wanted: ReturnSide, return_ifindex
 }
 
 /// Policy ids are stable: a key keeps the id it had (persisted, since counters are per id); a
-/// new key takes the lowest id nobody holds. One allocator per program: the ids in use are
+/// new key takes the lowest id nobody holds: no known key, and no policy still in the maps. One allocator per program: the ids in use are
 /// collected once and new ones are taken upward (every id below `next` is in use), so a program
 /// of 10,000 new chains costs 10,000 set lookups, not 10,000 collections of every id (1.8 s).
 struct PolicyIds<'k> {
@@ -601,8 +605,8 @@ struct PolicyIds<'k> {
 }
 
 impl<'k> PolicyIds<'k> {
-    fn new(known: &'k BTreeMap<PolicyKey, u32>) -> Self {
-        PolicyIds { known, used: known.values().copied().collect(), next: 1, ids: BTreeMap::new() }
+    fn new(known: &'k BTreeMap<PolicyKey, u32>, held: &BTreeSet<u32>) -> Self {
+        PolicyIds { known, used: known.values().chain(held).copied().collect(), next: 1, ids: BTreeMap::new() }
     }
 
     fn id(&mut self, key: PolicyKey) -> u32 {

@@ -422,8 +422,10 @@ async fn program(shared: &Shared, p: srv6::node_api::NodeProgram) -> anyhow::Res
     let resolved = lookups.run(&netlink).await?;
     let pending = shared.node.lock().await.apply_maps(&p, &resolved)?;
     let done = pending.routes.run(&netlink).await;
-    store.save_program(&p)?;
-    shared.node.lock().await.finish(p, pending, done)
+    // What was applied is recorded even when the program's file cannot be written.
+    let saved = store.save_program(&p);
+    shared.node.lock().await.finish(p, pending, done)?;
+    saved
 }
 
 /// Observes the time since its start when dropped (so failed applications count too).

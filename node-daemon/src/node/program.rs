@@ -74,18 +74,18 @@ pub(super) struct Desired {
 }
 
 /// What a program wants, from the program, the node's resolved interfaces, its registrations,
-/// the policy ids it already gave out and its stream proxies' SIDs. Every header is built (and
+/// the policy ids it already gave out (and those its maps still hold) and its stream proxies' SIDs. Every header is built (and
 /// so validated) here: a program that cannot be installed changes nothing.
 pub(super) fn desired(
     p: &NodeProgram,
     locator: &Locator,
     resolved: &Resolved,
     registrations: &[Registration],
-    known: &BTreeMap<PolicyKey, u32>,
+    (known, held): (&BTreeMap<PolicyKey, u32>, &BTreeSet<u32>),
     stream_sids: &BTreeSet<Sid>,
 ) -> anyhow::Result<Desired> {
     let mut d = Desired { ifaces: resolved.guarded.clone(), ..Default::default() };
-    let mut ids = PolicyIds::new(known);
+    let mut ids = PolicyIds::new(known, held);
     for h in &p.tables.headends {
         let source = (h.source_ip, h.source_interface.clone());
         let (oif, ifname) =
@@ -412,8 +412,9 @@ impl Node {
         let resolved = self.lookups(&p)?.run(&self.netlink).await?;
         let pending = self.apply_maps(&p, &resolved)?;
         let done = pending.routes.run(&self.netlink).await;
-        self.store.save_program(&p)?;
-        self.finish(p, pending, done)
+        let saved = self.store.save_program(&p);
+        self.finish(p, pending, done)?;
+        saved
     }
 
     /// What resolving `p`'s interfaces takes (phase 1, under the node's lock).
@@ -448,7 +449,8 @@ impl Node {
         let streams = self.stream_plan(&p.tables.proxies)?;
         let stream_sids: BTreeSet<Sid> = streams.by_registration.keys().map(|i| self.state.registrations[*i].sid).collect();
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
-        let d = desired(p, &self.locator, resolved, &self.state.registrations, &known, &stream_sids)?;
+        let held: BTreeSet<u32> = self.installed.policies.keys().copied().collect();
+        let d = desired(p, &self.locator, resolved, &self.state.registrations, (&known, &held), &stream_sids)?;
         let uplink = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
 
         let mut errs = Vec::new();
@@ -806,10 +808,16 @@ mod tests {
         let key =
             |chain: &str| PolicyKey { chain: chain.into(), role: String::new(), replicas: vec![], inner: 41, drop: false, insert: false };
         let known = BTreeMap::from([(key("a"), 1), (key("b"), 2), (key("c"), 4), (key("gone"), 6)]);
-        let mut ids = PolicyIds::new(&known);
+        let mut ids = PolicyIds::new(&known, &BTreeSet::new());
         let got: Vec<u32> = ["new1", "c", "new2", "a", "new3", "new1"].iter().map(|c| ids.id(key(c))).collect();
         assert_eq!(got, [3, 4, 5, 1, 7, 3], "3 and 5 were free; 6 is still held by a key of the last program");
         assert_eq!(ids.into_ids().len(), 5);
+        // A policy the maps still hold (an older program's, kept while a rule that failed to
+        // move points at it) is not given to another key, even when no known key has its id.
+        let held = BTreeSet::from([3, 5, 9]);
+        let mut ids = PolicyIds::new(&known, &held);
+        let got: Vec<u32> = ["new1", "new2", "a"].iter().map(|c| ids.id(key(c))).collect();
+        assert_eq!(got, [7, 8, 1]);
     }
 
     fn registration(sid: &str, ifindex: u32) -> Registration {
@@ -847,7 +855,8 @@ mod tests {
         resolved.sources.insert(("fd00:10:1::2".parse().unwrap(), None), (7, "veth-client".into()));
         resolved.guarded.insert("veth-client".into());
         let regs = [registration("fcbb:bb00:1:e001::", 9)];
-        let d = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new()).unwrap();
+        let d = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, (&BTreeMap::new(), &BTreeSet::new()), &BTreeSet::new())
+            .unwrap();
         // Two headend policies and the End.AS return (one per inner family), ids from 1.
         assert_eq!(d.ids.len(), 4, "{:?}", d.ids);
         assert_eq!(d.classify.len(), 2);
@@ -860,12 +869,21 @@ mod tests {
         assert!(dropping.2.is_empty(), "a dropping policy has no header");
         assert!(d.policies.iter().filter(|(k, _, _)| !k.drop).all(|(_, _, h)| !h.is_empty()));
         // Ids stay with their keys across programs.
-        let again = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &d.ids, &BTreeSet::new()).unwrap();
+        let again =
+            desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, (&d.ids, &BTreeSet::new()), &BTreeSet::new()).unwrap();
         assert_eq!(again.ids, d.ids);
         // A decapsulation SID outside the locator, or a source not resolved: refused whole.
-        let e = desired(&program("fcbb:bb00:9:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new()).unwrap_err();
+        let e = desired(&program("fcbb:bb00:9:d6::"), &locator, &resolved, &regs, (&BTreeMap::new(), &BTreeSet::new()), &BTreeSet::new())
+            .unwrap_err();
         assert!(e.to_string().contains("not in locator"), "{e}");
-        let e = desired(&program("fcbb:bb00:1:d6::"), &locator, &Resolved::default(), &regs, &BTreeMap::new(), &BTreeSet::new());
+        let e = desired(
+            &program("fcbb:bb00:1:d6::"),
+            &locator,
+            &Resolved::default(),
+            &regs,
+            (&BTreeMap::new(), &BTreeSet::new()),
+            &BTreeSet::new(),
+        );
         assert!(e.unwrap_err().to_string().contains("unresolved"));
     }
 }
