@@ -342,6 +342,10 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(api.get(&["node", "n5"]).unwrap()["metadata"]["annotations"]["srv6pipes.io/locator"].is_null());
+    // n3 leaves: its locator, given by this operator, goes to n5, which waited for one.
+    let l3 = locator_of(&api, &op, "n3");
+    api.k(&["delete", "node", "n3"]);
+    assert_eq!(locator_of(&api, &op, "n5"), l3);
 
     // Deleting a chain removes it from every node before the finalizer lets it go.
     api.k(&["delete", "servicechain", "early", "--timeout=30s"]);

@@ -566,6 +566,9 @@ impl Ctx {
         }
         let mut allocated = self.publishing.lock().await;
         let nodes = self.stores.nodes.state();
+        // What this operator gave nodes since deleted is free again.
+        let present: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+        allocated.retain(|n, _| present.contains(n));
         let mut taken = world::taken_locators(&nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>());
         taken.extend(allocated.iter().filter(|(n, _)| **n != name).map(|(_, l)| *l));
         match allocate_locator(self.config.block, self.config.locator_len, &taken) {
