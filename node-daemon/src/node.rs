@@ -225,10 +225,9 @@ impl Node {
         self.state.registrations.iter().find(|r| r.attachment.key() == key)
     }
 
-    /// CNI GC: every attachment of `network` that the runtime no longer lists goes.
-    /// Releases `network`'s registrations that `valid` does not list. A release that fails
-    /// part-way is logged and the rest go on: each is out of the state either way, and the
-    /// plugin must hear of every one to remove its veths.
+    /// CNI GC: every attachment of `network` that the runtime no longer lists goes. A release
+    /// that fails part-way is logged and the rest go on: each is out of the state either way,
+    /// and the plugin must hear of every one to remove its veths.
     fn gc(&mut self, network: &str, valid: &[AttachmentKey]) -> Vec<Attachment> {
         let stale: Vec<AttachmentKey> = self
             .state
@@ -594,9 +593,10 @@ fn programmed_behavior(installed: ReturnSide, wanted: ReturnSide, return_ifindex
 }
 
 /// Policy ids are stable: a key keeps the id it had (persisted, since counters are per id); a
-/// new key takes the lowest id nobody holds: no known key, and no policy still in the maps. One allocator per program: the ids in use are
-/// collected once and new ones are taken upward (every id below `next` is in use), so a program
-/// of 10,000 new chains costs 10,000 set lookups, not 10,000 collections of every id (1.8 s).
+/// new key takes the lowest id nobody holds: no known key, and no policy still in the maps.
+/// One allocator per program: the ids in use are collected once and new ones are taken upward
+/// (every id below `next` is in use), so a program of 10,000 new chains costs 10,000 set
+/// lookups, not 10,000 collections of every id (1.8 s).
 struct PolicyIds<'k> {
     known: &'k BTreeMap<PolicyKey, u32>,
     used: BTreeSet<u32>,

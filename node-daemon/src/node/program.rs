@@ -74,8 +74,9 @@ pub(super) struct Desired {
 }
 
 /// What a program wants, from the program, the node's resolved interfaces, its registrations,
-/// the policy ids it already gave out (and those its maps still hold) and its stream proxies' SIDs. Every header is built (and
-/// so validated) here: a program that cannot be installed changes nothing.
+/// the policy ids it already gave out (and those its maps still hold) and its stream proxies'
+/// SIDs. Every header is built (and so validated) here: a program that cannot be installed
+/// changes nothing.
 pub(super) fn desired(
     p: &NodeProgram,
     locator: &Locator,
