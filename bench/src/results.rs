@@ -150,13 +150,7 @@ fn ratios(dp: &dataplane::Results, c: &Control) -> serde_json::Map<String, serde
         ("monitor_drops/detached", pair("end_ad_monitor_drops", "end_ad_monitor_none")),
         ("monitor_trace/detached", pair("end_ad_monitor_trace", "end_ad_monitor_none")),
         ("vnf_max/vnf_1", Some(ratio(&dp.scaling[&max_point], &dp.scaling["1"]))),
-        (
-            "tcp_chained/unchained",
-            Some({
-                let (chained, unchained) = tcp.mbps();
-                ratio(&chained, &unchained)
-            }),
-        ),
+        ("tcp_chained/unchained", Some(tcp.ratio())),
         ("chain3_srv6pipes/plain", Some(ratio(&dp.chain3["srv6pipes"], &dp.chain3["plain"]))),
     ]
     .into_iter()
@@ -193,6 +187,8 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
     };
     let tcp_json = c.tcp.as_ref().map(|t| {
         let per_path = |f: &dyn Fn(&[tcp::Run]) -> serde_json::Value| serde_json::json!({"chained": f(&t.chained), "unchained": f(&t.unchained)});
+        // One figure of each run, summarized per path.
+        let summary = |f: fn(&tcp::Run) -> f64| per_path(&|runs| serde_json::json!(stats::summarize(&tcp::each(runs, f))));
         let busy = |runs: &[tcp::Run]| {
             let cpu = |i: usize| stats::summarize(&tcp::each(runs, |r| r.busy[i]));
             serde_json::json!({"client_cpu": cpu(0), "server_cpu": cpu(1)})
@@ -201,11 +197,11 @@ pub(crate) fn control_json(c: &Control) -> serde_json::Map<String, serde_json::V
         serde_json::json!({
             "chained_mbps": stats::median(&chained),
             "unchained_mbps": stats::median(&unchained),
-            "ratio": stats::ratios(&chained, &unchained),
-            "detail": per_path(&|runs| serde_json::json!(stats::summarize(&tcp::each(runs, |r| r.mbps)))),
+            "ratio": t.ratio(),
+            "detail": summary(|r| r.mbps),
             "cpu_busy": per_path(&busy),
-            "retransmits": per_path(&|runs| serde_json::json!(stats::summarize(&tcp::each(runs, |r| r.retransmits as f64)))),
-            "dsacked": per_path(&|runs| serde_json::json!(stats::summarize(&tcp::each(runs, |r| r.dsacked as f64)))),
+            "retransmits": summary(|r| r.retransmits as f64),
+            "dsacked": summary(|r| r.dsacked as f64),
             "sid_packets": {"n1": t.sid_packets[0], "n2": t.sid_packets[1]},
             "bpf": tcp_bpf(t),
             "how": "iperf3 -6 from a pod through a chain of two VNFs (End.AD, one per node) to a pod on the other node, alternating with a pod on the same node whose traffic no chain selects; goodput received; iperf3 -A: the client on the generator CPU, the server on the SUT CPU; cpu_busy: the share of the client's and the server's CPU that was busy (/proc/stat) over each run; retransmits: the segments each run's sender retransmitted (iperf3); dsacked: of them, those the receiver had already (D-SACK, the client netns's TcpExt TCPDSACKRecvSegs): reordered, not lost; bpf: one more run of each path with kernel.bpf_stats_enabled, srv6pipes' programs' run time and runs in it",

@@ -156,10 +156,7 @@ fn end_to_end(dp: &dataplane::Results, c: &Control) -> [Target; 2] {
             what: "TCP through the two-VNF chain ÷ unchained".into(),
             bound: 0.95,
             at_least: true,
-            value: {
-                let (chained, unchained) = tcp.mbps();
-                ratio(&chained, &unchained)
-            },
+            value: tcp.ratio(),
         },
     ]
 }

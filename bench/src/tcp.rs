@@ -28,6 +28,12 @@ impl Tcp {
     pub fn mbps(&self) -> (Vec<f64>, Vec<f64>) {
         (each(&self.chained, |r| r.mbps), each(&self.unchained, |r| r.mbps))
     }
+
+    /// Chained goodput ÷ unchained, repetition by repetition.
+    pub fn ratio(&self) -> crate::stats::Summary {
+        let (chained, unchained) = self.mbps();
+        crate::stats::ratios(&chained, &unchained)
+    }
 }
 
 /// One iperf3 run.

@@ -66,6 +66,12 @@ impl OneNode {
         String::from_utf8_lossy(&self.lab(&args).stdout).into_owned()
     }
 
+    /// n1's node daemon's pid (read while it answers: `lab status` asks it).
+    fn daemon_pid(&self) -> String {
+        let st: Value = serde_json::from_slice(&self.lab(&["status", "-o", "json"]).stdout).unwrap();
+        st["nodes"][0]["daemon"]["pid"].as_u64().expect("the daemon's pid").to_string()
+    }
+
     fn socket(&self) -> String {
         self.state.join("nodes/n1/node.sock").display().to_string()
     }
@@ -119,6 +125,10 @@ impl Drop for OneNode {
     fn drop(&mut self) {
         let _ = self.lab(&["down"]);
     }
+}
+
+fn kill(signal: &str, pid: &str) {
+    assert!(Command::new("kill").args([signal, pid]).status().unwrap().success(), "kill {signal} {pid}");
 }
 
 fn conf(version: &str, socket: &str) -> Value {
@@ -291,9 +301,7 @@ fn a_registration_survives_a_kill_through_the_journal() {
     assert!(!std::fs::read_to_string(state_dir.join("node-state.json")).unwrap().contains("kept"), "not in the state file yet");
     let before = lab.sids()["registrations"].clone();
     assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
-    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
-    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    kill("-KILL", &lab.daemon_pid());
     assert!(lab.lab(&["restart-node", "n1"]).status.success());
     assert_eq!(lab.sids()["registrations"], before, "the registration and its SID are back");
     assert!(std::fs::read_to_string(state_dir.join("node-state.json")).unwrap().contains("kept"), "folded into the state file at start");
@@ -333,9 +341,7 @@ fn del_never_waits_on_the_daemon() {
     let (ok, res) = lab.cni("ADD", "down", &lab.netns(), &conf("1.0.0", &lab.socket()));
     assert!(ok, "ADD: {res}");
     let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
-    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
-    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    kill("-KILL", &lab.daemon_pid());
     std::thread::sleep(std::time::Duration::from_millis(200));
     for attempt in 0..2 {
         let (ok, err) = lab.cni("DEL", "down", &lab.netns(), &conf("1.0.0", &lab.socket()));
@@ -356,12 +362,11 @@ fn del_never_waits_on_the_daemon() {
     let (ok, res) = lab.cni("ADD", "hung", &lab.netns(), &conf("1.0.0", &lab.socket()));
     assert!(ok, "ADD: {res}");
     let host = res["interfaces"][0]["name"].as_str().unwrap().to_string();
-    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
-    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap().to_string();
-    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let pid = lab.daemon_pid();
+    kill("-STOP", &pid);
     let (ok, err) = lab.cni("DEL", "hung", &lab.netns(), &conf("1.0.0", &lab.socket()));
     let queued = std::fs::read_dir(&pending).map(|d| d.count()).unwrap_or(0);
-    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    kill("-CONT", &pid);
     assert!(ok, "DEL with the daemon hung: {err}");
     local_gone(&host);
     assert_eq!(queued, 1, "the deregistration is queued");
@@ -438,9 +443,7 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     assert!(left.iter().all(|n| !n.to_string_lossy().starts_with("fd00:99")), "lease released: {left:?}");
 
     // The daemon is down: ADD says try again later and makes nothing; once back, it works.
-    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
-    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    kill("-KILL", &lab.daemon_pid());
     std::thread::sleep(std::time::Duration::from_millis(200));
     let pod_before = (lab.pod(&["ip", "-o", "link"]), lab.pod(&["ip", "-6", "rule"]));
     let (ok, err) = lab.cni("ADD", "later", &lab.netns(), &c);
@@ -505,8 +508,7 @@ fn footprint(lab: &OneNode) -> Vec<String> {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         format!("{m}: {} entries", v.as_array().map_or(usize::MAX, Vec::len))
     };
-    let st: Value = serde_json::from_slice(&lab.lab(&["status", "-o", "json"]).stdout).unwrap();
-    let pid = st["nodes"][0]["daemon"]["pid"].as_u64().unwrap();
+    let pid = lab.daemon_pid();
     let mut files: Vec<String> =
         std::fs::read_dir(lab.state.join("nodes/n1")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();

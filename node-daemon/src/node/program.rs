@@ -82,7 +82,8 @@ pub(super) fn desired(
     locator: &Locator,
     resolved: &Resolved,
     registrations: &[Registration],
-    (known, held): (&BTreeMap<PolicyKey, u32>, &BTreeSet<u32>),
+    known: &BTreeMap<PolicyKey, u32>,
+    held: &BTreeSet<u32>,
     stream_sids: &BTreeSet<Sid>,
 ) -> anyhow::Result<Desired> {
     let mut d = Desired { ifaces: resolved.guarded.clone(), ..Default::default() };
@@ -451,7 +452,7 @@ impl Node {
         let stream_sids: BTreeSet<Sid> = streams.by_registration.keys().map(|i| self.state.registrations[*i].sid).collect();
         let known: BTreeMap<PolicyKey, u32> = self.state.policies.iter().cloned().collect();
         let held: BTreeSet<u32> = self.installed.policies.keys().copied().collect();
-        let d = desired(p, &self.locator, resolved, &self.state.registrations, (&known, &held), &stream_sids)?;
+        let d = desired(p, &self.locator, resolved, &self.state.registrations, &known, &held, &stream_sids)?;
         let uplink = if_nametoindex(self.uplink.as_str()).with_context(|| format!("uplink {}", self.uplink))?;
 
         let mut errs = Vec::new();
@@ -856,7 +857,7 @@ mod tests {
         resolved.sources.insert(("fd00:10:1::2".parse().unwrap(), None), (7, "veth-client".into()));
         resolved.guarded.insert("veth-client".into());
         let regs = [registration("fcbb:bb00:1:e001::", 9)];
-        let d = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, (&BTreeMap::new(), &BTreeSet::new()), &BTreeSet::new())
+        let d = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new(), &BTreeSet::new())
             .unwrap();
         // Two headend policies and the End.AS return (one per inner family), ids from 1.
         assert_eq!(d.ids.len(), 4, "{:?}", d.ids);
@@ -870,11 +871,10 @@ mod tests {
         assert!(dropping.2.is_empty(), "a dropping policy has no header");
         assert!(d.policies.iter().filter(|(k, _, _)| !k.drop).all(|(_, _, h)| !h.is_empty()));
         // Ids stay with their keys across programs.
-        let again =
-            desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, (&d.ids, &BTreeSet::new()), &BTreeSet::new()).unwrap();
+        let again = desired(&program("fcbb:bb00:1:d6::"), &locator, &resolved, &regs, &d.ids, &BTreeSet::new(), &BTreeSet::new()).unwrap();
         assert_eq!(again.ids, d.ids);
         // A decapsulation SID outside the locator, or a source not resolved: refused whole.
-        let e = desired(&program("fcbb:bb00:9:d6::"), &locator, &resolved, &regs, (&BTreeMap::new(), &BTreeSet::new()), &BTreeSet::new())
+        let e = desired(&program("fcbb:bb00:9:d6::"), &locator, &resolved, &regs, &BTreeMap::new(), &BTreeSet::new(), &BTreeSet::new())
             .unwrap_err();
         assert!(e.to_string().contains("not in locator"), "{e}");
         let e = desired(
@@ -882,7 +882,8 @@ mod tests {
             &locator,
             &Resolved::default(),
             &regs,
-            (&BTreeMap::new(), &BTreeSet::new()),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
             &BTreeSet::new(),
         );
         assert!(e.unwrap_err().to_string().contains("unresolved"));
