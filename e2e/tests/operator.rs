@@ -330,6 +330,13 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Someone deletes a node's slice that this operator wrote: it is written again, as it was.
+    let np1 = wait(&api, &op, &["nodeprogramslice", "n1.0"], "n1's slice without n2", |p| !p["spec"].to_string().contains("fd00:ffff::2"));
+    api.k(&["delete", "nodeprogramslice", "n1.0"]);
+    let again =
+        wait(&api, &op, &["nodeprogramslice", "n1.0"], "n1's slice written again", |p| p["metadata"]["uid"] != np1["metadata"]["uid"]);
+    assert_eq!(again["spec"], np1["spec"], "{}", op.log());
+
     // The block holds three locators: n3 and n4 get the free ones, n5 finds it full.
     for (name, i) in [("n3", 3), ("n4", 4)] {
         node(&api, name, i);

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::events::Recorder;
 use crate::lease::Fence;
 use crate::mirror::{chain_trigger, mirror, relevant, Forward, Triggers};
-use crate::publisher::{Held, Publisher, Waits, Want};
+use crate::publisher::{newer_than, Held, Publisher, Waits, Want};
 use crate::slim;
 use crate::split::SliceCache;
 use crate::world::{self, Plan};
@@ -218,7 +218,7 @@ impl Ctx {
         fence: Fence,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), MANAGER, instance);
-        let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone(), fence.clone());
+        let publisher = Publisher::new(client.clone(), recorder.clone(), world.clone(), fence.clone(), stores.slices_by_node.clone());
         let world = world.subscribe();
         let split = Default::default();
         let planner = Mutex::new(Planner::default());
@@ -348,7 +348,6 @@ impl Ctx {
         let _timer = crate::metrics::Timer::start(&crate::metrics::METRICS.publish);
         let mut mirrored = self.mirrored_slices(only);
         let mut waits = Vec::new();
-        let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
         for (node, program) in plan.programs.iter().filter(|(n, _)| only.is_none_or(|o| o.contains(n.as_str()))) {
             let known = mirrored.remove(node).unwrap_or_default();
             let slices = cpu(|| self.split.lock().expect("split").slices_of(node, program, &plan.peers, &known));
@@ -357,11 +356,13 @@ impl Ctx {
                 && known
                     .get(&slices::slice_name(node, 0))
                     .is_some_and(|s| s.status.as_ref().is_some_and(|st| st.observed_generation.is_some()));
-            // Written as wanted, and nobody else wrote or added a slice of the node since.
+            // Written as wanted, and nobody else wrote, added or deleted a slice of the node
+            // since (a slice deleted by someone else is neither mirrored nor written).
             let settled = self.publisher.wanted(node).is_some_and(|(w, ok)| ok && Arc::ptr_eq(&w, &slices))
-                && known.iter().all(|(name, m)| {
-                    slices.contains_key(name) && self.publisher.written(name).is_none_or(|w| generation(m) <= generation(&w))
-                });
+                && known
+                    .iter()
+                    .all(|(name, m)| slices.contains_key(name) && self.publisher.written(name).is_none_or(|w| !newer_than(m, &w)))
+                && slices.keys().all(|name| known.contains_key(name) || self.publisher.written(name).is_some());
             if settled && !legacy {
                 continue;
             }
@@ -373,12 +374,13 @@ impl Ctx {
             return waits;
         }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
-        let api: Api<NodeProgramSlice> = Api::all(self.client.clone());
         for (node, known) in mirrored.iter().filter(|(n, _)| !exists(n)) {
             self.publisher.forget(node);
             self.split.lock().expect("split").forget(node);
             for name in known.keys() {
-                delete_gone(&api, name).await;
+                if let Err(e) = self.publisher.delete_slice(name).await {
+                    warn!(slice = %name, node, error = %e, "node left, but its slice was not removed");
+                }
             }
         }
         let programs: Api<NodeProgram> = Api::all(self.client.clone());
@@ -552,6 +554,11 @@ impl Ctx {
         if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Some(Action::requeue(Duration::from_secs(5))));
+        }
+        // A write still in flight after the wait is not done: the node may still hold the chain.
+        if let Some(node) = holders.iter().find(|n| self.publisher.wanted(n).is_some_and(|(_, written)| !written)) {
+            info!(chain = %format!("{ns}/{name}"), node, "chain deleted; waiting for a node's program to be written");
+            return Ok(Some(Action::requeue(Duration::from_secs(1))));
         }
         info!(chain = %format!("{ns}/{name}"), "chain deleted: removed from every node");
         Ok(None)

@@ -51,9 +51,9 @@ pub async fn mirror<K, W>(
             }
         };
         listing.note(&event);
-        writer.apply_watcher_event(&event);
+        let forced = writer.apply_watcher_event(&event);
         let changed = seen.changed(&event, relevant);
-        if changed && !matches!(event, watcher::Event::InitApply(_)) {
+        if forced || changed && !matches!(event, watcher::Event::InitApply(_)) {
             world.send_modify(|v| *v += 1);
         }
         if let Some(f) = forward.as_ref().filter(|f| f.passes(&event)) {
@@ -149,26 +149,31 @@ pub fn chain_trigger(c: &ServiceChain) -> String {
     format!("{:?}{:?}{finalizer}{}{failed}", c.metadata.uid, c.metadata.generation, c.metadata.deletion_timestamp.is_some())
 }
 
-/// Where a mirror keeps what its watch brings: a reflector store, or for Pods what the
-/// compiler reads of them ([`crate::pods`]).
+/// Where a mirror keeps what its watch brings: a reflector store, for Pods what the compiler
+/// reads of them ([`crate::pods`]), for slices the store and its index by node
+/// ([`crate::slice_index`]).
 pub trait Mirror<K> {
-    fn apply_watcher_event(&mut self, event: &watcher::Event<K>);
+    /// Applies `event`; whether it calls for a new plan whatever `relevant` renders (a slice
+    /// deleted by someone else, to be written again).
+    fn apply_watcher_event(&mut self, event: &watcher::Event<K>) -> bool;
 }
 
 impl<K: kube::runtime::reflector::Lookup<DynamicType = ()> + Clone + 'static> Mirror<K> for reflector::store::Writer<K> {
-    fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
-        reflector::store::Writer::apply_watcher_event(self, event)
+    fn apply_watcher_event(&mut self, event: &watcher::Event<K>) -> bool {
+        reflector::store::Writer::apply_watcher_event(self, event);
+        false
     }
 }
 
 impl Mirror<Pod> for crate::pods::PodsWriter {
-    fn apply_watcher_event(&mut self, event: &watcher::Event<Pod>) {
-        crate::pods::PodsWriter::apply_watcher_event(self, event)
+    fn apply_watcher_event(&mut self, event: &watcher::Event<Pod>) -> bool {
+        crate::pods::PodsWriter::apply_watcher_event(self, event);
+        false
     }
 }
 
 impl Mirror<NodeProgramSlice> for crate::slice_index::SlicesWriter {
-    fn apply_watcher_event(&mut self, event: &watcher::Event<NodeProgramSlice>) {
+    fn apply_watcher_event(&mut self, event: &watcher::Event<NodeProgramSlice>) -> bool {
         crate::slice_index::SlicesWriter::apply_watcher_event(self, event)
     }
 }

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::controller::MANAGER;
 use crate::events::Recorder;
 use crate::lease::Fence;
+use crate::slice_index::SliceIndex;
 use crate::slim;
 
 /// How long a publication waits for its writes before the chains' statuses are written from
@@ -159,8 +160,8 @@ struct Shared {
     fence: Fence,
     recorder: Recorder,
     world: Arc<watch::Sender<u64>>,
-    /// Per slice, as the last successful write left it (the API server's answer, slim).
-    written: Mutex<HashMap<String, Arc<NodeProgramSlice>>>,
+    /// The slices' index, with this operator's last successful write of each.
+    index: SliceIndex,
     /// Nodes whose latest slices could not be written, with why.
     failures: Mutex<BTreeMap<String, String>>,
     /// How many times `failures` changed (counted under its lock).
@@ -176,13 +177,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>, fence: Fence) -> Self {
+    pub fn new(client: Client, recorder: Recorder, world: Arc<watch::Sender<u64>>, fence: Fence, index: SliceIndex) -> Self {
         let shared = Shared {
             client,
             fence,
             recorder,
             world,
-            written: Default::default(),
+            index,
             failures: Default::default(),
             failure_changes: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(WRITES_IN_FLIGHT),
@@ -190,9 +191,10 @@ impl Publisher {
         Publisher { shared: Arc::new(shared), writers: Default::default(), seq: AtomicU64::new(0) }
     }
 
-    /// This operator's last successful write of slice `name`.
+    /// This operator's last successful write of slice `name`, unless the slice was deleted
+    /// since.
     pub fn written(&self, name: &str) -> Option<Arc<NodeProgramSlice>> {
-        self.shared.written.lock().expect("written").get(name).cloned()
+        self.shared.index.written(name)
     }
 
     /// The slices `node`'s writer was last asked to write, and whether they are written.
@@ -273,10 +275,16 @@ impl Publisher {
     /// Stops the writer of a node that left and forgets its failure and its slices.
     pub fn forget(&self, node: &str) {
         self.writers.lock().expect("writers").remove(node);
-        self.shared.written.lock().expect("written").retain(|_, s| s.spec.node != node);
+        self.shared.index.forget_node(node);
         if self.shared.forget_failure(node) {
             self.shared.world.send_modify(|v| *v += 1);
         }
+    }
+
+    /// Deletes slice `name` (of a node that left) as the operator's own deletion: whether it
+    /// was there.
+    pub async fn delete_slice(&self, name: &str) -> Result<bool, String> {
+        self.shared.delete_slice(name).await
     }
 
     fn spawn(&self, node: &str) -> Writer {
@@ -343,10 +351,9 @@ impl Shared {
     /// What the API server holds of slice `name` as far as this operator knows: the mirror's
     /// copy, or its own last write while the mirror has not seen it yet.
     fn known(&self, name: &str, mirrored: Option<&Arc<NodeProgramSlice>>) -> Option<Arc<NodeProgramSlice>> {
-        let written = self.written.lock().expect("written").get(name).cloned();
-        let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
+        let written = self.index.written(name);
         match (written, mirrored) {
-            (Some(w), Some(m)) if generation(m) > generation(&w) => Some(m.clone()),
+            (Some(w), Some(m)) if newer_than(m, &w) => Some(m.clone()),
             (Some(w), _) => Some(w),
             (None, m) => m.cloned(),
         }
@@ -382,19 +389,26 @@ impl Shared {
             drop((spec, permit));
             let mut written = written.map_err(|e| format!("slice {name}: {e}"))?;
             slim::slice(&mut written);
-            self.written.lock().expect("written").insert(name.clone(), Arc::new(written));
+            self.index.wrote(name, Arc::new(written));
         }
-        let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
         for name in want.known.keys().filter(|n| !want.slices.contains_key(*n)) {
             self.fence.check()?;
-            delete(&slices, name).await.map_err(|e| format!("slice {name}: {e}"))?;
-            self.written.lock().expect("written").remove(name);
+            self.delete_slice(name).await.map_err(|e| format!("slice {name}: {e}"))?;
         }
         if want.legacy {
             self.fence.check()?;
             delete(&Api::<NodeProgram>::all(self.client.clone()), node).await.map_err(|e| format!("NodeProgram {node}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Deletes slice `name` as the operator's own deletion ([`SliceIndex::deleting`]):
+    /// whether it was there.
+    async fn delete_slice(&self, name: &str) -> Result<bool, String> {
+        self.index.deleting(name);
+        let deleted = delete(&Api::<NodeProgramSlice>::all(self.client.clone()), name).await;
+        self.index.deletion_ended(name, &deleted);
+        deleted
     }
 
     /// Server-side applies one slice, conditional on the resourceVersion it was known at,
@@ -478,6 +492,13 @@ impl<'a> ApplyBody<'a> {
     }
 }
 
+/// Whether the mirror's copy of a slice is newer than the operator's last write of it: another
+/// slice of that name (recreated since), or a later generation of it.
+pub fn newer_than(mirrored: &NodeProgramSlice, written: &NodeProgramSlice) -> bool {
+    let generation = |s: &NodeProgramSlice| s.metadata.generation.unwrap_or(0);
+    mirrored.metadata.uid != written.metadata.uid || generation(mirrored) > generation(written)
+}
+
 /// The length of `value` as JSON, counted as it is serialized (nothing kept).
 fn json_len(value: &impl Serialize) -> usize {
     struct Count(usize);
@@ -494,18 +515,18 @@ fn json_len(value: &impl Serialize) -> usize {
     serde_json::to_writer(&mut count, value).map_or(0, |_| count.0)
 }
 
-/// Deletes an object (logged); one already gone is fine.
+/// Deletes an object (logged): whether it was there; one already gone is fine.
 pub async fn delete<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
     api: &Api<K>,
     name: &str,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     match tokio::time::timeout(WRITE_TIMEOUT, api.delete(name, &DeleteParams::default())).await {
         Err(_) => Err(format!("not deleted: no answer within {} s", WRITE_TIMEOUT.as_secs())),
         Ok(Ok(_)) => {
             info!(object = name, kind = %K::kind(&()), "deleted");
-            Ok(())
+            Ok(true)
         }
-        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(false),
         Ok(Err(e)) => Err(format!("not deleted: {e}")),
     }
 }

@@ -5,8 +5,13 @@
 //!
 //! It follows the watch as the store does: a relist (`Init` .. `InitDone`) replaces the index
 //! once complete.
+//!
+//! Beside them, the operator's own last write of each slice (the API server's answer), which is
+//! what it knows of a slice its mirror has not seen yet. A slice deleted by someone else (a
+//! `kubectl delete`, the garbage collector after a Node was replaced) takes that record with it,
+//! and is reported ([`SlicesWriter::apply_watcher_event`]): it is written again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -50,9 +55,25 @@ struct Inner {
     live: Index,
     /// A relist in progress.
     relist: Option<Index>,
+    /// Per slice, as the operator's last successful write left it (slim).
+    written: HashMap<String, Arc<NodeProgramSlice>>,
+    /// Slices the operator is deleting, by name: their deletion is its own.
+    deleting: HashSet<String>,
 }
 
-/// The read side: the index; the slices themselves are in the store.
+impl Inner {
+    /// Notes that `slice` was deleted; whether by someone else. The operator's record of its
+    /// write of that slice (that uid) goes.
+    fn deleted(&mut self, slice: &NodeProgramSlice) -> bool {
+        let name = slice.name_any();
+        if self.written.get(&name).is_some_and(|w| w.uid() == slice.uid()) {
+            self.written.remove(&name);
+        }
+        !self.deleting.remove(&name)
+    }
+}
+
+/// The read side: the index and the operator's writes; the slices themselves are in the store.
 #[derive(Clone, Default)]
 pub struct SliceIndex(Arc<RwLock<Inner>>);
 
@@ -69,16 +90,33 @@ pub fn store() -> (Store<NodeProgramSlice>, SliceIndex, SlicesWriter) {
 }
 
 impl SlicesWriter {
-    pub fn apply_watcher_event(&mut self, event: &Event<NodeProgramSlice>) {
-        self.store.apply_watcher_event(event);
+    /// Applies a watch event to the store and the index; whether it deleted a slice that the
+    /// operator did not (a relist that no longer brings a slice deleted it).
+    pub fn apply_watcher_event(&mut self, event: &Event<NodeProgramSlice>) -> bool {
         let mut inner = self.index.0.write().expect("slice index");
+        let mut foreign = false;
         match event {
             Event::Apply(s) => inner.live.put(s),
-            Event::Delete(s) => inner.live.remove(&s.name_any()),
+            Event::Delete(s) => {
+                inner.live.remove(&s.name_any());
+                foreign = inner.deleted(s);
+            }
             Event::Init => inner.relist = Some(Index::default()),
             Event::InitApply(s) => inner.relist.get_or_insert_default().put(s),
-            Event::InitDone => inner.live = inner.relist.take().unwrap_or_default(),
+            Event::InitDone => {
+                let relisted = inner.relist.take().unwrap_or_default();
+                let missing: Vec<String> = inner.live.node_of.keys().filter(|n| !relisted.node_of.contains_key(*n)).cloned().collect();
+                // The store still holds them: it takes the relist after the index.
+                let store = self.store.as_reader();
+                for slice in missing.iter().filter_map(|name| store.get(&ObjectRef::new(name))) {
+                    foreign |= inner.deleted(&slice);
+                }
+                inner.live = relisted;
+            }
         }
+        drop(inner);
+        self.store.apply_watcher_event(event);
+        foreign
     }
 }
 
@@ -91,6 +129,40 @@ impl SliceIndex {
             let slice = store.get(&ObjectRef::new(&name))?;
             Some((name, slice))
         })
+    }
+
+    /// The operator's last successful write of slice `name`, unless the slice was deleted
+    /// since.
+    pub fn written(&self, name: &str) -> Option<Arc<NodeProgramSlice>> {
+        self.0.read().expect("slice index").written.get(name).cloned()
+    }
+
+    /// Records the operator's successful write of slice `name`.
+    pub fn wrote(&self, name: &str, slice: Arc<NodeProgramSlice>) {
+        self.0.write().expect("slice index").written.insert(name.to_string(), slice);
+    }
+
+    /// Forgets the operator's writes of `node`'s slices (the node left).
+    pub fn forget_node(&self, node: &str) {
+        self.0.write().expect("slice index").written.retain(|_, s| s.spec.node != node);
+    }
+
+    /// The operator is about to delete slice `name`: its deletion is not someone else's.
+    pub fn deleting(&self, name: &str) {
+        self.0.write().expect("slice index").deleting.insert(name.to_string());
+    }
+
+    /// The operator's deletion of slice `name` ended: `Ok(true)` deleted, `Ok(false)` already
+    /// gone, or failed. Its record of its writes of the slice goes with the slice; the deletion
+    /// the watch brings next is its own only if it deleted it.
+    pub fn deletion_ended(&self, name: &str, outcome: &Result<bool, String>) {
+        let mut inner = self.0.write().expect("slice index");
+        if outcome.is_ok() {
+            inner.written.remove(name);
+        }
+        if outcome != &Ok(true) {
+            inner.deleting.remove(name);
+        }
     }
 }
 
@@ -105,6 +177,70 @@ mod tests {
             "metadata": {"name": name}, "spec": {"node": node, "tables": {}},
         }))
         .unwrap()
+    }
+
+    fn with_uid(name: &str, node: &str, uid: &str) -> NodeProgramSlice {
+        let mut s = slice(name, node);
+        s.metadata.uid = Some(uid.into());
+        s
+    }
+
+    #[test]
+    fn a_slice_deleted_by_someone_else_is_reported_and_takes_the_record_of_its_write() {
+        let (_store, index, mut writer) = store();
+        let uid = |s: Option<Arc<NodeProgramSlice>>| s.and_then(|s| s.metadata.uid.clone());
+        for (name, u) in [("n1.0", "a"), ("n1.1", "b"), ("n1.2", "c")] {
+            let s = with_uid(name, "n1", u);
+            assert!(!writer.apply_watcher_event(&Event::Apply(s.clone())));
+            index.wrote(name, Arc::new(s));
+        }
+        // Someone else deletes n1.1: reported, and the operator no longer takes its own write
+        // for what the API server holds.
+        assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n1.1", "n1", "b"))));
+        assert_eq!(uid(index.written("n1.1")), None);
+        assert_eq!(uid(index.written("n1.0")), Some("a".into()));
+        // The operator deletes n1.2: its own deletion, reported by neither the watch nor the
+        // request first.
+        index.deleting("n1.2");
+        assert!(!writer.apply_watcher_event(&Event::Delete(with_uid("n1.2", "n1", "c"))));
+        index.deletion_ended("n1.2", &Ok(true));
+        assert_eq!(uid(index.written("n1.2")), None);
+        // The operator deletes n1.0 but the request fails: the deletion the watch brings later
+        // is someone else's. A late deletion of an older n1.0 leaves the record of a newer one.
+        index.deleting("n1.0");
+        index.deletion_ended("n1.0", &Err("timeout".into()));
+        assert_eq!(uid(index.written("n1.0")), Some("a".into()), "not deleted: the write still stands");
+        index.wrote("n1.0", Arc::new(with_uid("n1.0", "n1", "a2")));
+        assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n1.0", "n1", "a"))));
+        assert_eq!(uid(index.written("n1.0")), Some("a2".into()));
+        // Already gone when the operator deletes it: its record goes, and nothing is expected.
+        index.deleting("n1.0");
+        index.deletion_ended("n1.0", &Ok(false));
+        assert_eq!(uid(index.written("n1.0")), None);
+        assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n1.0", "n1", "a2"))));
+    }
+
+    #[test]
+    fn a_relist_that_misses_a_slice_reports_its_deletion() {
+        let (store, index, mut writer) = store();
+        for (name, u) in [("n1.0", "a"), ("n1.1", "b"), ("n2.0", "c")] {
+            writer.apply_watcher_event(&Event::Apply(with_uid(name, &name[..2], u)));
+            index.wrote(name, Arc::new(with_uid(name, &name[..2], u)));
+        }
+        index.deleting("n2.0");
+        writer.apply_watcher_event(&Event::Init);
+        for event in [Event::InitApply(with_uid("n1.0", "n1", "a")), Event::InitApply(with_uid("n2.0", "n2", "c2"))] {
+            assert!(!writer.apply_watcher_event(&event));
+        }
+        assert!(writer.apply_watcher_event(&Event::InitDone), "n1.1 went while the watch was away");
+        assert!(index.written("n1.1").is_none());
+        assert!(index.written("n1.0").is_some());
+        assert_eq!(names(&index, &store, "n1"), ["n1.0"]);
+        // Only the missing are deletions: the operator still waits for its own of n2.0.
+        assert!(!writer.apply_watcher_event(&Event::Delete(with_uid("n2.0", "n2", "c2"))));
+        // A node that left takes the records of its slices' writes.
+        index.forget_node("n1");
+        assert!(index.written("n1.0").is_none());
     }
 
     fn names(index: &SliceIndex, store: &Store<NodeProgramSlice>, node: &str) -> Vec<String> {

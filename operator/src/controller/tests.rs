@@ -438,6 +438,29 @@ async fn a_deleted_chain_leaves_every_node_before_its_finalizer_goes() {
     task.await.unwrap().unwrap();
 }
 
+/// A node's write still in flight when the reconcile stops waiting keeps the finalizer: the
+/// node may still hold the chain. Once written, the next look lets the chain go.
+#[tokio::test]
+async fn a_deletion_keeps_its_finalizer_while_a_nodes_write_is_in_flight() {
+    let (stores, mut writers) = world();
+    let c = Arc::new(programmed_then_deleted(&stores, &mut writers));
+    let (ctx, mut handle) = ctx(stores);
+    let task = tokio::spawn(reconcile_chain(c.clone(), ctx.clone()));
+    let mut programs = sort_out(&mut handle, 2).await;
+    let hanging = programs.remove("n2").unwrap();
+    answer(programs.remove("n1").unwrap()).await;
+    let first = tokio::time::timeout(crate::publisher::WAIT * 2, task).await.expect("the reconcile went on to remove the finalizer");
+    assert_eq!(first.unwrap().unwrap(), Action::requeue(Duration::from_secs(1)));
+    answer(hanging).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let task = tokio::spawn(reconcile_chain(c, ctx));
+    let fin =
+        expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "fieldManager=srv6pipes-operator")
+            .await;
+    assert_eq!(fin["metadata"]["finalizers"], json!([]), "{fin}");
+    task.await.unwrap().unwrap();
+}
+
 /// A deletion compiles no plan of its own: while the last plan still holds the chain (compiled
 /// before the deletion, and no new one due yet: here it is held elsewhere), the reconcile writes
 /// nothing and looks again when told; the next plan, without the chain, is what the nodes get
