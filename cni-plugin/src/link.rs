@@ -221,24 +221,39 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
             .as_str()
             .map(str::to_string)
     };
-    let host = attachment.host_ifname.clone();
-    let host_mac = on_node(async |h| Ok(link_by_name(h, &host).await?.map(|l| mac_of(&l))))?
-        .ok_or_else(|| CniError::check(format!("node-side interface {host} is missing")))?;
-    if expected_mac(&host, false).is_some_and(|m| m != host_mac) {
-        return Err(CniError::check(format!("{host} has MAC {host_mac}, prevResult says otherwise")));
+    // (node side, its MAC as registered, pod side): the inbound interface, and a pair's
+    // outbound one.
+    let pod_if = conf.pod_ifname(&env.ifname)?;
+    let mut ends = vec![(attachment.host_ifname.clone(), attachment.host_mac.clone(), pod_if.clone())];
+    if let Some(out) = &attachment.out {
+        ends.push((out.host_ifname.clone(), out.host_mac.clone(), out.ifname.clone()));
+    }
+    for (host, registered, _) in &ends {
+        let name = host.clone();
+        let host_mac = on_node(async move |h| Ok(link_by_name(h, &name).await?.map(|l| mac_of(&l))))?
+            .ok_or_else(|| CniError::check(format!("node-side interface {host} is missing")))?;
+        if expected_mac(host, false).is_some_and(|m| m != host_mac) || &host_mac != registered {
+            return Err(CniError::check(format!("{host} has MAC {host_mac}, not the registered {registered}")));
+        }
     }
     let ns = open_netns(&env.netns)?;
-    let pod_if = conf.pod_ifname(&env.ifname)?;
+    let pod_ifs: Vec<String> = ends.iter().map(|(_, _, pod)| pod.clone()).collect();
     let ifname = pod_if.clone();
-    let (pod_mac, rules) = in_netns(&ns, move |h| {
+    let (pod_macs, rules) = in_netns(&ns, move |h| {
         Box::pin(async move {
-            let mac = link_by_name(&h, &ifname).await?.map(|l| mac_of(&l));
-            Ok((mac, our_rules(&h, &ifname).await?.len()))
+            let mut macs = Vec::new();
+            for name in &pod_ifs {
+                macs.push((name.clone(), link_by_name(&h, name).await?.map(|l| mac_of(&l))));
+            }
+            Ok((macs, our_rules(&h, &ifname).await?.len()))
         })
     })?;
-    let pod_mac = pod_mac.ok_or_else(|| CniError::check(format!("{pod_if} is missing in the pod")))?;
-    if expected_mac(&pod_if, true).is_some_and(|m| m != pod_mac) || pod_mac != attachment.vnf_mac {
-        return Err(CniError::check(format!("{pod_if} has MAC {pod_mac}, not the registered {}", attachment.vnf_mac)));
+    for (i, (name, mac)) in pod_macs.into_iter().enumerate() {
+        let mac = mac.ok_or_else(|| CniError::check(format!("{name} is missing in the pod")))?;
+        // The inbound interface is the VNF's registered one.
+        if expected_mac(&name, true).is_some_and(|m| m != mac) || (i == 0 && mac != attachment.vnf_mac) {
+            return Err(CniError::check(format!("{name} has MAC {mac}, not the one ADD gave it")));
+        }
     }
     if rules != 2 {
         return Err(CniError::check(format!("the pod has {rules} chain rules for {pod_if}, expected 2 (IPv6, IPv4)")));

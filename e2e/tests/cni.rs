@@ -420,6 +420,17 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     let table = lab.pod(&["ip", "-6", "rule", "show", "iif", "net1"]);
     let table = table.split_whitespace().last().unwrap().to_string();
     assert!(lab.pod(&["ip", "-6", "route", "show", "table", &table]).contains("dev net2"), "return path out of net2");
+    // CHECK looks at both interfaces of the pair.
+    let mut with_prev = pair.clone();
+    with_prev["prevResult"] = res.clone();
+    let (ok, err) = lab.cni("CHECK", "pair", &lab.netns(), &with_prev);
+    assert!(ok, "CHECK of a pair: {err}");
+    lab.pod(&["ip", "link", "set", "net2", "address", "02:00:00:00:00:99"]);
+    let (ok, err) = lab.cni("CHECK", "pair", &lab.netns(), &with_prev);
+    assert!(!ok && err["code"] == 100 && err["msg"].as_str().unwrap().contains("net2"), "CHECK must notice net2's new MAC: {err}");
+    lab.pod(&["ip", "link", "del", "net2"]);
+    let (ok, err) = lab.cni("CHECK", "pair", &lab.netns(), &with_prev);
+    assert!(!ok && err["code"] == 100, "CHECK must notice net2 gone: {err}");
     assert!(lab.cni("DEL", "pair", &lab.netns(), &pair).0);
     assert!(lab.pod(&["ip", "-o", "link", "show", "net2"]).is_empty());
     assert_eq!(lab.node(&["ip", "-o", "link"]), links_before);
