@@ -72,21 +72,23 @@ impl Datapath {
     /// Installs a local SID; its counters start at zero unless it had some (a re-installed SID
     /// keeps its slot).
     pub fn set_sid(&mut self, sid: Ipv6Addr, entry: SidEntry) -> Result<()> {
-        let stats = match self.sid_value(sid)? {
-            Some(had) => had.stats,
+        let (stats, fresh) = match self.sid_value(sid)? {
+            Some(had) => (had.stats, false),
             None => {
                 let slot =
                     self.stats_slots.take().ok_or_else(|| DatapathError::Invalid(format!("SID {sid}: every counter slot is taken")))?;
-                if let Err(e) = self.zero_sid_stats(slot) {
-                    self.stats_slots.free(slot);
-                    return Err(e);
-                }
-                slot
+                (slot, true)
             }
         };
-        let mut sids: HashMap<&mut MapData, [u8; 16], SidValue> = self.typed("sp_sids")?;
-        let inserted = sids.insert(sid.octets(), SidValue { entry, stats }, 0);
-        inserted.map_err(|source| DatapathError::Map { map: "sp_sids", source })
+        let inserted = if fresh { self.zero_sid_stats(stats) } else { Ok(()) }.and_then(|()| {
+            let mut sids: HashMap<&mut MapData, [u8; 16], SidValue> = self.typed("sp_sids")?;
+            sids.insert(sid.octets(), SidValue { entry, stats }, 0).map_err(|source| DatapathError::Map { map: "sp_sids", source })
+        });
+        // A slot given for a SID that did not go in is free again.
+        if inserted.is_err() && fresh {
+            self.stats_slots.free(stats);
+        }
+        inserted
     }
 
     fn zero_sid_stats(&mut self, slot: u32) -> Result<()> {

@@ -318,7 +318,7 @@ fn policy_digest(key: &PolicyKey, header: &[u8]) -> u64 {
 }
 
 /// Runs one step; a failure is recorded (with what it was) and the apply goes on.
-fn step<E: Into<anyhow::Error>>(errs: &mut Vec<anyhow::Error>, r: Result<(), E>, what: impl FnOnce() -> String) -> bool {
+pub(super) fn step<E: Into<anyhow::Error>>(errs: &mut Vec<anyhow::Error>, r: Result<(), E>, what: impl FnOnce() -> String) -> bool {
     match r {
         Ok(()) => true,
         Err(e) => {
@@ -492,8 +492,7 @@ impl Node {
             let r = self.set_proxy_behavior(&reg, behavior);
             step(&mut errs, r, || format!("proxy SID {}", reg.sid));
         }
-        let r = self.program_streams(&streams);
-        step(&mut errs, r, || "stream proxies".into());
+        self.program_streams(&streams, &mut errs);
         self.remove_unwanted(&d, &mut errs);
         let installed = &self.installed.peer_routes;
         let routes = Routes {

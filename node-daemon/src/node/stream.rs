@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::program::step;
 use crate::state::Registration;
 
 /// The first listener port handed to a proxy's SIDs (ports are per pod: its own netns).
@@ -213,49 +214,65 @@ impl super::Node {
         Ok((reg.return_ifindex, reg.return_host_ifname().to_string()))
     }
 
-    /// Installs `plan`: each stream SID (End.AD inbound, marked for its listener), the pod-side
-    /// program of each proxy, its table on its channel; then removes what is no longer planned.
-    pub(super) fn program_streams(&mut self, plan: &Plan) -> anyhow::Result<()> {
+    /// Installs `plan`, best effort: for each proxy, the pod-side program, its stream SIDs
+    /// (End.AD inbound, marked for its listener) and its table on its channel; then removes what
+    /// is no longer planned. What is installed is recorded step by step, so a failure part-way
+    /// leaves nothing unaccounted for (the next programming, or the registration's removal,
+    /// removes it), and one proxy that cannot be programmed (its pod's netns gone before its
+    /// DEL) holds up no other.
+    pub(super) fn program_streams(&mut self, plan: &Plan, errs: &mut Vec<anyhow::Error>) {
         let mut sids = BTreeSet::new();
         let mut pods = BTreeSet::new();
-        let sid_block_len = self.locator.prefix().prefix_len() + srv6::sid::FUNCT_BITS;
         for (&i, entries) in &plan.by_registration {
             let reg = self.state.registrations[i].clone();
-            let a = &reg.attachment;
-            let netns = Path::new(&a.netns);
-            self.datapath.attach_in_pod(&a.host_ifname, netns, &a.ifname)?;
-            for e in entries {
-                let entry = SidEntry {
-                    behavior: BEHAVIOR_END_STREAM,
-                    ifindex: reg.ifindex,
-                    cache_ifindex: reg.return_ifindex,
-                    vnf_mac: super::parse_mac(&a.vnf_mac)?,
-                    host_mac: super::parse_mac(&a.host_mac)?,
-                    stream_port: e.port as u32,
-                };
-                self.datapath.set_sid(e.sid.0, entry)?;
-                sids.insert(e.sid);
+            // Planned, so kept even if programming it fails now: the next programming retries.
+            sids.extend(entries.iter().map(|e| e.sid));
+            pods.insert(reg.attachment.host_ifname.clone());
+            let r = self.program_stream_proxy(&reg, entries);
+            step(errs, r, || format!("stream proxy of {}:{}", super::pod_of(&reg.attachment), reg.attachment.ifname));
+        }
+        let stale: Vec<Sid> = self.installed.streams.difference(&sids).copied().collect();
+        for sid in stale {
+            if step(errs, self.datapath.remove_sid(sid.0), || format!("remove stream SID {sid}")) {
+                self.installed.streams.remove(&sid);
             }
-            let table = StreamTable {
-                pod: super::pod_of(a),
-                interface: a.ifname.clone(),
-                sid_block: format!("{}/{sid_block_len}", reg.sid),
-                entries: entries.clone(),
-            };
-            self.channels.publish(&a.host_ifname, netns, table)?;
-            pods.insert(a.host_ifname.clone());
         }
-        for sid in self.installed.streams.difference(&sids) {
-            self.datapath.remove_sid(sid.0)?;
-        }
-        for ifname in self.installed.stream_pods.difference(&pods) {
-            self.datapath.detach(Hook::StreamPod, ifname)?;
+        let unplanned: Vec<String> = self.installed.stream_pods.difference(&pods).cloned().collect();
+        for ifname in unplanned {
+            if step(errs, self.datapath.detach(Hook::StreamPod, &ifname), || format!("detach the stream proxy from {ifname}")) {
+                self.installed.stream_pods.remove(&ifname);
+            }
         }
         self.channels.retain(&pods);
         self.state.stream_ports = plan.by_registration.values().flatten().map(|e| (e.sid, e.port)).collect();
-        self.installed.streams = sids;
-        self.installed.stream_pods = pods;
-        Ok(())
+    }
+
+    /// One proxy of a plan: its pod-side program, its stream SIDs, its table.
+    fn program_stream_proxy(&mut self, reg: &Registration, entries: &[StreamEntry]) -> anyhow::Result<()> {
+        let a = &reg.attachment;
+        let netns = Path::new(&a.netns);
+        self.datapath.attach_in_pod(&a.host_ifname, netns, &a.ifname)?;
+        self.installed.stream_pods.insert(a.host_ifname.clone());
+        for e in entries {
+            let entry = SidEntry {
+                behavior: BEHAVIOR_END_STREAM,
+                ifindex: reg.ifindex,
+                cache_ifindex: reg.return_ifindex,
+                vnf_mac: super::parse_mac(&a.vnf_mac)?,
+                host_mac: super::parse_mac(&a.host_mac)?,
+                stream_port: e.port as u32,
+            };
+            self.datapath.set_sid(e.sid.0, entry)?;
+            self.installed.streams.insert(e.sid);
+        }
+        let sid_block_len = self.locator.prefix().prefix_len() + srv6::sid::FUNCT_BITS;
+        let table = StreamTable {
+            pod: super::pod_of(a),
+            interface: a.ifname.clone(),
+            sid_block: format!("{}/{sid_block_len}", reg.sid),
+            entries: entries.to_vec(),
+        };
+        self.channels.publish(&a.host_ifname, netns, table)
     }
 
     /// What a stream SID of the last programming applies (`base64(op=encode) | ...`).
