@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use ipnet::{IpNet, Ipv6Net};
@@ -51,7 +52,16 @@ pub struct Node {
     flow_counts: BTreeMap<u16, u32>,
     /// SRv6 pipes: the channel to each stream proxy on this node.
     channels: stream::Channels,
+    /// Proxy FUNCTs released, and when: not given again for [`SID_REUSE_DELAY`] while another is
+    /// free (kept in memory: a restarted daemon forgets them).
+    released: BTreeMap<u16, Instant>,
 }
+
+/// How long a released proxy SID is not given to another pod (while another is free): other
+/// nodes' headends may steer the chains that used it there until they are reprogrammed, and
+/// those packets would reach another pod's function (a firewall's traffic through a pod that is
+/// none); unassigned, the SID drops them.
+pub const SID_REUSE_DELAY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Installed {
@@ -121,6 +131,7 @@ impl Node {
             installed: Installed::default(),
             flow_counts: BTreeMap::new(),
             channels: stream::Channels::default(),
+            released: BTreeMap::new(),
         };
         node.restore(state).await?;
         node.take_over_adopted();
@@ -275,7 +286,9 @@ impl Node {
             None => ifindex,
         };
         let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
-        let funct = allocate_proxy_funct(self.locator, &taken)?;
+        self.released.retain(|_, at| at.elapsed() < SID_REUSE_DELAY);
+        let cooling: BTreeSet<u16> = self.released.keys().copied().collect();
+        let funct = allocate_proxy_funct(self.locator, &taken, &cooling)?;
         let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, return_ifindex, attachment: a };
         if let Err(e) = self.install_proxy(&reg) {
             self.uninstall_proxy(&reg);
@@ -315,8 +328,10 @@ impl Node {
         Ok(())
     }
 
-    /// Best effort: every step runs even if an earlier one failed.
+    /// Best effort: every step runs even if an earlier one failed. The SID cools down before
+    /// it is given again ([`SID_REUSE_DELAY`]).
     fn uninstall_proxy(&mut self, reg: &Registration) -> Vec<anyhow::Error> {
+        self.released.insert(reg.funct, Instant::now());
         let mut errs = Vec::new();
         if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
             errs.push(e.into());
