@@ -233,7 +233,7 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
         let host_mac = on_node(async move |h| Ok(link_by_name(h, &name).await?.map(|l| mac_of(&l))))?
             .ok_or_else(|| CniError::check(format!("node-side interface {host} is missing")))?;
         if expected_mac(host, false).is_some_and(|m| m != host_mac) || &host_mac != registered {
-            return Err(CniError::check(format!("{host} has MAC {host_mac}, not the registered {registered}")));
+            return Err(CniError::check(format!("{host} has MAC {host_mac}, not the one ADD gave it ({registered})")));
         }
     }
     let ns = open_netns(&env.netns)?;

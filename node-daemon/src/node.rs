@@ -287,7 +287,9 @@ impl Node {
         };
         let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
         self.released.retain(|_, at| at.elapsed() < SID_REUSE_DELAY);
-        let cooling: BTreeSet<u16> = self.released.keys().copied().collect();
+        let mut cooling: Vec<(Instant, u16)> = self.released.iter().map(|(f, at)| (*at, *f)).collect();
+        cooling.sort();
+        let cooling: Vec<u16> = cooling.into_iter().map(|(_, f)| f).collect();
         let funct = allocate_proxy_funct(self.locator, &taken, &cooling)?;
         let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, return_ifindex, attachment: a };
         if let Err(e) = self.install_proxy(&reg) {

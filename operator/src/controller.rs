@@ -383,6 +383,11 @@ impl Ctx {
                 }
             }
         }
+        // A node that left whose slices went first (the garbage collector): its writer too.
+        for node in self.publisher.nodes().iter().filter(|n| !exists(n)) {
+            self.publisher.forget(node);
+            self.split.lock().expect("split").forget(node);
+        }
         let programs: Api<NodeProgram> = Api::all(self.client.clone());
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
             delete_gone(&programs, &p.name_any()).await;
@@ -549,16 +554,18 @@ impl Ctx {
             }
             (self.publish(&plan, Some(&holders.iter().map(String::as_str).collect())).await, own.then_some(plan))
         };
+        let handed: Waits = waits.clone();
         let failures = self.settled(waits).await;
         drop(own);
         if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Some(Action::requeue(Duration::from_secs(5))));
         }
-        // A write still in flight after the wait is not done: the node may still hold the chain.
-        if let Some(node) = holders.iter().find(|n| self.publisher.wanted(n).is_some_and(|(_, written)| !written)) {
-            info!(chain = %format!("{ns}/{name}"), node, "chain deleted; waiting for a node's program to be written");
-            return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        // A write handed over and still in flight after the wait is not done: its node may
+        // still hold the chain.
+        if handed.iter().any(|(seq, done)| done.borrow().0 < *seq) {
+            info!(chain = %format!("{ns}/{name}"), "chain deleted; waiting for its nodes' programs to be written");
+            return Ok(Some(Action::requeue(crate::publisher::WAIT)));
         }
         info!(chain = %format!("{ns}/{name}"), "chain deleted: removed from every node");
         Ok(None)

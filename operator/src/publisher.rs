@@ -232,7 +232,14 @@ impl Publisher {
         };
         let mut sent = seq;
         writer.want.send_if_modified(|current| match current {
-            Some(s) if s.want.slices == want.slices && s.want.legacy == want.legacy && !settled_ok(s) => {
+            // (A slice gone from the mirror meanwhile, deleted by someone else, makes it a new
+            // want: the one being written may have found that slice still there.)
+            Some(s)
+                if s.want.slices == want.slices
+                    && s.want.legacy == want.legacy
+                    && s.want.known.keys().eq(want.known.keys())
+                    && !settled_ok(s) =>
+            {
                 // The same slices, still to be written: from now on rendered from the newer
                 // plan's program (the same content). A writer that found its source gone
                 // is woken; one still writing or waiting out a retry's backoff is not.
@@ -279,6 +286,11 @@ impl Publisher {
         if self.shared.forget_failure(node) {
             self.shared.world.send_modify(|v| *v += 1);
         }
+    }
+
+    /// The nodes that have a writer.
+    pub fn nodes(&self) -> Vec<String> {
+        self.writers.lock().expect("writers").keys().cloned().collect()
     }
 
     /// Deletes slice `name` (of a node that left) as the operator's own deletion: whether it
@@ -353,7 +365,12 @@ impl Shared {
     fn known(&self, name: &str, mirrored: Option<&Arc<NodeProgramSlice>>) -> Option<Arc<NodeProgramSlice>> {
         let written = self.index.written(name);
         match (written, mirrored) {
-            (Some(w), Some(m)) if newer_than(m, &w) => Some(m.clone()),
+            // The record is stale for good (the slice recreated, or written by someone else):
+            // the mirror's copy is what the API server holds from now on.
+            (Some(w), Some(m)) if newer_than(m, &w) => {
+                self.index.drop_written(name, &w);
+                Some(m.clone())
+            }
             (Some(w), _) => Some(w),
             (None, m) => m.cloned(),
         }

@@ -59,6 +59,10 @@ struct Inner {
     written: HashMap<String, Arc<NodeProgramSlice>>,
     /// Slices the operator is deleting, by name: their deletion is its own.
     deleting: HashSet<String>,
+    /// The uid and node of each slice name's last deletion, until a slice of that name is seen
+    /// again: a write whose answer comes after its slice's deletion (the garbage collector is
+    /// that quick) is no record of what the API server holds.
+    gone: HashMap<String, (Option<String>, String)>,
 }
 
 impl Inner {
@@ -69,7 +73,14 @@ impl Inner {
         if self.written.get(&name).is_some_and(|w| w.uid() == slice.uid()) {
             self.written.remove(&name);
         }
+        self.gone.insert(name.clone(), (slice.uid(), slice.spec.node.clone()));
         !self.deleting.remove(&name)
+    }
+
+    fn seen(&mut self, slice: &NodeProgramSlice) {
+        if !self.gone.is_empty() {
+            self.gone.remove(&slice.name_any());
+        }
     }
 }
 
@@ -96,13 +107,19 @@ impl SlicesWriter {
         let mut inner = self.index.0.write().expect("slice index");
         let mut foreign = false;
         match event {
-            Event::Apply(s) => inner.live.put(s),
+            Event::Apply(s) => {
+                inner.seen(s);
+                inner.live.put(s)
+            }
             Event::Delete(s) => {
                 inner.live.remove(&s.name_any());
                 foreign = inner.deleted(s);
             }
             Event::Init => inner.relist = Some(Index::default()),
-            Event::InitApply(s) => inner.relist.get_or_insert_default().put(s),
+            Event::InitApply(s) => {
+                inner.seen(s);
+                inner.relist.get_or_insert_default().put(s)
+            }
             Event::InitDone => {
                 let relisted = inner.relist.take().unwrap_or_default();
                 let missing: Vec<String> = inner.live.node_of.keys().filter(|n| !relisted.node_of.contains_key(*n)).cloned().collect();
@@ -111,6 +128,8 @@ impl SlicesWriter {
                 for slice in missing.iter().filter_map(|name| store.get(&ObjectRef::new(name))) {
                     foreign |= inner.deleted(&slice);
                 }
+                // Written but deleted before the mirror saw it, while the watch was away.
+                inner.written.retain(|name, _| relisted.node_of.contains_key(name));
                 inner.live = relisted;
             }
         }
@@ -137,14 +156,29 @@ impl SliceIndex {
         self.0.read().expect("slice index").written.get(name).cloned()
     }
 
-    /// Records the operator's successful write of slice `name`.
+    /// Records the operator's successful write of slice `name`, unless the watch has already
+    /// brought that slice's deletion.
     pub fn wrote(&self, name: &str, slice: Arc<NodeProgramSlice>) {
-        self.0.write().expect("slice index").written.insert(name.to_string(), slice);
+        let mut inner = self.0.write().expect("slice index");
+        if inner.gone.get(name).is_none_or(|(uid, _)| *uid != slice.uid()) {
+            inner.written.insert(name.to_string(), slice);
+        }
     }
 
-    /// Forgets the operator's writes of `node`'s slices (the node left).
+    /// Drops the operator's record `stale` of its write of slice `name` (a newer copy is
+    /// mirrored).
+    pub fn drop_written(&self, name: &str, stale: &NodeProgramSlice) {
+        let mut inner = self.0.write().expect("slice index");
+        if inner.written.get(name).is_some_and(|w| w.uid() == stale.uid() && w.metadata.generation == stale.metadata.generation) {
+            inner.written.remove(name);
+        }
+    }
+
+    /// Forgets the operator's writes of `node`'s slices, and their deletions (the node left).
     pub fn forget_node(&self, node: &str) {
-        self.0.write().expect("slice index").written.retain(|_, s| s.spec.node != node);
+        let mut inner = self.0.write().expect("slice index");
+        inner.written.retain(|_, s| s.spec.node != node);
+        inner.gone.retain(|_, (_, n)| n != node);
     }
 
     /// The operator is about to delete slice `name`: its deletion is not someone else's.
@@ -221,6 +255,34 @@ mod tests {
     }
 
     #[test]
+    fn a_write_answered_after_its_slices_deletion_is_no_record() {
+        let (_store, index, mut writer) = store();
+        // The garbage collector deletes the slice before the write's answer is recorded.
+        let s = with_uid("n1.1", "n1", "b");
+        writer.apply_watcher_event(&Event::Apply(s.clone()));
+        assert!(writer.apply_watcher_event(&Event::Delete(s.clone())));
+        index.wrote("n1.1", Arc::new(s));
+        assert!(index.written("n1.1").is_none(), "a record of a slice already gone");
+        // Written again (another uid): recorded, and seen by the watch.
+        let again = with_uid("n1.1", "n1", "b2");
+        index.wrote("n1.1", Arc::new(again.clone()));
+        assert!(index.written("n1.1").is_some());
+        writer.apply_watcher_event(&Event::Apply(again));
+        assert!(index.0.read().unwrap().gone.is_empty(), "a slice seen again is no longer gone");
+        // A newer copy mirrored: the record of the older one goes, not a newer record.
+        let newer = with_uid("n1.1", "n1", "b3");
+        index.drop_written("n1.1", &newer);
+        assert!(index.written("n1.1").is_some());
+        index.drop_written("n1.1", &with_uid("n1.1", "n1", "b2"));
+        assert!(index.written("n1.1").is_none());
+        // The deletions of a node's slices go with the node.
+        writer.apply_watcher_event(&Event::Delete(with_uid("n1.0", "n1", "a")));
+        writer.apply_watcher_event(&Event::Delete(with_uid("n2.0", "n2", "c")));
+        index.forget_node("n1");
+        assert_eq!(index.0.read().unwrap().gone.keys().collect::<Vec<_>>(), ["n2.0"]);
+    }
+
+    #[test]
     fn a_relist_that_misses_a_slice_reports_its_deletion() {
         let (store, index, mut writer) = store();
         for (name, u) in [("n1.0", "a"), ("n1.1", "b"), ("n2.0", "c")] {
@@ -232,8 +294,10 @@ mod tests {
         for event in [Event::InitApply(with_uid("n1.0", "n1", "a")), Event::InitApply(with_uid("n2.0", "n2", "c2"))] {
             assert!(!writer.apply_watcher_event(&event));
         }
+        index.wrote("n3.0", Arc::new(with_uid("n3.0", "n3", "d")));
         assert!(writer.apply_watcher_event(&Event::InitDone), "n1.1 went while the watch was away");
         assert!(index.written("n1.1").is_none());
+        assert!(index.written("n3.0").is_none(), "written, never mirrored, and not relisted: gone");
         assert!(index.written("n1.0").is_some());
         assert_eq!(names(&index, &store, "n1"), ["n1.0"]);
         // Only the missing are deletions: the operator still waits for its own of n2.0.

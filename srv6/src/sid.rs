@@ -220,12 +220,13 @@ impl fmt::Display for Sid {
 /// Picks proxy FUNCTs: the lowest free one, so the same registrations in the same order give
 /// the same SIDs, and a FUNCT in use is never handed out again; nor one `cooling` (released a
 /// moment ago: headends on other nodes may steer a chain to its SID until they are reprogrammed,
-/// and that chain's packets would reach another pod's function) while any other is free.
-/// Persisting the taken set is the caller's business (the node daemon keeps it in its state
-/// directory).
-pub fn allocate_proxy_funct(locator: Locator, taken: &BTreeSet<u16>, cooling: &BTreeSet<u16>) -> Result<u16, SidError> {
+/// and that chain's packets would reach another pod's function) while any other is free; then
+/// the one that has cooled longest (`cooling` is oldest first). Persisting the taken set is the
+/// caller's business (the node daemon keeps it in its state directory).
+pub fn allocate_proxy_funct(locator: Locator, taken: &BTreeSet<u16>, cooling: &[u16]) -> Result<u16, SidError> {
     let free = |f: &u16| !taken.contains(f);
-    proxy_functs().find(|f| free(f) && !cooling.contains(f)).or_else(|| proxy_functs().find(free)).ok_or(SidError::Exhausted(locator))
+    let warm: BTreeSet<u16> = cooling.iter().copied().collect();
+    proxy_functs().find(|f| free(f) && !warm.contains(f)).or_else(|| cooling.iter().copied().find(free)).ok_or(SidError::Exhausted(locator))
 }
 
 /// The operator's locator for a node that joins: the lowest `len`-bit locator of `block` that
@@ -304,7 +305,7 @@ mod tests {
     fn proxy_allocation_is_lowest_free_and_never_reuses_taken() {
         let l = loc("fcbb:bb00:1::/48");
         let mut taken = BTreeSet::new();
-        let none = BTreeSet::new();
+        let none = [];
         let first = allocate_proxy_funct(l, &taken, &none).unwrap();
         assert_eq!(first, FUNCT_PROXY_FIRST);
         taken.insert(first);
@@ -322,12 +323,14 @@ mod tests {
     fn a_funct_released_a_moment_ago_is_given_again_only_when_nothing_else_is_free() {
         let l = loc("fcbb:bb00:1::/48");
         let taken: BTreeSet<u16> = [FUNCT_PROXY_FIRST + 1].into();
-        let cooling: BTreeSet<u16> = [FUNCT_PROXY_FIRST, FUNCT_PROXY_FIRST + 2].into();
+        // Released first FIRST + 5, then FIRST, then FIRST + 2.
+        let cooling = [FUNCT_PROXY_FIRST + 5, FUNCT_PROXY_FIRST, FUNCT_PROXY_FIRST + 2];
         assert_eq!(allocate_proxy_funct(l, &taken, &cooling).unwrap(), FUNCT_PROXY_FIRST + 3);
         let mut all: BTreeSet<u16> = proxy_functs().filter(|f| !cooling.contains(f)).collect();
-        all.insert(FUNCT_PROXY_FIRST + 1);
-        assert_eq!(allocate_proxy_funct(l, &all, &cooling).unwrap(), FUNCT_PROXY_FIRST, "the lowest cooling one, rather than none");
-        all.extend(&cooling);
+        assert_eq!(allocate_proxy_funct(l, &all, &cooling).unwrap(), FUNCT_PROXY_FIRST + 5, "the one cooled longest, rather than none");
+        all.insert(FUNCT_PROXY_FIRST + 5);
+        assert_eq!(allocate_proxy_funct(l, &all, &cooling).unwrap(), FUNCT_PROXY_FIRST);
+        all.extend(cooling);
         assert_eq!(allocate_proxy_funct(l, &all, &cooling), Err(SidError::Exhausted(l)));
     }
 

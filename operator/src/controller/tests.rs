@@ -450,9 +450,11 @@ async fn a_deletion_keeps_its_finalizer_while_a_nodes_write_is_in_flight() {
     let hanging = programs.remove("n2").unwrap();
     answer(programs.remove("n1").unwrap()).await;
     let first = tokio::time::timeout(crate::publisher::WAIT * 2, task).await.expect("the reconcile went on to remove the finalizer");
-    assert_eq!(first.unwrap().unwrap(), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(first.unwrap().unwrap(), Action::requeue(crate::publisher::WAIT));
     answer(hanging).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    while !ctx.publisher.wanted("n2").is_some_and(|(_, written)| written) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let task = tokio::spawn(reconcile_chain(c, ctx));
     let fin =
         expect(&mut handle, "PATCH", "/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/web", "fieldManager=srv6pipes-operator")
