@@ -14,7 +14,7 @@
 //! and recorded as an Event on the Node. When a node starts or stops failing, the world version
 //! is bumped so that every chain's status is computed again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -378,7 +378,10 @@ impl Shared {
 
     /// Writes a node's slices that differ from what the API server holds (those that gain
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
-    /// asked to. Stops at the first failure, naming the object.
+    /// asked to. After a failed write, only the writes that take no chain away from a slice go
+    /// on (one slice that can never be written, a chain over the object bound, holds up no new
+    /// chain in the node's other slices; a chain is never left in no slice); the first failure
+    /// is returned, naming the object.
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), Unwritten> {
         let mut writes = Vec::new();
         for (name, slice) in want.slices.iter() {
@@ -388,12 +391,18 @@ impl Shared {
             }
             let before = known.as_deref().map(slim::chains_of).unwrap_or_default();
             let gains = slice.shape.chains.iter().any(|c| !before.contains(&**c));
+            let after: HashSet<&str> = slice.shape.chains.iter().map(|c| &**c).collect();
+            let loses = before.iter().any(|c| !after.contains(c.as_str()));
             // New slices, then those that gain chains, then the others.
             let order = (known.is_some(), !gains);
-            writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone())));
+            writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone()), loses));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, name, slice, resource_version) in writes {
+        let mut failed: Option<String> = None;
+        for (_, name, slice, resource_version, loses) in writes {
+            if failed.is_some() && loses {
+                continue;
+            }
             let permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
             // The program is taken once the permit is held, and let go with it: a writer
             // waiting behind the backlog holds none. (Taken once before the first wait, a
@@ -404,9 +413,18 @@ impl Shared {
             drop((program, peers));
             let written = self.write(name, &spec, &slice.digest, &want.owner, resource_version).await;
             drop((spec, permit));
-            let mut written = written.map_err(|e| format!("slice {name}: {e}"))?;
-            slim::slice(&mut written);
-            self.index.wrote(name, Arc::new(written));
+            match written {
+                Ok(mut written) => {
+                    slim::slice(&mut written);
+                    self.index.wrote(name, Arc::new(written));
+                }
+                Err(e) => {
+                    failed.get_or_insert(format!("slice {name}: {e}"));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(Unwritten::Failed(e));
         }
         for name in want.known.keys().filter(|n| !want.slices.contains_key(*n)) {
             self.fence.check()?;

@@ -849,6 +849,38 @@ async fn writes_that_wait_keep_no_plan_alive_and_go_out_from_the_newer_one() {
     drop(second);
 }
 
+/// A slice that cannot be written (refused: a chain over the object bound) holds up no new
+/// chain in its node's other slices: the writer goes on with the writes that take no chain
+/// away, then reports the failure (and retries the refused slice later).
+#[tokio::test]
+async fn a_slice_that_fails_holds_up_no_other_slice_of_its_node() {
+    let (stores, mut writers) = world();
+    // 200 chains more on n1 (their client, function and destination there): two slices.
+    for i in 0..srv6::slices::MAX_SLICE_CHAINS {
+        let mut c = chain();
+        c.metadata.name = Some(format!("local-{i}"));
+        c.metadata.uid = Some(format!("uid-local-{i}"));
+        c.spec.r#match.destination_prefixes = vec!["fd00:10:1::/64".into()];
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(c));
+    }
+    let (ctx, mut handle) = ctx(stores);
+    let plan = ctx.stores.compile(None);
+    let _ = ctx.publish(&plan, None).await;
+    let mut first = sort_out(&mut handle, 2).await;
+    refuse(first.remove("n1").unwrap(), 422, "too large");
+    answer(first.remove("n2").unwrap()).await;
+    // n1's other slice goes out all the same; then the failure's Event on n1.
+    let next = sort_out(&mut handle, 1).await;
+    assert_eq!(next.keys().collect::<Vec<_>>(), ["n1.1"], "n1.1 waited behind the refused n1.0");
+    for (_, pending) in next {
+        answer(pending).await;
+    }
+    expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+    let failures = ctx.publisher.failures();
+    assert!(failures["n1"].contains("slice n1.0") && !failures.contains_key("n2"), "{failures:?}");
+    assert!(ctx.publisher.written("n1.1").is_some());
+}
+
 /// A ctx whose world version the test bumps, as the mirrors do.
 fn ctx_with_world(stores: Stores) -> (Arc<Ctx>, Handle, Arc<watch::Sender<u64>>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
