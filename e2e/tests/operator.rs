@@ -124,11 +124,16 @@ fn sid_table(api: &ApiServer, node: &str, locator: &str, regs: &[(&str, &str)]) 
 }
 
 fn chain(api: &ApiServer, name: &str, prefix: &str) {
-    api.apply(&format!(
+    api.apply(&chain_yaml(name, prefix));
+}
+
+/// A chain from the clients through `fw` to `prefix`.
+fn chain_yaml(name: &str, prefix: &str) -> String {
+    format!(
         "{{apiVersion: srv6pipes.io/v1alpha1, kind: ServiceChain, metadata: {{name: {name}, namespace: default}}, spec: {{\
          sources: {{podSelector: {{matchLabels: {{app: client}}}}}}, match: {{destinationPrefixes: ['{prefix}']}}, \
          functions: [{{name: fw, podSelector: {{matchLabels: {{vnf: fw}}}}}}]}}}}"
-    ));
+    )
 }
 
 fn ready(c: &Value) -> (&str, &str) {
@@ -360,6 +365,26 @@ fn operator_reconciles_chains_on_a_real_api_server() {
     let np1 = api.get(&["nodeprogramslice", "n1.0"]).unwrap();
     let chains: Vec<&str> = np1["spec"]["tables"]["headends"].as_array().unwrap().iter().map(|h| h["chain"].as_str().unwrap()).collect();
     assert_eq!(chains, ["default/late"], "{np1:#}");
+
+    // A slice other than a node's first, deleted by someone else, is written again too (the
+    // first one's deletion changes what the compiler reads; another's does not): 200 chains
+    // more give n1 a second slice.
+    let bulk: Vec<String> = (0..200).map(|i| chain_yaml(&format!("bulk-{i}"), &format!("fd00:20:{i:x}::/64"))).collect();
+    api.apply(&bulk.join("\n---\n"));
+    let chains_on_n1 = || -> u64 {
+        ["n1.0", "n1.1"].iter().filter_map(|s| api.get(&["nodeprogramslice", s])).map(|p| p["spec"]["chains"].as_u64().unwrap_or(0)).sum()
+    };
+    let start = Instant::now();
+    while chains_on_n1() != 201 {
+        assert!(start.elapsed() < Duration::from_secs(120), "n1's slices hold {} chains, not 201:\n{}", chains_on_n1(), op.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = api.get(&["nodeprogramslice", "n1.1"]).unwrap();
+    api.k(&["delete", "nodeprogramslice", "n1.1"]);
+    let again = wait(&api, &op, &["nodeprogramslice", "n1.1"], "n1's second slice written again", |p| {
+        p["metadata"]["uid"] != second["metadata"]["uid"]
+    });
+    assert_eq!(again["spec"], second["spec"], "{}", op.log());
 
     // SIGTERM: the lease is released for the next leader.
     op.signal("-TERM");

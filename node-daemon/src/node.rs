@@ -333,6 +333,7 @@ impl Node {
     /// Best effort: every step runs even if an earlier one failed. The SID cools down before
     /// it is given again ([`SID_REUSE_DELAY`]).
     fn uninstall_proxy(&mut self, reg: &Registration) -> Vec<anyhow::Error> {
+        self.released.retain(|_, at| at.elapsed() < SID_REUSE_DELAY);
         self.released.insert(reg.funct, Instant::now());
         let mut errs = Vec::new();
         if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
