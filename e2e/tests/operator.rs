@@ -385,6 +385,8 @@ fn operator_reconciles_chains_on_a_real_api_server() {
         p["metadata"]["uid"] != second["metadata"]["uid"]
     });
     assert_eq!(again["spec"], second["spec"], "{}", op.log());
+    let log = op.log();
+    assert!(log.lines().any(|l| l.contains("slice deleted by someone else") && l.contains("n1.1")), "the log does not name it:\n{log}");
 
     // SIGTERM: the lease is released for the next leader.
     op.signal("-TERM");

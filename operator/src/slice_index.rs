@@ -18,6 +18,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use srv6pipes_crds::NodeProgramSlice;
+use tracing::info;
 
 #[derive(Default)]
 struct Index {
@@ -74,7 +75,11 @@ impl Inner {
             self.written.remove(&name);
         }
         self.gone.insert(name.clone(), (slice.uid(), slice.spec.node.clone()));
-        !self.deleting.remove(&name)
+        let foreign = !self.deleting.remove(&name);
+        if foreign {
+            info!(slice = %name, node = %slice.spec.node, "slice deleted by someone else: written again if still wanted");
+        }
+        foreign
     }
 
     fn seen(&mut self, slice: &NodeProgramSlice) {
