@@ -1,6 +1,6 @@
 //! The node: its locator, its SIDs and the datapath state that realises them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,9 +52,9 @@ pub struct Node {
     flow_counts: BTreeMap<u16, u32>,
     /// SRv6 pipes: the channel to each stream proxy on this node.
     channels: stream::Channels,
-    /// Proxy FUNCTs released, and when: not given again for [`SID_REUSE_DELAY`] while another is
-    /// free (kept in memory: a restarted daemon forgets them).
-    released: BTreeMap<u16, Instant>,
+    /// Proxy FUNCTs released, and when, oldest first: not given again for [`SID_REUSE_DELAY`]
+    /// while another is free (kept in memory: a restarted daemon forgets them).
+    released: VecDeque<(u16, Instant)>,
 }
 
 /// How long a released proxy SID is not given to another pod (while another is free): other
@@ -131,7 +131,7 @@ impl Node {
             installed: Installed::default(),
             flow_counts: BTreeMap::new(),
             channels: stream::Channels::default(),
-            released: BTreeMap::new(),
+            released: VecDeque::new(),
         };
         node.restore(state).await?;
         node.take_over_adopted();
@@ -286,10 +286,8 @@ impl Node {
             None => ifindex,
         };
         let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
-        self.released.retain(|_, at| at.elapsed() < SID_REUSE_DELAY);
-        let mut cooling: Vec<(Instant, u16)> = self.released.iter().map(|(f, at)| (*at, *f)).collect();
-        cooling.sort();
-        let cooling: Vec<u16> = cooling.into_iter().map(|(_, f)| f).collect();
+        self.cool_down();
+        let cooling: Vec<u16> = self.released.iter().map(|(f, _)| *f).collect();
         let funct = allocate_proxy_funct(self.locator, &taken, &cooling)?;
         let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, return_ifindex, attachment: a };
         if let Err(e) = self.install_proxy(&reg) {
@@ -305,6 +303,13 @@ impl Node {
         let a = &reg.attachment;
         info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID allocated");
         Ok(reg.sid)
+    }
+
+    /// Forgets the released FUNCTs that have cooled down.
+    fn cool_down(&mut self) {
+        while self.released.front().is_some_and(|(_, at)| at.elapsed() >= SID_REUSE_DELAY) {
+            self.released.pop_front();
+        }
     }
 
     fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
@@ -333,8 +338,9 @@ impl Node {
     /// Best effort: every step runs even if an earlier one failed. The SID cools down before
     /// it is given again ([`SID_REUSE_DELAY`]).
     fn uninstall_proxy(&mut self, reg: &Registration) -> Vec<anyhow::Error> {
-        self.released.retain(|_, at| at.elapsed() < SID_REUSE_DELAY);
-        self.released.insert(reg.funct, Instant::now());
+        self.cool_down();
+        self.released.retain(|(f, _)| *f != reg.funct);
+        self.released.push_back((reg.funct, Instant::now()));
         let mut errs = Vec::new();
         if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
             errs.push(e.into());

@@ -374,19 +374,17 @@ impl Ctx {
             return waits;
         }
         let exists = |name: &str| self.stores.nodes.get(&ObjectRef::new(name)).is_some();
-        for (node, known) in mirrored.iter().filter(|(n, _)| !exists(n)) {
+        // Nodes that left: those with slices, and those with only a writer (the garbage
+        // collector took their slices first).
+        let left: BTreeSet<String> = mirrored.keys().cloned().chain(self.publisher.nodes()).filter(|n| !exists(n)).collect();
+        for node in &left {
             self.publisher.forget(node);
             self.split.lock().expect("split").forget(node);
-            for name in known.keys() {
+            for name in mirrored.get(node).into_iter().flat_map(|known| known.keys()) {
                 if let Err(e) = self.publisher.delete_slice(name).await {
                     warn!(slice = %name, node, error = %e, "node left, but its slice was not removed");
                 }
             }
-        }
-        // A node that left whose slices went first (the garbage collector): its writer too.
-        for node in self.publisher.nodes().iter().filter(|n| !exists(n)) {
-            self.publisher.forget(node);
-            self.split.lock().expect("split").forget(node);
         }
         let programs: Api<NodeProgram> = Api::all(self.client.clone());
         for p in self.stores.programs.state().iter().filter(|p| !exists(&p.name_any())) {
