@@ -22,8 +22,11 @@
 # 4. On exit: `kind delete cluster`, and the engine stopped if this run started it (which
 #    deletes its namespace and restores the host sysctls kind's nodes change).
 #
-# Environment: CLUSTER (default srv6pipes-e2e), KUBE_VERSION (scripts/kube-build's default).
+# Environment: CLUSTER (default srv6pipes-e2e), KUBE_VERSION (default v1.34.4, as node-image's:
+# kind v0.31.0, the last release whose node files run on these cgroup-v1 hosts, is not tried with
+# kubeadm 1.35 or later; the other tiers run scripts/kube-build's default).
 set -euo pipefail
+export KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here=$repo/e2e/kind
 cluster=${CLUSTER:-srv6pipes-e2e}

@@ -1,4 +1,4 @@
-//! Tier 4: srv6pipes-operator against a real etcd + kube-apiserver (1.34, built by
+//! Tier 4: srv6pipes-operator against a real etcd + kube-apiserver (1.37, built by
 //! scripts/apiserver build through scripts/kube-build from the Go module proxy). The test plays the node daemons (it publishes NodeSidTables)
 //! and the kubelets (it registers Nodes and Pods with their status).
 
