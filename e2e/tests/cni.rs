@@ -290,7 +290,8 @@ fn a_failed_registration_undoes_the_work_done_beside_it() {
 
 /// A registration is journaled, not written into the whole state file, and a daemon killed
 /// right after it (no program since, so nothing folded the journal in) comes back with it: the
-/// same SID, still installed.
+/// same SID, still installed. Its release is journaled the same way, and keeps the SID cooling
+/// down across the next kill.
 #[test]
 fn a_registration_survives_a_kill_through_the_journal() {
     require_lab!("socat");
@@ -310,6 +311,15 @@ fn a_registration_survives_a_kill_through_the_journal() {
     assert!(!state_dir.join("node-state.journal").exists(), "and the journal gone");
     assert!(lab.cni("DEL", "kept", &lab.netns(), &conf("1.0.0", &lab.socket())).0);
     assert_eq!(lab.sids()["registrations"], json!([]));
+    // The released SID cools down across a kill too (its release is journaled with the time):
+    // the next pod gets another one.
+    kill("-KILL", &lab.daemon_pid());
+    assert!(lab.lab(&["restart-node", "n1"]).status.success());
+    let (ok, res) = lab.cni("ADD", "next", &lab.netns(), &conf("1.0.0", &lab.socket()));
+    assert!(ok, "ADD: {res}");
+    assert_eq!(before[0]["sid"], "fcbb:bb00:1:e001::");
+    assert_eq!(lab.sids()["registrations"][0]["sid"], "fcbb:bb00:1:e002::", "not the SID released before the restart");
+    assert!(lab.cni("DEL", "next", &lab.netns(), &conf("1.0.0", &lab.socket())).0);
 }
 
 /// DEL never waits on the daemon, so pods never hang in Terminating. With srv6pipes uninstalled

@@ -1,9 +1,9 @@
 //! The node: its locator, its SIDs and the datapath state that realises them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use ipnet::{IpNet, Ipv6Net};
@@ -21,7 +21,7 @@ pub mod program;
 mod stream;
 
 use crate::net::Netlink;
-use crate::state::{Change, Persisted, PolicyKey, Registration, Store};
+use crate::state::{unix_ms, Change, Persisted, PolicyKey, Registration, Released, Store};
 use crate::Args;
 
 /// Outer hop limit of packets this node encapsulates.
@@ -52,9 +52,6 @@ pub struct Node {
     flow_counts: BTreeMap<u16, u32>,
     /// SRv6 pipes: the channel to each stream proxy on this node.
     channels: stream::Channels,
-    /// Proxy FUNCTs released, and when, oldest first: not given again for [`SID_REUSE_DELAY`]
-    /// while another is free (kept in memory: a restarted daemon forgets them).
-    released: VecDeque<(u16, Instant)>,
 }
 
 /// How long a released proxy SID is not given to another pod (while another is free): other
@@ -131,7 +128,6 @@ impl Node {
             installed: Installed::default(),
             flow_counts: BTreeMap::new(),
             channels: stream::Channels::default(),
-            released: VecDeque::new(),
         };
         node.restore(state).await?;
         node.take_over_adopted();
@@ -165,6 +161,7 @@ impl Node {
         // re-apply: given out afresh, they would move between chains under running traffic.
         self.state.policies = state.policies;
         self.state.stream_ports = state.stream_ports;
+        self.state.released = state.released;
         for reg in state.registrations {
             let a = &reg.attachment;
             match if_nametoindex(a.host_ifname.as_str()) {
@@ -178,11 +175,13 @@ impl Node {
                     Err(e) => {
                         warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, error = %format!("{e:#}"), "registration cannot be restored: SID released");
                         self.uninstall_proxy(&reg);
+                        self.state.release(Released::now(reg.funct));
                     }
                 },
                 _ => {
                     warn!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "interface gone while down: SID released");
                     self.uninstall_proxy(&reg);
+                    self.state.release(Released::now(reg.funct));
                 }
             }
         }
@@ -286,8 +285,7 @@ impl Node {
             None => ifindex,
         };
         let taken: BTreeSet<u16> = self.state.registrations.iter().map(|r| r.funct).collect();
-        self.cool_down();
-        let cooling: Vec<u16> = self.released.iter().map(|(f, _)| *f).collect();
+        let cooling = self.state.cooling(unix_ms(), SID_REUSE_DELAY);
         let funct = allocate_proxy_funct(self.locator, &taken, &cooling)?;
         let reg = Registration { sid: self.locator.sid(funct), funct, ifindex, return_ifindex, attachment: a };
         if let Err(e) = self.install_proxy(&reg) {
@@ -303,13 +301,6 @@ impl Node {
         let a = &reg.attachment;
         info!(node = %self.name, pod = %pod_of(a), interface = %a.host_ifname, sid = %reg.sid, "End.AD SID allocated");
         Ok(reg.sid)
-    }
-
-    /// Forgets the released FUNCTs that have cooled down.
-    fn cool_down(&mut self) {
-        while self.released.front().is_some_and(|(_, at)| at.elapsed() >= SID_REUSE_DELAY) {
-            self.released.pop_front();
-        }
     }
 
     fn install_proxy(&mut self, reg: &Registration) -> anyhow::Result<()> {
@@ -335,12 +326,9 @@ impl Node {
         Ok(())
     }
 
-    /// Best effort: every step runs even if an earlier one failed. The SID cools down before
-    /// it is given again ([`SID_REUSE_DELAY`]).
+    /// Best effort: every step runs even if an earlier one failed. (A SID that was given out
+    /// is then released, to cool down: [`SID_REUSE_DELAY`].)
     fn uninstall_proxy(&mut self, reg: &Registration) -> Vec<anyhow::Error> {
-        self.cool_down();
-        self.released.retain(|(f, _)| *f != reg.funct);
-        self.released.push_back((reg.funct, Instant::now()));
         let mut errs = Vec::new();
         if let Err(e) = self.datapath.remove_sid(reg.sid.0) {
             errs.push(e.into());
@@ -373,8 +361,10 @@ impl Node {
         let reg = self.state.registrations.remove(pos);
         let ports = self.state.stream_ports.len();
         let errs = self.uninstall_proxy(&reg);
+        let released = Released::now(reg.funct);
+        self.state.release(released);
         if self.state.stream_ports.len() == ports {
-            self.store.record(&Change::Unregistered(key), &self.state)?;
+            self.store.record(&Change::Released { key, released }, &self.state)?;
         } else {
             // Its stream SIDs' ports went too: the journal has no line for those.
             self.store.save(&self.state)?;

@@ -58,6 +58,45 @@ pub struct Persisted {
     /// is in use: the proxy keeps its listener, connections are never cut by a renumbering).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stream_ports: Vec<(Sid, u16)>,
+    /// Proxy FUNCTs released, oldest first: each cools down before another pod gets it
+    /// ([`Persisted::cooling`]), across restarts too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Released>,
+}
+
+/// A proxy FUNCT released, and when: milliseconds since the Unix epoch (the wall clock, so that
+/// a restart knows how long ago; a clock set back only makes the FUNCT cool down longer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub funct: u16,
+    pub at_ms: u64,
+}
+
+impl Released {
+    pub fn now(funct: u16) -> Self {
+        Released { funct, at_ms: unix_ms() }
+    }
+}
+
+/// The wall clock, in milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Persisted {
+    /// Notes a FUNCT's release (the newest: last).
+    pub fn release(&mut self, r: Released) {
+        self.released.retain(|x| x.funct != r.funct);
+        self.released.push(r);
+    }
+
+    /// The FUNCTs released less than `delay` before `now_ms`, oldest first; the others are
+    /// forgotten.
+    pub fn cooling(&mut self, now_ms: u64, delay: std::time::Duration) -> Vec<u16> {
+        let delay = delay.as_millis() as u64;
+        self.released.retain(|r| now_ms.saturating_sub(r.at_ms) < delay);
+        self.released.iter().map(|r| r.funct).collect()
+    }
 }
 
 /// The readable entries of the list `key`; the others are described in `skipped`.
@@ -82,7 +121,13 @@ fn entries<T: DeserializeOwned>(v: &mut Value, key: &str, skipped: &mut Vec<Stri
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     Registered(Box<Registration>),
+    /// Written by releases before [`Change::Released`]; still read.
     Unregistered(AttachmentKey),
+    /// The attachment's registration went, and its FUNCT cools down.
+    Released {
+        key: AttachmentKey,
+        released: Released,
+    },
 }
 
 impl Change {
@@ -95,6 +140,10 @@ impl Change {
                 p.registrations.push(*r);
             }
             Change::Unregistered(k) => p.registrations.retain(|x| x.attachment.key() != k),
+            Change::Released { key, released } => {
+                p.registrations.retain(|x| x.attachment.key() != key);
+                p.release(released);
+            }
         }
     }
 }
@@ -102,7 +151,8 @@ impl Change {
 /// The journal is folded into the state file once it is this long.
 const JOURNAL_LIMIT: u64 = 1 << 20;
 
-/// The state directory: `node-state.json` (registrations, policy ids, stream ports: written
+/// The state directory: `node-state.json` (registrations, policy ids, stream ports, released
+/// FUNCTs: written
 /// whole when a program is applied, at start, and when the journal is folded in),
 /// `node-state.journal` (registration changes since, one JSON line each) and
 /// `node-program.json` (the last program, which grows with the chains: written only when a
@@ -153,6 +203,7 @@ impl Store {
             program,
             policies: entries(&mut v, "policies", &mut skipped),
             stream_ports: entries(&mut v, "stream_ports", &mut skipped),
+            released: entries(&mut v, "released", &mut skipped),
         };
         self.replay(&mut state, &mut skipped)?;
         Ok((state, skipped))
@@ -324,6 +375,46 @@ mod tests {
         assert!(folded, "a long journal is folded into the state file");
         store.remove().unwrap();
         assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "uninstall leaves no journal");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A DEL's journal line takes the registration away and records its FUNCT's release with
+    /// the time, which the state file keeps when the journal is folded in: a restarted daemon
+    /// still lets it cool down, for what is left of the delay, oldest first.
+    #[test]
+    fn released_functs_cool_down_across_restarts() {
+        let (dir, store) = temp_store("released");
+        let delay = std::time::Duration::from_secs(60);
+        let mut state = Persisted::default();
+        store.save(&state).unwrap();
+        let t = 1_800_000_000_000;
+        let release = |n: u8, at_ms: u64| Change::Released {
+            key: registration(n).attachment.key(),
+            released: Released { funct: 0xe000 + n as u16, at_ms },
+        };
+        for c in [registered(1), registered(2), registered(3), release(2, t), release(1, t + 5_000)] {
+            c.clone().apply(&mut state);
+            store.record(&c, &state).unwrap();
+        }
+        let (mut loaded, skipped) = store.load().unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(loaded.registrations, [registration(3)]);
+        assert_eq!(loaded.cooling(t + 10_000, delay), [0xe002, 0xe001], "oldest first");
+        store.save(&loaded).unwrap();
+        assert!(std::fs::read_to_string(dir.join("node-state.json")).unwrap().contains("\"released\""));
+        let mut folded = store.load().unwrap().0;
+        assert_eq!(folded.cooling(t + 60_000, delay), [0xe001], "e002 has cooled down, e001 not yet");
+        assert_eq!(folded.released.len(), 1, "a FUNCT that has cooled down is forgotten");
+        assert_eq!(folded.cooling(t - 1_000, delay), [0xe001], "a clock set back: still cooling");
+        folded.release(Released { funct: 0xe003, at_ms: t + 61_000 });
+        folded.release(Released { funct: 0xe001, at_ms: t + 62_000 });
+        assert_eq!(folded.cooling(t + 62_000, delay), [0xe003, 0xe001], "released again: the newest");
+        // An older daemon's journal line still takes a registration away.
+        let mut old: Persisted = serde_json::from_value(serde_json::json!({"registrations": [good(1)]})).unwrap();
+        serde_json::from_value::<Change>(serde_json::json!({"unregistered": {"container_id": "c1", "ifname": "net1"}}))
+            .unwrap()
+            .apply(&mut old);
+        assert!(old.registrations.is_empty() && old.released.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
