@@ -5,8 +5,11 @@
 #   e2e/scenario.sh NODE1 NODE2 [REDEPLOY_CMD...] [:: UNINSTALL_CMD...]
 #
 # Client on NODE1, server on NODE2, VNF "fw" on NODE1 and "ids" on NODE2 (test image pods that
-# ask for the srv6pipes network by annotation). A ServiceChain client -> fw -> ids -> server is
-# applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
+# ask for the srv6pipes network by annotation), all in a namespace of their own (e2e-apps, or
+# SRV6PIPES_APPS_NAMESPACE), as applications run: not `default`, not srv6pipes' (the VNFs name
+# the network as `default/srv6pipes`, the NetworkAttachmentDefinition in `default` that the chart
+# makes in Multus mode; in chained mode srv6pipes reads only the name). A ServiceChain
+# client -> fw -> ids -> server is applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
 # pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
 # no packet (its Role deleted meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
 # objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
@@ -20,6 +23,7 @@ redeploy=() uninstall=()
 while (($#)) && [[ $1 != "::" ]]; do redeploy+=("$1"); shift; done
 (($#)) && { shift; uninstall=("$@"); }
 ns=${SRV6PIPES_NAMESPACE:-kube-system}
+apps=${SRV6PIPES_APPS_NAMESPACE:-e2e-apps}
 image=${TESTBOX_IMAGE:-localhost/srv6pipes-testbox:latest}
 t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
 ok() { echo "scenario: ok: $*"; }
@@ -29,7 +33,7 @@ pod() { # NAME NODE LABEL [vnf | host | ""] [COMMAND]: vnf asks for the srv6pipe
         # is a probe on the node's network with its CNI directories and bpffs mounted read-only
         # under /host; COMMAND (sh -c) instead of idling
   local ann="" host="" mounts="" cmd=${5:-"trap 'exit 0' TERM; while true; do sleep 1; done"}
-  [[ ${4:-} == vnf ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: srv6pipes}"
+  [[ ${4:-} == vnf ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: default/srv6pipes}"
   if [[ ${4:-} == host ]]; then
     host="hostNetwork: true"
     mounts="volumeMounts: [{name: bin, mountPath: /host/cni/bin, readOnly: true}, {name: conf, mountPath: /host/cni/net.d, readOnly: true}, {name: bpf, mountPath: /host/bpf, readOnly: true}]"
@@ -37,7 +41,7 @@ pod() { # NAME NODE LABEL [vnf | host | ""] [COMMAND]: vnf asks for the srv6pipe
   cat <<Y
 apiVersion: v1
 kind: Pod
-metadata: {name: $1, namespace: default, labels: {$3}, $ann}
+metadata: {name: $1, namespace: $apps, labels: {$3}, $ann}
 spec:
   nodeName: $2
   $host
@@ -65,14 +69,18 @@ Y
   cat <<Y
 apiVersion: v1
 kind: Service
-metadata: {name: e2e-web, namespace: default}
+metadata: {name: e2e-web, namespace: $apps}
 spec: {selector: {app: e2e-web}, ports: [{port: 80, targetPort: 8080}]}
 Y
 } > "$t/pods.yaml"
+# (Made beforehand when the release deploys the stream proxies there.)
+kubectl get namespace "$apps" >/dev/null 2>&1 || kubectl create namespace "$apps" >/dev/null
+# The namespace's ServiceAccount comes from the controller-manager, and pods wait for it.
+for i in $(seq 100); do kubectl -n "$apps" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
 kubectl apply -f "$t/pods.yaml" >/dev/null
-kubectl wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids pod/e2e-web --timeout=120s >/dev/null
+kubectl -n "$apps" wait --for=condition=Ready pod/e2e-client pod/e2e-server pod/e2e-fw pod/e2e-ids pod/e2e-web --timeout=120s >/dev/null
 ok "pods Running on $n1 and $n2"
-ex() { kubectl exec "$1" -- "${@:2}"; }
+ex() { kubectl -n "$apps" exec "$1" -- "${@:2}"; }
 ex e2e-fw ip link show net1 >/dev/null && ex e2e-ids ip link show net1 >/dev/null || fail "annotated VNF pods have no net1"
 ! ex e2e-client ip link show net1 >/dev/null 2>&1 || fail "the client (not annotated) got a chain interface"
 ok "annotated pods got net1, the others only the primary network"
@@ -92,7 +100,7 @@ ok "unchained: client reaches server $server, the VNFs see nothing"
 cat > "$t/chain.yaml" <<Y
 apiVersion: srv6pipes.io/v1alpha1
 kind: ServiceChain
-metadata: {name: e2e, namespace: default}
+metadata: {name: e2e, namespace: $apps}
 spec:
   sources: {podSelector: {matchLabels: {app: e2e-client}}}
   match: {destinationPrefixes: ["$server/128"]}
@@ -101,9 +109,13 @@ spec:
     - {name: ids, podSelector: {matchLabels: {vnf: e2e-ids}}}
 Y
 kubectl apply -f "$t/chain.yaml" >/dev/null
-kubectl wait --for=condition=Ready servicechain/e2e --timeout=60s >/dev/null || { kubectl get servicechain e2e -o yaml >&2; fail "chain not Ready"; }
-kubectl get servicechains | tee "$t/chains" | grep -E "^e2e +True +Programmed" >/dev/null || fail "kubectl get servicechains: $(cat "$t/chains")"
-ok "kubectl get servicechains: e2e Ready (Programmed)"
+kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e --timeout=60s >/dev/null || { kubectl -n "$apps" get servicechain e2e -o yaml >&2; fail "chain not Ready"; }
+kubectl -n "$apps" get servicechains | tee "$t/chains" | grep -E "^e2e +True +Programmed" >/dev/null || fail "kubectl get servicechains: $(cat "$t/chains")"
+# The operator records the chain's Ready transition as an Event in the chain's namespace.
+kubectl -n "$apps" get events.events.k8s.io -o json | jq -e '[.items[] | select(.regarding.kind == "ServiceChain"
+  and .regarding.name == "e2e" and .regarding.namespace == "'"$apps"'")] | length > 0' >/dev/null \
+  || fail "no Event on chain $apps/e2e: $(kubectl -n "$apps" get events.events.k8s.io 2>&1)"
+ok "kubectl get servicechains -n $apps: e2e Ready (Programmed), with its Event"
 # Programs reach both nodes' datapaths right after Ready: allow them a moment.
 for i in $(seq 20); do fw0=$(rx e2e-fw); ex e2e-client ping -6 -c1 -W1 "$server" >/dev/null 2>&1 || true; (( $(rx e2e-fw) > fw0 )) && break; sleep 0.25; done
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
@@ -124,33 +136,33 @@ if [[ ${SRV6PIPES_CLI:-} ]]; then
   KUBECONFIG=$t/viewer kubectl config set-credentials e2e-viewer --token="$(kubectl create token e2e-viewer -n default)" >/dev/null
   KUBECONFIG=$t/viewer kubectl config set-context --current --user=e2e-viewer >/dev/null
   cli() { "$SRV6PIPES_CLI" "$@" --kubeconfig "$t/viewer"; }
-  cli wait e2e --timeout 10s | grep -q "^default/e2e: Ready (Programmed)" || fail "srv6pipes wait e2e"
-  cli chains | tee "$t/cli-chains" | grep -Eq "^default/e2e +True +Programmed +fw,ids +1 " || fail "srv6pipes chains: $(cat "$t/cli-chains")"
-  cli trace e2e -o json > "$t/trace.json" || fail "srv6pipes trace e2e"
-  jq -e --arg n1 "$n1" '.sources == [{pod: "default/e2e-client", node: $n1}] and .unreachable == null
+  cli wait e2e -n "$apps" --timeout 10s | grep -q "^$apps/e2e: Ready (Programmed)" || fail "srv6pipes wait e2e -n $apps"
+  cli chains -A | tee "$t/cli-chains" | grep -Eq "^$apps/e2e +True +Programmed +fw,ids +1 " || fail "srv6pipes chains: $(cat "$t/cli-chains")"
+  cli trace "$apps/e2e" -o json > "$t/trace.json" || fail "srv6pipes trace $apps/e2e"
+  jq -e --arg n1 "$n1" --arg apps "$apps" '.sources == [{pod: "\($apps)/e2e-client", node: $n1}] and .unreachable == null
     and .headends[0].node == $n1 and .headends[0].packets >= 20 and .decap.counters.packets >= 20
     and ([.hops[].replicas[].counters.packets] | length == 2 and all(. >= 20))' "$t/trace.json" >/dev/null \
     || fail "srv6pipes trace e2e -o json: $(cat "$t/trace.json")"
-  cli trace e2e -o dot | grep -q "r2_0 -> d \[label=" || fail "srv6pipes trace e2e -o dot"
-  cli stats -o json | jq -e '.unreachable == null and ([.sids[] | select(.pod == "default/e2e-fw" or .pod == "default/e2e-ids") | .packets]
-    | length == 2 and all(. >= 20)) and ([.chains[] | select(.chain == "default/e2e")] | length == 1)' >/dev/null \
-    || fail "srv6pipes stats: $(cli stats -o json)"
+  cli trace e2e -n "$apps" -o dot | grep -q "r2_0 -> d \[label=" || fail "srv6pipes trace e2e -n $apps -o dot"
+  cli stats -n "$apps" -o json | jq -e --arg apps "$apps" '.unreachable == null and ([.sids[] | select(.pod == "\($apps)/e2e-fw" or .pod == "\($apps)/e2e-ids") | .packets]
+    | length == 2 and all(. >= 20)) and ([.chains[] | select(.chain == "\($apps)/e2e")] | length == 1)' >/dev/null \
+    || fail "srv6pipes stats -n $apps: $(cli stats -n "$apps" -o json)"
   # The live monitor, streamed from the daemons through the API server: the chain's packets
   # (traces), then a drop on one node (a pod addressing a SID: the closed domain).
   monitor() { cli monitor "$@" --duration 30s -o json > "$t/monitor.json" 2> "$t/monitor.err" & mon=$!
     for _ in $(seq 100); do grep -q "listening on" "$t/monitor.err" && break; sleep 0.1; done; }
-  monitor --type trace --chain e2e --count 3
+  monitor --type trace --chain "$apps/e2e" --count 3
   ping_ok 3 || true
   wait $mon || fail "srv6pipes monitor --type trace: $(cat "$t/monitor.err")"
-  jq -se 'length == 3 and all(.type == "trace" and .chain == "default/e2e")' "$t/monitor.json" >/dev/null \
-    || fail "srv6pipes monitor --type trace --chain e2e: $(cat "$t/monitor.json")"
+  jq -se --arg chain "$apps/e2e" 'length == 3 and all(.type == "trace" and .chain == $chain)' "$t/monitor.json" >/dev/null \
+    || fail "srv6pipes monitor --type trace --chain $apps/e2e: $(cat "$t/monitor.json")"
   decap=$(kubectl get nodesidtable "$n2" -o jsonpath='{.spec.decapSid}')
   monitor --node "$n1" --count 1
   ex e2e-client ping -6 -c 1 -W 1 "$decap" >/dev/null 2>&1 || true
   wait $mon || fail "srv6pipes monitor --node $n1: $(cat "$t/monitor.err")"
   jq -e --arg n1 "$n1" --arg sid "$decap" '.type == "drop" and .reason == "closed_domain" and .node == $n1 and .hook == "headend"
     and .flow.dst == $sid' "$t/monitor.json" >/dev/null || fail "srv6pipes monitor --node $n1: $(cat "$t/monitor.json")"
-  ! KUBECONFIG=$t/viewer kubectl delete servicechain e2e --dry-run=server >/dev/null 2>&1 || fail "the viewer may delete a chain"
+  ! KUBECONFIG=$t/viewer kubectl -n "$apps" delete servicechain e2e --dry-run=server >/dev/null 2>&1 || fail "the viewer may delete a chain"
   kubectl delete rolebinding -n "$ns" e2e-viewer >/dev/null
   kubectl delete clusterrolebinding e2e-viewer >/dev/null
   kubectl delete serviceaccount -n default e2e-viewer >/dev/null
@@ -159,7 +171,7 @@ fi
 
 # Services beside the chain, through kube-proxy: from the client (selected, but the chain
 # matches only $server) and from the server (no chain selects it), the Service's cluster IP.
-svc=$(kubectl get service e2e-web -o jsonpath='{.spec.clusterIP}')
+svc=$(kubectl -n "$apps" get service e2e-web -o jsonpath='{.spec.clusterIP}')
 for p in e2e-client e2e-server; do
   for i in $(seq 20); do
     # (busybox-static's wget crashes: HTTP by hand over nc)
@@ -171,6 +183,42 @@ for p in e2e-client e2e-server; do
   [[ $got == e2e-web ]] || fail "$p cannot reach Service e2e-web at $svc: $got"
 done
 ok "Services: e2e-client (steered to $server only) and e2e-server (no chain) reach Service e2e-web at $svc"
+
+# SRv6 pipes, when the release deploys stream proxies in this namespace (stream.enabled): a
+# chain of both kinds of function, the packet VNF fw then a bytestream function done by a
+# proxy, for the client's HTTP to the web pod (its own address, not the Service): the proxy
+# rewrites the answer's bytes on the fly (e2e-web -> e2e-WEB, the same length).
+pipes=$(kubectl -n "$apps" get deployment -l app.kubernetes.io/component=stream -o name)
+web=$(ex e2e-web ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
+fetch() { ex e2e-client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $web 8080" 2>&1 | tail -1 || true; }
+pipes_ok() { # WHEN: the answer comes rewritten, through fw
+  local got fw0
+  for i in $(seq 20); do fw0=$(rx e2e-fw); got=$(fetch); [[ $got == e2e-WEB ]] && break; sleep 0.5; done
+  [[ $got == e2e-WEB ]] || fail "$1: the web pod's answer through the pipes chain: '$got', not e2e-WEB"
+  (( $(rx e2e-fw) > fw0 )) || fail "$1: the pipes chain's packets did not cross fw"
+}
+if [[ $pipes ]]; then
+  kubectl -n "$apps" rollout status "$pipes" --timeout=120s >/dev/null
+  [[ $(fetch) == e2e-web ]] || fail "the web pod does not answer the client directly: $(fetch)"
+  cat > "$t/pipes.yaml" <<Y
+apiVersion: srv6pipes.io/v1alpha1
+kind: ServiceChain
+metadata: {name: e2e-pipes, namespace: $apps}
+spec:
+  sources: {podSelector: {matchLabels: {app: e2e-client}}}
+  match: {protocol: TCP, destinationPrefixes: ["$web/128"], destinationPorts: ["8080"]}
+  functions:
+    - {name: fw, podSelector: {matchLabels: {vnf: e2e-fw}}}
+    - name: rewrite
+      podSelector: {matchLabels: {app: srv6pipes-stream}}   # the chart's stream.labels
+      stream: {function: replace, args: {from: e2e-web, to: e2e-WEB}, direction: Reverse}
+Y
+  kubectl apply -f "$t/pipes.yaml" >/dev/null
+  kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e-pipes --timeout=60s >/dev/null \
+    || { kubectl -n "$apps" get servicechain e2e-pipes -o yaml >&2; fail "chain e2e-pipes not Ready"; }
+  pipes_ok "SRv6 pipes"
+  ok "SRv6 pipes: chain e2e-pipes (fw, then replace by a stream proxy ($pipes)) rewrites the web pod's answer"
+fi
 
 flow() { # COUNT: a steady flow of COUNT pings at 50/s, in the background; check with flow_done
   ex e2e-client ping -6 -c "$1" -i 0.02 -W 2 "$server" > "$t/flow" 2>&1 & echo $! > "$t/flow.pid"; }
@@ -234,13 +282,17 @@ done
 kill -0 "$(cat "$t/flow.pid")" 2>/dev/null || fail "the steady flow ended before the upgrade from NodeProgram did (lengthen it)"
 flow_done "upgrade from the pre-slice NodeProgram (operator stopped, daemons restarted on it, slices back)"
 (( $(rx e2e-fw) - fw0 >= 4000 )) || fail "the flow was not steered through fw during the upgrade from NodeProgram"
-kubectl wait --for=condition=Ready servicechain/e2e --timeout=30s >/dev/null || fail "chain e2e not Ready after the move to slices"
+kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e --timeout=30s >/dev/null || fail "chain e2e not Ready after the move to slices"
 
 if ((${#redeploy[@]})); then
   flow 1500
   sleep 2
   "${redeploy[@]}" > "$t/redeploy" 2>&1 || fail "${redeploy[*]}: $(cat "$t/redeploy")"
   flow_done "upgrade (${redeploy[*]})"
+  if [[ $pipes ]]; then
+    pipes_ok "after the upgrade"
+    ok "SRv6 pipes after the upgrade: the answer still rewritten"
+  fi
 fi
 
 # RBAC: the node daemon's identity reads its program and writes only its status and SID table.
@@ -267,9 +319,15 @@ done
 for r in "nodesidtables/$n2" "nodeprogramslices/$n2.0/status"; do
   [[ $(as_daemon "$r") == 403 ]] && grep -q "may write only node" "$t/write" || fail "the daemon on $n1 wrote $r: $(cat "$t/write")"
 done
-ok "node-writes policy: the daemon on $n1 (its own token) writes $n1's SID table and program status, is refused $n2's"
+# Pods (node.repairPods deletes those that came up without srv6pipes-cni): its node's only.
+delete_as_daemon() { # POD: a dry-run delete as that daemon; prints the HTTP code
+  curl -sk -o "$t/write" -w '%{http_code}' -X DELETE -H "Authorization: Bearer $tok" "$srv/api/v1/namespaces/$apps/pods/$1?dryRun=All"; }
+[[ $(delete_as_daemon e2e-fw) == 200 ]] || fail "the daemon on $n1 may not delete pod e2e-fw on its node: $(cat "$t/write")"
+[[ $(delete_as_daemon e2e-ids) == 403 ]] && grep -q "may write only node" "$t/write" || fail "the daemon on $n1 deleted pod e2e-ids on $n2: $(cat "$t/write")"
+ok "node-writes policy: the daemon on $n1 (its own token) writes $n1's SID table and program status and may delete its pods, is refused $n2's"
 
-kubectl delete servicechain e2e --wait=true --timeout=60s >/dev/null
+kubectl -n "$apps" delete servicechain e2e e2e-pipes --ignore-not-found --wait=true --timeout=60s >/dev/null
+[[ -z $pipes || $(fetch) == e2e-web ]] || fail "the web pod's answer is still rewritten after e2e-pipes was deleted: $(fetch)"
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
 ping_ok 10 || fail "ping after the chain was deleted: $(cat "$t/ping")"
 (( $(rx e2e-fw) - fw0 < 10 && $(rx e2e-ids) - ids0 < 10 )) || fail "still steered after delete"
@@ -288,16 +346,17 @@ if ((${#uninstall[@]})); then
   { pod e2e-probe1 "$n1" "app: e2e-probe" host; pod e2e-probe2 "$n2" "app: e2e-probe" host
     pod e2e-after "$n1" "app: e2e-after"; } > "$t/after.yaml"
   kubectl apply -f "$t/after.yaml" >/dev/null
-  kubectl wait --for=condition=Ready pod/e2e-probe1 pod/e2e-probe2 pod/e2e-after --timeout=120s >/dev/null \
-    || fail "pods do not start after the uninstall: $(kubectl describe pod e2e-after | tail -5)"
+  kubectl -n "$apps" wait --for=condition=Ready pod/e2e-probe1 pod/e2e-probe2 pod/e2e-after --timeout=120s >/dev/null \
+    || fail "pods do not start after the uninstall: $(kubectl -n "$apps" describe pod e2e-after | tail -5)"
   for p in e2e-probe1 e2e-probe2; do
     left=$(ex $p sh -c 'cd /host; ls cni/net.d | grep -q conf || echo "(the probe sees no CNI configuration)";
       [ -e cni/bin/srv6pipes-cni ] && echo "cni/bin/srv6pipes-cni";
       grep -l srv6pipes-cni cni/net.d/* 2>/dev/null; [ -e bpf/srv6pipes ] && ls -R bpf/srv6pipes | head -5;
       ip -6 route show | grep "^fcbb:bb00:"; true')
-    [[ -z $left ]] || fail "left on $(kubectl get pod $p -o jsonpath='{.spec.nodeName}') after the uninstall: $left"
+    [[ -z $left ]] || fail "left on $(kubectl -n "$apps" get pod $p -o jsonpath='{.spec.nodeName}') after the uninstall: $left"
   done
   kubectl delete -f "$t/after.yaml" --wait=true --timeout=60s >/dev/null
+  kubectl delete namespace "$apps" --wait=true --timeout=60s >/dev/null
   ok "uninstalled (${uninstall[*]}): no CNI binary, conflist entry, pin or locator route left on $n1 and $n2; new pods start"
 fi
 ok "scenario passed"

@@ -93,6 +93,9 @@ kubeadmConfigPatches:
 - |
   kind: ClusterConfiguration
   etcd: {local: {imageTag: "$etcd_tag"}}
+- |
+  kind: KubeletConfiguration
+  failCgroupV1: false
 Y
 stamp "kind create cluster"
 kind create cluster --name "$cluster" --image "$SRV6PIPES_KIND_IMAGE" --config "$work/kind.yaml"
@@ -130,15 +133,18 @@ kubectl wait --for=condition=Ready node --all --timeout=180s
 nodes=($(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}'))
 
 stamp "images, Multus"
-for i in srv6pipes-node srv6pipes-operator srv6pipes-testbox; do
+for i in srv6pipes-node srv6pipes-operator srv6pipes-stream srv6pipes-testbox; do
   kind load image-archive "$work/img/$i.tar" --name "$cluster"
 done
 kubectl apply -f "$here/multus-daemonset.yml"
 kubectl -n kube-system rollout status daemonset/kube-multus-ds --timeout=180s
 
 stamp "helm install"
+# The stream proxies (SRv6 pipes) in the namespace of the scenario's applications, whose chains
+# select them.
 values=(--namespace kube-system --set cni.mode=multus --set cni.networkAttachmentDefinition.create=true
-  --set image.pullPolicy=Never)
+  --set image.pullPolicy=Never --set stream.enabled=true --set stream.namespace=e2e-apps)
+kubectl create namespace e2e-apps >/dev/null
 helm install srv6pipes "$repo/charts/srv6pipes" "${values[@]}" --wait --timeout 180s
 stamp "scenario"
 # The upgrade the scenario runs under a steady flow: the node image's other tag.

@@ -78,6 +78,14 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     let pod = &d["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["app"], "srv6pipes-stream", "chains select the proxies by this label");
     assert_eq!(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "srv6pipes");
+    // With the chart's NetworkAttachmentDefinition (Multus), in another namespace than the
+    // proxies: they name it with its namespace, or Multus would not find it.
+    let nad = ["--set", "cni.networkAttachmentDefinition.create=true", "--set", "cni.networkAttachmentDefinition.namespace=vnfs"];
+    let docs = render(&helm, &[&["--set", "stream.enabled=true", "--set", "stream.namespace=pipes"][..], &nad].concat());
+    let d = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "srv6pipes-stream").unwrap();
+    assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "vnfs/srv6pipes");
+    let nad = docs.iter().find(|d| d["kind"] == "NetworkAttachmentDefinition").expect("the chart's NetworkAttachmentDefinition");
+    assert_eq!((nad["metadata"]["namespace"].as_str(), nad["metadata"]["name"].as_str()), (Some("vnfs"), Some("srv6pipes")));
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false, "no credentials");
     let c = &pod["spec"]["containers"][0];
     let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
@@ -106,6 +114,30 @@ fn node_writes_are_checked_by_an_admission_policy_not_a_webhook() {
     );
     assert!(find(&docs, "ValidatingWebhookConfiguration").is_none() && find(&docs, "Service").is_none());
     assert!(!serde_json::to_string(&docs).unwrap().contains("webhook-tls"), "no certificate Secret to read or make");
+    // The daemons delete the pods that came up without srv6pipes-cni (node.repairPods, on by
+    // default): the policy covers pod deletes, by the pod's node.
+    let rules = &policy["spec"]["matchConstraints"]["resourceRules"];
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["pods"]})),
+        "{rules}"
+    );
+    let target = policy["spec"]["variables"].as_array().unwrap().iter().find(|v| v["name"] == "target").unwrap()["expression"].to_string();
+    assert!(target.contains("oldObject.spec.nodeName"), "{target}");
+    let node_args = |docs: &[Json]| {
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("the node daemons");
+        ds["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let args = node_args(&docs);
+    assert!(args.contains(&"--repair-pods".into()) && args.contains(&"--network=srv6pipes".into()), "{args:?}");
+    assert!(!node_args(&render(&helm, &["--set", "node.repairPods=false"])).contains(&"--repair-pods".into()));
     // The removed webhook's values still install (older values files), and bring nothing back.
     let with_webhook = render(&helm, &["--set", "operator.webhook.enabled=true", "--set", "operator.webhook.port=9443"]);
     assert!(find(&with_webhook, "ValidatingWebhookConfiguration").is_none());

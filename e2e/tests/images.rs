@@ -130,6 +130,8 @@ fn built_images_import_into_containerd_and_run() {
         c.run("localhost/srv6pipes-node:latest", "node", &["/usr/bin/srv6pipes-node", "--version"]).trim(),
         format!("srv6pipes-node {version}")
     );
+    // The daemon opens pods' netns by the path the runtime gave: /var/run is /run in its image.
+    assert_eq!(c.run("localhost/srv6pipes-node:latest", "node-var-run", &["/bin/readlink", "/var/run"]).trim(), "../run");
     assert_eq!(
         c.run("localhost/srv6pipes-operator:latest", "operator", &["/usr/bin/srv6pipes-operator", "--version"]).trim(),
         format!("srv6pipes-operator {version}")

@@ -36,12 +36,17 @@ pub struct KubePlane {
     node: String,
     /// The Node's uid: the published table is owned by it (removed with the node).
     node_uid: String,
+    /// When this daemon connected (its start): pods that started before may predate srv6pipes-cni.
+    pub started: k8s_openapi::jiff::Timestamp,
+    /// --repair-pods: the network whose unwired pods are repaired ([`crate::repair`]).
+    pub repair_network: Option<String>,
 }
 
 impl KubePlane {
     /// Connects and waits for the node's locator annotation; `expected` (--locator), when given,
     /// must agree with it.
     pub async fn connect(kubeconfig: Option<&std::path::Path>, node: &str, expected: Option<Locator>) -> anyhow::Result<(Self, Locator)> {
+        let started = k8s_openapi::jiff::Timestamp::now();
         let client = srv6pipes_crds::client(kubeconfig).await.map_err(anyhow::Error::msg)?;
         let nodes: Api<KubeNode> = Api::all(client.clone());
         let mut logged = false;
@@ -68,7 +73,7 @@ impl KubePlane {
             bail!("--locator {e} disagrees with node {node}'s annotation {LOCATOR_ANNOTATION}={locator}");
         }
         info!(node, %locator, "locator from the node");
-        Ok((KubePlane { client, internal_ips, node: node.into(), node_uid: uid }, locator))
+        Ok((KubePlane { client, internal_ips, node: node.into(), node_uid: uid, started, repair_network: None }, locator))
     }
 
     pub fn node(&self) -> &str {

@@ -7,6 +7,7 @@ mod metrics;
 mod monitor;
 mod net;
 mod node;
+mod repair;
 mod server;
 mod state;
 
@@ -109,6 +110,16 @@ pub struct Args {
     /// The srv6pipes-cni binary that runs the CNI uninstall (the image's copy).
     #[arg(long, default_value = "/opt/srv6pipes/cni/srv6pipes-cni")]
     pub cni_installer: PathBuf,
+    /// Kube mode: the network (NetworkAttachmentDefinition, or the name pods' annotation gives in
+    /// chained mode) that this node's srv6pipes-cni serves.
+    #[arg(long, default_value = "srv6pipes")]
+    pub network: String,
+    /// Kube mode: after starting, delete this node's pods that ask for --network but came up
+    /// without it (started before srv6pipes-cni was installed here: a sandbox gets its CNI ADD
+    /// once), when a controller makes them again; name the others in the log. Needs `list` and
+    /// `delete` of pods (the chart's admission policy limits a daemon's deletes to its node).
+    #[arg(long)]
+    pub repair_pods: bool,
     /// The live monitor's limit (`srv6pipes monitor`): at most this many events per second per
     /// CPU; the rest are counted (`monitor_limited` in `srv6pipes stats`). 0: no limit.
     #[arg(long, default_value_t = 1000)]
@@ -141,7 +152,8 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("--daemonset needs kube mode (--kube or --kubeconfig)");
         }
         let (plane, locator, uplink) = if kube_mode {
-            let (plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
+            let (mut plane, locator) = kube::KubePlane::connect(args.kubeconfig.as_deref(), &args.node_name, args.locator).await?;
+            plane.repair_network = args.repair_pods.then(|| args.network.clone());
             let uplink = match &args.uplink {
                 Some(u) => u.clone(),
                 None => net::interface_with_address(&plane.internal_ips).await?.with_context(|| {

@@ -377,6 +377,11 @@ impl Node {
         }
     }
 
+    /// The pods registered here, by (namespace, name).
+    pub fn registered_pods(&self) -> BTreeSet<(String, String)> {
+        self.state.registrations.iter().map(|r| (r.attachment.pod_namespace.clone(), r.attachment.pod_name.clone())).collect()
+    }
+
     pub fn sids(&self) -> NodeSids {
         NodeSids {
             node: self.name.clone(),

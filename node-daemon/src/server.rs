@@ -122,6 +122,13 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
         // Kube mode is ready once the node's current program is applied (kube_loop says so).
         ControlPlane::Kube(plane) => {
             shared.health.set_ready(Err("waiting for the first list of the node's program".into()));
+            if let Some(network) = plane.repair_network.clone() {
+                let (client, node, shared) = (plane.client(), plane.node().to_string(), shared.clone());
+                tokio::spawn(crate::repair::repair_pods(client, node, network, plane.started, move || {
+                    let shared = shared.clone();
+                    async move { shared.node.lock().await.registered_pods() }
+                }));
+            }
             let shared = shared.clone();
             tokio::spawn(async move { kube_loop(plane, shared).await });
         }
