@@ -345,6 +345,12 @@ fn only_the_node_setup_init_containers_are_privileged() {
     for c in spec["containers"].as_array().unwrap() {
         assert!(c["securityContext"]["privileged"].is_null(), "{} is not privileged", c["name"]);
     }
+    // The daemon's capabilities, each said why in the README: SYS_ADMIN is setns into stream
+    // proxy pods' netns (the real cluster's pipes chain fails without it: EPERM).
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"],
+        serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN", "BPF", "PERFMON", "SYS_ADMIN"]})
+    );
 }
 
 /// With metrics on: Services for the node daemons' and the operator's /metrics, and, when

@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
                     format!("no interface holds node {}'s InternalIP {:?}: set --uplink", args.node_name, plane.internal_ips)
                 })?,
             };
-            (server::ControlPlane::Kube(plane), locator, uplink)
+            (server::ControlPlane::Kube(Box::new(plane)), locator, uplink)
         } else {
             let uplink = args.uplink.clone().expect("clap requires --uplink without --kube");
             (server::ControlPlane::Local, args.locator.expect("clap requires --locator without --kube"), uplink)

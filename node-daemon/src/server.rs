@@ -23,7 +23,7 @@ pub enum ControlPlane {
     /// The lab (or a script) reads SIDs and pushes programs over the socket.
     Local,
     /// The operator, through the API server (see `crate::kube`).
-    Kube(KubePlane),
+    Kube(Box<KubePlane>),
 }
 
 /// The daemon's HTTP endpoints.
@@ -130,7 +130,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
                 }));
             }
             let shared = shared.clone();
-            tokio::spawn(async move { kube_loop(plane, shared).await });
+            tokio::spawn(async move { kube_loop(*plane, shared).await });
         }
         // The lab pushes programs over the socket, each applied before it is answered.
         ControlPlane::Local => shared.health.set_ready(Ok(())),
@@ -171,20 +171,14 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
                     shared.sids_changed.notify_one();
                 }
             }
-            conn = listener.accept() => {
-                let (stream, _) = conn?;
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, shared).await {
-                        warn!(error = %format!("{e:#}"), "connection failed");
-                    }
-                });
-            }
+            conn = listener.accept() => spawn_connection(conn?.0, &shared),
             _ = term.recv() => {
                 if let (Some(d), Some(client)) = (&departure, &shared.kube) {
                     match crate::kube::departure_of(client.clone(), &d.daemonset, &deletion_seen).await {
                         crate::kube::Departure::Uninstall(why) => {
                             info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
+                            let departing = std::time::Duration::from_secs(DEPARTING_WAIT_SECS);
+                            serve_until_detached(&listener, path, &shared, tokio::time::Instant::now() + departing).await;
                             uninstall(path, d, &shared).await;
                             return Ok(());
                         }
@@ -272,6 +266,37 @@ fn keep_conflist_entry(dir: &Path, last_error: &mut String) {
 
 /// srv6pipes is being uninstalled: the node's datapath, the CNI entry (`d.cni`), the socket at
 /// `path` and its pending deletions go; each step that fails is logged and the rest go on.
+/// How long an uninstall waits for attached pods to detach (the chart gives the daemon 30 s to
+/// stop): the release's own stream proxies, deleted by the same `helm uninstall`, drain their
+/// connections first (10 s by default).
+const DEPARTING_WAIT_SECS: u64 = 20;
+
+/// An uninstall's first step: while pods are attached, until `deadline`, CNI DELs are served
+/// (and queued ones applied), so that the pods going with the release detach and the CNI binary
+/// can go too. Pods that stay (VNFs not deleted first) keep it (`--keep-binary`).
+async fn serve_until_detached(listener: &UnixListener, path: &Path, shared: &Arc<Shared>, deadline: tokio::time::Instant) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        let attached = shared.node.lock().await.registered_pods();
+        if attached.is_empty() {
+            return;
+        }
+        tokio::select! {
+            conn = listener.accept() => if let Ok((stream, _)) = conn {
+                spawn_connection(stream, shared);
+            },
+            _ = tick.tick() => {
+                shared.node.lock().await.apply_queued_deregistrations(path);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let pods: Vec<String> = attached.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
+                info!(?pods, wait_s = DEPARTING_WAIT_SECS, "pods still attached after the uninstall's wait");
+                return;
+            }
+        }
+    }
+}
+
 async fn uninstall(path: &Path, d: &Departure, shared: &Shared) {
     let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
     if let Err(e) = std::fs::remove_file(path) {
@@ -333,6 +358,15 @@ async fn http_request(path: &str, shared: &Shared) -> Reply {
         Ok(text) => Reply::ok(text),
         Err(e) => Reply { status: 500, body: format!("{e:#}\n") },
     }
+}
+
+fn spawn_connection(stream: UnixStream, shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection(stream, shared).await {
+            warn!(error = %format!("{e:#}"), "connection failed");
+        }
+    });
 }
 
 async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
