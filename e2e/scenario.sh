@@ -10,7 +10,9 @@
 # the network as `default/srv6pipes`, the NetworkAttachmentDefinition in `default` that the chart
 # makes in Multus mode; in chained mode srv6pipes reads only the name). A ServiceChain
 # client -> fw -> ids -> server is applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
-# pings), the return path answers, a DaemonSet pod deleted and recreated under a steady flow loses
+# pings), the return path answers, a Service answers beside it, SRv6 pipes (when the release
+# deploys stream proxies in that namespace: a chain of fw then a `replace` stream function
+# rewrites the web pod's HTTP answer, before and after the upgrade), a DaemonSet pod deleted and recreated under a steady flow loses
 # no packet (its Role deleted meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
 # objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
 # node-writes admission policy refuses one node's daemon another node's objects, and deleting the chain

@@ -177,8 +177,7 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
                     match crate::kube::departure_of(client.clone(), &d.daemonset, &deletion_seen).await {
                         crate::kube::Departure::Uninstall(why) => {
                             info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
-                            let departing = std::time::Duration::from_secs(DEPARTING_WAIT_SECS);
-                            serve_until_detached(&listener, path, &shared, tokio::time::Instant::now() + departing).await;
+                            serve_until_detached(&listener, path, &shared, tokio::time::Instant::now() + DEPARTING_WAIT).await;
                             uninstall(path, d, &shared).await;
                             return Ok(());
                         }
@@ -264,12 +263,10 @@ fn keep_conflist_entry(dir: &Path, last_error: &mut String) {
     }
 }
 
-/// srv6pipes is being uninstalled: the node's datapath, the CNI entry (`d.cni`), the socket at
-/// `path` and its pending deletions go; each step that fails is logged and the rest go on.
 /// How long an uninstall waits for attached pods to detach (the chart gives the daemon 30 s to
 /// stop): the release's own stream proxies, deleted by the same `helm uninstall`, drain their
 /// connections first (10 s by default).
-const DEPARTING_WAIT_SECS: u64 = 20;
+const DEPARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// An uninstall's first step: while pods are attached, until `deadline`, CNI DELs are served
 /// (and queued ones applied), so that the pods going with the release detach and the CNI binary
@@ -290,13 +287,15 @@ async fn serve_until_detached(listener: &UnixListener, path: &Path, shared: &Arc
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let pods: Vec<String> = attached.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
-                info!(?pods, wait_s = DEPARTING_WAIT_SECS, "pods still attached after the uninstall's wait");
+                info!(?pods, wait = ?DEPARTING_WAIT, "pods still attached after the uninstall's wait");
                 return;
             }
         }
     }
 }
 
+/// srv6pipes is being uninstalled: the node's datapath, the CNI entry (`d.cni`), the socket at
+/// `path` and its pending deletions go; each step that fails is logged and the rest go on.
 async fn uninstall(path: &Path, d: &Departure, shared: &Shared) {
     let mut errs = shared.node.lock().await.uninstall(d.cni.as_ref()).await;
     if let Err(e) = std::fs::remove_file(path) {
