@@ -29,10 +29,13 @@ pub enum Repair {
 
 /// The pods of `pods` (this node's) to repair: they ask for `network`, have an address (their
 /// sandbox is made), started before `since` (this daemon's start), are not on the host's
-/// network, are not being deleted, and `registered` (namespace, name) does not hold them.
+/// network, are neither being deleted nor done (a finished Job's pod is left as it is), and
+/// `registered` (namespace, name) does not hold them. A static pod's mirror (owned by its Node)
+/// is only said: deleting it would not make the kubelet remake the pod.
 pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTreeSet<(String, String)>) -> Vec<Repair> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .filter(|p| !p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false))
         .filter(|p| {
             p.annotations()
@@ -48,7 +51,7 @@ pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTree
         .filter(|p| !registered.contains(&(p.namespace().unwrap_or_default(), p.name_any())))
         .map(|p| {
             let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
-            match p.owner_references().iter().find(|o| o.controller == Some(true)) {
+            match p.owner_references().iter().find(|o| o.controller == Some(true) && o.kind != "Node") {
                 Some(o) => {
                     Repair::Restart { namespace, name, uid: p.uid().unwrap_or_default(), controller: format!("{} {}", o.kind, o.name) }
                 }
@@ -140,6 +143,10 @@ mod tests {
         host.spec.as_mut().unwrap().host_network = Some(true);
         let mut going = pod("going", Some("srv6pipes"), true, before, true);
         going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+        let mut done = pod("done", Some("srv6pipes"), true, before, true);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let mut mirror = pod("static", Some("srv6pipes"), true, before, true);
+        mirror.metadata.owner_references.as_mut().unwrap()[0].kind = "Node".into();
         let pods = [
             pod("proxy", Some("default/srv6pipes@net1"), true, before, true),
             pod("bare", Some("srv6pipes"), true, before, false),
@@ -150,6 +157,8 @@ mod tests {
             pod("made-since", Some("srv6pipes"), true, after, true),
             host,
             going,
+            done,
+            mirror,
         ];
         let registered = BTreeSet::from([("apps".to_string(), "registered".to_string())]);
         assert_eq!(
@@ -162,6 +171,7 @@ mod tests {
                     controller: "ReplicaSet proxies-7d9".into()
                 },
                 Repair::Report { namespace: "apps".into(), name: "bare".into() },
+                Repair::Report { namespace: "apps".into(), name: "static".into() },
             ]
         );
         assert!(unwired(&pods, "other", since, &registered).is_empty(), "another network's pods are not this daemon's");
