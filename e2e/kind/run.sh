@@ -22,11 +22,12 @@
 # 4. On exit: `kind delete cluster`, and the engine stopped if this run started it (which
 #    deletes its namespace and restores the host sysctls kind's nodes change).
 #
-# Environment: CLUSTER (default srv6pipes-e2e), KUBE_VERSION (default v1.34.4, as node-image's:
-# kind v0.31.0, the last release whose node files run on these cgroup-v1 hosts, is not tried with
-# kubeadm 1.35 or later; the other tiers run scripts/kube-build's default).
+# Environment: CLUSTER (default srv6pipes-e2e), KUBE_VERSION (default v1.36.3, as node-image's:
+# kind v0.31.0, the last release whose node files run on these cgroup-v1 hosts, writes kubeadm's
+# v1beta3 configuration, which kubeadm 1.37 no longer reads; the other tiers run 1.37,
+# scripts/kube-build's default).
 set -euo pipefail
-export KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+export KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here=$repo/e2e/kind
 cluster=${CLUSTER:-srv6pipes-e2e}
@@ -95,7 +96,7 @@ kubeadmConfigPatches:
   etcd: {local: {imageTag: "$etcd_tag"}}
 - |
   kind: KubeletConfiguration
-  failCgroupV1: false
+  failCgroupV1: false  # these hosts are cgroup v1: kubelet 1.35 and later refuse them otherwise
 Y
 stamp "kind create cluster"
 kind create cluster --name "$cluster" --image "$SRV6PIPES_KIND_IMAGE" --config "$work/kind.yaml"
