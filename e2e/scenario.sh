@@ -7,18 +7,20 @@
 # Client on NODE1, server on NODE2, VNF "fw" on NODE1 and "ids" on NODE2 (test image pods that
 # ask for the srv6pipes network by annotation), all in a namespace of their own (e2e-apps, or
 # SRV6PIPES_APPS_NAMESPACE), as applications run: not `default`, not srv6pipes' (the VNFs name
-# the network as `default/srv6pipes`, the NetworkAttachmentDefinition in `default` that the chart
-# makes in Multus mode; in chained mode srv6pipes reads only the name). A ServiceChain
-# client -> fw -> ids -> server is applied with kubectl; then: it is Ready, it steers (each VNF's chain interface counts the
-# pings), the return path answers, a Service answers beside it, SRv6 pipes (when the release
-# deploys stream proxies in that namespace: a chain of fw then a `replace` stream function
-# rewrites the web pod's HTTP answer, before and after the upgrade), a DaemonSet pod deleted and recreated under a steady flow loses
-# no packet (its Role deleted meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template, fresh daemons reloading their BPF
-# objects) loses none either, RBAC refuses the node daemon's identity what it must not write, the
-# node-writes admission policy refuses one node's daemon another node's objects, and deleting the chain
-# unsteers. Then UNINSTALL_CMD (helm uninstall, or its equivalent) must leave
-# neither node with srv6pipes' CNI binary or conflist entry, pins or routes to locators, and pods
-# must still start. Prints one line per check; exits non-zero at the first failure.
+# the network as `default/srv6pipes`, the NetworkAttachmentDefinition in `default` that the
+# chart makes in Multus mode; in chained mode srv6pipes reads only the name). A ServiceChain
+# client -> fw -> ids -> server is applied with kubectl; then: it is Ready, it steers (each
+# VNF's chain interface counts the pings), the return path answers, a Service answers beside
+# it, SRv6 pipes (when the release deploys stream proxies in that namespace: a chain of fw then
+# a `replace` stream function rewrites the web pod's HTTP answer, before and after the upgrade),
+# a DaemonSet pod deleted and recreated under a steady flow loses no packet (its Role deleted
+# meanwhile: a refused identity is no uninstall), REDEPLOY_CMD (an upgrade: new pod template,
+# fresh daemons reloading their BPF objects) loses none either, RBAC refuses the node daemon's
+# identity what it must not write, the node-writes admission policy refuses one node's daemon
+# another node's objects, and deleting the chains unsteers. Then UNINSTALL_CMD (helm uninstall,
+# or its equivalent) must leave neither node with srv6pipes' CNI binary or conflist entry, pins
+# or routes to locators, and pods must still start. Prints one line per check; exits non-zero
+# at the first failure.
 set -euo pipefail
 n1=$1 n2=$2; shift 2
 redeploy=() uninstall=()

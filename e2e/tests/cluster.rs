@@ -1,8 +1,10 @@
 //! Tier 6: srv6pipes on a real two-node Kubernetes (kubelet + containerd + runc, API server with
-//! Node,RBAC, kube-proxy) made by e2e/cluster/up, deployed from the chart with Helm, then the
-//! scenario shared with kind (e2e/scenario.sh): steering, return path, Ready, a DaemonSet pod
-//! recreated and an upgrade under a steady flow without loss, RBAC refusals, unsteering, and an
-//! uninstall that leaves the nodes clean.
+//! Node,RBAC, kube-proxy) made by e2e/cluster/up, deployed from the chart with Helm (its stream
+//! proxies too, which start before srv6pipes-cni is on their node and are remade by the
+//! daemons' pod repair), then the scenario shared with kind (e2e/scenario.sh), in a namespace of
+//! its own: steering, return path, Ready, SRv6 pipes (a packet VNF and a stream function in one
+//! chain), a DaemonSet pod recreated and an upgrade under a steady flow without loss, RBAC
+//! refusals, unsteering, and an uninstall that leaves the nodes clean.
 //! e2e/cluster/down runs whatever happens. Needs root, containerd, runc, etcd, gcc and the
 //! Kubernetes binaries scripts/kube-build makes; skips, saying why, without them.
 
