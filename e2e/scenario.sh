@@ -77,8 +77,10 @@ metadata: {name: e2e-web, namespace: $apps}
 spec: {selector: {app: e2e-web}, ports: [{port: 80, targetPort: 8080}]}
 Y
 } > "$t/pods.yaml"
-# (Made beforehand when the release deploys the stream proxies there.)
-kubectl get namespace "$apps" >/dev/null 2>&1 || kubectl create namespace "$apps" >/dev/null
+# (Made beforehand when the release deploys the stream proxies there; deleted at the end only if
+# made here.)
+made_apps=
+kubectl get namespace "$apps" >/dev/null 2>&1 || { kubectl create namespace "$apps" >/dev/null; made_apps=1; }
 # The namespace's ServiceAccount comes from the controller-manager, and pods wait for it.
 for i in $(seq 100); do kubectl -n "$apps" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
 kubectl apply -f "$t/pods.yaml" >/dev/null
@@ -116,9 +118,10 @@ kubectl apply -f "$t/chain.yaml" >/dev/null
 kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e --timeout=60s >/dev/null || { kubectl -n "$apps" get servicechain e2e -o yaml >&2; fail "chain not Ready"; }
 kubectl -n "$apps" get servicechains | tee "$t/chains" | grep -E "^e2e +True +Programmed" >/dev/null || fail "kubectl get servicechains: $(cat "$t/chains")"
 # The operator records the chain's Ready transition as an Event in the chain's namespace.
-kubectl -n "$apps" get events.events.k8s.io -o json | jq -e '[.items[] | select(.regarding.kind == "ServiceChain"
-  and .regarding.name == "e2e" and .regarding.namespace == "'"$apps"'")] | length > 0' >/dev/null \
-  || fail "no Event on chain $apps/e2e: $(kubectl -n "$apps" get events.events.k8s.io 2>&1)"
+chain_event() { kubectl -n "$apps" get events.events.k8s.io -o json | jq -e '[.items[] | select(.regarding.kind == "ServiceChain"
+  and .regarding.name == "e2e" and .regarding.namespace == "'"$apps"'")] | length > 0' >/dev/null; }
+for i in $(seq 20); do chain_event && break; sleep 0.25; done
+chain_event || fail "no Event on chain $apps/e2e: $(kubectl -n "$apps" get events.events.k8s.io 2>&1)"
 ok "kubectl get servicechains -n $apps: e2e Ready (Programmed), with its Event"
 # Programs reach both nodes' datapaths right after Ready: allow them a moment.
 for i in $(seq 20); do fw0=$(rx e2e-fw); ex e2e-client ping -6 -c1 -W1 "$server" >/dev/null 2>&1 || true; (( $(rx e2e-fw) > fw0 )) && break; sleep 0.25; done
@@ -192,7 +195,7 @@ ok "Services: e2e-client (steered to $server only) and e2e-server (no chain) rea
 # chain of both kinds of function, the packet VNF fw then a bytestream function done by a
 # proxy, for the client's HTTP to the web pod (its own address, not the Service): the proxy
 # rewrites the answer's bytes on the fly (e2e-web -> e2e-WEB, the same length).
-pipes=$(kubectl -n "$apps" get deployment -l app.kubernetes.io/component=stream -o name)
+pipes=$(kubectl -n "$apps" get deployment -l app.kubernetes.io/component=stream -o name | head -1)
 web=$(ex e2e-web ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
 fetch() { ex e2e-client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $web 8080" 2>&1 | tail -1 || true; }
 pipes_ok() { # WHEN: the answer comes rewritten, through fw
@@ -331,7 +334,10 @@ delete_as_daemon() { # POD: a dry-run delete as that daemon; prints the HTTP cod
 ok "node-writes policy: the daemon on $n1 (its own token) writes $n1's SID table and program status and may delete its pods, is refused $n2's"
 
 kubectl -n "$apps" delete servicechain e2e e2e-pipes --ignore-not-found --wait=true --timeout=60s >/dev/null
-[[ -z $pipes || $(fetch) == e2e-web ]] || fail "the web pod's answer is still rewritten after e2e-pipes was deleted: $(fetch)"
+if [[ $pipes ]]; then
+  for i in $(seq 10); do [[ $(fetch) == e2e-web ]] && break; sleep 0.5; done
+  [[ $(fetch) == e2e-web ]] || fail "the web pod's answer is still rewritten after e2e-pipes was deleted: $(fetch)"
+fi
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
 ping_ok 10 || fail "ping after the chain was deleted: $(cat "$t/ping")"
 (( $(rx e2e-fw) - fw0 < 10 && $(rx e2e-ids) - ids0 < 10 )) || fail "still steered after delete"
@@ -360,7 +366,7 @@ if ((${#uninstall[@]})); then
     [[ -z $left ]] || fail "left on $(kubectl -n "$apps" get pod $p -o jsonpath='{.spec.nodeName}') after the uninstall: $left"
   done
   kubectl delete -f "$t/after.yaml" --wait=true --timeout=60s >/dev/null
-  kubectl delete namespace "$apps" --wait=true --timeout=60s >/dev/null
+  [[ -z $made_apps ]] || kubectl delete namespace "$apps" --wait=true --timeout=60s >/dev/null
   ok "uninstalled (${uninstall[*]}): no CNI binary, conflist entry, pin or locator route left on $n1 and $n2; new pods start"
 fi
 ok "scenario passed"

@@ -52,6 +52,9 @@ pub struct Node {
     flow_counts: BTreeMap<u16, u32>,
     /// SRv6 pipes: the channel to each stream proxy on this node.
     channels: stream::Channels,
+    /// No state was in the state directory: srv6pipes was not on this node before (or was
+    /// uninstalled since), so its pods came up without srv6pipes-cni.
+    first_start: bool,
 }
 
 /// How long a released proxy SID is not given to another pod (while another is free): other
@@ -111,6 +114,7 @@ impl Node {
         })?;
         datapath.attach(Hook::Uplink, &uplink)?;
         let store = Store::new(&args.state_dir)?;
+        let first_start = !store.exists();
         let (state, skipped) = store.load()?;
         for entry in &skipped {
             warn!(node = %args.node_name, entry = %entry, "state file: an entry that cannot be read was skipped");
@@ -128,6 +132,7 @@ impl Node {
             installed: Installed::default(),
             flow_counts: BTreeMap::new(),
             channels: stream::Channels::default(),
+            first_start,
         };
         node.restore(state).await?;
         node.take_over_adopted();
@@ -476,6 +481,10 @@ impl Node {
     }
 
     /// Where the datapath's maps are pinned.
+    pub fn first_start(&self) -> bool {
+        self.first_start
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

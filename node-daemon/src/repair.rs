@@ -3,10 +3,12 @@
 //! installed beside the pods, or deployments applied with it, as the stream proxies are) runs
 //! without its chain interface, for good: CNI ADD runs once per sandbox, and the pod's
 //! containers restarting never makes another. Like Cilium's operator with the pods it does not
-//! manage, the daemon deletes such a pod when a controller (a ReplicaSet, a StatefulSet, ...)
-//! makes it again, and names it in its log otherwise. It looks only at pods that started before
-//! it did: a pod made since went through srv6pipes-cni (its ADD registers the pod before the
-//! pod has an address) or was refused by it.
+//! manage, the daemon deletes such a pod when its controller (a ReplicaSet, a StatefulSet or a
+//! DaemonSet) makes it again, and names it in its log otherwise. It does so on the node's first
+//! start only (no state in the state directory: after a restart or a reboot, the pods being
+//! remade go through srv6pipes-cni, and the API may still show their old sandbox's address), and
+//! looks only at pods that started before it did: a pod made since went through srv6pipes-cni
+//! (its ADD registers the pod before the pod has an address) or was refused by it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,7 +33,7 @@ pub enum Repair {
 /// sandbox is made), started before `since` (this daemon's start), are not on the host's
 /// network, are neither being deleted nor done (a finished Job's pod is left as it is), and
 /// `registered` (namespace, name) does not hold them. A static pod's mirror (owned by its Node)
-/// is only said: deleting it would not make the kubelet remake the pod.
+/// is only said, as is a pod of any other controller (a Job's would count as a failure).
 pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTreeSet<(String, String)>) -> Vec<Repair> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -51,7 +53,8 @@ pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTree
         .filter(|p| !registered.contains(&(p.namespace().unwrap_or_default(), p.name_any())))
         .map(|p| {
             let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
-            match p.owner_references().iter().find(|o| o.controller == Some(true) && o.kind != "Node") {
+            let remade = ["ReplicaSet", "StatefulSet", "DaemonSet"];
+            match p.owner_references().iter().find(|o| o.controller == Some(true) && remade.contains(&o.kind.as_str())) {
                 Some(o) => {
                     Repair::Restart { namespace, name, uid: p.uid().unwrap_or_default(), controller: format!("{} {}", o.kind, o.name) }
                 }
@@ -63,7 +66,8 @@ pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTree
 
 /// After this daemon's start (`since`), looks at its node's pods a few times (a pod's first
 /// address may take a while: an image pull, a slow runtime) and repairs those [`unwired`]
-/// finds; `registered` reads the node's registrations at each look. Each pod is handled once.
+/// finds; `registered` reads the node's registrations at each look. Each pod is handled once
+/// (a delete that failed is tried again at the next look).
 pub async fn repair_pods<F, Fut>(client: Client, node: String, network: String, since: Timestamp, registered: F)
 where
     F: Fn() -> Fut,
@@ -82,14 +86,15 @@ where
             }
         };
         for repair in unwired(&pods, &network, since, &registered().await) {
-            if done.insert(repair.clone()) {
-                act(&client, &node, &network, &repair).await;
+            if !done.contains(&repair) && act(&client, &node, &network, &repair).await {
+                done.insert(repair);
             }
         }
     }
 }
 
-async fn act(client: &Client, node: &str, network: &str, repair: &Repair) {
+/// Whether `repair` is done with (a pod deleted, or named).
+async fn act(client: &Client, node: &str, network: &str, repair: &Repair) -> bool {
     match repair {
         Repair::Restart { namespace, name, uid, controller } => {
             let params = DeleteParams {
@@ -97,14 +102,25 @@ async fn act(client: &Client, node: &str, network: &str, repair: &Repair) {
                 ..Default::default()
             };
             match Api::<Pod>::namespaced(client.clone(), namespace).delete(name, &params).await {
-                Ok(_) => info!(node, pod = %format!("{namespace}/{name}"), %controller, network,
-                    "pod started before srv6pipes-cni was installed on the node, without its chain interface: deleted, its controller makes it again"),
-                Err(e) => warn!(node, pod = %format!("{namespace}/{name}"), error = %e, network,
-                    "pod started before srv6pipes-cni was installed on the node, without its chain interface: cannot delete it"),
+                Ok(_) => {
+                    info!(node, pod = %format!("{namespace}/{name}"), %controller, network,
+                        "pod started before srv6pipes-cni was installed on the node, without its chain interface: deleted, its controller makes it again");
+                    true
+                }
+                // Already gone, or another pod of that name since: nothing left to do.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+                Err(e) => {
+                    warn!(node, pod = %format!("{namespace}/{name}"), error = %e, network,
+                        "pod started before srv6pipes-cni was installed on the node, without its chain interface: cannot delete it (tried again)");
+                    false
+                }
             }
         }
-        Repair::Report { namespace, name } => warn!(node, pod = %format!("{namespace}/{name}"), network,
-            "pod started before srv6pipes-cni was installed on the node and has no chain interface; no controller makes it again: delete and create it"),
+        Repair::Report { namespace, name } => {
+            warn!(node, pod = %format!("{namespace}/{name}"), network,
+                "pod started before srv6pipes-cni was installed on the node and has no chain interface; no ReplicaSet, StatefulSet or DaemonSet makes it again: delete and create it");
+            true
+        }
     }
 }
 
@@ -147,6 +163,8 @@ mod tests {
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         let mut mirror = pod("static", Some("srv6pipes"), true, before, true);
         mirror.metadata.owner_references.as_mut().unwrap()[0].kind = "Node".into();
+        let mut job = pod("job", Some("srv6pipes"), true, before, true);
+        job.metadata.owner_references.as_mut().unwrap()[0].kind = "Job".into();
         let pods = [
             pod("proxy", Some("default/srv6pipes@net1"), true, before, true),
             pod("bare", Some("srv6pipes"), true, before, false),
@@ -159,6 +177,7 @@ mod tests {
             going,
             done,
             mirror,
+            job,
         ];
         let registered = BTreeSet::from([("apps".to_string(), "registered".to_string())]);
         assert_eq!(
@@ -172,6 +191,7 @@ mod tests {
                 },
                 Repair::Report { namespace: "apps".into(), name: "bare".into() },
                 Repair::Report { namespace: "apps".into(), name: "static".into() },
+                Repair::Report { namespace: "apps".into(), name: "job".into() },
             ]
         );
         assert!(unwired(&pods, "other", since, &registered).is_empty(), "another network's pods are not this daemon's");

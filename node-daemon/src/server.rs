@@ -117,12 +117,15 @@ pub struct Departure {
 /// health, keeps srv6pipes' programs first and applies queued deregistrations.
 pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
     let listener = bind(path)?;
+    let first_start = node.first_start();
     let shared = share(node, &plane, &http)?;
     match plane {
         // Kube mode is ready once the node's current program is applied (kube_loop says so).
         ControlPlane::Kube(plane) => {
             shared.health.set_ready(Err("waiting for the first list of the node's program".into()));
-            if let Some(network) = plane.repair_network.clone() {
+            // Only on the node's first start: after a restart or a reboot, pods being remade go
+            // through srv6pipes-cni, and their addresses in the API may be the old sandbox's.
+            if let Some(network) = plane.repair_network.clone().filter(|_| first_start) {
                 let (client, node, shared) = (plane.client(), plane.node().to_string(), shared.clone());
                 tokio::spawn(crate::repair::repair_pods(client, node, network, plane.started, move || {
                     let shared = shared.clone();
@@ -279,8 +282,10 @@ async fn serve_until_detached(listener: &UnixListener, path: &Path, shared: &Arc
             return;
         }
         tokio::select! {
-            conn = listener.accept() => if let Ok((stream, _)) = conn {
-                spawn_connection(stream, shared);
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => spawn_connection(stream, shared),
+                // (e.g. out of file descriptors: not a busy loop until the deadline)
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             },
             _ = tick.tick() => {
                 shared.node.lock().await.apply_queued_deregistrations(path);

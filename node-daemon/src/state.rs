@@ -176,6 +176,11 @@ impl Store {
         })
     }
 
+    /// Whether a state file is there (a node that has run srv6pipes since its last uninstall).
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
     /// The persisted state, entry by entry: an entry that cannot be read (a registration, a
     /// policy id, a stream port, the last program) is skipped and described in the second
     /// value, so one bad entry never keeps the daemon from starting. Only a file that is not
