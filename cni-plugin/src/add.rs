@@ -70,8 +70,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     profile.timed("live_check", || refuse_live(env, &names))?;
     let mtu = profile.timed("daemon_mtu", || chain_mtu(conf))?;
     let ipam = conf.ipam.as_ref().map(|i| ipam::start(conf, i, "ADD", None)).transpose()?;
-    let mut registered = false;
-    match wire(conf, env, &ns, &names, mtu, ipam, &mut registered, &mut profile) {
+    let mut made = Made::default();
+    match wire(conf, env, &ns, &names, mtu, ipam, &mut made, &mut profile) {
         Ok((veths, ipam_result)) => {
             let mut ifaces: Vec<Iface> = Vec::new();
             for v in &veths {
@@ -82,10 +82,20 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
             Ok(add_result(conf, &ifaces, 1, ipam_result.as_ref()))
         }
         Err(e) => {
-            undo(conf, env, &ns, &names, registered);
+            undo(conf, env, &ns, &names, &made);
             Err(e)
         }
     }
+}
+
+/// What a failed ADD has to undo: only what it made itself.
+#[derive(Default)]
+struct Made {
+    /// The node ends of the veths it created (never one that was there before it: another
+    /// attachment's, whose name the same hash gave).
+    host_links: Vec<String>,
+    /// Whether the daemon may have to be told to forget the attachment.
+    registered: bool,
 }
 
 /// A second ADD for a live attachment (same container and interface, no DEL between: CNI SPEC
@@ -128,9 +138,8 @@ fn chain_mtu(conf: &NetConf) -> Result<u32, CniError> {
     }
 }
 
-/// The veths, the registration and the pod's routing and addresses; `registered` tells the
-/// caller whether the daemon may have to be told to forget the attachment. The IPAM plugin has
-/// always ended when this returns.
+/// The veths, the registration and the pod's routing and addresses; `made` tells the caller
+/// what to undo should it fail. The IPAM plugin has always ended when this returns.
 #[allow(clippy::too_many_arguments)]
 fn wire(
     conf: &NetConf,
@@ -139,10 +148,10 @@ fn wire(
     names: &[String],
     mtu: u32,
     ipam: Option<ipam::Running>,
-    registered: &mut bool,
+    made: &mut Made,
     profile: &mut Profile,
 ) -> Result<(Vec<Veth>, Option<Value>), CniError> {
-    let veths = match profile.timed("veth", || create(env, ns, names, mtu)) {
+    let veths = match profile.timed("veth", || create(env, ns, names, mtu, &mut made.host_links)) {
         Ok(v) => v,
         Err(e) => {
             let _ = ipam.map(ipam::Running::wait);
@@ -167,7 +176,7 @@ fn wire(
     let register = profile.timed("daemon_register", || node_api::call(Path::new(&conf.socket), &req, DAEMON_TIMEOUT));
     // Registered, or maybe (the answer lost to a timeout): the undo tells the daemon to forget.
     // Not when it refused: what it holds under that key then is not this ADD's.
-    *registered = matches!(register, Ok(_) | Err(CallError::Io { .. } | CallError::Decode { .. }));
+    made.registered = matches!(register, Ok(_) | Err(CallError::Io { .. } | CallError::Decode { .. }));
     let (pod_result, pod_steps) = pod.join().map_err(|_| CniError::io("pod netns worker panicked"))??;
     profile.0.extend(pod_steps);
     register.map_err(daemon_error)?;
@@ -176,7 +185,8 @@ fn wire(
 
 /// Each veth in one request: the node end named and up, its peer created in the pod with its
 /// final name, both with the MTU and with MACs chosen here (so neither has to be read back).
-fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32) -> Result<Vec<Veth>, CniError> {
+/// Each node end is named in `created` as soon as it is made.
+fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, created: &mut Vec<String>) -> Result<Vec<Veth>, CniError> {
     let raw_ns = ns.as_raw_fd();
     on_node(async |h| {
         let mut veths = Vec::new();
@@ -201,6 +211,7 @@ fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32) -> Result<Vec<Vet
                 }
                 Err(e) => return Err(nl("create veth")(e)),
             }
+            created.push(host.clone());
             veths.push(Veth { pod: name.clone(), host, host_mac: format_mac(&host_mac), pod_mac: format_mac(&pod_mac) });
         }
         Ok(veths)
@@ -327,17 +338,19 @@ async fn apply_ipam(h: &Handle, idx: u32, ipam: &Value) -> Result<(), CniError> 
     Ok(())
 }
 
-/// Nothing half-made stays behind: the registration, the pod-side rules, each node end (its
-/// peer goes with it) and IPAM's lease (SPEC §4: DEL on failure).
-fn undo(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], registered: bool) {
-    if registered {
+/// Nothing half-made stays behind: the registration, the pod-side rules, each node end it
+/// made (its peer goes with it) and IPAM's lease (SPEC §4: DEL on failure).
+fn undo(conf: &NetConf, env: &Env, ns: &OwnedFd, names: &[String], made: &Made) {
+    if made.registered {
         let _ = call(conf, &Request::Unregister { container_id: env.container_id.clone(), ifname: env.ifname.clone() });
     }
-    let inbound = names[0].clone();
-    let _ = in_netns(ns, move |h| Box::pin(async move { delete_rules(&h, &inbound).await }));
+    if !made.host_links.is_empty() {
+        let inbound = names[0].clone();
+        let _ = in_netns(ns, move |h| Box::pin(async move { delete_rules(&h, &inbound).await }));
+    }
     let _ = on_node(async |h| {
-        for n in names {
-            delete_link(h, &host_ifname(&env.container_id, n)).await?;
+        for host in &made.host_links {
+            delete_link(h, host).await?;
         }
         Ok(())
     });

@@ -314,10 +314,15 @@ pub fn add_result(conf: &NetConf, ifaces: &[Iface<'_>], pod_iface: usize, ipam: 
             }
             result["ips"].as_array_mut().expect("array").push(ip);
         }
-        for key in ["routes", "dns"] {
-            if !ipam[key].is_null() && result[key].is_null() {
-                result[key] = ipam[key].clone();
+        // The routes IPAM gave net1 join the previous plugins'; their DNS, if any, stays.
+        if let Some(routes) = ipam["routes"].as_array().filter(|r| !r.is_empty()) {
+            match result["routes"].as_array_mut() {
+                Some(list) => list.extend(routes.iter().cloned()),
+                None => result["routes"] = json!(routes),
             }
+        }
+        if !ipam["dns"].is_null() && result["dns"].is_null() {
+            result["dns"] = ipam["dns"].clone();
         }
     }
     result
@@ -436,6 +441,15 @@ mod tests {
         assert_eq!(r["ips"][1]["interface"], 2, "bound to net1 in the merged list");
         assert_eq!(r["ips"][1]["version"], "6", "0.3.x results carry ip versions");
         assert_eq!(r["routes"][0]["dst"], "fd01::/64");
+        // Chained after a primary plugin whose result has routes (and DNS): both plugins'
+        // routes, the primary's DNS.
+        c.prev_result.as_mut().unwrap()["routes"] = json!([{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]);
+        c.prev_result.as_mut().unwrap()["dns"] = json!({"nameservers": ["10.96.0.10"]});
+        let with_dns = json!({"ips": [{"address": "fd00::5/64"}], "routes": [{"dst": "fd01::/64"}], "dns": {"nameservers": ["fd00::53"]}});
+        let r = add_result(&c, &ifaces, 1, Some(&with_dns));
+        let routes: Vec<&str> = r["routes"].as_array().unwrap().iter().map(|r| r["dst"].as_str().unwrap()).collect();
+        assert_eq!(routes, ["0.0.0.0/0", "fd01::/64"]);
+        assert_eq!(r["dns"]["nameservers"], json!(["10.96.0.10"]));
         let c = NetConf::parse(&conf("1.0.0")).unwrap();
         let r = add_result(&c, &ifaces, 1, Some(&json!({"ips": [{"address": "fd00::5/64", "version": "6"}]})));
         assert!(r["ips"][0].get("version").is_none(), "1.0 results do not");

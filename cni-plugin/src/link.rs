@@ -138,8 +138,9 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<(), CniError> {
 pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let pod_if = conf.pod_ifname(&env.ifname)?;
     let names: Vec<String> = std::iter::once(pod_if.clone()).chain(conf.out_ifname(&pod_if)?).collect();
-    // The IPAM plugin's DEL (a process of its own) runs beside the rest.
-    let ipam = conf.ipam.as_ref().map(|i| ipam::start(conf, i, "DEL", None)).transpose()?;
+    // The IPAM plugin's DEL (a process of its own) runs beside the rest; one that cannot even
+    // start (its binary gone from CNI_PATH) holds up nothing local, and is the answer after.
+    let ipam = conf.ipam.as_ref().map(|i| ipam::start(conf, i, "DEL", None)).transpose();
     let deregistered = unregister(conf, env);
     let mut local = Ok(());
     if !env.netns.is_empty() {
@@ -153,7 +154,7 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
         }
         Ok(())
     });
-    let released = ipam.map(ipam::Running::wait).transpose();
+    let released = ipam.and_then(|i| i.map(ipam::Running::wait).transpose());
     deregistered.and(local).and(links).and(released).map(|_| ())
 }
 
@@ -183,7 +184,11 @@ fn unregister(conf: &NetConf, env: &Env) -> Result<(), CniError> {
 
 pub async fn delete_rules(h: &Handle, ifname: &str) -> Result<(), CniError> {
     for r in our_rules(h, ifname).await? {
-        h.rule().del(r).execute().await.map_err(nl("delete chain rule"))?;
+        match h.rule().del(r).execute().await {
+            // Gone meanwhile (a DEL beside this one, or an ADD's undo): what was wanted.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
+            done => done.map_err(nl("delete chain rule"))?,
+        }
     }
     Ok(())
 }

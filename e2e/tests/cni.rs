@@ -86,6 +86,11 @@ impl OneNode {
     }
 
     fn cni_if(&self, command: &str, container: &str, netns: &str, ifname: &str, conf: &Value) -> (bool, Value) {
+        self.cni_in(command, container, netns, ifname, conf, "/usr/lib/cni")
+    }
+
+    /// The plugin with `CNI_PATH` `cni_path` (where the IPAM plugins are looked for).
+    fn cni_in(&self, command: &str, container: &str, netns: &str, ifname: &str, conf: &Value, cni_path: &str) -> (bool, Value) {
         let mut child = Command::new(target_dir().join("srv6pipes"))
             .args(["lab", "--name", &self.name, "--state-dir"])
             .arg(&self.state)
@@ -94,7 +99,7 @@ impl OneNode {
             .arg(format!("CNI_CONTAINERID={container}"))
             .arg(format!("CNI_NETNS={netns}"))
             .arg(format!("CNI_IFNAME={ifname}"))
-            .arg("CNI_PATH=/usr/lib/cni")
+            .arg(format!("CNI_PATH={cni_path}"))
             .arg("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnf")
             .arg(target_dir().join("srv6pipes-cni"))
             .stdin(Stdio::piped())
@@ -461,6 +466,15 @@ fn gc_pair_ipam_chaining_and_daemon_down() {
     assert!(lab.pod(&["ip", "-6", "addr", "show", "dev", "net1"]).contains(addr.split('/').next().unwrap()));
     let leases = |d: &std::path::Path| std::fs::read_dir(d.join("srv6pipes")).map(|r| r.count()).unwrap_or(0);
     assert!(leases(&ipam_dir) >= 1);
+    // The IPAM plugin gone from CNI_PATH: DEL fails (the runtime tries again), but what is
+    // srv6pipes' own goes all the same: the veth and the registration.
+    let registered = |lab: &OneNode| !lab.sids()["registrations"].as_array().unwrap().is_empty();
+    assert_eq!(lab.sids()["registrations"].as_array().unwrap().len(), 1, "only the IPAM pod's: {}", lab.sids());
+    let (ok, err) = lab.cni_in("DEL", "ipam", &lab.netns(), "net1", &with_ipam, "/nonexistent");
+    assert!(!ok && err["msg"].as_str().is_some_and(|m| m.contains("host-local")), "{err}");
+    assert_eq!(lab.node(&["ip", "-o", "link"]), links_before, "the veth outlived a DEL whose IPAM plugin is missing");
+    assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty());
+    assert!(!registered(&lab), "the registration outlived a DEL whose IPAM plugin is missing: {}", lab.sids());
     assert!(lab.cni("DEL", "ipam", &lab.netns(), &with_ipam).0);
     let left: Vec<_> = std::fs::read_dir(ipam_dir.join("srv6pipes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().starts_with("fd00:99")), "lease released: {left:?}");

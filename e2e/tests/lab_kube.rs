@@ -35,6 +35,31 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     // The daemons published their SIDs through the API (NodeSidTables).
     let sids = api.k(&["get", "nodesidtables", "-o", "jsonpath={.items[*].spec.registrations[*].sid}"]);
     assert_eq!(sids, "fcbb:bb00:1:e001:: fcbb:bb00:2:e001::");
+    // A daemon's table deleted: published again. Its Node deleted and registered again under
+    // its name (the operator removes what the node had): the table comes back owned by the new
+    // Node (whose uid the garbage collector checks).
+    api.k(&["delete", "nodesidtable", "n1"]);
+    let table_of = |node: &str| api.get(&["nodesidtable", node]);
+    wait_for("n1's table published again", Duration::from_secs(15), || {
+        table_of("n1").is_some_and(|t| t["spec"]["registrations"][0]["sid"] == "fcbb:bb00:1:e001::")
+    });
+    let mut n1 = api.get(&["node", "n1"]).unwrap();
+    let old_uid = n1["metadata"]["uid"].as_str().unwrap().to_string();
+    let node_status = n1["status"].clone();
+    for field in ["uid", "resourceVersion", "creationTimestamp", "managedFields"] {
+        n1["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    n1.as_object_mut().unwrap().remove("status");
+    api.k(&["delete", "node", "n1"]);
+    api.apply(&n1.to_string());
+    api.k(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p", &serde_json::json!({"status": node_status}).to_string()]);
+    let new_uid = api.get(&["node", "n1"]).unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_ne!(new_uid, old_uid);
+    wait_for("n1's table owned by the new Node", Duration::from_secs(30), || {
+        table_of("n1").is_some_and(|t| {
+            t["metadata"]["ownerReferences"][0]["uid"] == new_uid.as_str() && t["spec"]["registrations"][0]["sid"] == "fcbb:bb00:1:e001::"
+        })
+    });
 
     let status = lab.status();
     let server = pod_ip(&status, "server", true);

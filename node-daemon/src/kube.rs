@@ -34,8 +34,8 @@ pub struct KubePlane {
     /// The Node's InternalIP addresses (the underlay interface is the one holding them).
     pub internal_ips: Vec<std::net::IpAddr>,
     node: String,
-    /// The Node's uid: the published table is owned by it (removed with the node).
-    node_uid: String,
+    /// The Node's uid and what the daemon knows of its own objects.
+    own: OwnObjects,
     /// When this daemon connected (its start): pods that started before may predate srv6pipes-cni.
     pub started: k8s_openapi::jiff::Timestamp,
     /// --repair-pods: the network whose unwired pods are repaired ([`crate::repair`]).
@@ -73,7 +73,15 @@ impl KubePlane {
             bail!("--locator {e} disagrees with node {node}'s annotation {LOCATOR_ANNOTATION}={locator}");
         }
         info!(node, %locator, "locator from the node");
-        Ok((KubePlane { client, internal_ips, node: node.into(), node_uid: uid, started, repair_network: None }, locator))
+        let plane = KubePlane {
+            client,
+            internal_ips,
+            node: node.into(),
+            own: OwnObjects { node: node.into(), node_uid: uid, node_deleted: false, locator, table_listed: false },
+            started,
+            repair_network: None,
+        };
+        Ok((plane, locator))
     }
 
     pub fn node(&self) -> &str {
@@ -92,7 +100,7 @@ impl KubePlane {
             "kind": "NodeSidTable",
             "metadata": {
                 "name": self.node,
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": self.node_uid}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": self.own.node_uid}],
             },
             "spec": sids.to_spec(),
         });
@@ -103,16 +111,25 @@ impl KubePlane {
         Ok(())
     }
 
-    /// Every change of the node's NodeProgramSlices (listed by [`NODE_LABEL`]) and of its
-    /// pre-slice NodeProgram (named after it).
+    /// Every change of the node's NodeProgramSlices (listed by [`NODE_LABEL`]), of its
+    /// pre-slice NodeProgram, of its SID table and of its Node (each named after the node).
     pub fn updates(&self) -> impl Stream<Item = Update> + Send + 'static {
         let slices: Api<NodeProgramSlice> = Api::all(self.client.clone());
         let by_label = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", self.node));
-        let legacy: Api<NodeProgramCr> = Api::all(self.client.clone());
-        let by_name = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+        let by_name = || watcher::Config::default().fields(&format!("metadata.name={}", self.node));
         let slices = watcher(slices, by_label).default_backoff().filter_map(logged(&self.node, "program slices")).map(Update::Slice);
-        let legacy = watcher(legacy, by_name).default_backoff().filter_map(logged(&self.node, "NodeProgram")).map(Update::Legacy);
-        futures::stream::select(slices, legacy)
+        let legacy = watcher(Api::<NodeProgramCr>::all(self.client.clone()), by_name());
+        let legacy = legacy.default_backoff().filter_map(logged(&self.node, "NodeProgram")).map(Update::Legacy);
+        let table = watcher(Api::<NodeSidTable>::all(self.client.clone()), by_name());
+        let table = table.default_backoff().filter_map(logged(&self.node, "SID table")).map(Update::Table);
+        let node = watcher(Api::<KubeNode>::all(self.client.clone()), by_name());
+        let node = node.default_backoff().filter_map(logged(&self.node, "Node")).map(|e| Update::Node(Box::new(e)));
+        futures::stream::select_all([slices.boxed(), legacy.boxed(), table.boxed(), node.boxed()])
+    }
+
+    /// What an event about the node's own objects asks of the daemon ([`OwnObjects::event`]).
+    pub fn own_event(&mut self, u: &Update) -> Own {
+        self.own.event(u)
     }
 
     /// Reports on every slice of `slices` (or on the pre-slice program) whether its generation
@@ -183,6 +200,94 @@ fn status_patch(
 pub enum Update {
     Slice(watcher::Event<NodeProgramSlice>),
     Legacy(watcher::Event<NodeProgramCr>),
+    Table(watcher::Event<NodeSidTable>),
+    Node(Box<watcher::Event<KubeNode>>),
+}
+
+/// What the daemon knows of its own objects: its Node's uid (the published table is owned by
+/// it, and removed with the node; a node deleted and registered again under its name has
+/// another one) and whether it was seen deleted, its locator, whether its SID table was in the
+/// watch's last list so far.
+pub struct OwnObjects {
+    node: String,
+    node_uid: String,
+    node_deleted: bool,
+    locator: Locator,
+    table_listed: bool,
+}
+
+impl OwnObjects {
+    /// What an event about the node's own objects asks of the daemon: its SID table published
+    /// again when someone deleted it (not while its Node is deleted) or it is owned by another
+    /// Node object (the node was deleted and registered again under its name: the garbage
+    /// collector takes what the old one owned), with the new Node's uid; a restart when the
+    /// Node names another locator.
+    pub fn event(&mut self, u: &Update) -> Own {
+        match u {
+            Update::Table(e) => self.table_event(e),
+            Update::Node(e) => self.node_event(e),
+            Update::Slice(_) | Update::Legacy(_) => Own::Nothing,
+        }
+    }
+
+    fn table_event(&mut self, e: &watcher::Event<NodeSidTable>) -> Own {
+        match e {
+            // Its Node gone, the table goes with it (the garbage collector): not published again
+            // until a Node of that name is back.
+            watcher::Event::Delete(_) | watcher::Event::InitDone if self.node_deleted => Own::Nothing,
+            watcher::Event::Delete(_) => {
+                info!(node = %self.node, "the node's SID table was deleted: publishing it again");
+                Own::Republish
+            }
+            watcher::Event::Init => {
+                self.table_listed = false;
+                Own::Nothing
+            }
+            watcher::Event::InitApply(t) | watcher::Event::Apply(t) => {
+                self.table_listed |= matches!(e, watcher::Event::InitApply(_));
+                if t.owner_references().iter().any(|o| o.kind == "Node" && o.uid == self.node_uid) {
+                    return Own::Nothing;
+                }
+                info!(node = %self.node, uid = %self.node_uid, "the node's SID table is not owned by this Node: publishing it again");
+                Own::Republish
+            }
+            watcher::Event::InitDone if !self.table_listed => Own::Republish,
+            watcher::Event::InitDone => Own::Nothing,
+        }
+    }
+
+    fn node_event(&mut self, e: &watcher::Event<KubeNode>) -> Own {
+        let n = match e {
+            watcher::Event::Delete(_) => {
+                info!(node = %self.node, "the node was deleted");
+                self.node_deleted = true;
+                return Own::Nothing;
+            }
+            watcher::Event::InitApply(n) | watcher::Event::Apply(n) => n,
+            watcher::Event::Init | watcher::Event::InitDone => return Own::Nothing,
+        };
+        let back = std::mem::take(&mut self.node_deleted);
+        if let Some(v) = n.annotations().get(LOCATOR_ANNOTATION).filter(|v| v.parse::<Locator>().ok() != Some(self.locator)) {
+            return Own::LocatorMoved(format!("node {} now has locator {v:?}, this daemon started with {}", self.node, self.locator));
+        }
+        match n.metadata.uid.as_deref() {
+            Some(uid) if uid != self.node_uid || back => {
+                info!(node = %self.node, old = %self.node_uid, uid, "the node was registered again: its SID table is published for the new Node");
+                self.node_uid = uid.to_string();
+                Own::Republish
+            }
+            _ => Own::Nothing,
+        }
+    }
+}
+
+/// What an event about the node's own objects asks of the daemon ([`OwnObjects::event`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Own {
+    Nothing,
+    Republish,
+    /// Exit, to start again on the new locator.
+    LocatorMoved(String),
 }
 
 /// What the node is to be programmed from.
@@ -301,6 +406,7 @@ impl Published {
         match u {
             Update::Slice(e) => self.slices.apply(e),
             Update::Legacy(e) => self.legacy.apply(e),
+            Update::Table(_) | Update::Node(_) => {}
         }
     }
 
@@ -331,8 +437,14 @@ impl Published {
 pub async fn pod_networks(client: Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, namespace);
     let pod = pods.get(name).await.with_context(|| format!("get pod {namespace}/{name}"))?;
+    networks_of(&pod).map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}"))
+}
+
+/// The networks `pod`'s networks annotation asks for (none without one), or why it cannot be
+/// read.
+pub fn networks_of(pod: &k8s_openapi::api::core::v1::Pod) -> Result<Vec<String>, String> {
     match pod.annotations().get(srv6::node_api::NETWORKS_ANNOTATION) {
-        Some(v) => srv6::node_api::networks_in_annotation(v).map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}")),
+        Some(v) => srv6::node_api::networks_in_annotation(v),
         None => Ok(vec![]),
     }
 }
@@ -469,6 +581,51 @@ mod tests {
             metadata: ObjectMeta { name: Some("srv6pipes-node".into()), deletion_timestamp, ..Default::default() },
             ..Default::default()
         }
+    }
+
+    /// The node's SID table is published again when it is deleted, missing from a list, or
+    /// owned by another Node object; a Node registered again under the name gives its uid; a
+    /// Node that names another locator asks for a restart.
+    #[test]
+    fn the_daemon_republishes_its_table_for_the_node_it_has() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let locator: Locator = "fcbb:bb00:1::/48".parse().unwrap();
+        let mut own = OwnObjects { node: "n1".into(), node_uid: "u1".into(), node_deleted: false, locator, table_listed: false };
+        let table = |owner: &str| -> NodeSidTable {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1", "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": owner}]},
+                "spec": {"locator": "fcbb:bb00:1::/48", "sourceAddress": "fcbb:bb00:1::", "decapSid": "fcbb:bb00:1:d6::", "registrations": []},
+            }))
+            .unwrap()
+        };
+        let node = |uid: &str, locator: Option<&str>| -> KubeNode {
+            let annotations = locator.map(|l| [(LOCATOR_ANNOTATION.to_string(), l.to_string())].into());
+            KubeNode {
+                metadata: ObjectMeta { name: Some("n1".into()), uid: Some(uid.into()), annotations, ..Default::default() },
+                ..Default::default()
+            }
+        };
+        let mut ev = |u: Update| own.event(&u);
+        // The first list: the table there, owned by this Node.
+        assert_eq!(ev(Update::Table(Init)), Own::Nothing);
+        assert_eq!(ev(Update::Table(InitApply(table("u1")))), Own::Nothing);
+        assert_eq!(ev(Update::Table(InitDone)), Own::Nothing);
+        assert_eq!(ev(Update::Node(Box::new(InitApply(node("u1", Some("fcbb:bb00:1::/48")))))), Own::Nothing);
+        // Deleted (kubectl delete), or gone while the watch was away.
+        assert_eq!(ev(Update::Table(Delete(table("u1")))), Own::Republish);
+        assert_eq!(ev(Update::Table(Init)), Own::Nothing);
+        assert_eq!(ev(Update::Table(InitDone)), Own::Republish);
+        // The node deleted (its table goes with it, not published again) and registered again:
+        // a new uid, no locator until the operator's.
+        assert_eq!(ev(Update::Node(Box::new(Delete(node("u1", None))))), Own::Nothing);
+        assert_eq!(ev(Update::Table(Delete(table("u1")))), Own::Nothing);
+        assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", None))))), Own::Republish);
+        assert_eq!(ev(Update::Table(Apply(table("u1")))), Own::Republish, "owned by the old Node");
+        assert_eq!(ev(Update::Table(Apply(table("u2")))), Own::Nothing);
+        assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", Some("fcbb:bb00:1::/48")))))), Own::Nothing, "the same locator again");
+        assert!(
+            matches!(ev(Update::Node(Box::new(Apply(node("u2", Some("fcbb:bb00:7::/48")))))), Own::LocatorMoved(m) if m.contains("fcbb:bb00:7::/48"))
+        );
     }
 
     fn api_error(code: u16) -> kube::Error {

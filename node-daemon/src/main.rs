@@ -128,13 +128,7 @@ pub struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
+    srv6pipes_probe::init_logging(args.log_json);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let health = Arc::new(Health::new(Duration::from_secs(30), "starting: the node's locator and datapath are not ready yet"));

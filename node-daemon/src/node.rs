@@ -409,11 +409,10 @@ impl Node {
         }
     }
 
-    /// Replaces headend policies, decapsulation SIDs and peer routes with `p`'s, diffing against
-    /// what is installed so unchanged entries are never touched under traffic.
     /// srv6pipes is being uninstalled: removes what this daemon put on the node. The CNI
     /// configuration goes first, so no new pod is sent to a daemon that is leaving (the binary
-    /// stays while pods are attached: their DEL needs it). Then the routes to other nodes'
+    /// stays while pods are attached: their DEL needs it; registrations were refused since the
+    /// uninstall began). Then the routes to other nodes'
     /// locators, the VNF veths' filters (each holds its program, and so the maps, for as long as
     /// its pod lives), the pins (programs, maps and links go with the last reference to them,
     /// this process's, at exit) and the state. Best effort: every step runs; the failures are

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::{Client, ResourceExt};
-use srv6::node_api::{networks_in_annotation, NETWORKS_ANNOTATION};
 use tracing::{info, warn};
 
 /// What to do with a pod that asks for the network and has no registration here.
@@ -39,11 +38,7 @@ pub fn unwired(pods: &[Pod], network: &str, since: Timestamp, registered: &BTree
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .filter(|p| !p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false))
-        .filter(|p| {
-            p.annotations()
-                .get(NETWORKS_ANNOTATION)
-                .is_some_and(|v| networks_in_annotation(v).is_ok_and(|n| n.iter().any(|n| n == network)))
-        })
+        .filter(|p| crate::kube::networks_of(p).is_ok_and(|n| n.iter().any(|n| n == network)))
         .filter(|p| {
             let status = p.status.as_ref();
             let addressed = status.is_some_and(|s| s.pod_ip.is_some() || s.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty()));
@@ -128,6 +123,7 @@ async fn act(client: &Client, node: &str, network: &str, repair: &Repair) -> boo
 mod tests {
     use super::*;
     use serde_json::json;
+    use srv6::node_api::NETWORKS_ANNOTATION;
 
     fn pod(name: &str, annotation: Option<&str>, ip: bool, started: &str, owner: bool) -> Pod {
         let mut p: Pod = serde_json::from_value(json!({

@@ -103,6 +103,9 @@ pub struct Shared {
     timings: crate::metrics::Timings,
     /// `srv6pipes monitor`'s subscribers.
     monitor: Arc<crate::monitor::Hub>,
+    /// srv6pipes is being uninstalled from the node: DELs are served, registrations refused
+    /// (their state would go with the rest a moment later, leaving the pod without its SID).
+    departing: std::sync::atomic::AtomicBool,
 }
 
 /// Kube mode: how a terminating daemon tells an uninstall from a restart, and what it then
@@ -115,7 +118,10 @@ pub struct Departure {
 /// Serves the node's socket API until SIGTERM: programs and SIDs (from the lab over the socket,
 /// or from the operator through the API server), CNI calls, /metrics; every second it beats the
 /// health, keeps srv6pipes' programs first and applies queued deregistrations.
-pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
+pub async fn serve(path: &Path, http: Http, mut node: Node, plane: ControlPlane, departure: Option<Departure>) -> anyhow::Result<()> {
+    // Before any request is served: a container id the runtime reuses (`podman restart`) could
+    // otherwise be registered anew, then deregistered by the DEL queued for its last life.
+    node.apply_queued_deregistrations(path);
     let listener = bind(path)?;
     let first_start = node.first_start();
     let shared = share(node, &plane, &http)?;
@@ -174,12 +180,20 @@ pub async fn serve(path: &Path, http: Http, node: Node, plane: ControlPlane, dep
                     shared.sids_changed.notify_one();
                 }
             }
-            conn = listener.accept() => spawn_connection(conn?.0, &shared),
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => spawn_connection(stream, &shared),
+                // (e.g. out of file descriptors for a moment: the daemon goes on serving)
+                Err(e) => {
+                    warn!(socket = %path.display(), error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
             _ = term.recv() => {
                 if let (Some(d), Some(client)) = (&departure, &shared.kube) {
                     match crate::kube::departure_of(client.clone(), &d.daemonset, &deletion_seen).await {
                         crate::kube::Departure::Uninstall(why) => {
                             info!(reason = %why, "SIGTERM: srv6pipes is being uninstalled; removing it from the node");
+                            shared.departing.store(true, std::sync::atomic::Ordering::Release);
                             serve_until_detached(&listener, path, &shared, tokio::time::Instant::now() + DEPARTING_WAIT).await;
                             uninstall(path, d, &shared).await;
                             return Ok(());
@@ -244,6 +258,7 @@ fn share(node: Node, plane: &ControlPlane, http: &Http) -> anyhow::Result<Arc<Sh
         health: http.health.clone(),
         timings: Default::default(),
         monitor,
+        departing: Default::default(),
     });
     let _ = names.set(Arc::downgrade(&shared));
     let _ = http.late.0.set(shared.clone());
@@ -273,7 +288,8 @@ const DEPARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// An uninstall's first step: while pods are attached, until `deadline`, CNI DELs are served
 /// (and queued ones applied), so that the pods going with the release detach and the CNI binary
-/// can go too. Pods that stay (VNFs not deleted first) keep it (`--keep-binary`).
+/// can go too; a pod added meanwhile is refused (`Shared::departing`). Pods that stay (VNFs not
+/// deleted first) keep the binary (`--keep-binary`).
 async fn serve_until_detached(listener: &UnixListener, path: &Path, shared: &Arc<Shared>, deadline: tokio::time::Instant) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
@@ -399,6 +415,9 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<(
             Ok(()) => Response::Ok,
             Err(e) => Response::Error { message: format!("{e:#}") },
         },
+        Ok(Request::Register(a)) if shared.departing.load(std::sync::atomic::Ordering::Acquire) => {
+            Response::Error { message: format!("pod {}/{}: srv6pipes is being uninstalled from this node", a.pod_namespace, a.pod_name) }
+        }
         Ok(Request::PodNetworks { namespace, name }) => match shared.kube.clone() {
             Some(client) => match crate::kube::pod_networks(client, &namespace, &name).await {
                 Ok(networks) => Response::Networks { networks },
@@ -484,7 +503,7 @@ impl Drop for Timed<'_> {
 
 /// Kube mode: publishes the SID table at start and whenever registrations change, and applies
 /// each new generation of the node's program, reporting the outcome in its status.
-async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
+async fn kube_loop(mut plane: KubePlane, shared: Arc<Shared>) {
     use futures::StreamExt;
     let mut updates = Box::pin(plane.updates());
     let mut published = crate::kube::Published::default();
@@ -500,11 +519,23 @@ async fn kube_loop(plane: KubePlane, shared: Arc<Shared>) {
             // Failed publications and programs are retried (error backoff).
             _ = retry.tick() => {}
             u = updates.next() => {
-                let Some(u) = u else { return };
-                published.update(u);
+                let Some(mut u) = u else { return };
                 // A burst of events (a re-list, many slices written) is taken in one go.
-                while let Some(Some(u)) = futures::FutureExt::now_or_never(updates.next()) {
+                loop {
+                    match plane.own_event(&u) {
+                        crate::kube::Own::Nothing => {}
+                        crate::kube::Own::Republish => sids_published = None,
+                        crate::kube::Own::LocatorMoved(why) => {
+                            // The datapath stays pinned; the next daemon starts on the new locator.
+                            tracing::error!(reason = %why, "the node's locator changed: exiting to start again on it");
+                            std::process::exit(1);
+                        }
+                    }
                     published.update(u);
+                    match futures::FutureExt::now_or_never(updates.next()) {
+                        Some(Some(next)) => u = next,
+                        _ => break,
+                    }
                 }
             }
         }

@@ -380,8 +380,8 @@ impl Ctx {
         for node in &left {
             self.publisher.forget(node);
             self.split.lock().expect("split").forget(node);
-            for name in mirrored.get(node).into_iter().flat_map(|known| known.keys()) {
-                if let Err(e) = self.publisher.delete_slice(name).await {
+            for (name, slice) in mirrored.get(node).into_iter().flatten() {
+                if let Err(e) = self.publisher.delete_slice(slice).await {
                     warn!(slice = %name, node, error = %e, "node left, but its slice was not removed");
                 }
             }
@@ -539,8 +539,9 @@ impl Ctx {
         let key = format!("{ns}/{name}");
         let mut holders: BTreeSet<String> =
             self.stores.slices.state().iter().filter(|s| slim::chains_of(s).contains(&key)).map(|s| s.spec.node.clone()).collect();
-        holders
-            .extend(self.stores.programs.state().iter().filter(|p| world::tables_hold(&p.spec.tables, &ns, &name)).map(|p| p.name_any()));
+        let legacy: BTreeSet<String> =
+            self.stores.programs.state().iter().filter(|p| world::tables_hold(&p.spec.tables, &ns, &name)).map(|p| p.name_any()).collect();
+        holders.extend(legacy.iter().cloned());
         let (waits, own) = {
             let _one = self.publishing.lock().await;
             // A plan compiled before the deletion still holds the chain: the deletion waits for
@@ -555,7 +556,9 @@ impl Ctx {
         let handed: Waits = waits.clone();
         let failures = self.settled(waits).await;
         drop(own);
-        if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n)) {
+        // A node whose other slices failed is done with the chain once no slice of its holds it.
+        let holds = |node: &str| legacy.contains(node) || self.publisher.holds(&self.stores.slices, node, &key);
+        if let Some((node, e)) = failures.iter().find(|(n, _)| holders.contains(*n) && holds(n)) {
             warn!(chain = %format!("{ns}/{name}"), node, error = %e, "chain deleted, but a node's program is not written yet; retrying");
             return Ok(Some(Action::requeue(Duration::from_secs(5))));
         }
@@ -593,11 +596,20 @@ impl Ctx {
                     "metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {LOCATOR_ANNOTATION: locator.to_string()}},
                 });
                 self.fenced()?;
-                api.patch(&name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await?;
+                let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                // Bounded: every publication waits for this lock.
+                match tokio::time::timeout(crate::publisher::WRITE_TIMEOUT, api.patch(&name, &params, &Patch::Merge(&body))).await {
+                    Ok(patched) => drop(patched?),
+                    Err(_) => {
+                        warn!(node = %name, %locator, "locator not written: no answer within {} s; retrying", crate::publisher::WRITE_TIMEOUT.as_secs());
+                        return Ok(Action::requeue(Duration::from_secs(5)));
+                    }
+                }
                 allocated.insert(name.clone(), locator);
                 info!(node = %name, %locator, "allocated locator");
             }
             Err(e) => {
+                drop(allocated);
                 warn!(node = %name, error = %e, "no locator for node");
                 let event = Event {
                     type_: EventType::Warning,

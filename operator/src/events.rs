@@ -27,12 +27,17 @@ impl Recorder {
     }
 
     /// Creates the event about `regarding`, in its namespace ("default" for a cluster-scoped
-    /// object).
-    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
+    /// object); an API server that does not answer within the writes' timeout holds up no
+    /// caller for longer.
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> Result<(), String> {
         let now = k8s_openapi::jiff::Timestamp::now();
         let object = self.object(event, regarding, now);
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
-        Api::<K8sEvent>::namespaced(self.client.clone(), namespace).create(&PostParams::default(), &object).await.map(drop)
+        let api = Api::<K8sEvent>::namespaced(self.client.clone(), namespace);
+        match tokio::time::timeout(crate::publisher::WRITE_TIMEOUT, api.create(&PostParams::default(), &object)).await {
+            Ok(created) => created.map(drop).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", crate::publisher::WRITE_TIMEOUT.as_secs())),
+        }
     }
 
     /// The object for `event` at `now`: named after what it regards and the time, unique per

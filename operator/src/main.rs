@@ -77,13 +77,7 @@ static MALLOC_CONF: srv6pipes_operator::memory::Conf = srv6pipes_operator::memor
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
+    srv6pipes_probe::init_logging(args.log_json);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -23,7 +23,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-use kube::Client;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
 use serde::Serialize;
 use srv6::node_api::{NodeProgram as Program, Peer};
 use srv6::slices::{Renderer, Shape};
@@ -197,6 +198,15 @@ impl Publisher {
         self.shared.index.written(name)
     }
 
+    /// Whether a slice of `node` holds chain `key` (`namespace/name`) as far as this operator
+    /// knows: the mirror's copy, or its own write the mirror has not seen yet.
+    pub fn holds(&self, store: &Store<NodeProgramSlice>, node: &str, key: &str) -> bool {
+        self.shared
+            .index
+            .of(store, node)
+            .any(|(name, m)| self.shared.known(&name, Some(&m)).is_some_and(|s| slim::chains_of(&s).contains(key)))
+    }
+
     /// The slices `node`'s writer was last asked to write, and whether they are written.
     pub fn wanted(&self, node: &str) -> Option<(Arc<Slices>, bool)> {
         let writers = self.writers.lock().expect("writers");
@@ -293,10 +303,10 @@ impl Publisher {
         self.writers.lock().expect("writers").keys().cloned().collect()
     }
 
-    /// Deletes slice `name` (of a node that left) as the operator's own deletion: whether it
-    /// was there.
-    pub async fn delete_slice(&self, name: &str) -> Result<bool, String> {
-        self.shared.delete_slice(name).await
+    /// Deletes `slice` (of a node that left) as the operator's own deletion: whether it was
+    /// there.
+    pub async fn delete_slice(&self, slice: &NodeProgramSlice) -> Result<bool, String> {
+        self.shared.delete_slice(&slice.name_any(), slice.uid()).await
     }
 
     fn spawn(&self, node: &str) -> Writer {
@@ -378,10 +388,10 @@ impl Shared {
 
     /// Writes a node's slices that differ from what the API server holds (those that gain
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
-    /// asked to. After a failed write, only the writes that take no chain away from a slice go
-    /// on (one slice that can never be written, a chain over the object bound, holds up no new
-    /// chain in the node's other slices; a chain is never left in no slice); the first failure
-    /// is returned, naming the object.
+    /// asked to. A slice that cannot be written (a chain over the object bound) holds up only
+    /// what would leave a chain in no slice: the writes and deletions that take away a chain
+    /// whose new slice is not written. New chains in the node's other slices, and the removal
+    /// of deleted chains, go on. The first failure is returned, naming the object.
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), Unwritten> {
         let mut writes = Vec::new();
         for (name, slice) in want.slices.iter() {
@@ -392,15 +402,18 @@ impl Shared {
             let before = known.as_deref().map(slim::chains_of).unwrap_or_default();
             let gains = slice.shape.chains.iter().any(|c| !before.contains(&**c));
             let after: HashSet<&str> = slice.shape.chains.iter().map(|c| &**c).collect();
-            let loses = before.iter().any(|c| !after.contains(c.as_str()));
+            let lost: Vec<String> = before.into_iter().filter(|c| !after.contains(c.as_str())).collect();
             // New slices, then those that gain chains, then the others.
             let order = (known.is_some(), !gains);
-            writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone()), loses));
+            writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone()), lost));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut failed: Option<String> = None;
-        for (_, name, slice, resource_version, loses) in writes {
-            if failed.is_some() && loses {
+        // The chains of the wanted slices not written (failed, or held up in turn).
+        let mut unwritten: HashSet<&str> = HashSet::new();
+        for (_, name, slice, resource_version, lost) in writes {
+            if lost.iter().any(|c| unwritten.contains(c.as_str())) {
+                unwritten.extend(slice.shape.chains.iter().map(|c| &**c));
                 continue;
             }
             let permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
@@ -420,15 +433,23 @@ impl Shared {
                 }
                 Err(e) => {
                     failed.get_or_insert(format!("slice {name}: {e}"));
+                    unwritten.extend(slice.shape.chains.iter().map(|c| &**c));
                 }
+            }
+        }
+        for (name, mirrored) in want.known.iter().filter(|(n, _)| !want.slices.contains_key(*n)) {
+            let known = self.known(name, Some(mirrored));
+            let held = known.as_deref().map(slim::chains_of).unwrap_or_default();
+            if held.iter().any(|c| unwritten.contains(c.as_str())) {
+                continue;
+            }
+            self.fence.check()?;
+            if let Err(e) = self.delete_slice(name, known.and_then(|k| k.uid())).await {
+                failed.get_or_insert(format!("slice {name}: {e}"));
             }
         }
         if let Some(e) = failed {
             return Err(Unwritten::Failed(e));
-        }
-        for name in want.known.keys().filter(|n| !want.slices.contains_key(*n)) {
-            self.fence.check()?;
-            self.delete_slice(name).await.map_err(|e| format!("slice {name}: {e}"))?;
         }
         if want.legacy {
             self.fence.check()?;
@@ -437,10 +458,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes slice `name` as the operator's own deletion ([`SliceIndex::deleting`]):
-    /// whether it was there.
-    async fn delete_slice(&self, name: &str) -> Result<bool, String> {
-        self.index.deleting(name);
+    /// Deletes slice `name` (`uid`, when known) as the operator's own deletion
+    /// ([`SliceIndex::deleting`]): whether it was there.
+    async fn delete_slice(&self, name: &str, uid: Option<String>) -> Result<bool, String> {
+        self.index.deleting(name, uid);
         let deleted = delete(&Api::<NodeProgramSlice>::all(self.client.clone()), name).await;
         self.index.deletion_ended(name, &deleted);
         deleted

@@ -11,7 +11,7 @@
 //! `kubectl delete`, the garbage collector after a Node was replaced) takes that record with it,
 //! and is reported ([`SlicesWriter::apply_watcher_event`]): it is written again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -58,8 +58,9 @@ struct Inner {
     relist: Option<Index>,
     /// Per slice, as the operator's last successful write left it (slim).
     written: HashMap<String, Arc<NodeProgramSlice>>,
-    /// Slices the operator is deleting, by name: their deletion is its own.
-    deleting: HashSet<String>,
+    /// Slices the operator is deleting, by name, with the uid it is deleting when it knows it:
+    /// their deletion is its own (a later slice of that name's is not).
+    deleting: HashMap<String, Option<String>>,
     /// The uid and node of each slice name's last deletion, until a slice of that name is seen
     /// again: a write whose answer comes after its slice's deletion (the garbage collector is
     /// that quick) is no record of what the API server holds.
@@ -75,7 +76,11 @@ impl Inner {
             self.written.remove(&name);
         }
         self.gone.insert(name.clone(), (slice.uid(), slice.spec.node.clone()));
-        let foreign = !self.deleting.remove(&name);
+        let own = self.deleting.get(&name).is_some_and(|uid| uid.is_none() || *uid == slice.uid());
+        if own {
+            self.deleting.remove(&name);
+        }
+        let foreign = !own;
         if foreign {
             info!(slice = %name, node = %slice.spec.node, "slice deleted by someone else: written again if still wanted");
         }
@@ -186,9 +191,10 @@ impl SliceIndex {
         inner.gone.retain(|_, (_, n)| n != node);
     }
 
-    /// The operator is about to delete slice `name`: its deletion is not someone else's.
-    pub fn deleting(&self, name: &str) {
-        self.0.write().expect("slice index").deleting.insert(name.to_string());
+    /// The operator is about to delete slice `name` (`uid`, when known): its deletion is not
+    /// someone else's.
+    pub fn deleting(&self, name: &str, uid: Option<String>) {
+        self.0.write().expect("slice index").deleting.insert(name.to_string(), uid);
     }
 
     /// The operator's deletion of slice `name` ended: `Ok(true)` deleted, `Ok(false)` already
@@ -240,20 +246,20 @@ mod tests {
         assert_eq!(uid(index.written("n1.0")), Some("a".into()));
         // The operator deletes n1.2: its own deletion, reported by neither the watch nor the
         // request first.
-        index.deleting("n1.2");
+        index.deleting("n1.2", Some("c".into()));
         assert!(!writer.apply_watcher_event(&Event::Delete(with_uid("n1.2", "n1", "c"))));
         index.deletion_ended("n1.2", &Ok(true));
         assert_eq!(uid(index.written("n1.2")), None);
         // The operator deletes n1.0 but the request fails: the deletion the watch brings later
         // is someone else's. A late deletion of an older n1.0 leaves the record of a newer one.
-        index.deleting("n1.0");
+        index.deleting("n1.0", None);
         index.deletion_ended("n1.0", &Err("timeout".into()));
         assert_eq!(uid(index.written("n1.0")), Some("a".into()), "not deleted: the write still stands");
         index.wrote("n1.0", Arc::new(with_uid("n1.0", "n1", "a2")));
         assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n1.0", "n1", "a"))));
         assert_eq!(uid(index.written("n1.0")), Some("a2".into()));
         // Already gone when the operator deletes it: its record goes, and nothing is expected.
-        index.deleting("n1.0");
+        index.deleting("n1.0", None);
         index.deletion_ended("n1.0", &Ok(false));
         assert_eq!(uid(index.written("n1.0")), None);
         assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n1.0", "n1", "a2"))));
@@ -294,7 +300,7 @@ mod tests {
             writer.apply_watcher_event(&Event::Apply(with_uid(name, &name[..2], u)));
             index.wrote(name, Arc::new(with_uid(name, &name[..2], u)));
         }
-        index.deleting("n2.0");
+        index.deleting("n2.0", None);
         writer.apply_watcher_event(&Event::Init);
         for event in [Event::InitApply(with_uid("n1.0", "n1", "a")), Event::InitApply(with_uid("n2.0", "n2", "c2"))] {
             assert!(!writer.apply_watcher_event(&event));
@@ -307,6 +313,17 @@ mod tests {
         assert_eq!(names(&index, &store, "n1"), ["n1.0"]);
         // Only the missing are deletions: the operator still waits for its own of n2.0.
         assert!(!writer.apply_watcher_event(&Event::Delete(with_uid("n2.0", "n2", "c2"))));
+        // A deletion of a known uid whose event the watch lost (the relist brings the slice
+        // written again since): the next slice of that name is not the operator's to delete.
+        writer.apply_watcher_event(&Event::Apply(with_uid("n2.0", "n2", "c3")));
+        index.deleting("n2.0", Some("c3".into()));
+        index.deletion_ended("n2.0", &Ok(true));
+        writer.apply_watcher_event(&Event::Init);
+        for s in [with_uid("n1.0", "n1", "a"), with_uid("n2.0", "n2", "c4")] {
+            writer.apply_watcher_event(&Event::InitApply(s));
+        }
+        assert!(!writer.apply_watcher_event(&Event::InitDone));
+        assert!(writer.apply_watcher_event(&Event::Delete(with_uid("n2.0", "n2", "c4"))), "someone else deleted the newer n2.0");
         // A node that left takes the records of its slices' writes.
         index.forget_node("n1");
         assert!(index.written("n1.0").is_none());

@@ -158,7 +158,7 @@ fn live(c: &ServiceChain) -> bool {
 
 fn chain_ref(c: &ServiceChain) -> ChainRef<'_> {
     let (namespace, name) = namespaced_name(c);
-    ChainRef { namespace, name, spec: &c.spec }
+    ChainRef { namespace, name, spec: &c.spec, generation: c.metadata.generation }
 }
 
 /// The compiler's world (the nodes with a locator, their SID tables' registrations and the
@@ -237,7 +237,9 @@ fn finish(node_problems: BTreeMap<String, String>, planned: Planned) -> Plan {
 pub fn chain_status(plan: &Plan, unpublished: &BTreeMap<String, String>, chain: &ServiceChain, now: Time) -> Option<ServiceChainStatus> {
     let key = key_of(chain);
     let verdict = plan.verdicts.get(&key)?;
-    let mut status = verdict.status(chain.metadata.generation, now);
+    // Stamped with the generation the verdict was compiled from: a plan older than the chain's
+    // last change (held, or waiting for the compile budget) claims no newer spec.
+    let mut status = verdict.status(now);
     let failures: Vec<String> = plan
         .chain_nodes
         .get(&key)

@@ -1,6 +1,7 @@
 //! srv6pipes' plain HTTP endpoints: Prometheus' `/metrics`, and the `/healthz` and `/readyz`
 //! that kubelet probes. One GET per connection, answered and closed (HTTP/1.0 framing, which
-//! kubelet and Prometheus accept); the request line is all that is read.
+//! kubelet and Prometheus accept); the request line is all that is read. Also the daemons'
+//! logging set-up ([`init_logging`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +11,17 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
+
+/// Logs to stderr, filtered by `RUST_LOG` (`info` without it), as JSON lines when `json`.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
 
 /// One answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,6 +61,8 @@ pub struct ChainRef<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub spec: &'a ServiceChainSpec,
+    /// The resource's `metadata.generation`: the spec version its verdict is compiled from.
+    pub generation: Option<i64>,
 }
 
 /// Classify traffic entering from `source_ip` (a pod on this node) towards `destination` and
@@ -217,6 +219,9 @@ pub struct ChainVerdict {
     pub degraded: Option<(Reason, String)>,
     /// The functions' names in order, comma-separated (the status' `functions`).
     pub functions: String,
+    /// The generation of the chain's spec it was compiled from (its status' observedGeneration:
+    /// a plan compiled before the spec's last change says so).
+    pub generation: Option<i64>,
 }
 
 /// One function of a chain as compiled: its ready replicas.
@@ -244,7 +249,8 @@ impl HopVerdict {
 impl ChainVerdict {
     /// The resource status for this verdict: `Ready` with the reason, plus hops and paths.
     /// `now` stamps the condition (kept pure: the caller owns the clock).
-    pub fn status(&self, generation: Option<i64>, now: Time) -> ServiceChainStatus {
+    pub fn status(&self, now: Time) -> ServiceChainStatus {
+        let generation = self.generation;
         let mut conditions = vec![Condition {
             type_: "Ready".into(),
             status: if self.ready { "True" } else { "False" }.into(),
@@ -526,13 +532,13 @@ mod tests {
     }
 
     fn chain<'a>(name: &'a str, spec: &'a ServiceChainSpec) -> ChainRef<'a> {
-        ChainRef { namespace: "default", name, spec }
+        ChainRef { namespace: "default", name, spec, generation: None }
     }
 
     #[test]
     fn two_function_chain_compiles_to_per_node_tables() {
         let s = spec(&["fd00:10:2::/64"]);
-        let out = compile(&world(), &[chain("web", &s)]);
+        let out = compile(&world(), &[ChainRef { generation: Some(3), ..chain("web", &s) }]);
         let v = &out.chains[0];
         assert!(v.ready, "{v:?}");
         assert_eq!(v.reason, Reason::Programmed);
@@ -559,8 +565,8 @@ mod tests {
         assert_eq!(n2.decaps[0].behavior, Behavior::EndDT46);
 
         let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-        let st = v.status(Some(3), now);
-        assert_eq!(st.observed_generation, Some(3));
+        let st = v.status(now);
+        assert_eq!(st.observed_generation, Some(3), "the generation compiled");
         assert_eq!((st.conditions[0].type_.as_str(), st.conditions[0].status.as_str()), ("Ready", "True"));
         assert_eq!(st.conditions[0].reason, "Programmed");
         assert_eq!(st.paths, vec![Path { segments: segs.iter().map(|s| s.to_string()).collect() }], "the status' paths as text");
@@ -642,7 +648,7 @@ mod tests {
             ["fcbb:bb00:1:e001::", "fcbb:bb00:2:d6::"],
             "ids bypassed"
         );
-        let st = v.status(None, Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let st = v.status(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(st.conditions[1].type_, "Degraded");
 
         let mut none = world();

@@ -557,7 +557,7 @@ mod tests {
         }
 
         fn refs(&self) -> Vec<(ChainRef<'_>, u64)> {
-            self.chains.iter().map(|((ns, name), (spec, v))| (ChainRef { namespace: ns, name, spec }, *v)).collect()
+            self.chains.iter().map(|((ns, name), (spec, v))| (ChainRef { namespace: ns, name, spec, generation: None }, *v)).collect()
         }
     }
 

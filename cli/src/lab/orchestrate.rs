@@ -429,6 +429,7 @@ pub(super) fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
             namespace: c.metadata.namespace.as_deref().unwrap_or("default"),
             name: c.metadata.name.as_deref().unwrap_or_default(),
             spec: &c.spec,
+            generation: c.metadata.generation,
         })
         .collect();
     let peers: Vec<Peer> = st.nodes.iter().map(|p| Peer { node: p.name.clone(), locator: p.locator, underlay: p.underlay6 }).collect();
@@ -441,7 +442,7 @@ pub(super) fn program(st: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     for c in &mut st.chains {
         let key = (c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default());
         let v = planned.verdicts.get(&key).expect("compiled every chain");
-        c.status = Some(v.status(c.metadata.generation, now.clone()));
+        c.status = Some(v.status(now.clone()));
     }
     st.save(dir)?;
     let failed: Vec<String> = planned
@@ -548,6 +549,10 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
     if let Some(pid) = st.operator_pid {
         sys::stop_group(pid);
     }
+    // The daemons first: a daemon publishes its SID table again when it goes.
+    for pid in st.nodes.iter().filter_map(|n| n.daemon_pid) {
+        sys::stop_group(pid);
+    }
     if let Some(k) = &st.kubeconfig {
         // An API server that is gone already must not keep the lab's own resources alive.
         if let Err(e) = kube::Cluster::connect(k).and_then(|c| c.unregister(st)) {
@@ -555,9 +560,6 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
         }
     }
     for n in &st.nodes {
-        if let Some(pid) = n.daemon_pid {
-            sys::stop_group(pid);
-        }
         if let Some(pid) = n.forwarder_pid {
             sys::stop_group(pid);
         }

@@ -501,6 +501,25 @@ async fn a_node_without_a_locator_gets_the_lowest_free_one() {
     no_request(&mut handle, "the node reconcile writes only the locator").await;
 }
 
+/// A locator write the API server never answers holds the publication lock (every chain's
+/// and node's writes wait for it) no longer than the writes' timeout: the node is looked at
+/// again later.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_locator_write_holds_up_no_publication() {
+    let (stores, mut writers) = world();
+    let mut n3 = node("n3", "x", "fd00:ffff::3");
+    n3.metadata.annotations = None;
+    writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+    let (ctx, mut handle) = ctx(stores);
+    let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx.clone()));
+    let (req, unanswered) = next(&mut handle, "the locator's PATCH").await;
+    assert_eq!((req.method().as_str(), req.uri().path()), ("PATCH", "/api/v1/nodes/n3"));
+    let done = tokio::time::timeout(Duration::from_secs(60), task).await.expect("the reconcile waited on the unanswered PATCH");
+    assert_eq!(done.unwrap().unwrap(), Action::requeue(Duration::from_secs(5)));
+    assert!(ctx.publishing.try_lock().is_ok(), "the publication lock is free");
+    drop(unanswered);
+}
+
 /// No API call comes (within a moment).
 async fn no_request(handle: &mut Handle, why: &str) {
     if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await {
@@ -855,14 +874,7 @@ async fn writes_that_wait_keep_no_plan_alive_and_go_out_from_the_newer_one() {
 #[tokio::test]
 async fn a_slice_that_fails_holds_up_no_other_slice_of_its_node() {
     let (stores, mut writers) = world();
-    // 200 chains more on n1 (their client, function and destination there): two slices.
-    for i in 0..srv6::slices::MAX_SLICE_CHAINS {
-        let mut c = chain();
-        c.metadata.name = Some(format!("local-{i}"));
-        c.metadata.uid = Some(format!("uid-local-{i}"));
-        c.spec.r#match.destination_prefixes = vec!["fd00:10:1::/64".into()];
-        writers.chains.apply_watcher_event(&watcher::Event::Apply(c));
-    }
+    local_chains(&mut writers, srv6::slices::MAX_SLICE_CHAINS);
     let (ctx, mut handle) = ctx(stores);
     let plan = ctx.stores.compile(None);
     let _ = ctx.publish(&plan, None).await;
@@ -879,6 +891,72 @@ async fn a_slice_that_fails_holds_up_no_other_slice_of_its_node() {
     let failures = ctx.publisher.failures();
     assert!(failures["n1"].contains("slice n1.0") && !failures.contains_key("n2"), "{failures:?}");
     assert!(ctx.publisher.written("n1.1").is_some());
+}
+
+/// `n` chains more on n1 (`local-{i}`: their client, function and destination there); 200
+/// make two slices.
+fn local_chains(writers: &mut Writers, n: usize) {
+    for i in 0..n {
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(local_chain(i)));
+    }
+}
+
+fn local_chain(i: usize) -> ServiceChain {
+    let mut c = chain();
+    c.metadata.name = Some(format!("local-{i}"));
+    c.metadata.uid = Some(format!("uid-local-{i}"));
+    c.spec.r#match.destination_prefixes = vec!["fd00:10:1::/64".into()];
+    c
+}
+
+/// A slice that can never be written holds up no deletion of a chain in the node's other
+/// slices: the write that takes the deleted chain away goes out, and once no slice of the node
+/// holds it, its finalizer goes, although the node's failure stays.
+#[tokio::test]
+async fn a_slice_that_fails_holds_up_no_deletion_on_its_node() {
+    let (stores, mut writers) = world();
+    // Some of them in n1.1.
+    local_chains(&mut writers, srv6::slices::MAX_SLICE_CHAINS + 10);
+    let (ctx, mut handle) = ctx(stores);
+    let plan = ctx.stores.compile(None);
+    let _ = ctx.publish(&plan, None).await;
+    let mut first = sort_out(&mut handle, 2).await;
+    refuse(first.remove("n1").unwrap(), 422, "too large");
+    answer(first.remove("n2").unwrap()).await;
+    for (_, pending) in sort_out(&mut handle, 1).await {
+        answer(pending).await;
+    }
+    expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
+    drop(plan);
+    // The mirror brings what was written; then a chain of n1.1 is deleted.
+    for name in ["n1.1", "n2.0"] {
+        let written = ctx.publisher.written(name).expect(name);
+        writers.slices.apply_watcher_event(&watcher::Event::Apply((*written).clone()));
+    }
+    let held = slim::chains_of(&ctx.publisher.written("n1.1").unwrap());
+    let i = (0..srv6::slices::MAX_SLICE_CHAINS + 10).find(|i| held.contains(&format!("default/local-{i}"))).expect("a local chain in n1.1");
+    let mut deleted = local_chain(i);
+    deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    writers.chains.apply_watcher_event(&watcher::Event::Apply(deleted.clone()));
+    let task = tokio::spawn(reconcile_chain(Arc::new(deleted), ctx.clone()));
+    // n1.0 is refused again; n1.1 goes out without the chain.
+    refuse(sort_out(&mut handle, 1).await.remove("n1").expect("n1.0 again"), 422, "too large");
+    let n1_1 = answer(sort_out(&mut handle, 1).await.remove("n1.1").expect("n1.1's write taking the deleted chain away")).await;
+    assert!(!n1_1.to_string().contains(&format!("local-{i}\"")), "n1.1 still holds local-{i}");
+    let path = format!("/apis/srv6pipes.io/v1alpha1/namespaces/default/servicechains/local-{i}");
+    loop {
+        let pending = next(&mut handle, "the finalizer's removal").await;
+        if pending.0.uri().path().ends_with("/events") {
+            answer(pending).await;
+            continue;
+        }
+        check(&pending.0, "PATCH", &path, "fieldManager=srv6pipes-operator");
+        let fin = answer(pending).await;
+        assert_eq!(fin["metadata"]["finalizers"], json!([]), "{fin}");
+        break;
+    }
+    task.await.unwrap().unwrap();
+    assert!(ctx.publisher.failures()["n1"].contains("slice n1.0"), "n1's failure stays");
 }
 
 /// A ctx whose world version the test bumps, as the mirrors do.
@@ -912,6 +990,30 @@ async fn no_plan_is_compiled_while_the_last_one_is_held() {
     let (_newer, stale) = ctx.plan();
     assert!(stale.is_none());
     assert!(old.upgrade().is_none(), "the old plan outlived the new one's compilation");
+}
+
+/// A plan compiled before the chain's last change (held elsewhere here) gives a status that
+/// says which spec it is of: observedGeneration the compiled generation, not the newest one,
+/// which tools waiting on observedGeneration would take as the new spec's verdict.
+#[tokio::test]
+async fn a_status_from_an_older_plan_claims_no_newer_generation() {
+    let (stores, mut writers) = world();
+    let (ctx, mut handle, world) = ctx_with_world(stores);
+    let (held, _) = ctx.plan();
+    let mut newer = chain();
+    newer.metadata.generation = Some(3);
+    newer.spec.r#match.destination_prefixes = vec!["fd00:10:3::/64".into()];
+    writers.chains.apply_watcher_event(&watcher::Event::Apply(newer.clone()));
+    world.send_modify(|v| *v += 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let task = tokio::spawn(reconcile_chain(Arc::new(newer), ctx.clone()));
+    // Both nodes' programs, the status, the chain's Event.
+    let out = answer_all(&mut handle, 4).await;
+    let status = &out["status"]["status"];
+    assert_eq!(status["observedGeneration"], 2, "{status}");
+    assert_eq!(status["conditions"][0]["observedGeneration"], 2, "{status}");
+    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(HELD), "looked at again once a newer plan can be made");
+    drop(held);
 }
 
 /// The planner's round holds no plan while it waits for its writes: a reconcile may compile a

@@ -126,6 +126,7 @@ pub(crate) fn prepare(world: &Index<'_>, c: &ChainRef<'_>) -> Prepared {
         paths: Vec::new(),
         degraded: None,
         functions: c.spec.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(","),
+        generation: c.generation,
     };
     let mut p = Prepared { verdict, claim: None, tables: BTreeMap::new(), adds: false, insert_sources: Vec::new() };
     if let Err((reason, message)) = prepare_into(world, c, &mut p) {
@@ -708,7 +709,7 @@ mod tests {
     }
 
     fn run(s: &ServiceChainSpec) -> super::super::Compiled {
-        compile(&world(), &[ChainRef { namespace: "default", name: "pipes", spec: s }])
+        compile(&world(), &[ChainRef { namespace: "default", name: "pipes", spec: s, generation: None }])
     }
 
     /// Rules that push the same segment lists share them, and every entry of a chain shares its
@@ -718,7 +719,7 @@ mod tests {
         let mut w = world();
         w.pods.push(pod("client2", "n1", "client", "fd00:10:1::3"));
         w.pods.push(pod("server2", "n4", "server", "fd00:10:4::3"));
-        let out = compile(&w, &[ChainRef { namespace: "default", name: "pipes", spec: &spec() }]);
+        let out = compile(&w, &[ChainRef { namespace: "default", name: "pipes", spec: &spec(), generation: None }]);
         assert!(out.chains[0].ready, "{:?}", out.chains[0]);
         let tables: Vec<&NodeTables> = out.nodes.values().collect();
         let headends: Vec<&HeadendPolicy> = tables.iter().flat_map(|t| &t.headends).collect();
