@@ -27,7 +27,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use srv6pipes_functions::{Chain, FunctionError};
+use srv6pipes_functions::{Chain, FunctionError, HOLD};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -169,7 +169,9 @@ fn client_reset(client: &TcpStream, ready: std::io::Result<tokio::io::Ready>) ->
 }
 
 /// One direction: read, run through the chain, write, until the sender's FIN (then the
-/// chain's tail and a FIN to the receiver) or an error.
+/// chain's tail and a FIN to the receiver) or an error. When the sender pauses for
+/// [`HOLD`] after bytes went into the chain, what its
+/// functions held back goes on (a request's tail would otherwise wait for the next request).
 async fn pump(
     from: &ReadHalf<'_>,
     mut to: WriteHalf<'_>,
@@ -182,8 +184,19 @@ async fn pump(
     let mut stats = DirectionStats::default();
     // Allocated when the first bytes (or the FIN) are there: an idle connection holds no buffer.
     let mut buf: Vec<u8> = Vec::new();
+    // Bytes went into the chain since it was last flushed.
+    let mut pushed = false;
     loop {
-        from.readable().await.map_err(conn)?;
+        let readable = if pushed { tokio::time::timeout(HOLD, from.readable()).await.ok() } else { Some(from.readable().await) };
+        let Some(readable) = readable else {
+            pushed = false;
+            let data = chain.flush().map_err(Abort::Function)?;
+            stats.bytes_out += data.len() as u64;
+            meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
+            write_all_moving(&mut to, &data, activity).await.map_err(conn)?;
+            continue;
+        };
+        readable.map_err(conn)?;
         if buf.is_empty() {
             buf = vec![0u8; read_size.max(1)];
         }
@@ -198,6 +211,7 @@ async fn pump(
             &buf[..n]
         } else {
             transformed = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
+            pushed = n > 0;
             &transformed
         };
         stats.bytes_in += n as u64;
@@ -302,6 +316,30 @@ mod tests {
     /// The proxy's sockets have `SO_LINGER` 0 while they relay. A relay that ends cleanly while
     /// its last bytes still wait in the send queue (a client whose window is closed: or a lost
     /// segment) must still deliver them, then a FIN: not discard them at close.
+    /// A request/response protocol that keeps its connection open (HTTP keep-alive) through
+    /// functions that hold bytes back (base64 keeps up to 2 bytes, replace a possible match's
+    /// beginning): each request and answer arrives whole once its sender pauses, no FIN needed.
+    #[tokio::test]
+    async fn held_bytes_go_on_when_the_sender_pauses() {
+        let fwd = chain(&[("base64", &[("op", "encode")]), ("base64", &[("op", "decode")])]);
+        let rev = chain(&[("replace", &[("from", "dogs"), ("to", "cats")])]);
+        let (mut client, mut server, relay) = setup(fwd, rev, Limits::default()).await;
+        let within =
+            |what: &'static str| move |r: Result<std::io::Result<usize>, _>| r.unwrap_or_else(|_| panic!("{what} held back")).unwrap();
+        for (request, answer, rewritten) in [(&b"GET /\r\n"[..], &b"I love do"[..], &b"I love do"[..]), (b"GET /b\r\n", b"gs", b"gs")] {
+            client.write_all(request).await.unwrap();
+            let mut got = vec![0u8; request.len()];
+            within("the request")(tokio::time::timeout(Duration::from_secs(2), server.read_exact(&mut got)).await);
+            assert_eq!(got, request);
+            server.write_all(answer).await.unwrap();
+            let mut got = vec![0u8; rewritten.len()];
+            within("the answer")(tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut got)).await);
+            assert_eq!(got, rewritten, "a match split by a pause is left as it is");
+        }
+        drop((client, server));
+        relay.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_clean_end_delivers_the_tail_the_client_has_not_acknowledged_yet() {
         let (mut client, mut server, client_side, server_side) = slow_client().await;

@@ -25,7 +25,17 @@ pub trait StreamFunction: Send {
     fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
         Ok(())
     }
+    /// The sender paused with bytes held back (the proxy waited [`HOLD`] for more): appends
+    /// what can go without more input, so that a request/response protocol is not stalled by
+    /// a held tail. Nothing by default.
+    fn flush(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        Ok(())
+    }
 }
+
+/// How long the proxy lets a function hold bytes back while the sender sends nothing more,
+/// before it flushes them ([`StreamFunction::flush`]).
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum FunctionError {
@@ -100,11 +110,25 @@ impl Chain {
 
     /// The end of the stream: each function's held-back bytes and trailer, through the rest.
     pub fn finish(&mut self) -> Result<Vec<u8>, FunctionError> {
+        self.drain(|f, out| f.finish(out))
+    }
+
+    /// The sender paused: what each function can let go without more input, through the rest.
+    pub fn flush(&mut self) -> Result<Vec<u8>, FunctionError> {
+        self.drain(|f, out| f.flush(out))
+    }
+
+    fn drain(
+        &mut self,
+        mut step: impl FnMut(&mut dyn StreamFunction, &mut Vec<u8>) -> Result<(), FunctionError>,
+    ) -> Result<Vec<u8>, FunctionError> {
         let mut data = Vec::new();
         for f in &mut self.0 {
             let mut out = Vec::new();
-            f.push(&data, &mut out)?;
-            f.finish(&mut out)?;
+            if !data.is_empty() {
+                f.push(&data, &mut out)?;
+            }
+            step(f.as_mut(), &mut out)?;
             data = out;
         }
         Ok(data)

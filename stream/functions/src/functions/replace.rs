@@ -1,7 +1,8 @@
 //! `replace`: every occurrence of the literal byte string `from` (non-empty) becomes `to`
 //! (possibly empty or of another length), scanning left to right without overlap, as `sed
 //! 's/from/to/g'` on a stream would. Holds back at most `from`'s length less one byte: the
-//! longest tail that could still begin an occurrence.
+//! longest tail that could still begin an occurrence, let go when the sender pauses (an
+//! occurrence split by a pause of its sender is then left as it is).
 
 use crate::{Args, FunctionError, StreamFunction};
 
@@ -27,7 +28,7 @@ pub fn build(args: &Args) -> Result<Box<dyn StreamFunction>, FunctionError> {
 
 impl Replace {
     /// Emits `held` up to the last position that cannot start an occurrence; `end`: all of it.
-    fn flush(&mut self, out: &mut Vec<u8>, end: bool) {
+    fn emit(&mut self, out: &mut Vec<u8>, end: bool) {
         let (buf, n) = (&self.held, self.from.len());
         let mut i = 0;
         while i < buf.len() {
@@ -53,12 +54,17 @@ impl Replace {
 impl StreamFunction for Replace {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError> {
         self.held.extend_from_slice(input);
-        self.flush(out, false);
+        self.emit(out, false);
         Ok(())
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
-        self.flush(out, true);
+        self.emit(out, true);
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        self.emit(out, true);
         Ok(())
     }
 }
@@ -90,6 +96,14 @@ mod tests {
         assert_eq!(out.len(), 10_000, "a possible beginning is");
         f.finish(&mut out).unwrap();
         assert!(out.ends_with(b"abc"));
+        // A pause of the sender lets the held tail go: an occurrence it splits is not replaced.
+        let (_, mut f) = crate::build("replace", &args(&[("from", "abcd"), ("to", "-")])).unwrap();
+        let mut out = Vec::new();
+        f.push(b"xxabc", &mut out).unwrap();
+        f.flush(&mut out).unwrap();
+        assert_eq!(out, b"xxabc");
+        f.push(b"dabcd", &mut out).unwrap();
+        assert_eq!(out, b"xxabcd-");
     }
 
     #[test]
