@@ -345,6 +345,7 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
             }
         }
     }
+    crosses_each_proxy_once(c, &hops)?;
     for h in &hops {
         for &f in &h.functions {
             v.hops[f].replicas = h
@@ -355,6 +356,28 @@ fn plan_hops<'w>(world: &Index<'w>, c: &ChainRef<'_>, v: &mut ChainVerdict) -> R
         }
     }
     Ok((hops, missing))
+}
+
+/// A connection crosses a stream proxy pod once: at a second crossing the proxy would accept a
+/// connection with the very addresses and ports of the one it accepted the first time, in the
+/// same network namespace, and the kernel takes its packets for the first's. Two stream hops
+/// apart (a packet function between them, or other pods beside) that share a pod conflict.
+fn crosses_each_proxy_once(c: &ChainRef<'_>, hops: &[PlannedHop]) -> Result<(), Fail> {
+    let mut first: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for h in hops.iter().filter(|h| h.pipeline.is_some()) {
+        for (_, pod, _) in &h.replicas {
+            if let Some(f) = first.insert((pod.namespace.as_str(), pod.name.as_str()), h.functions[0]) {
+                let name = |i: usize| &c.spec.functions[i].name;
+                let (a, b) = (name(f), name(h.functions[0]));
+                let why = format!(
+                    "functions {a} and {b} both run on stream proxy {}/{}: a connection crosses a proxy once",
+                    pod.namespace, pod.name
+                );
+                return Err((Reason::Conflict, why));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ClaimInput {
@@ -843,10 +866,33 @@ mod tests {
     fn stream_functions_apart_are_hops_apart() {
         let mut s = spec();
         s.functions.swap(0, 2); // swap(stream), encode(stream), fw, decode(stream)
-        let v = &run(&s).chains[0];
+                                // decode on a proxy of its own.
+        s.functions[3].pod_selector = sel("app", "pipes2");
+        let mut w = world();
+        w.pods.push(pod("pipes2", "n3", "pipes2", "fd00:10:3::3"));
+        w.registrations.push(SidRegistration {
+            node: "n3".into(),
+            pod_namespace: "default".into(),
+            pod_name: "pipes2".into(),
+            interface: "net1".into(),
+            sid: Sid("fcbb:bb00:3:e002::".parse().unwrap()),
+        });
+        let v = &compile(&w, &[ChainRef { namespace: "default", name: "pipes", spec: &s, generation: None }]).chains[0];
         assert!(v.ready, "{v:?}");
-        assert_eq!(v.paths[0].len(), 4, "pipes, fw, pipes, decapsulation: {:?}", v.paths);
+        assert_eq!(v.paths[0].len(), 4, "pipes, fw, pipes2, decapsulation: {:?}", v.paths);
         assert_eq!(v.hops[0].replicas[0].sid, v.hops[1].replicas[0].sid);
-        assert_ne!(v.hops[1].replicas[0].sid, v.hops[3].replicas[0].sid, "another pipeline, another SID");
+        assert_ne!(v.hops[1].replicas[0].sid, v.hops[3].replicas[0].sid, "another proxy, another SID");
+    }
+
+    /// The same proxy pod for two stream hops (a packet function between them): a conflict, not
+    /// a chain whose every connection would fail at the second crossing.
+    #[test]
+    fn a_stream_proxy_crossed_twice_is_a_conflict() {
+        let mut s = spec();
+        s.functions.swap(0, 2); // swap(stream), encode(stream), fw, decode(stream): all on pipes
+        let v = &run(&s).chains[0];
+        assert!(!v.ready, "{v:?}");
+        assert_eq!(v.reason, Reason::Conflict);
+        assert!(v.message.contains("functions swap and decode both run on stream proxy default/pipes"), "{}", v.message);
     }
 }
