@@ -44,8 +44,9 @@ struct Args {
     /// Seconds connections may take to finish after SIGTERM before they are reset.
     #[arg(long, default_value_t = 10)]
     drain_timeout: u64,
-    /// Bytes read at once per connection and direction: the proxy's buffer (backpressure holds
-    /// the rest in TCP's windows).
+    /// Bytes read at once per connection and direction: the proxy's read buffer (backpressure
+    /// holds the rest in TCP's windows; a `decompress` function's output for one read is as
+    /// large as the data's compression ratio makes it).
     #[arg(long, default_value_t = 64 * 1024)]
     read_size: usize,
 }
