@@ -45,8 +45,8 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     drain_timeout: u64,
     /// Bytes read at once per connection and direction: the proxy's read buffer (backpressure
-    /// holds the rest in TCP's windows; a `decompress` function's output for one read is as
-    /// large as the data's compression ratio makes it).
+    /// holds the rest in TCP's windows; a `decompress` function writes what one read expands
+    /// to in parts of at most 1 MiB).
     #[arg(long, default_value_t = 64 * 1024)]
     read_size: usize,
 }

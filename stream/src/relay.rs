@@ -191,9 +191,7 @@ async fn pump(
         let Some(readable) = readable else {
             pushed = false;
             let data = chain.flush().map_err(Abort::Function)?;
-            stats.bytes_out += data.len() as u64;
-            meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
-            write_all_moving(&mut to, &data, activity).await.map_err(conn)?;
+            send(&mut to, &data, &mut stats, meter, activity).await.map_err(conn)?;
             continue;
         };
         readable.map_err(conn)?;
@@ -215,16 +213,33 @@ async fn pump(
             &transformed
         };
         stats.bytes_in += n as u64;
-        stats.bytes_out += data.len() as u64;
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
-        meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
-        stats.max_pending = stats.max_pending.max(data.len());
-        write_all_moving(&mut to, data, activity).await.map_err(conn)?;
+        send(&mut to, data, &mut stats, meter, activity).await.map_err(conn)?;
+        // A read that expands further than one part (decompression) goes in parts, each
+        // written before the next is made.
+        while chain.more() {
+            let part = chain.push(&[]).map_err(Abort::Function)?;
+            send(&mut to, &part, &mut stats, meter, activity).await.map_err(conn)?;
+        }
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
         }
     }
+}
+
+/// Writes `data` on, counted in `stats` and the output meter.
+async fn send(
+    to: &mut WriteHalf<'_>,
+    data: &[u8],
+    stats: &mut DirectionStats,
+    meter: &[AtomicU64; 2],
+    activity: &Activity,
+) -> std::io::Result<()> {
+    stats.bytes_out += data.len() as u64;
+    meter[1].fetch_add(data.len() as u64, Ordering::Relaxed);
+    stats.max_pending = stats.max_pending.max(data.len());
+    write_all_moving(to, data, activity).await
 }
 
 /// Writes all of `data`, noting `activity` each time the kernel took some (its send buffer freed
@@ -508,6 +523,29 @@ mod tests {
         let report = tokio::time::timeout(Duration::from_secs(5), relay).await.expect("the relay ends").unwrap();
         assert_eq!(report.aborted, None);
         assert_eq!(report.reverse.max_pending, 128_000, "one write");
+    }
+
+    /// A decompression bomb (64 MiB of zeros, zstd-compressed to a few KB, sent in one write):
+    /// written on in parts of at most 1 MiB, each before the next is made, never as one.
+    #[tokio::test]
+    async fn a_read_that_expands_goes_on_in_bounded_parts() {
+        let total = 64 << 20;
+        let mut packed = Vec::new();
+        let (_, mut zstd) = srv6pipes_functions::build("compress", &[("algorithm".to_string(), "zstd".to_string())].into()).unwrap();
+        zstd.push(&vec![0u8; total], &mut packed).unwrap();
+        zstd.finish(&mut packed).unwrap();
+        assert!(packed.len() < 64 << 10, "{} bytes", packed.len());
+        let rev = chain(&[("compress", &[("algorithm", "zstd"), ("op", "decompress")])]);
+        let (mut client, mut server, relay) = setup(Chain::default(), rev, Limits::default()).await;
+        server.write_all(&packed).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.len() == total && got.iter().all(|&b| b == 0), "{} bytes", got.len());
+        drop((client, server));
+        let report = relay.await.unwrap();
+        assert_eq!(report.aborted, None);
+        assert!(report.reverse.max_pending <= 1 << 20, "one part of {} bytes", report.reverse.max_pending);
     }
 
     #[tokio::test]

@@ -25,6 +25,12 @@ pub trait StreamFunction: Send {
     fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), FunctionError> {
         Ok(())
     }
+    /// Output is ready without more input: the last call stopped at its output's bound (a
+    /// decompressor: one read may expand to gigabytes); `push` with no input gives the next
+    /// part. Never, by default.
+    fn more(&self) -> bool {
+        false
+    }
     /// The sender paused with bytes held back (the proxy waited [`HOLD`] for more): appends
     /// what can go without more input, so that a request/response protocol is not stalled by
     /// a held tail. Nothing by default.
@@ -103,6 +109,12 @@ impl Chain {
         Ok(data.unwrap_or_else(|| input.to_vec()))
     }
 
+    /// A function has more output without more input ([`StreamFunction::more`]): `push` with no
+    /// input gives the next part.
+    pub fn more(&self) -> bool {
+        self.0.iter().any(|f| f.more())
+    }
+
     /// No function: the bytes go through as they are (the relay then copies nothing).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -135,13 +147,17 @@ impl Chain {
     }
 }
 
-/// Runs `f` over `input` cut into reads at `cuts` (offsets), then finishes: the stream's output.
+/// Runs `f` over `input` cut into reads at `cuts` (offsets), each read's output taken in as
+/// many parts as it comes, then finishes: the stream's output.
 pub fn run(f: &mut dyn StreamFunction, input: &[u8], cuts: &[usize]) -> Result<Vec<u8>, FunctionError> {
     let mut out = Vec::new();
     let mut at = 0;
     for &c in cuts.iter().chain(std::iter::once(&input.len())) {
         let c = c.clamp(at, input.len());
         f.push(&input[at..c], &mut out)?;
+        while f.more() {
+            f.push(&[], &mut out)?;
+        }
         at = c;
     }
     f.finish(&mut out)?;

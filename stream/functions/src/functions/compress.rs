@@ -1,24 +1,28 @@
 //! `compress`: `algorithm` `zstd` (default) or `gzip`, `op` `compress` (default) or
 //! `decompress`. Compression flushes at the end of every read (a request/response protocol
 //! never waits on bytes the compressor holds), so the next hop can decompress what it has; the
-//! stream's end closes the frame. Decompression refuses a corrupt or truncated stream.
+//! stream's end closes the frame. Decompression refuses a corrupt or truncated stream, reads
+//! concatenated frames (members), and gives at most 1 MiB a call (`inflate.rs`): a read that
+//! expands further is written out in parts.
 
 use std::io::Write;
 
+use super::inflate::Inflate;
 use crate::{Args, FunctionError, StreamFunction};
 
 enum Codec {
     ZstdCompress(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    ZstdDecompress(zstd::stream::write::Decoder<'static, Vec<u8>>),
     GzipCompress(flate2::write::GzEncoder<Vec<u8>>),
-    GzipDecompress(flate2::write::GzDecoder<Vec<u8>>),
+    Decompress(Inflate),
     Done,
 }
 
 struct Compress {
     codec: Codec,
-    /// Bytes came in: a stream that never sent any is empty either way, not a truncated frame.
-    started: bool,
+    /// Decompression: input not expanded yet (at most one read's), and whether the last call
+    /// stopped at its output's bound.
+    pending: Vec<u8>,
+    more: bool,
 }
 
 pub fn build(args: &Args) -> Result<Box<dyn StreamFunction>, FunctionError> {
@@ -29,13 +33,13 @@ pub fn build(args: &Args) -> Result<Box<dyn StreamFunction>, FunctionError> {
     let io = |e: std::io::Error| bad("algorithm", e.to_string());
     let codec = match (algorithm, op) {
         ("zstd", "compress") => Codec::ZstdCompress(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io)?),
-        ("zstd", "decompress") => Codec::ZstdDecompress(zstd::stream::write::Decoder::new(Vec::new()).map_err(io)?),
+        ("zstd", "decompress") => Codec::Decompress(Inflate::zstd().map_err(io)?),
         ("gzip", "compress") => Codec::GzipCompress(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())),
-        ("gzip", "decompress") => Codec::GzipDecompress(flate2::write::GzDecoder::new(Vec::new())),
+        ("gzip", "decompress") => Codec::Decompress(Inflate::gzip()),
         ("zstd" | "gzip", other) => return Err(bad("op", format!("{other:?}: compress or decompress"))),
         (other, _) => return Err(bad("algorithm", format!("{other:?}: zstd or gzip"))),
     };
-    Ok(Box::new(Compress { codec, started: false }))
+    Ok(Box::new(Compress { codec, pending: Vec::new(), more: false }))
 }
 
 fn corrupt(e: std::io::Error) -> FunctionError {
@@ -52,28 +56,36 @@ fn feed<W: Write>(w: &mut W, produced: fn(&mut W) -> &mut Vec<u8>, input: &[u8],
 
 impl StreamFunction for Compress {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FunctionError> {
-        if input.is_empty() {
-            return Ok(());
-        }
-        self.started = true;
         match &mut self.codec {
+            _ if input.is_empty() && !self.more => Ok(()),
             Codec::ZstdCompress(e) => feed(e, zstd::stream::write::Encoder::get_mut, input, out),
-            Codec::ZstdDecompress(d) => feed(d, zstd::stream::write::Decoder::get_mut, input, out),
             Codec::GzipCompress(e) => feed(e, flate2::write::GzEncoder::get_mut, input, out),
-            Codec::GzipDecompress(d) => feed(d, flate2::write::GzDecoder::get_mut, input, out),
+            Codec::Decompress(d) => {
+                self.pending.extend_from_slice(input);
+                self.more = d.run(&mut self.pending, out)?;
+                Ok(())
+            }
             Codec::Done => Ok(()),
         }
     }
 
+    fn more(&self) -> bool {
+        self.more
+    }
+
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
+        while self.more {
+            self.push(&[], out)?;
+        }
         let mut rest = match std::mem::replace(&mut self.codec, Codec::Done) {
             Codec::ZstdCompress(e) => e.finish().map_err(corrupt)?,
             Codec::GzipCompress(e) => e.finish().map_err(corrupt)?,
             // A decompressor's input must end on a whole frame / member: a truncated stream is
             // an error, not a short one.
-            Codec::ZstdDecompress(d) if self.started => d.finish().map_err(corrupt)?,
-            Codec::GzipDecompress(d) if self.started => d.finish().map_err(corrupt)?,
-            Codec::ZstdDecompress(_) | Codec::GzipDecompress(_) | Codec::Done => Vec::new(),
+            Codec::Decompress(d) if !d.whole() || !self.pending.is_empty() => {
+                return Err(corrupt(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated: the stream ended within a frame")))
+            }
+            Codec::Decompress(_) | Codec::Done => Vec::new(),
         };
         out.append(&mut rest);
         Ok(())
@@ -105,6 +117,37 @@ mod tests {
             let mut plain = Vec::new();
             g.push(&out, &mut plain).unwrap();
             assert_eq!(plain, b"GET / HTTP/1.1\r\n\r\n", "{algorithm}: flushed per read");
+        }
+    }
+
+    /// One read of highly compressed data (16 MiB of zeros in a few KB) comes out in parts of
+    /// at most 1 MiB, the next one on asking (`more`), whatever the algorithm; gzip's members
+    /// (and zstd's frames) may follow one another.
+    #[test]
+    fn a_read_that_expands_comes_out_in_bounded_parts() {
+        let zeros = vec![0u8; 16 << 20];
+        for algorithm in ["zstd", "gzip"] {
+            let c = args(&[("algorithm", algorithm)]);
+            let packed = crate::run(crate::build("compress", &c).unwrap().1.as_mut(), &zeros, &[]).unwrap();
+            let twice = [packed.clone(), packed].concat();
+            let (_, mut d) = crate::build("compress", &args(&[("algorithm", algorithm), ("op", "decompress")])).unwrap();
+            let (mut total, mut parts, mut part) = (0, 0, Vec::new());
+            d.push(&twice, &mut part).unwrap();
+            loop {
+                assert!(part.len() <= 1 << 20, "{algorithm}: a part of {} bytes", part.len());
+                assert!(part.iter().all(|&b| b == 0));
+                (total, parts) = (total + part.len(), parts + 1);
+                if !d.more() {
+                    break;
+                }
+                part.clear();
+                d.push(&[], &mut part).unwrap();
+            }
+            assert_eq!(total, 2 * zeros.len(), "{algorithm}: both frames or members");
+            assert!(parts >= 32, "{algorithm}: {parts} parts");
+            let mut tail = Vec::new();
+            d.finish(&mut tail).unwrap();
+            assert!(tail.is_empty());
         }
     }
 

@@ -3,5 +3,6 @@
 pub mod base64;
 pub mod compress;
 pub mod identity;
+mod inflate;
 pub mod replace;
 pub mod xor;
