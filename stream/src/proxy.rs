@@ -263,8 +263,12 @@ impl Proxy {
         }
     }
 
+    /// Each SID's counters; those of a SID no longer listened on go once its last connection
+    /// ends (a pipeline changed, a chain deleted: its series end, they do not pile up).
     pub fn counters(&self) -> Vec<StreamCounters> {
-        let all = self.counters.lock().expect("not poisoned");
+        let listened: std::collections::BTreeSet<Sid> = self.listeners.lock().expect("not poisoned").keys().map(|(sid, _)| *sid).collect();
+        let mut all = self.counters.lock().expect("not poisoned");
+        all.retain(|sid, (_, c)| listened.contains(sid) || c.active.load(Ordering::Relaxed) > 0);
         all.iter()
             .map(|(sid, (function, c))| StreamCounters {
                 pod: String::new(),
@@ -420,6 +424,30 @@ mod tests {
         let panicked = task.await.unwrap_err().into_panic();
         assert_eq!(panicked.downcast_ref::<&str>(), Some(&"a function panicked"));
         assert_eq!([counts[0].load(Ordering::Acquire), counts[1].load(Ordering::Acquire)], [1, 1], "the other one only");
+    }
+
+    /// A SID no longer in the table takes its counters once its last connection has ended.
+    #[tokio::test]
+    async fn a_sid_that_goes_takes_its_counters_with_its_last_connection() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_sid_that_goes_takes_its_counters_with_its_last_connection: a transparent listener needs root");
+            return;
+        }
+        let cfg = Config { limits: Limits::default(), max_connections: 8, connect_timeout: Duration::from_secs(1), backlog: 8 };
+        let proxy = Proxy::new(cfg);
+        let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+        let entry =
+            StreamEntry { sid: Sid("fcbb:bb00:1:e001:2::".parse().unwrap()), port, chains: vec![], pipeline: Pipeline { stages: vec![] } };
+        let table =
+            |entries: Vec<StreamEntry>| StreamTable { pod: "apps/p".into(), interface: "net1".into(), sid_block: String::new(), entries };
+        proxy.apply(&table(vec![entry.clone()]));
+        assert_eq!(proxy.counters().len(), 1, "listened on");
+        let c = proxy.counters.lock().unwrap()[&entry.sid].1.clone();
+        let (busy, _) = Counted::new(&proxy.active, &c.active);
+        proxy.apply(&table(vec![]));
+        assert_eq!(proxy.counters().len(), 1, "a connection is still counted");
+        drop(busy);
+        assert!(proxy.counters().is_empty(), "gone with its last connection");
     }
 
     /// A drain whose reset relays do not end (a task stuck in a function) still returns, after
