@@ -157,12 +157,25 @@ async fn serve(
     }
 }
 
-/// One proxy connection: the table now and on each change; its counters as they come.
+/// One proxy connection: the table now and on each change; its counters as they come. When
+/// it ends (the proxy exited) its connections are gone: none is counted active any more.
 async fn session(
     stream: tokio::net::UnixStream,
-    mut table: watch::Receiver<StreamTable>,
+    table: watch::Receiver<StreamTable>,
     counters: Arc<Mutex<Vec<StreamCounters>>>,
     pod: String,
+) {
+    relay_session(stream, table, &counters, &pod).await;
+    for c in counters.lock().expect("not poisoned").iter_mut() {
+        c.active = 0;
+    }
+}
+
+async fn relay_session(
+    stream: tokio::net::UnixStream,
+    mut table: watch::Receiver<StreamTable>,
+    counters: &Mutex<Vec<StreamCounters>>,
+    pod: &str,
 ) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
@@ -310,6 +323,34 @@ mod tests {
     use srv6::pipes::{Pipeline, Stage};
 
     use super::*;
+
+    /// A proxy's counters as it last sent them, but none of its connections active once its
+    /// channel closes (it exited: its connections went with it).
+    #[tokio::test]
+    async fn a_proxy_gone_counts_no_active_connection() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut proxy) = tokio::net::UnixStream::pair().unwrap();
+        let counters = Arc::new(Mutex::new(Vec::new()));
+        let (_tables, table) = watch::channel(StreamTable::default());
+        let task = tokio::spawn(session(ours, table, counters.clone(), "apps/p".into()));
+        let sent: StreamCounters = serde_json::from_value(serde_json::json!({
+            "sid": "fcbb:bb00:1:e001:2::", "function": "identity", "active": 3, "total": 5, "failed": 0,
+            "forward_in": 0, "forward_out": 0, "reverse_in": 0, "reverse_out": 0, "errors": {},
+        }))
+        .unwrap();
+        proxy.write_all(format!("{}\n", serde_json::to_string(&[&sent]).unwrap()).as_bytes()).await.unwrap();
+        for _ in 0..200 {
+            if !counters.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(counters.lock().unwrap()[0].active, 3);
+        drop(proxy);
+        task.await.unwrap();
+        let c = &counters.lock().unwrap()[0];
+        assert_eq!((c.active, c.total), (0, 5));
+    }
 
     fn stream_use(sid: &str, chain: &str, function: &str) -> SidUse {
         SidUse {
