@@ -92,6 +92,11 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     assert_eq!(c["image"], format!("localhost/srv6pipes-stream:{}", chart_yaml["appVersion"].as_str().unwrap()));
     assert_eq!(c["securityContext"]["capabilities"], serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        pod["spec"]["securityContext"]["sysctls"],
+        serde_json::json!([{"name": "net.ipv4.tcp_syncookies", "value": "0"}]),
+        "no SYN cookies"
+    );
     assert!(pod["spec"].get("hostNetwork").is_none() && pod["spec"].get("volumes").is_none(), "nothing of the host");
 }
 

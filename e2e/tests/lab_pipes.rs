@@ -149,6 +149,14 @@ fn proxy_counters(lab: &Lab, pod: &str, function: &str) -> Value {
 fn the_seed_pipeline_and_compression_cross_a_mixed_chain() {
     require_lab!("nft", "socat", "ss", "sha256sum");
     let lab = pipes("seed");
+    for p in ["pipes-a", "pipes-b"] {
+        let cookies = lab.exec(p, &["cat", "/proc/sys/net/ipv4/tcp_syncookies"]);
+        assert_eq!(
+            String::from_utf8_lossy(&cookies.stdout).trim(),
+            "0",
+            "{p}: SYN cookies off (they would complete connections no listener gets)"
+        );
+    }
     let st = lab.status();
     let log = lab.state.join("logs/pod-default-server.log");
     for (v6, port) in [(true, "41001"), (false, "41002")] {

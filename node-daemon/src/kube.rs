@@ -267,7 +267,8 @@ impl OwnObjects {
             watcher::Event::Init | watcher::Event::InitDone => return Own::Nothing,
         };
         let back = std::mem::take(&mut self.node_deleted);
-        if let Some(v) = n.annotations().get(LOCATOR_ANNOTATION).filter(|v| v.parse::<Locator>().ok() != Some(self.locator)) {
+        // (One that does not parse is no locator to move to: the next start would refuse it.)
+        if let Some(v) = n.annotations().get(LOCATOR_ANNOTATION).filter(|v| v.parse::<Locator>().is_ok_and(|l| l != self.locator)) {
             return Own::LocatorMoved(format!("node {} now has locator {v:?}, this daemon started with {}", self.node, self.locator));
         }
         match n.metadata.uid.as_deref() {
@@ -623,6 +624,7 @@ mod tests {
         assert_eq!(ev(Update::Table(Apply(table("u1")))), Own::Republish, "owned by the old Node");
         assert_eq!(ev(Update::Table(Apply(table("u2")))), Own::Nothing);
         assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", Some("fcbb:bb00:1::/48")))))), Own::Nothing, "the same locator again");
+        assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", Some("not a prefix")))))), Own::Nothing, "no locator to move to");
         assert!(
             matches!(ev(Update::Node(Box::new(Apply(node("u2", Some("fcbb:bb00:7::/48")))))), Own::LocatorMoved(m) if m.contains("fcbb:bb00:7::/48"))
         );

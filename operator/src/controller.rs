@@ -586,7 +586,13 @@ impl Ctx {
         allocated.retain(|n, _| present.contains(n));
         let mut taken = world::taken_locators(&nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>());
         taken.extend(allocated.iter().filter(|(n, _)| **n != name).map(|(_, l)| *l));
-        match allocate_locator(self.config.block, self.config.locator_len, &taken) {
+        // A node registered again under its name gets its locator back while its SID table still
+        // names it (until the garbage collector takes it): its daemon, which programmed that
+        // locator and publishes that table, goes on without a restart.
+        let previous = self.stores.tables.get(&ObjectRef::new(&name)).and_then(|t| t.spec.locator.parse::<Locator>().ok()).filter(|l| {
+            !taken.contains(l) && l.prefix().prefix_len() == self.config.locator_len && self.config.block.contains(&l.prefix())
+        });
+        match previous.map_or_else(|| allocate_locator(self.config.block, self.config.locator_len, &taken), Ok) {
             Ok(locator) => {
                 let api: Api<Node> = Api::all(self.client.clone());
                 // A merge patch, not server-side apply: API servers before 1.22 refuse to apply

@@ -27,7 +27,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use srv6::node_api::{NodeProgram as Program, Peer};
-use srv6::slices::{Renderer, Shape};
+use srv6::slices::{self, Renderer, Shape};
 use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeProgramSliceSpec, NODE_LABEL};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -390,8 +390,9 @@ impl Shared {
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
     /// asked to. A slice that cannot be written (a chain over the object bound) holds up only
     /// what would leave a chain in no slice: the writes and deletions that take away a chain
-    /// whose new slice is not written. New chains in the node's other slices, and the removal
-    /// of deleted chains, go on. The first failure is returned, naming the object.
+    /// whose new slice is not written (and every deletion while slice 0, the list of slices,
+    /// is not written). New chains in the node's other slices, and the removal of deleted
+    /// chains, go on. The first failure is returned, naming the object.
     async fn publish_node(&self, node: &str, want: &Want) -> Result<(), Unwritten> {
         let mut writes = Vec::new();
         for (name, slice) in want.slices.iter() {
@@ -409,11 +410,14 @@ impl Shared {
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut failed: Option<String> = None;
-        // The chains of the wanted slices not written (failed, or held up in turn).
+        // The chains of the wanted slices not written (failed, or held up in turn), and whether
+        // slice 0, which lists the node's slices, is one of them.
         let mut unwritten: HashSet<&str> = HashSet::new();
+        let mut zero_unwritten = false;
         for (_, name, slice, resource_version, lost) in writes {
             if lost.iter().any(|c| unwritten.contains(c.as_str())) {
                 unwritten.extend(slice.shape.chains.iter().map(|c| &**c));
+                zero_unwritten |= slices::slice_index(node, name) == Some(0);
                 continue;
             }
             let permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
@@ -434,10 +438,13 @@ impl Shared {
                 Err(e) => {
                     failed.get_or_insert(format!("slice {name}: {e}"));
                     unwritten.extend(slice.shape.chains.iter().map(|c| &**c));
+                    zero_unwritten |= slices::slice_index(node, name) == Some(0);
                 }
             }
         }
-        for (name, mirrored) in want.known.iter().filter(|(n, _)| !want.slices.contains_key(*n)) {
+        // (While slice 0 still lists it, a slice deleted would leave the daemon an incomplete
+        // set: it would program nothing new.)
+        for (name, mirrored) in want.known.iter().filter(|(n, _)| !want.slices.contains_key(*n) && !zero_unwritten) {
             let known = self.known(name, Some(mirrored));
             let held = known.as_deref().map(slim::chains_of).unwrap_or_default();
             if held.iter().any(|c| unwritten.contains(c.as_str())) {

@@ -7,7 +7,8 @@
 //!   listeners (SYNs, assigned by the pod-side eBPF) and the transparent sockets get it;
 //! - what the proxy sends carries `OUT_MARK` (SO_MARK on its sockets): a rule sends it out of
 //!   the chain interface (table `OUT_TABLE`, the node-side gateway the CNI plugin pinned), where
-//!   the node's eBPF puts it back on the chain.
+//!   the node's eBPF puts it back on the chain;
+//! - SYN cookies off ([`no_syncookies`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -79,7 +80,26 @@ pub async fn setup(ifname: &str) -> anyhow::Result<()> {
         rule(&h, v6, STREAM_MARK, 0xffff_0000, LOCAL_TABLE, RULE_PRIORITY).await?;
         rule(&h, v6, OUT_MARK, 0xffff_ffff, OUT_TABLE, RULE_PRIORITY + 1).await?;
     }
+    no_syncookies();
     Ok(())
+}
+
+/// SYN cookies off in the pod's netns. A connection completed from a cookie (the listener's
+/// queue full) starts with the client's ACK, which the pod's eBPF does not hand to a listener
+/// (it assigns SYNs only): the client would believe itself connected to nothing. Without
+/// cookies a full queue drops SYNs, which clients send again. Where /proc/sys is read-only (a
+/// container) the pod's sysctl sets it (the chart does); if it is on all the same, said.
+fn no_syncookies() {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_syncookies";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    if let Err(e) = std::fs::write(PATH, "0") {
+        tracing::warn!(
+            error = %e,
+            "SYN cookies are on in this pod and cannot be turned off from here (set the pod's sysctl net.ipv4.tcp_syncookies=0): a connection completed from a cookie reaches no listener"
+        );
+    }
 }
 
 /// `fwmark mark/mask lookup table`, once (an identical rule already there is fine).

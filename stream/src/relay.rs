@@ -184,12 +184,12 @@ async fn pump(
     let mut stats = DirectionStats::default();
     // Allocated when the first bytes (or the FIN) are there: an idle connection holds no buffer.
     let mut buf: Vec<u8> = Vec::new();
-    // Bytes went into the chain since it was last flushed.
-    let mut pushed = false;
+    // The chain holds bytes back that a flush would let go.
+    let mut held = false;
     loop {
-        let readable = if pushed { tokio::time::timeout(HOLD, from.readable()).await.ok() } else { Some(from.readable().await) };
+        let readable = if held { tokio::time::timeout(HOLD, from.readable()).await.ok() } else { Some(from.readable().await) };
         let Some(readable) = readable else {
-            pushed = false;
+            held = false;
             let data = chain.flush().map_err(Abort::Function)?;
             send(&mut to, &data, &mut stats, meter, activity).await.map_err(conn)?;
             continue;
@@ -209,7 +209,7 @@ async fn pump(
             &buf[..n]
         } else {
             transformed = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
-            pushed = n > 0;
+            held = n > 0 && chain.holds();
             &transformed
         };
         stats.bytes_in += n as u64;

@@ -485,12 +485,18 @@ async fn a_deletion_waits_for_the_next_plan_instead_of_compiling_its_own() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn a_node_without_a_locator_gets_the_lowest_free_one() {
-    let (stores, mut writers) = world();
+/// A third node, with no locator yet, in the mirror.
+fn unlocated_n3(writers: &mut Writers) -> Node {
     let mut n3 = node("n3", "x", "fd00:ffff::3");
     n3.metadata.annotations = None;
     writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+    n3
+}
+
+#[tokio::test]
+async fn a_node_without_a_locator_gets_the_lowest_free_one() {
+    let (stores, mut writers) = world();
+    let n3 = unlocated_n3(&mut writers);
     let (ctx, mut handle) = ctx(stores);
     let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx));
     let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", "fieldManager=srv6pipes-operator").await;
@@ -501,15 +507,29 @@ async fn a_node_without_a_locator_gets_the_lowest_free_one() {
     no_request(&mut handle, "the node reconcile writes only the locator").await;
 }
 
+/// A node deleted and registered again under its name (no annotation on the new Node) gets the
+/// locator its SID table still names, not the lowest free one; one outside the block does not.
+#[tokio::test]
+async fn a_node_registered_again_gets_its_locator_back() {
+    for (previous, given) in [("fcbb:bb00:7::/48", "fcbb:bb00:7::/48"), ("fd00:bad::/48", "fcbb:bb00:3::/48")] {
+        let (stores, mut writers) = world();
+        let n3 = unlocated_n3(&mut writers);
+        writers.tables.apply_watcher_event(&watcher::Event::Apply(table("n3", previous, json!([]))));
+        let (ctx, mut handle) = ctx(stores);
+        let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx));
+        let patch = expect(&mut handle, "PATCH", "/api/v1/nodes/n3", "fieldManager=srv6pipes-operator").await;
+        assert_eq!(patch["metadata"]["annotations"][LOCATOR_ANNOTATION], given, "its table named {previous}");
+        task.await.unwrap().unwrap();
+    }
+}
+
 /// A locator write the API server never answers holds the publication lock (every chain's
 /// and node's writes wait for it) no longer than the writes' timeout: the node is looked at
 /// again later.
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_locator_write_holds_up_no_publication() {
     let (stores, mut writers) = world();
-    let mut n3 = node("n3", "x", "fd00:ffff::3");
-    n3.metadata.annotations = None;
-    writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+    let n3 = unlocated_n3(&mut writers);
     let (ctx, mut handle) = ctx(stores);
     let task = tokio::spawn(reconcile_node(Arc::new(n3), ctx.clone()));
     let (req, unanswered) = next(&mut handle, "the locator's PATCH").await;
@@ -957,6 +977,33 @@ async fn a_slice_that_fails_holds_up_no_deletion_on_its_node() {
     }
     task.await.unwrap().unwrap();
     assert!(ctx.publisher.failures()["n1"].contains("slice n1.0"), "n1's failure stays");
+    // Every chain left in n1.1 deleted too: n1.1 is no longer wanted, but slice 0, which lists
+    // it, cannot be written: n1.1 stays (deleted, it would leave the daemon an incomplete set of
+    // slices, from which it programs nothing).
+    for key in slim::chains_of(&ctx.publisher.written("n1.1").unwrap()) {
+        let name = key.split_once('/').unwrap().1;
+        let mut c = match name.strip_prefix("local-") {
+            Some(i) => local_chain(i.parse().unwrap()),
+            None => chain(),
+        };
+        assert_eq!(c.name_any(), name);
+        c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        writers.chains.apply_watcher_event(&watcher::Event::Apply(c));
+    }
+    let plan = ctx.stores.compile(None);
+    let _ = ctx.publish(&plan, None).await;
+    let mut refused = false;
+    while let Ok(Some((req, send))) = tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await {
+        assert_ne!(req.method(), "DELETE", "{} while slice 0 is not written", req.uri());
+        if req.uri().path().ends_with("/n1.0") {
+            refused = true;
+            refuse((req, send), 422, "too large");
+        } else {
+            answer((req, send)).await;
+        }
+    }
+    assert!(refused, "n1.0 was tried again");
+    drop(plan);
 }
 
 /// A ctx whose world version the test bumps, as the mirrors do.
@@ -1051,9 +1098,7 @@ async fn a_fenced_off_instance_writes_nothing() {
     let ctx = Arc::new(Ctx::new(Client::new(service, "default"), stores, config, world, None, Fence::new()));
     let e = reconcile_chain(Arc::new(chain()), ctx.clone()).await.unwrap_err();
     assert!(e.to_string().contains("not the leader"), "{e}");
-    let mut n3 = node("n3", "x", "fd00:ffff::3");
-    n3.metadata.annotations = None;
-    writers.nodes.apply_watcher_event(&watcher::Event::Apply(n3.clone()));
+    let n3 = unlocated_n3(&mut writers);
     let e = reconcile_node(Arc::new(n3), ctx.clone()).await.unwrap_err();
     assert!(e.to_string().contains("not the leader"), "{e}");
     // The programs' writers are fenced too.

@@ -31,6 +31,11 @@ pub trait StreamFunction: Send {
     fn more(&self) -> bool {
         false
     }
+    /// Whether it holds bytes back that [`flush`](Self::flush) would let go (the proxy then
+    /// waits at most [`HOLD`] for more input). Never, by default.
+    fn holds(&self) -> bool {
+        false
+    }
     /// The sender paused with bytes held back (the proxy waited [`HOLD`] for more): appends
     /// what can go without more input, so that a request/response protocol is not stalled by
     /// a held tail. Nothing by default.
@@ -113,6 +118,11 @@ impl Chain {
     /// input gives the next part.
     pub fn more(&self) -> bool {
         self.0.iter().any(|f| f.more())
+    }
+
+    /// A function holds bytes back that a flush would let go ([`StreamFunction::holds`]).
+    pub fn holds(&self) -> bool {
+        self.0.iter().any(|f| f.holds())
     }
 
     /// No function: the bytes go through as they are (the relay then copies nothing).

@@ -51,6 +51,10 @@ impl StreamFunction for Encode {
         Ok(())
     }
 
+    fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
         self.finish(out)
     }

@@ -63,6 +63,10 @@ impl StreamFunction for Replace {
         Ok(())
     }
 
+    fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), FunctionError> {
         self.emit(out, true);
         Ok(())
