@@ -77,7 +77,7 @@ impl KubePlane {
             client,
             internal_ips,
             node: node.into(),
-            own: OwnObjects { node: node.into(), node_uid: uid, node_deleted: false, locator, table_listed: false },
+            own: OwnObjects { node: node.into(), node_uid: uid, node_deleted: false, locator, node_listed: false, table_listed: false },
             started,
             repair_network: None,
         };
@@ -206,13 +206,14 @@ pub enum Update {
 
 /// What the daemon knows of its own objects: its Node's uid (the published table is owned by
 /// it, and removed with the node; a node deleted and registered again under its name has
-/// another one) and whether it was seen deleted, its locator, whether its SID table was in the
-/// watch's last list so far.
+/// another one) and whether it was seen deleted (or missing from a list), its locator, whether
+/// its Node and its SID table were in their watches' last lists so far.
 pub struct OwnObjects {
     node: String,
     node_uid: String,
     node_deleted: bool,
     locator: Locator,
+    node_listed: bool,
     table_listed: bool,
 }
 
@@ -264,8 +265,17 @@ impl OwnObjects {
                 return Own::Nothing;
             }
             watcher::Event::InitApply(n) | watcher::Event::Apply(n) => n,
-            watcher::Event::Init | watcher::Event::InitDone => return Own::Nothing,
+            watcher::Event::Init => {
+                self.node_listed = false;
+                return Own::Nothing;
+            }
+            // Gone while the watch was away: no Delete event comes for it.
+            watcher::Event::InitDone => {
+                self.node_deleted |= !self.node_listed;
+                return Own::Nothing;
+            }
         };
+        self.node_listed |= matches!(e, watcher::Event::InitApply(_));
         let back = std::mem::take(&mut self.node_deleted);
         // (One that does not parse is no locator to move to: the next start would refuse it.)
         if let Some(v) = n.annotations().get(LOCATOR_ANNOTATION).filter(|v| v.parse::<Locator>().is_ok_and(|l| l != self.locator)) {
@@ -591,7 +601,8 @@ mod tests {
     fn the_daemon_republishes_its_table_for_the_node_it_has() {
         use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
         let locator: Locator = "fcbb:bb00:1::/48".parse().unwrap();
-        let mut own = OwnObjects { node: "n1".into(), node_uid: "u1".into(), node_deleted: false, locator, table_listed: false };
+        let mut own =
+            OwnObjects { node: "n1".into(), node_uid: "u1".into(), node_deleted: false, locator, node_listed: false, table_listed: false };
         let table = |owner: &str| -> NodeSidTable {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "n1", "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": owner}]},
@@ -621,6 +632,12 @@ mod tests {
         assert_eq!(ev(Update::Node(Box::new(Delete(node("u1", None))))), Own::Nothing);
         assert_eq!(ev(Update::Table(Delete(table("u1")))), Own::Nothing);
         assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", None))))), Own::Republish);
+        // Deleted while its watch was away (a list without it, no Delete event): the same.
+        for e in [Init, InitDone] {
+            assert_eq!(ev(Update::Node(Box::new(e))), Own::Nothing);
+        }
+        assert_eq!(ev(Update::Table(Delete(table("u2")))), Own::Nothing, "its Node is gone");
+        assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", None))))), Own::Republish, "back");
         assert_eq!(ev(Update::Table(Apply(table("u1")))), Own::Republish, "owned by the old Node");
         assert_eq!(ev(Update::Table(Apply(table("u2")))), Own::Nothing);
         assert_eq!(ev(Update::Node(Box::new(Apply(node("u2", Some("fcbb:bb00:1::/48")))))), Own::Nothing, "the same locator again");

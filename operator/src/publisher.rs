@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
@@ -388,7 +388,7 @@ impl Shared {
 
     /// Writes a node's slices that differ from what the API server holds (those that gain
     /// chains first), deletes its slices no longer wanted, then its pre-slice NodeProgram when
-    /// asked to. A slice that cannot be written (a chain over the object bound) holds up only
+    /// asked to, the writes that take chains away last. A slice that cannot be written (a chain over the object bound) holds up only
     /// what would leave a chain in no slice: the writes and deletions that take away a chain
     /// whose new slice is not written (and every deletion while slice 0, the list of slices,
     /// is not written). New chains in the node's other slices, and the removal of deleted
@@ -404,8 +404,9 @@ impl Shared {
             let gains = slice.shape.chains.iter().any(|c| !before.contains(&**c));
             let after: HashSet<&str> = slice.shape.chains.iter().map(|c| &**c).collect();
             let lost: Vec<String> = before.into_iter().filter(|c| !after.contains(c.as_str())).collect();
-            // New slices, then those that gain chains, then the others.
-            let order = (known.is_some(), !gains);
+            // New slices, then those that gain chains, then the others; those that take a chain
+            // away last, once the slices it moves to are written (or known not to be).
+            let order = (!lost.is_empty(), known.is_some(), !gains);
             writes.push((order, name, slice, known.and_then(|k| k.metadata.resource_version.clone()), lost));
         }
         writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -468,8 +469,8 @@ impl Shared {
     /// Deletes slice `name` (`uid`, when known) as the operator's own deletion
     /// ([`SliceIndex::deleting`]): whether it was there.
     async fn delete_slice(&self, name: &str, uid: Option<String>) -> Result<bool, String> {
-        self.index.deleting(name, uid);
-        let deleted = delete(&Api::<NodeProgramSlice>::all(self.client.clone()), name).await;
+        self.index.deleting(name, uid.clone());
+        let deleted = delete_as(&Api::<NodeProgramSlice>::all(self.client.clone()), name, uid).await;
         self.index.deletion_ended(name, &deleted);
         deleted
     }
@@ -583,13 +584,27 @@ pub async fn delete<K: kube::Resource<DynamicType = ()> + Clone + serde::de::Des
     api: &Api<K>,
     name: &str,
 ) -> Result<bool, String> {
-    match tokio::time::timeout(WRITE_TIMEOUT, api.delete(name, &DeleteParams::default())).await {
+    delete_as(api, name, None).await
+}
+
+/// [`delete`], of the object with `uid` when given: another object of that name since (its
+/// uid precondition fails) is left, as the one meant is gone.
+async fn delete_as<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<String>,
+) -> Result<bool, String> {
+    let params = DeleteParams {
+        preconditions: uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
+        ..Default::default()
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, api.delete(name, &params)).await {
         Err(_) => Err(format!("not deleted: no answer within {} s", WRITE_TIMEOUT.as_secs())),
         Ok(Ok(_)) => {
             info!(object = name, kind = %K::kind(&()), "deleted");
             Ok(true)
         }
-        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(false),
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 || (e.code == 409 && uid.is_some()) => Ok(false),
         Ok(Err(e)) => Err(format!("not deleted: {e}")),
     }
 }

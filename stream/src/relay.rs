@@ -189,9 +189,10 @@ async fn pump(
     loop {
         let readable = if held { tokio::time::timeout(HOLD, from.readable()).await.ok() } else { Some(from.readable().await) };
         let Some(readable) = readable else {
-            held = false;
             let data = chain.flush().map_err(Abort::Function)?;
             send(&mut to, &data, &mut stats, meter, activity).await.map_err(conn)?;
+            drain(&mut chain, &mut to, &mut stats, meter, activity).await?;
+            held = chain.holds();
             continue;
         };
         readable.map_err(conn)?;
@@ -209,23 +210,34 @@ async fn pump(
             &buf[..n]
         } else {
             transformed = if n == 0 { chain.finish() } else { chain.push(&buf[..n]) }.map_err(Abort::Function)?;
-            held = n > 0 && chain.holds();
             &transformed
         };
         stats.bytes_in += n as u64;
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
         send(&mut to, data, &mut stats, meter, activity).await.map_err(conn)?;
-        // A read that expands further than one part (decompression) goes in parts, each
-        // written before the next is made.
-        while chain.more() {
-            let part = chain.push(&[]).map_err(Abort::Function)?;
-            send(&mut to, &part, &mut stats, meter, activity).await.map_err(conn)?;
-        }
+        drain(&mut chain, &mut to, &mut stats, meter, activity).await?;
+        held = n > 0 && chain.holds();
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
         }
     }
+}
+
+/// What one input expands to beyond its first part (decompression), written part by part,
+/// each before the next is made.
+async fn drain(
+    chain: &mut Chain,
+    to: &mut WriteHalf<'_>,
+    stats: &mut DirectionStats,
+    meter: &[AtomicU64; 2],
+    activity: &Activity,
+) -> Result<(), Abort> {
+    while chain.more() {
+        let part = chain.push(&[]).map_err(Abort::Function)?;
+        send(to, &part, stats, meter, activity).await.map_err(|e| Abort::Connection(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Writes `data` on, counted in `stats` and the output meter.
@@ -546,6 +558,24 @@ mod tests {
         let report = relay.await.unwrap();
         assert_eq!(report.aborted, None);
         assert!(report.reverse.max_pending <= 1 << 20, "one part of {} bytes", report.reverse.max_pending);
+    }
+
+    /// A read that expands in parts (decompression) whose last part leaves a function holding
+    /// bytes back (`replace`'s possible match): they go on at the pause all the same.
+    #[tokio::test]
+    async fn the_last_part_of_an_expanded_read_is_not_held_back() {
+        let plain = [vec![b'x'; 3 << 19], b"do".to_vec()].concat();
+        let mut packed = Vec::new();
+        let (_, mut zstd) = srv6pipes_functions::build("compress", &[("algorithm".to_string(), "zstd".to_string())].into()).unwrap();
+        zstd.push(&plain, &mut packed).unwrap();
+        let rev = chain(&[("compress", &[("algorithm", "zstd"), ("op", "decompress")]), ("replace", &[("from", "dogs"), ("to", "cats")])]);
+        let (mut client, mut server, relay) = setup(Chain::default(), rev, Limits::default()).await;
+        server.write_all(&packed).await.unwrap();
+        let mut got = vec![0u8; plain.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.expect("the tail held back").unwrap();
+        assert!(got == plain);
+        drop((client, server));
+        relay.await.unwrap();
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! Decoding skips line breaks (`\r`, `\n`), refuses any other byte outside the alphabet and
 //! reads concatenated encodings (each padded: what an encoder flushed at a pause of its
 //! sender). Holds back at most 2 bytes (encode: flushed as a padded group when the sender
-//! pauses) or 3 characters (decode: a group is never split).
+//! pauses, so that what it encodes is then several padded encodings one after the other, which
+//! this decoder reads and a decoder that takes one encoding only refuses) or 3 characters
+//! (decode: a group is never split).
 
 use crate::{Args, FunctionError, StreamFunction};
 

@@ -151,6 +151,43 @@ mod tests {
         }
     }
 
+    /// gzip members with every optional header field (extra, name, comment), two of them one
+    /// after the other, over every split; a header with reserved flags, a wrong header CRC, or
+    /// a name that never ends (past 64 KiB) is refused.
+    #[test]
+    fn gzip_headers_of_every_shape() {
+        use std::io::Write;
+        let d = args(&[("algorithm", "gzip"), ("op", "decompress")]);
+        let member = |plain: &[u8]| {
+            let mut w =
+                flate2::GzBuilder::new().extra(&b"xy"[..]).filename("a.txt").comment("c").write(Vec::new(), flate2::Compression::fast());
+            w.write_all(plain).unwrap();
+            w.finish().unwrap()
+        };
+        let two = [member(b"first, "), member(b"second")].concat();
+        assert_eq!(same_over_every_split("compress", &d, &two), b"first, second");
+        let refused = |bytes: &[u8]| crate::run(crate::build("compress", &d).unwrap().1.as_mut(), bytes, &[]).is_err();
+        let mut reserved = member(b"x");
+        reserved[3] |= 0x20;
+        assert!(refused(&reserved), "reserved flags");
+        // FHCRC: the header's CRC-32, low 16 bits, after the other fields.
+        let with_crc = |good: bool| {
+            let mut h = vec![0x1f, 0x8b, 8, 2, 0, 0, 0, 0, 0, 255];
+            let mut sum = flate2::Crc::new();
+            sum.update(&h);
+            let crc = (sum.sum() as u16) ^ if good { 0 } else { 1 };
+            h.extend_from_slice(&crc.to_le_bytes());
+            // A member with the plain 10-byte header, its body and trailer after ours.
+            let mut plain = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            plain.write_all(b"crc").unwrap();
+            [h, plain.finish().unwrap()[10..].to_vec()].concat()
+        };
+        assert_eq!(same_over_every_split("compress", &d, &with_crc(true)), b"crc");
+        assert!(refused(&with_crc(false)), "a wrong header CRC");
+        let endless = [&[0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 255][..], &vec![b'n'; 70 << 10]].concat();
+        assert!(refused(&endless), "a name past 64 KiB");
+    }
+
     #[test]
     fn empty_streams_and_broken_ones() {
         for algorithm in ["zstd", "gzip"] {

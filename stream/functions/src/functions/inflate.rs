@@ -1,5 +1,6 @@
 //! `compress`'s decompressors, with a bounded output per call: the input they have not expanded
-//! yet waits in `pending` (at most one read), and each call produces at most [`OUT_CAP`] bytes,
+//! yet waits in `pending` (about one read; a gzip header at most 64 KiB), and each call
+//! produces at most [`OUT_CAP`] bytes,
 //! so that one read of highly compressed data (64 KiB of zstd-compressed zeros is gigabytes)
 //! never becomes one allocation: the proxy writes each part before it asks for the next.
 
@@ -136,12 +137,21 @@ impl Gunzip {
     }
 }
 
-/// The length of the gzip header at the start of `b` (RFC 1952 §2.3), None while incomplete.
+/// The most a gzip header may take (flate2's own bound): its name or comment never ends
+/// otherwise, and would be held, and scanned again, read after read.
+const MAX_HEADER: usize = 64 << 10;
+
+/// The length of the gzip header at the start of `b` (RFC 1952 §2.3), None while incomplete;
+/// reserved flags, a header longer than [`MAX_HEADER`] or a wrong header CRC are errors.
 fn header_len(b: &[u8]) -> Result<Option<usize>, FunctionError> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
     const FCOMMENT: u8 = 16;
+    const RESERVED: u8 = 0xe0;
+    if b.len() > MAX_HEADER && header_len(&b[..MAX_HEADER])?.is_none() {
+        return Err(corrupt(format!("gzip member: a header longer than {MAX_HEADER} bytes")));
+    }
     if b.len() >= 2 && b[..2] != [0x1f, 0x8b] {
         return Err(corrupt("not gzip (no magic number)"));
     }
@@ -152,6 +162,9 @@ fn header_len(b: &[u8]) -> Result<Option<usize>, FunctionError> {
         return Err(corrupt("gzip member: not deflate"));
     }
     let flags = b[3];
+    if flags & RESERVED != 0 {
+        return Err(corrupt("gzip member: reserved header flags set"));
+    }
     let mut n = 10;
     if flags & FEXTRA != 0 {
         let Some(x) = b.get(n..n + 2) else { return Ok(None) };
@@ -166,6 +179,12 @@ fn header_len(b: &[u8]) -> Result<Option<usize>, FunctionError> {
         }
     }
     if flags & FHCRC != 0 {
+        let Some(crc) = b.get(n..n + 2) else { return Ok(None) };
+        let mut sum = Crc::new();
+        sum.update(&b[..n]);
+        if u16::from_le_bytes([crc[0], crc[1]]) != sum.sum() as u16 {
+            return Err(corrupt("gzip member: header CRC mismatch"));
+        }
         n += 2;
     }
     Ok((b.len() >= n).then_some(n))
