@@ -893,24 +893,31 @@ async fn writes_that_wait_keep_no_plan_alive_and_go_out_from_the_newer_one() {
 /// away, then reports the failure (and retries the refused slice later).
 #[tokio::test]
 async fn a_slice_that_fails_holds_up_no_other_slice_of_its_node() {
+    let (ctx, _handle, _writers) = with_n1_0_refused(srv6::slices::MAX_SLICE_CHAINS).await;
+    let failures = ctx.publisher.failures();
+    assert!(failures["n1"].contains("slice n1.0") && !failures.contains_key("n2"), "{failures:?}");
+    assert!(ctx.publisher.written("n1.1").is_some());
+}
+
+/// The world with `n` chains more on n1 published, n1.0 refused: n2's and n1.1's writes go out
+/// all the same (answered here), then the failure's Event on n1.
+async fn with_n1_0_refused(n: usize) -> (Arc<Ctx>, Handle, Writers) {
     let (stores, mut writers) = world();
-    local_chains(&mut writers, srv6::slices::MAX_SLICE_CHAINS);
+    local_chains(&mut writers, n);
     let (ctx, mut handle) = ctx(stores);
     let plan = ctx.stores.compile(None);
     let _ = ctx.publish(&plan, None).await;
     let mut first = sort_out(&mut handle, 2).await;
     refuse(first.remove("n1").unwrap(), 422, "too large");
     answer(first.remove("n2").unwrap()).await;
-    // n1's other slice goes out all the same; then the failure's Event on n1.
     let next = sort_out(&mut handle, 1).await;
     assert_eq!(next.keys().collect::<Vec<_>>(), ["n1.1"], "n1.1 waited behind the refused n1.0");
     for (_, pending) in next {
         answer(pending).await;
     }
     expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
-    let failures = ctx.publisher.failures();
-    assert!(failures["n1"].contains("slice n1.0") && !failures.contains_key("n2"), "{failures:?}");
-    assert!(ctx.publisher.written("n1.1").is_some());
+    drop(plan);
+    (ctx, handle, writers)
 }
 
 /// `n` chains more on n1 (`local-{i}`: their client, function and destination there); 200
@@ -934,20 +941,8 @@ fn local_chain(i: usize) -> ServiceChain {
 /// holds it, its finalizer goes, although the node's failure stays.
 #[tokio::test]
 async fn a_slice_that_fails_holds_up_no_deletion_on_its_node() {
-    let (stores, mut writers) = world();
     // Some of them in n1.1.
-    local_chains(&mut writers, srv6::slices::MAX_SLICE_CHAINS + 10);
-    let (ctx, mut handle) = ctx(stores);
-    let plan = ctx.stores.compile(None);
-    let _ = ctx.publish(&plan, None).await;
-    let mut first = sort_out(&mut handle, 2).await;
-    refuse(first.remove("n1").unwrap(), 422, "too large");
-    answer(first.remove("n2").unwrap()).await;
-    for (_, pending) in sort_out(&mut handle, 1).await {
-        answer(pending).await;
-    }
-    expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "").await;
-    drop(plan);
+    let (ctx, mut handle, mut writers) = with_n1_0_refused(srv6::slices::MAX_SLICE_CHAINS + 10).await;
     // The mirror brings what was written; then a chain of n1.1 is deleted.
     for name in ["n1.1", "n2.0"] {
         let written = ctx.publisher.written(name).expect(name);
