@@ -190,9 +190,7 @@ async fn pump(
         let readable = if held { tokio::time::timeout(HOLD, from.readable()).await.ok() } else { Some(from.readable().await) };
         let Some(readable) = readable else {
             let data = chain.flush().map_err(Abort::Function)?;
-            send(&mut to, &data, &mut stats, meter, activity).await.map_err(conn)?;
-            drain(&mut chain, &mut to, &mut stats, meter, activity).await?;
-            held = chain.holds();
+            held = send_all(&mut chain, &mut to, &data, &mut stats, meter, activity).await?;
             continue;
         };
         readable.map_err(conn)?;
@@ -214,9 +212,7 @@ async fn pump(
         };
         stats.bytes_in += n as u64;
         meter[0].fetch_add(n as u64, Ordering::Relaxed);
-        send(&mut to, data, &mut stats, meter, activity).await.map_err(conn)?;
-        drain(&mut chain, &mut to, &mut stats, meter, activity).await?;
-        held = n > 0 && chain.holds();
+        held = send_all(&mut chain, &mut to, data, &mut stats, meter, activity).await?;
         if n == 0 {
             to.shutdown().await.map_err(conn)?;
             return Ok(stats);
@@ -224,20 +220,24 @@ async fn pump(
     }
 }
 
-/// What one input expands to beyond its first part (decompression), written part by part,
-/// each before the next is made.
-async fn drain(
+/// Writes `data`, the first part of what the chain made of one input, then the rest of it
+/// (decompression expands in parts), each part before the next is made; whether the chain then
+/// holds bytes back (to flush at a pause).
+async fn send_all(
     chain: &mut Chain,
     to: &mut WriteHalf<'_>,
+    data: &[u8],
     stats: &mut DirectionStats,
     meter: &[AtomicU64; 2],
     activity: &Activity,
-) -> Result<(), Abort> {
+) -> Result<bool, Abort> {
+    let conn = |e: std::io::Error| Abort::Connection(e.to_string());
+    send(to, data, stats, meter, activity).await.map_err(conn)?;
     while chain.more() {
         let part = chain.push(&[]).map_err(Abort::Function)?;
-        send(to, &part, stats, meter, activity).await.map_err(|e| Abort::Connection(e.to_string()))?;
+        send(to, &part, stats, meter, activity).await.map_err(conn)?;
     }
-    Ok(())
+    Ok(chain.holds())
 }
 
 /// Writes `data` on, counted in `stats` and the output meter.
