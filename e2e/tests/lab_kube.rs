@@ -64,7 +64,7 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     let status = lab.status();
     let server = pod_ip(&status, "server", true);
     assert!(ping(&lab, "client", &server, 2), "client reaches the server before any chain");
-    assert_eq!(sid_packets(&status, "n1", "End.AD"), 0);
+    assert_eq!(sid_packets(&lab.status(), "n1", "End.AD"), 0, "no proxy crossed before any chain");
 
     // kubectl apply: steered through both VNFs.
     api.apply(&chain);

@@ -352,7 +352,7 @@ fn tcp_semantics_hold_end_to_end_through_the_proxies() {
     wait_for("the transfer through pipes-a", Duration::from_secs(10), || proxy_counters(&lab, "pipes-a", "compress")["active"] == 1);
     let pid = st["pods"].as_array().unwrap().iter().find(|p| p["name"] == "pipes-a").unwrap()["pid"].as_u64().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("pipes-a to close its listeners", Duration::from_secs(5), || lab.exec("pipes-a", &["ss", "-Hltn"]).stdout.is_empty());
     let refused = tcpcheck_in(&lab, "client", &["half-close", &target(&server6, 9000), "10"]).output().unwrap();
     assert!(!refused.status.success(), "a draining proxy accepts nothing new: {}", String::from_utf8_lossy(&refused.stdout));
     let end = trickle.output();

@@ -21,22 +21,6 @@ fn four_nodes(tag: &str) -> Lab {
     lab
 }
 
-/// iperf3 from the client to `server` (`reverse`: the server sends), `extra` arguments; the
-/// receiver's report.
-fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
-    assert!(lab.exec("server", &["iperf3", "-s", "-D", "-1"]).status.success());
-    wait_for("iperf3 to listen", Duration::from_secs(5), || !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":5201"]).stdout.is_empty());
-    let mut args = vec!["iperf3", "-c", server, "-t", "2", "-J"];
-    if reverse {
-        args.push("-R");
-    }
-    args.extend_from_slice(extra);
-    let out = lab.exec("client", &args);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(out.status.success(), "iperf3 to {server} (reverse {reverse}): {report}");
-    report["end"]["sum_received"].clone()
-}
-
 /// The nodes drop what their conntrack calls INVALID, as kube-proxy (`KUBE-FORWARD`) and most
 /// host firewalls do; the drops counted per node.
 fn drop_invalid_on_every_node(lab: &Lab) {
@@ -94,7 +78,7 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
     let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"].iter().map(|p| lab.nft_counters(p, "inet vnf")).collect();
     assert!(fw.iter().all(|c| c[1] >= 5), "both replicas carry connections (new): {fw:?}");
     let server6 = pod_ip(&st, "server", true);
-    let got = iperf3(&lab, &server6, false, &["-P", "4"]);
+    let got = common::iperf3(&lab, &server6, false, &["-P", "4"]);
     assert!(got["bytes"].as_u64().unwrap() > 10_000_000, "{got}");
     let fw: Vec<Vec<u64>> = ["firewall-0", "firewall-1"].iter().map(|p| lab.nft_counters(p, "inet vnf")).collect();
     assert!(fw.iter().all(|c| c[0] == 0), "no invalid packet at either replica: {fw:?}");
@@ -112,7 +96,7 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
     let st = lab.status();
     let tcp_both_ways = |server: &str, gro: &str| {
         for reverse in [false, true] {
-            let got = iperf3(&lab, server, reverse, &[]);
+            let got = common::iperf3(&lab, server, reverse, &[]);
             let mbps = got["bits_per_second"].as_f64().unwrap() / 1e6;
             assert!(mbps >= 500.0, "TCP to {server} (reverse {reverse}, {gro}): {mbps:.1} Mbit/s; drops {:?}", drops(&lab));
         }
@@ -145,7 +129,7 @@ fn gso_survives_decapsulation_and_encapsulation_at_every_hop() {
 /// dropped), because srv6pipes keeps its programs first.
 #[test]
 fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
-    require_lab!("ping");
+    require_lab!("ping", "nft");
     let lab = Lab::new("coexist");
     lab.ok(&["up", "-f", repo_root().join("examples/lab-two-nodes.yaml").to_str().unwrap()]);
     for pod in ["firewall", "ids"] {
@@ -181,11 +165,23 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
             && through(&after, "default/firewall") >= through(&before, "default/firewall") + 3
             && through(&after, "default/ids") >= through(&before, "default/ids") + 3;
         let closed_before = before["drops"]["n1"]["closed_domain"].as_u64().unwrap();
-        let reached_sid = common::ping(&lab, "client", "fcbb:bb00:2:e001::", 1);
-        let closed = !reached_sid && lab.status()["drops"]["n1"]["closed_domain"].as_u64().unwrap() > closed_before;
+        let unanswered = common::no_reply(&lab, "client", "fcbb:bb00:2:e001::", 1);
+        let closed = unanswered && lab.status()["drops"]["n1"]["closed_domain"].as_u64().unwrap() > closed_before;
         steered && closed
     };
     assert!(steered_and_closed(), "the example chain works to begin with");
+    // The foreign programs stay attached (srv6pipes moves itself ahead; it never detaches them)
+    // behind srv6pipes' own: `n` of them on each interface.
+    let behind = |n: usize| {
+        for (node, dev) in [("n1", client_veth.as_str()), ("n2", "eth0")] {
+            let out = node_exec(node, &[foreign.to_str().unwrap(), "chain", "--dev", dev]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let names = String::from_utf8_lossy(&out.stdout).into_owned();
+            let names: Vec<&str> = names.lines().collect();
+            assert!(names.first().is_some_and(|f| f.starts_with("sp_")), "{node}/{dev}: srv6pipes first: {names:?}");
+            assert_eq!(names.iter().filter(|p| **p == "foreign_pass").count(), n, "{node}/{dev}: {names:?}");
+        }
+    };
 
     // Before the daemons start: both restart (kill -9) with the foreign programs ahead of their
     // pinned links.
@@ -194,7 +190,9 @@ fn steering_and_the_closed_domain_hold_beside_an_ebpf_primary_cni() {
         lab.ok(&["restart-node", node, "--kill"]);
     }
     wait_for("steering and the closed domain after the restarts", Duration::from_secs(10), steered_and_closed);
+    behind(1);
     // While they run: a primary CNI re-inserting itself at the head.
     attach_foreign();
     wait_for("steering and the closed domain with a foreign program re-inserted", Duration::from_secs(10), steered_and_closed);
+    behind(2);
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 mod common;
-use common::{is_root, ping, pod_ip, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
+use common::{ping, pod_ip, repo_root, sid_of, sid_packets, target_dir, wait_for, Lab};
 
 /// Podman with private storage, configuration and plugin directories, inside a lab node.
 struct Podman<'a> {
@@ -95,10 +95,6 @@ impl Drop for Podman<'_> {
     }
 }
 
-fn has(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
 fn registrations(lab: &Lab) -> Vec<Value> {
     let sock = lab.state.join("nodes/n2/node.sock");
     let out = Command::new("socat")
@@ -116,8 +112,9 @@ fn registrations(lab: &Lab) -> Vec<Value> {
 
 #[test]
 fn podman_containers_are_chain_vnfs() {
-    if !is_root() || !["podman", "runc", "socat", "nft"].iter().all(|t| has(t)) || !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIPPED: needs root, podman, runc, socat, nft and busybox-static");
+    require_lab!("podman", "runc", "socat", "nft");
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIPPED: needs busybox-static (/bin/busybox)");
         return;
     }
     let lab = Lab::new("podman");
@@ -177,12 +174,15 @@ spec:
     let rx = |c: &str| -> u64 { podman.ok(&["exec", c, "cat", "/sys/class/net/net1/statistics/rx_packets"]).trim().parse().unwrap() };
     let before = (rx(&alone), rx(&chained));
     wait_for("the podman chain", std::time::Duration::from_secs(5), || ping(&lab, "client", &server6, 1));
+    let ids_packets = || sid_of(&lab.status(), "default/ids")["packets"].as_u64().unwrap();
+    let ids_before = ids_packets();
     assert!(ping(&lab, "client", &server6, 5), "client -> server through both containers");
     assert!(rx(&alone) >= before.0 + 5 && rx(&chained) >= before.1 + 5, "both containers received the chain's packets");
     let st = lab.status();
     assert!(sid_packets(&st, "n2", "End.AD") >= 10, "{}", st["sids"]);
     // The example chain's VNFs are bypassed for this more specific destination.
-    let ids_sid = sid_of(&st, "default/ids")["packets"].as_u64().unwrap();
+    let ids_sid = ids_packets();
+    assert_eq!(ids_sid, ids_before, "the example chain's ids is bypassed");
 
     // podman rm: DEL through the runtime; the SIDs and node-side veths go.
     podman.ok(&["rm", "-f", "-t", "0", &alone, &chained]);

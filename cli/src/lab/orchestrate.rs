@@ -527,6 +527,9 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
             errors.push(format!("{e:#}"));
         }
     };
+    // Read before any daemon stops: what is left in the lab's namespaces once their own
+    // processes are stopped is stopped before each namespace is deleted.
+    let procs = sys::processes_by_netns();
     for p in st.pods.iter().filter(|p| !p.external) {
         if let Some(pid) = p.pid {
             sys::stop_group(pid);
@@ -543,6 +546,7 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
             }
         }
         if sys::netns_exists(&p.netns) {
+            sys::stop_netns_processes(&p.netns, &procs);
             note(sys::ip(&["netns", "del", &p.netns]));
         }
     }
@@ -564,11 +568,13 @@ pub(super) fn teardown(st: &LabState, dir: &Path) -> anyhow::Result<()> {
             sys::stop_group(pid);
         }
         if sys::netns_exists(&n.netns) {
+            sys::stop_netns_processes(&n.netns, &procs);
             note(sys::ip(&["netns", "del", &n.netns]));
         }
     }
     if let Some(u) = &st.underlay_netns {
         if sys::netns_exists(u) {
+            sys::stop_netns_processes(u, &procs);
             note(sys::ip(&["netns", "del", u]));
         }
     }

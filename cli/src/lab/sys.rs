@@ -27,6 +27,54 @@ pub fn netns_exists(name: &str) -> bool {
     netns_path(name).exists()
 }
 
+/// A network namespace's identity: the device and inode of its nsfs file, as `ip netns pids`
+/// compares them.
+pub type NetnsId = (u64, u64);
+
+fn netns_id_of(path: &Path) -> Option<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The processes of every network namespace, read once from /proc (zombies, which have none,
+/// are left out).
+pub fn processes_by_netns() -> std::collections::HashMap<NetnsId, Vec<u32>> {
+    let mut out: std::collections::HashMap<NetnsId, Vec<u32>> = std::collections::HashMap::new();
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).filter(|p| *p != me) else { continue };
+        if let Some(id) = netns_id_of(&e.path().join("ns/net")) {
+            out.entry(id).or_default().push(pid);
+        }
+    }
+    out
+}
+
+/// Stops what still runs in network namespace `name` (found in `procs`): what `lab exec`
+/// started and left behind (a daemonized server, a command whose `lab exec` was killed) would
+/// otherwise keep the namespace alive after it is deleted. SIGTERM, then SIGKILL after a grace
+/// period.
+pub fn stop_netns_processes(name: &str, procs: &std::collections::HashMap<NetnsId, Vec<u32>>) {
+    use nix::sys::signal::{kill, Signal};
+    let Some(id) = netns_id_of(&netns_path(name)) else { return };
+    let Some(pids) = procs.get(&id) else { return };
+    // Each pid checked again as it is signalled: one that ended since the scan may be reused.
+    let still_in = |p: u32| netns_id_of(Path::new(&format!("/proc/{p}/ns/net"))) == Some(id);
+    let signal_all = |sig| {
+        for p in pids.iter().filter(|p| still_in(**p)) {
+            let _ = kill(nix::unistd::Pid::from_raw(*p as i32), sig);
+        }
+    };
+    signal_all(Signal::SIGTERM);
+    for _ in 0..50 {
+        if !pids.iter().any(|p| still_in(*p)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal_all(Signal::SIGKILL);
+}
+
 /// A command that will run inside network namespace `netns`.
 pub fn in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
     let ns = File::open(netns_path(netns)).with_context(|| format!("open netns {netns}"))?;

@@ -3,6 +3,8 @@
 //! ends the tcx chain, attached at its head (`BPF_F_BEFORE` with no anchor).
 //!
 //!   foreign-tcx attach --dev IFNAME --pin PATH   (in the interface's network namespace)
+//!   foreign-tcx chain --dev IFNAME               (prints the tcx ingress chain's program
+//!                                                 names, first to last)
 //!
 //! The link is pinned at PATH (a bpffs path), so it outlives this process; removing the pin
 //! detaches it. Raw bpf(2) calls, no object file: the program is two instructions.
@@ -78,8 +80,18 @@ fn pin(link: &OwnedFd, path: &str) -> std::io::Result<()> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+    if let (Some("chain"), Some(dev)) = (args.get(1).map(String::as_str), arg("--dev")) {
+        match aya::programs::SchedClassifier::query_tcx(&dev, aya::programs::TcAttachType::Ingress) {
+            Ok((_, progs)) => progs.iter().for_each(|p| println!("{}", p.name_as_str().unwrap_or("?"))),
+            Err(e) => {
+                eprintln!("foreign-tcx: query {dev}: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let (Some("attach"), Some(dev), Some(path)) = (args.get(1).map(String::as_str), arg("--dev"), arg("--pin")) else {
-        eprintln!("usage: foreign-tcx attach --dev IFNAME --pin BPFFS_PATH");
+        eprintln!("usage: foreign-tcx attach --dev IFNAME --pin BPFFS_PATH | foreign-tcx chain --dev IFNAME");
         std::process::exit(2);
     };
     let run = || -> std::io::Result<()> {

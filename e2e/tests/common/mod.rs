@@ -198,10 +198,29 @@ pub fn sid_packets(status: &Value, node: &str, behavior: &str) -> u64 {
         .sum()
 }
 
-pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
+fn ping_out(lab: &Lab, from: &str, to: &str, count: u32) -> Output {
     let c = count.to_string();
     let fam = if to.contains(':') { "-6" } else { "-4" };
-    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to]).status.success()
+    lab.exec(from, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", to])
+}
+
+/// Whether every one of `count` pings from `from` to `to` was answered (ping itself exits 0 if
+/// any one was). What ping said is printed when one was not.
+pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
+    let out = ping_out(lab, from, to, count);
+    let said = String::from_utf8_lossy(&out.stdout);
+    // " 0%": "100% packet loss" has no space before its last 0.
+    let every = out.status.success() && said.contains(" 0% packet loss");
+    if !every {
+        eprintln!("ping {from} -> {to}: {said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    every
+}
+
+/// Whether none of `count` pings from `from` to `to` was answered (ping exits 1 when no reply
+/// came, 2 when it could not send).
+pub fn no_reply(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
+    !ping_out(lab, from, to, count).status.success()
 }
 
 /// The examples' `server` pod answers "hello from server" on TCP 8080: once it listens, connect
@@ -348,12 +367,33 @@ impl Stream {
         Self { send, recv }
     }
 
+    /// Whether the sender still runs: what a test did meanwhile overlapped the traffic.
+    pub fn sending(&mut self) -> bool {
+        matches!(self.send.try_wait(), Ok(None))
+    }
+
     /// (the sender's report, the receiver's report)
     pub fn finish(self) -> (Value, Value) {
         let sent = serde_json::from_slice(&self.send.wait_with_output().unwrap().stdout).unwrap();
         let got = serde_json::from_slice(&self.recv.wait_with_output().unwrap().stdout).unwrap();
         (sent, got)
     }
+}
+
+/// iperf3 from the client to `server` (`reverse`: the server sends), `extra` arguments; the
+/// receiver's report.
+pub fn iperf3(lab: &Lab, server: &str, reverse: bool, extra: &[&str]) -> Value {
+    assert!(lab.exec("server", &["iperf3", "-s", "-D", "-1"]).status.success());
+    wait_for("iperf3 to listen", Duration::from_secs(5), || !lab.exec("server", &["ss", "-Hltn", "sport", "=", ":5201"]).stdout.is_empty());
+    let mut args = vec!["iperf3", "-c", server, "-t", "2", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    args.extend_from_slice(extra);
+    let out = lab.exec("client", &args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "iperf3 to {server} (reverse {reverse}): {report}");
+    report["end"]["sum_received"].clone()
 }
 
 /// Prometheus' own linter (`promtool check metrics`) accepts `text`: names, suffixes, units,
