@@ -196,8 +196,12 @@ __noinline int headend(struct __sk_buff *skb)
 	__u32 *class = rule_class(proto == ETH_P_IP, ifindex, daddr);
 	if (!class)
 		return SP_NEXT;
+	/* Toward a chain's destinations, a packet whose transport header cannot be found is
+	 * refused: passed on, it would skip the functions its protocol and ports choose. */
 	struct l4 l;
-	__u32 *id = classify_l4(skb, *class, proto == ETH_P_IP, &l);
+	if (parse_l4(skb, proto == ETH_P_IP, &l))
+		return drop(SP_DROP_MALFORMED);
+	__u32 *id = classify_l4(skb, *class, &l);
 	if (!id)
 		return SP_NEXT;
 	steered_flow_record(skb, ifindex);

@@ -985,6 +985,24 @@ fn headend_classifies_by_protocol_ports_and_fragments() {
     frag[6] = 44;
     frag.splice(40..40, [17u8, 0, 0x04, 0xa0, 0, 0, 0, 1]);
     assert_eq!(da(&b, [eth(HOST_MAC, from, 0x86dd), frag].concat()), Some(a("fcbb:bb00:2:e001::")));
+    // Options headers (Hop-by-Hop, Destination Options: 8 bytes each, PadN) before the UDP header
+    // hide nothing: the datagram to port 8080 takes its rule's chain, as it would bare.
+    let behind = |kinds: &[u8]| {
+        let mut i = inner(INNER_SRC, INNER_DST);
+        i[42..44].copy_from_slice(&8080u16.to_be_bytes());
+        i[6] = kinds[0];
+        // Each header names the next: the following one's kind, the last UDP (17).
+        let exts: Vec<u8> = kinds[1..].iter().copied().chain([17]).flat_map(|next| [next, 0, 1, 4, 0, 0, 0, 0]).collect();
+        let plen = u16::from_be_bytes([i[4], i[5]]) + exts.len() as u16;
+        i[4..6].copy_from_slice(&plen.to_be_bytes());
+        i.splice(40..40, exts);
+        [eth(HOST_MAC, from, 0x86dd), i].concat()
+    };
+    assert_eq!(da(&b, behind(&[60])), Some(a("fcbb:bb00:2:e001::")), "behind Destination Options");
+    assert_eq!(da(&b, behind(&[0, 60])), Some(a("fcbb:bb00:2:e001::")), "behind Hop-by-Hop and Destination Options");
+    // More of them than the headend walks: refused (by the closed domain's guard, which walks
+    // as far), not passed on unclassified.
+    b.expect_drop(Hook::Headend, b.src, &behind(&[0, 60, 60, 60, 60]), DropReason::ClosedDomain);
     // IPv4: a later fragment (offset != 0) of UDP in class 10.
     b.dp.set_policy(5, &encaps_header(a("fcbb:bb00:1::1"), &[a("fcbb:bb00:2:e001::")], 4, 64).unwrap(), 0).unwrap();
     b.dp.set_frag_rule(10, None, 5).unwrap();
@@ -1177,9 +1195,18 @@ fn reduced_srh_without_the_first_segment_is_accepted() {
 
 /// A TCP SYN (options NOP, NOP, SACK permitted, MSS `mss`) over IPv6 or IPv4, checksums set.
 fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
-    let mut tcp = vec![0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, 7 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0];
-    tcp.extend_from_slice(&[1, 1, 4, 2, 2, 4]);
+    tcp_syn_with(v6, &[1, 1, 4, 2], mss, &[])
+}
+
+/// A TCP SYN whose options are `before`, MSS `mss`, then `after` (a multiple of 4 bytes in all).
+fn tcp_syn_with(v6: bool, before: &[u8], mss: u16, after: &[u8]) -> Vec<u8> {
+    let optlen = before.len() + 4 + after.len();
+    assert_eq!(optlen % 4, 0);
+    let mut tcp = vec![0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, ((20 + optlen) / 4 << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    tcp.extend_from_slice(before);
+    tcp.extend_from_slice(&[2, 4]);
     tcp.extend_from_slice(&mss.to_be_bytes());
+    tcp.extend_from_slice(after);
     let (mut ip, pseudo) = if v6 {
         let mut ip = Vec::new();
         srv6::codec::Ipv6Header {
@@ -1266,6 +1293,15 @@ fn headend_answers_oversize_packets_and_clamps_tcp_mss() {
         let (_, out) = b.run(Hook::Headend, b.src, &frame(v6, tcp_syn(v6, 1200)));
         let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
         assert_eq!(&out[14 + len..], &tcp_syn(v6, 1200)[..]);
+        // The MSS option at an odd offset (after one NOP), and in the last four bytes of the
+        // 40 options may take (behind four 9-byte options of an unknown kind).
+        let unknown: Vec<u8> = (0..4).flat_map(|_| [254, 9, 0, 0, 0, 0, 0, 0, 0]).collect();
+        for (before, after) in [(&[1u8][..], &[1u8, 1, 1][..]), (&unknown[..], &[][..])] {
+            let (_, out) = b.run(Hook::Headend, b.src, &frame(v6, tcp_syn_with(v6, before, 1460, after)));
+            let (_, _, len) = srv6::codec::decode_srv6(&out[14..]).unwrap();
+            let want = tcp_syn_with(v6, before, clamped as u16, after);
+            assert_eq!(&out[14 + len..], &want[..], "v6 {v6}, MSS after {} option bytes: clamped, checksum fixed", before.len());
+        }
     }
 }
 

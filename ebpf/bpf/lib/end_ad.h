@@ -179,16 +179,18 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
  * to the next segment. `fk`: the packet's flow, parsed (its hash makes the flow label), or NULL. */
 static __always_inline int ad_restore(struct __sk_buff *skb, const struct outer_hdr *c, int ipv4, const struct flow_key *fk)
 {
-	int verdict;
-	if (inner_hop(skb, ipv4, &verdict))
-		return verdict;
-	/* The cache was learnt from traffic of one family; the VNF must return the same. */
-	if (ipv4 != (c->bytes[OFF_SRH] == SP_NH_IPV4))
-		return drop(SP_DROP_INNER_PROTO);
+	/* Copied before any helper runs: another CPU relearning the entry may free it meanwhile,
+	 * and the map hand the element to another flow's headers at once. */
 	struct outer_hdr *o = scratch();
 	if (!o)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(o, c, sizeof(*o));
+	int verdict;
+	if (inner_hop(skb, ipv4, &verdict))
+		return verdict;
+	/* The cache was learnt from traffic of one family; the VNF must return the same. */
+	if (ipv4 != (o->bytes[OFF_SRH] == SP_NH_IPV4))
+		return drop(SP_DROP_INNER_PROTO);
 	set_outer_fields(skb, o, fk ? flow_key_hash(fk) : bpf_get_hash_recalc(skb));
 	return steer(skb, o, SP_ORIGIN_VNF);
 }

@@ -12,9 +12,12 @@ struct l4 {
 	__u8 frag; /* a fragment, first or not: no transport header to trust */
 };
 
-/* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. An IPv4
- * packet with MF or an offset, or an IPv6 packet whose next header is a Fragment header, is a
- * fragment (the protocol is then the fragment header's). 0, or -1 if truncated. */
+/* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. IPv6's
+ * Hop-by-Hop and Destination Options headers are skipped (a receiver skips them too: a TCP
+ * segment behind them is still that TCP flow's). An IPv4 packet with MF or an offset, or an
+ * IPv6 packet with a Fragment header after those, is a fragment (the protocol is then the
+ * fragment header's). 0, or -1 if truncated or if more than SP_MAX_EXT options headers hide
+ * the transport header: the caller refuses such a packet rather than let it past a rule. */
 static __always_inline int parse_l4(struct __sk_buff *skb, int ipv4, struct l4 *l)
 {
 	__u8 proto;
@@ -31,6 +34,18 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int ipv4, struct l4 *
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto, 1))
 			return -1;
 		off = ETH_HLEN + sizeof(struct ipv6hdr);
+#pragma unroll
+		for (int i = 0; i < SP_MAX_EXT; i++) {
+			if (proto != SP_NH_HOP_BY_HOP && proto != SP_NH_DEST_OPTS)
+				break;
+			__u8 h[2]; /* next header, length in 8-octet units beyond the first */
+			if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+				return -1;
+			proto = h[0];
+			off += 8 * ((__u32)h[1] + 1);
+		}
+		if (proto == SP_NH_HOP_BY_HOP || proto == SP_NH_DEST_OPTS)
+			return -1;
 		if (proto == SP_NH_FRAGMENT) {
 			if (bpf_skb_load_bytes(skb, off, &proto, 1))
 				return -1;

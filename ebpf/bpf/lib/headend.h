@@ -140,12 +140,10 @@ static __always_inline int apply_policy(struct __sk_buff *skb, __u32 id, const s
 }
 
 /* Stage 2 of the classifier: protocol and destination port within the class (and source port
- * for a class with reverse rules); fragments (first or not) by protocol alone, so that all of a
- * datagram takes one chain. */
-static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, int ipv4, struct l4 *l)
+ * for a class with reverse rules) of the packet whose transport header parse_l4 found in `l`;
+ * fragments (first or not) by protocol alone, so that all of a datagram takes one chain. */
+static __always_inline __u32 *classify_l4(struct __sk_buff *skb, __u32 class, const struct l4 *l)
 {
-	if (parse_l4(skb, ipv4, l))
-		return NULL;
 	__u32 base = class & ~SP_CLASS_SRC_PORTS;
 	if (l->frag) {
 		struct frag_key f = {.class = base, .proto = l->proto};

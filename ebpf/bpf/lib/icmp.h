@@ -288,7 +288,7 @@ static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4, int v6, _
 	__u64 i = 0;
 	for (int k = 0; k < 20; k++) {
 		sp_barrier_var(i);
-		if (i >= 36 || i + 4 > optlen)
+		if (i > 36 || i + 4 > optlen)
 			return;
 		__u8 kind = opts[i];
 		if (kind == 0)
@@ -304,8 +304,16 @@ static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4, int v6, _
 			__u16 mss = (__u16)opts[i + 2] << 8 | opts[i + 3];
 			if (mss <= max)
 				return;
-			__be16 old = bpf_htons(mss), new = bpf_htons(max);
-			if (bpf_l4_csum_replace(skb, l4 + 16, old, new, 2) || bpf_skb_store_bytes(skb, l4 + 20 + i + 2, &new, 2, 0))
+			/* The checksum sums 16-bit words from the header's start: a value at an odd
+			 * offset (after one NOP) counts with its bytes swapped. */
+			__u16 o = mss, n = max;
+			if (i & 1) {
+				o = __builtin_bswap16(o);
+				n = __builtin_bswap16(n);
+			}
+			__be16 value = bpf_htons(max);
+			if (bpf_l4_csum_replace(skb, l4 + 16, bpf_htons(o), bpf_htons(n), 2) ||
+			    bpf_skb_store_bytes(skb, l4 + 20 + i + 2, &value, 2, 0))
 				return;
 			event(SP_EV_MSS_CLAMPED);
 			return;

@@ -185,7 +185,10 @@ static __always_inline int ecn_decap(struct __sk_buff *skb, __u32 outer_len, __u
 		if (bpf_l3_csum_replace(skb, off + offsetof(struct iphdr, check), old, new, 2))
 			return SP_DROP_ADJUST;
 	}
-	if (bpf_skb_store_bytes(skb, off + 1, &nb, 1, BPF_F_RECOMPUTE_CSUM))
+	/* IPv6: the byte changes the packet's sum, which skb->csum (CHECKSUM_COMPLETE) follows.
+	 * IPv4: the header checksum changed the other way, the header's sum stays: nothing to
+	 * follow. */
+	if (bpf_skb_store_bytes(skb, off + 1, &nb, 1, v4 ? 0 : BPF_F_RECOMPUTE_CSUM))
 		return SP_DROP_ADJUST;
 	return 0;
 }
@@ -446,19 +449,33 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 	if (ttl <= 1)
 		return SP_DROP_INNER_TTL;
 	__u8 next = ttl - 1;
-	if (p && !ipv4) {
-		*p = next;
+	if (!ipv4) {
+		/* The packet's sum changes by the hop limit's: a packet that came with a checksum of
+		 * it all (CHECKSUM_COMPLETE, from a NIC) keeps skb->csum true by the difference of
+		 * the 16-bit word the hop limit shares with the next header (at an even offset, the
+		 * hop limit its second byte in memory). For any other packet the helper refuses:
+		 * nothing to follow. */
+		__u8 w[2] = {0, ttl};
+		if (bpf_skb_load_bytes(skb, off - 1, w, 1))
+			return SP_DROP_MALFORMED;
+		__u16 old, new;
+		__builtin_memcpy(&old, w, 2);
+		w[1] = next;
+		__builtin_memcpy(&new, w, 2);
+		if (p)
+			*p = next;
+		else if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
+			return SP_DROP_ADJUST;
+		bpf_csum_update(skb, (__u32)(__u16)~old + new);
 		return 0;
 	}
-	if (ipv4) {
-		/* TTL and protocol share a 16-bit word of the header checksum. */
-		__u8 proto;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
-			return SP_DROP_MALFORMED;
-		__be16 old = bpf_htons((__u16)ttl << 8 | proto), new = bpf_htons((__u16)next << 8 | proto);
-		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2))
-			return SP_DROP_ADJUST;
-	}
+	/* TTL and protocol share a 16-bit word of the header checksum; the header's sum stays. */
+	__u8 proto;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
+		return SP_DROP_MALFORMED;
+	__be16 old = bpf_htons((__u16)ttl << 8 | proto), new = bpf_htons((__u16)next << 8 | proto);
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2))
+		return SP_DROP_ADJUST;
 	if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
 		return SP_DROP_ADJUST;
 	return 0;

@@ -26,7 +26,9 @@ static __always_inline int stream_return(struct __sk_buff *skb, __u32 ifindex, i
 		return drop(SP_DROP_MALFORMED);
 	__u32 *class = rule_class(ipv4, ifindex, daddr);
 	struct l4 l;
-	__u32 *id = class ? classify_l4(skb, *class, ipv4, &l) : NULL;
+	if (parse_l4(skb, ipv4, &l))
+		return drop(SP_DROP_MALFORMED);
+	__u32 *id = class ? classify_l4(skb, *class, &l) : NULL;
 	if (!id)
 		return drop(SP_DROP_FLOW_MISS);
 	int verdict;
