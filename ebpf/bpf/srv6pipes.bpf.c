@@ -114,11 +114,21 @@ static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6, __u8 pro
 	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
 }
 
-/* What a VNF sends on its return interface that is not the chain's to proxy: `*verdict` set and
- * 1 returned — its link-scope traffic and ARP (on to the next program), a packet breaking the
- * closed domain (dropped), an ICMP error about a chain's packet (to the node's routing, which
- * delivers it to the source, not down the chain). `*nexthdr`: the IP protocol / next header. */
-static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u16 proto, int am, __u8 *nexthdr, int *verdict)
+/* Whether the ICMP error a VNF returns on `ifindex` is one it forwards: End.AD learnt its very
+ * flow on the way in (a source's error sent down the chain), so it goes on down the chain like
+ * the flow's other packets; an error the VNF makes has its own source address, never learnt. */
+static __always_inline int forwarded_error(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct flow_key k;
+	return !flow_of(skb, ifindex, &k) && bpf_map_lookup_elem(&sp_ad_flows, &k);
+}
+
+/* What a VNF sends on its return interface `ifindex` that is not the chain's to proxy:
+ * `*verdict` set and 1 returned — its link-scope traffic and ARP (on to the next program), a
+ * packet breaking the closed domain (dropped), an ICMP error it makes about a chain's packet (to
+ * the node's routing, which delivers it to the source, not down the chain). `*nexthdr`: the IP
+ * protocol / next header. */
+static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u32 ifindex, __u16 proto, int am, __u8 *nexthdr, int *verdict)
 {
 	*verdict = SP_NEXT;
 	if (proto == ETH_P_IPV6) {
@@ -139,7 +149,7 @@ static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u16 proto, i
 	} else {
 		return 1; /* ARP and the like */
 	}
-	if (is_icmp_error(skb, proto == ETH_P_IPV6, *nexthdr)) {
+	if (is_icmp_error(skb, proto == ETH_P_IPV6, *nexthdr) && !forwarded_error(skb, ifindex)) {
 		*verdict = TC_ACT_OK;
 		return 1;
 	}
@@ -155,7 +165,7 @@ __noinline int vnf(struct __sk_buff *skb)
 	__u32 vflags = vf ? *vf : 0;
 	__u8 nexthdr = 0;
 	int verdict;
-	if (vnf_not_proxied(skb, proto, vflags & SP_VNF_AM, &nexthdr, &verdict))
+	if (vnf_not_proxied(skb, ifindex, proto, vflags & SP_VNF_AM, &nexthdr, &verdict))
 		return verdict;
 	if (vflags & SP_VNF_AM)
 		return end_am_outbound(skb, proto == ETH_P_IPV6, nexthdr);

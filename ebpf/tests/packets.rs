@@ -280,22 +280,25 @@ const INNER_DST: &str = "fd00:20::5";
 
 /// eth + H.Encaps(path) + inner, as another node sends it to us.
 fn srv6_packet(src: &str, path: &[&str], segments_left: Option<u8>) -> Vec<u8> {
-    let path: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
-    let mut outer = encaps_header(a(src), &path, NEXT_HEADER_IPV6, 64).unwrap();
-    let inner = inner(INNER_SRC, INNER_DST);
-    let plen = (outer.len() - 40 + inner.len()) as u16;
-    outer[4..6].copy_from_slice(&plen.to_be_bytes());
+    let mut p = srv6_around(src, path, &inner(INNER_SRC, INNER_DST));
     if let Some(sl) = segments_left {
+        let outer = &mut p[14..];
         outer[43] = sl;
         // The active segment is Segment List[SL], at 8 + 16 * SL into the SRH.
         let idx = 48 + 16 * sl as usize;
         let da = outer[idx..idx + 16].to_vec();
         outer[24..40].copy_from_slice(&da);
     }
-    let mut p = eth(HOST_MAC, PEER_MAC, 0x86dd);
-    p.extend_from_slice(&outer);
-    p.extend_from_slice(&inner);
     p
+}
+
+/// eth + H.Encaps(path) around the IPv6 packet `inner`.
+fn srv6_around(src: &str, path: &[&str], inner: &[u8]) -> Vec<u8> {
+    let path: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
+    let mut outer = encaps_header(a(src), &path, NEXT_HEADER_IPV6, 64).unwrap();
+    let plen = (outer.len() - 40 + inner.len()) as u16;
+    outer[4..6].copy_from_slice(&plen.to_be_bytes());
+    [eth(HOST_MAC, PEER_MAC, 0x86dd), outer, inner.to_vec()].concat()
 }
 
 const PATH: [&str; 3] = ["fcbb:bb00:1:e001::", "fcbb:bb00:2:e001::", "fcbb:bb00:2:d6::"];
@@ -1202,7 +1205,7 @@ fn tcp_syn(v6: bool, mss: u16) -> Vec<u8> {
 fn tcp_syn_with(v6: bool, before: &[u8], mss: u16, after: &[u8]) -> Vec<u8> {
     let optlen = before.len() + 4 + after.len();
     assert_eq!(optlen % 4, 0);
-    let mut tcp = vec![0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, ((20 + optlen) / 4 << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    let mut tcp = vec![0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, (((20 + optlen) / 4) << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0];
     tcp.extend_from_slice(before);
     tcp.extend_from_slice(&[2, 4]);
     tcp.extend_from_slice(&mss.to_be_bytes());
@@ -1487,6 +1490,27 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     let mut echo = pkt.clone();
     echo[14 + 40] = 128;
     assert_eq!(b.run(Hook::Vnf, b.vnf, &echo).0, TC_ACT_REDIRECT);
+    // An error the source sent down the chain, which the VNF forwards: it goes on down the
+    // chain like any of the flow's packets (to the node's routing, it would skip the rest).
+    let mut sent = Vec::new();
+    srv6::codec::Ipv6Header {
+        traffic_class: 0,
+        flow_label: 0,
+        payload_len: (8 + quote.len()) as u16,
+        next_header: 58,
+        hop_limit: 64,
+        src: a(INNER_SRC),
+        dst: a(INNER_DST),
+    }
+    .encode(&mut sent);
+    sent.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // port unreachable
+    sent.extend_from_slice(&quote);
+    let (verdict, into_vnf) = b.run(Hook::Uplink, b.uplink, &srv6_around("fcbb:bb00:2::1", &PATH, &sent));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let forwarded = [eth(HOST_MAC, VNF_MAC, 0x86dd), into_vnf[14..].to_vec()].concat();
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &forwarded);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+    assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "on to the chain's next segment");
 }
 
 /// Every record the ring holds now.
