@@ -61,6 +61,17 @@ impl Cluster {
         Ok(chains)
     }
 
+    /// ServiceChain `namespace/name`, if it exists. An error a later request may not have (no
+    /// connection, a timeout, a 5xx or 429 answer) is a [`crate::wait::NoAnswer`].
+    pub fn chain(&self, namespace: &str, name: &str) -> anyhow::Result<Option<ServiceChain>> {
+        let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), namespace);
+        match self.rt.block_on(api.get_opt(name)) {
+            Ok(chain) => Ok(chain),
+            Err(kube::Error::Api(s)) if s.code < 500 && s.code != 429 => Err(anyhow::anyhow!("get servicechain {namespace}/{name}: {s}")),
+            Err(e) => Err(crate::wait::NoAnswer(format!("get servicechain {namespace}/{name}: {e}")).into()),
+        }
+    }
+
     /// The cluster's view: every node's SID table and live counters, the pods of `pods_in` (the
     /// sources a trace shows), and the chains of `namespace` (all when None).
     pub fn view(&self, namespace: Option<&str>, pods_in: Option<&str>) -> anyhow::Result<View> {

@@ -102,7 +102,7 @@ pub fn print_status(t: &Target, output: Output) -> anyhow::Result<()> {
     match t.scope()? {
         Scope::Lab(which) => lab::print_status(&which, output),
         Scope::Cluster(c) => {
-            let doc = c.status(t.namespace.as_deref())?;
+            let doc = c.status(t.namespace(&c.default_namespace).as_deref())?;
             match view::structured(&doc, output)? {
                 Some(text) => print!("{text}"),
                 None => {
@@ -149,9 +149,10 @@ pub fn wait(t: &Target, chain: &str, timeout: Duration) -> anyhow::Result<bool> 
     let (ns, name) = t.chain_ref(chain, default_namespace(&scope));
     let shown = format!("{ns}/{name}");
     crate::wait::wait(&shown, timeout, Duration::from_millis(250), || {
-        let all = chains(&scope, Some(&ns))?;
-        let c =
-            all.iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str())).ok_or_else(|| anyhow::anyhow!("no chain {shown}"))?;
-        Ok(view::ready(c))
+        let chain = match &scope {
+            Scope::Cluster(c) => c.chain(&ns, &name)?,
+            Scope::Lab(_) => chains(&scope, Some(&ns))?.into_iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str())),
+        };
+        Ok(view::ready(&chain.ok_or_else(|| anyhow::anyhow!("no chain {shown}"))?))
     })
 }

@@ -23,25 +23,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// What one poll saw: Ready's (status, reason, message), or None before the operator reported.
 pub type Seen = Option<(bool, String, String)>;
 
-/// The progress line for what was seen after `elapsed`.
-pub fn describe(chain: &str, seen: &Seen, elapsed: Duration) -> String {
+/// A probe's error that a later poll may not have (the API server did not answer, or answered
+/// 5xx): the wait goes on, showing it.
+#[derive(Debug)]
+pub struct NoAnswer(pub String);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
+/// The progress line for what was seen (or why nothing was) after `elapsed`.
+pub fn describe(chain: &str, seen: &Result<Seen, String>, elapsed: Duration) -> String {
     let state = match seen {
-        None => "not reported yet".to_string(),
-        Some((true, reason, _)) => format!("Ready ({reason})"),
-        Some((false, reason, message)) if message.is_empty() => format!("not Ready ({reason})"),
-        Some((false, reason, message)) => format!("not Ready ({reason}: {message})"),
+        Err(why) => format!("no answer ({why})"),
+        Ok(None) => "not reported yet".to_string(),
+        Ok(Some((true, reason, _))) => format!("Ready ({reason})"),
+        Ok(Some((false, reason, message))) if message.is_empty() => format!("not Ready ({reason})"),
+        Ok(Some((false, reason, message))) => format!("not Ready ({reason}: {message})"),
     };
     format!("{chain}: {state} after {:.1}s", elapsed.as_secs_f64())
 }
 
-/// Polls `probe` every `every` until Ready or `timeout`; Ok(true) when Ready.
+/// Polls `probe` every `every` until Ready or `timeout`; Ok(true) when Ready. A probe that fails
+/// with [`NoAnswer`] is polled again; any other error ends the wait.
 pub fn wait(chain: &str, timeout: Duration, every: Duration, mut probe: impl FnMut() -> anyhow::Result<Seen>) -> anyhow::Result<bool> {
     let start = Instant::now();
     let terminal = std::io::stderr().is_terminal();
     loop {
-        let seen = probe()?;
+        let seen = match probe() {
+            Ok(seen) => Ok(seen),
+            Err(e) => Err(e.downcast::<NoAnswer>()?.0),
+        };
         let line = describe(chain, &seen, start.elapsed());
-        let ready = matches!(seen, Some((true, ..)));
+        let ready = matches!(seen, Ok(Some((true, ..))));
         if ready || start.elapsed() >= timeout {
             if terminal {
                 eprint!("\r\x1b[2K");
@@ -88,8 +106,22 @@ mod tests {
         .unwrap();
         assert!(!ready && n >= 2, "polled {n} times, then gave up");
         assert_eq!(
-            describe("default/c", &Some((false, "NoReplicas".into(), "ids has no ready replica".into())), Duration::from_millis(1500)),
+            describe("default/c", &Ok(Some((false, "NoReplicas".into(), "ids has no ready replica".into()))), Duration::from_millis(1500)),
             "default/c: not Ready (NoReplicas: ids has no ready replica) after 1.5s"
+        );
+    }
+
+    #[test]
+    fn an_api_server_that_does_not_answer_is_asked_again_and_other_errors_end_the_wait() {
+        let mut polls: Vec<anyhow::Result<Seen>> =
+            vec![Err(NoAnswer("connection refused".into()).into()), Ok(Some((true, "Programmed".to_string(), String::new())))];
+        polls.reverse();
+        assert!(wait("default/c", Duration::from_secs(5), Duration::from_millis(1), || polls.pop().unwrap()).unwrap());
+        let err = wait("default/c", Duration::from_secs(5), Duration::from_millis(1), || Err(anyhow::anyhow!("no chain default/c")));
+        assert_eq!(err.unwrap_err().to_string(), "no chain default/c");
+        assert_eq!(
+            describe("default/c", &Err("connection refused".into()), Duration::from_millis(500)),
+            "default/c: no answer (connection refused) after 0.5s"
         );
     }
 }

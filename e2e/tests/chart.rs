@@ -56,11 +56,21 @@ fn values_outside_the_schema_are_refused() {
         ("node.flowQuota=lots", "flowQuota"),
         ("node.uplinkk=eth0", "uplinkk"),
         ("operator.extraEnv[0].name=N,operator.extraEnv[0].value=1", "value"),
+        // A host without its port would give the pods an empty KUBERNETES_SERVICE_PORT.
+        ("apiServer.host=10.0.0.1", "port"),
+        ("apiServer.host=10.0.0.1,apiServer.port=https", "port"),
     ] {
         let out = run(&helm, &["template", "srv6pipes", chart.to_str().unwrap(), "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--set {set} rendered");
         assert!(err.contains("schema") && err.contains(names), "--set {set}: {err}");
+    }
+    // With its port, the API server's address reaches both workloads.
+    let docs = render(&helm, &["--set", "apiServer.host=10.0.0.1", "--set", "apiServer.port=6443"]);
+    for (kind, name) in [("DaemonSet", "srv6pipes-node"), ("Deployment", "srv6pipes-operator")] {
+        let env = &workload(&docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"];
+        let port = env.as_array().unwrap().iter().find(|e| e["name"] == "KUBERNETES_SERVICE_PORT");
+        assert_eq!(port.map(|e| &e["value"]), Some(&Json::from("6443")), "{name}: {env}");
     }
 }
 
@@ -80,12 +90,21 @@ fn the_chart_deploys_stream_proxies_only_when_asked() {
     assert_eq!(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "srv6pipes");
     // With the chart's NetworkAttachmentDefinition (Multus), in another namespace than the
     // proxies: they name it with its namespace, or Multus would not find it.
-    let nad = ["--set", "cni.networkAttachmentDefinition.create=true", "--set", "cni.networkAttachmentDefinition.namespace=vnfs"];
-    let docs = render(&helm, &[&["--set", "stream.enabled=true", "--set", "stream.namespace=pipes"][..], &nad].concat());
+    let with_nad = ["--set", "cni.networkAttachmentDefinition.create=true", "--set", "cni.networkAttachmentDefinition.namespace=vnfs"];
+    let docs = render(&helm, &[&["--set", "stream.enabled=true", "--set", "stream.namespace=pipes"][..], &with_nad].concat());
     let d = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "srv6pipes-stream").unwrap();
     assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"], "vnfs/srv6pipes");
     let nad = docs.iter().find(|d| d["kind"] == "NetworkAttachmentDefinition").expect("the chart's NetworkAttachmentDefinition");
     assert_eq!((nad["metadata"]["namespace"].as_str(), nad["metadata"]["name"].as_str()), (Some("vnfs"), Some("srv6pipes")));
+    // Its config carries cni.mtu when one is set (the chained entry does too), else none: the
+    // node daemon's.
+    let config_of = |docs: &[Json]| -> Json {
+        let nad = docs.iter().find(|d| d["kind"] == "NetworkAttachmentDefinition").unwrap();
+        serde_json::from_str(nad["spec"]["config"].as_str().unwrap()).unwrap()
+    };
+    assert!(config_of(&docs).get("mtu").is_none(), "{}", config_of(&docs));
+    let with_mtu = render(&helm, &[&with_nad[..], &["--set", "cni.mtu=1400"]].concat());
+    assert_eq!(config_of(&with_mtu)["mtu"], 1400, "{}", config_of(&with_mtu));
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false, "no credentials");
     let c = &pod["spec"]["containers"][0];
     let chart_yaml: Json = serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
@@ -205,10 +224,13 @@ fn the_daemons_and_the_operator_are_probed_over_http() {
     assert_eq!(node["livenessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/healthz"}));
     assert!(node["readinessProbe"].get("exec").is_none(), "not the socket file's existence");
     let op = &workload(&docs, "Deployment", "srv6pipes-operator")["spec"]["template"]["spec"]["containers"][0];
-    assert!(op["args"].as_array().unwrap().contains(&"--health-addr=0.0.0.0:19466".into()), "{}", op["args"]);
+    assert!(op["args"].as_array().unwrap().contains(&"--health-addr=[::]:19466".into()), "{}", op["args"]);
     assert_eq!(op["ports"], serde_json::json!([{"name": "health", "containerPort": 19466, "protocol": "TCP"}]));
     assert_eq!(op["readinessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/readyz"}));
     assert_eq!(op["livenessProbe"]["httpGet"], serde_json::json!({"port": "health", "path": "/healthz"}));
+    // The port is the node's (host network): a rollout never needs a second free one.
+    let strategy = &workload(&docs, "Deployment", "srv6pipes-operator")["spec"]["strategy"];
+    assert_eq!(strategy["rollingUpdate"], serde_json::json!({"maxSurge": 0, "maxUnavailable": 1}), "{strategy}");
 }
 
 /// The placement and environment values users of other CNIs' charts expect, on every workload.
@@ -278,7 +300,7 @@ fn metrics_are_opt_in_and_the_service_monitor_needs_its_api() {
     assert!(!args(&off).contains("--metrics-addr"), "{}", args(&off));
     assert!(!off.iter().any(|d| d["kind"] == "Service" || d["kind"] == "ServiceMonitor"));
     let on = render(&helm, &["--set", "metrics.enabled=true"]);
-    assert!(args(&on).contains("--metrics-addr=0.0.0.0:9464"), "{}", args(&on));
+    assert!(args(&on).contains("--metrics-addr=[::]:9464"), "{}", args(&on));
     let svc = workload(&on, "Service", "srv6pipes-node-metrics");
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert!(!on.iter().any(|d| d["kind"] == "ServiceMonitor"), "no monitoring.coreos.com/v1 on this server");
@@ -327,6 +349,20 @@ fn the_cli_viewer_roles_only_read() {
     let role = workload(&docs, "Role", "srv6pipes-viewer");
     assert_eq!(role["metadata"]["namespace"], "kube-system");
     assert_eq!(role["rules"], serde_json::json!([{"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]));
+}
+
+/// The node daemons may delete pods only to repair them (`node.repairPods`, on by default).
+#[test]
+fn node_daemons_delete_pods_only_to_repair_them() {
+    let Some(helm) = helm() else { return };
+    let pod_verbs = |set: &[&str]| -> Json {
+        let docs = render(&helm, set);
+        let role = workload(&docs, "ClusterRole", "srv6pipes-node");
+        role["rules"].as_array().unwrap().iter().find(|r| r["resources"] == serde_json::json!(["pods"])).expect("a pods rule")["verbs"]
+            .clone()
+    };
+    assert_eq!(pod_verbs(&[]), serde_json::json!(["get", "list", "delete"]));
+    assert_eq!(pod_verbs(&["--set", "node.repairPods=false"]), serde_json::json!(["get", "list"]));
 }
 
 /// Only the one-shot init containers are privileged: the sysctl, and the bpffs mount on hosts

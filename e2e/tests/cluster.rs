@@ -29,8 +29,14 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: needs root");
         return;
     }
-    if let Some(t) = ["containerd", "runc", "ctr", "iptables", "gcc", "kubectl", "busybox"].into_iter().find(|t| !has_tool(t)) {
+    if let Some(t) = ["containerd", "runc", "ctr", "iptables", "gcc", "kubectl", "busybox", "jq", "curl"].into_iter().find(|t| !has_tool(t))
+    {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: {t} is missing (scripts/deps installs it)");
+        return;
+    }
+    // What e2e/cluster/up runs (built once, or skipped without Go to build them).
+    let components = ["kube-apiserver", "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "etcd", "helm"];
+    if common::kube_build(&components).is_none() {
         return;
     }
     let root = repo_root();

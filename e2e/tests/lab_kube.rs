@@ -133,7 +133,16 @@ fn kubectl_apply_and_delete_steer_and_unsteer_lab_traffic() {
     assert!(ping(&lab, "client", &server, 3), "direct path after the chain is gone");
     assert_eq!(sid_packets(&lab.status(), "n1", "End.AD"), before, "nothing steered after kubectl delete");
 
-    // lab down unregisters its Nodes, Pods and their srv6pipes objects.
+    // lab down unregisters its Nodes, Pods and their srv6pipes objects. A chain applied again
+    // stays, but without the cleanup finalizer no operator would remove once the lab's stops:
+    // deleting it later does not hang.
+    api.apply(&chain);
+    wait_for("the chain's finalizer", Duration::from_secs(30), || {
+        api.get(&["servicechain", "web-inspection"])
+            .is_some_and(|c| c["metadata"]["finalizers"] == serde_json::json!(["srv6pipes.io/cleanup"]))
+    });
     lab.ok(&["down"]);
     assert_eq!(api.k(&["get", "nodes,pods,nodeprogramslices,nodeprograms,nodesidtables", "-o", "name"]), "");
+    api.k(&["delete", "servicechain", "web-inspection", "--timeout=10s"]);
+    assert_eq!(api.k(&["get", "servicechains", "-A", "-o", "name"]), "");
 }

@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, required_unless_present_any = ["kube", "kubeconfig"])]
     pub locator: Option<Locator>,
     /// Kube mode: publish this node's SIDs as the NodeSidTable named --node-name and program
-    /// what the operator publishes in the NodeProgram of that name (instead of taking programs
+    /// what the operator publishes in that node's NodeProgramSlices (instead of taking programs
     /// on the socket). Credentials: --kubeconfig, else KUBECONFIG, ~/.kube/config, in-cluster.
     #[arg(long)]
     pub kube: bool,
@@ -91,8 +91,9 @@ pub struct Args {
     #[arg(long)]
     pub log_json: bool,
     /// Kube mode: the DaemonSet this daemon runs in. On SIGTERM the daemon asks the API server
-    /// for it: when it is gone or being deleted, or this daemon's own credentials went with it,
-    /// srv6pipes is being uninstalled, and the daemon removes what it put on the node before it
+    /// for it: when it is gone or being deleted, or its watch saw it deleted (the release's
+    /// deletion may take this daemon's credentials in the same pass; a refused identity alone
+    /// never counts), srv6pipes is being uninstalled, and the daemon removes what it put on the node before it
     /// exits: the CNI configuration (with --cni-bin-dir and --cni-conf-dir), the routes to other
     /// nodes' locators, its pinned programs, maps and links, its state and its socket. Any other
     /// SIGTERM (a pod restart, an upgrade, an API server out of reach) leaves all of it, so

@@ -28,6 +28,9 @@ pub const MANAGER: &str = "srv6pipes-lab";
 /// Label on the Nodes and Pods a lab registered.
 pub const LAB_LABEL: &str = "srv6pipes.io/lab";
 
+/// The operator's finalizer on a chain (operator/src/controller.rs).
+const CLEANUP_FINALIZER: &str = "srv6pipes.io/cleanup";
+
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
     client: Client,
@@ -182,10 +185,20 @@ impl Cluster {
 
     /// Removes what the lab registered: its Pods (force, as no kubelet confirms), its Nodes and
     /// their NodeSidTables, NodeProgramSlices and NodePrograms (no garbage collector without a
-    /// controller-manager).
+    /// controller-manager). The chains stay, without the operator's cleanup finalizer: the
+    /// lab's operator, stopped, would never remove it, and a later delete would hang.
     pub fn unregister(&self, st: &LabState) -> anyhow::Result<()> {
         let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         self.rt.block_on(async {
+            let chains: Api<ServiceChain> = Api::all(self.client.clone());
+            for c in chains.list(&ListParams::default()).await.context("list servicechains")? {
+                let kept: Vec<&String> = c.finalizers().iter().filter(|f| *f != CLEANUP_FINALIZER).collect();
+                if kept.len() != c.finalizers().len() {
+                    let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &c.namespace().unwrap_or_default());
+                    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": c.resource_version()}});
+                    gone(api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await)?;
+                }
+            }
             for p in &st.pods {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
                 gone(api.delete(&p.name, &force).await)?;

@@ -282,5 +282,7 @@ fn exec(dir: &Path, node: Option<String>, pod: Option<String>, command: &[String
         (None, None) => bail!("name a pod or --node"),
     };
     let status = cmd.args(&command[1..]).status().with_context(|| format!("run {:?}", command[0]))?;
-    Ok(ExitCode::from(status.code().unwrap_or(128).clamp(0, 255) as u8))
+    // Killed by a signal: 128 + its number, as a shell says.
+    let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

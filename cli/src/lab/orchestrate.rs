@@ -50,9 +50,26 @@ pub(super) fn up(name: &str, dir: &Path, file: &Path, kubeconfig: Option<PathBuf
     Ok(())
 }
 
+/// The datapath attaches with tcx: Linux 6.6 or newer.
+const KERNEL_MIN: (u32, u32) = (6, 6);
+
+/// Whether kernel release `release` (as `uname -r` prints it: "6.1.0-18-amd64") is at least
+/// `min`; a release that does not parse counts as new enough (the attach then says).
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= min,
+        _ => true,
+    }
+}
+
 pub(super) fn preflight(kube: bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab needs root (network namespaces, eBPF)");
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !kernel_at_least(release.trim(), KERNEL_MIN) {
+        bail!("Linux {} is too old: the datapath attaches with tcx, Linux {}.{} or newer", release.trim(), KERNEL_MIN.0, KERNEL_MIN.1);
     }
     let operator = kube.then_some("srv6pipes-operator");
     for bin in ["srv6pipes-node", "srv6pipes-cni"].into_iter().chain(operator) {
@@ -608,4 +625,19 @@ pub(super) fn restart_node(dir: &Path, node: &str, kill: bool) -> anyhow::Result
     }
     st.save(dir)?;
     start_daemon(&mut st, dir, i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_older_than_tcx_are_refused() {
+        assert!(!kernel_at_least("6.1.0-18-amd64", KERNEL_MIN), "Debian 12's");
+        assert!(!kernel_at_least("5.15.0-91-generic", KERNEL_MIN));
+        assert!(kernel_at_least("6.6.0", KERNEL_MIN));
+        assert!(kernel_at_least("6.12.48+deb13-amd64", KERNEL_MIN));
+        assert!(kernel_at_least("7.0", KERNEL_MIN));
+        assert!(kernel_at_least("unknown", KERNEL_MIN), "the attach says why");
+    }
 }
