@@ -85,6 +85,43 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
     assert_eq!(drops(&lab), [], "srv6pipes dropped nothing");
 }
 
+/// ICMP errors about a chain's packets reach its source on nodes that drop what their own
+/// conntrack calls INVALID (their conntrack never saw the steered flow plain): the server's
+/// port unreachable (back through the symmetric chain, across the replica that carries the
+/// flow: the other one's strict conntrack would drop it), and srv6pipes' Time Exceeded for a
+/// packet whose hop limit runs out at a proxy, IPv6 and IPv4.
+#[test]
+fn icmp_errors_about_a_chains_packets_reach_their_source() {
+    require_lab!("nft", "ping", "python3");
+    let lab = four_nodes("icmp");
+    drop_invalid_on_every_node(&lab);
+    let st = lab.status();
+    // A connected UDP socket hears of the port unreachable as ECONNREFUSED.
+    let udp = "import socket,sys\n\
+        a = sys.argv[1]\n\
+        s = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.settimeout(3)\n\
+        s.connect((a, 9))\n\
+        s.send(b'x')\n\
+        try:\n    s.recv(1)\n    print('answered')\n\
+        except ConnectionRefusedError:\n    print('refused')\n\
+        except socket.timeout:\n    print('no answer')\n";
+    let ping = |args: &[&str]| -> String {
+        let out = lab.exec("client", &[&["ping", "-c", "1", "-W", "3"], args].concat());
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    for v6 in [true, false] {
+        let server = pod_ip(&st, "server", v6);
+        let out = lab.exec("client", &["python3", "-c", udp, &server]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(said.trim(), "refused", "UDP to {server}:9; nodes' INVALID drops {:?}", invalid_drops(&lab));
+        // Hop limit 2: the firewall forwards it with 1, its proxy answers.
+        let out = ping(&["-t", "2", &server]);
+        assert!(out.contains("exceeded"), "ping -t 2 {server}: {out}; nodes' INVALID drops {:?}", invalid_drops(&lab));
+    }
+    assert!(drops(&lab).iter().any(|(_, reason, _)| reason == "inner_ttl"), "{:?}", drops(&lab));
+}
+
 /// Every function remote from both ends: TCP with GSO both ways at ≥ 500 Mbit/s (a GSO packet
 /// dropped at a re-encapsulation leaves TCP at kbit/s), and a UDP GSO sender (8 datagrams of
 /// 1,200 bytes per send) delivering ≥ 95% of its datagrams both ways, IPv6 and IPv4; then TCP

@@ -99,37 +99,40 @@ __noinline int uplink(struct __sk_buff *skb)
 	return steer_to(skb, o, SP_ORIGIN_TRANSIT, sid); /* o's DA is daddr: sid is its entry */
 }
 
-/* ICMP errors a VNF generates (about a chain's packet it could not forward) go to the source
- * the plain way, through the node's routing, not down the chain toward the destination.
- * `proto`: the IP header's protocol / next header (0 for a non-first IPv4 fragment). */
-static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6, __u8 proto)
+/* Whether the ICMP error (`v6`: ICMPv6) a VNF returns on `ifindex` is one it made about a
+ * chain's packet: it is addressed to the quoted packet's source, from another address than that
+ * packet's destination (an error the VNF forwards comes from its sender, the chain's source,
+ * toward the chain's destination), and, where End.AD learns flows (`flows`), the quoted packet's
+ * flow came in on this interface. Any other error is the flow's like any of its packets: down
+ * the chain. A frame of its own, its keys in the quote buffer: sp_vnf's stack has no room. */
+static __noinline int vnf_made_error(struct __sk_buff *skb, __u32 ifindex, int flows, int v6)
 {
-	__u8 type, ihl;
-	if (proto != (v6 ? 58 : 1))
+	__u32 zero = 0;
+	struct quote *m = bpf_map_lookup_elem(&sp_quote, &zero);
+	if (!m)
 		return 0;
-	if (v6)
-		return !bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, &type, 1) && type < 128; /* RFC 4443 §2.1 */
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1) || bpf_skb_load_bytes(skb, ETH_HLEN + (ihl & 0xf) * 4, &type, 1))
+	struct flow_key *q = (struct flow_key *)m->b;
+	__u8 *src = m->b + sizeof(*q), *dst = src + 16; /* the error's, as a flow key holds them */
+	__builtin_memset(src, 0, 32);
+	int bad = v6 ? bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), src, 32)
+		     : bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), src, 4) ||
+			bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), dst, 4);
+	if (bad || quoted_flow(skb, !v6, q))
 		return 0;
-	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
+	if (!same_addr(dst, q->saddr) || same_addr(src, q->daddr))
+		return 0;
+	q->ifindex = ifindex;
+	return !flows || bpf_map_lookup_elem(&sp_ad_flows, q);
 }
 
-/* Whether the ICMP error a VNF returns on `ifindex` is one it forwards: End.AD learnt its very
- * flow on the way in (a source's error sent down the chain), so it goes on down the chain like
- * the flow's other packets; an error the VNF makes has its own source address, never learnt. */
-static __always_inline int forwarded_error(struct __sk_buff *skb, __u32 ifindex)
+/* What a VNF sends on its return interface `ifindex` (`vflags`: its SP_VNF_* flags) that is not
+ * the chain's to proxy: `*verdict` set and 1 returned — its link-scope traffic and ARP (on to
+ * the next program), a packet breaking the closed domain (dropped), an ICMP error it makes about
+ * a chain's packet (to the source by the FIB, not down the chain). `*nexthdr`: the IP protocol /
+ * next header. */
+static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, __u16 proto, __u8 *nexthdr, int *verdict)
 {
-	struct flow_key k;
-	return !flow_of(skb, ifindex, &k) && bpf_map_lookup_elem(&sp_ad_flows, &k);
-}
-
-/* What a VNF sends on its return interface `ifindex` that is not the chain's to proxy:
- * `*verdict` set and 1 returned — its link-scope traffic and ARP (on to the next program), a
- * packet breaking the closed domain (dropped), an ICMP error it makes about a chain's packet (to
- * the node's routing, which delivers it to the source, not down the chain). `*nexthdr`: the IP
- * protocol / next header. */
-static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u32 ifindex, __u16 proto, int am, __u8 *nexthdr, int *verdict)
-{
+	int am = vflags & SP_VNF_AM;
 	*verdict = SP_NEXT;
 	if (proto == ETH_P_IPV6) {
 		__u8 saddr[16], daddr[16];
@@ -149,8 +152,9 @@ static __always_inline int vnf_not_proxied(struct __sk_buff *skb, __u32 ifindex,
 	} else {
 		return 1; /* ARP and the like */
 	}
-	if (is_icmp_error(skb, proto == ETH_P_IPV6, *nexthdr) && !forwarded_error(skb, ifindex)) {
-		*verdict = TC_ACT_OK;
+	int flows = !(vflags & (SP_VNF_AM | SP_VNF_AS | SP_VNF_STREAM | SP_VNF_NO_FLOWS));
+	if (is_icmp_error(skb, proto == ETH_P_IPV6, *nexthdr) && vnf_made_error(skb, ifindex, flows, proto == ETH_P_IPV6)) {
+		*verdict = error_to_source(skb, proto == ETH_P_IPV6);
 		return 1;
 	}
 	return 0;
@@ -165,7 +169,7 @@ __noinline int vnf(struct __sk_buff *skb)
 	__u32 vflags = vf ? *vf : 0;
 	__u8 nexthdr = 0;
 	int verdict;
-	if (vnf_not_proxied(skb, ifindex, proto, vflags & SP_VNF_AM, &nexthdr, &verdict))
+	if (vnf_not_proxied(skb, ifindex, vflags, proto, &nexthdr, &verdict))
 		return verdict;
 	if (vflags & SP_VNF_AM)
 		return end_am_outbound(skb, proto == ETH_P_IPV6, nexthdr);

@@ -458,17 +458,53 @@ fn other_direction(p: &[u8], ttl: u8) -> Vec<u8> {
     r
 }
 
+/// The ICMP error `p`'s destination sends its source about it (IPv6: port unreachable, quoting
+/// it whole; IPv4: port unreachable, quoting its header and 8 bytes), checksums left 0 (the
+/// datapath does not check them).
+fn icmp_error_about(p: &[u8]) -> Vec<u8> {
+    if p[0] >> 4 == 6 {
+        let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&p[at..at + 16]).unwrap());
+        return icmp6_error(addr(24), addr(8), (1, 4), p);
+    }
+    let mut e = vec![0x45, 0, 0, 20 + 8 + 28, 0, 0, 0, 0, 64, 1, 0, 0];
+    e.extend_from_slice(&p[16..20]);
+    e.extend_from_slice(&p[12..16]);
+    set_ipv4_checksum(&mut e);
+    e.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&p[..28]);
+    e
+}
+
+/// An ICMPv6 error (`type_code`) from `src` to `dst` quoting `quote`, checksum left 0.
+fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, (ty, code): (u8, u8), quote: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    srv6::codec::Ipv6Header {
+        traffic_class: 0,
+        flow_label: 0,
+        payload_len: (8 + quote.len()) as u16,
+        next_header: 58,
+        hop_limit: 64,
+        src,
+        dst,
+    }
+    .encode(&mut e);
+    e.extend_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(quote);
+    e
+}
+
 /// The node's conntrack never sees a steered packet plain (the headend encapsulates before
 /// netfilter) and would take its flow's other direction for INVALID, which kube-proxy drops:
 /// once the headend steered a flow, the packets of its other direction, plain on the uplink
-/// (IPv6 and IPv4) or decapsulated here, are forwarded by the FIB past netfilter, one hop less.
-/// Other flows go on to the stack as before.
+/// (IPv6 and IPv4) or decapsulated here, and ICMP errors about its packets, are forwarded by the
+/// FIB past netfilter, one hop less. Other flows go on to the stack as before.
 #[test]
 fn a_steered_flows_other_direction_is_forwarded_past_conntrack() {
     let Some(mut b) = Bench::new() else { return };
     const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
     let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
-    for (addr, dev) in [(INNER_SRC, "src0"), ("10.10.2.2", "src0"), (INNER_DST, "vnf0")] {
+    // fd00:10:2::9 and 10.10.2.9: another pod behind src0, which no flow was steered to.
+    for (addr, dev) in [(INNER_SRC, "src0"), ("10.10.2.2", "src0"), (INNER_DST, "vnf0"), ("fd00:10:2::9", "src0"), ("10.10.2.9", "src0")] {
         ip(&format!("route add {addr} dev {dev}"));
         ip(&format!("neigh add {addr} lladdr {} dev {dev} nud permanent", mac_str(&POD_MAC)));
     }
@@ -485,11 +521,25 @@ fn a_steered_flows_other_direction_is_forwarded_past_conntrack() {
     b.rule(b.src, "10.20.0.0/16".parse().unwrap(), 2);
     for (forward, proto) in [(inner(INNER_SRC, INNER_DST), 0x86dd), (inner4(SRC4, DST4), 0x0800)] {
         let reply = [eth(HOST_MAC, PEER_MAC, proto), other_direction(&forward, 64)].concat();
+        let error = [eth(HOST_MAC, PEER_MAC, proto), icmp_error_about(&forward)].concat();
         assert_eq!(b.run(Hook::Uplink, b.uplink, &reply), (TCX_NEXT, reply.clone()), "no flow steered yet: to the stack");
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &error), (TCX_NEXT, error.clone()), "nor an error about it");
         assert_eq!(b.run(Hook::Headend, b.src, &[eth(HOST_MAC, POD_MAC, proto), forward.clone()].concat()).0, TC_ACT_REDIRECT);
         let (verdict, out) = b.run(Hook::Uplink, b.uplink, &reply);
         assert_eq!(verdict, TC_ACT_REDIRECT, "the reply of a steered flow ({proto:#x})");
         assert_eq!(out, [eth(POD_MAC, src_mac, proto), other_direction(&forward, 63)].concat(), "to the pod's MAC, one hop less");
+        let (verdict, out) = b.run(Hook::Uplink, b.uplink, &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "an error about the steered flow's packet ({proto:#x})");
+        assert_eq!(&out[..12], &eth(POD_MAC, src_mac, proto)[..12], "to the pod");
+        // The same error to another pod than the quoted packet's source: not the flow's.
+        let mut elsewhere = error.clone();
+        if proto == 0x86dd {
+            elsewhere[14 + 24..14 + 40].copy_from_slice(&a("fd00:10:2::9").octets());
+        } else {
+            elsewhere[14 + 16..14 + 20].copy_from_slice(&[10, 10, 2, 9]);
+            set_ipv4_checksum(&mut elsewhere[14..34]);
+        }
+        assert_eq!(b.run(Hook::Uplink, b.uplink, &elsewhere), (TCX_NEXT, elsewhere.clone()), "to the stack");
         // Another flow between the same pods (other ports) is not the steered one.
         let mut other = reply.clone();
         let l4 = 14 + if proto == 0x86dd { 40 } else { 20 };
@@ -913,14 +963,17 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
     b.dp.set_policy(6, &rev, 1 << 1).unwrap();
     b.rule(b.src, "fd00:20::/64".parse().unwrap(), 3);
     b.rule(b.src, "fd00:10:2::/64".parse().unwrap(), 6);
-    // The replica a packet (src, dst, UDP sport -> dport, flow label) is sent to.
-    let chosen = |b: &Bench, (src, dst): (&str, &str), (sport, dport): (u16, u16), label: u16| -> Ipv6Addr {
-        let mut pkt = eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd);
+    // A UDP packet (src, dst, sport -> dport, flow label).
+    let udp6 = |(src, dst): (&str, &str), (sport, dport): (u16, u16), label: u16| -> Vec<u8> {
         let mut i = inner(src, dst);
         i[40..42].copy_from_slice(&sport.to_be_bytes());
         i[42..44].copy_from_slice(&dport.to_be_bytes());
         i[2..4].copy_from_slice(&label.to_be_bytes());
-        pkt.extend_from_slice(&i);
+        i
+    };
+    // The replica an IPv6 packet is sent to.
+    let via = |b: &Bench, i: &[u8]| -> Ipv6Addr {
+        let pkt = [&eth(HOST_MAC, [0x02, 0, 0, 0, 0xdd, 1], 0x86dd)[..], i].concat();
         let (verdict, out) = b.run(Hook::Headend, b.src, &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let (ip, srh, _) = srv6::codec::decode_srv6(&out[14..]).unwrap();
@@ -929,6 +982,7 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
         assert_eq!(srh.segments[0], decap);
         srh.segments[1]
     };
+    let chosen = |b: &Bench, addrs: (&str, &str), ports: (u16, u16), label: u16| via(b, &udp6(addrs, ports, label));
     let mut seen = std::collections::BTreeSet::new();
     for sport in 1000..1060 {
         let first = chosen(&b, (INNER_SRC, INNER_DST), (sport, 5000), sport);
@@ -937,6 +991,8 @@ fn headend_picks_replicas_per_flow_and_drops_closed_chains() {
         assert_eq!(chosen(&b, (INNER_SRC, INNER_DST), (sport, 5000), sport ^ 0x5a5a), first, "a flow keeps its replica");
         let back = chosen(&b, (INNER_DST, INNER_SRC), (5000, sport), 7);
         assert_eq!(back, first, "the reply crosses the same replica");
+        let error = icmp6_error(a(INNER_DST), a(INNER_SRC), (1, 4), &udp6((INNER_SRC, INNER_DST), (sport, 5000), sport));
+        assert_eq!(via(&b, &error), first, "so does an ICMP error about the flow");
         seen.insert(first);
     }
     assert_eq!(seen.len(), 3, "60 flows spread over all three replicas: {seen:?}");
@@ -1430,6 +1486,15 @@ fn a_route_too_small_for_the_encapsulation_answers_packet_too_big() {
     let mut as_sent = [&back[6..12], &back[..6], &back[12..]].concat();
     as_sent[14 + 7] -= 1;
     check_icmp_error(&as_sent, &out, (2, 0, 1390 - 96));
+    // With a route to the source, the FIB sends the error there, past the node's netfilter.
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
+    for args in
+        [format!("route add {INNER_SRC} dev src0"), format!("neigh add {INNER_SRC} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC))]
+    {
+        assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
+    }
+    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &back);
+    assert_eq!((verdict, &out[..6]), (TC_ACT_REDIRECT, &POD_MAC[..]), "to the source's next hop");
 }
 
 /// encap_forward reuses the FIB's next hop for at most SP_FIB_CACHE_NS (10 ms): a neighbour
@@ -1461,23 +1526,13 @@ fn a_next_hop_the_fib_gave_is_reused_for_its_lifetime_only() {
 #[test]
 fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     let Some(b) = Bench::new() else { return };
-    // Learn a cache, so that the VNF's ordinary packets would be encapsulated.
+    // Learn caches (IPv4, then IPv6: the interface's), so that the VNF's ordinary packets would
+    // be encapsulated, and the two flows the errors below quote.
+    assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet4("fcbb:bb00:2::1", &PATH)).0, TC_ACT_REDIRECT);
     assert_eq!(b.run(Hook::Uplink, b.uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None)).0, TC_ACT_REDIRECT);
     // The VNF cannot deliver the chain's packet and says so to its source.
-    let mut err6 = Vec::new();
     let quote = inner(INNER_SRC, INNER_DST);
-    srv6::codec::Ipv6Header {
-        traffic_class: 0,
-        flow_label: 0,
-        payload_len: (8 + quote.len()) as u16,
-        next_header: 58,
-        hop_limit: 64,
-        src: a("fd00:99::3"),
-        dst: a(INNER_SRC),
-    }
-    .encode(&mut err6);
-    err6.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]); // destination unreachable, administratively prohibited
-    err6.extend_from_slice(&quote);
+    let err6 = icmp6_error(a("fd00:99::3"), a(INNER_SRC), (1, 1), &quote); // administratively prohibited
     let pkt = [eth(HOST_MAC, VNF_MAC, 0x86dd), err6].concat();
     assert_eq!(b.run(Hook::Vnf, b.vnf, &pkt), (TC_ACT_OK, pkt.clone()), "to the node's routing, unchanged");
     let mut err4 = inner4([10, 99, 0, 3], SRC4)[..20].to_vec();
@@ -1486,31 +1541,37 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     err4.extend_from_slice(&inner4(SRC4, DST4)[..28]);
     let pkt4 = [eth(HOST_MAC, VNF_MAC, 0x0800), err4].concat();
     assert_eq!(b.run(Hook::Vnf, b.vnf, &pkt4).0, TC_ACT_OK);
+    // With a route to the source, the FIB sends them there, past the node's netfilter (whose
+    // conntrack never saw the flow plain: INVALID).
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
+    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
+    for addr in [INNER_SRC, "10.10.2.2"] {
+        ip(&format!("route add {addr} dev src0"));
+        ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    for p in [&pkt, &pkt4] {
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, p);
+        assert_eq!((verdict, &out[..6]), (TC_ACT_REDIRECT, &POD_MAC[..]), "to the source's next hop");
+    }
     // An echo request is no error: it takes the chain like anything else the VNF sends.
     let mut echo = pkt.clone();
     echo[14 + 40] = 128;
     assert_eq!(b.run(Hook::Vnf, b.vnf, &echo).0, TC_ACT_REDIRECT);
-    // An error the source sent down the chain, which the VNF forwards: it goes on down the
-    // chain like any of the flow's packets (to the node's routing, it would skip the rest).
-    let mut sent = Vec::new();
-    srv6::codec::Ipv6Header {
-        traffic_class: 0,
-        flow_label: 0,
-        payload_len: (8 + quote.len()) as u16,
-        next_header: 58,
-        hop_limit: 64,
-        src: a(INNER_SRC),
-        dst: a(INNER_DST),
+    // Errors the source sent down the chain, which the VNF forwards, go on down the chain like
+    // any of the flow's packets (sent the source's way, they would skip the rest): one about
+    // the flow, and one addressed to the source of the packet it quotes, a flow that never came
+    // in here.
+    let about_the_flow = icmp6_error(a(INNER_SRC), a(INNER_DST), (1, 4), &quote);
+    let about_another = icmp6_error(a(INNER_SRC), a(INNER_DST), (1, 4), &inner(INNER_DST, "fd00:99::7"));
+    for sent in [about_the_flow, about_another] {
+        let (verdict, into_vnf) = b.run(Hook::Uplink, b.uplink, &srv6_around("fcbb:bb00:2::1", &PATH, &sent));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let forwarded = [eth(HOST_MAC, VNF_MAC, 0x86dd), into_vnf[14..].to_vec()].concat();
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &forwarded);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+        assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "on to the chain's next segment");
     }
-    .encode(&mut sent);
-    sent.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // port unreachable
-    sent.extend_from_slice(&quote);
-    let (verdict, into_vnf) = b.run(Hook::Uplink, b.uplink, &srv6_around("fcbb:bb00:2::1", &PATH, &sent));
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    let forwarded = [eth(HOST_MAC, VNF_MAC, 0x86dd), into_vnf[14..].to_vec()].concat();
-    let (verdict, out) = b.run(Hook::Vnf, b.vnf, &forwarded);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
-    assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "on to the chain's next segment");
 }
 
 /// Every record the ring holds now.

@@ -45,6 +45,15 @@ static __always_inline void *sp_data_end(struct __sk_buff *skb)
 	return v;
 }
 
+/* skb->ingress_ifindex, the same way (several plain reads in one program let clang keep
+ * &skb->ingress_ifindex spilled across calls). */
+static __always_inline __u32 sp_ingress_ifindex(struct __sk_buff *skb)
+{
+	__u32 v;
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(offsetof(struct __sk_buff, ingress_ifindex)));
+	return v;
+}
+
 /* Direct packet access, the fast way to the headers (bpf_skb_load_bytes and store_bytes are a
  * helper call and a copy each): `len` bytes at `off` of the frame where the linear part holds
  * them, else copied into `buf` (a GSO/GRO packet whose headers sit in a fragment); NULL when

@@ -60,8 +60,8 @@ static __always_inline void normalize_cached(struct outer_hdr *o)
 	o->bytes[OFF_PLEN + 1] = 0;
 }
 
-/* The plain packet's flow (right after the Ethernet header): addresses, protocol and, for TCP
- * and UDP (not on non-first fragments), ports. */
+/* The plain packet's flow (right after the Ethernet header): addresses, protocol (behind IPv6
+ * options headers) and, for TCP and UDP (not on non-first fragments), ports. */
 static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct flow_key *k)
 {
 	__builtin_memset(k, 0, sizeof(*k));
@@ -93,6 +93,9 @@ static __always_inline int flow_of(struct __sk_buff *skb, __u32 ifindex, struct 
 		__builtin_memcpy(k->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(k->daddr, &ip6->daddr, 16);
 		l4 = ETH_HLEN + sizeof(*ip6);
+		/* Options headers hide no flow (the classifier looks behind them too). */
+		if ((k->proto == SP_NH_HOP_BY_HOP || k->proto == SP_NH_DEST_OPTS) && skip_ipv6_options(skb, &k->proto, &l4))
+			return -1;
 	} else {
 		return -1;
 	}

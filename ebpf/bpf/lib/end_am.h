@@ -46,7 +46,7 @@ static __always_inline void am_learn(struct __sk_buff *skb, __u32 ifindex, struc
 static __always_inline int am_returned_as_given(struct __sk_buff *skb, const struct outer_hdr *o)
 {
 	struct flow_key k;
-	am_flow_of(skb, skb->ingress_ifindex, o, &k);
+	am_flow_of(skb, sp_ingress_ifindex(skb), o, &k);
 	struct outer_hdr *c = bpf_map_lookup_elem(&sp_ad_flows, &k);
 	if (!c || c->len != o->len)
 		return 0;

@@ -12,6 +12,34 @@ struct l4 {
 	__u8 frag; /* a fragment, first or not: no transport header to trust */
 };
 
+/* Skips the IPv6 Hop-by-Hop and Destination Options headers at offset `*off`, the first of
+ * kind `*nexthdr` (at most SP_MAX_EXT: after more, `*nexthdr` is still one of them). -1 if one
+ * is truncated. */
+static __always_inline int skip_ipv6_options(struct __sk_buff *skb, __u8 *nexthdr, __u32 *off)
+{
+#pragma unroll
+	for (int i = 0; i < SP_MAX_EXT; i++) {
+		if (*nexthdr != SP_NH_HOP_BY_HOP && *nexthdr != SP_NH_DEST_OPTS)
+			return 0;
+		__u8 h[2]; /* next header, length in 8-octet units beyond the first */
+		if (bpf_skb_load_bytes(skb, *off, h, sizeof(h)))
+			return -1;
+		*nexthdr = h[0];
+		*off += 8 * ((__u32)h[1] + 1);
+	}
+	return 0;
+}
+
+/* Whether 16-byte addresses `a` and `b` are the same (BPF has no memcmp). */
+static __always_inline int same_addr(const __u8 *a, const __u8 *b)
+{
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		diff |= a[i] ^ b[i];
+	return !diff;
+}
+
 /* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. IPv6's
  * Hop-by-Hop and Destination Options headers are skipped (a receiver skips them too: a TCP
  * segment behind them is still that TCP flow's). An IPv4 packet with MF or an offset, or an
@@ -34,17 +62,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int ipv4, struct l4 *
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto, 1))
 			return -1;
 		off = ETH_HLEN + sizeof(struct ipv6hdr);
-#pragma unroll
-		for (int i = 0; i < SP_MAX_EXT; i++) {
-			if (proto != SP_NH_HOP_BY_HOP && proto != SP_NH_DEST_OPTS)
-				break;
-			__u8 h[2]; /* next header, length in 8-octet units beyond the first */
-			if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
-				return -1;
-			proto = h[0];
-			off += 8 * ((__u32)h[1] + 1);
-		}
-		if (proto == SP_NH_HOP_BY_HOP || proto == SP_NH_DEST_OPTS)
+		if (skip_ipv6_options(skb, &proto, &off) || proto == SP_NH_HOP_BY_HOP || proto == SP_NH_DEST_OPTS)
 			return -1;
 		if (proto == SP_NH_FRAGMENT) {
 			if (bpf_skb_load_bytes(skb, off, &proto, 1))
@@ -55,6 +73,62 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int ipv4, struct l4 *
 	l->off = off;
 	l->proto = proto;
 	l->frag = frag;
+	return 0;
+}
+
+/* Whether the IPv4 or IPv6 packet right after the Ethernet header is an ICMP error (ICMPv6
+ * unreachable, too big, time exceeded, parameter problem; ICMP unreachable, time exceeded,
+ * parameter problem). `proto`: the IP header's protocol / next header (0 for a non-first IPv4
+ * fragment). */
+static __always_inline int is_icmp_error(struct __sk_buff *skb, int v6, __u8 proto)
+{
+	__u8 type, ihl;
+	if (proto != (v6 ? 58 : 1))
+		return 0;
+	if (v6) /* RFC 4443 §2.1's errors, not the experimental and reserved types 100, 101, 127 */
+		return !bpf_skb_load_bytes(skb, ETH_HLEN + SP_IP6_LEN, &type, 1) && type >= 1 && type <= 4;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1) || bpf_skb_load_bytes(skb, ETH_HLEN + (ihl & 0xf) * 4, &type, 1))
+		return 0;
+	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
+}
+
+/* The flow of the packet an ICMP error quotes (right after the ICMP header of the packet after
+ * the Ethernet header; `v4`: ICMP over IPv4), read as flow_of reads a packet, loaded straight
+ * into `k` (which may be map memory: no header copy on the stack). 0, or -1. */
+static __always_inline int quoted_flow(struct __sk_buff *skb, int v4, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__u32 off = ETH_HLEN + SP_IP6_LEN + 8;
+	if (v4) {
+		__u8 ihl;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ihl, 1))
+			return -1;
+		off = ETH_HLEN + (ihl & 0xf) * 4 + 8;
+		__u8 h[10]; /* version and IHL, TOS, total length, id, flags and offset, TTL, protocol */
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct iphdr, saddr), k->saddr, 4) ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct iphdr, daddr), k->daddr, 4))
+			return -1;
+		k->family = 4;
+		k->proto = h[9];
+		if ((h[6] << 8 | h[7]) & 0x1fff)
+			return 0;
+		off += (h[0] & 0xf) * 4;
+	} else {
+		/* Source and destination are adjacent in both. */
+		if (bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, nexthdr), &k->proto, 1) ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, saddr), k->saddr, 32))
+			return -1;
+		k->family = 6;
+		off += SP_IP6_LEN;
+		if (skip_ipv6_options(skb, &k->proto, &off))
+			return -1;
+	}
+	__be16 ports[2];
+	if ((k->proto == 6 || k->proto == 17) && !bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
+		k->sport = ports[0];
+		k->dport = ports[1];
+	}
 	return 0;
 }
 
@@ -122,4 +196,11 @@ static __always_inline __u32 flow_hash(struct __sk_buff *skb, int ipv4, const st
 	if (!l->frag && has_ports(l->proto) && bpf_skb_load_bytes(skb, l->off, ports, sizeof(ports)))
 		ports[0] = ports[1] = 0;
 	return fmix32(endpoint_hash(s, bpf_ntohs(ports[0])) ^ endpoint_hash(d, bpf_ntohs(ports[1])) ^ l->proto);
+}
+
+/* flow_hash of the flow `k` holds (as flow_of or quoted_flow read it). */
+static __always_inline __u32 flow_key_replica_hash(const struct flow_key *k)
+{
+	const __u32 *s = (const __u32 *)k->saddr, *d = (const __u32 *)k->daddr;
+	return fmix32(endpoint_hash(s, bpf_ntohs(k->sport)) ^ endpoint_hash(d, bpf_ntohs(k->dport)) ^ k->proto);
 }

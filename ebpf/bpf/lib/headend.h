@@ -11,18 +11,8 @@
 static __always_inline int has_routing_header(struct __sk_buff *skb, __u8 nexthdr)
 {
 	__u32 off = ETH_HLEN + SP_IP6_LEN;
-#pragma unroll
-	for (int i = 0; i < SP_MAX_EXT; i++) {
-		if (nexthdr == SP_NH_ROUTING)
-			return 1;
-		if (nexthdr != SP_NH_HOP_BY_HOP && nexthdr != SP_NH_DEST_OPTS)
-			return 0;
-		__u8 h[2]; /* next header, length in 8-octet units beyond the first */
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
-			return 1;
-		nexthdr = h[0];
-		off += 8 * ((__u32)h[1] + 1);
-	}
+	if (skip_ipv6_options(skb, &nexthdr, &off))
+		return 1;
 	return nexthdr == SP_NH_ROUTING || nexthdr == SP_NH_HOP_BY_HOP || nexthdr == SP_NH_DEST_OPTS;
 }
 
@@ -39,6 +29,22 @@ static __always_inline int closed_domain_violation(struct __sk_buff *skb, const 
 	return cfg && prefix_match(daddr, cfg->block, cfg->block_len);
 }
 
+/* The hash that picks a packet's replicas: its flow's (flow_hash), or for an ICMP error the
+ * flow of the packet it quotes, so that it reaches the replicas that carry that flow (a stateful
+ * function's conntrack takes it as RELATED there, as INVALID on another replica). */
+static __always_inline __u32 replica_hash(struct __sk_buff *skb, int v4, const struct l4 *l)
+{
+	if (l->frag || !is_icmp_error(skb, !v4, l->proto))
+		return flow_hash(skb, v4, l);
+	/* The quoted flow's key in the quote buffer (free here): the stack has no room. */
+	__u32 zero = 0;
+	struct quote *m = bpf_map_lookup_elem(&sp_quote, &zero);
+	struct flow_key *q = m ? (struct flow_key *)m->b : NULL;
+	if (!q || quoted_flow(skb, v4, q))
+		return flow_hash(skb, v4, l);
+	return flow_key_replica_hash(q);
+}
+
 /* Per hop with several replicas, the flow's direction-independent hash picks a slot of the
  * hop's table (the same slot for every hop and for both directions: each function's table is
  * rendezvous-hashed from its own SIDs alone, so the forward and the reverse rules of a
@@ -52,7 +58,7 @@ static __always_inline int pick_replicas(struct __sk_buff *skb, const struct l4 
 	__u8 last = o->bytes[OFF_LAST];
 	if (last >= SP_MAX_SEGS)
 		return -1;
-	__u32 slot = flow_hash(skb, skb->protocol == bpf_htons(ETH_P_IP), l) & (SP_REPLICA_SLOTS - 1);
+	__u32 slot = replica_hash(skb, skb->protocol == bpf_htons(ETH_P_IP), l) & (SP_REPLICA_SLOTS - 1);
 #pragma unroll
 	for (__u32 i = 0; i < SP_MAX_SEGS; i++) {
 		if (!(mask & (1u << i)) || i > last)

@@ -180,8 +180,11 @@ static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, 
 	else
 		__builtin_memcpy(&h[22], &csum, 2);
 
-	/* Keep the quote, put the new headers in front of it, swap the MACs. */
-	if (bpf_skb_change_tail(skb, ETH_HLEN + n, 0))
+	/* Keep the quote, put the new headers in front of it, swap the MACs. The tail is cut only
+	 * when there is more than the quote: the kernel refuses to (bpf_skb_change_tail) for a packet
+	 * that still has skb->encapsulation from a decapsulation on this machine, which is what a
+	 * VNF returns (a Time Exceeded about a traceroute probe it returned would be lost). */
+	if (skb->len != ETH_HLEN + n && bpf_skb_change_tail(skb, ETH_HLEN + n, 0))
 		return -1;
 	if (bpf_skb_adjust_room(skb, hdr_len, BPF_ADJ_ROOM_MAC, 0))
 		return -1;
@@ -194,7 +197,7 @@ static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, 
 	if (v6 ? bpf_skb_store_bytes(skb, ETH_HLEN, h, 48, 0) : bpf_skb_store_bytes(skb, ETH_HLEN, h, 28, 0))
 		return -1;
 	event(SP_EV_ICMP_SENT);
-	return to_stack ? TC_ACT_OK : bpf_redirect(skb->ingress_ifindex, 0);
+	return to_stack ? TC_ACT_OK : bpf_redirect(sp_ingress_ifindex(skb), 0);
 }
 
 #define SP_ICMP_TOO_BIG 1

@@ -288,7 +288,7 @@ static __always_inline long fib_next_hop(struct __sk_buff *skb, const struct out
 {
 	__builtin_memset(p, 0, sizeof(*p));
 	p->family = AF_INET6;
-	p->ifindex = skb->ingress_ifindex;
+	p->ifindex = sp_ingress_ifindex(skb);
 	p->tot_len = tot_len;
 	__builtin_memcpy(p->ipv6_src, &o->bytes[OFF_SRC], 16);
 	__builtin_memcpy(p->ipv6_dst, &o->bytes[OFF_DST], 16);
@@ -326,6 +326,40 @@ static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup
 	}
 }
 
+/* An ICMP error this node made in place of a chain's packet (`v6`: ICMPv6), on its way to the
+ * packet's source: forwarded by the FIB, past netfilter (the node's conntrack never saw the
+ * flow plain and would take the error for INVALID, which kube-proxy drops; an IPv4 error's
+ * source, the flow's destination, would fail a strict rp_filter too). To the node's routing
+ * when the FIB has no other way for it. */
+static __always_inline int error_to_source(struct __sk_buff *skb, int v6)
+{
+	/* The error is made: the quote buffer is free, and the stack of the paths that call this
+	 * has no room for the lookup's parameters. */
+	__u32 zero = 0;
+	struct bpf_fib_lookup *p = bpf_map_lookup_elem(&sp_quote, &zero);
+	if (!p)
+		return TC_ACT_OK;
+	__u32 in = sp_ingress_ifindex(skb);
+	__builtin_memset(p, 0, sizeof(*p));
+	p->ifindex = in;
+	int bad;
+	if (v6) {
+		p->family = AF_INET6;
+		bad = bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), p->ipv6_src, 16) ||
+			bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), p->ipv6_dst, 16);
+	} else {
+		p->family = AF_INET;
+		bad = bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &p->ipv4_src, 4) ||
+			bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &p->ipv4_dst, 4);
+	}
+	if (bad)
+		return TC_ACT_OK;
+	long rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p->ifindex == in)
+		return TC_ACT_OK;
+	return fib_send(skb, p, rc);
+}
+
 /* Forwards a packet that already carries its SRv6 header toward its DA. */
 static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer_hdr *o)
 {
@@ -345,7 +379,7 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct outer
  * one entry per VNF. A pod's interface (the headend) is the primary CNI's: keyed by itself. */
 static __always_inline struct fib_hop *fib_entry(struct __sk_buff *skb, const struct outer_hdr *o, int origin, struct fib_key *k)
 {
-	k->ifindex = origin == SP_ORIGIN_VNF ? 0 : skb->ingress_ifindex;
+	k->ifindex = origin == SP_ORIGIN_VNF ? 0 : sp_ingress_ifindex(skb);
 	__builtin_memcpy(k->src, &o->bytes[OFF_SRC], 16);
 	__builtin_memcpy(k->dst, &o->bytes[OFF_DST], 16);
 	return bpf_map_lookup_elem(&sp_fib_cache, k);
@@ -406,8 +440,8 @@ static __always_inline void fib_remember(const struct fib_key *k, struct fib_hop
 /* H.Encaps and forward: the route is looked up first (or taken from sp_fib_cache) with the
  * encapsulated length, so that a packet too big for it (an uplink smaller than the one the
  * inner MTU was computed from) is answered before anything changed: its source hears the MTU
- * left for the inner packet, back out of the interface at the headend, through the node's
- * routing from a VNF. */
+ * left for the inner packet, back out of the interface at the headend, by the FIB from a VNF
+ * (error_to_source). */
 static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr *o, int origin)
 {
 	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN + o->len;
@@ -427,8 +461,11 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && p.mtu_result > o->len) {
 		__u32 zero = 0;
 		struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
-		if (cfg)
-			return packet_too_big(skb, cfg, o->bytes[OFF_SRH] != SP_NH_IPV4, p.mtu_result - o->len, origin == SP_ORIGIN_VNF);
+		if (cfg) {
+			int v6 = o->bytes[OFF_SRH] != SP_NH_IPV4, vnf = origin == SP_ORIGIN_VNF;
+			int verdict = packet_too_big(skb, cfg, v6, p.mtu_result - o->len, vnf);
+			return vnf && verdict == TC_ACT_OK ? error_to_source(skb, v6) : verdict;
+		}
 	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
 		fib_remember(&k, h, &p, tot_len, now);
@@ -438,6 +475,7 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 	return fib_send(skb, &p, rc);
 }
 
+/* The plain packet's TTL / hop limit, one less. */
 static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 {
 	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, hop_limit));
@@ -451,10 +489,10 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 	__u8 next = ttl - 1;
 	if (!ipv4) {
 		/* The packet's sum changes by the hop limit's: a packet that came with a checksum of
-		 * it all (CHECKSUM_COMPLETE, from a NIC) keeps skb->csum true by the difference of
-		 * the 16-bit word the hop limit shares with the next header (at an even offset, the
-		 * hop limit its second byte in memory). For any other packet the helper refuses:
-		 * nothing to follow. */
+		 * it all (CHECKSUM_COMPLETE: from a NIC, or a VNF that bridges it back) keeps
+		 * skb->csum true by the difference of the 16-bit word the hop limit shares with the
+		 * next header (at an even offset, the hop limit its second byte in memory). For any
+		 * other packet the helper refuses: nothing to follow. */
 		__u8 w[2] = {0, ttl};
 		if (bpf_skb_load_bytes(skb, off - 1, w, 1))
 			return SP_DROP_MALFORMED;
@@ -483,8 +521,8 @@ static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 
 /* The proxy is a hop of the inner packet on the way back (draft §6, as VPP does): its TTL or
  * hop limit goes down by one. Returns 1 with the verdict in `verdict` for a packet that ends
- * here: one whose TTL ran out is dropped (`inner_ttl`) and its source told through this node's
- * routing (the source is not behind the VNF's interface): ICMPv6 Time Exceeded from the node's
+ * here: one whose TTL ran out is dropped (`inner_ttl`) and its source told by the FIB's way to
+ * it (error_to_source; the source is not behind the VNF's interface): ICMPv6 Time Exceeded from the node's
  * SRv6 source, or ICMP Time Exceeded from the packet's destination (the node has no IPv4
  * address of its own in the domain). */
 static __always_inline int inner_hop(struct __sk_buff *skb, int ipv4, int *verdict)
@@ -499,7 +537,7 @@ static __always_inline int inner_hop(struct __sk_buff *skb, int ipv4, int *verdi
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
 	int r = cfg ? icmp_to_source(skb, cfg, !ipv4, SP_ICMP_TIME_EXCEEDED, 0, 1) : -1;
 	if (r >= 0)
-		*verdict = r;
+		*verdict = r == TC_ACT_OK ? error_to_source(skb, !ipv4) : r;
 	return 1;
 }
 

@@ -4,8 +4,9 @@
  * takes its flow's other direction (the replies, or a symmetric chain's decapsulated packets)
  * for a connection it does not know: INVALID, which kube-proxy (KUBE-FORWARD) and most host
  * firewalls drop. So the headend records each flow it steers, and a packet of the flow's other
- * direction is forwarded here, past netfilter, as the steered direction went: the routing
- * table's next hop, one hop less of TTL. Anything else goes on to the stack as before. */
+ * direction, or an ICMP error about one of the flow's packets, is forwarded here, past
+ * netfilter, as the steered direction went: the routing table's next hop, one hop less of TTL.
+ * Anything else goes on to the stack as before. */
 #pragma once
 #include "end_ad.h"
 
@@ -30,6 +31,25 @@ static __always_inline void steered_flow_record(struct __sk_buff *skb, __u32 ifi
 	__u32 *known = bpf_map_lookup_elem(&sp_steered_flows, &k);
 	if (!known || *known != ifindex)
 		bpf_map_update_elem(&sp_steered_flows, &k, &ifindex, BPF_ANY);
+}
+
+/* Whether the packet, of flow `k`, is an ICMP error about a steered flow's packet, addressed
+ * to that packet's source: it travels the flow's other direction (port unreachable, Packet Too
+ * Big, Time Exceeded on the way). Only there: the quote alone would let anyone who knows a
+ * steered flow send past netfilter to any address. */
+static __always_inline int steered_error(struct __sk_buff *skb, const struct flow_key *k)
+{
+	int v4 = k->family == 4;
+	if (!is_icmp_error(skb, !v4, k->proto))
+		return 0;
+	/* The quoted flow's key in the quote buffer (free here): the uplink's stack is nearly full. */
+	__u32 zero = 0;
+	struct quote *m = bpf_map_lookup_elem(&sp_quote, &zero);
+	struct flow_key *q = m ? (struct flow_key *)m->b : NULL;
+	if (!q || quoted_flow(skb, v4, q) || !same_addr(k->daddr, q->saddr))
+		return 0;
+	flow_swap(q);
+	return bpf_map_lookup_elem(&sp_steered_flows, q) != NULL;
 }
 
 /* The sp_fib_cache key of a steered flow's other direction, in from `ifindex`: its addresses
@@ -58,14 +78,14 @@ static __always_inline void return_key(struct fib_key *fk, const struct flow_key
 static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherwise)
 {
 	struct flow_key k;
-	if (flow_of(skb, 0, &k) || !bpf_map_lookup_elem(&sp_steered_flows, &k))
+	if (flow_of(skb, 0, &k) || (!bpf_map_lookup_elem(&sp_steered_flows, &k) && !steered_error(skb, &k)))
 		return otherwise;
 	int v4 = k.family == 4, err;
 	/* The skb's own length is what the FIB checks against the route's MTU (tot_len 0). */
 	__u32 tot_len = skb->gso_size ? 0 : skb->len - ETH_HLEN;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct fib_key fk;
-	return_key(&fk, &k, skb->ingress_ifindex);
+	return_key(&fk, &k, sp_ingress_ifindex(skb));
 	struct fib_hop *h = bpf_map_lookup_elem(&sp_fib_cache, &fk);
 	if (fib_fresh(h, tot_len, now)) {
 		struct next_hop n;
@@ -77,7 +97,7 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 	}
 	struct bpf_fib_lookup p;
 	__builtin_memset(&p, 0, sizeof(p));
-	p.ifindex = skb->ingress_ifindex;
+	p.ifindex = sp_ingress_ifindex(skb);
 	if (v4) {
 		p.family = AF_INET;
 		__builtin_memcpy(&p.ipv4_src, k.saddr, 4);
@@ -88,7 +108,7 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 		__builtin_memcpy(p.ipv6_dst, k.daddr, 16);
 	}
 	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
-	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == skb->ingress_ifindex)
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == sp_ingress_ifindex(skb))
 		return otherwise;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
 		fib_remember(&fk, h, &p, tot_len, now);
