@@ -233,7 +233,7 @@ flow_done() { wait "$(cat "$t/flow.pid")" || true
   grep -q " 0% packet loss" "$t/flow" || fail "$1: the steady flow lost packets: $(tail -2 "$t/flow")"
   ok "$1: no packet lost ($(grep -o '[0-9]* packets transmitted, [0-9]* packets received' "$t/flow"))"; }
 fw0=$(rx e2e-fw)
-flow 750
+flow 1500
 sleep 2
 # An RBAC regression during the restart (the daemon's namespaced Role, which lets it read its
 # DaemonSet, is gone): the terminating daemon is refused (403) and must not take that for an
@@ -246,8 +246,9 @@ kubectl -n "$ns" delete "$old" --wait=true >/dev/null
 kubectl -n "$ns" rollout status daemonset/srv6pipes-node --timeout=120s >/dev/null
 new=$(kubectl -n "$ns" get pod -l app.kubernetes.io/component=node --field-selector spec.nodeName="$n1" -o name)
 [[ $new && $new != "$old" ]] || fail "the DaemonSet pod on $n1 was not recreated"
+kill -0 "$(cat "$t/flow.pid")" 2>/dev/null || fail "the steady flow ended before the DaemonSet pod was recreated (lengthen it)"
 flow_done "DaemonSet pod $old deleted with its Role gone (403: not an uninstall), $new took over"
-(( $(rx e2e-fw) - fw0 >= 750 )) || fail "the flow was not steered through fw during the restart"
+(( $(rx e2e-fw) - fw0 >= 1500 )) || fail "the flow was not steered through fw during the restart"
 kubectl create -f "$t/node-rbac.json" >/dev/null
 
 # An upgrade from a release before slices, whose operator wrote each node's whole program as one
@@ -292,10 +293,13 @@ flow_done "upgrade from the pre-slice NodeProgram (operator stopped, daemons res
 kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e --timeout=30s >/dev/null || fail "chain e2e not Ready after the move to slices"
 
 if ((${#redeploy[@]})); then
-  flow 1500
+  flow 3000
   sleep 2
+  took=$SECONDS
   "${redeploy[@]}" > "$t/redeploy" 2>&1 || fail "${redeploy[*]}: $(cat "$t/redeploy")"
-  flow_done "upgrade (${redeploy[*]})"
+  took=$((SECONDS - took))
+  kill -0 "$(cat "$t/flow.pid")" 2>/dev/null || fail "the steady flow (60 s) ended before the upgrade did ($took s): lengthen it"
+  flow_done "upgrade (${redeploy[*]}, $took s)"
   if [[ $pipes ]]; then
     pipes_ok "after the upgrade"
     ok "SRv6 pipes after the upgrade: the answer still rewritten"

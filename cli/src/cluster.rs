@@ -62,13 +62,16 @@ impl Cluster {
     }
 
     /// ServiceChain `namespace/name`, if it exists. An error a later request may not have (no
-    /// connection, a timeout, a 5xx or 429 answer) is a [`crate::wait::NoAnswer`].
+    /// connection or no answer, a 5xx or 429 answer) is a [`crate::wait::NoAnswer`]; any other
+    /// (refused credentials, a bad certificate, a 4xx) is not.
     pub fn chain(&self, namespace: &str, name: &str) -> anyhow::Result<Option<ServiceChain>> {
         let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("get servicechain {namespace}/{name}");
         match self.rt.block_on(api.get_opt(name)) {
             Ok(chain) => Ok(chain),
-            Err(kube::Error::Api(s)) if s.code < 500 && s.code != 429 => Err(anyhow::anyhow!("get servicechain {namespace}/{name}: {s}")),
-            Err(e) => Err(crate::wait::NoAnswer(format!("get servicechain {namespace}/{name}: {e}")).into()),
+            Err(kube::Error::Api(s)) if s.code >= 500 || s.code == 429 => Err(crate::wait::NoAnswer(format!("{what}: {s}")).into()),
+            Err(e @ (kube::Error::HyperError(_) | kube::Error::Service(_))) => Err(crate::wait::NoAnswer(format!("{what}: {e}")).into()),
+            Err(e) => Err(anyhow::Error::new(e).context(what)),
         }
     }
 

@@ -251,6 +251,10 @@ pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config
     })
 }
 
+/// The operator's finalizer on a ServiceChain: the chain's entries leave every node before the
+/// chain goes.
+pub const CLEANUP_FINALIZER: &str = "srv6pipes.io/cleanup";
+
 /// The Node annotation holding the node's locator (allocated by the operator, or set by whoever
 /// registers the node, as the lab does).
 pub const LOCATOR_ANNOTATION: &str = "srv6pipes.io/locator";

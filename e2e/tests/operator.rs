@@ -20,7 +20,7 @@ struct Operator {
 impl Operator {
     fn start(api: &ApiServer, n: u32) -> Operator {
         let log = api.dir.join(format!("operator-{n}.log"));
-        let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let health = common::free_loopback_port();
         let child = Command::new(target_dir().join("srv6pipes-operator"))
             .arg("--kubeconfig")
             .arg(&api.kubeconfig)

@@ -42,7 +42,7 @@ use crate::world::{self, Plan};
 /// The field manager of everything the operator writes (server-side apply).
 pub const MANAGER: &str = "srv6pipes-operator";
 /// Keeps a deleted chain until every node's program is free of it.
-pub const FINALIZER: &str = "srv6pipes.io/cleanup";
+pub const FINALIZER: &str = srv6pipes_crds::CLEANUP_FINALIZER;
 /// Reconciles in flight at once, per controller.
 const RECONCILES: u16 = 16;
 

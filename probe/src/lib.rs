@@ -311,12 +311,14 @@ mod tests {
 
     #[test]
     fn liveness_follows_the_heartbeat() {
-        let h = Health::new(Duration::from_millis(50), "starting");
-        std::thread::sleep(Duration::from_millis(120));
+        // A period far longer than a loaded machine's scheduling delay between a beat and the
+        // check after it.
+        let h = Health::new(Duration::from_millis(400), "starting");
+        std::thread::sleep(Duration::from_millis(900));
         assert_eq!(h.healthz(), Reply::ok("starting\n"), "live before the main loop starts");
         h.beat();
         assert_eq!(h.healthz().status, 200);
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(900));
         let stalled = h.healthz();
         assert_eq!(stalled.status, 503, "{stalled:?}");
         assert!(stalled.body.contains("has not run"), "{stalled:?}");

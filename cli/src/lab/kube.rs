@@ -19,7 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, LOCATOR_ANNOTATION, NODE_LABEL};
+use srv6pipes_crds::{NodeProgram, NodeProgramSlice, NodeSidTable, ServiceChain, CLEANUP_FINALIZER, LOCATOR_ANNOTATION, NODE_LABEL};
 
 use super::state::{LabState, NodeState, PodState};
 
@@ -27,9 +27,6 @@ use super::state::{LabState, NodeState, PodState};
 pub const MANAGER: &str = "srv6pipes-lab";
 /// Label on the Nodes and Pods a lab registered.
 pub const LAB_LABEL: &str = "srv6pipes.io/lab";
-
-/// The operator's finalizer on a chain (operator/src/controller.rs).
-const CLEANUP_FINALIZER: &str = "srv6pipes.io/cleanup";
 
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
@@ -190,15 +187,6 @@ impl Cluster {
     pub fn unregister(&self, st: &LabState) -> anyhow::Result<()> {
         let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         self.rt.block_on(async {
-            let chains: Api<ServiceChain> = Api::all(self.client.clone());
-            for c in chains.list(&ListParams::default()).await.context("list servicechains")? {
-                let kept: Vec<&String> = c.finalizers().iter().filter(|f| *f != CLEANUP_FINALIZER).collect();
-                if kept.len() != c.finalizers().len() {
-                    let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &c.namespace().unwrap_or_default());
-                    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": c.resource_version()}});
-                    gone(api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await)?;
-                }
-            }
             for p in &st.pods {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
                 gone(api.delete(&p.name, &force).await)?;
@@ -212,6 +200,15 @@ impl Cluster {
                 gone(Api::<NodeProgram>::all(self.client.clone()).delete(&n.name, &force).await)?;
                 gone(Api::<NodeSidTable>::all(self.client.clone()).delete(&n.name, &force).await)?;
                 gone(Api::<Node>::all(self.client.clone()).delete(&n.name, &force).await)?;
+            }
+            let chains: Api<ServiceChain> = Api::all(self.client.clone());
+            for c in chains.list(&ListParams::default()).await.context("list servicechains")? {
+                let kept: Vec<&String> = c.finalizers().iter().filter(|f| *f != CLEANUP_FINALIZER).collect();
+                if kept.len() != c.finalizers().len() {
+                    let api: Api<ServiceChain> = Api::namespaced(self.client.clone(), &c.namespace().unwrap_or_default());
+                    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": c.resource_version()}});
+                    gone(api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await)?;
+                }
             }
             anyhow::Ok(())
         })

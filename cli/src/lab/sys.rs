@@ -55,7 +55,7 @@ pub fn processes_by_netns() -> std::collections::HashMap<NetnsId, Vec<u32>> {
 /// otherwise keep the namespace alive after it is deleted. SIGTERM, then SIGKILL after a grace
 /// period.
 pub fn stop_netns_processes(name: &str, procs: &std::collections::HashMap<NetnsId, Vec<u32>>) {
-    use nix::sys::signal::{kill, Signal};
+    use nix::sys::signal::kill;
     let Some(id) = netns_id_of(&netns_path(name)) else { return };
     let Some(pids) = procs.get(&id) else { return };
     // Each pid checked again as it is signalled: one that ended since the scan may be reused.
@@ -65,14 +65,26 @@ pub fn stop_netns_processes(name: &str, procs: &std::collections::HashMap<NetnsI
             let _ = kill(nix::unistd::Pid::from_raw(*p as i32), sig);
         }
     };
-    signal_all(Signal::SIGTERM);
-    for _ in 0..50 {
-        if !pids.iter().any(|p| still_in(*p)) {
-            return;
+    terminate(signal_all, || !pids.iter().any(|p| still_in(*p)));
+}
+
+/// SIGTERM through `signal`, then SIGKILL if not `gone` within a second; waits up to a second
+/// more for `gone`.
+fn terminate(signal: impl Fn(nix::sys::signal::Signal), gone: impl Fn() -> bool) {
+    let wait = || {
+        for _ in 0..50 {
+            if gone() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        gone()
+    };
+    signal(nix::sys::signal::Signal::SIGTERM);
+    if !wait() {
+        signal(nix::sys::signal::Signal::SIGKILL);
+        wait();
     }
-    signal_all(Signal::SIGKILL);
 }
 
 /// A command that will run inside network namespace `netns`.
@@ -133,23 +145,13 @@ pub fn alive(pid: u32) -> bool {
 
 /// SIGTERM to the process group, then SIGKILL after a grace period.
 pub fn stop_group(pid: u32) {
-    use nix::sys::signal::{killpg, Signal};
     let pg = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = killpg(pg, Signal::SIGTERM);
-    for _ in 0..50 {
-        if !alive(pid) {
-            reap(pid);
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = killpg(pg, Signal::SIGKILL);
-    for _ in 0..50 {
-        if !alive(pid) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    terminate(
+        |sig| {
+            let _ = nix::sys::signal::killpg(pg, sig);
+        },
+        || !alive(pid),
+    );
     reap(pid);
 }
 

@@ -44,6 +44,24 @@ pub fn kube_build(components: &[&str]) -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// A loopback address with a TCP port free now, below the kernel's ephemeral range (as
+/// scripts/apiserver picks its ports): a port inside it, freed for a process to bind later,
+/// could meanwhile be taken by any outgoing connection.
+pub fn free_loopback_port() -> std::net::SocketAddr {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|l| l.parse().ok()).filter(|l| *l > 11_000).unwrap_or(32_768);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
+    (0u32..)
+        .map(|i| {
+            std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                10_000 + ((seed.wrapping_add(i.wrapping_mul(7_919))) % (low as u32 - 10_000)) as u16,
+            ))
+        })
+        .find(|a| std::net::TcpListener::bind(a).is_ok())
+        .expect("a free port")
+}
+
 /// The Helm CLI (scripts/kube-build helm).
 pub fn helm() -> Option<PathBuf> {
     kube_build(&["helm"]).map(|bin| bin.join("helm"))
@@ -217,10 +235,16 @@ pub fn ping(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
     every
 }
 
-/// Whether none of `count` pings from `from` to `to` was answered (ping exits 1 when no reply
-/// came, 2 when it could not send).
+/// Whether `count` pings from `from` to `to` were sent and none was answered (ping exits 1 then;
+/// 2 when it could not send, which proves nothing).
 pub fn no_reply(lab: &Lab, from: &str, to: &str, count: u32) -> bool {
-    !ping_out(lab, from, to, count).status.success()
+    let out = ping_out(lab, from, to, count);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let none = out.status.code() == Some(1) && said.contains(" 100% packet loss");
+    if !none {
+        eprintln!("ping {from} -> {to}: {said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    none
 }
 
 /// The examples' `server` pod answers "hello from server" on TCP 8080: once it listens, connect
