@@ -221,19 +221,15 @@ fn eth(dst: [u8; 6], src: [u8; 6], proto: u16) -> Vec<u8> {
 
 /// IPv6 + UDP with a 12-byte payload.
 fn inner(src: &str, dst: &str) -> Vec<u8> {
-    let payload = b"hello, vnf!!";
+    ipv6_packet(a(src), a(dst), (17, 0x12345), &udp(b"hello, vnf!!"))
+}
+
+/// An IPv6 packet from `src` to `dst` carrying `payload` (next header, flow label), hop limit 64.
+fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, (next_header, flow_label): (u8, u32), payload: &[u8]) -> Vec<u8> {
     let mut p = Vec::new();
-    srv6::codec::Ipv6Header {
-        traffic_class: 0,
-        flow_label: 0x12345,
-        payload_len: (8 + payload.len()) as u16,
-        next_header: 17,
-        hop_limit: 64,
-        src: a(src),
-        dst: a(dst),
-    }
-    .encode(&mut p);
-    p.extend_from_slice(&udp(payload));
+    srv6::codec::Ipv6Header { traffic_class: 0, flow_label, payload_len: payload.len() as u16, next_header, hop_limit: 64, src, dst }
+        .encode(&mut p);
+    p.extend_from_slice(payload);
     p
 }
 
@@ -477,20 +473,7 @@ fn icmp_error_about(p: &[u8]) -> Vec<u8> {
 
 /// An ICMPv6 error (`type_code`) from `src` to `dst` quoting `quote`, checksum left 0.
 fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, (ty, code): (u8, u8), quote: &[u8]) -> Vec<u8> {
-    let mut e = Vec::new();
-    srv6::codec::Ipv6Header {
-        traffic_class: 0,
-        flow_label: 0,
-        payload_len: (8 + quote.len()) as u16,
-        next_header: 58,
-        hop_limit: 64,
-        src,
-        dst,
-    }
-    .encode(&mut e);
-    e.extend_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
-    e.extend_from_slice(quote);
-    e
+    ipv6_packet(src, dst, (58, 0), &[&[ty, code, 0, 0, 0, 0, 0, 0][..], quote].concat())
 }
 
 /// The node's conntrack never sees a steered packet plain (the headend encapsulates before
