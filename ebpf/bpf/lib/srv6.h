@@ -478,44 +478,41 @@ static __always_inline int encap_forward(struct __sk_buff *skb, struct outer_hdr
 /* The plain packet's TTL / hop limit, one less. */
 static __always_inline int decrement_inner_ttl(struct __sk_buff *skb, int ipv4)
 {
-	__u32 off = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, hop_limit));
-	__u8 *p = pkt_linear(skb, off, 1), ttl;
-	if (p)
-		ttl = *p;
-	else if (bpf_skb_load_bytes(skb, off, &ttl, 1))
-		return SP_DROP_MALFORMED;
+	/* The 16-bit word of the header that holds the TTL (IPv4: TTL, protocol) or hop limit
+	 * (IPv6: next header, hop limit), read once: its change is what the checksums follow. */
+	__u32 wo = ETH_HLEN + (ipv4 ? offsetof(struct iphdr, ttl) : offsetof(struct ipv6hdr, nexthdr));
+	__u8 buf[2], *w = pkt_linear(skb, wo, 2), *p = w;
+	if (!w) {
+		if (bpf_skb_load_bytes(skb, wo, buf, 2))
+			return SP_DROP_MALFORMED;
+		w = buf;
+	}
+	__u8 nw[2] = {w[0], w[1]};
+	__u8 ttl = ipv4 ? nw[0] : nw[1];
 	if (ttl <= 1)
 		return SP_DROP_INNER_TTL;
-	__u8 next = ttl - 1;
-	if (!ipv4) {
-		/* The packet's sum changes by the hop limit's: a packet that came with a checksum of
-		 * it all (CHECKSUM_COMPLETE: from a NIC, or a VNF that bridges it back) keeps
-		 * skb->csum true by the difference of the 16-bit word the hop limit shares with the
-		 * next header (at an even offset, the hop limit its second byte in memory). For any
-		 * other packet the helper refuses: nothing to follow. */
-		__u8 w[2] = {0, ttl};
-		if (bpf_skb_load_bytes(skb, off - 1, w, 1))
-			return SP_DROP_MALFORMED;
-		__u16 old, new;
-		__builtin_memcpy(&old, w, 2);
-		w[1] = next;
-		__builtin_memcpy(&new, w, 2);
-		if (p)
-			*p = next;
-		else if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
+	if (ipv4)
+		nw[0] = ttl - 1;
+	else
+		nw[1] = ttl - 1;
+	__u16 old, new;
+	__builtin_memcpy(&old, w, 2);
+	__builtin_memcpy(&new, nw, 2);
+	if (ipv4) {
+		/* The header checksum moves the other way: the header's sum, and skb->csum, stay. */
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) ||
+		    bpf_skb_store_bytes(skb, wo, nw, 1, 0))
 			return SP_DROP_ADJUST;
-		bpf_csum_update(skb, (__u32)(__u16)~old + new);
 		return 0;
 	}
-	/* TTL and protocol share a 16-bit word of the header checksum; the header's sum stays. */
-	__u8 proto;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1))
-		return SP_DROP_MALFORMED;
-	__be16 old = bpf_htons((__u16)ttl << 8 | proto), new = bpf_htons((__u16)next << 8 | proto);
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2))
+	if (p)
+		p[1] = nw[1];
+	else if (bpf_skb_store_bytes(skb, wo + 1, &nw[1], 1, 0))
 		return SP_DROP_ADJUST;
-	if (bpf_skb_store_bytes(skb, off, &next, 1, 0))
-		return SP_DROP_ADJUST;
+	/* A packet that came with a checksum of it all (CHECKSUM_COMPLETE: from a NIC, or a VNF that
+	 * bridges it back) keeps skb->csum true by the word's difference (at an even offset); for
+	 * any other packet the helper refuses: nothing to follow. */
+	bpf_csum_update(skb, (__u32)(__u16)~old + new);
 	return 0;
 }
 
