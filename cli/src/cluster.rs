@@ -205,15 +205,15 @@ impl Cluster {
 
 impl Cluster {
     /// `srv6pipes monitor`: each daemon's `/monitor` stream (of `node`, or every node) through
-    /// the API server. Once every stream has answered (its first line, `{"result":"ok"}`),
-    /// `consume` gets their lines as `(node, line)` (an empty line: that node's stream ended)
-    /// and the nodes; the streams are read on a thread of their own, which drives this client's
-    /// runtime until `consume` returns.
+    /// the API server. Once every stream has answered (its first line, `{"result":"ok"}`) or
+    /// been skipped (`monitor::opened`), `consume` gets their lines as `(node, line)` (an empty
+    /// line: that node's stream ended), the nodes read and the nodes skipped; the streams are
+    /// read on a thread of their own, which drives this client's runtime until `consume` returns.
     pub fn monitor<T>(
         &self,
         node: Option<&str>,
         request: &srv6::node_api::MonitorRequest,
-        consume: impl FnOnce(&std::sync::mpsc::Receiver<(String, String)>, Vec<String>) -> anyhow::Result<T>,
+        consume: impl FnOnce(&std::sync::mpsc::Receiver<(String, String)>, Vec<String>, Vec<String>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let daemons = self.rt.block_on(self.daemon_pods())?;
         let chosen: Vec<(String, String)> = daemons
@@ -232,43 +232,52 @@ impl Cluster {
         let (ready, opened) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::scope(|s| {
-            s.spawn(|| self.rt.block_on(self.stream_monitors(chosen, lines, ready, stopped)));
-            let nodes = opened.recv().unwrap_or_else(|_| Err(anyhow!("the monitor's streams ended")))?;
-            let result = consume(&rx, nodes);
+            s.spawn(|| self.rt.block_on(self.stream_monitors(chosen, node.is_some(), lines, ready, stopped)));
+            let (nodes, skipped) = opened.recv().unwrap_or_else(|_| Err(anyhow!("the monitor's streams ended")))?;
+            let result = consume(&rx, nodes, skipped);
             let _ = stop.send(());
             result
         })
     }
 
-    /// Opens every stream (telling `ready` the nodes, or the first failure), then sends their
-    /// lines until they all end or `stop`.
+    /// Opens every stream at once, each given `monitor::OPEN_TIMEOUT` (telling `ready` the nodes
+    /// read and skipped, or the failure; `named`: the node was named, its failure is the
+    /// command's), then sends their lines until they all end or `stop`.
     async fn stream_monitors(
         &self,
         chosen: Vec<(String, String)>,
+        named: bool,
         lines: std::sync::mpsc::Sender<(String, String)>,
-        ready: std::sync::mpsc::Sender<anyhow::Result<Vec<String>>>,
+        ready: std::sync::mpsc::Sender<anyhow::Result<(Vec<String>, Vec<String>)>>,
         stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         use futures::{AsyncBufReadExt, StreamExt};
-        let mut streams = Vec::new();
-        for (node, uri) in chosen {
+        let attempts = futures::future::join_all(chosen.into_iter().map(|(node, uri)| async move {
             let request = http::Request::get(&uri).body(Vec::new()).expect("a GET request");
-            let opened = async {
+            let open = async {
                 let mut body = Box::pin(self.client.request_stream(request).await?).lines();
                 match body.next().await {
                     Some(Ok(first)) if first.contains("\"ok\"") => Ok(body),
                     other => Err(anyhow!("unexpected answer {other:?} (a daemon older than this CLI?)")),
                 }
             };
-            match opened.await {
-                Ok(body) => streams.push((node, body)),
-                Err(e) => {
-                    let _ = ready.send(Err(e.context(format!("node {node}: {uri}"))));
-                    return;
-                }
+            let attempt = match tokio::time::timeout(crate::monitor::OPEN_TIMEOUT, open).await {
+                Ok(opened) => opened.map_err(|e| e.context(uri)),
+                Err(_) => Err(anyhow!("{uri}: no answer within {:?}", crate::monitor::OPEN_TIMEOUT)),
+            };
+            (node, attempt)
+        }))
+        .await;
+        let streams = match crate::monitor::opened(attempts, named) {
+            Ok((streams, skipped)) => {
+                let _ = ready.send(Ok((streams.iter().map(|(n, _)| n.clone()).collect(), skipped)));
+                streams
             }
-        }
-        let _ = ready.send(Ok(streams.iter().map(|(n, _)| n.clone()).collect()));
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
         let pumps = streams.into_iter().map(|(node, mut body)| {
             let lines = lines.clone();
             async move {

@@ -67,19 +67,49 @@ pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
         chain,
         sample: a.sample,
     };
-    let listening = |nodes: &[String]| eprintln!("srv6pipes monitor: listening on {} (Ctrl-C to stop)", nodes.join(", "));
+    let listening = |nodes: &[String], skipped: &[String]| {
+        for s in skipped {
+            eprintln!("srv6pipes monitor: skipped {s}");
+        }
+        eprintln!("srv6pipes monitor: listening on {} (Ctrl-C to stop)", nodes.join(", "));
+    };
     match &scope {
         Scope::Lab(which) => {
             let (tx, rx) = mpsc::channel();
-            let nodes = lab_streams(&crate::lab::node_sockets(which)?, a.node.as_deref(), &request, tx)?;
-            listening(&nodes);
+            let (nodes, skipped) = lab_streams(&crate::lab::node_sockets(which)?, a.node.as_deref(), &request, tx)?;
+            listening(&nodes, &skipped);
             print_events(&rx, nodes.len(), a)
         }
-        Scope::Cluster(c) => c.monitor(a.node.as_deref(), &request, |rx, nodes| {
-            listening(&nodes);
+        Scope::Cluster(c) => c.monitor(a.node.as_deref(), &request, |rx, nodes, skipped| {
+            listening(&nodes, &skipped);
             print_events(rx, nodes.len(), a)
         }),
     }
+}
+
+/// How long a node's daemon has to answer the monitor's request before it is skipped (or, named
+/// with --node, the command fails): a stopped daemon accepts the connection and says nothing.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The streams read, each with its node, and the nodes skipped, each with why.
+pub(crate) type Opened<T> = (Vec<(String, T)>, Vec<String>);
+
+/// The streams to read, from each chosen node's attempt at opening its own, and the nodes
+/// skipped (each with why). Named with --node, a node's failure is the command's; across the
+/// nodes, one whose daemon is down or unreachable is skipped, unless none answered: one node's
+/// daemon must not blind the monitor to the others.
+pub(crate) fn opened<T>(attempts: Vec<(String, anyhow::Result<T>)>, named: bool) -> anyhow::Result<Opened<T>> {
+    let (mut streams, mut failed) = (Vec::new(), Vec::new());
+    for (node, attempt) in attempts {
+        match attempt {
+            Ok(s) => streams.push((node, s)),
+            Err(e) => failed.push(format!("node {node}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() && (streams.is_empty() || named) {
+        bail!("{}", failed.join("; "));
+    }
+    Ok((streams, failed))
 }
 
 /// Prints events until --count or --duration, or until every stream ended (an error).
@@ -147,31 +177,27 @@ pub fn text(e: &MonitorEvent) -> String {
     s + &format!(" len {}", e.length)
 }
 
-/// One thread per node daemon's socket: the request, its `Ok`, then its lines.
+/// One thread per node daemon's socket that answered (see [`opened`]): the request, its `Ok`,
+/// then its lines. Returns the nodes read and the nodes skipped.
 fn lab_streams(
     sockets: &[(String, std::path::PathBuf)],
     node: Option<&str>,
     request: &MonitorRequest,
     tx: mpsc::Sender<(String, String)>,
-) -> anyhow::Result<Vec<String>> {
-    let chosen: Vec<&(String, std::path::PathBuf)> = sockets.iter().filter(|(n, _)| node.is_none_or(|x| x == n)).collect();
-    if chosen.is_empty() {
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let attempts: Vec<_> = sockets
+        .iter()
+        .filter(|(n, _)| node.is_none_or(|x| x == n))
+        .map(|(name, socket)| (name.clone(), open_lab_stream(socket, request)))
+        .collect();
+    if attempts.is_empty() {
         bail!("the lab has no node {}", node.unwrap_or_default());
     }
+    let (streams, skipped) = opened(attempts, node.is_some())?;
     let mut nodes = Vec::new();
-    for (name, socket) in chosen {
-        let mut s = UnixStream::connect(socket).with_context(|| format!("node {name}: connect {}", socket.display()))?;
-        writeln!(s, "{}", serde_json::to_string(&Request::Monitor(request.clone()))?)?;
-        let mut r = BufReader::new(s);
-        let mut first = String::new();
-        r.read_line(&mut first).with_context(|| format!("node {name}"))?;
-        match serde_json::from_str::<Response>(&first) {
-            Ok(Response::Ok) => {}
-            Ok(Response::Error { message }) => bail!("node {name}: {message}"),
-            _ => bail!("node {name}: unexpected answer {first:?} (a daemon older than this CLI?)"),
-        }
-        let (name, tx) = (name.clone(), tx.clone());
+    for (name, r) in streams {
         nodes.push(name.clone());
+        let tx = tx.clone();
         std::thread::spawn(move || {
             for line in r.lines().map_while(Result::ok) {
                 if tx.send((name.clone(), line)).is_err() {
@@ -181,7 +207,29 @@ fn lab_streams(
             let _ = tx.send((name, String::new()));
         });
     }
-    Ok(nodes)
+    Ok((nodes, skipped))
+}
+
+/// A lab daemon's monitor stream, once it answered `Ok` within [`OPEN_TIMEOUT`].
+fn open_lab_stream(socket: &std::path::Path, request: &MonitorRequest) -> anyhow::Result<BufReader<UnixStream>> {
+    let mut s = UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
+    s.set_read_timeout(Some(OPEN_TIMEOUT))?;
+    writeln!(s, "{}", serde_json::to_string(&Request::Monitor(request.clone()))?)?;
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    match r.read_line(&mut first) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            bail!("{}: no answer within {OPEN_TIMEOUT:?}", socket.display())
+        }
+        other => other.with_context(|| format!("read {}", socket.display()))?,
+    };
+    match serde_json::from_str::<Response>(&first) {
+        Ok(Response::Ok) => {}
+        Ok(Response::Error { message }) => bail!("{message}"),
+        _ => bail!("unexpected answer {first:?} (a daemon older than this CLI?)"),
+    }
+    r.get_ref().set_read_timeout(None)?;
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -210,5 +258,17 @@ mod tests {
         );
         let t = MonitorEvent { kind: "trace".into(), reason: None, interface: Some("sp1".into()), pod: Some("default/fw".into()), ..e };
         assert!(text(&t).contains("trace redirect at uplink sp1 (default/fw) chain default/web"), "{}", text(&t));
+    }
+
+    #[test]
+    fn a_node_that_does_not_answer_is_skipped_unless_named_or_alone() {
+        let attempts = || vec![("n1".to_string(), Ok(1)), ("n2".to_string(), Err(anyhow::anyhow!("connection refused")))];
+        let (streams, skipped) = opened(attempts(), false).unwrap();
+        assert_eq!((streams, skipped), (vec![("n1".to_string(), 1)], vec!["node n2: connection refused".to_string()]));
+        let named = opened(vec![("n2".to_string(), Err::<u8, _>(anyhow::anyhow!("connection refused")))], true);
+        assert_eq!(named.unwrap_err().to_string(), "node n2: connection refused");
+        let none = opened(attempts().into_iter().map(|(n, _)| (n, Err::<u8, _>(anyhow::anyhow!("down")))).collect(), false);
+        assert_eq!(none.unwrap_err().to_string(), "node n1: down; node n2: down");
+        assert_eq!(opened(vec![("n1".to_string(), Ok(1))], true).unwrap().0.len(), 1);
     }
 }

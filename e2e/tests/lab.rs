@@ -1018,4 +1018,22 @@ fn monitor_streams_drops_and_traces_of_a_chain() {
         let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(dump[0]["formatted"]["value"]["flags"], 0, "{node}: {dump}");
     }
+
+    // A node whose daemon is stopped (it accepts, then says nothing) or gone is skipped, said on
+    // stderr, and the others are read; named with --node, its failure is the command's.
+    let n2 = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "n2").unwrap()["daemon"]["pid"].to_string();
+    let once = |args: &[&str]| {
+        let mut c = Command::new(target_dir().join("srv6pipes"));
+        c.arg("monitor").args(args).args(["--name", &lab.name, "--state-dir"]).arg(&lab.state).args(["--duration", "1s"]);
+        let out = c.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(Command::new("kill").args(["-STOP", &n2]).status().unwrap().success());
+    let (ok, err) = once(&[]);
+    assert!(ok && err.contains("skipped node n2: ") && err.contains("no answer within") && err.contains("listening on n1 ("), "{err}");
+    assert!(Command::new("kill").args(["-KILL", &n2]).status().unwrap().success());
+    let (ok, err) = once(&[]);
+    assert!(ok && err.contains("skipped node n2: connect") && err.contains("listening on n1 ("), "{err}");
+    let (ok, err) = once(&["--node", "n2"]);
+    assert!(!ok && err.contains("node n2: connect") && !err.contains("listening"), "{err}");
 }
