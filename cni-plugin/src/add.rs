@@ -33,6 +33,8 @@ use crate::link::{
 struct Veth {
     pod: String,
     host: String,
+    /// The node end's ifindex (its low 16 bits are in the reply mark).
+    host_index: u32,
     host_mac: String,
     pod_mac: String,
 }
@@ -212,7 +214,9 @@ fn create(env: &Env, ns: &OwnedFd, names: &[String], mtu: u32, created: &mut Vec
                 Err(e) => return Err(nl("create veth")(e)),
             }
             created.push(host.clone());
-            veths.push(Veth { pod: name.clone(), host, host_mac: format_mac(&host_mac), pod_mac: format_mac(&pod_mac) });
+            let host_index =
+                link_by_name(h, &host).await?.ok_or_else(|| CniError::io(format!("{host} vanished from the node")))?.header.index;
+            veths.push(Veth { pod: name.clone(), host, host_index, host_mac: format_mac(&host_mac), pod_mac: format_mac(&pod_mac) });
         }
         Ok(veths)
     })
@@ -236,9 +240,10 @@ fn pod_side(
 ) -> impl FnOnce(&tokio::runtime::Runtime, Handle) -> (Result<Option<Value>, CniError>, PodSteps) + Send + 'static {
     let (inbound, outbound) = (veths[0].pod.clone(), veths.last().expect("one at least").pod.clone());
     let gw_mac = srv6::node_api::parse_mac(&veths.last().expect("one").host_mac).expect("made here");
+    let reply_mark = srv6::node_api::reply_mark(veths[0].host_index);
     move |rt, h| {
         let mut steps = Profile::default();
-        let routing = steps.timed("pod_routing", || rt.block_on(pod_routing(&h, &inbound, &outbound, gw_mac)));
+        let routing = steps.timed("pod_routing", || rt.block_on(pod_routing(&h, &inbound, &outbound, gw_mac, reply_mark)));
         let result = match ipam {
             Some(running) => steps.timed("ipam_wait", || running.wait()),
             None => Ok(None),
@@ -252,10 +257,12 @@ fn pod_side(
 }
 
 /// The interfaces up, forwarding on, the gateway neighbours, the chain table's default routes and the rules that
-/// send whatever arrives on the chain interface through it; returns the inbound ifindex.
-async fn pod_routing(h: &Handle, inbound: &str, outbound: &str, gw_mac: [u8; 6]) -> Result<u32, CniError> {
-    // The VNF is a router for chain traffic (SR-unaware: it just forwards).
-    for key in ["net/ipv6/conf/all/forwarding", "net/ipv4/ip_forward"] {
+/// send through it whatever arrives on the chain interface and the replies the pod's stack makes
+/// to that (by `reply_mark`); returns the inbound ifindex.
+async fn pod_routing(h: &Handle, inbound: &str, outbound: &str, gw_mac: [u8; 6], reply_mark: u32) -> Result<u32, CniError> {
+    // The VNF is a router for chain traffic (SR-unaware: it just forwards), and what its stack
+    // answers to a packet (a REJECT's reset or ICMP error) carries that packet's mark.
+    for key in ["net/ipv6/conf/all/forwarding", "net/ipv4/ip_forward", "net/ipv6/fwmark_reflect", "net/ipv4/fwmark_reflect"] {
         std::fs::write(format!("/proc/sys/{key}"), "1").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;
     }
     let mut idx = Vec::new();
@@ -296,6 +303,13 @@ async fn pod_routing(h: &Handle, inbound: &str, outbound: &str, gw_mac: [u8; 6])
     let rule = || h.rule().add().input_interface(inbound.to_string()).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY);
     rule().v6().execute().await.map_err(nl("add chain rule"))?;
     rule().v4().execute().await.map_err(nl("add chain rule (IPv4)"))?;
+    // The replies to what arrived on it, by the mark the node's datapath put on that: back
+    // through the node's proxy (sp_vnf sends them to the source), not out of the primary
+    // interface through the node's conntrack, which never saw the flow (INVALID, dropped by
+    // kube-proxy's KUBE-FORWARD).
+    let replies = || h.rule().add().fw_mark(reply_mark).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY);
+    replies().v6().execute().await.map_err(nl("add chain reply rule"))?;
+    replies().v4().execute().await.map_err(nl("add chain reply rule (IPv4)"))?;
     // rp_filter would drop chain traffic arriving on net1 for sources routed via eth0.
     for key in ["net/ipv4/conf/all/rp_filter".to_string(), format!("net/ipv4/conf/{inbound}/rp_filter")] {
         std::fs::write(format!("/proc/sys/{key}"), "0").map_err(|e| CniError::io(format!("sysctl {key}: {e}")))?;

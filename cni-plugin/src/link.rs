@@ -200,10 +200,20 @@ async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route:
     Ok(rules
         .into_iter()
         .filter(|r| {
-            r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == ifname))
-                && r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == table_for(ifname)))
+            r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == table_for(ifname)))
+                && (by_interface(r, ifname) || r.attributes.iter().any(is_reply_mark))
         })
         .collect())
+}
+
+/// A chain rule of `ifname`'s that matches what arrives on it (the others match the replies to
+/// it, by their mark).
+fn by_interface(r: &netlink_packet_route::rule::RuleMessage, ifname: &str) -> bool {
+    r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == ifname))
+}
+
+fn is_reply_mark(a: &RuleAttribute) -> bool {
+    matches!(a, RuleAttribute::FwMark(m) if m & 0xffff_0000 == srv6::node_api::REPLY_MARK)
 }
 
 /// CHECK (SPEC 0.4+): the attachment is what ADD made — registered with the node daemon, both
@@ -244,13 +254,14 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let ns = open_netns(&env.netns)?;
     let pod_ifs: Vec<String> = ends.iter().map(|(_, _, pod)| pod.clone()).collect();
     let ifname = pod_if.clone();
-    let (pod_macs, rules) = in_netns(&ns, move |h| {
+    let (pod_macs, by_iif, rules) = in_netns(&ns, move |h| {
         Box::pin(async move {
             let mut macs = Vec::new();
             for name in &pod_ifs {
                 macs.push((name.clone(), link_by_name(&h, name).await?.map(|l| mac_of(&l))));
             }
-            Ok((macs, our_rules(&h, &ifname).await?.len()))
+            let rules = our_rules(&h, &ifname).await?;
+            Ok((macs, rules.iter().filter(|r| by_interface(r, &ifname)).count(), rules.len()))
         })
     })?;
     for (i, (name, mac)) in pod_macs.into_iter().enumerate() {
@@ -260,8 +271,11 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
             return Err(CniError::check(format!("{name} has MAC {mac}, not the one ADD gave it")));
         }
     }
-    if rules != 2 {
-        return Err(CniError::check(format!("the pod has {rules} chain rules for {pod_if}, expected 2 (IPv6, IPv4)")));
+    // By interface, IPv6 and IPv4; by reply mark the same, unless ADD was an older plugin's.
+    if by_iif != 2 || !(rules == 2 || rules == 4) {
+        return Err(CniError::check(format!(
+            "the pod has {rules} chain rules for {pod_if} ({by_iif} by interface), expected 4: by interface and by reply mark, IPv6 and IPv4"
+        )));
     }
     if let Some(i) = &conf.ipam {
         ipam::delegate(conf, i, "CHECK", None)?;

@@ -161,6 +161,16 @@ fn add_del_every_version_idempotent_and_clean() {
         assert!(pod_link.contains("mtu 1400") && pod_link.contains(",UP,LOWER_UP"), "up, with its peer: {pod_link}");
         assert_eq!(lab.pod(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim(), "1");
         assert!(lab.pod(&["ip", "-6", "rule"]).contains("iif net1 lookup"), "{}", lab.pod(&["ip", "-6", "rule"]));
+        // And out of net1 the replies the pod's stack makes to what the node delivered there:
+        // the datapath's reply mark (0x5f6d0000 | the node end's ifindex), reflected.
+        let index: u32 = lab.node(&["ip", "-o", "link", "show", &host]).split(':').next().unwrap().trim().parse().unwrap();
+        let reply_rule = format!("fwmark {:#x} lookup", 0x5f6d_0000 | (index & 0xffff));
+        for family in ["-6", "-4"] {
+            assert!(lab.pod(&["ip", family, "rule"]).contains(&reply_rule), "{reply_rule}: {}", lab.pod(&["ip", family, "rule"]));
+        }
+        for key in ["net.ipv6.fwmark_reflect", "net.ipv4.fwmark_reflect"] {
+            assert_eq!(lab.pod(&["sysctl", "-n", key]).trim(), "1", "{key}");
+        }
         assert!(lab.pod(&["ip", "-6", "neigh", "show", "dev", "net1"]).contains("PERMANENT"));
         // Node side: the veth, registered with a SID from the node's locator, End.AD's outbound
         // program on it as a direct-action filter.
@@ -191,6 +201,11 @@ fn add_del_every_version_idempotent_and_clean() {
             assert!(!ok && err["code"] == 1, "CHECK is not in {version}: {err}");
         } else {
             assert!(ok, "CHECK {version}: {err}");
+            let mark = reply_rule.split_whitespace().nth(1).unwrap();
+            let reply = lab.pod(&["ip", "-4", "rule", "show", "fwmark", mark]);
+            lab.pod(&["ip", "-4", "rule", "del", "priority", reply.split(':').next().unwrap().trim(), "fwmark", mark]);
+            let (ok, err) = lab.cni("CHECK", &container, &lab.netns(), &with_prev);
+            assert!(!ok && err["code"] == 100, "CHECK must notice the missing reply rule: {err}");
             let table = lab.pod(&["ip", "-6", "rule", "show", "iif", "net1"]);
             let prio = table.split(':').next().unwrap().trim().to_string();
             lab.pod(&["ip", "-6", "rule", "del", "priority", &prio]);
@@ -204,8 +219,10 @@ fn add_del_every_version_idempotent_and_clean() {
             assert!(ok, "DEL #{attempt} {version}: {res}");
         }
         assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left");
-        assert!(!lab.pod(&["ip", "-6", "rule"]).contains("iif net1"), "rule left");
-        assert!(!lab.pod(&["ip", "-4", "rule"]).contains("iif net1"), "IPv4 rule left");
+        for family in ["-6", "-4"] {
+            let rules = lab.pod(&["ip", family, "rule"]);
+            assert!(!rules.contains("iif net1") && !rules.contains("fwmark 0x5f6d"), "{family} rule left: {rules}");
+        }
         assert!(lab.pod(&["ip", "-6", "route", "show", "table", "all", "dev", "net1"]).is_empty(), "routes left");
         assert!(lab.node(&["ip", "-o", "link", "show", &host]).is_empty(), "{host} left");
         assert_eq!(lab.sids()["registrations"], json!([]), "SID left");
@@ -283,7 +300,8 @@ fn a_failed_registration_undoes_the_work_done_beside_it() {
         assert_eq!(lab.node(&["ip", "-o", "link"]), links_before, "a veth end left");
         assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left");
         for family in ["-6", "-4"] {
-            assert!(!lab.pod(&["ip", family, "rule"]).contains("iif net1"), "rule left: {}", lab.pod(&["ip", family, "rule"]));
+            let rules = lab.pod(&["ip", family, "rule"]);
+            assert!(!rules.contains("iif net1") && !rules.contains("fwmark 0x5f6d"), "rule left: {rules}");
         }
         let leases: Vec<String> = std::fs::read_dir(data.join("srv6pipes"))
             .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).filter(|t| t.contains("ctr-undo")).collect())
@@ -341,7 +359,7 @@ fn del_never_waits_on_the_daemon() {
     let local_gone = |host: &str| {
         assert!(lab.node(&["ip", "-o", "link", "show", host]).is_empty(), "{host} left");
         assert!(lab.pod(&["ip", "-o", "link", "show", "net1"]).is_empty(), "net1 left in the pod");
-        assert!(lab.pod(&["ip", "-6", "rule"]).lines().all(|l| !l.contains("net1")), "pod rule left");
+        assert!(lab.pod(&["ip", "-6", "rule"]).lines().all(|l| !l.contains("net1") && !l.contains("fwmark 0x5f6d")), "pod rule left");
     };
     // No socket: uninstalled. The pod side and the veth go.
     let (ok, res) = lab.cni("ADD", "gone", &lab.netns(), &conf("1.0.0", &lab.socket()));

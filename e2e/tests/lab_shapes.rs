@@ -88,8 +88,9 @@ fn stateful_replicas_see_whole_flows_in_both_directions() {
 /// ICMP errors about a chain's packets reach its source on nodes that drop what their own
 /// conntrack calls INVALID (their conntrack never saw the steered flow plain): the server's
 /// port unreachable (back through the symmetric chain, across the replica that carries the
-/// flow: the other one's strict conntrack would drop it), and srv6pipes' Time Exceeded for a
-/// packet whose hop limit runs out at a proxy, IPv6 and IPv4.
+/// flow: the other one's strict conntrack would drop it), srv6pipes' Time Exceeded for a
+/// packet whose hop limit runs out at a proxy, and a rejecting firewall's errors and TCP
+/// resets, IPv6 and IPv4.
 #[test]
 fn icmp_errors_about_a_chains_packets_reach_their_source() {
     require_lab!("nft", "ping", "python3");
@@ -120,6 +121,31 @@ fn icmp_errors_about_a_chains_packets_reach_their_source() {
         assert!(out.contains("exceeded"), "ping -t 2 {server}: {out}; nodes' INVALID drops {:?}", invalid_drops(&lab));
     }
     assert!(drops(&lab).iter().any(|(_, reason, _)| reason == "inner_ttl"), "{:?}", drops(&lab));
+
+    // A rejecting firewall: its ICMP errors and TCP resets reach the client at once. Its stack
+    // sends them out of its chain interface, by the mark End.AD put on what they answer (out of
+    // its primary interface they would cross its node's conntrack: INVALID).
+    let reject = "add rule inet vnf forward iifname net1 meta l4proto { icmp, icmpv6 } reject with icmpx type admin-prohibited; \
+                  add rule inet vnf forward iifname net1 tcp dport 8080 reject with tcp reset";
+    for fw in ["firewall-0", "firewall-1"] {
+        assert!(lab.exec(fw, &["nft", reject]).status.success());
+    }
+    let tcp = "import socket,sys\n\
+        a = sys.argv[1]\n\
+        s = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET)\n\
+        s.settimeout(3)\n\
+        try:\n    s.connect((a, 8080))\n    print('connected')\n\
+        except ConnectionRefusedError:\n    print('refused')\n\
+        except socket.timeout:\n    print('no answer')\n";
+    for v6 in [true, false] {
+        let server = pod_ip(&st, "server", v6);
+        let out = ping(&[&server]);
+        let said = if v6 { "Administratively prohibited" } else { "Packet filtered" };
+        assert!(out.contains(said), "ping {server}: {out}; nodes' INVALID drops {:?}", invalid_drops(&lab));
+        let out = lab.exec("client", &["python3", "-c", tcp, &server]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(said.trim(), "refused", "TCP to {server}:8080; nodes' INVALID drops {:?}", invalid_drops(&lab));
+    }
 }
 
 /// Every function remote from both ends: TCP with GSO both ways at ≥ 500 Mbit/s (a GSO packet

@@ -408,6 +408,7 @@ mod tests {
         assert!(h.contains(&format!("SP_END_AS = {BEHAVIOR_END_AS},")));
         assert!(h.contains(&format!("SP_END_AM = {BEHAVIOR_END_AM},")));
         assert!(h.contains("#define SP_POLICY_INSERT (1u << 30)") && POLICY_INSERT == 1 << 30);
+        assert!(h.contains(&format!("#define SP_REPLY_MARK {:#x}u", srv6::node_api::REPLY_MARK)));
         assert!(h.contains("#define SP_VNF_AM (1u << 0)") && VNF_AM == 1);
         assert!(h.contains("#define SP_VNF_NO_FLOWS (1u << 1)") && VNF_NO_FLOWS == 2);
         assert!(h.contains("#define SP_VNF_SHARED (1u << 2)") && VNF_SHARED == 4);

@@ -18,6 +18,8 @@ pub struct TestRun {
     pub retval: i32,
     /// The packet after the program (Ethernet header first).
     pub data: Vec<u8>,
+    /// `skb->mark` after the program.
+    pub mark: u32,
 }
 
 const SKB_CTX_SIZE: usize = 192;
@@ -31,8 +33,17 @@ pub(crate) fn run(prog: &SchedClassifier, packet: &[u8], ctx: SkbCtx) -> Result<
     ctx_in[OFF_MARK..OFF_MARK + 4].copy_from_slice(&ctx.mark.to_ne_bytes());
     ctx_in[OFF_IFINDEX..OFF_IFINDEX + 4].copy_from_slice(&ctx.ifindex.to_ne_bytes());
     ctx_in[OFF_INGRESS_IFINDEX..OFF_INGRESS_IFINDEX + 4].copy_from_slice(&ctx.ifindex.to_ne_bytes());
-    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ctx_in: Some(&ctx_in), repeat: 1, ..Default::default() };
+    let mut ctx_out = [0u8; SKB_CTX_SIZE];
+    let opts = TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx_in),
+        ctx_out: Some(&mut ctx_out),
+        repeat: 1,
+        ..Default::default()
+    };
     let result = prog.test_run(opts)?;
     out.truncate(result.data_size_out as usize);
-    Ok(TestRun { retval: result.return_value as i32, data: out })
+    let mark = u32::from_ne_bytes(ctx_out[OFF_MARK..OFF_MARK + 4].try_into().expect("4 bytes"));
+    Ok(TestRun { retval: result.return_value as i32, data: out, mark })
 }

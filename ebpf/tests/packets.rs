@@ -263,12 +263,7 @@ const DST4: [u8; 4] = [10, 20, 0, 5];
 
 /// eth + H.Encaps(path, next header 4) + IPv4 inner, Segments Left as built.
 fn srv6_packet4(src: &str, path: &[&str]) -> Vec<u8> {
-    let path: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
-    let mut outer = encaps_header(a(src), &path, srv6::codec::NEXT_HEADER_IPV4, 64).unwrap();
-    let inner = inner4(SRC4, DST4);
-    let plen = (outer.len() - 40 + inner.len()) as u16;
-    outer[4..6].copy_from_slice(&plen.to_be_bytes());
-    [eth(HOST_MAC, PEER_MAC, 0x86dd), outer, inner].concat()
+    srv6_around(src, path, &inner4(SRC4, DST4))
 }
 
 const INNER_SRC: &str = "fd00:10:2::2";
@@ -288,10 +283,11 @@ fn srv6_packet(src: &str, path: &[&str], segments_left: Option<u8>) -> Vec<u8> {
     p
 }
 
-/// eth + H.Encaps(path) around the IPv6 packet `inner`.
+/// eth + H.Encaps(path) around the IPv6 or IPv4 packet `inner`.
 fn srv6_around(src: &str, path: &[&str], inner: &[u8]) -> Vec<u8> {
     let path: Vec<Ipv6Addr> = path.iter().map(|s| a(s)).collect();
-    let mut outer = encaps_header(a(src), &path, NEXT_HEADER_IPV6, 64).unwrap();
+    let next_header = if inner[0] >> 4 == 4 { srv6::codec::NEXT_HEADER_IPV4 } else { NEXT_HEADER_IPV6 };
+    let mut outer = encaps_header(a(src), &path, next_header, 64).unwrap();
     let plen = (outer.len() - 40 + inner.len()) as u16;
     outer[4..6].copy_from_slice(&plen.to_be_bytes());
     [eth(HOST_MAC, PEER_MAC, 0x86dd), outer, inner.to_vec()].concat()
@@ -436,7 +432,7 @@ fn each_sid_counts_its_own_packets_across_reinstalls_and_restarts() {
     assert_eq!(packets(&restarted, dt), 1);
 }
 
-/// The other direction of `p` (an IPv6 or IPv4 packet with UDP): addresses and ports swapped,
+/// The other direction of `p` (an IPv6 or IPv4 packet with TCP or UDP): addresses and ports swapped,
 /// hop limit or TTL `ttl` (IPv4 header checksum set).
 fn other_direction(p: &[u8], ttl: u8) -> Vec<u8> {
     let mut r = p.to_vec();
@@ -1554,6 +1550,43 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
         let (verdict, out) = b.run(Hook::Vnf, b.vnf, &forwarded);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
         assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "on to the chain's next segment");
+    }
+}
+
+/// A TCP reset a VNF makes in answer to a chain's packet (a REJECT's: End.AD delivered the
+/// packet with the reply mark, which the VNF's stack reflects onto its answer and its rule routes
+/// back out of the chain interface) goes to the source by the FIB, past the node's netfilter,
+/// IPv6 and IPv4. A reset of the flow itself (the source's, forwarded) and any other packet of
+/// the other direction take the chain.
+#[test]
+fn a_reset_a_vnf_makes_goes_to_the_source_not_down_the_chain() {
+    let Some(b) = Bench::new() else { return };
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 2];
+    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
+    for addr in [INNER_SRC, "10.10.2.2"] {
+        ip(&format!("route add {addr} dev src0"));
+        ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    let with_flags = |p: &[u8], flags: u8| {
+        let mut p = p.to_vec();
+        let l4 = if p[0] >> 4 == 6 { 40 } else { 20 };
+        p[l4 + 13] = flags;
+        p
+    };
+    for v6 in [true, false] {
+        let syn = tcp_syn(v6, 1000);
+        let r = b.dp.test_run(Hook::Uplink, &srv6_around("fcbb:bb00:2::1", &PATH, &syn), SkbCtx { ifindex: b.uplink, mark: 0 }).unwrap();
+        assert_eq!((r.retval, r.mark), (TC_ACT_REDIRECT, srv6::node_api::reply_mark(b.vnf)), "into the VNF, v6 {v6}");
+        let from_vnf = |p: &[u8]| [eth(HOST_MAC, VNF_MAC, if v6 { 0x86dd } else { 0x0800 }), p.to_vec()].concat();
+        let reset = with_flags(&other_direction(&syn, 64), 0x14);
+        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &from_vnf(&reset));
+        assert_eq!((verdict, &out[..6], &out[14..]), (TC_ACT_REDIRECT, &POD_MAC[..], &reset[..]), "to the source, v6 {v6}");
+        for p in [with_flags(&syn, 0x14), with_flags(&other_direction(&syn, 64), 0x12)] {
+            let (verdict, out) = b.run(Hook::Vnf, b.vnf, &from_vnf(&p));
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
+            assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "down the chain, v6 {v6}");
+        }
     }
 }
 

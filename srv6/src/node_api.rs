@@ -15,6 +15,17 @@ use crate::sid::{Locator, Sid};
 
 pub const DEFAULT_SOCKET: &str = "/run/srv6pipes/node.sock";
 
+/// The mark the node's datapath puts on what it delivers to an End.AD function: this | the low
+/// 16 bits of the node-side veth's ifindex (the eBPF datapath's `SP_REPLY_MARK`). The function's
+/// netns reflects it onto the replies its stack makes (`fwmark_reflect`: a REJECT's reset or
+/// ICMP error), and srv6pipes-cni's rule for it routes them back out of that chain interface.
+pub const REPLY_MARK: u32 = 0x5f6d_0000;
+
+/// [`REPLY_MARK`] for the chain interface whose node-side veth is `host_ifindex`.
+pub fn reply_mark(host_ifindex: u32) -> u32 {
+    REPLY_MARK | (host_ifindex & 0xffff)
+}
+
 /// The pod annotation that names the secondary networks a pod wants (the Network Plumbing
 /// Working Group's convention, which Multus implements).
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";

@@ -77,8 +77,14 @@ pub async fn setup(ifname: &str) -> anyhow::Result<()> {
         .build();
     h.route().add(out4).replace().execute().await.context("chain route (IPv4)")?;
     for v6 in [true, false] {
-        rule(&h, v6, STREAM_MARK, 0xffff_0000, LOCAL_TABLE, RULE_PRIORITY).await?;
-        rule(&h, v6, OUT_MARK, 0xffff_ffff, OUT_TABLE, RULE_PRIORITY + 1).await?;
+        // What this pod's stack answers by itself to a packet the node delivered (a reset, a
+        // TIME_WAIT ack, an ICMP error) carries that packet's mark: srv6pipes-cni turns
+        // fwmark_reflect on for End.AD functions' replies. Out of the chain interface, as the
+        // proxy's own sockets send (a TIME_WAIT ack is theirs), not to LOCAL_TABLE, which would
+        // deliver it back here. (Output lookups match `iif lo`.)
+        rule(&h, v6, Some("lo"), STREAM_MARK, 0xffff_0000, OUT_TABLE, RULE_PRIORITY - 1).await?;
+        rule(&h, v6, None, STREAM_MARK, 0xffff_0000, LOCAL_TABLE, RULE_PRIORITY).await?;
+        rule(&h, v6, None, OUT_MARK, 0xffff_ffff, OUT_TABLE, RULE_PRIORITY + 1).await?;
     }
     no_syncookies();
     Ok(())
@@ -102,9 +108,12 @@ fn no_syncookies() {
     }
 }
 
-/// `fwmark mark/mask lookup table`, once (an identical rule already there is fine).
-async fn rule(h: &Handle, v6: bool, mark: u32, mask: u32, table: u32, priority: u32) -> anyhow::Result<()> {
-    let base = h.rule().add().table_id(table).action(RuleAction::ToTable).priority(priority).fw_mark(mark);
+/// `[iif IIF] fwmark mark/mask lookup table`, once (an identical rule already there is fine).
+async fn rule(h: &Handle, v6: bool, iif: Option<&str>, mark: u32, mask: u32, table: u32, priority: u32) -> anyhow::Result<()> {
+    let mut base = h.rule().add().table_id(table).action(RuleAction::ToTable).priority(priority).fw_mark(mark);
+    if let Some(iif) = iif {
+        base = base.input_interface(iif);
+    }
     let r = if v6 {
         let mut r = base.v6();
         r.message_mut().attributes.push(RuleAttribute::FwMask(mask));
@@ -117,7 +126,7 @@ async fn rule(h: &Handle, v6: bool, mark: u32, mask: u32, table: u32, priority: 
     match r {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("rule fwmark {mark:#x}/{mask:#x} lookup {table}")),
+        Err(e) => Err(e).with_context(|| format!("rule iif {iif:?} fwmark {mark:#x}/{mask:#x} lookup {table}")),
     }
 }
 

@@ -148,6 +148,13 @@ struct sid_entry {
 #define SP_STREAM_MARK 0x5f6e0000u
 #define SP_STREAM_MARK_MASK 0xffff0000u
 
+/* What the node delivers to an End.AD function carries SP_REPLY_MARK | the low 16 bits of the
+ * node-side veth it is delivered on, and the function's netns reflects a packet's mark onto the
+ * replies its stack makes to it (fwmark_reflect: a REJECT's TCP reset or ICMP error): srv6pipes-cni's
+ * rule for that mark routes them back out of the chain interface, to sp_vnf, rather than out of
+ * the pod's primary interface, through the node's conntrack, which never saw the flow. */
+#define SP_REPLY_MARK 0x5f6d0000u
+
 /* An outer IPv6 header + SRH: a headend policy's H.Encaps header, or End.AD's cache. */
 struct outer_hdr {
 	__u32 len;

@@ -205,14 +205,39 @@ static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 if
 	return flow_of(skb, ifindex, fk) ? NULL : bpf_map_lookup_elem(&sp_ad_flows, fk);
 }
 
+/* Whether a TCP packet a VNF returns on `fk->ifindex`, of a flow not learnt there, is a reset it
+ * made in answer to a chain's packet (a REJECT's, routed back here by its SP_REPLY_MARK rule):
+ * the flow reversed came in on this interface. It goes to its destination, the chain's source,
+ * by the FIB (error_to_source), as the VNF's ICMP errors do: down the chain it would cross the
+ * functions toward the chain's destination. Resets only: no data rides past the functions.
+ * A frame of its own, the reversed key in the quote buffer: sp_vnf's stack has no room. */
+static __noinline int vnf_made_reset(struct __sk_buff *skb, const struct flow_key *fk)
+{
+	struct l4 l;
+	__u8 flags;
+	if (parse_l4(skb, fk->family == 4, &l) || l.proto != 6 || l.frag || bpf_skb_load_bytes(skb, l.off + 13, &flags, 1) ||
+	    !(flags & 0x04))
+		return 0;
+	__u32 zero = 0;
+	struct quote *m = bpf_map_lookup_elem(&sp_quote, &zero);
+	if (!m)
+		return 0;
+	struct flow_key *r = (struct flow_key *)m->b;
+	__builtin_memcpy(r, fk, sizeof(*r));
+	flow_swap(r);
+	return bpf_map_lookup_elem(&sp_ad_flows, r) != NULL;
+}
+
 /* End.AD outbound on a VNF's return interface (`vflags`: its SP_VNF_* flags): the flow's own
  * headers first (several chains, both directions), else the interface's when it serves one
- * chain in one direction. */
+ * chain in one direction; a reset the VNF made, to the source. */
 static __always_inline int end_ad_return(struct __sk_buff *skb, __u32 ifindex, __u32 vflags, int ipv4)
 {
 	struct flow_key fk;
 	int parsed = !flow_of(skb, ifindex, &fk);
 	struct outer_hdr *c = parsed && !(vflags & SP_VNF_NO_FLOWS) ? bpf_map_lookup_elem(&sp_ad_flows, &fk) : NULL;
+	if (!c && parsed && fk.proto == 6 && !(vflags & SP_VNF_NO_FLOWS) && vnf_made_reset(skb, &fk))
+		return error_to_source(skb, !ipv4);
 	/* The interface's headers are whichever flow was learnt last: on an interface that serves
 	 * several chains (or both directions of one) they may belong to another chain. */
 	if (!c && (vflags & SP_VNF_SHARED))

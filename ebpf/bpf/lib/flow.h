@@ -40,6 +40,18 @@ static __always_inline int same_addr(const __u8 *a, const __u8 *b)
 	return !diff;
 }
 
+/* The flow of the other direction: addresses and ports swapped. */
+static __always_inline void flow_swap(struct flow_key *k)
+{
+	__u8 a[16];
+	__builtin_memcpy(a, k->saddr, 16);
+	__builtin_memcpy(k->saddr, k->daddr, 16);
+	__builtin_memcpy(k->daddr, a, 16);
+	__be16 p = k->sport;
+	k->sport = k->dport;
+	k->dport = p;
+}
+
 /* The transport header of the IPv4 or IPv6 packet right after the Ethernet header. IPv6's
  * Hop-by-Hop and Destination Options headers are skipped (a receiver skips them too: a TCP
  * segment behind them is still that TCP flow's). An IPv4 packet with MF or an offset, or an

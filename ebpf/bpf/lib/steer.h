@@ -38,6 +38,8 @@ static __always_inline int steer_to(struct __sk_buff *skb, struct outer_hdr *o, 
 			ad_cache_store(skb, sid->cache_ifindex, o);
 		if (sid->behavior == SP_END_STREAM)
 			skb->mark = SP_STREAM_MARK | (sid->stream_port & 0xffff);
+		else if (sid->behavior == SP_END_AD)
+			skb->mark = SP_REPLY_MARK | (sid->ifindex & 0xffff);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, stats, skb_len, err);
 		count_sid(stats, skb_len, 0);

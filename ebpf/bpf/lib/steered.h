@@ -10,17 +10,6 @@
 #pragma once
 #include "end_ad.h"
 
-static __always_inline void flow_swap(struct flow_key *k)
-{
-	__u8 a[16];
-	__builtin_memcpy(a, k->saddr, 16);
-	__builtin_memcpy(k->saddr, k->daddr, 16);
-	__builtin_memcpy(k->daddr, a, 16);
-	__be16 p = k->sport;
-	k->sport = k->dport;
-	k->dport = p;
-}
-
 /* The headend: the packet on pod interface `ifindex` is about to be steered. */
 static __always_inline void steered_flow_record(struct __sk_buff *skb, __u32 ifindex)
 {
