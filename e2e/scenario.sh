@@ -33,11 +33,15 @@ t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
 ok() { echo "scenario: ok: $*"; }
 fail() { echo "scenario: FAILED: $*" >&2; exit 1; }
 
-pod() { # NAME NODE LABEL [vnf | host | ""] [COMMAND]: vnf asks for the srv6pipes network; host
+pod() { # NAME NODE LABEL [vnf | host | ""] [COMMAND]: vnf asks for the srv6pipes network (and
+        # may set its own firewall rules: NET_ADMIN, as a firewall VNF has); host
         # is a probe on the node's network with its CNI directories and bpffs mounted read-only
         # under /host; COMMAND (sh -c) instead of idling
-  local ann="" host="" mounts="" cmd=${5:-"trap 'exit 0' TERM; while true; do sleep 1; done"}
-  [[ ${4:-} == vnf ]] && ann="annotations: {k8s.v1.cni.cncf.io/networks: default/srv6pipes}"
+  local ann="" host="" mounts="" caps="" cmd=${5:-"trap 'exit 0' TERM; while true; do sleep 1; done"}
+  if [[ ${4:-} == vnf ]]; then
+    ann="annotations: {k8s.v1.cni.cncf.io/networks: default/srv6pipes}"
+    caps="securityContext: {capabilities: {add: [NET_ADMIN]}}"
+  fi
   if [[ ${4:-} == host ]]; then
     host="hostNetwork: true"
     mounts="volumeMounts: [{name: bin, mountPath: /host/cni/bin, readOnly: true}, {name: conf, mountPath: /host/cni/net.d, readOnly: true}, {name: bpf, mountPath: /host/bpf, readOnly: true}]"
@@ -56,6 +60,7 @@ spec:
     image: $image
     imagePullPolicy: IfNotPresent
     command: ["/bin/sh", "-c", "$cmd"]
+    $caps
     $mounts
 Y
   [[ $host ]] && cat <<Y
@@ -130,6 +135,16 @@ ping_ok 20 || fail "steered ping lost packets (return path): $(cat "$t/ping")"
 dfw=$(( $(rx e2e-fw) - fw0 )) dids=$(( $(rx e2e-ids) - ids0 ))
 (( dfw >= 20 && dids >= 20 )) || fail "not steered: fw net1 +$dfw, ids net1 +$dids packets for 20 pings"
 ok "steered: 20/20 replies; fw net1 +$dfw, ids net1 +$dids packets"
+
+# A rejecting firewall: the client hears its reset at once, though kube-proxy drops what conntrack
+# calls INVALID and its node's conntrack never saw the steered SYN (the VNF's stack routes the
+# reset out of net1 by the reply mark, and the node sends it to the client past netfilter).
+ex e2e-fw nft "add table inet e2e; add chain inet e2e filter { type filter hook forward priority 0; };
+  add rule inet e2e filter iifname net1 tcp dport 7 reject with tcp reset" || fail "nft in e2e-fw"
+ex e2e-client nc -w 5 "$server" 7 </dev/null > "$t/nc" 2>&1 || true
+grep -q "refused" "$t/nc" || fail "the firewall's reset did not reach the client: $(cat "$t/nc")"
+ex e2e-fw nft delete table inet e2e
+ok "a rejecting firewall's reset reaches the client: $(tr -d '\n' < "$t/nc")"
 
 # The CLI against the cluster (SRV6PIPES_CLI: the srv6pipes binary), as a user bound to the
 # chart's read-only viewer roles: the chain, and live counters from both nodes' daemons through

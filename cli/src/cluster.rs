@@ -229,11 +229,11 @@ impl Cluster {
             anyhow::bail!("no srv6pipes-node pod runs on {}", node.unwrap_or("any node"));
         }
         let (lines, rx) = std::sync::mpsc::channel();
-        let (ready, opened) = std::sync::mpsc::channel();
+        let (ready, answered) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::scope(|s| {
             s.spawn(|| self.rt.block_on(self.stream_monitors(chosen, node.is_some(), lines, ready, stopped)));
-            let (nodes, skipped) = opened.recv().unwrap_or_else(|_| Err(anyhow!("the monitor's streams ended")))?;
+            let (nodes, skipped) = answered.recv().unwrap_or_else(|_| Err(anyhow!("the monitor's streams ended")))?;
             let result = consume(&rx, nodes, skipped);
             let _ = stop.send(());
             result

@@ -80,7 +80,7 @@ enum Command {
     },
     /// The datapath's drops (and, with --type trace, sampled packets) live, from every node or
     /// --node: reason, node, chain, SID, interface and inner 5-tuple, like `cilium monitor`. A
-    /// node whose daemon does not answer within 10 s is skipped, said on stderr.
+    /// node whose daemon does not answer within 10 s, or refuses, is skipped, said on stderr.
     Monitor(monitor::MonitorArgs),
     /// Shell completions on stdout: `source <(srv6pipes completion bash)`, or into your shell's
     /// completion directory (zsh: `_srv6pipes`, fish: `srv6pipes.fish`).

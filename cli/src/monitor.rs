@@ -89,6 +89,7 @@ pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
 
 /// How long a node's daemon has to answer the monitor's request before it is skipped (or, named
 /// with --node, the command fails): a stopped daemon accepts the connection and says nothing.
+/// A daemon that refuses the request (an older one) is skipped too.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The streams read, each with its node, and the nodes skipped, each with why.
@@ -185,14 +186,34 @@ fn lab_streams(
     request: &MonitorRequest,
     tx: mpsc::Sender<(String, String)>,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let attempts: Vec<_> = sockets
-        .iter()
-        .filter(|(n, _)| node.is_none_or(|x| x == n))
-        .map(|(name, socket)| (name.clone(), open_lab_stream(socket, request)))
-        .collect();
-    if attempts.is_empty() {
+    let chosen: Vec<&(String, std::path::PathBuf)> = sockets.iter().filter(|(n, _)| node.is_none_or(|x| x == n)).collect();
+    if chosen.is_empty() {
         bail!("the lab has no node {}", node.unwrap_or_default());
     }
+    // Opened at once, each on a thread of its own (a stopped daemon whose backlog is full holds
+    // the connect itself): a stream that has not answered by the deadline is skipped, and
+    // dropped when its thread ends.
+    let (done, answers) = mpsc::channel();
+    for (name, socket) in &chosen {
+        let (done, name, socket, request) = (done.clone(), name.clone(), socket.clone(), request.clone());
+        std::thread::spawn(move || done.send((name, open_lab_stream(&socket, &request))));
+    }
+    drop(done);
+    let deadline = Instant::now() + OPEN_TIMEOUT + Duration::from_secs(1);
+    let mut answered = std::collections::HashMap::new();
+    while answered.len() < chosen.len() {
+        match answers.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((name, attempt)) => answered.insert(name, attempt),
+            Err(_) => break,
+        };
+    }
+    let attempts = chosen
+        .iter()
+        .map(|(name, socket)| {
+            let late = || Err(anyhow::anyhow!("{}: no answer within {OPEN_TIMEOUT:?}", socket.display()));
+            (name.clone(), answered.remove(name).unwrap_or_else(late))
+        })
+        .collect();
     let (streams, skipped) = opened(attempts, node.is_some())?;
     let mut nodes = Vec::new();
     for (name, r) in streams {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::rule::RuleAttribute;
+use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion};
 use srv6::node_api::{self, AttachmentKey, CallError, Request, Response};
 
@@ -193,7 +193,7 @@ pub async fn delete_rules(h: &Handle, ifname: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route::rule::RuleMessage>, CniError> {
+async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<RuleMessage>, CniError> {
     let mut rules: Vec<_> = h.rule().get(IpVersion::V6).execute().try_collect().await.map_err(nl("list rules"))?;
     let v4: Vec<_> = h.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
     rules.extend(v4);
@@ -208,12 +208,12 @@ async fn our_rules(h: &Handle, ifname: &str) -> Result<Vec<netlink_packet_route:
 
 /// A chain rule of `ifname`'s that matches what arrives on it (the others match the replies to
 /// it, by their mark).
-fn by_interface(r: &netlink_packet_route::rule::RuleMessage, ifname: &str) -> bool {
+fn by_interface(r: &RuleMessage, ifname: &str) -> bool {
     r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == ifname))
 }
 
 fn is_reply_mark(a: &RuleAttribute) -> bool {
-    matches!(a, RuleAttribute::FwMark(m) if m & 0xffff_0000 == srv6::node_api::REPLY_MARK)
+    matches!(a, RuleAttribute::FwMark(m) if m & srv6::node_api::REPLY_MARK_MASK == srv6::node_api::REPLY_MARK)
 }
 
 /// CHECK (SPEC 0.4+): the attachment is what ADD made — registered with the node daemon, both
@@ -243,25 +243,32 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     if let Some(out) = &attachment.out {
         ends.push((out.host_ifname.clone(), out.host_mac.clone(), out.ifname.clone()));
     }
+    let mut host_indexes = Vec::new();
     for (host, registered, _) in &ends {
         let name = host.clone();
-        let host_mac = on_node(async move |h| Ok(link_by_name(h, &name).await?.map(|l| mac_of(&l))))?
+        let (index, host_mac) = on_node(async move |h| Ok(link_by_name(h, &name).await?.map(|l| (l.header.index, mac_of(&l)))))?
             .ok_or_else(|| CniError::check(format!("node-side interface {host} is missing")))?;
         if expected_mac(host, false).is_some_and(|m| m != host_mac) || &host_mac != registered {
             return Err(CniError::check(format!("{host} has MAC {host_mac}, not the one ADD gave it ({registered})")));
         }
+        host_indexes.push(index);
     }
+    // The replies' rules carry the mark of the node end the datapath delivers on: the inbound's.
+    let reply_mark = srv6::node_api::reply_mark(host_indexes[0]);
     let ns = open_netns(&env.netns)?;
     let pod_ifs: Vec<String> = ends.iter().map(|(_, _, pod)| pod.clone()).collect();
     let ifname = pod_if.clone();
-    let (pod_macs, by_iif, rules) = in_netns(&ns, move |h| {
+    let (pod_macs, (by_iif, by_mark, rules), reflect) = in_netns(&ns, move |h| {
         Box::pin(async move {
             let mut macs = Vec::new();
             for name in &pod_ifs {
                 macs.push((name.clone(), link_by_name(&h, name).await?.map(|l| mac_of(&l))));
             }
             let rules = our_rules(&h, &ifname).await?;
-            Ok((macs, rules.iter().filter(|r| by_interface(r, &ifname)).count(), rules.len()))
+            let marked = |r: &&RuleMessage| r.attributes.iter().any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == reply_mark));
+            let reflect = std::fs::read_to_string("/proc/sys/net/ipv6/fwmark_reflect").is_ok_and(|v| v.trim() == "1");
+            let counts = (rules.iter().filter(|r| by_interface(r, &ifname)).count(), rules.iter().filter(marked).count(), rules.len());
+            Ok((macs, counts, reflect))
         })
     })?;
     for (i, (name, mac)) in pod_macs.into_iter().enumerate() {
@@ -271,10 +278,13 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
             return Err(CniError::check(format!("{name} has MAC {mac}, not the one ADD gave it")));
         }
     }
-    // By interface, IPv6 and IPv4; by reply mark the same, unless ADD was an older plugin's.
-    if by_iif != 2 || !(rules == 2 || rules == 4) {
+    // By interface and by reply mark, IPv6 and IPv4; by interface only where an older plugin
+    // made the attachment (it left fwmark_reflect off).
+    let older = rules == 2 && !reflect;
+    if by_iif != 2 || !(older || (by_mark == 2 && rules == 4)) {
         return Err(CniError::check(format!(
-            "the pod has {rules} chain rules for {pod_if} ({by_iif} by interface), expected 4: by interface and by reply mark, IPv6 and IPv4"
+            "the pod has {rules} chain rules for {pod_if} ({by_iif} by interface, {by_mark} by reply mark {reply_mark:#x}), expected \
+             4: by interface and by reply mark, IPv6 and IPv4"
         )));
     }
     if let Some(i) = &conf.ipam {

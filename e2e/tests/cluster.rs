@@ -29,7 +29,8 @@ fn chain_on_a_real_cluster_deployed_from_the_chart() {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: needs root");
         return;
     }
-    if let Some(t) = ["containerd", "runc", "ctr", "iptables", "gcc", "kubectl", "busybox", "jq", "curl"].into_iter().find(|t| !has_tool(t))
+    if let Some(t) =
+        ["containerd", "runc", "ctr", "iptables", "nft", "gcc", "kubectl", "busybox", "jq", "curl"].into_iter().find(|t| !has_tool(t))
     {
         eprintln!("SKIP chain_on_a_real_cluster_deployed_from_the_chart: {t} is missing (scripts/deps installs it)");
         return;

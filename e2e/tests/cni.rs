@@ -206,6 +206,11 @@ fn add_del_every_version_idempotent_and_clean() {
             lab.pod(&["ip", "-4", "rule", "del", "priority", reply.split(':').next().unwrap().trim(), "fwmark", mark]);
             let (ok, err) = lab.cni("CHECK", &container, &lab.netns(), &with_prev);
             assert!(!ok && err["code"] == 100, "CHECK must notice the missing reply rule: {err}");
+            // Both gone is no older plugin's attachment either: that one left fwmark_reflect off.
+            let reply = lab.pod(&["ip", "-6", "rule", "show", "fwmark", mark]);
+            lab.pod(&["ip", "-6", "rule", "del", "priority", reply.split(':').next().unwrap().trim(), "fwmark", mark]);
+            let (ok, err) = lab.cni("CHECK", &container, &lab.netns(), &with_prev);
+            assert!(!ok && err["code"] == 100, "CHECK must notice both reply rules missing: {err}");
             let table = lab.pod(&["ip", "-6", "rule", "show", "iif", "net1"]);
             let prio = table.split(':').next().unwrap().trim().to_string();
             lab.pod(&["ip", "-6", "rule", "del", "priority", &prio]);

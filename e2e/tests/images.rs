@@ -84,7 +84,7 @@ fn missing() -> Option<String> {
     if !is_root() {
         return Some("not root".into());
     }
-    for tool in ["containerd", "ctr", "runc", "busybox", "python3"] {
+    for tool in ["containerd", "ctr", "runc", "busybox", "python3", "nft"] {
         if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()) {
             return Some(format!("{tool} is not installed"));
         }
@@ -147,13 +147,15 @@ fn built_images_import_into_containerd_and_run() {
         .join("release/srv6pipes-cni");
     let inside = c.run("localhost/srv6pipes-node:latest", "cni", &["sha256sum", "/opt/srv6pipes/cni/srv6pipes-cni"]);
     assert_eq!(inside.split_whitespace().next(), Some(sha256(&release).as_str()), "the image's plugin is {}", release.display());
-    // The test image: busybox applets for e2e pods.
+    // The test image: busybox applets for e2e pods, and nft with the libraries it loads.
     let said = c.run(
         "localhost/srv6pipes-testbox:latest",
         "box",
-        &["sh", "-c", "echo hello; for a in nc ping ip sleep wget; do test -x /bin/$a && echo $a; done"],
+        &["sh", "-c", "echo hello; for a in nc ping ip sleep wget; do test -x /bin/$a && echo $a; done; /usr/sbin/nft --version"],
     );
-    assert_eq!(said.lines().collect::<Vec<_>>(), ["hello", "nc", "ping", "ip", "sleep", "wget"], "{said}");
+    let said: Vec<&str> = said.lines().collect();
+    assert_eq!(said[..6], ["hello", "nc", "ping", "ip", "sleep", "wget"], "{said:?}");
+    assert!(said.len() == 7 && said[6].starts_with("nftables v"), "{said:?}");
 }
 
 #[test]

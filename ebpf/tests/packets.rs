@@ -1554,13 +1554,15 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
 }
 
 /// A TCP reset a VNF makes in answer to a chain's packet (a REJECT's: End.AD delivered the
-/// packet with the reply mark, which the VNF's stack reflects onto its answer and its rule routes
-/// back out of the chain interface) goes to the source by the FIB, past the node's netfilter,
-/// IPv6 and IPv4. A reset of the flow itself (the source's, forwarded) and any other packet of
-/// the other direction take the chain.
+/// packet with the reply mark of the interface it delivered on, which the VNF's stack reflects
+/// onto its answer and its rule routes back out of the chain interface) goes to the source by
+/// the FIB, past the node's netfilter, IPv6 and IPv4, on an interface that serves one chain or
+/// several (where a packet of no learnt flow is dropped), and on a pair's return interface. A
+/// reset of the flow itself (the source's, forwarded), a reset carrying data and any other
+/// packet of the other direction take the chain. A function that rewrites flows gets no mark.
 #[test]
 fn a_reset_a_vnf_makes_goes_to_the_source_not_down_the_chain() {
-    let Some(b) = Bench::new() else { return };
+    let Some(mut b) = Bench::new() else { return };
     const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 2];
     let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
     for addr in [INNER_SRC, "10.10.2.2"] {
@@ -1568,26 +1570,51 @@ fn a_reset_a_vnf_makes_goes_to_the_source_not_down_the_chain() {
         ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    // A pair's SID: delivered on the uplink's interface (any other than the return one will do).
+    let pair = ["fcbb:bb00:1:e002::", PATH[1], PATH[2]];
+    let entry = SidEntry {
+        behavior: BEHAVIOR_END_AD,
+        ifindex: b.uplink,
+        cache_ifindex: b.vnf,
+        vnf_mac: VNF_MAC,
+        host_mac: HOST_MAC,
+        stream_port: 0,
+    };
+    b.dp.set_sid(a(pair[0]), entry).unwrap();
     let with_flags = |p: &[u8], flags: u8| {
         let mut p = p.to_vec();
         let l4 = if p[0] >> 4 == 6 { 40 } else { 20 };
         p[l4 + 13] = flags;
         p
     };
-    for v6 in [true, false] {
+    let cases = [(&PATH, 0, "one chain"), (&PATH, srv6pipes_ebpf::VNF_SHARED, "shared"), (&pair, 0, "a pair")];
+    for ((path, flags, what), v6) in cases.iter().flat_map(|c| [(c, true), (c, false)]) {
+        b.dp.set_vnf_flags(b.vnf, *flags).unwrap();
         let syn = tcp_syn(v6, 1000);
-        let r = b.dp.test_run(Hook::Uplink, &srv6_around("fcbb:bb00:2::1", &PATH, &syn), SkbCtx { ifindex: b.uplink, mark: 0 }).unwrap();
-        assert_eq!((r.retval, r.mark), (TC_ACT_REDIRECT, srv6::node_api::reply_mark(b.vnf)), "into the VNF, v6 {v6}");
+        let into = srv6_around("fcbb:bb00:2::1", &path[..], &syn);
+        let r = b.dp.test_run(Hook::Uplink, &into, SkbCtx { ifindex: b.uplink, mark: 0 }).unwrap();
+        let delivered_on = if path[0] == pair[0] { b.uplink } else { b.vnf };
+        assert_eq!((r.retval, r.mark), (TC_ACT_REDIRECT, srv6::node_api::reply_mark(delivered_on)), "into the VNF: {what}, v6 {v6}");
         let from_vnf = |p: &[u8]| [eth(HOST_MAC, VNF_MAC, if v6 { 0x86dd } else { 0x0800 }), p.to_vec()].concat();
-        let reset = with_flags(&other_direction(&syn, 64), 0x14);
-        let (verdict, out) = b.run(Hook::Vnf, b.vnf, &from_vnf(&reset));
-        assert_eq!((verdict, &out[..6], &out[14..]), (TC_ACT_REDIRECT, &POD_MAC[..], &reset[..]), "to the source, v6 {v6}");
-        for p in [with_flags(&syn, 0x14), with_flags(&other_direction(&syn, 64), 0x12)] {
+        for reset in [with_flags(&other_direction(&syn, 64), 0x14), with_flags(&other_direction(&syn, 64), 0x04)] {
+            let (verdict, out) = b.run(Hook::Vnf, b.vnf, &from_vnf(&reset));
+            assert_eq!((verdict, &out[..6], &out[14..]), (TC_ACT_REDIRECT, &POD_MAC[..], &reset[..]), "to the source: {what}, v6 {v6}");
+        }
+        if *flags & srv6pipes_ebpf::VNF_SHARED != 0 {
+            continue; // (what is not a made reset drops there as flow_miss)
+        }
+        // With data (the SYN's options, as a payload: its data offset says 20 bytes).
+        let mut with_data = with_flags(&other_direction(&syn, 64), 0x14);
+        with_data[if v6 { 40 + 12 } else { 20 + 12 }] = 0x50;
+        for p in [with_flags(&syn, 0x14), with_flags(&other_direction(&syn, 64), 0x12), with_data] {
             let (verdict, out) = b.run(Hook::Vnf, b.vnf, &from_vnf(&p));
             assert_eq!(verdict, TC_ACT_REDIRECT, "{:?}", b.dp.drop_reasons().unwrap());
-            assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "down the chain, v6 {v6}");
+            assert_eq!(srv6::codec::decode_srv6(&out[14..]).unwrap().0.dst, a(PATH[1]), "down the chain: {what}, v6 {v6}");
         }
     }
+    b.dp.set_vnf_flags(b.vnf, srv6pipes_ebpf::VNF_NO_FLOWS).unwrap();
+    let r = b.dp.test_run(Hook::Uplink, &srv6_packet("fcbb:bb00:2::1", &PATH, None), SkbCtx { ifindex: b.uplink, mark: 0 }).unwrap();
+    assert_eq!((r.retval, r.mark), (TC_ACT_REDIRECT, 0), "a function that rewrites flows");
 }
 
 /// Every record the ring holds now.

@@ -20,10 +20,12 @@ pub const DEFAULT_SOCKET: &str = "/run/srv6pipes/node.sock";
 /// netns reflects it onto the replies its stack makes (`fwmark_reflect`: a REJECT's reset or
 /// ICMP error), and srv6pipes-cni's rule for it routes them back out of that chain interface.
 pub const REPLY_MARK: u32 = 0x5f6d_0000;
+/// The bits of a mark that say it is a [`REPLY_MARK`].
+pub const REPLY_MARK_MASK: u32 = 0xffff_0000;
 
 /// [`REPLY_MARK`] for the chain interface whose node-side veth is `host_ifindex`.
 pub fn reply_mark(host_ifindex: u32) -> u32 {
-    REPLY_MARK | (host_ifindex & 0xffff)
+    REPLY_MARK | (host_ifindex & !REPLY_MARK_MASK)
 }
 
 /// The pod annotation that names the secondary networks a pod wants (the Network Plumbing

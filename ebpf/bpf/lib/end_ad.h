@@ -144,8 +144,10 @@ static __always_inline int flow_quota_take(const struct node_config *cfg, const 
 
 /* End.AD learning: the per-interface cache (what the VNF's own new flows use) and the per-flow
  * cache (what lets one interface serve several chains and both directions), unless the
- * function rewrites flows (its replies could never be matched, or worse, match another flow). */
-static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
+ * function rewrites flows (its replies could never be matched, or worse, match another flow).
+ * Returns 0 for a function that rewrites flows (known from its interface's flags, which are
+ * read only when no flow entry was found: such a function never has one), else 1. */
+static __always_inline int ad_cache_store(struct __sk_buff *skb, __u32 ifindex, struct outer_hdr *o)
 {
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&sp_config, &zero);
@@ -159,23 +161,26 @@ static __always_inline void ad_cache_store(struct __sk_buff *skb, __u32 ifindex,
 	/* The flow's entry was learnt less than `age` ago, and the interface's with it (or since,
 	 * by another flow): the steady state of a flow looks at nothing else. */
 	if (c && age && now - c->stamp < age)
-		return;
+		return 1;
 	normalize_cached(o);
 	/* Age 0: a flow whose entry holds these very headers changes nothing, the interface's
 	 * included (they are the last learnt that changed). */
 	if (c && !age && hdr_same(c, o))
-		return;
+		return 1;
 	ad_learn(&sp_ad_cache, &ifindex, bpf_map_lookup_elem(&sp_ad_cache, &ifindex), o, age, now);
 	if (!parsed)
-		return;
+		return 1;
 	/* Known flows are refreshed; the interface's flags and the quota are looked at only when
 	 * a flow is new. */
 	if (!c) {
 		__u32 *vf = bpf_map_lookup_elem(&sp_vnf_flags, &ifindex);
-		if ((vf && (*vf & SP_VNF_NO_FLOWS)) || !flow_quota_take(cfg, o))
-			return;
+		if (vf && (*vf & SP_VNF_NO_FLOWS))
+			return 0;
+		if (!flow_quota_take(cfg, o))
+			return 1;
 	}
 	ad_learn(&sp_ad_flows, &k, c, o, age, now);
+	return 1;
 }
 
 /* End.AD outbound with the headers `c` learnt for this packet: the inner packet's hop, then on
@@ -209,14 +214,22 @@ static __always_inline struct outer_hdr *ad_flow(struct __sk_buff *skb, __u32 if
  * made in answer to a chain's packet (a REJECT's, routed back here by its SP_REPLY_MARK rule):
  * the flow reversed came in on this interface. It goes to its destination, the chain's source,
  * by the FIB (error_to_source), as the VNF's ICMP errors do: down the chain it would cross the
- * functions toward the chain's destination. Resets only: no data rides past the functions.
+ * functions toward the chain's destination. A bare reset only (RST or RST|ACK, no data), so
+ * that nothing but the end of a connection can ever pass the functions this way (a reset the
+ * VNF forwards, of a flow the quota or the LRU left unlearnt in a symmetric chain, would too).
  * A frame of its own, the reversed key in the quote buffer: sp_vnf's stack has no room. */
 static __noinline int vnf_made_reset(struct __sk_buff *skb, const struct flow_key *fk)
 {
+	int v4 = fk->family == 4;
 	struct l4 l;
-	__u8 flags;
-	if (parse_l4(skb, fk->family == 4, &l) || l.proto != 6 || l.frag || bpf_skb_load_bytes(skb, l.off + 13, &flags, 1) ||
-	    !(flags & 0x04))
+	__u8 tcp[2]; /* data offset, flags */
+	__be16 len;
+	if (parse_l4(skb, v4, &l) || l.proto != 6 || l.frag || bpf_skb_load_bytes(skb, l.off + 12, tcp, 2) || (tcp[1] & ~0x10) != 0x04 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + (v4 ? 2 : 4), &len, 2))
+		return 0;
+	/* Where the IP packet ends (IPv4's total length, IPv6's payload length after its header):
+	 * right after the TCP header. */
+	if (ETH_HLEN + bpf_ntohs(len) + (v4 ? 0 : 40) != l.off + (tcp[0] >> 4) * 4)
 		return 0;
 	__u32 zero = 0;
 	struct quote *m = bpf_map_lookup_elem(&sp_quote, &zero);

@@ -34,11 +34,12 @@ static __always_inline int steer_to(struct __sk_buff *skb, struct outer_hdr *o, 
 			return in_packet ? sid_error(skb, da, stats, skb_len, err, o->len) : drop_sid(da, stats, skb_len, err);
 		if (in_packet && (err = pop_outer(skb, o->len, o->bytes[OFF_SRH])))
 			return drop_sid(da, stats, skb_len, err);
-		if (sid->behavior != SP_END_AS)
-			ad_cache_store(skb, sid->cache_ifindex, o);
+		/* End.AD marks what it delivers for the replies the VNF's stack makes to it (common.h),
+		 * unless the function rewrites flows: sp_vnf could not tell its resets. */
+		int learns = sid->behavior != SP_END_AS && ad_cache_store(skb, sid->cache_ifindex, o);
 		if (sid->behavior == SP_END_STREAM)
 			skb->mark = SP_STREAM_MARK | (sid->stream_port & 0xffff);
-		else if (sid->behavior == SP_END_AD)
+		else if (sid->behavior == SP_END_AD && learns)
 			skb->mark = SP_REPLY_MARK | (sid->ifindex & 0xffff);
 		if ((err = set_macs(skb, sid->vnf_mac, sid->host_mac)))
 			return drop_sid(da, stats, skb_len, err);
