@@ -24,6 +24,8 @@ const TCX_NEXT: i32 = -1;
 const VNF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x01];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x02];
+/// The source pod's MAC, behind src0.
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
 
 fn a(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
@@ -137,6 +139,17 @@ impl Bench {
     /// The monitor's maps, opened on their pins as the node daemon's reader opens them.
     fn monitor(&self) -> Monitor {
         Monitor::open(self._cleanup.pins.as_deref().unwrap()).unwrap()
+    }
+
+    /// Routes to the inner packets' sources (IPv6 and IPv4) out of src0, to [`POD_MAC`].
+    fn route_to_the_sources(&self) {
+        let ip =
+            |args: &str| assert!(Command::new("ip").args(["-n", &self.netns]).args(args.split_whitespace()).status().unwrap().success());
+        for addr in [INNER_SRC, "10.10.2.2"] {
+            ip(&format!("route add {addr} dev src0"));
+            ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
     }
 
     fn up_mac(&self) -> [u8; 6] {
@@ -480,7 +493,6 @@ fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, (ty, code): (u8, u8), quote: &[u8])
 #[test]
 fn a_steered_flows_other_direction_is_forwarded_past_conntrack() {
     let Some(mut b) = Bench::new() else { return };
-    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
     let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
     // fd00:10:2::9 and 10.10.2.9: another pod behind src0, which no flow was steered to.
     for (addr, dev) in [(INNER_SRC, "src0"), ("10.10.2.2", "src0"), (INNER_DST, "vnf0"), ("fd00:10:2::9", "src0"), ("10.10.2.9", "src0")] {
@@ -1522,13 +1534,7 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
     assert_eq!(b.run(Hook::Vnf, b.vnf, &pkt4).0, TC_ACT_OK);
     // With a route to the source, the FIB sends them there, past the node's netfilter (whose
     // conntrack never saw the flow plain: INVALID).
-    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 1];
-    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
-    for addr in [INNER_SRC, "10.10.2.2"] {
-        ip(&format!("route add {addr} dev src0"));
-        ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
-    }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    b.route_to_the_sources();
     for p in [&pkt, &pkt4] {
         let (verdict, out) = b.run(Hook::Vnf, b.vnf, p);
         assert_eq!((verdict, &out[..6]), (TC_ACT_REDIRECT, &POD_MAC[..]), "to the source's next hop");
@@ -1563,13 +1569,7 @@ fn icmp_errors_from_a_vnf_go_to_the_source_not_down_the_chain() {
 #[test]
 fn a_reset_a_vnf_makes_goes_to_the_source_not_down_the_chain() {
     let Some(mut b) = Bench::new() else { return };
-    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xdd, 2];
-    let ip = |args: &str| assert!(Command::new("ip").args(["-n", &b.netns]).args(args.split_whitespace()).status().unwrap().success());
-    for addr in [INNER_SRC, "10.10.2.2"] {
-        ip(&format!("route add {addr} dev src0"));
-        ip(&format!("neigh add {addr} lladdr {} dev src0 nud permanent", mac_str(&POD_MAC)));
-    }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    b.route_to_the_sources();
     // A pair's SID: delivered on the uplink's interface (any other than the return one will do).
     let pair = ["fcbb:bb00:1:e002::", PATH[1], PATH[2]];
     let entry = SidEntry {
