@@ -16,13 +16,12 @@ struct Subscriber {
 
 impl Subscriber {
     fn attach(path: &std::path::Path, request: &srv6::node_api::MonitorRequest) -> anyhow::Result<Self> {
-        use std::io::{BufRead, Write};
-        let mut socket = std::os::unix::net::UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
-        writeln!(socket, "{}", serde_json::to_string(&srv6::node_api::Request::Monitor(request.clone()))?)?;
-        let mut r = std::io::BufReader::new(socket.try_clone()?);
-        let mut first = String::new();
-        r.read_line(&mut first)?;
-        anyhow::ensure!(first.contains("\"ok\""), "{}: monitor refused: {first}", path.display());
+        use srv6::node_api::{Request, Response};
+        use std::io::BufRead;
+        let (answer, r) = srv6::node_api::exchange(path, &Request::Monitor(request.clone()), Duration::from_secs(10))?;
+        anyhow::ensure!(answer == Response::Ok, "{}: monitor answered {answer:?}", path.display());
+        r.get_ref().set_read_timeout(None)?;
+        let socket = r.get_ref().try_clone()?;
         let reader = std::thread::spawn(move || r.lines().map_while(Result::ok).count() as u64);
         Ok(Subscriber { socket, reader })
     }

@@ -8,9 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
-use srv6::node_api::{MonitorEvent, MonitorRequest, Request, Response};
+use srv6::node_api::{CallError, MonitorEvent, MonitorRequest, Request, Response};
 
 use crate::target::{self, Scope, Target};
 
@@ -233,22 +233,16 @@ fn lab_streams(
 
 /// A lab daemon's monitor stream, once it answered `Ok` within [`OPEN_TIMEOUT`].
 fn open_lab_stream(socket: &std::path::Path, request: &MonitorRequest) -> anyhow::Result<BufReader<UnixStream>> {
-    let mut s = UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
-    s.set_read_timeout(Some(OPEN_TIMEOUT))?;
-    writeln!(s, "{}", serde_json::to_string(&Request::Monitor(request.clone()))?)?;
-    let mut r = BufReader::new(s);
-    let mut first = String::new();
-    match r.read_line(&mut first) {
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            bail!("{}: no answer within {OPEN_TIMEOUT:?}", socket.display())
+    let opened = srv6::node_api::exchange(socket, &Request::Monitor(request.clone()), OPEN_TIMEOUT);
+    let r = match opened {
+        Ok((Response::Ok, r)) => r,
+        Ok((other, _)) => bail!("unexpected answer {other:?} (a daemon older than this CLI?)"),
+        Err(CallError::Unreachable { path, source }) => bail!("connect {path}: {source}"),
+        Err(CallError::Io { path, source }) if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            bail!("{path}: no answer within {OPEN_TIMEOUT:?}")
         }
-        other => other.with_context(|| format!("read {}", socket.display()))?,
+        Err(e) => return Err(e.into()),
     };
-    match serde_json::from_str::<Response>(&first) {
-        Ok(Response::Ok) => {}
-        Ok(Response::Error { message }) => bail!("{message}"),
-        _ => bail!("unexpected answer {first:?} (a daemon older than this CLI?)"),
-    }
     r.get_ref().set_read_timeout(None)?;
     Ok(r)
 }

@@ -514,6 +514,13 @@ pub enum CallError {
 
 /// One request/response exchange with the node daemon at `path`.
 pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+    exchange(path, req, timeout).map(|(answer, _)| answer)
+}
+
+/// A request to the node daemon at `path` and its answer, with the connection for what follows
+/// the answer (a monitor's events), read through the same buffer; `timeout` bounds each read
+/// and write until the caller changes it.
+pub fn exchange(path: &Path, req: &Request, timeout: Duration) -> Result<(Response, BufReader<UnixStream>), CallError> {
     let p = path.display().to_string();
     let stream = UnixStream::connect(path).map_err(|source| CallError::Unreachable { path: p.clone(), source })?;
     let io = |source| CallError::Io { path: p.clone(), source };
@@ -523,10 +530,11 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    reader.read_line(&mut answer).map_err(io)?;
     match serde_json::from_str(&answer).map_err(|source| CallError::Decode { path: p.clone(), source })? {
         Response::Error { message } => Err(CallError::Refused(message)),
-        ok => Ok(ok),
+        ok => Ok((ok, reader)),
     }
 }
 

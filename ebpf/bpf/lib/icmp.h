@@ -106,10 +106,11 @@ static __always_inline int quote_is_icmp_error(const struct quote *q, __u64 n, i
 /* Turns the packet (from its Ethernet header on) into an ICMP (v6: ICMPv6) error about itself,
  * addressed to its source. `src`: the error's source address (16 bytes for IPv6, 4 for IPv4).
  * `info`: the 32-bit field after the checksum (MTU, pointer). Sent back out of the interface
- * it came in on (MACs swapped), or with `to_stack` handed to this node's routing (MACs kept),
- * for a source that is not behind that interface (a VNF returned the packet). Returns the
- * verdict, or -1 when no error may or can be sent (rate limit, an ICMP error about an ICMP
- * error, a packet too short to quote). */
+ * it came in on (MACs swapped), or with `to_stack` handed back (TC_ACT_OK, MACs kept) for a
+ * source that is not behind that interface (a VNF returned the packet): the caller sends it by
+ * error_to_source (srv6.h; called from here, inlined this deep, it took sp_vnf past the
+ * 512-byte stack). Returns the verdict, or -1 when no error may or can be sent (rate limit, an
+ * ICMP error about an ICMP error, a packet too short to quote). */
 static __always_inline int icmp_reply(struct __sk_buff *skb, int v6, __u8 type, __u8 code, __u32 info, const __u8 *src, int to_stack)
 {
 	__u32 zero = 0;

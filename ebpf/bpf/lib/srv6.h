@@ -326,11 +326,20 @@ static __always_inline int fib_send(struct __sk_buff *skb, struct bpf_fib_lookup
 	}
 }
 
-/* An ICMP error this node made in place of a chain's packet (`v6`: ICMPv6), on its way to the
- * packet's source: forwarded by the FIB, past netfilter (the node's conntrack never saw the
- * flow plain and would take the error for INVALID, which kube-proxy drops; an IPv4 error's
- * source, the flow's destination, would fail a strict rp_filter too). To the node's routing
- * when the FIB has no other way for it. */
+/* The FIB's answer for a plain packet that came in on `in`, its addresses in `p` (which gets
+ * the next hop), or -1 where it has none to send it by or would send it back out the way it
+ * came: the node's routing is left to say what then. */
+static __always_inline long fib_onward(struct __sk_buff *skb, struct bpf_fib_lookup *p, __u32 in)
+{
+	long rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
+	return (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && p->ifindex != in ? rc : -1;
+}
+
+/* A packet on its way to its destination, a chain's source, past netfilter: an ICMP error this
+ * node or a VNF made in place of a chain's packet (`v6`: ICMPv6), or a VNF's reset (the node's
+ * conntrack never saw the flow plain and would take it for INVALID, which kube-proxy drops; an
+ * IPv4 error's source, the flow's destination, would fail a strict rp_filter too). To the
+ * node's routing when the FIB has no other way for it. */
 static __always_inline int error_to_source(struct __sk_buff *skb, int v6)
 {
 	/* The error is made: the quote buffer is free, and the stack of the paths that call this
@@ -354,10 +363,8 @@ static __always_inline int error_to_source(struct __sk_buff *skb, int v6)
 	}
 	if (bad)
 		return TC_ACT_OK;
-	long rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
-	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p->ifindex == in)
-		return TC_ACT_OK;
-	return fib_send(skb, p, rc);
+	long rc = fib_onward(skb, p, in);
+	return rc < 0 ? TC_ACT_OK : fib_send(skb, p, rc);
 }
 
 /* Forwards a packet that already carries its SRv6 header toward its DA. */

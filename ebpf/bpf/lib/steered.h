@@ -96,8 +96,8 @@ static __always_inline int steered_flow_return(struct __sk_buff *skb, int otherw
 		__builtin_memcpy(p.ipv6_src, k.saddr, 16);
 		__builtin_memcpy(p.ipv6_dst, k.daddr, 16);
 	}
-	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
-	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == sp_ingress_ifindex(skb))
+	long rc = fib_onward(skb, &p, sp_ingress_ifindex(skb));
+	if (rc < 0)
 		return otherwise;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
 		fib_remember(&fk, h, &p, tot_len, now);
