@@ -212,16 +212,35 @@ ok "Services: e2e-client (steered to $server only) and e2e-server (no chain) rea
 # rewrites the answer's bytes on the fly (e2e-web -> e2e-WEB, the same length).
 pipes=$(kubectl -n "$apps" get deployment -l app.kubernetes.io/component=stream -o name | head -1)
 web=$(ex e2e-web ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
-fetch() { ex e2e-client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $web 8080" 2>&1 | tail -1 || true; }
-pipes_ok() { # WHEN: the answer comes rewritten, through fw
-  local got fw0
-  for i in $(seq 20); do fw0=$(rx e2e-fw); got=$(fetch); [[ $got == e2e-WEB ]] && break; sleep 0.5; done
-  [[ $got == e2e-WEB ]] || fail "$1: the web pod's answer through the pipes chain: '$got', not e2e-WEB"
+# (busybox nc's -w bounds only the connect: a connection that is accepted and never answered
+# would hang the fetch until TCP gives up, so the whole exchange is bounded too: 124 is a hang)
+fetch() { ex e2e-client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | timeout 10 nc -w 3 $web 8080; echo \" (exit \$?)\"" 2>&1 | tail -2 | tr -d '\n' || true; }
+pipes_diag() { # what the proxies and the client saw, for a failed or hung try
+  kubectl -n "$apps" logs -l app.kubernetes.io/component=stream --prefix --tail=20 2>&1 | sed 's/^/  proxy: /' >&2 || true
+  ex e2e-client netstat -tn 2>&1 | grep ":8080 " | sed 's/^/  client: /' >&2 || true
+  kubectl -n "$apps" get pods -l app.kubernetes.io/component=stream -o wide 2>&1 | sed 's/^/  pods: /' >&2 || true
+  kubectl get nodeprogramslices -o custom-columns=NAME:.metadata.name,GENERATION:.metadata.generation,OBSERVED:.status.observedGeneration 2>&1 \
+    | sed 's/^/  slices: /' >&2 || true
+  [[ ${SRV6PIPES_CLI:-} ]] && "$SRV6PIPES_CLI" trace "$apps/e2e-pipes" -o json 2>&1 | jq -c '.. | objects | select(has("errors"))' 2>/dev/null \
+    | sed 's/^/  proxy counters: /' >&2 || true; }
+pipes_ok() { # WHEN: the answer comes rewritten, through fw; how long it took, each try that did not
+  local got fw0 t0=$SECONDS t1
+  for i in $(seq 20); do
+    fw0=$(rx e2e-fw) t1=$SECONDS; got=$(fetch)
+    [[ $got == "e2e-WEB (exit 0)" ]] && break
+    echo "scenario: $1: try $i: '$got' after $((SECONDS - t1)) s" >&2
+    [[ $got == *"(exit 124)" ]] && pipes_diag
+    sleep 0.5
+  done
+  [[ $got == "e2e-WEB (exit 0)" ]] || { pipes_diag; fail "$1: the web pod's answer through the pipes chain: '$got', not e2e-WEB"; }
   (( $(rx e2e-fw) > fw0 )) || fail "$1: the pipes chain's packets did not cross fw"
+  echo "$i tries, $((SECONDS - t0)) s"
 }
 if [[ $pipes ]]; then
+  t0=$SECONDS
   kubectl -n "$apps" rollout status "$pipes" --timeout=120s >/dev/null
-  [[ $(fetch) == e2e-web ]] || fail "the web pod does not answer the client directly: $(fetch)"
+  echo "scenario: stream proxies available after $((SECONDS - t0)) s" >&2
+  [[ $(fetch) == "e2e-web (exit 0)" ]] || fail "the web pod does not answer the client directly: $(fetch)"
   cat > "$t/pipes.yaml" <<Y
 apiVersion: srv6pipes.io/v1alpha1
 kind: ServiceChain
@@ -238,8 +257,9 @@ Y
   kubectl apply -f "$t/pipes.yaml" >/dev/null
   kubectl -n "$apps" wait --for=condition=Ready servicechain/e2e-pipes --timeout=60s >/dev/null \
     || { kubectl -n "$apps" get servicechain e2e-pipes -o yaml >&2; fail "chain e2e-pipes not Ready"; }
-  pipes_ok "SRv6 pipes"
-  ok "SRv6 pipes: chain e2e-pipes (fw, then replace by a stream proxy ($pipes)) rewrites the web pod's answer"
+  echo "scenario: chain e2e-pipes Ready after $((SECONDS - t0)) s" >&2
+  took=$(pipes_ok "SRv6 pipes")
+  ok "SRv6 pipes: chain e2e-pipes (fw, then replace by a stream proxy ($pipes)) rewrites the web pod's answer ($took)"
 fi
 
 flow() { # COUNT: a steady flow of COUNT pings at 50/s, in the background; check with flow_done
@@ -316,8 +336,8 @@ if ((${#redeploy[@]})); then
   kill -0 "$(cat "$t/flow.pid")" 2>/dev/null || fail "the steady flow (60 s) ended before the upgrade did ($took s): lengthen it"
   flow_done "upgrade (${redeploy[*]}, $took s)"
   if [[ $pipes ]]; then
-    pipes_ok "after the upgrade"
-    ok "SRv6 pipes after the upgrade: the answer still rewritten"
+    took=$(pipes_ok "after the upgrade")
+    ok "SRv6 pipes after the upgrade: the answer still rewritten ($took)"
   fi
 fi
 
@@ -354,8 +374,8 @@ ok "node-writes policy: the daemon on $n1 (its own token) writes $n1's SID table
 
 kubectl -n "$apps" delete servicechain e2e e2e-pipes --ignore-not-found --wait=true --timeout=60s >/dev/null
 if [[ $pipes ]]; then
-  for i in $(seq 10); do [[ $(fetch) == e2e-web ]] && break; sleep 0.5; done
-  [[ $(fetch) == e2e-web ]] || fail "the web pod's answer is still rewritten after e2e-pipes was deleted: $(fetch)"
+  for i in $(seq 10); do [[ $(fetch) == "e2e-web (exit 0)" ]] && break; sleep 0.5; done
+  [[ $(fetch) == "e2e-web (exit 0)" ]] || fail "the web pod's answer is still rewritten after e2e-pipes was deleted: $(fetch)"
 fi
 fw0=$(rx e2e-fw) ids0=$(rx e2e-ids)
 ping_ok 10 || fail "ping after the chain was deleted: $(cat "$t/ping")"

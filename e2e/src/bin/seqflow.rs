@@ -1,6 +1,6 @@
 //! seqflow: a sequenced UDP stream for loss and reordering tests.
 //!
-//!   seqflow send --to ADDR:PORT --rate PPS --seconds S [--flows N] [--size B] [--gso K]   -> {"sent": N}
+//!   seqflow send --to ADDR:PORT --rate PPS --seconds S [--flows N] [--size B] [--gso K] [--stop-file F]   -> {"sent": N}
 //!   seqflow recv --bind ADDR:PORT [--idle-exit S] [--first-wait S]        -> {"received", "lost", "reordered", "duplicates", "highest"}
 //!
 //! Each datagram carries a big-endian u64 sequence number from 0. The receiver exits after
@@ -8,6 +8,8 @@
 //! `--first-wait` seconds (default 10) if none came at all. `--size` is the
 //! datagram's payload (default 64). `--gso K` sends K datagrams per system call as one UDP GSO
 //! buffer (`UDP_SEGMENT`, as QUIC stacks do): the kernel splits it into datagrams of `--size`.
+//! `--stop-file F`: the sender also stops, before `--seconds`, once file F exists (a test that
+//! must overlap the stream with something of unknown length ends it when that is done).
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -31,6 +33,7 @@ fn send(args: &[String]) {
     let flows: usize = arg(args, "--flows").map(|s| s.parse().expect("--flows N")).unwrap_or(1);
     let size: usize = arg(args, "--size").map(|s| s.parse().expect("--size BYTES")).unwrap_or(64).max(8);
     let gso: usize = arg(args, "--gso").map(|s| s.parse().expect("--gso K")).unwrap_or(1).max(1);
+    let stop_file = arg(args, "--stop-file").map(std::path::Path::new);
     let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
     // One socket (source port) per flow; datagrams go round-robin over them. Unconnected, so
     // an ICMP port unreachable (no receiver) does not fail later sends.
@@ -47,6 +50,10 @@ fn send(args: &[String]) {
     let mut sent = 0u64;
     let mut call = 0usize;
     while sent < total {
+        // (a stat every 256 sends: at most a few hundred a second)
+        if call.is_multiple_of(256) && stop_file.is_some_and(|f| f.exists()) {
+            break;
+        }
         let due = start + gap.mul_f64(sent as f64);
         let now = Instant::now();
         if due > now + Duration::from_millis(1) {
@@ -140,7 +147,7 @@ fn main() {
         Some("send") => send(&args),
         Some("recv") => recv(&args),
         _ => {
-            eprintln!("usage: seqflow send --to ADDR:PORT --rate PPS --seconds S [--flows N] [--size B] [--gso K] | recv --bind ADDR:PORT [--idle-exit S]");
+            eprintln!("usage: seqflow send --to ADDR:PORT --rate PPS --seconds S [--flows N] [--size B] [--gso K] [--stop-file F] | recv --bind ADDR:PORT [--idle-exit S]");
             std::process::exit(2);
         }
     }
