@@ -104,6 +104,18 @@ pub struct Results {
     pub retries: (u64, u64),
 }
 
+impl Results {
+    /// No data plane figure: this machine cannot generate traffic (`why`, under
+    /// `unavailable.dataplane`).
+    pub fn unavailable(why: String) -> Self {
+        eprintln!("data plane: unavailable: {why}");
+        Results { unavailable: BTreeMap::from([(DATAPLANE.to_string(), why)]), ..Default::default() }
+    }
+}
+
+/// The key in `unavailable` of a data plane this machine cannot run at all.
+pub const DATAPLANE: &str = "dataplane";
+
 struct Scenario {
     key: String,
     path: Path,

@@ -286,7 +286,11 @@ fn main() -> anyhow::Result<()> {
             chain3: args.only.contains(&Part::Chain3),
             vnfs: args.only.contains(&Part::Vnfs),
         };
-        let dp = if parts.pdr || parts.chain3 || parts.vnfs { Some(dataplane::run_parts(&mut b, &plan, parts)?) } else { None };
+        let wanted = parts.pdr || parts.chain3 || parts.vnfs;
+        if let Some(why) = wanted.then(traffic::live_frames_refused).flatten() {
+            anyhow::bail!("the data plane parts cannot run: {why}");
+        }
+        let dp = if wanted { Some(dataplane::run_parts(&mut b, &plan, parts)?) } else { None };
         let teardown = if dp.is_some() { Some(b.drop_lanes()?) } else { None };
         let mut c = run_control(&mut b, &args, &args.only)?;
         if let Some(s) = teardown {
@@ -304,7 +308,10 @@ fn main() -> anyhow::Result<()> {
     let noise_secs = Duration::from_secs(if args.quick { 2 } else { 15 });
     let noise_start = noise::host(args.sut_cpu, noise_secs);
     let mut b = topo::Bench::new(args.gen_cpu)?;
-    let dp = match dataplane::run(&mut b, &plan) {
+    // A kernel that refuses the generator: the data plane is recorded as unavailable, with why,
+    // and the rest of the run goes on.
+    let refused = traffic::live_frames_refused();
+    let dp = match refused.map_or_else(|| dataplane::run(&mut b, &plan), |why| Ok(dataplane::Results::unavailable(why))) {
         Ok(dp) => dp,
         Err(e) => {
             if std::env::var_os("BENCH_KEEP").is_some() {
@@ -320,6 +327,47 @@ fn main() -> anyhow::Result<()> {
     b.cleanup.run();
     let host_noise = serde_json::json!({"start": noise_start, "end": noise::host(args.sut_cpu, noise_secs)});
     write(&args, &plan, &dp, &c, host_noise, started)
+}
+
+/// The report of a run on a machine that cannot generate traffic: the control plane's, CNI's,
+/// TCP's and the pipes' figures with their targets, and why the data plane has none (no plot:
+/// it draws the data plane's).
+fn write_without_dataplane(
+    args: &Args,
+    plan: &dataplane::Plan,
+    c: &Control,
+    why: &str,
+    (date, host_noise, part_seconds, run_minutes): (String, serde_json::Value, Vec<(String, f64)>, f64),
+) -> anyhow::Result<()> {
+    let mut json = results::only(plan, dataplane::Parts { pdr: false, chain3: false, vnfs: false }, None, c, None);
+    json.extend([
+        ("date".to_string(), serde_json::json!(date)),
+        ("quick".into(), serde_json::json!(args.quick)),
+        ("machine".into(), report::machine()),
+        ("host_noise".into(), host_noise),
+        ("run_minutes".into(), serde_json::json!((run_minutes * 10.0).round() / 10.0)),
+        ("part_seconds".into(), report::seconds(&part_seconds)),
+        ("unavailable".into(), serde_json::json!({ dataplane::DATAPLANE: why })),
+        ("dataplane_failures".into(), serde_json::json!([])),
+    ]);
+    let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
+    std::fs::create_dir_all(&out)?;
+    let text = serde_json::to_string_pretty(&json)? + "\n";
+    std::fs::write(out.join(format!("{date}.json")), &text)?;
+    std::fs::write(out.join("latest.json"), &text)?;
+    let mut md = format!(
+        "# srv6pipes benchmark, {date}: no data plane figure\n\n{why}\n\n| target | median | bound | verdict |\n|---|---|---|---|\n"
+    );
+    for t in targets::control(c).iter().chain(&targets::end_to_end(None, c)) {
+        md += &format!("| {} | {:.3} | {} {} | {:?} |\n", t.what, t.value.median, if t.at_least { "≥" } else { "≤" }, t.bound, t.verdict());
+    }
+    if let Some(st) = &c.stream {
+        report::stream_tables(&mut md, st);
+    }
+    std::fs::write(out.join("latest.md"), &md)?;
+    println!("{md}");
+    eprintln!("results: {}/latest.json, latest.md (no plot: no data plane figure)", out.display());
+    Ok(())
 }
 
 /// The parts' wall seconds, `bench/run`'s dependencies and release build first (it passes them in
@@ -344,6 +392,9 @@ fn write(
 ) -> anyhow::Result<()> {
     let date = String::from_utf8(std::process::Command::new("date").args(["-u", "+%F"]).output()?.stdout)?.trim().to_string();
     let (part_seconds, run_minutes) = run_time(dp, c, started);
+    if let Some(why) = dp.unavailable.get(dataplane::DATAPLANE) {
+        return write_without_dataplane(args, plan, c, why, (date, host_noise, part_seconds, run_minutes));
+    }
     let targets = targets::all(dp, c, run_minutes);
     let result = results::full(args, plan, dp, c, results::Run { date: date.clone(), host_noise, part_seconds, run_minutes }, &targets);
     let p = &dp.pdr;
