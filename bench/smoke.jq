@@ -3,7 +3,7 @@
 # recorded; prints nothing when the run is whole. Speed is not judged here (docs/performance.md).
 # The data plane's fields are left out only where the run recorded why this machine cannot
 # generate traffic at all (`unavailable.dataplane`: the kernel refuses BPF_PROG_TEST_RUN's live
-# frames even to a two-instruction program); scripts/test prints that reason.
+# frames even to a program that drops every frame); scripts/test prints that reason.
 def dataplane_fields: [
   "pdr_kpps.plain", "pdr_kpps.end_ad", "pdr_kpps.end_as", "pdr_kpps.end_am",
   "vnf_scaling_kpps.1", "vnf_installed_kpps.1", "vnf_installed_kpps.10", "vnf_installed_one_kpps.10",

@@ -329,6 +329,17 @@ fn main() -> anyhow::Result<()> {
     write(&args, &plan, &dp, &c, host_noise, started)
 }
 
+/// Writes a run's document as `<date>.json` and `latest.json` in its output directory (`quick/`
+/// for a quick run), made if need be; returns that directory.
+fn save_json(args: &Args, date: &str, json: &serde_json::Value) -> anyhow::Result<std::path::PathBuf> {
+    let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
+    std::fs::create_dir_all(&out)?;
+    let text = serde_json::to_string_pretty(json)? + "\n";
+    std::fs::write(out.join(format!("{date}.json")), &text)?;
+    std::fs::write(out.join("latest.json"), &text)?;
+    Ok(out)
+}
+
 /// The report of a run on a machine that cannot generate traffic: the control plane's, CNI's,
 /// TCP's and the pipes' figures with their targets, and why the data plane has none (no plot:
 /// it draws the data plane's).
@@ -350,11 +361,7 @@ fn write_without_dataplane(
         ("unavailable".into(), serde_json::json!({ dataplane::DATAPLANE: why })),
         ("dataplane_failures".into(), serde_json::json!([])),
     ]);
-    let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
-    std::fs::create_dir_all(&out)?;
-    let text = serde_json::to_string_pretty(&json)? + "\n";
-    std::fs::write(out.join(format!("{date}.json")), &text)?;
-    std::fs::write(out.join("latest.json"), &text)?;
+    let out = save_json(args, &date, &json.into())?;
     let mut md = format!(
         "# srv6pipes benchmark, {date}: no data plane figure\n\n{why}\n\n| target | median | bound | verdict |\n|---|---|---|---|\n"
     );
@@ -398,11 +405,7 @@ fn write(
     let targets = targets::all(dp, c, run_minutes);
     let result = results::full(args, plan, dp, c, results::Run { date: date.clone(), host_noise, part_seconds, run_minutes }, &targets);
     let p = &dp.pdr;
-    let out = if args.quick { args.out.join("quick") } else { args.out.clone() };
-    std::fs::create_dir_all(&out)?;
-    let text = serde_json::to_string_pretty(&result)? + "\n";
-    std::fs::write(out.join(format!("{date}.json")), &text)?;
-    std::fs::write(out.join("latest.json"), &text)?;
+    let out = save_json(args, &date, &result)?;
     let md = report::markdown(
         &result,
         p,

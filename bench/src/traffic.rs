@@ -5,7 +5,7 @@
 //! rate whose loss is at most 0.5 %, found by `crate::search`.
 
 use std::net::Ipv6Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -473,54 +473,19 @@ unsafe fn prog_test_run(attr: &mut TestAttr) -> std::io::Result<()> {
     Ok(())
 }
 
-#[repr(C, align(8))]
-#[derive(Default)]
-struct LoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    _pad: [u32; 16],
-}
-
 /// Why this kernel cannot generate traffic, if it cannot: it refuses `BPF_PROG_TEST_RUN` with
-/// live frames even for a two-instruction XDP program (`r0 = XDP_DROP; exit`) on `lo`, as
-/// some hosts' kernels do (EPERM, to root with every BPF capability), while plain test runs
-/// work. None when live frames run (or when the probe itself cannot load: the generator's own
-/// load then says why).
+/// live frames even for the sink program on `lo` (no sink configured there: it drops the frame),
+/// as some hosts' kernels do (EPERM, to root with every BPF capability), while plain test runs
+/// work. None when live frames run (or when the probe itself cannot load: [`Traffic::load`]
+/// then says why).
 pub fn live_frames_refused() -> Option<String> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    // mov64 r0, 1 (XDP_DROP); exit
-    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
-    let license = c"GPL";
-    let load = LoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        expected_attach_type: BPF_XDP,
-        ..Default::default()
-    };
-    // SAFETY: `load` points at `insns` and `license`, live for the call; the size is the struct's.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &load as *const LoadAttr, std::mem::size_of::<LoadAttr>()) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a descriptor the kernel just gave this process, closed once, here.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    match test_run(fd.as_raw_fd(), &[0u8; 64], 1, 1) {
+    let mut bpf = Ebpf::load(OBJECT).ok()?;
+    let prog: &mut Xdp = bpf.program_mut("bench_sink")?.try_into().ok()?;
+    prog.load().ok()?;
+    let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+    match test_run(fd, &[0u8; 64], 1, 1) {
         Err(e) if e.root_cause().downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::EPERM) => Some(format!(
-            "this kernel ({}) refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (EPERM) even for a two-instruction XDP program: no packet generator here",
+            "this kernel ({}) refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (EPERM) even for a program that drops every frame: no packet generator here",
             std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
         )),
         _ => None,
